@@ -1,0 +1,63 @@
+# Agent Fleet Manager: every target installs what it needs first (the virtualenv is
+# rebuilt when pyproject.toml changes) and stops every process it started.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STACK_DIR ?= .stack
+JOB ?=
+
+.PHONY: help setup tools up down status demo test unit integration lint schemas bench clean
+
+help:
+	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
+	@echo "make test   - lint, type-check, unit and integration tests (starts and stops its own stack)"
+	@echo "make up     - start the local stack in the background (writes $(STACK_DIR)/env); make down stops it"
+	@echo "make bench  - end-to-end benchmarks (writes the figures for docs/benchmarks.md)"
+
+$(STAMP): pyproject.toml sdk/pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ./sdk -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+tools:
+	@emulators/check_tools.sh
+
+up: setup tools
+	$(PY) -m emulators.stack up --state-dir $(STACK_DIR)
+
+down: setup
+	$(PY) -m emulators.stack down --state-dir $(STACK_DIR)
+
+status: setup
+	$(PY) -m emulators.stack status --state-dir $(STACK_DIR)
+
+demo: setup tools
+	$(PY) -m emulators.demo
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy shared functions emulators sdk/fleet_agent
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+integration: setup tools
+	$(PY) -m pytest -q tests/integration
+
+test: setup tools lint
+	$(PY) -m pytest -q tests/unit tests/integration
+
+schemas: setup
+	$(PY) -m shared.schemas docs/schemas
+
+bench: setup tools
+	$(PY) -m tests.bench.run
+
+clean: down
+	rm -rf $(VENV) .stack* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The local Google Cloud stack: real emulators, functions-framework per function, push subscriptions."""

@@ -1,0 +1,537 @@
+"""`make demo`: a simulated fleet on a private local stack, watched through the REST API.
+
+    python -m emulators.demo [--agents 54] [--duration 22]
+
+Starts its own stack in ``.stack-demo`` (never the one `make up` runs in ``.stack``), registers
+a fleet of agents across tenants and agent types with the SDK (one shared PublisherClient, as a
+real multi-agent host would), heartbeats for ``--duration`` seconds while a few agents degrade
+and a few go silent, publishes two deliberately bad messages, then prints the fleet and the
+recorded rejections as the API reports them. The stack is always stopped, Ctrl-C included.
+
+Exit status: 0 when the API showed every agent, 1 when it did not, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+from fleet_agent import FleetAgent, Registration, ReportedStatus, Resources
+from fleet_agent.contracts import DEFAULT_TOPICS, SCHEMA_VERSION, EventType
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from emulators.stack import ROOT, Stack
+
+STATE_DIR = ROOT / ".stack-demo"
+TENANTS = ("acme", "globex", "initech")
+HEARTBEAT_INTERVAL_S = 2
+#: Heartbeats for unknown agents are retried this long (short, so a demo never waits a minute).
+FUNCTION_ENV = {"FLEET_UNKNOWN_AGENT_GRACE_S": "10"}
+
+STATUS_STYLE = {
+    "registered": "cyan",
+    "provisioning": "cyan",
+    "active": "green",
+    "idle": "blue",
+    "busy": "magenta",
+    "degraded": "yellow",
+    "offline": "red",
+}
+
+
+@dataclass(frozen=True)
+class AgentType:
+    name: str
+    capabilities: tuple[str, ...]
+    versions: tuple[str, ...]
+    #: The extra, type-specific metric and its typical value.
+    extra_metric: str
+    extra_base: float
+    cpu: float
+    memory_gb: float
+    gpu: int = 0
+    latency_ms: float = 200.0
+
+
+AGENT_TYPES = (
+    AgentType("llm-chat", ("chat", "tools"), ("2.3.0", "2.4.1"), "tokens_per_s", 45.0, 2, 4, latency_ms=900),
+    AgentType("llm-router", ("routing",), ("1.0.4",), "routes_per_s", 120.0, 1, 1, latency_ms=40),
+    AgentType("retriever", ("search", "embeddings"), ("0.9.2", "0.10.0"), "queries_per_s", 30.0, 2, 8),
+    AgentType("ml-trainer", ("training",), ("3.1.0",), "samples_per_s", 850.0, 8, 32, gpu=1, latency_ms=5000),
+    AgentType("evaluator", ("eval", "scoring"), ("1.2.0",), "evals_per_min", 12.0, 1, 2, latency_ms=1500),
+)
+
+
+@dataclass
+class SimAgent:
+    """One simulated agent: its SDK client plus the random walk its metrics follow."""
+
+    registration: Registration
+    kind: AgentType
+    rng: random.Random
+    cpu: float = 30.0
+    memory: float = 40.0
+    error_rate: float = 0.01
+    completed: int = 0
+    failed: int = 0
+    degraded: bool = False
+    silent: bool = False
+    beats: int = 0
+    start_at: float = 0.0
+    agent: FleetAgent | None = None
+    last: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def agent_id(self) -> str:
+        return self.registration.agent_id
+
+    def metrics(self) -> dict[str, float]:
+        """Called by the SDK loop on every beat: a plausible, slowly moving snapshot."""
+        rng = self.rng
+        self.beats += 1
+        target_cpu = 85.0 if self.degraded else 35.0
+        self.cpu = _clamp(self.cpu + (target_cpu - self.cpu) * 0.3 + rng.gauss(0, 6), 1, 100)
+        self.memory = _clamp(self.memory + rng.gauss(0.3 if self.degraded else 0, 2), 5, 98)
+        base_error = 0.35 if self.degraded else 0.01
+        self.error_rate = _clamp(base_error + rng.gauss(0, 0.05 if self.degraded else 0.005), 0, 1)
+        active = max(0, round(rng.gauss(4, 2)))
+        done = rng.randint(5, 40)
+        failed = round(done * self.error_rate)
+        self.completed += done - failed
+        self.failed += failed
+        slowdown = 4.0 if self.degraded else 1.0
+        self.last = {
+            "cpu_pct": round(self.cpu, 1),
+            "memory_pct": round(self.memory, 1),
+            "error_rate": round(self.error_rate, 3),
+            "latency_ms_p95": round(self.kind.latency_ms * slowdown * rng.uniform(0.8, 1.3), 1),
+            "active_tasks": active,
+            "completed_tasks": self.completed,
+            "failed_tasks": self.failed,
+            self.kind.extra_metric: round(self.kind.extra_base / slowdown * rng.uniform(0.7, 1.2), 2),
+        }
+        return self.last
+
+    def status(self) -> ReportedStatus:
+        if self.degraded:
+            return ReportedStatus.DEGRADED
+        active = int(self.last.get("active_tasks", 1))
+        if active == 0:
+            return ReportedStatus.IDLE
+        return ReportedStatus.BUSY if active >= 7 else ReportedStatus.ACTIVE
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+def build_fleet(count: int, rng: random.Random) -> list[SimAgent]:
+    """``count`` agents spread round-robin over tenants and types, so every pair is present."""
+    fleet: list[SimAgent] = []
+    numbers: Counter[tuple[str, str]] = Counter()
+    for i in range(count):
+        tenant = TENANTS[i % len(TENANTS)]
+        kind = AGENT_TYPES[(i // len(TENANTS)) % len(AGENT_TYPES)]
+        numbers[tenant, kind.name] += 1
+        n = numbers[tenant, kind.name]
+        reg = Registration(
+            agent_id=f"{tenant}-{kind.name}-{n:02d}",
+            tenant=tenant,
+            name=f"{tenant.title()} {kind.name} #{n}",
+            agent_type=kind.name,
+            version=rng.choice(kind.versions),
+            owner=f"{tenant}-platform-team",
+            capabilities=list(kind.capabilities),
+            resources=Resources(cpu=kind.cpu, memory_gb=kind.memory_gb, gpu=kind.gpu),
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+            labels={"env": "demo", "region": rng.choice(["europe-west1", "us-central1"])},
+        )
+        fleet.append(
+            SimAgent(
+                reg,
+                kind,
+                random.Random(rng.random()),
+                cpu=rng.uniform(15, 50),
+                memory=rng.uniform(20, 60),
+                start_at=rng.uniform(0, HEARTBEAT_INTERVAL_S),  # spread the beats over an interval
+            )
+        )
+    return fleet
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+class Api:
+    """The few REST calls the demo makes, with the stack's admin key."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def pages(self, path: str, page_size: int = 200) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"page_size": page_size}
+            if token:
+                params["page_token"] = token
+            resp = self.session.get(f"{self.url}{path}", params=params, timeout=5)
+            resp.raise_for_status()
+            body = resp.json()
+            yield from body["items"]
+            token = body.get("next_page_token")
+            if not token:
+                return
+
+    def agents(self) -> list[dict[str, Any]]:
+        return list(self.pages("/v1/agents"))
+
+    def rejections(self) -> list[dict[str, Any]]:
+        return list(self.pages("/v1/rejections"))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    started: float
+    expected: set[str]
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    api_error: str | None = None
+    max_visible: int = 0
+    events: list[str] = field(default_factory=list)
+    console: Console | None = None
+
+    def refresh(self, api: Api) -> None:
+        try:
+            agents = api.agents()
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            self.api_error = f"{type(exc).__name__}: {exc}"[:120]
+            return
+        self.api_error = None
+        self.seen = {a["agent_id"]: a for a in agents if a["agent_id"] in self.expected}
+        self.max_visible = max(self.max_visible, len(self.seen))
+
+    def event(self, text: str) -> None:
+        """Something the simulation did: shown under the live table, or printed at once when piped."""
+        self.events.append(text)
+        if self.console is not None and not self.console.is_terminal:
+            self.console.print(text, markup=False)
+
+    def statuses(self) -> Counter[str]:
+        return Counter(a["status"] for a in self.seen.values())
+
+    def late(self) -> int:
+        """Agents past their ``late_after``: no heartbeat for three intervals."""
+        now = datetime.now(UTC)
+        return sum(1 for a in self.seen.values() if (_age(a.get("late_after"), now) or 0) > 0)
+
+
+def progress_view(progress: Progress, fleet: list[SimAgent], duration: float) -> Group:
+    elapsed = time.monotonic() - progress.started
+    table = Table(title="Agent Fleet Manager demo (live, from the REST API)", title_justify="left")
+    table.add_column("elapsed", justify="right")
+    table.add_column("heartbeats sent", justify="right")
+    table.add_column("agents in API", justify="right")
+    for status in ("registered", "active", "idle", "busy", "degraded"):
+        table.add_column(status, justify="right", style=STATUS_STYLE.get(status))
+    table.add_column("late (silent)", justify="right", style="red")
+    counts = progress.statuses()
+    table.add_row(
+        f"{elapsed:4.0f}s / {duration:.0f}s",
+        str(sum(a.beats for a in fleet)),
+        f"{len(progress.seen)}/{len(progress.expected)}",
+        *(str(counts.get(s, 0)) for s in ("registered", "active", "idle", "busy", "degraded")),
+        str(progress.late()),
+    )
+    lines: list[Any] = [table]
+    if progress.api_error:
+        lines.append(Text(f"API not answering yet: {progress.api_error}", style="yellow"))
+    lines.extend(Text(f"  {e}", style="dim") for e in progress.events[-6:])
+    return Group(*lines)
+
+
+def publish_bad_messages(publisher: Any, project: str, agent_id: str) -> list[str]:
+    """Two messages the fleet must refuse (and record, with the reason and the payload)."""
+    topic = publisher.topic_path(project, DEFAULT_TOPICS[EventType.HEARTBEAT])
+    attrs = {"agent_id": agent_id, "event_type": EventType.HEARTBEAT.value, "schema_version": SCHEMA_VERSION}
+    not_json = b"cpu=93%; status=on fire"  # a hand-rolled agent that never read the contract
+    violation = json.dumps(
+        {
+            "event_id": uuid.uuid4().hex,
+            "data": {
+                "agent_id": agent_id,
+                "seq": -1,
+                "sent_at": "yesterday",
+                "status": "on-fire",
+                "metrics": {"cpu_pct": 250},
+            },
+        }
+    ).encode()
+    futures = [publisher.publish(topic, body, **attrs) for body in (not_json, violation)]
+    return [f.result(timeout=30) for f in futures]
+
+
+def run_fleet(
+    fleet: list[SimAgent],
+    env: dict[str, str],
+    api: Api,
+    console: Console,
+    duration: float,
+    rng: random.Random,
+) -> Progress:
+    from google.cloud.pubsub_v1 import PublisherClient
+
+    project = env["GOOGLE_CLOUD_PROJECT"]
+    publisher = PublisherClient()  # one client for the whole fleet
+    try:
+        for sim in fleet:
+            sim.agent = FleetAgent(
+                sim.registration, project=project, publisher=publisher, metrics=sim.metrics, status=sim.status
+            )
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda s: s.agent.register() if s.agent else None, fleet))
+        console.print(
+            f"registered {len(fleet)} agents in {time.monotonic() - t0:.1f}s "
+            f"({len(TENANTS)} tenants, {len(AGENT_TYPES)} agent types, one shared PublisherClient)"
+        )
+        progress = Progress(started=time.monotonic(), expected={s.agent_id for s in fleet}, console=console)
+        _loop(fleet, publisher, project, api, console, duration, rng, progress)
+        console.print("stopping the fleet: every agent flushes its outstanding heartbeats")
+        for sim in fleet:
+            if sim.agent is not None and not sim.agent.close(timeout=10):
+                console.print(f"[yellow]{sim.agent_id}: some heartbeats were not confirmed[/]")
+        return progress
+    finally:
+        for sim in fleet:
+            if sim.agent is not None:
+                sim.agent.close(timeout=2)
+        publisher.stop()
+
+
+def _loop(
+    fleet: list[SimAgent],
+    publisher: Any,
+    project: str,
+    api: Api,
+    console: Console,
+    duration: float,
+    rng: random.Random,
+    progress: Progress,
+) -> None:
+    shuffled = rng.sample(fleet, len(fleet))
+    degrade, silence = shuffled[:3], shuffled[3:7]
+    degrade_at, silence_at, bad_at = duration * 0.35, duration * 0.5, duration * 0.25
+    bad_sent = False
+    started: set[str] = set()
+    last_print = -10.0
+    next_poll = 0.0
+    # A live-updating table on a terminal; a line every 5 s otherwise (CI logs, pipes).
+    display: AbstractContextManager[Live | None] = (
+        Live(progress_view(progress, fleet, duration), console=console, refresh_per_second=4)
+        if console.is_terminal
+        else nullcontext()
+    )
+    with display as live:
+        while (elapsed := time.monotonic() - progress.started) < duration:
+            for sim in fleet:
+                if sim.agent is not None and sim.agent_id not in started and elapsed >= sim.start_at:
+                    started.add(sim.agent_id)
+                    sim.agent.start()
+            if elapsed >= degrade_at and not degrade[0].degraded:
+                for sim in degrade:
+                    sim.degraded = True
+                progress.event(
+                    f"{elapsed:4.0f}s  degrading (high error rate): {', '.join(s.agent_id for s in degrade)}"
+                )
+            if elapsed >= silence_at and not silence[0].silent:
+                for sim in silence:
+                    sim.silent = True
+                    if sim.agent is not None:
+                        sim.agent.stop()
+                progress.event(
+                    f"{elapsed:4.0f}s  going silent (loop stopped): {', '.join(s.agent_id for s in silence)}"
+                )
+            if elapsed >= bad_at and not bad_sent:
+                bad_sent = True
+                ids = publish_bad_messages(publisher, project, fleet[0].agent_id)
+                progress.event(f"{elapsed:4.0f}s  sent 2 bad messages (not JSON; schema violation): {', '.join(ids)}")
+            if elapsed >= next_poll:
+                next_poll = elapsed + 1.0
+                progress.refresh(api)
+                if live is not None:
+                    live.update(progress_view(progress, fleet, duration))
+                elif elapsed - last_print >= 5:
+                    last_print = elapsed
+                    counts = ", ".join(f"{k} {v}" for k, v in sorted(progress.statuses().items())) or "-"
+                    console.print(
+                        f"{elapsed:4.0f}s  heartbeats sent {sum(a.beats for a in fleet):4d}  "
+                        f"agents in API {len(progress.seen)}/{len(fleet)}  by status: {counts}  "
+                        f"late: {progress.late()}"
+                        + (f"  API error: {progress.api_error}" if progress.api_error else ""),
+                        markup=False,
+                    )
+            time.sleep(0.1)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def _age(value: str | None, now: datetime) -> float | None:
+    if not value:
+        return None
+    return (now - datetime.fromisoformat(value.replace("Z", "+00:00"))).total_seconds()
+
+
+def fleet_table(agents: Iterable[dict[str, Any]], silent: set[str]) -> Table:
+    now = datetime.now(UTC)
+    table = Table(title="The fleet, as GET /v1/agents reports it", title_justify="left")
+    for name in ("agent", "tenant", "type", "version", "status"):
+        table.add_column(name)
+    for name in ("last hb (s ago)", "last seq", "cpu %", "error rate"):
+        table.add_column(name, justify="right")
+    for a in sorted(agents, key=lambda a: (a["tenant"], a["agent_type"], a["agent_id"])):
+        age = _age(a.get("last_heartbeat_at"), now)
+        late = a.get("late_after") is not None and (_age(a["late_after"], now) or 0) > 0
+        metrics = a.get("metrics") or {}
+        error_rate = metrics.get("error_rate")
+        status = Text(a["status"], style=STATUS_STYLE.get(a["status"], ""))
+        if a["agent_id"] in silent:
+            status.append(" (silent)", style="red")
+        table.add_row(
+            Text(a["agent_id"]),
+            Text(a["tenant"]),
+            Text(a["agent_type"]),
+            Text(a["version"]),
+            status,
+            Text("-" if age is None else f"{age:.1f}", style="red" if late else ""),
+            str(a["last_seq"]),
+            "-" if metrics.get("cpu_pct") is None else f"{metrics['cpu_pct']:.1f}",
+            Text(
+                "-" if error_rate is None else f"{error_rate:.3f}",
+                style="yellow" if error_rate is not None and error_rate > 0.1 else "",
+            ),
+        )
+    return table
+
+
+def rejections_table(rejections: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"Rejections recorded: {len(rejections)} (GET /v1/rejections)", title_justify="left")
+    table.add_column("message")
+    table.add_column("code")
+    table.add_column("agent")
+    table.add_column("reason", overflow="fold")
+    for r in rejections:
+        table.add_row(Text(r["id"]), Text(r["code"]), Text(r.get("agent_id") or "-"), Text(r["reason"][:400]))
+    return table
+
+
+def report(api: Api, fleet: list[SimAgent], console: Console) -> bool:
+    """Print the fleet and the rejections; True when the API shows every simulated agent."""
+    expected = {s.agent_id for s in fleet}
+    agents = [a for a in api.agents() if a["agent_id"] in expected]
+    silent = {s.agent_id for s in fleet if s.silent}
+    console.print(fleet_table(agents, silent))
+    counts = Counter(a["status"] for a in agents)
+    summary = Text("by status: ")
+    for i, (status, n) in enumerate(sorted(counts.items())):
+        summary.append(", " if i else "").append(status, style=STATUS_STYLE.get(status, "")).append(f" {n}")
+    summary.append(
+        f"  |  silent: {len(silent)} (the server keeps their last status; their last heartbeat is over "
+        "3 intervals old, so they are late: a liveness sweep would mark them offline)"
+    )
+    console.print(summary)
+    rejections = api.rejections()
+    console.print(rejections_table(rejections))
+    missing = expected - {a["agent_id"] for a in agents}
+    if missing:
+        console.print(f"[red]the API does not show {len(missing)} agents: {', '.join(sorted(missing)[:10])}[/]")
+    return not missing
+
+
+def _wait_for_rejections(api: Api, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(api.rejections()) >= count:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emulators.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=54, help="simulated agents (at least 50 by default)")
+    parser.add_argument("--duration", type=float, default=22.0, help="seconds the fleet heartbeats")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
+    parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
+    args = parser.parse_args(argv)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=150)  # rich assumes 80 columns when piped: too narrow for the fleet table
+    rng = random.Random(args.seed)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the stack too, like Ctrl-C
+
+    stack = Stack(args.state_dir, function_env=FUNCTION_ENV)
+    if stack.running():
+        console.print(f"[yellow]a demo stack from an earlier run is still up in {args.state_dir}; stopping it[/]")
+        stack.down()
+    started = time.monotonic()
+    api: Api | None = None
+    try:
+        with console.status("starting the local stack (Pub/Sub and Firestore emulators, functions)..."):
+            env = stack.up()
+        console.print(f"stack up in {time.monotonic() - started:.1f}s; API at {env['FLEET_API_URL']}")
+        api = Api(env["FLEET_API_URL"], env["FLEET_API_KEY"])
+        fleet = build_fleet(args.agents, rng)
+        progress = run_fleet(fleet, env, api, console, args.duration, rng)
+        with console.status("letting the functions process the last heartbeats..."):
+            time.sleep(1.5)
+            _wait_for_rejections(api, 2, timeout=10)
+        ok = report(api, fleet, console) and progress.max_visible > 0
+        console.print(f"demo finished in {time.monotonic() - started:.0f}s")
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    finally:
+        if api is not None:
+            api.close()
+        stopping = time.monotonic()
+        with console.status("stopping the stack..."):
+            stack.down()
+        console.print(f"stack stopped in {time.monotonic() - stopping:.1f}s; total {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

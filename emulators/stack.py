@@ -1,0 +1,295 @@
+"""Start and stop the local stack: Pub/Sub and Firestore emulators, one functions-framework per function.
+
+    python -m emulators.stack up --state-dir .stack     # background; writes .stack/env
+    python -m emulators.stack down --state-dir .stack   # stops every process it started
+
+Every process runs in its own process group and is recorded in ``<state-dir>/pids.json``, so
+``down`` stops the emulators' Java children too. Ports are free ports picked at start, so two
+stacks (or a busy port) never collide. Logs go to ``<state-dir>/logs/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import topology as topology_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROJECT = "fleet-local"
+START_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered: it is up
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up within {timeout:.0f}s")
+
+
+def _kill_group(pid: int, timeout: float = 10.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child, or it lingers as a zombie and still looks alive."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+@dataclass
+class Stack:
+    """One local stack, owned by its state directory."""
+
+    state_dir: Path
+    project: str = DEFAULT_PROJECT
+    #: Extra environment for the functions (settings such as FLEET_UNKNOWN_AGENT_GRACE_S).
+    function_env: Mapping[str, str] = field(default_factory=dict)
+    #: Serve local-only functions too (the benchmark baseline).
+    local_only: bool = False
+    create_admin_key: bool = True
+    #: Put a fault-injecting proxy between the functions and Firestore (tests cut it).
+    firestore_proxy: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    _pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pids_file(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "env"
+
+    @property
+    def firestore_down_flag(self) -> Path:
+        """While this file exists the functions cannot reach Firestore (with ``firestore_proxy``)."""
+        return self.state_dir / "firestore.down"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    def running(self) -> bool:
+        if not self.pids_file.exists():
+            return False
+        pids = json.loads(self.pids_file.read_text())
+        return bool(pids) and all(_alive(pid) for pid in pids.values())
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self._pids[name] = proc.pid
+        self.pids_file.write_text(json.dumps(self._pids, indent=2))
+        return proc
+
+    def up(self) -> dict[str, str]:
+        """Start everything, build the topology, create the admin key; returns the stack's env."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.running():
+            raise RuntimeError(f"a stack is already running in {self.state_dir}; run `make down` first")
+        self._pids = {}
+        try:
+            return self._up()
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self) -> dict[str, str]:
+        topo = topology_mod.load()
+        if not self.local_only:
+            topo = topo.deployed()
+        pubsub_port, firestore_port = free_port(), free_port()
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PUBSUB_", "FIRESTORE_"))}
+        emulators = {
+            "pubsub": (
+                [
+                    "gcloud",
+                    "beta",
+                    "emulators",
+                    "pubsub",
+                    "start",
+                    f"--host-port=127.0.0.1:{pubsub_port}",
+                    f"--project={self.project}",
+                    "--quiet",
+                ],
+                pubsub_port,
+            ),
+            "firestore": (
+                ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{firestore_port}", "--quiet"],
+                firestore_port,
+            ),
+        }
+        procs = {name: self._spawn(name, argv, base) for name, (argv, _) in emulators.items()}
+        for name, (_, port) in emulators.items():
+            _wait_http(f"http://127.0.0.1:{port}/", START_TIMEOUT_S, procs[name], self.logs / f"{name}.log")
+
+        self.env = {
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub_port}",
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}",
+        }
+        fn_env = {**base, **self.env, "PYTHONUNBUFFERED": "1", **self.function_env}
+        if self.firestore_proxy:
+            proxy_port = free_port()
+            argv = [
+                sys.executable,
+                "-m",
+                "emulators.faultproxy",
+                "--listen",
+                f"127.0.0.1:{proxy_port}",
+                "--target",
+                f"127.0.0.1:{firestore_port}",
+                "--down-flag",
+                str(self.firestore_down_flag),
+            ]
+            self.firestore_down_flag.unlink(missing_ok=True)
+            self._spawn("firestore-proxy", argv, base)
+            fn_env["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{proxy_port}"
+        urls: dict[str, str] = {}
+        started: list[tuple[str, subprocess.Popen[bytes], int]] = []
+        bin_dir = Path(sys.executable).parent
+        for fn in topo.functions:
+            port = free_port()
+            argv = [
+                str(bin_dir / "functions-framework"),
+                "--source",
+                str(ROOT / "functions" / "main.py"),
+                "--target",
+                fn.entry_point,
+                "--signature-type",
+                fn.signature,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+            started.append((fn.name, self._spawn(fn.name, argv, fn_env), port))
+            urls[fn.name] = f"http://127.0.0.1:{port}"
+        for name, proc, port in started:
+            _wait_http(f"http://127.0.0.1:{port}/healthz", START_TIMEOUT_S, proc, self.logs / f"{name}.log")
+
+        os.environ.update(self.env)
+        from emulators import bootstrap
+
+        bootstrap.build(topo, self.project, urls)
+        self.env["FLEET_API_URL"] = urls["fleet-api"]
+        self.env["FLEET_STACK_DIR"] = str(self.state_dir.resolve())
+        for name, url in urls.items():
+            self.env[f"FLEET_FUNCTION_URL_{name.upper().replace('-', '_')}"] = url
+        if self.create_admin_key:
+            from shared.domain.api_keys import Role
+            from shared.store import api_keys, db
+
+            db.reset_client()
+            _, token = api_keys.create("local-admin", Role.ADMIN)
+            self.env["FLEET_API_KEY"] = token
+        self.env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in self.env.items()))
+        return self.env
+
+    def down(self) -> None:
+        pids = dict(self._pids)
+        if self.pids_file.exists():
+            pids.update(json.loads(self.pids_file.read_text()))
+        # Functions first (they hold connections to the emulators), emulators last.
+        order = sorted(pids, key=lambda n: n in ("pubsub", "firestore", "firestore-proxy"))
+        for name in order:
+            _kill_group(pids[name])
+        self._pids = {}
+        self.pids_file.unlink(missing_ok=True)
+        self.env_file.unlink(missing_ok=True)
+
+
+def read_env(state_dir: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in (state_dir / "env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emulators.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".stack")
+    parser.add_argument("--project", default=DEFAULT_PROJECT)
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    stack = Stack(args.state_dir, project=args.project)
+    if args.command == "up":
+        if stack.running():
+            print(f"stack already running; its environment is in {stack.env_file}")
+            return 0
+        env = stack.up()
+        print(f"local stack up. Environment written to {stack.env_file} (source it: `set -a; . {stack.env_file}`)")
+        for key in ("FLEET_API_URL", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+            print(f"  {key}={env[key]}")
+        print("stop it with `make down`")
+    elif args.command == "down":
+        stack.down()
+        print("local stack stopped")
+    else:
+        print("running" if stack.running() else "stopped")
+        return 0 if stack.running() else 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

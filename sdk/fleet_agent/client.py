@@ -1,0 +1,286 @@
+"""The agent side of Agent Fleet Manager: register once, then heartbeat in the background.
+
+    agent = FleetAgent(Registration(agent_id="chat-7", tenant="acme", ...))
+    agent.register()
+    agent.start()
+    ...
+    agent.close()  # stops the loop and waits for every publish: nothing is lost
+
+Messages are built by :func:`fleet_agent.contracts.encode`, the same module the Cloud Functions
+decode with, so the SDK and the server cannot disagree about the wire format.
+
+``google.cloud.pubsub_v1`` is imported only when a :class:`FleetAgent` creates its own publisher:
+importing :mod:`fleet_agent` stays cheap (the Pub/Sub client pulls in gRPC).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, wait
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from fleet_agent.contracts import (
+    DEFAULT_TOPICS,
+    EventType,
+    Heartbeat,
+    HeartbeatMetrics,
+    Registration,
+    ReportedStatus,
+    encode,
+    utcnow,
+)
+
+log = logging.getLogger("fleet_agent")
+
+#: Seconds :meth:`FleetAgent.register` waits for Pub/Sub to accept the registration.
+REGISTER_TIMEOUT_S = 30.0
+
+MetricsSource = Callable[[], Mapping[str, float]]
+StatusSource = Callable[[], ReportedStatus]
+
+
+class Publisher(Protocol):
+    """What the SDK needs of a publisher: the two methods of ``pubsub_v1.PublisherClient`` it uses.
+
+    Spelled out so tests (and other transports) can stand in for the Google client.
+    """
+
+    def topic_path(self, project: str, topic: str) -> str: ...
+
+    def publish(self, topic: str, data: bytes, **attrs: Any) -> Future[str]: ...
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class FleetAgent:
+    """One agent's connection to the fleet: registration, a heartbeat loop, graceful shutdown.
+
+    Thread-safe: :meth:`heartbeat` may be called from any thread while the loop runs. Several
+    agents may share one ``PublisherClient`` (a simulator runs hundreds that way); an agent only
+    stops a publisher it created itself.
+    """
+
+    def __init__(
+        self,
+        registration: Registration,
+        *,
+        project: str | None = None,
+        topics: Mapping[EventType, str] | None = None,
+        publisher: Publisher | None = None,
+        metrics: MetricsSource | None = None,
+        status: StatusSource | None = None,
+    ) -> None:
+        """Prepare an agent; nothing is published until :meth:`register` or :meth:`heartbeat`.
+
+        ``project`` defaults to ``GOOGLE_CLOUD_PROJECT``; ``topics`` to :data:`DEFAULT_TOPICS`
+        (pass the names Terraform printed when a deployment renames them). ``metrics`` and
+        ``status`` are called by the background loop on every beat, so the agent reports what
+        is true at that moment rather than what was true at start-up.
+        """
+        resolved = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
+        if not resolved:
+            raise ValueError("no project: pass project= or set GOOGLE_CLOUD_PROJECT")
+        self.registration = registration
+        self.project: str = resolved
+        self._owns_publisher = publisher is None
+        if publisher is None:
+            # Imported here, not at module level: gRPC is heavy and not every importer publishes.
+            from google.cloud.pubsub_v1 import PublisherClient
+
+            publisher = PublisherClient()
+        self._publisher: Publisher = publisher
+        names = {**DEFAULT_TOPICS, **(topics or {})}
+        self._topics: dict[EventType, str] = {
+            event_type: self._publisher.topic_path(self.project, names[event_type])
+            for event_type in (EventType.REGISTRATION, EventType.HEARTBEAT)
+        }
+        self._metrics = metrics
+        self._status = status
+
+        # The server drops a heartbeat whose seq is not above the last one it accepted, and it
+        # remembers that across restarts of the agent. Seeding from the wall clock (ms) puts a
+        # restarted process above everything its predecessor sent (it sent far fewer than one
+        # beat per millisecond); after that only +1, so a clock stepping back cannot lower it.
+        self._seq = _now_ms() - 1
+        # Two locks: _send orders seq and enqueueing; _pending_lock guards the set of futures.
+        # Done-callbacks (run on the publisher's threads) take only the latter, so they never
+        # wait behind a publish call.
+        self._send = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: set[Future[str]] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def agent_id(self) -> str:
+        return self.registration.agent_id
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last heartbeat handed to the publisher (seed - 1 before any)."""
+        with self._send:
+            return self._seq
+
+    @property
+    def running(self) -> bool:
+        """True while the background heartbeat loop is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def pending(self) -> int:
+        """Publishes not yet confirmed by Pub/Sub."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def register(self, timeout: float | None = REGISTER_TIMEOUT_S) -> str:
+        """Publish the registration and wait for Pub/Sub to accept it; returns the message id.
+
+        Waits (unlike :meth:`heartbeat`) because a heartbeat for an agent the server does not
+        know yet is only retried for a grace period: registering first, synchronously, is what
+        makes the first heartbeats count. Call it on every start, and again after an upgrade.
+        """
+        future = self._publish(EventType.REGISTRATION, self.registration)
+        return future.result(timeout=timeout)
+
+    def heartbeat(
+        self,
+        status: ReportedStatus | None = None,
+        metrics: Mapping[str, float] | HeartbeatMetrics | None = None,
+    ) -> Future[str]:
+        """Publish one heartbeat with the next seq; returns the publish future (message id).
+
+        Does not wait: the future is tracked and :meth:`stop`/:meth:`close` wait for it.
+        ``status`` and ``metrics`` default to the callables given at construction, then to
+        ``ACTIVE`` and no metrics. Invalid metrics raise ``pydantic.ValidationError`` here, before
+        anything is sent, so the caller sees the mistake instead of a server-side rejection.
+        """
+        if status is None:
+            status = self._status() if self._status is not None else ReportedStatus.ACTIVE
+        if metrics is None:
+            metrics = self._metrics() if self._metrics is not None else {}
+        snapshot = metrics if isinstance(metrics, HeartbeatMetrics) else HeartbeatMetrics(**dict(metrics))
+        with self._send:
+            # seq is taken and the message enqueued under one lock, so the publisher's batches
+            # carry heartbeats in seq order (the server keeps only the newest seq).
+            seq = self._seq + 1
+            event = Heartbeat(agent_id=self.agent_id, seq=seq, sent_at=utcnow(), status=status, metrics=snapshot)
+            future = self._publish_locked(EventType.HEARTBEAT, event)
+            self._seq = seq
+        return future
+
+    def _publish(self, event_type: EventType, event: Registration | Heartbeat) -> Future[str]:
+        with self._send:
+            return self._publish_locked(event_type, event)
+
+    def _publish_locked(self, event_type: EventType, event: Registration | Heartbeat) -> Future[str]:
+        if self._closed:
+            raise RuntimeError(f"agent {self.agent_id} is closed")
+        body, attributes = encode(event)
+        future = self._publisher.publish(self._topics[event_type], body, **attributes)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._settled)
+        return future
+
+    def _settled(self, future: Future[str]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Heartbeat every ``registration.heartbeat_interval_s`` on a daemon thread; first beat now.
+
+        A daemon thread so a forgotten :meth:`close` never keeps the process alive; call
+        :meth:`close` (or use ``with``) to flush the last beats on the way out.
+        """
+        if self._closed:
+            raise RuntimeError(f"agent {self.agent_id} is closed")
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"fleet-agent-{self.agent_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = float(self.registration.heartbeat_interval_s)
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                future = self.heartbeat()
+                future.add_done_callback(self._log_failure)
+            except Exception:
+                # A bad metrics callable or a publisher error must not end the agent's liveness.
+                log.exception("agent %s: heartbeat failed; retrying next interval", self.agent_id)
+            # Scheduled on the monotonic clock: no drift, and a wall-clock jump changes nothing.
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # fell behind (a slow publish): skip the missed beats, keep cadence
+                next_at = now + interval - (now - next_at) % interval
+            self._stop.wait(next_at - now)
+
+    def _log_failure(self, future: Future[str]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.warning("agent %s: heartbeat publish failed: %s", self.agent_id, exc)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def stop(self, timeout: float | None = 10.0) -> bool:
+        """Stop the loop and wait for every outstanding publish; True when none is left.
+
+        Graceful shutdown loses nothing: every heartbeat handed to the publisher is confirmed
+        (or has definitively failed) before this returns, unless ``timeout`` runs out first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._pending_lock:
+            outstanding = list(self._pending)
+        if outstanding:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _, not_done = wait(outstanding, timeout=remaining)
+            if not_done:
+                log.warning("agent %s: %d publishes still pending after stop", self.agent_id, len(not_done))
+                return False
+        return True
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """:meth:`stop`, then release the publisher if this agent created it. Idempotent."""
+        flushed = self.stop(timeout)
+        with self._send:
+            if self._closed:
+                return flushed
+            self._closed = True
+        if self._owns_publisher:
+            stop = getattr(self._publisher, "stop", None)
+            if callable(stop):
+                stop()  # flushes the client's batches and ends its commit thread
+        return flushed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FleetAgent(agent_id={self.agent_id!r}, project={self.project!r}, running={self.running})"

@@ -1,0 +1,201 @@
+"""The event contract between agents and Agent Fleet Manager.
+
+This module is the one definition of every message an agent publishes. The SDK encodes
+with it and the Cloud Functions decode with it, so the two can never disagree. It depends
+on pydantic only, so agents can install it without the server's dependencies.
+
+Wire format: a Pub/Sub message whose body is the JSON of an :class:`Envelope` and whose
+attributes are ``agent_id``, ``event_type`` and ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SCHEMA_VERSION = "1"
+SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
+
+#: Largest message body the functions accept; larger ones are rejected, not processed.
+MAX_EVENT_BYTES = 64 * 1024
+
+AGENT_ID_PATTERN = r"^[a-z0-9_-]{3,63}$"
+AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+TenantId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+
+class EventType(StrEnum):
+    """The ``event_type`` attribute: which contract the body follows."""
+
+    REGISTRATION = "registration"
+    HEARTBEAT = "heartbeat"
+    COST = "cost"
+    COMMAND = "command"
+
+
+#: Default topic per event type. Deployments may prefix or rename topics (Terraform
+#: outputs the real names); the SDK takes overrides. tests/unit checks these against
+#: topology.yaml, the manifest the server side reads.
+DEFAULT_TOPICS: dict[EventType, str] = {
+    EventType.REGISTRATION: "agent-registrations",
+    EventType.HEARTBEAT: "agent-heartbeats",
+    EventType.COST: "agent-costs",
+    EventType.COMMAND: "agent-commands",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """What the agent runs on; used later for placement and cost estimates."""
+
+    cpu: float = Field(default=1.0, ge=0, le=1024)
+    memory_gb: float = Field(default=1.0, ge=0, le=16384)
+    gpu: int = Field(default=0, ge=0, le=64)
+
+
+class Registration(_Strict):
+    """Sent when an agent starts (and again on every restart or upgrade)."""
+
+    agent_id: AgentId
+    tenant: TenantId
+    name: ShortText
+    agent_type: Annotated[str, StringConstraints(min_length=1, max_length=63)]
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    owner: ShortText
+    capabilities: list[Label] = Field(default_factory=list, max_length=100)
+    resources: Resources = Field(default_factory=Resources)
+    heartbeat_interval_s: int = Field(default=30, ge=1, le=3600)
+    labels: dict[Label, Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=dict, max_length=64)
+
+
+class ReportedStatus(StrEnum):
+    """The agent's own view of itself. The server maps it onto its lifecycle."""
+
+    STARTING = "starting"
+    ACTIVE = "active"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
+MAX_EXTRA_METRICS = 32
+
+
+class HeartbeatMetrics(BaseModel):
+    """A snapshot of the agent's health. Extra numeric fields are allowed (up to 32)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    cpu_pct: float | None = Field(default=None, ge=0, le=100)
+    memory_pct: float | None = Field(default=None, ge=0, le=100)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    latency_ms_p95: float | None = Field(default=None, ge=0, le=86_400_000)
+    active_tasks: int | None = Field(default=None, ge=0)
+    completed_tasks: int | None = Field(default=None, ge=0)
+    failed_tasks: int | None = Field(default=None, ge=0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("metrics are numbers, not booleans")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        extra = self.model_extra or {}
+        if len(extra) > MAX_EXTRA_METRICS:
+            raise ValueError(f"at most {MAX_EXTRA_METRICS} extra metrics")
+        for key, value in extra.items():
+            if not isinstance(key, str) or not 1 <= len(key) <= 63:
+                raise ValueError(f"extra metric name {key!r} must be 1-63 characters")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"extra metric {key!r} must be a number")
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"extra metric {key!r} must be finite")
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The metrics that were reported (unset standard fields left out)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Heartbeat(_Strict):
+    """Sent every ``heartbeat_interval_s``. ``seq`` must grow per agent, across restarts."""
+
+    agent_id: AgentId
+    seq: int = Field(ge=0, le=2**63 - 1)
+    sent_at: AwareDatetime
+    status: ReportedStatus
+    metrics: HeartbeatMetrics = Field(default_factory=HeartbeatMetrics)
+
+
+class Signature(_Strict):
+    """Reserved for signed telemetry: a detached signature over the canonical ``data``."""
+
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    alg: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    value: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class Envelope(_Strict):
+    """The message body: an event, its id (for deduplication) and an optional signature."""
+
+    event_id: Annotated[str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    data: dict[str, Any]
+    signature: Signature | None = None
+
+
+EVENT_MODELS: dict[EventType, type[BaseModel]] = {
+    EventType.REGISTRATION: Registration,
+    EventType.HEARTBEAT: Heartbeat,
+}
+
+Event = Registration | Heartbeat
+
+
+def event_type_of(event: BaseModel) -> EventType:
+    for event_type, model in EVENT_MODELS.items():
+        if isinstance(event, model):
+            return event_type
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
+def encode(event: Registration | Heartbeat, *, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """Body and attributes of the Pub/Sub message that carries ``event``."""
+    envelope = Envelope(event_id=event_id or uuid.uuid4().hex, data=event.model_dump(mode="json"))
+    body = envelope.model_dump_json(exclude_none=True).encode()
+    attributes = {
+        "agent_id": event.agent_id,
+        "event_type": event_type_of(event).value,
+        "schema_version": SCHEMA_VERSION,
+    }
+    return body, attributes
+
+
+def canonical_json(data: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: sorted keys, no whitespace."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of the envelope and of each event, as published in docs/schemas/."""
+    schemas: dict[str, dict[str, Any]] = {"envelope": Envelope.model_json_schema()}
+    for event_type, model in EVENT_MODELS.items():
+        schemas[event_type.value] = model.model_json_schema()
+    return schemas
+
+
+def utcnow() -> datetime:
+    from datetime import UTC
+
+    return datetime.now(UTC)

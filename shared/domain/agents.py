@@ -1,0 +1,304 @@
+"""What a registration or a heartbeat does to an agent: pure functions from (record, event) to a plan.
+
+The store applies a plan atomically, with a precondition on the record it was computed from,
+so concurrent or redelivered events can never interleave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from fleet_agent.contracts import Heartbeat, Registration, Resources
+from pydantic import BaseModel, Field
+
+from shared.domain import lifecycle
+from shared.domain.audit import AuditEntry
+from shared.domain.lifecycle import Cause, Outcome, State
+from shared.domain.rejections import Code, Rejected
+
+#: Missed intervals after which the liveness sweep calls an agent late.
+LATE_AFTER_INTERVALS = 3
+#: Registration event ids remembered per agent, to drop redelivered registrations.
+REMEMBERED_EVENTS = 16
+#: Versions remembered in the record (all versions live in the versions collection).
+REMEMBERED_VERSIONS = 20
+#: Times of recent status changes kept (the flapping rule looks at these).
+REMEMBERED_STATUS_CHANGES = 20
+
+
+class AgentRecord(BaseModel):
+    """The agent document in Firestore (``agents/{agent_id}``)."""
+
+    agent_id: str
+    tenant: str
+    name: str
+    agent_type: str
+    version: str
+    owner: str
+    capabilities: list[str] = Field(default_factory=list)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    heartbeat_interval_s: int = 30
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    status: State = State.REGISTERED
+    status_since: datetime
+    status_changes: list[datetime] = Field(default_factory=list)
+    reported_status: str | None = None
+
+    registered_at: datetime
+    last_registered_at: datetime
+    registration_event_ids: list[str] = Field(default_factory=list)
+    versions: list[str] = Field(default_factory=list)
+
+    last_heartbeat_at: datetime | None = None
+    last_sent_at: datetime | None = None
+    last_seq: int = -1
+    heartbeats: int = 0
+    metrics: dict[str, float | int] = Field(default_factory=dict)
+    late_after: datetime | None = None
+
+    #: Heartbeat samples not yet flushed to a history chunk.
+    recent: list[dict[str, Any]] = Field(default_factory=list)
+    history_chunks: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+
+@dataclass
+class Plan:
+    """What to write. ``changes`` update the agent document; the rest are separate documents."""
+
+    changes: dict[str, Any] = field(default_factory=dict)
+    create: AgentRecord | None = None
+    version_doc: dict[str, Any] | None = None
+    history_chunk: tuple[int, dict[str, Any]] | None = None  # (slot, document)
+    audit: list[AuditEntry] = field(default_factory=list)
+    #: Why nothing is written: "duplicate", "stale", ...
+    skipped: str | None = None
+    transition: lifecycle.Decision | None = None
+
+    @property
+    def writes(self) -> int:
+        agent = 1 if (self.changes or self.create) else 0
+        return agent + (self.version_doc is not None) + (self.history_chunk is not None) + len(self.audit)
+
+
+def _remember(items: list[Any], item: Any, keep: int) -> list[Any]:
+    return [*items, item][-keep:]
+
+
+def apply_registration(current: AgentRecord | None, reg: Registration, *, event_id: str, received_at: datetime) -> Plan:
+    """Create or update an agent from its registration. Raises :class:`Rejected` when refused."""
+    fields = _registration_fields(reg)
+    version_doc = {"version": reg.version, "first_seen_at": received_at, "event_id": event_id, **fields}
+    if current is None:
+        record = AgentRecord(
+            **fields,
+            status=State.REGISTERED,
+            status_since=received_at,
+            registered_at=received_at,
+            last_registered_at=received_at,
+            registration_event_ids=[event_id],
+            versions=[reg.version],
+        )
+        audit = AuditEntry(
+            id=f"{event_id}-registered",
+            at=received_at,
+            actor=f"agent:{reg.agent_id}",
+            action="agent.register",
+            target=reg.agent_id,
+            outcome="registered",
+            tenant=reg.tenant,
+            details={"version": reg.version},
+        )
+        return Plan(create=record, version_doc=version_doc, audit=[audit])
+
+    if current.tenant != reg.tenant:
+        raise Rejected(
+            Code.TENANT_CONFLICT,
+            f"agent {reg.agent_id} belongs to tenant {current.tenant}; a registration for tenant "
+            f"{reg.tenant} was refused",
+            agent_id=reg.agent_id,
+            details={"registered_tenant": current.tenant, "claimed_tenant": reg.tenant},
+        )
+    if current.status is State.DECOMMISSIONED:
+        raise Rejected(
+            Code.DECOMMISSIONED,
+            f"agent {reg.agent_id} was decommissioned; register under a new id",
+            agent_id=reg.agent_id,
+        )
+    if event_id in current.registration_event_ids:
+        return Plan(skipped="duplicate")
+
+    plan = Plan()
+    changes: dict[str, Any] = {
+        "registration_event_ids": _remember(current.registration_event_ids, event_id, REMEMBERED_EVENTS)
+    }
+    new_version = reg.version not in current.versions
+    if new_version:
+        plan.version_doc = version_doc
+        changes["versions"] = _remember(current.versions, reg.version, REMEMBERED_VERSIONS)
+    if received_at < current.last_registered_at:
+        # An older registration delivered late: keep its version in the history, change nothing else.
+        plan.changes = changes
+        plan.skipped = "superseded" if not new_version else None
+        return plan
+
+    changes.update({k: v for k, v in fields.items() if v != getattr(current, k)})
+    changes["last_registered_at"] = received_at
+    decision = lifecycle.decide(current.status, State.REGISTERED, Cause.REGISTRATION)
+    plan.transition = decision
+    if decision.outcome is Outcome.APPLIED:
+        changes.update(_status_change(current, State.REGISTERED, received_at))
+    action = "agent.upgrade" if reg.version != current.version else "agent.reregister"
+    plan.audit.append(
+        AuditEntry(
+            id=f"{event_id}-{action}",
+            at=received_at,
+            actor=f"agent:{reg.agent_id}",
+            action=action,
+            target=reg.agent_id,
+            outcome=decision.outcome.value,
+            tenant=reg.tenant,
+            details={
+                "from_version": current.version,
+                "to_version": reg.version,
+                "status": decision.state.value,
+            },
+        )
+    )
+    plan.changes = changes
+    return plan
+
+
+def _registration_fields(reg: Registration) -> dict[str, Any]:
+    data = reg.model_dump(mode="python")
+    data["resources"] = (reg.resources or Resources()).model_dump()
+    return data
+
+
+def _status_change(current: AgentRecord, target: State, at: datetime) -> dict[str, Any]:
+    return {
+        "status": target,
+        "status_since": at,
+        "status_changes": _remember(current.status_changes, at, REMEMBERED_STATUS_CHANGES),
+    }
+
+
+def apply_heartbeat(
+    current: AgentRecord,
+    hb: Heartbeat,
+    *,
+    received_at: datetime,
+    event_id: str,
+    chunk_size: int,
+    slots: int,
+    retention: timedelta,
+) -> Plan:
+    """Record liveness (by server receive time), status and metrics; flush history every ``chunk_size``."""
+    if current.status is State.DECOMMISSIONED:
+        raise Rejected(Code.DECOMMISSIONED, f"agent {hb.agent_id} was decommissioned", agent_id=hb.agent_id)
+    if hb.seq <= current.last_seq:
+        return Plan(skipped="stale")
+
+    last_seen = max(received_at, current.last_heartbeat_at) if current.last_heartbeat_at else received_at
+    metrics = hb.metrics.as_dict()
+    sample = {
+        "seq": hb.seq,
+        "at": received_at,
+        "sent_at": hb.sent_at,
+        "status": hb.status.value,
+        "metrics": metrics,
+    }
+    changes: dict[str, Any] = {
+        "last_seq": hb.seq,
+        "last_heartbeat_at": last_seen,
+        "last_sent_at": hb.sent_at,
+        "heartbeats": current.heartbeats + 1,
+        "metrics": metrics,
+        "reported_status": hb.status.value,
+        "late_after": last_seen + timedelta(seconds=LATE_AFTER_INTERVALS * current.heartbeat_interval_s),
+    }
+    plan = Plan(changes=changes)
+
+    recent = [*current.recent, sample]
+    if len(recent) >= chunk_size:
+        chunk_no = current.history_chunks
+        plan.history_chunk = (
+            chunk_no % slots,
+            {
+                "agent_id": hb.agent_id,
+                "chunk_no": chunk_no,
+                "samples": recent,
+                "first_at": recent[0]["at"],
+                "last_at": recent[-1]["at"],
+                "expire_at": received_at + retention,
+            },
+        )
+        changes["history_chunks"] = chunk_no + 1
+        recent = []
+    changes["recent"] = recent
+
+    decision = lifecycle.decide(current.status, lifecycle.REPORTED[hb.status], Cause.HEARTBEAT)
+    plan.transition = decision
+    if decision.outcome is Outcome.APPLIED:
+        changes.update(_status_change(current, decision.target, received_at))
+        if State.OFFLINE in (current.status, decision.target):
+            plan.audit.append(_transition_audit(current, decision, event_id, received_at))
+    elif decision.outcome is Outcome.ILLEGAL:
+        plan.audit.append(_transition_audit(current, decision, event_id, received_at))
+    return plan
+
+
+def _transition_audit(current: AgentRecord, decision: lifecycle.Decision, event_id: str, at: datetime) -> AuditEntry:
+    return AuditEntry(
+        id=f"{event_id}-transition",
+        at=at,
+        actor=f"agent:{current.agent_id}",
+        action="agent.transition",
+        target=current.agent_id,
+        outcome=decision.outcome.value,
+        tenant=current.tenant,
+        details={"from": decision.current.value, "to": decision.target.value, "reason": decision.reason},
+    )
+
+
+def apply_transition(
+    current: AgentRecord,
+    target: State,
+    *,
+    cause: Cause,
+    actor: str,
+    reason: str,
+    at: datetime,
+    action_id: str,
+) -> Plan:
+    """An operator or the system moves an agent. Illegal moves are refused and audited."""
+    decision = lifecycle.decide(current.status, target, cause)
+    plan = Plan(transition=decision)
+    if decision.outcome is Outcome.APPLIED:
+        plan.changes = _status_change(current, target, at)
+    elif decision.outcome is Outcome.UNCHANGED:
+        plan.skipped = "unchanged"
+        return plan
+    plan.audit.append(
+        AuditEntry(
+            id=f"{action_id}-transition",
+            at=at,
+            actor=actor,
+            action="agent.transition",
+            target=current.agent_id,
+            outcome=decision.outcome.value,
+            tenant=current.tenant,
+            details={
+                "from": current.status.value,
+                "to": target.value,
+                "reason": reason,
+                "refusal": decision.reason,
+            },
+        )
+    )
+    return plan

@@ -1,0 +1,158 @@
+"""What happens when an agent event arrives: decode, decide (shared.domain), persist (shared.store).
+
+Entry points in functions/main.py call :func:`handle_push`; it turns every outcome into one of
+three things: processed (acknowledge), rejected (record the reason and payload, acknowledge),
+or transient failure (raise, so Pub/Sub redelivers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fleet_agent.contracts import EventType
+
+from shared import logs, settings
+from shared.domain import agents as agent_domain
+from shared.domain.agents import AgentRecord, Plan
+from shared.domain.rejections import Code, Payload, Rejected
+from shared.events import Decoded, PushedMessage, decode
+from shared.store import agents as agent_store
+from shared.store import db, rejections
+
+log = logs.get_logger("handlers")
+
+
+class RetryLater(Exception):
+    """The event cannot be processed yet (for example its agent's registration is in flight)."""
+
+
+def handle_push(message: PushedMessage, expected: EventType, process: Callable[[Decoded], Plan]) -> str:
+    """Decode and process one pushed message; returns the outcome name (for logs and tests)."""
+    started = time.perf_counter()
+    fields: dict[str, Any] = {"message_id": message.message_id, "event_type": expected.value}
+    with db.metered() as meter:
+        try:
+            decoded = decode(message, expected)
+            fields["agent_id"] = getattr(decoded.event, "agent_id", None)
+            plan = process(decoded)
+            outcome = plan.skipped or "accepted"
+            if plan.transition is not None and plan.transition.outcome.value != "unchanged":
+                fields["transition"] = f"{plan.transition.current}->{plan.transition.target}:{plan.transition.outcome}"
+        except Rejected as rejected:
+            outcome = "rejected"
+            fields.update(code=rejected.code.value, reason=rejected.reason, agent_id=rejected.agent_id)
+            record_rejection(rejected, message, expected.value)
+        except RetryLater as exc:
+            _finish("retry", fields, meter, started, logging.WARNING, reason=str(exc))
+            raise
+        except Exception as exc:
+            # Firestore unavailable, or a bug: fail so Pub/Sub redelivers; after the subscription's
+            # max attempts the message lands on the dead-letter topic and is recorded there.
+            _finish("failed", fields, meter, started, logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+            raise
+        _finish(outcome, fields, meter, started, logging.WARNING if outcome == "rejected" else logging.INFO)
+        return outcome
+
+
+def _finish(outcome: str, fields: dict[str, Any], meter: db.Meter, started: float, level: int, **extra: Any) -> None:
+    logs.log(
+        log,
+        f"{fields['event_type']} {outcome}",
+        level,
+        outcome=outcome,
+        firestore_reads=meter.reads,
+        firestore_writes=meter.writes,
+        firestore_conflicts=meter.conflicts,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        **fields,
+        **extra,
+    )
+
+
+def record_rejection(rejected: Rejected, message: PushedMessage, event_type: str | None) -> None:
+    rejections.record(
+        rejected,
+        message_id=message.message_id,
+        source=message.source,
+        event_type=event_type,
+        payload=Payload.of(message.raw, message.attributes),
+        received_at=message.published_at,
+    )
+
+
+def process_registration(decoded: Decoded) -> Plan:
+    reg = decoded.registration
+    return agent_store.update(
+        reg.agent_id,
+        lambda current: agent_domain.apply_registration(
+            current, reg, event_id=decoded.event_id, received_at=decoded.message.published_at
+        ),
+    )
+
+
+def process_heartbeat(decoded: Decoded) -> Plan:
+    hb = decoded.heartbeat
+    cfg = settings.get()
+    received_at = decoded.message.published_at
+
+    def decide(current: AgentRecord | None) -> Plan:
+        if current is None:
+            age = datetime.now(UTC) - received_at
+            if age < timedelta(seconds=cfg.unknown_agent_grace_s):
+                raise RetryLater(
+                    f"agent {hb.agent_id} is not registered yet; retrying for {cfg.unknown_agent_grace_s}s"
+                )
+            raise Rejected(
+                Code.UNKNOWN_AGENT,
+                f"agent {hb.agent_id} is not registered (waited {cfg.unknown_agent_grace_s}s for its registration)",
+                agent_id=hb.agent_id,
+            )
+        return agent_domain.apply_heartbeat(
+            current,
+            hb,
+            received_at=received_at,
+            event_id=decoded.event_id,
+            chunk_size=cfg.history_chunk_size,
+            slots=cfg.history_slots,
+            retention=timedelta(days=cfg.retention_days),
+        )
+
+    return agent_store.update(hb.agent_id, decide)
+
+
+def handle_dead_letter(message: PushedMessage) -> str:
+    """A message that exhausted its delivery attempts: record it as a rejection, keeping the payload."""
+    attrs = message.attributes
+    source = attrs.get("CloudPubSubDeadLetterSourceSubscription", message.source)
+    original = {k: v for k, v in attrs.items() if not k.startswith("CloudPubSubDeadLetter")}
+    rejected = Rejected(
+        Code.DELIVERY_EXHAUSTED,
+        f"delivery failed {attrs.get('CloudPubSubDeadLetterSourceDeliveryCount', 'too many')} times "
+        f"on {source}; kept here for replay",
+        agent_id=original.get("agent_id"),
+        details={k: v for k, v in attrs.items() if k.startswith("CloudPubSubDeadLetter")},
+    )
+    with db.metered() as meter:
+        rejections.record(
+            rejected,
+            message_id=message.message_id,
+            source=source,
+            event_type=original.get("event_type"),
+            payload=Payload.of(message.raw, original),
+            received_at=message.published_at,
+        )
+        logs.log(
+            log,
+            "dead letter recorded",
+            logging.WARNING,
+            outcome="dead_letter",
+            source=source,
+            message_id=message.message_id,
+            agent_id=rejected.agent_id,
+            firestore_writes=meter.writes,
+        )
+    return "dead_letter"

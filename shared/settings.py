@@ -1,0 +1,58 @@
+"""Settings from the environment; secrets from Secret Manager in Google Cloud, env vars locally."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    #: Heartbeats buffered in the agent document before they are flushed to one history chunk.
+    history_chunk_size: int
+    #: History chunks kept per agent (a ring): chunk_size * slots heartbeats of history.
+    history_slots: int
+    #: Days after which history chunks and rejections expire (Firestore TTL).
+    retention_days: int
+    #: A heartbeat for an unknown agent is retried this long (its registration may be in flight).
+    unknown_agent_grace_s: int
+    #: Agent documents cached per instance (saves the read on every heartbeat).
+    agent_cache_size: int
+    #: Seconds a verified API key is trusted before it is checked again (revocation delay).
+    api_key_cache_s: int
+
+
+@cache
+def get() -> Settings:
+    return Settings(
+        project=os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT") or "fleet-local",
+        history_chunk_size=_int("FLEET_HISTORY_CHUNK", 10),
+        history_slots=_int("FLEET_HISTORY_SLOTS", 144),
+        retention_days=_int("FLEET_RETENTION_DAYS", 14),
+        unknown_agent_grace_s=_int("FLEET_UNKNOWN_AGENT_GRACE_S", 60),
+        agent_cache_size=_int("FLEET_AGENT_CACHE_SIZE", 20000),
+        api_key_cache_s=_int("FLEET_API_KEY_CACHE_S", 30),
+    )
+
+
+def secret(name: str) -> str | None:
+    """A secret's value: the env var of the same name (upper-case) locally, Secret Manager in Google Cloud.
+
+    Never log the returned value.
+    """
+    env_name = name.upper().replace("-", "_")
+    if env_name in os.environ:
+        return os.environ[env_name]
+    if os.environ.get("FLEET_SECRETS_BACKEND") != "secretmanager":
+        return None
+    from google.cloud import secretmanager  # type: ignore[attr-defined]
+
+    client = secretmanager.SecretManagerServiceClient()
+    path = f"projects/{get().project}/secrets/{name}/versions/latest"
+    return str(client.access_secret_version(name=path).payload.data.decode())

@@ -1,0 +1,1 @@
+"""Firestore adapters: one module per aggregate. google.cloud.firestore is imported lazily here."""

@@ -1,0 +1,120 @@
+"""The Firestore client (one per instance, built on first use) and a meter of reads and writes.
+
+The client is imported and built lazily so a function's module import stays cheap (cold start);
+the meter counts every document read and write so each invocation can log what it cost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared import settings
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+
+_client: Client | None = None
+_lock = threading.Lock()
+
+
+def client() -> Client:
+    global _client
+    if _client is None:
+        with _lock:
+            if _client is None:
+                from google.cloud import firestore
+
+                _client = firestore.Client(project=settings.get().project)
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the client (tests that change the environment)."""
+    global _client
+    _client = None
+
+
+@dataclass
+class Meter:
+    reads: int = 0
+    writes: int = 0
+    #: Writes refused by a precondition (another writer got there first); not billed as writes.
+    conflicts: int = 0
+
+
+_meter: ContextVar[Meter | None] = ContextVar("firestore_meter", default=None)
+
+
+@contextmanager
+def metered() -> Iterator[Meter]:
+    meter = Meter()
+    token = _meter.set(meter)
+    try:
+        yield meter
+    finally:
+        _meter.reset(token)
+
+
+def count(reads: int = 0, writes: int = 0, conflicts: int = 0) -> None:
+    meter = _meter.get()
+    if meter is not None:
+        meter.reads += reads
+        meter.writes += writes
+        meter.conflicts += conflicts
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which Pub/Sub should redeliver (the function fails instead of acknowledging)."""
+    from google.api_core import exceptions
+
+    return (
+        exceptions.ServiceUnavailable,
+        exceptions.DeadlineExceeded,
+        exceptions.InternalServerError,
+        exceptions.TooManyRequests,
+        exceptions.Aborted,
+        exceptions.RetryError,
+    )
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A failed precondition: someone else wrote the document since we read it."""
+    from google.api_core import exceptions
+
+    return isinstance(exc, exceptions.FailedPrecondition | exceptions.Conflict | exceptions.NotFound)
+
+
+_call_options: dict[str, Any] | None = None
+
+
+def call_options() -> dict[str, Any]:
+    """Retry transient errors briefly, then fail: Pub/Sub's redelivery is the long-term retry.
+
+    The client's default would retry for up to 60 s, as long as a push's ack deadline.
+    """
+    global _call_options
+    if _call_options is None:
+        from google.api_core import retry as retries
+
+        policy = retries.Retry(
+            initial=0.1,
+            maximum=1.0,
+            multiplier=2.0,
+            timeout=CALL_TIMEOUT_S,
+            predicate=retries.if_transient_error,
+        )
+        _call_options = {"retry": policy, "timeout": CALL_TIMEOUT_S}
+    return _call_options
+
+
+CALL_TIMEOUT_S = 5.0
+
+
+def get(ref: Any) -> Any:
+    count(reads=1)
+    return ref.get(**call_options())

@@ -1,0 +1,68 @@
+"""Rejected events (``rejections/{message_id}``): one document per message, so redelivery rewrites it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared import settings
+from shared.domain.rejections import Payload, Rejected
+from shared.store import db
+
+REJECTIONS = "rejections"
+
+
+class PageTokenExpired(LookupError):
+    """The rejection a page token continues after is gone (expired by TTL)."""
+
+
+def record(
+    rejected: Rejected,
+    *,
+    message_id: str,
+    source: str,
+    event_type: str | None,
+    payload: Payload,
+    received_at: datetime,
+) -> dict[str, Any]:
+    doc = {
+        "id": message_id,
+        "code": rejected.code.value,
+        "reason": rejected.reason,
+        "details": rejected.details,
+        "agent_id": rejected.agent_id,
+        "event_type": event_type,
+        "source": source,
+        "payload": payload.as_dict(),
+        "received_at": received_at,
+        "expire_at": received_at + timedelta(days=settings.get().retention_days),
+    }
+    db.client().collection(REJECTIONS).document(message_id).set(doc, **db.call_options())
+    db.count(writes=1)
+    return doc
+
+
+def list_page(
+    *, agent_id: str | None, code: str | None, page_size: int, after: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first. ``after`` is the id of the last rejection of the previous page."""
+    from google.cloud.firestore import Query
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    collection = db.client().collection(REJECTIONS)
+    query: Any = collection
+    if agent_id:
+        query = query.where(filter=FieldFilter("agent_id", "==", agent_id))
+    if code:
+        query = query.where(filter=FieldFilter("code", "==", code))
+    query = query.order_by("received_at", direction=Query.DESCENDING).order_by("__name__", direction=Query.DESCENDING)
+    if after:
+        cursor = db.get(collection.document(after))
+        if not cursor.exists:
+            raise PageTokenExpired(f"page token points at rejection {after}, which has expired; start again")
+        query = query.start_after(cursor)
+    docs = list(query.limit(page_size + 1).stream())
+    db.count(reads=max(1, len(docs)))
+    items = [d.to_dict() for d in docs[:page_size]]
+    more = len(docs) > page_size
+    return items, (items[-1]["id"] if more and items else None)

@@ -1,0 +1,66 @@
+"""Publishing and reading helpers for the integration tests (the real clients, the real path)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet_agent.contracts import DEFAULT_TOPICS, EventType, Heartbeat, Registration, encode
+
+PROJECT = "fleet-local"
+
+
+def registration(agent_id: str, **kw: Any) -> Registration:
+    data: dict[str, Any] = {
+        "agent_id": agent_id,
+        "tenant": "acme",
+        "name": f"Agent {agent_id}",
+        "agent_type": "llm-chat",
+        "version": "1.0.0",
+        "owner": "ann@example.com",
+        "capabilities": ["chat"],
+        "heartbeat_interval_s": 30,
+        "labels": {"team": "search"},
+    }
+    data.update(kw)
+    return Registration.model_validate(data)
+
+
+def heartbeat(agent_id: str, seq: int, status: str = "busy", **metrics: float) -> Heartbeat:
+    return Heartbeat(
+        agent_id=agent_id,
+        seq=seq,
+        sent_at=datetime.now(UTC),
+        status=status,
+        metrics=metrics or {"cpu_pct": 10.0 + seq, "error_rate": 0.01, "tokens_per_s": 3.0},
+    )
+
+
+def publish(publisher: Any, event: Registration | Heartbeat, *, event_id: str | None = None) -> str:
+    body, attrs = encode(event, event_id=event_id)
+    event_type = EventType.REGISTRATION if isinstance(event, Registration) else EventType.HEARTBEAT
+    return str(publisher.publish(publisher.topic_path(PROJECT, DEFAULT_TOPICS[event_type]), body, **attrs).result())
+
+
+def publish_raw(publisher: Any, topic_of: EventType, body: bytes, attributes: dict[str, str]) -> str:
+    """Publish arbitrary bytes and attributes to the topic of ``topic_of`` (for bad-input tests)."""
+    topic = publisher.topic_path(PROJECT, DEFAULT_TOPICS[topic_of])
+    return str(publisher.publish(topic, body, **attributes).result())
+
+
+def agent_doc(firestore: Any, agent_id: str) -> dict[str, Any] | None:
+    doc = firestore.collection("agents").document(agent_id).get()
+    return doc.to_dict() if doc.exists else None
+
+
+def log_lines(stack_dir: Any, function: str) -> list[dict[str, Any]]:
+    """Structured log lines a function wrote (one per event)."""
+    lines = []
+    for line in (stack_dir / "logs" / f"{function}.log").read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return lines
