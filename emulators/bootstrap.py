@@ -7,6 +7,7 @@ policy and dead-letter topic: the same delivery path as in Google Cloud.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 
 from shared.topology import Topology
@@ -17,8 +18,13 @@ def push_endpoint(base_url: str, project: str, topic: str) -> str:
     return f"{base_url}/projects/{project}/topics/{topic}"
 
 
-def build(topology: Topology, project: str, function_urls: Mapping[str, str]) -> None:
-    """Create every topic and subscription (idempotent: existing ones are left as they are)."""
+def build(
+    topology: Topology, project: str, function_urls: Mapping[str, str], overrides: Mapping[str, int] | None = None
+) -> None:
+    """Create every topic and subscription (idempotent: existing ones are left as they are).
+
+    ``overrides`` replaces retry-policy fields of every subscription (tests use short time scales).
+    """
     from google.api_core import exceptions
     from google.cloud import pubsub_v1
     from google.protobuf import duration_pb2
@@ -31,6 +37,7 @@ def build(topology: Topology, project: str, function_urls: Mapping[str, str]) ->
     for sub in topology.subscriptions:
         if sub.push_to not in function_urls:
             continue
+        sub = dataclasses.replace(sub, **dict(overrides or {}))  # type: ignore[arg-type]
         request: dict[str, object] = {
             "name": subscriber.subscription_path(project, sub.name),
             "topic": publisher.topic_path(project, sub.topic),

@@ -38,9 +38,17 @@ def on_heartbeat(event: CloudEvent) -> None:
     handlers.handle_push(_message(event), EventType.HEARTBEAT, handlers.process_heartbeat)
 
 
-@functions_framework.cloud_event
-def on_dead_letter(event: CloudEvent) -> None:
-    handlers.handle_dead_letter(_message(event))
+@functions_framework.http
+def on_dead_letter(request: Any) -> tuple[str, int]:
+    """Dead-letter topics' push target. An HTTP function that reads the raw push body itself, so
+    even a message functions-framework cannot turn into a CloudEvent (no data) is recorded, not
+    retried until retention runs out."""
+    body = request.get_json(silent=True) or {}
+    message = message_from_cloudevent(
+        body, event_id="", time=None, source=str(body.get("subscription") or request.path)
+    )
+    handlers.handle_dead_letter(message)
+    return "", 204
 
 
 @functions_framework.http

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from fleet_agent.contracts import AGENT_ID_PATTERN
 
+from shared import settings
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Cause, Outcome, State
 
@@ -47,9 +48,9 @@ def _name(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetctl",
-        description="Operate Agent Fleet Manager: API keys and manual lifecycle transitions.",
+        description="Operate Agent Fleet Manager: API keys, manual lifecycle transitions, replays.",
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{keys,agents}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{keys,agents,rejections}")
 
     keys = groups.add_parser("keys", help="create, list and revoke API keys")
     key_cmds = keys.add_subparsers(dest="command", required=True, metavar="{create,list,revoke}")
@@ -70,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     transition.add_argument("state", choices=[s.value for s in State], metavar="STATE", help="the target state")
     transition.add_argument("--reason", required=True, help="why; kept in the audit log")
     transition.add_argument("--actor", help="who asks (default: cli:<your user name>)")
+
+    rejections = groups.add_parser("rejections", help="replay recorded rejections")
+    rejection_cmds = rejections.add_subparsers(dest="command", required=True, metavar="{replay}")
+    replay = rejection_cmds.add_parser(
+        "replay", help="publish rejected events again to their topic (safe: handlers are idempotent)"
+    )
+    replay.add_argument("ids", nargs="*", help="rejection ids (default: every rejection matching the filters)")
+    replay.add_argument("--code", default="delivery_exhausted", help="only this code (default: delivery_exhausted)")
+    replay.add_argument("--agent", dest="agent_id", type=_tenant, help="only this agent")
+    replay.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    replay.add_argument("--dry-run", action="store_true", help="show what would be published")
     return parser
 
 
@@ -80,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("keys", "list"): _keys_list,
         ("keys", "revoke"): _keys_revoke,
         ("agents", "transition"): _agents_transition,
+        ("rejections", "replay"): _rejections_replay,
     }
     try:
         return commands[(args.group, args.command)](args, sys.stdout, sys.stderr)
@@ -182,6 +195,53 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         file=err,
     )
     return EXIT_FAILED
+
+
+def _rejections_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from shared import replay, topology
+    from shared.store import rejections as rejection_store
+
+    manifest = topology.load()
+    if args.ids:
+        found = [rejection_store.get(rid) for rid in args.ids]
+        missing = [rid for rid, doc in zip(args.ids, found, strict=True) if doc is None]
+        if missing:
+            print(f"fleetctl: no rejection {', '.join(missing)}", file=err)
+            return 1
+        chosen = [doc for doc in found if doc is not None]
+    else:
+        chosen, after = [], None
+        while len(chosen) < args.limit:
+            page, after = rejection_store.list_page(
+                agent_id=args.agent_id, code=args.code, page_size=min(500, args.limit - len(chosen)), after=after
+            )
+            chosen += page
+            if after is None:
+                break
+    publisher = None
+    failures = 0
+    for doc in chosen:
+        try:
+            item = replay.plan(doc, manifest)
+        except ValueError as exc:
+            failures += 1
+            print(f"{doc['id']}: not replayed: {exc}", file=err)
+            continue
+        if args.dry_run:
+            print(f"{item.rejection_id}: would publish {len(item.data)} bytes to {item.topic}", file=out)
+            continue
+        if publisher is None:
+            from google.cloud import pubsub_v1
+
+            publisher = pubsub_v1.PublisherClient()
+        path = publisher.topic_path(settings.get().project, item.topic)
+        message_id = publisher.publish(path, item.data, **item.attributes).result(timeout=60)
+        rejection_store.mark_replayed(item.rejection_id, message_id)
+        print(f"{item.rejection_id}: published again to {item.topic} as message {message_id}", file=out)
+    print(
+        f"{len(chosen) - failures} of {len(chosen)} rejections {'would be ' if args.dry_run else ''}replayed", file=err
+    )
+    return 1 if failures else 0
 
 
 def _user() -> str:

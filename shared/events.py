@@ -126,8 +126,8 @@ def decode(message: PushedMessage, expected: EventType) -> Decoded:
         raise Rejected(Code.WRONG_ATTRIBUTES, "attribute agent_id must be 3-63 chars of a-z, 0-9, - and _")
     try:
         body = json.loads(message.raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejected(Code.NOT_JSON, f"body is not JSON: {exc}", agent_id=agent_hint) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting or numbers
+        raise Rejected(Code.NOT_JSON, f"body is not JSON: {str(exc)[:200]}", agent_id=agent_hint) from None
     try:
         envelope = Envelope.model_validate(body)
     except ValidationError as exc:

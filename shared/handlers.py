@@ -49,6 +49,16 @@ def handle_push(message: PushedMessage, expected: EventType, process: Callable[[
         except RetryLater as exc:
             _finish("retry", fields, meter, started, logging.WARNING, reason=str(exc))
             raise
+        except db.permanent_errors() as exc:
+            # Valid by the contract but refused by Firestore itself: retrying cannot help.
+            outcome = "rejected"
+            unstorable = Rejected(
+                Code.UNSTORABLE,
+                f"Firestore refused the write: {type(exc).__name__}: {exc}"[:500],
+                agent_id=fields.get("agent_id"),
+            )
+            fields.update(code=unstorable.code.value, reason=unstorable.reason)
+            record_rejection(unstorable, message, expected.value)
         except Exception as exc:
             # Firestore unavailable, or a bug: fail so Pub/Sub redelivers; after the subscription's
             # max attempts the message lands on the dead-letter topic and is recorded there.

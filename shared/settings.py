@@ -22,7 +22,7 @@ class Settings:
     retention_days: int
     #: A heartbeat for an unknown agent is retried this long (its registration may be in flight).
     unknown_agent_grace_s: int
-    #: Agent documents cached per instance (saves the read on every heartbeat).
+    #: Agent documents cached per instance (saves the read on every heartbeat); about 8 KB each.
     agent_cache_size: int
     #: Seconds a verified API key is trusted before it is checked again (revocation delay).
     api_key_cache_s: int
@@ -35,8 +35,8 @@ def get() -> Settings:
         history_chunk_size=_int("FLEET_HISTORY_CHUNK", 10),
         history_slots=_int("FLEET_HISTORY_SLOTS", 144),
         retention_days=_int("FLEET_RETENTION_DAYS", 14),
-        unknown_agent_grace_s=_int("FLEET_UNKNOWN_AGENT_GRACE_S", 60),
-        agent_cache_size=_int("FLEET_AGENT_CACHE_SIZE", 20000),
+        unknown_agent_grace_s=_int("FLEET_UNKNOWN_AGENT_GRACE_S", 30),
+        agent_cache_size=_int("FLEET_AGENT_CACHE_SIZE", 5000),
         api_key_cache_s=_int("FLEET_API_KEY_CACHE_S", 30),
     )
 

@@ -11,8 +11,10 @@ attributes are ``agent_id``, ``event_type`` and ``schema_version``.
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -24,11 +26,18 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 #: Largest message body the functions accept; larger ones are rejected, not processed.
 MAX_EVENT_BYTES = 64 * 1024
 
-AGENT_ID_PATTERN = r"^[a-z0-9_-]{3,63}$"
+#: 3-63 chars of a-z, 0-9, - and _, starting with a letter or digit (Firestore reserves ``__x__`` ids).
+AGENT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{2,62}$"
 AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 TenantId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-Label = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+#: Names used as keys (labels, capabilities, metric names): start with a letter or digit.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}$"
+Label = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+#: Versions like 1.4.0, 2.0.0-rc.1+build.7 (no "/": a version names a document).
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+#: Integers must fit Firestore's signed 64 bits.
+MAX_INT = 2**63 - 1
 
 
 class EventType(StrEnum):
@@ -70,7 +79,7 @@ class Registration(_Strict):
     tenant: TenantId
     name: ShortText
     agent_type: Annotated[str, StringConstraints(min_length=1, max_length=63)]
-    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    version: Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
     owner: ShortText
     capabilities: list[Label] = Field(default_factory=list, max_length=100)
     resources: Resources = Field(default_factory=Resources)
@@ -101,9 +110,9 @@ class HeartbeatMetrics(BaseModel):
     memory_pct: float | None = Field(default=None, ge=0, le=100)
     error_rate: float | None = Field(default=None, ge=0, le=1)
     latency_ms_p95: float | None = Field(default=None, ge=0, le=86_400_000)
-    active_tasks: int | None = Field(default=None, ge=0)
-    completed_tasks: int | None = Field(default=None, ge=0)
-    failed_tasks: int | None = Field(default=None, ge=0)
+    active_tasks: int | None = Field(default=None, ge=0, le=MAX_INT)
+    completed_tasks: int | None = Field(default=None, ge=0, le=MAX_INT)
+    failed_tasks: int | None = Field(default=None, ge=0, le=MAX_INT)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -117,12 +126,12 @@ class HeartbeatMetrics(BaseModel):
         if len(extra) > MAX_EXTRA_METRICS:
             raise ValueError(f"at most {MAX_EXTRA_METRICS} extra metrics")
         for key, value in extra.items():
-            if not isinstance(key, str) or not 1 <= len(key) <= 63:
-                raise ValueError(f"extra metric name {key!r} must be 1-63 characters")
+            if not isinstance(key, str) or not re.fullmatch(NAME_PATTERN, key):
+                raise ValueError(f"extra metric name {key!r} must match {NAME_PATTERN}")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"extra metric {key!r} must be a number")
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"extra metric {key!r} must be finite")
+            if not math.isfinite(value) or (isinstance(value, int) and abs(value) > MAX_INT):
+                raise ValueError(f"extra metric {key!r} must be finite and fit in 64 bits")
 
     def as_dict(self) -> dict[str, float | int]:
         """The metrics that were reported (unset standard fields left out)."""
@@ -133,10 +142,22 @@ class Heartbeat(_Strict):
     """Sent every ``heartbeat_interval_s``. ``seq`` must grow per agent, across restarts."""
 
     agent_id: AgentId
-    seq: int = Field(ge=0, le=2**63 - 1)
+    seq: int = Field(ge=0, le=MAX_INT)
     sent_at: AwareDatetime
     status: ReportedStatus
     metrics: HeartbeatMetrics = Field(default_factory=HeartbeatMetrics)
+
+    @field_validator("sent_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        # Kept for diagnosis, never trusted; but it must be storable (years 2000-2999 in UTC).
+        try:
+            year = value.astimezone(UTC).year
+        except OverflowError:
+            year = 0
+        if not 2000 <= year <= 2999:
+            raise ValueError("sent_at must be between the years 2000 and 2999")
+        return value
 
 
 class Signature(_Strict):
@@ -196,6 +217,4 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 
 def utcnow() -> datetime:
-    from datetime import UTC
-
     return datetime.now(UTC)

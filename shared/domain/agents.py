@@ -44,6 +44,9 @@ class AgentRecord(BaseModel):
 
     status: State = State.REGISTERED
     status_since: datetime
+    #: Who caused the current status (a Cause value) and why: later rules need to know who holds a state.
+    status_cause: str | None = None
+    status_reason: str | None = None
     status_changes: list[datetime] = Field(default_factory=list)
     reported_status: str | None = None
 
@@ -99,13 +102,15 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
             **fields,
             status=State.REGISTERED,
             status_since=received_at,
+            status_cause=Cause.REGISTRATION.value,
+            late_after=_late_after(received_at, reg.heartbeat_interval_s),
             registered_at=received_at,
             last_registered_at=received_at,
             registration_event_ids=[event_id],
             versions=[reg.version],
         )
         audit = AuditEntry(
-            id=f"{event_id}-registered",
+            id=_audit_id(reg.agent_id, event_id, "agent.register"),
             at=received_at,
             actor=f"agent:{reg.agent_id}",
             action="agent.register",
@@ -143,20 +148,28 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
         changes["versions"] = _remember(current.versions, reg.version, REMEMBERED_VERSIONS)
     if received_at < current.last_registered_at:
         # An older registration delivered late: keep its version in the history, change nothing else.
+        if received_at < current.registered_at:
+            changes["registered_at"] = received_at
         plan.changes = changes
         plan.skipped = "superseded" if not new_version else None
         return plan
 
     changes.update({k: v for k, v in fields.items() if v != getattr(current, k)})
     changes["last_registered_at"] = received_at
+    last_seen = max(received_at, current.last_heartbeat_at or received_at)
+    changes["late_after"] = _late_after(last_seen, reg.heartbeat_interval_s)
     decision = lifecycle.decide(current.status, State.REGISTERED, Cause.REGISTRATION)
+    if decision.outcome is Outcome.APPLIED and current.last_heartbeat_at and current.last_heartbeat_at > received_at:
+        # A heartbeat sent after this registration was processed first: it already says what the
+        # agent is doing, so the registration must not send it back to "registered".
+        decision = lifecycle.Decision(Outcome.UNCHANGED, current.status, current.status, "newer heartbeat")
     plan.transition = decision
     if decision.outcome is Outcome.APPLIED:
-        changes.update(_status_change(current, State.REGISTERED, received_at))
+        changes.update(_status_change(current, State.REGISTERED, received_at, Cause.REGISTRATION))
     action = "agent.upgrade" if reg.version != current.version else "agent.reregister"
     plan.audit.append(
         AuditEntry(
-            id=f"{event_id}-{action}",
+            id=_audit_id(reg.agent_id, event_id, action),
             at=received_at,
             actor=f"agent:{reg.agent_id}",
             action=action,
@@ -180,12 +193,24 @@ def _registration_fields(reg: Registration) -> dict[str, Any]:
     return data
 
 
-def _status_change(current: AgentRecord, target: State, at: datetime) -> dict[str, Any]:
+def _status_change(current: AgentRecord, target: State, at: datetime, cause: Cause, reason: str = "") -> dict[str, Any]:
     return {
         "status": target,
         "status_since": at,
+        "status_cause": cause.value,
+        "status_reason": reason or None,
         "status_changes": _remember(current.status_changes, at, REMEMBERED_STATUS_CHANGES),
     }
+
+
+def _late_after(last_seen: datetime, interval_s: int) -> datetime:
+    return last_seen + timedelta(seconds=LATE_AFTER_INTERVALS * interval_s)
+
+
+def _audit_id(agent_id: str, event_id: str, action: str) -> str:
+    """Deterministic per (agent, event, action): a redelivery rewrites the same entry, and one
+    agent's event ids can never overwrite another agent's entries."""
+    return f"{agent_id}.{event_id}.{action}"
 
 
 def apply_heartbeat(
@@ -220,7 +245,7 @@ def apply_heartbeat(
         "heartbeats": current.heartbeats + 1,
         "metrics": metrics,
         "reported_status": hb.status.value,
-        "late_after": last_seen + timedelta(seconds=LATE_AFTER_INTERVALS * current.heartbeat_interval_s),
+        "late_after": _late_after(last_seen, current.heartbeat_interval_s),
     }
     plan = Plan(changes=changes)
 
@@ -243,9 +268,12 @@ def apply_heartbeat(
     changes["recent"] = recent
 
     decision = lifecycle.decide(current.status, lifecycle.REPORTED[hb.status], Cause.HEARTBEAT)
+    if decision.outcome is Outcome.APPLIED and current.status is State.OFFLINE and received_at < current.status_since:
+        # Sent before the agent was declared offline: old news, not a recovery.
+        decision = lifecycle.Decision(Outcome.HELD, current.status, decision.target, "heartbeat predates offline")
     plan.transition = decision
     if decision.outcome is Outcome.APPLIED:
-        changes.update(_status_change(current, decision.target, received_at))
+        changes.update(_status_change(current, decision.target, received_at, Cause.HEARTBEAT))
         if State.OFFLINE in (current.status, decision.target):
             plan.audit.append(_transition_audit(current, decision, event_id, received_at))
     elif decision.outcome is Outcome.ILLEGAL:
@@ -255,7 +283,7 @@ def apply_heartbeat(
 
 def _transition_audit(current: AgentRecord, decision: lifecycle.Decision, event_id: str, at: datetime) -> AuditEntry:
     return AuditEntry(
-        id=f"{event_id}-transition",
+        id=_audit_id(current.agent_id, event_id, "agent.transition"),
         at=at,
         actor=f"agent:{current.agent_id}",
         action="agent.transition",
@@ -280,13 +308,13 @@ def apply_transition(
     decision = lifecycle.decide(current.status, target, cause)
     plan = Plan(transition=decision)
     if decision.outcome is Outcome.APPLIED:
-        plan.changes = _status_change(current, target, at)
+        plan.changes = _status_change(current, target, at, cause, reason)
     elif decision.outcome is Outcome.UNCHANGED:
         plan.skipped = "unchanged"
         return plan
     plan.audit.append(
         AuditEntry(
-            id=f"{action_id}-transition",
+            id=_audit_id(current.agent_id, action_id, "agent.transition"),
             at=at,
             actor=actor,
             action="agent.transition",

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-#: Bytes of the original payload kept on a rejection (the size and sha256 of the whole are kept too).
-PAYLOAD_KEPT_BYTES = 16 * 1024
+from fleet_agent.contracts import MAX_EVENT_BYTES
+
+#: Bytes of the original payload kept on a rejection (the size and sha256 of the whole are kept too):
+#: every valid event fits whole, so a rejection can be replayed once its cause is fixed.
+PAYLOAD_KEPT_BYTES = MAX_EVENT_BYTES
 
 
 class Code(StrEnum):
@@ -23,6 +26,7 @@ class Code(StrEnum):
     TENANT_CONFLICT = "tenant_conflict"
     ILLEGAL_TRANSITION = "illegal_transition"
     DECOMMISSIONED = "agent_decommissioned"
+    UNSTORABLE = "unstorable"
     DELIVERY_EXHAUSTED = "delivery_exhausted"
 
 

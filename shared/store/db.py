@@ -82,6 +82,13 @@ def transient_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def permanent_errors() -> tuple[type[BaseException], ...]:
+    """Errors a write of this data will always meet (the client cannot encode it, Firestore refuses it)."""
+    from google.api_core import exceptions
+
+    return (exceptions.InvalidArgument, OverflowError, ValueError)
+
+
 def is_conflict(exc: BaseException) -> bool:
     """A failed precondition: someone else wrote the document since we read it."""
     from google.api_core import exceptions

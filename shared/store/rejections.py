@@ -66,3 +66,18 @@ def list_page(
     items = [d.to_dict() for d in docs[:page_size]]
     more = len(docs) > page_size
     return items, (items[-1]["id"] if more and items else None)
+
+
+def get(rejection_id: str) -> dict[str, Any] | None:
+    doc = db.get(db.client().collection(REJECTIONS).document(rejection_id))
+    return doc.to_dict() if doc.exists else None
+
+
+def mark_replayed(rejection_id: str, message_id: str) -> None:
+    """Note on the rejection that it was published again (replays are idempotent; this is for people)."""
+    from datetime import UTC
+
+    db.client().collection(REJECTIONS).document(rejection_id).update(
+        {"replayed_at": datetime.now(UTC), "replayed_as": message_id}
+    )
+    db.count(writes=1)

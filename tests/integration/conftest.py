@@ -27,10 +27,16 @@ FUNCTION_ENV = {
 }
 
 
+#: Retry policies in seconds instead of minutes, so dead-lettering happens within a test.
+SUBSCRIPTION_OVERRIDES = {"max_backoff_s": 10, "max_delivery_attempts": 5}  # the minimums Pub/Sub allows
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("stack")
-    stack = Stack(Path(state), function_env=FUNCTION_ENV, firestore_proxy=True)
+    stack = Stack(
+        Path(state), function_env=FUNCTION_ENV, firestore_proxy=True, subscription_overrides=SUBSCRIPTION_OVERRIDES
+    )
     saved = dict(os.environ)
     try:
         stack.up()

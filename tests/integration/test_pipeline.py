@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 import requests
 from fleet_agent.contracts import MAX_EVENT_BYTES, EventType, encode
 
-from shared.topology import load
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import agent_doc, heartbeat, log_lines, publish, publish_raw, registration
 
@@ -285,7 +287,7 @@ def test_message_that_keeps_failing_is_dead_lettered_and_kept(stack, publisher, 
     """
     register(publisher, firestore, agent_id)
     beat_and_wait(publisher, firestore, agent_id, 1)
-    max_attempts = next(s.max_delivery_attempts for s in load().subscriptions if s.name == "agent-heartbeats-push")
+    max_attempts = stack.subscription_overrides["max_delivery_attempts"]
     stack.firestore_down_flag.touch()
     try:
         message_id = publish(publisher, heartbeat(agent_id, 2))
@@ -312,3 +314,37 @@ def test_message_that_keeps_failing_is_dead_lettered_and_kept(stack, publisher, 
     # may still succeed once Firestore is back. Either way the heartbeat counts at most once.
     doc = agent_doc(firestore, agent_id)
     assert doc is not None and doc["last_seq"] in (1, 2) and doc["heartbeats"] == doc["last_seq"]
+
+    # The operator replays it once the cause is fixed: it is applied, exactly once.
+    for _ in range(2):
+        replayed = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "rejections", "replay", rejection["id"]],
+            env={**os.environ, **stack.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert replayed.returncode == 0, replayed.stderr
+    doc = wait_for(lambda: (d := agent_doc(firestore, agent_id)) and d["last_seq"] == 2 and d)
+    assert doc["heartbeats"] == 2
+    assert (
+        api.get("/v1/rejections", agent_id=agent_id, code="delivery_exhausted").json()["items"][0]["id"]
+        == rejection["id"]
+    )
+
+
+def test_dead_letter_without_data_is_recorded_not_retried(stack, api, agent_id) -> None:
+    """Pub/Sub may push a message with attributes only; functions-framework cannot make a CloudEvent
+    of it, so the dead-letter function reads the raw push body itself and always records it."""
+    push = {
+        "message": {
+            "attributes": {"agent_id": agent_id, "CloudPubSubDeadLetterSourceDeliveryCount": "15"},
+            "messageId": f"dlq-{agent_id}",
+            "publishTime": "2026-11-21T10:00:00Z",
+        },
+        "subscription": "projects/fleet-local/subscriptions/agent-heartbeats-dlq-push",
+    }
+    url = stack.env["FLEET_FUNCTION_URL_FLEET_DEAD_LETTERS"] + "/projects/fleet-local/topics/agent-heartbeats-dlq"
+    assert requests.post(url, json=push, timeout=10).status_code == 204
+    rejection = api.get("/v1/rejections", agent_id=agent_id).json()["items"][0]
+    assert rejection["code"] == "delivery_exhausted" and rejection["payload"]["size"] == 0

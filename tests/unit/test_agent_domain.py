@@ -183,3 +183,47 @@ def test_graceful_stop_goes_offline_and_registration_brings_it_back() -> None:
     assert plan.audit[0].details["to"] == "offline"  # type: ignore[attr-defined]
     again = apply_registration(record, reg(), event_id="ev-00000002", received_at=T0 + timedelta(seconds=5))
     assert again.changes["status"] is State.REGISTERED
+
+
+def test_registration_sets_a_liveness_deadline() -> None:
+    record = registered()
+    assert record.late_after == T0 + timedelta(seconds=90)
+
+
+def test_restart_registration_overtaken_by_its_heartbeat_keeps_the_heartbeat_status() -> None:
+    record, _ = beat(registered(), 1, T0 + timedelta(seconds=61), status=ReportedStatus.BUSY)
+    plan = apply_registration(record, reg(), event_id="ev-restart1", received_at=T0 + timedelta(seconds=60))
+    assert "status" not in plan.changes
+    assert merged(record, plan.changes).status is State.BUSY
+
+
+def test_late_older_registration_moves_registered_at_back() -> None:
+    newer = apply_registration(None, reg(version="2.0"), event_id="ev-00000002", received_at=T0 + timedelta(5)).create
+    assert newer is not None
+    plan = apply_registration(newer, reg(version="1.0"), event_id="ev-00000001", received_at=T0)
+    assert plan.changes["registered_at"] == T0
+    assert "version" not in plan.changes
+
+
+def test_heartbeat_sent_before_offline_does_not_lift_it() -> None:
+    offline = registered().model_copy(update={"status": State.OFFLINE, "status_since": T0 + timedelta(seconds=100)})
+    record, plan = beat(offline, 1, T0 + timedelta(seconds=99), status=ReportedStatus.IDLE)
+    assert record.status is State.OFFLINE
+    assert plan.transition.outcome is Outcome.HELD  # type: ignore[attr-defined]
+    record, _ = beat(record, 2, T0 + timedelta(seconds=101), status=ReportedStatus.IDLE)
+    assert record.status is State.IDLE
+
+
+def test_audit_ids_belong_to_their_agent() -> None:
+    one = apply_registration(None, reg(), event_id="same-event", received_at=T0)
+    two = apply_registration(None, reg(agent_id="agent-2"), event_id="same-event", received_at=T0)
+    assert one.audit[0].id != two.audit[0].id
+    assert one.audit[0].id.startswith("agent-1.")
+
+
+def test_status_change_records_its_cause() -> None:
+    record = registered()
+    plan = apply_transition(
+        record, State.MAINTENANCE, cause=Cause.OPERATOR, actor="ops:ann", reason="upgrade", at=T0, action_id="act-2"
+    )
+    assert (plan.changes["status_cause"], plan.changes["status_reason"]) == ("operator", "upgrade")

@@ -118,3 +118,49 @@ def test_default_topics_match_the_manifest() -> None:
     topology = load()
     for event_type, topic in DEFAULT_TOPICS.items():
         assert topology.topic_for(event_type.value).name == topic
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"agent_id": "__ab__"},
+        {"agent_id": "-ab"},
+        {"version": "release/1.2"},
+        {"version": ".."},
+        {"labels": {"__x__": "y"}},
+        {"capabilities": ["bad name"]},
+    ],
+)
+def test_registration_refuses_what_firestore_cannot_store(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        registration(**bad)
+
+
+def test_registration_accepts_real_versions_and_labels() -> None:
+    reg = registration(version="2.0.0-rc.1+build.7", labels={"app.kubernetes.io/name": "x"})
+    assert reg.version == "2.0.0-rc.1+build.7"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"metrics": {"active_tasks": 2**63}},
+        {"metrics": {"huge": 2**64}},
+        {"metrics": {"__x__": 1}},
+        {"metrics": {"nan": float("nan")}},
+        {"sent_at": "0001-01-01T00:00:00+01:00"},
+        {"sent_at": "9999-12-31T23:59:59-05:00"},
+    ],
+)
+def test_heartbeat_refuses_unstorable_values(bad: dict[str, object]) -> None:
+    data: dict[str, object] = {"agent_id": "agent-1", "seq": 1, "sent_at": NOW, "status": "idle"}
+    data.update(bad)
+    with pytest.raises(ValidationError):
+        Heartbeat.model_validate(data)
+
+
+def test_pathological_json_is_rejected_not_raised() -> None:
+    nested = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    assert _reject(pushed(nested, **GOOD_ATTRS)).code is Code.NOT_JSON
+    huge_int = b'{"event_id": "event-0001", "data": {"seq": ' + b"9" * 5000 + b"}}"
+    assert _reject(pushed(huge_int, **GOOD_ATTRS)).code is Code.NOT_JSON

@@ -68,3 +68,12 @@ def test_deployed_topology_leaves_out_local_only_parts() -> None:
 def test_manifest_errors_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         parse(bad)
+
+
+def test_unknown_agent_grace_ends_well_inside_the_retry_window() -> None:
+    """A heartbeat for an unregistered agent must be rejected as unknown_agent, not dead-lettered."""
+    from shared import settings
+
+    sub = next(s for s in load().subscriptions if s.name == "agent-heartbeats-push")
+    window = sum(min(sub.min_backoff_s * 2**i, sub.max_backoff_s) for i in range(sub.max_delivery_attempts - 1))
+    assert settings.get().unknown_agent_grace_s <= 0.5 * window
