@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -34,6 +35,7 @@ def redact(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: ("[redacted]" if _secret_name(k) else v) for k, v in fields.items()}
 
 
+@functools.cache
 def _secret_name(name: str) -> bool:
     lowered = name.lower()
     return any(lowered == word or lowered.endswith("_" + word) for word in _REDACT)

@@ -48,7 +48,6 @@ class AgentRecord(BaseModel):
     status_cause: str | None = None
     status_reason: str | None = None
     status_changes: list[datetime] = Field(default_factory=list)
-    reported_status: str | None = None
 
     registered_at: datetime
     last_registered_at: datetime
@@ -56,18 +55,40 @@ class AgentRecord(BaseModel):
     versions: list[str] = Field(default_factory=list)
 
     last_heartbeat_at: datetime | None = None
-    last_sent_at: datetime | None = None
     last_seq: int = -1
     heartbeats: int = 0
-    metrics: dict[str, float | int] = Field(default_factory=dict)
     late_after: datetime | None = None
 
-    #: Heartbeat samples not yet flushed to a history chunk.
-    recent: list[dict[str, Any]] = Field(default_factory=list)
+    #: The last ``chunk_size`` heartbeat samples, a ring keyed by slot (``s00``...). The latest
+    #: metrics, reported status and sent time are read from it, not stored twice.
+    recent: dict[str, dict[str, Any]] = Field(default_factory=dict)
     history_chunks: int = 0
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
+
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        """The ring's samples, oldest first."""
+        return sorted(self.recent.values(), key=lambda sample: sample["seq"])
+
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        return max(self.recent.values(), key=lambda sample: sample["seq"]) if self.recent else None
+
+    @property
+    def metrics(self) -> dict[str, float | int]:
+        """Metrics of the last accepted heartbeat."""
+        return dict(self.latest["metrics"]) if self.latest else {}
+
+    @property
+    def reported_status(self) -> str | None:
+        return str(self.latest["status"]) if self.latest else None
+
+    @property
+    def last_sent_at(self) -> datetime | None:
+        """The agent's own clock at its last heartbeat (kept for diagnosis, never used for liveness)."""
+        return datetime.fromisoformat(self.latest["sent_at"]) if self.latest else None
 
 
 @dataclass
@@ -78,6 +99,8 @@ class Plan:
     create: AgentRecord | None = None
     version_doc: dict[str, Any] | None = None
     history_chunk: tuple[int, dict[str, Any]] | None = None  # (slot, document)
+    #: A heartbeat sample for one slot of the agent's ring (written with the agent document).
+    sample: tuple[str, dict[str, Any]] | None = None
     audit: list[AuditEntry] = field(default_factory=list)
     #: Why nothing is written: "duplicate", "stale", ...
     skipped: str | None = None
@@ -85,7 +108,7 @@ class Plan:
 
     @property
     def writes(self) -> int:
-        agent = 1 if (self.changes or self.create) else 0
+        agent = 1 if (self.changes or self.create or self.sample) else 0
         return agent + (self.version_doc is not None) + (self.history_chunk is not None) + len(self.audit)
 
 
@@ -230,42 +253,39 @@ def apply_heartbeat(
         return Plan(skipped="stale")
 
     last_seen = max(received_at, current.last_heartbeat_at) if current.last_heartbeat_at else received_at
-    metrics = hb.metrics.as_dict()
+    # JSON-ready: samples are stored whole and read whole (history, baselines, models).
     sample = {
         "seq": hb.seq,
-        "at": received_at,
-        "sent_at": hb.sent_at,
+        "at": received_at.isoformat(),
+        "sent_at": hb.sent_at.isoformat(),
         "status": hb.status.value,
-        "metrics": metrics,
+        "metrics": hb.metrics.as_dict(),
     }
     changes: dict[str, Any] = {
         "last_seq": hb.seq,
         "last_heartbeat_at": last_seen,
-        "last_sent_at": hb.sent_at,
         "heartbeats": current.heartbeats + 1,
-        "metrics": metrics,
-        "reported_status": hb.status.value,
         "late_after": _late_after(last_seen, current.heartbeat_interval_s),
     }
-    plan = Plan(changes=changes)
+    position = current.heartbeats % chunk_size
+    slot = f"s{position:02d}"
+    plan = Plan(changes=changes, sample=(slot, sample))
 
-    recent = [*current.recent, sample]
-    if len(recent) >= chunk_size:
+    if position == chunk_size - 1:  # the ring is full: it becomes one history chunk
+        ring = sorted({**current.recent, slot: sample}.values(), key=lambda s: s["seq"])[-chunk_size:]
         chunk_no = current.history_chunks
         plan.history_chunk = (
             chunk_no % slots,
             {
                 "agent_id": hb.agent_id,
                 "chunk_no": chunk_no,
-                "samples": recent,
-                "first_at": recent[0]["at"],
-                "last_at": recent[-1]["at"],
+                "samples": ring,
+                "first_at": datetime.fromisoformat(ring[0]["at"]),
+                "last_at": received_at,
                 "expire_at": received_at + retention,
             },
         )
         changes["history_chunks"] = chunk_no + 1
-        recent = []
-    changes["recent"] = recent
 
     decision = lifecycle.decide(current.status, lifecycle.REPORTED[hb.status], Cause.HEARTBEAT)
     if decision.outcome is Outcome.APPLIED and current.status is State.OFFLINE and received_at < current.status_since:

@@ -9,6 +9,7 @@ document as it is at write time, without the three round trips of a transaction.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -79,7 +80,7 @@ def read(agent_id: str) -> Snapshot | None:
     if not doc.exists:
         cache.drop(agent_id)
         return None
-    snap = Snapshot(AgentRecord.model_validate(doc.to_dict()), doc.update_time)
+    snap = Snapshot(from_stored(doc.to_dict()), doc.update_time)
     cache.put(agent_id, snap)
     return snap
 
@@ -95,7 +96,7 @@ def update(agent_id: str, decide: Callable[[AgentRecord | None], Plan]) -> Plan:
         snap = read(agent_id)
     for _attempt in range(MAX_ATTEMPTS):
         plan = decide(snap.record if snap else None)
-        if from_cache and not (plan.changes or plan.create) and plan.skipped not in _SAFE_FROM_CACHE:
+        if from_cache and not (plan.changes or plan.create or plan.sample) and plan.skipped not in _SAFE_FROM_CACHE:
             # Only the agent write carries the precondition: a plan without one must be made
             # on the document as stored, not on what this instance last saw.
             snap, from_cache = read(agent_id), False
@@ -120,18 +121,24 @@ def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
     agent_ref = ref(agent_id)
     new_record: AgentRecord | None = None
     if plan.create is not None:
-        batch.create(agent_ref, plan.create.to_doc())
+        batch.create(agent_ref, to_stored(plan.create.to_doc()))
         new_record = plan.create
-    elif plan.changes:
+    elif plan.changes or plan.sample:
         assert snap is not None, "an update needs the document it was computed from"
-        fields = _as_appends(snap.record, plan.changes)
+        fields = dict(plan.changes)
+        cached = dict(plan.changes)
+        if plan.sample is not None:
+            slot, sample = plan.sample
+            fields[f"recent.{slot}"] = _sample_json(sample)
+            cached["recent"] = {**snap.record.recent, slot: sample}
         batch.update(agent_ref, fields, option=client.write_option(last_update_time=snap.update_time))
-        new_record = snap.record.model_copy(update=plan.changes)
+        new_record = snap.record.model_copy(update=cached)
     if plan.version_doc is not None:
         batch.set(agent_ref.collection(VERSIONS).document(plan.version_doc["version"]), plan.version_doc)
     if plan.history_chunk is not None:
-        slot, chunk = plan.history_chunk
-        batch.set(agent_ref.collection(HISTORY).document(f"{slot:05d}"), chunk)
+        chunk_slot, chunk = plan.history_chunk
+        stored_chunk = {**chunk, "samples": [_sample_json(sample) for sample in chunk["samples"]]}
+        batch.set(agent_ref.collection(HISTORY).document(f"{chunk_slot:05d}"), stored_chunk)
     for entry in plan.audit:
         audit.add(batch, entry)
     results = batch.commit(**db.call_options())
@@ -140,24 +147,25 @@ def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
         cache.put(agent_id, Snapshot(new_record, results[0].update_time))
 
 
-#: List fields that grow by one item per event: sent as an append instead of the whole list.
-_APPEND_FIELDS = ("recent",)
+# Heartbeat samples are stored as compact JSON strings in a map of slots (``recent.s00`` ...).
+# As a Firestore map a sample is about 25 values, each a protobuf message built in Python; as a
+# string it is one. Nothing queries inside a sample: readers (the API, the models) take them whole.
+# A heartbeat writes only its own slot (field path ``recent.sNN``).
 
 
-def _as_appends(record: AgentRecord, changes: dict[str, Any]) -> dict[str, Any]:
-    """Send a list that grew by one item as an ArrayUnion of that item.
+def _sample_json(sample: dict[str, Any]) -> str:
+    return json.dumps(sample, separators=(",", ":"))
 
-    Encoding the whole unflushed history on every heartbeat cost about 3 ms of CPU per event;
-    the precondition guarantees the stored list is the one we extended, so appending is exact.
-    """
-    from google.cloud.firestore import ArrayUnion
 
-    fields = dict(changes)
-    for name in _APPEND_FIELDS:
-        new, old = changes.get(name), getattr(record, name)
-        if isinstance(new, list) and len(new) == len(old) + 1 and new[:-1] == old:
-            fields[name] = ArrayUnion([new[-1]])
-    return fields
+def to_stored(doc: dict[str, Any]) -> dict[str, Any]:
+    """An agent document as Firestore holds it (the samples as JSON)."""
+    return {**doc, "recent": {slot: _sample_json(s) for slot, s in (doc.get("recent") or {}).items()}}
+
+
+def from_stored(data: dict[str, Any] | None) -> AgentRecord:
+    data = dict(data or {})
+    data["recent"] = {slot: json.loads(text) for slot, text in (data.get("recent") or {}).items()}
+    return AgentRecord.model_validate(data)
 
 
 def get(agent_id: str) -> AgentRecord | None:
@@ -172,9 +180,10 @@ def history(agent_id: str) -> list[dict[str, Any]]:
         return []
     docs = list(ref(agent_id).collection(HISTORY).stream())
     db.count(reads=max(1, len(docs)))
-    chunks = sorted((d.to_dict() for d in docs), key=lambda c: c["chunk_no"])
-    samples = [s for chunk in chunks for s in chunk["samples"]]
-    return samples + list(agent.recent)
+    chunks = sorted((d.to_dict() or {} for d in docs), key=lambda c: c["chunk_no"])
+    samples = [json.loads(s) for chunk in chunks for s in chunk["samples"]]
+    newest = samples[-1]["seq"] if samples else -1
+    return samples + [s for s in agent.samples if s["seq"] > newest]
 
 
 def list_agents(
@@ -193,7 +202,7 @@ def list_agents(
         query = query.start_after({"__name__": ref(after)})
     docs = list(query.limit(page_size + 1).stream())
     db.count(reads=max(1, len(docs)))
-    records = [AgentRecord.model_validate(d.to_dict()) for d in docs[:page_size]]
+    records = [from_stored(d.to_dict()) for d in docs[:page_size]]
     more = len(docs) > page_size
     return records, (records[-1].agent_id if more and records else None)
 
@@ -201,7 +210,7 @@ def list_agents(
 def iter_all() -> Iterator[AgentRecord]:
     for doc in db.client().collection(AGENTS).stream():
         db.count(reads=1)
-        yield AgentRecord.model_validate(doc.to_dict())
+        yield from_stored(doc.to_dict())
 
 
 def now() -> datetime:

@@ -36,8 +36,12 @@ def registered(**kw: object) -> AgentRecord:
     return plan.create
 
 
-def merged(record: AgentRecord, changes: dict[str, object]) -> AgentRecord:
-    return AgentRecord.model_validate({**record.to_doc(), **changes})
+def merged(record: AgentRecord, changes: dict[str, object], sample: tuple[str, dict] | None = None) -> AgentRecord:
+    """The record after a plan, as the store writes it."""
+    data = {**record.to_doc(), **changes}
+    if sample is not None:
+        data["recent"] = {**record.recent, sample[0]: sample[1]}
+    return AgentRecord.model_validate(data)
 
 
 def beat(record: AgentRecord, seq: int, at: datetime, **kw: object) -> tuple[AgentRecord, object]:
@@ -50,7 +54,7 @@ def beat(record: AgentRecord, seq: int, at: datetime, **kw: object) -> tuple[Age
         slots=2,
         retention=timedelta(days=1),
     )
-    return merged(record, plan.changes), plan
+    return merged(record, plan.changes, plan.sample), plan
 
 
 def test_new_registration_creates_agent_version_and_audit() -> None:
@@ -104,6 +108,7 @@ def test_heartbeat_records_liveness_by_receive_time_and_maps_status() -> None:
     assert record.status is State.BUSY
     assert record.late_after == at + timedelta(seconds=90)
     assert record.last_sent_at == T0  # the client's clock is kept, never used for liveness
+    assert record.metrics == {"cpu_pct": 5} and record.reported_status == "busy"
 
 
 def test_stale_or_repeated_seq_changes_nothing() -> None:
@@ -125,7 +130,9 @@ def test_history_flushes_every_chunk_and_rings_over_slots() -> None:
     assert [slot for slot, _ in chunks] == [0, 1, 0]
     assert [c["chunk_no"] for _, c in chunks] == [0, 1, 2]
     assert [s["seq"] for s in chunks[2][1]["samples"]] == [7, 8, 9]
-    assert record.recent == [] and record.history_chunks == 3
+    assert [s["seq"] for s in record.samples] == [7, 8, 9] and record.history_chunks == 3
+    record, _ = beat(record, 10, T0 + timedelta(seconds=10))
+    assert [s["seq"] for s in record.samples] == [8, 9, 10]  # a ring: the oldest slot is reused
 
 
 def test_writes_per_heartbeat_average_one_point_one_at_chunk_ten() -> None:
@@ -141,7 +148,7 @@ def test_writes_per_heartbeat_average_one_point_one_at_chunk_ten() -> None:
             retention=timedelta(1),
         )
         writes += plan.writes
-        record = merged(record, plan.changes)
+        record = merged(record, plan.changes, plan.sample)
     assert writes == 110
 
 

@@ -45,9 +45,16 @@ def record(agent_id: str, tenant: str, status: State = State.ACTIVE) -> AgentRec
         last_registered_at=T0,
         last_heartbeat_at=T0 + timedelta(seconds=30),
         last_seq=4,
-        metrics={"cpu_pct": 12.5, "active_tasks": 3},
         registration_event_ids=["ev-00000001"],
-        recent=[{"seq": 4, "at": T0, "sent_at": T0, "status": "active", "metrics": {}}],
+        recent={
+            "s03": {
+                "seq": 4,
+                "at": T0.isoformat(),
+                "sent_at": T0.isoformat(),
+                "status": "active",
+                "metrics": {"cpu_pct": 12.5, "active_tasks": 3},
+            }
+        },
         versions=["1.0.0"],
     )
 
