@@ -63,6 +63,8 @@ class AgentRecord(BaseModel):
     #: metrics, reported status and sent time are read from it, not stored twice.
     recent: dict[str, dict[str, Any]] = Field(default_factory=dict)
     history_chunks: int = 0
+    #: Seq of the newest sample already copied to a history chunk.
+    flushed_seq: int = -1
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
@@ -79,16 +81,17 @@ class AgentRecord(BaseModel):
     @property
     def metrics(self) -> dict[str, float | int]:
         """Metrics of the last accepted heartbeat."""
-        return dict(self.latest["metrics"]) if self.latest else {}
+        return dict(self.latest.get("metrics") or {}) if self.latest else {}
 
     @property
     def reported_status(self) -> str | None:
-        return str(self.latest["status"]) if self.latest else None
+        return self.latest.get("status") if self.latest else None
 
     @property
     def last_sent_at(self) -> datetime | None:
         """The agent's own clock at its last heartbeat (kept for diagnosis, never used for liveness)."""
-        return datetime.fromisoformat(self.latest["sent_at"]) if self.latest else None
+        sent_at = self.latest.get("sent_at") if self.latest else None
+        return datetime.fromisoformat(sent_at) if sent_at else None
 
 
 @dataclass
@@ -271,8 +274,12 @@ def apply_heartbeat(
     slot = f"s{position:02d}"
     plan = Plan(changes=changes, sample=(slot, sample))
 
-    if position == chunk_size - 1:  # the ring is full: it becomes one history chunk
-        ring = sorted({**current.recent, slot: sample}.values(), key=lambda s: s["seq"])[-chunk_size:]
+    overwritten = current.recent.get(slot)
+    if position == chunk_size - 1 or (overwritten is not None and overwritten["seq"] > current.flushed_seq):
+        # The ring is full (or, after a change of chunk size, a slot about to be reused holds a sample
+        # not yet copied): every sample not yet in a chunk becomes one history chunk.
+        unflushed = [s for s in (*current.recent.values(), sample) if s["seq"] > current.flushed_seq]
+        ring = sorted(unflushed, key=lambda s: s["seq"])
         chunk_no = current.history_chunks
         plan.history_chunk = (
             chunk_no % slots,
@@ -286,6 +293,7 @@ def apply_heartbeat(
             },
         )
         changes["history_chunks"] = chunk_no + 1
+        changes["flushed_seq"] = hb.seq
 
     decision = lifecycle.decide(current.status, lifecycle.REPORTED[hb.status], Cause.HEARTBEAT)
     if decision.outcome is Outcome.APPLIED and current.status is State.OFFLINE and received_at < current.status_since:

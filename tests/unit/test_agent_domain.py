@@ -234,3 +234,18 @@ def test_status_change_records_its_cause() -> None:
         record, State.MAINTENANCE, cause=Cause.OPERATOR, actor="ops:ann", reason="upgrade", at=T0, action_id="act-2"
     )
     assert (plan.changes["status_cause"], plan.changes["status_reason"]) == ("operator", "upgrade")
+
+
+@pytest.mark.parametrize(("before", "after"), [(10, 5), (10, 20), (3, 7)])
+def test_changing_the_chunk_size_neither_loses_nor_duplicates_samples(before: int, after: int) -> None:
+    record, flushed = registered(), []
+    for seq in range(1, 61):
+        size = before if seq <= 17 else after
+        plan = apply_heartbeat(
+            record, hb(seq), received_at=T0, event_id=f"h{seq:07d}", chunk_size=size, slots=100, retention=timedelta(1)
+        )
+        if plan.history_chunk:
+            flushed += [s["seq"] for s in plan.history_chunk[1]["samples"]]
+        record = merged(record, plan.changes, plan.sample)
+    unflushed = [s["seq"] for s in record.samples if s["seq"] > record.flushed_seq]
+    assert flushed + unflushed == list(range(1, 61))
