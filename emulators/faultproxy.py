@@ -36,6 +36,9 @@ class Proxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if self.down():  # checked on every chunk: not a byte passes once the flag is set
+                        dst.transport.abort()
+                        break
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
