@@ -267,14 +267,6 @@ class Stack:
         self.env_file.unlink(missing_ok=True)
 
 
-def read_env(state_dir: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in (state_dir / "env").read_text().splitlines():
-        key, _, value = line.partition("=")
-        env[key] = shlex.split(value)[0] if value else ""
-    return env
-
-
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emulators.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])

@@ -163,7 +163,7 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     target = State(args.state)
     actor = args.actor or f"cli:{_user()}"
     # Fixed before the first attempt: a retried write computes the same audit entry (same id).
-    at = agents.now()
+    at = datetime.now(UTC)
     action_id = uuid.uuid4().hex
 
     def decide(current: AgentRecord | None) -> Plan:

@@ -26,7 +26,7 @@ from fleet_agent.contracts import (
 )
 from pydantic import BaseModel, ValidationError
 
-from shared.domain.rejections import Code, Payload, Rejected
+from shared.domain.rejections import Code, Rejected
 
 _REQUIRED_ATTRIBUTES = ("agent_id", "event_type", "schema_version")
 
@@ -40,10 +40,6 @@ class PushedMessage:
     raw: bytes
     attributes: dict[str, str]
     source: str = ""
-
-    @property
-    def payload(self) -> Payload:
-        return Payload.of(self.raw, self.attributes)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from shared import settings
@@ -205,15 +204,3 @@ def list_agents(
     records = [from_stored(d.to_dict()) for d in docs[:page_size]]
     more = len(docs) > page_size
     return records, (records[-1].agent_id if more and records else None)
-
-
-def iter_all() -> Iterator[AgentRecord]:
-    for doc in db.client().collection(AGENTS).stream():
-        db.count(reads=1)
-        yield from_stored(doc.to_dict())
-
-
-def now() -> datetime:
-    from datetime import UTC
-
-    return datetime.now(UTC)

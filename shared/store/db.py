@@ -33,12 +33,6 @@ def client() -> Client:
     return _client
 
 
-def reset_client() -> None:
-    """Forget the client (tests that change the environment)."""
-    global _client
-    _client = None
-
-
 @dataclass
 class Meter:
     reads: int = 0
