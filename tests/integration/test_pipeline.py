@@ -45,14 +45,16 @@ def test_registered_agent_heartbeats_and_is_read_through_the_api(publisher, fire
     assert agent_id in [a["agent_id"] for a in listed["items"]]
 
 
-def test_redelivered_registration_counts_once(publisher, firestore, agent_id) -> None:
+def outcomes(stack: Any, function: str, agent_id: str) -> list[str]:
+    """What the function logged for each event of this agent, in order."""
+    return [x["outcome"] for x in log_lines(stack.state_dir, function) if x.get("agent_id") == agent_id]
+
+
+def test_redelivered_registration_counts_once(stack, publisher, firestore, agent_id) -> None:
     for _ in range(3):  # the same event, published three times (a publisher retry)
         publish(publisher, registration(agent_id), event_id=f"reg-{agent_id}")
-    doc = wait_for(lambda: agent_doc(firestore, agent_id))
-    wait_for(lambda: len(log_lines_for(firestore, agent_id)) >= 1)
-    import time
-
-    time.sleep(1.5)  # let every copy be processed
+    seen = wait_for(lambda: len(o := outcomes(stack, "fleet-registrations", agent_id)) == 3 and o)
+    assert sorted(seen) == ["accepted", "duplicate", "duplicate"]
     doc = agent_doc(firestore, agent_id)
     assert doc is not None and doc["registration_event_ids"] == [f"reg-{agent_id}"]
     versions = list(firestore.collection("agents").document(agent_id).collection("versions").stream())
@@ -97,14 +99,16 @@ def test_replayed_push_is_idempotent(stack, publisher, firestore, agent_id) -> N
     assert doc is not None and doc["last_seq"] == 1 and doc["heartbeats"] == 1
 
 
-def test_reordered_heartbeats_leave_the_newest_state(publisher, firestore, api, agent_id) -> None:
+def test_reordered_heartbeats_leave_the_newest_state(stack, publisher, firestore, api, agent_id) -> None:
     register(publisher, firestore, agent_id)
     beat_and_wait(publisher, firestore, agent_id, 3, status="busy", cpu_pct=33.0)
     for seq in (1, 2):  # older heartbeats arriving late
         publish(publisher, heartbeat(agent_id, seq, status="idle", cpu_pct=float(seq)))
-    import time
-
-    time.sleep(1.5)
+    assert wait_for(lambda: (o := outcomes(stack, "fleet-heartbeats", agent_id)) and len(o) == 3 and o) == [
+        "accepted",
+        "stale",
+        "stale",
+    ]
     doc = agent_doc(firestore, agent_id)
     assert doc is not None
     assert (doc["last_seq"], doc["status"], doc["heartbeats"]) == (3, "busy", 1)
