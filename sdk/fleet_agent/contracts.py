@@ -14,11 +14,13 @@ import json
 import math
 import re
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 SCHEMA_VERSION = "1"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -176,12 +178,53 @@ class Envelope(_Strict):
     signature: Signature | None = None
 
 
+#: Records per cost batch: a full batch of realistic records stays well inside MAX_EVENT_BYTES.
+MAX_BATCH_RECORDS = 200
+#: Per call, an upper bound that no real LLM call reaches; beyond it a record is absurd, not costly.
+MAX_TOKENS_PER_CALL = 10_000_000
+MAX_COST_PER_CALL_USD = Decimal("10000")
+CallId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,63}$")]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")]
+
+
+class CostRecord(_Strict):
+    """One LLM (or other metered) call, as the agent saw it."""
+
+    call_id: CallId
+    at: AwareDatetime
+    model: ModelName
+    input_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+    output_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+    #: What the provider charged, when the agent knows it; otherwise the server prices the call.
+    cost_usd: Decimal | None = Field(default=None, ge=0, le=MAX_COST_PER_CALL_USD, max_digits=20, decimal_places=12)
+    success: bool
+    latency_ms: float = Field(ge=0, le=86_400_000)
+    operation: Label
+
+
+class CostBatch(_Strict):
+    """A batch of one agent's call records (the SDK flushes by size or after about a second)."""
+
+    agent_id: AgentId
+    batch_id: CallId
+    records: list[CostRecord] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+
+    @model_validator(mode="after")
+    def _unique_call_ids(self) -> CostBatch:
+        counts = Counter(r.call_id for r in self.records)
+        duplicates = sorted(call_id for call_id, n in counts.items() if n > 1)
+        if duplicates:
+            raise ValueError(f"call_id repeated inside the batch: {', '.join(duplicates[:5])}")
+        return self
+
+
 EVENT_MODELS: dict[EventType, type[BaseModel]] = {
     EventType.REGISTRATION: Registration,
     EventType.HEARTBEAT: Heartbeat,
+    EventType.COST: CostBatch,
 }
 
-Event = Registration | Heartbeat
+Event = Registration | Heartbeat | CostBatch
 
 
 def event_type_of(event: BaseModel) -> EventType:
@@ -191,7 +234,7 @@ def event_type_of(event: BaseModel) -> EventType:
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
-def encode(event: Registration | Heartbeat, *, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+def encode(event: Event, *, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
     """Body and attributes of the Pub/Sub message that carries ``event``."""
     envelope = Envelope(event_id=event_id or uuid.uuid4().hex, data=event.model_dump(mode="json"))
     body = envelope.model_dump_json(exclude_none=True).encode()
