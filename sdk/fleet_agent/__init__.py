@@ -4,6 +4,10 @@ from fleet_agent.client import FleetAgent
 from fleet_agent.contracts import (
     DEFAULT_TOPICS,
     SCHEMA_VERSION,
+    Command,
+    CommandType,
+    CostBatch,
+    CostRecord,
     EventType,
     Heartbeat,
     HeartbeatMetrics,
@@ -11,10 +15,17 @@ from fleet_agent.contracts import (
     ReportedStatus,
     Resources,
 )
+from fleet_agent.costs import CallRefused, CostRecorder
 
 __all__ = [
     "DEFAULT_TOPICS",
     "SCHEMA_VERSION",
+    "CallRefused",
+    "Command",
+    "CommandType",
+    "CostBatch",
+    "CostRecord",
+    "CostRecorder",
     "EventType",
     "FleetAgent",
     "Heartbeat",

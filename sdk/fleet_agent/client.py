@@ -26,6 +26,7 @@ from typing import Any, Protocol, Self
 
 from fleet_agent.contracts import (
     DEFAULT_TOPICS,
+    Command,
     EventType,
     Heartbeat,
     HeartbeatMetrics,
@@ -34,6 +35,7 @@ from fleet_agent.contracts import (
     encode,
     utcnow,
 )
+from fleet_agent.costs import CostRecorder
 
 log = logging.getLogger("fleet_agent")
 
@@ -99,7 +101,7 @@ class FleetAgent:
         names = {**DEFAULT_TOPICS, **(topics or {})}
         self._topics: dict[EventType, str] = {
             event_type: self._publisher.topic_path(self.project, names[event_type])
-            for event_type in (EventType.REGISTRATION, EventType.HEARTBEAT)
+            for event_type in (EventType.REGISTRATION, EventType.HEARTBEAT, EventType.COST)
         }
         self._metrics = metrics
         self._status = status
@@ -118,6 +120,7 @@ class FleetAgent:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._costs: CostRecorder | None = None
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -238,6 +241,24 @@ class FleetAgent:
         if exc is not None:
             log.warning("agent %s: heartbeat publish failed: %s", self.agent_id, exc)
 
+    # -- calls and commands ---------------------------------------------------------------------
+
+    @property
+    def costs(self) -> CostRecorder:
+        """This agent's call recorder (made on first use; shares the agent's publisher)."""
+        with self._send:
+            if self._costs is None:
+                self._costs = CostRecorder(self.agent_id, self._publisher, self._topics[EventType.COST])
+            return self._costs
+
+    def apply_command(self, data: bytes) -> Command | None:
+        """Take one ``agent-commands`` message body into account; None when it is not for this agent.
+
+        The Pub/Sub emulator does not filter subscriptions, so every agent may see every command.
+        """
+        command = Command.model_validate_json(data)
+        return command if self.costs.apply(command) else None
+
     # -- shutdown -----------------------------------------------------------------------------
 
     def stop(self, timeout: float | None = 10.0) -> bool:
@@ -268,6 +289,8 @@ class FleetAgent:
             if self._closed:
                 return flushed
             self._closed = True
+        if self._costs is not None:
+            flushed = self._costs.close(timeout or 10.0) and flushed
         if self._owns_publisher:
             stop = getattr(self._publisher, "stop", None)
             if callable(stop):

@@ -218,6 +218,38 @@ class CostBatch(_Strict):
         return self
 
 
+class CommandType(StrEnum):
+    """What the fleet tells an agent on ``agent-commands``."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    BUDGET_RESTORED = "budget_restored"
+    BREAKER_OPEN = "breaker_open"
+    BREAKER_CLOSED = "breaker_closed"
+    QUARANTINE = "quarantine"
+    RELEASE = "release"
+
+
+#: Commands after which the agent must not call its model, and the ones that lift each of them.
+BLOCKING_COMMANDS: dict[CommandType, CommandType] = {
+    CommandType.PAUSE: CommandType.RESUME,
+    CommandType.BUDGET_EXHAUSTED: CommandType.BUDGET_RESTORED,
+    CommandType.BREAKER_OPEN: CommandType.BREAKER_CLOSED,
+    CommandType.QUARANTINE: CommandType.RELEASE,
+}
+
+
+class Command(_Strict):
+    """A command to one agent (attribute ``agent_id``; the emulator does not filter, the SDK does)."""
+
+    agent_id: AgentId
+    command: CommandType
+    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+    issued_at: AwareDatetime
+    command_id: CallId
+
+
 EVENT_MODELS: dict[EventType, type[BaseModel]] = {
     EventType.REGISTRATION: Registration,
     EventType.HEARTBEAT: Heartbeat,
@@ -256,6 +288,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas: dict[str, dict[str, Any]] = {"envelope": Envelope.model_json_schema()}
     for event_type, model in EVENT_MODELS.items():
         schemas[event_type.value] = model.model_json_schema()
+    schemas["command"] = Command.model_json_schema()
     return schemas
 
 

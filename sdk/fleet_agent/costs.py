@@ -1,0 +1,229 @@
+"""Recording LLM calls: batched cost events, and local enforcement of the fleet's commands.
+
+    recorder = agent.costs
+    with recorder.call("summarize", model="gpt-4o") as call:   # raises CallRefused while blocked
+        reply = client.chat(...)
+        call.tokens(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+
+Records are batched into one ``CostBatch`` message per ``max_records`` calls or ``max_delay_s``
+seconds, whichever comes first, so an agent making 100 calls a second publishes a few messages a
+second, not a hundred. A blocked recorder (paused, over budget, breaker open, quarantined) refuses
+the call *before* the model is called: the overshoot past a hard limit is at most what was already
+in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from fleet_agent.contracts import (
+    BLOCKING_COMMANDS,
+    MAX_BATCH_RECORDS,
+    Command,
+    CommandType,
+    CostBatch,
+    CostRecord,
+    encode,
+    utcnow,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CallRefused(RuntimeError):
+    """The fleet told this agent not to call its model (the reason says why and since when)."""
+
+    def __init__(self, agent_id: str, blocks: dict[CommandType, Command]) -> None:
+        reasons = "; ".join(f"{kind.value}: {cmd.reason or 'no reason given'}" for kind, cmd in blocks.items())
+        super().__init__(f"agent {agent_id} may not call its model now ({reasons})")
+        self.blocks = dict(blocks)
+
+
+class _Publisher(Protocol):
+    def publish(self, topic: str, data: bytes, **attrs: Any) -> Future[str]: ...
+
+
+@dataclass
+class Call:
+    """What the agent learns about one call while it runs; filled in inside ``recorder.call``."""
+
+    operation: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal | None = None
+    success: bool = True
+    started: float = field(default_factory=time.monotonic)
+
+    def tokens(self, input_tokens: int, output_tokens: int) -> None:
+        self.input_tokens, self.output_tokens = input_tokens, output_tokens
+
+    def cost(self, usd: Decimal | float | str) -> None:
+        self.cost_usd = Decimal(str(usd))
+
+
+class CostRecorder:
+    """Batches one agent's call records and enforces the commands the fleet sends it. Thread-safe."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        publisher: _Publisher,
+        topic_path: str,
+        *,
+        max_records: int = MAX_BATCH_RECORDS,
+        max_delay_s: float = 1.0,
+    ) -> None:
+        self.agent_id = agent_id
+        self._publisher = publisher
+        self._topic = topic_path
+        self._max_records = min(max_records, MAX_BATCH_RECORDS)
+        self._max_delay_s = max_delay_s
+        self._lock = threading.Lock()
+        self._records: list[CostRecord] = []
+        self._first_at: float | None = None
+        self._pending: set[Future[str]] = set()
+        self._blocks: dict[CommandType, Command] = {}
+        self._seen_commands: set[str] = set()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._flush_on_time, name=f"fleet-costs-{agent_id}", daemon=True)
+        self._thread.start()
+
+    # -- enforcement ---------------------------------------------------------------------------
+
+    def apply(self, command: Command) -> bool:
+        """Take a command into account; False when it is not for this agent or was seen already."""
+        if command.agent_id != self.agent_id:
+            return False
+        with self._lock:
+            if command.command_id in self._seen_commands:
+                return False
+            self._seen_commands.add(command.command_id)
+            if command.command in BLOCKING_COMMANDS:
+                current = self._blocks.get(command.command)
+                if current is None or current.issued_at <= command.issued_at:
+                    self._blocks[command.command] = command
+            for blocking, lifting in BLOCKING_COMMANDS.items():
+                block = self._blocks.get(blocking)
+                if command.command is lifting and block is not None and block.issued_at <= command.issued_at:
+                    del self._blocks[blocking]
+        return True
+
+    @property
+    def blocked(self) -> dict[CommandType, Command]:
+        with self._lock:
+            return dict(self._blocks)
+
+    def check(self) -> None:
+        """Raise :class:`CallRefused` while any blocking command is in force."""
+        blocks = self.blocked
+        if blocks:
+            raise CallRefused(self.agent_id, blocks)
+
+    # -- recording -------------------------------------------------------------------------------
+
+    @contextmanager
+    def call(self, operation: str, *, model: str) -> Iterator[Call]:
+        """Around one model call: refuses it while blocked, then records it (failed if it raised)."""
+        self.check()
+        call = Call(operation=operation, model=model)
+        try:
+            yield call
+        except BaseException:
+            call.success = False
+            raise
+        finally:
+            self.record(call)
+
+    def track(
+        self, operation: str, *, model: str, usage: Callable[[Any], tuple[int, int]] | None = None
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator form of :meth:`call`; ``usage(result)`` returns (input_tokens, output_tokens)."""
+
+        def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(fn)
+            def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+                with self.call(operation, model=model) as call:
+                    result = fn(*args, **kwargs)
+                    if usage is not None:
+                        call.tokens(*usage(result))
+                    return result
+
+            return inner
+
+        return wrap
+
+    def record(self, call: Call) -> None:
+        record = CostRecord(
+            call_id=uuid.uuid4().hex, at=utcnow(), model=call.model, input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens, cost_usd=call.cost_usd, success=call.success,
+            latency_ms=round((time.monotonic() - call.started) * 1000, 3), operation=call.operation,
+        )  # fmt: skip
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"cost recorder of {self.agent_id} is closed")
+            self._records.append(record)
+            if self._first_at is None:
+                self._first_at = time.monotonic()
+                self._wake.set()
+            full = len(self._records) >= self._max_records
+        if full:
+            self.flush()
+
+    def flush(self) -> Future[str] | None:
+        """Publish what is buffered now, as one batch."""
+        with self._lock:
+            records, self._records, self._first_at = self._records, [], None
+            if not records:
+                return None
+            batch = CostBatch(agent_id=self.agent_id, batch_id=uuid.uuid4().hex, records=records)
+            body, attributes = encode(batch)
+            future = self._publisher.publish(self._topic, body, **attributes)
+            self._pending.add(future)
+        future.add_done_callback(self._settled)
+        return future
+
+    def _settled(self, future: Future[str]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def _flush_on_time(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                if self._closed:
+                    return
+                if self._first_at is None:
+                    self._wake.clear()  # under the lock: record() sets it under the same lock
+                    continue
+                wait = self._first_at + self._max_delay_s - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+                continue
+            self.flush()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush and wait for every batch to be accepted; True when none is left pending."""
+        self.flush()
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for future in pending:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                return False
+        return True
