@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -36,6 +36,7 @@ from fleet_agent.contracts import (
     utcnow,
 )
 from fleet_agent.costs import CostRecorder
+from fleet_agent.pending import PendingPublishes
 
 log = logging.getLogger("fleet_agent")
 
@@ -111,12 +112,9 @@ class FleetAgent:
         # restarted process above everything its predecessor sent (it sent far fewer than one
         # beat per millisecond); after that only +1, so a clock stepping back cannot lower it.
         self._seq = _now_ms() - 1
-        # Two locks: _send orders seq and enqueueing; _pending_lock guards the set of futures.
-        # Done-callbacks (run on the publisher's threads) take only the latter, so they never
-        # wait behind a publish call.
+        # _send orders seq and enqueueing; the pending set has its own lock (see PendingPublishes).
         self._send = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending: set[Future[str]] = set()
+        self._pending = PendingPublishes()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -142,8 +140,7 @@ class FleetAgent:
     @property
     def pending(self) -> int:
         """Publishes not yet confirmed by Pub/Sub."""
-        with self._pending_lock:
-            return len(self._pending)
+        return len(self._pending)
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -191,15 +188,7 @@ class FleetAgent:
         if self._closed:
             raise RuntimeError(f"agent {self.agent_id} is closed")
         body, attributes = encode(event)
-        future = self._publisher.publish(self._topics[event_type], body, **attributes)
-        with self._pending_lock:
-            self._pending.add(future)
-        future.add_done_callback(self._settled)
-        return future
-
-    def _settled(self, future: Future[str]) -> None:
-        with self._pending_lock:
-            self._pending.discard(future)
+        return self._pending.track(self._publisher.publish(self._topics[event_type], body, **attributes))
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -272,14 +261,10 @@ class FleetAgent:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        with self._pending_lock:
-            outstanding = list(self._pending)
-        if outstanding:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            _, not_done = wait(outstanding, timeout=remaining)
-            if not_done:
-                log.warning("agent %s: %d publishes still pending after stop", self.agent_id, len(not_done))
-                return False
+        _, not_done = self._pending.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if not_done:
+            log.warning("agent %s: %d publishes still pending after stop", self.agent_id, len(not_done))
+            return False
         return True
 
     def close(self, timeout: float | None = 10.0) -> bool:

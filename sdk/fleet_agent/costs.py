@@ -35,6 +35,7 @@ from fleet_agent.contracts import (
     encode,
     utcnow,
 )
+from fleet_agent.pending import PendingPublishes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -92,7 +93,7 @@ class CostRecorder:
         self._lock = threading.Lock()
         self._records: list[CostRecord] = []
         self._first_at: float | None = None
-        self._pending: set[Future[str]] = set()
+        self._pending = PendingPublishes()
         self._blocks: dict[CommandType, Command] = {}
         self._seen_commands: set[str] = set()
         self._wake = threading.Event()
@@ -189,14 +190,9 @@ class CostRecorder:
                 return None
             batch = CostBatch(agent_id=self.agent_id, batch_id=uuid.uuid4().hex, records=records)
             body, attributes = encode(batch)
-            future = self._publisher.publish(self._topic, body, **attributes)
-            self._pending.add(future)
-        future.add_done_callback(self._settled)
-        return future
-
-    def _settled(self, future: Future[str]) -> None:
-        with self._lock:
-            self._pending.discard(future)
+            # Published and tracked under the lock: batches leave in the order they were cut, and
+            # close() (which takes the lock) never misses one when it waits.
+            return self._pending.track(self._publisher.publish(self._topic, body, **attributes))
 
     def _flush_on_time(self) -> None:
         while True:
@@ -218,12 +214,6 @@ class CostRecorder:
         self.flush()
         with self._lock:
             self._closed = True
-            pending = list(self._pending)
         self._wake.set()
-        deadline = time.monotonic() + timeout
-        for future in pending:
-            try:
-                future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:
-                return False
-        return True
+        done, not_done = self._pending.wait(timeout)
+        return not not_done and all(future.exception() is None for future in done)
