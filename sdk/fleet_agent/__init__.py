@@ -1,9 +1,11 @@
 """Agent-side SDK for Agent Fleet Manager."""
 
 from fleet_agent.client import FleetAgent
+from fleet_agent.commands import CommandListener
 from fleet_agent.contracts import (
     DEFAULT_TOPICS,
     SCHEMA_VERSION,
+    BudgetSpec,
     Command,
     CommandType,
     CostBatch,
@@ -20,8 +22,10 @@ from fleet_agent.costs import CallRefused, CostRecorder
 __all__ = [
     "DEFAULT_TOPICS",
     "SCHEMA_VERSION",
+    "BudgetSpec",
     "CallRefused",
     "Command",
+    "CommandListener",
     "CommandType",
     "CostBatch",
     "CostRecord",

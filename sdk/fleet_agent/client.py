@@ -1,6 +1,7 @@
 """The agent side of Agent Fleet Manager: register once, then heartbeat in the background.
 
     agent = FleetAgent(Registration(agent_id="chat-7", tenant="acme", ...))
+    agent.listen()    # commands from the fleet (pause, budget, breaker); before registering
     agent.register()
     agent.start()
     ...
@@ -9,8 +10,8 @@
 Messages are built by :func:`fleet_agent.contracts.encode`, the same module the Cloud Functions
 decode with, so the SDK and the server cannot disagree about the wire format.
 
-``google.cloud.pubsub_v1`` is imported only when a :class:`FleetAgent` creates its own publisher:
-importing :mod:`fleet_agent` stays cheap (the Pub/Sub client pulls in gRPC).
+``google.cloud.pubsub_v1`` is imported only when a :class:`FleetAgent` creates its own publisher
+or starts listening: importing :mod:`fleet_agent` stays cheap (the Pub/Sub client pulls in gRPC).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from fleet_agent.commands import CommandListener, OnCommand, Subscriber
 from fleet_agent.contracts import (
     DEFAULT_TOPICS,
     Command,
@@ -102,7 +104,7 @@ class FleetAgent:
         names = {**DEFAULT_TOPICS, **(topics or {})}
         self._topics: dict[EventType, str] = {
             event_type: self._publisher.topic_path(self.project, names[event_type])
-            for event_type in (EventType.REGISTRATION, EventType.HEARTBEAT, EventType.COST)
+            for event_type in (EventType.REGISTRATION, EventType.HEARTBEAT, EventType.COST, EventType.COMMAND)
         }
         self._metrics = metrics
         self._status = status
@@ -119,6 +121,10 @@ class FleetAgent:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._costs: CostRecorder | None = None
+        # Separate from _send: starting a listener waits on the network, heartbeats must not.
+        self._listen_lock = threading.Lock()
+        self._listener: CommandListener | None = None
+        self._registered = False
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -152,7 +158,9 @@ class FleetAgent:
         makes the first heartbeats count. Call it on every start, and again after an upgrade.
         """
         future = self._publish(EventType.REGISTRATION, self.registration)
-        return future.result(timeout=timeout)
+        message_id = future.result(timeout=timeout)
+        self._registered = True
+        return message_id
 
     def heartbeat(
         self,
@@ -240,6 +248,58 @@ class FleetAgent:
                 self._costs = CostRecorder(self.agent_id, self._publisher, self._topics[EventType.COST])
             return self._costs
 
+    @property
+    def commands_topic(self) -> str:
+        """Path of the topic the fleet's commands arrive on (``agent-commands`` unless renamed)."""
+        return self._topics[EventType.COMMAND]
+
+    @property
+    def listener(self) -> CommandListener | None:
+        """The listener :meth:`listen` started, if any."""
+        return self._listener
+
+    def listen(
+        self,
+        on_command: OnCommand | None = None,
+        *,
+        subscriber: Subscriber | None = None,
+        subscription: str | None = None,
+    ) -> CommandListener:
+        """Receive this agent's commands from now on; returns the started listener. Idempotent.
+
+        Call it before :meth:`register`: the server re-sends the agent's holds (a pause, an
+        exhausted budget) when it registers, and only a subscription that already exists gets
+        them. It creates a subscription of this process's own (filtered on this agent, deleted by
+        :meth:`close`), or pulls from ``subscription`` when given. ``on_command(agent_id, command)``
+        runs after each command new to the agent was applied. A later call returns the same listener and
+        ignores its arguments. Many agents in one process share one :class:`CommandListener`
+        instead (see its docstring).
+        """
+        with self._listen_lock:
+            if self._closed:
+                raise RuntimeError(f"agent {self.agent_id} is closed")
+            if self._listener is not None:
+                return self._listener
+            if self._registered and subscription is None:
+                log.warning(
+                    "agent %s: listen() after register(): holds re-sent on registration may be missed", self.agent_id
+                )
+            listener = CommandListener(
+                self.project,
+                topic=self.commands_topic,
+                subscription=subscription,
+                subscriber=subscriber,
+                on_command=on_command,
+            )
+            listener.add(self)
+            try:
+                listener.start()
+            except Exception:
+                listener.close()
+                raise
+            self._listener = listener
+            return listener
+
     def apply_command(self, data: bytes) -> Command | None:
         """Take one ``agent-commands`` message body into account; None when it is not for this agent.
 
@@ -268,12 +328,19 @@ class FleetAgent:
         return True
 
     def close(self, timeout: float | None = 10.0) -> bool:
-        """:meth:`stop`, then release the publisher if this agent created it. Idempotent."""
+        """:meth:`stop`, close the command listener, then release the publisher if this agent created it.
+
+        Idempotent.
+        """
         flushed = self.stop(timeout)
         with self._send:
             if self._closed:
                 return flushed
             self._closed = True
+        with self._listen_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # before the recorder: no command arrives for a closed agent
         if self._costs is not None:
             flushed = self._costs.close(timeout or 10.0) and flushed
         if self._owns_publisher:

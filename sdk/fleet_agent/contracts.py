@@ -74,6 +74,43 @@ class Resources(_Strict):
     gpu: int = Field(default=0, ge=0, le=64)
 
 
+#: A hard limit in USD: positive, cents to nano-dollars, at most a billion.
+LimitUsd = Annotated[Decimal, Field(gt=0, le=Decimal("1000000000"), max_digits=20, decimal_places=9)]
+LimitTokens = Annotated[int, Field(gt=0, le=MAX_INT)]
+
+
+class BudgetSpec(_Strict):
+    """Budget limits of an agent or a tenant, for any subset of the UTC hour, day and month.
+
+    Hard limits stop the agent (``budget_exhausted``); soft limits raise an alert. A soft limit is
+    ``soft_ratio`` of its hard limit unless given explicitly. ``alert_at`` are the shares of each
+    hard limit at which a threshold alert fires, once per period.
+    """
+
+    hourly_usd: LimitUsd | None = None
+    daily_usd: LimitUsd | None = None
+    monthly_usd: LimitUsd | None = None
+    hourly_tokens: LimitTokens | None = None
+    daily_tokens: LimitTokens | None = None
+    monthly_tokens: LimitTokens | None = None
+    soft_ratio: float = Field(default=0.8, gt=0, le=1)
+    soft_hourly_usd: LimitUsd | None = None
+    soft_daily_usd: LimitUsd | None = None
+    soft_monthly_usd: LimitUsd | None = None
+    soft_hourly_tokens: LimitTokens | None = None
+    soft_daily_tokens: LimitTokens | None = None
+    soft_monthly_tokens: LimitTokens | None = None
+    alert_at: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=lambda: [0.5, 0.8, 1.0], max_length=10)
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> BudgetSpec:
+        for name in ("hourly_usd", "daily_usd", "monthly_usd", "hourly_tokens", "daily_tokens", "monthly_tokens"):
+            soft, hard = getattr(self, f"soft_{name}"), getattr(self, name)
+            if soft is not None and hard is not None and soft > hard:
+                raise ValueError(f"soft_{name} ({soft}) is above {name} ({hard})")
+        return self
+
+
 class Registration(_Strict):
     """Sent when an agent starts (and again on every restart or upgrade)."""
 
@@ -87,6 +124,8 @@ class Registration(_Strict):
     resources: Resources = Field(default_factory=Resources)
     heartbeat_interval_s: int = Field(default=30, ge=1, le=3600)
     labels: dict[Label, Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=dict, max_length=64)
+    #: The agent's budget as deployed with it. A budget set through the API wins over it.
+    budget: BudgetSpec | None = None
 
 
 class ReportedStatus(StrEnum):
@@ -248,6 +287,9 @@ class Command(_Strict):
     reason: Annotated[str, StringConstraints(max_length=500)] = ""
     issued_at: AwareDatetime
     command_id: CallId
+    #: When the block lifts by itself: the budget period's reset for ``budget_exhausted``, the end of
+    #: the cooldown for ``breaker_open`` (the SDK then lets trial calls through: half-open).
+    until: AwareDatetime | None = None
 
 
 EVENT_MODELS: dict[EventType, type[BaseModel]] = {

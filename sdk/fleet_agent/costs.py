@@ -10,6 +10,12 @@ seconds, whichever comes first, so an agent making 100 calls a second publishes 
 second, not a hundred. A blocked recorder (paused, over budget, breaker open, quarantined) refuses
 the call *before* the model is called: the overshoot past a hard limit is at most what was already
 in flight.
+
+A command's ``until`` makes a block lift by itself, without waiting for the lifting command: a
+``budget_exhausted`` ends when its budget period resets, and a ``breaker_open`` turns *half-open*
+when its cooldown ends (trial calls go through; the server answers with ``breaker_closed`` when
+they succeed, or with a new ``breaker_open``). ``until`` is the server's clock read against the
+agent's, so a skewed agent clock moves the moment by the skew.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -42,12 +49,32 @@ R = TypeVar("R")
 
 
 class CallRefused(RuntimeError):
-    """The fleet told this agent not to call its model (the reason says why and since when)."""
+    """The fleet told this agent not to call its model; the message names each block, its reason and end.
+
+    ``until`` is when every block lifts by itself (the latest ``until``), or None when one of them
+    only lifts by a command (``resume``, ``release``, ...): callers can schedule a retry with it.
+    """
 
     def __init__(self, agent_id: str, blocks: dict[CommandType, Command]) -> None:
-        reasons = "; ".join(f"{kind.value}: {cmd.reason or 'no reason given'}" for kind, cmd in blocks.items())
-        super().__init__(f"agent {agent_id} may not call its model now ({reasons})")
+        self.agent_id = agent_id
         self.blocks = dict(blocks)
+        untils = [cmd.until for cmd in blocks.values()]
+        self.until: datetime | None = max(u for u in untils if u is not None) if untils and None not in untils else None
+        super().__init__(f"agent {agent_id} may not call its model now ({'; '.join(map(_describe, blocks.values()))})")
+
+
+def _describe(command: Command) -> str:
+    until = f" until {command.until.astimezone(UTC).isoformat(timespec='seconds')}" if command.until else ""
+    return f"{command.command.value}{until}: {command.reason or 'no reason given'}"
+
+
+def _lapsed(block: Command, now: datetime) -> bool:
+    """Whether a block's ``until`` has passed (only the commands that carry one ever lapse).
+
+    A lapsed block is kept rather than deleted: a ``breaker_open`` stays half-open until the
+    server closes it, and the issued_at ordering against later commands keeps working.
+    """
+    return block.until is not None and block.until <= now
 
 
 class _Publisher(Protocol):
@@ -84,8 +111,11 @@ class CostRecorder:
         *,
         max_records: int = MAX_BATCH_RECORDS,
         max_delay_s: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``clock`` (aware UTC now) is compared with the commands' ``until``; injectable for tests."""
         self.agent_id = agent_id
+        self._clock = clock
         self._publisher = publisher
         self._topic = topic_path
         self._max_records = min(max_records, MAX_BATCH_RECORDS)
@@ -123,11 +153,25 @@ class CostRecorder:
 
     @property
     def blocked(self) -> dict[CommandType, Command]:
+        """The blocks refusing calls now: a lapsed ``budget_exhausted`` or half-open breaker is not one."""
+        now = self._clock()
         with self._lock:
-            return dict(self._blocks)
+            return {kind: cmd for kind, cmd in self._blocks.items() if not _lapsed(cmd, now)}
+
+    @property
+    def breaker_half_open(self) -> bool:
+        """True when the breaker's cooldown has ended without a ``breaker_closed``: trial calls go through.
+
+        Kept apart from :attr:`blocked` so an agent can go easy (one call at a time, say) until the
+        server closes the breaker or opens it again.
+        """
+        now = self._clock()
+        with self._lock:
+            breaker = self._blocks.get(CommandType.BREAKER_OPEN)
+        return breaker is not None and _lapsed(breaker, now)
 
     def check(self) -> None:
-        """Raise :class:`CallRefused` while any blocking command is in force."""
+        """Raise :class:`CallRefused` while any blocking command is in force (see :attr:`blocked`)."""
         blocks = self.blocked
         if blocks:
             raise CallRefused(self.agent_id, blocks)
@@ -167,7 +211,7 @@ class CostRecorder:
 
     def record(self, call: Call) -> None:
         record = CostRecord(
-            call_id=uuid.uuid4().hex, at=utcnow(), model=call.model, input_tokens=call.input_tokens,
+            call_id=uuid.uuid4().hex, at=self._clock(), model=call.model, input_tokens=call.input_tokens,
             output_tokens=call.output_tokens, cost_usd=call.cost_usd, success=call.success,
             latency_ms=round((time.monotonic() - call.started) * 1000, 3), operation=call.operation,
         )  # fmt: skip

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet_agent.contracts import Heartbeat, Registration, Resources
+from fleet_agent.contracts import Command, Heartbeat, Registration, Resources
 from pydantic import BaseModel, Field
 
-from shared.domain import lifecycle
+from shared.domain import holds, lifecycle
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.domain.rejections import Code, Rejected
@@ -58,6 +58,16 @@ class AgentRecord(BaseModel):
     last_seq: int = -1
     heartbeats: int = 0
     late_after: datetime | None = None
+
+    #: The budget (a BudgetSpec, JSON-mode) and where it came from: "registration" or "api" (which wins).
+    budget: dict[str, Any] | None = None
+    budget_source: str | None = None
+    #: Overrides of the protection thresholds for this agent (see shared.domain.protection).
+    protection: dict[str, Any] = Field(default_factory=dict)
+    #: Why the agent must not call its model, by hold name (see shared.domain.holds).
+    holds: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: The hold that put the agent in its current status (lifting it makes the agent active again).
+    status_hold: str | None = None
 
     #: The last ``chunk_size`` heartbeat samples, a ring keyed by slot (``s00``...). The latest
     #: metrics, reported status and sent time are read from it, not stored twice.
@@ -108,6 +118,8 @@ class Plan:
     #: Why nothing is written: "duplicate", "stale", ...
     skipped: str | None = None
     transition: lifecycle.Decision | None = None
+    #: Commands to publish on ``agent-commands`` once the plan is written.
+    commands: list[Command] = field(default_factory=list)
 
     @property
     def writes(self) -> int:
@@ -126,6 +138,7 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
     if current is None:
         record = AgentRecord(
             **fields,
+            **_registration_budget(None, reg),
             status=State.REGISTERED,
             status_since=received_at,
             status_cause=Cause.REGISTRATION.value,
@@ -181,7 +194,10 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
         return plan
 
     changes.update({k: v for k, v in fields.items() if v != getattr(current, k)})
+    changes.update(_registration_budget(current, reg))
     changes["last_registered_at"] = received_at
+    # A restarted agent has forgotten what it was told: send its holds again (same command ids).
+    plan.commands.extend(holds.command_of(current.agent_id, hold) for hold in current.holds.values())
     last_seen = max(received_at, current.last_heartbeat_at or received_at)
     changes["late_after"] = _late_after(last_seen, reg.heartbeat_interval_s)
     decision = lifecycle.decide(current.status, State.REGISTERED, Cause.REGISTRATION)
@@ -191,7 +207,7 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
         decision = lifecycle.Decision(Outcome.UNCHANGED, current.status, current.status, "newer heartbeat")
     plan.transition = decision
     if decision.outcome is Outcome.APPLIED:
-        changes.update(_status_change(current, State.REGISTERED, received_at, Cause.REGISTRATION))
+        changes.update(status_change(current, State.REGISTERED, received_at, Cause.REGISTRATION))
     action = "agent.upgrade" if reg.version != current.version else "agent.reregister"
     plan.audit.append(
         AuditEntry(
@@ -214,12 +230,22 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
 
 
 def _registration_fields(reg: Registration) -> dict[str, Any]:
-    data = reg.model_dump(mode="python")
+    data = reg.model_dump(mode="python", exclude={"budget"})
     data["resources"] = (reg.resources or Resources()).model_dump()
     return data
 
 
-def _status_change(current: AgentRecord, target: State, at: datetime, cause: Cause, reason: str = "") -> dict[str, Any]:
+def _registration_budget(current: AgentRecord | None, reg: Registration) -> dict[str, Any]:
+    """The registration's budget applies unless one was set through the API (that one wins)."""
+    if reg.budget is None or (current is not None and current.budget_source == "api"):
+        return {}
+    budget = reg.budget.model_dump(mode="json", exclude_none=True)
+    if current is not None and current.budget == budget:
+        return {}
+    return {"budget": budget, "budget_source": "registration"}
+
+
+def status_change(current: AgentRecord, target: State, at: datetime, cause: Cause, reason: str = "") -> dict[str, Any]:
     return {
         "status": target,
         "status_since": at,
@@ -301,7 +327,7 @@ def apply_heartbeat(
         decision = lifecycle.Decision(Outcome.HELD, current.status, decision.target, "heartbeat predates offline")
     plan.transition = decision
     if decision.outcome is Outcome.APPLIED:
-        changes.update(_status_change(current, decision.target, received_at, Cause.HEARTBEAT))
+        changes.update(status_change(current, decision.target, received_at, Cause.HEARTBEAT))
         if State.OFFLINE in (current.status, decision.target):
             plan.audit.append(_transition_audit(current, decision, event_id, received_at))
     elif decision.outcome is Outcome.ILLEGAL:
@@ -336,7 +362,7 @@ def apply_transition(
     decision = lifecycle.decide(current.status, target, cause)
     plan = Plan(transition=decision)
     if decision.outcome is Outcome.APPLIED:
-        plan.changes = _status_change(current, target, at, cause, reason)
+        plan.changes = status_change(current, target, at, cause, reason)
     elif decision.outcome is Outcome.UNCHANGED:
         plan.skipped = "unchanged"
         return plan

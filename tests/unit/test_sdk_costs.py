@@ -42,10 +42,32 @@ def recorder(publisher: FakePublisher, **kw: Any) -> CostRecorder:
     return CostRecorder("agent-1", publisher, "projects/p/topics/agent-costs", **kw)
 
 
-def command(kind: CommandType, at: datetime, agent_id: str = "agent-1", cid: str | None = None) -> Command:
+def command(
+    kind: CommandType,
+    at: datetime,
+    agent_id: str = "agent-1",
+    cid: str | None = None,
+    until: datetime | None = None,
+    reason: str = "test",
+) -> Command:
     return Command(
-        agent_id=agent_id, command=kind, reason="test", issued_at=at, command_id=cid or f"cmd-{kind}-{at:%H%M%S}"
+        agent_id=agent_id,
+        command=kind,
+        reason=reason,
+        issued_at=at,
+        command_id=cid or f"cmd-{kind}-{at:%H%M%S}",
+        until=until,
     )
+
+
+class Clock:
+    """A settable clock for the recorder: ``until`` tests move time instead of sleeping."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def test_batches_by_size(publisher: FakePublisher) -> None:
@@ -128,3 +150,105 @@ def test_batches_are_valid_cost_events(publisher: FakePublisher) -> None:
     rec.close()
     body = json.loads(publisher.messages[0][1])
     assert len({r["call_id"] for r in body["data"]["records"]}) == 3
+
+
+def allowed(rec: CostRecorder) -> bool:
+    try:
+        with rec.call("chat", model="gpt-4o"):
+            pass
+    except CallRefused:
+        return False
+    return True
+
+
+def test_budget_block_lapses_when_its_period_resets(publisher: FakePublisher) -> None:
+    clock = Clock(T0)
+    rec = recorder(publisher, max_delay_s=60, clock=clock)
+    reset = T0 + timedelta(hours=1)
+    rec.apply(command(CommandType.BUDGET_EXHAUSTED, T0, until=reset, reason="hourly_usd 10 reached"))
+    clock.now = reset - timedelta(seconds=1)
+    assert not allowed(rec)
+    assert set(rec.blocked) == {CommandType.BUDGET_EXHAUSTED}
+    clock.now = reset
+    assert allowed(rec), "the period reset: no budget_restored needed"
+    assert rec.blocked == {}
+    assert not rec.breaker_half_open
+    rec.close()
+
+
+def test_budget_block_without_until_waits_for_the_restore(publisher: FakePublisher) -> None:
+    clock = Clock(T0)
+    rec = recorder(publisher, max_delay_s=60, clock=clock)
+    rec.apply(command(CommandType.BUDGET_EXHAUSTED, T0))
+    clock.now = T0 + timedelta(days=400)
+    assert not allowed(rec)
+    rec.close()
+
+
+def test_breaker_goes_half_open_after_its_cooldown(publisher: FakePublisher) -> None:
+    clock = Clock(T0)
+    rec = recorder(publisher, max_delay_s=60, clock=clock)
+    rec.apply(command(CommandType.BREAKER_OPEN, T0, cid="breaker-open-1", until=T0 + timedelta(seconds=30)))
+    clock.now = T0 + timedelta(seconds=29)
+    assert not allowed(rec)
+    assert not rec.breaker_half_open
+
+    clock.now = T0 + timedelta(seconds=30)
+    assert rec.breaker_half_open
+    assert allowed(rec), "half-open: trial calls go through"
+
+    # The trial failed: the server opens the breaker again, with a new cooldown.
+    reopened = T0 + timedelta(seconds=31)
+    rec.apply(command(CommandType.BREAKER_OPEN, reopened, cid="breaker-open-2", until=reopened + timedelta(seconds=60)))
+    assert not rec.breaker_half_open
+    assert not allowed(rec)
+
+    clock.now = reopened + timedelta(seconds=60)
+    assert rec.breaker_half_open and allowed(rec)
+    # The trials succeeded: the server closes it for good.
+    rec.apply(command(CommandType.BREAKER_CLOSED, clock.now))
+    assert not rec.breaker_half_open
+    assert rec.blocked == {}
+    rec.close()
+
+
+def test_a_lapsed_block_does_not_hide_another_one(publisher: FakePublisher) -> None:
+    clock = Clock(T0 + timedelta(hours=2))
+    rec = recorder(publisher, max_delay_s=60, clock=clock)
+    rec.apply(command(CommandType.BUDGET_EXHAUSTED, T0, until=T0 + timedelta(hours=1)))
+    rec.apply(command(CommandType.QUARANTINE, T0, reason="suspicious traffic"))
+    with pytest.raises(CallRefused) as refused:
+        rec.check()
+    assert set(refused.value.blocks) == {CommandType.QUARANTINE}
+    assert "budget_exhausted" not in str(refused.value)
+    rec.close()
+
+
+def test_call_refused_names_each_block_its_reason_and_end(publisher: FakePublisher) -> None:
+    clock = Clock(T0)
+    rec = recorder(publisher, max_delay_s=60, clock=clock)
+    reset = datetime(2026, 11, 21, 13, tzinfo=UTC)
+    rec.apply(command(CommandType.BUDGET_EXHAUSTED, T0, until=reset, reason="hourly_usd 10 reached"))
+    rec.apply(command(CommandType.BREAKER_OPEN, T0, until=T0 + timedelta(minutes=5), reason="error rate 0.6"))
+    with pytest.raises(CallRefused) as refused:
+        rec.check()
+    message = str(refused.value)
+    assert message.startswith("agent agent-1 may not call its model now (")
+    assert "budget_exhausted until 2026-11-21T13:00:00+00:00: hourly_usd 10 reached" in message
+    assert "breaker_open until 2026-11-21T12:05:00+00:00: error rate 0.6" in message
+    assert refused.value.until == reset, "every block lifts by itself: the latest end"
+    assert refused.value.agent_id == "agent-1"
+
+    rec.apply(command(CommandType.PAUSE, T0, reason=""))
+    with pytest.raises(CallRefused, match="pause: no reason given") as refused:
+        rec.check()
+    assert refused.value.until is None, "a pause only lifts by a resume"
+    rec.close()
+
+
+def test_records_are_stamped_with_the_recorder_clock(publisher: FakePublisher) -> None:
+    rec = recorder(publisher, max_delay_s=60, clock=Clock(T0))
+    assert allowed(rec)
+    rec.close()
+    (record,) = publisher.batches()[0].records
+    assert record.at == T0

@@ -1,0 +1,374 @@
+"""Receiving the fleet's commands: one Pub/Sub subscription per process, dispatched to its agents.
+
+    listener = agent.listen()          # one agent: FleetAgent.listen() builds and starts this
+    agent.register()                   # after listen(): holds re-sent on registration are not missed
+
+    listener = CommandListener(project, label="sim-7")   # many agents in one process
+    for agent in agents:
+        listener.add(agent)
+    listener.start()
+    ...
+    listener.close()                   # ends the streaming pull, deletes the subscription it created
+
+Why one subscription per *process*, created by the process: several processes may run the same
+agent id, and each must see every command, which a shared subscription would not do (Pub/Sub
+load-balances a subscription among its pullers). Why not one per agent: a simulator with hundreds
+of agents would hold hundreds of streams. A listener serving one agent filters on its ``agent_id``
+attribute so Pub/Sub drops the rest of the fleet's commands; a listener for many agents takes them
+all and drops the others itself (so does everyone under the emulator, which ignores filters).
+
+Subscriptions it creates expire after a day without a puller, so a crashed process leaves nothing
+behind for long. ``google.cloud.pubsub_v1`` is imported only when a listener starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from pydantic import ValidationError
+
+from fleet_agent.contracts import DEFAULT_TOPICS, Command, EventType
+
+log = logging.getLogger("fleet_agent")
+
+#: Subscriptions a listener creates are named ``fleet-commands.{label}.{8 random hex}``.
+SUBSCRIPTION_PREFIX = "fleet-commands"
+#: Commands are small and applied at once: a short deadline redelivers quickly after a crash.
+ACK_DEADLINE_S = 10
+#: Pub/Sub's minimum; a command older than this is superseded by the server's re-sends anyway.
+MESSAGE_RETENTION_S = 600
+#: Pub/Sub's minimum: an abandoned subscription (a killed process) is deleted a day after its last pull.
+EXPIRATION_TTL_S = 86_400
+#: Seconds to wait for creating or deleting the subscription.
+ADMIN_TIMEOUT_S = 30.0
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~+-]{0,199}$")
+
+OnCommand = Callable[[str, Command], None]
+
+
+class CommandTarget(Protocol):
+    """What a listener dispatches to: :class:`~fleet_agent.FleetAgent` is one."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    def apply_command(self, data: bytes) -> Command | None: ...
+
+
+class StreamingPull(Protocol):
+    """The future ``subscribe`` returns (``StreamingPullFuture``): cancel ends the stream."""
+
+    def cancel(self) -> Any: ...
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+    def add_done_callback(self, fn: Callable[[Any], Any]) -> None: ...
+
+    def done(self) -> bool: ...
+
+
+class Subscriber(Protocol):
+    """The three methods of ``pubsub_v1.SubscriberClient`` the listener uses; tests pass a fake."""
+
+    def create_subscription(self, request: Mapping[str, Any], *, timeout: float) -> Any: ...
+
+    def delete_subscription(self, request: Mapping[str, Any], *, timeout: float) -> Any: ...
+
+    def subscribe(
+        self, subscription: str, callback: Callable[[Any], Any], flow_control: Any = ...
+    ) -> StreamingPull: ...
+
+
+class CommandListener:
+    """Delivers ``agent-commands`` messages to the registered agents' ``apply_command``. Thread-safe.
+
+    Without ``label`` the listener serves exactly one agent: its subscription is named after the
+    agent and filtered on it. With ``label`` it serves any number of agents, added before or after
+    :meth:`start`. With ``subscription`` it pulls from that existing subscription and neither
+    creates nor deletes it (for deployments that pre-create subscriptions and grant only
+    ``roles/pubsub.subscriber``).
+
+    ``on_command(agent_id, command)`` is called after each command new to the agent was applied
+    (not for redeliveries), on a Pub/Sub callback thread, so it should return quickly. It sees what
+    the server sent; what is in force is ``agent.costs.blocked`` (a lift older than its block, say,
+    changes nothing).
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        *,
+        topic: str | None = None,
+        label: str | None = None,
+        subscription: str | None = None,
+        subscriber: Subscriber | None = None,
+        on_command: OnCommand | None = None,
+        max_messages: int = 500,
+    ) -> None:
+        """``topic`` is a name or a full path (default ``agent-commands``, as in :data:`DEFAULT_TOPICS`).
+
+        ``project`` is where the subscription is created: by default the topic's project when
+        ``topic`` is a path, else ``GOOGLE_CLOUD_PROJECT``.
+        """
+        if label is not None and not _LABEL.fullmatch(label):
+            raise ValueError(f"label {label!r} must match {_LABEL.pattern}")
+        topic = topic or DEFAULT_TOPICS[EventType.COMMAND]
+        if topic.startswith("projects/"):
+            project = project or topic.split("/")[1]
+        project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
+        if not project and not (subscription or "").startswith("projects/"):
+            raise ValueError("no project: pass project= or set GOOGLE_CLOUD_PROJECT")
+        self.project = project or ""
+        self.topic = topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}"
+        self.label = label
+        self._subscription: str | None = None
+        if subscription is not None:
+            self._subscription = (
+                subscription
+                if subscription.startswith("projects/")
+                else f"projects/{project}/subscriptions/{subscription}"
+            )
+        self._subscriber = subscriber
+        self._owns_subscriber = subscriber is None
+        self._on_command = on_command
+        self._max_messages = max_messages
+        self._lock = threading.Lock()  # guards _agents and _filter_agent; never held across I/O
+        self._agents: dict[str, tuple[CommandTarget, OnCommand | None]] = {}
+        self._filter_agent: str | None = None
+        self._life = threading.Lock()  # serialises start() and close()
+        self._future: StreamingPull | None = None
+        self._created = False
+        self._closed = False
+
+    # -- agents -------------------------------------------------------------------------------
+
+    def add(self, agent: CommandTarget, on_command: OnCommand | None = None) -> None:
+        """Deliver this agent's commands to it (and to ``on_command``, after the listener's own)."""
+        agent_id = agent.agent_id
+        with self._lock:
+            if self._filter_agent is not None and agent_id != self._filter_agent:
+                raise ValueError(
+                    f"this listener's subscription is filtered to {self._filter_agent}; "
+                    "create the listener with label= to serve several agents"
+                )
+            current = self._agents.get(agent_id)
+            if current is not None and current[0] is not agent:
+                raise ValueError(f"another object is already listening as agent {agent_id}")
+            self._agents[agent_id] = (agent, on_command)
+
+    def remove(self, agent_id: str) -> None:
+        """Stop delivering to ``agent_id``; its later commands are acked and ignored."""
+        with self._lock:
+            self._agents.pop(agent_id, None)
+
+    @property
+    def agent_ids(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._agents)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def subscription(self) -> str | None:
+        """The subscription path pulled from (None before :meth:`start` when the listener makes its own)."""
+        return self._subscription
+
+    @property
+    def owns_subscription(self) -> bool:
+        """True when this listener created its subscription, and so deletes it on :meth:`close`."""
+        return self._created
+
+    @property
+    def running(self) -> bool:
+        future = self._future
+        return future is not None and not future.done()
+
+    def start(self, timeout: float = ADMIN_TIMEOUT_S) -> Self:
+        """Create the subscription (waits for it), then start the streaming pull. Idempotent.
+
+        Once this returns, every command published afterwards reaches the listener: the
+        subscription exists and retains messages even before the stream has connected. That is
+        why it must run before the agent registers — the server re-sends an agent's holds (a
+        pause, an exhausted budget) when it registers.
+        """
+        with self._life:
+            if self._closed:
+                raise RuntimeError("command listener is closed")
+            if self._future is not None:
+                return self
+            subscriber = self._client()
+            if self._subscription is None:
+                self._subscription = self._create(subscriber, timeout)
+                self._created = True
+            # Imported here: gRPC is heavy, and importing fleet_agent must stay cheap.
+            from google.cloud.pubsub_v1.types import FlowControl
+
+            try:
+                future = subscriber.subscribe(
+                    self._subscription, self._on_message, flow_control=FlowControl(max_messages=self._max_messages)
+                )
+            except Exception:
+                if self._created:  # leave the listener as it was before start()
+                    self._delete(subscriber, timeout)
+                    self._subscription = None
+                    with self._lock:
+                        self._filter_agent = None
+                raise
+            future.add_done_callback(self._on_stream_end)
+            self._future = future
+            log.info("listening for commands on %s", self._subscription)
+            return self
+
+    def _client(self) -> Subscriber:
+        if self._subscriber is None:
+            from google.cloud.pubsub_v1 import SubscriberClient
+
+            self._subscriber = SubscriberClient()
+        return self._subscriber
+
+    def _create(self, subscriber: Subscriber, timeout: float) -> str:
+        with self._lock:
+            if self.label is not None:
+                label, agent_filter = self.label, None
+            elif len(self._agents) == 1:
+                (label,) = self._agents
+                agent_filter = label
+            else:
+                raise ValueError(
+                    f"a listener without label= serves exactly one agent; it has {len(self._agents)}: "
+                    "add() one agent, or give label= to serve several"
+                )
+            # Set before the subscription exists, so add() cannot slip in an agent the filter drops.
+            self._filter_agent = agent_filter
+        path = f"projects/{self.project}/subscriptions/{SUBSCRIPTION_PREFIX}.{label}.{secrets.token_hex(4)}"
+        request: dict[str, Any] = {
+            "name": path,
+            "topic": self.topic,
+            "ack_deadline_seconds": ACK_DEADLINE_S,
+            "message_retention_duration": {"seconds": MESSAGE_RETENTION_S},
+            "expiration_policy": {"ttl": {"seconds": EXPIRATION_TTL_S}},
+        }
+        if agent_filter is not None:
+            request["filter"] = f'attributes.agent_id = "{agent_filter}"'
+        try:
+            subscriber.create_subscription(request=request, timeout=timeout)
+        except Exception:
+            with self._lock:
+                self._filter_agent = None
+            raise
+        return path
+
+    def close(self, timeout: float = ADMIN_TIMEOUT_S) -> None:
+        """End the streaming pull and delete the subscription if this listener created it. Idempotent.
+
+        Deleting is best effort (a failure is logged): a subscription left behind expires by
+        itself a day later.
+        """
+        with self._life:
+            if self._closed:
+                return
+            self._closed = True
+            future, self._future = self._future, None
+            subscriber = self._subscriber
+            if future is not None:
+                future.cancel()
+                # Blocks until the stream has shut down; a stream that failed was logged when it ended.
+                with contextlib.suppress(Exception):
+                    future.result(timeout=timeout)
+            if subscriber is not None:
+                self._delete(subscriber, timeout)
+                if self._owns_subscriber:
+                    close = getattr(subscriber, "close", None)
+                    if callable(close):
+                        close()
+
+    def _delete(self, subscriber: Subscriber, timeout: float) -> None:
+        if not self._created or self._subscription is None:
+            return
+        try:
+            subscriber.delete_subscription(request={"subscription": self._subscription}, timeout=timeout)
+        except Exception as exc:
+            log.warning("could not delete command subscription %s (it expires by itself): %s", self._subscription, exc)
+        self._created = False
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        agents = len(self.agent_ids)
+        return f"CommandListener(subscription={self._subscription!r}, agents={agents}, running={self.running})"
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def _on_message(self, message: Any) -> None:
+        """Pub/Sub callback: always acks, since a redelivery could not change the outcome."""
+        try:
+            self._dispatch(message)
+        except Exception:
+            log.exception("command message %s: dispatch failed", getattr(message, "message_id", "?"))
+        finally:
+            message.ack()
+
+    def _dispatch(self, message: Any) -> None:
+        attributes: Mapping[str, str] = message.attributes or {}
+        agent_id = attributes.get("agent_id")
+        if agent_id is not None and self._entry(agent_id) is None:
+            return  # another agent's command: checked before decoding, as most are not ours
+        try:
+            command = Command.model_validate_json(message.data)
+        except ValidationError as exc:  # bad JSON as well as a bad command
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+            log.warning("ignoring undecodable command message %s: %s", getattr(message, "message_id", "?"), problems)
+            return
+        if agent_id is None:
+            agent_id = command.agent_id
+        elif command.agent_id != agent_id:
+            log.warning(
+                "ignoring command %s: attribute agent_id %s differs from the body's %s",
+                command.command_id,
+                agent_id,
+                command.agent_id,
+            )
+            return
+        entry = self._entry(agent_id)
+        if entry is None:
+            return
+        target, own_callback = entry
+        applied = target.apply_command(message.data)
+        if applied is None:
+            return  # seen already (a redelivery, or the same command through another listener)
+        for callback in (self._on_command, own_callback):
+            if callback is None:
+                continue
+            try:
+                callback(agent_id, applied)
+            except Exception:
+                log.exception("agent %s: on_command callback failed for %s", agent_id, applied.command_id)
+
+    def _entry(self, agent_id: str) -> tuple[CommandTarget, OnCommand | None] | None:
+        with self._lock:
+            return self._agents.get(agent_id)
+
+    def _on_stream_end(self, future: Any) -> None:
+        if future.cancelled():
+            return
+        try:
+            exc = future.exception()
+        except Exception as err:  # a cancelled plain Future raises instead of returning
+            exc = err
+        if exc is not None:
+            log.error("command stream on %s ended: %s; commands are no longer received", self._subscription, exc)

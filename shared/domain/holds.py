@@ -1,0 +1,184 @@
+"""Holds: the reasons an agent must not call its model, each mirrored by a command to the agent.
+
+An agent can be held for several reasons at once (its budget, its tenant's budget, an open breaker,
+a pause, a quarantine). Each hold is kept in the agent document with the command that announced
+it, so a redelivered decision re-sends the same ``command_id`` (the SDK applies it once) and a
+restarted agent is told again after it registers. Budget holds and pauses also suspend the agent
+in the lifecycle; lifting the last of them makes it active again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fleet_agent.contracts import Command, CommandType
+
+from shared.domain import lifecycle
+from shared.domain.audit import AuditEntry
+from shared.domain.lifecycle import Cause, Outcome, State
+
+if TYPE_CHECKING:
+    from shared.domain.agents import AgentRecord, Plan
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    places: CommandType
+    lifts: CommandType
+    #: The lifecycle state the hold puts the agent in (None: the state is left alone).
+    state: State | None
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind("budget", CommandType.BUDGET_EXHAUSTED, CommandType.BUDGET_RESTORED, State.SUSPENDED),
+        Kind("tenant_budget", CommandType.BUDGET_EXHAUSTED, CommandType.BUDGET_RESTORED, State.SUSPENDED),
+        Kind("breaker", CommandType.BREAKER_OPEN, CommandType.BREAKER_CLOSED, None),
+        Kind("pause", CommandType.PAUSE, CommandType.RESUME, State.SUSPENDED),
+        Kind("quarantine", CommandType.QUARANTINE, CommandType.RELEASE, State.QUARANTINED),
+    )
+}
+
+
+def command_of(agent_id: str, hold: dict[str, Any]) -> Command:
+    """The command that announced a hold (same id every time it is sent)."""
+    return Command(
+        agent_id=agent_id,
+        command=CommandType(hold["command"]),
+        reason=hold.get("reason") or "",
+        issued_at=_time(hold["issued_at"]),
+        command_id=hold["command_id"],
+        until=_time(hold["until"]) if hold.get("until") else None,
+    )
+
+
+def _time(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def place(
+    current: AgentRecord,
+    name: str,
+    *,
+    reason: str,
+    at: datetime,
+    command_id: str,
+    actor: str,
+    cause: Cause = Cause.SYSTEM,
+    until: datetime | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Plan:
+    """Hold the agent for ``name``. Idempotent: the same ``command_id`` changes nothing the second time."""
+    from shared.domain.agents import Plan, status_change
+
+    kind = KINDS[name]
+    existing = current.holds.get(name)
+    if existing is not None and existing.get("command_id") == command_id:
+        return Plan(skipped="duplicate")
+    hold = {
+        "command": kind.places.value,
+        "command_id": command_id,
+        "reason": reason,
+        "issued_at": at,
+        "until": until,
+        "actor": actor,
+        **(extra or {}),
+    }
+    changes: dict[str, Any] = {"holds": {**current.holds, name: hold}}
+    plan = Plan(changes=changes)
+    if kind.state is not None:
+        decision = lifecycle.decide(current.status, kind.state, cause)
+        plan.transition = decision
+        if decision.outcome is Outcome.APPLIED:
+            changes.update(status_change(current, kind.state, at, cause, reason))
+            changes["status_hold"] = name
+    plan.commands.append(command_of(current.agent_id, hold))
+    plan.audit.append(_audit(current, f"agent.hold.{name}", command_id, at, actor, "placed", reason, until))
+    return plan
+
+
+def lift(
+    current: AgentRecord,
+    name: str,
+    *,
+    reason: str,
+    at: datetime,
+    actor: str,
+    cause: Cause = Cause.SYSTEM,
+) -> Plan:
+    """Lift the ``name`` hold. The agent becomes active again when no hold that suspends it is left;
+    the lifting command is sent unless another hold still needs the same block."""
+    from shared.domain.agents import Plan, status_change
+
+    hold = current.holds.get(name)
+    if hold is None:
+        return Plan(skipped="unchanged")
+    kind = KINDS[name]
+    rest = {k: v for k, v in current.holds.items() if k != name}
+    changes: dict[str, Any] = {"holds": rest}
+    plan = Plan(changes=changes)
+    still_suspending = [k for k in rest if KINDS[k].state is kind.state]
+    if kind.state is not None and current.status is kind.state and current.status_hold == name:
+        if still_suspending:
+            changes["status_hold"] = still_suspending[0]
+        else:
+            decision = lifecycle.decide(current.status, State.ACTIVE, cause)
+            plan.transition = decision
+            if decision.outcome is Outcome.APPLIED:
+                changes.update(status_change(current, State.ACTIVE, at, cause, reason))
+                changes["status_hold"] = None
+    if not any(KINDS[k].places is kind.places for k in rest):
+        plan.commands.append(
+            Command(
+                agent_id=current.agent_id,
+                command=kind.lifts,
+                reason=reason,
+                issued_at=at,
+                command_id=f"lift.{hold['command_id']}"[:64],
+            )
+        )
+    plan.audit.append(_audit(current, f"agent.hold.{name}", f"lift.{hold['command_id']}", at, actor, "lifted", reason))
+    return plan
+
+
+def expired(current: AgentRecord, now: datetime) -> list[str]:
+    """Budget holds whose period has reset (their ``until`` has passed)."""
+    return [
+        name
+        for name, hold in current.holds.items()
+        if name in ("budget", "tenant_budget") and hold.get("until") is not None and _time(hold["until"]) <= now
+    ]
+
+
+def _audit(
+    current: AgentRecord,
+    action: str,
+    action_id: str,
+    at: datetime,
+    actor: str,
+    outcome: str,
+    reason: str,
+    until: datetime | None = None,
+) -> AuditEntry:
+    return AuditEntry(
+        id=f"{current.agent_id}.{action_id}.{action}"[:1400],
+        at=at,
+        actor=actor,
+        action=action,
+        target=current.agent_id,
+        outcome=outcome,
+        tenant=current.tenant,
+        details={"reason": reason, **({"until": until.isoformat()} if until else {})},
+    )
+
+
+def command_id(kind: str, *parts: str) -> str:
+    """A deterministic command id that fits the contract (64 chars): the same decision, the same id."""
+    import hashlib
+
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+    return f"{kind[:24]}.{digest}"
