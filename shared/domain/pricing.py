@@ -26,6 +26,12 @@ def to_usd(nanos: int) -> Decimal:
     return Decimal(nanos) / NANO
 
 
+def format_usd(nanos: int) -> str:
+    """Exact dollars as a plain decimal string (``12.5``, ``0.000002``), never exponent notation."""
+    text = format(to_usd(nanos).quantize(Decimal("0.000000001")), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 @dataclass(frozen=True)
 class Price:
     """USD per token, for input and output tokens."""

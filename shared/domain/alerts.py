@@ -1,0 +1,56 @@
+"""Alerts raised by the cost rules (budgets, breaker, runaway, spikes, unpriced models).
+
+Each alert has a deterministic id (rule, subject and window), and the store *creates* it, so it is
+raised once however many instances or redeliveries see the same condition. Routing them to Slack,
+grouping and repeats are the alerting pipeline's job (alert episodes); this module only says what
+happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+#: How long raised alerts are kept (Firestore TTL on ``expire_at``).
+ALERT_RETENTION = timedelta(days=30)
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: str
+    kind: str
+    severity: Severity
+    tenant: str
+    message: str
+    at: datetime
+    agent_id: str | None = None
+    window: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def doc_id(self) -> str:
+        """Firestore ids cannot contain ``/`` (model names may)."""
+        return self.id.replace("%", "%25").replace("/", "%2F")[:1500]
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "severity": self.severity.value,
+            "tenant": self.tenant,
+            "agent_id": self.agent_id,
+            "message": self.message,
+            "window": self.window,
+            "details": self.details,
+            "raised_at": self.at,
+            "state": "open",
+            "expire_at": self.at + ALERT_RETENTION,
+        }

@@ -1,0 +1,215 @@
+"""What a cost batch adds to the counters: exact integer deltas, keyed by the period the calls fell in.
+
+Counters live in a few documents per agent (see shared/store/usage.py): a month document holding
+the month, its days and its hours, an hour document holding per-minute and per-operation counts (the
+runaway and breaker rules read those), and a shard of the tenant's month document. A batch adds to
+them with increments only, so redelivered or reordered batches need no read and no lock: the
+idempotency marker written in the same atomic batch makes a second delivery a no-op.
+
+Calls count in the period of their own ``at`` (the agent's clock), so a batch that arrives late
+still lands in the hour it was spent in; one that spans a boundary is split across periods.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+
+from fleet_agent.contracts import CostBatch
+
+from shared.domain import pricing
+from shared.domain.periods import Period, Window, window
+from shared.domain.pricing import PriceTable
+
+
+@dataclass
+class Totals:
+    """Counters of one period. Money in integer nano-dollars: sums are exact."""
+
+    usd_nanos: int = 0
+    tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+    failures: int = 0
+    #: Calls with tokens but neither a reported cost nor a price: counted, alerted, never $0 silently.
+    unpriced: int = 0
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def add(self, other: Totals) -> None:
+        self.usd_nanos += other.usd_nanos
+        self.tokens += other.tokens
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.calls += other.calls
+        self.failures += other.failures
+        self.unpriced += other.unpriced
+
+    def minus(self, other: Totals) -> Totals:
+        return Totals(**{name: getattr(self, name) - getattr(other, name) for name in self.names()})
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.names()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object] | None) -> Totals:
+        data = data or {}
+        return cls(**{name: int(data.get(name) or 0) for name in cls.names()})  # type: ignore[call-overload]
+
+    def get(self, metric: str) -> int:
+        return self.usd_nanos if metric == "usd" else self.tokens
+
+    @property
+    def success_rate(self) -> float | None:
+        return None if self.calls == 0 else (self.calls - self.failures) / self.calls
+
+
+@dataclass
+class Minute:
+    calls: int = 0
+    failures: int = 0
+
+
+def month_field(period: Period, win: Window) -> str:
+    """The field of a month document holding ``win``: ``m``, ``d21`` (day) or ``h2122`` (day, hour)."""
+    if period is Period.MONTH:
+        return "m"
+    if period is Period.DAY:
+        return f"d{win.starts_at:%d}"
+    return f"h{win.starts_at:%d%H}"
+
+
+@dataclass
+class Tally:
+    """A batch's deltas, grouped by the documents they go to."""
+
+    agent_id: str
+    tenant: str
+    records: int
+    #: month key -> field (``m``, ``dDD``, ``hDDHH``) -> deltas
+    months: dict[str, dict[str, Totals]] = field(default_factory=dict)
+    #: month key -> period -> window (the windows the batch touched)
+    windows: dict[str, dict[Period, list[Window]]] = field(default_factory=dict)
+    #: hour key -> minute ("05") -> calls and failures
+    minutes: dict[str, dict[str, Minute]] = field(default_factory=dict)
+    #: hour key -> operation -> calls (hour total) and minute -> operation -> calls
+    ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    op_minutes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    #: Consecutive failures at the end of the batch, and whether every call in it failed (then the
+    #: stored streak grows by that much; otherwise it is replaced).
+    trailing_failures: int = 0
+    all_failed: bool = False
+    unpriced_models: set[str] = field(default_factory=set)
+    sources: dict[str, int] = field(default_factory=dict)
+    #: When the newest call of the batch happened, and its failures after a given time (half-open trials).
+    last_at: datetime | None = None
+    calls_by_time: list[tuple[datetime, bool]] = field(default_factory=list)
+
+    @property
+    def total(self) -> Totals:
+        out = Totals()
+        for month in self.months.values():
+            out.add(month["m"])
+        return out
+
+    def window_delta(self, period: Period, win: Window) -> Totals:
+        month_key = window(Period.MONTH, win.starts_at).key
+        return self.months.get(month_key, {}).get(month_field(period, win), Totals())
+
+
+def hour_key(at: datetime) -> str:
+    return window(Period.HOUR, at).key
+
+
+_ZERO = timedelta(0)
+_MINUTES = [f"{m:02d}" for m in range(60)]
+
+
+def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
+    """Price every record and add it to the deltas of its hour, day and month.
+
+    Records are summed per hour first with plain integers (a batch rarely spans more than one or
+    two hours), then each hour's sums go to its hour, day and month: a 200-record batch costs a few
+    window computations, not six hundred.
+    """
+    out = Tally(agent_id=batch.agent_id, tenant=tenant, records=len(batch.records))
+    sources: dict[str, int] = defaultdict(int)
+    ordered = sorted(batch.records, key=lambda r: r.at)
+    # hour start -> [usd_nanos, tokens, input, output, calls, failures, unpriced]
+    hours: dict[datetime, list[int]] = {}
+    hour_keys: dict[datetime, str] = {}
+    minute_counts: dict[tuple[datetime, int], Minute] = {}
+    op_counts: dict[tuple[datetime, int, str], int] = {}
+    price_cache: dict[str, pricing.Price | None] = {}
+    for record in ordered:
+        at = record.at if record.at.utcoffset() == _ZERO else record.at.astimezone(UTC)
+        if record.cost_usd is not None:
+            nanos, source = pricing.to_nanos(record.cost_usd), pricing.Source.REPORTED
+        elif record.input_tokens == 0 and record.output_tokens == 0:
+            nanos, source = 0, pricing.Source.FREE
+        else:
+            if record.model not in price_cache:
+                price_cache[record.model] = table.lookup(record.model, tenant)
+            found = price_cache[record.model]
+            if found is None:
+                nanos, source = 0, pricing.Source.UNPRICED
+                out.unpriced_models.add(record.model)
+            else:
+                nanos, source = found.cost_nanos(record.input_tokens, record.output_tokens), pricing.Source.TABLE
+        sources[source.value] += 1
+        hour_start = at.replace(minute=0, second=0, microsecond=0)
+        sums = hours.get(hour_start)
+        if sums is None:
+            sums = hours[hour_start] = [0, 0, 0, 0, 0, 0, 0]
+            hour_keys[hour_start] = f"{at:%Y-%m-%dT%H}"
+        failed = 0 if record.success else 1
+        sums[0] += nanos
+        sums[1] += record.input_tokens + record.output_tokens
+        sums[2] += record.input_tokens
+        sums[3] += record.output_tokens
+        sums[4] += 1
+        sums[5] += failed
+        sums[6] += 1 if source is pricing.Source.UNPRICED else 0
+        minute_key = (hour_start, at.minute)
+        counts = minute_counts.get(minute_key)
+        if counts is None:
+            counts = minute_counts[minute_key] = Minute()
+        counts.calls += 1
+        counts.failures += failed
+        op_key = (hour_start, at.minute, record.operation)
+        op_counts[op_key] = op_counts.get(op_key, 0) + 1
+        out.calls_by_time.append((record.at, record.success))
+    for (hour_start, minute_no), counts in minute_counts.items():
+        out.minutes.setdefault(hour_keys[hour_start], {})[_MINUTES[minute_no]] = counts
+    for (hour_start, minute_no, op), count in op_counts.items():
+        hour = hour_keys[hour_start]
+        ops = out.ops.setdefault(hour, {})
+        ops[op] = ops.get(op, 0) + count
+        out.op_minutes.setdefault(hour, {}).setdefault(_MINUTES[minute_no], {})[op] = count
+    months: dict[str, dict[str, Totals]] = {}
+    for hour_start, sums in hours.items():
+        delta = Totals(*sums)
+        month_win = window(Period.MONTH, hour_start)
+        by_period = out.windows.setdefault(month_win.key, {})
+        fields_ = months.setdefault(month_win.key, {})
+        for period in Period:
+            win = month_win if period is Period.MONTH else window(period, hour_start)
+            fields_.setdefault(month_field(period, win), Totals()).add(delta)
+            known = by_period.setdefault(period, [])
+            if win not in known:
+                known.append(win)
+    trailing = 0
+    for record in reversed(ordered):
+        if record.success:
+            break
+        trailing += 1
+    out.trailing_failures = trailing
+    out.all_failed = trailing == len(ordered)
+    out.months = months
+    out.sources = dict(sources)
+    out.last_at = ordered[-1].at
+    return out

@@ -1,0 +1,227 @@
+"""The pure cost rules: tallies, budget crossings, breaker, runaway, spikes, holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from fleet_agent.contracts import BudgetSpec, CommandType, CostBatch, CostRecord
+
+from shared.domain import budgets, holds, protection
+from shared.domain.agents import AgentRecord
+from shared.domain.budgets import Kind
+from shared.domain.lifecycle import Cause, State
+from shared.domain.periods import Period, window
+from shared.domain.pricing import Price, PriceTable, format_usd, to_nanos
+from shared.domain.usage import Minute, Totals, tally
+
+T0 = datetime(2026, 11, 21, 22, 59, 30, tzinfo=UTC)
+TABLE = PriceTable(prices={"gpt-4o": Price(Decimal("0.0000025"), Decimal("0.00001"))})
+
+
+def rec(
+    n: int, *, at: datetime = T0, cost: str | None = "0.01", ok: bool = True, op: str = "ask", **kw: Any
+) -> CostRecord:
+    return CostRecord(
+        call_id=f"call-{n:06d}", at=at, model=kw.get("model", "gpt-4o"), input_tokens=kw.get("inp", 10),
+        output_tokens=kw.get("out", 5), cost_usd=Decimal(cost) if cost else None, success=ok, latency_ms=1.0,
+        operation=op,
+    )  # fmt: skip
+
+
+def test_tally_splits_a_batch_across_hours_days_and_months_by_each_call_time() -> None:
+    late = datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)
+    early = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    t = tally(
+        CostBatch(agent_id="agent-1", batch_id="batch-0001", records=[rec(1, at=late), rec(2, at=early)]), "acme", TABLE
+    )
+    assert set(t.months) == {"2026-11", "2026-12"}
+    assert t.months["2026-11"]["m"].usd_nanos == to_nanos(Decimal("0.01"))
+    assert t.months["2026-11"]["d30"].calls == 1 and t.months["2026-11"]["h3023"].calls == 1
+    assert t.months["2026-12"]["h0100"].calls == 1
+    assert t.total.calls == 2 and t.total.usd_nanos == 20_000_000
+
+
+def test_tally_prices_from_the_table_and_flags_unpriced_models() -> None:
+    t = tally(
+        CostBatch(
+            agent_id="agent-1",
+            batch_id="batch-0001",
+            records=[rec(1, cost=None, inp=1000, out=100), rec(2, cost=None, model="mystery", inp=5, out=5)],
+        ),
+        "acme",
+        TABLE,
+    )
+    assert t.total.usd_nanos == to_nanos(Decimal("0.0035"))
+    assert t.total.unpriced == 1 and t.unpriced_models == {"mystery"}
+    assert t.sources == {"table": 1, "unpriced": 1}
+
+
+def test_failure_streak_is_the_trailing_run_of_failures() -> None:
+    records = [rec(1, ok=False), rec(2, at=T0 + timedelta(seconds=1)), rec(3, ok=False, at=T0 + timedelta(seconds=2))]
+    t = tally(CostBatch(agent_id="agent-1", batch_id="batch-0001", records=records), "acme", TABLE)
+    assert (t.trailing_failures, t.all_failed) == (1, False)
+    t = tally(CostBatch(agent_id="agent-1", batch_id="batch-0002", records=[rec(1, ok=False)]), "acme", TABLE)
+    assert (t.trailing_failures, t.all_failed) == (1, True)
+
+
+def _totals(period: Period, after_usd: str, delta_usd: str) -> budgets.WindowTotals:
+    return {
+        (period, window(period, T0)): (
+            Totals(usd_nanos=to_nanos(Decimal(after_usd))),
+            Totals(usd_nanos=to_nanos(Decimal(delta_usd))),
+        )
+    }
+
+
+def test_each_threshold_is_crossed_by_exactly_one_update() -> None:
+    spec = BudgetSpec(daily_usd=Decimal("10"))
+    steps = [("4", "4"), ("6", "2"), ("8.5", "2.5"), ("9", "0.5"), ("10", "1"), ("12", "2")]
+    seen = []
+    for after, delta in steps:
+        for finding in budgets.crossings(spec, "agent", "a1", _totals(Period.DAY, after, delta)):
+            seen.append((finding.kind, finding.ratio, after))
+    assert seen == [
+        (Kind.THRESHOLD, 0.5, "6"),
+        (Kind.THRESHOLD, 0.8, "8.5"),
+        (Kind.SOFT, None, "8.5"),
+        (Kind.THRESHOLD, 1.0, "10"),
+        (Kind.HARD, None, "10"),
+    ]
+
+
+def test_level_findings_include_earlier_crossings_and_ids_are_stable() -> None:
+    spec = BudgetSpec(hourly_usd=Decimal("1"), soft_hourly_usd=Decimal("0.3"), alert_at=[0.9])
+    found = budgets.reached(spec, "agent", "a1", _totals(Period.HOUR, "2", "0"))
+    assert sorted(f.kind.value for f in found) == ["budget_exhausted", "budget_soft_limit", "budget_threshold"]
+    again = budgets.reached(spec, "agent", "a1", _totals(Period.HOUR, "2", "0"))
+    assert [f.alert_id for f in found] == [f.alert_id for f in again]
+    assert found[-1].alert_id.endswith("hourly_usd.2026-11-21T22")
+
+
+def test_token_limits_and_remaining() -> None:
+    spec = BudgetSpec(monthly_tokens=1000)
+    totals = {(Period.MONTH, window(Period.MONTH, T0)): (Totals(tokens=1200), Totals(tokens=300))}
+    assert [f.kind for f in budgets.crossings(spec, "agent", "a1", totals)][-1] is Kind.HARD
+    assert budgets.remaining(spec, Period.MONTH, "tokens", 1200) == (1000, 0)
+    assert budgets.remaining(spec, Period.DAY, "tokens", 1200) == (None, None)
+
+
+def test_format_usd_is_exact_and_never_exponent() -> None:
+    assert format_usd(to_nanos(Decimal("10"))) == "10"
+    assert format_usd(to_nanos(Decimal("0.000002"))) == "0.000002"
+    assert format_usd(0) == "0"
+
+
+RULES = protection.Protection()
+
+
+def test_breaker_opens_on_a_streak_or_a_failure_rate() -> None:
+    change = protection.breaker(RULES, None, streak=5, minutes={}, calls=[])
+    assert change is not None and change.action == "open" and change.cooldown_s == 60
+    assert protection.breaker(RULES, None, streak=4, minutes={"22:59": Minute(19, 19)}, calls=[]) is None
+    change = protection.breaker(RULES, None, streak=0, minutes={"22:59": Minute(20, 10)}, calls=[])
+    assert change is not None and "10 of 20 calls failed" in change.reason
+
+
+def test_half_open_trials_close_or_reopen_the_breaker_with_a_longer_cooldown() -> None:
+    hold = {"until": T0, "cooldown_s": 60}
+    assert protection.breaker(RULES, hold, streak=0, minutes={}, calls=[(T0 - timedelta(seconds=1), False)]) is None
+    closed = protection.breaker(RULES, hold, streak=0, minutes={}, calls=[(T0, True)])
+    assert closed is not None and closed.action == "close"
+    reopened = protection.breaker(RULES, hold, streak=1, minutes={}, calls=[(T0, True), (T0, False)])
+    assert reopened is not None and reopened.action == "open" and reopened.cooldown_s == 120
+
+
+def test_runaway_on_calls_per_minute_or_an_operation_far_above_its_norm() -> None:
+    assert protection.runaway(RULES, minutes={"05": Minute(1201, 0)}, op_minutes={}, op_hour={}) is not None
+    quiet = protection.runaway(
+        RULES, minutes={"30": Minute(190, 0)}, op_minutes={"30": {"ask": 190}}, op_hour={"ask": 790}
+    )
+    assert quiet is None  # 600 calls in the 30 minutes before: a norm of 20/min; 190 is under 10x
+    loud = protection.runaway(
+        RULES, minutes={"30": Minute(300, 0)}, op_minutes={"30": {"ask": 300}}, op_hour={"ask": 600}
+    )
+    assert loud is not None and "operation ask called 300 times" in loud
+    new_op = protection.runaway(
+        RULES, minutes={"30": Minute(300, 0)}, op_minutes={"30": {"new": 300}}, op_hour={"new": 300}
+    )
+    assert new_op is None  # no norm yet for an operation new this hour: only calls per minute apply
+
+
+def test_cost_spike_fires_once_when_the_hour_passes_the_baseline() -> None:
+    hours = {T0.replace(minute=0, second=0) - timedelta(hours=h): to_nanos(Decimal("1")) for h in range(1, 5)}
+    base = protection.baseline(hours, T0, 24)
+    assert base.hours == 4 and base.mean_nanos == to_nanos(Decimal("1"))
+    assert protection.spike(RULES, base, before=to_nanos(Decimal("1.1")), after=to_nanos(Decimal("1.3"))) is not None
+    assert protection.spike(RULES, base, before=to_nanos(Decimal("1.3")), after=to_nanos(Decimal("1.5"))) is None
+    few = protection.Baseline(to_nanos(Decimal("1")), 2)
+    assert protection.spike(RULES, few, before=0, after=to_nanos(Decimal("5"))) is None
+
+
+def test_protection_layers_override_in_order() -> None:
+    rules = protection.resolve({"breaker_cooldown_s": 30, "spike_pct": 50}, {"breaker_cooldown_s": 5})
+    assert rules.breaker_cooldown_s == 5 and rules.spike_pct == 50 and rules.breaker_min_calls == 20
+
+
+def agent(**kw: Any) -> AgentRecord:
+    data: dict[str, Any] = dict(
+        agent_id="agent-1", tenant="acme", name="A", agent_type="llm", version="1", owner="o",
+        status=State.ACTIVE, status_since=T0, registered_at=T0, last_registered_at=T0,
+    )  # fmt: skip
+    data.update(kw)
+    return AgentRecord(**data)
+
+
+def test_a_budget_hold_suspends_once_and_lifting_it_reactivates() -> None:
+    a = agent()
+    plan = holds.place(a, "budget", reason="over", at=T0, command_id="budget.abc12345", actor="system", until=T0)
+    assert plan.changes["status"] is State.SUSPENDED and plan.changes["status_hold"] == "budget"
+    assert [c.command for c in plan.commands] == [CommandType.BUDGET_EXHAUSTED] and plan.commands[0].until == T0
+    held = a.model_copy(update=plan.changes)
+    assert holds.place(held, "budget", reason="over", at=T0, command_id="budget.abc12345", actor="s").skipped
+    assert holds.expired(held, T0) == ["budget"]
+    lifted = holds.lift(held, "budget", reason="reset", at=T0, actor="system")
+    assert lifted.changes["status"] is State.ACTIVE and lifted.changes["holds"] == {}
+    assert [c.command for c in lifted.commands] == [CommandType.BUDGET_RESTORED]
+
+
+def test_lifting_one_of_two_budget_holds_keeps_the_agent_blocked() -> None:
+    a = agent()
+    for name in ("budget", "tenant_budget"):
+        a = a.model_copy(
+            update=holds.place(a, name, reason=name, at=T0, command_id=f"{name}.x1234567", actor="s").changes
+        )
+    assert a.status is State.SUSPENDED
+    plan = holds.lift(a, "budget", reason="raised", at=T0, actor="api")
+    assert "status" not in plan.changes and plan.changes["status_hold"] == "tenant_budget"
+    assert plan.commands == []  # the agent stays blocked by its tenant's budget
+
+
+def test_an_operator_pause_is_not_lifted_by_a_breaker_closing() -> None:
+    a = agent()
+    a = a.model_copy(
+        update=holds.place(
+            a, "pause", reason="p", at=T0, command_id="pause.x1234567", actor="u", cause=Cause.OPERATOR
+        ).changes
+    )
+    a = a.model_copy(
+        update=holds.place(a, "breaker", reason="b", at=T0, command_id="breaker.x1234567", actor="s").changes
+    )
+    plan = holds.lift(a, "breaker", reason="ok", at=T0, actor="s")
+    assert "status" not in plan.changes and [c.command for c in plan.commands] == [CommandType.BREAKER_CLOSED]
+
+
+def test_command_ids_are_deterministic_and_fit_the_contract() -> None:
+    one = holds.command_id("budget", "a" * 63, "daily_usd", "2026-11-21")
+    assert one == holds.command_id("budget", "a" * 63, "daily_usd", "2026-11-21") and len(one) <= 64
+    assert one != holds.command_id("budget", "a" * 63, "daily_usd", "2026-11-22")
+
+
+def test_protection_overrides_mirror_every_threshold_with_its_bounds() -> None:
+    defaults = protection.Protection.model_fields
+    overrides = protection.ProtectionOverrides.model_fields
+    assert set(defaults) == set(overrides)
+    for name, info in defaults.items():
+        assert info.metadata == overrides[name].metadata, name
