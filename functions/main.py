@@ -21,6 +21,7 @@ from shared.events import PushedMessage, message_from_cloudevent
 EXPECTS: dict[str, EventType] = {
     "on_registration": EventType.REGISTRATION,
     "on_heartbeat": EventType.HEARTBEAT,
+    "on_cost": EventType.COST,
 }
 
 
@@ -36,6 +37,11 @@ def on_registration(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_heartbeat(event: CloudEvent) -> None:
     handlers.handle_push(_message(event), EventType.HEARTBEAT, handlers.process_heartbeat)
+
+
+@functions_framework.cloud_event
+def on_cost(event: CloudEvent) -> None:
+    handlers.handle_push(_message(event), EventType.COST, handlers.process_cost)
 
 
 @functions_framework.http

@@ -1,18 +1,22 @@
-"""The REST API's response bodies: one definition serves the responses and the OpenAPI document.
+"""The REST API's request and response bodies: one definition serves the API and the OpenAPI document.
 
-These are views, not the stored documents: internal bookkeeping of an agent (event ids kept
+Responses are views, not the stored documents: internal bookkeeping of an agent (event ids kept
 for deduplication, the unflushed history tail, ...) stays out of the API so it can change freely.
+Requests are strict (an unknown field is a 400) and documented in validation mode.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fleet_agent.contracts import BudgetSpec
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.domain.agents import AgentRecord
 from shared.domain.lifecycle import State
+from shared.domain.protection import Protection, ProtectionOverrides
 
 
 def _aware(value: datetime) -> datetime:
@@ -99,9 +103,14 @@ class HistoryView(_View):
 
 class ErrorDetail(_View):
     code: str = Field(
-        description="bad_request, unauthorized, forbidden, not_found, method_not_allowed, internal or unavailable."
+        description="bad_request, unauthorized, forbidden, not_found, method_not_allowed, conflict, internal "
+        "or unavailable."
     )
     reason: str
+    details: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Only on an invalid request body: each validation error ({loc, msg, type}).",
+    )
 
 
 class ErrorBody(_View):
@@ -114,7 +123,174 @@ class Health(_View):
     status: Literal["ok"] = "ok"
 
 
-#: Every model the OpenAPI document describes (components are generated from these).
+# --- costs: usage, budgets, protection, prices, pauses, alerts -------------------------------------
+
+
+class HoldView(_View):
+    """Why the agent must not call its model, as last told to it."""
+
+    command: str = Field(description="The command that announced the hold (pause, budget_exhausted, ...).")
+    command_id: str | None = None
+    reason: str = ""
+    issued_at: Timestamp | None = None
+    until: Timestamp | None = Field(default=None, description="When the hold lifts by itself; null: until lifted.")
+
+
+class PeriodUsage(_View):
+    """Usage of one UTC period (hour, day or month) and what is left of its hard limits."""
+
+    period: str = Field(description="The period's key: 2026-11-21T10, 2026-11-21 or 2026-11.")
+    spend_usd: str = Field(description="Exact spend in USD, a decimal string.")
+    tokens: int
+    input_tokens: int
+    output_tokens: int
+    calls: int
+    failures: int
+    unpriced_calls: int = Field(description="Calls with tokens but no price and no reported cost.")
+    success_rate: float | None = Field(description="Share of calls that succeeded; null without calls.")
+    budget_usd: str | None = Field(description="The hard USD limit of the period; null without one.")
+    remaining_usd: str | None
+    budget_tokens: int | None
+    remaining_tokens: int | None
+    starts_at: Timestamp
+    resets_at: Timestamp
+
+
+_PERIODS = Field(description="Keyed by hour, day and month (the current UTC periods).")
+_SOURCE = Field(description='Where the budget comes from: "registration", "api" (wins) or null.')
+
+
+class AgentUsageView(_View):
+    agent_id: str
+    tenant: str
+    periods: dict[str, PeriodUsage] = _PERIODS
+    holds: dict[str, HoldView] = Field(description="Current holds by name (budget, tenant_budget, breaker, pause...).")
+    budget: BudgetSpec | None
+    budget_source: str | None = _SOURCE
+
+
+class TenantUsageView(_View):
+    tenant: str
+    periods: dict[str, PeriodUsage] = _PERIODS
+    budget: BudgetSpec | None
+    budget_source: str | None = _SOURCE
+
+
+class AgentBudgetView(_View):
+    agent_id: str
+    tenant: str
+    budget: BudgetSpec | None = Field(description="null: no budget.")
+    budget_source: str | None = _SOURCE
+    holds: dict[str, HoldView] = Field(description="Current holds, after the budget was re-evaluated.")
+
+
+class TenantBudgetView(_View):
+    tenant: str
+    budget: BudgetSpec | None = Field(description="null: no budget.")
+    budget_source: str | None = _SOURCE
+
+
+_HARD = (
+    "hourly_usd",
+    "daily_usd",
+    "monthly_usd",
+    "hourly_tokens",
+    "daily_tokens",
+    "monthly_tokens",
+)
+
+
+class BudgetUpdate(BudgetSpec):
+    """A budget (PUT replaces the whole budget): at least one hard or soft limit. USD amounts are
+    decimal strings or numbers; a soft limit is ``soft_ratio`` of its hard limit unless given."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetUpdate:
+        if not any(getattr(self, name) is not None or getattr(self, f"soft_{name}") is not None for name in _HARD):
+            raise ValueError("a budget needs at least one hard or soft limit (e.g. daily_usd)")
+        return self
+
+
+class ProtectionUpdate(ProtectionOverrides):
+    """Overrides of the protection thresholds (PUT replaces them all; ``{}`` goes back to the defaults)."""
+
+
+class ProtectionView(_View):
+    tenant: str
+    agent_id: str | None = Field(default=None, description="null for a tenant's overrides.")
+    overrides: ProtectionOverrides = Field(description="What was set at this level (unset fields are null).")
+    effective: Protection = Field(description="Defaults, then the tenant's overrides, then the agent's.")
+
+
+UsdPerToken = Annotated[Decimal, Field(ge=0, le=1, decimal_places=12)]
+
+
+class PriceUpdate(BaseModel):
+    """USD per token, as decimal strings (exact) or numbers, from 0 to 1."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_usd: UsdPerToken
+    output_usd: UsdPerToken
+
+
+class PriceView(_View):
+    model: str
+    input_usd: str = Field(description="USD per input token, a decimal string.")
+    output_usd: str = Field(description="USD per output token, a decimal string.")
+    source: Literal["default", "api", "tenant"] = Field(
+        description="default: shipped with the code; api: set globally; tenant: the tenant's override."
+    )
+
+
+class PriceList(_View):
+    tenant: str | None = Field(description="The tenant whose overrides are included; null: global prices only.")
+    items: list[PriceView] = Field(description="Ordered by model.")
+
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Reason
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Reason | None = None
+
+
+class AgentHoldsView(_View):
+    """An agent's status and holds after a pause or a resume."""
+
+    agent_id: str
+    tenant: str
+    status: State
+    status_since: Timestamp
+    holds: dict[str, HoldView]
+
+
+class AlertView(_View):
+    id: str = Field(description="Deterministic: the rule, its subject and the window.")
+    kind: str = Field(description="budget_threshold, budget_soft_limit, budget_exhausted, breaker_open, ...")
+    severity: Literal["info", "warning", "critical"]
+    tenant: str
+    agent_id: str | None = None
+    message: str
+    window: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    raised_at: Timestamp
+    state: str = "open"
+
+
+class AlertList(_View):
+    items: list[AlertView] = Field(description="Newest first.")
+
+
+#: Every response model the OpenAPI document describes (components are generated from these).
 MODELS: tuple[type[BaseModel], ...] = (
     AgentView,
     AgentPage,
@@ -124,9 +300,30 @@ MODELS: tuple[type[BaseModel], ...] = (
     HistoryView,
     ErrorBody,
     Health,
+    AgentUsageView,
+    TenantUsageView,
+    AgentBudgetView,
+    TenantBudgetView,
+    ProtectionView,
+    PriceList,
+    PriceView,
+    AgentHoldsView,
+    AlertList,
+)
+#: Every request body (documented in validation mode: what the API accepts).
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    BudgetUpdate,
+    ProtectionUpdate,
+    PriceUpdate,
+    PauseRequest,
+    ResumeRequest,
 )
 
 
 def agent_view(record: AgentRecord) -> AgentView:
     """The public view of a stored agent (attributes are copied by name, extra ones dropped)."""
     return AgentView.model_validate(record, from_attributes=True)
+
+
+def hold_views(holds: dict[str, dict[str, Any]]) -> dict[str, HoldView]:
+    return {name: HoldView.model_validate(hold) for name, hold in sorted(holds.items())}

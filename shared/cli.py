@@ -231,9 +231,9 @@ def _rejections_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
             print(f"{item.rejection_id}: would publish {len(item.data)} bytes to {item.topic}", file=out)
             continue
         if publisher is None:
-            from google.cloud import pubsub_v1
+            from google.cloud.pubsub_v1 import PublisherClient
 
-            publisher = pubsub_v1.PublisherClient()
+            publisher = PublisherClient()
         path = publisher.topic_path(settings.get().project, item.topic)
         message_id = publisher.publish(path, item.data, **item.attributes).result(timeout=60)
         rejection_store.mark_replayed(item.rejection_id, message_id)

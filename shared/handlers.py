@@ -15,8 +15,9 @@ from typing import Any
 
 from fleet_agent.contracts import EventType
 
-from shared import logs, settings
+from shared import commands, logs, settings
 from shared.domain import agents as agent_domain
+from shared.domain import holds
 from shared.domain.agents import AgentRecord, Plan
 from shared.domain.rejections import Code, Payload, Rejected
 from shared.events import Decoded, PushedMessage, decode
@@ -40,6 +41,8 @@ def handle_push(message: PushedMessage, expected: EventType, process: Callable[[
             fields["agent_id"] = getattr(decoded.event, "agent_id", None)
             plan = process(decoded)
             outcome = plan.skipped or "accepted"
+            if plan.commands:
+                fields["commands"] = [f"{c.command.value}:{c.agent_id}" for c in plan.commands]
             if plan.transition is not None and plan.transition.outcome.value != "unchanged":
                 fields["transition"] = f"{plan.transition.current}->{plan.transition.target}:{plan.transition.outcome}"
         except Rejected as rejected:
@@ -77,6 +80,7 @@ def _finish(outcome: str, fields: dict[str, Any], meter: db.Meter, started: floa
         firestore_reads=meter.reads,
         firestore_writes=meter.writes,
         firestore_conflicts=meter.conflicts,
+        publishes=meter.publishes,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **fields,
         **extra,
@@ -96,12 +100,34 @@ def record_rejection(rejected: Rejected, message: PushedMessage, event_type: str
 
 def process_registration(decoded: Decoded) -> Plan:
     reg = decoded.registration
-    return agent_store.update(
+    plan = agent_store.update(
         reg.agent_id,
         lambda current: agent_domain.apply_registration(
             current, reg, event_id=decoded.event_id, received_at=decoded.message.published_at
         ),
     )
+    if plan.commands:  # the agent's holds, re-sent to a restarted agent
+        commands.publish(plan.commands)
+    return plan
+
+
+def unknown_agent(agent_id: str, received_at: datetime) -> Exception:
+    """An event for an agent not registered yet: retried for a grace period (its registration may be
+    in flight), then rejected."""
+    grace = settings.get().unknown_agent_grace_s
+    if datetime.now(UTC) - received_at < timedelta(seconds=grace):
+        return RetryLater(f"agent {agent_id} is not registered yet; retrying for {grace}s")
+    return Rejected(
+        Code.UNKNOWN_AGENT,
+        f"agent {agent_id} is not registered (waited {grace}s for its registration)",
+        agent_id=agent_id,
+    )
+
+
+def process_cost(decoded: Decoded) -> Plan:
+    from shared import accounting
+
+    return accounting.process_cost(decoded, unknown=unknown_agent)
 
 
 def process_heartbeat(decoded: Decoded) -> Plan:
@@ -111,16 +137,7 @@ def process_heartbeat(decoded: Decoded) -> Plan:
 
     def decide(current: AgentRecord | None) -> Plan:
         if current is None:
-            age = datetime.now(UTC) - received_at
-            if age < timedelta(seconds=cfg.unknown_agent_grace_s):
-                raise RetryLater(
-                    f"agent {hb.agent_id} is not registered yet; retrying for {cfg.unknown_agent_grace_s}s"
-                )
-            raise Rejected(
-                Code.UNKNOWN_AGENT,
-                f"agent {hb.agent_id} is not registered (waited {cfg.unknown_agent_grace_s}s for its registration)",
-                agent_id=hb.agent_id,
-            )
+            raise unknown_agent(hb.agent_id, received_at)
         return agent_domain.apply_heartbeat(
             current,
             hb,
@@ -131,7 +148,15 @@ def process_heartbeat(decoded: Decoded) -> Plan:
             retention=timedelta(days=cfg.retention_days),
         )
 
-    return agent_store.update(hb.agent_id, decide)
+    cached = agent_store.cache.get(hb.agent_id)
+    lifted = []
+    if cached is not None and holds.expired(cached.record, received_at):
+        from shared import accounting
+
+        lifted = accounting.lift_expired(cached.record, received_at)
+    plan = agent_store.update(hb.agent_id, decide)
+    plan.commands = lifted + plan.commands
+    return plan
 
 
 def handle_dead_letter(message: PushedMessage) -> str:

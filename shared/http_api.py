@@ -1,8 +1,10 @@
-"""The read-only REST API (``functions/main.py: api``): agents, their history, and rejected events.
+"""The REST API (``functions/main.py: api``): agents, their history, rejected events, and their costs
+(usage, budgets, protection thresholds, prices, pauses, alerts).
 
 One route table drives both the dispatcher (werkzeug routing) and the OpenAPI document, so the
 document cannot drift from what is served. Every outcome is JSON, errors included: callers and
-load balancers never see an HTML error page or a stack trace.
+load balancers never see an HTML error page or a stack trace. Views stay thin: the rules live in
+shared.domain and shared.accounting, the writes in shared.store.
 """
 
 from __future__ import annotations
@@ -18,38 +20,68 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import flask
-from fleet_agent.contracts import AGENT_ID_PATTERN
-from pydantic import BaseModel
+from fleet_agent.contracts import AGENT_ID_PATTERN, ModelName
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared import logs, settings
+from shared import accounting, commands, logs, settings
 from shared.api_models import (
     MODELS,
+    REQUEST_MODELS,
+    AgentBudgetView,
+    AgentHoldsView,
     AgentPage,
+    AgentUsageView,
     AgentView,
+    AlertList,
+    BudgetUpdate,
     ErrorBody,
     ErrorDetail,
     Health,
     HistoryView,
+    PauseRequest,
+    PriceList,
+    PriceUpdate,
+    PriceView,
+    ProtectionUpdate,
+    ProtectionView,
     RejectionPage,
+    ResumeRequest,
+    TenantBudgetView,
+    TenantUsageView,
     agent_view,
+    hold_views,
 )
+from shared.domain import budgets, holds, protection
+from shared.domain.agents import AgentRecord, Plan
 from shared.domain.api_keys import Role
-from shared.domain.lifecycle import State
+from shared.domain.audit import AuditEntry
+from shared.domain.lifecycle import Cause, State
+from shared.domain.pricing import Price
 from shared.domain.rejections import Code
 from shared.store import agents as agent_store
-from shared.store import api_keys, db
+from shared.store import alerts as alert_store
+from shared.store import api_keys, config, db
+from shared.store import audit as audit_store
 from shared.store import rejections as rejection_store
+from shared.store import usage as usage_store
 from shared.store.api_keys import Principal
 
 log = logs.get_logger("api")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+DEFAULT_ALERTS = 50
+MAX_ALERTS = 200
+#: Largest request body accepted (every body here is a few hundred bytes).
+MAX_BODY_BYTES = 64 * 1024
 _ID = re.compile(AGENT_ID_PATTERN)
 _DIGITS = re.compile(r"^[0-9]{1,6}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,4096}$")
@@ -57,6 +89,8 @@ _TRACE = re.compile(r"^[0-9a-fA-F]{32}$")
 _STATES = tuple(s.value for s in State)
 _CODES = tuple(c.value for c in Code)
 _REF = "#/components/schemas/{model}"
+_MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
+M = TypeVar("M", bound=BaseModel)
 
 #: HTTP status -> the machine-readable error code in the body.
 ERROR_CODES: dict[int, str] = {
@@ -65,6 +99,7 @@ ERROR_CODES: dict[int, str] = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     500: "internal",
     503: "unavailable",
 }
@@ -73,11 +108,18 @@ ERROR_CODES: dict[int, str] = {
 class ApiError(Exception):
     """An expected failure, answered as ``{"error": {"code", "reason"}}`` with its status."""
 
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -87,6 +129,8 @@ class Call:
     request: flask.Request
     args: dict[str, str]
     principal: Principal | None
+    #: The request id (also in X-Request-Id): makes audit entries and command ids of this request unique.
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +155,9 @@ class Route:
     #: Error statuses specific to the route (401/403/405/500/503 are added from ``auth``).
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = field(default=())
+    method: str = "GET"
+    #: The JSON body the route takes (PUT/POST), validated by the view with :func:`_body`.
+    request: type[BaseModel] | None = None
 
 
 # --- pagination -------------------------------------------------------------------------------
@@ -210,17 +257,24 @@ def _list_agents(call: Call) -> AgentPage:
     )
 
 
-def _visible_agent(call: Call) -> AgentView:
+def _agent_not_found(agent_id: str) -> ApiError:
+    return ApiError(404, f"agent {agent_id} not found")
+
+
+def _visible_record(call: Call) -> AgentRecord:
     """The agent of the path, or 404, also when it belongs to another tenant (existence is not leaked)."""
     principal = _principal(call)
     agent_id = call.args["agent_id"]
-    not_found = ApiError(404, f"agent {agent_id} not found")
     if not _is_agent_id(agent_id):
-        raise not_found
+        raise _agent_not_found(agent_id)
     record = agent_store.get(agent_id)
     if record is None or not principal.can_see(record.tenant):
-        raise not_found
-    return agent_view(record)
+        raise _agent_not_found(agent_id)
+    return record
+
+
+def _visible_agent(call: Call) -> AgentView:
+    return agent_view(_visible_record(call))
 
 
 def _get_agent(call: Call) -> AgentView:
@@ -258,6 +312,396 @@ def _list_rejections(call: Call) -> RejectionPage:
     return RejectionPage.model_validate({"items": items, "next_page_token": encode_page_token(last) if last else None})
 
 
+# --- request bodies and shared helpers of the cost routes -------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _actor(call: Call) -> str:
+    return f"api:{_principal(call).name}"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _body(call: Call, model: type[M]) -> M:
+    """The request's JSON body validated by ``model`` (an empty body is ``{}``). Numbers are read as exact
+    decimals. Anything else is a 400 whose reason and details list every validation error."""
+    raw = call.request.get_data(cache=True)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(400, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(raw, parse_float=Decimal, parse_constant=_no_constants) if raw.strip() else {}
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            {"loc": ".".join(str(part) for part in error["loc"]), "msg": error["msg"], "type": error["type"]}
+            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        listed = "; ".join(f"{d['loc']}: {d['msg']}" if d["loc"] else d["msg"] for d in details)
+        raise ApiError(400, f"invalid request body: {listed}", details=details) from None
+
+
+def _doc_id(*parts: str) -> str:
+    """An audit id from its parts (model names may contain ``/``, which Firestore ids cannot)."""
+    return ".".join(parts).replace("%", "%25").replace("/", "%2F")[:1400]
+
+
+def _audit(
+    call: Call, action: str, target: str, tenant: str | None, details: dict[str, Any], at: datetime
+) -> AuditEntry:
+    return AuditEntry(
+        id=_doc_id(target, call.request_id or uuid.uuid4().hex, action),
+        at=at,
+        actor=_actor(call),
+        action=action,
+        target=target,
+        outcome="applied",
+        tenant=tenant,
+        details=details,
+    )
+
+
+def _write_audit(entry: AuditEntry) -> None:
+    db.client().collection(audit_store.AUDIT).document(entry.id).set(entry.as_doc(), **db.call_options())
+    db.count(writes=1)
+
+
+def _visible_tenant(call: Call) -> str:
+    """The tenant of the path, or 404 when the key is scoped to another one (or the name is impossible)."""
+    tenant = call.args["tenant"]
+    if not _is_agent_id(tenant) or not _principal(call).can_see(tenant):
+        raise ApiError(404, f"tenant {tenant} not found")
+    return tenant
+
+
+def _write_tenant(tenant: str, fields: dict[str, Any], entry: AuditEntry) -> None:
+    """Replace ``fields`` of the tenant document (creating it) and write the audit entry, in one commit.
+
+    Each field is replaced whole (``merge=[fields]``): a merge of the whole document would merge the
+    budget's or protection's map with the old one, keeping limits the new body left out.
+    """
+    client = db.client()
+    batch = client.batch()
+    data = {"tenant": tenant, **fields}
+    batch.set(client.collection(config.TENANTS).document(tenant), data, merge=list(data))
+    audit_store.add(batch, entry)
+    batch.commit(**db.call_options())
+    db.count(writes=2)
+    config.cache.drop(f"tenant:{tenant}")
+
+
+def _update_agent(call: Call, step: Callable[[AgentRecord], Plan]) -> tuple[Plan, AgentRecord]:
+    """Apply ``step`` to the visible agent of the path with the store's conditional write.
+
+    The agent is read first (404 when not visible), so ``step`` decides on the stored document; it may
+    raise :class:`ApiError` (409). Returns the plan and the agent as written.
+    """
+    principal = _principal(call)
+    agent_id = _visible_record(call).agent_id
+    written: list[AgentRecord] = []
+
+    def decide(current: AgentRecord | None) -> Plan:
+        if current is None or not principal.can_see(current.tenant):
+            return Plan(skipped="unknown")
+        plan = step(current)
+        written[:] = [current.model_copy(update=plan.changes) if plan.changes else current]
+        return plan
+
+    plan = agent_store.update(agent_id, decide)
+    if plan.skipped == "unknown" or not written:
+        raise _agent_not_found(agent_id)
+    return plan, written[-1]
+
+
+def _usd(value: Decimal) -> str:
+    """A decimal string without exponent (``0.0000025``, not ``2.5E-6``)."""
+    return format(value, "f")
+
+
+# --- usage and budgets ------------------------------------------------------------------------
+
+
+def _agent_usage(call: Call) -> AgentUsageView:
+    record = _visible_record(call)
+    periods = usage_store.agent_periods(record.agent_id, _now())
+    return AgentUsageView.model_validate(
+        {
+            "agent_id": record.agent_id,
+            "tenant": record.tenant,
+            "periods": accounting.usage_view(periods, budgets.parse(record.budget)),
+            "holds": hold_views(record.holds),
+            "budget": record.budget,
+            "budget_source": record.budget_source,
+        }
+    )
+
+
+def _tenant_usage(call: Call) -> TenantUsageView:
+    tenant = _visible_tenant(call)
+    cfg = config.read_tenant(tenant)
+    periods = usage_store.tenant_periods(tenant, _now(), settings.get().tenant_shards)
+    return TenantUsageView.model_validate(
+        {
+            "tenant": tenant,
+            "periods": accounting.usage_view(periods, budgets.parse(cfg.budget)),
+            "budget": cfg.budget,
+            "budget_source": cfg.budget_source,
+        }
+    )
+
+
+def _agent_budget_view(record: AgentRecord) -> AgentBudgetView:
+    return AgentBudgetView.model_validate(
+        {
+            "agent_id": record.agent_id,
+            "tenant": record.tenant,
+            "budget": record.budget,
+            "budget_source": record.budget_source,
+            "holds": hold_views(record.holds),
+        }
+    )
+
+
+def _get_agent_budget(call: Call) -> AgentBudgetView:
+    return _agent_budget_view(_visible_record(call))
+
+
+def _set_agent_budget(call: Call) -> AgentBudgetView:
+    """Replace the agent's budget (it wins over the registration's), then re-evaluate its budget hold at
+    once: a raised budget lifts it, a lowered one places it."""
+    stored = budgets.store(_body(call, BudgetUpdate))
+    now = _now()
+
+    def step(current: AgentRecord) -> Plan:
+        if current.budget == stored and current.budget_source == "api":
+            return Plan(skipped="unchanged")
+        details = {"budget": stored, "previous": current.budget, "previous_source": current.budget_source}
+        return Plan(
+            changes={"budget": stored, "budget_source": "api"},
+            audit=[_audit(call, "agent.budget.set", current.agent_id, current.tenant, details, now)],
+        )
+
+    _plan, record = _update_agent(call, step)
+    accounting.reconcile(record.agent_id, now=now, actor=_actor(call))
+    return _agent_budget_view(agent_store.get(record.agent_id) or record)
+
+
+def _get_tenant_budget(call: Call) -> TenantBudgetView:
+    tenant = _visible_tenant(call)
+    cfg = config.read_tenant(tenant)
+    return TenantBudgetView.model_validate({"tenant": tenant, "budget": cfg.budget, "budget_source": cfg.budget_source})
+
+
+def _set_tenant_budget(call: Call) -> TenantBudgetView:
+    tenant = _visible_tenant(call)
+    stored = budgets.store(_body(call, BudgetUpdate))
+    previous = config.read_tenant(tenant)
+    details = {"budget": stored, "previous": previous.budget, "previous_source": previous.budget_source}
+    entry = _audit(call, "tenant.budget.set", f"tenant.{tenant}", tenant, details, _now())
+    _write_tenant(tenant, {"budget": stored, "budget_source": "api"}, entry)
+    accounting.reconcile_tenant(tenant, now=_now(), actor=_actor(call))
+    return TenantBudgetView.model_validate({"tenant": tenant, "budget": stored, "budget_source": "api"})
+
+
+# --- protection -------------------------------------------------------------------------------
+
+
+def _protection_view(tenant: str, tenant_overrides: dict[str, Any], agent: AgentRecord | None) -> ProtectionView:
+    own = agent.protection if agent is not None else tenant_overrides
+    layers = (tenant_overrides, agent.protection) if agent is not None else (tenant_overrides,)
+    return ProtectionView.model_validate(
+        {
+            "tenant": tenant,
+            "agent_id": agent.agent_id if agent is not None else None,
+            "overrides": own,
+            "effective": protection.resolve(*layers),
+        }
+    )
+
+
+def _get_agent_protection(call: Call) -> ProtectionView:
+    record = _visible_record(call)
+    return _protection_view(record.tenant, config.read_tenant(record.tenant).protection, record)
+
+
+def _set_agent_protection(call: Call) -> ProtectionView:
+    stored = _body(call, ProtectionUpdate).stored()
+    now = _now()
+
+    def step(current: AgentRecord) -> Plan:
+        if current.protection == stored:
+            return Plan(skipped="unchanged")
+        details = {"protection": stored, "previous": current.protection}
+        return Plan(
+            changes={"protection": stored},
+            audit=[_audit(call, "agent.protection.set", current.agent_id, current.tenant, details, now)],
+        )
+
+    _plan, record = _update_agent(call, step)
+    return _protection_view(record.tenant, config.read_tenant(record.tenant).protection, record)
+
+
+def _get_tenant_protection(call: Call) -> ProtectionView:
+    tenant = _visible_tenant(call)
+    return _protection_view(tenant, config.read_tenant(tenant).protection, None)
+
+
+def _set_tenant_protection(call: Call) -> ProtectionView:
+    tenant = _visible_tenant(call)
+    stored = _body(call, ProtectionUpdate).stored()
+    previous = config.read_tenant(tenant).protection
+    entry = _audit(
+        call, "tenant.protection.set", f"tenant.{tenant}", tenant, {"protection": stored, "previous": previous}, _now()
+    )
+    _write_tenant(tenant, {"protection": stored}, entry)
+    return _protection_view(tenant, stored, None)
+
+
+# --- prices -----------------------------------------------------------------------------------
+
+
+def _query_tenant(call: Call) -> str | None:
+    tenant = _query(call.request, "tenant")
+    if tenant is not None and not _is_agent_id(tenant):
+        raise ApiError(400, f"tenant must match {AGENT_ID_PATTERN}")
+    principal = _principal(call)
+    if principal.tenant is not None and tenant is not None and tenant != principal.tenant:
+        raise ApiError(403, f"this API key only sees tenant {principal.tenant}")
+    return tenant
+
+
+def _price_view(model: str, price: Price, source: str) -> PriceView:
+    return PriceView.model_validate(
+        {"model": model, "input_usd": _usd(price.input_usd), "output_usd": _usd(price.output_usd), "source": source}
+    )
+
+
+def _list_prices(call: Call) -> PriceList:
+    """Global prices, with the tenant's overrides in their place (a tenant-scoped key always gets its own)."""
+    tenant = _query_tenant(call) or _principal(call).tenant
+    items = {model: _price_view(model, price, source) for model, (price, source) in config.read_prices().items()}
+    if tenant is not None:
+        items.update(
+            {model: _price_view(model, price, "tenant") for model, price in config.read_tenant(tenant).prices.items()}
+        )
+    return PriceList(tenant=tenant, items=[items[model] for model in sorted(items)])
+
+
+def _set_price(call: Call) -> PriceView:
+    model = call.args["model"].rstrip("/")  # the path converter takes a trailing slash too
+    try:
+        _MODEL_NAME.validate_python(model)
+    except ValidationError:
+        raise ApiError(400, f"model {model!r} is not a model name (letters, digits and _.:/@+-, up to 128)") from None
+    tenant = _query_tenant(call)
+    principal = _principal(call)
+    if principal.tenant is not None and tenant is None:
+        raise ApiError(
+            403, f"this API key may only set prices of tenant {principal.tenant}: add ?tenant={principal.tenant}"
+        )
+    body = _body(call, PriceUpdate)
+    price = Price(body.input_usd, body.output_usd)
+    details = {"model": model, "input_usd": _usd(price.input_usd), "output_usd": _usd(price.output_usd)}
+    if tenant is not None:
+        config.set_tenant_price(tenant, model, price)
+        _write_audit(_audit(call, "tenant.price.set", f"tenant.{tenant}.{model}", tenant, details, _now()))
+    else:
+        config.set_price(model, price)
+        _write_audit(_audit(call, "price.set", f"price.{model}", None, details, _now()))
+    return _price_view(model, price, "tenant" if tenant is not None else "api")
+
+
+# --- pause and resume -------------------------------------------------------------------------
+
+
+def _holds_view(record: AgentRecord) -> AgentHoldsView:
+    return AgentHoldsView.model_validate(
+        {
+            "agent_id": record.agent_id,
+            "tenant": record.tenant,
+            "status": record.status,
+            "status_since": record.status_since,
+            "holds": hold_views(record.holds),
+        }
+    )
+
+
+def _pause(call: Call) -> AgentHoldsView:
+    """Hold the agent (it is told ``pause`` and suspended). Pausing a paused agent changes nothing and
+    sends its pause command again, with the same id (so a failed publish is repaired by a retry)."""
+    reason = _body(call, PauseRequest).reason
+    now = _now()
+    agent_id = call.args["agent_id"]
+    command_id = holds.command_id("pause", agent_id, call.request_id or uuid.uuid4().hex)
+
+    def step(current: AgentRecord) -> Plan:
+        if current.status is State.DECOMMISSIONED:
+            raise ApiError(409, f"agent {current.agent_id} was decommissioned")
+        if "pause" in current.holds:
+            return Plan(skipped="unchanged")
+        return holds.place(
+            current, "pause", reason=reason, at=now, command_id=command_id, actor=_actor(call), cause=Cause.OPERATOR
+        )
+
+    plan, record = _update_agent(call, step)
+    sent = plan.commands or [holds.command_of(record.agent_id, record.holds["pause"])]
+    commands.publish(sent)
+    return _holds_view(record)
+
+
+def _resume(call: Call) -> AgentHoldsView:
+    """Lift the pause. Other holds (budget, breaker...) stay; 409 when the agent is not paused."""
+    reason = _body(call, ResumeRequest).reason or "resumed through the API"
+    now = _now()
+
+    def step(current: AgentRecord) -> Plan:
+        if "pause" not in current.holds:
+            raise ApiError(409, f"agent {current.agent_id} is not paused")
+        return holds.lift(current, "pause", reason=reason, at=now, actor=_actor(call), cause=Cause.OPERATOR)
+
+    plan, record = _update_agent(call, step)
+    if plan.commands:
+        commands.publish(plan.commands)
+    return _holds_view(record)
+
+
+# --- alerts -----------------------------------------------------------------------------------
+
+
+def _alert_limit(request: flask.Request) -> int:
+    raw = _query(request, "limit")
+    if raw is None:
+        return DEFAULT_ALERTS
+    limit = int(raw) if _DIGITS.match(raw) else 0
+    if not 1 <= limit <= MAX_ALERTS:
+        raise ApiError(400, f"limit must be an integer from 1 to {MAX_ALERTS}")
+    return limit
+
+
+def _list_alerts(call: Call) -> AlertList:
+    tenant = _query_tenant(call) or _principal(call).tenant
+    agent_id = _query(call.request, "agent_id")
+    if agent_id is not None and not _is_agent_id(agent_id):
+        raise ApiError(400, f"agent_id must match {AGENT_ID_PATTERN}")
+    limit = _alert_limit(call.request)
+    if agent_id is not None:
+        # The indexes cover tenant or agent_id, not both; an agent's alerts all carry its tenant.
+        rows = alert_store.list_recent(tenant=None, agent_id=agent_id, limit=limit)
+        rows = [row for row in rows if tenant is None or row.get("tenant") == tenant]
+    else:
+        rows = alert_store.list_recent(tenant=tenant, agent_id=None, limit=limit)
+    return AlertList.model_validate({"items": rows})
+
+
 # --- the route table --------------------------------------------------------------------------
 
 _PAGE_PARAMS = (
@@ -271,6 +715,19 @@ _PAGE_PARAMS = (
 )
 _AGENT_ID_PARAM = Param(
     "agent_id", "path", "The agent's id.", {"type": "string", "pattern": AGENT_ID_PATTERN}, required=True
+)
+_TENANT_PARAM = Param(
+    "tenant",
+    "path",
+    "The tenant (a tenant-scoped key sees only its own; any other is 404).",
+    {"type": "string", "pattern": AGENT_ID_PATTERN},
+    required=True,
+)
+_TENANT_QUERY = Param(
+    "tenant",
+    "query",
+    "A tenant (a tenant-scoped key may name only its own).",
+    {"type": "string", "pattern": AGENT_ID_PATTERN},
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -360,11 +817,211 @@ ROUTES: tuple[Route, ...] = (
         errors=(400,),
         tags=("rejections",),
     ),
+    # -- costs --
+    Route(
+        "/v1/agents/<agent_id>/usage",
+        "get_agent_usage",
+        "An agent's spend, tokens and calls in the current UTC hour, day and month, with its budget and holds.",
+        _agent_usage,
+        AgentUsageView,
+        params=(_AGENT_ID_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+    ),
+    Route(
+        "/v1/agents/<agent_id>/budget",
+        "get_agent_budget",
+        "An agent's budget and where it comes from (registration or API).",
+        _get_agent_budget,
+        AgentBudgetView,
+        params=(_AGENT_ID_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+    ),
+    Route(
+        "/v1/agents/<agent_id>/budget",
+        "set_agent_budget",
+        "Replace an agent's budget (wins over the registration's); its budget hold is re-evaluated at once.",
+        _set_agent_budget,
+        AgentBudgetView,
+        role=Role.ADMIN,
+        params=(_AGENT_ID_PARAM,),
+        errors=(400, 404),
+        tags=("costs",),
+        method="PUT",
+        request=BudgetUpdate,
+    ),
+    Route(
+        "/v1/agents/<agent_id>/protection",
+        "get_agent_protection",
+        "An agent's protection overrides and the thresholds in effect (defaults, tenant, agent).",
+        _get_agent_protection,
+        ProtectionView,
+        params=(_AGENT_ID_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+    ),
+    Route(
+        "/v1/agents/<agent_id>/protection",
+        "set_agent_protection",
+        "Replace an agent's protection overrides ({} goes back to the tenant's and the defaults).",
+        _set_agent_protection,
+        ProtectionView,
+        role=Role.ADMIN,
+        params=(_AGENT_ID_PARAM,),
+        errors=(400, 404),
+        tags=("costs",),
+        method="PUT",
+        request=ProtectionUpdate,
+    ),
+    Route(
+        "/v1/agents/<agent_id>/pause",
+        "pause_agent",
+        "Pause an agent: it is told to stop calling its model and is suspended until resumed.",
+        _pause,
+        AgentHoldsView,
+        role=Role.OPERATOR,
+        params=(_AGENT_ID_PARAM,),
+        errors=(400, 404, 409),
+        tags=("costs",),
+        method="POST",
+        request=PauseRequest,
+    ),
+    Route(
+        "/v1/agents/<agent_id>/resume",
+        "resume_agent",
+        "Lift an agent's pause (other holds stay); 409 when it is not paused.",
+        _resume,
+        AgentHoldsView,
+        role=Role.OPERATOR,
+        params=(_AGENT_ID_PARAM,),
+        errors=(400, 404, 409),
+        tags=("costs",),
+        method="POST",
+        request=ResumeRequest,
+    ),
+    Route(
+        "/v1/tenants/<tenant>/usage",
+        "get_tenant_usage",
+        "A tenant's spend, tokens and calls in the current UTC hour, day and month, with its budget.",
+        _tenant_usage,
+        TenantUsageView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/budget",
+        "get_tenant_budget",
+        "A tenant's budget.",
+        _get_tenant_budget,
+        TenantBudgetView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/budget",
+        "set_tenant_budget",
+        "Replace a tenant's budget (every agent of the tenant counts against it).",
+        _set_tenant_budget,
+        TenantBudgetView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(400, 404),
+        tags=("costs",),
+        method="PUT",
+        request=BudgetUpdate,
+    ),
+    Route(
+        "/v1/tenants/<tenant>/protection",
+        "get_tenant_protection",
+        "A tenant's protection overrides and the thresholds in effect for its agents without their own.",
+        _get_tenant_protection,
+        ProtectionView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/protection",
+        "set_tenant_protection",
+        "Replace a tenant's protection overrides ({} goes back to the defaults).",
+        _set_tenant_protection,
+        ProtectionView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(400, 404),
+        tags=("costs",),
+        method="PUT",
+        request=ProtectionUpdate,
+    ),
+    Route(
+        "/v1/prices",
+        "list_prices",
+        "Prices per token of every known model, with a tenant's overrides in their place.",
+        _list_prices,
+        PriceList,
+        params=(_TENANT_QUERY,),
+        errors=(400,),
+        tags=("costs",),
+    ),
+    Route(
+        "/v1/prices/<path:model>",
+        "set_price",
+        "Set a model's price per token, globally or (with tenant) for one tenant.",
+        _set_price,
+        PriceView,
+        role=Role.ADMIN,
+        params=(
+            Param(
+                "model",
+                "path",
+                "The model name; may contain / and : (e.g. openai/gpt-4o, claude-3-5:latest).",
+                {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$"},
+                required=True,
+            ),
+            Param(
+                "tenant",
+                "query",
+                "Set this tenant's override instead of the global price (required for tenant-scoped keys).",
+                {"type": "string", "pattern": AGENT_ID_PATTERN},
+            ),
+        ),
+        errors=(400,),
+        tags=("costs",),
+        method="PUT",
+        request=PriceUpdate,
+    ),
+    Route(
+        "/v1/alerts",
+        "list_alerts",
+        "Recent alerts (budgets, breaker, runaway loops, cost spikes, unpriced models), newest first.",
+        _list_alerts,
+        AlertList,
+        params=(
+            _TENANT_QUERY,
+            Param(
+                "agent_id",
+                "query",
+                "Only alerts of this agent.",
+                {"type": "string", "pattern": AGENT_ID_PATTERN},
+            ),
+            Param(
+                "limit",
+                "query",
+                f"At most this many alerts, 1 to {MAX_ALERTS}.",
+                {"type": "integer", "minimum": 1, "maximum": MAX_ALERTS, "default": DEFAULT_ALERTS},
+            ),
+        ),
+        errors=(400,),
+        tags=("costs",),
+    ),
 )
 
 _BY_ENDPOINT: dict[str, Route] = {r.endpoint: r for r in ROUTES}
 URL_MAP = Map(
-    [Rule(r.rule, endpoint=r.endpoint, methods=["GET"]) for r in ROUTES],
+    [Rule(r.rule, endpoint=r.endpoint, methods=[r.method]) for r in ROUTES],
     strict_slashes=False,
     merge_slashes=False,
 )
@@ -383,7 +1040,7 @@ def handle(request: flask.Request) -> flask.Response:
         try:
             response = _dispatch(request, fields)
         except ApiError as err:
-            response = _error(err.status, err.reason, err.headers)
+            response = _error(err.status, err.reason, err.headers, err.details)
         except Exception as exc:
             if isinstance(exc, db.transient_errors()):
                 level = logging.WARNING
@@ -430,7 +1087,7 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
         fields["key_id"] = principal.key_id
         if not principal.role.allows(route.role):
             raise ApiError(403, f"this API key's role ({principal.role}) cannot call {route.endpoint}")
-    result = route.view(Call(request, {k: str(v) for k, v in args.items()}, principal))
+    result = route.view(Call(request, {k: str(v) for k, v in args.items()}, principal, fields["request_id"]))
     body = result.model_dump_json() if isinstance(result, BaseModel) else json.dumps(result)
     return _json(200, body)
 
@@ -467,27 +1124,35 @@ def _json(status: int, body: str, headers: dict[str, str] | None = None) -> flas
     return response
 
 
-def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> flask.Response:
-    body = ErrorBody(error=ErrorDetail(code=ERROR_CODES.get(status, "error"), reason=reason))
-    return _json(status, body.model_dump_json(), headers)
+def _error(
+    status: int, reason: str, headers: dict[str, str] | None = None, details: list[dict[str, Any]] | None = None
+) -> flask.Response:
+    body = ErrorBody(error=ErrorDetail(code=ERROR_CODES.get(status, "error"), reason=reason, details=details))
+    return _json(status, body.model_dump_json(exclude_none=True), headers)
 
 
 # --- OpenAPI ----------------------------------------------------------------------------------
 
 _ERROR_RESPONSES: dict[int, tuple[str, str, dict[str, Any]]] = {
-    400: ("BadRequest", "A query parameter or page token is invalid.", {}),
+    400: (
+        "BadRequest",
+        "A query parameter, page token or path name is invalid, or the request body is (error.details lists "
+        "every validation error).",
+        {},
+    ),
     401: (
         "Unauthorized",
         "Missing, malformed, unknown or revoked API key.",
         {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
     ),
-    403: ("Forbidden", "The API key may not see this (tenant scope or role).", {}),
-    404: ("NotFound", "No such route, or no such agent visible to this API key.", {}),
+    403: ("Forbidden", "The API key may not do this (tenant scope or role).", {}),
+    404: ("NotFound", "No such route, or no such agent or tenant visible to this API key.", {}),
     405: (
         "MethodNotAllowed",
-        "Only GET (and HEAD) are served.",
+        "The method is not served on this path.",
         {"Allow": {"schema": {"type": "string"}, "description": "The allowed methods."}},
     ),
+    409: ("Conflict", "The agent's state does not allow this (e.g. resuming an agent that is not paused).", {}),
     500: ("Internal", "Unexpected error; the reason names the request id to look up in the logs.", {}),
     503: (
         "Unavailable",
@@ -511,14 +1176,26 @@ def _version() -> str:
         return "0.0.0"
 
 
+def _accepts_empty(model: type[BaseModel]) -> bool:
+    """Whether the body may be left out (an empty body is read as ``{}``)."""
+    try:
+        model.model_validate({})
+    except ValidationError:
+        return False
+    return True
+
+
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document, built once per instance from the route table and the pydantic models."""
-    schemas: dict[str, Any] = {}
-    for model in MODELS:
-        schema = model.model_json_schema(ref_template=_REF, mode="serialization")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+    # Responses as they are serialised, request bodies as they are validated (what is accepted).
+    responses_ = dict.fromkeys([*MODELS, *(r.response for r in ROUTES if r.response)])
+    requests_ = dict.fromkeys([*REQUEST_MODELS, *(r.request for r in ROUTES if r.request)])
+    refs, top = models_json_schema(
+        [(model, "serialization") for model in responses_] + [(model, "validation") for model in requests_],
+        ref_template=_REF,
+    )
+    schemas: dict[str, Any] = top.get("$defs", {})
     error_ref = {"$ref": _REF.format(model="ErrorBody")}
     responses = {
         name: {"description": description, "content": {"application/json": {"schema": error_ref}}}
@@ -530,7 +1207,7 @@ def openapi_document() -> dict[str, Any]:
         statuses = set(route.errors) | {405, 500}
         if route.auth:
             statuses |= {401, 403, 503}
-        ok_schema = {"$ref": _REF.format(model=route.response.__name__)} if route.response else {"type": "object"}
+        ok_schema = dict(refs[(route.response, "serialization")]) if route.response else {"type": "object"}
         operation: dict[str, Any] = {
             "operationId": route.endpoint,
             "summary": route.summary,
@@ -554,13 +1231,21 @@ def openapi_document() -> dict[str, Any]:
             },
             "security": [{"bearerAuth": []}] if route.auth else [],
         }
-        paths[_openapi_path(route.rule)] = {"get": operation}
+        if route.auth:
+            operation["description"] = f"Needs an API key with the {route.role.value} role (or above)."
+        if route.request is not None:
+            operation["requestBody"] = {
+                "required": not _accepts_empty(route.request),
+                "content": {"application/json": {"schema": dict(refs[(route.request, "validation")])}},
+            }
+        paths.setdefault(_openapi_path(route.rule), {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Agent Fleet Manager API",
             "version": _version(),
-            "description": "Read access to the fleet: agents, their heartbeat history and rejected events. "
+            "description": "The fleet: agents, their heartbeat history, rejected events, and their costs "
+            "(usage, budgets, protection thresholds, prices, pauses, alerts). "
             'Every error is JSON: {"error": {"code", "reason"}}.',
         },
         "paths": paths,

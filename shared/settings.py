@@ -26,6 +26,10 @@ class Settings:
     agent_cache_size: int
     #: Seconds a verified API key is trusted before it is checked again (revocation delay).
     api_key_cache_s: int
+    #: Seconds tenant settings, prices and agents' budgets are cached by the cost function.
+    config_cache_s: int
+    #: Shards of each tenant's usage documents (each agent always writes the same one).
+    tenant_shards: int
 
 
 @cache
@@ -38,6 +42,8 @@ def get() -> Settings:
         unknown_agent_grace_s=_int("FLEET_UNKNOWN_AGENT_GRACE_S", 30),
         agent_cache_size=_int("FLEET_AGENT_CACHE_SIZE", 5000),
         api_key_cache_s=_int("FLEET_API_KEY_CACHE_S", 30),
+        config_cache_s=_int("FLEET_CONFIG_CACHE_S", 10),
+        tenant_shards=_int("FLEET_TENANT_SHARDS", 8),
     )
 
 

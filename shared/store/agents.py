@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared import settings
@@ -33,6 +34,8 @@ MAX_ATTEMPTS = 8
 class Snapshot:
     record: AgentRecord
     update_time: Any  # the document's update time, the precondition of the next write
+    #: When this instance read or wrote it (monotonic), for readers that accept only so much staleness.
+    seen_at: float = field(default_factory=time.monotonic)
 
 
 class _Cache:
@@ -82,6 +85,18 @@ def read(agent_id: str) -> Snapshot | None:
     snap = Snapshot(from_stored(doc.to_dict()), doc.update_time)
     cache.put(agent_id, snap)
     return snap
+
+
+def current(agent_id: str, max_age_s: float) -> Snapshot | None:
+    """The agent as this instance last saw it, if no older than ``max_age_s``; else read again.
+
+    For readers whose decisions depend on fields other instances change (budgets, holds): the cost
+    function sees a budget changed through the API within ``max_age_s``.
+    """
+    snap = cache.get(agent_id)
+    if snap is not None and time.monotonic() - snap.seen_at < max_age_s:
+        return snap
+    return read(agent_id)
 
 
 def update(agent_id: str, decide: Callable[[AgentRecord | None], Plan]) -> Plan:

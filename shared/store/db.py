@@ -39,6 +39,8 @@ class Meter:
     writes: int = 0
     #: Writes refused by a precondition (another writer got there first); not billed as writes.
     conflicts: int = 0
+    #: Messages published (commands to agents).
+    publishes: int = 0
 
 
 _meter: ContextVar[Meter | None] = ContextVar("firestore_meter", default=None)
@@ -60,6 +62,12 @@ def count(reads: int = 0, writes: int = 0, conflicts: int = 0) -> None:
         meter.reads += reads
         meter.writes += writes
         meter.conflicts += conflicts
+
+
+def count_publish(n: int = 1) -> None:
+    meter = _meter.get()
+    if meter is not None:
+        meter.publishes += n
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:

@@ -24,6 +24,7 @@ FUNCTION_ENV = {
     "FLEET_HISTORY_CHUNK": "5",
     "FLEET_HISTORY_SLOTS": "3",
     "FLEET_API_KEY_CACHE_S": "0",
+    "FLEET_CONFIG_CACHE_S": "1",
 }
 
 
@@ -69,6 +70,12 @@ class Api:
     def get(self, path: str, key: str | None = None, **params: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {key if key is not None else self.key}"}
         return requests.get(self.url + path, headers=headers, params=params, timeout=10)
+
+    def send(
+        self, method: str, path: str, body: Any = None, key: str | None = None, **params: Any
+    ) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key if key is not None else self.key}"}
+        return requests.request(method, self.url + path, headers=headers, params=params, json=body, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet_agent.contracts import DEFAULT_TOPICS, EventType, Heartbeat, Registration, encode
+from fleet_agent.contracts import DEFAULT_TOPICS, CostBatch, EventType, Heartbeat, Registration, encode, event_type_of
 
 PROJECT = "fleet-local"
 
@@ -37,10 +37,10 @@ def heartbeat(agent_id: str, seq: int, status: str = "busy", **metrics: float) -
     )
 
 
-def publish(publisher: Any, event: Registration | Heartbeat, *, event_id: str | None = None) -> str:
+def publish(publisher: Any, event: Registration | Heartbeat | CostBatch, *, event_id: str | None = None) -> str:
     body, attrs = encode(event, event_id=event_id)
-    event_type = EventType.REGISTRATION if isinstance(event, Registration) else EventType.HEARTBEAT
-    return str(publisher.publish(publisher.topic_path(PROJECT, DEFAULT_TOPICS[event_type]), body, **attrs).result())
+    topic = publisher.topic_path(PROJECT, DEFAULT_TOPICS[event_type_of(event)])
+    return str(publisher.publish(topic, body, **attrs).result())
 
 
 def publish_raw(publisher: Any, topic_of: EventType, body: bytes, attributes: dict[str, str]) -> str:

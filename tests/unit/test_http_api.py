@@ -208,17 +208,38 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
     assert reply.status == 200
     spec = reply.json
     assert spec["openapi"] == "3.1.0"
-    served = {re.sub(r"<([^>]+)>", r"{\1}", rule.rule) for rule in http_api.URL_MAP.iter_rules()}
+    served = {
+        (re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method.lower())
+        for rule in http_api.URL_MAP.iter_rules()
+        for method in rule.methods or ()
+        if method != "HEAD"
+    }
+    documented = {(path, method) for path, item in spec["paths"].items() for method in item}
     assert (
-        set(spec["paths"])
+        documented
         == served
         == {
-            "/healthz",
-            "/openapi.json",
-            "/v1/agents",
-            "/v1/agents/{agent_id}",
-            "/v1/agents/{agent_id}/history",
-            "/v1/rejections",
+            ("/healthz", "get"),
+            ("/openapi.json", "get"),
+            ("/v1/agents", "get"),
+            ("/v1/agents/{agent_id}", "get"),
+            ("/v1/agents/{agent_id}/history", "get"),
+            ("/v1/rejections", "get"),
+            ("/v1/agents/{agent_id}/usage", "get"),
+            ("/v1/agents/{agent_id}/budget", "get"),
+            ("/v1/agents/{agent_id}/budget", "put"),
+            ("/v1/agents/{agent_id}/protection", "get"),
+            ("/v1/agents/{agent_id}/protection", "put"),
+            ("/v1/agents/{agent_id}/pause", "post"),
+            ("/v1/agents/{agent_id}/resume", "post"),
+            ("/v1/tenants/{tenant}/usage", "get"),
+            ("/v1/tenants/{tenant}/budget", "get"),
+            ("/v1/tenants/{tenant}/budget", "put"),
+            ("/v1/tenants/{tenant}/protection", "get"),
+            ("/v1/tenants/{tenant}/protection", "put"),
+            ("/v1/prices", "get"),
+            ("/v1/prices/{model}", "put"),
+            ("/v1/alerts", "get"),
         }
     )
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
@@ -226,17 +247,24 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
         "type": "http",
         "scheme": "bearer",
     }
+    operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids))
     for path, item in spec["paths"].items():
-        operation = item["get"]
-        public = path in ("/healthz", "/openapi.json")
-        assert operation["security"] == ([] if public else [{"bearerAuth": []}])
-        assert {"200", "405", "500"} <= set(operation["responses"])
-        if not public:
-            assert {"401", "403", "503"} <= set(operation["responses"])
-        for name in re.findall(r"{([^}]+)}", path):
-            assert {"name": name, "in": "path"}.items() <= next(
-                p for p in operation["parameters"] if p["name"] == name
-            ).items()
+        for method, operation in item.items():
+            public = path in ("/healthz", "/openapi.json")
+            assert operation["security"] == ([] if public else [{"bearerAuth": []}])
+            assert {"200", "405", "500"} <= set(operation["responses"])
+            if not public:
+                assert {"401", "403", "503"} <= set(operation["responses"])
+            for name in re.findall(r"{([^}]+)}", path):
+                assert {"name": name, "in": "path"}.items() <= next(
+                    p for p in operation["parameters"] if p["name"] == name
+                ).items()
+            # Writes take a JSON body and may refuse it; reads take none.
+            assert ("requestBody" in operation) == (method in ("put", "post"))
+            if method in ("put", "post"):
+                assert "400" in operation["responses"]
+                assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     names = {p["name"] for p in spec["paths"]["/v1/agents"]["get"]["parameters"]}
     assert names == {"tenant", "status", "page_size", "page_token"}
 

@@ -1,0 +1,495 @@
+"""What a cost batch does: count it exactly once, then apply the budget and protection rules.
+
+1. Price the records and count them (shared/store/usage.py: one atomic write batch, no read).
+2. From the exact totals after the increments: budget thresholds (alerts, once each), hard limits
+   (the agent is held and told ``budget_exhausted``), the breaker, runaway loops, cost spikes,
+   unpriced models.
+3. Holds are conditional writes to the agent document (shared/domain/holds.py), so a decision
+   happens once however many instances reach it; their commands carry deterministic ids.
+
+A redelivered batch is not counted again; its effects are re-derived from the stored totals and
+the agent's holds re-sent, so a crash between counting and telling the agent loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fleet_agent.contracts import Command, CostBatch
+
+from shared import commands, logs, settings
+from shared.domain import budgets, holds, protection
+from shared.domain import usage as usage_domain
+from shared.domain.agents import AgentRecord, Plan
+from shared.domain.alerts import Alert, Severity
+from shared.domain.budgets import Finding, Kind, WindowTotals
+from shared.domain.lifecycle import State
+from shared.domain.periods import Period, Window
+from shared.domain.rejections import Code, Rejected
+from shared.events import Decoded
+from shared.store import agents as agent_store
+from shared.store import alerts as alert_store
+from shared.store import config
+from shared.store import usage as usage_store
+from shared.store.config import TenantConfig
+
+log = logs.get_logger("accounting")
+
+Step = Callable[[AgentRecord], Plan]
+
+
+@dataclass
+class Effects:
+    """What the rules decided for one batch."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    #: Other agents of the tenant to hold (a tenant's hard limit was reached).
+    tenant_holds: list[tuple[str, Step]] = field(default_factory=list)
+
+
+def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Exception]) -> Plan:
+    batch = decoded.event
+    assert isinstance(batch, CostBatch)
+    cfg = settings.get()
+    received_at = decoded.message.published_at
+    now = datetime.now(UTC)
+    snap = agent_store.current(batch.agent_id, cfg.config_cache_s)
+    if snap is None:
+        raise unknown(batch.agent_id, received_at)
+    agent = snap.record
+    if agent.status is State.DECOMMISSIONED:
+        raise Rejected(Code.DECOMMISSIONED, f"agent {batch.agent_id} was decommissioned", agent_id=batch.agent_id)
+    lifted: list[Command] = []
+    if holds.expired(agent, now):  # the budget period reset: the SDK resumed at `until`, so does the server
+        lifted = lift_expired(agent, now)
+        agent = (agent_store.cache.get(batch.agent_id) or snap).record
+    tenant = config.tenant(agent.tenant)
+    tally = usage_domain.tally(batch, agent.tenant, config.table_for(tenant))
+    applied = usage_store.apply(
+        tally,
+        batch_id=batch.batch_id,
+        received_at=received_at,
+        shards=cfg.tenant_shards,
+        marker_retention=timedelta(days=cfg.retention_days + 1),
+    )
+    if applied.duplicate:
+        sent = reconcile(batch.agent_id, now=now, actor="system:cost-redelivery", resend=True)
+        return Plan(skipped="duplicate", commands=sent)
+    effects = decide(agent, tenant, tally, applied, batch_id=batch.batch_id, now=now)
+    plan = carry_out(agent, effects, now=now)
+    plan.commands = lifted + plan.commands
+    return plan
+
+
+def _current(win: Window, now: datetime) -> bool:
+    return win.starts_at <= now < win.resets_at
+
+
+def decide(
+    agent: AgentRecord,
+    tenant: TenantConfig,
+    tally: usage_domain.Tally,
+    applied: usage_store.Applied,
+    *,
+    batch_id: str,
+    now: datetime,
+) -> Effects:
+    cfg = settings.get()
+    out = Effects()
+    agent_id = agent.agent_id
+
+    # Budgets: the agent's (exact totals) and the tenant's (its shard exactly, the others as last read).
+    agent_spec = budgets.parse(agent.budget)
+    for finding in budgets.crossings(agent_spec, "agent", agent_id, applied.agent):
+        out.alerts.append(_budget_alert(finding, agent.tenant, agent_id, now))
+    exhausted = _exhausted(budgets.reached(agent_spec, "agent", agent_id, applied.agent), now)
+    if exhausted is not None:
+        out.steps.append(_budget_hold("budget", exhausted, now))
+    tenant_spec = budgets.parse(tenant.budget)
+    if tenant_spec is not None:
+        estimate = usage_store.tenant_estimate(
+            agent.tenant, applied.tenant_shard, shards=cfg.tenant_shards, max_age_s=cfg.config_cache_s,
+            agent_id=agent_id,
+        )  # fmt: skip
+        for finding in budgets.crossings(tenant_spec, "tenant", agent.tenant, estimate):
+            out.alerts.append(_budget_alert(finding, agent.tenant, None, now))
+        tenant_exhausted = _exhausted(budgets.reached(tenant_spec, "tenant", agent.tenant, estimate), now)
+        if tenant_exhausted is not None:
+            step = _budget_hold("tenant_budget", tenant_exhausted, now)
+            out.steps.append(step)
+            out.tenant_holds.append((agent.tenant, step))
+
+    for model in sorted(tally.unpriced_models):
+        day = now.strftime("%Y-%m-%d")
+        out.alerts.append(
+            Alert(
+                id=f"unpriced_model.{agent.tenant}.{model}.{day}",
+                kind="unpriced_model",
+                severity=Severity.WARNING,
+                tenant=agent.tenant,
+                agent_id=agent_id,
+                window=day,
+                message=(
+                    f"model {model} has no price and agent {agent_id} reported no cost: its calls are counted "
+                    f"as unpriced, not $0. Set one with PUT /v1/prices/{model}"
+                ),
+                at=now,
+                details={"model": model},
+            )
+        )
+
+    rules = protection.resolve(tenant.protection, agent.protection)
+    minutes = {f"{hour[-2:]}:{mm}": counts for hour, per in applied.minutes.items() for mm, counts in per.items()}
+    change = protection.breaker(
+        rules, agent.holds.get("breaker"), streak=applied.streak, minutes=minutes, calls=tally.calls_by_time
+    )
+    if change is not None:
+        out.steps.append(_breaker_step(change, agent_id, batch_id, now))
+        out.alerts.append(
+            Alert(
+                id=f"breaker_{change.action}.{agent_id}.{batch_id}",
+                kind=f"breaker_{change.action}",
+                severity=Severity.WARNING if change.action == "open" else Severity.INFO,
+                tenant=agent.tenant,
+                agent_id=agent_id,
+                message=f"circuit breaker of {agent_id} {'opened' if change.action == 'open' else 'closed'}: "
+                f"{change.reason}",
+                at=now,
+                details={"cooldown_s": change.cooldown_s},
+            )
+        )
+
+    for hour, per_minute in applied.minutes.items():
+        reason = protection.runaway(
+            rules,
+            minutes={f"{mm}": counts for mm, counts in per_minute.items()},
+            op_minutes=applied.op_minutes.get(hour, {}),
+            op_hour=applied.op_hour.get(hour, {}),
+        )
+        if reason is None:
+            continue
+        out.alerts.append(
+            Alert(
+                id=f"runaway.{agent_id}.{hour}",
+                kind="runaway_loop",
+                severity=Severity.CRITICAL,
+                tenant=agent.tenant,
+                agent_id=agent_id,
+                window=hour,
+                message=f"{agent_id} looks stuck in a loop: {reason}"
+                + ("; paused" if rules.runaway_action == "pause" else ""),
+                at=now,
+                details={"action": rules.runaway_action},
+            )
+        )
+        if rules.runaway_action == "pause" and "pause" not in agent.holds:
+            out.steps.append(_pause_step(f"runaway loop: {reason}", holds.command_id("pause", agent_id, batch_id), now))
+        break
+
+    spike = _spike(agent, rules, applied.agent, now)
+    if spike is not None:
+        out.alerts.append(spike)
+    return out
+
+
+def _pause_step(reason: str, command_id: str, now: datetime) -> Step:
+    def step(record: AgentRecord) -> Plan:
+        if "pause" in record.holds:
+            return Plan(skipped="unchanged")
+        return holds.place(record, "pause", reason=reason, at=now, command_id=command_id, actor="system:runaway")
+
+    return step
+
+
+def _exhausted(findings: list[Finding], now: datetime) -> Finding | None:
+    """The hard limit reached in a current period that resets last (that is how long the hold lasts)."""
+    hard = [f for f in findings if f.kind is Kind.HARD and _current(f.window, now)]
+    return max(hard, key=lambda f: f.window.resets_at) if hard else None
+
+
+def _budget_hold(name: str, finding: Finding, now: datetime) -> Step:
+    command_id = holds.command_id(name, finding.subject, finding.limit.name, finding.window.key)
+
+    def step(record: AgentRecord) -> Plan:
+        held = record.holds.get(name)
+        if held is not None and held.get("command_id") == command_id:
+            return Plan(skipped="unchanged")
+        return holds.place(
+            record,
+            name,
+            reason=finding.message,
+            at=now,
+            command_id=command_id,
+            actor=f"system:{name}",
+            until=finding.window.resets_at,
+            extra={"limit": finding.limit.name, "window": finding.window.key},
+        )
+
+    return step
+
+
+def _breaker_step(change: protection.BreakerChange, agent_id: str, batch_id: str, now: datetime) -> Step:
+    def step(record: AgentRecord) -> Plan:
+        if change.action == "close":
+            return holds.lift(record, "breaker", reason=change.reason, at=now, actor="system:breaker")
+        return holds.place(
+            record,
+            "breaker",
+            reason=change.reason,
+            at=now,
+            command_id=holds.command_id("breaker", agent_id, batch_id),
+            actor="system:breaker",
+            until=now + timedelta(seconds=change.cooldown_s),
+            extra={"cooldown_s": change.cooldown_s},
+        )
+
+    return step
+
+
+def _lift_step(name: str, reason: str, now: datetime, actor: str) -> Step:
+    def step(record: AgentRecord) -> Plan:
+        return holds.lift(record, name, reason=reason, at=now, actor=actor)
+
+    return step
+
+
+def _budget_alert(finding: Finding, tenant: str, agent_id: str | None, now: datetime) -> Alert:
+    severity = {Kind.HARD: Severity.CRITICAL, Kind.SOFT: Severity.WARNING}.get(
+        finding.kind, Severity.WARNING if (finding.ratio or 0) >= 0.8 else Severity.INFO
+    )
+    return Alert(
+        id=finding.alert_id,
+        kind=finding.kind.value,
+        severity=severity,
+        tenant=tenant,
+        agent_id=agent_id,
+        window=finding.window.key,
+        message=finding.message,
+        at=now,
+        details={
+            "scope": finding.scope,
+            "limit": finding.limit.name,
+            "value": finding.value,
+            "threshold": finding.threshold,
+            "ratio": finding.ratio,
+            "resets_at": finding.window.resets_at.isoformat(),
+        },
+    )
+
+
+class _SpikeBaselines:
+    """Per instance: each agent's spend baseline, read once per hour (one read)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[str, protection.Baseline]] = {}
+
+    def get(self, agent_id: str, now: datetime, span_hours: int) -> protection.Baseline:
+        hour = now.strftime("%Y-%m-%dT%H")
+        hit = self._items.get(agent_id)
+        if hit is not None and hit[0] == hour:
+            return hit[1]
+        base = protection.baseline(usage_store.agent_hours(agent_id, now), now, span_hours)
+        if len(self._items) > 10_000:
+            self._items.clear()
+        self._items[agent_id] = (hour, base)
+        return base
+
+
+baselines = _SpikeBaselines()
+
+
+def _spike(agent: AgentRecord, rules: protection.Protection, totals: WindowTotals, now: datetime) -> Alert | None:
+    for (period, win), (after, delta) in totals.items():
+        if period is not Period.HOUR or not _current(win, now) or delta.usd_nanos == 0:
+            continue
+        base = baselines.get(agent.agent_id, now, rules.spike_baseline_hours)
+        reason = protection.spike(rules, base, before=after.usd_nanos - delta.usd_nanos, after=after.usd_nanos)
+        if reason is not None:
+            return Alert(
+                id=f"cost_spike.{agent.agent_id}.{win.key}",
+                kind="cost_spike",
+                severity=Severity.WARNING,
+                tenant=agent.tenant,
+                agent_id=agent.agent_id,
+                window=win.key,
+                message=f"cost spike on {agent.agent_id}: {reason}",
+                at=now,
+                details={"baseline_nanos": base.mean_nanos, "baseline_hours": base.hours},
+            )
+    return None
+
+
+def combine(steps: list[Step]) -> Callable[[AgentRecord | None], Plan]:
+    """One decide function applying several steps in order, each on the record the previous left."""
+
+    def decide(record: AgentRecord | None) -> Plan:
+        if record is None:
+            return Plan(skipped="unknown")
+        total = Plan()
+        current = record
+        for step in steps:
+            plan = step(current)
+            if plan.changes:
+                total.changes.update(plan.changes)
+                current = current.model_copy(update=plan.changes)
+            total.audit.extend(plan.audit)
+            total.commands.extend(plan.commands)
+            if plan.transition is not None:
+                total.transition = plan.transition
+        if not total.changes:
+            total.skipped = "unchanged"
+        return total
+
+    return decide
+
+
+def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:
+    """Raise the alerts, write the holds (conditionally), then tell the agents."""
+    raised = [alert for alert in effects.alerts if alert_store.raise_once(alert)]
+    for alert in raised:
+        logs.log(log, alert.message, alert=alert.kind, severity=alert.severity.value, agent_id=alert.agent_id)
+    plan = Plan(skipped="unchanged")
+    if effects.steps:
+        plan = agent_store.update(agent.agent_id, combine(effects.steps))
+    sent: list[Command] = list(plan.commands)
+    tenant_alert_raised = any(a.kind == Kind.HARD.value and a.agent_id is None for a in raised)
+    if tenant_alert_raised:
+        for tenant, step in effects.tenant_holds:
+            sent += _hold_tenant(tenant, step, except_agent=agent.agent_id)
+    if sent:
+        commands.publish(sent)
+    plan.commands = sent
+    plan.skipped = None
+    return plan
+
+
+def _hold_tenant(tenant: str, step: Step, *, except_agent: str) -> list[Command]:
+    """The tenant's hard limit was reached: hold every other agent of the tenant too."""
+    sent: list[Command] = []
+    after: str | None = None
+    while True:
+        page, after = agent_store.list_agents(tenant=tenant, status=None, page_size=200, after=after)
+        for other in page:
+            if other.agent_id != except_agent and other.status is not State.DECOMMISSIONED:
+                sent += agent_store.update(other.agent_id, combine([step])).commands
+        if after is None:
+            return sent
+
+
+def reconcile(agent_id: str, *, now: datetime, actor: str, resend: bool = False) -> list[Command]:
+    """Bring an agent's budget hold in line with its stored totals and budget: place it if a hard limit
+    is reached, lift it if not (after a budget change or a period reset), raise missed alerts, and
+    optionally re-send every hold. Reads the agent and its month document (two reads)."""
+    snap = agent_store.read(agent_id)
+    if snap is None:
+        return []
+    agent = snap.record
+    periods = usage_store.agent_periods(agent_id, now)
+    totals: WindowTotals = {(period, win): (t, usage_domain.Totals()) for period, (win, t) in periods.items()}
+    spec = budgets.parse(agent.budget)
+    findings = budgets.reached(spec, "agent", agent_id, totals)
+    for finding in findings:
+        alert_store.raise_once(_budget_alert(finding, agent.tenant, agent_id, now))
+    exhausted = _exhausted(findings, now)
+    steps: list[Step] = []
+    if exhausted is not None:
+        steps.append(_budget_hold("budget", exhausted, now))
+    elif "budget" in agent.holds:
+        steps.append(_lift_step("budget", "budget no longer exhausted (raised or reset)", now, actor))
+    plan = agent_store.update(agent_id, combine(steps)) if steps else Plan()
+    sent = list(plan.commands)
+    if resend:
+        current = agent_store.get(agent_id)
+        ids = {c.command_id for c in sent}
+        sent += [holds.command_of(agent_id, h) for h in (current.holds if current else {}).values()
+                 if h["command_id"] not in ids]  # fmt: skip
+    if sent:
+        commands.publish(sent)
+    return sent
+
+
+def reconcile_tenant(tenant: str, *, now: datetime, actor: str) -> list[Command]:
+    """After a tenant budget change: hold the tenant's agents if a hard limit is now reached, lift
+    their tenant holds if none is. Reads the tenant's shards, then pages through its agents."""
+    cfg = settings.get()
+    config.cache.drop(f"tenant:{tenant}")
+    spec = budgets.parse(config.read_tenant(tenant).budget)
+    periods = usage_store.tenant_periods(tenant, now, cfg.tenant_shards)
+    totals: WindowTotals = {(period, win): (t, usage_domain.Totals()) for period, (win, t) in periods.items()}
+    findings = budgets.reached(spec, "tenant", tenant, totals)
+    for finding in findings:
+        alert_store.raise_once(_budget_alert(finding, tenant, None, now))
+    exhausted = _exhausted(findings, now)
+    step = (
+        _budget_hold("tenant_budget", exhausted, now)
+        if exhausted is not None
+        else _lift_step("tenant_budget", "tenant budget no longer exhausted (raised or reset)", now, actor)
+    )
+    sent: list[Command] = []
+    after: str | None = None
+    while True:
+        page, after = agent_store.list_agents(tenant=tenant, status=None, page_size=200, after=after)
+        for agent in page:
+            if agent.status is State.DECOMMISSIONED:
+                continue
+            if exhausted is None and "tenant_budget" not in agent.holds:
+                continue
+            sent += agent_store.update(agent.agent_id, combine([step])).commands
+        if after is None:
+            break
+    if sent:
+        commands.publish(sent)
+    return sent
+
+
+def lift_expired(agent: AgentRecord, now: datetime) -> list[Command]:
+    """Budget holds whose period has reset are lifted (on the agent's next heartbeat or batch)."""
+    names = holds.expired(agent, now)
+    if not names:
+        return []
+
+    def lift(name: str) -> Step:
+        def step(record: AgentRecord) -> Plan:
+            if name not in holds.expired(record, now):
+                return Plan(skipped="unchanged")
+            return holds.lift(record, name, reason="budget period reset", at=now, actor="system:budget")
+
+        return step
+
+    steps = [lift(name) for name in names]
+    plan = agent_store.update(agent.agent_id, combine(steps))
+    if plan.commands:
+        commands.publish(plan.commands)
+    return plan.commands
+
+
+def usage_view(periods: dict[Period, tuple[Window, usage_domain.Totals]], spec: Any) -> dict[str, Any]:
+    """The API's view of usage per period, with budgets and what remains."""
+    from shared.domain.pricing import format_usd
+
+    out: dict[str, Any] = {}
+    for period, (win, totals) in periods.items():
+        budget_usd, left_usd = budgets.remaining(spec, period, "usd", totals.usd_nanos)
+        budget_tokens, left_tokens = budgets.remaining(spec, period, "tokens", totals.tokens)
+        out[period.value] = {
+            "period": win.key,
+            "spend_usd": format_usd(totals.usd_nanos),
+            "tokens": totals.tokens,
+            "input_tokens": totals.input_tokens,
+            "output_tokens": totals.output_tokens,
+            "calls": totals.calls,
+            "failures": totals.failures,
+            "unpriced_calls": totals.unpriced,
+            "success_rate": totals.success_rate,
+            "budget_usd": None if budget_usd is None else format_usd(budget_usd),
+            "remaining_usd": None if left_usd is None else format_usd(left_usd),
+            "budget_tokens": budget_tokens,
+            "remaining_tokens": left_tokens,
+            "starts_at": win.starts_at.isoformat(),
+            "resets_at": win.resets_at.isoformat(),
+        }
+    return out

@@ -1,0 +1,149 @@
+"""Tenant settings (``tenants/{tenant}``: budget, protection overrides, price overrides) and the
+global price table (``prices/{model}``), cached per instance for ``FLEET_CONFIG_CACHE_S``.
+
+The cost function reads these on every batch, so they are cached; a change through the API is
+seen by every instance within the cache time (the API itself re-evaluates holds at once).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from shared import settings
+from shared.domain.pricing import Price, PriceTable
+from shared.store import db
+
+TENANTS = "tenants"
+PRICES = "prices"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    tenant: str
+    budget: dict[str, Any] | None
+    budget_source: str | None
+    protection: dict[str, Any]
+    prices: dict[str, Price]
+
+
+class _TtlCache:
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, load: Callable[[], T], max_age_s: float) -> T:
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and time.monotonic() - hit[0] < max_age_s:
+            return hit[1]
+        value = load()
+        with self._lock:
+            self._items[key] = (time.monotonic(), value)
+        return value
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+cache = _TtlCache()
+
+
+def price_of(data: dict[str, Any]) -> Price:
+    return Price(Decimal(str(data["input_usd"])), Decimal(str(data["output_usd"])))
+
+
+def price_doc(price: Price) -> dict[str, str]:
+    return {"input_usd": str(price.input_usd), "output_usd": str(price.output_usd)}
+
+
+def _tenant_ref(tenant: str) -> Any:
+    return db.client().collection(TENANTS).document(tenant)
+
+
+def read_tenant(tenant: str) -> TenantConfig:
+    doc = db.get(_tenant_ref(tenant))
+    data = (doc.to_dict() or {}) if doc.exists else {}
+    return TenantConfig(
+        tenant=tenant,
+        budget=data.get("budget"),
+        budget_source=data.get("budget_source"),
+        protection=dict(data.get("protection") or {}),
+        prices={model: price_of(p) for model, p in (data.get("prices") or {}).items()},
+    )
+
+
+def tenant(name: str) -> TenantConfig:
+    return cache.get(f"tenant:{name}", lambda: read_tenant(name), settings.get().config_cache_s)
+
+
+def update_tenant(name: str, fields: dict[str, Any]) -> None:
+    """Replace whole top-level fields of the tenant document (creating it); forget the cached copy.
+
+    ``merge=[fields]`` rather than ``merge=True``: a new budget replaces the old one instead of being
+    merged into it key by key.
+    """
+    db.client().collection(TENANTS).document(name).set(fields, merge=list(fields), **db.call_options())  # type: ignore[arg-type]  # the client accepts field paths
+    db.count(writes=1)
+    cache.drop(f"tenant:{name}")
+
+
+def set_tenant_price(name: str, model: str, price: Price) -> None:
+    from google.cloud.firestore_v1.field_path import FieldPath
+
+    path = FieldPath("prices", model).to_api_repr()
+    _tenant_ref(name).set({"tenant": name}, merge=True, **db.call_options())
+    _tenant_ref(name).update({path: price_doc(price)}, **db.call_options())
+    db.count(writes=2)
+    cache.drop(f"tenant:{name}")
+
+
+# -- the global price table ----------------------------------------------------------------------
+
+
+def default_prices() -> dict[str, Price]:
+    """The prices shipped with the code (shared/prices.yaml), used until overridden."""
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "prices.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+    return {model: price_of(p) for model, p in (data.get("models") or {}).items()}
+
+
+def read_prices() -> dict[str, tuple[Price, str]]:
+    """Every global price and where it comes from ("default" or "api")."""
+    out = {model: (price, "default") for model, price in default_prices().items()}
+    docs = list(db.client().collection(PRICES).stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    for doc in docs:
+        data = doc.to_dict() or {}
+        out[str(data.get("model") or doc.id)] = (price_of(data), "api")
+    return out
+
+
+def global_prices() -> dict[str, Price]:
+    prices = cache.get("prices", read_prices, settings.get().config_cache_s)
+    return {model: price for model, (price, _source) in prices.items()}
+
+
+def table_for(tenant_config: TenantConfig) -> PriceTable:
+    return PriceTable(prices=global_prices(), tenant_prices={tenant_config.tenant: tenant_config.prices})
+
+
+def set_price(model: str, price: Price) -> None:
+    doc_id = model.replace("%", "%25").replace("/", "%2F")
+    db.client().collection(PRICES).document(doc_id).set({"model": model, **price_doc(price)}, **db.call_options())
+    db.count(writes=1)
+    cache.drop("prices")

@@ -1,0 +1,325 @@
+"""Spend counters in Firestore: one atomic write batch per cost batch, no read, no transaction.
+
+Documents (collection ``usage``):
+
+- ``a.{agent}.{YYYY-MM}``: the agent's month (``m``), days (``dDD``) and hours (``hDDHH``), each a
+  map of counters, plus ``streak`` (failed calls in a row, for the breaker);
+- ``r.{agent}.{YYYY-MM-DDTHH}``: the agent's hour by minute (``n.MM``) and by operation (``o.op``,
+  ``p.MM.op``), for the runaway and breaker rules; expires after a few days;
+- ``t.{tenant}.{YYYY-MM}.{shard}``: one of N shards of the tenant's month, days and hours. An agent
+  always writes the same shard (hash of its id), so no tenant document takes more than its share of
+  the tenant's batches (Firestore sustains about one write per second per document).
+
+A batch ``create``s ``cost_batches/{agent}.{batch}`` and increments the counters in the same atomic
+commit: a redelivered batch fails with AlreadyExists and changes nothing. The commit's transform
+results are the exact totals after the increments, which the rules compare with the deltas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.domain.budgets import WindowTotals
+from shared.domain.periods import Period, Window, window, windows
+from shared.domain.usage import Minute, Tally, Totals, month_field
+from shared.store import db
+
+USAGE = "usage"
+MARKERS = "cost_batches"
+#: Month documents are kept a bit over a year; hour documents a few days; markers as long as a
+#: message can be redelivered or replayed.
+MONTH_RETENTION = timedelta(days=400)
+HOUR_RETENTION = timedelta(days=3)
+
+
+def agent_month_id(agent_id: str, month: str) -> str:
+    return f"a.{agent_id}.{month}"
+
+
+def agent_hour_id(agent_id: str, hour: str) -> str:
+    return f"r.{agent_id}.{hour}"
+
+
+def tenant_shard_id(tenant: str, month: str, shard: int) -> str:
+    return f"t.{tenant}.{month}.{shard:02d}"
+
+
+def shard_of(agent_id: str, shards: int) -> int:
+    return int(hashlib.sha256(agent_id.encode()).hexdigest()[:8], 16) % shards
+
+
+def _ref(doc_id: str) -> Any:
+    return db.client().collection(USAGE).document(doc_id)
+
+
+@dataclass
+class Applied:
+    """What a batch did to the counters: exact totals after it, next to its own deltas."""
+
+    duplicate: bool = False
+    agent: WindowTotals = field(default_factory=dict)
+    tenant_shard: WindowTotals = field(default_factory=dict)
+    streak: int = 0
+    #: hour key -> minute -> counts after the batch (only the minutes the batch touched)
+    minutes: dict[str, dict[str, Minute]] = field(default_factory=dict)
+    op_minutes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    op_hour: dict[str, dict[str, int]] = field(default_factory=dict)
+    writes: int = 0
+
+
+class _Write:
+    """One document's upsert: plain fields replaced, counters incremented server-side.
+
+    Built as a ``Write`` protobuf directly (an update with a mask of the plain fields, no
+    precondition, and one increment transform per counter): the client's ``set(merge=True)``
+    derives the same message from nested dicts at several times the CPU, and this function runs
+    for every batch. Transform results come back in the order the transforms were sent.
+    """
+
+    def __init__(self, doc_id: str, static: dict[str, Any]) -> None:
+        self.doc_id = doc_id
+        self.static: dict[str, Any] = dict(static)
+        self.paths: list[tuple[str, ...]] = []
+        self.amounts: list[int] = []
+
+    def inc(self, path: tuple[str, ...], amount: int) -> None:
+        self.paths.append(path)
+        self.amounts.append(amount)
+
+    def to_pb(self, document_path: str) -> Any:
+        from google.cloud.firestore_v1 import _helpers
+        from google.cloud.firestore_v1.field_path import FieldPath
+        from google.cloud.firestore_v1.types import write as write_types
+
+        raw = write_types.Write.pb()()
+        raw.update.name = document_path
+        for key, value in self.static.items():
+            encoded = _helpers.encode_value(value)
+            raw.update.fields[key].CopyFrom(type(encoded).pb(encoded))
+            raw.update_mask.field_paths.append(FieldPath(key).to_api_repr())
+        for path, amount in zip(self.paths, self.amounts, strict=True):
+            transform = raw.update_transforms.add()
+            transform.field_path = FieldPath(*path).to_api_repr()
+            transform.increment.integer_value = amount
+        return write_types.Write.wrap(raw)
+
+    def results(self, write_result: Any) -> dict[tuple[str, ...], int]:
+        # Read from the raw protobuf: proto-plus wrappers cost more than the rest of the decoding.
+        raw = type(write_result).pb(write_result)
+        values = [int(v.integer_value) for v in raw.transform_results]
+        return dict(zip(self.paths, values, strict=True))
+
+
+def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, marker_retention: timedelta) -> Applied:
+    """Count a batch exactly once. Returns ``Applied(duplicate=True)`` when it was counted before."""
+    from google.api_core import exceptions
+
+    client = db.client()
+    batch = client.batch()
+    agent_id, tenant = tally.agent_id, tally.tenant
+    total = tally.total
+    batch.create(
+        client.collection(MARKERS).document(f"{agent_id}.{batch_id}"),
+        {
+            "agent_id": agent_id,
+            "tenant": tenant,
+            "batch_id": batch_id,
+            "records": tally.records,
+            "usd_nanos": total.usd_nanos,
+            "received_at": received_at,
+            "expire_at": received_at + marker_retention,
+        },
+    )
+    writes: list[_Write] = []
+    shard = shard_of(agent_id, shards)
+    latest_month = max(tally.months)
+    for month, fields_ in tally.months.items():
+        starts = window(Period.MONTH, datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)).starts_at
+        static = {"scope": "agent", "agent_id": agent_id, "tenant": tenant, "month": month}
+        agent = _Write(agent_month_id(agent_id, month), {**static, "expire_at": starts + MONTH_RETENTION})
+        tenant_doc = _Write(
+            tenant_shard_id(tenant, month, shard),
+            {
+                "scope": "tenant",
+                "tenant": tenant,
+                "month": month,
+                "shard": shard,
+                "expire_at": starts + MONTH_RETENTION,
+            },
+        )
+        for name, delta in fields_.items():
+            for counter, amount in delta.as_dict().items():
+                if amount:
+                    agent.inc((name, counter), amount)
+                    tenant_doc.inc((name, counter), amount)
+        if month == latest_month:
+            if tally.all_failed:
+                agent.inc(("streak",), tally.trailing_failures)
+            else:
+                agent.static["streak"] = tally.trailing_failures
+        writes += [agent, tenant_doc]
+    for hour, minutes in tally.minutes.items():
+        hour_starts = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        recent = _Write(
+            agent_hour_id(agent_id, hour),
+            {"scope": "recent", "agent_id": agent_id, "tenant": tenant, "hour": hour,
+             "expire_at": hour_starts + HOUR_RETENTION},
+        )  # fmt: skip
+        for minute, counts in minutes.items():
+            recent.inc(("n", minute, "calls"), counts.calls)
+            if counts.failures:
+                recent.inc(("n", minute, "failures"), counts.failures)
+        for op, count in tally.ops.get(hour, {}).items():
+            recent.inc(("o", op), count)
+        for minute, ops in tally.op_minutes.get(hour, {}).items():
+            for op, count in ops.items():
+                recent.inc(("p", minute, op), count)
+        writes.append(recent)
+    # _add_write_pbs is how the client's own set() adds a write to a batch.
+    batch._add_write_pbs([write.to_pb(_ref(write.doc_id)._document_path) for write in writes])
+    try:
+        results = batch.commit(**db.call_options())
+    except exceptions.AlreadyExists:
+        db.count(conflicts=1)
+        return Applied(duplicate=True)
+    db.count(writes=1 + len(writes))
+    return _read_back(tally, writes, results[1:], streak_default=tally.trailing_failures, writes_count=1 + len(writes))
+
+
+def _read_back(
+    tally: Tally, writes: list[_Write], results: list[Any], *, streak_default: int, writes_count: int
+) -> Applied:
+    out = Applied(writes=writes_count, streak=streak_default)
+    for write, result in zip(writes, results, strict=True):
+        values = write.results(result)
+        if write.doc_id.startswith("r."):
+            hour = write.doc_id.rsplit(".", 1)[-1]
+            minutes = out.minutes.setdefault(hour, {})
+            for minute in tally.minutes.get(hour, {}):
+                minutes[minute] = Minute(
+                    values.get(("n", minute, "calls"), 0), values.get(("n", minute, "failures"), 0)
+                )
+            out.op_hour[hour] = {op: values[("o", op)] for op in tally.ops.get(hour, {})}
+            out.op_minutes[hour] = {
+                minute: {op: values[("p", minute, op)] for op in ops}
+                for minute, ops in tally.op_minutes.get(hour, {}).items()
+            }
+            continue
+        month = write.doc_id.split(".")[2]
+        target = out.agent if write.doc_id.startswith("a.") else out.tenant_shard
+        if write.doc_id.startswith("a.") and ("streak",) in values:
+            out.streak = values[("streak",)]
+        for period, wins in tally.windows.get(month, {}).items():
+            for win in wins:
+                name = month_field(period, win)
+                delta = tally.months[month][name]
+                after = Totals(**{c: values.get((name, c), 0) for c in Totals.names()})
+                target[(period, win)] = (after, delta)
+    return out
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def _period_totals(data: dict[str, Any], now: datetime) -> dict[Period, tuple[Window, Totals]]:
+    out = {}
+    for period, win in windows(now).items():
+        out[period] = (win, Totals.from_dict(data.get(month_field(period, win))))
+    return out
+
+
+def agent_periods(agent_id: str, now: datetime) -> dict[Period, tuple[Window, Totals]]:
+    """The agent's current hour, day and month (one read)."""
+    month = window(Period.MONTH, now).key
+    doc = db.get(_ref(agent_month_id(agent_id, month)))
+    return _period_totals(doc.to_dict() or {} if doc.exists else {}, now)
+
+
+def agent_hours(agent_id: str, now: datetime) -> dict[datetime, int]:
+    """Spend per hour (nano-dollars) this month: the cost-spike baseline (one read)."""
+    month_win = window(Period.MONTH, now)
+    doc = db.get(_ref(agent_month_id(agent_id, month_win.key)))
+    data = doc.to_dict() or {} if doc.exists else {}
+    out = {}
+    for name, counters in data.items():
+        if name.startswith("h") and len(name) == 5 and isinstance(counters, dict):
+            hour = month_win.starts_at.replace(day=int(name[1:3]), hour=int(name[3:5]))
+            out[hour] = int(counters.get("usd_nanos") or 0)
+    return out
+
+
+def _shard_refs(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) -> list[Any]:
+    skipped = set(skip)
+    return [_ref(tenant_shard_id(tenant, month, s)) for s in range(shards) if s not in skipped]
+
+
+def tenant_periods(tenant: str, now: datetime, shards: int) -> dict[Period, tuple[Window, Totals]]:
+    """The tenant's current hour, day and month: the sum of its shards (one read per shard)."""
+    month = window(Period.MONTH, now).key
+    docs = list(db.client().get_all(_shard_refs(tenant, month, shards), **db.call_options()))
+    db.count(reads=len(docs))
+    out = {period: (win, Totals()) for period, win in windows(now).items()}
+    for doc in docs:
+        if not doc.exists:
+            continue
+        for period, (_win, totals) in _period_totals(doc.to_dict() or {}, now).items():
+            out[period][1].add(totals)
+    return out
+
+
+class _OtherShards:
+    """Per instance: the tenant's shards other than the one this batch wrote, read at most every
+    ``max_age_s``. Added to the exact totals of the written shard they estimate the tenant's total
+    between reads; tenant alerts are deduplicated by id, so an estimate never raises one twice."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str, int], tuple[float, dict[str, Totals]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str, month: str, shard: int, shards: int, max_age_s: float) -> dict[str, Totals]:
+        key = (tenant, month, shard)
+        with self._lock:
+            cached = self._items.get(key)
+        if cached is not None and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
+        docs = list(db.client().get_all(_shard_refs(tenant, month, shards, skip=[shard]), **db.call_options()))
+        db.count(reads=len(docs))
+        sums: dict[str, Totals] = {}
+        for doc in docs:
+            for name, counters in (doc.to_dict() or {} if doc.exists else {}).items():
+                if isinstance(counters, dict) and (name == "m" or name[:1] in ("d", "h")):
+                    sums.setdefault(name, Totals()).add(Totals.from_dict(counters))
+        with self._lock:
+            self._items[key] = (time.monotonic(), sums)
+        return sums
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+other_shards = _OtherShards()
+
+
+def tenant_estimate(
+    tenant: str, shard_totals: WindowTotals, *, shards: int, max_age_s: float, agent_id: str
+) -> WindowTotals:
+    """The tenant's totals after this batch: its shard exactly, the other shards as last read."""
+    if shards <= 1:
+        return shard_totals
+    shard = shard_of(agent_id, shards)
+    out: WindowTotals = {}
+    for (period, win), (after, delta) in shard_totals.items():
+        month = window(Period.MONTH, win.starts_at).key
+        others = other_shards.get(tenant, month, shard, shards, max_age_s)
+        total = Totals()
+        total.add(after)
+        total.add(others.get(month_field(period, win), Totals()))
+        out[(period, win)] = (total, delta)
+    return out

@@ -1,0 +1,242 @@
+"""Cost batches through the real path: emulator push -> fleet-costs -> Firestore, commands back on Pub/Sub."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fleet_agent.contracts import Command, CostBatch, CostRecord, EventType, encode
+
+from tests.integration.conftest import wait_for
+from tests.integration.helpers import PROJECT, agent_doc, log_lines, publish, publish_raw, registration
+
+pytestmark = pytest.mark.integration
+
+
+def record(
+    n: int, *, at: datetime | None = None, cost: str | None = "0.01", success: bool = True, **kw: Any
+) -> CostRecord:
+    data: dict[str, Any] = {
+        "call_id": f"call-{n:06d}-{uuid.uuid4().hex[:8]}",
+        "at": at or datetime.now(UTC),
+        "model": "gpt-4o",
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "cost_usd": Decimal(cost) if cost is not None else None,
+        "success": success,
+        "latency_ms": 120.0,
+        "operation": "summarize",
+    }
+    data.update(kw)
+    return CostRecord.model_validate(data)
+
+
+def batch(agent_id: str, records: list[CostRecord], batch_id: str | None = None) -> CostBatch:
+    return CostBatch(agent_id=agent_id, batch_id=batch_id or f"b-{uuid.uuid4().hex}", records=records)
+
+
+def register(publisher: Any, firestore: Any, agent_id: str, **kw: Any) -> dict[str, Any]:
+    publish(publisher, registration(agent_id, **kw))
+    return wait_for(lambda: agent_doc(firestore, agent_id))
+
+
+def cost_outcomes(stack: Any, agent_id: str) -> list[str]:
+    return [
+        x["outcome"]
+        for x in log_lines(stack.state_dir, "fleet-costs")
+        if x.get("agent_id") == agent_id and "outcome" in x
+    ]
+
+
+def month_usage(api: Any, agent_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/agents/{agent_id}/usage")
+    assert response.status_code == 200, response.text
+    return dict(response.json()["periods"]["month"])
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def commands_seen(stack: Any) -> Iterator[list[Command]]:
+    """Every command published on agent-commands while the test runs (its own subscription)."""
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = f"projects/{PROJECT}/topics/agent-commands"
+    path = subscriber.subscription_path(PROJECT, f"it-commands-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(request={"name": path, "topic": topic})
+    seen: list[Command] = []
+    lock = threading.Lock()
+
+    def callback(message: Any) -> None:
+        with lock:
+            seen.append(Command.model_validate_json(message.data))
+        message.ack()
+
+    future = subscriber.subscribe(path, callback)
+    yield seen
+    future.cancel()
+    subscriber.delete_subscription(request={"subscription": path})
+    subscriber.close()
+
+
+def test_redelivered_and_reordered_batches_count_exactly_once(
+    stack, publisher, firestore, api, agent_id, tenant
+) -> None:
+    register(publisher, firestore, agent_id, tenant=tenant)
+    now = datetime.now(UTC)
+    batches = [
+        batch(agent_id, [record(i * 10 + j, at=now - timedelta(seconds=random.randint(0, 50))) for j in range(10)])
+        for i in range(12)
+    ]
+    # Every batch published three times (publisher retries, redelivery), all in a random order.
+    copies = [b for b in batches for _ in range(3)]
+    random.shuffle(copies)
+    for copy in copies:
+        publish(publisher, copy, event_id=f"e-{copy.batch_id}")
+    outcomes = wait_for(lambda: len(o := cost_outcomes(stack, agent_id)) == len(copies) and o, timeout=60)
+    assert outcomes.count("accepted") == len(batches)
+    assert outcomes.count("duplicate") == 2 * len(batches)
+
+    month = month_usage(api, agent_id)
+    assert month["calls"] == 120
+    assert Decimal(month["spend_usd"]) == Decimal("1.20")  # 120 x $0.01, exactly
+    assert month["tokens"] == 120 * 150 and month["success_rate"] == 1.0
+    tenant_month = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["month"]
+    assert tenant_month["calls"] == 120 and Decimal(tenant_month["spend_usd"]) == Decimal("1.20")
+
+
+def test_concurrent_publishers_for_one_agent_give_exact_totals(stack, firestore, api, agent_id, tenant) -> None:
+    from google.cloud import pubsub_v1
+
+    register_publisher = pubsub_v1.PublisherClient()
+    register(register_publisher, firestore, agent_id, tenant=tenant)
+    sent: list[int] = []
+
+    def worker(n: int) -> None:
+        client = pubsub_v1.PublisherClient()  # one client per thread: four independent publishers
+        for i in range(10):
+            publish(client, batch(agent_id, [record(n * 1000 + i * 50 + j, cost="0.003") for j in range(50)]))
+            sent.append(50)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wait_for(lambda: cost_outcomes(stack, agent_id).count("accepted") == 40, timeout=60)
+    month = month_usage(api, agent_id)
+    assert month["calls"] == sum(sent) == 2000
+    assert Decimal(month["spend_usd"]) == Decimal("6.000")
+
+
+def test_records_are_priced_from_the_table_and_unpriced_models_alert(
+    stack, publisher, firestore, api, agent_id, tenant
+) -> None:
+    register(publisher, firestore, agent_id, tenant=tenant)
+    priced = record(1, cost=None, model="gpt-4o-2024-08-06", input_tokens=1000, output_tokens=100)
+    unknown = record(2, cost=None, model="acme-llm-7b", input_tokens=500, output_tokens=500)
+    publish(publisher, batch(agent_id, [priced, unknown]))
+    wait_for(lambda: "accepted" in cost_outcomes(stack, agent_id))
+    month = month_usage(api, agent_id)
+    # gpt-4o from shared/prices.yaml: 1000 x 0.0000025 + 100 x 0.00001 = 0.0035; the unknown model adds no $.
+    assert Decimal(month["spend_usd"]) == Decimal("0.0035")
+    assert month["calls"] == 2 and month["unpriced_calls"] == 1 and month["tokens"] == 2100
+    alerts = wait_for(lambda: api.get("/v1/alerts", agent_id=agent_id).json()["items"])
+    assert [a["kind"] for a in alerts] == ["unpriced_model"] and "acme-llm-7b" in alerts[0]["message"]
+
+
+def test_hard_limit_stops_the_agent_and_tells_it(
+    stack, publisher, firestore, api, agent_id, tenant, commands_seen
+) -> None:
+    register(publisher, firestore, agent_id, tenant=tenant, budget={"hourly_usd": "0.10", "daily_usd": "5"})
+    for i in range(3):  # $0.04 each: the third batch crosses $0.10
+        publish(publisher, batch(agent_id, [record(i * 10 + j, cost="0.01") for j in range(4)]))
+    doc = wait_for(lambda: (d := agent_doc(firestore, agent_id)) and d.get("holds", {}).get("budget") and d)
+    assert doc["status"] == "suspended" and doc["status_hold"] == "budget"
+    command = wait_for(lambda: [c for c in commands_seen if c.agent_id == agent_id])
+    assert [c.command.value for c in command] == ["budget_exhausted"]
+    assert command[0].until is not None and command[0].until > datetime.now(UTC)
+    usage = api.get(f"/v1/agents/{agent_id}/usage").json()
+    hour = usage["periods"]["hour"]
+    assert Decimal(hour["spend_usd"]) == Decimal("0.12") and hour["remaining_usd"] == "0"
+    kinds = sorted(a["kind"] for a in api.get("/v1/alerts", agent_id=agent_id).json()["items"])
+    # 50%, 80% and 100% thresholds of the hourly limit, the soft limit (80%), the hard limit: each once.
+    assert kinds.count("budget_threshold") == 3 and kinds.count("budget_exhausted") == 1
+    assert kinds.count("budget_soft_limit") == 1
+
+    # Raising the budget through the API lifts the hold at once and tells the agent.
+    raised = api.send("PUT", f"/v1/agents/{agent_id}/budget", {"hourly_usd": "1", "daily_usd": "5"})
+    assert raised.status_code == 200, raised.text
+    wait_for(lambda: any(c.command.value == "budget_restored" for c in commands_seen if c.agent_id == agent_id))
+    doc = agent_doc(firestore, agent_id)
+    assert doc is not None and "budget" not in doc["holds"] and doc["status"] == "active"
+
+
+def test_breaker_opens_on_failures_and_closes_after_successful_trials(
+    stack, publisher, firestore, api, agent_id, tenant, commands_seen
+) -> None:
+    register(publisher, firestore, agent_id, tenant=tenant)
+    assert api.send("PUT", f"/v1/agents/{agent_id}/protection", {"breaker_cooldown_s": 1}).status_code == 200
+    publish(publisher, batch(agent_id, [record(j, success=False) for j in range(6)]))
+    wait_for(lambda: any(c.command.value == "breaker_open" for c in commands_seen if c.agent_id == agent_id))
+    doc = agent_doc(firestore, agent_id)
+    assert doc is not None and doc["holds"]["breaker"]["reason"] == "6 calls failed in a row"
+
+    # After the cooldown the SDK lets trial calls through (half-open); successes close the breaker.
+    wait_for(lambda: datetime.now(UTC) > doc["holds"]["breaker"]["until"] + timedelta(seconds=0.2))
+    publish(publisher, batch(agent_id, [record(100 + j) for j in range(3)]))
+    wait_for(lambda: any(c.command.value == "breaker_closed" for c in commands_seen if c.agent_id == agent_id))
+    assert "breaker" not in (agent_doc(firestore, agent_id) or {})["holds"]
+
+
+def test_runaway_loop_pauses_the_agent(stack, publisher, firestore, api, agent_id, tenant, commands_seen) -> None:
+    register(publisher, firestore, agent_id, tenant=tenant)
+    assert api.send("PUT", f"/v1/tenants/{tenant}/protection", {"runaway_calls_per_minute": 50}).status_code == 200
+    at = datetime.now(UTC).replace(second=30)
+    publish(publisher, batch(agent_id, [record(j, at=at, cost="0.0001") for j in range(60)]))
+    doc = wait_for(lambda: (d := agent_doc(firestore, agent_id)) and d["holds"].get("pause") and d)
+    assert doc["status"] == "suspended" and "runaway loop: 60 calls in minute" in doc["holds"]["pause"]["reason"]
+    wait_for(lambda: any(c.command.value == "pause" for c in commands_seen if c.agent_id == agent_id))
+    resumed = api.send("POST", f"/v1/agents/{agent_id}/resume", {"reason": "fixed the loop"})
+    assert resumed.status_code == 200, resumed.text
+    wait_for(lambda: any(c.command.value == "resume" for c in commands_seen if c.agent_id == agent_id))
+
+
+def test_bad_cost_batches_are_rejected_with_a_reason_and_the_stream_goes_on(
+    stack, publisher, firestore, api, agent_id, tenant
+) -> None:
+    register(publisher, firestore, agent_id, tenant=tenant)
+    good = batch(agent_id, [record(1)])
+    body, attrs = encode(good)
+    negative = body.replace(b'"input_tokens":100', b'"input_tokens":-5')
+    duplicated = encode(good)[0].replace(b'"records":[', b'"records":[' + _record_json(good) + b",")
+    other = f"other-{agent_id}"
+    mixed = dict(attrs, agent_id=other)  # the attribute says one agent, the body another
+    publish_raw(publisher, EventType.COST, negative, attrs)
+    publish_raw(publisher, EventType.COST, duplicated, attrs)
+    publish_raw(publisher, EventType.COST, body, mixed)
+    publish(publisher, batch(f"never-{agent_id[3:]}", [record(2)]))  # an agent nobody registered
+    publish(publisher, good)
+
+    def codes() -> list[str]:
+        items = api.get("/v1/rejections", agent_id=agent_id).json()["items"]
+        return sorted(r["code"] for r in items)
+
+    assert wait_for(lambda: len(c := codes()) == 2 and c) == ["schema_violation", "schema_violation"]
+    wait_for(lambda: api.get("/v1/rejections", agent_id=other).json()["items"])
+    wait_for(lambda: api.get("/v1/rejections", agent_id=f"never-{agent_id[3:]}").json()["items"], timeout=60)
+    assert month_usage(api, agent_id)["calls"] == 1
+
+
+def _record_json(good: CostBatch) -> bytes:
+    return good.records[0].model_dump_json().encode()
