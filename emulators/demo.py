@@ -6,9 +6,14 @@ Starts its own stack in ``.stack-demo`` (never the one `make up` runs in ``.stac
 a fleet of agents across tenants and agent types with the SDK (one shared PublisherClient, as a
 real multi-agent host would), heartbeats for ``--duration`` seconds while a few agents degrade
 and a few go silent, publishes two deliberately bad messages, then prints the fleet and the
-recorded rejections as the API reports them. The stack is always stopped, Ctrl-C included.
+recorded rejections as the API reports them. Meanwhile the LLM agents record their model calls
+with the SDK (emulators/demo_costs.py): a runaway loop gets paused, a failing provider's breaker
+opens, an agent at its hourly budget is stopped, an unpriced model raises an alert; the spend per
+agent and per tenant and the alerts are printed at the end. The stack is always stopped, Ctrl-C
+included.
 
-Exit status: 0 when the API showed every agent, 1 when it did not, 130 on Ctrl-C.
+Exit status: 0 when the API showed every agent and the three misbehaving agents were stopped by
+their SDK, 1 otherwise, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ from types import FrameType
 from typing import Any
 
 import requests
-from fleet_agent import FleetAgent, Registration, ReportedStatus, Resources
+from fleet_agent import CommandListener, FleetAgent, Registration, ReportedStatus, Resources
 from fleet_agent.contracts import DEFAULT_TOPICS, SCHEMA_VERSION, EventType
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from emulators import demo_costs
 from emulators.stack import ROOT, Stack
 
 STATE_DIR = ROOT / ".stack-demo"
@@ -206,6 +212,16 @@ class Api:
     def agents(self) -> list[dict[str, Any]]:
         return list(self.pages("/v1/agents"))
 
+    def get(self, path: str, **params: Any) -> Any:
+        resp = self.session.get(f"{self.url}{path}", params=params, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def put(self, path: str, body: Any) -> Any:
+        resp = self.session.put(f"{self.url}{path}", json=body, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
     def rejections(self) -> list[dict[str, Any]]:
         return list(self.pages("/v1/rejections"))
 
@@ -225,6 +241,8 @@ class Progress:
     max_visible: int = 0
     events: list[str] = field(default_factory=list)
     console: Console | None = None
+    calls: list[demo_costs.CallSim] = field(default_factory=list)
+    stopped: set[str] = field(default_factory=set)
 
     def refresh(self, api: Api) -> None:
         try:
@@ -308,11 +326,22 @@ def run_fleet(
 
     project = env["GOOGLE_CLOUD_PROJECT"]
     publisher = PublisherClient()  # one client for the whole fleet
+    # One subscription on agent-commands for the whole simulated host, dispatching by agent id.
+    listener = CommandListener(project, label="demo")
+    calls: list[demo_costs.CallSim] = []
     try:
         for sim in fleet:
             sim.agent = FleetAgent(
                 sim.registration, project=project, publisher=publisher, metrics=sim.metrics, status=sim.status
             )
+            listener.add(sim.agent)
+        calls = demo_costs.behaviours([s.agent for s in fleet if s.agent is not None], rng)
+        for call_sim in calls:
+            budget = demo_costs.budget_for(call_sim.agent.registration.agent_type, call_sim.behaviour)
+            call_sim.agent.registration = call_sim.agent.registration.model_copy(update={"budget": budget})
+        # The demo tenant catches loops within seconds (the default threshold is 1,200 calls a minute).
+        api.put("/v1/tenants/acme/protection", {"runaway_calls_per_minute": demo_costs.RUNAWAY_CALLS_PER_MINUTE})
+        listener.start()  # before registering: a registration re-sends the agent's holds
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda s: s.agent.register() if s.agent else None, fleet))
@@ -321,16 +350,25 @@ def run_fleet(
             f"({len(TENANTS)} tenants, {len(AGENT_TYPES)} agent types, one shared PublisherClient)"
         )
         progress = Progress(started=time.monotonic(), expected={s.agent_id for s in fleet}, console=console)
+        progress.calls = calls
+        console.print(
+            f"{len(calls)} LLM agents record their calls with the SDK; misbehaving: "
+            + ", ".join(f"{c.agent_id} ({c.behaviour})" for c in calls if c.behaviour != "normal")
+        )
+        demo_costs.start(calls)
         _loop(fleet, publisher, project, api, console, duration, rng, progress)
-        console.print("stopping the fleet: every agent flushes its outstanding heartbeats")
+        demo_costs.stop(calls)
+        console.print("stopping the fleet: every agent flushes its outstanding heartbeats and call records")
         for sim in fleet:
             if sim.agent is not None and not sim.agent.close(timeout=10):
                 console.print(f"[yellow]{sim.agent_id}: some heartbeats were not confirmed[/]")
         return progress
     finally:
+        demo_costs.stop(calls)
         for sim in fleet:
             if sim.agent is not None:
                 sim.agent.close(timeout=2)
+        listener.close()
         publisher.stop()
 
 
@@ -381,6 +419,8 @@ def _loop(
                 bad_sent = True
                 ids = publish_bad_messages(publisher, project, fleet[0].agent_id)
                 progress.event(f"{elapsed:4.0f}s  sent 2 bad messages (not JSON; schema violation): {', '.join(ids)}")
+            for line in demo_costs.events(progress.calls, progress.stopped):
+                progress.event(line)
             if elapsed >= next_poll:
                 next_poll = elapsed + 1.0
                 progress.refresh(api)
@@ -451,8 +491,9 @@ def rejections_table(rejections: list[dict[str, Any]]) -> Table:
     return table
 
 
-def report(api: Api, fleet: list[SimAgent], console: Console) -> bool:
-    """Print the fleet and the rejections; True when the API shows every simulated agent."""
+def report(api: Api, fleet: list[SimAgent], console: Console, progress: Progress | None = None) -> bool:
+    """Print the fleet, the spend and the rejections; True when the API shows every simulated agent
+    and the fleet stopped each misbehaving agent."""
     expected = {s.agent_id for s in fleet}
     agents = [a for a in api.agents() if a["agent_id"] in expected]
     silent = {s.agent_id for s in fleet if s.silent}
@@ -468,10 +509,25 @@ def report(api: Api, fleet: list[SimAgent], console: Console) -> bool:
     console.print(summary)
     rejections = api.rejections()
     console.print(rejections_table(rejections))
+    stopped_ok = True
+    if progress is not None and progress.calls:
+        console.print(demo_costs.spend_table(api, progress.calls))
+        console.print(demo_costs.tenants_table(api, TENANTS))
+        console.print(demo_costs.alerts_table(api.get("/v1/alerts", limit=200)["items"]))
+        for call_sim in progress.calls:
+            if call_sim.behaviour in ("runaway", "failing", "budget"):
+                if call_sim.refusal is None:
+                    stopped_ok = False
+                    console.print(f"[red]{call_sim.agent_id} ({call_sim.behaviour}) was never stopped[/]")
+                else:
+                    console.print(
+                        f"{call_sim.agent_id} ({call_sim.behaviour}): {call_sim.calls} calls, then refused "
+                        f"{call_sim.refused} times by its SDK after {call_sim.refused_after_s:.1f}s"
+                    )
     missing = expected - {a["agent_id"] for a in agents}
     if missing:
         console.print(f"[red]the API does not show {len(missing)} agents: {', '.join(sorted(missing)[:10])}[/]")
-    return not missing
+    return not missing and stopped_ok
 
 
 def _wait_for_rejections(api: Api, count: int, timeout: float) -> None:
@@ -518,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("letting the functions process the last heartbeats..."):
             time.sleep(1.5)
             _wait_for_rejections(api, 2, timeout=10)
-        ok = report(api, fleet, console) and progress.max_visible > 0
+        ok = report(api, fleet, console, progress) and progress.max_visible > 0
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:
