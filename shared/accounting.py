@@ -32,7 +32,7 @@ from shared.domain.rejections import Code, Rejected
 from shared.events import Decoded
 from shared.store import agents as agent_store
 from shared.store import alerts as alert_store
-from shared.store import config
+from shared.store import config, markers
 from shared.store import usage as usage_store
 from shared.store.config import TenantConfig
 
@@ -47,8 +47,10 @@ class Effects:
 
     alerts: list[Alert] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
-    #: Other agents of the tenant to hold (a tenant's hard limit was reached).
-    tenant_holds: list[tuple[str, Step]] = field(default_factory=list)
+    #: Other agents of the tenant to hold (a tenant's hard limit was reached): (tenant, once-key, step).
+    tenant_holds: list[tuple[str, str, Step]] = field(default_factory=list)
+    #: Holds the agent seems not to have heard of (it kept calling): their commands, sent again.
+    resend: list[Command] = field(default_factory=list)
 
 
 def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Exception]) -> Plan:
@@ -63,6 +65,7 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     agent = snap.record
     if agent.status is State.DECOMMISSIONED:
         raise Rejected(Code.DECOMMISSIONED, f"agent {batch.agent_id} was decommissioned", agent_id=batch.agent_id)
+    _check_times(batch, _first_published(decoded.message.attributes, received_at))
     lifted: list[Command] = []
     if holds.expired(agent, now):  # the budget period reset: the SDK resumed at `until`, so does the server
         lifted = lift_expired(agent, now)
@@ -76,13 +79,49 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
         shards=cfg.tenant_shards,
         marker_retention=timedelta(days=cfg.retention_days + 1),
     )
-    if applied.duplicate:
-        sent = reconcile(batch.agent_id, now=now, actor="system:cost-redelivery", resend=True)
-        return Plan(skipped="duplicate", commands=sent)
-    effects = decide(agent, tenant, tally, applied, batch_id=batch.batch_id, now=now)
-    plan = carry_out(agent, effects, now=now)
+    try:
+        if applied.duplicate:
+            sent = reconcile(batch.agent_id, now=now, actor="system:cost-redelivery", resend=True)
+            return Plan(skipped="duplicate", commands=sent)
+        effects = decide(agent, tenant, tally, applied, batch_id=batch.batch_id, now=now, received_at=received_at)
+        plan = carry_out(agent, effects, now=now)
+    except Exception as exc:
+        # The batch is counted: whatever fails now must not turn into a rejection (which acknowledges
+        # it); failing makes Pub/Sub redeliver, and the redelivery re-derives the effects.
+        raise EffectsFailed(f"{type(exc).__name__}: {exc}") from exc
     plan.commands = lifted + plan.commands
     return plan
+
+
+class EffectsFailed(RuntimeError):
+    """A counted batch's effects could not all be carried out; the redelivery will."""
+
+
+#: How far a call's own time may be from the time Pub/Sub received its batch. Calls count in the
+#: period of their own time; a clock far off would put spend where no limit looks.
+MAX_AHEAD = timedelta(minutes=5)
+MAX_BEHIND = timedelta(hours=24)
+
+
+def _first_published(attributes: dict[str, str], published_at: datetime) -> datetime:
+    """A replayed message (``fleetctl rejections replay``) carries when it was first published."""
+    try:
+        first = datetime.fromisoformat(attributes["first_published_at"])
+    except (KeyError, ValueError):
+        return published_at
+    return min(first, published_at) if first.tzinfo else published_at
+
+
+def _check_times(batch: CostBatch, published_at: datetime) -> None:
+    earliest = min(r.at for r in batch.records)
+    latest = max(r.at for r in batch.records)
+    if latest > published_at + MAX_AHEAD or earliest < published_at - MAX_BEHIND:
+        raise Rejected(
+            Code.IMPLAUSIBLE_TIME,
+            f"call times {earliest.isoformat()} .. {latest.isoformat()} are more than {MAX_AHEAD} ahead of or "
+            f"{MAX_BEHIND} behind the batch's publish time {published_at.isoformat()}: check the agent's clock",
+            agent_id=batch.agent_id,
+        )
 
 
 def _current(win: Window, now: datetime) -> bool:
@@ -97,16 +136,21 @@ def decide(
     *,
     batch_id: str,
     now: datetime,
+    received_at: datetime,
 ) -> Effects:
     cfg = settings.get()
     out = Effects()
     agent_id = agent.agent_id
+    out.resend = _unheeded(agent, received_at, now)
 
     # Budgets: the agent's (exact totals) and the tenant's (its shard exactly, the others as last read).
     agent_spec = budgets.parse(agent.budget)
-    for finding in budgets.crossings(agent_spec, "agent", agent_id, applied.agent):
+    # Level, not crossing: an alert whose raising was lost to a crash is raised by the next batch; ids
+    # make each one once, and each instance remembers which it raised or found.
+    agent_findings = budgets.reached(agent_spec, "agent", agent_id, applied.agent)
+    for finding in agent_findings:
         out.alerts.append(_budget_alert(finding, agent.tenant, agent_id, now))
-    exhausted = _exhausted(budgets.reached(agent_spec, "agent", agent_id, applied.agent), now)
+    exhausted = _exhausted(agent_findings, now)
     if exhausted is not None:
         out.steps.append(_budget_hold("budget", exhausted, now))
     tenant_spec = budgets.parse(tenant.budget)
@@ -115,13 +159,14 @@ def decide(
             agent.tenant, applied.tenant_shard, shards=cfg.tenant_shards, max_age_s=cfg.config_cache_s,
             agent_id=agent_id,
         )  # fmt: skip
-        for finding in budgets.crossings(tenant_spec, "tenant", agent.tenant, estimate):
+        tenant_findings = budgets.reached(tenant_spec, "tenant", agent.tenant, estimate)
+        for finding in tenant_findings:
             out.alerts.append(_budget_alert(finding, agent.tenant, None, now))
-        tenant_exhausted = _exhausted(budgets.reached(tenant_spec, "tenant", agent.tenant, estimate), now)
+        tenant_exhausted = _exhausted(tenant_findings, now)
         if tenant_exhausted is not None:
             step = _budget_hold("tenant_budget", tenant_exhausted, now)
             out.steps.append(step)
-            out.tenant_holds.append((agent.tenant, step))
+            out.tenant_holds.append((agent.tenant, tenant_exhausted.alert_id, step))
 
     for model in sorted(tally.unpriced_models):
         day = now.strftime("%Y-%m-%d")
@@ -145,7 +190,12 @@ def decide(
     rules = protection.resolve(tenant.protection, agent.protection)
     minutes = {f"{hour[-2:]}:{mm}": counts for hour, per in applied.minutes.items() for mm, counts in per.items()}
     change = protection.breaker(
-        rules, agent.holds.get("breaker"), streak=applied.streak, minutes=minutes, calls=tally.calls_by_time
+        rules,
+        agent.holds.get("breaker"),
+        streak=applied.streak,
+        minutes=minutes,
+        outcomes=[ok for _, ok in tally.calls_by_time],
+        received_at=received_at,
     )
     if change is not None:
         out.steps.append(_breaker_step(change, agent_id, batch_id, now))
@@ -187,7 +237,7 @@ def decide(
             )
         )
         if rules.runaway_action == "pause" and "pause" not in agent.holds:
-            out.steps.append(_pause_step(f"runaway loop: {reason}", holds.command_id("pause", agent_id, batch_id), now))
+            out.steps.append(_pause_step(f"runaway loop: {reason}", f"runaway.{batch_id}", now))
         break
 
     spike = _spike(agent, rules, applied.agent, now)
@@ -196,11 +246,11 @@ def decide(
     return out
 
 
-def _pause_step(reason: str, command_id: str, now: datetime) -> Step:
+def _pause_step(reason: str, key: str, now: datetime) -> Step:
     def step(record: AgentRecord) -> Plan:
         if "pause" in record.holds:
             return Plan(skipped="unchanged")
-        return holds.place(record, "pause", reason=reason, at=now, command_id=command_id, actor="system:runaway")
+        return holds.place(record, "pause", reason=reason, at=now, key=key, actor="system:runaway")
 
     return step
 
@@ -212,18 +262,18 @@ def _exhausted(findings: list[Finding], now: datetime) -> Finding | None:
 
 
 def _budget_hold(name: str, finding: Finding, now: datetime) -> Step:
-    command_id = holds.command_id(name, finding.subject, finding.limit.name, finding.window.key)
+    key = f"{finding.limit.name}.{finding.window.key}"
 
     def step(record: AgentRecord) -> Plan:
         held = record.holds.get(name)
-        if held is not None and held.get("command_id") == command_id:
+        if held is not None and held.get("key") == key:
             return Plan(skipped="unchanged")
         return holds.place(
             record,
             name,
             reason=finding.message,
             at=now,
-            command_id=command_id,
+            key=key,
             actor=f"system:{name}",
             until=finding.window.resets_at,
             extra={"limit": finding.limit.name, "window": finding.window.key},
@@ -241,7 +291,7 @@ def _breaker_step(change: protection.BreakerChange, agent_id: str, batch_id: str
             "breaker",
             reason=change.reason,
             at=now,
-            command_id=holds.command_id("breaker", agent_id, batch_id),
+            key=f"breaker.{batch_id}",
             actor="system:breaker",
             until=now + timedelta(seconds=change.cooldown_s),
             extra={"cooldown_s": change.cooldown_s},
@@ -348,23 +398,59 @@ def combine(steps: list[Step]) -> Callable[[AgentRecord | None], Plan]:
 
 
 def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:
-    """Raise the alerts, write the holds (conditionally), then tell the agents."""
-    raised = [alert for alert in effects.alerts if alert_store.raise_once(alert)]
-    for alert in raised:
-        logs.log(log, alert.message, alert=alert.kind, severity=alert.severity.value, agent_id=alert.agent_id)
+    """Write the holds (conditionally) and tell the agents first, then raise the alerts: if anything
+    fails on the way, the redelivered batch or the next one redoes what matters most."""
     plan = Plan(skipped="unchanged")
     if effects.steps:
         plan = agent_store.update(agent.agent_id, combine(effects.steps))
     sent: list[Command] = list(plan.commands)
-    tenant_alert_raised = any(a.kind == Kind.HARD.value and a.agent_id is None for a in raised)
-    if tenant_alert_raised:
-        for tenant, step in effects.tenant_holds:
+    ids = {c.command_id for c in sent}
+    sent += [c for c in effects.resend if c.command_id not in ids]
+    for tenant, once_key, step in effects.tenant_holds:
+        if not markers.seen(f"tenant_hold.{once_key}"):
             sent += _hold_tenant(tenant, step, except_agent=agent.agent_id)
+            markers.mark(f"tenant_hold.{once_key}")
     if sent:
         commands.publish(sent)
+    raised = [alert for alert in effects.alerts if alert_store.raise_once(alert)]
+    for alert in raised:
+        logs.log(log, alert.message, alert=alert.kind, severity=alert.severity.value, agent_id=alert.agent_id)
     plan.commands = sent
     plan.skipped = None
     return plan
+
+
+#: How long after a hold an agent may still be sending calls (in-flight batches) before the server
+#: concludes it never heard the command and sends it again.
+RESEND_AFTER = timedelta(seconds=10)
+_resent: dict[str, float] = {}
+
+
+def _unheeded(agent: AgentRecord, received_at: datetime, now: datetime) -> list[Command]:
+    """Commands of holds in force that the agent is calling through (a lost publish, a listener that
+    died): sent again, at most every RESEND_AFTER per agent and instance (the SDK applies an id once)."""
+    import time
+
+    def unheeded(record: AgentRecord) -> list[Command]:
+        out = []
+        for hold in record.holds.values():
+            until = hold.get("until")
+            if until is not None and holds.time_of(until) <= now:
+                continue  # lifted by itself: a budget reset, or a breaker's cooldown (half-open calls expected)
+            if received_at - holds.time_of(hold["issued_at"]) > RESEND_AFTER:
+                out.append(holds.command_of(record.agent_id, hold))
+        return out
+
+    if not unheeded(agent):
+        return []
+    last = _resent.get(agent.agent_id, 0.0)
+    if time.monotonic() - last < RESEND_AFTER.total_seconds():
+        return []
+    if len(_resent) > 10_000:
+        _resent.clear()
+    _resent[agent.agent_id] = time.monotonic()
+    fresh = agent_store.read(agent.agent_id)  # never re-send a hold lifted since the cached copy
+    return unheeded(fresh.record) if fresh is not None else []
 
 
 def _hold_tenant(tenant: str, step: Step, *, except_agent: str) -> list[Command]:

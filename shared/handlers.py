@@ -135,9 +135,12 @@ def process_heartbeat(decoded: Decoded) -> Plan:
     cfg = settings.get()
     received_at = decoded.message.published_at
 
+    decided: list[AgentRecord] = []  # the record the plan was made on (the last attempt's)
+
     def decide(current: AgentRecord | None) -> Plan:
         if current is None:
             raise unknown_agent(hb.agent_id, received_at)
+        decided.append(current)
         return agent_domain.apply_heartbeat(
             current,
             hb,
@@ -148,14 +151,12 @@ def process_heartbeat(decoded: Decoded) -> Plan:
             retention=timedelta(days=cfg.retention_days),
         )
 
-    cached = agent_store.cache.get(hb.agent_id)
-    lifted = []
-    if cached is not None and holds.expired(cached.record, received_at):
+    plan = agent_store.update(hb.agent_id, decide)
+    if decided and holds.expired(decided[-1], received_at):
+        # A budget hold whose period has reset: lifted on the agent's next heartbeat (or cost batch).
         from shared import accounting
 
-        lifted = accounting.lift_expired(cached.record, received_at)
-    plan = agent_store.update(hb.agent_id, decide)
-    plan.commands = lifted + plan.commands
+        plan.commands = accounting.lift_expired(decided[-1], received_at) + plan.commands
     return plan
 
 

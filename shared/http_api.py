@@ -640,17 +640,14 @@ def _pause(call: Call) -> AgentHoldsView:
     sends its pause command again, with the same id (so a failed publish is repaired by a retry)."""
     reason = _body(call, PauseRequest).reason
     now = _now()
-    agent_id = call.args["agent_id"]
-    command_id = holds.command_id("pause", agent_id, call.request_id or uuid.uuid4().hex)
+    key = f"api.{call.request_id or uuid.uuid4().hex}"
 
     def step(current: AgentRecord) -> Plan:
         if current.status is State.DECOMMISSIONED:
             raise ApiError(409, f"agent {current.agent_id} was decommissioned")
         if "pause" in current.holds:
             return Plan(skipped="unchanged")
-        return holds.place(
-            current, "pause", reason=reason, at=now, command_id=command_id, actor=_actor(call), cause=Cause.OPERATOR
-        )
+        return holds.place(current, "pause", reason=reason, at=now, key=key, actor=_actor(call), cause=Cause.OPERATOR)
 
     plan, record = _update_agent(call, step)
     sent = plan.commands or [holds.command_of(record.agent_id, record.holds["pause"])]

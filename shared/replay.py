@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from shared.topology import Topology
@@ -54,6 +55,10 @@ def plan(rejection: dict[str, Any], topology: Topology) -> Replay:
         data = base64.b64decode(payload["base64"])
     else:
         data = b""
-    return Replay(
-        str(rejection["id"]), topic, data, {str(k): str(v) for k, v in (payload.get("attributes") or {}).items()}
-    )
+    attributes = {str(k): str(v) for k, v in (payload.get("attributes") or {}).items()}
+    received_at = rejection.get("received_at")
+    if received_at is not None and "first_published_at" not in attributes:
+        # When the message was first published: a replayed cost batch is judged by it, not by today.
+        first = received_at if isinstance(received_at, datetime) else datetime.fromisoformat(str(received_at))
+        attributes["first_published_at"] = first.isoformat()
+    return Replay(str(rejection["id"]), topic, data, attributes)

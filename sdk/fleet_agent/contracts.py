@@ -15,7 +15,7 @@ import math
 import re
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -221,6 +221,10 @@ class Envelope(_Strict):
 MAX_BATCH_RECORDS = 200
 #: Per call, an upper bound that no real LLM call reaches; beyond it a record is absurd, not costly.
 MAX_TOKENS_PER_CALL = 10_000_000
+#: Distinct operations and time span of one batch: bounds that keep its counter updates within
+#: Firestore's limits on one commit (the SDK flushes earlier than both).
+MAX_BATCH_OPERATIONS = 50
+MAX_BATCH_SPAN = timedelta(hours=1)
 MAX_COST_PER_CALL_USD = Decimal("10000")
 CallId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,63}$")]
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")]
@@ -232,8 +236,8 @@ class CostRecord(_Strict):
     call_id: CallId
     at: AwareDatetime
     model: ModelName
-    input_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
-    output_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+    input_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL, strict=True)
+    output_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL, strict=True)
     #: What the provider charged, when the agent knows it; otherwise the server prices the call.
     cost_usd: Decimal | None = Field(default=None, ge=0, le=MAX_COST_PER_CALL_USD, max_digits=20, decimal_places=12)
     success: bool
@@ -254,6 +258,12 @@ class CostBatch(_Strict):
         duplicates = sorted(call_id for call_id, n in counts.items() if n > 1)
         if duplicates:
             raise ValueError(f"call_id repeated inside the batch: {', '.join(duplicates[:5])}")
+        operations = {r.operation for r in self.records}
+        if len(operations) > MAX_BATCH_OPERATIONS:
+            raise ValueError(f"{len(operations)} distinct operations in one batch; at most {MAX_BATCH_OPERATIONS}")
+        times = [r.at for r in self.records]
+        if max(times) - min(times) > MAX_BATCH_SPAN:
+            raise ValueError(f"the records of a batch must lie within {MAX_BATCH_SPAN} of each other")
         return self
 
 

@@ -34,6 +34,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from fleet_agent.contracts import (
     BLOCKING_COMMANDS,
+    MAX_BATCH_OPERATIONS,
     MAX_BATCH_RECORDS,
     Command,
     CommandType,
@@ -119,9 +120,11 @@ class CostRecorder:
         self._publisher = publisher
         self._topic = topic_path
         self._max_records = min(max_records, MAX_BATCH_RECORDS)
-        self._max_delay_s = max_delay_s
+        # At most 10 minutes: a batch's records must lie within MAX_BATCH_SPAN of each other.
+        self._max_delay_s = min(max_delay_s, 600.0)
         self._lock = threading.Lock()
         self._records: list[CostRecord] = []
+        self._operations: set[str] = set()
         self._first_at: float | None = None
         self._pending = PendingPublishes()
         self._blocks: dict[CommandType, Command] = {}
@@ -218,7 +221,10 @@ class CostRecorder:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"cost recorder of {self.agent_id} is closed")
+            if record.operation not in self._operations and len(self._operations) >= MAX_BATCH_OPERATIONS:
+                self._flush_locked()  # a batch may name at most MAX_BATCH_OPERATIONS operations
             self._records.append(record)
+            self._operations.add(record.operation)
             if self._first_at is None:
                 self._first_at = time.monotonic()
                 self._wake.set()
@@ -229,14 +235,18 @@ class CostRecorder:
     def flush(self) -> Future[str] | None:
         """Publish what is buffered now, as one batch."""
         with self._lock:
-            records, self._records, self._first_at = self._records, [], None
-            if not records:
-                return None
-            batch = CostBatch(agent_id=self.agent_id, batch_id=uuid.uuid4().hex, records=records)
-            body, attributes = encode(batch)
-            # Published and tracked under the lock: batches leave in the order they were cut, and
-            # close() (which takes the lock) never misses one when it waits.
-            return self._pending.track(self._publisher.publish(self._topic, body, **attributes))
+            return self._flush_locked()
+
+    def _flush_locked(self) -> Future[str] | None:
+        records, self._records, self._first_at = self._records, [], None
+        self._operations = set()
+        if not records:
+            return None
+        batch = CostBatch(agent_id=self.agent_id, batch_id=uuid.uuid4().hex, records=records)
+        body, attributes = encode(batch)
+        # Published and tracked under the lock: batches leave in the order they were cut, and
+        # close() (which takes the lock) never misses one when it waits.
+        return self._pending.track(self._publisher.publish(self._topic, body, **attributes))
 
     def _flush_on_time(self) -> None:
         while True:
@@ -255,9 +265,9 @@ class CostRecorder:
 
     def close(self, timeout: float = 10.0) -> bool:
         """Flush and wait for every batch to be accepted; True when none is left pending."""
-        self.flush()
         with self._lock:
-            self._closed = True
+            self._closed = True  # first: a record() racing with close() is refused, never dropped
+        self.flush()
         self._wake.set()
         done, not_done = self._pending.wait(timeout)
         return not not_done and all(future.exception() is None for future in done)

@@ -68,6 +68,8 @@ class AgentRecord(BaseModel):
     holds: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: The hold that put the agent in its current status (lifting it makes the agent active again).
     status_hold: str | None = None
+    #: Holds ever placed: part of each new hold's command id, so no id is ever reused.
+    holds_placed: int = 0
 
     #: The last ``chunk_size`` heartbeat samples, a ring keyed by slot (``s00``...). The latest
     #: metrics, reported status and sent time are read from it, not stored twice.
@@ -175,7 +177,10 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
             agent_id=reg.agent_id,
         )
     if event_id in current.registration_event_ids:
-        return Plan(skipped="duplicate")
+        # Redelivered: maybe because publishing its commands failed the first time. Send them again.
+        return Plan(
+            skipped="duplicate", commands=[holds.command_of(current.agent_id, h) for h in current.holds.values()]
+        )
 
     plan = Plan()
     changes: dict[str, Any] = {
@@ -251,6 +256,8 @@ def status_change(current: AgentRecord, target: State, at: datetime, cause: Caus
         "status_since": at,
         "status_cause": cause.value,
         "status_reason": reason or None,
+        # Any change of status ends the hold that imposed the previous one (a hold sets it again).
+        "status_hold": None,
         "status_changes": _remember(current.status_changes, at, REMEMBERED_STATUS_CHANGES),
     }
 

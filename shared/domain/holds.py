@@ -56,6 +56,19 @@ def command_of(agent_id: str, hold: dict[str, Any]) -> Command:
     )
 
 
+def _latest(until: datetime | None, others: list[Any]) -> datetime | None:
+    """The SDK keeps one block per command: when two holds share one (an agent's and its tenant's
+    budget), the block must last as long as the longer of them (None: until lifted)."""
+    if until is None or any(other is None for other in others):
+        return None
+    return max([until, *(_time(other) for other in others)])
+
+
+def time_of(value: Any) -> datetime:
+    """A stored time (a datetime from Firestore, or ISO text) as a datetime."""
+    return _time(value)
+
+
 def _time(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
@@ -66,29 +79,36 @@ def place(
     *,
     reason: str,
     at: datetime,
-    command_id: str,
+    key: str,
     actor: str,
     cause: Cause = Cause.SYSTEM,
     until: datetime | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Plan:
-    """Hold the agent for ``name``. Idempotent: the same ``command_id`` changes nothing the second time."""
+    """Hold the agent for ``name``; ``key`` names the decision (a limit and period, a batch, a request).
+
+    Idempotent: the same key changes nothing the second time. Each placement gets a command id never
+    used for this agent before (the placement count is part of it): the SDK ignores ids it has seen,
+    so a hold placed again after a lift must not reuse the first one's id.
+    """
     from shared.domain.agents import Plan, status_change
 
     kind = KINDS[name]
     existing = current.holds.get(name)
-    if existing is not None and existing.get("command_id") == command_id:
+    if existing is not None and existing.get("key") == key:
         return Plan(skipped="duplicate")
+    shared = [h for n, h in current.holds.items() if n != name and KINDS[n].places is kind.places]
     hold = {
         "command": kind.places.value,
-        "command_id": command_id,
+        "command_id": command_id(name, current.agent_id, key, str(current.holds_placed)),
+        "key": key,
         "reason": reason,
         "issued_at": at,
-        "until": until,
+        "until": _latest(until, [h.get("until") for h in shared]) if shared else until,
         "actor": actor,
         **(extra or {}),
     }
-    changes: dict[str, Any] = {"holds": {**current.holds, name: hold}}
+    changes: dict[str, Any] = {"holds": {**current.holds, name: hold}, "holds_placed": current.holds_placed + 1}
     plan = Plan(changes=changes)
     if kind.state is not None:
         decision = lifecycle.decide(current.status, kind.state, cause)
@@ -97,7 +117,7 @@ def place(
             changes.update(status_change(current, kind.state, at, cause, reason))
             changes["status_hold"] = name
     plan.commands.append(command_of(current.agent_id, hold))
-    plan.audit.append(_audit(current, f"agent.hold.{name}", command_id, at, actor, "placed", reason, until))
+    plan.audit.append(_audit(current, f"agent.hold.{name}", hold["command_id"], at, actor, "placed", reason, until))
     return plan
 
 

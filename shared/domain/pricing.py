@@ -7,6 +7,7 @@ alert instead of silently counting $0 (the failure LiteLLM users report).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -15,6 +16,9 @@ from enum import StrEnum
 from fleet_agent.contracts import CostRecord
 
 NANO = Decimal(1_000_000_000)
+#: What may follow a listed model's name in a release of the same model: a date, a build number, a
+#: version, "latest" or a preview tag (-2024-08-06, -20241022, -002, @v2, -latest, -preview-05-20).
+_RELEASE = re.compile(r"^[-@:](\d{4}-\d{2}-\d{2}|\d{8}|\d{3,}|latest|v\d+(\.\d+)*|preview(-[0-9-]+)?)$")
 
 
 def to_nanos(usd: Decimal) -> int:
@@ -51,13 +55,17 @@ class PriceTable:
     tenant_prices: Mapping[str, Mapping[str, Price]] = field(default_factory=dict)
 
     def lookup(self, model: str, tenant: str | None = None) -> Price | None:
-        """Exact model name first, then the longest known prefix (``gpt-4o-2024-08-06`` -> ``gpt-4o``)."""
-        for table in (self.tenant_prices.get(tenant or "", {}), self.prices):
+        """The exact model name (the tenant's price, then the global one); else a listed model of which
+        this is a dated or versioned release (``gpt-4o-2024-08-06`` -> ``gpt-4o``). ``o3-mini`` is *not*
+        ``o3``: a different model at a different price is unpriced (and alerts), never mispriced."""
+        tables = (self.tenant_prices.get(tenant or "", {}), self.prices)
+        for table in tables:
             if model in table:
                 return table[model]
-            prefixes = [name for name in table if model.startswith(name)]
-            if prefixes:
-                return table[max(prefixes, key=len)]
+        for table in tables:
+            releases = [name for name in table if model.startswith(name) and _RELEASE.match(model[len(name) :])]
+            if releases:
+                return table[max(releases, key=len)]
         return None
 
 

@@ -95,10 +95,12 @@ def breaker(
     *,
     streak: int,
     minutes: dict[str, Minute],
-    calls: list[tuple[datetime, bool]],
+    outcomes: list[bool],
+    received_at: datetime,
 ) -> BreakerChange | None:
-    """Open on a failure streak or rate; while open, the first calls after the cooldown decide:
-    all successes close it, a failure opens it again for twice as long."""
+    """Open on a failure streak or rate. While open, the first batch published after the cooldown
+    (server time, not the agent's clock) holds the trial calls: all successes close the breaker, a
+    failure opens it again for twice as long."""
     if hold is None:
         if streak >= rules.breaker_consecutive_failures:
             return BreakerChange("open", f"{streak} calls failed in a row", rules.breaker_cooldown_s)
@@ -111,14 +113,13 @@ def breaker(
                 )
         return None
     until = hold.get("until")
-    if until is None:
+    if until is None or not outcomes:
         return None
     until_at = until if isinstance(until, datetime) else datetime.fromisoformat(str(until))
-    trials = [ok for at, ok in calls if at >= until_at]
-    if not trials:
-        return None
-    if all(trials):
-        return BreakerChange("close", f"{len(trials)} trial calls succeeded after the cooldown")
+    if received_at < until_at:
+        return None  # calls in flight when the breaker opened
+    if all(outcomes):
+        return BreakerChange("close", f"{len(outcomes)} trial calls succeeded after the cooldown")
     cooldown = min(int(hold.get("cooldown_s") or rules.breaker_cooldown_s) * 2, rules.breaker_max_cooldown_s)
     return BreakerChange("open", f"a trial call failed after the cooldown; open for {cooldown}s more", cooldown)
 

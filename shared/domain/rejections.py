@@ -27,6 +27,7 @@ class Code(StrEnum):
     ILLEGAL_TRANSITION = "illegal_transition"
     DECOMMISSIONED = "agent_decommissioned"
     UNSTORABLE = "unstorable"
+    IMPLAUSIBLE_TIME = "implausible_time"
     DELIVERY_EXHAUSTED = "delivery_exhausted"
 
 

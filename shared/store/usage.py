@@ -154,10 +154,11 @@ def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, ma
             },
         )
         for name, delta in fields_.items():
+            # Every counter, zeros included (free: the write happens anyway), so that every total
+            # read back is the real one, not a default.
             for counter, amount in delta.as_dict().items():
-                if amount:
-                    agent.inc((name, counter), amount)
-                    tenant_doc.inc((name, counter), amount)
+                agent.inc((name, counter), amount)
+                tenant_doc.inc((name, counter), amount)
         if month == latest_month:
             if tally.all_failed:
                 agent.inc(("streak",), tally.trailing_failures)

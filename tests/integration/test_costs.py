@@ -226,13 +226,18 @@ def test_bad_cost_batches_are_rejected_with_a_reason_and_the_stream_goes_on(
     publish_raw(publisher, EventType.COST, duplicated, attrs)
     publish_raw(publisher, EventType.COST, body, mixed)
     publish(publisher, batch(f"never-{agent_id[3:]}", [record(2)]))  # an agent nobody registered
+    publish(publisher, batch(agent_id, [record(3, at=datetime.now(UTC) - timedelta(days=2))]))  # a clock 2 days off
     publish(publisher, good)
 
     def codes() -> list[str]:
         items = api.get("/v1/rejections", agent_id=agent_id).json()["items"]
         return sorted(r["code"] for r in items)
 
-    assert wait_for(lambda: len(c := codes()) == 2 and c) == ["schema_violation", "schema_violation"]
+    assert wait_for(lambda: len(c := codes()) == 3 and c) == [
+        "implausible_time",
+        "schema_violation",
+        "schema_violation",
+    ]
     wait_for(lambda: api.get("/v1/rejections", agent_id=other).json()["items"])
     wait_for(lambda: api.get("/v1/rejections", agent_id=f"never-{agent_id[3:]}").json()["items"], timeout=60)
     assert month_usage(api, agent_id)["calls"] == 1

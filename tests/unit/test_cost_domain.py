@@ -118,19 +118,21 @@ RULES = protection.Protection()
 
 
 def test_breaker_opens_on_a_streak_or_a_failure_rate() -> None:
-    change = protection.breaker(RULES, None, streak=5, minutes={}, calls=[])
+    change = protection.breaker(RULES, None, streak=5, minutes={}, outcomes=[], received_at=T0)
     assert change is not None and change.action == "open" and change.cooldown_s == 60
-    assert protection.breaker(RULES, None, streak=4, minutes={"22:59": Minute(19, 19)}, calls=[]) is None
-    change = protection.breaker(RULES, None, streak=0, minutes={"22:59": Minute(20, 10)}, calls=[])
+    quiet = protection.breaker(RULES, None, streak=4, minutes={"22:59": Minute(19, 19)}, outcomes=[], received_at=T0)
+    assert quiet is None
+    change = protection.breaker(RULES, None, streak=0, minutes={"22:59": Minute(20, 10)}, outcomes=[], received_at=T0)
     assert change is not None and "10 of 20 calls failed" in change.reason
 
 
 def test_half_open_trials_close_or_reopen_the_breaker_with_a_longer_cooldown() -> None:
     hold = {"until": T0, "cooldown_s": 60}
-    assert protection.breaker(RULES, hold, streak=0, minutes={}, calls=[(T0 - timedelta(seconds=1), False)]) is None
-    closed = protection.breaker(RULES, hold, streak=0, minutes={}, calls=[(T0, True)])
+    early = T0 - timedelta(seconds=1)  # published before the cooldown ended: calls in flight
+    assert protection.breaker(RULES, hold, streak=0, minutes={}, outcomes=[False], received_at=early) is None
+    closed = protection.breaker(RULES, hold, streak=0, minutes={}, outcomes=[True], received_at=T0)
     assert closed is not None and closed.action == "close"
-    reopened = protection.breaker(RULES, hold, streak=1, minutes={}, calls=[(T0, True), (T0, False)])
+    reopened = protection.breaker(RULES, hold, streak=1, minutes={}, outcomes=[True, False], received_at=T0)
     assert reopened is not None and reopened.action == "open" and reopened.cooldown_s == 120
 
 
@@ -176,11 +178,11 @@ def agent(**kw: Any) -> AgentRecord:
 
 def test_a_budget_hold_suspends_once_and_lifting_it_reactivates() -> None:
     a = agent()
-    plan = holds.place(a, "budget", reason="over", at=T0, command_id="budget.abc12345", actor="system", until=T0)
+    plan = holds.place(a, "budget", reason="over", at=T0, key="budget.k1", actor="system", until=T0)
     assert plan.changes["status"] is State.SUSPENDED and plan.changes["status_hold"] == "budget"
     assert [c.command for c in plan.commands] == [CommandType.BUDGET_EXHAUSTED] and plan.commands[0].until == T0
     held = a.model_copy(update=plan.changes)
-    assert holds.place(held, "budget", reason="over", at=T0, command_id="budget.abc12345", actor="s").skipped
+    assert holds.place(held, "budget", reason="over", at=T0, key="budget.k1", actor="s").skipped
     assert holds.expired(held, T0) == ["budget"]
     lifted = holds.lift(held, "budget", reason="reset", at=T0, actor="system")
     assert lifted.changes["status"] is State.ACTIVE and lifted.changes["holds"] == {}
@@ -190,9 +192,7 @@ def test_a_budget_hold_suspends_once_and_lifting_it_reactivates() -> None:
 def test_lifting_one_of_two_budget_holds_keeps_the_agent_blocked() -> None:
     a = agent()
     for name in ("budget", "tenant_budget"):
-        a = a.model_copy(
-            update=holds.place(a, name, reason=name, at=T0, command_id=f"{name}.x1234567", actor="s").changes
-        )
+        a = a.model_copy(update=holds.place(a, name, reason=name, at=T0, key=f"{name}.k1", actor="s").changes)
     assert a.status is State.SUSPENDED
     plan = holds.lift(a, "budget", reason="raised", at=T0, actor="api")
     assert "status" not in plan.changes and plan.changes["status_hold"] == "tenant_budget"
@@ -202,13 +202,9 @@ def test_lifting_one_of_two_budget_holds_keeps_the_agent_blocked() -> None:
 def test_an_operator_pause_is_not_lifted_by_a_breaker_closing() -> None:
     a = agent()
     a = a.model_copy(
-        update=holds.place(
-            a, "pause", reason="p", at=T0, command_id="pause.x1234567", actor="u", cause=Cause.OPERATOR
-        ).changes
+        update=holds.place(a, "pause", reason="p", at=T0, key="pause.k1", actor="u", cause=Cause.OPERATOR).changes
     )
-    a = a.model_copy(
-        update=holds.place(a, "breaker", reason="b", at=T0, command_id="breaker.x1234567", actor="s").changes
-    )
+    a = a.model_copy(update=holds.place(a, "breaker", reason="b", at=T0, key="breaker.k1", actor="s").changes)
     plan = holds.lift(a, "breaker", reason="ok", at=T0, actor="s")
     assert "status" not in plan.changes and [c.command for c in plan.commands] == [CommandType.BREAKER_CLOSED]
 
@@ -225,3 +221,48 @@ def test_protection_overrides_mirror_every_threshold_with_its_bounds() -> None:
     assert set(defaults) == set(overrides)
     for name, info in defaults.items():
         assert info.metadata == overrides[name].metadata, name
+
+
+def test_a_hold_placed_again_after_a_lift_gets_a_new_command_id() -> None:
+    a = agent()
+    first = holds.place(a, "budget", reason="over", at=T0, key="daily_usd.2026-11-21", actor="s", until=T0)
+    a = a.model_copy(update=first.changes)
+    a = a.model_copy(update=holds.lift(a, "budget", reason="raised", at=T0, actor="api").changes)
+    again = holds.place(a, "budget", reason="over", at=T0, key="daily_usd.2026-11-21", actor="s", until=T0)
+    # The SDK applies a command id once: reusing the first id would leave the agent unblocked.
+    assert again.commands[0].command_id != first.commands[0].command_id
+
+
+def test_two_holds_sharing_a_command_block_for_the_longer_of_the_two() -> None:
+    a = agent()
+    month_end = T0 + timedelta(days=9)
+    a = a.model_copy(
+        update=holds.place(a, "tenant_budget", reason="t", at=T0, key="m", actor="s", until=month_end).changes
+    )
+    plan = holds.place(a, "budget", reason="a", at=T0, key="h", actor="s", until=T0 + timedelta(minutes=1))
+    assert plan.commands[0].until == month_end  # the SDK keeps one budget block: it must outlast both
+
+
+def test_an_operator_transition_ends_the_hold_that_imposed_the_status() -> None:
+    from shared.domain.agents import apply_transition
+
+    a = agent()
+    a = a.model_copy(update=holds.place(a, "budget", reason="b", at=T0, key="k", actor="s", until=T0).changes)
+    moved = apply_transition(
+        a, State.ACTIVE, cause=Cause.OPERATOR, actor="ann", reason="manual", at=T0, action_id="op-1"
+    )
+    assert moved.changes["status_hold"] is None
+
+
+def test_a_batch_is_bounded_in_operations_and_time_span() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    many_ops = [rec(i, op=f"op{i}") for i in range(51)]
+    with pytest.raises(ValidationError, match="distinct operations"):
+        CostBatch(agent_id="agent-1", batch_id="batch-0001", records=many_ops)
+    spread = [rec(1), rec(2, at=T0 + timedelta(hours=1, seconds=1))]
+    with pytest.raises(ValidationError, match="within"):
+        CostBatch(agent_id="agent-1", batch_id="batch-0001", records=spread)
+    with pytest.raises(ValidationError):
+        CostRecord.model_validate({**rec(1).model_dump(), "input_tokens": True})

@@ -645,7 +645,7 @@ def test_pause_then_resume(world: World) -> None:
     assert reply.json["holds"]["pause"]["reason"] == "runaway costs"
     [pause] = world.published
     assert pause.command is CommandType.PAUSE
-    assert pause.command_id == holds.command_id("pause", "agent-a1", REQUEST_ID)
+    assert pause.command_id == holds.command_id("pause", "agent-a1", f"api.{REQUEST_ID}", "0")
     assert world.agents["agent-a1"].holds["pause"]["actor"] == "api:acme-oncall"
     assert world.audit[-1].action == "agent.hold.pause" and world.audit[-1].actor == "api:acme-oncall"
 

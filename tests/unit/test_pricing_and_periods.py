@@ -48,6 +48,16 @@ def test_table_price_by_longest_prefix_and_tenant_override() -> None:
     assert price(record(), TABLE, tenant="acme").nanos == 2_000_000 + 1_600_000
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-2024-08-06", "gpt-4o-20240806", "gpt-4o-latest", "gpt-4o@v2", "gpt-4o-002"])
+def test_dated_and_versioned_releases_take_the_models_price(model: str) -> None:
+    assert price(record(model=model), TABLE).nanos == 2_500_000 + 2_000_000
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-audio", "gpt-4orca", "gpt-4o-mini-tts"])
+def test_other_models_sharing_a_prefix_are_unpriced_not_mispriced(model: str) -> None:
+    assert price(record(model=model), TABLE).unpriced
+
+
 def test_tokens_without_price_or_cost_are_unpriced_not_free() -> None:
     priced = price(record(model="mystery-model"), TABLE)
     assert priced.unpriced and priced.nanos == 0

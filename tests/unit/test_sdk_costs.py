@@ -252,3 +252,24 @@ def test_records_are_stamped_with_the_recorder_clock(publisher: FakePublisher) -
     rec.close()
     (record,) = publisher.batches()[0].records
     assert record.at == T0
+
+
+def test_a_batch_never_names_more_operations_than_the_contract_allows() -> None:
+    from fleet_agent.contracts import MAX_BATCH_OPERATIONS, CostBatch, Envelope
+
+    sent: list[bytes] = []
+
+    class Capture:
+        def publish(self, topic: str, data: bytes, **attrs: str) -> Future[str]:
+            sent.append(data)
+            done: Future[str] = Future()
+            done.set_result("1")
+            return done
+
+    recorder = CostRecorder("agent-1", Capture(), "t", max_delay_s=60)
+    for i in range(MAX_BATCH_OPERATIONS + 5):
+        with recorder.call(f"op{i}", model="gpt-4o"):
+            pass
+    recorder.close()
+    batches = [CostBatch.model_validate(Envelope.model_validate_json(body).data) for body in sent]
+    assert [len(b.records) for b in batches] == [MAX_BATCH_OPERATIONS, 5]
