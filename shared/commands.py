@@ -13,7 +13,7 @@ from typing import Any
 
 from fleet_agent.contracts import Command, EventType
 
-from shared import logs, settings, topology
+from shared import logs, settings
 from shared.store import db
 
 log = logs.get_logger("commands")
@@ -49,6 +49,8 @@ def publish(commands: Iterable[Command]) -> list[str]:
     pending = []
     client = _client()
     if _topic is None:
+        from shared import topology
+
         _topic = client.topic_path(settings.get().project, topology.load().topic_for(EventType.COMMAND.value).name)
     topic = _topic
     for command in commands:

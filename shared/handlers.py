@@ -15,7 +15,7 @@ from typing import Any
 
 from fleet_agent.contracts import EventType
 
-from shared import commands, logs, settings
+from shared import logs, settings
 from shared.domain import agents as agent_domain
 from shared.domain import holds
 from shared.domain.agents import AgentRecord, Plan
@@ -107,6 +107,8 @@ def process_registration(decoded: Decoded) -> Plan:
         ),
     )
     if plan.commands:  # the agent's holds, re-sent to a restarted agent
+        from shared import commands  # the Pub/Sub client: only for the few events that publish
+
         commands.publish(plan.commands)
     return plan
 
