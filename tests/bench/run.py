@@ -280,6 +280,10 @@ def main() -> int:
     cached = throughput("cache", {})
     print("measuring throughput (agent cache off: many instances) ...", file=sys.stderr)
     uncached = throughput("nocache", {"FLEET_AGENT_CACHE_SIZE": "0"})
+    print("measuring cost events ...", file=sys.stderr)
+    from tests.bench import costs
+
+    cost_lines = costs.main(report=lambda line: None)
 
     lines = [
         f"Measured {started:%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, {os.cpu_count()} cores, "
@@ -312,6 +316,7 @@ def main() -> int:
         f"| first event after import (builds the Firestore client, one write), median of 3 | "
         f"{cold['first_event_ms']:.0f} ms |",
     ]
+    lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"
