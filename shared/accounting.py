@@ -420,16 +420,19 @@ def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:
     return plan
 
 
-#: How long after a hold an agent may still be sending calls (in-flight batches) before the server
-#: concludes it never heard the command and sends it again.
-RESEND_AFTER = timedelta(seconds=10)
+#: When the server last re-sent an agent's holds (per instance): at most once per FLEET_RESEND_AFTER_S.
 _resent: dict[str, float] = {}
 
 
 def _unheeded(agent: AgentRecord, received_at: datetime, now: datetime) -> list[Command]:
     """Commands of holds in force that the agent is calling through (a lost publish, a listener that
-    died): sent again, at most every RESEND_AFTER per agent and instance (the SDK applies an id once)."""
+    died): sent again, at most every FLEET_RESEND_AFTER_S per agent and instance (the SDK applies an id
+    once, so an agent that did hear it is not disturbed)."""
     import time
+
+    # How long after a hold an agent may still be sending calls (batches in flight) before the server
+    # concludes it never heard the command.
+    resend_after = timedelta(seconds=settings.get().resend_after_s)
 
     def unheeded(record: AgentRecord) -> list[Command]:
         out = []
@@ -437,14 +440,14 @@ def _unheeded(agent: AgentRecord, received_at: datetime, now: datetime) -> list[
             until = hold.get("until")
             if until is not None and holds.time_of(until) <= now:
                 continue  # lifted by itself: a budget reset, or a breaker's cooldown (half-open calls expected)
-            if received_at - holds.time_of(hold["issued_at"]) > RESEND_AFTER:
+            if received_at - holds.time_of(hold["issued_at"]) > resend_after:
                 out.append(holds.command_of(record.agent_id, hold))
         return out
 
     if not unheeded(agent):
         return []
     last = _resent.get(agent.agent_id, 0.0)
-    if time.monotonic() - last < RESEND_AFTER.total_seconds():
+    if time.monotonic() - last < resend_after.total_seconds():
         return []
     if len(_resent) > 10_000:
         _resent.clear()

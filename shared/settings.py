@@ -30,6 +30,8 @@ class Settings:
     config_cache_s: int
     #: Shards of each tenant's usage documents (each agent always writes the same one).
     tenant_shards: int
+    #: Seconds after a hold from which an agent still sending calls is told again (its command was lost).
+    resend_after_s: int
 
 
 @cache
@@ -44,6 +46,7 @@ def get() -> Settings:
         api_key_cache_s=_int("FLEET_API_KEY_CACHE_S", 30),
         config_cache_s=_int("FLEET_CONFIG_CACHE_S", 10),
         tenant_shards=_int("FLEET_TENANT_SHARDS", 8),
+        resend_after_s=_int("FLEET_RESEND_AFTER_S", 10),
     )
 
 

@@ -25,6 +25,7 @@ FUNCTION_ENV = {
     "FLEET_HISTORY_SLOTS": "3",
     "FLEET_API_KEY_CACHE_S": "0",
     "FLEET_CONFIG_CACHE_S": "1",
+    "FLEET_RESEND_AFTER_S": "2",
 }
 
 

@@ -245,3 +245,45 @@ def test_bad_cost_batches_are_rejected_with_a_reason_and_the_stream_goes_on(
 
 def _record_json(good: CostBatch) -> bytes:
     return good.records[0].model_dump_json().encode()
+
+
+def test_a_tenant_at_its_hard_limit_holds_every_agent_until_the_budget_is_raised(
+    stack, publisher, firestore, api, tenant, commands_seen
+) -> None:
+    spender, idle = f"sp-{uuid.uuid4().hex[:10]}", f"id-{uuid.uuid4().hex[:10]}"
+    for agent in (spender, idle):
+        register(publisher, firestore, agent, tenant=tenant)
+    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "0.10"}).status_code == 200
+    for i in range(3):  # $0.04 a batch: the third takes the tenant past $0.10
+        publish(publisher, batch(spender, [record(i * 10 + j, cost="0.01") for j in range(4)]))
+
+    def held(agent: str) -> bool:
+        return "tenant_budget" in ((agent_doc(firestore, agent) or {}).get("holds") or {})
+
+    wait_for(lambda: held(spender) and held(idle))  # the idle agent too: it shares the tenant's budget
+    for agent in (spender, idle):
+        assert (agent_doc(firestore, agent) or {})["status"] == "suspended"
+    wait_for(lambda: {c.agent_id for c in commands_seen if c.command.value == "budget_exhausted"} >= {spender, idle})
+    usage = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["day"]
+    assert Decimal(usage["spend_usd"]) == Decimal("0.12") and usage["remaining_usd"] == "0"
+
+    # Raising the tenant's budget lifts every agent's tenant hold at once.
+    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "10"}).status_code == 200
+    wait_for(lambda: not held(spender) and not held(idle))
+    wait_for(lambda: {c.agent_id for c in commands_seen if c.command.value == "budget_restored"} >= {spender, idle})
+    assert all((agent_doc(firestore, a) or {})["status"] == "active" for a in (spender, idle))
+
+
+def test_an_agent_that_keeps_calling_through_a_hold_is_told_again(
+    stack, publisher, firestore, api, agent_id, tenant, commands_seen
+) -> None:
+    import time
+
+    register(publisher, firestore, agent_id, tenant=tenant)
+    paused = api.send("POST", f"/v1/agents/{agent_id}/pause", {"reason": "investigating"})
+    assert paused.status_code == 200, paused.text
+    first = wait_for(lambda: [c for c in commands_seen if c.agent_id == agent_id and c.command.value == "pause"])
+    time.sleep(2.5)  # past FLEET_RESEND_AFTER_S (2 s in these tests): the agent should have stopped
+    publish(publisher, batch(agent_id, [record(1)]))  # ... but it is still calling: it never heard
+    again = wait_for(lambda: len(s := [c for c in commands_seen if c.agent_id == agent_id]) >= 2 and s)
+    assert [c.command_id for c in again] == [first[0].command_id] * 2  # the same command, the same id
