@@ -287,3 +287,46 @@ def test_an_agent_that_keeps_calling_through_a_hold_is_told_again(
     publish(publisher, batch(agent_id, [record(1)]))  # ... but it is still calling: it never heard
     again = wait_for(lambda: len(s := [c for c in commands_seen if c.agent_id == agent_id]) >= 2 and s)
     assert [c.command_id for c in again] == [first[0].command_id] * 2  # the same command, the same id
+
+
+def test_the_sdk_refuses_calls_once_the_fleet_stops_the_agent_at_its_hard_limit(stack, firestore, api, tenant) -> None:
+    """The whole loop with the real SDK: record calls, the hard limit is reached, the agent's own
+    CommandListener receives budget_exhausted, and its recorder refuses the next call."""
+    import time
+
+    from fleet_agent import CallRefused, FleetAgent
+    from fleet_agent.contracts import BudgetSpec
+
+    agent_id = f"sdk-{uuid.uuid4().hex[:10]}"
+    reg = registration_for(agent_id, tenant, BudgetSpec(hourly_usd=Decimal("0.50")))
+    with FleetAgent(reg, project=PROJECT) as agent:
+        agent.listen()  # before register(): a registration re-sends holds to a subscription that exists
+        agent.register()
+        wait_for(lambda: agent_doc(firestore, agent_id))
+        made, refused = 0, None
+        deadline = time.monotonic() + 60
+        while refused is None and time.monotonic() < deadline:
+            try:
+                with agent.costs.call("answer", model="gpt-4o") as call:
+                    call.tokens(100, 20)
+                    call.cost("0.01")  # 50 calls reach the limit
+                made += 1
+            except CallRefused as exc:
+                refused = exc
+            time.sleep(0.02)
+        assert refused is not None, f"the SDK never refused ({made} calls made)"
+        assert "budget_exhausted" in str(refused) and refused.until is not None
+        assert 50 <= made < 50 + 100  # stopped about two seconds past the limit at most: a batch, then the command
+        doc = wait_for(lambda: (d := agent_doc(firestore, agent_id)) and d.get("holds", {}).get("budget") and d)
+        assert doc["status"] == "suspended"
+        with pytest.raises(CallRefused), agent.costs.call("answer", model="gpt-4o"):
+            pytest.fail("the model must not be called while the agent is stopped")
+
+    def spent() -> Decimal:
+        return Decimal(api.get(f"/v1/agents/{agent_id}/usage").json()["periods"]["hour"]["spend_usd"])
+
+    wait_for(lambda: spent() == Decimal("0.01") * made)  # every call made was counted, once
+
+
+def registration_for(agent_id: str, tenant: str, budget: Any) -> Any:
+    return registration(agent_id, tenant=tenant, budget=budget)
