@@ -495,6 +495,36 @@ def _set_agent_budget(call: Call) -> AgentBudgetView:
     return _agent_budget_view(agent_store.get(record.agent_id) or record)
 
 
+def _delete_agent_budget(call: Call) -> AgentBudgetView:
+    """Remove the agent's budget: no limits, and a registration's budget no longer applies (the API's
+    choice wins, as for a budget set through it). A budget hold is lifted at once."""
+    now = _now()
+
+    def step(current: AgentRecord) -> Plan:
+        if current.budget is None and current.budget_source == "api":
+            return Plan(skipped="unchanged")
+        details = {"budget": None, "previous": current.budget, "previous_source": current.budget_source}
+        return Plan(
+            changes={"budget": None, "budget_source": "api"},
+            audit=[_audit(call, "agent.budget.delete", current.agent_id, current.tenant, details, now)],
+        )
+
+    _plan, record = _update_agent(call, step)
+    accounting.reconcile(record.agent_id, now=now, actor=_actor(call))
+    return _agent_budget_view(agent_store.get(record.agent_id) or record)
+
+
+def _delete_tenant_budget(call: Call) -> TenantBudgetView:
+    """Remove the tenant's budget; its agents' tenant holds are lifted at once."""
+    tenant = _visible_tenant(call)
+    previous = config.read_tenant(tenant)
+    details = {"budget": None, "previous": previous.budget, "previous_source": previous.budget_source}
+    entry = _audit(call, "tenant.budget.delete", f"tenant.{tenant}", tenant, details, _now())
+    _write_tenant(tenant, {"budget": None, "budget_source": "api"}, entry)
+    accounting.reconcile_tenant(tenant, now=_now(), actor=_actor(call))
+    return TenantBudgetView.model_validate({"tenant": tenant, "budget": None, "budget_source": "api"})
+
+
 def _get_tenant_budget(call: Call) -> TenantBudgetView:
     tenant = _visible_tenant(call)
     cfg = config.read_tenant(tenant)
@@ -849,6 +879,18 @@ ROUTES: tuple[Route, ...] = (
         request=BudgetUpdate,
     ),
     Route(
+        "/v1/agents/<agent_id>/budget",
+        "delete_agent_budget",
+        "Remove an agent's budget (a registration's budget no longer applies); a budget hold is lifted at once.",
+        _delete_agent_budget,
+        AgentBudgetView,
+        role=Role.ADMIN,
+        params=(_AGENT_ID_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+        method="DELETE",
+    ),
+    Route(
         "/v1/agents/<agent_id>/protection",
         "get_agent_protection",
         "An agent's protection overrides and the thresholds in effect (defaults, tenant, agent).",
@@ -929,6 +971,18 @@ ROUTES: tuple[Route, ...] = (
         tags=("costs",),
         method="PUT",
         request=BudgetUpdate,
+    ),
+    Route(
+        "/v1/tenants/<tenant>/budget",
+        "delete_tenant_budget",
+        "Remove a tenant's budget; its agents' tenant holds are lifted at once.",
+        _delete_tenant_budget,
+        TenantBudgetView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("costs",),
+        method="DELETE",
     ),
     Route(
         "/v1/tenants/<tenant>/protection",

@@ -381,6 +381,18 @@ def test_lowering_the_budget_places_the_hold_and_shows_it(world: World) -> None:
     assert [c.command for c in world.published] == [CommandType.BUDGET_EXHAUSTED]
 
 
+def test_deleting_the_budget_lifts_the_hold_and_keeps_the_registrations_away(world: World) -> None:
+    world.usage["agent-a1"] = {Period.HOUR: spent(3), Period.DAY: spent(3), Period.MONTH: spent(3)}
+    assert send("/v1/agents/agent-a1/budget", method="PUT", body={"hourly_usd": "1"}, who="acme-admin").status == 200
+    reply = send("/v1/agents/agent-a1/budget", method="DELETE", who="acme-admin")
+    assert reply.status == 200, reply.text
+    assert reply.json["budget"] is None and reply.json["budget_source"] == "api" and reply.json["holds"] == {}
+    assert world.agents["agent-a1"].status is State.ACTIVE
+    assert [c.command for c in world.published] == [CommandType.BUDGET_EXHAUSTED, CommandType.BUDGET_RESTORED]
+    assert "agent.budget.delete" in [e.action for e in world.audit]
+    assert_error(send("/v1/agents/agent-a1/budget", method="DELETE", who="acme-viewer"), 403, "forbidden")
+
+
 @pytest.mark.parametrize(
     ("body", "where"),
     [
@@ -758,15 +770,15 @@ def test_wrong_methods_name_the_allowed_ones(world: World) -> None:
     reply = send("/v1/agents/agent-a1/pause")
     assert_error(reply, 405, "method_not_allowed")
     assert reply.headers["Allow"] == "POST"
-    reply = send("/v1/agents/agent-a1/budget", method="DELETE")
+    reply = send("/v1/agents/agent-a1/budget", method="POST")
     assert_error(reply, 405, "method_not_allowed")
-    assert set(reply.headers["Allow"].split(", ")) == {"GET", "HEAD", "PUT"}
+    assert set(reply.headers["Allow"].split(", ")) == {"DELETE", "GET", "HEAD", "PUT"}
 
 
 def test_openapi_documents_the_cost_routes_with_their_bodies(world: World) -> None:
     spec = http_api.openapi_document()
     paths = spec["paths"]
-    assert set(paths["/v1/agents/{agent_id}/budget"]) == {"get", "put"}
+    assert set(paths["/v1/agents/{agent_id}/budget"]) == {"get", "put", "delete"}
     assert set(paths["/v1/tenants/{tenant}/protection"]) == {"get", "put"}
     assert set(paths["/v1/agents/{agent_id}/pause"]) == {"post"}
     assert set(paths["/v1/prices/{model}"]) == {"put"}
