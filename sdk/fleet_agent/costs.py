@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -57,12 +57,17 @@ class CallRefused(RuntimeError):
     only lifts by a command (``resume``, ``release``, ...): callers can schedule a retry with it.
     """
 
-    def __init__(self, agent_id: str, blocks: dict[CommandType, Command]) -> None:
+    def __init__(
+        self, agent_id: str, blocks: dict[CommandType, Command], *, note: str = "", until: datetime | None = None
+    ) -> None:
         self.agent_id = agent_id
         self.blocks = dict(blocks)
         untils = [cmd.until for cmd in blocks.values()]
-        self.until: datetime | None = max(u for u in untils if u is not None) if untils and None not in untils else None
-        super().__init__(f"agent {agent_id} may not call its model now ({'; '.join(map(_describe, blocks.values()))})")
+        self.until: datetime | None = until or (
+            max(u for u in untils if u is not None) if untils and None not in untils else None
+        )
+        described = note or "; ".join(map(_describe, blocks.values()))
+        super().__init__(f"agent {agent_id} may not call its model now ({described})")
 
 
 def _describe(command: Command) -> str:
@@ -114,9 +119,17 @@ class CostRecorder:
         max_records: int = MAX_BATCH_RECORDS,
         max_delay_s: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
+        half_open_calls: int = 3,
     ) -> None:
-        """``clock`` (aware UTC now) is compared with the commands' ``until``; injectable for tests."""
+        """``clock`` (aware UTC now) is compared with the commands' ``until``; injectable for tests.
+
+        ``half_open_calls``: trial calls let through once a breaker's cooldown has ended; further calls
+        wait for the fleet's verdict (``breaker_closed``, or ``breaker_open`` again). If none comes
+        within another cooldown, a new set of trials is allowed.
+        """
         self.agent_id = agent_id
+        self._half_open_calls = max(1, half_open_calls)
+        self._trials: tuple[int, int] = (-1, 0)  # (trial window, calls let through in it)
         self._clock = clock
         self._publisher = publisher
         self._topic = topic_path
@@ -155,6 +168,8 @@ class CostRecorder:
                 block = self._blocks.get(blocking)
                 if command.command is lifting and block is not None and block.issued_at <= command.issued_at:
                     del self._blocks[blocking]
+            if command.command in (CommandType.BREAKER_OPEN, CommandType.BREAKER_CLOSED):
+                self._trials = (-1, 0)  # a new cooldown, or none: trials start afresh
         return True
 
     @property
@@ -177,12 +192,37 @@ class CostRecorder:
         return breaker is not None and _lapsed(breaker, now)
 
     def check(self) -> None:
-        """Raise :class:`CallRefused` while any blocking command is in force (see :attr:`blocked`)."""
+        """Raise :class:`CallRefused` while any blocking command is in force (see :attr:`blocked`), and
+        past the trial calls of a half-open breaker."""
         if not self._blocks:  # the common case, on every call: no clock, no lock (a dict's truth is atomic)
             return
         blocks = self.blocked
         if blocks:
             raise CallRefused(self.agent_id, blocks)
+        self._trial()
+
+    def _trial(self) -> None:
+        """A half-open breaker lets ``half_open_calls`` through per cooldown-long window after its end."""
+        now = self._clock()
+        with self._lock:
+            breaker = self._blocks.get(CommandType.BREAKER_OPEN)
+            if breaker is None or breaker.until is None or not _lapsed(breaker, now):
+                return
+            cooldown = max((breaker.until - breaker.issued_at).total_seconds(), 1.0)
+            window = int((now - breaker.until).total_seconds() // cooldown)
+            current, used = self._trials
+            if window != current:
+                current, used = window, 0
+            if used >= self._half_open_calls:
+                retry_at = breaker.until + timedelta(seconds=cooldown * (window + 1))
+                raise CallRefused(
+                    self.agent_id,
+                    {CommandType.BREAKER_OPEN: breaker},
+                    note=f"breaker half-open: {used} trial calls made, waiting for the fleet's verdict "
+                    f"(more trials from {retry_at.astimezone(UTC).isoformat(timespec='seconds')})",
+                    until=retry_at,
+                )
+            self._trials = (current, used + 1)
 
     # -- recording -------------------------------------------------------------------------------
 

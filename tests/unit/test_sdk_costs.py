@@ -273,3 +273,21 @@ def test_a_batch_never_names_more_operations_than_the_contract_allows() -> None:
     recorder.close()
     batches = [CostBatch.model_validate(Envelope.model_validate_json(body).data) for body in sent]
     assert [len(b.records) for b in batches] == [MAX_BATCH_OPERATIONS, 5]
+
+
+def test_a_half_open_breaker_lets_a_few_trial_calls_through_then_waits_for_the_verdict(
+    publisher: FakePublisher,
+) -> None:
+    clock = Clock(T0)
+    rec = recorder(publisher, max_delay_s=60, clock=clock, half_open_calls=3)
+    rec.apply(command(CommandType.BREAKER_OPEN, T0, cid="breaker-open-1", until=T0 + timedelta(seconds=30)))
+    clock.now = T0 + timedelta(seconds=31)
+    assert [allowed(rec) for _ in range(4)] == [True, True, True, False]
+    with pytest.raises(CallRefused, match="breaker half-open: 3 trial calls made") as refused:
+        rec.check()
+    assert refused.value.until == T0 + timedelta(seconds=60)  # a new set of trials after another cooldown
+    clock.now = T0 + timedelta(seconds=61)  # no verdict came (lost?): trials again rather than stuck
+    assert [allowed(rec) for _ in range(4)] == [True, True, True, False]
+    rec.apply(command(CommandType.BREAKER_CLOSED, clock.now))
+    assert all(allowed(rec) for _ in range(10))
+    rec.close()
