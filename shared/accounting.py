@@ -194,7 +194,7 @@ def decide(
         agent.holds.get("breaker"),
         streak=applied.streak,
         minutes=minutes,
-        outcomes=[ok for _, ok in tally.calls_by_time],
+        outcomes=tally.outcomes,
         received_at=received_at,
     )
     if change is not None:
@@ -216,7 +216,7 @@ def decide(
     for hour, per_minute in applied.minutes.items():
         reason = protection.runaway(
             rules,
-            minutes={f"{mm}": counts for mm, counts in per_minute.items()},
+            minutes=per_minute,
             op_minutes=applied.op_minutes.get(hour, {}),
             op_hour=applied.op_hour.get(hour, {}),
         )

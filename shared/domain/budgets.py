@@ -152,14 +152,3 @@ def remaining(spec: BudgetSpec | None, period: Period, metric: str, used: int) -
         if limit.period is period and limit.metric == metric and limit.hard is not None:
             return limit.hard, max(0, limit.hard - used)
     return None, None
-
-
-def exhausted(spec: BudgetSpec | None, period_totals: dict[Period, Totals]) -> list[Limit]:
-    """Hard limits the current periods' totals have reached."""
-    return [
-        limit
-        for limit in limits(spec)
-        if limit.hard is not None
-        and limit.period in period_totals
-        and period_totals[limit.period].get(limit.metric) >= limit.hard
-    ]

@@ -49,9 +49,6 @@ class Totals:
         self.failures += other.failures
         self.unpriced += other.unpriced
 
-    def minus(self, other: Totals) -> Totals:
-        return Totals(**{name: getattr(self, name) - getattr(other, name) for name in self.names()})
-
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.names()}
 
@@ -105,9 +102,8 @@ class Tally:
     all_failed: bool = False
     unpriced_models: set[str] = field(default_factory=set)
     sources: dict[str, int] = field(default_factory=dict)
-    #: When the newest call of the batch happened, and its failures after a given time (half-open trials).
-    last_at: datetime | None = None
-    calls_by_time: list[tuple[datetime, bool]] = field(default_factory=list)
+    #: Each call's success, in call order (a half-open breaker's trial calls).
+    outcomes: list[bool] = field(default_factory=list)
 
     @property
     def total(self) -> Totals:
@@ -115,14 +111,6 @@ class Tally:
         for month in self.months.values():
             out.add(month["m"])
         return out
-
-    def window_delta(self, period: Period, win: Window) -> Totals:
-        month_key = window(Period.MONTH, win.starts_at).key
-        return self.months.get(month_key, {}).get(month_field(period, win), Totals())
-
-
-def hour_key(at: datetime) -> str:
-    return window(Period.HOUR, at).key
 
 
 _ZERO = timedelta(0)
@@ -182,7 +170,7 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
         counts.failures += failed
         op_key = (hour_start, at.minute, record.operation)
         op_counts[op_key] = op_counts.get(op_key, 0) + 1
-        out.calls_by_time.append((record.at, record.success))
+        out.outcomes.append(record.success)
     for (hour_start, minute_no), counts in minute_counts.items():
         out.minutes.setdefault(hour_keys[hour_start], {})[_MINUTES[minute_no]] = counts
     for (hour_start, minute_no, op), count in op_counts.items():
@@ -211,5 +199,4 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
     out.all_failed = trailing == len(ordered)
     out.months = months
     out.sources = dict(sources)
-    out.last_at = ordered[-1].at
     return out
