@@ -478,7 +478,17 @@ def _get_agent_budget(call: Call) -> AgentBudgetView:
 def _set_agent_budget(call: Call) -> AgentBudgetView:
     """Replace the agent's budget (it wins over the registration's), then re-evaluate its budget hold at
     once: a raised budget lifts it, a lowered one places it."""
-    stored = budgets.store(_body(call, BudgetUpdate))
+    return _replace_agent_budget(call, budgets.store(_body(call, BudgetUpdate)), "agent.budget.set")
+
+
+def _delete_agent_budget(call: Call) -> AgentBudgetView:
+    """Remove the agent's budget: no limits, and a registration's budget no longer applies (the API's
+    choice wins, as for a budget set through it). A budget hold is lifted at once."""
+    return _replace_agent_budget(call, None, "agent.budget.delete")
+
+
+def _replace_agent_budget(call: Call, stored: dict[str, Any] | None, action: str) -> AgentBudgetView:
+    """Record the API's budget choice (None: no budget), audited, then bring the budget hold in line."""
     now = _now()
 
     def step(current: AgentRecord) -> Plan:
@@ -487,42 +497,12 @@ def _set_agent_budget(call: Call) -> AgentBudgetView:
         details = {"budget": stored, "previous": current.budget, "previous_source": current.budget_source}
         return Plan(
             changes={"budget": stored, "budget_source": "api"},
-            audit=[_audit(call, "agent.budget.set", current.agent_id, current.tenant, details, now)],
+            audit=[_audit(call, action, current.agent_id, current.tenant, details, now)],
         )
 
     _plan, record = _update_agent(call, step)
     accounting.reconcile(record.agent_id, now=now, actor=_actor(call))
     return _agent_budget_view(agent_store.get(record.agent_id) or record)
-
-
-def _delete_agent_budget(call: Call) -> AgentBudgetView:
-    """Remove the agent's budget: no limits, and a registration's budget no longer applies (the API's
-    choice wins, as for a budget set through it). A budget hold is lifted at once."""
-    now = _now()
-
-    def step(current: AgentRecord) -> Plan:
-        if current.budget is None and current.budget_source == "api":
-            return Plan(skipped="unchanged")
-        details = {"budget": None, "previous": current.budget, "previous_source": current.budget_source}
-        return Plan(
-            changes={"budget": None, "budget_source": "api"},
-            audit=[_audit(call, "agent.budget.delete", current.agent_id, current.tenant, details, now)],
-        )
-
-    _plan, record = _update_agent(call, step)
-    accounting.reconcile(record.agent_id, now=now, actor=_actor(call))
-    return _agent_budget_view(agent_store.get(record.agent_id) or record)
-
-
-def _delete_tenant_budget(call: Call) -> TenantBudgetView:
-    """Remove the tenant's budget; its agents' tenant holds are lifted at once."""
-    tenant = _visible_tenant(call)
-    previous = config.read_tenant(tenant)
-    details = {"budget": None, "previous": previous.budget, "previous_source": previous.budget_source}
-    entry = _audit(call, "tenant.budget.delete", f"tenant.{tenant}", tenant, details, _now())
-    _write_tenant(tenant, {"budget": None, "budget_source": "api"}, entry)
-    accounting.reconcile_tenant(tenant, now=_now(), actor=_actor(call))
-    return TenantBudgetView.model_validate({"tenant": tenant, "budget": None, "budget_source": "api"})
 
 
 def _get_tenant_budget(call: Call) -> TenantBudgetView:
@@ -533,10 +513,20 @@ def _get_tenant_budget(call: Call) -> TenantBudgetView:
 
 def _set_tenant_budget(call: Call) -> TenantBudgetView:
     tenant = _visible_tenant(call)
-    stored = budgets.store(_body(call, BudgetUpdate))
+    return _replace_tenant_budget(call, tenant, budgets.store(_body(call, BudgetUpdate)), "tenant.budget.set")
+
+
+def _delete_tenant_budget(call: Call) -> TenantBudgetView:
+    """Remove the tenant's budget; its agents' tenant holds are lifted at once."""
+    return _replace_tenant_budget(call, _visible_tenant(call), None, "tenant.budget.delete")
+
+
+def _replace_tenant_budget(call: Call, tenant: str, stored: dict[str, Any] | None, action: str) -> TenantBudgetView:
+    """Record the tenant's budget (None: none), audited in the same commit, then bring every agent's
+    tenant hold in line."""
     previous = config.read_tenant(tenant)
     details = {"budget": stored, "previous": previous.budget, "previous_source": previous.budget_source}
-    entry = _audit(call, "tenant.budget.set", f"tenant.{tenant}", tenant, details, _now())
+    entry = _audit(call, action, f"tenant.{tenant}", tenant, details, _now())
     _write_tenant(tenant, {"budget": stored, "budget_source": "api"}, entry)
     accounting.reconcile_tenant(tenant, now=_now(), actor=_actor(call))
     return TenantBudgetView.model_validate({"tenant": tenant, "budget": stored, "budget_source": "api"})
