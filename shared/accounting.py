@@ -458,13 +458,19 @@ def _unheeded(agent: AgentRecord, received_at: datetime, now: datetime) -> list[
 
 def _hold_tenant(tenant: str, step: Step, *, except_agent: str) -> list[Command]:
     """The tenant's hard limit was reached: hold every other agent of the tenant too."""
+    return _apply_to_tenant(tenant, step, lambda agent: agent.agent_id != except_agent)
+
+
+def _apply_to_tenant(tenant: str, step: Step, wanted: Callable[[AgentRecord], bool]) -> list[Command]:
+    """Apply ``step`` to each live agent of the tenant that ``wanted`` picks, page by page; returns the
+    commands to send."""
     sent: list[Command] = []
     after: str | None = None
     while True:
         page, after = agent_store.list_agents(tenant=tenant, status=None, page_size=200, after=after)
-        for other in page:
-            if other.agent_id != except_agent and other.status is not State.DECOMMISSIONED:
-                sent += agent_store.update(other.agent_id, combine([step])).commands
+        for agent in page:
+            if agent.status is not State.DECOMMISSIONED and wanted(agent):
+                sent += agent_store.update(agent.agent_id, combine([step])).commands
         if after is None:
             return sent
 
@@ -518,18 +524,7 @@ def reconcile_tenant(tenant: str, *, now: datetime, actor: str) -> list[Command]
         if exhausted is not None
         else _lift_step("tenant_budget", "tenant budget no longer exhausted (raised or reset)", now, actor)
     )
-    sent: list[Command] = []
-    after: str | None = None
-    while True:
-        page, after = agent_store.list_agents(tenant=tenant, status=None, page_size=200, after=after)
-        for agent in page:
-            if agent.status is State.DECOMMISSIONED:
-                continue
-            if exhausted is None and "tenant_budget" not in agent.holds:
-                continue
-            sent += agent_store.update(agent.agent_id, combine([step])).commands
-        if after is None:
-            break
+    sent = _apply_to_tenant(tenant, step, lambda agent: exhausted is not None or "tenant_budget" in agent.holds)
     if sent:
         commands.publish(sent)
     return sent

@@ -260,18 +260,22 @@ def _shard_refs(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) 
     return [_ref(tenant_shard_id(tenant, month, s)) for s in range(shards) if s not in skipped]
 
 
+def _sum_shards(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) -> dict[str, Totals]:
+    """The tenant's month document, summed over its shards (one read per shard): field -> totals."""
+    docs = list(db.client().get_all(_shard_refs(tenant, month, shards, skip), **db.call_options()))
+    db.count(reads=len(docs))
+    sums: dict[str, Totals] = {}
+    for doc in docs:
+        for name, counters in (doc.to_dict() or {} if doc.exists else {}).items():
+            if isinstance(counters, dict) and (name == "m" or name[:1] in ("d", "h")):
+                sums.setdefault(name, Totals()).add(Totals.from_dict(counters))
+    return sums
+
+
 def tenant_periods(tenant: str, now: datetime, shards: int) -> dict[Period, tuple[Window, Totals]]:
     """The tenant's current hour, day and month: the sum of its shards (one read per shard)."""
-    month = window(Period.MONTH, now).key
-    docs = list(db.client().get_all(_shard_refs(tenant, month, shards), **db.call_options()))
-    db.count(reads=len(docs))
-    out = {period: (win, Totals()) for period, win in windows(now).items()}
-    for doc in docs:
-        if not doc.exists:
-            continue
-        for period, (_win, totals) in _period_totals(doc.to_dict() or {}, now).items():
-            out[period][1].add(totals)
-    return out
+    sums = _sum_shards(tenant, window(Period.MONTH, now).key, shards)
+    return {period: (win, sums.get(month_field(period, win), Totals())) for period, win in windows(now).items()}
 
 
 class _OtherShards:
@@ -289,13 +293,7 @@ class _OtherShards:
             cached = self._items.get(key)
         if cached is not None and time.monotonic() - cached[0] < max_age_s:
             return cached[1]
-        docs = list(db.client().get_all(_shard_refs(tenant, month, shards, skip=[shard]), **db.call_options()))
-        db.count(reads=len(docs))
-        sums: dict[str, Totals] = {}
-        for doc in docs:
-            for name, counters in (doc.to_dict() or {} if doc.exists else {}).items():
-                if isinstance(counters, dict) and (name == "m" or name[:1] in ("d", "h")):
-                    sums.setdefault(name, Totals()).add(Totals.from_dict(counters))
+        sums = _sum_shards(tenant, month, shards, skip=[shard])
         with self._lock:
             self._items[key] = (time.monotonic(), sums)
         return sums
