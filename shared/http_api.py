@@ -352,7 +352,7 @@ def _body(call: Call, model: type[M]) -> M:
 
 def _doc_id(*parts: str) -> str:
     """An audit id from its parts (model names may contain ``/``, which Firestore ids cannot)."""
-    return ".".join(parts).replace("%", "%25").replace("/", "%2F")[:1400]
+    return db.doc_id(".".join(parts), limit=1400)
 
 
 def _audit(

@@ -35,11 +35,6 @@ class Alert:
     window: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def doc_id(self) -> str:
-        """Firestore ids cannot contain ``/`` (model names may)."""
-        return self.id.replace("%", "%25").replace("/", "%2F")[:1500]
-
     def as_doc(self) -> dict[str, Any]:
         return {
             "id": self.id,

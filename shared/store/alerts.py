@@ -17,11 +17,12 @@ def raise_once(alert: Alert) -> bool:
     """True when this call raised the alert; False when it had been raised already (anywhere)."""
     from google.api_core import exceptions
 
+    doc_id = db.doc_id(alert.id)
     with _lock:
-        if alert.doc_id in _raised:
+        if doc_id in _raised:
             return False
     try:
-        db.client().collection(ALERTS).document(alert.doc_id).create(alert.as_doc(), **db.call_options())
+        db.client().collection(ALERTS).document(doc_id).create(alert.as_doc(), **db.call_options())
         db.count(writes=1)
         raised = True
     except exceptions.AlreadyExists:
@@ -30,7 +31,7 @@ def raise_once(alert: Alert) -> bool:
     with _lock:
         if len(_raised) > 100_000:
             _raised.clear()
-        _raised.add(alert.doc_id)
+        _raised.add(doc_id)
     return raised
 
 

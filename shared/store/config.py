@@ -143,7 +143,8 @@ def table_for(tenant_config: TenantConfig) -> PriceTable:
 
 
 def set_price(model: str, price: Price) -> None:
-    doc_id = model.replace("%", "%25").replace("/", "%2F")
-    db.client().collection(PRICES).document(doc_id).set({"model": model, **price_doc(price)}, **db.call_options())
+    db.client().collection(PRICES).document(db.doc_id(model)).set(
+        {"model": model, **price_doc(price)}, **db.call_options()
+    )
     db.count(writes=1)
     cache.drop("prices")

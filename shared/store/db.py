@@ -124,6 +124,12 @@ def call_options() -> dict[str, Any]:
 CALL_TIMEOUT_S = 5.0
 
 
+def doc_id(key: str, limit: int = 1500) -> str:
+    """A key as a Firestore document id: ``/`` (which model names may hold) escaped, like ``%`` so the
+    escape stays unambiguous; cut to ``limit`` bytes' worth of ASCII (ids may be 1,500 bytes)."""
+    return key.replace("%", "%25").replace("/", "%2F")[:limit]
+
+
 def get(ref: Any) -> Any:
     count(reads=1)
     return ref.get(**call_options())

@@ -17,15 +17,11 @@ _known: set[str] = set()
 _lock = threading.Lock()
 
 
-def _doc_id(key: str) -> str:
-    return key.replace("%", "%25").replace("/", "%2F")[:1500]
-
-
 def seen(key: str) -> bool:
     with _lock:
         if key in _known:
             return True
-    found = bool(db.get(db.client().collection(MARKERS).document(_doc_id(key))).exists)
+    found = bool(db.get(db.client().collection(MARKERS).document(db.doc_id(key))).exists)
     if found:
         with _lock:
             _known.add(key)
@@ -34,7 +30,7 @@ def seen(key: str) -> bool:
 
 def mark(key: str) -> None:
     now = datetime.now(UTC)
-    db.client().collection(MARKERS).document(_doc_id(key)).set(
+    db.client().collection(MARKERS).document(db.doc_id(key)).set(
         {"key": key, "at": now, "expire_at": now + RETENTION}, **db.call_options()
     )
     db.count(writes=1)
