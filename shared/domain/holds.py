@@ -50,9 +50,9 @@ def command_of(agent_id: str, hold: dict[str, Any]) -> Command:
         agent_id=agent_id,
         command=CommandType(hold["command"]),
         reason=hold.get("reason") or "",
-        issued_at=_time(hold["issued_at"]),
+        issued_at=time_of(hold["issued_at"]),
         command_id=hold["command_id"],
-        until=_time(hold["until"]) if hold.get("until") else None,
+        until=time_of(hold["until"]) if hold.get("until") else None,
     )
 
 
@@ -61,15 +61,11 @@ def _latest(until: datetime | None, others: list[Any]) -> datetime | None:
     budget), the block must last as long as the longer of them (None: until lifted)."""
     if until is None or any(other is None for other in others):
         return None
-    return max([until, *(_time(other) for other in others)])
+    return max([until, *(time_of(other) for other in others)])
 
 
 def time_of(value: Any) -> datetime:
     """A stored time (a datetime from Firestore, or ISO text) as a datetime."""
-    return _time(value)
-
-
-def _time(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
@@ -170,7 +166,7 @@ def expired(current: AgentRecord, now: datetime) -> list[str]:
     return [
         name
         for name, hold in current.holds.items()
-        if name in ("budget", "tenant_budget") and hold.get("until") is not None and _time(hold["until"]) <= now
+        if name in ("budget", "tenant_budget") and hold.get("until") is not None and time_of(hold["until"]) <= now
     ]
 
 
