@@ -20,7 +20,17 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = "1"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -243,6 +253,9 @@ class CostRecord(_Strict):
     success: bool
     latency_ms: float = Field(ge=0, le=86_400_000)
     operation: Label
+    #: The SDK saw the same request (same request key) from this process within the last hour: a
+    #: cache could have served it.
+    repeat: bool = Field(default=False, strict=True)
 
 
 class CostBatch(_Strict):
@@ -251,6 +264,17 @@ class CostBatch(_Strict):
     agent_id: AgentId
     batch_id: CallId
     records: list[CostRecord] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+
+    @model_serializer(mode="wrap")
+    def _omit_false_repeat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A record's ``repeat`` is sent only when True: batch bodies stay as small as before, and a
+        server that predates the field (it forbids unknown fields) still accepts them. One pass per
+        batch, not a serializer call per record."""
+        data: dict[str, Any] = handler(self)
+        for record in data.get("records", ()):
+            if record.get("repeat") is False:
+                del record["repeat"]
+        return data
 
     @model_validator(mode="after")
     def _unique_call_ids(self) -> CostBatch:

@@ -16,15 +16,23 @@ A command's ``until`` makes a block lift by itself, without waiting for the lift
 when its cooldown ends (trial calls go through; the server answers with ``breaker_closed`` when
 they succeed, or with a new ``breaker_open``). ``until`` is the server's clock read against the
 agent's, so a skewed agent clock moves the moment by the skew.
+
+A call may name its request (``request_key``: the prompt, or any stable key of the request). The
+recorder keeps only a sha256 of it, in a bounded memory (the last ``REPEAT_MEMORY`` keys, each for
+``REPEAT_WINDOW``): a call whose key a successful call of this recorder had within the last hour is
+recorded with ``repeat=True``, a call a response cache could have served. The key itself is never
+kept nor sent.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -48,6 +56,12 @@ from fleet_agent.pending import PendingPublishes
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: How long a request key is remembered, and how many keys (an LRU) a recorder remembers at most.
+REPEAT_WINDOW = timedelta(hours=1)
+REPEAT_MEMORY = 4096
+
+RequestKey = str | bytes
 
 
 class CallRefused(RuntimeError):
@@ -99,12 +113,51 @@ class Call:
     cost_usd: Decimal | None = None
     success: bool = True
     started: float = field(default_factory=time.monotonic)
+    #: The request's key (prompt, or any stable key of it); only its hash is remembered, never sent.
+    request_key: RequestKey | None = field(default=None, repr=False)
 
     def tokens(self, input_tokens: int, output_tokens: int) -> None:
         self.input_tokens, self.output_tokens = input_tokens, output_tokens
 
     def cost(self, usd: Decimal | float | str) -> None:
         self.cost_usd = Decimal(str(usd))
+
+
+class _RecentRequests:
+    """The sha256 digests of recent request keys with when each was last seen: an LRU of at most
+    ``size`` digests, each forgotten after ``window_s`` seconds. Thread-safe."""
+
+    def __init__(self, size: int, window_s: float) -> None:
+        self._size = max(1, size)
+        self._window_s = window_s
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def digest(key: RequestKey) -> bytes:
+        return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
+
+    def check(self, digest: bytes, now: float, *, remember: bool) -> bool:
+        """Whether ``digest`` was remembered within the window; ``remember`` (re)stamps it with ``now``."""
+        with self._lock:
+            seen = self._seen.get(digest)
+            repeat = seen is not None and now - seen < self._window_s
+            if remember:
+                self._seen[digest] = now
+                self._seen.move_to_end(digest)
+                while len(self._seen) > self._size:
+                    self._seen.popitem(last=False)
+                # Least recently stamped first: drop the expired ones from the front (amortized O(1)).
+                while self._seen:
+                    oldest, at = next(iter(self._seen.items()))
+                    if now - at < self._window_s:
+                        break
+                    del self._seen[oldest]
+            return repeat
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
 
 
 class CostRecorder:
@@ -120,12 +173,17 @@ class CostRecorder:
         max_delay_s: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
         half_open_calls: int = 3,
+        repeat_memory: int = REPEAT_MEMORY,
+        repeat_window: timedelta = REPEAT_WINDOW,
     ) -> None:
         """``clock`` (aware UTC now) is compared with the commands' ``until``; injectable for tests.
 
         ``half_open_calls``: trial calls let through once a breaker's cooldown has ended; further calls
         wait for the fleet's verdict (``breaker_closed``, or ``breaker_open`` again). If none comes
         within another cooldown, a new set of trials is allowed.
+
+        ``repeat_memory``, ``repeat_window``: how many request-key hashes are remembered (LRU) and for
+        how long, to flag repeated requests (``CostRecord.repeat``).
         """
         self.agent_id = agent_id
         self._half_open_calls = max(1, half_open_calls)
@@ -145,6 +203,7 @@ class CostRecorder:
         self._pending = PendingPublishes()
         self._blocks: dict[CommandType, Command] = {}
         self._seen_commands: set[str] = set()
+        self._recent = _RecentRequests(repeat_memory, repeat_window.total_seconds())
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._flush_on_time, name=f"fleet-costs-{agent_id}", daemon=True)
@@ -227,10 +286,13 @@ class CostRecorder:
     # -- recording -------------------------------------------------------------------------------
 
     @contextmanager
-    def call(self, operation: str, *, model: str) -> Iterator[Call]:
-        """Around one model call: refuses it while blocked, then records it (failed if it raised)."""
+    def call(self, operation: str, *, model: str, request_key: RequestKey | None = None) -> Iterator[Call]:
+        """Around one model call: refuses it while blocked, then records it (failed if it raised).
+
+        ``request_key`` (or ``call.request_key`` set inside the block) flags repeated requests.
+        """
         self.check()
-        call = Call(operation=operation, model=model)
+        call = Call(operation=operation, model=model, request_key=request_key)
         try:
             yield call
         except BaseException:
@@ -240,14 +302,21 @@ class CostRecorder:
             self.record(call)
 
     def track(
-        self, operation: str, *, model: str, usage: Callable[[Any], tuple[int, int]] | None = None
+        self,
+        operation: str,
+        *,
+        model: str,
+        usage: Callable[[Any], tuple[int, int]] | None = None,
+        request_key: Callable[..., RequestKey | None] | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Decorator form of :meth:`call`; ``usage(result)`` returns (input_tokens, output_tokens)."""
+        """Decorator form of :meth:`call`; ``usage(result)`` returns (input_tokens, output_tokens), and
+        ``request_key(*args, **kwargs)`` (called with the function's arguments) the request's key."""
 
         def wrap(fn: Callable[P, R]) -> Callable[P, R]:
             @functools.wraps(fn)
             def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-                with self.call(operation, model=model) as call:
+                key = request_key(*args, **kwargs) if request_key is not None else None
+                with self.call(operation, model=model, request_key=key) as call:
                     result = fn(*args, **kwargs)
                     if usage is not None:
                         call.tokens(*usage(result))
@@ -262,11 +331,19 @@ class CostRecorder:
         several times cheaper than a UUID per call."""
         return f"{self._call_prefix}{next(self._calls):x}"
 
-    def record(self, call: Call) -> None:
+    def record(self, call: Call, *, request_key: RequestKey | None = None) -> None:
+        """Buffer one call's record. ``request_key`` (default ``call.request_key``): the record is a
+        ``repeat`` when a successful call with the same key was recorded within ``repeat_window``; only
+        successful calls are remembered (a cache holds answers, not errors)."""
+        at = self._clock()
+        key = request_key if request_key is not None else call.request_key
+        repeat = False
+        if key is not None:
+            repeat = self._recent.check(_RecentRequests.digest(key), at.timestamp(), remember=call.success)
         record = CostRecord(
-            call_id=self._next_call_id(), at=self._clock(), model=call.model, input_tokens=call.input_tokens,
+            call_id=self._next_call_id(), at=at, model=call.model, input_tokens=call.input_tokens,
             output_tokens=call.output_tokens, cost_usd=call.cost_usd, success=call.success,
-            latency_ms=round((time.monotonic() - call.started) * 1000, 3), operation=call.operation,
+            latency_ms=round((time.monotonic() - call.started) * 1000, 3), operation=call.operation, repeat=repeat,
         )  # fmt: skip
         with self._lock:
             if self._closed:

@@ -8,6 +8,10 @@ idempotency marker written in the same atomic batch makes a second delivery a no
 
 Calls count in the period of their own ``at`` (the agent's clock), so a batch that arrives late
 still lands in the hour it was spent in; one that spans a boundary is split across periods.
+
+Each day also gets a per-model breakdown (:class:`ModelDay`, in the agent's month document only):
+what the daily report needs to suggest cheaper models, caching (calls the SDK flagged ``repeat``)
+and fixing agents whose failures cost money.
 """
 
 from __future__ import annotations
@@ -66,6 +70,54 @@ class Totals:
 
 
 @dataclass
+class ModelDay:
+    """One model's counters over one UTC day (of one agent). Money in integer nano-dollars."""
+
+    calls: int = 0
+    failures: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd_nanos: int = 0
+    #: What the failed calls cost (their ``usd_nanos`` share).
+    failed_usd_nanos: int = 0
+    #: Calls the SDK flagged ``repeat`` (the same request within the hour: a cache could have
+    #: served them), and what they cost.
+    repeats: int = 0
+    repeat_usd_nanos: int = 0
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return _MODEL_DAY_NAMES
+
+    def add(self, other: ModelDay) -> None:
+        for name in _MODEL_DAY_NAMES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in _MODEL_DAY_NAMES}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object] | None) -> ModelDay:
+        """From a stored map: a counter that is absent (never written: only non-zero ones are) is 0."""
+        data = data or {}
+        return cls(*(int(data.get(name) or 0) for name in _MODEL_DAY_NAMES))  # type: ignore[call-overload]
+
+
+_MODEL_DAY_NAMES = tuple(f.name for f in fields(ModelDay))
+#: At most this many (day, model) entries per month document per batch (8 counters each: with the
+#: month's, days' and hours' counters a batch stays far below Firestore's 500 field transforms per
+#: document and commit). A batch naming more models puts the cheapest of them under OTHER_MODELS.
+MAX_MODEL_DAYS_PER_BATCH = 48
+#: Not a valid model name (the contract's pattern has no parentheses): never collides with one.
+OTHER_MODELS = "(other)"
+
+
+def model_day_field(day: str) -> str:
+    """The month document's map holding one day's per-model counters: ``x21`` (``x21.<model>.calls``)."""
+    return f"x{day}"
+
+
+@dataclass
 class Minute:
     calls: int = 0
     failures: int = 0
@@ -104,6 +156,8 @@ class Tally:
     sources: dict[str, int] = field(default_factory=dict)
     #: Each call's success, in call order (a half-open breaker's trial calls).
     outcomes: list[bool] = field(default_factory=list)
+    #: month key -> day ("21") -> model -> counters (the agent's month document only)
+    models: dict[str, dict[str, dict[str, ModelDay]]] = field(default_factory=dict)
 
     @property
     def total(self) -> Totals:
@@ -122,7 +176,8 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
 
     Records are summed per hour first with plain integers (a batch rarely spans more than one or
     two hours), then each hour's sums go to its hour, day and month: a 200-record batch costs a few
-    window computations, not six hundred.
+    window computations, not six hundred. The per-model counters are summed per hour and model in
+    the same loop, then folded into days.
     """
     out = Tally(agent_id=batch.agent_id, tenant=tenant, records=len(batch.records))
     sources: dict[str, int] = defaultdict(int)
@@ -130,6 +185,8 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
     # hour start -> [usd_nanos, tokens, input, output, calls, failures, unpriced]
     hours: dict[datetime, list[int]] = {}
     hour_keys: dict[datetime, str] = {}
+    # hour start -> model -> [calls, failures, input, output, usd_nanos, failed_usd, repeats, repeat_usd]
+    hour_models: dict[datetime, dict[str, list[int]]] = {}
     minute_counts: dict[tuple[datetime, int], Minute] = {}
     op_counts: dict[tuple[datetime, int, str], int] = {}
     price_cache: dict[str, pricing.Price | None] = {}
@@ -154,14 +211,30 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
         if sums is None:
             sums = hours[hour_start] = [0, 0, 0, 0, 0, 0, 0]
             hour_keys[hour_start] = f"{at:%Y-%m-%dT%H}"
+            hour_models[hour_start] = {}
         failed = 0 if record.success else 1
+        inp, out_tokens = record.input_tokens, record.output_tokens
         sums[0] += nanos
-        sums[1] += record.input_tokens + record.output_tokens
-        sums[2] += record.input_tokens
-        sums[3] += record.output_tokens
+        sums[1] += inp + out_tokens
+        sums[2] += inp
+        sums[3] += out_tokens
         sums[4] += 1
         sums[5] += failed
         sums[6] += 1 if source is pricing.Source.UNPRICED else 0
+        by_model = hour_models[hour_start]
+        per = by_model.get(record.model)
+        if per is None:
+            per = by_model[record.model] = [0, 0, 0, 0, 0, 0, 0, 0]
+        per[0] += 1
+        per[2] += inp
+        per[3] += out_tokens
+        per[4] += nanos
+        if failed:
+            per[1] += 1
+            per[5] += nanos
+        if record.repeat:
+            per[6] += 1
+            per[7] += nanos
         minute_key = (hour_start, at.minute)
         counts = minute_counts.get(minute_key)
         if counts is None:
@@ -190,6 +263,17 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
             known = by_period.setdefault(period, [])
             if win not in known:
                 known.append(win)
+    for hour_start, by_model in hour_models.items():
+        key = hour_keys[hour_start]  # YYYY-MM-DDTHH
+        day = out.models.setdefault(key[:7], {}).setdefault(key[8:10], {})
+        for model, counters in by_model.items():
+            same = day.get(model)  # the same model in the day's other hour
+            if same is None:
+                day[model] = ModelDay(*counters)
+            else:
+                same.add(ModelDay(*counters))
+    for days in out.models.values():
+        _cap_models(days)
     trailing = 0
     for record in reversed(ordered):
         if record.success:
@@ -200,3 +284,17 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
     out.months = months
     out.sources = dict(sources)
     return out
+
+
+def _cap_models(by_day: dict[str, dict[str, ModelDay]]) -> None:
+    """Keep at most MAX_MODEL_DAYS_PER_BATCH (day, model) entries in one month's days: the most
+    expensive keep their own entry, the others are summed per day under OTHER_MODELS."""
+    pairs = [(day, model, counters) for day, models in by_day.items() for model, counters in models.items()]
+    if len(pairs) <= MAX_MODEL_DAYS_PER_BATCH:
+        return
+    pairs.sort(key=lambda p: (-p[2].usd_nanos, -p[2].calls, p[0], p[1]))
+    kept = max(0, MAX_MODEL_DAYS_PER_BATCH - len(by_day))  # room for one OTHER_MODELS entry per day
+    for day, model, counters in pairs[kept:]:
+        models = by_day[day]
+        del models[model]
+        models.setdefault(OTHER_MODELS, ModelDay()).add(counters)

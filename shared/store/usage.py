@@ -3,7 +3,8 @@
 Documents (collection ``usage``):
 
 - ``a.{agent}.{YYYY-MM}``: the agent's month (``m``), days (``dDD``) and hours (``hDDHH``), each a
-  map of counters, plus ``streak`` (failed calls in a row, for the breaker);
+  map of counters, plus ``streak`` (failed calls in a row, for the breaker), and each day's counters
+  per model (``xDD.<model>.<counter>``, :class:`ModelDay`; only non-zero counters are written);
 - ``r.{agent}.{YYYY-MM-DDTHH}``: the agent's hour by minute (``n.MM``) and by operation (``o.op``,
   ``p.MM.op``), for the runaway and breaker rules; expires after a few days;
 - ``t.{tenant}.{YYYY-MM}.{shard}``: one of N shards of the tenant's month, days and hours. An agent
@@ -22,12 +23,12 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from shared.domain.budgets import WindowTotals
 from shared.domain.periods import Period, Window, window, windows
-from shared.domain.usage import Minute, Tally, Totals, month_field
+from shared.domain.usage import Minute, ModelDay, Tally, Totals, model_day_field, month_field
 from shared.store import db
 
 USAGE = "usage"
@@ -164,6 +165,14 @@ def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, ma
                 agent.inc(("streak",), tally.trailing_failures)
             else:
                 agent.static["streak"] = tally.trailing_failures
+        # Per model and day, in the agent's month document only, last (the read-back goes by path):
+        # only the non-zero counters (``calls`` always is), a few transforms per model, no read back.
+        for day, models in tally.models.get(month, {}).items():
+            day_field = model_day_field(day)
+            for model, counters in models.items():
+                for counter, amount in counters.as_dict().items():
+                    if amount:
+                        agent.inc((day_field, model, counter), amount)
         writes += [agent, tenant_doc]
     for hour, minutes in tally.minutes.items():
         hour_starts = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
@@ -252,6 +261,30 @@ def agent_hours(agent_id: str, now: datetime) -> dict[datetime, int]:
         if name.startswith("h") and len(name) == 5 and isinstance(counters, dict):
             hour = month_win.starts_at.replace(day=int(name[1:3]), hour=int(name[3:5]))
             out[hour] = int(counters.get("usd_nanos") or 0)
+    return out
+
+
+def _day_models(data: Any) -> dict[str, ModelDay]:
+    if not isinstance(data, dict):
+        return {}
+    return {model: ModelDay.from_dict(counters) for model, counters in data.items() if isinstance(counters, dict)}
+
+
+def agent_day_models(agent_id: str, day: date) -> dict[str, ModelDay]:
+    """The agent's counters per model on one UTC day: model -> counters, {} when none (one read)."""
+    doc = db.get(_ref(agent_month_id(agent_id, f"{day:%Y-%m}")))
+    data = doc.to_dict() or {} if doc.exists else {}
+    return _day_models(data.get(model_day_field(f"{day:%d}")))
+
+
+def agent_month_models(agent_id: str, month: str) -> dict[str, dict[str, ModelDay]]:
+    """The agent's counters per day ("01".."31") and model in a month ("YYYY-MM"), days in order (one read)."""
+    doc = db.get(_ref(agent_month_id(agent_id, month)))
+    data = doc.to_dict() or {} if doc.exists else {}
+    out = {}
+    for name in sorted(data):
+        if len(name) == 3 and name[0] == "x" and name[1:].isdigit() and isinstance(data[name], dict):
+            out[name[1:]] = _day_models(data[name])
     return out
 
 

@@ -330,3 +330,54 @@ def test_the_sdk_refuses_calls_once_the_fleet_stops_the_agent_at_its_hard_limit(
 
 def registration_for(agent_id: str, tenant: str, budget: Any) -> Any:
     return registration(agent_id, tenant=tenant, budget=budget)
+
+
+def test_the_month_document_counts_each_model_per_day_with_failures_and_repeats(stack, firestore, tenant) -> None:
+    """The real SDK flags repeated requests; fleet-costs adds per-model day counters to the agent's
+    month document (``xDD.<model>.<counter>``), which the report's readers parse back."""
+    from fleet_agent import FleetAgent
+
+    from shared.domain.usage import ModelDay
+    from shared.store import usage as usage_store
+
+    model = "anthropic/claude-3.5-sonnet:beta"
+    agent_id = f"sdk-{uuid.uuid4().hex[:10]}"
+    started = datetime.now(UTC)
+    with FleetAgent(registration(agent_id, tenant=tenant), project=PROJECT) as agent:
+        agent.register()
+        wait_for(lambda: agent_doc(firestore, agent_id))
+        for prompt in ["hello", "bye", "hello", "hello"]:  # the 2nd and 3rd "hello" are repeats
+            with agent.costs.call("answer", model="gpt-4o", request_key=prompt) as call:
+                call.tokens(100, 20)
+                call.cost("0.01")
+        with pytest.raises(RuntimeError), agent.costs.call("answer", model=model, request_key="why") as call:
+            call.tokens(10, 0)
+            call.cost("0.002")
+            raise RuntimeError("provider down")
+        with agent.costs.call("answer", model=model, request_key="why") as call:  # a failure is not cached
+            call.tokens(10, 5)
+            call.cost("0.003")
+    day = started.date()
+    if datetime.now(UTC).date() != day:
+        pytest.skip("the calls straddled midnight UTC")
+    doc_ref = firestore.collection("usage").document(f"a.{agent_id}.{day:%Y-%m}")
+
+    def counted() -> dict[str, Any] | None:
+        doc = doc_ref.get()
+        models = (doc.to_dict() or {}).get(f"x{day:%d}", {}) if doc.exists else {}
+        return models if sum(m.get("calls", 0) for m in models.values()) == 6 else None
+
+    stored = wait_for(counted, timeout=60)
+    nanos = 1_000_000_000
+    assert stored == {
+        "gpt-4o": {"calls": 4, "input_tokens": 400, "output_tokens": 80, "usd_nanos": 4 * nanos // 100,
+                   "repeats": 2, "repeat_usd_nanos": 2 * nanos // 100},
+        model: {"calls": 2, "failures": 1, "input_tokens": 20, "output_tokens": 5, "usd_nanos": 5 * nanos // 1000,
+                "failed_usd_nanos": 2 * nanos // 1000},
+    }  # fmt: skip
+    models = usage_store.agent_day_models(agent_id, day)
+    assert models["gpt-4o"] == ModelDay(calls=4, input_tokens=400, output_tokens=80, usd_nanos=40_000_000,
+                                        repeats=2, repeat_usd_nanos=20_000_000)  # fmt: skip
+    assert (models[model].failures, models[model].failed_usd_nanos, models[model].repeats) == (1, 2_000_000, 0)
+    assert usage_store.agent_month_models(agent_id, f"{day:%Y-%m}") == {f"{day:%d}": models}
+    assert usage_store.agent_day_models(agent_id, day + timedelta(days=1)) == {}

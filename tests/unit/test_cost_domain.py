@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +14,7 @@ from shared.domain.budgets import Kind
 from shared.domain.lifecycle import Cause, State
 from shared.domain.periods import Period, window
 from shared.domain.pricing import Price, PriceTable, format_usd, to_nanos
-from shared.domain.usage import Minute, Totals, tally
+from shared.domain.usage import MAX_MODEL_DAYS_PER_BATCH, OTHER_MODELS, Minute, ModelDay, Totals, tally
 
 T0 = datetime(2026, 11, 21, 22, 59, 30, tzinfo=UTC)
 TABLE = PriceTable(prices={"gpt-4o": Price(Decimal("0.0000025"), Decimal("0.00001"))})
@@ -266,3 +266,185 @@ def test_a_batch_is_bounded_in_operations_and_time_span() -> None:
         CostBatch(agent_id="agent-1", batch_id="batch-0001", records=spread)
     with pytest.raises(ValidationError):
         CostRecord.model_validate({**rec(1).model_dump(), "input_tokens": True})
+
+
+# -- per model and day ---------------------------------------------------------------------------
+
+MODEL = "anthropic/claude-3.5-sonnet:beta"
+
+
+def repeated(record: CostRecord) -> CostRecord:
+    return record.model_copy(update={"repeat": True})
+
+
+def test_tally_counts_each_model_per_utc_day_with_failed_and_repeat_costs() -> None:
+    before, after = datetime(2026, 11, 21, 23, 59, 50, tzinfo=UTC), datetime(2026, 11, 22, 0, 0, 10, tzinfo=UTC)
+    records = [
+        rec(1, at=before, cost="0.01"),
+        repeated(rec(2, at=before, cost="0.01")),
+        rec(3, at=before, cost="0.02", ok=False),
+        rec(4, at=before, cost=None, model="gpt-4o", inp=1000, out=100),  # priced from the table: $0.0035
+        rec(5, at=before, cost="0.5", model=MODEL, inp=7, out=3),
+        repeated(rec(6, at=after, cost="0.03", ok=False)),  # the next UTC day
+        rec(7, at=after.astimezone(timezone(timedelta(hours=-5))), cost="0.04", model=MODEL),  # same instant
+    ]
+    t = tally(CostBatch(agent_id="agent-1", batch_id="batch-0001", records=records), "acme", TABLE)
+    nanos = to_nanos
+    assert set(t.models) == {"2026-11"} and set(t.models["2026-11"]) == {"21", "22"}
+    day21, day22 = t.models["2026-11"]["21"], t.models["2026-11"]["22"]
+    assert day21["gpt-4o"] == ModelDay(
+        calls=4, failures=1, input_tokens=1030, output_tokens=115,
+        usd_nanos=nanos(Decimal("0.0435")), failed_usd_nanos=nanos(Decimal("0.02")),
+        repeats=1, repeat_usd_nanos=nanos(Decimal("0.01")),
+    )  # fmt: skip
+    assert day21[MODEL] == ModelDay(calls=1, input_tokens=7, output_tokens=3, usd_nanos=nanos(Decimal("0.5")))
+    assert day22["gpt-4o"].as_dict() == {
+        "calls": 1, "failures": 1, "input_tokens": 10, "output_tokens": 5, "usd_nanos": nanos(Decimal("0.03")),
+        "failed_usd_nanos": nanos(Decimal("0.03")), "repeats": 1, "repeat_usd_nanos": nanos(Decimal("0.03")),
+    }  # fmt: skip
+    assert day22[MODEL].calls == 1 and day22[MODEL].usd_nanos == nanos(Decimal("0.04"))
+    # The per-model counters add up to the day's totals.
+    for day, models in t.models["2026-11"].items():
+        summed = ModelDay()
+        for counters in models.values():
+            summed.add(counters)
+        totals = t.months["2026-11"][f"d{day}"]
+        assert (summed.calls, summed.usd_nanos, summed.failures) == (totals.calls, totals.usd_nanos, totals.failures)
+    assert ModelDay.from_dict(day21["gpt-4o"].as_dict()) == day21["gpt-4o"]
+    assert ModelDay.from_dict({"calls": 2}) == ModelDay(calls=2) and ModelDay.from_dict(None) == ModelDay()
+
+
+def test_tally_splits_model_days_across_months() -> None:
+    late, early = datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC), datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    t = tally(
+        CostBatch(agent_id="agent-1", batch_id="batch-0001", records=[rec(1, at=late), rec(2, at=early)]), "acme", TABLE
+    )
+    assert {m: {d: list(x) for d, x in days.items()} for m, days in t.models.items()} == {
+        "2026-11": {"30": ["gpt-4o"]},
+        "2026-12": {"01": ["gpt-4o"]},
+    }
+
+
+def test_a_batch_of_many_models_keeps_the_most_expensive_and_sums_the_rest() -> None:
+    records = [rec(i, cost=f"0.{i:03d}", model=f"model-{i}") for i in range(1, 61)]
+    t = tally(CostBatch(agent_id="agent-1", batch_id="batch-0001", records=records), "acme", TABLE)
+    day = t.models["2026-11"]["21"]
+    assert len(day) == MAX_MODEL_DAYS_PER_BATCH
+    assert "model-60" in day and "model-1" not in day
+    assert day[OTHER_MODELS].calls == 60 - (MAX_MODEL_DAYS_PER_BATCH - 1)
+    assert sum(m.usd_nanos for m in day.values()) == t.total.usd_nanos
+
+
+class _FakeRef:
+    def __init__(self, doc_id: str) -> None:
+        self.doc_id = doc_id
+        self._document_path = f"projects/p/databases/(default)/documents/usage/{doc_id}"
+
+
+class _FakeBatch:
+    """Stands in for a Firestore write batch: keeps the write protobufs, answers each increment
+    with its own amount (the totals of documents that did not exist)."""
+
+    def __init__(self) -> None:
+        self.pbs: list[Any] = []
+
+    def create(self, ref: Any, data: dict[str, Any]) -> None:
+        pass
+
+    def _add_write_pbs(self, pbs: list[Any]) -> None:
+        self.pbs += pbs
+
+    def commit(self, **_: Any) -> list[Any]:
+        from google.cloud.firestore_v1.types import document, write
+
+        results = [write.WriteResult()]  # the marker
+        for pb in self.pbs:
+            values = [document.Value(integer_value=t.increment.integer_value) for t in pb.update_transforms]
+            results.append(write.WriteResult(transform_results=values))
+        return results
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.batches: list[_FakeBatch] = []
+
+    def collection(self, name: str) -> Any:
+        return type("Collection", (), {"document": staticmethod(_FakeRef)})()
+
+    def batch(self) -> _FakeBatch:
+        self.batches.append(_FakeBatch())
+        return self.batches[-1]
+
+
+def test_model_counters_go_to_the_agent_month_document_under_quoted_field_paths(monkeypatch: Any) -> None:
+    from google.cloud.firestore_v1.field_path import FieldPath
+
+    from shared.store import db
+    from shared.store import usage as usage_store
+
+    fake = _FakeClient()
+    monkeypatch.setattr(db, "client", lambda: fake)
+    records = [rec(1, cost="0.5", model=MODEL), repeated(rec(2, cost="0.5", model=MODEL)), rec(3, ok=False)]
+    t = tally(CostBatch(agent_id="agent-1", batch_id="batch-0001", records=records), "acme", TABLE)
+    applied = usage_store.apply(t, batch_id="batch-0001", received_at=T0, shards=8, marker_retention=timedelta(days=8))
+    by_doc = {pb.update.name.rsplit("/", 1)[-1]: pb for pb in fake.batches[0].pbs}
+    assert set(by_doc) == {"a.agent-1.2026-11", f"t.acme.2026-11.{usage_store.shard_of('agent-1', 8):02d}",
+                           "r.agent-1.2026-11-21T22"}  # fmt: skip
+    month_paths = [t.field_path for t in by_doc["a.agent-1.2026-11"].update_transforms]
+    assert f"x21.`{MODEL}`.calls" in month_paths
+    models = {
+        tuple(FieldPath.from_api_repr(p).parts): tr.increment.integer_value
+        for tr in by_doc["a.agent-1.2026-11"].update_transforms
+        if (p := tr.field_path).startswith("x")
+    }
+    assert models == {  # only the non-zero counters are written
+        ("x21", MODEL, "calls"): 2, ("x21", MODEL, "input_tokens"): 20, ("x21", MODEL, "output_tokens"): 10,
+        ("x21", MODEL, "usd_nanos"): to_nanos(Decimal("1")), ("x21", MODEL, "repeats"): 1,
+        ("x21", MODEL, "repeat_usd_nanos"): to_nanos(Decimal("0.5")),
+        ("x21", "gpt-4o", "calls"): 1, ("x21", "gpt-4o", "failures"): 1, ("x21", "gpt-4o", "input_tokens"): 10,
+        ("x21", "gpt-4o", "output_tokens"): 5, ("x21", "gpt-4o", "usd_nanos"): to_nanos(Decimal("0.01")),
+        ("x21", "gpt-4o", "failed_usd_nanos"): to_nanos(Decimal("0.01")),
+    }  # fmt: skip
+    for doc_id, pb in by_doc.items():
+        if not doc_id.startswith("a."):
+            assert not any(tr.field_path.startswith("x") for tr in pb.update_transforms)
+    # The totals read back from the commit are still the period totals, not shifted by the new transforms.
+    (day_after, day_delta) = applied.agent[(Period.DAY, window(Period.DAY, T0))]
+    assert day_after == day_delta == t.months["2026-11"]["d21"] and day_after.calls == 3
+    assert applied.streak == 1 and applied.writes == 4
+
+
+def test_the_readers_parse_the_per_model_maps(monkeypatch: Any) -> None:
+    from datetime import date
+
+    from shared.store import db
+    from shared.store import usage as usage_store
+
+    stored = {
+        "m": {"calls": 3},
+        "x21": {MODEL: {"calls": 2, "usd_nanos": 7}, "gpt-4o": {"calls": 1, "failures": 1}},
+        "x03": {"gpt-4o": {"calls": 5, "repeats": 2}},
+        "d21": {"calls": 3},
+    }
+    read: list[str] = []
+
+    class Doc:
+        exists = True
+
+        def to_dict(self) -> dict[str, Any]:
+            return stored
+
+    def get(ref: Any) -> Doc:
+        read.append(ref.doc_id)
+        return Doc()
+
+    monkeypatch.setattr(db, "client", _FakeClient)
+    monkeypatch.setattr(db, "get", get)
+    assert usage_store.agent_day_models("agent-1", date(2026, 11, 21)) == {
+        MODEL: ModelDay(calls=2, usd_nanos=7),
+        "gpt-4o": ModelDay(calls=1, failures=1),
+    }
+    assert usage_store.agent_day_models("agent-1", date(2026, 11, 22)) == {}
+    month = usage_store.agent_month_models("agent-1", "2026-11")
+    assert list(month) == ["03", "21"] and month["03"]["gpt-4o"] == ModelDay(calls=5, repeats=2)
+    assert read == ["a.agent-1.2026-11"] * 3

@@ -291,3 +291,86 @@ def test_a_half_open_breaker_lets_a_few_trial_calls_through_then_waits_for_the_v
     rec.apply(command(CommandType.BREAKER_CLOSED, clock.now))
     assert all(allowed(rec) for _ in range(10))
     rec.close()
+
+
+def repeats(publisher: FakePublisher) -> list[bool]:
+    return [r.repeat for b in publisher.batches() for r in b.records]
+
+
+def test_a_request_key_seen_within_the_hour_flags_the_call_as_a_repeat(publisher: FakePublisher) -> None:
+    clock = Clock(T0)
+    rec = recorder(publisher, max_delay_s=60, clock=clock)
+    prompt = "Summarize: the quarterly report says ..."
+    for key in [prompt, prompt, "another prompt", None, prompt.encode(), None]:
+        with rec.call("chat", model="gpt-4o", request_key=key):
+            pass
+    clock.now = T0 + timedelta(minutes=59)
+    with rec.call("chat", model="gpt-4o") as call:
+        call.request_key = prompt  # known only inside the block
+    rec.flush()  # a batch spans at most an hour
+    clock.now = T0 + timedelta(minutes=59 + 60)  # an hour after it was last seen: forgotten
+    with rec.call("chat", model="gpt-4o", request_key=prompt):
+        pass
+    rec.close()
+    assert repeats(publisher) == [False, True, False, False, True, False, True, False]
+    body = publisher.messages[0][1]
+    assert prompt.encode() not in body and b"quarterly" not in body  # only a hash is kept, and never sent
+    assert body.count(b'"repeat"') == 3  # sent only when true: batches stay as small as before
+
+
+def test_only_successful_calls_are_remembered_and_the_memory_is_bounded(publisher: FakePublisher) -> None:
+    rec = recorder(publisher, max_delay_s=60, repeat_memory=2)
+    with pytest.raises(ValueError), rec.call("chat", model="gpt-4o", request_key="a"):
+        raise ValueError("provider down")  # a cache holds answers, not errors
+    for key in ["a", "a", "b", "c", "a", "c"]:  # remembering "c" evicts the least recent, "a"
+        with rec.call("chat", model="gpt-4o", request_key=key):
+            pass
+    rec.close()
+    assert repeats(publisher) == [False, False, True, False, False, False, True]
+    assert len(rec._recent) == 2
+
+
+def test_the_decorator_takes_the_request_key_from_the_arguments(publisher: FakePublisher) -> None:
+    rec = recorder(publisher, max_delay_s=60)
+
+    @rec.track("classify", model="gpt-4o-mini", request_key=lambda text, **_: text)
+    def classify(text: str, *, temperature: float = 0.0) -> str:
+        return "spam"
+
+    for text in ["buy now", "hello", "buy now"]:
+        classify(text, temperature=0.0)
+    rec.close()
+    assert repeats(publisher) == [False, False, True]
+
+
+def test_repeat_detection_is_thread_safe(publisher: FakePublisher) -> None:
+    rec = recorder(publisher, max_delay_s=60)
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        start.wait()
+        for i in range(50):
+            with rec.call("chat", model="gpt-4o", request_key=f"key-{i % 10}"):
+                pass
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rec.close()
+    flags = repeats(publisher)
+    assert len(flags) == 400 and flags.count(False) == 10  # each of the 10 keys is new exactly once
+
+
+def test_repeat_is_a_strict_bool_and_defaults_to_false() -> None:
+    from fleet_agent.contracts import CostRecord
+    from pydantic import ValidationError
+
+    base = {"call_id": "call-000001", "at": T0, "model": "gpt-4o", "input_tokens": 1, "output_tokens": 1,
+            "success": True, "latency_ms": 1.0, "operation": "chat"}  # fmt: skip
+    assert CostRecord.model_validate(base).repeat is False
+    assert CostRecord.model_validate_json(json.dumps({**base, "at": T0.isoformat(), "repeat": True})).repeat
+    for bad in (1, "true", "yes"):
+        with pytest.raises(ValidationError):
+            CostRecord.model_validate({**base, "repeat": bad})
