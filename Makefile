@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 STACK_DIR ?= .stack
 JOB ?=
 
-.PHONY: help setup tools up down status demo test unit integration lint schemas bench clean
+.PHONY: help setup tools up down status tick demo test unit integration lint schemas bench clean
 
 help:
 	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
 	@echo "make test   - lint, type-check, unit and integration tests (starts and stops its own stack)"
 	@echo "make up     - start the local stack in the background (writes $(STACK_DIR)/env); make down stops it"
+	@echo "make tick JOB=<job> - publish one scheduler tick of <job> now to the stack of make up"
 	@echo "make bench  - end-to-end benchmarks (writes the figures for docs/benchmarks.md)"
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
@@ -35,6 +36,14 @@ down: setup
 
 status: setup
 	$(PY) -m emulators.stack status --state-dir $(STACK_DIR)
+
+tick: setup
+	@if [ -z "$(JOB)" ]; then \
+		echo "usage: make tick JOB=<job>"; \
+		$(PY) -m emulators.scheduler list; \
+		exit 2; \
+	fi
+	$(PY) -m emulators.scheduler tick $(JOB) --state-dir $(STACK_DIR)
 
 demo: setup tools
 	$(PY) -m emulators.demo

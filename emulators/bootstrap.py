@@ -26,11 +26,11 @@ def build(
     ``overrides`` replaces retry-policy fields of every subscription (tests use short time scales).
     """
     from google.api_core import exceptions
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
     from google.protobuf import duration_pb2
 
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
+    publisher = PublisherClient()
+    subscriber = SubscriberClient()
     for topic in topology.topics:
         with contextlib.suppress(exceptions.AlreadyExists):
             publisher.create_topic(name=publisher.topic_path(project, topic.name))

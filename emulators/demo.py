@@ -503,8 +503,8 @@ def report(api: Api, fleet: list[SimAgent], console: Console, progress: Progress
     for i, (status, n) in enumerate(sorted(counts.items())):
         summary.append(", " if i else "").append(status, style=STATUS_STYLE.get(status, "")).append(f" {n}")
     summary.append(
-        f"  |  silent: {len(silent)} (the server keeps their last status; their last heartbeat is over "
-        "3 intervals old, so they are late: a liveness sweep would mark them offline)"
+        f"  |  silent: {len(silent)} (the liveness sweep marked them late at 3 missed intervals and "
+        "offline at 5; their alerts are in Slack below)"
     )
     console.print(summary)
     rejections = api.rejections()
@@ -528,6 +528,38 @@ def report(api: Api, fleet: list[SimAgent], console: Console, progress: Progress
     if missing:
         console.print(f"[red]the API does not show {len(missing)} agents: {', '.join(sorted(missing)[:10])}[/]")
     return not missing and stopped_ok
+
+
+def sweep_and_slack(env: dict[str, str], fleet: list[SimAgent], timeout: float = 20.0) -> list[str]:
+    """Fire the minute job as Cloud Scheduler would (a tick on its topic) until every silent agent's
+    alert reached the fake Slack server; returns the messages it received, as text."""
+    from google.cloud.pubsub_v1 import PublisherClient
+
+    from emulators import fake_slack
+
+    silent = [s.agent_id for s in fleet if s.silent]
+    publisher = PublisherClient()
+    topic = publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], "tick-liveness-sweep")
+    deadline = time.monotonic() + timeout
+    while True:
+        publisher.publish(topic, json.dumps({"job": "liveness-sweep"}).encode(), job="liveness-sweep").result()
+        time.sleep(2)
+        calls = fake_slack.get_calls(env["SLACK_API_URL"])
+        text = json.dumps(calls)
+        if all(agent_id in text for agent_id in silent) or time.monotonic() > deadline:
+            return fake_slack.render(calls)
+
+
+def show_slack(lines: list[str], fleet: list[SimAgent], console: Console) -> bool:
+    """Print what Slack received; True when every silent agent was announced."""
+    console.print(Text("Slack (the fake Web API server's record)", style="bold"))
+    for line in lines:
+        console.print(Text(line))
+    text = "\n".join(lines)
+    missing = [s.agent_id for s in fleet if s.silent and s.agent_id not in text]
+    if missing:
+        console.print(f"[red]no Slack notice for silent agents: {', '.join(missing)}[/]")
+    return not missing
 
 
 def _wait_for_rejections(api: Api, count: int, timeout: float) -> None:
@@ -574,7 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("letting the functions process the last heartbeats..."):
             time.sleep(1.5)
             _wait_for_rejections(api, 2, timeout=10)
+        with console.status("running the liveness sweep (the minute job) and sending its Slack notices..."):
+            slack_lines = sweep_and_slack(env, fleet)
         ok = report(api, fleet, console, progress) and progress.max_visible > 0
+        ok = show_slack(slack_lines, fleet, console) and ok
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:

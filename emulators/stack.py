@@ -1,11 +1,18 @@
-"""Start and stop the local stack: Pub/Sub and Firestore emulators, one functions-framework per function.
+"""Start and stop the local stack: Pub/Sub and Firestore emulators, the fake Slack Web API, one
+functions-framework per function, and (for `make up`) the local Cloud Scheduler.
 
     python -m emulators.stack up --state-dir .stack     # background; writes .stack/env
     python -m emulators.stack down --state-dir .stack   # stops every process it started
 
+The functions post to the fake Slack server (emulators/fake_slack.py, process ``fake-slack``)
+through ``SLACK_API_URL`` with a fake bot token, never to a real workspace. With ``scheduler``
+(the CLI's ``up`` sets it; tests and the demo fire ticks themselves) ``python -m
+emulators.scheduler run`` fires the manifest's schedules, once the env file is written.
+
 Every process runs in its own process group and is recorded in ``<state-dir>/pids.json``, so
-``down`` stops the emulators' Java children too. Ports are free ports picked at start, so two
-stacks (or a busy port) never collide. Logs go to ``<state-dir>/logs/<name>.log``.
+``down`` stops the emulators' Java children too (the scheduler and the functions first, the fake
+Slack server and the emulators last). Ports are free ports picked at start, so two stacks (or a
+busy port) never collide. Logs go to ``<state-dir>/logs/<name>.log``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ from shared import topology as topology_mod
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROJECT = "fleet-local"
 START_TIMEOUT_S = 90.0
+#: The bot token the functions use against the fake Slack server (it accepts any xoxb- token).
+FAKE_SLACK_TOKEN = "xoxb-local-fake-token"
+#: Stopped last by `down`, in this order (everything else, the functions, goes before them).
+_STOP_LAST = ("fake-slack", "firestore-proxy", "pubsub", "firestore")
 
 
 def free_port() -> int:
@@ -53,6 +64,20 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up within {timeout:.0f}s")
+
+
+def _wait_log(log: Path, needle: str, timeout: float, proc: subprocess.Popen[bytes], offset: int = 0) -> None:
+    """Wait until a process has written ``needle`` to its log after ``offset`` (logs are appended to
+    across runs), or fail with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_bytes()[offset:].decode(errors="replace") if log.exists() else ""
+        if needle in text:
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.stem}: process exited with {proc.returncode}\n{text[-2000:]}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{log.stem} did not start within {timeout:.0f}s")
 
 
 def _kill_group(pid: int, timeout: float = 10.0) -> None:
@@ -101,6 +126,8 @@ class Stack:
     create_admin_key: bool = True
     #: Put a fault-injecting proxy between the functions and Firestore (tests cut it).
     firestore_proxy: bool = False
+    #: Run the local Cloud Scheduler (`make up`); tests and the demo publish ticks themselves.
+    scheduler: bool = False
     env: dict[str, str] = field(default_factory=dict)
     _pids: dict[str, int] = field(default_factory=dict)
 
@@ -181,6 +208,11 @@ class Stack:
                 firestore_port,
             ),
         }
+        slack_port = free_port()
+        emulators["fake-slack"] = (
+            [sys.executable, "-m", "emulators.fake_slack", "--port", str(slack_port), "--verbose"],
+            slack_port,
+        )
         procs = {name: self._spawn(name, argv, base) for name, (argv, _) in emulators.items()}
         for name, (_, port) in emulators.items():
             _wait_http(f"http://127.0.0.1:{port}/", START_TIMEOUT_S, procs[name], self.logs / f"{name}.log")
@@ -189,8 +221,10 @@ class Stack:
             "GOOGLE_CLOUD_PROJECT": self.project,
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub_port}",
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}",
+            "SLACK_API_URL": f"http://127.0.0.1:{slack_port}/api/",
         }
-        fn_env = {**base, **self.env, "PYTHONUNBUFFERED": "1", **self.function_env}
+        slack_env = {"SLACK_BOT_TOKEN": FAKE_SLACK_TOKEN}  # never a real token from the caller's shell
+        fn_env = {**base, **self.env, **slack_env, "PYTHONUNBUFFERED": "1", **self.function_env}
         if self.firestore_proxy:
             proxy_port = free_port()
             argv = [
@@ -252,14 +286,22 @@ class Stack:
             self.env["FLEET_API_KEY"] = created.stdout.strip()
         self.env_file.touch(mode=0o600)  # it holds the admin key
         self.env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in self.env.items()))
+        if self.scheduler:
+            # After the env file: the scheduler reads the stack's environment from it.
+            argv = [sys.executable, "-m", "emulators.scheduler", "run", "--state-dir", str(self.state_dir.resolve())]
+            log = self.logs / "scheduler.log"
+            offset = log.stat().st_size if log.exists() else 0
+            proc = self._spawn("scheduler", argv, {**base, "PYTHONUNBUFFERED": "1"})
+            _wait_log(log, "scheduler running", START_TIMEOUT_S, proc, offset)
         return self.env
 
     def down(self) -> None:
         pids = dict(self._pids)
         if self.pids_file.exists():
             pids.update(json.loads(self.pids_file.read_text()))
-        # Functions first (they hold connections to the emulators), emulators last.
-        order = sorted(pids, key=lambda n: n in ("pubsub", "firestore", "firestore-proxy"))
+        # The scheduler first (no new ticks), then the functions (they hold connections to the
+        # emulators and may be mid-call to Slack), then the fake Slack server and the emulators.
+        order = sorted(pids, key=lambda n: (n != "scheduler", _STOP_LAST.index(n) if n in _STOP_LAST else -1))
         for name in order:
             _kill_group(pids[name])
         self._pids = {}
@@ -278,10 +320,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         if stack.running():
             print(f"stack already running; its environment is in {stack.env_file}")
             return 0
+        stack.scheduler = True
         env = stack.up()
         print(f"local stack up. Environment written to {stack.env_file} (source it: `set -a; . {stack.env_file}`)")
-        for key in ("FLEET_API_URL", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+        for key in ("FLEET_API_URL", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "SLACK_API_URL"):
             print(f"  {key}={env[key]}")
+        print("the scheduler fires topology.yaml's schedules; `make tick JOB=<job>` fires one now")
+        print(f"Slack messages the functions sent: curl -s {env['SLACK_API_URL'].removesuffix('api/')}_calls")
         print("stop it with `make down`")
     elif args.command == "down":
         stack.down()

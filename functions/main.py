@@ -44,6 +44,22 @@ def on_cost(event: CloudEvent) -> None:
     handlers.handle_push(_message(event), EventType.COST, handlers.process_cost)
 
 
+@functions_framework.cloud_event
+def on_sweep(event: CloudEvent) -> None:
+    """The minute job (Cloud Scheduler tick): liveness sweep, alert reminders, the Slack outbox."""
+    from shared import ticks
+
+    ticks.handle(_message(event), "fleet-sweep")
+
+
+@functions_framework.cloud_event
+def on_report(event: CloudEvent) -> None:
+    """Hourly summary and daily cost report (Cloud Scheduler ticks)."""
+    from shared import ticks
+
+    ticks.handle(_message(event), "fleet-reports")
+
+
 @functions_framework.http
 def on_dead_letter(request: Any) -> tuple[str, int]:
     """Dead-letter topics' push target. An HTTP function that reads the raw push body itself, so

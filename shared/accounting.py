@@ -328,6 +328,7 @@ def _budget_alert(finding: Finding, tenant: str, agent_id: str | None, now: date
             "ratio": finding.ratio,
             "resets_at": finding.window.resets_at.isoformat(),
         },
+        until=finding.window.resets_at,
     )
 
 

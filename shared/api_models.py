@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fleet_agent.contracts import BudgetSpec
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from fleet_agent.contracts import AGENT_ID_PATTERN, BudgetSpec
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.domain.agents import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.protection import Protection, ProtectionOverrides
+from shared.domain.reports import DailyReport, HourlyReport
 
 
 def _aware(value: datetime) -> datetime:
@@ -274,20 +275,94 @@ class AgentHoldsView(_View):
 
 
 class AlertView(_View):
-    id: str = Field(description="Deterministic: the rule, its subject and the window.")
-    kind: str = Field(description="budget_threshold, budget_soft_limit, budget_exhausted, breaker_open, ...")
-    severity: Literal["info", "warning", "critical"]
+    """An alert episode: one per (agent or tenant, rule) while the condition lasts."""
+
+    id: str = Field(description="Deterministic: the subject, the rule and the episode's number (or window).")
+    rule: str = Field(
+        description="liveness, error_rate, saturation, flapping, egress, security, fleet_offline, "
+        "budget_threshold, budget_exhausted, breaker_open, runaway, cost_spike, unpriced_model..."
+    )
+    kind: str = Field(description="The same as rule (kept for clients of the first alerts API).")
+    title: str = ""
+    severity: Literal["info", "warning", "high", "critical", "emergency"]
+    state: Literal["open", "resolved"]
     tenant: str
-    agent_id: str | None = None
-    message: str
+    agent_id: str | None = Field(default=None, description="None for a tenant-wide episode (a root alert).")
+    message: str = Field(description="The latest summary.")
+    resolution: str | None = None
     window: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
-    raised_at: Timestamp
-    state: str = "open"
+    opened_at: Timestamp
+    raised_at: Timestamp = Field(description="The same as opened_at.")
+    resolved_at: Timestamp | None = None
+    repeats: int = Field(default=0, description="Reminders sent while it stayed open.")
+    silenced: str | None = Field(default=None, description="The silence that held back its opening, if any.")
+    inhibited_by: str | None = Field(default=None, description="The root alert it was held back under, if any.")
+    slack: dict[str, str] | None = Field(default=None, description="channel and ts of its Slack message.")
 
 
 class AlertList(_View):
     items: list[AlertView] = Field(description="Newest first.")
+
+
+class SilenceRequest(BaseModel):
+    """A silence (or maintenance window) by agent, tenant or rule, always with an expiry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_id: str | None = Field(default=None, pattern=AGENT_ID_PATTERN)
+    tenant: str | None = Field(default=None, pattern=AGENT_ID_PATTERN)
+    rule: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_.]{0,63}$")
+    reason: Reason
+    maintenance: bool = Field(
+        default=False, description="Also stop the liveness ladder for the agents it matches (no rule allowed)."
+    )
+    starts_at: AwareDatetime | None = Field(default=None, description="Default: now.")
+    duration_s: int | None = Field(default=None, ge=60, le=30 * 86400, description="Either this or expires_at.")
+    expires_at: AwareDatetime | None = None
+
+
+class SilenceView(_View):
+    id: str
+    agent_id: str | None = None
+    tenant: str | None = None
+    rule: str | None = None
+    maintenance: bool
+    reason: str
+    created_by: str
+    created_at: Timestamp
+    starts_at: Timestamp
+    expires_at: Timestamp
+    ended_at: Timestamp | None = None
+    ended_by: str | None = None
+    active: bool
+
+
+class SilenceList(_View):
+    items: list[SilenceView] = Field(description="Silences not yet expired, soonest expiry first.")
+
+
+class ReleaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Reason
+
+
+class ReleaseView(_View):
+    agent_id: str
+    tenant: str
+    status: str
+    liveness: str
+    released: list[str] = Field(description="What was lifted: frozen, quarantine.")
+    resolved: list[str] = Field(description="Episodes the release resolved.")
+
+
+class SettingsView(_View):
+    """A tenant's alerting or health-rule settings: its overrides and the effective values."""
+
+    tenant: str
+    overrides: dict[str, Any]
+    effective: dict[str, Any]
 
 
 #: Every response model the OpenAPI document describes (components are generated from these).
@@ -309,6 +384,10 @@ MODELS: tuple[type[BaseModel], ...] = (
     PriceView,
     AgentHoldsView,
     AlertList,
+    SilenceView,
+    SilenceList,
+    ReleaseView,
+    SettingsView,
 )
 #: Every request body (documented in validation mode: what the API accepts).
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
@@ -317,6 +396,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     PriceUpdate,
     PauseRequest,
     ResumeRequest,
+    SilenceRequest,
+    ReleaseRequest,
 )
 
 
@@ -327,3 +408,16 @@ def agent_view(record: AgentRecord) -> AgentView:
 
 def hold_views(holds: dict[str, dict[str, Any]]) -> dict[str, HoldView]:
     return {name: HoldView.model_validate(hold) for name, hold in sorted(holds.items())}
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+
+class HourlyReportView(HourlyReport):
+    """The hourly summary: what is unhealthy or changed, spend, calls, success rate, top agents by spend
+    (the content of its Slack message)."""
+
+
+class DailyReportView(DailyReport):
+    """The daily cost report: spend per tenant and agent against budgets, the trend, optimization
+    suggestions (the content of its Slack message; the chart is drawn from ``trend``)."""

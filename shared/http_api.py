@@ -20,13 +20,13 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import flask
 from fleet_agent.contracts import AGENT_ID_PATTERN, ModelName
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, RootModel, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
@@ -42,10 +42,12 @@ from shared.api_models import (
     AgentView,
     AlertList,
     BudgetUpdate,
+    DailyReportView,
     ErrorBody,
     ErrorDetail,
     Health,
     HistoryView,
+    HourlyReportView,
     PauseRequest,
     PriceList,
     PriceUpdate,
@@ -53,24 +55,35 @@ from shared.api_models import (
     ProtectionUpdate,
     ProtectionView,
     RejectionPage,
+    ReleaseRequest,
+    ReleaseView,
     ResumeRequest,
+    SettingsView,
+    SilenceList,
+    SilenceRequest,
+    SilenceView,
     TenantBudgetView,
     TenantUsageView,
     agent_view,
     hold_views,
 )
-from shared.domain import budgets, holds, protection
+from shared.domain import budgets, holds, protection, release
 from shared.domain.agents import AgentRecord, Plan
+from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
+from shared.domain.episodes import AlertingConfig, merged
+from shared.domain.health import HealthConfig
 from shared.domain.lifecycle import Cause, State
 from shared.domain.pricing import Price
 from shared.domain.rejections import Code
+from shared.domain.silences import Silence
 from shared.store import agents as agent_store
-from shared.store import alerts as alert_store
 from shared.store import api_keys, config, db
 from shared.store import audit as audit_store
+from shared.store import episodes as episode_store
 from shared.store import rejections as rejection_store
+from shared.store import silences as silence_store
 from shared.store import usage as usage_store
 from shared.store.api_keys import Principal
 
@@ -704,19 +717,234 @@ def _alert_limit(request: flask.Request) -> int:
     return limit
 
 
+class _Overrides(RootModel[dict[str, Any]]):
+    """A settings body: any object, validated whole by the settings model."""
+
+
+_EPISODE_STATES = ("open", "resolved")
+_SEVERITIES = tuple(s.value for s in Severity)
+
+
 def _list_alerts(call: Call) -> AlertList:
+    """Open and recent alert episodes, newest first, by tenant, agent, state, rule or severity."""
     tenant = _query_tenant(call) or _principal(call).tenant
     agent_id = _query(call.request, "agent_id")
     if agent_id is not None and not _is_agent_id(agent_id):
         raise ApiError(400, f"agent_id must match {AGENT_ID_PATTERN}")
-    limit = _alert_limit(call.request)
-    if agent_id is not None:
-        # The indexes cover tenant or agent_id, not both; an agent's alerts all carry its tenant.
-        rows = alert_store.list_recent(tenant=None, agent_id=agent_id, limit=limit)
-        rows = [row for row in rows if tenant is None or row.get("tenant") == tenant]
-    else:
-        rows = alert_store.list_recent(tenant=tenant, agent_id=None, limit=limit)
-    return AlertList.model_validate({"items": rows})
+    state, severity, rule = (_query(call.request, name) for name in ("state", "severity", "rule"))
+    if state is not None and state not in _EPISODE_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(_EPISODE_STATES)}")
+    if severity is not None and severity not in _SEVERITIES:
+        raise ApiError(400, f"severity must be one of {', '.join(_SEVERITIES)}")
+    rows = episode_store.list_episodes(
+        state=state, tenant=tenant, agent_id=agent_id, rule=rule, severity=severity, limit=_alert_limit(call.request)
+    )
+    items = []
+    for row in rows:
+        window = (row.get("details") or {}).get("window")
+        item = {**row, "kind": row.get("rule"), "message": row.get("summary") or "", "raised_at": row.get("opened_at")}
+        items.append({**item, "window": window})
+    return AlertList.model_validate({"items": items})
+
+
+# --- silences and maintenance windows -----------------------------------------------------------
+
+
+def _silence_view(silence: Silence, now: datetime) -> SilenceView:
+    return SilenceView.model_validate({**silence.model_dump(), "active": silence.active(now)})
+
+
+def _create_silence(call: Call) -> SilenceView:
+    """Silence alerts (or start a maintenance window) by agent, tenant or rule, until it expires."""
+    body = _body(call, SilenceRequest)
+    principal = _principal(call)
+    now = _now()
+    tenant = body.tenant
+    if body.agent_id is not None:
+        record = agent_store.get(body.agent_id)
+        if record is None or not principal.can_see(record.tenant):
+            raise _agent_not_found(body.agent_id)
+        if tenant is not None and tenant != record.tenant:
+            raise ApiError(400, f"agent {body.agent_id} belongs to tenant {record.tenant}, not {tenant}")
+        tenant = record.tenant
+    if principal.tenant is not None:
+        if tenant not in (None, principal.tenant):
+            raise ApiError(403, f"this key may only silence tenant {principal.tenant}")
+        tenant = principal.tenant
+    if body.maintenance and body.rule is not None:
+        raise ApiError(400, "a maintenance window covers agents (by agent or tenant), not a rule")
+    if body.maintenance and body.agent_id is None and tenant is None:
+        raise ApiError(400, "a maintenance window names an agent or a tenant")
+    if (body.duration_s is None) == (body.expires_at is None):
+        raise ApiError(400, "give exactly one of duration_s and expires_at: a silence always expires")
+    starts_at = body.starts_at or now
+    expires_at = body.expires_at or starts_at + timedelta(seconds=body.duration_s or 0)
+    if expires_at <= now:
+        raise ApiError(400, "expires_at is in the past")
+    try:
+        silence = Silence(
+            id=f"sil-{uuid.uuid4().hex[:16]}",
+            agent_id=body.agent_id,
+            tenant=tenant,
+            rule=body.rule,
+            maintenance=body.maintenance,
+            reason=body.reason,
+            created_by=_actor(call),
+            created_at=now,
+            starts_at=starts_at,
+            expires_at=expires_at,
+        )
+    except ValidationError as exc:
+        raise ApiError(400, "; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
+    silence_store.create(silence)
+    details: dict[str, Any] = {"agent_id": silence.agent_id, "rule": silence.rule, "maintenance": silence.maintenance}
+    details["expires_at"] = expires_at.isoformat()
+    _write_audit(_audit(call, "silence.create", silence.id, tenant, details, now))
+    return _silence_view(silence, now)
+
+
+def _list_silences(call: Call) -> SilenceList:
+    principal = _principal(call)
+    now = _now()
+    found = [s for s in silence_store.active(now) if principal.tenant is None or s.tenant == principal.tenant]
+    found.sort(key=lambda s: s.expires_at)
+    return SilenceList(items=[_silence_view(s, now) for s in found])
+
+
+def _delete_silence(call: Call) -> SilenceView:
+    """End a silence now (it stays on record). The only way, besides its expiry, that one ends."""
+    principal = _principal(call)
+    silence_id = call.args["silence_id"]
+    found = silence_store.get(silence_id) if _is_document_id(silence_id) else None
+    if found is None or (principal.tenant is not None and found.tenant != principal.tenant):
+        raise ApiError(404, f"silence {silence_id} not found")
+    now = _now()
+    if found.ended_at is None:
+        silence_store.end(silence_id, at=now, by=_actor(call))
+        _write_audit(_audit(call, "silence.end", silence_id, found.tenant, {}, now))
+        found = found.model_copy(update={"ended_at": now, "ended_by": _actor(call)})
+    return _silence_view(found, now)
+
+
+# --- release ------------------------------------------------------------------------------------
+
+
+def _release(call: Call) -> ReleaseView:
+    """An approver releases a frozen or quarantined agent: it becomes active, is told ``release``,
+    and the ladder counts from now. 409 when there is nothing to release."""
+    reason = _body(call, ReleaseRequest).reason
+    now = _now()
+    actor = _actor(call)
+    released: list[str] = []
+    resolved: list[str] = []
+
+    def step(current: AgentRecord) -> Plan:
+        released.clear()
+        resolved.clear()
+        alerting = AlertingConfig.for_tenant(config.tenant(current.tenant).alerting)
+        plan, what = release.release(
+            current, reason=reason, at=now, actor=actor, action_id=call.request_id or "", alerting=alerting
+        )
+        if plan.skipped == "unchanged":
+            raise ApiError(409, f"agent {current.agent_id} is neither frozen nor quarantined (it is {current.status})")
+        released.extend(what)
+        resolved.extend(w.episode_id for w in plan.episodes if w.fields.get("state") == "resolved")
+        return plan
+
+    plan, record = _update_agent(call, step)
+    if plan.commands:
+        commands.publish(plan.commands)
+    return ReleaseView(
+        agent_id=record.agent_id,
+        tenant=record.tenant,
+        status=record.status.value,
+        liveness=str(record.liveness),
+        released=released,
+        resolved=resolved,
+    )
+
+
+# --- alerting and health settings ---------------------------------------------------------------
+
+_SETTINGS: dict[str, type[BaseModel]] = {"alerting": AlertingConfig, "health": HealthConfig}
+
+
+def _settings_view(call: Call, kind: str) -> SettingsView:
+    tenant = _visible_tenant(call)
+    overrides = getattr(config.read_tenant(tenant), kind)
+    effective = _SETTINGS[kind].model_validate(merged(_SETTINGS[kind], overrides)).model_dump(mode="json")
+    return SettingsView(tenant=tenant, overrides=overrides, effective=effective)
+
+
+def _put_settings(call: Call, kind: str) -> SettingsView:
+    """Replace the tenant's overrides (an empty object restores every default); validated whole."""
+    tenant = _visible_tenant(call)
+    raw = _body(call, _Overrides).root
+    try:
+        checked = _SETTINGS[kind].model_validate(merged(_SETTINGS[kind], raw))
+    except ValidationError as exc:
+        listed = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise ApiError(400, f"invalid {kind} settings: {listed}") from None
+    overrides = checked.model_dump(mode="json", include=set(raw))
+    _write_tenant(tenant, {kind: overrides}, _audit(call, f"tenant.{kind}.set", tenant, tenant, overrides, _now()))
+    return _settings_view(call, kind)
+
+
+def _get_alerting(call: Call) -> SettingsView:
+    return _settings_view(call, "alerting")
+
+
+def _put_alerting(call: Call) -> SettingsView:
+    return _put_settings(call, "alerting")
+
+
+def _get_health(call: Call) -> SettingsView:
+    return _settings_view(call, "health")
+
+
+def _put_health(call: Call) -> SettingsView:
+    return _put_settings(call, "health")
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def _report_at(call: Call) -> datetime:
+    """``?at=``: the time the report is made as of (default now); it covers the hour (day) before."""
+    raw = _query(call.request, "at")
+    now = _now()
+    if raw is None:
+        return now
+    try:
+        at = datetime.fromisoformat(raw.replace(" ", "+"))  # an unencoded "+01:00" arrives as " 01:00"
+    except ValueError:
+        raise ApiError(400, "at must be an ISO 8601 time, e.g. 2026-11-21T10:00:00Z") from None
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    if at > now:
+        raise ApiError(400, "at must not be in the future")
+    return at
+
+
+def _hourly_report(call: Call) -> HourlyReportView:
+    from shared import reports  # imported on first use: only report requests need it
+
+    tenant = _query_tenant(call) or _principal(call).tenant
+    return HourlyReportView.model_validate(dict(reports.hourly(_report_at(call), tenant)))
+
+
+def _daily_report(call: Call) -> DailyReportView:
+    from shared import reports
+
+    tenant = _query_tenant(call) or _principal(call).tenant
+    return DailyReportView.model_validate(dict(reports.daily(_report_at(call), tenant)))
+
+
+_AT_QUERY = Param(
+    "at",
+    "query",
+    "Make the report as of this time (ISO 8601; default now): it covers the last complete UTC hour (day) before.",
+    {"type": "string", "format": "date-time"},
+)
 
 
 # --- the route table --------------------------------------------------------------------------
@@ -1037,26 +1265,138 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "/v1/alerts",
         "list_alerts",
-        "Recent alerts (budgets, breaker, runaway loops, cost spikes, unpriced models), newest first.",
+        "Alert episodes (liveness, health rules, root alerts, budgets, breaker, runaway loops, cost spikes, "
+        "unpriced models), open and recent, newest first.",
         _list_alerts,
         AlertList,
         params=(
             _TENANT_QUERY,
-            Param(
-                "agent_id",
-                "query",
-                "Only alerts of this agent.",
-                {"type": "string", "pattern": AGENT_ID_PATTERN},
-            ),
+            Param("agent_id", "query", "Only this agent's.", {"type": "string", "pattern": AGENT_ID_PATTERN}),
+            Param("state", "query", "open or resolved.", {"type": "string", "enum": list(_EPISODE_STATES)}),
+            Param("rule", "query", "Only this rule's (liveness, error_rate, ...).", {"type": "string"}),
+            Param("severity", "query", "Only this severity.", {"type": "string", "enum": list(_SEVERITIES)}),
             Param(
                 "limit",
                 "query",
-                f"At most this many alerts, 1 to {MAX_ALERTS}.",
+                f"At most this many, 1 to {MAX_ALERTS}.",
                 {"type": "integer", "minimum": 1, "maximum": MAX_ALERTS, "default": DEFAULT_ALERTS},
             ),
         ),
         errors=(400,),
-        tags=("costs",),
+        tags=("alerts",),
+    ),
+    Route(
+        "/v1/silences",
+        "create_silence",
+        "Silence alerts by agent, tenant or rule, or start a maintenance window; always with an expiry. "
+        "Resolutions are still sent; a heartbeat never ends a maintenance window.",
+        _create_silence,
+        SilenceView,
+        role=Role.OPERATOR,
+        errors=(400, 404),
+        tags=("alerts",),
+        method="POST",
+        request=SilenceRequest,
+    ),
+    Route(
+        "/v1/silences",
+        "list_silences",
+        "Silences and maintenance windows not yet expired, soonest expiry first.",
+        _list_silences,
+        SilenceList,
+        tags=("alerts",),
+    ),
+    Route(
+        "/v1/silences/<silence_id>",
+        "end_silence",
+        "End a silence or maintenance window now (it stays on record).",
+        _delete_silence,
+        SilenceView,
+        role=Role.OPERATOR,
+        params=(Param("silence_id", "path", "The silence's id.", {"type": "string"}, required=True),),
+        errors=(404,),
+        tags=("alerts",),
+        method="DELETE",
+    ),
+    Route(
+        "/v1/agents/<agent_id>/release",
+        "release_agent",
+        "Release a frozen or quarantined agent (approvers): it becomes active and is told so; 409 when it is neither.",
+        _release,
+        ReleaseView,
+        role=Role.APPROVER,
+        params=(_AGENT_ID_PARAM,),
+        errors=(400, 404, 409),
+        tags=("alerts",),
+        method="POST",
+        request=ReleaseRequest,
+    ),
+    Route(
+        "/v1/tenants/<tenant>/alerting",
+        "get_tenant_alerting",
+        "A tenant's alerting settings: channels per severity, repeat intervals, grouping, root alerts.",
+        _get_alerting,
+        SettingsView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("alerts",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/alerting",
+        "set_tenant_alerting",
+        "Replace a tenant's alerting overrides ({} restores the defaults).",
+        _put_alerting,
+        SettingsView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(400, 404),
+        tags=("alerts",),
+        method="PUT",
+        request=_Overrides,
+    ),
+    Route(
+        "/v1/tenants/<tenant>/health",
+        "get_tenant_health",
+        "A tenant's health-rule thresholds (error rate, saturation, flapping, egress, security score).",
+        _get_health,
+        SettingsView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("alerts",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/health",
+        "set_tenant_health",
+        "Replace a tenant's health-rule overrides ({} restores the defaults).",
+        _put_health,
+        SettingsView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(400, 404),
+        tags=("alerts",),
+        method="PUT",
+        request=_Overrides,
+    ),
+    # -- reports --
+    Route(
+        "/v1/reports/hourly",
+        "get_hourly_report",
+        "The hourly summary of the last complete UTC hour: what is unhealthy or changed, spend, top agents.",
+        _hourly_report,
+        HourlyReportView,
+        params=(_TENANT_QUERY, _AT_QUERY),
+        errors=(400,),
+        tags=("reports",),
+    ),
+    Route(
+        "/v1/reports/daily",
+        "get_daily_report",
+        "The daily cost report of the last complete UTC day: budgets, trend, optimization suggestions.",
+        _daily_report,
+        DailyReportView,
+        params=(_TENANT_QUERY, _AT_QUERY),
+        errors=(400,),
+        tags=("reports",),
     ),
 )
 

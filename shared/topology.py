@@ -18,6 +18,8 @@ class Topic:
     event_type: str | None = None
     dead_letter: bool = False
     local_only: bool = False
+    #: Carries a scheduler job's ticks (see Schedule).
+    tick: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,33 @@ class Subscription:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A Cloud Scheduler job: at each ``cron`` time (in ``time_zone``) it publishes ``{"job": name}``
+    to ``topic``, which a push subscription delivers to ``function``."""
+
+    name: str
+    cron: str
+    time_zone: str
+    topic: str
+    function: str
+    description: str = ""
+    #: A tick delivered later than this (seconds after it was published) is skipped.
+    max_age_s: int = 300
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Topology:
     topics: tuple[Topic, ...]
     functions: tuple[Function, ...]
     subscriptions: tuple[Subscription, ...]
-    schedules: tuple[dict[str, Any], ...] = ()
-    secrets: tuple[dict[str, Any], ...] = ()
+    schedules: tuple[Schedule, ...] = ()
+    secrets: tuple[Secret, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def topic(self, name: str) -> Topic:
@@ -67,6 +90,9 @@ class Topology:
             if topic.event_type == event_type:
                 return topic
         raise KeyError(f"no topic carries event type {event_type!r}")
+
+    def schedule(self, name: str) -> Schedule:
+        return _by_name(self.schedules, name, "schedule")
 
     def subscriptions_to(self, function_name: str) -> list[Subscription]:
         return [s for s in self.subscriptions if s.push_to == function_name]
@@ -100,8 +126,8 @@ def parse(data: dict[str, Any]) -> Topology:
         topics=tuple(Topic(**t) for t in data.get("topics", [])),
         functions=tuple(functions),
         subscriptions=tuple(Subscription(**s) for s in data.get("subscriptions", [])),
-        schedules=tuple(data.get("schedules") or ()),
-        secrets=tuple(data.get("secrets") or ()),
+        schedules=tuple(Schedule(**s) for s in data.get("schedules") or ()),
+        secrets=tuple(Secret(**s) for s in data.get("secrets") or ()),
         raw=data,
     )
     _check(topology)
@@ -122,6 +148,17 @@ def _check(topology: Topology) -> None:
             raise ValueError(f"subscription {sub.name} pushes to unknown function {sub.push_to}")
         if sub.dead_letter_topic and sub.dead_letter_topic not in topics:
             raise ValueError(f"subscription {sub.name} names unknown dead-letter topic {sub.dead_letter_topic}")
+    delivered = {(s.topic, s.push_to) for s in topology.subscriptions}
+    for job in topology.schedules:
+        if (job.topic, job.function) not in delivered:
+            raise ValueError(f"schedule {job.name}: no subscription delivers {job.topic} to {job.function}")
+        if not topology.topic(job.topic).tick:
+            raise ValueError(f"schedule {job.name}: topic {job.topic} is not marked `tick: true`")
+    secrets = {s.name for s in topology.secrets}
+    for fn in topology.functions:
+        for name in fn.secrets:
+            if name not in secrets:
+                raise ValueError(f"function {fn.name} reads undeclared secret {name}")
 
 
 @cache

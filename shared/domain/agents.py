@@ -13,9 +13,13 @@ from typing import Any
 from fleet_agent.contracts import Command, Heartbeat, Registration, Resources
 from pydantic import BaseModel, Field
 
-from shared.domain import holds, lifecycle
+from shared.domain import episodes, health, holds, lifecycle
+from shared.domain import liveness as liveness_rules
 from shared.domain.audit import AuditEntry
+from shared.domain.episodes import AlertingConfig, EpisodeWrite
+from shared.domain.health import HealthConfig
 from shared.domain.lifecycle import Cause, Outcome, State
+from shared.domain.liveness import Liveness
 from shared.domain.rejections import Code, Rejected
 
 #: Missed intervals after which the liveness sweep calls an agent late.
@@ -58,6 +62,16 @@ class AgentRecord(BaseModel):
     last_seq: int = -1
     heartbeats: int = 0
     late_after: datetime | None = None
+    #: The liveness ladder (shared/domain/liveness.py): where the agent stands, when the sweep looks
+    #: at it next (None: not watched), and what silence is counted from when not the last heartbeat.
+    liveness: Liveness = Liveness.OK
+    sweep_at: datetime | None = None
+    liveness_from: datetime | None = None
+    #: Open alert episodes by rule ({id, severity, opened_at}), and episodes ever opened (for ids).
+    episodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    episode_seq: int = 0
+    #: State of the health rules (shared/domain/health.py): timers, the egress hour, the security score.
+    health: dict[str, Any] = Field(default_factory=dict)
 
     #: The budget (a BudgetSpec, JSON-mode) and where it came from: "registration" or "api" (which wins).
     budget: dict[str, Any] | None = None
@@ -122,11 +136,15 @@ class Plan:
     transition: lifecycle.Decision | None = None
     #: Commands to publish on ``agent-commands`` once the plan is written.
     commands: list[Command] = field(default_factory=list)
+    #: Alert episodes opened, escalated or resolved, with their notices (written with the agent).
+    episodes: list[EpisodeWrite] = field(default_factory=list)
 
     @property
     def writes(self) -> int:
         agent = 1 if (self.changes or self.create or self.sample) else 0
-        return agent + (self.version_doc is not None) + (self.history_chunk is not None) + len(self.audit)
+        episode_docs = len(self.episodes) + sum(1 for e in self.episodes if e.notice is not None)
+        docs = (self.version_doc is not None) + (self.history_chunk is not None) + len(self.audit)
+        return agent + docs + episode_docs
 
 
 def _remember(items: list[Any], item: Any, keep: int) -> list[Any]:
@@ -145,6 +163,7 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
             status_since=received_at,
             status_cause=Cause.REGISTRATION.value,
             late_after=_late_after(received_at, reg.heartbeat_interval_s),
+            sweep_at=liveness_rules.deadline(received_at, reg.heartbeat_interval_s, Liveness.LATE),
             registered_at=received_at,
             last_registered_at=received_at,
             registration_event_ids=[event_id],
@@ -205,6 +224,10 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
     plan.commands.extend(holds.command_of(current.agent_id, hold) for hold in current.holds.values())
     last_seen = max(received_at, current.last_heartbeat_at or received_at)
     changes["late_after"] = _late_after(last_seen, reg.heartbeat_interval_s)
+    interval = {"heartbeat_interval_s": reg.heartbeat_interval_s}
+    eps = _back_alive(current.model_copy(update=interval), plan, changes, last_seen, received_at)
+    changes.update(eps.changes())
+    plan.episodes = eps.writes
     decision = lifecycle.decide(current.status, State.REGISTERED, Cause.REGISTRATION)
     if decision.outcome is Outcome.APPLIED and current.last_heartbeat_at and current.last_heartbeat_at > received_at:
         # A heartbeat sent after this registration was processed first: it already says what the
@@ -262,6 +285,28 @@ def status_change(current: AgentRecord, target: State, at: datetime, cause: Caus
     }
 
 
+def _back_alive(
+    current: AgentRecord,
+    plan: Plan,
+    changes: dict[str, Any],
+    last_seen: datetime,
+    at: datetime,
+    alerting: AlertingConfig | None = None,
+) -> episodes.AgentEpisodes:
+    """A sign of life: the next liveness deadline, and the end of a silence episode (the recovery
+    notice). A frozen agent stays frozen until released."""
+    changes.update(liveness_rules.after_heartbeat(current, last_seen))
+    eps = episodes.AgentEpisodes.of(current, alerting or AlertingConfig())
+    if current.liveness in (Liveness.LATE, Liveness.OFFLINE):
+        silent = liveness_rules.silent_since(current)
+        eps.resolve(
+            episodes.LIVENESS,
+            at,
+            f"{current.agent_id} is back after {liveness_rules.describe(at - silent)} of silence",
+        )
+    return eps
+
+
 def _late_after(last_seen: datetime, interval_s: int) -> datetime:
     return last_seen + timedelta(seconds=LATE_AFTER_INTERVALS * interval_s)
 
@@ -281,8 +326,11 @@ def apply_heartbeat(
     chunk_size: int,
     slots: int,
     retention: timedelta,
+    health_config: HealthConfig | None = None,
+    alerting: AlertingConfig | None = None,
 ) -> Plan:
-    """Record liveness (by server receive time), status and metrics; flush history every ``chunk_size``."""
+    """Record liveness (by server receive time), status and metrics; flush history every ``chunk_size``;
+    apply the health rules (shared/domain/health.py)."""
     if current.status is State.DECOMMISSIONED:
         raise Rejected(Code.DECOMMISSIONED, f"agent {hb.agent_id} was decommissioned", agent_id=hb.agent_id)
     if hb.seq <= current.last_seq:
@@ -328,17 +376,55 @@ def apply_heartbeat(
         changes["history_chunks"] = chunk_no + 1
         changes["flushed_seq"] = hb.seq
 
+    eps = _back_alive(current, plan, changes, last_seen, received_at, alerting)
+    config = health_config or HealthConfig()
+    verdict = health.evaluate(
+        current.health, hb.metrics.as_dict(), hb.status.value, received_at, config, eps, current.agent_id
+    )
+    if verdict.state != current.health:
+        changes["health"] = verdict.state
+
     decision = lifecycle.decide(current.status, lifecycle.REPORTED[hb.status], Cause.HEARTBEAT)
     if decision.outcome is Outcome.APPLIED and current.status is State.OFFLINE and received_at < current.status_since:
         # Sent before the agent was declared offline: old news, not a recovery.
         decision = lifecycle.Decision(Outcome.HELD, current.status, decision.target, "heartbeat predates offline")
+    flapping_cause: Cause | None = None
+    if verdict.state.get("flapping") and current.status not in lifecycle.STICKY:
+        # Flapping: held in degraded; the reported status is recorded in the sample, not applied.
+        decision = lifecycle.decide(current.status, State.DEGRADED, Cause.SYSTEM)
+        flapping_cause = Cause.SYSTEM
     plan.transition = decision
     if decision.outcome is Outcome.APPLIED:
-        changes.update(status_change(current, decision.target, received_at, Cause.HEARTBEAT))
+        reason = "flapping" if flapping_cause else ""
+        changes.update(status_change(current, decision.target, received_at, flapping_cause or Cause.HEARTBEAT, reason))
         if State.OFFLINE in (current.status, decision.target):
             plan.audit.append(_transition_audit(current, decision, event_id, received_at))
     elif decision.outcome is Outcome.ILLEGAL:
         plan.audit.append(_transition_audit(current, decision, event_id, received_at))
+
+    if verdict.quarantine and "quarantine" not in current.holds:
+        eps.open_(
+            episodes.SECURITY,
+            episodes.Severity.CRITICAL,
+            received_at,
+            f"{current.agent_id} quarantined: {verdict.quarantine}",
+            {"score": verdict.state.get("score")},
+            wait=False,
+        )
+        held = holds.place(
+            current,
+            "quarantine",
+            reason=verdict.quarantine,
+            at=received_at,
+            key=f"security.{eps.seq}",
+            actor="system:health-rules",
+        )
+        changes.update(held.changes)
+        plan.transition = held.transition or plan.transition
+        plan.commands.extend(held.commands)
+        plan.audit.extend(held.audit)
+    changes.update(eps.changes())
+    plan.episodes = eps.writes
     return plan
 
 

@@ -19,11 +19,12 @@ _KEY = re.compile(rf"^{PREFIX}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{43}})$")
 
 class Role(StrEnum):
     VIEWER = "viewer"  # reads
-    OPERATOR = "operator"  # reads and operational writes (later issues)
-    ADMIN = "admin"  # everything, keys included
+    OPERATOR = "operator"  # reads and operational writes: pause, resume, silences
+    APPROVER = "approver"  # an operator who may also release frozen or quarantined agents
+    ADMIN = "admin"  # everything, keys and settings included
 
     def allows(self, needed: Role) -> bool:
-        order = [Role.VIEWER, Role.OPERATOR, Role.ADMIN]
+        order = [Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMIN]
         return order.index(self) >= order.index(needed)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from shared import settings
 from shared.domain.agents import AgentRecord, Plan
-from shared.store import audit, db
+from shared.store import audit, db, episodes
 
 AGENTS = "agents"
 VERSIONS = "versions"
@@ -155,6 +155,8 @@ def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
         batch.set(agent_ref.collection(HISTORY).document(f"{chunk_slot:05d}"), stored_chunk)
     for entry in plan.audit:
         audit.add(batch, entry)
+    for write in plan.episodes:
+        episodes.add_to(batch, write)
     results = batch.commit(**db.call_options())
     db.count(writes=plan.writes)
     if new_record is not None:

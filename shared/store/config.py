@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -30,6 +30,9 @@ class TenantConfig:
     budget_source: str | None
     protection: dict[str, Any]
     prices: dict[str, Price]
+    #: Overrides of the alerting and health-rule settings (shared/domain/episodes.py, health.py).
+    alerting: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
 
 
 class _TtlCache:
@@ -80,6 +83,8 @@ def read_tenant(tenant: str) -> TenantConfig:
         budget_source=data.get("budget_source"),
         protection=dict(data.get("protection") or {}),
         prices={model: price_of(p) for model, p in (data.get("prices") or {}).items()},
+        alerting=dict(data.get("alerting") or {}),
+        health=dict(data.get("health") or {}),
     )
 
 

@@ -6,6 +6,7 @@
   publisher's CPU is not in the window; baseline and heartbeats alternate, round by round.
 - Firestore reads and writes per accepted heartbeat (from the functions' structured logs).
 - Import time of the function module (cold start), and the first event's latency after it.
+- Cost events (tests/bench/costs.py) and the liveness sweep with its Slack notices (tests/bench/sweep.py).
 
 Two stacks are measured: the default (one instance, whose agent cache saves the read), and the
 cache switched off, which is what many instances without affinity look like in Google Cloud.
@@ -284,6 +285,10 @@ def main() -> int:
     from tests.bench import costs
 
     cost_lines = costs.main(report=lambda line: None)
+    print("measuring the liveness sweep and its notifications ...", file=sys.stderr)
+    from tests.bench import sweep
+
+    sweep_lines = sweep.main(report=lambda line: None)
 
     lines = [
         f"Measured {started:%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, {os.cpu_count()} cores, "
@@ -317,6 +322,7 @@ def main() -> int:
         f"{cold['first_event_ms']:.0f} ms |",
     ]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
+    lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"

@@ -242,6 +242,16 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/prices", "get"),
             ("/v1/prices/{model}", "put"),
             ("/v1/alerts", "get"),
+            ("/v1/silences", "get"),
+            ("/v1/silences", "post"),
+            ("/v1/silences/{silence_id}", "delete"),
+            ("/v1/agents/{agent_id}/release", "post"),
+            ("/v1/tenants/{tenant}/alerting", "get"),
+            ("/v1/tenants/{tenant}/alerting", "put"),
+            ("/v1/tenants/{tenant}/health", "get"),
+            ("/v1/tenants/{tenant}/health", "put"),
+            ("/v1/reports/hourly", "get"),
+            ("/v1/reports/daily", "get"),
         }
     )
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {

@@ -27,6 +27,7 @@ from shared.domain.usage import Totals
 from shared.store import agents as agent_store
 from shared.store import alerts as alert_store
 from shared.store import api_keys, config, db
+from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
 from shared.store.api_keys import Principal
 from tests.unit.test_http_api import APP, Reply, assert_error, record
@@ -192,8 +193,11 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         w.shards.append(shards)
         return periods(w.tenant_usage.get(tenant, {}))
 
-    def list_recent(*, tenant: str | None, agent_id: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_episodes(
+        *, state: Any, tenant: str | None, agent_id: str | None, rule: Any, severity: Any, limit: int
+    ) -> list[dict[str, Any]]:
         w.alert_queries.append({"tenant": tenant, "agent_id": agent_id, "limit": limit})
+        assert state is None and rule is None and severity is None
         rows = [
             r
             for r in w.alert_rows
@@ -217,7 +221,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(agent_store, "update", update)
     monkeypatch.setattr(usage_store, "agent_periods", agent_periods)
     monkeypatch.setattr(usage_store, "tenant_periods", tenant_periods)
-    monkeypatch.setattr(alert_store, "list_recent", list_recent)
+    monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
     monkeypatch.setattr(alert_store, "raise_once", raise_once)
     monkeypatch.setattr(commands, "publish", lambda sent: w.published.extend(sent) or [])
     monkeypatch.setattr(db, "client", lambda: w.firestore)
@@ -712,14 +716,14 @@ def alert_row(i: int, tenant: str, agent_id: str | None) -> dict[str, Any]:
     at = NOW - timedelta(minutes=i)
     return {
         "id": f"budget_exhausted.agent.{agent_id}.daily_usd.2026-11-21",
-        "kind": "budget_exhausted",
+        "rule": "budget_exhausted",
+        "title": "Budget exhausted",
         "severity": "critical",
         "tenant": tenant,
         "agent_id": agent_id,
-        "message": "exhausted",
-        "window": "2026-11-21",
-        "details": {"limit": "daily_usd", "resets_at": "2026-11-22T00:00:00+00:00"},
-        "raised_at": at,
+        "summary": "exhausted",
+        "details": {"limit": "daily_usd", "resets_at": "2026-11-22T00:00:00+00:00", "window": "2026-11-21"},
+        "opened_at": at,
         "state": "open",
         "expire_at": at + timedelta(days=30),
     }
@@ -735,7 +739,8 @@ def test_alerts_are_listed_newest_first_with_iso_times(world: World) -> None:
     assert reply.status == 200, reply.text
     items = reply.json["items"]
     assert [a["tenant"] for a in items] == ["acme", "globex", "acme"]
-    assert items[0]["raised_at"] == "2026-11-21T10:30:00Z" and "expire_at" not in items[0]
+    assert items[0]["raised_at"] == items[0]["opened_at"] == "2026-11-21T10:30:00Z" and "expire_at" not in items[0]
+    assert items[0]["kind"] == items[0]["rule"] == "budget_exhausted" and items[0]["message"] == "exhausted"
     assert world.alert_queries == [{"tenant": None, "agent_id": None, "limit": 50}]
     send("/v1/alerts", tenant="globex", limit="200")
     assert world.alert_queries[-1] == {"tenant": "globex", "agent_id": None, "limit": 200}
@@ -747,7 +752,7 @@ def test_a_tenant_key_sees_only_its_tenants_alerts(world: World) -> None:
     assert [a["tenant"] for a in reply.json["items"]] == ["acme"]
     assert world.alert_queries[-1]["tenant"] == "acme"
     assert send("/v1/alerts", who="acme-viewer", agent_id="agent-g1").json["items"] == []
-    assert world.alert_queries[-1] == {"tenant": None, "agent_id": "agent-g1", "limit": 50}
+    assert world.alert_queries[-1] == {"tenant": "acme", "agent_id": "agent-g1", "limit": 50}
     assert len(send("/v1/alerts", who="acme-viewer", agent_id="agent-a1").json["items"]) == 1
     assert_error(send("/v1/alerts", who="acme-viewer", tenant="globex"), 403, "forbidden")
 

@@ -44,7 +44,8 @@ def test_each_subscription_pushes_its_topic_to_a_function_expecting_that_event()
 def test_every_agent_topic_with_a_subscription_has_a_dead_letter_topic() -> None:
     topology = load().deployed()
     for sub in topology.subscriptions:
-        if not topology.topic(sub.topic).dead_letter:
+        topic = topology.topic(sub.topic)
+        if not topic.dead_letter and not topic.tick:  # a lost tick is redone by the next run
             assert sub.dead_letter_topic, f"{sub.name} would drop messages that keep failing"
 
 

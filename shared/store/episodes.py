@@ -1,0 +1,267 @@
+"""Alert episodes (``episodes/{id}``), their outbox (``notifications/{id}``) and tenant alert state.
+
+Episodes and notices are written with the decision that caused them (the agent's conditional write,
+or a create for cost alerts), never on their own; this module adds them to a write batch, and gives
+the notifier its queries and its claim (a conditional update: one instance sends each notice).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.domain import episodes as domain
+from shared.domain.alerts import DEFAULT_ALERT_OPEN, Alert, Severity
+from shared.store import db
+
+EPISODES = "episodes"
+NOTIFICATIONS = "notifications"
+TENANT_ALERTS = "tenant_alerts"
+MAX_ATTEMPTS = 8
+_raised: set[str] = set()
+_lock = threading.Lock()
+
+
+def episode_ref(episode_id: str) -> Any:
+    return db.client().collection(EPISODES).document(db.doc_id(episode_id))
+
+
+def notice_ref(notice_id: str) -> Any:
+    return db.client().collection(NOTIFICATIONS).document(db.doc_id(notice_id))
+
+
+def add_to(batch: Any, write: domain.EpisodeWrite) -> int:
+    """Add one episode change (and its notice) to ``batch``; returns the documents written."""
+    if write.create:
+        batch.create(episode_ref(write.episode_id), write.fields)
+    else:
+        batch.set(episode_ref(write.episode_id), write.fields, merge=True)
+    if write.notice is None:
+        return 1
+    batch.set(notice_ref(write.notice["id"]), write.notice)
+    return 2
+
+
+def commit(writes: list[domain.EpisodeWrite]) -> None:
+    batch = db.client().batch()
+    written = sum(add_to(batch, write) for write in writes)
+    batch.commit(**db.call_options())
+    db.count(writes=written)
+
+
+# --- cost alerts --------------------------------------------------------------------------------
+
+
+def raise_once(alert: Alert, config: domain.AlertingConfig) -> bool:
+    """Open the episode of a cost alert, with its notice, once (a create under the alert's id): True
+    when this call opened it. It resolves by itself at ``alert.until`` (the sweep resolves it)."""
+    from google.api_core import exceptions
+
+    with _lock:
+        if alert.id in _raised:
+            return False
+    write = domain.new_episode(
+        alert.id,
+        rule=alert.kind,
+        severity=alert.severity,
+        tenant=alert.tenant,
+        agent_id=alert.agent_id,
+        at=alert.at,
+        summary=alert.message,
+        details={**alert.details, **({"window": alert.window} if alert.window else {})},
+        config=config,
+        resolve_at=alert.until or alert.at + DEFAULT_ALERT_OPEN,
+        due_at=alert.at + timedelta(seconds=config.group_wait_s),
+    )
+    write.create = True
+    try:
+        commit([write])
+        raised = True
+    except exceptions.AlreadyExists:
+        db.count(conflicts=1)
+        raised = False
+    with _lock:
+        if len(_raised) > 100_000:
+            _raised.clear()
+        _raised.add(alert.id)
+    return raised
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def get(episode_id: str) -> dict[str, Any] | None:
+    doc = db.get(episode_ref(episode_id))
+    return (doc.to_dict() or {}) if doc.exists else None
+
+
+def get_many(episode_ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not episode_ids:
+        return {}
+    docs = list(db.client().get_all([episode_ref(i) for i in episode_ids], **db.call_options()))
+    db.count(reads=len(docs))
+    return {(d.to_dict() or {})["id"]: d.to_dict() or {} for d in docs if d.exists}
+
+
+def list_episodes(
+    *,
+    state: str | None = None,
+    tenant: str | None = None,
+    agent_id: str | None = None,
+    rule: str | None = None,
+    severity: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Episodes newest first. One equality filter goes to Firestore (each has an index with
+    ``opened_at``); the others are applied here, over a bounded over-read."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    wanted = {"state": state, "tenant": tenant, "agent_id": agent_id, "rule": rule, "severity": severity}
+    # The most selective filter goes to Firestore: an agent, then a tenant, then a state.
+    server = next((k for k in ("agent_id", "tenant", "state") if wanted[k] is not None), None)
+    query: Any = db.client().collection(EPISODES)
+    if server is not None:
+        query = query.where(filter=FieldFilter(server, "==", wanted[server]))
+    local = {k: v for k, v in wanted.items() if v is not None and k != server}
+    fetch = limit if not local else min(limit * 10, 1000)
+    docs = list(query.order_by("opened_at", direction="DESCENDING").limit(fetch).stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    rows = [doc.to_dict() or {} for doc in docs]
+    return [row for row in rows if all(row.get(k) == v for k, v in local.items())][:limit]
+
+
+def due(field: str, now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:
+    """Open episodes whose ``field`` (``next_repeat_at`` or ``resolve_at``) has passed."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        db.client()
+        .collection(EPISODES)
+        .where(filter=FieldFilter("state", "==", "open"))
+        .where(filter=FieldFilter(field, "<=", now))
+        .order_by(field)
+        .limit(limit)
+    )
+    docs = list(query.stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [(doc.to_dict() or {}, doc.update_time) for doc in docs]
+
+
+def conditional(episode: dict[str, Any], update_time: Any, write: domain.EpisodeWrite) -> bool:
+    """Write an episode change (and its notice) only if the episode is as read: True when this call
+    wrote it, False when another instance changed it first."""
+    client = db.client()
+    batch = client.batch()
+    batch.update(episode_ref(episode["id"]), write.fields, option=client.write_option(last_update_time=update_time))
+    written = 1
+    if write.notice is not None:
+        batch.set(notice_ref(write.notice["id"]), write.notice)
+        written += 1
+    try:
+        batch.commit(**db.call_options())
+    except Exception as exc:
+        if db.is_conflict(exc):
+            db.count(conflicts=1)
+            return False
+        raise
+    db.count(writes=written)
+    return True
+
+
+def set_fields(episode_id: str, fields: dict[str, Any]) -> None:
+    episode_ref(episode_id).set(fields, merge=True, **db.call_options())
+    db.count(writes=1)
+
+
+# --- the outbox ---------------------------------------------------------------------------------
+
+
+def due_notices(now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:
+    """Notices to send now: pending ones that are due, and ones whose sender's lease ran out."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        db.client()
+        .collection(NOTIFICATIONS)
+        .where(filter=FieldFilter("state", "in", ["pending", "sending"]))
+        .where(filter=FieldFilter("due_at", "<=", now))
+        .order_by("due_at")
+        .limit(limit)
+    )
+    docs = list(query.stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [(doc.to_dict() or {}, doc.update_time) for doc in docs]
+
+
+def claim(notice: dict[str, Any], update_time: Any, now: datetime, lease: timedelta) -> Any | None:
+    """Take a notice for sending (a conditional update): the new update time, or None when another
+    instance took it first. An unfinished claim expires with its lease and the notice is due again."""
+    client = db.client()
+    fields = {"state": "sending", "due_at": now + lease, "attempts": int(notice.get("attempts") or 0) + 1}
+    try:
+        result = notice_ref(notice["id"]).update(
+            fields, option=client.write_option(last_update_time=update_time), **db.call_options()
+        )
+    except Exception as exc:
+        if db.is_conflict(exc):
+            db.count(conflicts=1)
+            return None
+        raise
+    db.count(writes=1)
+    return result.update_time
+
+
+def get_notice(notice_id: str) -> dict[str, Any] | None:
+    doc = db.get(notice_ref(notice_id))
+    return (doc.to_dict() or {}) if doc.exists else None
+
+
+def finish(notice_id: str, fields: dict[str, Any]) -> None:
+    notice_ref(notice_id).update(fields, **db.call_options())
+    db.count(writes=1)
+
+
+# --- tenant alert state (root alerts) -------------------------------------------------------------
+
+
+def tenant_state(tenant: str) -> tuple[dict[str, Any], Any]:
+    doc = db.get(db.client().collection(TENANT_ALERTS).document(db.doc_id(tenant)))
+    return ((doc.to_dict() or {}) if doc.exists else {}), (doc.update_time if doc.exists else None)
+
+
+def update_tenant(
+    tenant: str, decide: Callable[[dict[str, Any]], tuple[dict[str, Any], list[domain.EpisodeWrite]]]
+) -> list[domain.EpisodeWrite]:
+    """Change the tenant's alert state and its episodes atomically, with a precondition (retried on
+    conflicts): two sweeps open one root alert, not two."""
+    client = db.client()
+    ref = client.collection(TENANT_ALERTS).document(db.doc_id(tenant))
+    for _ in range(MAX_ATTEMPTS):
+        state, update_time = tenant_state(tenant)
+        changes, writes = decide(state)
+        if not changes:
+            return []
+        batch = client.batch()
+        if update_time is None:
+            batch.create(ref, {"tenant": tenant, **changes})
+        else:
+            batch.update(ref, changes, option=client.write_option(last_update_time=update_time))
+        written = 1 + sum(add_to(batch, write) for write in writes)
+        try:
+            batch.commit(**db.call_options())
+        except Exception as exc:
+            from google.api_core import exceptions
+
+            if db.is_conflict(exc) or isinstance(exc, exceptions.AlreadyExists):
+                db.count(conflicts=1)
+                continue
+            raise
+        db.count(writes=written)
+        return writes
+    raise RuntimeError(f"tenant {tenant}: {MAX_ATTEMPTS} conflicting alert-state writes in a row")
+
+
+def severity_of(row: dict[str, Any]) -> Severity:
+    return Severity(row.get("severity") or "warning")

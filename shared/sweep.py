@@ -1,0 +1,182 @@
+"""The minute job: the liveness sweep, root alerts, then the Slack outbox (shared/notifier.py).
+
+The sweep reads only agents whose ``sweep_at`` has passed (shared/domain/liveness.py), and moves
+each with the agent store's conditional write: concurrent sweeps make each transition once. The
+document the query returned is the one the step is computed on (no second read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shared import logs, notifier
+from shared.domain import episodes as domain
+from shared.domain import liveness
+from shared.domain import silences as silence_rules
+from shared.domain.liveness import Liveness
+from shared.store import agents as agent_store
+from shared.store import db
+from shared.store import episodes as episode_store
+from shared.store import silences as silence_store
+
+log = logs.get_logger("sweep")
+PAGE = 300
+
+
+@dataclass
+class Swept:
+    due: int = 0
+    moved: dict[str, int] = field(default_factory=dict)
+    #: Tenants with agents newly offline or frozen (their root alert is checked).
+    tenants: set[str] = field(default_factory=set)
+    roots_opened: int = 0
+    roots_resolved: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "due": self.due,
+            "moved": self.moved,
+            "roots_opened": self.roots_opened,
+            "roots_resolved": self.roots_resolved,
+        }
+
+
+def run(now: datetime) -> dict[str, Any]:
+    swept = sweep(now)
+    roots(swept, now)
+    flushed = notifier.flush(now)
+    return {**swept.as_dict(), "notifications": flushed.as_dict()}
+
+
+def sweep(now: datetime) -> Swept:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    out = Swept()
+    silences = silence_store.active(now)
+    query: Any = (
+        db.client().collection(agent_store.AGENTS).where(filter=FieldFilter("sweep_at", "<=", now)).order_by("sweep_at")
+    )
+    last = None
+    while True:
+        page_query = query.start_after(last) if last is not None else query
+        docs = list(page_query.limit(PAGE).stream(**db.call_options()))
+        db.count(reads=max(1, len(docs)))
+        for doc in docs:
+            out.due += 1
+            _step(doc, now, silences, out)
+        if len(docs) < PAGE:
+            return out
+        last = docs[-1]
+
+
+def _step(doc: Any, now: datetime, silences: list[silence_rules.Silence], out: Swept) -> None:
+    record = agent_store.from_stored(doc.to_dict())
+    # The query's copy is as fresh as a read: the step is computed on it, and written on its update time.
+    agent_store.cache.put(record.agent_id, agent_store.Snapshot(record, doc.update_time))
+    config = notifier.alerting(record.tenant)
+    window = silence_rules.maintenance_until(silences, now, tenant=record.tenant, agent_id=record.agent_id)
+
+    def decide(current: Any) -> Any:
+        from shared.domain.agents import Plan
+
+        if current is None:
+            return Plan(skipped="gone")
+        return liveness.step(current, now, config=config, maintenance_until=window)
+
+    plan = agent_store.update(record.agent_id, decide)
+    rung = plan.changes.get("liveness")
+    if rung is not None:
+        out.moved[str(rung)] = out.moved.get(str(rung), 0) + 1
+        if rung in (Liveness.OFFLINE, Liveness.FROZEN):
+            out.tenants.add(record.tenant)
+
+
+def roots(swept: Swept, now: datetime) -> None:
+    """Open a tenant's root alert when a large share of its agents is offline; resolve it when most
+    are back. Checked for tenants with new offline agents and tenants whose root is open."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    open_roots = (
+        db.client().collection(episode_store.TENANT_ALERTS).where(filter=FieldFilter("root_open", "==", True)).stream()
+    )
+    tenants = set(swept.tenants)
+    for doc in open_roots:
+        db.count(reads=1)
+        tenants.add((doc.to_dict() or {})["tenant"])
+    for tenant in sorted(tenants):
+        opened, resolved = _root(tenant, now)
+        swept.roots_opened += opened
+        swept.roots_resolved += resolved
+
+
+def _count(tenant: str, silent: bool) -> int:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query: Any = db.client().collection(agent_store.AGENTS).where(filter=FieldFilter("tenant", "==", tenant))
+    if silent:
+        query = query.where(filter=FieldFilter("liveness", "in", [Liveness.OFFLINE.value, Liveness.FROZEN.value]))
+    result = query.count().get(**db.call_options())
+    db.count(reads=1)  # billed per 1,000 index entries; a tenant is rarely larger
+    return int(result[0][0].value)
+
+
+def _silent_agents(tenant: str, limit: int = 20) -> list[str]:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        db.client()
+        .collection(agent_store.AGENTS)
+        .where(filter=FieldFilter("tenant", "==", tenant))
+        .where(filter=FieldFilter("liveness", "in", [Liveness.OFFLINE.value, Liveness.FROZEN.value]))
+        .limit(limit)
+    )
+    docs = list(query.stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [doc.id for doc in docs]
+
+
+def _root(tenant: str, now: datetime) -> tuple[int, int]:
+    config = notifier.alerting(tenant)
+    total, silent = _count(tenant, silent=False), _count(tenant, silent=True)
+    share = silent / total if total else 0.0
+    listed = _silent_agents(tenant) if silent >= config.root_min_agents else []
+
+    def decide(state: dict[str, Any]) -> tuple[dict[str, Any], list[domain.EpisodeWrite]]:
+        open_ = dict(state.get("episodes") or {})
+        seq = int(state.get("episode_seq") or 0)
+        current = open_.get(domain.FLEET_OFFLINE)
+        if current is None and silent >= config.root_min_agents and share >= config.root_share:
+            seq += 1
+            episode = domain.episode_id(f"t.{tenant}", domain.FLEET_OFFLINE, seq)
+            more = f" and {silent - len(listed)} more" if silent > len(listed) else ""
+            write = domain.new_episode(
+                episode,
+                rule=domain.FLEET_OFFLINE,
+                severity=domain.Severity.EMERGENCY if share >= 0.9 else domain.Severity.CRITICAL,
+                tenant=tenant,
+                agent_id=None,
+                at=now,
+                summary=(
+                    f"{silent} of {total} agents of {tenant} are offline ({share:.0%}): a shared cause is likely. "
+                    f"Their own alerts are held back under this one. Offline: {', '.join(listed)}{more}"
+                ),
+                details={"offline": silent, "total": total, "agents": listed},
+                config=config,
+            )
+            open_[domain.FLEET_OFFLINE] = {"id": episode, "severity": write.fields["severity"], "opened_at": now}
+            return {"episodes": open_, "episode_seq": seq, "root_open": True}, [write]
+        if current is not None and share < config.root_share / 2:
+            summary = f"{silent} of {total} agents of {tenant} offline now ({share:.0%})"
+            snapshot = {**current, "rule": domain.FLEET_OFFLINE, "tenant": tenant, "agent_id": None}
+            snapshot["title"] = domain.TITLES[domain.FLEET_OFFLINE]
+            del open_[domain.FLEET_OFFLINE]
+            return {"episodes": open_, "root_open": False}, [domain.resolution(snapshot, now, summary)]
+        return {}, []
+
+    writes = episode_store.update_tenant(tenant, decide)
+    opened = sum(1 for w in writes if w.fields.get("state") == "open")
+    if writes:
+        logs.log(log, f"root alert for {tenant}: {'opened' if opened else 'resolved'}", tenant=tenant, share=share)
+    return opened, len(writes) - opened
