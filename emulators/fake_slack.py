@@ -333,6 +333,12 @@ def _require(params: dict[str, Any], *names: str) -> None:
             raise SlackError("invalid_arguments")
 
 
+def _require_content(params: dict[str, Any]) -> None:
+    """A message needs a text, blocks or attachments."""
+    if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
+        raise SlackError("no_text")
+
+
 def _auth_test(state: _State, params: dict[str, Any], base: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {
         "url": "https://fleet-local.slack.com/",
@@ -362,8 +368,7 @@ def _message(params: dict[str, Any], ts: str) -> dict[str, Any]:
 
 def _post_message(state: _State, params: dict[str, Any], base: str) -> tuple[dict[str, Any], dict[str, Any]]:
     cid = state.resolve(params.get("channel"))
-    if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
-        raise SlackError("no_text")
+    _require_content(params)
     ts = state.next_ts()
     message = _message(params, ts)
     state.messages[(cid, ts)] = message
@@ -376,8 +381,7 @@ def _update(state: _State, params: dict[str, Any], base: str) -> tuple[dict[str,
     old = state.messages.get((cid, ts))
     if old is None:
         raise SlackError("message_not_found")
-    if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
-        raise SlackError("no_text")
+    _require_content(params)
     message = _message(params, ts)
     if "blocks" not in params and old.get("blocks"):
         message["blocks"] = old["blocks"]  # as Slack: without `blocks`, the previous ones are kept
@@ -392,8 +396,7 @@ def _update(state: _State, params: dict[str, Any], base: str) -> tuple[dict[str,
 def _post_ephemeral(state: _State, params: dict[str, Any], base: str) -> tuple[dict[str, Any], dict[str, Any]]:
     cid = state.resolve(params.get("channel"))
     _require(params, "user")
-    if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
-        raise SlackError("no_text")
+    _require_content(params)
     return {"message_ts": state.next_ts()}, {"channel": cid, "channel_name": state.names[cid]}
 
 
@@ -496,7 +499,7 @@ class FakeSlack:
     @property
     def url(self) -> str:
         """The base URL for ``WebClient(base_url=...)`` and ``SLACK_API_URL``."""
-        return f"http://127.0.0.1:{self.port}/api/"
+        return f"{self.root}/api/"
 
     @property
     def root(self) -> str:

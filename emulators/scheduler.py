@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from emulators.stack import DEFAULT_PROJECT
 from shared import topology as topology_mod
 from shared.logs import get_logger, log
 from shared.topology import Schedule
@@ -97,15 +98,11 @@ class Tick:
     @property
     def data(self) -> bytes:
         """The message body: what the Cloud Scheduler job's ``pubsub_target.data`` decodes to."""
-        return tick_body(self.job, self.scheduled_at)
+        return json.dumps({"job": self.job, "scheduled_at": _iso(self.scheduled_at)}).encode()
 
     @property
     def attributes(self) -> dict[str, str]:
         return {"job": self.job}
-
-
-def tick_body(job: str, scheduled_at: datetime) -> bytes:
-    return json.dumps({"job": job, "scheduled_at": _iso(scheduled_at)}).encode()
 
 
 def _iso(moment: datetime) -> str:
@@ -166,6 +163,18 @@ def load_env(state_dir: Path) -> dict[str, str]:
 
 class Publisher:
     """Publishes ticks with the real Pub/Sub client (to the emulator of the loaded environment)."""
+
+    @classmethod
+    def for_stack(cls, state_dir: Path) -> Publisher | None:
+        """A publisher to the running stack's emulator, its environment loaded into ``os.environ``;
+        None (and why, on stderr) when the stack is not running."""
+        try:
+            env = load_env(state_dir)
+        except StackNotRunning as exc:
+            print(exc, file=sys.stderr)
+            return None
+        os.environ.update(env)
+        return cls(env.get("GOOGLE_CLOUD_PROJECT", DEFAULT_PROJECT))
 
     def __init__(self, project: str) -> None:
         from google.cloud.pubsub_v1 import PublisherClient
@@ -235,27 +244,19 @@ def _tick_now(name: str, schedules: Sequence[Schedule], state_dir: Path) -> int:
     if name not in names:
         print(f"unknown job {name!r}; jobs: {_jobs_text(schedules)}", file=sys.stderr)
         return 2
-    try:
-        env = load_env(state_dir)
-    except StackNotRunning as exc:
-        print(exc, file=sys.stderr)
+    publisher = Publisher.for_stack(state_dir)
+    if publisher is None:
         return 1
-    os.environ.update(env)
     job = names[name]
     tick = Tick(job.name, job.topic, datetime.now(UTC).replace(microsecond=0))
-    message_id = Publisher(env.get("GOOGLE_CLOUD_PROJECT", "fleet-local"))(tick)
-    _log_tick(tick, message_id)
+    _log_tick(tick, publisher(tick))
     return 0
 
 
 def _run_forever(schedules: Sequence[Schedule], state_dir: Path) -> int:
-    try:
-        env = load_env(state_dir)
-    except StackNotRunning as exc:
-        print(exc, file=sys.stderr)
+    publisher = Publisher.for_stack(state_dir)
+    if publisher is None:
         return 1
-    os.environ.update(env)
-    publisher = Publisher(env.get("GOOGLE_CLOUD_PROJECT", "fleet-local"))
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

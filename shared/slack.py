@@ -208,10 +208,17 @@ def _from_transport_error(method: str, exc: Exception) -> SlackUnavailable | Sla
     return SlackUnavailable(f"{method}: {type(exc).__name__}: {exc}")
 
 
-def _remember(name: str, channel_id: str) -> None:
-    if not _CHANNEL_ID.match(name.strip()):
+def _name(channel: str) -> str | None:
+    """The key of ``_channel_ids`` for a channel given by ``#name`` or ``name``; None for an id."""
+    channel = channel.strip()
+    return None if _CHANNEL_ID.match(channel) else channel.lstrip("#").lower()
+
+
+def _remember(channel: str, channel_id: str) -> None:
+    name = _name(channel)
+    if name is not None:
         with _lock:
-            _channel_ids[name.strip().lstrip("#").lower()] = channel_id
+            _channel_ids[name] = channel_id
 
 
 def channel_id(channel: str) -> str:
@@ -220,10 +227,9 @@ def channel_id(channel: str) -> str:
 
     Raises SlackRefused("channel_not_found") when no public channel has that name.
     """
-    channel = channel.strip()
-    if _CHANNEL_ID.match(channel):
-        return channel
-    name = channel.lstrip("#").lower()
+    name = _name(channel)
+    if name is None:
+        return channel.strip()
     with _lock:
         known = _channel_ids.get(name)
     if known:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.domain import budgets
 from shared.domain.agents import AgentRecord
 from shared.domain.lifecycle import Cause, State
+from shared.domain.liveness import Liveness
 from shared.domain.periods import Period, Window, window
 from shared.domain.pricing import Price, PriceTable, format_usd, to_nanos
 from shared.domain.usage import Totals
@@ -313,15 +314,18 @@ def _rate(calls: int, failures: int) -> float | None:
     return None if calls == 0 else round((calls - failures) / calls, 4)
 
 
+def _spend(totals: Totals) -> dict[str, Any]:
+    """The ``spend_usd``, ``calls``, ``failures`` and ``success_rate`` of a report line."""
+    return {
+        "spend_usd": format_usd(totals.usd_nanos),
+        "calls": totals.calls,
+        "failures": totals.failures,
+        "success_rate": _rate(totals.calls, totals.failures),
+    }
+
+
 def usage_of(totals: Totals) -> ReportUsage:
-    return ReportUsage(
-        spend_usd=format_usd(totals.usd_nanos),
-        calls=totals.calls,
-        failures=totals.failures,
-        success_rate=_rate(totals.calls, totals.failures),
-        tokens=totals.tokens,
-        unpriced_calls=totals.unpriced,
-    )
+    return ReportUsage(**_spend(totals), tokens=totals.tokens, unpriced_calls=totals.unpriced)
 
 
 def _sum(items: Iterable[Totals]) -> Totals:
@@ -343,14 +347,24 @@ def _budget_use(spec: Any, period: Period, used: int) -> BudgetUse:
     return BudgetUse(budget_usd=format_usd(hard) if hard is not None else None, used_pct=_pct(used, hard))
 
 
+def _day_against(today: Totals, before: Totals, month_to_date: int, spec: Any) -> dict[str, Any]:
+    """A daily line's day against the day before and against the budgets."""
+    return {
+        "previous_day_usd": format_usd(before.usd_nanos),
+        "change_pct": pct_change(today.usd_nanos, before.usd_nanos),
+        "daily": _budget_use(spec, Period.DAY, today.usd_nanos),
+        "month_to_date_usd": format_usd(month_to_date),
+        "monthly": _budget_use(spec, Period.MONTH, month_to_date),
+    }
+
+
 def _in(at: datetime | None, win: Window) -> bool:
     return at is not None and win.starts_at <= at.astimezone(UTC) < win.resets_at
 
 
 def _liveness(agent: AgentRecord) -> str | None:
     """The liveness rung when not ``ok`` (late, offline, frozen: missed heartbeats), else None."""
-    rung = str(getattr(agent, "liveness", "ok") or "ok")
-    return None if rung == "ok" or agent.status is State.DECOMMISSIONED else rung
+    return None if agent.liveness is Liveness.OK or agent.status is State.DECOMMISSIONED else agent.liveness.value
 
 
 def _is_unhealthy(agent: AgentRecord) -> bool:
@@ -384,8 +398,7 @@ def episodes_of(rows: Sequence[Mapping[str, Any]], win: Window, tenant: str | No
     """Open episodes (of ``tenant`` when given), most severe first, then newest first."""
     items = [_episode(row, win) for row in rows if str(row.get("state") or "open") == "open"]
     items = [e for e in items if tenant is None or e.tenant == tenant]
-    items.sort(key=lambda e: -(e.opened_at.timestamp() if e.opened_at else 0))
-    items.sort(key=lambda e: _SEVERITY_ORDER.get(e.severity, 9))
+    items.sort(key=lambda e: (_SEVERITY_ORDER.get(e.severity, 9), -(e.opened_at.timestamp() if e.opened_at else 0)))
     return items
 
 
@@ -410,9 +423,9 @@ def build_hourly(
     win = report_hour(at)
     agents = [a for a in agents if tenant is None or a.tenant == tenant]
     known = [a for a in agents if a.status is not State.DECOMMISSIONED]
-    ids = {a.agent_id for a in agents}
-    total = _sum(t for agent_id, t in hour.items() if agent_id in ids)
-    before = _sum(t for agent_id, t in previous.items() if agent_id in ids)
+    by_id = {a.agent_id: a for a in agents}
+    total = _sum(t for agent_id, t in hour.items() if agent_id in by_id)
+    before = _sum(t for agent_id, t in previous.items() if agent_id in by_id)
 
     rank = {state: n for n, state in enumerate(UNHEALTHY)}
     unhealthy = [
@@ -461,12 +474,11 @@ def build_hourly(
             )
     changes.sort(key=lambda c: (c.at, c.agent_id), reverse=True)
 
-    by_id = {a.agent_id: a for a in agents}
     spenders = sorted(
         ((agent_id, t) for agent_id, t in hour.items() if agent_id in by_id and (t.usd_nanos or t.calls)),
         key=lambda item: (-item[1].usd_nanos, -item[1].calls, item[0]),
     )
-    top = [_agent_line(by_id[agent_id], t) for agent_id, t in spenders[:TOP_AGENTS]]
+    top = [ReportAgent(**_agent_line(by_id[agent_id], t)) for agent_id, t in spenders[:TOP_AGENTS]]
 
     return HourlyReport(
         tenant=tenant,
@@ -485,17 +497,15 @@ def build_hourly(
     )
 
 
-def _agent_line(agent: AgentRecord, totals: Totals) -> ReportAgent:
-    return ReportAgent(
-        agent_id=agent.agent_id,
-        tenant=agent.tenant,
-        name=agent.name,
-        status=agent.status.value,
-        spend_usd=format_usd(totals.usd_nanos),
-        calls=totals.calls,
-        failures=totals.failures,
-        success_rate=_rate(totals.calls, totals.failures),
-    )
+def _agent_line(agent: AgentRecord, totals: Totals) -> dict[str, Any]:
+    """The fields an agent's line has in both reports (``ReportAgent``, the start of ``AgentDay``)."""
+    return {
+        "agent_id": agent.agent_id,
+        "tenant": agent.tenant,
+        "name": agent.name,
+        "status": agent.status.value,
+        **_spend(totals),
+    }
 
 
 # -- the daily report ----------------------------------------------------------------------------
@@ -527,33 +537,22 @@ def build_daily(
     def of(agent_id: str, key: str) -> Totals:
         return days.get(agent_id, {}).get(key) or Totals()
 
-    def month_to_date(agent_id: str) -> int:
-        return sum(t.usd_nanos for k, t in days.get(agent_id, {}).items() if k.startswith(month_prefix) and k <= day)
+    month_to_date = {
+        a.agent_id: sum(
+            t.usd_nanos for k, t in days.get(a.agent_id, {}).items() if k.startswith(month_prefix) and k <= day
+        )
+        for a in agents
+    }
 
     agent_lines: list[tuple[int, AgentDay]] = []
     tenant_agents: dict[str, list[AgentRecord]] = {}
     for a in agents:
         tenant_agents.setdefault(a.tenant, []).append(a)
-        today, before, mtd = of(a.agent_id, day), of(a.agent_id, yesterday), month_to_date(a.agent_id)
+        today = of(a.agent_id, day)
         if not (today.calls or today.usd_nanos):
             continue
-        spec = budgets.parse(a.budget)
-        line = AgentDay(
-            agent_id=a.agent_id,
-            tenant=a.tenant,
-            name=a.name,
-            status=a.status.value,
-            spend_usd=format_usd(today.usd_nanos),
-            calls=today.calls,
-            failures=today.failures,
-            success_rate=_rate(today.calls, today.failures),
-            previous_day_usd=format_usd(before.usd_nanos),
-            change_pct=pct_change(today.usd_nanos, before.usd_nanos),
-            daily=_budget_use(spec, Period.DAY, today.usd_nanos),
-            month_to_date_usd=format_usd(mtd),
-            monthly=_budget_use(spec, Period.MONTH, mtd),
-        )
-        agent_lines.append((today.usd_nanos, line))
+        against = _day_against(today, of(a.agent_id, yesterday), month_to_date[a.agent_id], budgets.parse(a.budget))
+        agent_lines.append((today.usd_nanos, AgentDay(**_agent_line(a, today), **against)))
     agent_lines.sort(key=lambda item: (-item[0], item[1].agent_id))
 
     tenant_lines: list[tuple[int, TenantDay]] = []
@@ -561,24 +560,15 @@ def build_daily(
         ids = [a.agent_id for a in members]
         today = _sum(of(i, day) for i in ids)
         before = _sum(of(i, yesterday) for i in ids)
-        past = sum(of(i, k).usd_nanos for i in ids for k in history)
-        mtd = sum(month_to_date(i) for i in ids)
-        spec = budgets.parse(tenant_budgets.get(name))
-        average = past // len(history)
+        average = sum(of(i, k).usd_nanos for i in ids for k in history) // len(history)
+        mtd = sum(month_to_date[i] for i in ids)
         tenant_line = TenantDay(
             tenant=name,
             agents=sum(1 for a in members if a.status is not State.DECOMMISSIONED),
-            spend_usd=format_usd(today.usd_nanos),
-            calls=today.calls,
-            failures=today.failures,
-            success_rate=_rate(today.calls, today.failures),
-            previous_day_usd=format_usd(before.usd_nanos),
-            change_pct=pct_change(today.usd_nanos, before.usd_nanos),
             average_usd=format_usd(average),
             change_vs_average_pct=pct_change(today.usd_nanos, average),
-            daily=_budget_use(spec, Period.DAY, today.usd_nanos),
-            month_to_date_usd=format_usd(mtd),
-            monthly=_budget_use(spec, Period.MONTH, mtd),
+            **_spend(today),
+            **_day_against(today, before, mtd, budgets.parse(tenant_budgets.get(name))),
         )
         tenant_lines.append((today.usd_nanos, tenant_line))
     tenant_lines.sort(key=lambda item: (-item[0], item[1].tenant))
@@ -617,7 +607,7 @@ def build_daily(
         change_pct=pct_change(total.usd_nanos, before_total.usd_nanos),
         average_usd=format_usd(average_total),
         change_vs_average_pct=pct_change(total.usd_nanos, average_total),
-        month_to_date_usd=format_usd(sum(month_to_date(a.agent_id) for a in agents)),
+        month_to_date_usd=format_usd(sum(month_to_date[a.agent_id] for a in agents)),
         tenants=[line for _, line in tenant_lines],
         agents=[line for _, line in agent_lines],
         trend=trend,
