@@ -530,9 +530,9 @@ def report(api: Api, fleet: list[SimAgent], console: Console, progress: Progress
     return not missing and stopped_ok
 
 
-def sweep_and_slack(env: dict[str, str], fleet: list[SimAgent], timeout: float = 20.0) -> list[str]:
+def sweep_and_slack(env: dict[str, str], fleet: list[SimAgent], timeout: float = 20.0) -> list[dict[str, Any]]:
     """Fire the minute job as Cloud Scheduler would (a tick on its topic) until every silent agent's
-    alert reached the fake Slack server; returns the messages it received, as text."""
+    alert reached the fake Slack server; returns the calls it recorded."""
     from google.cloud.pubsub_v1 import PublisherClient
 
     from emulators import fake_slack
@@ -547,15 +547,17 @@ def sweep_and_slack(env: dict[str, str], fleet: list[SimAgent], timeout: float =
         calls = fake_slack.get_calls(env["SLACK_API_URL"])
         text = json.dumps(calls)
         if all(agent_id in text for agent_id in silent) or time.monotonic() > deadline:
-            return fake_slack.render(calls)
+            return calls
 
 
-def show_slack(lines: list[str], fleet: list[SimAgent], console: Console) -> bool:
-    """Print what Slack received; True when every silent agent was announced."""
+def show_slack(calls: list[dict[str, Any]], fleet: list[SimAgent], console: Console) -> bool:
+    """Print what Slack received; True when every silent agent was announced (alone or in a group)."""
+    from emulators import fake_slack
+
     console.print(Text("Slack (the fake Web API server's record)", style="bold"))
-    for line in lines:
+    for line in fake_slack.render(calls):
         console.print(Text(line))
-    text = "\n".join(lines)
+    text = json.dumps(calls)
     missing = [s.agent_id for s in fleet if s.silent and s.agent_id not in text]
     if missing:
         console.print(f"[red]no Slack notice for silent agents: {', '.join(missing)}[/]")
@@ -607,9 +609,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.5)
             _wait_for_rejections(api, 2, timeout=10)
         with console.status("running the liveness sweep (the minute job) and sending its Slack notices..."):
-            slack_lines = sweep_and_slack(env, fleet)
+            slack_calls = sweep_and_slack(env, fleet)
         ok = report(api, fleet, console, progress) and progress.max_visible > 0
-        ok = show_slack(slack_lines, fleet, console) and ok
+        ok = show_slack(slack_calls, fleet, console) and ok
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:
