@@ -31,8 +31,8 @@ from shared.domain.periods import Period, Window
 from shared.domain.rejections import Code, Rejected
 from shared.events import Decoded
 from shared.store import agents as agent_store
-from shared.store import alerts as alert_store
 from shared.store import config, markers
+from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
 from shared.store.config import TenantConfig
 
@@ -413,7 +413,7 @@ def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:
             markers.mark(f"tenant_hold.{once_key}")
     if sent:
         commands.publish(sent)
-    raised = [alert for alert in effects.alerts if alert_store.raise_once(alert)]
+    raised = [alert for alert in effects.alerts if episode_store.raise_once(alert)]
     for alert in raised:
         logs.log(log, alert.message, alert=alert.kind, severity=alert.severity.value, agent_id=alert.agent_id)
     plan.commands = sent
@@ -466,14 +466,10 @@ def _apply_to_tenant(tenant: str, step: Step, wanted: Callable[[AgentRecord], bo
     """Apply ``step`` to each live agent of the tenant that ``wanted`` picks, page by page; returns the
     commands to send."""
     sent: list[Command] = []
-    after: str | None = None
-    while True:
-        page, after = agent_store.list_agents(tenant=tenant, status=None, page_size=200, after=after)
-        for agent in page:
-            if agent.status is not State.DECOMMISSIONED and wanted(agent):
-                sent += agent_store.update(agent.agent_id, combine([step])).commands
-        if after is None:
-            return sent
+    for agent in agent_store.each(tenant):
+        if agent.status is not State.DECOMMISSIONED and wanted(agent):
+            sent += agent_store.update(agent.agent_id, combine([step])).commands
+    return sent
 
 
 def reconcile(agent_id: str, *, now: datetime, actor: str, resend: bool = False) -> list[Command]:
@@ -489,7 +485,7 @@ def reconcile(agent_id: str, *, now: datetime, actor: str, resend: bool = False)
     spec = budgets.parse(agent.budget)
     findings = budgets.reached(spec, "agent", agent_id, totals)
     for finding in findings:
-        alert_store.raise_once(_budget_alert(finding, agent.tenant, agent_id, now))
+        episode_store.raise_once(_budget_alert(finding, agent.tenant, agent_id, now))
     exhausted = _exhausted(findings, now)
     steps: list[Step] = []
     if exhausted is not None:
@@ -512,13 +508,13 @@ def reconcile_tenant(tenant: str, *, now: datetime, actor: str) -> list[Command]
     """After a tenant budget change: hold the tenant's agents if a hard limit is now reached, lift
     their tenant holds if none is. Reads the tenant's shards, then pages through its agents."""
     cfg = settings.get()
-    config.cache.drop(f"tenant:{tenant}")
+    config.forget(tenant)
     spec = budgets.parse(config.read_tenant(tenant).budget)
     periods = usage_store.tenant_periods(tenant, now, cfg.tenant_shards)
     totals: WindowTotals = {(period, win): (t, usage_domain.Totals()) for period, (win, t) in periods.items()}
     findings = budgets.reached(spec, "tenant", tenant, totals)
     for finding in findings:
-        alert_store.raise_once(_budget_alert(finding, tenant, None, now))
+        episode_store.raise_once(_budget_alert(finding, tenant, None, now))
     exhausted = _exhausted(findings, now)
     step = (
         _budget_hold("tenant_budget", exhausted, now)

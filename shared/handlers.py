@@ -7,8 +7,6 @@ or transient failure (raise, so Pub/Sub redelivers).
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,12 +19,10 @@ from shared import logs, settings
 from shared.domain import agents as agent_domain
 from shared.domain import holds
 from shared.domain.agents import AgentRecord, Plan
-from shared.domain.episodes import AlertingConfig
-from shared.domain.health import HealthConfig
 from shared.domain.rejections import Code, Payload, Rejected
 from shared.events import Decoded, PushedMessage, decode
 from shared.store import agents as agent_store
-from shared.store import db, rejections
+from shared.store import config, db, rejections
 
 log = logs.get_logger("handlers")
 
@@ -147,7 +143,7 @@ def process_heartbeat(decoded: Decoded) -> Plan:
         if current is None:
             raise unknown_agent(hb.agent_id, received_at)
         decided.append(current)
-        health_config, alerting = tenant_rules(current.tenant)
+        health_config, alerting = config.rules(current.tenant)
         return agent_domain.apply_heartbeat(
             current,
             hb,
@@ -171,24 +167,6 @@ def process_heartbeat(decoded: Decoded) -> Plan:
 
         plan.commands = accounting.lift_expired(decided[-1], received_at) + plan.commands
     return plan
-
-
-def tenant_rules(tenant: str) -> tuple[HealthConfig, AlertingConfig]:
-    """A tenant's health thresholds and alerting settings (its document is cached per instance)."""
-    from shared.store import config
-
-    # Settings change rarely: cached a minute per instance (RULES_CACHE_S), so a heartbeat reads the
-    # tenant document about once a minute per tenant and instance, not every 10 s like budgets.
-    found = config.cache.get(f"rules:{tenant}", lambda: config.read_tenant(tenant), RULES_CACHE_S)
-    return _rules(json.dumps(found.health, sort_keys=True), json.dumps(found.alerting, sort_keys=True))
-
-
-RULES_CACHE_S = 60.0
-
-
-@functools.lru_cache(maxsize=256)
-def _rules(health: str, alerting: str) -> tuple[HealthConfig, AlertingConfig]:
-    return HealthConfig.for_tenant(json.loads(health)), AlertingConfig.for_tenant(json.loads(alerting))
 
 
 def handle_dead_letter(message: PushedMessage) -> str:

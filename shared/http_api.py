@@ -409,7 +409,7 @@ def _write_tenant(tenant: str, fields: dict[str, Any], entry: AuditEntry) -> Non
     audit_store.add(batch, entry)
     batch.commit(**db.call_options())
     db.count(writes=2)
-    config.cache.drop(f"tenant:{tenant}")
+    config.forget(tenant)
 
 
 def _update_agent(call: Call, step: Callable[[AgentRecord], Plan]) -> tuple[Plan, AgentRecord]:
@@ -841,9 +841,13 @@ def _release(call: Call) -> ReleaseView:
     def step(current: AgentRecord) -> Plan:
         released.clear()
         resolved.clear()
-        alerting = AlertingConfig.for_tenant(config.tenant(current.tenant).alerting)
         plan, what = release.release(
-            current, reason=reason, at=now, actor=actor, action_id=call.request_id or "", alerting=alerting
+            current,
+            reason=reason,
+            at=now,
+            actor=actor,
+            action_id=call.request_id or "",
+            alerting=config.alerting(current.tenant),
         )
         if plan.skipped == "unchanged":
             raise ApiError(409, f"agent {current.agent_id} is neither frozen nor quarantined (it is {current.status})")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,6 @@ from shared.domain import notices as render
 from shared.domain import silences as silence_rules
 from shared.domain.silences import Silence
 from shared.store import config as config_store
-from shared.store import db
 from shared.store import episodes as store
 from shared.store import silences as silence_store
 
@@ -41,8 +40,6 @@ LEASE = timedelta(seconds=120)
 BACKOFF = timedelta(seconds=15)
 MAX_BACKOFF = timedelta(minutes=10)
 BATCH = 300
-GROUPS = "notice_groups"
-_OPENING = ("open", "escalate")
 
 
 @dataclass
@@ -57,20 +54,15 @@ class Flushed:
     deferred: int = 0
     slack_calls: int = 0
     lost_claims: int = 0
-    details: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        return dict(self.__dict__)
 
 
 class _SlackDown(Exception):
     def __init__(self, retry_after: float | None) -> None:
         super().__init__(f"Slack unavailable (retry after {retry_after})")
         self.retry_after = retry_after
-
-
-def alerting(tenant: str) -> domain.AlertingConfig:
-    return domain.AlertingConfig.for_tenant(config_store.tenant(tenant).alerting)
 
 
 def flush(now: datetime) -> Flushed:
@@ -101,7 +93,7 @@ def flush(now: datetime) -> Flushed:
 
 def _reminders(now: datetime, out: Flushed) -> None:
     for episode, update_time in store.due("next_repeat_at", now, BATCH):
-        write = domain.reminder(episode, now, alerting(episode["tenant"]))
+        write = domain.reminder(episode, now, config_store.alerting(episode["tenant"]))
         if store.conditional(episode, update_time, write):
             out.reminders += 1
 
@@ -112,6 +104,11 @@ def _expired_alerts(now: datetime, out: Flushed) -> None:
         write = domain.resolution(episode, now, f"{episode.get('title')}: the window ended")
         if store.conditional(episode, update_time, write):
             out.expired += 1
+
+
+def _channel(notice: dict[str, Any]) -> str:
+    """Where the tenant routes the notice's severity."""
+    return config_store.alerting(notice["tenant"]).channel(domain.Severity(notice["severity"]))
 
 
 def _defer(notice: dict[str, Any], now: datetime, delay: timedelta | None) -> None:
@@ -187,13 +184,13 @@ class _Sender:
         for notice in openings:
             by_rule[(notice["tenant"], notice["rule"], notice["severity"])].append(notice)
         for (tenant, _rule, _severity), group in by_rule.items():
-            config = alerting(tenant)
+            config = config_store.alerting(tenant)
             try:
                 if len(group) >= config.group_min:
-                    self._post_group(group, config)
+                    self._post_group(group)
                 else:
                     for notice in group:
-                        self._post_one(notice, config)
+                        self._post_one(notice)
             except slack.SlackRefused as refused:
                 for notice in group:
                     if notice["id"] not in self.done:
@@ -235,29 +232,18 @@ class _Sender:
             self._roots[tenant] = root["id"] if root else None
         return self._roots[tenant]
 
-    def _post_one(self, notice: dict[str, Any], config: domain.AlertingConfig) -> None:
+    def _post_one(self, notice: dict[str, Any]) -> None:
         text, blocks = render.opened(notice)
-        posted = self._call("post", config.channel(domain.Severity(notice["severity"])), text, blocks=blocks)
+        posted = self._call("post", _channel(notice), text, blocks=blocks)
         self._remember(notice["episode_id"], slack={"channel": posted.channel, "ts": posted.ts})
         self._finish(notice, "sent", channel=posted.channel, ts=posted.ts)
         self.out.sent += 1
 
-    def _post_group(self, group: list[dict[str, Any]], config: domain.AlertingConfig) -> None:
+    def _post_group(self, group: list[dict[str, Any]]) -> None:
         text, blocks = render.grouped(group)
-        posted = self._call("post", config.channel(domain.Severity(group[0]["severity"])), text, blocks=blocks)
+        posted = self._call("post", _channel(group[0]), text, blocks=blocks)
         group_id = f"{posted.channel}.{posted.ts}"
-        db.client().collection(GROUPS).document(db.doc_id(group_id)).set(
-            {
-                "id": group_id,
-                "channel": posted.channel,
-                "ts": posted.ts,
-                "notices": group,
-                "states": {},
-                "expire_at": self.now + domain.RETENTION,
-            },
-            **db.call_options(),
-        )
-        db.count(writes=1)
+        store.save_group(group_id, channel=posted.channel, ts=posted.ts, notices=group, at=self.now)
         for notice in group:
             slack_ref = {"channel": posted.channel, "ts": posted.ts, "group": group_id}
             self._remember(notice["episode_id"], slack=slack_ref)
@@ -271,7 +257,7 @@ class _Sender:
             if self._wait_for_opening(notice, episode):
                 return
             # The opening never went out (silenced then): this is the first message.
-            self._post_one(notice, alerting(notice["tenant"]))
+            self._post_one(notice)
             return
         text, blocks = message
         self._call("post", slack_ref["channel"], text, blocks=blocks, thread_ts=slack_ref["ts"])
@@ -302,9 +288,7 @@ class _Sender:
         else:
             # Silenced when it opened (or never sent): the resolution is still sent, as a new message.
             text, blocks = render.resolved(notice, silenced=bool(episode.get("silenced")))
-            posted = self._call(
-                "post", alerting(notice["tenant"]).channel(domain.Severity(notice["severity"])), text, blocks=blocks
-            )
+            posted = self._call("post", _channel(notice), text, blocks=blocks)
             self._finish(notice, "sent", channel=posted.channel, ts=posted.ts)
             self.out.sent += 1
             return
@@ -328,22 +312,8 @@ class _Sender:
         return True
 
     def _update_group(self, group_id: str, notice: dict[str, Any]) -> None:
-        """Mark one member resolved in the grouped message (a conditional update, retried)."""
-        client = db.client()
-        ref = client.collection(GROUPS).document(db.doc_id(group_id))
-        for _ in range(store.MAX_ATTEMPTS):
-            doc = db.get(ref)
-            if not doc.exists:
-                return
-            data = doc.to_dict() or {}
-            states = {**(data.get("states") or {}), notice["episode_id"]: "resolved"}
-            try:
-                ref.update({"states": states}, option=client.write_option(last_update_time=doc.update_time))
-            except Exception as exc:
-                if db.is_conflict(exc):
-                    continue
-                raise
-            db.count(writes=1)
-            text, blocks = render.grouped(data["notices"], states)
+        """Mark one member resolved in the grouped message, and edit it."""
+        data = store.resolve_in_group(group_id, notice["episode_id"])
+        if data is not None:
+            text, blocks = render.grouped(data["notices"], data["states"])
             self._call("update", data["channel"], data["ts"], text, blocks=blocks)
-            return

@@ -30,9 +30,10 @@ from typing import Any
 from shared import logs
 from shared.domain import reports as domain
 from shared.domain.agents import AgentRecord
+from shared.domain.periods import Period, Window, window
 from shared.domain.pricing import PriceTable
 from shared.domain.reports import DailyReport, HourlyReport, change, money
-from shared.domain.usage import ModelDay, Totals, model_day_field
+from shared.domain.usage import ModelDay, Totals, model_day_field, month_field
 from shared.store import agents as agent_store
 from shared.store import config, db
 from shared.store import episodes as episode_store
@@ -54,7 +55,6 @@ RETENTION = timedelta(days=40)
 TICK_EARLY = timedelta(minutes=2)
 #: Agents per page when listing them; month documents per batched read.
 AGENT_PAGE = 500
-GET_ALL_CHUNK = 300
 #: Open episodes read for the hourly summary (newest first).
 EPISODE_LIMIT = 500
 #: Lines per Slack section before "... and N more".
@@ -80,36 +80,7 @@ def _clock() -> datetime:
 
 def list_all_agents(tenant: str | None) -> list[AgentRecord]:
     """Every agent (of ``tenant``), page by page (one read per agent)."""
-    out: list[AgentRecord] = []
-    after: str | None = None
-    while True:
-        page, after = agent_store.list_agents(tenant=tenant, status=None, page_size=AGENT_PAGE, after=after)
-        out.extend(page)
-        if after is None:
-            return out
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def month_docs(agent_ids: Sequence[str], month: str) -> dict[str, dict[str, Any]]:
-    """The agents' usage month documents (``usage/a.{agent}.{month}``), batched: one read each."""
-    if not agent_ids:
-        return {}
-    client = db.client()
-    out: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(list(agent_ids), GET_ALL_CHUNK):
-        refs = [client.collection(usage_store.USAGE).document(usage_store.agent_month_id(a, month)) for a in chunk]
-        docs = list(client.get_all(refs, **db.call_options()))
-        db.count(reads=len(docs))
-        for doc in docs:
-            if doc.exists:
-                data = doc.to_dict() or {}
-                agent_id = str(data.get("agent_id") or doc.id.split(".", 1)[1].rsplit(".", 1)[0])
-                out[agent_id] = data
-    return out
+    return list(agent_store.each(tenant, AGENT_PAGE))
 
 
 def _fields(data: dict[str, Any], prefix: str, length: int) -> Iterator[tuple[str, Totals]]:
@@ -118,9 +89,9 @@ def _fields(data: dict[str, Any], prefix: str, length: int) -> Iterator[tuple[st
             yield name[1:], Totals.from_dict(counters)
 
 
-def hour_totals(docs: dict[str, dict[str, Any]], hour: datetime) -> dict[str, Totals]:
+def hour_totals(docs: dict[str, dict[str, Any]], hour: Window) -> dict[str, Totals]:
     """Each agent's totals of ``hour`` from its month document."""
-    name = f"h{hour:%d%H}"
+    name = month_field(Period.HOUR, hour)
     return {agent_id: Totals.from_dict(data.get(name)) for agent_id, data in docs.items() if name in data}
 
 
@@ -139,12 +110,7 @@ def _open_episodes() -> list[dict[str, Any]]:
 def model_days(docs: dict[str, dict[str, Any]], day: datetime) -> dict[str, dict[str, ModelDay]]:
     """Each agent's per-model counters of ``day``, from the same month documents (no extra read)."""
     name = model_day_field(f"{day:%d}")
-    out: dict[str, dict[str, ModelDay]] = {}
-    for agent_id, data in docs.items():
-        models = data.get(name)
-        if isinstance(models, dict):
-            out[agent_id] = {m: ModelDay.from_dict(c) for m, c in models.items() if isinstance(c, dict)}
-    return out
+    return {a: usage_store.day_models(data[name]) for a, data in docs.items() if isinstance(data.get(name), dict)}
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -156,12 +122,13 @@ def hourly(at: datetime, tenant: str | None = None) -> HourlyReport:
     previous_hour = win.starts_at - timedelta(hours=1)
     agents = list_all_agents(tenant)
     ids = [a.agent_id for a in agents]
-    docs = month_docs(ids, f"{win.starts_at:%Y-%m}")
-    previous_docs = docs if previous_hour.month == win.starts_at.month else month_docs(ids, f"{previous_hour:%Y-%m}")
+    docs = usage_store.agent_months(ids, f"{win.starts_at:%Y-%m}")
+    same_month = previous_hour.month == win.starts_at.month
+    previous_docs = docs if same_month else usage_store.agent_months(ids, f"{previous_hour:%Y-%m}")
     return domain.build_hourly(
         agents=agents,
-        hour=hour_totals(docs, win.starts_at),
-        previous=hour_totals(previous_docs, previous_hour),
+        hour=hour_totals(docs, win),
+        previous=hour_totals(previous_docs, window(Period.HOUR, previous_hour)),
         episodes=_open_episodes(),
         at=at,
         generated_at=_clock(),
@@ -177,7 +144,7 @@ def daily(at: datetime, tenant: str | None = None) -> DailyReport:
     days: dict[str, dict[str, Totals]] = {}
     models: dict[str, dict[str, ModelDay]] = {}
     for month in domain.months_needed(win):
-        docs = month_docs(ids, month)
+        docs = usage_store.agent_months(ids, month)
         for agent_id, by_day in day_totals(docs, month).items():
             days.setdefault(agent_id, {}).update(by_day)
         if month == f"{win.starts_at:%Y-%m}":
@@ -234,6 +201,12 @@ def _scope(tenant: str | None) -> str:
     return f" · {tenant}" if tenant else ""
 
 
+def _spend(spend_usd: str, *against: tuple[float | None, str]) -> str:
+    """``*Spend* $12.00 (▲ 5% vs the day before; ...)``: each (change in percent, against what) that has one."""
+    trends = [f"{change(pct)} vs {what}" for pct, what in against if pct is not None]
+    return f"*Spend* {money(spend_usd)}" + (f" ({'; '.join(trends)})" if trends else "")
+
+
 _SEVERITY_ICON = {
     "emergency": ":rotating_light:",
     "critical": ":red_circle:",
@@ -248,12 +221,10 @@ def hourly_message(report: HourlyReport) -> tuple[str, list[dict[str, Any]]]:
     """The hourly summary as (fallback text, Block Kit blocks)."""
     span = f"{report.starts_at:%H:%M}-{report.ends_at:%H:%M} UTC"
     t = report.totals
-    trend = change(report.spend_change_pct)
     blocks = [
         _header(f"Hourly summary · {report.starts_at:%a %d %b} {span}{_scope(report.tenant)}"),
         _section(
-            f"*Spend* {money(t.spend_usd)}"
-            + (f" ({trend} vs the hour before)" if trend else "")
+            _spend(t.spend_usd, (report.spend_change_pct, "the hour before"))
             + f" · *Calls* {t.calls:,} · *Success* {_rate(t.success_rate)} · *Agents* {report.agents:,}"
         ),
     ]
@@ -308,32 +279,25 @@ def hourly_message(report: HourlyReport) -> tuple[str, list[dict[str, Any]]]:
     return text, blocks
 
 
+def _near(use: domain.BudgetUse) -> bool:
+    """Near or over its budget (``NEAR_BUDGET_PCT`` used)."""
+    return use.used_pct is not None and use.used_pct >= domain.NEAR_BUDGET_PCT
+
+
 def _budget(use: domain.BudgetUse, label: str) -> str:
     if use.budget_usd is None:
         return ""
-    icon = " :warning:" if use.used_pct is not None and use.used_pct >= domain.NEAR_BUDGET_PCT else ""
-    return f" · {label} {use.used_pct:g}% of {money(use.budget_usd)}{icon}"
+    return f" · {label} {use.used_pct:g}% of {money(use.budget_usd)}{' :warning:' if _near(use) else ''}"
 
 
 def daily_message(report: DailyReport) -> tuple[str, list[dict[str, Any]]]:
     """The daily cost report as (fallback text, Block Kit blocks)."""
     t = report.totals
-    trends = [
-        f"{c} vs {what}"
-        for c, what in (
-            (change(report.change_pct), "the day before"),
-            (
-                change(report.change_vs_average_pct),
-                f"the {domain.HISTORY_DAYS}-day average ({money(report.average_usd)})",
-            ),
-        )
-        if c
-    ]
+    average = f"the {domain.HISTORY_DAYS}-day average ({money(report.average_usd)})"
     blocks = [
         _header(f"Daily cost report · {report.starts_at:%a %d %b %Y}{_scope(report.tenant)}"),
         _section(
-            f"*Spend* {money(t.spend_usd)}"
-            + (f" ({'; '.join(trends)})" if trends else "")
+            _spend(t.spend_usd, (report.change_pct, "the day before"), (report.change_vs_average_pct, average))
             + f"\n*Calls* {t.calls:,} · *Success* {_rate(t.success_rate)} · "
             f"*Month to date* {money(report.month_to_date_usd)}"
         ),
@@ -348,11 +312,7 @@ def daily_message(report: DailyReport) -> tuple[str, list[dict[str, Any]]]:
             for x in report.tenants
         ]
         blocks.append(_listing("Tenants", lines))
-    near = [
-        a
-        for a in report.agents
-        if any(u.used_pct is not None and u.used_pct >= domain.NEAR_BUDGET_PCT for u in (a.daily, a.monthly))
-    ]
+    near = [a for a in report.agents if _near(a.daily) or _near(a.monthly)]
     if near:
         lines = [
             f"• `{_esc(a.agent_id)}` ({_esc(a.tenant)}) {money(a.spend_usd)}"
@@ -394,7 +354,10 @@ def daily_chart(report: DailyReport) -> bytes:
     """A PNG: spend per day by tenant (stacked bars) over the trend days, with the daily budget line
     when the report is of one tenant that has one. matplotlib is imported here, never at module
     import (it costs the function's cold start about a second)."""
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(_tmp(), "matplotlib"))  # the home may be read-only
+    import tempfile
+
+    # The home may be read-only.
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "matplotlib"))
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -435,12 +398,6 @@ def daily_chart(report: DailyReport) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-def _tmp() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 # -- sending once --------------------------------------------------------------------------------

@@ -15,14 +15,17 @@ from shared import logs, notifier
 from shared.domain import episodes as domain
 from shared.domain import liveness
 from shared.domain import silences as silence_rules
+from shared.domain.agents import AgentRecord, Plan
 from shared.domain.liveness import Liveness
 from shared.store import agents as agent_store
-from shared.store import db
+from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import silences as silence_store
 
 log = logs.get_logger("sweep")
 PAGE = 300
+#: Rungs that count towards a tenant's root alert.
+SILENT = (Liveness.OFFLINE, Liveness.FROZEN)
 
 
 @dataclass
@@ -51,36 +54,19 @@ def run(now: datetime) -> dict[str, Any]:
 
 
 def sweep(now: datetime) -> Swept:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
     out = Swept()
     silences = silence_store.active(now)
-    query: Any = (
-        db.client().collection(agent_store.AGENTS).where(filter=FieldFilter("sweep_at", "<=", now)).order_by("sweep_at")
-    )
-    last = None
-    while True:
-        page_query = query.start_after(last) if last is not None else query
-        docs = list(page_query.limit(PAGE).stream(**db.call_options()))
-        db.count(reads=max(1, len(docs)))
-        for doc in docs:
-            out.due += 1
-            _step(doc, now, silences, out)
-        if len(docs) < PAGE:
-            return out
-        last = docs[-1]
+    for snap in agent_store.due_for_sweep(now, PAGE):
+        out.due += 1
+        _step(snap.record, now, silences, out)
+    return out
 
 
-def _step(doc: Any, now: datetime, silences: list[silence_rules.Silence], out: Swept) -> None:
-    record = agent_store.from_stored(doc.to_dict())
-    # The query's copy is as fresh as a read: the step is computed on it, and written on its update time.
-    agent_store.cache.put(record.agent_id, agent_store.Snapshot(record, doc.update_time))
-    config = notifier.alerting(record.tenant)
+def _step(record: AgentRecord, now: datetime, silences: list[silence_rules.Silence], out: Swept) -> None:
+    config = config_store.alerting(record.tenant)
     window = silence_rules.maintenance_until(silences, now, tenant=record.tenant, agent_id=record.agent_id)
 
-    def decide(current: Any) -> Any:
-        from shared.domain.agents import Plan
-
+    def decide(current: AgentRecord | None) -> Plan:
         if current is None:
             return Plan(skipped="gone")
         return liveness.step(current, now, config=config, maintenance_until=window)
@@ -89,59 +75,25 @@ def _step(doc: Any, now: datetime, silences: list[silence_rules.Silence], out: S
     rung = plan.changes.get("liveness")
     if rung is not None:
         out.moved[str(rung)] = out.moved.get(str(rung), 0) + 1
-        if rung in (Liveness.OFFLINE, Liveness.FROZEN):
+        if rung in SILENT:
             out.tenants.add(record.tenant)
 
 
 def roots(swept: Swept, now: datetime) -> None:
     """Open a tenant's root alert when a large share of its agents is offline; resolve it when most
     are back. Checked for tenants with new offline agents and tenants whose root is open."""
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    open_roots = (
-        db.client().collection(episode_store.TENANT_ALERTS).where(filter=FieldFilter("root_open", "==", True)).stream()
-    )
-    tenants = set(swept.tenants)
-    for doc in open_roots:
-        db.count(reads=1)
-        tenants.add((doc.to_dict() or {})["tenant"])
-    for tenant in sorted(tenants):
+    for tenant in sorted(swept.tenants | set(episode_store.tenants_with_open_root())):
         opened, resolved = _root(tenant, now)
         swept.roots_opened += opened
         swept.roots_resolved += resolved
 
 
-def _count(tenant: str, silent: bool) -> int:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query: Any = db.client().collection(agent_store.AGENTS).where(filter=FieldFilter("tenant", "==", tenant))
-    if silent:
-        query = query.where(filter=FieldFilter("liveness", "in", [Liveness.OFFLINE.value, Liveness.FROZEN.value]))
-    result = query.count().get(**db.call_options())
-    db.count(reads=1)  # billed per 1,000 index entries; a tenant is rarely larger
-    return int(result[0][0].value)
-
-
-def _silent_agents(tenant: str, limit: int = 20) -> list[str]:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query = (
-        db.client()
-        .collection(agent_store.AGENTS)
-        .where(filter=FieldFilter("tenant", "==", tenant))
-        .where(filter=FieldFilter("liveness", "in", [Liveness.OFFLINE.value, Liveness.FROZEN.value]))
-        .limit(limit)
-    )
-    docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
-    return [doc.id for doc in docs]
-
-
 def _root(tenant: str, now: datetime) -> tuple[int, int]:
-    config = notifier.alerting(tenant)
-    total, silent = _count(tenant, silent=False), _count(tenant, silent=True)
+    config = config_store.alerting(tenant)
+    silent_rungs = [rung.value for rung in SILENT]
+    total, silent = agent_store.count(tenant), agent_store.count(tenant, silent_rungs)
     share = silent / total if total else 0.0
-    listed = _silent_agents(tenant) if silent >= config.root_min_agents else []
+    listed = agent_store.ids(tenant, silent_rungs) if silent >= config.root_min_agents else []
 
     def decide(state: dict[str, Any]) -> tuple[dict[str, Any], list[domain.EpisodeWrite]]:
         open_ = dict(state.get("episodes") or {})

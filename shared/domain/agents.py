@@ -22,8 +22,6 @@ from shared.domain.lifecycle import Cause, Outcome, State
 from shared.domain.liveness import Liveness
 from shared.domain.rejections import Code, Rejected
 
-#: Missed intervals after which the liveness sweep calls an agent late.
-LATE_AFTER_INTERVALS = 3
 #: Registration event ids remembered per agent, to drop redelivered registrations.
 REMEMBERED_EVENTS = 16
 #: Versions remembered in the record (all versions live in the versions collection).
@@ -163,7 +161,7 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
             status_since=received_at,
             status_cause=Cause.REGISTRATION.value,
             late_after=_late_after(received_at, reg.heartbeat_interval_s),
-            sweep_at=liveness_rules.deadline(received_at, reg.heartbeat_interval_s, Liveness.LATE),
+            sweep_at=_late_after(received_at, reg.heartbeat_interval_s),
             registered_at=received_at,
             last_registered_at=received_at,
             registration_event_ids=[event_id],
@@ -224,8 +222,7 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
     plan.commands.extend(holds.command_of(current.agent_id, hold) for hold in current.holds.values())
     last_seen = max(received_at, current.last_heartbeat_at or received_at)
     changes["late_after"] = _late_after(last_seen, reg.heartbeat_interval_s)
-    interval = {"heartbeat_interval_s": reg.heartbeat_interval_s}
-    eps = _back_alive(current.model_copy(update=interval), plan, changes, last_seen, received_at)
+    eps = _back_alive(current, plan, changes, last_seen, received_at, interval_s=reg.heartbeat_interval_s)
     changes.update(eps.changes())
     plan.episodes = eps.writes
     decision = lifecycle.decide(current.status, State.REGISTERED, Cause.REGISTRATION)
@@ -292,10 +289,12 @@ def _back_alive(
     last_seen: datetime,
     at: datetime,
     alerting: AlertingConfig | None = None,
+    *,
+    interval_s: int | None = None,
 ) -> episodes.AgentEpisodes:
     """A sign of life: the next liveness deadline, and the end of a silence episode (the recovery
     notice). A frozen agent stays frozen until released."""
-    changes.update(liveness_rules.after_heartbeat(current, last_seen))
+    changes.update(liveness_rules.after_heartbeat(current, last_seen, interval_s))
     eps = episodes.AgentEpisodes.of(current, alerting or AlertingConfig())
     if current.liveness in (Liveness.LATE, Liveness.OFFLINE):
         silent = liveness_rules.silent_since(current)
@@ -308,7 +307,7 @@ def _back_alive(
 
 
 def _late_after(last_seen: datetime, interval_s: int) -> datetime:
-    return last_seen + timedelta(seconds=LATE_AFTER_INTERVALS * interval_s)
+    return liveness_rules.deadline(last_seen, interval_s, Liveness.LATE)
 
 
 def _audit_id(agent_id: str, event_id: str, action: str) -> str:

@@ -74,9 +74,11 @@ def watched(record: AgentRecord) -> bool:
     return not (record.status is State.OFFLINE and record.status_cause == Cause.HEARTBEAT.value)
 
 
-def after_heartbeat(record: AgentRecord, last_seen: datetime) -> dict[str, Any]:
-    """Fields a heartbeat (or registration) sets: the next deadline and, after a silence, ``ok``."""
-    changes: dict[str, Any] = {"sweep_at": deadline(last_seen, record.heartbeat_interval_s, Liveness.LATE)}
+def after_heartbeat(record: AgentRecord, last_seen: datetime, interval_s: int | None = None) -> dict[str, Any]:
+    """Fields a heartbeat (or registration, with its new ``interval_s``) sets: the next deadline and,
+    after a silence, ``ok``."""
+    interval = interval_s or record.heartbeat_interval_s
+    changes: dict[str, Any] = {"sweep_at": deadline(last_seen, interval, Liveness.LATE)}
     if record.liveness is Liveness.FROZEN:
         changes["sweep_at"] = None  # frozen is sticky: the ladder resumes after a release
     elif record.liveness is not Liveness.OK:

@@ -13,8 +13,9 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from shared import settings
@@ -221,3 +222,58 @@ def list_agents(
     records = [from_stored(d.to_dict()) for d in docs[:page_size]]
     more = len(docs) > page_size
     return records, (records[-1].agent_id if more and records else None)
+
+
+def due_for_sweep(now: datetime, page_size: int) -> Iterator[Snapshot]:
+    """Agents whose ``sweep_at`` has passed, oldest deadline first, a page at a time (one read each).
+
+    Each is also this instance's cached copy: as fresh as a read, so the sweep's conditional write
+    is computed on it and made on its update time, without a second read.
+    """
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query: Any = db.client().collection(AGENTS).where(filter=FieldFilter("sweep_at", "<=", now)).order_by("sweep_at")
+    last = None
+    while True:
+        page = query.start_after(last) if last is not None else query
+        docs = list(page.limit(page_size).stream(**db.call_options()))
+        db.count(reads=max(1, len(docs)))
+        for doc in docs:
+            snap = Snapshot(from_stored(doc.to_dict()), doc.update_time)
+            cache.put(doc.id, snap)
+            yield snap
+        if len(docs) < page_size:
+            return
+        last = docs[-1]
+
+
+def _of_tenant(tenant: str, liveness: list[str] | None) -> Any:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query: Any = db.client().collection(AGENTS).where(filter=FieldFilter("tenant", "==", tenant))
+    if liveness:
+        query = query.where(filter=FieldFilter("liveness", "in", liveness))
+    return query
+
+
+def count(tenant: str, liveness: list[str] | None = None) -> int:
+    """How many agents the tenant has (with one of these liveness rungs): a count aggregation."""
+    result = _of_tenant(tenant, liveness).count().get(**db.call_options())
+    db.count(reads=1)  # billed per 1,000 index entries read; a tenant is rarely larger
+    return int(result[0][0].value)
+
+
+def ids(tenant: str, liveness: list[str] | None = None, limit: int = 20) -> list[str]:
+    docs = list(_of_tenant(tenant, liveness).limit(limit).stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [doc.id for doc in docs]
+
+
+def each(tenant: str | None, page_size: int = 200) -> Iterator[AgentRecord]:
+    """Every agent (of ``tenant``), by id, a page at a time (one read each)."""
+    after: str | None = None
+    while True:
+        page, after = list_agents(tenant=tenant, status=None, page_size=page_size, after=after)
+        yield from page
+        if after is None:
+            return

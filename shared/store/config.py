@@ -1,12 +1,16 @@
-"""Tenant settings (``tenants/{tenant}``: budget, protection overrides, price overrides) and the
-global price table (``prices/{model}``), cached per instance for ``FLEET_CONFIG_CACHE_S``.
+"""Tenant settings (``tenants/{tenant}``: budget, protection, price, alerting and health-rule
+overrides) and the global price table (``prices/{model}``), cached per instance.
 
-The cost function reads these on every batch, so they are cached; a change through the API is
-seen by every instance within the cache time (the API itself re-evaluates holds at once).
+The cost function reads budgets and prices on every batch: cached for ``FLEET_CONFIG_CACHE_S``. The
+alerting and health-rule settings, read on every heartbeat and by the minute job, change rarely:
+cached for ``RULES_CACHE_S``. A change through the API is seen by every instance within the cache
+time (the API itself re-evaluates holds at once).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +19,8 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from shared import settings
+from shared.domain.episodes import AlertingConfig
+from shared.domain.health import HealthConfig
 from shared.domain.pricing import Price, PriceTable
 from shared.store import db
 
@@ -92,6 +98,33 @@ def tenant(name: str) -> TenantConfig:
     return cache.get(f"tenant:{name}", lambda: read_tenant(name), settings.get().config_cache_s)
 
 
+#: Seconds an instance keeps a tenant's alerting and health-rule settings: about one read a minute
+#: per tenant and instance on the heartbeat path, instead of one every ``FLEET_CONFIG_CACHE_S``.
+RULES_CACHE_S = 60.0
+
+
+def rules(name: str) -> tuple[HealthConfig, AlertingConfig]:
+    """The tenant's health thresholds and alerting settings, over the defaults."""
+    found = cache.get(f"rules:{name}", lambda: read_tenant(name), RULES_CACHE_S)
+    return _rules(json.dumps(found.health, sort_keys=True), json.dumps(found.alerting, sort_keys=True))
+
+
+def alerting(name: str) -> AlertingConfig:
+    return rules(name)[1]
+
+
+@functools.lru_cache(maxsize=256)
+def _rules(health: str, alerting: str) -> tuple[HealthConfig, AlertingConfig]:
+    """Validated once per distinct settings (not on every heartbeat)."""
+    return HealthConfig.for_tenant(json.loads(health)), AlertingConfig.for_tenant(json.loads(alerting))
+
+
+def forget(name: str) -> None:
+    """Drop this instance's cached copies of the tenant's settings (after it changed them)."""
+    cache.drop(f"tenant:{name}")
+    cache.drop(f"rules:{name}")
+
+
 def update_tenant(name: str, fields: dict[str, Any]) -> None:
     """Replace whole top-level fields of the tenant document (creating it); forget the cached copy.
 
@@ -100,7 +133,7 @@ def update_tenant(name: str, fields: dict[str, Any]) -> None:
     """
     db.client().collection(TENANTS).document(name).set(fields, merge=list(fields), **db.call_options())  # type: ignore[arg-type]  # the client accepts field paths
     db.count(writes=1)
-    cache.drop(f"tenant:{name}")
+    forget(name)
 
 
 def set_tenant_price(name: str, model: str, price: Price) -> None:
@@ -110,7 +143,7 @@ def set_tenant_price(name: str, model: str, price: Price) -> None:
     _tenant_ref(name).set({"tenant": name}, merge=True, **db.call_options())
     _tenant_ref(name).update({path: price_doc(price)}, **db.call_options())
     db.count(writes=2)
-    cache.drop(f"tenant:{name}")
+    forget(name)
 
 
 # -- the global price table ----------------------------------------------------------------------

@@ -7,17 +7,18 @@ the meter counts every document read and write so each invocation can log what i
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import settings
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
+T = TypeVar("T")
 _client: Client | None = None
 _lock = threading.Lock()
 
@@ -96,6 +97,22 @@ def is_conflict(exc: BaseException) -> bool:
     from google.api_core import exceptions
 
     return isinstance(exc, exceptions.FailedPrecondition | exceptions.Conflict | exceptions.NotFound)
+
+
+def unless_changed(write: Callable[[], T], *, writes: int = 1) -> T | None:
+    """Run a write that carries a precondition (or a create): its result, or None when another writer
+    got there first. That is counted as a conflict, not a write; any other error is raised."""
+    from google.api_core import exceptions
+
+    try:
+        result = write()
+    except Exception as exc:
+        if not (is_conflict(exc) or isinstance(exc, exceptions.AlreadyExists)):
+            raise
+        count(conflicts=1)
+        return None
+    count(writes=writes)
+    return result
 
 
 _call_options: dict[str, Any] | None = None

@@ -7,6 +7,7 @@ the notifier its queries and its claim (a conditional update: one instance sends
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -44,24 +45,19 @@ def add_to(batch: Any, write: domain.EpisodeWrite) -> int:
     return 2
 
 
-def commit(writes: list[domain.EpisodeWrite]) -> None:
-    batch = db.client().batch()
-    written = sum(add_to(batch, write) for write in writes)
-    batch.commit(**db.call_options())
-    db.count(writes=written)
-
-
 # --- cost alerts --------------------------------------------------------------------------------
 
 
-def raise_once(alert: Alert, config: domain.AlertingConfig) -> bool:
+def raise_once(alert: Alert) -> bool:
     """Open the episode of a cost alert, with its notice, once (a create under the alert's id): True
-    when this call opened it. It resolves by itself at ``alert.until`` (the sweep resolves it)."""
-    from google.api_core import exceptions
+    when this call opened it (False: it was raised already, anywhere). It resolves by itself at
+    ``alert.until`` (the minute job resolves it), under the tenant's alerting settings."""
+    from shared.store import config as config_store
 
     with _lock:
         if alert.id in _raised:
             return False
+    config = config_store.alerting(alert.tenant)
     write = domain.new_episode(
         alert.id,
         rule=alert.kind,
@@ -76,12 +72,9 @@ def raise_once(alert: Alert, config: domain.AlertingConfig) -> bool:
         due_at=alert.at + timedelta(seconds=config.group_wait_s),
     )
     write.create = True
-    try:
-        commit([write])
-        raised = True
-    except exceptions.AlreadyExists:
-        db.count(conflicts=1)
-        raised = False
+    batch = db.client().batch()
+    written = add_to(batch, write)
+    raised = db.unless_changed(lambda: batch.commit(**db.call_options()), writes=written) is not None
     with _lock:
         if len(_raised) > 100_000:
             _raised.clear()
@@ -155,19 +148,10 @@ def conditional(episode: dict[str, Any], update_time: Any, write: domain.Episode
     client = db.client()
     batch = client.batch()
     batch.update(episode_ref(episode["id"]), write.fields, option=client.write_option(last_update_time=update_time))
-    written = 1
     if write.notice is not None:
         batch.set(notice_ref(write.notice["id"]), write.notice)
-        written += 1
-    try:
-        batch.commit(**db.call_options())
-    except Exception as exc:
-        if db.is_conflict(exc):
-            db.count(conflicts=1)
-            return False
-        raise
-    db.count(writes=written)
-    return True
+    written = 1 + (write.notice is not None)
+    return db.unless_changed(lambda: batch.commit(**db.call_options()), writes=written) is not None
 
 
 def set_fields(episode_id: str, fields: dict[str, Any]) -> None:
@@ -198,19 +182,10 @@ def due_notices(now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:
 def claim(notice: dict[str, Any], update_time: Any, now: datetime, lease: timedelta) -> Any | None:
     """Take a notice for sending (a conditional update): the new update time, or None when another
     instance took it first. An unfinished claim expires with its lease and the notice is due again."""
-    client = db.client()
+    option = db.client().write_option(last_update_time=update_time)
     fields = {"state": "sending", "due_at": now + lease, "attempts": int(notice.get("attempts") or 0) + 1}
-    try:
-        result = notice_ref(notice["id"]).update(
-            fields, option=client.write_option(last_update_time=update_time), **db.call_options()
-        )
-    except Exception as exc:
-        if db.is_conflict(exc):
-            db.count(conflicts=1)
-            return None
-        raise
-    db.count(writes=1)
-    return result.update_time
+    result = db.unless_changed(lambda: notice_ref(notice["id"]).update(fields, option=option, **db.call_options()))
+    return None if result is None else result.update_time
 
 
 def get_notice(notice_id: str) -> dict[str, Any] | None:
@@ -231,6 +206,53 @@ def tenant_state(tenant: str) -> tuple[dict[str, Any], Any]:
     return ((doc.to_dict() or {}) if doc.exists else {}), (doc.update_time if doc.exists else None)
 
 
+# --- grouped messages ---------------------------------------------------------------------------
+
+GROUPS = "notice_groups"
+
+
+def _group_ref(group_id: str) -> Any:
+    return db.client().collection(GROUPS).document(db.doc_id(group_id))
+
+
+def save_group(group_id: str, *, channel: str, ts: str, notices: list[dict[str, Any]], at: datetime) -> None:
+    """The notices one grouped Slack message announced (its resolutions edit that message)."""
+    doc = {"id": group_id, "channel": channel, "ts": ts, "notices": notices, "states": {}}
+    _group_ref(group_id).set({**doc, "expire_at": at + domain.RETENTION}, **db.call_options())
+    db.count(writes=1)
+
+
+def resolve_in_group(group_id: str, episode_id: str) -> dict[str, Any] | None:
+    """Mark one member of a grouped message resolved (a conditional update, retried): the group as
+    written, or None when it is gone."""
+    client = db.client()
+    for _ in range(MAX_ATTEMPTS):
+        doc = db.get(_group_ref(group_id))
+        if not doc.exists:
+            return None
+        data = doc.to_dict() or {}
+        data["states"] = {**(data.get("states") or {}), episode_id: "resolved"}
+        update = functools.partial(
+            _group_ref(group_id).update,
+            {"states": data["states"]},
+            option=client.write_option(last_update_time=doc.update_time),
+            **db.call_options(),
+        )
+        if db.unless_changed(update) is not None:
+            return data
+    raise RuntimeError(f"grouped message {group_id}: {MAX_ATTEMPTS} conflicting writes in a row")
+
+
+def tenants_with_open_root() -> list[str]:
+    """Tenants whose root alert is open (the minute job checks whether it can resolve)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = db.client().collection(TENANT_ALERTS).where(filter=FieldFilter("root_open", "==", True))
+    docs = list(query.stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [(doc.to_dict() or {})["tenant"] for doc in docs]
+
+
 def update_tenant(
     tenant: str, decide: Callable[[dict[str, Any]], tuple[dict[str, Any], list[domain.EpisodeWrite]]]
 ) -> list[domain.EpisodeWrite]:
@@ -249,17 +271,8 @@ def update_tenant(
         else:
             batch.update(ref, changes, option=client.write_option(last_update_time=update_time))
         written = 1 + sum(add_to(batch, write) for write in writes)
-        try:
-            batch.commit(**db.call_options())
-        except Exception as exc:
-            from google.api_core import exceptions
-
-            if db.is_conflict(exc) or isinstance(exc, exceptions.AlreadyExists):
-                db.count(conflicts=1)
-                continue
-            raise
-        db.count(writes=written)
-        return writes
+        if db.unless_changed(functools.partial(batch.commit, **db.call_options()), writes=written) is not None:
+            return writes
     raise RuntimeError(f"tenant {tenant}: {MAX_ATTEMPTS} conflicting alert-state writes in a row")
 
 

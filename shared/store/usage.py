@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -264,7 +264,8 @@ def agent_hours(agent_id: str, now: datetime) -> dict[datetime, int]:
     return out
 
 
-def _day_models(data: Any) -> dict[str, ModelDay]:
+def day_models(data: Any) -> dict[str, ModelDay]:
+    """One day's ``xDD`` map of a month document as counters per model."""
     if not isinstance(data, dict):
         return {}
     return {model: ModelDay.from_dict(counters) for model, counters in data.items() if isinstance(counters, dict)}
@@ -274,7 +275,7 @@ def agent_day_models(agent_id: str, day: date) -> dict[str, ModelDay]:
     """The agent's counters per model on one UTC day: model -> counters, {} when none (one read)."""
     doc = db.get(_ref(agent_month_id(agent_id, f"{day:%Y-%m}")))
     data = doc.to_dict() or {} if doc.exists else {}
-    return _day_models(data.get(model_day_field(f"{day:%d}")))
+    return day_models(data.get(model_day_field(f"{day:%d}")))
 
 
 def agent_month_models(agent_id: str, month: str) -> dict[str, dict[str, ModelDay]]:
@@ -284,7 +285,7 @@ def agent_month_models(agent_id: str, month: str) -> dict[str, dict[str, ModelDa
     out = {}
     for name in sorted(data):
         if len(name) == 3 and name[0] == "x" and name[1:].isdigit() and isinstance(data[name], dict):
-            out[name[1:]] = _day_models(data[name])
+            out[name[1:]] = day_models(data[name])
     return out
 
 
@@ -354,4 +355,24 @@ def tenant_estimate(
         total.add(after)
         total.add(others.get(month_field(period, win), Totals()))
         out[(period, win)] = (total, delta)
+    return out
+
+
+#: Documents per batched read (``get_all``).
+GET_ALL_CHUNK = 300
+
+
+def agent_months(agent_ids: Sequence[str], month: str) -> dict[str, dict[str, Any]]:
+    """The agents' month documents (``usage/a.{agent}.{month}``) by agent, batched: one read each."""
+    client = db.client()
+    out: dict[str, dict[str, Any]] = {}
+    ids = list(agent_ids)
+    for start in range(0, len(ids), GET_ALL_CHUNK):
+        refs = [_ref(agent_month_id(a, month)) for a in ids[start : start + GET_ALL_CHUNK]]
+        docs = list(client.get_all(refs, **db.call_options()))
+        db.count(reads=len(docs))
+        for doc in docs:
+            if doc.exists:
+                data = doc.to_dict() or {}
+                out[str(data.get("agent_id") or doc.id.split(".", 1)[1].rsplit(".", 1)[0])] = data
     return out

@@ -25,7 +25,6 @@ from shared.domain.periods import Period, windows
 from shared.domain.pricing import Price
 from shared.domain.usage import Totals
 from shared.store import agents as agent_store
-from shared.store import alerts as alert_store
 from shared.store import api_keys, config, db
 from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
@@ -222,7 +221,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(usage_store, "agent_periods", agent_periods)
     monkeypatch.setattr(usage_store, "tenant_periods", tenant_periods)
     monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
-    monkeypatch.setattr(alert_store, "raise_once", raise_once)
+    monkeypatch.setattr(episode_store, "raise_once", raise_once)
     monkeypatch.setattr(commands, "publish", lambda sent: w.published.extend(sent) or [])
     monkeypatch.setattr(db, "client", lambda: w.firestore)
     monkeypatch.setattr(config, "read_prices", read_prices)

@@ -18,6 +18,7 @@ from shared.domain import episodes as domain
 from shared.domain import notices as render
 from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
 from shared.domain.silences import Silence
+from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import silences as silence_store
 
@@ -154,8 +155,9 @@ class FakeRef:
     def set(self, data: dict[str, Any], **_: Any) -> None:
         self.docs[self.key] = dict(data)
 
-    def update(self, data: dict[str, Any], **_: Any) -> None:
+    def update(self, data: dict[str, Any], **_: Any) -> Any:
         self.docs[self.key] = {**self.docs[self.key], **data}
+        return types.SimpleNamespace(update_time="ut")  # what Firestore answers: a write result
 
 
 class FakeSnapshot:
@@ -167,7 +169,7 @@ class FakeSnapshot:
 
 
 class FakeDB:
-    """The few ``shared.store.db`` calls the notifier makes itself (the grouped-message documents)."""
+    """The few ``shared.store.db`` calls the grouped-message documents need (shared/store/episodes.py)."""
 
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
@@ -195,6 +197,9 @@ class FakeDB:
 
     def get(self, ref: FakeRef) -> FakeSnapshot:
         return FakeSnapshot(ref.docs.get(ref.key))
+
+    def unless_changed(self, write: Callable[[], Any], **_: Any) -> Any:
+        return write()
 
     def is_conflict(self, exc: BaseException) -> bool:
         return False
@@ -261,7 +266,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     silences: list[Silence] = []
     monkeypatch.setattr(silence_store, "active", lambda now: list(silences))
     configs: dict[str, AlertingConfig] = {}
-    monkeypatch.setattr(notifier, "alerting", lambda tenant: configs.get(tenant, AlertingConfig()))
+    monkeypatch.setattr(config_store, "alerting", lambda tenant: configs.get(tenant, AlertingConfig()))
     module = slack_module()
     fake = FakeSlack(module)
     module.post = fake.post  # type: ignore[attr-defined]
@@ -269,7 +274,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setitem(sys.modules, "shared.slack", module)
     monkeypatch.setattr(shared, "slack", module, raising=False)
     db = FakeDB()
-    monkeypatch.setattr(notifier, "db", db)
+    monkeypatch.setattr(episode_store, "db", db)
     yield World(store, fake, db, silences, configs)
 
 
@@ -360,7 +365,7 @@ def test_three_openings_of_one_rule_and_tenant_make_one_grouped_message(world: W
         assert done["state"] == "sent" and done["group"] == group_id
     assert {e for e, _ in world.store.set} == {n["episode_id"] for n in group}
     assert all(f["slack"]["group"] == group_id for _, f in world.store.set)
-    stored = world.db.docs[f"{notifier.GROUPS}/{group_id}"]
+    stored = world.db.docs[f"{episode_store.GROUPS}/{group_id}"]
     assert stored["notices"] == group and stored["states"] == {}
 
 
@@ -476,7 +481,7 @@ def test_a_resolution_of_a_grouped_episode_marks_it_in_the_grouped_message(world
     assert "2 still open" in update["blocks"][0]["text"]["text"]
     assert "✅ `agent-1`" in update["blocks"][1]["text"]["text"]
     assert reply["thread_ts"] == "1.000"
-    assert world.db.docs[f"{notifier.GROUPS}/{group_id}"]["states"] == {episode_id("agent-1"): "resolved"}
+    assert world.db.docs[f"{episode_store.GROUPS}/{group_id}"]["states"] == {episode_id("agent-1"): "resolved"}
 
 
 def test_an_escalation_rewrites_the_original_and_replies_in_its_thread(world: World) -> None:
