@@ -336,13 +336,14 @@ def apply_heartbeat(
         return Plan(skipped="stale")
 
     last_seen = max(received_at, current.last_heartbeat_at) if current.last_heartbeat_at else received_at
+    metrics = hb.metrics.as_dict()
     # JSON-ready: samples are stored whole and read whole (history, baselines, models).
     sample = {
         "seq": hb.seq,
         "at": received_at.isoformat(),
         "sent_at": hb.sent_at.isoformat(),
         "status": hb.status.value,
-        "metrics": hb.metrics.as_dict(),
+        "metrics": metrics,
     }
     changes: dict[str, Any] = {
         "last_seq": hb.seq,
@@ -377,9 +378,7 @@ def apply_heartbeat(
 
     eps = _back_alive(current, plan, changes, last_seen, received_at, alerting)
     config = health_config or HealthConfig()
-    verdict = health.evaluate(
-        current.health, hb.metrics.as_dict(), hb.status.value, received_at, config, eps, current.agent_id
-    )
+    verdict = health.evaluate(current.health, metrics, hb.status.value, received_at, config, eps, current.agent_id)
     if verdict.state != current.health:
         changes["health"] = verdict.state
 

@@ -111,7 +111,7 @@ def evaluate(
                 {"error_rate": rate},
             ):
                 verdict.opened.append(episodes.ERROR_RATE)
-        elif rate < round(config.error_rate * config.error_rate_clear, 9):
+        elif eps.is_open(episodes.ERROR_RATE) and rate < round(config.error_rate * config.error_rate_clear, 9):
             eps.resolve(episodes.ERROR_RATE, at, f"{agent_id}: error rate back to {rate:.0%}")
 
     saturated: list[str] = []
@@ -134,15 +134,16 @@ def evaluate(
     if saturated:
         if eps.open_(episodes.SATURATION, Severity.HIGH, at, f"{agent_id}: {', '.join(saturated)}"):
             verdict.opened.append(episodes.SATURATION)
-    elif cleared and measured:
+    elif cleared and measured and eps.is_open(episodes.SATURATION):
         back = f"{agent_id}: CPU and memory back under {config.saturation_clear_pct:.0f}%"
         eps.resolve(episodes.SATURATION, at, back)
 
     egress = metrics.get("bytes_out")
-    hour = f"{at:%Y-%m-%dT%H}"
+    hour = at.isoformat()[:13]  # YYYY-MM-DDTHH (strftime costs twice as much on every heartbeat)
     if new.get("egress_hour") != hour:
         new["egress_hour"], new["egress_bytes"] = hour, 0
-        eps.resolve(episodes.EGRESS, at, f"{agent_id}: a new hour, egress counted from zero")
+        if eps.is_open(episodes.EGRESS):
+            eps.resolve(episodes.EGRESS, at, f"{agent_id}: a new hour, egress counted from zero")
     if egress is not None and egress > 0:
         new["egress_bytes"] = int(new.get("egress_bytes") or 0) + int(egress)
         if new["egress_bytes"] > config.egress_bytes_per_hour and eps.open_(
