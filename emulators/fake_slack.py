@@ -10,7 +10,8 @@ or JSON, with ``Authorization: Bearer xoxb-...``: ``auth.test``, ``chat.postMess
 As Slack does, it answers with channel ids (``C`` + 10 characters, stable per name) when given
 names, and ``files.completeUploadExternal`` accepts only ids (Slack refuses names there).
 
-Control endpoints (no token needed):
+Control endpoints (no token needed), at the root and under the Web API's base URL alike
+(``GET {SLACK_API_URL}/_calls``):
 
     GET    /_calls[?method=chat.postMessage]  every recorded call, oldest first (token removed)
     DELETE /_calls                            forget them
@@ -165,6 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         path = parsed.path
         query = dict(urllib.parse.parse_qsl(parsed.query))
+        control = re.fullmatch(r"/api/+(_calls|_fail)", path)
+        if control:  # also under the Web API's base URL: `GET {SLACK_API_URL}/_calls` works as written
+            path = f"/{control.group(1)}"
         if path.startswith("/api/"):
             self._api(path[len("/api/") :], query)
         elif path.startswith("/_upload/") and verb == "POST":

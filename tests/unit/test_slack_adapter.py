@@ -310,3 +310,11 @@ def test_render_flattens_blocks_and_skips_failures() -> None:
         {"method": "auth.test", "params": {}, "response": {"ok": True}},
     ]
     assert render(calls) == ["#fleet-alerts Budget | *acme* | [Ack]"]
+
+
+def test_the_control_endpoints_answer_under_the_web_api_base_url_too(fake: FakeSlack) -> None:
+    slack.post("#fleet-alerts", "hello")
+    for url in (f"{fake.url}_calls", f"{fake.url}/_calls", f"{fake.root}/_calls"):  # {SLACK_API_URL}/_calls
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            calls = json.loads(reply.read())
+        assert [c["method"] for c in calls] == ["chat.postMessage"], url
