@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -189,11 +190,24 @@ def test_a_tenant_mostly_offline_raises_one_root_alert_and_holds_back_the_rest(
     ids = [f"root-{uuid.uuid4().hex[:8]}" for _ in range(4)]
     start_agents(publisher, firestore, tenant, ids, interval=2)
     quiet = ids[:3]
-    for seq in range(2, 8):  # the fourth keeps beating
-        publish(publisher, heartbeat(ids[3], seq))
-        time.sleep(1)
-    sweep_until(publisher, lambda: all(agent(firestore, a).get("status") == "offline" for a in quiet), timeout=40)
-    roots = sweep_until(publisher, lambda: api.get("/v1/alerts", tenant=tenant, rule="fleet_offline").json()["items"])
+    stop = threading.Event()
+
+    def keep_beating() -> None:  # the fourth stays alive for the whole test
+        seq = 2
+        while not stop.wait(0.5):
+            publish(publisher, heartbeat(ids[3], seq))
+            seq += 1
+
+    beater = threading.Thread(target=keep_beating, daemon=True)
+    beater.start()
+    try:
+        sweep_until(publisher, lambda: all(agent(firestore, a).get("status") == "offline" for a in quiet), timeout=40)
+        roots = sweep_until(
+            publisher, lambda: api.get("/v1/alerts", tenant=tenant, rule="fleet_offline").json()["items"]
+        )
+    finally:
+        stop.set()
+        beater.join(timeout=10)
     assert len(roots) == 1 and roots[0]["state"] == "open" and roots[0]["agent_id"] is None
     root_posts = wait_for(
         lambda: [c for c in slack.about("Many agents offline", "chat.postMessage") if tenant in json.dumps(c)]
