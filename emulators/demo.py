@@ -44,7 +44,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from emulators import demo_costs
+from emulators import demo_approvals, demo_costs, fake_slack
 from emulators.stack import ROOT, Stack
 
 STATE_DIR = ROOT / ".stack-demo"
@@ -611,7 +611,11 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("running the liveness sweep (the minute job) and sending its Slack notices..."):
             slack_calls = sweep_and_slack(env, fleet)
         ok = report(api, fleet, console, progress) and progress.max_visible > 0
-        ok = show_slack(slack_calls, fleet, console) and ok
+        console.print(Text("Approval in Slack (four eyes)", style="bold"))
+        with console.status("an agent asks before an expensive operation; two people click in Slack..."):
+            approved = demo_approvals.run(env, fleet[0].registration, console)
+        slack_calls = fake_slack.get_calls(env["SLACK_API_URL"])
+        ok = show_slack(slack_calls, fleet, console) and ok and approved
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:

@@ -45,7 +45,7 @@ from typing import Any
 
 #: Channel ids Slack accepts where only an id will do (files.completeUploadExternal).
 CHANNEL_ID = re.compile(r"^[CGDZ][A-Z0-9]{8,}$")
-DEFAULT_CHANNELS = ("fleet-alerts", "fleet-oncall", "fleet-reports")
+DEFAULT_CHANNELS = ("fleet-alerts", "fleet-oncall", "fleet-reports", "fleet-approvals")
 BOT_USER_ID = "U0FLEETBOT"
 BOT_ID = "B0FLEETBOT"
 TEAM_ID = "T0FLEETLOC"

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -223,7 +224,9 @@ class Stack:
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}",
             "SLACK_API_URL": f"http://127.0.0.1:{slack_port}/api/",
         }
-        slack_env = {"SLACK_BOT_TOKEN": FAKE_SLACK_TOKEN}  # never a real token from the caller's shell
+        # Never a real token or signing secret from the caller's shell: the stack's own, fresh each run.
+        self.env["SLACK_SIGNING_SECRET"] = secrets.token_hex(16)
+        slack_env = {"SLACK_BOT_TOKEN": FAKE_SLACK_TOKEN}
         fn_env = {**base, **self.env, **slack_env, "PYTHONUNBUFFERED": "1", **self.function_env}
         if self.firestore_proxy:
             proxy_port = free_port()
@@ -269,6 +272,8 @@ class Stack:
 
         bootstrap.build(topo, self.project, urls, overrides=self.subscription_overrides)
         self.env["FLEET_API_URL"] = urls["fleet-api"]
+        # The request URL Slack would call, for slash commands and interactivity alike.
+        self.env["SLACK_APP_URL"] = urls["fleet-slack"] + "/slack/events"
         self.env["FLEET_STACK_DIR"] = str(self.state_dir.resolve())
         for name, url in urls.items():
             self.env[f"FLEET_FUNCTION_URL_{name.upper().replace('-', '_')}"] = url
@@ -323,7 +328,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         stack.scheduler = True
         env = stack.up()
         print(f"local stack up. Environment written to {stack.env_file} (source it: `set -a; . {stack.env_file}`)")
-        for key in ("FLEET_API_URL", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "SLACK_API_URL"):
+        for key in (
+            "FLEET_API_URL",
+            "SLACK_APP_URL",
+            "PUBSUB_EMULATOR_HOST",
+            "FIRESTORE_EMULATOR_HOST",
+            "SLACK_API_URL",
+        ):
             print(f"  {key}={env[key]}")
         print("the scheduler fires topology.yaml's schedules; `make tick JOB=<job>` fires one now")
         print(f"Slack messages the functions sent: curl -s {env['SLACK_API_URL'].removesuffix('api/')}_calls")

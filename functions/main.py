@@ -22,6 +22,7 @@ EXPECTS: dict[str, EventType] = {
     "on_registration": EventType.REGISTRATION,
     "on_heartbeat": EventType.HEARTBEAT,
     "on_cost": EventType.COST,
+    "on_approval_request": EventType.APPROVAL,
 }
 
 
@@ -86,3 +87,25 @@ def bench_baseline(event: CloudEvent) -> None:
     from shared import bench_baseline as baseline
 
     baseline.write_one(_message(event))
+
+
+@functions_framework.http
+def slack_app(request: Any) -> Any:
+    """The Slack app's request URL: ``/fleet`` slash commands and button clicks (signed by Slack)."""
+    from shared import slack_app as app
+
+    return app.handle(request)
+
+
+@functions_framework.cloud_event
+def on_approval_request(event: CloudEvent) -> None:
+    """An agent asks for approval (``agent-approvals``): stored once, posted to its approvers."""
+    handlers.handle_push(_message(event), EventType.APPROVAL, handlers.process_approval_request)
+
+
+@functions_framework.cloud_event
+def on_action(event: CloudEvent) -> None:
+    """Work handed over by the Slack app (``fleet-actions``): carry out a decided approval."""
+    from shared import actions
+
+    actions.handle(_message(event))

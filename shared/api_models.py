@@ -366,6 +366,114 @@ class SettingsView(_View):
 
 
 #: Every response model the OpenAPI document describes (components are generated from these).
+# --- approvals, roles, audit ---------------------------------------------------------------------
+
+SLACK_USER_PATTERN = r"^[UW][A-Z0-9]{2,20}$"
+
+
+class ApprovalCreate(BaseModel):
+    """A request for a human decision, posted to the tenant's approvals channel in Slack."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["operation", "budget_raise", "release"]
+    agent_id: str | None = Field(default=None, pattern=AGENT_ID_PATTERN, description="Required but for operation.")
+    tenant: str | None = Field(default=None, pattern=AGENT_ID_PATTERN, description="Default: the agent's.")
+    summary: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)] = ""
+    estimated_cost_usd: Annotated[Decimal, Field(ge=0, le=Decimal("1000000000"), decimal_places=9)] | None = None
+    expires_in_s: int | None = Field(default=None, ge=60, le=7 * 86400, description="Default: the tenant's.")
+    budget_period: Literal["hourly", "daily", "monthly"] | None = None
+    budget_usd: Annotated[Decimal, Field(gt=0, le=Decimal("1000000000"), decimal_places=9)] | None = None
+    requested_by: str | None = Field(
+        default=None,
+        pattern=SLACK_USER_PATTERN,
+        description="The Slack user asking (they may not approve it); default: this API key.",
+    )
+    request_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,63}$",
+        description="Makes the request idempotent: the same id returns the same approval.",
+    )
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ApprovalCreate:
+        if self.kind != "operation" and self.agent_id is None:
+            raise ValueError(f"a {self.kind} names agent_id")
+        if self.agent_id is None and self.tenant is None:
+            raise ValueError("name agent_id or tenant")
+        has_budget = (self.budget_period, self.budget_usd) != (None, None)
+        if self.kind == "budget_raise" and None in (self.budget_period, self.budget_usd):
+            raise ValueError("a budget_raise names budget_period and budget_usd")
+        if self.kind != "budget_raise" and has_budget:
+            raise ValueError("budget_period and budget_usd belong to a budget_raise")
+        return self
+
+
+class RequesterView(_View):
+    kind: str
+    id: str
+    owner: str | None = None
+
+
+class ApprovalView(_View):
+    id: str
+    tenant: str
+    kind: str
+    agent_id: str | None = None
+    requester: RequesterView
+    summary: str
+    reason: str
+    estimated_cost_usd: Decimal | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: Timestamp
+    expires_at: Timestamp
+    state: Literal["pending", "approved", "denied", "expired"]
+    decided_by: str | None = Field(default=None, description="The Slack user who decided.")
+    decided_at: Timestamp | None = None
+    note: str = ""
+    message: dict[str, str] | None = Field(default=None, description="The Slack message (channel, ts), once posted.")
+    applied: str | None = Field(default=None, description="What carrying out the decision did.")
+
+
+class ApprovalList(_View):
+    items: list[ApprovalView] = Field(description="Newest first.")
+
+
+class RolesView(_View):
+    tenant: str
+    roles: dict[str, Literal["viewer", "operator", "approver", "admin"]] = Field(
+        description="Slack user id -> role. Each role includes those before it: viewer, operator, approver, admin."
+    )
+
+
+class RolesUpdate(BaseModel):
+    """The tenant's whole map (PUT replaces it): Slack user id -> role."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: dict[
+        Annotated[str, StringConstraints(pattern=SLACK_USER_PATTERN)],
+        Literal["viewer", "operator", "approver", "admin"],
+    ] = Field(max_length=2000)
+
+
+class AuditView(_View):
+    id: str
+    at: Timestamp
+    actor: str = Field(description="api:<key name>, slack:<user id>, agent:<id>, system, ...")
+    action: str
+    target: str
+    outcome: str = Field(description="applied, refused, requested, usage, unchanged, failed, ...")
+    tenant: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditPage(_View):
+    items: list[AuditView] = Field(description="Newest first.")
+    next_before: Timestamp | None = Field(default=None, description="Pass as ?before= for the next (older) page.")
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     AgentView,
     AgentPage,
@@ -388,6 +496,11 @@ MODELS: tuple[type[BaseModel], ...] = (
     SilenceList,
     ReleaseView,
     SettingsView,
+    ApprovalView,
+    ApprovalList,
+    RolesView,
+    AuditView,
+    AuditPage,
 )
 #: Every request body (documented in validation mode: what the API accepts).
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
@@ -398,6 +511,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     ResumeRequest,
     SilenceRequest,
     ReleaseRequest,
+    ApprovalCreate,
+    RolesUpdate,
 )
 
 

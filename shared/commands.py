@@ -23,6 +23,11 @@ _lock = threading.Lock()
 PUBLISH_TIMEOUT_S = 10.0
 
 
+def publisher() -> Any:
+    """This process's Pub/Sub publisher (built on first use), tuned to send each message at once."""
+    return _client()
+
+
 def _client() -> Any:
     global _publisher
     if _publisher is None:

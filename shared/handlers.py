@@ -169,6 +169,27 @@ def process_heartbeat(decoded: Decoded) -> Plan:
     return plan
 
 
+def process_approval_request(decoded: Decoded) -> Plan:
+    """An agent asks for approval: stored once under an id derived from its request id (a redelivery
+    or a repeat finds it), posted to its tenant's approvers. A repeat of a decided request is answered
+    again on agent-commands (the agent may have restarted)."""
+    from fleet_agent.contracts import ApprovalRequest
+
+    from shared import approvals
+
+    event = decoded.event
+    assert isinstance(event, ApprovalRequest)
+    received_at = decoded.message.published_at
+    agent = agent_store.get(event.agent_id)
+    if agent is None:
+        raise unknown_agent(event.agent_id, received_at)
+    if agent.status.value == "decommissioned":
+        raise Rejected(Code.DECOMMISSIONED, f"agent {agent.agent_id} was decommissioned", agent_id=agent.agent_id)
+    approval = approvals.from_agent(event, agent, now=received_at)
+    _stored, new = approvals.request(approval, received_at)
+    return Plan() if new else Plan(skipped="duplicate")
+
+
 def handle_dead_letter(message: PushedMessage) -> str:
     """A message that exhausted its delivery attempts: record it as a rejection, keeping the payload."""
     attrs = message.attributes

@@ -31,7 +31,7 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared import accounting, commands, logs, settings
+from shared import accounting, logs, operations, settings
 from shared.api_models import (
     MODELS,
     REQUEST_MODELS,
@@ -41,6 +41,10 @@ from shared.api_models import (
     AgentUsageView,
     AgentView,
     AlertList,
+    ApprovalCreate,
+    ApprovalList,
+    ApprovalView,
+    AuditPage,
     BudgetUpdate,
     DailyReportView,
     ErrorBody,
@@ -58,6 +62,8 @@ from shared.api_models import (
     ReleaseRequest,
     ReleaseView,
     ResumeRequest,
+    RolesUpdate,
+    RolesView,
     SettingsView,
     SilenceList,
     SilenceRequest,
@@ -67,14 +73,17 @@ from shared.api_models import (
     agent_view,
     hold_views,
 )
-from shared.domain import budgets, holds, protection, release
+from shared.domain import approvals as approval_ids
+from shared.domain import budgets, protection
 from shared.domain.agents import AgentRecord, Plan
 from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
+from shared.domain.approvals import Approval, Requester
+from shared.domain.approvals import Kind as ApprovalKind
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
-from shared.domain.lifecycle import Cause, State
+from shared.domain.lifecycle import State
 from shared.domain.pricing import Price
 from shared.domain.rejections import Code
 from shared.domain.silences import Silence
@@ -412,27 +421,16 @@ def _write_tenant(tenant: str, fields: dict[str, Any], entry: AuditEntry) -> Non
     config.forget(tenant)
 
 
-def _update_agent(call: Call, step: Callable[[AgentRecord], Plan]) -> tuple[Plan, AgentRecord]:
-    """Apply ``step`` to the visible agent of the path with the store's conditional write.
-
-    The agent is read first (404 when not visible), so ``step`` decides on the stored document; it may
-    raise :class:`ApiError` (409). Returns the plan and the agent as written.
-    """
+def operator(call: Call) -> operations.Actor:
+    """The caller as an actor of shared.operations: its key name, this request's id, its tenant scope."""
     principal = _principal(call)
-    agent_id = _visible_record(call).agent_id
-    written: list[AgentRecord] = []
+    scope = None if principal.tenant is None else frozenset({principal.tenant})
+    return operations.Actor(_actor(call), call.request_id or uuid.uuid4().hex, scope)
 
-    def decide(current: AgentRecord | None) -> Plan:
-        if current is None or not principal.can_see(current.tenant):
-            return Plan(skipped="unknown")
-        plan = step(current)
-        written[:] = [current.model_copy(update=plan.changes) if plan.changes else current]
-        return plan
 
-    plan = agent_store.update(agent_id, decide)
-    if plan.skipped == "unknown" or not written:
-        raise _agent_not_found(agent_id)
-    return plan, written[-1]
+def _update_agent(call: Call, step: Callable[[AgentRecord], Plan]) -> tuple[Plan, AgentRecord]:
+    """Apply ``step`` to the visible agent of the path (404 otherwise) with the store's conditional write."""
+    return operations.update_agent(_visible_record(call).agent_id, operator(call), step)
 
 
 def _usd(value: Decimal) -> str:
@@ -502,20 +500,8 @@ def _delete_agent_budget(call: Call) -> AgentBudgetView:
 
 def _replace_agent_budget(call: Call, stored: dict[str, Any] | None, action: str) -> AgentBudgetView:
     """Record the API's budget choice (None: no budget), audited, then bring the budget hold in line."""
-    now = _now()
-
-    def step(current: AgentRecord) -> Plan:
-        if current.budget == stored and current.budget_source == "api":
-            return Plan(skipped="unchanged")
-        details = {"budget": stored, "previous": current.budget, "previous_source": current.budget_source}
-        return Plan(
-            changes={"budget": stored, "budget_source": "api"},
-            audit=[_audit(call, action, current.agent_id, current.tenant, details, now)],
-        )
-
-    _plan, record = _update_agent(call, step)
-    accounting.reconcile(record.agent_id, now=now, actor=_actor(call))
-    return _agent_budget_view(agent_store.get(record.agent_id) or record)
+    agent_id = _visible_record(call).agent_id
+    return _agent_budget_view(operations.set_agent_budget(agent_id, operator(call), stored, action, _now()))
 
 
 def _get_tenant_budget(call: Call) -> TenantBudgetView:
@@ -672,36 +658,14 @@ def _pause(call: Call) -> AgentHoldsView:
     """Hold the agent (it is told ``pause`` and suspended). Pausing a paused agent changes nothing and
     sends its pause command again, with the same id (so a failed publish is repaired by a retry)."""
     reason = _body(call, PauseRequest).reason
-    now = _now()
-    key = f"api.{call.request_id or uuid.uuid4().hex}"
-
-    def step(current: AgentRecord) -> Plan:
-        if current.status is State.DECOMMISSIONED:
-            raise ApiError(409, f"agent {current.agent_id} was decommissioned")
-        if "pause" in current.holds:
-            return Plan(skipped="unchanged")
-        return holds.place(current, "pause", reason=reason, at=now, key=key, actor=_actor(call), cause=Cause.OPERATOR)
-
-    plan, record = _update_agent(call, step)
-    sent = plan.commands or [holds.command_of(record.agent_id, record.holds["pause"])]
-    commands.publish(sent)
+    record, _changed = operations.pause(_visible_record(call).agent_id, operator(call), reason, _now())
     return _holds_view(record)
 
 
 def _resume(call: Call) -> AgentHoldsView:
     """Lift the pause. Other holds (budget, breaker...) stay; 409 when the agent is not paused."""
     reason = _body(call, ResumeRequest).reason or "resumed through the API"
-    now = _now()
-
-    def step(current: AgentRecord) -> Plan:
-        if "pause" not in current.holds:
-            raise ApiError(409, f"agent {current.agent_id} is not paused")
-        return holds.lift(current, "pause", reason=reason, at=now, actor=_actor(call), cause=Cause.OPERATOR)
-
-    plan, record = _update_agent(call, step)
-    if plan.commands:
-        commands.publish(plan.commands)
-    return _holds_view(record)
+    return _holds_view(operations.resume(_visible_record(call).agent_id, operator(call), reason, _now()))
 
 
 # --- alerts -----------------------------------------------------------------------------------
@@ -796,11 +760,7 @@ def _create_silence(call: Call) -> SilenceView:
         )
     except ValidationError as exc:
         raise ApiError(400, "; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
-    silence_store.create(silence)
-    details: dict[str, Any] = {"agent_id": silence.agent_id, "rule": silence.rule, "maintenance": silence.maintenance}
-    details["expires_at"] = expires_at.isoformat()
-    _write_audit(_audit(call, "silence.create", silence.id, tenant, details, now))
-    return _silence_view(silence, now)
+    return _silence_view(operations.create_silence(silence, operator(call), now), now)
 
 
 def _list_silences(call: Call) -> SilenceList:
@@ -833,38 +793,15 @@ def _release(call: Call) -> ReleaseView:
     """An approver releases a frozen or quarantined agent: it becomes active, is told ``release``,
     and the ladder counts from now. 409 when there is nothing to release."""
     reason = _body(call, ReleaseRequest).reason
-    now = _now()
-    actor = _actor(call)
-    released: list[str] = []
-    resolved: list[str] = []
-
-    def step(current: AgentRecord) -> Plan:
-        released.clear()
-        resolved.clear()
-        plan, what = release.release(
-            current,
-            reason=reason,
-            at=now,
-            actor=actor,
-            action_id=call.request_id or "",
-            alerting=config.alerting(current.tenant),
-        )
-        if plan.skipped == "unchanged":
-            raise ApiError(409, f"agent {current.agent_id} is neither frozen nor quarantined (it is {current.status})")
-        released.extend(what)
-        resolved.extend(w.episode_id for w in plan.episodes if w.fields.get("state") == "resolved")
-        return plan
-
-    plan, record = _update_agent(call, step)
-    if plan.commands:
-        commands.publish(plan.commands)
+    done = operations.release_agent(_visible_record(call).agent_id, operator(call), reason, _now())
+    record = done.record
     return ReleaseView(
         agent_id=record.agent_id,
         tenant=record.tenant,
         status=record.status.value,
         liveness=str(record.liveness),
-        released=released,
-        resolved=resolved,
+        released=done.released,
+        resolved=done.resolved,
     )
 
 
@@ -908,6 +845,123 @@ def _get_health(call: Call) -> SettingsView:
 
 def _put_health(call: Call) -> SettingsView:
     return _put_settings(call, "health")
+
+
+# --- approvals, roles and the audit log ------------------------------------------------------------
+
+
+def _approval_view(approval: Approval) -> ApprovalView:
+    return ApprovalView.model_validate(approval.model_dump(mode="python"))
+
+
+def _create_approval(call: Call) -> ApprovalView:
+    """Ask the tenant's approvers (in Slack) for a decision. Idempotent with ``request_id``."""
+    from shared import approvals
+
+    body = _body(call, ApprovalCreate)
+    principal = _principal(call)
+    tenant = body.tenant
+    if body.agent_id is not None:
+        record = agent_store.get(body.agent_id)
+        if record is None or not principal.can_see(record.tenant):
+            raise _agent_not_found(body.agent_id)
+        if tenant is not None and tenant != record.tenant:
+            raise ApiError(400, f"agent {body.agent_id} belongs to tenant {record.tenant}, not {tenant}")
+        tenant = record.tenant
+    assert tenant is not None  # the model requires an agent or a tenant
+    if not principal.can_see(tenant):
+        raise ApiError(403, f"this API key only sees tenant {principal.tenant}")
+    if body.requested_by is not None:
+        requester = Requester(kind="slack", id=body.requested_by)
+    else:
+        requester = Requester(kind="api", id=principal.name)
+    payload: dict[str, Any] = {}
+    if body.kind == "budget_raise":
+        payload = {"period": body.budget_period, "usd": _usd(body.budget_usd or Decimal(0))}
+    unique = body.request_id or call.request_id or uuid.uuid4().hex
+    now = _now()
+    approval = approvals.new(
+        approval_id=approval_ids.approval_id("api", principal.key_id, unique),
+        tenant=tenant,
+        kind=ApprovalKind(body.kind),
+        requester=requester,
+        summary=body.summary,
+        now=now,
+        agent_id=body.agent_id,
+        reason=body.reason,
+        estimated_cost_usd=body.estimated_cost_usd,
+        expires_in=timedelta(seconds=body.expires_in_s) if body.expires_in_s else None,
+        payload=payload,
+    )
+    stored, _new = approvals.request(approval, now)
+    return _approval_view(stored)
+
+
+_APPROVAL_STATES = ("pending", "approved", "denied", "expired")
+_APPROVAL_KINDS = tuple(k.value for k in ApprovalKind)
+
+
+def _list_approvals(call: Call) -> ApprovalList:
+    from shared.store import approvals as approval_store
+
+    tenant = _query_tenant(call) or _principal(call).tenant
+    state, kind = _query(call.request, "state"), _query(call.request, "kind")
+    if state is not None and state not in _APPROVAL_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(_APPROVAL_STATES)}")
+    if kind is not None and kind not in _APPROVAL_KINDS:
+        raise ApiError(400, f"kind must be one of {', '.join(_APPROVAL_KINDS)}")
+    found = approval_store.list_approvals(tenant=tenant, state=state, kind=kind, limit=_alert_limit(call.request))
+    return ApprovalList(items=[_approval_view(a) for a in found])
+
+
+def _get_approval(call: Call) -> ApprovalView:
+    from shared.store import approvals as approval_store
+
+    approval_id = call.args["approval_id"]
+    found = approval_store.get(approval_id) if _is_document_id(approval_id) else None
+    if found is None or not _principal(call).can_see(found.tenant):
+        raise ApiError(404, f"approval {approval_id} not found")
+    return _approval_view(found)
+
+
+def _get_roles(call: Call) -> RolesView:
+    from shared.store import roles as role_store
+
+    tenant = _visible_tenant(call)
+    return RolesView.model_validate({"tenant": tenant, "roles": role_store.of_tenant(tenant)})
+
+
+def _put_roles(call: Call) -> RolesView:
+    """Replace the tenant's Slack roles; each user's mirror follows in the same transaction."""
+    from shared.store import roles as role_store
+
+    tenant = _visible_tenant(call)
+    roles: dict[str, str] = dict(_body(call, RolesUpdate).roles)
+    entry = _audit(call, "tenant.roles.set", f"tenant.{tenant}", tenant, {"roles": roles}, _now())
+    previous = role_store.replace(tenant, roles, entry)
+    changed = sorted(u for u in set(previous) | set(roles) if previous.get(u) != roles.get(u))
+    log.info("roles of %s replaced; changed: %s", tenant, ", ".join(changed) or "none")
+    return RolesView.model_validate({"tenant": tenant, "roles": roles})
+
+
+def _list_audit(call: Call) -> AuditPage:
+    """The audit log, newest first; by tenant and at most one of actor, action, target, outcome."""
+    tenant = _query_tenant(call) or _principal(call).tenant
+    filters = {name: value for name in audit_store.FILTERS if (value := _query(call.request, name)) is not None}
+    if len(filters) > 1:
+        raise ApiError(400, f"filter by at most one of {', '.join(audit_store.FILTERS)} (besides tenant)")
+    before = None
+    raw = _query(call.request, "before")
+    if raw is not None:
+        try:
+            before = datetime.fromisoformat(raw.replace(" ", "+"))
+        except ValueError:
+            raise ApiError(400, "before must be an ISO 8601 time, e.g. 2026-11-21T10:00:00Z") from None
+        before = before if before.tzinfo is not None else before.replace(tzinfo=UTC)
+    limit = _alert_limit(call.request)
+    rows = audit_store.list_entries(tenant=tenant, filters=filters, before=before, limit=limit)
+    next_before = rows[-1]["at"] if len(rows) == limit else None
+    return AuditPage.model_validate({"items": rows, "next_before": next_before})
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -977,6 +1031,13 @@ _TENANT_QUERY = Param(
     "query",
     "A tenant (a tenant-scoped key may name only its own).",
     {"type": "string", "pattern": AGENT_ID_PATTERN},
+)
+
+_LIMIT_QUERY = Param(
+    "limit",
+    "query",
+    f"At most this many, 1 to {MAX_ALERTS}.",
+    {"type": "integer", "minimum": 1, "maximum": MAX_ALERTS, "default": DEFAULT_ALERTS},
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -1279,12 +1340,7 @@ ROUTES: tuple[Route, ...] = (
             Param("state", "query", "open or resolved.", {"type": "string", "enum": list(_EPISODE_STATES)}),
             Param("rule", "query", "Only this rule's (liveness, error_rate, ...).", {"type": "string"}),
             Param("severity", "query", "Only this severity.", {"type": "string", "enum": list(_SEVERITIES)}),
-            Param(
-                "limit",
-                "query",
-                f"At most this many, 1 to {MAX_ALERTS}.",
-                {"type": "integer", "minimum": 1, "maximum": MAX_ALERTS, "default": DEFAULT_ALERTS},
-            ),
+            _LIMIT_QUERY,
         ),
         errors=(400,),
         tags=("alerts",),
@@ -1381,6 +1437,100 @@ ROUTES: tuple[Route, ...] = (
         method="PUT",
         request=_Overrides,
     ),
+    # -- approvals, roles, audit --
+    Route(
+        "/v1/approvals",
+        "create_approval",
+        "Ask a tenant's approvers for a decision (operation, budget_raise, release): posted to Slack with buttons.",
+        _create_approval,
+        ApprovalView,
+        role=Role.OPERATOR,
+        errors=(400, 404),
+        tags=("approvals",),
+        method="POST",
+        request=ApprovalCreate,
+    ),
+    Route(
+        "/v1/approvals",
+        "list_approvals",
+        "Approval requests, newest first, by tenant, state and kind.",
+        _list_approvals,
+        ApprovalList,
+        params=(
+            _TENANT_QUERY,
+            Param(
+                "state",
+                "query",
+                "pending, approved, denied or expired.",
+                {"type": "string", "enum": list(_APPROVAL_STATES)},
+            ),
+            Param(
+                "kind",
+                "query",
+                "operation, budget_raise or release.",
+                {"type": "string", "enum": list(_APPROVAL_KINDS)},
+            ),
+            _LIMIT_QUERY,
+        ),
+        errors=(400,),
+        tags=("approvals",),
+    ),
+    Route(
+        "/v1/approvals/<approval_id>",
+        "get_approval",
+        "One approval request: who asked, what, why, the decision (who, when) and what it did.",
+        _get_approval,
+        ApprovalView,
+        params=(Param("approval_id", "path", "The approval's id (apr-...).", {"type": "string"}, required=True),),
+        errors=(404,),
+        tags=("approvals",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/roles",
+        "get_tenant_roles",
+        "The tenant's Slack roles: Slack user id -> viewer, operator, approver or admin.",
+        _get_roles,
+        RolesView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("approvals",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/roles",
+        "set_tenant_roles",
+        "Replace the tenant's Slack roles (the whole map).",
+        _put_roles,
+        RolesView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(400, 404),
+        tags=("approvals",),
+        method="PUT",
+        request=RolesUpdate,
+    ),
+    Route(
+        "/v1/audit",
+        "list_audit",
+        "The audit log (append-only), newest first: every change, command, decision and refusal.",
+        _list_audit,
+        AuditPage,
+        params=(
+            _TENANT_QUERY,
+            Param("actor", "query", "api:<key name>, slack:<user id>, agent:<id>, system.", {"type": "string"}),
+            Param("action", "query", "e.g. agent.hold.pause, approval.approve, slack.pause.", {"type": "string"}),
+            Param("target", "query", "An agent id, tenant.<tenant>, a silence id...", {"type": "string"}),
+            Param("outcome", "query", "applied, refused, requested, usage, unchanged...", {"type": "string"}),
+            Param(
+                "before",
+                "query",
+                "Only entries before this time (next_before of the previous page).",
+                {"type": "string", "format": "date-time"},
+            ),
+            _LIMIT_QUERY,
+        ),
+        errors=(400,),
+        tags=("audit",),
+    ),
     # -- reports --
     Route(
         "/v1/reports/hourly",
@@ -1426,6 +1576,8 @@ def handle(request: flask.Request) -> flask.Response:
             response = _dispatch(request, fields)
         except ApiError as err:
             response = _error(err.status, err.reason, err.headers, err.details)
+        except operations.Refused as err:
+            response = _error(err.status, err.reason)
         except Exception as exc:
             if isinstance(exc, db.transient_errors()):
                 level = logging.WARNING
@@ -1471,10 +1623,27 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
         principal = _authenticate(request)
         fields["key_id"] = principal.key_id
         if not principal.role.allows(route.role):
-            raise ApiError(403, f"this API key's role ({principal.role}) cannot call {route.endpoint}")
+            reason = f"this API key's role ({principal.role}) cannot call {route.endpoint}"
+            _audit_refusal(principal, route, request.path, fields["request_id"], reason)
+            raise ApiError(403, reason)
     result = route.view(Call(request, {k: str(v) for k, v in args.items()}, principal, fields["request_id"]))
     body = result.model_dump_json() if isinstance(result, BaseModel) else json.dumps(result)
     return _json(200, body)
+
+
+def _audit_refusal(principal: Principal, route: Route, path: str, request_id: str, reason: str) -> None:
+    """A call the key's role does not allow is an audit entry too (who tried what)."""
+    entry = AuditEntry(
+        id=f"api.{request_id}.{route.endpoint}.refused",
+        at=_now(),
+        actor=f"api:{principal.name}",
+        action=f"api.{route.endpoint}",
+        target=path[:300],
+        outcome="refused",
+        tenant=principal.tenant,
+        details={"reason": reason, "role": principal.role.value, "needs": route.role.value},
+    )
+    audit_store.append(entry)
 
 
 def _authenticate(request: flask.Request) -> Principal:

@@ -274,6 +274,11 @@ def update(channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None
     _call("chat.update", lambda web: web.chat_update(**kwargs))
 
 
+def ephemeral(channel: str, user: str, text: str) -> None:
+    """A message only ``user`` sees, in ``channel`` (a clicked button's answer to the clicker)."""
+    _call("chat.postEphemeral", lambda web: web.chat_postEphemeral(channel=channel, user=user, text=text))
+
+
 def upload(
     channel: str,
     content: bytes,

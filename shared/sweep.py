@@ -1,4 +1,5 @@
-"""The minute job: the liveness sweep, root alerts, then the Slack outbox (shared/notifier.py).
+"""The minute job: the liveness sweep, root alerts, the Slack outbox (shared/notifier.py), then expired
+approval requests (shared/approvals.py).
 
 The sweep reads only agents whose ``sweep_at`` has passed (shared/domain/liveness.py), and moves
 each with the agent store's conditional write: concurrent sweeps make each transition once. The
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared import logs, notifier
+from shared import approvals, logs, notifier
 from shared.domain import episodes as domain
 from shared.domain import liveness
 from shared.domain import silences as silence_rules
@@ -50,7 +51,8 @@ def run(now: datetime) -> dict[str, Any]:
     swept = sweep(now)
     roots(swept, now)
     flushed = notifier.flush(now)
-    return {**swept.as_dict(), "notifications": flushed.as_dict()}
+    # Approval requests: deny the lapsed ones, post those Slack refused before.
+    return {**swept.as_dict(), "notifications": flushed.as_dict(), **approvals.sweep(now)}
 
 
 def sweep(now: datetime) -> Swept:

@@ -20,6 +20,8 @@ class Topic:
     local_only: bool = False
     #: Carries a scheduler job's ticks (see Schedule).
     tick: bool = False
+    #: Published by the functions themselves (work handed over to Pub/Sub), never by agents.
+    internal: bool = False
 
 
 @dataclass(frozen=True)

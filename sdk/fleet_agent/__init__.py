@@ -1,10 +1,14 @@
 """Agent-side SDK for Agent Fleet Manager."""
 
+from fleet_agent.approvals import ApprovalHandle, ApprovalStatus, ApprovalTimeout
 from fleet_agent.client import FleetAgent
 from fleet_agent.commands import CommandListener
 from fleet_agent.contracts import (
     DEFAULT_TOPICS,
     SCHEMA_VERSION,
+    ApprovalKind,
+    ApprovalRequest,
+    BudgetPeriod,
     BudgetSpec,
     Command,
     CommandType,
@@ -22,6 +26,12 @@ from fleet_agent.costs import CallRefused, CostRecorder
 __all__ = [
     "DEFAULT_TOPICS",
     "SCHEMA_VERSION",
+    "ApprovalHandle",
+    "ApprovalKind",
+    "ApprovalRequest",
+    "ApprovalStatus",
+    "ApprovalTimeout",
+    "BudgetPeriod",
     "BudgetSpec",
     "CallRefused",
     "Command",

@@ -59,6 +59,7 @@ class EventType(StrEnum):
     HEARTBEAT = "heartbeat"
     COST = "cost"
     COMMAND = "command"
+    APPROVAL = "approval"
 
 
 #: Default topic per event type. Deployments may prefix or rename topics (Terraform
@@ -69,6 +70,7 @@ DEFAULT_TOPICS: dict[EventType, str] = {
     EventType.HEARTBEAT: "agent-heartbeats",
     EventType.COST: "agent-costs",
     EventType.COMMAND: "agent-commands",
+    EventType.APPROVAL: "agent-approvals",
 }
 
 
@@ -302,6 +304,8 @@ class CommandType(StrEnum):
     BREAKER_CLOSED = "breaker_closed"
     QUARANTINE = "quarantine"
     RELEASE = "release"
+    #: The answer to an agent's :class:`ApprovalRequest` (``request_id``, ``approval_id``, ``approved``).
+    APPROVAL_DECIDED = "approval_decided"
 
 
 #: Commands after which the agent must not call its model, and the ones that lift each of them.
@@ -324,15 +328,73 @@ class Command(_Strict):
     #: When the block lifts by itself: the budget period's reset for ``budget_exhausted``, the end of
     #: the cooldown for ``breaker_open`` (the SDK then lets trial calls through: half-open).
     until: AwareDatetime | None = None
+    #: ``approval_decided`` only: which request, the approval's id, and the decision (an expired
+    #: request is answered ``approved=False`` with the reason ``expired``).
+    request_id: CallId | None = None
+    approval_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    approved: bool | None = None
+
+
+class ApprovalKind(StrEnum):
+    """What an agent may ask a human for (the server has more kinds: release, training)."""
+
+    #: Pre-approval of an expensive operation: nothing changes on approval, the agent goes ahead.
+    OPERATION = "operation"
+    #: A higher hard limit for one budget period of the agent (applied on approval).
+    BUDGET_RAISE = "budget_raise"
+
+
+class BudgetPeriod(StrEnum):
+    HOURLY = "hourly"
+    DAILY = "daily"
+    MONTHLY = "monthly"
+
+
+#: Shortest and longest time a request waits for a decision before it is denied as expired.
+MIN_APPROVAL_EXPIRY_S = 60
+MAX_APPROVAL_EXPIRY_S = 7 * 86_400
+
+
+class ApprovalRequest(_Strict):
+    """An agent asks a human (an approver of its tenant, in Slack) before doing something.
+
+    ``request_id`` is chosen by the agent and makes the request idempotent: publishing it twice
+    creates one approval. The decision comes back on ``agent-commands`` as ``approval_decided``.
+    """
+
+    agent_id: AgentId
+    request_id: CallId
+    kind: ApprovalKind = ApprovalKind.OPERATION
+    #: What the agent wants to do, in a few words ("re-embed the 40k-document corpus").
+    operation: ShortText
+    #: Why, for the approver.
+    reason: Annotated[str, StringConstraints(max_length=1000, strip_whitespace=True)] = ""
+    estimated_cost_usd: Annotated[Decimal, Field(ge=0, le=Decimal("1000000000"), decimal_places=9)] | None = None
+    expires_in_s: int = Field(default=3600, ge=MIN_APPROVAL_EXPIRY_S, le=MAX_APPROVAL_EXPIRY_S)
+    requested_at: AwareDatetime
+    #: ``budget_raise`` only: the period and its new hard limit in USD.
+    budget_period: BudgetPeriod | None = None
+    budget_usd: LimitUsd | None = None
+    details: dict[Label, Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _budget_fields(self) -> ApprovalRequest:
+        raise_fields = (self.budget_period, self.budget_usd)
+        if self.kind is ApprovalKind.BUDGET_RAISE and None in raise_fields:
+            raise ValueError("a budget_raise names budget_period and budget_usd")
+        if self.kind is not ApprovalKind.BUDGET_RAISE and raise_fields != (None, None):
+            raise ValueError("budget_period and budget_usd belong to a budget_raise")
+        return self
 
 
 EVENT_MODELS: dict[EventType, type[BaseModel]] = {
     EventType.REGISTRATION: Registration,
     EventType.HEARTBEAT: Heartbeat,
     EventType.COST: CostBatch,
+    EventType.APPROVAL: ApprovalRequest,
 }
 
-Event = Registration | Heartbeat | CostBatch
+Event = Registration | Heartbeat | CostBatch | ApprovalRequest
 
 
 def event_type_of(event: BaseModel) -> EventType:

@@ -83,8 +83,12 @@ class AlertingConfig(BaseModel):
     root_share: float = Field(default=0.5, gt=0, le=1)
     #: ...and at least this many; it resolves when the share falls under half of ``root_share``.
     root_min_agents: int = Field(default=3, ge=2)
+    #: Where approval requests of the tenant are posted (with their Approve and Deny buttons).
+    approvals_channel: str = "#fleet-approvals"
+    #: How long a request made in Slack or through the API waits for a decision (an agent's says its own).
+    approval_expiry_s: int = Field(default=3600, ge=60, le=7 * 86400)
 
-    @field_validator("default_channel")
+    @field_validator("default_channel", "approvals_channel")
     @classmethod
     def _channel(cls, value: str) -> str:
         if not value.strip():

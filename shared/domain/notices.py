@@ -14,6 +14,10 @@ ICONS = {"info": ":information_source:", "warning": "⚠️", "high": "🟠", "c
 RESOLVED = "✅"
 #: Agents listed by name in a grouped message (the rest are counted).
 GROUP_LISTED = 25
+#: Action ids of the buttons on an alert's message (shared/slack_actions.py answers them).
+ACK = "alert_ack"
+SNOOZE = "alert_snooze"
+SNOOZE_LABELS = ("1h", "4h", "24h")
 
 Message = tuple[str, list[dict[str, Any]]]
 
@@ -37,6 +41,17 @@ def _context(text: str) -> dict[str, Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:2900]}]}
 
 
+def _button(action_id: str, label: str, value: str) -> dict[str, Any]:
+    return {"type": "button", "action_id": action_id, "text": {"type": "plain_text", "text": label}, "value": value}
+
+
+def buttons(episode_id: str) -> dict[str, Any]:
+    """Acknowledge (reminders stop, the message says who) and Snooze 1 h / 4 h / 24 h (a silence)."""
+    elements = [_button(ACK, "Acknowledge", episode_id)]
+    elements += [_button(f"{SNOOZE}_{label}", f"Snooze {label}", episode_id) for label in SNOOZE_LABELS]
+    return {"type": "actions", "block_id": f"alert.{episode_id}"[:255], "elements": elements}
+
+
 def opened(notice: dict[str, Any]) -> Message:
     icon = ICONS.get(notice["severity"], "")
     head = f"{icon} *{notice['title']}* · {notice['severity']} · {_subject(notice)}"
@@ -44,6 +59,7 @@ def opened(notice: dict[str, Any]) -> Message:
     blocks = [
         _section(f"{head}\n{notice.get('summary') or ''}"),
         _context(f"opened {_when(notice.get('opened_at') or notice['created_at'])} · episode `{notice['episode_id']}`"),
+        buttons(notice["episode_id"]),
     ]
     return text, blocks
 

@@ -1,7 +1,9 @@
-"""The audit log (``audit/{id}``): entries written in the same batch as the change they describe."""
+"""The audit log (``audit/{id}``): append-only entries, most written in the same batch as the change
+they describe; refusals on their own."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared.domain.audit import AuditEntry
@@ -12,3 +14,36 @@ AUDIT = "audit"
 
 def add(batch: Any, entry: AuditEntry) -> None:
     batch.set(db.client().collection(AUDIT).document(entry.id), entry.as_doc())
+
+
+def append(entry: AuditEntry) -> bool:
+    """Write one entry on its own; False when an entry with its id exists already (a retried request:
+    the first outcome stands, the log is never rewritten)."""
+    ref = db.client().collection(AUDIT).document(entry.id)
+    return db.unless_changed(lambda: ref.create(entry.as_doc(), **db.call_options())) is not None
+
+
+#: Filters GET /v1/audit takes (each has an index with ``at`` descending, alone and with tenant).
+FILTERS = ("actor", "action", "target", "outcome")
+
+
+def list_entries(
+    *,
+    tenant: str | None,
+    filters: dict[str, str],
+    before: datetime | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Entries newest first; ``before`` pages back in time."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query: Any = db.client().collection(AUDIT)
+    if tenant is not None:
+        query = query.where(filter=FieldFilter("tenant", "==", tenant))
+    for name, value in filters.items():
+        query = query.where(filter=FieldFilter(name, "==", value))
+    if before is not None:
+        query = query.where(filter=FieldFilter("at", "<", before))
+    docs = list(query.order_by("at", direction="DESCENDING").limit(limit).stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [{"id": d.id, **(d.to_dict() or {})} for d in docs]

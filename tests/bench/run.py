@@ -6,7 +6,8 @@
   publisher's CPU is not in the window; baseline and heartbeats alternate, round by round.
 - Firestore reads and writes per accepted heartbeat (from the functions' structured logs).
 - Import time of the function module (cold start), and the first event's latency after it.
-- Cost events (tests/bench/costs.py) and the liveness sweep with its Slack notices (tests/bench/sweep.py).
+- Cost events (tests/bench/costs.py), the liveness sweep with its Slack notices (tests/bench/sweep.py)
+  and the Slack app's answers to signed requests (tests/bench/slack.py).
 
 Two stacks are measured: the default (one instance, whose agent cache saves the read), and the
 cache switched off, which is what many instances without affinity look like in Google Cloud.
@@ -289,6 +290,10 @@ def main() -> int:
     from tests.bench import sweep
 
     sweep_lines = sweep.main(report=lambda line: None)
+    print("measuring the Slack app ...", file=sys.stderr)
+    from tests.bench import slack
+
+    slack_lines = slack.main(report=lambda line: None)
 
     lines = [
         f"Measured {started:%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, {os.cpu_count()} cores, "
@@ -323,6 +328,7 @@ def main() -> int:
     ]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
     lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
+    lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"

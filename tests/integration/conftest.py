@@ -6,6 +6,7 @@ a stack started by `make up`. Tests use their own agent ids instead of wiping th
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from emulators.stack import Stack
+from tests.integration.helpers import PROJECT
 
 #: Short settings so the tests see retries and expiries in seconds.
 FUNCTION_ENV = {
@@ -99,3 +101,31 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, every: float =
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+class Slack:
+    """The fake Slack server's record of calls."""
+
+    def __init__(self, api_url: str) -> None:
+        self.base = api_url.removesuffix("/").removesuffix("/api")
+
+    def calls(self, method: str | None = None) -> list[dict[str, Any]]:
+        calls = requests.get(f"{self.base}/_calls", timeout=5).json()
+        return [c for c in calls if method is None or c["method"] == method]
+
+    def about(self, needle: str, method: str | None = None) -> list[dict[str, Any]]:
+        """Successful calls whose text or blocks mention ``needle``."""
+        return [c for c in self.calls(method) if not c.get("failed") and needle in json.dumps(c.get("params"))]
+
+    def fail(self, **spec: Any) -> None:
+        requests.post(f"{self.base}/_fail", json=spec, timeout=5).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def slack(stack: Any) -> Slack:
+    return Slack(stack.env["SLACK_API_URL"])
+
+
+def tick(publisher: Any, job: str = "liveness-sweep") -> None:
+    topic = publisher.topic_path(PROJECT, f"tick-{job}")
+    publisher.publish(topic, json.dumps({"job": job}).encode(), job=job).result()

@@ -16,10 +16,9 @@ import uuid
 from typing import Any
 
 import pytest
-import requests
 
-from tests.integration.conftest import Api, wait_for
-from tests.integration.helpers import PROJECT, agent_doc, heartbeat, publish, registration
+from tests.integration.conftest import Api, Slack, tick, wait_for
+from tests.integration.helpers import agent_doc, heartbeat, publish, registration
 
 pytestmark = pytest.mark.integration
 
@@ -31,34 +30,6 @@ def tenant(api: Api) -> str:
     reply = api.send("PUT", f"/v1/tenants/{name}/alerting", {"group_wait_s": 0})
     assert reply.status_code == 200, reply.text
     return name
-
-
-class Slack:
-    """The fake Slack server's record of calls."""
-
-    def __init__(self, api_url: str) -> None:
-        self.base = api_url.removesuffix("/").removesuffix("/api")
-
-    def calls(self, method: str | None = None) -> list[dict[str, Any]]:
-        calls = requests.get(f"{self.base}/_calls", timeout=5).json()
-        return [c for c in calls if method is None or c["method"] == method]
-
-    def about(self, needle: str, method: str | None = None) -> list[dict[str, Any]]:
-        """Successful calls whose text or blocks mention ``needle``."""
-        return [c for c in self.calls(method) if not c.get("failed") and needle in json.dumps(c.get("params"))]
-
-    def fail(self, **spec: Any) -> None:
-        requests.post(f"{self.base}/_fail", json=spec, timeout=5).raise_for_status()
-
-
-@pytest.fixture(scope="session")
-def slack(stack: Any) -> Slack:
-    return Slack(stack.env["SLACK_API_URL"])
-
-
-def tick(publisher: Any, job: str = "liveness-sweep") -> None:
-    topic = publisher.topic_path(PROJECT, f"tick-{job}")
-    publisher.publish(topic, json.dumps({"job": job}).encode(), job=job).result()
 
 
 def sweep_until(publisher: Any, condition: Any, timeout: float = 30.0) -> Any:

@@ -252,6 +252,12 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/tenants/{tenant}/health", "put"),
             ("/v1/reports/hourly", "get"),
             ("/v1/reports/daily", "get"),
+            ("/v1/approvals", "get"),
+            ("/v1/approvals", "post"),
+            ("/v1/approvals/{approval_id}", "get"),
+            ("/v1/tenants/{tenant}/roles", "get"),
+            ("/v1/tenants/{tenant}/roles", "put"),
+            ("/v1/audit", "get"),
         }
     )
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {

@@ -101,6 +101,13 @@ class FakeRef:
     def set(self, data: dict[str, Any], merge: Any = False, **options: Any) -> None:
         self.client.apply(self.path, data, merge)
 
+    def create(self, data: dict[str, Any], **options: Any) -> None:
+        from google.api_core.exceptions import AlreadyExists
+
+        if self.path in self.client.docs:
+            raise AlreadyExists(self.path)
+        self.client.apply(self.path, data, False)
+
 
 class FakeBatch:
     def __init__(self, client: FakeFirestore) -> None:

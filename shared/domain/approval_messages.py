@@ -1,0 +1,113 @@
+"""Slack messages of approval requests (Block Kit): pure text building.
+
+A pending request shows who asked, what, why, the estimated cost and the expiry, with Approve and
+Deny buttons whose value is the approval id. Once decided, the same message is rewritten without
+buttons: who decided and when, and what the decision did.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.domain.approvals import Approval, Kind, State
+
+APPROVE = "approval_approve"
+DENY = "approval_deny"
+KIND_TITLES = {
+    Kind.OPERATION: "Expensive operation",
+    Kind.BUDGET_RAISE: "Budget raise",
+    Kind.RELEASE: "Release",
+}
+STATE_MARKS = {State.APPROVED: "✅ Approved", State.DENIED: "⛔ Denied", State.EXPIRED: "⌛ Expired"}
+
+Message = tuple[str, list[dict[str, Any]]]
+
+
+def _when(at: datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M} UTC" if at else ""
+
+
+def _facts(approval: Approval) -> str:
+    lines = [f"*Requested by* {approval.requester.label()}"]
+    if approval.agent_id:
+        lines.append(f"*Agent* `{approval.agent_id}` ({approval.tenant})")
+    else:
+        lines.append(f"*Tenant* {approval.tenant}")
+    if approval.reason:
+        lines.append(f"*Why* {approval.reason}")
+    if approval.estimated_cost_usd is not None:
+        lines.append(f"*Estimated cost* ${approval.estimated_cost_usd:,.2f}")
+    return "\n".join(lines)
+
+
+def title(approval: Approval) -> str:
+    return f"{KIND_TITLES.get(approval.kind, approval.kind.value)}: {approval.summary}"
+
+
+def pending(approval: Approval) -> Message:
+    text = f"Approval needed: {title(approval)}"
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"🙋 *{title(approval)}*\n{_facts(approval)}"[:2900]}},
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"expires {_when(approval.expires_at)} · only an approver of {approval.tenant} other "
+                    f"than the requester can approve · `{approval.id}`",
+                }
+            ],
+        },
+        {
+            "type": "actions",
+            "block_id": f"approval.{approval.id}",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": APPROVE,
+                    "style": "primary",
+                    "text": {"type": "plain_text", "text": "Approve"},
+                    "value": approval.id,
+                },
+                {
+                    "type": "button",
+                    "action_id": DENY,
+                    "style": "danger",
+                    "text": {"type": "plain_text", "text": "Deny"},
+                    "value": approval.id,
+                },
+            ],
+        },
+    ]
+    return text, blocks
+
+
+def decided(approval: Approval) -> Message:
+    """The message once decided: no buttons; who, when, and what it did."""
+    mark = STATE_MARKS.get(approval.state, approval.state.value)
+    if approval.state is State.EXPIRED:
+        who = f"nobody decided by {_when(approval.expires_at)}: denied"
+    else:
+        who = f"by <@{approval.decided_by}> at {_when(approval.decided_at)}"
+    outcome = f"\n{approval.applied}" if approval.applied else ""
+    note = f"\n_{approval.note}_" if approval.note and approval.state is not State.EXPIRED else ""
+    text = f"{mark}: {title(approval)} ({who})"
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title(approval)}*\n{_facts(approval)}"[:2900]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{mark} {who}{note}{outcome}"[:2900]}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"`{approval.id}`"}]},
+    ]
+    return text, blocks
+
+
+def message(approval: Approval) -> Message:
+    return pending(approval) if approval.state is State.PENDING else decided(approval)
+
+
+def to_requester(approval: Approval) -> str:
+    """The direct message a Slack requester gets."""
+    mark = STATE_MARKS.get(approval.state, approval.state.value)
+    by = f" by <@{approval.decided_by}>" if approval.decided_by else ""
+    outcome = f" {approval.applied}" if approval.applied else ""
+    return f"{mark}{by}: {title(approval)}.{outcome}"

@@ -1,0 +1,184 @@
+"""Approvals: one mechanism for every decision that needs a human, decided once, by four eyes.
+
+A request (who asked, what, why, estimated cost, expiry) is stored, posted with Approve and Deny
+buttons to the tenant's approvals channel, and decided once: by an approver of its tenant who is not
+the requester (nor the owner of the requesting agent). A second click, or a click after the expiry,
+changes nothing and says why; an expired request is denied by the minute job. What approval does
+depends on the kind (``EFFECTS`` in shared/approvals.py): nothing for an operation's pre-approval
+(the agent goes ahead), a new budget limit for a budget raise, a release for a frozen or quarantined
+agent. Pure: the store and the Slack side live in shared/store/approvals.py and shared/approvals.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.domain.api_keys import Role
+
+#: Decided and expired approvals are kept this long (Firestore TTL on ``expire_at``), then the audit
+#: log is their record.
+RETENTION = timedelta(days=400)
+DEFAULT_EXPIRY = timedelta(hours=1)
+MAX_EXPIRY = timedelta(days=7)
+
+
+class Kind(StrEnum):
+    #: An agent's pre-approval of an expensive operation: approval lets it go ahead, nothing else.
+    OPERATION = "operation"
+    #: A new hard limit for one period of an agent's budget, applied on approval.
+    BUDGET_RAISE = "budget_raise"
+    #: Release of a frozen or quarantined agent.
+    RELEASE = "release"
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+class Requester(BaseModel):
+    """Who asked: a Slack user (``U…``), an agent (decided for by its owner's colleagues), or an API key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(pattern=r"^(slack|agent|api)$")
+    id: str = Field(min_length=1, max_length=200)
+    #: The requesting agent's owner (from its registration), who may not approve either.
+    owner: str | None = None
+
+    def label(self) -> str:
+        if self.kind == "slack":
+            return f"<@{self.id}>"
+        if self.kind == "agent":
+            return f"agent `{self.id}`" + (f" (owner {self.owner})" if self.owner else "")
+        return f"API key {self.id}"
+
+
+class Approval(BaseModel):
+    """One request and, once decided, its decision."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    tenant: str
+    kind: Kind
+    agent_id: str | None = None
+    requester: Requester
+    #: What is asked for, in a few words; ``reason`` says why.
+    summary: str
+    reason: str = ""
+    estimated_cost_usd: Decimal | None = None
+    #: Kind-specific: the budget period and limit of a raise, the agent's request id, a job's id...
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    expires_at: datetime
+    state: State = State.PENDING
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    note: str = ""
+    #: The Slack message that carries the buttons (``channel``, ``ts``), once posted.
+    message: dict[str, str] | None = None
+    #: What applying the decision did (its effect), once done; None while pending or not yet applied.
+    applied: str | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.state is State.PENDING and now >= self.expires_at
+
+
+def approval_id(*parts: str) -> str:
+    """A deterministic id from what makes a request unique (an agent's request id, a Slack trigger),
+    so a redelivered or retried request creates the same approval once."""
+    return "apr-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of a click: ``approval`` is the decided request to write, or ``refusal`` says why
+    nothing changes (``code`` is stable for the audit and tests)."""
+
+    approval: Approval | None = None
+    refusal: str | None = None
+    code: str = "decided"
+
+
+def _same_person(actor: str, actor_names: tuple[str, ...], requester: Requester) -> bool:
+    """The actor is the requester, or the owner of the requesting agent (matched on Slack id or name)."""
+    mine = {actor.lower(), *(n.lower().lstrip("@") for n in actor_names if n)}
+    theirs = {requester.id.lower()} if requester.kind == "slack" else set()
+    if requester.owner:
+        theirs.add(requester.owner.lower().lstrip("@"))
+    return bool(mine & theirs)
+
+
+def decide(
+    approval: Approval,
+    *,
+    actor: str,
+    actor_names: tuple[str, ...] = (),
+    role: Role | None,
+    approve: bool,
+    now: datetime,
+    note: str = "",
+) -> Decision:
+    """Decide ``approval`` for Slack user ``actor`` (whose role in the approval's tenant is ``role``).
+
+    Refused, with the reason said back to the clicker: already decided (by whom, when), expired, not
+    an approver of the tenant, or the requester deciding their own request (four eyes). A denial by the
+    requester is allowed: withdrawing one's own request needs no second pair of eyes.
+    """
+    if approval.state is not State.PENDING:
+        by = f" by <@{approval.decided_by}>" if approval.decided_by else ""
+        when = f" at {approval.decided_at:%Y-%m-%d %H:%M} UTC" if approval.decided_at else ""
+        return Decision(refusal=f"this request was already {approval.state.value}{by}{when}", code="already_decided")
+    if approval.expired(now):
+        return Decision(refusal=f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC", code="expired")
+    if role is None or not role.allows(Role.APPROVER):
+        have = f"your role in {approval.tenant} is {role.value}" if role else f"you have no role in {approval.tenant}"
+        return Decision(refusal=f"only approvers of {approval.tenant} decide requests; {have}", code="not_approver")
+    if approve and _same_person(actor, actor_names, approval.requester):
+        return Decision(refusal="you asked for this: someone else must approve it (four eyes)", code="four_eyes")
+    decided = approval.model_copy(
+        update={
+            "state": State.APPROVED if approve else State.DENIED,
+            "decided_by": actor,
+            "decided_at": now,
+            "note": note,
+        }
+    )
+    return Decision(approval=decided)
+
+
+def expire(approval: Approval, now: datetime) -> Approval | None:
+    """The request denied as expired, or None when it is decided or not yet due."""
+    if not approval.expired(now):
+        return None
+    return approval.model_copy(update={"state": State.EXPIRED, "decided_at": now, "note": "expired"})
+
+
+def to_doc(approval: Approval) -> dict[str, Any]:
+    """The stored form: decimals as text (exact), the sweep's index fields, and the TTL."""
+    doc = approval.model_dump(mode="python")
+    doc["kind"] = approval.kind.value
+    doc["state"] = approval.state.value
+    doc["requester"] = approval.requester.model_dump()
+    if approval.estimated_cost_usd is not None:
+        doc["estimated_cost_usd"] = format(approval.estimated_cost_usd, "f")
+    # Queried by the minute job: pending requests past their expiry, and pending ones not yet posted.
+    pending = approval.state is State.PENDING
+    doc["pending_until"] = approval.expires_at if pending else None
+    doc["post_due"] = pending and approval.message is None
+    doc["expire_at"] = (approval.decided_at or approval.expires_at) + RETENTION
+    return doc
+
+
+def from_doc(data: dict[str, Any]) -> Approval:
+    return Approval.model_validate(data)

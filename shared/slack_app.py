@@ -1,0 +1,199 @@
+"""The Slack app (slack-bolt), served by the ``fleet-slack`` HTTPS function: ``/fleet`` and button clicks.
+
+Built on the first request, never at import: the signing secret and bot token come from Secret
+Manager (``slack-signing-secret``, ``slack-bot-token``; environment variables locally), and
+``token_verification_enabled=False`` keeps Bolt from calling ``auth.test`` while building.
+``process_before_response=True``: on Cloud Functions nothing runs after the response is sent (Bolt's
+lazy listeners are not supported there), so each listener does its short work, then acks; anything
+longer is handed to Pub/Sub (shared/work.py). Bolt verifies every request's signature and refuses a
+timestamp older than 5 minutes with 401 before any listener runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import urllib.parse
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import flask
+
+from shared import logs, settings, slack
+from shared.domain import approval_messages, notices
+from shared.store import db
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+    from slack_bolt.adapter.google_cloud_functions import SlackRequestHandler
+    from slack_sdk.signature import SignatureVerifier
+
+log = logs.get_logger("slack.app")
+
+SIGNING_SECRET = "slack-signing-secret"
+#: The slash command's name; a second deployment (staging) may register another (``/fleet-staging``).
+COMMAND_ENV = "FLEET_SLASH_COMMAND"
+MAX_BODY_BYTES = 64 * 1024
+
+_lock = threading.Lock()
+_handler: SlackRequestHandler | None = None
+_verifier: SignatureVerifier | None = None
+
+
+def build() -> App:
+    """The Bolt app with its listeners; raises RuntimeError when a secret is missing."""
+    import os
+
+    from slack_bolt import App
+
+    signing_secret = settings.secret(SIGNING_SECRET)
+    if not signing_secret:
+        raise RuntimeError(f"the {SIGNING_SECRET} secret is not set")
+    app = App(
+        signing_secret=signing_secret,
+        client=slack.client(),
+        process_before_response=True,
+        token_verification_enabled=False,
+        logger=logging.getLogger("fleet.slack.bolt"),
+    )
+    app.command(os.environ.get(COMMAND_ENV) or "/fleet")(_on_command)
+    app.action(re.compile(f"^({approval_messages.APPROVE}|{approval_messages.DENY})$"))(_on_decision)
+    app.action(re.compile(f"^({notices.ACK}|{notices.SNOOZE}_.+)$"))(_on_alert)
+    app.error(_on_error)
+    return app
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _on_command(ack: Any, body: dict[str, Any]) -> None:
+    from shared import slack_commands
+
+    ack(**slack_commands.run(body, _now()))
+
+
+def _on_decision(ack: Any, body: dict[str, Any]) -> None:
+    from shared import slack_actions
+
+    slack_actions.on_decision(slack_actions.Click.of(body), _now())
+    ack()
+
+
+def _on_alert(ack: Any, body: dict[str, Any]) -> None:
+    from shared import slack_actions
+
+    slack_actions.on_alert(slack_actions.Click.of(body), _now())
+    ack()
+
+
+def _on_error(error: Exception, body: dict[str, Any]) -> None:
+    """Bolt calls this for an exception in a listener, then answers 500: Slack may retry, and the
+    request markers make the retry safe. Logged with the exception, never with the payload."""
+    logs.log(log, f"slack listener failed: {type(error).__name__}: {error}", logging.ERROR, error=type(error).__name__)
+
+
+def handler() -> SlackRequestHandler:
+    global _handler, _verifier
+    with _lock:
+        if _handler is None:
+            from slack_bolt.adapter.google_cloud_functions import SlackRequestHandler
+            from slack_sdk.signature import SignatureVerifier
+
+            _handler = SlackRequestHandler(build())
+            _verifier = SignatureVerifier(settings.secret(SIGNING_SECRET) or "")
+        return _handler
+
+
+def reset() -> None:
+    """Forget the built app (tests; rotated secrets)."""
+    global _handler, _verifier
+    with _lock:
+        _handler = _verifier = None
+
+
+def _json(status: int, reason: str) -> flask.Response:
+    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 503: "unavailable"}.get(status, "error")
+    body = json.dumps({"error": {"code": code, "reason": reason}})
+    return flask.Response(body, status=status, mimetype="application/json")
+
+
+def handle(request: flask.Request) -> flask.Response:
+    """Serve one request from Slack: never raises, logs one line without the payload or secrets."""
+    started = time.perf_counter()
+    fields: dict[str, Any] = {"method": request.method, "path": request.path}
+    level = logging.INFO
+    with db.metered() as meter:
+        try:
+            response = _dispatch(request, fields)
+        except Exception as exc:
+            level = logging.ERROR
+            fields["error"] = f"{type(exc).__name__}: {exc}"
+            transient = isinstance(exc, db.transient_errors())
+            response = _json(
+                503 if transient else 500,
+                "internal error; Slack will retry" if not transient else "Firestore is unavailable; retry shortly",
+            )
+        logs.log(
+            log,
+            f"slack {fields.get('kind', request.method)} {response.status_code}",
+            level,
+            status=response.status_code,
+            firestore_reads=meter.reads,
+            firestore_writes=meter.writes,
+            publishes=meter.publishes,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            **fields,
+        )
+    return response
+
+
+def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
+    if request.method != "POST":
+        return _json(405, "Slack sends POST requests only")
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return _json(400, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    fields["retry_num"] = request.headers.get("X-Slack-Retry-Num")
+    try:
+        app_handler, verifier = handler(), _verifier
+    except (RuntimeError, slack.SlackRefused) as exc:
+        return _json(503, f"the Slack app is not configured: {exc}")
+    # Read (and cache) the raw body first: the signature covers these exact bytes. Checked here too,
+    # so an unsigned request gets 401 whatever its body, before anything parses it.
+    raw = request.get_data(cache=True, as_text=True)
+    if verifier is None or not verifier.is_valid_request(raw, dict(request.headers)):
+        return _json(401, "invalid or stale Slack signature")
+    problem = malformed(raw, fields)
+    if problem:
+        return _json(400, problem)
+    return app_handler.handle(request)
+
+
+def malformed(raw: str, fields: dict[str, Any]) -> str | None:
+    """Why a signed body is not a slash command or an interaction this app understands, or None."""
+    form = urllib.parse.parse_qs(raw)
+    if form.get("command"):
+        fields["kind"] = "command"
+        return None if form.get("user_id") else "a slash command names its user_id"
+    if not form.get("payload"):
+        return "neither a slash command nor an interaction payload"
+    fields["kind"] = "interaction"
+    try:
+        payload = json.loads(form["payload"][0])
+    except ValueError:
+        return "the interaction payload is not JSON"
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+        return "the interaction payload is not an object with a type"
+    if payload["type"] == "block_actions":
+        actions = payload.get("actions")
+        user = payload.get("user")
+        if not isinstance(user, dict) or not isinstance(user.get("id"), str):
+            return "a block_actions payload names its user"
+        if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
+            return "a block_actions payload lists its actions"
+        if not isinstance(actions[0].get("action_id"), str):
+            return "an action names its action_id"
+    return None

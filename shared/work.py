@@ -1,0 +1,26 @@
+"""Work handed to Pub/Sub (topic ``fleet-actions``, function ``fleet-actions``): what a Slack request
+must not do within Slack's 3 seconds (apply an approved request, update its message, tell the
+requester). Each message names its work by ``kind`` and carries ids only; the handler re-reads the
+state, so a redelivery finds the work done and does nothing twice."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared import commands, settings
+from shared.store import db
+
+TOPIC = "fleet-actions"  # in topology.yaml (internal: true)
+APPROVAL_DECIDED = "approval.decided"
+PUBLISH_TIMEOUT_S = 10.0
+
+
+def publish(kind: str, **fields: Any) -> str:
+    """Publish one work item and wait for Pub/Sub to take it; returns the message id."""
+    client = commands.publisher()
+    topic = client.topic_path(settings.get().project, TOPIC)
+    body = json.dumps({"kind": kind, **fields}, separators=(",", ":"), default=str).encode()
+    message_id = str(client.publish(topic, body, kind=kind).result(timeout=PUBLISH_TIMEOUT_S))
+    db.count_publish()
+    return message_id
