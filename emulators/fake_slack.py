@@ -5,7 +5,8 @@
 Point ``slack_sdk.WebClient(base_url="http://127.0.0.1:8765/api/")`` at it (the functions read
 ``SLACK_API_URL``). It serves the Web API methods the app uses at ``/api/<method>``, form-encoded
 or JSON, with ``Authorization: Bearer xoxb-...``: ``auth.test``, ``chat.postMessage``,
-``chat.update``, ``chat.postEphemeral``, ``files.getUploadURLExternal`` (its ``upload_url`` is
+``chat.update``, ``chat.postEphemeral``, ``users.info`` (every user's e-mail is
+``<user id, lower case>@fleet.test``), ``files.getUploadURLExternal`` (its ``upload_url`` is
 ``/_upload/<file_id>`` on this server), ``files.completeUploadExternal`` and ``conversations.list``.
 As Slack does, it answers with channel ids (``C`` + 10 characters, stable per name) when given
 names, and ``files.completeUploadExternal`` accepts only ids (Slack refuses names there).
@@ -467,8 +468,25 @@ def _conversations_list(state: _State, params: dict[str, Any], base: str) -> tup
     }, {}
 
 
+#: The e-mail address the fake gives every user (Slack's ``users.info`` with users:read.email).
+USER_EMAIL_DOMAIN = "fleet.test"
+
+
+def user_email(user_id: str) -> str:
+    return f"{user_id.lower()}@{USER_EMAIL_DOMAIN}"
+
+
+def _users_info(state: _State, params: dict[str, Any], base: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    user = str(params.get("user") or "")
+    if not re.fullmatch(r"[UW][A-Z0-9]{2,20}", user):
+        raise SlackError("user_not_found")
+    profile = {"email": user_email(user), "real_name": user.lower(), "display_name": user.lower()}
+    return {"user": {"id": user, "team_id": TEAM_ID, "name": user.lower(), "profile": profile}}, {}
+
+
 _METHODS = {
     "auth.test": _auth_test,
+    "users.info": _users_info,
     "chat.postMessage": _post_message,
     "chat.update": _update,
     "chat.postEphemeral": _post_ephemeral,

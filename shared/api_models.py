@@ -299,6 +299,10 @@ class AlertView(_View):
     silenced: str | None = Field(default=None, description="The silence that held back its opening, if any.")
     inhibited_by: str | None = Field(default=None, description="The root alert it was held back under, if any.")
     slack: dict[str, str] | None = Field(default=None, description="channel and ts of its Slack message.")
+    acknowledged_by: str | None = Field(
+        default=None, description="The Slack user who clicked Acknowledge (reminders stop until it escalates)."
+    )
+    acknowledged_at: Timestamp | None = None
 
 
 class AlertList(_View):
@@ -471,7 +475,7 @@ class AuditView(_View):
 
 class AuditPage(_View):
     items: list[AuditView] = Field(description="Newest first.")
-    next_before: Timestamp | None = Field(default=None, description="Pass as ?before= for the next (older) page.")
+    next_page_token: str | None = Field(default=None, description="Pass as ?page_token= for the next (older) page.")
 
 
 MODELS: tuple[type[BaseModel], ...] = (

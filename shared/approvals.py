@@ -137,8 +137,13 @@ def post(approval: Approval) -> Approval:
     text, blocks = messages.message(approval)
     try:
         posted = slack.post(channel, text, blocks)
-    except (slack.SlackUnavailable, slack.SlackRefused) as exc:
+    except slack.SlackUnavailable as exc:
         logs.log(log, f"approval {approval.id} not posted yet: {exc}", approval_id=approval.id, channel=channel)
+        return approval
+    except slack.SlackRefused as exc:
+        # Retrying will not help (no such channel, the bot not in it): say so on the request, stop trying.
+        logs.log(log, f"approval {approval.id} refused by Slack: {exc.error}", approval_id=approval.id, channel=channel)
+        store.set_fields(approval.id, {"post_due": False, "post_error": f"{exc.error} ({channel})"})
         return approval
     message = {"channel": posted.channel, "ts": posted.ts}
     store.set_fields(approval.id, {"message": message, "post_due": False})
@@ -172,15 +177,22 @@ def decide(
         if found is None:
             return Outcome(f"approval request {approval_id} was not found", code="not_found")
         approval, update_time = found
+        action = "approval.approve" if approve else "approval.deny"
+        names = user_names
+        if approve and domain.owner_is_email(approval.requester):
+            try:
+                names = (*names, slack.user_email(user_id) or "")
+            except (slack.SlackUnavailable, slack.SlackRefused) as exc:
+                refusal = f"Slack could not confirm you are not the agent's owner ({exc}); try again"
+                _refused(approval, action, user_id, now, refusal, "four_eyes_unverified")
+                return Outcome(f"Nothing changed: {refusal}.", code="four_eyes_unverified")
         role = config_role(user_id, approval.tenant)
         decision = domain.decide(
-            approval, actor=user_id, actor_names=user_names, role=role, approve=approve, now=now, note=note
+            approval, actor=user_id, actor_names=names, role=role, approve=approve, now=now, note=note
         )
-        action = "approval.approve" if approve else "approval.deny"
         if decision.approval is None:
             refusal = decision.refusal or "refused"
-            entry = _entry(approval, action, f"slack:{user_id}", now, "refused", reason=refusal, code=decision.code)
-            audit_store.append(dataclasses.replace(entry, id=f"{entry.id}.{user_id}.{now.timestamp():.6f}"))
+            _refused(approval, action, user_id, now, refusal, decision.code)
             return Outcome(f"Nothing changed: {refusal}.", code=decision.code)
         decided = decision.approval
         entry = _entry(decided, action, f"slack:{user_id}", now, decided.state.value, note=note)
@@ -189,6 +201,11 @@ def decide(
             verb = "Approved" if approve else "Denied"
             return Outcome(f"{verb}: {messages.title(decided)}.", decided)
     return Outcome("this request is being decided by someone else right now; look again", code="conflict")
+
+
+def _refused(approval: Approval, action: str, user_id: str, now: datetime, refusal: str, code: str) -> None:
+    entry = _entry(approval, action, f"slack:{user_id}", now, "refused", reason=refusal, code=code)
+    audit_store.append(dataclasses.replace(entry, id=f"{entry.id}.{user_id}.{now.timestamp():.6f}"))
 
 
 def config_role(user_id: str, tenant: str) -> Any:

@@ -74,7 +74,7 @@ from shared.api_models import (
     hold_views,
 )
 from shared.domain import approvals as approval_ids
-from shared.domain import budgets, protection
+from shared.domain import budgets, protection, release
 from shared.domain.agents import AgentRecord, Plan
 from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
@@ -724,6 +724,7 @@ def _create_silence(call: Call) -> SilenceView:
     principal = _principal(call)
     now = _now()
     tenant = body.tenant
+    record = None
     if body.agent_id is not None:
         record = agent_store.get(body.agent_id)
         if record is None or not principal.can_see(record.tenant):
@@ -861,6 +862,7 @@ def _create_approval(call: Call) -> ApprovalView:
     body = _body(call, ApprovalCreate)
     principal = _principal(call)
     tenant = body.tenant
+    record = None
     if body.agent_id is not None:
         record = agent_store.get(body.agent_id)
         if record is None or not principal.can_see(record.tenant):
@@ -871,13 +873,15 @@ def _create_approval(call: Call) -> ApprovalView:
     assert tenant is not None  # the model requires an agent or a tenant
     if not principal.can_see(tenant):
         raise ApiError(403, f"this API key only sees tenant {principal.tenant}")
+    if body.kind == "release" and record is not None and not release.releasable(record):
+        raise ApiError(409, f"agent {record.agent_id} is neither frozen nor quarantined (it is {record.status})")
     if body.requested_by is not None:
         requester = Requester(kind="slack", id=body.requested_by)
     else:
         requester = Requester(kind="api", id=principal.name)
-    payload: dict[str, Any] = {}
+    payload: dict[str, Any] = {"requested_via": f"api:{principal.name}"}
     if body.kind == "budget_raise":
-        payload = {"period": body.budget_period, "usd": _usd(body.budget_usd or Decimal(0))}
+        payload.update({"period": body.budget_period, "usd": _usd(body.budget_usd or Decimal(0))})
     unique = body.request_id or call.request_id or uuid.uuid4().hex
     now = _now()
     approval = approvals.new(
@@ -959,9 +963,10 @@ def _list_audit(call: Call) -> AuditPage:
             raise ApiError(400, "before must be an ISO 8601 time, e.g. 2026-11-21T10:00:00Z") from None
         before = before if before.tzinfo is not None else before.replace(tzinfo=UTC)
     limit = _alert_limit(call.request)
-    rows = audit_store.list_entries(tenant=tenant, filters=filters, before=before, limit=limit)
-    next_before = rows[-1]["at"] if len(rows) == limit else None
-    return AuditPage.model_validate({"items": rows, "next_before": next_before})
+    after = _page_token(call.request, _is_document_id)
+    rows = audit_store.list_entries(tenant=tenant, filters=filters, before=before, limit=limit, after=after)
+    next_token = encode_page_token(rows[-1]["id"]) if len(rows) == limit else None
+    return AuditPage.model_validate({"items": rows, "next_page_token": next_token})
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -1445,7 +1450,7 @@ ROUTES: tuple[Route, ...] = (
         _create_approval,
         ApprovalView,
         role=Role.OPERATOR,
-        errors=(400, 404),
+        errors=(400, 404, 409),
         tags=("approvals",),
         method="POST",
         request=ApprovalCreate,
@@ -1523,9 +1528,10 @@ ROUTES: tuple[Route, ...] = (
             Param(
                 "before",
                 "query",
-                "Only entries before this time (next_before of the previous page).",
+                "Only entries before this time (ISO 8601).",
                 {"type": "string", "format": "date-time"},
             ),
+            _PAGE_PARAMS[1],
             _LIMIT_QUERY,
         ),
         errors=(400,),

@@ -84,6 +84,7 @@ def reset() -> None:
     with _lock:
         _client = None
         _channel_ids.clear()
+        _emails.clear()
         counters.clear()
 
 
@@ -272,6 +273,23 @@ def update(channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None
     if blocks is not None:
         kwargs["blocks"] = blocks
     _call("chat.update", lambda web: web.chat_update(**kwargs))
+
+
+_emails: dict[str, str | None] = {}
+
+
+def user_email(user: str) -> str | None:
+    """A user's e-mail address (``users.info``; needs the users:read.email scope), cached per process."""
+    with _lock:
+        if user in _emails:
+            return _emails[user]
+    response = _call("users.info", lambda web: web.users_info(user=user))
+    email = ((response.get("user") or {}).get("profile") or {}).get("email")
+    with _lock:
+        if len(_emails) > 10_000:
+            _emails.clear()
+        _emails[user] = str(email).lower() if email else None
+    return _emails[user]
 
 
 def ephemeral(channel: str, user: str, text: str) -> None:

@@ -1,8 +1,9 @@
 """The Slack app (slack-bolt), served by the ``fleet-slack`` HTTPS function: ``/fleet`` and button clicks.
 
 Built on the first request, never at import: the signing secret and bot token come from Secret
-Manager (``slack-signing-secret``, ``slack-bot-token``; environment variables locally), and
-``token_verification_enabled=False`` keeps Bolt from calling ``auth.test`` while building.
+Manager (``slack-signing-secret``, ``slack-bot-token``; environment variables locally), and the
+token is handed to Bolt by an ``authorize`` function, so Bolt never calls ``auth.test`` (neither
+while building nor on an instance's first request).
 ``process_before_response=True``: on Cloud Functions nothing runs after the response is sent (Bolt's
 lazy listeners are not supported there), so each listener does its short work, then acks; anything
 longer is handed to Pub/Sub (shared/work.py). Bolt verifies every request's signature and refuses a
@@ -52,11 +53,21 @@ def build() -> App:
     signing_secret = settings.secret(SIGNING_SECRET)
     if not signing_secret:
         raise RuntimeError(f"the {SIGNING_SECRET} secret is not set")
+    token = settings.secret(slack.SECRET_NAME)
+    if not token:
+        raise RuntimeError(f"the {slack.SECRET_NAME} secret is not set")
+    from slack_bolt.authorization import AuthorizeResult
+
+    def authorize(enterprise_id: str | None, team_id: str | None, user_id: str | None) -> AuthorizeResult:
+        # The one workspace's bot token, with no Web API call: Bolt's single-team authorization
+        # would call auth.test on each instance's first request (a cold start slower, and a Slack
+        # outage turning every command into an error). The listeners post through shared.slack.
+        return AuthorizeResult(enterprise_id=enterprise_id, team_id=team_id, user_id=user_id, bot_token=token)
+
     app = App(
         signing_secret=signing_secret,
-        client=slack.client(),
+        authorize=authorize,
         process_before_response=True,
-        token_verification_enabled=False,
         logger=logging.getLogger("fleet.slack.bolt"),
     )
     app.command(os.environ.get(COMMAND_ENV) or "/fleet")(_on_command)
@@ -115,10 +126,12 @@ def reset() -> None:
         _handler = _verifier = None
 
 
-def _json(status: int, reason: str) -> flask.Response:
-    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 503: "unavailable"}.get(status, "error")
-    body = json.dumps({"error": {"code": code, "reason": reason}})
-    return flask.Response(body, status=status, mimetype="application/json")
+def _json(status: int, reason: str, headers: dict[str, str] | None = None) -> flask.Response:
+    """An error as the REST API writes them: ``{"error": {"code", "reason"}}``, never a stack trace."""
+    from shared.http_api import ERROR_CODES
+
+    body = json.dumps({"error": {"code": ERROR_CODES.get(status, "error"), "reason": reason}})
+    return flask.Response(body, status=status, mimetype="application/json", headers=headers)
 
 
 def handle(request: flask.Request) -> flask.Response:
@@ -153,7 +166,7 @@ def handle(request: flask.Request) -> flask.Response:
 
 def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
     if request.method != "POST":
-        return _json(405, "Slack sends POST requests only")
+        return _json(405, "Slack sends POST requests only", {"Allow": "POST"})
     if (request.content_length or 0) > MAX_BODY_BYTES:
         return _json(400, f"the request body is larger than {MAX_BODY_BYTES} bytes")
     fields["retry_num"] = request.headers.get("X-Slack-Retry-Num")

@@ -11,6 +11,7 @@ Slack's retry of it gets the first reply back and changes nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from fleet_agent.contracts import AGENT_ID_PATTERN
 
 from shared import accounting, approvals, logs, operations, settings
 from shared.domain import approvals as approval_domain
-from shared.domain import budgets, episodes, roles, slash
+from shared.domain import budgets, episodes, release, roles, slash
 from shared.domain.agents import AgentRecord
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
@@ -99,7 +100,18 @@ class Reply:
 
 
 def run(payload: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Answer one ``/fleet`` request (Slack's form fields as a dict); never raises for user errors."""
+    """Answer one ``/fleet`` request (Slack's form fields as a dict); never raises for user errors.
+    Usage lines name the command as the workspace registered it (``FLEET_SLASH_COMMAND``)."""
+    return _named(_run(payload, now), str(payload.get("command") or slash.COMMAND))
+
+
+def _named(reply: dict[str, Any], command: str) -> dict[str, Any]:
+    if command == slash.COMMAND:
+        return reply
+    return dict(json.loads(json.dumps(reply).replace(f"{slash.COMMAND} ", f"{command} ")))
+
+
+def _run(payload: dict[str, Any], now: datetime) -> dict[str, Any]:
     text = str(payload.get("text") or "")
     user_id = str(payload.get("user_id") or "")
     request_id = str(payload.get("trigger_id") or "") or _fallback_id(payload)
@@ -389,7 +401,7 @@ def _release(asker: Asker, parsed: slash.Parsed) -> Reply:
             f"🔓 <@{asker.user_id}> released `{record.agent_id}` ({', '.join(done.released)}): "
             f"it is {done.record.status.value}.",
         )
-    if record.status not in (State.FROZEN, State.QUARANTINED) and "quarantine" not in record.holds:
+    if not release.releasable(record):
         raise operations.Refused(409, f"agent {record.agent_id} is neither frozen nor quarantined")
     approval = approvals.new(
         approval_id=approval_domain.approval_id("slack", asker.request_id),
@@ -444,8 +456,10 @@ def _silence(asker: Asker, parsed: slash.Parsed) -> Reply:
         tenant, agent_id, what = record.tenant, record.agent_id, f"`{record.agent_id}`"
     elif asker.role(target) is not None:
         tenant, what = target, f"tenant {target}"
-    elif target in episodes.TITLES:
-        tenant, rule, what = _tenant(asker, None), target, f"rule {target}"
+    elif target.partition(":")[2] in episodes.TITLES or target in episodes.TITLES:
+        named, _, rule = target.rpartition(":")
+        tenant = _tenant(asker, named or None)
+        what = f"rule {rule} in {tenant}"
     else:
         raise Refusal(f"`{target[:64]}` is not an agent, a tenant you have a role in, or a rule")
     _require(asker, tenant, Action.SILENCE)
@@ -472,6 +486,8 @@ def _silence(asker: Asker, parsed: slash.Parsed) -> Reply:
 
 def _roles(asker: Asker, parsed: slash.Parsed) -> Reply:
     args = list(parsed.args)
+    if args and args[0].lower() in ("set", "remove"):
+        raise slash.Usage("name the tenant first: `/fleet roles <tenant> set <@user> <role>`", parsed.spec)
     tenant = _tenant(asker, args[0] if args else None)
     if len(args) <= 1:
         current = role_store.of_tenant(tenant)

@@ -12,6 +12,7 @@ agent. Pure: the store and the Slack side live in shared/store/approvals.py and 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -110,6 +111,15 @@ class Decision:
     code: str = "decided"
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def owner_is_email(requester: Requester) -> bool:
+    """The requesting agent's owner is an e-mail address: the clicker's own address must be looked up
+    (Slack ``users.info``) before four eyes can be judged."""
+    return bool(requester.owner and _EMAIL.match(requester.owner.strip()))
+
+
 def _same_person(actor: str, actor_names: tuple[str, ...], requester: Requester) -> bool:
     """The actor is the requester, or the owner of the requesting agent (matched on Slack id or name)."""
     mine = {actor.lower(), *(n.lower().lstrip("@") for n in actor_names if n)}
@@ -132,8 +142,8 @@ def decide(
     """Decide ``approval`` for Slack user ``actor`` (whose role in the approval's tenant is ``role``).
 
     Refused, with the reason said back to the clicker: already decided (by whom, when), expired, not
-    an approver of the tenant, or the requester deciding their own request (four eyes). A denial by the
-    requester is allowed: withdrawing one's own request needs no second pair of eyes.
+    an approver of the tenant, or the requester approving their own request (four eyes). The Slack
+    user who asked may always deny it (a withdrawal needs no second pair of eyes, nor the role).
     """
     if approval.state is not State.PENDING:
         by = f" by <@{approval.decided_by}>" if approval.decided_by else ""
@@ -141,7 +151,8 @@ def decide(
         return Decision(refusal=f"this request was already {approval.state.value}{by}{when}", code="already_decided")
     if approval.expired(now):
         return Decision(refusal=f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC", code="expired")
-    if role is None or not role.allows(Role.APPROVER):
+    withdrawal = not approve and requester_is(actor, approval.requester)
+    if not withdrawal and (role is None or not role.allows(Role.APPROVER)):
         have = f"your role in {approval.tenant} is {role.value}" if role else f"you have no role in {approval.tenant}"
         return Decision(refusal=f"only approvers of {approval.tenant} decide requests; {have}", code="not_approver")
     if approve and _same_person(actor, actor_names, approval.requester):
@@ -155,6 +166,11 @@ def decide(
         }
     )
     return Decision(approval=decided)
+
+
+def requester_is(actor: str, requester: Requester) -> bool:
+    """The Slack user who asked: they may always withdraw (deny) their own request."""
+    return requester.kind == "slack" and requester.id == actor
 
 
 def expire(approval: Approval, now: datetime) -> Approval | None:

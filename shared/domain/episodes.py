@@ -180,8 +180,16 @@ def new_episode(
 def escalation(
     current: dict[str, Any], severity: Severity, at: datetime, summary: str, config: AlertingConfig
 ) -> EpisodeWrite:
+    """A higher severity: reminders start again, and an acknowledgement no longer holds (the message is
+    rewritten with its buttons; whoever acknowledged the milder alert is asked again)."""
     repeat = config.repeat_after(severity)
-    fields = {"severity": severity.value, "summary": summary, "next_repeat_at": at + repeat if repeat else None}
+    fields: dict[str, Any] = {
+        "severity": severity.value,
+        "summary": summary,
+        "next_repeat_at": at + repeat if repeat else None,
+        "acknowledged_by": None,
+        "acknowledged_at": None,
+    }
     return EpisodeWrite(current["id"], fields, notice({**current, **fields}, f"escalate-{severity.value}", at, at))
 
 

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 RELEASED_SCORE = 60.0
 
 
+def releasable(current: AgentRecord) -> bool:
+    """There is something to release: a quarantine hold, or a frozen or quarantined agent."""
+    frozen = current.status in (State.FROZEN, State.QUARANTINED) or current.liveness is Liveness.FROZEN
+    return "quarantine" in current.holds or frozen
+
+
 def release(
     current: AgentRecord,
     *,

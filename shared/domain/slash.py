@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
+#: The command's name in the texts below (a workspace may register another: shared/slack_app.py).
+COMMAND = "/fleet"
 #: Longest silence (the API's limit too).
 MAX_SILENCE = timedelta(days=30)
 _DURATION = re.compile(r"^(?:(\d{1,3})d)?(?:(\d{1,4})h)?(?:(\d{1,5})m)?$")
@@ -60,7 +62,7 @@ SPECS: dict[str, Spec] = {
         Spec("alerts", "alerts [tenant]", "open alerts", max_args=1),
         Spec(
             "silence",
-            "silence <agent|tenant|rule> <duration> [reason]",
+            "silence <agent|tenant|rule|tenant:rule> <duration> [reason]",
             "silence alerts for a while, e.g. 2h, 30m, 1d (at most 30d)",
             2,
             None,
@@ -68,7 +70,8 @@ SPECS: dict[str, Spec] = {
         ),
         Spec(
             "roles",
-            "roles [tenant] [set <@user> <viewer|operator|approver|admin> | remove <@user>]",
+            "roles [tenant] | roles <tenant> set <@user> <viewer|operator|approver|admin>"
+            " | roles <tenant> remove <@user>",
             "who may do what (admins change it)",
             0,
             4,

@@ -82,12 +82,11 @@ def due(now: datetime, limit: int = 100) -> list[tuple[Approval, Any]]:
     expired = collection.where(filter=FieldFilter("pending_until", "<=", now)).limit(limit)
     unposted = collection.where(filter=FieldFilter("post_due", "==", True)).limit(limit)
     found: dict[str, tuple[Approval, Any]] = {}
-    reads = 0
     for query in (expired, unposted):
-        for doc in query.stream(**db.call_options()):
-            reads += 1
+        docs = list(query.stream(**db.call_options()))
+        db.count(reads=max(1, len(docs)))  # a query is billed one read even when it finds nothing
+        for doc in docs:
             approval = domain.from_doc(doc.to_dict() or {})
             if approval.state is State.PENDING:
                 found[approval.id] = (approval, doc.update_time)
-    db.count(reads=max(1, reads))
     return list(found.values())

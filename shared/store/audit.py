@@ -33,17 +33,26 @@ def list_entries(
     filters: dict[str, str],
     before: datetime | None,
     limit: int,
+    after: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Entries newest first; ``before`` pages back in time."""
+    """Entries newest first; ``before`` filters by time, ``after`` (an entry's id) continues a listing
+    after that entry: the cursor carries its time and id, so entries sharing a time are not skipped."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    query: Any = db.client().collection(AUDIT)
+    collection = db.client().collection(AUDIT)
+    query: Any = collection
     if tenant is not None:
         query = query.where(filter=FieldFilter("tenant", "==", tenant))
     for name, value in filters.items():
         query = query.where(filter=FieldFilter(name, "==", value))
     if before is not None:
         query = query.where(filter=FieldFilter("at", "<", before))
-    docs = list(query.order_by("at", direction="DESCENDING").limit(limit).stream(**db.call_options()))
+    query = query.order_by("at", direction="DESCENDING")
+    if after is not None:
+        cursor = db.get(collection.document(after))
+        if not cursor.exists:
+            return []
+        query = query.start_after(cursor)
+    docs = list(query.limit(limit).stream(**db.call_options()))
     db.count(reads=max(1, len(docs)))
     return [{"id": d.id, **(d.to_dict() or {})} for d in docs]

@@ -6,7 +6,15 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet_agent.contracts import DEFAULT_TOPICS, CostBatch, EventType, Heartbeat, Registration, encode, event_type_of
+from fleet_agent.contracts import (
+    DEFAULT_TOPICS,
+    Event,
+    EventType,
+    Heartbeat,
+    Registration,
+    encode,
+    event_type_of,
+)
 
 PROJECT = "fleet-local"
 
@@ -37,7 +45,7 @@ def heartbeat(agent_id: str, seq: int, status: str = "busy", **metrics: float) -
     )
 
 
-def publish(publisher: Any, event: Registration | Heartbeat | CostBatch, *, event_id: str | None = None) -> str:
+def publish(publisher: Any, event: Event, *, event_id: str | None = None) -> str:
     body, attrs = encode(event, event_id=event_id)
     topic = publisher.topic_path(PROJECT, DEFAULT_TOPICS[event_type_of(event)])
     return str(publisher.publish(topic, body, **attrs).result())

@@ -9,12 +9,13 @@ import json
 import time
 import urllib.parse
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import requests
-from fleet_agent import FleetAgent
+from fleet_agent import ApprovalRequest, FleetAgent
 from slack_sdk.signature import SignatureVerifier
 
 from tests.integration.conftest import Api, Slack, tick, wait_for
@@ -386,8 +387,6 @@ def test_an_expired_request_is_denied_by_the_minute_job_and_a_late_click_changes
     message = approval_message(slack, approval_id)
     # Let the request run out (the emulator's clock is real: move its expiry into the past).
     past = {"expires_at": created.json()["created_at"], "pending_until": created.json()["created_at"]}
-    from datetime import datetime
-
     firestore.collection("approvals").document(approval_id).update(
         {k: datetime.fromisoformat(v) for k, v in past.items()}
     )
@@ -440,3 +439,81 @@ def test_alert_messages_can_be_acknowledged_and_snoozed(
     silences = wait_for(lambda: [s for s in api.get("/v1/silences").json()["items"] if s["agent_id"] == agent_id])
     assert silences[0]["rule"] == "error_rate" and silences[0]["created_by"] == f"slack:{OPERATOR}"
     wait_for(lambda: [c for c in slack.about("Snoozed by", "chat.update") if c["params"]["ts"] == message["ts"]])
+
+
+# --- edges --------------------------------------------------------------------------------------------
+
+
+def test_an_owner_known_by_email_cannot_approve_and_a_requester_may_withdraw(
+    slack_app: SlackApp, publisher: Any, firestore: Any, api: Api, slack: Slack, tenant: str, agent_id: str
+) -> None:
+    from emulators.fake_slack import user_email
+
+    publish(publisher, registration(agent_id, tenant=tenant, owner=user_email(OWNER).upper(), heartbeat_interval_s=30))
+    wait_for(lambda: agent_doc(firestore, agent_id))
+    request = ApprovalRequest(
+        agent_id=agent_id, request_id="req-email-0001", operation="big batch job", requested_at=datetime.now(UTC)
+    )
+    publish(publisher, request)
+    [asked] = wait_for(lambda: api.get("/v1/approvals", tenant=tenant).json()["items"])
+    assert asked["requester"]["owner"] == user_email(OWNER).upper()
+    slack_app.click("approval_approve", asked["id"], OWNER, approval_message(slack, asked["id"]))
+    wait_for(lambda: [c for c in slack.about("four eyes", "chat.postEphemeral") if c["params"]["user"] == OWNER])
+    assert api.get(f"/v1/approvals/{asked['id']}").json()["state"] == "pending"
+
+    # An operator who asked may withdraw (deny) their own request, though they may not decide others'.
+    mine = api.send(
+        "POST",
+        "/v1/approvals",
+        {"kind": "operation", "agent_id": agent_id, "summary": "reindex", "requested_by": OPERATOR},
+    ).json()
+    assert mine["payload"]["requested_via"] == "api:local-admin"
+    slack_app.click("approval_deny", mine["id"], OPERATOR, approval_message(slack, mine["id"]))
+    withdrawn = wait_for(lambda: api.get(f"/v1/approvals/{mine['id']}").json()["applied"] and api.get(
+        f"/v1/approvals/{mine['id']}").json())  # fmt: skip
+    assert withdrawn["state"] == "denied" and withdrawn["decided_by"] == OPERATOR
+    # The requester hears about it in a direct message.
+    wait_for(lambda: [c for c in slack.about("Denied", "chat.postMessage") if c["params"]["channel"] == OPERATOR])
+
+
+def test_api_requests_are_checked_and_bolt_never_calls_auth_test(
+    slack_app: SlackApp, publisher: Any, firestore: Any, api: Api, slack: Slack, tenant: str, agent_id: str
+) -> None:
+    registered(publisher, firestore, tenant, agent_id)
+    nothing_held = api.send("POST", "/v1/approvals", {"kind": "release", "agent_id": agent_id, "summary": "x"})
+    assert nothing_held.status_code == 409 and "neither frozen nor quarantined" in nothing_held.text
+    bad = api.send("POST", "/v1/approvals", {"kind": "budget_raise", "agent_id": agent_id, "summary": "x"})
+    assert bad.status_code == 400 and "budget_period" in bad.text
+    assert slack.calls("auth.test") == []  # the app authorizes with its token alone, no Web API call
+
+
+def test_audit_pages_never_skip_entries_that_share_a_time(slack_app: SlackApp, api: Api, tenant: str) -> None:
+    for _ in range(3):
+        slack_app.command(f"agents {tenant}", VIEWER)
+    slack_app.command(f"roles {tenant} set <@UNEW0002> viewer", ADMIN)  # the role change: entries at one instant
+    everything = audit(api, tenant=tenant, limit="200")
+    seen: list[str] = []
+    token = None
+    while True:
+        params = {"tenant": tenant, "limit": "2", **({"page_token": token} if token else {})}
+        page = api.get("/v1/audit", **params).json()
+        seen += [e["id"] for e in page["items"]]
+        token = page.get("next_page_token")
+        if not token:
+            break
+    assert seen == [e["id"] for e in everything] and len(seen) == len(set(seen)) >= 5
+    garbled = api.get("/v1/audit", tenant=tenant, page_token="not-a-token!")
+    assert garbled.status_code == 400
+
+
+def test_rules_are_silenced_per_tenant_and_the_command_keeps_its_registered_name(
+    slack_app: SlackApp, api: Api, tenant: str
+) -> None:
+    silenced = slack_app.command(f"silence {tenant}:error_rate 30m noisy model", OPERATOR)
+    assert "rule error_rate" in text_of(silenced)
+    [made] = [s for s in api.get("/v1/silences").json()["items"] if s["tenant"] == tenant]
+    assert made["rule"] == "error_rate" and made["agent_id"] is None
+    needs_tenant = slack_app.command("roles set <@UNEW0003> viewer", ADMIN)
+    assert "name the tenant first" in text_of(needs_tenant)
+    body = slack_app.command_body("pause", OPERATOR).replace("%2Ffleet", "%2Ffleet-staging")
+    assert slack_app.post(body).status_code == 404  # this stack registered /fleet only

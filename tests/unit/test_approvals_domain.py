@@ -62,8 +62,18 @@ def test_four_eyes_the_requester_or_the_agents_owner_cannot_approve() -> None:
     assert by_name.code == "four_eyes"
     slack_requester = request(Requester(kind="slack", id="UOPS1"))
     assert approvals.decide(slack_requester, actor="UOPS1", role=Role.ADMIN, approve=True, now=NOW).code == "four_eyes"
-    withdrawn = approvals.decide(slack_requester, actor="UOPS1", role=Role.APPROVER, approve=False, now=NOW)
+    withdrawn = approvals.decide(slack_requester, actor="UOPS1", role=Role.OPERATOR, approve=False, now=NOW)
     assert withdrawn.approval is not None and withdrawn.approval.state is State.DENIED  # withdrawing is fine
+    by_email = request(Requester(kind="agent", id="agent-7", owner="Ann@Example.com"))
+    assert approvals.owner_is_email(by_email.requester) and not approvals.owner_is_email(request().requester)
+    ann = approvals.decide(
+        by_email, actor="UANN", actor_names=("ann@example.com",), role=Role.APPROVER, approve=True, now=NOW
+    )
+    assert ann.code == "four_eyes"
+    other = approvals.decide(
+        by_email, actor="UBOB", actor_names=("bob@example.com",), role=Role.APPROVER, approve=True, now=NOW
+    )
+    assert other.approval is not None
 
 
 def test_only_approvers_decide_and_only_once_and_only_in_time() -> None:

@@ -222,7 +222,13 @@ def test_escalation_raises_severity_and_sends_a_notice() -> None:
     assert eps.escalate(episodes.ERROR_RATE, Severity.HIGH, at, "worse") is True
     write = eps.writes[-1]
     assert write.episode_id == "a.agent-1.error_rate.1"
-    assert write.fields == {"severity": "high", "summary": "worse", "next_repeat_at": at + timedelta(hours=1)}
+    assert write.fields == {
+        "severity": "high",
+        "summary": "worse",
+        "next_repeat_at": at + timedelta(hours=1),
+        "acknowledged_by": None,  # an escalation asks again: an acknowledgement of the milder alert ends
+        "acknowledged_at": None,
+    }
     assert write.notice is not None
     assert write.notice["id"] == "a.agent-1.error_rate.1.escalate-high"
     assert (write.notice["severity"], write.notice["summary"], write.notice["due_at"]) == ("high", "worse", at)
