@@ -369,7 +369,6 @@ class SettingsView(_View):
     effective: dict[str, Any]
 
 
-#: Every response model the OpenAPI document describes (components are generated from these).
 # --- approvals, roles, audit ---------------------------------------------------------------------
 
 SLACK_USER_PATTERN = r"^[UW][A-Z0-9]{2,20}$"
@@ -438,6 +437,12 @@ class ApprovalView(_View):
     note: str = ""
     message: dict[str, str] | None = Field(default=None, description="The Slack message (channel, ts), once posted.")
     applied: str | None = Field(default=None, description="What carrying out the decision did.")
+    post_error: str | None = Field(
+        default=None, description="Why Slack refused the last post (no such channel...): retried every 15 minutes."
+    )
+    done_at: Timestamp | None = Field(
+        default=None, description="When carrying out the decision finished: requester answered, message edited."
+    )
 
 
 class ApprovalList(_View):
@@ -478,6 +483,7 @@ class AuditPage(_View):
     next_page_token: str | None = Field(default=None, description="Pass as ?page_token= for the next (older) page.")
 
 
+#: Every response model the OpenAPI document describes (components are generated from these).
 MODELS: tuple[type[BaseModel], ...] = (
     AgentView,
     AgentPage,

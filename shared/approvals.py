@@ -85,6 +85,7 @@ def new(
         payload=payload or {},
         created_at=now,
         expires_at=now + min(expiry, domain.MAX_EXPIRY),
+        post_due_at=now + domain.GRACE,
     )
 
 
@@ -131,8 +132,9 @@ def _actor_of(requester: Requester) -> str:
     return {"slack": "slack:", "agent": "agent:", "api": "api:"}[requester.kind] + requester.id
 
 
-def post(approval: Approval) -> Approval:
-    """Post the pending request with its buttons; left for the minute job when Slack is unavailable."""
+def post(approval: Approval, now: datetime | None = None) -> Approval:
+    """Post the request with its buttons. Left for the minute job (which tries each minute) when Slack
+    is unavailable; tried again in 15 minutes, with the error on the request, when Slack refused."""
     channel = config.alerting(approval.tenant).approvals_channel
     text, blocks = messages.message(approval)
     try:
@@ -143,10 +145,11 @@ def post(approval: Approval) -> Approval:
     except slack.SlackRefused as exc:
         # Retrying will not help (no such channel, the bot not in it): say so on the request, stop trying.
         logs.log(log, f"approval {approval.id} refused by Slack: {exc.error}", approval_id=approval.id, channel=channel)
-        store.set_fields(approval.id, {"post_due": False, "post_error": f"{exc.error} ({channel})"})
+        retry_at = (now or datetime.now(approval.created_at.tzinfo)) + domain.REFUSED_RETRY
+        store.set_fields(approval.id, {"post_due_at": retry_at, "post_error": f"{exc.error} ({channel})"})
         return approval
     message = {"channel": posted.channel, "ts": posted.ts}
-    store.set_fields(approval.id, {"message": message, "post_due": False})
+    store.set_fields(approval.id, {"message": message, "post_due_at": None, "post_error": None})
     return approval.model_copy(update={"message": message})
 
 
@@ -175,18 +178,34 @@ def decide(
     for _attempt in range(3):
         found = store.read(approval_id)
         if found is None:
-            return Outcome(f"approval request {approval_id} was not found", code="not_found")
+            audit_store.append(
+                AuditEntry(
+                    id=f"{approval_id}.click.{user_id}.{now.timestamp():.6f}"[:1400],
+                    at=now,
+                    actor=f"slack:{user_id}",
+                    action="approval.approve" if approve else "approval.deny",
+                    target=approval_id[:300],
+                    outcome="refused",
+                    details={"reason": "no such approval request", "code": "not_found"},
+                )
+            )
+            return Outcome(f"Nothing changed: approval request {approval_id} was not found.", code="not_found")
         approval, update_time = found
         action = "approval.approve" if approve else "approval.deny"
         names = user_names
         if approve and domain.owner_is_email(approval.requester):
             try:
-                names = (*names, slack.user_email(user_id) or "")
+                email = slack.user_email(user_id)
             except (slack.SlackUnavailable, slack.SlackRefused) as exc:
-                refusal = f"Slack could not confirm you are not the agent's owner ({exc}); try again"
+                email, why = None, str(exc)
+            else:
+                why = "Slack did not say your e-mail address"
+            if not email:  # fail closed: the owner must never approve their own agent's request
+                refusal = f"could not confirm you are not the agent's owner ({why}); try again"
                 _refused(approval, action, user_id, now, refusal, "four_eyes_unverified")
                 return Outcome(f"Nothing changed: {refusal}.", code="four_eyes_unverified")
-        role = config_role(user_id, approval.tenant)
+            names = (*names, email)
+        role = role_store.role_in(user_id, approval.tenant)
         decision = domain.decide(
             approval, actor=user_id, actor_names=names, role=role, approve=approve, now=now, note=note
         )
@@ -197,7 +216,7 @@ def decide(
         decided = decision.approval
         entry = _entry(decided, action, f"slack:{user_id}", now, decided.state.value, note=note)
         if store.replace(decided, update_time, (entry,)):
-            work.publish(work.APPROVAL_DECIDED, approval_id=approval_id)
+            _hand_over(approval_id)  # if this publish fails, the minute job hands it over (followup_due_at)
             verb = "Approved" if approve else "Denied"
             return Outcome(f"{verb}: {messages.title(decided)}.", decided)
     return Outcome("this request is being decided by someone else right now; look again", code="conflict")
@@ -206,13 +225,6 @@ def decide(
 def _refused(approval: Approval, action: str, user_id: str, now: datetime, refusal: str, code: str) -> None:
     entry = _entry(approval, action, f"slack:{user_id}", now, "refused", reason=refusal, code=code)
     audit_store.append(dataclasses.replace(entry, id=f"{entry.id}.{user_id}.{now.timestamp():.6f}"))
-
-
-def config_role(user_id: str, tenant: str) -> Any:
-    """The user's role in ``tenant`` (read now: a revoked approver must not decide)."""
-    from shared.domain import roles
-
-    return roles.role_of(role_store.of_user(user_id), tenant)
 
 
 # --- carrying decisions out -------------------------------------------------------------------
@@ -242,6 +254,18 @@ def _release(approval: Approval, now: datetime) -> str:
     try:
         done = operations.release_agent(approval.agent_id or "", actor, f"approved request {approval.id}", now)
     except operations.Refused as refused:
+        # Released already: by someone else, or by this very decision on a delivery that failed after
+        # the write but before the command went out. Tell the agent again (its own id: the SDK applies
+        # it once), so a lost ``release`` never leaves it blocked.
+        if refused.status == 409 and approval.agent_id:
+            again = Command(
+                agent_id=approval.agent_id,
+                command=CommandType.RELEASE,
+                reason=f"approved request {approval.id}",
+                issued_at=approval.decided_at or now,
+                command_id=f"{approval.id}.release",
+            )
+            commands.publish([again])
         return f"Nothing to release: {refused.reason}."
     return f"`{done.record.agent_id}` released ({', '.join(done.released)}): it is {done.record.status.value} again."
 
@@ -262,12 +286,7 @@ def carry_out(approval_id: str, now: datetime) -> Approval | None:
         approval, update_time = found
         if approval.applied is not None:
             break
-        if approval.state is State.APPROVED:
-            outcome = EFFECTS[approval.kind](approval, now)
-        elif approval.state is State.EXPIRED:
-            outcome = "Nobody decided in time: denied, nothing was done."
-        else:
-            outcome = "Nothing was done."
+        outcome = EFFECTS[approval.kind](approval, now) if approval.state is State.APPROVED else "Nothing was done."
         applied = approval.model_copy(update={"applied": outcome})
         entry = _entry(applied, "approval.apply", "system", now, "applied", result=outcome)
         if store.replace(applied, update_time, (entry,)):
@@ -278,6 +297,7 @@ def carry_out(approval_id: str, now: datetime) -> Approval | None:
     _answer_agent(approval)
     _answer_slack_user(approval)
     _edit_message(approval)
+    store.set_fields(approval_id, {"done_at": now, "followup_due_at": None})
     return approval
 
 
@@ -332,18 +352,30 @@ def _edit_message(approval: Approval) -> None:
 
 
 def sweep(now: datetime) -> dict[str, int]:
-    """Deny expired requests (and carry that out), post the ones Slack refused before."""
-    expired = posted = 0
-    for approval, update_time in store.due(now):
+    """Deny expired requests, post those whose own post failed, and hand back decisions whose
+    carrying out never finished (a lost work item): each is then carried out by ``fleet-actions``."""
+    due = store.due(now)
+    expired = posted = resumed = 0
+    for approval, update_time in due.expired:
         lapsed = domain.expire(approval, now)
-        if lapsed is not None:
-            entry = _entry(lapsed, "approval.expire", "system", now, "expired")
-            if store.replace(lapsed, update_time, (entry,)):
-                expired += 1
-                try:
-                    carry_out(lapsed.id, now)
-                except slack.SlackUnavailable:
-                    work.publish(work.APPROVAL_DECIDED, approval_id=lapsed.id)
-        elif approval.message is None:
-            posted += post(approval).message is not None
-    return {"approvals_expired": expired, "approvals_posted": posted}
+        if lapsed is None:
+            continue
+        entry = _entry(lapsed, "approval.expire", "system", now, "expired")
+        if store.replace(lapsed, update_time, (entry,)):
+            expired += 1
+            _hand_over(lapsed.id)
+    for approval in due.unposted:
+        posted += post(approval, now).message is not None
+    for approval in due.unfinished:
+        resumed += _hand_over(approval.id)
+    return {"approvals_expired": expired, "approvals_posted": posted, "approvals_resumed": resumed}
+
+
+def _hand_over(approval_id: str) -> bool:
+    """A work item for ``fleet-actions``; a failed publish is left to the next minute (followup_due_at)."""
+    try:
+        work.publish(work.APPROVAL_DECIDED, approval_id=approval_id)
+    except Exception as exc:
+        logs.log(log, f"approval {approval_id} not handed over yet: {exc}", approval_id=approval_id)
+        return False
+    return True

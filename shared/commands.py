@@ -25,10 +25,6 @@ PUBLISH_TIMEOUT_S = 10.0
 
 def publisher() -> Any:
     """This process's Pub/Sub publisher (built on first use), tuned to send each message at once."""
-    return _client()
-
-
-def _client() -> Any:
     global _publisher
     if _publisher is None:
         with _lock:
@@ -52,7 +48,7 @@ def publish(commands: Iterable[Command]) -> list[str]:
     """Publish and wait for every command; returns the message ids. Raises when one fails."""
     global _topic
     pending = []
-    client = _client()
+    client = publisher()
     if _topic is None:
         from shared import topology
 

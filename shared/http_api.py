@@ -875,10 +875,11 @@ def _create_approval(call: Call) -> ApprovalView:
         raise ApiError(403, f"this API key only sees tenant {principal.tenant}")
     if body.kind == "release" and record is not None and not release.releasable(record):
         raise ApiError(409, f"agent {record.agent_id} is neither frozen nor quarantined (it is {record.status})")
+    owner = record.owner if record is not None else None  # the agent's owner may not approve either
     if body.requested_by is not None:
-        requester = Requester(kind="slack", id=body.requested_by)
+        requester = Requester(kind="slack", id=body.requested_by, owner=owner)
     else:
-        requester = Requester(kind="api", id=principal.name)
+        requester = Requester(kind="api", id=principal.name, owner=owner)
     payload: dict[str, Any] = {"requested_via": f"api:{principal.name}"}
     if body.kind == "budget_raise":
         payload.update({"period": body.budget_period, "usd": _usd(body.budget_usd or Decimal(0))})

@@ -83,8 +83,7 @@ def audit_entry(
 
 def update_agent(agent_id: str, actor: Actor, step: Callable[[AgentRecord], Plan]) -> tuple[Plan, AgentRecord]:
     """Apply ``step`` to the agent with the store's conditional write; ``step`` may raise Refused.
-    Returns the plan and the agent as written."""
-    visible_agent(agent_id, actor)
+    Returns the plan and the agent as written; 404 when it is missing or in a tenant the actor cannot see."""
     written: list[AgentRecord] = []
 
     def decide(current: AgentRecord | None) -> Plan:

@@ -30,6 +30,7 @@ from typing import Any
 from shared import logs
 from shared.domain import reports as domain
 from shared.domain.agents import AgentRecord
+from shared.domain.notices import escape
 from shared.domain.periods import Period, Window, window
 from shared.domain.pricing import PriceTable
 from shared.domain.reports import DailyReport, HourlyReport, change, money
@@ -167,11 +168,6 @@ def daily(at: datetime, tenant: str | None = None) -> DailyReport:
 # -- Slack Block Kit -----------------------------------------------------------------------------
 
 
-def _esc(text: object) -> str:
-    """Text safe inside Slack mrkdwn (``&``, ``<`` and ``>`` are control characters there)."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _header(text: str) -> dict[str, Any]:
     return {"type": "header", "text": {"type": "plain_text", "text": text[:150], "emoji": True}}
 
@@ -235,15 +231,15 @@ def hourly_message(report: HourlyReport) -> tuple[str, list[dict[str, Any]]]:
             holds = f" · holds: {', '.join(h.holds)}" if h.holds else ""
             holds += f" · heartbeats: {h.liveness}" if h.liveness else ""
             lines.append(
-                f"• `{_esc(h.agent_id)}` ({_esc(h.tenant)}) *{h.status}* since {h.since:%d %b %H:%M}"
-                + (f" ({_esc(why)})" if why else "")
+                f"• `{escape(h.agent_id)}` ({escape(h.tenant)}) *{h.status}* since {h.since:%d %b %H:%M}"
+                + (f" ({escape(why)})" if why else "")
                 + holds
             )
         blocks.append(_listing(f"Needs attention ({len(report.unhealthy)})", lines))
     if report.episodes:
         lines = [
-            f"• {_SEVERITY_ICON.get(e.severity, ':white_circle:')} {_esc(e.title)}"
-            + (f" · `{_esc(e.agent_id)}`" if e.agent_id else f" · tenant {_esc(e.tenant or '')}")
+            f"• {_SEVERITY_ICON.get(e.severity, ':white_circle:')} {escape(e.title)}"
+            + (f" · `{escape(e.agent_id)}`" if e.agent_id else f" · tenant {escape(e.tenant or '')}")
             + (" · *new*" if e.new else (f" · since {e.opened_at:%d %b %H:%M}" if e.opened_at else ""))
             for e in report.episodes
         ]
@@ -252,13 +248,15 @@ def hourly_message(report: HourlyReport) -> tuple[str, list[dict[str, Any]]]:
         lines = []
         for c in report.changes:
             if c.kind == "registered":
-                lines.append(f"• `{_esc(c.agent_id)}` ({_esc(c.tenant)}) registered at {c.at:%H:%M}, now {c.status}")
+                lines.append(
+                    f"• `{escape(c.agent_id)}` ({escape(c.tenant)}) registered at {c.at:%H:%M}, now {c.status}"
+                )
             else:
                 why = ", ".join(x for x in (c.cause, c.reason) if x)
                 flips = f" ({c.changes} changes)" if c.changes > 1 else ""
                 lines.append(
-                    f"• `{_esc(c.agent_id)}` ({_esc(c.tenant)}) → *{c.status}* at {c.at:%H:%M}"
-                    + (f": {_esc(why)}" if why else "")
+                    f"• `{escape(c.agent_id)}` ({escape(c.tenant)}) → *{c.status}* at {c.at:%H:%M}"
+                    + (f": {escape(why)}" if why else "")
                     + flips
                 )
         blocks.append(_listing(f"Changed this hour ({len(report.changes)})", lines))
@@ -266,7 +264,7 @@ def hourly_message(report: HourlyReport) -> tuple[str, list[dict[str, Any]]]:
         blocks.append(_section(":white_check_mark: All agents healthy, no open alerts, nothing changed this hour."))
     if report.top_agents:
         lines = [
-            f"{n}. `{_esc(a.agent_id)}` ({_esc(a.tenant)}) {money(a.spend_usd)} · {a.calls:,} calls · "
+            f"{n}. `{escape(a.agent_id)}` ({escape(a.tenant)}) {money(a.spend_usd)} · {a.calls:,} calls · "
             f"{_rate(a.success_rate)}"
             for n, a in enumerate(report.top_agents, start=1)
         ]
@@ -304,7 +302,7 @@ def daily_message(report: DailyReport) -> tuple[str, list[dict[str, Any]]]:
     ]
     if report.tenants:
         lines = [
-            f"• *{_esc(x.tenant)}* {money(x.spend_usd)}"
+            f"• *{escape(x.tenant)}* {money(x.spend_usd)}"
             + (f" ({change(x.change_pct)})" if x.change_pct is not None else "")
             + _budget(x.daily, "day")
             + f" · month {money(x.month_to_date_usd)}"
@@ -315,7 +313,7 @@ def daily_message(report: DailyReport) -> tuple[str, list[dict[str, Any]]]:
     near = [a for a in report.agents if _near(a.daily) or _near(a.monthly)]
     if near:
         lines = [
-            f"• `{_esc(a.agent_id)}` ({_esc(a.tenant)}) {money(a.spend_usd)}"
+            f"• `{escape(a.agent_id)}` ({escape(a.tenant)}) {money(a.spend_usd)}"
             + _budget(a.daily, "day")
             + _budget(a.monthly, "month")
             for a in near
@@ -323,14 +321,14 @@ def daily_message(report: DailyReport) -> tuple[str, list[dict[str, Any]]]:
         blocks.append(_listing(f"Agents near or over budget ({len(near)})", lines))
     if report.agents:
         lines = [
-            f"{n}. `{_esc(a.agent_id)}` ({_esc(a.tenant)}) {money(a.spend_usd)}"
+            f"{n}. `{escape(a.agent_id)}` ({escape(a.tenant)}) {money(a.spend_usd)}"
             + (f" ({change(a.change_pct)})" if a.change_pct is not None else "")
             + f" · {a.calls:,} calls · {_rate(a.success_rate)}"
             for n, a in enumerate(report.agents[: domain.TOP_AGENTS], start=1)
         ]
         blocks.append(_listing("Top agents by spend", lines))
     if report.suggestions:
-        lines = [f"• {_SUGGESTION_ICON.get(s.kind, '•')} {_esc(s.message)}" for s in report.suggestions]
+        lines = [f"• {_SUGGESTION_ICON.get(s.kind, '•')} {escape(s.message)}" for s in report.suggestions]
         blocks.append(_listing(f"Suggestions (up to ~{money(report.potential_saving_usd)}/day)", lines))
     blocks.append(
         _context(

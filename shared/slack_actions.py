@@ -88,7 +88,11 @@ def once(click: Click, now: datetime, act: Any) -> None:
         return
     if claim.state != "new":
         return
-    text = act()
+    try:
+        text = act()
+    except Exception:
+        slack_requests.abandon(key)  # Slack's retry acts again instead of waiting out the claim
+        raise
     slack_requests.finish(key, {"text": text})
     _tell(click, text)
 
@@ -145,21 +149,19 @@ def on_alert(click: Click, now: datetime) -> None:
         episode_id = click.value
         episode = episode_store.get(episode_id) if _EPISODE_ID.match(episode_id) else None
         if episode is None:
-            return f"🚫 alert episode `{episode_id[:80]}` was not found"
+            return _refuse(click, now, "alert.click", episode_id[:300], None, "that alert episode was not found")
         tenant = str(episode.get("tenant") or "")
         snooze = SNOOZES.get(click.action_id)
         action = Action.SILENCE if snooze else Action.ACKNOWLEDGE
-        role = roles.role_of(role_store.of_user(click.user_id), tenant)
+        role = role_store.role_in(click.user_id, tenant)
         audit_action = "alert.snooze" if snooze else "alert.acknowledge"
         if not roles.allows(role, action):
             return _refuse(click, now, audit_action, episode_id, tenant, roles.refusal(role, action, tenant))
         actor = operations.Actor(f"slack:{click.user_id}", click.trigger_id or episode_id, frozenset({tenant}))
         if snooze is None:
-            if episode.get("acknowledged_by"):
-                return f"Already acknowledged by <@{episode['acknowledged_by']}>."
-            episode_store.set_fields(
-                episode_id, {"acknowledged_by": click.user_id, "acknowledged_at": now, "next_repeat_at": None}
-            )
+            earlier = episode_store.acknowledge(episode_id, click.user_id, now)
+            if earlier is not None:
+                return f"Already acknowledged by <@{earlier}>."
             audit_store.append(operations.audit_entry(actor, audit_action, episode_id, tenant, {}, now))
             note = f"👀 Acknowledged by <@{click.user_id}> at {now:%H:%M} UTC: reminders stop"
             drop: tuple[str, ...] = (notices.ACK,)

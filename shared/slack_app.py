@@ -6,8 +6,9 @@ token is handed to Bolt by an ``authorize`` function, so Bolt never calls ``auth
 while building nor on an instance's first request).
 ``process_before_response=True``: on Cloud Functions nothing runs after the response is sent (Bolt's
 lazy listeners are not supported there), so each listener does its short work, then acks; anything
-longer is handed to Pub/Sub (shared/work.py). Bolt verifies every request's signature and refuses a
-timestamp older than 5 minutes with 401 before any listener runs.
+longer is handed to Pub/Sub (shared/work.py). :func:`handle` verifies every request's signature over
+the raw body (401 when missing, wrong, or more than 5 minutes old) before anything parses it, so
+Bolt's own check is switched off rather than done twice.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import flask
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared import logs, settings, slack
 from shared.domain import approval_messages, notices
@@ -68,6 +70,8 @@ def build() -> App:
         signing_secret=signing_secret,
         authorize=authorize,
         process_before_response=True,
+        # handle() has verified the signature over the raw body already (before anything parsed it).
+        request_verification_enabled=False,
         logger=logging.getLogger("fleet.slack.bolt"),
     )
     app.command(os.environ.get(COMMAND_ENV) or "/fleet")(_on_command)
@@ -167,22 +171,34 @@ def handle(request: flask.Request) -> flask.Response:
 def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
     if request.method != "POST":
         return _json(405, "Slack sends POST requests only", {"Allow": "POST"})
-    if (request.content_length or 0) > MAX_BODY_BYTES:
+    request.max_content_length = MAX_BODY_BYTES  # also bounds a chunked body, whose length is not announced
+    try:
+        raw = request.get_data(cache=True, as_text=True)
+    except RequestEntityTooLarge:
+        # functions-framework drains the body after the response: let it (the refusal is made).
+        request.max_content_length = None
         return _json(400, f"the request body is larger than {MAX_BODY_BYTES} bytes")
     fields["retry_num"] = request.headers.get("X-Slack-Retry-Num")
     try:
         app_handler, verifier = handler(), _verifier
     except (RuntimeError, slack.SlackRefused) as exc:
         return _json(503, f"the Slack app is not configured: {exc}")
-    # Read (and cache) the raw body first: the signature covers these exact bytes. Checked here too,
-    # so an unsigned request gets 401 whatever its body, before anything parses it.
-    raw = request.get_data(cache=True, as_text=True)
-    if verifier is None or not verifier.is_valid_request(raw, dict(request.headers)):
+    # The signature covers the raw body's exact bytes: checked before anything parses it, so an
+    # unsigned request gets 401 whatever its body.
+    if verifier is None or not _signed(verifier, raw, dict(request.headers)):
         return _json(401, "invalid or stale Slack signature")
     problem = malformed(raw, fields)
     if problem:
         return _json(400, problem)
     return app_handler.handle(request)
+
+
+def _signed(verifier: SignatureVerifier, raw: str, headers: dict[str, str]) -> bool:
+    """Signed with our secret within the last 5 minutes; a malformed timestamp is simply unsigned."""
+    try:
+        return bool(verifier.is_valid_request(raw, headers))
+    except (ValueError, TypeError):
+        return False
 
 
 def malformed(raw: str, fields: dict[str, Any]) -> str | None:

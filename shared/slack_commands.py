@@ -63,6 +63,9 @@ class Asker:
     request_id: str
     roles: dict[str, str] = field(default_factory=dict)
     channel_id: str = ""
+    #: The agent (or tenant) the command turned out to be about, and its tenant: for the audit entry
+    #: of a refusal raised after it was found.
+    subject: tuple[str, str | None] = ("", None)
 
     @property
     def actor(self) -> str:
@@ -139,7 +142,13 @@ def _run(payload: dict[str, Any], now: datetime) -> dict[str, Any]:
     except Refusal as refusal:
         reply = Reply(f"🚫 {refusal}", outcome="refused", target=refusal.target, tenant=refusal.tenant)
     except operations.Refused as refused:
-        reply = Reply(f"Nothing changed: {refused.reason}.", outcome="refused" if refused.status == 403 else "failed")
+        target, tenant = asker.subject
+        outcome = "refused" if refused.status == 403 else "failed"
+        reply = Reply(f"Nothing changed: {refused.reason}.", outcome=outcome, target=target, tenant=tenant)
+    except Exception:
+        if parsed.spec.mutates:
+            slack_requests.abandon(key)  # Slack's retry acts again instead of waiting out the claim
+        raise
     _audit(
         asker,
         f"slack.{parsed.name}",
@@ -196,6 +205,7 @@ def _agent(asker: Asker, agent_id: str, action: Action = Action.READ) -> AgentRe
     record = agent_store.get(agent_id) if _valid_id(agent_id) else None
     if record is None or asker.role(record.tenant) is None:
         raise Refusal(f"agent `{agent_id[:64]}` not found among the tenants you have a role in")
+    asker.subject = (record.agent_id, record.tenant)
     _require(asker, record.tenant, action, record.agent_id)
     return record
 
@@ -344,7 +354,7 @@ def _budget(asker: Asker, parsed: slash.Parsed) -> Reply:
         approval_id=approval_domain.approval_id("slack", asker.request_id),
         tenant=record.tenant,
         kind=approval_domain.Kind.BUDGET_RAISE,
-        requester=approval_domain.Requester(kind="slack", id=asker.user_id),
+        requester=approval_domain.Requester(kind="slack", id=asker.user_id, owner=record.owner),
         summary=f"{period} budget of {record.agent_id} from ${current or 'none'} to ${usd}",
         now=asker.now,
         agent_id=record.agent_id,
@@ -407,7 +417,7 @@ def _release(asker: Asker, parsed: slash.Parsed) -> Reply:
         approval_id=approval_domain.approval_id("slack", asker.request_id),
         tenant=record.tenant,
         kind=approval_domain.Kind.RELEASE,
-        requester=approval_domain.Requester(kind="slack", id=asker.user_id),
+        requester=approval_domain.Requester(kind="slack", id=asker.user_id, owner=record.owner),
         summary=f"release {record.agent_id} ({record.status.value})",
         now=asker.now,
         agent_id=record.agent_id,
@@ -500,29 +510,35 @@ def _roles(asker: Asker, parsed: slash.Parsed) -> Reply:
     user = roles.parse_user(args[2])
     if user is None:
         raise slash.Usage(f"`{args[2][:40]}` is not a Slack user: mention them (@name)")
-    current = role_store.of_tenant(tenant)
-    updated = dict(current)
+    wanted: str | None = None
     if verb == "set":
         try:
-            updated[user] = Role(args[3].lower()).value
+            wanted = Role(args[3].lower()).value
         except ValueError:
             raise slash.Usage("a role is viewer, operator, approver or admin") from None
-    else:
-        updated.pop(user, None)
-    if not any(role == Role.ADMIN.value for role in updated.values()):
-        raise Refusal(f"{tenant} would have no admin left: make someone else admin first")
-    entry = AuditEntry(
-        id=f"slack.{asker.request_id}.tenant.roles.set",
-        at=asker.now,
-        actor=asker.actor,
-        action="tenant.roles.set",
-        target=f"tenant.{tenant}",
-        outcome="applied",
-        tenant=tenant,
-        details={"user": user, "role": updated.get(user), "previous": current.get(user)},
-    )
-    role_store.replace(tenant, updated, entry)
-    said = f"is now {updated[user]}" if user in updated else "no longer has a role"
+
+    def apply(current: dict[str, str]) -> dict[str, str]:
+        updated = {k: v for k, v in current.items() if k != user}
+        if wanted is not None:
+            updated[user] = wanted
+        if not any(role == Role.ADMIN.value for role in updated.values()):
+            raise Refusal(f"{tenant} would have no admin left: make someone else admin first", tenant=tenant)
+        return updated
+
+    def entry(previous: dict[str, str], updated: dict[str, str]) -> AuditEntry:
+        return AuditEntry(
+            id=f"slack.{asker.request_id}.tenant.roles.set",
+            at=asker.now,
+            actor=asker.actor,
+            action="tenant.roles.set",
+            target=f"tenant.{tenant}",
+            outcome="applied",
+            tenant=tenant,
+            details={"user": user, "role": updated.get(user), "previous": previous.get(user)},
+        )
+
+    role_store.change(tenant, apply, entry)
+    said = f"is now {wanted}" if wanted else "no longer has a role"
     return Reply(
         f"👥 <@{user}> {said} in {tenant} (by <@{asker.user_id}>).",
         public=True,

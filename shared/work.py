@@ -13,7 +13,6 @@ from shared.store import db
 
 TOPIC = "fleet-actions"  # in topology.yaml (internal: true)
 APPROVAL_DECIDED = "approval.decided"
-PUBLISH_TIMEOUT_S = 10.0
 
 
 def publish(kind: str, **fields: Any) -> str:
@@ -21,6 +20,6 @@ def publish(kind: str, **fields: Any) -> str:
     client = commands.publisher()
     topic = client.topic_path(settings.get().project, TOPIC)
     body = json.dumps({"kind": kind, **fields}, separators=(",", ":"), default=str).encode()
-    message_id = str(client.publish(topic, body, kind=kind).result(timeout=PUBLISH_TIMEOUT_S))
+    message_id = str(client.publish(topic, body, kind=kind).result(timeout=commands.PUBLISH_TIMEOUT_S))
     db.count_publish()
     return message_id

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.approvals import Approval, Kind, State
+from shared.domain.notices import escape
 
 APPROVE = "approval_approve"
 DENY = "approval_deny"
@@ -29,20 +30,22 @@ def _when(at: datetime | None) -> str:
 
 
 def _facts(approval: Approval) -> str:
+    """Who asked, about what, why and for how much. What an agent or a person wrote is escaped: a
+    ``<!channel>`` or a disguised link in a reason stays text."""
     lines = [f"*Requested by* {approval.requester.label()}"]
     if approval.agent_id:
         lines.append(f"*Agent* `{approval.agent_id}` ({approval.tenant})")
     else:
         lines.append(f"*Tenant* {approval.tenant}")
     if approval.reason:
-        lines.append(f"*Why* {approval.reason}")
+        lines.append(f"*Why* {escape(approval.reason)}")
     if approval.estimated_cost_usd is not None:
         lines.append(f"*Estimated cost* ${approval.estimated_cost_usd:,.2f}")
     return "\n".join(lines)
 
 
 def title(approval: Approval) -> str:
-    return f"{KIND_TITLES.get(approval.kind, approval.kind.value)}: {approval.summary}"
+    return f"{KIND_TITLES.get(approval.kind, approval.kind.value)}: {escape(approval.summary)}"
 
 
 def pending(approval: Approval) -> Message:

@@ -21,13 +21,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.domain import roles
 from shared.domain.api_keys import Role
+from shared.domain.notices import escape
 
 #: Decided and expired approvals are kept this long (Firestore TTL on ``expire_at``), then the audit
 #: log is their record.
 RETENTION = timedelta(days=400)
-DEFAULT_EXPIRY = timedelta(hours=1)
 MAX_EXPIRY = timedelta(days=7)
+#: The minute job posts a request still unposted this long after it was made (the request's own post
+#: failed), and finishes a decision still unfinished this long after it was made (its work item was
+#: lost): never sooner, so it does not race the first attempt.
+GRACE = timedelta(minutes=1)
+#: After Slack refused a post for good (no such channel, bot not in it), try again this much later.
+REFUSED_RETRY = timedelta(minutes=15)
+EXPIRED = "Nobody decided in time: denied, nothing was done."
 
 
 class Kind(StrEnum):
@@ -60,7 +68,7 @@ class Requester(BaseModel):
         if self.kind == "slack":
             return f"<@{self.id}>"
         if self.kind == "agent":
-            return f"agent `{self.id}`" + (f" (owner {self.owner})" if self.owner else "")
+            return f"agent `{self.id}`" + (f" (owner {escape(self.owner)})" if self.owner else "")
         return f"API key {self.id}"
 
 
@@ -90,6 +98,11 @@ class Approval(BaseModel):
     message: dict[str, str] | None = None
     #: What applying the decision did (its effect), once done; None while pending or not yet applied.
     applied: str | None = None
+    #: When the minute job posts it if it is still unposted; why Slack refused the last post.
+    post_due_at: datetime | None = None
+    post_error: str | None = None
+    #: When carrying out the decision finished (requester answered, message edited).
+    done_at: datetime | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.state is State.PENDING and now >= self.expires_at
@@ -152,7 +165,7 @@ def decide(
     if approval.expired(now):
         return Decision(refusal=f"this request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC", code="expired")
     withdrawal = not approve and requester_is(actor, approval.requester)
-    if not withdrawal and (role is None or not role.allows(Role.APPROVER)):
+    if not withdrawal and not roles.allows(role, roles.Action.DECIDE):
         have = f"your role in {approval.tenant} is {role.value}" if role else f"you have no role in {approval.tenant}"
         return Decision(refusal=f"only approvers of {approval.tenant} decide requests; {have}", code="not_approver")
     if approve and _same_person(actor, actor_names, approval.requester):
@@ -177,7 +190,9 @@ def expire(approval: Approval, now: datetime) -> Approval | None:
     """The request denied as expired, or None when it is decided or not yet due."""
     if not approval.expired(now):
         return None
-    return approval.model_copy(update={"state": State.EXPIRED, "decided_at": now, "note": "expired"})
+    return approval.model_copy(
+        update={"state": State.EXPIRED, "decided_at": now, "note": "expired", "applied": EXPIRED, "post_due_at": None}
+    )
 
 
 def to_doc(approval: Approval) -> dict[str, Any]:
@@ -188,10 +203,13 @@ def to_doc(approval: Approval) -> dict[str, Any]:
     doc["requester"] = approval.requester.model_dump()
     if approval.estimated_cost_usd is not None:
         doc["estimated_cost_usd"] = format(approval.estimated_cost_usd, "f")
-    # Queried by the minute job: pending requests past their expiry, and pending ones not yet posted.
+    # Queried by the minute job: pending requests past their expiry, pending ones still unposted, and
+    # decisions not carried out to the end (a lost work item).
     pending = approval.state is State.PENDING
     doc["pending_until"] = approval.expires_at if pending else None
-    doc["post_due"] = pending and approval.message is None
+    doc["post_due_at"] = approval.post_due_at if pending and approval.message is None else None
+    unfinished = not pending and approval.done_at is None
+    doc["followup_due_at"] = (approval.decided_at or approval.created_at) + GRACE if unfinished else None
     doc["expire_at"] = (approval.decided_at or approval.expires_at) + RETENTION
     return doc
 

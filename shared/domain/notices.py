@@ -22,6 +22,12 @@ SNOOZE_LABELS = ("1h", "4h", "24h")
 Message = tuple[str, list[dict[str, Any]]]
 
 
+def escape(text: object) -> str:
+    """Text safe inside Slack mrkdwn: ``&``, ``<`` and ``>`` are control characters there (a ``<!channel>``
+    or a disguised link in text an agent or a person wrote must stay text)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _when(value: Any) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)

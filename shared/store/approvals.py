@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -74,19 +75,30 @@ def list_approvals(
     return [a for a in found if kind is None or a.kind.value == kind][:limit]
 
 
-def due(now: datetime, limit: int = 100) -> list[tuple[Approval, Any]]:
-    """Pending requests past their expiry, and pending ones never posted to Slack (Slack refused)."""
+@dataclass
+class Due:
+    """What the minute job has to do: requests past their expiry, pending ones still unposted, and
+    decisions whose carrying out never finished."""
+
+    expired: list[tuple[Approval, Any]] = field(default_factory=list)
+    unposted: list[Approval] = field(default_factory=list)
+    unfinished: list[Approval] = field(default_factory=list)
+
+
+def due(now: datetime, limit: int = 100) -> Due:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     collection = db.client().collection(APPROVALS)
-    expired = collection.where(filter=FieldFilter("pending_until", "<=", now)).limit(limit)
-    unposted = collection.where(filter=FieldFilter("post_due", "==", True)).limit(limit)
-    found: dict[str, tuple[Approval, Any]] = {}
-    for query in (expired, unposted):
-        docs = list(query.stream(**db.call_options()))
+    out = Due()
+    for name in ("pending_until", "post_due_at", "followup_due_at"):
+        docs = list(collection.where(filter=FieldFilter(name, "<=", now)).limit(limit).stream(**db.call_options()))
         db.count(reads=max(1, len(docs)))  # a query is billed one read even when it finds nothing
         for doc in docs:
             approval = domain.from_doc(doc.to_dict() or {})
-            if approval.state is State.PENDING:
-                found[approval.id] = (approval, doc.update_time)
-    return list(found.values())
+            if name == "pending_until" and approval.state is State.PENDING:
+                out.expired.append((approval, doc.update_time))
+            elif name == "post_due_at" and approval.state is State.PENDING and approval.message is None:
+                out.unposted.append(approval)
+            elif name == "followup_due_at" and approval.state is not State.PENDING and approval.done_at is None:
+                out.unfinished.append(approval)
+    return out

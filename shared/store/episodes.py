@@ -162,6 +162,29 @@ def set_fields(episode_id: str, fields: dict[str, Any]) -> None:
 # --- the outbox ---------------------------------------------------------------------------------
 
 
+def acknowledge(episode_id: str, user: str, at: datetime) -> str | None:
+    """Record who acknowledged an open episode and stop its reminders, in a transaction: of two clicks
+    one wins, and a click racing an escalation reads the escalated episode. Returns who had
+    acknowledged it already (nothing is changed then), or None when this call did."""
+    from google.cloud import firestore
+
+    ref = episode_ref(episode_id)
+    earlier: list[str | None] = [None]
+
+    @firestore.transactional
+    def run(transaction: Any) -> None:
+        snap = ref.get(transaction=transaction)
+        data = snap.to_dict() or {}
+        earlier[0] = data.get("acknowledged_by")
+        if earlier[0] is None:
+            fields = {"acknowledged_by": user, "acknowledged_at": at, "next_repeat_at": None}
+            transaction.update(ref, fields)
+
+    run(db.client().transaction())
+    db.count(reads=1, writes=0 if earlier[0] else 1)
+    return earlier[0]
+
+
 def due_notices(now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:
     """Notices to send now: pending ones that are due, and ones whose sender's lease ran out."""
     from google.cloud.firestore_v1.base_query import FieldFilter

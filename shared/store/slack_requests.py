@@ -46,3 +46,10 @@ def begin(key: str, now: datetime) -> Claim:
 def finish(key: str, reply: dict[str, Any]) -> None:
     _ref(key).update({"state": "done", "reply": reply}, **db.call_options())
     db.count(writes=1)
+
+
+def abandon(key: str) -> None:
+    """Drop a claim whose work failed (an exception): Slack's retry then acts, instead of waiting out
+    the claim. Nothing was changed, or only idempotent parts that the retry repeats harmlessly."""
+    _ref(key).delete(**db.call_options())
+    db.count(writes=1)

@@ -9,7 +9,7 @@ import json
 import time
 import urllib.parse
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -152,6 +152,15 @@ def test_forged_stale_and_unsigned_requests_get_401(slack_app: SlackApp, api: Ap
     tampered = slack_app.signer.generate_signature(timestamp=str(int(time.time())), body=body)
     assert slack_app.post(body + "x", signature=tampered).status_code == 401
     assert requests.get(slack_app.url, timeout=10).status_code == 405
+    not_a_number = requests.post(
+        slack_app.url,
+        data=body,
+        headers={"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=abc"},
+        timeout=10,
+    )
+    assert not_a_number.status_code == 401 and not_a_number.json()["error"]["code"] == "unauthorized"
+    huge = slack_app.post("text=" + "x" * 70_000)
+    assert huge.status_code == 400
     assert audit(api, tenant=tenant, actor=f"slack:{ADMIN}") == []  # nothing reached a listener
 
 
@@ -517,3 +526,28 @@ def test_rules_are_silenced_per_tenant_and_the_command_keeps_its_registered_name
     assert "name the tenant first" in text_of(needs_tenant)
     body = slack_app.command_body("pause", OPERATOR).replace("%2Ffleet", "%2Ffleet-staging")
     assert slack_app.post(body).status_code == 404  # this stack registered /fleet only
+
+
+def test_a_decision_whose_work_item_was_lost_is_carried_out_by_the_minute_job(
+    publisher: Any, firestore: Any, api: Api, slack: Slack, tenant: str, agent_id: str
+) -> None:
+    registered(publisher, firestore, tenant, agent_id)
+    asked = api.send(
+        "POST", "/v1/approvals", {"kind": "budget_raise", "agent_id": agent_id, "summary": "more",
+                                  "budget_period": "monthly", "budget_usd": "300", "requested_by": OPERATOR},
+    ).json()  # fmt: skip
+    approval_message(slack, asked["id"])
+    # Decided, but the work item never reached fleet-actions (an instance died after the write).
+    two_minutes_ago = datetime.now(UTC) - timedelta(minutes=2)
+    firestore.collection("approvals").document(asked["id"]).update(
+        {"state": "approved", "decided_by": APPROVER, "decided_at": two_minutes_ago, "pending_until": None,
+         "followup_due_at": two_minutes_ago + timedelta(minutes=1)}
+    )  # fmt: skip
+    done = wait_for(
+        lambda: (tick(publisher), time.sleep(0.5), api.get(f"/v1/approvals/{asked['id']}").json())[-1].get("done_at")
+    )
+    assert done
+    decided = api.get(f"/v1/approvals/{asked['id']}").json()
+    assert "300" in decided["applied"] and decided["state"] == "approved"
+    assert Decimal(api.get(f"/v1/agents/{agent_id}/budget").json()["budget"]["monthly_usd"]) == Decimal("300")
+    wait_for(lambda: [c for c in slack.about("Approved", "chat.postMessage") if c["params"]["channel"] == OPERATOR])

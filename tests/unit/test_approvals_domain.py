@@ -91,20 +91,26 @@ def test_only_approvers_decide_and_only_once_and_only_in_time() -> None:
 def test_expiry_denies_a_pending_request_once() -> None:
     assert approvals.expire(request(), NOW) is None
     lapsed = approvals.expire(request(), NOW + timedelta(hours=2))
-    assert lapsed is not None and lapsed.state is State.EXPIRED
+    assert lapsed is not None and lapsed.state is State.EXPIRED and lapsed.applied == approvals.EXPIRED
     assert approvals.expire(lapsed, NOW + timedelta(hours=3)) is None
 
 
 def test_stored_form_drives_the_minute_jobs_queries() -> None:
-    pending = approvals.to_doc(request())
-    assert pending["pending_until"] == NOW + timedelta(hours=1) and pending["post_due"] is True
+    unposted = request(post_due_at=NOW + approvals.GRACE)
+    pending = approvals.to_doc(unposted)
+    assert pending["pending_until"] == NOW + timedelta(hours=1) and pending["post_due_at"] == NOW + approvals.GRACE
     assert pending["estimated_cost_usd"] == "42.5" and pending["kind"] == "operation"
-    posted = approvals.to_doc(request(message={"channel": "C1", "ts": "1.1"}))
-    assert posted["post_due"] is False
-    decided = approvals.to_doc(request(state=State.DENIED, decided_at=NOW))
-    assert decided["pending_until"] is None and decided["post_due"] is False
+    assert pending["followup_due_at"] is None
+    posted = approvals.to_doc(request(message={"channel": "C1", "ts": "1.1"}, post_due_at=NOW))
+    assert posted["post_due_at"] is None
+    decided = approvals.to_doc(request(state=State.DENIED, decided_at=NOW, post_due_at=NOW))
+    assert decided["pending_until"] is None and decided["post_due_at"] is None
+    # Until it is carried out to the end, the minute job looks at it again a minute after the decision.
+    assert decided["followup_due_at"] == NOW + approvals.GRACE
+    finished = approvals.to_doc(request(state=State.DENIED, decided_at=NOW, done_at=NOW))
+    assert finished["followup_due_at"] is None
     assert decided["expire_at"] == NOW + approvals.RETENTION
-    assert approvals.from_doc(pending) == request()
+    assert approvals.from_doc(pending) == unposted
 
 
 def test_messages_carry_buttons_until_decided() -> None:
