@@ -19,6 +19,12 @@ from shared.store import db
 
 log = logs.get_logger("actions")
 
+#: Outcomes that are the message's fault, and the reason recorded for them.
+REJECTED = {
+    "malformed": "a fleet-actions message must be a JSON object with its kind and ids",
+    "unknown_kind": f"unknown kind; this version handles {work.APPROVAL_DECIDED}",
+}
+
 
 def handle(message: PushedMessage) -> str:
     started = time.perf_counter()
@@ -26,7 +32,13 @@ def handle(message: PushedMessage) -> str:
     with db.metered() as meter:
         try:
             outcome = _run(message, fields)
-            level = logging.INFO if outcome == "done" else logging.WARNING
+            level = logging.INFO if outcome in ("done", "nothing_to_do") else logging.WARNING
+            if outcome in REJECTED:
+                # Never retried (it cannot succeed), but recorded with its payload, like agents' bad events.
+                from shared.domain.rejections import Code, Rejected
+                from shared.handlers import record_rejection
+
+                record_rejection(Rejected(Code.BAD_ENVELOPE, REJECTED[outcome]), message, "action")
         except Exception as exc:
             logs.log(
                 log,
