@@ -350,23 +350,38 @@ def _budget(asker: Asker, parsed: slash.Parsed) -> Reply:
         )
     _require(asker, record.tenant, Action.REQUEST)
     current = (record.budget or {}).get(f"{period}_usd")
+    summary = f"{period} budget of {record.agent_id} from ${current or 'none'} to ${usd}"
+    asked = _ask(
+        asker,
+        record,
+        approval_domain.Kind.BUDGET_RAISE,
+        summary,
+        f"asked in Slack by {asker.user_name or asker.user_id}",
+        {"period": period, "usd": format(usd, "f")},
+    )
+    return _said(
+        record, f"🙋 Only admins set budgets: asked the approvers of {record.tenant} instead ({asked}).", "requested"
+    )
+
+
+def _ask(
+    asker: Asker, record: AgentRecord, kind: approval_domain.Kind, summary: str, reason: str, payload: dict[str, Any]
+) -> str:
+    """What a user without the role does instead: ask the tenant's approvers. The request's id comes
+    from the Slack request (a retry finds it); the agent's owner may not approve it either."""
     approval = approvals.new(
         approval_id=approval_domain.approval_id("slack", asker.request_id),
         tenant=record.tenant,
-        kind=approval_domain.Kind.BUDGET_RAISE,
+        kind=kind,
         requester=approval_domain.Requester(kind="slack", id=asker.user_id, owner=record.owner),
-        summary=f"{period} budget of {record.agent_id} from ${current or 'none'} to ${usd}",
+        summary=summary,
         now=asker.now,
         agent_id=record.agent_id,
-        reason=f"asked in Slack by {asker.user_name or asker.user_id}",
-        payload={"period": period, "usd": format(usd, "f")},
+        reason=reason,
+        payload=payload,
     )
-    stored_approval, _new = approvals.request(approval, asker.now)
-    return _said(
-        record,
-        f"🙋 Only admins set budgets: asked the approvers of {record.tenant} instead (`{stored_approval.id}`).",
-        "requested",
-    )
+    stored, _new = approvals.request(approval, asker.now)
+    return f"`{stored.id}`"
 
 
 def _hold(asker: Asker, parsed: slash.Parsed, action: Action) -> Reply:
@@ -413,21 +428,10 @@ def _release(asker: Asker, parsed: slash.Parsed) -> Reply:
         )
     if not release.releasable(record):
         raise operations.Refused(409, f"agent {record.agent_id} is neither frozen nor quarantined")
-    approval = approvals.new(
-        approval_id=approval_domain.approval_id("slack", asker.request_id),
-        tenant=record.tenant,
-        kind=approval_domain.Kind.RELEASE,
-        requester=approval_domain.Requester(kind="slack", id=asker.user_id, owner=record.owner),
-        summary=f"release {record.agent_id} ({record.status.value})",
-        now=asker.now,
-        agent_id=record.agent_id,
-        reason=reason,
-    )
-    stored, _new = approvals.request(approval, asker.now)
+    summary = f"release {record.agent_id} ({record.status.value})"
+    asked = _ask(asker, record, approval_domain.Kind.RELEASE, summary, reason, {})
     return _said(
-        record,
-        f"🙋 Only approvers release agents: asked the approvers of {record.tenant} (`{stored.id}`).",
-        "requested",
+        record, f"🙋 Only approvers release agents: asked the approvers of {record.tenant} ({asked}).", "requested"
     )
 
 
