@@ -372,29 +372,10 @@ def _body(call: Call, model: type[M]) -> M:
         raise ApiError(400, f"invalid request body: {listed}", details=details) from None
 
 
-def _doc_id(*parts: str) -> str:
-    """An audit id from its parts (model names may contain ``/``, which Firestore ids cannot)."""
-    return db.doc_id(".".join(parts), limit=1400)
-
-
 def _audit(
     call: Call, action: str, target: str, tenant: str | None, details: dict[str, Any], at: datetime
 ) -> AuditEntry:
-    return AuditEntry(
-        id=_doc_id(target, call.request_id or uuid.uuid4().hex, action),
-        at=at,
-        actor=_actor(call),
-        action=action,
-        target=target,
-        outcome="applied",
-        tenant=tenant,
-        details=details,
-    )
-
-
-def _write_audit(entry: AuditEntry) -> None:
-    db.client().collection(audit_store.AUDIT).document(entry.id).set(entry.as_doc(), **db.call_options())
-    db.count(writes=1)
+    return operations.audit_entry(operator(call), action, target, tenant, details, at)
 
 
 def _visible_tenant(call: Call) -> str:
@@ -632,10 +613,10 @@ def _set_price(call: Call) -> PriceView:
     details = {"model": model, "input_usd": _usd(price.input_usd), "output_usd": _usd(price.output_usd)}
     if tenant is not None:
         config.set_tenant_price(tenant, model, price)
-        _write_audit(_audit(call, "tenant.price.set", f"tenant.{tenant}.{model}", tenant, details, _now()))
+        audit_store.append(_audit(call, "tenant.price.set", f"tenant.{tenant}.{model}", tenant, details, _now()))
     else:
         config.set_price(model, price)
-        _write_audit(_audit(call, "price.set", f"price.{model}", None, details, _now()))
+        audit_store.append(_audit(call, "price.set", f"price.{model}", None, details, _now()))
     return _price_view(model, price, "tenant" if tenant is not None else "api")
 
 
@@ -782,7 +763,7 @@ def _delete_silence(call: Call) -> SilenceView:
     now = _now()
     if found.ended_at is None:
         silence_store.end(silence_id, at=now, by=_actor(call))
-        _write_audit(_audit(call, "silence.end", silence_id, found.tenant, {}, now))
+        audit_store.append(_audit(call, "silence.end", silence_id, found.tenant, {}, now))
         found = found.model_copy(update={"ended_at": now, "ended_by": _actor(call)})
     return _silence_view(found, now)
 
