@@ -214,17 +214,9 @@ class TenantDay(_Model):
     monthly: BudgetUse
 
 
-class AgentDay(_Model):
-    """An agent's day against its budgets."""
+class AgentDay(ReportAgent):
+    """An agent's day against its budgets: its spend in the day, and the day before."""
 
-    agent_id: str
-    tenant: str
-    name: str
-    status: str
-    spend_usd: str
-    calls: int
-    failures: int
-    success_rate: float | None
     previous_day_usd: str
     change_pct: float | None
     daily: BudgetUse

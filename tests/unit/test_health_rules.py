@@ -14,6 +14,7 @@ from shared.domain.agents import AgentRecord, Plan, apply_heartbeat, apply_regis
 from shared.domain.episodes import AgentEpisodes, AlertingConfig
 from shared.domain.health import HealthConfig, Verdict
 from shared.domain.lifecycle import Cause, State
+from tests.unit.test_liveness import merged
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 DEFAULT = HealthConfig()
@@ -394,13 +395,6 @@ def registered() -> AgentRecord:
     plan = apply_registration(None, reg, event_id="ev-00000001", received_at=T0)
     assert plan.create is not None
     return plan.create
-
-
-def merged(record: AgentRecord, plan: Plan) -> AgentRecord:
-    data: dict[str, Any] = {**record.to_doc(), **plan.changes}
-    if plan.sample is not None:
-        data["recent"] = {**record.recent, plan.sample[0]: plan.sample[1]}
-    return AgentRecord.model_validate(data)
 
 
 def beat(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fleet_agent.contracts import Heartbeat, Registration, ReportedStatus
+from fleet_agent.contracts import Heartbeat, ReportedStatus
 
 from shared.domain import episodes, liveness
 from shared.domain.agents import AgentRecord, Plan, apply_heartbeat, apply_registration
@@ -14,23 +14,10 @@ from shared.domain.alerts import Severity
 from shared.domain.episodes import AlertingConfig
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.domain.liveness import Liveness
+from tests.unit.test_agent_domain import reg
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 CONFIG = AlertingConfig()
-
-
-def reg(**kw: object) -> Registration:
-    data: dict[str, object] = dict(
-        agent_id="agent-1",
-        tenant="acme",
-        name="A",
-        agent_type="llm",
-        version="1.0",
-        owner="ann",
-        heartbeat_interval_s=30,
-    )
-    data.update(kw)
-    return Registration.model_validate(data)
 
 
 def hb(seq: int, status: ReportedStatus = ReportedStatus.BUSY) -> Heartbeat:
