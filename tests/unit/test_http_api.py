@@ -12,7 +12,7 @@ import flask
 import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
-from shared import http_api, logs
+from shared import api_core, http_api, logs
 from shared.domain.agents import AgentRecord
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import State
@@ -444,9 +444,9 @@ def test_pagination_token_round_trip(calls: Calls) -> None:
 
 @pytest.mark.parametrize("value", ["agent-a1", "1234567890123456", "x", "ünïcode-id"])
 def test_page_tokens_decode_to_what_they_encode(value: str) -> None:
-    token = http_api.encode_page_token(value)
+    token = api_core.encode_page_token(value)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", token)
-    assert http_api.decode_page_token(token, lambda _: True) == value
+    assert api_core.decode_page_token(token, lambda _: True) == value
 
 
 # --- tenant scope ----------------------------------------------------------------------------
