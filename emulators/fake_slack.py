@@ -41,8 +41,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from emulators.serving import Served
 
 #: Channel ids Slack accepts where only an id will do (files.completeUploadExternal).
 CHANNEL_ID = re.compile(r"^[CGDZ][A-Z0-9]{8,}$")
@@ -496,7 +497,7 @@ _METHODS = {
 }
 
 
-class FakeSlack:
+class FakeSlack(Served):
     """The fake in this process, on a free port (or ``port``): for unit tests.
 
     ``token`` (optional) is the one bot token it accepts; by default any ``xoxb-`` token.
@@ -512,11 +513,8 @@ class FakeSlack:
     ) -> None:
         self.state = _State(token, channels)
         self._server = _Server(("127.0.0.1", port), self.state, verbose=verbose)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        self._thread = None
+        self.thread_name = "fake-slack"
 
     @property
     def url(self) -> str:
@@ -526,29 +524,6 @@ class FakeSlack:
     @property
     def root(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeSlack:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-slack", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def calls(self, method: str | None = None) -> list[dict[str, Any]]:
         with self.state.lock:

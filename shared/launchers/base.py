@@ -1,0 +1,164 @@
+"""What every backend offers (:class:`Launcher`) and what passes through it. Pure: no client here.
+
+A launch is idempotent: the backend's resource is named from the job id (:func:`run_name`), so a
+retried launch finds the run it started before instead of starting a second one; a resource of that
+name that another job owns (its ``fleet-job-id`` label differs) is a :class:`NotOurs` error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+#: Label (Kubernetes) / label (Cloud Run) that ties a backend resource to its fleet job.
+JOB_LABEL = "fleet-job-id"
+TENANT_LABEL = "fleet-tenant"
+AGENT_LABEL = "fleet-agent-id"
+#: The container's name in every backend (podFailurePolicy rules name it).
+CONTAINER = "train"
+
+
+def run_name(job_id: str) -> str:
+    """The backend resource's name: DNS-1123 (lowercase, digits, '-'), at most 40 characters, so
+    Cloud Run's ``<job>-<execution token>`` and Kubernetes' pod names stay within 63."""
+    return f"fleet-{job_id.lower().replace('_', '-')}"[:40].rstrip("-")
+
+
+def execution_token(job_id: str) -> str:
+    """Cloud Run's ``start_execution_token`` for a job: derived from the job id, so creating the Cloud
+    Run job twice can never start two executions (the second create is refused with 409)."""
+    return "x" + hashlib.sha256(job_id.encode()).hexdigest()[:12]
+
+
+class Backend(StrEnum):
+    GKE = "gke"
+    CLOUDRUN = "cloudrun"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a backend needs to start one run of a job (built by shared/domain/jobs.py)."""
+
+    job_id: str
+    tenant: str
+    agent_id: str
+    #: Container image (GKE, Cloud Run); the local backend ignores it.
+    image: str
+    #: argv; empty means the image's entrypoint.
+    command: tuple[str, ...]
+    env: dict[str, str]
+    cpu: float
+    memory_gb: float
+    gpu: int = 0
+    #: GKE accelerator name, e.g. ``nvidia-l4``, ``nvidia-tesla-t4``, ``nvidia-tesla-a100``.
+    gpu_type: str | None = None
+    spot: bool = False
+    max_runtime_s: int = 3600
+    #: Retries of a failed run (Kubernetes backoffLimit, Cloud Run max_retries); preemptions don't count.
+    max_retries: int = 1
+    #: Seconds a finished Kubernetes Job is kept before it is deleted (ttlSecondsAfterFinished).
+    keep_finished_s: int = 86400
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.job_id)
+
+    def all_labels(self) -> dict[str, str]:
+        """The spec's labels and the three that tie the resource to its job."""
+        return {**self.labels, JOB_LABEL: self.job_id, TENANT_LABEL: self.tenant, AGENT_LABEL: self.agent_id}
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Where a launched run lives: enough to find it again (stored on the job)."""
+
+    backend: str
+    #: The resource's full name: ``<namespace>/<job>`` (GKE), ``projects/.../jobs/<job>`` (Cloud Run),
+    #: the run directory (local).
+    name: str
+    #: Backend details worth showing (cluster, namespace, execution...).
+    details: dict[str, str] = field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, object]:
+        return {"backend": self.backend, "name": self.name, "details": dict(self.details)}
+
+    @classmethod
+    def from_doc(cls, data: dict[str, object]) -> Handle:
+        details = data.get("details") or {}
+        assert isinstance(details, dict)
+        return cls(str(data["backend"]), str(data["name"]), {str(k): str(v) for k, v in details.items()})
+
+
+class Phase(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: The backend has no such run (deleted out of band, or never created).
+    MISSING = "missing"
+
+
+FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """One preemption (spot reclaim, node drain) of one attempt; ``key`` is stable (the pod or task
+    attempt), so recording it twice is recognised."""
+
+    key: str
+    at: datetime | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    phase: Phase
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: Why it failed or was cancelled, in the backend's words (DeadlineExceeded, BackoffLimitExceeded...).
+    message: str = ""
+    preemptions: tuple[Preemption, ...] = ()
+    #: Attempts that failed and were retried (not preemptions).
+    failed_attempts: int = 0
+
+
+class LaunchError(Exception):
+    """A launch or a call that failed. ``transient``: retry later (Pub/Sub redelivers); otherwise the
+    job fails with this reason."""
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+class NotOurs(LaunchError):
+    """The backend resource named for this job exists and belongs to another job: never adopted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, transient=False)
+
+
+class Launcher(Protocol):
+    """One backend. Every method is safe to call again after a failure or a crash."""
+
+    backend: Backend
+
+    def launch(self, spec: LaunchSpec) -> Handle:
+        """Start the run, or find the one started for this job before; never two runs."""
+        ...
+
+    def status(self, handle: Handle) -> RunStatus:
+        """The run's phase, times and preemptions as the backend sees them now."""
+        ...
+
+    def cancel(self, handle: Handle) -> None:
+        """Stop the run; a run that is gone or finished is not an error."""
+        ...
