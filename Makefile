@@ -51,7 +51,7 @@ demo: setup tools
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared functions emulators sdk/fleet_agent
+	$(PY) -m mypy shared functions emulators sdk/fleet_agent jobs
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

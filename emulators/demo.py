@@ -44,7 +44,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from emulators import demo_approvals, demo_costs, fake_slack
+from emulators import demo_approvals, demo_costs, demo_jobs, fake_slack
 from emulators.stack import ROOT, Stack
 
 STATE_DIR = ROOT / ".stack-demo"
@@ -614,8 +614,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(Text("Approval in Slack (four eyes)", style="bold"))
         with console.status("an agent asks before an expensive operation; two people click in Slack..."):
             approved = demo_approvals.run(env, fleet[0].registration, console)
+        console.print(Text("Training jobs (queue, quotas, the local backend)", style="bold"))
+        trained = demo_jobs.run(env, fleet[1].registration.agent_id, console)
         slack_calls = fake_slack.get_calls(env["SLACK_API_URL"])
-        ok = show_slack(slack_calls, fleet, console) and ok and approved
+        ok = show_slack(slack_calls, fleet, console) and ok and approved and trained
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:

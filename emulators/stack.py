@@ -141,6 +141,11 @@ class Stack:
         return self.state_dir / "env"
 
     @property
+    def jobs_dir(self) -> Path:
+        """Where local training runs keep their state (FLEET_LOCAL_JOBS_DIR)."""
+        return (self.state_dir / "jobs").resolve()
+
+    @property
     def firestore_down_flag(self) -> Path:
         """While this file exists the functions cannot reach Firestore (with ``firestore_proxy``)."""
         return self.state_dir / "firestore.down"
@@ -227,7 +232,9 @@ class Stack:
         # Never a real token or signing secret from the caller's shell: the stack's own, fresh each run.
         self.env["SLACK_SIGNING_SECRET"] = secrets.token_hex(16)
         slack_env = {"SLACK_BOT_TOKEN": FAKE_SLACK_TOKEN}
-        fn_env = {**base, **self.env, **slack_env, "PYTHONUNBUFFERED": "1", **self.function_env}
+        # Training jobs run as local processes (shared/launchers/local.py), their state under the stack's dir.
+        jobs_env = {"FLEET_JOB_DEFAULT_BACKEND": "local", "FLEET_LOCAL_JOBS_DIR": str(self.jobs_dir)}
+        fn_env = {**base, **self.env, **slack_env, **jobs_env, "PYTHONUNBUFFERED": "1", **self.function_env}
         if self.firestore_proxy:
             proxy_port = free_port()
             argv = [
@@ -312,6 +319,10 @@ class Stack:
         self._pids = {}
         self.pids_file.unlink(missing_ok=True)
         self.env_file.unlink(missing_ok=True)
+        # Training runs the functions started locally outlive them (their own sessions): stop those too.
+        from shared.launchers import local
+
+        local.stop_all(self.jobs_dir)
 
 
 def main(argv: Iterable[str] | None = None) -> int:

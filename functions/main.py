@@ -23,6 +23,7 @@ EXPECTS: dict[str, EventType] = {
     "on_heartbeat": EventType.HEARTBEAT,
     "on_cost": EventType.COST,
     "on_approval_request": EventType.APPROVAL,
+    "on_job_progress": EventType.JOB_PROGRESS,
 }
 
 
@@ -109,3 +110,17 @@ def on_action(event: CloudEvent) -> None:
     from shared import actions
 
     actions.handle(_message(event))
+
+
+@functions_framework.cloud_event
+def on_job_progress(event: CloudEvent) -> None:
+    """A training run's progress and final metrics (``job-progress``)."""
+    handlers.handle_push(_message(event), EventType.JOB_PROGRESS, handlers.process_job_progress)
+
+
+@functions_framework.cloud_event
+def on_jobs_tick(event: CloudEvent) -> None:
+    """The reconcile tick of training jobs (Cloud Scheduler): follow, settle, admit."""
+    from shared import ticks
+
+    ticks.handle(_message(event), "fleet-jobs")

@@ -22,7 +22,7 @@ log = logs.get_logger("actions")
 #: Outcomes that are the message's fault, and the reason recorded for them.
 REJECTED = {
     "malformed": "a fleet-actions message must be a JSON object with its kind and ids",
-    "unknown_kind": f"unknown kind; this version handles {work.APPROVAL_DECIDED}",
+    "unknown_kind": f"unknown kind; this version handles {work.APPROVAL_DECIDED} and {work.JOB_LAUNCH}",
 }
 
 
@@ -80,4 +80,12 @@ def _run(message: PushedMessage, fields: dict[str, Any]) -> str:
             return "malformed"
         done = approvals.carry_out(approval_id, datetime.now(UTC))
         return "done" if done is not None else "nothing_to_do"
+    if kind == work.JOB_LAUNCH:
+        from shared.training import launch
+
+        job_id = fields["job_id"] = str(body.get("job_id") or "")
+        if not job_id:
+            return "malformed"
+        outcome = launch.launch(job_id, datetime.now(UTC))
+        return "done" if outcome in ("launched", "failed", "cancelled") else "nothing_to_do"
     return "unknown_kind"

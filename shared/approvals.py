@@ -270,7 +270,29 @@ def _release(approval: Approval, now: datetime) -> str:
     return f"`{done.record.agent_id}` released ({', '.join(done.released)}): it is {done.record.status.value} again."
 
 
-EFFECTS: dict[Kind, Effect] = {Kind.OPERATION: _go_ahead, Kind.BUDGET_RAISE: _raise_budget, Kind.RELEASE: _release}
+def _train(approval: Approval, now: datetime) -> str:
+    """An approved training job joins its queue (shared/training/submit.py)."""
+    from shared.training import submit
+
+    return submit.decided(str(approval.payload.get("job_id")), True, f"slack:{approval.decided_by}", now)
+
+
+def _not_train(approval: Approval, now: datetime) -> str:
+    """A denied or expired training job is cancelled with that reason."""
+    from shared.training import submit
+
+    by = "expired" if approval.state is State.EXPIRED else f"denied by slack:{approval.decided_by}"
+    return submit.decided(str(approval.payload.get("job_id")), False, by, now)
+
+
+EFFECTS: dict[Kind, Effect] = {
+    Kind.OPERATION: _go_ahead,
+    Kind.BUDGET_RAISE: _raise_budget,
+    Kind.RELEASE: _release,
+    Kind.TRAINING: _train,
+}
+#: What a denial or an expiry does, for kinds where something waits on the decision.
+REFUSAL_EFFECTS: dict[Kind, Effect] = {Kind.TRAINING: _not_train}
 
 
 def carry_out(approval_id: str, now: datetime) -> Approval | None:
@@ -286,7 +308,12 @@ def carry_out(approval_id: str, now: datetime) -> Approval | None:
         approval, update_time = found
         if approval.applied is not None:
             break
-        outcome = EFFECTS[approval.kind](approval, now) if approval.state is State.APPROVED else "Nothing was done."
+        if approval.state is State.APPROVED:
+            outcome = EFFECTS[approval.kind](approval, now)
+        elif approval.kind in REFUSAL_EFFECTS:
+            outcome = REFUSAL_EFFECTS[approval.kind](approval, now)
+        else:
+            outcome = "Nothing was done."
         applied = approval.model_copy(update={"applied": outcome})
         entry = _entry(applied, "approval.apply", "system", now, "applied", result=outcome)
         if store.replace(applied, update_time, (entry,)):
@@ -373,9 +400,4 @@ def sweep(now: datetime) -> dict[str, int]:
 
 def _hand_over(approval_id: str) -> bool:
     """A work item for ``fleet-actions``; a failed publish is left to the next minute (followup_due_at)."""
-    try:
-        work.publish(work.APPROVAL_DECIDED, approval_id=approval_id)
-    except Exception as exc:
-        logs.log(log, f"approval {approval_id} not handed over yet: {exc}", approval_id=approval_id)
-        return False
-    return True
+    return work.hand_over(work.APPROVAL_DECIDED, approval_id=approval_id)

@@ -190,6 +190,13 @@ def process_approval_request(decoded: Decoded) -> Plan:
     return Plan() if new else Plan(skipped="duplicate")
 
 
+def process_job_progress(decoded: Decoded) -> Plan:
+    """A training run reports progress or its final metrics (``job-progress``)."""
+    from shared.training import progress
+
+    return progress.process(decoded)
+
+
 def handle_dead_letter(message: PushedMessage) -> str:
     """A message that exhausted its delivery attempts: record it as a rejection, keeping the payload."""
     attrs = message.attributes

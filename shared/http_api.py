@@ -28,7 +28,7 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared import accounting, logs, operations, settings
+from shared import accounting, api_jobs, logs, operations, settings
 from shared.api_core import (
     _DIGITS,
     _TRACE,
@@ -104,6 +104,7 @@ from shared.domain.approvals import Kind as ApprovalKind
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
+from shared.domain.jobs import JobsConfig
 from shared.domain.lifecycle import State
 from shared.domain.pricing import Price
 from shared.domain.rejections import Code
@@ -625,13 +626,14 @@ def _release(call: Call) -> ReleaseView:
 
 # --- alerting and health settings ---------------------------------------------------------------
 
-_SETTINGS: dict[str, type[BaseModel]] = {"alerting": AlertingConfig, "health": HealthConfig}
+_SETTINGS: dict[str, type[BaseModel]] = {"alerting": AlertingConfig, "health": HealthConfig, "jobs": JobsConfig}
 
 
 def _settings_view(call: Call, kind: str) -> SettingsView:
     tenant = _visible_tenant(call)
     overrides = getattr(config.read_tenant(tenant), kind)
-    effective = _SETTINGS[kind].model_validate(merged(_SETTINGS[kind], overrides)).model_dump(mode="json")
+    base = {**config.job_defaults(), **overrides} if kind == "jobs" else overrides  # the deployment's defaults
+    effective = _SETTINGS[kind].model_validate(merged(_SETTINGS[kind], base)).model_dump(mode="json")
     return SettingsView(tenant=tenant, overrides=overrides, effective=effective)
 
 
@@ -647,6 +649,14 @@ def _put_settings(call: Call, kind: str) -> SettingsView:
     overrides = checked.model_dump(mode="json", include=set(raw))
     _write_tenant(tenant, {kind: overrides}, _audit(call, f"tenant.{kind}.set", tenant, tenant, overrides, _now()))
     return _settings_view(call, kind)
+
+
+def _get_jobs_settings(call: Call) -> SettingsView:
+    return _settings_view(call, "jobs")
+
+
+def _put_jobs_settings(call: Call) -> SettingsView:
+    return _put_settings(call, "jobs")
 
 
 def _get_alerting(call: Call) -> SettingsView:
@@ -1375,6 +1385,33 @@ ROUTES: tuple[Route, ...] = (
         params=(_TENANT_QUERY, _AT_QUERY),
         errors=(400,),
         tags=("reports",),
+    ),
+)
+
+ROUTES += (
+    *api_jobs.ROUTES,
+    Route(
+        "/v1/tenants/<tenant>/jobs",
+        "get_tenant_jobs_settings",
+        "A tenant's training-job settings: quotas per user and tenant, approval threshold, backends, timeouts.",
+        _get_jobs_settings,
+        SettingsView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("jobs",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/jobs",
+        "set_tenant_jobs_settings",
+        "Replace a tenant's training-job overrides ({} restores the defaults).",
+        _put_jobs_settings,
+        SettingsView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(400, 404),
+        tags=("jobs",),
+        method="PUT",
+        request=_Overrides,
     ),
 )
 

@@ -34,11 +34,18 @@ def _report(job: str, now: datetime) -> dict[str, Any]:
     return reports.run(job, now)
 
 
+def _jobs(job: str, now: datetime) -> dict[str, Any]:
+    from shared.training import follow
+
+    return follow.reconcile(now)
+
+
 #: What each scheduled job runs (a unit test checks every schedule in the manifest has one).
 JOBS: dict[str, Callable[[str, datetime], dict[str, Any]]] = {
     "liveness-sweep": _sweep,
     "hourly-summary": _report,
     "daily-report": _report,
+    "jobs-reconcile": _jobs,
 }
 
 

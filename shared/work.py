@@ -13,6 +13,8 @@ from shared.store import db
 
 TOPIC = "fleet-actions"  # in topology.yaml (internal: true)
 APPROVAL_DECIDED = "approval.decided"
+#: Launch an admitted training job (shared/training/launch.py); idempotent.
+JOB_LAUNCH = "job.launch"
 
 
 def publish(kind: str, **fields: Any) -> str:
@@ -23,3 +25,16 @@ def publish(kind: str, **fields: Any) -> str:
     message_id = str(client.publish(topic, body, kind=kind).result(timeout=commands.PUBLISH_TIMEOUT_S))
     db.count_publish()
     return message_id
+
+
+def hand_over(kind: str, **fields: Any) -> bool:
+    """Publish a work item whose loss is recovered later (the minute job, the reconcile tick): a failed
+    publish is logged and reported as False instead of failing the caller."""
+    from shared import logs
+
+    try:
+        publish(kind, **fields)
+    except Exception as exc:
+        logs.log(logs.get_logger("work"), f"{kind} not handed over yet: {exc}", kind=kind, **fields)
+        return False
+    return True

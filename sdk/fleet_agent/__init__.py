@@ -22,6 +22,7 @@ from fleet_agent.contracts import (
     Resources,
 )
 from fleet_agent.costs import CallRefused, CostRecorder
+from fleet_agent.jobs import JobReporter
 
 __all__ = [
     "DEFAULT_TOPICS",
@@ -44,6 +45,7 @@ __all__ = [
     "FleetAgent",
     "Heartbeat",
     "HeartbeatMetrics",
+    "JobReporter",
     "Registration",
     "ReportedStatus",
     "Resources",

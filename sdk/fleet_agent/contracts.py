@@ -60,6 +60,8 @@ class EventType(StrEnum):
     COST = "cost"
     COMMAND = "command"
     APPROVAL = "approval"
+    #: A training job's progress and final metrics, sent by the job itself (fleet_agent.jobs).
+    JOB_PROGRESS = "job_progress"
 
 
 #: Default topic per event type. Deployments may prefix or rename topics (Terraform
@@ -71,6 +73,7 @@ DEFAULT_TOPICS: dict[EventType, str] = {
     EventType.COST: "agent-costs",
     EventType.COMMAND: "agent-commands",
     EventType.APPROVAL: "agent-approvals",
+    EventType.JOB_PROGRESS: "job-progress",
 }
 
 
@@ -387,14 +390,58 @@ class ApprovalRequest(_Strict):
         return self
 
 
+#: A training job's id (shared/domain/jobs.py makes them): ``j-`` and 20 lowercase hex digits or letters.
+JOB_ID_PATTERN = r"^j-[a-z0-9]{8,40}$"
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+#: Progress metrics per report (loss, accuracy, ...).
+MAX_JOB_METRICS = 32
+
+
+class JobPhase(StrEnum):
+    """Where a training run says it is. The job's *state* is the backend's word (the reconcile tick);
+    these reports add progress and the final metrics to the job's record."""
+
+    STARTED = "started"
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class JobProgress(_Strict):
+    """A training run reports on itself (topic ``job-progress``). ``seq`` grows with each report of a
+    run; a report older than the one recorded (redelivered, reordered) changes nothing."""
+
+    agent_id: AgentId
+    job_id: JobId
+    #: Which attempt of the run (a preempted or retried run starts again; its ``seq`` still grows, being
+    #: taken from the clock, so a later attempt's reports always win).
+    attempt: int = Field(default=0, ge=0, le=1000)
+    seq: int = Field(ge=0, le=MAX_INT)
+    at: AwareDatetime
+    phase: JobPhase
+    step: int | None = Field(default=None, ge=0, le=MAX_INT)
+    total_steps: int | None = Field(default=None, ge=1, le=MAX_INT)
+    metrics: dict[Label, float] = Field(default_factory=dict, max_length=MAX_JOB_METRICS)
+    message: Annotated[str, StringConstraints(max_length=500)] = ""
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(name for name, number in value.items() if not math.isfinite(number))
+        if bad:
+            raise ValueError(f"metrics must be finite numbers: {', '.join(bad)}")
+        return value
+
+
 EVENT_MODELS: dict[EventType, type[BaseModel]] = {
     EventType.REGISTRATION: Registration,
     EventType.HEARTBEAT: Heartbeat,
     EventType.COST: CostBatch,
     EventType.APPROVAL: ApprovalRequest,
+    EventType.JOB_PROGRESS: JobProgress,
 }
 
-Event = Registration | Heartbeat | CostBatch | ApprovalRequest
+Event = Registration | Heartbeat | CostBatch | ApprovalRequest | JobProgress
 
 
 def event_type_of(event: BaseModel) -> EventType:

@@ -19,6 +19,7 @@ KIND_TITLES = {
     Kind.OPERATION: "Expensive operation",
     Kind.BUDGET_RAISE: "Budget raise",
     Kind.RELEASE: "Release",
+    Kind.TRAINING: "Training job",
 }
 STATE_MARKS = {State.APPROVED: "✅ Approved", State.DENIED: "⛔ Denied", State.EXPIRED: "⌛ Expired"}
 

@@ -45,6 +45,8 @@ class Kind(StrEnum):
     BUDGET_RAISE = "budget_raise"
     #: Release of a frozen or quarantined agent.
     RELEASE = "release"
+    #: A training job whose estimate is above its tenant's threshold (shared/training/submit.py).
+    TRAINING = "training"
 
 
 class State(StrEnum):

@@ -29,6 +29,8 @@ class Code(StrEnum):
     UNSTORABLE = "unstorable"
     IMPLAUSIBLE_TIME = "implausible_time"
     DELIVERY_EXHAUSTED = "delivery_exhausted"
+    #: A training run reported on a job that does not exist or is another agent's.
+    UNKNOWN_JOB = "unknown_job"
 
 
 class Rejected(Exception):

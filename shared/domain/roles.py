@@ -37,6 +37,8 @@ class Action(StrEnum):
     RELEASE = "release"
     BUDGET = "budget"
     ROLES = "roles"
+    #: Submit or cancel a training job (above the threshold an approver still decides).
+    TRAIN = "train"
 
 
 #: The least role each action needs.
@@ -52,6 +54,7 @@ NEEDS: dict[Action, Role] = {
     Action.RELEASE: Role.APPROVER,
     Action.BUDGET: Role.ADMIN,
     Action.ROLES: Role.ADMIN,
+    Action.TRAIN: Role.OPERATOR,
 }
 
 

@@ -59,6 +59,18 @@ SPECS: dict[str, Spec] = {
             True,
         ),
         Spec("approvals", "approvals [tenant]", "pending approval requests", max_args=1),
+        Spec(
+            "train",
+            "train <agent> <name> [gpu=1] [gpu_type=nvidia-l4] [cpu=8] [memory=32] [spot] [hours=2] [priority=5]"
+            " [backend=gke|cloudrun|local] [max_cost=40]",
+            "submit a training job: estimated, queued, sent to approvers above the tenant's threshold",
+            2,
+            11,
+            mutates=True,
+        ),
+        Spec("jobs", "jobs [tenant|agent]", "recent training jobs, with why each waits", max_args=1),
+        Spec("job", "job <id>", "one training job: state, queue position, cost, history", 1, 1),
+        Spec("cancel", "cancel <job> [reason]", "cancel a training job (a running one is stopped)", 1, None, True),
         Spec("alerts", "alerts [tenant]", "open alerts", max_args=1),
         Spec(
             "silence",
@@ -102,7 +114,7 @@ class Parsed:
 
 
 #: Fixed (positional) arguments before the free-text reason of each command taking one.
-_FIXED = {"pause": 1, "resume": 1, "quarantine": 1, "release": 1, "silence": 2}
+_FIXED = {"pause": 1, "resume": 1, "quarantine": 1, "release": 1, "silence": 2, "cancel": 1}
 
 
 def parse(text: str) -> Parsed:
@@ -145,6 +157,37 @@ def usd(text: str) -> Decimal:
     if not value.is_finite() or value <= 0 or value > Decimal("1000000000"):
         raise Usage("a budget limit is a positive amount in USD, up to 1,000,000,000")
     return value
+
+
+#: ``/fleet train`` options: key -> the JobRequest field it sets (``spot`` alone means spot=yes).
+TRAIN_OPTIONS = {
+    "gpu": "resources.gpu",
+    "gpu_type": "resources.gpu_type",
+    "cpu": "resources.cpu",
+    "memory": "resources.memory_gb",
+    "spot": "resources.spot",
+    "hours": "max_runtime_s",
+    "priority": "priority",
+    "backend": "backend",
+    "max_cost": "max_cost_usd",
+}
+
+
+def train_options(words: tuple[str, ...]) -> dict[str, str]:
+    """``("gpu=1", "spot", "hours=2")`` -> ``{"gpu": "1", "spot": "yes", "hours": "2"}``; unknown keys
+    and malformed words are a :class:`Usage` error naming the accepted keys."""
+    out: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        key = key.strip().lower()
+        if not sep and key == "spot":
+            value = "yes"
+        elif not sep or not value:
+            raise Usage(f"`{word[:40]}`: write options as key=value ({', '.join(TRAIN_OPTIONS)})", SPECS["train"])
+        if key not in TRAIN_OPTIONS:
+            raise Usage(f"unknown option `{key[:20]}`; the options are {', '.join(TRAIN_OPTIONS)}", SPECS["train"])
+        out[key] = value.strip()
+    return out
 
 
 def help_lines() -> list[str]:

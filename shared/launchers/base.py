@@ -21,6 +21,13 @@ AGENT_LABEL = "fleet-agent-id"
 CONTAINER = "train"
 
 
+def label_value(value: str) -> str:
+    """``value`` as a label value: lowercase letters, digits, ``-`` and ``_``, starting and ending with
+    a letter or digit, at most 63 characters."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in value.lower())[:63]
+    return cleaned.strip("-_") or "x"
+
+
 def run_name(job_id: str) -> str:
     """The backend resource's name: DNS-1123 (lowercase, digits, '-'), at most 40 characters, so
     Cloud Run's ``<job>-<execution token>`` and Kubernetes' pod names stay within 63."""
@@ -69,8 +76,11 @@ class LaunchSpec:
         return run_name(self.job_id)
 
     def all_labels(self) -> dict[str, str]:
-        """The spec's labels and the three that tie the resource to its job."""
-        return {**self.labels, JOB_LABEL: self.job_id, TENANT_LABEL: self.tenant, AGENT_LABEL: self.agent_id}
+        """The spec's labels and the three that tie the resource to its job, as label values both
+        Kubernetes and Cloud Run accept (an id may end in ``-`` or ``_``; a label value may not)."""
+        labels = {**self.labels, TENANT_LABEL: self.tenant, AGENT_LABEL: self.agent_id}
+        # The job id is compared as it is (ownership); shared/domain/jobs.py makes it a valid value.
+        return {**{key: label_value(value) for key, value in labels.items()}, JOB_LABEL: self.job_id}
 
 
 @dataclass(frozen=True)

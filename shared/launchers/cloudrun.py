@@ -31,11 +31,11 @@ The client library is imported inside functions only, to keep it out of other fu
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.domain import job_costs
 from shared.launchers import base
 from shared.launchers.base import Backend, Handle, LaunchError, LaunchSpec, NotOurs, Phase, RunStatus
 
@@ -55,7 +55,7 @@ MAX_RETRIES = 10
 #: Attempts longer than this are a preview feature (launch stage BETA).
 GA_MAX_RUNTIME_S = 24 * 3600
 #: vCPU sizes Cloud Run accepts above 1.
-CPU_STEPS = (1, 2, 4, 6, 8)
+CPU_STEPS = job_costs.CLOUD_RUN_CPU_STEPS
 #: Seconds one API call may take: the caller retries (Pub/Sub redelivers), so never block for long.
 CALL_TIMEOUT_S = 30.0
 
@@ -90,16 +90,9 @@ def check(spec: LaunchSpec) -> str | None:
 
 
 def resource_limits(spec: LaunchSpec) -> dict[str, str]:
-    """The container's limits: the spec's CPU and memory rounded up to sizes Cloud Run accepts. Pure."""
-    cpu = next(step for step in CPU_STEPS if step >= min(spec.cpu, MAX_CPU) - 1e-9)
-    memory_mib = max(512, math.ceil(spec.memory_gb * 1024 - 1e-6))
-    # More memory needs more CPU...
-    for gib, least in ((24, 8), (16, 6), (8, 4), (4, 2)):
-        if memory_mib > gib * 1024:
-            cpu = max(cpu, least)
-            break
-    # ...and more CPU some memory.
-    memory_mib = max(memory_mib, 4096 if cpu >= 6 else 2048 if cpu >= 4 else 0)
+    """The container's limits: the spec's CPU and memory rounded up to sizes Cloud Run accepts (the
+    rule is the estimate's too: shared/domain/job_costs.py). Pure."""
+    cpu, memory_mib = job_costs.cloud_run_size(spec.cpu, spec.memory_gb)
     memory = f"{memory_mib // 1024}Gi" if memory_mib % 1024 == 0 else f"{memory_mib}Mi"
     limits = {"cpu": str(cpu), "memory": memory}
     if spec.gpu:

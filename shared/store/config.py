@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from shared import settings
-from shared.domain.episodes import AlertingConfig
+from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
+from shared.domain.jobs import JobsConfig
 from shared.domain.pricing import Price, PriceTable
 from shared.store import db
 
@@ -39,6 +41,8 @@ class TenantConfig:
     #: Overrides of the alerting and health-rule settings (shared/domain/episodes.py, health.py).
     alerting: dict[str, Any] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
+    #: Overrides of the training-job settings (shared/domain/jobs.py JobsConfig).
+    jobs: dict[str, Any] = field(default_factory=dict)
 
 
 class _TtlCache:
@@ -91,6 +95,7 @@ def read_tenant(tenant: str) -> TenantConfig:
         prices={model: price_of(p) for model, p in (data.get("prices") or {}).items()},
         alerting=dict(data.get("alerting") or {}),
         health=dict(data.get("health") or {}),
+        jobs=dict(data.get("jobs") or {}),
     )
 
 
@@ -186,3 +191,20 @@ def set_price(model: str, price: Price) -> None:
     )
     db.count(writes=1)
     cache.drop("prices")
+
+
+def job_defaults() -> dict[str, Any]:
+    """This deployment's defaults under every tenant's overrides: ``FLEET_JOB_BACKENDS`` (comma list)
+    and ``FLEET_JOB_DEFAULT_BACKEND`` (the local stack sets ``local``)."""
+    out: dict[str, Any] = {}
+    if backends := os.environ.get("FLEET_JOB_BACKENDS"):
+        out["backends"] = [b.strip() for b in backends.split(",") if b.strip()]
+    if default := os.environ.get("FLEET_JOB_DEFAULT_BACKEND"):
+        out["default_backend"] = default
+    return out
+
+
+def jobs(name: str) -> JobsConfig:
+    """The tenant's training-job settings: its overrides over the deployment's defaults (cached)."""
+    found = tenant(name)
+    return JobsConfig.model_validate(merged(JobsConfig, {**job_defaults(), **found.jobs}))

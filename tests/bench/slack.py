@@ -115,6 +115,11 @@ def series(label: str, counter: LogCounter, run: Callable[[], tuple[float, reque
         times.append(ms)
     time.sleep(0.3)
     lines = [x for x in counter.poll()[start:] if str(x.get("message", "")).startswith("slack ")]
+    return summary(label, times, lines)
+
+
+def summary(label: str, times: list[float], lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """Client-timed percentiles beside the mean reads, writes and publishes of the requests' log lines."""
     n = max(len(lines), 1)
     return {
         "label": label,

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from slack_sdk.signature import SignatureVerifier
 
 from emulators.stack import Stack
 from tests.integration.helpers import PROJECT
@@ -35,18 +38,55 @@ FUNCTION_ENV = {
 SUBSCRIPTION_OVERRIDES = {"max_backoff_s": 10, "max_delivery_attempts": 5}  # the minimums Pub/Sub allows
 
 
+@dataclass
+class CloudFakes:
+    """Local stand-ins for the Google APIs without an emulator, reached by the functions through the
+    real clients: GKE (container v1) with its cluster's Kubernetes API, and Cloud Run v2."""
+
+    gke: Any
+    k8s: Any
+    cloudrun: Any
+    cluster: str = "projects/fleet-local/locations/us-central1/clusters/fleet-gpu"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "FLEET_GKE_CLUSTER": self.cluster,
+            "FLEET_GKE_API_ENDPOINT": self.gke.url,
+            "FLEET_CLOUDRUN_API_ENDPOINT": self.cloudrun.url,
+            "FLEET_CLOUDRUN_REGION": "us-central1",
+            "FLEET_TRAINING_IMAGE": "us-central1-docker.pkg.dev/fleet-local/fleet/training:test",
+            "FLEET_JOB_LAUNCH_GRACE_S": "2",
+        }
+
+
+@pytest.fixture(scope="session")
+def cloud(stack: Stack) -> CloudFakes:
+    return stack.cloud  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from emulators import fake_cloudrun, fake_gke, fake_k8s
+
     state = tmp_path_factory.mktemp("stack")
+    k8s = fake_k8s.start()
+    cloud = CloudFakes(gke=None, k8s=k8s, cloudrun=fake_cloudrun.start_server())
+    cloud.gke = fake_gke.start(clusters={cloud.cluster: k8s.url})
     stack = Stack(
-        Path(state), function_env=FUNCTION_ENV, firestore_proxy=True, subscription_overrides=SUBSCRIPTION_OVERRIDES
+        Path(state),
+        function_env={**FUNCTION_ENV, **cloud.env()},
+        firestore_proxy=True,
+        subscription_overrides=SUBSCRIPTION_OVERRIDES,
     )
+    stack.cloud = cloud  # type: ignore[attr-defined]
     saved = dict(os.environ)
     try:
         stack.up()
         yield stack
     finally:
         stack.down()
+        for fake in (cloud.gke, cloud.k8s, cloud.cloudrun):
+            fake.stop()
         os.environ.clear()
         os.environ.update(saved)
 
@@ -129,3 +169,91 @@ def slack(stack: Any) -> Slack:
 def tick(publisher: Any, job: str = "liveness-sweep") -> None:
     topic = publisher.topic_path(PROJECT, f"tick-{job}")
     publisher.publish(topic, json.dumps({"job": job}).encode(), job=job).result()
+
+
+class SlackApp:
+    """Signs requests with the stack's signing secret, as Slack does."""
+
+    def __init__(self, url: str, secret: str) -> None:
+        self.url, self.signer = url, SignatureVerifier(secret)
+
+    def post(
+        self,
+        body: str,
+        *,
+        timestamp: int | None = None,
+        signature: str | None = None,
+        retry_num: int | None = None,
+    ) -> requests.Response:
+        ts = str(timestamp if timestamp is not None else int(time.time()))
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": ts,
+            "X-Slack-Signature": signature or self.signer.generate_signature(timestamp=ts, body=body),
+        }
+        if retry_num is not None:
+            headers["X-Slack-Retry-Num"] = str(retry_num)
+            headers["X-Slack-Retry-Reason"] = "http_timeout"
+        return requests.post(self.url, data=body.encode(), headers=headers, timeout=30)
+
+    @staticmethod
+    def command_body(text: str, user: str, trigger_id: str | None = None) -> str:
+        return urllib.parse.urlencode(
+            {
+                "token": "legacy-unused",
+                "team_id": "T0FLEETLOC",
+                "channel_id": "C0000OPS01",
+                "user_id": user,
+                "user_name": user.lower(),
+                "command": "/fleet",
+                "text": text,
+                "response_url": "https://hooks.slack.invalid/commands/1",
+                "trigger_id": trigger_id or f"tr.{uuid.uuid4().hex}",
+            }
+        )
+
+    def command(self, text: str, user: str, **kw: Any) -> dict[str, Any]:
+        reply = self.post(self.command_body(text, user, kw.pop("trigger_id", None)), **kw)
+        assert reply.status_code == 200, reply.text
+        return dict(reply.json())
+
+    @staticmethod
+    def click_body(action_id: str, value: str, user: str, message: dict[str, Any] | None = None) -> str:
+        payload = {
+            "type": "block_actions",
+            "team": {"id": "T0FLEETLOC"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower()},
+            "api_app_id": "A0FLEET",
+            "token": "legacy-unused",
+            "trigger_id": f"tr.{uuid.uuid4().hex}",
+            "channel": {"id": (message or {}).get("channel", "C0000OPS01")},
+            "container": {"type": "message", "message_ts": (message or {}).get("ts", "1.0")},
+            "message": {
+                "ts": (message or {}).get("ts", "1.0"),
+                "text": (message or {}).get("text", ""),
+                "blocks": (message or {}).get("blocks", []),
+            },
+            "actions": [{"action_id": action_id, "value": value, "type": "button", "action_ts": str(time.time())}],
+            "response_url": "https://hooks.slack.invalid/actions/1",
+        }
+        return urllib.parse.urlencode({"payload": json.dumps(payload)})
+
+    def click(self, action_id: str, value: str, user: str, message: dict[str, Any] | None = None) -> None:
+        reply = self.post(self.click_body(action_id, value, user, message))
+        assert reply.status_code == 200, reply.text
+
+
+@pytest.fixture(scope="session")
+def slack_app(stack: Any) -> SlackApp:
+    return SlackApp(stack.env["SLACK_APP_URL"], stack.env["SLACK_SIGNING_SECRET"])
+
+
+def approval_message(slack: Slack, approval_id: str) -> dict[str, Any]:
+    posted = wait_for(lambda: slack.about(approval_id, "chat.postMessage"))
+    call = posted[0]
+    return {
+        "channel": call["response"]["channel"],
+        "ts": call["response"]["ts"],
+        "text": call["params"]["text"],
+        "blocks": call["params"]["blocks"],
+    }

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import requests
 from fleet_agent import ApprovalRequest, FleetAgent
-from slack_sdk.signature import SignatureVerifier
 
-from tests.integration.conftest import Api, Slack, tick, wait_for
+from tests.integration.conftest import Api, Slack, SlackApp, approval_message, tick, wait_for
 from tests.integration.helpers import PROJECT, agent_doc, heartbeat, publish, registration
 
 pytestmark = pytest.mark.integration
@@ -31,83 +30,6 @@ ADMIN, APPROVER, APPROVER2, OPERATOR, VIEWER, OWNER = (
     "UVIEW001",
     "UOWNER01",
 )
-
-
-class SlackApp:
-    """Signs requests with the stack's signing secret, as Slack does."""
-
-    def __init__(self, url: str, secret: str) -> None:
-        self.url, self.signer = url, SignatureVerifier(secret)
-
-    def post(
-        self,
-        body: str,
-        *,
-        timestamp: int | None = None,
-        signature: str | None = None,
-        retry_num: int | None = None,
-    ) -> requests.Response:
-        ts = str(timestamp if timestamp is not None else int(time.time()))
-        headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Slack-Request-Timestamp": ts,
-            "X-Slack-Signature": signature or self.signer.generate_signature(timestamp=ts, body=body),
-        }
-        if retry_num is not None:
-            headers["X-Slack-Retry-Num"] = str(retry_num)
-            headers["X-Slack-Retry-Reason"] = "http_timeout"
-        return requests.post(self.url, data=body.encode(), headers=headers, timeout=30)
-
-    @staticmethod
-    def command_body(text: str, user: str, trigger_id: str | None = None) -> str:
-        return urllib.parse.urlencode(
-            {
-                "token": "legacy-unused",
-                "team_id": "T0FLEETLOC",
-                "channel_id": "C0000OPS01",
-                "user_id": user,
-                "user_name": user.lower(),
-                "command": "/fleet",
-                "text": text,
-                "response_url": "https://hooks.slack.invalid/commands/1",
-                "trigger_id": trigger_id or f"tr.{uuid.uuid4().hex}",
-            }
-        )
-
-    def command(self, text: str, user: str, **kw: Any) -> dict[str, Any]:
-        reply = self.post(self.command_body(text, user, kw.pop("trigger_id", None)), **kw)
-        assert reply.status_code == 200, reply.text
-        return dict(reply.json())
-
-    @staticmethod
-    def click_body(action_id: str, value: str, user: str, message: dict[str, Any] | None = None) -> str:
-        payload = {
-            "type": "block_actions",
-            "team": {"id": "T0FLEETLOC"},
-            "user": {"id": user, "username": user.lower(), "name": user.lower()},
-            "api_app_id": "A0FLEET",
-            "token": "legacy-unused",
-            "trigger_id": f"tr.{uuid.uuid4().hex}",
-            "channel": {"id": (message or {}).get("channel", "C0000OPS01")},
-            "container": {"type": "message", "message_ts": (message or {}).get("ts", "1.0")},
-            "message": {
-                "ts": (message or {}).get("ts", "1.0"),
-                "text": (message or {}).get("text", ""),
-                "blocks": (message or {}).get("blocks", []),
-            },
-            "actions": [{"action_id": action_id, "value": value, "type": "button", "action_ts": str(time.time())}],
-            "response_url": "https://hooks.slack.invalid/actions/1",
-        }
-        return urllib.parse.urlencode({"payload": json.dumps(payload)})
-
-    def click(self, action_id: str, value: str, user: str, message: dict[str, Any] | None = None) -> None:
-        reply = self.post(self.click_body(action_id, value, user, message))
-        assert reply.status_code == 200, reply.text
-
-
-@pytest.fixture(scope="session")
-def slack_app(stack: Any) -> SlackApp:
-    return SlackApp(stack.env["SLACK_APP_URL"], stack.env["SLACK_SIGNING_SECRET"])
 
 
 @pytest.fixture
@@ -245,17 +167,6 @@ def test_admins_manage_roles_in_slack_and_the_api_sees_it(slack_app: SlackApp, a
 
 
 # --- approvals ----------------------------------------------------------------------------------------
-
-
-def approval_message(slack: Slack, approval_id: str) -> dict[str, Any]:
-    posted = wait_for(lambda: slack.about(approval_id, "chat.postMessage"))
-    call = posted[0]
-    return {
-        "channel": call["response"]["channel"],
-        "ts": call["response"]["ts"],
-        "text": call["params"]["text"],
-        "blocks": call["params"]["blocks"],
-    }
 
 
 def test_an_agents_request_is_decided_once_by_four_eyes_and_reaches_the_agent(

@@ -258,6 +258,12 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/tenants/{tenant}/roles", "get"),
             ("/v1/tenants/{tenant}/roles", "put"),
             ("/v1/audit", "get"),
+            ("/v1/jobs", "get"),
+            ("/v1/jobs", "post"),
+            ("/v1/jobs/{job_id}", "get"),
+            ("/v1/jobs/{job_id}/cancel", "post"),
+            ("/v1/tenants/{tenant}/jobs", "get"),
+            ("/v1/tenants/{tenant}/jobs", "put"),
         }
     )
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {

@@ -337,10 +337,11 @@ def test_client_errors_are_permanent(
 
 
 def test_a_job_the_api_server_rejects_is_a_permanent_error_with_its_message(launcher: GkeLauncher) -> None:
+    # Label values are cleaned before they are sent; a job id is sent as it is (the ownership label).
     with pytest.raises(LaunchError) as info:
-        launcher.launch(cpu_spec(labels={"team": "not a label value!"}))
+        launcher.launch(cpu_spec(job_id="job:cpu!"))
     assert not info.value.transient
-    assert "422 Invalid" in info.value.reason and "metadata.labels[team]" in info.value.reason
+    assert "422 Invalid" in info.value.reason and "metadata.labels[fleet-job-id]" in info.value.reason
 
 
 def test_unreachable_api_server_is_transient(gke: fake_gke.FakeGke, k8s: fake_k8s.FakeKubernetes) -> None:

@@ -18,6 +18,7 @@ from fleet_agent.contracts import (
     Envelope,
     EventType,
     Heartbeat,
+    JobProgress,
     Registration,
     ReportedStatus,
 )
@@ -27,9 +28,11 @@ from pydantic import ValidationError
 class FakePublisher:
     """Records every publish. ``auto_resolve=False`` leaves futures pending, as a slow network would."""
 
-    def __init__(self, *, auto_resolve: bool = True, fail_first: int = 0) -> None:
+    def __init__(self, *, auto_resolve: bool = True, fail_first: int = 0, fail_with: Exception | None = None) -> None:
         self.auto_resolve = auto_resolve
         self.fail_first = fail_first
+        #: Every future fails with this (the publish itself is accepted, as Pub/Sub's client does).
+        self.fail_with = fail_with
         self.messages: list[tuple[str, bytes, dict[str, str]]] = []
         self.futures: list[Future[str]] = []
         self.lock = threading.Lock()
@@ -46,12 +49,22 @@ class FakePublisher:
             self.messages.append((topic, data, attrs))
             future: Future[str] = Future()
             self.futures.append(future)
-            if self.auto_resolve:
+            if self.fail_with is not None:
+                future.set_exception(self.fail_with)
+            elif self.auto_resolve:
                 future.set_result(str(len(self.messages)))
             return future
 
+    def resolve_all(self) -> None:
+        for future in list(self.futures):
+            if not future.done():
+                future.set_result("ok")
+
     def stop(self) -> None:
         self.stopped = True
+
+    def reports(self) -> list[JobProgress]:
+        return [JobProgress.model_validate(json.loads(data)["data"]) for _, data, _ in self.messages]
 
     def heartbeats(self) -> list[Heartbeat]:
         with self.lock:

@@ -75,3 +75,24 @@ def test_each_role_includes_the_ones_below_it() -> None:
     assert roles.allows(Role.APPROVER, Action.RELEASE) and not roles.allows(Role.APPROVER, Action.BUDGET)
     assert roles.allows(Role.ADMIN, Action.ROLES) and not roles.allows(None, Action.READ)
     assert "operator role in acme" in roles.refusal(Role.VIEWER, Action.PAUSE, "acme")
+
+
+def test_train_takes_options_and_names_the_accepted_ones() -> None:
+    parsed = slash.parse("train agent-1 nightly gpu=1 gpu_type=nvidia-l4 spot hours=2 priority=8")
+    assert parsed.name == "train" and parsed.args[:2] == ("agent-1", "nightly")
+    options = slash.train_options(parsed.args[2:])
+    assert options == {"gpu": "1", "gpu_type": "nvidia-l4", "spot": "yes", "hours": "2", "priority": "8"}
+    with pytest.raises(slash.Usage) as unknown:
+        slash.train_options(("gpus=2",))
+    assert "unknown option `gpus`" in str(unknown.value) and "gpu_type" in str(unknown.value)
+    with pytest.raises(slash.Usage):
+        slash.train_options(("priority",))
+    with pytest.raises(slash.Usage):
+        slash.parse("train agent-1")
+
+
+def test_cancel_takes_a_reason_and_training_needs_an_operator() -> None:
+    parsed = slash.parse("cancel j-0123456789 wrong data set")
+    assert parsed.args == ("j-0123456789",) and parsed.rest == "wrong data set"
+    assert roles.allows(Role.OPERATOR, roles.Action.TRAIN)
+    assert not roles.allows(Role.VIEWER, roles.Action.TRAIN)

@@ -1,0 +1,404 @@
+"""The built-in training workload: learn to predict an agent's failures from its heartbeats.
+
+    FLEET_JOB_ID=j-0123456789abcdef0123 FLEET_AGENT_ID=acme-chat-01 GOOGLE_CLOUD_PROJECT=demo \\
+    FLEET_HYPERPARAMETERS='{"epochs": 5}' python -m jobs.train
+
+The agent's history is simulated (seeded, so a run is reproducible): heartbeat-like snapshots
+(latency, error rate, CPU, memory, traffic, cost per call) labelled "fails within the next window".
+A latent "trouble" drives latency, errors and memory and, with memory pressure and CPU saturation,
+the chance of failing: a learnable signal under noise. The model trains incrementally so each step
+is real progress, reported over Pub/Sub with :class:`fleet_agent.jobs.JobReporter`:
+
+- ``model: "sgd"`` (default): a logistic regression, ``SGDClassifier(loss="log_loss")``, one
+  ``partial_fit`` pass over the shuffled training set per epoch;
+- ``model: "hgb"``: ``HistGradientBoostingClassifier`` with ``warm_start``, growing ``max_iter``
+  trees by equal parts over the epochs.
+
+After each epoch: ``progress(step, epochs, loss, val_loss, val_accuracy)``; at the end
+``succeeded`` with the held-out metrics. Every report is also printed to stdout as one JSON line.
+Exit code 0 on success, 1 on failure (after reporting it). A SIGTERM (preemption, cancellation)
+exits 143 without a ``failed`` report: the backend decides whether the run is retried.
+
+scikit-learn and numpy are imported when training starts, not with this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from fleet_agent.jobs import JobReporter
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Matrix = npt.NDArray[np.float64]
+    Labels = npt.NDArray[np.int64]
+
+HYPERPARAMETERS_ENV = "FLEET_HYPERPARAMETERS"
+TRAINING_CONFIG_ENV = "FLEET_TRAINING_CONFIG"
+
+FEATURES = ("latency_ms", "error_rate", "cpu_pct", "memory_pct", "calls_per_min", "cost_per_call")
+
+
+class ConfigError(ValueError):
+    """Hyperparameters or training config the workload cannot run with: the run fails with this message."""
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ConfigError(f"{name} must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, not {value!r}")
+    return int(value)
+
+
+def _float(name: str, value: Any, low: float, high: float, *, above_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, not {value!r}")
+    if value < low or value > high or (above_low and value == low):
+        bound = "above" if above_low else "at least"
+        raise ConfigError(f"{name} must be {bound} {low} and at most {high}, not {value!r}")
+    return float(value)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return str(value)
+
+
+def _optional_int(low: int, high: int) -> Callable[[str, Any], int | None]:
+    return lambda name, value: None if value is None else _int(name, value, low, high)
+
+
+Parser = Callable[[str, Any], Any]
+
+#: Hyperparameters every model takes.
+COMMON: dict[str, Parser] = {
+    "model": lambda n, v: _choice(n, v, ("sgd", "hgb")),
+    "epochs": lambda n, v: _int(n, v, 1, 1000),
+}
+#: Per model: accepted hyperparameters (passed to the estimator under the same name unless noted).
+MODEL_HYPERPARAMETERS: dict[str, dict[str, Parser]] = {
+    "sgd": {
+        "alpha": lambda n, v: _float(n, v, 0.0, 10.0, above_low=True),
+        # the constant step size (SGDClassifier's eta0 with learning_rate="constant"), default 0.001
+        "learning_rate": lambda n, v: _float(n, v, 0.0, 10.0, above_low=True),
+        "penalty": lambda n, v: _choice(n, v, ("l2", "l1", "elasticnet")),
+        "l1_ratio": lambda n, v: _float(n, v, 0.0, 1.0),
+    },
+    "hgb": {
+        "learning_rate": lambda n, v: _float(n, v, 0.0, 10.0, above_low=True),
+        "max_depth": _optional_int(1, 64),
+        # total trees, grown in `epochs` equal parts
+        "max_iter": lambda n, v: _int(n, v, 1, 10_000),
+        "max_leaf_nodes": lambda n, v: _int(n, v, 2, 4096),
+        "min_samples_leaf": lambda n, v: _int(n, v, 1, 100_000),
+        "l2_regularization": lambda n, v: _float(n, v, 0.0, 1e6),
+    },
+}
+TRAINING_CONFIG: dict[str, Parser] = {
+    "rows": lambda n, v: _int(n, v, 200, 5_000_000),
+    "seed": lambda n, v: _int(n, v, 0, 2**32 - 1),
+    "val_fraction": lambda n, v: _float(n, v, 0.05, 0.5),
+    "step_sleep_s": lambda n, v: _float(n, v, 0.0, 3600.0),
+    "fail_at_step": lambda n, v: _int(n, v, 1, 1000),
+}
+DEFAULT_ROWS = 20_000
+DEFAULT_EPOCHS = 10
+DEFAULT_HGB_TREES = 100
+DEFAULT_SGD_LEARNING_RATE = 0.001
+#: Seconds a terminated run waits for its pending reports before exiting.
+TERMINATED_FLUSH_S = 5.0
+
+
+def accepted_hyperparameters(model: str) -> list[str]:
+    """The hyperparameter names ``model`` accepts, sorted (shown when a run is given another)."""
+    return sorted({*COMMON, *MODEL_HYPERPARAMETERS[model]})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run's parsed configuration."""
+
+    model: str
+    epochs: int
+    #: The model's hyperparameters as given (validated), without ``model`` and ``epochs``.
+    params: dict[str, Any] = field(default_factory=dict)
+    rows: int = DEFAULT_ROWS
+    seed: int = 0
+    val_fraction: float = 0.2
+    step_sleep_s: float = 0.0
+    fail_at_step: int | None = None
+    #: training_config keys this workload does not know (ignored, with a warning).
+    ignored: tuple[str, ...] = ()
+
+
+def _json_object(env: Mapping[str, str], name: str) -> dict[str, Any]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def default_seed(job_id: str) -> int:
+    """The seed when training_config gives none: stable per job, so a retried run sees the same data."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
+
+
+def settings_from_env(env: Mapping[str, str], job_id: str) -> Settings:
+    """Parse ``FLEET_HYPERPARAMETERS`` and ``FLEET_TRAINING_CONFIG``; ConfigError says what is wrong."""
+    hyper = _json_object(env, HYPERPARAMETERS_ENV)
+    config = _json_object(env, TRAINING_CONFIG_ENV)
+
+    model = COMMON["model"]("model", hyper.get("model", "sgd"))
+    accepted = {**COMMON, **MODEL_HYPERPARAMETERS[model]}
+    unknown = sorted(set(hyper) - set(accepted))
+    if unknown:
+        others = [
+            f"{name} needs model {other!r}"
+            for name in unknown
+            for other, names in MODEL_HYPERPARAMETERS.items()
+            if other != model and name in names
+        ]
+        hint = f" ({'; '.join(others)})" if others else ""
+        raise ConfigError(
+            f"unknown hyperparameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for model {model!r}; "
+            f"accepted: {', '.join(accepted_hyperparameters(model))}{hint}"
+        )
+    values = {name: accepted[name](name, value) for name, value in hyper.items()}
+    epochs: int = values.pop("epochs", DEFAULT_EPOCHS)
+    values.pop("model", None)
+    if model == "hgb" and values.get("max_iter", max(epochs, DEFAULT_HGB_TREES)) < epochs:
+        raise ConfigError(f"max_iter ({values['max_iter']}) must be at least epochs ({epochs}): each step adds trees")
+
+    settings: dict[str, Any] = {}
+    for name, value in config.items():
+        if name in TRAINING_CONFIG:
+            settings[name] = TRAINING_CONFIG[name](f"training_config.{name}", value)
+    fail_at = settings.get("fail_at_step")
+    if fail_at is not None and fail_at > epochs:
+        raise ConfigError(f"training_config.fail_at_step ({fail_at}) is beyond the last step ({epochs})")
+    return Settings(
+        model=model,
+        epochs=epochs,
+        params=values,
+        rows=settings.get("rows", DEFAULT_ROWS),
+        seed=settings.get("seed", default_seed(job_id)),
+        val_fraction=settings.get("val_fraction", 0.2),
+        step_sleep_s=settings.get("step_sleep_s", 0.0),
+        fail_at_step=fail_at,
+        ignored=tuple(sorted(set(config) - set(TRAINING_CONFIG))),
+    )
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def simulate(rows: int, seed: int) -> tuple[Matrix, Labels]:
+    """``rows`` heartbeat snapshots (columns :data:`FEATURES`) and whether the agent failed next.
+
+    Two hidden causes: *trouble* (a degrading dependency, a leak) raises latency, errors and memory;
+    *load* raises traffic, CPU and latency. Failure odds grow with latency, errors, memory above 85%
+    and CPU above 85%, plus noise the features cannot explain. About a quarter of the rows fail.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 0])
+    trouble = rng.normal(size=rows)
+    load = rng.normal(size=rows)
+    calls_per_min = np.exp(3.0 + 0.6 * load + rng.normal(0.0, 0.2, rows))
+    log_latency = 5.0 + 0.35 * trouble + 0.15 * load + rng.normal(0.0, 0.25, rows)
+    error_logit = -4.0 + 1.0 * trouble + rng.normal(0.0, 0.5, rows)
+    cpu_pct = np.clip(45.0 + 12.0 * load + 8.0 * trouble + rng.normal(0.0, 8.0, rows), 0.0, 100.0)
+    memory_pct = np.clip(55.0 + 10.0 * trouble + rng.normal(0.0, 12.0, rows), 0.0, 100.0)
+    cost_per_call = np.exp(-5.0 + 0.4 * (log_latency - 5.0) + rng.normal(0.0, 0.3, rows))
+    # Standardised with the population's known mean and spread, so the world does not depend on `rows`.
+    fail_logit = (
+        -2.6
+        + 2.2 * (log_latency - 5.0) / 0.455
+        + 2.2 * (error_logit + 4.0) / 1.118
+        + 1.5 * np.maximum(memory_pct - 85.0, 0.0) / 5.0
+        + 1.0 * (cpu_pct > 85.0)
+        + rng.normal(0.0, 0.3, rows)
+    )
+    labels = (rng.random(rows) < 1.0 / (1.0 + np.exp(-fail_logit))).astype(np.int64)
+    features = np.column_stack(
+        [np.exp(log_latency), 1.0 / (1.0 + np.exp(-error_logit)), cpu_pct, memory_pct, calls_per_min, cost_per_call]
+    )
+    return features, labels
+
+
+def prepare(features: Matrix) -> Matrix:
+    """Model inputs: logs of the heavy-tailed columns and the error rate's log-odds (a linear model
+    needs them; trees do not mind)."""
+    import numpy as np
+
+    latency, error_rate, cpu, memory, calls, cost = features.T
+    error_rate = np.clip(error_rate, 1e-6, 1 - 1e-6)
+    return np.column_stack(
+        [np.log(latency), np.log(error_rate / (1 - error_rate)), cpu, memory, np.log(calls), np.log(cost)]
+    )
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def _estimator(settings: Settings) -> Any:
+    if settings.model == "sgd":
+        from sklearn.linear_model import SGDClassifier
+
+        params = dict(settings.params)
+        # A constant, small step: the loss falls visibly over the epochs instead of in the first one.
+        eta0 = params.pop("learning_rate", DEFAULT_SGD_LEARNING_RATE)
+        return SGDClassifier(loss="log_loss", learning_rate="constant", eta0=eta0, random_state=settings.seed, **params)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    params = {k: v for k, v in settings.params.items() if k != "max_iter"}
+    return HistGradientBoostingClassifier(early_stopping=False, warm_start=True, random_state=settings.seed, **params)
+
+
+def _train(settings: Settings, reporter: JobReporter, started_at: float) -> dict[str, float]:
+    """Train step by step, reporting after each; the held-out metrics at the end."""
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, recall_score, roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    features, labels = simulate(settings.rows, settings.seed)
+    n_train = settings.rows - max(1, round(settings.rows * settings.val_fraction))
+    scaler = StandardScaler().fit(prepare(features[:n_train]))
+    x_train, x_val = scaler.transform(prepare(features[:n_train])), scaler.transform(prepare(features[n_train:]))
+    y_train, y_val = labels[:n_train], labels[n_train:]
+    for name, part in (("training", y_train), ("validation", y_val)):
+        if part.min() == part.max():
+            raise RuntimeError(f"the {name} split holds one class only: use more training_config.rows")
+
+    model = _estimator(settings)
+    shuffle = np.random.default_rng([settings.seed, 1])
+    trees = settings.params.get("max_iter", max(settings.epochs, DEFAULT_HGB_TREES))
+    for step in range(1, settings.epochs + 1):
+        if settings.fail_at_step == step:
+            raise RuntimeError(f"simulated failure at step {step} (training_config.fail_at_step)")
+        if settings.model == "sgd":
+            order = shuffle.permutation(n_train)
+            model.partial_fit(x_train[order], y_train[order], classes=np.array([0, 1]))
+            if not np.all(np.isfinite(model.coef_)):
+                raise RuntimeError(f"training diverged at step {step}: try a smaller learning_rate")
+        else:
+            model.max_iter = round(trees * step / settings.epochs)
+            model.fit(x_train, y_train)
+        if settings.step_sleep_s:
+            time.sleep(settings.step_sleep_s)
+        reporter.progress(
+            step,
+            settings.epochs,
+            loss=log_loss(y_train, model.predict_proba(x_train), labels=[0, 1]),
+            val_loss=log_loss(y_val, model.predict_proba(x_val), labels=[0, 1]),
+            val_accuracy=accuracy_score(y_val, model.predict(x_val)),
+        )
+        _echo(reporter)
+
+    predicted = model.predict(x_val)
+    scores = model.predict_proba(x_val)[:, 1]
+    return {
+        "accuracy": accuracy_score(y_val, predicted),
+        "precision": precision_score(y_val, predicted, zero_division=0),
+        "recall": recall_score(y_val, predicted, zero_division=0),
+        "f1": f1_score(y_val, predicted, zero_division=0),
+        "roc_auc": roc_auc_score(y_val, scores),
+        "val_positive_rate": float(y_val.mean()),
+        "train_rows": float(n_train),
+        "val_rows": float(len(y_val)),
+        "duration_s": round(time.monotonic() - started_at, 3),
+    }
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _echo(reporter: JobReporter) -> None:
+    """The report just sent, as one JSON line on stdout (the job's logs show what the fleet got)."""
+    report = reporter.last_report
+    if report is not None:
+        print(report.model_dump_json(), flush=True)
+
+
+def _fail(reporter: JobReporter, message: str) -> int:
+    print(f"jobs.train: {message}", file=sys.stderr, flush=True)
+    try:
+        reporter.failed(message)
+        _echo(reporter)
+    except Exception as exc:  # the run fails either way; the backend still sees exit code 1
+        print(f"jobs.train: could not report the failure: {exc!r}", file=sys.stderr, flush=True)
+    return 1
+
+
+def run(env: Mapping[str, str], reporter: JobReporter) -> int:
+    """One training run with configuration from ``env``, reported through ``reporter``; the exit code."""
+    started_at = time.monotonic()
+    try:
+        settings = settings_from_env(env, reporter.job_id)
+    except ConfigError as exc:
+        return _fail(reporter, str(exc))
+    if settings.ignored:
+        print(f"jobs.train: ignoring unknown training_config keys: {', '.join(settings.ignored)}", file=sys.stderr)
+    try:
+        reporter.started(
+            f"{settings.model}: {settings.epochs} epochs on {settings.rows} simulated heartbeats (seed {settings.seed})"
+        )
+        _echo(reporter)
+        metrics = _train(settings, reporter, started_at)
+        reporter.succeeded(**metrics)
+        _echo(reporter)
+    except Exception as exc:
+        return _fail(reporter, f"{type(exc).__name__}: {exc}")
+    return 0
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    """``python -m jobs.train``: the reporter from the environment, one run, the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminated)  # unwinds as SystemExit: pending reports are flushed
+    try:
+        reporter = JobReporter.from_env()
+    except ValueError as exc:
+        print(f"jobs.train: {exc}", file=sys.stderr)
+        return 1
+    try:
+        code = run(os.environ, reporter)
+    except BaseException:  # SIGTERM (as SystemExit), Ctrl-C: the grace period is short, flush what fits
+        reporter.close(timeout=TERMINATED_FLUSH_S)
+        raise
+    reporter.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Start an admitted job on its backend, once (the ``job.launch`` work item, and the reconcile tick
+for a job whose hand-over was lost or whose launch crashed).
+
+The launch itself is idempotent (the backend resource is named from the job id), so launching again
+after a crash finds the first run. The handle is then written with a precondition; a job cancelled
+meanwhile gets its fresh run cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+
+from shared import logs, settings
+from shared.domain import jobs as domain
+from shared.domain.audit import AuditEntry
+from shared.domain.jobs import Job, JobState
+from shared.launchers import registry
+from shared.launchers.base import Handle, LaunchError, LaunchSpec
+from shared.store import config
+from shared.store import jobs as store
+from shared.training.submit import entry
+
+log = logs.get_logger("training.launch")
+#: The built-in workload (jobs/train.py), and the image it ships in on GKE and Cloud Run.
+BUILT_IN = ("python", "-m", "jobs.train")
+PROGRESS_TOPIC = "job-progress"
+
+
+def image() -> str:
+    s = settings.get()
+    region = os.environ.get("FLEET_CLOUDRUN_REGION", "us-central1")
+    return os.environ.get("FLEET_TRAINING_IMAGE") or f"{region}-docker.pkg.dev/{s.project}/fleet/training:latest"
+
+
+def spec_of(job: Job) -> LaunchSpec:
+    """What the backend runs: the job's image and command, or the built-in workload."""
+    command: tuple[str, ...] = tuple(job.command or ())
+    if not command and job.image is None:
+        command = (sys.executable, "-m", "jobs.train") if job.backend.value == "local" else BUILT_IN
+    env = {
+        "FLEET_JOB_ID": job.id,
+        "FLEET_AGENT_ID": job.agent_id,
+        "FLEET_TENANT": job.tenant,
+        "FLEET_HYPERPARAMETERS": json.dumps(job.hyperparameters, separators=(",", ":"), default=str),
+        "FLEET_TRAINING_CONFIG": json.dumps(job.training_config, separators=(",", ":"), default=str),
+        "FLEET_JOB_PROGRESS_TOPIC": PROGRESS_TOPIC,
+        "GOOGLE_CLOUD_PROJECT": settings.get().project,
+    }
+    res = job.resources
+    return LaunchSpec(
+        job_id=job.id,
+        tenant=job.tenant,
+        agent_id=job.agent_id,
+        image=job.image or image(),
+        command=command,
+        env=env,
+        cpu=res.cpu,
+        memory_gb=res.memory_gb,
+        gpu=res.gpu,
+        gpu_type=(res.gpu_type or "nvidia-l4") if res.gpu else None,
+        spot=res.spot,
+        max_runtime_s=job.max_runtime_s,
+        max_retries=config.jobs(job.tenant).max_retries,
+        labels={"fleet-job-name": job.name},
+    )
+
+
+def launch(job_id: str, now: datetime) -> str:
+    """Launch the job if it is admitted and not launched yet; returns what happened.
+
+    Raises LaunchError(transient) so Pub/Sub redelivers; a permanent error fails the job.
+    """
+    found = store.get(job_id)
+    if found is None:
+        return "unknown_job"
+    if found.state is not JobState.ADMITTED or found.handle is not None:
+        return "nothing_to_do"
+    try:
+        handle = registry.get(found.backend).launch(spec_of(found))
+    except LaunchError as exc:
+        if exc.transient:
+            _count_attempt(job_id, now, exc.reason)
+            raise
+        fail(job_id, now, f"launch refused by {found.backend.value}: {exc.reason}")
+        return "failed"
+    written = _record(job_id, handle, now)
+    if written is not None and written.state is JobState.CANCELLED:
+        registry.get(found.backend).cancel(handle)  # cancelled while launching: stop the fresh run
+        return "cancelled"
+    logs.log(log, f"job {job_id} launched on {found.backend.value}: {handle.name}", job_id=job_id)
+    return "launched"
+
+
+def _record(job_id: str, handle: Handle, now: datetime) -> Job | None:
+    def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
+        if job.handle is not None or job.state is not JobState.ADMITTED:
+            return None
+        event = domain.Event(at=now, kind="launched", reason=f"{job.backend.value}: {handle.name}")
+        changed = domain.note(
+            job, event, handle=handle.to_doc(), launched_at=now, launch_attempts=job.launch_attempts + 1
+        )
+        return changed, [entry(changed, "job.launch", "system", now, "launched", handle=handle.name)]
+
+    return store.change(job_id, step)
+
+
+def _count_attempt(job_id: str, now: datetime, reason: str) -> None:
+    def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
+        if job.state is not JobState.ADMITTED:
+            return None
+        event = domain.Event(at=now, kind="launch_failed", reason=reason[:500])
+        return domain.note(job, event, launch_attempts=job.launch_attempts + 1), []
+
+    store.change(job_id, step)
+
+
+def fail(job_id: str, now: datetime, reason: str) -> Job | None:
+    def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
+        if job.final:
+            return None
+        changed = domain.advance(job, JobState.FAILED, now, reason[:500])
+        return changed, [entry(changed, "job.fail", "system", now, "failed")]
+
+    return store.change(job_id, step)

@@ -1,0 +1,204 @@
+"""A training request becomes a job: backend chosen by policy, cost estimated, refused at once if it
+could never fit, sent to the approvers above the tenant's threshold, otherwise queued, then one
+admission pass. The same request (same requester and ``request_id``) always names the same job."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from shared import operations
+from shared.domain import job_costs, job_policy, job_queue
+from shared.domain import jobs as domain
+from shared.domain.audit import AuditEntry
+from shared.domain.jobs import Job, JobRequest, JobsConfig, JobState
+from shared.domain.pricing import format_usd
+from shared.store import agents as agent_store
+from shared.store import config
+from shared.store import jobs as store
+from shared.training import budget
+
+
+def entry(job: Job, action: str, actor: str, at: datetime, outcome: str = "applied", **details: Any) -> AuditEntry:
+    """The audit entry of a change of ``job`` (its id is unique per job, history length and action)."""
+    return AuditEntry(
+        id=f"{job.id}.{len(job.history)}.{action}",
+        at=at,
+        actor=actor,
+        action=action,
+        target=job.id,
+        outcome=outcome,
+        tenant=job.tenant,
+        details={"agent_id": job.agent_id, "state": job.state.value, "reason": job.reason, **details},
+    )
+
+
+def _never_fits(
+    request: JobRequest, cfg: JobsConfig, tenant: str, agent_budget: Any, estimate: job_costs.Estimate
+) -> str | None:
+    """Why the job can never run here: a quota it exceeds in total, a hard budget below its estimate."""
+    reason = job_queue.never_fits(request.resources, request.requester, cfg)
+    if reason is not None:
+        return reason
+    scopes = ((f"agent {request.agent_id}", agent_budget), ("the tenant", config.tenant(tenant).budget))
+    for label, spec in scopes:
+        for limit in budget.hard_limits(spec):
+            if estimate.nanos > limit:
+                return (
+                    f"its estimate (${format_usd(estimate.nanos)}) is above a hard budget of {label} "
+                    f"(${format_usd(limit)}); shorten max_runtime_s or raise the budget"
+                )
+    return None
+
+
+def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsConfig) -> Job:
+    """The new job (not stored): backend, estimate, runtime; raises Refused when it cannot run."""
+    runtime = request.max_runtime_s or cfg.default_runtime_s
+    if runtime > cfg.max_runtime_s:
+        raise operations.Refused(400, f"max_runtime_s is at most {cfg.max_runtime_s} for this tenant")
+    try:
+        backend, why = job_policy.choose(request.resources, runtime, request.backend, cfg)
+        res = request.resources
+        estimate = job_costs.estimate(
+            backend.value, res.cpu, res.memory_gb, res.gpu, res.gpu_type, res.spot, runtime, cfg.price_factor
+        )
+    except (job_policy.NoBackend, job_costs.NoMachine) as exc:
+        raise operations.Refused(400, str(exc)) from None
+    return Job(
+        id=domain.job_id(tenant, request.requester, request.request_id),
+        tenant=tenant,
+        agent_id=request.agent_id,
+        requester=request.requester,
+        requested_via=via,
+        name=request.name,
+        image=request.image,
+        command=request.command,
+        hyperparameters=request.hyperparameters,
+        training_config=request.training_config,
+        resources=request.resources,
+        priority=request.priority,
+        max_runtime_s=runtime,
+        max_cost_usd=request.max_cost_usd,
+        backend=backend,
+        backend_reason=why,
+        estimate=estimate.to_doc(),
+        state=JobState.QUEUED,
+        created_at=now,
+        updated_at=now,
+        queued_at=now,
+    )
+
+
+def submit(request: JobRequest, actor: operations.Actor, now: datetime) -> tuple[Job, bool]:
+    """Store the job (once) and start it on its way; returns (job as it stands, whether it is new).
+
+    Raises Refused: 404 unknown agent, 400 no backend or machine, 409 it could never fit.
+    """
+    agent = agent_store.get(request.agent_id)
+    if agent is None or not actor.can_see(agent.tenant):
+        raise operations.not_found(request.agent_id)
+    if agent.status.value == "decommissioned":
+        raise operations.Refused(409, f"agent {agent.agent_id} was decommissioned")
+    tenant = agent.tenant
+    cfg = config.jobs(tenant)
+    job = build(request, tenant, actor.name, now, cfg)
+    existing = store.get(job.id) if request.request_id is not None else None  # a random id is new
+    if existing is not None:
+        _ask_if_needed(existing, agent.owner, now)
+        return existing, False
+    reason = _never_fits(request, cfg, tenant, agent.budget, job.costing())
+    if reason is not None:
+        raise operations.Refused(409, f"this job can never be admitted: {reason}")
+    if job.estimate_usd > cfg.approval_threshold_usd:
+        job = job.model_copy(
+            update={
+                "state": JobState.AWAITING_APPROVAL,
+                "queued_at": None,
+                "reason": (
+                    f"estimate ${format_usd(job.costing().nanos)} is above the approval threshold "
+                    f"(${cfg.approval_threshold_usd}); waiting for an approver in Slack"
+                ),
+            }
+        )
+    created = domain.Event(at=now, kind="state", reason=job.reason or "queued", by=actor.name, to_state=job.state)
+    job = job.model_copy(update={"history": [created]})
+    details = {"estimate_usd": str(job.estimate_usd), "backend": job.backend.value, "name": job.name}
+    if not store.create(job, entry(job, "job.submit", actor.name, now, "requested", **details)):
+        found = store.get(job.id)
+        return (found or job), False
+    if job.state is JobState.AWAITING_APPROVAL:
+        job = _ask_if_needed(job, agent.owner, now)
+    else:
+        from shared.training import admission
+
+        admission.run_pass(tenant, now)
+        job = store.get(job.id) or job
+    return job, True
+
+
+def _ask_if_needed(job: Job, owner: str | None, now: datetime) -> Job:
+    """A job above the threshold gets its approval request (once: its id derives from the job's)."""
+    if job.state is not JobState.AWAITING_APPROVAL:
+        return job
+    from shared import approvals
+    from shared.domain import approvals as approval_domain
+
+    approval_id = approval_domain.approval_id("job", job.id)
+    kind, _, who = job.requested_via.partition(":")
+    requester = approval_domain.Requester(
+        kind="slack" if kind == "slack" else "api", id=who if kind == "slack" else job.requester, owner=owner
+    )
+    est = job.costing()
+    summary = (
+        f"train `{job.name}` for `{job.agent_id}`: {est.machine} on {job.backend.value}"
+        f"{' (spot)' if job.resources.spot else ''}, up to {est.hours.normalize():f} h at ${est.hourly_usd:.2f}/h"
+    )
+    approval = approvals.new(
+        approval_id=approval_id,
+        tenant=job.tenant,
+        kind=approval_domain.Kind.TRAINING,
+        requester=requester,
+        summary=summary[:200],
+        now=now,
+        agent_id=job.agent_id,
+        reason=f"requested by {job.requester}",
+        estimated_cost_usd=Decimal(str(job.estimate_usd)),
+        payload={"job_id": job.id, "requested_via": job.requested_via, "resources": json.dumps(job.resources.demand())},
+    )
+    approvals.request(approval, now)
+    if job.approval_id != approval_id:
+
+        def step(current: Job) -> tuple[Job, list[AuditEntry]] | None:
+            if current.approval_id == approval_id:
+                return None
+            return current.model_copy(update={"approval_id": approval_id}), []
+
+        return store.change(job.id, step) or job
+    return job
+
+
+def decided(job_id: str, approved: bool, by: str, now: datetime) -> str:
+    """The approval of a job was decided (or expired): queue it or cancel it. Returns a sentence."""
+
+    def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
+        if job.state is not JobState.AWAITING_APPROVAL:
+            return None
+        if approved:
+            changed = domain.advance(job, JobState.QUEUED, now, f"approved by {by}", by)
+        else:
+            changed = domain.advance(job, JobState.CANCELLED, now, f"not approved ({by})", by)
+        return changed, [entry(changed, "job.approval", by, now, changed.state.value)]
+
+    job = store.change(job_id, step)
+    if job is None:
+        return f"Job {job_id} no longer exists."
+    if job.state is JobState.QUEUED:
+        from shared.training import admission
+
+        admission.run_pass(job.tenant, now)
+        job = store.get(job_id) or job
+        where = f" (position {job.position}: {job.reason})" if job.position else ""
+        return f"Job `{job.name}` ({job.id}) is {job.state.value}{where}."
+    return f"Job `{job.name}` ({job.id}) is {job.state.value}."
