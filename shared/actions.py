@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+from fleet_agent.contracts import JOB_ID_PATTERN
 
 from shared import logs, work
 from shared.events import PushedMessage
@@ -84,7 +87,7 @@ def _run(message: PushedMessage, fields: dict[str, Any]) -> str:
         from shared.training import launch
 
         job_id = fields["job_id"] = str(body.get("job_id") or "")
-        if not job_id:
+        if not re.match(JOB_ID_PATTERN, job_id):
             return "malformed"
         outcome = launch.launch(job_id, datetime.now(UTC))
         return "done" if outcome in ("launched", "failed", "cancelled") else "nothing_to_do"

@@ -77,6 +77,12 @@ def _submit(call: Call) -> JobView:
     from shared.training import submit
 
     request = _body(call, JobRequest)
+    principal = _principal(call)
+    own = f"api:{principal.name}"
+    if request.requester not in (None, own) and principal.role is not Role.ADMIN:
+        raise ApiError(
+            403, f"only admin keys submit for another requester; this key submits as {own} (leave requester out)"
+        )
     job, _new = submit.submit(request, operator(call), _now())
     return view(job)
 
@@ -128,7 +134,7 @@ ROUTES: tuple[Route, ...] = (
         _submit,
         JobView,
         role=Role.OPERATOR,
-        errors=(400, 404, 409),
+        errors=(400, 403, 404, 409),
         tags=("jobs",),
         method="POST",
         request=JobRequest,

@@ -581,7 +581,7 @@ def _train(asker: Asker, parsed: slash.Parsed) -> Reply:
         elif key == "hours":
             try:
                 body["max_runtime_s"] = int(Decimal(value) * 3600)
-            except InvalidOperation:
+            except (InvalidOperation, ValueError, OverflowError):
                 raise slash.Usage(f"hours must be a number, not `{value[:20]}`", parsed.spec) from None
         elif target.startswith("resources."):
             resources[target.split(".", 1)[1]] = value

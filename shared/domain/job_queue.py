@@ -12,8 +12,11 @@ One pass over a tenant's queue (shared/training/admission.py runs it in a transa
 - **Budgets**: its estimate must fit what is left of the agent's and the tenant's hard USD budgets,
   less the estimates of their jobs already admitted or running (not charged until they end).
 - **Backfill**: a job that does not fit is passed by smaller ones behind it, until it has waited
-  ``reserve_after_s`` for quota: then it holds its place, the resources it needs are kept for it and
-  only jobs that fit beside that reservation pass it.
+  ``reserve_after_s`` for quota: then it holds its place, the resources it needs are kept for it in
+  the scope that blocks it (its requester's quota, or the tenant's) and only jobs that fit beside
+  that reservation pass it.
+- A queued job that can no longer fit at all (a quota lowered below what it asks) is failed with the
+  reason, so it neither waits forever nor reserves what can never be granted.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class Decision:
     reason: str = ""
     #: It waited long enough to keep its resources (backfill behind it stopped).
     reserved: bool = False
+    #: It can never be admitted any more (a quota was lowered below what it asks): fail it.
+    refuse: bool = False
 
 
 @dataclass
@@ -81,9 +86,12 @@ class _Books:
         self.committed[agent_scope(job.agent_id)] += job.costing().nanos
         self.committed[TENANT] += job.costing().nanos
 
-    def reserve(self, job: Job) -> None:
-        self.users[job.requester].add(job.resources)
-        self.tenant.add(job.resources)
+    def reserve(self, job: Job, scope: str) -> None:
+        """Keep the job's resources in the scope that blocks it (its user's, or the tenant's)."""
+        if scope == "user":
+            self.users[job.requester].add(job.resources)
+        else:
+            self.tenant.add(job.resources)
 
 
 def _fmt(value: float) -> str:
@@ -143,9 +151,17 @@ def plan(
     out: list[Decision] = []
     position = 0
     for job in order(queued, now, config.aging_s):
+        never = never_fits(job.resources, job.requester, config)
+        if never is not None:
+            out.append(Decision(job.id, False, reason=never, refuse=True))
+            continue
+        scope = "user"
         quota_reason = _quota_block(
             f"user {job.requester}", config.user_quota, books.users[job.requester], job.resources
-        ) or _quota_block("the tenant", config.tenant_quota, books.tenant, job.resources)
+        )
+        if quota_reason is None:
+            scope = "tenant"
+            quota_reason = _quota_block("the tenant", config.tenant_quota, books.tenant, job.resources)
         reason = quota_reason or _budget_block(job, books, budget_left)
         if reason is None:
             books.take(job)
@@ -155,7 +171,7 @@ def plan(
         waited = (now - waiting_since(job)).total_seconds()
         reserved = quota_reason is not None and waited >= config.reserve_after_s
         if reserved:
-            books.reserve(job)
+            books.reserve(job, scope)
             reason += "; it has waited long enough to keep its place (smaller jobs no longer pass it)"
         out.append(Decision(job.id, False, position, reason, reserved))
     return out

@@ -132,7 +132,9 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_id: Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
-    requester: Requester
+    #: Whose quota the job counts against. Left out: the caller (``api:<key name>``, the Slack user);
+    #: only admin keys may name someone else (they submit for people, e.g. from a portal).
+    requester: Requester | None = None
     name: Name
     image: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
     command: list[Annotated[str, StringConstraints(max_length=2000)]] | None = Field(default=None, max_length=100)
@@ -255,6 +257,11 @@ class Job(JobFields):
     notified: bool = False
     #: Final, but its cost not yet charged or its requester not yet told (the tick finishes that).
     unsettled: bool = False
+    #: Stopped by the fleet (cancel, release, cost limit) while its run may still be going: settling
+    #: stops the run on its backend, again until the backend confirms.
+    stop_pending: bool = False
+    #: What the backend keeps of the ended run was freed (a Cloud Run job deleted).
+    released: bool = False
 
     @property
     def final(self) -> bool:
@@ -317,8 +324,14 @@ def note(job: Job, event: Event, **fields: Any) -> Job:
     return job.model_copy(update={"updated_at": event.at, **fields, "history": _bounded([*job.history, event])})
 
 
+#: The first events (submission, approval, admission, launch) are always kept.
+_KEEP_FIRST = 20
+
+
 def _bounded(events: list[Event]) -> list[Event]:
-    return events[-MAX_HISTORY:]
+    if len(events) <= MAX_HISTORY:
+        return events
+    return events[:_KEEP_FIRST] + events[-(MAX_HISTORY - _KEEP_FIRST) :]
 
 
 def runtime_s(job: Job, now: datetime) -> float:

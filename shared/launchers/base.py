@@ -172,3 +172,8 @@ class Launcher(Protocol):
     def cancel(self, handle: Handle) -> None:
         """Stop the run; a run that is gone or finished is not an error."""
         ...
+
+    def release(self, handle: Handle) -> None:
+        """Free what the backend keeps of a run that ended (Cloud Run jobs are kept until deleted;
+        Kubernetes deletes finished Jobs itself; local runs keep their directory for their logs)."""
+        ...

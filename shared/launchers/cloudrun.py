@@ -258,6 +258,18 @@ class CloudRunLauncher:
         except Exception as exc:
             raise _launch_error(exc, f"cancelling Cloud Run execution {execution.name}") from exc
 
+    def release(self, handle: Handle) -> None:
+        """Delete the Cloud Run job of a run that ended: Cloud Run keeps jobs until deleted, and a
+        region holds a limited number of them. Its logs stay in Cloud Logging. Gone already is fine."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            self._jobs().delete_job(name=handle.name, timeout=CALL_TIMEOUT_S)
+        except gexc.NotFound:
+            return
+        except Exception as exc:
+            raise _launch_error(exc, f"deleting Cloud Run job {handle.name}") from exc
+
     # --- helpers -------------------------------------------------------------------------------
 
     def _client(self, kind: str) -> Any:

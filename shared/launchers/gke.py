@@ -285,6 +285,9 @@ class GkeLauncher:
                 if exc.status != 404:
                     raise
 
+    def release(self, handle: Handle) -> None:
+        """Finished Jobs are deleted by Kubernetes (``ttlSecondsAfterFinished``): nothing to do."""
+
     def close(self) -> None:
         """Release the HTTP connections (and the CA file, if one was written)."""
         with self._lock:

@@ -122,6 +122,9 @@ class LocalLauncher:
             with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
                 os.killpg(int(pid_file.read_text().strip()), signal.SIGTERM)
 
+    def release(self, handle: Handle) -> None:
+        """A run keeps its directory (its output and exit record) for reading: nothing to do."""
+
 
 def stop_all(root: Path | None = None) -> int:
     """Stop every run still going under ``root`` (``make down``); returns how many were stopped."""

@@ -40,16 +40,25 @@ def run_pass(tenant: str, now: datetime) -> list[str]:
         queue = store.queue_ref(tenant)
         queue.get(transaction=transaction)
         db.count(reads=1)
-        rows = store.of_tenant(tenant, (JobState.QUEUED, *domain.ACTIVE), transaction)
-        jobs = {job.id: job for job, _ in rows}
-        queued = [j for j in jobs.values() if j.state is JobState.QUEUED]
-        holding = [j for j in jobs.values() if j.active]
+        # The queued jobs in the transaction; the admitted and running ones outside it, so a pass
+        # never holds their documents (the tick and progress reports write them): only a pass makes a
+        # job active, and passes of a tenant serialize on its queue document.
+        queued = [job for job, _ in store.of_tenant(tenant, (JobState.QUEUED,), transaction)]
+        holding = [job for job, _ in store.of_tenant(tenant, tuple(domain.ACTIVE))]
+        jobs = {job.id: job for job in queued}
         decisions = job_queue.plan(queued, holding, cfg, now, left)
         admitted: list[str] = []
-        writes = 0
+        writes = refused = 0
         for decision in decisions:
             job = jobs[decision.job_id]
-            if decision.admit:
+            if decision.refuse:
+                failed = domain.advance(job, JobState.FAILED, now, f"can no longer be admitted: {decision.reason}")
+                transaction.set(store.ref(job.id), failed.to_doc())
+                audit = entry(failed, "job.refuse", "system", now, "failed")
+                transaction.set(client.collection("audit").document(audit.id), audit.as_doc())
+                refused += 1
+                writes += 2
+            elif decision.admit:
                 changed = domain.advance(job, JobState.ADMITTED, now, "admitted: within quotas and budgets")
                 transaction.set(store.ref(job.id), changed.to_doc())
                 audit = entry(changed, "job.admit", "system", now, "admitted", position=job.position)
@@ -59,7 +68,7 @@ def run_pass(tenant: str, now: datetime) -> list[str]:
             elif (job.reason, job.position) != (decision.reason, decision.position):
                 transaction.update(store.ref(job.id), {"reason": decision.reason, "position": decision.position})
                 writes += 1
-        transaction.set(queue, {"tenant": tenant, "passed_at": now, "waiting": len(queued) - len(admitted)})
+        transaction.set(queue, {"tenant": tenant, "passed_at": now, "waiting": len(queued) - len(admitted) - refused})
         db.count(writes=writes + 1)
         return admitted
 
@@ -69,6 +78,16 @@ def run_pass(tenant: str, now: datetime) -> list[str]:
     if admitted:
         logs.log(log, f"{tenant}: admitted {', '.join(admitted)}", tenant=tenant, admitted=admitted)
     return admitted
+
+
+def try_pass(tenant: str, now: datetime) -> list[str]:
+    """A pass after something already stored (a submit, an approval, a cancel): its failure is left to
+    the reconcile tick (the tenant's queue is marked waiting) instead of failing what was done."""
+    try:
+        return run_pass(tenant, now)
+    except Exception as exc:
+        logs.log(log, f"admission pass of {tenant} left to the tick: {type(exc).__name__}: {exc}", tenant=tenant)
+        return []
 
 
 def hand_over(job_id: str) -> bool:

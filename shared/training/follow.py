@@ -67,9 +67,19 @@ def reconcile(now: datetime) -> dict[str, Any]:
             if outcome == "finished":
                 tenants.add(job.tenant)
     for job in store.unsettled():
-        settle(job, now)
+        try:
+            settle(job, now)
+        except Exception as exc:  # Pub/Sub or Slack trouble with this one: the next tick tries again
+            counts["errors"] += 1
+            logs.log(log, f"job {job.id} not settled: {type(exc).__name__}: {exc}", job_id=job.id)
     tenants |= store.tenants_waiting()
-    counts["admitted"] = sum(len(admission.run_pass(tenant, now)) for tenant in sorted(tenants))
+    counts["admitted"] = 0
+    for tenant in sorted(tenants):
+        try:
+            counts["admitted"] += len(admission.run_pass(tenant, now))
+        except Exception as exc:
+            counts["errors"] += 1
+            logs.log(log, f"admission pass of {tenant} failed: {type(exc).__name__}: {exc}", tenant=tenant)
     return counts
 
 
@@ -77,12 +87,30 @@ def follow(job: Job, now: datetime, update_time: Any = None) -> str:
     """One job against its backend; returns unchanged, changed, finished or relaunched. With the
     ``update_time`` the job was listed at, a job that changed nothing costs no further read."""
     handle = Handle.from_doc(job.handle) if job.handle else None
+    trouble: LaunchError | None = None
     if handle is None and job.admitted_at is not None and (now - job.admitted_at).total_seconds() > LAUNCH_GRACE_S:
-        if launch.launch(job.id, now) == "launched":
-            return "relaunched"
+        try:
+            if launch.launch(job.id, now) == "launched":
+                return "relaunched"
+        except LaunchError as exc:  # the stall and release rules below still apply
+            trouble = exc
         job, update_time = store.get(job.id) or job, None
         handle = Handle.from_doc(job.handle) if job.handle else None
-    status = registry.get(job.backend).status(handle) if handle is not None else None
+    status = None
+    if handle is not None:
+        try:
+            status = registry.get(job.backend).status(handle)
+        except LaunchError as exc:
+            trouble = exc
+            if not exc.transient:  # the backend refuses for good (cluster gone, settings changed)
+                stop(
+                    job,
+                    JobState.FAILED,
+                    f"{job.backend.value} refuses to report on the run: {exc.reason}",
+                    "system",
+                    now,
+                )
+                return "finished"
     cfg = config.jobs(job.tenant)
     stops: list[job_runs.Stop] = []
 
@@ -120,24 +148,29 @@ def follow(job: Job, now: datetime, update_time: Any = None) -> str:
     if written.final:
         settle(written, now)
         return "finished"
+    if trouble is not None:
+        raise trouble  # counted as an error of this tick; the next one tries again
     return "unchanged" if written == job else "changed"
 
 
 def stop(job: Job, state: JobState, reason: str, by: str, now: datetime) -> Job | None:
-    """Stop the run on its backend (if launched), then record the job as ``state``."""
-    if job.handle:
-        registry.get(job.backend).cancel(Handle.from_doc(job.handle))
+    """Record the job as ``state``, then stop its run on the backend with the handle as written (a
+    launch that recorded its handle meanwhile is seen). A stop the backend could not do now stays due
+    (``stop_pending``): settling retries it, so no run outlives its job."""
 
     def step(current: Job) -> tuple[Job, list[AuditEntry]] | None:
         if current.final:
             return None
-        changed = domain.advance(current, state, now, reason[:500], by)
+        changed = domain.advance(current, state, now, reason[:500], by, stop_pending=current.handle is not None)
         changed = changed.model_copy(update={"cost_usd": domain.cost_so_far(changed, now)})
         return changed, [entry(changed, f"job.{state.value}", by, now, state.value)]
 
     written = store.change(job.id, step)
     if written is not None and written.final:
-        settle(written, now)
+        try:
+            settle(written, now)
+        except Exception as exc:  # the run is stopped or its stop is due; the tick settles it again
+            logs.log(log, f"job {job.id} not settled yet: {type(exc).__name__}: {exc}", job_id=job.id)
     return written
 
 
@@ -151,21 +184,18 @@ def cancel(job_id: str, actor: operations.Actor, now: datetime, reason: str = ""
     if job.handle:  # a run that has just ended is recorded as it ended, not as cancelled
         try:
             ended = registry.get(job.backend).status(Handle.from_doc(job.handle)).phase in FINAL_PHASES
-        except LaunchError as exc:
-            raise operations.Refused(503, f"{job.backend.value} is unavailable: {exc.reason}") from None
+        except LaunchError:
+            ended = False  # the backend cannot say now: cancel; its stop is retried until it is done
         if ended:
             follow(job, now)
             found = store.get(job_id) or job
             raise operations.Refused(409, f"job {job_id} has just {found.state.value}: {found.reason}"[:500])
-    try:
-        said = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
-        written = stop(job, JobState.CANCELLED, said, actor.name, now)
-    except LaunchError as exc:
-        raise operations.Refused(503, f"{job.backend.value} could not cancel the run now: {exc.reason}") from None
+    said = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
+    written = stop(job, JobState.CANCELLED, said, actor.name, now)
     if written is None:
         raise operations.Refused(404, f"job {job_id} not found")
     if job.active:
-        admission.run_pass(job.tenant, now)
+        admission.try_pass(job.tenant, now)
     return store.get(job_id) or written
 
 
@@ -173,12 +203,32 @@ def settle(job: Job, now: datetime) -> None:
     """Charge a finished job's cost once and tell a Slack requester; then it is settled."""
     if not job.final or not job.unsettled:
         return
+    stopped = not job.stop_pending or launch.stop_run(job)
+    released = job.released or (stopped and _release(job))
     if not job.charged and job.cost_usd > 0:
         charge(job)
     told = job.notified or _tell_requester(job)
-    fields: dict[str, Any] = {"charged": True, "notified": told, "unsettled": not told}
+    fields: dict[str, Any] = {
+        "charged": True,
+        "notified": told,
+        "stop_pending": not stopped,
+        "released": released,
+        "unsettled": not (told and stopped and released),
+    }
     store.ref(job.id).update(fields, **db.call_options())
     db.count(writes=1)
+
+
+def _release(job: Job) -> bool:
+    """Free what the backend keeps of the ended run; False when it cannot now (the tick tries again)."""
+    if not job.handle:
+        return True
+    try:
+        registry.get(job.backend).release(Handle.from_doc(job.handle))
+    except LaunchError as exc:
+        logs.log(log, f"run of job {job.id} not released: {exc.reason}", job_id=job.id, transient=exc.transient)
+        return not exc.transient
+    return True
 
 
 def charge(job: Job) -> str:

@@ -19,7 +19,7 @@ from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobState
 from shared.launchers import registry
 from shared.launchers.base import Handle, LaunchError, LaunchSpec
-from shared.store import config
+from shared.store import config, db
 from shared.store import jobs as store
 from shared.training.submit import entry
 
@@ -76,6 +76,8 @@ def launch(job_id: str, now: datetime) -> str:
     found = store.get(job_id)
     if found is None:
         return "unknown_job"
+    if found.final and found.stop_pending:  # stopped while launching, and its run not stopped yet
+        return _stop_started(found)
     if found.state is not JobState.ADMITTED or found.handle is not None:
         return "nothing_to_do"
     try:
@@ -87,16 +89,45 @@ def launch(job_id: str, now: datetime) -> str:
         fail(job_id, now, f"launch refused by {found.backend.value}: {exc.reason}")
         return "failed"
     written = _record(job_id, handle, now)
-    if written is not None and written.state is JobState.CANCELLED:
-        registry.get(found.backend).cancel(handle)  # cancelled while launching: stop the fresh run
-        return "cancelled"
+    if written is not None and written.final and written.stop_pending:
+        return _stop_started(written)  # cancelled (or released) while launching: stop the fresh run
     logs.log(log, f"job {job_id} launched on {found.backend.value}: {handle.name}", job_id=job_id)
     return "launched"
 
 
+def stop_run(job: Job) -> bool:
+    """Stop a stopped job's run on its backend; False when the backend cannot now (tried again later).
+    A backend refusing for good (the run or cluster is gone) counts as stopped."""
+    if not job.handle:
+        return True
+    try:
+        registry.get(job.backend).cancel(Handle.from_doc(job.handle))
+    except LaunchError as exc:
+        logs.log(log, f"run of job {job.id} not stopped: {exc.reason}", job_id=job.id, transient=exc.transient)
+        return not exc.transient
+    return True
+
+
+def _stop_started(job: Job) -> str:
+    """The run of a job that ended while it was being launched: stopped now, or Pub/Sub redelivers."""
+    if not stop_run(job):
+        raise LaunchError(f"the run of {job.id} (stopped while launching) could not be stopped yet", transient=True)
+    store.ref(job.id).update({"stop_pending": False}, **db.call_options())
+    db.count(writes=1)
+    return "cancelled"
+
+
 def _record(job_id: str, handle: Handle, now: datetime) -> Job | None:
+    """Write the handle: on the admitted job (launched), or on a job stopped meanwhile (its run must
+    then be stopped: ``stop_pending``)."""
+
     def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
-        if job.handle is not None or job.state is not JobState.ADMITTED:
+        if job.handle is not None:
+            return None
+        if job.final:
+            event = domain.Event(at=now, kind="launched", reason=f"{handle.name}, after the job ended: stopping it")
+            return domain.note(job, event, handle=handle.to_doc(), stop_pending=True), []
+        if job.state is not JobState.ADMITTED:
             return None
         event = domain.Event(at=now, kind="launched", reason=f"{job.backend.value}: {handle.name}")
         changed = domain.note(

@@ -20,13 +20,6 @@ from shared.store import jobs as store
 def process(decoded: Decoded) -> Plan:
     event = decoded.event
     assert isinstance(event, JobProgress)
-    found = store.get(event.job_id)
-    if found is None:
-        raise Rejected(Code.UNKNOWN_JOB, f"job {event.job_id} does not exist", agent_id=event.agent_id)
-    if found.agent_id != event.agent_id:
-        raise Rejected(
-            Code.UNKNOWN_JOB, f"job {event.job_id} belongs to agent {found.agent_id}", agent_id=event.agent_id
-        )
     report = {
         "phase": event.phase.value,
         "step": event.step,
@@ -40,6 +33,10 @@ def process(decoded: Decoded) -> Plan:
     outcome: list[str] = []
 
     def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
+        if job.agent_id != event.agent_id:
+            raise Rejected(
+                Code.UNKNOWN_JOB, f"job {event.job_id} belongs to agent {job.agent_id}", agent_id=event.agent_id
+            )
         if job.progress is not None and int(job.progress.get("seq", -1)) >= event.seq:
             outcome[:] = ["duplicate"]
             return None
@@ -49,5 +46,6 @@ def process(decoded: Decoded) -> Plan:
             update["result"] = {**dict(event.metrics), "phase": event.phase.value, "message": event.message}
         return job.model_copy(update=update), []
 
-    store.change(event.job_id, step)
+    if store.change(event.job_id, step) is None:  # one read when the report is recorded
+        raise Rejected(Code.UNKNOWN_JOB, f"job {event.job_id} does not exist", agent_id=event.agent_id)
     return Plan(skipped=outcome[0] if outcome else None)

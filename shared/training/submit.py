@@ -39,7 +39,7 @@ def _never_fits(
     request: JobRequest, cfg: JobsConfig, tenant: str, agent_budget: Any, estimate: job_costs.Estimate
 ) -> str | None:
     """Why the job can never run here: a quota it exceeds in total, a hard budget below its estimate."""
-    reason = job_queue.never_fits(request.resources, request.requester, cfg)
+    reason = job_queue.never_fits(request.resources, str(request.requester), cfg)
     if reason is not None:
         return reason
     scopes = ((f"agent {request.agent_id}", agent_budget), ("the tenant", config.tenant(tenant).budget))
@@ -55,6 +55,7 @@ def _never_fits(
 
 def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsConfig) -> Job:
     """The new job (not stored): backend, estimate, runtime; raises Refused when it cannot run."""
+    requester = request.requester or via
     runtime = request.max_runtime_s or cfg.default_runtime_s
     if runtime > cfg.max_runtime_s:
         raise operations.Refused(400, f"max_runtime_s is at most {cfg.max_runtime_s} for this tenant")
@@ -66,11 +67,15 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
         )
     except (job_policy.NoBackend, job_costs.NoMachine) as exc:
         raise operations.Refused(400, str(exc)) from None
+    if backend.value == "local" and request.image is not None and not request.command:
+        raise operations.Refused(
+            400, "the local backend runs a command, not an image: give a command, or name another backend"
+        )
     return Job(
-        id=domain.job_id(tenant, request.requester, request.request_id),
+        id=domain.job_id(tenant, requester, request.request_id),
         tenant=tenant,
         agent_id=request.agent_id,
-        requester=request.requester,
+        requester=requester,
         requested_via=via,
         name=request.name,
         image=request.image,
@@ -96,6 +101,8 @@ def submit(request: JobRequest, actor: operations.Actor, now: datetime) -> tuple
 
     Raises Refused: 404 unknown agent, 400 no backend or machine, 409 it could never fit.
     """
+    if request.requester is None:  # the caller's own job
+        request = request.model_copy(update={"requester": actor.name})
     agent = agent_store.get(request.agent_id)
     if agent is None or not actor.can_see(agent.tenant):
         raise operations.not_found(request.agent_id)
@@ -106,46 +113,46 @@ def submit(request: JobRequest, actor: operations.Actor, now: datetime) -> tuple
     job = build(request, tenant, actor.name, now, cfg)
     existing = store.get(job.id) if request.request_id is not None else None  # a random id is new
     if existing is not None:
-        _ask_if_needed(existing, agent.owner, now)
         return existing, False
     reason = _never_fits(request, cfg, tenant, agent.budget, job.costing())
     if reason is not None:
         raise operations.Refused(409, f"this job can never be admitted: {reason}")
     if job.estimate_usd > cfg.approval_threshold_usd:
+        from shared.domain import approvals as approval_domain
+
         job = job.model_copy(
             update={
                 "state": JobState.AWAITING_APPROVAL,
                 "queued_at": None,
+                "approval_id": approval_domain.approval_id("job", job.id),
                 "reason": (
                     f"estimate ${format_usd(job.costing().nanos)} is above the approval threshold "
                     f"(${cfg.approval_threshold_usd}); waiting for an approver in Slack"
                 ),
             }
         )
+        # The request first (its id derives from the job's): a job never waits on a request that
+        # does not exist; a request whose job was never stored finds no job when decided.
+        _ask(job, agent.owner, now)
     created = domain.Event(at=now, kind="state", reason=job.reason or "queued", by=actor.name, to_state=job.state)
     job = job.model_copy(update={"history": [created]})
     details = {"estimate_usd": str(job.estimate_usd), "backend": job.backend.value, "name": job.name}
     if not store.create(job, entry(job, "job.submit", actor.name, now, "requested", **details)):
         found = store.get(job.id)
         return (found or job), False
-    if job.state is JobState.AWAITING_APPROVAL:
-        job = _ask_if_needed(job, agent.owner, now)
-    else:
+    if job.state is JobState.QUEUED:
         from shared.training import admission
 
-        admission.run_pass(tenant, now)
+        admission.try_pass(tenant, now)
         job = store.get(job.id) or job
     return job, True
 
 
-def _ask_if_needed(job: Job, owner: str | None, now: datetime) -> Job:
-    """A job above the threshold gets its approval request (once: its id derives from the job's)."""
-    if job.state is not JobState.AWAITING_APPROVAL:
-        return job
+def _ask(job: Job, owner: str | None, now: datetime) -> None:
+    """The approval request of a job above the threshold (stored once, posted to the approvers)."""
     from shared import approvals
     from shared.domain import approvals as approval_domain
 
-    approval_id = approval_domain.approval_id("job", job.id)
     kind, _, who = job.requested_via.partition(":")
     requester = approval_domain.Requester(
         kind="slack" if kind == "slack" else "api", id=who if kind == "slack" else job.requester, owner=owner
@@ -156,7 +163,7 @@ def _ask_if_needed(job: Job, owner: str | None, now: datetime) -> Job:
         f"{' (spot)' if job.resources.spot else ''}, up to {est.hours.normalize():f} h at ${est.hourly_usd:.2f}/h"
     )
     approval = approvals.new(
-        approval_id=approval_id,
+        approval_id=str(job.approval_id),
         tenant=job.tenant,
         kind=approval_domain.Kind.TRAINING,
         requester=requester,
@@ -168,15 +175,6 @@ def _ask_if_needed(job: Job, owner: str | None, now: datetime) -> Job:
         payload={"job_id": job.id, "requested_via": job.requested_via, "resources": json.dumps(job.resources.demand())},
     )
     approvals.request(approval, now)
-    if job.approval_id != approval_id:
-
-        def step(current: Job) -> tuple[Job, list[AuditEntry]] | None:
-            if current.approval_id == approval_id:
-                return None
-            return current.model_copy(update={"approval_id": approval_id}), []
-
-        return store.change(job.id, step) or job
-    return job
 
 
 def decided(job_id: str, approved: bool, by: str, now: datetime) -> str:
@@ -197,7 +195,7 @@ def decided(job_id: str, approved: bool, by: str, now: datetime) -> str:
     if job.state is JobState.QUEUED:
         from shared.training import admission
 
-        admission.run_pass(job.tenant, now)
+        admission.try_pass(job.tenant, now)
         job = store.get(job_id) or job
         where = f" (position {job.position}: {job.reason})" if job.position else ""
         return f"Job `{job.name}` ({job.id}) is {job.state.value}{where}."

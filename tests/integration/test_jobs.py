@@ -7,6 +7,7 @@ GKE and Cloud Run are reached through their client libraries against the local f
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -194,10 +195,12 @@ def test_a_denied_job_is_cancelled_and_a_cloud_run_job_is_followed_to_the_end(
     execution = next(iter(cloud.cloudrun.executions(handle["name"])))
     cloud.cloudrun.start(execution)
     until_state(api, publisher, small["id"], "running")
+    assert len(cloud.cloudrun.executions(handle["name"])) == 1
     cloud.cloudrun.succeed(execution)
     done = until_state(api, publisher, small["id"], "succeeded", "failed")
     assert done["state"] == "succeeded"
-    assert len(cloud.cloudrun.executions(handle["name"])) == 1
+    # Settled: the Cloud Run job is deleted (a region keeps a limited number of them).
+    wait_for(lambda: cloud.cloudrun.job(handle["name"]) is None)
 
 
 def test_a_launch_lost_after_admission_is_relaunched_once_by_the_tick(
@@ -283,3 +286,37 @@ def test_slack_users_train_list_and_cancel_jobs(
     assert job(api, job_id)["state"] == "cancelled"
     # The requester hears how it ended, by direct message.
     assert wait_for(lambda: slack.about(job_id, "chat.postMessage"))
+
+
+def test_operator_keys_submit_as_themselves_and_see_only_their_tenant(
+    api: Api, agent: str, tenant: str, stack: Any, publisher: Any, firestore: Any
+) -> None:
+    import subprocess
+    import sys
+
+    def key(name: str, role: str, scope: str) -> str:
+        made = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "keys", "create", "--name", name, "--role", role, "--tenant", scope],
+            env={**os.environ, **stack.env},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return made.stdout.strip()
+
+    operator = key(f"ops-{tenant}", "operator", tenant)
+    body = {"agent_id": agent, "name": "mine", "resources": {"gpu": 1}, "training_config": FAST}
+    other = api.send("POST", "/v1/jobs", {**body, "requester": "someone@example.com"}, key=operator)
+    assert other.status_code == 403 and f"submits as api:ops-{tenant}" in other.json()["error"]["reason"]
+    mine = api.send("POST", "/v1/jobs", body, key=operator)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["requester"] == f"api:ops-{tenant}"
+    # A key of another tenant sees and cancels nothing of this one.
+    stranger = key(f"ops-{tenant}-x", "operator", f"{tenant}x")
+    assert api.get(f"/v1/jobs/{mine.json()['id']}", key=stranger).status_code == 404
+    assert api.send("POST", f"/v1/jobs/{mine.json()['id']}/cancel", {}, key=stranger).status_code == 404
+    assert api.get("/v1/jobs", key=stranger).json()["items"] == []
+    image_only = api.send("POST", "/v1/jobs", {**body, "name": "img", "image": "python:3.12"}, key=operator)
+    assert image_only.status_code == 400 and "runs a command, not an image" in image_only.json()["error"]["reason"]
+    api.send("POST", f"/v1/jobs/{mine.json()['id']}/cancel", {})

@@ -35,6 +35,7 @@ from shared.launchers.base import Backend, Phase, Preemption, RunStatus
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 CFG = JobsConfig()
 MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
 USD = 1_000_000_000  # nano-dollars
 
 
@@ -371,19 +372,20 @@ def _filled_history() -> list[Event]:
     return [Event(at=T0, kind="launch_failed", reason=f"attempt {n}") for n in range(MAX_HISTORY)]
 
 
-def test_history_is_bounded_by_advance_dropping_the_oldest() -> None:
+def test_history_is_bounded_by_advance_keeping_the_first_events_and_dropping_the_middle() -> None:
     job = make_job(history=_filled_history())
     changed = domain.advance(job, JobState.ADMITTED, T0 + MIN, "admitted")
     assert len(changed.history) == MAX_HISTORY
-    assert changed.history[0].reason == "attempt 1"
+    assert changed.history[:20] == job.history[:20]  # submission, approval, admission stay
+    assert changed.history[20] == job.history[21]  # the oldest event after them went
     assert changed.history[-1].to_state is JobState.ADMITTED
 
 
-def test_history_is_bounded_by_note_dropping_the_oldest() -> None:
+def test_history_is_bounded_by_note_keeping_the_first_events() -> None:
     job = make_job(history=_filled_history())
     changed = domain.note(job, Event(at=T0, kind="stalled", reason="slow"))
     assert len(changed.history) == MAX_HISTORY
-    assert changed.history[0].reason == "attempt 1"
+    assert changed.history[0] == job.history[0] and changed.history[20] == job.history[21]
     assert changed.history[-1].kind == "stalled"
 
 
@@ -1276,3 +1278,32 @@ def test_a_finished_job_is_not_stopped_for_its_cost() -> None:
     obs = job_runs.observe(job, status, T0 + 60 * MIN, CFG)
     assert obs.stop is None
     assert obs.job is not None and obs.job.cost_usd == Decimal("2.0000")
+
+
+def test_a_queued_job_that_can_no_longer_fit_is_refused_not_kept_waiting() -> None:
+    lowered = JobsConfig(tenant_quota=Quota(gpu=2))
+    big = make_job("j-big", resources=res(gpu=4), created_at=T0 - 2 * HOUR)
+    small = make_job("j-small", requester="bob", resources=res(gpu=1))
+    decisions = job_queue.plan([big, small], [], lowered, T0, no_budget)
+    refused = next(d for d in decisions if d.job_id == "j-big")
+    assert refused.refuse and not refused.admit and "allows 2 in all" in refused.reason
+    assert admitted(decisions) == ["j-small"]  # nothing is reserved for a job that can never run
+
+
+def test_a_reservation_is_kept_only_in_the_quota_that_blocks_the_job() -> None:
+    cfg = JobsConfig(user_quota=Quota(gpu=2), tenant_quota=Quota(gpu=4))
+    running = [holding("h-1", requester="alice", resources=res(gpu=2))]
+    waiting = make_job("j-alice", requester="alice", resources=res(gpu=2), created_at=T0 - 2 * HOUR)
+    bob = make_job("j-bob", requester="bob", resources=res(gpu=2))
+    decisions = job_queue.plan([waiting, bob], running, cfg, T0, no_budget)
+    alice = next(d for d in decisions if d.job_id == "j-alice")
+    assert alice.reserved and "quota of user alice" in alice.reason
+    # Alice's reservation is against her own quota: the tenant's two free GPUs still go to bob.
+    assert admitted(decisions) == ["j-bob"]
+
+
+def test_approval_time_does_not_count_as_waiting() -> None:
+    approved_late = make_job("j-a", priority=5, created_at=T0 - 10 * HOUR, queued_at=T0 - MIN)
+    fresh = make_job("j-b", priority=6, created_at=T0 - 2 * MIN, queued_at=T0 - 2 * MIN)
+    assert job_queue.effective_priority(approved_late, T0, CFG.aging_s) == 5
+    assert [j.id for j in job_queue.order([approved_late, fresh], T0, CFG.aging_s)] == ["j-b", "j-a"]

@@ -436,6 +436,16 @@ def test_cancel_twice(fake: FakeCloudRun, launcher: CloudRunLauncher) -> None:
     assert [c.path.rsplit("/", 1)[-1] for c in cancels] == [f"{execution_id(make_spec())}:cancel"]
 
 
+def test_release_deletes_the_ended_job_once_and_twice_is_fine(fake: FakeCloudRun, launcher: CloudRunLauncher) -> None:
+    handle = launcher.launch(make_spec())
+    fake.succeed(handle.details["execution"])
+    launcher.release(handle)
+    launcher.release(handle)  # gone already: fine
+    assert fake.job(handle.name) is None
+    assert len(fake.calls("DELETE")) == 2
+    assert launcher.status(handle).phase is Phase.MISSING
+
+
 def test_cancel_a_pending_execution(fake: FakeCloudRun, launcher: CloudRunLauncher) -> None:
     handle = launcher.launch(make_spec())
     launcher.cancel(handle)
