@@ -220,15 +220,8 @@ def settle(job: Job, now: datetime) -> None:
 
 
 def _release(job: Job) -> bool:
-    """Free what the backend keeps of the ended run; False when it cannot now (the tick tries again)."""
-    if not job.handle:
-        return True
-    try:
-        registry.get(job.backend).release(Handle.from_doc(job.handle))
-    except LaunchError as exc:
-        logs.log(log, f"run of job {job.id} not released: {exc.reason}", job_id=job.id, transient=exc.transient)
-        return not exc.transient
-    return True
+    """Free what the backend keeps of the ended run (a Cloud Run job); False when it cannot now."""
+    return launch.on_backend(job, "released", lambda launcher, handle: launcher.release(handle))
 
 
 def charge(job: Job) -> str:

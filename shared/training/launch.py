@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 
 from shared import logs, settings
@@ -18,7 +19,7 @@ from shared.domain import jobs as domain
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobState
 from shared.launchers import registry
-from shared.launchers.base import Handle, LaunchError, LaunchSpec
+from shared.launchers.base import Handle, Launcher, LaunchError, LaunchSpec
 from shared.store import config, db
 from shared.store import jobs as store
 from shared.training.submit import entry
@@ -95,17 +96,22 @@ def launch(job_id: str, now: datetime) -> str:
     return "launched"
 
 
-def stop_run(job: Job) -> bool:
-    """Stop a stopped job's run on its backend; False when the backend cannot now (tried again later).
-    A backend refusing for good (the run or cluster is gone) counts as stopped."""
+def on_backend(job: Job, what: str, call: Callable[[Launcher, Handle], None]) -> bool:
+    """Do ``call`` (a stop, a release) to the job's run; False when the backend cannot now (tried again
+    later). A backend refusing for good (the run or cluster is gone) counts as done."""
     if not job.handle:
         return True
     try:
-        registry.get(job.backend).cancel(Handle.from_doc(job.handle))
+        call(registry.get(job.backend), Handle.from_doc(job.handle))
     except LaunchError as exc:
-        logs.log(log, f"run of job {job.id} not stopped: {exc.reason}", job_id=job.id, transient=exc.transient)
+        logs.log(log, f"run of job {job.id} not {what}: {exc.reason}", job_id=job.id, transient=exc.transient)
         return not exc.transient
     return True
+
+
+def stop_run(job: Job) -> bool:
+    """Stop a stopped job's run on its backend (see :func:`on_backend`)."""
+    return on_backend(job, "stopped", lambda launcher, handle: launcher.cancel(handle))
 
 
 def _stop_started(job: Job) -> str:
