@@ -398,6 +398,30 @@ def sweep(now: datetime) -> dict[str, int]:
     return {"approvals_expired": expired, "approvals_posted": posted, "approvals_resumed": resumed}
 
 
+def withdraw(approval_id: str, now: datetime, why: str) -> bool:
+    """Close a pending request whose subject went away (a training job cancelled while it waited):
+    recorded as expired with ``why``, its message edited by ``fleet-actions``; nothing is carried out.
+    False when it was decided already (or is unknown)."""
+    for _attempt in range(3):
+        found = store.read(approval_id)
+        if found is None or found[0].state is not State.PENDING:
+            return False
+        approval, update_time = found
+        closed = approval.model_copy(
+            update={
+                "state": State.EXPIRED,
+                "decided_at": now,
+                "note": why[:300],
+                "applied": f"Withdrawn: {why}"[:500],
+                "post_due_at": None,
+            }
+        )
+        if store.replace(closed, update_time, (_entry(closed, "approval.withdraw", "system", now, "withdrawn"),)):
+            _hand_over(approval_id)
+            return True
+    return False
+
+
 def _hand_over(approval_id: str) -> bool:
     """A work item for ``fleet-actions``; a failed publish is left to the next minute (followup_due_at)."""
     return work.hand_over(work.APPROVAL_DECIDED, approval_id=approval_id)

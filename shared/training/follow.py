@@ -194,6 +194,10 @@ def cancel(job_id: str, actor: operations.Actor, now: datetime, reason: str = ""
     written = stop(job, JobState.CANCELLED, said, actor.name, now)
     if written is None:
         raise operations.Refused(404, f"job {job_id} not found")
+    if job.state is JobState.AWAITING_APPROVAL and job.approval_id:  # nothing left to decide
+        from shared import approvals
+
+        approvals.withdraw(job.approval_id, now, f"the job was {said}")
     if job.active:
         admission.try_pass(job.tenant, now)
     return store.get(job_id) or written

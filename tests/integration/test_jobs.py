@@ -320,3 +320,26 @@ def test_operator_keys_submit_as_themselves_and_see_only_their_tenant(
     image_only = api.send("POST", "/v1/jobs", {**body, "name": "img", "image": "python:3.12"}, key=operator)
     assert image_only.status_code == 400 and "runs a command, not an image" in image_only.json()["error"]["reason"]
     api.send("POST", f"/v1/jobs/{mine.json()['id']}/cancel", {})
+
+
+def test_cancelling_a_job_that_awaits_approval_withdraws_its_request(
+    api: Api, agent: str, tenant: str, slack: Slack
+) -> None:
+    assert (
+        api.send(
+            "PUT", f"/v1/tenants/{tenant}/jobs", {"approval_threshold_usd": 0.5, "backends": ["gke", "local"]}
+        ).status_code
+        == 200
+    )
+    asked = submit(
+        api, agent, name="big", backend="gke", resources={"gpu": 1, "gpu_type": "nvidia-l4"}, max_runtime_s=7200
+    )
+    assert asked["state"] == "awaiting_approval"
+    approval_message(slack, asked["approval_id"])
+    cancelled = api.send("POST", f"/v1/jobs/{asked['id']}/cancel", {"reason": "not needed"})
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    closed = api.get(f"/v1/approvals/{asked['approval_id']}").json()
+    assert closed["state"] == "expired" and "Withdrawn: the job was cancelled by api:" in closed["applied"]
+    # Its message is edited: no Approve button is left to click.
+    edited = wait_for(lambda: slack.about(asked["approval_id"], "chat.update"))
+    assert "Withdrawn" in json.dumps(edited[-1]["params"])
