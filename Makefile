@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STACK_DIR ?= .stack
 JOB ?=
 
-.PHONY: help setup tools up down status tick demo test unit integration lint schemas bench clean
+.PHONY: help setup tools up down status tick demo test unit integration lint schemas bench eval clean
 
 help:
 	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
@@ -16,6 +16,7 @@ help:
 	@echo "make up     - start the local stack in the background (writes $(STACK_DIR)/env); make down stops it"
 	@echo "make tick JOB=<job> - publish one scheduler tick of <job> now to the stack of make up"
 	@echo "make bench  - end-to-end benchmarks (writes the figures for docs/benchmarks.md)"
+	@echo "make eval   - the learned anomaly detector against the static rules on a simulated fleet with labelled faults"
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +68,10 @@ schemas: setup
 
 bench: setup tools
 	$(PY) -m tests.bench.run
+
+# Quality of the learned models on labelled faults (docs/ml.md); no emulator needed.
+eval: setup
+	$(PY) -m shared.ml.evaluate --rows-1m
 
 clean: down
 	rm -rf $(VENV) .stack* .pytest_cache .mypy_cache .ruff_cache
