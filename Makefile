@@ -72,6 +72,7 @@ bench: setup tools
 # Quality of the learned models on labelled faults (docs/ml.md); no emulator needed.
 eval: setup
 	$(PY) -m shared.ml.evaluate --rows-1m
+	$(PY) -m shared.ml.evaluate --failure
 
 clean: down
 	rm -rf $(VENV) .stack* .pytest_cache .mypy_cache .ruff_cache

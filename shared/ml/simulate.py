@@ -193,3 +193,83 @@ def simulate_rows(
         _agent_id(i): healthy_stream(_agent_rng(seed, i), _agent_id(i), rows_per_agent, interval_s)
         for i in range(agents)
     }
+
+
+#: Failure prediction (``simulate_failures``): precursor length in rows (inclusive bounds).
+PRECURSOR_ROWS = (10, 40)
+#: An error-burst failure's length in rows, and a heartbeat-gap failure's missed heartbeats.
+FAILURE_BURST_ROWS = (5, 15)
+FAILURE_GAP_ROWS = (5, 15)
+#: Rows at the start of every agent without episodes (the features' warm-up and a clean baseline).
+FAILURE_LEAD_IN = 300
+
+
+def _precursor(rng: np.random.Generator, X: np.ndarray, start: int, length: int) -> None:
+    """A failure's precursor over rows ``[start, start + length)``: latency rising, the error rate creeping
+    up and memory climbing together, each below its static threshold (the error rate gains at most 9 points)."""
+    ramp = np.arange(1, length + 1) / length
+    X[start : start + length, LAT] *= 1.0 + rng.uniform(0.25, 0.6) * ramp
+    X[start : start + length, ERR] += rng.uniform(0.04, 0.09) * ramp
+    X[start : start + length, MEM] = np.clip(X[start : start + length, MEM] + rng.uniform(6.0, 15.0) * ramp, 0, 100)
+
+
+def _benign(rng: np.random.Generator, X: np.ndarray, start: int, length: int) -> None:
+    """A precursor-like episode that recovers with no failure: one signal rising (latency, error rate or
+    memory alone) or a brief latency bump with a little error rate, then back to normal."""
+    ramp = np.arange(1, length + 1) / length
+    sl = slice(start, start + length)
+    kind = int(rng.integers(0, 4))
+    if kind == 0:  # a slow upstream: latency alone
+        X[sl, LAT] *= 1.0 + rng.uniform(0.3, 0.7) * ramp
+    elif kind == 1:  # a few failing calls, latency normal
+        X[sl, ERR] += rng.uniform(0.03, 0.08) * ramp
+    elif kind == 2:  # a cache filling up
+        X[sl, MEM] = np.clip(X[sl, MEM] + rng.uniform(6.0, 15.0) * ramp, 0.0, 100.0)
+    else:  # a short bump of latency with a few errors that goes away
+        short = slice(start, start + min(length, 6))
+        X[short, LAT] *= rng.uniform(1.3, 1.7)
+        X[short, ERR] += rng.uniform(0.02, 0.05)
+
+
+def simulate_failures(
+    agents: int = 80, rows: int = 1500, interval_s: float = 30.0, seed: int = 13
+) -> tuple[dict[str, AgentStream], list[FaultEvent]]:
+    """A fleet for failure prediction: healthy agents, a *failure* (kind ``"failure"``: an error burst with
+    error rate >= 0.3, or a heartbeat gap of >= 5 intervals whose event is the first row after it) in about
+    half of them, each preceded by a 10-40 row *precursor* (latency rising, error rate creeping up, memory
+    climbing, each below static thresholds), and precursor-like benign episodes that end without a failure
+    in about half of the agents (with or without a failure). Deterministic per seed."""
+    if rows < FAILURE_LEAD_IN + 200:
+        raise ValueError(f"need at least {FAILURE_LEAD_IN + 200} rows")
+    streams: dict[str, AgentStream] = {}
+    events: list[FaultEvent] = []
+    rng = np.random.default_rng([seed, 2])
+    failing = set(rng.choice(agents, size=round(agents / 2), replace=False).tolist())
+    lo, hi = FAILURE_LEAD_IN, rows - 60
+    for i in range(agents):
+        agent_id = _agent_id(i)
+        base = healthy_stream(_agent_rng(seed, i), agent_id, rows, interval_s)
+        t, X = base.t.copy(), base.X.copy()
+        busy: list[tuple[int, int]] = []  # rows kept for one episode (with a margin) so episodes never overlap
+        if i in failing:
+            length = int(rng.integers(PRECURSOR_ROWS[0], PRECURSOR_ROWS[1] + 1))
+            start = int(rng.integers(lo + length, hi))  # the failure's first row
+            _precursor(rng, X, start - length, length)
+            if rng.random() < 0.5:
+                burst = int(rng.integers(FAILURE_BURST_ROWS[0], FAILURE_BURST_ROWS[1] + 1))
+                X[start : start + burst, ERR] = rng.uniform(0.3, 0.6, burst)
+                end = start + burst
+            else:
+                t[start:] += int(rng.integers(FAILURE_GAP_ROWS[0], FAILURE_GAP_ROWS[1] + 1)) * interval_s
+                end = start + 1
+            events.append(FaultEvent(agent_id, "failure", start, end))
+            busy.append((start - length - 60, end + 60))
+        if rng.random() < 0.5:
+            length = int(rng.integers(PRECURSOR_ROWS[0], PRECURSOR_ROWS[1] + 1))
+            for _ in range(50):
+                start = int(rng.integers(lo, hi - length))
+                if all(start + length < a or start > b for a, b in busy):
+                    _benign(rng, X, start, length)
+                    break
+        streams[agent_id] = AgentStream(agent_id, float(interval_s), t, X)
+    return streams, events
