@@ -263,14 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clusters = dict(item.split("=", 1) for item in args.cluster)
     fake = FakeGke(args.port, clusters=clusters, verbose=args.verbose)
-    print(f"fake GKE API on {fake.url}", flush=True)
-    try:
-        fake._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake._server.server_close()
-    return 0
+    return fake.serve_in_foreground("fake GKE API", fake.url)
 
 
 if __name__ == "__main__":

@@ -820,14 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fake = FakeKubernetes(args.port, token=args.token, verbose=args.verbose)
     for namespace in args.namespace:
         fake.add_namespace(namespace)
-    print(f"fake Kubernetes API on {fake.url}", flush=True)
-    try:
-        fake._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake._server.server_close()
-    return 0
+    return fake.serve_in_foreground("fake Kubernetes API", fake.url)
 
 
 if __name__ == "__main__":

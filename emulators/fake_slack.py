@@ -671,14 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     fake = FakeSlack(args.port, token=args.token, channels=args.channels or DEFAULT_CHANNELS, verbose=args.verbose)
-    print(f"fake Slack Web API on {fake.url}", flush=True)
-    try:
-        fake._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake._server.server_close()
-    return 0
+    return fake.serve_in_foreground("fake Slack Web API", fake.url)
 
 
 if __name__ == "__main__":

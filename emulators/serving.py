@@ -36,6 +36,17 @@ class Served:
             self._thread = None
         self._server.server_close()
 
+    def serve_in_foreground(self, what: str, url: str) -> int:
+        """A fake's ``python -m`` entry point: say where it listens, serve until Ctrl-C, then close."""
+        print(f"{what} on {url}", flush=True)
+        try:
+            self._server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._server.server_close()
+        return 0
+
     def __enter__(self) -> Self:
         return self.start()
 

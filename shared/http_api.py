@@ -222,6 +222,21 @@ def _audit(
     return operations.audit_entry(operator(call), action, target, tenant, details, at)
 
 
+def _agent_of_body(
+    principal: Principal, agent_id: str | None, tenant: str | None
+) -> tuple[AgentRecord | None, str | None]:
+    """A body naming an agent and/or a tenant: the agent (404 if the key cannot see it) and its tenant,
+    which must agree with the tenant named (400 otherwise)."""
+    if agent_id is None:
+        return None, tenant
+    record = agent_store.get(agent_id)
+    if record is None or not principal.can_see(record.tenant):
+        raise _agent_not_found(agent_id)
+    if tenant is not None and tenant != record.tenant:
+        raise ApiError(400, f"agent {agent_id} belongs to tenant {record.tenant}, not {tenant}")
+    return record, record.tenant
+
+
 def _visible_tenant(call: Call) -> str:
     """The tenant of the path, or 404 when the key is scoped to another one (or the name is impossible)."""
     tenant = call.args["tenant"]
@@ -541,15 +556,7 @@ def _create_silence(call: Call) -> SilenceView:
     body = _body(call, SilenceRequest)
     principal = _principal(call)
     now = _now()
-    tenant = body.tenant
-    record = None
-    if body.agent_id is not None:
-        record = agent_store.get(body.agent_id)
-        if record is None or not principal.can_see(record.tenant):
-            raise _agent_not_found(body.agent_id)
-        if tenant is not None and tenant != record.tenant:
-            raise ApiError(400, f"agent {body.agent_id} belongs to tenant {record.tenant}, not {tenant}")
-        tenant = record.tenant
+    _record, tenant = _agent_of_body(principal, body.agent_id, body.tenant)
     if principal.tenant is not None:
         if tenant not in (None, principal.tenant):
             raise ApiError(403, f"this key may only silence tenant {principal.tenant}")
@@ -688,15 +695,7 @@ def _create_approval(call: Call) -> ApprovalView:
 
     body = _body(call, ApprovalCreate)
     principal = _principal(call)
-    tenant = body.tenant
-    record = None
-    if body.agent_id is not None:
-        record = agent_store.get(body.agent_id)
-        if record is None or not principal.can_see(record.tenant):
-            raise _agent_not_found(body.agent_id)
-        if tenant is not None and tenant != record.tenant:
-            raise ApiError(400, f"agent {body.agent_id} belongs to tenant {record.tenant}, not {tenant}")
-        tenant = record.tenant
+    record, tenant = _agent_of_body(principal, body.agent_id, body.tenant)
     assert tenant is not None  # the model requires an agent or a tenant
     if not principal.can_see(tenant):
         raise ApiError(403, f"this API key only sees tenant {principal.tenant}")
