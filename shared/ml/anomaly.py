@@ -26,8 +26,6 @@ scikit-learn and skops are imported inside the methods that need them only.
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from shared.ml import features as fe
+from shared.ml import storage
 from shared.ml.data import AgentStream, Detection
 
 Status = Literal["insufficient_data", "normal", "anomalous"]
@@ -210,6 +209,29 @@ class _Persistence:
             return None
         return Detection(agent_id, self.opened, n, RULE, self.why)
 
+    def to_doc(self) -> dict[str, Any]:
+        """Plain values for a Firestore map (see ``features.Baseline.to_doc``)."""
+        return {
+            "high_run": self.high_run,
+            "normal_run": self.normal_run,
+            "opened": self.opened,
+            "drivers": None if self.drivers is None else self.drivers.tolist(),
+            "why": list(self.why),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], k: int, m: int) -> _Persistence:
+        drivers = doc.get("drivers")
+        return cls(
+            k,
+            m,
+            high_run=int(doc.get("high_run", 0)),
+            normal_run=int(doc.get("normal_run", 0)),
+            opened=None if doc.get("opened") is None else int(doc["opened"]),
+            drivers=None if drivers is None else np.asarray(drivers, dtype=np.float64),
+            why=tuple(str(w) for w in doc.get("why", ())),
+        )
+
 
 @dataclass
 class Verdict:
@@ -331,9 +353,18 @@ class AnomalyDetector:
             scores[valid] = flat.score(F[valid])
         return F, valid, scores
 
-    def detect_rows(self, stream: AgentStream) -> tuple[list[Detection], list[Status]]:
-        """Detections and the status of every row, the rows taken in order."""
-        F, valid, scores = self.score_rows(stream)
+    def detect_rows(
+        self, stream: AgentStream, computed: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[list[Detection], list[Status]]:
+        """Detections and the status of every row, the rows taken in order (``computed``: the stream's
+        ``(features, valid)`` when already known)."""
+        if computed is None:
+            F, valid, scores = self.score_rows(stream)
+        else:
+            F, valid = computed
+            scores = np.full(F.shape[0], np.nan)
+            if valid.any():
+                scores[valid] = self._require().score(F[valid])
         thr = self.threshold(stream.agent_id)
         high = valid & ((scores > thr) | self._out_of_envelope(F))
         clear = self._clear(F)
@@ -366,9 +397,14 @@ class AnomalyDetector:
         """Episodes raised over a whole stream (streaming semantics: no row looks ahead)."""
         return self.detect_rows(stream)[0]
 
+    def detect_many(self, streams: Sequence[AgentStream]) -> dict[str, list[Detection]]:
+        """``detect`` of several streams, their features computed side by side (much faster for a fleet)."""
+        computed = fe.batch_features_many(streams)
+        return {s.agent_id: self.detect_rows(s, c)[0] for s, c in zip(streams, computed, strict=True)}
+
     def observe(self, agent_id: str, t: float, row: np.ndarray, interval_s: float) -> Verdict:
         """One heartbeat of an agent, live: the same features, score and persistence rule as ``detect``."""
-        flat = self._require()
+        self._require()
         live = self._live.get(agent_id)
         if live is None:
             live = self._live[agent_id] = _Live(fe.Baseline.new(interval_s), _Persistence(self.k, self.m))
@@ -376,23 +412,36 @@ class AnomalyDetector:
         live.last_t = t
         ready = live.baseline.ready
         f = fe.features(row, dt, live.baseline)
+        verdict = self.judge(agent_id, f, ready, live.baseline.n - 1, live.episode)
+        live.status = verdict.status
+        self._status[agent_id] = verdict.status
+        return verdict
+
+    def new_episode_state(self) -> _Persistence:
+        """The persistence state of an agent not seen yet (callers that keep state themselves)."""
+        return _Persistence(self.k, self.m)
+
+    def episode_state(self, doc: Mapping[str, Any] | None) -> _Persistence:
+        """An agent's persistence state from its ``to_doc`` form (a fresh one for None)."""
+        return _Persistence.from_doc(doc, self.k, self.m) if doc else _Persistence(self.k, self.m)
+
+    def judge(self, agent_id: str, f: np.ndarray, ready: bool, i: int, episode: _Persistence) -> Verdict:
+        """Score one feature vector ``f`` (row ``i`` of the agent; ``ready``: past warm-up) and advance the
+        agent's persistence state ``episode``: the part of ``observe`` after the features, for callers
+        that keep each agent's state themselves (the heartbeat function keeps it in the agent document)."""
+        flat = self._require()
         if not ready:
-            live.status = INSUFFICIENT
-            self._status[agent_id] = INSUFFICIENT
             return Verdict(INSUFFICIENT)
         score = flat.score_one(f)
         high = score > self.threshold(agent_id) or bool(self._out_of_envelope(f))
         gap = bool(f[fe._I_GAP] > self.gap_threshold)
-        was_open = live.episode.opened is not None
+        was_open = episode.opened is not None
         clear = bool(self._clear(f))
-        closed, inside = live.episode.step(
-            live.baseline.n - 1, high, clear, self._scaled(f) if high else _ZEROS, agent_id
-        )
+        closed, inside = episode.step(i, high, clear, self._scaled(f) if high else _ZEROS, agent_id)
         opened = (inside and not was_open) or gap
-        why = ("gap_ratio",) if gap and not (inside and not was_open) else live.episode.why if inside else ()
-        live.status = ANOMALOUS if inside or gap else NORMAL
-        self._status[agent_id] = live.status
-        return Verdict(live.status, score, high, opened, why, closed)
+        why = ("gap_ratio",) if gap and not (inside and not was_open) else episode.why if inside else ()
+        status = ANOMALOUS if inside or gap else NORMAL
+        return Verdict(status, score, high, opened, why, closed)
 
     def status(self, agent_id: str) -> Status:
         """The agent's status after its last heartbeat seen (``insufficient_data`` if none)."""
@@ -425,50 +474,30 @@ class AnomalyDetector:
         }
 
     def to_bytes(self) -> bytes:
-        """An ``.npz`` without pickles; the forest as skops bytes inside when skops is installed."""
+        """The safe format (shared/ml/storage.py): flat trees, envelope and metadata; the forest as skops."""
         flat = self._require()
         arrays = {f"flat_{k}": v for k, v in flat.arrays().items()}
         arrays["env_lo"], arrays["env_hi"] = self.env_lo, self.env_hi
-        arrays["meta"] = np.frombuffer(json.dumps(self.metadata()).encode(), dtype=np.uint8)
-        if self.forest is not None:
-            try:
-                import skops.io as sio
-            except ImportError:
-                pass
-            else:
-                arrays["forest_skops"] = np.frombuffer(sio.dumps(self.forest), dtype=np.uint8)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-        return buf.getvalue()
+        return storage.pack(arrays, self.metadata(), self.forest)
 
     @classmethod
     def from_bytes(cls, data: bytes, load_forest: bool = True) -> AnomalyDetector:
         """Load ``to_bytes`` output; the forest (skops) only with ``load_forest`` and skops installed,
         trusting nothing but ``TRUSTED_SKOPS_TYPES`` beyond skops' defaults."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays["meta"].tobytes().decode())
+        arrays, meta = storage.unpack(data)
         if meta.get("format") != MODEL_FORMAT:
             raise ValueError(f"unknown model format {meta.get('format')!r}")
         if tuple(meta["features"]) != fe.FEATURES:
             raise ValueError("the model was trained on other features")
         det = cls(**meta["params"])
-        det.flat = FlatForest.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("flat_")})
+        det.flat = FlatForest.from_arrays(storage.prefixed(arrays, "flat_"))
         det.env_lo, det.env_hi = arrays["env_lo"], arrays["env_hi"]
         det.thresholds = {str(a): float(v) for a, v in meta["thresholds"].items()}
         det.fleet_threshold = float(meta["fleet_threshold"])
         det.gap_threshold = float(meta["gap_threshold"])
         det.version = str(meta["version"])
-        if load_forest and "forest_skops" in arrays:
-            try:
-                import skops.io as sio
-            except ImportError:
-                return det
-            blob = arrays["forest_skops"].tobytes()
-            untrusted = set(sio.get_untrusted_types(data=blob))
-            if not untrusted <= TRUSTED_SKOPS_TYPES:
-                raise ValueError(f"untrusted types in the model: {sorted(untrusted - TRUSTED_SKOPS_TYPES)}")
-            det.forest = sio.loads(blob, trusted=sorted(untrusted))
+        if load_forest:
+            det.forest = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
         return det
 
 

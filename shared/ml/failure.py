@@ -10,19 +10,28 @@ failure starts within the next ``horizon`` rows; rows inside a failure and warm-
 The model is a ``HistGradientBoostingClassifier`` trained on balanced classes (positive rows
 repeated). ``fit`` chooses the warning threshold on out-of-fold risks of the training fleet (event-level
 F1, preferring thresholds with a warning precision of at least ``TARGET_PRECISION``), then trains the
-model on every training agent. scikit-learn is imported inside methods only.
+model on every training agent.
+
+Risks are computed with ``flat.FlatTrees`` (the boosted trees as numpy arrays, bit-identical to
+``predict_proba``), so a model loaded from ``to_bytes`` (an ``.npz`` without pickles; the sklearn model as
+skops bytes inside when skops is installed) predicts without scikit-learn. ``observe`` is the live path:
+one heartbeat of one agent at a time, its state (``FailureState``, the trend window and the warning runs)
+kept by the caller as a JSON-able document between heartbeats, giving the same risks and warnings as the
+batch path. scikit-learn and skops are imported inside methods only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from shared.ml import storage
 from shared.ml.data import METRICS, AgentStream, FaultEvent
-from shared.ml.features import FEATURES, batch_features_many
+from shared.ml.features import FEATURES, _scaled, batch_features_many
+from shared.ml.flat import FlatTrees
 
 #: Rows over which the trend features are computed.
 TREND_WINDOW = 10
@@ -48,6 +57,27 @@ TREND_FEATURES: tuple[str, ...] = (
     "mean_zs_latency_ms",
 )
 ALL_FEATURES: tuple[str, ...] = (*FEATURES, *TREND_FEATURES)
+#: The series the trend features are computed from (one per trend feature, in the same order): the first
+#: ``_SLOPED`` get a slope, the others a mean. ``error_rate`` is the raw metric, the others are features.
+TREND_INPUTS: tuple[str, ...] = (
+    "z_latency_ms",
+    "z_error_rate",
+    "z_memory_pct",
+    "error_rate",
+    "error_excess",
+    "zs_latency_ms",
+)
+_SLOPED = 4
+_INPUT_COLS = np.asarray(
+    [_Z["latency_ms"], _Z["error_rate"], _Z["memory_pct"], -1, _ERR_EXCESS, _ZS["latency_ms"]], dtype=np.int64
+)
+
+
+def _slope_kernel(w: int) -> np.ndarray:
+    k = np.arange(w, dtype=np.float64)
+    k -= k.mean()
+    k /= np.sum(k**2)
+    return k
 
 
 def _slope(y: np.ndarray, w: int = TREND_WINDOW) -> np.ndarray:
@@ -55,9 +85,7 @@ def _slope(y: np.ndarray, w: int = TREND_WINDOW) -> np.ndarray:
     before the start)."""
     if y.shape[0] == 0:
         return y.copy()
-    k = np.arange(w, dtype=np.float64)
-    k -= k.mean()
-    k /= np.sum(k**2)
+    k = _slope_kernel(w)
     padded = np.concatenate([np.full(w - 1, y[0]), y])
     # out[i] = sum_j k[j] * padded[i + j]  (window ending at row i)
     return np.convolve(padded, k[::-1], mode="valid")
@@ -70,19 +98,62 @@ def _mean(y: np.ndarray, w: int = TREND_WINDOW) -> np.ndarray:
     return np.convolve(padded, np.full(w, 1.0 / w), mode="valid")
 
 
+def _trend_inputs(F: np.ndarray, error_rate: np.ndarray) -> np.ndarray:
+    """The ``TREND_INPUTS`` series of rows ``(n, 6)`` from their features and raw error rates."""
+    out = F[..., _INPUT_COLS]
+    out[..., TREND_INPUTS.index("error_rate")] = error_rate
+    return out
+
+
 def _design(F: np.ndarray, stream: AgentStream) -> np.ndarray:
     """The base features of a stream with the trend features appended."""
+    inputs = _trend_inputs(F, np.asarray(stream.X[:, _ERR_COL], dtype=np.float64))
     trends = np.column_stack(
-        [
-            _slope(F[:, _Z["latency_ms"]]),
-            _slope(F[:, _Z["error_rate"]]),
-            _slope(F[:, _Z["memory_pct"]]),
-            _slope(np.asarray(stream.X[:, _ERR_COL], dtype=np.float64)),
-            _mean(F[:, _ERR_EXCESS]),
-            _mean(F[:, _ZS["latency_ms"]]),
-        ]
+        [_slope(inputs[:, j]) for j in range(_SLOPED)]
+        + [_mean(inputs[:, j]) for j in range(_SLOPED, len(TREND_INPUTS))]
     )
     return np.hstack([F, trends.reshape(F.shape[0], len(TREND_FEATURES))])
+
+
+_SLOPE_K = _slope_kernel(TREND_WINDOW)[::-1].copy()
+_MEAN_K = np.full(TREND_WINDOW, 1.0 / TREND_WINDOW)
+
+
+def _window_trends(window: np.ndarray) -> np.ndarray:
+    """The trend features of the last row from the window of its last ``TREND_WINDOW`` inputs (oldest
+    first), with the same ``np.convolve`` as the batch path."""
+    out = np.empty(len(TREND_FEATURES))
+    for j in range(len(TREND_INPUTS)):
+        kernel = _SLOPE_K if j < _SLOPED else _MEAN_K
+        out[j] = np.convolve(window[:, j], kernel, mode="valid")[0]
+    return out
+
+
+def explain(d: np.ndarray, top: int = 3) -> tuple[str, ...]:
+    """The names of the ``top`` features (of ``ALL_FEATURES``) of a design row furthest from normal.
+
+    The base features in the units of ``features.explain``; the trends as their change over the window in
+    the same units: a z slope times ``TREND_WINDOW`` (deviations gained), the error-rate slope times
+    ``TREND_WINDOW`` and the mean error excess times 100 (rate points, as ``error_excess``), the mean short
+    latency z as it is. Simple on purpose: it names what moved, not the model's attribution."""
+    d = np.asarray(d, dtype=np.float64)
+    base = np.abs(_scaled(d[: len(FEATURES)]))
+    t = d[len(FEATURES) :]
+    trend = np.abs(
+        np.asarray(
+            [
+                t[0] * TREND_WINDOW,
+                t[1] * TREND_WINDOW,
+                t[2] * TREND_WINDOW,
+                100.0 * TREND_WINDOW * t[3],
+                100.0 * t[4],
+                t[5],
+            ]
+        )
+    )
+    scaled = np.concatenate([base, trend])
+    idx = np.argsort(-scaled, kind="stable")[:top]
+    return tuple(ALL_FEATURES[int(i)] for i in idx if scaled[int(i)] > 0.0)
 
 
 def design_many(streams: Sequence[AgentStream]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -178,23 +249,117 @@ def score_warnings(
     return WarningScore(failures, warned, tuple(leads), n_warn, correct, healthy)
 
 
+#: Name and version of the ``to_bytes`` format.
+MODEL_FORMAT = "failure_predictor"
+MODEL_FORMAT_VERSION = 1
+#: The only types the skops bytes of the model may contain beyond skops' own trusted defaults.
+TRUSTED_SKOPS_TYPES = frozenset({"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"})
+
+
+@dataclass
+class FailureState:
+    """One agent's state for ``FailurePredictor.observe``, kept by the caller between heartbeats.
+
+    ``window``: the ``TREND_INPUTS`` of the last ``TREND_WINDOW`` rows (oldest first), filled with the
+    first row's values on the first row, as ``_slope``/``_mean`` pad a stream; ``high_run``: consecutive
+    rows with the risk at or above the threshold (the persistence rule of ``warnings_from_risk``);
+    ``low_run``: consecutive rows below it while a warning is ``open``.
+    """
+
+    rows: int = 0
+    window: np.ndarray = field(default_factory=lambda: np.zeros((TREND_WINDOW, len(TREND_INPUTS))))
+    high_run: int = 0
+    low_run: int = 0
+    open: bool = False
+
+    def push(self, inputs: np.ndarray) -> None:
+        """Add one row's trend inputs to the window."""
+        if self.rows == 0:
+            self.window = np.tile(inputs, (TREND_WINDOW, 1))
+        else:
+            self.window = np.vstack([self.window[1:], inputs[None, :]])
+        self.rows += 1
+
+    def to_doc(self) -> dict[str, Any]:
+        """A JSON-able (and Firestore-able: a map of flat lists, no nested arrays) document."""
+        return {
+            "rows": int(self.rows),
+            "window": {name: [float(v) for v in self.window[:, j]] for j, name in enumerate(TREND_INPUTS)},
+            "high_run": int(self.high_run),
+            "low_run": int(self.low_run),
+            "open": bool(self.open),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> FailureState:
+        """The inverse of ``to_doc``; a window of another length or other inputs is rejected."""
+        window = doc["window"]
+        if set(window) != set(TREND_INPUTS) or any(len(window[name]) != TREND_WINDOW for name in TREND_INPUTS):
+            raise ValueError("the failure state was kept for other trend features")
+        return cls(
+            rows=int(doc["rows"]),
+            window=np.asarray([window[name] for name in TREND_INPUTS], dtype=np.float64).T.copy(),
+            high_run=int(doc["high_run"]),
+            low_run=int(doc["low_run"]),
+            open=bool(doc["open"]),
+        )
+
+
+@dataclass(frozen=True)
+class FailureVerdict:
+    """What ``observe`` says about one heartbeat.
+
+    ``warn`` is true exactly on the rows where ``warnings_from_risk`` raises a warning (so a warning that
+    re-arms after a single row below the threshold warns again while still ``open``); ``cleared`` on the
+    row that closes an open warning: the ``PERSISTENCE``-th consecutive row below the threshold.
+    ``features``: what drove a high risk (``explain``), empty on rows below the threshold.
+    """
+
+    risk: float
+    high: bool = False
+    warn: bool = False
+    cleared: bool = False
+    open: bool = False
+    features: tuple[str, ...] = ()
+
+
 class FailurePredictor:
     """Predicts per row the risk that the agent fails within ``horizon`` rows; warns above ``threshold``."""
 
-    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, random_state: int = 0) -> None:
+    def __init__(
+        self, max_iter: int = 200, learning_rate: float = 0.1, random_state: int = 0, max_train_rows: int = 200_000
+    ) -> None:
         self.max_iter = max_iter
+        #: More training rows than this and healthy rows are sampled (all failure rows kept).
+        self.max_train_rows = max_train_rows
         self.learning_rate = learning_rate
         self.random_state = random_state
         self.horizon = 10
         self.threshold = 0.5
         self.model: Any = None
+        self.flat: FlatTrees | None = None
         self.validation: WarningScore | None = None
+        self.version = ""
+
+    def _use(self, model: Any) -> None:
+        """Make ``model`` the one that predicts (with its flat trees)."""
+        self.model = model
+        self.flat = FlatTrees.from_hist_gradient_boosting(model)
 
     def _train(self, designs: Sequence[tuple[np.ndarray, np.ndarray]], ys: Sequence[np.ndarray]) -> Any:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         X = np.vstack([d for d, _ in designs])
         y = np.concatenate(list(ys))
+        if y.size > self.max_train_rows:
+            # A large fleet: every failure row is kept, healthy rows are sampled (they are alike; the
+            # threshold is chosen afterwards on out-of-fold risks, so the sampling is accounted for).
+            neg = np.flatnonzero(y == 0)
+            keep_neg = max(self.max_train_rows - int(y.size - neg.size), 1)
+            if keep_neg < neg.size:
+                rng = np.random.default_rng(self.random_state)
+                chosen = np.sort(np.concatenate([np.flatnonzero(y == 1), rng.choice(neg, keep_neg, replace=False)]))
+                X, y = X[chosen], y[chosen]
         # Balanced classes by repeating the positive rows (the same as integer class weights; sklearn's
         # weighted binning, which class_weight="balanced" triggers, is about 30 times slower).
         pos = np.flatnonzero(y == 1)
@@ -235,10 +400,11 @@ class FailurePredictor:
         risks: dict[str, np.ndarray] = {}
         for k in range(FOLDS) if len(ids) >= FOLDS else ():
             inside = np.flatnonzero(fold != k)
-            self.model = self._train([rows[i] for i in inside], [ys[i] for i in inside])
+            self._use(self._train([rows[i] for i in inside], [ys[i] for i in inside]))
             for i in np.flatnonzero(fold == k):
                 risks[ids[i]] = self._risk(*designs[i])
-        self.model = self._train(rows, ys)
+        self._use(self._train(rows, ys))
+        self.version = f"hgb-{sum(y.size for y in ys)}rows-{len(ids)}agents"
         if not risks:  # too few agents to hold any out: in-sample risks
             risks = {a: self._risk(*d) for a, d in zip(ids, designs, strict=True)}
 
@@ -254,12 +420,24 @@ class FailurePredictor:
         self.threshold, self.validation = best[1], best[2]
         return self
 
-    def _risk(self, D: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def _proba(self, D: np.ndarray) -> np.ndarray:
+        """The probability of a failure for design rows: the flat trees when present (always after ``fit``
+        or ``from_bytes``; no scikit-learn needed), the sklearn model otherwise. Both agree exactly."""
+        if self.model is not None and D.shape[0] > 256:
+            # A batch while the scikit-learn model is at hand (fit, evaluation): sklearn is faster there.
+            return np.asarray(self.model.predict_proba(D)[:, 1], dtype=np.float64)
+        if self.flat is not None:
+            return self.flat.predict_proba1(D)
         if self.model is None:
             raise RuntimeError("FailurePredictor is not fitted")
+        return np.asarray(self.model.predict_proba(D)[:, 1], dtype=np.float64)
+
+    def _risk(self, D: np.ndarray, valid: np.ndarray) -> np.ndarray:
         risk = np.zeros(D.shape[0])
+        if self.flat is None and self.model is None:
+            raise RuntimeError("FailurePredictor is not fitted")
         if valid.any():
-            risk[valid] = self.model.predict_proba(D[valid])[:, 1]
+            risk[valid] = self._proba(D[valid])
         return risk
 
     def predict_risk(self, stream: AgentStream) -> np.ndarray:
@@ -274,6 +452,114 @@ class FailurePredictor:
     def warnings(self, stream: AgentStream, threshold: float | None = None) -> list[int]:
         """Rows where a warning is raised (risk at or above the threshold for ``PERSISTENCE`` rows)."""
         return warnings_from_risk(self.predict_risk(stream), self.threshold if threshold is None else threshold)
+
+    # ------------------------------------------------------------------------------------ live path
+    def observe(self, state: FailureState, f: np.ndarray, row: np.ndarray, valid: bool) -> FailureVerdict:
+        """One heartbeat of one agent, live (updates ``state``): the same risk and warnings as
+        ``predict_risk`` + ``warnings_from_risk`` over the agent's whole stream.
+
+        ``f`` is the heartbeat's ``features.features`` vector and ``row`` its raw metrics (``METRICS``
+        order); ``valid`` whether the features are past warm-up (the risk is 0 before). Every heartbeat must
+        be observed, warm-up included: the trend window spans it."""
+        f = np.asarray(f, dtype=np.float64)
+        row = np.asarray(row, dtype=np.float64)
+        if f.shape != (len(FEATURES),) or row.shape != (len(METRICS),):
+            raise ValueError(f"expected {len(FEATURES)} features and {len(METRICS)} metrics")
+        state.push(_trend_inputs(f, row[_ERR_COL]))
+        risk = 0.0
+        d: np.ndarray | None = None
+        if valid:
+            d = np.concatenate([f, _window_trends(state.window)])
+            risk = float(self._proba(d[None, :])[0])
+        elif self.flat is None and self.model is None:
+            raise RuntimeError("FailurePredictor is not fitted")
+        high = risk >= self.threshold
+        state.high_run = state.high_run + 1 if high else 0
+        warn = state.high_run == PERSISTENCE
+        cleared = False
+        if warn:
+            state.open, state.low_run = True, 0
+        elif state.open:
+            state.low_run = 0 if high else state.low_run + 1
+            if state.low_run >= PERSISTENCE:
+                state.open, state.low_run, cleared = False, 0, True
+        why = explain(d) if high and d is not None else ()
+        return FailureVerdict(risk, high, warn, cleared, state.open, why)
+
+    # ---------------------------------------------------------------------------------- persistence
+    def metadata(self) -> dict[str, Any]:
+        """Format, version, features, horizon, threshold, parameters and validation score (JSON-able)."""
+        v = self.validation
+        return {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "version": self.version,
+            "features": list(ALL_FEATURES),
+            "trend_window": TREND_WINDOW,
+            "persistence": PERSISTENCE,
+            "horizon": int(self.horizon),
+            "threshold": float(self.threshold),
+            "params": {
+                "max_iter": int(self.max_iter),
+                "learning_rate": float(self.learning_rate),
+                "random_state": int(self.random_state),
+                "max_train_rows": int(self.max_train_rows),
+            },
+            "validation": None
+            if v is None
+            else {
+                "failures": int(v.failures),
+                "warned": int(v.warned),
+                "lead_times": [int(x) for x in v.lead_times],
+                "warnings": int(v.warnings),
+                "correct": int(v.correct),
+                "healthy_rows": int(v.healthy_rows),
+                "share_warned": v.share_warned,
+                "precision": v.precision,
+                "false_per_1000": v.false_per_1000,
+                "median_lead": v.median_lead,
+                "f1": float(v.f1),
+            },
+        }
+
+    def to_bytes(self) -> bytes:
+        """An ``.npz`` without pickles (the flat trees and JSON metadata), plus the sklearn model as skops
+        bytes when skops is installed."""
+        if self.flat is None:
+            raise RuntimeError("FailurePredictor is not fitted")
+        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()}
+        return storage.pack(arrays, self.metadata(), self.model)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, load_model: bool = False) -> FailurePredictor:
+        """Load ``to_bytes`` output. Predicting needs only the flat trees; the sklearn model is loaded only
+        with ``load_model`` and skops installed, trusting nothing but ``TRUSTED_SKOPS_TYPES`` beyond skops'
+        defaults."""
+        arrays, meta = storage.unpack(data)
+        if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ValueError(f"unknown model format {meta.get('format')!r} {meta.get('format_version')!r}")
+        if tuple(meta["features"]) != ALL_FEATURES or meta.get("trend_window") != TREND_WINDOW:
+            raise ValueError("the model was trained on other features")
+        pred = cls(**meta["params"])
+        pred.flat = FlatTrees.from_arrays(storage.prefixed(arrays, "flat_"))
+        if pred.flat.n_features != len(ALL_FEATURES):
+            raise ValueError("the model's trees do not match its features")
+        pred.horizon = int(meta["horizon"])
+        pred.threshold = float(meta["threshold"])
+        pred.version = str(meta["version"])
+        v = meta.get("validation")
+        if v is not None:
+            pred.validation = WarningScore(
+                int(v["failures"]),
+                int(v["warned"]),
+                tuple(int(x) for x in v["lead_times"]),
+                int(v["warnings"]),
+                int(v["correct"]),
+                int(v["healthy_rows"]),
+            )
+        if load_model:
+            pred.model = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
+        return pred
 
 
 def evaluate(

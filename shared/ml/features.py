@@ -24,7 +24,7 @@ Features (``FEATURES``), per metric in ``METRICS`` order:
 - ``zl_<m>``: the same for the recent level, an EWMA over ``LEVEL_H`` rows (slow drift);
 
 and for the agent: ``stuck_run`` (consecutive rows equal to the previous one in every metric,
-capped), ``gap_ratio`` (time since the previous heartbeat / the agent's interval),
+capped), ``gap_ratio`` (time since the previous heartbeat / the agent's interval, at least 1),
 ``error_excess`` (error rate minus its baseline, in rate units), ``cost_ratio`` (cost per minute /
 its baseline) and ``cost_per_token_ratio`` (cost per token / its baseline).
 """
@@ -32,8 +32,9 @@ its baseline) and ``cost_per_token_ratio`` (cost per token / its baseline).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -146,6 +147,45 @@ class Baseline:
         """Whether the next row's features are valid (warm-up done)."""
         return self.n >= WARMUP
 
+    def to_doc(self) -> dict[str, Any]:
+        """A one-agent state as plain lists and numbers (a Firestore map; float64 values survive exactly),
+        so a function instance that never saw the agent carries on where another left off."""
+        if self.interval.shape[0] != 1:
+            raise ValueError("only a one-agent baseline is stored")
+        return {
+            "interval": float(self.interval[0]),
+            "n": int(self.n),
+            "mean": self.mean[0].tolist(),
+            "var": self.var[0].tolist(),
+            # Firestore stores no nested arrays: the ring is flattened row after row.
+            "ring": self.ring[0].reshape(-1).tolist(),
+            "prev": self.prev[0].tolist(),
+            "stuck": float(self.stuck[0]),
+            "frozen": float(self.frozen[0]),
+            "held": [bool(v) for v in self.held[0]],
+            "level": self.level[0].tolist(),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Baseline:
+        """The inverse of ``to_doc``."""
+
+        def row(key: str) -> np.ndarray:
+            return np.asarray(doc[key], dtype=np.float64).reshape(1, _M)
+
+        return cls(
+            interval=np.asarray([float(doc["interval"])]),
+            n=int(doc["n"]),
+            mean=row("mean"),
+            var=row("var"),
+            ring=np.asarray(doc["ring"], dtype=np.float64).reshape(1, WINDOW, _M),
+            prev=row("prev"),
+            stuck=np.asarray([float(doc["stuck"])]),
+            frozen=np.asarray([float(doc["frozen"])]),
+            held=np.asarray(doc["held"], dtype=bool).reshape(1, _M),
+            level=row("level"),
+        )
+
 
 def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     """Features of one row for the first ``k`` agents of ``s`` (rows ``x`` (k, M), gaps ``dt`` (k,)),
@@ -168,7 +208,8 @@ def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     zl = np.minimum(np.maximum((level - mean) / sd, -CAP), CAP)
     same = (x == prev).all(axis=1) if n > 0 else np.zeros(k, dtype=bool)
     stuck = np.where(same, np.minimum(s.stuck[:k] + 1.0, STUCK_CAP), 0.0)
-    gap = dt / s.interval[:k]
+    # Early heartbeats are no fault: the gap is counted in intervals from 1 up.
+    gap = np.maximum(dt / s.interval[:k], 1.0)
     f = np.empty((k, N_FEATURES))
     f[:, 0:_M] = z
     f[:, _M : 2 * _M] = zs

@@ -11,6 +11,8 @@ training period is bit-identical whatever the fault settings, and a seed reprodu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
 from shared.ml.data import METRICS, AgentStream, FaultEvent, Fleet
@@ -156,26 +158,41 @@ def simulate(
     if not 0.0 <= fault_share <= 1.0:
         raise ValueError("fault_share must be within [0, 1]")
     base = {_agent_id(i): healthy_stream(_agent_rng(seed, i), _agent_id(i), rows, interval_s) for i in range(agents)}
+    return inject_faults(base, train_rows, seed=seed, fault_share=fault_share)
 
+
+def inject_faults(
+    base: Mapping[str, AgentStream],
+    train_rows: int,
+    seed: int = 7,
+    fault_share: float = 0.6,
+    kinds: Sequence[str] = FAULT_KINDS,
+) -> Fleet:
+    """Labelled faults injected after row ``train_rows`` of ``fault_share`` of the streams (1-2 each, kinds
+    spread evenly); the simulator's fleets, and the held-out part of a real fleet's history when the
+    retraining job compares two models (shared/ml/retrain.py). Streams must be at least ``train_rows`` +
+    the faults' room long."""
+    ids = list(base)
+    agents = len(ids)
     rng = np.random.default_rng([seed, 1])
     faulty = np.sort(rng.choice(agents, size=round(fault_share * agents), replace=False))
     counts = rng.integers(1, 3, size=faulty.size)
     # A cycle through all kinds (shuffled once): balanced to within one, and an agent's two faults always
     # differ because they are consecutive in the cycle.
-    cycle = [FAULT_KINDS[i] for i in rng.permutation(len(FAULT_KINDS))]
+    cycle = [kinds[i] for i in rng.permutation(len(kinds))]
     slots = [cycle[i % len(cycle)] for i in range(int(counts.sum()))]
 
     streams = dict(base)
     events: list[FaultEvent] = []
     offset = 0
     for index, count in zip(faulty, counts, strict=True):
-        agent_id = _agent_id(int(index))
+        agent_id = ids[int(index)]
         stream = base[agent_id]
         t, X = stream.t.copy(), stream.X.copy()
         for kind, start, length in sorted(
-            _place(rng, slots[offset : offset + count], train_rows, rows), key=lambda p: p[1]
+            _place(rng, slots[offset : offset + count], train_rows, len(stream)), key=lambda p: p[1]
         ):
-            end = _inject(rng, kind, t, X, start, length, interval_s)
+            end = _inject(rng, kind, t, X, start, length, stream.interval_s)
             events.append(FaultEvent(agent_id, kind, start, end))
         offset += int(count)
         streams[agent_id] = AgentStream(agent_id, stream.interval_s, t, X)
