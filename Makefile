@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STACK_DIR ?= .stack
 JOB ?=
 
-.PHONY: help setup tools up down status tick demo test unit integration lint schemas bench eval clean
+.PHONY: help setup tools up down status tick retrain demo test unit integration lint schemas bench eval clean
 
 help:
 	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
@@ -17,6 +17,7 @@ help:
 	@echo "make tick JOB=<job> - publish one scheduler tick of <job> now to the stack of make up"
 	@echo "make bench  - end-to-end benchmarks (writes the figures for docs/benchmarks.md)"
 	@echo "make eval   - the learned anomaly detector against the static rules on a simulated fleet with labelled faults"
+	@echo "make retrain - retrain the learned models now on the stack of make up (GET /v1/models lists them)"
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,11 @@ tick: setup
 		exit 2; \
 	fi
 	$(PY) -m emulators.scheduler tick $(JOB) --state-dir $(STACK_DIR)
+
+# Retrain the learned models now, against the stack of make up (the daily run is `make tick JOB=model-retrain`).
+retrain: setup
+	@test -f $(STACK_DIR)/env || { echo "no stack: run make up first"; exit 2; }
+	set -a && . ./$(STACK_DIR)/env && set +a && $(PY) -m jobs.retrain
 
 demo: setup tools
 	$(PY) -m emulators.demo

@@ -1,5 +1,6 @@
-"""Start and stop the local stack: Pub/Sub and Firestore emulators, the fake Slack Web API, one
-functions-framework per function, and (for `make up`) the local Cloud Scheduler.
+"""Start and stop the local stack: Pub/Sub and Firestore emulators, the fake Slack Web API, a Cloud
+Storage stand-in (gcp-storage-emulator, for the models' bytes), one functions-framework per function,
+and (for `make up`) the local Cloud Scheduler.
 
     python -m emulators.stack up --state-dir .stack     # background; writes .stack/env
     python -m emulators.stack down --state-dir .stack   # stops every process it started
@@ -41,8 +42,10 @@ DEFAULT_PROJECT = "fleet-local"
 START_TIMEOUT_S = 90.0
 #: The bot token the functions use against the fake Slack server (it accepts any xoxb- token).
 FAKE_SLACK_TOKEN = "xoxb-local-fake-token"
+#: The models' bucket on the local Cloud Storage stand-in.
+MODELS_BUCKET = "fleet-local-models"
 #: Stopped last by `down`, in this order (everything else, the functions, goes before them).
-_STOP_LAST = ("fake-slack", "firestore-proxy", "pubsub", "firestore")
+_STOP_LAST = ("fake-slack", "fake-gcs", "firestore-proxy", "pubsub", "firestore")
 
 
 def free_port() -> int:
@@ -194,7 +197,7 @@ class Stack:
         if not self.local_only:
             topo = topo.deployed()
         pubsub_port, firestore_port = free_port(), free_port()
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("PUBSUB_", "FIRESTORE_"))}
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PUBSUB_", "FIRESTORE_", "STORAGE_EMULATOR"))}
         emulators = {
             "pubsub": (
                 [
@@ -219,6 +222,24 @@ class Stack:
             [sys.executable, "-m", "emulators.fake_slack", "--port", str(slack_port), "--verbose"],
             slack_port,
         )
+        # Cloud Storage (the models' bytes): a stand-in the real client reaches through STORAGE_EMULATOR_HOST.
+        gcs_port = free_port()
+        emulators["fake-gcs"] = (
+            [
+                sys.executable,
+                "-m",
+                "gcp_storage_emulator",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gcs_port),
+                "--in-memory",
+                "--default-bucket",
+                MODELS_BUCKET,
+            ],
+            gcs_port,
+        )
         procs = {name: self._spawn(name, argv, base) for name, (argv, _) in emulators.items()}
         for name, (_, port) in emulators.items():
             _wait_http(f"http://127.0.0.1:{port}/", START_TIMEOUT_S, procs[name], self.logs / f"{name}.log")
@@ -228,12 +249,18 @@ class Stack:
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub_port}",
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}",
             "SLACK_API_URL": f"http://127.0.0.1:{slack_port}/api/",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_port}",
+            "FLEET_MODELS_BUCKET": MODELS_BUCKET,
         }
         # Never a real token or signing secret from the caller's shell: the stack's own, fresh each run.
         self.env["SLACK_SIGNING_SECRET"] = secrets.token_hex(16)
         slack_env = {"SLACK_BOT_TOKEN": FAKE_SLACK_TOKEN}
         # Training jobs run as local processes (shared/launchers/local.py), their state under the stack's dir.
-        jobs_env = {"FLEET_JOB_DEFAULT_BACKEND": "local", "FLEET_LOCAL_JOBS_DIR": str(self.jobs_dir)}
+        jobs_env = {
+            "FLEET_JOB_DEFAULT_BACKEND": "local",
+            "FLEET_RETRAIN_BACKEND": "local",
+            "FLEET_LOCAL_JOBS_DIR": str(self.jobs_dir),
+        }
         fn_env = {**base, **self.env, **slack_env, **jobs_env, "PYTHONUNBUFFERED": "1", **self.function_env}
         if self.firestore_proxy:
             proxy_port = free_port()

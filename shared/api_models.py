@@ -59,6 +59,22 @@ class AgentView(_View):
         default=None, description="When the agent counts as late if no heartbeat arrives before."
     )
     versions: list[str] = Field(default_factory=list, description="Recent versions, oldest first.")
+    learned: LearnedView = Field(
+        default_factory=lambda: LearnedView(), description="What the learned models made of its last heartbeat."
+    )
+
+
+class LearnedView(_View):
+    """The learned models' verdict on an agent's last heartbeat (shared/ml/live.py)."""
+
+    status: str = Field(
+        default="unscored", description="unscored (no model, or too few metrics), insufficient_data, normal, anomalous"
+    )
+    reason: str | None = None
+    score: float | None = Field(default=None, description="Anomaly score (higher is stranger).")
+    risk: float | None = Field(default=None, description="Predicted risk of failing within the horizon.")
+    anomaly_model: str | None = None
+    failure_model: str | None = None
 
 
 class AgentPage(_View):
@@ -528,7 +544,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 
 def agent_view(record: AgentRecord) -> AgentView:
     """The public view of a stored agent (attributes are copied by name, extra ones dropped)."""
-    return AgentView.model_validate(record, from_attributes=True)
+    view = AgentView.model_validate(record, from_attributes=True)
+    return view.model_copy(update={"learned": LearnedView.model_validate(record.ml)}) if record.ml else view
 
 
 def hold_views(holds: dict[str, dict[str, Any]]) -> dict[str, HoldView]:

@@ -138,6 +138,9 @@ def process_heartbeat(decoded: Decoded) -> Plan:
     received_at = decoded.message.published_at
 
     decided: list[AgentRecord] = []  # the record the plan was made on (the last attempt's)
+    from shared.ml import live  # numpy: loaded on the first heartbeat, not at import
+
+    learned = live.for_heartbeats()
 
     def decide(current: AgentRecord | None) -> Plan:
         if current is None:
@@ -154,6 +157,7 @@ def process_heartbeat(decoded: Decoded) -> Plan:
             retention=timedelta(days=cfg.retention_days),
             health_config=health_config,
             alerting=alerting,
+            learned=learned,
         )
 
     plan = agent_store.update(hb.agent_id, decide)

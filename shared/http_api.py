@@ -28,7 +28,7 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared import accounting, api_jobs, logs, operations, settings
+from shared import accounting, api_jobs, api_ml, api_tasks, logs, operations, settings
 from shared.api_core import (
     _DIGITS,
     _TRACE,
@@ -101,6 +101,7 @@ from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
 from shared.domain.approvals import Approval, Requester
 from shared.domain.approvals import Kind as ApprovalKind
+from shared.domain.assignment import AssignmentConfig
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
@@ -633,7 +634,12 @@ def _release(call: Call) -> ReleaseView:
 
 # --- alerting and health settings ---------------------------------------------------------------
 
-_SETTINGS: dict[str, type[BaseModel]] = {"alerting": AlertingConfig, "health": HealthConfig, "jobs": JobsConfig}
+_SETTINGS: dict[str, type[BaseModel]] = {
+    "alerting": AlertingConfig,
+    "health": HealthConfig,
+    "jobs": JobsConfig,
+    "tasks": AssignmentConfig,
+}
 
 
 def _settings_view(call: Call, kind: str) -> SettingsView:
@@ -664,6 +670,14 @@ def _get_jobs_settings(call: Call) -> SettingsView:
 
 def _put_jobs_settings(call: Call) -> SettingsView:
     return _put_settings(call, "jobs")
+
+
+def _get_tasks_settings(call: Call) -> SettingsView:
+    return _settings_view(call, "tasks")
+
+
+def _put_tasks_settings(call: Call) -> SettingsView:
+    return _put_settings(call, "tasks")
 
 
 def _get_alerting(call: Call) -> SettingsView:
@@ -1389,6 +1403,8 @@ ROUTES: tuple[Route, ...] = (
 
 ROUTES += (
     *api_jobs.ROUTES,
+    *api_ml.ROUTES,
+    *api_tasks.ROUTES,
     Route(
         "/v1/tenants/<tenant>/jobs",
         "get_tenant_jobs_settings",
@@ -1409,6 +1425,30 @@ ROUTES += (
         params=(_TENANT_PARAM,),
         errors=(400, 404),
         tags=("jobs",),
+        method="PUT",
+        request=_Overrides,
+    ),
+    Route(
+        "/v1/tenants/<tenant>/tasks",
+        "get_tenant_tasks_settings",
+        "A tenant's task-assignment settings: the weights of success, cost, availability and SLA, and the "
+        "outcomes needed before the model is trusted over the heuristic.",
+        _get_tasks_settings,
+        SettingsView,
+        params=(_TENANT_PARAM,),
+        errors=(404,),
+        tags=("tasks",),
+    ),
+    Route(
+        "/v1/tenants/<tenant>/tasks",
+        "set_tenant_tasks_settings",
+        "Replace a tenant's task-assignment overrides ({} restores the defaults).",
+        _put_tasks_settings,
+        SettingsView,
+        role=Role.ADMIN,
+        params=(_TENANT_PARAM,),
+        errors=(400, 404),
+        tags=("tasks",),
         method="PUT",
         request=_Overrides,
     ),

@@ -32,12 +32,18 @@ class Settings:
     tenant_shards: int
     #: Seconds after a hold from which an agent still sending calls is told again (its command was lost).
     resend_after_s: int
+    #: Cloud Storage bucket of the learned models' bytes (their registry is in Firestore, ``models``).
+    models_bucket: str
+    #: Seconds a function instance serves a model before it checks the registry for a newer version.
+    model_refresh_s: int
+    #: Whether the heartbeat function runs the learned models (``FLEET_ML_SCORING=off`` turns them off).
+    ml_scoring: bool
 
 
 @cache
 def get() -> Settings:
     return Settings(
-        project=os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT") or "fleet-local",
+        project=_project(),
         history_chunk_size=_int("FLEET_HISTORY_CHUNK", 10),
         history_slots=_int("FLEET_HISTORY_SLOTS", 144),
         retention_days=_int("FLEET_RETENTION_DAYS", 14),
@@ -47,7 +53,14 @@ def get() -> Settings:
         config_cache_s=_int("FLEET_CONFIG_CACHE_S", 10),
         tenant_shards=_int("FLEET_TENANT_SHARDS", 8),
         resend_after_s=_int("FLEET_RESEND_AFTER_S", 10),
+        models_bucket=os.environ.get("FLEET_MODELS_BUCKET") or f"{_project()}-fleet-models",
+        model_refresh_s=_int("FLEET_MODEL_REFRESH_S", 300),
+        ml_scoring=os.environ.get("FLEET_ML_SCORING", "on").lower() not in ("off", "0", "false", "no"),
     )
+
+
+def _project() -> str:
+    return os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT") or "fleet-local"
 
 
 def secret(name: str) -> str | None:

@@ -40,12 +40,19 @@ def _jobs(job: str, now: datetime) -> dict[str, Any]:
     return follow.reconcile(now)
 
 
+def _retrain(job: str, now: datetime) -> dict[str, Any]:
+    from shared.ml import runs
+
+    return runs.launch(now)
+
+
 #: What each scheduled job runs (a unit test checks every schedule in the manifest has one).
 JOBS: dict[str, Callable[[str, datetime], dict[str, Any]]] = {
     "liveness-sweep": _sweep,
     "hourly-summary": _report,
     "daily-report": _report,
     "jobs-reconcile": _jobs,
+    "model-retrain": _retrain,
 }
 
 

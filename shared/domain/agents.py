@@ -6,6 +6,7 @@ so concurrent or redelivered events can never interleave.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,9 +16,11 @@ from pydantic import BaseModel, Field
 
 from shared.domain import episodes, health, holds, lifecycle
 from shared.domain import liveness as liveness_rules
+from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AlertingConfig, EpisodeWrite
 from shared.domain.health import HealthConfig
+from shared.domain.learned import Learned
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.domain.liveness import Liveness
 from shared.domain.rejections import Code, Rejected
@@ -70,6 +73,9 @@ class AgentRecord(BaseModel):
     episode_seq: int = 0
     #: State of the health rules (shared/domain/health.py): timers, the egress hour, the security score.
     health: dict[str, Any] = Field(default_factory=dict)
+    #: The learned models' state of this agent (shared/ml/live.py): its rolling baseline, persistence
+    #: runs, last status and score, and the model versions that judged its last heartbeat.
+    ml: dict[str, Any] = Field(default_factory=dict)
 
     #: The budget (a BudgetSpec, JSON-mode) and where it came from: "registration" or "api" (which wins).
     budget: dict[str, Any] | None = None
@@ -327,9 +333,11 @@ def apply_heartbeat(
     retention: timedelta,
     health_config: HealthConfig | None = None,
     alerting: AlertingConfig | None = None,
+    learned: Callable[[AgentRecord, dict[str, Any], datetime], Learned] | None = None,
 ) -> Plan:
     """Record liveness (by server receive time), status and metrics; flush history every ``chunk_size``;
-    apply the health rules (shared/domain/health.py)."""
+    apply the health rules (shared/domain/health.py) and, when given, the learned models (``learned``
+    returns the agent's new model state and the anomaly / failure-risk episodes to open or resolve)."""
     if current.status is State.DECOMMISSIONED:
         raise Rejected(Code.DECOMMISSIONED, f"agent {hb.agent_id} was decommissioned", agent_id=hb.agent_id)
     if hb.seq <= current.last_seq:
@@ -421,6 +429,13 @@ def apply_heartbeat(
         plan.transition = held.transition or plan.transition
         plan.commands.extend(held.commands)
         plan.audit.extend(held.audit)
+    if learned is not None:
+        verdict_ml = learned(current, metrics, received_at)
+        changes["ml"] = verdict_ml.state
+        for gone in verdict_ml.resolves:
+            eps.resolve(gone.rule, received_at, gone.summary)
+        for new in verdict_ml.opens:
+            eps.open_(new.rule, Severity(new.severity), received_at, new.summary, new.details)
     changes.update(eps.changes())
     plan.episodes = eps.writes
     return plan

@@ -51,6 +51,8 @@ TITLES: dict[str, str] = {
     "runaway": "Runaway loop",
     "cost_spike": "Cost spike",
     "unpriced_model": "Unpriced model",
+    "anomaly": "Heartbeat anomaly (learned model)",
+    "failure_risk": "Likely to fail soon (learned model)",
 }
 
 

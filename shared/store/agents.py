@@ -277,3 +277,23 @@ def each(tenant: str | None, page_size: int = 200) -> Iterator[AgentRecord]:
         yield from page
         if after is None:
             return
+
+
+def fleet_history() -> dict[str, tuple[float, list[dict[str, Any]]]]:
+    """Every agent's stored heartbeat samples, for retraining: ``{agent_id: (interval, samples)}`` (samples
+    unordered, possibly repeated; shared/ml/retrain.py orders them by ``seq``). One read per agent and per
+    history chunk (a chunk holds ``FLEET_HISTORY_CHUNK`` heartbeats)."""
+    client = db.client()
+    agents: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+    for snap in client.collection(AGENTS).stream(**db.call_options()):
+        db.count(reads=1)
+        data = snap.to_dict() or {}
+        recent = list((data.get("recent") or {}).values())
+        agents[snap.id] = (float(data.get("heartbeat_interval_s") or 30), recent)
+    for snap in client.collection_group(HISTORY).stream(**db.call_options()):
+        db.count(reads=1)
+        chunk = snap.to_dict() or {}
+        owner = agents.get(str(chunk.get("agent_id")))
+        if owner is not None:
+            owner[1].extend(json.loads(s) if isinstance(s, str) else s for s in chunk.get("samples") or ())
+    return agents

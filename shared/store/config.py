@@ -43,6 +43,8 @@ class TenantConfig:
     health: dict[str, Any] = field(default_factory=dict)
     #: Overrides of the training-job settings (shared/domain/jobs.py JobsConfig).
     jobs: dict[str, Any] = field(default_factory=dict)
+    #: Overrides of the task-assignment settings (shared/domain/assignment.py AssignmentConfig).
+    tasks: dict[str, Any] = field(default_factory=dict)
 
 
 class _TtlCache:
@@ -96,6 +98,7 @@ def read_tenant(tenant: str) -> TenantConfig:
         alerting=dict(data.get("alerting") or {}),
         health=dict(data.get("health") or {}),
         jobs=dict(data.get("jobs") or {}),
+        tasks=dict(data.get("tasks") or {}),
     )
 
 

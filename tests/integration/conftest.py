@@ -31,6 +31,8 @@ FUNCTION_ENV = {
     "FLEET_API_KEY_CACHE_S": "0",
     "FLEET_CONFIG_CACHE_S": "1",
     "FLEET_RESEND_AFTER_S": "2",
+    # A promoted model is picked up within a second (in Google Cloud: 5 minutes).
+    "FLEET_MODEL_REFRESH_S": "1",
 }
 
 

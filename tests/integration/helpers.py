@@ -72,3 +72,20 @@ def log_lines(stack_dir: Any, function: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return lines
+
+
+def make_key(stack: Any, name: str, role: str, scope: str) -> str:
+    """An API key of ``role`` scoped to tenant ``scope``, made with fleetctl as an operator would."""
+    import os
+    import subprocess
+    import sys
+
+    made = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "keys", "create", "--name", name, "--role", role, "--tenant", scope],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return made.stdout.strip()

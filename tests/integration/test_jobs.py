@@ -7,7 +7,6 @@ GKE and Cloud Run are reached through their client libraries against the local f
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ import pytest
 from fleet_agent.contracts import JobProgress
 
 from tests.integration.conftest import Api, CloudFakes, Slack, SlackApp, approval_message, tick, wait_for
-from tests.integration.helpers import agent_doc, publish, registration
+from tests.integration.helpers import agent_doc, make_key, publish, registration
 
 pytestmark = pytest.mark.integration
 
@@ -291,19 +290,8 @@ def test_slack_users_train_list_and_cancel_jobs(
 def test_operator_keys_submit_as_themselves_and_see_only_their_tenant(
     api: Api, agent: str, tenant: str, stack: Any, publisher: Any, firestore: Any
 ) -> None:
-    import subprocess
-    import sys
-
     def key(name: str, role: str, scope: str) -> str:
-        made = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "keys", "create", "--name", name, "--role", role, "--tenant", scope],
-            env={**os.environ, **stack.env},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        return made.stdout.strip()
+        return make_key(stack, name, role, scope)
 
     operator = key(f"ops-{tenant}", "operator", tenant)
     body = {"agent_id": agent, "name": "mine", "resources": {"gpu": 1}, "training_config": FAST}

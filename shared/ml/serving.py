@@ -1,0 +1,115 @@
+"""The models in service, loaded lazily and cached per function instance.
+
+``current(kind)`` returns the version the registry names (``models/{kind}.current``), loading its bytes
+from Cloud Storage the first time. An instance checks the registry again every ``model_refresh_s``
+seconds (one Firestore read per kind per instance per period), so a promoted model is picked up without
+a redeploy. When the registry or the bytes cannot be read, or the bytes do not load, the instance keeps
+serving the model it has (or none) and logs why; scoring never fails a heartbeat.
+
+Loaders build models from their safe formats (``.npz`` with pickles disabled) without their
+scikit-learn objects: serving uses the flattened trees, so scikit-learn is never imported here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared import logs, settings
+
+log = logs.get_logger("ml.serving")
+
+#: Model kinds: the class whose ``from_bytes`` loads one (``module:Class``), and its keyword that would
+#: also load the scikit-learn object (serving never does: the flattened trees score).
+KINDS: dict[str, tuple[str, str]] = {
+    "anomaly": ("shared.ml.anomaly:AnomalyDetector", "load_forest"),
+    "failure": ("shared.ml.failure:FailurePredictor", "load_model"),
+    "task_assignment": ("shared.ml.assign:TaskModel", "load_model"),
+}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    kind: str
+    version: str
+    model: Any
+
+
+_lock = threading.Lock()
+_served: dict[str, Loaded | None] = {}
+_checked: dict[str, float] = {}
+
+
+def loader(kind: str) -> Callable[[bytes], Any]:
+    path, sklearn_flag = KINDS[kind]
+    module, _, cls = path.partition(":")
+    from_bytes: Callable[..., Any] = getattr(importlib.import_module(module), cls).from_bytes
+    return lambda data: from_bytes(data, **{sklearn_flag: False})
+
+
+def current(kind: str) -> Loaded | None:
+    """The model of ``kind`` in service (None until one was promoted)."""
+    refresh = settings.get().model_refresh_s
+    now = time.monotonic()
+    if kind in _checked and now - _checked[kind] < refresh:
+        return _served.get(kind)
+    with _lock:
+        if kind in _checked and time.monotonic() - _checked[kind] < refresh:
+            return _served.get(kind)
+        _served[kind] = _refresh(kind, _served.get(kind))
+        _checked[kind] = time.monotonic()
+        return _served[kind]
+
+
+def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
+    from shared.store import model_blobs
+    from shared.store import models as registry
+
+    try:
+        pointer = registry.pointer(kind)
+    except Exception as exc:  # Firestore trouble: keep what we have, try again next period
+        logs.log(log, "model registry unreadable", logging.WARNING, kind=kind, error=f"{type(exc).__name__}: {exc}")
+        return served
+    if not pointer or not pointer.get("current"):
+        return None
+    version = pointer["current"]
+    if served is not None and served.version == version:
+        return served
+    started = time.perf_counter()
+    try:
+        data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
+        model = loader(kind)(data)
+    except Exception as exc:
+        logs.log(
+            log,
+            "model not loaded; keeping the one in service",
+            logging.ERROR,
+            kind=kind,
+            version=version,
+            serving=served.version if served else None,
+            error=f"{type(exc).__name__}: {exc}"[:500],
+        )
+        return served
+    logs.log(
+        log,
+        "model loaded",
+        logging.INFO,
+        kind=kind,
+        version=version,
+        previous=served.version if served else None,
+        bytes=len(data),
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    return Loaded(kind, str(version), model)
+
+
+def reset() -> None:
+    """Forget every cached model (tests)."""
+    with _lock:
+        _served.clear()
+        _checked.clear()

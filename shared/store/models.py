@@ -1,0 +1,125 @@
+"""The model registry in Firestore: ``models/{kind}`` names the version in service, and
+``models/{kind}/versions/{version}`` records every version trained, where its bytes are (Cloud Storage,
+shared/store/model_blobs.py), its features, its evaluation next to the model it was compared with, and
+whether it was promoted and why.
+
+Promotion is a transaction on ``models/{kind}`` that succeeds only if the version in service is still
+the one the new version was evaluated against, so two retraining runs can never promote over each
+other unseen.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.store import db
+
+MODELS = "models"
+VERSIONS = "versions"
+
+
+def pointer_ref(kind: str) -> Any:
+    return db.client().collection(MODELS).document(kind)
+
+
+def version_ref(kind: str, version: str) -> Any:
+    return pointer_ref(kind).collection(VERSIONS).document(version)
+
+
+def pointer(kind: str) -> dict[str, Any] | None:
+    """``models/{kind}``: ``current`` (the version in service, or None), ``current_uri``,
+    ``current_sha256``, ``promoted_at`` (one read)."""
+    doc = db.get(pointer_ref(kind))
+    return (doc.to_dict() or {}) if doc.exists else None
+
+
+def record(kind: str, version: str, data: dict[str, Any]) -> bool:
+    """Store a version's record once (False when it exists already: a retried run)."""
+    from google.api_core.exceptions import AlreadyExists
+
+    try:
+        version_ref(kind, version).create({**data, "kind": kind, "version": version}, **db.call_options())
+    except AlreadyExists:
+        db.count(reads=1)
+        return False
+    db.count(writes=1)
+    return True
+
+
+def update(kind: str, version: str, changes: dict[str, Any]) -> None:
+    version_ref(kind, version).update(changes, **db.call_options())
+    db.count(writes=1)
+
+
+def promote(kind: str, version: str, uri: str, sha256: str, *, expected: str | None, at: datetime) -> bool:
+    """Put ``version`` in service if the one in service is still ``expected``; False otherwise."""
+    from google.cloud import firestore
+
+    client = db.client()
+    ref = pointer_ref(kind)
+
+    @firestore.transactional
+    def run(tx: Any) -> bool:
+        snap = ref.get(transaction=tx)
+        db.count(reads=1)
+        current = (snap.to_dict() or {}).get("current") if snap.exists else None
+        if current != expected:
+            return False
+        tx.set(
+            ref,
+            {"kind": kind, "current": version, "current_uri": uri, "current_sha256": sha256, "promoted_at": at},
+            merge=True,
+        )
+        tx.update(version_ref(kind, version), {"promoted": True, "promoted_at": at})
+        db.count(writes=2)
+        return True
+
+    return bool(run(client.transaction()))
+
+
+def versions(kind: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest versions of a kind, newest first."""
+    from google.cloud import firestore
+
+    query = (
+        pointer_ref(kind).collection(VERSIONS).order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
+    )
+    docs = list(query.stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [d.to_dict() or {} for d in docs]
+
+
+RUNS = "model_runs"
+
+
+def run_ref(run_id: str) -> Any:
+    return db.client().collection(RUNS).document(run_id)
+
+
+def start_run(run_id: str, data: dict[str, Any]) -> bool:
+    """Record a retraining run once (False when it exists: the day's run was launched already)."""
+    from google.api_core.exceptions import AlreadyExists
+
+    try:
+        run_ref(run_id).create({**data, "run_id": run_id}, **db.call_options())
+    except AlreadyExists:
+        db.count(reads=1)
+        return False
+    db.count(writes=1)
+    return True
+
+
+def update_run(run_id: str, changes: dict[str, Any]) -> None:
+    run_ref(run_id).set(changes, merge=True, **db.call_options())
+    db.count(writes=1)
+
+
+def runs(limit: int = 10) -> list[dict[str, Any]]:
+    """The newest retraining runs, newest first."""
+    from google.cloud import firestore
+
+    query = db.client().collection(RUNS).order_by("started_at", direction=firestore.Query.DESCENDING)
+    docs = list(query.limit(limit).stream(**db.call_options()))
+    db.count(reads=max(1, len(docs)))
+    return [d.to_dict() or {} for d in docs]
