@@ -28,8 +28,10 @@ log = logs.get_logger("jobs.retrain")
 KINDS = ("anomaly", "failure", "task_assignment")
 
 
-def _current(kind: str) -> tuple[Any, str | None]:
-    """The model in service (loaded from its bytes, without its scikit-learn objects) and its version."""
+def _current(kind: str) -> tuple[Any, str | None, str]:
+    """The model in service (loaded from its bytes, without its scikit-learn objects), its version, and why
+    it could not be loaded ("" when it was): a model this code cannot read any more (a feature change)
+    must not stop the retraining that replaces it."""
     from shared.ml import serving
     from shared.store import model_blobs
     from shared.store import models as registry
@@ -37,9 +39,12 @@ def _current(kind: str) -> tuple[Any, str | None]:
     pointer = registry.pointer(kind) or {}
     version = pointer.get("current")
     if not version:
-        return None, None
-    data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
-    return serving.loader(kind)(data), str(version)
+        return None, None, ""
+    try:
+        data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
+        return serving.loader(kind)(data), str(version), ""
+    except (ValueError, KeyError, model_blobs.CorruptModel) as exc:
+        return None, str(version), f"the version in service ({version}) could not be loaded: {exc}"[:300]
 
 
 def _publish(cand: Any, run_id: str, now: datetime) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def _publish(cand: Any, run_id: str, now: datetime) -> dict[str, Any]:
 def _retrain_kind(kind: str, data: Any, now: datetime, run_id: str) -> dict[str, Any]:
     from shared.ml import retrain
 
-    current, current_version = _current(kind)
+    current, current_version, unreadable = _current(kind)
     if kind == "anomaly":
         cand = retrain.retrain_anomaly(data, current, current_version)
     elif kind == "failure":
@@ -80,6 +85,8 @@ def _retrain_kind(kind: str, data: Any, now: datetime, run_id: str) -> dict[str,
         from shared.store import tasks
 
         cand = retrain.retrain_task(tasks.recent_outcomes(None), current, current_version)
+    if unreadable:
+        cand.reason = f"{unreadable}; {cand.reason}"
     return _publish(retrain.package(cand, now), run_id, now)
 
 
@@ -160,9 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = run(run_id, kinds)
     except Exception as exc:
+        import traceback
+
         from shared.store import models as registry
 
-        logs.log(log, "retrain run failed", logging.ERROR, run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        logs.log(
+            log,
+            "retrain run failed",
+            logging.ERROR,
+            run_id=run_id,
+            error=f"{type(exc).__name__}: {exc}",
+            exception=traceback.format_exc()[-3000:],
+        )
         try:
             registry.update_run(
                 run_id,

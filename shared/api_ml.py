@@ -1,6 +1,7 @@
 """The REST API's view of the learned models: ``GET /v1/models`` lists every kind with the version in
 service, its recent versions with their evaluations (next to the model each was compared with) and the
-decision taken, and the recent retraining runs. Read-only; the registry is written by jobs/retrain.py."""
+decision taken, and the recent retraining runs. Read-only, for keys not scoped to a tenant (the models
+are fleet-wide); the registry is written by jobs/retrain.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.api_core import ApiError, Call, Param, Route, _query
+from shared.api_core import ApiError, Call, Param, Route, _principal, _query
 from shared.ml.serving import KINDS
 
 DEFAULT_LIMIT = 10
@@ -79,6 +80,9 @@ def _limit(call: Call) -> int:
 def _list(call: Call) -> ModelList:
     from shared.store import models as store
 
+    if _principal(call).tenant is not None:
+        # Fleet-wide: the registry counts every tenant's agents and rows.
+        raise ApiError(403, "the models are fleet-wide: this API key only sees its tenant")
     kind = _query(call.request, "kind")
     if kind is not None and kind not in KINDS:
         raise ApiError(400, f"kind must be one of {', '.join(KINDS)}")
@@ -114,7 +118,7 @@ ROUTES: tuple[Route, ...] = (
                 {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
             ),
         ),
-        errors=(400,),
+        errors=(400, 403),
         tags=("models",),
     ),
 )

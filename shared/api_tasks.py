@@ -10,6 +10,7 @@ one batch of three writes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import datetime
 from decimal import Decimal
@@ -195,10 +196,17 @@ def _check_scope(call: Call, tenant: str) -> None:
         raise ApiError(403, f"this API key only acts for tenant {principal.tenant}")
 
 
-def _replay(stored: dict[str, Any], tenant: str) -> TaskView:
-    """A task id seen before: its stored pick, unless it belongs to another tenant."""
-    if stored.get("tenant") != tenant:
-        raise ApiError(409, f"task id {stored.get('task_id')} is taken by another tenant; task ids are global")
+def _fingerprint(request: TaskRequest) -> str:
+    """What the request asked, hashed: a retry carries the same; another task under a used id does not."""
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+
+
+def _replay(stored: dict[str, Any], request: TaskRequest) -> TaskView:
+    """A task id seen before: its stored pick, if it is the same request of the same tenant."""
+    if stored.get("tenant") != request.tenant:
+        raise ApiError(409, f"task id {stored.get('task_id')} is already in use; task ids are global")
+    if stored.get("request_fingerprint") not in (None, _fingerprint(request)):
+        raise ApiError(409, f"task {request.task_id} was assigned from a different request; a task id names one task")
     return view(stored, replayed=True)
 
 
@@ -208,7 +216,7 @@ def _assign(call: Call) -> TaskView:
     _check_scope(call, request.tenant)
     stored = store.get(request.task_id)
     if stored is not None:
-        return _replay(stored, request.tenant)
+        return _replay(stored, request)
     now = _now()
     task = Task.of(request)
     if task.deadline is not None and task.deadline <= now:
@@ -266,6 +274,7 @@ def _assign(call: Call) -> TaskView:
         # Training rows: what was known of the chosen agent when it was chosen.
         "features": features[chosen],
         "request_id": call.request_id,
+        "request_fingerprint": _fingerprint(request),
     }
     entry = AuditEntry(
         id=f"task.{task.task_id}.assign",
@@ -280,8 +289,8 @@ def _assign(call: Call) -> TaskView:
     if not store.create(doc, slot=rules.assigned_slot(task.task_id), entry=entry):
         stored = store.get(task.task_id)  # a concurrent request with the same id got there first
         if stored is None:
-            raise ApiError(409, f"task {task.task_id} could not be stored; retry")
-        return _replay(stored, request.tenant)
+            raise ApiError(503, f"task {task.task_id} could not be stored; retry")
+        return _replay(stored, request)
     return view(doc)
 
 
@@ -345,7 +354,7 @@ ROUTES: tuple[Route, ...] = (
         _assign,
         TaskView,
         role=Role.OPERATOR,
-        errors=(400, 409),
+        errors=(400, 409, 503),
         tags=("tasks",),
         method="POST",
         request=TaskRequest,

@@ -80,6 +80,7 @@ def _finish(outcome: str, fields: dict[str, Any], meter: db.Meter, started: floa
         firestore_reads=meter.reads,
         firestore_writes=meter.writes,
         firestore_conflicts=meter.conflicts,
+        model_registry_reads=meter.registry_reads,
         publishes=meter.publishes,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **fields,

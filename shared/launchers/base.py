@@ -70,6 +70,9 @@ class LaunchSpec:
     #: Seconds a finished Kubernetes Job is kept before it is deleted (ttlSecondsAfterFinished).
     keep_finished_s: int = 86400
     labels: dict[str, str] = field(default_factory=dict)
+    #: The identity the run gets (Cloud Run); None: the backend's default for tenant training jobs. System
+    #: runs (retraining) name their own, so a tenant's image never runs with their rights.
+    service_account: str | None = None
 
     @property
     def name(self) -> str:

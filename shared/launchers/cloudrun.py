@@ -135,8 +135,9 @@ def job_message(spec: LaunchSpec, *, project: str, region: str, service_account:
         max_retries=spec.max_retries,
         timeout=timedelta(seconds=spec.max_runtime_s),
     )
-    if service_account:
-        task.service_account = service_account
+    identity = spec.service_account or service_account  # a system run's own identity over the default
+    if identity:
+        task.service_account = identity
     if spec.gpu:
         task.node_selector = run_v2.NodeSelector(accelerator=L4)
         task.gpu_zonal_redundancy_disabled = True

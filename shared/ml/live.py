@@ -75,6 +75,18 @@ def _top(f: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
     return {n: round(float(f[fe.FEATURES.index(n)]), 3) for n in names if n in fe.FEATURES}
 
 
+#: Format of the state kept in the agent document; a state of another format is started afresh.
+STATE_VERSION = 1
+_BOTH = (L.ANOMALY, L.FAILURE_RISK)
+
+
+def _unscored(reason: str, keep: Mapping[str, Any] | None = None) -> L.Learned:
+    """Not scored: say why, and close any learned episode (nothing would close it otherwise)."""
+    state = {**dict(keep or {}), "v": STATE_VERSION, "status": L.UNSCORED, "reason": reason, "score": None}
+    state.update(episode=None, failure=None, risk=None)
+    return L.Learned(state, resolves=[L.Resolution(rule, f"not scored any more: {reason}") for rule in _BOTH])
+
+
 def step(
     models: Models,
     agent_id: str,
@@ -83,15 +95,32 @@ def step(
     at: datetime,
     interval_s: float,
 ) -> L.Learned:
-    """Advance an agent's model state by one heartbeat and say which learned episodes change."""
+    """Advance an agent's model state by one heartbeat and say which learned episodes change. Never raises:
+    a state this code cannot read (another format, a bug) is started afresh and the reason recorded, so a
+    heartbeat is never refused because of the models."""
+    try:
+        if not state or state.get("v") == STATE_VERSION:
+            return _step(models, agent_id, state, metrics, (at, interval_s))
+        out = _step(models, agent_id, {}, metrics, (at, interval_s))
+        out.resolves = [L.Resolution(r, "model state started afresh (new format)") for r in _BOTH] + out.resolves
+        return out
+    except Exception as exc:
+        return _unscored(f"model state reset after {type(exc).__name__}: {exc}"[:300])
+
+
+def _step(
+    models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapping[str, Any], when: tuple[datetime, float]
+) -> L.Learned:
+    at, interval_s = when
     row, present = row_of(metrics)
-    new: dict[str, Any] = dict(state)
     if present < MIN_METRICS:
-        new["status"] = L.UNSCORED
-        new["reason"] = f"reports {present} of the {len(fe.METRICS)} metrics the models use (needs {MIN_METRICS})"
-        return L.Learned(new)
+        reason = f"reports {present} of the {len(fe.METRICS)} metrics the models use (needs {MIN_METRICS})"
+        return _unscored(reason, keep={k: v for k, v in state.items() if k in ("baseline", "last_t")})
+    new: dict[str, Any] = {**dict(state), "v": STATE_VERSION}
     t = at.timestamp()
     baseline = fe.Baseline.from_doc(state["baseline"]) if state.get("baseline") else fe.Baseline.new(interval_s)
+    if float(baseline.interval[0]) != float(interval_s):  # re-registered with another interval
+        baseline.interval[0] = float(interval_s)
     last_t = state.get("last_t")
     dt = float(interval_s) if last_t is None else t - float(last_t)
     ready = baseline.ready
@@ -101,7 +130,8 @@ def step(
 
     det = models.anomaly
     if det is None:
-        new.update(status=L.UNSCORED if ready else L.INSUFFICIENT, score=None, anomaly_model=None)
+        new.update(status=L.UNSCORED if ready else L.INSUFFICIENT, score=None, anomaly_model=None, episode=None)
+        out.resolves.append(L.Resolution(L.ANOMALY, f"{agent_id}: no anomaly model in service"))
     else:
         episode = det.episode_state(state.get("episode"))
         was_open = episode.opened is not None
@@ -159,18 +189,19 @@ def step(
                 )
             )
     else:
-        new.update(risk=None, failure_model=None)
+        new.update(risk=None, failure_model=None, failure=None)
+        out.resolves.append(L.Resolution(L.FAILURE_RISK, f"{agent_id}: no failure model in service"))
     return out
 
 
-def for_heartbeats() -> Callable[[Any, dict[str, Any], datetime], L.Learned] | None:
-    """The ``learned`` step ``agents.apply_heartbeat`` takes, with the models in service now (None when
-    scoring is turned off)."""
+def for_heartbeats() -> Callable[[Any, dict[str, Any], datetime], L.Learned]:
+    """The ``learned`` step ``agents.apply_heartbeat`` takes, with the models in service now (scoring
+    turned off: one that closes any learned episode and says so)."""
     from shared import settings
     from shared.ml import serving
 
     if not settings.get().ml_scoring:
-        return None
+        return lambda record, metrics, at: _unscored("scoring is turned off (FLEET_ML_SCORING)")
     anomaly, failure = serving.current("anomaly"), serving.current("failure")
     models = Models(
         anomaly.model if anomaly else None,

@@ -37,8 +37,11 @@ from shared.ml.data import AgentStream, FaultEvent, Fleet
 
 #: Share of each agent's rows used to train; the rest is held out for the comparison.
 TRAIN_SHARE = 0.7
-#: Agents with fewer rows are left out (warm-up plus room for faults in the held-out part).
-MIN_AGENT_ROWS = 300
+#: Agents with fewer rows are left out (warm-up, and room for every kind of fault in the held-out part).
+MIN_AGENT_ROWS = 600
+#: The streams are cut to this quantile of their lengths; the shorter ones (the youngest agents) are left
+#: out, so one new agent never shortens everyone's window.
+LENGTH_QUANTILE = 0.25
 #: A stream longer than this is cut to its most recent rows.
 MAX_AGENT_ROWS = 5000
 #: Failures read off the history: a silence of more than this many intervals ...
@@ -128,11 +131,13 @@ class Split:
 
 
 def split(streams: Mapping[str, AgentStream], max_rows: int = MAX_AGENT_ROWS) -> Split | None:
-    """The most recent ``n`` rows of every stream (``n``: the shortest, capped); None without any."""
-    if not streams:
+    """The most recent ``n`` rows of the streams at least ``n`` long (``n``: the ``LENGTH_QUANTILE`` of the
+    lengths of those with ``MIN_AGENT_ROWS`` or more, capped); None without any."""
+    lengths = sorted(len(s) for s in streams.values() if len(s) >= MIN_AGENT_ROWS)
+    if not lengths:
         return None
-    n = min(min(len(s) for s in streams.values()), max_rows)
-    cut = {a: s.tail(len(s) - n) for a, s in streams.items()}
+    n = min(lengths[int(LENGTH_QUANTILE * (len(lengths) - 1))], max_rows)
+    cut = {a: s.tail(len(s) - n) for a, s in streams.items() if len(s) >= n}
     cut = {a: AgentStream(a, s.interval_s, s.t - s.t[0], s.X) for a, s in cut.items()}
     return Split(cut, int(n * TRAIN_SHARE))
 
@@ -178,11 +183,18 @@ def version_name(kind: str, data: bytes, at: datetime) -> str:
 
 
 def _decide(cand: Candidate, key: str, *, lower_is_better: bool = False, serving: str = "the current") -> None:
-    new = float(cand.metrics.get(key) or 0.0)
+    measured = cand.metrics.get(key)
+    if measured is None:
+        cand.promote, cand.reason = False, f"the new version has no {key} on the held-out data: not comparable"
+        return
+    new = float(measured)
     if cand.current_metrics is None:
         cand.promote, cand.reason = True, f"no model in service; {key} {new:.3f}"
         return
-    old = float(cand.current_metrics.get(key) or 0.0)
+    if cand.current_metrics.get(key) is None:
+        cand.promote, cand.reason = True, f"{key} {new:.3f}; {serving} has none on the held-out data"
+        return
+    old = float(cand.current_metrics[key])
     cand.promote = new <= old if lower_is_better else new >= old
     verb = "at least as good as" if cand.promote else "worse than"
     cand.reason = f"{key} {new:.3f} {verb} {serving} {old:.3f} on the same held-out data"
@@ -289,6 +301,10 @@ def retrain_task(outcomes: Sequence[Any], current: Any = None, current_version: 
     usable = assign.usable(outcomes)
     if len(usable) < MIN_TASK_OUTCOMES:
         cand.reason = f"not enough task outcomes: {len(usable)} recorded with features (needs {MIN_TASK_OUTCOMES})"
+        return cand
+    if len({o.success for o in usable}) < 2:
+        kind = "success" if usable[0].success else "failure"
+        cand.reason = f"every one of the {len(usable)} recorded outcomes is a {kind}: nothing to learn"
         return cand
     started = time.perf_counter()
     model, metrics = assign.train_and_evaluate(usable)

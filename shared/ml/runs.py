@@ -29,7 +29,14 @@ MAX_RUNTIME_S = 3600
 
 def backend() -> Backend:
     """``FLEET_RETRAIN_BACKEND`` (Terraform: cloudrun; the local stack: local)."""
-    return Backend(os.environ.get("FLEET_RETRAIN_BACKEND", Backend.CLOUDRUN.value))
+    chosen = Backend(os.environ.get("FLEET_RETRAIN_BACKEND", Backend.CLOUDRUN.value))
+    if chosen is Backend.CLOUDRUN and not os.environ.get("FLEET_RETRAIN_SERVICE_ACCOUNT"):
+        # Without an identity of its own it would run as the tenants' training account, which must not
+        # be able to write the models every heartbeat is judged by.
+        raise LaunchError(
+            "set FLEET_RETRAIN_SERVICE_ACCOUNT: the retraining job needs its own identity", transient=False
+        )
+    return chosen
 
 
 def run_id_for(now: datetime) -> str:
@@ -55,6 +62,8 @@ def spec(run_id: str, chosen: Backend) -> LaunchSpec:
         max_runtime_s=MAX_RUNTIME_S,
         max_retries=0,
         labels={"fleet-run": "model-retrain"},
+        # Its own identity (Firestore, the models bucket), never the tenants' training account.
+        service_account=os.environ.get("FLEET_RETRAIN_SERVICE_ACCOUNT") or None,
     )
 
 
@@ -65,7 +74,11 @@ def launch(now: datetime, run_id: str | None = None) -> dict[str, Any]:
 
     checked = check_running(now)
     run_id = run_id or run_id_for(now)
-    chosen = backend()
+    try:
+        chosen = backend()
+    except LaunchError as exc:  # misconfigured: recorded (GET /v1/models shows it), not retried
+        store.start_run(run_id, {"state": "failed", "started_at": now, "finished_at": now, "error": str(exc)})
+        return {"run_id": run_id, "launched": False, "state": "failed", "error": str(exc), **checked}
     new = store.start_run(run_id, {"state": "launching", "started_at": now, "backend": chosen.value})
     if not new:
         existing = store.run_ref(run_id).get().to_dict() or {}

@@ -67,11 +67,12 @@ def current(kind: str) -> Loaded | None:
 
 
 def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
-    from shared.store import model_blobs
+    from shared.store import db, model_blobs
     from shared.store import models as registry
 
     try:
         pointer = registry.pointer(kind)
+        db.count_registry_read()
     except Exception as exc:  # Firestore trouble: keep what we have, try again next period
         logs.log(log, "model registry unreadable", logging.WARNING, kind=kind, error=f"{type(exc).__name__}: {exc}")
         return served

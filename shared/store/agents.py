@@ -288,7 +288,7 @@ def fleet_history() -> dict[str, tuple[float, list[dict[str, Any]]]]:
     for snap in client.collection(AGENTS).stream(**db.call_options()):
         db.count(reads=1)
         data = snap.to_dict() or {}
-        recent = list((data.get("recent") or {}).values())
+        recent = [json.loads(s) if isinstance(s, str) else s for s in (data.get("recent") or {}).values()]
         agents[snap.id] = (float(data.get("heartbeat_interval_s") or 30), recent)
     for snap in client.collection_group(HISTORY).stream(**db.call_options()):
         db.count(reads=1)

@@ -42,6 +42,8 @@ class Meter:
     conflicts: int = 0
     #: Messages published (commands to agents).
     publishes: int = 0
+    #: Of ``reads``, those of the model registry (an instance checks it once per refresh period).
+    registry_reads: int = 0
 
 
 _meter: ContextVar[Meter | None] = ContextVar("firestore_meter", default=None)
@@ -63,6 +65,13 @@ def count(reads: int = 0, writes: int = 0, conflicts: int = 0) -> None:
         meter.reads += reads
         meter.writes += writes
         meter.conflicts += conflicts
+
+
+def count_registry_read() -> None:
+    """A read (already counted) that was the model registry's periodic check."""
+    meter = _meter.get()
+    if meter is not None:
+        meter.registry_reads += 1
 
 
 def count_publish(n: int = 1) -> None:

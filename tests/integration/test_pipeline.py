@@ -244,8 +244,9 @@ def test_accepted_heartbeats_cost_one_write_and_at_most_one_read(stack, publishe
     ]
     assert len(lines) == 10
     assert sum(line["firestore_writes"] for line in lines) == 12  # 10 updates + 2 history chunks (chunk 5)
-    # At most the agent (first heartbeat on this instance) and its tenant's settings (cached a minute).
-    assert sum(line["firestore_reads"] for line in lines) <= 2
+    # At most the agent (first heartbeat on this instance) and its tenant's settings (cached a minute),
+    # besides the instance's periodic check of the model registry (every second in the test stack).
+    assert sum(line["firestore_reads"] - line["model_registry_reads"] for line in lines) <= 2
 
 
 def test_api_requires_a_valid_key_and_answers_json(api) -> None:

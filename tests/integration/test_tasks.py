@@ -65,9 +65,11 @@ def test_assign_picks_the_capable_agent_repeats_its_pick_and_refuses_with_the_re
     assert picked["breakdown"]["agent_id"] == gpu and picked["alternatives"] == []
     assert stats_doc(firestore, gpu)["assigned"] == 1
 
-    # The same task id again: the stored pick, nothing written (even with another body).
-    again = assign(api, tenant, f"{tenant}-t1", ["chat"])
+    # The same request again (a retry): the stored pick, nothing written; another task under that id: 409.
+    again = assign(api, tenant, f"{tenant}-t1", ["chat", "gpu"], resources={"gpu": 1})
     assert again.status_code == 200 and again.json()["replayed"] and again.json()["agent_id"] == gpu
+    other = assign(api, tenant, f"{tenant}-t1", ["chat"])
+    assert other.status_code == 409 and "different request" in other.json()["error"]["reason"]
     assert stats_doc(firestore, gpu)["assigned"] == 1
     got = api.get(f"/v1/tasks/{tenant}-t1").json()
     assert got["agent_id"] == gpu and got["outcome"] is None and not got["replayed"]
@@ -75,7 +77,7 @@ def test_assign_picks_the_capable_agent_repeats_its_pick_and_refuses_with_the_re
     assert [a["action"] for a in audit] == ["task.assign"] and audit[0]["details"]["agent_id"] == gpu
     # Another tenant's task with a taken id is a conflict.
     taken = assign(api, f"{tenant}x", f"{tenant}-t1", [])
-    assert taken.status_code == 409 and "another tenant" in taken.json()["error"]["reason"]
+    assert taken.status_code == 409 and "already in use" in taken.json()["error"]["reason"]
 
     # With the only GPU agent paused, nobody can take a GPU task, and the reply says why.
     paused = api.send("POST", f"/v1/agents/{gpu}/pause", {"reason": "maintenance window"})

@@ -498,11 +498,13 @@ def test_assign_picks_by_the_heuristic_without_a_model_and_a_repeat_returns_the_
     assert reply.reasons[0] == "predicted success 0.77 (heuristic: 8 of 10 tasks succeeded)"
     assert set(fake.tasks["t-1"]["features"]) == set(ml.FEATURES)
     assert fake.created == ["task.t-1.assign"]
-    again = post(api_tasks._assign, body(required_capabilities=["code"]))
+    again = post(api_tasks._assign, body())
     assert again.replayed and again.agent_id == "agent-a" and fake.created == ["task.t-1.assign"]
+    with pytest.raises(ApiError, match="different request"):
+        post(api_tasks._assign, body(required_capabilities=["code"]))
     with pytest.raises(ApiError) as taken:
         post(api_tasks._assign, body(tenant="globex"), ADMIN)
-    assert taken.value.status == 409 and "another tenant" in taken.value.reason
+    assert taken.value.status == 409 and "already in use" in taken.value.reason
 
 
 def test_assign_uses_the_model_only_with_enough_outcomes(fake: FakeStore, monkeypatch: pytest.MonkeyPatch) -> None:

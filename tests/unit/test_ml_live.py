@@ -127,3 +127,52 @@ def test_failure_warnings_open_and_resolve_the_failure_risk_episode() -> None:
             assert op.details["model"] == "f1" and op.details["risk"] >= pred.threshold
     assert np.allclose(risks, pred.predict_risk(failing), atol=1e-4)  # rounded to 4 places in the state
     assert warned == expected and warned
+
+
+def test_a_state_it_cannot_read_is_started_afresh_and_never_fails_the_heartbeat(detector: AnomalyDetector) -> None:
+    stream = FLEET["a6"]
+    models = live.Models(detector, "v1")
+    broken = {"v": live.STATE_VERSION, "baseline": {"interval": 30.0, "n": 40, "mean": [1.0]}}  # truncated
+    out = live.step(models, "a6", broken, metrics_of(stream.X[0]), T0, 30.0)
+    assert out.state["status"] == L.UNSCORED and "reset" in out.state["reason"]
+    assert {r.rule for r in out.resolves} == {L.ANOMALY, L.FAILURE_RISK}  # nothing left open
+    older = {"v": 0, "baseline": {"whatever": 1}, "episode": {"opened": 5}}
+    out = live.step(models, "a6", older, metrics_of(stream.X[0]), T0, 30.0)
+    assert out.state["v"] == live.STATE_VERSION and out.state["baseline"]["n"] == 1
+    assert {r.rule for r in out.resolves} >= {L.ANOMALY}
+
+
+def test_episodes_close_when_the_agent_or_the_model_stops_being_scored(detector: AnomalyDetector) -> None:
+    stream = FLEET["a7"]
+    X = stream.X.copy()
+    X[500:, 0] *= 6.0
+    faulty = with_x(stream, X)
+    state: dict = {}
+    opened_at = None
+    for i in range(560):
+        at = T0 + timedelta(seconds=float(faulty.t[i]))
+        out = live.step(live.Models(detector, "v1"), "a7", state, metrics_of(faulty.X[i]), at, 30.0)
+        state = json.loads(json.dumps(out.state))
+        if any(op.rule == L.ANOMALY for op in out.opens):
+            opened_at = i
+    assert opened_at is not None and state["status"] == L.ANOMALOUS
+    few = live.step(live.Models(detector, "v1"), "a7", state, {"cpu_pct": 1.0}, T0, 30.0)
+    assert few.state["status"] == L.UNSCORED and L.ANOMALY in {r.rule for r in few.resolves}
+    assert few.state["baseline"] == state["baseline"]  # the baseline is kept for when metrics return
+    gone = live.step(live.Models(), "a7", state, metrics_of(faulty.X[560]), T0, 30.0)
+    assert L.ANOMALY in {r.rule for r in gone.resolves} and gone.state["episode"] is None
+
+
+def test_a_new_heartbeat_interval_is_taken_up(detector: AnomalyDetector) -> None:
+    stream = FLEET["a8"]
+    state: dict = {}
+    for i in range(60):
+        at = T0 + timedelta(seconds=30.0 * i)
+        state = live.step(live.Models(detector, "v1"), "a8", state, metrics_of(stream.X[i]), at, 30.0).state
+    statuses = []
+    for j in range(60, 80):  # re-registered: one heartbeat every 120 s
+        at = T0 + timedelta(seconds=30.0 * 59 + 120.0 * (j - 59))
+        state = live.step(live.Models(detector, "v1"), "a8", state, metrics_of(stream.X[j]), at, 120.0).state
+        statuses.append(state["status"])
+    assert state["baseline"]["interval"] == 120.0
+    assert L.ANOMALOUS not in statuses[2:]

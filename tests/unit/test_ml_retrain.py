@@ -1,0 +1,143 @@
+"""Retraining (shared/ml/retrain.py): history samples become streams, failures are read off them, the
+held-out split ignores young agents, and a new version is promoted only when at least as good as the one
+in service on the same held-out data (None is never "better")."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from shared.ml import retrain
+from shared.ml.anomaly import AnomalyDetector
+from shared.ml.data import AgentStream
+from shared.ml.simulate import simulate, simulate_rows
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def samples(n: int, *, start_seq: int = 0, metrics: dict | None = None) -> list[dict]:
+    m = metrics or {"latency_ms_p95": 100.0, "error_rate": 0.01, "cpu_pct": 20.0, "memory_pct": 40.0}
+    return [
+        {"seq": start_seq + i, "at": (T0 + timedelta(seconds=30 * (start_seq + i))).isoformat(), "metrics": dict(m)}
+        for i in range(n)
+    ]
+
+
+def test_history_samples_become_ordered_streams_without_repeats_or_unscored_agents() -> None:
+    rows = samples(700)
+    shuffled = list(reversed(rows)) + rows[:50]  # any order, chunks and the ring overlapping
+    streams = retrain.streams_from_samples(
+        {
+            "ok": (30.0, shuffled),
+            "young": (30.0, samples(100)),
+            "few-metrics": (30.0, samples(700, metrics={"cpu_pct": 1.0})),
+        }
+    )
+    assert list(streams) == ["ok"]
+    s = streams["ok"]
+    assert len(s) == 700 and s.t[0] == 0.0 and np.all(np.diff(s.t) == 30.0)
+    assert s.X[0].tolist() == [100.0, 0.01, 20.0, 40.0, 0.0, 0.0]
+
+
+def test_failures_are_read_off_the_history() -> None:
+    t = np.arange(50, dtype=float) * 30.0
+    t[20:] += 300.0  # silent for 10 intervals before row 20
+    X = np.zeros((50, 6))
+    X[30:34, 1] = 0.4  # an error burst of 4 heartbeats
+    X[40:42, 1] = 0.5  # too short to count
+    events = retrain.derive_failures(AgentStream("a", 30.0, t, X))
+    assert [(e.kind, e.start, e.end) for e in events] == [("gap", 20, 21), ("error_burst", 30, 34)]
+
+
+def test_a_young_agent_does_not_shorten_everyones_window() -> None:
+    streams = simulate_rows(12 * 1200, rows_per_agent=1200)
+    young = next(iter(streams.values())).head(650)
+    data = retrain.split({**streams, "young": young})
+    assert data is not None and len(next(iter(data.streams.values()))) == 1200
+    assert "young" not in data.streams and data.train_rows == int(1200 * retrain.TRAIN_SHARE)
+    assert retrain.split({"young": young.head(500)}) is None
+
+
+@pytest.fixture(scope="module")
+def data() -> retrain.Split:
+    fleet = simulate(agents=24, rows=900, train_rows=600, seed=2)
+    out = retrain.split({a: s.head(600) for a, s in fleet.streams.items()} | fleet.streams)
+    assert out is not None
+    return out
+
+
+def test_a_version_is_promoted_only_if_at_least_as_good(data: retrain.Split) -> None:
+    first = retrain.retrain_anomaly(data)
+    assert first.promote and first.reason.startswith("no model in service")
+    assert first.metrics["events"] > 0 and first.metrics["f1"] > 0.5
+    # Against itself: the same score, so at least as good.
+    again = retrain.retrain_anomaly(data, first.model, "v1")
+    assert again.promote and "at least as good" in again.reason
+    assert again.current_metrics == first.metrics
+    # Against a model that never fires: better, promoted; and a blind new model is not promoted over it.
+    blind = copy.deepcopy(first.model)
+    blind.thresholds = {a: 1e9 for a in blind.thresholds}
+    blind.fleet_threshold = 1e9
+    blind.env_lo[:] = -np.inf
+    blind.env_hi[:] = np.inf
+    blind.gap_threshold = 1e9
+    vs_blind = retrain.retrain_anomaly(data, blind, "blind")
+    assert vs_blind.promote and vs_blind.current_metrics["f1"] == 0.0
+    cand = retrain.Candidate("anomaly", metrics={"f1": 0.0}, current_metrics=first.metrics)
+    retrain._decide(cand, "f1")
+    assert not cand.promote and "worse than" in cand.reason
+
+
+def test_a_missing_metric_is_never_better() -> None:
+    cand = retrain.Candidate("task_assignment", metrics={"brier": None}, current_metrics={"brier": 0.2})
+    retrain._decide(cand, "brier", lower_is_better=True)
+    assert not cand.promote and "not comparable" in cand.reason
+    cand = retrain.Candidate("task_assignment", metrics={"brier": 0.19}, current_metrics={"brier": 0.2})
+    retrain._decide(cand, "brier", lower_is_better=True)
+    assert cand.promote
+
+
+def test_packaged_versions_are_named_by_time_and_content(data: retrain.Split) -> None:
+    cand = retrain.package(retrain.retrain_anomaly(data), T0)
+    assert cand.version is not None and cand.version.startswith("anomaly-20261101T000000-")
+    assert AnomalyDetector.from_bytes(cand.data, load_forest=False).flat is not None
+    assert cand.record()["sha256"] == cand.sha256 and cand.record()["decision"] == "promote"
+
+
+def test_task_outcomes_that_are_all_successes_train_nothing() -> None:
+    from shared.domain.assignment import RecordedOutcome
+    from shared.ml.assign import FEATURES
+
+    outcomes = [
+        RecordedOutcome(f"t{i}", "acme", "a1", True, T0 + timedelta(minutes=i), dict.fromkeys(FEATURES, 0.5))
+        for i in range(80)
+    ]
+    cand = retrain.retrain_task(outcomes)
+    assert cand.model is None and "nothing to learn" in cand.reason
+    assert "needs 50" in retrain.retrain_task(outcomes[:10]).reason
+
+
+def test_the_retraining_run_has_its_own_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.launchers.base import Backend, LaunchError
+    from shared.launchers.cloudrun import job_message
+    from shared.ml import runs
+
+    monkeypatch.setenv("FLEET_RETRAIN_BACKEND", "cloudrun")
+    monkeypatch.delenv("FLEET_RETRAIN_SERVICE_ACCOUNT", raising=False)
+    with pytest.raises(LaunchError, match="its own identity"):
+        runs.backend()
+    monkeypatch.setenv("FLEET_RETRAIN_SERVICE_ACCOUNT", "fleet-retrain@p.iam.gserviceaccount.com")
+    assert runs.backend() is Backend.CLOUDRUN
+    spec = runs.spec(runs.run_id_for(T0), Backend.CLOUDRUN)
+    assert spec.job_id == "retrain-20261101" and spec.command == (
+        "python",
+        "-m",
+        "jobs.retrain",
+        "--run-id",
+        spec.job_id,
+    )
+    message = job_message(spec, project="p", region="r", service_account="fleet-training@p.iam.gserviceaccount.com")
+    assert message.template.template.service_account == "fleet-retrain@p.iam.gserviceaccount.com"
