@@ -327,7 +327,7 @@ class FailurePredictor:
     """Predicts per row the risk that the agent fails within ``horizon`` rows; warns above ``threshold``."""
 
     def __init__(
-        self, max_iter: int = 200, learning_rate: float = 0.1, random_state: int = 0, max_train_rows: int = 200_000
+        self, max_iter: int = 120, learning_rate: float = 0.15, random_state: int = 0, max_train_rows: int = 200_000
     ) -> None:
         self.max_iter = max_iter
         #: More training rows than this and healthy rows are sampled (all failure rows kept).

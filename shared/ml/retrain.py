@@ -200,11 +200,19 @@ def _decide(cand: Candidate, key: str, *, lower_is_better: bool = False, serving
     cand.reason = f"{key} {new:.3f} {verb} {serving} {old:.3f} on the same held-out data"
 
 
-def _anomaly_metrics(det: Any, fleet: Fleet, clean: Fleet) -> dict[str, Any]:
+def _anomaly_metrics(det: Any, fleet: Fleet, clean: Fleet, features: dict[str, list[Any]]) -> dict[str, Any]:
+    """``det`` scored on the injected and the clean held-out fleets; ``features`` holds each fleet's
+    ``batch_features_many`` (computed once, shared by the two models compared)."""
     from shared.ml.evaluate import score
 
-    report = score(fleet, det.detect_many(list(fleet.streams.values())))
-    quiet = score(clean, det.detect_many(list(clean.streams.values())))
+    found = {}
+    for name, data in (("injected", fleet), ("clean", clean)):
+        streams = list(data.streams.values())
+        if name not in features:
+            features[name] = fe.batch_features_many(streams)
+        found[name] = {s.agent_id: det.detect_rows(s, c)[0] for s, c in zip(streams, features[name], strict=True)}
+    report = score(fleet, found["injected"])
+    quiet = score(clean, found["clean"])
     p, r = report.precision or 0.0, report.recall or 0.0
     held_out = sum(len(s) - clean.train_rows for s in clean.streams.values())
     return {
@@ -236,9 +244,10 @@ def retrain_anomaly(data: Split, current: Any = None, current_version: str | Non
         cand.reason = f"held-out data too short to evaluate: {exc}"
         return cand
     cand.model = det
-    cand.metrics = _anomaly_metrics(det, injected, clean)
+    features: dict[str, list[Any]] = {}
+    cand.metrics = _anomaly_metrics(det, injected, clean, features)
     if current is not None:
-        cand.current_metrics = _anomaly_metrics(current, injected, clean)
+        cand.current_metrics = _anomaly_metrics(current, injected, clean, features)
     _decide(cand, "f1")
     return cand
 
@@ -264,10 +273,14 @@ def retrain_failure(data: Split, current: Any = None, current_version: str | Non
     streams = list(data.streams.values())
     lengths = {s.agent_id: len(s) for s in streams}
 
+    from shared.ml.failure import design_many
+
+    designs = design_many(streams)  # computed once, shared by the two models compared
+
     def measure(model: Any) -> dict[str, Any]:
         warned = {
-            s.agent_id: [w for w in warnings_from_risk(r, model.threshold) if w >= data.train_rows]
-            for s, r in zip(streams, model.predict_risk_many(streams), strict=True)
+            s.agent_id: [w for w in warnings_from_risk(model._risk(D, valid), model.threshold) if w >= data.train_rows]
+            for s, (D, valid) in zip(streams, designs, strict=True)
         }
         sc = score_warnings(warned, lengths, test_events, model.horizon)
         return {

@@ -123,11 +123,22 @@ def retraining(report: Callable[[str], None]) -> list[str]:
 
 
 def _rss_mb(stack: Stack, function: str) -> float:
-    pid = json.loads(stack.pids_file.read_text())[function]
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the function's process and its children (functions-framework serves from a
+    gunicorn worker), in MB."""
+    todo = [int(json.loads(stack.pids_file.read_text())[function])]
+    total_kb = 0
+    while todo:
+        pid = todo.pop()
+        proc = Path(f"/proc/{pid}")
+        try:
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+            for task in (proc / "task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total_kb / 1024
 
 
 def _heartbeats(start_seq: int, rng: np.random.Generator) -> list[tuple[bytes, dict[str, str]]]:

@@ -7,8 +7,9 @@
 - Firestore reads and writes per accepted heartbeat (from the functions' structured logs).
 - Import time of the function module (cold start), and the first event's latency after it.
 - Cost events (tests/bench/costs.py), the liveness sweep with its Slack notices (tests/bench/sweep.py)
-  the Slack app's answers to signed requests (tests/bench/slack.py) and training jobs: submit,
-  admission, launch, the reconcile tick (tests/bench/jobs.py).
+  the Slack app's answers to signed requests (tests/bench/slack.py), training jobs: submit,
+  admission, launch, the reconcile tick (tests/bench/jobs.py), and the learned models: scoring per
+  heartbeat, retraining on a million rows, the push path with models in service (tests/bench/ml.py).
 
 Two stacks are measured: the default (one instance, whose agent cache saves the read), and the
 cache switched off, which is what many instances without affinity look like in Google Cloud.
@@ -299,6 +300,10 @@ def main() -> int:
     from tests.bench import jobs
 
     job_lines = jobs.main(report=lambda line: None)
+    print("measuring the learned models ...", file=sys.stderr)
+    from tests.bench import ml
+
+    ml_lines = ml.main(report=lambda line: None)
 
     lines = [
         f"Measured {started:%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, {os.cpu_count()} cores, "
@@ -335,6 +340,7 @@ def main() -> int:
     lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
     lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]
     lines += ["", "### Training jobs", "", *jobs.describe(), "", *job_lines]
+    lines += ["", "### Learned models", "", *ml.describe(), "", *ml_lines]
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"
