@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STACK_DIR ?= .stack
 JOB ?=
 
-.PHONY: help setup tools up down status tick retrain demo test unit integration lint schemas bench eval clean
+.PHONY: help setup tools up down status tick retrain demo test terraform-check plan deploy unit integration lint schemas bench eval clean
 
 help:
 	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench  - end-to-end benchmarks (writes the figures for docs/benchmarks.md)"
 	@echo "make eval   - the learned anomaly detector against the static rules on a simulated fleet with labelled faults"
 	@echo "make retrain - retrain the learned models now on the stack of make up (GET /v1/models lists them)"
+	@echo "make plan / make deploy TFVARS=prod.tfvars - terraform plan / apply in terraform/ (Google Cloud)"
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,8 +67,33 @@ unit: setup
 integration: setup tools
 	$(PY) -m pytest -q tests/integration
 
-test: setup tools lint
+test: setup tools lint terraform-check
 	$(PY) -m pytest -q tests/unit tests/integration
+
+# Terraform checked offline (the Google provider cannot be downloaded here): formatting, and checkov in a
+# virtualenv of its own (its dependencies clash with the application's). The HCL parse and the contract
+# with the manifest and the code are tests/unit/test_terraform.py.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_STAMP):
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet "checkov>=3.2,<4"
+	@touch $@
+
+terraform-check: $(CHECKOV_STAMP)
+	terraform fmt -check -recursive terraform
+	$(CHECKOV_VENV)/bin/checkov --directory terraform --framework terraform --skip-download --quiet --compact
+
+# Deploy to Google Cloud (needs the Google provider, gcloud credentials and TFVARS, e.g. terraform/prod.tfvars).
+TFVARS ?= example.tfvars
+plan:
+	terraform -chdir=terraform init -input=false
+	terraform -chdir=terraform plan -input=false -var-file=$(TFVARS) -out=fleet.tfplan
+
+deploy:
+	terraform -chdir=terraform apply -input=false fleet.tfplan
 
 schemas: setup
 	$(PY) -m shared.schemas docs/schemas
@@ -81,4 +107,4 @@ eval: setup
 	$(PY) -m shared.ml.evaluate --failure
 
 clean: down
-	rm -rf $(VENV) .stack* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .stack* .pytest_cache .mypy_cache .ruff_cache terraform/.build

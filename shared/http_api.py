@@ -645,7 +645,8 @@ _SETTINGS: dict[str, type[BaseModel]] = {
 def _settings_view(call: Call, kind: str) -> SettingsView:
     tenant = _visible_tenant(call)
     overrides = getattr(config.read_tenant(tenant), kind)
-    base = {**config.job_defaults(), **overrides} if kind == "jobs" else overrides  # the deployment's defaults
+    defaults = {"jobs": config.job_defaults, "alerting": config.alerting_defaults}.get(kind)
+    base = {**defaults(), **overrides} if defaults else overrides  # the deployment's defaults
     effective = _SETTINGS[kind].model_validate(merged(_SETTINGS[kind], base)).model_dump(mode="json")
     return SettingsView(tenant=tenant, overrides=overrides, effective=effective)
 

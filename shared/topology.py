@@ -36,6 +36,8 @@ class Function:
     max_instances: int = 10
     local_only: bool = False
     secrets: tuple[str, ...] = ()
+    #: Topics the function publishes to (Terraform grants the publisher role on these only).
+    publishes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ def parse(data: dict[str, Any]) -> Topology:
     for f in data.get("functions", []):
         f = dict(f)
         f["secrets"] = tuple(f.get("secrets", ()))
+        f["publishes"] = tuple(f.get("publishes", ()))
         functions.append(Function(**f))
     topology = Topology(
         topics=tuple(Topic(**t) for t in data.get("topics", [])),
@@ -156,6 +159,10 @@ def _check(topology: Topology) -> None:
             raise ValueError(f"schedule {job.name}: no subscription delivers {job.topic} to {job.function}")
         if not topology.topic(job.topic).tick:
             raise ValueError(f"schedule {job.name}: topic {job.topic} is not marked `tick: true`")
+    for fn in topology.functions:
+        for name in fn.publishes:
+            if name not in topics:
+                raise ValueError(f"function {fn.name} publishes to unknown topic {name}")
     secrets = {s.name for s in topology.secrets}
     for fn in topology.functions:
         for name in fn.secrets:

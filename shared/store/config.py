@@ -124,7 +124,20 @@ def alerting(name: str) -> AlertingConfig:
 @functools.lru_cache(maxsize=256)
 def _rules(health: str, alerting: str) -> tuple[HealthConfig, AlertingConfig]:
     """Validated once per distinct settings (not on every heartbeat)."""
-    return HealthConfig.for_tenant(json.loads(health)), AlertingConfig.for_tenant(json.loads(alerting))
+    return HealthConfig.for_tenant(json.loads(health)), AlertingConfig.for_tenant(
+        {**alerting_defaults(), **json.loads(alerting)}
+    )
+
+
+def alerting_defaults() -> dict[str, Any]:
+    """This deployment's Slack channels under every tenant's overrides: ``FLEET_SLACK_ALERTS_CHANNEL`` and
+    ``FLEET_SLACK_APPROVALS_CHANNEL`` (Terraform sets them from its variables)."""
+    out: dict[str, Any] = {}
+    if os.environ.get("FLEET_SLACK_ALERTS_CHANNEL"):
+        out["default_channel"] = os.environ["FLEET_SLACK_ALERTS_CHANNEL"]
+    if os.environ.get("FLEET_SLACK_APPROVALS_CHANNEL"):
+        out["approvals_channel"] = os.environ["FLEET_SLACK_APPROVALS_CHANNEL"]
+    return out
 
 
 def forget(name: str) -> None:

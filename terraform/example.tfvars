@@ -1,0 +1,11 @@
+# terraform plan -var-file=example.tfvars (copy it and set your project).
+project_id              = "my-fleet-project"
+region                  = "us-central1"
+environment             = "prod"
+firestore_location      = "nam5"
+slack_alerts_channel    = "#fleet-alerts"
+slack_approvals_channel = "#fleet-approvals"
+gpu_type                = "nvidia-l4"
+gpu_machine_type        = "g2-standard-8"
+gpu_pool_max_nodes      = 4
+cpu_pool_max_nodes      = 4

@@ -1,0 +1,29 @@
+output "api_url" {
+  description = "The REST API (fleet-api); send `Authorization: Bearer <key>` (fleetctl keys create)."
+  value       = google_cloudfunctions2_function.function["fleet-api"].service_config[0].uri
+}
+
+output "slack_request_url" {
+  description = "The Slack app's request URL (slash commands and interactivity)."
+  value       = "${google_cloudfunctions2_function.function["fleet-slack"].service_config[0].uri}/slack/events"
+}
+
+output "agent_topics" {
+  description = "Topics agents publish to (registrations, heartbeats, costs, approvals, job progress), by event type."
+  value       = { for name, t in local.agent_topics : t.event_type => google_pubsub_topic.topic[name].name }
+}
+
+output "command_topic" {
+  description = "The topic agents receive their commands on (each agent subscribes, filtered by its id)."
+  value       = google_pubsub_topic.topic["agent-commands"].id
+}
+
+output "models_bucket" {
+  description = "Cloud Storage bucket of the learned models' bytes."
+  value       = google_storage_bucket.models.name
+}
+
+output "training_image" {
+  description = "Where to push the training image (docker push), used by training and retraining jobs."
+  value       = local.function_env.FLEET_TRAINING_IMAGE
+}

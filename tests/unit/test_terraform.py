@@ -1,0 +1,157 @@
+"""The Terraform in terraform/ against the topology manifest and the code (issue 8's contract): every file
+parses (python-hcl2), the manifest's topics, subscriptions, functions, schedules, secrets, indexes, TTLs
+and buckets are created with ``for_each`` over the manifest (never spelled by hand), every name the
+Terraform does spell exists in the manifest, every entry point exists in functions/main.py, the
+environment it sets is what the code reads, and secrets reach the functions under the names the code
+looks them up by."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from shared import topology
+
+ROOT = Path(__file__).resolve().parents[2]
+TF = ROOT / "terraform"
+
+
+def _strip(value: str) -> str:
+    return value.strip('"')
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict[str, dict[str, Any]]:
+    files = sorted(TF.glob("*.tf"))
+    assert files, "no Terraform files"
+    out = {}
+    for path in files:
+        with path.open() as handle:
+            out[path.name] = hcl2.load(handle)
+    return out
+
+
+def _blocks(parsed: dict[str, dict[str, Any]], kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(type, name): body}`` of every ``resource`` or ``data`` block."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for doc in parsed.values():
+        for block in doc.get(kind, []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    found[(_strip(rtype), _strip(name))] = body
+    return found
+
+
+def test_every_file_parses_and_the_manifest_is_read_once(parsed: dict[str, dict[str, Any]]) -> None:
+    text = "\n".join(p.read_text() for p in TF.glob("*.tf"))
+    assert text.count("yamldecode(") == 1 and 'yamldecode(file("${path.module}/../topology.yaml"))' in text
+
+
+@pytest.mark.parametrize(
+    ("resource", "source"),
+    [
+        ("google_pubsub_topic.topic", "local.topics"),
+        ("google_pubsub_subscription.push", "local.subscriptions"),
+        ("google_cloudfunctions2_function.function", "local.functions"),
+        ("google_service_account.function", "local.functions"),
+        ("google_cloud_scheduler_job.tick", "local.schedules"),
+        ("google_secret_manager_secret.secret", "local.secrets"),
+        ("google_firestore_index.index", "local.indexes"),
+        ("google_firestore_field.ttl", "local.ttls"),
+        ("google_secret_manager_secret_iam_member.function_reads", "local.function_secrets"),
+        ("google_pubsub_topic_iam_member.function_publishes", "local.function_publishes"),
+    ],
+)
+def test_manifest_parts_are_created_for_each_entry(
+    parsed: dict[str, dict[str, Any]], resource: str, source: str
+) -> None:
+    rtype, name = resource.split(".")
+    body = _blocks(parsed, "resource")[(rtype, name)]
+    assert body["for_each"] == "${" + source + "}"
+
+
+def test_the_locals_come_from_the_manifest_sections(parsed: dict[str, dict[str, Any]]) -> None:
+    text = (TF / "locals.tf").read_text()
+    for local, section in [
+        ("topics", "topics"),
+        ("functions", "functions"),
+        ("subscriptions", "subscriptions"),
+        ("schedules", "schedules"),
+        ("secrets", "secrets"),
+        ("buckets", "buckets"),
+        ("indexes", "firestore_indexes"),
+        ("ttls", "firestore_ttl"),
+    ]:
+        assert re.search(rf"^\s*{local}\s*=.*local\.manifest\.{section}\b", text, re.M), local
+
+
+def test_names_the_terraform_spells_exist_in_the_manifest() -> None:
+    """Keys into the manifest's maps written by hand (``topic["job-progress"]``...) must name something the
+    manifest defines, and nothing of the manifest may be created outside its for_each."""
+    topo = topology.load().deployed()
+    topics = {t.name for t in topo.topics}
+    functions = {f.name for f in topo.functions}
+    buckets = {b["name"] for b in topo.raw.get("buckets", [])}
+    text = "\n".join(p.read_text() for p in TF.glob("*.tf"))
+    for key in re.findall(r"google_pubsub_topic\.topic\[\"([^\"]+)\"\]", text):
+        assert key in topics, key
+    for key in re.findall(
+        r"(?:google_service_account\.function|google_cloudfunctions2_function\.function)\[\"([^\"]+)\"\]", text
+    ):
+        assert key in functions, key
+    for key in re.findall(r"local\.buckets\[\"([^\"]+)\"\]", text):
+        assert key in buckets, key
+    launchers = re.search(r"launchers\s*=\s*toset\(\[([^\]]*)\]\)", text)
+    assert launchers is not None
+    assert set(re.findall(r"\"([^\"]+)\"", launchers.group(1))) <= functions
+    for name in topics | functions:
+        # A manifest name in quotes anywhere else would be a second spelling of it.
+        for match in re.finditer(rf"name\s*=\s*\"{re.escape(name)}\"", text):
+            pytest.fail(f"{name} is named by hand at {match.group(0)}")
+
+
+def test_every_entry_point_exists_in_the_functions_module() -> None:
+    tree = ast.parse((ROOT / "functions" / "main.py").read_text())
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for fn in topology.load().deployed().functions:
+        assert fn.entry_point in defined, fn.entry_point
+
+
+def test_the_environment_it_sets_is_what_the_code_reads() -> None:
+    text = (TF / "locals.tf").read_text()
+    block = text[text.index("function_env = {") :]
+    block = block[: block.index("\n  }")]
+    names = set(re.findall(r"^\s*([A-Z][A-Z0-9_]+)\s*=", block, re.M))
+    assert names, "no environment"
+    code = "\n".join(p.read_text() for p in (ROOT / "shared").rglob("*.py"))
+    unread = {n for n in names if n not in code and n != "FLEET_ENVIRONMENT"}
+    assert not unread, f"set by Terraform but read nowhere: {sorted(unread)}"
+    # Never the local fakes' endpoints or the local backend's directory.
+    assert not names & {"FLEET_GKE_API_ENDPOINT", "FLEET_CLOUDRUN_API_ENDPOINT", "FLEET_LOCAL_JOBS_DIR"}
+
+
+def test_secrets_reach_functions_under_the_names_the_code_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """functions.tf injects each secret as the environment variable ``upper(replace(name, "-", "_"))``;
+    shared/settings.secret reads exactly that."""
+    from shared import settings
+
+    assert 'upper(replace(secret_environment_variables.value, "-", "_"))' in (TF / "functions.tf").read_text()
+    for secret in topology.load().secrets:
+        env = secret.name.upper().replace("-", "_")
+        monkeypatch.setenv(env, "value-of-" + secret.name)
+        assert settings.secret(secret.name) == "value-of-" + secret.name
+
+
+def test_every_variable_has_a_description_and_an_example() -> None:
+    variables = re.findall(r'variable "([^"]+)"', (TF / "variables.tf").read_text())
+    example = (TF / "example.tfvars").read_text()
+    for name in variables:
+        if name in ("function_source_dir", "training_image_tag"):
+            continue  # have defaults that rarely change
+        assert re.search(rf"^{name}\s*=", example, re.M), f"{name} missing from example.tfvars"
+    assert len(re.findall(r"description\s*=", (TF / "variables.tf").read_text())) == len(variables)
