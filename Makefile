@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STACK_DIR ?= .stack
 JOB ?=
 
-.PHONY: help setup tools up down status tick retrain demo test terraform-check plan deploy unit integration lint schemas bench eval clean
+.PHONY: help setup tools up down status tick retrain demo test terraform-check secrets plan deploy unit integration lint schemas bench eval clean
 
 help:
 	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
@@ -67,8 +67,14 @@ unit: setup
 integration: setup tools
 	$(PY) -m pytest -q tests/integration
 
-test: setup tools lint terraform-check
-	$(PY) -m pytest -q tests/unit tests/integration
+# The Terraform checks (installing checkov the first time: mostly download) run beside the unit tests.
+test: setup tools lint
+	@( $(MAKE) --no-print-directory terraform-check > .terraform-check.log 2>&1; echo $$? > .terraform-check.rc ) & \
+	checks=$$!; status=0; \
+	$(PY) -m pytest -q tests/unit tests/integration || status=$$?; \
+	wait $$checks; cat .terraform-check.log; rc=$$(cat .terraform-check.rc); rm -f .terraform-check.log .terraform-check.rc; \
+	if [ $$rc -ne 0 ]; then echo "terraform-check failed"; fi; \
+	[ $$status -eq 0 ] && [ $$rc -eq 0 ]
 
 # Terraform checked offline (the Google provider cannot be downloaded here): formatting, and checkov in a
 # virtualenv of its own (its dependencies clash with the application's). The HCL parse and the contract
@@ -88,6 +94,10 @@ terraform-check: $(CHECKOV_STAMP)
 
 # Deploy to Google Cloud (needs the Google provider, gcloud credentials and TFVARS, e.g. terraform/prod.tfvars).
 TFVARS ?= example.tfvars
+secrets:
+	terraform -chdir=terraform init -input=false
+	terraform -chdir=terraform apply -input=false -var-file=$(TFVARS) -target=google_secret_manager_secret.secret
+
 plan:
 	terraform -chdir=terraform init -input=false
 	terraform -chdir=terraform plan -input=false -var-file=$(TFVARS) -out=fleet.tfplan

@@ -8,7 +8,14 @@ Heavy clients (Firestore) are imported on first use, not here, to keep cold star
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
+
+# Deployed, the source root (shared/, topology.yaml) is the function's source, not an installed package.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 import functions_framework
 from cloudevents.http import CloudEvent

@@ -7,5 +7,6 @@ slack_alerts_channel    = "#fleet-alerts"
 slack_approvals_channel = "#fleet-approvals"
 gpu_type                = "nvidia-l4"
 gpu_machine_type        = "g2-standard-8"
+gpu_zones               = ["us-central1-a", "us-central1-c"]
 gpu_pool_max_nodes      = 4
 cpu_pool_max_nodes      = 4

@@ -50,6 +50,9 @@ resource "google_cloudfunctions2_function" "function" {
   build_config {
     runtime     = "python311"
     entry_point = each.value.entry_point
+    # The entry points live in functions/main.py; requirements.txt at the root lists what to install.
+    environment_variables = { GOOGLE_FUNCTION_SOURCE = "functions/main.py" }
+    service_account       = google_service_account.build.id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -82,7 +85,12 @@ resource "google_cloudfunctions2_function" "function" {
     }
   }
 
-  depends_on = [google_project_service.api, google_secret_manager_secret_iam_member.function_reads]
+  depends_on = [
+    google_project_service.api,
+    google_secret_manager_secret_iam_member.function_reads,
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+  ]
 }
 
 # Event functions: only the push subscriptions' account may invoke them (authenticated push).

@@ -4,6 +4,7 @@
 resource "google_service_account" "nodes" {
   account_id   = "fleet-gke-nodes"
   display_name = "Agent Fleet Manager GKE nodes (${var.environment})"
+  depends_on   = [google_project_service.api]
 }
 
 # Nodes write their logs and metrics, and pull the training image.
@@ -58,7 +59,15 @@ resource "google_container_cluster" "gpu" {
   }
 
   network_policy {
-    enabled = true
+    enabled  = true
+    provider = "CALICO"
+  }
+
+  # Network policy on the nodes needs its add-on.
+  addons_config {
+    network_policy_config {
+      disabled = false
+    }
   }
 
   binary_authorization {
@@ -84,6 +93,8 @@ resource "google_container_node_pool" "gpu" {
   name     = "gpu-${var.gpu_type}"
   cluster  = google_container_cluster.gpu.id
   location = var.region
+  # Zones that offer the accelerator (not every zone of a region carries every GPU); empty: GKE's default.
+  node_locations = length(var.gpu_zones) > 0 ? var.gpu_zones : null
 
   autoscaling {
     total_min_node_count = 0

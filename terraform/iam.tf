@@ -1,11 +1,14 @@
 # One service account per function and per job, each role granted to it alone and said why.
 
-data "google_project" "this" {}
+data "google_project" "this" {
+  depends_on = [google_project_service.api]
+}
 
 resource "google_service_account" "function" {
   for_each     = local.functions
   account_id   = local.function_sa[each.key]
   display_name = "Agent Fleet Manager ${each.key} (${var.environment})"
+  depends_on   = [google_project_service.api]
 }
 
 # Every function keeps its state in Firestore (agents, usage, episodes, approvals, jobs...).
@@ -36,6 +39,7 @@ resource "google_secret_manager_secret_iam_member" "function_reads" {
 resource "google_service_account" "pusher" {
   account_id   = "fleet-pubsub-push"
   display_name = "Agent Fleet Manager Pub/Sub push (${var.environment})"
+  depends_on   = [google_project_service.api]
 }
 
 # The Pub/Sub service agent signs the push OIDC tokens as the pusher account.
@@ -43,6 +47,8 @@ resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
   service_account_id = google_service_account.pusher.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  # The service agent exists once the Pub/Sub API is enabled.
+  depends_on = [google_project_service.api]
 }
 
 # Training runs (GKE pods through Workload Identity, Cloud Run training jobs) run as this account:
@@ -50,6 +56,7 @@ resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
 resource "google_service_account" "training" {
   account_id   = "fleet-training"
   display_name = "Agent Fleet Manager training runs (${var.environment})"
+  depends_on   = [google_project_service.api]
 }
 
 resource "google_pubsub_topic_iam_member" "training_progress" {
@@ -63,6 +70,7 @@ resource "google_pubsub_topic_iam_member" "training_progress" {
 resource "google_service_account" "retrain" {
   account_id   = "fleet-model-retrain"
   display_name = "Agent Fleet Manager model retraining (${var.environment})"
+  depends_on   = [google_project_service.api]
 }
 
 resource "google_project_iam_member" "retrain_firestore" {
@@ -114,4 +122,26 @@ resource "google_project_iam_member" "launchers_gke" {
   project  = var.project_id
   role     = "roles/container.developer"
   member   = "serviceAccount:${google_service_account.function[each.key].email}"
+}
+
+# Cloud Build builds the functions as this account (new projects no longer build as the Compute Engine
+# default account): it reads the source archive, writes the build's logs and pushes the function images.
+resource "google_service_account" "build" {
+  account_id   = "fleet-functions-build"
+  display_name = "Agent Fleet Manager function builds (${var.environment})"
+  depends_on   = [google_project_service.api]
+}
+
+resource "google_project_iam_member" "build" {
+  # checkov:skip=CKV_GCP_49: Cloud Build's builder role is what a function build needs; it is granted to the build account only, which nothing else runs as
+  for_each = toset(["roles/cloudbuild.builds.builder", "roles/logging.logWriter", "roles/artifactregistry.writer"])
+  project  = var.project_id
+  role     = each.value
+  member   = "serviceAccount:${google_service_account.build.email}"
+}
+
+resource "google_storage_bucket_iam_member" "build_reads_source" {
+  bucket = google_storage_bucket.source.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.build.email}"
 }

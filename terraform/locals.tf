@@ -10,8 +10,12 @@ locals {
   secrets       = { for s in try(local.manifest.secrets, []) : s.name => s }
   buckets       = { for b in try(local.manifest.buckets, []) : b.name => b }
   run_jobs      = { for j in try(local.manifest.run_jobs, []) : j.name => j }
-  indexes       = { for i, idx in try(local.manifest.firestore_indexes, []) : "${idx.collection}-${i}" => idx }
-  ttls          = { for t in try(local.manifest.firestore_ttl, []) : t.collection_group => t }
+  # Keyed by content, so adding an index never renames (and rebuilds) the others.
+  indexes = {
+    for idx in try(local.manifest.firestore_indexes, []) :
+    "${idx.collection}-${join("-", [for f in idx.fields : "${f.field}_${f.order}"])}" => idx
+  }
+  ttls = { for t in try(local.manifest.firestore_ttl, []) : t.collection_group => t }
 
   # Functions delivered by Pub/Sub push (CloudEvent signature) and those serving HTTPS.
   event_functions = { for name, f in local.functions : name => f if f.signature == "cloudevent" }
@@ -26,7 +30,8 @@ locals {
     for name, f in local.functions : { for t in try(f.publishes, []) : "${name}/${t}" => { function = name, topic = t } }
   ]...)
   # Topics agents publish to (those carrying an event type, except the commands they receive).
-  agent_topics = { for name, t in local.topics : name => t if try(t.event_type, null) != null && t.event_type != "command" }
+  # (A conditional, not &&: Terraform evaluates both sides of && and topics without event_type would fail.)
+  agent_topics = { for name, t in local.topics : name => t if(try(t.event_type, null) != null ? t.event_type != "command" : false) }
 
   # Service account ids: at most 30 characters.
   function_sa = { for name, _ in local.functions : name => substr("fn-${name}", 0, 30) }

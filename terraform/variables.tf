@@ -50,6 +50,12 @@ variable "gpu_machine_type" {
   default     = "g2-standard-8"
 }
 
+variable "gpu_zones" {
+  description = "Zones of the GPU node pool: those of the region that offer gpu_type (L4 is not in every zone); empty for GKE's default zones."
+  type        = list(string)
+  default     = []
+}
+
 variable "gpu_pool_max_nodes" {
   description = "Most nodes the GPU pool may scale to (it scales from zero)."
   type        = number

@@ -87,7 +87,7 @@ def test_the_locals_come_from_the_manifest_sections(parsed: dict[str, dict[str, 
         ("indexes", "firestore_indexes"),
         ("ttls", "firestore_ttl"),
     ]:
-        assert re.search(rf"^\s*{local}\s*=.*local\.manifest\.{section}\b", text, re.M), local
+        assert re.search(rf"^\s*{local}\s*=[^=]*?local\.manifest\.{section}\b", text, re.M | re.S), local
 
 
 def test_names_the_terraform_spells_exist_in_the_manifest() -> None:
@@ -155,3 +155,56 @@ def test_every_variable_has_a_description_and_an_example() -> None:
             continue  # have defaults that rarely change
         assert re.search(rf"^{name}\s*=", example, re.M), f"{name} missing from example.tfvars"
     assert len(re.findall(r"description\s*=", (TF / "variables.tf").read_text())) == len(variables)
+
+
+def test_cloud_functions_install_what_the_project_depends_on() -> None:
+    """The buildpack installs requirements.txt: pyproject.toml's dependencies and the SDK from this source;
+    it builds functions/main.py, which puts the source root on the path (shared/ is not installed)."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    listed = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert listed == ["./sdk", *deps]
+    assert 'GOOGLE_FUNCTION_SOURCE = "functions/main.py"' in (TF / "functions.tf").read_text()
+    excluded = re.search(r"excludes\s*=\s*\[(.*?)\]", (TF / "functions.tf").read_text(), re.S)
+    assert excluded is not None
+    for needed in ("shared", "functions", "sdk", "topology.yaml", "requirements.txt"):
+        assert f'"{needed}"' not in excluded.group(1)
+
+
+def test_terraform_itself_reads_the_manifest_as_the_code_does(tmp_path: Path) -> None:
+    """The manifest-derived locals evaluated by the real Terraform (``terraform console`` needs no provider
+    for them): the same topics, functions, subscriptions, schedules, secrets, indexes and TTLs as
+    shared/topology.py sees, and the agent topics are those carrying agents' events."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed")
+    text = (TF / "locals.tf").read_text()
+    (tmp_path / "terraform").mkdir()
+    (tmp_path / "terraform" / "locals.tf").write_text(text[: text.index("  labels = {")] + "}\n")
+    shutil.copy(ROOT / "topology.yaml", tmp_path / "topology.yaml")
+    expr = (
+        "jsonencode({topics = keys(local.topics), functions = keys(local.functions), subs = keys(local.subscriptions),"
+        " schedules = keys(local.schedules), secrets = keys(local.secrets), indexes = length(local.indexes),"
+        " ttls = keys(local.ttls), agent = keys(local.agent_topics), reads = keys(local.function_secrets),"
+        " publishes = keys(local.function_publishes)})"
+    )
+    done = subprocess.run(
+        ["terraform", "console"], input=expr, cwd=tmp_path / "terraform", capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(json.loads(done.stdout.strip().splitlines()[-1]))
+    topo = topology.load().deployed()
+    assert got["topics"] == sorted(t.name for t in topo.topics)
+    assert got["functions"] == sorted(f.name for f in topo.functions)
+    assert got["subs"] == sorted(s.name for s in topo.subscriptions)
+    assert got["schedules"] == sorted(j.name for j in topo.schedules)
+    assert got["secrets"] == sorted(s.name for s in topo.secrets)
+    assert got["indexes"] == len(topo.raw["firestore_indexes"])
+    assert got["ttls"] == sorted(t["collection_group"] for t in topo.raw["firestore_ttl"])
+    assert got["agent"] == sorted(t.name for t in topo.topics if t.event_type not in (None, "command"))
+    assert got["reads"] == sorted(f"{f.name}/{s}" for f in topo.functions for s in f.secrets)
+    assert got["publishes"] == sorted(f"{f.name}/{t}" for f in topo.functions for t in f.publishes)
