@@ -41,8 +41,7 @@ def _current(kind: str) -> tuple[Any, str | None, str]:
     if not version:
         return None, None, ""
     try:
-        data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
-        return serving.loader(kind)(data), str(version), ""
+        return serving.fetch(kind, pointer)[0], str(version), ""
     except (ValueError, KeyError, model_blobs.CorruptModel) as exc:
         return None, str(version), f"the version in service ({version}) could not be loaded: {exc}"[:300]
 

@@ -52,6 +52,15 @@ def loader(kind: str) -> Callable[[bytes], Any]:
     return lambda data: from_bytes(data, **{sklearn_flag: False})
 
 
+def fetch(kind: str, pointer: dict[str, Any]) -> tuple[Any, int]:
+    """The model a registry pointer names, and its size: its bytes from Cloud Storage, checked against the
+    recorded hash, loaded without its scikit-learn object (the serving cache and the retraining job)."""
+    from shared.store import model_blobs
+
+    data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
+    return loader(kind)(data), len(data)
+
+
 def current(kind: str) -> Loaded | None:
     """The model of ``kind`` in service (None until one was promoted)."""
     refresh = settings.get().model_refresh_s
@@ -67,7 +76,7 @@ def current(kind: str) -> Loaded | None:
 
 
 def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
-    from shared.store import db, model_blobs
+    from shared.store import db
     from shared.store import models as registry
 
     try:
@@ -83,8 +92,7 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
         return served
     started = time.perf_counter()
     try:
-        data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
-        model = loader(kind)(data)
+        model, size = fetch(kind, pointer)
     except Exception as exc:
         logs.log(
             log,
@@ -103,7 +111,7 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
         kind=kind,
         version=version,
         previous=served.version if served else None,
-        bytes=len(data),
+        bytes=size,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return Loaded(kind, str(version), model)

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -174,6 +174,11 @@ def _sample_json(sample: dict[str, Any]) -> str:
     return json.dumps(sample, separators=(",", ":"))
 
 
+def _decoded(texts: Iterable[str]) -> list[dict[str, Any]]:
+    """Samples as stored (compact JSON strings, in the ring and in history chunks) back as dicts."""
+    return [json.loads(text) for text in texts]
+
+
 def to_stored(doc: dict[str, Any]) -> dict[str, Any]:
     """An agent document as Firestore holds it (the samples as JSON)."""
     return {**doc, "recent": {slot: _sample_json(s) for slot, s in (doc.get("recent") or {}).items()}}
@@ -198,7 +203,7 @@ def history(agent_id: str) -> list[dict[str, Any]]:
     docs = list(ref(agent_id).collection(HISTORY).stream())
     db.count(reads=max(1, len(docs)))
     chunks = sorted((d.to_dict() or {} for d in docs), key=lambda c: c["chunk_no"])
-    samples = [json.loads(s) for chunk in chunks for s in chunk["samples"]]
+    samples = _decoded(s for chunk in chunks for s in chunk["samples"])
     newest = samples[-1]["seq"] if samples else -1
     return samples + [s for s in agent.samples if s["seq"] > newest]
 
@@ -288,12 +293,11 @@ def fleet_history() -> dict[str, tuple[float, list[dict[str, Any]]]]:
     for snap in client.collection(AGENTS).stream(**db.call_options()):
         db.count(reads=1)
         data = snap.to_dict() or {}
-        recent = [json.loads(s) if isinstance(s, str) else s for s in (data.get("recent") or {}).values()]
-        agents[snap.id] = (float(data.get("heartbeat_interval_s") or 30), recent)
+        agents[snap.id] = (float(data.get("heartbeat_interval_s") or 30), _decoded((data.get("recent") or {}).values()))
     for snap in client.collection_group(HISTORY).stream(**db.call_options()):
         db.count(reads=1)
         chunk = snap.to_dict() or {}
         owner = agents.get(str(chunk.get("agent_id")))
         if owner is not None:
-            owner[1].extend(json.loads(s) if isinstance(s, str) else s for s in chunk.get("samples") or ())
+            owner[1].extend(_decoded(chunk.get("samples") or ()))
     return agents

@@ -36,15 +36,11 @@ def pointer(kind: str) -> dict[str, Any] | None:
 
 def record(kind: str, version: str, data: dict[str, Any]) -> bool:
     """Store a version's record once (False when it exists already: a retried run)."""
-    from google.api_core.exceptions import AlreadyExists
-
-    try:
-        version_ref(kind, version).create({**data, "kind": kind, "version": version}, **db.call_options())
-    except AlreadyExists:
-        db.count(reads=1)
-        return False
-    db.count(writes=1)
-    return True
+    ref = version_ref(kind, version)
+    return (
+        db.unless_changed(lambda: ref.create({**data, "kind": kind, "version": version}, **db.call_options()))
+        is not None
+    )
 
 
 def update(kind: str, version: str, changes: dict[str, Any]) -> None:
@@ -99,15 +95,8 @@ def run_ref(run_id: str) -> Any:
 
 def start_run(run_id: str, data: dict[str, Any]) -> bool:
     """Record a retraining run once (False when it exists: the day's run was launched already)."""
-    from google.api_core.exceptions import AlreadyExists
-
-    try:
-        run_ref(run_id).create({**data, "run_id": run_id}, **db.call_options())
-    except AlreadyExists:
-        db.count(reads=1)
-        return False
-    db.count(writes=1)
-    return True
+    ref = run_ref(run_id)
+    return db.unless_changed(lambda: ref.create({**data, "run_id": run_id}, **db.call_options())) is not None
 
 
 def update_run(run_id: str, changes: dict[str, Any]) -> None:
