@@ -30,8 +30,9 @@ KINDS = ("anomaly", "failure", "task_assignment")
 
 def _current(kind: str) -> tuple[Any, str | None, str]:
     """The model in service (loaded from its bytes, without its scikit-learn objects), its version, and why
-    it could not be loaded ("" when it was): a model this code cannot read any more (a feature change)
-    must not stop the retraining that replaces it."""
+    it could not be loaded ("" when it was): a model this code cannot read any more (a feature change), or
+    whose scorer fails its stored self-check (``self_check_failed``), must not stop the retraining that
+    replaces it."""
     from shared.ml import serving
     from shared.store import model_blobs
     from shared.store import models as registry
@@ -43,6 +44,16 @@ def _current(kind: str) -> tuple[Any, str | None, str]:
     try:
         return serving.fetch(kind, pointer)[0], str(version), ""
     except (ValueError, KeyError, model_blobs.CorruptModel) as exc:
+        if getattr(exc, "reason", None) == "self_check_failed":
+            logs.log(
+                log,
+                "the model in service fails its self-check; compared as none",
+                logging.WARNING,
+                kind=kind,
+                version=version,
+                reason="self_check_failed",
+                max_deviation=getattr(exc, "logged_deviation", None),
+            )
         return None, str(version), f"the version in service ({version}) could not be loaded: {exc}"[:300]
 
 
@@ -60,6 +71,7 @@ def _publish(cand: Any, run_id: str, now: datetime) -> dict[str, Any]:
         meta = cand.model.metadata()
         record["features"] = meta.get("features")
         record["params"] = meta.get("params")
+        record["trained_with"] = meta.get("trained_with")
     registry.record(cand.kind, cand.version, record)
     outcome = {"version": cand.version, "decision": record["decision"], "reason": cand.reason, "metrics": cand.metrics}
     if cand.promote:

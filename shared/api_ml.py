@@ -39,6 +39,8 @@ class ModelVersion(BaseModel):
     agents: int | None = None
     train_seconds: float | None = None
     run_id: str | None = None
+    #: The scikit-learn and numpy releases that trained it (None: stored before they were recorded).
+    trained_with: dict[str, str | None] | None = None
 
 
 class ModelKind(BaseModel):

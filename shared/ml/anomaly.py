@@ -11,15 +11,15 @@
   lies inside it, and a feature that never varied in training, such as the stuck run, is never split
   on), so a row is also *high* when a feature leaves the healthy envelope learned in ``fit`` (the
   fleet's range of that feature, widened). A heartbeat gap is reported at once by the same detector.
-- Scoring uses ``FlatForest``: the fitted trees as flat numpy arrays, the exact value of
-  ``score_samples`` for one row in tens of microseconds (sklearn's per-call overhead is milliseconds),
+- Scoring uses ``FlatForest``: the fitted trees as flat numpy arrays, ``score_samples`` (within
+  ``provenance.RTOL``) for one row in tens of microseconds (sklearn's per-call overhead is milliseconds),
   and vectorised for many rows.
 - ``detect`` runs a stream's rows in order: the first ``WARMUP`` rows are "insufficient data"; ``k``
   consecutive high rows open an episode (rule ``anomaly``, with the 3 features that drove it), ``m``
   consecutive normal rows close it. ``observe`` is the same for one heartbeat at a time.
-- ``to_bytes``/``from_bytes``: an ``.npz`` without pickles (the flat trees, thresholds, envelope and
-  JSON metadata), plus the forest itself as skops bytes when skops is installed, loaded trusting only
-  the sklearn tree type. Scoring a loaded model never needs scikit-learn.
+- ``to_bytes``/``from_bytes``: an ``.npz`` without pickles (the flat trees, thresholds, envelope, JSON
+  metadata, makers' versions and self-check: ``provenance``), plus the forest as skops bytes when skops is
+  installed, loaded trusting only the sklearn tree type. Scoring a loaded model never needs scikit-learn.
 
 scikit-learn and skops are imported inside the methods that need them only.
 """
@@ -33,8 +33,9 @@ from typing import Any, Literal
 import numpy as np
 
 from shared.ml import features as fe
-from shared.ml import storage
+from shared.ml import provenance, storage
 from shared.ml.data import AgentStream, Detection
+from shared.ml.provenance import Provenance
 
 Status = Literal["insufficient_data", "normal", "anomalous"]
 INSUFFICIENT: Status = "insufficient_data"
@@ -281,6 +282,7 @@ class AnomalyDetector:
     env_hi: np.ndarray = field(default_factory=lambda: np.full(fe.N_FEATURES, np.inf), repr=False)
     gap_threshold: float = 2.5
     version: str = ""
+    provenance: Provenance = field(default_factory=Provenance, repr=False)
     _live: dict[str, _Live] = field(default_factory=dict, repr=False)
     _status: dict[str, Status] = field(default_factory=dict, repr=False)
 
@@ -319,6 +321,7 @@ class AnomalyDetector:
         self.gap_threshold = max(self.gap_min, float(hi[fe._I_GAP]) * 1.5)
         self.env_lo[fe._I_GAP], self.env_hi[fe._I_GAP] = -np.inf, np.inf  # gaps have their own rule
         self.version = f"iforest-{X.shape[0]}rows-{len(ids)}agents"
+        self.provenance = provenance.at_training(X, scores, self.fleet_threshold, "-IsolationForest.score_samples")
         self._live.clear()
         self._status.clear()
 
@@ -471,6 +474,7 @@ class AnomalyDetector:
             "fleet_threshold": self.fleet_threshold,
             "gap_threshold": self.gap_threshold,
             "warmup": fe.WARMUP,
+            **self.provenance.meta(),
         }
 
     def to_bytes(self) -> bytes:
@@ -478,6 +482,7 @@ class AnomalyDetector:
         flat = self._require()
         arrays = {f"flat_{k}": v for k, v in flat.arrays().items()}
         arrays["env_lo"], arrays["env_hi"] = self.env_lo, self.env_hi
+        arrays.update(self.provenance.arrays())
         return storage.pack(arrays, self.metadata(), self.forest)
 
     @classmethod
@@ -496,6 +501,8 @@ class AnomalyDetector:
         det.fleet_threshold = float(meta["fleet_threshold"])
         det.gap_threshold = float(meta["gap_threshold"])
         det.version = str(meta["version"])
+        scorers = provenance.scorers(det.flat.score, det.flat.score_one)  # refused if they fail the self-check
+        det.provenance = provenance.on_load(meta, arrays, scorers, f"anomaly {det.version}")
         if load_forest:
             det.forest = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
         return det

@@ -10,8 +10,8 @@
 - **Model** (:class:`TaskModel`): a ``RandomForestClassifier`` (scikit-learn imported inside ``fit``
   only), served as flat numpy trees (``shared.ml.flat.FlatTrees``): no scikit-learn at serving time.
   ``to_bytes``/``from_bytes`` store an ``.npz`` with pickles disabled (the flat trees and JSON metadata:
-  format, version, feature names, metrics), plus the forest itself as skops bytes when skops is installed
-  (loaded only on request, trusting nothing beyond the sklearn tree type).
+  format, version, feature names, metrics, makers' versions and self-check: ``provenance``), plus the
+  forest as skops bytes when skops is installed (loaded only on request, trusting only the tree type).
 - **Heuristic**: the Beta(2,1)-smoothed success rate of the agent (the ``agent_rate`` feature). It is
   used with too little data, and :func:`evaluate` (``model=None``) scores it on the same rows, so a
   retraining job can compare a new model, the one in service and the heuristic on held-out recent
@@ -45,7 +45,7 @@ from shared.domain.assignment import (
     load_of,
 )
 from shared.domain.lifecycle import State
-from shared.ml import storage
+from shared.ml import provenance, storage
 from shared.ml.flat import FlatTrees
 
 #: Format version of ``to_bytes``.
@@ -165,6 +165,7 @@ class TaskModel:
         self.base_rate = float("nan")
         #: Evaluation on held-out outcomes (set by :func:`train_and_evaluate`), stored in the metadata.
         self.metrics: dict[str, Any] = {}
+        self.provenance = provenance.Provenance()
 
     def params(self) -> dict[str, Any]:
         return {
@@ -187,7 +188,13 @@ class TaskModel:
         if y.min() == y.max():
             raise ValueError("every outcome is a " + ("success" if y[0] else "failure") + "; nothing to learn")
         forest = RandomForestClassifier(**self.params(), n_jobs=1)
-        forest.fit(matrix([o.features for o in rows], self.features), y)
+        X = matrix([o.features for o in rows], self.features)
+        forest.fit(X, y)
+        # The self-check: scikit-learn's own scores of a few rows, on both sides of 0.5 (assignment ranks
+        # candidates; it has no threshold of its own).
+        pool = provenance.balanced(y, self.random_state)
+        reference = forest.predict_proba(X[pool])[:, 1]
+        self.provenance = provenance.at_training(X[pool], reference, 0.5, "predict_proba[:, 1]")
         self.forest = forest
         self.flat = FlatTrees.from_random_forest(forest)
         self.trained_rows = len(rows)
@@ -225,13 +232,14 @@ class TaskModel:
             "trained_rows": self.trained_rows,
             "base_rate": None if math.isnan(self.base_rate) else self.base_rate,
             "metrics": self.metrics,
+            **self.provenance.meta(),
         }
 
     def to_bytes(self) -> bytes:
         """An ``.npz`` without pickles; the forest as skops bytes inside when skops is installed."""
         if self.flat is None:
             raise RuntimeError("TaskModel is not fitted")
-        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()}
+        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()} | self.provenance.arrays()
         return storage.pack(arrays, self.metadata(), self.forest)
 
     @classmethod
@@ -255,6 +263,8 @@ class TaskModel:
         model.trained_rows = int(meta.get("trained_rows") or 0)
         model.base_rate = float("nan") if meta.get("base_rate") is None else float(meta["base_rate"])
         model.metrics = dict(meta.get("metrics") or {})
+        scorers = provenance.scorers(model.predict_success, lambda r: float(model.predict_success(r)[0]))
+        model.provenance = provenance.on_load(meta, arrays, scorers, f"{KIND} {model.version}")
         if load_model:
             model.forest = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
         return model

@@ -12,12 +12,13 @@ repeated). ``fit`` chooses the warning threshold on out-of-fold risks of the tra
 F1, preferring thresholds with a warning precision of at least ``TARGET_PRECISION``), then trains the
 model on every training agent.
 
-Risks are computed with ``flat.FlatTrees`` (the boosted trees as numpy arrays, bit-identical to
-``predict_proba``), so a model loaded from ``to_bytes`` (an ``.npz`` without pickles; the sklearn model as
-skops bytes inside when skops is installed) predicts without scikit-learn. ``observe`` is the live path:
-one heartbeat of one agent at a time, its state (``FailureState``, the trend window and the warning runs)
-kept by the caller as a JSON-able document between heartbeats, giving the same risks and warnings as the
-batch path. scikit-learn and skops are imported inside methods only.
+Risks are computed with ``flat.FlatTrees`` (the boosted trees as numpy arrays, ``predict_proba`` within
+``provenance.RTOL``), so a model loaded from ``to_bytes`` (an ``.npz`` without pickles, with its makers'
+versions and self-check; the sklearn model as skops bytes when skops is installed) predicts without
+scikit-learn. ``observe`` is the live path: one heartbeat of one agent at a time, its state
+(``FailureState``, the trend window and the warning runs) kept by the caller as a JSON-able document between
+heartbeats, giving the same risks and warnings as the batch path. scikit-learn and skops are imported inside
+methods only.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.ml import storage
+from shared.ml import provenance, storage
 from shared.ml.data import METRICS, AgentStream, FaultEvent
 from shared.ml.features import FEATURES, _scaled, batch_features_many
 from shared.ml.flat import FlatTrees
@@ -340,6 +341,7 @@ class FailurePredictor:
         self.flat: FlatTrees | None = None
         self.validation: WarningScore | None = None
         self.version = ""
+        self.provenance = provenance.Provenance()
 
     def _use(self, model: Any) -> None:
         """Make ``model`` the one that predicts (with its flat trees)."""
@@ -418,11 +420,15 @@ class FailurePredictor:
                 best = (key, float(threshold), sc)
         assert best is not None
         self.threshold, self.validation = best[1], best[2]
+        X = provenance.take([d for d, _ in rows], provenance.balanced(np.concatenate(ys), self.random_state))
+        reference = self.model.predict_proba(X)[:, 1]  # scikit-learn's own scores, for the self-check
+        self.provenance = provenance.at_training(X, reference, self.threshold, "predict_proba[:, 1]")
         return self
 
     def _proba(self, D: np.ndarray) -> np.ndarray:
         """The probability of a failure for design rows: the flat trees when present (always after ``fit``
-        or ``from_bytes``; no scikit-learn needed), the sklearn model otherwise. Both agree exactly."""
+        or ``from_bytes``; no scikit-learn needed), the sklearn model otherwise. Both agree within
+        ``provenance.RTOL``."""
         if self.model is not None and D.shape[0] > 256:
             # A batch while the scikit-learn model is at hand (fit, evaluation): sklearn is faster there.
             return np.asarray(self.model.predict_proba(D)[:, 1], dtype=np.float64)
@@ -499,6 +505,7 @@ class FailurePredictor:
             "persistence": PERSISTENCE,
             "horizon": int(self.horizon),
             "threshold": float(self.threshold),
+            **self.provenance.meta(),
             "params": {
                 "max_iter": int(self.max_iter),
                 "learning_rate": float(self.learning_rate),
@@ -527,7 +534,7 @@ class FailurePredictor:
         bytes when skops is installed."""
         if self.flat is None:
             raise RuntimeError("FailurePredictor is not fitted")
-        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()}
+        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()} | self.provenance.arrays()
         return storage.pack(arrays, self.metadata(), self.model)
 
     @classmethod
@@ -541,12 +548,14 @@ class FailurePredictor:
         if tuple(meta["features"]) != ALL_FEATURES or meta.get("trend_window") != TREND_WINDOW:
             raise ValueError("the model was trained on other features")
         pred = cls(**meta["params"])
-        pred.flat = FlatTrees.from_arrays(storage.prefixed(arrays, "flat_"))
+        pred.flat = flat = FlatTrees.from_arrays(storage.prefixed(arrays, "flat_"))
         if pred.flat.n_features != len(ALL_FEATURES):
             raise ValueError("the model's trees do not match its features")
         pred.horizon = int(meta["horizon"])
         pred.threshold = float(meta["threshold"])
         pred.version = str(meta["version"])
+        scorers = provenance.scorers(flat.predict_proba1, lambda r: float(flat.predict_proba1(r)[0]))
+        pred.provenance = provenance.on_load(meta, arrays, scorers, f"failure {pred.version}")
         v = meta.get("validation")
         if v is not None:
             pred.validation = WarningScore(

@@ -12,10 +12,12 @@ stays there; the trees are walked deepest first so each step only touches the tr
 A single row takes a shortcut when the ensemble is small: every node's next node is decided at once, then
 the walk is one gather per level.
 
-The result is bit-identical to sklearn's: a forest's trees compare ``float32(x) <= threshold`` (sklearn
-casts X to float32, the thresholds are float64), gradient boosting compares the float64 value, a NaN
-follows the node's ``missing_go_to_left``, and leaf values are summed sequentially in tree order (starting
-from the boosting baseline) as sklearn accumulates them; so one row and a batch also agree exactly.
+The result is sklearn's: a forest's trees compare ``float32(x) <= threshold`` (sklearn casts X to float32,
+the thresholds are float64), gradient boosting compares the float64 value, a NaN follows the node's
+``missing_go_to_left``, and leaf values are summed sequentially in tree order (starting from the boosting
+baseline) as sklearn accumulates them; one row and a batch agree exactly. Against sklearn the promise is
+``provenance.RTOL`` with the same decisions, not bit equality (docs/ml.md, "Equal to scikit-learn"):
+another release may sum in another order or round ``exp`` differently (sklearn 1.9's ``expit`` does).
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ and writes the registry); scikit-learn is imported by the models' ``fit`` only.
   Trained on the failures of the training rows, compared on those of the held-out rows by the F1 of its
   warnings. With fewer than ``MIN_FAILURES`` failures to learn from, no model is trained (said so).
 - **Decision.** The new version is promoted when its score is at least the current one's on the same
-  held-out data (or when nothing is in service); either way it is recorded with both evaluations.
+  held-out data (or when nothing is in service); either way it is recorded with both evaluations. Its bytes
+  are loaded back as serving loads them: one whose scorer fails its stored self-check
+  (shared/ml/provenance.py) is recorded, never promoted.
 """
 
 from __future__ import annotations
@@ -337,9 +339,17 @@ def retrain_task(outcomes: Sequence[Any], current: Any = None, current_version: 
 
 
 def package(cand: Candidate, at: datetime) -> Candidate:
-    """Serialise a trained candidate and name its version."""
+    """Serialise a trained candidate and name its version, then load the bytes back as serving will: a
+    candidate whose scorer fails its own stored self-check is recorded but not promoted."""
+    from shared.ml import serving
+    from shared.ml.provenance import SelfCheckFailed
+
     if cand.model is not None:
         cand.data = cand.model.to_bytes()
         cand.sha256 = hashlib.sha256(cand.data).hexdigest()
         cand.version = version_name(cand.kind, cand.data, at)
+        try:
+            serving.loader(cand.kind)(cand.data)
+        except SelfCheckFailed as exc:
+            cand.promote, cand.reason = False, f"{exc}; {cand.reason}"[:500]
     return cand

@@ -4,7 +4,10 @@
 from Cloud Storage the first time. An instance checks the registry again every ``model_refresh_s``
 seconds (one Firestore read per kind per instance per period), so a promoted model is picked up without
 a redeploy. When the registry or the bytes cannot be read, or the bytes do not load, the instance keeps
-serving the model it has (or none) and logs why; scoring never fails a heartbeat.
+serving the model it has (or none) and logs why; scoring never fails a heartbeat. Loading verifies the
+model's stored self-check with the scorer that will serve (shared/ml/provenance.py): a model that fails it
+is refused the same way (``reason: self_check_failed``, with the largest deviation), and, since the same
+bytes would fail again, the instance remembers the refusal instead of downloading that version every period.
 
 Loaders build models from their safe formats (``.npz`` with pickles disabled) without their
 scikit-learn objects: serving uses the flattened trees, so scikit-learn is never imported here.
@@ -43,6 +46,8 @@ class Loaded:
 _lock = threading.Lock()
 _served: dict[str, Loaded | None] = {}
 _checked: dict[str, float] = {}
+#: (kind, version) refused by their self-check, and why.
+_refused: dict[tuple[str, str], str] = {}
 
 
 def loader(kind: str) -> Callable[[bytes], Any]:
@@ -88,12 +93,16 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
     if not pointer or not pointer.get("current"):
         return None
     version = pointer["current"]
-    if served is not None and served.version == version:
+    if (served is not None and served.version == version) or (kind, str(version)) in _refused:
         return served
     started = time.perf_counter()
     try:
         model, size = fetch(kind, pointer)
     except Exception as exc:
+        # A self-check that fails (provenance.SelfCheckFailed, not imported here: it would import numpy).
+        refused = getattr(exc, "reason", None) == "self_check_failed"
+        if refused:
+            _refused[(kind, str(version))] = str(exc)
         logs.log(
             log,
             "model not loaded; keeping the one in service",
@@ -101,6 +110,8 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
             kind=kind,
             version=version,
             serving=served.version if served else None,
+            reason="self_check_failed" if refused else "unloadable",
+            max_deviation=getattr(exc, "logged_deviation", None),
             error=f"{type(exc).__name__}: {exc}"[:500],
         )
         return served
@@ -122,3 +133,4 @@ def reset() -> None:
     with _lock:
         _served.clear()
         _checked.clear()
+        _refused.clear()

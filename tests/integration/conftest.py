@@ -21,6 +21,7 @@ import requests
 from slack_sdk.signature import SignatureVerifier
 
 from emulators.stack import Stack
+from shared import settings
 from tests.integration.helpers import PROJECT
 
 #: Short settings so the tests see retries and expiries in seconds.
@@ -84,6 +85,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     saved = dict(os.environ)
     try:
         stack.up()
+        # The settings this process's own clients read (model_blobs' bucket...) come from the stack's
+        # environment, not from what a unit test run earlier in the same process had cached.
+        settings.get.cache_clear()
         yield stack
     finally:
         stack.down()
@@ -91,6 +95,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             fake.stop()
         os.environ.clear()
         os.environ.update(saved)
+        settings.get.cache_clear()
 
 
 @pytest.fixture(scope="session")

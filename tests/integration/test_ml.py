@@ -2,7 +2,9 @@
 launches the retraining job through the local launcher; it reads the heartbeat history from the Firestore
 emulator, trains, evaluates, stores the bytes through the real Cloud Storage client in the stand-in and
 the versions in the registry, and promotes; ``GET /v1/models`` lists them; the heartbeat function then
-picks the model up without a restart and opens an ``anomaly`` episode with the features that drove it."""
+picks the model up without a restart and opens an ``anomaly`` episode with the features that drove it. A
+version promoted with a self-check its scorer fails is refused by the heartbeat function (the version it
+had stays in service) and counts as none for the retraining job."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import Api, tick, wait_for
-from tests.integration.helpers import agent_doc, heartbeat, publish, registration
+from tests.integration.helpers import agent_doc, heartbeat, log_lines, publish, registration
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +104,10 @@ def test_the_daily_tick_retrains_evaluates_and_promotes(retrained: dict[str, Any
     assert version["uri"].startswith("gs://") and len(version["sha256"]) == 64
     assert version["compared_with"] is None and "no model in service" in version["reason"]
     assert "z_latency_ms" in version["features"]
+    import sklearn
+
+    record = firestore_version("anomaly", anomaly["version"])
+    assert record["trained_with"] == {"scikit-learn": sklearn.__version__, "numpy": np.__version__}
     assert any(r["run_id"] == retrained["run_id"] for r in reply.json()["runs"])
     failure = run["results"]["failure"]
     assert failure["decision"] in ("promoted", "keep_current", "not_trained"), failure
@@ -183,3 +189,67 @@ def test_the_heartbeat_function_scores_with_the_promoted_model(
 
     view = api.get(f"/v1/agents/{agent_id}").json()
     assert view["learned"]["status"] == "anomalous" and view["learned"]["score"] > 0
+
+
+def firestore_version(kind: str, version: str) -> dict[str, Any]:
+    """A version's record in the registry, read through the store."""
+    from shared.store import models as registry
+
+    found = registry.version_ref(kind, version).get()
+    assert found.exists, version
+    return dict(found.to_dict())
+
+
+def test_a_version_failing_its_self_check_never_reaches_the_heartbeats(
+    retrained: dict[str, Any], stack: Any, publisher: Any, firestore: Any
+) -> None:
+    """A version is promoted whose stored self-check its scorer fails (tampered here, as a library change
+    would move the scorer): the heartbeat function refuses it, logs why and keeps scoring with the version
+    it had; the retraining job compares its new model with none."""
+    import hashlib
+    import io
+    import time
+
+    from jobs.retrain import _current
+    from shared.ml import provenance
+    from shared.store import model_blobs
+    from shared.store import models as registry
+
+    pointer = firestore.collection("models").document("anomaly").get().to_dict()
+    good = pointer["current"]
+    agent_id = f"ml-check-{uuid.uuid4().hex[:8]}"
+    publish(publisher, registration(agent_id, tenant=retrained["tenant"]))
+    wait_for(lambda: agent_doc(firestore, agent_id))
+
+    def send(seq: int) -> dict[str, Any]:
+        metrics = {"latency_ms_p95": 800.0, "error_rate": 0.01, "cpu_pct": 40.0, "memory_pct": 55.0}
+        publish(publisher, heartbeat(agent_id, seq, **metrics))
+        return wait_for(lambda: (d := agent_doc(firestore, agent_id)) and d["last_seq"] == seq and d)
+
+    assert send(0)["ml"]["anomaly_model"] == good
+    with np.load(io.BytesIO(model_blobs.get(pointer["current_uri"], pointer["current_sha256"]))) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[provenance.SCORES] = arrays[provenance.SCORES] * (1.0 + 1e-9)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    bad, bad_version = buf.getvalue(), f"anomaly-tampered-{uuid.uuid4().hex[:8]}"
+    uri = model_blobs.put("anomaly", bad_version, bad)
+    registry.record("anomaly", bad_version, {"uri": uri, "reason": "tampered by a test", "promoted": False})
+    now = datetime.now(UTC)
+    assert registry.promote("anomaly", bad_version, uri, hashlib.sha256(bad).hexdigest(), expected=good, at=now)
+    try:
+        time.sleep(1.5)  # past the functions' FLEET_MODEL_REFRESH_S
+        for seq in range(1, 4):
+            assert send(seq)["ml"]["anomaly_model"] == good  # refused: the version it had stays in service
+        refusals = [
+            line
+            for line in log_lines(stack.state_dir, "fleet-heartbeats")
+            if line.get("reason") == "self_check_failed" and line.get("version") == bad_version
+        ]
+        assert refusals and refusals[0]["serving"] == good and refusals[0]["max_deviation"] > 0, refusals
+        model, version, why = _current("anomaly")  # the retraining job's comparison
+        assert model is None and version == bad_version and "self_check_failed" in why
+    finally:
+        registry.promote(
+            "anomaly", good, pointer["current_uri"], pointer["current_sha256"], expected=bad_version, at=now
+        )

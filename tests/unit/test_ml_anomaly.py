@@ -1,11 +1,14 @@
-"""The anomaly detector of issue 7: features (streaming == batch), the flat forest scorer (== sklearn),
-warm-up, persistence, detection of spikes / stuck values / drift / gaps, no alarms on healthy noise, safe
-round trip, and no scikit-learn at import time. Synthetic streams are built here."""
+"""The anomaly detector of issue 7: features (streaming == batch), the flat forest scorer (== sklearn within
+``provenance.RTOL``/``ATOL``, with the same decisions and episodes), warm-up, persistence, detection of
+spikes / stuck values / drift / gaps, no alarms on healthy noise, safe round trip, and no scikit-learn at
+import time. Synthetic streams are built here."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from shared.ml import features as fe
 from shared.ml.anomaly import ANOMALOUS, INSUFFICIENT, NORMAL, AnomalyDetector, FlatForest
 from shared.ml.data import AgentStream
+from tests.unit.test_ml_flat import assert_close_and_same_decisions
 
 INTERVAL = 30.0
 LAT = 0
@@ -85,9 +89,46 @@ def test_flat_forest_equals_sklearn_score_samples(detector: AnomalyDetector) -> 
     F, valid = fe.batch_features(FLEET["a5"])
     rows = np.vstack([rng.normal(0.0, 3.0, (200, fe.N_FEATURES)), F[valid][:200]])
     expected = -detector.forest.score_samples(rows)
-    assert np.allclose(detector.flat.score(rows), expected, rtol=0.0, atol=1e-9)
-    for row, want in zip(rows[:50], expected[:50], strict=True):
-        assert abs(detector.flat.score_one(row) - want) <= 1e-9
+    # The same side of the fleet floor and of every agent's own threshold (a row is high above it).
+    thresholds = sorted({detector.fleet_threshold, *detector.thresholds.values()})
+    assert_close_and_same_decisions(detector.flat.score(rows), expected, thresholds, strict=True)
+    one = [detector.flat.score_one(row) for row in rows[:50]]
+    assert_close_and_same_decisions(one, expected[:50], thresholds, strict=True)
+    assert np.any(expected > detector.fleet_threshold) and np.any(expected <= detector.fleet_threshold)
+
+
+class SklearnScorer:
+    """``FlatForest``'s interface scored by the fitted forest itself (``-score_samples``)."""
+
+    def __init__(self, forest: Any) -> None:
+        self.forest = forest
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        return -self.forest.score_samples(np.asarray(X, dtype=np.float64))
+
+    def score_one(self, row: np.ndarray) -> float:
+        return float(self.score(np.asarray(row)[None, :])[0])
+
+
+def test_scored_by_sklearn_the_detector_raises_the_same_episodes(detector: AnomalyDetector) -> None:
+    """Detection end to end, with scikit-learn's scores instead of the flat trees: the same episodes (start,
+    end, features) and the same status on every row, live and in batch."""
+    by_sklearn = copy.copy(detector)
+    by_sklearn.flat, by_sklearn._live, by_sklearn._status = SklearnScorer(detector.forest), {}, {}  # type: ignore[assignment]
+    found = 0
+    for agent_id in ("a5", "a6", "a9"):
+        X = FLEET[agent_id].X.copy()
+        X[500:506, LAT] *= 4.0  # a spike
+        X[600:630] = X[599]  # stuck
+        X[700:, 2] += np.linspace(0.0, 40.0, X.shape[0] - 700)  # CPU drifting up
+        stream = with_x(FLEET[agent_id], X)
+        flat_found, flat_status = detector.detect_rows(stream)
+        sk_found, sk_status = by_sklearn.detect_rows(stream)
+        assert flat_found == sk_found and flat_status == sk_status
+        found += len(flat_found)
+        live = [by_sklearn.observe(agent_id, float(stream.t[i]), stream.X[i], INTERVAL).status for i in range(560)]
+        assert live == flat_status[:560]
+    assert found > 0  # the comparison covered episodes
 
 
 def test_flat_forest_with_feature_subsampling() -> None:
@@ -98,7 +139,10 @@ def test_flat_forest_with_feature_subsampling() -> None:
     forest = IsolationForest(n_estimators=20, max_samples=64, max_features=3, random_state=1).fit(X)
     flat = FlatForest.from_forest(forest)
     Y = rng.normal(0.0, 2.0, (100, 6))
-    assert np.allclose(flat.score(Y), -forest.score_samples(Y), rtol=0.0, atol=1e-9)
+    expected = -forest.score_samples(Y)
+    assert_close_and_same_decisions(flat.score(Y), expected, np.quantile(expected, [0.5, 0.9, 0.99]), strict=True)
+    # The forest's own decision (its offset_): -1 where score_samples falls under it.
+    np.testing.assert_array_equal(forest.predict(Y), np.where(-flat.score(Y) - forest.offset_ >= 0, 1, -1))
 
 
 # ---------------------------------------------------------------------------------------- detection
@@ -192,11 +236,11 @@ def test_round_trip_scores_identically(detector: AnomalyDetector) -> None:
     loaded = AnomalyDetector.from_bytes(data)
     assert loaded.flat is not None and detector.flat is not None
     F, _ = fe.batch_features(FLEET["a7"])
-    assert np.array_equal(loaded.flat.score(F), detector.flat.score(F))
+    assert np.array_equal(loaded.flat.score(F), detector.flat.score(F))  # the same scorer: bit for bit
     assert loaded.thresholds == detector.thresholds
     assert loaded.metadata() == detector.metadata()
     assert loaded.detect(FLEET["a7"]) == detector.detect(FLEET["a7"])
-    if loaded.forest is not None:  # skops installed: the forest itself came back too
+    if loaded.forest is not None:  # skops installed: the forest itself came back too (same code: bit for bit)
         assert np.array_equal(loaded.forest.score_samples(F), detector.forest.score_samples(F))
 
 

@@ -1,5 +1,6 @@
 """Failure prediction of issue 7: labels, warnings, quality across fleets, lazy scikit-learn, the live
-``observe`` path (== the batch path, state kept as a JSON document) and the pickle-free model file."""
+``observe`` path (== the batch path, state kept as a JSON document) and the pickle-free model file. The flat
+trees equal scikit-learn within ``provenance.RTOL``/``ATOL``, with the same warnings."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from shared.ml.failure import (
     warnings_from_risk,
 )
 from shared.ml.simulate import simulate_failures
+from tests.unit.test_ml_flat import assert_close_and_same_decisions
 
 
 def test_labels_on_a_hand_built_stream() -> None:
@@ -149,8 +151,9 @@ def test_observe_equals_the_batch_path(
         batch = predictor.predict_risk(stream)
         batch_warnings = warnings_from_risk(batch, predictor.threshold)
         for through_doc in (False, True):
+            # Live: the flat trees, one row at a time; batch: scikit-learn (a stream is more than 256 rows).
             risks, verdicts = observe_stream(predictor, stream, through_doc)
-            assert np.max(np.abs(risks - batch)) <= 1e-9
+            assert_close_and_same_decisions(risks, batch, predictor.threshold)
             assert [i for i, v in enumerate(verdicts) if v.warn] == batch_warnings
             assert [i for i, v in enumerate(verdicts) if v.cleared] == cleared_rows(batch, predictor.threshold)
             assert all(v.risk == 0.0 for v in verdicts[: fe.WARMUP])
@@ -227,14 +230,23 @@ def test_flat_trees_and_sklearn_agree(
     predictor: FailurePredictor, fleet: tuple[dict[str, AgentStream], list[FaultEvent]]
 ) -> None:
     assert predictor.flat is not None and predictor.model is not None
-    stream = next(iter(fleet[0].values()))
-    with_flat = predictor.predict_risk(stream)
-    flat, predictor.flat = predictor.flat, None
-    try:
-        with_sklearn = predictor.predict_risk(stream)
-    finally:
-        predictor.flat = flat
-    assert np.max(np.abs(with_flat - with_sklearn)) <= 1e-12
+    flat, model = predictor.flat, predictor.model
+    streams, events = fleet
+    warned = 0
+    for agent_id in sorted({e.agent_id for e in events})[:4] + sorted(streams)[:2]:
+        stream = streams[agent_id]
+        try:  # one scorer at a time (with both, a batch of more than 256 rows goes to scikit-learn)
+            predictor.model = None
+            with_flat = predictor.predict_risk(stream)
+            predictor.model, predictor.flat = model, None
+            with_sklearn = predictor.predict_risk(stream)
+        finally:
+            predictor.flat, predictor.model = flat, model
+        assert_close_and_same_decisions(with_flat, with_sklearn, predictor.threshold)
+        expected = warnings_from_risk(with_sklearn, predictor.threshold)
+        assert warnings_from_risk(with_flat, predictor.threshold) == expected
+        warned += len(expected)
+    assert warned > 0  # the comparison covered warnings
 
 
 def test_version_and_round_trip_without_sklearn_model(
@@ -256,11 +268,14 @@ def test_version_and_round_trip_without_sklearn_model(
     )
     assert loaded.validation == predictor.validation
     assert (loaded.max_iter, loaded.learning_rate) == (predictor.max_iter, predictor.learning_rate)
-    for stream in list(fleet[0].values())[:3]:
-        assert np.array_equal(loaded.predict_risk(stream), predictor.predict_risk(stream))
+    for stream in list(fleet[0].values())[:3]:  # loaded: the flat trees; in memory: scikit-learn (> 256 rows)
+        got, expected = loaded.predict_risk(stream), predictor.predict_risk(stream)
+        assert_close_and_same_decisions(got, expected, predictor.threshold)
+        assert warnings_from_risk(got, loaded.threshold) == warnings_from_risk(expected, predictor.threshold)
     with_model = FailurePredictor.from_bytes(data, load_model=True)
     assert with_model.model is not None
     X = np.random.default_rng(0).normal(size=(50, len(ALL_FEATURES)))
+    # The same scikit-learn object back from its skops bytes, scored by the same code: bit for bit.
     assert np.array_equal(with_model.model.predict_proba(X)[:, 1], predictor.model.predict_proba(X)[:, 1])
 
 
@@ -280,7 +295,10 @@ def test_a_loaded_model_predicts_without_sklearn(predictor: FailurePredictor, tm
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     risks, imported = out.stdout.strip().splitlines()
     assert imported == "False"
-    assert np.array_equal(np.asarray(json.loads(risks)), expected)  # floats round-trip exactly in JSON
+    got = np.asarray(json.loads(risks))  # floats round-trip exactly in JSON
+    # The flat trees (no scikit-learn in that process) against scikit-learn here (500 rows: its batch path).
+    assert_close_and_same_decisions(got, expected, predictor.threshold)
+    assert warnings_from_risk(got, predictor.threshold) == warnings_from_risk(expected, predictor.threshold)
 
 
 def _rewrite(data: bytes, **changes: Any) -> bytes:

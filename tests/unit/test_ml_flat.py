@@ -1,6 +1,13 @@
 """``FlatTrees``: numpy-only scoring of fitted tree ensembles equals scikit-learn's ``predict_proba`` (float32
 thresholds of forests, NaN routing of gradient boosting), one row equals a batch, and the arrays survive
-an ``.npz`` round trip without pickles."""
+an ``.npz`` round trip without pickles.
+
+"Equals scikit-learn" is within ``provenance.RTOL``/``ATOL`` (the last bits may differ between releases:
+summation order, ``expit``) with every decision identical: the same side of every threshold a model may
+use, the same ``predict``, for every row whose score is not itself within the tolerance of the threshold (a
+tie, which the last bit decides in either implementation: a forest's mean of 0/1 leaves is often exactly
+0.5). Our scorer against itself (one row and a batch, before and after a round trip) stays bit for bit: the
+same code summing in the same order."""
 
 from __future__ import annotations
 
@@ -13,8 +20,32 @@ import numpy as np
 import pytest
 
 from shared.ml.flat import HIST_GRADIENT_BOOSTING, RANDOM_FOREST, FlatTrees
+from shared.ml.provenance import ATOL, RTOL
 
 N_FEATURES = 7
+#: The thresholds a probability is compared with: every candidate of the failure predictor's threshold
+#: search (shared/ml/failure.py) and 0.5.
+THRESHOLDS = (*np.round(np.arange(0.05, 1.0, 0.025), 3).tolist(), 0.5)
+
+
+def decided(expected: np.ndarray, t: float) -> np.ndarray:
+    """The rows whose reference score is not within the tolerance of ``t``: their side of it is decided
+    by the model, not by the last bit of a sum."""
+    return np.abs(expected - t) > ATOL + RTOL * np.abs(expected)
+
+
+def assert_close_and_same_decisions(
+    got: Any, expected: Any, thresholds: Any = THRESHOLDS, strict: bool = False
+) -> None:
+    """``got`` (the flat scorer) equals ``expected`` (scikit-learn) within the tolerance, and every
+    threshold splits the rows the same way (``score >= t``, or ``score > t`` with ``strict``), ties
+    (``decided``) aside."""
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    for t in np.atleast_1d(np.asarray(thresholds, dtype=np.float64)):
+        side = (got > t, expected > t) if strict else (got >= t, expected >= t)
+        keep = decided(expected, float(t))
+        np.testing.assert_array_equal(side[0][keep], side[1][keep], err_msg=f"a decision at threshold {t} differs")
 
 
 def data(seed: int, rows: int = 1500, nan_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +119,10 @@ def assert_equal_to_sklearn(model: Any, flat: FlatTrees, Q: np.ndarray) -> None:
     expected = model.predict_proba(Q)[:, 1]
     got = flat.predict_proba1(Q)
     assert got.shape == expected.shape
-    assert np.max(np.abs(got - expected)) <= 1e-9
+    assert_close_and_same_decisions(got, expected)
+    # scikit-learn's own decision: class 1 where its probability beats class 0's (a tie at 0.5 aside).
+    keep = decided(expected, 0.5)
+    np.testing.assert_array_equal(model.predict(Q)[keep], model.classes_[(got > 1.0 - got).astype(int)][keep])
     # One row at a time takes another code path: it must agree with the batch exactly.
     for i in range(0, Q.shape[0], 37):
         assert flat.predict_proba1(Q[i : i + 1])[0] == got[i]

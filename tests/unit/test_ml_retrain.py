@@ -141,3 +141,20 @@ def test_the_retraining_run_has_its_own_identity(monkeypatch: pytest.MonkeyPatch
     )
     message = job_message(spec, project="p", region="r", service_account="fleet-training@p.iam.gserviceaccount.com")
     assert message.template.template.service_account == "fleet-retrain@p.iam.gserviceaccount.com"
+
+
+def test_a_candidate_failing_its_own_self_check_is_recorded_but_never_promoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``package`` loads the new bytes back as serving will: if the flat trees disagree with the scores
+    scikit-learn stored at training time (beyond the tolerance), the version is kept out of service."""
+    from shared.ml.assign import synthetic_outcomes
+    from shared.ml.flat import FlatTrees
+
+    outcomes = synthetic_outcomes(400, agents=8, seed=2)
+    good = retrain.package(retrain.retrain_task(outcomes, current=None), T0)
+    assert good.promote and good.version is not None  # better than the heuristic on these outcomes
+    predict = FlatTrees.predict_proba1
+    monkeypatch.setattr(FlatTrees, "predict_proba1", lambda self, X, chunk=1024: predict(self, X, chunk) * (1 + 1e-9))
+    cand = retrain.package(retrain.retrain_task(outcomes, current=None), T0)
+    assert cand.version is not None and cand.data and cand.sha256  # stored and recorded ...
+    assert not cand.promote and cand.reason.startswith("self_check_failed")  # ... but not promoted
+    assert cand.record()["decision"] == "keep_current" and "self_check_failed" in cand.record()["reason"]

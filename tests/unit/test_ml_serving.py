@@ -1,18 +1,28 @@
 """Serving the learned models: the heartbeat path scores with models loaded from their bytes without ever
 importing scikit-learn; the per-instance cache picks a promoted version up after its refresh period, keeps
-the model it has when the registry or the bytes fail, and refuses bytes whose hash differs."""
+the model it has when the registry or the bytes fail, and refuses bytes whose hash differs, or a model whose
+scorer fails its stored self-check (the one in service stays, heartbeats are still scored, and the
+retraining job compares its new model with none)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from shared import logs
 from shared.ml import serving
+
+#: The real loader (the ``registry`` fixture replaces it with a stand-in).
+REAL_LOADER = serving.loader
 
 
 def test_scoring_a_heartbeat_never_imports_scikit_learn(tmp_path: Any) -> None:
@@ -54,6 +64,7 @@ class FakeRegistry:
         self.pointer: dict[str, Any] | None = None
         self.blobs: dict[str, bytes] = {}
         self.reads = 0
+        self.downloads = 0
         self.fail_blob = False
 
     def publish(self, version: str, data: bytes) -> None:
@@ -76,6 +87,7 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
     def get(uri: str, sha256: str | None = None) -> bytes:
         if reg.fail_blob:
             raise ConnectionError("storage down")
+        reg.downloads += 1
         data = reg.blobs[uri]
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise model_blobs.CorruptModel("hash")
@@ -119,3 +131,123 @@ def test_the_registry_is_read_once_per_refresh_period(registry: FakeRegistry, mo
     for _ in range(50):
         assert serving.current("anomaly") is not None
     assert registry.reads == 1
+
+
+# ------------------------------------------------------------------------------------ self-check
+@pytest.fixture(scope="module")
+def detector_bytes() -> bytes:
+    from shared.ml.anomaly import AnomalyDetector
+    from tests.unit.test_ml_anomaly import FLEET, TRAIN
+
+    det = AnomalyDetector()
+    det.fit({a: s.head(TRAIN) for a, s in list(FLEET.items())[:6]})
+    return det.to_bytes()
+
+
+def tampered(data: bytes) -> bytes:
+    """``data`` with its stored self-check scores moved by 1e-9 (relative): far beyond the tolerance."""
+    import io
+
+    import numpy as np
+
+    from shared.ml import provenance
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[provenance.SCORES] = arrays[provenance.SCORES] * (1.0 + 1e-9)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def records() -> Iterator[list[dict[str, Any]]]:
+    """The project's JSON log lines about the anomaly model (the heartbeat step also asks for a failure
+    model, which the fake registry answers with the anomaly model's bytes: unloadable, and not looked at)."""
+    got: list[dict[str, Any]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            line = json.loads(logs.JsonFormatter().format(record))
+            if line.get("kind") == "anomaly":
+                got.append(line)
+
+    handler, logger = Keep(), logging.getLogger("fleet")
+    logger.addHandler(handler)
+    yield got
+    logger.removeHandler(handler)
+
+
+def heartbeat_model() -> str | None:
+    """The anomaly model version a heartbeat is scored with now (through the heartbeat function's step)."""
+    from shared.ml import live
+
+    learned = live.for_heartbeats()
+    record = type("Record", (), {"agent_id": "a", "ml": {}, "heartbeat_interval_s": 30.0})()
+    metrics = {"latency_ms_p95": 100.0, "error_rate": 0.01, "cpu_pct": 30.0, "memory_pct": 50.0}
+    return learned(record, metrics, datetime(2026, 11, 1, tzinfo=UTC)).state.get("anomaly_model")
+
+
+def test_a_model_failing_its_self_check_is_refused_and_the_one_in_service_stays(
+    registry: FakeRegistry,
+    detector_bytes: bytes,
+    records: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(serving, "loader", REAL_LOADER)
+    registry.publish("v1", detector_bytes)
+    first = serving.current("anomaly")
+    assert first is not None and first.version == "v1" and heartbeat_model() == "v1"
+    registry.publish("v2", tampered(detector_bytes))
+    assert serving.current("anomaly") is first  # refused: v1 stays in service
+    assert heartbeat_model() == "v1"  # and heartbeats are still scored, by v1
+    refusals = [r for r in records if r.get("reason") == "self_check_failed"]
+    assert len(refusals) == 1, records
+    refusal = refusals[0]
+    assert refusal["severity"] == "ERROR" and refusal["version"] == "v2" and refusal["serving"] == "v1"
+    assert 0.0 < refusal["max_deviation"] < 1e-8 and "self_check_failed" in refusal["error"]
+    downloads = registry.downloads
+    for _ in range(3):  # the same bytes would fail again: not downloaded, nor logged, every period
+        assert serving.current("anomaly") is first
+    assert registry.downloads == downloads and len([r for r in records if r.get("reason")]) == 1
+    # A scorer that disagrees (as after a numpy release computing the trees differently) is refused too.
+    from shared.ml.anomaly import FlatForest
+
+    score = FlatForest.score
+    monkeypatch.setattr(FlatForest, "score", lambda self, X, chunk=4096: score(self, X, chunk) * (1.0 + 1e-9))
+    registry.publish("v3", detector_bytes)
+    assert serving.current("anomaly") is first and heartbeat_model() == "v1"
+    assert [r["version"] for r in records if r.get("reason") == "self_check_failed"] == ["v2", "v3"]
+    monkeypatch.setattr(FlatForest, "score", score)
+    registry.publish("v4", detector_bytes)
+    fourth = serving.current("anomaly")
+    assert fourth is not None and fourth.version == "v4" and heartbeat_model() == "v4"
+
+
+def test_a_model_that_fails_to_load_for_another_reason_is_still_retried(
+    registry: FakeRegistry, detector_bytes: bytes, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a self-check failure is remembered: storage trouble is tried again next period."""
+    monkeypatch.setattr(serving, "loader", REAL_LOADER)
+    registry.publish("v1", detector_bytes)
+    registry.fail_blob = True
+    assert serving.current("anomaly") is None
+    assert [r["reason"] for r in records if r.get("reason")] == ["unloadable"]
+    registry.fail_blob = False
+    loaded = serving.current("anomaly")
+    assert loaded is not None and loaded.version == "v1"
+
+
+def test_the_retraining_job_compares_with_none_when_the_model_in_service_fails_its_self_check(
+    registry: FakeRegistry, detector_bytes: bytes, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs import retrain as job
+
+    monkeypatch.setattr(serving, "loader", REAL_LOADER)
+    registry.publish("v1", detector_bytes)
+    model, version, why = job._current("anomaly")
+    assert model is not None and version == "v1" and why == ""
+    registry.publish("v2", tampered(detector_bytes))
+    model, version, why = job._current("anomaly")
+    assert model is None and version == "v2" and "self_check_failed" in why
+    assert [r["version"] for r in records if r.get("reason") == "self_check_failed"] == ["v2"]
