@@ -1,5 +1,6 @@
-# Agent Fleet Manager: every target installs what it needs first (the virtualenv is
-# rebuilt when pyproject.toml changes) and stops every process it started.
+# Agent Fleet Manager: every target installs what it needs first, exactly the versions of the locks
+# (uv.lock for the server and the developers' tools, tools/*/uv.lock for the tool virtualenvs), and stops
+# every process it started. `make lock` is the one way to change a version.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,13 @@ STAMP := $(VENV)/.installed
 STACK_DIR ?= .stack
 JOB ?=
 
-.PHONY: help setup tools up down status tick retrain demo test terraform-check secrets plan deploy unit integration lint schemas bench eval clean
+# uv installs from the locks and writes them; uv itself comes from PyPI by pip, checked by hash.
+UV_VENV := .venv-uv
+UV := $(UV_VENV)/bin/uv
+# The machine's CPython, never a Python uv would download.
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help setup tools up down status tick retrain demo test terraform-check secrets plan deploy unit integration lint schemas bench eval clean lock test-sdk-latest
 
 help:
 	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
@@ -18,12 +25,18 @@ help:
 	@echo "make bench  - end-to-end benchmarks (writes the figures for docs/benchmarks.md)"
 	@echo "make eval   - the learned anomaly detector against the static rules on a simulated fleet with labelled faults"
 	@echo "make retrain - retrain the learned models now on the stack of make up (GET /v1/models lists them)"
+	@echo "make lock [PACKAGE=name] - re-resolve the locks to the newest the ranges allow (then make test, then commit)"
+	@echo "make test-sdk-latest - the agent SDK's tests against the newest releases its ranges allow"
 	@echo "make plan / make deploy TFVARS=prod.tfvars - terraform plan / apply in terraform/ (Google Cloud)"
 
-$(STAMP): pyproject.toml sdk/pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./sdk -e '.[dev]'
+$(UV): tools/uv/requirements.txt
+	@test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r tools/uv/requirements.txt
+	@touch $@
+
+# --locked: a pyproject.toml changed without `make lock` stops here instead of installing something untested.
+$(STAMP): uv.lock pyproject.toml sdk/pyproject.toml $(UV)
+	$(UV) sync --locked --python $(PYTHON)
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -67,7 +80,7 @@ unit: setup
 integration: setup tools
 	$(PY) -m pytest -q tests/integration
 
-# The Terraform checks (installing checkov the first time: mostly download) run beside the unit tests.
+# The Terraform checks run beside the unit tests.
 test: setup tools lint
 	@( $(MAKE) --no-print-directory terraform-check > .terraform-check.log 2>&1; echo $$? > .terraform-check.rc ) & \
 	checks=$$!; status=0; \
@@ -82,15 +95,48 @@ test: setup tools lint
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-$(CHECKOV_STAMP):
-	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet "checkov>=3.2,<4"
-	@touch $@
+# A tool virtualenv from its own lock: $(call tool-venv,<tools/ folder>,<virtualenv>).
+define tool-venv
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(2) $(UV) sync --locked --quiet --python $(PYTHON) --project tools/$(1)
+	@touch $(2)/.installed
+endef
+
+$(CHECKOV_STAMP): tools/checkov/uv.lock tools/checkov/pyproject.toml $(UV)
+	$(call tool-venv,checkov,$(CHECKOV_VENV))
 
 terraform-check: $(CHECKOV_STAMP)
 	terraform fmt -check -recursive terraform
 	$(CHECKOV_VENV)/bin/checkov --directory terraform --framework terraform --skip-download --quiet --compact
+
+# Every lock re-resolved to the newest versions the ranges allow (PACKAGE=<name>: that package alone), and
+# requirements.txt exported from uv.lock. Then `make test`, and commit the locks in a commit that says so
+# (docs/dependencies.md).
+PACKAGE ?=
+LOCK_UPGRADE = $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
+lock: $(UV)
+	$(UV) lock $(LOCK_UPGRADE)
+	$(UV) lock $(LOCK_UPGRADE) --project tools/checkov
+	$(UV) pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+		--custom-compile-command 'make lock' tools/uv/requirements.in -o tools/uv/requirements.txt
+	@{ printf '%s\n' \
+	  "# What Cloud Functions installs for the functions (its Python buildpack reads requirements.txt, ahead of" \
+	  "# pyproject.toml): exactly the versions of uv.lock, exported by \`make lock\`; never edit it by hand" \
+	  "# (tests/unit/test_lock.py fails when the two disagree). The agent SDK comes from this source (./sdk);" \
+	  "# the project itself is imported from the source root (functions/main.py)."; \
+	  $(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-editable --no-header --format requirements-txt; \
+	} > requirements.txt.new && mv requirements.txt.new requirements.txt
+	@git --no-pager diff --stat -- uv.lock tools requirements.txt || true
+
+# The SDK is a library: agents install it beside their own dependencies, within its ranges. Its tests, against
+# the newest releases those ranges allow, in a fresh virtualenv holding the SDK alone (and the locked pytest).
+SDK_LATEST_VENV ?= .venv-sdk-latest
+test-sdk-latest: $(UV)
+	rm -rf $(SDK_LATEST_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(SDK_LATEST_VENV)
+	$(UV) pip install --quiet --python $(SDK_LATEST_VENV)/bin/python --refresh --resolution highest ./sdk \
+		"pytest==$$($(PYTHON) -c 'import tomllib; print(next(p["version"] for p in tomllib.load(open("uv.lock", "rb"))["package"] if p["name"] == "pytest"))')"
+	$(UV) pip list --python $(SDK_LATEST_VENV)/bin/python | grep -iE '^(fleet-agent|google-cloud-pubsub|pydantic|pydantic-core|protobuf|grpcio|google-api-core) '
+	$(SDK_LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_sdk_*.py
 
 # Deploy to Google Cloud (needs the Google provider, gcloud credentials and TFVARS, e.g. terraform/prod.tfvars).
 TFVARS ?= example.tfvars
@@ -117,4 +163,4 @@ eval: setup
 	$(PY) -m shared.ml.evaluate --failure
 
 clean: down
-	rm -rf $(VENV) $(CHECKOV_VENV) .stack* .pytest_cache .mypy_cache .ruff_cache terraform/.build
+	rm -rf $(VENV) $(UV_VENV) $(CHECKOV_VENV) $(SDK_LATEST_VENV) .stack* .pytest_cache .mypy_cache .ruff_cache terraform/.build

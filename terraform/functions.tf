@@ -5,9 +5,10 @@ data "archive_file" "source" {
   type        = "zip"
   source_dir  = var.function_source_dir
   output_path = "${path.module}/.build/source.zip"
+  # The tool virtualenvs (the Makefile's .venv-*) and tools/ are developers' only, never deployed.
   excludes = [
-    ".git", ".venv", ".venv-checkov", ".stack", ".stack-bench", ".mypy_cache", ".ruff_cache", ".pytest_cache",
-    "terraform", "tests", "docs", "emulators", "node_modules",
+    ".git", ".venv", ".venv-checkov", ".venv-tfschema", ".venv-uv", ".venv-sdk-latest", ".stack", ".stack-bench",
+    ".mypy_cache", ".ruff_cache", ".pytest_cache", "terraform", "tests", "docs", "emulators", "node_modules", "tools",
   ]
 }
 
