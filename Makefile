@@ -9,11 +9,21 @@ STAMP := $(VENV)/.installed
 STACK_DIR ?= .stack
 JOB ?=
 
+# The Python the functions run on (terraform/functions.tf python311, jobs/Dockerfile python:3.11-slim;
+# tests/unit/test_lock.py holds the three together): .venv is built with it, so that the versions the tests
+# run are the ones uv.lock resolves for the deployed runtime. Any CPython of that version on the machine.
+RUNTIME_PYTHON := 3.11
+
 # uv installs from the locks and writes them; uv itself comes from PyPI by pip, checked by hash.
 UV_VENV := .venv-uv
 UV := $(UV_VENV)/bin/uv
-# The machine's CPython, never a Python uv would download.
+# A CPython of the machine's, never one uv would download.
 export UV_PYTHON_DOWNLOADS := never
+
+# The tool virtualenvs, each from its own lock (defined before the rules that name them).
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+SDK_LATEST_VENV ?= .venv-sdk-latest
 
 .PHONY: help setup tools up down status tick retrain demo test terraform-check secrets plan deploy unit integration lint schemas bench eval clean lock test-sdk-latest
 
@@ -36,7 +46,7 @@ $(UV): tools/uv/requirements.txt
 
 # --locked: a pyproject.toml changed without `make lock` stops here instead of installing something untested.
 $(STAMP): uv.lock pyproject.toml sdk/pyproject.toml $(UV)
-	$(UV) sync --locked --python $(PYTHON)
+	$(UV) sync --locked --python $(RUNTIME_PYTHON)
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -92,8 +102,6 @@ test: setup tools lint
 # Terraform checked offline (the Google provider cannot be downloaded here): formatting, and checkov in a
 # virtualenv of its own (its dependencies clash with the application's). The HCL parse and the contract
 # with the manifest and the code are tests/unit/test_terraform.py.
-CHECKOV_VENV ?= .venv-checkov
-CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 # A tool virtualenv from its own lock: $(call tool-venv,<tools/ folder>,<virtualenv>).
 define tool-venv
@@ -129,11 +137,12 @@ lock: $(UV)
 
 # The SDK is a library: agents install it beside their own dependencies, within its ranges. Its tests, against
 # the newest releases those ranges allow, in a fresh virtualenv holding the SDK alone (and the locked pytest).
-SDK_LATEST_VENV ?= .venv-sdk-latest
+# The SDK is built from a copy, so that no build/ or egg-info is left in sdk/ (the deployed source).
 test-sdk-latest: $(UV)
 	rm -rf $(SDK_LATEST_VENV)
 	$(UV) venv --quiet --python $(PYTHON) $(SDK_LATEST_VENV)
-	$(UV) pip install --quiet --python $(SDK_LATEST_VENV)/bin/python --refresh --resolution highest ./sdk \
+	cp -r sdk $(SDK_LATEST_VENV)/sdk-source
+	$(UV) pip install --quiet --python $(SDK_LATEST_VENV)/bin/python --refresh --resolution highest $(SDK_LATEST_VENV)/sdk-source \
 		"pytest==$$($(PYTHON) -c 'import tomllib; print(next(p["version"] for p in tomllib.load(open("uv.lock", "rb"))["package"] if p["name"] == "pytest"))')"
 	$(UV) pip list --python $(SDK_LATEST_VENV)/bin/python | grep -iE '^(fleet-agent|google-cloud-pubsub|pydantic|pydantic-core|protobuf|grpcio|google-api-core) '
 	$(SDK_LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_sdk_*.py

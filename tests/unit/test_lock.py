@@ -141,3 +141,34 @@ def test_the_functions_runtime_gets_one_version_of_each_package() -> None:
             installed.setdefault(_norm(requirement.name), []).append(str(requirement.specifier))
     assert {name: pins for name, pins in installed.items() if len(pins) != 1} == {}
     assert {"numpy", "scikit-learn", "scipy", "functions-framework"} <= installed.keys()
+
+
+def test_the_tests_run_on_the_python_the_functions_and_the_training_image_run_on() -> None:
+    """make setup builds .venv with RUNTIME_PYTHON, which must be the functions' runtime and the image's base."""
+    make = re.search(r"^RUNTIME_PYTHON := (\d+)\.(\d+)$", (ROOT / "Makefile").read_text(), re.M)
+    runtime = re.search(r'runtime\s*=\s*"python(\d)(\d+)"', (ROOT / "terraform" / "functions.tf").read_text())
+    image = re.search(r"^FROM python:(\d+)\.(\d+)-slim$", (ROOT / "jobs" / "Dockerfile").read_text(), re.M)
+    assert make and runtime and image
+    assert make.groups() == runtime.groups() == image.groups()
+    assert "$(UV) sync --locked --python $(RUNTIME_PYTHON)" in (ROOT / "Makefile").read_text()
+
+
+def test_the_build_backend_is_pinned_alike_for_the_project_and_the_sdk() -> None:
+    pins = {
+        path: tomllib.loads((ROOT / path).read_text())["build-system"]["requires"]
+        for path in ("pyproject.toml", "sdk/pyproject.toml")
+    }
+    assert len(set(map(tuple, pins.values()))) == 1, pins
+    (requirement,) = map(Requirement, pins["pyproject.toml"])
+    assert requirement.name == "setuptools" and next(iter(requirement.specifier)).operator == "=="
+
+
+def test_no_virtualenv_of_the_makefile_is_deployed() -> None:
+    """The functions' source archive is the repository root: every virtualenv make creates there, and the
+    developers' tools, are excluded from it."""
+    venvs = re.findall(r"^\w*VENV \??:?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert ".venv" in venvs and len(venvs) >= 5, venvs
+    excluded = re.search(r"excludes\s*=\s*\[(.*?)\]", (ROOT / "terraform" / "functions.tf").read_text(), re.S)
+    assert excluded is not None
+    names = set(re.findall(r'"([^"]+)"', excluded.group(1)))
+    assert set(venvs) | {"tools"} <= names, set(venvs) - names
