@@ -23,6 +23,8 @@ export UV_PYTHON_DOWNLOADS := never
 # The tool virtualenvs, each from its own lock (defined before the rules that name them).
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+TFSCHEMA_VENV ?= .venv-tfschema
+TFSCHEMA_STAMP := $(TFSCHEMA_VENV)/.installed
 SDK_LATEST_VENV ?= .venv-sdk-latest
 
 .PHONY: help setup tools up down status tick retrain demo test terraform-check secrets plan deploy unit integration lint schemas bench eval clean lock test-sdk-latest
@@ -82,7 +84,7 @@ demo: setup tools
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared functions emulators sdk/fleet_agent jobs
+	$(PY) -m mypy shared functions emulators sdk/fleet_agent jobs tools
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -90,18 +92,21 @@ unit: setup
 integration: setup tools
 	$(PY) -m pytest -q tests/integration
 
-# The Terraform checks run beside the unit tests.
-test: setup tools lint
+# The Terraform checks run beside the unit tests; FLEET_TF_ASSEMBLY lets tests/unit/test_terraform_schema.py
+# prove the schema check on the provider's real schema.
+test: setup tools lint $(TFSCHEMA_STAMP)
 	@( $(MAKE) --no-print-directory terraform-check > .terraform-check.log 2>&1; echo $$? > .terraform-check.rc ) & \
 	checks=$$!; status=0; \
-	$(PY) -m pytest -q tests/unit tests/integration || status=$$?; \
+	FLEET_TF_ASSEMBLY=$(TFSCHEMA_VENV) $(PY) -m pytest -q tests/unit tests/integration || status=$$?; \
 	wait $$checks; cat .terraform-check.log; rc=$$(cat .terraform-check.rc); rm -f .terraform-check.log .terraform-check.rc; \
 	if [ $$rc -ne 0 ]; then echo "terraform-check failed"; fi; \
 	[ $$status -eq 0 ] && [ $$rc -eq 0 ]
 
-# Terraform checked offline (the Google provider cannot be downloaded here): formatting, and checkov in a
-# virtualenv of its own (its dependencies clash with the application's). The HCL parse and the contract
-# with the manifest and the code are tests/unit/test_terraform.py.
+# Terraform checked offline (the Google provider cannot be downloaded here): formatting, checkov in a
+# virtualenv of its own (its dependencies clash with the application's), and every resource's attribute and
+# block names, required attributes and literal types against the provider's real schema
+# (tools/terraform_schema.py). The HCL parse and the contract with the manifest and the code are
+# tests/unit/test_terraform.py.
 
 # A tool virtualenv from its own lock: $(call tool-venv,<tools/ folder>,<virtualenv>).
 define tool-venv
@@ -112,8 +117,13 @@ endef
 $(CHECKOV_STAMP): tools/checkov/uv.lock tools/checkov/pyproject.toml $(UV)
 	$(call tool-venv,checkov,$(CHECKOV_VENV))
 
-terraform-check: $(CHECKOV_STAMP)
+# The provider's schema (a jsii assembly inside a PyPI wheel) for the offline schema check.
+$(TFSCHEMA_STAMP): tools/terraform-provider/uv.lock tools/terraform-provider/pyproject.toml $(UV)
+	$(call tool-venv,terraform-provider,$(TFSCHEMA_VENV))
+
+terraform-check: setup $(CHECKOV_STAMP) $(TFSCHEMA_STAMP)
 	terraform fmt -check -recursive terraform
+	$(PY) -m tools.terraform_schema --assembly $(TFSCHEMA_VENV) terraform
 	$(CHECKOV_VENV)/bin/checkov --directory terraform --framework terraform --skip-download --quiet --compact
 
 # Every lock re-resolved to the newest versions the ranges allow (PACKAGE=<name>: that package alone), and
@@ -124,6 +134,7 @@ LOCK_UPGRADE = $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
 lock: $(UV)
 	$(UV) lock $(LOCK_UPGRADE)
 	$(UV) lock $(LOCK_UPGRADE) --project tools/checkov
+	$(UV) lock $(LOCK_UPGRADE) --project tools/terraform-provider
 	$(UV) pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 		--custom-compile-command 'make lock' tools/uv/requirements.in -o tools/uv/requirements.txt
 	@{ printf '%s\n' \
@@ -172,4 +183,4 @@ eval: setup
 	$(PY) -m shared.ml.evaluate --failure
 
 clean: down
-	rm -rf $(VENV) $(UV_VENV) $(CHECKOV_VENV) $(SDK_LATEST_VENV) .stack* .pytest_cache .mypy_cache .ruff_cache terraform/.build
+	rm -rf $(VENV) $(UV_VENV) $(CHECKOV_VENV) $(TFSCHEMA_VENV) $(SDK_LATEST_VENV) .stack* .pytest_cache .mypy_cache .ruff_cache terraform/.build

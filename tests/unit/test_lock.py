@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCKS = [ROOT / "uv.lock", ROOT / "tools" / "checkov" / "uv.lock"]
+LOCKS = [ROOT / "uv.lock", ROOT / "tools" / "checkov" / "uv.lock", ROOT / "tools" / "terraform-provider" / "uv.lock"]
 
 
 def _norm(name: str) -> str:
