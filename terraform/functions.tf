@@ -5,10 +5,12 @@ data "archive_file" "source" {
   type        = "zip"
   source_dir  = var.function_source_dir
   output_path = "${path.module}/.build/source.zip"
-  # The tool virtualenvs (the Makefile's .venv-*) and tools/ are developers' only, never deployed.
+  # The tool virtualenvs (the Makefile's .venv-*) and tools/ are developers' only, never deployed; so is
+  # what a local editable install or build of the SDK leaves in sdk/ (the build makes its own).
   excludes = [
     ".git", ".venv", ".venv-checkov", ".venv-tfschema", ".venv-uv", ".venv-sdk-latest", ".stack", ".stack-bench",
     ".mypy_cache", ".ruff_cache", ".pytest_cache", "terraform", "tests", "docs", "emulators", "node_modules", "tools",
+    "sdk/build", "sdk/fleet_agent.egg-info",
   ]
 }
 
