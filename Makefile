@@ -135,7 +135,7 @@ lock: $(UV)
 	$(UV) lock $(LOCK_UPGRADE)
 	$(UV) lock $(LOCK_UPGRADE) --project tools/checkov
 	$(UV) lock $(LOCK_UPGRADE) --project tools/terraform-provider
-	$(UV) pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+	$(UV) pip compile --quiet --universal --generate-hashes --python-version $(RUNTIME_PYTHON) \
 		--custom-compile-command 'make lock' tools/uv/requirements.in -o tools/uv/requirements.txt
 	@{ printf '%s\n' \
 	  "# What Cloud Functions installs for the functions (its Python buildpack reads requirements.txt, ahead of" \
