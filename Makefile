@@ -172,7 +172,7 @@ deploy:
 	terraform -chdir=terraform apply -input=false fleet.tfplan
 
 schemas: setup
-	$(PY) -m shared.schemas docs/schemas
+	$(PY) -m shared.platform.schemas docs/schemas
 
 bench: setup tools
 	$(PY) -m tests.bench.run

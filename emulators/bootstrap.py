@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping
 
-from shared.topology import Topology
+from shared.platform.topology import Topology
 
 
 def push_endpoint(base_url: str, project: str, topic: str) -> str:

@@ -35,9 +35,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from emulators.stack import DEFAULT_PROJECT
-from shared import topology as topology_mod
-from shared.logs import get_logger, log
-from shared.topology import Schedule
+from shared.platform import topology as topology_mod
+from shared.platform.logs import get_logger, log
+from shared.platform.topology import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_RUNNING = "the local stack is not running; start it with `make up`"

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import topology as topology_mod
+from shared.platform import topology as topology_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROJECT = "fleet-local"
@@ -314,7 +314,17 @@ class Stack:
         if self.create_admin_key:
             # The operator's own tool makes the key, exactly as a person would with fleetctl.
             created = subprocess.run(
-                [sys.executable, "-m", "shared.cli", "keys", "create", "--name", "local-admin", "--role", "admin"],
+                [
+                    sys.executable,
+                    "-m",
+                    "shared.cli.fleetctl",
+                    "keys",
+                    "create",
+                    "--name",
+                    "local-admin",
+                    "--role",
+                    "admin",
+                ],
                 env={**base, **self.env},
                 cwd=ROOT,
                 capture_output=True,

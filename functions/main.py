@@ -21,8 +21,8 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from fleet_agent.contracts import EventType
 
-from shared import handlers
-from shared.events import PushedMessage, message_from_cloudevent
+from shared.pipeline import handlers
+from shared.pipeline.decoding import PushedMessage, message_from_cloudevent
 
 #: The event type each Pub/Sub entry point expects (tests check it against topology.yaml).
 EXPECTS: dict[str, EventType] = {
@@ -56,7 +56,7 @@ def on_cost(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_sweep(event: CloudEvent) -> None:
     """The minute job (Cloud Scheduler tick): liveness sweep, alert reminders, the Slack outbox."""
-    from shared import ticks
+    from shared.pipeline import ticks
 
     ticks.handle(_message(event), "fleet-sweep")
 
@@ -64,7 +64,7 @@ def on_sweep(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_report(event: CloudEvent) -> None:
     """Hourly summary and daily cost report (Cloud Scheduler ticks)."""
-    from shared import ticks
+    from shared.pipeline import ticks
 
     ticks.handle(_message(event), "fleet-reports")
 
@@ -84,15 +84,15 @@ def on_dead_letter(request: Any) -> tuple[str, int]:
 
 @functions_framework.http
 def api(request: Any) -> Any:
-    from shared import http_api
+    from shared.api import router
 
-    return http_api.handle(request)
+    return router.handle(request)
 
 
 @functions_framework.cloud_event
 def bench_baseline(event: CloudEvent) -> None:
     """The bare baseline of `make bench`: the same push path, one Firestore write, nothing else."""
-    from shared import bench_baseline as baseline
+    from shared.pipeline import bench_baseline as baseline
 
     baseline.write_one(_message(event))
 
@@ -100,7 +100,7 @@ def bench_baseline(event: CloudEvent) -> None:
 @functions_framework.http
 def slack_app(request: Any) -> Any:
     """The Slack app's request URL: ``/fleet`` slash commands and button clicks (signed by Slack)."""
-    from shared import slack_app as app
+    from shared.slack import app as app
 
     return app.handle(request)
 
@@ -114,9 +114,9 @@ def on_approval_request(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_action(event: CloudEvent) -> None:
     """Work handed over by the Slack app (``fleet-actions``): carry out a decided approval."""
-    from shared import actions
+    from shared.pipeline import fleet_actions
 
-    actions.handle(_message(event))
+    fleet_actions.handle(_message(event))
 
 
 @functions_framework.cloud_event
@@ -128,6 +128,6 @@ def on_job_progress(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_jobs_tick(event: CloudEvent) -> None:
     """The reconcile tick of training jobs (Cloud Scheduler): follow, settle, admit."""
-    from shared import ticks
+    from shared.pipeline import ticks
 
     ticks.handle(_message(event), "fleet-jobs")

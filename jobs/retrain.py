@@ -20,8 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from shared import logs
-from shared.store import db
+from shared.platform import logs, metering
 
 log = logs.get_logger("jobs.retrain")
 
@@ -110,7 +109,7 @@ def run(run_id: str, kinds: tuple[str, ...] = KINDS, now: datetime | None = None
     now = now or datetime.now(UTC)
     started = time.perf_counter()
     registry.update_run(run_id, {"run_id": run_id, "state": "running", "started_at": now, "kinds": list(kinds)})
-    with db.metered() as meter:
+    with metering.metered() as meter:
         history = agent_store.fleet_history()
         streams = retrain.streams_from_samples(history)
         data = retrain.split(streams)

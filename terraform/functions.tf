@@ -79,7 +79,7 @@ resource "google_cloudfunctions2_function" "function" {
     dynamic "secret_environment_variables" {
       for_each = toset(try(each.value.secrets, []))
       content {
-        # shared/settings.py reads a secret from the variable of its name, upper-cased.
+        # shared/platform/settings.py reads a secret from the variable of its name, upper-cased.
         key        = upper(replace(secret_environment_variables.value, "-", "_"))
         project_id = var.project_id
         secret     = google_secret_manager_secret.secret[secret_environment_variables.value].secret_id

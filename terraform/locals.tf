@@ -45,7 +45,7 @@ locals {
   image_repo    = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.fleet.repository_id}"
   gke_cluster   = "projects/${var.project_id}/locations/${var.region}/clusters/${google_container_cluster.gpu.name}"
 
-  # The environment every function gets (shared/settings.py and the launchers read these).
+  # The environment every function gets (shared/platform/settings.py and the launchers read these).
   function_env = {
     GOOGLE_CLOUD_PROJECT           = var.project_id
     FLEET_ENVIRONMENT              = var.environment

@@ -1,6 +1,6 @@
 """Task assignment (issue 7): which available agent of a tenant should take a task, and why. Pure: no I/O.
 
-The API (shared/api_tasks.py) reads the tenant's agents, their outcome summaries (``task_stats``) and
+The API (shared/api/tasks.py) reads the tenant's agents, their outcome summaries (``task_stats``) and
 the model in service, then asks this module to
 
 1. **filter** the agents (:func:`exclusion`, :func:`filter_candidates`): same tenant; running

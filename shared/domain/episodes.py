@@ -4,7 +4,7 @@ An episode opens once, may escalate (a higher severity), repeats at its severity
 stays open, and resolves. Each of those is a *notice* in the outbox (``notifications/{episode}.{event}``)
 written in the same atomic write as the decision that caused it, under a deterministic id: however
 many instances reach the decision, one write wins and one notice exists. The notifier
-(shared/notifier.py) then sends each notice once, grouped, silenced or held back under a root alert;
+(shared/services/notifier.py) then sends each notice once, grouped, silenced or held back under a root alert;
 a resolution is always sent, silenced or not.
 
 Agent episodes are indexed in the agent document (``episodes``: rule -> episode id), so opening or

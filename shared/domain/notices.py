@@ -14,7 +14,7 @@ ICONS = {"info": ":information_source:", "warning": "⚠️", "high": "🟠", "c
 RESOLVED = "✅"
 #: Agents listed by name in a grouped message (the rest are counted).
 GROUP_LISTED = 25
-#: Action ids of the buttons on an alert's message (shared/slack_actions.py answers them).
+#: Action ids of the buttons on an alert's message (shared/slack/buttons.py answers them).
 ACK = "alert_ack"
 SNOOZE = "alert_snooze"
 SNOOZE_LABELS = ("1h", "4h", "24h")

@@ -2,7 +2,7 @@
 
 ``build_hourly`` and ``build_daily`` take agents, their usage totals, the per-model day counters and
 the open alert episodes, and return the report models the Slack messages and the API
-(``GET /v1/reports/hourly|daily``) both show. ``shared/reports.py`` reads the inputs and sends them.
+(``GET /v1/reports/hourly|daily``) both show. ``shared/services/reports.py`` reads the inputs and sends them.
 
 Periods are UTC, like the usage counters: the hourly summary covers the last complete hour before
 the time it is made at, the daily report the last complete day. Money is exact: nano-dollars inside,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
-#: The command's name in the texts below (a workspace may register another: shared/slack_app.py).
+#: The command's name in the texts below (a workspace may register another: shared/slack/app.py).
 COMMAND = "/fleet"
 #: Longest silence (the API's limit too).
 MAX_SILENCE = timedelta(days=30)

@@ -16,8 +16,8 @@ import os
 import threading
 from typing import Any
 
-from shared import settings
 from shared.launchers.base import Backend, Launcher, LaunchError
+from shared.platform import settings
 
 _lock = threading.Lock()
 _launchers: dict[Backend, Launcher] = {}

@@ -197,8 +197,8 @@ def _step(
 def for_heartbeats() -> Callable[[Any, dict[str, Any], datetime], L.Learned]:
     """The ``learned`` step ``agents.apply_heartbeat`` takes, with the models in service now (scoring
     turned off: one that closes any learned episode and says so)."""
-    from shared import settings
     from shared.ml import serving
+    from shared.platform import settings
 
     if not settings.get().ml_scoring:
         return lambda record, metrics, at: _unscored("scoring is turned off (FLEET_ML_SCORING)")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from shared import logs
+from shared.platform import logs
 
 log = logs.get_logger("ml.provenance")
 

@@ -15,8 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from shared import settings
 from shared.launchers.base import FINAL_PHASES, Backend, Handle, LaunchError, LaunchSpec, Phase
+from shared.platform import settings
 
 #: System runs are launched under this tenant and agent (the launchers label every resource with both).
 SYSTEM_TENANT = "fleet"

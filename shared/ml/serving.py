@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared import logs, settings
+from shared.platform import logs, metering, settings
 
 log = logs.get_logger("ml.serving")
 
@@ -81,12 +81,11 @@ def current(kind: str) -> Loaded | None:
 
 
 def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
-    from shared.store import db
     from shared.store import models as registry
 
     try:
         pointer = registry.pointer(kind)
-        db.count_registry_read()
+        metering.count_registry_read()
     except Exception as exc:  # Firestore trouble: keep what we have, try again next period
         logs.log(log, "model registry unreadable", logging.WARNING, kind=kind, error=f"{type(exc).__name__}: {exc}")
         return served

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared import settings
 from shared.domain.agents import AgentRecord, Plan
+from shared.platform import metering, settings
 from shared.store import audit, db, episodes
 
 AGENTS = "agents"
@@ -124,7 +124,7 @@ def update(agent_id: str, decide: Callable[[AgentRecord | None], Plan]) -> Plan:
         except Exception as exc:
             if not db.is_conflict(exc):
                 raise
-            db.count(conflicts=1)
+            metering.count(conflicts=1)
             cache.drop(agent_id)
             snap, from_cache = read(agent_id), False
     raise RuntimeError(f"agent {agent_id}: {MAX_ATTEMPTS} conflicting writes in a row")
@@ -159,7 +159,7 @@ def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
     for write in plan.episodes:
         episodes.add_to(batch, write)
     results = batch.commit(**db.call_options())
-    db.count(writes=plan.writes)
+    metering.count(writes=plan.writes)
     if new_record is not None:
         cache.put(agent_id, Snapshot(new_record, results[0].update_time))
 
@@ -201,7 +201,7 @@ def history(agent_id: str) -> list[dict[str, Any]]:
     if agent is None:
         return []
     docs = list(ref(agent_id).collection(HISTORY).stream())
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     chunks = sorted((d.to_dict() or {} for d in docs), key=lambda c: c["chunk_no"])
     samples = _decoded(s for chunk in chunks for s in chunk["samples"])
     newest = samples[-1]["seq"] if samples else -1
@@ -223,7 +223,7 @@ def list_agents(
     if after:
         query = query.start_after({"__name__": ref(after)})
     docs = list(query.limit(page_size + 1).stream())
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     records = [from_stored(d.to_dict()) for d in docs[:page_size]]
     more = len(docs) > page_size
     return records, (records[-1].agent_id if more and records else None)
@@ -242,7 +242,7 @@ def due_for_sweep(now: datetime, page_size: int) -> Iterator[Snapshot]:
     while True:
         page = query.start_after(last) if last is not None else query
         docs = list(page.limit(page_size).stream(**db.call_options()))
-        db.count(reads=max(1, len(docs)))
+        metering.count(reads=max(1, len(docs)))
         for doc in docs:
             snap = Snapshot(from_stored(doc.to_dict()), doc.update_time)
             cache.put(doc.id, snap)
@@ -264,13 +264,13 @@ def _of_tenant(tenant: str, liveness: list[str] | None) -> Any:
 def count(tenant: str, liveness: list[str] | None = None) -> int:
     """How many agents the tenant has (with one of these liveness rungs): a count aggregation."""
     result = _of_tenant(tenant, liveness).count().get(**db.call_options())
-    db.count(reads=1)  # billed per 1,000 index entries read; a tenant is rarely larger
+    metering.count(reads=1)  # billed per 1,000 index entries read; a tenant is rarely larger
     return int(result[0][0].value)
 
 
 def ids(tenant: str, liveness: list[str] | None = None, limit: int = 20) -> list[str]:
     docs = list(_of_tenant(tenant, liveness).limit(limit).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [doc.id for doc in docs]
 
 
@@ -291,11 +291,11 @@ def fleet_history() -> dict[str, tuple[float, list[dict[str, Any]]]]:
     client = db.client()
     agents: dict[str, tuple[float, list[dict[str, Any]]]] = {}
     for snap in client.collection(AGENTS).stream(**db.call_options()):
-        db.count(reads=1)
+        metering.count(reads=1)
         data = snap.to_dict() or {}
         agents[snap.id] = (float(data.get("heartbeat_interval_s") or 30), _decoded((data.get("recent") or {}).values()))
     for snap in client.collection_group(HISTORY).stream(**db.call_options()):
-        db.count(reads=1)
+        metering.count(reads=1)
         chunk = snap.to_dict() or {}
         owner = agents.get(str(chunk.get("agent_id")))
         if owner is not None:

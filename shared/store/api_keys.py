@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared import settings
 from shared.domain import api_keys
 from shared.domain.api_keys import Role
+from shared.platform import metering, settings
 from shared.store import db
 
 API_KEYS = "api_keys"
@@ -44,7 +44,7 @@ def create(name: str, role: Role, tenant: str | None = None) -> tuple[str, str]:
         "revoked_at": None,
     }
     db.client().collection(API_KEYS).document(key.key_id).create(doc)
-    db.count(writes=1)
+    metering.count(writes=1)
     return key.key_id, key.token
 
 
@@ -53,7 +53,7 @@ def revoke(key_id: str) -> bool:
     if not db.get(ref).exists:
         return False
     ref.update({"revoked_at": datetime.now(UTC)})
-    db.count(writes=1)
+    metering.count(writes=1)
     with _lock:
         _verified.pop(key_id, None)
     return True
@@ -61,7 +61,7 @@ def revoke(key_id: str) -> bool:
 
 def list_keys() -> list[dict[str, Any]]:
     docs = list(db.client().collection(API_KEYS).stream())
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [{"key_id": d.id, **{k: v for k, v in (d.to_dict() or {}).items() if k != "hash"}} for d in docs]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from shared.domain import approvals as domain
 from shared.domain.approvals import Approval, State
 from shared.domain.audit import AuditEntry
+from shared.platform import metering
 from shared.store import audit as audit_store
 from shared.store import db
 
@@ -55,7 +56,7 @@ def replace(approval: Approval, update_time: Any, entries: tuple[AuditEntry, ...
 
 def set_fields(approval_id: str, fields: dict[str, Any]) -> None:
     ref(approval_id).update(fields, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def list_approvals(
@@ -70,7 +71,7 @@ def list_approvals(
             query = query.where(filter=FieldFilter(name, "==", value))
     fetch = limit if kind is None else min(limit * 10, 1000)
     docs = list(query.order_by("created_at", direction="DESCENDING").limit(fetch).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     found = [domain.from_doc(d.to_dict() or {}) for d in docs]
     return [a for a in found if kind is None or a.kind.value == kind][:limit]
 
@@ -92,7 +93,7 @@ def due(now: datetime, limit: int = 100) -> Due:
     out = Due()
     for name in ("pending_until", "post_due_at", "followup_due_at"):
         docs = list(collection.where(filter=FieldFilter(name, "<=", now)).limit(limit).stream(**db.call_options()))
-        db.count(reads=max(1, len(docs)))  # a query is billed one read even when it finds nothing
+        metering.count(reads=max(1, len(docs)))  # a query is billed one read even when it finds nothing
         for doc in docs:
             approval = domain.from_doc(doc.to_dict() or {})
             if name == "pending_until" and approval.state is State.PENDING:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.audit import AuditEntry
+from shared.platform import metering
 from shared.store import db
 
 AUDIT = "audit"
@@ -54,5 +55,5 @@ def list_entries(
             return []
         query = query.start_after(cursor)
     docs = list(query.limit(limit).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [{"id": d.id, **(d.to_dict() or {})} for d in docs]

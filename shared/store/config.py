@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from shared import settings
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
 from shared.domain.jobs import JobsConfig
 from shared.domain.pricing import Price, PriceTable
+from shared.platform import metering, settings
 from shared.store import db
 
 TENANTS = "tenants"
@@ -153,7 +153,7 @@ def update_tenant(name: str, fields: dict[str, Any]) -> None:
     merged into it key by key.
     """
     db.client().collection(TENANTS).document(name).set(fields, merge=list(fields), **db.call_options())  # type: ignore[arg-type]  # the client accepts field paths
-    db.count(writes=1)
+    metering.count(writes=1)
     forget(name)
 
 
@@ -163,7 +163,7 @@ def set_tenant_price(name: str, model: str, price: Price) -> None:
     path = FieldPath("prices", model).to_api_repr()
     _tenant_ref(name).set({"tenant": name}, merge=True, **db.call_options())
     _tenant_ref(name).update({path: price_doc(price)}, **db.call_options())
-    db.count(writes=2)
+    metering.count(writes=2)
     forget(name)
 
 
@@ -185,7 +185,7 @@ def read_prices() -> dict[str, tuple[Price, str]]:
     """Every global price and where it comes from ("default" or "api")."""
     out = {model: (price, "default") for model, price in default_prices().items()}
     docs = list(db.client().collection(PRICES).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     for doc in docs:
         data = doc.to_dict() or {}
         out[str(data.get("model") or doc.id)] = (price_of(data), "api")
@@ -205,7 +205,7 @@ def set_price(model: str, price: Price) -> None:
     db.client().collection(PRICES).document(db.doc_id(model)).set(
         {"model": model, **price_doc(price)}, **db.call_options()
     )
-    db.count(writes=1)
+    metering.count(writes=1)
     cache.drop("prices")
 
 

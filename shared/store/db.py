@@ -1,19 +1,16 @@
-"""The Firestore client (one per instance, built on first use) and a meter of reads and writes.
+"""The Firestore client (one per instance, built on first use) and the errors that decide retries.
 
 The client is imported and built lazily so a function's module import stays cheap (cold start);
-the meter counts every document read and write so each invocation can log what it cost.
+every document read and write is counted by shared.platform.metering.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared import settings
+from shared.platform import metering, settings
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -32,52 +29,6 @@ def client() -> Client:
 
                 _client = firestore.Client(project=settings.get().project)
     return _client
-
-
-@dataclass
-class Meter:
-    reads: int = 0
-    writes: int = 0
-    #: Writes refused by a precondition (another writer got there first); not billed as writes.
-    conflicts: int = 0
-    #: Messages published (commands to agents).
-    publishes: int = 0
-    #: Of ``reads``, those of the model registry (an instance checks it once per refresh period).
-    registry_reads: int = 0
-
-
-_meter: ContextVar[Meter | None] = ContextVar("firestore_meter", default=None)
-
-
-@contextmanager
-def metered() -> Iterator[Meter]:
-    meter = Meter()
-    token = _meter.set(meter)
-    try:
-        yield meter
-    finally:
-        _meter.reset(token)
-
-
-def count(reads: int = 0, writes: int = 0, conflicts: int = 0) -> None:
-    meter = _meter.get()
-    if meter is not None:
-        meter.reads += reads
-        meter.writes += writes
-        meter.conflicts += conflicts
-
-
-def count_registry_read() -> None:
-    """A read (already counted) that was the model registry's periodic check."""
-    meter = _meter.get()
-    if meter is not None:
-        meter.registry_reads += 1
-
-
-def count_publish(n: int = 1) -> None:
-    meter = _meter.get()
-    if meter is not None:
-        meter.publishes += n
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
@@ -118,9 +69,9 @@ def unless_changed(write: Callable[[], T], *, writes: int = 1) -> T | None:
     except Exception as exc:
         if not (is_conflict(exc) or isinstance(exc, exceptions.AlreadyExists)):
             raise
-        count(conflicts=1)
+        metering.count(conflicts=1)
         return None
-    count(writes=writes)
+    metering.count(writes=writes)
     return result
 
 
@@ -157,5 +108,5 @@ def doc_id(key: str, limit: int = 1500) -> str:
 
 
 def get(ref: Any) -> Any:
-    count(reads=1)
+    metering.count(reads=1)
     return ref.get(**call_options())

@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.domain import episodes as domain
 from shared.domain.alerts import DEFAULT_ALERT_OPEN, Alert, Severity
+from shared.platform import metering
 from shared.store import db
 
 EPISODES = "episodes"
@@ -94,7 +95,7 @@ def get_many(episode_ids: list[str]) -> dict[str, dict[str, Any]]:
     if not episode_ids:
         return {}
     docs = list(db.client().get_all([episode_ref(i) for i in episode_ids], **db.call_options()))
-    db.count(reads=len(docs))
+    metering.count(reads=len(docs))
     return {(d.to_dict() or {})["id"]: d.to_dict() or {} for d in docs if d.exists}
 
 
@@ -120,7 +121,7 @@ def list_episodes(
     local = {k: v for k, v in wanted.items() if v is not None and k != server}
     fetch = limit if not local else min(limit * 10, 1000)
     docs = list(query.order_by("opened_at", direction="DESCENDING").limit(fetch).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     rows = [doc.to_dict() or {} for doc in docs]
     return [row for row in rows if all(row.get(k) == v for k, v in local.items())][:limit]
 
@@ -138,7 +139,7 @@ def due(field: str, now: datetime, limit: int) -> list[tuple[dict[str, Any], Any
         .limit(limit)
     )
     docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [(doc.to_dict() or {}, doc.update_time) for doc in docs]
 
 
@@ -156,7 +157,7 @@ def conditional(episode: dict[str, Any], update_time: Any, write: domain.Episode
 
 def set_fields(episode_id: str, fields: dict[str, Any]) -> None:
     episode_ref(episode_id).set(fields, merge=True, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 # --- the outbox ---------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ def acknowledge(episode_id: str, user: str, at: datetime) -> str | None:
             transaction.update(ref, fields)
 
     run(db.client().transaction())
-    db.count(reads=1, writes=0 if earlier[0] else 1)
+    metering.count(reads=1, writes=0 if earlier[0] else 1)
     return earlier[0]
 
 
@@ -198,7 +199,7 @@ def due_notices(now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:
         .limit(limit)
     )
     docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [(doc.to_dict() or {}, doc.update_time) for doc in docs]
 
 
@@ -218,7 +219,7 @@ def get_notice(notice_id: str) -> dict[str, Any] | None:
 
 def finish(notice_id: str, fields: dict[str, Any]) -> None:
     notice_ref(notice_id).update(fields, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 # --- tenant alert state (root alerts) -------------------------------------------------------------
@@ -242,7 +243,7 @@ def save_group(group_id: str, *, channel: str, ts: str, notices: list[dict[str, 
     """The notices one grouped Slack message announced (its resolutions edit that message)."""
     doc = {"id": group_id, "channel": channel, "ts": ts, "notices": notices, "states": {}}
     _group_ref(group_id).set({**doc, "expire_at": at + domain.RETENTION}, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def resolve_in_group(group_id: str, episode_id: str) -> dict[str, Any] | None:
@@ -272,7 +273,7 @@ def tenants_with_open_root() -> list[str]:
 
     query = db.client().collection(TENANT_ALERTS).where(filter=FieldFilter("root_open", "==", True))
     docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [(doc.to_dict() or {})["tenant"] for doc in docs]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import ACTIVE, Job, JobState
+from shared.platform import metering
 from shared.store import audit as audit_store
 from shared.store import db
 
@@ -103,7 +104,7 @@ def of_tenant(tenant: str, states: Iterable[JobState], transaction: Any = None) 
     query = _where(db.client().collection(JOBS), "tenant", "==", tenant)
     query = _where(query, "state", "in", [s.value for s in states])
     docs = list(query.stream(transaction=transaction) if transaction is not None else query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [(_job(d.to_dict() or {}), d.update_time) for d in docs]
 
 
@@ -111,14 +112,14 @@ def active(limit: int = 500) -> list[tuple[Job, Any]]:
     """Every admitted or running job (the reconcile tick follows each with its backend)."""
     query = _where(db.client().collection(JOBS), "state", "in", [s.value for s in ACTIVE]).limit(limit)
     docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [(_job(d.to_dict() or {}), d.update_time) for d in docs]
 
 
 def unsettled(limit: int = 100) -> list[Job]:
     """Finished jobs whose cost or notice is still owed (a crash or Slack outage in between)."""
     docs = list(_where(db.client().collection(JOBS), "unsettled", "==", True).limit(limit).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [_job(d.to_dict() or {}) for d in docs]
 
 
@@ -127,7 +128,7 @@ def tenants_waiting(limit: int = 1000) -> set[str]:
     queue documents: one read per such tenant, not per waiting job."""
     query = _where(db.client().collection(QUEUES), "waiting", ">", 0).limit(limit)
     docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return {str((d.to_dict() or {}).get("tenant") or d.id) for d in docs}
 
 
@@ -142,7 +143,7 @@ def list_jobs(
     if before is not None:
         query = _where(query, "created_at", "<", before)
     docs = list(query.order_by("created_at", direction="DESCENDING").limit(limit).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [_job(d.to_dict() or {}) for d in docs]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+from shared.platform import metering
 from shared.store import db
 
 MARKERS = "markers"
@@ -33,7 +34,7 @@ def mark(key: str) -> None:
     db.client().collection(MARKERS).document(db.doc_id(key)).set(
         {"key": key, "at": now, "expire_at": now + RETENTION}, **db.call_options()
     )
-    db.count(writes=1)
+    metering.count(writes=1)
     with _lock:
         if len(_known) > 100_000:
             _known.clear()

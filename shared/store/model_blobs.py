@@ -12,7 +12,7 @@ import hashlib
 import threading
 from typing import Any
 
-from shared import settings
+from shared.platform import settings
 
 _client: Any = None
 _lock = threading.Lock()

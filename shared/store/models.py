@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from shared.platform import metering
 from shared.store import db
 
 MODELS = "models"
@@ -45,7 +46,7 @@ def record(kind: str, version: str, data: dict[str, Any]) -> bool:
 
 def update(kind: str, version: str, changes: dict[str, Any]) -> None:
     version_ref(kind, version).update(changes, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def promote(kind: str, version: str, uri: str, sha256: str, *, expected: str | None, at: datetime) -> bool:
@@ -58,7 +59,7 @@ def promote(kind: str, version: str, uri: str, sha256: str, *, expected: str | N
     @firestore.transactional
     def run(tx: Any) -> bool:
         snap = ref.get(transaction=tx)
-        db.count(reads=1)
+        metering.count(reads=1)
         current = (snap.to_dict() or {}).get("current") if snap.exists else None
         if current != expected:
             return False
@@ -68,7 +69,7 @@ def promote(kind: str, version: str, uri: str, sha256: str, *, expected: str | N
             merge=True,
         )
         tx.update(version_ref(kind, version), {"promoted": True, "promoted_at": at})
-        db.count(writes=2)
+        metering.count(writes=2)
         return True
 
     return bool(run(client.transaction()))
@@ -82,7 +83,7 @@ def versions(kind: str, limit: int = 20) -> list[dict[str, Any]]:
         pointer_ref(kind).collection(VERSIONS).order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
     )
     docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [d.to_dict() or {} for d in docs]
 
 
@@ -101,7 +102,7 @@ def start_run(run_id: str, data: dict[str, Any]) -> bool:
 
 def update_run(run_id: str, changes: dict[str, Any]) -> None:
     run_ref(run_id).set(changes, merge=True, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def runs(limit: int = 10) -> list[dict[str, Any]]:
@@ -110,5 +111,5 @@ def runs(limit: int = 10) -> list[dict[str, Any]]:
 
     query = db.client().collection(RUNS).order_by("started_at", direction=firestore.Query.DESCENDING)
     docs = list(query.limit(limit).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [d.to_dict() or {} for d in docs]

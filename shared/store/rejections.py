@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared import settings
 from shared.domain.rejections import Payload, Rejected
+from shared.platform import metering, settings
 from shared.store import db
 
 REJECTIONS = "rejections"
@@ -38,7 +38,7 @@ def record(
         "expire_at": received_at + timedelta(days=settings.get().retention_days),
     }
     db.client().collection(REJECTIONS).document(message_id).set(doc, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
     return doc
 
 
@@ -62,7 +62,7 @@ def list_page(
             raise PageTokenExpired(f"page token points at rejection {after}, which has expired; start again")
         query = query.start_after(cursor)
     docs = list(query.limit(page_size + 1).stream())
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     items = [d.to_dict() for d in docs[:page_size]]
     more = len(docs) > page_size
     return items, (items[-1]["id"] if more and items else None)
@@ -80,4 +80,4 @@ def mark_replayed(rejection_id: str, message_id: str) -> None:
     db.client().collection(REJECTIONS).document(rejection_id).update(
         {"replayed_at": datetime.now(UTC), "replayed_as": message_id}
     )
-    db.count(writes=1)
+    metering.count(writes=1)

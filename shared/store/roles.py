@@ -9,6 +9,7 @@ from typing import Any
 from shared.domain import roles
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
+from shared.platform import metering
 from shared.store import audit as audit_store
 from shared.store import config, db
 
@@ -70,6 +71,6 @@ def change(
     run(client.transaction())
     previous, updated = result
     changed = {u for u in set(previous) | set(updated) if previous.get(u) != updated.get(u)}
-    db.count(reads=1, writes=2 + len(changed))
+    metering.count(reads=1, writes=2 + len(changed))
     config.forget(tenant)
     return previous, updated

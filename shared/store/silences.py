@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.silences import Silence
+from shared.platform import metering
 from shared.store import db
 
 SILENCES = "silences"
@@ -17,7 +18,7 @@ def _ref(silence_id: str) -> Any:
 
 def create(silence: Silence) -> None:
     _ref(silence.id).create(silence.to_doc(), **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def get(silence_id: str) -> Silence | None:
@@ -27,7 +28,7 @@ def get(silence_id: str) -> Silence | None:
 
 def end(silence_id: str, *, at: datetime, by: str) -> None:
     _ref(silence_id).update({"ended_at": at, "ended_by": by}, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def active(now: datetime) -> list[Silence]:
@@ -36,7 +37,7 @@ def active(now: datetime) -> list[Silence]:
 
     query = db.client().collection(SILENCES).where(filter=FieldFilter("expires_at", ">", now))
     docs = list(query.stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     return [s for s in (_of(d.to_dict()) for d in docs) if s.active(now) or s.starts_at > now]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.platform import metering
 from shared.store import db
 
 SLACK_REQUESTS = "slack_requests"
@@ -45,11 +46,11 @@ def begin(key: str, now: datetime) -> Claim:
 
 def finish(key: str, reply: dict[str, Any]) -> None:
     _ref(key).update({"state": "done", "reply": reply}, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def abandon(key: str) -> None:
     """Drop a claim whose work failed (an exception): Slack's retry then acts, instead of waiting out
     the claim. Nothing was changed, or only idempotent parts that the retry repeats harmlessly."""
     _ref(key).delete(**db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)

@@ -31,6 +31,7 @@ from shared.domain.assignment import AgentStats, AssignmentConfig, OutcomeReport
 from shared.domain.audit import AuditEntry
 from shared.domain.periods import Period, window
 from shared.domain.usage import Totals
+from shared.platform import metering
 from shared.store import audit as audit_store
 from shared.store import config, db
 from shared.store import usage as usage_store
@@ -84,7 +85,7 @@ def stats_of(agent_ids: Sequence[str]) -> dict[str, AgentStats]:
     ids = list(agent_ids)
     for start in range(0, len(ids), GET_ALL_CHUNK):
         docs = list(client.get_all([stats_ref(a) for a in ids[start : start + GET_ALL_CHUNK]], **db.call_options()))
-        db.count(reads=len(docs))
+        metering.count(reads=len(docs))
         for doc in docs:
             if doc.exists:
                 out[doc.id] = AgentStats.from_doc(doc.to_dict())
@@ -181,7 +182,7 @@ def recent_outcomes(tenant: str | None, limit: int = 5000, before: datetime | No
     if before is not None:
         query = _where(query, "outcome_at", "<", before)
     docs = list(query.limit(limit).stream(**db.call_options()))
-    db.count(reads=max(1, len(docs)))
+    metering.count(reads=max(1, len(docs)))
     out = []
     for doc in docs:
         data = doc.to_dict() or {}
@@ -230,7 +231,7 @@ def outcomes_at_least(tenant: str, at_least: int) -> int:
     if at_least <= 0 or counts.reached(tenant, at_least):
         return at_least
     result = _outcomes_query(tenant).limit(at_least).count().get(**db.call_options())
-    db.count(reads=1)
+    metering.count(reads=1)
     found = int(result[0][0].value)
     if found >= at_least:
         counts.remember(tenant, at_least)
@@ -256,7 +257,7 @@ def spend_this_month(agent_ids: Sequence[str], now: datetime) -> dict[str, Spend
         chunk = ids[start : start + GET_ALL_CHUNK]
         refs = [collection.document(usage_store.agent_month_id(a, month.key)) for a in chunk]
         docs = list(client.get_all(refs, field_paths=["m"], **db.call_options()))
-        db.count(reads=len(docs))
+        metering.count(reads=len(docs))
         by_id = {usage_store.agent_month_id(a, month.key): a for a in chunk}
         for doc in docs:
             if doc.exists and doc.id in by_id:

@@ -29,6 +29,7 @@ from typing import Any
 from shared.domain.budgets import WindowTotals
 from shared.domain.periods import Period, Window, window, windows
 from shared.domain.usage import Minute, ModelDay, Tally, Totals, model_day_field, month_field
+from shared.platform import metering
 from shared.store import db
 
 USAGE = "usage"
@@ -196,9 +197,9 @@ def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, ma
     try:
         results = batch.commit(**db.call_options())
     except exceptions.AlreadyExists:
-        db.count(conflicts=1)
+        metering.count(conflicts=1)
         return Applied(duplicate=True)
-    db.count(writes=1 + len(writes))
+    metering.count(writes=1 + len(writes))
     return _read_back(tally, writes, results[1:], streak_default=tally.trailing_failures, writes_count=1 + len(writes))
 
 
@@ -297,7 +298,7 @@ def _shard_refs(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) 
 def _sum_shards(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) -> dict[str, Totals]:
     """The tenant's month document, summed over its shards (one read per shard): field -> totals."""
     docs = list(db.client().get_all(_shard_refs(tenant, month, shards, skip), **db.call_options()))
-    db.count(reads=len(docs))
+    metering.count(reads=len(docs))
     sums: dict[str, Totals] = {}
     for doc in docs:
         for name, counters in (doc.to_dict() or {} if doc.exists else {}).items():
@@ -370,7 +371,7 @@ def agent_months(agent_ids: Sequence[str], month: str) -> dict[str, dict[str, An
     for start in range(0, len(ids), GET_ALL_CHUNK):
         refs = [_ref(agent_month_id(a, month)) for a in ids[start : start + GET_ALL_CHUNK]]
         docs = list(client.get_all(refs, **db.call_options()))
-        db.count(reads=len(docs))
+        metering.count(reads=len(docs))
         for doc in docs:
             if doc.exists:
                 data = doc.to_dict() or {}

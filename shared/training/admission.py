@@ -12,10 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared import logs, work
 from shared.domain import job_queue
 from shared.domain import jobs as domain
 from shared.domain.jobs import JobState
+from shared.platform import logs, metering
+from shared.services import handoff
 from shared.store import config, db
 from shared.store import jobs as store
 from shared.training import budget
@@ -39,7 +40,7 @@ def run_pass(tenant: str, now: datetime) -> list[str]:
     def admit(transaction: Any) -> list[str]:
         queue = store.queue_ref(tenant)
         queue.get(transaction=transaction)
-        db.count(reads=1)
+        metering.count(reads=1)
         # The queued jobs in the transaction; the admitted and running ones outside it, so a pass
         # never holds their documents (the tick and progress reports write them): only a pass makes a
         # job active, and passes of a tenant serialize on its queue document.
@@ -69,7 +70,7 @@ def run_pass(tenant: str, now: datetime) -> list[str]:
                 transaction.update(store.ref(job.id), {"reason": decision.reason, "position": decision.position})
                 writes += 1
         transaction.set(queue, {"tenant": tenant, "passed_at": now, "waiting": len(queued) - len(admitted) - refused})
-        db.count(writes=writes + 1)
+        metering.count(writes=writes + 1)
         return admitted
 
     admitted: list[str] = admit(client.transaction(max_attempts=MAX_ATTEMPTS))
@@ -92,4 +93,4 @@ def try_pass(tenant: str, now: datetime) -> list[str]:
 
 def hand_over(job_id: str) -> bool:
     """A launch work item for ``fleet-actions``; a failed publish is redone by the reconcile tick."""
-    return work.hand_over(work.JOB_LAUNCH, job_id=job_id)
+    return handoff.hand_over(handoff.JOB_LAUNCH, job_id=job_id)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from shared import settings
 from shared.domain import budgets, job_queue
 from shared.domain.periods import Period, Window
 from shared.domain.usage import Totals
+from shared.platform import settings
 from shared.store import agents as agent_store
 from shared.store import config
 from shared.store import usage as usage_store

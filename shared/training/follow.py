@@ -18,13 +18,15 @@ from typing import Any
 
 from fleet_agent.contracts import CostBatch, CostRecord, EventType, encode
 
-from shared import commands, logs, operations, settings, slack, topology
 from shared.domain import job_runs
 from shared.domain import jobs as domain
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobState
 from shared.launchers import registry
 from shared.launchers.base import FINAL_PHASES, Handle, LaunchError
+from shared.platform import logs, metering, settings, topology
+from shared.services import agent_commands, agent_controls
+from shared.slack import web_api
 from shared.store import config, db
 from shared.store import jobs as store
 from shared.training import admission, launch
@@ -174,13 +176,13 @@ def stop(job: Job, state: JobState, reason: str, by: str, now: datetime) -> Job 
     return written
 
 
-def cancel(job_id: str, actor: operations.Actor, now: datetime, reason: str = "") -> Job:
+def cancel(job_id: str, actor: agent_controls.Actor, now: datetime, reason: str = "") -> Job:
     """Cancel a job for ``actor``: a waiting job at once, a launched one on its backend first."""
     job = store.get(job_id)
     if job is None or not actor.can_see(job.tenant):
-        raise operations.Refused(404, f"job {job_id} not found")
+        raise agent_controls.Refused(404, f"job {job_id} not found")
     if job.final:
-        raise operations.Refused(409, f"job {job_id} is already {job.state.value}")
+        raise agent_controls.Refused(409, f"job {job_id} is already {job.state.value}")
     if job.handle:  # a run that has just ended is recorded as it ended, not as cancelled
         try:
             ended = registry.get(job.backend).status(Handle.from_doc(job.handle)).phase in FINAL_PHASES
@@ -189,13 +191,13 @@ def cancel(job_id: str, actor: operations.Actor, now: datetime, reason: str = ""
         if ended:
             follow(job, now)
             found = store.get(job_id) or job
-            raise operations.Refused(409, f"job {job_id} has just {found.state.value}: {found.reason}"[:500])
+            raise agent_controls.Refused(409, f"job {job_id} has just {found.state.value}: {found.reason}"[:500])
     said = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
     written = stop(job, JobState.CANCELLED, said, actor.name, now)
     if written is None:
-        raise operations.Refused(404, f"job {job_id} not found")
+        raise agent_controls.Refused(404, f"job {job_id} not found")
     if job.state is JobState.AWAITING_APPROVAL and job.approval_id:  # nothing left to decide
-        from shared import approvals
+        from shared.services import approvals
 
         approvals.withdraw(job.approval_id, now, f"the job was {said}")
     if job.active:
@@ -220,7 +222,7 @@ def settle(job: Job, now: datetime) -> None:
         "unsettled": not (told and stopped and released),
     }
     store.ref(job.id).update(fields, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
 
 
 def _release(job: Job) -> bool:
@@ -254,10 +256,10 @@ def charge(job: Job) -> str:
         part += 1
     batch = CostBatch(agent_id=job.agent_id, batch_id=f"job.{job.id}", records=records)
     body, attributes = encode(batch, event_id=f"job.{job.id}")
-    client = commands.publisher()
+    client = agent_commands.publisher()
     topic = client.topic_path(settings.get().project, topology.load().topic_for(EventType.COST.value).name)
-    message_id = str(client.publish(topic, body, **attributes).result(timeout=commands.PUBLISH_TIMEOUT_S))
-    db.count_publish()
+    message_id = str(client.publish(topic, body, **attributes).result(timeout=agent_commands.PUBLISH_TIMEOUT_S))
+    metering.count_publish()
     return message_id
 
 
@@ -274,10 +276,10 @@ def _tell_requester(job: Job) -> bool:
         metrics = " · " + ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:6])
     text = f"Training job `{job.name}` ({job.id}) {job.state.value}: {job.reason or 'done'} · {cost}{metrics}"
     try:
-        slack.post(user, text)
-    except slack.SlackRefused as exc:
+        web_api.post(user, text)
+    except web_api.SlackRefused as exc:
         logs.log(log, f"requester of {job.id} not told: {exc.error}", job_id=job.id)
-    except slack.SlackUnavailable as exc:
+    except web_api.SlackUnavailable as exc:
         logs.log(log, f"requester of {job.id} not told yet: {exc}", job_id=job.id)
         return False
     return True

@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 
-from shared import logs, settings
 from shared.domain import jobs as domain
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobState
 from shared.launchers import registry
 from shared.launchers.base import Handle, Launcher, LaunchError, LaunchSpec
+from shared.platform import logs, metering, settings
 from shared.store import config, db
 from shared.store import jobs as store
 from shared.training.submit import entry
@@ -119,7 +119,7 @@ def _stop_started(job: Job) -> str:
     if not stop_run(job):
         raise LaunchError(f"the run of {job.id} (stopped while launching) could not be stopped yet", transient=True)
     store.ref(job.id).update({"stop_pending": False}, **db.call_options())
-    db.count(writes=1)
+    metering.count(writes=1)
     return "cancelled"
 
 

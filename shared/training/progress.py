@@ -13,7 +13,7 @@ from shared.domain.agents import Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job
 from shared.domain.rejections import Code, Rejected
-from shared.events import Decoded
+from shared.pipeline.decoding import Decoded
 from shared.store import jobs as store
 
 

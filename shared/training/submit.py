@@ -9,12 +9,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from shared import operations
 from shared.domain import job_costs, job_policy, job_queue
 from shared.domain import jobs as domain
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobRequest, JobsConfig, JobState
 from shared.domain.pricing import format_usd
+from shared.services import agent_controls
 from shared.store import agents as agent_store
 from shared.store import config
 from shared.store import jobs as store
@@ -58,7 +58,7 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
     requester = request.requester or via
     runtime = request.max_runtime_s or cfg.default_runtime_s
     if runtime > cfg.max_runtime_s:
-        raise operations.Refused(400, f"max_runtime_s is at most {cfg.max_runtime_s} for this tenant")
+        raise agent_controls.Refused(400, f"max_runtime_s is at most {cfg.max_runtime_s} for this tenant")
     try:
         backend, why = job_policy.choose(request.resources, runtime, request.backend, cfg)
         res = request.resources
@@ -66,9 +66,9 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
             backend.value, res.cpu, res.memory_gb, res.gpu, res.gpu_type, res.spot, runtime, cfg.price_factor
         )
     except (job_policy.NoBackend, job_costs.NoMachine) as exc:
-        raise operations.Refused(400, str(exc)) from None
+        raise agent_controls.Refused(400, str(exc)) from None
     if backend.value == "local" and request.image is not None and not request.command:
-        raise operations.Refused(
+        raise agent_controls.Refused(
             400, "the local backend runs a command, not an image: give a command, or name another backend"
         )
     return Job(
@@ -96,7 +96,7 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
     )
 
 
-def submit(request: JobRequest, actor: operations.Actor, now: datetime) -> tuple[Job, bool]:
+def submit(request: JobRequest, actor: agent_controls.Actor, now: datetime) -> tuple[Job, bool]:
     """Store the job (once) and start it on its way; returns (job as it stands, whether it is new).
 
     Raises Refused: 404 unknown agent, 400 no backend or machine, 409 it could never fit.
@@ -105,9 +105,9 @@ def submit(request: JobRequest, actor: operations.Actor, now: datetime) -> tuple
         request = request.model_copy(update={"requester": actor.name})
     agent = agent_store.get(request.agent_id)
     if agent is None or not actor.can_see(agent.tenant):
-        raise operations.not_found(request.agent_id)
+        raise agent_controls.not_found(request.agent_id)
     if agent.status.value == "decommissioned":
-        raise operations.Refused(409, f"agent {agent.agent_id} was decommissioned")
+        raise agent_controls.Refused(409, f"agent {agent.agent_id} was decommissioned")
     tenant = agent.tenant
     cfg = config.jobs(tenant)
     job = build(request, tenant, actor.name, now, cfg)
@@ -116,7 +116,7 @@ def submit(request: JobRequest, actor: operations.Actor, now: datetime) -> tuple
         return existing, False
     reason = _never_fits(request, cfg, tenant, agent.budget, job.costing())
     if reason is not None:
-        raise operations.Refused(409, f"this job can never be admitted: {reason}")
+        raise agent_controls.Refused(409, f"this job can never be admitted: {reason}")
     if job.estimate_usd > cfg.approval_threshold_usd:
         from shared.domain import approvals as approval_domain
 
@@ -150,8 +150,8 @@ def submit(request: JobRequest, actor: operations.Actor, now: datetime) -> tuple
 
 def _ask(job: Job, owner: str | None, now: datetime) -> None:
     """The approval request of a job above the threshold (stored once, posted to the approvers)."""
-    from shared import approvals
     from shared.domain import approvals as approval_domain
+    from shared.services import approvals
 
     kind, _, who = job.requested_via.partition(":")
     requester = approval_domain.Requester(

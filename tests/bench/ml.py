@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from emulators.stack import ROOT, Stack
+from shared.platform import metering
 from tests.bench.run import LogCounter, publish_then_push, publisher, wait_count
 from tests.bench.slack import machine, percentile
 
@@ -250,7 +251,6 @@ def _history_read(store: Any, report: Callable[[str], None]) -> list[str]:
     """Seed ``HISTORY_AGENTS`` agents' history as the heartbeat function writes it (chunks of 10), then read
     it back the way the retraining job does."""
     from shared.store import agents as agent_store
-    from shared.store import db
 
     report("  history: seeding ...")
     start = datetime.now(UTC) - timedelta(hours=12)
@@ -278,7 +278,7 @@ def _history_read(store: Any, report: Callable[[str], None]) -> list[str]:
                 batch, pending = store.batch(), 0
     batch.commit()
     report("  history: reading ...")
-    with db.metered() as meter:
+    with metering.metered() as meter:
         started = time.perf_counter()
         history = agent_store.fleet_history()
         seconds = time.perf_counter() - started

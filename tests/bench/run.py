@@ -33,7 +33,7 @@ from typing import Any
 from fleet_agent.contracts import Heartbeat, Registration, encode
 
 from emulators.stack import ROOT, Stack
-from shared import topology
+from shared.platform import topology
 
 AGENTS = int(os.environ.get("BENCH_AGENTS", 200))
 #: A multiple of the history chunk (10), so each round flushes whole chunks.

@@ -6,9 +6,9 @@ notices under concurrent minute jobs.
 1. 10,000 agent documents (real ``AgentRecord``s through ``agent_store.to_stored``) are written
    straight to the Firestore emulator, across 10 tenants: 9,900 healthy (``sweep_at`` ahead) and
    100 late (last heartbeat 4 intervals of 30 s ago, ``sweep_at`` passed). Seeding is not counted.
-2. One ``shared.sweep.sweep(now)`` in this process, metered (``db.metered()``): Firestore reads,
+2. One ``shared.services.sweep.sweep(now)`` in this process, metered (``metering.metered()``): Firestore reads,
    writes and wall time. The baseline, in the same run: the naive design, streaming every agent
-   document and checking ``sweep_at`` in Python. Then ``shared.sweep.run(now)`` (sweep, root
+   document and checking ``sweep_at`` in Python. Then ``shared.services.sweep.run(now)`` (sweep, root
    alerts, the Slack outbox to an in-process fake Slack) for the same agents, and for a fresh set
    of 100 late agents (the whole minute job: sweep and notify).
 3. Concurrency: a fresh set of 100 late agents, then ``run(now)`` from 4 threads started together
@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from emulators.stack import FAKE_SLACK_TOKEN, ROOT, Stack
+from shared.platform import metering
 
 AGENTS = int(os.environ.get("BENCH_SWEEP_AGENTS", 10_000))
 LATE = int(os.environ.get("BENCH_SWEEP_LATE", 100))
@@ -171,23 +172,23 @@ def naive(now: datetime) -> tuple[Measured, int]:
     """The baseline: stream every agent document, in pages of the sweep's size, and check ``sweep_at``
     in Python (the cheapest check: no parsing into a record, no writes). Returns the measurement and
     the agents found due."""
-    import shared.sweep
+    import shared.services.sweep
     from shared.store import agents as agent_store
     from shared.store import db
 
     due = 0
-    with db.metered() as meter:
+    with metering.metered() as meter:
         start = time.perf_counter()
-        query = db.client().collection(agent_store.AGENTS).order_by("__name__").limit(shared.sweep.PAGE)
+        query = db.client().collection(agent_store.AGENTS).order_by("__name__").limit(shared.services.sweep.PAGE)
         last = None
         while True:
             docs = list((query.start_after(last) if last is not None else query).stream(**db.call_options()))
-            db.count(reads=max(1, len(docs)))
+            metering.count(reads=max(1, len(docs)))
             for doc in docs:
                 sweep_at = (doc.to_dict() or {}).get("sweep_at")
                 if sweep_at is not None and sweep_at <= now:
                     due += 1
-            if len(docs) < shared.sweep.PAGE:
+            if len(docs) < shared.services.sweep.PAGE:
                 break
             last = docs[-1]
         seconds = time.perf_counter() - start
@@ -196,11 +197,10 @@ def naive(now: datetime) -> tuple[Measured, int]:
 
 
 def measure(label: str, fake: Any, call: Callable[[], Any]) -> Measured:
-    from shared.store import db
 
     cold_instance()
     fake.clear()
-    with counting_tenant_reads() as tenants, db.metered() as meter:
+    with counting_tenant_reads() as tenants, metering.metered() as meter:
         start = time.perf_counter()
         result = call()
         seconds = time.perf_counter() - start
@@ -263,7 +263,7 @@ def concurrent(fake: Any, agents: list[str], job: Callable[[], dict[str, Any]]) 
     def work(i: int) -> None:
         try:
             barrier.wait()
-            with db.metered() as meter:
+            with metering.metered() as meter:
                 meters[i] = meter
                 results[i] = job()
         except Exception as exc:  # reported, not raised: the other threads' figures still count
@@ -352,8 +352,8 @@ def describe() -> list[str]:
         f"{AGENTS:,} agent documents (real `AgentRecord`s, {RING} heartbeat samples each) written straight to the "
         f"Firestore emulator across {TENANTS} tenants: {AGENTS - LATE:,} healthy (`sweep_at` 60 to 90 s ahead) and "
         f"{LATE} late (last heartbeat {LATE_INTERVALS} intervals of {INTERVAL_S} s ago, `sweep_at` passed); seeding "
-        "is not counted. One `shared.sweep.sweep(now)` runs in the benchmark's process, metered with "
-        "`db.metered()`, as a new instance would (agent and tenant caches empty). The baseline, in the same run "
+        "is not counted. One `shared.services.sweep.sweep(now)` runs in the benchmark's process, metered with "
+        "`metering.metered()`, as a new instance would (agent and tenant caches empty). The baseline, in the same run "
         "just before it, streams every agent document (pages of 300, like the sweep's query) and checks "
         "`sweep_at` in Python (no parsing into a record, no writes: the naive design at its cheapest). "
         "`run(now)` is the whole minute job (sweep, root alerts, the Slack outbox to an in-process fake Slack). "
@@ -380,14 +380,15 @@ def main(report: Callable[[str], None] = print) -> list[str]:
         os.environ["SLACK_API_URL"] = fake.url
         os.environ["SLACK_BOT_TOKEN"] = FAKE_SLACK_TOKEN
 
-        from shared import settings, slack
+        from shared.platform import settings
+        from shared.slack import web_api
         from shared.store import db
 
         settings.get.cache_clear()
         db._client = None  # built again, for this stack's emulator
-        slack.reset()
-        import shared.sweep
-        from shared import notifier
+        web_api.reset()
+        import shared.services.sweep
+        from shared.services import notifier
 
         now = datetime.now(UTC).replace(microsecond=0)
         print(f"seeding {AGENTS:,} agents ({LATE} late) ...", file=sys.stderr)
@@ -399,30 +400,32 @@ def main(report: Callable[[str], None] = print) -> list[str]:
         base, found = naive(now)
         print(f"  {base.reads} reads, {base.seconds:.2f} s, {found} due", file=sys.stderr)
         print("one sweep ...", file=sys.stderr)
-        swept = measure("indexed sweep: `shared.sweep.sweep(now)`", fake, lambda: shared.sweep.sweep(now))
+        swept = measure(
+            "indexed sweep: `shared.services.sweep.sweep(now)`", fake, lambda: shared.services.sweep.sweep(now)
+        )
         print(f"  {swept.reads} reads, {swept.writes} writes, {swept.seconds:.2f} s, {swept.due} due",
               file=sys.stderr)  # fmt: skip
         print("the minute job right after (nothing due; the outbox sent) ...", file=sys.stderr)
         after = measure(f"`run(now)` right after: nothing due, the {LATE} notices sent", fake,
-                        lambda: shared.sweep.run(now))  # fmt: skip
+                        lambda: shared.services.sweep.run(now))  # fmt: skip
 
         now_b = now + timedelta(seconds=1)
         seed(late_set("b", now_b))
         print("the whole minute job, 100 fresh late agents ...", file=sys.stderr)
         whole = measure(f"`run(now)` with {LATE} fresh late agents: sweep and notify", fake,
-                        lambda: shared.sweep.run(now_b))  # fmt: skip
+                        lambda: shared.services.sweep.run(now_b))  # fmt: skip
 
         now_c = now + timedelta(seconds=2)
         fresh = late_set("c", now_c)
         seed(fresh)
         print(f"{THREADS} minute jobs at once, 100 fresh late agents ...", file=sys.stderr)
-        conc = concurrent(fake, [a for a, _ in fresh], lambda: shared.sweep.run(now_c))
+        conc = concurrent(fake, [a for a, _ in fresh], lambda: shared.services.sweep.run(now_c))
 
         # The outbox alone under contention: one sweep writes 100 notices, then THREADS flushes at once.
         now_d = now + timedelta(seconds=3)
         fresh_d = late_set("d", now_d)
         seed(fresh_d)
-        shared.sweep.sweep(now_d)
+        shared.services.sweep.sweep(now_d)
         print(f"{THREADS} outbox flushes at once, 100 pending notices ...", file=sys.stderr)
         flushes = concurrent(fake, [a for a, _ in fresh_d], lambda: {"notifications": notifier.flush(now_d).as_dict()})
     finally:
@@ -434,10 +437,10 @@ def main(report: Callable[[str], None] = print) -> list[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        from shared import slack
+        from shared.slack import web_api
         from shared.store import db
 
-        slack.reset()
+        web_api.reset()
         db._client = None  # this stack's emulator is gone
 
     def row(m: Measured) -> str:

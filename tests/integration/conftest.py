@@ -21,7 +21,7 @@ import requests
 from slack_sdk.signature import SignatureVerifier
 
 from emulators.stack import Stack
-from shared import settings
+from shared.platform import settings
 from tests.integration.helpers import PROJECT
 
 #: Short settings so the tests see retries and expiries in seconds.

@@ -81,7 +81,19 @@ def make_key(stack: Any, name: str, role: str, scope: str) -> str:
     import sys
 
     made = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "keys", "create", "--name", name, "--role", role, "--tenant", scope],
+        [
+            sys.executable,
+            "-m",
+            "shared.cli.fleetctl",
+            "keys",
+            "create",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--tenant",
+            scope,
+        ],
         env={**os.environ, **stack.env},
         capture_output=True,
         text=True,

@@ -346,7 +346,7 @@ def test_message_that_keeps_failing_is_dead_lettered_and_kept(stack, publisher, 
     # The operator replays it: it is applied, exactly once.
     for _ in range(2):
         replayed = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "rejections", "replay", rejection["id"]],
+            [sys.executable, "-m", "shared.cli.fleetctl", "rejections", "replay", rejection["id"]],
             env={**os.environ, **stack.env},
             capture_output=True,
             text=True,

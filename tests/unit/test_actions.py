@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from shared import actions, approvals, handlers
-from shared.events import PushedMessage
+from shared.pipeline import fleet_actions, handlers
+from shared.pipeline.decoding import PushedMessage
+from shared.services import approvals
 
 
 def message(raw: bytes) -> PushedMessage:
@@ -27,15 +28,15 @@ def test_a_bad_work_item_is_recorded_and_acknowledged(
 ) -> None:
     recorded: list[Any] = []
     monkeypatch.setattr(handlers, "record_rejection", lambda rejected, msg, kind: recorded.append((rejected, kind)))
-    assert actions.handle(message(raw)) == outcome
+    assert fleet_actions.handle(message(raw)) == outcome
     [(rejected, kind)] = recorded
-    assert kind == "action" and rejected.reason == actions.REJECTED[outcome]
+    assert kind == "action" and rejected.reason == fleet_actions.REJECTED[outcome]
 
 
 def test_a_decision_is_carried_out_and_a_failure_is_raised_for_redelivery(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
     monkeypatch.setattr(approvals, "carry_out", lambda approval_id, now: seen.append(approval_id) or object())
-    assert actions.handle(message(b'{"kind": "approval.decided", "approval_id": "apr-1"}')) == "done"
+    assert fleet_actions.handle(message(b'{"kind": "approval.decided", "approval_id": "apr-1"}')) == "done"
     assert seen == ["apr-1"]
 
     def down(approval_id: str, now: datetime) -> None:
@@ -43,4 +44,4 @@ def test_a_decision_is_carried_out_and_a_failure_is_raised_for_redelivery(monkey
 
     monkeypatch.setattr(approvals, "carry_out", down)
     with pytest.raises(ConnectionError):
-        actions.handle(message(b'{"kind": "approval.decided", "approval_id": "apr-1"}'))
+        fleet_actions.handle(message(b'{"kind": "approval.decided", "approval_id": "apr-1"}'))

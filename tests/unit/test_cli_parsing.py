@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
-from shared import cli
+from shared.cli import fleetctl
 from shared.domain.agents import AgentRecord, Plan
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Outcome, State
@@ -55,12 +55,12 @@ def record(status: State) -> AgentRecord:
 )
 def test_bad_command_lines_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
+        fleetctl.main(argv)
     assert exit_info.value.code == 2
 
 
 def test_the_parser_knows_every_role_and_state() -> None:
-    parser = cli.build_parser()
+    parser = fleetctl.build_parser()
     args = parser.parse_args(["keys", "create", "--name", "ci", "--role", "admin", "--tenant", "acme", "--json"])
     assert (args.group, args.command, args.role, args.tenant, args.json) == (
         "keys",
@@ -91,7 +91,7 @@ def created(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Role, str | None
 
 
 def test_keys_create_prints_only_the_token_on_stdout(created: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["keys", "create", "--name", "ci", "--role", "operator", "--tenant", "acme"]) == 0
+    assert fleetctl.main(["keys", "create", "--name", "ci", "--role", "operator", "--tenant", "acme"]) == 0
     out, err = capsys.readouterr()
     assert out == TOKEN + "\n"
     assert "0123456789abcdef" in err and TOKEN not in err
@@ -99,7 +99,7 @@ def test_keys_create_prints_only_the_token_on_stdout(created: list[Any], capsys:
 
 
 def test_keys_create_json(created: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["keys", "create", "--name", "ci", "--json"]) == 0
+    assert fleetctl.main(["keys", "create", "--name", "ci", "--json"]) == 0
     out, _ = capsys.readouterr()
     assert json.loads(out) == {"key_id": "0123456789abcdef", "token": TOKEN}
     assert created == [("ci", Role.VIEWER, None)]
@@ -126,21 +126,21 @@ def test_keys_list_never_shows_a_hash(monkeypatch: pytest.MonkeyPatch, capsys: p
         },
     ]
     monkeypatch.setattr(api_keys, "list_keys", lambda: keys)
-    assert cli.main(["keys", "list"]) == 0
+    assert fleetctl.main(["keys", "list"]) == 0
     table, _ = capsys.readouterr()
     lines = table.splitlines()
     assert lines[0].split() == ["KEY_ID", "NAME", "ROLE", "TENANT", "CREATED_AT", "REVOKED_AT"]
     assert lines[1].startswith("aaaa") and "2026-11-21 10:00:00Z" in lines[1]
     assert "deadbeef" not in table
-    assert cli.main(["keys", "list", "--json"]) == 0
+    assert fleetctl.main(["keys", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [k["key_id"] for k in listed] == ["aaaa", "bbbb"] and all("hash" not in k for k in listed)
 
 
 def test_keys_revoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(api_keys, "revoke", lambda key_id: key_id == "aaaa")
-    assert cli.main(["keys", "revoke", "aaaa"]) == 0
-    assert cli.main(["keys", "revoke", "zzzz"]) == 1
+    assert fleetctl.main(["keys", "revoke", "aaaa"]) == 0
+    assert fleetctl.main(["keys", "revoke", "zzzz"]) == 1
     assert "no API key zzzz" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_firestore_errors_exit_2_in_one_line(
         raise ServiceUnavailable("no route to Firestore")
 
     monkeypatch.setattr(api_keys, "create", down)
-    assert cli.main(["keys", "create", "--name", "ci"]) == 2
+    assert fleetctl.main(["keys", "create", "--name", "ci"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "ServiceUnavailable" in err and "Traceback" not in err
 
@@ -176,7 +176,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def test_transition_applied(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["agents", "transition", "agent-1", "maintenance", "--reason", "kernel patch", "--actor", "alice"]
-    assert cli.main(argv) == 0
+    assert fleetctl.main(argv) == 0
     out, _ = capsys.readouterr()
     assert "active -> maintenance" in out
     first, retried = store["plans"]
@@ -188,7 +188,7 @@ def test_transition_applied(store: dict[str, Any], capsys: pytest.CaptureFixture
 
 def test_illegal_transition_exits_1_and_is_audited(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     store["record"] = record(State.DECOMMISSIONED)
-    assert cli.main(["agents", "transition", "agent-1", "active", "--reason", "oops"]) == 1
+    assert fleetctl.main(["agents", "transition", "agent-1", "active", "--reason", "oops"]) == 1
     _, err = capsys.readouterr()
     assert "refused" in err and "not an allowed transition" in err
     plan = store["plans"][-1]
@@ -200,11 +200,11 @@ def test_illegal_transition_exits_1_and_is_audited(store: dict[str, Any], capsys
 def test_transition_to_the_current_state_changes_nothing(
     store: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["agents", "transition", "agent-1", "active", "--reason", "noop"]) == 0
+    assert fleetctl.main(["agents", "transition", "agent-1", "active", "--reason", "noop"]) == 0
     assert "already active" in capsys.readouterr().out
     assert store["plans"][-1].writes == 0
 
 
 def test_transition_of_an_unknown_agent_exits_1(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["agents", "transition", "agent-x", "active", "--reason", "r"]) == 1
+    assert fleetctl.main(["agents", "transition", "agent-x", "active", "--reason", "r"]) == 1
     assert "no agent agent-x" in capsys.readouterr().err

@@ -17,9 +17,9 @@ from fleet_agent.contracts import (
 )
 from pydantic import ValidationError
 
-from shared import schemas
 from shared.domain.rejections import Code, Rejected
-from shared.events import PushedMessage, decode, message_from_cloudevent
+from shared.pipeline.decoding import PushedMessage, decode, message_from_cloudevent
+from shared.platform import schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
@@ -113,7 +113,7 @@ def test_message_from_cloudevent_unwraps_push_body() -> None:
 
 
 def test_default_topics_match_the_manifest() -> None:
-    from shared.topology import load
+    from shared.platform.topology import load
 
     topology = load()
     for event_type, topic in DEFAULT_TOPICS.items():

@@ -12,12 +12,13 @@ import flask
 import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
-from shared import api_core, http_api, logs
+from shared.api import core, router
 from shared.domain.agents import AgentRecord
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import State
+from shared.platform import logs, metering
 from shared.store import agents as agent_store
-from shared.store import api_keys, db
+from shared.store import api_keys
 from shared.store import rejections as rejection_store
 from shared.store.api_keys import Principal
 
@@ -100,7 +101,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
 
     def get(agent_id: str) -> AgentRecord | None:
         seen.gets.append(agent_id)
-        db.count(reads=1)
+        metering.count(reads=1)
         return AGENTS.get(agent_id)
 
     def list_agents(
@@ -114,7 +115,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
             and (status is None or a.status == status)
             and (after is None or a.agent_id > after)
         ]
-        db.count(reads=max(1, min(len(rows), page_size + 1)))
+        metering.count(reads=max(1, min(len(rows), page_size + 1)))
         page = rows[:page_size]
         return page, (page[-1].agent_id if len(rows) > page_size else None)
 
@@ -164,7 +165,7 @@ def call(
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
     with APP.test_request_context(path, method=method, headers=sent, query_string=query):
-        return Reply(http_api.handle(flask.request))
+        return Reply(router.handle(flask.request))
 
 
 @pytest.fixture
@@ -210,7 +211,7 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
     assert spec["openapi"] == "3.1.0"
     served = {
         (re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method.lower())
-        for rule in http_api.URL_MAP.iter_rules()
+        for rule in router.URL_MAP.iter_rules()
         for method in rule.methods or ()
         if method != "HEAD"
     }
@@ -410,7 +411,7 @@ def test_bad_page_size_is_400(calls: Calls, page_size: str) -> None:
     [
         "!!!",
         "YWdlbnQtYTE=",  # padded: not what the API hands out
-        http_api.encode_page_token("Not An Id"),  # decodes, but to something that is no agent id
+        router.encode_page_token("Not An Id"),  # decodes, but to something that is no agent id
         "_w",  # not UTF-8
         "a",  # impossible length
     ],
@@ -456,9 +457,9 @@ def test_pagination_token_round_trip(calls: Calls) -> None:
 
 @pytest.mark.parametrize("value", ["agent-a1", "1234567890123456", "x", "ünïcode-id"])
 def test_page_tokens_decode_to_what_they_encode(value: str) -> None:
-    token = api_core.encode_page_token(value)
+    token = core.encode_page_token(value)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", token)
-    assert api_core.decode_page_token(token, lambda _: True) == value
+    assert core.decode_page_token(token, lambda _: True) == value
 
 
 # --- tenant scope ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from fleet_agent.contracts import Command, CommandType
 from google.api_core.exceptions import ServiceUnavailable
 
-from shared import accounting, commands, http_api, settings
+from shared.api import router
 from shared.domain import holds
 from shared.domain.agents import AgentRecord, Plan
 from shared.domain.api_keys import Role
@@ -24,6 +24,8 @@ from shared.domain.lifecycle import State
 from shared.domain.periods import Period, windows
 from shared.domain.pricing import Price
 from shared.domain.usage import Totals
+from shared.platform import metering, settings
+from shared.services import accounting, agent_commands
 from shared.store import agents as agent_store
 from shared.store import api_keys, config, db
 from shared.store import episodes as episode_store
@@ -68,7 +70,7 @@ def send(
     ):
         import flask
 
-        return Reply(http_api.handle(flask.request))
+        return Reply(router.handle(flask.request))
 
 
 # --- fakes -------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     w = World(agents={a.agent_id: a for a in (record("agent-a1", "acme"), record("agent-g1", "globex"))})
 
     def read(agent_id: str) -> agent_store.Snapshot | None:
-        db.count(reads=1)
+        metering.count(reads=1)
         found = w.agents.get(agent_id)
         return agent_store.Snapshot(found, None) if found else None
 
@@ -229,14 +231,14 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(usage_store, "tenant_periods", tenant_periods)
     monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
     monkeypatch.setattr(episode_store, "raise_once", raise_once)
-    monkeypatch.setattr(commands, "publish", lambda sent: w.published.extend(sent) or [])
+    monkeypatch.setattr(agent_commands, "publish", lambda sent: w.published.extend(sent) or [])
     monkeypatch.setattr(db, "client", lambda: w.firestore)
     monkeypatch.setattr(config, "read_prices", read_prices)
     monkeypatch.setattr(config, "set_price", lambda model, price: w.prices_set.append((None, model, price)))
     monkeypatch.setattr(
         config, "set_tenant_price", lambda tenant, model, price: w.prices_set.append((tenant, model, price))
     )
-    monkeypatch.setattr(http_api, "_now", lambda: NOW)
+    monkeypatch.setattr(router, "_now", lambda: NOW)
     return w
 
 
@@ -787,7 +789,7 @@ def test_wrong_methods_name_the_allowed_ones(world: World) -> None:
 
 
 def test_openapi_documents_the_cost_routes_with_their_bodies(world: World) -> None:
-    spec = http_api.openapi_document()
+    spec = router.openapi_document()
     paths = spec["paths"]
     assert set(paths["/v1/agents/{agent_id}/budget"]) == {"get", "put", "delete"}
     assert set(paths["/v1/tenants/{tenant}/protection"]) == {"get", "put"}

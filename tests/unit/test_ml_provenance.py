@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared import logs
 from shared.ml import provenance
 from shared.ml.anomaly import AnomalyDetector, FlatForest
 from shared.ml.assign import TaskModel, synthetic_outcomes
 from shared.ml.failure import FailurePredictor
 from shared.ml.flat import FlatTrees
 from shared.ml.simulate import simulate_failures
+from shared.platform import logs
 from tests.unit.test_ml_anomaly import FLEET, TRAIN
 
 KINDS = ("anomaly", "failure", "task_assignment")

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from shared import logs
 from shared.ml import serving
+from shared.platform import logs
 
 #: The real loader (the ``registry`` fixture replaces it with a stand-in).
 REAL_LOADER = serving.loader
@@ -97,7 +97,7 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
     monkeypatch.setattr(model_blobs, "get", get)
     monkeypatch.setattr(serving, "loader", lambda kind: lambda data: ("model", data))
     monkeypatch.setenv("FLEET_MODEL_REFRESH_S", "0")
-    from shared import settings
+    from shared.platform import settings
 
     settings.get.cache_clear()
     serving.reset()
@@ -123,7 +123,7 @@ def test_a_promoted_version_is_picked_up_and_failures_keep_the_model_in_service(
 
 
 def test_the_registry_is_read_once_per_refresh_period(registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared import settings
+    from shared.platform import settings
 
     monkeypatch.setenv("FLEET_MODEL_REFRESH_S", "3600")
     settings.get.cache_clear()

@@ -1,4 +1,4 @@
-"""The Slack outbox (shared/notifier.py) against fakes, and the messages (shared/domain/notices.py)."""
+"""The Slack outbox (shared/services/notifier.py) against fakes, and the messages (shared/domain/notices.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-import shared
-from shared import notifier
+import shared.slack
 from shared.domain import episodes as domain
 from shared.domain import notices as render
 from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
 from shared.domain.silences import Silence
+from shared.services import notifier
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import silences as silence_store
@@ -206,12 +206,12 @@ class FakeDB:
 
 
 def slack_module() -> types.ModuleType:
-    """shared.slack if it exists, else a stand-in with the agreed interface."""
+    """shared.slack.web_api if it exists, else a stand-in with the agreed interface."""
     try:
-        real = importlib.import_module("shared.slack")
+        real = importlib.import_module("shared.slack.web_api")
     except ImportError:
         real = None
-    module = types.ModuleType("shared.slack")
+    module = types.ModuleType("shared.slack.web_api")
 
     class SlackUnavailable(Exception):
         def __init__(self, message: str = "slack unavailable", retry_after: float | None = None) -> None:
@@ -271,8 +271,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     fake = FakeSlack(module)
     module.post = fake.post  # type: ignore[attr-defined]
     module.update = fake.update  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "shared.slack", module)
-    monkeypatch.setattr(shared, "slack", module, raising=False)
+    monkeypatch.setitem(sys.modules, "shared.slack.web_api", module)
+    monkeypatch.setattr(shared.slack, "web_api", module, raising=False)
     db = FakeDB()
     monkeypatch.setattr(episode_store, "db", db)
     yield World(store, fake, db, silences, configs)

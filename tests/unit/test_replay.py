@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from shared import replay
-from shared.topology import load
+from shared.platform.topology import load
+from shared.services import replay
 
 
 def rejection(source: str, **payload: object) -> dict[str, object]:

@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from google.api_core import exceptions
 
-from shared import http_api, reports, slack
+from shared.api import router
 from shared.domain import reports as domain
 from shared.domain.agents import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.pricing import Price, PriceTable, to_nanos
 from shared.domain.usage import ModelDay, Totals
+from shared.platform import metering
+from shared.services import reports
+from shared.slack import web_api
 from shared.store import agents as agent_store
 from shared.store import api_keys, config, db
 from shared.store import episodes as episode_store
@@ -381,7 +384,10 @@ def test_daily_chart_is_a_png() -> None:
 def test_matplotlib_is_not_imported_with_the_module() -> None:
     import subprocess
 
-    code = "import sys, shared.reports; assert 'matplotlib' not in sys.modules; assert 'slack_sdk' not in sys.modules"
+    code = (
+        "import sys, shared.services.reports; "
+        "assert 'matplotlib' not in sys.modules; assert 'slack_sdk' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -493,37 +499,37 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
         rows = [a for a in f.agents if tenant is None or a.tenant == tenant]
         rows = [a for a in rows if after is None or a.agent_id > after]
         page = rows[:page_size]
-        db.count(reads=max(1, len(page)))
+        metering.count(reads=max(1, len(page)))
         return page, (page[-1].agent_id if len(rows) > page_size else None)
 
     def list_episodes(**query: Any) -> list[dict[str, Any]]:
         f.episode_queries.append(query)
         rows = [e for e in f.episodes if query.get("tenant") is None or e["tenant"] == query["tenant"]]
-        db.count(reads=max(1, len(rows)))
+        metering.count(reads=max(1, len(rows)))
         return rows
 
     def read_tenant(name: str) -> config.TenantConfig:
-        db.count(reads=1)
+        metering.count(reads=1)
         data = f.tenants.get(name, {})
         return config.TenantConfig(name, data.get("budget"), None, {}, {})
 
     def global_prices() -> dict[str, Price]:
-        db.count(reads=1)
+        metering.count(reads=1)
         return dict(PRICES.prices)
 
-    def post(channel: str, text: str, blocks: Any = None, thread_ts: str | None = None) -> slack.Posted:
+    def post(channel: str, text: str, blocks: Any = None, thread_ts: str | None = None) -> web_api.Posted:
         if "post" in f.slack_down:
             f.slack_down.remove("post")
-            raise slack.SlackUnavailable("down", retry_after=3)
+            raise web_api.SlackUnavailable("down", retry_after=3)
         f.posts.append({"channel": channel, "text": text, "blocks": blocks, "thread_ts": thread_ts})
-        return slack.Posted("C0REPORTS1", f"1700000000.{len(f.posts):06d}")
+        return web_api.Posted("C0REPORTS1", f"1700000000.{len(f.posts):06d}")
 
     def upload(
         channel: str, content: bytes, filename: str, title: str, comment: Any = None, thread_ts: Any = None
     ) -> None:
         if "upload" in f.slack_down:
             f.slack_down.remove("upload")
-            raise slack.SlackUnavailable("down")
+            raise web_api.SlackUnavailable("down")
         f.uploads.append({"channel": channel, "content": content, "filename": filename, "thread_ts": thread_ts})
 
     monkeypatch.setattr(db, "client", lambda: fs)
@@ -531,8 +537,8 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
     monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
     monkeypatch.setattr(config, "read_tenant", read_tenant)
     monkeypatch.setattr(config, "global_prices", global_prices)
-    monkeypatch.setattr(slack, "post", post)
-    monkeypatch.setattr(slack, "upload", upload)
+    monkeypatch.setattr(web_api, "post", post)
+    monkeypatch.setattr(web_api, "upload", upload)
     monkeypatch.setattr(reports, "AGENT_PAGE", 2)
     monkeypatch.setattr(reports, "_clock", lambda: TICK)
     monkeypatch.delenv(reports.CHANNEL_ENV, raising=False)
@@ -542,7 +548,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
 def test_hourly_reads_agents_their_month_documents_and_open_episodes(fleet: Fleet) -> None:
     fleet.episodes = [{"id": "e1", "tenant": "acme", "agent_id": "agent-1", "rule": "liveness", "severity": "high",
                        "state": "open", "opened_at": HOUR, "title": "Agent silent"}]  # fmt: skip
-    with db.metered() as meter:
+    with metering.metered() as meter:
         report = reports.hourly(TICK)
     assert report.totals.spend_usd == "1.5" and report.totals.calls == 15 and report.previous.spend_usd == "0.5"
     assert [a.agent_id for a in report.top_agents][:2] == ["agent-4", "agent-3"]
@@ -551,20 +557,20 @@ def test_hourly_reads_agents_their_month_documents_and_open_episodes(fleet: Flee
     # 5 agents (3 pages) + 5 month documents + 1 episode
     assert meter.reads == 5 + 5 + 1
 
-    with db.metered() as meter:
+    with metering.metered() as meter:
         scoped = reports.hourly(TICK, tenant="globex")
     assert scoped.totals.spend_usd == "0.9" and scoped.episodes == [] and meter.reads == 2 + 2 + 1
 
 
 def test_hourly_at_the_first_hour_of_a_month_reads_the_previous_month_too(fleet: Fleet) -> None:
-    with db.metered() as meter:
+    with metering.metered() as meter:
         report = reports.hourly(datetime(2026, 12, 1, 1, 0, tzinfo=UTC))
     assert report.period == "2026-12-01T00" and meter.reads == 5 + 5 + 5 + 1
 
 
 def test_daily_reads_and_builds_from_the_same_month_documents(fleet: Fleet) -> None:
     fleet.tenants["acme"] = {"budget": {"daily_usd": "5"}}
-    with db.metered() as meter:
+    with metering.metered() as meter:
         report = reports.daily(DAILY_TICK)
     assert report.day == "2026-11-20" and report.totals.spend_usd == "15" and report.totals.calls == 150
     assert [t.tenant for t in report.tenants] == ["globex", "acme"]  # biggest spend first
@@ -572,7 +578,7 @@ def test_daily_reads_and_builds_from_the_same_month_documents(fleet: Fleet) -> N
     assert [(s.agent_id, s.kind) for s in report.suggestions] == [("agent-0", "cheaper_model")]
     # 5 agents + 5 month documents (the model counters are in them) + 2 tenants + the price table
     assert meter.reads == 5 + 5 + 2 + 1
-    with db.metered() as meter:
+    with metering.metered() as meter:
         reports.daily(datetime(2026, 12, 3, 9, tzinfo=UTC))
     assert meter.reads == 5 + 5 * 2 + 2 + 1  # the trend reaches into November
 
@@ -597,7 +603,7 @@ def test_hourly_run_is_sent_once_however_often_the_tick_comes(fleet: Fleet, monk
 
 def test_run_when_slack_is_down_raises_and_does_not_mark_it_sent(fleet: Fleet) -> None:
     fleet.slack_down.append("post")
-    with pytest.raises(slack.SlackUnavailable):
+    with pytest.raises(web_api.SlackUnavailable):
         reports.run("hourly-summary", TICK)
     assert "reports/hourly-summary.2026-11-21T09" not in fleet.fs.docs
     assert reports.run("hourly-summary", TICK)["outcome"] == "sent" and len(fleet.posts) == 1
@@ -605,7 +611,7 @@ def test_run_when_slack_is_down_raises_and_does_not_mark_it_sent(fleet: Fleet) -
 
 def test_daily_run_posts_then_the_chart_in_the_thread_and_retries_only_the_chart(fleet: Fleet) -> None:
     fleet.slack_down.append("upload")
-    with pytest.raises(slack.SlackUnavailable):
+    with pytest.raises(web_api.SlackUnavailable):
         reports.run("daily-report", DAILY_TICK)
     stored = fleet.fs.docs["reports/daily-report.2026-11-20"]
     assert stored["state"] == "posted" and len(fleet.posts) == 1 and fleet.uploads == []
@@ -633,9 +639,9 @@ def test_run_while_another_instance_sends_it_retries_later_and_takes_over_an_exp
 
 def test_run_refused_by_slack_is_recorded_and_not_retried(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise slack.SlackRefused("channel_not_found")
+        raise web_api.SlackRefused("channel_not_found")
 
-    monkeypatch.setattr(slack, "post", refuse)
+    monkeypatch.setattr(web_api, "post", refuse)
     assert reports.run("hourly-summary", TICK)["outcome"] == "refused"
     assert fleet.fs.docs["reports/hourly-summary.2026-11-21T09"]["error"] == "channel_not_found"
     assert reports.run("hourly-summary", TICK)["outcome"] == "already_sent"
@@ -676,7 +682,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, datetime, str | None
     monkeypatch.setattr(api_keys, "verify", PRINCIPALS.get)
     monkeypatch.setattr(reports, "hourly", hourly)
     monkeypatch.setattr(reports, "daily", daily)
-    monkeypatch.setattr(http_api, "_now", lambda: now)
+    monkeypatch.setattr(router, "_now", lambda: now)
     return calls
 
 
@@ -712,7 +718,7 @@ def test_api_report_at_must_be_a_past_iso_time(api: list[tuple[str, datetime, st
 
 
 def test_api_reports_are_in_the_openapi_document() -> None:
-    doc = http_api.openapi_document()
+    doc = router.openapi_document()
     for name in ("hourly", "daily"):
         op = doc["paths"][f"/v1/reports/{name}"]["get"]
         assert [p["name"] for p in op["parameters"]] == ["tenant", "at"]

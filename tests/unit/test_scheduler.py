@@ -11,7 +11,7 @@ import pytest
 
 from emulators import scheduler
 from emulators.scheduler import Clock, Tick, due, load_env, next_fire
-from shared.topology import Schedule
+from shared.platform.topology import Schedule
 
 
 def job(cron: str, zone: str = "Etc/UTC", name: str = "job") -> Schedule:

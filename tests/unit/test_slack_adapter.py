@@ -1,4 +1,4 @@
-"""shared/slack.py against the in-process fake Slack server, and the fake itself."""
+"""shared/slack/web_api.py against the in-process fake Slack server, and the fake itself."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from emulators import fake_slack
 from emulators.fake_slack import FakeSlack, channel_id, render
 from emulators.stack import free_port
-from shared import slack
+from shared.slack import web_api
 
 TOKEN = "xoxb-test-token"
 
@@ -24,9 +24,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlack]:
     with FakeSlack() as server:
         monkeypatch.setenv("SLACK_API_URL", server.url)
         monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
-        slack.reset()
+        web_api.reset()
         yield server
-    slack.reset()
+    web_api.reset()
 
 
 def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
@@ -43,7 +43,7 @@ def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | Non
 
 
 def test_post_by_name_answers_with_the_channel_id(fake: FakeSlack) -> None:
-    posted = slack.post("#fleet-alerts", "agent a1 is offline")
+    posted = web_api.post("#fleet-alerts", "agent a1 is offline")
     assert posted.channel == channel_id("fleet-alerts")
     assert posted.channel.startswith("C") and posted.channel != "#fleet-alerts"
     (call,) = fake.calls("chat.postMessage")
@@ -54,10 +54,10 @@ def test_post_by_name_answers_with_the_channel_id(fake: FakeSlack) -> None:
 
 def test_post_update_and_thread_round_trip(fake: FakeSlack) -> None:
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*a1* offline"}}]
-    first = slack.post("fleet-alerts", "a1 offline", blocks=blocks)
-    reply = slack.post(first.channel, "still offline", thread_ts=first.ts)
-    slack.update(first.channel, first.ts, "a1 back online", blocks=[])
-    slack.update("#fleet-alerts", first.ts, "a1 back online (by name)")
+    first = web_api.post("fleet-alerts", "a1 offline", blocks=blocks)
+    reply = web_api.post(first.channel, "still offline", thread_ts=first.ts)
+    web_api.update(first.channel, first.ts, "a1 back online", blocks=[])
+    web_api.update("#fleet-alerts", first.ts, "a1 back online (by name)")
     assert reply.channel == first.channel
     assert float(reply.ts) > float(first.ts)
     updates = fake.calls("chat.update")
@@ -69,11 +69,11 @@ def test_post_update_and_thread_round_trip(fake: FakeSlack) -> None:
         "#fleet-alerts (edited) a1 back online",
         "#fleet-alerts (edited) a1 back online (by name)",
     ]
-    assert slack.stats()["ok"] == 4
+    assert web_api.stats()["ok"] == 4
 
 
 def test_ts_values_increase_and_are_unique(fake: FakeSlack) -> None:
-    stamps = [slack.post("fleet-alerts", f"m{i}").ts for i in range(20)]
+    stamps = [web_api.post("fleet-alerts", f"m{i}").ts for i in range(20)]
     assert len(set(stamps)) == 20
     assert stamps == sorted(stamps, key=float)
     seconds, _, micros = stamps[0].partition(".")
@@ -81,23 +81,23 @@ def test_ts_values_increase_and_are_unique(fake: FakeSlack) -> None:
 
 
 def test_update_of_an_unknown_ts_is_refused(fake: FakeSlack) -> None:
-    posted = slack.post("fleet-alerts", "hello")
-    with pytest.raises(slack.SlackRefused) as caught:
-        slack.update(posted.channel, "1600000000.000001", "edit")
+    posted = web_api.post("fleet-alerts", "hello")
+    with pytest.raises(web_api.SlackRefused) as caught:
+        web_api.update(posted.channel, "1600000000.000001", "edit")
     assert caught.value.error == "message_not_found"
-    assert slack.stats()["refused"] == 1
+    assert web_api.stats()["refused"] == 1
 
 
 def test_unknown_channel_id_is_refused(fake: FakeSlack) -> None:
-    with pytest.raises(slack.SlackRefused) as caught:
-        slack.post("C0000000000", "hello")
+    with pytest.raises(web_api.SlackRefused) as caught:
+        web_api.post("C0000000000", "hello")
     assert caught.value.error == "channel_not_found"
 
 
 def test_upload_round_trip(fake: FakeSlack) -> None:
-    posted = slack.post("#fleet-reports", "daily report")
+    posted = web_api.post("#fleet-reports", "daily report")
     png = b"\x89PNG\r\n\x1a\n" + bytes(2048)
-    slack.upload("#fleet-reports", png, "spend.png", "Spend by tenant", comment="yesterday", thread_ts=posted.ts)
+    web_api.upload("#fleet-reports", png, "spend.png", "Spend by tenant", comment="yesterday", thread_ts=posted.ts)
     methods = [c["method"] for c in fake.calls()]
     assert methods == ["chat.postMessage", "files.getUploadURLExternal", "_upload", "files.completeUploadExternal"]
     upload = fake.calls("_upload")[0]
@@ -110,23 +110,23 @@ def test_upload_round_trip(fake: FakeSlack) -> None:
 
 
 def test_upload_to_a_channel_never_posted_to_resolves_its_name(fake: FakeSlack) -> None:
-    slack.upload("fleet-reports", b"a,b\n1,2\n", "spend.csv", "Spend")
+    web_api.upload("fleet-reports", b"a,b\n1,2\n", "spend.csv", "Spend")
     assert fake.calls()[0]["method"] == "conversations.list"
     complete = fake.calls("files.completeUploadExternal")[0]
     assert complete["params"]["channel_id"] == channel_id("fleet-reports")
 
 
 def test_upload_to_an_unknown_channel_name_is_refused(fake: FakeSlack) -> None:
-    with pytest.raises(slack.SlackRefused) as caught:
-        slack.upload("#no-such-channel", b"x", "x.txt", "x")
+    with pytest.raises(web_api.SlackRefused) as caught:
+        web_api.upload("#no-such-channel", b"x", "x.txt", "x")
     assert caught.value.error == "channel_not_found"
 
 
 def test_long_retry_after_is_handed_to_the_caller_without_sleeping(fake: FakeSlack) -> None:
     fake.fail(status=429, retry_after=30, count=1)
     started = time.monotonic()
-    with pytest.raises(slack.SlackUnavailable) as caught:
-        slack.post("fleet-alerts", "hello")
+    with pytest.raises(web_api.SlackUnavailable) as caught:
+        web_api.post("fleet-alerts", "hello")
     assert time.monotonic() - started < 2
     assert caught.value.retry_after == 30
     assert [c["failed"] for c in fake.calls()] == [True]
@@ -134,7 +134,7 @@ def test_long_retry_after_is_handed_to_the_caller_without_sleeping(fake: FakeSla
 
 def test_short_retry_after_is_retried_inline(fake: FakeSlack) -> None:
     fake.fail(status=429, retry_after=1, count=1)
-    posted = slack.post("fleet-alerts", "hello")
+    posted = web_api.post("fleet-alerts", "hello")
     assert posted.ts
     assert [(c["method"], c["failed"]) for c in fake.calls()] == [
         ("chat.postMessage", True),
@@ -144,41 +144,41 @@ def test_short_retry_after_is_retried_inline(fake: FakeSlack) -> None:
 
 def test_server_error_twice_is_unavailable(fake: FakeSlack) -> None:
     fake.fail(status=503, count=2)
-    with pytest.raises(slack.SlackUnavailable) as caught:
-        slack.post("fleet-alerts", "hello")
+    with pytest.raises(web_api.SlackUnavailable) as caught:
+        web_api.post("fleet-alerts", "hello")
     assert caught.value.retry_after is None
     assert len(fake.calls()) == 2
 
 
 def test_server_error_once_is_retried(fake: FakeSlack) -> None:
     fake.fail(status=500, count=1)
-    slack.post("fleet-alerts", "hello")
+    web_api.post("fleet-alerts", "hello")
     assert [c["failed"] for c in fake.calls()] == [True, False]
 
 
 def test_transient_error_with_http_200_is_unavailable(fake: FakeSlack) -> None:
     fake.fail(status=200, error="service_unavailable", count=1)
-    with pytest.raises(slack.SlackUnavailable):
-        slack.post("fleet-alerts", "hello")
+    with pytest.raises(web_api.SlackUnavailable):
+        web_api.post("fleet-alerts", "hello")
 
 
 def test_connection_refused_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLACK_API_URL", f"http://127.0.0.1:{free_port()}/api/")
     monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
-    slack.reset()
+    web_api.reset()
     try:
-        with pytest.raises(slack.SlackUnavailable):
-            slack.post("fleet-alerts", "hello")
+        with pytest.raises(web_api.SlackUnavailable):
+            web_api.post("fleet-alerts", "hello")
     finally:
-        slack.reset()
+        web_api.reset()
 
 
 def test_missing_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
     monkeypatch.delenv("FLEET_SECRETS_BACKEND", raising=False)
-    slack.reset()
-    with pytest.raises(slack.SlackRefused) as caught:
-        slack.post("fleet-alerts", "hello")
+    web_api.reset()
+    with pytest.raises(web_api.SlackRefused) as caught:
+        web_api.post("fleet-alerts", "hello")
     assert caught.value.error == "not_configured"
 
 
@@ -186,17 +186,17 @@ def test_a_token_the_workspace_does_not_know_is_refused(monkeypatch: pytest.Monk
     with FakeSlack(token="xoxb-the-right-one") as server:
         monkeypatch.setenv("SLACK_API_URL", server.url)
         monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-a-wrong-one")
-        slack.reset()
+        web_api.reset()
         try:
-            with pytest.raises(slack.SlackRefused) as caught:
-                slack.post("fleet-alerts", "hello")
+            with pytest.raises(web_api.SlackRefused) as caught:
+                web_api.post("fleet-alerts", "hello")
         finally:
-            slack.reset()
+            web_api.reset()
     assert caught.value.error == "invalid_auth"
 
 
 def test_client_is_one_per_process(fake: FakeSlack) -> None:
-    assert slack.client() is slack.client()
+    assert web_api.client() is web_api.client()
 
 
 # --- the fake itself ------------------------------------------------------------------------------
@@ -229,8 +229,8 @@ def test_fake_accepts_form_and_json_bodies(fake: FakeSlack) -> None:
 
 
 def test_fake_control_endpoints(fake: FakeSlack) -> None:
-    slack.post("fleet-alerts", "one")
-    slack.update("fleet-alerts", slack.post("fleet-alerts", "two").ts, "two!")
+    web_api.post("fleet-alerts", "one")
+    web_api.update("fleet-alerts", web_api.post("fleet-alerts", "two").ts, "two!")
     calls = fake_slack.get_calls(fake.url)
     assert [c["method"] for c in calls] == ["chat.postMessage", "chat.postMessage", "chat.update"]
     assert [c["seq"] for c in calls] == [1, 2, 3]
@@ -313,7 +313,7 @@ def test_render_flattens_blocks_and_skips_failures() -> None:
 
 
 def test_the_control_endpoints_answer_under_the_web_api_base_url_too(fake: FakeSlack) -> None:
-    slack.post("#fleet-alerts", "hello")
+    web_api.post("#fleet-alerts", "hello")
     for url in (f"{fake.url}_calls", f"{fake.url}/_calls", f"{fake.root}/_calls"):  # {SLACK_API_URL}/_calls
         with urllib.request.urlopen(url, timeout=5) as reply:
             calls = json.loads(reply.read())

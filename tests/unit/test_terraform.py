@@ -15,7 +15,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from shared import topology
+from shared.platform import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
@@ -138,7 +138,7 @@ def test_the_environment_it_sets_is_what_the_code_reads() -> None:
 def test_secrets_reach_functions_under_the_names_the_code_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """functions.tf injects each secret as the environment variable ``upper(replace(name, "-", "_"))``;
     shared/settings.secret reads exactly that."""
-    from shared import settings
+    from shared.platform import settings
 
     assert 'upper(replace(secret_environment_variables.value, "-", "_"))' in (TF / "functions.tf").read_text()
     for secret in topology.load().secrets:
@@ -170,7 +170,7 @@ def test_cloud_functions_build_from_the_source_root() -> None:
 def test_terraform_itself_reads_the_manifest_as_the_code_does(tmp_path: Path) -> None:
     """The manifest-derived locals evaluated by the real Terraform (``terraform console`` needs no provider
     for them): the same topics, functions, subscriptions, schedules, secrets, indexes and TTLs as
-    shared/topology.py sees, and the agent topics are those carrying agents' events."""
+    shared/platform/topology.py sees, and the agent topics are those carrying agents' events."""
     import json
     import shutil
     import subprocess

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.topology import load, parse
+from shared.platform.topology import load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ def test_manifest_errors_are_refused(bad: dict) -> None:
 
 def test_unknown_agent_grace_ends_well_inside_the_retry_window() -> None:
     """A heartbeat for an unregistered agent must be rejected as unknown_agent, not dead-lettered."""
-    from shared import settings
+    from shared.platform import settings
 
     sub = next(s for s in load().subscriptions if s.name == "agent-heartbeats-push")
     window = sum(min(sub.min_backoff_s * 2**i, sub.max_backoff_s) for i in range(sub.max_delivery_attempts - 1))

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from shared import topology
+from shared.platform import topology
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""``fleetctl``: the operator's command line."""

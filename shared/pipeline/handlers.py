@@ -1,0 +1,205 @@
+"""What happens when an agent event arrives: decode, decide (shared.domain), persist (shared.store).
+
+Entry points in functions/main.py call :func:`handle_push`; it turns every outcome into one of
+three things: processed (acknowledge), rejected (record the reason and payload, acknowledge),
+or transient failure (raise, so Pub/Sub redelivers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from fleet_agent.contracts import EventType
+
+from shared.domain import agents as agent_domain
+from shared.domain import holds
+from shared.domain.agents import AgentRecord, Plan
+from shared.domain.rejections import Code, Payload, Rejected
+from shared.pipeline.decoding import Decoded, PushedMessage, decode
+from shared.platform import logs, settings
+from shared.store import agents as agent_store
+from shared.store import config, db, rejections
+
+log = logs.get_logger("handlers")
+
+
+class RetryLater(Exception):
+    """The event cannot be processed yet (for example its agent's registration is in flight)."""
+
+
+def handle_push(message: PushedMessage, expected: EventType, process: Callable[[Decoded], Plan]) -> str:
+    """Decode and process one pushed message; returns the outcome name (for logs and tests)."""
+    kind = expected.value
+    with logs.invocation(log, f"{kind} failed", message_id=message.message_id, event_type=kind) as entry:
+        fields = entry.fields
+        try:
+            decoded = decode(message, expected)
+            fields["agent_id"] = getattr(decoded.event, "agent_id", None)
+            plan = process(decoded)
+            outcome = plan.skipped or "accepted"
+            if plan.commands:
+                fields["commands"] = [f"{c.command.value}:{c.agent_id}" for c in plan.commands]
+            if plan.transition is not None and plan.transition.outcome.value != "unchanged":
+                fields["transition"] = f"{plan.transition.current}->{plan.transition.target}:{plan.transition.outcome}"
+        except Rejected as rejected:
+            outcome = "rejected"
+            fields.update(code=rejected.code.value, reason=rejected.reason, agent_id=rejected.agent_id)
+            record_rejection(rejected, message, kind)
+        except RetryLater as exc:
+            entry.outcome(f"{kind} retry", logging.WARNING, outcome="retry", reason=str(exc))
+            raise
+        except db.permanent_errors() as exc:
+            # Valid by the contract but refused by Firestore itself: retrying cannot help.
+            outcome = "rejected"
+            unstorable = Rejected(
+                Code.UNSTORABLE,
+                f"Firestore refused the write: {type(exc).__name__}: {exc}"[:500],
+                agent_id=fields.get("agent_id"),
+            )
+            fields.update(code=unstorable.code.value, reason=unstorable.reason)
+            record_rejection(unstorable, message, kind)
+        # Any other exception (Firestore unavailable, or a bug) is logged by the envelope and fails the
+        # function so Pub/Sub redelivers; after max attempts it lands on the dead-letter topic, recorded there.
+        entry.outcome(f"{kind} {outcome}", logging.WARNING if outcome == "rejected" else logging.INFO, outcome=outcome)
+        return outcome
+
+
+def record_rejection(rejected: Rejected, message: PushedMessage, event_type: str | None) -> None:
+    rejections.record(
+        rejected,
+        message_id=message.message_id,
+        source=message.source,
+        event_type=event_type,
+        payload=Payload.of(message.raw, message.attributes),
+        received_at=message.published_at,
+    )
+
+
+def process_registration(decoded: Decoded) -> Plan:
+    reg = decoded.registration
+    plan = agent_store.update(
+        reg.agent_id,
+        lambda current: agent_domain.apply_registration(
+            current, reg, event_id=decoded.event_id, received_at=decoded.message.published_at
+        ),
+    )
+    if plan.commands:  # the agent's holds, re-sent to a restarted agent
+        from shared.services import agent_commands  # the Pub/Sub client: only for the few events that publish
+
+        agent_commands.publish(plan.commands)
+    return plan
+
+
+def unknown_agent(agent_id: str, received_at: datetime) -> Exception:
+    """An event for an agent not registered yet: retried for a grace period (its registration may be
+    in flight), then rejected."""
+    grace = settings.get().unknown_agent_grace_s
+    if datetime.now(UTC) - received_at < timedelta(seconds=grace):
+        return RetryLater(f"agent {agent_id} is not registered yet; retrying for {grace}s")
+    return Rejected(
+        Code.UNKNOWN_AGENT,
+        f"agent {agent_id} is not registered (waited {grace}s for its registration)",
+        agent_id=agent_id,
+    )
+
+
+def process_cost(decoded: Decoded) -> Plan:
+    from shared.services import accounting
+
+    return accounting.process_cost(decoded, unknown=unknown_agent)
+
+
+def process_heartbeat(decoded: Decoded) -> Plan:
+    hb = decoded.heartbeat
+    cfg = settings.get()
+    received_at = decoded.message.published_at
+
+    decided: list[AgentRecord] = []  # the record the plan was made on (the last attempt's)
+    from shared.ml import live  # numpy: loaded on the first heartbeat, not at import
+
+    learned = live.for_heartbeats()
+
+    def decide(current: AgentRecord | None) -> Plan:
+        if current is None:
+            raise unknown_agent(hb.agent_id, received_at)
+        decided.append(current)
+        health_config, alerting = config.rules(current.tenant)
+        return agent_domain.apply_heartbeat(
+            current,
+            hb,
+            received_at=received_at,
+            event_id=decoded.event_id,
+            chunk_size=cfg.history_chunk_size,
+            slots=cfg.history_slots,
+            retention=timedelta(days=cfg.retention_days),
+            health_config=health_config,
+            alerting=alerting,
+            learned=learned,
+        )
+
+    plan = agent_store.update(hb.agent_id, decide)
+    if plan.commands:  # the health rules quarantined the agent
+        from shared.services import agent_commands
+
+        agent_commands.publish(plan.commands)
+    if decided and holds.expired(decided[-1], received_at):
+        # A budget hold whose period has reset: lifted on the agent's next heartbeat (or cost batch).
+        from shared.services import accounting
+
+        plan.commands = accounting.lift_expired(decided[-1], received_at) + plan.commands
+    return plan
+
+
+def process_approval_request(decoded: Decoded) -> Plan:
+    """An agent asks for approval: stored once under an id derived from its request id (a redelivery
+    or a repeat finds it), posted to its tenant's approvers. A repeat of a decided request is answered
+    again on agent-commands (the agent may have restarted)."""
+    from fleet_agent.contracts import ApprovalRequest
+
+    from shared.services import approvals
+
+    event = decoded.event
+    assert isinstance(event, ApprovalRequest)
+    received_at = decoded.message.published_at
+    agent = agent_store.get(event.agent_id)
+    if agent is None:
+        raise unknown_agent(event.agent_id, received_at)
+    if agent.status.value == "decommissioned":
+        raise Rejected(Code.DECOMMISSIONED, f"agent {agent.agent_id} was decommissioned", agent_id=agent.agent_id)
+    approval = approvals.from_agent(event, agent, now=received_at)
+    _stored, new = approvals.request(approval, received_at)
+    return Plan() if new else Plan(skipped="duplicate")
+
+
+def process_job_progress(decoded: Decoded) -> Plan:
+    """A training run reports progress or its final metrics (``job-progress``)."""
+    from shared.training import progress
+
+    return progress.process(decoded)
+
+
+def handle_dead_letter(message: PushedMessage) -> str:
+    """A message that exhausted its delivery attempts: record it as a rejection, keeping the payload."""
+    attrs = message.attributes
+    source = attrs.get("CloudPubSubDeadLetterSourceSubscription", message.source)
+    original = {k: v for k, v in attrs.items() if not k.startswith("CloudPubSubDeadLetter")}
+    rejected = Rejected(
+        Code.DELIVERY_EXHAUSTED,
+        f"delivery failed {attrs.get('CloudPubSubDeadLetterSourceDeliveryCount', 'too many')} times "
+        f"on {source}; kept here for replay",
+        agent_id=original.get("agent_id"),
+        details={k: v for k, v in attrs.items() if k.startswith("CloudPubSubDeadLetter")},
+    )
+    with logs.invocation(log, source=source, message_id=message.message_id, agent_id=rejected.agent_id) as entry:
+        rejections.record(
+            rejected,
+            message_id=message.message_id,
+            source=source,
+            event_type=original.get("event_type"),
+            payload=Payload.of(message.raw, original),
+            received_at=message.published_at,
+        )
+        entry.outcome("dead letter recorded", logging.WARNING, outcome="dead_letter")
+    return "dead_letter"

@@ -1,0 +1,199 @@
+"""What an operator does to an agent, whoever asks: the REST API, a Slack command, an approved request.
+
+Each operation reads the agent, decides with shared.domain on the stored document, writes with the
+agent store's conditional write (its audit entries in the same commit) and publishes the commands
+the decision produced. Callers check who may do it; an operation that cannot be done raises
+:class:`Refused` with an HTTP-like status and a reason meant for a person.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shared.domain import holds, release
+from shared.domain.agents import AgentRecord, Plan
+from shared.domain.audit import AuditEntry
+from shared.domain.lifecycle import Cause, State
+from shared.domain.silences import Silence
+from shared.services import accounting, agent_commands
+from shared.store import agents as agent_store
+from shared.store import audit as audit_store
+from shared.store import config, db
+from shared.store import silences as silence_store
+
+
+class Refused(Exception):
+    """The operation cannot be done: ``status`` 400/403/404/409, ``reason`` says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts (``api:<key name>``, ``slack:<user id>``), the id of their request (it makes audit and
+    command ids unique per request, and equal on a retry of it) and the tenants they may touch."""
+
+    name: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: None: every tenant.
+    tenants: frozenset[str] | None = None
+
+    def can_see(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
+
+    @property
+    def key(self) -> str:
+        """The decision key of a hold this request places (``api.<id>``, ``slack.<id>``)."""
+        return f"{self.name.split(':', 1)[0]}.{self.request_id}"
+
+
+def not_found(agent_id: str) -> Refused:
+    return Refused(404, f"agent {agent_id} not found")
+
+
+def visible_agent(agent_id: str, actor: Actor) -> AgentRecord:
+    """The agent, or 404, also when it belongs to a tenant the actor cannot see (existence not leaked)."""
+    record = agent_store.get(agent_id)
+    if record is None or not actor.can_see(record.tenant):
+        raise not_found(agent_id)
+    return record
+
+
+def audit_entry(
+    actor: Actor, action: str, target: str, tenant: str | None, details: dict[str, Any], at: datetime
+) -> AuditEntry:
+    return AuditEntry(
+        id=db.doc_id(".".join((target, actor.request_id, action)), limit=1400),
+        at=at,
+        actor=actor.name,
+        action=action,
+        target=target,
+        outcome="applied",
+        tenant=tenant,
+        details=details,
+    )
+
+
+def update_agent(agent_id: str, actor: Actor, step: Callable[[AgentRecord], Plan]) -> tuple[Plan, AgentRecord]:
+    """Apply ``step`` to the agent with the store's conditional write; ``step`` may raise Refused.
+    Returns the plan and the agent as written; 404 when it is missing or in a tenant the actor cannot see."""
+    written: list[AgentRecord] = []
+
+    def decide(current: AgentRecord | None) -> Plan:
+        if current is None or not actor.can_see(current.tenant):
+            return Plan(skipped="unknown")
+        plan = step(current)
+        written[:] = [current.model_copy(update=plan.changes) if plan.changes else current]
+        return plan
+
+    plan = agent_store.update(agent_id, decide)
+    if plan.skipped == "unknown" or not written:
+        raise not_found(agent_id)
+    return plan, written[-1]
+
+
+def _hold(name: str, agent_id: str, actor: Actor, reason: str, at: datetime) -> tuple[AgentRecord, bool]:
+    """Place the ``name`` hold; (agent, whether it changed). Placing it again changes nothing and sends
+    its command again with the same id (a lost publish is repaired by the retry)."""
+
+    def step(current: AgentRecord) -> Plan:
+        if current.status is State.DECOMMISSIONED:
+            raise Refused(409, f"agent {current.agent_id} was decommissioned")
+        if name in current.holds:
+            return Plan(skipped="unchanged")
+        return holds.place(current, name, reason=reason, at=at, key=actor.key, actor=actor.name, cause=Cause.OPERATOR)
+
+    plan, record = update_agent(agent_id, actor, step)
+    agent_commands.publish(plan.commands or [holds.command_of(record.agent_id, record.holds[name])])
+    return record, plan.skipped is None
+
+
+def pause(agent_id: str, actor: Actor, reason: str, at: datetime) -> tuple[AgentRecord, bool]:
+    """Hold the agent: it is told ``pause`` and suspended until resumed."""
+    return _hold("pause", agent_id, actor, reason, at)
+
+
+def resume(agent_id: str, actor: Actor, reason: str, at: datetime) -> AgentRecord:
+    """Lift the pause (other holds stay); 409 when the agent is not paused."""
+
+    def step(current: AgentRecord) -> Plan:
+        if "pause" not in current.holds:
+            raise Refused(409, f"agent {current.agent_id} is not paused")
+        return holds.lift(current, "pause", reason=reason, at=at, actor=actor.name, cause=Cause.OPERATOR)
+
+    plan, record = update_agent(agent_id, actor, step)
+    agent_commands.publish(plan.commands)
+    return record
+
+
+def quarantine(agent_id: str, actor: Actor, reason: str, at: datetime) -> tuple[AgentRecord, bool]:
+    """Isolate the agent (told ``quarantine``) until an approver releases it."""
+    return _hold("quarantine", agent_id, actor, reason, at)
+
+
+@dataclass(frozen=True)
+class Released:
+    record: AgentRecord
+    released: list[str]
+    resolved: list[str]
+
+
+def release_agent(agent_id: str, actor: Actor, reason: str, at: datetime) -> Released:
+    """Release a frozen or quarantined agent: active again, told ``release``; 409 when neither."""
+    released: list[str] = []
+    resolved: list[str] = []
+
+    def step(current: AgentRecord) -> Plan:
+        plan, what = release.release(
+            current,
+            reason=reason,
+            at=at,
+            actor=actor.name,
+            action_id=actor.request_id,
+            alerting=config.alerting(current.tenant),
+        )
+        if plan.skipped == "unchanged":
+            raise Refused(409, f"agent {current.agent_id} is neither frozen nor quarantined (it is {current.status})")
+        released[:] = what
+        resolved[:] = [w.episode_id for w in plan.episodes if w.fields.get("state") == "resolved"]
+        return plan
+
+    plan, record = update_agent(agent_id, actor, step)
+    agent_commands.publish(plan.commands)
+    return Released(record, released, resolved)
+
+
+def set_agent_budget(
+    agent_id: str, actor: Actor, stored: dict[str, Any] | None, action: str, at: datetime
+) -> AgentRecord:
+    """Record a budget chosen by a person (None: no budget; it wins over the registration's), audited,
+    then bring the budget hold in line at once: a raised budget lifts it, a lowered one places it."""
+
+    def step(current: AgentRecord) -> Plan:
+        if current.budget == stored and current.budget_source == "api":
+            return Plan(skipped="unchanged")
+        details = {"budget": stored, "previous": current.budget, "previous_source": current.budget_source}
+        return Plan(
+            changes={"budget": stored, "budget_source": "api"},
+            audit=[audit_entry(actor, action, current.agent_id, current.tenant, details, at)],
+        )
+
+    _plan, record = update_agent(agent_id, actor, step)
+    accounting.reconcile(record.agent_id, now=at, actor=actor.name)
+    return agent_store.get(record.agent_id) or record
+
+
+def create_silence(silence: Silence, actor: Actor, at: datetime) -> Silence:
+    """Store a silence (or maintenance window) and its audit entry."""
+    silence_store.create(silence)
+    details: dict[str, Any] = {"agent_id": silence.agent_id, "rule": silence.rule, "maintenance": silence.maintenance}
+    details["expires_at"] = silence.expires_at.isoformat()
+    audit_store.append(audit_entry(actor, "silence.create", silence.id, silence.tenant, details, at))
+    return silence
