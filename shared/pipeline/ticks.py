@@ -21,24 +21,28 @@ log = logs.get_logger("ticks")
 
 
 def _sweep(job: str, now: datetime) -> dict[str, Any]:
+    # lazy: each scheduled function loads only the service its own jobs run
     from shared.services import sweep
 
     return sweep.run(now)
 
 
 def _report(job: str, now: datetime) -> dict[str, Any]:
+    # lazy: each scheduled function loads only the service its own jobs run
     from shared.services import reports
 
     return reports.run(job, now)
 
 
 def _jobs(job: str, now: datetime) -> dict[str, Any]:
+    # lazy: each scheduled function loads only the service its own jobs run
     from shared.training import follow
 
     return follow.reconcile(now)
 
 
 def _retrain(job: str, now: datetime) -> dict[str, Any]:
+    # lazy: each scheduled function loads only the service its own jobs run
     from shared.ml import runs
 
     return runs.launch(now)

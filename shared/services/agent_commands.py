@@ -13,7 +13,7 @@ from typing import Any
 
 from fleet_agent.contracts import Command, EventType
 
-from shared.platform import logs, metering, settings
+from shared.platform import logs, metering, settings, topology
 
 log = logs.get_logger("commands")
 _publisher: Any = None
@@ -49,8 +49,6 @@ def publish(commands: Iterable[Command]) -> list[str]:
     pending = []
     client = publisher()
     if _topic is None:
-        from shared.platform import topology
-
         _topic = client.topic_path(settings.get().project, topology.load().topic_for(EventType.COMMAND.value).name)
     topic = _topic
     for command in commands:

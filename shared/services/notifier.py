@@ -131,6 +131,7 @@ class _Sender:
     # --- Slack calls, with failures mapped ------------------------------------------------------
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        # lazy: the Slack client only when the outbox has something to send
         from shared.slack import web_api
 
         self.out.slack_calls += 1
@@ -148,6 +149,7 @@ class _Sender:
     def send_all(self, notices: list[dict[str, Any]]) -> None:
         """Openings first, then escalations and reminders (replies in their threads), then
         resolutions (edits): a later event of an episode never reaches Slack before its opening."""
+        # lazy: the Slack client only when the outbox has something to send
         from shared.slack import web_api
 
         self.episodes = store.get_many(sorted({n["episode_id"] for n in notices if n["event"] != "open"}))
@@ -178,6 +180,7 @@ class _Sender:
 
     def _post_openings(self, openings: list[dict[str, Any]]) -> None:
         """Openings of one rule and severity in one tenant: one grouped message from ``group_min`` up."""
+        # lazy: the Slack client only when the outbox has something to send
         from shared.slack import web_api
 
         by_rule: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)

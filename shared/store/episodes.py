@@ -16,6 +16,7 @@ from typing import Any
 from shared.domain import episodes as domain
 from shared.domain.alerts import DEFAULT_ALERT_OPEN, Alert, Severity
 from shared.platform import metering
+from shared.store import config as config_store
 from shared.store import db
 
 EPISODES = "episodes"
@@ -53,8 +54,6 @@ def raise_once(alert: Alert) -> bool:
     """Open the episode of a cost alert, with its notice, once (a create under the alert's id): True
     when this call opened it (False: it was raised already, anywhere). It resolves by itself at
     ``alert.until`` (the minute job resolves it), under the tenant's alerting settings."""
-    from shared.store import config as config_store
-
     with _lock:
         if alert.id in _raised:
             return False
