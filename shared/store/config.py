@@ -43,7 +43,7 @@ class TenantConfig:
     health: dict[str, Any] = field(default_factory=dict)
     #: Overrides of the training-job settings (shared/domain/jobs.py JobsConfig).
     jobs: dict[str, Any] = field(default_factory=dict)
-    #: Overrides of the task-assignment settings (shared/domain/assignment.py AssignmentConfig).
+    #: Overrides of the task-assignment settings (shared/domain/assignment_tasks.py AssignmentConfig).
     tasks: dict[str, Any] = field(default_factory=dict)
 
 
