@@ -17,7 +17,8 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from shared.domain.agents import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.protection import Protection, ProtectionOverrides
-from shared.domain.reports import DailyReport, HourlyReport
+from shared.domain.report_daily import DailyReport
+from shared.domain.report_hourly import HourlyReport
 
 
 def _aware(value: datetime) -> datetime:

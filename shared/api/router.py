@@ -100,7 +100,7 @@ from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
 from shared.domain.approvals import Approval, Requester
 from shared.domain.approvals import Kind as ApprovalKind
-from shared.domain.assignment import AssignmentConfig
+from shared.domain.assignment_tasks import AssignmentConfig
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig

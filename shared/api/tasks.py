@@ -1,5 +1,5 @@
 """The REST API's task-assignment routes (issue 7): assign a task to the best available agent of a
-tenant, record how it went, read an assignment. The rules are in shared/domain/assignment.py, the
+tenant, record how it went, read an assignment. The rules are in shared/domain/assignment*.py, the
 success model in shared/ml/assign.py, the documents in shared/store/tasks.py.
 
 An assignment costs: one read of the task (a repeat returns the stored pick), the tenant's agents (one
@@ -22,16 +22,9 @@ from shared.api.bodies import Timestamp
 from shared.api.core import ApiError, Call, Param, Route, _actor, _body, _is_document_id, _now, _principal
 from shared.domain import assignment as rules
 from shared.domain.api_keys import Role
-from shared.domain.assignment import (
-    AgentSnapshot,
-    AgentStats,
-    AssignmentConfig,
-    Candidate,
-    OutcomeReport,
-    Priority,
-    Task,
-    TaskRequest,
-)
+from shared.domain.assignment_agents import AgentSnapshot, AgentStats, assigned_slot, expected_duration_s
+from shared.domain.assignment_ranking import Candidate, rank
+from shared.domain.assignment_tasks import AssignmentConfig, OutcomeReport, Priority, Task, TaskRequest
 from shared.domain.audit import AuditEntry
 from shared.platform import logs
 from shared.store import agents as agent_store
@@ -185,7 +178,7 @@ def _expected_costs(
         since = max(found.month_start, agent.registered_at or found.month_start)
         hours = max((now - since).total_seconds() / 3600.0, 1.0)
         rate = found.totals.usd_nanos / 1e9 / hours
-        expected_h = rules.expected_duration_s(agent, stats[agent.agent_id], task) / 3600.0
+        expected_h = expected_duration_s(agent, stats[agent.agent_id], task) / 3600.0
         out[agent.agent_id] = (rate * expected_h, "spend rate")
     return out
 
@@ -239,7 +232,7 @@ def _assign(call: Call) -> TaskView:
     features = {a.agent_id: feature_values(a, stats[a.agent_id], task, now) for a in candidates}
     success, method, version, method_reason = _predict(request.tenant, cfg, features, stats)
     costs = _expected_costs(candidates, stats, task, now)
-    choice = rules.rank(
+    choice = rank(
         [Candidate(a, stats[a.agent_id], success[a.agent_id], *costs[a.agent_id]) for a in candidates],
         task,
         weights,
@@ -286,7 +279,7 @@ def _assign(call: Call) -> TaskView:
         tenant=task.tenant,
         details={"agent_id": chosen, "method": method, "model_version": version, "confidence": doc["confidence"]},
     )
-    if not store.create(doc, slot=rules.assigned_slot(task.task_id), entry=entry):
+    if not store.create(doc, slot=assigned_slot(task.task_id), entry=entry):
         stored = store.get(task.task_id)  # a concurrent request with the same id got there first
         if stored is None:
             raise ApiError(503, f"task {task.task_id} could not be stored; retry")

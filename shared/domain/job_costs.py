@@ -1,11 +1,12 @@
 """What a training run costs, before launch (the estimate) and after (the actual). Pure.
 
-Prices are list prices per hour in USD (us-central1, on-demand and spot, late 2025), rounded. A
-tenant with other prices (another region, a committed-use discount) sets ``price_factor`` in its
-jobs settings; a deployment with a table of its own edits this one. GKE bills the node a job's pod
-lands on: the estimate prices the smallest machine of the family that fits the request (one job
-per node: GPU pods don't share). Cloud Run jobs bill per second of vCPU, memory and GPU. The local
-backend is free.
+Prices are list prices per hour in USD (us-central1, on-demand and spot, late 2025), rounded: the
+table is data, shared/data/machine_prices.yaml beside the model prices, and the functions here receive
+it (:class:`MachinePrices`). A tenant with other prices (another region, a committed-use discount) sets
+``price_factor`` in its jobs settings; a deployment with a table of its own edits that file. GKE
+bills the node a job's pod lands on: the estimate prices the smallest machine of the family that fits
+the request (one job per node: GPU pods don't share). Cloud Run jobs bill per second of vCPU, memory
+and GPU. The local backend is free.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.domain.pricing import to_nanos
 
@@ -43,69 +44,28 @@ class Family(BaseModel):
     spot: Rate
 
 
-def _rate(vcpu: str, gb: str, gpu: str = "0") -> Rate:
-    return Rate(vcpu_h=Decimal(vcpu), gb_h=Decimal(gb), gpu_h=Decimal(gpu))
+#: The GKE accelerators a job may ask for (``gpu_type``). Each is carried by exactly one family of the
+#: machine price table, which is checked against this list when it is read.
+GPU_TYPES: tuple[str, ...] = ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb")
 
 
-#: The price table (a tenant scales it with ``price_factor`` in ``PUT /v1/tenants/{t}/jobs``).
-FAMILIES: dict[str, Family] = {
-    "e2-standard": Family(
-        shapes={f"e2-standard-{n}": (n, n * 4.0, 0) for n in (2, 4, 8, 16, 32)},
-        on_demand=_rate("0.021811", "0.002923"),
-        spot=_rate("0.006543", "0.000877"),
-    ),
-    "g2-standard": Family(
-        gpu_type="nvidia-l4",
-        shapes={
-            "g2-standard-4": (4, 16.0, 1),
-            "g2-standard-8": (8, 32.0, 1),
-            "g2-standard-12": (12, 48.0, 1),
-            "g2-standard-16": (16, 64.0, 1),
-            "g2-standard-24": (24, 96.0, 2),
-            "g2-standard-32": (32, 128.0, 1),
-            "g2-standard-48": (48, 192.0, 4),
-            "g2-standard-96": (96, 384.0, 8),
-        },
-        on_demand=_rate("0.02740", "0.00321", "0.56"),
-        spot=_rate("0.01096", "0.00128", "0.224"),
-    ),
-    "n1-standard-t4": Family(
-        gpu_type="nvidia-tesla-t4",
-        shapes={
-            "n1-standard-4+t4": (4, 15.0, 1),
-            "n1-standard-8+t4": (8, 30.0, 1),
-            "n1-standard-16+2xt4": (16, 60.0, 2),
-            "n1-standard-32+4xt4": (32, 120.0, 4),
-        },
-        on_demand=_rate("0.031611", "0.004237", "0.35"),
-        spot=_rate("0.00698", "0.000936", "0.14"),
-    ),
-    "a2-highgpu": Family(
-        gpu_type="nvidia-tesla-a100",
-        shapes={
-            "a2-highgpu-1g": (12, 85.0, 1),
-            "a2-highgpu-2g": (24, 170.0, 2),
-            "a2-highgpu-4g": (48, 340.0, 4),
-            "a2-highgpu-8g": (96, 680.0, 8),
-        },
-        on_demand=_rate("0.031611", "0.004237", "2.933908"),
-        spot=_rate("0.00698", "0.000936", "1.1736"),
-    ),
-    "a3-highgpu": Family(
-        gpu_type="nvidia-h100-80gb",
-        shapes={
-            "a3-highgpu-1g": (26, 234.0, 1),
-            "a3-highgpu-2g": (52, 468.0, 2),
-            "a3-highgpu-4g": (104, 936.0, 4),
-            "a3-highgpu-8g": (208, 1872.0, 8),
-        },
-        on_demand=_rate("0.0295", "0.0026", "9.796"),
-        spot=_rate("0.0089", "0.00078", "2.939"),
-    ),
-}
-#: Cloud Run jobs, per hour of instance time (the per-second prices times 3600), L4 without zonal redundancy.
-CLOUD_RUN = _rate("0.0648", "0.0072", "0.6721")
-GPU_TYPES: tuple[str, ...] = tuple(f.gpu_type for f in FAMILIES.values() if f.gpu_type)
+class MachinePrices(BaseModel):
+    """The machine price table: the Compute Engine families GKE runs jobs on, and Cloud Run jobs' rates
+    per hour of instance time (the per-second prices times 3600). Shipped as data
+    (shared/data/machine_prices.yaml, read by shared/store/price_files.py); a tenant scales it with
+    ``price_factor`` in ``PUT /v1/tenants/{t}/jobs``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    families: dict[str, Family]
+    cloud_run: Rate
+
+    @model_validator(mode="after")
+    def _carries_the_gpu_types(self) -> MachinePrices:
+        carried = [f.gpu_type for f in self.families.values()]
+        if sorted(g for g in carried if g is not None) != sorted(GPU_TYPES) or carried.count(None) != 1:
+            raise ValueError(f"one family must carry each of {', '.join(GPU_TYPES)}, and one family no GPU")
+        return self
 
 
 #: Cloud Run's CPU sizes per task (vCPU) and its largest.
@@ -174,12 +134,14 @@ class Estimate:
         )
 
 
-def machine_for(cpu: float, memory_gb: float, gpu: int, gpu_type: str | None) -> tuple[str, Family]:
+def machine_for(
+    cpu: float, memory_gb: float, gpu: int, gpu_type: str | None, *, prices: MachinePrices
+) -> tuple[str, Family]:
     """The cheapest machine (its on-demand price, GPUs included) of the family that fits the request."""
     wanted = gpu_type if gpu > 0 else None
     if gpu > 0 and wanted is None:
         wanted = "nvidia-l4"
-    family = next((f for f in FAMILIES.values() if f.gpu_type == wanted), None)
+    family = next((f for f in prices.families.values() if f.gpu_type == wanted), None)
     if family is None:
         raise NoMachine(f"gpu_type {gpu_type} is not offered; use one of {', '.join(GPU_TYPES)}")
     fits = [
@@ -201,25 +163,35 @@ def machine_for(cpu: float, memory_gb: float, gpu: int, gpu_type: str | None) ->
 
 
 def hourly(
-    backend: str, cpu: float, memory_gb: float, gpu: int, gpu_type: str | None, spot: bool, factor: Decimal = Decimal(1)
+    backend: str,
+    cpu: float,
+    memory_gb: float,
+    gpu: int,
+    gpu_type: str | None,
+    spot: bool,
+    factor: Decimal = Decimal(1),
+    *,
+    prices: MachinePrices,
 ) -> Estimate:
     """The price per hour of a run on ``backend`` (``hours`` = 1), times the tenant's ``factor``."""
-    rate = _list_hourly(backend, cpu, memory_gb, gpu, gpu_type, spot)
+    rate = _list_hourly(backend, cpu, memory_gb, gpu, gpu_type, spot, prices)
     usd = (rate.hourly_usd * factor).quantize(Decimal("0.000001"), ROUND_HALF_UP)
     return Estimate(rate.backend, rate.machine, rate.spot, usd, rate.hours)
 
 
-def _list_hourly(backend: str, cpu: float, memory_gb: float, gpu: int, gpu_type: str | None, spot: bool) -> Estimate:
+def _list_hourly(
+    backend: str, cpu: float, memory_gb: float, gpu: int, gpu_type: str | None, spot: bool, prices: MachinePrices
+) -> Estimate:
     one = Decimal(1)
     if backend == "local":
         return Estimate(backend, "this machine", False, Decimal(0), one)
     if backend == "cloudrun":
         vcpu, memory_mib = cloud_run_size(cpu, memory_gb)
         gib = Decimal(memory_mib) / Decimal(1024)
-        usd = CLOUD_RUN.vcpu_h * vcpu + CLOUD_RUN.gb_h * gib + CLOUD_RUN.gpu_h * gpu
+        usd = prices.cloud_run.vcpu_h * vcpu + prices.cloud_run.gb_h * gib + prices.cloud_run.gpu_h * gpu
         machine = f"Cloud Run job ({vcpu} vCPU, {gib.normalize():f} GiB{', 1 L4' if gpu else ''})"
         return Estimate(backend, machine, False, usd, one)
-    name, family = machine_for(cpu, memory_gb, gpu, gpu_type)
+    name, family = machine_for(cpu, memory_gb, gpu, gpu_type, prices=prices)
     vcpu, gb, gpus = family.shapes[name]
     rate = family.spot if spot else family.on_demand
     usd = rate.vcpu_h * vcpu + rate.gb_h * Decimal(str(gb)) + rate.gpu_h * gpus
@@ -235,8 +207,10 @@ def estimate(
     spot: bool,
     max_runtime_s: int,
     factor: Decimal = Decimal(1),
+    *,
+    prices: MachinePrices,
 ) -> Estimate:
     """The most a run can cost: its hourly price over its whole ``max_runtime_s``."""
-    rate = hourly(backend, cpu, memory_gb, gpu, gpu_type, spot, factor)
+    rate = hourly(backend, cpu, memory_gb, gpu, gpu_type, spot, factor, prices=prices)
     hours = (Decimal(max_runtime_s) / Decimal(3600)).quantize(Decimal("0.0001"), ROUND_HALF_UP)
     return Estimate(rate.backend, rate.machine, rate.spot, rate.hourly_usd, hours)

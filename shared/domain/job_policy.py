@@ -26,8 +26,10 @@ class NoBackend(ValueError):
     """No allowed backend can run the job: the reason lists why each was ruled out."""
 
 
-def why_not(backend: Backend, resources: JobResources, max_runtime_s: int) -> str | None:
-    """Why ``backend`` cannot run a job with these resources; None when it can."""
+def why_not(
+    backend: Backend, resources: JobResources, max_runtime_s: int, *, prices: job_costs.MachinePrices
+) -> str | None:
+    """Why ``backend`` cannot run a job with these resources (GKE: on a machine of ``prices``); None when it can."""
     if backend is Backend.LOCAL:
         return None
     if backend is Backend.CLOUDRUN:
@@ -45,14 +47,19 @@ def why_not(backend: Backend, resources: JobResources, max_runtime_s: int) -> st
             return "Cloud Run tasks run at most 168 hours"
         return None
     try:
-        job_costs.machine_for(resources.cpu, resources.memory_gb, resources.gpu, resources.gpu_type)
+        job_costs.machine_for(resources.cpu, resources.memory_gb, resources.gpu, resources.gpu_type, prices=prices)
     except job_costs.NoMachine as exc:
         return str(exc)
     return None
 
 
 def choose(
-    resources: JobResources, max_runtime_s: int, asked: Backend | None, config: JobsConfig
+    resources: JobResources,
+    max_runtime_s: int,
+    asked: Backend | None,
+    config: JobsConfig,
+    *,
+    prices: job_costs.MachinePrices,
 ) -> tuple[Backend, str]:
     """(backend, why) for a job; :class:`NoBackend` when none of the allowed ones can run it."""
     allowed = list(config.backends)
@@ -61,19 +68,19 @@ def choose(
     if asked is not None:
         if asked not in allowed:
             raise NoBackend(f"backend {asked.value} is not enabled for this tenant (enabled: {_names(allowed)})")
-        reason = why_not(asked, resources, max_runtime_s)
+        reason = why_not(asked, resources, max_runtime_s, prices=prices)
         if reason is not None:
             raise NoBackend(f"{asked.value} cannot run this job: {reason}")
         return asked, "asked for"
     if config.default_backend is not None:
-        reason = why_not(config.default_backend, resources, max_runtime_s)
+        reason = why_not(config.default_backend, resources, max_runtime_s, prices=prices)
         if reason is None:
             return config.default_backend, "the tenant's default backend"
     ruled_out = []
     for backend in _PREFERENCE:
         if backend not in allowed:
             continue
-        reason = why_not(backend, resources, max_runtime_s)
+        reason = why_not(backend, resources, max_runtime_s, prices=prices)
         if reason is None:
             return backend, _why(backend, resources)
         ruled_out.append(f"{backend.value}: {reason}")

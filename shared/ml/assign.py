@@ -33,17 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from shared.domain.assignment import (
-    PRIORITY_LEVEL,
+from shared.domain.assignment_agents import (
     AgentSnapshot,
     AgentStats,
-    Priority,
     RecordedOutcome,
-    Task,
     expected_duration_s,
     heartbeat_age_s,
     load_of,
 )
+from shared.domain.assignment_tasks import PRIORITY_LEVEL, Priority, Task
 from shared.domain.lifecycle import State
 from shared.ml import provenance, storage
 from shared.ml.flat import FlatTrees

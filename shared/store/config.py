@@ -24,7 +24,7 @@ from shared.domain.health import HealthConfig
 from shared.domain.jobs import JobsConfig
 from shared.domain.pricing import Price, PriceTable
 from shared.platform import metering, settings
-from shared.store import db
+from shared.store import db, price_files
 
 TENANTS = "tenants"
 PRICES = "prices"
@@ -43,7 +43,7 @@ class TenantConfig:
     health: dict[str, Any] = field(default_factory=dict)
     #: Overrides of the training-job settings (shared/domain/jobs.py JobsConfig).
     jobs: dict[str, Any] = field(default_factory=dict)
-    #: Overrides of the task-assignment settings (shared/domain/assignment.py AssignmentConfig).
+    #: Overrides of the task-assignment settings (shared/domain/assignment_tasks.py AssignmentConfig).
     tasks: dict[str, Any] = field(default_factory=dict)
 
 
@@ -171,13 +171,8 @@ def set_tenant_price(name: str, model: str, price: Price) -> None:
 
 
 def default_prices() -> dict[str, Price]:
-    """The prices shipped with the code (shared/prices.yaml), used until overridden."""
-    import pathlib
-
-    import yaml
-
-    path = pathlib.Path(__file__).resolve().parent.parent / "prices.yaml"
-    data = yaml.safe_load(path.read_text()) or {}
+    """The prices shipped with the code (shared/data/prices.yaml), used until overridden."""
+    data = price_files.read(price_files.MODEL_PRICES)
     return {model: price_of(p) for model, p in (data.get("models") or {}).items()}
 
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from shared.domain.assignment import AgentStats, AssignmentConfig, OutcomeReport, RecordedOutcome
+from shared.domain.assignment_agents import AgentStats, RecordedOutcome
+from shared.domain.assignment_tasks import AssignmentConfig, OutcomeReport
 from shared.domain.audit import AuditEntry
 from shared.domain.periods import Period, window
 from shared.domain.usage import Totals

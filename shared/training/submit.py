@@ -16,7 +16,7 @@ from shared.domain.jobs import Job, JobRequest, JobsConfig, JobState
 from shared.domain.pricing import format_usd
 from shared.services import agent_controls
 from shared.store import agents as agent_store
-from shared.store import config
+from shared.store import config, price_files
 from shared.store import jobs as store
 from shared.training import budget
 
@@ -59,11 +59,20 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
     runtime = request.max_runtime_s or cfg.default_runtime_s
     if runtime > cfg.max_runtime_s:
         raise agent_controls.Refused(400, f"max_runtime_s is at most {cfg.max_runtime_s} for this tenant")
+    prices = price_files.machine_prices()
     try:
-        backend, why = job_policy.choose(request.resources, runtime, request.backend, cfg)
+        backend, why = job_policy.choose(request.resources, runtime, request.backend, cfg, prices=prices)
         res = request.resources
         estimate = job_costs.estimate(
-            backend.value, res.cpu, res.memory_gb, res.gpu, res.gpu_type, res.spot, runtime, cfg.price_factor
+            backend.value,
+            res.cpu,
+            res.memory_gb,
+            res.gpu,
+            res.gpu_type,
+            res.spot,
+            runtime,
+            cfg.price_factor,
+            prices=prices,
         )
     except (job_policy.NoBackend, job_costs.NoMachine) as exc:
         raise agent_controls.Refused(400, str(exc)) from None

@@ -148,7 +148,7 @@ def test_records_are_priced_from_the_table_and_unpriced_models_alert(
     publish(publisher, batch(agent_id, [priced, unknown]))
     wait_for(lambda: "accepted" in cost_outcomes(stack, agent_id))
     month = month_usage(api, agent_id)
-    # gpt-4o from shared/prices.yaml: 1000 x 0.0000025 + 100 x 0.00001 = 0.0035; the unknown model adds no $.
+    # gpt-4o from shared/data/prices.yaml: 1000 x 0.0000025 + 100 x 0.00001 = 0.0035; the unknown model adds no $.
     assert Decimal(month["spend_usd"]) == Decimal("0.0035")
     assert month["calls"] == 2 and month["unpriced_calls"] == 1 and month["tokens"] == 2100
     alerts = wait_for(lambda: api.get("/v1/alerts", agent_id=agent_id).json()["items"])

@@ -17,20 +17,14 @@ from pydantic import ValidationError
 from shared.api import tasks
 from shared.api.core import ApiError, Call
 from shared.domain import assignment as rules
+from shared.domain import assignment_agents as agent_side
+from shared.domain import assignment_ranking as ranking
+from shared.domain import assignment_tasks as task_side
 from shared.domain.agents import AgentRecord
 from shared.domain.api_keys import Role
-from shared.domain.assignment import (
-    AgentSnapshot,
-    AgentStats,
-    AssignmentConfig,
-    Candidate,
-    OutcomeReport,
-    Priority,
-    RecordedOutcome,
-    Task,
-    TaskRequest,
-    Weights,
-)
+from shared.domain.assignment_agents import AgentSnapshot, AgentStats, RecordedOutcome
+from shared.domain.assignment_ranking import Candidate
+from shared.domain.assignment_tasks import AssignmentConfig, OutcomeReport, Priority, Task, TaskRequest, Weights
 from shared.domain.lifecycle import State
 from shared.domain.liveness import Liveness
 from shared.ml import assign as ml
@@ -153,11 +147,11 @@ def cand(agent: AgentSnapshot, success: float, cost: float | None = None, st: Ag
 
 
 def test_weights_are_normalised_the_sla_counts_only_with_a_deadline_and_more_when_critical() -> None:
-    w = rules.effective_weights(Weights(), task())
+    w = ranking.effective_weights(Weights(), task())
     assert w == {"success": 40 / 90, "cost": 30 / 90, "availability": 20 / 90, "sla": 0.0}
     due = T0 + timedelta(hours=1)
-    assert rules.effective_weights(Weights(), task(deadline=due))["sla"] == pytest.approx(0.1)
-    critical = rules.effective_weights(Weights(), task(deadline=due, priority=Priority.CRITICAL))
+    assert ranking.effective_weights(Weights(), task(deadline=due))["sla"] == pytest.approx(0.1)
+    critical = ranking.effective_weights(Weights(), task(deadline=due, priority=Priority.CRITICAL))
     assert critical["sla"] == pytest.approx(40 / 130)
     assert sum(critical.values()) == pytest.approx(1.0)
     with pytest.raises(ValidationError, match="must not all be 0"):
@@ -175,43 +169,43 @@ def test_weights_are_normalised_the_sla_counts_only_with_a_deadline_and_more_whe
 def test_the_likeliest_to_succeed_wins_on_success_weight_and_the_cheapest_on_cost_weight() -> None:
     a, b = snap("agent-a"), snap("agent-b")
     pair = [cand(a, 0.95, cost=0.05), cand(b, 0.70, cost=0.01)]
-    by_success = rules.rank(pair, task(), Weights(success=1, cost=0, availability=0, sla=0), T0, method="model")
+    by_success = ranking.rank(pair, task(), Weights(success=1, cost=0, availability=0, sla=0), T0, method="model")
     assert by_success.chosen.agent_id == "agent-a" and by_success.confidence == pytest.approx(0.95)
-    by_cost = rules.rank(pair, task(), Weights(success=0, cost=1, availability=0, sla=0), T0, method="model")
+    by_cost = ranking.rank(pair, task(), Weights(success=0, cost=1, availability=0, sla=0), T0, method="model")
     assert by_cost.chosen.agent_id == "agent-b"
     assert by_cost.chosen.cost == 1.0 and by_cost.ranked[1].cost == pytest.approx(0.0101 / 0.0501)
     assert any(r.startswith("cheaper: ~$0.0100 per task vs $0.0500 (agent-a)") for r in by_cost.reasons)
-    default = rules.rank(pair, task(), Weights(), T0, method="model")
+    default = ranking.rank(pair, task(), Weights(), T0, method="model")
     assert default.weights["success"] == pytest.approx(40 / 90)
     assert default.alternatives == default.ranked[1:]
     assert default.chosen.score == pytest.approx(
-        sum(default.weights[n] * default.chosen.component(n) for n in rules.COMPONENTS)
+        sum(default.weights[n] * default.chosen.component(n) for n in task_side.COMPONENTS)
     )
 
 
 def test_ties_are_broken_by_agent_id_whatever_the_order() -> None:
     agents = [snap(f"agent-{c}") for c in "dbca"]
     for order in (agents, list(reversed(agents))):
-        choice = rules.rank([cand(a, 0.8) for a in order], task(), Weights(), T0, method="heuristic")
+        choice = ranking.rank([cand(a, 0.8) for a in order], task(), Weights(), T0, method="heuristic")
         assert [s.agent_id for s in choice.ranked] == ["agent-a", "agent-b", "agent-c", "agent-d"]
         assert "a tie, broken by agent id" in choice.reasons[-1]
 
 
 def test_availability_counts_load_since_the_last_heartbeat_cpu_freshness_and_state() -> None:
     idle = snap("a", metrics={"active_tasks": 0.0, "cpu_pct": 0.0})
-    assert rules.availability(idle, AgentStats(), T0) == pytest.approx(1.0)
+    assert ranking.availability(idle, AgentStats(), T0) == pytest.approx(1.0)
     # Two tasks assigned after the last heartbeat count as load it could not report yet.
     recent = AgentStats(assigned_at=(T0 - timedelta(seconds=5), T0 - timedelta(seconds=1), T0 - timedelta(hours=1)))
-    assert rules.load_of(idle, recent) == 2.0
-    assert rules.availability(idle, recent, T0) == pytest.approx(0.5 * 0.5 + 0.25 + 0.25)
+    assert agent_side.load_of(idle, recent) == 2.0
+    assert ranking.availability(idle, recent, T0) == pytest.approx(0.5 * 0.5 + 0.25 + 0.25)
     stale = snap("a", metrics={"active_tasks": 0.0, "cpu_pct": 0.0}, heartbeat_age_s=90.0)
-    assert rules.availability(stale, AgentStats(), T0) == pytest.approx(0.75)
+    assert ranking.availability(stale, AgentStats(), T0) == pytest.approx(0.75)
     unknown = snap("a", metrics={}, heartbeat_age_s=None)
-    assert rules.availability(unknown, AgentStats(), T0) == pytest.approx(0.5 + 0.125)
+    assert ranking.availability(unknown, AgentStats(), T0) == pytest.approx(0.5 + 0.125)
     degraded = snap("a", status=State.DEGRADED, metrics={"active_tasks": 0.0, "cpu_pct": 0.0})
-    assert rules.availability(degraded, AgentStats(), T0) == pytest.approx(0.5)
+    assert ranking.availability(degraded, AgentStats(), T0) == pytest.approx(0.5)
     late = snap("a", liveness=Liveness.LATE, metrics={"active_tasks": 0.0, "cpu_pct": 0.0})
-    assert rules.availability(late, AgentStats(), T0) == pytest.approx(0.75)
+    assert ranking.availability(late, AgentStats(), T0) == pytest.approx(0.75)
 
 
 def test_a_slow_agent_loses_a_critical_deadline_it_would_miss() -> None:
@@ -221,33 +215,35 @@ def test_a_slow_agent_loses_a_critical_deadline_it_would_miss() -> None:
     assert slow_stats.duration_ratio == pytest.approx(32 / 12)
     deadline = T0 + timedelta(seconds=120)
     pair = [cand(fast, 0.8), cand(slow, 0.8, st=slow_stats)]
-    normal = rules.rank(pair, task(deadline=deadline, priority=Priority.LOW), Weights(), T0, method="heuristic")
+    normal = ranking.rank(pair, task(deadline=deadline, priority=Priority.LOW), Weights(), T0, method="heuristic")
     assert normal.chosen.agent_id == "agent-slow"  # more available; the SLA weighs little at low priority
-    critical = rules.rank(pair, task(deadline=deadline, priority=Priority.CRITICAL), Weights(), T0, method="heuristic")
+    critical = ranking.rank(
+        pair, task(deadline=deadline, priority=Priority.CRITICAL), Weights(), T0, method="heuristic"
+    )
     assert critical.chosen.agent_id == "agent-fast"
     assert critical.chosen.slack_s == pytest.approx(120 - 60.2)
     assert critical.ranked[1].sla == pytest.approx(0.186, abs=1e-3)  # 40 s late, spread 45 s
     assert any("before the deadline" in r for r in critical.reasons)
-    hopeless = rules.rank(pair, task(deadline=T0 + timedelta(seconds=10)), Weights(), T0, method="heuristic")
+    hopeless = ranking.rank(pair, task(deadline=T0 + timedelta(seconds=10)), Weights(), T0, method="heuristic")
     assert any(r.endswith("no candidate is expected to meet it") for r in hopeless.reasons)
 
 
 def test_reasons_say_how_success_was_predicted_and_when_an_agent_is_the_only_one() -> None:
-    only = rules.rank([cand(snap("a"), 11 / 13, st=stats(9, 10))], task(), Weights(), T0, method="heuristic")
+    only = ranking.rank([cand(snap("a"), 11 / 13, st=stats(9, 10))], task(), Weights(), T0, method="heuristic")
     assert only.reasons[0] == "predicted success 0.85 (heuristic: 9 of 10 tasks succeeded)"
     assert only.reasons[1] == "the only available agent with chat"
-    fresh = rules.rank([cand(snap("a"), 2 / 3)], task(()), Weights(), T0, method="heuristic")
+    fresh = ranking.rank([cand(snap("a"), 2 / 3)], task(()), Weights(), T0, method="heuristic")
     assert fresh.reasons[0] == "predicted success 0.67 (heuristic: no recorded outcomes, prior 0.67)"
     assert fresh.reasons[1] == "the only available agent"
-    model = rules.rank([cand(snap("a"), 0.9), cand(snap("b"), 0.5)], task(), Weights(), T0, method="model")
+    model = ranking.rank([cand(snap("a"), 0.9), cand(snap("b"), 0.5)], task(), Weights(), T0, method="model")
     assert model.reasons[0] == "predicted success 0.90 (model)"
     assert model.reasons[1].startswith("likelier to succeed: 0.90 vs 0.50 (b)")
     assert all(len(r) <= 160 for r in model.reasons)
 
 
 def test_cost_scores_are_relative_to_the_cheapest_and_unknown_is_neutral() -> None:
-    assert rules.cost_scores([None, None]) == [0.5, 0.5]
-    scores = rules.cost_scores([0.0, 0.0001, None, 1.0])
+    assert ranking.cost_scores([None, None]) == [0.5, 0.5]
+    scores = ranking.cost_scores([0.0, 0.0001, None, 1.0])
     assert scores[0] == 1.0 and scores[1] == pytest.approx(0.5) and scores[2] == 0.5 and scores[3] < 0.001
 
 
@@ -272,7 +268,9 @@ def test_the_heuristic_is_a_beta_2_1_smoothed_rate_and_the_summary_round_trips()
     again = AgentStats.from_doc(stored)
     assert again.outcome_fields() == s.outcome_fields()
     assert again.assigned == 3 and again.assigned_at == (T0 - timedelta(1), T0)
-    assert rules.assigned_slot("t-1") == rules.assigned_slot("t-1") and rules.assigned_slot("t-1").startswith("s")
+    assert agent_side.assigned_slot("t-1") == agent_side.assigned_slot("t-1") and agent_side.assigned_slot(
+        "t-1"
+    ).startswith("s")
 
 
 def test_request_bodies_are_strict() -> None:

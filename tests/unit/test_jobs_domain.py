@@ -1,5 +1,6 @@
 """The pure training-job rules: states and transitions, the admission queue (priority, aging,
-quotas, budgets, backfill and reservation), prices, backend choice and what a run's status means."""
+quotas, budgets, backfill and reservation), backend choice and what a run's status means. (The prices
+are tests/unit/test_job_costs.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from shared.domain import job_costs, job_policy, job_queue, job_runs
 from shared.domain import jobs as domain
-from shared.domain.job_costs import Estimate, NoMachine
+from shared.domain.job_costs import Estimate
 from shared.domain.job_policy import NoBackend
 from shared.domain.job_queue import Decision
 from shared.domain.jobs import (
@@ -31,6 +32,7 @@ from shared.domain.jobs import (
 )
 from shared.domain.pricing import to_nanos
 from shared.launchers.base import Backend, Phase, Preemption, RunStatus
+from tests.unit.test_job_costs import PRICES
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 CFG = JobsConfig()
@@ -767,180 +769,12 @@ def test_never_fits_reports_the_user_quota_before_the_tenant_quota() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Costs
-# --------------------------------------------------------------------------------------------------
-
-
-def test_gpu_types_are_the_gpu_families_accelerators() -> None:
-    assert job_costs.GPU_TYPES == ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb")
-
-
-@pytest.mark.parametrize("family", list(job_costs.FAMILIES), ids=list(job_costs.FAMILIES))
-def test_spot_is_cheaper_than_on_demand_for_every_family(family: str) -> None:
-    fam = job_costs.FAMILIES[family]
-    vcpu, gb, gpus = next(iter(fam.shapes.values()))
-    on_demand = job_costs.hourly("gke", vcpu, gb, gpus, fam.gpu_type, False)
-    spot = job_costs.hourly("gke", vcpu, gb, gpus, fam.gpu_type, True)
-    assert Decimal(0) < spot.hourly_usd < on_demand.hourly_usd
-    assert (spot.spot, on_demand.spot) == (True, False)
-    assert spot.machine == on_demand.machine
-
-
-@pytest.mark.parametrize(
-    ("request_", "machine"),
-    [
-        ((8, 30, 1, "nvidia-l4"), "g2-standard-8"),
-        ((4, 16, 1, "nvidia-l4"), "g2-standard-4"),
-        ((2, 4, 1, None), "g2-standard-4"),  # a GPU without a type: an L4
-        ((2, 4, 2, "nvidia-l4"), "g2-standard-24"),
-        ((2, 4, 3, "nvidia-l4"), "g2-standard-48"),
-        ((2, 4, 0, None), "e2-standard-2"),
-        ((3, 4, 0, None), "e2-standard-4"),
-        ((2, 20, 0, None), "e2-standard-8"),
-        ((2, 4, 1, "nvidia-tesla-t4"), "n1-standard-4+t4"),
-        ((2, 4, 2, "nvidia-tesla-t4"), "n1-standard-16+2xt4"),
-        ((2, 4, 2, "nvidia-tesla-a100"), "a2-highgpu-2g"),
-        ((2, 4, 1, "nvidia-h100-80gb"), "a3-highgpu-1g"),
-    ],
-)
-def test_machine_for_picks_the_smallest_fitting_machine(request_: tuple[Any, ...], machine: str) -> None:
-    name, family = job_costs.machine_for(*request_)
-    assert name == machine
-    assert name in family.shapes
-
-
-def test_machine_for_picks_the_cheapest_fitting_machine_counting_its_gpus() -> None:
-    name, _family = job_costs.machine_for(20, 80, 1, "nvidia-l4")
-    cheaper = job_costs.hourly("gke", 20, 80, 1, "nvidia-l4", False)
-    assert name == "g2-standard-32"
-    assert cheaper.hourly_usd == Decimal("1.847680")
-
-
-def test_gke_hourly_prices_the_whole_machine() -> None:
-    on_demand = job_costs.hourly("gke", 8, 30, 1, "nvidia-l4", False)
-    assert on_demand == Estimate("gke", "g2-standard-8", False, Decimal("0.881920"), Decimal(1))
-    # 8 x 0.01096 + 32 x 0.00128 + 1 x 0.224
-    assert job_costs.hourly("gke", 8, 30, 1, "nvidia-l4", True).hourly_usd == Decimal("0.352640")
-    # a request smaller than the machine pays for the machine
-    assert job_costs.hourly("gke", 5, 17, 1, "nvidia-l4", False).hourly_usd == Decimal("0.881920")
-
-
-def test_estimate_is_the_hourly_price_over_the_max_runtime() -> None:
-    est = job_costs.estimate("gke", 8, 30, 1, "nvidia-l4", False, 7200)
-    assert (est.hourly_usd, est.hours) == (Decimal("0.881920"), Decimal("2.0000"))
-    assert est.usd == Decimal("1.7638")  # 1.76384 quantized to 4 places
-    assert est.nanos == 1_763_800_000
-    assert job_costs.estimate("gke", 8, 30, 1, "nvidia-l4", False, 5400).usd == Decimal("1.3229")  # 1.32288
-
-
-def test_estimate_hours_are_quantized_to_four_places() -> None:
-    est = job_costs.estimate("gke", 2, 4, 0, None, False, 100)
-    assert est.hours == Decimal("0.0278")
-    assert est.machine == "e2-standard-2"
-    assert est.hourly_usd == Decimal("0.067006")  # 2 x 0.021811 + 8 x 0.002923
-    assert est.usd == Decimal("0.0019")  # 0.0018627668
-
-
-def test_cost_of_prices_seconds_of_running() -> None:
-    est = job_costs.hourly("gke", 8, 30, 1, "nvidia-l4", False)
-    assert est.cost_of(1800) == Decimal("0.4410")  # 0.44096
-    assert est.cost_of(3600) == Decimal("0.8819")
-    assert est.cost_of(0) == Decimal("0.0000")
-    assert est.cost_of(-30) == Decimal("0.0000")
-
-
-def test_estimate_round_trips_through_its_document() -> None:
-    est = job_costs.estimate("gke", 8, 30, 1, "nvidia-l4", True, 5400)
-    doc = est.to_doc()
-    assert doc == {
-        "backend": "gke",
-        "machine": "g2-standard-8",
-        "spot": True,
-        "hourly_usd": "0.352640",
-        "hours": "1.5000",
-        "usd": "0.5290",
-    }
-    assert Estimate.from_doc(doc) == est
-
-
-def test_an_unknown_gpu_type_has_no_machine_and_the_message_lists_the_offered_ones() -> None:
-    with pytest.raises(NoMachine) as info:
-        job_costs.machine_for(4, 16, 1, "nvidia-v100")
-    assert str(info.value) == (
-        "gpu_type nvidia-v100 is not offered; use one of "
-        "nvidia-l4, nvidia-tesla-t4, nvidia-tesla-a100, nvidia-h100-80gb"
-    )
-
-
-@pytest.mark.parametrize(
-    ("request_", "message"),
-    [
-        ((300, 4, 0, None), "no CPU machine has 300 vCPU, 4 GB and 0 GPU (largest: 32 vCPU, 128 GB, 0 GPU)"),
-        (
-            (4, 16, 9, "nvidia-l4"),
-            "no nvidia-l4 machine has 4 vCPU, 16 GB and 9 GPU (largest: 96 vCPU, 384 GB, 8 GPU)",
-        ),
-        (
-            (2, 700, 1, "nvidia-tesla-a100"),
-            "no nvidia-tesla-a100 machine has 2 vCPU, 700 GB and 1 GPU (largest: 96 vCPU, 680 GB, 8 GPU)",
-        ),
-    ],
-)
-def test_a_request_bigger_than_any_machine_raises_no_machine(request_: tuple[Any, ...], message: str) -> None:
-    with pytest.raises(NoMachine) as info:
-        job_costs.machine_for(*request_)
-    assert str(info.value) == message
-    cpu, memory_gb, gpu, gpu_type = request_
-    with pytest.raises(NoMachine):
-        job_costs.estimate("gke", cpu, memory_gb, gpu, gpu_type, False, 3600)
-
-
-def test_cloud_run_is_priced_per_vcpu_gb_and_gpu() -> None:
-    cpu = job_costs.hourly("cloudrun", 2, 4, 0, None, False)
-    assert cpu == Estimate("cloudrun", "Cloud Run job (2 vCPU, 4 GiB)", False, Decimal("0.158400"), Decimal(1))
-    gpu = job_costs.hourly("cloudrun", 4, 16, 1, None, False)
-    rate = job_costs.CLOUD_RUN
-    assert gpu.hourly_usd == rate.vcpu_h * 4 + rate.gb_h * 16 + rate.gpu_h == Decimal("1.0465")
-    assert gpu.machine == "Cloud Run job (4 vCPU, 16 GiB, 1 L4)"
-    # per second: 90 seconds of the CPU job
-    assert cpu.cost_of(90) == Decimal("0.0040")
-    assert job_costs.estimate("cloudrun", 2, 4, 0, None, False, 1800).usd == Decimal("0.0792")
-
-
-def test_cloud_run_prices_the_size_it_bills_rounded_up() -> None:
-    # 0.5 vCPU is billed as 1; 3 vCPU as 4 (and 4 vCPU needs at least 2 GiB).
-    assert job_costs.hourly("cloudrun", 0.5, 0.5, 0, None, False).hourly_usd == Decimal("0.068400")
-    three = job_costs.hourly("cloudrun", 3, 1, 0, None, False)
-    assert three.machine == "Cloud Run job (4 vCPU, 2 GiB)" and three.hourly_usd == Decimal("0.273600")
-    assert job_costs.cloud_run_size(3, 1) == (4, 2048)
-
-
-def test_local_runs_are_free() -> None:
-    est = job_costs.estimate("local", 16, 64, 4, "nvidia-tesla-a100", True, 86400)
-    assert (est.machine, est.spot, est.hourly_usd, est.usd, est.nanos) == ("this machine", False, 0, 0, 0)
-    assert est.hours == Decimal("24.0000")
-
-
-@pytest.mark.parametrize(("factor", "hourly"), [("0.5", "0.440960"), ("1.1", "0.970112"), ("2", "1.763840")])
-def test_price_factor_scales_the_hourly_price(factor: str, hourly: str) -> None:
-    est = job_costs.hourly("gke", 8, 30, 1, "nvidia-l4", False, Decimal(factor))
-    assert est.hourly_usd == Decimal(hourly)
-    full = job_costs.estimate("gke", 8, 30, 1, "nvidia-l4", False, 7200, Decimal(factor))
-    assert full.usd == (Decimal(hourly) * 2).quantize(Decimal("0.0001"))
-
-
-def test_price_factor_is_quantized_to_six_places() -> None:
-    est = job_costs.hourly("cloudrun", 1, 1, 0, None, False, Decimal("0.3333333"))
-    assert est.hourly_usd == Decimal("0.024000")  # 0.072 x 0.3333333 = 0.02399999...
-
-
-# --------------------------------------------------------------------------------------------------
 # Backend policy
 # --------------------------------------------------------------------------------------------------
 
 
 def choose(resources: JobResources, asked: Backend | None = None, cfg: JobsConfig = CFG) -> tuple[Backend, str]:
-    return job_policy.choose(resources, 3600, asked, cfg)
+    return job_policy.choose(resources, 3600, asked, cfg, prices=PRICES)
 
 
 def test_a_cpu_job_goes_to_cloud_run() -> None:
@@ -986,22 +820,25 @@ def test_everything_else_goes_to_gke(resources: JobResources, why: str) -> None:
     ],
 )
 def test_why_not_cloud_run(resources: JobResources, reason: str) -> None:
-    assert job_policy.why_not(Backend.CLOUDRUN, resources, 3600) == reason
+    assert job_policy.why_not(Backend.CLOUDRUN, resources, 3600, prices=PRICES) == reason
 
 
 def test_why_not_cloud_run_beyond_its_task_runtime() -> None:
     too_long = job_policy.CLOUD_RUN_MAX_RUNTIME_S + 1
-    assert job_policy.why_not(Backend.CLOUDRUN, JobResources(), too_long) == "Cloud Run tasks run at most 168 hours"
-    assert job_policy.why_not(Backend.CLOUDRUN, JobResources(cpu=8, memory_gb=32), 3600) is None
+    assert (
+        job_policy.why_not(Backend.CLOUDRUN, JobResources(), too_long, prices=PRICES)
+        == "Cloud Run tasks run at most 168 hours"
+    )
+    assert job_policy.why_not(Backend.CLOUDRUN, JobResources(cpu=8, memory_gb=32), 3600, prices=PRICES) is None
 
 
 def test_why_not_gke_is_the_machine_tables_reason_and_local_runs_anything() -> None:
     huge = JobResources(cpu=4, memory_gb=16, gpu=9)
-    assert job_policy.why_not(Backend.GKE, huge, 3600) == (
+    assert job_policy.why_not(Backend.GKE, huge, 3600, prices=PRICES) == (
         "no nvidia-l4 machine has 4 vCPU, 16 GB and 9 GPU (largest: 96 vCPU, 384 GB, 8 GPU)"
     )
-    assert job_policy.why_not(Backend.GKE, JobResources(), 3600) is None
-    assert job_policy.why_not(Backend.LOCAL, huge, 7 * 86400) is None
+    assert job_policy.why_not(Backend.GKE, JobResources(), 3600, prices=PRICES) is None
+    assert job_policy.why_not(Backend.LOCAL, huge, 7 * 86400, prices=PRICES) is None
 
 
 def test_an_asked_backend_that_can_run_the_job_is_used() -> None:

@@ -108,7 +108,7 @@ def test_packaged_versions_are_named_by_time_and_content(data: retrain.Split) ->
 
 
 def test_task_outcomes_that_are_all_successes_train_nothing() -> None:
-    from shared.domain.assignment import RecordedOutcome
+    from shared.domain.assignment_agents import RecordedOutcome
     from shared.ml.assign import FEATURES
 
     outcomes = [

@@ -13,13 +13,16 @@ import pytest
 from google.api_core import exceptions
 
 from shared.api import router
+from shared.domain import report_daily as daily_domain
+from shared.domain import report_hourly as hourly_domain
+from shared.domain import report_suggestions as suggestion_rules
 from shared.domain import reports as domain
 from shared.domain.agents import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.pricing import Price, PriceTable, to_nanos
 from shared.domain.usage import ModelDay, Totals
 from shared.platform import metering
-from shared.services import reports
+from shared.services import report_messages, reports
 from shared.slack import web_api
 from shared.store import agents as agent_store
 from shared.store import api_keys, config, db
@@ -125,7 +128,7 @@ def test_hourly_lists_only_what_is_unhealthy_or_changed_with_spend_and_top_agent
         {"id": "e2", "tenant": "acme", "agent_id": None, "rule": "fleet_offline", "severity": "critical",
          "state": "open", "opened_at": HOUR - timedelta(hours=3), "title": "Many agents offline"},
     ]  # fmt: skip
-    report = domain.build_hourly(
+    report = hourly_domain.build_hourly(
         agents=hourly_fleet(),
         hour=hour,
         previous={"busy-one": usd("5.12")},
@@ -154,7 +157,7 @@ def test_hourly_lists_only_what_is_unhealthy_or_changed_with_spend_and_top_agent
 
 def test_hourly_for_one_tenant_sees_only_that_tenant() -> None:
     episodes = [{"id": "e9", "tenant": "acme", "rule": "x", "severity": "warning", "state": "open", "title": "t"}]
-    report = domain.build_hourly(
+    report = hourly_domain.build_hourly(
         agents=hourly_fleet(),
         hour={"new-1": usd("1", calls=10), "busy-one": usd("4", calls=1)},
         previous={},
@@ -183,7 +186,7 @@ def test_daily_shows_tenants_and_agents_against_budgets_with_the_trend() -> None
         "a2": {"2026-11-20": usd("1", calls=10), "2026-11-21": usd("99", calls=1)},  # today: not in the report
         "g1": {"2026-11-19": usd("2", calls=4)},
     }  # fmt: skip
-    report = domain.build_daily(
+    report = daily_domain.build_daily(
         agents=agents,
         days=days,
         tenant_budgets={"acme": {"daily_usd": "20", "monthly_usd": "1000"}, "globex": None},
@@ -213,18 +216,21 @@ def test_daily_shows_tenants_and_agents_against_budgets_with_the_trend() -> None
 
 
 def test_family_and_cheaper_alternative() -> None:
-    assert domain.family("openai/gpt-4o-mini") == "gpt" and domain.family("o4-mini") == "o"
-    assert domain.family("claude-3-5-haiku") == "claude"
+    assert suggestion_rules.family("openai/gpt-4o-mini") == "gpt" and suggestion_rules.family("o4-mini") == "o"
+    assert suggestion_rules.family("claude-3-5-haiku") == "claude"
     # the priciest of the family that costs at most 35% as much for the same tokens
-    assert domain.cheaper_alternative("gpt-4o", 100_000, 10_000, PRICES, None) == ("gpt-4.1-mini", 56_000_000)
-    assert domain.cheaper_alternative("claude-sonnet-4", 1000, 100, PRICES, None) == ("claude-3-5-haiku", 1_200_000)
-    assert domain.cheaper_alternative("gpt-4.1-nano", 1000, 100, PRICES, None) is None
-    assert domain.cheaper_alternative("mystery-model", 1000, 100, PRICES, None) is None
+    assert suggestion_rules.cheaper_alternative("gpt-4o", 100_000, 10_000, PRICES, None) == ("gpt-4.1-mini", 56_000_000)
+    assert suggestion_rules.cheaper_alternative("claude-sonnet-4", 1000, 100, PRICES, None) == (
+        "claude-3-5-haiku",
+        1_200_000,
+    )
+    assert suggestion_rules.cheaper_alternative("gpt-4.1-nano", 1000, 100, PRICES, None) is None
+    assert suggestion_rules.cheaper_alternative("mystery-model", 1000, 100, PRICES, None) is None
 
 
 def test_expensive_model_for_short_calls_suggests_the_cheaper_one_with_the_saving() -> None:
     gpt4o = PRICES.lookup("gpt-4o")
-    found = domain.suggestions("bot-1", "acme", {"gpt-4o": model_day(100, 100_000, 10_000, gpt4o)}, PRICES)
+    found = suggestion_rules.suggestions("bot-1", "acme", {"gpt-4o": model_day(100, 100_000, 10_000, gpt4o)}, PRICES)
     assert len(found) == 1
     saving, s = found[0]
     assert s.kind == "cheaper_model" and s.model == "gpt-4o" and s.alternative == "gpt-4.1-mini"
@@ -247,20 +253,22 @@ def test_no_model_suggestion_outside_the_thresholds(
 ) -> None:
     price = PRICES.lookup(model) or Price(Decimal("0.00001"), Decimal("0.0001"))
     counters = model_day(calls, input_tokens, output_tokens, price)
-    assert domain.suggestions("bot-1", "acme", {model: counters}, PRICES) == []
+    assert suggestion_rules.suggestions("bot-1", "acme", {model: counters}, PRICES) == []
 
 
 def test_repeats_and_failure_cost() -> None:
     repeated = model_day(200, 0, 0, usd_nanos=2 * USD, repeats=40, repeat_usd_nanos=USD // 2)
-    [(saving, s)] = domain.suggestions("bot-1", "acme", {"some-model": repeated}, PRICES)
+    [(saving, s)] = suggestion_rules.suggestions("bot-1", "acme", {"some-model": repeated}, PRICES)
     assert s.kind == "cache_repeats" and s.calls == 40 and s.estimated_saving_usd == "0.5" and saving == USD // 2
     few = model_day(200, 0, 0, usd_nanos=2 * USD, repeats=5, repeat_usd_nanos=USD // 2)
-    assert domain.suggestions("bot-1", "acme", {"m": few}, PRICES) == []
+    assert suggestion_rules.suggestions("bot-1", "acme", {"m": few}, PRICES) == []
 
     def failing(spend: str, failed: str) -> list[str]:
         counters = model_day(50, 0, 0, usd_nanos=to_nanos(Decimal(spend)), failures=10,
                              failed_usd_nanos=to_nanos(Decimal(failed)))  # fmt: skip
-        return [s.estimated_saving_usd for _, s in domain.suggestions("bot-1", "acme", {"m": counters}, PRICES)]
+        return [
+            s.estimated_saving_usd for _, s in suggestion_rules.suggestions("bot-1", "acme", {"m": counters}, PRICES)
+        ]
 
     assert failing("30", "1.2") == ["1.2"]  # over $1 a day
     assert failing("1", "0.2") == ["0.2"]  # 20% of the spend
@@ -274,7 +282,7 @@ def test_daily_suggestions_are_sorted_by_saving_and_summed() -> None:
         "a1": {"gpt-4o": model_day(100, 100_000, 10_000, gpt4o, repeats=50, repeat_usd_nanos=175_000_000)},
         "a2": {"m": model_day(10, 0, 0, usd_nanos=3 * USD, failures=5, failed_usd_nanos=2 * USD)},
     }
-    report = domain.build_daily(
+    report = daily_domain.build_daily(
         agents=[agent("a1"), agent("a2")],
         days={"a1": {"2026-11-20": usd("0.35", calls=100)}, "a2": {"2026-11-20": usd("3", calls=10)}},
         tenant_budgets={},
@@ -319,7 +327,7 @@ def _valid_blocks(blocks: list[dict[str, Any]]) -> None:
 
 
 def test_hourly_block_kit() -> None:
-    report = domain.build_hourly(
+    report = hourly_domain.build_hourly(
         agents=hourly_fleet() + [agent(f"sick-{n:02d}", status=State.DEGRADED) for n in range(15)],
         hour={"busy-one": usd("4.5", calls=100, failures=2)},
         previous={"busy-one": usd("3")},
@@ -327,7 +335,7 @@ def test_hourly_block_kit() -> None:
         at=TICK,
         generated_at=TICK,
     )
-    text, blocks = reports.hourly_message(report)
+    text, blocks = report_messages.hourly_message(report)
     _valid_blocks(blocks)
     body = _texts(blocks)
     assert "$4.50" in body and "▲ 50%" in body and "Needs attention (20)" in body and "… and 10 more" in body
@@ -335,20 +343,24 @@ def test_hourly_block_kit() -> None:
     assert "Top agents by spend" in body and "`busy-one`" in body
     assert text.startswith("Hourly summary 2026-11-21T09: $4.50 spent")
 
-    late = domain.build_hourly(
+    late = hourly_domain.build_hourly(
         agents=[agent("late-1", liveness="late")], hour={}, previous={}, episodes=[], at=TICK, generated_at=TICK
     )
-    assert "`late-1` (acme) *active* since 01 Nov 00:00 · heartbeats: late" in _texts(reports.hourly_message(late)[1])
+    assert "`late-1` (acme) *active* since 01 Nov 00:00 · heartbeats: late" in _texts(
+        report_messages.hourly_message(late)[1]
+    )
 
-    quiet = domain.build_hourly(agents=[agent("ok-1")], hour={}, previous={}, episodes=[], at=TICK, generated_at=TICK)
-    _, blocks = reports.hourly_message(quiet)
+    quiet = hourly_domain.build_hourly(
+        agents=[agent("ok-1")], hour={}, previous={}, episodes=[], at=TICK, generated_at=TICK
+    )
+    _, blocks = report_messages.hourly_message(quiet)
     _valid_blocks(blocks)
     assert "All agents healthy" in _texts(blocks)
 
 
-def daily_report() -> domain.DailyReport:
+def daily_report() -> daily_domain.DailyReport:
     gpt4o = PRICES.lookup("gpt-4o")
-    return domain.build_daily(
+    return daily_domain.build_daily(
         agents=[agent("a1", budget={"daily_usd": "0.25"}), agent("g1", tenant="globex")],
         days={
             "a1": {f"2026-11-{d}": usd(str(d / 100), calls=d) for d in range(13, 21)},
@@ -363,7 +375,7 @@ def daily_report() -> domain.DailyReport:
 
 
 def test_daily_block_kit() -> None:
-    text, blocks = reports.daily_message(daily_report())
+    text, blocks = report_messages.daily_message(daily_report())
     _valid_blocks(blocks)
     body = _texts(blocks)
     assert "Daily cost report · Fri 20 Nov 2026" in blocks[0]["text"]["text"]
@@ -374,11 +386,11 @@ def test_daily_block_kit() -> None:
 
 
 def test_daily_chart_is_a_png() -> None:
-    png = reports.daily_chart(daily_report())
+    png = report_messages.daily_chart(daily_report())
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
-    one = domain.build_daily(agents=[], days={}, tenant_budgets={}, models={}, prices=PRICES, at=DAILY_TICK,
+    one = daily_domain.build_daily(agents=[], days={}, tenant_budgets={}, models={}, prices=PRICES, at=DAILY_TICK,
                              generated_at=DAILY_TICK, tenant="acme")  # fmt: skip
-    assert reports.daily_chart(one).startswith(b"\x89PNG")
+    assert report_messages.daily_chart(one).startswith(b"\x89PNG")
 
 
 def test_matplotlib_is_not_imported_with_the_module() -> None:
@@ -670,12 +682,12 @@ def api(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, datetime, str | None
     calls: list[tuple[str, datetime, str | None]] = []
     now = datetime(2026, 11, 21, 10, 30, tzinfo=UTC)
 
-    def hourly(at: datetime, tenant: str | None = None) -> domain.HourlyReport:
+    def hourly(at: datetime, tenant: str | None = None) -> hourly_domain.HourlyReport:
         calls.append(("hourly", at, tenant))
-        return domain.build_hourly(agents=hourly_fleet(), hour={"busy-one": usd("1", calls=2)}, previous={},
+        return hourly_domain.build_hourly(agents=hourly_fleet(), hour={"busy-one": usd("1", calls=2)}, previous={},
                                    episodes=[], at=at, generated_at=now, tenant=tenant)  # fmt: skip
 
-    def daily(at: datetime, tenant: str | None = None) -> domain.DailyReport:
+    def daily(at: datetime, tenant: str | None = None) -> daily_domain.DailyReport:
         calls.append(("daily", at, tenant))
         return daily_report()
 
