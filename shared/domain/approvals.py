@@ -4,7 +4,7 @@ A request (who asked, what, why, estimated cost, expiry) is stored, posted with 
 buttons to the tenant's approvals channel, and decided once: by an approver of its tenant who is not
 the requester (nor the owner of the requesting agent). A second click, or a click after the expiry,
 changes nothing and says why; an expired request is denied by the minute job. What approval does
-depends on the kind (``EFFECTS`` in shared/services/approvals.py): nothing for an operation's pre-approval
+depends on the kind (``EFFECTS`` in shared/pipeline/fleet_actions.py): nothing for an operation's pre-approval
 (the agent goes ahead), a new budget limit for a budget raise, a release for a frozen or quarantined
 agent. Pure: the store and the Slack side live in shared/store/approvals.py and shared/services/approvals.py.
 """

@@ -7,6 +7,8 @@
   item on Pub/Sub. A refusal is audited too.
 - :func:`carry_out` (the ``fleet-actions`` function) applies the decision's effect once, edits the
   message, and tells the requester: an agent on ``agent-commands``, a Slack user by direct message.
+  What each kind's effect is (raise the budget, release the agent, queue the job) is the worker's
+  table (shared/pipeline/fleet_actions.py), so this module needs nothing of the training wing.
 - :func:`sweep` (the minute job) denies expired requests and posts those Slack refused before.
 """
 
@@ -19,19 +21,16 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from fleet_agent.contracts import ApprovalRequest, BudgetSpec, Command, CommandType
-from pydantic import ValidationError
+from fleet_agent.contracts import ApprovalRequest, Command, CommandType
 
 from shared.domain import approval_messages as messages
 from shared.domain import approvals as domain
-from shared.domain import budgets
 from shared.domain.agents import AgentRecord
 from shared.domain.approvals import Approval, Kind, Requester, State
 from shared.domain.audit import AuditEntry
 from shared.platform import logs
-from shared.services import agent_commands, agent_controls, handoff
+from shared.services import agent_commands, handoff
 from shared.slack import web_api
-from shared.store import agents as agent_store
 from shared.store import approvals as store
 from shared.store import audit as audit_store
 from shared.store import config
@@ -39,7 +38,7 @@ from shared.store import roles as role_store
 
 log = logs.get_logger("approvals")
 
-#: What approving each kind does; returns a sentence for the message and the audit log.
+#: What a decided request does when carried out; returns a sentence for the message and the audit log.
 Effect = Callable[[Approval, datetime], str]
 
 
@@ -232,73 +231,10 @@ def _refused(approval: Approval, action: str, user_id: str, now: datetime, refus
 # --- carrying decisions out -------------------------------------------------------------------
 
 
-def _go_ahead(approval: Approval, now: datetime) -> str:
-    return "The agent was told it may go ahead." if approval.agent_id else "Nothing else to do."
-
-
-def _raise_budget(approval: Approval, now: datetime) -> str:
-    agent = agent_store.get(approval.agent_id or "")
-    if agent is None:
-        return f"Not applied: agent {approval.agent_id} no longer exists."
-    period, usd = str(approval.payload["period"]), str(approval.payload["usd"])
-    budget = {**(agent.budget or {}), f"{period}_usd": usd}
-    try:
-        stored = budgets.store(BudgetSpec.model_validate(budget))
-    except ValidationError as exc:
-        return f"Not applied: the new budget is invalid ({exc.errors(include_url=False)[0]['msg']})."
-    actor = agent_controls.Actor(f"slack:{approval.decided_by}", request_id=approval.id)
-    agent_controls.set_agent_budget(agent.agent_id, actor, stored, "agent.budget.raise", now)
-    return f"The {period} budget of `{agent.agent_id}` is now ${Decimal(usd):,.2f}."
-
-
-def _release(approval: Approval, now: datetime) -> str:
-    actor = agent_controls.Actor(f"slack:{approval.decided_by}", request_id=approval.id)
-    try:
-        done = agent_controls.release_agent(approval.agent_id or "", actor, f"approved request {approval.id}", now)
-    except agent_controls.Refused as refused:
-        # Released already: by someone else, or by this very decision on a delivery that failed after
-        # the write but before the command went out. Tell the agent again (its own id: the SDK applies
-        # it once), so a lost ``release`` never leaves it blocked.
-        if refused.status == 409 and approval.agent_id:
-            again = Command(
-                agent_id=approval.agent_id,
-                command=CommandType.RELEASE,
-                reason=f"approved request {approval.id}",
-                issued_at=approval.decided_at or now,
-                command_id=f"{approval.id}.release",
-            )
-            agent_commands.publish([again])
-        return f"Nothing to release: {refused.reason}."
-    return f"`{done.record.agent_id}` released ({', '.join(done.released)}): it is {done.record.status.value} again."
-
-
-def _train(approval: Approval, now: datetime) -> str:
-    """An approved training job joins its queue (shared/training/submit.py)."""
-    from shared.training import submit
-
-    return submit.decided(str(approval.payload.get("job_id")), True, f"slack:{approval.decided_by}", now)
-
-
-def _not_train(approval: Approval, now: datetime) -> str:
-    """A denied or expired training job is cancelled with that reason."""
-    from shared.training import submit
-
-    by = "expired" if approval.state is State.EXPIRED else f"denied by slack:{approval.decided_by}"
-    return submit.decided(str(approval.payload.get("job_id")), False, by, now)
-
-
-EFFECTS: dict[Kind, Effect] = {
-    Kind.OPERATION: _go_ahead,
-    Kind.BUDGET_RAISE: _raise_budget,
-    Kind.RELEASE: _release,
-    Kind.TRAINING: _train,
-}
-#: What a denial or an expiry does, for kinds where something waits on the decision.
-REFUSAL_EFFECTS: dict[Kind, Effect] = {Kind.TRAINING: _not_train}
-
-
-def carry_out(approval_id: str, now: datetime) -> Approval | None:
-    """Apply a decided request once, then edit its message and tell the requester (both repeatable).
+def carry_out(approval_id: str, now: datetime, effect: Effect) -> Approval | None:
+    """Apply a decided request once (``effect``: what it does as decided, chosen by the worker that
+    carries it out, shared/pipeline/fleet_actions.py), then edit its message and tell the requester
+    (both repeatable).
 
     Raises on a transient failure (Slack unavailable included) so Pub/Sub redelivers: the effect is
     recorded before anything is sent, so a redelivery only repeats the sending.
@@ -310,12 +246,7 @@ def carry_out(approval_id: str, now: datetime) -> Approval | None:
         approval, update_time = found
         if approval.applied is not None:
             break
-        if approval.state is State.APPROVED:
-            outcome = EFFECTS[approval.kind](approval, now)
-        elif approval.kind in REFUSAL_EFFECTS:
-            outcome = REFUSAL_EFFECTS[approval.kind](approval, now)
-        else:
-            outcome = "Nothing was done."
+        outcome = effect(approval, now)
         applied = approval.model_copy(update={"applied": outcome})
         entry = _entry(applied, "approval.apply", "system", now, "applied", result=outcome)
         if store.replace(applied, update_time, (entry,)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.platform import metering, settings
+from shared.platform import logs, metering, settings
 from shared.services import agent_commands
 
 TOPIC = "fleet-actions"  # in topology.yaml (internal: true)
@@ -30,8 +30,6 @@ def publish(kind: str, **fields: Any) -> str:
 def hand_over(kind: str, **fields: Any) -> bool:
     """Publish a work item whose loss is recovered later (the minute job, the reconcile tick): a failed
     publish is logged and reported as False instead of failing the caller."""
-    from shared.platform import logs
-
     try:
         publish(kind, **fields)
     except Exception as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import urllib.parse
@@ -26,7 +27,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.domain import approval_messages, notices
 from shared.platform import logs, settings
-from shared.slack import web_api
+from shared.slack import buttons, web_api
 from shared.store import db
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from slack_bolt.adapter.google_cloud_functions import SlackRequestHandler
     from slack_sdk.signature import SignatureVerifier
 
-log = logs.get_logger("web_api.app")
+log = logs.get_logger("slack.app")
 
 SIGNING_SECRET = "slack-signing-secret"
 #: The slash command's name; a second deployment (staging) may register another (``/fleet-staging``).
@@ -48,8 +49,7 @@ _verifier: SignatureVerifier | None = None
 
 def build() -> App:
     """The Bolt app with its listeners; raises RuntimeError when a secret is missing."""
-    import os
-
+    # lazy: slack_bolt is heavy, and built on the first request only
     from slack_bolt import App
 
     signing_secret = settings.secret(SIGNING_SECRET)
@@ -58,6 +58,7 @@ def build() -> App:
     token = settings.secret(web_api.SECRET_NAME)
     if not token:
         raise RuntimeError(f"the {web_api.SECRET_NAME} secret is not set")
+    # lazy: slack_bolt, as above
     from slack_bolt.authorization import AuthorizeResult
 
     def authorize(enterprise_id: str | None, team_id: str | None, user_id: str | None) -> AuthorizeResult:
@@ -86,21 +87,18 @@ def _now() -> datetime:
 
 
 def _on_command(ack: Any, body: dict[str, Any]) -> None:
+    # lazy: the subcommands import the training and accounting wings; a button click never needs them
     from shared.slack import commands
 
     ack(**commands.run(body, _now()))
 
 
 def _on_decision(ack: Any, body: dict[str, Any]) -> None:
-    from shared.slack import buttons
-
     buttons.on_decision(buttons.Click.of(body), _now())
     ack()
 
 
 def _on_alert(ack: Any, body: dict[str, Any]) -> None:
-    from shared.slack import buttons
-
     buttons.on_alert(buttons.Click.of(body), _now())
     ack()
 
@@ -115,6 +113,7 @@ def handler() -> SlackRequestHandler:
     global _handler, _verifier
     with _lock:
         if _handler is None:
+            # lazy: slack_bolt and slack_sdk are heavy; built on the first request only
             from slack_bolt.adapter.google_cloud_functions import SlackRequestHandler
             from slack_sdk.signature import SignatureVerifier
 
@@ -132,7 +131,8 @@ def reset() -> None:
 
 def _json(status: int, reason: str, headers: dict[str, str] | None = None) -> flask.Response:
     """An error as the REST API writes them: ``{"error": {"code", "reason"}}``, never a stack trace."""
-    from shared.api.router import ERROR_CODES
+    # lazy: the REST API's frame (flask views, pydantic bodies) is heavy and only an error needs its codes
+    from shared.api.core import ERROR_CODES
 
     body = json.dumps({"error": {"code": ERROR_CODES.get(status, "error"), "reason": reason}})
     return flask.Response(body, status=status, mimetype="application/json", headers=headers)

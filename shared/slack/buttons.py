@@ -15,7 +15,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.domain import notices, roles
+from shared.domain import approval_messages, notices, roles
 from shared.domain.audit import AuditEntry
 from shared.domain.roles import Action
 from shared.domain.silences import Silence
@@ -27,7 +27,7 @@ from shared.store import episodes as episode_store
 from shared.store import roles as role_store
 from shared.store import slack_requests
 
-log = logs.get_logger("web_api.actions")
+log = logs.get_logger("slack.actions")
 
 #: Snooze buttons: action id -> how long.
 SNOOZES = {f"{notices.SNOOZE}_{label}": timedelta(hours=hours) for label, hours in (("1h", 1), ("4h", 4), ("24h", 24))}
@@ -101,8 +101,6 @@ def once(click: Click, now: datetime, act: Any) -> None:
 
 def on_decision(click: Click, now: datetime) -> None:
     """Approve or Deny."""
-    from shared.domain import approval_messages
-
     approve = click.action_id == approval_messages.APPROVE
 
     def act() -> str:

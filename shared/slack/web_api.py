@@ -17,6 +17,7 @@ import http.client
 import os
 import re
 import threading
+import urllib.error
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def client() -> WebClient:
         token = settings.secret(SECRET_NAME)
         if not token or not token.strip():
             raise SlackRefused("not_configured")
+        # lazy: slack_sdk is heavy; the client is built on first use (cold starts stay fast)
         from slack_sdk import WebClient
         from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, ServerErrorRetryHandler
 
@@ -120,6 +122,7 @@ def client() -> WebClient:
 def _short_rate_limit_handler() -> Any:
     """slack_sdk's RateLimitErrorRetryHandler sleeps for whatever Retry-After says; this one retries
     (once) only when that is at most INLINE_RETRY_AFTER_S, so a function never sleeps long."""
+    # lazy: slack_sdk, as in client()
     from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
     from slack_sdk.http_retry.request import HttpRequest
     from slack_sdk.http_retry.response import HttpResponse
@@ -157,6 +160,7 @@ def _retry_after(headers: Any) -> float | None:
 
 def _call(method: str, do: Callable[[WebClient], SlackResponse]) -> SlackResponse:
     """Run one Web API call (or files_upload_v2's three) and map every failure to ours."""
+    # lazy: slack_sdk, as in client()
     from slack_sdk.errors import SlackApiError, SlackRequestError
 
     web = client()
@@ -197,8 +201,6 @@ def _from_api_error(method: str, exc: Any) -> SlackUnavailable | SlackRefused:
 
 
 def _from_transport_error(method: str, exc: Exception) -> SlackUnavailable | SlackRefused:
-    import urllib.error
-
     if isinstance(exc, urllib.error.HTTPError):  # only the upload step reaches here with one
         if exc.code == 429:
             wait = _retry_after(dict(exc.headers.items()) if exc.headers else None)

@@ -4,5 +4,7 @@
 - admission.py: the queue pass that admits jobs within quotas and budgets, one tenant at a time;
 - launch.py: an admitted job is started on its backend, once;
 - follow.py: the reconcile tick (state, cost so far, preemptions, stalls, the end) and cancel;
-- progress.py: the run's own reports (``job-progress``).
+- progress.py: the run's own reports (``job-progress``);
+- job_audit.py: the audit entry of each change to a job (every step above writes one);
+- budget.py: the hard budget limits and what is left of them, for admission.
 """

@@ -20,7 +20,7 @@ from shared.services import handoff
 from shared.store import config, db
 from shared.store import jobs as store
 from shared.training import budget
-from shared.training.submit import entry
+from shared.training.job_audit import entry
 
 log = logs.get_logger("training.admission")
 #: Transaction attempts before a pass gives up (the next tick or submit runs it again).
@@ -30,6 +30,7 @@ MAX_ATTEMPTS = 5
 def run_pass(tenant: str, now: datetime) -> list[str]:
     """Admit what fits; record for every waiting job why it waits and where it stands. Returns the
     ids admitted (and handed over for launch)."""
+    # lazy: google.cloud.firestore is heavy; the client is only needed once a pass runs
     from google.cloud import firestore
 
     cfg = config.jobs(tenant)

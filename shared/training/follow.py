@@ -25,12 +25,12 @@ from shared.domain.jobs import Job, JobState
 from shared.launchers import registry
 from shared.launchers.base import FINAL_PHASES, Handle, LaunchError
 from shared.platform import logs, metering, settings, topology
-from shared.services import agent_commands, agent_controls
+from shared.services import agent_commands, agent_controls, approvals
 from shared.slack import web_api
 from shared.store import config, db
 from shared.store import jobs as store
 from shared.training import admission, launch
-from shared.training.submit import entry
+from shared.training.job_audit import entry
 
 log = logs.get_logger("training.follow")
 #: An admitted job without a handle this long after admission lost its launch: launch it again.
@@ -197,8 +197,6 @@ def cancel(job_id: str, actor: agent_controls.Actor, now: datetime, reason: str 
     if written is None:
         raise agent_controls.Refused(404, f"job {job_id} not found")
     if job.state is JobState.AWAITING_APPROVAL and job.approval_id:  # nothing left to decide
-        from shared.services import approvals
-
         approvals.withdraw(job.approval_id, now, f"the job was {said}")
     if job.active:
         admission.try_pass(job.tenant, now)

@@ -22,7 +22,7 @@ from shared.launchers.base import Handle, Launcher, LaunchError, LaunchSpec
 from shared.platform import logs, metering, settings
 from shared.store import config, db
 from shared.store import jobs as store
-from shared.training.submit import entry
+from shared.training.job_audit import entry
 
 log = logs.get_logger("training.launch")
 #: The built-in workload (jobs/train.py), and the image it ships in on GKE and Cloud Run.

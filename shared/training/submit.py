@@ -9,30 +9,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from shared.domain import approvals as approval_domain
 from shared.domain import job_costs, job_policy, job_queue
 from shared.domain import jobs as domain
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobRequest, JobsConfig, JobState
 from shared.domain.pricing import format_usd
-from shared.services import agent_controls
+from shared.services import agent_controls, approvals
 from shared.store import agents as agent_store
 from shared.store import config, price_files
 from shared.store import jobs as store
-from shared.training import budget
-
-
-def entry(job: Job, action: str, actor: str, at: datetime, outcome: str = "applied", **details: Any) -> AuditEntry:
-    """The audit entry of a change of ``job`` (its id is unique per job, history length and action)."""
-    return AuditEntry(
-        id=f"{job.id}.{len(job.history)}.{action}",
-        at=at,
-        actor=actor,
-        action=action,
-        target=job.id,
-        outcome=outcome,
-        tenant=job.tenant,
-        details={"agent_id": job.agent_id, "state": job.state.value, "reason": job.reason, **details},
-    )
+from shared.training import admission, budget
+from shared.training.job_audit import entry
 
 
 def _never_fits(
@@ -127,8 +115,6 @@ def submit(request: JobRequest, actor: agent_controls.Actor, now: datetime) -> t
     if reason is not None:
         raise agent_controls.Refused(409, f"this job can never be admitted: {reason}")
     if job.estimate_usd > cfg.approval_threshold_usd:
-        from shared.domain import approvals as approval_domain
-
         job = job.model_copy(
             update={
                 "state": JobState.AWAITING_APPROVAL,
@@ -150,8 +136,6 @@ def submit(request: JobRequest, actor: agent_controls.Actor, now: datetime) -> t
         found = store.get(job.id)
         return (found or job), False
     if job.state is JobState.QUEUED:
-        from shared.training import admission
-
         admission.try_pass(tenant, now)
         job = store.get(job.id) or job
     return job, True
@@ -159,9 +143,6 @@ def submit(request: JobRequest, actor: agent_controls.Actor, now: datetime) -> t
 
 def _ask(job: Job, owner: str | None, now: datetime) -> None:
     """The approval request of a job above the threshold (stored once, posted to the approvers)."""
-    from shared.domain import approvals as approval_domain
-    from shared.services import approvals
-
     kind, _, who = job.requested_via.partition(":")
     requester = approval_domain.Requester(
         kind="slack" if kind == "slack" else "api", id=who if kind == "slack" else job.requester, owner=owner
@@ -202,8 +183,6 @@ def decided(job_id: str, approved: bool, by: str, now: datetime) -> str:
     if job is None:
         return f"Job {job_id} no longer exists."
     if job.state is JobState.QUEUED:
-        from shared.training import admission
-
         admission.try_pass(job.tenant, now)
         job = store.get(job_id) or job
         where = f" (position {job.position}: {job.reason})" if job.position else ""
