@@ -36,8 +36,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.domain import job_costs
+from shared.domain.run_phase import Backend, Phase, RunStatus
 from shared.launchers import base
-from shared.launchers.base import Backend, Handle, LaunchError, LaunchSpec, NotOurs, Phase, RunStatus
+from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials

@@ -39,19 +39,8 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from shared.launchers.base import (
-    CONTAINER,
-    JOB_LABEL,
-    TENANT_LABEL,
-    Backend,
-    Handle,
-    LaunchError,
-    LaunchSpec,
-    NotOurs,
-    Phase,
-    Preemption,
-    RunStatus,
-)
+from shared.domain.run_phase import Backend, Phase, Preemption, RunStatus
+from shared.launchers.base import CONTAINER, JOB_LABEL, TENANT_LABEL, Handle, LaunchError, LaunchSpec, NotOurs
 
 if TYPE_CHECKING:
     import google.auth.credentials

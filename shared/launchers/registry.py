@@ -16,7 +16,8 @@ import os
 import threading
 from typing import Any
 
-from shared.launchers.base import Backend, Launcher, LaunchError
+from shared.domain.run_phase import Backend
+from shared.launchers.base import Launcher, LaunchError
 from shared.platform import settings
 
 _lock = threading.Lock()

@@ -13,8 +13,9 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from emulators.fake_cloudrun import FakeCloudRun, start_server
+from shared.domain.run_phase import Phase
 from shared.launchers import base
-from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs, Phase
+from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs
 from shared.launchers.cloudrun import CloudRunLauncher, check, execution_id, job_message, resource_limits
 
 PROJECT = "proj"

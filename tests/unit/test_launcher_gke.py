@@ -15,7 +15,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials, Credentials
 
 from emulators import fake_gke, fake_k8s
-from shared.launchers.base import CONTAINER, Handle, LaunchError, LaunchSpec, NotOurs, Phase
+from shared.domain.run_phase import Phase
+from shared.launchers.base import CONTAINER, Handle, LaunchError, LaunchSpec, NotOurs
 from shared.launchers.gke import GkeLauncher, job_manifest, namespace_for, run_status
 
 ROOT = Path(__file__).resolve().parents[2]
