@@ -15,7 +15,8 @@ from google.auth.credentials import AnonymousCredentials
 from shared.domain.run_phase import Phase
 from shared.launchers import base
 from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs
-from shared.launchers.cloudrun import CloudRunLauncher, check, execution_id, job_message, resource_limits
+from shared.launchers.cloudrun import CloudRunLauncher
+from shared.launchers.cloudrun_job import check, execution_id, job_message, resource_limits
 from tests.fakes.fake_cloudrun import FakeCloudRun, start_server
 
 PROJECT = "proj"
