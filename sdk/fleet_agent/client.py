@@ -107,7 +107,7 @@ class FleetAgent(ApprovalRequests):
         self.project: str = resolved
         self._owns_publisher = publisher is None
         if publisher is None:
-            # Imported here, not at module level: gRPC is heavy and not every importer publishes.
+            # lazy: gRPC is heavy, and not every importer publishes
             from google.cloud.pubsub_v1 import PublisherClient
 
             publisher = PublisherClient()
