@@ -1,5 +1,5 @@
 """What every local fake server shares: its HTTP server on a daemon thread, started and stopped the
-same way (emulators/fake_slack.py, fake_k8s.py, fake_gke.py)."""
+same way (emulators/fake_slack.py; the test fakes tests/fakes/fake_k8s.py and fake_gke.py)."""
 
 from __future__ import annotations
 

@@ -209,7 +209,7 @@ class CommandListener:
             if self._subscription is None:
                 self._subscription = self._create(subscriber, timeout)
                 self._created = True
-            # Imported here: gRPC is heavy, and importing fleet_agent must stay cheap.
+            # lazy: gRPC is heavy, and importing fleet_agent must stay cheap
             from google.cloud.pubsub_v1.types import FlowControl
 
             try:
@@ -230,6 +230,7 @@ class CommandListener:
 
     def _client(self) -> Subscriber:
         if self._subscriber is None:
+            # lazy: gRPC is heavy, and importing fleet_agent must stay cheap
             from google.cloud.pubsub_v1 import SubscriberClient
 
             self._subscriber = SubscriberClient()

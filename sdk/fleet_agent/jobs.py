@@ -161,7 +161,7 @@ class JobReporter:
         self.project: str = resolved
         self._owns_publisher = publisher is None
         if publisher is None:
-            # Imported here, not at module level: gRPC is heavy and a run given a publisher needs none.
+            # lazy: gRPC is heavy, and a run given a publisher needs none
             from google.cloud.pubsub_v1 import PublisherClient
 
             publisher = PublisherClient()

@@ -19,9 +19,14 @@ from typing import Any, TextIO
 
 from fleet_agent.contracts import AGENT_ID_PATTERN
 
+from shared.domain.agents import AgentRecord, Plan, apply_transition
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Cause, Outcome, State
-from shared.platform import settings
+from shared.platform import settings, topology
+from shared.services import replay
+from shared.store import agents as agent_store
+from shared.store import api_keys
+from shared.store import rejections as rejection_store
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and said no (unknown key or agent, illegal transition)
@@ -110,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_google_error(exc: BaseException) -> bool:
     """Firestore or credential errors: reported in one line, not as a traceback (bugs still trace)."""
+    # lazy: the Google client libraries load only when a command fails
     from google.api_core.exceptions import GoogleAPIError
     from google.auth.exceptions import GoogleAuthError
 
@@ -117,8 +123,6 @@ def _is_google_error(exc: BaseException) -> bool:
 
 
 def _keys_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from shared.store import api_keys
-
     role = Role(args.role)
     key_id, token = api_keys.create(args.name, role, args.tenant)
     if args.json:
@@ -131,8 +135,6 @@ def _keys_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _keys_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from shared.store import api_keys
-
     keys = sorted(api_keys.list_keys(), key=lambda k: (_sortable(k.get("created_at")), k["key_id"]))
     columns = ("key_id", "name", "role", "tenant", "created_at", "revoked_at")
     rows = [{c: k.get(c) for c in columns} for k in keys]  # only these: never the hash, whatever is stored
@@ -147,8 +149,6 @@ def _keys_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _keys_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from shared.store import api_keys
-
     if not api_keys.revoke(args.key_id):
         print(f"fleetctl: no API key {args.key_id}", file=err)
         return EXIT_FAILED
@@ -157,9 +157,6 @@ def _keys_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from shared.domain.agents import AgentRecord, Plan, apply_transition
-    from shared.store import agents
-
     target = State(args.state)
     actor = args.actor or f"cli:{_user()}"
     # Fixed before the first attempt: a retried write computes the same audit entry (same id).
@@ -174,7 +171,7 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         )
 
     try:
-        plan = agents.update(args.agent_id, decide)
+        plan = agent_store.update(args.agent_id, decide)
     except UnknownAgent:
         print(f"fleetctl: no agent {args.agent_id}", file=err)
         return EXIT_FAILED
@@ -198,10 +195,6 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
 
 
 def _rejections_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from shared.platform import topology
-    from shared.services import replay
-    from shared.store import rejections as rejection_store
-
     manifest = topology.load()
     if args.ids:
         found = [rejection_store.get(rid) for rid in args.ids]
@@ -232,6 +225,7 @@ def _rejections_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
             print(f"{item.rejection_id}: would publish {len(item.data)} bytes to {item.topic}", file=out)
             continue
         if publisher is None:
+            # lazy: the Pub/Sub client (gRPC) loads only for a replay that publishes
             from google.cloud.pubsub_v1 import PublisherClient
 
             publisher = PublisherClient()

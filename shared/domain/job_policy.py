@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from shared.domain import job_costs
 from shared.domain.jobs import JobResources, JobsConfig
-from shared.launchers.base import Backend
+from shared.domain.run_phase import Backend
 
 #: Cloud Run jobs' limits per task (2025): 8 vCPU and 32 GiB; with an L4, at least 4 vCPU and 16 GiB.
 CLOUD_RUN_MAX_CPU = 8.0

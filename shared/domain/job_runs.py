@@ -14,7 +14,7 @@ from typing import Any
 
 from shared.domain import jobs as domain
 from shared.domain.jobs import Job, JobsConfig, JobState
-from shared.launchers.base import FINAL_PHASES, Phase, RunStatus
+from shared.domain.run_phase import FINAL_PHASES, Phase, RunStatus
 
 _FINAL = {Phase.SUCCEEDED: JobState.SUCCEEDED, Phase.FAILED: JobState.FAILED, Phase.CANCELLED: JobState.CANCELLED}
 

@@ -20,7 +20,7 @@ from fleet_agent.contracts import AGENT_ID_PATTERN, NAME_PATTERN
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from shared.domain import job_costs
-from shared.launchers.base import Backend
+from shared.domain.run_phase import Backend
 
 #: History kept on a job (the oldest events beyond it are dropped; the audit log keeps every change).
 MAX_HISTORY = 200

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
 from typing import Protocol
+
+from shared.domain.run_phase import Backend, RunStatus
 
 #: Label (Kubernetes) / label (Cloud Run) that ties a backend resource to its fleet job.
 JOB_LABEL = "fleet-job-id"
@@ -38,12 +38,6 @@ def execution_token(job_id: str) -> str:
     """Cloud Run's ``start_execution_token`` for a job: derived from the job id, so creating the Cloud
     Run job twice can never start two executions (the second create is refused with 409)."""
     return "x" + hashlib.sha256(job_id.encode()).hexdigest()[:12]
-
-
-class Backend(StrEnum):
-    GKE = "gke"
-    CLOUDRUN = "cloudrun"
-    LOCAL = "local"
 
 
 @dataclass(frozen=True)
@@ -105,41 +99,6 @@ class Handle:
         details = data.get("details") or {}
         assert isinstance(details, dict)
         return cls(str(data["backend"]), str(data["name"]), {str(k): str(v) for k, v in details.items()})
-
-
-class Phase(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    #: The backend has no such run (deleted out of band, or never created).
-    MISSING = "missing"
-
-
-FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
-
-
-@dataclass(frozen=True)
-class Preemption:
-    """One preemption (spot reclaim, node drain) of one attempt; ``key`` is stable (the pod or task
-    attempt), so recording it twice is recognised."""
-
-    key: str
-    at: datetime | None
-    detail: str
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    phase: Phase
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    #: Why it failed or was cancelled, in the backend's words (DeadlineExceeded, BackoffLimitExceeded...).
-    message: str = ""
-    preemptions: tuple[Preemption, ...] = ()
-    #: Attempts that failed and were retried (not preemptions).
-    failed_attempts: int = 0
 
 
 class LaunchError(Exception):

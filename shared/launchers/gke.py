@@ -5,18 +5,8 @@ the official ``kubernetes`` client, authenticated with the same Google credentia
 refreshed when it expires). Both clients are imported lazily, on first use: importing this module costs
 nothing to the functions that never launch on GKE.
 
-What the Job looks like is :func:`job_manifest` (a pure function, a plain dict):
-
-* retries are Kubernetes' own (``backoffLimit = spec.max_retries``, ``restartPolicy: Never``), and a
-  ``podFailurePolicy`` rule *Ignores* pods with a ``DisruptionTarget`` condition: a spot reclaim or node
-  drain starts a new pod without using up a retry. Optionally (``fail_job_exit_codes``) a second rule
-  fails the Job at once when the container exits with one of those codes (a trainer's way to say "retrying
-  will not help": bad config, missing data), instead of burning the retries;
-* the run's limits are Kubernetes' too: ``activeDeadlineSeconds = spec.max_runtime_s`` and
-  ``ttlSecondsAfterFinished = spec.keep_finished_s`` (the finished Job and its pods are then deleted);
-* GPUs: ``nvidia.com/gpu`` limit, the GKE accelerator node selector and the GPU taint's toleration; spot:
-  ``cloud.google.com/gke-spot: "true"``. ``terminationGracePeriodSeconds`` is 30 s, spot's notice (on a
-  spot node shutdown the kubelet gives regular pods the first 15 s of it: checkpoint promptly on SIGTERM).
+What the Job looks like is :func:`~shared.launchers.gke_manifest.job_manifest` (see that module for why
+each field); what its conditions and pods mean is :func:`~shared.launchers.gke_status.run_status`.
 
 Idempotency: the Job is named from the job id (:func:`~shared.launchers.base.run_name`), so a second
 launch gets 409 AlreadyExists and adopts the Job if its ``fleet-job-id`` label is this job's, else
@@ -27,8 +17,6 @@ gone, and a launch would then start a new run: callers must not launch a job the
 from __future__ import annotations
 
 import base64
-import hashlib
-import math
 import os
 import re
 import tempfile
@@ -36,34 +24,17 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from shared.launchers.base import (
-    CONTAINER,
-    JOB_LABEL,
-    TENANT_LABEL,
-    Backend,
-    Handle,
-    LaunchError,
-    LaunchSpec,
-    NotOurs,
-    Phase,
-    Preemption,
-    RunStatus,
-)
+from shared.domain.run_phase import Backend, Phase, RunStatus
+from shared.launchers.base import JOB_LABEL, TENANT_LABEL, Handle, LaunchError, LaunchSpec, NotOurs
+from shared.launchers.gke_manifest import job_manifest, namespace_for
+from shared.launchers.gke_status import api_message, describe, run_status
 
 if TYPE_CHECKING:
     import google.auth.credentials
     from kubernetes.client import ApiClient, V1Job, V1Pod
 
-GPU_RESOURCE = "nvidia.com/gpu"
-ACCELERATOR_SELECTOR = "cloud.google.com/gke-accelerator"
-SPOT_SELECTOR = "cloud.google.com/gke-spot"
-#: GKE taints GPU nodes with this; the pods that asked for a GPU must tolerate it.
-GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-#: Spot VMs get a 30 s preemption notice; the trainer gets SIGTERM and this long to save a checkpoint.
-TERMINATION_GRACE_S = 30
 #: Labels the Job controller puts on its pods (the prefixed one since Kubernetes 1.27, both today).
 JOB_NAME_LABELS = ("job-name", "batch.kubernetes.io/job-name")
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -72,95 +43,7 @@ CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: (connect, read) seconds for each Kubernetes API call: a hung API server must not hang a function.
 _K8S_TIMEOUT = (10.0, 30.0)
 _GKE_TIMEOUT = 30.0
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-def namespace_for(tenant: str, prefix: str = "fleet-") -> str:
-    """The tenant's namespace: ``prefix + tenant`` when that is a valid namespace name (DNS-1123 label, at
-    most 63 characters); otherwise a cleaned-up, shortened form plus a hash of the tenant, so that tenants
-    such as ``a_b`` and ``a-b`` never share a namespace."""
-    name = prefix + tenant
-    if len(name) <= 63 and _DNS1123_LABEL.match(name):
-        return name
-    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
-    digest = hashlib.sha256(tenant.encode()).hexdigest()[:8]
-    return f"{cleaned[:54].rstrip('-')}-{digest}".lstrip("-")
-
-
-def cpu_quantity(cpu: float) -> str:
-    """Kubernetes CPU quantity: whole cores as ``"4"``, fractions in millicores (``"500m"``)."""
-    if cpu <= 0:
-        raise ValueError(f"cpu must be positive, got {cpu}")
-    if float(cpu).is_integer():
-        return str(int(cpu))
-    return f"{math.ceil(round(cpu * 1000, 6))}m"  # round first: 0.3 * 1000 is 300.00000000000006
-
-
-def memory_quantity(memory_gb: float) -> str:
-    """Kubernetes memory quantity: whole GiB as ``"16Gi"``, fractions in whole MiB (``"1536Mi"``)."""
-    if memory_gb <= 0:
-        raise ValueError(f"memory_gb must be positive, got {memory_gb}")
-    if float(memory_gb).is_integer():
-        return f"{int(memory_gb)}Gi"
-    return f"{math.ceil(round(memory_gb * 1024, 6))}Mi"
-
-
-def job_manifest(spec: LaunchSpec, namespace: str, *, fail_job_exit_codes: Sequence[int] = ()) -> dict[str, Any]:
-    """The ``batch/v1`` Job for ``spec``, as sent to the API (see the module doc for why each field).
-
-    ``fail_job_exit_codes``: container exit codes that fail the Job at once (no retry); none by default.
-    A GPU job without ``gpu_type`` gets no accelerator selector: any GPU node pool will do.
-    Raises ValueError for a spec Kubernetes would refuse (non-positive cpu or memory, exit code 0).
-    """
-    labels = spec.all_labels()
-    resources = {"cpu": cpu_quantity(spec.cpu), "memory": memory_quantity(spec.memory_gb)}
-    container: dict[str, Any] = {"name": CONTAINER, "image": spec.image}
-    if spec.command:
-        container["command"] = list(spec.command)
-    if spec.env:
-        container["env"] = [{"name": key, "value": value} for key, value in spec.env.items()]
-    limits: dict[str, str] = dict(resources)
-    if spec.gpu > 0:
-        limits[GPU_RESOURCE] = str(spec.gpu)
-    container["resources"] = {"requests": dict(resources), "limits": limits}
-
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-        "containers": [container],
-    }
-    node_selector: dict[str, str] = {}
-    if spec.gpu > 0 and spec.gpu_type:
-        node_selector[ACCELERATOR_SELECTOR] = spec.gpu_type
-    if spec.spot:
-        node_selector[SPOT_SELECTOR] = "true"
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if spec.gpu > 0:
-        pod_spec["tolerations"] = [dict(GPU_TOLERATION)]
-
-    rules: list[dict[str, Any]] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
-    if fail_job_exit_codes:
-        if 0 in fail_job_exit_codes:
-            raise ValueError("exit code 0 is success, it cannot fail a Job")
-        # Kubernetes wants the values sorted and without duplicates.
-        values = sorted(set(fail_job_exit_codes))
-        rules.append(
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": values}}
-        )
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": spec.name, "namespace": namespace, "labels": dict(labels)},
-        "spec": {
-            "backoffLimit": spec.max_retries,
-            "activeDeadlineSeconds": spec.max_runtime_s,
-            "ttlSecondsAfterFinished": spec.keep_finished_s,
-            "podFailurePolicy": {"rules": rules},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-        },
-    }
 
 
 class GkeLauncher:
@@ -168,9 +51,9 @@ class GkeLauncher:
 
     ``container_endpoint``: the GKE API's address (the local fake, ``http://127.0.0.1:port``); then the
     REST transport is used. ``credentials``: Google credentials for both APIs (default: Application
-    Default Credentials). ``fail_job_exit_codes``: see :func:`job_manifest`. The cluster's address and
-    the Kubernetes client are looked up once per instance and reused; a connection failure drops them, so
-    the next call looks the cluster up again.
+    Default Credentials). ``fail_job_exit_codes``: see :func:`~shared.launchers.gke_manifest.job_manifest`.
+    The cluster's address and the Kubernetes client are looked up once per instance and reused; a
+    connection failure drops them, so the next call looks the cluster up again.
     """
 
     backend = Backend.GKE
@@ -209,6 +92,7 @@ class GkeLauncher:
     # --- the Launcher protocol -------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> Handle:
         """Create the Job, or adopt the one this job created before (409 + our label); never two."""
+        # lazy: the kubernetes client loads only when a job runs on GKE
         from kubernetes import client as k8s
         from kubernetes.client.exceptions import ApiException
 
@@ -254,6 +138,7 @@ class GkeLauncher:
 
     def status(self, handle: Handle) -> RunStatus:
         """The Job's phase from its conditions; preemptions from its pods' DisruptionTarget conditions."""
+        # lazy: the kubernetes client loads only when a job runs on GKE
         from kubernetes import client as k8s
         from kubernetes.client.exceptions import ApiException
 
@@ -271,6 +156,7 @@ class GkeLauncher:
 
     def cancel(self, handle: Handle) -> None:
         """Delete the Job and (in the background) its pods; a Job already gone is fine."""
+        # lazy: the kubernetes client loads only when a job runs on GKE
         from kubernetes import client as k8s
         from kubernetes.client.exceptions import ApiException
 
@@ -323,6 +209,7 @@ class GkeLauncher:
         """Create the tenant's namespace unless known to exist. Returns "" or, when it could not be
         created (403: the service account may not create namespaces), why: the Job creation then tells
         whether it existed anyway."""
+        # lazy: the kubernetes client loads only when a job runs on GKE
         from kubernetes import client as k8s
         from kubernetes.client.exceptions import ApiException
 
@@ -336,7 +223,7 @@ class GkeLauncher:
             k8s.CoreV1Api(api).create_namespace(cast(Any, body), _request_timeout=_K8S_TIMEOUT)
         except ApiException as exc:
             if exc.status == 403:
-                return _api_message(exc)
+                return api_message(exc)
             if exc.status != 409:
                 raise
         self._namespaces.add(namespace)
@@ -362,6 +249,7 @@ class GkeLauncher:
     def _errors(self, doing: str) -> Iterator[None]:
         """Turn client errors into :class:`LaunchError`: 5xx, 429, timeouts, connection and token-refresh
         failures are transient (retry later); 4xx are not (the reason carries the API's message)."""
+        # lazy: loaded with the kubernetes client, on GKE calls only
         import urllib3
         from google.auth import exceptions as auth_errors
         from kubernetes.client.exceptions import ApiException
@@ -375,7 +263,7 @@ class GkeLauncher:
             if status in (0, 401):  # TLS failure or rejected token: look the cluster up and re-auth next time
                 self._forget()
             transient = status in (0, 401, 408, 429) or status >= 500
-            raise LaunchError(f"{doing}: {_describe(exc)}", transient=transient) from exc
+            raise LaunchError(f"{doing}: {describe(exc)}", transient=transient) from exc
         except auth_errors.RefreshError as exc:
             raise LaunchError(
                 f"{doing}: refreshing the Google credentials failed: {exc}", transient=bool(exc.retryable)
@@ -403,6 +291,7 @@ class GkeLauncher:
 
     def _google_credentials(self) -> google.auth.credentials.Credentials:
         if self._credentials is None:
+            # lazy: the Google clients load only when a job runs on GKE
             import google.auth
             from google.auth import exceptions as auth_errors
 
@@ -414,6 +303,7 @@ class GkeLauncher:
 
     def _connect(self) -> ApiClient:
         """Look the cluster up (endpoint, CA) and build an authenticated Kubernetes client for it."""
+        # lazy: the Google clients load only when a job runs on GKE
         from google.api_core import exceptions as api_errors
         from google.auth import exceptions as auth_errors
         from google.auth.credentials import AnonymousCredentials
@@ -474,6 +364,7 @@ def _remove_file(path: str) -> None:
 def _bearer_token_from(credentials: google.auth.credentials.Credentials, config: Any) -> None:
     """Authenticate every Kubernetes call with the credentials' access token, refreshed when it expires:
     the client calls ``refresh_api_key_hook`` before each request."""
+    # lazy: the Google clients load only when a job runs on GKE
     from google.auth.transport.requests import Request
 
     lock = threading.Lock()
@@ -488,71 +379,3 @@ def _bearer_token_from(credentials: google.auth.credentials.Credentials, config:
     config.api_key_prefix["authorization"] = "Bearer"
     config.refresh_api_key_hook = refresh
     refresh(config)
-
-
-def run_status(job: V1Job, pods: Sequence[V1Pod]) -> RunStatus:
-    """The :class:`RunStatus` of a Job and its pods (pure: what ``status`` makes of the API's answers).
-
-    Complete (or SuccessCriteriaMet) → succeeded; Failed → failed, message ``"<reason>: <message>"``;
-    otherwise running once a pod runs, else pending. Every pod with a true ``DisruptionTarget``
-    condition is a preemption, keyed by the pod's name. ``failed_attempts`` is ``status.failed``: with our
-    podFailurePolicy the Job controller does not count pods the Ignore rule matched (a Job without the
-    policy counts them, so they are subtracted then).
-    """
-    status = job.status
-    conditions = {c.type: c for c in (status.conditions if status else None) or [] if c.status == "True"}
-    preemptions = _preemptions(pods)
-    failed = (status.failed if status else None) or 0
-    has_policy = bool(job.spec and job.spec.pod_failure_policy)
-    failed_attempts = failed if has_policy else max(0, failed - len(preemptions))
-    started = status.start_time if status else None
-    common: dict[str, Any] = {"started_at": started, "preemptions": preemptions, "failed_attempts": failed_attempts}
-
-    done = conditions.get("Complete") or conditions.get("SuccessCriteriaMet")
-    if done is not None:
-        finished = (status.completion_time if status else None) or done.last_transition_time
-        return RunStatus(Phase.SUCCEEDED, finished_at=finished, **common)
-    failure = conditions.get("Failed")
-    if failure is not None:
-        message = ": ".join(part for part in (failure.reason, failure.message) if part) or "Failed"
-        return RunStatus(Phase.FAILED, finished_at=failure.last_transition_time, message=message, **common)
-    active = (status.active if status else None) or 0
-    ready = (status.ready if status else None) or 0
-    running = active > 0 and (ready > 0 or any(pod.status and pod.status.phase == "Running" for pod in pods))
-    return RunStatus(Phase.RUNNING if running else Phase.PENDING, **common)
-
-
-def _preemptions(pods: Sequence[V1Pod]) -> tuple[Preemption, ...]:
-    found: list[Preemption] = []
-    for pod in pods:
-        name = pod.metadata.name if pod.metadata else None
-        for condition in (pod.status.conditions if pod.status else None) or []:
-            if condition.type == "DisruptionTarget" and condition.status == "True" and name:
-                detail = ": ".join(part for part in (condition.reason, condition.message) if part)
-                found.append(Preemption(key=name, at=condition.last_transition_time, detail=detail))
-                break
-    return tuple(sorted(found, key=lambda p: (_timestamp(p.at), p.key)))
-
-
-def _timestamp(at: datetime | None) -> float:
-    return at.timestamp() if at else 0.0
-
-
-def _api_message(exc: Any) -> str:
-    """The API's own words from an ``ApiException`` (its body is a ``Status`` object)."""
-    import json
-
-    try:
-        body = json.loads(exc.body or "")
-    except (TypeError, ValueError):
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        reason = body.get("reason") or exc.reason or ""
-        return f"{exc.status} {reason}: {body['message']}".replace("  ", " ")
-    return f"{exc.status} {exc.reason or ''}".strip()
-
-
-def _describe(exc: Any) -> str:
-    if not exc.status:  # raised by the client itself (TLS...), not an API answer
-        return f"request failed: {exc.reason}"
-    return _api_message(exc)

@@ -19,7 +19,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.launchers.base import Backend, Handle, LaunchError, LaunchSpec, NotOurs, Phase, RunStatus
+from shared.domain.run_phase import Backend, Phase, RunStatus
+from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,11 @@ import os
 import threading
 from typing import Any
 
-from shared.launchers.base import Backend, Launcher, LaunchError
+from shared.domain.run_phase import Backend
+from shared.launchers.base import Launcher, LaunchError
+from shared.launchers.cloudrun import CloudRunLauncher
+from shared.launchers.gke import GkeLauncher
+from shared.launchers.local import LocalLauncher
 from shared.platform import settings
 
 _lock = threading.Lock()
@@ -26,6 +30,7 @@ _launchers: dict[Backend, Launcher] = {}
 def _credentials(endpoint: str | None) -> Any:
     """Anonymous for a plain-http endpoint (a local fake); otherwise the runtime's own identity."""
     if endpoint and endpoint.startswith("http://"):
+        # lazy: google.auth loads only for a launcher pointed at a local fake
         from google.auth.credentials import AnonymousCredentials
 
         return AnonymousCredentials()
@@ -35,8 +40,6 @@ def _credentials(endpoint: str | None) -> Any:
 def _build(backend: Backend) -> Launcher:
     project = settings.get().project
     if backend is Backend.GKE:
-        from shared.launchers.gke import GkeLauncher
-
         cluster = os.environ.get("FLEET_GKE_CLUSTER", "")
         parts = cluster.split("/")
         if len(parts) != 6 or parts[0] != "projects" or parts[2] != "locations" or parts[4] != "clusters":
@@ -49,8 +52,6 @@ def _build(backend: Backend) -> Launcher:
             parts[1], parts[3], parts[5], container_endpoint=endpoint, credentials=_credentials(endpoint)
         )
     if backend is Backend.CLOUDRUN:
-        from shared.launchers.cloudrun import CloudRunLauncher
-
         endpoint = os.environ.get("FLEET_CLOUDRUN_API_ENDPOINT") or None
         return CloudRunLauncher(
             project,
@@ -59,8 +60,6 @@ def _build(backend: Backend) -> Launcher:
             credentials=_credentials(endpoint),
             service_account=os.environ.get("FLEET_TRAINING_SERVICE_ACCOUNT") or None,
         )
-    from shared.launchers.local import LocalLauncher
-
     return LocalLauncher()
 
 

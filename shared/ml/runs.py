@@ -15,7 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.launchers.base import FINAL_PHASES, Backend, Handle, LaunchError, LaunchSpec, Phase
+from shared.domain.run_phase import FINAL_PHASES, Backend, Phase
+from shared.launchers.base import Handle, LaunchError, LaunchSpec
 from shared.platform import settings
 
 #: System runs are launched under this tenant and agent (the launchers label every resource with both).

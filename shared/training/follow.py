@@ -22,8 +22,9 @@ from shared.domain import job_runs
 from shared.domain import jobs as domain
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobState
+from shared.domain.run_phase import FINAL_PHASES
 from shared.launchers import registry
-from shared.launchers.base import FINAL_PHASES, Handle, LaunchError
+from shared.launchers.base import Handle, LaunchError
 from shared.platform import logs, metering, settings, topology
 from shared.services import agent_commands, agent_controls, approvals
 from shared.slack import web_api

@@ -2,7 +2,7 @@
 
     python -m tests.bench.jobs      # this section alone (about two minutes)
 
-On a local stack whose GKE is the local fakes (emulators/fake_gke.py and fake_k8s.py, reached by the
+On a local stack whose GKE is the test fakes (tests/fakes/fake_gke.py and fake_k8s.py, reached by the
 functions through google-cloud-container and the kubernetes client), timed at the client:
 
 - baseline: ``GET /v1/jobs/{id}`` (one read) on the same function;
@@ -35,6 +35,7 @@ import requests
 from emulators.stack import ROOT, Stack
 from tests.bench.run import LogCounter
 from tests.bench.slack import machine, percentile, summary
+from tests.fakes import fake_gke, fake_k8s
 
 SAMPLES = int(os.environ.get("BENCH_JOB_SAMPLES", 30))
 QUEUE = int(os.environ.get("BENCH_JOB_QUEUE", 100))
@@ -98,8 +99,6 @@ def describe() -> list[str]:
 
 
 def main(report: Callable[[str], None] = print) -> list[str]:
-    from emulators import fake_gke, fake_k8s
-
     k8s = fake_k8s.start()
     gke = fake_gke.start(clusters={CLUSTER: k8s.url})
     env = {

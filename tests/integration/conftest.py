@@ -22,6 +22,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from emulators.stack import Stack
 from shared.platform import settings
+from tests.fakes import fake_cloudrun, fake_gke, fake_k8s
 from tests.integration.helpers import PROJECT
 
 #: Short settings so the tests see retries and expiries in seconds.
@@ -69,8 +70,6 @@ def cloud(stack: Stack) -> CloudFakes:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from emulators import fake_cloudrun, fake_gke, fake_k8s
-
     state = tmp_path_factory.mktemp("stack")
     k8s = fake_k8s.start()
     cloud = CloudFakes(gke=None, k8s=k8s, cloudrun=fake_cloudrun.start_server())

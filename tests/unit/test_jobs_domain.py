@@ -31,7 +31,7 @@ from shared.domain.jobs import (
     Refused,
 )
 from shared.domain.pricing import to_nanos
-from shared.launchers.base import Backend, Phase, Preemption, RunStatus
+from shared.domain.run_phase import Backend, Phase, Preemption, RunStatus
 from tests.unit.test_job_costs import PRICES
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The Cloud Run launcher through the real google-cloud-run client (REST) against emulators/fake_cloudrun."""
+"""The Cloud Run launcher through the real google-cloud-run client (REST) against tests/fakes/fake_cloudrun."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from emulators.fake_cloudrun import FakeCloudRun, start_server
+from shared.domain.run_phase import Phase
 from shared.launchers import base
-from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs, Phase
-from shared.launchers.cloudrun import CloudRunLauncher, check, execution_id, job_message, resource_limits
+from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs
+from shared.launchers.cloudrun import CloudRunLauncher
+from shared.launchers.cloudrun_job import check, execution_id, job_message, resource_limits
+from tests.fakes.fake_cloudrun import FakeCloudRun, start_server
 
 PROJECT = "proj"
 REGION = "us-central1"

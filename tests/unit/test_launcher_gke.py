@@ -14,9 +14,12 @@ from typing import Any
 import pytest
 from google.auth.credentials import AnonymousCredentials, Credentials
 
-from emulators import fake_gke, fake_k8s
-from shared.launchers.base import CONTAINER, Handle, LaunchError, LaunchSpec, NotOurs, Phase
-from shared.launchers.gke import GkeLauncher, job_manifest, namespace_for, run_status
+from shared.domain.run_phase import Phase
+from shared.launchers.base import CONTAINER, Handle, LaunchError, LaunchSpec, NotOurs
+from shared.launchers.gke import GkeLauncher
+from shared.launchers.gke_manifest import job_manifest, namespace_for
+from shared.launchers.gke_status import run_status
+from tests.fakes import fake_gke, fake_k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT, LOCATION, CLUSTER = "fleet-demo", "us-central1", "training"

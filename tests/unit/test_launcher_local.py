@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.domain.run_phase import Phase
 from shared.launchers import local
-from shared.launchers.base import LaunchError, LaunchSpec, NotOurs, Phase
+from shared.launchers.base import LaunchError, LaunchSpec, NotOurs
 
 
 def spec(job_id: str, *command: str, max_runtime_s: int = 60) -> LaunchSpec:

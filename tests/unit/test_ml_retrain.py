@@ -121,8 +121,9 @@ def test_task_outcomes_that_are_all_successes_train_nothing() -> None:
 
 
 def test_the_retraining_run_has_its_own_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.launchers.base import Backend, LaunchError
-    from shared.launchers.cloudrun import job_message
+    from shared.domain.run_phase import Backend
+    from shared.launchers.base import LaunchError
+    from shared.launchers.cloudrun_job import job_message
     from shared.ml import runs
 
     monkeypatch.setenv("FLEET_RETRAIN_BACKEND", "cloudrun")

@@ -18,7 +18,7 @@ def test_sdk_depends_only_on_pubsub_and_pydantic() -> None:
 
 def test_sdk_never_imports_the_server() -> None:
     allowed = {"fleet_agent", "google", "pydantic", "__future__"}
-    for path in (SDK / "fleet_agent").glob("*.py"):
+    for path in (SDK / "fleet_agent").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
@@ -27,7 +27,7 @@ def test_sdk_never_imports_the_server() -> None:
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                assert top in allowed or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+                assert top in allowed or top in sys.stdlib_module_names, f"{path.relative_to(SDK)} imports {name}"
 
 
 def test_importing_the_sdk_loads_neither_grpc_nor_the_server() -> None:

@@ -12,7 +12,7 @@ import pytest
 from fleet_agent.contracts import JobPhase, JobProgress
 from fleet_agent.jobs import JobReporter
 
-from jobs import train
+from jobs import train, train_config
 from tests.unit.test_sdk_client import FakePublisher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def test_unknown_hyperparameter_fails_listing_the_accepted_ones() -> None:
     (failed,) = reports
     assert failed.phase is JobPhase.FAILED
     assert "momentum" in failed.message
-    for name in train.accepted_hyperparameters("sgd"):
+    for name in train_config.accepted_hyperparameters("sgd"):
         assert name in failed.message
 
     code, reports = run({"max_depth": 4})  # a tree hyperparameter for the linear model: says which model takes it
@@ -124,8 +124,8 @@ def test_same_seed_same_run_and_the_default_seed_comes_from_the_job() -> None:
     _, other = run({"epochs": 2}, seed=12)
     assert metrics(first) == metrics(again)
     assert metrics(first) != metrics(other)
-    settings = train.settings_from_env({}, JOB)
-    assert settings.seed == train.default_seed(JOB) == train.settings_from_env({}, JOB).seed
+    settings = train_config.settings_from_env({}, JOB)
+    assert settings.seed == train_config.default_seed(JOB) == train_config.settings_from_env({}, JOB).seed
     assert (settings.model, settings.epochs, settings.rows) == ("sgd", 10, 20_000)
 
 

@@ -1,6 +1,6 @@
-"""A fake Cloud Run Admin API v2 (jobs, executions, tasks, operations) for the local stack and tests.
+"""A fake Cloud Run Admin API v2 (jobs, executions, tasks, operations) for tests (unit, integration, make bench).
 
-    python -m emulators.fake_cloudrun --port 8766
+    python -m tests.fakes.fake_cloudrun --port 8766
 
 Point the real client at it: ``run_v2.JobsClient(transport="rest", credentials=AnonymousCredentials(),
 client_options={"api_endpoint": "http://127.0.0.1:8766"})`` (the REST transport keeps an ``http://``

@@ -1,6 +1,6 @@
-"""A minimal Kubernetes API server for tests and the local stack: namespaces, batch/v1 Jobs and their Pods.
+"""A minimal Kubernetes API server for tests (unit, integration, make bench): namespaces, batch/v1 Jobs and their Pods.
 
-    python -m emulators.fake_k8s --port 8443
+    python -m tests.fakes.fake_k8s --port 8443
 
 It speaks enough of the real API for the official ``kubernetes`` Python client (JSON only, no TLS):
 
@@ -811,7 +811,7 @@ def start(port: int = 0, *, token: str | None = None, verbose: bool = False) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emulators.fake_k8s", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tests.fakes.fake_k8s", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--token", help="the one bearer token accepted (default: no authentication)")
     parser.add_argument("--namespace", action="append", default=[], help="a namespace that exists from the start")

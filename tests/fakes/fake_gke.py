@@ -1,6 +1,6 @@
-"""A minimal GKE API (container.googleapis.com v1) for tests and the local stack: it answers cluster look-ups.
+"""A minimal GKE API (container.googleapis.com v1) for tests (unit, integration, make bench): cluster look-ups.
 
-    python -m emulators.fake_gke --port 8444 \\
+    python -m tests.fakes.fake_gke --port 8444 \\
         --cluster projects/demo/locations/us-central1/clusters/fleet=http://127.0.0.1:8443
 
 Point ``container_v1.ClusterManagerClient(client_options={"api_endpoint": url}, transport="rest",
@@ -250,7 +250,7 @@ def start(port: int = 0, *, clusters: Mapping[str, str] | None = None, verbose: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emulators.fake_gke", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tests.fakes.fake_gke", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument(
         "--cluster",

@@ -1,0 +1,154 @@
+"""What an agent says of itself: its registration (resources, budget) and its heartbeats (status, metrics)."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from fleet_agent.messages.fields import (
+    MAX_INT,
+    NAME_PATTERN,
+    VERSION_PATTERN,
+    AgentId,
+    Label,
+    LimitTokens,
+    LimitUsd,
+    ShortText,
+    Strict,
+    TenantId,
+)
+
+
+class Resources(Strict):
+    """What the agent runs on; used later for placement and cost estimates."""
+
+    cpu: float = Field(default=1.0, ge=0, le=1024)
+    memory_gb: float = Field(default=1.0, ge=0, le=16384)
+    gpu: int = Field(default=0, ge=0, le=64)
+
+
+class BudgetSpec(Strict):
+    """Budget limits of an agent or a tenant, for any subset of the UTC hour, day and month.
+
+    Hard limits stop the agent (``budget_exhausted``); soft limits raise an alert. A soft limit is
+    ``soft_ratio`` of its hard limit unless given explicitly. ``alert_at`` are the shares of each
+    hard limit at which a threshold alert fires, once per period.
+    """
+
+    hourly_usd: LimitUsd | None = None
+    daily_usd: LimitUsd | None = None
+    monthly_usd: LimitUsd | None = None
+    hourly_tokens: LimitTokens | None = None
+    daily_tokens: LimitTokens | None = None
+    monthly_tokens: LimitTokens | None = None
+    soft_ratio: float = Field(default=0.8, gt=0, le=1)
+    soft_hourly_usd: LimitUsd | None = None
+    soft_daily_usd: LimitUsd | None = None
+    soft_monthly_usd: LimitUsd | None = None
+    soft_hourly_tokens: LimitTokens | None = None
+    soft_daily_tokens: LimitTokens | None = None
+    soft_monthly_tokens: LimitTokens | None = None
+    alert_at: list[Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=lambda: [0.5, 0.8, 1.0], max_length=10)
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> BudgetSpec:
+        for name in ("hourly_usd", "daily_usd", "monthly_usd", "hourly_tokens", "daily_tokens", "monthly_tokens"):
+            soft, hard = getattr(self, f"soft_{name}"), getattr(self, name)
+            if soft is not None and hard is not None and soft > hard:
+                raise ValueError(f"soft_{name} ({soft}) is above {name} ({hard})")
+        return self
+
+
+class Registration(Strict):
+    """Sent when an agent starts (and again on every restart or upgrade)."""
+
+    agent_id: AgentId
+    tenant: TenantId
+    name: ShortText
+    agent_type: Annotated[str, StringConstraints(min_length=1, max_length=63)]
+    version: Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
+    owner: ShortText
+    capabilities: list[Label] = Field(default_factory=list, max_length=100)
+    resources: Resources = Field(default_factory=Resources)
+    heartbeat_interval_s: int = Field(default=30, ge=1, le=3600)
+    labels: dict[Label, Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=dict, max_length=64)
+    #: The agent's budget as deployed with it. A budget set through the API wins over it.
+    budget: BudgetSpec | None = None
+
+
+class ReportedStatus(StrEnum):
+    """The agent's own view of itself. The server maps it onto its lifecycle."""
+
+    STARTING = "starting"
+    ACTIVE = "active"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+
+
+MAX_EXTRA_METRICS = 32
+
+
+class HeartbeatMetrics(BaseModel):
+    """A snapshot of the agent's health. Extra numeric fields are allowed (up to 32)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    cpu_pct: float | None = Field(default=None, ge=0, le=100)
+    memory_pct: float | None = Field(default=None, ge=0, le=100)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    latency_ms_p95: float | None = Field(default=None, ge=0, le=86_400_000)
+    active_tasks: int | None = Field(default=None, ge=0, le=MAX_INT)
+    completed_tasks: int | None = Field(default=None, ge=0, le=MAX_INT)
+    failed_tasks: int | None = Field(default=None, ge=0, le=MAX_INT)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("metrics are numbers, not booleans")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        extra = self.model_extra or {}
+        if len(extra) > MAX_EXTRA_METRICS:
+            raise ValueError(f"at most {MAX_EXTRA_METRICS} extra metrics")
+        for key, value in extra.items():
+            if not isinstance(key, str) or not re.fullmatch(NAME_PATTERN, key):
+                raise ValueError(f"extra metric name {key!r} must match {NAME_PATTERN}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"extra metric {key!r} must be a number")
+            if not math.isfinite(value) or (isinstance(value, int) and abs(value) > MAX_INT):
+                raise ValueError(f"extra metric {key!r} must be finite and fit in 64 bits")
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The metrics that were reported (unset standard fields left out)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Heartbeat(Strict):
+    """Sent every ``heartbeat_interval_s``. ``seq`` must grow per agent, across restarts."""
+
+    agent_id: AgentId
+    seq: int = Field(ge=0, le=MAX_INT)
+    sent_at: AwareDatetime
+    status: ReportedStatus
+    metrics: HeartbeatMetrics = Field(default_factory=HeartbeatMetrics)
+
+    @field_validator("sent_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        # Kept for diagnosis, never trusted; but it must be storable (years 2000-2999 in UTC).
+        try:
+            year = value.astimezone(UTC).year
+        except OverflowError:
+            year = 0
+        if not 2000 <= year <= 2999:
+            raise ValueError("sent_at must be between the years 2000 and 2999")
+        return value

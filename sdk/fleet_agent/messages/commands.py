@@ -1,0 +1,106 @@
+"""What passes between the fleet and an agent about control: the commands the fleet sends (pause,
+budget, breaker, quarantine, an approval's decision) and the approval requests an agent sends."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+
+from fleet_agent.messages.fields import AgentId, CallId, Label, LimitUsd, ShortText, Strict
+
+
+class CommandType(StrEnum):
+    """What the fleet tells an agent on ``agent-commands``."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    BUDGET_RESTORED = "budget_restored"
+    BREAKER_OPEN = "breaker_open"
+    BREAKER_CLOSED = "breaker_closed"
+    QUARANTINE = "quarantine"
+    RELEASE = "release"
+    #: The answer to an agent's :class:`ApprovalRequest` (``request_id``, ``approval_id``, ``approved``).
+    APPROVAL_DECIDED = "approval_decided"
+
+
+#: Commands after which the agent must not call its model, and the ones that lift each of them.
+BLOCKING_COMMANDS: dict[CommandType, CommandType] = {
+    CommandType.PAUSE: CommandType.RESUME,
+    CommandType.BUDGET_EXHAUSTED: CommandType.BUDGET_RESTORED,
+    CommandType.BREAKER_OPEN: CommandType.BREAKER_CLOSED,
+    CommandType.QUARANTINE: CommandType.RELEASE,
+}
+
+
+class Command(Strict):
+    """A command to one agent (attribute ``agent_id``; the emulator does not filter, the SDK does)."""
+
+    agent_id: AgentId
+    command: CommandType
+    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+    issued_at: AwareDatetime
+    command_id: CallId
+    #: When the block lifts by itself: the budget period's reset for ``budget_exhausted``, the end of
+    #: the cooldown for ``breaker_open`` (the SDK then lets trial calls through: half-open).
+    until: AwareDatetime | None = None
+    #: ``approval_decided`` only: which request, the approval's id, and the decision (an expired
+    #: request is answered ``approved=False`` with the reason ``expired``).
+    request_id: CallId | None = None
+    approval_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    approved: bool | None = None
+
+
+class ApprovalKind(StrEnum):
+    """What an agent may ask a human for (the server has more kinds: release, training)."""
+
+    #: Pre-approval of an expensive operation: nothing changes on approval, the agent goes ahead.
+    OPERATION = "operation"
+    #: A higher hard limit for one budget period of the agent (applied on approval).
+    BUDGET_RAISE = "budget_raise"
+
+
+class BudgetPeriod(StrEnum):
+    HOURLY = "hourly"
+    DAILY = "daily"
+    MONTHLY = "monthly"
+
+
+#: Shortest and longest time a request waits for a decision before it is denied as expired.
+MIN_APPROVAL_EXPIRY_S = 60
+MAX_APPROVAL_EXPIRY_S = 7 * 86_400
+
+
+class ApprovalRequest(Strict):
+    """An agent asks a human (an approver of its tenant, in Slack) before doing something.
+
+    ``request_id`` is chosen by the agent and makes the request idempotent: publishing it twice
+    creates one approval. The decision comes back on ``agent-commands`` as ``approval_decided``.
+    """
+
+    agent_id: AgentId
+    request_id: CallId
+    kind: ApprovalKind = ApprovalKind.OPERATION
+    #: What the agent wants to do, in a few words ("re-embed the 40k-document corpus").
+    operation: ShortText
+    #: Why, for the approver.
+    reason: Annotated[str, StringConstraints(max_length=1000, strip_whitespace=True)] = ""
+    estimated_cost_usd: Annotated[Decimal, Field(ge=0, le=Decimal("1000000000"), decimal_places=9)] | None = None
+    expires_in_s: int = Field(default=3600, ge=MIN_APPROVAL_EXPIRY_S, le=MAX_APPROVAL_EXPIRY_S)
+    requested_at: AwareDatetime
+    #: ``budget_raise`` only: the period and its new hard limit in USD.
+    budget_period: BudgetPeriod | None = None
+    budget_usd: LimitUsd | None = None
+    details: dict[Label, Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _budget_fields(self) -> ApprovalRequest:
+        raise_fields = (self.budget_period, self.budget_usd)
+        if self.kind is ApprovalKind.BUDGET_RAISE and None in raise_fields:
+            raise ValueError("a budget_raise names budget_period and budget_usd")
+        if self.kind is not ApprovalKind.BUDGET_RAISE and raise_fields != (None, None):
+            raise ValueError("budget_period and budget_usd belong to a budget_raise")
+        return self
