@@ -157,7 +157,8 @@ def _keys_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from shared.domain.agents import AgentRecord, Plan, apply_transition
+    from shared.domain.agent_record import AgentRecord, Plan
+    from shared.domain.agents import apply_transition
     from shared.store import agents
 
     target = State(args.state)

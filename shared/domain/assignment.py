@@ -45,9 +45,9 @@ from typing import Annotated, Any
 from fleet_agent.contracts import NAME_PATTERN, TenantId
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from shared.domain.agent_record import Liveness
 from shared.domain.episodes import merged
 from shared.domain.lifecycle import State
-from shared.domain.liveness import Liveness
 
 # --- the request -----------------------------------------------------------------------------------
 

@@ -23,9 +23,8 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.domain import budgets
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord, Liveness
 from shared.domain.lifecycle import Cause, State
-from shared.domain.liveness import Liveness
 from shared.domain.periods import Period, Window, window
 from shared.domain.pricing import Price, PriceTable, format_usd, to_nanos
 from shared.domain.usage import Totals

@@ -15,7 +15,7 @@ from fleet_agent.contracts import EventType
 
 from shared.domain import agents as agent_domain
 from shared.domain import holds
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.rejections import Code, Payload, Rejected
 from shared.pipeline.decoding import Decoded, PushedMessage, decode
 from shared.platform import logs, settings

@@ -22,7 +22,7 @@ from fleet_agent.contracts import Command, CostBatch
 
 from shared.domain import budgets, holds, protection
 from shared.domain import usage as usage_domain
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan, Step, combine
 from shared.domain.alerts import Alert, Severity
 from shared.domain.budgets import Finding, Kind, WindowTotals
 from shared.domain.lifecycle import State
@@ -38,8 +38,6 @@ from shared.store import usage as usage_store
 from shared.store.config import TenantConfig
 
 log = logs.get_logger("accounting")
-
-Step = Callable[[AgentRecord], Plan]
 
 
 @dataclass
@@ -373,30 +371,6 @@ def _spike(agent: AgentRecord, rules: protection.Protection, totals: WindowTotal
                 details={"baseline_nanos": base.mean_nanos, "baseline_hours": base.hours},
             )
     return None
-
-
-def combine(steps: list[Step]) -> Callable[[AgentRecord | None], Plan]:
-    """One decide function applying several steps in order, each on the record the previous left."""
-
-    def decide(record: AgentRecord | None) -> Plan:
-        if record is None:
-            return Plan(skipped="unknown")
-        total = Plan()
-        current = record
-        for step in steps:
-            plan = step(current)
-            if plan.changes:
-                total.changes.update(plan.changes)
-                current = current.model_copy(update=plan.changes)
-            total.audit.extend(plan.audit)
-            total.commands.extend(plan.commands)
-            if plan.transition is not None:
-                total.transition = plan.transition
-        if not total.changes:
-            total.skipped = "unchanged"
-        return total
-
-    return decide
 
 
 def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from shared.domain import reports as domain
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.notices import escape
 from shared.domain.periods import Period, Window, window
 from shared.domain.pricing import PriceTable

@@ -22,7 +22,7 @@ from fleet_agent.contracts import AGENT_ID_PATTERN
 
 from shared.domain import approvals as approval_domain
 from shared.domain import budgets, episodes, release, roles, slash
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import State

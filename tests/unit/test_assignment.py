@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from shared.api import tasks
 from shared.api.core import ApiError, Call
 from shared.domain import assignment as rules
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord, Liveness
 from shared.domain.api_keys import Role
 from shared.domain.assignment import (
     AgentSnapshot,
@@ -32,7 +32,6 @@ from shared.domain.assignment import (
     Weights,
 )
 from shared.domain.lifecycle import State
-from shared.domain.liveness import Liveness
 from shared.ml import assign as ml
 from shared.ml import serving
 from shared.store import agents as agent_store

@@ -14,7 +14,7 @@ from google.api_core import exceptions
 
 from shared.api import router
 from shared.domain import reports as domain
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.pricing import Price, PriceTable, to_nanos
 from shared.domain.usage import ModelDay, Totals
