@@ -17,7 +17,7 @@ from typing import Any
 from fleet_agent.contracts import Command, CommandType
 
 from shared.domain import lifecycle
-from shared.domain.agent_record import AgentRecord, Plan, status_change
+from shared.domain.agent_record import AgentRecord, Plan, Step, combine, status_change, then
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, Outcome, State
 
@@ -163,6 +163,30 @@ def expired(current: AgentRecord, now: datetime) -> list[str]:
         for name, hold in current.holds.items()
         if name in ("budget", "tenant_budget") and hold.get("until") is not None and time_of(hold["until"]) <= now
     ]
+
+
+def lift_expired(current: AgentRecord, now: datetime) -> Plan:
+    """Lift the budget holds whose period has reset (the SDK resumed at their ``until``, so does the
+    server); skipped "unchanged" when there is none."""
+
+    def lift_one(name: str) -> Step:
+        def step(record: AgentRecord) -> Plan:
+            if name not in expired(record, now):
+                return Plan(skipped="unchanged")
+            return lift(record, name, reason="budget period reset", at=now, actor="system:budget")
+
+        return step
+
+    return combine([lift_one(name) for name in expired(current, now)])(current)
+
+
+def with_expired_lifted(current: AgentRecord, plan: Plan, now: datetime) -> Plan:
+    """An event's own ``plan`` (made on ``current``: a heartbeat's) followed by lifting the budget holds
+    whose period has reset, on the agent's next heartbeat or cost batch: one plan, so one agent write
+    and one publish for the event."""
+    if not expired(current, now):
+        return plan
+    return then(current, plan, lambda record: lift_expired(record, now))
 
 
 def _audit(
