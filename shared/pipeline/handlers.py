@@ -106,8 +106,7 @@ def unknown_agent(agent_id: str, received_at: datetime) -> Exception:
 
 
 def process_cost(decoded: Decoded) -> Plan:
-    # lazy: the cost rules (budgets, protection, pricing: ~100 ms of imports) stay off the cold start
-    # of the other functions, which import this module too
+    # lazy: the cost rules (~100 ms of imports) stay off the other functions' cold start
     from shared.services import accounting
 
     return accounting.process_cost(decoded, unknown=unknown_agent)
@@ -153,8 +152,7 @@ def process_approval_request(decoded: Decoded) -> Plan:
     """An agent asks for approval: stored once under an id derived from its request id (a redelivery
     or a repeat finds it), posted to its tenant's approvers. A repeat of a decided request is answered
     again on agent-commands (the agent may have restarted)."""
-    # lazy: approvals bring the Slack Web API client and the hand-off service (~200 ms of imports),
-    # kept off the cold start of the other functions
+    # lazy: approvals pull in the Slack client and hand-off (~200 ms), off the other functions' cold start
     from shared.services import approvals
 
     event = decoded.event
