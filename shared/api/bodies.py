@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fleet_agent.contracts import AGENT_ID_PATTERN, BudgetSpec
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.protection import Protection, ProtectionOverrides
 from shared.domain.report_daily import DailyReport

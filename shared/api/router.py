@@ -95,7 +95,7 @@ from shared.api.core import (
 )
 from shared.domain import approvals as approval_ids
 from shared.domain import budgets, protection, release
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
 from shared.domain.approvals import Approval, Requester

@@ -19,7 +19,8 @@ from typing import Any, TextIO
 
 from fleet_agent.contracts import AGENT_ID_PATTERN
 
-from shared.domain.agents import AgentRecord, Plan, apply_transition
+from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.agents import apply_transition
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.platform import settings, topology

@@ -1,158 +1,33 @@
 """What a registration or a heartbeat does to an agent: pure functions from (record, event) to a plan.
 
-The store applies a plan atomically, with a precondition on the record it was computed from,
-so concurrent or redelivered events can never interleave.
+The record and plan types are in shared/domain/agent_record.py. The store applies a plan atomically,
+with a precondition on the record it was computed from, so concurrent or redelivered events can
+never interleave.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet_agent.contracts import Command, Heartbeat, Registration, Resources
-from pydantic import BaseModel, Field
+from fleet_agent.contracts import Heartbeat, Registration, Resources
 
 from shared.domain import episodes, health, holds, lifecycle
 from shared.domain import liveness as liveness_rules
+from shared.domain.agent_record import AgentRecord, Liveness, Plan, remember, status_change
 from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
-from shared.domain.episodes import AlertingConfig, EpisodeWrite
+from shared.domain.episodes import AlertingConfig
 from shared.domain.health import HealthConfig
 from shared.domain.learned import Learned
 from shared.domain.lifecycle import Cause, Outcome, State
-from shared.domain.liveness import Liveness
 from shared.domain.rejections import Code, Rejected
 
 #: Registration event ids remembered per agent, to drop redelivered registrations.
 REMEMBERED_EVENTS = 16
 #: Versions remembered in the record (all versions live in the versions collection).
 REMEMBERED_VERSIONS = 20
-#: Times of recent status changes kept (the flapping rule looks at these).
-REMEMBERED_STATUS_CHANGES = 20
-
-
-class AgentRecord(BaseModel):
-    """The agent document in Firestore (``agents/{agent_id}``)."""
-
-    agent_id: str
-    tenant: str
-    name: str
-    agent_type: str
-    version: str
-    owner: str
-    capabilities: list[str] = Field(default_factory=list)
-    resources: dict[str, Any] = Field(default_factory=dict)
-    heartbeat_interval_s: int = 30
-    labels: dict[str, str] = Field(default_factory=dict)
-
-    status: State = State.REGISTERED
-    status_since: datetime
-    #: Who caused the current status (a Cause value) and why: later rules need to know who holds a state.
-    status_cause: str | None = None
-    status_reason: str | None = None
-    status_changes: list[datetime] = Field(default_factory=list)
-
-    registered_at: datetime
-    last_registered_at: datetime
-    registration_event_ids: list[str] = Field(default_factory=list)
-    versions: list[str] = Field(default_factory=list)
-
-    last_heartbeat_at: datetime | None = None
-    last_seq: int = -1
-    heartbeats: int = 0
-    late_after: datetime | None = None
-    #: The liveness ladder (shared/domain/liveness.py): where the agent stands, when the sweep looks
-    #: at it next (None: not watched), and what silence is counted from when not the last heartbeat.
-    liveness: Liveness = Liveness.OK
-    sweep_at: datetime | None = None
-    liveness_from: datetime | None = None
-    #: Open alert episodes by rule ({id, severity, opened_at}), and episodes ever opened (for ids).
-    episodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    episode_seq: int = 0
-    #: State of the health rules (shared/domain/health.py): timers, the egress hour, the security score.
-    health: dict[str, Any] = Field(default_factory=dict)
-    #: The learned models' state of this agent (shared/ml/live.py): its rolling baseline, persistence
-    #: runs, last status and score, and the model versions that judged its last heartbeat.
-    ml: dict[str, Any] = Field(default_factory=dict)
-
-    #: The budget (a BudgetSpec, JSON-mode) and where it came from: "registration" or "api" (which wins).
-    budget: dict[str, Any] | None = None
-    budget_source: str | None = None
-    #: Overrides of the protection thresholds for this agent (see shared.domain.protection).
-    protection: dict[str, Any] = Field(default_factory=dict)
-    #: Why the agent must not call its model, by hold name (see shared.domain.holds).
-    holds: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    #: The hold that put the agent in its current status (lifting it makes the agent active again).
-    status_hold: str | None = None
-    #: Holds ever placed: part of each new hold's command id, so no id is ever reused.
-    holds_placed: int = 0
-
-    #: The last ``chunk_size`` heartbeat samples, a ring keyed by slot (``s00``...). The latest
-    #: metrics, reported status and sent time are read from it, not stored twice.
-    recent: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    history_chunks: int = 0
-    #: Seq of the newest sample already copied to a history chunk.
-    flushed_seq: int = -1
-
-    def to_doc(self) -> dict[str, Any]:
-        return self.model_dump(mode="python")
-
-    @property
-    def samples(self) -> list[dict[str, Any]]:
-        """The ring's samples, oldest first."""
-        return sorted(self.recent.values(), key=lambda sample: sample["seq"])
-
-    @property
-    def latest(self) -> dict[str, Any] | None:
-        return max(self.recent.values(), key=lambda sample: sample["seq"]) if self.recent else None
-
-    @property
-    def metrics(self) -> dict[str, float | int]:
-        """Metrics of the last accepted heartbeat."""
-        return dict(self.latest.get("metrics") or {}) if self.latest else {}
-
-    @property
-    def reported_status(self) -> str | None:
-        return self.latest.get("status") if self.latest else None
-
-    @property
-    def last_sent_at(self) -> datetime | None:
-        """The agent's own clock at its last heartbeat (kept for diagnosis, never used for liveness)."""
-        sent_at = self.latest.get("sent_at") if self.latest else None
-        return datetime.fromisoformat(sent_at) if sent_at else None
-
-
-@dataclass
-class Plan:
-    """What to write. ``changes`` update the agent document; the rest are separate documents."""
-
-    changes: dict[str, Any] = field(default_factory=dict)
-    create: AgentRecord | None = None
-    version_doc: dict[str, Any] | None = None
-    history_chunk: tuple[int, dict[str, Any]] | None = None  # (slot, document)
-    #: A heartbeat sample for one slot of the agent's ring (written with the agent document).
-    sample: tuple[str, dict[str, Any]] | None = None
-    audit: list[AuditEntry] = field(default_factory=list)
-    #: Why nothing is written: "duplicate", "stale", ...
-    skipped: str | None = None
-    transition: lifecycle.Decision | None = None
-    #: Commands to publish on ``agent-commands`` once the plan is written.
-    commands: list[Command] = field(default_factory=list)
-    #: Alert episodes opened, escalated or resolved, with their notices (written with the agent).
-    episodes: list[EpisodeWrite] = field(default_factory=list)
-
-    @property
-    def writes(self) -> int:
-        agent = 1 if (self.changes or self.create or self.sample) else 0
-        episode_docs = len(self.episodes) + sum(1 for e in self.episodes if e.notice is not None)
-        docs = (self.version_doc is not None) + (self.history_chunk is not None) + len(self.audit)
-        return agent + docs + episode_docs
-
-
-def _remember(items: list[Any], item: Any, keep: int) -> list[Any]:
-    return [*items, item][-keep:]
 
 
 def apply_registration(current: AgentRecord | None, reg: Registration, *, event_id: str, received_at: datetime) -> Plan:
@@ -207,12 +82,12 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
 
     plan = Plan()
     changes: dict[str, Any] = {
-        "registration_event_ids": _remember(current.registration_event_ids, event_id, REMEMBERED_EVENTS)
+        "registration_event_ids": remember(current.registration_event_ids, event_id, REMEMBERED_EVENTS)
     }
     new_version = reg.version not in current.versions
     if new_version:
         plan.version_doc = version_doc
-        changes["versions"] = _remember(current.versions, reg.version, REMEMBERED_VERSIONS)
+        changes["versions"] = remember(current.versions, reg.version, REMEMBERED_VERSIONS)
     if received_at < current.last_registered_at:
         # An older registration delivered late: keep its version in the history, change nothing else.
         if received_at < current.registered_at:
@@ -274,18 +149,6 @@ def _registration_budget(current: AgentRecord | None, reg: Registration) -> dict
     if current is not None and current.budget == budget:
         return {}
     return {"budget": budget, "budget_source": "registration"}
-
-
-def status_change(current: AgentRecord, target: State, at: datetime, cause: Cause, reason: str = "") -> dict[str, Any]:
-    return {
-        "status": target,
-        "status_since": at,
-        "status_cause": cause.value,
-        "status_reason": reason or None,
-        # Any change of status ends the hold that imposed the previous one (a hold sets it again).
-        "status_hold": None,
-        "status_changes": _remember(current.status_changes, at, REMEMBERED_STATUS_CHANGES),
-    }
 
 
 def _back_alive(

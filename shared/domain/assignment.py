@@ -42,10 +42,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from shared.domain.agent_record import Liveness
 from shared.domain.assignment_agents import AgentSnapshot
 from shared.domain.assignment_tasks import Task
 from shared.domain.lifecycle import State
-from shared.domain.liveness import Liveness
 
 # --- filtering ---------------------------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from shared.domain.agent_record import Liveness
 from shared.domain.assignment_tasks import Task
 from shared.domain.lifecycle import State
-from shared.domain.liveness import Liveness
 
 # --- agents and their outcome summaries ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.domain.agent_record import Liveness
 from shared.domain.assignment_agents import (
     PRIOR_RATE,
     AgentSnapshot,
@@ -21,7 +22,6 @@ from shared.domain.assignment_agents import (
 )
 from shared.domain.assignment_tasks import COMPONENTS, PRIORITY_SLA_FACTOR, Task, Weights
 from shared.domain.lifecycle import State
-from shared.domain.liveness import Liveness
 
 # --- scoring -----------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from fleet_agent.contracts import BudgetSpec
 
 from shared.domain.periods import Period, Window
 from shared.domain.pricing import to_nanos, to_usd
-from shared.domain.usage import Totals
+from shared.domain.usage import WindowTotals
 
 METRICS = ("usd", "tokens")
 ADJECTIVE = {Period.HOUR: "hourly", Period.DAY: "daily", Period.MONTH: "monthly"}
@@ -103,10 +103,6 @@ class Finding:
         if self.kind is Kind.SOFT:
             return f"{what} passed its soft limit {self.limit.show(self.threshold)} ({used})"
         return f"{what} reached {self.ratio:.0%} ({used})"
-
-
-#: Totals after an update and the update itself, for each window the update touched.
-WindowTotals = dict[tuple[Period, Window], tuple[Totals, Totals]]
 
 
 def crossings(spec: BudgetSpec | None, scope: str, subject: str, totals: WindowTotals) -> list[Finding]:

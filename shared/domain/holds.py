@@ -9,18 +9,17 @@ in the lifecycle; lifting the last of them makes it active again.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fleet_agent.contracts import Command, CommandType
 
 from shared.domain import lifecycle
+from shared.domain.agent_record import AgentRecord, Plan, Step, combine, status_change, then
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, Outcome, State
-
-if TYPE_CHECKING:
-    from shared.domain.agents import AgentRecord, Plan
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,6 @@ def place(
     used for this agent before (the placement count is part of it): the SDK ignores ids it has seen,
     so a hold placed again after a lift must not reuse the first one's id.
     """
-    from shared.domain.agents import Plan, status_change
-
     kind = KINDS[name]
     existing = current.holds.get(name)
     if existing is not None and existing.get("key") == key:
@@ -128,8 +125,6 @@ def lift(
 ) -> Plan:
     """Lift the ``name`` hold. The agent becomes active again when no hold that suspends it is left;
     the lifting command is sent unless another hold still needs the same block."""
-    from shared.domain.agents import Plan, status_change
-
     hold = current.holds.get(name)
     if hold is None:
         return Plan(skipped="unchanged")
@@ -170,6 +165,30 @@ def expired(current: AgentRecord, now: datetime) -> list[str]:
     ]
 
 
+def lift_expired(current: AgentRecord, now: datetime) -> Plan:
+    """Lift the budget holds whose period has reset (the SDK resumed at their ``until``, so does the
+    server); skipped "unchanged" when there is none."""
+
+    def lift_one(name: str) -> Step:
+        def step(record: AgentRecord) -> Plan:
+            if name not in expired(record, now):
+                return Plan(skipped="unchanged")
+            return lift(record, name, reason="budget period reset", at=now, actor="system:budget")
+
+        return step
+
+    return combine([lift_one(name) for name in expired(current, now)])(current)
+
+
+def with_expired_lifted(current: AgentRecord, plan: Plan, now: datetime) -> Plan:
+    """An event's own ``plan`` (made on ``current``: a heartbeat's) followed by lifting the budget holds
+    whose period has reset, on the agent's next heartbeat or cost batch: one plan, so one agent write
+    and one publish for the event."""
+    if not expired(current, now):
+        return plan
+    return then(current, plan, lambda record: lift_expired(record, now))
+
+
 def _audit(
     current: AgentRecord,
     action: str,
@@ -194,7 +213,5 @@ def _audit(
 
 def command_id(kind: str, *parts: str) -> str:
     """A deterministic command id that fits the contract (64 chars): the same decision, the same id."""
-    import hashlib
-
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
     return f"{kind[:24]}.{digest}"

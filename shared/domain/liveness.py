@@ -15,24 +15,13 @@ two sweeps running at once make one transition and one notice.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.domain import episodes, lifecycle
+from shared.domain.agent_record import AgentRecord, Liveness, Plan, status_change
 from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, Outcome, State
-
-if TYPE_CHECKING:
-    from shared.domain.agents import AgentRecord, Plan
-
-
-class Liveness(StrEnum):
-    OK = "ok"
-    LATE = "late"
-    OFFLINE = "offline"
-    FROZEN = "frozen"
-
 
 #: Missed intervals at which each rung is reached.
 RUNGS: dict[Liveness, int] = {Liveness.LATE: 3, Liveness.OFFLINE: 5, Liveness.FROZEN: 10}
@@ -96,8 +85,6 @@ def step(
     maintenance_until: datetime | None = None,
 ) -> Plan:
     """What one sweep does to one agent whose ``sweep_at`` has passed."""
-    from shared.domain.agents import Plan, status_change
-
     if record.sweep_at is None or record.sweep_at > now:
         return Plan(skipped="not_due")  # a heartbeat (or another sweep) got there first
     if not watched(record):

@@ -8,16 +8,13 @@ that held it (silence, quarantine) resolve.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.domain import episodes, holds, lifecycle, liveness
+from shared.domain.agent_record import AgentRecord, Liveness, Plan, status_change
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AlertingConfig
 from shared.domain.lifecycle import Cause, Outcome, State
-from shared.domain.liveness import Liveness
-
-if TYPE_CHECKING:
-    from shared.domain.agents import AgentRecord, Plan
 
 #: The security score a released agent gets back (at least): an approver vouched for it.
 RELEASED_SCORE = 60.0
@@ -39,8 +36,6 @@ def release(
     alerting: AlertingConfig | None = None,
 ) -> tuple[Plan, list[str]]:
     """The plan, and what was released (``frozen``, ``quarantine``); skipped "unchanged" when neither."""
-    from shared.domain.agents import Plan, status_change
-
     released: list[str] = []
     plan = Plan()
     changes: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shared.domain import budgets
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.periods import Period
 from shared.domain.pricing import PriceTable, format_usd

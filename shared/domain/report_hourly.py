@@ -10,9 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord, Liveness
 from shared.domain.lifecycle import Cause, State
-from shared.domain.liveness import Liveness
 from shared.domain.periods import Window
 from shared.domain.reports import (
     TOP_AGENTS,

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.periods import Period, Window, window
 from shared.domain.pricing import format_usd
 from shared.domain.usage import Totals

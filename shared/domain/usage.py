@@ -167,6 +167,25 @@ class Tally:
         return out
 
 
+#: Totals after an update and the update itself, for each window the update touched.
+WindowTotals = dict[tuple[Period, Window], tuple[Totals, Totals]]
+
+
+@dataclass
+class Applied:
+    """What a batch did to the counters: exact totals after it, next to its own deltas."""
+
+    duplicate: bool = False
+    agent: WindowTotals = field(default_factory=dict)
+    tenant_shard: WindowTotals = field(default_factory=dict)
+    streak: int = 0
+    #: hour key -> minute -> counts after the batch (only the minutes the batch touched)
+    minutes: dict[str, dict[str, Minute]] = field(default_factory=dict)
+    op_minutes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    op_hour: dict[str, dict[str, int]] = field(default_factory=dict)
+    writes: int = 0
+
+
 _ZERO = timedelta(0)
 _MINUTES = [f"{m:02d}" for m in range(60)]
 

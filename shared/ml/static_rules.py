@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from shared.domain.agent_record import Liveness
 from shared.domain.health import HealthConfig
-from shared.domain.liveness import RUNGS, Liveness
+from shared.domain.liveness import RUNGS
 from shared.ml.data import METRICS, AgentStream, Detection
 
 _ERR, _CPU, _MEM = METRICS.index("error_rate"), METRICS.index("cpu_pct"), METRICS.index("memory_pct")

@@ -11,16 +11,18 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from fleet_agent.contracts import EventType
+from fleet_agent.contracts import ApprovalRequest, EventType
 
 from shared.domain import agents as agent_domain
 from shared.domain import holds
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.rejections import Code, Payload, Rejected
 from shared.pipeline.decoding import Decoded, PushedMessage, decode
 from shared.platform import logs, settings
+from shared.services import agent_commands
 from shared.store import agents as agent_store
 from shared.store import config, db, rejections
+from shared.training import progress
 
 log = logs.get_logger("handlers")
 
@@ -86,8 +88,6 @@ def process_registration(decoded: Decoded) -> Plan:
         ),
     )
     if plan.commands:  # the agent's holds, re-sent to a restarted agent
-        from shared.services import agent_commands  # the Pub/Sub client: only for the few events that publish
-
         agent_commands.publish(plan.commands)
     return plan
 
@@ -106,6 +106,7 @@ def unknown_agent(agent_id: str, received_at: datetime) -> Exception:
 
 
 def process_cost(decoded: Decoded) -> Plan:
+    # lazy: the cost rules (~100 ms of imports) stay off the other functions' cold start
     from shared.services import accounting
 
     return accounting.process_cost(decoded, unknown=unknown_agent)
@@ -116,17 +117,16 @@ def process_heartbeat(decoded: Decoded) -> Plan:
     cfg = settings.get()
     received_at = decoded.message.published_at
 
-    decided: list[AgentRecord] = []  # the record the plan was made on (the last attempt's)
-    from shared.ml import live  # numpy: loaded on the first heartbeat, not at import
+    # lazy: numpy, loaded on the first heartbeat rather than at import (cold start)
+    from shared.ml import live
 
     learned = live.for_heartbeats()
 
     def decide(current: AgentRecord | None) -> Plan:
         if current is None:
             raise unknown_agent(hb.agent_id, received_at)
-        decided.append(current)
         health_config, alerting = config.rules(current.tenant)
-        return agent_domain.apply_heartbeat(
+        plan = agent_domain.apply_heartbeat(
             current,
             hb,
             received_at=received_at,
@@ -138,17 +138,13 @@ def process_heartbeat(decoded: Decoded) -> Plan:
             alerting=alerting,
             learned=learned,
         )
+        # A budget hold whose period has reset is lifted on the agent's next heartbeat (or cost batch),
+        # in the same write as the heartbeat.
+        return holds.with_expired_lifted(current, plan, received_at)
 
     plan = agent_store.update(hb.agent_id, decide)
-    if plan.commands:  # the health rules quarantined the agent
-        from shared.services import agent_commands
-
+    if plan.commands:  # the health rules quarantined the agent, or a budget hold was lifted
         agent_commands.publish(plan.commands)
-    if decided and holds.expired(decided[-1], received_at):
-        # A budget hold whose period has reset: lifted on the agent's next heartbeat (or cost batch).
-        from shared.services import accounting
-
-        plan.commands = accounting.lift_expired(decided[-1], received_at) + plan.commands
     return plan
 
 
@@ -156,8 +152,7 @@ def process_approval_request(decoded: Decoded) -> Plan:
     """An agent asks for approval: stored once under an id derived from its request id (a redelivery
     or a repeat finds it), posted to its tenant's approvers. A repeat of a decided request is answered
     again on agent-commands (the agent may have restarted)."""
-    from fleet_agent.contracts import ApprovalRequest
-
+    # lazy: approvals pull in the Slack client and hand-off (~200 ms), off the other functions' cold start
     from shared.services import approvals
 
     event = decoded.event
@@ -175,8 +170,6 @@ def process_approval_request(decoded: Decoded) -> Plan:
 
 def process_job_progress(decoded: Decoded) -> Plan:
     """A training run reports progress or its final metrics (``job-progress``)."""
-    from shared.training import progress
-
     return progress.process(decoded)
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain import holds, release
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, State
 from shared.domain.silences import Silence

@@ -25,7 +25,7 @@ from fleet_agent.contracts import ApprovalRequest, Command, CommandType
 
 from shared.domain import approval_messages as messages
 from shared.domain import approvals as domain
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.approvals import Approval, Kind, Requester, State
 from shared.domain.audit import AuditEntry
 from shared.platform import logs

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain import reports as domain
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.periods import Period, Window, window
 from shared.domain.pricing import PriceTable
 from shared.domain.report_daily import DailyReport, build_daily

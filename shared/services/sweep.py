@@ -15,8 +15,7 @@ from typing import Any
 from shared.domain import episodes as domain
 from shared.domain import liveness
 from shared.domain import silences as silence_rules
-from shared.domain.agents import AgentRecord, Plan
-from shared.domain.liveness import Liveness
+from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.platform import logs
 from shared.services import approvals, notifier
 from shared.store import agents as agent_store

@@ -13,7 +13,7 @@ from typing import Any
 from fleet_agent.contracts import AGENT_ID_PATTERN
 
 from shared.domain import roles, slash
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
 from shared.domain.roles import Action

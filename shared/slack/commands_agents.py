@@ -10,7 +10,7 @@ from fleet_agent.contracts import BudgetSpec
 
 from shared.domain import approvals as approval_domain
 from shared.domain import budgets, release, roles, slash
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.roles import Action
 from shared.services import agent_controls, approvals
 from shared.slack.command_context import LISTED, Asker, Reply, find_agent, pick_tenants, require, said, when

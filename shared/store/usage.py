@@ -22,13 +22,11 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from shared.domain.budgets import WindowTotals
 from shared.domain.periods import Period, Window, window, windows
-from shared.domain.usage import Minute, ModelDay, Tally, Totals, model_day_field, month_field
+from shared.domain.usage import Applied, Minute, ModelDay, Tally, Totals, model_day_field, month_field
 from shared.platform import metering
 from shared.store import db
 
@@ -60,21 +58,6 @@ def _ref(doc_id: str) -> Any:
     return db.client().collection(USAGE).document(doc_id)
 
 
-@dataclass
-class Applied:
-    """What a batch did to the counters: exact totals after it, next to its own deltas."""
-
-    duplicate: bool = False
-    agent: WindowTotals = field(default_factory=dict)
-    tenant_shard: WindowTotals = field(default_factory=dict)
-    streak: int = 0
-    #: hour key -> minute -> counts after the batch (only the minutes the batch touched)
-    minutes: dict[str, dict[str, Minute]] = field(default_factory=dict)
-    op_minutes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
-    op_hour: dict[str, dict[str, int]] = field(default_factory=dict)
-    writes: int = 0
-
-
 class _Write:
     """One document's upsert: plain fields replaced, counters incremented server-side.
 
@@ -95,6 +78,7 @@ class _Write:
         self.amounts.append(amount)
 
     def to_pb(self, document_path: str) -> Any:
+        # lazy: the Firestore client library, loaded on the first batch rather than at import (cold start)
         from google.cloud.firestore_v1 import _helpers
         from google.cloud.firestore_v1.field_path import FieldPath
         from google.cloud.firestore_v1.types import write as write_types
@@ -120,6 +104,7 @@ class _Write:
 
 def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, marker_retention: timedelta) -> Applied:
     """Count a batch exactly once. Returns ``Applied(duplicate=True)`` when it was counted before."""
+    # lazy: the Google API client library, loaded on the first batch rather than at import (cold start)
     from google.api_core import exceptions
 
     client = db.client()
@@ -341,22 +326,16 @@ class _OtherShards:
 other_shards = _OtherShards()
 
 
-def tenant_estimate(
-    tenant: str, shard_totals: WindowTotals, *, shards: int, max_age_s: float, agent_id: str
-) -> WindowTotals:
-    """The tenant's totals after this batch: its shard exactly, the other shards as last read."""
+def other_shard_totals(
+    tenant: str, months: Iterable[str], *, shards: int, max_age_s: float, agent_id: str
+) -> dict[str, dict[str, Totals]]:
+    """The tenant's shards other than the agent's, as last read (at most every ``max_age_s``), by month
+    and field: added to the agent's shard's exact totals they estimate the tenant's (shared/domain/spend.py).
+    Empty with one shard (the agent's shard is the tenant)."""
     if shards <= 1:
-        return shard_totals
+        return {}
     shard = shard_of(agent_id, shards)
-    out: WindowTotals = {}
-    for (period, win), (after, delta) in shard_totals.items():
-        month = window(Period.MONTH, win.starts_at).key
-        others = other_shards.get(tenant, month, shard, shards, max_age_s)
-        total = Totals()
-        total.add(after)
-        total.add(others.get(month_field(period, win), Totals()))
-        out[(period, win)] = (total, delta)
-    return out
+    return {month: other_shards.get(tenant, month, shard, shards, max_age_s) for month in months}
 
 
 #: Documents per batched read (``get_all``).

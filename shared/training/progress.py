@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fleet_agent.contracts import JobPhase, JobProgress
 
-from shared.domain.agents import Plan
+from shared.domain.agent_record import Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job
 from shared.domain.rejections import Code, Rejected

@@ -63,9 +63,9 @@ def agent_id(group: str, t: int, n: int) -> str:
 
 
 def agent_doc(agent: str, tenant: str, last_heartbeat: datetime) -> dict[str, Any]:
-    from shared.domain.agents import AgentRecord
+    from shared.domain.agent_record import AgentRecord, Liveness
     from shared.domain.lifecycle import State
-    from shared.domain.liveness import Liveness, deadline
+    from shared.domain.liveness import deadline
     from shared.store import agents as agent_store
 
     registered = last_heartbeat - timedelta(hours=1)

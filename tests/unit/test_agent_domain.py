@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fleet_agent.contracts import Heartbeat, Registration, ReportedStatus
 
-from shared.domain.agents import AgentRecord, apply_heartbeat, apply_registration, apply_transition
+from shared.domain.agent_record import AgentRecord
+from shared.domain.agents import apply_heartbeat, apply_registration, apply_transition
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.domain.rejections import Code, Rejected
 

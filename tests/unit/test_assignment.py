@@ -20,13 +20,12 @@ from shared.domain import assignment as rules
 from shared.domain import assignment_agents as agent_side
 from shared.domain import assignment_ranking as ranking
 from shared.domain import assignment_tasks as task_side
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord, Liveness
 from shared.domain.api_keys import Role
 from shared.domain.assignment_agents import AgentSnapshot, AgentStats, RecordedOutcome
 from shared.domain.assignment_ranking import Candidate
 from shared.domain.assignment_tasks import AssignmentConfig, OutcomeReport, Priority, Task, TaskRequest, Weights
 from shared.domain.lifecycle import State
-from shared.domain.liveness import Liveness
 from shared.ml import assign as ml
 from shared.ml import serving
 from shared.store import agents as agent_store

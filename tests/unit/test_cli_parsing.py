@@ -11,7 +11,7 @@ import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
 from shared.cli import fleetctl
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Outcome, State
 from shared.store import agents as agent_store

@@ -9,7 +9,7 @@ from typing import Any
 from fleet_agent.contracts import BudgetSpec, CommandType, CostBatch, CostRecord
 
 from shared.domain import budgets, holds, protection
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.budgets import Kind
 from shared.domain.lifecycle import Cause, State
 from shared.domain.periods import Period, window

@@ -10,7 +10,8 @@ from fleet_agent.contracts import CommandType, Heartbeat, Registration, Reported
 from pydantic import ValidationError
 
 from shared.domain import episodes, health
-from shared.domain.agents import AgentRecord, Plan, apply_heartbeat, apply_registration
+from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.agents import apply_heartbeat, apply_registration
 from shared.domain.episodes import AgentEpisodes, AlertingConfig
 from shared.domain.health import HealthConfig, Verdict
 from shared.domain.lifecycle import Cause, State

@@ -13,7 +13,7 @@ import pytest
 from google.api_core.exceptions import ServiceUnavailable
 
 from shared.api import core, router
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import State
 from shared.platform import logs, metering

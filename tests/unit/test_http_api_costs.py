@@ -18,7 +18,7 @@ from google.api_core.exceptions import ServiceUnavailable
 
 from shared.api import router
 from shared.domain import holds
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import State
 from shared.domain.periods import Period, windows

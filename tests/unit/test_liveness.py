@@ -9,11 +9,11 @@ import pytest
 from fleet_agent.contracts import Heartbeat, ReportedStatus
 
 from shared.domain import episodes, liveness
-from shared.domain.agents import AgentRecord, Plan, apply_heartbeat, apply_registration
+from shared.domain.agent_record import AgentRecord, Liveness, Plan
+from shared.domain.agents import apply_heartbeat, apply_registration
 from shared.domain.alerts import Severity
 from shared.domain.episodes import AlertingConfig
 from shared.domain.lifecycle import Cause, Outcome, State
-from shared.domain.liveness import Liveness
 from tests.unit.test_agent_domain import reg
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

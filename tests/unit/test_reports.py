@@ -17,7 +17,7 @@ from shared.domain import report_daily as daily_domain
 from shared.domain import report_hourly as hourly_domain
 from shared.domain import report_suggestions as suggestion_rules
 from shared.domain import reports as domain
-from shared.domain.agents import AgentRecord
+from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.pricing import Price, PriceTable, to_nanos
 from shared.domain.usage import ModelDay, Totals
