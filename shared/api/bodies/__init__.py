@@ -7,8 +7,10 @@ the validation enforces, so that a body valid by the document is accepted.
 
 The bodies live by resource: ``common`` (timestamps, errors, reasons, decimal amounts), ``agents``,
 ``costs`` (usage, budgets, protection, prices, pause and resume), ``alerts`` (alerts, silences,
-releases, settings), ``approvals`` (approvals, roles, audit) and ``reports``. This module lists every
-model the OpenAPI document describes, and names each body for the routes.
+releases, settings), ``approvals`` (approvals, roles, audit) and ``reports``; ``jobs`` and ``tasks``
+document the domain's job and task requests (shared/domain/jobs.py, shared/domain/assignment.py) with
+the rules their validators enforce. This module lists every model the OpenAPI document describes, and
+names each body for the routes.
 """
 
 from __future__ import annotations

@@ -52,9 +52,10 @@ class Health(View):
     status: Literal["ok"] = "ok"
 
 
-#: A text that is not blank once stripped: it holds a character Python's ``str.strip`` keeps (JSON
-#: Schema patterns are unanchored, so this one means "somewhere in the text").
-NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+#: A text that is not blank once stripped: it holds a character the validation's strip keeps (pydantic
+#: strips Unicode White_Space, which is ECMA-262's ``\s`` but for U+FEFF, plus U+0085). JSON Schema
+#: patterns are unanchored, so this one means "somewhere in the text".
+NOT_BLANK = r"[^\s\x85]"
 
 #: Documents what stripping enforces: the validation strips whitespace first, then counts characters.
 _NOT_BLANK_DOC: dict[str, Any] = {"pattern": NOT_BLANK}
