@@ -1,0 +1,102 @@
+"""The REST API's agent bodies: an agent, a page of agents, its heartbeat history, rejected events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from shared.api.bodies.common import Timestamp, View
+from shared.domain.agent_record import AgentRecord
+from shared.domain.lifecycle import State
+
+
+class AgentView(View):
+    """An agent as the API shows it."""
+
+    agent_id: str
+    tenant: str
+    name: str
+    agent_type: str
+    version: str
+    owner: str
+    capabilities: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    heartbeat_interval_s: int
+    status: State = Field(description="Lifecycle state, decided by the server.")
+    status_since: Timestamp
+    reported_status: str | None = Field(default=None, description="The agent's own last reported status.")
+    registered_at: Timestamp
+    last_registered_at: Timestamp | None = None
+    last_heartbeat_at: Timestamp | None = Field(default=None, description="Server receive time.")
+    last_seq: int = Field(description="Sequence number of the last accepted heartbeat; -1 before any.")
+    heartbeats: int = 0
+    metrics: dict[str, float | int] = Field(default_factory=dict, description="Metrics of the last heartbeat.")
+    late_after: Timestamp | None = Field(
+        default=None, description="When the agent counts as late if no heartbeat arrives before."
+    )
+    versions: list[str] = Field(default_factory=list, description="Recent versions, oldest first.")
+    learned: LearnedView = Field(
+        default_factory=lambda: LearnedView(), description="What the learned models made of its last heartbeat."
+    )
+
+
+class LearnedView(View):
+    """The learned models' verdict on an agent's last heartbeat (shared/ml/live.py)."""
+
+    status: str = Field(
+        default="unscored", description="unscored (no model, or too few metrics), insufficient_data, normal, anomalous"
+    )
+    reason: str | None = None
+    score: float | None = Field(default=None, description="Anomaly score (higher is stranger).")
+    risk: float | None = Field(default=None, description="Predicted risk of failing within the horizon.")
+    anomaly_model: str | None = None
+    failure_model: str | None = None
+
+
+class AgentPage(View):
+    items: list[AgentView]
+    next_page_token: str | None = Field(
+        default=None, description="Pass as page_token for the next page; null on the last page."
+    )
+
+
+class RejectionView(View):
+    """An event the fleet refused, with the reason and the original payload (for diagnosis and replay)."""
+
+    id: str = Field(description="The Pub/Sub message id.")
+    code: str = Field(description="Machine-readable reason, e.g. schema_violation, unknown_agent.")
+    reason: str
+    details: Any = None
+    agent_id: str | None = None
+    event_type: str | None = None
+    source: str = ""
+    payload: dict[str, Any] = Field(default_factory=dict)
+    received_at: Timestamp
+
+
+class RejectionPage(View):
+    items: list[RejectionView]
+    next_page_token: str | None = None
+
+
+class HistorySample(View):
+    """One accepted heartbeat."""
+
+    seq: int
+    at: Timestamp = Field(description="Server receive time.")
+    sent_at: Timestamp | None = Field(default=None, description="The agent's clock when it sent the heartbeat.")
+    status: str = Field(description="The status the agent reported.")
+    metrics: dict[str, float | int] = Field(default_factory=dict)
+
+
+class HistoryView(View):
+    agent_id: str
+    samples: list[HistorySample] = Field(description="Stored heartbeat samples, oldest first.")
+
+
+def agent_view(record: AgentRecord) -> AgentView:
+    """The public view of a stored agent (attributes are copied by name, extra ones dropped)."""
+    view = AgentView.model_validate(record, from_attributes=True)
+    return view.model_copy(update={"learned": LearnedView.model_validate(record.ml)}) if record.ml else view

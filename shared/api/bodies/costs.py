@@ -1,0 +1,200 @@
+"""The REST API's cost bodies: usage, holds, budgets, protection thresholds, prices, pause and resume."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fleet_agent.contracts import BudgetSpec
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.api.bodies.common import POSITIVE_USD_TEXT, Reason, Timestamp, View, decimal_doc, given
+from shared.domain.lifecycle import State
+from shared.domain.protection import Protection, ProtectionOverrides
+
+
+class HoldView(View):
+    """Why the agent must not call its model, as last told to it."""
+
+    command: str = Field(description="The command that announced the hold (pause, budget_exhausted, ...).")
+    command_id: str | None = None
+    reason: str = ""
+    issued_at: Timestamp | None = None
+    until: Timestamp | None = Field(default=None, description="When the hold lifts by itself; null: until lifted.")
+
+
+class PeriodUsage(View):
+    """Usage of one UTC period (hour, day or month) and what is left of its hard limits."""
+
+    period: str = Field(description="The period's key: 2026-11-21T10, 2026-11-21 or 2026-11.")
+    spend_usd: str = Field(description="Exact spend in USD, a decimal string.")
+    tokens: int
+    input_tokens: int
+    output_tokens: int
+    calls: int
+    failures: int
+    unpriced_calls: int = Field(description="Calls with tokens but no price and no reported cost.")
+    success_rate: float | None = Field(description="Share of calls that succeeded; null without calls.")
+    budget_usd: str | None = Field(description="The hard USD limit of the period; null without one.")
+    remaining_usd: str | None
+    budget_tokens: int | None
+    remaining_tokens: int | None
+    starts_at: Timestamp
+    resets_at: Timestamp
+
+
+_PERIODS = Field(description="Keyed by hour, day and month (the current UTC periods).")
+_SOURCE = Field(description='Where the budget comes from: "registration", "api" (wins) or null.')
+
+
+class AgentUsageView(View):
+    agent_id: str
+    tenant: str
+    periods: dict[str, PeriodUsage] = _PERIODS
+    holds: dict[str, HoldView] = Field(description="Current holds by name (budget, tenant_budget, breaker, pause...).")
+    budget: BudgetSpec | None
+    budget_source: str | None = _SOURCE
+
+
+class TenantUsageView(View):
+    tenant: str
+    periods: dict[str, PeriodUsage] = _PERIODS
+    budget: BudgetSpec | None
+    budget_source: str | None = _SOURCE
+
+
+class AgentBudgetView(View):
+    agent_id: str
+    tenant: str
+    budget: BudgetSpec | None = Field(description="null: no budget.")
+    budget_source: str | None = _SOURCE
+    holds: dict[str, HoldView] = Field(description="Current holds, after the budget was re-evaluated.")
+
+
+class TenantBudgetView(View):
+    tenant: str
+    budget: BudgetSpec | None = Field(description="null: no budget.")
+    budget_source: str | None = _SOURCE
+
+
+_HARD = (
+    "hourly_usd",
+    "daily_usd",
+    "monthly_usd",
+    "hourly_tokens",
+    "daily_tokens",
+    "monthly_tokens",
+)
+#: Every limit a budget may set: the hard ones and their soft counterparts.
+BUDGET_LIMITS = (*_HARD, *(f"soft_{name}" for name in _HARD))
+#: A USD limit as the contract bounds it (fleet_agent.contracts.LimitUsd): above 0, at most a billion,
+#: nano-dollar precision.
+_LIMIT_USD_DOC = decimal_doc(
+    pattern=POSITIVE_USD_TEXT, maximum=1_000_000_000, exclusive_minimum=True, places=9, nullable=True
+)
+
+
+def _budget_doc(schema: dict[str, Any]) -> None:
+    """State what the validation enforces beyond the field types: the USD limits' string form, and at
+    least one limit (``anyOf``: one of them is given and not null). That a soft limit is at most its hard
+    limit compares two values, which JSON Schema cannot state: the description says it."""
+    properties = schema["properties"]
+    for name in BUDGET_LIMITS:
+        if name.endswith("_usd"):
+            properties[name] = {**properties[name], **_LIMIT_USD_DOC}
+    schema["anyOf"] = [
+        given(name, ["number", "string"] if name.endswith("_usd") else "integer") for name in BUDGET_LIMITS
+    ]
+
+
+class BudgetUpdate(BudgetSpec):
+    """A budget (PUT replaces the whole budget): at least one hard or soft limit. USD amounts are
+    decimal strings or numbers; a soft limit is ``soft_ratio`` of its hard limit unless given, and
+    at most its hard limit when both are given."""
+
+    model_config = ConfigDict(json_schema_extra=_budget_doc)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetUpdate:
+        if not any(getattr(self, name) is not None or getattr(self, f"soft_{name}") is not None for name in _HARD):
+            raise ValueError("a budget needs at least one hard or soft limit (e.g. daily_usd)")
+        return self
+
+
+def _protection_doc(schema: dict[str, Any]) -> None:
+    """The baseline's string form: a decimal from 0 to 999,999.999999999 (a number may be 1,000,000)."""
+    field = schema["properties"]["spike_min_baseline_usd"]
+    field.update(decimal_doc(pattern=r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,9})?$", maximum=1_000_000, nullable=True))
+
+
+class ProtectionUpdate(ProtectionOverrides):
+    """Overrides of the protection thresholds (PUT replaces them all; ``{}`` goes back to the defaults)."""
+
+    model_config = ConfigDict(json_schema_extra=_protection_doc)
+
+
+class ProtectionView(View):
+    tenant: str
+    agent_id: str | None = Field(default=None, description="null for a tenant's overrides.")
+    overrides: ProtectionOverrides = Field(description="What was set at this level (unset fields are null).")
+    effective: Protection = Field(description="Defaults, then the tenant's overrides, then the agent's.")
+
+
+UsdPerToken = Annotated[
+    Decimal,
+    Field(ge=0, le=1, decimal_places=12),
+    Field(
+        json_schema_extra=decimal_doc(
+            pattern=r"^(0(\.[0-9]{1,12})?|1(\.0{1,12})?)$", maximum=1, places=12, nullable=False
+        )
+    ),
+]
+
+
+class PriceUpdate(BaseModel):
+    """USD per token, as decimal strings (exact) or numbers, from 0 to 1, at most 12 decimals."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_usd: UsdPerToken
+    output_usd: UsdPerToken
+
+
+class PriceView(View):
+    model: str
+    input_usd: str = Field(description="USD per input token, a decimal string.")
+    output_usd: str = Field(description="USD per output token, a decimal string.")
+    source: Literal["default", "api", "tenant"] = Field(
+        description="default: shipped with the code; api: set globally; tenant: the tenant's override."
+    )
+
+
+class PriceList(View):
+    tenant: str | None = Field(description="The tenant whose overrides are included; null: global prices only.")
+    items: list[PriceView] = Field(description="Ordered by model.")
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Reason
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Reason | None = None
+
+
+class AgentHoldsView(View):
+    """An agent's status and holds after a pause or a resume."""
+
+    agent_id: str
+    tenant: str
+    status: State
+    status_since: Timestamp
+    holds: dict[str, HoldView]
+
+
+def hold_views(holds: dict[str, dict[str, Any]]) -> dict[str, HoldView]:
+    return {name: HoldView.model_validate(hold) for name, hold in sorted(holds.items())}
