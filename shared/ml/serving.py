@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.platform import logs, metering, settings
+from shared.store import model_blobs
+from shared.store import models as registry
 
 log = logs.get_logger("ml.serving")
 
@@ -60,8 +62,6 @@ def loader(kind: str) -> Callable[[bytes], Any]:
 def fetch(kind: str, pointer: dict[str, Any]) -> tuple[Any, int]:
     """The model a registry pointer names, and its size: its bytes from Cloud Storage, checked against the
     recorded hash, loaded without its scikit-learn object (the serving cache and the retraining job)."""
-    from shared.store import model_blobs
-
     data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
     return loader(kind)(data), len(data)
 
@@ -81,8 +81,6 @@ def current(kind: str) -> Loaded | None:
 
 
 def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
-    from shared.store import models as registry
-
     try:
         pointer = registry.pointer(kind)
         metering.count_registry_read()
