@@ -21,7 +21,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.ml import retrain, serving
+from shared.ml import provenance, retrain, serving
 from shared.platform import logs, metering
 from shared.store import agents as agent_store
 from shared.store import model_blobs, tasks
@@ -44,15 +44,15 @@ def _current(kind: str) -> tuple[Any, str | None, str]:
     try:
         return serving.fetch(kind, pointer)[0], str(version), ""
     except (ValueError, KeyError, model_blobs.CorruptModel) as exc:
-        if getattr(exc, "reason", None) == "self_check_failed":
+        failure = provenance.load_failure(exc)
+        if failure["reason"] == provenance.SELF_CHECK_FAILED:
             logs.log(
                 log,
                 "the model in service fails its self-check; compared as none",
                 logging.WARNING,
                 kind=kind,
                 version=version,
-                reason="self_check_failed",
-                max_deviation=getattr(exc, "logged_deviation", None),
+                **failure,
             )
         return None, str(version), f"the version in service ({version}) could not be loaded: {exc}"[:300]
 

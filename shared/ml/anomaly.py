@@ -285,8 +285,7 @@ class AnomalyDetector:
         flat = self._require()
         arrays = {f"flat_{k}": v for k, v in flat.arrays().items()}
         arrays["env_lo"], arrays["env_hi"] = self.env_lo, self.env_hi
-        arrays.update(self.provenance.arrays())
-        return storage.pack(arrays, self.metadata(), self.forest)
+        return provenance.packed(arrays, self.metadata(), self.provenance, self.forest)
 
     @classmethod
     def from_bytes(cls, data: bytes, load_forest: bool = True) -> AnomalyDetector:
@@ -304,8 +303,8 @@ class AnomalyDetector:
         det.fleet_threshold = float(meta["fleet_threshold"])
         det.gap_threshold = float(meta["gap_threshold"])
         det.version = str(meta["version"])
-        scorers = provenance.scorers(det.flat.score, det.flat.score_one)  # refused if they fail the self-check
-        det.provenance = provenance.on_load(meta, arrays, scorers, f"anomaly {det.version}")
+        # refused (SelfCheckFailed) if the flat scorer fails the self-check
+        det.provenance = provenance.verified(meta, arrays, det.flat.score, det.flat.score_one, f"anomaly {det.version}")
         if load_forest:
             det.forest = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
         return det

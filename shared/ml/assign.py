@@ -237,8 +237,8 @@ class TaskModel:
         """An ``.npz`` without pickles; the forest as skops bytes inside when skops is installed."""
         if self.flat is None:
             raise RuntimeError("TaskModel is not fitted")
-        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()} | self.provenance.arrays()
-        return storage.pack(arrays, self.metadata(), self.forest)
+        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()}
+        return provenance.packed(arrays, self.metadata(), self.provenance, self.forest)
 
     @classmethod
     def from_bytes(cls, data: bytes, load_model: bool = False) -> TaskModel:
@@ -261,8 +261,9 @@ class TaskModel:
         model.trained_rows = int(meta.get("trained_rows") or 0)
         model.base_rate = float("nan") if meta.get("base_rate") is None else float(meta["base_rate"])
         model.metrics = dict(meta.get("metrics") or {})
-        scorers = provenance.scorers(model.predict_success, lambda r: float(model.predict_success(r)[0]))
-        model.provenance = provenance.on_load(meta, arrays, scorers, f"{KIND} {model.version}")
+        model.provenance = provenance.verified(
+            meta, arrays, model.predict_success, lambda r: float(model.predict_success(r)[0]), f"{KIND} {model.version}"
+        )
         if load_model:
             model.forest = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
         return model

@@ -339,8 +339,8 @@ class FailurePredictor:
         bytes when skops is installed."""
         if self.flat is None:
             raise RuntimeError("FailurePredictor is not fitted")
-        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()} | self.provenance.arrays()
-        return storage.pack(arrays, self.metadata(), self.model)
+        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()}
+        return provenance.packed(arrays, self.metadata(), self.provenance, self.model)
 
     @classmethod
     def from_bytes(cls, data: bytes, load_model: bool = False) -> FailurePredictor:
@@ -359,8 +359,9 @@ class FailurePredictor:
         pred.horizon = int(meta["horizon"])
         pred.threshold = float(meta["threshold"])
         pred.version = str(meta["version"])
-        scorers = provenance.scorers(flat.predict_proba1, lambda r: float(flat.predict_proba1(r)[0]))
-        pred.provenance = provenance.on_load(meta, arrays, scorers, f"failure {pred.version}")
+        pred.provenance = provenance.verified(
+            meta, arrays, flat.predict_proba1, lambda r: float(flat.predict_proba1(r)[0]), f"failure {pred.version}"
+        )
         v = meta.get("validation")
         if v is not None:
             pred.validation = WarningScore(

@@ -338,7 +338,9 @@ def retrain_task(outcomes: Sequence[Any], current: Any = None, current_version: 
 
 def package(cand: Candidate, at: datetime) -> Candidate:
     """Serialise a trained candidate and name its version, then load the bytes back as serving will: a
-    candidate whose scorer fails its own stored self-check is recorded but not promoted."""
+    candidate whose scorer fails its own stored self-check is recorded but not promoted. Any other error
+    loading bytes just written is a bug, not a verdict on the model: it propagates, and the job records the
+    kind as failed (jobs/retrain.py)."""
     if cand.model is not None:
         cand.data = cand.model.to_bytes()
         cand.sha256 = hashlib.sha256(cand.data).hexdigest()

@@ -96,9 +96,11 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
     try:
         model, size = fetch(kind, pointer)
     except Exception as exc:
-        # A self-check that fails (provenance.SelfCheckFailed, not imported here: it would import numpy).
-        refused = getattr(exc, "reason", None) == "self_check_failed"
-        if refused:
+        # lazy: numpy stays off the API's import of this module (the model's own module has loaded it by now)
+        from shared.ml import provenance
+
+        failure = provenance.load_failure(exc)
+        if failure["reason"] == provenance.SELF_CHECK_FAILED:
             _refused[(kind, str(version))] = str(exc)
         logs.log(
             log,
@@ -107,8 +109,7 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
             kind=kind,
             version=version,
             serving=served.version if served else None,
-            reason="self_check_failed" if refused else "unloadable",
-            max_deviation=getattr(exc, "logged_deviation", None),
+            **failure,
             error=f"{type(exc).__name__}: {exc}"[:500],
         )
         return served
