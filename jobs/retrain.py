@@ -17,10 +17,15 @@ import json
 import logging
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.ml import provenance, retrain, serving
 from shared.platform import logs, metering
+from shared.store import agents as agent_store
+from shared.store import model_blobs, tasks
+from shared.store import models as registry
 
 log = logs.get_logger("jobs.retrain")
 
@@ -32,10 +37,6 @@ def _current(kind: str) -> tuple[Any, str | None, str]:
     it could not be loaded ("" when it was): a model this code cannot read any more (a feature change), or
     whose scorer fails its stored self-check (``self_check_failed``), must not stop the retraining that
     replaces it."""
-    from shared.ml import serving
-    from shared.store import model_blobs
-    from shared.store import models as registry
-
     pointer = registry.pointer(kind) or {}
     version = pointer.get("current")
     if not version:
@@ -43,24 +44,21 @@ def _current(kind: str) -> tuple[Any, str | None, str]:
     try:
         return serving.fetch(kind, pointer)[0], str(version), ""
     except (ValueError, KeyError, model_blobs.CorruptModel) as exc:
-        if getattr(exc, "reason", None) == "self_check_failed":
+        failure = provenance.load_failure(exc)
+        if failure["reason"] == provenance.SELF_CHECK_FAILED:
             logs.log(
                 log,
                 "the model in service fails its self-check; compared as none",
                 logging.WARNING,
                 kind=kind,
                 version=version,
-                reason="self_check_failed",
-                max_deviation=getattr(exc, "logged_deviation", None),
+                **failure,
             )
         return None, str(version), f"the version in service ({version}) could not be loaded: {exc}"[:300]
 
 
 def _publish(cand: Any, run_id: str, now: datetime) -> dict[str, Any]:
     """Store a trained candidate (bytes, record) and promote it when it won; what happened, for the run."""
-    from shared.store import model_blobs
-    from shared.store import models as registry
-
     outcome: dict[str, Any] = {"decision": "not_trained", "reason": cand.reason}
     if cand.model is None or cand.version is None:
         return outcome
@@ -84,16 +82,12 @@ def _publish(cand: Any, run_id: str, now: datetime) -> dict[str, Any]:
 
 
 def _retrain_kind(kind: str, data: Any, now: datetime, run_id: str) -> dict[str, Any]:
-    from shared.ml import retrain
-
     current, current_version, unreadable = _current(kind)
     if kind == "anomaly":
         cand = retrain.retrain_anomaly(data, current, current_version)
     elif kind == "failure":
         cand = retrain.retrain_failure(data, current, current_version)
     else:
-        from shared.store import tasks
-
         cand = retrain.retrain_task(tasks.recent_outcomes(None), current, current_version)
     if unreadable:
         cand.reason = f"{unreadable}; {cand.reason}"
@@ -102,10 +96,6 @@ def _retrain_kind(kind: str, data: Any, now: datetime, run_id: str) -> dict[str,
 
 def run(run_id: str, kinds: tuple[str, ...] = KINDS, now: datetime | None = None) -> dict[str, Any]:
     """One retraining run; returns its record (also stored in ``model_runs/{run_id}``)."""
-    from shared.ml import retrain
-    from shared.store import agents as agent_store
-    from shared.store import models as registry
-
     now = now or datetime.now(UTC)
     started = time.perf_counter()
     registry.update_run(run_id, {"run_id": run_id, "state": "running", "started_at": now, "kinds": list(kinds)})
@@ -177,10 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = run(run_id, kinds)
     except Exception as exc:
-        import traceback
-
-        from shared.store import models as registry
-
         logs.log(
             log,
             "retrain run failed",

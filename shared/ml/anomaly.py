@@ -11,12 +11,13 @@
   lies inside it, and a feature that never varied in training, such as the stuck run, is never split
   on), so a row is also *high* when a feature leaves the healthy envelope learned in ``fit`` (the
   fleet's range of that feature, widened). A heartbeat gap is reported at once by the same detector.
-- Scoring uses ``FlatForest``: the fitted trees as flat numpy arrays, ``score_samples`` (within
-  ``provenance.RTOL``) for one row in tens of microseconds (sklearn's per-call overhead is milliseconds),
-  and vectorised for many rows.
+- Scoring uses ``FlatForest`` (shared/ml/anomaly_forest.py): the fitted trees as flat numpy arrays,
+  ``score_samples`` (within ``provenance.RTOL``) for one row in tens of microseconds (sklearn's per-call
+  overhead is milliseconds), and vectorised for many rows.
 - ``detect`` runs a stream's rows in order: the first ``WARMUP`` rows are "insufficient data"; ``k``
   consecutive high rows open an episode (rule ``anomaly``, with the 3 features that drove it), ``m``
-  consecutive normal rows close it. ``observe`` is the same for one heartbeat at a time.
+  consecutive normal rows close it (``Persistence`` and ``Verdict``: shared/ml/anomaly_episodes.py).
+  ``observe`` is the same for one heartbeat at a time.
 - ``to_bytes``/``from_bytes``: an ``.npz`` without pickles (the flat trees, thresholds, envelope, JSON
   metadata, makers' versions and self-check: ``provenance``), plus the forest as skops bytes when skops is
   installed, loaded trusting only the sklearn tree type. Scoring a loaded model never needs scikit-learn.
@@ -26,224 +27,25 @@ scikit-learn and skops are imported inside the methods that need them only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from shared.ml import features as fe
 from shared.ml import provenance, storage
+from shared.ml.anomaly_episodes import ANOMALOUS, INSUFFICIENT, NORMAL, RULE, Persistence, Status, Verdict
+from shared.ml.anomaly_forest import FlatForest
 from shared.ml.data import AgentStream, Detection
 from shared.ml.provenance import Provenance
-
-Status = Literal["insufficient_data", "normal", "anomalous"]
-INSUFFICIENT: Status = "insufficient_data"
-NORMAL: Status = "normal"
-ANOMALOUS: Status = "anomalous"
+from shared.ml.simulate import simulate_rows
 
 #: Format version of ``to_bytes``.
 MODEL_FORMAT = 1
 #: The only types the skops bytes of a forest may contain beyond skops' own trusted defaults.
 TRUSTED_SKOPS_TYPES = frozenset({"sklearn.tree._tree.Tree"})
-RULE = "anomaly"
-
-
-def _average_path_length(n: np.ndarray) -> np.ndarray:
-    """The average path length of an unsuccessful search in a BST of ``n`` nodes (as sklearn computes it)."""
-    n = np.asarray(n, dtype=np.float64)
-    out = np.zeros(n.shape)
-    big = n > 2
-    out[n == 2] = 1.0
-    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
-    return out
-
-
-@dataclass(frozen=True)
-class FlatForest:
-    """The trees of a fitted ``IsolationForest`` as flat arrays (nodes of all trees concatenated).
-
-    A leaf points to itself on both sides with threshold +inf, so every row walks exactly ``depth``
-    steps. ``value`` holds, per node, its depth plus the average path length of its samples minus 1
-    (what sklearn adds per tree); the score is ``2 ** -(sum over trees / denominator)``.
-    """
-
-    feature: np.ndarray
-    threshold: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    value: np.ndarray
-    roots: np.ndarray
-    depth: int
-    denominator: float
-
-    @classmethod
-    def from_forest(cls, forest: Any) -> FlatForest:
-        """Flatten a fitted ``sklearn.ensemble.IsolationForest``."""
-        feats, thrs, lefts, rights, values, roots = [], [], [], [], [], []
-        offset = 0
-        depth = 0
-        for tree, used in zip(forest.estimators_, forest.estimators_features_, strict=True):
-            t = tree.tree_
-            count = int(t.node_count)
-            leaf = t.children_left < 0
-            own = np.arange(offset, offset + count, dtype=np.int64)
-            feats.append(np.where(leaf, 0, np.asarray(used, dtype=np.int64)[np.maximum(t.feature, 0)]))
-            thrs.append(np.where(leaf, np.inf, t.threshold.astype(np.float64)))
-            lefts.append(np.where(leaf, own, t.children_left.astype(np.int64) + offset))
-            rights.append(np.where(leaf, own, t.children_right.astype(np.int64) + offset))
-            values.append(t.compute_node_depths().astype(np.float64) + _average_path_length(t.n_node_samples) - 1.0)
-            roots.append(offset)
-            depth = max(depth, int(t.max_depth))
-            offset += count
-        denominator = float(len(forest.estimators_) * _average_path_length(np.asarray([forest._max_samples]))[0])
-        return cls(
-            feature=np.concatenate(feats),
-            threshold=np.concatenate(thrs),
-            left=np.concatenate(lefts),
-            right=np.concatenate(rights),
-            value=np.concatenate(values),
-            roots=np.asarray(roots, dtype=np.int64),
-            depth=depth,
-            denominator=denominator,
-        )
-
-    def score_one(self, row: np.ndarray) -> float:
-        """``-score_samples([row])[0]`` of the forest (higher = more anomalous)."""
-        x = np.asarray(row, dtype=np.float64).astype(np.float32).astype(np.float64)
-        nodes = self.roots
-        feature, threshold, left, right = self.feature, self.threshold, self.left, self.right
-        for _ in range(self.depth):
-            nodes = np.where(x[feature[nodes]] <= threshold[nodes], left[nodes], right[nodes])
-        total = float(np.cumsum(self.value[nodes])[-1])
-        return float(np.power(2.0, -(total / self.denominator)))
-
-    def score(self, X: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """``-score_samples(X)`` for many rows (vectorised over trees and rows)."""
-        X = np.asarray(X, dtype=np.float64).astype(np.float32).astype(np.float64)
-        out = np.empty(X.shape[0])
-        for lo in range(0, X.shape[0], chunk):
-            xt = X[lo : lo + chunk].T
-            cols = np.arange(xt.shape[1])[None, :]
-            nodes = np.broadcast_to(self.roots[:, None], (self.roots.size, xt.shape[1]))
-            for _ in range(self.depth):
-                nodes = np.where(
-                    xt[self.feature[nodes], cols] <= self.threshold[nodes], self.left[nodes], self.right[nodes]
-                )
-            total = np.cumsum(self.value[nodes], axis=0)[-1]
-            out[lo : lo + chunk] = np.power(2.0, -(total / self.denominator))
-        return out
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays to persist."""
-        return {
-            "feature": self.feature,
-            "threshold": self.threshold,
-            "left": self.left,
-            "right": self.right,
-            "value": self.value,
-            "roots": self.roots,
-            "depth_denominator": np.asarray([self.depth, self.denominator], dtype=np.float64),
-        }
-
-    @classmethod
-    def from_arrays(cls, a: Mapping[str, np.ndarray]) -> FlatForest:
-        """The inverse of ``arrays``."""
-        depth, denominator = a["depth_denominator"].tolist()
-        return cls(
-            feature=a["feature"].astype(np.int64),
-            threshold=a["threshold"].astype(np.float64),
-            left=a["left"].astype(np.int64),
-            right=a["right"].astype(np.int64),
-            value=a["value"].astype(np.float64),
-            roots=a["roots"].astype(np.int64),
-            depth=int(depth),
-            denominator=float(denominator),
-        )
-
-
-@dataclass
-class _Persistence:
-    """``k`` consecutive high rows open an episode; ``m`` consecutive clear rows close it (clear: not
-    high and every metric back within ``clear_z`` baseline deviations, so a level that stays shifted
-    keeps its one episode open instead of flapping)."""
-
-    k: int
-    m: int
-    high_run: int = 0
-    normal_run: int = 0
-    opened: int | None = None
-    drivers: np.ndarray | None = None  # max |scaled feature| over the rows that opened the episode
-    why: tuple[str, ...] = ()
-
-    def step(self, i: int, high: bool, clear: bool, scaled: np.ndarray, agent_id: str) -> tuple[Detection | None, bool]:
-        """Advance one row; returns (the episode it closed, if any; whether the row is in an episode)."""
-        if self.opened is None:
-            if high:
-                self.high_run += 1
-                self.drivers = (
-                    scaled if self.drivers is None or self.high_run == 1 else np.maximum(self.drivers, scaled)
-                )
-                if self.high_run >= self.k:
-                    self.opened = i
-                    self.normal_run = 0
-                    idx = np.argsort(-self.drivers, kind="stable")[:3]
-                    self.why = tuple(fe.FEATURES[int(j)] for j in idx)
-            else:
-                self.high_run = 0
-            return None, self.opened is not None
-        if high or not clear:
-            self.normal_run = 0
-            return None, True
-        self.normal_run += 1
-        if self.normal_run >= self.m:
-            done = Detection(agent_id, self.opened, i - self.m + 1, RULE, self.why)
-            self.opened = None
-            self.high_run = 0
-            self.drivers = None
-            return done, False
-        return None, True
-
-    def flush(self, n: int, agent_id: str) -> Detection | None:
-        """The episode still open at the end of a stream (ending there)."""
-        if self.opened is None:
-            return None
-        return Detection(agent_id, self.opened, n, RULE, self.why)
-
-    def to_doc(self) -> dict[str, Any]:
-        """Plain values for a Firestore map (see ``features.Baseline.to_doc``)."""
-        return {
-            "high_run": self.high_run,
-            "normal_run": self.normal_run,
-            "opened": self.opened,
-            "drivers": None if self.drivers is None else self.drivers.tolist(),
-            "why": list(self.why),
-        }
-
-    @classmethod
-    def from_doc(cls, doc: Mapping[str, Any], k: int, m: int) -> _Persistence:
-        drivers = doc.get("drivers")
-        return cls(
-            k,
-            m,
-            high_run=int(doc.get("high_run", 0)),
-            normal_run=int(doc.get("normal_run", 0)),
-            opened=None if doc.get("opened") is None else int(doc["opened"]),
-            drivers=None if drivers is None else np.asarray(drivers, dtype=np.float64),
-            why=tuple(str(w) for w in doc.get("why", ())),
-        )
-
-
-@dataclass
-class Verdict:
-    """What ``observe`` says about one heartbeat."""
-
-    status: Status
-    score: float | None = None
-    high: bool = False
-    opened: bool = False  # an episode opened (or a gap was reported) with this heartbeat
-    features: tuple[str, ...] = ()
-    closed: Detection | None = None
 
 
 @dataclass
@@ -251,7 +53,7 @@ class _Live:
     """One agent's streaming state."""
 
     baseline: fe.Baseline
-    episode: _Persistence
+    episode: Persistence
     last_t: float | None = None
     status: Status = INSUFFICIENT
 
@@ -289,6 +91,7 @@ class AnomalyDetector:
     # ----------------------------------------------------------------------------------- fitting
     def fit(self, streams: Mapping[str, AgentStream]) -> None:
         """Learn the forest, per-agent thresholds and the envelope from healthy streams."""
+        # lazy: scikit-learn only to train; importing or serving a model never loads it
         from sklearn.ensemble import IsolationForest
 
         ids = list(streams)
@@ -372,7 +175,7 @@ class AnomalyDetector:
         high = valid & ((scores > thr) | self._out_of_envelope(F))
         clear = self._clear(F)
         gaps = valid & (F[:, fe._I_GAP] > self.gap_threshold)
-        episode = _Persistence(self.k, self.m)
+        episode = Persistence(self.k, self.m)
         found: list[Detection] = []
         status: list[Status] = []
         for i in range(F.shape[0]):
@@ -410,7 +213,7 @@ class AnomalyDetector:
         self._require()
         live = self._live.get(agent_id)
         if live is None:
-            live = self._live[agent_id] = _Live(fe.Baseline.new(interval_s), _Persistence(self.k, self.m))
+            live = self._live[agent_id] = _Live(fe.Baseline.new(interval_s), Persistence(self.k, self.m))
         dt = interval_s if live.last_t is None else t - live.last_t
         live.last_t = t
         ready = live.baseline.ready
@@ -420,15 +223,15 @@ class AnomalyDetector:
         self._status[agent_id] = verdict.status
         return verdict
 
-    def new_episode_state(self) -> _Persistence:
+    def new_episode_state(self) -> Persistence:
         """The persistence state of an agent not seen yet (callers that keep state themselves)."""
-        return _Persistence(self.k, self.m)
+        return Persistence(self.k, self.m)
 
-    def episode_state(self, doc: Mapping[str, Any] | None) -> _Persistence:
+    def episode_state(self, doc: Mapping[str, Any] | None) -> Persistence:
         """An agent's persistence state from its ``to_doc`` form (a fresh one for None)."""
-        return _Persistence.from_doc(doc, self.k, self.m) if doc else _Persistence(self.k, self.m)
+        return Persistence.from_doc(doc, self.k, self.m) if doc else Persistence(self.k, self.m)
 
-    def judge(self, agent_id: str, f: np.ndarray, ready: bool, i: int, episode: _Persistence) -> Verdict:
+    def judge(self, agent_id: str, f: np.ndarray, ready: bool, i: int, episode: Persistence) -> Verdict:
         """Score one feature vector ``f`` (row ``i`` of the agent; ``ready``: past warm-up) and advance the
         agent's persistence state ``episode``: the part of ``observe`` after the features, for callers
         that keep each agent's state themselves (the heartbeat function keeps it in the agent document)."""
@@ -482,8 +285,7 @@ class AnomalyDetector:
         flat = self._require()
         arrays = {f"flat_{k}": v for k, v in flat.arrays().items()}
         arrays["env_lo"], arrays["env_hi"] = self.env_lo, self.env_hi
-        arrays.update(self.provenance.arrays())
-        return storage.pack(arrays, self.metadata(), self.forest)
+        return provenance.packed(arrays, self.metadata(), self.provenance, self.forest)
 
     @classmethod
     def from_bytes(cls, data: bytes, load_forest: bool = True) -> AnomalyDetector:
@@ -501,8 +303,8 @@ class AnomalyDetector:
         det.fleet_threshold = float(meta["fleet_threshold"])
         det.gap_threshold = float(meta["gap_threshold"])
         det.version = str(meta["version"])
-        scorers = provenance.scorers(det.flat.score, det.flat.score_one)  # refused if they fail the self-check
-        det.provenance = provenance.on_load(meta, arrays, scorers, f"anomaly {det.version}")
+        # refused (SelfCheckFailed) if the flat scorer fails the self-check
+        det.provenance = provenance.verified(meta, arrays, det.flat.score, det.flat.score_one, f"anomaly {det.version}")
         if load_forest:
             det.forest = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
         return det
@@ -515,10 +317,6 @@ _ZEROS = np.zeros(fe.N_FEATURES)
 
 def fit_seconds(rows: int = 1_000_000, detector: AnomalyDetector | None = None) -> float:
     """Seconds ``fit`` takes on about ``rows`` healthy simulated heartbeat rows."""
-    import time
-
-    from shared.ml.simulate import simulate_rows
-
     streams = simulate_rows(rows)
     started = time.perf_counter()
     (detector or AnomalyDetector()).fit(streams)
@@ -531,12 +329,7 @@ def explain_row(f: np.ndarray, top: int = 3) -> tuple[str, ...]:
 
 
 __all__: Sequence[str] = (
-    "ANOMALOUS",
-    "INSUFFICIENT",
-    "NORMAL",
     "AnomalyDetector",
-    "FlatForest",
-    "Verdict",
     "explain_row",
     "fit_seconds",
 )

@@ -5,7 +5,9 @@ and raises a warning before the failure.
 Features per row are ``features.batch_features`` (deviations from the agent's own baseline) plus short
 trends over the last ``TREND_WINDOW`` rows (least-squares slopes of the latency, error-rate and memory
 deviations and of the error rate, and the mean error excess), all causal. A row is labelled 1 when a
-failure starts within the next ``horizon`` rows; rows inside a failure and warm-up rows are left out.
+failure starts within the next ``horizon`` rows; rows inside a failure and warm-up rows are left out
+(the design rows and labels: shared/ml/failure_features.py; warnings and their scoring:
+shared/ml/failure_warnings.py).
 
 The model is a ``HistGradientBoostingClassifier`` trained on balanced classes (positive rows
 repeated). ``fit`` chooses the warning threshold on out-of-fold risks of the training fleet (event-level
@@ -31,224 +33,25 @@ import numpy as np
 
 from shared.ml import provenance, storage
 from shared.ml.data import METRICS, AgentStream, FaultEvent
-from shared.ml.features import FEATURES, _scaled, batch_features_many
+from shared.ml.failure_features import (
+    ALL_FEATURES,
+    ERR_COL,
+    TREND_INPUTS,
+    TREND_WINDOW,
+    design_many,
+    explain,
+    labels,
+    trend_inputs,
+    window_trends,
+)
+from shared.ml.failure_warnings import PERSISTENCE, WarningScore, score_warnings, warnings_from_risk
+from shared.ml.features import FEATURES
 from shared.ml.flat import FlatTrees
 
-#: Rows over which the trend features are computed.
-TREND_WINDOW = 10
-#: Consecutive rows at or above the threshold before a warning is raised.
-PERSISTENCE = 2
-#: Rows of slack after the horizon in which a failure starting still makes a warning correct.
-SLACK = 5
 #: Preferred minimum precision of warnings when the threshold is chosen.
 TARGET_PRECISION = 0.8
 #: Folds of agents for the out-of-fold risks the threshold is chosen on.
 FOLDS = 2
-
-_Z = {m: FEATURES.index(f"z_{m}") for m in METRICS}
-_ZS = {m: FEATURES.index(f"zs_{m}") for m in METRICS}
-_ERR_EXCESS = FEATURES.index("error_excess")
-_ERR_COL = METRICS.index("error_rate")
-TREND_FEATURES: tuple[str, ...] = (
-    "slope_z_latency_ms",
-    "slope_z_error_rate",
-    "slope_z_memory_pct",
-    "slope_error_rate",
-    "mean_error_excess",
-    "mean_zs_latency_ms",
-)
-ALL_FEATURES: tuple[str, ...] = (*FEATURES, *TREND_FEATURES)
-#: The series the trend features are computed from (one per trend feature, in the same order): the first
-#: ``_SLOPED`` get a slope, the others a mean. ``error_rate`` is the raw metric, the others are features.
-TREND_INPUTS: tuple[str, ...] = (
-    "z_latency_ms",
-    "z_error_rate",
-    "z_memory_pct",
-    "error_rate",
-    "error_excess",
-    "zs_latency_ms",
-)
-_SLOPED = 4
-_INPUT_COLS = np.asarray(
-    [_Z["latency_ms"], _Z["error_rate"], _Z["memory_pct"], -1, _ERR_EXCESS, _ZS["latency_ms"]], dtype=np.int64
-)
-
-
-def _slope_kernel(w: int) -> np.ndarray:
-    k = np.arange(w, dtype=np.float64)
-    k -= k.mean()
-    k /= np.sum(k**2)
-    return k
-
-
-def _slope(y: np.ndarray, w: int = TREND_WINDOW) -> np.ndarray:
-    """Least-squares slope of ``y`` over the last ``w`` rows at every row (causal; the first value repeated
-    before the start)."""
-    if y.shape[0] == 0:
-        return y.copy()
-    k = _slope_kernel(w)
-    padded = np.concatenate([np.full(w - 1, y[0]), y])
-    # out[i] = sum_j k[j] * padded[i + j]  (window ending at row i)
-    return np.convolve(padded, k[::-1], mode="valid")
-
-
-def _mean(y: np.ndarray, w: int = TREND_WINDOW) -> np.ndarray:
-    if y.shape[0] == 0:
-        return y.copy()
-    padded = np.concatenate([np.full(w - 1, y[0]), y])
-    return np.convolve(padded, np.full(w, 1.0 / w), mode="valid")
-
-
-def _trend_inputs(F: np.ndarray, error_rate: np.ndarray) -> np.ndarray:
-    """The ``TREND_INPUTS`` series of rows ``(n, 6)`` from their features and raw error rates."""
-    out = F[..., _INPUT_COLS]
-    out[..., TREND_INPUTS.index("error_rate")] = error_rate
-    return out
-
-
-def _design(F: np.ndarray, stream: AgentStream) -> np.ndarray:
-    """The base features of a stream with the trend features appended."""
-    inputs = _trend_inputs(F, np.asarray(stream.X[:, _ERR_COL], dtype=np.float64))
-    trends = np.column_stack(
-        [_slope(inputs[:, j]) for j in range(_SLOPED)]
-        + [_mean(inputs[:, j]) for j in range(_SLOPED, len(TREND_INPUTS))]
-    )
-    return np.hstack([F, trends.reshape(F.shape[0], len(TREND_FEATURES))])
-
-
-_SLOPE_K = _slope_kernel(TREND_WINDOW)[::-1].copy()
-_MEAN_K = np.full(TREND_WINDOW, 1.0 / TREND_WINDOW)
-
-
-def _window_trends(window: np.ndarray) -> np.ndarray:
-    """The trend features of the last row from the window of its last ``TREND_WINDOW`` inputs (oldest
-    first), with the same ``np.convolve`` as the batch path."""
-    out = np.empty(len(TREND_FEATURES))
-    for j in range(len(TREND_INPUTS)):
-        kernel = _SLOPE_K if j < _SLOPED else _MEAN_K
-        out[j] = np.convolve(window[:, j], kernel, mode="valid")[0]
-    return out
-
-
-def explain(d: np.ndarray, top: int = 3) -> tuple[str, ...]:
-    """The names of the ``top`` features (of ``ALL_FEATURES``) of a design row furthest from normal.
-
-    The base features in the units of ``features.explain``; the trends as their change over the window in
-    the same units: a z slope times ``TREND_WINDOW`` (deviations gained), the error-rate slope times
-    ``TREND_WINDOW`` and the mean error excess times 100 (rate points, as ``error_excess``), the mean short
-    latency z as it is. Simple on purpose: it names what moved, not the model's attribution."""
-    d = np.asarray(d, dtype=np.float64)
-    base = np.abs(_scaled(d[: len(FEATURES)]))
-    t = d[len(FEATURES) :]
-    trend = np.abs(
-        np.asarray(
-            [
-                t[0] * TREND_WINDOW,
-                t[1] * TREND_WINDOW,
-                t[2] * TREND_WINDOW,
-                100.0 * TREND_WINDOW * t[3],
-                100.0 * t[4],
-                t[5],
-            ]
-        )
-    )
-    scaled = np.concatenate([base, trend])
-    idx = np.argsort(-scaled, kind="stable")[:top]
-    return tuple(ALL_FEATURES[int(i)] for i in idx if scaled[int(i)] > 0.0)
-
-
-def design_many(streams: Sequence[AgentStream]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(features (n, len(ALL_FEATURES)), valid (n,))`` of each stream."""
-    return [(_design(F, s), valid) for (F, valid), s in zip(batch_features_many(streams), streams, strict=True)]
-
-
-def labels(n: int, events: Sequence[FaultEvent], horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row labels of one agent's stream of ``n`` rows: ``(y, keep)``; ``y[i]`` is 1 when a failure starts
-    in rows ``(i, i + horizon]``, and ``keep`` is false for rows inside a failure."""
-    y = np.zeros(n, dtype=np.int8)
-    keep = np.ones(n, dtype=bool)
-    for e in events:
-        y[max(0, e.start - horizon) : min(n, e.start)] = 1
-    for e in events:
-        keep[max(0, e.start) : min(n, e.end)] = False
-    y[~keep] = 0
-    return y, keep
-
-
-def warnings_from_risk(risk: np.ndarray, threshold: float, persistence: int = PERSISTENCE) -> list[int]:
-    """Rows where a warning is raised: the risk has been at or above ``threshold`` for ``persistence``
-    consecutive rows; the next warning needs the risk to fall below the threshold first."""
-    out: list[int] = []
-    run = 0
-    for i, high in enumerate(np.asarray(risk) >= threshold):
-        run = run + 1 if high else 0
-        if run == persistence:
-            out.append(i)
-    return out
-
-
-@dataclass(frozen=True)
-class WarningScore:
-    """Event-level quality of warnings over a fleet."""
-
-    failures: int
-    warned: int  # failures with a warning in [start - horizon - SLACK, start)
-    lead_times: tuple[int, ...]  # heartbeats from the first such warning to the failure's start
-    warnings: int
-    correct: int  # warnings followed by a failure start within horizon + SLACK rows
-    healthy_rows: int  # rows neither inside a failure nor in the horizon + SLACK rows before one
-
-    @property
-    def share_warned(self) -> float | None:
-        return self.warned / self.failures if self.failures else None
-
-    @property
-    def precision(self) -> float | None:
-        return self.correct / self.warnings if self.warnings else None
-
-    @property
-    def false_per_1000(self) -> float | None:
-        return 1000.0 * (self.warnings - self.correct) / self.healthy_rows if self.healthy_rows else None
-
-    @property
-    def median_lead(self) -> float | None:
-        return float(np.median(self.lead_times)) if self.lead_times else None
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision or 0.0, self.share_warned or 0.0
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-
-def score_warnings(
-    warned_rows: Mapping[str, Sequence[int]],
-    lengths: Mapping[str, int],
-    events: Sequence[FaultEvent],
-    horizon: int,
-) -> WarningScore:
-    """Score warnings (row indices per agent) against failure events."""
-    reach = horizon + SLACK
-    by_agent: dict[str, list[FaultEvent]] = {}
-    for e in events:
-        by_agent.setdefault(e.agent_id, []).append(e)
-    failures = warned = n_warn = correct = healthy = 0
-    leads: list[int] = []
-    for agent_id, n in lengths.items():
-        rows = list(warned_rows.get(agent_id, ()))
-        evs = by_agent.get(agent_id, [])
-        unhealthy = np.zeros(n, dtype=bool)
-        for e in evs:
-            unhealthy[max(0, e.start - reach) : min(n, e.end)] = True
-            failures += 1
-            before = [w for w in rows if e.start - reach <= w < e.start]
-            if before:
-                warned += 1
-                leads.append(e.start - min(before))
-        healthy += int(n - unhealthy.sum())
-        n_warn += len(rows)
-        correct += sum(1 for w in rows if any(w < e.start <= w + reach for e in evs))
-    return WarningScore(failures, warned, tuple(leads), n_warn, correct, healthy)
-
 
 #: Name and version of the ``to_bytes`` format.
 MODEL_FORMAT = "failure_predictor"
@@ -349,6 +152,7 @@ class FailurePredictor:
         self.flat = FlatTrees.from_hist_gradient_boosting(model)
 
     def _train(self, designs: Sequence[tuple[np.ndarray, np.ndarray]], ys: Sequence[np.ndarray]) -> Any:
+        # lazy: scikit-learn only to train; importing or serving a model never loads it
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         X = np.vstack([d for d, _ in designs])
@@ -404,11 +208,11 @@ class FailurePredictor:
             inside = np.flatnonzero(fold != k)
             self._use(self._train([rows[i] for i in inside], [ys[i] for i in inside]))
             for i in np.flatnonzero(fold == k):
-                risks[ids[i]] = self._risk(*designs[i])
+                risks[ids[i]] = self.risk_of(*designs[i])
         self._use(self._train(rows, ys))
         self.version = f"hgb-{sum(y.size for y in ys)}rows-{len(ids)}agents"
         if not risks:  # too few agents to hold any out: in-sample risks
-            risks = {a: self._risk(*d) for a, d in zip(ids, designs, strict=True)}
+            risks = {a: self.risk_of(*d) for a, d in zip(ids, designs, strict=True)}
 
         lengths = {s.agent_id: len(s) for s in ordered}
         best: tuple[tuple[bool, float], float, WarningScore] | None = None
@@ -438,7 +242,8 @@ class FailurePredictor:
             raise RuntimeError("FailurePredictor is not fitted")
         return np.asarray(self.model.predict_proba(D)[:, 1], dtype=np.float64)
 
-    def _risk(self, D: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def risk_of(self, D: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The risk per design row of ``D`` (``design_many``'s rows; 0 where not ``valid``)."""
         risk = np.zeros(D.shape[0])
         if self.flat is None and self.model is None:
             raise RuntimeError("FailurePredictor is not fitted")
@@ -449,11 +254,11 @@ class FailurePredictor:
     def predict_risk(self, stream: AgentStream) -> np.ndarray:
         """The risk per row that a failure starts within ``horizon`` rows (0 during warm-up)."""
         ((D, valid),) = design_many([stream])
-        return self._risk(D, valid)
+        return self.risk_of(D, valid)
 
     def predict_risk_many(self, streams: Sequence[AgentStream]) -> list[np.ndarray]:
         """``predict_risk`` of several streams, sharing the feature pass."""
-        return [self._risk(D, valid) for D, valid in design_many(streams)]
+        return [self.risk_of(D, valid) for D, valid in design_many(streams)]
 
     def warnings(self, stream: AgentStream, threshold: float | None = None) -> list[int]:
         """Rows where a warning is raised (risk at or above the threshold for ``PERSISTENCE`` rows)."""
@@ -471,11 +276,11 @@ class FailurePredictor:
         row = np.asarray(row, dtype=np.float64)
         if f.shape != (len(FEATURES),) or row.shape != (len(METRICS),):
             raise ValueError(f"expected {len(FEATURES)} features and {len(METRICS)} metrics")
-        state.push(_trend_inputs(f, row[_ERR_COL]))
+        state.push(trend_inputs(f, row[ERR_COL]))
         risk = 0.0
         d: np.ndarray | None = None
         if valid:
-            d = np.concatenate([f, _window_trends(state.window)])
+            d = np.concatenate([f, window_trends(state.window)])
             risk = float(self._proba(d[None, :])[0])
         elif self.flat is None and self.model is None:
             raise RuntimeError("FailurePredictor is not fitted")
@@ -534,8 +339,8 @@ class FailurePredictor:
         bytes when skops is installed."""
         if self.flat is None:
             raise RuntimeError("FailurePredictor is not fitted")
-        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()} | self.provenance.arrays()
-        return storage.pack(arrays, self.metadata(), self.model)
+        arrays = {f"flat_{k}": v for k, v in self.flat.arrays().items()}
+        return provenance.packed(arrays, self.metadata(), self.provenance, self.model)
 
     @classmethod
     def from_bytes(cls, data: bytes, load_model: bool = False) -> FailurePredictor:
@@ -554,8 +359,9 @@ class FailurePredictor:
         pred.horizon = int(meta["horizon"])
         pred.threshold = float(meta["threshold"])
         pred.version = str(meta["version"])
-        scorers = provenance.scorers(flat.predict_proba1, lambda r: float(flat.predict_proba1(r)[0]))
-        pred.provenance = provenance.on_load(meta, arrays, scorers, f"failure {pred.version}")
+        pred.provenance = provenance.verified(
+            meta, arrays, flat.predict_proba1, lambda r: float(flat.predict_proba1(r)[0]), f"failure {pred.version}"
+        )
         v = meta.get("validation")
         if v is not None:
             pred.validation = WarningScore(

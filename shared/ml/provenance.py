@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.ml import storage
 from shared.platform import logs
 
 log = logs.get_logger("ml.provenance")
@@ -215,6 +216,34 @@ def on_load(
         verify(prov, serving, model)
     _log_once(prov, model)
     return prov
+
+
+def packed(
+    arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], prov: Provenance, sklearn_object: Any = None
+) -> bytes:
+    """A model's bytes (``storage.pack``): its ``arrays`` followed by its self-check's, its ``meta`` (which
+    holds ``prov.meta()``), and its scikit-learn object as skops bytes."""
+    return storage.pack({**arrays, **prov.arrays()}, meta, sklearn_object)
+
+
+def verified(
+    meta: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    batch: Scorer,
+    one: Callable[[np.ndarray], float],
+    model: str,
+) -> Provenance:
+    """``on_load`` with the serving scorer's two paths (``scorers``): a model's provenance on load, its
+    self-check verified (raises ``SelfCheckFailed``)."""
+    return on_load(meta, arrays, scorers(batch, one), model)
+
+
+def load_failure(exc: BaseException) -> dict[str, Any]:
+    """How a model that failed to load is logged: ``reason`` (``self_check_failed`` when its self-check
+    refused it, else ``unloadable``) and ``max_deviation`` (a self-check's largest deviation, else None)."""
+    if isinstance(exc, SelfCheckFailed):
+        return {"reason": SELF_CHECK_FAILED, "max_deviation": exc.logged_deviation}
+    return {"reason": "unloadable", "max_deviation": None}
 
 
 def verify(prov: Provenance, serving: Mapping[str, Scorer], model: str) -> float:

@@ -33,9 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from shared.ml import assign, live, serving
 from shared.ml import features as fe
-from shared.ml import live
+from shared.ml.anomaly import AnomalyDetector
 from shared.ml.data import AgentStream, FaultEvent, Fleet
+from shared.ml.evaluate import score
+from shared.ml.failure import FailurePredictor
+from shared.ml.failure_features import design_many
+from shared.ml.failure_warnings import score_warnings, warnings_from_risk
+from shared.ml.provenance import SelfCheckFailed
+from shared.ml.simulate import inject_faults
 
 #: Share of each agent's rows used to train; the rest is held out for the comparison.
 TRAIN_SHARE = 0.7
@@ -205,8 +212,6 @@ def _decide(cand: Candidate, key: str, *, lower_is_better: bool = False, serving
 def _anomaly_metrics(det: Any, fleet: Fleet, clean: Fleet, features: dict[str, list[Any]]) -> dict[str, Any]:
     """``det`` scored on the injected and the clean held-out fleets; ``features`` holds each fleet's
     ``batch_features_many`` (computed once, shared by the two models compared)."""
-    from shared.ml.evaluate import score
-
     found = {}
     for name, data in (("injected", fleet), ("clean", clean)):
         streams = list(data.streams.values())
@@ -229,9 +234,6 @@ def _anomaly_metrics(det: Any, fleet: Fleet, clean: Fleet, features: dict[str, l
 
 def retrain_anomaly(data: Split, current: Any = None, current_version: str | None = None) -> Candidate:
     """Fit a new anomaly detector and compare it with ``current`` (see the module docstring)."""
-    from shared.ml.anomaly import AnomalyDetector
-    from shared.ml.simulate import inject_faults
-
     cand = Candidate("anomaly", current_version=current_version, agents=len(data.streams))
     started = time.perf_counter()
     det = AnomalyDetector()
@@ -256,8 +258,6 @@ def retrain_anomaly(data: Split, current: Any = None, current_version: str | Non
 
 def retrain_failure(data: Split, current: Any = None, current_version: str | None = None) -> Candidate:
     """Train a new failure predictor on failures read off the history and compare it with ``current``."""
-    from shared.ml.failure import FailurePredictor, score_warnings, warnings_from_risk
-
     cand = Candidate("failure", current_version=current_version, agents=len(data.streams))
     events = [e for s in data.streams.values() for e in derive_failures(s)]
     train_events = [e for e in events if e.start < data.train_rows]
@@ -275,13 +275,13 @@ def retrain_failure(data: Split, current: Any = None, current_version: str | Non
     streams = list(data.streams.values())
     lengths = {s.agent_id: len(s) for s in streams}
 
-    from shared.ml.failure import design_many
-
     designs = design_many(streams)  # computed once, shared by the two models compared
 
     def measure(model: Any) -> dict[str, Any]:
         warned = {
-            s.agent_id: [w for w in warnings_from_risk(model._risk(D, valid), model.threshold) if w >= data.train_rows]
+            s.agent_id: [
+                w for w in warnings_from_risk(model.risk_of(D, valid), model.threshold) if w >= data.train_rows
+            ]
             for s, (D, valid) in zip(streams, designs, strict=True)
         }
         sc = score_warnings(warned, lengths, test_events, model.horizon)
@@ -310,8 +310,6 @@ MIN_TASK_OUTCOMES = 50
 def retrain_task(outcomes: Sequence[Any], current: Any = None, current_version: str | None = None) -> Candidate:
     """Train a task-assignment model on recorded outcomes (the most recent 20 % held out) and compare it, by
     Brier score, with the model in service, or with the heuristic that serves while there is none."""
-    from shared.ml import assign
-
     cand = Candidate("task_assignment", current_version=current_version)
     usable = assign.usable(outcomes)
     if len(usable) < MIN_TASK_OUTCOMES:
@@ -340,10 +338,9 @@ def retrain_task(outcomes: Sequence[Any], current: Any = None, current_version: 
 
 def package(cand: Candidate, at: datetime) -> Candidate:
     """Serialise a trained candidate and name its version, then load the bytes back as serving will: a
-    candidate whose scorer fails its own stored self-check is recorded but not promoted."""
-    from shared.ml import serving
-    from shared.ml.provenance import SelfCheckFailed
-
+    candidate whose scorer fails its own stored self-check is recorded but not promoted. Any other error
+    loading bytes just written is a bug, not a verdict on the model: it propagates, and the job records the
+    kind as failed (jobs/retrain.py)."""
     if cand.model is not None:
         cand.data = cand.model.to_bytes()
         cand.sha256 = hashlib.sha256(cand.data).hexdigest()

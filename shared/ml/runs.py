@@ -16,8 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.domain.run_phase import FINAL_PHASES, Backend, Phase
+from shared.launchers import registry
 from shared.launchers.base import Handle, LaunchError, LaunchSpec
 from shared.platform import settings
+from shared.store import models as store
+from shared.training.launch import image
 
 #: System runs are launched under this tenant and agent (the launchers label every resource with both).
 SYSTEM_TENANT = "fleet"
@@ -45,8 +48,6 @@ def run_id_for(now: datetime) -> str:
 
 
 def spec(run_id: str, chosen: Backend) -> LaunchSpec:
-    from shared.training.launch import image
-
     command: tuple[str, ...] = ("python", "-m", "jobs.retrain", "--run-id", run_id)
     if chosen is Backend.LOCAL:
         command = (sys.executable, *command[1:])
@@ -70,9 +71,6 @@ def spec(run_id: str, chosen: Backend) -> LaunchSpec:
 
 def launch(now: datetime, run_id: str | None = None) -> dict[str, Any]:
     """Record and launch the day's run (or ``run_id``); check earlier runs still marked running."""
-    from shared.launchers import registry
-    from shared.store import models as store
-
     checked = check_running(now)
     run_id = run_id or run_id_for(now)
     try:
@@ -100,9 +98,6 @@ def check_running(now: datetime) -> dict[str, Any]:
     """The last few runs against their backends: one still marked running whose backend says it ended
     without recording it (killed, out of memory, timed out) is marked failed; the backend's leftovers of
     an ended run (a Cloud Run job) are released once."""
-    from shared.launchers import registry
-    from shared.store import models as store
-
     failed = released = 0
     for run in store.runs(limit=5):
         if not run.get("handle") or run.get("released"):

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.platform import logs, metering, settings
+from shared.store import model_blobs
+from shared.store import models as registry
 
 log = logs.get_logger("ml.serving")
 
@@ -60,8 +62,6 @@ def loader(kind: str) -> Callable[[bytes], Any]:
 def fetch(kind: str, pointer: dict[str, Any]) -> tuple[Any, int]:
     """The model a registry pointer names, and its size: its bytes from Cloud Storage, checked against the
     recorded hash, loaded without its scikit-learn object (the serving cache and the retraining job)."""
-    from shared.store import model_blobs
-
     data = model_blobs.get(str(pointer["current_uri"]), pointer.get("current_sha256"))
     return loader(kind)(data), len(data)
 
@@ -81,8 +81,6 @@ def current(kind: str) -> Loaded | None:
 
 
 def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
-    from shared.store import models as registry
-
     try:
         pointer = registry.pointer(kind)
         metering.count_registry_read()
@@ -98,9 +96,11 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
     try:
         model, size = fetch(kind, pointer)
     except Exception as exc:
-        # A self-check that fails (provenance.SelfCheckFailed, not imported here: it would import numpy).
-        refused = getattr(exc, "reason", None) == "self_check_failed"
-        if refused:
+        # lazy: numpy stays off the API's import of this module (the model's own module has loaded it by now)
+        from shared.ml import provenance
+
+        failure = provenance.load_failure(exc)
+        if failure["reason"] == provenance.SELF_CHECK_FAILED:
             _refused[(kind, str(version))] = str(exc)
         logs.log(
             log,
@@ -109,8 +109,7 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
             kind=kind,
             version=version,
             serving=served.version if served else None,
-            reason="self_check_failed" if refused else "unloadable",
-            max_deviation=getattr(exc, "logged_deviation", None),
+            **failure,
             error=f"{type(exc).__name__}: {exc}"[:500],
         )
         return served

@@ -22,6 +22,7 @@ def pack(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], sklearn_obje
     out[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     if sklearn_object is not None:
         try:
+            # lazy: skops (and scikit-learn with it) only when a model is saved with its sklearn object
             import skops.io as sio
         except ImportError:
             pass
@@ -52,6 +53,7 @@ def sklearn_object(arrays: Mapping[str, np.ndarray], trusted: frozenset[str]) ->
     if SKOPS not in arrays:
         return None
     try:
+        # lazy: skops (and scikit-learn with it) only when the sklearn object is asked for
         import skops.io as sio
     except ImportError:
         return None

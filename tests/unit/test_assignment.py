@@ -28,6 +28,7 @@ from shared.domain.assignment_tasks import AssignmentConfig, OutcomeReport, Prio
 from shared.domain.lifecycle import State
 from shared.ml import assign as ml
 from shared.ml import serving
+from shared.ml.assign_synthetic import synthetic_outcomes
 from shared.store import agents as agent_store
 from shared.store import tasks as store
 from shared.store.api_keys import Principal
@@ -312,7 +313,7 @@ def test_request_bodies_are_strict() -> None:
 
 @pytest.fixture(scope="module")
 def synthetic() -> list[RecordedOutcome]:
-    return ml.synthetic_outcomes(2500, agents=10, seed=3)
+    return synthetic_outcomes(2500, agents=10, seed=3)
 
 
 @pytest.fixture(scope="module")

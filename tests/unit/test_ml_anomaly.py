@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from shared.ml import features as fe
-from shared.ml.anomaly import ANOMALOUS, INSUFFICIENT, NORMAL, AnomalyDetector, FlatForest
+from shared.ml.anomaly import AnomalyDetector
+from shared.ml.anomaly_episodes import ANOMALOUS, INSUFFICIENT, NORMAL
+from shared.ml.anomaly_forest import FlatForest
 from shared.ml.data import AgentStream
 from tests.unit.test_ml_flat import assert_close_and_same_decisions
 

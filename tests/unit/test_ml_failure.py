@@ -16,20 +16,9 @@ import pytest
 
 from shared.ml import features as fe
 from shared.ml.data import METRICS, AgentStream, FaultEvent
-from shared.ml.failure import (
-    ALL_FEATURES,
-    PERSISTENCE,
-    TREND_INPUTS,
-    TREND_WINDOW,
-    FailurePredictor,
-    FailureState,
-    FailureVerdict,
-    evaluate,
-    explain,
-    labels,
-    score_warnings,
-    warnings_from_risk,
-)
+from shared.ml.failure import FailurePredictor, FailureState, FailureVerdict, evaluate
+from shared.ml.failure_features import ALL_FEATURES, TREND_INPUTS, TREND_WINDOW, explain, labels
+from shared.ml.failure_warnings import PERSISTENCE, score_warnings, warnings_from_risk
 from shared.ml.simulate import simulate_failures
 from tests.unit.test_ml_flat import assert_close_and_same_decisions
 

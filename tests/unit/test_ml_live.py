@@ -105,7 +105,8 @@ def test_metric_mapping() -> None:
 
 
 def test_failure_warnings_open_and_resolve_the_failure_risk_episode() -> None:
-    from shared.ml.failure import FailurePredictor, warnings_from_risk
+    from shared.ml.failure import FailurePredictor
+    from shared.ml.failure_warnings import warnings_from_risk
     from shared.ml.simulate import simulate_failures
 
     streams, events = simulate_failures(agents=30, rows=700, seed=3)

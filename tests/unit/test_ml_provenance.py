@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from shared.ml import provenance
-from shared.ml.anomaly import AnomalyDetector, FlatForest
-from shared.ml.assign import TaskModel, synthetic_outcomes
+from shared.ml.anomaly import AnomalyDetector
+from shared.ml.anomaly_forest import FlatForest
+from shared.ml.assign import TaskModel
+from shared.ml.assign_synthetic import synthetic_outcomes
 from shared.ml.failure import FailurePredictor
 from shared.ml.flat import FlatTrees
 from shared.ml.simulate import simulate_failures

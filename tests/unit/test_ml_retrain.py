@@ -147,7 +147,7 @@ def test_the_retraining_run_has_its_own_identity(monkeypatch: pytest.MonkeyPatch
 def test_a_candidate_failing_its_own_self_check_is_recorded_but_never_promoted(monkeypatch: pytest.MonkeyPatch) -> None:
     """``package`` loads the new bytes back as serving will: if the flat trees disagree with the scores
     scikit-learn stored at training time (beyond the tolerance), the version is kept out of service."""
-    from shared.ml.assign import synthetic_outcomes
+    from shared.ml.assign_synthetic import synthetic_outcomes
     from shared.ml.flat import FlatTrees
 
     outcomes = synthetic_outcomes(400, agents=8, seed=2)

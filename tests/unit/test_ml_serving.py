@@ -211,7 +211,7 @@ def test_a_model_failing_its_self_check_is_refused_and_the_one_in_service_stays(
         assert serving.current("anomaly") is first
     assert registry.downloads == downloads and len([r for r in records if r.get("reason")]) == 1
     # A scorer that disagrees (as after a numpy release computing the trees differently) is refused too.
-    from shared.ml.anomaly import FlatForest
+    from shared.ml.anomaly_forest import FlatForest
 
     score = FlatForest.score
     monkeypatch.setattr(FlatForest, "score", lambda self, X, chunk=4096: score(self, X, chunk) * (1.0 + 1e-9))
