@@ -146,6 +146,8 @@ def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
             slot, sample = plan.sample
             fields[f"recent.{slot}"] = _sample_json(sample)
             cached["recent"] = {**snap.record.recent, slot: sample}
+        if "ml" in fields:
+            fields["ml"] = ml_json(fields["ml"])
         batch.update(agent_ref, fields, option=client.write_option(last_update_time=snap.update_time))
         new_record = snap.record.model_copy(update=cached)
     if plan.version_doc is not None:
@@ -168,10 +170,30 @@ def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
 # As a Firestore map a sample is about 25 values, each a protobuf message built in Python; as a
 # string it is one. Nothing queries inside a sample: readers (the API, the models) take them whole.
 # A heartbeat writes only its own slot (field path ``recent.sNN``).
+#
+# The learned models' state (``ml``: the rolling baseline, the persistence runs, the failure trend
+# window; about 3.4 KB and 200 values with both models in service) changes on every heartbeat and is
+# stored the same way, as one JSON string: as a map it was re-encoded value by value into protobuf on
+# every heartbeat (about a quarter of the function's time under load) and indexed value by value.
+# Nothing queries inside it. Documents written when it was a map still load (``from_stored``).
 
 
 def _sample_json(sample: dict[str, Any]) -> str:
     return json.dumps(sample, separators=(",", ":"))
+
+
+def ml_json(state: dict[str, Any]) -> str:
+    """The learned models' state as stored: compact JSON (floats round-trip exactly)."""
+    return json.dumps(state, separators=(",", ":"))
+
+
+def ml_state(stored: Any) -> dict[str, Any]:
+    """The learned models' state from a stored agent document's ``ml``: a JSON string, or a map as
+    documents written before it was a string hold it (or nothing)."""
+    if isinstance(stored, str):
+        state: dict[str, Any] = json.loads(stored)
+        return state
+    return dict(stored or {})
 
 
 def _decoded(texts: Iterable[str]) -> list[dict[str, Any]]:
@@ -180,13 +202,15 @@ def _decoded(texts: Iterable[str]) -> list[dict[str, Any]]:
 
 
 def to_stored(doc: dict[str, Any]) -> dict[str, Any]:
-    """An agent document as Firestore holds it (the samples as JSON)."""
-    return {**doc, "recent": {slot: _sample_json(s) for slot, s in (doc.get("recent") or {}).items()}}
+    """An agent document as Firestore holds it (the samples and the models' state as JSON)."""
+    recent = {slot: _sample_json(s) for slot, s in (doc.get("recent") or {}).items()}
+    return {**doc, "recent": recent, "ml": ml_json(doc.get("ml") or {})}
 
 
 def from_stored(data: dict[str, Any] | None) -> AgentRecord:
     data = dict(data or {})
     data["recent"] = {slot: json.loads(text) for slot, text in (data.get("recent") or {}).items()}
+    data["ml"] = ml_state(data.get("ml"))
     return AgentRecord.model_validate(data)
 
 

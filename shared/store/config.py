@@ -17,14 +17,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
-from shared.domain.jobs import JobsConfig
 from shared.domain.pricing import Price, PriceTable
 from shared.platform import metering, settings
 from shared.store import db, price_files
+
+if TYPE_CHECKING:
+    from shared.domain.jobs import JobsConfig
 
 TENANTS = "tenants"
 PRICES = "prices"
@@ -217,5 +219,8 @@ def job_defaults() -> dict[str, Any]:
 
 def jobs(name: str) -> JobsConfig:
     """The tenant's training-job settings: its overrides over the deployment's defaults (cached)."""
+    # lazy: the job models (pydantic, with the launchers' types) stay off the heartbeat's cold start
+    from shared.domain.jobs import JobsConfig
+
     found = tenant(name)
     return JobsConfig.model_validate(merged(JobsConfig, {**job_defaults(), **found.jobs}))

@@ -31,6 +31,7 @@ import numpy as np
 
 from emulators.stack import ROOT, Stack
 from shared.platform import metering
+from tests.bench import models as bench_models
 from tests.bench.run import LogCounter, publish_then_push, publisher, wait_count
 from tests.bench.slack import machine, percentile
 
@@ -40,19 +41,6 @@ HISTORY_AGENTS = int(os.environ.get("BENCH_ML_HISTORY_AGENTS", 50))
 HISTORY_ROWS = int(os.environ.get("BENCH_ML_HISTORY_ROWS", 1000))
 RETRAIN_AGENTS, RETRAIN_ROWS = 700, 1430
 METRIC_NAMES = ("latency_ms_p95", "error_rate", "cpu_pct", "memory_pct", "tokens_per_s", "cost_per_min")
-
-
-def _models() -> tuple[Any, Any, bytes, bytes]:
-    from shared.ml.anomaly import AnomalyDetector
-    from shared.ml.failure import FailurePredictor
-    from shared.ml.simulate import simulate, simulate_failures
-
-    fleet = simulate(agents=60, rows=900, train_rows=600, seed=3)
-    det = AnomalyDetector()
-    det.fit({a: s.head(fleet.train_rows) for a, s in fleet.streams.items()})
-    streams, events = simulate_failures(agents=80, rows=1000, seed=4)
-    pred = FailurePredictor().fit(streams, events)
-    return det, pred, det.to_bytes(), pred.to_bytes()
 
 
 def per_heartbeat(anomaly_bytes: bytes, failure_bytes: bytes) -> list[str]:
@@ -163,23 +151,11 @@ def _heartbeats(start_seq: int, rng: np.random.Generator) -> list[tuple[bytes, d
     return out
 
 
-def _promote(kind: str, data: bytes) -> None:
-    import hashlib
-
-    from shared.store import model_blobs
-    from shared.store import models as registry
-
-    version = f"{kind}-bench-{hashlib.sha256(data).hexdigest()[:10]}"
-    uri = model_blobs.put(kind, version, data)
-    now = datetime.now(UTC)
-    registry.record(kind, version, {"created_at": now, "uri": uri, "sha256": hashlib.sha256(data).hexdigest()})
-    current = (registry.pointer(kind) or {}).get("current")
-    registry.promote(kind, version, uri, hashlib.sha256(data).hexdigest(), expected=current, at=now)
-
-
 def on_the_stack(anomaly_bytes: bytes, failure_bytes: bytes, report: Callable[[str], None]) -> list[str]:
     from fleet_agent.contracts import Registration, encode
     from google.cloud import firestore
+
+    from shared.store import agents as agent_store
 
     stack = Stack(ROOT / ".stack-bench-ml", function_env={"FLEET_MODEL_REFRESH_S": "1"}, create_admin_key=False)
     rows: list[str] = []
@@ -204,8 +180,8 @@ def on_the_stack(anomaly_bytes: bytes, failure_bytes: bytes, report: Callable[[s
         seq = 1
         for phase in ("warm-up (the baselines fill)", "no model in service", "anomaly and failure models in service"):
             if phase.startswith("anomaly"):
-                _promote("anomaly", anomaly_bytes)
-                _promote("failure", failure_bytes)
+                bench_models.promote("anomaly", anomaly_bytes)
+                bench_models.promote("failure", failure_bytes)
                 time.sleep(2.0)  # past FLEET_MODEL_REFRESH_S
             report(f"  heartbeats: {phase} ...")
             before = len(log.poll())
@@ -225,7 +201,7 @@ def on_the_stack(anomaly_bytes: bytes, failure_bytes: bytes, report: Callable[[s
                 f"{registry} | {_rss_mb(stack, 'fleet-heartbeats'):.0f} | {len(lines)}/{len(messages)} |"
             )
         store = firestore.Client(project=stack.env["GOOGLE_CLOUD_PROJECT"])
-        statuses = [(d.to_dict() or {}).get("ml", {}).get("status") for d in store.collection("agents").stream()]
+        statuses = [agent_store.from_stored(d.to_dict()).ml.get("status") for d in store.collection("agents").stream()]
         judged = sum(1 for s in statuses if s in ("normal", "anomalous"))
         history = _history_read(store, report)
     finally:
@@ -303,7 +279,7 @@ def describe() -> list[str]:
 
 def main(report: Callable[[str], None] = print) -> list[str]:
     report("  training the models to serve ...")
-    _det, _pred, anomaly_bytes, failure_bytes = _models()
+    anomaly_bytes, failure_bytes = bench_models.model_bytes()
     lines = ["#### Per heartbeat", "", *per_heartbeat(anomaly_bytes, failure_bytes), ""]
     lines += ["#### Retraining on a million rows", "", *retraining(report), ""]
     lines += ["#### Heartbeats through the push path", "", *on_the_stack(anomaly_bytes, failure_bytes, report)]

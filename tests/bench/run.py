@@ -17,6 +17,7 @@ cache switched off, which is what many instances without affinity look like in G
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,7 @@ from fleet_agent.contracts import Heartbeat, Registration, encode
 
 from emulators.stack import ROOT, Stack
 from shared.platform import topology
+from tests.bench import models
 
 AGENTS = int(os.environ.get("BENCH_AGENTS", 200))
 #: A multiple of the history chunk (10), so each round flushes whole chunks.
@@ -179,11 +182,16 @@ def register(stack: Stack, client: Any, prefix: str) -> None:
     wait_count(counter, AGENTS, lambda line: line.get("outcome") == "accepted", 120)
 
 
-def throughput(label: str, function_env: dict[str, str]) -> list[tuple[Run, Run]]:
+def throughput(
+    label: str, function_env: dict[str, str], measure: Callable[[Stack], AbstractContextManager[Any]] | None = None
+) -> list[tuple[Run, Run]]:
+    """Baseline and heartbeat rounds on a fresh stack, with the learned models in service (``measure``
+    wraps the measured rounds, after the warm-up: a profiler, say)."""
     stack = Stack(ROOT / ".stack-bench", function_env=function_env, local_only=True, create_admin_key=False)
     pairs = []
     try:
         stack.up()
+        models.in_service(stack)
         client = publisher()
         prefix = f"bench-{label}"
         register(stack, client, prefix)
@@ -192,13 +200,14 @@ def throughput(label: str, function_env: dict[str, str]) -> list[tuple[Run, Run]
         warm = heartbeats(prefix, 1)
         run_baseline(stack, client, warm)
         run_heartbeats(stack, client, warm)
-        for round_no in range(ROUNDS):
-            messages = heartbeats(prefix, 1 + (round_no + 1) * BEATS_PER_AGENT)
-            base = run_baseline(stack, client, messages)
-            beat = run_heartbeats(stack, client, messages)
-            print(f"  [{label}] round {round_no + 1}: baseline {base.rate:.0f}/s, heartbeats {beat.rate:.0f}/s",
-                  file=sys.stderr)  # fmt: skip
-            pairs.append((base, beat))
+        with measure(stack) if measure else nullcontext():
+            for round_no in range(ROUNDS):
+                messages = heartbeats(prefix, 1 + (round_no + 1) * BEATS_PER_AGENT)
+                base = run_baseline(stack, client, messages)
+                beat = run_heartbeats(stack, client, messages)
+                print(f"  [{label}] round {round_no + 1}: baseline {base.rate:.0f}/s, heartbeats {beat.rate:.0f}/s",
+                      file=sys.stderr)  # fmt: skip
+                pairs.append((base, beat))
     finally:
         stack.down()
     return pairs
@@ -274,16 +283,58 @@ def first_event() -> dict[str, float]:
     return {"first_event_ms": statistics.median(firsts)}
 
 
-def main() -> int:
+def heartbeat_section(
+    command: str = "make bench", measure: Callable[[str, Stack], AbstractContextManager[Any]] | None = None
+) -> list[str]:
+    """Import time, the first event, and heartbeat throughput in both configurations: the section's lines."""
     started = datetime.now(UTC)
     print("measuring import time ...", file=sys.stderr)
     imports = import_times()
     print("measuring the first event after a cold start ...", file=sys.stderr)
     cold = first_event()
-    print("measuring throughput (agent cache on) ...", file=sys.stderr)
-    cached = throughput("cache", {})
-    print("measuring throughput (agent cache off: many instances) ...", file=sys.stderr)
-    uncached = throughput("nocache", {"FLEET_AGENT_CACHE_SIZE": "0"})
+    runs: dict[str, list[tuple[Run, Run]]] = {}
+    for label, env in (("cache", {}), ("nocache", {"FLEET_AGENT_CACHE_SIZE": "0"})):
+        print(f"measuring throughput ({label}) ...", file=sys.stderr)
+        runs[label] = throughput(label, env, measure=functools.partial(measure, label) if measure else None)
+    lines = [
+        f"Measured {started:%Y-%m-%d %H:%M} UTC with `{command}` on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; {AGENTS} agents x {BEATS_PER_AGENT} heartbeats a round, "
+        f"{ROUNDS} rounds per configuration after one warm-up round, each round's baseline measured just "
+        "before its heartbeats; the anomaly and failure models in service.",
+        "",
+        "| configuration | round | baseline msg/s | heartbeat msg/s | ratio | accepted | reads/accepted "
+        "| writes/accepted | conflicts |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, pairs in (
+        ("one instance, agent cache on", runs["cache"]),
+        ("agent cache off (many instances)", runs["nocache"]),
+    ):
+        for i, (base, beat) in enumerate(pairs, 1):
+            lines.append(row(label, str(i), base, beat))
+        total_base = Run("", sum(b.messages for b, _ in pairs), sum(b.seconds for b, _ in pairs))
+        total = Run(
+            "", sum(h.messages for _, h in pairs), sum(h.seconds for _, h in pairs),
+            accepted=sum(h.accepted for _, h in pairs), reads=sum(h.reads for _, h in pairs),
+            writes=sum(h.writes for _, h in pairs), conflicts=sum(h.conflicts for _, h in pairs),
+        )  # fmt: skip
+        lines.append(row(f"**{label}**", "**all**", total_base, total))
+    return [
+        *lines,
+        "",
+        "| cold start | figure |",
+        "|---|---|",
+        f"| `import main` (functions/main.py, all entry points), median of {IMPORT_SAMPLES} fresh processes "
+        f"| {imports['module_ms']:.0f} ms |",
+        f"| whole process: interpreter + functions_framework + main | {imports['process_ms']:.0f} ms |",
+        f"| heavy modules loaded at import | {', '.join(imports['heavy']) or 'none'} |",
+        f"| first event after import (builds the Firestore client, one write), median of 3 | "
+        f"{cold['first_event_ms']:.0f} ms |",
+    ]
+
+
+def main() -> int:
+    lines = heartbeat_section()
     print("measuring cost events ...", file=sys.stderr)
     from tests.bench import costs
 
@@ -305,37 +356,6 @@ def main() -> int:
 
     ml_lines = ml.main(report=lambda line: None)
 
-    lines = [
-        f"Measured {started:%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; {AGENTS} agents x {BEATS_PER_AGENT} heartbeats a round, "
-        f"{ROUNDS} rounds per configuration after one warm-up round, each round's baseline measured just "
-        "before its heartbeats.",
-        "",
-        "| configuration | round | baseline msg/s | heartbeat msg/s | ratio | accepted | reads/accepted "
-        "| writes/accepted | conflicts |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, pairs in (("one instance, agent cache on", cached), ("agent cache off (many instances)", uncached)):
-        for i, (base, beat) in enumerate(pairs, 1):
-            lines.append(row(label, str(i), base, beat))
-        total_base = Run("", sum(b.messages for b, _ in pairs), sum(b.seconds for b, _ in pairs))
-        total = Run(
-            "", sum(h.messages for _, h in pairs), sum(h.seconds for _, h in pairs),
-            accepted=sum(h.accepted for _, h in pairs), reads=sum(h.reads for _, h in pairs),
-            writes=sum(h.writes for _, h in pairs), conflicts=sum(h.conflicts for _, h in pairs),
-        )  # fmt: skip
-        lines.append(row(f"**{label}**", "**all**", total_base, total))
-    lines += [
-        "",
-        "| cold start | figure |",
-        "|---|---|",
-        f"| `import main` (functions/main.py, all entry points), median of {IMPORT_SAMPLES} fresh processes "
-        f"| {imports['module_ms']:.0f} ms |",
-        f"| whole process: interpreter + functions_framework + main | {imports['process_ms']:.0f} ms |",
-        f"| heavy modules loaded at import | {', '.join(imports['heavy']) or 'none'} |",
-        f"| first event after import (builds the Firestore client, one write), median of 3 | "
-        f"{cold['first_event_ms']:.0f} ms |",
-    ]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
     lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
     lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]

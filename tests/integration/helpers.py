@@ -16,6 +16,8 @@ from fleet_agent.contracts import (
     event_type_of,
 )
 
+from shared.store import agents as agent_store
+
 PROJECT = "fleet-local"
 
 
@@ -58,8 +60,14 @@ def publish_raw(publisher: Any, topic_of: EventType, body: bytes, attributes: di
 
 
 def agent_doc(firestore: Any, agent_id: str) -> dict[str, Any] | None:
+    """The agent document, its learned models' state (stored as one JSON string) decoded."""
     doc = firestore.collection("agents").document(agent_id).get()
-    return doc.to_dict() if doc.exists else None
+    if not doc.exists:
+        return None
+    data = dict(doc.to_dict() or {})
+    if "ml" in data:
+        data["ml"] = agent_store.ml_state(data["ml"])
+    return data
 
 
 def log_lines(stack_dir: Any, function: str) -> list[dict[str, Any]]:
