@@ -10,8 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.api.core import ApiError, Call, Param, Route, _principal, _query
+from shared.api import core
+from shared.api.core import ApiError, Call, Param, Routes
 from shared.ml.serving import KINDS
+from shared.store import models as store
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
@@ -70,25 +72,25 @@ class ModelList(BaseModel):
     runs: list[RetrainRun]
 
 
-def _limit(call: Call) -> int:
-    raw = _query(call.request, "limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
+_PARAMS = (
+    Param("kind", "query", "Only this kind.", {"type": "string", "enum": list(KINDS)}),
+    core.int_param("limit", f"Versions per kind and runs, 1 to {MAX_LIMIT}.", DEFAULT_LIMIT, MAX_LIMIT),
+)
+
+routes = Routes("models")
 
 
-def _list(call: Call) -> ModelList:
-    from shared.store import models as store
-
-    if _principal(call).tenant is not None:
+@routes.get("/v1/models", ModelList, params=_PARAMS, errors=(400, 403))
+def list_models(call: Call) -> ModelList:
+    """The learned models: the version in service per kind, recent versions with their evaluations and
+    the promotion decision, and recent retraining runs."""
+    if core.principal(call).tenant is not None:
         # Fleet-wide: the registry counts every tenant's agents and rows.
         raise ApiError(403, "the models are fleet-wide: this API key only sees its tenant")
-    kind = _query(call.request, "kind")
+    kind = core.query(call.request, "kind")
     if kind is not None and kind not in KINDS:
         raise ApiError(400, f"kind must be one of {', '.join(KINDS)}")
-    limit = _limit(call)
+    limit = core.bounded_int(call.request, "limit", DEFAULT_LIMIT, MAX_LIMIT)
     items = []
     for name in [kind] if kind else list(KINDS):
         pointer = store.pointer(name) or {}
@@ -101,26 +103,3 @@ def _list(call: Call) -> ModelList:
             )
         )
     return ModelList(items=items, runs=[RetrainRun.model_validate(r) for r in store.runs(limit=limit)])
-
-
-ROUTES: tuple[Route, ...] = (
-    Route(
-        "/v1/models",
-        "list_models",
-        "The learned models: the version in service per kind, recent versions with their evaluations and "
-        "the promotion decision, and recent retraining runs.",
-        _list,
-        ModelList,
-        params=(
-            Param("kind", "query", "Only this kind.", {"type": "string", "enum": list(KINDS)}),
-            Param(
-                "limit",
-                "query",
-                f"Versions per kind and runs, 1 to {MAX_LIMIT}.",
-                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-            ),
-        ),
-        errors=(400, 403),
-        tags=("models",),
-    ),
-)

@@ -18,14 +18,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.api import core
 from shared.api.bodies import Timestamp
-from shared.api.core import ApiError, Call, Param, Route, _actor, _body, _is_document_id, _now, _principal
+from shared.api.bodies.tasks import OutcomeReport, TaskRequest
+from shared.api.core import ApiError, Call, Param, Routes
 from shared.domain import assignment as rules
 from shared.domain.api_keys import Role
 from shared.domain.assignment_agents import AgentSnapshot, AgentStats, assigned_slot, expected_duration_s
 from shared.domain.assignment_ranking import Candidate, rank
-from shared.domain.assignment_tasks import AssignmentConfig, OutcomeReport, Priority, Task, TaskRequest
+from shared.domain.assignment_tasks import AssignmentConfig, Priority, Task
 from shared.domain.audit import AuditEntry
+from shared.ml import serving
 from shared.platform import logs
 from shared.store import agents as agent_store
 from shared.store import tasks as store
@@ -103,6 +106,10 @@ def view(doc: dict[str, Any], replayed: bool = False) -> TaskView:
     return TaskView.model_validate({**doc, "replayed": replayed})
 
 
+routes = Routes("tasks")
+_TASK_PARAM = Param("task_id", "path", "The caller's id of the task.", {"type": "string"}, required=True)
+
+
 # --- assign -------------------------------------------------------------------------------------------
 
 
@@ -128,8 +135,6 @@ def _predict(
     heuristic. Assignment never fails for the model's sake: any trouble falls back, said so."""
     heuristic = {agent_id: s.success_rate for agent_id, s in stats.items()}
     try:
-        from shared.ml import serving
-
         loaded = serving.current(MODEL_KIND)
     except Exception as exc:
         logs.log(log, "model registry unavailable", logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
@@ -184,7 +189,7 @@ def _expected_costs(
 
 
 def _check_scope(call: Call, tenant: str) -> None:
-    principal = _principal(call)
+    principal = core.principal(call)
     if not principal.can_see(tenant):
         raise ApiError(403, f"this API key only acts for tenant {principal.tenant}")
 
@@ -203,14 +208,18 @@ def _replay(stored: dict[str, Any], request: TaskRequest) -> TaskView:
     return view(stored, replayed=True)
 
 
-def _assign(call: Call) -> TaskView:
-    """Pick the agent for a task (see shared/domain/assignment.py); a repeat returns the stored pick."""
-    request = _body(call, TaskRequest)
+@routes.post("/v1/tasks/assign", TaskView, TaskRequest, Role.OPERATOR, errors=(400, 409, 503))
+def assign_task(call: Call) -> TaskView:
+    """Assign a task to the best available agent of the tenant (success, cost, availability, SLA); 409 with
+    the reasons when no agent can take it. Repeating a task id returns the stored pick.
+
+    The rules are in shared/domain/assignment.py."""
+    request = core.body(call, TaskRequest)
     _check_scope(call, request.tenant)
     stored = store.get(request.task_id)
     if stored is not None:
         return _replay(stored, request)
-    now = _now()
+    now = core.now()
     task = Task.of(request)
     if task.deadline is not None and task.deadline <= now:
         raise ApiError(400, f"the deadline {task.deadline.isoformat()} has passed")
@@ -225,6 +234,7 @@ def _assign(call: Call) -> TaskView:
     if not candidates:
         raise ApiError(409, rules.no_candidate_reason(task, len(agents), excluded))
 
+    # lazy: the assignment model's features bring numpy (over a second), which no other route needs
     from shared.ml.assign import feature_values
 
     ids = [a.agent_id for a in candidates]
@@ -240,7 +250,7 @@ def _assign(call: Call) -> TaskView:
         method=method,
     )
     chosen = choice.chosen.agent_id
-    actor = _actor(call)
+    actor = core.actor(call)
     doc: dict[str, Any] = {
         "task_id": task.task_id,
         "tenant": task.tenant,
@@ -292,17 +302,31 @@ def _assign(call: Call) -> TaskView:
 
 def _task_id(call: Call) -> str:
     task_id = call.args["task_id"]
-    if not _is_document_id(task_id):
+    if not core.is_document_id(task_id):
         raise ApiError(404, f"task {task_id} not found")
     return task_id
 
 
-def _outcome(call: Call) -> TaskView:
-    """Record how the task went (once: the same outcome again is a no-op, a different one a 409)."""
+@routes.get("/v1/tasks/<task_id>", TaskView, params=(_TASK_PARAM,), errors=(404,))
+def get_task(call: Call) -> TaskView:
+    """One assignment: the agent, confidence, reasons, score breakdown, alternatives and the outcome."""
     task_id = _task_id(call)
-    report = _body(call, OutcomeReport)
-    principal = _principal(call)
-    now, actor = _now(), _actor(call)
+    stored = store.get(task_id)
+    if stored is None or not core.principal(call).can_see(str(stored.get("tenant"))):
+        raise ApiError(404, f"task {task_id} not found")
+    return view(stored)
+
+
+@routes.post(
+    "/v1/tasks/<task_id>/outcome", TaskView, OutcomeReport, Role.OPERATOR, params=(_TASK_PARAM,), errors=(400, 404, 409)
+)
+def record_task_outcome(call: Call) -> TaskView:
+    """Record whether the task succeeded (with duration, cost, error): it trains the assignment model. The
+    same outcome again changes nothing; a different one is a 409."""
+    task_id = _task_id(call)
+    report = core.body(call, OutcomeReport)
+    principal = core.principal(call)
+    now, actor = core.now(), core.actor(call)
 
     def entry(task: dict[str, Any]) -> AuditEntry:
         return AuditEntry(
@@ -326,54 +350,3 @@ def _outcome(call: Call) -> TaskView:
         at = f" at {when.isoformat()}" if isinstance(when, datetime) else ""
         raise ApiError(409, f"task {task_id} already has a different outcome ({said}{at}); an outcome is final")
     return view(result.task, replayed=result.status == "same")
-
-
-def _get(call: Call) -> TaskView:
-    task_id = _task_id(call)
-    stored = store.get(task_id)
-    if stored is None or not _principal(call).can_see(str(stored.get("tenant"))):
-        raise ApiError(404, f"task {task_id} not found")
-    return view(stored)
-
-
-_TASK_PARAM = Param("task_id", "path", "The caller's id of the task.", {"type": "string"}, required=True)
-
-ROUTES: tuple[Route, ...] = (
-    Route(
-        "/v1/tasks/assign",
-        "assign_task",
-        "Assign a task to the best available agent of the tenant (success, cost, availability, SLA); "
-        "409 with the reasons when no agent can take it. Repeating a task id returns the stored pick.",
-        _assign,
-        TaskView,
-        role=Role.OPERATOR,
-        errors=(400, 409, 503),
-        tags=("tasks",),
-        method="POST",
-        request=TaskRequest,
-    ),
-    Route(
-        "/v1/tasks/<task_id>",
-        "get_task",
-        "One assignment: the agent, confidence, reasons, score breakdown, alternatives and the outcome.",
-        _get,
-        TaskView,
-        params=(_TASK_PARAM,),
-        errors=(404,),
-        tags=("tasks",),
-    ),
-    Route(
-        "/v1/tasks/<task_id>/outcome",
-        "record_task_outcome",
-        "Record whether the task succeeded (with duration, cost, error): it trains the assignment model. "
-        "The same outcome again changes nothing; a different one is a 409.",
-        _outcome,
-        TaskView,
-        role=Role.OPERATOR,
-        params=(_TASK_PARAM,),
-        errors=(400, 404, 409),
-        tags=("tasks",),
-        method="POST",
-        request=OutcomeReport,
-    ),
-)

@@ -488,7 +488,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
 
 def test_assign_picks_by_the_heuristic_without_a_model_and_a_repeat_returns_the_stored_pick(fake: FakeStore) -> None:
     fake.stats = {"agent-a": stats(8, 10), "agent-b": stats(9, 10)}
-    reply = post(tasks._assign, body())
+    reply = post(tasks.assign_task, body())
     assert reply.agent_id == "agent-a" and reply.method == "heuristic" and reply.model_version is None
     assert reply.method_reason == "heuristic: no model in service" and not reply.replayed
     assert reply.confidence == pytest.approx(10 / 13, abs=1e-6)
@@ -498,12 +498,12 @@ def test_assign_picks_by_the_heuristic_without_a_model_and_a_repeat_returns_the_
     assert reply.reasons[0] == "predicted success 0.77 (heuristic: 8 of 10 tasks succeeded)"
     assert set(fake.tasks["t-1"]["features"]) == set(ml.FEATURES)
     assert fake.created == ["task.t-1.assign"]
-    again = post(tasks._assign, body())
+    again = post(tasks.assign_task, body())
     assert again.replayed and again.agent_id == "agent-a" and fake.created == ["task.t-1.assign"]
     with pytest.raises(ApiError, match="different request"):
-        post(tasks._assign, body(required_capabilities=["code"]))
+        post(tasks.assign_task, body(required_capabilities=["code"]))
     with pytest.raises(ApiError) as taken:
-        post(tasks._assign, body(tenant="globex"), ADMIN)
+        post(tasks.assign_task, body(tenant="globex"), ADMIN)
     assert taken.value.status == 409 and "already in use" in taken.value.reason
 
 
@@ -514,12 +514,12 @@ def test_assign_uses_the_model_only_with_enough_outcomes(fake: FakeStore, monkey
 
     monkeypatch.setattr(serving, "current", lambda kind: serving.Loaded(kind, "rf-test", Model()))
     fake.count = 12
-    few = post(tasks._assign, body(task_id="t-few"))
+    few = post(tasks.assign_task, body(task_id="t-few"))
     assert few.method == "heuristic" and few.method_reason == (
         "heuristic: 12 outcomes recorded in tenant acme, fewer than 50"
     )
     fake.count = 50
-    enough = post(tasks._assign, body(task_id="t-enough", weights={"success": 100, "cost": 0, "availability": 0}))
+    enough = post(tasks.assign_task, body(task_id="t-enough", weights={"success": 100, "cost": 0, "availability": 0}))
     assert enough.method == "model" and enough.model_version == "rf-test" and enough.agent_id == "agent-b"
     assert enough.confidence == pytest.approx(0.99) and enough.weights["success"] == 1.0
 
@@ -528,7 +528,7 @@ def test_assign_uses_the_model_only_with_enough_outcomes(fake: FakeStore, monkey
             raise ValueError("bad model")
 
     monkeypatch.setattr(serving, "current", lambda kind: serving.Loaded(kind, "rf-bad", Broken()))
-    fallback = post(tasks._assign, body(task_id="t-broken"))
+    fallback = post(tasks.assign_task, body(task_id="t-broken"))
     assert fallback.method == "heuristic" and fallback.method_reason == "heuristic: model rf-bad could not score"
 
 
@@ -544,13 +544,13 @@ def test_assign_refusals_say_why(fake: FakeStore) -> None:
     ]
     for sent, principal, status, reason in cases:
         with pytest.raises(ApiError) as refused:
-            post(tasks._assign, sent, principal)
+            post(tasks.assign_task, sent, principal)
         assert refused.value.status == status and reason in refused.value.reason, refused.value.reason
     assert fake.tasks == {}
 
 
 def test_outcome_and_get_map_the_store_results(monkeypatch: pytest.MonkeyPatch, fake: FakeStore) -> None:
-    post(tasks._assign, body())
+    post(tasks.assign_task, body())
     stored = fake.tasks["t-1"]
     results: dict[str, store.OutcomeResult] = {
         "missing": store.OutcomeResult("missing", None),
@@ -564,19 +564,19 @@ def test_outcome_and_get_map_the_store_results(monkeypatch: pytest.MonkeyPatch, 
     for status, result in results.items():
         monkeypatch.setattr(store, "record_outcome", lambda *a, result=result, **kw: result)
         if status == "same":
-            reply = post(tasks._outcome, {"success": False}, task_id="t-1")
+            reply = post(tasks.record_task_outcome, {"success": False}, task_id="t-1")
             assert reply.replayed and reply.state == "failed" and reply.outcome is not None
             continue
         with pytest.raises(ApiError) as refused:
-            post(tasks._outcome, {"success": False}, task_id="t-1")
+            post(tasks.record_task_outcome, {"success": False}, task_id="t-1")
         expected = {"missing": (404, "not found"), "conflict": (409, "already has a different outcome (succeeded at")}
         assert (refused.value.status, expected[status][1] in refused.value.reason) == (expected[status][0], True)
     with APP.test_request_context("/"):
-        found = tasks._get(Call(flask.request, {"task_id": "t-1"}, OPERATOR))
+        found = tasks.get_task(Call(flask.request, {"task_id": "t-1"}, OPERATOR))
         assert found.agent_id == "agent-a"
         other = Principal("00000000000000dd", "globex", Role.VIEWER, "globex")
         with pytest.raises(ApiError) as hidden:
-            tasks._get(Call(flask.request, {"task_id": "t-1"}, other))
+            tasks.get_task(Call(flask.request, {"task_id": "t-1"}, other))
         assert hidden.value.status == 404
 
 
@@ -590,7 +590,7 @@ def test_without_recorded_costs_the_spend_rate_prices_the_task(
     spent = store.Spend(Totals(usd_nanos=7_200_000_000, calls=10), month)  # $7.20 over the month (or 3 days)
     monkeypatch.setattr(store, "spend_this_month", lambda ids, at: {"agent-b": spent})
     fake.stats = {"agent-a": stats(cost_n=2, cost_nanos=40_000_000)}  # $0.02 per task
-    reply = post(tasks._assign, body(weights={"success": 0, "cost": 1, "availability": 0, "sla": 0}))
+    reply = post(tasks.assign_task, body(weights={"success": 0, "cost": 1, "availability": 0, "sla": 0}))
     b = next(s for s in [reply.breakdown, *reply.alternatives] if s.agent_id == "agent-b")
     a = next(s for s in [reply.breakdown, *reply.alternatives] if s.agent_id == "agent-a")
     assert a.cost_basis == "recorded tasks" and a.expected_cost_usd == pytest.approx(0.02)

@@ -19,6 +19,7 @@ from shared.domain.lifecycle import State
 from shared.platform import logs, metering
 from shared.store import agents as agent_store
 from shared.store import api_keys
+from shared.store import audit as audit_store
 from shared.store import rejections as rejection_store
 from shared.store.api_keys import Principal
 
@@ -411,7 +412,7 @@ def test_bad_page_size_is_400(calls: Calls, page_size: str) -> None:
     [
         "!!!",
         "YWdlbnQtYTE=",  # padded: not what the API hands out
-        router.encode_page_token("Not An Id"),  # decodes, but to something that is no agent id
+        core.encode_page_token("Not An Id"),  # decodes, but to something that is no agent id
         "_w",  # not UTF-8
         "a",  # impossible length
     ],
@@ -569,3 +570,18 @@ def test_one_log_line_per_request_with_cost_and_timing(calls: Calls, log_lines: 
     assert isinstance(line["duration_ms"], float | int)
     assert line["key_id"] == "00000000000000aa" and line["endpoint"] == "get_agent"
     assert line["logging.googleapis.com/trace"].endswith("/traces/0123456789abcdef0123456789abcdef")
+
+
+def test_audit_before_out_of_range_is_a_400_not_a_500(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[datetime | None] = []
+
+    def list_entries(**kwargs: Any) -> list[dict[str, Any]]:
+        seen.append(kwargs["before"])
+        return []
+
+    monkeypatch.setattr(audit_store, "list_entries", list_entries)
+    for before in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "not a time"):
+        assert_error(call("/v1/audit", before=before), 400, "bad_request")
+    assert seen == []
+    assert call("/v1/audit", before="2026-11-21T10:00:00+01:00").status == 200
+    assert seen == [datetime(2026, 11, 21, 9, 0, tzinfo=UTC)]

@@ -16,7 +16,7 @@ import pytest
 from fleet_agent.contracts import Command, CommandType
 from google.api_core.exceptions import ServiceUnavailable
 
-from shared.api import router
+from shared.api import core, router
 from shared.domain import holds
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
@@ -238,7 +238,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(
         config, "set_tenant_price", lambda tenant, model, price: w.prices_set.append((tenant, model, price))
     )
-    monkeypatch.setattr(router, "_now", lambda: NOW)
+    monkeypatch.setattr(core, "now", lambda: NOW)
     return w
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from google.api_core import exceptions
 
-from shared.api import router
+from shared.api import core, router
+from shared.api.reports import EARLIEST_AT
 from shared.domain import report_daily as daily_domain
 from shared.domain import report_hourly as hourly_domain
 from shared.domain import report_suggestions as suggestion_rules
@@ -694,7 +695,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, datetime, str | None
     monkeypatch.setattr(api_keys, "verify", PRINCIPALS.get)
     monkeypatch.setattr(reports, "hourly", hourly)
     monkeypatch.setattr(reports, "daily", daily)
-    monkeypatch.setattr(router, "_now", lambda: now)
+    monkeypatch.setattr(core, "now", lambda: now)
     return calls
 
 
@@ -727,6 +728,31 @@ def test_api_report_at_must_be_a_past_iso_time(api: list[tuple[str, datetime, st
     assert_error(send("/v1/reports/hourly", at="yesterday"), 400, "bad_request")
     assert_error(send("/v1/reports/hourly", at="2027-01-01T00:00:00Z"), 400, "bad_request")
     assert api == []
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        "0001-01-01T00:02:00Z",  # schemathesis's find: the day before underflowed (500)
+        "0001-01-01T00:30:00",  # the hour before, too
+        "0001-01-31T23:59:59Z",  # the day exists, but not the week before it
+        "0001-01-01T00:00:00+05:00",  # no time in UTC at all
+    ],
+)
+def test_api_report_at_too_early_is_a_400_not_a_500(api: list[tuple[str, datetime, str | None]], at: str) -> None:
+    for name in ("hourly", "daily"):
+        reply = send(f"/v1/reports/{name}", at=at)
+        assert_error(reply, 400, "bad_request")
+        assert reply.json["error"]["reason"].startswith("at ")
+    assert api == []
+
+
+def test_api_report_at_from_the_earliest_on_is_served(api: list[tuple[str, datetime, str | None]]) -> None:
+    assert send("/v1/reports/daily", at="0001-02-01T00:00:00Z").status == 200
+    assert api[-1][1] == EARLIEST_AT
+    # ... and the periods the real reports compute from it stay within the calendar.
+    day = domain.report_day(EARLIEST_AT)
+    assert domain.months_needed(day) and domain.day_keys(day) and domain.report_hour(EARLIEST_AT)
 
 
 def test_api_reports_are_in_the_openapi_document() -> None:

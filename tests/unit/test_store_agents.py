@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.domain.agents import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Plan
 from shared.ml import live
 from shared.store import agents as agent_store
 

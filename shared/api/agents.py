@@ -1,0 +1,109 @@
+"""The REST API's agents and rejected events: list and read agents, an agent's heartbeat history, the
+events the pipeline refused (shared/store/agents.py and shared/store/rejections.py hold them)."""
+
+from __future__ import annotations
+
+from fleet_agent.contracts import AGENT_ID_PATTERN
+
+from shared.api import core
+from shared.api.bodies import AgentPage, AgentView, HistoryView, RejectionPage, agent_view
+from shared.api.core import AGENT, PAGE_PARAMS, ApiError, Call, Param, Routes
+from shared.api.tenancy import visible_record
+from shared.domain.lifecycle import State
+from shared.domain.rejections import Code
+from shared.store import agents as agent_store
+from shared.store import rejections as rejection_store
+
+_STATES = tuple(s.value for s in State)
+_CODES = tuple(c.value for c in Code)
+
+routes = Routes("agents")
+
+_LIST_PARAMS = (
+    Param(
+        "tenant",
+        "query",
+        "Only this tenant (a tenant-scoped key may name only its own).",
+        {"type": "string", "pattern": AGENT_ID_PATTERN},
+    ),
+    Param("status", "query", "Only agents in this lifecycle state.", {"$ref": "#/components/schemas/State"}),
+    *PAGE_PARAMS,
+)
+
+
+@routes.get("/v1/agents", AgentPage, params=_LIST_PARAMS, errors=(400,))
+def list_agents(call: Call) -> AgentPage:
+    """List agents, ordered by id, one page at a time."""
+    principal = core.principal(call)
+    tenant = core.query(call.request, "tenant")
+    if tenant is not None and not core.is_agent_id(tenant):
+        raise ApiError(400, f"tenant must match {AGENT_ID_PATTERN}")
+    if principal.tenant is not None:
+        if tenant is not None and tenant != principal.tenant:
+            raise ApiError(403, f"this API key only sees tenant {principal.tenant}")
+        tenant = principal.tenant
+    status = core.query(call.request, "status")
+    if status is not None and status not in _STATES:
+        raise ApiError(400, f"status must be one of: {', '.join(_STATES)}")
+    page_size = core.page_size(call.request)
+    after = core.page_token(call.request, core.is_agent_id)
+    records, last = agent_store.list_agents(tenant=tenant, status=status, page_size=page_size, after=after)
+    return AgentPage(
+        items=[agent_view(r) for r in records],
+        next_page_token=core.encode_page_token(last) if last else None,
+    )
+
+
+@routes.get("/v1/agents/<agent_id>", AgentView, params=AGENT, errors=(404,))
+def get_agent(call: Call) -> AgentView:
+    """One agent."""
+    return agent_view(visible_record(call))
+
+
+@routes.get("/v1/agents/<agent_id>/history", HistoryView, params=AGENT, errors=(404,))
+def get_agent_history(call: Call) -> HistoryView:
+    """An agent's stored heartbeat samples, oldest first."""
+    agent = agent_view(visible_record(call))
+    samples = agent_store.history(agent.agent_id)
+    return HistoryView.model_validate({"agent_id": agent.agent_id, "samples": samples})
+
+
+_REJECTION_PARAMS = (
+    Param(
+        "agent_id",
+        "query",
+        "Only rejections of this agent (required for tenant-scoped keys).",
+        {"type": "string", "pattern": AGENT_ID_PATTERN},
+    ),
+    Param("code", "query", "Only rejections with this code.", {"type": "string", "enum": list(_CODES)}),
+    *PAGE_PARAMS,
+)
+
+
+@routes.get("/v1/rejections", RejectionPage, params=_REJECTION_PARAMS, errors=(400,), tags=("rejections",))
+def list_rejections(call: Call) -> RejectionPage:
+    """List rejected events, newest first."""
+    principal = core.principal(call)
+    agent_id = core.query(call.request, "agent_id")
+    if agent_id is not None and not core.is_agent_id(agent_id):
+        raise ApiError(400, f"agent_id must match {AGENT_ID_PATTERN}")
+    code = core.query(call.request, "code")
+    if code is not None and code not in _CODES:
+        raise ApiError(400, f"code must be one of: {', '.join(_CODES)}")
+    page_size = core.page_size(call.request)
+    after = core.page_token(call.request, core.is_document_id)
+    if principal.tenant is not None:
+        # Rejections carry no trustworthy tenant (the event may not even have parsed), so a
+        # tenant-scoped key sees them only through an agent it can see.
+        if agent_id is None:
+            raise ApiError(403, "an API key scoped to a tenant must filter rejections by agent_id")
+        record = agent_store.get(agent_id)
+        if record is None or not principal.can_see(record.tenant):
+            raise ApiError(403, f"agent {agent_id} is not an agent of tenant {principal.tenant}")
+    try:
+        items, last = rejection_store.list_page(agent_id=agent_id, code=code, page_size=page_size, after=after)
+    except rejection_store.PageTokenExpired as exc:
+        raise ApiError(400, str(exc)) from None
+    return RejectionPage.model_validate(
+        {"items": items, "next_page_token": core.encode_page_token(last) if last else None}
+    )

@@ -1,0 +1,325 @@
+"""The REST API's cost routes: usage, budgets and protection thresholds of agents and tenants, pausing
+and resuming an agent, prices per token. The rules are in shared/domain (budgets, protection) and
+shared/services (accounting, agent_controls); the counters and settings in shared/store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleet_agent.contracts import AGENT_ID_PATTERN, ModelName
+from pydantic import TypeAdapter, ValidationError
+
+from shared.api import core
+from shared.api.bodies import (
+    AgentBudgetView,
+    AgentHoldsView,
+    AgentUsageView,
+    BudgetUpdate,
+    PauseRequest,
+    PriceList,
+    PriceUpdate,
+    PriceView,
+    ProtectionUpdate,
+    ProtectionView,
+    ResumeRequest,
+    TenantBudgetView,
+    TenantUsageView,
+    hold_views,
+)
+from shared.api.core import AGENT, TENANT, TENANT_QUERY, ApiError, Call, Param, Routes
+from shared.api.tenancy import query_tenant, update_agent, visible_record, visible_tenant, write_tenant
+from shared.domain import budgets, protection
+from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.api_keys import Role
+from shared.domain.pricing import Price
+from shared.platform import settings
+from shared.services import accounting, agent_controls
+from shared.store import audit as audit_store
+from shared.store import config
+from shared.store import usage as usage_store
+
+_MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
+
+routes = Routes("costs")
+
+
+# --- an agent's usage, budget and protection ----------------------------------------------------
+
+
+@routes.get("/v1/agents/<agent_id>/usage", AgentUsageView, params=AGENT, errors=(404,))
+def get_agent_usage(call: Call) -> AgentUsageView:
+    """An agent's spend, tokens and calls in the current UTC hour, day and month, with its budget and holds."""
+    record = visible_record(call)
+    periods = usage_store.agent_periods(record.agent_id, core.now())
+    return AgentUsageView.model_validate(
+        {
+            "agent_id": record.agent_id,
+            "tenant": record.tenant,
+            "periods": accounting.usage_view(periods, budgets.parse(record.budget)),
+            "holds": hold_views(record.holds),
+            "budget": record.budget,
+            "budget_source": record.budget_source,
+        }
+    )
+
+
+def _agent_fields(record: AgentRecord, *names: str) -> dict[str, Any]:
+    """The agent's id, tenant, holds (as the API shows them) and the record's fields ``names``."""
+    return {
+        "agent_id": record.agent_id,
+        "tenant": record.tenant,
+        **{name: getattr(record, name) for name in names},
+        "holds": hold_views(record.holds),
+    }
+
+
+def _agent_budget_view(record: AgentRecord) -> AgentBudgetView:
+    return AgentBudgetView.model_validate(_agent_fields(record, "budget", "budget_source"))
+
+
+@routes.get("/v1/agents/<agent_id>/budget", AgentBudgetView, params=AGENT, errors=(404,))
+def get_agent_budget(call: Call) -> AgentBudgetView:
+    """An agent's budget and where it comes from (registration or API)."""
+    return _agent_budget_view(visible_record(call))
+
+
+@routes.put("/v1/agents/<agent_id>/budget", AgentBudgetView, BudgetUpdate, Role.ADMIN, params=AGENT, errors=(400, 404))
+def set_agent_budget(call: Call) -> AgentBudgetView:
+    """Replace an agent's budget (wins over the registration's); its budget hold is re-evaluated at once.
+
+    The agent's budget wins over the registration's; a raised budget lifts its budget hold, a lowered one
+    places it."""
+    return _replace_agent_budget(call, budgets.store(core.body(call, BudgetUpdate)), "agent.budget.set")
+
+
+@routes.delete("/v1/agents/<agent_id>/budget", AgentBudgetView, Role.ADMIN, params=AGENT, errors=(404,))
+def delete_agent_budget(call: Call) -> AgentBudgetView:
+    """Remove an agent's budget (a registration's budget no longer applies); a budget hold is lifted at once.
+
+    No limits, and a registration's budget no longer applies (the API's choice wins, as for a budget set
+    through it)."""
+    return _replace_agent_budget(call, None, "agent.budget.delete")
+
+
+def _replace_agent_budget(call: Call, stored: dict[str, Any] | None, action: str) -> AgentBudgetView:
+    """Record the API's budget choice (None: no budget), audited, then bring the budget hold in line."""
+    agent_id = visible_record(call).agent_id
+    done = agent_controls.set_agent_budget(agent_id, core.operator(call), stored, action, core.now())
+    return _agent_budget_view(done)
+
+
+def _protection_view(tenant: str, tenant_overrides: dict[str, Any], agent: AgentRecord | None) -> ProtectionView:
+    own = agent.protection if agent is not None else tenant_overrides
+    layers = (tenant_overrides, agent.protection) if agent is not None else (tenant_overrides,)
+    return ProtectionView.model_validate(
+        {
+            "tenant": tenant,
+            "agent_id": agent.agent_id if agent is not None else None,
+            "overrides": own,
+            "effective": protection.resolve(*layers),
+        }
+    )
+
+
+@routes.get("/v1/agents/<agent_id>/protection", ProtectionView, params=AGENT, errors=(404,))
+def get_agent_protection(call: Call) -> ProtectionView:
+    """An agent's protection overrides and the thresholds in effect (defaults, tenant, agent)."""
+    record = visible_record(call)
+    return _protection_view(record.tenant, config.read_tenant(record.tenant).protection, record)
+
+
+@routes.put(
+    "/v1/agents/<agent_id>/protection", ProtectionView, ProtectionUpdate, Role.ADMIN, errors=(400, 404), params=AGENT
+)
+def set_agent_protection(call: Call) -> ProtectionView:
+    """Replace an agent's protection overrides ({} goes back to the tenant's and the defaults)."""
+    stored = core.body(call, ProtectionUpdate).stored()
+    now = core.now()
+
+    def step(current: AgentRecord) -> Plan:
+        if current.protection == stored:
+            return Plan(skipped="unchanged")
+        details = {"protection": stored, "previous": current.protection}
+        return Plan(
+            changes={"protection": stored},
+            audit=[core.audit(call, "agent.protection.set", current.agent_id, current.tenant, details, now)],
+        )
+
+    _plan, record = update_agent(call, step)
+    return _protection_view(record.tenant, config.read_tenant(record.tenant).protection, record)
+
+
+# --- pause and resume -------------------------------------------------------------------------
+
+
+def _holds_view(record: AgentRecord) -> AgentHoldsView:
+    return AgentHoldsView.model_validate(_agent_fields(record, "status", "status_since"))
+
+
+@routes.post(
+    "/v1/agents/<agent_id>/pause", AgentHoldsView, PauseRequest, Role.OPERATOR, params=AGENT, errors=(400, 404, 409)
+)
+def pause_agent(call: Call) -> AgentHoldsView:
+    """Pause an agent: it is told to stop calling its model and is suspended until resumed.
+
+    Pausing a paused agent changes nothing and sends its pause command again, with the same id (so a
+    failed publish is repaired by a retry)."""
+    reason = core.body(call, PauseRequest).reason
+    record, _changed = agent_controls.pause(visible_record(call).agent_id, core.operator(call), reason, core.now())
+    return _holds_view(record)
+
+
+@routes.post(
+    "/v1/agents/<agent_id>/resume", AgentHoldsView, ResumeRequest, Role.OPERATOR, params=AGENT, errors=(400, 404, 409)
+)
+def resume_agent(call: Call) -> AgentHoldsView:
+    """Lift an agent's pause (other holds stay); 409 when it is not paused."""
+    reason = core.body(call, ResumeRequest).reason or "resumed through the API"
+    return _holds_view(agent_controls.resume(visible_record(call).agent_id, core.operator(call), reason, core.now()))
+
+
+# --- a tenant's usage, budget and protection ----------------------------------------------------
+
+
+@routes.get("/v1/tenants/<tenant>/usage", TenantUsageView, params=TENANT, errors=(404,))
+def get_tenant_usage(call: Call) -> TenantUsageView:
+    """A tenant's spend, tokens and calls in the current UTC hour, day and month, with its budget."""
+    tenant = visible_tenant(call)
+    cfg = config.read_tenant(tenant)
+    periods = usage_store.tenant_periods(tenant, core.now(), settings.get().tenant_shards)
+    return TenantUsageView.model_validate(
+        {
+            "tenant": tenant,
+            "periods": accounting.usage_view(periods, budgets.parse(cfg.budget)),
+            "budget": cfg.budget,
+            "budget_source": cfg.budget_source,
+        }
+    )
+
+
+@routes.get("/v1/tenants/<tenant>/budget", TenantBudgetView, params=TENANT, errors=(404,))
+def get_tenant_budget(call: Call) -> TenantBudgetView:
+    """A tenant's budget."""
+    tenant = visible_tenant(call)
+    cfg = config.read_tenant(tenant)
+    return TenantBudgetView.model_validate({"tenant": tenant, "budget": cfg.budget, "budget_source": cfg.budget_source})
+
+
+@routes.put("/v1/tenants/<tenant>/budget", TenantBudgetView, BudgetUpdate, Role.ADMIN, params=TENANT, errors=(400, 404))
+def set_tenant_budget(call: Call) -> TenantBudgetView:
+    """Replace a tenant's budget (every agent of the tenant counts against it)."""
+    tenant = visible_tenant(call)
+    return _replace_tenant_budget(call, tenant, budgets.store(core.body(call, BudgetUpdate)), "tenant.budget.set")
+
+
+@routes.delete("/v1/tenants/<tenant>/budget", TenantBudgetView, Role.ADMIN, params=TENANT, errors=(404,))
+def delete_tenant_budget(call: Call) -> TenantBudgetView:
+    """Remove a tenant's budget; its agents' tenant holds are lifted at once."""
+    return _replace_tenant_budget(call, visible_tenant(call), None, "tenant.budget.delete")
+
+
+def _replace_tenant_budget(call: Call, tenant: str, stored: dict[str, Any] | None, action: str) -> TenantBudgetView:
+    """Record the tenant's budget (None: none), audited in the same commit, then bring every agent's
+    tenant hold in line."""
+    previous = config.read_tenant(tenant)
+    details = {"budget": stored, "previous": previous.budget, "previous_source": previous.budget_source}
+    entry = core.audit(call, action, f"tenant.{tenant}", tenant, details, core.now())
+    write_tenant(tenant, {"budget": stored, "budget_source": "api"}, entry)
+    accounting.reconcile_tenant(tenant, now=core.now(), actor=core.actor(call))
+    return TenantBudgetView.model_validate({"tenant": tenant, "budget": stored, "budget_source": "api"})
+
+
+@routes.get("/v1/tenants/<tenant>/protection", ProtectionView, params=TENANT, errors=(404,))
+def get_tenant_protection(call: Call) -> ProtectionView:
+    """A tenant's protection overrides and the thresholds in effect for its agents without their own."""
+    tenant = visible_tenant(call)
+    return _protection_view(tenant, config.read_tenant(tenant).protection, None)
+
+
+@routes.put(
+    "/v1/tenants/<tenant>/protection", ProtectionView, ProtectionUpdate, Role.ADMIN, errors=(400, 404), params=TENANT
+)
+def set_tenant_protection(call: Call) -> ProtectionView:
+    """Replace a tenant's protection overrides ({} goes back to the defaults)."""
+    tenant = visible_tenant(call)
+    stored = core.body(call, ProtectionUpdate).stored()
+    previous = config.read_tenant(tenant).protection
+    details = {"protection": stored, "previous": previous}
+    write_tenant(
+        tenant,
+        {"protection": stored},
+        core.audit(call, "tenant.protection.set", f"tenant.{tenant}", tenant, details, core.now()),
+    )
+    return _protection_view(tenant, stored, None)
+
+
+# --- prices -----------------------------------------------------------------------------------
+
+
+def _price_view(model: str, price: Price, source: str) -> PriceView:
+    return PriceView.model_validate(
+        {
+            "model": model,
+            "input_usd": core.usd(price.input_usd),
+            "output_usd": core.usd(price.output_usd),
+            "source": source,
+        }
+    )
+
+
+@routes.get("/v1/prices", PriceList, params=(TENANT_QUERY,), errors=(400,))
+def list_prices(call: Call) -> PriceList:
+    """Prices per token of every known model, with a tenant's overrides in their place.
+
+    A tenant-scoped key always gets its own tenant's."""
+    tenant = query_tenant(call) or core.principal(call).tenant
+    items = {model: _price_view(model, price, source) for model, (price, source) in config.read_prices().items()}
+    if tenant is not None:
+        items.update(
+            {model: _price_view(model, price, "tenant") for model, price in config.read_tenant(tenant).prices.items()}
+        )
+    return PriceList(tenant=tenant, items=[items[model] for model in sorted(items)])
+
+
+_PRICE_PARAMS = (
+    Param(
+        "model",
+        "path",
+        "The model name; may contain / and : (e.g. openai/gpt-4o, claude-3-5:latest).",
+        {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$"},
+        required=True,
+    ),
+    Param(
+        "tenant",
+        "query",
+        "Set this tenant's override instead of the global price (required for tenant-scoped keys).",
+        {"type": "string", "pattern": AGENT_ID_PATTERN},
+    ),
+)
+
+
+@routes.put("/v1/prices/<path:model>", PriceView, PriceUpdate, Role.ADMIN, params=_PRICE_PARAMS, errors=(400,))
+def set_price(call: Call) -> PriceView:
+    """Set a model's price per token, globally or (with tenant) for one tenant."""
+    model = call.args["model"].rstrip("/")  # the path converter takes a trailing slash too
+    try:
+        _MODEL_NAME.validate_python(model)
+    except ValidationError:
+        raise ApiError(400, f"model {model!r} is not a model name (letters, digits and _.:/@+-, up to 128)") from None
+    tenant = query_tenant(call)
+    principal = core.principal(call)
+    if principal.tenant is not None and tenant is None:
+        raise ApiError(
+            403, f"this API key may only set prices of tenant {principal.tenant}: add ?tenant={principal.tenant}"
+        )
+    body = core.body(call, PriceUpdate)
+    price = Price(body.input_usd, body.output_usd)
+    details = {"model": model, "input_usd": core.usd(price.input_usd), "output_usd": core.usd(price.output_usd)}
+    if tenant is not None:
+        config.set_tenant_price(tenant, model, price)
+        entry = core.audit(call, "tenant.price.set", f"tenant.{tenant}.{model}", tenant, details, core.now())
+    else:
+        config.set_price(model, price)
+        entry = core.audit(call, "price.set", f"price.{model}", None, details, core.now())
+    audit_store.append(entry)
+    return _price_view(model, price, "tenant" if tenant is not None else "api")
