@@ -31,7 +31,7 @@ from shared.api.bodies import (
 )
 from shared.api.bodies.jobs import JobRequest
 from shared.api.bodies.tasks import OutcomeReport, TaskRequest
-from shared.domain import assignment
+from shared.domain import assignment_tasks
 from shared.domain import jobs as job_rules
 from shared.domain.api_keys import Role
 from shared.domain.silences import Silence
@@ -275,6 +275,6 @@ def test_an_outcomes_rules_are_in_its_schema(body: dict[str, Any], valid: bool) 
 
 
 def test_the_documented_task_bodies_validate_as_the_domains() -> None:
-    assert TaskRequest.model_validate(TASK).model_dump() == assignment.TaskRequest.model_validate(TASK).model_dump()
+    assert TaskRequest.model_validate(TASK).model_dump() == assignment_tasks.TaskRequest.model_validate(TASK).model_dump()
     outcome = {"success": False, "error": "timeout"}
-    assert OutcomeReport.model_validate(outcome).as_doc() == assignment.OutcomeReport.model_validate(outcome).as_doc()
+    assert OutcomeReport.model_validate(outcome).as_doc() == assignment_tasks.OutcomeReport.model_validate(outcome).as_doc()
