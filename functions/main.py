@@ -56,6 +56,7 @@ def on_cost(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_sweep(event: CloudEvent) -> None:
     """The minute job (Cloud Scheduler tick): liveness sweep, alert reminders, the Slack outbox."""
+    # lazy: only the scheduled functions load the tick runner and its services
     from shared.pipeline import ticks
 
     ticks.handle(_message(event), "fleet-sweep")
@@ -64,6 +65,7 @@ def on_sweep(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_report(event: CloudEvent) -> None:
     """Hourly summary and daily cost report (Cloud Scheduler ticks)."""
+    # lazy: only the scheduled functions load the tick runner and its services
     from shared.pipeline import ticks
 
     ticks.handle(_message(event), "fleet-reports")
@@ -84,6 +86,7 @@ def on_dead_letter(request: Any) -> tuple[str, int]:
 
 @functions_framework.http
 def api(request: Any) -> Any:
+    # lazy: only fleet-api loads the REST API (its routes, bodies and OpenAPI document)
     from shared.api import router
 
     return router.handle(request)
@@ -92,6 +95,7 @@ def api(request: Any) -> Any:
 @functions_framework.cloud_event
 def bench_baseline(event: CloudEvent) -> None:
     """The bare baseline of `make bench`: the same push path, one Firestore write, nothing else."""
+    # lazy: only the benchmark's baseline function loads it
     from shared.pipeline import bench_baseline as baseline
 
     baseline.write_one(_message(event))
@@ -100,6 +104,7 @@ def bench_baseline(event: CloudEvent) -> None:
 @functions_framework.http
 def slack_app(request: Any) -> Any:
     """The Slack app's request URL: ``/fleet`` slash commands and button clicks (signed by Slack)."""
+    # lazy: only fleet-slack loads the Bolt app and slack_sdk
     from shared.slack import app as app
 
     return app.handle(request)
@@ -114,6 +119,7 @@ def on_approval_request(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_action(event: CloudEvent) -> None:
     """Work handed over by the Slack app (``fleet-actions``): carry out a decided approval."""
+    # lazy: only fleet-actions loads the worker (approvals, launchers)
     from shared.pipeline import fleet_actions
 
     fleet_actions.handle(_message(event))
@@ -128,6 +134,7 @@ def on_job_progress(event: CloudEvent) -> None:
 @functions_framework.cloud_event
 def on_jobs_tick(event: CloudEvent) -> None:
     """The reconcile tick of training jobs (Cloud Scheduler): follow, settle, admit."""
+    # lazy: only the scheduled functions load the tick runner and its services
     from shared.pipeline import ticks
 
     ticks.handle(_message(event), "fleet-jobs")

@@ -23,7 +23,7 @@ from shared.domain.assignment_tasks import AssignmentConfig
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
 from shared.domain.jobs import JobsConfig
-from shared.store import config
+from shared.store import config, db
 
 
 class _Overrides(RootModel[dict[str, Any]]):
@@ -110,6 +110,9 @@ def replace(call: Call, kind: str) -> SettingsView:
         listed = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
         raise ApiError(400, f"invalid {kind} settings: {listed}") from None
     overrides = checked.model_dump(mode="json", include=set(raw))
+    problem = db.unstorable(overrides)
+    if problem:
+        raise ApiError(400, f"invalid {kind} settings: {problem}")
     write_tenant(
         tenant, {kind: overrides}, core.audit(call, f"tenant.{kind}.set", tenant, tenant, overrides, core.now())
     )

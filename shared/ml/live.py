@@ -28,6 +28,9 @@ import numpy as np
 
 from shared.domain import learned as L
 from shared.ml import features as fe
+from shared.ml import serving
+from shared.ml.failure import FailureState
+from shared.platform import settings
 
 if TYPE_CHECKING:
     from shared.ml.anomaly import AnomalyDetector
@@ -165,8 +168,6 @@ def _step(
 
     pred = models.failure
     if pred is not None:
-        from shared.ml.failure import FailureState
-
         fstate = FailureState.from_doc(state["failure"]) if state.get("failure") else FailureState()
         fv = pred.observe(fstate, f, row, ready)
         new.update(failure=fstate.to_doc(), risk=round(float(fv.risk), 4), failure_model=models.failure_version)
@@ -197,9 +198,6 @@ def _step(
 def for_heartbeats() -> Callable[[Any, dict[str, Any], datetime], L.Learned]:
     """The ``learned`` step ``agents.apply_heartbeat`` takes, with the models in service now (scoring
     turned off: one that closes any learned episode and says so)."""
-    from shared.ml import serving
-    from shared.platform import settings
-
     if not settings.get().ml_scoring:
         return lambda record, metrics, at: _unscored("scoring is turned off (FLEET_ML_SCORING)")
     anomaly, failure = serving.current("anomaly"), serving.current("failure")

@@ -22,7 +22,6 @@ from shared.platform import logs, settings
 from shared.services import agent_commands
 from shared.store import agents as agent_store
 from shared.store import config, db, rejections
-from shared.training import progress
 
 log = logs.get_logger("handlers")
 
@@ -170,6 +169,9 @@ def process_approval_request(decoded: Decoded) -> Plan:
 
 def process_job_progress(decoded: Decoded) -> Plan:
     """A training run reports progress or its final metrics (``job-progress``)."""
+    # lazy: only fleet-job-progress loads the job rules and the jobs store
+    from shared.training import progress
+
     return progress.process(decoded)
 
 

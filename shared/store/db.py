@@ -110,3 +110,29 @@ def doc_id(key: str, limit: int = 1500) -> str:
 def get(ref: Any) -> Any:
     metering.count(reads=1)
     return ref.get(**call_options())
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def unstorable(value: Any, path: str = "") -> str | None:
+    """What Firestore would refuse in a value about to be written (an integer outside int64, an empty
+    map key), as ``path: problem``; None when it can be stored. Lets a caller answer 400 instead of
+    failing on the write."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if INT64[0] <= value <= INT64[1] else f"{path or 'value'}: {value} is outside a 64-bit integer"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or key == "":
+                return f"{path or 'value'}: a map key must be a non-empty string"
+            found = unstorable(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = unstorable(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None

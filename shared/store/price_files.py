@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.domain.job_costs import MachinePrices
+if TYPE_CHECKING:
+    from shared.domain.job_costs import MachinePrices
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 MODEL_PRICES = DATA_DIR / "prices.yaml"
@@ -32,4 +33,7 @@ def read(path: Path) -> dict[str, Any]:
 @functools.cache
 def machine_prices() -> MachinePrices:
     """The machine price table, read once per instance (it changes only with a deployment)."""
+    # lazy: the job rules stay off the cold start of the functions that price no job
+    from shared.domain.job_costs import MachinePrices
+
     return MachinePrices.model_validate(read(MACHINE_PRICES))
