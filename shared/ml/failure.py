@@ -80,15 +80,17 @@ class FailureState:
         """Add one row's trend inputs to the window."""
         if self.rows == 0:
             self.window = np.tile(inputs, (TREND_WINDOW, 1))
-        else:
-            self.window = np.vstack([self.window[1:], inputs[None, :]])
+        else:  # shifted in place: no new window per heartbeat
+            window = self.window
+            window[:-1] = window[1:]
+            window[-1] = inputs
         self.rows += 1
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON-able (and Firestore-able: a map of flat lists, no nested arrays) document."""
         return {
             "rows": int(self.rows),
-            "window": {name: [float(v) for v in self.window[:, j]] for j, name in enumerate(TREND_INPUTS)},
+            "window": dict(zip(TREND_INPUTS, self.window.T.tolist(), strict=True)),
             "high_run": int(self.high_run),
             "low_run": int(self.low_run),
             "open": bool(self.open),

@@ -79,11 +79,11 @@ def ref(agent_id: str) -> Any:
 
 def read(agent_id: str) -> Snapshot | None:
     """The agent as stored now (one read); also refreshes the cache."""
-    doc = db.get(ref(agent_id))
-    if not doc.exists:
+    data, update_time = db.get_fields(ref(agent_id))
+    if data is None:
         cache.drop(agent_id)
         return None
-    snap = Snapshot(from_stored(doc.to_dict()), doc.update_time)
+    snap = Snapshot(from_stored(data), update_time)
     cache.put(agent_id, snap)
     return snap
 

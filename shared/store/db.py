@@ -136,3 +136,24 @@ def unstorable(value: Any, path: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+def get_fields(ref: Any) -> tuple[dict[str, Any] | None, Any]:
+    """One document's fields (None when it does not exist) and update time, by the unary ``GetDocument``
+    call: ``DocumentReference.get`` streams ``BatchGetDocuments``, and grpc's Python client starts a
+    channel thread for every streaming call (about a sixth of a heartbeat's time without the agent cache).
+    Decoded as ``get`` decodes them, without the snapshot's deep copy."""
+    # lazy: the Firestore client libraries, as in client()
+    from google.api_core import exceptions
+    from google.cloud.firestore_v1 import _helpers
+
+    metering.count(reads=1)
+    owner = ref._client
+    try:
+        found = owner._firestore_api.get_document(
+            request={"name": ref._document_path}, metadata=owner._rpc_metadata, **call_options()
+        )
+    except exceptions.NotFound:
+        return None, None
+    fields: dict[str, Any] = _helpers.decode_dict(found.fields, owner)  # type: ignore[assignment]
+    return fields, found.update_time

@@ -17,7 +17,17 @@ import pytest
 from shared.ml import features as fe
 from shared.ml.data import METRICS, AgentStream, FaultEvent
 from shared.ml.failure import FailurePredictor, FailureState, FailureVerdict, evaluate
-from shared.ml.failure_features import ALL_FEATURES, TREND_INPUTS, TREND_WINDOW, explain, labels
+from shared.ml.failure_features import (
+    ALL_FEATURES,
+    ERR_COL,
+    TREND_INPUTS,
+    TREND_WINDOW,
+    design_many,
+    explain,
+    labels,
+    trend_inputs,
+    window_trends,
+)
 from shared.ml.failure_warnings import PERSISTENCE, score_warnings, warnings_from_risk
 from shared.ml.simulate import simulate_failures
 from tests.unit.test_ml_flat import assert_close_and_same_decisions
@@ -200,6 +210,31 @@ def test_warn_and_clear_follow_the_persistence_rule() -> None:
     assert [i for i, v in enumerate(out) if v.warn] == warnings_from_risk(np.asarray(risk), 0.8) == [3, 7, 12]
     assert [i for i, v in enumerate(out) if v.cleared] == [9]
     assert [v.open for v in out] == [False] * 3 + [True] * 6 + [False] * 3 + [True] * 2
+
+
+def test_live_trends_equal_the_batch_trends_bit_for_bit() -> None:
+    """``window_trends`` (a running sum of products) is the batch path's ``np.convolve``, exactly: on whole
+    streams through the live window, and on windows built to reach zeros, infinities and NaN."""
+    streams, _ = simulate_failures(agents=3, rows=500, seed=5)
+    for stream, (D, _valid) in zip(streams.values(), design_many(list(streams.values())), strict=True):
+        baseline, state = fe.Baseline.new(stream.interval_s), FailureState()
+        for i in range(len(stream)):
+            f = fe.features(stream.X[i], stream.interval_s if i == 0 else stream.t[i] - stream.t[i - 1], baseline)
+            state.push(trend_inputs(f, float(stream.X[i, ERR_COL])))
+            assert np.array_equal(D[i, len(fe.FEATURES) :], window_trends(state.window))
+    slope = np.arange(TREND_WINDOW, dtype=np.float64) - (TREND_WINDOW - 1) / 2
+    slope /= np.sum(slope**2)
+    rng = np.random.default_rng(0)
+    for k in range(3000):
+        w = rng.standard_normal((TREND_WINDOW, len(TREND_INPUTS))) * 10.0 ** rng.integers(-300, 300)
+        w[: k % TREND_WINDOW] = 0.0 if k % 2 else -0.0
+        if k % 7 == 0:
+            w[rng.integers(TREND_WINDOW), rng.integers(len(TREND_INPUTS))] = (np.inf, -np.inf, np.nan)[k % 3]
+        expected = [
+            np.convolve(w[:, j], slope[::-1] if j < 4 else np.full(TREND_WINDOW, 0.1), "valid")[0] for j in range(6)
+        ]
+        got = window_trends(w)
+        assert np.array_equal(got, expected, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(expected))
 
 
 def test_explain_names_the_moving_trend() -> None:
