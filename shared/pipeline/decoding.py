@@ -72,7 +72,8 @@ def message_from_cloudevent(data: Any, *, event_id: str, time: str | None, sourc
         raw = encoded.encode() if isinstance(encoded, str) else b""
     attributes = {str(k): str(v) for k, v in (message.get("attributes") or {}).items()}
     return PushedMessage(
-        message_id=str(message.get("messageId") or event_id),
+        # Push bodies carry both spellings; a body with neither keeps the CloudEvent's id.
+        message_id=str(message.get("messageId") or message.get("message_id") or event_id),
         published_at=_parse_time(message.get("publishTime") or time),
         raw=raw,
         attributes=attributes,

@@ -7,6 +7,7 @@ or transient failure (raise, so Pub/Sub redelivers).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -187,10 +188,16 @@ def handle_dead_letter(message: PushedMessage) -> str:
         agent_id=original.get("agent_id"),
         details={k: v for k, v in attrs.items() if k.startswith("CloudPubSubDeadLetter")},
     )
-    with logs.invocation(log, source=source, message_id=message.message_id, agent_id=rejected.agent_id) as entry:
+    # A body without a message id still gets a stable one (a redelivery lands on the same record),
+    # instead of an empty document id Firestore refuses, which would retry the dead letter forever.
+    message_id = (
+        message.message_id
+        or "dl-" + hashlib.sha256(message.raw + repr(sorted(attrs.items())).encode()).hexdigest()[:32]
+    )
+    with logs.invocation(log, source=source, message_id=message_id, agent_id=rejected.agent_id) as entry:
         rejections.record(
             rejected,
-            message_id=message.message_id,
+            message_id=message_id,
             source=source,
             event_type=original.get("event_type"),
             payload=Payload.of(message.raw, original),
