@@ -208,13 +208,18 @@ class FailurePredictor:
         risks: dict[str, np.ndarray] = {}
         for k in range(FOLDS) if len(ids) >= FOLDS else ():
             inside = np.flatnonzero(fold != k)
+            if np.unique(np.concatenate([ys[i] for i in inside])).size < 2:
+                # The other folds' agents never failed (or only failed): no model to hold this fold out with.
+                continue
             self._use(self._train([rows[i] for i in inside], [ys[i] for i in inside]))
             for i in np.flatnonzero(fold == k):
                 risks[ids[i]] = self.risk_of(*designs[i])
         self._use(self._train(rows, ys))
         self.version = f"hgb-{sum(y.size for y in ys)}rows-{len(ids)}agents"
-        if not risks:  # too few agents to hold any out: in-sample risks
-            risks = {a: self.risk_of(*d) for a, d in zip(ids, designs, strict=True)}
+        # Agents no fold could hold out (too few agents, or a fold without both classes): in-sample risks.
+        for a, d in zip(ids, designs, strict=True):
+            if a not in risks:
+                risks[a] = self.risk_of(*d)
 
         lengths = {s.agent_id: len(s) for s in ordered}
         best: tuple[tuple[bool, float], float, WarningScore] | None = None

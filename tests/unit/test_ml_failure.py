@@ -353,3 +353,15 @@ def test_from_bytes_rejects_other_features_and_untrusted_types(predictor: Failur
     assert FailurePredictor.from_bytes(tampered).model is None  # not loaded unless asked
     with pytest.raises(ValueError, match="untrusted"):
         FailurePredictor.from_bytes(tampered, load_model=True)
+
+
+def test_a_fold_whose_other_agents_never_failed_does_not_stop_the_fit() -> None:
+    """The agents are split in folds at random (their ids are): when every failure sits in one fold, the
+    model that would hold that fold out sees one class only. Those agents are scored in-sample instead
+    of the fit failing (a fleet of many healthy agents and few failing ones made this happen)."""
+    streams, events = simulate_failures(agents=8, rows=600, seed=5)
+    failing = sorted({e.agent_id for e in events})[0]
+    only_one = [e for e in events if e.agent_id == failing]
+    pred = FailurePredictor(max_iter=10).fit(streams, only_one)
+    assert 0 < pred.threshold < 1 and pred.validation is not None
+    assert pred.flat is not None
