@@ -61,7 +61,12 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     _check_times(batch, _first_published(decoded.message.attributes, received_at))
     tenant = config.tenant(agent.tenant)
     tally = usage_domain.tally(batch, agent.tenant, config.table_for(tenant))
-    inputs = read_inputs(agent, tenant, tally, batch_id=batch.batch_id, now=now, received_at=received_at)
+    try:
+        inputs = read_inputs(agent, tenant, tally, batch_id=batch.batch_id, now=now, received_at=received_at)
+    except Exception as exc:
+        # Nothing is counted yet: fail so Pub/Sub redelivers (a stored document the rules cannot read must
+        # not turn the batch into a rejection, acknowledged and never counted).
+        raise InputsUnavailable(f"{type(exc).__name__}: {exc}") from exc
     applied = usage_store.apply(
         tally,
         batch_id=batch.batch_id,
@@ -109,6 +114,10 @@ def read_inputs(
         baseline=baseline,
         resend=_unheeded(agent, received_at, now),
     )
+
+
+class InputsUnavailable(RuntimeError):
+    """What the rules need could not be read; nothing was counted, the redelivery will try again."""
 
 
 class EffectsFailed(RuntimeError):

@@ -28,7 +28,7 @@ from shared.pipeline.decoding import Decoded, PushedMessage
 from shared.platform import metering
 from shared.services import accounting, agent_commands
 from shared.store import agents as agent_store
-from shared.store import config, markers
+from shared.store import config, db, markers
 from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
 from shared.store.config import TenantConfig
@@ -223,3 +223,19 @@ def test_spend_decides_on_the_agent_as_the_lift_leaves_it() -> None:
     assert len(effects.steps) == 1 and effects.alerts == []  # the lift alone
     assert not spend.needs_baseline(counted, NOW)  # the calls were two hours ago
     assert Period.HOUR in {p for p, _ in applied_as_first(counted, 4).agent}
+
+
+def test_a_read_the_rules_need_failing_before_counting_is_retried_not_rejected(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is counted yet: the batch must come back (a retryable error), never become a rejection."""
+    world.agent = record("agent-a1", "acme")
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a stored document the rules cannot read")
+
+    monkeypatch.setattr(accounting, "_unheeded", unreadable)
+    with pytest.raises(accounting.InputsUnavailable):
+        handlers.process_cost(cost_batch(failures=1))
+    assert world.counted == [] and world.updates == []
+    assert not isinstance(accounting.InputsUnavailable("x"), db.permanent_errors())
