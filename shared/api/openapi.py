@@ -1,5 +1,5 @@
 """The REST API's OpenAPI 3.1 document, built from the route table (shared/api/router.py) and the
-pydantic models of the bodies (shared/api/bodies.py), so the document cannot drift from what is served."""
+pydantic models of the bodies (shared/api/bodies/), so the document cannot drift from what is served."""
 
 from __future__ import annotations
 

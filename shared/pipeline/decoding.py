@@ -10,6 +10,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -94,8 +95,6 @@ def _parse_time(value: Any) -> datetime:
 
 def decode(message: PushedMessage, expected: EventType) -> Decoded:
     """Validate size, attributes, envelope and event, in that order. Raises :class:`Rejected`."""
-    import re
-
     attrs = message.attributes
     agent_attr = attrs.get("agent_id")
     agent_hint = agent_attr if agent_attr and re.fullmatch(AGENT_ID_PATTERN, agent_attr) else None

@@ -137,7 +137,7 @@ def test_the_environment_it_sets_is_what_the_code_reads() -> None:
 
 def test_secrets_reach_functions_under_the_names_the_code_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """functions.tf injects each secret as the environment variable ``upper(replace(name, "-", "_"))``;
-    shared/settings.secret reads exactly that."""
+    shared/platform/settings.secret reads exactly that."""
     from shared.platform import settings
 
     assert 'upper(replace(secret_environment_variables.value, "-", "_"))' in (TF / "functions.tf").read_text()
