@@ -18,7 +18,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Protocol, TypeAlias
 
 from pydantic import BaseModel, StringConstraints
 
@@ -27,6 +27,7 @@ from fleet_agent.messages.agents import (
     BudgetSpec,
     Heartbeat,
     HeartbeatMetrics,
+    KeyClaim,
     Registration,
     ReportedStatus,
     Resources,
@@ -106,6 +107,7 @@ __all__ = [
     "JobId",
     "JobPhase",
     "JobProgress",
+    "KeyClaim",
     "Label",
     "LimitTokens",
     "LimitUsd",
@@ -115,6 +117,7 @@ __all__ = [
     "Resources",
     "ShortText",
     "Signature",
+    "Signer",
     "TenantId",
     "canonical_json",
     "encode",
@@ -156,7 +159,8 @@ DEFAULT_TOPICS: dict[EventType, str] = {
 
 
 class Signature(Strict):
-    """Reserved for signed telemetry: a detached signature over the canonical ``data``."""
+    """A detached signature over an event's canonical bytes (fleet_agent.identity.event_signing_bytes):
+    which key made it (its id), the algorithm (``ed25519``) and the signature (unpadded base64url)."""
 
     key_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     alg: Annotated[str, StringConstraints(min_length=1, max_length=32)]
@@ -190,13 +194,34 @@ def event_type_of(event: BaseModel) -> EventType:
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
-def encode(event: Event, *, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
-    """Body and attributes of the Pub/Sub message that carries ``event``."""
-    envelope = Envelope(event_id=event_id or uuid.uuid4().hex, data=event.model_dump(mode="json"))
+class Signer(Protocol):
+    """What signs an agent's events: :class:`fleet_agent.identity.AgentKey` is one."""
+
+    def sign_event(self, event_type: str, agent_id: str, event_id: str, tenant: str, data: Any) -> Signature: ...
+
+
+def encode(
+    event: Event, *, event_id: str | None = None, signer: Signer | None = None, tenant: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """Body and attributes of the Pub/Sub message that carries ``event``, signed by ``signer`` when given.
+
+    A signature covers the agent's ``tenant`` too (a registration names it; other events do not), so the
+    signer must be told it: fleet_agent.identity.event_signing_bytes says exactly what is signed.
+    """
+    event_id = event_id or uuid.uuid4().hex
+    data = event.model_dump(mode="json", exclude_none=True)
+    event_type = event_type_of(event)
+    signature = None
+    if signer is not None:
+        owner = tenant or getattr(event, "tenant", None)
+        if not owner:
+            raise ValueError("a signed event needs its agent's tenant")
+        signature = signer.sign_event(event_type.value, event.agent_id, event_id, owner, data)
+    envelope = Envelope(event_id=event_id, data=data, signature=signature)
     body = envelope.model_dump_json(exclude_none=True).encode()
     attributes = {
         "agent_id": event.agent_id,
-        "event_type": event_type_of(event).value,
+        "event_type": event_type.value,
         "schema_version": SCHEMA_VERSION,
     }
     return body, attributes

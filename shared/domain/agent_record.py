@@ -78,6 +78,9 @@ class AgentRecord(BaseModel):
     #: runs, last status and score, and the model versions that judged its last heartbeat.
     ml: dict[str, Any] = Field(default_factory=dict)
 
+    #: The agent's keys (shared.domain.identity.AgentIdentity as a map): empty until it enrolls.
+    identity: dict[str, Any] = Field(default_factory=dict)
+
     #: The budget (a BudgetSpec, JSON-mode) and where it came from: "registration" or "api" (which wins).
     budget: dict[str, Any] | None = None
     budget_source: str | None = None

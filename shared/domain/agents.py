@@ -136,7 +136,7 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
 
 
 def _registration_fields(reg: Registration) -> dict[str, Any]:
-    data = reg.model_dump(mode="python", exclude={"budget"})
+    data = reg.model_dump(mode="python", exclude={"budget", "identity", "sent_at"})
     data["resources"] = (reg.resources or Resources()).model_dump()
     return data
 

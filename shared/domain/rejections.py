@@ -31,17 +31,58 @@ class Code(StrEnum):
     DELIVERY_EXHAUSTED = "delivery_exhausted"
     #: A training run reported on a job that does not exist or is another agent's.
     UNKNOWN_JOB = "unknown_job"
+    # Identity (shared/domain/identity.py): the claimed agent_id is unproven, so these rejections are kept
+    # apart from that agent's record (``claimed_agent_id``) and count towards ``forged_events``.
+    #: No signature, from an agent that has a key or of a tenant whose policy requires one.
+    UNSIGNED = "unsigned"
+    #: A signature that does not verify: forged, or the event was changed after it was signed.
+    BAD_SIGNATURE = "bad_signature"
+    #: Signed by a key the agent does not have (never had, or its overlap after a rotation is over).
+    UNKNOWN_KEY = "unknown_key"
+    #: Signed by a key that was revoked: the agent must enroll again with a new token.
+    REVOKED_KEY = "revoked_key"
+    # Enrollment tokens (shared/domain/enrollment.py), on a registration that binds a first key.
+    TOKEN_UNKNOWN = "token_unknown"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_USED_UP = "token_used_up"
+    TOKEN_REVOKED = "token_revoked"
+    TOKEN_OUT_OF_SCOPE = "token_out_of_scope"
+
+
+#: Refusals whose ``agent_id`` is a claim nobody proved: recorded apart from the agent (``claimed_agent_id``).
+UNPROVEN: frozenset[Code] = frozenset(
+    {
+        Code.UNSIGNED,
+        Code.BAD_SIGNATURE,
+        Code.UNKNOWN_KEY,
+        Code.REVOKED_KEY,
+        Code.TOKEN_UNKNOWN,
+        Code.TOKEN_EXPIRED,
+        Code.TOKEN_USED_UP,
+        Code.TOKEN_REVOKED,
+        Code.TOKEN_OUT_OF_SCOPE,
+    }
+)
 
 
 class Rejected(Exception):
     """Raised by decoding and domain checks; the entry point records it and acknowledges."""
 
-    def __init__(self, code: Code, reason: str, *, agent_id: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self, code: Code, reason: str, *, agent_id: str | None = None, details: Any = None, tenant: str | None = None
+    ) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
         self.agent_id = agent_id
         self.details = details
+        #: The tenant the event claimed (or its agent's): refused identities are counted per tenant too.
+        self.tenant = tenant
+
+    @property
+    def unproven(self) -> bool:
+        """Whether ``agent_id`` is only a claim (an identity refusal): kept apart from that agent."""
+        return self.code in UNPROVEN
 
 
 @dataclass(frozen=True)

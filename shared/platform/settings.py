@@ -38,6 +38,13 @@ class Settings:
     model_refresh_s: int
     #: Whether the heartbeat function runs the learned models (``FLEET_ML_SCORING=off`` turns them off).
     ml_scoring: bool
+    #: Signature policy of a tenant whose settings name none: ``required`` (unsigned events refused) or
+    #: ``optional`` (a migration: unsigned agents are accepted and shown as such).
+    identity_policy: str
+    #: Seconds an agent's previous key stays valid after a rotation (events already in flight).
+    key_overlap_s: int
+    #: Refused (unverifiable) events per claimed agent, or per tenant, in an hour that open ``forged_events``.
+    forged_events_per_hour: int
 
 
 @cache
@@ -56,6 +63,9 @@ def get() -> Settings:
         models_bucket=os.environ.get("FLEET_MODELS_BUCKET") or f"{_project()}-fleet-models",
         model_refresh_s=_int("FLEET_MODEL_REFRESH_S", 300),
         ml_scoring=os.environ.get("FLEET_ML_SCORING", "on").lower() not in ("off", "0", "false", "no"),
+        identity_policy=os.environ.get("FLEET_IDENTITY_POLICY", "required"),
+        key_overlap_s=_int("FLEET_KEY_OVERLAP_S", 600),
+        forged_events_per_hour=_int("FLEET_FORGED_EVENTS_PER_HOUR", 10),
     )
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 SDK = Path(__file__).resolve().parents[2] / "sdk"
 
 
-def test_sdk_depends_only_on_pubsub_and_pydantic() -> None:
+def test_sdk_depends_only_on_pubsub_pydantic_and_its_signing_libraries() -> None:
     deps = tomllib.loads((SDK / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert sorted(d.split(">")[0].split("=")[0].split("<")[0] for d in deps) == ["google-cloud-pubsub", "pydantic"]
+    names = sorted(d.split(">")[0].split("=")[0].split("<")[0] for d in deps)
+    assert names == ["cryptography", "google-cloud-pubsub", "pydantic", "rfc8785"]
 
 
 def test_sdk_never_imports_the_server() -> None:
-    allowed = {"fleet_agent", "google", "pydantic", "__future__"}
+    allowed = {"fleet_agent", "google", "pydantic", "cryptography", "rfc8785", "__future__"}
     for path in (SDK / "fleet_agent").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []

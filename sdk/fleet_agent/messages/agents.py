@@ -64,6 +64,15 @@ class BudgetSpec(Strict):
         return self
 
 
+class KeyClaim(Strict):
+    """The agent's public key, on a registration. With an enrollment token: the agent's first key (or its
+    first after a revocation), bound to it by the fleet. Without one: a rotation, signed by the current key.
+    Either way the registration is signed by the private half of a key the fleet accepts."""
+
+    public_key: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
+    enrollment_token: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+
 class Registration(Strict):
     """Sent when an agent starts (and again on every restart or upgrade)."""
 
@@ -79,6 +88,11 @@ class Registration(Strict):
     labels: dict[Label, Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=dict, max_length=64)
     #: The agent's budget as deployed with it. A budget set through the API wins over it.
     budget: BudgetSpec | None = None
+    #: Enrollment or rotation (see :class:`KeyClaim`); None on an ordinary signed restart.
+    identity: KeyClaim | None = None
+    #: When the agent sent it. Signed registrations carry it: one older than the last the fleet accepted,
+    #: or far from when Pub/Sub received it, changes nothing (a captured registration cannot be replayed).
+    sent_at: AwareDatetime | None = None
 
 
 class ReportedStatus(StrEnum):

@@ -1,0 +1,173 @@
+"""Agent identity: which keys speak for an agent, and whether an event's signature proves it did.
+
+An agent's keys live in its own document (``identity``, read by every path that decides on the agent),
+so checking a signature costs no read. The rules:
+
+- An agent with a key must sign every event with it: an unsigned event is refused under any policy.
+- An agent without a key (never enrolled, or revoked) is refused under the tenant's ``required`` policy;
+  under ``optional`` (a migration) its events are accepted and it shows as ``identity: unsigned``.
+- After a rotation the previous key stays valid until ``valid_until`` (an overlap), judged by when Pub/Sub
+  received the event, so events already in flight are not lost.
+- A revoked key's events are refused; the agent enrolls again with a new token.
+
+Pure: the signature check is arithmetic (fleet_agent.identity.verify), no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from fleet_agent.contracts import Signature
+from fleet_agent.identity import key_id_of, verify
+from pydantic import BaseModel, Field
+
+from shared.domain.rejections import Code, Rejected
+
+#: Revoked key ids remembered per agent (a revoked key is refused as revoked rather than unknown).
+REMEMBERED_REVOKED = 10
+
+
+class Policy(StrEnum):
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+
+
+class Status(StrEnum):
+    """What the API shows as an agent's ``identity``."""
+
+    SIGNED = "signed"
+    UNSIGNED = "unsigned"
+    REVOKED = "revoked"
+
+
+class KeyRecord(BaseModel):
+    key_id: str
+    public_key: str
+    bound_at: datetime
+    #: Set on a key replaced by a rotation: it verifies events Pub/Sub received before this time.
+    valid_until: datetime | None = None
+
+
+class AgentIdentity(BaseModel):
+    """The ``identity`` map of an agent document."""
+
+    #: The current key first, then a rotated-out key still in its overlap.
+    keys: list[KeyRecord] = Field(default_factory=list)
+    revoked_key_ids: list[str] = Field(default_factory=list)
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    #: The token of the last enrollment, and when it happened.
+    token_id: str | None = None
+    enrolled_at: datetime | None = None
+    rotations: int = 0
+    #: ``sent_at`` of the newest signed registration accepted: an older one is a replay or superseded.
+    registration_sent_at: datetime | None = None
+
+    @classmethod
+    def of(cls, stored: dict[str, Any] | None) -> AgentIdentity:
+        return cls.model_validate(stored or {})
+
+    def doc(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @property
+    def current(self) -> KeyRecord | None:
+        return self.keys[0] if self.keys else None
+
+    @property
+    def status(self) -> Status:
+        if self.keys:
+            return Status.SIGNED
+        return Status.REVOKED if self.revoked_key_ids else Status.UNSIGNED
+
+
+def status_of(stored: dict[str, Any] | None) -> Status:
+    return AgentIdentity.of(stored).status
+
+
+def check(
+    stored: dict[str, Any] | None,
+    signature: Signature | None,
+    message: Callable[[], bytes],
+    *,
+    policy: Policy,
+    received_at: datetime,
+    agent_id: str,
+    tenant: str | None,
+) -> KeyRecord | None:
+    """The key that signed the event, or None for an unsigned event the policy accepts. Raises Rejected.
+
+    ``message`` builds the signed bytes (fleet_agent.identity.event_signing_bytes), only when needed.
+    """
+    identity = AgentIdentity.of(stored)
+    if signature is None:
+        if identity.keys:
+            raise _refused(Code.UNSIGNED, f"agent {agent_id} has a key: its events must be signed", agent_id, tenant)
+        if policy is Policy.REQUIRED:
+            why = "its key was revoked; enroll again" if identity.revoked_key_ids else "it has not enrolled"
+            raise _refused(
+                Code.UNSIGNED, f"tenant {tenant} requires signed events and agent {agent_id}: {why}", agent_id, tenant
+            )
+        return None
+    if signature.key_id in identity.revoked_key_ids:
+        raise _refused(Code.REVOKED_KEY, f"key {signature.key_id} of agent {agent_id} was revoked", agent_id, tenant)
+    key = next((k for k in identity.keys if k.key_id == signature.key_id), None)
+    if key is None or (key.valid_until is not None and received_at >= key.valid_until):
+        raise _refused(Code.UNKNOWN_KEY, f"key {signature.key_id} is not a key of agent {agent_id}", agent_id, tenant)
+    if not verify(key.public_key, signature, message()):
+        raise _refused(
+            Code.BAD_SIGNATURE,
+            f"the signature does not verify with key {key.key_id} of agent {agent_id} (forged or altered)",
+            agent_id,
+            tenant,
+        )
+    return key
+
+
+def check_possession(public_key: str, signature: Signature | None, message: Callable[[], bytes], agent_id: str,
+                     tenant: str) -> None:  # fmt: skip
+    """An enrollment is signed by the key it binds: the agent proves it holds the private half."""
+    if signature is None or signature.key_id != key_id_of(public_key) or not verify(public_key, signature, message()):
+        raise _refused(
+            Code.BAD_SIGNATURE, f"the enrollment of agent {agent_id} is not signed by the key it enrolls", agent_id,
+            tenant,
+        )  # fmt: skip
+
+
+def bind(stored: dict[str, Any] | None, public_key: str, *, token_id: str, at: datetime) -> dict[str, Any]:
+    """The identity after an enrollment: ``public_key`` is the only key."""
+    identity = AgentIdentity.of(stored)
+    identity.keys = [KeyRecord(key_id=key_id_of(public_key), public_key=public_key, bound_at=at)]
+    identity.token_id = token_id
+    identity.enrolled_at = at
+    identity.revoked_at = identity.revoked_by = None
+    return identity.doc()
+
+
+def rotate(stored: dict[str, Any] | None, public_key: str, *, at: datetime, overlap: timedelta) -> dict[str, Any]:
+    """The identity after a rotation to ``public_key``; the old key verifies events received in ``overlap``."""
+    identity = AgentIdentity.of(stored)
+    if identity.current is not None and identity.current.public_key == public_key:
+        return identity.doc()
+    previous = [k.model_copy(update={"valid_until": k.valid_until or at + overlap}) for k in identity.keys[:1]]
+    identity.keys = [KeyRecord(key_id=key_id_of(public_key), public_key=public_key, bound_at=at), *previous]
+    identity.rotations += 1
+    return identity.doc()
+
+
+def revoke(stored: dict[str, Any] | None, *, at: datetime, by: str) -> dict[str, Any]:
+    """The identity after a revocation: no key; every key it had is refused as revoked."""
+    identity = AgentIdentity.of(stored)
+    revoked = [*identity.revoked_key_ids, *(k.key_id for k in identity.keys)]
+    identity.revoked_key_ids = revoked[-REMEMBERED_REVOKED:]
+    identity.keys = []
+    identity.revoked_at = at
+    identity.revoked_by = by
+    return identity.doc()
+
+
+def _refused(code: Code, reason: str, agent_id: str, tenant: str | None) -> Rejected:
+    return Rejected(code, reason, agent_id=agent_id, tenant=tenant)
