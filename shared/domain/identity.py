@@ -22,7 +22,7 @@ from typing import Any
 
 from fleet_agent.contracts import Signature
 from fleet_agent.identity import key_id_of, verify
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.domain.rejections import Code, Rejected
 
@@ -33,6 +33,17 @@ REMEMBERED_REVOKED = 10
 class Policy(StrEnum):
     REQUIRED = "required"
     OPTIONAL = "optional"
+
+
+class IdentityConfig(BaseModel):
+    """A tenant's identity settings (``PUT /v1/tenants/{t}/settings/identity``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: ``required``: unsigned events are refused. ``optional``: a migration; unsigned agents are shown so.
+    policy: Policy = Policy.REQUIRED
+    #: Refused events per claimed agent (or for the tenant) in an hour above which ``forged_events`` opens.
+    forged_events_per_hour: int = Field(default=10, ge=1, le=1_000_000)
 
 
 class Status(StrEnum):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
+from shared.domain.identity import IdentityConfig
 from shared.domain.pricing import Price, PriceTable
 from shared.platform import metering, settings
 from shared.store import db, price_files
@@ -47,6 +48,8 @@ class TenantConfig:
     jobs: dict[str, Any] = field(default_factory=dict)
     #: Overrides of the task-assignment settings (shared/domain/assignment_tasks.py AssignmentConfig).
     tasks: dict[str, Any] = field(default_factory=dict)
+    #: Overrides of the identity settings (shared/domain/identity.py IdentityConfig): the signature policy.
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
 class _TtlCache:
@@ -101,6 +104,7 @@ def read_tenant(tenant: str) -> TenantConfig:
         health=dict(data.get("health") or {}),
         jobs=dict(data.get("jobs") or {}),
         tasks=dict(data.get("tasks") or {}),
+        identity=dict(data.get("identity") or {}),
     )
 
 
@@ -117,6 +121,23 @@ def rules(name: str) -> tuple[HealthConfig, AlertingConfig]:
     """The tenant's health thresholds and alerting settings, over the defaults."""
     found = cache.get(f"rules:{name}", lambda: read_tenant(name), RULES_CACHE_S)
     return _rules(json.dumps(found.health, sort_keys=True), json.dumps(found.alerting, sort_keys=True))
+
+
+def identity(name: str) -> IdentityConfig:
+    """The tenant's identity settings over the deployment's defaults, from the same cached read as
+    :func:`rules` (no read of its own on the heartbeat path)."""
+    found = cache.get(f"rules:{name}", lambda: read_tenant(name), RULES_CACHE_S)
+    return _identity(json.dumps(found.identity, sort_keys=True))
+
+
+def identity_defaults() -> dict[str, Any]:
+    cfg = settings.get()
+    return {"policy": cfg.identity_policy, "forged_events_per_hour": cfg.forged_events_per_hour}
+
+
+@functools.lru_cache(maxsize=256)
+def _identity(overrides: str) -> IdentityConfig:
+    return IdentityConfig.model_validate({**identity_defaults(), **json.loads(overrides)})
 
 
 def alerting(name: str) -> AlertingConfig:
