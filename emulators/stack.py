@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet_agent.identity import AgentKey
+
 from shared.platform import topology as topology_mod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,6 +256,13 @@ class Stack:
         }
         # Never a real token or signing secret from the caller's shell: the stack's own, fresh each run.
         self.env["SLACK_SIGNING_SECRET"] = secrets.token_hex(16)
+        # The fleet's command key (secret fleet-command-key), fresh each run; agents get its public half in
+        # their enrollment tokens (FLEET_PUBLIC_KEY is there for tools and tests that check commands).
+        fleet_key = AgentKey.generate()
+        self.env["FLEET_COMMAND_KEY"] = fleet_key.to_pem().decode().replace("\n", "\\n")  # one line in .stack/env
+        self.env["FLEET_PUBLIC_KEY"] = fleet_key.public_key
+        # TODO(issue 18, before it closes): the local stack's policy becomes the default, required.
+        self.env["FLEET_IDENTITY_POLICY"] = "optional"
         slack_env = {"SLACK_BOT_TOKEN": FAKE_SLACK_TOKEN}
         # Training jobs run as local processes (shared/launchers/local.py), their state under the stack's dir.
         jobs_env = {
