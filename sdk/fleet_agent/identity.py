@@ -192,3 +192,12 @@ class EnrollmentToken:
     @property
     def secret_sha256(self) -> str:
         return hashlib.sha256(self.secret.encode()).hexdigest()
+
+
+#: An enrolled agent's command subscription is ``agent-commands.<agent_id>``, created by the fleet.
+COMMAND_SUBSCRIPTION_PREFIX = "agent-commands."
+
+
+def command_subscription(agent_id: str) -> str:
+    """The id of the command subscription the fleet creates for ``agent_id`` at enrollment."""
+    return f"{COMMAND_SUBSCRIPTION_PREFIX}{agent_id}"
