@@ -8,6 +8,7 @@ in Google Cloud grants the agent's principal (named on its enrollment token) sub
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -52,9 +53,7 @@ def ensure(agent_id: str, principal: str | None = None) -> str:
         "ack_deadline_seconds": 10,
         "message_retention_duration": {"seconds": 600},
     }
-    try:
+    with contextlib.suppress(AlreadyExists):  # made before: by a redelivery, or an earlier enrollment
         client.create_subscription(request=request, timeout=ADMIN_TIMEOUT_S)
-    except AlreadyExists:
-        pass
     logs.log(log, f"command subscription of {agent_id} ready", agent_id=agent_id, subscription=path)
     return path
