@@ -328,7 +328,8 @@ def test_the_hand_written_canonicaliser_agrees_with_rfc8785() -> None:
     keys = {"\u20ac": "Euro Sign", "\r": "Carriage Return", "\ufb33": "Hebrew Letter Dalet With Dagesh", "1": "One",
             "\U0001f600": "Emoji: Grinning Face", "\x80": "Control", "\u00f6": "Latin Small Letter O With Diaeresis",
             "\ue000": "private use", "\U00010000": "astral"}  # fmt: skip
-    value = {"ints": ints, "strings": strings, "keys": keys, "nested": [{"b": [True, False, None], "a": {}}, []]}
+    nested = [{"b": [True, False, None], "a": {}}, []]
+    value: dict[str, Any] = {"ints": ints, "strings": strings, "keys": keys, "nested": nested}
     assert jcs(value) == rfc8785.dumps(value).decode()
     assert list(json.loads(jcs(keys))) == ["\r", "1", "\x80", "\u00f6", "\u20ac", "\U00010000", "\U0001f600",
                                            "\ue000", "\ufb33"]  # fmt: skip
