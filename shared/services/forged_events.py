@@ -48,6 +48,8 @@ _known: dict[str, bool] = {}
 
 def note(rejected: Rejected, received_at: datetime) -> None:
     """Count one refused event of ``rejected.agent_id`` / ``rejected.tenant`` (claimed)."""
+    if not rejected.unproven:  # a proven agent's own rejection is not a forgery
+        return
     agent_scope, tenant_scope = rules.scopes(rejected, received_at)
     threshold = _threshold(tenant_scope.name if tenant_scope else None)
     now = datetime.now(UTC)

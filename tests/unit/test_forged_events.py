@@ -256,3 +256,9 @@ def test_increment_reads_the_new_count_from_the_write_result(monkeypatch: pytest
 
     monkeypatch.setattr(ref, "set", boom)
     assert forged_events._increment(scope) is None
+
+
+def test_only_refused_identities_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = Fleet(monkeypatch, {"web-7": "acme"})
+    forged_events.note(Rejected(Code.SCHEMA_VIOLATION, "seq < 0", agent_id="web-7", tenant="acme"), AT)
+    assert fleet.counts == {}
