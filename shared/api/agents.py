@@ -75,6 +75,12 @@ _REJECTION_PARAMS = (
         "Only rejections of this agent (required for tenant-scoped keys).",
         {"type": "string", "pattern": AGENT_ID_PATTERN},
     ),
+    Param(
+        "claimed_agent_id",
+        "query",
+        "Only refused identities (identity_refusal) that claimed this agent: kept apart from its own rejections.",
+        {"type": "string", "pattern": AGENT_ID_PATTERN},
+    ),
     Param("code", "query", "Only rejections with this code.", {"type": "string", "enum": list(_CODES)}),
     *PAGE_PARAMS,
 )
@@ -87,6 +93,13 @@ def list_rejections(call: Call) -> RejectionPage:
     agent_id = core.query(call.request, "agent_id")
     if agent_id is not None and not core.is_agent_id(agent_id):
         raise ApiError(400, f"agent_id must match {AGENT_ID_PATTERN}")
+    claimed = core.query(call.request, "claimed_agent_id")
+    if claimed is not None and not core.is_agent_id(claimed):
+        raise ApiError(400, f"claimed_agent_id must match {AGENT_ID_PATTERN}")
+    if agent_id is not None and claimed is not None:
+        raise ApiError(
+            400, "filter by agent_id (its own rejections) or claimed_agent_id (refused identities), not both"
+        )
     code = core.query(call.request, "code")
     if code is not None and code not in _CODES:
         raise ApiError(400, f"code must be one of: {', '.join(_CODES)}")
@@ -95,13 +108,19 @@ def list_rejections(call: Call) -> RejectionPage:
     if principal.tenant is not None:
         # Rejections carry no trustworthy tenant (the event may not even have parsed), so a
         # tenant-scoped key sees them only through an agent it can see.
-        if agent_id is None:
-            raise ApiError(403, "an API key scoped to a tenant must filter rejections by agent_id")
-        record = agent_store.get(agent_id)
+        # A refused identity's claimed tenant is unproven too: it is seen through the claimed agent.
+        subject = agent_id or claimed
+        if subject is None:
+            raise ApiError(403, "an API key scoped to a tenant must filter rejections by agent_id or claimed_agent_id")
+        record = agent_store.get(subject)
         if record is None or not principal.can_see(record.tenant):
-            raise ApiError(403, f"agent {agent_id} is not an agent of tenant {principal.tenant}")
+            raise ApiError(403, f"agent {subject} is not an agent of tenant {principal.tenant}")
+    # Only when asked: the store's other callers (and fakes) know no claimed_agent_id.
+    claimed_filter = {"claimed_agent_id": claimed} if claimed else {}
     try:
-        items, last = rejection_store.list_page(agent_id=agent_id, code=code, page_size=page_size, after=after)
+        items, last = rejection_store.list_page(
+            agent_id=agent_id, code=code, page_size=page_size, after=after, **claimed_filter
+        )
     except rejection_store.PageTokenExpired as exc:
         raise ApiError(400, str(exc)) from None
     return RejectionPage.model_validate(

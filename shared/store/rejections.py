@@ -1,4 +1,10 @@
-"""Rejected events (``rejections/{message_id}``): one document per message, so redelivery rewrites it."""
+"""Rejected events (``rejections/{message_id}``): one document per message, so redelivery rewrites it.
+
+A refused identity (``Rejected.unproven``: unsigned, bad signature, unknown or revoked key, a bad
+enrollment token) names an agent nobody proved it is: it is kept apart from that agent's record, under
+``claimed_agent_id`` and ``claimed_tenant`` with ``identity_refusal: true`` and no ``agent_id``, so listing
+an agent's rejections never shows a stranger's forgeries as the agent's own.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ def record(
         "code": rejected.code.value,
         "reason": rejected.reason,
         "details": rejected.details,
-        "agent_id": rejected.agent_id,
+        **_subject(rejected),
         "event_type": event_type,
         "source": source,
         "payload": payload.as_dict(),
@@ -42,10 +48,23 @@ def record(
     return doc
 
 
+def _subject(rejected: Rejected) -> dict[str, Any]:
+    """Whose rejection it is: the agent's, or only a claim of an agent (and tenant) when unproven."""
+    if rejected.unproven:
+        return {"claimed_agent_id": rejected.agent_id, "claimed_tenant": rejected.tenant, "identity_refusal": True}
+    return {"agent_id": rejected.agent_id}
+
+
 def list_page(
-    *, agent_id: str | None, code: str | None, page_size: int, after: str | None
+    *,
+    agent_id: str | None,
+    code: str | None,
+    page_size: int,
+    after: str | None,
+    claimed_agent_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first. ``after`` is the id of the last rejection of the previous page."""
+    """Newest first. ``after`` is the id of the last rejection of the previous page. ``agent_id`` finds an
+    agent's own rejections; ``claimed_agent_id`` the refused identities that named it."""
     from google.cloud.firestore import Query
     from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -53,6 +72,8 @@ def list_page(
     query: Any = collection
     if agent_id:
         query = query.where(filter=FieldFilter("agent_id", "==", agent_id))
+    if claimed_agent_id:
+        query = query.where(filter=FieldFilter("claimed_agent_id", "==", claimed_agent_id))
     if code:
         query = query.where(filter=FieldFilter("code", "==", code))
     query = query.order_by("received_at", direction=Query.DESCENDING).order_by("__name__", direction=Query.DESCENDING)

@@ -69,7 +69,14 @@ class RejectionView(View):
     code: str = Field(description="Machine-readable reason, e.g. schema_violation, unknown_agent.")
     reason: str
     details: Any = None
-    agent_id: str | None = None
+    agent_id: str | None = Field(default=None, description="The agent; null on a refused identity (unproven).")
+    claimed_agent_id: str | None = Field(
+        default=None, description="On a refused identity: the agent the event claimed to be (unproven)."
+    )
+    claimed_tenant: str | None = Field(default=None, description="On a refused identity: the tenant it claimed.")
+    identity_refusal: bool = Field(
+        default=False, description="Unsigned, bad signature, unknown or revoked key, or a bad enrollment token."
+    )
     event_type: str | None = None
     source: str = ""
     payload: dict[str, Any] = Field(default_factory=dict)
