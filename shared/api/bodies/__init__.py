@@ -9,8 +9,9 @@ The bodies live by resource: ``common`` (timestamps, errors, reasons, decimal am
 ``costs`` (usage, budgets, protection, prices, pause and resume), ``alerts`` (alerts, silences,
 releases, settings), ``enrollment`` (enrollment tokens, an agent's identity), ``approvals``
 (approvals, roles, audit) and ``reports``; ``jobs`` and ``tasks`` document the domain's job and
-task requests (shared/domain/jobs.py, shared/domain/assignment.py) with the rules their validators enforce. This module lists every model the OpenAPI document describes, and
-names each body for the routes.
+task requests (shared/domain/jobs.py, shared/domain/assignment.py) with the rules their validators
+enforce. This module lists every model the OpenAPI document describes, and names each body for the
+routes.
 """
 
 from __future__ import annotations
