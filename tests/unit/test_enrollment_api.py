@@ -30,7 +30,7 @@ from shared.store.api_keys import Principal
 T0 = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 FLEET = AgentKey.generate()
 AGENT_KEY = AgentKey.generate()
-ADMIN, APPROVER, VIEWER, GLOBEX = ("afm_%016x_" % i + "a" * 43 for i in (1, 2, 3, 4))
+ADMIN, APPROVER, VIEWER, GLOBEX = (f"afm_{i:016x}_" + "a" * 43 for i in (1, 2, 3, 4))
 PRINCIPALS = {
     ADMIN: Principal("0000000000000001", "root", Role.ADMIN, None),
     APPROVER: Principal("0000000000000002", "acme-approver", Role.APPROVER, "acme"),
