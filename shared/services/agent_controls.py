@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.domain import holds, identity, release
+from shared.domain import agent_record, holds, identity, release
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, State
@@ -193,6 +193,19 @@ def revoke_key_plan(current: AgentRecord, actor: Actor, at: datetime, reason: st
         changes={"identity": revoked},
         audit=[audit_entry(actor, "agent.key.revoke", current.agent_id, current.tenant, details, at)],
     )
+
+
+#: States in which an agent speaks no more: entering one revokes its key in the same write.
+RETIRED = frozenset({State.DECOMMISSIONING, State.DECOMMISSIONED})
+
+
+def retiring(current: AgentRecord, plan: Plan, actor: Actor, at: datetime) -> Plan:
+    """``plan`` (a transition made on ``current``) with the agent's key revoked too when it decommissions
+    the agent: one write, so no signed event is accepted from a decommissioned agent in between."""
+    target = plan.transition.target if plan.transition is not None else None
+    if not plan.changes or target not in RETIRED:
+        return plan
+    return agent_record.then(current, plan, lambda after: revoke_key_plan(after, actor, at, "decommissioned"))
 
 
 def set_agent_budget(
