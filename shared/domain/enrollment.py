@@ -26,7 +26,8 @@ REMEMBERED_USERS = 50
 MAX_USES = 100_000
 DEFAULT_TOKEN_TTL = timedelta(days=1)
 #: A Google IAM principal granted subscriber on the agent's command subscription at enrollment.
-PRINCIPAL_PATTERN = r"^(serviceAccount|user|group|principal|principalSet):[^\s]{3,300}$"
+#: Printable ASCII after the kind: the same set in JSON Schema's (ECMA) and pydantic's (Rust) regexes.
+PRINCIPAL_PATTERN = r"^(serviceAccount|user|group|principal|principalSet):[!-~]{3,300}$"
 
 
 class TokenState(StrEnum):
