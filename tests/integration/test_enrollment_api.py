@@ -34,7 +34,9 @@ def _fleetctl(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _audit(firestore: Any, action: str, tenant: str | None = None) -> list[dict[str, Any]]:
-    docs = firestore.collection("audit").where("action", "==", action).stream()
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    docs = firestore.collection("audit").where(filter=FieldFilter("action", "==", action)).stream()
     return [d.to_dict() for d in docs if tenant is None or (d.to_dict() or {}).get("tenant") == tenant]
 
 
