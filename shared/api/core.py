@@ -112,6 +112,8 @@ class Route:
     method: str = "GET"
     #: The JSON body the route takes (PUT/POST), validated by the view with :func:`body`.
     request: type[BaseModel] | None = None
+    #: The status of a success (201 for a route that creates something).
+    status: int = 200
 
 
 class RouteOptions(TypedDict, total=False):
@@ -126,6 +128,8 @@ class RouteOptions(TypedDict, total=False):
     endpoint: str
     #: Default: the view's docstring's first paragraph, on one line.
     summary: str
+    #: The status of a success (default 200).
+    status: int
 
 
 class Routes:
@@ -169,6 +173,7 @@ class Routes:
                 tags=options.get("tags", self.tags),
                 method=method,
                 request=request,
+                status=options.get("status", 200),
             )
         )
 

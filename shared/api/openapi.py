@@ -86,7 +86,10 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
             for p in route.params
         ],
         "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": ok_schema}}},
+            str(route.status): {
+                "description": "Created" if route.status == 201 else "OK",
+                "content": {"application/json": {"schema": ok_schema}},
+            },
             **{
                 str(status): {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}
                 for status in sorted(statuses)

@@ -23,7 +23,20 @@ from pydantic import BaseModel
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from shared.api import agents, alerts, approvals, core, costs, jobs, ml_models, openapi, reports, settings, tasks
+from shared.api import (
+    agents,
+    alerts,
+    approvals,
+    core,
+    costs,
+    enrollment,
+    jobs,
+    ml_models,
+    openapi,
+    reports,
+    settings,
+    tasks,
+)
 from shared.api.bodies import ErrorBody, ErrorDetail, Health
 from shared.api.core import ERROR_CODES, ApiError, Call, Route, Routes
 from shared.domain.audit import AuditEntry
@@ -56,6 +69,8 @@ def openapi_json(call: Call) -> dict[str, Any]:
 ROUTES: tuple[Route, ...] = (
     *meta,
     *agents.routes,
+    *enrollment.routes,
+    *settings.of("identity"),
     *costs.routes,
     *alerts.routes,
     *settings.of("alerting", "health"),
@@ -136,7 +151,7 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
             raise ApiError(403, reason)
     result = route.view(Call(request, {k: str(v) for k, v in args.items()}, principal, fields["request_id"]))
     body = result.model_dump_json() if isinstance(result, BaseModel) else json.dumps(result)
-    return _json(200, body)
+    return _json(route.status, body)
 
 
 def _audit_refusal(principal: Principal, route: Route, path: str, request_id: str, reason: str) -> None:

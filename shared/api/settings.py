@@ -1,5 +1,5 @@
-"""The REST API's tenant settings: alerting, health rules, training jobs and task assignment, each a
-kind of the table below, served by one pair of routes (``GET``/``PUT /v1/tenants/{tenant}/<kind>``).
+"""The REST API's tenant settings: alerting, health rules, training jobs, task assignment and agent
+identity, each a kind of the table below, served by one pair of routes (``GET``/``PUT /v1/tenants/{tenant}/<kind>``).
 
 The overrides are stored in the tenant's document (shared/store/config.py); what is in effect is the
 kind's model (in shared/domain) filled with the deployment's defaults, then the overrides.
@@ -22,6 +22,7 @@ from shared.domain.api_keys import Role
 from shared.domain.assignment_tasks import AssignmentConfig
 from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
+from shared.domain.identity import IdentityConfig
 from shared.domain.jobs import JobsConfig
 from shared.store import config, db
 
@@ -83,6 +84,16 @@ KINDS: dict[str, Kind] = {
             "task-assignment settings: the weights of success, cost, availability and SLA, and the outcomes "
             "needed before the model is trusted over the heuristic.",
             "task-assignment",
+        ),
+        Kind(
+            "identity",
+            IdentityConfig,
+            "identity_settings",
+            "identity",
+            "identity settings: the signature policy (required, or optional during a migration) and how many "
+            "refused events an hour open a forged_events episode.",
+            "identity",
+            config.identity_defaults,
         ),
     )
 }

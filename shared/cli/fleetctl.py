@@ -1,4 +1,5 @@
-"""``fleetctl``: the operator's command line (API keys, manual lifecycle transitions).
+"""``fleetctl``: the operator's command line (API keys, manual lifecycle transitions, enrollment tokens
+and agent keys: shared/cli/enroll.py).
 
 It talks to Firestore directly through ``shared.store`` with the operator's own credentials
 (or the emulator when FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT are set), so it keeps
@@ -19,12 +20,13 @@ from typing import Any, TextIO
 
 from fleet_agent.contracts import AGENT_ID_PATTERN
 
+from shared.cli import enroll
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.agents import apply_transition
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.platform import settings, topology
-from shared.services import replay
+from shared.services import agent_controls, replay
 from shared.store import agents as agent_store
 from shared.store import api_keys
 from shared.store import rejections as rejection_store
@@ -54,9 +56,9 @@ def _name(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetctl",
-        description="Operate Agent Fleet Manager: API keys, manual lifecycle transitions, replays.",
+        description="Operate Agent Fleet Manager: API keys, lifecycle transitions, enrollment tokens, replays.",
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{keys,agents,rejections}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{keys,agents,enroll,rejections}")
 
     keys = groups.add_parser("keys", help="create, list and revoke API keys")
     key_cmds = keys.add_subparsers(dest="command", required=True, metavar="{create,list,revoke}")
@@ -71,12 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
 
     agents = groups.add_parser("agents", help="act on agents")
-    agent_cmds = agents.add_subparsers(dest="command", required=True, metavar="{transition}")
+    agent_cmds = agents.add_subparsers(dest="command", required=True, metavar="{transition,revoke-key}")
     transition = agent_cmds.add_parser("transition", help="move an agent to a lifecycle state (audited)")
     transition.add_argument("agent_id")
     transition.add_argument("state", choices=[s.value for s in State], metavar="STATE", help="the target state")
     transition.add_argument("--reason", required=True, help="why; kept in the audit log")
     transition.add_argument("--actor", help="who asks (default: cli:<your user name>)")
+
+    enroll.add_parsers(groups, agent_cmds)
 
     rejections = groups.add_parser("rejections", help="replay recorded rejections")
     rejection_cmds = rejections.add_subparsers(dest="command", required=True, metavar="{replay}")
@@ -99,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("keys", "revoke"): _keys_revoke,
         ("agents", "transition"): _agents_transition,
         ("rejections", "replay"): _rejections_replay,
+        **enroll.COMMANDS,
     }
     try:
         return commands[(args.group, args.command)](args, sys.stdout, sys.stderr)
@@ -167,9 +172,11 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     def decide(current: AgentRecord | None) -> Plan:
         if current is None:
             raise UnknownAgent(args.agent_id)
-        return apply_transition(
+        plan = apply_transition(
             current, target, cause=Cause.OPERATOR, actor=actor, reason=args.reason, at=at, action_id=action_id
         )
+        # Decommissioning revokes the agent's key in the same write.
+        return agent_controls.retiring(current, plan, agent_controls.Actor(actor, action_id), at)
 
     try:
         plan = agent_store.update(args.agent_id, decide)

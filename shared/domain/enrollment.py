@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import re
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from fleet_agent.contracts import AGENT_ID_PATTERN
@@ -23,6 +24,19 @@ MAX_TOKEN_TTL = timedelta(days=30)
 #: Agents remembered on a token (who used it), newest last.
 REMEMBERED_USERS = 50
 MAX_USES = 100_000
+DEFAULT_TOKEN_TTL = timedelta(days=1)
+#: A Google IAM principal granted subscriber on the agent's command subscription at enrollment.
+#: Printable ASCII after the kind: the same set in JSON Schema's (ECMA) and pydantic's (Rust) regexes.
+PRINCIPAL_PATTERN = r"^(serviceAccount|user|group|principal|principalSet):[!-~]{3,300}$"
+
+
+class TokenState(StrEnum):
+    """Whether a token can still enroll (revoked wins over expired, expired over used up)."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    USED_UP = "used_up"
+    REVOKED = "revoked"
 
 
 class EnrollmentToken(BaseModel):
@@ -43,10 +57,19 @@ class EnrollmentToken(BaseModel):
     created_by: str
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+    #: Optional Google principal given subscriber on the agent's command subscription when it enrolls.
+    principal: str | None = Field(default=None, pattern=PRINCIPAL_PATTERN)
 
     def public(self) -> dict[str, Any]:
         """What the API lists (no hash)."""
         return self.model_dump(mode="json", exclude={"secret_sha256"})
+
+    def state(self, at: datetime) -> TokenState:
+        if self.revoked_at is not None:
+            return TokenState.REVOKED
+        if at >= self.expires_at:
+            return TokenState.EXPIRED
+        return TokenState.USED_UP if self.uses >= self.max_uses else TokenState.ACTIVE
 
     def in_scope(self, agent_id: str) -> bool:
         if self.agent_id is not None:
@@ -62,6 +85,46 @@ def validate_scope(agent_id: str | None, agent_prefix: str | None) -> None:
         raise ValueError("agent_id must be 3-63 chars of a-z, 0-9, - and _")
     if agent_prefix is not None and not re.fullmatch(r"^[a-z0-9][a-z0-9_-]{0,62}$", agent_prefix):
         raise ValueError("agent_prefix must be 1-63 chars of a-z, 0-9, - and _")
+
+
+def issue(
+    token_id: str,
+    secret_sha256: str,
+    *,
+    tenant: str,
+    label: str,
+    agent_id: str | None,
+    agent_prefix: str | None,
+    max_uses: int,
+    ttl: timedelta,
+    principal: str | None,
+    at: datetime,
+    by: str,
+) -> EnrollmentToken:
+    """A new token's stored form. Raises ValueError for a scope, a number of uses or a lifetime out of bounds."""
+    validate_scope(agent_id, agent_prefix)
+    if not timedelta(minutes=1) <= ttl <= MAX_TOKEN_TTL:
+        raise ValueError(f"a token lives from 1 minute to {MAX_TOKEN_TTL.days} days")
+    return EnrollmentToken(
+        token_id=token_id,
+        tenant=tenant,
+        secret_sha256=secret_sha256,
+        label=label,
+        agent_id=agent_id,
+        agent_prefix=agent_prefix,
+        max_uses=max_uses,
+        expires_at=at + ttl,
+        created_at=at,
+        created_by=by,
+        principal=principal,
+    )
+
+
+def scope_text(token: EnrollmentToken) -> str:
+    """The agents a token enrolls, as people read it: ``agent-7``, ``build-*`` or ``any agent``."""
+    if token.agent_id is not None:
+        return token.agent_id
+    return f"{token.agent_prefix}*" if token.agent_prefix is not None else "any agent"
 
 
 def check(token: EnrollmentToken | None, secret_sha256: str, *, agent_id: str, tenant: str, at: datetime) -> None:

@@ -36,7 +36,7 @@ class Policy(StrEnum):
 
 
 class IdentityConfig(BaseModel):
-    """A tenant's identity settings (``PUT /v1/tenants/{t}/settings/identity``)."""
+    """A tenant's identity settings (``PUT /v1/tenants/{t}/identity``, a settings kind of shared/api/settings.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

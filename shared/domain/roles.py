@@ -39,6 +39,8 @@ class Action(StrEnum):
     ROLES = "roles"
     #: Submit or cancel a training job (above the threshold an approver still decides).
     TRAIN = "train"
+    #: Create an enrollment token (what lets an agent bind its first key).
+    ENROLL = "enroll"
 
 
 #: The least role each action needs.
@@ -55,6 +57,7 @@ NEEDS: dict[Action, Role] = {
     Action.BUDGET: Role.ADMIN,
     Action.ROLES: Role.ADMIN,
     Action.TRAIN: Role.OPERATOR,
+    Action.ENROLL: Role.APPROVER,
 }
 
 

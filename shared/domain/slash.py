@@ -71,6 +71,14 @@ SPECS: dict[str, Spec] = {
         Spec("jobs", "jobs [tenant|agent]", "recent training jobs, with why each waits", max_args=1),
         Spec("job", "job <id>", "one training job: state, queue position, cost, history", 1, 1),
         Spec("cancel", "cancel <job> [reason]", "cancel a training job (a running one is stopped)", 1, None, True),
+        Spec(
+            "enroll",
+            "enroll [agent-id|prefix*] [uses] [expiry] [tenant=<tenant>]",
+            "an enrollment token for new agents (approvers), shown only to you, once; e.g. `enroll build-* 5 7d`",
+            0,
+            4,
+            mutates=True,
+        ),
         Spec("alerts", "alerts [tenant]", "open alerts", max_args=1),
         Spec(
             "silence",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.domain import holds, release
+from shared.domain import agent_record, holds, identity, release
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, State
@@ -168,6 +168,44 @@ def release_agent(agent_id: str, actor: Actor, reason: str, at: datetime) -> Rel
     plan, record = update_agent(agent_id, actor, step)
     agent_commands.publish(plan.commands)
     return Released(record, released, resolved)
+
+
+def revoke_key(agent_id: str, actor: Actor, at: datetime, reason: str = "") -> tuple[AgentRecord, bool]:
+    """Revoke the agent's key(s): its events are refused until it enrolls again with a new token.
+    Idempotent: an agent with no key is left as it is; (agent, whether it changed)."""
+
+    def step(current: AgentRecord) -> Plan:
+        return revoke_key_plan(current, actor, at, reason)
+
+    plan, record = update_agent(agent_id, actor, step)
+    return record, plan.skipped is None
+
+
+def revoke_key_plan(current: AgentRecord, actor: Actor, at: datetime, reason: str = "") -> Plan:
+    """The write revoking ``current``'s keys, with its audit entry (pure: a step of any agent write, so
+    a decommission revokes in the same write)."""
+    before = identity.AgentIdentity.of(current.identity)
+    if not before.keys:
+        return Plan(skipped="unchanged")
+    revoked = identity.revoke(current.identity, at=at, by=actor.name)
+    details = {"key_ids": [k.key_id for k in before.keys], "reason": reason}
+    return Plan(
+        changes={"identity": revoked},
+        audit=[audit_entry(actor, "agent.key.revoke", current.agent_id, current.tenant, details, at)],
+    )
+
+
+#: States in which an agent speaks no more: entering one revokes its key in the same write.
+RETIRED = frozenset({State.DECOMMISSIONING, State.DECOMMISSIONED})
+
+
+def retiring(current: AgentRecord, plan: Plan, actor: Actor, at: datetime) -> Plan:
+    """``plan`` (a transition made on ``current``) with the agent's key revoked too when it decommissions
+    the agent: one write, so no signed event is accepted from a decommissioned agent in between."""
+    target = plan.transition.target if plan.transition is not None else None
+    if not plan.changes or target not in RETIRED:
+        return plan
+    return agent_record.then(current, plan, lambda after: revoke_key_plan(after, actor, at, "decommissioned"))
 
 
 def set_agent_budget(

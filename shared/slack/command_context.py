@@ -71,9 +71,23 @@ class Reply:
     outcome: str = "ok"
     target: str = ""
     tenant: str | None = None
+    #: Shown once to the asker (an enrollment token): never audited, never kept for Slack's retries.
+    secret: str = ""
+    #: What a retry of the request shows instead of the secret.
+    secret_gone: str = ""
 
     def payload(self) -> dict[str, Any]:
+        return self._payload(self.secret)
+
+    def kept(self) -> dict[str, Any]:
+        """The payload as kept for Slack's retries of the request: without the secret."""
+        return self._payload("") if not self.secret else self._payload("", self.secret_gone)
+
+    def _payload(self, secret: str, instead: str = "") -> dict[str, Any]:
         blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": self.text[:2900]}}]
+        if secret or instead:
+            shown = f"```{secret}```" if secret else instead
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": shown[:2900]}})
         body = "\n".join(self.lines)
         while body:
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}})

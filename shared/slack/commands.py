@@ -10,7 +10,8 @@ Slack's retry of it gets the first reply back and changes nothing.
 This module is the dispatcher; the subcommands live by family beside it: commands_fleet.py (help,
 status, agents, usage), commands_agents.py (budget, pause, resume, quarantine, release, approvals),
 commands_alerts.py (alerts, silence), commands_roles.py (roles), commands_jobs.py (train, jobs, job,
-cancel); what they share (the asker, the reply, resolving names) is command_context.py.
+cancel), commands_enroll.py (enroll); what they share (the asker, the reply, resolving names) is
+command_context.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from typing import Any
 from shared.domain import slash
 from shared.platform import logs
 from shared.services import agent_controls
-from shared.slack import commands_agents, commands_alerts, commands_fleet, commands_jobs, commands_roles
+from shared.slack import (
+    commands_agents,
+    commands_alerts,
+    commands_enroll,
+    commands_fleet,
+    commands_jobs,
+    commands_roles,
+)
 from shared.slack.command_context import Asker, Refusal, Reply, audit
 from shared.store import roles as role_store
 from shared.store import slack_requests
@@ -87,10 +95,9 @@ def _run(payload: dict[str, Any], now: datetime) -> dict[str, Any]:
         text=text[:200],
         reply=reply.text[:300],
     )
-    out = reply.payload()
     if parsed.spec.mutates:
-        slack_requests.finish(key, out)
-    return out
+        slack_requests.finish(key, reply.kept())  # never a secret: a retry says it was shown once
+    return reply.payload()
 
 
 def _fallback_id(payload: dict[str, Any]) -> str:
@@ -112,6 +119,7 @@ COMMANDS = {
     **commands_alerts.COMMANDS,
     **commands_roles.COMMANDS,
     **commands_jobs.COMMANDS,
+    **commands_enroll.COMMANDS,
 }
 
 __all__ = ["COMMANDS", "Asker", "Reply", "run"]

@@ -7,10 +7,11 @@ the validation enforces, so that a body valid by the document is accepted.
 
 The bodies live by resource: ``common`` (timestamps, errors, reasons, decimal amounts), ``agents``,
 ``costs`` (usage, budgets, protection, prices, pause and resume), ``alerts`` (alerts, silences,
-releases, settings), ``approvals`` (approvals, roles, audit) and ``reports``; ``jobs`` and ``tasks``
-document the domain's job and task requests (shared/domain/jobs.py, shared/domain/assignment.py) with
-the rules their validators enforce. This module lists every model the OpenAPI document describes, and
-names each body for the routes.
+releases, settings), ``enrollment`` (enrollment tokens, an agent's identity), ``approvals``
+(approvals, roles, audit) and ``reports``; ``jobs`` and ``tasks`` document the domain's job and
+task requests (shared/domain/jobs.py, shared/domain/assignment.py) with the rules their validators
+enforce. This module lists every model the OpenAPI document describes, and names each body for the
+routes.
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ from shared.api.bodies.costs import (
     UsdPerToken,
     hold_views,
 )
+from shared.api.bodies.enrollment import (
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenList,
+    EnrollmentTokenView,
+    IdentityView,
+    KeyRevokeRequest,
+    KeyRevokeView,
+    created_view,
+    token_view,
+)
 from shared.api.bodies.reports import DailyReportView, HourlyReportView
 
 #: Every response model the OpenAPI document describes (components are generated from these).
@@ -98,6 +110,11 @@ MODELS: tuple[type[BaseModel], ...] = (
     RolesView,
     AuditView,
     AuditPage,
+    IdentityView,
+    EnrollmentTokenView,
+    EnrollmentTokenCreated,
+    EnrollmentTokenList,
+    KeyRevokeView,
 )
 #: Every request body (documented in validation mode: what the API accepts).
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
@@ -110,6 +127,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     ReleaseRequest,
     ApprovalCreate,
     RolesUpdate,
+    EnrollmentTokenCreate,
+    KeyRevokeRequest,
 )
 
 __all__ = [
@@ -130,6 +149,10 @@ __all__ = [
     "AuditView",
     "BudgetUpdate",
     "DailyReportView",
+    "EnrollmentTokenCreate",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenList",
+    "EnrollmentTokenView",
     "ErrorBody",
     "ErrorDetail",
     "Health",
@@ -137,6 +160,9 @@ __all__ = [
     "HistoryView",
     "HoldView",
     "HourlyReportView",
+    "IdentityView",
+    "KeyRevokeRequest",
+    "KeyRevokeView",
     "LearnedView",
     "PauseRequest",
     "PeriodUsage",
@@ -164,5 +190,7 @@ __all__ = [
     "UsdPerToken",
     "View",
     "agent_view",
+    "created_view",
     "hold_views",
+    "token_view",
 ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.api.bodies.common import Timestamp, View
+from shared.api.bodies.enrollment import IdentityView, identity_view
 from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
 
@@ -40,6 +41,15 @@ class AgentView(View):
     learned: LearnedView = Field(
         default_factory=lambda: LearnedView(), description="What the learned models made of its last heartbeat."
     )
+    identity: IdentityView = Field(
+        default_factory=lambda: identity_view(None), description="Whether its events are signed, and by which key."
+    )
+
+    @field_validator("identity", mode="before")
+    @classmethod
+    def _shown(cls, value: Any) -> Any:
+        """The stored identity map (shared.domain.identity.AgentIdentity) as the view shows it."""
+        return identity_view(value) if isinstance(value, dict) and "status" not in value else value
 
 
 class LearnedView(View):
