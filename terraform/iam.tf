@@ -145,3 +145,49 @@ resource "google_storage_bucket_iam_member" "build_reads_source" {
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.build.email}"
 }
+
+# Command channels (README.md, "Agent identity"): each enrolled agent reads its commands from its own
+# subscription `agent-commands.<agent_id>`, filtered on its id, which fleet-registrations creates at
+# enrollment and shares with the agent's identity (roles/pubsub.subscriber on that subscription alone);
+# decommissioning deletes it (fleet-api, fleet-slack). roles/pubsub.editor would also let these functions
+# publish anywhere, read any subscription and change topics; this custom role holds only what the code
+# calls (shared/services/command_channels.py), and the condition limits it to the agents' channels.
+locals {
+  command_channel_admins = toset(["fleet-registrations", "fleet-api", "fleet-slack"])
+}
+
+resource "google_project_iam_custom_role" "command_channels" {
+  project     = var.project_id
+  role_id     = "fleetCommandChannels"
+  title       = "Agent Fleet Manager command channels"
+  description = "Create, read, delete and share (IAM policy) agents' command subscriptions; never consume or publish."
+  permissions = [
+    "pubsub.subscriptions.create",
+    "pubsub.subscriptions.get",
+    "pubsub.subscriptions.delete",
+    "pubsub.subscriptions.getIamPolicy",
+    "pubsub.subscriptions.setIamPolicy",
+  ]
+}
+
+resource "google_project_iam_member" "command_channels" {
+  for_each = local.command_channel_admins
+  project  = var.project_id
+  role     = google_project_iam_custom_role.command_channels.name
+  member   = "serviceAccount:${google_service_account.function[each.key].email}"
+
+  condition {
+    title       = "agent command channels only"
+    description = "Subscriptions named agent-commands.<agent_id>, never the push subscriptions."
+    expression  = "resource.type == \"pubsub.googleapis.com/Subscription\" && resource.name.startsWith(\"projects/${var.project_id}/subscriptions/agent-commands.\")"
+  }
+}
+
+# Attaching a subscription to agent-commands (pubsub.topics.attachSubscription) is checked on the topic:
+# roles/pubsub.subscriber on that one topic carries it (its consume permission acts on subscriptions, so
+# on a topic it grants nothing more).
+resource "google_pubsub_topic_iam_member" "command_channels_attach" {
+  topic  = google_pubsub_topic.topic["agent-commands"].id
+  role   = "roles/pubsub.subscriber"
+  member = "serviceAccount:${google_service_account.function["fleet-registrations"].email}"
+}

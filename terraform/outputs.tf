@@ -14,7 +14,7 @@ output "agent_topics" {
 }
 
 output "command_topic" {
-  description = "The topic agents receive their commands on (each agent subscribes, filtered by its id)."
+  description = "The topic agents receive their commands on (each enrolled agent reads its own subscription agent-commands.<agent_id>)."
   value       = google_pubsub_topic.topic["agent-commands"].id
 }
 

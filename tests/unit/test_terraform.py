@@ -203,3 +203,32 @@ def test_terraform_itself_reads_the_manifest_as_the_code_does(tmp_path: Path) ->
     assert got["agent"] == sorted(t.name for t in topo.topics if t.event_type not in (None, "command"))
     assert got["reads"] == sorted(f"{f.name}/{s}" for f in topo.functions for s in f.secrets)
     assert got["publishes"] == sorted(f"{f.name}/{t}" for f in topo.functions for t in f.publishes)
+
+
+def test_command_channels_are_managed_by_few_functions_within_the_agents_channels_only(
+    parsed: dict[str, dict[str, Any]],
+) -> None:
+    """Agent identity (README.md): the functions that create, share and delete agents' command subscriptions
+    hold a custom role of exactly what shared/services/command_channels.py calls, conditioned on the
+    subscriptions named as fleet_agent.identity names them; never roles/pubsub.editor or admin."""
+    from fleet_agent.identity import COMMAND_SUBSCRIPTION_PREFIX
+
+    text = "\n".join(p.read_text() for p in TF.glob("*.tf"))
+    admins = re.search(r"command_channel_admins\s*=\s*toset\(\[([^\]]*)\]\)", text)
+    assert admins is not None
+    names = set(re.findall(r"\"([^\"]+)\"", admins.group(1)))
+    assert "fleet-registrations" in names and names <= {f.name for f in topology.load().deployed().functions}
+    resources = _blocks(parsed, "resource")
+    role = resources[("google_project_iam_custom_role", "command_channels")]
+    assert {_strip(p) for p in role["permissions"]} == {
+        "pubsub.subscriptions.create",
+        "pubsub.subscriptions.get",
+        "pubsub.subscriptions.delete",
+        "pubsub.subscriptions.getIamPolicy",
+        "pubsub.subscriptions.setIamPolicy",
+    }
+    grant = resources[("google_project_iam_member", "command_channels")]
+    assert grant["for_each"] == "${local.command_channel_admins}"
+    condition = grant["condition"][0] if isinstance(grant["condition"], list) else grant["condition"]
+    assert f"/subscriptions/{COMMAND_SUBSCRIPTION_PREFIX}" in condition["expression"]
+    assert not re.search(r"roles/pubsub\.(editor|admin)\"", text)

@@ -78,3 +78,18 @@ def test_unknown_agent_grace_ends_well_inside_the_retry_window() -> None:
     sub = next(s for s in load().subscriptions if s.name == "agent-heartbeats-push")
     window = sum(min(sub.min_backoff_s * 2**i, sub.max_backoff_s) for i in range(sub.max_delivery_attempts - 1))
     assert settings.get().unknown_agent_grace_s <= 0.5 * window
+
+
+def test_the_fleet_key_is_read_by_exactly_the_functions_that_sign_commands_or_make_tokens() -> None:
+    """Commands are signed by the fleet (shared/services/agent_commands.py), so every function that publishes
+    to agent-commands needs the secret, and so do those making enrollment tokens (they carry the fleet's
+    public key); no other function may read the fleet's private key."""
+    from shared.platform import fleet_key
+
+    topology = load().deployed()
+    command_topic = topology.topic_for("command").name
+    readers = {f.name for f in topology.functions if fleet_key.SECRET in f.secrets}
+    signers = {f.name for f in topology.functions if command_topic in f.publishes}
+    assert {"fleet-registrations", "fleet-costs", "fleet-api"} <= signers
+    assert readers == signers | {"fleet-api", "fleet-slack"}
+    assert fleet_key.SECRET in {s.name for s in topology.secrets}
