@@ -1,15 +1,18 @@
 """The agent side of Agent Fleet Manager: register once, then heartbeat in the background.
 
-    agent = FleetAgent(Registration(agent_id="chat-7", tenant="acme", ...))
+    agent = FleetAgent(Registration(agent_id="chat-7", tenant="acme", ...),
+                       key_path="/var/lib/chat-7/fleet.key", enrollment_token=token)  # first start only
     agent.listen()    # commands from the fleet (pause, budget, breaker); before registering
-    agent.register()
+    agent.register()  # enrolls on first start: the key is made, bound, and signs every event
     agent.start()
     if agent.preapprove("re-embed the corpus", estimated_cost_usd=45):  # a human decides above the threshold
         ...
     agent.close()  # stops the loop and waits for every publish: nothing is lost
 
 Messages are built by :func:`fleet_agent.contracts.encode`, the same module the Cloud Functions
-decode with, so the SDK and the server cannot disagree about the wire format.
+decode with, so the SDK and the server cannot disagree about the wire format. Every event is signed by
+the agent's key (:mod:`fleet_agent.enrollment` keeps it and its enrollment state); an agent with no key
+and no token sends unsigned events, which only a tenant whose identity policy is ``optional`` accepts.
 
 ``google.cloud.pubsub_v1`` is imported only when a :class:`FleetAgent` creates its own publisher
 or starts listening: importing :mod:`fleet_agent` stays cheap (the Pub/Sub client pulls in gRPC).
@@ -26,14 +29,13 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from fleet_agent.agent_commands import AgentCommands
 from fleet_agent.approval_requests import ApprovalRequests, Usd, approval_threshold
 from fleet_agent.approvals import ApprovalBook
-from fleet_agent.commands import CommandListener, OnCommand, Subscriber
+from fleet_agent.commands import CommandListener
 from fleet_agent.contracts import (
     DEFAULT_TOPICS,
     ApprovalRequest,
-    Command,
-    CommandType,
     EventType,
     Heartbeat,
     HeartbeatMetrics,
@@ -43,6 +45,8 @@ from fleet_agent.contracts import (
     utcnow,
 )
 from fleet_agent.costs import CostRecorder
+from fleet_agent.enrollment import AgentIdentity
+from fleet_agent.identity import AgentKey
 from fleet_agent.pending import PendingPublishes
 
 log = logging.getLogger("fleet_agent")
@@ -69,9 +73,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class FleetAgent(ApprovalRequests):
+class FleetAgent(AgentCommands, ApprovalRequests):
     """One agent's connection to the fleet: registration, a heartbeat loop, graceful shutdown (and
-    asking approval: the methods of :class:`~fleet_agent.approval_requests.ApprovalRequests`).
+    commands and approvals: the methods of :class:`~fleet_agent.agent_commands.AgentCommands` and
+    :class:`~fleet_agent.approval_requests.ApprovalRequests`).
 
     Thread-safe: :meth:`heartbeat` may be called from any thread while the loop runs. Several
     agents may share one ``PublisherClient`` (a simulator runs hundreds that way); an agent only
@@ -88,6 +93,10 @@ class FleetAgent(ApprovalRequests):
         metrics: MetricsSource | None = None,
         status: StatusSource | None = None,
         approval_threshold_usd: Usd | None = None,
+        enrollment_token: str | None = None,
+        key_path: str | os.PathLike[str] | None = None,
+        key: AgentKey | None = None,
+        fleet_public_key: str | None = None,
     ) -> None:
         """Prepare an agent; nothing is published until :meth:`register` or :meth:`heartbeat`.
 
@@ -98,11 +107,25 @@ class FleetAgent(ApprovalRequests):
 
         ``approval_threshold_usd``: :meth:`preapprove` asks a human for operations estimated above
         it; default ``FLEET_APPROVAL_THRESHOLD_USD`` from the environment, else 10 (USD).
+
+        Identity (defaults ``FLEET_ENROLLMENT_TOKEN``, ``FLEET_KEY_PATH``, ``FLEET_PUBLIC_KEY``): ``key``
+        (e.g. ``AgentKey.from_pem(secret)``), else the key in ``key_path``, else one generated now and
+        written there (mode 0600). ``enrollment_token`` is sent with the first registration only
+        (``<key_path>.json`` remembers it was used). ``fleet_public_key``: the key commands are verified
+        with (default: the token's, then the one remembered at enrollment).
         """
         resolved = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
         if not resolved:
             raise ValueError("no project: pass project= or set GOOGLE_CLOUD_PROJECT")
         self._approval_threshold = approval_threshold(approval_threshold_usd)  # before making a client: may raise
+        self.identity = AgentIdentity.resolve(
+            registration.agent_id,
+            registration.tenant,
+            key=key,
+            key_path=key_path,
+            enrollment_token=enrollment_token,
+            fleet_public_key=fleet_public_key,
+        )
         self.registration = registration
         self.project: str = resolved
         self._owns_publisher = publisher is None
@@ -174,11 +197,35 @@ class FleetAgent(ApprovalRequests):
         Waits (unlike :meth:`heartbeat`) because a heartbeat for an agent the server does not
         know yet is only retried for a grace period: registering first, synchronously, is what
         makes the first heartbeats count. Call it on every start, and again after an upgrade.
+
+        An enrolling agent's registration carries its public key and the token (once), a rotation's
+        the new key (:meth:`rotate_key`); a signed one carries ``sent_at``. Once Pub/Sub accepted an
+        enrollment, a listener :meth:`listen` prepared starts (waiting for the fleet's subscription).
         """
-        future = self._publish(EventType.REGISTRATION, self.registration)
+        with self._send:
+            claim = self.identity.claim()
+            registration = self.registration
+            if self.identity.signed:
+                registration = registration.model_copy(update={"identity": claim, "sent_at": utcnow()})
+            future = self._publish_locked(EventType.REGISTRATION, registration)
         message_id = future.result(timeout=timeout)
+        with self._send:  # no event is signed while the key changes
+            self.identity.registered(claim)
         self._registered = True
+        self._start_waiting_listener()
         return message_id
+
+    def rotate_key(self, timeout: float | None = REGISTER_TIMEOUT_S) -> AgentKey:
+        """Replace the agent's key; returns the new one (store it yourself when the key was given as ``key=``).
+
+        The new key is written to ``<key_path>.next``, a registration signed by the current key and
+        carrying the new public key is published, and only once Pub/Sub accepted it does the agent sign
+        with the new key and replace the key file (atomically). The fleet accepts the old key for a short
+        overlap, so events signed before the switch still count.
+        """
+        new = self.identity.begin_rotation()
+        self.register(timeout)
+        return new
 
     def heartbeat(
         self,
@@ -213,7 +260,8 @@ class FleetAgent(ApprovalRequests):
     def _publish_locked(self, event_type: EventType, event: Registration | Heartbeat | ApprovalRequest) -> Future[str]:
         if self._closed:
             raise RuntimeError(f"agent {self.agent_id} is closed")
-        body, attributes = encode(event)
+        signer = self.identity if self.identity.signed else None
+        body, attributes = encode(event, signer=signer, tenant=self.registration.tenant)
         return self._pending.track(self._publisher.publish(self._topics[event_type], body, **attributes))
 
     # -- the loop -----------------------------------------------------------------------------
@@ -263,72 +311,15 @@ class FleetAgent(ApprovalRequests):
         """This agent's call recorder (made on first use; shares the agent's publisher)."""
         with self._send:
             if self._costs is None:
-                self._costs = CostRecorder(self.agent_id, self._publisher, self._topics[EventType.COST])
-            return self._costs
-
-    @property
-    def commands_topic(self) -> str:
-        """Path of the topic the fleet's commands arrive on (``agent-commands`` unless renamed)."""
-        return self._topics[EventType.COMMAND]
-
-    @property
-    def listener(self) -> CommandListener | None:
-        """The listener :meth:`listen` started, if any."""
-        return self._listener
-
-    def listen(
-        self,
-        on_command: OnCommand | None = None,
-        *,
-        subscriber: Subscriber | None = None,
-        subscription: str | None = None,
-    ) -> CommandListener:
-        """Receive this agent's commands from now on; returns the started listener. Idempotent.
-
-        Call it before :meth:`register`: the server re-sends the agent's holds (a pause, an
-        exhausted budget) when it registers, and only a subscription that already exists gets
-        them. It creates a subscription of this process's own (filtered on this agent, deleted by
-        :meth:`close`), or pulls from ``subscription`` when given. ``on_command(agent_id, command)``
-        runs after each command new to the agent was applied. A later call returns the same listener and
-        ignores its arguments. Many agents in one process share one :class:`CommandListener`
-        instead (see its docstring).
-        """
-        with self._listen_lock:
-            if self._closed:
-                raise RuntimeError(f"agent {self.agent_id} is closed")
-            if self._listener is not None:
-                return self._listener
-            if self._registered and subscription is None:
-                log.warning(
-                    "agent %s: listen() after register(): holds re-sent on registration may be missed", self.agent_id
+                signer = self.identity if self.identity.signed else None
+                self._costs = CostRecorder(
+                    self.agent_id,
+                    self._publisher,
+                    self._topics[EventType.COST],
+                    signer=signer,
+                    tenant=self.registration.tenant,
                 )
-            listener = CommandListener(
-                self.project,
-                topic=self.commands_topic,
-                subscription=subscription,
-                subscriber=subscriber,
-                on_command=on_command,
-            )
-            listener.add(self)
-            try:
-                listener.start()
-            except Exception:
-                listener.close()
-                raise
-            self._listener = listener
-            return listener
-
-    def apply_command(self, data: bytes) -> Command | None:
-        """Take one ``agent-commands`` message body into account; None when it is not for this agent.
-
-        The Pub/Sub emulator does not filter subscriptions, so every agent may see every command.
-        """
-        command = Command.model_validate_json(data)
-        if not self.costs.apply(command):  # another agent's, or seen already (deduplicated by command_id)
-            return None
-        if command.command is CommandType.APPROVAL_DECIDED:
-            self._approvals.decide(command)  # unknown or already decided requests: ignored
-        return command
+            return self._costs
 
     # -- shutdown -----------------------------------------------------------------------------
 

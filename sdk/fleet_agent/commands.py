@@ -19,23 +19,36 @@ all and drops the others itself (so does everyone under the emulator, which igno
 
 Subscriptions it creates expire after a day without a puller, so a crashed process leaves nothing
 behind for long. ``google.cloud.pubsub_v1`` is imported only when a listener starts.
+
+An enrolled agent (``agent.command_subscription`` is a path) reads only its own subscription, which the
+fleet created at its enrollment: a listener serving it pulls from that one
+(:class:`~fleet_agent.command_pull.SubscriptionPoller`, however many such agents it serves), makes no
+subscription of its own unless it also serves an unenrolled agent, and hands each message to the
+agent with its attributes, so the agent checks the fleet's signature before obeying.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
-from pydantic import ValidationError
-
-from fleet_agent.contracts import DEFAULT_TOPICS, Command, EventType
+from fleet_agent.command_delivery import CommandDelivery
+from fleet_agent.command_pull import (
+    CommandTarget,
+    OnCommand,
+    StreamingPull,
+    Subscriber,
+    SubscriptionPoller,
+    wait_for_subscription,
+)
+from fleet_agent.contracts import DEFAULT_TOPICS, EventType
 
 log = logging.getLogger("fleet_agent")
 
@@ -52,43 +65,8 @@ ADMIN_TIMEOUT_S = 30.0
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~+-]{0,199}$")
 
-OnCommand = Callable[[str, Command], None]
 
-
-class CommandTarget(Protocol):
-    """What a listener dispatches to: :class:`~fleet_agent.FleetAgent` is one."""
-
-    @property
-    def agent_id(self) -> str: ...
-
-    def apply_command(self, data: bytes) -> Command | None: ...
-
-
-class StreamingPull(Protocol):
-    """The future ``subscribe`` returns (``StreamingPullFuture``): cancel ends the stream."""
-
-    def cancel(self) -> Any: ...
-
-    def result(self, timeout: float | None = None) -> Any: ...
-
-    def add_done_callback(self, fn: Callable[[Any], Any]) -> None: ...
-
-    def done(self) -> bool: ...
-
-
-class Subscriber(Protocol):
-    """The three methods of ``pubsub_v1.SubscriberClient`` the listener uses; tests pass a fake."""
-
-    def create_subscription(self, request: Mapping[str, Any], *, timeout: float) -> Any: ...
-
-    def delete_subscription(self, request: Mapping[str, Any], *, timeout: float) -> Any: ...
-
-    def subscribe(
-        self, subscription: str, callback: Callable[[Any], Any], flow_control: Any = ...
-    ) -> StreamingPull: ...
-
-
-class CommandListener:
+class CommandListener(CommandDelivery):
     """Delivers ``agent-commands`` messages to the registered agents' ``apply_command``. Thread-safe.
 
     Without ``label`` the listener serves exactly one agent: its subscription is named after the
@@ -113,11 +91,13 @@ class CommandListener:
         subscriber: Subscriber | None = None,
         on_command: OnCommand | None = None,
         max_messages: int = 500,
+        await_subscription_s: float | None = None,
     ) -> None:
         """``topic`` is a name or a full path (default ``agent-commands``, as in :data:`DEFAULT_TOPICS`).
 
         ``project`` is where the subscription is created: by default the topic's project when
-        ``topic`` is a path, else ``GOOGLE_CLOUD_PROJECT``.
+        ``topic`` is a path, else ``GOOGLE_CLOUD_PROJECT``. ``await_subscription_s``: :meth:`start`
+        waits up to that long for ``subscription`` to exist (the fleet makes an agent's at enrollment).
         """
         if label is not None and not _LABEL.fullmatch(label):
             raise ValueError(f"label {label!r} must match {_LABEL.pattern}")
@@ -139,12 +119,12 @@ class CommandListener:
             )
         self._subscriber = subscriber
         self._owns_subscriber = subscriber is None
-        self._on_command = on_command
+        super().__init__(on_command)
         self._max_messages = max_messages
-        self._lock = threading.Lock()  # guards _agents and _filter_agent; never held across I/O
-        self._agents: dict[str, tuple[CommandTarget, OnCommand | None]] = {}
+        self._poller: SubscriptionPoller | None = None
+        self._await_s = await_subscription_s
         self._filter_agent: str | None = None
-        self._life = threading.Lock()  # serialises start() and close()
+        self._life = threading.RLock()  # serialises start() and close() (start() starts the stream under it)
         self._future: StreamingPull | None = None
         self._created = False
         self._closed = False
@@ -154,8 +134,11 @@ class CommandListener:
     def add(self, agent: CommandTarget, on_command: OnCommand | None = None) -> None:
         """Deliver this agent's commands to it (and to ``on_command``, after the listener's own)."""
         agent_id = agent.agent_id
+        own = getattr(agent, "command_subscription", None)
+        if own is not None and own == self._subscription:
+            own = None  # this listener's own stream is that subscription
         with self._lock:
-            if self._filter_agent is not None and agent_id != self._filter_agent:
+            if own is None and self._filter_agent is not None and agent_id != self._filter_agent:
                 raise ValueError(
                     f"this listener's subscription is filtered to {self._filter_agent}; "
                     "create the listener with label= to serve several agents"
@@ -164,16 +147,27 @@ class CommandListener:
             if current is not None and current[0] is not agent:
                 raise ValueError(f"another object is already listening as agent {agent_id}")
             self._agents[agent_id] = (agent, on_command)
+            if "attributes" in inspect.signature(agent.apply_command).parameters:
+                self._with_attributes.add(agent_id)
+            if own is not None:
+                self._own[agent_id] = own
+                self._owner[own] = agent_id
+            poller, streaming = self._poller, self._future is not None
+        if own is not None and poller is not None:
+            poller.add(own)
+        elif own is None and not streaming and self._poller is not None:
+            self._start_stream(ADMIN_TIMEOUT_S)  # the first unenrolled agent of a started listener
 
     def remove(self, agent_id: str) -> None:
         """Stop delivering to ``agent_id``; its later commands are acked and ignored."""
         with self._lock:
             self._agents.pop(agent_id, None)
-
-    @property
-    def agent_ids(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._agents)
+            self._with_attributes.discard(agent_id)
+            own = self._own.pop(agent_id, None)
+            self._owner.pop(own or "", None)
+            poller = self._poller
+        if own is not None and poller is not None:
+            poller.remove(own)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -190,7 +184,7 @@ class CommandListener:
     @property
     def running(self) -> bool:
         future = self._future
-        return future is not None and not future.done()
+        return (future is not None and not future.done()) or self._poller is not None
 
     def start(self, timeout: float = ADMIN_TIMEOUT_S) -> Self:
         """Create the subscription (waits for it), then start the streaming pull. Idempotent.
@@ -203,9 +197,33 @@ class CommandListener:
         with self._life:
             if self._closed:
                 raise RuntimeError("command listener is closed")
-            if self._future is not None:
+            if self._future is not None or self._poller is not None:
                 return self
+            with self._lock:
+                own = dict(self._own)
+                stream = self._subscription is not None or len(own) < len(self._agents) or not self._agents
+            if stream:
+                self._start_stream(timeout)
+            if own or self.label is not None:  # a shared listener may get enrolled agents later
+                poller = SubscriptionPoller(self._client(), self._on_pulled)
+                for path in own.values():
+                    poller.add(path)
+                poller.start()
+                with self._lock:
+                    self._poller = poller
+                    late = set(self._own.values()) - set(own.values())
+                for path in late:  # added while starting
+                    poller.add(path)
+            return self
+
+    def _start_stream(self, timeout: float) -> None:
+        """Create (or wait for) the subscription, then start the streaming pull."""
+        with self._life:
+            if self._future is not None:
+                return
             subscriber = self._client()
+            if self._subscription is not None and self._await_s is not None:
+                wait_for_subscription(subscriber, self._subscription, self._await_s)
             if self._subscription is None:
                 self._subscription = self._create(subscriber, timeout)
                 self._created = True
@@ -226,7 +244,6 @@ class CommandListener:
             future.add_done_callback(self._on_stream_end)
             self._future = future
             log.info("listening for commands on %s", self._subscription)
-            return self
 
     def _client(self) -> Subscriber:
         if self._subscriber is None:
@@ -240,8 +257,8 @@ class CommandListener:
         with self._lock:
             if self.label is not None:
                 label, agent_filter = self.label, None
-            elif len(self._agents) == 1:
-                (label,) = self._agents
+            elif len(self._agents) - len(self._own) == 1:
+                (label,) = set(self._agents) - set(self._own)
                 agent_filter = label
             else:
                 raise ValueError(
@@ -279,6 +296,10 @@ class CommandListener:
                 return
             self._closed = True
             future, self._future = self._future, None
+            with self._lock:
+                poller, self._poller = self._poller, None
+            if poller is not None:
+                poller.close(timeout)
             subscriber = self._subscriber
             if future is not None:
                 future.cancel()
@@ -313,56 +334,7 @@ class CommandListener:
         agents = len(self.agent_ids)
         return f"CommandListener(subscription={self._subscription!r}, agents={agents}, running={self.running})"
 
-    # -- delivery -----------------------------------------------------------------------------
-
-    def _on_message(self, message: Any) -> None:
-        """Pub/Sub callback: always acks, since a redelivery could not change the outcome."""
-        try:
-            self._dispatch(message)
-        except Exception:
-            log.exception("command message %s: dispatch failed", getattr(message, "message_id", "?"))
-        finally:
-            message.ack()
-
-    def _dispatch(self, message: Any) -> None:
-        attributes: Mapping[str, str] = message.attributes or {}
-        agent_id = attributes.get("agent_id")
-        if agent_id is not None and self._entry(agent_id) is None:
-            return  # another agent's command: checked before decoding, as most are not ours
-        try:
-            command = Command.model_validate_json(message.data)
-        except ValidationError as exc:  # bad JSON as well as a bad command
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
-            log.warning("ignoring undecodable command message %s: %s", getattr(message, "message_id", "?"), problems)
-            return
-        if agent_id is None:
-            agent_id = command.agent_id
-        elif command.agent_id != agent_id:
-            log.warning(
-                "ignoring command %s: attribute agent_id %s differs from the body's %s",
-                command.command_id,
-                agent_id,
-                command.agent_id,
-            )
-            return
-        entry = self._entry(agent_id)
-        if entry is None:
-            return
-        target, own_callback = entry
-        applied = target.apply_command(message.data)
-        if applied is None:
-            return  # seen already (a redelivery, or the same command through another listener)
-        for callback in (self._on_command, own_callback):
-            if callback is None:
-                continue
-            try:
-                callback(agent_id, applied)
-            except Exception:
-                log.exception("agent %s: on_command callback failed for %s", agent_id, applied.command_id)
-
-    def _entry(self, agent_id: str) -> tuple[CommandTarget, OnCommand | None] | None:
-        with self._lock:
-            return self._agents.get(agent_id)
+    # -- delivery (the rest is CommandDelivery's) ----------------------------------------------
 
     def _on_stream_end(self, future: Any) -> None:
         if future.cancelled():

@@ -5,11 +5,10 @@
         reply = client.chat(...)
         call.tokens(reply.usage.prompt_tokens, reply.usage.completion_tokens)
 
-Records are batched into one ``CostBatch`` message per ``max_records`` calls or ``max_delay_s``
-seconds, whichever comes first, so an agent making 100 calls a second publishes a few messages a
-second, not a hundred. A blocked recorder (paused, over budget, breaker open, quarantined) refuses
-the call *before* the model is called: the overshoot past a hard limit is at most what was already
-in flight.
+Records are batched into one ``CostBatch`` message (signed by the agent's key) per ``max_records``
+calls or ``max_delay_s`` seconds, whichever comes first: 100 calls a second make a few messages a
+second. A blocked recorder (paused, over budget, breaker open, quarantined) refuses the call
+*before* the model is called: the overshoot past a hard limit is at most what was in flight.
 
 A command's ``until`` makes a block lift by itself, without waiting for the lifting command: a
 ``budget_exhausted`` ends when its budget period resets, and a ``breaker_open`` turns *half-open*
@@ -20,8 +19,7 @@ agent's, so a skewed agent clock moves the moment by the skew.
 A call may name its request (``request_key``: the prompt, or any stable key of the request). The
 recorder keeps only a sha256 of it, in a bounded memory (the last ``REPEAT_MEMORY`` keys, each for
 ``REPEAT_WINDOW``): a call whose key a successful call of this recorder had within the last hour is
-recorded with ``repeat=True``, a call a response cache could have served. The key itself is never
-kept nor sent.
+recorded with ``repeat=True`` (a response cache could have served it). The key is never kept nor sent.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from fleet_agent.contracts import (
     CommandType,
     CostBatch,
     CostRecord,
+    Signer,
     encode,
     utcnow,
 )
@@ -92,8 +91,7 @@ def _describe(command: Command) -> str:
 def _lapsed(block: Command, now: datetime) -> bool:
     """Whether a block's ``until`` has passed (only the commands that carry one ever lapse).
 
-    A lapsed block is kept rather than deleted: a ``breaker_open`` stays half-open until the
-    server closes it, and the issued_at ordering against later commands keeps working.
+    Kept rather than deleted: a ``breaker_open`` stays half-open until the server closes it.
     """
     return block.until is not None and block.until <= now
 
@@ -175,17 +173,19 @@ class CostRecorder:
         half_open_calls: int = 3,
         repeat_memory: int = REPEAT_MEMORY,
         repeat_window: timedelta = REPEAT_WINDOW,
+        signer: Signer | None = None,
+        tenant: str | None = None,
     ) -> None:
         """``clock`` (aware UTC now) is compared with the commands' ``until``; injectable for tests.
 
         ``half_open_calls``: trial calls let through once a breaker's cooldown has ended; further calls
-        wait for the fleet's verdict (``breaker_closed``, or ``breaker_open`` again). If none comes
-        within another cooldown, a new set of trials is allowed.
+        wait for the fleet's verdict (``breaker_closed``, or ``breaker_open`` again), or another cooldown.
 
         ``repeat_memory``, ``repeat_window``: how many request-key hashes are remembered (LRU) and for
-        how long, to flag repeated requests (``CostRecord.repeat``).
+        how long, to flag repeated requests (``CostRecord.repeat``). ``signer``: signs each batch, as ``tenant``'s.
         """
         self.agent_id = agent_id
+        self._signer, self._tenant = signer, tenant
         self._half_open_calls = max(1, half_open_calls)
         self._trials: tuple[int, int] = (-1, 0)  # (trial window, calls let through in it)
         self._clock = clock
@@ -370,7 +370,7 @@ class CostRecorder:
         if not records:
             return None
         batch = CostBatch(agent_id=self.agent_id, batch_id=uuid.uuid4().hex, records=records)
-        body, attributes = encode(batch)
+        body, attributes = encode(batch, signer=self._signer, tenant=self._tenant)
         # Published and tracked under the lock: batches leave in the order they were cut, and
         # close() (which takes the lock) never misses one when it waits.
         return self._pending.track(self._publisher.publish(self._topic, body, **attributes))

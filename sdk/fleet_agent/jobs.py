@@ -42,9 +42,11 @@ from fleet_agent.contracts import (
     EventType,
     JobPhase,
     JobProgress,
+    Signer,
     encode,
     utcnow,
 )
+from fleet_agent.identity import AgentKey
 from fleet_agent.pending import PendingPublishes
 
 log = logging.getLogger("fleet_agent")
@@ -59,6 +61,8 @@ AGENT_ID_ENV = "FLEET_AGENT_ID"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
 TOPIC_ENV = "FLEET_JOB_PROGRESS_TOPIC"
 ATTEMPT_ENV = "FLEET_JOB_ATTEMPT"
+KEY_PATH_ENV = "FLEET_KEY_PATH"
+TENANT_ENV = "FLEET_TENANT"
 #: Set by Cloud Run jobs on every task: 0 on the first try, +1 per retry.
 CLOUD_RUN_ATTEMPT_ENV = "CLOUD_RUN_TASK_ATTEMPT"
 
@@ -132,17 +136,22 @@ class JobReporter:
         topic: str | None = None,
         publisher: Publisher | None = None,
         attempt: int = 0,
+        signer: Signer | None = None,
+        tenant: str | None = None,
     ) -> None:
         """Check the ids and prepare the topic; nothing is published yet.
 
         ``project`` defaults to ``GOOGLE_CLOUD_PROJECT``. ``topic`` is a topic name (default
         ``job-progress``) or a full ``projects/<p>/topics/<t>`` path, whose project then needs no
-        ``project``. ``attempt`` is which try of the run this is (0 first).
+        ``project``. ``attempt`` is which try of the run this is (0 first). ``signer`` (the agent's
+        key, e.g. ``AgentKey.load(path)``) signs every report, as the agent of ``tenant``.
         """
         if not isinstance(job_id, str) or not re.fullmatch(JOB_ID_PATTERN, job_id):
             raise ValueError(f"job_id {job_id!r} must match {JOB_ID_PATTERN}")
         if not isinstance(agent_id, str) or not re.fullmatch(AGENT_ID_PATTERN, agent_id):
             raise ValueError(f"agent_id {agent_id!r} must match {AGENT_ID_PATTERN}")
+        if signer is not None and not tenant:
+            raise ValueError("a signed reporter needs its agent's tenant")
         if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt <= 1000:
             raise ValueError(f"attempt must be a whole number from 0 to 1000, not {attempt!r}")
         topic = topic or DEFAULT_TOPICS[EventType.JOB_PROGRESS]
@@ -158,6 +167,7 @@ class JobReporter:
         self.job_id = job_id
         self.agent_id = agent_id
         self.attempt = attempt
+        self._signer, self._tenant = signer, tenant
         self.project: str = resolved
         self._owns_publisher = publisher is None
         if publisher is None:
@@ -182,7 +192,8 @@ class JobReporter:
 
         Reads ``FLEET_JOB_ID``, ``FLEET_AGENT_ID`` (both required), ``GOOGLE_CLOUD_PROJECT``, and
         optionally ``FLEET_JOB_PROGRESS_TOPIC`` and ``FLEET_JOB_ATTEMPT`` (else Cloud Run's
-        ``CLOUD_RUN_TASK_ATTEMPT``, else 0).
+        ``CLOUD_RUN_TASK_ATTEMPT``, else 0). With ``FLEET_KEY_PATH`` (the agent's key file) and
+        ``FLEET_TENANT`` every report is signed by that key.
         """
         env = os.environ if env is None else env
         missing = [name for name in (JOB_ID_ENV, AGENT_ID_ENV) if not env.get(name, "").strip()]
@@ -192,6 +203,7 @@ class JobReporter:
                 "the fleet's launcher sets them (set them by hand to run outside the fleet)"
             )
         project = env.get(PROJECT_ENV, "").strip() or env.get("GCLOUD_PROJECT", "").strip() or None
+        key_path = env.get(KEY_PATH_ENV, "").strip()
         return cls(
             env[JOB_ID_ENV].strip(),
             env[AGENT_ID_ENV].strip(),
@@ -199,6 +211,8 @@ class JobReporter:
             topic=env.get(TOPIC_ENV, "").strip() or None,
             publisher=publisher,
             attempt=_attempt(env),
+            signer=AgentKey.load(key_path) if key_path else None,
+            tenant=env.get(TENANT_ENV, "").strip() or None,
         )
 
     # -- state ----------------------------------------------------------------------------------
@@ -291,7 +305,7 @@ class JobReporter:
                 metrics=values,
                 message=message,
             )
-            body, attributes = encode(report)
+            body, attributes = encode(report, signer=self._signer, tenant=self._tenant)
             future = self._pending.track(self._publisher.publish(self.topic, body, **attributes))
             self._last = report
             if final:

@@ -1,0 +1,252 @@
+"""An agent's own identity, as its SDK keeps it: its key, the fleet key it trusts, and its enrollment state.
+
+    identity = AgentIdentity.resolve("chat-7", "acme", key_path="/var/lib/agent/fleet.key",
+                                     enrollment_token="afmt1....")
+    claim = identity.claim()          # for the next registration: KeyClaim(public key, token) on first start
+    ...publish a registration signed by identity.key, wait for Pub/Sub...
+    identity.registered(claim)        # writes <key_path>.json: never again the token
+
+The state file next to the key (``<key_path>.json``: agent_id, tenant, key_id, fleet_public_key,
+enrolled_at, token_id; never the token's secret) tells a restarted agent that it is enrolled and which
+fleet key signs its commands, without the token. A rotation writes the new key to ``<key_path>.next``
+first, so a crash between publishing the rotation and replacing the key file leaves both keys on disk:
+the next start re-sends the rotation (signed by the old key, idempotent) and then switches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet_agent.contracts import KeyClaim, Signature, utcnow
+from fleet_agent.identity import AgentKey, EnrollmentToken, command_subscription
+
+log = logging.getLogger("fleet_agent")
+
+TOKEN_ENV = "FLEET_ENROLLMENT_TOKEN"
+KEY_PATH_ENV = "FLEET_KEY_PATH"
+PUBLIC_KEY_ENV = "FLEET_PUBLIC_KEY"
+
+
+@dataclass(frozen=True)
+class EnrollmentState:
+    """What ``<key_path>.json`` holds: which agent the key was enrolled for, with which token, and the
+    fleet key it trusts commands from."""
+
+    agent_id: str
+    tenant: str
+    key_id: str
+    fleet_public_key: str | None
+    enrolled_at: str
+    token_id: str | None
+
+
+def _state_path(key_path: Path) -> Path:
+    return key_path.with_name(key_path.name + ".json")
+
+
+def _next_path(key_path: Path) -> Path:
+    return key_path.with_name(key_path.name + ".next")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Owner-only and atomic, as AgentKey.save: a crash leaves the old file or the new, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AgentIdentity:
+    """One agent's key and enrollment; a :class:`~fleet_agent.contracts.Signer` (its current key signs).
+
+    Thread-safe: the key is switched under a lock on rotation, so every event is signed by one key.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        tenant: str,
+        *,
+        key: AgentKey | None,
+        key_path: Path | None = None,
+        token: EnrollmentToken | None = None,
+        fleet_public_key: str | None = None,
+        state: EnrollmentState | None = None,
+        pending: AgentKey | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.tenant = tenant
+        self.key_path = key_path
+        self.token = token
+        self.fleet_public_key = fleet_public_key
+        self.state = state
+        self._key = key
+        self._pending = pending  # a rotation's new key, not yet in use
+        self._lock = threading.Lock()
+
+    @classmethod
+    def resolve(
+        cls,
+        agent_id: str,
+        tenant: str,
+        *,
+        key: AgentKey | None = None,
+        key_path: str | os.PathLike[str] | None = None,
+        enrollment_token: str | None = None,
+        fleet_public_key: str | None = None,
+    ) -> AgentIdentity:
+        """The identity of an agent starting now (arguments, else ``FLEET_ENROLLMENT_TOKEN``,
+        ``FLEET_KEY_PATH``, ``FLEET_PUBLIC_KEY``): loads the key and its state, or makes the key."""
+        token_text = enrollment_token or os.environ.get(TOKEN_ENV, "").strip() or None
+        path_text = key_path or os.environ.get(KEY_PATH_ENV, "").strip() or None
+        token = EnrollmentToken.parse(token_text) if token_text else None
+        path = Path(path_text) if path_text else None
+        state = cls._read_state(path, agent_id) if path is not None else None
+        if token is not None and state is not None and state.token_id == token.token_id:
+            token = None  # used already: a token is sent once, never again
+        pending = None
+        if key is None and path is not None:
+            if path.exists() and not (token is not None and state is not None):
+                key = AgentKey.load(path)
+            else:  # first start, or enrolling again with a new token (the old key may be revoked)
+                key = AgentKey.generate()
+                key.save(path)  # before publishing: the bound key must survive a crash
+                state = None
+            if _next_path(path).exists():
+                pending = AgentKey.load(_next_path(path))
+                log.warning("agent %s: finishing a key rotation interrupted earlier", agent_id)
+        if token is not None and key is None:
+            raise ValueError("an enrollment token needs key_path= or key=: the agent's key must outlive the process")
+        fleet_key = (
+            fleet_public_key
+            or (token.fleet_public_key if token else None)
+            or (state.fleet_public_key if state else None)
+            or os.environ.get(PUBLIC_KEY_ENV, "").strip()
+            or None
+        )
+        if key is None:
+            log.warning("agent %s: no key and no enrollment token: its events are sent unsigned", agent_id)
+        elif fleet_key is None:
+            log.warning("agent %s: no fleet public key: its commands are not verified", agent_id)
+        return cls(
+            agent_id,
+            tenant,
+            key=key,
+            key_path=path,
+            token=token,
+            fleet_public_key=fleet_key,
+            state=state,
+            pending=pending,
+        )
+
+    @staticmethod
+    def _read_state(path: Path, agent_id: str) -> EnrollmentState | None:
+        try:
+            raw = json.loads(_state_path(path).read_text())
+        except FileNotFoundError:
+            return None
+        state = EnrollmentState(**{name: raw.get(name) for name in EnrollmentState.__dataclass_fields__})
+        if state.agent_id != agent_id:
+            raise ValueError(f"{path} holds the key of agent {state.agent_id}, not of {agent_id}")
+        return state
+
+    # -- use ------------------------------------------------------------------------------------
+
+    @property
+    def key(self) -> AgentKey | None:
+        with self._lock:
+            return self._key
+
+    @property
+    def signed(self) -> bool:
+        return self.key is not None
+
+    @property
+    def enrolled(self) -> bool:
+        """Signs its events and verifies the fleet's commands (which then arrive on its own subscription)."""
+        return self.key is not None and self.fleet_public_key is not None
+
+    @property
+    def enrolling(self) -> bool:
+        """The next registration carries the enrollment token (its command subscription may not exist yet)."""
+        return self.token is not None
+
+    @property
+    def subscription(self) -> str:
+        """The id of this agent's command subscription (the fleet creates it at enrollment)."""
+        return command_subscription(self.agent_id)
+
+    def sign_event(self, event_type: str, agent_id: str, event_id: str, tenant: str, data: Any) -> Signature:
+        key = self.key
+        if key is None:
+            raise RuntimeError(f"agent {self.agent_id} has no key")
+        return key.sign_event(event_type, agent_id, event_id, tenant, data)
+
+    def claim(self) -> KeyClaim | None:
+        """What the next registration carries: the first key with the token, a rotation's new key, or nothing."""
+        with self._lock:
+            if self._key is None:
+                return None
+            if self.token is not None:
+                return KeyClaim(public_key=self._key.public_key, enrollment_token=str(self.token))
+            if self._pending is not None:
+                return KeyClaim(public_key=self._pending.public_key)
+            return None
+
+    # -- after Pub/Sub accepted a registration ----------------------------------------------------
+
+    def registered(self, claim: KeyClaim | None) -> None:
+        """The registration that carried ``claim`` was accepted: remember the enrollment, or switch keys."""
+        if claim is None:
+            return
+        with self._lock:
+            if claim.enrollment_token is not None and self.token is not None:
+                token_id, self.token = self.token.token_id, None
+                self._save_state(token_id, utcnow().isoformat())
+            elif self._pending is not None and claim.public_key == self._pending.public_key:
+                new, self._pending = self._pending, None
+                if self.key_path is not None:
+                    os.replace(_next_path(self.key_path), self.key_path)  # atomic: old key until now
+                self._key = new  # from here on every event is signed by the new key
+                previous = self.state
+                self._save_state(previous.token_id if previous else None, previous.enrolled_at if previous else None)
+
+    def begin_rotation(self) -> AgentKey:
+        """A new key, written to ``<key_path>.next`` (not used yet); :meth:`claim` now carries it."""
+        with self._lock:
+            if self._key is None:
+                raise RuntimeError(f"agent {self.agent_id} has no key to rotate")
+            if self._pending is None:
+                pending = AgentKey.generate()
+                if self.key_path is not None:
+                    pending.save(_next_path(self.key_path))
+                self._pending = pending
+            return self._pending
+
+    def _save_state(self, token_id: str | None, enrolled_at: str | None) -> None:
+        assert self._key is not None
+        state = EnrollmentState(
+            agent_id=self.agent_id,
+            tenant=self.tenant,
+            key_id=self._key.key_id,
+            fleet_public_key=self.fleet_public_key,
+            enrolled_at=enrolled_at or utcnow().isoformat(),
+            token_id=token_id,
+        )
+        self.state = state
+        if self.key_path is not None:
+            _write_private(_state_path(self.key_path), json.dumps(asdict(state), indent=2).encode())

@@ -1,0 +1,340 @@
+"""The SDK's identity (sdk/fleet_agent/enrollment.py, client.py, cli.py): enrollment on first start, the key
+file and its state, signing of every event, rotation, ``fleet-agent enroll``. A fake publisher: no network."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fleet_agent import FleetAgent, JobReporter
+from fleet_agent.cli import main as cli_main
+from fleet_agent.contracts import Envelope, EventType, Registration
+from fleet_agent.costs import Call
+from fleet_agent.identity import AgentKey, EnrollmentToken, event_signing_bytes, verify
+
+FLEET = AgentKey.generate()
+TOKEN = EnrollmentToken.new(FLEET.public_key)
+
+
+class FakePublisher:
+    """Records every publish; ``on_publish`` runs inside publish (to look at the disk at that moment)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.messages: list[tuple[str, bytes, dict[str, str]]] = []
+        self.fail = fail
+        self.on_publish: Callable[[str, bytes], None] | None = None
+        self.lock = threading.Lock()
+
+    def topic_path(self, project: str, topic: str) -> str:
+        return f"projects/{project}/topics/{topic}"
+
+    def publish(self, topic: str, data: bytes, **attrs: Any) -> Future[str]:
+        if self.on_publish is not None:
+            self.on_publish(topic, data)
+        with self.lock:
+            self.messages.append((topic, data, attrs))
+        future: Future[str] = Future()
+        if self.fail:
+            future.set_exception(RuntimeError("503 unavailable"))
+        else:
+            future.set_result(str(len(self.messages)))
+        return future
+
+    def sent(self, event_type: EventType) -> list[tuple[Envelope, dict[str, str]]]:
+        with self.lock:
+            return [
+                (Envelope.model_validate_json(data), attrs)
+                for _, data, attrs in self.messages
+                if attrs["event_type"] == event_type.value
+            ]
+
+
+def registration(agent_id: str = "chat-7") -> Registration:
+    return Registration(
+        agent_id=agent_id, tenant="acme", name="Chat", agent_type="llm-chat", version="1.0.0", owner="team"
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_identity_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FLEET_ENROLLMENT_TOKEN", "FLEET_KEY_PATH", "FLEET_PUBLIC_KEY", "FLEET_KEY_PATH", "FLEET_TENANT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_agent() -> Iterator[Callable[..., FleetAgent]]:
+    agents: list[FleetAgent] = []
+
+    def make(publisher: FakePublisher, **kwargs: Any) -> FleetAgent:
+        agent = FleetAgent(kwargs.pop("registration", registration()), project="p", publisher=publisher, **kwargs)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.close(timeout=1)
+
+
+def signed_by(envelope: Envelope, attrs: dict[str, str], public_key: str) -> bool:
+    """The signature of what was sent verifies with ``public_key`` (over the bytes docs/events.md names)."""
+    assert envelope.signature is not None, "unsigned"
+    message = event_signing_bytes(attrs["event_type"], attrs["agent_id"], envelope.event_id, "acme", envelope.data)
+    return verify(public_key, envelope.signature, message)
+
+
+# -- the key file and its state ---------------------------------------------------------------------
+
+
+def test_first_start_creates_the_key_owner_only_and_a_restart_reuses_it(
+    tmp_path: Path, make_agent: Callable[..., FleetAgent]
+) -> None:
+    path = tmp_path / "keys" / "fleet.key"
+    first = make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first.register()
+    state_file = tmp_path / "keys" / "fleet.key.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    state = json.loads(state_file.read_text())
+    assert state["agent_id"] == "chat-7" and state["tenant"] == "acme"
+    assert state["key_id"] == first.identity.key.key_id if first.identity.key else False
+    assert state["token_id"] == TOKEN.token_id and state["fleet_public_key"] == FLEET.public_key
+    assert TOKEN.secret not in state_file.read_text(), "the token's secret is never written"
+
+    again = make_agent(FakePublisher(), key_path=path)
+    assert again.identity.key is not None and first.identity.key is not None
+    assert again.identity.key.key_id == first.identity.key.key_id
+    assert again.identity.fleet_public_key == FLEET.public_key, "the fleet key comes back from the state"
+    assert again.command_subscription == "projects/p/subscriptions/agent-commands.chat-7"
+
+
+def test_the_token_rides_on_the_first_registration_only(tmp_path: Path, make_agent: Callable[..., FleetAgent]) -> None:
+    path = tmp_path / "fleet.key"
+    publisher = FakePublisher()
+    agent = make_agent(publisher, key_path=path, enrollment_token=str(TOKEN))
+    agent.register()
+    agent.register()  # a re-registration of the same process
+    make_agent(publisher, key_path=path, enrollment_token=str(TOKEN)).register()  # a restart, same token in env
+    sent = publisher.sent(EventType.REGISTRATION)
+    assert len(sent) == 3
+    first = sent[0][0].data
+    key = AgentKey.load(path)
+    assert first["identity"] == {"public_key": key.public_key, "enrollment_token": str(TOKEN)}
+    assert "sent_at" in first
+    assert [envelope.data.get("identity") for envelope, _ in sent[1:]] == [None, None]
+    assert all("sent_at" in envelope.data for envelope, _ in sent)
+    assert all(signed_by(envelope, attrs, key.public_key) for envelope, attrs in sent)
+
+
+def test_a_new_token_enrolls_again_with_a_new_key(tmp_path: Path, make_agent: Callable[..., FleetAgent]) -> None:
+    path = tmp_path / "fleet.key"
+    make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN)).register()
+    old = AgentKey.load(path)
+    second = EnrollmentToken.new(FLEET.public_key)  # after a revocation, an admin hands out another token
+    publisher = FakePublisher()
+    make_agent(publisher, key_path=path, enrollment_token=str(second)).register()
+    ((envelope, attrs),) = publisher.sent(EventType.REGISTRATION)
+    new = AgentKey.load(path)
+    assert new.key_id != old.key_id
+    assert envelope.data["identity"] == {"public_key": new.public_key, "enrollment_token": str(second)}
+    assert signed_by(envelope, attrs, new.public_key)
+
+
+def test_a_key_given_directly_signs_without_a_file(make_agent: Callable[..., FleetAgent]) -> None:
+    key = AgentKey.from_pem(AgentKey.generate().to_pem().decode())  # e.g. from a secret the agent has
+    publisher = FakePublisher()
+    agent = make_agent(publisher, key=key, fleet_public_key=FLEET.public_key)
+    agent.register()
+    ((envelope, attrs),) = publisher.sent(EventType.REGISTRATION)
+    assert "identity" not in envelope.data, "no token: a plain signed registration"
+    assert signed_by(envelope, attrs, key.public_key)
+
+
+def test_the_environment_supplies_token_key_path_and_fleet_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_agent: Callable[..., FleetAgent]
+) -> None:
+    monkeypatch.setenv("FLEET_ENROLLMENT_TOKEN", str(TOKEN))
+    monkeypatch.setenv("FLEET_KEY_PATH", str(tmp_path / "env.key"))
+    agent = make_agent(FakePublisher())
+    assert (tmp_path / "env.key").exists() and agent.identity.enrolling
+    assert agent.identity.fleet_public_key == FLEET.public_key
+
+
+def test_a_token_without_a_place_for_the_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="key_path"):
+        FleetAgent(registration(), project="p", publisher=FakePublisher(), enrollment_token=str(TOKEN))
+
+
+def test_a_key_file_of_another_agent_is_refused(tmp_path: Path, make_agent: Callable[..., FleetAgent]) -> None:
+    path = tmp_path / "fleet.key"
+    make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN)).register()
+    with pytest.raises(ValueError, match="chat-7"):
+        make_agent(FakePublisher(), key_path=path, registration=registration("other-1"))
+
+
+def test_no_key_and_no_token_sends_unsigned_with_one_warning(
+    make_agent: Callable[..., FleetAgent], caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = FakePublisher()
+    with caplog.at_level(logging.WARNING, logger="fleet_agent"):
+        agent = make_agent(publisher)
+        agent.register()
+        agent.heartbeat().result()
+        agent.costs.record(_call())
+        agent.costs.flush()
+    assert [r.getMessage() for r in caplog.records if "unsigned" in r.getMessage()] == [
+        "agent chat-7: no key and no enrollment token: its events are sent unsigned"
+    ]
+    assert all(envelope.signature is None for envelope, _ in publisher.sent(EventType.REGISTRATION))
+    assert all(envelope.signature is None for envelope, _ in publisher.sent(EventType.HEARTBEAT))
+    assert all(envelope.signature is None for envelope, _ in publisher.sent(EventType.COST))
+    assert "sent_at" not in publisher.sent(EventType.REGISTRATION)[0][0].data
+    assert agent.command_subscription is None
+
+
+def _call() -> Call:
+    call = Call(operation="summarize", model="gpt-4o")
+    call.tokens(100, 20)
+    return call
+
+
+# -- every event is signed --------------------------------------------------------------------------
+
+
+def test_every_event_type_is_signed_and_verifies(tmp_path: Path, make_agent: Callable[..., FleetAgent]) -> None:
+    publisher = FakePublisher()
+    path = tmp_path / "fleet.key"
+    agent = make_agent(publisher, key_path=path, enrollment_token=str(TOKEN))
+    agent.register()
+    agent.heartbeat(metrics={"cpu_pct": 3.0}).result()
+    agent.costs.record(_call())
+    agent.costs.flush()
+    agent.request_approval("re-embed", estimated_cost_usd=45, listen=False)
+    key = AgentKey.load(path)
+    reporter = JobReporter("j-abcdef12", "chat-7", project="p", publisher=publisher, signer=key, tenant="acme")
+    reporter.progress(1, 10, loss=0.5).result()
+    kinds = [EventType.REGISTRATION, EventType.HEARTBEAT, EventType.COST, EventType.APPROVAL, EventType.JOB_PROGRESS]
+    for kind in kinds:
+        sent = publisher.sent(kind)
+        assert sent, f"no {kind.value} sent"
+        for envelope, attrs in sent:
+            assert signed_by(envelope, attrs, key.public_key), kind
+            assert not signed_by(envelope, attrs, FLEET.public_key), "another key does not verify it"
+    envelope, attrs = publisher.sent(EventType.COST)[0]
+    tampered = envelope.model_copy(update={"data": {**envelope.data, "batch_id": "0" * 32}})
+    assert not signed_by(tampered, attrs, key.public_key), "the signature covers data"
+
+
+def test_a_job_reporter_signs_from_the_environment(tmp_path: Path) -> None:
+    key = AgentKey.generate()
+    key.save(tmp_path / "agent.key")
+    publisher = FakePublisher()
+    env = {"FLEET_JOB_ID": "j-abcdef12", "FLEET_AGENT_ID": "chat-7", "GOOGLE_CLOUD_PROJECT": "p"}
+    env |= {"FLEET_KEY_PATH": str(tmp_path / "agent.key"), "FLEET_TENANT": "acme"}
+    with JobReporter.from_env(env, publisher=publisher) as reporter:
+        reporter.started("go")
+    ((envelope, attrs),) = publisher.sent(EventType.JOB_PROGRESS)
+    assert signed_by(envelope, attrs, key.public_key)
+    with pytest.raises(ValueError, match="tenant"):
+        JobReporter("j-abcdef12", "chat-7", project="p", publisher=publisher, signer=key)
+
+
+# -- rotation ---------------------------------------------------------------------------------------
+
+
+def test_rotation_is_signed_by_the_old_key_and_switches_only_once_published(
+    tmp_path: Path, make_agent: Callable[..., FleetAgent]
+) -> None:
+    path = tmp_path / "fleet.key"
+    publisher = FakePublisher()
+    agent = make_agent(publisher, key_path=path, enrollment_token=str(TOKEN))
+    agent.register()
+    old = AgentKey.load(path)
+    seen: list[tuple[str, str]] = []
+
+    def look(topic: str, data: bytes) -> None:  # the disk while the rotation is being published
+        if topic.endswith("agent-registrations"):
+            seen.append((AgentKey.load(path).key_id, AgentKey.load(tmp_path / "fleet.key.next").key_id))
+
+    publisher.on_publish = look
+    new = agent.rotate_key()
+    publisher.on_publish = None
+    assert seen == [(old.key_id, new.key_id)], "the new key is on disk (.next), the old still the key file"
+    envelope, attrs = publisher.sent(EventType.REGISTRATION)[-1]
+    assert envelope.data["identity"] == {"public_key": new.public_key}, "no token on a rotation"
+    assert signed_by(envelope, attrs, old.public_key)
+    assert AgentKey.load(path).key_id == new.key_id and not (tmp_path / "fleet.key.next").exists()
+    assert json.loads((tmp_path / "fleet.key.json").read_text())["key_id"] == new.key_id
+    agent.heartbeat().result()
+    envelope, attrs = publisher.sent(EventType.HEARTBEAT)[-1]
+    assert signed_by(envelope, attrs, new.public_key), "after the switch: the new key"
+    agent.register()
+    assert "identity" not in publisher.sent(EventType.REGISTRATION)[-1][0].data
+
+
+def test_a_rotation_not_accepted_keeps_the_old_key_and_is_finished_on_restart(
+    tmp_path: Path, make_agent: Callable[..., FleetAgent]
+) -> None:
+    path = tmp_path / "fleet.key"
+    agent = make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN))
+    agent.register()
+    old = AgentKey.load(path)
+    agent._publisher = failing = FakePublisher(fail=True)  # Pub/Sub refuses from now on
+    with pytest.raises(RuntimeError, match="503"):
+        agent.rotate_key()
+    agent.heartbeat()
+    envelope, attrs = failing.sent(EventType.HEARTBEAT)[-1]
+    assert signed_by(envelope, attrs, old.public_key), "still the old key"
+    assert AgentKey.load(path).key_id == old.key_id
+    pending = AgentKey.load(tmp_path / "fleet.key.next")
+
+    publisher = FakePublisher()  # the process restarts
+    restarted = make_agent(publisher, key_path=path)
+    restarted.register()
+    envelope, attrs = publisher.sent(EventType.REGISTRATION)[0]
+    assert envelope.data["identity"] == {"public_key": pending.public_key}
+    assert signed_by(envelope, attrs, old.public_key)
+    assert AgentKey.load(path).key_id == pending.key_id
+
+
+# -- fleet-agent enroll -----------------------------------------------------------------------------
+
+
+def test_fleet_agent_enroll_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent" / "fleet.key"
+    publisher = FakePublisher()
+    argv = ["enroll", "--token", str(TOKEN), "--agent-id", "chat-7", "--tenant", "acme", "--name", "Chat"]
+    argv += ["--type", "llm-chat", "--version", "1.0.0", "--owner", "team", "--key-path", str(path)]
+    assert cli_main([*argv, "--project", "p"], publisher=publisher) == 0
+    out = capsys.readouterr().out
+    key = AgentKey.load(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f"key id: {key.key_id}" in out
+    assert "command subscription: projects/p/subscriptions/agent-commands.chat-7" in out
+    assert TOKEN.secret not in out
+    ((envelope, attrs),) = publisher.sent(EventType.REGISTRATION)
+    assert envelope.data["identity"] == {"public_key": key.public_key, "enrollment_token": str(TOKEN)}
+    assert signed_by(envelope, attrs, key.public_key)
+
+    assert cli_main([*argv, "--project", "p"], publisher=publisher) == 1, "the same token twice: refused"
+    assert "already" in capsys.readouterr().err
+    agent = FleetAgent(registration(), project="p", publisher=publisher, key_path=path)
+    assert agent.identity.enrolled and not agent.identity.enrolling, "the agent then starts without the token"
+    agent.close()
+
+
+def test_fleet_agent_enroll_refuses_a_bad_token_without_echoing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["enroll", "--token", "not-a-token-s3cret", "--agent-id", "chat-7", "--tenant", "acme", "--name", "C"]
+    argv += ["--type", "t", "--version", "1.0.0", "--owner", "o", "--key-path", str(tmp_path / "k"), "--project", "p"]
+    assert cli_main(argv, publisher=FakePublisher()) == 1
+    err = capsys.readouterr().err
+    assert "not an enrollment token" in err and "s3cret" not in err
+    assert not (tmp_path / "k").exists()
