@@ -5,6 +5,7 @@ enrollment token secret."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -55,7 +56,7 @@ def batch(at: datetime = NOW, batch_id: str = "batch-0001") -> CostBatch:
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The agent as stored (``state["agent"]``), its writes recorded; no counting happens unless allowed."""
     state: dict[str, Any] = {"agent": None, "writes": [], "reads": 0, "counted": []}
 
