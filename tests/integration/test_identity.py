@@ -84,8 +84,9 @@ def audit_of(firestore: Any, agent_id: str) -> list[dict[str, Any]]:
     return [dict(a.to_dict()) for a in query.stream()]
 
 
-def current_key(doc: dict[str, Any]) -> str:
-    return str(doc["identity"]["keys"][0]["public_key"])
+def current_key(doc: dict[str, Any] | None) -> str | None:
+    keys = (doc or {}).get("identity", {}).get("keys") or []
+    return str(keys[0]["public_key"]) if keys else None
 
 
 def token_doc(firestore: Any, token: str) -> dict[str, Any]:
@@ -106,11 +107,18 @@ def test_an_enrolled_agent_signs_and_its_heartbeats_and_costs_count(stack, publi
     assert use and use[0]["details"]["token_id"] == EnrollmentToken.parse(token).token_id
     assert EnrollmentToken.parse(token).secret not in json.dumps(use[0], default=str)
 
+    from google.api_core.exceptions import NotFound
     from google.cloud import pubsub_v1
 
-    subscription = pubsub_v1.SubscriberClient().get_subscription(
-        subscription=f"projects/{PROJECT}/subscriptions/{command_subscription(agent_id)}"
-    )
+    def made() -> Any:  # made right after the enrollment's write
+        try:
+            return pubsub_v1.SubscriberClient().get_subscription(
+                subscription=f"projects/{PROJECT}/subscriptions/{command_subscription(agent_id)}"
+            )
+        except NotFound:
+            return None
+
+    subscription = wait_for(made)
     assert subscription.filter == f'attributes.agent_id = "{agent_id}"'
 
     for seq in (1, 2):
@@ -181,7 +189,7 @@ def test_a_revoked_keys_events_are_refused_until_the_agent_enrolls_again(stack, 
 
     new = AgentKey.generate()
     publish(publisher, signed_registration(agent_id, tenant, new, enrollment_token(stack, tenant)), signer=new)
-    wait_for(lambda: agent_doc(firestore, agent_id)["identity"]["keys"][0]["public_key"] == new.public_key)  # type: ignore[index]
+    wait_for(lambda: current_key(agent_doc(firestore, agent_id)) == new.public_key)
     beat(publisher, firestore, agent_id, 3, new, tenant)
 
 
