@@ -146,12 +146,16 @@ class Plan:
     commands: list[Command] = field(default_factory=list)
     #: Alert episodes opened, escalated or resolved, with their notices (written with the agent).
     episodes: list[EpisodeWrite] = field(default_factory=list)
+    #: An enrollment: the token's changed fields (shared.domain.enrollment.use), written in the agent's
+    #: batch with a precondition on the token as read, so a use is consumed once with the key it binds.
+    token_use: dict[str, Any] | None = None
 
     @property
     def writes(self) -> int:
         agent = 1 if (self.changes or self.create or self.sample) else 0
         episode_docs = len(self.episodes) + sum(1 for e in self.episodes if e.notice is not None)
         docs = (self.version_doc is not None) + (self.history_chunk is not None) + len(self.audit)
+        docs += self.token_use is not None
         return agent + docs + episode_docs
 
 

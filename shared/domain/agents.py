@@ -13,7 +13,7 @@ from typing import Any
 
 from fleet_agent.contracts import Heartbeat, Registration, Resources
 
-from shared.domain import episodes, health, holds, lifecycle
+from shared.domain import episodes, health, holds, lifecycle, registration_keys
 from shared.domain import liveness as liveness_rules
 from shared.domain.agent_record import AgentRecord, Liveness, Plan, remember, status_change
 from shared.domain.alerts import Severity
@@ -22,6 +22,7 @@ from shared.domain.episodes import AlertingConfig
 from shared.domain.health import HealthConfig
 from shared.domain.learned import Learned
 from shared.domain.lifecycle import Cause, Outcome, State
+from shared.domain.registration_keys import KeyDecision
 from shared.domain.rejections import Code, Rejected
 
 #: Registration event ids remembered per agent, to drop redelivered registrations.
@@ -30,13 +31,31 @@ REMEMBERED_EVENTS = 16
 REMEMBERED_VERSIONS = 20
 
 
-def apply_registration(current: AgentRecord | None, reg: Registration, *, event_id: str, received_at: datetime) -> Plan:
-    """Create or update an agent from its registration. Raises :class:`Rejected` when refused."""
+def apply_registration(
+    current: AgentRecord | None,
+    reg: Registration,
+    *,
+    event_id: str,
+    received_at: datetime,
+    keys: KeyDecision | None = None,
+) -> Plan:
+    """Create or update an agent from its registration. Raises :class:`Rejected` when refused.
+
+    ``keys`` is the registration's key decision (shared/domain/registration_keys.py), made first: an
+    unproven registration is refused before anything else is looked at. Its identity and token use are
+    written with the registration; a signed registration's ``sent_at`` is checked for replay first.
+    """
+    keys = keys or KeyDecision()
     fields = _registration_fields(reg)
     version_doc = {"version": reg.version, "first_seen_at": received_at, "event_id": event_id, **fields}
     if current is None:
+        identity_doc = keys.identity or {}
+        if keys.signed:
+            registration_keys.replayed(reg, None, received_at)
+            identity_doc = registration_keys.with_sent_at(identity_doc, reg)
         record = AgentRecord(
             **fields,
+            identity=identity_doc,
             **_registration_budget(None, reg),
             status=State.REGISTERED,
             status_since=received_at,
@@ -58,7 +77,7 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
             tenant=reg.tenant,
             details={"version": reg.version},
         )
-        return Plan(create=record, version_doc=version_doc, audit=[audit])
+        return Plan(create=record, version_doc=version_doc, audit=[audit, *keys.audit], token_use=keys.token_use)
 
     if current.tenant != reg.tenant:
         raise Rejected(
@@ -79,11 +98,16 @@ def apply_registration(current: AgentRecord | None, reg: Registration, *, event_
         return Plan(
             skipped="duplicate", commands=[holds.command_of(current.agent_id, h) for h in current.holds.values()]
         )
+    if keys.signed and registration_keys.replayed(reg, current.identity, received_at):
+        # Not sent after the newest signed registration accepted: a replay, or overtaken. No change.
+        return Plan(skipped="superseded")
 
-    plan = Plan()
+    plan = Plan(token_use=keys.token_use, audit=list(keys.audit))
     changes: dict[str, Any] = {
         "registration_event_ids": remember(current.registration_event_ids, event_id, REMEMBERED_EVENTS)
     }
+    if keys.signed:
+        changes["identity"] = registration_keys.with_sent_at(keys.identity or current.identity, reg)
     new_version = reg.version not in current.versions
     if new_version:
         plan.version_doc = version_doc

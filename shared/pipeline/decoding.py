@@ -1,7 +1,9 @@
 """The single decode path: a Pub/Sub push (as a CloudEvent) -> a validated event, or a Rejected.
 
-Every check on incoming agent telemetry lives here, so a later signature check has exactly
-one place to go (``Envelope.signature`` is already carried through).
+Every check on incoming agent telemetry lives here. The signature is carried through with what it
+covers (:meth:`Decoded.signed_bytes`: the envelope's ``data`` as received, never the model's
+re-serialisation); each processor checks it against the agent document it already reads
+(shared/pipeline/signatures.py), since the agent's keys and tenant live there.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import binascii
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,11 +29,14 @@ from fleet_agent.contracts import (
     Registration,
     Signature,
 )
+from fleet_agent.identity import event_signing_bytes
 from pydantic import BaseModel, ValidationError, create_model
 
 from shared.domain.rejections import Code, Rejected
 
 _REQUIRED_ATTRIBUTES = ("agent_id", "event_type", "schema_version")
+#: Signed bytes of an event whose data cannot be canonicalised: no signature verifies them.
+UNSIGNABLE = b"\x00unsignable"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,22 @@ class Decoded:
     event_id: str
     message: PushedMessage
     signature: Signature | None
+
+    def signed_bytes(self, tenant: str) -> Callable[[], bytes]:
+        """What the signature must cover for an agent of ``tenant`` (built only when called: the fast
+        path parsed the body once with pydantic; the raw ``data`` is parsed again only to verify)."""
+
+        def build() -> bytes:
+            try:
+                data = json.loads(self.message.raw)["data"]
+                agent_id = self.message.attributes["agent_id"]
+                return event_signing_bytes(self.event_type.value, agent_id, self.event_id, tenant, data)
+            except (ValueError, KeyError, TypeError, RecursionError):
+                # Decoded, but not expressible as RFC 8785 JSON (an integer beyond 2**53): nothing
+                # an honest signer could have signed, so no signature verifies.
+                return UNSIGNABLE
+
+        return build
 
     @property
     def registration(self) -> Registration:

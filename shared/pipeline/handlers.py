@@ -8,19 +8,22 @@ or transient failure (raise, so Pub/Sub redelivers).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from fleet_agent.contracts import ApprovalRequest, EventType
 
 from shared.domain import agents as agent_domain
-from shared.domain import holds
+from shared.domain import holds, registration_keys
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.rejections import Code, Payload, Rejected
+from shared.pipeline import registrations, signatures
 from shared.pipeline.decoding import Decoded, PushedMessage, decode
 from shared.platform import logs, settings
-from shared.services import agent_commands
+from shared.services import agent_commands, forged_events
 from shared.store import agents as agent_store
 from shared.store import config, db, rejections
 
@@ -69,27 +72,48 @@ def handle_push(message: PushedMessage, expected: EventType, process: Callable[[
 
 
 def record_rejection(rejected: Rejected, message: PushedMessage, event_type: str | None) -> None:
+    """Record the refusal with its payload (a registration's enrollment token secret redacted: replaying
+    it then fails verification, as it should); an unproven identity is counted towards forged_events."""
+    raw = message.raw
+    if event_type == EventType.REGISTRATION.value:
+        raw = redacted(raw)
     rejections.record(
         rejected,
         message_id=message.message_id,
         source=message.source,
         event_type=event_type,
-        payload=Payload.of(message.raw, message.attributes),
+        payload=Payload.of(raw, message.attributes),
         received_at=message.published_at,
     )
+    if rejected.unproven:
+        forged_events.note(rejected, message.published_at)
+
+
+#: An enrollment token's secret, wherever it appears in a body (``afmt1.<id>.<secret>.<fleet key>``).
+_TOKEN_SECRET = re.compile(rb"(afmt1\.[a-f0-9]{16}\.)[A-Za-z0-9_-]+")
+REDACTED = "redacted"
+
+
+def redacted(raw: bytes) -> bytes:
+    """``raw`` without the enrollment token's secret (its id stays, for diagnosis). The body is re-written
+    when it parses (whatever the token's spelling); any token text left is redacted by pattern."""
+    try:
+        body = json.loads(raw)
+        claim = body["data"]["identity"]
+        text = claim["enrollment_token"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        pass
+    else:
+        if isinstance(text, str):
+            token_id = registration_keys.token_id_of_text(text)
+            claim["enrollment_token"] = f"afmt1.{token_id}.{REDACTED}" if token_id else REDACTED
+            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return _TOKEN_SECRET.sub(rb"\1" + REDACTED.encode(), raw)
 
 
 def process_registration(decoded: Decoded) -> Plan:
-    reg = decoded.registration
-    plan = agent_store.update(
-        reg.agent_id,
-        lambda current: agent_domain.apply_registration(
-            current, reg, event_id=decoded.event_id, received_at=decoded.message.published_at
-        ),
-    )
-    if plan.commands:  # the agent's holds, re-sent to a restarted agent
-        agent_commands.publish(plan.commands)
-    return plan
+    """Enrollment, rotation, re-registration: shared/pipeline/registrations.py."""
+    return registrations.process(decoded)
 
 
 def unknown_agent(agent_id: str, received_at: datetime) -> Exception:
@@ -126,6 +150,7 @@ def process_heartbeat(decoded: Decoded) -> Plan:
         if current is None:
             raise unknown_agent(hb.agent_id, received_at)
         health_config, alerting = config.rules(current.tenant)
+        signatures.check(decoded, current)  # on the record the write is made on (module docstring)
         plan = agent_domain.apply_heartbeat(
             current,
             hb,
@@ -158,9 +183,10 @@ def process_approval_request(decoded: Decoded) -> Plan:
     event = decoded.event
     assert isinstance(event, ApprovalRequest)
     received_at = decoded.message.published_at
-    agent = agent_store.get(event.agent_id)
+    agent = agent_store.get(event.agent_id)  # a read: fresh, so a refusal made on it stands
     if agent is None:
         raise unknown_agent(event.agent_id, received_at)
+    signatures.check(decoded, agent)
     if agent.status.value == "decommissioned":
         raise Rejected(Code.DECOMMISSIONED, f"agent {agent.agent_id} was decommissioned", agent_id=agent.agent_id)
     approval = approvals.from_agent(event, agent, now=received_at)

@@ -34,6 +34,7 @@ from shared.domain.pricing import format_usd
 from shared.domain.rejections import Code, Rejected
 from shared.domain.spend import Effects, Inputs
 from shared.domain.usage import WindowTotals
+from shared.pipeline import signatures
 from shared.pipeline.decoding import Decoded
 from shared.platform import logs, settings
 from shared.services import agent_commands
@@ -52,13 +53,17 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     cfg = settings.get()
     received_at = decoded.message.published_at
     now = datetime.now(UTC)
-    snap = agent_store.current(batch.agent_id, cfg.config_cache_s)
+    # The signature is checked first, on the agent as this instance saw it at most FLEET_CONFIG_CACHE_S
+    # ago (a refusal is confirmed on a fresh read). Nothing conditions the count on the agent document,
+    # so a key revoked (or an overlap ended) elsewhere still has its batches counted by an instance for
+    # up to FLEET_CONFIG_CACHE_S (10 s by default): the revocation delay of the cost path.
+    snap, _key = signatures.check_fresh(decoded, lambda: agent_store.current(batch.agent_id, cfg.config_cache_s))
     if snap is None:
         raise unknown(batch.agent_id, received_at)
     agent = snap.record
     if agent.status is State.DECOMMISSIONED:
         raise Rejected(Code.DECOMMISSIONED, f"agent {batch.agent_id} was decommissioned", agent_id=batch.agent_id)
-    _check_times(batch, _first_published(decoded.message.attributes, received_at))
+    _check_times(batch, _first_published(decoded.message.attributes, received_at, cfg.retention_days))
     tenant = config.tenant(agent.tenant)
     tally = usage_domain.tally(batch, agent.tenant, config.table_for(tenant))
     try:
@@ -72,7 +77,7 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
         batch_id=batch.batch_id,
         received_at=received_at,
         shards=cfg.tenant_shards,
-        marker_retention=timedelta(days=cfg.retention_days + 1),
+        marker_retention=marker_retention(cfg.retention_days),
     )
     try:
         if applied.duplicate:
@@ -130,13 +135,32 @@ MAX_AHEAD = timedelta(minutes=5)
 MAX_BEHIND = timedelta(hours=24)
 
 
-def _first_published(attributes: dict[str, str], published_at: datetime) -> datetime:
-    """A replayed message (``fleetctl rejections replay``) carries when it was first published."""
+def replay_window(retention_days: int) -> timedelta:
+    """How long after its first publication a message replayed by ``fleetctl rejections replay`` is still
+    judged by its first publish time (a rejection is kept ``retention_days``)."""
+    return timedelta(days=retention_days)
+
+
+def marker_retention(retention_days: int) -> timedelta:
+    """How long a counted batch's marker lives. Why a replayed cost batch is never counted twice: while
+    its marker lives it is a duplicate; after, it is refused as ``implausible_time``, since the time it is
+    judged by (its publish time, or a ``first_published_at`` at most :func:`replay_window` before it) is
+    then more than MAX_BEHIND after its calls. A batch received at T had no call after T + MAX_AHEAD, so
+    the marker must outlive replay window + MAX_BEHIND + MAX_AHEAD (checked by tests/unit)."""
+    return replay_window(retention_days) + MAX_BEHIND + MAX_AHEAD + timedelta(hours=1)
+
+
+def _first_published(attributes: dict[str, str], published_at: datetime, retention_days: int) -> datetime:
+    """A replayed message (``fleetctl rejections replay``) carries when it was first published. The
+    attribute is not signed: it is believed only within the replay window, so a captured batch cannot
+    be made to look recent after its marker expired."""
     try:
         first = datetime.fromisoformat(attributes["first_published_at"])
     except (KeyError, ValueError):
         return published_at
-    return min(first, published_at) if first.tzinfo else published_at
+    if first.tzinfo is None or published_at - first > replay_window(retention_days):
+        return published_at
+    return min(first, published_at)
 
 
 def _check_times(batch: CostBatch, published_at: datetime) -> None:

@@ -5,6 +5,11 @@ document it last wrote, computes the plan from it, and writes with a preconditio
 document's update time. If another writer got there first the precondition fails, the
 document is read again and the plan recomputed. Decisions are therefore always made on the
 document as it is at write time, without the three round trips of a transaction.
+
+A refusal (``Rejected``) computed on the cached document is never final: it is decided again on a
+fresh read, so a change made by another instance (a key rotation, a new enrollment) cannot refuse
+events the stored document accepts. An acceptance needs no such care: its write carries the
+precondition, so a change made since (a revocation) fails it and the decision is made again.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.rejections import Rejected
 from shared.platform import metering, settings
 from shared.store import audit, db, episodes
+from shared.store import enrollment_tokens as token_store
 
 AGENTS = "agents"
 VERSIONS = "versions"
@@ -100,17 +107,32 @@ def current(agent_id: str, max_age_s: float) -> Snapshot | None:
     return read(agent_id)
 
 
-def update(agent_id: str, decide: Callable[[AgentRecord | None], Plan]) -> Plan:
+class TokenConflict(RuntimeError):
+    """An enrollment's write failed its precondition with a token use in it: the caller reads the token
+    and the agent again and decides again (the agent's cached copy is dropped already)."""
+
+
+def update(
+    agent_id: str, decide: Callable[[AgentRecord | None], Plan], *, token: token_store.TokenSnapshot | None = None
+) -> Plan:
     """Compute a plan from the current agent and write it atomically, retrying on conflicts.
 
-    ``decide`` is pure and may be called more than once; it may raise ``Rejected``.
+    ``decide`` is pure and may be called more than once; it may raise ``Rejected`` (confirmed on a fresh
+    read when made on the cached document). A plan's ``token_use`` is written in the same batch, on
+    ``token`` as read; a conflict then raises :class:`TokenConflict`.
     """
     snap = cache.get(agent_id)
     from_cache = snap is not None
     if snap is None:
         snap = read(agent_id)
     for _attempt in range(MAX_ATTEMPTS):
-        plan = decide(snap.record if snap else None)
+        try:
+            plan = decide(snap.record if snap else None)
+        except Rejected:
+            if not from_cache:
+                raise
+            snap, from_cache = read(agent_id), False
+            continue
         if from_cache and not (plan.changes or plan.create or plan.sample) and plan.skipped not in _SAFE_FROM_CACHE:
             # Only the agent write carries the precondition: a plan without one must be made
             # on the document as stored, not on what this instance last saw.
@@ -119,18 +141,20 @@ def update(agent_id: str, decide: Callable[[AgentRecord | None], Plan]) -> Plan:
         if plan.writes == 0:
             return plan
         try:
-            _commit(agent_id, snap, plan)
+            _commit(agent_id, snap, plan, token)
             return plan
         except Exception as exc:
             if not db.is_conflict(exc):
                 raise
             metering.count(conflicts=1)
             cache.drop(agent_id)
+            if plan.token_use is not None:
+                raise TokenConflict(f"agent {agent_id} or its enrollment token changed") from exc
             snap, from_cache = read(agent_id), False
     raise RuntimeError(f"agent {agent_id}: {MAX_ATTEMPTS} conflicting writes in a row")
 
 
-def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
+def _commit(agent_id: str, snap: Snapshot | None, plan: Plan, token: token_store.TokenSnapshot | None = None) -> None:
     client = db.client()
     batch = client.batch()
     agent_ref = ref(agent_id)
@@ -156,6 +180,9 @@ def _commit(agent_id: str, snap: Snapshot | None, plan: Plan) -> None:
         chunk_slot, chunk = plan.history_chunk
         stored_chunk = {**chunk, "samples": [_sample_json(sample) for sample in chunk["samples"]]}
         batch.set(agent_ref.collection(HISTORY).document(f"{chunk_slot:05d}"), stored_chunk)
+    if plan.token_use is not None:
+        assert token is not None, "a token use needs the token it was computed from"
+        token_store.add_use(batch, token, plan.token_use)
     for entry in plan.audit:
         audit.add(batch, entry)
     for write in plan.episodes:

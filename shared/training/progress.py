@@ -3,6 +3,11 @@
 The latest report by ``seq`` is kept on the job (``progress``); a final one's metrics become the job's
 ``result``. A redelivered or reordered report (``seq`` not above the stored one) changes nothing, so
 the handler is idempotent. The job's *state* stays the backend's word (the reconcile tick).
+
+A report names its agent (``agent_id``, the job's agent): it is signed by that agent's key, checked on
+the agent document as this instance last saw it (at most FLEET_CONFIG_CACHE_S old; a refusal is
+confirmed on a fresh read) before the job is read. Reports are few (one per logged step), so this read
+is about one per agent and instance every FLEET_CONFIG_CACHE_S, not one per report.
 """
 
 from __future__ import annotations
@@ -13,13 +18,21 @@ from shared.domain.agent_record import Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job
 from shared.domain.rejections import Code, Rejected
+from shared.pipeline import signatures
 from shared.pipeline.decoding import Decoded
+from shared.platform import settings
+from shared.store import agents as agent_store
 from shared.store import jobs as store
 
 
 def process(decoded: Decoded) -> Plan:
     event = decoded.event
     assert isinstance(event, JobProgress)
+    max_age = settings.get().config_cache_s
+    snap, _key = signatures.check_fresh(decoded, lambda: agent_store.current(event.agent_id, max_age))
+    if snap is None:  # a job names an agent that exists: no report of an unknown agent is believed
+        raise Rejected(Code.UNKNOWN_JOB, f"agent {event.agent_id} of job {event.job_id} is not registered",
+                       agent_id=event.agent_id)  # fmt: skip
     report = {
         "phase": event.phase.value,
         "step": event.step,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fleet_agent.contracts import (
@@ -47,10 +47,42 @@ def heartbeat(agent_id: str, seq: int, status: str = "busy", **metrics: float) -
     )
 
 
-def publish(publisher: Any, event: Event, *, event_id: str | None = None) -> str:
-    body, attrs = encode(event, event_id=event_id)
+def publish(
+    publisher: Any, event: Event, *, event_id: str | None = None, signer: Any = None, tenant: str | None = None
+) -> str:
+    """Publish ``event`` as an agent would; signed by ``signer`` (a fleet_agent.identity.AgentKey) when
+    given, over ``tenant`` (the agent's; a registration names its own)."""
+    body, attrs = encode(event, event_id=event_id, signer=signer, tenant=tenant)
     topic = publisher.topic_path(PROJECT, DEFAULT_TOPICS[event_type_of(event)])
     return str(publisher.publish(topic, body, **attrs).result())
+
+
+def enrollment_token(
+    stack: Any, tenant: str, *, max_uses: int = 1, expires_in: timedelta = timedelta(hours=1), **scope: Any
+) -> str:
+    """A new enrollment token of ``tenant``, written straight to Firestore (as the API would store it);
+    returns its text (``afmt1...``), as an admin would hand it out. ``scope``: agent_id, agent_prefix,
+    revoked_at, uses..."""
+    from fleet_agent.identity import EnrollmentToken as TokenText
+
+    from shared.domain.enrollment import EnrollmentToken
+    from shared.store import enrollment_tokens
+
+    text = TokenText.new(stack.env["FLEET_PUBLIC_KEY"])
+    now = datetime.now(UTC)
+    token = EnrollmentToken(
+        token_id=text.token_id,
+        tenant=tenant,
+        secret_sha256=text.secret_sha256,
+        label="integration test",
+        max_uses=max_uses,
+        expires_at=now + expires_in,
+        created_at=now,
+        created_by="api:tests",
+        **scope,
+    )
+    enrollment_tokens.create(token)
+    return str(text)
 
 
 def publish_raw(publisher: Any, topic_of: EventType, body: bytes, attributes: dict[str, str]) -> str:

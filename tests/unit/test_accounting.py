@@ -17,6 +17,7 @@ from fleet_agent.contracts import Command, CommandType, CostBatch, CostRecord, E
 
 from shared.domain import holds, protection, spend
 from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.identity import IdentityConfig, Policy
 from shared.domain.lifecycle import State
 from shared.domain.periods import Period
 from shared.domain.pricing import Price, PriceTable
@@ -86,6 +87,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(config, "tenant", lambda name: TenantConfig(name, None, None, {}, {}))
     monkeypatch.setattr(config, "table_for", lambda tenant: TABLE)
     monkeypatch.setattr(config, "rules", lambda name: (None, None))
+    # Unsigned events of agents without a key, as before issue 18 (the signed paths: test_identity_*.py).
+    monkeypatch.setattr(config, "identity", lambda name: IdentityConfig(policy=Policy.OPTIONAL))
     monkeypatch.setattr(markers, "seen", lambda key: False)
     monkeypatch.setattr(markers, "mark", lambda key: None)
     monkeypatch.setattr(episode_store, "raise_once", lambda alert: True)

@@ -1,0 +1,81 @@
+"""A registration: its key decision (enrollment, rotation, policy), the agent's write, its command channel.
+
+The token document is read only for an enrollment (an agent without a key presenting a token:
+shared/domain/registration_keys.py says when, by raising NeedsToken). The key it binds and the token
+use are written in one batch, with preconditions on the agent document and on the token document as
+read; when either changed meanwhile, both are read again and the registration decided again. A
+redelivered enrollment is a duplicate (its event id is remembered with the agent) and consumes nothing.
+
+After an enrollment the agent's own command subscription is made (idempotent) before any command is
+published to it; a registration carrying a token makes sure of it every time it is accepted or found a
+duplicate, so a failure there (raise, redelivery) is repaired by the redelivery.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared.domain import agents as agent_domain
+from shared.domain import registration_keys
+from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.rejections import Rejected
+from shared.pipeline.decoding import Decoded
+from shared.platform import settings
+from shared.services import agent_commands, command_channels
+from shared.store import agents as agent_store
+from shared.store import audit as audit_store
+from shared.store import config
+from shared.store import enrollment_tokens as token_store
+
+#: Times an enrollment is decided again when its agent or token changed under it.
+MAX_TOKEN_ATTEMPTS = 5
+
+
+def process(decoded: Decoded) -> Plan:
+    reg = decoded.registration
+    received_at = decoded.message.published_at
+    token: token_store.TokenSnapshot | None = None
+    token_read = False
+    overlap = timedelta(seconds=settings.get().key_overlap_s)
+
+    def decide(current: AgentRecord | None) -> Plan:
+        tenant = current.tenant if current is not None else reg.tenant
+        proof = registration_keys.Proof(
+            signature=decoded.signature,
+            message=decoded.signed_bytes,
+            token=token.token if token is not None else None,
+            token_read=token_read,
+            overlap=overlap,
+        )
+        keys = registration_keys.decide(
+            current.identity if current is not None else None, tenant, reg, proof,
+            policy=config.identity(tenant).policy, received_at=received_at, event_id=decoded.event_id,
+        )  # fmt: skip
+        return agent_domain.apply_registration(
+            current, reg, event_id=decoded.event_id, received_at=received_at, keys=keys
+        )
+
+    carries_token = reg.identity is not None and reg.identity.enrollment_token is not None
+    try:
+        for _attempt in range(MAX_TOKEN_ATTEMPTS):
+            try:
+                plan = agent_store.update(reg.agent_id, decide, token=token)
+                break
+            except registration_keys.NeedsToken as needed:
+                token, token_read = token_store.read(needed.token_id), True
+            except agent_store.TokenConflict:
+                token_id = token.token.token_id if token is not None else registration_keys.token_id_of(reg)
+                token = token_store.read(token_id) if token_id else None
+        else:
+            raise RuntimeError(f"agent {reg.agent_id}: its enrollment kept conflicting")
+    except Rejected as rejected:
+        if carries_token:
+            tenant = rejected.tenant or reg.tenant
+            audit_store.append(registration_keys.refused_audit(reg, tenant, decoded.event_id, received_at, rejected))
+        raise
+    if carries_token and plan.skipped != "superseded":
+        # principal: the token names none yet (Google Cloud IAM on the subscription: terraform/README.md).
+        command_channels.ensure(reg.agent_id, None)
+    if plan.commands:  # the agent's holds, re-sent to a restarted agent
+        agent_commands.publish(plan.commands)
+    return plan
