@@ -74,8 +74,12 @@ def process(decoded: Decoded) -> Plan:
             audit_store.append(registration_keys.refused_audit(reg, tenant, decoded.event_id, received_at, rejected))
         raise
     if carries_token and plan.skipped != "superseded":
-        # principal: the token names none yet (Google Cloud IAM on the subscription: terraform/README.md).
-        command_channels.ensure(reg.agent_id, None)
+        # The principal the token names is granted subscriber on the subscription alone (Google Cloud IAM:
+        # terraform/README.md). A redelivered enrollment read no token: read it (rare) so the grant is
+        # repaired too when the first attempt failed after the agent's write.
+        if token is None and (token_id := registration_keys.token_id_of(reg)):
+            token = token_store.read(token_id)
+        command_channels.ensure(reg.agent_id, token.token.principal if token is not None else None)
     if plan.commands:  # the agent's holds, re-sent to a restarted agent
         agent_commands.publish(plan.commands)
     return plan

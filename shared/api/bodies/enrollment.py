@@ -45,6 +45,7 @@ class EnrollmentTokenCreate(BaseModel):
     principal: str | None = Field(
         default=None,
         pattern=enrollment.PRINCIPAL_PATTERN,
+        max_length=300,
         description="A Google principal (e.g. serviceAccount:agent@project.iam.gserviceaccount.com) granted "
         "subscriber on the agent's command subscription when it enrolls.",
     )
