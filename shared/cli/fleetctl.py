@@ -26,7 +26,7 @@ from shared.domain.agents import apply_transition
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.platform import settings, topology
-from shared.services import agent_controls, replay
+from shared.services import agent_controls, command_channels, replay
 from shared.store import agents as agent_store
 from shared.store import api_keys
 from shared.store import rejections as rejection_store
@@ -185,6 +185,9 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         return EXIT_FAILED
     decision = plan.transition
     assert decision is not None, "apply_transition always decides"
+    if decision.outcome is Outcome.APPLIED and decision.target in agent_controls.RETIRED:
+        # A decommissioned agent's command channel goes with it (its key was revoked in the write).
+        command_channels.delete(args.agent_id)
     if decision.outcome is Outcome.APPLIED:
         print(
             f"{args.agent_id}: {decision.current} -> {decision.target} (audit {action_id}-transition)",

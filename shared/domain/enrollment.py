@@ -26,9 +26,9 @@ REMEMBERED_USERS = 50
 MAX_USES = 100_000
 DEFAULT_TOKEN_TTL = timedelta(days=1)
 #: A Google IAM principal granted subscriber on the agent's command subscription at enrollment.
-#: One identity only (shared/services/command_channels.py grants nothing wider: never a domain, allUsers or
-#: a principalSet). Printable ASCII: the same set in JSON Schema's (ECMA) and pydantic's (Rust) regexes.
-PRINCIPAL_PATTERN = r"^(?:(?:serviceAccount|user|group):[!-?A-~]+@[!-?A-~]+|principal://[!-~]+)$"
+#: One identity only (shared/services/command_channels.py grants nothing wider: never a domain, a group, allUsers
+#: or a principalSet). Printable ASCII: the same set in JSON Schema's (ECMA) and pydantic's (Rust) regexes.
+PRINCIPAL_PATTERN = r"^(?:(?:serviceAccount|user):[!-?A-~]+@[!-?A-~]+|principal://[!-~]+)$"
 
 
 class TokenState(StrEnum):

@@ -226,7 +226,8 @@ def handle_dead_letter(message: PushedMessage) -> str:
             message_id=message_id,
             source=source,
             event_type=original.get("event_type"),
-            payload=Payload.of(message.raw, original),
+            # A registration that kept failing may carry an enrollment token: its secret is never kept.
+            payload=Payload.of(redacted(message.raw), original),
             received_at=message.published_at,
         )
         entry.outcome("dead letter recorded", logging.WARNING, outcome="dead_letter")

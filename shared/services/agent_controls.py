@@ -19,7 +19,7 @@ from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, State
 from shared.domain.silences import Silence
-from shared.services import accounting, agent_commands
+from shared.services import accounting, agent_commands, command_channels
 from shared.store import agents as agent_store
 from shared.store import audit as audit_store
 from shared.store import config, db
@@ -178,6 +178,9 @@ def revoke_key(agent_id: str, actor: Actor, at: datetime, reason: str = "") -> t
         return revoke_key_plan(current, actor, at, reason)
 
     plan, record = update_agent(agent_id, actor, step)
+    # After the write (a failure here leaves the key revoked; the call can be repeated): whoever could read
+    # the agent's commands reads nothing more until it enrolls again.
+    command_channels.revoke_readers(agent_id)
     return record, plan.skipped is None
 
 

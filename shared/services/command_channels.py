@@ -11,6 +11,7 @@ decommissioning deletes it (:func:`delete`). The emulator ignores filters and IA
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
@@ -26,9 +27,9 @@ _subscriber: Any = None
 _lock = threading.Lock()
 ADMIN_TIMEOUT_S = 30.0
 SUBSCRIBER_ROLE = "roles/pubsub.subscriber"
-#: One identity (never allUsers, allAuthenticatedUsers, a domain or a principalSet): a service account, a
-#: user, a group, or one workload identity federation principal.
-_MEMBER = re.compile(r"(serviceAccount|user|group):[^\s@]+@[^\s@]+|principal://\S+")
+#: One identity (never allUsers, allAuthenticatedUsers, a domain, a group or a principalSet): a service
+#: account, a user, or one workload identity federation principal.
+_MEMBER = re.compile(r"(serviceAccount|user):[^\s@]+@[^\s@]+|principal://\S+")
 
 
 def subscriber() -> Any:
@@ -109,28 +110,47 @@ def delete(agent_id: str) -> bool:
     return True
 
 
-def _grant_subscriber(path: str, principal: str, agent_id: str) -> None:
-    """``principal`` gets roles/pubsub.subscriber on this one subscription (its own IAM policy)."""
+def _grant_subscriber(path: str, principal: str | None, agent_id: str) -> None:
+    """Make ``principal`` the one reader of this subscription: roles/pubsub.subscriber for it alone (None:
+    for nobody). Replacing, not adding: a principal of an earlier enrollment or of a revoked key reads
+    nothing more. A principal Google refuses (unknown, deleted) is logged as an error and left out: the
+    agent is enrolled, retrying cannot help, and an endless retry would dead-letter the registration."""
     if os.environ.get("PUBSUB_EMULATOR_HOST"):
         logs.log(log, f"emulator: no IAM, subscriber grant on {path} skipped", agent_id=agent_id)
         return
-    from google.api_core.exceptions import Aborted, FailedPrecondition
+    from google.api_core.exceptions import Aborted, FailedPrecondition, InvalidArgument, NotFound
 
     client = subscriber()
+    wanted = [principal] if principal else []
     for _attempt in range(5):
         policy = client.get_iam_policy(request={"resource": path}, timeout=ADMIN_TIMEOUT_S)
-        binding = next((b for b in policy.bindings if b.role == SUBSCRIBER_ROLE), None)
-        if binding is not None and principal in binding.members:
-            return  # granted before (a redelivery)
-        if binding is None:
-            policy.bindings.add(role=SUBSCRIBER_ROLE, members=[principal])
-        else:
-            binding.members.append(principal)
+        bindings = [b for b in policy.bindings if b.role == SUBSCRIBER_ROLE]
+        if [m for b in bindings for m in b.members] == wanted:
+            return  # as it should be (a redelivery)
+        for binding in bindings:
+            policy.bindings.remove(binding)
+        if wanted:
+            policy.bindings.add(role=SUBSCRIBER_ROLE, members=wanted)
         try:
             # The policy's etag makes this a compare-and-set: a concurrent change aborts it, and we re-read.
             client.set_iam_policy(request={"resource": path, "policy": policy}, timeout=ADMIN_TIMEOUT_S)
         except (Aborted, FailedPrecondition):
             continue
-        logs.log(log, f"{principal} may read the commands of {agent_id}", agent_id=agent_id, principal=principal)
+        except (InvalidArgument, NotFound) as exc:
+            logs.log(
+                log, f"the subscriber grant on {path} was refused: {exc}", logging.ERROR, agent_id=agent_id,
+                principal=principal,
+            )  # fmt: skip
+            return
+        logs.log(log, f"readers of the commands of {agent_id}: {wanted}", agent_id=agent_id, principal=principal)
         return
-    raise RuntimeError(f"the IAM policy of {path} kept changing; the grant to {principal} is not made")
+    raise RuntimeError(f"the IAM policy of {path} kept changing; its readers were not set")
+
+
+def revoke_readers(agent_id: str) -> None:
+    """Nobody but the fleet reads the agent's commands any more (its key was revoked); idempotent. The next
+    enrollment grants the principal of its token."""
+    from google.api_core.exceptions import NotFound
+
+    with contextlib.suppress(NotFound):  # never enrolled: no subscription
+        _grant_subscriber(subscription_path(agent_id), None, agent_id)

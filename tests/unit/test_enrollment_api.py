@@ -21,6 +21,7 @@ from shared.domain.audit import AuditEntry
 from shared.domain.enrollment import EnrollmentToken as StoredToken
 from shared.domain.lifecycle import State
 from shared.platform import fleet_key, logs
+from shared.services import command_channels
 from shared.store import agents as agent_store
 from shared.store import api_keys, config
 from shared.store import audit as audit_store
@@ -46,6 +47,7 @@ class World:
         self.audit: list[AuditEntry] = []
         self.agents: dict[str, AgentRecord] = {}
         self.tenants: dict[str, dict[str, Any]] = {}
+        self.readers_revoked: list[str] = []
 
 
 def agent(agent_id: str, tenant: str, keyed: bool) -> AgentRecord:
@@ -68,6 +70,8 @@ def agent(agent_id: str, tenant: str, keyed: bool) -> AgentRecord:
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> World:
+    readers_revoked: list[str] = []
+    monkeypatch.setattr(command_channels, "revoke_readers", readers_revoked.append)
     w = World()
     w.agents = {a.agent_id: a for a in (agent("acme-1", "acme", True), agent("acme-2", "acme", False))}
     w.agents["globex-1"] = agent("globex-1", "globex", True)
@@ -117,6 +121,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         lambda t: config.TenantConfig(t, None, None, {}, {}, identity=w.tenants.get(t, {}).get("identity", {})),
     )
     monkeypatch.setattr("shared.api.settings.write_tenant", write_tenant)
+    w.readers_revoked = readers_revoked
     return w
 
 
@@ -247,6 +252,7 @@ def test_an_approver_revokes_an_agents_key_idempotently(world: World) -> None:
     assert stored.keys == [] and stored.revoked_key_ids == [key_id_of(AGENT_KEY.public_key)]
     [entry] = [e for e in world.audit if e.action == "agent.key.revoke"]
     assert entry.target == "acme-1" and entry.details["reason"] == "laptop stolen"
+    assert world.readers_revoked == ["acme-1"]  # nobody reads its commands any more
     again = call("/v1/agents/acme-1/keys/revoke", APPROVER, "POST", {})
     assert again[0] == 200 and again[1]["revoked_now"] is False
     assert len([e for e in world.audit if e.action == "agent.key.revoke"]) == 1

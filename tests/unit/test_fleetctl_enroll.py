@@ -17,6 +17,7 @@ from shared.domain.audit import AuditEntry
 from shared.domain.enrollment import EnrollmentToken as StoredToken
 from shared.domain.lifecycle import State
 from shared.platform import fleet_key
+from shared.services import command_channels
 from shared.store import agents as agent_store
 from shared.store import enrollment_tokens as token_store
 
@@ -27,6 +28,17 @@ KEY = AgentKey.generate()
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    channels: list[tuple[str, str]] = []
+
+    def revoke_readers(agent_id: str) -> None:
+        channels.append(("revoke", agent_id))
+
+    def delete(agent_id: str) -> bool:
+        channels.append(("delete", agent_id))
+        return True
+
+    monkeypatch.setattr(command_channels, "revoke_readers", revoke_readers)
+    monkeypatch.setattr(command_channels, "delete", delete)
     w: dict[str, Any] = {"tokens": {}, "audit": [], "plans": []}
     w["agent"] = AgentRecord(
         agent_id="agent-1",
@@ -66,6 +78,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(token_store, "revoke", revoke)
     monkeypatch.setattr(token_store, "list_tenant", lambda t: [x for x in w["tokens"].values() if x.tenant == t])
     monkeypatch.setattr(agent_store, "update", update)
+    w["channels"] = channels
     return w
 
 
@@ -131,6 +144,8 @@ def test_revoke_key(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -
     assert fleetctl.main(["agents", "revoke-key", "agent-1"]) == 0
     assert "nothing changed" in capsys.readouterr().out
     assert fleetctl.main(["agents", "revoke-key", "agent-2"]) == 1
+    # Whoever could read the agent's commands reads nothing more (repeated by the idempotent second call).
+    assert world["channels"] == [("revoke", "agent-1"), ("revoke", "agent-1")]
 
 
 def test_decommissioning_revokes_the_key_in_the_same_write(world: dict[str, Any]) -> None:
@@ -141,6 +156,7 @@ def test_decommissioning_revokes_the_key_in_the_same_write(world: dict[str, Any]
     revoked = identity.AgentIdentity.of(plan.changes["identity"]).revoked_key_ids
     assert revoked == [identity.key_id_of(KEY.public_key)]
     assert sorted(e.action for e in plan.audit) == ["agent.key.revoke", "agent.transition"]
+    assert world["channels"] == [("delete", "agent-1")]  # its command channel goes with it
 
 
 def test_other_transitions_keep_the_key(world: dict[str, Any]) -> None:
