@@ -29,6 +29,7 @@ from typing import Any
 
 from fleet_agent.contracts import Registration, Signature
 from fleet_agent.identity import EnrollmentToken as TokenText
+from fleet_agent.identity import key_id_of
 
 from shared.domain import enrollment, identity
 from shared.domain.audit import AuditEntry
@@ -118,6 +119,7 @@ def decide(
                     agent_id=agent_id,
                     tenant=tenant,
                 )
+            _not_revoked(current, claim.public_key, agent_id, tenant)
             decision.identity = identity.rotate(stored, claim.public_key, at=received_at, overlap=proof.overlap)
             details = {"from_key_id": key.key_id, "to_key_id": AgentIdentity.of(decision.identity).keys[0].key_id}
             decision.audit.append(_audit(reg, tenant, event_id, received_at, "agent.key_rotate", "rotated", details))
@@ -128,6 +130,8 @@ def decide(
         except ValueError:
             raise Rejected(Code.TOKEN_UNKNOWN, f"enrollment of agent {agent_id}: not an enrollment token",
                            agent_id=agent_id, tenant=tenant) from None  # fmt: skip
+        # Before the token is read or a use consumed: a revoked key stays revoked, enroll with a new one.
+        _not_revoked(current, claim.public_key, agent_id, tenant)
         if not proof.token_read:
             raise NeedsToken(token.token_id)
         enrollment.check(proof.token, token.secret_sha256, agent_id=agent_id, tenant=tenant, at=received_at)
@@ -142,6 +146,16 @@ def decide(
                          agent_id=agent_id, tenant=tenant)  # fmt: skip
     assert key is None  # no key to sign with: an accepted registration is an unsigned one
     return KeyDecision()
+
+
+def _not_revoked(current: AgentIdentity, public_key: str, agent_id: str, tenant: str) -> None:
+    if key_id_of(public_key) in current.revoked_key_ids:
+        raise Rejected(
+            Code.REVOKED_KEY,
+            f"agent {agent_id}: key {key_id_of(public_key)} was revoked; enroll with a new key",
+            agent_id=agent_id,
+            tenant=tenant,
+        )
 
 
 def replayed(reg: Registration, stored: dict[str, Any] | None, received_at: datetime) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from shared.domain import agents as agent_domain
-from shared.domain import registration_keys
+from shared.domain import identity, registration_keys
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.rejections import Rejected
 from shared.pipeline.decoding import Decoded
@@ -73,13 +73,26 @@ def process(decoded: Decoded) -> Plan:
             tenant = rejected.tenant or reg.tenant
             audit_store.append(registration_keys.refused_audit(reg, tenant, decoded.event_id, received_at, rejected))
         raise
+    token_id = registration_keys.token_id_of(reg)
     if carries_token and plan.skipped != "superseded":
-        # The principal the token names is granted subscriber on the subscription alone (Google Cloud IAM:
-        # terraform/README.md). A redelivered enrollment read no token: read it (rare) so the grant is
-        # repaired too when the first attempt failed after the agent's write.
-        if token is None and (token_id := registration_keys.token_id_of(reg)):
-            token = token_store.read(token_id)
-        command_channels.ensure(reg.agent_id, token.token.principal if token is not None else None)
+        # The principal of the token that enrolled the agent is granted subscriber on the subscription alone
+        # (Google Cloud IAM: terraform/README.md). Only that token's: a signed registration naming any other
+        # token (a stolen key's holder, say) grants nothing (None leaves the readers as they are). A
+        # redelivered enrollment read no token: read it (rare) so the grant is repaired when the first
+        # attempt failed after the agent's write.
+        principal = None
+        if _enrolled_by(reg.agent_id, token_id):
+            if token is None and token_id is not None:
+                token = token_store.read(token_id)
+            principal = token.token.principal if token is not None and token.token.token_id == token_id else None
+        command_channels.ensure(reg.agent_id, principal)
     if plan.commands:  # the agent's holds, re-sent to a restarted agent
         agent_commands.publish(plan.commands)
     return plan
+
+
+def _enrolled_by(agent_id: str, token_id: str | None) -> bool:
+    """Whether the agent's stored key was bound by this token (as this instance last wrote or read it)."""
+    snap = agent_store.cache.get(agent_id)
+    bound = identity.AgentIdentity.of(snap.record.identity).token_id if snap is not None else None
+    return token_id is not None and bound == token_id

@@ -174,6 +174,15 @@ def test_a_revoked_agent_enrolls_again_with_a_new_token() -> None:
     assert identity.AgentIdentity.of(plan.changes["identity"]).current.public_key == new.public_key  # type: ignore[union-attr]
 
 
+def test_enrolling_again_with_the_revoked_key_is_refused_before_a_token_use_is_read_or_spent() -> None:
+    old, text = AgentKey.generate(), EnrollmentToken.new(FLEET)
+    agent = enrolled(old)
+    agent = agent.model_copy(update={"identity": identity.revoke(agent.identity, at=NOW, by="api:ann")})
+    with pytest.raises(Rejected) as refused:  # before the token is read (no NeedsToken): nothing consumed
+        keys_of(decoded(reg(key=old, token=str(text), sent_at=NOW), signer=old), agent, read=False)
+    assert refused.value.code is Code.REVOKED_KEY and refused.value.unproven
+
+
 # --- agents with a key ------------------------------------------------------------------------------
 
 
