@@ -154,4 +154,6 @@ class AgentCommands:
             return None
         if command.command is CommandType.APPROVAL_DECIDED:
             self._approvals.decide(command)  # unknown or already decided requests: ignored
+        elif command.command is CommandType.KEY_ROTATED and command.key_id and self.identity.enrolled:
+            self.identity.confirmed(command.key_id)  # a verified confirmation only: switch to the new key
         return command

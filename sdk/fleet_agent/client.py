@@ -218,10 +218,12 @@ class FleetAgent(AgentCommands, ApprovalRequests):
     def rotate_key(self, timeout: float | None = REGISTER_TIMEOUT_S) -> AgentKey:
         """Replace the agent's key; returns the new one (store it yourself when the key was given as ``key=``).
 
-        The new key is written to ``<key_path>.next``, a registration signed by the current key and
-        carrying the new public key is published, and only once Pub/Sub accepted it does the agent sign
-        with the new key and replace the key file (atomically). The fleet accepts the old key for a short
-        overlap, so events signed before the switch still count.
+        The new key is written to ``<key_path>.next`` and a registration signed by the current key and
+        carrying the new public key is published. The agent goes on signing with the old key (which the
+        fleet accepts for an overlap) until the fleet confirms the rotation with a ``key_rotated`` command
+        (heard by :meth:`listen`), or ``FLEET_KEY_SWITCH_FALLBACK_S`` (60 s) after Pub/Sub accepted the
+        registration; then it signs with the new key and replaces the key file (atomically). So no event
+        signed by the new key reaches the fleet before the key is bound (docs/sdk.md, "Rotation").
         """
         new = self.identity.begin_rotation()
         self.register(timeout)

@@ -11,6 +11,15 @@ enrolled_at, token_id; never the token's secret) tells a restarted agent that it
 fleet key signs its commands, without the token. A rotation writes the new key to ``<key_path>.next``
 first, so a crash between publishing the rotation and replacing the key file leaves both keys on disk:
 the next start re-sends the rotation (signed by the old key, idempotent) and then switches.
+
+When to switch. Pub/Sub does not order messages across topics: an event signed by the new key may reach
+the fleet before the registration that binds it, and would be refused (``unknown_key``). So the agent
+keeps signing with the old key, which the fleet accepts until the end of its overlap
+(``FLEET_KEY_OVERLAP_S``, 600 s by default), until the fleet confirms the rotation with a signed
+``key_rotated`` command naming the new key (:meth:`AgentIdentity.confirmed`; it is sent only once the new
+key is stored as current). An agent that does not hear it (it does not listen for commands, or the
+command is late) switches anyway ``FLEET_KEY_SWITCH_FALLBACK_S`` (60 s by default) after Pub/Sub accepted
+the rotation: the fleet's overlap must be longer than this fallback plus the longest delivery delay.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import logging
 import os
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +43,21 @@ log = logging.getLogger("fleet_agent")
 TOKEN_ENV = "FLEET_ENROLLMENT_TOKEN"
 KEY_PATH_ENV = "FLEET_KEY_PATH"
 PUBLIC_KEY_ENV = "FLEET_PUBLIC_KEY"
+FALLBACK_ENV = "FLEET_KEY_SWITCH_FALLBACK_S"
+#: Seconds after Pub/Sub accepted a rotation at which the agent switches keys without the fleet's word.
+DEFAULT_SWITCH_FALLBACK_S = 60.0
+
+
+def switch_fallback_s() -> float:
+    """``FLEET_KEY_SWITCH_FALLBACK_S``, else :data:`DEFAULT_SWITCH_FALLBACK_S`."""
+    text = os.environ.get(FALLBACK_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_SWITCH_FALLBACK_S
+    except ValueError:
+        raise ValueError(f"{FALLBACK_ENV} must be a number of seconds, not {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise ValueError(f"{FALLBACK_ENV} must be between 0 and 3600 seconds")
+    return value
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,8 @@ class AgentIdentity:
         fleet_public_key: str | None = None,
         state: EnrollmentState | None = None,
         pending: AgentKey | None = None,
+        fallback_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.agent_id = agent_id
         self.tenant = tenant
@@ -96,6 +124,10 @@ class AgentIdentity:
         self.state = state
         self._key = key
         self._pending = pending  # a rotation's new key, not yet in use
+        #: When (``clock``) Pub/Sub accepted the registration carrying ``_pending``; None: not yet.
+        self._accepted_at: float | None = None
+        self._fallback_s = fallback_s if fallback_s is not None else switch_fallback_s()
+        self._clock = clock
         self._lock = threading.Lock()
 
     @classmethod
@@ -168,8 +200,20 @@ class AgentIdentity:
 
     @property
     def key(self) -> AgentKey | None:
+        """The key that signs now: the old one until the fleet confirmed a rotation (or the fallback passed)."""
         with self._lock:
+            accepted = self._accepted_at
+            if accepted is not None and self._clock() - accepted >= self._fallback_s:
+                log.warning("agent %s: no key_rotated from the fleet; switching keys after %gs", self.agent_id,
+                            self._fallback_s)  # fmt: skip
+                self._switch_locked()
             return self._key
+
+    @property
+    def rotating(self) -> bool:
+        """A rotation's new key waits: not yet accepted by Pub/Sub, or not yet confirmed by the fleet."""
+        with self._lock:
+            return self._pending is not None
 
     @property
     def signed(self) -> bool:
@@ -210,20 +254,37 @@ class AgentIdentity:
     # -- after Pub/Sub accepted a registration ----------------------------------------------------
 
     def registered(self, claim: KeyClaim | None) -> None:
-        """The registration that carried ``claim`` was accepted: remember the enrollment, or switch keys."""
+        """Pub/Sub accepted the registration that carried ``claim``: remember the enrollment; for a rotation,
+        start waiting for the fleet's ``key_rotated`` (the module doc says why not switch now)."""
         if claim is None:
             return
         with self._lock:
             if claim.enrollment_token is not None and self.token is not None:
                 token_id, self.token = self.token.token_id, None
                 self._save_state(token_id, utcnow().isoformat())
-            elif self._pending is not None and claim.public_key == self._pending.public_key:
-                new, self._pending = self._pending, None
-                if self.key_path is not None:
-                    os.replace(_next_path(self.key_path), self.key_path)  # atomic: old key until now
-                self._key = new  # from here on every event is signed by the new key
-                previous = self.state
-                self._save_state(previous.token_id if previous else None, previous.enrolled_at if previous else None)
+            elif (
+                self._pending is not None and claim.public_key == self._pending.public_key and self._accepted_at is None
+            ):
+                self._accepted_at = self._clock()  # the fallback counts from the first acceptance
+
+    def confirmed(self, key_id: str) -> bool:
+        """The fleet says (a verified ``key_rotated`` command) that ``key_id`` is now current: switch to it
+        if it is the rotation's new key. True when the agent switched."""
+        with self._lock:
+            if self._pending is None or self._pending.key_id != key_id:
+                return False
+            self._switch_locked()
+            return True
+
+    def _switch_locked(self) -> None:
+        """Sign with the rotation's new key from now on, and make it the key on disk (atomically)."""
+        assert self._pending is not None
+        new, self._pending, self._accepted_at = self._pending, None, None
+        if self.key_path is not None:
+            os.replace(_next_path(self.key_path), self.key_path)  # atomic: old key until now
+        self._key = new  # from here on every event is signed by the new key
+        previous = self.state
+        self._save_state(previous.token_id if previous else None, previous.enrolled_at if previous else None)
 
     def begin_rotation(self) -> AgentKey:
         """A new key, written to ``<key_path>.next`` (not used yet); :meth:`claim` now carries it."""

@@ -61,7 +61,8 @@ AGENT_ID_ENV = "FLEET_AGENT_ID"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
 TOPIC_ENV = "FLEET_JOB_PROGRESS_TOPIC"
 ATTEMPT_ENV = "FLEET_JOB_ATTEMPT"
-KEY_PATH_ENV = "FLEET_KEY_PATH"
+#: The job's own key (PKCS#8 PEM, on one line with ``\\n`` for its newlines), set by the fleet's launcher.
+JOB_KEY_ENV = "FLEET_JOB_KEY"
 TENANT_ENV = "FLEET_TENANT"
 #: Set by Cloud Run jobs on every task: 0 on the first try, +1 per retry.
 CLOUD_RUN_ATTEMPT_ENV = "CLOUD_RUN_TASK_ATTEMPT"
@@ -143,8 +144,8 @@ class JobReporter:
 
         ``project`` defaults to ``GOOGLE_CLOUD_PROJECT``. ``topic`` is a topic name (default
         ``job-progress``) or a full ``projects/<p>/topics/<t>`` path, whose project then needs no
-        ``project``. ``attempt`` is which try of the run this is (0 first). ``signer`` (the agent's
-        key, e.g. ``AgentKey.load(path)``) signs every report, as the agent of ``tenant``.
+        ``project``. ``attempt`` is which try of the run this is (0 first). ``signer`` (the job's own key,
+        see :meth:`from_env`) signs every report, as the agent of ``tenant``.
         """
         if not isinstance(job_id, str) or not re.fullmatch(JOB_ID_PATTERN, job_id):
             raise ValueError(f"job_id {job_id!r} must match {JOB_ID_PATTERN}")
@@ -192,8 +193,9 @@ class JobReporter:
 
         Reads ``FLEET_JOB_ID``, ``FLEET_AGENT_ID`` (both required), ``GOOGLE_CLOUD_PROJECT``, and
         optionally ``FLEET_JOB_PROGRESS_TOPIC`` and ``FLEET_JOB_ATTEMPT`` (else Cloud Run's
-        ``CLOUD_RUN_TASK_ATTEMPT``, else 0). With ``FLEET_KEY_PATH`` (the agent's key file) and
-        ``FLEET_TENANT`` every report is signed by that key.
+        ``CLOUD_RUN_TASK_ATTEMPT``, else 0). With ``FLEET_JOB_KEY`` (the job's own key, which the fleet's
+        launcher gives the run it starts, and the only key the fleet believes for the job's reports) and
+        ``FLEET_TENANT``, every report is signed.
         """
         env = os.environ if env is None else env
         missing = [name for name in (JOB_ID_ENV, AGENT_ID_ENV) if not env.get(name, "").strip()]
@@ -203,7 +205,8 @@ class JobReporter:
                 "the fleet's launcher sets them (set them by hand to run outside the fleet)"
             )
         project = env.get(PROJECT_ENV, "").strip() or env.get("GCLOUD_PROJECT", "").strip() or None
-        key_path = env.get(KEY_PATH_ENV, "").strip()
+        job_key = env.get(JOB_KEY_ENV, "").strip()
+        signer = AgentKey.from_pem(job_key.replace("\\n", "\n")) if job_key else None
         return cls(
             env[JOB_ID_ENV].strip(),
             env[AGENT_ID_ENV].strip(),
@@ -211,7 +214,7 @@ class JobReporter:
             topic=env.get(TOPIC_ENV, "").strip() or None,
             publisher=publisher,
             attempt=_attempt(env),
-            signer=AgentKey.load(key_path) if key_path else None,
+            signer=signer,
             tenant=env.get(TENANT_ENV, "").strip() or None,
         )
 

@@ -9,6 +9,11 @@ so checking a signature costs no read. The rules:
 - After a rotation the previous key stays valid until ``valid_until`` (an overlap), judged by when Pub/Sub
   received the event, so events already in flight are not lost.
 - A revoked key's events are refused; the agent enrolls again with a new token.
+- The fleet speaks for an agent in one case only: a training job's settlement, the cost batch
+  ``job.<job id>`` (shared/training/follow.py), is signed by the fleet key and by nothing else
+  (:func:`check_settlement`). No other event is believed from the fleet key, and no agent may send a
+  ``job.`` batch (it would take the settlement's marker and hide the job's spend).
+- A training run signs its reports with its job's own key (:func:`check_job`), valid while the job runs.
 
 Pure: the signature check is arithmetic (fleet_agent.identity.verify), no I/O.
 """
@@ -25,6 +30,12 @@ from fleet_agent.identity import key_id_of, verify
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.domain.rejections import Code, Rejected
+
+#: Cost batches with this id prefix are the fleet's job settlements: signed by the fleet key only.
+SETTLEMENT_PREFIX = "job."
+#: A job's key still verifies reports Pub/Sub received this long after the fleet recorded the job's end
+#: (the clocks of Pub/Sub and of the function that saw the end may differ by this much).
+JOB_KEY_GRACE = timedelta(seconds=30)
 
 #: Revoked key ids remembered per agent (a revoked key is refused as revoked rather than unknown).
 REMEMBERED_REVOKED = 10
@@ -148,6 +159,67 @@ def check_possession(public_key: str, signature: Signature | None, message: Call
         )  # fmt: skip
 
 
+def is_settlement(batch_id: str) -> bool:
+    return batch_id.startswith(SETTLEMENT_PREFIX)
+
+
+def check_settlement(
+    fleet_public_key: str | None, signature: Signature | None, message: Callable[[], bytes], *, agent_id: str,
+    tenant: str | None,
+) -> None:  # fmt: skip
+    """A settlement batch (:func:`is_settlement`) is proven by the fleet key alone, for any agent of any
+    tenant, whatever the agent's keys or its tenant's policy. Raises Rejected."""
+    if fleet_public_key is None:
+        raise _refused(Code.UNSIGNED, "no fleet key is configured to check a job settlement", agent_id, tenant)
+    if signature is None:
+        raise _refused(Code.UNSIGNED, f"job settlements ({SETTLEMENT_PREFIX}*) are signed by the fleet", agent_id,
+                       tenant)  # fmt: skip
+    if signature.key_id != key_id_of(fleet_public_key):
+        raise _refused(
+            Code.UNKNOWN_KEY,
+            f"key {signature.key_id} is not the fleet's: batches {SETTLEMENT_PREFIX}* are the fleet's job settlements",
+            agent_id,
+            tenant,
+        )
+    if not verify(fleet_public_key, signature, message()):
+        raise _refused(Code.BAD_SIGNATURE, "the settlement's signature does not verify with the fleet key", agent_id,
+                       tenant)  # fmt: skip
+
+
+def check_job(
+    job_key: str | None,
+    finished_at: datetime | None,
+    signature: Signature | None,
+    message: Callable[[], bytes],
+    *,
+    policy: Policy,
+    received_at: datetime,
+    agent_id: str,
+    tenant: str,
+) -> bool:
+    """A training run's report, proven by its job's own key (``job_key``, minted at launch); True when
+    signed. A job with a key must sign every report; a job without one (launched before jobs had keys)
+    is held to its tenant's policy like an agent without a key. The key verifies reports Pub/Sub received
+    before the job ended (``finished_at``, plus :data:`JOB_KEY_GRACE`): a finished job's key proves
+    nothing. Raises Rejected."""
+    if signature is None:
+        if job_key is not None or policy is Policy.REQUIRED:
+            raise _refused(Code.UNSIGNED, f"the job's reports must be signed with its job key (agent {agent_id})",
+                           agent_id, tenant)  # fmt: skip
+        return False
+    if job_key is None or signature.key_id != key_id_of(job_key):
+        raise _refused(Code.UNKNOWN_KEY, f"key {signature.key_id} is not the job's key", agent_id, tenant)
+    if finished_at is not None and received_at >= finished_at + JOB_KEY_GRACE:
+        raise _refused(
+            Code.UNKNOWN_KEY, f"key {signature.key_id} belongs to a job that ended at {finished_at.isoformat()}",
+            agent_id, tenant,
+        )  # fmt: skip
+    if not verify(job_key, signature, message()):
+        raise _refused(Code.BAD_SIGNATURE, "the report's signature does not verify with the job's key", agent_id,
+                       tenant)  # fmt: skip
+    return True
+
+
 def bind(stored: dict[str, Any] | None, public_key: str, *, token_id: str, at: datetime) -> dict[str, Any]:
     """The identity after an enrollment: ``public_key`` is the only key."""
     identity = AgentIdentity.of(stored)
@@ -167,6 +239,18 @@ def rotate(stored: dict[str, Any] | None, public_key: str, *, at: datetime, over
     identity.keys = [KeyRecord(key_id=key_id_of(public_key), public_key=public_key, bound_at=at), *previous]
     identity.rotations += 1
     return identity.doc()
+
+
+def rotated_to(stored: dict[str, Any] | None, claimed_public_key: str | None, signed_by: str | None) -> str | None:
+    """The key id to confirm to the agent (``key_rotated``) when a rotation's new key (``claimed_public_key``,
+    presented by a registration signed by another key, ``signed_by``) is the agent's current key in
+    ``stored`` (its identity as written); None otherwise."""
+    current = AgentIdentity.of(stored).current
+    if claimed_public_key is None or current is None or current.public_key != claimed_public_key:
+        return None
+    if signed_by is None or signed_by == current.key_id:  # not a rotation: the key presents itself
+        return None
+    return current.key_id
 
 
 def revoke(stored: dict[str, Any] | None, *, at: datetime, by: str) -> dict[str, Any]:

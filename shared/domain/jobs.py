@@ -262,6 +262,9 @@ class Job(JobFields):
     stop_pending: bool = False
     #: What the backend keeps of the ended run was freed (a Cloud Run job deleted).
     released: bool = False
+    #: The public half of the job's own key (shared/training/job_keys.py), written before its run starts:
+    #: the run's reports are signed with the private half, which only the run holds.
+    job_key: str | None = None
 
     @property
     def final(self) -> bool:

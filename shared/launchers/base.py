@@ -64,6 +64,9 @@ class LaunchSpec:
     #: Seconds a finished Kubernetes Job is kept before it is deleted (ttlSecondsAfterFinished).
     keep_finished_s: int = 86400
     labels: dict[str, str] = field(default_factory=dict)
+    #: Environment variables whose values are secret (the job's key, ``FLEET_JOB_KEY``): the process
+    #: environment locally, a Kubernetes Secret owned by the Job on GKE, the job's env on Cloud Run.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
     #: The identity the run gets (Cloud Run); None: the backend's default for tenant training jobs. System
     #: runs (retraining) name their own, so a tenant's image never runs with their rights.
     service_account: str | None = None

@@ -105,7 +105,8 @@ def job_message(spec: LaunchSpec, *, project: str, region: str, service_account:
         image=spec.image,
         command=command[:1],
         args=command[1:],
-        env=[run_v2.EnvVar(name=key, value=value) for key, value in spec.env.items()],
+        # The secrets (the job's key) too: readable by whoever may read this Cloud Run job (docs/jobs.md).
+        env=[run_v2.EnvVar(name=key, value=value) for key, value in {**spec.env, **spec.secrets}.items()],
         resources=run_v2.ResourceRequirements(limits=resource_limits(spec)),
     )
     task = run_v2.TaskTemplate(

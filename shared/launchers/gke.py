@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from shared.domain.run_phase import Backend, Phase, RunStatus
 from shared.launchers.base import JOB_LABEL, TENANT_LABEL, Handle, LaunchError, LaunchSpec, NotOurs
-from shared.launchers.gke_manifest import job_manifest, namespace_for
+from shared.launchers.gke_manifest import job_manifest, namespace_for, secret_manifest
 from shared.launchers.gke_status import api_message, describe, run_status
 
 if TYPE_CHECKING:
@@ -110,7 +110,8 @@ class GkeLauncher:
             try:
                 # The client (pydantic models since kubernetes 35) reads the dict into a V1Job and writes it
                 # back: the same JSON, as the tests check against job_manifest().
-                batch.create_namespaced_job(namespace, cast(Any, manifest), _request_timeout=_K8S_TIMEOUT)
+                created = batch.create_namespaced_job(namespace, cast(Any, manifest), _request_timeout=_K8S_TIMEOUT)
+                self._ensure_secret(api, spec, namespace, created)
                 return self._handle(namespace, name)
             except ApiException as exc:
                 if exc.status == 404 and namespace_problem:
@@ -134,6 +135,7 @@ class GkeLauncher:
                     f"Job {namespace}/{name} on {self.cluster_path} exists and belongs to "
                     f"{JOB_LABEL}={owner!r}, not to job {spec.job_id!r}"
                 )
+            self._ensure_secret(api, spec, namespace, existing)  # a launch that crashed before making it
             return self._handle(namespace, name)
 
     def status(self, handle: Handle) -> RunStatus:
@@ -204,6 +206,23 @@ class GkeLauncher:
         if not namespace or not name:
             raise LaunchError(f"malformed GKE handle: {handle.name!r}", transient=False)
         return namespace, name
+
+    def _ensure_secret(self, api: ApiClient, spec: LaunchSpec, namespace: str, job: V1Job) -> None:
+        """The Job's Secret (its env's secrets), owned by the Job; one that exists already is kept."""
+        if not spec.secrets:
+            return
+        # lazy: the kubernetes client loads only when a job runs on GKE
+        from kubernetes import client as k8s
+        from kubernetes.client.exceptions import ApiException
+
+        uid = str(job.metadata.uid if job.metadata else "")
+        try:
+            k8s.CoreV1Api(api).create_namespaced_secret(
+                namespace, cast(Any, secret_manifest(spec, namespace, uid)), _request_timeout=_K8S_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # 409: made by the attempt before
+                raise
 
     def _ensure_namespace(self, api: ApiClient, namespace: str, tenant: str) -> str:
         """Create the tenant's namespace unless known to exist. Returns "" or, when it could not be

@@ -13,6 +13,9 @@ What the Job looks like is :func:`job_manifest` (a pure function, a plain dict):
 * GPUs: ``nvidia.com/gpu`` limit, the GKE accelerator node selector and the GPU taint's toleration; spot:
   ``cloud.google.com/gke-spot: "true"``. ``terminationGracePeriodSeconds`` is 30 s, spot's notice (on a
   spot node shutdown the kubelet gives regular pods the first 15 s of it: checkpoint promptly on SIGTERM).
+* secrets (the job's key, ``FLEET_JOB_KEY``) are never in the Job: its env names them in a Secret of the
+  Job's name (:func:`secret_manifest`), created right after the Job and owned by it, so Kubernetes deletes
+  it with the Job. The pod waits (``CreateContainerConfigError``, retried by the kubelet) until it exists.
 """
 
 from __future__ import annotations
@@ -77,8 +80,12 @@ def job_manifest(spec: LaunchSpec, namespace: str, *, fail_job_exit_codes: Seque
     container: dict[str, Any] = {"name": CONTAINER, "image": spec.image}
     if spec.command:
         container["command"] = list(spec.command)
-    if spec.env:
-        container["env"] = [{"name": key, "value": value} for key, value in spec.env.items()]
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in spec.env.items()]
+    env += [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.name, "key": key}}} for key in sorted(spec.secrets)
+    ]
+    if env:
+        container["env"] = env
     limits: dict[str, str] = dict(resources)
     if spec.gpu > 0:
         limits[GPU_RESOURCE] = str(spec.gpu)
@@ -119,4 +126,21 @@ def job_manifest(spec: LaunchSpec, namespace: str, *, fail_job_exit_codes: Seque
             "podFailurePolicy": {"rules": rules},
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
         },
+    }
+
+
+def secret_manifest(spec: LaunchSpec, namespace: str, job_uid: str) -> dict[str, Any]:
+    """The ``v1`` Secret holding ``spec.secrets``, named as the Job and owned by it (uid ``job_uid``):
+    Kubernetes' garbage collector deletes it with the Job (``ttlSecondsAfterFinished``, a cancel)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": spec.name,
+            "namespace": namespace,
+            "labels": spec.all_labels(),
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": spec.name, "uid": job_uid}],
+        },
+        "stringData": dict(spec.secrets),
     }

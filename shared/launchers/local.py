@@ -67,7 +67,7 @@ class LocalLauncher:
             return handle  # launched before: never a second process
         (run / "job_id").write_text(spec.job_id)
         (run / "spec.json").write_text(json.dumps({"command": list(spec.command), "labels": spec.all_labels()}))
-        env = {**os.environ, **spec.env}
+        env = {**os.environ, **spec.env, **spec.secrets}  # the secrets in the process's environment only
         argv = [
             sys.executable,
             "-m",

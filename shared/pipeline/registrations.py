@@ -6,6 +6,11 @@ use are written in one batch, with preconditions on the agent document and on th
 read; when either changed meanwhile, both are read again and the registration decided again. A
 redelivered enrollment is a duplicate (its event id is remembered with the agent) and consumes nothing.
 
+A rotation (a registration carrying a new key, signed by the current one) is confirmed to the agent with
+a signed ``key_rotated`` command naming the new key, sent once the new key is stored as current (and
+again for a redelivered or repeated rotation): the SDK signs with the new key only then, so no event
+signed by it arrives before the key is bound (Pub/Sub does not order across topics).
+
 After an enrollment the agent's own command subscription is made (idempotent) before any command is
 published to it; a registration carrying a token makes sure of it every time it is accepted or found a
 duplicate, so a failure there (raise, redelivery) is repaired by the redelivery.
@@ -13,7 +18,9 @@ duplicate, so a failure there (raise, redelivery) is repaired by the redelivery.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+
+from fleet_agent.contracts import Command, CommandType
 
 from shared.domain import agents as agent_domain
 from shared.domain import identity, registration_keys
@@ -37,6 +44,8 @@ def process(decoded: Decoded) -> Plan:
     token: token_store.TokenSnapshot | None = None
     token_read = False
     overlap = timedelta(seconds=settings.get().key_overlap_s)
+    signer = decoded.signature.key_id if decoded.signature is not None else None
+    confirm: list[str] = []  # the rotation's new key id, when it is the agent's current key as written
 
     def decide(current: AgentRecord | None) -> Plan:
         tenant = current.tenant if current is not None else reg.tenant
@@ -51,6 +60,9 @@ def process(decoded: Decoded) -> Plan:
             current.identity if current is not None else None, tenant, reg, proof,
             policy=config.identity(tenant).policy, received_at=received_at, event_id=decoded.event_id,
         )  # fmt: skip
+        rotation = reg.identity.public_key if reg.identity is not None and not reg.identity.enrollment_token else None
+        stored = keys.identity if keys.identity is not None else (current.identity if current is not None else None)
+        confirm[:] = [key_id] if (key_id := identity.rotated_to(stored, rotation, signer)) else []
         return agent_domain.apply_registration(
             current, reg, event_id=decoded.event_id, received_at=received_at, keys=keys
         )
@@ -86,7 +98,9 @@ def process(decoded: Decoded) -> Plan:
                 token = token_store.read(token_id)
             principal = token.token.principal if token is not None and token.token.token_id == token_id else None
         command_channels.ensure(reg.agent_id, principal)
-    if plan.commands:  # the agent's holds, re-sent to a restarted agent
+    if confirm and plan.skipped != "superseded":
+        plan.commands.append(key_rotated(reg.agent_id, confirm[0]))
+    if plan.commands:  # the agent's holds, re-sent to a restarted agent; a rotation's confirmation
         agent_commands.publish(plan.commands)
     return plan
 
@@ -96,3 +110,15 @@ def _enrolled_by(agent_id: str, token_id: str | None) -> bool:
     snap = agent_store.cache.get(agent_id)
     bound = identity.AgentIdentity.of(snap.record.identity).token_id if snap is not None else None
     return token_id is not None and bound == token_id
+
+
+def key_rotated(agent_id: str, key_id: str) -> Command:
+    """The confirmation of a rotation to ``key_id`` (one id per key: the SDK acts on it once)."""
+    return Command(
+        agent_id=agent_id,
+        command=CommandType.KEY_ROTATED,
+        reason=f"key {key_id} is now the agent's key",
+        issued_at=datetime.now(UTC),
+        command_id=f"key_rotated.{key_id}",
+        key_id=key_id,
+    )

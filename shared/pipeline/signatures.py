@@ -10,6 +10,9 @@ recorded (:func:`check_fresh`, and shared/store/agents.py ``update`` for the pat
 so a rotation or enrollment made by another instance never refuses the new key's events. An acceptance
 on a cached copy stands: on the heartbeat path the write carries a precondition (a revocation since
 fails it, and the decision is made again); on the cost path see shared/services/accounting.py.
+
+A job settlement (the cost batch ``job.<id>``) is the fleet's, not the agent's: :func:`check_settlement`
+proves it with the fleet key this instance already loads to sign commands (no read either).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from shared.domain import identity
 from shared.domain.agent_record import AgentRecord
 from shared.domain.rejections import Rejected
 from shared.pipeline.decoding import Decoded
+from shared.platform import fleet_key
 from shared.store import agents as agent_store
 from shared.store import config
 
@@ -60,3 +64,19 @@ def check_fresh(
     if fresh is None:
         return None, None
     return fresh, check(decoded, fresh.record)
+
+
+def fleet_public_key() -> str | None:
+    """The fleet key's public half (loaded once per instance); None when no fleet key is configured."""
+    try:
+        return fleet_key.public_key()
+    except fleet_key.MissingFleetKey:
+        return None
+
+
+def check_settlement(decoded: Decoded, record: AgentRecord) -> None:
+    """A job settlement for ``record``'s agent, signed by the fleet key over the agent's tenant. Raises Rejected."""
+    identity.check_settlement(
+        fleet_public_key(), decoded.signature, decoded.signed_bytes(record.tenant), agent_id=record.agent_id,
+        tenant=record.tenant,
+    )  # fmt: skip

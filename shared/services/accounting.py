@@ -25,7 +25,7 @@ from typing import Any
 
 from fleet_agent.contracts import Command, CostBatch
 
-from shared.domain import budgets, holds, protection, spend
+from shared.domain import budgets, holds, identity, protection, spend
 from shared.domain import usage as usage_domain
 from shared.domain.agent_record import AgentRecord, Plan, Step, combine
 from shared.domain.lifecycle import State
@@ -57,7 +57,14 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     # ago (a refusal is confirmed on a fresh read). Nothing conditions the count on the agent document,
     # so a key revoked (or an overlap ended) elsewhere still has its batches counted by an instance for
     # up to FLEET_CONFIG_CACHE_S (10 s by default): the revocation delay of the cost path.
-    snap, _key = signatures.check_fresh(decoded, lambda: agent_store.current(batch.agent_id, cfg.config_cache_s))
+    # A job settlement (batch ``job.<id>``) is proven by the fleet key alone (shared/domain/identity.py).
+    load = lambda: agent_store.current(batch.agent_id, cfg.config_cache_s)  # noqa: E731
+    if identity.is_settlement(batch.batch_id):
+        snap = load()
+        if snap is not None:
+            signatures.check_settlement(decoded, snap.record)
+    else:
+        snap, _key = signatures.check_fresh(decoded, load)
     if snap is None:
         raise unknown(batch.agent_id, received_at)
     agent = snap.record

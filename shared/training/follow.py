@@ -3,7 +3,8 @@
 Each admitted or running job is compared with its backend (shared/domain/job_runs.py decides):
 state changes, preemptions, cost so far, stalls, the end. A finished job is *settled*: its actual
 cost is charged to its agent's usage exactly once (a cost batch named after the job, counted by
-``fleet-costs`` like any other, so budgets and holds apply), and a Slack requester is told. Then
+``fleet-costs`` like any other, so budgets and holds apply; signed by the fleet key, the only key
+the cost path believes for a ``job.`` batch), and a Slack requester is told. Then
 every tenant with waiting jobs gets an admission pass (quota freed, priorities aged).
 """
 
@@ -25,7 +26,7 @@ from shared.domain.jobs import Job, JobState
 from shared.domain.run_phase import FINAL_PHASES
 from shared.launchers import registry
 from shared.launchers.base import Handle, LaunchError
-from shared.platform import logs, metering, settings, topology
+from shared.platform import fleet_key, logs, metering, settings, topology
 from shared.services import agent_commands, agent_controls, approvals
 from shared.slack import web_api
 from shared.store import config, db
@@ -254,7 +255,8 @@ def charge(job: Job) -> str:
         left -= amount
         part += 1
     batch = CostBatch(agent_id=job.agent_id, batch_id=f"job.{job.id}", records=records)
-    body, attributes = encode(batch, event_id=f"job.{job.id}")
+    # Signed by the fleet key: the cost path believes a ``job.`` batch from the fleet only (docs/security.md).
+    body, attributes = encode(batch, event_id=f"job.{job.id}", signer=fleet_key.get(), tenant=job.tenant)
     client = agent_commands.publisher()
     topic = client.topic_path(settings.get().project, topology.load().topic_for(EventType.COST.value).name)
     message_id = str(client.publish(topic, body, **attributes).result(timeout=agent_commands.PUBLISH_TIMEOUT_S))

@@ -4,6 +4,9 @@ for a job whose hand-over was lost or whose launch crashed).
 The launch itself is idempotent (the backend resource is named from the job id), so launching again
 after a crash finds the first run. The handle is then written with a precondition; a job cancelled
 meanwhile gets its fresh run cancelled.
+
+Before the run starts, the public half of the job's own key (shared/training/job_keys.py, the same key
+on every attempt) is written on the job; the private half goes to the run only (``FLEET_JOB_KEY``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 
+from fleet_agent.identity import AgentKey
+
 from shared.domain import jobs as domain
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobState
@@ -22,6 +27,7 @@ from shared.launchers.base import Handle, Launcher, LaunchError, LaunchSpec
 from shared.platform import logs, metering, settings
 from shared.store import config, db
 from shared.store import jobs as store
+from shared.training import job_keys
 from shared.training.job_audit import entry
 
 log = logs.get_logger("training.launch")
@@ -36,8 +42,9 @@ def image() -> str:
     return os.environ.get("FLEET_TRAINING_IMAGE") or f"{region}-docker.pkg.dev/{s.project}/fleet/training:latest"
 
 
-def spec_of(job: Job) -> LaunchSpec:
-    """What the backend runs: the job's image and command, or the built-in workload."""
+def spec_of(job: Job, key: AgentKey | None = None) -> LaunchSpec:
+    """What the backend runs: the job's image and command, or the built-in workload; ``key``: the job's
+    own key, handed to the run as the secret ``FLEET_JOB_KEY``."""
     command: tuple[str, ...] = tuple(job.command or ())
     if not command and job.image is None:
         command = (sys.executable, "-m", "jobs.train") if job.backend.value == "local" else BUILT_IN
@@ -66,6 +73,7 @@ def spec_of(job: Job) -> LaunchSpec:
         max_runtime_s=job.max_runtime_s,
         max_retries=config.jobs(job.tenant).max_retries,
         labels={"fleet-job-name": job.name},
+        secrets={job_keys.ENV: job_keys.env_value(key)} if key is not None else {},
     )
 
 
@@ -81,8 +89,13 @@ def launch(job_id: str, now: datetime) -> str:
         return _stop_started(found)
     if found.state is not JobState.ADMITTED or found.handle is not None:
         return "nothing_to_do"
+    key = job_keys.for_job(job_id)
+    if key is not None and found.job_key != key.public_key:
+        found = _record_key(job_id, key.public_key)
+        if found is None or found.state is not JobState.ADMITTED or found.handle is not None:
+            return "nothing_to_do"
     try:
-        handle = registry.get(found.backend).launch(spec_of(found))
+        handle = registry.get(found.backend).launch(spec_of(found, key))
     except LaunchError as exc:
         if exc.transient:
             _count_attempt(job_id, now, exc.reason)
@@ -121,6 +134,17 @@ def _stop_started(job: Job) -> str:
     store.ref(job.id).update({"stop_pending": False}, **db.call_options())
     metering.count(writes=1)
     return "cancelled"
+
+
+def _record_key(job_id: str, public_key: str) -> Job | None:
+    """Write the job key's public half on the admitted job, before its run can report."""
+
+    def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
+        if job.state is not JobState.ADMITTED or job.handle is not None or job.job_key == public_key:
+            return None
+        return job.model_copy(update={"job_key": public_key}), []
+
+    return store.change(job_id, step)
 
 
 def _record(job_id: str, handle: Handle, now: datetime) -> Job | None:

@@ -4,35 +4,46 @@ The latest report by ``seq`` is kept on the job (``progress``); a final one's me
 ``result``. A redelivered or reordered report (``seq`` not above the stored one) changes nothing, so
 the handler is idempotent. The job's *state* stays the backend's word (the reconcile tick).
 
-A report names its agent (``agent_id``, the job's agent): it is signed by that agent's key, checked on
-the agent document as this instance last saw it (at most FLEET_CONFIG_CACHE_S old; a refusal is
-confirmed on a fresh read) before the job is read. Reports are few (one per logged step), so this read
-is about one per agent and instance every FLEET_CONFIG_CACHE_S, not one per report.
+A report is proven by its job's own key (shared/training/job_keys.py: minted at launch, its public half
+on the job, its private half given to the run alone), checked on the job document the handler reads
+anyway, before anything is decided: no agent document is read. The key verifies reports Pub/Sub
+received while the job was not final (shared/domain/identity.py ``check_job``). A job launched without a
+key (no fleet key configured) is held to its tenant's identity policy like an agent without a key.
 """
 
 from __future__ import annotations
 
 from fleet_agent.contracts import JobPhase, JobProgress
 
+from shared.domain import identity
 from shared.domain.agent_record import Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job
 from shared.domain.rejections import Code, Rejected
-from shared.pipeline import signatures
 from shared.pipeline.decoding import Decoded
-from shared.platform import settings
-from shared.store import agents as agent_store
+from shared.store import config
 from shared.store import jobs as store
+
+
+def check(decoded: Decoded, job: Job, agent_id: str) -> None:
+    """``decoded`` (a report for ``job``) is signed by the job's key while the job runs. Raises Rejected."""
+    unsigned_unkeyed = decoded.signature is None and job.job_key is None
+    identity.check_job(
+        job.job_key,
+        job.finished_at if job.final else None,
+        decoded.signature,
+        decoded.signed_bytes(job.tenant),
+        # The policy matters only to an unsigned report of a job without a key: read (cached) only then.
+        policy=config.identity(job.tenant).policy if unsigned_unkeyed else identity.Policy.REQUIRED,
+        received_at=decoded.message.published_at,
+        agent_id=agent_id,
+        tenant=job.tenant,
+    )
 
 
 def process(decoded: Decoded) -> Plan:
     event = decoded.event
     assert isinstance(event, JobProgress)
-    max_age = settings.get().config_cache_s
-    snap, _key = signatures.check_fresh(decoded, lambda: agent_store.current(event.agent_id, max_age))
-    if snap is None:  # a job names an agent that exists: no report of an unknown agent is believed
-        raise Rejected(Code.UNKNOWN_JOB, f"agent {event.agent_id} of job {event.job_id} is not registered",
-                       agent_id=event.agent_id)  # fmt: skip
     report = {
         "phase": event.phase.value,
         "step": event.step,
@@ -46,6 +57,7 @@ def process(decoded: Decoded) -> Plan:
     outcome: list[str] = []
 
     def step(job: Job) -> tuple[Job, list[AuditEntry]] | None:
+        check(decoded, job, event.agent_id)  # first: nothing an unproven report says is looked at
         if job.agent_id != event.agent_id:
             raise Rejected(
                 Code.UNKNOWN_JOB, f"job {event.job_id} belongs to agent {job.agent_id}", agent_id=event.agent_id

@@ -15,6 +15,11 @@ It speaks enough of the real API for the official ``kubernetes`` Python client (
                                                     also deletes its Pods, none (Orphan, the Job API's
                                                     legacy default) leaves them
     GET    /api/v1/namespaces/{ns}/pods             PodList, ``?labelSelector=a=b,c!=d`` (equality selectors)
+    POST   /api/v1/namespaces/{ns}/secrets          create a Secret (``stringData`` kept as ``data``, base64;
+                                                    409 if the name is taken)
+    GET    /api/v1/namespaces/{ns}/secrets/{n}      a Secret; deleting a Job (Background or Foreground) deletes
+                                                    the Secrets it owns (``ownerReferences``), as the garbage
+                                                    collector does
 
 Objects carry what the client's models expect (apiVersion, kind, metadata.uid, creationTimestamp,
 resourceVersion...) and every error is a ``Status`` object (status Failure, reason, code, message), so the
@@ -42,6 +47,7 @@ until ``backoffLimit`` is exceeded). Tests drive it in-process:
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import hashlib
 import json
@@ -162,6 +168,7 @@ class _State:
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.log: list[dict[str, Any]] = []
         #: Failures to inject: (status, remaining count, method or None, path substring or None).
         self.failures: list[list[Any]] = []
@@ -277,6 +284,8 @@ class _State:
         if propagation in ("Background", "Foreground"):
             for key in [k for k, pod in self.pods.items() if _owned_by(pod, job)]:
                 del self.pods[key]
+            for key in [k for k, secret in self.secrets.items() if _owned_by(secret, job)]:
+                del self.secrets[key]
         else:  # Orphan: the pods stay, without their owner
             for pod in self.pods.values():
                 if _owned_by(pod, job):
@@ -288,6 +297,33 @@ class _State:
             "status": "Success",
             "details": {"name": name, "group": "batch", "kind": "jobs", "uid": job["metadata"]["uid"]},
         }
+
+    # --- secrets --------------------------------------------------------------------------------
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.namespace(namespace)
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        if not name:
+            raise ApiError(422, "Secret is invalid: metadata.name: Required value")
+        if (namespace, name) in self.secrets:
+            raise ApiError(409, f'secrets "{name}" already exists', details={"name": name, "kind": "secrets"})
+        data = dict(body.get("data") or {})
+        for key, value in (body.get("stringData") or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": body.get("type") or "Opaque",
+            "metadata": {**meta, **self.new_meta(name, namespace, meta.get("labels"))},
+            "data": data,
+        }
+        self.secrets[(namespace, name)] = secret
+        return secret
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any]:
+        if (namespace, name) not in self.secrets:
+            raise _not_found("secrets", "", name)
+        return self.secrets[(namespace, name)]
 
     # --- pods and the job controller ------------------------------------------------------------
     def job_pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -591,6 +627,8 @@ _NAMESPACE = re.compile(r"^/api/v1/namespaces/([^/]+)$")
 _JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs$")
 _JOB = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs/([^/]+)$")
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
+_SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets$")
+_SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets/([^/]+)$")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -675,6 +713,12 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "DELETE":
                 propagation = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
                 return 200, state.delete_job(match.group(1), match.group(2), propagation)
+        elif match := _SECRETS.match(path):
+            if method == "POST":
+                return 201, state.create_secret(match.group(1), body if isinstance(body, dict) else {})
+        elif match := _SECRET.match(path):
+            if method == "GET":
+                return 200, state.secret(match.group(1), match.group(2))
         elif match := _PODS.match(path):
             if method == "GET":
                 selector = query.get("labelSelector", "")

@@ -2,6 +2,9 @@
 Firestore and Pub/Sub emulators, launches by ``fleet-actions``, the reconcile tick (``jobs-reconcile``)
 and the runs' own progress reports. Local runs are real processes (jobs/train.py with scikit-learn);
 GKE and Cloud Run are reached through their client libraries against the local fakes of conftest.
+
+Every tenant here requires signed events: its agent enrolls with a token, a run signs its reports with
+its job's own key (FLEET_JOB_KEY, handed to it at launch), and a job's settlement is signed by the fleet.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any
 
 import pytest
 from fleet_agent.contracts import JobProgress
+from fleet_agent.identity import AgentKey
 
+from shared.training import job_keys
 from tests.integration.conftest import Api, CloudFakes, Slack, SlackApp, approval_message, tick, wait_for
-from tests.integration.helpers import agent_doc, make_key, publish, registration
+from tests.integration.helpers import agent_doc, enrollment_token, make_key, publish, registration
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +36,29 @@ def tenant(api: Api) -> str:
     name = f"j{uuid.uuid4().hex[:10]}"
     roles = {APPROVER: "approver", OPERATOR: "operator"}
     assert api.send("PUT", f"/v1/tenants/{name}/roles", {"roles": roles}).status_code == 200
+    reply = api.send("PUT", f"/v1/tenants/{name}/identity", {"policy": "required"})
+    assert reply.status_code == 200, reply.text
     return name
 
 
 @pytest.fixture
-def agent(publisher: Any, firestore: Any, tenant: str, agent_id: str) -> str:
-    publish(publisher, registration(agent_id, tenant=tenant, owner="owner@example.com"))
-    wait_for(lambda: agent_doc(firestore, agent_id))
+def agent_key() -> AgentKey:
+    return AgentKey.generate()
+
+
+@pytest.fixture
+def agent(stack: Any, publisher: Any, firestore: Any, tenant: str, agent_id: str, agent_key: AgentKey) -> str:
+    """An agent enrolled with a token: its tenant requires signed events."""
+    claim = {"public_key": agent_key.public_key, "enrollment_token": enrollment_token(stack, tenant)}
+    reg = registration(agent_id, tenant=tenant, owner="owner@example.com", identity=claim, sent_at=datetime.now(UTC))
+    publish(publisher, reg, signer=agent_key)
+    wait_for(lambda: (d := agent_doc(firestore, agent_id)) and d["identity"].get("keys"))
     return agent_id
+
+
+def job_key(stack: Any, job_id: str) -> AgentKey:
+    """The key the fleet handed to the job's run (derived from the fleet key: shared/training/job_keys.py)."""
+    return job_keys.derive(stack.env["FLEET_COMMAND_KEY"].replace("\\n", "\n").encode(), job_id)
 
 
 def submit(api: Api, agent: str, **fields: Any) -> dict[str, Any]:
@@ -234,7 +254,7 @@ def test_a_launch_lost_after_admission_is_relaunched_once_by_the_tick(
 
 
 def test_progress_reports_are_idempotent_and_unknown_jobs_are_rejected(
-    api: Api, publisher: Any, agent: str, firestore: Any
+    api: Api, publisher: Any, agent: str, firestore: Any, stack: Any, tenant: str, agent_key: AgentKey
 ) -> None:
     created = submit(
         api, agent, name="reports", training_config={**FAST, "step_sleep_s": 1}, hyperparameters={"epochs": 60}
@@ -252,15 +272,21 @@ def test_progress_reports_are_idempotent_and_unknown_jobs_are_rejected(
             metrics={"loss": 1 / step},
         )
 
-    big = 10**18  # above any clock-based seq of the real run
-    publish(publisher, report(big + 2, 50))
+    key = job_key(stack, created["id"])
+    wait_for(lambda: job(api, created["id"])["handle"])
+    big = 2**53 - 100  # above any clock-based seq of the real run (µs), and still signable (RFC 8785)
+    publish(publisher, report(big + 2, 50), signer=key, tenant=tenant)
     wait_for(lambda: (job(api, created["id"])["progress"] or {}).get("step") == 50)
-    publish(publisher, report(big + 2, 50))  # a redelivery
-    publish(publisher, report(big + 1, 40))  # late and reordered
-    time.sleep(2)
+    publish(publisher, report(big + 2, 50), signer=key, tenant=tenant)  # a redelivery
+    publish(publisher, report(big + 1, 40), signer=key, tenant=tenant)  # late and reordered
+    # Not the job's key: unsigned, or signed by the agent's own key (the job's key alone proves a report).
+    publish(publisher, report(big + 3, 55))
+    publish(publisher, report(big + 4, 56), signer=agent_key, tenant=tenant)
+    for code in ("unsigned", "unknown_key"):
+        assert wait_for(lambda c=code: api.get("/v1/rejections", code=c, claimed_agent_id=agent).json()["items"])
     assert job(api, created["id"])["progress"]["step"] == 50
     stranger = JobProgress(agent_id=agent, job_id="j-00000000000000000000", seq=1, at=now, phase="started")
-    publish(publisher, stranger)
+    publish(publisher, stranger, signer=key, tenant=tenant)
     rejected = wait_for(lambda: api.get("/v1/rejections", code="unknown_job", agent_id=agent).json()["items"])
     assert "does not exist" in rejected[0]["reason"]
     api.send("POST", f"/v1/jobs/{created['id']}/cancel", {})

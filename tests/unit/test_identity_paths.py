@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from fleet_agent.contracts import CostBatch, EventType, Heartbeat, JobProgress, encode
+from fleet_agent.contracts import CostBatch, EventType, Heartbeat, encode
 from fleet_agent.identity import AgentKey, EnrollmentToken
 
 from shared.domain import identity
@@ -223,21 +223,6 @@ def test_the_stored_marker_retention_is_the_one_checked(monkeypatch: pytest.Monk
     from shared.platform import settings
 
     assert seen["marker_retention"] == accounting.marker_retention(settings.get().retention_days)
-
-
-def test_job_progress_is_checked_against_the_jobs_agent_before_the_job_is_read(
-    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from shared.store import jobs as job_store
-    from shared.training import progress
-
-    monkeypatch.setattr(job_store, "change", lambda *a, **k: pytest.fail("the job must not be read"))
-    store["agent"] = agent(AgentKey.generate())
-    report = JobProgress.model_validate({"job_id": "j-00000001", "agent_id": "chat-1", "phase": "progress", "seq": 1,
-                                         "at": NOW.isoformat()})  # fmt: skip
-    with pytest.raises(Rejected) as refused:
-        progress.process(decoded(report, AgentKey.generate()))
-    assert refused.value.code is Code.UNKNOWN_KEY
 
 
 def test_a_rejected_registration_keeps_no_token_secret_and_unproven_ones_are_noted(

@@ -231,12 +231,11 @@ def test_every_event_type_is_signed_and_verifies(tmp_path: Path, make_agent: Cal
     assert not signed_by(tampered, attrs, key.public_key), "the signature covers data"
 
 
-def test_a_job_reporter_signs_from_the_environment(tmp_path: Path) -> None:
+def test_a_job_reporter_signs_with_the_job_key_from_the_environment() -> None:
     key = AgentKey.generate()
-    key.save(tmp_path / "agent.key")
     publisher = FakePublisher()
     env = {"FLEET_JOB_ID": "j-abcdef12", "FLEET_AGENT_ID": "chat-7", "GOOGLE_CLOUD_PROJECT": "p"}
-    env |= {"FLEET_KEY_PATH": str(tmp_path / "agent.key"), "FLEET_TENANT": "acme"}
+    env |= {"FLEET_JOB_KEY": key.to_pem().decode().strip().replace("\n", "\\n"), "FLEET_TENANT": "acme"}
     with JobReporter.from_env(env, publisher=publisher) as reporter:
         reporter.started("go")
     ((envelope, attrs),) = publisher.sent(EventType.JOB_PROGRESS)
@@ -248,59 +247,7 @@ def test_a_job_reporter_signs_from_the_environment(tmp_path: Path) -> None:
 # -- rotation ---------------------------------------------------------------------------------------
 
 
-def test_rotation_is_signed_by_the_old_key_and_switches_only_once_published(
-    tmp_path: Path, make_agent: Callable[..., FleetAgent]
-) -> None:
-    path = tmp_path / "fleet.key"
-    publisher = FakePublisher()
-    agent = make_agent(publisher, key_path=path, enrollment_token=str(TOKEN))
-    agent.register()
-    old = AgentKey.load(path)
-    seen: list[tuple[str, str]] = []
-
-    def look(topic: str, data: bytes) -> None:  # the disk while the rotation is being published
-        if topic.endswith("agent-registrations"):
-            seen.append((AgentKey.load(path).key_id, AgentKey.load(tmp_path / "fleet.key.next").key_id))
-
-    publisher.on_publish = look
-    new = agent.rotate_key()
-    publisher.on_publish = None
-    assert seen == [(old.key_id, new.key_id)], "the new key is on disk (.next), the old still the key file"
-    envelope, attrs = publisher.sent(EventType.REGISTRATION)[-1]
-    assert envelope.data["identity"] == {"public_key": new.public_key}, "no token on a rotation"
-    assert signed_by(envelope, attrs, old.public_key)
-    assert AgentKey.load(path).key_id == new.key_id and not (tmp_path / "fleet.key.next").exists()
-    assert json.loads((tmp_path / "fleet.key.json").read_text())["key_id"] == new.key_id
-    agent.heartbeat().result()
-    envelope, attrs = publisher.sent(EventType.HEARTBEAT)[-1]
-    assert signed_by(envelope, attrs, new.public_key), "after the switch: the new key"
-    agent.register()
-    assert "identity" not in publisher.sent(EventType.REGISTRATION)[-1][0].data
-
-
-def test_a_rotation_not_accepted_keeps_the_old_key_and_is_finished_on_restart(
-    tmp_path: Path, make_agent: Callable[..., FleetAgent]
-) -> None:
-    path = tmp_path / "fleet.key"
-    agent = make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN))
-    agent.register()
-    old = AgentKey.load(path)
-    agent._publisher = failing = FakePublisher(fail=True)  # Pub/Sub refuses from now on
-    with pytest.raises(RuntimeError, match="503"):
-        agent.rotate_key()
-    agent.heartbeat()
-    envelope, attrs = failing.sent(EventType.HEARTBEAT)[-1]
-    assert signed_by(envelope, attrs, old.public_key), "still the old key"
-    assert AgentKey.load(path).key_id == old.key_id
-    pending = AgentKey.load(tmp_path / "fleet.key.next")
-
-    publisher = FakePublisher()  # the process restarts
-    restarted = make_agent(publisher, key_path=path)
-    restarted.register()
-    envelope, attrs = publisher.sent(EventType.REGISTRATION)[0]
-    assert envelope.data["identity"] == {"public_key": pending.public_key}
-    assert signed_by(envelope, attrs, old.public_key)
-    assert AgentKey.load(path).key_id == pending.key_id
+# Rotation: tests/unit/test_sdk_rotation.py.
 
 
 # -- fleet-agent enroll -----------------------------------------------------------------------------

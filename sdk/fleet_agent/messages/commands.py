@@ -25,6 +25,8 @@ class CommandType(StrEnum):
     RELEASE = "release"
     #: The answer to an agent's :class:`ApprovalRequest` (``request_id``, ``approval_id``, ``approved``).
     APPROVAL_DECIDED = "approval_decided"
+    #: The fleet has made ``key_id`` (a rotation's new key) the agent's current key: the agent switches to it.
+    KEY_ROTATED = "key_rotated"
 
 
 #: Commands after which the agent must not call its model, and the ones that lift each of them.
@@ -52,6 +54,8 @@ class Command(Strict):
     request_id: CallId | None = None
     approval_id: Annotated[str, StringConstraints(max_length=128)] | None = None
     approved: bool | None = None
+    #: ``key_rotated`` only: the id of the key the fleet now holds current for the agent.
+    key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
 
 
 class ApprovalKind(StrEnum):
