@@ -1,4 +1,10 @@
-"""Publishing and reading helpers for the integration tests (the real clients, the real path)."""
+"""Publishing and reading helpers for the integration tests (the real clients, the real path).
+
+The stack requires signed events (its identity policy is the default, ``required``): :func:`publish`
+enrolls each agent on its first registration and signs every event of it (tests/integration/keyring.py),
+so a test publishes as a real agent would without saying so. ``signed=False`` or ``signer=`` publish
+otherwise; :func:`publish_raw` sends bytes as given.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from fleet_agent.contracts import (
     encode,
     event_type_of,
 )
+from fleet_agent.identity import AgentKey
 
 from shared.store import agents as agent_store
 from tests.integration.keyring import Keyring, make_token
@@ -94,7 +101,7 @@ def enrollment_token(
     return make_token(stack.env["FLEET_PUBLIC_KEY"], tenant, max_uses=max_uses, expires_in=expires_in, **scope)
 
 
-def agent_key(agent_id: str) -> Any:
+def agent_key(agent_id: str) -> AgentKey:
     """The key the keyring enrolled ``agent_id`` with (``FleetAgent(reg, key=agent_key(...))``: the agent
     restarted with its key; the fleet's public key comes from FLEET_PUBLIC_KEY)."""
     return keyring().key(agent_id)

@@ -6,11 +6,15 @@ the stack's default policy (``required``) a real agent must.
     event, signer, tenant = ring.prepare(heartbeat("it-1", 1))                  # then: signed, its tenant
 
 An agent gets its key the first time an event of it is published (a heartbeat published before its
-registration is signed by the key the registration then enrolls). A registration carries the key and an
-enrollment token (made through the store, scoped to the agent) until the agent document shows the key
-bound: so a registration published right after the first, or after the agent's document was deleted or
-its key revoked (``forget`` starts over with a new key), still enrolls. Every signed registration
-carries ``sent_at``, later than the agent's previous one (an older one is superseded by the fleet).
+registration is signed by the key the registration then enrolls). Each registration reads the agent
+document (one read): until it shows the key bound, the registration carries the key and an enrollment
+token (made through the store, scoped to the agent), so one published right after the first still
+enrolls. A key once bound and then gone (the document deleted, the key revoked) is replaced: the next
+registration enrolls a new key with a new token (``forget`` does the same on demand). Every signed
+registration carries ``sent_at``, later than the agent's previous one (an older one is superseded).
+
+Firestore is not wiped between tests (tests/integration/conftest.py: each test has its own agent ids),
+so one ring serves the whole session.
 
 The tenant a signature covers is the agent's as the fleet stores it: the tenant of its first registration
 (an agent re-registered naming another tenant is still signed over its own; the fleet refuses the move).
@@ -65,7 +69,7 @@ class Entry:
     tenant: str
     #: The token its enrollment carries (made on its first registration).
     token: str | None = None
-    #: The agent document was seen with this key bound: registrations no longer carry the token.
+    #: The agent document showed this key bound at its last registration (then it carries no token).
     bound: bool = False
     #: ``sent_at`` of its last registration.
     sent_at: datetime | None = None
@@ -78,6 +82,7 @@ class Keyring:
         self.fleet_public_key = fleet_public_key
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
+        self._registering = threading.Lock()  # a registration reads and updates its entry: one at a time
 
     def entry(self, agent_id: str, tenant: str | None = None) -> Entry:
         """The agent's entry, made (with a new key) on its first use."""
@@ -102,16 +107,22 @@ class Keyring:
     def prepare(self, event: Event, tenant: str | None = None) -> tuple[Event, AgentKey, str]:
         """``event`` as the agent sends it (a registration completed with ``sent_at`` and, until its key is
         bound, the key and a token), the key that signs it and the tenant its signature covers."""
-        entry = self.entry(event.agent_id, tenant or getattr(event, "tenant", None))
         if isinstance(event, Registration):
-            event = self._registration(event, entry)
+            with self._registering:
+                event, entry = self._registration(event)
+        else:
+            entry = self.entry(event.agent_id, tenant)
         return event, entry.key, entry.tenant
 
-    def _registration(self, reg: Registration, entry: Entry) -> Registration:
-        if not entry.bound:
-            entry.bound = self._bound(reg.agent_id, entry.key)
+    def _registration(self, reg: Registration) -> tuple[Registration, Entry]:
+        entry = self.entry(reg.agent_id, reg.tenant)
+        bound = self._bound(reg.agent_id, entry.key)
+        if entry.bound and not bound:  # its document was deleted, or its key revoked: enroll a new key
+            self.forget(reg.agent_id)
+            entry = self.entry(reg.agent_id, reg.tenant)
+        entry.bound = bound
         update: dict[str, Any] = {}
-        if not entry.bound:
+        if not bound:
             entry.tenant = reg.tenant  # not enrolled yet: the registration names the agent's tenant
             if reg.identity is None:
                 if entry.token is None:
@@ -123,7 +134,7 @@ class Keyring:
                 now = entry.sent_at + timedelta(milliseconds=1)
             update["sent_at"] = now
         entry.sent_at = update.get("sent_at", reg.sent_at)
-        return reg.model_copy(update=update) if update else reg
+        return (reg.model_copy(update=update) if update else reg), entry
 
     @staticmethod
     def _bound(agent_id: str, key: AgentKey) -> bool:
