@@ -261,8 +261,6 @@ class Stack:
         fleet_key = AgentKey.generate()
         self.env["FLEET_COMMAND_KEY"] = fleet_key.to_pem().decode().replace("\n", "\\n")  # one line in .stack/env
         self.env["FLEET_PUBLIC_KEY"] = fleet_key.public_key
-        # TODO(issue 18, before it closes): the local stack's policy becomes the default, required.
-        self.env["FLEET_IDENTITY_POLICY"] = "optional"
         slack_env = {"SLACK_BOT_TOKEN": FAKE_SLACK_TOKEN}
         # Training jobs run as local processes (shared/launchers/local.py), their state under the stack's dir.
         jobs_env = {

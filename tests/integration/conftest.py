@@ -1,7 +1,9 @@
 """The integration tests' stack: real emulators, functions-framework per function, push delivery.
 
 One stack per test session, in a temporary folder with its own free ports, so it never meets
-a stack started by `make up`. Tests use their own agent ids instead of wiping the database.
+a stack started by `make up`. Tests use their own agent ids instead of wiping the database. The stack's
+identity policy is the deployment's default (``required``): the helpers enroll every agent they publish
+for and sign its events (tests/integration/keyring.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from slack_sdk.signature import SignatureVerifier
 from emulators.stack import Stack
 from shared.platform import settings
 from tests.fakes import fake_cloudrun, fake_gke, fake_k8s
+from tests.integration import helpers
 from tests.integration.helpers import PROJECT
+from tests.integration.keyring import Keyring
 
 #: Short settings so the tests see retries and expiries in seconds.
 FUNCTION_ENV = {
@@ -87,8 +91,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The settings this process's own clients read (model_blobs' bucket...) come from the stack's
         # environment, not from what a unit test run earlier in the same process had cached.
         settings.get.cache_clear()
+        # Every agent the tests publish for enrolls and signs (tests/integration/keyring.py): the stack's
+        # identity policy is the deployment's default, required.
+        helpers.KEYRING = Keyring(stack.env["FLEET_PUBLIC_KEY"])
         yield stack
     finally:
+        helpers.KEYRING = None
         stack.down()
         for fake in (cloud.gke, cloud.k8s, cloud.cloudrun):
             fake.stop()

@@ -1,9 +1,16 @@
-"""Publishing and reading helpers for the integration tests (the real clients, the real path)."""
+"""Publishing and reading helpers for the integration tests (the real clients, the real path).
+
+The stack requires signed events (its identity policy is the default, ``required``): :func:`publish`
+enrolls each agent on its first registration and signs every event of it (tests/integration/keyring.py),
+so a test publishes as a real agent would without saying so. ``signed=False`` or ``signer=`` publish
+otherwise; :func:`publish_raw` sends bytes as given.
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fleet_agent.contracts import (
@@ -15,8 +22,10 @@ from fleet_agent.contracts import (
     encode,
     event_type_of,
 )
+from fleet_agent.identity import AgentKey
 
 from shared.store import agents as agent_store
+from tests.integration.keyring import Keyring, make_token
 
 PROJECT = "fleet-local"
 
@@ -47,14 +56,40 @@ def heartbeat(agent_id: str, seq: int, status: str = "busy", **metrics: float) -
     )
 
 
+#: The keys of the agents the tests publish for: installed by tests/integration/conftest.py's stack.
+KEYRING: Keyring | None = None
+
+
+def keyring() -> Keyring:
+    if KEYRING is None:
+        raise RuntimeError("no keyring: the stack fixture installs it (tests/integration/conftest.py)")
+    return KEYRING
+
+
 def publish(
-    publisher: Any, event: Event, *, event_id: str | None = None, signer: Any = None, tenant: str | None = None
+    publisher: Any,
+    event: Event,
+    *,
+    event_id: str | None = None,
+    signer: Any = None,
+    tenant: str | None = None,
+    signed: bool = True,
 ) -> str:
-    """Publish ``event`` as an agent would; signed by ``signer`` (a fleet_agent.identity.AgentKey) when
-    given, over ``tenant`` (the agent's; a registration names its own)."""
+    """Publish ``event`` as its agent would: enrolled and signed through the keyring (tests/integration/
+    keyring.py: the first registration of an agent enrolls it, every event is signed by its key over its
+    tenant). ``signer`` (a fleet_agent.identity.AgentKey) signs instead, over ``tenant`` (a registration
+    names its own), the event published as given; ``signed=False`` publishes it unsigned."""
+    if signer is None and signed:
+        event, signer, tenant = keyring().prepare(event, tenant)
     body, attrs = encode(event, event_id=event_id, signer=signer, tenant=tenant)
     topic = publisher.topic_path(PROJECT, DEFAULT_TOPICS[event_type_of(event)])
     return str(publisher.publish(topic, body, **attrs).result())
+
+
+def signed_encode(event: Event, *, event_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """Body and attributes of ``event`` signed by its agent's key in the keyring (for publish_raw)."""
+    event, signer, tenant = keyring().prepare(event)
+    return encode(event, event_id=event_id, signer=signer, tenant=tenant)
 
 
 def enrollment_token(
@@ -63,26 +98,19 @@ def enrollment_token(
     """A new enrollment token of ``tenant``, written straight to Firestore (as the API would store it);
     returns its text (``afmt1...``), as an admin would hand it out. ``scope``: agent_id, agent_prefix,
     revoked_at, uses..."""
-    from fleet_agent.identity import EnrollmentToken as TokenText
+    return make_token(stack.env["FLEET_PUBLIC_KEY"], tenant, max_uses=max_uses, expires_in=expires_in, **scope)
 
-    from shared.domain.enrollment import EnrollmentToken
-    from shared.store import enrollment_tokens
 
-    text = TokenText.new(stack.env["FLEET_PUBLIC_KEY"])
-    now = datetime.now(UTC)
-    token = EnrollmentToken(
-        token_id=text.token_id,
-        tenant=tenant,
-        secret_sha256=text.secret_sha256,
-        label="integration test",
-        max_uses=max_uses,
-        expires_at=now + expires_in,
-        created_at=now,
-        created_by="api:tests",
-        **scope,
-    )
-    enrollment_tokens.create(token)
-    return str(text)
+def agent_key(agent_id: str) -> AgentKey:
+    """The key the keyring enrolled ``agent_id`` with (``FleetAgent(reg, key=agent_key(...))``: the agent
+    restarted with its key; the fleet's public key comes from FLEET_PUBLIC_KEY)."""
+    return keyring().key(agent_id)
+
+
+def sdk_identity(directory: Any, agent_id: str, tenant: str, **scope: Any) -> dict[str, Any]:
+    """FleetAgent's identity arguments for a new agent (``FleetAgent(reg, **sdk_identity(tmp_path, ...))``):
+    a token scoped to it and a key file under ``directory``; the SDK enrolls on its first registration."""
+    return keyring().for_sdk(Path(directory), agent_id, tenant, **scope)
 
 
 def publish_raw(publisher: Any, topic_of: EventType, body: bytes, attributes: dict[str, str]) -> str:

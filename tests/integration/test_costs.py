@@ -11,10 +11,19 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from fleet_agent.contracts import Command, CostBatch, CostRecord, EventType, encode
+from fleet_agent.contracts import Command, CostBatch, CostRecord, EventType
 
 from tests.integration.conftest import wait_for
-from tests.integration.helpers import PROJECT, agent_doc, log_lines, publish, publish_raw, registration
+from tests.integration.helpers import (
+    PROJECT,
+    agent_doc,
+    log_lines,
+    publish,
+    publish_raw,
+    registration,
+    sdk_identity,
+    signed_encode,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -217,9 +226,9 @@ def test_bad_cost_batches_are_rejected_with_a_reason_and_the_stream_goes_on(
 ) -> None:
     register(publisher, firestore, agent_id, tenant=tenant)
     good = batch(agent_id, [record(1)])
-    body, attrs = encode(good)
+    body, attrs = signed_encode(good)  # signed by the agent: what is wrong is only what the test changes
     negative = body.replace(b'"input_tokens":100', b'"input_tokens":-5')
-    duplicated = encode(good)[0].replace(b'"records":[', b'"records":[' + _record_json(good) + b",")
+    duplicated = signed_encode(good)[0].replace(b'"records":[', b'"records":[' + _record_json(good) + b",")
     other = f"other-{agent_id}"
     mixed = dict(attrs, agent_id=other)  # the attribute says one agent, the body another
     publish_raw(publisher, EventType.COST, negative, attrs)
@@ -289,7 +298,9 @@ def test_an_agent_that_keeps_calling_through_a_hold_is_told_again(
     assert [c.command_id for c in again] == [first[0].command_id] * 2  # the same command, the same id
 
 
-def test_the_sdk_refuses_calls_once_the_fleet_stops_the_agent_at_its_hard_limit(stack, firestore, api, tenant) -> None:
+def test_the_sdk_refuses_calls_once_the_fleet_stops_the_agent_at_its_hard_limit(
+    stack, firestore, api, tenant, tmp_path
+) -> None:
     """The whole loop with the real SDK: record calls, the hard limit is reached, the agent's own
     CommandListener receives budget_exhausted, and its recorder refuses the next call."""
     import time
@@ -299,8 +310,8 @@ def test_the_sdk_refuses_calls_once_the_fleet_stops_the_agent_at_its_hard_limit(
 
     agent_id = f"sdk-{uuid.uuid4().hex[:10]}"
     reg = registration_for(agent_id, tenant, BudgetSpec(hourly_usd=Decimal("0.50")))
-    with FleetAgent(reg, project=PROJECT) as agent:
-        agent.listen()  # before register(): a registration re-sends holds to a subscription that exists
+    with FleetAgent(reg, project=PROJECT, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
+        agent.listen()  # enrolling: started by register(), on the subscription the fleet made for the agent
         agent.register()
         wait_for(lambda: agent_doc(firestore, agent_id))
         made, refused = 0, None
@@ -332,7 +343,9 @@ def registration_for(agent_id: str, tenant: str, budget: Any) -> Any:
     return registration(agent_id, tenant=tenant, budget=budget)
 
 
-def test_the_month_document_counts_each_model_per_day_with_failures_and_repeats(stack, firestore, tenant) -> None:
+def test_the_month_document_counts_each_model_per_day_with_failures_and_repeats(
+    stack, firestore, tenant, tmp_path
+) -> None:
     """The real SDK flags repeated requests; fleet-costs adds per-model day counters to the agent's
     month document (``xDD.<model>.<counter>``), which the report's readers parse back."""
     from fleet_agent import FleetAgent
@@ -343,7 +356,8 @@ def test_the_month_document_counts_each_model_per_day_with_failures_and_repeats(
     model = "anthropic/claude-3.5-sonnet:beta"
     agent_id = f"sdk-{uuid.uuid4().hex[:10]}"
     started = datetime.now(UTC)
-    with FleetAgent(registration(agent_id, tenant=tenant), project=PROJECT) as agent:
+    reg = registration(agent_id, tenant=tenant)
+    with FleetAgent(reg, project=PROJECT, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
         agent.register()
         wait_for(lambda: agent_doc(firestore, agent_id))
         for prompt in ["hello", "bye", "hello", "hello"]:  # the 2nd and 3rd "hello" are repeats

@@ -8,15 +8,14 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-from fleet_agent.identity import AgentKey, EnrollmentToken
+from fleet_agent.identity import EnrollmentToken
 
 from emulators.stack import Stack
 from shared.domain import identity
 from tests.integration.conftest import Api, wait_for
-from tests.integration.helpers import agent_doc, make_key, publish, registration
+from tests.integration.helpers import agent_doc, agent_key, make_key, publish, registration
 
 
 def _tenant() -> str:
@@ -93,13 +92,14 @@ def test_role_and_tenant_refusals_are_audited(stack: Stack, api: Api, firestore:
 def test_an_agents_key_is_revoked_over_http(stack: Stack, api: Api, firestore: Any, publisher: Any) -> None:
     tenant = _tenant()
     agent_id = f"it-{uuid.uuid4().hex[:12]}"
-    publish(publisher, registration(agent_id, tenant=tenant))
+    # A tenant migrating (optional policy): its agent runs unsigned first, shown so, then enrolls.
+    put = api.send("PUT", f"/v1/tenants/{tenant}/identity", {"policy": "optional"})
+    assert put.status_code == 200, put.text
+    publish(publisher, registration(agent_id, tenant=tenant), signed=False)
     wait_for(lambda: agent_doc(firestore, agent_id))
     assert api.get(f"/v1/agents/{agent_id}").json()["identity"]["status"] == "unsigned"
-    # Bind a key as an enrollment would (the registration binding is another part's).
-    key = AgentKey.generate()
-    bound = identity.bind(None, key.public_key, token_id="00000000000000ff", at=datetime.now(UTC))
-    firestore.collection("agents").document(agent_id).update({"identity": bound})
+    publish(publisher, registration(agent_id, tenant=tenant))  # with a token and its new key: enrolls
+    key = agent_key(agent_id)
     shown = wait_for(lambda: (v := api.get(f"/v1/agents/{agent_id}").json()["identity"])["status"] == "signed" and v)
     assert shown["key_id"] == identity.key_id_of(key.public_key) and shown["public_key"] == key.public_key
 
@@ -129,7 +129,7 @@ def test_fleetctl_enroll_and_identity_settings(stack: Stack, api: Api) -> None:
     item = api.get(f"/v1/tenants/{tenant}/enrollment-tokens/{token.token_id}").json()
     assert item["state"] == "revoked" and item["created_by"].startswith("cli:")
 
-    assert api.get(f"/v1/tenants/{tenant}/identity").json()["effective"]["policy"] == "optional"  # the stack's
-    put = api.send("PUT", f"/v1/tenants/{tenant}/identity", {"policy": "required", "forged_events_per_hour": 3})
+    assert api.get(f"/v1/tenants/{tenant}/identity").json()["effective"]["policy"] == "required"  # the stack's
+    put = api.send("PUT", f"/v1/tenants/{tenant}/identity", {"policy": "optional", "forged_events_per_hour": 3})
     assert put.status_code == 200, put.text
-    assert put.json()["effective"] == {"policy": "required", "forged_events_per_hour": 3}
+    assert put.json()["effective"] == {"policy": "optional", "forged_events_per_hour": 3}

@@ -2,26 +2,21 @@
 
 - ``note()`` against the emulator: counters, one episode per scope and hour, its message in Slack
   (escaped), and refused identities listed apart from the claimed agent's own rejections.
-- End to end through Pub/Sub: heartbeats signed by a stranger's key for an agent that has one. That
-  needs the pipeline's signature verification (which calls ``forged_events.note``); the test is
-  skipped until the pipeline has it.
+- End to end through Pub/Sub: heartbeats signed by a stranger's key for an enrolled agent are refused by
+  the pipeline's signature check, counted (``forged_events.note``) and open the episode.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from fleet_agent.contracts import DEFAULT_TOPICS, encode, event_type_of
 from fleet_agent.identity import AgentKey
 
-from shared.domain import identity
 from shared.domain.rejections import Code, Payload, Rejected
-from shared.pipeline import handlers
 from shared.services import forged_events
 from shared.store import rejections as rejection_store
 from tests.integration.conftest import Api, Slack, tick, wait_for
@@ -38,8 +33,8 @@ def tenant(api: Api, firestore: Any) -> str:
     name = f"t{uuid.uuid4().hex[:10]}"
     reply = api.send("PUT", f"/v1/tenants/{name}/alerting", {"group_wait_s": 0})
     assert reply.status_code == 200, reply.text
-    # Set in the tenant document directly: the identity settings' route is another part's work.
-    firestore.collection("tenants").document(name).set({"identity": {"forged_events_per_hour": THRESHOLD}}, merge=True)
+    reply = api.send("PUT", f"/v1/tenants/{name}/identity", {"forged_events_per_hour": THRESHOLD})
+    assert reply.status_code == 200, reply.text
     return name
 
 
@@ -113,23 +108,14 @@ def test_forgeries_spread_over_a_tenants_agents_are_critical(
     sweep_until(publisher, lambda: slack.about(f"tenant *{tenant}*", "chat.postMessage"))
 
 
-def _verification_in_pipeline() -> bool:
-    """Whether the pipeline verifies signatures and counts its refusals (issue 18's verification part)."""
-    return "forged_events" in inspect.getsource(handlers)
-
-
-@pytest.mark.skipif(not _verification_in_pipeline(), reason="needs the pipeline's signature verification")
 def test_heartbeats_signed_by_a_strangers_key_open_the_episode_end_to_end(
     publisher: Any, firestore: Any, api: Api, slack: Slack, tenant: str, agent_id: str
 ) -> None:
-    registered(publisher, firestore, tenant, agent_id)
-    owner, stranger = AgentKey.generate(), AgentKey.generate()
-    bound = identity.bind(None, owner.public_key, token_id="it-token", at=datetime.now(UTC))
-    firestore.collection("agents").document(agent_id).update({"identity": bound})
-    topic = publisher.topic_path(PROJECT, DEFAULT_TOPICS[event_type_of(heartbeat(agent_id, 1))])
+    registered(publisher, firestore, tenant, agent_id)  # enrolled: its key is bound (helpers' keyring)
+    assert (agent_doc(firestore, agent_id) or {})["identity"]["keys"]
+    stranger = AgentKey.generate()
     for seq in range(1, THRESHOLD + 3):
-        body, attrs = encode(heartbeat(agent_id, seq), signer=stranger, tenant=tenant)
-        publisher.publish(topic, body, **attrs).result()
+        publish(publisher, heartbeat(agent_id, seq), signer=stranger, tenant=tenant)
 
     def refused() -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = api.get("/v1/rejections", claimed_agent_id=agent_id).json()["items"]

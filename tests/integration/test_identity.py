@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def tenant(firestore: Any) -> str:
-    """A fresh tenant whose policy requires signatures (the stack's default is optional for now)."""
+    """A fresh tenant whose policy requires signatures (the stack's default too; said here, not assumed)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     firestore.collection("tenants").document(name).set({"identity": {"policy": "required"}})
     return name
@@ -141,8 +141,8 @@ def test_a_strangers_forged_tampered_and_unsigned_events_are_refused_and_change_
     sent: dict[str, str] = {
         publish(publisher, heartbeat(victim, 50), signer=stranger, tenant=tenant): "unknown_key",
         publish(publisher, cost(victim, "5"), signer=stranger, tenant=tenant): "unknown_key",
-        publish(publisher, heartbeat(victim, 51)): "unsigned",
-        publish(publisher, cost(victim, "5")): "unsigned",
+        publish(publisher, heartbeat(victim, 51), signed=False): "unsigned",
+        publish(publisher, cost(victim, "5"), signed=False): "unsigned",
         publish(publisher, signed_registration(victim, tenant, stranger, owner="mallory"), signer=stranger): (
             "unknown_key"
         ),
@@ -167,7 +167,7 @@ def test_a_strangers_forged_tampered_and_unsigned_events_are_refused_and_change_
     assert calls(api, victim) == 1
 
     newcomer = f"it-{uuid.uuid4().hex[:10]}"  # required tenant: an unsigned registration enrolls nobody
-    refused = rejection(firestore, publish(publisher, registration(newcomer, tenant=tenant)))
+    refused = rejection(firestore, publish(publisher, registration(newcomer, tenant=tenant), signed=False))
     assert refused["code"] == "unsigned" and agent_doc(firestore, newcomer) is None
 
 

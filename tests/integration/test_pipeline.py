@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import requests
-from fleet_agent.contracts import MAX_EVENT_BYTES, EventType, encode
+from fleet_agent.contracts import MAX_EVENT_BYTES, EventType
 
 from tests.integration.conftest import wait_for
-from tests.integration.helpers import agent_doc, heartbeat, log_lines, publish, publish_raw, registration
+from tests.integration.helpers import agent_doc, heartbeat, log_lines, publish, publish_raw, registration, signed_encode
 
 pytestmark = pytest.mark.integration
 
@@ -58,19 +58,25 @@ def test_registered_agent_heartbeats_and_is_read_through_the_api(publisher, fire
 
 def outcomes(stack: Any, function: str, agent_id: str) -> list[str]:
     """What the function logged for each event of this agent, in order."""
-    return [x["outcome"] for x in log_lines(stack.state_dir, function) if x.get("agent_id") == agent_id]
+    lines = log_lines(stack.state_dir, function)
+    return [x["outcome"] for x in lines if x.get("agent_id") == agent_id and "outcome" in x]
 
 
 def test_redelivered_registration_counts_once(stack, publisher, firestore, agent_id) -> None:
+    sent = signed_encode(registration(agent_id), event_id=f"reg-{agent_id}")
     for _ in range(3):  # the same event, published three times (a publisher retry)
-        publish(publisher, registration(agent_id), event_id=f"reg-{agent_id}")
+        publish_raw(publisher, EventType.REGISTRATION, *sent)
     seen = wait_for(lambda: len(o := outcomes(stack, "fleet-registrations", agent_id)) == 3 and o)
     assert sorted(seen) == ["accepted", "duplicate", "duplicate"]
     doc = agent_doc(firestore, agent_id)
     assert doc is not None and doc["registration_event_ids"] == [f"reg-{agent_id}"]
     versions = list(firestore.collection("agents").document(agent_id).collection("versions").stream())
     assert [v.id for v in versions] == ["1.0.0"]
-    assert len(log_lines_for(firestore, agent_id)) == 1
+    # Audited once: the registration, and the enrollment it carried (one use of the token)
+    assert sorted(e.to_dict()["action"] for e in log_lines_for(firestore, agent_id)) == [
+        "agent.register",
+        "enrollment.use",
+    ]
 
 
 def log_lines_for(firestore: Any, agent_id: str) -> list[Any]:
@@ -87,13 +93,13 @@ def test_new_version_is_recorded_and_audited(publisher, firestore, agent_id) -> 
     versions = {v.id for v in firestore.collection("agents").document(agent_id).collection("versions").stream()}
     assert versions == {"1.0.0", "2.0.0"}
     actions = sorted(e.to_dict()["action"] for e in log_lines_for(firestore, agent_id))
-    assert actions == ["agent.register", "agent.upgrade"]
+    assert actions == ["agent.register", "agent.upgrade", "enrollment.use"]  # enrolled by the first
 
 
 def test_replayed_push_is_idempotent(stack, publisher, firestore, agent_id) -> None:
     """Pub/Sub redelivers the very same push (same message id); the function must not count it twice."""
     register(publisher, firestore, agent_id)
-    body, attrs = encode(heartbeat(agent_id, 1))
+    body, attrs = signed_encode(heartbeat(agent_id, 1))
     push = {
         "message": {
             "data": base64.b64encode(body).decode(),
@@ -139,7 +145,7 @@ def test_heartbeat_that_overtakes_its_registration_is_not_lost(publisher, firest
 def test_bad_input_is_recorded_and_the_stream_goes_on(publisher, firestore, api, agent_id) -> None:
     register(publisher, firestore, agent_id)
     good = {"agent_id": agent_id, "event_type": "heartbeat", "schema_version": "1"}
-    body, _ = encode(heartbeat(agent_id, 1))
+    body, _ = signed_encode(heartbeat(agent_id, 1))  # signed: only what each case changes is wrong
     bad = {
         "not_json": publish_raw(publisher, EventType.HEARTBEAT, b"{not json", good),
         "schema_violation": publish_raw(

@@ -18,7 +18,7 @@ import requests
 from fleet_agent import ApprovalRequest, FleetAgent
 
 from tests.integration.conftest import Api, Slack, SlackApp, approval_message, tick, wait_for
-from tests.integration.helpers import PROJECT, agent_doc, heartbeat, publish, registration
+from tests.integration.helpers import PROJECT, agent_doc, agent_key, heartbeat, publish, registration
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +173,7 @@ def test_an_agents_request_is_decided_once_by_four_eyes_and_reaches_the_agent(
     slack_app: SlackApp, publisher: Any, firestore: Any, api: Api, slack: Slack, tenant: str, agent_id: str
 ) -> None:
     registered(publisher, firestore, tenant, agent_id)
-    agent = FleetAgent(registration(agent_id, tenant=tenant, owner=OWNER), project=PROJECT)
+    agent = FleetAgent(registration(agent_id, tenant=tenant, owner=OWNER), project=PROJECT, key=agent_key(agent_id))
     try:
         handle = agent.request_approval(
             "re-embed the 40k-document corpus", reason="index drift", estimated_cost_usd=Decimal("42.50")
