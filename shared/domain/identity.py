@@ -4,8 +4,9 @@ An agent's keys live in its own document (``identity``, read by every path that 
 so checking a signature costs no read. The rules:
 
 - An agent with a key must sign every event with it: an unsigned event is refused under any policy.
-- An agent without a key (never enrolled, or revoked) is refused under the tenant's ``required`` policy;
-  under ``optional`` (a migration) its events are accepted and it shows as ``identity: unsigned``.
+- An agent that never enrolled is refused under the tenant's ``required`` policy; under ``optional`` (a
+  migration) its events are accepted and it shows as ``identity: unsigned``. An agent whose key was revoked
+  is refused under either policy until it enrolls again (else anyone could speak for it, unsigned).
 - After a rotation the previous key stays valid until ``valid_until`` (an overlap), judged by when Pub/Sub
   received the event, so events already in flight are not lost.
 - A revoked key's events are refused; the agent enrolls again with a new token.
@@ -128,6 +129,13 @@ def check(
     if signature is None:
         if identity.keys:
             raise _refused(Code.UNSIGNED, f"agent {agent_id} has a key: its events must be signed", agent_id, tenant)
+        if identity.revoked_key_ids or identity.enrolled_at is not None:
+            # Once enrolled, always signed: under ``optional`` a revoked agent would otherwise be anyone's to
+            # speak for, unsigned, until it enrolls again.
+            raise _refused(
+                Code.UNSIGNED, f"agent {agent_id} enrolled once and its key was revoked: enroll again", agent_id,
+                tenant,
+            )  # fmt: skip
         if policy is Policy.REQUIRED:
             why = "its key was revoked; enroll again" if identity.revoked_key_ids else "it has not enrolled"
             raise _refused(

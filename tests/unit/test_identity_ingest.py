@@ -243,6 +243,14 @@ def test_an_unsigned_registration_is_refused_when_required_and_accepted_when_opt
     assert plan.create is not None and identity.status_of(plan.create.identity) is identity.Status.UNSIGNED
 
 
+def test_a_revoked_agent_is_not_anyones_to_speak_for_unsigned_even_when_optional() -> None:
+    agent = enrolled(AgentKey.generate())
+    agent = agent.model_copy(update={"identity": identity.revoke(agent.identity, at=NOW, by="api:ann")})
+    with pytest.raises(Rejected) as refused:
+        apply(decoded(reg()), agent, policy=Policy.OPTIONAL)
+    assert refused.value.code is Code.UNSIGNED and refused.value.unproven
+
+
 def test_a_signature_by_a_key_never_enrolled_is_refused_even_when_optional() -> None:
     with pytest.raises(Rejected) as refused:
         apply(decoded(reg(), signer=AgentKey.generate()), None, policy=Policy.OPTIONAL)
