@@ -11,7 +11,9 @@ For a heartbeat and a cost batch of 1 and of 50 records (the events of tests/ben
   without a key in an ``optional`` tenant (``check`` returns at once). Signed: the agent's key in its
   identity, ``Decoded.signed_bytes`` (the body's ``data`` parsed again and canonicalised) and the Ed25519
   verification; the difference is what verification adds per event.
-- The canonical bytes alone (``fleet_agent.identity.event_signing_bytes``): the share of both that is JCS.
+- The canonical bytes alone (``fleet_agent.identity.event_signing_bytes``): the share of both that is JCS;
+  beside it, the same bytes by the ``rfc8785`` package alone (pure Python: what ``canonical`` did before
+  its fast path), the baseline of the same run.
 
 Best of ``ROUNDS`` rounds of ``N`` events each, so a busy machine inflates the figures less. Not a test:
 it asserts nothing (tests/unit/test_signing_standalone.py and the identity tests check correctness).
@@ -25,8 +27,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import rfc8785
 from fleet_agent.contracts import Event, EventType, encode
-from fleet_agent.identity import AgentKey, event_signing_bytes
+from fleet_agent.identity import EVENT_CONTEXT, AgentKey, event_signing_bytes
 
 from shared.domain import identity
 from shared.pipeline.decoding import PushedMessage, decode
@@ -80,6 +83,9 @@ def measure_event(name: str, event: Event, key: AgentKey) -> dict[str, Any]:
         "fn_unsigned_us": best_us(lambda: _check(plain, None, identity.Policy.OPTIONAL)),
         "fn_signed_us": best_us(lambda: _check(signed, stored, identity.Policy.REQUIRED)),
         "canonical_us": best_us(lambda: event_signing_bytes(expected.value, event.agent_id, "e" * 32, TENANT, data)),
+        "rfc8785_us": best_us(
+            lambda: rfc8785.dumps([EVENT_CONTEXT, expected.value, event.agent_id, "e" * 32, TENANT, data])
+        ),
     }
     figures["signing_us"] = figures["sdk_signed_us"] - figures["sdk_unsigned_us"]
     figures["verification_us"] = figures["fn_signed_us"] - figures["fn_unsigned_us"]
@@ -101,21 +107,22 @@ def describe() -> list[str]:
         f"In process, no stack (`python -m tests.bench.signing`): best of {ROUNDS} rounds of {N} events. "
         "SDK: `encode` unsigned and signed (RFC 8785 bytes + Ed25519). Function: `decode` then "
         "`identity.check` on the stored identity, for an unsigned agent of an `optional` tenant and for a "
-        "signed event (`Decoded.signed_bytes` + Ed25519 verify). JCS: `event_signing_bytes` alone.",
+        "signed event (`Decoded.signed_bytes` + Ed25519 verify). JCS: `event_signing_bytes` alone (its fast "
+        "path), and the same bytes by `rfc8785` alone (pure Python, what it used before).",
     ]
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| event | body bytes | SDK unsigned µs | SDK signed µs | signing adds µs | function unsigned µs "
-        "| function signed µs | verification adds µs | of which JCS µs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| function signed µs | verification adds µs | of which JCS µs | JCS by rfc8785 alone µs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['event']} | {r['bytes']} | {r['sdk_unsigned_us']:.1f} | {r['sdk_signed_us']:.1f} | "
             f"{r['signing_us']:.1f} | {r['fn_unsigned_us']:.1f} | {r['fn_signed_us']:.1f} | "
-            f"{r['verification_us']:.1f} | {r['canonical_us']:.1f} |"
+            f"{r['verification_us']:.1f} | {r['canonical_us']:.1f} | {r['rfc8785_us']:.1f} |"
         )
     return lines
 
