@@ -2,18 +2,21 @@
 
     python -m emulators.demo [--agents 54] [--duration 22]
 
-Starts its own stack in ``.stack-demo`` (never the one `make up` runs in ``.stack``), registers
-a fleet of agents across tenants and agent types with the SDK (one shared PublisherClient, as a
-real multi-agent host would), heartbeats for ``--duration`` seconds while a few agents degrade
-and a few go silent, publishes two deliberately bad messages, then prints the fleet and the
-recorded rejections as the API reports them. Meanwhile the LLM agents record their model calls
+Starts its own stack in ``.stack-demo`` (never the one `make up` runs in ``.stack``), under the
+``required`` identity policy, enrolls a fleet of agents across tenants and agent types with the SDK
+(one enrollment token per tenant made through the REST API; each agent's key under
+``.stack-demo/keys``; one shared PublisherClient, as a real multi-agent host would), heartbeats for
+``--duration`` seconds while a few agents degrade and a few go silent, publishes two deliberately bad
+messages, then prints the fleet and the recorded rejections as the API reports them. An outsider then
+publishes forged cost batches for another tenant's agent (emulators/demo_identity.py): they are
+refused and listed, and the victim's spend does not move. Meanwhile the LLM agents record their model calls
 with the SDK (emulators/demo_costs.py): a runaway loop gets paused, a failing provider's breaker
 opens, an agent at its hourly budget is stopped, an unpriced model raises an alert; the spend per
 agent and per tenant and the alerts are printed at the end. The stack is always stopped, Ctrl-C
 included.
 
-Exit status: 0 when the API showed every agent and the three misbehaving agents were stopped by
-their SDK, 1 otherwise, 130 on Ctrl-C.
+Exit status: 0 when the API showed every agent, the three misbehaving agents were stopped by their
+SDK and every forged batch was refused, 1 otherwise, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -39,19 +43,21 @@ from typing import Any
 import requests
 from fleet_agent import CommandListener, FleetAgent, Registration, ReportedStatus, Resources
 from fleet_agent.contracts import DEFAULT_TOPICS, SCHEMA_VERSION, EventType
+from fleet_agent.identity import AgentKey
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from emulators import demo_approvals, demo_costs, demo_jobs, fake_slack
+from emulators import demo_approvals, demo_costs, demo_identity, demo_jobs, fake_slack
 from emulators.stack import ROOT, Stack
 
 STATE_DIR = ROOT / ".stack-demo"
 TENANTS = ("acme", "globex", "initech")
 HEARTBEAT_INTERVAL_S = 2
 #: Heartbeats for unknown agents are retried this long (short, so a demo never waits a minute).
-FUNCTION_ENV = {"FLEET_UNKNOWN_AGENT_GRACE_S": "10"}
+#: Every demo agent enrolls and signs: the stack refuses unsigned events (the deployment default).
+FUNCTION_ENV = {"FLEET_UNKNOWN_AGENT_GRACE_S": "10", "FLEET_IDENTITY_POLICY": "required"}
 
 STATUS_STYLE = {
     "registered": "cyan",
@@ -217,6 +223,11 @@ class Api:
         resp.raise_for_status()
         return resp.json()
 
+    def post(self, path: str, body: Any) -> Any:
+        resp = self.session.post(f"{self.url}{path}", json=body, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
     def put(self, path: str, body: Any) -> Any:
         resp = self.session.put(f"{self.url}{path}", json=body, timeout=10)
         resp.raise_for_status()
@@ -321,6 +332,7 @@ def run_fleet(
     console: Console,
     duration: float,
     rng: random.Random,
+    keys_dir: Path,
 ) -> Progress:
     from google.cloud.pubsub_v1 import PublisherClient
 
@@ -330,10 +342,17 @@ def run_fleet(
     listener = CommandListener(project, label="demo")
     calls: list[demo_costs.CallSim] = []
     try:
+        tokens = demo_identity.enrollment_tokens(api, [s.registration for s in fleet])
+        console.print(
+            f"enrollment tokens made through the API: one per tenant ({', '.join(sorted(tokens))}), scoped to "
+            "its id prefix, one use per agent"
+        )
         for sim in fleet:
             sim.agent = FleetAgent(
-                sim.registration, project=project, publisher=publisher, metrics=sim.metrics, status=sim.status
-            )
+                sim.registration, project=project, publisher=publisher, metrics=sim.metrics, status=sim.status,
+                enrollment_token=tokens[sim.registration.tenant],
+                key_path=demo_identity.key_path(keys_dir, sim.agent_id),
+            )  # fmt: skip
             listener.add(sim.agent)
         calls = demo_costs.behaviours([s.agent for s in fleet if s.agent is not None], rng)
         for call_sim in calls:
@@ -346,8 +365,9 @@ def run_fleet(
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda s: s.agent.register() if s.agent else None, fleet))
         console.print(
-            f"registered {len(fleet)} agents in {time.monotonic() - t0:.1f}s "
-            f"({len(TENANTS)} tenants, {len(AGENT_TYPES)} agent types, one shared PublisherClient)"
+            f"enrolled and registered {len(fleet)} agents in {time.monotonic() - t0:.1f}s "
+            f"({len(TENANTS)} tenants, {len(AGENT_TYPES)} agent types, one shared PublisherClient); "
+            "each generated its Ed25519 key and signs every event"
         )
         progress = Progress(started=time.monotonic(), expected={s.agent_id for s in fleet}, console=console)
         progress.calls = calls
@@ -451,7 +471,7 @@ def _age(value: str | None, now: datetime) -> float | None:
 def fleet_table(agents: Iterable[dict[str, Any]], silent: set[str]) -> Table:
     now = datetime.now(UTC)
     table = Table(title="The fleet, as GET /v1/agents reports it", title_justify="left")
-    for name in ("agent", "tenant", "type", "version", "status"):
+    for name in ("agent", "tenant", "type", "version", "status", "identity"):
         table.add_column(name)
     for name in ("last hb (s ago)", "last seq", "cpu %", "error rate"):
         table.add_column(name, justify="right")
@@ -469,6 +489,7 @@ def fleet_table(agents: Iterable[dict[str, Any]], silent: set[str]) -> Table:
             Text(a["agent_type"]),
             Text(a["version"]),
             status,
+            _identity(a.get("identity") or {}),
             Text("-" if age is None else f"{age:.1f}", style="red" if late else ""),
             str(a["last_seq"]),
             "-" if metrics.get("cpu_pct") is None else f"{metrics['cpu_pct']:.1f}",
@@ -478,6 +499,14 @@ def fleet_table(agents: Iterable[dict[str, Any]], silent: set[str]) -> Table:
             ),
         )
     return table
+
+
+def _identity(identity: dict[str, Any]) -> Text:
+    status = identity.get("status") or "unsigned"
+    text = Text(status, style="green" if status == "signed" else "red")
+    if identity.get("key_id"):
+        text.append(f" {identity['key_id'][:8]}", style="dim")
+    return text
 
 
 def rejections_table(rejections: list[dict[str, Any]]) -> Table:
@@ -564,6 +593,24 @@ def show_slack(calls: list[dict[str, Any]], fleet: list[SimAgent], console: Cons
     return not missing
 
 
+def forgery(
+    env: dict[str, str], api: Api, fleet: list[SimAgent], progress: Progress, keys_dir: Path, console: Console
+) -> bool:
+    """The outsider: an enrolled agent of the last tenant forges cost batches for an LLM agent of the first
+    (one that records calls, so it has spend to protect)."""
+    from google.cloud.pubsub_v1 import PublisherClient
+
+    spenders = [c.agent.registration for c in progress.calls if c.behaviour == "normal"]
+    victim = next((r for r in spenders if r.tenant == TENANTS[0]), fleet[0].registration)
+    outsider = next(s.registration for s in fleet if s.registration.tenant != victim.tenant)
+    outsider_key = AgentKey.load(demo_identity.key_path(keys_dir, outsider.agent_id))
+    publisher = PublisherClient()
+    try:
+        return demo_identity.run(api, publisher, env["GOOGLE_CLOUD_PROJECT"], victim, outsider, outsider_key, console)
+    finally:
+        publisher.stop()
+
+
 def _wait_for_rejections(api: Api, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -604,20 +651,27 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"stack up in {time.monotonic() - started:.1f}s; API at {env['FLEET_API_URL']}")
         api = Api(env["FLEET_API_URL"], env["FLEET_API_KEY"])
         fleet = build_fleet(args.agents, rng)
-        progress = run_fleet(fleet, env, api, console, args.duration, rng)
+        keys_dir = args.state_dir / "keys"
+        shutil.rmtree(keys_dir, ignore_errors=True)  # a fresh stack knows none of an earlier run's keys
+        progress = run_fleet(fleet, env, api, console, args.duration, rng, keys_dir)
         with console.status("letting the functions process the last heartbeats..."):
             time.sleep(1.5)
             _wait_for_rejections(api, 2, timeout=10)
         with console.status("running the liveness sweep (the minute job) and sending its Slack notices..."):
             slack_calls = sweep_and_slack(env, fleet)
         ok = report(api, fleet, console, progress) and progress.max_visible > 0
+        console.print(Text("A forged cost batch from an outsider (signed telemetry)", style="bold"))
+        with console.status("an outsider publishes cost batches for another tenant's agent..."):
+            refused = forgery(env, api, fleet, progress, keys_dir, console)
         console.print(Text("Approval in Slack (four eyes)", style="bold"))
         with console.status("an agent asks before an expensive operation; two people click in Slack..."):
-            approved = demo_approvals.run(env, fleet[0].registration, console)
+            approved = demo_approvals.run(
+                env, fleet[0].registration, console, key_path=demo_identity.key_path(keys_dir, fleet[0].agent_id)
+            )
         console.print(Text("Training jobs (queue, quotas, the local backend)", style="bold"))
         trained = demo_jobs.run(env, fleet[1].registration.agent_id, console)
         slack_calls = fake_slack.get_calls(env["SLACK_API_URL"])
-        ok = show_slack(slack_calls, fleet, console) and ok and approved and trained
+        ok = show_slack(slack_calls, fleet, console) and ok and refused and approved and trained
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import time
 import urllib.parse
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -55,12 +56,23 @@ def _api(env: dict[str, str], method: str, path: str, body: Any = None, **params
     return reply.json()
 
 
-def run(env: dict[str, str], registration: Registration, console: Console, timeout: float = 30.0) -> bool:
-    """True when the owner's click was refused, the approver's decided it, and the agent heard."""
+def run(
+    env: dict[str, str],
+    registration: Registration,
+    console: Console,
+    timeout: float = 30.0,
+    key_path: Path | None = None,
+) -> bool:
+    """True when the owner's click was refused, the approver's decided it, and the agent heard.
+
+    ``key_path``: the agent's key, enrolled by the fleet scene, so that this second client of the same
+    agent signs its re-registration and request with it."""
     tenant = registration.tenant
     _api(env, "PUT", f"/v1/tenants/{tenant}/roles", {"roles": {OWNER: "approver", APPROVER: "approver"}})
     owned = registration.model_copy(update={"owner": OWNER})
-    agent = FleetAgent(owned, project=env["GOOGLE_CLOUD_PROJECT"], approval_threshold_usd=Decimal("10"))
+    agent = FleetAgent(
+        owned, project=env["GOOGLE_CLOUD_PROJECT"], approval_threshold_usd=Decimal("10"), key_path=key_path
+    )
     answer: dict[str, Any] = {}
     try:
         agent.listen()

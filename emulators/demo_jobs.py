@@ -89,7 +89,7 @@ def run(env: dict[str, str], agent_id: str, console: Console, timeout: float = 9
     done = jobs[first["id"]]
     ok = (
         done["state"] == "succeeded"
-        and bool(done.get("result", {}).get("accuracy"))
+        and bool((done.get("result") or {}).get("accuracy"))
         and jobs[second["id"]]["state"] == "succeeded"
         and second["state"] == "queued"
     )

@@ -25,7 +25,7 @@ from fleet_agent.contracts import DEFAULT_TOPICS, BudgetSpec, CommandType, Event
 from fleet_agent.costs import CallRefused, CostRecorder
 
 from emulators.stack import ROOT, Stack
-from tests.bench.run import LogCounter, publish_all, publish_then_push, publisher, wait_count
+from tests.bench.run import UNSIGNED, LogCounter, publish_all, publish_then_push, publisher, wait_count
 
 AGENTS = int(os.environ.get("BENCH_COST_AGENTS", 20))
 RECORDS_PER_AGENT = int(os.environ.get("BENCH_COST_RECORDS", 3000))
@@ -297,7 +297,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def main(report: Callable[[str], None] = print) -> list[str]:
-    stack = Stack(ROOT / ".stack-bench", create_admin_key=True)
+    stack = Stack(ROOT / ".stack-bench", function_env=UNSIGNED, create_admin_key=True)
     try:
         stack.up()
         client = publisher()

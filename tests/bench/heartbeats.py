@@ -1,4 +1,5 @@
-"""`make bench`, heartbeat section alone: import time, the first event, heartbeat throughput in both configurations.
+"""`make bench`, heartbeat section alone: import time, the first event, heartbeat throughput in both configurations,
+unsigned and signed.
 
     python -m tests.bench.heartbeats                       # about 10 minutes with the defaults
     BENCH_ROUNDS=2 python -m tests.bench.heartbeats        # shorter

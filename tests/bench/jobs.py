@@ -33,7 +33,7 @@ from typing import Any
 import requests
 
 from emulators.stack import ROOT, Stack
-from tests.bench.run import LogCounter
+from tests.bench.run import UNSIGNED, LogCounter
 from tests.bench.slack import machine, percentile, summary
 from tests.fakes import fake_gke, fake_k8s
 
@@ -107,7 +107,7 @@ def main(report: Callable[[str], None] = print) -> list[str]:
         "FLEET_JOB_DEFAULT_BACKEND": "gke",
         "FLEET_CONFIG_CACHE_S": "1",
     }
-    stack = Stack(ROOT / ".stack-bench-jobs", function_env=env, create_admin_key=True)
+    stack = Stack(ROOT / ".stack-bench-jobs", function_env={**env, **UNSIGNED}, create_admin_key=True)
     try:
         stack.up()
         os.environ.update(stack.env)

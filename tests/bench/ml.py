@@ -32,7 +32,7 @@ import numpy as np
 from emulators.stack import ROOT, Stack
 from shared.platform import metering
 from tests.bench import models as bench_models
-from tests.bench.run import LogCounter, publish_then_push, publisher, wait_count
+from tests.bench.run import UNSIGNED, LogCounter, publish_then_push, publisher, wait_count
 from tests.bench.slack import machine, percentile
 
 AGENTS = int(os.environ.get("BENCH_ML_AGENTS", 50))
@@ -157,7 +157,9 @@ def on_the_stack(anomaly_bytes: bytes, failure_bytes: bytes, report: Callable[[s
 
     from shared.store import agents as agent_store
 
-    stack = Stack(ROOT / ".stack-bench-ml", function_env={"FLEET_MODEL_REFRESH_S": "1"}, create_admin_key=False)
+    stack = Stack(
+        ROOT / ".stack-bench-ml", function_env={"FLEET_MODEL_REFRESH_S": "1", **UNSIGNED}, create_admin_key=False
+    )
     rows: list[str] = []
     try:
         stack.up()

@@ -13,6 +13,13 @@
 
 Two stacks are measured: the default (one instance, whose agent cache saves the read), and the
 cache switched off, which is what many instances without affinity look like in Google Cloud.
+
+Signed telemetry: on each stack, two fleets of the same size send the same heartbeats in every round:
+unsigned agents in an ``optional`` tenant (``bench``) and agents enrolled with a token, whose every
+heartbeat is signed, in a ``required`` tenant (``bench-signed``); the ratio of the two is what
+signatures cost the push path. The other sections' agents are unsigned, in ``optional`` tenants
+(:data:`UNSIGNED`): they measure their own paths, and tests/bench/signing.py measures what signing and
+verifying add per event in process.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fleet_agent.contracts import Heartbeat, Registration, encode
+from fleet_agent.identity import AgentKey
 
 from emulators.stack import ROOT, Stack
 from shared.platform import topology
@@ -43,6 +51,11 @@ AGENTS = int(os.environ.get("BENCH_AGENTS", 200))
 BEATS_PER_AGENT = int(os.environ.get("BENCH_BEATS", 20))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 IMPORT_SAMPLES = 7
+#: The stacks of the sections that are not about signatures: unsigned agents, accepted as in an
+#: ``optional`` tenant (the identity policy is the deployment default, ``required``, otherwise).
+UNSIGNED = {"FLEET_IDENTITY_POLICY": "optional"}
+#: The tenant of the unsigned heartbeat fleet (``optional``) and of the signed one (``required``).
+TENANT, SIGNED_TENANT = "bench", "bench-signed"
 
 
 class LogCounter:
@@ -136,18 +149,31 @@ class Run:
         return self.messages / self.seconds
 
 
-def heartbeats(prefix: str, start_seq: int) -> list[tuple[bytes, dict[str, str]]]:
+@dataclass(frozen=True)
+class Fleet:
+    """The bench's agents of one kind: ``<prefix>-00000``..., in ``tenant``, signing with ``keys`` when given."""
+
+    prefix: str
+    tenant: str
+    keys: list[AgentKey] | None = None
+
+    def agent_id(self, i: int) -> str:
+        return f"{self.prefix}-{i:05d}"
+
+
+def heartbeats(fleet: Fleet, start_seq: int) -> list[tuple[bytes, dict[str, str]]]:
     """Round-robin over agents, seq growing per agent: how a fleet's heartbeats interleave."""
     now = datetime.now(UTC)
     out = []
     for seq in range(start_seq, start_seq + BEATS_PER_AGENT):
         for i in range(AGENTS):
             hb = Heartbeat(
-                agent_id=f"{prefix}-{i:05d}", seq=seq, sent_at=now, status="busy",
+                agent_id=fleet.agent_id(i), seq=seq, sent_at=now, status="busy",
                 metrics={"cpu_pct": 40.0, "memory_pct": 50.0, "error_rate": 0.01, "latency_ms_p95": 800.0,
                          "active_tasks": 2, "completed_tasks": seq, "failed_tasks": 0, "tokens_per_s": 12.5},
             )  # fmt: skip
-            out.append(encode(hb))
+            signer = fleet.keys[i] if fleet.keys else None
+            out.append(encode(hb, signer=signer, tenant=fleet.tenant))
     return out
 
 
@@ -159,58 +185,144 @@ def run_baseline(stack: Stack, client: Any, messages: list[tuple[bytes, dict[str
                writes=len(messages))  # fmt: skip
 
 
-def run_heartbeats(stack: Stack, client: Any, messages: list[tuple[bytes, dict[str, str]]]) -> Run:
+def run_heartbeats(
+    stack: Stack, client: Any, messages: list[tuple[bytes, dict[str, str]]], name: str = "heartbeat function"
+) -> Run:
     counter = LogCounter(stack.logs / "fleet-heartbeats.log")
     start = publish_then_push(stack, client, "agent-heartbeats-push", messages)
     end = wait_count(counter, len(messages), lambda line: line.get("outcome") in ("accepted", "stale"), 300)
     lines = [line for line in counter.poll() if line.get("outcome") == "accepted"]
     return Run(
-        "heartbeat function", len(messages), end - start, accepted=len(lines),
+        name, len(messages), end - start, accepted=len(lines),
         reads=sum(x["firestore_reads"] for x in lines), writes=sum(x["firestore_writes"] for x in lines),
         conflicts=sum(x.get("firestore_conflicts", 0) for x in lines),
     )  # fmt: skip
 
 
-def register(stack: Stack, client: Any, prefix: str) -> None:
+def fresh_store() -> None:
+    """This process's Firestore client and settings built again, for the stack now running (each
+    configuration starts a stack of its own, on new ports)."""
+    from shared.platform import settings
+    from shared.store import db
+
+    db._client = None
+    settings.get.cache_clear()
+
+
+def set_policy(tenant: str, policy: str) -> None:
+    """The tenant's identity policy, in its settings document (as ``PUT /v1/tenants/{t}/identity`` writes it)."""
+    from shared.store import db
+
+    db.client().collection("tenants").document(tenant).set({"identity": {"policy": policy}}, merge=True)
+
+
+def enrollment_token(stack: Stack, fleet: Fleet) -> str:
+    """A token for the whole fleet (its prefix, one use per agent), stored as the API would store it."""
+    from fleet_agent.identity import EnrollmentToken as TokenText
+
+    from shared.domain.enrollment import EnrollmentToken
+    from shared.store import enrollment_tokens
+
+    text = TokenText.new(stack.env["FLEET_PUBLIC_KEY"])
+    now = datetime.now(UTC)
+    enrollment_tokens.create(
+        EnrollmentToken(
+            token_id=text.token_id, tenant=fleet.tenant, secret_sha256=text.secret_sha256, label="make bench",
+            agent_prefix=f"{fleet.prefix}-", max_uses=AGENTS, expires_at=now + timedelta(hours=1), created_at=now,
+            created_by="api:bench",
+        )
+    )  # fmt: skip
+    return str(text)
+
+
+def register(stack: Stack, client: Any, fleet: Fleet) -> None:
+    """Register the fleet; a signing fleet enrolls (its token and each agent's new public key, signed)."""
     counter = LogCounter(stack.logs / "fleet-registrations.log")
-    regs = [
-        encode(Registration(agent_id=f"{prefix}-{i:05d}", tenant="bench", name=f"bench {i}", agent_type="llm",
-                            version="1", owner="bench", heartbeat_interval_s=30))
-        for i in range(AGENTS)
-    ]  # fmt: skip
+    token = enrollment_token(stack, fleet) if fleet.keys else None
+    regs = []
+    for i in range(AGENTS):
+        reg = Registration(
+            agent_id=fleet.agent_id(i), tenant=fleet.tenant, name=f"bench {i}", agent_type="llm", version="1",
+            owner="bench", heartbeat_interval_s=30,
+        )  # fmt: skip
+        if fleet.keys:
+            claim = {"public_key": fleet.keys[i].public_key, "enrollment_token": token}
+            reg = reg.model_copy(update={"identity": claim, "sent_at": datetime.now(UTC)})
+            reg = Registration.model_validate(reg.model_dump())
+        regs.append(encode(reg, signer=fleet.keys[i] if fleet.keys else None))
     publish_all(client, "agent-registrations", regs)
     wait_count(counter, AGENTS, lambda line: line.get("outcome") == "accepted", 120)
 
 
+@dataclass
+class Round:
+    """One round: the bare baseline, the unsigned fleet's heartbeats, the signed fleet's (same counts)."""
+
+    base: Run
+    beat: Run
+    signed: Run
+
+
 def throughput(
     label: str, function_env: dict[str, str], measure: Callable[[Stack], AbstractContextManager[Any]] | None = None
-) -> list[tuple[Run, Run]]:
-    """Baseline and heartbeat rounds on a fresh stack, with the learned models in service (``measure``
-    wraps the measured rounds, after the warm-up: a profiler, say)."""
+) -> list[Round]:
+    """Baseline, unsigned and signed heartbeat rounds on a fresh stack, with the learned models in service
+    (``measure`` wraps the measured rounds, after the warm-up: a profiler, say)."""
     stack = Stack(ROOT / ".stack-bench", function_env=function_env, local_only=True, create_admin_key=False)
-    pairs = []
+    rounds = []
     try:
         stack.up()
+        fresh_store()
         models.in_service(stack)
         client = publisher()
-        prefix = f"bench-{label}"
-        register(stack, client, prefix)
+        plain = Fleet(f"bench-{label}", TENANT)
+        signed = Fleet(f"bench-{label}-signed", SIGNED_TENANT, [AgentKey.generate() for _ in range(AGENTS)])
+        set_policy(TENANT, "optional")
+        set_policy(SIGNED_TENANT, "required")
+        register(stack, client, plain)
+        register(stack, client, signed)
         # A warm-up round, not reported: the emulators are JVMs, and their first few thousand
         # requests run slower while the JIT compiles (production Firestore has no such phase).
-        warm = heartbeats(prefix, 1)
+        warm = heartbeats(plain, 1)
         run_baseline(stack, client, warm)
         run_heartbeats(stack, client, warm)
+        run_heartbeats(stack, client, heartbeats(signed, 1))
         with measure(stack) if measure else nullcontext():
             for round_no in range(ROUNDS):
-                messages = heartbeats(prefix, 1 + (round_no + 1) * BEATS_PER_AGENT)
+                seq = 1 + (round_no + 1) * BEATS_PER_AGENT
+                messages, signed_messages = heartbeats(plain, seq), heartbeats(signed, seq)
                 base = run_baseline(stack, client, messages)
-                beat = run_heartbeats(stack, client, messages)
-                print(f"  [{label}] round {round_no + 1}: baseline {base.rate:.0f}/s, heartbeats {beat.rate:.0f}/s",
-                      file=sys.stderr)  # fmt: skip
-                pairs.append((base, beat))
+                # Alternate which fleet goes first, so a drift of the machine favours neither.
+                if round_no % 2:
+                    sig = run_heartbeats(stack, client, signed_messages, "signed heartbeats")
+                    beat = run_heartbeats(stack, client, messages)
+                else:
+                    beat = run_heartbeats(stack, client, messages)
+                    sig = run_heartbeats(stack, client, signed_messages, "signed heartbeats")
+                print(f"  [{label}] round {round_no + 1}: baseline {base.rate:.0f}/s, heartbeats {beat.rate:.0f}/s, "
+                      f"signed {sig.rate:.0f}/s", file=sys.stderr)  # fmt: skip
+                rounds.append(Round(base, beat, sig))
     finally:
         stack.down()
-    return pairs
+    return rounds
+
+
+def total(runs: list[Run]) -> Run:
+    return Run(
+        runs[0].name, sum(r.messages for r in runs), sum(r.seconds for r in runs),
+        accepted=sum(r.accepted for r in runs), reads=sum(r.reads for r in runs),
+        writes=sum(r.writes for r in runs), conflicts=sum(r.conflicts for r in runs),
+    )  # fmt: skip
+
+
+def signed_row(label: str, round_name: str, beat: Run, signed: Run) -> str:
+    """Unsigned against signed heartbeats: rates, their ratio, and reads and writes per accepted heartbeat."""
+    a, b = max(beat.accepted, 1), max(signed.accepted, 1)
+    return (
+        f"| {label} | {round_name} | {beat.rate:.0f} | {signed.rate:.0f} | {signed.rate / beat.rate:.1%} | "
+        f"{signed.accepted}/{signed.messages} | {beat.reads / a:.3f} / {signed.reads / b:.3f} | "
+        f"{beat.writes / a:.3f} / {signed.writes / b:.3f} | {beat.conflicts} / {signed.conflicts} |"
+    )
 
 
 def row(label: str, round_name: str, base: Run, beat: Run) -> str:
@@ -292,7 +404,7 @@ def heartbeat_section(
     imports = import_times()
     print("measuring the first event after a cold start ...", file=sys.stderr)
     cold = first_event()
-    runs: dict[str, list[tuple[Run, Run]]] = {}
+    runs: dict[str, list[Round]] = {}
     for label, env in (("cache", {}), ("nocache", {"FLEET_AGENT_CACHE_SIZE": "0"})):
         print(f"measuring throughput ({label}) ...", file=sys.stderr)
         runs[label] = throughput(label, env, measure=functools.partial(measure, label) if measure else None)
@@ -306,19 +418,30 @@ def heartbeat_section(
         "| writes/accepted | conflicts |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, pairs in (
+    configurations = (
         ("one instance, agent cache on", runs["cache"]),
         ("agent cache off (many instances)", runs["nocache"]),
-    ):
-        for i, (base, beat) in enumerate(pairs, 1):
-            lines.append(row(label, str(i), base, beat))
-        total_base = Run("", sum(b.messages for b, _ in pairs), sum(b.seconds for b, _ in pairs))
-        total = Run(
-            "", sum(h.messages for _, h in pairs), sum(h.seconds for _, h in pairs),
-            accepted=sum(h.accepted for _, h in pairs), reads=sum(h.reads for _, h in pairs),
-            writes=sum(h.writes for _, h in pairs), conflicts=sum(h.conflicts for _, h in pairs),
-        )  # fmt: skip
-        lines.append(row(f"**{label}**", "**all**", total_base, total))
+    )
+    for label, rounds in configurations:
+        for i, r in enumerate(rounds, 1):
+            lines.append(row(label, str(i), r.base, r.beat))
+        lines.append(row(f"**{label}**", "**all**", total([r.base for r in rounds]), total([r.beat for r in rounds])))
+    lines += [
+        "",
+        f"Signed telemetry, same stacks and rounds: {AGENTS} unsigned agents (tenant `{TENANT}`, policy `optional`) "
+        f"and {AGENTS} enrolled agents signing every heartbeat (tenant `{SIGNED_TENANT}`, policy `required`), "
+        "the same heartbeats, one after the other in each round (alternating which goes first).",
+        "",
+        "| configuration | round | unsigned msg/s | signed msg/s | signed / unsigned | signed accepted "
+        "| reads/accepted unsigned / signed | writes/accepted unsigned / signed | conflicts unsigned / signed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, rounds in configurations:
+        for i, r in enumerate(rounds, 1):
+            lines.append(signed_row(label, str(i), r.beat, r.signed))
+        lines.append(
+            signed_row(f"**{label}**", "**all**", total([r.beat for r in rounds]), total([r.signed for r in rounds]))
+        )
     return [
         *lines,
         "",
@@ -335,6 +458,19 @@ def heartbeat_section(
 
 def main() -> int:
     lines = heartbeat_section()
+    print("measuring signing and verification per event (in process) ...", file=sys.stderr)
+    from tests.bench import command_signing, signing
+
+    signing_lines = signing.main(report=lambda line: None)
+    commands = command_signing.measure()
+    signing_lines += [
+        "",
+        f"Commands (`python -m tests.bench.command_signing`, median of {command_signing.ROUNDS} rounds of "
+        f"{command_signing.PER_ROUND}): the fleet's signing adds {commands['signing_cost_us']} µs per command "
+        f"(encode {commands['encode_unsigned_us']} -> {commands['encode_signed_us']} µs), the agent's check adds "
+        f"{commands['verification_cost_us']} µs (decode {commands['decode_unsigned_us']} -> "
+        f"{commands['decode_verified_us']} µs).",
+    ]
     print("measuring cost events ...", file=sys.stderr)
     from tests.bench import costs
 
@@ -356,6 +492,7 @@ def main() -> int:
 
     ml_lines = ml.main(report=lambda line: None)
 
+    lines += ["", "### Signed telemetry, per event", "", *signing.describe(), "", *signing_lines]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
     lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
     lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]

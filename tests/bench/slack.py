@@ -37,7 +37,7 @@ from typing import Any
 import requests
 
 from emulators.stack import ROOT, Stack
-from tests.bench.run import LogCounter
+from tests.bench.run import UNSIGNED, LogCounter
 
 SAMPLES = int(os.environ.get("BENCH_SLACK_SAMPLES", 40))
 CLICKERS = int(os.environ.get("BENCH_SLACK_CLICKERS", 8))
@@ -179,7 +179,7 @@ def describe() -> list[str]:
 
 def main(report: Callable[[str], None] = print) -> list[str]:
     roles = {ADMIN: "admin", REQUESTER: "operator", **dict.fromkeys(APPROVERS, "approver")}
-    stack = Stack(ROOT / ".stack-bench-slack", create_admin_key=True)
+    stack = Stack(ROOT / ".stack-bench-slack", function_env=UNSIGNED, create_admin_key=True)
     try:
         stack.up()
         os.environ.update(stack.env)
