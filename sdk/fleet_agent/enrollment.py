@@ -60,6 +60,15 @@ def switch_fallback_s() -> float:
     return value
 
 
+def no_fleet_key(agent_id: str) -> str:
+    """Why an agent that signs but lacks the fleet's public key obeys no command, and how to fix it."""
+    return (
+        f"agent {agent_id} signs its events but has no fleet public key, so it cannot verify the fleet's "
+        f"commands and obeys none: give it fleet_public_key= or {PUBLIC_KEY_ENV} (or its enrollment state "
+        "<key_path>.json, or an enrollment token)"
+    )
+
+
 @dataclass(frozen=True)
 class EnrollmentState:
     """What ``<key_path>.json`` holds: which agent the key was enrolled for, with which token, and the
@@ -173,7 +182,8 @@ class AgentIdentity:
         if key is None:
             log.warning("agent %s: no key and no enrollment token: its events are sent unsigned", agent_id)
         elif fleet_key is None:
-            log.warning("agent %s: no fleet public key: its commands are not verified", agent_id)
+            log.warning("agent %s: no fleet public key: it obeys no command until given one (%s)", agent_id,
+                        PUBLIC_KEY_ENV)  # fmt: skip
         return cls(
             agent_id,
             tenant,
@@ -223,6 +233,12 @@ class AgentIdentity:
     def enrolled(self) -> bool:
         """Signs its events and verifies the fleet's commands (which then arrive on its own subscription)."""
         return self.key is not None and self.fleet_public_key is not None
+
+    @property
+    def lacks_fleet_key(self) -> bool:
+        """Signs its events but does not know the fleet's public key: it cannot verify a command, so it
+        obeys none (fail closed) until given the key. Only an agent with no key at all is unsigned."""
+        return self.key is not None and self.fleet_public_key is None
 
     @property
     def enrolling(self) -> bool:
