@@ -194,6 +194,8 @@ class AgentIdentity:
         pending = None
         staged = False
         if key is None and path is not None:
+            if token is not None and state is not None and path.exists() and AgentKey.load(path).key_id != state.key_id:
+                state = None  # the key file is not the state's: an enrollment's, installed by a start that stopped
             if token is not None and state is not None and path.exists():
                 # Enrolling again: the enrolled key stays in place until Pub/Sub accepted the enrollment.
                 staged, state, nxt = True, None, _next_path(path)

@@ -205,6 +205,24 @@ def test_an_enrollment_pubsub_refused_keeps_the_old_key_and_reuses_the_new_one(
     assert (tmp_path / "fleet.key.previous").read_bytes() == old_pem
 
 
+def test_a_start_that_stopped_after_installing_the_new_key_is_finished_with_that_key(
+    tmp_path: Path, make_agent: Callable[..., FleetAgent]
+) -> None:
+    path = tmp_path / "fleet.key"
+    make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN)).register()
+    old_state = (tmp_path / "fleet.key.json").read_bytes()
+    second = str(EnrollmentToken.new(FLEET.public_key))
+    make_agent(FakePublisher(), key_path=path, enrollment_token=second).register()
+    new = AgentKey.load(path)
+    (tmp_path / "fleet.key.json").write_bytes(old_state)  # as if it stopped before writing the new state
+    publisher = FakePublisher()
+    make_agent(publisher, key_path=path, enrollment_token=second).register()
+    ((envelope, _),) = publisher.sent(EventType.REGISTRATION)
+    assert envelope.data["identity"]["public_key"] == new.public_key, "the installed key, not a third one"
+    assert AgentKey.load(path).key_id == new.key_id and not (tmp_path / "fleet.key.next").exists()
+    assert json.loads((tmp_path / "fleet.key.json").read_text())["key_id"] == new.key_id
+
+
 def test_enrolling_again_twice_deletes_no_key(tmp_path: Path, make_agent: Callable[..., FleetAgent]) -> None:
     path = tmp_path / "fleet.key"
     keys = []
