@@ -6,6 +6,12 @@ key) pulls from its own subscription, ``agent-commands.<agent_id>``, which the f
 accepted the agent's enrollment; it never creates one. It obeys only commands whose fleet signature
 verifies (:func:`fleet_agent.command_signatures.verify_command`); any other is acknowledged and dropped
 with a warning that does not repeat its content.
+
+An agent that signs its events but does not know the fleet's public key (a key from a secret, restarted
+without its token, its state file or ``FLEET_PUBLIC_KEY``) fails closed: :meth:`AgentCommands.listen`
+raises, and :meth:`AgentCommands.apply_command` obeys no command (one ERROR says why). Only an agent with
+no key at all (unsigned, accepted by a tenant whose identity policy is ``optional``) takes unsigned
+commands.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from fleet_agent.command_signatures import verify_command
 from fleet_agent.commands import CommandListener, OnCommand, Subscriber
 from fleet_agent.contracts import Command, CommandType, EventType, Registration
 from fleet_agent.costs import CostRecorder
-from fleet_agent.enrollment import AgentIdentity
+from fleet_agent.enrollment import AgentIdentity, no_fleet_key
 
 log = logging.getLogger("fleet_agent")
 
@@ -40,6 +46,8 @@ class AgentCommands:
     _listener: CommandListener | None
     _closed: bool
     _registered: bool
+    #: An agent lacking the fleet key said so once (apply_command logs one ERROR, not one per command).
+    _said_no_fleet_key: bool = False
 
     @property
     def costs(self) -> CostRecorder:
@@ -85,10 +93,16 @@ class AgentCommands:
         ``on_command(agent_id, command)`` runs after each command new to the agent was applied. A later
         call returns the same listener and ignores its arguments. Many agents in one process share one
         :class:`CommandListener` instead (see its docstring).
+
+        Raises RuntimeError for an agent that signs its events but does not know the fleet's public key
+        (:attr:`AgentIdentity.lacks_fleet_key <fleet_agent.enrollment.AgentIdentity.lacks_fleet_key>`):
+        it could not tell the fleet's commands from a stranger's.
         """
         with self._listen_lock:
             if self._closed:
                 raise RuntimeError(f"agent {self.registration.agent_id} is closed")
+            if self.identity.lacks_fleet_key:
+                raise RuntimeError(no_fleet_key(self.registration.agent_id))
             if self._listener is not None:
                 return self._listener
             own = self.command_subscription if subscription is None else None
@@ -135,10 +149,15 @@ class AgentCommands:
     def apply_command(self, data: bytes, attributes: Mapping[str, str] | None = None) -> Command | None:
         """Take one ``agent-commands`` message into account; None when it is not for this agent.
 
-        An enrolled agent obeys only a command the fleet signed (its signature is in ``attributes``).
-        The Pub/Sub emulator does not filter subscriptions, so every agent may see every command: the
-        command's ``agent_id`` is checked too.
+        An enrolled agent obeys only a command the fleet signed (its signature is in ``attributes``); one
+        that signs but lacks the fleet's public key obeys none. The Pub/Sub emulator does not filter
+        subscriptions, so every agent may see every command: the command's ``agent_id`` is checked too.
         """
+        if self.identity.lacks_fleet_key:
+            if not self._said_no_fleet_key:
+                self._said_no_fleet_key = True
+                log.error("%s", no_fleet_key(self.registration.agent_id))
+            return None
         if self.identity.enrolled:
             assert self.identity.fleet_public_key is not None
             command = verify_command(data, attributes or {}, self.identity.fleet_public_key)

@@ -1,29 +1,40 @@
 """``fleet-agent enroll``: enroll an agent from a shell, before it first starts.
 
-    fleet-agent enroll --token "$TOKEN" --agent-id chat-7 --tenant acme --name "Support chat" \\
-        --type llm-chat --version 2.4.1 --owner support --key-path /var/lib/chat-7/fleet.key
+    fleet-agent enroll --token - --agent-id chat-7 --tenant acme --name "Support chat" \\
+        --type llm-chat --version 2.4.1 --owner support --key-path /var/lib/chat-7/fleet.key < token.txt
 
-Generates the agent's key, publishes its enrollment registration (signed by the key, carrying the token
-and the public key), and writes the key file (mode 0600) and its state (``<key-path>.json``). The agent
-then starts with ``FleetAgent(..., key_path=...)`` and no token. Prints the key id and the name of the
-command subscription the fleet creates for the agent. It is :class:`~fleet_agent.FleetAgent` underneath.
+The token comes from ``FLEET_ENROLLMENT_TOKEN``, or from stdin with ``--token -`` (so that it is in
+neither ``ps`` nor the shell's history); ``--token TOKEN`` works too. Generates the agent's key,
+publishes its enrollment registration (signed by the key, carrying the token and the public key), and
+writes the key file (mode 0600) and its state (``<key-path>.json``). The agent then starts with
+``FleetAgent(..., key_path=...)`` and no token. It is :class:`~fleet_agent.FleetAgent` underneath.
+
+Pub/Sub accepting the registration is not the fleet accepting the enrollment, and the fleet sends no
+confirmation of one: the command prints the key id and says how to check (the agent's ``identity.key_id``
+in the API) and where a refusal is listed. Enrolling again (another token, same key path) keeps the key
+enrolled before as ``<key-path>.previous`` (docs/sdk.md: going back).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from fleet_agent.client import FleetAgent, Publisher
 from fleet_agent.contracts import Registration
+from fleet_agent.enrollment import TOKEN_ENV
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet-agent", description="Agent Fleet Manager agent tools")
     commands = parser.add_subparsers(dest="command", required=True)
     enroll = commands.add_parser("enroll", help="enroll an agent with a token and write its key file")
-    enroll.add_argument("--token", required=True, help="the enrollment token (afmt1.…) an admin created")
+    enroll.add_argument(
+        "--token",
+        help=f"the enrollment token (afmt1.…) an admin created; '-' reads it from stdin (default: ${TOKEN_ENV})",
+    )
     enroll.add_argument("--agent-id", required=True)
     enroll.add_argument("--tenant", required=True)
     enroll.add_argument("--name", required=True)
@@ -33,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--key-path", required=True, help="where to write the agent's private key (mode 0600)")
     enroll.add_argument("--project", help="the fleet's project (default: GOOGLE_CLOUD_PROJECT)")
     return parser
+
+
+def _token(given: str | None) -> str:
+    """The token: ``--token`` (``-``: the first line of stdin), else ``FLEET_ENROLLMENT_TOKEN``."""
+    text = sys.stdin.readline() if given == "-" else given or os.environ.get(TOKEN_ENV, "")
+    if not text.strip():
+        raise ValueError(f"no enrollment token: pass --token - (stdin) or set {TOKEN_ENV}")
+    return text.strip()
 
 
 def main(argv: Sequence[str] | None = None, *, publisher: Publisher | None = None) -> int:
@@ -51,7 +70,7 @@ def main(argv: Sequence[str] | None = None, *, publisher: Publisher | None = Non
             registration,
             project=args.project,
             publisher=publisher,
-            enrollment_token=args.token,
+            enrollment_token=_token(args.token),
             key_path=args.key_path,
         )
     except ValueError as exc:  # pydantic's ValidationError is one; the token is never printed
@@ -64,10 +83,16 @@ def main(argv: Sequence[str] | None = None, *, publisher: Publisher | None = Non
         agent.register()
         key = agent.identity.key
         assert key is not None
-        print(f"enrolled agent {agent.agent_id} (tenant {registration.tenant})")
+        print(f"enrollment of agent {agent.agent_id} (tenant {registration.tenant}) published, not yet confirmed")
         print(f"key id: {key.key_id}")
         print(f"key file: {args.key_path}")
+        if agent.identity.kept is not None:
+            print(f"previous key kept: {agent.identity.kept} (delete it once the new key is confirmed)")
         print(f"command subscription: {agent.command_subscription}")
+        print(
+            f"confirmed when GET /v1/agents/{agent.agent_id} shows identity.key_id {key.key_id}; "
+            f"a refusal is listed by GET /v1/rejections?claimed_agent_id={agent.agent_id}"
+        )
     return 0
 
 

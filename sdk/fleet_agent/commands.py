@@ -24,7 +24,8 @@ An enrolled agent (``agent.command_subscription`` is a path) reads only its own 
 fleet created at its enrollment: a listener serving it pulls from that one
 (:class:`~fleet_agent.command_pull.SubscriptionPoller`, however many such agents it serves), makes no
 subscription of its own unless it also serves an unenrolled agent, and hands each message to the
-agent with its attributes, so the agent checks the fleet's signature before obeying.
+agent with its attributes, so the agent checks the fleet's signature before obeying. An agent that signs
+but does not know the fleet's public key cannot be added (it would obey no command anyway).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from fleet_agent.command_pull import (
     wait_for_subscription,
 )
 from fleet_agent.contracts import DEFAULT_TOPICS, EventType
+from fleet_agent.enrollment import no_fleet_key
 
 log = logging.getLogger("fleet_agent")
 
@@ -134,6 +136,8 @@ class CommandListener(CommandDelivery):
     def add(self, agent: CommandTarget, on_command: OnCommand | None = None) -> None:
         """Deliver this agent's commands to it (and to ``on_command``, after the listener's own)."""
         agent_id = agent.agent_id
+        if getattr(getattr(agent, "identity", None), "lacks_fleet_key", False):
+            raise RuntimeError(no_fleet_key(agent_id))  # it could not tell the fleet's commands from a stranger's
         own = getattr(agent, "command_subscription", None)
         if own is not None and own == self._subscription:
             own = None  # this listener's own stream is that subscription

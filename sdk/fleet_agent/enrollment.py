@@ -12,6 +12,14 @@ fleet key signs its commands, without the token. A rotation writes the new key t
 first, so a crash between publishing the rotation and replacing the key file leaves both keys on disk:
 the next start re-sends the rotation (signed by the old key, idempotent) and then switches.
 
+Enrolling again (a token other than the one in the state, after a revocation) makes a new key, which
+waits in ``<key_path>.next`` too: the key file keeps the enrolled key until Pub/Sub accepted the new
+enrollment. Then the old key and its state are kept as ``<key_path>.previous`` and
+``<key_path>.previous.json`` (an earlier ``.previous`` is moved aside under its key id), never deleted:
+the fleet does not confirm an enrollment (it sends ``key_rotated`` for a rotation only: an enrollment is
+signed by the new key and carries a token), and refuses it (``unknown_key``) while the agent's old key is
+still valid, so only the operator can tell which key to keep (docs/sdk.md says how to go back).
+
 When to switch. Pub/Sub does not order messages across topics: an event signed by the new key may reach
 the fleet before the registration that binds it, and would be refused (``unknown_key``). So the agent
 keeps signing with the old key, which the fleet accepts until the end of its overlap
@@ -60,6 +68,15 @@ def switch_fallback_s() -> float:
     return value
 
 
+def no_fleet_key(agent_id: str) -> str:
+    """Why an agent that signs but lacks the fleet's public key obeys no command, and how to fix it."""
+    return (
+        f"agent {agent_id} signs its events but has no fleet public key, so it cannot verify the fleet's "
+        f"commands and obeys none: give it fleet_public_key= or {PUBLIC_KEY_ENV} (or its enrollment state "
+        "<key_path>.json, or an enrollment token)"
+    )
+
+
 @dataclass(frozen=True)
 class EnrollmentState:
     """What ``<key_path>.json`` holds: which agent the key was enrolled for, with which token, and the
@@ -79,6 +96,25 @@ def _state_path(key_path: Path) -> Path:
 
 def _next_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".next")
+
+
+def _previous_path(key_path: Path) -> Path:
+    return key_path.with_name(key_path.name + ".previous")
+
+
+def _keep_previous(key_path: Path) -> Path:
+    """Copy the key file and its state to ``<key_path>.previous`` (+ ``.json``) before they are replaced;
+    an earlier ``.previous`` is moved aside to ``<key_path>.previous.<its key id>`` (nothing is deleted)."""
+    previous = _previous_path(key_path)
+    if previous.exists():
+        aside = previous.with_name(f"{previous.name}.{AgentKey.load(previous).key_id}")
+        if _state_path(previous).exists():
+            os.replace(_state_path(previous), _state_path(aside))
+        os.replace(previous, aside)
+    if _state_path(key_path).exists():
+        _write_private(_state_path(previous), _state_path(key_path).read_bytes())
+    _write_private(previous, key_path.read_bytes())
+    return previous
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -113,6 +149,7 @@ class AgentIdentity:
         fleet_public_key: str | None = None,
         state: EnrollmentState | None = None,
         pending: AgentKey | None = None,
+        staged: bool = False,
         fallback_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -124,6 +161,10 @@ class AgentIdentity:
         self.state = state
         self._key = key
         self._pending = pending  # a rotation's new key, not yet in use
+        #: ``key`` is a new enrollment's, waiting in ``<key_path>.next`` until Pub/Sub accepted it.
+        self._staged = staged
+        #: Where the key enrolled before was kept (``<key_path>.previous``) by this enrollment; None: nothing.
+        self.kept: Path | None = None
         #: When (``clock``) Pub/Sub accepted the registration carrying ``_pending``; None: not yet.
         self._accepted_at: float | None = None
         self._fallback_s = fallback_s if fallback_s is not None else switch_fallback_s()
@@ -151,14 +192,24 @@ class AgentIdentity:
         if token is not None and state is not None and state.token_id == token.token_id:
             token = None  # used already: a token is sent once, never again
         pending = None
+        staged = False
         if key is None and path is not None:
-            if path.exists() and not (token is not None and state is not None):
+            if token is not None and state is not None and path.exists() and AgentKey.load(path).key_id != state.key_id:
+                state = None  # the key file is not the state's: an enrollment's, installed by a start that stopped
+            if token is not None and state is not None and path.exists():
+                # Enrolling again: the enrolled key stays in place until Pub/Sub accepted the enrollment.
+                staged, state, nxt = True, None, _next_path(path)
+                key = AgentKey.load(nxt) if nxt.exists() else AgentKey.generate()  # .next: an earlier attempt's
+                key.save(nxt)  # before publishing: the key it binds must survive a crash
+                log.warning("agent %s: enrolling again with a new token; %s is kept as %s once it is published",
+                            agent_id, path, _previous_path(path))  # fmt: skip
+            elif path.exists():
                 key = AgentKey.load(path)
-            else:  # first start, or enrolling again with a new token (the old key may be revoked)
+            else:  # first start
                 key = AgentKey.generate()
                 key.save(path)  # before publishing: the bound key must survive a crash
                 state = None
-            if _next_path(path).exists():
+            if not staged and _next_path(path).exists():
                 pending = AgentKey.load(_next_path(path))
                 log.warning("agent %s: finishing a key rotation interrupted earlier", agent_id)
         if token is not None and key is None:
@@ -173,7 +224,8 @@ class AgentIdentity:
         if key is None:
             log.warning("agent %s: no key and no enrollment token: its events are sent unsigned", agent_id)
         elif fleet_key is None:
-            log.warning("agent %s: no fleet public key: its commands are not verified", agent_id)
+            log.warning("agent %s: no fleet public key: it obeys no command until given one (%s)", agent_id,
+                        PUBLIC_KEY_ENV)  # fmt: skip
         return cls(
             agent_id,
             tenant,
@@ -183,6 +235,7 @@ class AgentIdentity:
             fleet_public_key=fleet_key,
             state=state,
             pending=pending,
+            staged=staged,
         )
 
     @staticmethod
@@ -225,6 +278,12 @@ class AgentIdentity:
         return self.key is not None and self.fleet_public_key is not None
 
     @property
+    def lacks_fleet_key(self) -> bool:
+        """Signs its events but does not know the fleet's public key: it cannot verify a command, so it
+        obeys none (fail closed) until given the key. Only an agent with no key at all is unsigned."""
+        return self.key is not None and self.fleet_public_key is None
+
+    @property
     def enrolling(self) -> bool:
         """The next registration carries the enrollment token (its command subscription may not exist yet)."""
         return self.token is not None
@@ -261,6 +320,10 @@ class AgentIdentity:
         with self._lock:
             if claim.enrollment_token is not None and self.token is not None:
                 token_id, self.token = self.token.token_id, None
+                if self._staged and self.key_path is not None:
+                    self.kept = _keep_previous(self.key_path)  # the key enrolled before, and its state
+                    os.replace(_next_path(self.key_path), self.key_path)  # atomic
+                    self._staged = False
                 self._save_state(token_id, utcnow().isoformat())
             elif (
                 self._pending is not None and claim.public_key == self._pending.public_key and self._accepted_at is None
@@ -291,6 +354,8 @@ class AgentIdentity:
         with self._lock:
             if self._key is None:
                 raise RuntimeError(f"agent {self.agent_id} has no key to rotate")
+            if self.token is not None:
+                raise RuntimeError(f"agent {self.agent_id} is enrolling: register() before rotating its key")
             if self._pending is None:
                 pending = AgentKey.generate()
                 if self.key_path is not None:

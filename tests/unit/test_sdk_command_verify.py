@@ -331,3 +331,66 @@ def test_the_poller_backs_off_on_quiet_and_failing_subscriptions() -> None:
     busy.queues["b"].append(signed(command(CommandType.PAUSE)))
     source = SimpleNamespace(wait_s=2.0, failing=False, received=0)
     assert SubscriptionPoller(busy, lambda path, message: None).poll("b", source) == 0.0
+
+
+# -- an agent that signs but has no fleet key -------------------------------------------------------------
+
+
+def test_an_agent_that_signs_without_the_fleet_key_obeys_no_command(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key from a secret, restarted without its token and without FLEET_PUBLIC_KEY: it cannot verify
+    the fleet's commands, so it obeys none (a stranger's resume included) and makes no subscription."""
+    monkeypatch.delenv("FLEET_PUBLIC_KEY", raising=False)
+    monkeypatch.delenv("FLEET_ENROLLMENT_TOKEN", raising=False)
+    monkeypatch.delenv("FLEET_KEY_PATH", raising=False)
+    agent = FleetAgent(reg("agent-1"), project="test", publisher=FakePublisher(), key=AgentKey.generate())
+    try:
+        sub = FakeSubscriber()
+        with pytest.raises(RuntimeError, match="FLEET_PUBLIC_KEY"):
+            agent.listen(subscriber=sub)
+        with pytest.raises(RuntimeError, match="fleet public key"):
+            agent.listen(subscriber=sub, subscription="projects/test/subscriptions/mine")
+        assert sub.created == [] and sub.callbacks == {} and agent.listener is None, "no subscription of its own"
+        pause = command(CommandType.PAUSE)
+        with caplog.at_level(logging.WARNING, logger="fleet_agent"):
+            assert agent.apply_command(pause.model_dump_json().encode()) is None, "unsigned: not obeyed"
+            assert agent.apply_command(*signed(command(CommandType.RESUME, seconds=1), key=STRANGER)) is None
+            assert agent.apply_command(*signed(command(CommandType.PAUSE, seconds=2))) is None, "unverifiable"
+        assert not refused(agent), "no command changed anything"
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "FLEET_PUBLIC_KEY" in errors[0].getMessage(), "one error, not one per command"
+    finally:
+        agent.close(timeout=1)
+
+
+def test_given_the_fleet_key_the_same_agent_obeys_only_the_fleet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEET_ENROLLMENT_TOKEN", raising=False)
+    monkeypatch.delenv("FLEET_KEY_PATH", raising=False)
+    monkeypatch.setenv("FLEET_PUBLIC_KEY", FLEET.public_key)
+    agent = FleetAgent(reg("agent-1"), project="test", publisher=FakePublisher(), key=AgentKey.generate())
+    try:
+        assert agent.apply_command(*signed(command(CommandType.PAUSE), key=STRANGER)) is None
+        assert not refused(agent)
+        assert agent.apply_command(*signed(command(CommandType.PAUSE))) is not None
+        assert refused(agent)
+    finally:
+        agent.close(timeout=1)
+
+
+def test_a_shared_listener_refuses_an_agent_that_signs_without_the_fleet_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEET_PUBLIC_KEY", raising=False)
+    monkeypatch.delenv("FLEET_KEY_PATH", raising=False)
+    agent = FleetAgent(reg("agent-1"), project="test", publisher=FakePublisher(), key=AgentKey.generate())
+    sub = FakeSubscriber()
+    listener = CommandListener("test", label="sim", subscriber=sub)
+    try:
+        with pytest.raises(RuntimeError, match="no fleet public key"):
+            listener.add(agent)
+        listener.start()
+        (shared,) = sub.created
+        sub.stream(shared, command(CommandType.PAUSE).model_dump_json().encode(), {"agent_id": "agent-1"})
+        assert not refused(agent), "not served: a stranger's unsigned command reaches nothing"
+    finally:
+        listener.close()
+        agent.close(timeout=1)

@@ -3,6 +3,7 @@ file and its state, signing of every event, rotation, ``fleet-agent enroll``. A 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import stat
@@ -146,6 +147,96 @@ def test_a_new_token_enrolls_again_with_a_new_key(tmp_path: Path, make_agent: Ca
     assert signed_by(envelope, attrs, new.public_key)
 
 
+def test_a_new_token_keeps_the_old_key_until_pubsub_accepted_and_then_as_previous(
+    tmp_path: Path, make_agent: Callable[..., FleetAgent]
+) -> None:
+    """The fleet refuses an enrollment while the agent's key is valid (unknown_key) and confirms none: the
+    old key and its state are never overwritten before the enrollment is published, and kept after."""
+    path = tmp_path / "fleet.key"
+    make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN)).register()
+    old_pem, old_state = path.read_bytes(), (tmp_path / "fleet.key.json").read_bytes()
+    second = EnrollmentToken.new(FLEET.public_key)
+    seen: list[tuple[bytes, bool]] = []
+    publisher = FakePublisher()
+    publisher.on_publish = lambda topic, data: seen.append((path.read_bytes(), (tmp_path / "fleet.key.next").exists()))
+    agent = make_agent(publisher, key_path=path, enrollment_token=str(second))
+    assert path.read_bytes() == old_pem, "the working key is not replaced at start"
+    with pytest.raises(RuntimeError, match="enrolling"):
+        agent.rotate_key()  # its .next holds the enrollment's key
+    agent.register()
+    assert seen == [(old_pem, True)], "while publishing: the old key in place, the new one in .next"
+    new = AgentKey.load(path)
+    ((envelope, attrs),) = publisher.sent(EventType.REGISTRATION)
+    assert envelope.data["identity"] == {"public_key": new.public_key, "enrollment_token": str(second)}
+    assert signed_by(envelope, attrs, new.public_key)
+    assert not (tmp_path / "fleet.key.next").exists()
+    previous = tmp_path / "fleet.key.previous"
+    assert previous.read_bytes() == old_pem and stat.S_IMODE(previous.stat().st_mode) == 0o600
+    assert (tmp_path / "fleet.key.previous.json").read_bytes() == old_state
+    assert agent.identity.kept == previous
+    assert json.loads((tmp_path / "fleet.key.json").read_text())["token_id"] == second.token_id
+
+    # Going back (the fleet refused the enrollment): the two renames docs/sdk.md gives.
+    previous.replace(path)
+    (tmp_path / "fleet.key.previous.json").replace(tmp_path / "fleet.key.json")
+    back = make_agent(FakePublisher(), key_path=path)
+    assert back.identity.key is not None
+    assert back.identity.key.public_key == AgentKey.from_pem(old_pem.decode()).public_key
+    assert back.identity.enrolled and not back.identity.enrolling and not back.identity.rotating
+
+
+def test_an_enrollment_pubsub_refused_keeps_the_old_key_and_reuses_the_new_one(
+    tmp_path: Path, make_agent: Callable[..., FleetAgent]
+) -> None:
+    path = tmp_path / "fleet.key"
+    make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN)).register()
+    old_pem = path.read_bytes()
+    second = str(EnrollmentToken.new(FLEET.public_key))
+    failing = make_agent(FakePublisher(fail=True), key_path=path, enrollment_token=second)
+    with pytest.raises(RuntimeError, match="503"):
+        failing.register()
+    assert path.read_bytes() == old_pem and not (tmp_path / "fleet.key.previous").exists()
+    staged = AgentKey.load(tmp_path / "fleet.key.next")
+    publisher = FakePublisher()
+    make_agent(publisher, key_path=path, enrollment_token=second).register()  # the retry, same token
+    ((envelope, _),) = publisher.sent(EventType.REGISTRATION)
+    assert envelope.data["identity"]["public_key"] == staged.public_key, "the same new key, not a third one"
+    assert AgentKey.load(path).key_id == staged.key_id
+    assert (tmp_path / "fleet.key.previous").read_bytes() == old_pem
+
+
+def test_a_start_that_stopped_after_installing_the_new_key_is_finished_with_that_key(
+    tmp_path: Path, make_agent: Callable[..., FleetAgent]
+) -> None:
+    path = tmp_path / "fleet.key"
+    make_agent(FakePublisher(), key_path=path, enrollment_token=str(TOKEN)).register()
+    old_state = (tmp_path / "fleet.key.json").read_bytes()
+    second = str(EnrollmentToken.new(FLEET.public_key))
+    make_agent(FakePublisher(), key_path=path, enrollment_token=second).register()
+    new = AgentKey.load(path)
+    (tmp_path / "fleet.key.json").write_bytes(old_state)  # as if it stopped before writing the new state
+    publisher = FakePublisher()
+    make_agent(publisher, key_path=path, enrollment_token=second).register()
+    ((envelope, _),) = publisher.sent(EventType.REGISTRATION)
+    assert envelope.data["identity"]["public_key"] == new.public_key, "the installed key, not a third one"
+    assert AgentKey.load(path).key_id == new.key_id and not (tmp_path / "fleet.key.next").exists()
+    assert json.loads((tmp_path / "fleet.key.json").read_text())["key_id"] == new.key_id
+
+
+def test_enrolling_again_twice_deletes_no_key(tmp_path: Path, make_agent: Callable[..., FleetAgent]) -> None:
+    path = tmp_path / "fleet.key"
+    keys = []
+    for token in (TOKEN, EnrollmentToken.new(FLEET.public_key), EnrollmentToken.new(FLEET.public_key)):
+        make_agent(FakePublisher(), key_path=path, enrollment_token=str(token)).register()
+        keys.append(AgentKey.load(path))
+    assert len({k.key_id for k in keys}) == 3
+    assert AgentKey.load(tmp_path / "fleet.key.previous").key_id == keys[1].key_id
+    aside = tmp_path / f"fleet.key.previous.{keys[0].key_id}"
+    assert AgentKey.load(aside).key_id == keys[0].key_id, "the older previous key is kept under its key id"
+    aside_state = json.loads((tmp_path / f"fleet.key.previous.{keys[0].key_id}.json").read_text())
+    assert aside_state["token_id"] == TOKEN.token_id
+
+
 def test_a_key_given_directly_signs_without_a_file(make_agent: Callable[..., FleetAgent]) -> None:
     key = AgentKey.from_pem(AgentKey.generate().to_pem().decode())  # e.g. from a secret the agent has
     publisher = FakePublisher()
@@ -264,6 +355,9 @@ def test_fleet_agent_enroll_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert f"key id: {key.key_id}" in out
     assert "command subscription: projects/p/subscriptions/agent-commands.chat-7" in out
+    assert "published, not yet confirmed" in out and "enrolled agent" not in out, "Pub/Sub is not the fleet"
+    assert f"GET /v1/agents/chat-7 shows identity.key_id {key.key_id}" in out
+    assert "previous key" not in out
     assert TOKEN.secret not in out
     ((envelope, attrs),) = publisher.sent(EventType.REGISTRATION)
     assert envelope.data["identity"] == {"public_key": key.public_key, "enrollment_token": str(TOKEN)}
@@ -285,3 +379,42 @@ def test_fleet_agent_enroll_refuses_a_bad_token_without_echoing_it(
     err = capsys.readouterr().err
     assert "not an enrollment token" in err and "s3cret" not in err
     assert not (tmp_path / "k").exists()
+
+
+ENROLL = ["enroll", "--agent-id", "chat-7", "--tenant", "acme", "--name", "Chat", "--type", "llm-chat"]
+ENROLL += ["--version", "1.0.0", "--owner", "team", "--project", "p"]
+
+
+def test_fleet_agent_enroll_reads_the_token_from_stdin_or_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not on the command line: ``ps`` and the shell's history never see it."""
+    publisher = FakePublisher()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{TOKEN}\n"))
+    assert cli_main([*ENROLL, "--token", "-", "--key-path", str(tmp_path / "a.key")], publisher=publisher) == 0
+    other = EnrollmentToken.new(FLEET.public_key)
+    monkeypatch.setenv("FLEET_ENROLLMENT_TOKEN", str(other))
+    assert cli_main([*ENROLL, "--key-path", str(tmp_path / "b.key")], publisher=publisher) == 0
+    sent = [envelope.data["identity"]["enrollment_token"] for envelope, _ in publisher.sent(EventType.REGISTRATION)]
+    assert sent == [str(TOKEN), str(other)]
+    out = capsys.readouterr().out
+    assert TOKEN.secret not in out and other.secret not in out
+
+    monkeypatch.delenv("FLEET_ENROLLMENT_TOKEN")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert cli_main([*ENROLL, "--token", "-", "--key-path", str(tmp_path / "c.key")], publisher=publisher) == 1
+    assert cli_main([*ENROLL, "--key-path", str(tmp_path / "c.key")], publisher=publisher) == 1
+    assert "no enrollment token" in capsys.readouterr().err
+    assert not (tmp_path / "c.key").exists()
+
+
+def test_fleet_agent_enroll_again_keeps_the_previous_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "fleet.key"
+    assert cli_main([*ENROLL, "--token", str(TOKEN), "--key-path", str(path)], publisher=FakePublisher()) == 0
+    old = AgentKey.load(path)
+    capsys.readouterr()
+    again = str(EnrollmentToken.new(FLEET.public_key))
+    assert cli_main([*ENROLL, "--token", again, "--key-path", str(path)], publisher=FakePublisher()) == 0
+    out = capsys.readouterr().out
+    assert f"previous key kept: {path}.previous" in out
+    assert AgentKey.load(tmp_path / "fleet.key.previous").key_id == old.key_id != AgentKey.load(path).key_id
