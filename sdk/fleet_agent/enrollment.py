@@ -26,8 +26,9 @@ keeps signing with the old key, which the fleet accepts until the end of its ove
 (``FLEET_KEY_OVERLAP_S``, 600 s by default), until the fleet confirms the rotation with a signed
 ``key_rotated`` command naming the new key (:meth:`AgentIdentity.confirmed`; it is sent only once the new
 key is stored as current). An agent that does not hear it (it does not listen for commands, or the
-command is late) switches anyway ``FLEET_KEY_SWITCH_FALLBACK_S`` (60 s by default) after Pub/Sub accepted
-the rotation: the fleet's overlap must be longer than this fallback plus the longest delivery delay.
+command is late) switches anyway ``FLEET_KEY_SWITCH_FALLBACK_S`` (300 s by default, half the fleet's default
+overlap) after Pub/Sub accepted the rotation: the fleet's overlap must be longer than this fallback plus the
+longest delivery delay.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ KEY_PATH_ENV = "FLEET_KEY_PATH"
 PUBLIC_KEY_ENV = "FLEET_PUBLIC_KEY"
 FALLBACK_ENV = "FLEET_KEY_SWITCH_FALLBACK_S"
 #: Seconds after Pub/Sub accepted a rotation at which the agent switches keys without the fleet's word.
-DEFAULT_SWITCH_FALLBACK_S = 60.0
+DEFAULT_SWITCH_FALLBACK_S = 300.0
 
 
 def switch_fallback_s() -> float:

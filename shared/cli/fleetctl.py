@@ -185,8 +185,9 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         return EXIT_FAILED
     decision = plan.transition
     assert decision is not None, "apply_transition always decides"
-    if decision.outcome is Outcome.APPLIED and decision.target in agent_controls.RETIRED:
-        # A decommissioned agent's command channel goes with it (its key was revoked in the write).
+    if decision.state in agent_controls.RETIRED:
+        # A decommissioned agent's command channel goes with it (its key was revoked in the write); also
+        # when it was retired already, so a run of this command repairs a delete that failed before.
         command_channels.delete(args.agent_id)
     if decision.outcome is Outcome.APPLIED:
         print(

@@ -217,14 +217,18 @@ def check_job(
         return False
     if job_key is None or signature.key_id != key_id_of(job_key):
         raise _refused(Code.UNKNOWN_KEY, f"key {signature.key_id} is not the job's key", agent_id, tenant)
-    if finished_at is not None and received_at >= finished_at + JOB_KEY_GRACE:
-        raise _refused(
-            Code.UNKNOWN_KEY, f"key {signature.key_id} belongs to a job that ended at {finished_at.isoformat()}",
-            agent_id, tenant,
-        )  # fmt: skip
     if not verify(job_key, signature, message()):
         raise _refused(Code.BAD_SIGNATURE, "the report's signature does not verify with the job's key", agent_id,
                        tenant)  # fmt: skip
+    if finished_at is not None and received_at >= finished_at + JOB_KEY_GRACE:
+        # Proven (the job's own key), only late: a run still reporting while its stop is carried out is
+        # not a forgery, so this is no identity refusal and never counts towards forged_events.
+        raise Rejected(
+            Code.JOB_ENDED,
+            f"the job ended at {finished_at.isoformat()}; its run's later reports change nothing",
+            agent_id=agent_id,
+            tenant=tenant,
+        )
     return True
 
 

@@ -31,6 +31,8 @@ class Code(StrEnum):
     DELIVERY_EXHAUSTED = "delivery_exhausted"
     #: A training run reported on a job that does not exist or is another agent's.
     UNKNOWN_JOB = "unknown_job"
+    #: A report, signed by its job's key, received after the job ended (its run was still stopping).
+    JOB_ENDED = "job_ended"
     # Identity (shared/domain/identity.py): the claimed agent_id is unproven, so these rejections are kept
     # apart from that agent's record (``claimed_agent_id``) and count towards ``forged_events``.
     #: No signature, from an agent that has a key or of a tenant whose policy requires one.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from shared.domain.run_phase import Backend, Phase, RunStatus
 from shared.launchers.base import Handle, LaunchError, LaunchSpec, NotOurs
+from shared.platform import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,11 @@ class LocalLauncher:
             return handle  # launched before: never a second process
         (run / "job_id").write_text(spec.job_id)
         (run / "spec.json").write_text(json.dumps({"command": list(spec.command), "labels": spec.all_labels()}))
-        env = {**os.environ, **spec.env, **spec.secrets}  # the secrets in the process's environment only
+        # The run's own secrets in its process's environment only; none of the function's (the fleet key,
+        # Slack's): a run holding the fleet key could sign commands and settlements, and derive any job's key.
+        secrets = {secret.name.upper().replace("-", "_") for secret in topology.load().secrets}
+        inherited = {k: v for k, v in os.environ.items() if k not in secrets}
+        env = {**inherited, **spec.env, **spec.secrets}
         argv = [
             sys.executable,
             "-m",

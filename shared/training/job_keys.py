@@ -33,13 +33,10 @@ def derive(secret: bytes, job_id: str) -> AgentKey:
     return AgentKey(Ed25519PrivateKey.from_private_bytes(seed))
 
 
-def for_job(job_id: str) -> AgentKey | None:
-    """The job's key; None when no fleet key is configured (its reports are then held to the tenant's
-    identity policy, like an agent without a key)."""
-    try:
-        return derive(fleet_key.get().to_pem(), job_id)
-    except fleet_key.MissingFleetKey:
-        return None
+def for_job(job_id: str) -> AgentKey:
+    """The job's key. Raises MissingFleetKey when the function has no fleet key: a run launched without
+    its key would have every report refused, so the launch fails (and is retried) instead."""
+    return derive(fleet_key.get().to_pem(), job_id)
 
 
 def env_value(key: AgentKey) -> str:

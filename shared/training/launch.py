@@ -24,7 +24,7 @@ from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job, JobState
 from shared.launchers import registry
 from shared.launchers.base import Handle, Launcher, LaunchError, LaunchSpec
-from shared.platform import logs, metering, settings
+from shared.platform import fleet_key, logs, metering, settings
 from shared.store import config, db
 from shared.store import jobs as store
 from shared.training import job_keys
@@ -89,8 +89,12 @@ def launch(job_id: str, now: datetime) -> str:
         return _stop_started(found)
     if found.state is not JobState.ADMITTED or found.handle is not None:
         return "nothing_to_do"
-    key = job_keys.for_job(job_id)
-    if key is not None and found.job_key != key.public_key:
+    try:
+        key = job_keys.for_job(job_id)
+    except fleet_key.MissingFleetKey as exc:  # a deployment's mistake: retried, never launched keyless
+        _count_attempt(job_id, now, str(exc))
+        raise LaunchError(str(exc), transient=True) from exc
+    if found.job_key != key.public_key:
         found = _record_key(job_id, key.public_key)
         if found is None or found.state is not JobState.ADMITTED or found.handle is not None:
             return "nothing_to_do"

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from fleet_agent.contracts import MAX_EVENT_BYTES, EventType
+from fleet_agent.identity import AgentKey
 
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import agent_doc, heartbeat, log_lines, publish, publish_raw, registration, signed_encode
@@ -187,9 +188,18 @@ def test_unknown_agent_is_rejected_after_its_grace(publisher, api, agent_id) -> 
 
 def test_other_tenant_registration_is_refused_not_merged(publisher, firestore, api, agent_id) -> None:
     register(publisher, firestore, agent_id, tenant="acme")
+    # The agent itself (signed by its own key) cannot move to another tenant ...
     message_id = publish(publisher, registration(agent_id, tenant="globex", name="Impostor"))
     rejection = wait_for(lambda: next(iter(api.get("/v1/rejections", agent_id=agent_id).json()["items"]), None))
     assert rejection["id"] == message_id and rejection["code"] == "tenant_conflict"
+    # ... and a true impostor (its own key, or none) is refused before that, as an unproven identity.
+    for kw in ({"signer": AgentKey.generate()}, {"signed": False}):
+        forged = publish(publisher, registration(agent_id, tenant="globex", name="Impostor"), **kw)
+        refusal = wait_for(
+            lambda f=forged: next((r for r in api.get("/v1/rejections", claimed_agent_id=agent_id).json()["items"]
+                                   if r["id"] == f), None)
+        )  # fmt: skip
+        assert refusal["code"] in ("unknown_key", "unsigned", "bad_signature")
     doc = agent_doc(firestore, agent_id)
     assert doc is not None and (doc["tenant"], doc["name"]) == ("acme", f"Agent {agent_id}")
 

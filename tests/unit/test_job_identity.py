@@ -190,7 +190,13 @@ def test_a_finished_jobs_key_verifies_nothing_received_after_the_end(job_doc: di
     assert job_doc["job"].result is not None, "sent before the end, delivered after: still believed"
     with pytest.raises(Rejected) as refused:
         progress.process(decoded(report(seq=2), key, at=NOW + identity.JOB_KEY_GRACE))
-    assert refused.value.code is Code.UNKNOWN_KEY and job_doc["job"].progress["seq"] == 1
+    # Proven by the job's key, only late (a run still stopping): refused, never counted as a forgery.
+    assert refused.value.code is Code.JOB_ENDED and not refused.value.unproven
+    assert job_doc["job"].progress["seq"] == 1
+    stranger = AgentKey.generate()  # someone else's key after the end: still an identity refusal
+    with pytest.raises(Rejected) as forged:
+        progress.process(decoded(report(seq=3), stranger, at=NOW + identity.JOB_KEY_GRACE))
+    assert forged.value.unproven
 
 
 def test_a_job_without_a_key_follows_the_tenants_policy(job_doc: dict[str, Any]) -> None:

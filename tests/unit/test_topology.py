@@ -83,7 +83,7 @@ def test_unknown_agent_grace_ends_well_inside_the_retry_window() -> None:
 def test_the_fleet_key_is_read_by_exactly_the_functions_that_sign_commands_or_make_tokens() -> None:
     """Commands are signed by the fleet (shared/services/agent_commands.py), so every function that publishes
     to agent-commands needs the secret, and so do those making enrollment tokens (they carry the fleet's
-    public key); no other function may read the fleet's private key."""
+    public key), and the one settling and relaunching jobs; no other function may read the fleet's private key."""
     from shared.platform import fleet_key
 
     topology = load().deployed()
@@ -91,5 +91,6 @@ def test_the_fleet_key_is_read_by_exactly_the_functions_that_sign_commands_or_ma
     readers = {f.name for f in topology.functions if fleet_key.SECRET in f.secrets}
     signers = {f.name for f in topology.functions if command_topic in f.publishes}
     assert {"fleet-registrations", "fleet-costs", "fleet-api"} <= signers
-    assert readers == signers | {"fleet-api", "fleet-slack"}
+    # fleet-jobs signs job settlements and derives the key of a job it relaunches.
+    assert readers == signers | {"fleet-api", "fleet-slack", "fleet-jobs"}
     assert fleet_key.SECRET in {s.name for s in topology.secrets}
