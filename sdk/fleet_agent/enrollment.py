@@ -12,13 +12,14 @@ fleet key signs its commands, without the token. A rotation writes the new key t
 first, so a crash between publishing the rotation and replacing the key file leaves both keys on disk:
 the next start re-sends the rotation (signed by the old key, idempotent) and then switches.
 
-Enrolling again (a token other than the one in the state, after a revocation) makes a new key, which
-waits in ``<key_path>.next`` too: the key file keeps the enrolled key until Pub/Sub accepted the new
-enrollment. Then the old key and its state are kept as ``<key_path>.previous`` and
-``<key_path>.previous.json`` (an earlier ``.previous`` is moved aside under its key id), never deleted:
-the fleet does not confirm an enrollment (it sends ``key_rotated`` for a rotation only: an enrollment is
-signed by the new key and carries a token), and refuses it (``unknown_key``) while the agent's old key is
-still valid, so only the operator can tell which key to keep (docs/sdk.md says how to go back).
+Enrolling again (a token other than the one in the state, after a revocation) makes a new key, which waits
+in ``<key_path>.enroll`` (never ``.next``, whose key a revocation may have revoked): the key file keeps the
+enrolled key until Pub/Sub accepted the new enrollment. Then the old key and its state are kept as
+``<key_path>.previous`` and ``<key_path>.previous.json`` (an earlier ``.previous`` is moved aside under its
+key id), never deleted: the fleet does not confirm an enrollment (it sends ``key_rotated`` for a rotation
+only: an enrollment is signed by the new key and carries a token), and refuses it (``unknown_key``) while
+the agent's old key is still valid, so only the operator can tell which key to keep (docs/sdk.md says how to
+go back).
 
 When to switch. Pub/Sub does not order messages across topics: an event signed by the new key may reach
 the fleet before the registration that binds it, and would be refused (``unknown_key``). So the agent
@@ -99,6 +100,12 @@ def _next_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".next")
 
 
+def _enroll_path(key_path: Path) -> Path:
+    """Where a new enrollment's key waits (apart from a rotation's ``.next``: a rotation cut short must
+    never be taken for an earlier enrollment attempt, its key may have been revoked since)."""
+    return key_path.with_name(key_path.name + ".enroll")
+
+
 def _previous_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".previous")
 
@@ -162,7 +169,7 @@ class AgentIdentity:
         self.state = state
         self._key = key
         self._pending = pending  # a rotation's new key, not yet in use
-        #: ``key`` is a new enrollment's, waiting in ``<key_path>.next`` until Pub/Sub accepted it.
+        #: ``key`` is a new enrollment's, waiting in ``<key_path>.enroll`` until Pub/Sub accepted it.
         self._staged = staged
         #: Where the key enrolled before was kept (``<key_path>.previous``) by this enrollment; None: nothing.
         self.kept: Path | None = None
@@ -199,8 +206,8 @@ class AgentIdentity:
                 state = None  # the key file is not the state's: an enrollment's, installed by a start that stopped
             if token is not None and state is not None and path.exists():
                 # Enrolling again: the enrolled key stays in place until Pub/Sub accepted the enrollment.
-                staged, state, nxt = True, None, _next_path(path)
-                key = AgentKey.load(nxt) if nxt.exists() else AgentKey.generate()  # .next: an earlier attempt's
+                staged, state, nxt = True, None, _enroll_path(path)
+                key = AgentKey.load(nxt) if nxt.exists() else AgentKey.generate()  # .enroll: an earlier attempt's
                 key.save(nxt)  # before publishing: the key it binds must survive a crash
                 log.warning("agent %s: enrolling again with a new token; %s is kept as %s once it is published",
                             agent_id, path, _previous_path(path))  # fmt: skip
@@ -323,7 +330,7 @@ class AgentIdentity:
                 token_id, self.token = self.token.token_id, None
                 if self._staged and self.key_path is not None:
                     self.kept = _keep_previous(self.key_path)  # the key enrolled before, and its state
-                    os.replace(_next_path(self.key_path), self.key_path)  # atomic
+                    os.replace(_enroll_path(self.key_path), self.key_path)  # atomic
                     self._staged = False
                 self._save_state(token_id, utcnow().isoformat())
             elif (

@@ -158,18 +158,19 @@ def test_a_new_token_keeps_the_old_key_until_pubsub_accepted_and_then_as_previou
     second = EnrollmentToken.new(FLEET.public_key)
     seen: list[tuple[bytes, bool]] = []
     publisher = FakePublisher()
-    publisher.on_publish = lambda topic, data: seen.append((path.read_bytes(), (tmp_path / "fleet.key.next").exists()))
+    staged = tmp_path / "fleet.key.enroll"
+    publisher.on_publish = lambda topic, data: seen.append((path.read_bytes(), staged.exists()))
     agent = make_agent(publisher, key_path=path, enrollment_token=str(second))
     assert path.read_bytes() == old_pem, "the working key is not replaced at start"
     with pytest.raises(RuntimeError, match="enrolling"):
-        agent.rotate_key()  # its .next holds the enrollment's key
+        agent.rotate_key()  # its .enroll holds the enrollment's key
     agent.register()
-    assert seen == [(old_pem, True)], "while publishing: the old key in place, the new one in .next"
+    assert seen == [(old_pem, True)], "while publishing: the old key in place, the new one in .enroll"
     new = AgentKey.load(path)
     ((envelope, attrs),) = publisher.sent(EventType.REGISTRATION)
     assert envelope.data["identity"] == {"public_key": new.public_key, "enrollment_token": str(second)}
     assert signed_by(envelope, attrs, new.public_key)
-    assert not (tmp_path / "fleet.key.next").exists()
+    assert not (tmp_path / "fleet.key.enroll").exists()
     previous = tmp_path / "fleet.key.previous"
     assert previous.read_bytes() == old_pem and stat.S_IMODE(previous.stat().st_mode) == 0o600
     assert (tmp_path / "fleet.key.previous.json").read_bytes() == old_state
@@ -196,7 +197,7 @@ def test_an_enrollment_pubsub_refused_keeps_the_old_key_and_reuses_the_new_one(
     with pytest.raises(RuntimeError, match="503"):
         failing.register()
     assert path.read_bytes() == old_pem and not (tmp_path / "fleet.key.previous").exists()
-    staged = AgentKey.load(tmp_path / "fleet.key.next")
+    staged = AgentKey.load(tmp_path / "fleet.key.enroll")
     publisher = FakePublisher()
     make_agent(publisher, key_path=path, enrollment_token=second).register()  # the retry, same token
     ((envelope, _),) = publisher.sent(EventType.REGISTRATION)
@@ -219,7 +220,7 @@ def test_a_start_that_stopped_after_installing_the_new_key_is_finished_with_that
     make_agent(publisher, key_path=path, enrollment_token=second).register()
     ((envelope, _),) = publisher.sent(EventType.REGISTRATION)
     assert envelope.data["identity"]["public_key"] == new.public_key, "the installed key, not a third one"
-    assert AgentKey.load(path).key_id == new.key_id and not (tmp_path / "fleet.key.next").exists()
+    assert AgentKey.load(path).key_id == new.key_id and not (tmp_path / "fleet.key.enroll").exists()
     assert json.loads((tmp_path / "fleet.key.json").read_text())["key_id"] == new.key_id
 
 
