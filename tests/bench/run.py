@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fleet_agent.contracts import Heartbeat, Registration, encode
+from fleet_agent.contracts import Heartbeat, KeyClaim, Registration, encode
 from fleet_agent.identity import AgentKey
 
 from emulators.stack import ROOT, Stack
@@ -246,9 +246,8 @@ def register(stack: Stack, client: Any, fleet: Fleet) -> None:
             owner="bench", heartbeat_interval_s=30,
         )  # fmt: skip
         if fleet.keys:
-            claim = {"public_key": fleet.keys[i].public_key, "enrollment_token": token}
+            claim = KeyClaim(public_key=fleet.keys[i].public_key, enrollment_token=token)
             reg = reg.model_copy(update={"identity": claim, "sent_at": datetime.now(UTC)})
-            reg = Registration.model_validate(reg.model_dump())
         regs.append(encode(reg, signer=fleet.keys[i] if fleet.keys else None))
     publish_all(client, "agent-registrations", regs)
     wait_count(counter, AGENTS, lambda line: line.get("outcome") == "accepted", 120)
