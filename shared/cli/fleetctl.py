@@ -185,7 +185,7 @@ def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         return EXIT_FAILED
     decision = plan.transition
     assert decision is not None, "apply_transition always decides"
-    if decision.state in agent_controls.RETIRED:
+    if decision.target in agent_controls.RETIRED and decision.outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
         # A decommissioned agent's command channel goes with it (its key was revoked in the write); also
         # when it was retired already, so a run of this command repairs a delete that failed before.
         command_channels.delete(args.agent_id)
