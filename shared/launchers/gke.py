@@ -27,8 +27,9 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, cast
 
 from shared.domain.run_phase import Backend, Phase, RunStatus
+from shared.launchers import gke_secrets
 from shared.launchers.base import JOB_LABEL, TENANT_LABEL, Handle, LaunchError, LaunchSpec, NotOurs
-from shared.launchers.gke_manifest import job_manifest, namespace_for, secret_manifest
+from shared.launchers.gke_manifest import job_manifest, namespace_for
 from shared.launchers.gke_status import api_message, describe, run_status
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agent-fleet-manager"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: (connect, read) seconds for each Kubernetes API call: a hung API server must not hang a function.
-_K8S_TIMEOUT = (10.0, 30.0)
+_K8S_TIMEOUT = gke_secrets.K8S_TIMEOUT
 _GKE_TIMEOUT = 30.0
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -111,7 +112,7 @@ class GkeLauncher:
                 # The client (pydantic models since kubernetes 35) reads the dict into a V1Job and writes it
                 # back: the same JSON, as the tests check against job_manifest().
                 created = batch.create_namespaced_job(namespace, cast(Any, manifest), _request_timeout=_K8S_TIMEOUT)
-                self._ensure_secret(api, spec, namespace, created)
+                gke_secrets.ensure(api, spec, namespace, created)
                 return self._handle(namespace, name)
             except ApiException as exc:
                 if exc.status == 404 and namespace_problem:
@@ -135,7 +136,7 @@ class GkeLauncher:
                     f"Job {namespace}/{name} on {self.cluster_path} exists and belongs to "
                     f"{JOB_LABEL}={owner!r}, not to job {spec.job_id!r}"
                 )
-            self._ensure_secret(api, spec, namespace, existing)  # a launch that crashed before making it
+            gke_secrets.ensure(api, spec, namespace, existing)  # a launch that crashed before making it
             return self._handle(namespace, name)
 
     def status(self, handle: Handle) -> RunStatus:
@@ -206,23 +207,6 @@ class GkeLauncher:
         if not namespace or not name:
             raise LaunchError(f"malformed GKE handle: {handle.name!r}", transient=False)
         return namespace, name
-
-    def _ensure_secret(self, api: ApiClient, spec: LaunchSpec, namespace: str, job: V1Job) -> None:
-        """The Job's Secret (its env's secrets), owned by the Job; one that exists already is kept."""
-        if not spec.secrets:
-            return
-        # lazy: the kubernetes client loads only when a job runs on GKE
-        from kubernetes import client as k8s
-        from kubernetes.client.exceptions import ApiException
-
-        uid = str(job.metadata.uid if job.metadata else "")
-        try:
-            k8s.CoreV1Api(api).create_namespaced_secret(
-                namespace, cast(Any, secret_manifest(spec, namespace, uid)), _request_timeout=_K8S_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status != 409:  # 409: made by the attempt before
-                raise
 
     def _ensure_namespace(self, api: ApiClient, namespace: str, tenant: str) -> str:
         """Create the tenant's namespace unless known to exist. Returns "" or, when it could not be

@@ -17,9 +17,9 @@ It speaks enough of the real API for the official ``kubernetes`` Python client (
     GET    /api/v1/namespaces/{ns}/pods             PodList, ``?labelSelector=a=b,c!=d`` (equality selectors)
     POST   /api/v1/namespaces/{ns}/secrets          create a Secret (``stringData`` kept as ``data``, base64;
                                                     409 if the name is taken)
-    GET    /api/v1/namespaces/{ns}/secrets/{n}      a Secret; deleting a Job (Background or Foreground) deletes
-                                                    the Secrets it owns (``ownerReferences``), as the garbage
-                                                    collector does
+    GET    /api/v1/namespaces/{ns}/secrets/{n}      a Secret (DELETE deletes it); deleting a Job (Background or
+                                                    Foreground) deletes the Secrets it owns
+                                                    (``ownerReferences``), as the garbage collector does
 
 Objects carry what the client's models expect (apiVersion, kind, metadata.uid, creationTimestamp,
 resourceVersion...) and every error is a ``Status`` object (status Failure, reason, code, message), so the
@@ -324,6 +324,16 @@ class _State:
         if (namespace, name) not in self.secrets:
             raise _not_found("secrets", "", name)
         return self.secrets[(namespace, name)]
+
+    def delete_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        secret = self.secret(namespace, name)
+        del self.secrets[(namespace, name)]
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Success",
+            "details": {"name": secret["metadata"]["name"]},
+        }
 
     # --- pods and the job controller ------------------------------------------------------------
     def job_pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -719,6 +729,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif match := _SECRET.match(path):
             if method == "GET":
                 return 200, state.secret(match.group(1), match.group(2))
+            if method == "DELETE":
+                return 200, state.delete_secret(match.group(1), match.group(2))
         elif match := _PODS.match(path):
             if method == "GET":
                 selector = query.get("labelSelector", "")

@@ -146,6 +146,22 @@ def test_on_the_fake_cluster_the_secret_is_made_once_and_deleted_with_the_job(gk
         assert k8s.state.secrets == {}, "deleted with its Job"
 
 
+def test_a_secret_left_by_an_older_job_of_the_same_name_is_replaced_by_one_this_job_owns(gke: Any, k8s: Any) -> None:
+    from tests.unit.test_launcher_gke import new_launcher
+
+    spec = replace(gpu_spec(), secrets={"FLEET_JOB_KEY": "pem"})
+    with k8s.state.lock:  # an older Job's Secret, not yet garbage-collected
+        k8s.state.create_namespace({"metadata": {"name": "fleet-acme"}})
+        k8s.state.create_secret("fleet-acme", secret_manifest(replace(spec, secrets={"FLEET_JOB_KEY": "old"}),
+                                                              "fleet-acme", "uid-of-an-older-job"))  # fmt: skip
+    new_launcher(gke).launch(spec)
+    with k8s.state.lock:
+        secret = k8s.state.secrets[("fleet-acme", spec.name)]
+        owner = k8s.state.jobs[("fleet-acme", spec.name)]["metadata"]["uid"]
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == owner
+    assert base64.b64decode(secret["data"]["FLEET_JOB_KEY"]) == b"pem"
+
+
 # --- reports: the job's key, while the job runs ---------------------------------------------------
 
 
