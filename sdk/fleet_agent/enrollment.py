@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet_agent.contracts import KeyClaim, Signature, utcnow
-from fleet_agent.identity import AgentKey, EnrollmentToken, command_subscription
+from fleet_agent.identity import AgentKey, EnrollmentToken, command_subscription, write_private
 
 log = logging.getLogger("fleet_agent")
 
@@ -120,24 +119,9 @@ def _keep_previous(key_path: Path) -> Path:
             os.replace(_state_path(previous), _state_path(aside))
         os.replace(previous, aside)
     if _state_path(key_path).exists():
-        _write_private(_state_path(previous), _state_path(key_path).read_bytes())
-    _write_private(previous, key_path.read_bytes())
+        write_private(_state_path(previous), _state_path(key_path).read_bytes())
+    write_private(previous, key_path.read_bytes())
     return previous
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Owner-only and atomic, as AgentKey.save: a crash leaves the old file or the new, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class AgentIdentity:
@@ -383,4 +367,4 @@ class AgentIdentity:
         )
         self.state = state
         if self.key_path is not None:
-            _write_private(_state_path(self.key_path), json.dumps(asdict(state), indent=2).encode())
+            write_private(_state_path(self.key_path), json.dumps(asdict(state), indent=2).encode())

@@ -146,6 +146,22 @@ def key_id_of(public_key: str) -> str:
     return hashlib.sha256(unb64(public_key)).hexdigest()[:16]
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` readable by its owner only (0600), atomically: a crash leaves the old file or the new,
+    never half of one (a key, or the enrollment state beside it)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class AgentKey:
     """An Ed25519 private key: an agent's (or the fleet's, for commands). Never logged, never sent."""
 
@@ -184,17 +200,7 @@ class AgentKey:
         """Write the key (PEM) readable by its owner only, atomically: a crash leaves the old file or the new."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(self.to_pem())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(target, self.to_pem())
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> AgentKey:
