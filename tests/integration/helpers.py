@@ -9,6 +9,7 @@ otherwise; :func:`publish_raw` sends bytes as given.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,19 @@ def log_lines(stack_dir: Any, function: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return lines
+
+
+def outcomes(stack: Any, function: str, agent_id: str) -> list[str]:
+    """What the function logged for each event of this agent, in order."""
+    lines = log_lines(stack.state_dir, function)
+    return [x["outcome"] for x in lines if x.get("agent_id") == agent_id and "outcome" in x]
+
+
+def required_tenant(firestore: Any) -> str:
+    """A fresh tenant whose identity policy requires signatures (the stack's default too; said, not assumed)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    firestore.collection("tenants").document(name).set({"identity": {"policy": "required"}})
+    return name
 
 
 def make_key(stack: Any, name: str, role: str, scope: str) -> str:

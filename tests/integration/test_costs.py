@@ -17,7 +17,7 @@ from tests.integration.conftest import wait_for
 from tests.integration.helpers import (
     PROJECT,
     agent_doc,
-    log_lines,
+    outcomes,
     publish,
     publish_raw,
     registration,
@@ -56,11 +56,7 @@ def register(publisher: Any, firestore: Any, agent_id: str, **kw: Any) -> dict[s
 
 
 def cost_outcomes(stack: Any, agent_id: str) -> list[str]:
-    return [
-        x["outcome"]
-        for x in log_lines(stack.state_dir, "fleet-costs")
-        if x.get("agent_id") == agent_id and "outcome" in x
-    ]
+    return outcomes(stack, "fleet-costs", agent_id)
 
 
 def month_usage(api: Any, agent_id: str) -> dict[str, Any]:

@@ -19,10 +19,11 @@ from tests.integration.helpers import (
     agent_doc,
     enrollment_token,
     heartbeat,
-    log_lines,
+    outcomes,
     publish,
     publish_raw,
     registration,
+    required_tenant,
 )
 
 pytestmark = pytest.mark.integration
@@ -30,10 +31,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def tenant(firestore: Any) -> str:
-    """A fresh tenant whose policy requires signatures (the stack's default too; said here, not assumed)."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    firestore.collection("tenants").document(name).set({"identity": {"policy": "required"}})
-    return name
+    return required_tenant(firestore)
 
 
 def signed_registration(agent_id: str, tenant: str, key: AgentKey, token: str | None = None, **kw: Any) -> Any:
@@ -65,11 +63,6 @@ def calls(api: Any, agent_id: str) -> int:
 def rejection(firestore: Any, message_id: str) -> dict[str, Any]:
     ref = firestore.collection("rejections").document(message_id)
     return dict(wait_for(lambda: (d := ref.get()).exists and d.to_dict()))
-
-
-def outcomes(stack: Any, function: str, agent_id: str) -> list[str]:
-    lines = log_lines(stack.state_dir, function)
-    return [x["outcome"] for x in lines if x.get("agent_id") == agent_id and "outcome" in x]
 
 
 def beat(publisher: Any, firestore: Any, agent_id: str, seq: int, key: AgentKey, tenant: str) -> dict[str, Any]:

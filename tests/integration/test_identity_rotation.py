@@ -13,21 +13,21 @@ from fleet_agent import FleetAgent
 from fleet_agent.contracts import Command, CommandType
 
 from tests.integration.conftest import wait_for
-from tests.integration.helpers import PROJECT, agent_doc, enrollment_token, log_lines, registration
+from tests.integration.helpers import (
+    PROJECT,
+    agent_doc,
+    enrollment_token,
+    outcomes,
+    registration,
+    required_tenant,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def tenant(firestore: Any) -> str:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    firestore.collection("tenants").document(name).set({"identity": {"policy": "required"}})
-    return name
-
-
-def outcomes(stack: Any, function: str, agent_id: str) -> list[str]:
-    lines = log_lines(stack.state_dir, function)
-    return [x["outcome"] for x in lines if x.get("agent_id") == agent_id and "outcome" in x]
+    return required_tenant(firestore)
 
 
 def current_key_id(firestore: Any, agent_id: str) -> str | None:

@@ -18,7 +18,16 @@ from fleet_agent.contracts import MAX_EVENT_BYTES, EventType
 from fleet_agent.identity import AgentKey
 
 from tests.integration.conftest import wait_for
-from tests.integration.helpers import agent_doc, heartbeat, log_lines, publish, publish_raw, registration, signed_encode
+from tests.integration.helpers import (
+    agent_doc,
+    heartbeat,
+    log_lines,
+    outcomes,
+    publish,
+    publish_raw,
+    registration,
+    signed_encode,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +64,6 @@ def test_registered_agent_heartbeats_and_is_read_through_the_api(publisher, fire
 
     listed = api.get("/v1/agents", tenant="acme", status="idle", page_size=500).json()
     assert agent_id in [a["agent_id"] for a in listed["items"]]
-
-
-def outcomes(stack: Any, function: str, agent_id: str) -> list[str]:
-    """What the function logged for each event of this agent, in order."""
-    lines = log_lines(stack.state_dir, function)
-    return [x["outcome"] for x in lines if x.get("agent_id") == agent_id and "outcome" in x]
 
 
 def test_redelivered_registration_counts_once(stack, publisher, firestore, agent_id) -> None:
