@@ -67,6 +67,17 @@ from fleet_agent.messages.fields import (
     TenantId,
 )
 from fleet_agent.messages.jobs import JOB_ID_PATTERN, MAX_JOB_METRICS, JobId, JobPhase, JobProgress
+from fleet_agent.messages.leases import (
+    LEASE_ID_PATTERN,
+    MAX_LEASE_MODELS,
+    MAX_REQUEST_MODELS,
+    LeaseGrant,
+    LeaseId,
+    LeaseUse,
+    ModelPrice,
+    epoch_of,
+    seq_of,
+)
 
 __all__ = [
     "AGENT_ID_PATTERN",
@@ -74,6 +85,7 @@ __all__ = [
     "DEFAULT_TOPICS",
     "EVENT_MODELS",
     "JOB_ID_PATTERN",
+    "LEASE_ID_PATTERN",
     "MAX_APPROVAL_EXPIRY_S",
     "MAX_BATCH_OPERATIONS",
     "MAX_BATCH_RECORDS",
@@ -83,6 +95,8 @@ __all__ = [
     "MAX_EXTRA_METRICS",
     "MAX_INT",
     "MAX_JOB_METRICS",
+    "MAX_LEASE_MODELS",
+    "MAX_REQUEST_MODELS",
     "MAX_TOKENS_PER_CALL",
     "MIN_APPROVAL_EXPIRY_S",
     "NAME_PATTERN",
@@ -109,9 +123,13 @@ __all__ = [
     "JobProgress",
     "KeyClaim",
     "Label",
+    "LeaseGrant",
+    "LeaseId",
+    "LeaseUse",
     "LimitTokens",
     "LimitUsd",
     "ModelName",
+    "ModelPrice",
     "Registration",
     "ReportedStatus",
     "Resources",
@@ -121,8 +139,10 @@ __all__ = [
     "TenantId",
     "canonical_json",
     "encode",
+    "epoch_of",
     "event_type_of",
     "json_schemas",
+    "seq_of",
     "utcnow",
 ]
 

@@ -93,6 +93,9 @@ class Registration(Strict):
     #: When the agent sent it. Signed registrations carry it: one older than the last the fleet accepted,
     #: or far from when Pub/Sub received it, changes nothing (a captured registration cannot be replayed).
     sent_at: AwareDatetime | None = None
+    #: The agent spends budget leases (an SDK that checks each call against a lease): the fleet grants
+    #: its first lease on registration and the next ones on request (fleet_agent.messages.leases).
+    leases: bool = Field(default=False, strict=True)
 
 
 class ReportedStatus(StrEnum):

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from fleet_agent.messages.fields import AgentId, CallId, Label, LimitUsd, ShortText, Strict
+from fleet_agent.messages.leases import LeaseGrant
 
 
 class CommandType(StrEnum):
@@ -27,6 +28,8 @@ class CommandType(StrEnum):
     APPROVAL_DECIDED = "approval_decided"
     #: The fleet has made ``key_id`` (a rotation's new key) the agent's current key: the agent switches to it.
     KEY_ROTATED = "key_rotated"
+    #: A budget lease (``lease``): spend the agent may use without asking, until ``until``.
+    LEASE = "lease"
 
 
 #: Commands after which the agent must not call its model, and the ones that lift each of them.
@@ -56,6 +59,8 @@ class Command(Strict):
     approved: bool | None = None
     #: ``key_rotated`` only: the id of the key the fleet now holds current for the agent.
     key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
+    #: ``lease`` only: the grant (its ``expires_at`` is also the command's ``until``).
+    lease: LeaseGrant | None = None
 
 
 class ApprovalKind(StrEnum):

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     AwareDatetime,
     Field,
     SerializerFunctionWrapHandler,
-    StringConstraints,
     model_serializer,
     model_validator,
 )
 
-from fleet_agent.messages.fields import AgentId, CallId, Label, Strict
+from fleet_agent.messages.fields import AgentId, CallId, Label, ModelName, Strict
+from fleet_agent.messages.leases import LeaseUse
 
 #: Records per cost batch: a full batch of realistic records stays well inside MAX_EVENT_BYTES.
 MAX_BATCH_RECORDS = 200
@@ -27,7 +27,6 @@ MAX_TOKENS_PER_CALL = 10_000_000
 MAX_BATCH_OPERATIONS = 50
 MAX_BATCH_SPAN = timedelta(hours=1)
 MAX_COST_PER_CALL_USD = Decimal("10000")
-ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")]
 
 
 class CostRecord(Strict):
@@ -49,11 +48,16 @@ class CostRecord(Strict):
 
 
 class CostBatch(Strict):
-    """A batch of one agent's call records (the SDK flushes by size or after about a second)."""
+    """A batch of one agent's call records (the SDK flushes by size, by time, or when it needs a lease).
+
+    ``lease`` says which lease the records were spent under and may ask for the next one; a batch that
+    asks (``lease.request_id``) may have no records.
+    """
 
     agent_id: AgentId
     batch_id: CallId
-    records: list[CostRecord] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+    records: list[CostRecord] = Field(default_factory=list, max_length=MAX_BATCH_RECORDS)
+    lease: LeaseUse | None = None
 
     @model_serializer(mode="wrap")
     def _omit_false_repeat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -68,6 +72,10 @@ class CostBatch(Strict):
 
     @model_validator(mode="after")
     def _unique_call_ids(self) -> CostBatch:
+        if not self.records:
+            if self.lease is None or self.lease.request_id is None:
+                raise ValueError("a batch without records must ask for a lease (lease.request_id)")
+            return self
         counts = Counter(r.call_id for r in self.records)
         duplicates = sorted(call_id for call_id, n in counts.items() if n > 1)
         if duplicates:

@@ -22,6 +22,8 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 MAX_INT = 2**63 - 1
 #: A call's or a command's id (unique per agent): 8-64 characters.
 CallId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,63}$")]
+#: A model's name as the agent records it (``gpt-4o``, ``anthropic/claude-3.5-sonnet:beta``).
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")]
 
 #: A hard limit in USD: positive, cents to nano-dollars, at most a billion.
 LimitUsd = Annotated[Decimal, Field(gt=0, le=Decimal("1000000000"), max_digits=20, decimal_places=9)]
