@@ -160,7 +160,7 @@ def apply_registration(
 
 
 def _registration_fields(reg: Registration) -> dict[str, Any]:
-    data = reg.model_dump(mode="python", exclude={"budget", "identity", "sent_at"})
+    data = reg.model_dump(mode="python", exclude={"budget", "identity", "sent_at", "leases"})
     data["resources"] = (reg.resources or Resources()).model_dump()
     return data
 

@@ -25,10 +25,11 @@ from fleet_agent.contracts import Command, CommandType
 from shared.domain import agents as agent_domain
 from shared.domain import identity, registration_keys
 from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.lifecycle import State
 from shared.domain.rejections import Rejected
 from shared.pipeline.decoding import Decoded
 from shared.platform import settings
-from shared.services import agent_commands, command_channels
+from shared.services import agent_commands, command_channels, leases
 from shared.store import agents as agent_store
 from shared.store import audit as audit_store
 from shared.store import config
@@ -102,6 +103,16 @@ def process(decoded: Decoded) -> Plan:
         plan.commands.append(key_rotated(reg.agent_id, confirm[0]))
     if plan.commands:  # the agent's holds, re-sent to a restarted agent; a rotation's confirmation
         agent_commands.publish(plan.commands)
+    if reg.leases and plan.skipped != "superseded":
+        # The (re)started agent holds no lease: its first one, answering the registration as a request (a
+        # redelivered registration gets the same lease). None while a hold stops it: the lease follows
+        # its lifting, when the agent asks.
+        current = agent_store.current(reg.agent_id, settings.get().config_cache_s)
+        if current is not None and current.record.status is not State.DECOMMISSIONED:
+            first = leases.grant(current.record, leases.request_of(decoded.event_id), received_at)
+            if first is not None:
+                agent_commands.publish([first])
+                plan.commands.append(first)
     return plan
 
 

@@ -45,6 +45,16 @@ class Settings:
     key_overlap_s: int
     #: Refused (unverifiable) events per claimed agent, or per tenant, in an hour that open ``forged_events``.
     forged_events_per_hour: int
+    #: Budget leases (shared/domain/leases.py): the longest an epoch lives without a new grant; how long
+    #: after its expiry its unspent part returns to the pool (batches still in flight); how many seconds
+    #: of the agent's recent spend a lease covers; the smallest lease (nano-dollars, tokens); and the
+    #: share of a lease a batch may pass before ``lease_exceeded`` (a price changed mid-lease, rounding).
+    lease_ttl_s: int
+    lease_grace_s: int
+    lease_horizon_s: int
+    lease_min_usd_nanos: int
+    lease_min_tokens: int
+    lease_tolerance: float
 
 
 @cache
@@ -66,6 +76,12 @@ def get() -> Settings:
         identity_policy=os.environ.get("FLEET_IDENTITY_POLICY", "required"),
         key_overlap_s=_int("FLEET_KEY_OVERLAP_S", 600),
         forged_events_per_hour=_int("FLEET_FORGED_EVENTS_PER_HOUR", 10),
+        lease_ttl_s=_int("FLEET_LEASE_TTL_S", 300),
+        lease_grace_s=_int("FLEET_LEASE_GRACE_S", 60),
+        lease_horizon_s=_int("FLEET_LEASE_HORIZON_S", 60),
+        lease_min_usd_nanos=_int("FLEET_LEASE_MIN_USD_NANOS", 10_000_000),
+        lease_min_tokens=_int("FLEET_LEASE_MIN_TOKENS", 4096),
+        lease_tolerance=float(os.environ.get("FLEET_LEASE_TOLERANCE", "0.01")),
     )
 
 

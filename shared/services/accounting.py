@@ -37,10 +37,11 @@ from shared.domain.usage import WindowTotals
 from shared.pipeline import signatures
 from shared.pipeline.decoding import Decoded
 from shared.platform import logs, settings
-from shared.services import agent_commands
+from shared.services import agent_commands, leases
 from shared.store import agents as agent_store
 from shared.store import config, markers
 from shared.store import episodes as episode_store
+from shared.store import leases as lease_store
 from shared.store import usage as usage_store
 from shared.store.config import TenantConfig
 
@@ -70,11 +71,16 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     agent = snap.record
     if agent.status is State.DECOMMISSIONED:
         raise Rejected(Code.DECOMMISSIONED, f"agent {batch.agent_id} was decommissioned", agent_id=batch.agent_id)
+    if not batch.records:  # a lease request with nothing to count (the contract allows it only so)
+        return Plan(skipped="lease_request", commands=_lease_step(agent, batch, None, leases.Context(), now))
     _check_times(batch, _first_published(decoded.message.attributes, received_at, cfg.retention_days))
     tenant = config.tenant(agent.tenant)
     tally = usage_domain.tally(batch, agent.tenant, config.table_for(tenant))
     try:
         inputs = read_inputs(agent, tenant, tally, batch_id=batch.batch_id, now=now, received_at=received_at)
+        lease = leases.before_count(
+            agent, batch, tally, tenant_budget=budgets.parse(tenant.budget) is not None, now=now
+        )  # fmt: skip
     except Exception as exc:
         # Nothing is counted yet: fail so Pub/Sub redelivers (a stored document the rules cannot read must
         # not turn the batch into a rejection, acknowledged and never counted).
@@ -85,16 +91,33 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
         received_at=received_at,
         shards=cfg.tenant_shards,
         marker_retention=marker_retention(cfg.retention_days),
+        extra=lease.extra,
     )
     try:
         if applied.duplicate:
             sent = reconcile(batch.agent_id, now=now, actor="system:cost-redelivery", resend=True, lift_expired=True)
+            sent += _lease_step(agent, batch, None, lease, now)
             return Plan(skipped="duplicate", commands=sent)
-        return carry_out(agent, spend.decide(inputs, applied), now=now)
+        plan = carry_out(agent, spend.decide(inputs, applied), now=now)
+        plan.commands += _lease_step(agent, batch, applied, lease, now)
+        return plan
     except Exception as exc:
         # The batch is counted: whatever fails now must not turn into a rejection (which acknowledges
         # it); failing makes Pub/Sub redeliver, and the redelivery re-derives the effects.
         raise EffectsFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _lease_step(
+    agent: AgentRecord, batch: CostBatch, applied: usage_domain.Applied | None, ctx: leases.Context, now: datetime
+) -> list[Command]:
+    """The batch against its lease, after counting (shared/services/leases.py), judged on the agent as it
+    stands now (a hold this batch placed stops a grant)."""
+    if batch.lease is None:
+        return []
+    current = agent_store.current(agent.agent_id, settings.get().config_cache_s)
+    if ctx.ledger is None:
+        ctx = leases.Context(ledger=lease_store.cached(agent.agent_id, settings.get().config_cache_s))
+    return leases.after_count(current.record if current is not None else agent, batch, applied, ctx, now=now)
 
 
 def read_inputs(

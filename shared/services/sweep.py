@@ -17,7 +17,7 @@ from shared.domain import liveness
 from shared.domain import silences as silence_rules
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.platform import logs
-from shared.services import approvals, notifier
+from shared.services import approvals, leases, notifier
 from shared.store import agents as agent_store
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
@@ -51,8 +51,10 @@ def run(now: datetime) -> dict[str, Any]:
     swept = sweep(now)
     roots(swept, now)
     flushed = notifier.flush(now)
+    # Budget leases: ended epochs' unspent charge back to their tenants' pools (a dead agent's lease).
+    returned = leases.release_due(now)
     # Approval requests: deny the lapsed ones, post those Slack refused before.
-    return {**swept.as_dict(), "notifications": flushed.as_dict(), **approvals.sweep(now)}
+    return {**swept.as_dict(), "notifications": flushed.as_dict(), "leases_returned": returned, **approvals.sweep(now)}
 
 
 def sweep(now: datetime) -> Swept:

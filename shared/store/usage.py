@@ -29,6 +29,7 @@ from shared.domain.periods import Period, Window, window, windows
 from shared.domain.usage import Applied, Minute, ModelDay, Tally, Totals, model_day_field, month_field
 from shared.platform import metering
 from shared.store import db
+from shared.store.increments import Increments
 
 USAGE = "usage"
 MARKERS = "cost_batches"
@@ -58,52 +59,14 @@ def _ref(doc_id: str) -> Any:
     return db.client().collection(USAGE).document(doc_id)
 
 
-class _Write:
-    """One document's upsert: plain fields replaced, counters incremented server-side.
+def apply(
+    tally: Tally, *, batch_id: str, received_at: datetime, shards: int, marker_retention: timedelta,
+    extra: Sequence[Increments] = (),
+) -> Applied:  # fmt: skip
+    """Count a batch exactly once. Returns ``Applied(duplicate=True)`` when it was counted before.
 
-    Built as a ``Write`` protobuf directly (an update with a mask of the plain fields, no
-    precondition, and one increment transform per counter): the client's ``set(merge=True)``
-    derives the same message from nested dicts at several times the CPU, and this function runs
-    for every batch. Transform results come back in the order the transforms were sent.
-    """
-
-    def __init__(self, doc_id: str, static: dict[str, Any]) -> None:
-        self.doc_id = doc_id
-        self.static: dict[str, Any] = dict(static)
-        self.paths: list[tuple[str, ...]] = []
-        self.amounts: list[int] = []
-
-    def inc(self, path: tuple[str, ...], amount: int) -> None:
-        self.paths.append(path)
-        self.amounts.append(amount)
-
-    def to_pb(self, document_path: str) -> Any:
-        # lazy: the Firestore client library, loaded on the first batch rather than at import (cold start)
-        from google.cloud.firestore_v1 import _helpers
-        from google.cloud.firestore_v1.field_path import FieldPath
-        from google.cloud.firestore_v1.types import write as write_types
-
-        raw = write_types.Write.pb()()
-        raw.update.name = document_path
-        for key, value in self.static.items():
-            encoded = _helpers.encode_value(value)
-            raw.update.fields[key].CopyFrom(type(encoded).pb(encoded))
-            raw.update_mask.field_paths.append(FieldPath(key).to_api_repr())
-        for path, amount in zip(self.paths, self.amounts, strict=True):
-            transform = raw.update_transforms.add()
-            transform.field_path = FieldPath(*path).to_api_repr()
-            transform.increment.integer_value = amount
-        return write_types.Write.wrap(raw)
-
-    def results(self, write_result: Any) -> dict[tuple[str, ...], int]:
-        # Read from the raw protobuf: proto-plus wrappers cost more than the rest of the decoding.
-        raw = type(write_result).pb(write_result)
-        values = [int(v.integer_value) for v in raw.transform_results]
-        return dict(zip(self.paths, values, strict=True))
-
-
-def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, marker_retention: timedelta) -> Applied:
-    """Count a batch exactly once. Returns ``Applied(duplicate=True)`` when it was counted before."""
+    ``extra``: increments of other collections that must happen exactly when the batch is counted (the
+    lease reserve, for spend outside a lease: shared/store/leases.py), in the same atomic commit."""
     # lazy: the Google API client library, loaded on the first batch rather than at import (cold start)
     from google.api_core import exceptions
 
@@ -123,14 +86,14 @@ def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, ma
             "expire_at": received_at + marker_retention,
         },
     )
-    writes: list[_Write] = []
+    writes: list[Increments] = []
     shard = shard_of(agent_id, shards)
     latest_month = max(tally.months)
     for month, fields_ in tally.months.items():
         starts = window(Period.MONTH, datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)).starts_at
         static = {"scope": "agent", "agent_id": agent_id, "tenant": tenant, "month": month}
-        agent = _Write(agent_month_id(agent_id, month), {**static, "expire_at": starts + MONTH_RETENTION})
-        tenant_doc = _Write(
+        agent = Increments(agent_month_id(agent_id, month), {**static, "expire_at": starts + MONTH_RETENTION})
+        tenant_doc = Increments(
             tenant_shard_id(tenant, month, shard),
             {
                 "scope": "tenant",
@@ -162,7 +125,7 @@ def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, ma
         writes += [agent, tenant_doc]
     for hour, minutes in tally.minutes.items():
         hour_starts = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
-        recent = _Write(
+        recent = Increments(
             agent_hour_id(agent_id, hour),
             {"scope": "recent", "agent_id": agent_id, "tenant": tenant, "hour": hour,
              "expire_at": hour_starts + HOUR_RETENTION},
@@ -179,17 +142,25 @@ def apply(tally: Tally, *, batch_id: str, received_at: datetime, shards: int, ma
         writes.append(recent)
     # _add_write_pbs is how the client's own set() adds a write to a batch.
     batch._add_write_pbs([write.to_pb(_ref(write.doc_id)._document_path) for write in writes])
+    batch._add_write_pbs([write.to_pb(_path(write)) for write in extra])
     try:
         results = batch.commit(**db.call_options())
     except exceptions.AlreadyExists:
         metering.count(conflicts=1)
         return Applied(duplicate=True)
-    metering.count(writes=1 + len(writes))
-    return _read_back(tally, writes, results[1:], streak_default=tally.trailing_failures, writes_count=1 + len(writes))
+    metering.count(writes=1 + len(writes) + len(extra))
+    return _read_back(
+        tally, writes, results[1 : 1 + len(writes)], streak_default=tally.trailing_failures,
+        writes_count=1 + len(writes) + len(extra),
+    )  # fmt: skip
+
+
+def _path(write: Increments) -> str:
+    return str(db.client().collection(write.collection or USAGE).document(write.doc_id)._document_path)
 
 
 def _read_back(
-    tally: Tally, writes: list[_Write], results: list[Any], *, streak_default: int, writes_count: int
+    tally: Tally, writes: list[Increments], results: list[Any], *, streak_default: int, writes_count: int
 ) -> Applied:
     out = Applied(writes=writes_count, streak=streak_default)
     for write, result in zip(writes, results, strict=True):
@@ -235,6 +206,13 @@ def agent_periods(agent_id: str, now: datetime) -> dict[Period, tuple[Window, To
     month = window(Period.MONTH, now).key
     doc = db.get(_ref(agent_month_id(agent_id, month)))
     return _period_totals(doc.to_dict() or {} if doc.exists else {}, now)
+
+
+def agent_window(agent_id: str, period: Period, win: Window) -> Totals:
+    """The agent's totals in one window, current or past (one read of its month document)."""
+    doc = db.get(_ref(agent_month_id(agent_id, window(Period.MONTH, win.starts_at).key)))
+    data = doc.to_dict() or {} if doc.exists else {}
+    return Totals.from_dict(data.get(month_field(period, win)))
 
 
 def agent_hours(agent_id: str, now: datetime) -> dict[datetime, int]:
