@@ -31,11 +31,12 @@ from shared.api.tenancy import query_tenant, update_agent, visible_record, visib
 from shared.domain import budgets, protection
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
-from shared.domain.pricing import Price
+from shared.domain.pricing import Price, format_usd
 from shared.platform import settings
 from shared.services import accounting, agent_controls
 from shared.store import audit as audit_store
 from shared.store import config
+from shared.store import leases as lease_store
 from shared.store import usage as usage_store
 
 _MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
@@ -59,8 +60,27 @@ def get_agent_usage(call: Call) -> AgentUsageView:
             "holds": hold_views(record.holds),
             "budget": record.budget,
             "budget_source": record.budget_source,
+            "lease": _lease_view(record.agent_id),
         }
     )
+
+
+def _lease_view(agent_id: str) -> dict[str, Any] | None:
+    """The agent's open lease epoch, from its ledger (one read)."""
+    snap = lease_store.read(agent_id)
+    epoch, last = snap.ledger.epoch, snap.ledger.last or {}
+    if epoch is None:
+        return None
+    return {
+        "epoch": epoch.id,
+        "lease_id": str((last.get("lease") or {}).get("lease_id") or f"{epoch.id}.{epoch.seq}"),
+        "granted_usd": format_usd(epoch.granted.usd_nanos),
+        "charged_usd": format_usd(epoch.charged.usd_nanos),
+        "granted_tokens": epoch.granted.tokens if epoch.tokens_limited else None,
+        "started_at": epoch.started_at,
+        "expires_at": epoch.expires_at,
+        "returns_at": epoch.release_at(settings.get().lease_grace_s),
+    }
 
 
 def _agent_fields(record: AgentRecord, *names: str) -> dict[str, Any]:
@@ -193,8 +213,22 @@ def get_tenant_usage(call: Call) -> TenantUsageView:
             "periods": accounting.usage_view(periods, budgets.parse(cfg.budget)),
             "budget": cfg.budget,
             "budget_source": cfg.budget_source,
+            "reserved": _reserved_view(tenant),
         }
     )
+
+
+def _reserved_view(tenant: str) -> dict[str, Any]:
+    """The tenant's lease reserve in the current periods (one read)."""
+    reserve = lease_store.reserve(tenant, core.now(), 0)
+    return {
+        period.value: {
+            "reserved_usd": format_usd(amount.usd_nanos),
+            "reserved_tokens": amount.tokens,
+            "open_epochs": reserve.open_epochs,
+        }
+        for period, amount in reserve.totals.items()
+    }
 
 
 @routes.get("/v1/tenants/<tenant>/budget", TenantBudgetView, params=TENANT, errors=(404,))

@@ -43,6 +43,28 @@ class PeriodUsage(View):
     resets_at: Timestamp
 
 
+class LeaseView(View):
+    """The agent's open lease epoch (docs/costs.md, Budget leases): what it was granted and what it holds
+    in its tenant's reserve."""
+
+    epoch: str
+    lease_id: str = Field(description="The latest grant: <epoch>.<seq>.")
+    granted_usd: str = Field(description="USD granted in the epoch so far, a decimal string.")
+    charged_usd: str = Field(description="USD the epoch holds in the tenant's reserve (grants and spend beyond them).")
+    granted_tokens: int | None = Field(description="Tokens granted; null when no token budget applies.")
+    started_at: Timestamp
+    expires_at: Timestamp = Field(description="When the agent must stop spending the epoch without a new grant.")
+    returns_at: Timestamp = Field(description="When its unspent part returns to the tenant's pool, at the latest.")
+
+
+class ReservedView(View):
+    """What a tenant's budget has committed in one period: spend, plus what open leases may still spend."""
+
+    reserved_usd: str
+    reserved_tokens: int
+    open_epochs: int = Field(description="Agents holding a lease this month.")
+
+
 _PERIODS = Field(description="Keyed by hour, day and month (the current UTC periods).")
 _SOURCE = Field(description='Where the budget comes from: "registration", "api" (wins) or null.')
 
@@ -54,6 +76,7 @@ class AgentUsageView(View):
     holds: dict[str, HoldView] = Field(description="Current holds by name (budget, tenant_budget, breaker, pause...).")
     budget: BudgetSpec | None
     budget_source: str | None = _SOURCE
+    lease: LeaseView | None = Field(default=None, description="The open lease epoch; null: the agent holds none.")
 
 
 class TenantUsageView(View):
@@ -61,6 +84,9 @@ class TenantUsageView(View):
     periods: dict[str, PeriodUsage] = _PERIODS
     budget: BudgetSpec | None
     budget_source: str | None = _SOURCE
+    reserved: dict[str, ReservedView] = Field(
+        default_factory=dict, description="The lease reserve by period (hour, day, month): never above a hard limit."
+    )
 
 
 class AgentBudgetView(View):
