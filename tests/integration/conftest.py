@@ -39,6 +39,10 @@ FUNCTION_ENV = {
     "FLEET_RESEND_AFTER_S": "2",
     # A promoted model is picked up within a second (in Google Cloud: 5 minutes).
     "FLEET_MODEL_REFRESH_S": "1",
+    # Budget leases end 15 s after their latest grant (in Google Cloud: 5 minutes) and return to the
+    # pool 3 s later: a test sees an epoch end, and its charge return, within seconds.
+    "FLEET_LEASE_TTL_S": "15",
+    "FLEET_LEASE_GRACE_S": "3",
 }
 
 
