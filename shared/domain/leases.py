@@ -306,6 +306,30 @@ def kept(plan: GrantPlan, after: dict[Slot, Amount]) -> Amount:
     return Amount(out["usd"], out["tokens"])
 
 
+def short(
+    plan: GrantPlan, need: Amount, after: dict[Slot, Amount], agent_limits: list[Limit], now: datetime
+) -> list[tuple[str, Limit, int]]:
+    """The hard limits that leave less than the waiting call needs: (``agent`` or ``tenant``, the limit,
+    what is committed against it). The fleet says so as it would for a limit reached (a lease stops an
+    agent just short of a limit, where counting alone never reaches it)."""
+    out: list[tuple[str, Limit, int]] = []
+    before = plan.epoch.charged - plan.want
+    for lim in agent_limits:
+        if lim.hard is None or need.get(lim.metric) == 0:
+            continue
+        committed = plan.epoch.base[lim.period].get(lim.metric) + before.get(lim.metric)
+        if lim.hard - committed < need.get(lim.metric):
+            out.append(("agent", lim, committed))
+    for (slot, metric), hard in plan.tenant_limits.items():
+        total = after.get(slot)
+        if total is None or need.get(metric) == 0:
+            continue
+        committed = total.get(metric) - plan.want.get(metric)
+        if hard - committed < need.get(metric):
+            out.append(("tenant", Limit(slot[0], metric, hard, None), committed))
+    return out
+
+
 def overspent(epoch: Epoch, hour_after: Amount, over: Amount, tolerance: float) -> Amount | None:
     """Spend of the epoch beyond its grants and the over-estimates the agent reports (plus a tolerance:
     a price changed mid-lease, rounding), or None. ``hour_after``: the agent's exact hour total after the

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from fleet_agent.contracts import Command, CommandType, CostBatch, LeaseGrant, LeaseUse, ModelPrice
+from fleet_agent.contracts import Command, CommandType, CostBatch, LeaseGrant, LeaseUse, ModelPrice, epoch_of
 
-from shared.domain import budgets, holds
+from shared.domain import budgets, holds, spend
 from shared.domain import leases as domain
 from shared.domain.agent_record import AgentRecord, Plan, combine
 from shared.domain.alerts import Alert, Severity
@@ -75,8 +75,13 @@ def before_count(agent: AgentRecord, batch: CostBatch, tally: Tally, *, tenant_b
     max_age = settings.get().config_cache_s
     ledger = store.cached(agent.agent_id, max_age)
     epoch = ledger.epoch
-    if epoch is not None and now >= epoch.release_at(cfg().grace_s):
-        ledger = store.read(agent.agent_id).ledger  # it may have been returned by another instance
+    named = batch.lease.lease_id if batch.lease is not None else None
+    if (epoch is not None and now >= epoch.release_at(cfg().grace_s)) or (
+        named is not None and (epoch is None or epoch_of(named) != epoch.id)
+    ):
+        # Returned by another instance, or an epoch granted since this instance last looked (or a late
+        # batch of an ended one): judged on a fresh read, not on what this instance remembers.
+        ledger = store.read(agent.agent_id).ledger
         epoch = ledger.epoch
     if domain.open_epoch(ledger, batch.lease):
         return Context(ledger=ledger, under_lease=True)
@@ -188,7 +193,7 @@ def grant(
 ) -> Command | None:
     """The agent's next lease, committed and ready to send; None while a hold stops the agent (every
     hold refuses calls, so it revokes the lease) or when concurrent grants kept winning."""
-    if agent.holds:
+    if stopped(agent, now):
         return None
     tenant = config.tenant(agent.tenant)
     agent_limits = budgets.limits(budgets.parse(agent.budget))
@@ -218,6 +223,8 @@ def grant(
         if keep != plan.want:
             command = _command(agent, plan, keep, request, wanted, now)
             store.give_back(ledger, plan, plan.want - keep, command=_json(command))
+        if request is not None and request.need_usd is not None:
+            _say_short(agent, plan, request, after, agent_limits, now)
         logs.log(
             log, f"lease {plan.lease_id} granted to {agent.agent_id}: ${format_usd(keep.usd_nanos)}",
             agent_id=agent.agent_id, lease_id=plan.lease_id, usd_nanos=keep.usd_nanos, tokens=keep.tokens,
@@ -227,12 +234,36 @@ def grant(
     return None
 
 
+def _say_short(
+    agent: AgentRecord, plan: domain.GrantPlan, request: LeaseUse, after: dict[domain.Slot, Amount],
+    agent_limits: list[budgets.Limit], now: datetime,
+) -> None:  # fmt: skip
+    """A limit leaves less than the waiting call needs: the agent will refuse it. Raise the limit's
+    ``budget_exhausted`` alert (the same id as when counting reaches the limit: once per period)."""
+    need = Amount(_nanos(request.need_usd or Decimal(0)), request.need_tokens or 0)
+    wins = windows(now)
+    for scope, limit, committed in domain.short(plan, need, after, agent_limits, now):
+        subject = agent.agent_id if scope == "agent" else agent.tenant
+        finding = budgets.Finding(
+            budgets.Kind.HARD, scope, subject, limit, wins[limit.period], committed, limit.hard or 0
+        )
+        episode_store.raise_once(
+            spend.budget_alert(finding, agent.tenant, agent.agent_id if scope == "agent" else None, now)
+        )
+
+
+def stopped(agent: AgentRecord, now: datetime) -> bool:
+    """Whether a hold in force stops the agent's calls (and so its leases). A hold whose ``until`` has
+    passed does not: a budget period reset, a breaker's cooldown ended (its trial calls need a lease)."""
+    return any(not (h.get("until") and holds.time_of(h["until"]) <= now) for h in agent.holds.values())
+
+
 def resend_last(agent: AgentRecord, now: datetime, *, ledger: Ledger | None = None) -> Command | None:
     """The latest grant again (same id: the SDK applies it once), if its epoch is still open; first
     re-checked against the reserve, in case a crash came between a grant and its give-back."""
     ledger = ledger or store.read(agent.agent_id).ledger
     epoch, last = ledger.epoch, ledger.last
-    if epoch is None or last is None or not epoch.live(now) or agent.holds:
+    if epoch is None or last is None or not epoch.live(now) or stopped(agent, now):
         return None
     command = Command.model_validate(last)
     if command.lease is None or not command.lease.lease_id.startswith(epoch.id + "."):
