@@ -235,11 +235,15 @@ def plan_grant(
     want = _size(
         epoch, now=now, spent=spent, charged=charged, in_epoch=in_epoch, agent_limits=agent_limits,
         tenant_limits=tenant_limits, reserve=reserve, adjust=adjust, open_epochs=open_epochs,
-        started=started, request=request, cfg=cfg, wins=wins,
+        started=started, request=request, cfg=cfg, wins=wins, replacing=released is not None,
     )  # fmt: skip
     seq = epoch.seq + 1
+    granted = epoch.granted
+    if tokens_limited and not epoch.tokens_limited:
+        # A token limit appeared mid-epoch: the tokens spent before it were spent without a token lease.
+        granted = Amount(granted.usd_nanos, max(granted.tokens, in_epoch.tokens))
     epoch = replace(
-        epoch, seq=seq, expires_at=end_of_epoch(now, cfg.ttl_s), granted=epoch.granted + want,
+        epoch, seq=seq, expires_at=end_of_epoch(now, cfg.ttl_s), granted=granted + want,
         charged=charged + want, tokens_limited=epoch.tokens_limited or tokens_limited,
     )  # fmt: skip
     return GrantPlan(
@@ -252,7 +256,7 @@ def _size(
     epoch: Epoch, *, now: datetime, spent: dict[Period, Amount], charged: Amount, in_epoch: Amount,
     agent_limits: list[Limit], tenant_limits: list[Limit], reserve: dict[Period, Amount],
     adjust: dict[Slot, Amount], open_epochs: int, started: bool, request: LeaseUse | None, cfg: Config,
-    wins: dict[Period, Window],
+    wins: dict[Period, Window], replacing: bool = False,
 ) -> Amount:  # fmt: skip
     """The lease wanted: what the waiting call needs, or ``horizon`` seconds of the agent's recent rate,
     or the smallest lease, whichever is most; cut to what every agent limit leaves and to the agent's
@@ -278,7 +282,9 @@ def _size(
             if lim.metric == metric and lim.hard is not None:
                 slot = (lim.period, wins[lim.period].key)
                 room = max(0, lim.hard - (reserve.get(lim.period, ZERO) + adjust.get(slot, ZERO)).get(metric))
-                sharing = max(1, open_epochs + (1 if started else 0))
+                # The agents holding an epoch share the room; a new epoch adds one, unless it replaces one
+                # of this agent's still counted among them.
+                sharing = max(1, open_epochs + (1 if started and not replacing else 0))
                 share = max(room // sharing, min(room, need.get(metric)))
                 want = min(want, share)
         out[metric] = max(0, want)

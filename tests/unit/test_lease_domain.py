@@ -372,11 +372,6 @@ def test_open_epoch_and_ended_truth_tables(
     assert ended(ledger(ep), lease, T0 + timedelta(seconds=300)) is ends_expired
 
 
-@pytest.mark.xfail(
-    reason="BUG: when a token limit appears mid-epoch, tokens spent before it (caught up into charged, never into"
-    " granted) count against the first token grant in overspent(): an honest agent is flagged lease_exceeded",
-    strict=True,
-)
 def test_tokens_spent_before_a_token_limit_appeared_are_not_judged_as_overspend() -> None:
     # The epoch began with no token limit (a lease without tokens); the agent spent 50,000 tokens.
     live = epoch(granted=usd(1), charged=usd(1), started_at=T0 - timedelta(seconds=60))
