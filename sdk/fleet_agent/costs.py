@@ -25,20 +25,17 @@ recorded with ``repeat=True`` (a response cache could have served it). The key i
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from fleet_agent.call_records import REPEAT_MEMORY, REPEAT_WINDOW, Call, CallRefused, RecentRequests, RequestKey
 from fleet_agent.contracts import (
     BLOCKING_COMMANDS,
     MAX_BATCH_OPERATIONS,
@@ -53,39 +50,11 @@ from fleet_agent.contracts import (
 )
 from fleet_agent.pending import PendingPublishes
 
+#: ``Call`` and ``CallRefused`` live in :mod:`fleet_agent.call_records`; importing them from here still works.
+__all__ = ["Call", "CallRefused", "CostRecorder", "RequestKey"]
+
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: How long a request key is remembered, and how many keys (an LRU) a recorder remembers at most.
-REPEAT_WINDOW = timedelta(hours=1)
-REPEAT_MEMORY = 4096
-
-RequestKey = str | bytes
-
-
-class CallRefused(RuntimeError):
-    """The fleet told this agent not to call its model; the message names each block, its reason and end.
-
-    ``until`` is when every block lifts by itself (the latest ``until``), or None when one of them
-    only lifts by a command (``resume``, ``release``, ...): callers can schedule a retry with it.
-    """
-
-    def __init__(
-        self, agent_id: str, blocks: dict[CommandType, Command], *, note: str = "", until: datetime | None = None
-    ) -> None:
-        self.agent_id = agent_id
-        self.blocks = dict(blocks)
-        untils = [cmd.until for cmd in blocks.values()]
-        self.until: datetime | None = until or (
-            max(u for u in untils if u is not None) if untils and None not in untils else None
-        )
-        described = note or "; ".join(map(_describe, blocks.values()))
-        super().__init__(f"agent {agent_id} may not call its model now ({described})")
-
-
-def _describe(command: Command) -> str:
-    until = f" until {command.until.astimezone(UTC).isoformat(timespec='seconds')}" if command.until else ""
-    return f"{command.command.value}{until}: {command.reason or 'no reason given'}"
 
 
 def _lapsed(block: Command, now: datetime) -> bool:
@@ -98,64 +67,6 @@ def _lapsed(block: Command, now: datetime) -> bool:
 
 class _Publisher(Protocol):
     def publish(self, topic: str, data: bytes, **attrs: Any) -> Future[str]: ...
-
-
-@dataclass
-class Call:
-    """What the agent learns about one call while it runs; filled in inside ``recorder.call``."""
-
-    operation: str
-    model: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal | None = None
-    success: bool = True
-    started: float = field(default_factory=time.monotonic)
-    #: The request's key (prompt, or any stable key of it); only its hash is remembered, never sent.
-    request_key: RequestKey | None = field(default=None, repr=False)
-
-    def tokens(self, input_tokens: int, output_tokens: int) -> None:
-        self.input_tokens, self.output_tokens = input_tokens, output_tokens
-
-    def cost(self, usd: Decimal | float | str) -> None:
-        self.cost_usd = Decimal(str(usd))
-
-
-class _RecentRequests:
-    """The sha256 digests of recent request keys with when each was last seen: an LRU of at most
-    ``size`` digests, each forgotten after ``window_s`` seconds. Thread-safe."""
-
-    def __init__(self, size: int, window_s: float) -> None:
-        self._size = max(1, size)
-        self._window_s = window_s
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def digest(key: RequestKey) -> bytes:
-        return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
-
-    def check(self, digest: bytes, now: float, *, remember: bool) -> bool:
-        """Whether ``digest`` was remembered within the window; ``remember`` (re)stamps it with ``now``."""
-        with self._lock:
-            seen = self._seen.get(digest)
-            repeat = seen is not None and now - seen < self._window_s
-            if remember:
-                self._seen[digest] = now
-                self._seen.move_to_end(digest)
-                while len(self._seen) > self._size:
-                    self._seen.popitem(last=False)
-                # Least recently stamped first: drop the expired ones from the front (amortized O(1)).
-                while self._seen:
-                    oldest, at = next(iter(self._seen.items()))
-                    if now - at < self._window_s:
-                        break
-                    del self._seen[oldest]
-            return repeat
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._seen)
 
 
 class CostRecorder:
@@ -203,7 +114,7 @@ class CostRecorder:
         self._pending = PendingPublishes()
         self._blocks: dict[CommandType, Command] = {}
         self._seen_commands: set[str] = set()
-        self._recent = _RecentRequests(repeat_memory, repeat_window.total_seconds())
+        self._recent = RecentRequests(repeat_memory, repeat_window.total_seconds())
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._flush_on_time, name=f"fleet-costs-{agent_id}", daemon=True)
@@ -339,7 +250,7 @@ class CostRecorder:
         key = request_key if request_key is not None else call.request_key
         repeat = False
         if key is not None:
-            repeat = self._recent.check(_RecentRequests.digest(key), at.timestamp(), remember=call.success)
+            repeat = self._recent.check(RecentRequests.digest(key), at.timestamp(), remember=call.success)
         record = CostRecord(
             call_id=self._next_call_id(), at=at, model=call.model, input_tokens=call.input_tokens,
             output_tokens=call.output_tokens, cost_usd=call.cost_usd, success=call.success,
