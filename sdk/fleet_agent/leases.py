@@ -51,6 +51,10 @@ def to_usd(nanos: int) -> Decimal:
     return Decimal(min(nanos, MAX_WIRE_NANOS)).scaleb(-9) if nanos else Decimal(0)
 
 
+def _exact_usd(nanos: int) -> Decimal:
+    return Decimal(nanos).scaleb(-9) if nanos else Decimal(0)
+
+
 def cost_nanos(input_femto: int, output_femto: int, input_tokens: int, output_tokens: int) -> int:
     """``round_half_up(input_price * input_tokens + output_price * output_tokens)`` in nano-dollars."""
     return (input_femto * input_tokens + output_femto * output_tokens + _HALF_NANO) // FEMTO_PER_NANO
@@ -365,12 +369,12 @@ class LeaseWallet:
             return LeaseState(
                 epoch=epoch.id,
                 lease_id=epoch.lease_id,
-                balance_usd=Decimal(epoch.balance).scaleb(-9),
+                balance_usd=_exact_usd(epoch.balance),
                 balance_tokens=epoch.tokens,
-                reserved_usd=Decimal(epoch.reserved).scaleb(-9),
+                reserved_usd=_exact_usd(epoch.reserved),
                 reserved_tokens=epoch.reserved_tokens,
                 expires_at=epoch.expires_at,
-                over_usd=Decimal(epoch.over).scaleb(-9),
+                over_usd=_exact_usd(epoch.over),
                 over_tokens=epoch.over_tokens,
             )
 
