@@ -20,6 +20,9 @@ A call may name its request (``request_key``: the prompt, or any stable key of t
 recorder keeps only a sha256 of it, in a bounded memory (the last ``REPEAT_MEMORY`` keys, each for
 ``REPEAT_WINDOW``): a call whose key a successful call of this recorder had within the last hour is
 recorded with ``repeat=True`` (a response cache could have served it). The key is never kept nor sent.
+
+With ``leases=True`` (a :class:`~fleet_agent.FleetAgent`'s default) every call is also checked against the
+fleet's budget lease before it runs: :mod:`fleet_agent.leases` (the wallet), :mod:`fleet_agent.lease_calls`.
 """
 
 from __future__ import annotations
