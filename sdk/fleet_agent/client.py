@@ -97,6 +97,9 @@ class FleetAgent(AgentCommands, ApprovalRequests):
         key_path: str | os.PathLike[str] | None = None,
         key: AgentKey | None = None,
         fleet_public_key: str | None = None,
+        leases: bool = True,
+        lease_wait_s: float = 2.0,
+        lease_fail_open: bool = False,
     ) -> None:
         """Prepare an agent; nothing is published until :meth:`register` or :meth:`heartbeat`.
 
@@ -113,6 +116,11 @@ class FleetAgent(AgentCommands, ApprovalRequests):
         written there (mode 0600). ``enrollment_token`` is sent with the first registration only
         (``<key_path>.json`` remembers it was used). ``fleet_public_key``: the key commands are verified
         with (default: the token's, then the one remembered at enrollment).
+
+        ``leases`` (default on): :attr:`costs` checks every call against the budget lease the fleet grants
+        (the registration says ``leases=True``, so the fleet grants the first one when it registers); a call
+        that does not fit waits up to ``lease_wait_s`` for more, then raises ``CallRefused`` (or goes ahead
+        without a lease when ``lease_fail_open`` and the fleet did not answer). See docs/sdk.md.
         """
         resolved = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
         if not resolved:
@@ -126,7 +134,9 @@ class FleetAgent(AgentCommands, ApprovalRequests):
             enrollment_token=enrollment_token,
             fleet_public_key=fleet_public_key,
         )
-        self.registration = registration
+        # The registration as published: it tells the fleet this agent spends leases.
+        self.registration = registration.model_copy(update={"leases": True}) if leases else registration
+        self._leases, self._lease_wait_s, self._lease_fail_open = leases, lease_wait_s, lease_fail_open
         self.project: str = resolved
         self._owns_publisher = publisher is None
         if publisher is None:
@@ -320,6 +330,9 @@ class FleetAgent(AgentCommands, ApprovalRequests):
                     self._topics[EventType.COST],
                     signer=signer,
                     tenant=self.registration.tenant,
+                    leases=self._leases,
+                    lease_wait_s=self._lease_wait_s,
+                    lease_fail_open=self._lease_fail_open,
                 )
             return self._costs
 

@@ -20,25 +20,25 @@ A call may name its request (``request_key``: the prompt, or any stable key of t
 recorder keeps only a sha256 of it, in a bounded memory (the last ``REPEAT_MEMORY`` keys, each for
 ``REPEAT_WINDOW``): a call whose key a successful call of this recorder had within the last hour is
 recorded with ``repeat=True`` (a response cache could have served it). The key is never kept nor sent.
+
+With ``leases=True`` (a :class:`~fleet_agent.FleetAgent`'s default) every call is also checked against the
+fleet's budget lease before it runs: :mod:`fleet_agent.leases` (the wallet), :mod:`fleet_agent.lease_calls`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from fleet_agent.call_records import REPEAT_MEMORY, REPEAT_WINDOW, Call, CallRefused, RecentRequests, RequestKey
 from fleet_agent.contracts import (
     BLOCKING_COMMANDS,
     MAX_BATCH_OPERATIONS,
@@ -51,41 +51,15 @@ from fleet_agent.contracts import (
     encode,
     utcnow,
 )
+from fleet_agent.lease_calls import LeaseCalls
+from fleet_agent.leases import Epoch, LeaseRequest, LeaseWallet, Reservation, to_nanos
 from fleet_agent.pending import PendingPublishes
+
+#: ``Call`` and ``CallRefused`` live in :mod:`fleet_agent.call_records`; importing them from here still works.
+__all__ = ["Call", "CallRefused", "CostRecorder", "RequestKey"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: How long a request key is remembered, and how many keys (an LRU) a recorder remembers at most.
-REPEAT_WINDOW = timedelta(hours=1)
-REPEAT_MEMORY = 4096
-
-RequestKey = str | bytes
-
-
-class CallRefused(RuntimeError):
-    """The fleet told this agent not to call its model; the message names each block, its reason and end.
-
-    ``until`` is when every block lifts by itself (the latest ``until``), or None when one of them
-    only lifts by a command (``resume``, ``release``, ...): callers can schedule a retry with it.
-    """
-
-    def __init__(
-        self, agent_id: str, blocks: dict[CommandType, Command], *, note: str = "", until: datetime | None = None
-    ) -> None:
-        self.agent_id = agent_id
-        self.blocks = dict(blocks)
-        untils = [cmd.until for cmd in blocks.values()]
-        self.until: datetime | None = until or (
-            max(u for u in untils if u is not None) if untils and None not in untils else None
-        )
-        described = note or "; ".join(map(_describe, blocks.values()))
-        super().__init__(f"agent {agent_id} may not call its model now ({described})")
-
-
-def _describe(command: Command) -> str:
-    until = f" until {command.until.astimezone(UTC).isoformat(timespec='seconds')}" if command.until else ""
-    return f"{command.command.value}{until}: {command.reason or 'no reason given'}"
 
 
 def _lapsed(block: Command, now: datetime) -> bool:
@@ -100,65 +74,7 @@ class _Publisher(Protocol):
     def publish(self, topic: str, data: bytes, **attrs: Any) -> Future[str]: ...
 
 
-@dataclass
-class Call:
-    """What the agent learns about one call while it runs; filled in inside ``recorder.call``."""
-
-    operation: str
-    model: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal | None = None
-    success: bool = True
-    started: float = field(default_factory=time.monotonic)
-    #: The request's key (prompt, or any stable key of it); only its hash is remembered, never sent.
-    request_key: RequestKey | None = field(default=None, repr=False)
-
-    def tokens(self, input_tokens: int, output_tokens: int) -> None:
-        self.input_tokens, self.output_tokens = input_tokens, output_tokens
-
-    def cost(self, usd: Decimal | float | str) -> None:
-        self.cost_usd = Decimal(str(usd))
-
-
-class _RecentRequests:
-    """The sha256 digests of recent request keys with when each was last seen: an LRU of at most
-    ``size`` digests, each forgotten after ``window_s`` seconds. Thread-safe."""
-
-    def __init__(self, size: int, window_s: float) -> None:
-        self._size = max(1, size)
-        self._window_s = window_s
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def digest(key: RequestKey) -> bytes:
-        return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
-
-    def check(self, digest: bytes, now: float, *, remember: bool) -> bool:
-        """Whether ``digest`` was remembered within the window; ``remember`` (re)stamps it with ``now``."""
-        with self._lock:
-            seen = self._seen.get(digest)
-            repeat = seen is not None and now - seen < self._window_s
-            if remember:
-                self._seen[digest] = now
-                self._seen.move_to_end(digest)
-                while len(self._seen) > self._size:
-                    self._seen.popitem(last=False)
-                # Least recently stamped first: drop the expired ones from the front (amortized O(1)).
-                while self._seen:
-                    oldest, at = next(iter(self._seen.items()))
-                    if now - at < self._window_s:
-                        break
-                    del self._seen[oldest]
-            return repeat
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._seen)
-
-
-class CostRecorder:
+class CostRecorder(LeaseCalls):
     """Batches one agent's call records and enforces the commands the fleet sends it. Thread-safe."""
 
     def __init__(
@@ -168,13 +84,17 @@ class CostRecorder:
         topic_path: str,
         *,
         max_records: int = MAX_BATCH_RECORDS,
-        max_delay_s: float = 1.0,
+        max_delay_s: float | None = None,
         clock: Callable[[], datetime] = utcnow,
         half_open_calls: int = 3,
         repeat_memory: int = REPEAT_MEMORY,
         repeat_window: timedelta = REPEAT_WINDOW,
         signer: Signer | None = None,
         tenant: str | None = None,
+        leases: bool = False,
+        lease_wait_s: float = 2.0,
+        lease_fail_open: bool = False,
+        default_max_tokens: int = 1024,
     ) -> None:
         """``clock`` (aware UTC now) is compared with the commands' ``until``; injectable for tests.
 
@@ -183,6 +103,12 @@ class CostRecorder:
 
         ``repeat_memory``, ``repeat_window``: how many request-key hashes are remembered (LRU) and for
         how long, to flag repeated requests (``CostRecord.repeat``). ``signer``: signs each batch, as ``tenant``'s.
+
+        ``leases``: check every call against the fleet's budget lease before it runs (see
+        :mod:`fleet_agent.lease_calls`); a call that does not fit waits up to ``lease_wait_s`` for a grant,
+        then is refused, or goes ahead when ``lease_fail_open`` and no grant answered. A call's worst case
+        assumes ``default_max_tokens`` output tokens when it does not say ``max_tokens``. ``max_delay_s``
+        defaults to 30 s with leases (a batch also leaves when a lease is asked for), 1 s without.
         """
         self.agent_id = agent_id
         self._signer, self._tenant = signer, tenant
@@ -193,7 +119,7 @@ class CostRecorder:
         self._topic = topic_path
         self._max_records = min(max_records, MAX_BATCH_RECORDS)
         # At most 10 minutes: a batch's records must lie within MAX_BATCH_SPAN of each other.
-        self._max_delay_s = min(max_delay_s, 600.0)
+        self._max_delay_s = min(max_delay_s if max_delay_s is not None else 30.0 if leases else 1.0, 600.0)
         self._lock = threading.Lock()
         self._records: list[CostRecord] = []
         self._operations: set[str] = set()
@@ -203,9 +129,14 @@ class CostRecorder:
         self._pending = PendingPublishes()
         self._blocks: dict[CommandType, Command] = {}
         self._seen_commands: set[str] = set()
-        self._recent = _RecentRequests(repeat_memory, repeat_window.total_seconds())
+        self._recent = RecentRequests(repeat_memory, repeat_window.total_seconds())
         self._wake = threading.Event()
         self._closed = False
+        self._wallet = LeaseWallet(default_max_tokens=default_max_tokens) if leases else None
+        self._lease_wait_s, self._fail_open = lease_wait_s, lease_fail_open
+        self._warned_open = float("-inf")
+        self._tag: Epoch | None = None  # the epoch the buffered records were spent under (None: no lease)
+        self._tick = 1.0 if leases else None  # with leases, the flusher also asks ahead every second
         self._thread = threading.Thread(target=self._flush_on_time, name=f"fleet-costs-{agent_id}", daemon=True)
         self._thread.start()
 
@@ -223,12 +154,18 @@ class CostRecorder:
                 current = self._blocks.get(command.command)
                 if current is None or current.issued_at <= command.issued_at:
                     self._blocks[command.command] = command
+                if self._wallet is not None:
+                    self._wallet.revoke(command.issued_at)  # the lease ends at once
+            elif command.command is CommandType.LEASE and command.lease is not None and self._wallet is not None:
+                self._wallet.grant(command.lease, command.issued_at)
             for blocking, lifting in BLOCKING_COMMANDS.items():
                 block = self._blocks.get(blocking)
                 if command.command is lifting and block is not None and block.issued_at <= command.issued_at:
                     del self._blocks[blocking]
             if command.command in (CommandType.BREAKER_OPEN, CommandType.BREAKER_CLOSED):
                 self._trials = (-1, 0)  # a new cooldown, or none: trials start afresh
+            if self._wallet is not None and self._records and self._tag is not self._current():
+                self._flush_locked()  # the epoch changed: one batch per epoch
         return True
 
     @property
@@ -286,12 +223,26 @@ class CostRecorder:
     # -- recording -------------------------------------------------------------------------------
 
     @contextmanager
-    def call(self, operation: str, *, model: str, request_key: RequestKey | None = None) -> Iterator[Call]:
-        """Around one model call: refuses it while blocked, then records it (failed if it raised).
+    def call(
+        self,
+        operation: str,
+        *,
+        model: str,
+        max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
+        request_key: RequestKey | None = None,
+    ) -> Iterator[Call]:
+        """Around one model call: refuses it while blocked (or, with leases, when its worst case does not fit
+        the lease), then records it (failed if it raised).
 
+        ``max_tokens`` (the output tokens the model may write; default ``default_max_tokens``) and
+        ``prompt_tokens`` (default 0) bound the call's worst case, checked against the lease before it runs.
         ``request_key`` (or ``call.request_key`` set inside the block) flags repeated requests.
         """
         self.check()
+        wallet, reservation = self._wallet, None
+        if wallet is not None:
+            reservation = self._admit(wallet, model, max_tokens, prompt_tokens)
         call = Call(operation=operation, model=model, request_key=request_key)
         try:
             yield call
@@ -299,7 +250,7 @@ class CostRecorder:
             call.success = False
             raise
         finally:
-            self.record(call)
+            self._record(call, None, reservation, leased=wallet is None or reservation is not None)
 
     def track(
         self,
@@ -308,15 +259,19 @@ class CostRecorder:
         model: str,
         usage: Callable[[Any], tuple[int, int]] | None = None,
         request_key: Callable[..., RequestKey | None] | None = None,
+        max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorator form of :meth:`call`; ``usage(result)`` returns (input_tokens, output_tokens), and
-        ``request_key(*args, **kwargs)`` (called with the function's arguments) the request's key."""
+        ``request_key(*args, **kwargs)`` (called with the function's arguments) the request's key.
+        ``max_tokens``, ``prompt_tokens``: as for :meth:`call`, the same for every call."""
 
         def wrap(fn: Callable[P, R]) -> Callable[P, R]:
             @functools.wraps(fn)
             def inner(*args: P.args, **kwargs: P.kwargs) -> R:
                 key = request_key(*args, **kwargs) if request_key is not None else None
-                with self.call(operation, model=model, request_key=key) as call:
+                bounds = {"max_tokens": max_tokens, "prompt_tokens": prompt_tokens}
+                with self.call(operation, model=model, request_key=key, **bounds) as call:
                     result = fn(*args, **kwargs)
                     if usage is not None:
                         call.tokens(*usage(result))
@@ -334,12 +289,28 @@ class CostRecorder:
     def record(self, call: Call, *, request_key: RequestKey | None = None) -> None:
         """Buffer one call's record. ``request_key`` (default ``call.request_key``): the record is a
         ``repeat`` when a successful call with the same key was recorded within ``repeat_window``; only
-        successful calls are remembered (a cache holds answers, not errors)."""
+        successful calls are remembered (a cache holds answers, not errors).
+
+        With leases, a call recorded this way (not through :meth:`call`) was not checked before it ran: its
+        cost is debited from the lease, all of it counted as over."""
+        self._record(call, request_key, None, leased=True)
+
+    def _record(
+        self, call: Call, request_key: RequestKey | None, reservation: Reservation | None, *, leased: bool
+    ) -> None:
+        """``leased``: spent under the lease (``reservation``, or none for a hand-recorded call); else
+        a call let through without a lease (fail open), recorded with ``lease_id=None``."""
+        tag = None
+        if self._wallet is not None and leased:
+            tokens = (max(0, call.input_tokens), max(0, call.output_tokens))
+            cost = call.cost_usd
+            usd = to_nanos(cost) if cost is not None and cost.is_finite() and cost >= 0 else None
+            tag = self._wallet.settle(reservation, call.model, tokens, usd)
         at = self._clock()
         key = request_key if request_key is not None else call.request_key
         repeat = False
         if key is not None:
-            repeat = self._recent.check(_RecentRequests.digest(key), at.timestamp(), remember=call.success)
+            repeat = self._recent.check(RecentRequests.digest(key), at.timestamp(), remember=call.success)
         record = CostRecord(
             call_id=self._next_call_id(), at=at, model=call.model, input_tokens=call.input_tokens,
             output_tokens=call.output_tokens, cost_usd=call.cost_usd, success=call.success,
@@ -350,6 +321,9 @@ class CostRecorder:
                 raise RuntimeError(f"cost recorder of {self.agent_id} is closed")
             if record.operation not in self._operations and len(self._operations) >= MAX_BATCH_OPERATIONS:
                 self._flush_locked()  # a batch may name at most MAX_BATCH_OPERATIONS operations
+            elif self._records and tag is not self._tag:
+                self._flush_locked()  # a batch's records were all spent under one epoch
+            self._tag = tag
             self._records.append(record)
             self._operations.add(record.operation)
             if self._first_at is None:
@@ -364,12 +338,22 @@ class CostRecorder:
         with self._lock:
             return self._flush_locked()
 
-    def _flush_locked(self) -> Future[str] | None:
+    def _current(self) -> Epoch | None:
+        return None if self._wallet is None else self._wallet.current(self._clock().timestamp())
+
+    def _flush_locked(self, request: LeaseRequest | None = None) -> Future[str] | None:
+        """Publish the buffered records as one batch; with ``request``, the batch asks for a lease (alone,
+        when the records were spent under another epoch than the current one: the request names it)."""
+        if request is not None and self._records and self._tag is not self._current():
+            self._flush_locked()
         records, self._records, self._first_at = self._records, [], None
         self._operations = set()
-        if not records:
+        if not records and request is None:
             return None
-        batch = CostBatch(agent_id=self.agent_id, batch_id=uuid.uuid4().hex, records=records)
+        lease = None
+        if self._wallet is not None:
+            lease = self._lease_use(self._wallet, self._tag if records else self._current(), request)
+        batch = CostBatch(agent_id=self.agent_id, batch_id=uuid.uuid4().hex, records=records, lease=lease)
         body, attributes = encode(batch, signer=self._signer, tenant=self._tenant)
         # Published and tracked under the lock: batches leave in the order they were cut, and
         # close() (which takes the lock) never misses one when it waits.
@@ -377,7 +361,11 @@ class CostRecorder:
 
     def _flush_on_time(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(self._tick)
+            if self._wallet is not None:  # ask ahead even while no call comes (a lease nearly expired)
+                ask = self._wallet.ask_ahead(self._clock().timestamp(), time.monotonic(), self._lease_wait_s)
+                if ask is not None:
+                    self._ask(LeaseRequest(ask))
             with self._lock:
                 if self._closed:
                     return
@@ -386,7 +374,7 @@ class CostRecorder:
                     continue
                 wait = self._first_at + self._max_delay_s - time.monotonic()
             if wait > 0:
-                time.sleep(wait)
+                time.sleep(wait if self._tick is None else min(wait, self._tick))
                 continue
             self.flush()
 
