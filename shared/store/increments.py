@@ -23,8 +23,15 @@ class Increments:
         self.static: dict[str, Any] = dict(static)
         self.paths: list[tuple[str, ...]] = []
         self.amounts: list[int] = []
+        self.maxima: set[int] = set()  # indexes of paths set to the maximum of themselves and the amount
 
     def inc(self, path: tuple[str, ...], amount: int) -> None:
+        self.paths.append(path)
+        self.amounts.append(amount)
+
+    def maximum(self, path: tuple[str, ...], amount: int) -> None:
+        """Set ``path`` to the larger of its value and ``amount`` (server-side, like an increment)."""
+        self.maxima.add(len(self.paths))
         self.paths.append(path)
         self.amounts.append(amount)
 
@@ -36,14 +43,20 @@ class Increments:
 
         raw = write_types.Write.pb()()
         raw.update.name = document_path
+        # Always a mask, even an empty one: without it an update replaces the whole document (only the
+        # transforms' fields would be left).
+        raw.update_mask.SetInParent()
         for key, value in self.static.items():
             encoded = _helpers.encode_value(value)
             raw.update.fields[key].CopyFrom(type(encoded).pb(encoded))
             raw.update_mask.field_paths.append(FieldPath(key).to_api_repr())
-        for path, amount in zip(self.paths, self.amounts, strict=True):
+        for index, (path, amount) in enumerate(zip(self.paths, self.amounts, strict=True)):
             transform = raw.update_transforms.add()
             transform.field_path = FieldPath(*path).to_api_repr()
-            transform.increment.integer_value = amount
+            if index in self.maxima:
+                transform.maximum.integer_value = amount
+            else:
+                transform.increment.integer_value = amount
         return write_types.Write.wrap(raw)
 
     def results(self, write_result: Any) -> dict[tuple[str, ...], int]:

@@ -62,6 +62,10 @@ class LeaseGrant(Strict):
     #: The request (``LeaseUse.request_id``) this grant answers; None for the registration's first lease
     #: and for a grant the fleet re-sends on its own.
     request_id: CallId | None = None
+    #: Set when a budget left less than the request needed: ask again no sooner than this many seconds
+    #: (the budget's reset for the agent's own limit; a short wait for a shared one, whose leases return).
+    #: Calls that do not fit what is left are refused at once until then.
+    retry_after_s: Annotated[int, Field(ge=0, le=31 * 86_400)] | None = None
     #: Prices of the models the agent used recently or asked about, as the fleet charges them. The SDK
     #: estimates a call with them and refuses a model no lease has priced.
     prices: dict[ModelName, ModelPrice] = Field(default_factory=dict, max_length=MAX_LEASE_MODELS)
