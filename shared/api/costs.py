@@ -36,6 +36,7 @@ from shared.platform import settings
 from shared.services import accounting, agent_controls
 from shared.store import audit as audit_store
 from shared.store import config
+from shared.store import lease_reserve as reserve_store
 from shared.store import leases as lease_store
 from shared.store import usage as usage_store
 
@@ -220,7 +221,7 @@ def get_tenant_usage(call: Call) -> TenantUsageView:
 
 def _reserved_view(tenant: str) -> dict[str, Any]:
     """The tenant's lease reserve in the current periods (one read)."""
-    reserve = lease_store.reserve(tenant, core.now(), 0)
+    reserve = reserve_store.reserve(tenant, core.now(), 0)
     return {
         period.value: {
             "reserved_usd": format_usd(amount.usd_nanos),

@@ -3,22 +3,28 @@ back, when an epoch ends, and whether a batch spent beyond its lease. Nothing he
 (shared/store/leases.py keeps the state, shared/services/leases.py runs a grant).
 
 - **Epoch.** The leases an agent spends as one balance: each grant adds to it; it ends at its expiry (the
-  latest grant's: ``ttl`` after it, and never past the end of the hour, so an epoch lies in exactly one
-  hour, day and month window), when a hold revokes it, or when the agent gives it up (a restart).
+  latest grant's: ``ttl`` after it, and never past the end of the hour, so its grants lie in one hour, day
+  and month window), when a hold revokes it, or when the agent asks while holding none of it (a restart).
+- **Epoch spend.** Every batch spent under an epoch adds its cost to the epoch's own counter (in the
+  agent's hour document, in the batch's counting commit): an epoch's spend is exact, whatever else the
+  agent spent in the same hour, and whatever hour its calls' records fall in.
 - **Charged.** What an epoch has put into its tenant's *reserve*: its grants, plus any spend beyond them
-  found at a later grant. The reserve of a window is the sum over open epochs of what they charged, plus
-  the spend of ended epochs and any spend outside a lease. It never falls below what was spent.
-- **Agent budget.** An agent's commitment in a window is its spend there when its epoch began (``base``)
-  plus what the epoch charged; a grant is sized so that the commitment stays within every hard limit.
+  found at a later grant. The reserve of a window is the sum over epochs not yet returned of what they
+  charged, plus the spend of returned epochs and any spend outside a lease: never below what was spent.
+- **Return.** An ended epoch waits as the ledger's ``previous`` until its batches in flight have arrived
+  (``grace`` after it ended), then gives ``charged - spent`` back to the reserve.
+- **Agent budget.** The agent's commitment in a window is its exact spend there plus what its open and
+  previous epochs may still spend (``charged - spent``); a grant keeps it within every hard limit.
 - **Tenant budget.** A grant adds to the reserve with an atomic increment and reads the total back; it
   keeps only ``limit - (total - grant)`` (never less than 0). Concurrent grants each see the others'
-  increments, so together they never keep more than the room (the order of increments is a total order).
+  increments, so together they never keep more than the room (increments are totally ordered).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from fleet_agent.contracts import LeaseUse, epoch_of, seq_of
@@ -72,6 +78,8 @@ class Config:
     min_usd_nanos: int = 10_000_000
     min_tokens: int = 4096
     tolerance: float = 0.01
+    #: How long an agent refused for want of a shared (tenant) budget waits before asking again.
+    shared_retry_s: int = 30
 
 
 @dataclass(frozen=True)
@@ -81,13 +89,13 @@ class Epoch:
     expires_at: datetime
     #: The number of the epoch's latest grant (lease ids are ``<epoch>.<seq>``).
     seq: int
-    #: The epoch's window key per period (hour, day, month).
+    #: The epoch's window key per period (hour, day, month): its grants and charge go to these slots.
     windows: dict[Period, str]
-    #: The agent's spend in each window when the epoch began, plus spend outside the epoch since.
-    base: dict[Period, Amount]
     granted: Amount
     charged: Amount
     tokens_limited: bool
+    #: The agent's spend rate when the epoch's latest grant was sized (nano-dollars and tokens a second).
+    rate: Amount = ZERO
 
     def live(self, now: datetime) -> bool:
         return now < self.expires_at
@@ -98,9 +106,13 @@ class Epoch:
     def slots(self) -> list[Slot]:
         return [(period, key) for period, key in self.windows.items()]
 
-    def spent_in(self, hour_spent: Amount) -> Amount:
-        """What the epoch spent, from the agent's total in the epoch's hour."""
-        return hour_spent - self.base[Period.HOUR]
+    @property
+    def hour(self) -> str:
+        return self.windows[Period.HOUR]
+
+    def unspent(self, spent: Amount) -> Amount:
+        """What the epoch may still spend (or what it charged and did not spend, once it ended)."""
+        return (self.charged - spent).clamp()
 
 
 @dataclass(frozen=True)
@@ -110,29 +122,36 @@ class Ledger:
     agent_id: str
     tenant: str
     epoch: Epoch | None = None
-    #: The latest grant as sent (its command, JSON), re-sent when it seems lost.
+    #: The epoch that ended last, until its batches in flight have arrived and its charge is returned.
+    previous: Epoch | None = None
+    #: The latest grant as sent (its command, JSON), re-sent when it seems lost; None while the latest
+    #: grant is not final (its commit made, its give-back not yet: never re-sent).
     last: dict[str, Any] | None = None
     #: Request ids answered lately (a redelivered request gets the same lease).
     answered: tuple[str, ...] = ()
 
+    def find(self, epoch_id: str) -> Epoch | None:
+        """The open or previous epoch of that id, if it is one of them."""
+        for epoch in (self.epoch, self.previous):
+            if epoch is not None and epoch.id == epoch_id:
+                return epoch
+        return None
 
-def open_epoch(ledger: Ledger, lease: LeaseUse | None) -> bool:
-    """Whether the batch's records were spent under the ledger's open epoch."""
-    return (
-        ledger.epoch is not None
-        and lease is not None
-        and lease.lease_id is not None
-        and epoch_of(lease.lease_id) == ledger.epoch.id
-    )
+    def named(self, lease: LeaseUse | None) -> Epoch | None:
+        """The open or previous epoch the batch says its records were spent under, if it is one of them."""
+        if lease is None or lease.lease_id is None:
+            return None
+        return self.find(epoch_of(lease.lease_id))
 
 
 def missed(ledger: Ledger, lease: LeaseUse | None, now: datetime, resend_after_s: int) -> bool:
-    """The agent names an older lease of its epoch than the latest granted, which is live and was
-    granted more than ``resend_after_s`` ago: the latest grant was probably lost."""
+    """The agent names an older lease of its open epoch than the latest granted, which is live and final
+    and was granted more than ``resend_after_s`` ago: the latest grant was probably lost."""
     epoch, last = ledger.epoch, ledger.last
-    if epoch is None or last is None or not open_epoch(ledger, lease) or not epoch.live(now):
+    if epoch is None or last is None or lease is None or lease.lease_id is None or not epoch.live(now):
         return False
-    assert lease is not None and lease.lease_id is not None
+    if epoch_of(lease.lease_id) != epoch.id:
+        return False
     issued = datetime.fromisoformat(last["issued_at"])
     return seq_of(lease.lease_id) < epoch.seq and (now - issued).total_seconds() > resend_after_s
 
@@ -148,18 +167,20 @@ class Release:
         return {slot: -self.back for slot in self.epoch.slots()}
 
 
-def release(epoch: Epoch, hour_spent: Amount) -> Release:
-    """``hour_spent``: the agent's spend in the epoch's hour now (batches of the epoch have arrived)."""
-    return Release(epoch, epoch.charged - epoch.spent_in(hour_spent))
+def release(epoch: Epoch, spent: Amount) -> Release:
+    """``spent``: the epoch's exact spend (its own counter), once its batches have arrived."""
+    return Release(epoch, epoch.charged - spent)
 
 
 def ended(ledger: Ledger, lease: LeaseUse | None, now: datetime) -> bool:
-    """Whether a grant now starts a new epoch: none open, the open one expired, or the agent asks while
-    holding no lease of it (revoked by a hold, a restart): its unspent charge returns first."""
+    """Whether a grant now starts a new epoch: the open one expired, or the agent asks while holding no
+    lease of it (revoked by a hold, a restart)."""
     epoch = ledger.epoch
     if epoch is None:
         return False
-    return not epoch.live(now) or (lease is not None and not open_epoch(ledger, lease))
+    if not epoch.live(now):
+        return True
+    return lease is not None and (lease.lease_id is None or epoch_of(lease.lease_id) != epoch.id)
 
 
 @dataclass(frozen=True)
@@ -168,13 +189,17 @@ class GrantPlan:
     lease_id: str
     #: What the grant wants to add (kept only as far as the tenant's reserve allows).
     want: Amount
-    #: Unconditional reserve changes: a released epoch's unspent charge (negative), spend found beyond an
+    #: The epoch the grant ends (it becomes ``previous``), and an older previous returned now.
+    previous: Epoch | None = None
+    released: Release | None = None
+    #: Unconditional reserve changes: a returned epoch's unspent charge (negative), spend found beyond an
     #: epoch's charge (positive).
     adjust: dict[Slot, Amount] = field(default_factory=dict)
-    released: Release | None = None
     started: bool = False
     #: The tenant's hard limits by slot and metric (for :func:`kept`).
     tenant_limits: dict[tuple[Slot, str], int] = field(default_factory=dict)
+    #: The limits that leave less than the waiting call needs: (``agent`` or ``tenant``, the limit).
+    short: tuple[tuple[str, Limit], ...] = ()
 
     def deltas(self) -> dict[Slot, Amount]:
         """Everything the grant's commit adds to the reserve, by slot."""
@@ -193,12 +218,22 @@ def hard_limits(limits: list[Limit], wins: dict[Period, Window]) -> dict[tuple[S
     return {((lim.period, wins[lim.period].key), lim.metric): lim.hard for lim in limits if lim.hard is not None}
 
 
+@dataclass(frozen=True)
+class Spend:
+    """What a grant reads: the agent's exact spend in the current windows, and its epochs' own spend."""
+
+    windows: dict[Period, Amount]
+    epochs: dict[str, Amount] = field(default_factory=dict)
+
+    def of(self, epoch: Epoch | None) -> Amount:
+        return ZERO if epoch is None else self.epochs.get(epoch.id, ZERO)
+
+
 def plan_grant(
     ledger: Ledger,
     *,
     now: datetime,
-    spent: dict[Period, Amount],
-    old_hour_spent: Amount | None,
+    spend: Spend,
     agent_limits: list[Limit],
     tenant_limits: list[Limit],
     reserve: dict[Period, Amount],
@@ -207,96 +242,104 @@ def plan_grant(
     new_epoch_id: str,
     cfg: Config,
 ) -> GrantPlan:
-    """The next grant for the agent. ``spent``: its exact spend in the current windows; ``old_hour_spent``:
-    its spend in the hour of an epoch that ends now (when one does); ``reserve``: the tenant's reserve in
-    the current windows as last read (sizing only: what is kept is judged on the commit's read-back)."""
+    """The next grant for the agent. ``reserve``: the tenant's reserve in the current windows as last read
+    (sizing only: what is kept is judged on the commit's read-back)."""
     wins = windows(now)
     adjust: dict[Slot, Amount] = {}
     released = None
-    epoch = ledger.epoch
+    epoch, previous = ledger.epoch, ledger.previous
     started = epoch is None or ended(ledger, request, now)
-    if epoch is not None and started:
-        released = release(epoch, old_hour_spent if old_hour_spent is not None else spent[Period.HOUR])
-        adjust = released.deltas()
+    if started and epoch is not None:
+        if previous is not None:  # two endings within a grace: the older one is returned now
+            released = release(previous, spend.of(previous))
+            _add(adjust, released.deltas())
+        previous = replace(epoch, expires_at=min(epoch.expires_at, now))  # it ended now, at the latest
     tokens_limited = any(lim.metric == "tokens" and lim.hard is not None for lim in agent_limits + tenant_limits)
     if started:
         epoch = Epoch(
             id=new_epoch_id, started_at=now, expires_at=end_of_epoch(now, cfg.ttl_s), seq=0,
-            windows={p: w.key for p, w in wins.items()}, base=dict(spent), granted=ZERO, charged=ZERO,
-            tokens_limited=tokens_limited,
+            windows={p: w.key for p, w in wins.items()}, granted=ZERO, charged=ZERO,
+            tokens_limited=tokens_limited, rate=ledger.epoch.rate if ledger.epoch is not None else ZERO,
         )  # fmt: skip
     assert epoch is not None
-    in_epoch = epoch.spent_in(spent[Period.HOUR])
+    in_epoch = spend.of(epoch)
     catch_up = (in_epoch - epoch.charged).clamp()
-    if catch_up != ZERO:  # spend beyond the charge (over estimates, a lost grant's leftovers): reserve it
-        for slot in epoch.slots():
-            adjust[slot] = adjust.get(slot, ZERO) + catch_up
-    charged = epoch.charged + catch_up
-    want = _size(
-        epoch, now=now, spent=spent, charged=charged, in_epoch=in_epoch, agent_limits=agent_limits,
-        tenant_limits=tenant_limits, reserve=reserve, adjust=adjust, open_epochs=open_epochs,
-        started=started, request=request, cfg=cfg, wins=wins, replacing=released is not None,
-    )  # fmt: skip
-    seq = epoch.seq + 1
+    if catch_up != ZERO:  # spend beyond the charge (over estimates): reserve it
+        _add(adjust, {slot: catch_up for slot in epoch.slots()})
+    epoch = replace(epoch, charged=epoch.charged + catch_up)
     granted = epoch.granted
     if tokens_limited and not epoch.tokens_limited:
         # A token limit appeared mid-epoch: the tokens spent before it were spent without a token lease.
         granted = Amount(granted.usd_nanos, max(granted.tokens, in_epoch.tokens))
+    rate = _rate(epoch, now=now, in_epoch=in_epoch, hour=spend.windows[Period.HOUR], wins=wins)
+    unspent = epoch.unspent(in_epoch) + (previous.unspent(spend.of(previous)) if previous is not None else ZERO)
+    committed = {period: spend.windows[period] + unspent for period in Period}
+    want, short = _size(
+        now=now, rate=rate, committed=committed, agent_limits=agent_limits, tenant_limits=tenant_limits,
+        reserve=reserve, adjust=adjust, sharing=max(1, open_epochs + (1 if started and previous is None else 0)),
+        request=request, cfg=cfg, wins=wins, tokens=epoch.tokens_limited or tokens_limited,
+    )  # fmt: skip
+    seq = epoch.seq + 1
     epoch = replace(
-        epoch, seq=seq, expires_at=end_of_epoch(now, cfg.ttl_s), granted=granted + want,
-        charged=charged + want, tokens_limited=epoch.tokens_limited or tokens_limited,
+        epoch, seq=seq, expires_at=end_of_epoch(now, cfg.ttl_s), granted=granted + want, charged=epoch.charged + want,
+        tokens_limited=epoch.tokens_limited or tokens_limited, rate=rate,
     )  # fmt: skip
     return GrantPlan(
-        epoch=epoch, lease_id=f"{epoch.id}.{seq}", want=want, adjust=adjust, released=released,
-        started=started, tenant_limits=hard_limits(tenant_limits, wins),
+        epoch=epoch, lease_id=f"{epoch.id}.{seq}", want=want, previous=previous, released=released, adjust=adjust,
+        started=started, tenant_limits=hard_limits(tenant_limits, wins), short=short,
     )  # fmt: skip
+
+
+def _add(into: dict[Slot, Amount], deltas: dict[Slot, Amount]) -> None:
+    for slot, amount in deltas.items():
+        into[slot] = into.get(slot, ZERO) + amount
+
+
+def _rate(epoch: Epoch, *, now: datetime, in_epoch: Amount, hour: Amount, wins: dict[Period, Window]) -> Amount:
+    """The agent's recent spend a second: this hour's, this epoch's (once 5 s old), or the previous epoch's
+    (a new epoch at the top of the hour starts from it rather than from nothing), whichever is most."""
+    elapsed_hour = max(60.0, (now - wins[Period.HOUR].starts_at).total_seconds())
+    elapsed_epoch = (now - epoch.started_at).total_seconds()
+    out = {}
+    for metric in ("usd", "tokens"):
+        rate = max(hour.get(metric) / elapsed_hour, float(epoch.rate.get(metric)))
+        if elapsed_epoch >= 5:
+            rate = max(rate, in_epoch.get(metric) / elapsed_epoch)
+        out[metric] = int(rate)
+    return Amount(out["usd"], out["tokens"])
 
 
 def _size(
-    epoch: Epoch, *, now: datetime, spent: dict[Period, Amount], charged: Amount, in_epoch: Amount,
-    agent_limits: list[Limit], tenant_limits: list[Limit], reserve: dict[Period, Amount],
-    adjust: dict[Slot, Amount], open_epochs: int, started: bool, request: LeaseUse | None, cfg: Config,
-    wins: dict[Period, Window], replacing: bool = False,
-) -> Amount:  # fmt: skip
-    """The lease wanted: what the waiting call needs, or ``horizon`` seconds of the agent's recent rate,
-    or the smallest lease, whichever is most; cut to what every agent limit leaves and to the agent's
-    fair share of what every tenant limit leaves."""
+    *, now: datetime, rate: Amount, committed: dict[Period, Amount], agent_limits: list[Limit],
+    tenant_limits: list[Limit], reserve: dict[Period, Amount], adjust: dict[Slot, Amount], sharing: int,
+    request: LeaseUse | None, cfg: Config, wins: dict[Period, Window], tokens: bool,
+) -> tuple[Amount, tuple[tuple[str, Limit], ...]]:  # fmt: skip
+    """The lease wanted: what the waiting call needs, ``horizon`` seconds of the agent's rate, or the
+    smallest lease, whichever is most; cut to what every agent limit leaves and to the agent's fair share
+    of what every tenant limit leaves (at least what the waiting call needs, when the room has it)."""
     need = Amount(
-        _nanos(request.need_usd) if request is not None and request.need_usd is not None else 0,
-        request.need_tokens or 0 if request is not None else 0,
+        to_nanos(request.need_usd) if request is not None and request.need_usd is not None else 0,
+        (request.need_tokens or 0) if request is not None else 0,
     )
-    hour = wins[Period.HOUR]
-    elapsed_hour = max(60.0, (now - hour.starts_at).total_seconds())
-    elapsed_epoch = (now - epoch.started_at).total_seconds()
-    out = {}
+    out: dict[str, int] = {}
+    short: list[tuple[str, Limit]] = []
     for metric, floor in (("usd", cfg.min_usd_nanos), ("tokens", cfg.min_tokens)):
-        rate = spent[Period.HOUR].get(metric) / elapsed_hour
-        if elapsed_epoch >= 5:
-            rate = max(rate, in_epoch.get(metric) / elapsed_epoch)
-        want = max(need.get(metric), int(rate * cfg.horizon_s), floor)
+        want = max(need.get(metric), rate.get(metric) * cfg.horizon_s, floor)
         for lim in agent_limits:
             if lim.metric == metric and lim.hard is not None:
-                committed = max(epoch.base[lim.period].get(metric) + charged.get(metric), spent[lim.period].get(metric))
-                want = min(want, max(0, lim.hard - committed))
+                room = max(0, lim.hard - committed[lim.period].get(metric))
+                want = min(want, room)
+                if room < need.get(metric):
+                    short.append(("agent", lim))
         for lim in tenant_limits:
             if lim.metric == metric and lim.hard is not None:
                 slot = (lim.period, wins[lim.period].key)
                 room = max(0, lim.hard - (reserve.get(lim.period, ZERO) + adjust.get(slot, ZERO)).get(metric))
-                # The agents holding an epoch share the room; a new epoch adds one, unless it replaces one
-                # of this agent's still counted among them.
-                sharing = max(1, open_epochs + (1 if started and not replacing else 0))
-                share = max(room // sharing, min(room, need.get(metric)))
-                want = min(want, share)
+                want = min(want, max(room // sharing, min(room, need.get(metric))))
+                if room < need.get(metric):
+                    short.append(("tenant", lim))
         out[metric] = max(0, want)
-    return Amount(out["usd"], out["tokens"] if epoch.tokens_limited or _any_tokens(agent_limits, tenant_limits) else 0)
-
-
-def _any_tokens(*limit_lists: list[Limit]) -> bool:
-    return any(lim.metric == "tokens" and lim.hard is not None for limits in limit_lists for lim in limits)
-
-
-def _nanos(usd: Any) -> int:
-    return to_nanos(usd)
+    return Amount(out["usd"], out["tokens"] if tokens else 0), tuple(short)
 
 
 def kept(plan: GrantPlan, after: dict[Slot, Amount]) -> Amount:
@@ -307,40 +350,27 @@ def kept(plan: GrantPlan, after: dict[Slot, Amount]) -> Amount:
         total = after.get(slot)
         if total is None:
             continue
-        before = total.get(metric) - plan.want.get(metric)
-        out[metric] = max(0, min(out[metric], hard - before))
+        out[metric] = max(0, min(out[metric], hard - (total.get(metric) - plan.want.get(metric))))
     return Amount(out["usd"], out["tokens"])
 
 
-def short(
-    plan: GrantPlan, need: Amount, after: dict[Slot, Amount], agent_limits: list[Limit], now: datetime
-) -> list[tuple[str, Limit, int]]:
-    """The hard limits that leave less than the waiting call needs: (``agent`` or ``tenant``, the limit,
-    what is committed against it). The fleet says so as it would for a limit reached (a lease stops an
-    agent just short of a limit, where counting alone never reaches it)."""
-    out: list[tuple[str, Limit, int]] = []
-    before = plan.epoch.charged - plan.want
-    for lim in agent_limits:
-        if lim.hard is None or need.get(lim.metric) == 0:
-            continue
-        committed = plan.epoch.base[lim.period].get(lim.metric) + before.get(lim.metric)
-        if lim.hard - committed < need.get(lim.metric):
-            out.append(("agent", lim, committed))
-    for (slot, metric), hard in plan.tenant_limits.items():
-        total = after.get(slot)
-        if total is None or need.get(metric) == 0:
-            continue
-        committed = total.get(metric) - plan.want.get(metric)
-        if hard - committed < need.get(metric):
-            out.append(("tenant", Limit(slot[0], metric, hard, None), committed))
-    return out
+def retry_after(plan: GrantPlan, kept_amount: Amount, need: Amount, now: datetime, cfg: Config) -> int | None:
+    """Seconds before the agent should ask again, when what it got leaves its waiting call unserved: its
+    own limit's reset (nothing returns to it before), or a short wait for a shared limit (other agents'
+    leases return to the pool)."""
+    if need == ZERO or (kept_amount.usd_nanos >= need.usd_nanos and kept_amount.tokens >= need.tokens):
+        return None
+    own = [lim for scope, lim in plan.short if scope == "agent"]
+    if own:
+        reset = min(window(lim.period, now).resets_at for lim in own)
+        return max(1, int((reset - now).total_seconds()))
+    return cfg.shared_retry_s
 
 
-def overspent(epoch: Epoch, hour_after: Amount, over: Amount, tolerance: float) -> Amount | None:
-    """Spend of the epoch beyond its grants and the over-estimates the agent reports (plus a tolerance:
-    a price changed mid-lease, rounding), or None. ``hour_after``: the agent's exact hour total after the
-    batch, in the epoch's hour."""
-    spent = epoch.spent_in(hour_after)
+def overspent(epoch: Epoch, spent: Amount, over: Amount, tolerance: float) -> Amount | None:
+    """Spend of the epoch (``spent``: its own counter) beyond its grants and the over-estimates the agent
+    reports (the most it reported: reordered batches carry older figures), plus a tolerance (a price
+    changed mid-lease, rounding); None within them."""
     allowed_usd = epoch.granted.usd_nanos + over.usd_nanos + int(epoch.granted.usd_nanos * tolerance)
     excess_usd = spent.usd_nanos - allowed_usd
     excess_tokens = 0
@@ -349,3 +379,7 @@ def overspent(epoch: Epoch, hour_after: Amount, over: Amount, tolerance: float) 
     if excess_usd > 0 or excess_tokens > 0:
         return Amount(max(0, excess_usd), max(0, excess_tokens))
     return None
+
+
+def nanos(usd: Decimal | None) -> int:
+    return 0 if usd is None else to_nanos(usd)

@@ -171,6 +171,27 @@ class Tally:
 WindowTotals = dict[tuple[Period, Window], tuple[Totals, Totals]]
 
 
+@dataclass(frozen=True)
+class EpochTag:
+    """The lease epoch a batch was spent under, and the most its agent reports spending beyond estimates."""
+
+    epoch_id: str
+    over_nanos: int = 0
+    over_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EpochSpend:
+    """An epoch's own counter after a batch, in one hour document (``hour``): its spend there, and the
+    largest ``over`` its batches reported."""
+
+    hour: str
+    usd_nanos: int
+    tokens: int
+    over_nanos: int
+    over_tokens: int
+
+
 @dataclass
 class Applied:
     """What a batch did to the counters: exact totals after it, next to its own deltas."""
@@ -184,6 +205,8 @@ class Applied:
     op_minutes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     op_hour: dict[str, dict[str, int]] = field(default_factory=dict)
     writes: int = 0
+    #: The batch's lease epoch's counter after it (when the batch named one).
+    epoch: EpochSpend | None = None
 
 
 _ZERO = timedelta(0)

@@ -29,7 +29,7 @@ from shared.domain.lifecycle import State
 from shared.domain.rejections import Rejected
 from shared.pipeline.decoding import Decoded
 from shared.platform import settings
-from shared.services import agent_commands, command_channels, leases
+from shared.services import agent_commands, command_channels, lease_grants, leases
 from shared.store import agents as agent_store
 from shared.store import audit as audit_store
 from shared.store import config
@@ -109,7 +109,7 @@ def process(decoded: Decoded) -> Plan:
         # its lifting, when the agent asks.
         current = agent_store.current(reg.agent_id, settings.get().config_cache_s)
         if current is not None and current.record.status is not State.DECOMMISSIONED:
-            first = leases.grant(current.record, leases.request_of(decoded.event_id), datetime.now(UTC))
+            first = lease_grants.grant(current.record, leases.request_of(decoded.event_id), datetime.now(UTC))
             if first is not None:
                 agent_commands.publish([first])
                 plan.commands.append(first)

@@ -28,6 +28,7 @@ from fleet_agent.contracts import Command, CostBatch
 from shared.domain import budgets, holds, identity, protection, spend
 from shared.domain import usage as usage_domain
 from shared.domain.agent_record import AgentRecord, Plan, Step, combine
+from shared.domain.leases import Amount
 from shared.domain.lifecycle import State
 from shared.domain.periods import Period, Window
 from shared.domain.pricing import format_usd
@@ -41,6 +42,7 @@ from shared.services import agent_commands, leases
 from shared.store import agents as agent_store
 from shared.store import config, markers
 from shared.store import episodes as episode_store
+from shared.store import lease_reserve as reserve_store
 from shared.store import leases as lease_store
 from shared.store import usage as usage_store
 from shared.store.config import TenantConfig
@@ -92,6 +94,7 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
         shards=cfg.tenant_shards,
         marker_retention=marker_retention(cfg.retention_days),
         extra=lease.extra,
+        epoch=lease.tag,
     )
     try:
         if applied.duplicate:
@@ -332,6 +335,8 @@ def reconcile_tenant(tenant: str, *, now: datetime, actor: str) -> list[Command]
     spec = budgets.parse(config.read_tenant(tenant).budget)
     periods = usage_store.tenant_periods(tenant, now, cfg.tenant_shards)
     totals: WindowTotals = {(period, win): (t, usage_domain.Totals()) for period, (win, t) in periods.items()}
+    if spec is not None:  # leases: the reserve is never below what the tenant spent (spend from before)
+        reserve_store.raise_reserve(tenant, now, {p: Amount(t.usd_nanos, t.tokens) for p, (_w, t) in periods.items()})
     findings = budgets.reached(spec, "tenant", tenant, totals)
     for finding in findings:
         episode_store.raise_once(spend.budget_alert(finding, tenant, None, now))

@@ -51,10 +51,11 @@ def run(now: datetime) -> dict[str, Any]:
     swept = sweep(now)
     roots(swept, now)
     flushed = notifier.flush(now)
+    # Approval requests: deny the lapsed ones, post those Slack refused before.
+    decided = approvals.sweep(now)
     # Budget leases: ended epochs' unspent charge back to their tenants' pools (a dead agent's lease).
     returned = leases.release_due(now)
-    # Approval requests: deny the lapsed ones, post those Slack refused before.
-    return {**swept.as_dict(), "notifications": flushed.as_dict(), "leases_returned": returned, **approvals.sweep(now)}
+    return {**swept.as_dict(), "notifications": flushed.as_dict(), "leases_returned": returned, **decided}
 
 
 def sweep(now: datetime) -> Swept:

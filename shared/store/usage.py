@@ -26,7 +26,17 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from shared.domain.periods import Period, Window, window, windows
-from shared.domain.usage import Applied, Minute, ModelDay, Tally, Totals, model_day_field, month_field
+from shared.domain.usage import (
+    Applied,
+    EpochSpend,
+    EpochTag,
+    Minute,
+    ModelDay,
+    Tally,
+    Totals,
+    model_day_field,
+    month_field,
+)
 from shared.platform import metering
 from shared.store import db
 from shared.store.increments import Increments
@@ -61,12 +71,15 @@ def _ref(doc_id: str) -> Any:
 
 def apply(
     tally: Tally, *, batch_id: str, received_at: datetime, shards: int, marker_retention: timedelta,
-    extra: Sequence[Increments] = (),
+    extra: Sequence[Increments] = (), epoch: EpochTag | None = None,
 ) -> Applied:  # fmt: skip
     """Count a batch exactly once. Returns ``Applied(duplicate=True)`` when it was counted before.
 
     ``extra``: increments of other collections that must happen exactly when the batch is counted (the
-    lease reserve, for spend outside a lease: shared/store/leases.py), in the same atomic commit."""
+    lease reserve, for spend outside a lease: shared/store/lease_reserve.py), in the same atomic commit.
+    ``epoch``: the lease epoch the batch was spent under: its cost is added to the epoch's own counter,
+    ``l.<epoch>`` in the agent's hour document of the batch's latest hour, with the largest ``over`` its
+    batches reported (read back: ``Applied.epoch``)."""
     # lazy: the Google API client library, loaded on the first batch rather than at import (cold start)
     from google.api_core import exceptions
 
@@ -139,6 +152,12 @@ def apply(
         for minute, ops in tally.op_minutes.get(hour, {}).items():
             for op, count in ops.items():
                 recent.inc(("p", minute, op), count)
+        if epoch is not None and hour == max(tally.minutes):
+            total = tally.total
+            recent.inc(("l", epoch.epoch_id, "usd_nanos"), total.usd_nanos)
+            recent.inc(("l", epoch.epoch_id, "tokens"), total.tokens)
+            recent.maximum(("l", epoch.epoch_id, "over_nanos"), epoch.over_nanos)
+            recent.maximum(("l", epoch.epoch_id, "over_tokens"), epoch.over_tokens)
         writes.append(recent)
     # _add_write_pbs is how the client's own set() adds a write to a batch.
     batch._add_write_pbs([write.to_pb(_ref(write.doc_id)._document_path) for write in writes])
@@ -173,6 +192,13 @@ def _read_back(
                     values.get(("n", minute, "calls"), 0), values.get(("n", minute, "failures"), 0)
                 )
             out.op_hour[hour] = {op: values[("o", op)] for op in tally.ops.get(hour, {})}
+            tagged = [path for path in values if path[0] == "l"]
+            if tagged:
+                name = tagged[0][1]
+                out.epoch = EpochSpend(
+                    hour, values[("l", name, "usd_nanos")], values[("l", name, "tokens")],
+                    values[("l", name, "over_nanos")], values[("l", name, "over_tokens")],
+                )  # fmt: skip
             out.op_minutes[hour] = {
                 minute: {op: values[("p", minute, op)] for op in ops}
                 for minute, ops in tally.op_minutes.get(hour, {}).items()
@@ -206,6 +232,30 @@ def agent_periods(agent_id: str, now: datetime) -> dict[Period, tuple[Window, To
     month = window(Period.MONTH, now).key
     doc = db.get(_ref(agent_month_id(agent_id, month)))
     return _period_totals(doc.to_dict() or {} if doc.exists else {}, now)
+
+
+def epoch_spend(agent_id: str, epochs: Sequence[tuple[str, str]]) -> dict[str, tuple[int, int]]:
+    """Lease epochs' own spend: (epoch id, its hour ``YYYY-MM-DDTHH``) -> (nano-dollars, tokens), summed over
+    the hour documents its batches went to (its hour and the next: a call ending after the hour's end is
+    filed there). One read per distinct document, batched."""
+    hours: dict[str, list[str]] = {}
+    for epoch_id, hour in epochs:
+        start = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        for h in (hour, (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H")):
+            hours.setdefault(h, []).append(epoch_id)
+    out = {epoch_id: (0, 0) for epoch_id, _hour in epochs}
+    if not hours:
+        return out
+    refs = [_ref(agent_hour_id(agent_id, h)) for h in hours]
+    docs = list(db.client().get_all(refs, **db.call_options()))
+    metering.count(reads=len(docs))
+    for doc in docs:
+        spent = (doc.to_dict() or {}).get("l", {}) if doc.exists else {}
+        for epoch_id in hours.get(doc.id.rsplit(".", 1)[-1], []):
+            counters = spent.get(epoch_id) or {}
+            usd, tokens = out[epoch_id]
+            out[epoch_id] = (usd + int(counters.get("usd_nanos") or 0), tokens + int(counters.get("tokens") or 0))
+    return out
 
 
 def agent_window(agent_id: str, period: Period, win: Window) -> Totals:
