@@ -1,5 +1,7 @@
 """What one model call is to the recorder: :class:`Call` (filled in while it runs), :class:`CallRefused`
-(raised before it runs), and the bounded memory of recent request keys that flags repeats.
+(raised before it runs), the bounded memory of recent request keys that flags repeats, and a call's price
+in integers as the lease wallet keeps it: ``int`` nano-dollars (10**-9 USD) and, for prices, ``int``
+femto-dollars per token (10**-15 USD).
 
 Split from :mod:`fleet_agent.costs`, which re-exports ``Call`` and ``CallRefused``.
 """
@@ -12,7 +14,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from fleet_agent.contracts import Command, CommandType
 
@@ -26,6 +28,11 @@ RequestKey = str | bytes
 #: grant made it fit within ``lease_wait_s``; and when no lease has priced the call's model yet.
 LEASE_EXHAUSTED = "lease_exhausted"
 UNKNOWN_MODEL = "unknown_model"
+
+FEMTO_PER_NANO = 1_000_000
+_HALF_NANO = FEMTO_PER_NANO // 2
+#: An amount on the wire (``LeaseUsd``) is at most a billion USD.
+MAX_WIRE_NANOS = 10**18
 
 
 class CallRefused(RuntimeError):
@@ -119,3 +126,28 @@ class RecentRequests:
     def __len__(self) -> int:
         with self._lock:
             return len(self._seen)
+
+
+def femto(price: Decimal) -> int:
+    """USD per token as integer femto-dollars: exact for a price of at most 15 decimal places."""
+    return int(price.scaleb(15))
+
+
+def to_nanos(usd: Decimal) -> int:
+    """Dollars to whole nano-dollars, half up (the server's ``shared.domain.pricing.to_nanos``)."""
+    return int(usd.scaleb(9).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def to_usd(nanos: int) -> Decimal:
+    """Nano-dollars as exact dollars (clamped to the wire's bound); 0 is ``Decimal(0)``, not ``0E-9``."""
+    return Decimal(min(nanos, MAX_WIRE_NANOS)).scaleb(-9) if nanos else Decimal(0)
+
+
+def exact_usd(nanos: int) -> Decimal:
+    """Nano-dollars as exact dollars, unclamped."""
+    return Decimal(nanos).scaleb(-9) if nanos else Decimal(0)
+
+
+def cost_nanos(input_femto: int, output_femto: int, input_tokens: int, output_tokens: int) -> int:
+    """``round_half_up(input_price * input_tokens + output_price * output_tokens)`` in nano-dollars."""
+    return (input_femto * input_tokens + output_femto * output_tokens + _HALF_NANO) // FEMTO_PER_NANO

@@ -52,7 +52,7 @@ from fleet_agent.contracts import (
     utcnow,
 )
 from fleet_agent.lease_calls import LeaseCalls
-from fleet_agent.leases import Epoch, LeaseRequest, LeaseWallet, Reservation, to_nanos
+from fleet_agent.leases import Epoch, LeaseRequest, LeaseWallet, Reservation
 from fleet_agent.pending import PendingPublishes
 
 #: ``Call`` and ``CallRefused`` live in :mod:`fleet_agent.call_records`; importing them from here still works.
@@ -95,6 +95,7 @@ class CostRecorder(LeaseCalls):
         lease_wait_s: float = 2.0,
         lease_fail_open: bool = False,
         default_max_tokens: int = 1024,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``clock`` (aware UTC now) is compared with the commands' ``until``; injectable for tests.
 
@@ -109,6 +110,7 @@ class CostRecorder(LeaseCalls):
         then is refused, or goes ahead when ``lease_fail_open`` and no grant answered. A call's worst case
         assumes ``default_max_tokens`` output tokens when it does not say ``max_tokens``. ``max_delay_s``
         defaults to 30 s with leases (a batch also leaves when a lease is asked for), 1 s without.
+        ``monotonic``: the lease's clock (its expiry, ``retry_after_s``), not ``clock``; injectable for tests.
         """
         self.agent_id = agent_id
         self._signer, self._tenant = signer, tenant
@@ -132,7 +134,8 @@ class CostRecorder(LeaseCalls):
         self._recent = RecentRequests(repeat_memory, repeat_window.total_seconds())
         self._wake = threading.Event()
         self._closed = False
-        self._wallet = LeaseWallet(default_max_tokens=default_max_tokens) if leases else None
+        wallet = LeaseWallet(default_max_tokens=default_max_tokens, wait_s=lease_wait_s, monotonic=monotonic)
+        self._wallet = wallet if leases else None
         self._lease_wait_s, self._fail_open = lease_wait_s, lease_fail_open
         self._warned_open = float("-inf")
         self._tag: Epoch | None = None  # the epoch the buffered records were spent under (None: no lease)
@@ -303,9 +306,7 @@ class CostRecorder(LeaseCalls):
         tag = None
         if self._wallet is not None and leased:
             tokens = (max(0, call.input_tokens), max(0, call.output_tokens))
-            cost = call.cost_usd
-            usd = to_nanos(cost) if cost is not None and cost.is_finite() and cost >= 0 else None
-            tag = self._wallet.settle(reservation, call.model, tokens, usd)
+            tag = self._wallet.settle(reservation, call.model, tokens, call.cost_usd)
         at = self._clock()
         key = request_key if request_key is not None else call.request_key
         repeat = False
@@ -339,7 +340,7 @@ class CostRecorder(LeaseCalls):
             return self._flush_locked()
 
     def _current(self) -> Epoch | None:
-        return None if self._wallet is None else self._wallet.current(self._clock().timestamp())
+        return None if self._wallet is None else self._wallet.current()
 
     def _flush_locked(self, request: LeaseRequest | None = None) -> Future[str] | None:
         """Publish the buffered records as one batch; with ``request``, the batch asks for a lease (alone,
@@ -363,9 +364,9 @@ class CostRecorder(LeaseCalls):
         while True:
             self._wake.wait(self._tick)
             if self._wallet is not None:  # ask ahead even while no call comes (a lease nearly expired)
-                ask = self._wallet.ask_ahead(self._clock().timestamp(), time.monotonic(), self._lease_wait_s)
+                ask = self._wallet.ask_ahead()
                 if ask is not None:
-                    self._ask(LeaseRequest(ask))
+                    self._ask(ask)
             with self._lock:
                 if self._closed:
                     return

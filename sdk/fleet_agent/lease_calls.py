@@ -4,11 +4,15 @@ asking the fleet for more, waiting for it, and refusing.
 A call is admitted when its worst case fits what is left of the lease (:mod:`fleet_agent.leases`). When it
 does not (no lease, spent, expired, or its model unpriced), the recorder flushes what it buffered as a batch
 carrying a lease request, and waits up to ``lease_wait_s`` for a grant. Threads that wait share one
-outstanding request; a new one is sent only when the previous got no grant within ``lease_wait_s``. A
-grant answering the request wakes the waiters, who re-check once and, still not fitting, are refused at
-once: ``CallRefused(reason="lease_exhausted")``, or ``"unknown_model"`` while no lease prices the model.
-With no answer at all (the fleet unreachable) the call is refused too, unless ``lease_fail_open``: then it
-goes ahead, recorded in a batch with ``lease_id=None`` (a WARNING at most once a minute).
+outstanding request, which asks for the sum of their worst cases; a new one is sent when the previous got
+no answer within ``lease_wait_s``, or was answered and a waiter still does not fit (with what the calls
+still waiting need). A call that does not fit by its deadline is refused:
+``CallRefused(reason="lease_exhausted")``, or ``"unknown_model"`` while no lease prices the model. With no
+answer at all (the fleet unreachable) the call is refused too, unless ``lease_fail_open``: then it goes
+ahead, recorded in a batch with ``lease_id=None`` (a WARNING at most once a minute).
+
+A grant answering a request with ``retry_after_s`` says the fleet has no room: until then a call that does
+not fit is refused at once (``CallRefused.until`` says when to retry) and nothing is asked, ahead or not.
 
 A call that fits may ask ahead: when the balance falls under half of what it was after the latest grant,
 or less than a fifth of the lease's lifetime is left, a request goes out with the buffered records
@@ -22,11 +26,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from fleet_agent.call_records import LEASE_EXHAUSTED, UNKNOWN_MODEL, CallRefused
+from fleet_agent.call_records import LEASE_EXHAUSTED, UNKNOWN_MODEL, CallRefused, to_usd
 from fleet_agent.contracts import MAX_INT, LeaseUse
-from fleet_agent.leases import Epoch, LeaseRequest, LeaseState, LeaseWallet, Reservation, Shortfall, to_usd
+from fleet_agent.leases import Epoch, LeaseRequest, LeaseState, LeaseWallet, Reservation, Shortfall
 
 log = logging.getLogger("fleet_agent")
 
@@ -55,46 +59,44 @@ class LeaseCalls:
     @property
     def lease(self) -> LeaseState | None:
         """The lease calls are spent under now (a snapshot), or None: leases off, none granted, or expired."""
-        return None if self._wallet is None else self._wallet.snapshot(self._clock().timestamp())
+        return None if self._wallet is None else self._wallet.snapshot()
 
     def _admit(
         self, wallet: LeaseWallet, model: str, max_tokens: int | None, prompt_tokens: int | None
     ) -> Reservation | None:
         """Reserve the call's worst case; None when it goes ahead without a lease (fail open). Raises
         :class:`CallRefused` when it does not fit and no grant made it fit within ``lease_wait_s``."""
-        got = wallet.reserve(
-            model, max_tokens, prompt_tokens, self._clock().timestamp(), time.monotonic(), self._lease_wait_s
-        )
+        got = wallet.reserve(model, max_tokens, prompt_tokens)
         if isinstance(got, Reservation):
             if got.ask is not None:
-                self._ask(LeaseRequest(got.ask))
+                self._ask(got.ask)
             return got
         return self._wait_for_lease(wallet, model, max_tokens, prompt_tokens, got)
 
     def _wait_for_lease(
         self, wallet: LeaseWallet, model: str, max_tokens: int | None, prompt_tokens: int | None, short: Shortfall
     ) -> Reservation | None:
+        if short.no_room_s > 0:
+            raise self._refusal(short, answered=True)  # the fleet said when to ask again
         deadline = time.monotonic() + self._lease_wait_s
-        while True:
-            now = time.monotonic()
-            request_id, new, stale_at = wallet.request(now, self._lease_wait_s, short.unpriced)
-            if new:
-                need = None if short.unpriced else short.usd
-                models = (short.unpriced,) if short.unpriced else ()
-                self._ask(LeaseRequest(request_id, need, short.tokens, models))
-            wallet.wait(short.generation, min(deadline, stale_at) - now)
-            self.check()  # a block that arrived meanwhile refuses with its own reason
-            got = wallet.reserve(
-                model, max_tokens, prompt_tokens, self._clock().timestamp(), time.monotonic(), self._lease_wait_s
-            )
-            if isinstance(got, Reservation):
-                if got.ask is not None:
-                    self._ask(LeaseRequest(got.ask))
-                return got
-            short = got
-            answered = wallet.answered(request_id)
-            if answered or time.monotonic() >= deadline:
-                break
+        waiter, answered = wallet.enlist(short), False
+        try:
+            while True:
+                request_id, ask, stale_in = wallet.request(waiter)
+                if ask is not None:
+                    self._ask(ask)
+                wallet.wait(short.generation, min(deadline - time.monotonic(), stale_in))
+                self.check()  # a block that arrived meanwhile refuses with its own reason
+                got = wallet.reserve(model, max_tokens, prompt_tokens, waiter)
+                if isinstance(got, Reservation):
+                    if got.ask is not None:
+                        self._ask(got.ask)
+                    return got
+                short, answered = got, answered or wallet.answered(request_id)
+                if short.no_room_s > 0 or time.monotonic() >= deadline:
+                    break  # answered without room; else ask again (a new request once this one is answered)
+        finally:
+            wallet.dismiss(waiter)
         if self._fail_open and not answered:
             now = time.monotonic()
             if now - self._warned_open >= FAIL_OPEN_WARNING_S:
@@ -108,15 +110,20 @@ class LeaseCalls:
         raise self._refusal(short, answered)
 
     def _refusal(self, short: Shortfall, answered: bool) -> CallRefused:
-        waited = "the fleet answered" if answered else f"no grant within {self._lease_wait_s:g} s"
+        until = None
+        if short.no_room_s > 0:
+            until = self._clock() + timedelta(seconds=short.no_room_s)
+            waited = f"the fleet has no room before {until.isoformat(timespec='seconds')}"
+        else:
+            waited = "the fleet answered" if answered else f"no grant within {self._lease_wait_s:g} s"
         if short.unpriced is not None:
             note = f"{UNKNOWN_MODEL}: no lease prices model {short.unpriced!r}; {waited}"
-            return CallRefused(self.agent_id, {}, note=note, reason=UNKNOWN_MODEL)
+            return CallRefused(self.agent_id, {}, note=note, reason=UNKNOWN_MODEL, until=until)
         note = (
             f"{LEASE_EXHAUSTED}: the call's worst case (${to_usd(short.usd)}, {short.tokens} tokens) does not "
             f"fit what is left of the lease; {waited}"
         )
-        return CallRefused(self.agent_id, {}, note=note, reason=LEASE_EXHAUSTED)
+        return CallRefused(self.agent_id, {}, note=note, reason=LEASE_EXHAUSTED, until=until)
 
     def _ask(self, request: LeaseRequest) -> None:
         """Send a lease request now, on a batch with what is buffered."""

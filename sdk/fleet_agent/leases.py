@@ -2,10 +2,12 @@
 thread-safe (one lock), integers on the hot path.
 
 The fleet grants leases (:class:`~fleet_agent.messages.leases.LeaseGrant`) in *epochs*. A grant of the
-current epoch adds its amount to the balance and its ``expires_at`` becomes the epoch's; a grant of another
-epoch replaces the current one, if its command was issued after everything applied so far (a late grant of
-an older epoch is ignored). A blocking command (pause, budget_exhausted, breaker_open, quarantine) drops
-the epoch, and no grant issued before it revives it; past ``expires_at`` the epoch ends.
+current epoch adds its amount to the balance; a grant of another epoch replaces the current one, if its
+command was issued after everything applied so far (a late grant of an older epoch is ignored). A blocking
+command (pause, budget_exhausted, breaker_open, quarantine) drops the epoch, and no grant issued before it
+revives it. The epoch ends when its highest grant's lifetime (``expires_at - issued_at``, both the fleet's
+clock) has passed on the wallet's monotonic clock since that grant arrived: the agent's wall clock plays no
+part. A grant answering a request with ``retry_after_s`` means no room: until then no request is made.
 
 Before a call, :meth:`LeaseWallet.reserve` estimates its worst case, ``input_price * prompt_tokens +
 output_price * max_tokens`` rounded half up to nano-dollars (the server's ``Price.cost_nanos``; prices
@@ -14,90 +16,53 @@ fits in the balance minus what calls in flight reserved. :meth:`LeaseWallet.sett
 cost and releases the reservation; what a call cost beyond its estimate accumulates in the epoch's
 ``over`` (the fleet checks each batch against the lease with it).
 
-Money here: ``int`` nano-dollars (10**-9 USD); prices: ``int`` femto-dollars per token (10**-15 USD).
+Money here: ``int`` nano-dollars; prices: ``int`` femto-dollars per token (:mod:`fleet_agent.call_records`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
-from fleet_agent.contracts import LeaseGrant, epoch_of, seq_of
+from fleet_agent.call_records import cost_nanos, exact_usd, femto, to_nanos
+from fleet_agent.contracts import MAX_REQUEST_MODELS, LeaseGrant, epoch_of, seq_of
 
-FEMTO_PER_NANO = 1_000_000
-_HALF_NANO = FEMTO_PER_NANO // 2
-#: An amount on the wire (``LeaseUsd``) is at most a billion USD.
-MAX_WIRE_NANOS = 10**18
 #: Requests remembered as answered (a waiter checks whether the request it shares was answered).
 _ANSWERED_MEMORY = 64
 
 
-def femto(price: Decimal) -> int:
-    """USD per token as integer femto-dollars: exact for a price of at most 15 decimal places."""
-    return int(price.scaleb(15))
-
-
-def to_nanos(usd: Decimal) -> int:
-    """Dollars to whole nano-dollars, half up (the server's ``shared.domain.pricing.to_nanos``)."""
-    return int(usd.scaleb(9).to_integral_value(rounding=ROUND_HALF_UP))
-
-
-def to_usd(nanos: int) -> Decimal:
-    """Nano-dollars as exact dollars (clamped to the wire's bound); 0 is ``Decimal(0)``, not ``0E-9``."""
-    return Decimal(min(nanos, MAX_WIRE_NANOS)).scaleb(-9) if nanos else Decimal(0)
-
-
-def _exact_usd(nanos: int) -> Decimal:
-    return Decimal(nanos).scaleb(-9) if nanos else Decimal(0)
-
-
-def cost_nanos(input_femto: int, output_femto: int, input_tokens: int, output_tokens: int) -> int:
-    """``round_half_up(input_price * input_tokens + output_price * output_tokens)`` in nano-dollars."""
-    return (input_femto * input_tokens + output_femto * output_tokens + _HALF_NANO) // FEMTO_PER_NANO
-
-
+@dataclass(eq=False, slots=True)
 class Epoch:
     """One epoch's state. Mutable, guarded by the wallet's lock; an epoch that was replaced or dropped
     stays referenced by the reservations and buffered records made under it (its ``over`` still grows)."""
 
-    __slots__ = (
-        "after_grant",
-        "after_grant_tokens",
-        "balance",
-        "expires_at",
-        "expires_ts",
-        "granted_ts",
-        "id",
-        "lease_id",
-        "max_seq",
-        "over",
-        "over_tokens",
-        "reserved",
-        "reserved_tokens",
-        "seqs",
-        "tokens",
-    )
-
-    def __init__(self, epoch: str) -> None:
-        self.id = epoch
-        self.lease_id = ""
-        self.seqs: set[int] = set()
-        self.max_seq = -1
-        self.balance = 0  # nanos; may go below 0 by what calls cost beyond their estimate
-        self.tokens: int | None = 0  # None: no token limit in this epoch
-        self.reserved = 0
-        self.reserved_tokens = 0
-        self.over = 0
-        self.over_tokens = 0
-        self.expires_ts = 0.0
-        self.expires_at: datetime | None = None
-        self.granted_ts = 0.0
-        self.after_grant = 0
-        self.after_grant_tokens = 0
+    id: str
+    #: The highest lease applied in it, and its seq.
+    lease_id: str = ""
+    max_seq: int = -1
+    seqs: set[int] = field(default_factory=set)
+    #: Nanos; may go below 0 by what calls cost beyond their estimate.
+    balance: int = 0
+    #: None: no token limit in this epoch.
+    tokens: int | None = 0
+    reserved: int = 0
+    reserved_tokens: int = 0
+    over: int = 0
+    over_tokens: int = 0
+    #: Monotonic: when the highest grant arrived, and when its lifetime ends.
+    granted_ts: float = 0.0
+    expires_ts: float = 0.0
+    #: The fleet's expiry (for display).
+    expires_at: datetime | None = None
+    #: What was left (unreserved) after the latest grant: asking ahead starts under half of it.
+    after_grant: int = 0
+    after_grant_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,13 +70,14 @@ class LeaseState:
     """A snapshot of the lease an agent spends (``CostRecorder.lease``)."""
 
     epoch: str
-    #: The latest lease applied in this epoch.
+    #: The highest lease applied in this epoch.
     lease_id: str
     balance_usd: Decimal
     #: None: no token limit in this epoch.
     balance_tokens: int | None
     reserved_usd: Decimal
     reserved_tokens: int
+    #: The fleet's expiry of the epoch (for display: the wallet ends it on its monotonic clock).
     expires_at: datetime
     #: What calls cost beyond their estimate in this epoch (cumulative).
     over_usd: Decimal
@@ -128,7 +94,7 @@ class Reservation:
     input_femto: int
     output_femto: int
     #: A request for more to send now (asking ahead), or None.
-    ask: str | None = None
+    ask: LeaseRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +108,8 @@ class Shortfall:
     unpriced: str | None
     #: The wallet's generation when it was found: wait for a change from it.
     generation: int
+    #: Seconds until the fleet has room again (a grant's ``retry_after_s``): refuse at once; 0: ask.
+    no_room_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +122,27 @@ class LeaseRequest:
     models: tuple[str, ...] = ()
 
 
-class LeaseWallet:
-    """One agent's lease: epochs, balance, reservations, prices, the over counter, expiry, and the one
-    outstanding request for more. Thread-safe; waiters wait on :attr:`changed` (notified by every grant,
-    revocation and answered request)."""
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """A call waiting for a lease, and what it needs (a request sums the needs of the calls waiting)."""
 
-    def __init__(self, *, default_max_tokens: int = 1024) -> None:
+    usd: int
+    tokens: int
+    unpriced: str | None
+
+
+class LeaseWallet:
+    """One agent's lease: epochs, balance, reservations, prices, the over counter, expiry, the calls waiting
+    and the one outstanding request for more. Thread-safe; waiters wait on :attr:`changed` (notified by
+    every grant and revocation). ``monotonic``: the lease's clock (expiry, ``retry_after_s``, a request
+    going stale after ``wait_s``); injectable for tests."""
+
+    def __init__(
+        self, *, default_max_tokens: int = 1024, wait_s: float = 2.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.default_max_tokens = default_max_tokens
+        self.wait_s = wait_s
+        self.monotonic = monotonic
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
         self._generation = 0
@@ -171,16 +153,19 @@ class LeaseWallet:
         self._prices: dict[str, tuple[int, int, float]] = {}  # model -> (in femto, out femto, issued_at)
         self._request: tuple[str, float, frozenset[str]] | None = None  # (id, sent (monotonic), models)
         self._answered: OrderedDict[str, None] = OrderedDict()
+        self._waiters: set[Waiter] = set()
+        self._no_room_until = float("-inf")  # monotonic: a grant's retry_after_s
         self._last_call_ts = float("-inf")
 
     # -- grants and revocations ----------------------------------------------------------------------
 
     def grant(self, lease: LeaseGrant, issued_at: datetime) -> bool:
         """Apply one grant (its command's ``issued_at``); False when it was ignored (seen, or stale)."""
+        received = self.monotonic()
         issued = issued_at.timestamp()
         epoch_id, seq = epoch_of(lease.lease_id), seq_of(lease.lease_id)
         prices = {model: (femto(p.input_usd), femto(p.output_usd)) for model, p in lease.prices.items()}
-        usd, expires = to_nanos(lease.usd), lease.expires_at.timestamp()
+        usd, lifetime = to_nanos(lease.usd), (lease.expires_at - issued_at).total_seconds()
         with self._lock:
             epoch = self._epoch
             if epoch is not None and epoch.id == epoch_id:
@@ -194,10 +179,9 @@ class LeaseWallet:
                 epoch = self._epoch = Epoch(epoch_id)
                 epoch.balance, epoch.tokens = usd, lease.tokens
             epoch.seqs.add(seq)
-            epoch.lease_id = lease.lease_id
-            if seq >= epoch.max_seq:
-                epoch.max_seq, epoch.expires_ts, epoch.expires_at = seq, expires, lease.expires_at
-            epoch.granted_ts = max(epoch.granted_ts, issued)
+            if seq >= epoch.max_seq:  # the highest grant names the epoch and sets its expiry
+                epoch.max_seq, epoch.lease_id, epoch.expires_at = seq, lease.lease_id, lease.expires_at
+                epoch.granted_ts, epoch.expires_ts = received, received + lifetime
             epoch.after_grant = epoch.balance - epoch.reserved
             epoch.after_grant_tokens = (epoch.tokens or 0) - epoch.reserved_tokens
             self._floor = max(self._floor, issued)
@@ -205,6 +189,8 @@ class LeaseWallet:
                 known = self._prices.get(model)
                 if known is None or known[2] <= issued:
                     self._prices[model] = (input_femto, output_femto, issued)
+            no_room = lease.request_id is not None and lease.retry_after_s is not None
+            self._no_room_until = received + (lease.retry_after_s or 0) if no_room else float("-inf")
             if lease.request_id is not None:
                 self._answer(lease.request_id)
             self._generation += 1
@@ -230,7 +216,7 @@ class LeaseWallet:
             self._request = None
 
     def _live(self, now: float) -> Epoch | None:
-        """The current epoch, ended first if it has expired (under the lock)."""
+        """The current epoch, ended first if it has expired (under the lock; ``now`` monotonic)."""
         epoch = self._epoch
         if epoch is not None and now >= epoch.expires_ts:
             self._epoch = epoch = None
@@ -239,40 +225,47 @@ class LeaseWallet:
     # -- calls ---------------------------------------------------------------------------------------
 
     def reserve(
-        self, model: str, max_tokens: int | None, prompt_tokens: int | None, now: float, mono: float, wait_s: float
+        self, model: str, max_tokens: int | None, prompt_tokens: int | None, waiter: Waiter | None = None
     ) -> Reservation | Shortfall:
-        """Reserve a call's worst case in the current epoch (``now``: epoch seconds, ``mono``: monotonic),
-        or say why it does not fit. A reservation may carry a request to send now (asking ahead)."""
+        """Reserve a call's worst case in the current epoch, or say why it does not fit (and update what
+        ``waiter``, if given, needs; a waiter that fits stops waiting). A reservation may carry a request
+        to send now (asking ahead)."""
         output_tokens = self.default_max_tokens if max_tokens is None else max_tokens
         input_tokens = prompt_tokens or 0
         if input_tokens < 0 or output_tokens < 0:
             raise ValueError("max_tokens and prompt_tokens may not be negative")
         tokens = input_tokens + output_tokens
         with self._lock:
-            self._last_call_ts = now
+            now = self._last_call_ts = self.monotonic()
             price = self._prices.get(model)
-            if price is None:
-                return Shortfall("unknown_model", 0, tokens, model, self._generation)
-            usd = cost_nanos(price[0], price[1], input_tokens, output_tokens)
+            usd = 0 if price is None else cost_nanos(price[0], price[1], input_tokens, output_tokens)
             epoch = self._live(now)
             if (
-                epoch is None
+                price is None
+                or epoch is None
                 or usd > epoch.balance - epoch.reserved
                 or (epoch.tokens is not None and tokens > epoch.tokens - epoch.reserved_tokens)
             ):
-                return Shortfall("lease_exhausted", usd, tokens, None, self._generation)
+                unpriced = model if price is None else None
+                if waiter is not None:
+                    waiter.usd, waiter.tokens, waiter.unpriced = usd, tokens, unpriced
+                reason = "lease_exhausted" if price is not None else "unknown_model"
+                no_room = max(0.0, self._no_room_until - now)
+                return Shortfall(reason, usd, tokens, unpriced, self._generation, no_room)
+            if waiter is not None:
+                self._waiters.discard(waiter)
             epoch.reserved += usd
             epoch.reserved_tokens += tokens
-            ask = self._ask_ahead(epoch, now, mono, wait_s)
-            return Reservation(epoch, usd, tokens, price[0], price[1], ask)
+            return Reservation(epoch, usd, tokens, price[0], price[1], self._ask_ahead(epoch, now))
 
     def settle(
-        self, reservation: Reservation | None, model: str, tokens: tuple[int, int], usd: int | None
+        self, reservation: Reservation | None, model: str, tokens: tuple[int, int], cost: Decimal | None
     ) -> Epoch | None:
-        """After a call: debit its actual cost (``usd`` nanos when the agent knew it, else the lease price
+        """After a call: debit its actual cost (``cost`` USD when the agent knew it, else the lease price
         applied to ``tokens`` = (input, output)) and release its reservation; returns the epoch it was spent
         under. Without a reservation (a call recorded by hand) the whole cost counts as over."""
         actual_tokens = tokens[0] + tokens[1]
+        usd = to_nanos(cost) if cost is not None and cost.is_finite() and cost >= 0 else None
         with self._lock:
             if reservation is None:
                 epoch = self._epoch
@@ -300,10 +293,11 @@ class LeaseWallet:
 
     # -- requests ------------------------------------------------------------------------------------
 
-    def _ask_ahead(self, epoch: Epoch, now: float, mono: float, wait_s: float) -> str | None:
-        """A new request id when the epoch runs low (under half of what it was after its latest grant, or
-        less than a fifth of its lifetime left) and no request is outstanding (under the lock)."""
-        if self._request is not None and mono - self._request[1] < wait_s:
+    def _ask_ahead(self, epoch: Epoch, now: float) -> LeaseRequest | None:
+        """A new request when the epoch runs low (under half of what it was after its latest grant, or
+        less than a fifth of its lifetime left), no request is outstanding and the fleet has not said it
+        has no room (under the lock)."""
+        if (self._request is not None and now - self._request[1] < self.wait_s) or now < self._no_room_until:
             return None
         low = 2 * (epoch.balance - epoch.reserved) < epoch.after_grant or (
             epoch.tokens is not None and 2 * (epoch.tokens - epoch.reserved_tokens) < epoch.after_grant_tokens
@@ -312,29 +306,57 @@ class LeaseWallet:
         late = 5 * (epoch.expires_ts - now) < lifetime and now - self._last_call_ts <= lifetime
         if not (low or late):
             return None
-        return self._new_request(mono, frozenset())
+        return self._new_request(now, None)
 
-    def ask_ahead(self, now: float, mono: float, wait_s: float) -> str | None:
-        """For a background check: a request id to send now, when the epoch runs low or nearly expires
-        and the agent made a call within the lease's lifetime; else None."""
+    def ask_ahead(self) -> LeaseRequest | None:
+        """For a background check: a request to send now, when the epoch runs low or nearly expires and
+        the agent made a call within the lease's lifetime; else None."""
         with self._lock:
+            now = self.monotonic()
             epoch = self._live(now)
-            return None if epoch is None else self._ask_ahead(epoch, now, mono, wait_s)
+            return None if epoch is None else self._ask_ahead(epoch, now)
 
-    def request(self, mono: float, wait_s: float, unpriced: str | None) -> tuple[str, bool, float]:
-        """The request a waiting call shares, as (id, new, when it goes stale (monotonic)): a new one the
-        caller must send, or the outstanding one while it is younger than ``wait_s`` (and asks for
-        ``unpriced``, if given)."""
+    def enlist(self, short: Shortfall) -> Waiter:
+        """A call starts waiting for a lease: its need counts in the requests sent until :meth:`dismiss`."""
+        waiter = Waiter(short.usd, short.tokens, short.unpriced)
         with self._lock:
-            current = self._request
-            if current is not None and mono - current[1] < wait_s and (unpriced is None or unpriced in current[2]):
-                return current[0], False, current[1] + wait_s
-            return self._new_request(mono, frozenset({unpriced} if unpriced else ())), True, mono + wait_s
+            self._waiters.add(waiter)
+        return waiter
 
-    def _new_request(self, mono: float, models: frozenset[str]) -> str:
-        request_id = uuid.uuid4().hex
-        self._request = (request_id, mono, models)
-        return request_id
+    def dismiss(self, waiter: Waiter) -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
+
+    def request(self, waiter: Waiter) -> tuple[str, LeaseRequest | None, float]:
+        """The request ``waiter`` shares, as (id, the request to send now or None, seconds until it goes
+        stale): the outstanding one while it is younger than ``wait_s`` (and asks for the waiter's
+        unpriced model, if any), else a new one the caller must send."""
+        with self._lock:
+            now, current = self.monotonic(), self._request
+            if (
+                current is not None
+                and now - current[1] < self.wait_s
+                and (waiter.unpriced is None or waiter.unpriced in current[2])
+            ):
+                return current[0], None, current[1] + self.wait_s - now
+            request = self._new_request(now, waiter.unpriced)
+            return request.request_id, request, self.wait_s
+
+    def _new_request(self, now: float, model: str | None) -> LeaseRequest:
+        """A request whose need is the sum of the worst cases of the calls waiting now (under the lock)."""
+        waiters = self._waiters
+        priced = [w.usd for w in waiters if w.unpriced is None]
+        wanted = dict.fromkeys([model] if model else [])
+        wanted.update(dict.fromkeys(sorted(w.unpriced for w in waiters if w.unpriced is not None)))
+        models = tuple(wanted)[:MAX_REQUEST_MODELS]
+        request = LeaseRequest(
+            uuid.uuid4().hex,
+            sum(priced) if priced else None,
+            sum(w.tokens for w in waiters) if waiters else None,
+            models,
+        )
+        self._request = (request.request_id, now, frozenset(models))
+        return request
 
     def answered(self, request_id: str) -> bool:
         """Whether a grant answered the request (with whatever amount, 0 included)."""
@@ -342,42 +364,33 @@ class LeaseWallet:
             return request_id in self._answered
 
     def wait(self, generation: int, timeout: float) -> None:
-        """Block until a grant, revocation or answer changes the wallet after ``generation``, or ``timeout``."""
+        """Block until a grant or revocation changes the wallet after ``generation``, or ``timeout``."""
         with self._lock:
             if self._generation == generation and timeout > 0:
                 self.changed.wait(timeout)
 
     # -- what batches and people see -----------------------------------------------------------------
 
-    def current(self, now: float) -> Epoch | None:
+    def current(self) -> Epoch | None:
         """The epoch calls are spent under now (None: no lease, or it expired)."""
         with self._lock:
-            return self._live(now)
+            return self._live(self.monotonic())
 
     def use(self, epoch: Epoch | None) -> tuple[str | None, int, int]:
-        """For a batch of records spent under ``epoch``: (latest lease id in it, over nanos, over tokens)."""
+        """For a batch of records spent under ``epoch``: (highest lease id in it, over nanos, over tokens)."""
         if epoch is None:
             return None, 0, 0
         with self._lock:
             return epoch.lease_id, epoch.over, epoch.over_tokens
 
-    def snapshot(self, now: float) -> LeaseState | None:
+    def snapshot(self) -> LeaseState | None:
         with self._lock:
-            epoch = self._live(now)
+            epoch = self._live(self.monotonic())
             if epoch is None or epoch.expires_at is None:
                 return None
             return LeaseState(
-                epoch=epoch.id,
-                lease_id=epoch.lease_id,
-                balance_usd=_exact_usd(epoch.balance),
-                balance_tokens=epoch.tokens,
-                reserved_usd=_exact_usd(epoch.reserved),
-                reserved_tokens=epoch.reserved_tokens,
-                expires_at=epoch.expires_at,
-                over_usd=_exact_usd(epoch.over),
-                over_tokens=epoch.over_tokens,
-            )
-
-    def priced(self, model: str) -> bool:
-        with self._lock:
-            return model in self._prices
+                epoch=epoch.id, lease_id=epoch.lease_id, expires_at=epoch.expires_at,
+                balance_usd=exact_usd(epoch.balance), balance_tokens=epoch.tokens,
+                reserved_usd=exact_usd(epoch.reserved), reserved_tokens=epoch.reserved_tokens,
+                over_usd=exact_usd(epoch.over), over_tokens=epoch.over_tokens,
+            )  # fmt: skip

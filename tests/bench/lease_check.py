@@ -90,11 +90,10 @@ def wallet_only() -> tuple[float, float]:
     wallet = LeaseWallet()
     now = datetime.now(UTC)
     wallet.grant(grant(now).lease, now)  # type: ignore[arg-type]
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
     samples = []
     for _ in range(N):
         start = time.perf_counter_ns()
-        got = wallet.reserve(MODEL, 300, 1200, clock().timestamp(), time.monotonic(), 2.0)
+        got = wallet.reserve(MODEL, 300, 1200)
         assert isinstance(got, Reservation)
         wallet.settle(got, MODEL, (1200, 280), None)
         samples.append(time.perf_counter_ns() - start)

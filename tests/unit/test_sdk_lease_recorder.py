@@ -35,6 +35,7 @@ def lease(
     prices: dict[str, ModelPrice] | None = None,
     request_id: str | None = None,
     tokens: int | None = None,
+    retry_after_s: int | None = None,
 ) -> Command:
     grant = LeaseGrant(
         lease_id=lease_id,
@@ -43,6 +44,7 @@ def lease(
         expires_at=expires,
         prices={"gpt-4o": PRICE} if prices is None else prices,
         request_id=request_id,
+        retry_after_s=retry_after_s,
     )
     return Command(
         agent_id="agent-1",
@@ -127,7 +129,7 @@ def test_a_grant_arriving_while_the_call_waits_lets_it_through(publisher: FakePu
     assert state is not None and state.balance_usd == Decimal("0.9996") and state.reserved_usd == 0
 
 
-def test_waiting_threads_share_one_request_and_a_zero_grant_refuses_them_at_once(publisher: FakePublisher) -> None:
+def test_waiting_threads_share_one_request_and_no_room_refuses_them_at_once(publisher: FakePublisher) -> None:
     rec = recorder(publisher, lease_wait_s=5.0)
     rec.apply(lease(f"{EPOCH_A}.1", "0"))
     reasons: list[str] = []
@@ -147,7 +149,9 @@ def test_waiting_threads_share_one_request_and_a_zero_grant_refuses_them_at_once
         time.sleep(0.005)
     time.sleep(0.1)  # every thread is waiting by now
     [asked] = leases(publisher)
-    rec.apply(lease(f"{EPOCH_A}.2", "0", request_id=asked.request_id, issued=T0 + timedelta(seconds=1)))
+    assert (asked.need_usd, asked.need_tokens) != (None, None)
+    no_room = lease(f"{EPOCH_A}.2", "0", request_id=asked.request_id, issued=T0 + timedelta(seconds=1), retry_after_s=9)
+    rec.apply(no_room)
     for thread in threads:
         thread.join(5)
     assert reasons == ["lease_exhausted"] * 5
@@ -228,17 +232,6 @@ def test_a_pause_revokes_the_lease_and_an_older_grant_does_not_revive_it(publish
     assert refused.value.reason == "lease_exhausted"
 
 
-def test_the_lease_expires_on_the_recorders_clock(publisher: FakePublisher) -> None:
-    clock = Clock(T0)
-    rec = recorder(publisher, clock)
-    rec.apply(lease(f"{EPOCH_A}.1", "1", expires=T0 + timedelta(minutes=1)))
-    spend(rec)
-    clock.now = T0 + timedelta(minutes=1)
-    assert rec.lease is None
-    with pytest.raises(CallRefused):
-        spend(rec)
-
-
 def test_fail_open_calls_without_a_lease_and_says_so(publisher: FakePublisher, caplog: Any) -> None:
     rec = recorder(publisher, lease_fail_open=True)
     rec.apply(lease(f"{EPOCH_A}.1", "0"))
@@ -297,3 +290,138 @@ def test_a_batch_without_records_asks_for_a_lease_only(publisher: FakePublisher)
     [batch] = publisher.batches()
     assert batch.records == [] and batch.lease is not None and batch.lease.lease_id is None
     CostBatch.model_validate(batch.model_dump())
+
+
+class Mono:
+    """A settable monotonic clock for the wallet (lease expiry, retry_after_s)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_for(condition: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert condition()
+
+
+def callers(rec: CostRecorder, count: int, **kw: Any) -> tuple[list[threading.Thread], list[str]]:
+    """``count`` threads each making one call of $0.0004; the list gets "ok" or the refusal's reason."""
+    outcomes: list[str] = []
+
+    def caller() -> None:
+        try:
+            spend(rec, **kw)
+            outcomes.append("ok")
+        except CallRefused as refused:
+            outcomes.append(refused.reason)
+
+    threads = [threading.Thread(target=caller) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, outcomes
+
+
+def test_a_fast_agent_clock_does_not_expire_a_fresh_lease(publisher: FakePublisher) -> None:
+    rec = recorder(publisher, Clock(T0 + timedelta(seconds=90)))  # the agent's clock runs 90 s fast
+    rec.apply(lease(f"{EPOCH_A}.1", "1", issued=T0, expires=T0 + timedelta(minutes=1)))
+    spend(rec)
+    state = rec.lease
+    assert state is not None and state.expires_at == T0 + timedelta(minutes=1)  # the fleet's value, for display
+    assert publisher.messages == []  # no request: the lease is fresh
+
+
+def test_the_lease_lives_its_lifetime_on_the_monotonic_clock(publisher: FakePublisher) -> None:
+    clock, mono = Clock(T0 - timedelta(hours=1)), Mono()  # the agent's wall clock is irrelevant
+    rec = recorder(publisher, clock, monotonic=mono)
+    mono.now += 5  # received 5 s after issue: the lease still lives its 60 s from receipt
+    rec.apply(lease(f"{EPOCH_A}.1", "1", issued=T0, expires=T0 + timedelta(minutes=1)))
+    mono.now += 59.9
+    spend(rec)
+    clock.now = T0 + timedelta(hours=2)
+    assert rec.lease is not None
+    mono.now += 0.1
+    assert rec.lease is None
+    with pytest.raises(CallRefused):
+        spend(rec)
+
+
+def test_waiters_a_grant_did_not_cover_ask_again_for_what_they_need(publisher: FakePublisher) -> None:
+    rec = recorder(publisher, lease_wait_s=5.0)
+    rec.apply(lease(f"{EPOCH_A}.1", "0"))
+    threads, outcomes = callers(rec, 3)
+    wait_for(lambda: len(publisher.messages) == 1)
+    time.sleep(0.1)  # every thread waits on the one request by now
+    first = leases(publisher)[0]
+    rec.apply(lease(f"{EPOCH_A}.2", "0.0004", request_id=first.request_id, issued=T0 + timedelta(seconds=1)))
+    wait_for(lambda: len(publisher.messages) == 2)  # room for one call: the other two ask again
+    second = leases(publisher)[1]
+    assert second.request_id not in (None, first.request_id)
+    assert (second.need_usd, second.need_tokens) == (Decimal("0.0008"), 200)  # both of theirs, summed
+    assert outcomes == ["ok"]
+    rec.apply(lease(f"{EPOCH_A}.3", "1", request_id=second.request_id, issued=T0 + timedelta(seconds=2)))
+    for thread in threads:
+        thread.join(5)
+    assert outcomes == ["ok"] * 3 and len(publisher.messages) == 2
+
+
+def test_retry_after_refuses_at_once_without_asking_until_it_passes(publisher: FakePublisher) -> None:
+    clock, mono = Clock(T0), Mono()
+    rec = recorder(publisher, clock, lease_wait_s=1.0, monotonic=mono)
+    rec.apply(lease(f"{EPOCH_A}.1", "0.0004"))
+    threads, outcomes = callers(rec, 3)
+    wait_for(lambda: len(publisher.messages) == 1)
+    time.sleep(0.1)
+    asked = leases(publisher)[0]
+    started = time.monotonic()
+    no_room = lease(f"{EPOCH_A}.2", "0", request_id=asked.request_id, retry_after_s=30, issued=T0)
+    rec.apply(no_room)
+    for thread in threads:
+        thread.join(5)
+    assert sorted(outcomes) == ["lease_exhausted", "lease_exhausted", "ok"]
+    assert time.monotonic() - started < 0.5  # refused at once, not after the 1 s wait
+    assert len(publisher.messages) == 1
+    with pytest.raises(CallRefused) as refused:
+        spend(rec)  # refused at once, and no request: the fleet said when to ask again
+    assert refused.value.reason == "lease_exhausted" and refused.value.until == T0 + timedelta(seconds=30)
+    assert len(publisher.messages) == 1
+    mono.now += 30
+    with pytest.raises(CallRefused):
+        spend(rec)  # the wait is over: it asks again (and, unanswered, is refused after lease_wait_s)
+    assert len(publisher.messages) == 2
+
+
+def test_a_grant_clears_retry_after_and_asking_ahead_waits_for_it(publisher: FakePublisher) -> None:
+    mono = Mono()
+    rec = recorder(publisher, monotonic=mono)
+    rec.apply(lease(f"{EPOCH_A}.1", "0.0008", expires=T0 + timedelta(seconds=100)))
+    with pytest.raises(CallRefused):
+        spend(rec, 1000)  # $0.004: asks
+    asked = leases(publisher)[0]
+    expires = T0 + timedelta(seconds=100)
+    rec.apply(lease(f"{EPOCH_A}.2", "0", request_id=asked.request_id, retry_after_s=120, expires=expires))
+    mono.now += 90  # less than a fifth of the lease's lifetime left, and half of it spent below
+    spend(rec)
+    spend(rec)
+    rec.flush()
+    assert [use.request_id is None for use in leases(publisher)] == [False, True]  # no asking ahead
+    rec.apply(lease(f"{EPOCH_A}.3", "1", issued=T0 + timedelta(seconds=1)))  # a new lease: room again
+    with pytest.raises(CallRefused):
+        spend(rec, 10**6, prompt_tokens=0)  # does not fit: asks (no answer: refused after the wait)
+    assert leases(publisher)[-1].need_usd == Decimal(4)
+
+
+def test_a_batch_names_the_highest_lease_applied_not_the_latest(publisher: FakePublisher) -> None:
+    rec = recorder(publisher)
+    rec.apply(lease(f"{EPOCH_A}.1", "1"))
+    rec.apply(lease(f"{EPOCH_A}.3", "1", issued=T0 + timedelta(seconds=2)))
+    rec.apply(lease(f"{EPOCH_A}.2", "1", issued=T0 + timedelta(seconds=1)))  # reordered
+    spend(rec)
+    rec.flush()
+    assert [use.lease_id for use in leases(publisher)] == [f"{EPOCH_A}.3"]
+    state = rec.lease
+    assert state is not None and state.lease_id == f"{EPOCH_A}.3" and state.balance_usd == Decimal("2.9996")

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from fleet_agent.call_records import cost_nanos, femto, to_nanos
 from fleet_agent.contracts import LeaseGrant, ModelPrice
-from fleet_agent.leases import LeaseWallet, Reservation, Shortfall, cost_nanos, femto, to_nanos
+from fleet_agent.leases import LeaseWallet, Reservation, Shortfall, Waiter
 
 from shared.domain.pricing import Price
 
@@ -26,6 +27,7 @@ def grant(
     expires: datetime = T0 + timedelta(minutes=10),
     prices: dict[str, ModelPrice] | None = None,
     request_id: str | None = None,
+    retry_after_s: int | None = None,
 ) -> LeaseGrant:
     return LeaseGrant(
         lease_id=lease_id,
@@ -34,6 +36,7 @@ def grant(
         expires_at=expires,
         prices={"m": PRICE} if prices is None else prices,
         request_id=request_id,
+        retry_after_s=retry_after_s,
     )
 
 
@@ -41,20 +44,40 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def reserve(wallet: LeaseWallet, max_tokens: int, prompt: int = 0, now: float = 0.0, model: str = "m") -> object:
-    return wallet.reserve(model, max_tokens, prompt, at(now).timestamp(), 0.0, 2.0)
+class Mono:
+    """The wallet's monotonic clock, settable: seconds since the test's T0 arrived (grants arrive at once)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def balance(wallet: LeaseWallet, now: float = 0.0) -> Decimal | None:
-    state = wallet.snapshot(at(now).timestamp())
+def wallet_at(mono: Mono | None = None, default_max_tokens: int = 1024) -> LeaseWallet:
+    return LeaseWallet(monotonic=mono or Mono(), default_max_tokens=default_max_tokens)
+
+
+def reserve(wallet: LeaseWallet, max_tokens: int, prompt: int = 0, model: str = "m") -> Reservation | Shortfall:
+    return wallet.reserve(model, max_tokens, prompt)
+
+
+def no_room_s(wallet: LeaseWallet, max_tokens: int) -> float:
+    short = reserve(wallet, max_tokens)
+    assert isinstance(short, Shortfall)
+    return short.no_room_s
+
+
+def balance(wallet: LeaseWallet) -> Decimal | None:
+    state = wallet.snapshot()
     return None if state is None else state.balance_usd
 
 
 def test_a_grant_of_the_current_epoch_adds_and_another_epoch_replaces() -> None:
-    wallet = LeaseWallet()
+    wallet = wallet_at()
     assert wallet.grant(grant(f"{EPOCH_A}.1", "1.00"), at(0))
     assert wallet.grant(grant(f"{EPOCH_A}.2", "0.50", expires=at(900)), at(1))
-    state = wallet.snapshot(at(2).timestamp())
+    state = wallet.snapshot()
     assert state is not None
     assert (state.epoch, state.lease_id, state.balance_usd, state.expires_at) == (EPOCH_A, f"{EPOCH_A}.2", 1.5, at(900))
     assert wallet.grant(grant(f"{EPOCH_B}.1", "0.25"), at(3))
@@ -62,7 +85,7 @@ def test_a_grant_of_the_current_epoch_adds_and_another_epoch_replaces() -> None:
 
 
 def test_a_lease_id_applies_once_and_a_late_older_epoch_is_ignored() -> None:
-    wallet = LeaseWallet()
+    wallet = wallet_at()
     assert wallet.grant(grant(f"{EPOCH_A}.1", "1"), at(10))
     assert not wallet.grant(grant(f"{EPOCH_A}.1", "1"), at(10))  # a redelivery
     assert not wallet.grant(grant(f"{EPOCH_B}.1", "5"), at(5))  # issued before the current epoch's grant
@@ -70,28 +93,48 @@ def test_a_lease_id_applies_once_and_a_late_older_epoch_is_ignored() -> None:
 
 
 def test_a_blocking_command_revokes_and_an_older_lease_does_not_revive() -> None:
-    wallet = LeaseWallet()
+    wallet = wallet_at()
     wallet.grant(grant(f"{EPOCH_A}.1", "1"), at(0))
     assert wallet.revoke(at(10))
-    assert wallet.snapshot(at(11).timestamp()) is None
-    assert isinstance(reserve(wallet, 10, now=11), Shortfall)
+    assert wallet.snapshot() is None
+    assert isinstance(reserve(wallet, 10), Shortfall)
     assert not wallet.grant(grant(f"{EPOCH_A}.2", "1"), at(5))  # issued before the pause: reordered
     assert not wallet.grant(grant(f"{EPOCH_B}.1", "1"), at(9))
     assert wallet.grant(grant(f"{EPOCH_B}.2", "2"), at(20))  # after the block: a new epoch
-    assert balance(wallet, 21) == 2
+    assert balance(wallet) == 2
 
 
-def test_the_epoch_ends_at_its_expiry() -> None:
-    wallet = LeaseWallet()
+def test_the_epoch_ends_its_lifetime_after_the_grant_arrived_on_the_monotonic_clock() -> None:
+    mono = Mono()
+    wallet = wallet_at(mono)
+    mono.now = 1000.0  # arrives whenever: the wall clock plays no part, only expires_at - issued_at (60 s)
     wallet.grant(grant(f"{EPOCH_A}.1", "1", expires=at(60)), at(0))
-    assert isinstance(reserve(wallet, 10, now=59), Reservation)
-    short = reserve(wallet, 10, now=60)
+    mono.now = 1059.0
+    assert isinstance(reserve(wallet, 10), Reservation)
+    mono.now = 1060.0
+    short = reserve(wallet, 10)
     assert isinstance(short, Shortfall) and short.reason == "lease_exhausted"
-    assert wallet.snapshot(at(60).timestamp()) is None
+    assert wallet.snapshot() is None
+
+
+def test_the_highest_grant_sets_the_expiry_and_names_the_epoch() -> None:
+    mono = Mono()
+    wallet = wallet_at(mono)
+    wallet.grant(grant(f"{EPOCH_A}.2", "1", expires=at(100)), at(10))  # lives 90 s from 0
+    mono.now = 30.0
+    wallet.grant(grant(f"{EPOCH_A}.1", "1", expires=at(60)), at(0))  # reordered: adds, sets nothing else
+    state = wallet.snapshot()
+    assert state is not None and (state.lease_id, state.expires_at, state.balance_usd) == (f"{EPOCH_A}.2", at(100), 2)
+    epoch = wallet.current()
+    assert wallet.use(epoch)[0] == f"{EPOCH_A}.2"
+    mono.now = 89.9
+    assert wallet.current() is not None
+    mono.now = 90.0
+    assert wallet.current() is None
 
 
 def test_tokens_none_means_no_token_limit() -> None:
-    wallet = LeaseWallet()
+    wallet = wallet_at()
     wallet.grant(grant(f"{EPOCH_A}.1", "100", tokens=1000), at(0))
     assert isinstance(reserve(wallet, 900, prompt=100), Reservation)
     assert isinstance(reserve(wallet, 1), Shortfall)  # 1000 tokens reserved already
@@ -125,26 +168,26 @@ def test_half_a_nano_rounds_up_like_the_server() -> None:
 
 
 def test_reserve_checks_balance_minus_what_is_in_flight_and_settle_debits_the_actual() -> None:
-    wallet = LeaseWallet(default_max_tokens=1000)
+    wallet = wallet_at(default_max_tokens=1000)
     wallet.grant(grant(f"{EPOCH_A}.1", "0.010"), at(0))  # 10_000_000 nanos
-    first = wallet.reserve("m", None, 1000, at(0).timestamp(), 0.0, 2.0)  # 1000 + 4 * 1000 = 5000 µ$ = 0.005
+    first = wallet.reserve("m", None, 1000)  # 1000 + 4 * 1000 = 5000 µ$ = 0.005
     assert isinstance(first, Reservation) and first.usd == 5_000_000
     second = reserve(wallet, 1000, 1000)
     assert isinstance(second, Reservation)
     assert isinstance(reserve(wallet, 1), Shortfall)  # all of it reserved
     wallet.settle(first, "m", (1000, 10), None)  # actual 0.00104
     assert balance(wallet) == Decimal("0.00896")
-    state = wallet.snapshot(at(0).timestamp())
+    state = wallet.snapshot()
     assert state is not None and state.reserved_usd == Decimal("0.005") and state.over_usd == 0
 
 
 def test_over_accumulates_what_calls_cost_beyond_their_estimate() -> None:
-    wallet = LeaseWallet()
+    wallet = wallet_at()
     wallet.grant(grant(f"{EPOCH_A}.1", "1"), at(0))
     for actual in ("0.000500", "0.000100", "0.000300"):
         reservation = reserve(wallet, 100, 0)  # estimate 0.0004
         assert isinstance(reservation, Reservation)
-        epoch = wallet.settle(reservation, "m", (0, 0), to_nanos(Decimal(actual)))
+        epoch = wallet.settle(reservation, "m", (0, 0), Decimal(actual))
     assert wallet.use(epoch) == (f"{EPOCH_A}.1", 100_000, 0)  # only the first went over, by 0.0001
     reservation = reserve(wallet, 10, 0)
     assert isinstance(reservation, Reservation)
@@ -153,7 +196,7 @@ def test_over_accumulates_what_calls_cost_beyond_their_estimate() -> None:
 
 
 def test_an_unpriced_model_is_refused_until_a_lease_prices_it_and_later_prices_win() -> None:
-    wallet = LeaseWallet()
+    wallet = wallet_at()
     wallet.grant(grant(f"{EPOCH_A}.1", "1", prices={}), at(0))
     short = reserve(wallet, 10, model="new-model")
     assert isinstance(short, Shortfall) and (short.reason, short.unpriced) == ("unknown_model", "new-model")
@@ -164,7 +207,7 @@ def test_an_unpriced_model_is_refused_until_a_lease_prices_it_and_later_prices_w
 
 
 def test_half_used_asks_ahead_once() -> None:
-    wallet = LeaseWallet()
+    wallet = wallet_at()
     wallet.grant(grant(f"{EPOCH_A}.1", "0.001"), at(0))  # 250 calls of 1 output token (4 µ$ each)
     asks = []
     for _ in range(200):
@@ -178,19 +221,73 @@ def test_half_used_asks_ahead_once() -> None:
 
 @pytest.mark.parametrize(("now", "expected"), [(400.0, False), (499.0, False), (501.0, True)])
 def test_the_last_fifth_of_the_lifetime_asks_ahead(now: float, expected: bool) -> None:
-    wallet = LeaseWallet()
+    mono = Mono()
+    wallet = wallet_at(mono)
+    mono.now = 100.0
     wallet.grant(grant(f"{EPOCH_A}.1", "1", expires=at(600)), at(100))
-    got = reserve(wallet, 1, now=now)
+    mono.now = now
+    got = reserve(wallet, 1)
     assert isinstance(got, Reservation) and (got.ask is not None) is expected
 
 
+def waiting(wallet: LeaseWallet, max_tokens: int, model: str = "m") -> Waiter:
+    short = reserve(wallet, max_tokens, model=model)
+    assert isinstance(short, Shortfall)
+    return wallet.enlist(short)
+
+
 def test_waiters_share_one_request_until_it_goes_stale_or_is_answered() -> None:
-    wallet = LeaseWallet()
-    first, new, _ = wallet.request(0.0, 2.0, None)
-    assert new
-    assert wallet.request(1.0, 2.0, None)[:2] == (first, False)
-    assert wallet.request(1.0, 2.0, "other-model")[1]  # asks for a model the outstanding one does not name
-    again, new, _ = wallet.request(5.0, 2.0, None)
-    assert new and again != first
+    mono = Mono()
+    wallet = wallet_at(mono)
+    waiter = waiting(wallet, 100)
+    first, ask, stale_in = wallet.request(waiter)
+    assert ask is not None and ask.request_id == first and stale_in == 2.0
+    mono.now = 1.0
+    assert wallet.request(waiter) == (first, None, 1.0)
+    other = waiting(wallet, 100, model="other-model")
+    assert wallet.request(other)[1] is not None  # it asks for a model the first did not
+    mono.now = 5.0
+    again, ask, _ = wallet.request(waiter)
+    assert ask is not None and again != first
     wallet.grant(grant(f"{EPOCH_A}.1", "0", request_id=again), at(0))
-    assert wallet.answered(again) and wallet.request(5.5, 2.0, None)[1]
+    assert wallet.answered(again) and wallet.request(waiter)[1] is not None
+
+
+def test_a_request_asks_for_what_every_waiting_call_needs() -> None:
+    wallet = wallet_at()
+    wallet.grant(grant(f"{EPOCH_A}.1", "0"), at(0))
+    small, big, unpriced = waiting(wallet, 100), waiting(wallet, 1000), waiting(wallet, 50, model="new")
+    _, ask, _ = wallet.request(small)
+    assert ask is not None and (ask.usd, ask.tokens, ask.models) == (4_400_000, 1150, ("new",))
+    wallet.dismiss(big)
+    wallet.dismiss(unpriced)
+    wallet.grant(grant(f"{EPOCH_A}.2", "0", request_id=ask.request_id), at(1))
+    _, ask, _ = wallet.request(small)
+    assert ask is not None and (ask.usd, ask.tokens, ask.models) == (400_000, 100, ())
+    wallet.grant(grant(f"{EPOCH_A}.3", "1", request_id=ask.request_id), at(2))
+    assert isinstance(wallet.reserve("m", 100, 0, small), Reservation)
+    _, ask, _ = wallet.request(waiting(wallet, 10**9))
+    assert ask is not None and ask.usd == 4 * 10**12  # the waiter that fitted stopped counting
+
+
+def test_retry_after_means_no_room_until_it_passes_or_a_grant_comes() -> None:
+    mono = Mono()
+    wallet = wallet_at(mono)
+    wallet.grant(grant(f"{EPOCH_A}.1", "0.001", retry_after_s=60), at(0))  # answers no request: no effect
+    assert no_room_s(wallet, 10**6) == 0
+    _, ask, _ = wallet.request(waiting(wallet, 10**6))
+    assert ask is not None
+    wallet.grant(grant(f"{EPOCH_A}.2", "0", request_id=ask.request_id, retry_after_s=60), at(1))
+    mono.now = 59.5
+    short = reserve(wallet, 10**6)
+    assert isinstance(short, Shortfall) and short.no_room_s == 0.5
+    got = reserve(wallet, 200)  # fits, and leaves under half: no asking ahead while there is no room
+    assert isinstance(got, Reservation) and got.ask is None and wallet.ask_ahead() is None
+    mono.now = 60.0
+    assert no_room_s(wallet, 10**6) == 0
+    ahead = wallet.ask_ahead()
+    assert ahead is not None
+    wallet.grant(grant(f"{EPOCH_A}.3", "0", request_id=ahead.request_id, retry_after_s=60), at(2))
+    assert no_room_s(wallet, 10**6) == 60
+    wallet.grant(grant(f"{EPOCH_A}.4", "0"), at(3))  # any grant applied clears it
+    assert no_room_s(wallet, 10**6) == 0
