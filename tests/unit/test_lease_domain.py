@@ -415,7 +415,8 @@ def test_an_inherited_rate_does_not_outlive_a_slowdown() -> None:
     for minute in range(31):  # a grant a minute; the agent spends $0.005 a minute ($0.30 an hour)
         now = top + timedelta(minutes=minute)
         plan = grant(led, now=now, spend=spend(spent_so_far, b=spent_so_far), request=use(lease_id))
-        led, lease_id, spent_so_far = ledger(plan.epoch, previous=plan.previous), plan.lease_id, spent_so_far + usd(0.005)
+        led, lease_id = ledger(plan.epoch, previous=plan.previous), plan.lease_id
+        spent_so_far += usd(0.005)
     assert plan is not None and plan.epoch.id == EPOCH_B and plan.epoch.seq == 31
     assert plan.want.usd_nanos <= 5 * CFG.min_usd_nanos  # 60 s of the agent's recent rate, or the minimum
 
