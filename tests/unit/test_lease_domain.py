@@ -1,8 +1,10 @@
-"""The pure budget-lease rules (shared/domain/leases.py): sizing a grant, epochs, the reserve's keep."""
+"""The pure budget-lease rules (shared/domain/leases.py): sizing a grant, epochs and the previous one, the
+reserve's keep, returns, when to ask again."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -17,26 +19,35 @@ from shared.domain.leases import (
     Epoch,
     GrantPlan,
     Ledger,
+    Spend,
     ended,
     kept,
     missed,
-    open_epoch,
     overspent,
     plan_grant,
+    release,
+    retry_after,
 )
 from shared.domain.periods import Period
 
 USD = 1_000_000_000  # nano-dollars
 T0 = datetime(2026, 12, 6, 11, 20, tzinfo=UTC)
-CFG = Config()  # ttl 300 s, horizon 60 s, min $0.01 and 4096 tokens, tolerance 1 %
-EPOCH_A, EPOCH_B = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+CFG = Config()  # ttl 300 s, grace 60 s, horizon 60 s, min $0.01 and 4096 tokens, tolerance 1 %, shared retry 30 s
+EPOCH_A, EPOCH_B, EPOCH_C = "aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"
 HOUR, DAY, MONTH = (Period.HOUR, "2026-12-06T11"), (Period.DAY, "2026-12-06"), (Period.MONTH, "2026-12")
 WINDOWS = {Period.HOUR: HOUR[1], Period.DAY: DAY[1], Period.MONTH: MONTH[1]}
+TO_NOON = 40 * 60  # T0 to the end of its hour
+TO_MIDNIGHT = 12 * 3600 + TO_NOON
 
 
-def spent(hour: Amount = ZERO, day: Amount | None = None, month: Amount | None = None) -> dict[Period, Amount]:
+def spend(
+    hour: Amount = ZERO, day: Amount | None = None, month: Amount | None = None, **epochs: Amount
+) -> Spend:  # fmt: skip
+    """The agent's window spend (day defaults to the hour's, month to the day's) and its epochs' own
+    (by epoch id: ``a=...`` for EPOCH_A and so on)."""
     day = hour if day is None else day
-    return {Period.HOUR: hour, Period.DAY: day, Period.MONTH: month if month is not None else day}
+    own = {{"a": EPOCH_A, "b": EPOCH_B, "c": EPOCH_C}[k]: v for k, v in epochs.items()}
+    return Spend({Period.HOUR: hour, Period.DAY: day, Period.MONTH: month if month is not None else day}, own)
 
 
 def usd(dollars: float, tokens: int = 0) -> Amount:
@@ -56,20 +67,20 @@ def use(lease_id: str | None = None, need: str | None = None, need_tokens: int |
 def epoch(*, expires: datetime = T0 + timedelta(minutes=5), seq: int = 1, **kw: object) -> Epoch:
     fields: dict[str, object] = {
         "id": EPOCH_A, "started_at": T0, "expires_at": expires, "seq": seq, "windows": dict(WINDOWS),
-        "base": spent(), "granted": usd(1), "charged": usd(1), "tokens_limited": False,
+        "granted": usd(1), "charged": usd(1), "tokens_limited": False,
     }  # fmt: skip
     fields.update(kw)
     return Epoch(**fields)  # type: ignore[arg-type]
 
 
-def ledger(ep: Epoch | None = None, last: dict[str, str] | None = None) -> Ledger:
-    return Ledger("agent-1", "acme", epoch=ep, last=last)
+def ledger(ep: Epoch | None = None, last: dict[str, str] | None = None, previous: Epoch | None = None) -> Ledger:
+    return Ledger("agent-1", "acme", epoch=ep, previous=previous, last=last)
 
 
 def grant(led: Ledger | None = None, **kw: object) -> GrantPlan:
     args: dict[str, object] = {
-        "now": T0, "spent": spent(), "old_hour_spent": None, "agent_limits": [], "tenant_limits": [],
-        "reserve": {}, "open_epochs": 0, "request": None, "new_epoch_id": EPOCH_B, "cfg": CFG,
+        "now": T0, "spend": spend(), "agent_limits": [], "tenant_limits": [], "reserve": {}, "open_epochs": 0,
+        "request": None, "new_epoch_id": EPOCH_B, "cfg": CFG,
     }  # fmt: skip
     args.update(kw)
     return plan_grant(led or ledger(), **args)  # type: ignore[arg-type]
@@ -78,14 +89,15 @@ def grant(led: Ledger | None = None, **kw: object) -> GrantPlan:
 # -- a new epoch -------------------------------------------------------------------------------------
 
 
-def test_a_first_grant_starts_an_epoch_based_on_the_spend_so_far() -> None:
-    so_far = spent(usd(0.3, 500), usd(2, 900), usd(7, 5000))
-    plan = grant(spent=so_far, request=use(need="0.5"))
-    assert plan.started and plan.released is None and plan.adjust == {}
+def test_a_first_grant_starts_an_epoch() -> None:
+    so_far = spend(usd(0.3, 500), usd(2, 900), usd(7, 5000))
+    plan = grant(spend=so_far, request=use(need="0.5"))
+    assert plan.started and plan.released is None and plan.previous is None and plan.adjust == {}
     assert plan.lease_id == f"{EPOCH_B}.1" and plan.epoch.id == EPOCH_B and plan.epoch.seq == 1
     assert plan.epoch.started_at == T0 and plan.epoch.expires_at == T0 + timedelta(seconds=300)
-    assert plan.epoch.base == so_far and plan.epoch.windows == WINDOWS
+    assert plan.epoch.windows == WINDOWS and plan.short == ()
     assert plan.want == usd(0.5) and plan.epoch.granted == plan.epoch.charged == plan.want
+    assert plan.epoch.rate == Amount(250_000, 0)  # $0.30 in the hour's first 1200 s (500 tokens: 0 a second)
     assert plan.deltas() == {HOUR: usd(0.5), DAY: usd(0.5), MONTH: usd(0.5)}
 
 
@@ -108,44 +120,72 @@ def test_an_epoch_never_runs_past_the_end_of_its_hour() -> None:
 def test_without_a_budget_the_lease_is_the_most_of_need_rate_and_minimum(
     need: str | None, hour_spent: float, expected: int
 ) -> None:
-    plan = grant(spent=spent(usd(hour_spent, 1_000_000)), request=use(need=need))
+    plan = grant(spend=spend(usd(hour_spent, 1_000_000)), request=use(need=need))
     assert plan.want == Amount(expected, 0)  # no token limit anywhere: no tokens in the lease
     assert not plan.epoch.tokens_limited
+
+
+def test_an_epoch_own_spend_rate_counts_once_it_is_five_seconds_old() -> None:
+    young = epoch(started_at=T0 - timedelta(seconds=4), granted=usd(2), charged=usd(2))
+    old = replace(young, started_at=T0 - timedelta(seconds=5))
+    # Young, the hour's rate ($1 in 1200 s: $0.05 a minute); then the epoch's ($1 in 5 s: $12 a minute).
+    for ep, expected in ((young, 60 * (USD // 1200)), (old, 12 * USD)):
+        plan = grant(ledger(ep), spend=spend(usd(1), a=usd(1)), request=use(f"{EPOCH_A}.1"))
+        assert not plan.started and plan.want == Amount(expected, 0)
 
 
 # -- agent limits ------------------------------------------------------------------------------------
 
 
 def test_an_agent_hourly_limit_cuts_the_lease_to_what_it_leaves() -> None:
-    plan = grant(spent=spent(usd(0.7)), agent_limits=[lim(Period.HOUR, "usd", USD)], request=use(need="5"))
+    hourly = lim(Period.HOUR, "usd", USD)
+    plan = grant(spend=spend(usd(0.7)), agent_limits=[hourly], request=use(need="5"))
     assert plan.want.usd_nanos == 300_000_000
+    assert plan.short == (("agent", hourly),)
 
 
-def test_the_next_grant_counts_what_the_epoch_already_charged_against_the_agent_limit() -> None:
-    first = grant(spent=spent(usd(0.2)), agent_limits=[lim(Period.HOUR, "usd", USD)], request=use(need="0.5"))
+@pytest.mark.parametrize("spent_in_epoch", [0, 0.1, 0.5])
+def test_the_next_grant_counts_what_the_epoch_may_still_spend_against_the_agent_limit(spent_in_epoch: float) -> None:
+    first = grant(spend=spend(usd(0.2)), agent_limits=[lim(Period.HOUR, "usd", USD)], request=use(need="0.5"))
     assert first.want == usd(0.5)
     second = grant(
-        ledger(first.epoch), now=T0 + timedelta(seconds=30), spent=spent(usd(0.2)),
+        ledger(first.epoch), now=T0 + timedelta(seconds=30),
+        spend=spend(usd(0.2 + spent_in_epoch), b=usd(spent_in_epoch)),
         agent_limits=[lim(Period.HOUR, "usd", USD)], request=use(first.lease_id, need="5"),
     )  # fmt: skip
-    assert not second.started and second.want == usd(0.3)  # $1 - ($0.20 base + $0.50 charged)
+    # $1 - ($0.20 before the epoch + its $0.50 charge), however much of that charge it has spent yet
+    assert not second.started and second.want == usd(0.3)
 
 
 def test_a_daily_token_limit_cuts_the_tokens_and_marks_the_epoch_token_limited() -> None:
-    plan = grant(spent=spent(usd(0, 100), usd(0, 9_000)), agent_limits=[lim(Period.DAY, "tokens", 10_000)])
+    plan = grant(spend=spend(usd(0, 100), usd(0, 9_000)), agent_limits=[lim(Period.DAY, "tokens", 10_000)])
     assert plan.epoch.tokens_limited
     assert plan.want.tokens == 1_000  # not the 4096-token minimum: the limit leaves 1000
 
 
 @pytest.mark.parametrize("period", [Period.HOUR, Period.DAY, Period.MONTH])
 def test_a_lease_is_never_negative_when_the_agent_is_over_its_limit(period: Period) -> None:
-    plan = grant(spent=spent(usd(1.5, 50_000)), agent_limits=[lim(period, "usd", USD), lim(period, "tokens", 10)])
+    plan = grant(spend=spend(usd(1.5, 50_000)), agent_limits=[lim(period, "usd", USD), lim(period, "tokens", 10)])
     assert plan.want == ZERO
+
+
+def test_an_agent_limit_counts_what_the_previous_epoch_may_still_spend() -> None:
+    # Epoch A ended (a restart) having spent $0.20 of the $1 it charged; B has spent $0.10 of $0.30 so far.
+    previous = epoch(expires=T0, granted=usd(1), charged=usd(1))
+    live = epoch(id=EPOCH_B, granted=usd(0.3), charged=usd(0.3))
+    hourly = lim(Period.HOUR, "usd", 2 * USD)
+    plan = grant(
+        ledger(live, previous=previous), now=T0 + timedelta(seconds=2), spend=spend(usd(0.3), a=usd(0.2), b=usd(0.1)),
+        agent_limits=[hourly], request=use(f"{EPOCH_B}.1", need="5"),
+    )  # fmt: skip
+    assert not plan.started and plan.previous == previous
+    assert plan.want == usd(0.7)  # $2 - ($0.30 spent + $0.20 B may still spend + $0.80 A may still spend)
+    assert plan.short == (("agent", hourly),)
 
 
 # -- the tenant's fair share -------------------------------------------------------------------------
 
-FAST = spent(usd(60))  # $60 in the hour's first 1200 s: 60 s of that rate is $3
+FAST = spend(usd(60))  # $60 in the hour's first 1200 s: 60 s of that rate is $3
 
 
 @pytest.mark.parametrize(
@@ -159,20 +199,30 @@ FAST = spent(usd(60))  # $60 in the hour's first 1200 s: 60 s of that rate is $3
 )
 def test_a_new_epoch_gets_a_fair_share_of_the_tenant_room(need: str | None, open_epochs: int, expected: int) -> None:
     plan = grant(
-        spent=FAST, tenant_limits=[lim(Period.HOUR, "usd", 10 * USD)], reserve={Period.HOUR: usd(4)},
+        spend=FAST, tenant_limits=[lim(Period.HOUR, "usd", 10 * USD)], reserve={Period.HOUR: usd(4)},
         open_epochs=open_epochs, request=use(need=need),
     )  # fmt: skip
     assert plan.want == usd(expected)
     assert plan.tenant_limits == {(HOUR, "usd"): 10 * USD}
+    assert plan.short == ((("tenant", lim(Period.HOUR, "usd", 10 * USD)),) if need == "9" else ())
 
 
 def test_a_live_epoch_shares_the_room_with_the_open_epochs_only() -> None:
-    live = epoch(base=FAST, granted=ZERO, charged=ZERO, started_at=T0 - timedelta(seconds=2))
+    live = epoch(granted=ZERO, charged=ZERO, started_at=T0 - timedelta(seconds=2))
     plan = grant(
-        ledger(live), spent=FAST, tenant_limits=[lim(Period.HOUR, "usd", 10 * USD)],
+        ledger(live), spend=FAST, tenant_limits=[lim(Period.HOUR, "usd", 10 * USD)],
         reserve={Period.HOUR: usd(4)}, open_epochs=3, request=use(f"{EPOCH_A}.1"),
     )  # fmt: skip
     assert not plan.started and plan.want == usd(2)  # $6 among the 3 open epochs, its own among them
+
+
+def test_an_epoch_replacing_one_still_open_does_not_count_itself_twice() -> None:
+    live = epoch(granted=ZERO, charged=ZERO, started_at=T0 - timedelta(seconds=2))
+    plan = grant(
+        ledger(live), spend=FAST, tenant_limits=[lim(Period.HOUR, "usd", 10 * USD)],
+        reserve={Period.HOUR: usd(4)}, open_epochs=2, request=use(None),
+    )  # fmt: skip
+    assert plan.started and plan.want == usd(3)  # the epoch it replaces is one of the 2 open: $6 / 2
 
 
 def test_a_tenant_limit_already_exceeded_leaves_nothing() -> None:
@@ -242,85 +292,235 @@ def test_concurrent_grants_in_any_order_never_keep_more_than_the_room() -> None:
             assert total_kept == min(room, wanted), seed
 
 
-# -- grants within an epoch, and its end ---------------------------------------------------------------
+# -- grants within an epoch, its end, the previous epoch ------------------------------------------------
 
 
 def test_a_grant_in_the_live_epoch_adds_to_it() -> None:
     first = grant(request=use(need="1"))
     later = T0 + timedelta(seconds=60)
-    second = grant(ledger(first.epoch), now=later, spent=spent(usd(0.5)), request=use(first.lease_id, need="2"))
-    assert not second.started and second.released is None and second.adjust == {}
+    second = grant(ledger(first.epoch), now=later, spend=spend(usd(0.5), b=usd(0.5)), request=use(first.lease_id, "2"))
+    assert not second.started and second.released is None and second.previous is None and second.adjust == {}
     assert second.epoch.id == EPOCH_B and second.lease_id == f"{EPOCH_B}.2" and second.epoch.seq == 2
     assert second.want == usd(2)
     assert second.epoch.granted == usd(3) and second.epoch.charged == usd(3)
     assert second.epoch.started_at == T0 and second.epoch.expires_at == later + timedelta(seconds=300)
-    assert second.epoch.base == spent()
-
-
-OLD_HOUR = (Period.HOUR, "2026-12-06T10")
-OLD = epoch(
-    started_at=T0 - timedelta(hours=1), expires=datetime(2026, 12, 6, 10, 25, tzinfo=UTC), seq=4,
-    windows={Period.HOUR: OLD_HOUR[1], Period.DAY: DAY[1], Period.MONTH: MONTH[1]},
-    base=spent(usd(1)), granted=usd(3), charged=usd(3),
-)  # fmt: skip
-
-
-def test_an_expired_epoch_returns_its_unspent_charge_and_a_new_one_starts() -> None:
-    plan = grant(ledger(OLD), spent=spent(usd(0), usd(2)), old_hour_spent=usd(2), request=use(f"{EPOCH_A}.4", "1"))
-    assert plan.started and plan.epoch.id == EPOCH_B and plan.lease_id == f"{EPOCH_B}.1"
-    assert plan.released is not None and plan.released.back == usd(2)  # charged $3, spent $1 of it
-    assert plan.adjust == {OLD_HOUR: usd(-2), DAY: usd(-2), MONTH: usd(-2)}
-    assert plan.deltas() == {OLD_HOUR: usd(-2), HOUR: usd(1), DAY: usd(-1), MONTH: usd(-1)}
-    assert plan.epoch.base == spent(usd(0), usd(2)) and plan.epoch.charged == usd(1)
 
 
 @pytest.mark.parametrize(
     "request_",
-    [None, use(None), use("cccccccccccc.9")],
+    [None, use(None), use(f"{EPOCH_C}.9")],
     ids=["expired", "no-lease-held", "another-epoch"],
 )
-def test_an_epoch_ends_when_expired_or_when_the_agent_holds_no_lease_of_it(request_: LeaseUse | None) -> None:
+def test_an_ended_epoch_becomes_the_previous_one_and_is_not_returned_at_the_grant(request_: LeaseUse | None) -> None:
     live = epoch(charged=usd(1.5), granted=usd(1.5))
-    now = live.expires_at if request_ is None else T0 + timedelta(seconds=10)
-    plan = grant(ledger(live), now=now, spent=spent(usd(0.5)), request=request_)
-    assert plan.started and plan.epoch.id == EPOCH_B and plan.epoch.seq == 1
-    assert plan.released is not None and plan.released.back == usd(1) and plan.released.epoch == live
-    assert plan.adjust == {HOUR: usd(-1), DAY: usd(-1), MONTH: usd(-1)}
+    now = live.expires_at + timedelta(seconds=5) if request_ is None else T0 + timedelta(seconds=10)
+    plan = grant(ledger(live), now=now, spend=spend(usd(0.5), a=usd(0.5)), request=request_)
+    assert plan.started and plan.epoch.id == EPOCH_B and plan.epoch.seq == 1 and plan.lease_id == f"{EPOCH_B}.1"
+    # It ended now at the latest (an expired one keeps its expiry): its return is due a grace after that.
+    assert plan.previous == replace(live, expires_at=min(live.expires_at, now))
+    assert plan.released is None and plan.adjust == {}  # returned later, by the tick
+    assert plan.deltas() == {HOUR: plan.want, DAY: plan.want, MONTH: plan.want}
 
 
-def test_spend_beyond_a_released_epoch_charge_is_added_to_the_reserve() -> None:
-    plan = grant(ledger(epoch(charged=usd(1))), spent=spent(usd(1.25)), request=use(None))
+def test_a_new_epoch_while_an_older_previous_is_pending_returns_that_one_at_once() -> None:
+    old_hour = (Period.HOUR, "2026-12-06T10")
+    older = epoch(
+        started_at=T0 - timedelta(minutes=21), expires=datetime(2026, 12, 6, 11, 0, tzinfo=UTC), seq=4,
+        windows={Period.HOUR: old_hour[1], Period.DAY: DAY[1], Period.MONTH: MONTH[1]},
+        granted=usd(3), charged=usd(3),
+    )  # fmt: skip
+    live = epoch(id=EPOCH_B, started_at=T0 - timedelta(seconds=30), charged=usd(0.5), granted=usd(0.5))
+    plan = grant(
+        ledger(live, previous=older), spend=spend(usd(0.3), usd(2), a=usd(1), b=usd(0.3)),
+        request=use(None, "1"), new_epoch_id=EPOCH_C,
+    )  # fmt: skip
+    assert plan.started and plan.epoch.id == EPOCH_C and plan.lease_id == f"{EPOCH_C}.1"
+    assert plan.previous == replace(live, expires_at=T0)
+    assert plan.released is not None and plan.released.epoch == older
+    assert plan.released.back == usd(2)  # it charged $3 and spent $1 of it (its own counter)
+    assert plan.adjust == {old_hour: usd(-2), DAY: usd(-2), MONTH: usd(-2)}
+    assert plan.want == usd(1)
+    assert plan.deltas() == {old_hour: usd(-2), HOUR: usd(1), DAY: usd(-1), MONTH: usd(-1)}
+
+
+def test_spend_beyond_an_older_previous_charge_is_added_to_the_reserve_at_once() -> None:
+    older = epoch(expires=T0 - timedelta(seconds=20), started_at=T0 - timedelta(minutes=3), charged=usd(1))
+    live = epoch(id=EPOCH_B, started_at=T0 - timedelta(seconds=20))
+    plan = grant(ledger(live, previous=older), spend=spend(usd(1.5), a=usd(1.25)), request=use(None))
     assert plan.released is not None and plan.released.back == usd(-0.25)
     assert plan.adjust[HOUR] == usd(0.25)
 
 
-def test_catch_up_adds_spend_beyond_the_charge_to_the_reserve_and_the_charge() -> None:
+def test_release_gives_back_the_charge_less_the_epoch_own_spend() -> None:
+    ep = epoch(granted=usd(2), charged=usd(3, 1_000))
+    rel = release(ep, usd(1, 400))
+    assert rel.epoch == ep and rel.back == usd(2, 600)
+    assert rel.deltas() == {HOUR: usd(-2, -600), DAY: usd(-2, -600), MONTH: usd(-2, -600)}
+    assert release(ep, usd(3.5, 1_000)).deltas()[DAY] == usd(0.5)  # spent beyond it: added
+
+
+def test_catch_up_adds_the_epoch_spend_beyond_its_charge_to_the_reserve_and_the_charge() -> None:
     live = epoch(granted=usd(1), charged=usd(1))
-    plan = grant(ledger(live), now=T0 + timedelta(seconds=60), spent=spent(usd(1.4)), request=use(f"{EPOCH_A}.1", "2"))
+    now = T0 + timedelta(seconds=60)
+    plan = grant(ledger(live), now=now, spend=spend(usd(5), a=usd(1.4)), request=use(f"{EPOCH_A}.1", "2"))
     assert not plan.started and plan.want == usd(2)
     assert plan.adjust == {HOUR: usd(0.4), DAY: usd(0.4), MONTH: usd(0.4)}
     assert plan.epoch.charged == usd(3.4) and plan.epoch.granted == usd(3)
     assert plan.deltas() == {HOUR: usd(2.4), DAY: usd(2.4), MONTH: usd(2.4)}
 
 
-# -- judging a batch ---------------------------------------------------------------------------------
+def test_spend_outside_the_epoch_is_no_catch_up() -> None:
+    # $5 this hour, but only $0.50 of it under the epoch: the rest went to the reserve when counted.
+    plan = grant(ledger(epoch()), now=T0 + timedelta(seconds=60), spend=spend(usd(5), a=usd(0.5)),
+                 request=use(f"{EPOCH_A}.1", "2"))  # fmt: skip
+    assert plan.adjust == {} and plan.epoch.charged == usd(3)
+
+
+def test_a_new_epoch_at_the_top_of_the_hour_is_sized_by_the_rate_of_the_one_it_replaces() -> None:
+    # Epoch A spent $10 in its 240 s (a rate of $150 an hour) when it was granted at 11:59.
+    noon = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    a = epoch(started_at=noon - timedelta(minutes=5), expires=noon, granted=usd(10), charged=usd(10))
+    last = grant(ledger(a), now=datetime(2026, 12, 6, 11, 59, tzinfo=UTC), spend=spend(usd(10), a=usd(10)),
+                 request=use(f"{EPOCH_A}.1"))  # fmt: skip
+    assert not last.started and last.epoch.rate == Amount(41_666_666, 0) and last.epoch.expires_at == noon
+    # At 12:00:00.2 the new hour has no spend yet and the new epoch none either.
+    top = datetime(2026, 12, 6, 12, 0, 0, 200_000, tzinfo=UTC)
+    plan = grant(ledger(last.epoch), now=top, spend=spend(ZERO, usd(10), a=usd(10)), request=use(last.lease_id))
+    assert plan.started and plan.previous is not None and plan.previous.id == EPOCH_A
+    assert plan.epoch.windows[Period.HOUR] == "2026-12-06T12" and plan.epoch.rate == last.epoch.rate
+    assert plan.want == Amount(CFG.horizon_s * 41_666_666, 0)  # about $2.50, not the $0.01 minimum
+    assert abs(plan.want.usd_nanos - usd(2.5).usd_nanos) < 1_000
+
+
+def test_a_first_epoch_inherits_no_rate() -> None:
+    previous = epoch(expires=T0 - timedelta(seconds=10), rate=Amount(41_666_666, 0))
+    plan = grant(ledger(None, previous=previous), spend=spend(a=usd(1)))
+    assert plan.started and plan.epoch.rate == ZERO and plan.want == Amount(CFG.min_usd_nanos, 0)
+    assert plan.previous == previous and plan.released is None
+
+
+@pytest.mark.xfail(
+    reason="BUG: Epoch.rate ratchets. _rate() takes max(hour rate, epoch.rate, epoch spend rate) and the grant "
+    "stores the result back as epoch.rate, which the next epoch inherits: the rate never falls while the agent "
+    "keeps asking, so one fast minute sizes every later lease (here $2.50 a minute, for an agent spending "
+    "$0.30 an hour for half an hour).",
+    strict=True,
+)
+def test_an_inherited_rate_does_not_outlive_a_slowdown() -> None:
+    top = datetime(2026, 12, 6, 12, 0, 0, 200_000, tzinfo=UTC)
+    fast = epoch(started_at=top - timedelta(minutes=5), expires=top, windows={**WINDOWS, Period.HOUR: "2026-12-06T11"},
+                 rate=Amount(41_666_666, 0))  # fmt: skip
+    led, lease_id, spent_so_far = ledger(fast), f"{EPOCH_A}.1", ZERO
+    plan = None
+    for minute in range(31):  # a grant a minute; the agent spends $0.005 a minute ($0.30 an hour)
+        now = top + timedelta(minutes=minute)
+        plan = grant(led, now=now, spend=spend(spent_so_far, b=spent_so_far), request=use(lease_id))
+        led, lease_id = ledger(plan.epoch, previous=plan.previous), plan.lease_id
+        spent_so_far += usd(0.005)
+    assert plan is not None and plan.epoch.id == EPOCH_B and plan.epoch.seq == 31
+    assert plan.want.usd_nanos <= 5 * CFG.min_usd_nanos  # 60 s of the agent's recent rate, or the minimum
+
+
+# -- when to ask again -------------------------------------------------------------------------------
+
+
+def test_retry_after_an_agent_limit_short_is_that_window_reset() -> None:
+    for period, expected in ((Period.HOUR, TO_NOON), (Period.DAY, TO_MIDNIGHT)):
+        plan = grant(spend=spend(usd(0.7)), agent_limits=[lim(period, "usd", USD)], request=use(need="5"))
+        assert plan.short == (("agent", lim(period, "usd", USD)),)
+        assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == expected
+
+
+def test_retry_after_a_tenant_limit_short_is_the_shared_wait() -> None:
+    plan = grant(tenant_limits=[lim(Period.HOUR, "usd", USD)], reserve={Period.HOUR: usd(0.8)}, request=use(need="1"))
+    assert plan.short == (("tenant", lim(Period.HOUR, "usd", USD)),) and plan.want == usd(0.2)
+    assert retry_after(plan, usd(0.2), usd(1), T0, CFG) == CFG.shared_retry_s
+    # Concurrent grants took the room the plan saw: no limit was short when sized, the wait is the same.
+    roomy = grant(tenant_limits=[lim(Period.HOUR, "usd", 10 * USD)], request=use(need="1"))
+    assert roomy.short == () and retry_after(roomy, usd(0.4), usd(1), T0, CFG) == CFG.shared_retry_s
+
+
+def test_retry_after_an_agent_and_a_tenant_limit_short_is_the_agent_reset() -> None:
+    plan = grant(
+        spend=spend(usd(0.7)), agent_limits=[lim(Period.HOUR, "usd", USD)],
+        tenant_limits=[lim(Period.DAY, "usd", USD)], reserve={Period.DAY: usd(0.9)}, request=use(need="5"),
+    )  # fmt: skip
+    assert {scope for scope, _ in plan.short} == {"agent", "tenant"}
+    assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == TO_NOON
 
 
 @pytest.mark.parametrize(
-    ("hour_after", "over", "expected"),
+    ("kept_amount", "need"),
+    [(usd(5), usd(5)), (usd(6, 10), usd(5, 10)), (ZERO, ZERO), (usd(0.3), ZERO)],
+    ids=["exactly", "more", "nothing-needed", "no-need"],
+)
+def test_no_retry_after_when_what_is_kept_covers_the_need(kept_amount: Amount, need: Amount) -> None:
+    plan = grant(spend=spend(usd(0.7)), agent_limits=[lim(Period.HOUR, "usd", USD)], request=use(need="5"))
+    assert retry_after(plan, kept_amount, need, T0, CFG) is None
+
+
+def test_retry_after_tokens_short() -> None:
+    plan = grant(agent_limits=[lim(Period.HOUR, "tokens", 1_000)], request=use(need="0.01", need_tokens=2_000))
+    assert plan.want == usd(0.01, 1_000) and plan.short == (("agent", lim(Period.HOUR, "tokens", 1_000)),)
+    assert retry_after(plan, plan.want, usd(0.01, 2_000), T0, CFG) == TO_NOON
+
+
+@pytest.mark.xfail(
+    reason="BUG: retry_after takes the EARLIEST reset among the short agent limits (min), but the call needs "
+    "every one of them to leave room: with the hour and the day both short, nothing changes at the hour's "
+    "reset, and the agent is told to ask again 40 minutes before the day's reset can serve it.",
+    strict=True,
+)
+def test_retry_after_several_short_agent_limits_is_the_latest_reset() -> None:
+    limits = [lim(Period.HOUR, "usd", USD), lim(Period.DAY, "usd", 5 * USD)]
+    plan = grant(spend=spend(usd(0.7), usd(4.9)), agent_limits=limits, request=use(need="0.5"))
+    assert len(plan.short) == 2 and plan.want == usd(0.1)
+    assert retry_after(plan, plan.want, usd(0.5), T0, CFG) == TO_MIDNIGHT
+
+
+@pytest.mark.xfail(
+    reason="BUG: retry_after claims nothing returns to an agent limit before its reset, but plan_grant counts "
+    "the previous epoch's unspent charge against the agent's limits, and that returns a grace (60 s) after the "
+    "epoch ended: an agent refused only because of it is told to wait for the hour's reset (2400 s here).",
+    strict=True,
+)
+def test_retry_after_a_short_caused_by_the_previous_epoch_is_its_return() -> None:
+    live = epoch(charged=usd(1), granted=usd(1))  # the agent restarts having spent $0.20 of it
+    plan = grant(ledger(live), spend=spend(usd(0.2), a=usd(0.2)), agent_limits=[lim(Period.HOUR, "usd", USD)],
+                 request=use(None, "0.5"))  # fmt: skip
+    assert plan.started and plan.want == ZERO and plan.previous is not None  # $0.20 + $0.80 A may still spend
+    assert plan.previous.release_at(CFG.grace_s) == T0 + timedelta(seconds=CFG.grace_s)
+    retry = retry_after(plan, ZERO, usd(0.5), T0, CFG)
+    assert retry is not None and retry <= CFG.grace_s  # then A is returned and $0.80 is free again
+
+
+# -- the ledger, judging a batch ---------------------------------------------------------------------
+
+
+def test_the_ledger_finds_its_open_and_previous_epochs_by_id_and_by_lease() -> None:
+    live, previous = epoch(id=EPOCH_B), epoch(expires=T0)
+    led = ledger(live, previous=previous)
+    assert led.find(EPOCH_B) is live and led.find(EPOCH_A) is previous and led.find(EPOCH_C) is None
+    assert led.named(use(f"{EPOCH_B}.3")) is live and led.named(use(f"{EPOCH_A}.1")) is previous
+    assert led.named(use(f"{EPOCH_C}.1")) is None and led.named(use(None)) is None and led.named(None) is None
+    assert ledger().find(EPOCH_A) is None and ledger(None, previous=previous).named(use(f"{EPOCH_A}.2")) is previous
+
+
+@pytest.mark.parametrize(
+    ("spent", "over", "expected"),
     [
-        (usd(6), ZERO, None),  # spent exactly the $1 granted (base $5)
-        (usd(6.01), ZERO, None),  # within the 1 % tolerance
-        (Amount(6_010_000_001), ZERO, Amount(1)),  # one nano-dollar beyond it
-        (usd(6.5), usd(0.5), None),  # the over-estimates the agent reports
-        (usd(7), usd(0.5), usd(0.49)),
-        (usd(5.5, 10**9), ZERO, None),  # tokens are not judged in an epoch without a token limit
+        (usd(1), ZERO, None),  # spent exactly the $1 granted
+        (usd(1.01), ZERO, None),  # within the 1 % tolerance
+        (Amount(1_010_000_001), ZERO, Amount(1)),  # one nano-dollar beyond it
+        (usd(1.5), usd(0.5), None),  # the over-estimates the agent reports
+        (usd(2), usd(0.5), usd(0.49)),
+        (usd(0.5, 10**9), ZERO, None),  # tokens are not judged in an epoch without a token limit
     ],
 )
-def test_overspent_is_spend_beyond_grants_over_estimates_and_tolerance(
-    hour_after: Amount, over: Amount, expected: Amount | None
+def test_overspent_is_the_epoch_spend_beyond_grants_over_estimates_and_tolerance(
+    spent: Amount, over: Amount, expected: Amount | None
 ) -> None:
-    assert overspent(epoch(base=spent(usd(5)), granted=usd(1)), hour_after, over, 0.01) == expected
+    assert overspent(epoch(granted=usd(1), charged=usd(1.2)), spent, over, 0.01) == expected
 
 
 @pytest.mark.parametrize(("tokens", "expected"), [(1_010, None), (1_011, Amount(0, 1)), (1_511, Amount(0, 1))])
@@ -340,8 +540,8 @@ ISSUED = {"issued_at": "2026-12-06T11:20:00Z"}
         (f"{EPOCH_A}.3", ISSUED, T0 + timedelta(seconds=61), False),  # the latest: nothing missed
         (f"{EPOCH_A}.2", ISSUED, T0 + timedelta(seconds=60), False),  # granted too lately to tell
         (f"{EPOCH_A}.2", ISSUED, T0 + timedelta(minutes=5), False),  # the epoch expired
-        (f"{EPOCH_A}.2", None, T0 + timedelta(seconds=61), False),  # no grant on record
-        ("cccccccccccc.2", ISSUED, T0 + timedelta(seconds=61), False),  # another epoch
+        (f"{EPOCH_A}.2", None, T0 + timedelta(seconds=61), False),  # no grant on record (or not final)
+        (f"{EPOCH_C}.2", ISSUED, T0 + timedelta(seconds=61), False),  # another epoch
         (None, ISSUED, T0 + timedelta(seconds=61), False),
     ],
 )
@@ -353,8 +553,13 @@ def test_missed_only_an_older_lease_of_the_live_epoch_granted_a_while_ago(
     assert missed(led, None, now, 60) is False
 
 
+def test_missed_never_names_the_previous_epoch() -> None:
+    led = ledger(epoch(id=EPOCH_B, seq=3), last=ISSUED, previous=epoch(expires=T0, seq=5))
+    assert missed(led, use(f"{EPOCH_A}.2"), T0 + timedelta(seconds=61), 60) is False
+
+
 @pytest.mark.parametrize(
-    ("has_epoch", "lease", "is_open", "ends_live", "ends_expired"),
+    ("has_epoch", "lease", "names_it", "ends_live", "ends_expired"),
     [
         (False, use(f"{EPOCH_A}.1"), False, False, False),
         (True, None, False, False, True),
@@ -363,22 +568,22 @@ def test_missed_only_an_older_lease_of_the_live_epoch_granted_a_while_ago(
         (True, use(f"{EPOCH_B}.1"), False, True, True),
     ],
 )
-def test_open_epoch_and_ended_truth_tables(
-    has_epoch: bool, lease: LeaseUse | None, is_open: bool, ends_live: bool, ends_expired: bool
+def test_named_and_ended_truth_tables(
+    has_epoch: bool, lease: LeaseUse | None, names_it: bool, ends_live: bool, ends_expired: bool
 ) -> None:
     ep = epoch() if has_epoch else None
-    assert open_epoch(ledger(ep), lease) is is_open
+    assert (ledger(ep).named(lease) is not None) is names_it
     assert ended(ledger(ep), lease, T0 + timedelta(seconds=299)) is ends_live
     assert ended(ledger(ep), lease, T0 + timedelta(seconds=300)) is ends_expired
 
 
 def test_tokens_spent_before_a_token_limit_appeared_are_not_judged_as_overspend() -> None:
-    # The epoch began with no token limit (a lease without tokens); the agent spent 50,000 tokens.
+    # The epoch began with no token limit (a lease without tokens); the agent spent 50,000 tokens under it.
     live = epoch(granted=usd(1), charged=usd(1), started_at=T0 - timedelta(seconds=60))
-    now, before = T0, spent(usd(0.5, 50_000))
-    plan = grant(ledger(live), now=now, spent=before, request=use(f"{EPOCH_A}.1"),
+    before = usd(0.5, 50_000)
+    plan = grant(ledger(live), spend=spend(before, a=before), request=use(f"{EPOCH_A}.1"),
                  tenant_limits=[lim(Period.DAY, "tokens", 10_000_000)])  # fmt: skip
     assert plan.epoch.tokens_limited and plan.want.tokens > 0
+    assert plan.adjust[DAY] == Amount(0, 50_000)  # the tokens it spent beyond its (token-less) charge
     # It then spends exactly the tokens (and less than the USD) of its first token grant.
-    after = before[Period.HOUR] + Amount(0, plan.want.tokens)
-    assert overspent(plan.epoch, after, ZERO, CFG.tolerance) is None
+    assert overspent(plan.epoch, before + Amount(0, plan.want.tokens), ZERO, CFG.tolerance) is None
