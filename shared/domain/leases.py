@@ -80,6 +80,8 @@ class Config:
     tolerance: float = 0.01
     #: How long an agent refused for want of a shared (tenant) budget waits before asking again.
     shared_retry_s: int = 30
+    #: How soon after an epoch's start a request naming no lease of it is still taken as not knowing it yet.
+    settle_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,11 @@ class Epoch:
     granted: Amount
     charged: Amount
     tokens_limited: bool
-    #: The agent's spend rate when the epoch's latest grant was sized (nano-dollars and tokens a second).
+    #: The agent's spend rate measured at the epoch's latest grant (nano-dollars and tokens a second).
     rate: Amount = ZERO
+    #: Its grants went into the tenant's reserve (the tenant had a budget when it began): only then does
+    #: its return, or spend beyond its charge, change the reserve.
+    reserved: bool = True
 
     def live(self, now: datetime) -> bool:
         return now < self.expires_at
@@ -172,15 +177,21 @@ def release(epoch: Epoch, spent: Amount) -> Release:
     return Release(epoch, epoch.charged - spent)
 
 
-def ended(ledger: Ledger, lease: LeaseUse | None, now: datetime) -> bool:
+def ended(
+    ledger: Ledger, lease: LeaseUse | None, now: datetime, *, asked_at: datetime | None = None, settle_s: int = 10
+) -> bool:
     """Whether a grant now starts a new epoch: the open one expired, or the agent asks while holding no
-    lease of it (revoked by a hold, a restart)."""
+    lease of it (revoked by a hold, a restart). Not when it asked (``asked_at``: its batch's publish time)
+    within ``settle_s`` of the epoch's start: it could not have had the epoch's first grant yet, and a new
+    epoch for each such request would churn (the grants it has not applied yet still come, and add up)."""
     epoch = ledger.epoch
     if epoch is None:
         return False
     if not epoch.live(now):
         return True
-    return lease is not None and (lease.lease_id is None or epoch_of(lease.lease_id) != epoch.id)
+    if lease is None or (lease.lease_id is not None and epoch_of(lease.lease_id) == epoch.id):
+        return False
+    return asked_at is None or (asked_at - epoch.started_at).total_seconds() > settle_s
 
 
 @dataclass(frozen=True)
@@ -241,6 +252,7 @@ def plan_grant(
     request: LeaseUse | None,
     new_epoch_id: str,
     cfg: Config,
+    asked_at: datetime | None = None,
 ) -> GrantPlan:
     """The next grant for the agent. ``reserve``: the tenant's reserve in the current windows as last read
     (sizing only: what is kept is judged on the commit's read-back)."""
@@ -248,34 +260,39 @@ def plan_grant(
     adjust: dict[Slot, Amount] = {}
     released = None
     epoch, previous = ledger.epoch, ledger.previous
-    started = epoch is None or ended(ledger, request, now)
+    budgeted = any(lim.hard is not None for lim in tenant_limits)
+    started = epoch is None or ended(ledger, request, now, asked_at=asked_at, settle_s=cfg.settle_s)
+    # A tenant budget appeared: an epoch whose grants never went into the reserve ends (a new one does).
+    started = started or (budgeted and epoch is not None and not epoch.reserved)
     if started and epoch is not None:
         if previous is not None:  # two endings within a grace: the older one is returned now
             released = release(previous, spend.of(previous))
-            _add(adjust, released.deltas())
+            if previous.reserved:
+                _add(adjust, released.deltas())
         previous = replace(epoch, expires_at=min(epoch.expires_at, now))  # it ended now, at the latest
     tokens_limited = any(lim.metric == "tokens" and lim.hard is not None for lim in agent_limits + tenant_limits)
     if started:
         epoch = Epoch(
             id=new_epoch_id, started_at=now, expires_at=end_of_epoch(now, cfg.ttl_s), seq=0,
             windows={p: w.key for p, w in wins.items()}, granted=ZERO, charged=ZERO,
-            tokens_limited=tokens_limited, rate=ledger.epoch.rate if ledger.epoch is not None else ZERO,
+            tokens_limited=tokens_limited, reserved=budgeted,
         )  # fmt: skip
     assert epoch is not None
     in_epoch = spend.of(epoch)
     catch_up = (in_epoch - epoch.charged).clamp()
-    if catch_up != ZERO:  # spend beyond the charge (over estimates): reserve it
+    if catch_up != ZERO and epoch.reserved:  # spend beyond the charge (over estimates): reserve it
         _add(adjust, {slot: catch_up for slot in epoch.slots()})
     epoch = replace(epoch, charged=epoch.charged + catch_up)
     granted = epoch.granted
     if tokens_limited and not epoch.tokens_limited:
         # A token limit appeared mid-epoch: the tokens spent before it were spent without a token lease.
         granted = Amount(granted.usd_nanos, max(granted.tokens, in_epoch.tokens))
-    rate = _rate(epoch, now=now, in_epoch=in_epoch, hour=spend.windows[Period.HOUR], wins=wins)
+    seed = ledger.epoch.rate if started and ledger.epoch is not None else ZERO
+    rate, sizing = _rate(epoch, now=now, in_epoch=in_epoch, hour=spend.windows[Period.HOUR], wins=wins, seed=seed)
     unspent = epoch.unspent(in_epoch) + (previous.unspent(spend.of(previous)) if previous is not None else ZERO)
     committed = {period: spend.windows[period] + unspent for period in Period}
     want, short = _size(
-        now=now, rate=rate, committed=committed, agent_limits=agent_limits, tenant_limits=tenant_limits,
+        now=now, rate=sizing, committed=committed, agent_limits=agent_limits, tenant_limits=tenant_limits,
         reserve=reserve, adjust=adjust, sharing=max(1, open_epochs + (1 if started and previous is None else 0)),
         request=request, cfg=cfg, wins=wins, tokens=epoch.tokens_limited or tokens_limited,
     )  # fmt: skip
@@ -295,18 +312,20 @@ def _add(into: dict[Slot, Amount], deltas: dict[Slot, Amount]) -> None:
         into[slot] = into.get(slot, ZERO) + amount
 
 
-def _rate(epoch: Epoch, *, now: datetime, in_epoch: Amount, hour: Amount, wins: dict[Period, Window]) -> Amount:
-    """The agent's recent spend a second: this hour's, this epoch's (once 5 s old), or the previous epoch's
-    (a new epoch at the top of the hour starts from it rather than from nothing), whichever is most."""
+def _rate(
+    epoch: Epoch, *, now: datetime, in_epoch: Amount, hour: Amount, wins: dict[Period, Window], seed: Amount
+) -> tuple[Amount, Amount]:
+    """The agent's recent spend a second, measured (this hour's, or this epoch's over at least a second,
+    whichever is more), and the rate to size with: the measured one, or for a new epoch's first grant the
+    rate its predecessor measured (an epoch starting at the top of the hour starts from it, not from
+    nothing). Only the measured rate is kept: a fast minute does not size every later lease."""
     elapsed_hour = max(60.0, (now - wins[Period.HOUR].starts_at).total_seconds())
-    elapsed_epoch = (now - epoch.started_at).total_seconds()
-    out = {}
+    elapsed_epoch = max(1.0, (now - epoch.started_at).total_seconds())
+    measured = {}
     for metric in ("usd", "tokens"):
-        rate = max(hour.get(metric) / elapsed_hour, float(epoch.rate.get(metric)))
-        if elapsed_epoch >= 5:
-            rate = max(rate, in_epoch.get(metric) / elapsed_epoch)
-        out[metric] = int(rate)
-    return Amount(out["usd"], out["tokens"])
+        measured[metric] = int(max(hour.get(metric) / elapsed_hour, in_epoch.get(metric) / elapsed_epoch))
+    rate = Amount(measured["usd"], measured["tokens"])
+    return rate, Amount(max(rate.usd_nanos, seed.usd_nanos), max(rate.tokens, seed.tokens))
 
 
 def _size(
@@ -323,8 +342,11 @@ def _size(
     )
     out: dict[str, int] = {}
     short: list[tuple[str, Limit]] = []
+    # With no limit at all a lease protects nothing: make it last the epoch (fewer grants, fewer writes).
+    limited = any(lim.hard is not None for lim in agent_limits + tenant_limits)
+    horizon = cfg.horizon_s if limited else cfg.ttl_s
     for metric, floor in (("usd", cfg.min_usd_nanos), ("tokens", cfg.min_tokens)):
-        want = max(need.get(metric), rate.get(metric) * cfg.horizon_s, floor)
+        want = max(need.get(metric), rate.get(metric) * horizon, floor)
         for lim in agent_limits:
             if lim.metric == metric and lim.hard is not None:
                 room = max(0, lim.hard - committed[lim.period].get(metric))
@@ -355,16 +377,18 @@ def kept(plan: GrantPlan, after: dict[Slot, Amount]) -> Amount:
 
 
 def retry_after(plan: GrantPlan, kept_amount: Amount, need: Amount, now: datetime, cfg: Config) -> int | None:
-    """Seconds before the agent should ask again, when what it got leaves its waiting call unserved: its
-    own limit's reset (nothing returns to it before), or a short wait for a shared limit (other agents'
-    leases return to the pool)."""
+    """Seconds before the agent should ask again, when what it got leaves its waiting call unserved: when
+    every short limit of its own has reset (the call needs them all), or sooner, when its previous epoch's
+    unspent charge comes back; a short wait for a shared limit (other agents' leases return to the pool)."""
     if need == ZERO or (kept_amount.usd_nanos >= need.usd_nanos and kept_amount.tokens >= need.tokens):
         return None
     own = [lim for scope, lim in plan.short if scope == "agent"]
-    if own:
-        reset = min(window(lim.period, now).resets_at for lim in own)
-        return max(1, int((reset - now).total_seconds()))
-    return cfg.shared_retry_s
+    if not own:
+        return cfg.shared_retry_s
+    wait = max(window(lim.period, now).resets_at for lim in own) - now
+    if plan.previous is not None:
+        wait = min(wait, plan.previous.release_at(cfg.grace_s) + timedelta(seconds=cfg.shared_retry_s) - now)
+    return max(1, int(wait.total_seconds()))
 
 
 def overspent(epoch: Epoch, spent: Amount, over: Amount, tolerance: float) -> Amount | None:

@@ -109,7 +109,9 @@ def process(decoded: Decoded) -> Plan:
         # its lifting, when the agent asks.
         current = agent_store.current(reg.agent_id, settings.get().config_cache_s)
         if current is not None and current.record.status is not State.DECOMMISSIONED:
-            first = lease_grants.grant(current.record, leases.request_of(decoded.event_id), datetime.now(UTC))
+            first = lease_grants.grant(
+                current.record, leases.request_of(decoded.event_id), datetime.now(UTC), asked_at=received_at
+            )
             if first is not None:
                 agent_commands.publish([first])
                 plan.commands.append(first)

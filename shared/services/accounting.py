@@ -74,7 +74,9 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     if agent.status is State.DECOMMISSIONED:
         raise Rejected(Code.DECOMMISSIONED, f"agent {batch.agent_id} was decommissioned", agent_id=batch.agent_id)
     if not batch.records:  # a lease request with nothing to count (the contract allows it only so)
-        return Plan(skipped="lease_request", commands=_lease_step(agent, batch, None, leases.Context(), now))
+        return Plan(
+            skipped="lease_request", commands=_lease_step(agent, batch, None, leases.Context(), now, received_at)
+        )
     _check_times(batch, _first_published(decoded.message.attributes, received_at, cfg.retention_days))
     tenant = config.tenant(agent.tenant)
     tally = usage_domain.tally(batch, agent.tenant, config.table_for(tenant))
@@ -99,10 +101,10 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     try:
         if applied.duplicate:
             sent = reconcile(batch.agent_id, now=now, actor="system:cost-redelivery", resend=True, lift_expired=True)
-            sent += _lease_step(agent, batch, None, lease, now)
+            sent += _lease_step(agent, batch, None, lease, now, received_at)
             return Plan(skipped="duplicate", commands=sent)
         plan = carry_out(agent, spend.decide(inputs, applied), now=now)
-        plan.commands += _lease_step(agent, batch, applied, lease, now)
+        plan.commands += _lease_step(agent, batch, applied, lease, now, received_at)
         return plan
     except Exception as exc:
         # The batch is counted: whatever fails now must not turn into a rejection (which acknowledges
@@ -111,8 +113,9 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
 
 
 def _lease_step(
-    agent: AgentRecord, batch: CostBatch, applied: usage_domain.Applied | None, ctx: leases.Context, now: datetime
-) -> list[Command]:
+    agent: AgentRecord, batch: CostBatch, applied: usage_domain.Applied | None, ctx: leases.Context, now: datetime,
+    asked_at: datetime,
+) -> list[Command]:  # fmt: skip
     """The batch against its lease, after counting (shared/services/leases.py), judged on the agent as it
     stands now (a hold this batch placed stops a grant)."""
     if batch.lease is None:
@@ -120,7 +123,8 @@ def _lease_step(
     current = agent_store.current(agent.agent_id, settings.get().config_cache_s)
     if ctx.ledger is None:
         ctx = leases.Context(ledger=lease_store.cached(agent.agent_id, settings.get().config_cache_s))
-    return leases.after_count(current.record if current is not None else agent, batch, applied, ctx, now=now)
+    record = current.record if current is not None else agent
+    return leases.after_count(record, batch, applied, ctx, now=now, asked_at=asked_at)
 
 
 def read_inputs(

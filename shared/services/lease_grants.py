@@ -50,7 +50,12 @@ def stopped(agent: AgentRecord, now: datetime) -> bool:
 
 
 def grant(
-    agent: AgentRecord, request: LeaseUse | None, now: datetime, *, models: list[str] | None = None
+    agent: AgentRecord,
+    request: LeaseUse | None,
+    now: datetime,
+    *,
+    models: list[str] | None = None,
+    asked_at: datetime | None = None,
 ) -> Command | None:
     """The agent's next lease, committed and ready to send; None while a hold stops the agent (every
     hold refuses calls, so it revokes the lease) or when concurrent grants kept winning."""
@@ -72,18 +77,28 @@ def grant(
         plan = domain.plan_grant(
             ledger, now=now, spend=spend_of(agent.agent_id, ledger, now), agent_limits=agent_limits,
             tenant_limits=tenant_limits, reserve=reserve.totals, open_epochs=reserve.open_epochs,
-            request=request, new_epoch_id=secrets.token_hex(6), cfg=c,
+            request=request, new_epoch_id=secrets.token_hex(6), cfg=c, asked_at=asked_at,
         )  # fmt: skip
-        after = store.commit_grant(
+        priced = _models(ledger, request, models)
+        # Without a tenant budget nothing but the agent's own limits cuts the grant (already applied): it
+        # is final in one commit, and the reserve is not written (it is seeded when a budget is set).
+        final = None
+        if not plan.epoch.reserved:
+            final = _command(
+                agent, plan, plan.want, request, priced, now, domain.retry_after(plan, plan.want, need, now, c)
+            )
+        committed = store.commit_grant(
             replace(snap, ledger=ledger), plan, request_id=request.request_id if request is not None else None,
-            grace_s=c.grace_s,
+            grace_s=c.grace_s, command=_json(final) if final is not None else None,
         )  # fmt: skip
-        if after is None:
+        if committed is None:
             continue
-        keep = domain.kept(plan, after)
+        after, update_time = committed
+        keep = domain.kept(plan, after) if final is None else plan.want
         retry = domain.retry_after(plan, keep, need, now, c)
-        command = _command(agent, plan, keep, request, _models(ledger, request, models), now, retry)
-        store.finish(ledger, plan, plan.want - keep, command=_json(command))
+        command = final or _command(agent, plan, keep, request, priced, now, retry)
+        if final is None:
+            store.finish(ledger, plan, plan.want - keep, command=_json(command), update_time=update_time)
         if retry is not None:
             _say_short(agent, plan, after, now)
         logs.log(

@@ -65,19 +65,28 @@ def before_count(agent: AgentRecord, batch: CostBatch, tally: Tally, *, tenant_b
         # returned by another instance: judged on a fresh read.
         ledger = store.read(agent.agent_id).ledger
         named = ledger.named(batch.lease)
+    outside = reserve_store.outside_lease(agent.tenant, tally) if tenant_budget else []
     if named is not None and batch.lease is not None:
         over = batch.lease
         tag = EpochTag(named.id, domain.nanos(over.over_usd), over.over_tokens)
-        return Context(ledger=ledger, epoch=named, tag=tag)
-    return Context(ledger=ledger, extra=reserve_store.outside_lease(agent.tenant, tally))
+        # An epoch whose grants never went into the reserve (begun before the tenant had a budget): its
+        # spend goes in as it is counted.
+        return Context(ledger=ledger, epoch=named, tag=tag, extra=[] if named.reserved else outside)
+    return Context(ledger=ledger, extra=outside)
 
 
 def after_count(
-    agent: AgentRecord, batch: CostBatch, applied: Applied | None, ctx: Context, *, now: datetime
+    agent: AgentRecord,
+    batch: CostBatch,
+    applied: Applied | None,
+    ctx: Context,
+    *,
+    now: datetime,
+    asked_at: datetime | None = None,
 ) -> list[Command]:
     """After the batch is counted (``applied``; None for a redelivery or a batch without records): judge
-    it against its lease, re-send a lease it seems to have missed, grant the one it asks for. Returns
-    the commands sent."""
+    it against its lease, re-send a lease it seems to have missed, grant the one it asks for (``asked_at``:
+    when the batch was published). Returns the commands sent."""
     lease = batch.lease
     if lease is None:
         return []
@@ -92,7 +101,9 @@ def after_count(
             agent_commands.publish([again])
             sent.append(again)
     if lease.request_id is not None and not any(c.command is CommandType.PAUSE for c in sent):
-        granted = lease_grants.grant(agent, lease, now, models=sorted({r.model for r in batch.records}))
+        granted = lease_grants.grant(
+            agent, lease, now, models=sorted({r.model for r in batch.records}), asked_at=asked_at
+        )
         if granted is not None:
             agent_commands.publish([granted])
             sent.append(granted)

@@ -24,6 +24,8 @@ class Increments:
         self.paths: list[tuple[str, ...]] = []
         self.amounts: list[int] = []
         self.maxima: set[int] = set()  # indexes of paths set to the maximum of themselves and the amount
+        #: Write only if the document is unchanged since this update time (a read's or a commit's).
+        self.unchanged_since: Any = None
 
     def inc(self, path: tuple[str, ...], amount: int) -> None:
         self.paths.append(path)
@@ -46,6 +48,8 @@ class Increments:
         # Always a mask, even an empty one: without it an update replaces the whole document (only the
         # transforms' fields would be left).
         raw.update_mask.SetInParent()
+        if self.unchanged_since is not None:
+            raw.current_document.update_time.CopyFrom(self.unchanged_since.timestamp_pb())
         for key, value in self.static.items():
             encoded = _helpers.encode_value(value)
             raw.update.fields[key].CopyFrom(type(encoded).pb(encoded))

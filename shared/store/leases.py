@@ -49,6 +49,7 @@ def _epoch_doc(epoch: Epoch) -> dict[str, Any]:
         "charged": epoch.charged.as_dict(),
         "tokens_limited": epoch.tokens_limited,
         "rate": epoch.rate.as_dict(),
+        "reserved": epoch.reserved,
     }
 
 
@@ -65,6 +66,7 @@ def _epoch(data: Any) -> Epoch | None:
         charged=Amount.of(data.get("charged")),
         tokens_limited=bool(data.get("tokens_limited")),
         rate=Amount.of(data.get("rate")),
+        reserved=bool(data.get("reserved", True)),
     )
 
 
@@ -132,15 +134,20 @@ def _ledger_fields(epoch: Epoch | None, previous: Epoch | None, grace_s: int) ->
     }
 
 
-def commit_grant(snap: Snapshot, plan: GrantPlan, *, request_id: str | None, grace_s: int) -> dict[Slot, Amount] | None:
-    """The grant's commit: the ledger (precondition: unchanged since ``snap``) and the reserve's
-    increments. Returns the reserve's totals after it, or None when another grant got there first.
+def commit_grant(
+    snap: Snapshot, plan: GrantPlan, *, request_id: str | None, grace_s: int, command: dict[str, Any] | None
+) -> tuple[dict[Slot, Amount], Any] | None:
+    """The grant's commit: the ledger (precondition: unchanged since ``snap``) and, for a tenant with a
+    budget, the reserve's increments. Returns the reserve's totals after it and the ledger's new update
+    time, or None when another grant got there first.
 
-    The grant is not final yet (``last`` cleared, ``pending`` set): :func:`finish` writes it as sent, with
+    With ``command`` (a tenant without a budget: nothing limits what is kept) the grant is final at once.
+    Without, it is not final yet (``last`` cleared, ``pending`` set): :func:`finish` writes it as sent, with
     what the reserve could not hold given back. A crash between the two leaves the whole grant charged to
     the epoch (returned when it ends) and never sent."""
     # lazy: the Google API client library, loaded on first use rather than at import (cold start)
     from google.api_core import exceptions
+    from google.cloud.firestore_v1 import DELETE_FIELD
 
     ledger = snap.ledger
     answered = ([request_id] if request_id else []) + [r for r in ledger.answered if r != request_id]
@@ -148,23 +155,23 @@ def commit_grant(snap: Snapshot, plan: GrantPlan, *, request_id: str | None, gra
         "agent_id": ledger.agent_id,
         "tenant": ledger.tenant,
         **_ledger_fields(plan.epoch, plan.previous, grace_s),
-        "last": None,
-        "pending": plan.lease_id,
+        "last": command,
+        "pending": None if command is not None else plan.lease_id,
         "answered": answered[:ANSWERED],
     }
-    opened: dict[str, int] = {}
-    if plan.started:
-        opened[_month_of(plan.epoch)] = 1
-    if plan.released is not None:
-        month = _month_of(plan.released.epoch)
-        opened[month] = opened.get(month, 0) - 1
-    writes = reserve_store.writes(ledger.tenant, plan.deltas(), opened)
+    writes: list[Increments] = []
+    if command is None:
+        opened: dict[str, int] = {}
+        if plan.started:
+            opened[_month_of(plan.epoch)] = 1
+        if plan.released is not None and plan.released.epoch.reserved:
+            month = _month_of(plan.released.epoch)
+            opened[month] = opened.get(month, 0) - 1
+        writes = reserve_store.writes(ledger.tenant, plan.deltas(), opened)
     client = db.client()
     batch = client.batch()
     ref = _ref(ledger_id(ledger.agent_id))
     if snap.update_time is None:
-        from google.cloud.firestore_v1 import DELETE_FIELD  # lazy: as above
-
         batch.create(ref, {k: v for k, v in fields.items() if v is not DELETE_FIELD})
     else:
         batch.update(ref, fields, option=client.write_option(last_update_time=snap.update_time))
@@ -176,24 +183,48 @@ def commit_grant(snap: Snapshot, plan: GrantPlan, *, request_id: str | None, gra
         return None
     metering.count(writes=1 + len(writes))
     ledgers.put(ledger.agent_id, None)
-    return reserve_store.remember(writes, results[1:])
+    return reserve_store.remember(writes, results[1:]), results[0].update_time
 
 
-def finish(ledger: Ledger, plan: GrantPlan, excess: Amount, *, command: dict[str, Any]) -> None:
-    """Make the grant final: ``last`` is the command as sent; what the reserve could not hold (``excess``)
-    leaves the epoch's grant and charge and the reserve, in the same commit."""
-    own = Increments(ledger_id(ledger.agent_id), {"last": command, "pending": None}, collection=LEASES)
-    writes = [own]
-    if excess != Amount():
-        back = -excess
-        for name in ("granted", "charged"):
-            own.inc(("epoch", name, "usd_nanos"), back.usd_nanos)
-            own.inc(("epoch", name, "tokens"), back.tokens)
-        writes += reserve_store.writes(ledger.tenant, {slot: back for slot in plan.epoch.slots()}, {})
-    results = reserve_store.commit(writes)
-    ledgers.put(ledger.agent_id, None)
-    if len(writes) > 1:
+def finish(ledger: Ledger, plan: GrantPlan, excess: Amount, *, command: dict[str, Any], update_time: Any) -> None:
+    """Make the grant final (``last`` is the command as sent) and give back what the reserve could not hold
+    (``excess``: from the epoch's grant and charge and from the reserve, in one commit). Conditional on
+    the ledger as the grant left it; if another grant came between, the epoch is found where it now is
+    (open, or previous) and only given back to, and nothing is given back once it has been returned (its
+    whole charge was)."""
+    # lazy: the Google API client library, loaded on first use rather than at import (cold start)
+    from google.api_core import exceptions
+
+    name: str | None = "epoch"
+    final = True
+    for _attempt in range(5):
+        own = Increments(ledger_id(ledger.agent_id), {"last": command, "pending": None} if final else {},
+                         collection=LEASES)  # fmt: skip
+        own.unchanged_since = update_time
+        writes = [own]
+        if excess != Amount() and name is not None:
+            back = -excess
+            for counter in ("granted", "charged"):
+                own.inc((name, counter, "usd_nanos"), back.usd_nanos)
+                own.inc((name, counter, "tokens"), back.tokens)
+            writes += reserve_store.writes(ledger.tenant, {slot: back for slot in plan.epoch.slots()}, {})
+        if len(writes) == 1 and not final:
+            return
+        try:
+            results = reserve_store.commit(writes)
+        except (exceptions.FailedPrecondition, exceptions.NotFound):
+            metering.count(conflicts=1)
+            snap = read(ledger.agent_id)  # another grant came between: find the epoch where it is now
+            update_time, final = snap.update_time, False
+            now_open, before = snap.ledger.epoch, snap.ledger.previous
+            name = "epoch" if now_open is not None and now_open.id == plan.epoch.id else None
+            if name is None and before is not None and before.id == plan.epoch.id:
+                name = "previous"
+            continue
+        ledgers.put(ledger.agent_id, None)
         reserve_store.remember(writes[1:], results[1:])
+        return
+    raise RuntimeError(f"lease {plan.lease_id}: its give-back kept conflicting")
 
 
 def release(snap: Snapshot, releases: list[Release], now: datetime, grace_s: int) -> bool:
@@ -216,6 +247,8 @@ def release(snap: Snapshot, releases: list[Release], now: datetime, grace_s: int
     deltas: dict[Slot, Amount] = {}
     opened: dict[str, int] = {}
     for rel in releases:
+        if not rel.epoch.reserved:
+            continue  # its grants never went into the reserve (the tenant had no budget)
         for slot, amount in rel.deltas().items():
             deltas[slot] = deltas.get(slot, Amount()) + amount
         opened[_month_of(rel.epoch)] = opened.get(_month_of(rel.epoch), 0) - 1
