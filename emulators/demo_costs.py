@@ -32,10 +32,13 @@ from rich.text import Text
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-flash")
 LLM_TYPES = ("llm-chat", "llm-router", "evaluator")
 #: The demo tenant whose runaway threshold is lowered so a loop is caught within seconds.
-RUNAWAY_CALLS_PER_MINUTE = 300
+RUNAWAY_CALLS_PER_MINUTE = 150  # a normal agent makes under 100 calls in the demo's ~20 s of calls
 HOURLY_BUDGET_USD = Decimal("0.40")
 #: The tenant whose hourly budget a few agents share, and its limit: about 30 calls of gpt-4o.
 SHARED_TENANT, SHARED_AGENTS, SHARED_HOURLY_USD = "umbrella", 4, Decimal("0.30")
+#: How long a call waits for a lease: 58 agents asking at once (their first calls, each for its model's
+#: price) queue up at the local stack's one cost function for several seconds.
+LEASE_WAIT_S = 10.0
 SPECIAL = {"runaway": 40.0, "failing": 4.0, "budget": 5.0, "unpriced": 2.0, "shared": 5.0}
 
 
@@ -91,10 +94,11 @@ class CallSim:
                 self.failures += 1
             except CallRefused as refused:
                 self.refused += 1
-                if self.refusal is None:
+                # A lease or a model's price not granted in time is no stop: the next call asks again.
+                if self.refusal is None and _stopped(refused):
                     self.refusal, self.reason = str(refused), refused.reason
                     self.refused_after_s = time.monotonic() - started
-                if self.behaviour == "shared":
+                if self.behaviour == "shared" and self.refusal is not None:
                     return  # its share of the tenant's budget is spent: this agent is done for the hour
             self.stop.wait(1.0 / self.rate * self.rng.uniform(0.7, 1.3))
 
@@ -122,6 +126,11 @@ def shared_registrations(template: Registration) -> list[Registration]:
     ]  # fmt: skip
 
 
+def _stopped(refused: CallRefused) -> bool:
+    """A hold of the fleet's, or a lease the fleet refused to top up (not one that merely came late)."""
+    return bool(refused.blocks) or (refused.reason == "lease_exhausted" and "fleet answered" in str(refused))
+
+
 def behaviours(agents: list[FleetAgent], rng: random.Random) -> list[CallSim]:
     """The LLM agents' calls; the first acme agents get the misbehaviours."""
     llm = [a for a in agents if a.registration.agent_type in LLM_TYPES]
@@ -143,7 +152,12 @@ def budget_for(agent_type: str, behaviour: str) -> BudgetSpec | None:
     return None
 
 
-def start(sims: list[CallSim]) -> float:
+def start(sims: list[CallSim], timeout: float = 30.0) -> float:
+    """Start every agent's calls, once the agents that spend leases hold their first one (granted when the
+    fleet processes the registration: until then a call would wait for a registration still queued)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(s.agent.costs.lease is None for s in sims if s.behaviour != "unpriced"):
+        time.sleep(0.2)
     started = time.monotonic()
     for sim in sims:
         sim.thread = threading.Thread(target=sim.run, args=(started,), name=f"calls-{sim.agent_id}", daemon=True)
