@@ -341,8 +341,11 @@ def run_fleet(
     # One subscription on agent-commands for the whole simulated host, dispatching by agent id.
     listener = CommandListener(project, label="demo")
     calls: list[demo_costs.CallSim] = []
+    agents: list[FleetAgent] = []
     try:
-        tokens = demo_identity.enrollment_tokens(api, [s.registration for s in fleet])
+        template = next(s.registration for s in fleet if s.registration.agent_type == "llm-chat")
+        regs = [s.registration for s in fleet] + demo_costs.shared_registrations(template)
+        tokens = demo_identity.enrollment_tokens(api, regs)
         console.print(
             f"enrollment tokens made through the API: one per tenant ({', '.join(sorted(tokens))}), scoped to "
             "its id prefix, one use per agent"
@@ -352,20 +355,31 @@ def run_fleet(
                 sim.registration, project=project, publisher=publisher, metrics=sim.metrics, status=sim.status,
                 enrollment_token=tokens[sim.registration.tenant],
                 key_path=demo_identity.key_path(keys_dir, sim.agent_id),
+                leases=demo_costs.uses_leases(sim.agent_id, regs), lease_wait_s=demo_costs.LEASE_WAIT_S,
             )  # fmt: skip
-            listener.add(sim.agent)
-        calls = demo_costs.behaviours([s.agent for s in fleet if s.agent is not None], rng)
+        shared = [
+            FleetAgent(r, project=project, publisher=publisher, enrollment_token=tokens[r.tenant],
+                       key_path=demo_identity.key_path(keys_dir, r.agent_id), lease_wait_s=demo_costs.LEASE_WAIT_S)
+            for r in regs[len(fleet) :]
+        ]  # fmt: skip
+        agents = [*(s.agent for s in fleet if s.agent is not None), *shared]
+        for agent in agents:
+            listener.add(agent)
+        calls = demo_costs.behaviours(agents, rng)
         for call_sim in calls:
             budget = demo_costs.budget_for(call_sim.agent.registration.agent_type, call_sim.behaviour)
             call_sim.agent.registration = call_sim.agent.registration.model_copy(update={"budget": budget})
         # The demo tenant catches loops within seconds (the default threshold is 1,200 calls a minute).
         api.put("/v1/tenants/acme/protection", {"runaway_calls_per_minute": demo_costs.RUNAWAY_CALLS_PER_MINUTE})
+        demo_costs.shared_budget(api)
         listener.start()  # before registering: a registration re-sends the agent's holds
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda s: s.agent.register() if s.agent else None, fleet))
+            list(pool.map(lambda a: a.register(), agents))
+        for agent in shared:
+            agent.start()  # heartbeats: the fleet's own start on their schedule, in _loop
         console.print(
-            f"enrolled and registered {len(fleet)} agents in {time.monotonic() - t0:.1f}s "
+            f"enrolled and registered {len(agents)} agents in {time.monotonic() - t0:.1f}s "
             f"({len(TENANTS)} tenants, {len(AGENT_TYPES)} agent types, one shared PublisherClient); "
             "each generated its Ed25519 key and signs every event"
         )
@@ -385,9 +399,8 @@ def run_fleet(
         return progress
     finally:
         demo_costs.stop(calls)
-        for sim in fleet:
-            if sim.agent is not None:
-                sim.agent.close(timeout=2)
+        for agent in agents:
+            agent.close(timeout=2)  # the fleet's and the shared tenant's
         listener.close()
         publisher.stop()
 
@@ -543,8 +556,9 @@ def report(api: Api, fleet: list[SimAgent], console: Console, progress: Progress
         console.print(demo_costs.spend_table(api, progress.calls))
         console.print(demo_costs.tenants_table(api, TENANTS))
         console.print(demo_costs.alerts_table(api.get("/v1/alerts", limit=200)["items"]))
+        console.print(demo_costs.shared_table(api, progress.calls))
         for call_sim in progress.calls:
-            if call_sim.behaviour in ("runaway", "failing", "budget"):
+            if call_sim.behaviour in ("runaway", "failing", "budget", "shared"):
                 if call_sim.refusal is None:
                     stopped_ok = False
                     console.print(f"[red]{call_sim.agent_id} ({call_sim.behaviour}) was never stopped[/]")

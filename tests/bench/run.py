@@ -6,7 +6,8 @@
   publisher's CPU is not in the window; baseline and heartbeats alternate, round by round.
 - Firestore reads and writes per accepted heartbeat (from the functions' structured logs).
 - Import time of the function module (cold start), and the first event's latency after it.
-- Cost events (tests/bench/costs.py), the liveness sweep with its Slack notices (tests/bench/sweep.py)
+- Cost events (tests/bench/costs.py), budget leases beside today's path (tests/bench/leases.py),
+  the liveness sweep with its Slack notices (tests/bench/sweep.py)
   the Slack app's answers to signed requests (tests/bench/slack.py), training jobs: submit,
   admission, launch, the reconcile tick (tests/bench/jobs.py), and the learned models: scoring per
   heartbeat, retraining on a million rows, the push path with models in service (tests/bench/ml.py).
@@ -474,6 +475,10 @@ def main() -> int:
     from tests.bench import costs
 
     cost_lines = costs.main(report=lambda line: None)
+    print("measuring budget leases ...", file=sys.stderr)
+    from tests.bench import leases
+
+    lease_lines = leases.main(report=lambda line: None)
     print("measuring the liveness sweep and its notifications ...", file=sys.stderr)
     from tests.bench import sweep
 
@@ -493,6 +498,7 @@ def main() -> int:
 
     lines += ["", "### Signed telemetry, per event", "", *signing.describe(), "", *signing_lines]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
+    lines += ["", "### Budget leases (issue 19)", "", *leases.describe(), "", *lease_lines]
     lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
     lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]
     lines += ["", "### Training jobs", "", *jobs.describe(), "", *job_lines]
