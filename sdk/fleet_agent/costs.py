@@ -331,6 +331,9 @@ class CostRecorder(LeaseCalls):
                 self._first_at = time.monotonic()
                 self._wake.set()
             full = len(self._records) >= self._max_records
+            if reservation is not None and reservation.ask is not None:
+                self._flush_locked(reservation.ask)  # the ask ahead leaves with this record
+                full = False
         if full:
             self.flush()
 

@@ -15,8 +15,9 @@ A grant answering a request with ``retry_after_s`` says the fleet has no room: u
 not fit is refused at once (``CallRefused.until`` says when to retry) and nothing is asked, ahead or not.
 
 A call that fits may ask ahead: when the balance falls under half of what it was after the latest grant,
-or less than a fifth of the lease's lifetime is left, a request goes out with the buffered records
-(one outstanding at a time), so a busy agent normally never waits.
+or less than a fifth of the lease's lifetime is left, a request goes out with the call's own record, as
+soon as the call is over (one outstanding at a time), so a busy agent normally never waits, and an agent
+that calls rarely sends its record and its request in one batch.
 """
 
 from __future__ import annotations
@@ -68,9 +69,7 @@ class LeaseCalls:
         :class:`CallRefused` when it does not fit and no grant made it fit within ``lease_wait_s``."""
         got = wallet.reserve(model, max_tokens, prompt_tokens)
         if isinstance(got, Reservation):
-            if got.ask is not None:
-                self._ask(got.ask)
-            return got
+            return got  # an ask ahead (got.ask) leaves with this call's record (CostRecorder._record)
         return self._wait_for_lease(wallet, model, max_tokens, prompt_tokens, got)
 
     def _wait_for_lease(
@@ -89,8 +88,6 @@ class LeaseCalls:
                 self.check()  # a block that arrived meanwhile refuses with its own reason
                 got = wallet.reserve(model, max_tokens, prompt_tokens, waiter)
                 if isinstance(got, Reservation):
-                    if got.ask is not None:
-                        self._ask(got.ask)
                     return got
                 short, answered = got, answered or wallet.answered(request_id)
                 if short.no_room_s > 0 or time.monotonic() >= deadline:

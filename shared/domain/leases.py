@@ -74,7 +74,7 @@ Slot = tuple[Period, str]
 class Config:
     ttl_s: int = 300
     grace_s: int = 60
-    horizon_s: int = 60
+    horizon_s: int = 300
     min_usd_nanos: int = 10_000_000
     min_tokens: int = 4096
     tolerance: float = 0.01

@@ -78,7 +78,7 @@ def get() -> Settings:
         forged_events_per_hour=_int("FLEET_FORGED_EVENTS_PER_HOUR", 10),
         lease_ttl_s=_int("FLEET_LEASE_TTL_S", 300),
         lease_grace_s=_int("FLEET_LEASE_GRACE_S", 60),
-        lease_horizon_s=_int("FLEET_LEASE_HORIZON_S", 60),
+        lease_horizon_s=_int("FLEET_LEASE_HORIZON_S", 300),
         lease_min_usd_nanos=_int("FLEET_LEASE_MIN_USD_NANOS", 10_000_000),
         lease_min_tokens=_int("FLEET_LEASE_MIN_TOKENS", 4096),
         lease_tolerance=float(os.environ.get("FLEET_LEASE_TOLERANCE", "0.01")),
