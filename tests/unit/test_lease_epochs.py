@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fleet_agent.contracts import LeaseUse
 
-from shared.domain.leases import ZERO, Amount, kept, release, retry_after
+from shared.domain.budgets import Limit
+from shared.domain.leases import ZERO, Amount, ended, kept, release, retry_after
 from shared.domain.periods import Period
 from tests.unit.test_lease_domain import (
     CFG, DAY, EPOCH_A, EPOCH_B, EPOCH_C, HOUR, MONTH, T0, TO_MIDNIGHT, TO_NOON, USD, WINDOWS, epoch, grant, ledger,
@@ -234,3 +235,106 @@ def test_retry_after_is_the_reset_when_it_comes_before_the_previous_epoch_return
     assert shared.short and {scope for scope, _ in shared.short} == {"tenant"} and shared.previous is not None
     assert retry_after(shared, shared.want, usd(0.5), now, CFG) == CFG.shared_retry_s
 
+
+
+# -- with no hard limit; a request in an epoch's first seconds ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("agent", "tenant", "horizon"),
+    [
+        ([], [], CFG.ttl_s),
+        ([Limit(Period.DAY, "usd", None, USD)], [Limit(Period.DAY, "usd", None, USD)], CFG.ttl_s),  # soft only
+        (ROOMY, [], CFG.horizon_s),
+        ([], ROOMY, CFG.horizon_s),
+        ([lim(Period.DAY, "tokens", 10**9)], [], CFG.horizon_s),  # a token limit is a limit
+    ],
+    ids=["none", "soft-only", "agent", "tenant", "tokens"],
+)
+def test_without_any_hard_limit_a_lease_covers_the_epoch_lifetime(
+    agent: list[Limit], tenant: list[Limit], horizon: int
+) -> None:
+    plan = grant(spend=spend(usd(1.2)), agent_limits=agent, tenant_limits=tenant)  # $0.001 a second
+    assert plan.want.usd_nanos == horizon * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("asked_s", "ends"),
+    [(None, True), (-3, False), (0, False), (10, False), (10.5, True), (200, True)],
+)
+def test_a_request_naming_no_lease_ends_the_epoch_only_if_asked_once_it_settled(
+    asked_s: float | None, ends: bool
+) -> None:
+    led, now = ledger(epoch()), T0 + timedelta(seconds=20)  # the epoch started at T0
+    asked_at = None if asked_s is None else T0 + timedelta(seconds=asked_s)
+    for lease in (use(None), use(f"{EPOCH_C}.1")):  # no lease, or one of another epoch
+        assert ended(led, lease, now, asked_at=asked_at) is ends
+    assert ended(led, use(f"{EPOCH_A}.1"), now, asked_at=asked_at) is False
+    assert ended(led, None, now, asked_at=asked_at) is False
+    assert ended(led, use(None), T0 + timedelta(seconds=300), asked_at=asked_at) is True  # expiry always ends it
+
+
+def test_settle_s_is_how_long_a_request_naming_no_lease_is_forgiven() -> None:
+    led = ledger(epoch())
+    assert ended(led, use(None), T0 + timedelta(seconds=20), asked_at=T0 + timedelta(seconds=4)) is False
+    assert ended(led, use(None), T0 + timedelta(seconds=20), asked_at=T0 + timedelta(seconds=4), settle_s=3) is True
+
+
+def test_a_request_naming_no_lease_in_the_epoch_first_seconds_tops_it_up() -> None:
+    live = epoch(granted=usd(0.5), charged=usd(0.5))
+    now = T0 + timedelta(seconds=12)
+    early = grant(ledger(live), now=now, request=use(None, "1"), asked_at=T0 + timedelta(seconds=4))
+    assert not early.started and early.previous is None and early.lease_id == f"{EPOCH_A}.2"
+    assert early.want == usd(1) and early.epoch.granted == usd(1.5)
+    late = grant(ledger(live), now=now, request=use(None, "1"), asked_at=T0 + timedelta(seconds=11))
+    assert late.started and late.epoch.id == EPOCH_B and late.previous == replace(live, expires_at=now)
+    quick = replace(CFG, settle_s=3)  # plan_grant judges by its config's settle_s
+    eager = grant(ledger(live), now=now, request=use(None, "1"), asked_at=T0 + timedelta(seconds=4), cfg=quick)
+    assert eager.started
+
+
+# -- epochs begun without a tenant budget (not in the reserve) ---------------------------------------------
+
+BUDGET = [lim(Period.DAY, "usd", 100 * USD)]
+
+
+@pytest.mark.parametrize(
+    ("agent", "tenant", "reserved"),
+    [([], [], False), (ROOMY, [], False), ([], [Limit(Period.DAY, "usd", None, USD)], False), ([], BUDGET, True)],
+    ids=["no-limits", "agent-only", "tenant-soft", "tenant-hard"],
+)
+def test_an_epoch_goes_into_the_reserve_only_if_the_tenant_has_a_budget(
+    agent: list[Limit], tenant: list[Limit], reserved: bool
+) -> None:
+    plan = grant(agent_limits=agent, tenant_limits=tenant)
+    assert plan.started and plan.epoch.reserved is reserved
+
+
+def test_a_tenant_budget_ends_an_epoch_begun_without_one() -> None:
+    live = epoch(reserved=False, started_at=T0 - timedelta(seconds=30))
+    asking: dict[str, object] = {"spend": spend(usd(0.4), a=usd(0.4)), "request": use(f"{EPOCH_A}.1")}
+    assert not grant(ledger(live), **asking).started  # still no budget: it goes on
+    plan = grant(ledger(live), tenant_limits=BUDGET, **asking)
+    assert plan.started and plan.epoch.id == EPOCH_B and plan.epoch.reserved
+    assert plan.previous == replace(live, expires_at=T0) and plan.released is None and plan.adjust == {}
+    assert not grant(ledger(replace(live, reserved=True)), tenant_limits=BUDGET, **asking).started
+
+
+@pytest.mark.parametrize("reserved", [True, False])
+def test_a_previous_epoch_begun_without_a_budget_returns_nothing_to_the_reserve(reserved: bool) -> None:
+    older = epoch(expires=T0 - timedelta(seconds=20), started_at=T0 - timedelta(minutes=3), reserved=reserved)
+    live = epoch(id=EPOCH_B, started_at=T0 - timedelta(seconds=20))
+    plan = grant(ledger(live, previous=older), spend=spend(usd(0.5), a=usd(0.25)), tenant_limits=BUDGET,
+                 request=use(None), new_epoch_id=EPOCH_C)  # fmt: skip
+    assert plan.started and plan.released is not None and plan.released.back == usd(0.75)
+    assert plan.adjust == ({HOUR: usd(-0.75), DAY: usd(-0.75), MONTH: usd(-0.75)} if reserved else {})
+
+
+@pytest.mark.parametrize("reserved", [True, False])
+def test_catch_up_changes_the_reserve_only_for_a_reserved_epoch(reserved: bool) -> None:
+    live = epoch(granted=usd(1), charged=usd(1), reserved=reserved)
+    plan = grant(ledger(live), now=T0 + timedelta(seconds=60), spend=spend(usd(5), a=usd(1.4)), agent_limits=ROOMY,
+                 request=use(f"{EPOCH_A}.1", "2"))  # fmt: skip
+    assert not plan.started and plan.epoch.reserved is reserved
+    assert plan.adjust == ({HOUR: usd(0.4), DAY: usd(0.4), MONTH: usd(0.4)} if reserved else {})
+    assert plan.epoch.charged == usd(3.4)  # the charge counts the spend all the same (the agent's own limits)
