@@ -4,7 +4,6 @@ share, the reserve's keep, judging a batch (test_lease_epochs.py: epochs, rates,
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -25,8 +24,6 @@ from shared.domain.leases import (
     missed,
     overspent,
     plan_grant,
-    release,
-    retry_after,
 )
 from shared.domain.periods import Period
 

@@ -13,9 +13,26 @@ from shared.domain.budgets import Limit
 from shared.domain.leases import ZERO, Amount, ended, kept, release, retry_after
 from shared.domain.periods import Period
 from tests.unit.test_lease_domain import (
-    CFG, DAY, EPOCH_A, EPOCH_B, EPOCH_C, HOUR, MONTH, T0, TO_MIDNIGHT, TO_NOON, USD, WINDOWS, epoch, grant, ledger,
-    lim, spend, usd, use,
-)  # fmt: skip
+    CFG,
+    DAY,
+    EPOCH_A,
+    EPOCH_B,
+    EPOCH_C,
+    HOUR,
+    MONTH,
+    T0,
+    TO_MIDNIGHT,
+    TO_NOON,
+    USD,
+    WINDOWS,
+    epoch,
+    grant,
+    ledger,
+    lim,
+    spend,
+    usd,
+    use,
+)
 
 #: A hard limit too large to cut anything: with it a lease is ``horizon`` seconds of the rate (with no hard
 #: limit at all, the epoch's lifetime).
@@ -234,7 +251,6 @@ def test_retry_after_is_the_reset_when_it_comes_before_the_previous_epoch_return
                    tenant_limits=[lim(Period.DAY, "usd", USD)], reserve={Period.DAY: usd(0.9)})  # fmt: skip
     assert shared.short and {scope for scope, _ in shared.short} == {"tenant"} and shared.previous is not None
     assert retry_after(shared, shared.want, usd(0.5), now, CFG) == CFG.shared_retry_s
-
 
 
 # -- with no hard limit; a request in an epoch's first seconds ------------------------------------------

@@ -294,7 +294,9 @@ def test_a_grant_with_a_budget_is_pending_and_adds_to_the_reserve(fake: _Client)
 def test_release_writes_no_reserve_for_an_unreserved_epoch(fake: _Client) -> None:
     gone = replace(EPOCH, expires_at=T0 - timedelta(minutes=2), reserved=False)
     old = replace(PREVIOUS, reserved=True)
-    snap = Snapshot(Ledger("agent-1", "acme", epoch=gone, previous=old), DatetimeWithNanoseconds(2026, 12, 6, tzinfo=UTC))
+    snap = Snapshot(
+        Ledger("agent-1", "acme", epoch=gone, previous=old), DatetimeWithNanoseconds(2026, 12, 6, tzinfo=UTC)
+    )
     assert release(snap, [domain_release(gone, Amount(USD, 0))], T0, 60)
     assert docs_of(fake.commits[-1]) == ["a.agent-1"]  # its charge never went into the reserve: none comes out
     assert release(snap, [domain_release(gone, Amount()), domain_release(old, Amount(5, 0))], T0, 60)
