@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud.firestore_v1.types import document, write
 
 from shared.store.increments import Increments
@@ -56,3 +57,17 @@ def test_results_map_the_transform_results_to_their_paths() -> None:
     inc.maximum(("m", "over"), 3)
     result = write.WriteResult(transform_results=[document.Value(integer_value=v) for v in (105, 9)])
     assert inc.results(result) == {("m", "usd_nanos"): 105, ("m", "over"): 9}
+
+
+def test_unchanged_since_is_an_update_time_precondition() -> None:
+    inc = Increments("a.x", {"pending": None})
+    inc.inc(("epoch", "granted", "usd_nanos"), -5)
+    inc.unchanged_since = DatetimeWithNanoseconds(2026, 12, 6, 11, 20, 0, 123_456, tzinfo=UTC)
+    pb = raw(inc)
+    assert pb.HasField("current_document") and pb.current_document.WhichOneof("condition_type") == "update_time"
+    assert pb.current_document.update_time.seconds == int(datetime(2026, 12, 6, 11, 20, tzinfo=UTC).timestamp())
+    assert pb.current_document.update_time.nanos == 123_456_000
+    assert list(pb.update_mask.field_paths) == ["pending"] and len(pb.update_transforms) == 1  # the rest as before
+    nanos = DatetimeWithNanoseconds.from_rfc3339("2026-12-06T11:20:00.123456789Z")  # a commit's own precision
+    inc.unchanged_since = nanos
+    assert raw(inc).current_document.update_time.nanos == 123_456_789

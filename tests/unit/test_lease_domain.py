@@ -1,10 +1,9 @@
-"""The pure budget-lease rules (shared/domain/leases.py): sizing a grant, epochs and the previous one, the
-reserve's keep, returns, when to ask again."""
+"""The pure budget-lease rules (shared/domain/leases.py): sizing a grant, agent limits, the tenant's fair
+share, the reserve's keep, judging a batch (test_lease_epochs.py: epochs, rates, when to ask again)."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -25,8 +24,6 @@ from shared.domain.leases import (
     missed,
     overspent,
     plan_grant,
-    release,
-    retry_after,
 )
 from shared.domain.periods import Period
 
@@ -112,26 +109,17 @@ def test_an_epoch_never_runs_past_the_end_of_its_hour() -> None:
     ("need", "hour_spent", "expected"),
     [
         ("5", 0, 5 * USD),  # the waiting call's need
-        (None, 1.2, 60_000_000),  # $1.20 in 1200 s of the hour: 60 s of it is $0.06
-        ("0.02", 1.2, 60_000_000),  # the rate beats a smaller need
+        (None, 1.2, 300_000_000),  # $1.20 in 1200 s of the hour: with no limit, 300 s (the ttl) of it is $0.30
+        ("0.2", 1.2, 300_000_000),  # the rate beats a smaller need
         (None, 0, CFG.min_usd_nanos),  # nothing spent, nothing needed: the smallest lease
     ],
 )
-def test_without_a_budget_the_lease_is_the_most_of_need_rate_and_minimum(
+def test_without_any_limit_the_lease_is_the_most_of_need_rate_and_minimum(
     need: str | None, hour_spent: float, expected: int
 ) -> None:
     plan = grant(spend=spend(usd(hour_spent, 1_000_000)), request=use(need=need))
     assert plan.want == Amount(expected, 0)  # no token limit anywhere: no tokens in the lease
     assert not plan.epoch.tokens_limited
-
-
-def test_an_epoch_own_spend_rate_counts_once_it_is_five_seconds_old() -> None:
-    young = epoch(started_at=T0 - timedelta(seconds=4), granted=usd(2), charged=usd(2))
-    old = replace(young, started_at=T0 - timedelta(seconds=5))
-    # Young, the hour's rate ($1 in 1200 s: $0.05 a minute); then the epoch's ($1 in 5 s: $12 a minute).
-    for ep, expected in ((young, 60 * (USD // 1200)), (old, 12 * USD)):
-        plan = grant(ledger(ep), spend=spend(usd(1), a=usd(1)), request=use(f"{EPOCH_A}.1"))
-        assert not plan.started and plan.want == Amount(expected, 0)
 
 
 # -- agent limits ------------------------------------------------------------------------------------
@@ -290,208 +278,6 @@ def test_concurrent_grants_in_any_order_never_keep_more_than_the_room() -> None:
         assert total_kept <= room, seed
         if not give_backs:  # and nothing is refused that the room could hold
             assert total_kept == min(room, wanted), seed
-
-
-# -- grants within an epoch, its end, the previous epoch ------------------------------------------------
-
-
-def test_a_grant_in_the_live_epoch_adds_to_it() -> None:
-    first = grant(request=use(need="1"))
-    later = T0 + timedelta(seconds=60)
-    second = grant(ledger(first.epoch), now=later, spend=spend(usd(0.5), b=usd(0.5)), request=use(first.lease_id, "2"))
-    assert not second.started and second.released is None and second.previous is None and second.adjust == {}
-    assert second.epoch.id == EPOCH_B and second.lease_id == f"{EPOCH_B}.2" and second.epoch.seq == 2
-    assert second.want == usd(2)
-    assert second.epoch.granted == usd(3) and second.epoch.charged == usd(3)
-    assert second.epoch.started_at == T0 and second.epoch.expires_at == later + timedelta(seconds=300)
-
-
-@pytest.mark.parametrize(
-    "request_",
-    [None, use(None), use(f"{EPOCH_C}.9")],
-    ids=["expired", "no-lease-held", "another-epoch"],
-)
-def test_an_ended_epoch_becomes_the_previous_one_and_is_not_returned_at_the_grant(request_: LeaseUse | None) -> None:
-    live = epoch(charged=usd(1.5), granted=usd(1.5))
-    now = live.expires_at + timedelta(seconds=5) if request_ is None else T0 + timedelta(seconds=10)
-    plan = grant(ledger(live), now=now, spend=spend(usd(0.5), a=usd(0.5)), request=request_)
-    assert plan.started and plan.epoch.id == EPOCH_B and plan.epoch.seq == 1 and plan.lease_id == f"{EPOCH_B}.1"
-    # It ended now at the latest (an expired one keeps its expiry): its return is due a grace after that.
-    assert plan.previous == replace(live, expires_at=min(live.expires_at, now))
-    assert plan.released is None and plan.adjust == {}  # returned later, by the tick
-    assert plan.deltas() == {HOUR: plan.want, DAY: plan.want, MONTH: plan.want}
-
-
-def test_a_new_epoch_while_an_older_previous_is_pending_returns_that_one_at_once() -> None:
-    old_hour = (Period.HOUR, "2026-12-06T10")
-    older = epoch(
-        started_at=T0 - timedelta(minutes=21), expires=datetime(2026, 12, 6, 11, 0, tzinfo=UTC), seq=4,
-        windows={Period.HOUR: old_hour[1], Period.DAY: DAY[1], Period.MONTH: MONTH[1]},
-        granted=usd(3), charged=usd(3),
-    )  # fmt: skip
-    live = epoch(id=EPOCH_B, started_at=T0 - timedelta(seconds=30), charged=usd(0.5), granted=usd(0.5))
-    plan = grant(
-        ledger(live, previous=older), spend=spend(usd(0.3), usd(2), a=usd(1), b=usd(0.3)),
-        request=use(None, "1"), new_epoch_id=EPOCH_C,
-    )  # fmt: skip
-    assert plan.started and plan.epoch.id == EPOCH_C and plan.lease_id == f"{EPOCH_C}.1"
-    assert plan.previous == replace(live, expires_at=T0)
-    assert plan.released is not None and plan.released.epoch == older
-    assert plan.released.back == usd(2)  # it charged $3 and spent $1 of it (its own counter)
-    assert plan.adjust == {old_hour: usd(-2), DAY: usd(-2), MONTH: usd(-2)}
-    assert plan.want == usd(1)
-    assert plan.deltas() == {old_hour: usd(-2), HOUR: usd(1), DAY: usd(-1), MONTH: usd(-1)}
-
-
-def test_spend_beyond_an_older_previous_charge_is_added_to_the_reserve_at_once() -> None:
-    older = epoch(expires=T0 - timedelta(seconds=20), started_at=T0 - timedelta(minutes=3), charged=usd(1))
-    live = epoch(id=EPOCH_B, started_at=T0 - timedelta(seconds=20))
-    plan = grant(ledger(live, previous=older), spend=spend(usd(1.5), a=usd(1.25)), request=use(None))
-    assert plan.released is not None and plan.released.back == usd(-0.25)
-    assert plan.adjust[HOUR] == usd(0.25)
-
-
-def test_release_gives_back_the_charge_less_the_epoch_own_spend() -> None:
-    ep = epoch(granted=usd(2), charged=usd(3, 1_000))
-    rel = release(ep, usd(1, 400))
-    assert rel.epoch == ep and rel.back == usd(2, 600)
-    assert rel.deltas() == {HOUR: usd(-2, -600), DAY: usd(-2, -600), MONTH: usd(-2, -600)}
-    assert release(ep, usd(3.5, 1_000)).deltas()[DAY] == usd(0.5)  # spent beyond it: added
-
-
-def test_catch_up_adds_the_epoch_spend_beyond_its_charge_to_the_reserve_and_the_charge() -> None:
-    live = epoch(granted=usd(1), charged=usd(1))
-    now = T0 + timedelta(seconds=60)
-    plan = grant(ledger(live), now=now, spend=spend(usd(5), a=usd(1.4)), request=use(f"{EPOCH_A}.1", "2"))
-    assert not plan.started and plan.want == usd(2)
-    assert plan.adjust == {HOUR: usd(0.4), DAY: usd(0.4), MONTH: usd(0.4)}
-    assert plan.epoch.charged == usd(3.4) and plan.epoch.granted == usd(3)
-    assert plan.deltas() == {HOUR: usd(2.4), DAY: usd(2.4), MONTH: usd(2.4)}
-
-
-def test_spend_outside_the_epoch_is_no_catch_up() -> None:
-    # $5 this hour, but only $0.50 of it under the epoch: the rest went to the reserve when counted.
-    plan = grant(ledger(epoch()), now=T0 + timedelta(seconds=60), spend=spend(usd(5), a=usd(0.5)),
-                 request=use(f"{EPOCH_A}.1", "2"))  # fmt: skip
-    assert plan.adjust == {} and plan.epoch.charged == usd(3)
-
-
-def test_a_new_epoch_at_the_top_of_the_hour_is_sized_by_the_rate_of_the_one_it_replaces() -> None:
-    # Epoch A spent $10 in its 240 s (a rate of $150 an hour) when it was granted at 11:59.
-    noon = datetime(2026, 12, 6, 12, tzinfo=UTC)
-    a = epoch(started_at=noon - timedelta(minutes=5), expires=noon, granted=usd(10), charged=usd(10))
-    last = grant(ledger(a), now=datetime(2026, 12, 6, 11, 59, tzinfo=UTC), spend=spend(usd(10), a=usd(10)),
-                 request=use(f"{EPOCH_A}.1"))  # fmt: skip
-    assert not last.started and last.epoch.rate == Amount(41_666_666, 0) and last.epoch.expires_at == noon
-    # At 12:00:00.2 the new hour has no spend yet and the new epoch none either.
-    top = datetime(2026, 12, 6, 12, 0, 0, 200_000, tzinfo=UTC)
-    plan = grant(ledger(last.epoch), now=top, spend=spend(ZERO, usd(10), a=usd(10)), request=use(last.lease_id))
-    assert plan.started and plan.previous is not None and plan.previous.id == EPOCH_A
-    assert plan.epoch.windows[Period.HOUR] == "2026-12-06T12" and plan.epoch.rate == last.epoch.rate
-    assert plan.want == Amount(CFG.horizon_s * 41_666_666, 0)  # about $2.50, not the $0.01 minimum
-    assert abs(plan.want.usd_nanos - usd(2.5).usd_nanos) < 1_000
-
-
-def test_a_first_epoch_inherits_no_rate() -> None:
-    previous = epoch(expires=T0 - timedelta(seconds=10), rate=Amount(41_666_666, 0))
-    plan = grant(ledger(None, previous=previous), spend=spend(a=usd(1)))
-    assert plan.started and plan.epoch.rate == ZERO and plan.want == Amount(CFG.min_usd_nanos, 0)
-    assert plan.previous == previous and plan.released is None
-
-
-@pytest.mark.xfail(
-    reason="BUG: Epoch.rate ratchets. _rate() takes max(hour rate, epoch.rate, epoch spend rate) and the grant "
-    "stores the result back as epoch.rate, which the next epoch inherits: the rate never falls while the agent "
-    "keeps asking, so one fast minute sizes every later lease (here $2.50 a minute, for an agent spending "
-    "$0.30 an hour for half an hour).",
-    strict=True,
-)
-def test_an_inherited_rate_does_not_outlive_a_slowdown() -> None:
-    top = datetime(2026, 12, 6, 12, 0, 0, 200_000, tzinfo=UTC)
-    fast = epoch(started_at=top - timedelta(minutes=5), expires=top, windows={**WINDOWS, Period.HOUR: "2026-12-06T11"},
-                 rate=Amount(41_666_666, 0))  # fmt: skip
-    led, lease_id, spent_so_far = ledger(fast), f"{EPOCH_A}.1", ZERO
-    plan = None
-    for minute in range(31):  # a grant a minute; the agent spends $0.005 a minute ($0.30 an hour)
-        now = top + timedelta(minutes=minute)
-        plan = grant(led, now=now, spend=spend(spent_so_far, b=spent_so_far), request=use(lease_id))
-        led, lease_id = ledger(plan.epoch, previous=plan.previous), plan.lease_id
-        spent_so_far += usd(0.005)
-    assert plan is not None and plan.epoch.id == EPOCH_B and plan.epoch.seq == 31
-    assert plan.want.usd_nanos <= 5 * CFG.min_usd_nanos  # 60 s of the agent's recent rate, or the minimum
-
-
-# -- when to ask again -------------------------------------------------------------------------------
-
-
-def test_retry_after_an_agent_limit_short_is_that_window_reset() -> None:
-    for period, expected in ((Period.HOUR, TO_NOON), (Period.DAY, TO_MIDNIGHT)):
-        plan = grant(spend=spend(usd(0.7)), agent_limits=[lim(period, "usd", USD)], request=use(need="5"))
-        assert plan.short == (("agent", lim(period, "usd", USD)),)
-        assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == expected
-
-
-def test_retry_after_a_tenant_limit_short_is_the_shared_wait() -> None:
-    plan = grant(tenant_limits=[lim(Period.HOUR, "usd", USD)], reserve={Period.HOUR: usd(0.8)}, request=use(need="1"))
-    assert plan.short == (("tenant", lim(Period.HOUR, "usd", USD)),) and plan.want == usd(0.2)
-    assert retry_after(plan, usd(0.2), usd(1), T0, CFG) == CFG.shared_retry_s
-    # Concurrent grants took the room the plan saw: no limit was short when sized, the wait is the same.
-    roomy = grant(tenant_limits=[lim(Period.HOUR, "usd", 10 * USD)], request=use(need="1"))
-    assert roomy.short == () and retry_after(roomy, usd(0.4), usd(1), T0, CFG) == CFG.shared_retry_s
-
-
-def test_retry_after_an_agent_and_a_tenant_limit_short_is_the_agent_reset() -> None:
-    plan = grant(
-        spend=spend(usd(0.7)), agent_limits=[lim(Period.HOUR, "usd", USD)],
-        tenant_limits=[lim(Period.DAY, "usd", USD)], reserve={Period.DAY: usd(0.9)}, request=use(need="5"),
-    )  # fmt: skip
-    assert {scope for scope, _ in plan.short} == {"agent", "tenant"}
-    assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == TO_NOON
-
-
-@pytest.mark.parametrize(
-    ("kept_amount", "need"),
-    [(usd(5), usd(5)), (usd(6, 10), usd(5, 10)), (ZERO, ZERO), (usd(0.3), ZERO)],
-    ids=["exactly", "more", "nothing-needed", "no-need"],
-)
-def test_no_retry_after_when_what_is_kept_covers_the_need(kept_amount: Amount, need: Amount) -> None:
-    plan = grant(spend=spend(usd(0.7)), agent_limits=[lim(Period.HOUR, "usd", USD)], request=use(need="5"))
-    assert retry_after(plan, kept_amount, need, T0, CFG) is None
-
-
-def test_retry_after_tokens_short() -> None:
-    plan = grant(agent_limits=[lim(Period.HOUR, "tokens", 1_000)], request=use(need="0.01", need_tokens=2_000))
-    assert plan.want == usd(0.01, 1_000) and plan.short == (("agent", lim(Period.HOUR, "tokens", 1_000)),)
-    assert retry_after(plan, plan.want, usd(0.01, 2_000), T0, CFG) == TO_NOON
-
-
-@pytest.mark.xfail(
-    reason="BUG: retry_after takes the EARLIEST reset among the short agent limits (min), but the call needs "
-    "every one of them to leave room: with the hour and the day both short, nothing changes at the hour's "
-    "reset, and the agent is told to ask again 40 minutes before the day's reset can serve it.",
-    strict=True,
-)
-def test_retry_after_several_short_agent_limits_is_the_latest_reset() -> None:
-    limits = [lim(Period.HOUR, "usd", USD), lim(Period.DAY, "usd", 5 * USD)]
-    plan = grant(spend=spend(usd(0.7), usd(4.9)), agent_limits=limits, request=use(need="0.5"))
-    assert len(plan.short) == 2 and plan.want == usd(0.1)
-    assert retry_after(plan, plan.want, usd(0.5), T0, CFG) == TO_MIDNIGHT
-
-
-@pytest.mark.xfail(
-    reason="BUG: retry_after claims nothing returns to an agent limit before its reset, but plan_grant counts "
-    "the previous epoch's unspent charge against the agent's limits, and that returns a grace (60 s) after the "
-    "epoch ended: an agent refused only because of it is told to wait for the hour's reset (2400 s here).",
-    strict=True,
-)
-def test_retry_after_a_short_caused_by_the_previous_epoch_is_its_return() -> None:
-    live = epoch(charged=usd(1), granted=usd(1))  # the agent restarts having spent $0.20 of it
-    plan = grant(ledger(live), spend=spend(usd(0.2), a=usd(0.2)), agent_limits=[lim(Period.HOUR, "usd", USD)],
-                 request=use(None, "0.5"))  # fmt: skip
-    assert plan.started and plan.want == ZERO and plan.previous is not None  # $0.20 + $0.80 A may still spend
-    assert plan.previous.release_at(CFG.grace_s) == T0 + timedelta(seconds=CFG.grace_s)
-    retry = retry_after(plan, ZERO, usd(0.5), T0, CFG)
-    assert retry is not None and retry <= CFG.grace_s  # then A is returned and $0.80 is free again
 
 
 # -- the ledger, judging a batch ---------------------------------------------------------------------

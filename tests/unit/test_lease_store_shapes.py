@@ -1,24 +1,32 @@
-"""Lease state as stored (shared/store/leases.py and lease_reserve.py), without Firestore: reserve fields
-and increments, the ledger's epoch documents, and the reserve's increments for spend outside a lease."""
+"""Lease state as stored (shared/store/leases.py and lease_reserve.py), without a Firestore server: reserve
+fields and increments, the ledger's epoch documents, the reserve's increments for spend outside a lease, and
+the writes of a grant's and a release's commit (an offline client records them)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from fleet_agent.contracts import CostBatch, CostRecord
+from fleet_agent.contracts import CostBatch, CostRecord, LeaseUse
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
 from google.cloud.firestore_v1 import DELETE_FIELD
 from google.cloud.firestore_v1.types import document, write
 
-from shared.domain.leases import Amount, Epoch
+from shared.domain.budgets import Limit
+from shared.domain.leases import Amount, Config, Epoch, GrantPlan, Ledger, Spend, plan_grant
+from shared.domain.leases import release as domain_release
 from shared.domain.periods import Period, window
 from shared.domain.pricing import Price, PriceTable
 from shared.domain.usage import month_field, tally
-from shared.store import lease_reserve
+from shared.store import db, lease_reserve
 from shared.store.lease_reserve import _slot_of, outside_lease, remember, slot_field, writes
-from shared.store.leases import _epoch_doc, _ledger_fields, parse, release_at
+from shared.store.leases import Snapshot, _epoch_doc, _ledger_fields, commit_grant, parse, release, release_at
 
 USD = 1_000_000_000
 T0 = datetime(2026, 12, 6, 11, 20, tzinfo=UTC)
@@ -197,3 +205,122 @@ def test_spend_outside_a_lease_across_a_month_goes_to_each_month_reserve() -> No
     assert incs["t.acme.2026-11"][("d30", "usd_nanos")] == USD // 4
     assert incs["t.acme.2026-12"][("m", "usd_nanos")] == incs["t.acme.2026-12"][("h0100", "usd_nanos")] == USD // 2
     assert ("open",) not in incs["t.acme.2026-12"]  # spend outside a lease opens no epoch
+
+
+# -- unreserved epochs (begun while the tenant had no budget) ----------------------------------------------
+
+
+def test_an_epoch_reserve_flag_round_trips_and_defaults_to_reserved() -> None:
+    unreserved = replace(EPOCH, reserved=False)
+    doc = _epoch_doc(unreserved)
+    assert doc["reserved"] is False and _epoch_doc(EPOCH)["reserved"] is True
+    assert parse("agent-1", {"epoch": doc}).epoch == unreserved
+    del doc["reserved"]  # stored before the flag: its grants went into the reserve
+    led = parse("agent-1", {"epoch": doc})
+    assert led.epoch is not None and led.epoch.reserved is True
+
+
+class _Client(firestore.Client):
+    """Offline: a batch's commit records its writes and answers as Firestore would (zeros read back)."""
+
+    def __init__(self) -> None:
+        super().__init__(project="p", credentials=AnonymousCredentials())
+        self.commits: list[list[Any]] = []
+
+    def batch(self) -> Any:
+        batch = super().batch()
+
+        def commit(**_: Any) -> list[Any]:
+            pbs = [type(w).pb(w) for w in batch._write_pbs]
+            self.commits.append(pbs)
+            stamp = DatetimeWithNanoseconds(2026, 12, 6, 11, 20, 1, tzinfo=UTC)
+            zeros = [[document.Value(integer_value=0)] * len(w.update_transforms) for w in pbs]
+            return [write.WriteResult(update_time=stamp, transform_results=z) for z in zeros]
+
+        batch.commit = commit
+        return batch
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Client]:
+    client = _Client()
+    monkeypatch.setattr(db, "client", lambda: client)
+    lease_reserve.reserves.clear()
+    yield client
+    lease_reserve.reserves.clear()
+
+
+def docs_of(pbs: list[Any]) -> list[str]:
+    return [pb.update.name.rsplit("/", 1)[-1] for pb in pbs]
+
+
+def plan(led: Ledger, tenant_limits: list[Limit], request: LeaseUse | None = None) -> GrantPlan:
+    return plan_grant(
+        led, now=T0, spend=Spend({p: Amount() for p in Period}), agent_limits=[], tenant_limits=tenant_limits,
+        reserve={}, open_epochs=0, request=request, new_epoch_id="cccccccccccc", cfg=Config(),
+    )  # fmt: skip
+
+
+BUDGET = [Limit(Period.DAY, "usd", 100 * USD, None)]
+
+
+def test_a_grant_without_a_budget_is_final_in_one_write_and_writes_no_reserve(fake: _Client) -> None:
+    p = plan(Ledger("agent-1", "acme"), [])
+    assert p.started and not p.epoch.reserved
+    command = {"type": "lease", "lease_id": p.lease_id}
+    after = commit_grant(Snapshot(Ledger("agent-1", "acme"), None), p, request_id="r1", grace_s=60, command=command)
+    assert after is not None and after[0] == {}
+    [pbs] = fake.commits
+    assert docs_of(pbs) == ["a.agent-1"]  # the ledger alone: no reserve document
+    fields = pbs[0].update.fields
+    assert fields["last"].map_value.fields["lease_id"].string_value == p.lease_id
+    assert fields["pending"].WhichOneof("value_type") == "null_value"
+    assert fields["epoch"].map_value.fields["reserved"].boolean_value is False
+
+
+def test_a_grant_with_a_budget_is_pending_and_adds_to_the_reserve(fake: _Client) -> None:
+    p = plan(Ledger("agent-1", "acme"), BUDGET)
+    assert p.started and p.epoch.reserved
+    after = commit_grant(Snapshot(Ledger("agent-1", "acme"), None), p, request_id="r1", grace_s=60, command=None)
+    assert after is not None
+    [pbs] = fake.commits
+    assert docs_of(pbs) == ["a.agent-1", "t.acme.2026-12"]
+    assert pbs[0].update.fields["pending"].string_value == p.lease_id
+    assert pbs[0].update.fields["last"].WhichOneof("value_type") == "null_value"
+    paths = {t.field_path: t.increment.integer_value for t in pbs[1].update_transforms}
+    assert paths["open"] == 1 and paths["d06.usd_nanos"] == p.want.usd_nanos
+
+
+def test_release_writes_no_reserve_for_an_unreserved_epoch(fake: _Client) -> None:
+    gone = replace(EPOCH, expires_at=T0 - timedelta(minutes=2), reserved=False)
+    old = replace(PREVIOUS, reserved=True)
+    snap = Snapshot(
+        Ledger("agent-1", "acme", epoch=gone, previous=old), DatetimeWithNanoseconds(2026, 12, 6, tzinfo=UTC)
+    )
+    assert release(snap, [domain_release(gone, Amount(USD, 0))], T0, 60)
+    assert docs_of(fake.commits[-1]) == ["a.agent-1"]  # its charge never went into the reserve: none comes out
+    assert release(snap, [domain_release(gone, Amount()), domain_release(old, Amount(5, 0))], T0, 60)
+    pbs = fake.commits[-1]
+    assert docs_of(pbs) == ["a.agent-1", "t.acme.2026-12"]
+    paths = {t.field_path: t.increment.integer_value for t in pbs[1].update_transforms}
+    assert paths["open"] == -1 and paths["h0610.usd_nanos"] == -USD  # the reserved one alone: $1 + 5 less 5
+
+
+@pytest.mark.xfail(
+    reason="BUG: commit_grant with a command (the new epoch is unreserved: the tenant's budget was removed) writes "
+    "no reserve document at all, but the plan also released an older, reserved previous epoch (two endings "
+    "within a grace): its return (plan.adjust) and its open -1 are dropped, and the ledger forgets it. The "
+    "reserve keeps its unspent charge and one open epoch for good (raise_reserve only raises).",
+    strict=True,
+)
+def test_a_grant_without_a_budget_still_returns_a_reserved_previous_epoch(fake: _Client) -> None:
+    live = replace(EPOCH, id="bbbbbbbbbbbb", started_at=T0 - timedelta(seconds=30), tokens_limited=False)
+    older = replace(PREVIOUS, id="aaaaaaaaaaaa", expires_at=T0 - timedelta(seconds=20))
+    led = Ledger("agent-1", "acme", epoch=live, previous=older)
+    p = plan(led, [], LeaseUse(lease_id=None, request_id="request-0001"))  # a restart, the budget gone
+    assert p.started and not p.epoch.reserved and p.released is not None and p.released.epoch.reserved
+    assert p.adjust[(Period.HOUR, "2026-12-06T10")] == Amount(-USD - 5, -3)  # the domain returns it
+    commit_grant(Snapshot(led, DatetimeWithNanoseconds(2026, 12, 6, tzinfo=UTC)), p, request_id="r1", grace_s=60,
+                 command={"type": "lease", "lease_id": p.lease_id})  # fmt: skip
+    [pbs] = fake.commits
+    assert "t.acme.2026-12" in docs_of(pbs)
