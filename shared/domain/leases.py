@@ -30,44 +30,9 @@ from typing import Any
 from fleet_agent.contracts import LeaseUse, epoch_of, seq_of
 
 from shared.domain.budgets import Limit
+from shared.domain.lease_amounts import ZERO, Amount, Slot
 from shared.domain.periods import Period, Window, window, windows
 from shared.domain.pricing import to_nanos
-
-
-@dataclass(frozen=True)
-class Amount:
-    """USD (integer nano-dollars) and tokens."""
-
-    usd_nanos: int = 0
-    tokens: int = 0
-
-    def get(self, metric: str) -> int:
-        return self.usd_nanos if metric == "usd" else self.tokens
-
-    def __add__(self, other: Amount) -> Amount:
-        return Amount(self.usd_nanos + other.usd_nanos, self.tokens + other.tokens)
-
-    def __sub__(self, other: Amount) -> Amount:
-        return Amount(self.usd_nanos - other.usd_nanos, self.tokens - other.tokens)
-
-    def __neg__(self) -> Amount:
-        return Amount(-self.usd_nanos, -self.tokens)
-
-    def clamp(self, low: int = 0) -> Amount:
-        return Amount(max(low, self.usd_nanos), max(low, self.tokens))
-
-    def as_dict(self) -> dict[str, int]:
-        return {"usd_nanos": self.usd_nanos, "tokens": self.tokens}
-
-    @classmethod
-    def of(cls, data: Any) -> Amount:
-        data = data if isinstance(data, dict) else {}
-        return cls(int(data.get("usd_nanos") or 0), int(data.get("tokens") or 0))
-
-
-ZERO = Amount()
-#: A reserve counter's address: the period and the window's key.
-Slot = tuple[Period, str]
 
 
 @dataclass(frozen=True)

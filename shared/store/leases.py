@@ -160,14 +160,16 @@ def commit_grant(
         "answered": answered[:ANSWERED],
     }
     writes: list[Increments] = []
+    opened: dict[str, int] = {}
+    if plan.started and plan.epoch.reserved:
+        opened[_month_of(plan.epoch)] = 1
+    if plan.released is not None and plan.released.epoch.reserved:
+        month = _month_of(plan.released.epoch)
+        opened[month] = opened.get(month, 0) - 1
     if command is None:
-        opened: dict[str, int] = {}
-        if plan.started:
-            opened[_month_of(plan.epoch)] = 1
-        if plan.released is not None and plan.released.epoch.reserved:
-            month = _month_of(plan.released.epoch)
-            opened[month] = opened.get(month, 0) - 1
         writes = reserve_store.writes(ledger.tenant, plan.deltas(), opened)
+    elif opened or plan.adjust:  # no budget now, but an older epoch that was reserved is returned
+        writes = reserve_store.writes(ledger.tenant, plan.adjust, opened)
     client = db.client()
     batch = client.batch()
     ref = _ref(ledger_id(ledger.agent_id))

@@ -29,7 +29,8 @@ from shared.domain.periods import Period
 
 USD = 1_000_000_000  # nano-dollars
 T0 = datetime(2026, 12, 6, 11, 20, tzinfo=UTC)
-CFG = Config()  # ttl 300 s, grace 60 s, horizon 60 s, min $0.01 and 4096 tokens, tolerance 1 %, shared retry 30 s
+# ttl 300 s, grace 60 s, horizon 60 s (the default is 300), min $0.01 and 4096 tokens, tolerance 1 %, retry 30 s
+CFG = Config(horizon_s=60)
 EPOCH_A, EPOCH_B, EPOCH_C = "aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"
 HOUR, DAY, MONTH = (Period.HOUR, "2026-12-06T11"), (Period.DAY, "2026-12-06"), (Period.MONTH, "2026-12")
 WINDOWS = {Period.HOUR: HOUR[1], Period.DAY: DAY[1], Period.MONTH: MONTH[1]}

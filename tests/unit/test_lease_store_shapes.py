@@ -306,13 +306,6 @@ def test_release_writes_no_reserve_for_an_unreserved_epoch(fake: _Client) -> Non
     assert paths["open"] == -1 and paths["h0610.usd_nanos"] == -USD  # the reserved one alone: $1 + 5 less 5
 
 
-@pytest.mark.xfail(
-    reason="BUG: commit_grant with a command (the new epoch is unreserved: the tenant's budget was removed) writes "
-    "no reserve document at all, but the plan also released an older, reserved previous epoch (two endings "
-    "within a grace): its return (plan.adjust) and its open -1 are dropped, and the ledger forgets it. The "
-    "reserve keeps its unspent charge and one open epoch for good (raise_reserve only raises).",
-    strict=True,
-)
 def test_a_grant_without_a_budget_still_returns_a_reserved_previous_epoch(fake: _Client) -> None:
     live = replace(EPOCH, id="bbbbbbbbbbbb", started_at=T0 - timedelta(seconds=30), tokens_limited=False)
     older = replace(PREVIOUS, id="aaaaaaaaaaaa", expires_at=T0 - timedelta(seconds=20))
