@@ -194,8 +194,8 @@ class LeaseWallet:
                 epoch = self._epoch = Epoch(epoch_id)
                 epoch.balance, epoch.tokens = usd, lease.tokens
             epoch.seqs.add(seq)
-            epoch.lease_id = lease.lease_id
-            if seq >= epoch.max_seq:
+            if seq >= epoch.max_seq:  # a re-sent older grant arriving after a newer one leaves the latest named
+                epoch.lease_id = lease.lease_id
                 epoch.max_seq, epoch.expires_ts, epoch.expires_at = seq, expires, lease.expires_at
             epoch.granted_ts = max(epoch.granted_ts, issued)
             epoch.after_grant = epoch.balance - epoch.reserved
