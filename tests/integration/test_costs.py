@@ -355,7 +355,8 @@ def test_the_month_document_counts_each_model_per_day_with_failures_and_repeats(
     agent_id = f"sdk-{uuid.uuid4().hex[:10]}"
     started = datetime.now(UTC)
     reg = registration(agent_id, tenant=tenant)
-    with FleetAgent(reg, project=PROJECT, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
+    # Without leases: this is about the month document's counters, not about waiting for a first grant.
+    with FleetAgent(reg, project=PROJECT, leases=False, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
         agent.register()
         wait_for(lambda: agent_doc(firestore, agent_id))
         for prompt in ["hello", "bye", "hello", "hello"]:  # the 2nd and 3rd "hello" are repeats
