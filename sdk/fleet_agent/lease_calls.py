@@ -91,8 +91,10 @@ class LeaseCalls:
                 if got.ask is not None:
                     self._ask(LeaseRequest(got.ask))
                 return got
-            short = got
+            pricing, short = short.unpriced is not None, got
             answered = wallet.answered(request_id)
+            if answered and pricing and short.unpriced is None and time.monotonic() < deadline:
+                continue  # the answer priced the model, sized without knowing the call: ask for what it needs
             if answered or time.monotonic() >= deadline:
                 break
         if self._fail_open and not answered:

@@ -341,7 +341,7 @@ def test_an_offline_agent_stops_at_its_lease(stack, api, tmp_path) -> None:
             except CallRefused as exc:
                 refused, took = exc, time.monotonic() - began
         assert refused is not None and refused.reason == "lease_exhausted", refused
-        assert 0.45 <= took <= 2.0, took  # it waited lease_wait_s for a grant that never came
+        assert 0.45 <= took <= 3.0, took  # it waited lease_wait_s (0.5 s) for a grant that never came
         assert applied.granted_usd(held.epoch) == granted  # nothing arrived after the cut
         assert Decimal("0.001") * made <= granted
         agent.costs.flush()
