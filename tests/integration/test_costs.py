@@ -306,7 +306,9 @@ def test_the_sdk_refuses_calls_once_the_fleet_stops_the_agent_at_its_hard_limit(
 
     agent_id = f"sdk-{uuid.uuid4().hex[:10]}"
     reg = registration_for(agent_id, tenant, BudgetSpec(hourly_usd=Decimal("0.50")))
-    with FleetAgent(reg, project=PROJECT, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
+    # Without leases: this is the after-the-fact hold (budget_exhausted); leases stop the agent earlier,
+    # with lease_exhausted (tests/integration/test_leases.py).
+    with FleetAgent(reg, project=PROJECT, leases=False, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
         agent.listen()  # enrolling: started by register(), on the subscription the fleet made for the agent
         agent.register()
         wait_for(lambda: agent_doc(firestore, agent_id))
@@ -353,7 +355,8 @@ def test_the_month_document_counts_each_model_per_day_with_failures_and_repeats(
     agent_id = f"sdk-{uuid.uuid4().hex[:10]}"
     started = datetime.now(UTC)
     reg = registration(agent_id, tenant=tenant)
-    with FleetAgent(reg, project=PROJECT, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
+    # Without leases: this is about the month document's counters, not about waiting for a first grant.
+    with FleetAgent(reg, project=PROJECT, leases=False, **sdk_identity(tmp_path, agent_id, tenant)) as agent:
         agent.register()
         wait_for(lambda: agent_doc(firestore, agent_id))
         for prompt in ["hello", "bye", "hello", "hello"]:  # the 2nd and 3rd "hello" are repeats

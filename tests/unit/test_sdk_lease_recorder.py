@@ -426,3 +426,32 @@ def test_a_batch_names_the_highest_lease_applied_not_the_latest(publisher: FakeP
     assert [use.lease_id for use in leases(publisher)] == [f"{EPOCH_A}.3"]
     state = rec.lease
     assert state is not None and state.lease_id == f"{EPOCH_A}.3" and state.balance_usd == Decimal("2.9996")
+
+
+def test_a_grant_that_only_priced_the_model_is_followed_by_a_request_for_what_the_call_needs(
+    publisher: FakePublisher,
+) -> None:
+    """The first call on a model no lease prices asks for its price (no amount: the call's worst case is
+    unknown); the fleet's answer, sized without it, may be too small. The call asks again, with its need,
+    within the same wait, instead of being refused although the fleet never heard what it needs."""
+    rec = recorder(publisher, lease_wait_s=5.0)
+    original = publisher.publish
+    seq = iter(range(1, 10))
+
+    def answer(data: bytes) -> None:
+        use = json.loads(data)["data"]["lease"]
+        if not use.get("request_id"):
+            return  # records only: nothing to answer
+        usd = "0.0001" if use.get("need_usd") is None else use["need_usd"]
+        rec.apply(lease(f"{EPOCH_A}.{next(seq)}", usd, request_id=use["request_id"]))
+
+    def publish(topic: str, data: bytes, **attrs: str) -> Any:
+        future = original(topic, data, **attrs)
+        threading.Thread(target=answer, args=(data,)).start()  # the fleet answers every request
+        return future
+
+    publisher.publish = publish  # type: ignore[method-assign]
+    spend(rec, 100)  # $0.0004: more than the $0.0001 the pricing answer grants
+    asked = leases(publisher)
+    assert [u.models for u in asked[:2]] == [["gpt-4o"], []]  # then, maybe, an ask ahead: the lease is spent
+    assert asked[1].need_usd == Decimal("0.0004")

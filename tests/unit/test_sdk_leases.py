@@ -92,6 +92,17 @@ def test_a_lease_id_applies_once_and_a_late_older_epoch_is_ignored() -> None:
     assert balance(wallet) == 1
 
 
+def test_an_older_grant_of_the_epoch_arriving_last_leaves_the_latest_named() -> None:
+    """A lost grant re-sent by the fleet may arrive after a newer one: batches must still name the newest
+    (the fleet re-sends the latest to a batch naming an older one, and the SDK ignores that re-send)."""
+    wallet = wallet_at()
+    wallet.grant(grant(f"{EPOCH_A}.1", "1"), at(0))
+    wallet.grant(grant(f"{EPOCH_A}.3", "1"), at(5))
+    assert wallet.grant(grant(f"{EPOCH_A}.2", "1"), at(3))  # the re-send of .2, late
+    state = wallet.snapshot()
+    assert state is not None and (state.lease_id, state.balance_usd) == (f"{EPOCH_A}.3", 3)
+
+
 def test_a_blocking_command_revokes_and_an_older_lease_does_not_revive() -> None:
     wallet = wallet_at()
     wallet.grant(grant(f"{EPOCH_A}.1", "1"), at(0))
