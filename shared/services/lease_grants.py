@@ -79,7 +79,7 @@ def grant(
             tenant_limits=tenant_limits, reserve=reserve.totals, open_epochs=reserve.open_epochs,
             request=request, new_epoch_id=secrets.token_hex(6), cfg=c, asked_at=asked_at,
         )  # fmt: skip
-        priced = _models(ledger, request, models)
+        priced = _models(ledger, request, models, now)
         # Without a tenant budget nothing but the agent's own limits cuts the grant (already applied): it
         # is final in one commit, and the reserve is not written (it is seeded when a budget is set).
         final = None
@@ -147,12 +147,16 @@ def _say_short(agent: AgentRecord, plan: domain.GrantPlan, after: dict[domain.Sl
         episode_store.raise_once(spend.budget_alert(finding, agent.tenant, agent.agent_id if mine else None, now))
 
 
-def _models(ledger: Ledger, request: LeaseUse | None, used: list[str] | None) -> list[str]:
-    """The models a lease prices: asked for, used in the batch, priced by the previous lease (at most 32)."""
+def _models(ledger: Ledger, request: LeaseUse | None, used: list[str] | None, now: datetime) -> list[str]:
+    """The models a lease prices: asked for, used in the batch, priced by the previous lease (at most 32);
+    for an agent's first lease (a restart, say), the models it used today (one read), so its first call
+    need not wait for a price."""
     out: list[str] = list(request.models) if request is not None else []
     out += used or []
     last = (ledger.last or {}).get("lease") or {}
     out += list((last.get("prices") or {}).keys())
+    if not out and ledger.epoch is None and ledger.previous is None:
+        out += sorted(usage_store.agent_day_models(ledger.agent_id, now.date()))
     return list(dict.fromkeys(out))[:32]
 
 
