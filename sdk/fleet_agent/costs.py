@@ -331,8 +331,9 @@ class CostRecorder(LeaseCalls):
                 self._first_at = time.monotonic()
                 self._wake.set()
             full = len(self._records) >= self._max_records
-            if reservation is not None and reservation.ask is not None:
-                self._flush_locked(reservation.ask)  # the ask ahead leaves with this record
+            ask = reservation.ask if reservation is not None else None
+            if ask is not None and self._wallet is not None and (send := self._wallet.send_deferred(ask.request_id)):
+                self._flush_locked(send)  # the ask ahead leaves with this record
                 full = False
         if full:
             self.flush()

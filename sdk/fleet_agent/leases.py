@@ -26,109 +26,17 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from fleet_agent.call_records import cost_nanos, exact_usd, femto, to_nanos
 from fleet_agent.contracts import MAX_REQUEST_MODELS, LeaseGrant, epoch_of, seq_of
+from fleet_agent.lease_records import Epoch, LeaseRequest, LeaseState, Reservation, Shortfall, Waiter
 
+#: Seconds a deferred ask ahead (waiting for its call to end) keeps another from being made.
+DEFERRED_ASK_S = 120.0
 #: Requests remembered as answered (a waiter checks whether the request it shares was answered).
 _ANSWERED_MEMORY = 64
-
-
-@dataclass(eq=False, slots=True)
-class Epoch:
-    """One epoch's state. Mutable, guarded by the wallet's lock; an epoch that was replaced or dropped
-    stays referenced by the reservations and buffered records made under it (its ``over`` still grows)."""
-
-    id: str
-    #: The highest lease applied in it, and its seq.
-    lease_id: str = ""
-    max_seq: int = -1
-    seqs: set[int] = field(default_factory=set)
-    #: Nanos; may go below 0 by what calls cost beyond their estimate.
-    balance: int = 0
-    #: None: no token limit in this epoch.
-    tokens: int | None = 0
-    reserved: int = 0
-    reserved_tokens: int = 0
-    over: int = 0
-    over_tokens: int = 0
-    #: Monotonic: when the highest grant arrived, and when its lifetime ends.
-    granted_ts: float = 0.0
-    expires_ts: float = 0.0
-    #: The fleet's expiry (for display).
-    expires_at: datetime | None = None
-    #: What was left (unreserved) after the latest grant: asking ahead starts under half of it.
-    after_grant: int = 0
-    after_grant_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class LeaseState:
-    """A snapshot of the lease an agent spends (``CostRecorder.lease``)."""
-
-    epoch: str
-    #: The highest lease applied in this epoch.
-    lease_id: str
-    balance_usd: Decimal
-    #: None: no token limit in this epoch.
-    balance_tokens: int | None
-    reserved_usd: Decimal
-    reserved_tokens: int
-    #: The fleet's expiry of the epoch (for display: the wallet ends it on its monotonic clock).
-    expires_at: datetime
-    #: What calls cost beyond their estimate in this epoch (cumulative).
-    over_usd: Decimal
-    over_tokens: int
-
-
-@dataclass(slots=True)
-class Reservation:
-    """A call's worst case, reserved in ``epoch`` until :meth:`LeaseWallet.settle`."""
-
-    epoch: Epoch
-    usd: int
-    tokens: int
-    input_femto: int
-    output_femto: int
-    #: A request for more to send now (asking ahead), or None.
-    ask: LeaseRequest | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Shortfall:
-    """Why a call does not fit (``reason``: ``lease_exhausted`` or ``unknown_model``) and what it needs."""
-
-    reason: str
-    usd: int
-    tokens: int
-    #: The model no lease has priced, or None.
-    unpriced: str | None
-    #: The wallet's generation when it was found: wait for a change from it.
-    generation: int
-    #: Seconds until the fleet has room again (a grant's ``retry_after_s``): refuse at once; 0: ask.
-    no_room_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRequest:
-    """A request for a lease to put on a batch (``LeaseUse.request_id``, ``need_*``, ``models``)."""
-
-    request_id: str
-    usd: int | None = None
-    tokens: int | None = None
-    models: tuple[str, ...] = ()
-
-
-@dataclass(eq=False, slots=True)
-class Waiter:
-    """A call waiting for a lease, and what it needs (a request sums the needs of the calls waiting)."""
-
-    usd: int
-    tokens: int
-    unpriced: str | None
 
 
 class LeaseWallet:
@@ -152,6 +60,9 @@ class LeaseWallet:
         self._floor = float("-inf")
         self._prices: dict[str, tuple[int, int, float]] = {}  # model -> (in femto, out femto, issued_at)
         self._request: tuple[str, float, frozenset[str]] | None = None  # (id, sent (monotonic), models)
+        #: An ask ahead made by a call, sent with its record once the call is over: not yet a request a
+        #: waiting call could share (it would wait for a request nobody sent). (id, made (monotonic))
+        self._deferred: tuple[str, float] | None = None
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._waiters: set[Waiter] = set()
         self._no_room_until = float("-inf")  # monotonic: a grant's retry_after_s
@@ -214,6 +125,8 @@ class LeaseWallet:
             self._answered.popitem(last=False)
         if self._request is not None and self._request[0] == request_id:
             self._request = None
+        if self._deferred is not None and self._deferred[0] == request_id:
+            self._deferred = None
 
     def _live(self, now: float) -> Epoch | None:
         """The current epoch, ended first if it has expired (under the lock; ``now`` monotonic)."""
@@ -256,7 +169,7 @@ class LeaseWallet:
                 self._waiters.discard(waiter)
             epoch.reserved += usd
             epoch.reserved_tokens += tokens
-            return Reservation(epoch, usd, tokens, price[0], price[1], self._ask_ahead(epoch, now))
+            return Reservation(epoch, usd, tokens, price[0], price[1], self._ask_ahead(epoch, now, deferred=True))
 
     def settle(
         self, reservation: Reservation | None, model: str, tokens: tuple[int, int], cost: Decimal | None
@@ -293,11 +206,13 @@ class LeaseWallet:
 
     # -- requests ------------------------------------------------------------------------------------
 
-    def _ask_ahead(self, epoch: Epoch, now: float) -> LeaseRequest | None:
+    def _ask_ahead(self, epoch: Epoch, now: float, *, deferred: bool = False) -> LeaseRequest | None:
         """A new request when the epoch runs low (under half of what it was after its latest grant, or
         less than a fifth of its lifetime left), no request is outstanding and the fleet has not said it
-        has no room (under the lock)."""
+        has no room (under the lock). ``deferred``: it leaves later, with a call's record (:meth:`sent`)."""
         if (self._request is not None and now - self._request[1] < self.wait_s) or now < self._no_room_until:
+            return None
+        if self._deferred is not None and now - self._deferred[1] < DEFERRED_ASK_S:
             return None
         low = 2 * (epoch.balance - epoch.reserved) < epoch.after_grant or (
             epoch.tokens is not None and 2 * (epoch.tokens - epoch.reserved_tokens) < epoch.after_grant_tokens
@@ -306,7 +221,22 @@ class LeaseWallet:
         late = 5 * (epoch.expires_ts - now) < lifetime and now - self._last_call_ts <= lifetime
         if not (low or late):
             return None
+        if deferred:
+            request = LeaseRequest(uuid.uuid4().hex)
+            self._deferred = (request.request_id, now)
+            return request
         return self._new_request(now, None)
+
+    def send_deferred(self, request_id: str) -> LeaseRequest | None:
+        """The deferred ask ahead to send now (with its call's record), carrying what calls waiting now
+        need; from then on a request they share. None once answered, or while the fleet said it has no room."""
+        with self._lock:
+            if self._deferred is None or self._deferred[0] != request_id:
+                return None
+            self._deferred, now = None, self.monotonic()
+            if now < self._no_room_until or request_id in self._answered:
+                return None
+            return self._new_request(now, None, request_id)
 
     def ask_ahead(self) -> LeaseRequest | None:
         """For a background check: a request to send now, when the epoch runs low or nearly expires and
@@ -342,7 +272,7 @@ class LeaseWallet:
             request = self._new_request(now, waiter.unpriced)
             return request.request_id, request, self.wait_s
 
-    def _new_request(self, now: float, model: str | None) -> LeaseRequest:
+    def _new_request(self, now: float, model: str | None, request_id: str | None = None) -> LeaseRequest:
         """A request whose need is the sum of the worst cases of the calls waiting now (under the lock)."""
         waiters = self._waiters
         priced = [w.usd for w in waiters if w.unpriced is None]
@@ -350,7 +280,7 @@ class LeaseWallet:
         wanted.update(dict.fromkeys(sorted(w.unpriced for w in waiters if w.unpriced is not None)))
         models = tuple(wanted)[:MAX_REQUEST_MODELS]
         request = LeaseRequest(
-            uuid.uuid4().hex,
+            request_id or uuid.uuid4().hex,
             sum(priced) if priced else None,
             sum(w.tokens for w in waiters) if waiters else None,
             models,
