@@ -254,8 +254,13 @@ def plan_grant(
         granted = Amount(granted.usd_nanos, max(granted.tokens, in_epoch.tokens))
     seed = ledger.epoch.rate if started and ledger.epoch is not None else ZERO
     rate, sizing = _rate(epoch, now=now, in_epoch=in_epoch, hour=spend.windows[Period.HOUR], wins=wins, seed=seed)
-    unspent = epoch.unspent(in_epoch) + (previous.unspent(spend.of(previous)) if previous is not None else ZERO)
-    committed = {period: spend.windows[period] + unspent for period in Period}
+    unspent = epoch.unspent(in_epoch)
+    left = previous.unspent(spend.of(previous)) if previous is not None else ZERO
+    # The previous epoch's unspent charge counts in its own windows only (an hour that ended is not this one).
+    committed = {
+        p: spend.windows[p] + unspent + (left if previous is not None and previous.windows[p] == wins[p].key else ZERO)
+        for p in Period
+    }
     want, short = _size(
         now=now, rate=sizing, committed=committed, agent_limits=agent_limits, tenant_limits=tenant_limits,
         reserve=reserve, adjust=adjust, sharing=max(1, open_epochs + (1 if started and previous is None else 0)),
@@ -345,14 +350,17 @@ def retry_after(plan: GrantPlan, kept_amount: Amount, need: Amount, now: datetim
     """Seconds before the agent should ask again, when what it got leaves its waiting call unserved: when
     every short limit of its own has reset (the call needs them all), or sooner, when its previous epoch's
     unspent charge comes back; a short wait for a shared limit (other agents' leases return to the pool)."""
-    if need == ZERO or (kept_amount.usd_nanos >= need.usd_nanos and kept_amount.tokens >= need.tokens):
+    tokens_short = plan.epoch.tokens_limited and kept_amount.tokens < need.tokens  # else no token budget applies
+    if need == ZERO or (kept_amount.usd_nanos >= need.usd_nanos and not tokens_short):
         return None
     own = [lim for scope, lim in plan.short if scope == "agent"]
     if not own:
         return cfg.shared_retry_s
     wait = max(window(lim.period, now).resets_at for lim in own) - now
-    if plan.previous is not None:
-        wait = min(wait, plan.previous.release_at(cfg.grace_s) + timedelta(seconds=cfg.shared_retry_s) - now)
+    # The agent's own unspent leases count against its limit until they return: by the open epoch's end
+    # at the latest (then a new epoch may hold what it could not spend), or the previous epoch's.
+    soonest = min(e.release_at(cfg.grace_s) for e in (plan.epoch, plan.previous) if e is not None)
+    wait = min(wait, soonest + timedelta(seconds=cfg.shared_retry_s) - now)
     return max(1, int(wait.total_seconds()))
 
 

@@ -176,6 +176,9 @@ class EpochTag:
     """The lease epoch a batch was spent under, and the most its agent reports spending beyond estimates."""
 
     epoch_id: str
+    #: The epoch's hour (``YYYY-MM-DDTHH``): its counter lives in the agent's document of that hour,
+    #: whatever hour the agent's clock put the records in.
+    hour: str
     over_nanos: int = 0
     over_tokens: int = 0
 

@@ -96,6 +96,8 @@ def grant(
         after, update_time = committed
         keep = domain.kept(plan, after) if final is None else plan.want
         retry = domain.retry_after(plan, keep, need, now, c)
+        if retry is None and request is not None and _unpriced(request, priced, agent):
+            retry = c.shared_retry_s  # a model no table prices: refused at once for a while, not asked again each call
         command = final or _command(agent, plan, keep, request, priced, now, retry)
         if final is None:
             store.finish(ledger, plan, plan.want - keep, command=_json(command), update_time=update_time)
@@ -119,14 +121,17 @@ def resend_last(agent: AgentRecord, now: datetime, *, ledger: Ledger | None = No
     command = Command.model_validate(last)
     if command.lease is None or not command.lease.lease_id.startswith(epoch.id + "."):
         return None
-    return command
+    # Re-stamped now: the SDK ends an epoch its lifetime (expires_at - issued_at) after a grant arrives, so a
+    # re-sent grant must carry only what is left of it.
+    return command.model_copy(update={"issued_at": max(now, command.issued_at)})
 
 
 def spend_of(agent_id: str, ledger: Ledger, now: datetime) -> domain.Spend:
-    """The agent's exact spend in the current windows (one read) and its epochs' own (one or two reads)."""
-    current = usage_store.agent_periods(agent_id, now)
+    """The agent's exact spend in the current windows (one read) and its epochs' own (one or two reads).
+    The epochs' first: a batch counted between the two reads then makes the commitment higher, not lower."""
     epochs = [(e.id, e.hour) for e in (ledger.epoch, ledger.previous) if e is not None]
     own = usage_store.epoch_spend(agent_id, epochs) if epochs else {}
+    current = usage_store.agent_periods(agent_id, now)
     return domain.Spend(
         windows={period: Amount(t.usd_nanos, t.tokens) for period, (_w, t) in current.items()},
         epochs={epoch_id: Amount(*spent) for epoch_id, spent in own.items()},
@@ -145,6 +150,12 @@ def _say_short(agent: AgentRecord, plan: domain.GrantPlan, after: dict[domain.Sl
             budgets.Kind.HARD, scope, agent.agent_id if mine else agent.tenant, limit, win, slot_total, limit.hard or 0
         )
         episode_store.raise_once(spend.budget_alert(finding, agent.tenant, agent.agent_id if mine else None, now))
+
+
+def _unpriced(request: LeaseUse, models: list[str], agent: AgentRecord) -> bool:
+    """Whether the request asks for a model the agent's tenant has no price for."""
+    table = config.table_for(config.tenant(agent.tenant))
+    return any(table.lookup(model, agent.tenant) is None for model in request.models)
 
 
 def _models(ledger: Ledger, request: LeaseUse | None, used: list[str] | None, now: datetime) -> list[str]:

@@ -68,7 +68,7 @@ def before_count(agent: AgentRecord, batch: CostBatch, tally: Tally, *, tenant_b
     outside = reserve_store.outside_lease(agent.tenant, tally) if tenant_budget else []
     if named is not None and batch.lease is not None:
         over = batch.lease
-        tag = EpochTag(named.id, domain.nanos(over.over_usd), over.over_tokens)
+        tag = EpochTag(named.id, named.hour, domain.nanos(over.over_usd), over.over_tokens)
         # An epoch whose grants never went into the reserve (begun before the tenant had a budget): its
         # spend goes in as it is counted.
         return Context(ledger=ledger, epoch=named, tag=tag, extra=[] if named.reserved else outside)
@@ -107,14 +107,18 @@ def after_count(
         if granted is not None:
             agent_commands.publish([granted])
             sent.append(granted)
+        elif lease_grants.stopped(agent, now) and _may_resend(agent):
+            # A hold stops the agent: its request is answered with the hold's command again (it may have
+            # missed it), not with silence it could take for an unreachable fleet.
+            held = [holds.command_of(agent.agent_id, h) for h in agent.holds.values()]
+            agent_commands.publish(held)
+            sent += held
     return sent
 
 
 def _judge(agent: AgentRecord, epoch: domain.Epoch, applied: Applied, now: datetime) -> list[Command]:
     counted = applied.epoch
     assert counted is not None
-    if counted.hour != epoch.hour:
-        return []  # the epoch's spend spans two hour documents: judged by its batches of its own hour
     spent = Amount(counted.usd_nanos, counted.tokens)
     over = Amount(counted.over_nanos, counted.over_tokens)
     tolerance = lease_grants.cfg().tolerance

@@ -152,13 +152,9 @@ def apply(
         for minute, ops in tally.op_minutes.get(hour, {}).items():
             for op, count in ops.items():
                 recent.inc(("p", minute, op), count)
-        if epoch is not None and hour == max(tally.minutes):
-            total = tally.total
-            recent.inc(("l", epoch.epoch_id, "usd_nanos"), total.usd_nanos)
-            recent.inc(("l", epoch.epoch_id, "tokens"), total.tokens)
-            recent.maximum(("l", epoch.epoch_id, "over_nanos"), epoch.over_nanos)
-            recent.maximum(("l", epoch.epoch_id, "over_tokens"), epoch.over_tokens)
         writes.append(recent)
+    if epoch is not None:
+        _count_epoch(writes, tally, epoch)
     # _add_write_pbs is how the client's own set() adds a write to a batch.
     batch._add_write_pbs([write.to_pb(_ref(write.doc_id)._document_path) for write in writes])
     batch._add_write_pbs([write.to_pb(_path(write)) for write in extra])
@@ -172,6 +168,27 @@ def apply(
         tally, writes, results[1 : 1 + len(writes)], streak_default=tally.trailing_failures,
         writes_count=1 + len(writes) + len(extra),
     )  # fmt: skip
+
+
+def _count_epoch(writes: list[Increments], tally: Tally, epoch: EpochTag) -> None:
+    """The batch's cost on its lease epoch's own counter, in the agent's document of the epoch's hour: one
+    of the batch's hour documents, unless the agent's clock put every record in another hour (then one
+    more write)."""
+    doc_id = agent_hour_id(tally.agent_id, epoch.hour)
+    target = next((w for w in writes if w.doc_id == doc_id), None)
+    if target is None:
+        hour_starts = datetime.strptime(epoch.hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        target = Increments(
+            doc_id,
+            {"scope": "recent", "agent_id": tally.agent_id, "tenant": tally.tenant, "hour": epoch.hour,
+             "expire_at": hour_starts + HOUR_RETENTION},
+        )  # fmt: skip
+        writes.append(target)
+    total = tally.total
+    target.inc(("l", epoch.epoch_id, "usd_nanos"), total.usd_nanos)
+    target.inc(("l", epoch.epoch_id, "tokens"), total.tokens)
+    target.maximum(("l", epoch.epoch_id, "over_nanos"), epoch.over_nanos)
+    target.maximum(("l", epoch.epoch_id, "over_tokens"), epoch.over_tokens)
 
 
 def _path(write: Increments) -> str:
@@ -235,14 +252,11 @@ def agent_periods(agent_id: str, now: datetime) -> dict[Period, tuple[Window, To
 
 
 def epoch_spend(agent_id: str, epochs: Sequence[tuple[str, str]]) -> dict[str, tuple[int, int]]:
-    """Lease epochs' own spend: (epoch id, its hour ``YYYY-MM-DDTHH``) -> (nano-dollars, tokens), summed over
-    the hour documents its batches went to (its hour and the next: a call ending after the hour's end is
-    filed there). One read per distinct document, batched."""
+    """Lease epochs' own spend: (epoch id, its hour ``YYYY-MM-DDTHH``) -> (nano-dollars, tokens), from the
+    agent's document of that hour (every batch of an epoch counts there). One read per distinct hour."""
     hours: dict[str, list[str]] = {}
     for epoch_id, hour in epochs:
-        start = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
-        for h in (hour, (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H")):
-            hours.setdefault(h, []).append(epoch_id)
+        hours.setdefault(hour, []).append(epoch_id)
     out = {epoch_id: (0, 0) for epoch_id, _hour in epochs}
     if not hours:
         return out

@@ -291,7 +291,7 @@ def test_an_sdk_spending_beyond_its_lease_is_caught_and_paused(stack, firestore,
         assert wallet is not None
 
         def admit_anything(_wallet: Any, _model: str, _max: int | None, _prompt: int | None) -> Reservation:
-            epoch = wallet.current(time.time())
+            epoch = wallet.current()
             assert epoch is not None
             return Reservation(epoch, usd=10**12, tokens=10**9, input_femto=0, output_femto=0)  # "fits", over 0
 

@@ -181,11 +181,21 @@ def test_an_inherited_rate_does_not_outlive_a_slowdown() -> None:
 # -- when to ask again -------------------------------------------------------------------------------
 
 
+#: The open epoch (granted at T0, 300 s) returns what the agent did not spend 60 s after it ends; the agent
+#: asks again 30 s after that: its own unspent lease no longer counts against its limit.
+OPEN_EPOCH_RETURN = 300 + 60 + 30
+
+
 def test_retry_after_an_agent_limit_short_is_that_window_reset() -> None:
-    for period, expected in ((Period.HOUR, TO_NOON), (Period.DAY, TO_MIDNIGHT)):
+    for period in (Period.HOUR, Period.DAY):
         plan = grant(spend=spend(usd(0.7)), agent_limits=[lim(period, "usd", USD)], request=use(need="5"))
         assert plan.short == (("agent", lim(period, "usd", USD)),)
-        assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == expected
+        assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == min(OPEN_EPOCH_RETURN, TO_NOON)
+    near_reset = T0.replace(minute=59, second=50)  # the hour resets before the open epoch returns
+    plan = grant(
+        now=near_reset, spend=spend(usd(0.7)), agent_limits=[lim(Period.HOUR, "usd", USD)], request=use(need="5")
+    )
+    assert retry_after(plan, kept(plan, {}), usd(5), near_reset, CFG) == 10
 
 
 def test_retry_after_a_tenant_limit_short_is_the_shared_wait() -> None:
@@ -203,7 +213,7 @@ def test_retry_after_an_agent_and_a_tenant_limit_short_is_the_agent_reset() -> N
         tenant_limits=[lim(Period.DAY, "usd", USD)], reserve={Period.DAY: usd(0.9)}, request=use(need="5"),
     )  # fmt: skip
     assert {scope for scope, _ in plan.short} == {"agent", "tenant"}
-    assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == TO_NOON
+    assert retry_after(plan, kept(plan, {}), usd(5), T0, CFG) == min(TO_NOON, OPEN_EPOCH_RETURN)
 
 
 @pytest.mark.parametrize(
@@ -219,14 +229,15 @@ def test_no_retry_after_when_what_is_kept_covers_the_need(kept_amount: Amount, n
 def test_retry_after_tokens_short() -> None:
     plan = grant(agent_limits=[lim(Period.HOUR, "tokens", 1_000)], request=use(need="0.01", need_tokens=2_000))
     assert plan.want == usd(0.01, 1_000) and plan.short == (("agent", lim(Period.HOUR, "tokens", 1_000)),)
-    assert retry_after(plan, plan.want, usd(0.01, 2_000), T0, CFG) == TO_NOON
+    assert retry_after(plan, plan.want, usd(0.01, 2_000), T0, CFG) == min(TO_NOON, OPEN_EPOCH_RETURN)
 
 
 def test_retry_after_several_short_agent_limits_is_the_latest_reset() -> None:
     limits = [lim(Period.HOUR, "usd", USD), lim(Period.DAY, "usd", 5 * USD)]
     plan = grant(spend=spend(usd(0.7), usd(4.9)), agent_limits=limits, request=use(need="0.5"))
     assert len(plan.short) == 2 and plan.want == usd(0.1)
-    assert retry_after(plan, plan.want, usd(0.5), T0, CFG) == TO_MIDNIGHT
+    # The latest reset (midnight), bounded by the open epoch's return.
+    assert retry_after(plan, plan.want, usd(0.5), T0, CFG) == min(TO_MIDNIGHT, OPEN_EPOCH_RETURN)
 
 
 def test_retry_after_a_short_caused_by_the_previous_epoch_is_its_return() -> None:
