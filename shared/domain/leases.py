@@ -345,7 +345,9 @@ def retry_after(plan: GrantPlan, kept_amount: Amount, need: Amount, now: datetim
     """Seconds before the agent should ask again, when what it got leaves its waiting call unserved: when
     every short limit of its own has reset (the call needs them all), or sooner, when its previous epoch's
     unspent charge comes back; a short wait for a shared limit (other agents' leases return to the pool)."""
-    if need == ZERO or (kept_amount.usd_nanos >= need.usd_nanos and kept_amount.tokens >= need.tokens):
+    # Tokens count only under a token limit: without one a grant carries no tokens (the call's are unlimited).
+    tokens_short = plan.epoch.tokens_limited and kept_amount.tokens < need.tokens
+    if need == ZERO or (kept_amount.usd_nanos >= need.usd_nanos and not tokens_short):
         return None
     own = [lim for scope, lim in plan.short if scope == "agent"]
     if not own:
