@@ -355,11 +355,11 @@ def run_fleet(
                 sim.registration, project=project, publisher=publisher, metrics=sim.metrics, status=sim.status,
                 enrollment_token=tokens[sim.registration.tenant],
                 key_path=demo_identity.key_path(keys_dir, sim.agent_id),
-                leases=demo_costs.uses_leases(sim.agent_id, regs), lease_wait_s=demo_costs.LEASE_WAIT_S,
+                leases=demo_costs.uses_leases(sim.agent_id, regs),
             )  # fmt: skip
         shared = [
             FleetAgent(r, project=project, publisher=publisher, enrollment_token=tokens[r.tenant],
-                       key_path=demo_identity.key_path(keys_dir, r.agent_id), lease_wait_s=demo_costs.LEASE_WAIT_S)
+                       key_path=demo_identity.key_path(keys_dir, r.agent_id))
             for r in regs[len(fleet) :]
         ]  # fmt: skip
         agents = [*(s.agent for s in fleet if s.agent is not None), *shared]

@@ -32,13 +32,10 @@ from rich.text import Text
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-flash")
 LLM_TYPES = ("llm-chat", "llm-router", "evaluator")
 #: The demo tenant whose runaway threshold is lowered so a loop is caught within seconds.
-RUNAWAY_CALLS_PER_MINUTE = 150  # a normal agent makes under 100 calls in the demo's ~20 s of calls
+RUNAWAY_CALLS_PER_MINUTE = 300
 HOURLY_BUDGET_USD = Decimal("0.40")
 #: The tenant whose hourly budget a few agents share, and its limit: about 30 calls of gpt-4o.
 SHARED_TENANT, SHARED_AGENTS, SHARED_HOURLY_USD = "umbrella", 4, Decimal("0.30")
-#: How long a call waits for a lease: 58 agents asking at once (their first calls, each for its model's
-#: price) queue up at the local stack's one cost function for several seconds.
-LEASE_WAIT_S = 10.0
 SPECIAL = {"runaway": 40.0, "failing": 4.0, "budget": 5.0, "unpriced": 2.0, "shared": 5.0}
 
 
@@ -127,8 +124,10 @@ def shared_registrations(template: Registration) -> list[Registration]:
 
 
 def _stopped(refused: CallRefused) -> bool:
-    """A hold of the fleet's, or a lease the fleet refused to top up (not one that merely came late)."""
-    return bool(refused.blocks) or (refused.reason == "lease_exhausted" and "fleet answered" in str(refused))
+    """A hold of the fleet's, or a lease the fleet refused to top up (it has no room until ``until``, or
+    answered with too little), not one that merely came late."""
+    answered = refused.until is not None or "fleet answered" in str(refused)
+    return bool(refused.blocks) or (refused.reason == "lease_exhausted" and answered)
 
 
 def behaviours(agents: list[FleetAgent], rng: random.Random) -> list[CallSim]:

@@ -232,6 +232,14 @@ def test_retry_after_tokens_short() -> None:
     assert retry_after(plan, plan.want, usd(0.01, 2_000), T0, CFG) == min(TO_NOON, OPEN_EPOCH_RETURN)
 
 
+def test_no_retry_after_for_tokens_without_a_token_limit() -> None:
+    # The SDK always names its calls' tokens; without a token limit a grant carries none, and covers them.
+    for limits in ([], [lim(Period.HOUR, "usd", USD)]):
+        plan = grant(agent_limits=limits, request=use(need="0.01", need_tokens=1_750))
+        assert plan.want.tokens == 0 and plan.short == ()
+        assert retry_after(plan, plan.want, usd(0.01, 1_750), T0, CFG) is None
+
+
 def test_retry_after_several_short_agent_limits_is_the_latest_reset() -> None:
     limits = [lim(Period.HOUR, "usd", USD), lim(Period.DAY, "usd", 5 * USD)]
     plan = grant(spend=spend(usd(0.7), usd(4.9)), agent_limits=limits, request=use(need="0.5"))
