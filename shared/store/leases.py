@@ -269,7 +269,11 @@ def release(snap: Snapshot, releases: list[Release], now: datetime, grace_s: int
 
 def due(now: datetime, limit: int = 200) -> list[Snapshot]:
     """Ledgers with an epoch's charge due back (``release_at`` passed), oldest first."""
-    query = db.client().collection(LEASES).where("release_at", "<=", now).order_by("release_at").limit(limit)
+    # lazy: the Firestore client library, loaded on first use rather than at import (cold start)
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = db.client().collection(LEASES).where(filter=FieldFilter("release_at", "<=", now))
+    query = query.order_by("release_at").limit(limit)
     docs = list(query.stream(**db.call_options()))
     metering.count(reads=max(1, len(docs)))
     return [Snapshot(parse(doc.id.split(".", 1)[1], doc.to_dict()), doc.update_time) for doc in docs]
