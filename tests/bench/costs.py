@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 from fleet_agent.commands import CommandListener
-from fleet_agent.contracts import DEFAULT_TOPICS, BudgetSpec, CommandType, EventType, Registration, encode
+from fleet_agent.contracts import DEFAULT_TOPICS, BudgetSpec, Command, CommandType, EventType, Registration, encode
 from fleet_agent.costs import CallRefused, CostRecorder
 
 from emulators.stack import ROOT, Stack
@@ -208,20 +208,6 @@ def enforcement(stack: Stack, client: Any, api: Api, round_no: int) -> list[Stop
     listener = CommandListener(os.environ["GOOGLE_CLOUD_PROJECT"], label=f"bench-{round_no}", on_command=on_command)
     recorders = {a: CostRecorder(a, counting, topic) for a in agents}
 
-    class Target:
-        def __init__(self, recorder: CostRecorder) -> None:
-            self.recorder = recorder
-
-        @property
-        def agent_id(self) -> str:
-            return self.recorder.agent_id
-
-        def apply_command(self, data: bytes) -> Any:
-            from fleet_agent.contracts import Command
-
-            command = Command.model_validate_json(data)
-            return command if self.recorder.apply(command) else None
-
     for recorder in recorders.values():
         listener.add(Target(recorder))
     listener.start()
@@ -273,6 +259,21 @@ def enforcement(stack: Stack, client: Any, api: Api, round_no: int) -> list[Stop
         usage = api.call("GET", f"/v1/agents/{agent_id}/usage")["periods"]["hour"]
         result.overshoot_usd = Decimal(usage["spend_usd"]) - HOURLY_LIMIT_USD
     return list(results.values())
+
+
+class Target:
+    """A recorder as a command listener's target: it takes the commands (blocks, lease grants) to the recorder."""
+
+    def __init__(self, recorder: CostRecorder) -> None:
+        self.recorder = recorder
+
+    @property
+    def agent_id(self) -> str:
+        return self.recorder.agent_id
+
+    def apply_command(self, data: bytes) -> Any:
+        command = Command.model_validate_json(data)
+        return command if self.recorder.apply(command) else None
 
 
 def describe() -> list[str]:

@@ -15,11 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 from fleet_agent.commands import CommandListener
-from fleet_agent.contracts import DEFAULT_TOPICS, BudgetSpec, Command, EventType, Registration, encode
+from fleet_agent.contracts import DEFAULT_TOPICS, BudgetSpec, EventType, Registration, encode
 from fleet_agent.costs import CostRecorder
 
 from emulators.stack import Stack
-from tests.bench.costs import NO_RUNAWAY, Api, CountingPublisher
+from tests.bench.costs import NO_RUNAWAY, Api, CountingPublisher, Target
 from tests.bench.run import LogCounter, publish_all, publisher, wait_count
 
 AGENTS = int(os.environ.get("BENCH_LEASE_AGENTS", 20))
@@ -118,18 +118,3 @@ class Bench:
 def final(line: dict[str, Any]) -> bool:
     """An invocation that dealt with its batch: counted, a request alone (``lease_request``), a duplicate..."""
     return "firestore_writes" in line and line.get("outcome") not in (None, "retry", "failed")
-
-
-class Target:
-    """A recorder as the command listener's target: it applies ``lease`` grants and blocking commands."""
-
-    def __init__(self, recorder: CostRecorder) -> None:
-        self.recorder = recorder
-
-    @property
-    def agent_id(self) -> str:
-        return self.recorder.agent_id
-
-    def apply_command(self, data: bytes) -> Any:
-        command = Command.model_validate_json(data)
-        return command if self.recorder.apply(command) else None
