@@ -34,6 +34,10 @@ from shared.domain.lease_amounts import ZERO, Amount, Slot
 from shared.domain.periods import Period, Window, window, windows
 from shared.domain.pricing import to_nanos
 
+#: The largest single grant ($1M, 10^12 tokens): counters stay far inside Firestore's 64-bit integers
+#: whatever a request claims to need.
+MAX_LEASE = {"usd": 10**15, "tokens": 10**12}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -330,7 +334,7 @@ def _size(
                 want = min(want, max(room // sharing, min(room, need.get(metric))))
                 if room < need.get(metric):
                     short.append(("tenant", lim))
-        out[metric] = max(0, want)
+        out[metric] = max(0, min(want, MAX_LEASE[metric]))
     return Amount(out["usd"], out["tokens"] if tokens else 0), tuple(short)
 
 

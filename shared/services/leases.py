@@ -179,12 +179,23 @@ def _may_resend(agent: AgentRecord) -> bool:
     return True
 
 
-def release_due(now: datetime, limit: int = 200) -> int:
-    """Return the unspent charge of every epoch ended ``grace`` ago (the minute tick). Returns how many
-    epochs were returned."""
+def release_due(now: datetime, limit: int = 200, pages: int = 10) -> int:
+    """Return the unspent charge of every epoch ended ``grace`` ago (the minute tick), ``limit`` ledgers a
+    page, at most ``pages`` pages a tick (the rest the next minute). Returns how many epochs were returned."""
+    done = 0
+    for _page in range(pages):
+        returned, seen = _release_page(now, limit)
+        done += returned
+        if seen < limit:
+            break
+    return done
+
+
+def _release_page(now: datetime, limit: int) -> tuple[int, int]:
     grace = lease_grants.cfg().grace_s
     done = 0
-    for snap in store.due(now, limit):
+    due = store.due(now, limit)
+    for snap in due:
         ledger = snap.ledger
         ended = [e for e in (ledger.previous, ledger.epoch) if e is not None and e.release_at(grace) <= now]
         if not ended:
@@ -193,7 +204,7 @@ def release_due(now: datetime, limit: int = 200) -> int:
         releases = [domain.release(e, Amount(*spent[e.id])) for e in ended]
         if store.release(snap, releases, now, grace):
             done += len(releases)
-    return done
+    return done, len(due)
 
 
 def request_of(event_id: str) -> LeaseUse:
