@@ -32,7 +32,7 @@ from rich.text import Text
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-flash")
 LLM_TYPES = ("llm-chat", "llm-router", "evaluator")
 #: The demo tenant whose runaway threshold is lowered so a loop is caught within seconds.
-RUNAWAY_CALLS_PER_MINUTE = 300
+RUNAWAY_CALLS_PER_MINUTE = 150
 HOURLY_BUDGET_USD = Decimal("0.40")
 #: The tenant whose hourly budget a few agents share, and its limit: about 30 calls of gpt-4o.
 SHARED_TENANT, SHARED_AGENTS, SHARED_HOURLY_USD = "umbrella", 4, Decimal("0.30")
