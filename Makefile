@@ -27,7 +27,7 @@ TFSCHEMA_VENV ?= .venv-tfschema
 TFSCHEMA_STAMP := $(TFSCHEMA_VENV)/.installed
 SDK_LATEST_VENV ?= .venv-sdk-latest
 
-.PHONY: help setup tools up down status tick retrain demo test terraform-check secrets plan deploy unit integration lint schemas bench eval clean lock test-sdk-latest
+.PHONY: help setup tools browser up down status tick retrain demo test terraform-check secrets plan deploy unit integration lint schemas bench eval clean lock test-sdk-latest
 
 help:
 	@echo "make demo   - start the local stack, run a simulated fleet, print it, stop the stack"
@@ -89,12 +89,16 @@ lint: setup
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
-integration: setup tools
+# Debian's Chromium for the console's browser tests (tests/integration/browser.py); installs it where missing.
+browser:
+	bash emulators/ensure_chromium.sh
+
+integration: browser setup tools
 	$(PY) -m pytest -q tests/integration
 
 # The Terraform checks run beside the unit tests; FLEET_TF_ASSEMBLY lets tests/unit/test_terraform_schema.py
 # prove the schema check on the provider's real schema.
-test: setup tools lint $(TFSCHEMA_STAMP)
+test: browser setup tools lint $(TFSCHEMA_STAMP)
 	@( $(MAKE) --no-print-directory terraform-check > .terraform-check.log 2>&1; echo $$? > .terraform-check.rc ) & \
 	checks=$$!; status=0; \
 	FLEET_TF_ASSEMBLY=$(TFSCHEMA_VENV) $(PY) -m pytest -q tests/unit tests/integration || status=$$?; \

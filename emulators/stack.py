@@ -313,6 +313,7 @@ class Stack:
 
         bootstrap.build(topo, self.project, urls, overrides=self.subscription_overrides)
         self.env["FLEET_API_URL"] = urls["fleet-api"]
+        self.env["FLEET_CONSOLE_URL"] = urls["fleet-console"]
         # The request URL Slack would call, for slash commands and interactivity alike.
         self.env["SLACK_APP_URL"] = urls["fleet-slack"] + "/slack/events"
         self.env["FLEET_STACK_DIR"] = str(self.state_dir.resolve())

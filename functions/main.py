@@ -92,6 +92,15 @@ def api(request: Any) -> Any:
     return router.handle(request)
 
 
+@functions_framework.http
+def console(request: Any) -> Any:
+    """The web console (fleet-console): server-rendered pages signed in with an API key."""
+    # lazy: only fleet-console loads the console's templates and pages
+    from shared.console import app as console_app
+
+    return console_app.handle(request)
+
+
 @functions_framework.cloud_event
 def bench_baseline(event: CloudEvent) -> None:
     """The bare baseline of `make bench`: the same push path, one Firestore write, nothing else."""

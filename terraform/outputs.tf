@@ -3,6 +3,11 @@ output "api_url" {
   value       = google_cloudfunctions2_function.function["fleet-api"].service_config[0].uri
 }
 
+output "console_url" {
+  description = "The web console (fleet-console); sign in with an API key (fleetctl keys create)."
+  value       = google_cloudfunctions2_function.function["fleet-console"].service_config[0].uri
+}
+
 output "slack_request_url" {
   description = "The Slack app's request URL (slash commands and interactivity)."
   value       = "${google_cloudfunctions2_function.function["fleet-slack"].service_config[0].uri}/slack/events"

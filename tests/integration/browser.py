@@ -27,6 +27,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     """One headless Chromium for the session (Playwright's sync API)."""
+    # lazy: only the browser tests load Playwright
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")

@@ -26,6 +26,7 @@ from emulators.stack import Stack
 from shared.platform import settings
 from tests.fakes import fake_cloudrun, fake_gke, fake_k8s
 from tests.integration import helpers
+from tests.integration.browser import chromium, page  # noqa: F401  (fixtures of the console's browser tests)
 from tests.integration.helpers import PROJECT
 from tests.integration.keyring import Keyring
 

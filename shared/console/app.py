@@ -1,0 +1,190 @@
+"""The console's HTTP app (``functions/main.py: console``): routes, the session check, security headers.
+
+Routes: GET /sign-in (the form), POST /sign-in (an API key -> verified -> the session cookie, see
+shared/console/session.py), POST /sign-out, GET / (the fleet page), GET /fragments/fleet (the fleet
+table's body, polled by static/console.js every 5 s), GET /static/<file>, and pages still to come
+(spend, alerts, jobs, approvals). Without a valid session (no cookie, a revoked or unknown key) every
+page redirects to /sign-in. Every response carries a strict Content-Security-Policy (no inline script
+or style: the pages load /static/console.js and /static/console.css), nosniff and no-referrer.
+Templates are Jinja2 with autoescape on: every value from agents or users is escaped.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flask
+import jinja2
+
+from shared.console import fleet, session
+from shared.platform import logs
+from shared.store import api_keys, db
+from shared.store.api_keys import Principal
+
+log = logs.get_logger("console")
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+#: The files /static/ serves: exactly those shipped, by name (no path from the request reaches the disk).
+STATIC_FILES: dict[str, Path] = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+#: Navigation: (path, label). Pages other than the fleet say "coming soon" for now.
+NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
+COMING_SOON = {path: label for path, label in NAV if path != "/"}
+
+ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(template: str, status: int = 200, **context: Any) -> flask.Response:
+    body = ENV.get_template(template).render(nav=NAV, **context)
+    return flask.Response(body, status=status, mimetype="text/html")
+
+
+def _redirect(location: str) -> flask.Response:
+    response = flask.Response("", status=303)
+    response.headers["Location"] = location
+    return response
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def sign_in_form(request: flask.Request) -> flask.Response:
+    return render("sign_in.html", message=None, principal=None)
+
+
+def sign_in(request: flask.Request) -> flask.Response:
+    token = (request.form.get("key") or "").strip()
+    principal = api_keys.verify(token) if token and len(token) <= 4096 else None
+    if principal is None:
+        return render("sign_in.html", 401, message="That API key is invalid or revoked.", principal=None)
+    response = _redirect("/")
+    session.sign_in(response, request, token)
+    return response
+
+
+def sign_out(request: flask.Request) -> flask.Response:
+    response = _redirect("/sign-in")
+    session.sign_out(response, request)
+    return response
+
+
+def fleet_page(request: flask.Request, principal: Principal) -> flask.Response:
+    data = fleet.load(principal, request.args)
+    return render("fleet.html", principal=principal, fleet=data, states=fleet.STATES, active="/")
+
+
+def fleet_fragment(request: flask.Request, principal: Principal) -> flask.Response:
+    data = fleet.load(principal, request.args)
+    return render("fleet_rows.html", fleet=data)
+
+
+def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
+    title = COMING_SOON[request.path]
+    return render("coming_soon.html", principal=principal, title=title, active=request.path)
+
+
+def static_file(name: str) -> flask.Response:
+    path = STATIC_FILES.get(name)
+    if path is None:
+        return flask.Response("not found", status=404, mimetype="text/plain")
+    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    response = flask.Response(path.read_bytes(), mimetype=mimetype)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+Public = Callable[[flask.Request], flask.Response]
+Signed = Callable[[flask.Request, Principal], flask.Response]
+
+PUBLIC: dict[tuple[str, str], Public] = {
+    ("GET", "/sign-in"): sign_in_form,
+    ("POST", "/sign-in"): sign_in,
+    ("POST", "/sign-out"): sign_out,
+}
+SIGNED: dict[tuple[str, str], Signed] = {
+    ("GET", "/"): fleet_page,
+    ("GET", "/fragments/fleet"): fleet_fragment,
+    **{("GET", path): coming_soon for path in COMING_SOON},
+}
+
+
+# --- the entry point --------------------------------------------------------------------------
+
+
+def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
+    path = request.path.rstrip("/") or "/"
+    if request.method == "GET" and path == "/healthz":
+        return flask.Response("ok", mimetype="text/plain")
+    if request.method == "GET" and path.startswith("/static/"):
+        return static_file(path.removeprefix("/static/"))
+    key = (request.method, path)
+    if request.method == "POST" and not session.same_origin(request):
+        return flask.Response("cross-origin request refused", status=403, mimetype="text/plain")
+    public = PUBLIC.get(key)
+    if public is not None:
+        return public(request)
+    signed = SIGNED.get(key)
+    if signed is None:
+        known = {p for _, p in PUBLIC} | {p for _, p in SIGNED}
+        status = 405 if path in known else 404
+        return render("error.html", status, principal=None, title="Not found" if status == 404 else "Not allowed")
+    principal = session.principal(request)
+    if principal is None:
+        response = _redirect("/sign-in")
+        if session.COOKIE in request.cookies:  # a revoked or unknown key: forget it
+            session.sign_out(response, request)
+        return response
+    fields["key_id"] = principal.key_id
+    return signed(request, principal)
+
+
+def handle(request: flask.Request) -> flask.Response:
+    """Serve one request; never raises, logs one line, always sets the security headers."""
+    request_id = uuid.uuid4().hex
+    fields: dict[str, Any] = {"method": request.method, "path": request.path, "request_id": request_id}
+    with logs.invocation(log, **fields) as entry:
+        level = logging.INFO
+        try:
+            response = _dispatch(request, entry.fields)
+        except Exception as exc:
+            entry.fields["error"] = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, db.transient_errors()):
+                level = logging.WARNING
+                response = render("error.html", 503, principal=None, title="Firestore is unavailable; retry shortly")
+                response.headers["Retry-After"] = "1"
+            else:
+                level = logging.ERROR
+                entry.fields["exception"] = traceback.format_exc()
+                title = f"Internal error; see logs with request id {request_id}"
+                response = render("error.html", 500, principal=None, title=title)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers[name] = value
+        if "Cache-Control" not in response.headers:
+            response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Request-Id"] = request_id
+        entry.outcome(f"{request.method} {request.path} {response.status_code}", level, status=response.status_code)
+    return response

@@ -1,0 +1,148 @@
+"""The fleet page's data: agents by status and tenant, with liveness rung, security score, identity, last
+heartbeat and spend today, filtered server-side by the query string.
+
+Tenant and status narrow the Firestore query itself (as GET /v1/agents does); type, capability, label and
+version are applied to that page in memory. A tenant-scoped key sees only its tenant, whatever it asks.
+Spend today is one read per agent shown (the agent's month counters, shared/store/usage.agent_periods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fleet_agent.contracts import AGENT_ID_PATTERN
+
+from shared.api import core
+from shared.api.bodies import agent_view
+from shared.domain.agent_record import AgentRecord
+from shared.domain.lifecycle import State
+from shared.domain.periods import Period
+from shared.domain.pricing import format_usd
+from shared.store import agents as agent_store
+from shared.store import usage as usage_store
+from shared.store.api_keys import Principal
+
+#: At most this many agents on the page (the API's largest page).
+MAX_AGENTS = core.MAX_PAGE_SIZE
+STATES = tuple(s.value for s in State)
+FILTERS = ("tenant", "status", "type", "capability", "label", "version")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The fleet page's filters from the query string (empty: not filtered). Invalid values are dropped
+    with a note, not refused: a page still renders."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def get(self, name: str) -> str:
+        return self.values.get(name, "")
+
+
+@dataclass(frozen=True)
+class Row:
+    agent_id: str
+    tenant: str
+    name: str
+    agent_type: str
+    version: str
+    status: str
+    liveness: str
+    security_score: int | float
+    identity: str
+    last_heartbeat_at: datetime | None
+    spend_today_usd: str
+    capabilities: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    rows: list[Row]
+    filters: Filters
+    #: The tenant the key is scoped to (None: every tenant).
+    scope: str | None
+    truncated: bool
+    by_status: dict[str, int]
+
+
+def parse_filters(args: Any, principal: Principal) -> Filters:
+    """The filters of ``request.args``; a scoped key's tenant replaces any other."""
+    values: dict[str, str] = {}
+    notes: list[str] = []
+    for name in FILTERS:
+        value = (args.get(name) or "").strip()[:200]
+        if value:
+            values[name] = value
+    tenant = values.get("tenant")
+    if tenant is not None and not core.is_agent_id(tenant):
+        notes.append(f"tenant must match {AGENT_ID_PATTERN}; ignored")
+        values.pop("tenant")
+    if principal.tenant is not None:
+        if tenant is not None and tenant != principal.tenant:
+            notes.append(f"this API key only sees tenant {principal.tenant}")
+        values["tenant"] = principal.tenant
+    status = values.get("status")
+    if status is not None and status not in STATES:
+        notes.append(f"status must be one of: {', '.join(STATES)}; ignored")
+        values.pop("status")
+    return Filters(values, tuple(notes))
+
+
+def _matches(record: AgentRecord, filters: Filters) -> bool:
+    if filters.get("type") and record.agent_type != filters.get("type"):
+        return False
+    if filters.get("version") and record.version != filters.get("version"):
+        return False
+    if filters.get("capability") and filters.get("capability") not in record.capabilities:
+        return False
+    label = filters.get("label")
+    if label:
+        key, sep, value = label.partition("=")
+        if key not in record.labels or (sep and record.labels[key] != value):
+            return False
+    return True
+
+
+def _row(record: AgentRecord, now: datetime) -> Row:
+    view = agent_view(record)
+    periods = usage_store.agent_periods(record.agent_id, now)
+    day = periods.get(Period.DAY)
+    spent = day[1].usd_nanos if day else 0
+    score = record.health.get("score")
+    return Row(
+        agent_id=view.agent_id,
+        tenant=view.tenant,
+        name=view.name,
+        agent_type=view.agent_type,
+        version=view.version,
+        status=view.status.value,
+        liveness=record.liveness.value,
+        security_score=score if isinstance(score, int | float) else 100,
+        identity=str(view.identity.status),
+        last_heartbeat_at=view.last_heartbeat_at,
+        spend_today_usd=format_usd(spent),
+        capabilities=tuple(view.capabilities),
+        labels=tuple(sorted(view.labels.items())),
+    )
+
+
+def load(principal: Principal, args: Any) -> Fleet:
+    """The fleet as ``principal`` may see it, filtered by ``args`` (the query string)."""
+    filters = parse_filters(args, principal)
+    records, more = agent_store.list_agents(
+        tenant=filters.get("tenant") or None,
+        status=filters.get("status") or None,
+        page_size=MAX_AGENTS,
+        after=None,
+    )
+    now = core.now()
+    rows = [_row(r, now) for r in records if principal.can_see(r.tenant) and _matches(r, filters)]
+    rows.sort(key=lambda r: (r.tenant, r.status, r.name, r.agent_id))
+    by_status: dict[str, int] = {}
+    for row in rows:
+        by_status[row.status] = by_status.get(row.status, 0) + 1
+    return Fleet(rows, filters, principal.tenant, more is not None, by_status)
