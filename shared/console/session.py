@@ -6,7 +6,7 @@ once. A signed reference would need a signing secret of its own (one more secret
 and would still have to look the key up to notice a revocation. Holding the key costs nothing the key
 did not already grant: the cookie is HttpOnly (no script reads it), SameSite=Strict (no other site sends
 it), Secure outside a loopback host, and has no Expires (it ends with the browser session). It is never
-logged nor echoed back. POSTs also check the Origin header when the browser sends one.
+logged nor echoed back. POSTs also check Sec-Fetch-Site and Origin when the browser sends them.
 """
 
 from __future__ import annotations
@@ -44,8 +44,13 @@ def sign_out(response: flask.Response, request: flask.Request) -> None:
 
 
 def same_origin(request: flask.Request) -> bool:
-    """A POST from this console's own pages (Origin absent, as some browsers omit it, or equal to ours)."""
+    """A POST from this console's own pages. Browsers say where a request comes from in Sec-Fetch-Site;
+    Origin is checked too when it names a site (under Referrer-Policy: no-referrer, Chromium sends
+    ``Origin: null`` even from the same origin, so "null" alone proves nothing either way)."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in {"same-origin", "none"}:
+        return False
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return True
     return origin in {f"http://{request.host}", f"https://{request.host}"}
