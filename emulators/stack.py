@@ -386,6 +386,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"local stack up. Environment written to {stack.env_file} (source it: `set -a; . {stack.env_file}`)")
         for key in (
             "FLEET_API_URL",
+            "FLEET_CONSOLE_URL",
             "SLACK_APP_URL",
             "PUBSUB_EMULATOR_HOST",
             "FIRESTORE_EMULATOR_HOST",
