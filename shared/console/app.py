@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 #: The files /static/ serves: exactly those shipped, by name (no path from the request reaches the disk).
 STATIC_FILES: dict[str, Path] = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+#: Spelled out: the platform's mimetypes table may say application/javascript, or nothing.
+MIMETYPES = {".js": "text/javascript", ".css": "text/css"}
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -111,7 +113,7 @@ def static_file(name: str) -> flask.Response:
     path = STATIC_FILES.get(name)
     if path is None:
         return flask.Response("not found", status=404, mimetype="text/plain")
-    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    mimetype = MIMETYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     response = flask.Response(path.read_bytes(), mimetype=mimetype)
     response.headers["Cache-Control"] = "public, max-age=300"
     return response

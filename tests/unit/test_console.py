@@ -1,0 +1,157 @@
+"""The web console without processes: flask test request contexts, the key check and the stores
+monkeypatched. The browser tests (tests/integration/test_console.py) drive it for real."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import flask
+import pytest
+from werkzeug.datastructures import MultiDict
+
+from shared.console import app, fleet, session
+from shared.domain.agent_record import AgentRecord
+from shared.domain.api_keys import Role
+from shared.domain.periods import Period, window
+from shared.domain.usage import Totals
+from shared.store import agents as agent_store
+from shared.store import api_keys
+from shared.store import usage as usage_store
+from shared.store.api_keys import Principal
+
+T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+ADMIN = Principal("00000000000000aa", "admin", Role.ADMIN, None)
+ACME = Principal("00000000000000bb", "acme-viewer", Role.VIEWER, "acme")
+TOKENS = {"admin-token": ADMIN, "acme-token": ACME}
+APP = flask.Flask(__name__)
+
+
+def _record(agent_id: str, tenant: str, **kw: Any) -> AgentRecord:
+    data: dict[str, Any] = {
+        "agent_id": agent_id,
+        "tenant": tenant,
+        "name": agent_id.upper(),
+        "agent_type": "llm",
+        "version": "1.0.0",
+        "owner": "team",
+        "status_since": T0,
+        "registered_at": T0,
+        "last_registered_at": T0,
+        "capabilities": ["chat"],
+        "labels": {"team": "search"},
+    }
+    data.update(kw)
+    return AgentRecord.model_validate(data)
+
+
+AGENTS = [
+    _record("agent-a1", "acme", name="<script>window.__xss=1</script>", health={"score": 70}),
+    _record("agent-a2", "acme", agent_type="batch", capabilities=["embed"], labels={"team": "ops"}, version="2.0.0"),
+    _record("agent-g1", "globex"),
+]
+
+
+@pytest.fixture(autouse=True)
+def stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    def list_agents(*, tenant: str | None, status: str | None, page_size: int, after: str | None) -> Any:
+        return [a for a in AGENTS if tenant in (None, a.tenant) and status in (None, a.status.value)], None
+
+    def periods(agent_id: str, now: datetime) -> Any:
+        spent = Totals(usd_nanos=1_500_000_000) if agent_id == "agent-a1" else Totals()
+        return {Period.DAY: (window(Period.DAY, now), spent)}
+
+    monkeypatch.setattr(agent_store, "list_agents", list_agents)
+    monkeypatch.setattr(usage_store, "agent_periods", periods)
+    monkeypatch.setattr(api_keys, "verify", lambda token: TOKENS.get(token))
+
+
+def _call(path: str, method: str = "GET", token: str | None = None, **kw: Any) -> flask.Response:
+    headers = dict(kw.pop("headers", {}))
+    if token is not None:
+        headers["Cookie"] = f"{session.COOKIE}={token}"
+    with APP.test_request_context(path, method=method, base_url="http://127.0.0.1:8080", headers=headers, **kw):
+        return app.handle(flask.request)
+
+
+def test_every_response_carries_the_security_headers() -> None:
+    for path, token in (("/sign-in", None), ("/", None), ("/", "admin-token"), ("/nowhere", None), ("/static/x", None)):
+        response = _call(path, token=token)
+        assert response.headers["Content-Security-Policy"] == app.CSP
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_without_a_valid_session_pages_redirect_to_sign_in() -> None:
+    for path in ("/", "/fragments/fleet", "/alerts"):
+        response = _call(path)
+        assert response.status_code == 303 and response.headers["Location"] == "/sign-in"
+    revoked = _call("/", token="revoked-token")
+    assert revoked.headers["Location"] == "/sign-in"
+    assert f"{session.COOKIE}=;" in revoked.headers["Set-Cookie"]  # the dead key is forgotten
+
+
+def test_sign_in_sets_a_session_cookie_and_a_wrong_key_is_refused() -> None:
+    response = _call("/sign-in", "POST", data={"key": "admin-token"})
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(f"{session.COOKIE}=admin-token;")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Expires" not in cookie and "Max-Age" not in cookie
+    assert "Secure" not in cookie  # a loopback host: plain HTTP
+    wrong = _call("/sign-in", "POST", data={"key": "nope"})
+    assert wrong.status_code == 401 and "invalid or revoked" in wrong.get_data(as_text=True)
+    assert "Set-Cookie" not in wrong.headers
+
+
+def test_the_cookie_is_secure_away_from_loopback() -> None:
+    with APP.test_request_context("/sign-in", method="POST", base_url="https://console.example.com"):
+        response = flask.Response()
+        session.sign_in(response, flask.request, "admin-token")
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_cross_site_posts_are_refused() -> None:
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
+        assert _call("/sign-in", "POST", data={"key": "admin-token"}, headers=headers).status_code == 403
+    same = {"Sec-Fetch-Site": "same-origin", "Origin": "null"}
+    assert _call("/sign-out", "POST", headers=same).status_code == 303
+
+
+def test_the_fleet_page_escapes_what_agents_report() -> None:
+    body = _call("/", token="admin-token").get_data(as_text=True)
+    assert "<script>window" not in body
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in body
+    assert "1.5" in body and ">70<" in body  # spend today, security score
+    assert '<script src="/static/console.js" defer></script>' in body
+
+
+def test_a_scoped_key_sees_only_its_tenant() -> None:
+    body = _call("/?tenant=globex", token="acme-token").get_data(as_text=True)
+    assert "agent-a1" in body and "agent-g1" not in body
+    assert "only sees tenant acme" in body
+    assert "agent-g1" in _call("/fragments/fleet", token="admin-token").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ({"type": "batch"}, {"agent-a2"}),
+        ({"capability": "chat"}, {"agent-a1", "agent-g1"}),
+        ({"label": "team=ops"}, {"agent-a2"}),
+        ({"label": "team"}, {"agent-a1", "agent-a2", "agent-g1"}),
+        ({"version": "2.0.0"}, {"agent-a2"}),
+        ({"tenant": "globex"}, {"agent-g1"}),
+        ({"status": "bogus"}, {"agent-a1", "agent-a2", "agent-g1"}),
+    ],
+)
+def test_filters(query: dict[str, str], shown: set[str]) -> None:
+    data = fleet.load(ADMIN, MultiDict(query))
+    assert {r.agent_id for r in data.rows} == shown
+
+
+def test_static_files_are_served_by_name_only() -> None:
+    assert _call("/static/console.js").mimetype == "text/javascript"
+    assert _call("/static/console.css").mimetype == "text/css"
+    assert _call("/static/../app.py").status_code == 404
+    assert _call("/static/app.py").status_code == 404
