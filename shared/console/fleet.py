@@ -3,7 +3,7 @@ heartbeat and spend today, filtered server-side by the query string.
 
 Tenant and status narrow the Firestore query itself (as GET /v1/agents does); type, capability, label and
 version are applied to that page in memory. A tenant-scoped key sees only its tenant, whatever it asks.
-Spend today is one read per agent shown (the agent's month counters, shared/store/usage.agent_periods).
+Spend today is one read per agent shown, all in one round trip (shared/store/usage_today.py).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from shared.api import core
 from shared.api.bodies import agent_view
 from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
-from shared.domain.periods import Period
 from shared.domain.pricing import format_usd
 from shared.store import agents as agent_store
-from shared.store import usage as usage_store
+from shared.store import usage_today
 from shared.store.api_keys import Principal
 
 #: At most this many agents on the page (the API's largest page).
@@ -107,11 +106,8 @@ def _matches(record: AgentRecord, filters: Filters) -> bool:
     return True
 
 
-def _row(record: AgentRecord, now: datetime) -> Row:
+def _row(record: AgentRecord, spent: int) -> Row:
     view = agent_view(record)
-    periods = usage_store.agent_periods(record.agent_id, now)
-    day = periods.get(Period.DAY)
-    spent = day[1].usd_nanos if day else 0
     score = record.health.get("score")
     return Row(
         agent_id=view.agent_id,
@@ -139,8 +135,9 @@ def load(principal: Principal, args: Any) -> Fleet:
         page_size=MAX_AGENTS,
         after=None,
     )
-    now = core.now()
-    rows = [_row(r, now) for r in records if principal.can_see(r.tenant) and _matches(r, filters)]
+    shown = [r for r in records if principal.can_see(r.tenant) and _matches(r, filters)]
+    today = usage_today.agents_today([r.agent_id for r in shown], core.now())
+    rows = [_row(r, today[r.agent_id].usd_nanos) for r in shown]
     rows.sort(key=lambda r: (r.tenant, r.status, r.name, r.agent_id))
     by_status: dict[str, int] = {}
     for row in rows:

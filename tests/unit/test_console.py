@@ -13,11 +13,9 @@ from werkzeug.datastructures import MultiDict
 from shared.console import app, fleet, session
 from shared.domain.agent_record import AgentRecord
 from shared.domain.api_keys import Role
-from shared.domain.periods import Period, window
 from shared.domain.usage import Totals
 from shared.store import agents as agent_store
-from shared.store import api_keys
-from shared.store import usage as usage_store
+from shared.store import api_keys, usage_today
 from shared.store.api_keys import Principal
 
 T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
@@ -57,12 +55,11 @@ def stores(monkeypatch: pytest.MonkeyPatch) -> None:
     def list_agents(*, tenant: str | None, status: str | None, page_size: int, after: str | None) -> Any:
         return [a for a in AGENTS if tenant in (None, a.tenant) and status in (None, a.status.value)], None
 
-    def periods(agent_id: str, now: datetime) -> Any:
-        spent = Totals(usd_nanos=1_500_000_000) if agent_id == "agent-a1" else Totals()
-        return {Period.DAY: (window(Period.DAY, now), spent)}
+    def today(agent_ids: list[str], now: datetime) -> dict[str, Totals]:
+        return {a: Totals(usd_nanos=1_500_000_000 if a == "agent-a1" else 0) for a in agent_ids}
 
     monkeypatch.setattr(agent_store, "list_agents", list_agents)
-    monkeypatch.setattr(usage_store, "agent_periods", periods)
+    monkeypatch.setattr(usage_today, "agents_today", today)
     monkeypatch.setattr(api_keys, "verify", lambda token: TOKENS.get(token))
 
 
