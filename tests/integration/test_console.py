@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
+
+from fleet_agent.contracts import CostBatch, CostRecord
 
 from emulators.stack import Stack
 from shared.domain import api_keys
@@ -30,6 +34,28 @@ def _register(publisher: Any, api: Api, agent_id: str, tenant: str, **kw: Any) -
     wait_for(lambda: api.get(f"/v1/agents/{agent_id}").status_code == 200)
 
 
+def _spend(publisher: Any, api: Api, agent_id: str, calls: int) -> None:
+    """``calls`` model calls of $0.01 each, counted before the page is read."""
+    records = [
+        CostRecord.model_validate(
+            {
+                "call_id": f"call-{n:06d}-{uuid.uuid4().hex[:8]}",
+                "at": datetime.now(UTC),
+                "model": "gpt-4o",
+                "input_tokens": 100,
+                "output_tokens": 50,
+                "cost_usd": Decimal("0.01"),
+                "success": True,
+                "latency_ms": 120.0,
+                "operation": "summarize",
+            }
+        )
+        for n in range(calls)
+    ]
+    publish(publisher, CostBatch(agent_id=agent_id, batch_id=f"b-{uuid.uuid4().hex}", records=records))
+    wait_for(lambda: api.get(f"/v1/agents/{agent_id}/usage").json()["periods"]["day"]["calls"] == calls)
+
+
 def _sign_in(page: Any, stack: Stack, key: str) -> None:
     page.goto(_console(stack) + "/sign-in")
     page.fill("#key", key)
@@ -41,6 +67,7 @@ def test_admin_signs_in_and_sees_the_fleet(page: Any, stack: Stack, publisher: A
     tenant = _tenant()
     agent = f"it-{uuid.uuid4().hex[:12]}"
     _register(publisher, api, agent, tenant, name="Console agent one", labels={"team": "ops"})
+    _spend(publisher, api, agent, 3)
 
     response = page.goto(_console(stack) + "/")
     assert page.url == _console(stack) + "/sign-in"  # no session: sent to sign in
@@ -52,7 +79,7 @@ def test_admin_signs_in_and_sees_the_fleet(page: Any, stack: Stack, publisher: A
     assert row.locator(".agent-name").inner_text() == "Console agent one"
     assert row.locator(".status").inner_text() in {"registered", "active"}
     assert row.locator(".liveness").inner_text() == "ok"
-    assert row.locator(".spend").inner_text() == "0"
+    assert row.locator(".spend").inner_text() == "0.03"  # today's spend, from the usage counters
 
     # Server-side filters: the label matches, another label does not.
     page.goto(_console(stack) + f"/?tenant={tenant}&label=team=ops")
