@@ -663,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("starting the local stack (Pub/Sub and Firestore emulators, functions)..."):
             env = stack.up()
         console.print(f"stack up in {time.monotonic() - started:.1f}s; API at {env['FLEET_API_URL']}")
+        console.print(f"web console at {env['FLEET_CONSOLE_URL']} (sign in with the stack's FLEET_API_KEY)")
         api = Api(env["FLEET_API_URL"], env["FLEET_API_KEY"])
         fleet = build_fleet(args.agents, rng)
         keys_dir = args.state_dir / "keys"
