@@ -55,7 +55,7 @@ def nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
     power = 10.0 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     first = math.floor(lo / step) * step
-    ticks = []
+    ticks: list[float] = []
     value = first
     while value < hi + step * 0.5 and len(ticks) < 12:
         ticks.append(round(value, 10))
@@ -217,9 +217,10 @@ def bar_chart(
                 f"{escape(label)}</text>"
             )
     if budget is not None and math.isfinite(budget):
-        y = _n(y_of(budget))
+        level = _n(y_of(budget))
         parts.append(
-            f'<line class="chart-budget" x1="{_LEFT}" y1="{y}" x2="{width - _RIGHT}" y2="{y}" stroke-dasharray="4 3"/>'
+            f'<line class="chart-budget" x1="{_LEFT}" y1="{level}" x2="{width - _RIGHT}" y2="{level}" '
+            'stroke-dasharray="4 3"/>'
         )
         parts.append(
             f'<text class="chart-label chart-summary" x="{width - _RIGHT}" y="12" text-anchor="end">'
