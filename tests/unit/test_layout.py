@@ -24,6 +24,7 @@ DATA_TABLES: dict[str, str] = {}
 WINGS = {
     "api",
     "cli",
+    "console",
     "domain",
     "launchers",
     "ml",
