@@ -1,9 +1,10 @@
 """Server-rendered inline SVG charts for the web console: a line chart of a time series and a bar chart of
 daily spend against a budget line.
 
-CSP-friendly: no script, no ``style`` attribute; only SVG presentation attributes and CSS classes
-(``chart``, ``chart-line``, ``chart-axis``, ``chart-grid``, ``chart-threshold``, ``chart-bar``,
-``chart-bar-over``, ``chart-budget``, ``chart-label``, ``chart-empty``) that console.css styles. Every label
+CSP-friendly: no script, no ``style`` attribute; only SVG presentation attributes and CSS classes that
+console.css styles: ``chart`` with ``chart-kind-line`` or ``chart-kind-bar`` on the root, then
+``chart-line``, ``chart-axis``, ``chart-grid``, ``chart-threshold``, ``chart-bar``, ``chart-bar-over``,
+``chart-budget``, ``chart-label`` (``chart-title``, ``chart-summary``) and ``chart-empty``. Every label
 is escaped (markupsafe); the result is a :class:`markupsafe.Markup` that a Jinja2 template embeds as is.
 Output is deterministic (coordinates rounded to one decimal) and small: a series longer than
 ``MAX_POINTS`` is downsampled by min/max buckets, so a chart stays a few KB whatever the history's length.
@@ -19,6 +20,8 @@ from markupsafe import Markup, escape
 
 #: Points drawn at most (a bucket keeps its minimum and its maximum: spikes survive downsampling).
 MAX_POINTS = 300
+#: Labelled times on a line chart's x axis (both ends included).
+X_TICKS = 5
 WIDTH = 600
 HEIGHT = 160
 #: Plot margins: left (y labels), right, top (title), bottom (x labels).
@@ -90,10 +93,19 @@ def _time_label(at: datetime, span_s: float) -> str:
     return at.strftime("%m-%d") if span_s > 4 * 86400 else at.strftime("%m-%d %H:%M")
 
 
+def _x_ticks(first: datetime, last: datetime) -> list[tuple[datetime, str]]:
+    """Times to label on the x axis and their anchors: the ends and ``X_TICKS - 2`` evenly between."""
+    if last <= first:
+        return [(first, "middle")]
+    step = (last - first) / (X_TICKS - 1)
+    inner = [(first + step * i, "middle") for i in range(1, X_TICKS - 1)]
+    return [(first, "start"), *inner, (last, "end")]
+
+
 def _open(title: str, width: int, height: int, kind: str) -> list[str]:
     label = escape(title)
     return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart chart-{kind}" viewBox="0 0 {width} {height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart chart-kind-{kind}" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}" role="img" aria-label="{label}">',
         f"<title>{label}</title>",
         f'<text class="chart-label chart-title" x="{_LEFT}" y="12">{label}</text>',
@@ -153,7 +165,7 @@ def line_chart(
     _y_axis(parts, ticks, y_of, width, "{}" + unit)
     base = _n(height - _BOTTOM)
     parts.append(f'<line class="chart-axis" x1="{_LEFT}" y1="{base}" x2="{width - _RIGHT}" y2="{base}"/>')
-    for at, anchor in ((drawn[0][0], "start"), (drawn[-1][0], "end")) if span > 0 else ((drawn[0][0], "middle"),):
+    for at, anchor in _x_ticks(drawn[0][0], drawn[-1][0]):
         parts.append(
             f'<text class="chart-label" x="{_n(x_of(at))}" y="{height - 6}" text-anchor="{anchor}">'
             f"{escape(_time_label(at, span))}</text>"
