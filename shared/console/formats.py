@@ -39,12 +39,14 @@ def decimal(value: Any) -> Decimal | None:
 
 
 def usd(value: Decimal | None) -> str:
-    """Money to show: cents from a dollar up, four significant digits below ($0.0012), "—" when unknown."""
+    """Money to show: cents from a dollar up, four decimals below ($0.0012), two significant digits below
+    $0.0001 ($0.000012), "—" when unknown."""
     if value is None:
         return "—"
     if abs(value) >= 1 or value == 0:
         return f"${value:,.2f}"
-    return f"${float(value):.2g}" if abs(value) < Decimal("0.0001") else f"${value:.4f}"
+    # Two significant digits below $0.0001, never scientific notation; nano-dollars at most.
+    return f"${value:.4f}" if abs(value) >= Decimal("0.0001") else f"${value:.{min(9, 1 - value.adjusted())}f}"
 
 
 def duration(seconds: float) -> str:

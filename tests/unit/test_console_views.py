@@ -207,7 +207,7 @@ def test_accepts_the_api_views_themselves() -> None:
 
 def test_formats() -> None:
     assert usd(None) == "—" and usd(Decimal("1234.5")) == "$1,234.50" and usd(Decimal(0)) == "$0.00"
-    assert usd(Decimal("0.00001234")) == "$1.2e-05"
+    assert usd(Decimal("0.00001234")) == "$0.000012" and usd(Decimal("0.000000001")) == "$0.000000001"
     assert duration(59) == "59s" and duration(3600 + 5 * 60) == "1h 05m" and duration(2 * 86400 + 3600) == "2d 01h"
 
 
