@@ -2,7 +2,8 @@
 
 Routes: GET /sign-in (the form), POST /sign-in (an API key -> verified -> the session cookie, see
 shared/console/session.py), POST /sign-out, GET / (the fleet page), GET /fragments/fleet (the fleet
-table's body, polled by static/console.js every 5 s), GET /static/<file>, and pages still to come
+table's body, polled by static/console.js every 5 s), GET /agents/<agent_id> (one agent's panels,
+shared/console/agent_page.py), GET /static/<file>, and pages still to come
 (spend, alerts, jobs, approvals). Without a valid session (no cookie, a revoked or unknown key) every
 page redirects to /sign-in. Every response carries a strict Content-Security-Policy (no inline script
 or style: the pages load /static/console.js and /static/console.css), nosniff and no-referrer.
@@ -22,7 +23,8 @@ from typing import Any
 import flask
 import jinja2
 
-from shared.console import fleet, session
+from shared.api.core import ApiError
+from shared.console import agent_page, fleet, session
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -104,6 +106,17 @@ def fleet_fragment(request: flask.Request, principal: Principal) -> flask.Respon
     return render("fleet_rows.html", fleet=data)
 
 
+def agent_detail(request: flask.Request, principal: Principal) -> flask.Response:
+    """GET /agents/<agent_id>: the agent's panels; 404 when the key may not see it (as the API answers)."""
+    agent_id = agent_page.agent_id_of(request.path.rstrip("/"))
+    try:
+        data = agent_page.load(principal, agent_id)
+    except ApiError as err:
+        title = "Agent not found" if err.status == 404 else err.reason
+        return render("error.html", err.status, principal=principal, title=title)
+    return render("agent.html", principal=principal, page=data, agent=data.agent, active="/")
+
+
 def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
     title = COMING_SOON[request.path]
     return render("coming_soon.html", principal=principal, title=title, active=request.path)
@@ -132,6 +145,20 @@ SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/fragments/fleet"): fleet_fragment,
     **{("GET", path): coming_soon for path in COMING_SOON},
 }
+#: Pages under a path prefix (the rest of the path is the page's argument, e.g. /agents/<agent_id>).
+SIGNED_PREFIXES: dict[tuple[str, str], Signed] = {
+    ("GET", agent_page.PREFIX): agent_detail,
+}
+
+
+def _signed(method: str, path: str) -> Signed | None:
+    exact = SIGNED.get((method, path))
+    if exact is not None:
+        return exact
+    for (m, prefix), view in SIGNED_PREFIXES.items():
+        if m == method and path.startswith(prefix) and len(path) > len(prefix):
+            return view
+    return None
 
 
 # --- the entry point --------------------------------------------------------------------------
@@ -149,7 +176,7 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
     public = PUBLIC.get(key)
     if public is not None:
         return public(request)
-    signed = SIGNED.get(key)
+    signed = _signed(request.method, path)
     if signed is None:
         known = {p for _, p in PUBLIC} | {p for _, p in SIGNED}
         status = 405 if path in known else 404
