@@ -1,0 +1,72 @@
+"""The console's agent page in a real browser (Playwright driving Chromium) against the session's stack: an
+agent with recorded spend and a few heartbeats shows its spend per hour, day and month, SVG charts of its
+metrics, and its hold once paused; another tenant's key gets a 404 page."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from emulators.stack import Stack
+from tests.integration.conftest import Api, wait_for
+from tests.integration.helpers import heartbeat, make_key, publish
+from tests.integration.test_console import _console, _register, _sign_in, _spend, _tenant
+
+
+def _beats(publisher: Any, api: Api, agent_id: str, count: int) -> None:
+    """``count`` heartbeats, each stored before the next is sent (the pipeline keeps them in order)."""
+    for seq in range(1, count + 1):
+        publish(publisher, heartbeat(agent_id, seq))
+        wait_for(lambda n=seq: len(api.get(f"/v1/agents/{agent_id}/history").json()["samples"]) >= n)
+
+
+def test_the_agent_page_shows_spend_charts_and_holds(page: Any, stack: Stack, publisher: Any, api: Api) -> None:
+    tenant = _tenant()
+    agent = f"it-{uuid.uuid4().hex[:12]}"
+    _register(publisher, api, agent, tenant, name="Console agent page")
+    _beats(publisher, api, agent, 3)
+    _spend(publisher, api, agent, 3)
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+
+    _sign_in(page, stack, stack.env["FLEET_API_KEY"])
+    page.goto(_console(stack) + f"/?tenant={tenant}")
+    with page.expect_navigation():
+        page.click(f"tr[data-agent-id='{agent}'] a.agent-link")
+    assert page.url == _console(stack) + f"/agents/{agent}"
+    assert page.locator("h1.agent-title").inner_text() == "Console agent page"
+    assert page.locator(".agent-tenant").inner_text() == tenant
+
+    # Spend for the hour, the day and the month: three $0.01 calls.
+    for period in ("hour", "day", "month"):
+        row = page.locator(f"#panel-spend tr[data-period='{period}']")
+        assert row.locator(".spend-usd").inner_text() == "$0.0300"  # formats.usd: four decimals below $1
+        assert row.locator(".calls").inner_text().startswith("3")
+    # Charts of the heartbeats' metrics (cpu, error rate, tokens/s), drawn as inline SVG.
+    charts = page.locator("svg.chart")
+    assert charts.count() >= 1
+    assert charts.first.locator("polyline.chart-line").count() == 1
+    assert charts.first.bounding_box()["height"] > 50  # styled and laid out, not collapsed
+    assert page.locator("#panel-holds .holds-none").count() == 1
+
+    paused = api.send("POST", f"/v1/agents/{agent}/pause", {"reason": "checking the console"})
+    assert paused.status_code == 200, paused.text
+    page.reload()
+    hold = page.locator("#panel-holds tr[data-hold='pause']")
+    assert hold.locator(".hold-reason").inner_text() == "checking the console"
+    assert hold.locator(".hold-lifts").inner_text() == "until lifted"
+    assert page.evaluate("window.__xss") is None
+    assert violations == []
+
+
+def test_another_tenants_agent_is_not_found(page: Any, stack: Stack, publisher: Any, api: Api) -> None:
+    mine, theirs = _tenant(), _tenant()
+    other = f"it-{uuid.uuid4().hex[:12]}"
+    _register(publisher, api, other, theirs)
+    viewer = make_key(stack, f"{mine}-viewer", "viewer", mine)
+
+    _sign_in(page, stack, viewer)
+    response = page.goto(_console(stack) + f"/agents/{other}")
+    assert response.status == 404
+    assert page.locator("h1").inner_text() == "Agent not found"
+    assert page.locator(".agent-title").count() == 0
