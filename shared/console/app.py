@@ -22,7 +22,7 @@ from typing import Any
 import flask
 import jinja2
 
-from shared.console import fleet, session
+from shared.console import alerts_page, fleet, session
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -47,9 +47,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-#: Navigation: (path, label). Pages other than the fleet say "coming soon" for now.
+#: Navigation: (path, label). Pages without a view yet say "coming soon".
 NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
-COMING_SOON = {path: label for path, label in NAV if path != "/"}
+COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts"}}
 
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -104,6 +104,28 @@ def fleet_fragment(request: flask.Request, principal: Principal) -> flask.Respon
     return render("fleet_rows.html", fleet=data)
 
 
+def alerts(
+    request: flask.Request, principal: Principal, message: str | None = None, status: int = 200
+) -> flask.Response:
+    data = alerts_page.load(request)
+    return render("alerts.html", status, principal=principal, alerts=data, message=message, active="/alerts")
+
+
+def alert_action(request: flask.Request, principal: Principal) -> flask.Response:
+    """POST /alerts/<episode id>/ack or /snooze: the API's handler decides (roles, audit); success goes
+    back to /alerts, a refusal shows the API's reason on the page."""
+    match = alerts_page.ACTION_PATH.match(request.path.rstrip("/"))
+    assert match is not None, "dispatched only for matching paths"
+    episode_id, action = match["episode_id"], match["action"]
+    act = alerts_page.acknowledge if action == "ack" else alerts_page.snooze
+    answer = act(request, episode_id)
+    if answer.ok:
+        return _redirect("/alerts")
+    verb = "acknowledge" if action == "ack" else "snooze"
+    message = f"Could not {verb} {episode_id}: {answer.reason}"
+    return alerts(request, principal, message, answer.status if answer.status >= 400 else 400)
+
+
 def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
     title = COMING_SOON[request.path]
     return render("coming_soon.html", principal=principal, title=title, active=request.path)
@@ -130,6 +152,7 @@ PUBLIC: dict[tuple[str, str], Public] = {
 SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/"): fleet_page,
     ("GET", "/fragments/fleet"): fleet_fragment,
+    ("GET", "/alerts"): alerts,
     **{("GET", path): coming_soon for path in COMING_SOON},
 }
 
@@ -150,6 +173,8 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
     if public is not None:
         return public(request)
     signed = SIGNED.get(key)
+    if signed is None and request.method == "POST" and alerts_page.ACTION_PATH.match(path):
+        signed = alert_action
     if signed is None:
         known = {p for _, p in PUBLIC} | {p for _, p in SIGNED}
         status = 405 if path in known else 404
