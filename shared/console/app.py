@@ -2,11 +2,13 @@
 
 Routes: GET /sign-in (the form), POST /sign-in (an API key -> verified -> the session cookie, see
 shared/console/session.py), POST /sign-out, GET / (the fleet page), GET /fragments/fleet (the fleet
-table's body, polled by static/console.js every 5 s), GET /static/<file>, and pages still to come
-(spend, alerts, jobs, approvals). Without a valid session (no cookie, a revoked or unknown key) every
-page redirects to /sign-in. Every response carries a strict Content-Security-Policy (no inline script
-or style: the pages load /static/console.js and /static/console.css), nosniff and no-referrer.
-Templates are Jinja2 with autoescape on: every value from agents or users is escaped.
+table's body, polled by static/console.js every 5 s), GET /alerts (open alert episodes and active
+silences, shared/console/alerts_page.py) with POST /alerts/<episode id>/ack and /snooze (through the
+API's own handlers), GET /static/<file>, and pages still to come (spend, jobs, approvals). Without a
+valid session (no cookie, a revoked or unknown key) every page redirects to /sign-in. Every response
+carries a strict Content-Security-Policy (no inline script or style: the pages load /static/console.js
+and /static/console.css), nosniff and no-referrer. Templates are Jinja2 with autoescape on: every
+value from agents or users is escaped.
 """
 
 from __future__ import annotations
