@@ -4,14 +4,25 @@ changes go through shared/services/agent_controls.py."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from fleet_agent.contracts import AGENT_ID_PATTERN
 from pydantic import ValidationError
 
 from shared.api import core
-from shared.api.bodies import AlertList, ReleaseRequest, ReleaseView, SilenceList, SilenceRequest, SilenceView
+from shared.api.bodies import (
+    AcknowledgeRequest,
+    AlertList,
+    AlertView,
+    ReleaseRequest,
+    ReleaseView,
+    SilenceList,
+    SilenceRequest,
+    SilenceView,
+)
 from shared.api.core import AGENT, LIMIT_QUERY, TENANT_QUERY, ApiError, Call, Param, Routes
 from shared.api.tenancy import agent_of_body, query_tenant, visible_record
 from shared.domain.alerts import Severity
@@ -23,6 +34,7 @@ from shared.store import episodes as episode_store
 from shared.store import silences as silence_store
 
 _EPISODE_STATES = ("open", "resolved")
+_EPISODE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,300}$")
 _SEVERITIES = tuple(s.value for s in Severity)
 
 routes = Routes("alerts")
@@ -55,12 +67,43 @@ def list_alerts(call: Call) -> AlertList:
     rows = episode_store.list_episodes(
         state=state, tenant=tenant, agent_id=agent_id, rule=rule, severity=severity, limit=core.limit(call.request)
     )
-    items = []
-    for row in rows:
-        window = (row.get("details") or {}).get("window")
-        item = {**row, "kind": row.get("rule"), "message": row.get("summary") or "", "raised_at": row.get("opened_at")}
-        items.append({**item, "window": window})
-    return AlertList.model_validate({"items": items})
+    return AlertList(items=[_alert_view(row) for row in rows])
+
+
+def _alert_view(row: dict[str, Any]) -> AlertView:
+    window = (row.get("details") or {}).get("window")
+    item = {**row, "kind": row.get("rule"), "message": row.get("summary") or "", "raised_at": row.get("opened_at")}
+    return AlertView.model_validate({**item, "window": window})
+
+
+_EPISODE_PARAM = Param("episode_id", "path", "The alert episode's id.", {"type": "string"}, required=True)
+
+
+@routes.post(
+    "/v1/alerts/<episode_id>/acknowledge",
+    AlertView,
+    AcknowledgeRequest,
+    Role.OPERATOR,
+    params=(_EPISODE_PARAM,),
+    errors=(400, 404, 409),
+)
+def acknowledge_alert(call: Call) -> AlertView:
+    """Acknowledge an open alert episode (as Slack's Acknowledge button does): reminders stop until it
+    escalates. 409 when it is resolved; acknowledging it again changes nothing (acknowledged_by stays the first)."""
+    core.body(call, AcknowledgeRequest)
+    principal = core.principal(call)
+    episode_id = call.args["episode_id"]
+    found = episode_store.get(episode_id) if _EPISODE_ID.match(episode_id) else None
+    if found is None or not principal.can_see(str(found.get("tenant") or "")):
+        raise ApiError(404, f"alert episode {episode_id} not found")
+    if found.get("state") != "open":
+        raise ApiError(409, f"alert episode {episode_id} is {found.get('state')}, not open")
+    now = core.now()
+    earlier = episode_store.acknowledge(episode_id, core.actor(call), now)
+    if earlier is None:
+        audit_store.append(core.audit(call, "alert.acknowledge", episode_id, found.get("tenant"), {}, now))
+        found = {**found, "acknowledged_by": core.actor(call), "acknowledged_at": now}
+    return _alert_view(found)
 
 
 # --- silences and maintenance windows -----------------------------------------------------------

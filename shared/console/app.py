@@ -3,11 +3,13 @@
 Routes: GET /sign-in (the form), POST /sign-in (an API key -> verified -> the session cookie, see
 shared/console/session.py), POST /sign-out, GET / (the fleet page), GET /fragments/fleet (the fleet
 table's body, polled by static/console.js every 5 s), GET /agents/<agent_id> (one agent's panels,
-shared/console/agent_page.py), GET /static/<file>, and pages still to come
-(spend, alerts, jobs, approvals). Without a valid session (no cookie, a revoked or unknown key) every
-page redirects to /sign-in. Every response carries a strict Content-Security-Policy (no inline script
-or style: the pages load /static/console.js and /static/console.css), nosniff and no-referrer.
-Templates are Jinja2 with autoescape on: every value from agents or users is escaped.
+shared/console/agent_page.py), GET /alerts (open alert episodes and active silences,
+shared/console/alerts_page.py) with POST /alerts/<episode id>/ack and /snooze (through the API's own
+handlers), GET /static/<file>, and pages still to come (spend, jobs, approvals). Without a valid session
+(no cookie, a revoked or unknown key) every page redirects to /sign-in. Every response carries a strict
+Content-Security-Policy (no inline script or style: the pages load /static/console.js and
+/static/console.css), nosniff and no-referrer. Templates are Jinja2 with autoescape on: every value from
+agents or users is escaped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import flask
 import jinja2
 
 from shared.api.core import ApiError
-from shared.console import agent_page, fleet, session
+from shared.console import agent_page, alerts_page, fleet, session
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -49,9 +51,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-#: Navigation: (path, label). Pages other than the fleet say "coming soon" for now.
+#: Navigation: (path, label). Pages without a view yet say "coming soon".
 NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
-COMING_SOON = {path: label for path, label in NAV if path != "/"}
+COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts"}}
 
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -117,6 +119,28 @@ def agent_detail(request: flask.Request, principal: Principal) -> flask.Response
     return render("agent.html", principal=principal, page=data, agent=data.agent, active="/")
 
 
+def alerts(
+    request: flask.Request, principal: Principal, message: str | None = None, status: int = 200
+) -> flask.Response:
+    data = alerts_page.load(request)
+    return render("alerts.html", status, principal=principal, alerts=data, message=message, active="/alerts")
+
+
+def alert_action(request: flask.Request, principal: Principal) -> flask.Response:
+    """POST /alerts/<episode id>/ack or /snooze: the API's handler decides (roles, audit); success goes
+    back to /alerts, a refusal shows the API's reason on the page."""
+    match = alerts_page.ACTION_PATH.match(request.path.rstrip("/"))
+    assert match is not None, "dispatched only for matching paths"
+    episode_id, action = match["episode_id"], match["action"]
+    act = alerts_page.acknowledge if action == "ack" else alerts_page.snooze
+    answer = act(request, episode_id)
+    if answer.ok:
+        return _redirect("/alerts")
+    verb = "acknowledge" if action == "ack" else "snooze"
+    message = f"Could not {verb} {episode_id}: {answer.reason}"
+    return alerts(request, principal, message, answer.status if answer.status >= 400 else 400)
+
+
 def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
     title = COMING_SOON[request.path]
     return render("coming_soon.html", principal=principal, title=title, active=request.path)
@@ -143,6 +167,7 @@ PUBLIC: dict[tuple[str, str], Public] = {
 SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/"): fleet_page,
     ("GET", "/fragments/fleet"): fleet_fragment,
+    ("GET", "/alerts"): alerts,
     **{("GET", path): coming_soon for path in COMING_SOON},
 }
 #: Pages under a path prefix (the rest of the path is the page's argument, e.g. /agents/<agent_id>).
@@ -177,6 +202,8 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
     if public is not None:
         return public(request)
     signed = _signed(request.method, path)
+    if signed is None and request.method == "POST" and alerts_page.ACTION_PATH.match(path):
+        signed = alert_action
     if signed is None:
         known = {p for _, p in PUBLIC} | {p for _, p in SIGNED}
         status = 405 if path in known else 404

@@ -29,6 +29,7 @@ from shared.api.bodies.agents import (
     agent_view,
 )
 from shared.api.bodies.alerts import (
+    AcknowledgeRequest,
     AlertList,
     AlertView,
     ReleaseRequest,
@@ -124,6 +125,7 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     PauseRequest,
     ResumeRequest,
     SilenceRequest,
+    AcknowledgeRequest,
     ReleaseRequest,
     ApprovalCreate,
     RolesUpdate,
@@ -135,6 +137,7 @@ __all__ = [
     "MODELS",
     "REQUEST_MODELS",
     "SLACK_USER_PATTERN",
+    "AcknowledgeRequest",
     "AgentBudgetView",
     "AgentHoldsView",
     "AgentPage",

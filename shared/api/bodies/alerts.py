@@ -37,7 +37,9 @@ class AlertView(View):
     inhibited_by: str | None = Field(default=None, description="The root alert it was held back under, if any.")
     slack: dict[str, str] | None = Field(default=None, description="channel and ts of its Slack message.")
     acknowledged_by: str | None = Field(
-        default=None, description="The Slack user who clicked Acknowledge (reminders stop until it escalates)."
+        default=None,
+        description="Who acknowledged it: a Slack user id, or api:<key name> (the API or the console); "
+        "reminders stop until it escalates.",
     )
     acknowledged_at: Timestamp | None = None
 
@@ -111,6 +113,12 @@ class SilenceView(View):
 
 class SilenceList(View):
     items: list[SilenceView] = Field(description="Silences not yet expired, soonest expiry first.")
+
+
+class AcknowledgeRequest(BaseModel):
+    """Acknowledge an open alert episode: no fields (the caller's key says who)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ReleaseRequest(BaseModel):
