@@ -26,7 +26,7 @@ import flask
 import jinja2
 
 from shared.api.core import ApiError
-from shared.console import agent_page, alerts_page, fleet, session, spend_page
+from shared.console import agent_page, alerts_page, fleet, jobs_page, session, spend_page
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -53,7 +53,7 @@ SECURITY_HEADERS = {
 
 #: Navigation: (path, label). Pages without a view yet say "coming soon".
 NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
-COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts", "/spend"}}
+COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts", "/jobs", "/spend"}}
 
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -146,6 +146,11 @@ def spend(request: flask.Request, principal: Principal) -> flask.Response:
     return render("spend.html", principal=principal, spend=spend_page.load(request, principal), active="/spend")
 
 
+def jobs(request: flask.Request, principal: Principal) -> flask.Response:
+    """GET /jobs: the training queue, running and finished jobs (shared/console/jobs_page.py)."""
+    return render("jobs.html", principal=principal, jobs=jobs_page.load(request), active="/jobs")
+
+
 def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
     title = COMING_SOON[request.path]
     return render("coming_soon.html", principal=principal, title=title, active=request.path)
@@ -174,6 +179,7 @@ SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/fragments/fleet"): fleet_fragment,
     ("GET", "/alerts"): alerts,
     ("GET", "/spend"): spend,
+    ("GET", "/jobs"): jobs,
     **{("GET", path): coming_soon for path in COMING_SOON},
 }
 #: Pages under a path prefix (the rest of the path is the page's argument, e.g. /agents/<agent_id>).
