@@ -26,7 +26,7 @@ import flask
 import jinja2
 
 from shared.api.core import ApiError
-from shared.console import agent_page, alerts_page, fleet, session
+from shared.console import agent_page, alerts_page, approvals_page, fleet, session
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -53,7 +53,7 @@ SECURITY_HEADERS = {
 
 #: Navigation: (path, label). Pages without a view yet say "coming soon".
 NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
-COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts"}}
+COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts", "/approvals"}}
 
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -141,6 +141,12 @@ def alert_action(request: flask.Request, principal: Principal) -> flask.Response
     return alerts(request, principal, message, answer.status if answer.status >= 400 else 400)
 
 
+def approvals(request: flask.Request, principal: Principal) -> flask.Response:
+    """GET /approvals: pending and recent approval requests, read-only (decisions stay in Slack)."""
+    data = approvals_page.load(request)
+    return render("approvals.html", principal=principal, approvals=data, active="/approvals")
+
+
 def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
     title = COMING_SOON[request.path]
     return render("coming_soon.html", principal=principal, title=title, active=request.path)
@@ -168,6 +174,7 @@ SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/"): fleet_page,
     ("GET", "/fragments/fleet"): fleet_fragment,
     ("GET", "/alerts"): alerts,
+    ("GET", "/approvals"): approvals,
     **{("GET", path): coming_soon for path in COMING_SOON},
 }
 #: Pages under a path prefix (the rest of the path is the page's argument, e.g. /agents/<agent_id>).
