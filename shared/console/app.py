@@ -3,9 +3,10 @@
 Routes: GET /sign-in (the form), POST /sign-in (an API key -> verified -> the session cookie, see
 shared/console/session.py), POST /sign-out, GET / (the fleet page), GET /fragments/fleet (the fleet
 table's body, polled by static/console.js every 5 s), GET /agents/<agent_id> (one agent's panels,
-shared/console/agent_page.py), GET /alerts (open alert episodes and active silences,
-shared/console/alerts_page.py) with POST /alerts/<episode id>/ack and /snooze (through the API's own
-handlers), GET /static/<file>, and pages still to come (spend, jobs, approvals). Without a valid session
+shared/console/agent_page.py), GET /spend (spend_page.py), GET /alerts (open alert episodes and active
+silences, alerts_page.py) with POST /alerts/<episode id>/ack and /snooze (through the API's own
+handlers), GET /jobs (jobs_page.py), GET /approvals (read-only: decisions stay in Slack,
+approvals_page.py) and GET /static/<file>. Without a valid session
 (no cookie, a revoked or unknown key) every page redirects to /sign-in. Every response carries a strict
 Content-Security-Policy (no inline script or style: the pages load /static/console.js and
 /static/console.css), nosniff and no-referrer. Templates are Jinja2 with autoescape on: every value from
@@ -26,7 +27,7 @@ import flask
 import jinja2
 
 from shared.api.core import ApiError
-from shared.console import agent_page, alerts_page, fleet, jobs_page, session, spend_page
+from shared.console import agent_page, alerts_page, approvals_page, fleet, jobs_page, session, spend_page
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -53,7 +54,7 @@ SECURITY_HEADERS = {
 
 #: Navigation: (path, label). Pages without a view yet say "coming soon".
 NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
-COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts", "/jobs", "/spend"}}
+COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts", "/approvals", "/jobs", "/spend"}}
 
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -151,6 +152,12 @@ def jobs(request: flask.Request, principal: Principal) -> flask.Response:
     return render("jobs.html", principal=principal, jobs=jobs_page.load(request), active="/jobs")
 
 
+def approvals(request: flask.Request, principal: Principal) -> flask.Response:
+    """GET /approvals: pending and recent approval requests, read-only (decisions stay in Slack)."""
+    data = approvals_page.load(request)
+    return render("approvals.html", principal=principal, approvals=data, active="/approvals")
+
+
 def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
     title = COMING_SOON[request.path]
     return render("coming_soon.html", principal=principal, title=title, active=request.path)
@@ -180,6 +187,7 @@ SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/alerts"): alerts,
     ("GET", "/spend"): spend,
     ("GET", "/jobs"): jobs,
+    ("GET", "/approvals"): approvals,
     **{("GET", path): coming_soon for path in COMING_SOON},
 }
 #: Pages under a path prefix (the rest of the path is the page's argument, e.g. /agents/<agent_id>).
