@@ -81,7 +81,8 @@ def populate(stack: Stack, publisher: Any) -> str:
     for seq in range(1, 4):
         for i, (agent_id, *_) in enumerate(FLEET):
             error = 0.5 if agent_id == "globex-evaluator-01" and seq == 3 else 0.01
-            helpers.publish(publisher, helpers.heartbeat(agent_id, seq, error_rate=error, cpu_pct=20.0 + 12 * i + 5 * seq))
+            beat = helpers.heartbeat(agent_id, seq, error_rate=error, cpu_pct=20.0 + 12 * i + 5 * seq)
+            helpers.publish(publisher, beat)
         time.sleep(1)
     _spend(publisher, "acme-llm-chat-01", {"gpt-4o": "0.42", "claude-haiku": "0.08"})
     _spend(publisher, "acme-llm-chat-02", {"gpt-4o": "0.17"})
@@ -107,6 +108,8 @@ def shoot(console: str, admin_key: str, agent_id: str) -> list[tuple[str, float]
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                                              args=CHROMIUM_ARGS)  # fmt: skip
         page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        # A stylesheet or script that fails to load (or a CSP violation) would spoil the screenshots.
+        page.on("console", lambda msg: print("browser console:", msg.text) if msg.type == "error" else None)
         page.goto(console + "/sign-in")
         page.fill("#key", admin_key)
         with page.expect_navigation():

@@ -6,10 +6,10 @@ table's body, polled by static/console.js every 5 s), GET /agents/<agent_id> (on
 shared/console/agent_page.py), GET /spend (spend_page.py), GET /alerts (open alert episodes and active
 silences, alerts_page.py) with POST /alerts/<episode id>/ack and /snooze (through the API's own
 handlers), GET /jobs (jobs_page.py), GET /approvals (read-only: decisions stay in Slack,
-approvals_page.py) and GET /static/<file>. Without a valid session
+approvals_page.py) and GET /assets/<file>. Without a valid session
 (no cookie, a revoked or unknown key) every page redirects to /sign-in. Every response carries a strict
-Content-Security-Policy (no inline script or style: the pages load /static/console.js and
-/static/console.css), nosniff and no-referrer. Templates are Jinja2 with autoescape on: every value from
+Content-Security-Policy (no inline script or style: the pages load /assets/console.js and
+/assets/console.css), nosniff and no-referrer. Templates are Jinja2 with autoescape on: every value from
 agents or users is escaped.
 """
 
@@ -36,7 +36,8 @@ log = logs.get_logger("console")
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
-#: The files /static/ serves: exactly those shipped, by name (no path from the request reaches the disk).
+#: The files /assets/ serves: exactly those shipped, by name (no path from the request reaches the disk). Not
+#: /static/: functions-framework's Flask app keeps Flask's own /static/<path> route, which answers 404.
 STATIC_FILES: dict[str, Path] = {p.name: p for p in STATIC.iterdir() if p.is_file()}
 #: Spelled out: the platform's mimetypes table may say application/javascript, or nothing.
 MIMETYPES = {".js": "text/javascript", ".css": "text/css"}
@@ -213,8 +214,8 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
     path = request.path.rstrip("/") or "/"
     if request.method == "GET" and path == "/healthz":
         return flask.Response("ok", mimetype="text/plain")
-    if request.method == "GET" and path.startswith("/static/"):
-        return static_file(path.removeprefix("/static/"))
+    if request.method == "GET" and path.startswith("/assets/"):
+        return static_file(path.removeprefix("/assets/"))
     key = (request.method, path)
     if request.method == "POST" and not session.same_origin(request):
         return flask.Response("cross-origin request refused", status=403, mimetype="text/plain")

@@ -75,6 +75,11 @@ def test_admin_signs_in_and_sees_the_fleet(page: Any, stack: Stack, publisher: A
 
     _sign_in(page, stack, stack.env["FLEET_API_KEY"])
     assert page.url == _console(stack) + "/"
+    # The stylesheet and the script load as served by functions-framework (whose Flask app owns /static/).
+    for asset in ("console.css", "console.js"):
+        loaded = page.request.get(_console(stack) + f"/assets/{asset}")
+        assert loaded.status == 200 and loaded.text().strip()
+    assert page.evaluate("getComputedStyle(document.body).margin") == "0px"  # console.css applied
     row = page.locator(f"tr[data-agent-id='{agent}']")
     assert row.locator(".agent-name").inner_text() == "Console agent one"
     assert row.locator(".status").inner_text() in {"registered", "active"}

@@ -72,7 +72,7 @@ def _call(path: str, method: str = "GET", token: str | None = None, **kw: Any) -
 
 
 def test_every_response_carries_the_security_headers() -> None:
-    for path, token in (("/sign-in", None), ("/", None), ("/", "admin-token"), ("/nowhere", None), ("/static/x", None)):
+    for path, token in (("/sign-in", None), ("/", None), ("/", "admin-token"), ("/nowhere", None), ("/assets/x", None)):
         response = _call(path, token=token)
         assert response.headers["Content-Security-Policy"] == app.CSP
         assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -120,7 +120,7 @@ def test_the_fleet_page_escapes_what_agents_report() -> None:
     assert "<script>window" not in body
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in body
     assert "1.5" in body and ">70<" in body  # spend today, security score
-    assert '<script src="/static/console.js" defer></script>' in body
+    assert '<script src="/assets/console.js" defer></script>' in body
 
 
 def test_a_scoped_key_sees_only_its_tenant() -> None:
@@ -148,7 +148,7 @@ def test_filters(query: dict[str, str], shown: set[str]) -> None:
 
 
 def test_static_files_are_served_by_name_only() -> None:
-    assert _call("/static/console.js").mimetype == "text/javascript"
-    assert _call("/static/console.css").mimetype == "text/css"
-    assert _call("/static/../app.py").status_code == 404
-    assert _call("/static/app.py").status_code == 404
+    assert _call("/assets/console.js").mimetype == "text/javascript"
+    assert _call("/assets/console.css").mimetype == "text/css"
+    assert _call("/assets/../app.py").status_code == 404
+    assert _call("/assets/app.py").status_code == 404
