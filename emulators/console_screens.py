@@ -76,8 +76,11 @@ def populate(stack: Stack, publisher: Any) -> str:
             publisher,
             helpers.registration(agent_id, tenant=tenant, agent_type=kind, capabilities=caps, heartbeat_interval_s=30),
         )
-    for agent_id, *_ in FLEET:
-        _wait(lambda a=agent_id: session.get(f"{url}/v1/agents/{a}", timeout=5).status_code == 200)
+
+    def known(agent_id: str) -> bool:
+        return session.get(f"{url}/v1/agents/{agent_id}", timeout=5).status_code == 200
+
+    _wait(lambda: all(known(agent_id) for agent_id, *_ in FLEET))
     for seq in range(1, 4):
         for i, (agent_id, *_) in enumerate(FLEET):
             error = 0.5 if agent_id == "globex-evaluator-01" and seq == 3 else 0.01
