@@ -231,11 +231,13 @@ def unheeded(record: AgentRecord, received_at: datetime, now: datetime, resend_a
     return out
 
 
-def pause_step(reason: str, key: str, now: datetime) -> Step:
+def pause_step(reason: str, key: str, now: datetime, actor: str = "system:runaway") -> Step:
+    """Pause the agent (once: an agent already paused is left as it is)."""
+
     def step(record: AgentRecord) -> Plan:
         if "pause" in record.holds:
             return Plan(skipped="unchanged")
-        return holds.place(record, "pause", reason=reason, at=now, key=key, actor="system:runaway")
+        return holds.place(record, "pause", reason=reason, at=now, key=key, actor=actor)
 
     return step
 

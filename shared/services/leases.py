@@ -19,9 +19,9 @@ from datetime import datetime
 
 from fleet_agent.contracts import Command, CommandType, CostBatch, LeaseUse
 
-from shared.domain import holds
+from shared.domain import holds, spend
 from shared.domain import leases as domain
-from shared.domain.agent_record import AgentRecord, Plan, combine
+from shared.domain.agent_record import AgentRecord, combine
 from shared.domain.alerts import Alert, Severity
 from shared.domain.leases import Amount, Ledger
 from shared.domain.pricing import format_usd
@@ -139,12 +139,7 @@ def exceeded(agent: AgentRecord, epoch: domain.Epoch, excess: Amount, now: datet
         + f" beyond lease epoch {epoch.id} (granted ${format_usd(epoch.granted.usd_nanos)})"
     )
 
-    def step(record: AgentRecord) -> Plan:
-        if "pause" in record.holds:
-            return Plan(skipped="unchanged")
-        key = f"lease_exceeded.{epoch.id}"
-        return holds.place(record, "pause", reason=reason, at=now, key=key, actor="system:lease")
-
+    step = spend.pause_step(reason, f"lease_exceeded.{epoch.id}", now, actor="system:lease")
     plan = agent_store.update(agent.agent_id, combine([step]))
     if plan.commands:
         agent_commands.publish(plan.commands)

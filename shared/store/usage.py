@@ -272,13 +272,6 @@ def epoch_spend(agent_id: str, epochs: Sequence[tuple[str, str]]) -> dict[str, t
     return out
 
 
-def agent_window(agent_id: str, period: Period, win: Window) -> Totals:
-    """The agent's totals in one window, current or past (one read of its month document)."""
-    doc = db.get(_ref(agent_month_id(agent_id, window(Period.MONTH, win.starts_at).key)))
-    data = doc.to_dict() or {} if doc.exists else {}
-    return Totals.from_dict(data.get(month_field(period, win)))
-
-
 def agent_hours(agent_id: str, now: datetime) -> dict[datetime, int]:
     """Spend per hour (nano-dollars) this month: the cost-spike baseline (one read)."""
     month_win = window(Period.MONTH, now)
