@@ -20,6 +20,7 @@ from shared.api import core
 from shared.api import costs as costs_api
 from shared.api.core import ApiError, Call, Route
 from shared.console import agent_view
+from shared.store import agents as agent_store
 from shared.store.api_keys import Principal
 
 PREFIX = "/agents/"
@@ -57,6 +58,11 @@ def _call(
 def load(principal: Principal, agent_id: str) -> AgentPage:
     """What the page shows; raises ApiError(404) when ``principal`` may not see the agent."""
     args = {"agent_id": agent_id}
+    with agent_store.reads_once():  # the four handlers below read the agent once between them
+        return _load(principal, args)
+
+
+def _load(principal: Principal, args: dict[str, str]) -> AgentPage:
     agent = _call(agents_api.get_agent, principal, args)
     history = _call(agents_api.get_agent_history, principal, args)
     usage = _call(costs_api.get_agent_usage, principal, args)

@@ -19,6 +19,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -241,9 +243,31 @@ def from_stored(data: dict[str, Any] | None) -> AgentRecord:
     return AgentRecord.model_validate(data)
 
 
+#: Inside :func:`reads_once`, the agents ``get`` has read in this request (None: not read yet).
+_read_once: ContextVar[dict[str, AgentRecord | None] | None] = ContextVar("agents_read_once", default=None)
+
+
+@contextmanager
+def reads_once() -> Iterator[None]:
+    """Within this block, :func:`get` reads each agent at most once: a read-only view built from several
+    API handlers (the console's agent page) pays one read of the agent, not one per handler."""
+    token = _read_once.set({})
+    try:
+        yield
+    finally:
+        _read_once.reset(token)
+
+
 def get(agent_id: str) -> AgentRecord | None:
+    """The agent as stored now (one read, or none again inside :func:`reads_once`)."""
+    seen = _read_once.get()
+    if seen is not None and agent_id in seen:
+        return seen[agent_id]
     snap = read(agent_id)
-    return snap.record if snap else None
+    record = snap.record if snap else None
+    if seen is not None:
+        seen[agent_id] = record
+    return record
 
 
 def history(agent_id: str) -> list[dict[str, Any]]:

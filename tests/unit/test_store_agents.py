@@ -107,3 +107,21 @@ def test_a_heartbeat_update_writes_the_state_as_a_string_and_caches_it_as_a_map(
     cached = agent_store.cache.get("a-1")
     assert cached is not None and cached.record.ml == state and cached.update_time == "t2"
     agent_store.cache.drop("a-1")
+
+
+def test_reads_once_reads_each_agent_once_within_its_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+
+    def read(agent_id: str) -> Any:
+        reads.append(agent_id)
+        return None if agent_id == "gone" else agent_store.Snapshot(_record(agent_id=agent_id), None)
+
+    monkeypatch.setattr(agent_store, "read", read)
+    with agent_store.reads_once():
+        assert agent_store.get("a1") is agent_store.get("a1")
+        assert agent_store.get("gone") is None and agent_store.get("gone") is None
+        agent_store.get("a2")
+    assert reads == ["a1", "gone", "a2"]
+    agent_store.get("a1")
+    agent_store.get("a1")  # outside the block every get reads again
+    assert reads == ["a1", "gone", "a2", "a1", "a1"]
