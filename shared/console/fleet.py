@@ -16,9 +16,10 @@ from fleet_agent.contracts import AGENT_ID_PATTERN
 
 from shared.api import core
 from shared.api.bodies import agent_view
+from shared.console import formats
 from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
-from shared.domain.pricing import format_usd
+from shared.domain.pricing import to_usd
 from shared.store import agents as agent_store
 from shared.store import usage_today
 from shared.store.api_keys import Principal
@@ -120,7 +121,7 @@ def _row(record: AgentRecord, spent: int) -> Row:
         security_score=score if isinstance(score, int | float) else 100,
         identity=str(view.identity.status),
         last_heartbeat_at=view.last_heartbeat_at,
-        spend_today_usd=format_usd(spent),
+        spend_today_usd=formats.usd(to_usd(spent)),
         capabilities=tuple(view.capabilities),
         labels=tuple(sorted(view.labels.items())),
     )

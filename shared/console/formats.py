@@ -39,14 +39,17 @@ def decimal(value: Any) -> Decimal | None:
 
 
 def usd(value: Decimal | None) -> str:
-    """Money to show: cents from a dollar up, four decimals below ($0.0012), two significant digits below
-    $0.0001 ($0.000012), "—" when unknown."""
+    """Money to show: cents from a dollar up ($12.50); below, up to four decimals and at least two ($0.08,
+    $0.0012); two significant digits below $0.0001 ($0.000012); "—" when unknown."""
     if value is None:
         return "—"
     if abs(value) >= 1 or value == 0:
         return f"${value:,.2f}"
+    if abs(value) >= Decimal("0.0001"):
+        whole, _, cents = f"{value:.4f}".rstrip("0").partition(".")
+        return f"${whole}.{cents.ljust(2, '0')}"
     # Two significant digits below $0.0001, never scientific notation; nano-dollars at most.
-    return f"${value:.4f}" if abs(value) >= Decimal("0.0001") else f"${value:.{min(9, 1 - value.adjusted())}f}"
+    return f"${value:.{min(9, 1 - value.adjusted())}f}"
 
 
 def duration(seconds: float) -> str:

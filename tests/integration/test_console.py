@@ -84,7 +84,7 @@ def test_admin_signs_in_and_sees_the_fleet(page: Any, stack: Stack, publisher: A
     assert row.locator(".agent-name").inner_text() == "Console agent one"
     assert row.locator(".status").inner_text() in {"registered", "active"}
     assert row.locator(".liveness").inner_text() == "ok"
-    assert row.locator(".spend").inner_text() == "0.03"  # today's spend, from the usage counters
+    assert row.locator(".spend").inner_text() == "$0.03"  # today's spend, from the usage counters
 
     # Server-side filters: the label matches, another label does not.
     page.goto(_console(stack) + f"/?tenant={tenant}&label=team=ops")

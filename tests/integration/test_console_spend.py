@@ -60,16 +60,16 @@ def test_the_spend_page_shows_agents_models_chart_and_projection(
     def today(agent: str, model: str) -> str:
         return page.locator(f"tr[data-agent-id='{agent}'][data-model='{model}'] .today").inner_text()
 
-    assert today(one, "gpt-4o") == "$0.0200"
-    assert today(one, "claude-haiku") == "$0.0100"
-    assert today(two, "gpt-4o") == "$0.0500"
+    assert today(one, "gpt-4o") == "$0.02"
+    assert today(one, "claude-haiku") == "$0.01"
+    assert today(two, "gpt-4o") == "$0.05"
     assert page.locator(f"tr[data-agent-id='{two}'][data-model='claude-haiku']").count() == 0
     chart = page.locator("figure.spend-chart svg.chart")
     assert chart.count() == 1
     assert chart.bounding_box()["height"] > 50
 
     day = page.locator("table.spend-projection tr[data-period='day']")
-    assert day.locator(".spent").inner_text() == "$0.0800"
+    assert day.locator(".spent").inner_text() == "$0.08"
     assert day.locator(".budget").inner_text() == "$10.00"
     month = page.locator("table.spend-projection tr[data-period='month']")
     assert month.locator(".budget").inner_text() == "$100.00"
@@ -83,5 +83,5 @@ def test_the_spend_page_shows_agents_models_chart_and_projection(
     page.goto(_console(stack) + "/spend?tenant=someone-else")
     assert page.locator(".spend-tenant").inner_text() == tenant
     assert "only sees tenant" in page.locator("p.message").first.inner_text()
-    assert today(two, "gpt-4o") == "$0.0500"
+    assert today(two, "gpt-4o") == "$0.05"
     assert page.locator("form.spend-tenant-form").count() == 0

@@ -54,10 +54,10 @@ def test_a_tenant_key_sees_its_tenant_only(api: list[str]) -> None:
     assert any("only sees tenant acme" in n for n in data.notes)
     assert api[0] == "/v1/tenants/acme/usage" and api[1].startswith("/v1/agents?tenant=acme")
     rows = {(r["agent_id"], r["model"]): r for r in data.view["rows"]}
-    assert rows[("a1", "gpt-4o")]["today"] == "$0.0200"
+    assert rows[("a1", "gpt-4o")]["today"] == "$0.02"
     assert rows[("a1", "haiku")]["today"] == "$0.00"
     month = data.view["projections"][1]
-    assert month["budget"] == "$10.00" and month["spent"] == "$0.5000"
+    assert month["budget"] == "$10.00" and month["spent"] == "$0.50"
 
 
 def test_an_admin_picks_a_tenant(api: list[str]) -> None:

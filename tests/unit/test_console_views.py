@@ -208,6 +208,9 @@ def test_accepts_the_api_views_themselves() -> None:
 def test_formats() -> None:
     assert usd(None) == "—" and usd(Decimal("1234.5")) == "$1,234.50" and usd(Decimal(0)) == "$0.00"
     assert usd(Decimal("0.00001234")) == "$0.000012" and usd(Decimal("0.000000001")) == "$0.000000001"
+    assert usd(Decimal("0.08")) == "$0.08" and usd(Decimal("0.5")) == "$0.50" and usd(Decimal("0.4237")) == "$0.4237"
+    assert usd(Decimal("0.0012")) == "$0.0012" and usd(Decimal("0.12345")) == "$0.1234"
+    assert usd(Decimal("-0.3")) == "$-0.30"
     assert duration(59) == "59s" and duration(3600 + 5 * 60) == "1h 05m" and duration(2 * 86400 + 3600) == "2d 01h"
 
 
