@@ -22,6 +22,7 @@ SDK and every forged batch was refused, 1 otherwise, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -646,6 +647,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=22.0, help="seconds the fleet heartbeats")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
+    parser.add_argument(
+        "--keep-up",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after the demo, keep the stack (and its web console) up until Enter or Ctrl-C; "
+        "the default when run from a terminal",
+    )
     args = parser.parse_args(argv)
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -663,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("starting the local stack (Pub/Sub and Firestore emulators, functions)..."):
             env = stack.up()
         console.print(f"stack up in {time.monotonic() - started:.1f}s; API at {env['FLEET_API_URL']}")
-        console.print(f"web console at {env['FLEET_CONSOLE_URL']} (sign in with the stack's FLEET_API_KEY)")
+        console.print(f"web console at {env['FLEET_CONSOLE_URL']} (sign in with FLEET_API_KEY from {stack.env_file})")
         api = Api(env["FLEET_API_URL"], env["FLEET_API_KEY"])
         fleet = build_fleet(args.agents, rng)
         keys_dir = args.state_dir / "keys"
@@ -688,6 +696,13 @@ def main(argv: list[str] | None = None) -> int:
         slack_calls = fake_slack.get_calls(env["SLACK_API_URL"])
         ok = show_slack(slack_calls, fleet, console) and ok and refused and approved and trained
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
+        if args.keep_up if args.keep_up is not None else sys.stdin.isatty():
+            console.print(
+                f"the web console stays up at {env['FLEET_CONSOLE_URL']} (sign in with FLEET_API_KEY from "
+                f"{stack.env_file}); press Enter or Ctrl-C to stop the stack"
+            )
+            with contextlib.suppress(EOFError):  # stdin closed: stop now
+                input()
         return 0 if ok else 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
