@@ -10,7 +10,8 @@
   the liveness sweep with its Slack notices (tests/bench/sweep.py)
   the Slack app's answers to signed requests (tests/bench/slack.py), training jobs: submit,
   admission, launch, the reconcile tick (tests/bench/jobs.py), and the learned models: scoring per
-  heartbeat, retraining on a million rows, the push path with models in service (tests/bench/ml.py).
+  heartbeat, retraining on a million rows, the push path with models in service (tests/bench/ml.py),
+  and the web console's pages in Chromium beside the API's JSON (tests/bench/console.py).
 
 Two stacks are measured: the default (one instance, whose agent cache saves the read), and the
 cache switched off, which is what many instances without affinity look like in Google Cloud.
@@ -495,6 +496,10 @@ def main() -> int:
     from tests.bench import ml
 
     ml_lines = ml.main(report=lambda line: None)
+    print("measuring the web console ...", file=sys.stderr)
+    from tests.bench import console
+
+    console_lines = console.main(report=lambda line: None)
 
     lines += ["", "### Signed telemetry, per event", "", *signing.describe(), "", *signing_lines]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
@@ -503,6 +508,7 @@ def main() -> int:
     lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]
     lines += ["", "### Training jobs", "", *jobs.describe(), "", *job_lines]
     lines += ["", "### Learned models", "", *ml.describe(), "", *ml_lines]
+    lines += ["", "### Web console", "", *console.describe(), "", *console_lines]
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"
