@@ -104,27 +104,44 @@ def handle(request: flask.Request) -> flask.Response:
     request_id, trace = _request_ids(request)
     fields: dict[str, Any] = {"method": request.method, "path": request.path, "request_id": request_id}
     with logs.invocation(log, **fields) as entry:
-        level = logging.INFO
-        try:
-            response = _dispatch(request, entry.fields)
-        except ApiError as err:
-            response = _error(err.status, err.reason, err.headers, err.details)
-        except agent_controls.Refused as err:
-            response = _error(err.status, err.reason)
-        except Exception as exc:
-            entry.fields["error"] = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, db.transient_errors()):
-                level = logging.WARNING
-                response = _error(503, "Firestore is unavailable; retry shortly", {"Retry-After": "1"})
-            else:
-                level = logging.ERROR
-                entry.fields["exception"] = traceback.format_exc()
-                response = _error(500, f"internal error; see logs with request id {request_id}")
-        response.headers["X-Request-Id"] = request_id
+        response, level = _respond(request, entry.fields)
         if trace:
             entry.fields["logging.googleapis.com/trace"] = f"projects/{platform_settings.get().project}/traces/{trace}"
         entry.outcome(f"{request.method} {request.path} {response.status_code}", level, status=response.status_code)
     return response
+
+
+def serve_within(request: flask.Request, request_id: str) -> flask.Response:
+    """Serve one request inside another function's invocation (the console calling the API in-process):
+    the same routes, roles, audit and JSON errors, but no log line or meter of its own, so the caller's one
+    line counts every Firestore read of the page."""
+    fields: dict[str, Any] = {"method": request.method, "path": request.path, "request_id": request_id}
+    response, level = _respond(request, fields)
+    if level >= logging.WARNING:
+        logs.log(log, f"in-process {request.method} {request.path} {response.status_code}", level, **fields)
+    return response
+
+
+def _respond(request: flask.Request, fields: dict[str, Any]) -> tuple[flask.Response, int]:
+    """The response to ``request`` and the level to log it at; never raises."""
+    level = logging.INFO
+    try:
+        response = _dispatch(request, fields)
+    except ApiError as err:
+        response = _error(err.status, err.reason, err.headers, err.details)
+    except agent_controls.Refused as err:
+        response = _error(err.status, err.reason)
+    except Exception as exc:
+        fields["error"] = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, db.transient_errors()):
+            level = logging.WARNING
+            response = _error(503, "Firestore is unavailable; retry shortly", {"Retry-After": "1"})
+        else:
+            level = logging.ERROR
+            fields["exception"] = traceback.format_exc()
+            response = _error(500, f"internal error; see logs with request id {fields['request_id']}")
+    response.headers["X-Request-Id"] = fields["request_id"]
+    return response, level
 
 
 def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:

@@ -1,6 +1,6 @@
 """The Alerts page's data and actions: open alert episodes and active silences, acknowledge and snooze.
 
-Everything goes through the REST API's own handlers in-process (shared/api/router.handle with the
+Everything goes through the REST API's own handlers in-process (shared/console/api_calls.py, with the
 session's key as the bearer token), never around them: the same role checks (acknowledge and snooze
 need an operator), the same tenant scope, the same audit entries (a refused call is audited by the
 API's dispatcher as ``api.<endpoint>`` with outcome ``refused``). Snooze is a silence of the episode's
@@ -9,63 +9,19 @@ agent (or tenant) and rule for :data:`SNOOZE_S` seconds (as Slack's Snooze butto
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import flask
-from werkzeug.datastructures import Headers
-from werkzeug.test import EnvironBuilder
 
-from shared.api import router
-from shared.console import session
+from shared.console.api_calls import Answer, call_api
 
 #: Snooze: one hour.
 SNOOZE_S = 3600
 #: POST /alerts/<episode id>/<action>: the actions, and what an episode id may look like.
 ACTION_PATH = re.compile(r"^/alerts/(?P<episode_id>[A-Za-z0-9_.:-]{1,300})/(?P<action>ack|snooze)$")
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The API's answer to one in-process call."""
-
-    status: int
-    body: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def reason(self) -> str:
-        error = self.body.get("error")
-        if isinstance(error, dict):
-            return str(error.get("reason") or error.get("message") or "refused")
-        return str(self.body.get("reason") or error or f"the API answered {self.status}")
-
-
-def call_api(request: flask.Request, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
-    """Call the REST API's handler in-process as the session's key (its bearer token)."""
-    token = request.cookies.get(session.COOKIE, "")
-    builder = EnvironBuilder(
-        path=path,
-        method=method,
-        headers=Headers({"Authorization": f"Bearer {token}"}),
-        data=json.dumps(body) if body is not None else None,
-        content_type="application/json" if body is not None else None,
-    )
-    try:
-        response = router.handle(flask.Request(builder.get_environ()))
-    finally:
-        builder.close()
-    try:
-        data = json.loads(response.get_data(as_text=True) or "{}")
-    except ValueError:
-        data = {}
-    return Answer(response.status_code, data if isinstance(data, dict) else {})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import flask
 import jinja2
 
 from shared.api.core import ApiError
-from shared.console import agent_page, alerts_page, approvals_page, fleet, jobs_page, session, spend_page
+from shared.console import agent_page, alerts_page, api_calls, approvals_page, fleet, jobs_page, session, spend_page
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -243,6 +243,7 @@ def handle(request: flask.Request) -> flask.Response:
     """Serve one request; never raises, logs one line, always sets the security headers."""
     request_id = uuid.uuid4().hex
     fields: dict[str, Any] = {"method": request.method, "path": request.path, "request_id": request_id}
+    request.environ[api_calls.REQUEST_ID] = request_id
     with logs.invocation(log, **fields) as entry:
         level = logging.INFO
         try:

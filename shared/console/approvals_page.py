@@ -1,7 +1,7 @@
 """The Approvals page's data: pending and recently decided approval requests, read-only.
 
 Read through the REST API's own handler in-process (GET /v1/approvals via shared/api/router, with the
-session's key as the bearer token; see alerts_page.call_api): the same tenant scope and roles as the API.
+session's key as the bearer token; see api_calls.call_api): the same tenant scope and roles as the API.
 The page decides nothing: approving or denying stays in Slack (shared/slack/buttons.py), where the
 approver's identity is known and the four-eyes rule (not the requester, not the agent's owner) is checked.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import flask
 
-from shared.console.alerts_page import call_api
+from shared.console.api_calls import call_api
 
 #: How many requests each table shows (the API's list is newest first).
 LIMIT = 50

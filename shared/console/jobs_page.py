@@ -2,7 +2,7 @@
 (progress, cost so far, estimate, preemptions) and the recently finished ones.
 
 Read through the REST API's own handler in-process (``GET /v1/jobs`` via
-shared/console/alerts_page.call_api with the session's key as the bearer token): the same roles, the
+shared/console/api_calls.call_api with the session's key as the bearer token): the same roles, the
 same tenant scope (a tenant-scoped key sees only its tenant's jobs), the same audit.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import flask
 
-from shared.console.alerts_page import call_api
+from shared.console.api_calls import call_api
 
 #: How many jobs one page view reads (the API's own maximum).
 LIMIT = 200

@@ -3,7 +3,7 @@ days, and the projected end-of-period spend against the tenant's budget (view mo
 shared/console/spend_view.py).
 
 The tenant's agents, usage and budget come from the REST API's own handlers in-process with the
-session's key (shared/console/alerts_page.call_api): the same tenant scope and roles. A tenant-scoped key
+session's key (shared/console/api_calls.call_api): the same tenant scope and roles. A tenant-scoped key
 sees only its tenant; an admin key picks one with ``?tenant=``. The per-model day counters come from
 ``shared.store.usage.agent_month_models`` (one read per agent and month; the previous month too while
 the comparison window reaches into it), only for agents the API listed for this key.
@@ -21,7 +21,7 @@ import flask
 
 from shared.api import core
 from shared.console import spend_view
-from shared.console.alerts_page import call_api
+from shared.console.api_calls import call_api
 from shared.console.formats import decimal
 from shared.domain.usage import ModelDay
 from shared.store import usage as usage_store

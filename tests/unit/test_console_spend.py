@@ -10,7 +10,7 @@ import flask
 import pytest
 
 from shared.console import app, spend_page
-from shared.console.alerts_page import Answer
+from shared.console.api_calls import Answer
 from shared.domain.api_keys import Role
 from shared.domain.usage import ModelDay
 from shared.store.api_keys import Principal

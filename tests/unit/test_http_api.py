@@ -595,3 +595,24 @@ def test_audit_before_out_of_range_is_a_400_not_a_500(calls: Calls, monkeypatch:
     assert seen == []
     assert call("/v1/audit", before="2026-11-21T10:00:00+01:00").status == 200
     assert seen == [datetime(2026, 11, 21, 9, 0, tzinfo=UTC)]
+
+
+def test_serve_within_answers_as_handle_with_no_line_or_meter_of_its_own(
+    calls: Calls, log_lines: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's in-process calls: the caller's one log line counts the reads the API made for it."""
+
+    def get(agent_id: str) -> AgentRecord:
+        metering.count(reads=1)
+        return record(agent_id, "acme")
+
+    monkeypatch.setattr(agent_store, "get", get)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with metering.metered() as meter, APP.test_request_context("/v1/agents/agent-a1", headers=auth):
+        reply = Reply(router.serve_within(flask.request, "req-1"))
+    assert reply.status == 200 and reply.json["agent_id"] == "agent-a1"
+    assert reply.headers["X-Request-Id"] == "req-1"
+    assert meter.reads == 1 and log_lines == []
+    with APP.test_request_context("/v1/agents/agent-a1", headers={"Authorization": "Bearer nope"}):
+        refused = Reply(router.serve_within(flask.request, "req-2"))
+    assert_error(refused, 401, "unauthorized")
