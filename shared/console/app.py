@@ -107,7 +107,7 @@ def fleet_page(request: flask.Request, principal: Principal) -> flask.Response:
 
 def fleet_fragment(request: flask.Request, principal: Principal) -> flask.Response:
     data = fleet.load(principal, request.args)
-    return render("fleet_rows.html", fleet=data)
+    return render("fleet_live.html", fleet=data)
 
 
 def agent_detail(request: flask.Request, principal: Principal) -> flask.Response:

@@ -67,6 +67,8 @@ class Fleet:
     scope: str | None
     truncated: bool
     by_status: dict[str, int]
+    #: How many agents one view reads at most (by id, after the tenant and status filters).
+    limit: int = MAX_AGENTS
 
 
 def parse_filters(args: Any, principal: Principal) -> Filters:

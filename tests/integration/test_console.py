@@ -157,7 +157,7 @@ def test_an_agent_named_like_a_script_is_shown_as_text(page: Any, stack: Stack, 
     assert response.headers.get("referrer-policy") == "no-referrer"
     assert page.locator(f"tr[data-agent-id='{agent}'] .agent-name").inner_text() == XSS_NAME
     assert page.evaluate("window.__xss") is None
-    # After a live update (the table body is replaced from /fragments/fleet), still text.
-    page.wait_for_timeout(5600)
+    # After a live update (the table is replaced from /fragments/fleet by console.js), still text.
+    page.wait_for_selector("#fleet-live[data-refreshed='1']", timeout=15000)
     assert page.locator(f"tr[data-agent-id='{agent}'] .agent-name").inner_text() == XSS_NAME
     assert page.evaluate("window.__xss") is None
