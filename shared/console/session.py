@@ -11,6 +11,8 @@ logged nor echoed back. POSTs also check Sec-Fetch-Site and Origin when the brow
 
 from __future__ import annotations
 
+import os
+
 import flask
 
 from shared.store import api_keys
@@ -21,7 +23,10 @@ _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 
 def is_local(request: flask.Request) -> bool:
-    """A loopback host (the local stack serves plain HTTP, where a Secure cookie would never come back)."""
+    """A loopback host outside Google Cloud (the local stack serves plain HTTP, where a Secure cookie would
+    never come back). In Cloud Run (``K_SERVICE`` is set) the cookie is always Secure, whatever Host says."""
+    if os.environ.get("K_SERVICE"):
+        return False
     host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").startswith("[") else "[::1]"
     return host in _LOCAL_HOSTS
 

@@ -108,6 +108,14 @@ def test_the_cookie_is_secure_away_from_loopback() -> None:
     assert "Secure" in response.headers["Set-Cookie"]
 
 
+def test_the_cookie_is_always_secure_in_cloud_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K_SERVICE", "fleet-console")  # Cloud Run sets it; a Host header cannot
+    with APP.test_request_context("/sign-in", method="POST", base_url="http://localhost:8080"):
+        response = flask.Response()
+        session.sign_in(response, flask.request, "admin-token")
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
 def test_cross_site_posts_are_refused() -> None:
     for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
         assert _call("/sign-in", "POST", data={"key": "admin-token"}, headers=headers).status_code == 403
