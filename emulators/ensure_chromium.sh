@@ -7,7 +7,7 @@ command -v chromium >/dev/null 2>&1 && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   run=()
 elif command -v sudo >/dev/null 2>&1; then
-  run=(sudo)
+  run=(sudo -n)  # never wait for a password (CI has no one to type it)
 else
   echo "error: Chromium is missing. Install it with: sudo apt-get install chromium" >&2
   exit 1

@@ -53,9 +53,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-#: Navigation: (path, label). Pages without a view yet say "coming soon".
+#: Navigation: (path, label).
 NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
-COMING_SOON = {path: label for path, label in NAV if path not in {"/", "/alerts", "/approvals", "/jobs", "/spend"}}
 
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -159,11 +158,6 @@ def approvals(request: flask.Request, principal: Principal) -> flask.Response:
     return render("approvals.html", principal=principal, approvals=data, active="/approvals")
 
 
-def coming_soon(request: flask.Request, principal: Principal) -> flask.Response:
-    title = COMING_SOON[request.path]
-    return render("coming_soon.html", principal=principal, title=title, active=request.path)
-
-
 def static_file(name: str) -> flask.Response:
     path = STATIC_FILES.get(name)
     if path is None:
@@ -189,7 +183,6 @@ SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/spend"): spend,
     ("GET", "/jobs"): jobs,
     ("GET", "/approvals"): approvals,
-    **{("GET", path): coming_soon for path in COMING_SOON},
 }
 #: Pages under a path prefix (the rest of the path is the page's argument, e.g. /agents/<agent_id>).
 SIGNED_PREFIXES: dict[tuple[str, str], Signed] = {
