@@ -2,6 +2,10 @@
 
 Read through the REST API's own handler in-process (GET /v1/approvals via shared/api/router, with the
 session's key as the bearer token; see api_calls.call_api): the same tenant scope and roles as the API.
+The API filters by one state at a time: the page asks for the pending ones, then for each decided state
+(approved, denied, expired) and shows the newest :data:`LIMIT` of those together, so no pending request
+is read twice. A list cut at its limit says so on the page. Firestore reads per view: one per request
+read, at least one per state asked (4).
 The page decides nothing: approving or denying stays in Slack (shared/slack/buttons.py), where the
 approver's identity is known and the four-eyes rule (not the requester, not the agent's owner) is checked.
 """
@@ -9,15 +13,18 @@ approver's identity is known and the four-eyes rule (not the requester, not the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import flask
 
 from shared.console.api_calls import call_api
+from shared.console.formats import when
 
 #: How many requests each table shows (the API's list is newest first).
 LIMIT = 50
+#: The states of a decided request, each asked for separately (the API takes one state per query).
+DECIDED = ("approved", "denied", "expired")
 #: Where the decisions are made, said on the page.
 NOTE = (
     "This page is read-only. Approve or deny in Slack, in the tenant's approvals channel: there the "
@@ -52,15 +59,6 @@ class Approvals:
     note: str = NOTE
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -79,26 +77,41 @@ def _row(item: dict[str, Any]) -> Row:
         reason=str(item.get("reason") or ""),
         estimated_cost_usd=_text(item.get("estimated_cost_usd")),
         state=str(item.get("state") or ""),
-        created_at=_time(item.get("created_at")),
-        expires_at=_time(item.get("expires_at")),
+        created_at=when(item.get("created_at")),
+        expires_at=when(item.get("expires_at")),
         decided_by=_text(item.get("decided_by")),
-        decided_at=_time(item.get("decided_at")),
+        decided_at=when(item.get("decided_at")),
         applied=_text(item.get("applied")),
         post_error=_text(item.get("post_error")),
     )
 
 
+def _items(request: flask.Request, state: str, what: str, notes: list[str]) -> tuple[list[dict[str, Any]], bool]:
+    """One state's newest :data:`LIMIT` requests, and whether the API may hold more."""
+    answer = call_api(request, "GET", f"/v1/approvals?state={state}&limit={LIMIT}")
+    if not answer.ok:
+        notes.append(f"{what} could not be read: {answer.reason}")
+        return [], False
+    items = [i for i in answer.body.get("items") or [] if isinstance(i, dict)]
+    return items, len(items) >= LIMIT
+
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
 def load(request: flask.Request) -> Approvals:
-    """Pending requests and the most recent others (approved, denied, expired), as the key may see them."""
+    """Pending requests and the most recent decided ones (approved, denied, expired), as the key may see them."""
     notes: list[str] = []
-    pending = call_api(request, "GET", f"/v1/approvals?state=pending&limit={LIMIT}")
-    if not pending.ok:
-        notes.append(f"Pending approvals could not be read: {pending.reason}")
-    recent = call_api(request, "GET", f"/v1/approvals?limit={LIMIT}")
-    if not recent.ok:
-        notes.append(f"Recent approvals could not be read: {recent.reason}")
-    pending_rows = [_row(i) for i in pending.body.get("items") or [] if isinstance(i, dict)]
-    recent_rows = [
-        _row(i) for i in recent.body.get("items") or [] if isinstance(i, dict) and i.get("state") != "pending"
-    ]
-    return Approvals(pending_rows, recent_rows, notes)
+    pending, pending_cut = _items(request, "pending", "Pending approvals", notes)
+    if pending_cut:
+        notes.append(f"Only the newest {LIMIT} pending approvals are shown.")
+    decided: list[Row] = []
+    decided_cut = False
+    for state in DECIDED:
+        items, cut = _items(request, state, f"Recent approvals ({state})", notes)
+        decided += [_row(i) for i in items]
+        decided_cut = decided_cut or cut
+    decided.sort(key=lambda r: r.created_at or _EPOCH, reverse=True)
+    if decided_cut or len(decided) > LIMIT:
+        notes.append(f"Only the newest {LIMIT} decided approvals are shown.")
+    return Approvals([_row(i) for i in pending], decided[:LIMIT], notes)

@@ -3,24 +3,32 @@
 
 Read through the REST API's own handler in-process (``GET /v1/jobs`` via
 shared/console/api_calls.call_api with the session's key as the bearer token): the same roles, the
-same tenant scope (a tenant-scoped key sees only its tenant's jobs), the same audit.
+same tenant scope (a tenant-scoped key sees only its tenant's jobs), the same audit. The API filters by
+one state at a time, so the page asks once per state: each waiting and each active state (up to the
+API's maximum of :data:`LIMIT` each, so an old queued or running job is never pushed out by newer
+finished ones) and each final state (the newest :data:`FINISHED_LIMIT`). A list cut at its limit says so
+on the page. Firestore reads per view: one per job shown, at least one per state asked (7).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import flask
 
 from shared.console.api_calls import call_api
+from shared.console.formats import decimal, when
 
-#: How many jobs one page view reads (the API's own maximum).
+#: How many jobs of each waiting or active state one page view reads (the API's own maximum).
 LIMIT = 200
+#: How many finished jobs the page shows (the newest; each final state is asked for this many).
+FINISHED_LIMIT = 50
 WAITING = ("awaiting_approval", "queued")
 ACTIVE = ("admitted", "running")
+FINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -60,24 +68,6 @@ class Jobs:
     notes: list[str]
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _decimal(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        return None
-
-
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -98,13 +88,13 @@ def row(item: dict[str, Any]) -> JobRow:
         reason=str(item.get("reason") or ""),
         position=_int(item.get("position")),
         priority=_int(item.get("priority")) or 0,
-        created_at=_time(item.get("created_at")),
-        started_at=_time(item.get("started_at")),
-        finished_at=_time(item.get("finished_at")),
+        created_at=when(item.get("created_at")),
+        started_at=when(item.get("started_at")),
+        finished_at=when(item.get("finished_at")),
         step=_int(progress.get("step")),
         total_steps=_int(progress.get("total_steps")),
-        cost_usd=_decimal(item.get("cost_usd")) or Decimal(0),
-        estimate_usd=_decimal(estimate.get("usd")),
+        cost_usd=decimal(item.get("cost_usd")) or Decimal(0),
+        estimate_usd=decimal(estimate.get("usd")),
         machine=str(estimate.get("machine") or ""),
         preemptions=_int(item.get("preemptions")) or 0,
     )
@@ -114,16 +104,36 @@ def split(items: list[dict[str, Any]]) -> tuple[list[JobRow], list[JobRow], list
     """(queue by tenant then position, with those awaiting approval last; running; finished newest first)."""
     rows = [row(i) for i in items if isinstance(i, dict)]
     queue = [r for r in rows if r.state in WAITING]
-    queue.sort(key=lambda r: (r.tenant, r.state != "queued", r.position or 10**9, r.created_at or datetime.min))
+    queue.sort(key=lambda r: (r.tenant, r.state != "queued", r.position or 10**9, r.created_at or _EPOCH))
     running = [r for r in rows if r.state in ACTIVE]
     finished = [r for r in rows if r.state not in WAITING and r.state not in ACTIVE]
+    finished.sort(key=lambda r: r.created_at or _EPOCH, reverse=True)
     return queue, running, finished
 
 
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
 def load(request: flask.Request) -> Jobs:
-    """The jobs the session's key may see (the API's newest first, at most :data:`LIMIT`)."""
-    answer = call_api(request, "GET", f"/v1/jobs?limit={LIMIT}")
-    notes = [] if answer.ok else [f"Jobs could not be read: {answer.reason}"]
-    items = answer.body.get("items") or []
-    queue, running, finished = split(items if isinstance(items, list) else [])
-    return Jobs(queue, running, finished, notes)
+    """The jobs the session's key may see: every waiting and active state (up to :data:`LIMIT` each) and
+    the newest :data:`FINISHED_LIMIT` finished ones, with a note for each list cut at its limit."""
+    items: list[dict[str, Any]] = []
+    notes: list[str] = []
+    cut: set[str] = set()
+    for state in (*WAITING, *ACTIVE, *FINAL):
+        limit = FINISHED_LIMIT if state in FINAL else LIMIT
+        answer = call_api(request, "GET", f"/v1/jobs?state={state}&limit={limit}")
+        if not answer.ok:
+            notes.append(f"Jobs ({state}) could not be read: {answer.reason}")
+            continue
+        found = [i for i in answer.body.get("items") or [] if isinstance(i, dict)]
+        if len(found) >= limit:
+            cut.add(state)
+        items += found
+    queue, running, finished = split(items)
+    for state in (*WAITING, *ACTIVE):
+        if state in cut:
+            notes.append(f"Only the newest {LIMIT} {state} jobs are shown: older ones are left out.")
+    if cut & set(FINAL) or len(finished) > FINISHED_LIMIT:
+        notes.append(f"Only the newest {FINISHED_LIMIT} finished jobs are shown.")
+    return Jobs(queue, running, finished[:FINISHED_LIMIT], notes)

@@ -4,9 +4,12 @@ shared/console/spend_view.py).
 
 The tenant's agents, usage and budget come from the REST API's own handlers in-process with the
 session's key (shared/console/api_calls.call_api): the same tenant scope and roles. A tenant-scoped key
-sees only its tenant; an admin key picks one with ``?tenant=``. The per-model day counters come from
-``shared.store.usage.agent_month_models`` (one read per agent and month; the previous month too while
-the comparison window reaches into it), only for agents the API listed for this key.
+sees only its tenant; an admin key picks one with ``?tenant=``. Each period's spend and budget (the
+projections) are the usage API's ``periods.day``/``periods.month``: the tenant's own counters, so they
+hold however many agents the tenant has. The per-agent, per-model day counters (the table and the chart
+only) come from ``shared.store.usage_months.agents_month_models`` for the agents the API listed for this
+key (at most :data:`MAX_AGENTS`; the page says when it stops there): one batched read of one document per
+agent and month (the previous month too while the comparison window reaches into it).
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ import flask
 from shared.api import core
 from shared.console import spend_view
 from shared.console.api_calls import call_api
-from shared.console.formats import decimal
 from shared.domain.usage import ModelDay
-from shared.store import usage as usage_store
+from shared.store import usage_months
 from shared.store.api_keys import Principal
 
 #: At most this many agents (pages of the API's list) on one page.
@@ -66,14 +68,22 @@ def _agents(request: flask.Request, tenant: str, notes: list[str]) -> list[str]:
         if not token:
             break
     else:
-        notes.append(f"Only the first {MAX_AGENTS} agents are shown.")
-    return ids
+        notes.append(
+            f"The table and the chart show the first {MAX_AGENTS} agents only; "
+            "the projections are the tenant's whole spend."
+        )
+    return ids[:MAX_AGENTS]
 
 
-def agent_days(agent_id: str, months: list[str]) -> dict[date, Mapping[str, ModelDay]]:
-    out: dict[date, Mapping[str, ModelDay]] = {}
-    for month in months:
-        out.update(spend_view.month_days(month, usage_store.agent_month_models(agent_id, month)))
+def agent_days(agent_ids: list[str], months: list[str]) -> dict[str, dict[date, Mapping[str, ModelDay]]]:
+    """Each agent's day counters by model over ``months``, keyed by date (one batched read)."""
+    found = usage_months.agents_month_models(agent_ids, months)
+    out: dict[str, dict[date, Mapping[str, ModelDay]]] = {}
+    for agent_id, by_month in found.items():
+        days: dict[date, Mapping[str, ModelDay]] = {}
+        for month, month_models in by_month.items():
+            days.update(spend_view.month_days(month, month_models))
+        out[agent_id] = days
     return out
 
 
@@ -92,9 +102,8 @@ def load(request: flask.Request, principal: Principal, now: datetime | None = No
     usage = call_api(request, "GET", f"/v1/tenants/{quote(tenant)}/usage")
     if not usage.ok:
         return SpendPage(tenant, None, [*notes, f"Usage could not be read: {usage.reason}"])
-    budget = usage.body.get("budget") or {}
-    month = (usage.body.get("periods") or {}).get("month") or {}
+    periods = usage.body.get("periods")
     months = _months(now.date(), spend_view.DAYS)
-    agents = {agent_id: agent_days(agent_id, months) for agent_id in _agents(request, tenant, notes)}
-    view = spend_view.spend_view(tenant, agents, now, budget, decimal(month.get("spend_usd")))
+    agents = agent_days(_agents(request, tenant, notes), months)
+    view = spend_view.spend_view(tenant, agents, now, periods if isinstance(periods, Mapping) else None)
     return SpendPage(tenant, view, notes)

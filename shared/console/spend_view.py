@@ -1,9 +1,10 @@
 """The spend page's view model (pure, no I/O): a tenant's spend per agent and model, today against the
 previous days, and a projected end-of-period spend against the budget.
 
-Input: per agent, its day counters by model (``shared.store.usage.agent_month_models(agent, "YYYY-MM")``
-gives day ("01".."31") -> model -> :class:`ModelDay`; :func:`month_days` turns that into dates, and a
-caller early in a month merges the previous month's the same way). The projection is linear on the
+Input: the API's tenant usage view (each period's spend and budget: the projections) and, per agent, its
+day counters by model (``shared.store.usage_months.agents_month_models`` gives month -> day ("01".."31")
+-> model -> :class:`ModelDay`; :func:`month_days` turns one month into dates, and a caller early in a
+month merges the previous month's the same way: the table and the chart). The projection is linear on the
 period's elapsed share: ``spent / elapsed share``, none before ``MIN_ELAPSED_SHARE`` of the period
 (a few minutes' spend says little about a month).
 """
@@ -141,43 +142,47 @@ def daily_totals(agents: Mapping[str, Days], today: date, days: int = DAYS) -> l
     return [(d, sum(c.usd_nanos for per_day in agents.values() for c in per_day.get(d, {}).values())) for d in span]
 
 
+def _period(periods: Mapping[str, Any], name: str) -> tuple[Decimal | None, Decimal | None]:
+    """(spend, budget) of one period of the API's usage view (``periods.day``/``periods.month``)."""
+    period = periods.get(name)
+    if not isinstance(period, Mapping):
+        return None, None
+    return decimal(period.get("spend_usd")), decimal(period.get("budget_usd"))
+
+
 def spend_view(
     tenant: str,
     agents: Mapping[str, Days],
     now: datetime,
-    budget: Mapping[str, Any] | None = None,
-    month_spend_usd: Decimal | None = None,
+    periods: Mapping[str, Any] | None = None,
     days: int = DAYS,
 ) -> dict[str, Any]:
     """The spend page: rows per agent and model, per-agent totals, a bar chart of the tenant's daily
-    spend against its daily budget, and projections for today and the month against ``budget`` (a
-    BudgetSpec's dict: ``daily_usd``, ``monthly_usd``). ``month_spend_usd`` is the month's spend as the
-    usage API reports it; without it the month is summed from ``agents``' days of this month."""
+    spend against its daily budget, and projections for today and the month.
+
+    The projections take each period's spend and budget from ``periods``, the API's tenant usage view
+    (``GET /v1/tenants/{t}/usage``: ``day``/``month`` with ``spend_usd`` and ``budget_usd``, the hard
+    limit the API enforces): the tenant's own counters, whatever the number of agents. ``agents`` (the
+    per-agent, per-model day counters) only make the table and the chart; a period the API did not
+    report has no projection row."""
     today = now.date()
-    budget = budget or {}
-    daily_budget = decimal(budget.get("daily_usd"))
-    monthly_budget = decimal(budget.get("monthly_usd"))
+    periods = periods or {}
+    _, daily_budget = _period(periods, "day")
     table = rows(agents, today, days)
     totals = daily_totals(agents, today, days)
     per_agent: dict[str, int] = {}
     for row in table:
         per_agent[row.agent_id] = per_agent.get(row.agent_id, 0) + row.today_nanos
-    if month_spend_usd is None:
-        first = today.replace(day=1)
-        month_spend_usd = to_usd(
-            sum(
-                c.usd_nanos
-                for per_day in agents.values()
-                for d, ms in per_day.items()
-                if first <= d <= today
-                for c in ms.values()
-            )
-        )
     chart: Markup = charts.bar_chart(
         [(f"{d:%m-%d}", float(to_usd(n))) for d, n in totals],
         title=f"{tenant}: spend per day",
         budget=float(daily_budget) if daily_budget is not None else None,
     )
+    projections = []
+    for name, period in (("day", Period.DAY), ("month", Period.MONTH)):
+        spent, budget = _period(periods, name)
+        if spent is not None:
+            projections.append(project(spent, period, now, budget).row(now))
     return {
         "tenant": tenant,
         "today": today,
@@ -185,8 +190,5 @@ def spend_view(
         "agents": [{"agent_id": a, "today": usd(to_usd(n))} for a, n in sorted(per_agent.items())],
         "days": [{"day": d, "spend": usd(to_usd(n))} for d, n in totals],
         "chart": chart,
-        "projections": [
-            project(to_usd(totals[-1][1]), Period.DAY, now, daily_budget).row(now),
-            project(month_spend_usd, Period.MONTH, now, monthly_budget).row(now),
-        ],
+        "projections": projections,
     }

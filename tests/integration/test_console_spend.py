@@ -72,7 +72,12 @@ def test_the_spend_page_shows_agents_models_chart_and_projection(
     assert day.locator(".spent").inner_text() == "$0.08"
     assert day.locator(".budget").inner_text() == "$10.00"
     month = page.locator("table.spend-projection tr[data-period='month']")
+    assert month.locator(".spent").inner_text() == "$0.08"
     assert month.locator(".budget").inner_text() == "$100.00"
+    # The rows are the usage API's own periods (the tenant's counters, whatever the agent list holds).
+    periods = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]
+    assert [Decimal(periods[p]["spend_usd"]) for p in ("day", "month")] == [Decimal("0.08")] * 2
+    assert [Decimal(periods[p]["budget_usd"]) for p in ("day", "month")] == [Decimal(10), Decimal(100)]
     assert month.locator(".projected").inner_text() != ""
     assert violations == []
 

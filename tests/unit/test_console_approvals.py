@@ -9,7 +9,8 @@ from typing import Any
 import flask
 import pytest
 
-from shared.console import app, session
+from shared.console import app, approvals_page, session
+from shared.console.api_calls import Answer
 from shared.domain.api_keys import Role
 from shared.domain.approvals import Approval, Kind, Requester, State
 from shared.store import api_keys
@@ -19,6 +20,8 @@ from shared.store.api_keys import Principal
 T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 VIEWER = Principal("00000000000000bb", "acme-viewer", Role.VIEWER, "acme")
 APP = flask.Flask(__name__)
+#: load() passes the request on to call_api, which a test replaces.
+APP_REQUEST: Any = None
 
 
 def _approval(approval_id: str, tenant: str = "acme", state: State = State.PENDING, **kw: Any) -> Approval:
@@ -82,3 +85,41 @@ def test_the_page_lists_the_tenants_approvals_read_only_and_escaped(world: list[
 def test_without_a_session_the_page_redirects_to_sign_in(world: list[dict[str, Any]]) -> None:
     response = _get("/approvals", "unknown")
     assert response.status_code == 303 and response.headers["Location"] == "/sign-in"
+
+
+def test_decided_states_are_asked_for_so_pending_ones_are_read_once(world: list[dict[str, Any]]) -> None:
+    body = _get("/approvals", "viewer-token").get_data(as_text=True)
+    assert [call["state"] for call in world] == ["pending", "approved", "denied", "expired"]
+    assert all(call["limit"] == approvals_page.LIMIT for call in world)
+    recent = body.split('id="recent-rows"', 1)[1].split("</tbody>", 1)[0]
+    assert "apr-approved" in recent and "apr-pending" not in recent
+    assert "Only the newest" not in body
+
+
+def test_lists_cut_at_their_limit_say_so(world: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(approvals_page, "LIMIT", 1)
+    body = _get("/approvals", "viewer-token").get_data(as_text=True)
+    assert "Only the newest 1 pending approvals are shown." in body
+    assert "Only the newest 1 decided approvals are shown." in body
+
+
+def test_decided_ones_newest_first_at_most_the_limit_and_times_in_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(approvals_page, "LIMIT", 2)
+    local = "2026-12-06T12:30:00+02:00"
+    by_state = {
+        "approved": [{"id": "apr-a", "state": "approved", "created_at": "2026-12-06T09:00:00Z"}],
+        "denied": [{"id": "apr-d", "state": "denied", "created_at": local, "decided_at": local}],
+        "expired": [{"id": "apr-e", "state": "expired", "created_at": "2026-12-05T09:00:00Z"}],
+    }
+
+    def call_api(request: Any, method: str, path: str, body: Any = None) -> Answer:
+        state = path.split("state=", 1)[1].split("&", 1)[0]
+        return Answer(200, {"items": by_state.get(state, [])})
+
+    monkeypatch.setattr(approvals_page, "call_api", call_api)
+    data = approvals_page.load(APP_REQUEST)
+    assert [r.id for r in data.recent] == ["apr-d", "apr-a"] and data.pending == []
+    assert data.recent[0].decided_at == datetime(2026, 12, 6, 10, 30, tzinfo=UTC)
+    assert data.notes == ["Only the newest 2 decided approvals are shown."]
+    html = app.render("approvals.html", principal=VIEWER, approvals=data, active="/approvals")
+    assert "2026-12-06 10:30:00 UTC" in html.get_data(as_text=True)

@@ -267,13 +267,29 @@ def test_projection_arithmetic() -> None:
 
 def test_spend_view_page() -> None:
     agents = {"agent-1": {date(2026, 12, 1): {"m1": day("2")}, date(2026, 12, 6): {"m1": day("3"), "m2": day("1")}}}
-    page = spend_view.spend_view(HOSTILE, agents, NOW, {"daily_usd": "5", "monthly_usd": "50"})
+    # The API's periods, not the breakdown: the tenant spent more than the listed agents (a cut list).
+    periods = {
+        "day": {"spend_usd": "5.0000", "budget_usd": "9.0000", "remaining_usd": "4.0000"},
+        "month": {"spend_usd": "11.0000", "budget_usd": "50.0000"},
+        "hour": {"spend_usd": "1.0000", "budget_usd": None},
+    }
+    page = spend_view.spend_view(HOSTILE, agents, NOW, periods)
     assert page["agents"] == [{"agent_id": "agent-1", "today": "$4.00"}]
     assert [d["spend"] for d in page["days"]][-1] == "$4.00" and len(page["days"]) == spend_view.DAYS + 1
     today, month = page["projections"]
-    assert today["projected"] == "$8.00" and today["over"]
-    # Month summed from the days ($6 by Dec 6 noon, 5.5/31 elapsed).
-    assert month["spent"] == "$6.00" and month["projected"] == "$33.82" and not month["over"]
+    assert today["period"] == "day" and today["spent"] == "$5.00" and today["budget"] == "$9.00"
+    assert today["projected"] == "$10.00" and today["over"] and today["remaining"] == "$4.00"
+    # Dec 6 noon: 5.5 of 31 days elapsed; $11 -> $62.00 against $50.
+    assert month["spent"] == "$11.00" and month["budget"] == "$50.00" and month["projected"] == "$62.00"
+    assert month["over"]
     assert "<script" not in page["chart"] and "&lt;script&gt;" in page["chart"]
-    reported = spend_view.spend_view("acme", agents, NOW, None, month_spend_usd=Decimal("11"))
-    assert reported["projections"][1]["spent"] == "$11.00" and reported["projections"][1]["budget"] is None
+    # The chart's budget line is the API's daily budget.
+    assert page["chart"] == spend_view.spend_view(HOSTILE, agents, NOW, {"day": {"budget_usd": "9"}})["chart"]
+    assert page["chart"] != spend_view.spend_view(HOSTILE, agents, NOW, None)["chart"]
+
+
+def test_spend_view_without_the_apis_periods_has_no_projection() -> None:
+    agents = {"agent-1": {date(2026, 12, 6): {"m1": day("3")}}}
+    page = spend_view.spend_view("acme", agents, NOW, {"month": {"spend_usd": "7", "budget_usd": None}})
+    assert [(p["period"], p["spent"], p["budget"]) for p in page["projections"]] == [("month", "$7.00", None)]
+    assert spend_view.spend_view("acme", agents, NOW, None)["projections"] == []
