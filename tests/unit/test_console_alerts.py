@@ -252,3 +252,25 @@ def test_a_silence_id_chosen_by_the_client_is_idempotent_and_not_shared(world: d
     theirs = _api("POST", "/v1/silences", "operator-token", {**body, "id": "sil-00000000000000bb"})
     assert theirs.status == 409 and len(world["silences"]) == 2
     assert _api("POST", "/v1/silences", "operator-token", {**body, "id": "mine"}).status == 400
+
+
+def test_a_concurrent_repeat_of_a_chosen_id_returns_the_silence_made_first(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both requests read "no such silence"; the second's create fails (AlreadyExists) and it answers the first's."""
+    first = Silence(
+        id="sil-00000000000000cc",
+        agent_id="agent-a1",
+        tenant="acme",
+        reason="first",
+        created_by="api:acme-operator",
+        created_at=T0,
+        starts_at=T0,
+        expires_at=T0 + timedelta(hours=1),
+    )
+    reads = iter([None, first])
+    monkeypatch.setattr(silence_store, "get", lambda silence_id: next(reads))
+    world["silences"][first.id] = first
+    body = {"id": first.id, "agent_id": "agent-a1", "duration_s": 600, "reason": "second"}
+    answer = _api("POST", "/v1/silences", "operator-token", body)
+    assert answer.status == 200 and answer.body["reason"] == "first" and world["audit"] == []
