@@ -30,6 +30,7 @@ from shared.domain.api_keys import Role
 from shared.domain.silences import Silence
 from shared.services import agent_controls
 from shared.store import audit as audit_store
+from shared.store import db
 from shared.store import episodes as episode_store
 from shared.store import silences as silence_store
 
@@ -79,6 +80,21 @@ def _alert_view(row: dict[str, Any]) -> AlertView:
 _EPISODE_PARAM = Param("episode_id", "path", "The alert episode's id.", {"type": "string"}, required=True)
 
 
+def _visible_episode(call: Call) -> dict[str, Any]:
+    """The path's episode, if the key may see its tenant; 404 otherwise (another tenant's is not found)."""
+    episode_id = call.args["episode_id"]
+    found = episode_store.get(episode_id) if _EPISODE_ID.match(episode_id) else None
+    if found is None or not core.principal(call).can_see(str(found.get("tenant") or "")):
+        raise ApiError(404, f"alert episode {episode_id} not found")
+    return found
+
+
+@routes.get("/v1/alerts/<episode_id>", AlertView, params=(_EPISODE_PARAM,), errors=(404,))
+def get_alert(call: Call) -> AlertView:
+    """One alert episode by id, open or resolved; 404 when it does not exist or is another tenant's."""
+    return _alert_view(_visible_episode(call))
+
+
 @routes.post(
     "/v1/alerts/<episode_id>/acknowledge",
     AlertView,
@@ -89,20 +105,21 @@ _EPISODE_PARAM = Param("episode_id", "path", "The alert episode's id.", {"type":
 )
 def acknowledge_alert(call: Call) -> AlertView:
     """Acknowledge an open alert episode (as Slack's Acknowledge button does): reminders stop until it
-    escalates. 409 when it is resolved; acknowledging it again changes nothing (acknowledged_by stays the first)."""
+    escalates. 409 when it is resolved (checked in the acknowledging transaction); acknowledging it again
+    changes nothing (acknowledged_by stays the first)."""
     core.body(call, AcknowledgeRequest)
-    principal = core.principal(call)
+    found = _visible_episode(call)
     episode_id = call.args["episode_id"]
-    found = episode_store.get(episode_id) if _EPISODE_ID.match(episode_id) else None
-    if found is None or not principal.can_see(str(found.get("tenant") or "")):
-        raise ApiError(404, f"alert episode {episode_id} not found")
-    if found.get("state") != "open":
-        raise ApiError(409, f"alert episode {episode_id} is {found.get('state')}, not open")
     now = core.now()
-    earlier = episode_store.acknowledge(episode_id, core.actor(call), now)
+    try:
+        earlier = episode_store.acknowledge(episode_id, core.actor(call), now, require_open=True)
+    except episode_store.NotOpen as exc:
+        raise ApiError(409, str(exc)) from None
     if earlier is None:
         audit_store.append(core.audit(call, "alert.acknowledge", episode_id, found.get("tenant"), {}, now))
-        found = {**found, "acknowledged_by": core.actor(call), "acknowledged_at": now}
+        found = {**found, "state": "open", "acknowledged_by": core.actor(call), "acknowledged_at": now}
+    else:
+        found = {**found, "state": "open", "acknowledged_by": earlier}
     return _alert_view(found)
 
 
@@ -113,10 +130,28 @@ def _silence_view(silence: Silence, now: datetime) -> SilenceView:
     return SilenceView.model_validate({**silence.model_dump(), "active": silence.active(now)})
 
 
-@routes.post("/v1/silences", SilenceView, SilenceRequest, Role.OPERATOR, errors=(400, 404))
+def _repeated(call: Call, silence: Silence, tenant: str | None, now: datetime) -> SilenceView:
+    """A repeat of a create with a client-chosen id: the silence made the first time, if it is the same one
+    (the same scope, visible to the key); 409 otherwise."""
+    body = core.body(call, SilenceRequest)
+    principal = core.principal(call)
+    visible = principal.tenant is None or silence.tenant == principal.tenant
+    same = (silence.agent_id, silence.tenant, silence.rule, silence.maintenance) == (
+        body.agent_id,
+        tenant,
+        body.rule,
+        body.maintenance,
+    )
+    if not (visible and same):
+        raise ApiError(409, f"silence id {silence.id} is taken by another silence")
+    return _silence_view(silence, now)
+
+
+@routes.post("/v1/silences", SilenceView, SilenceRequest, Role.OPERATOR, errors=(400, 404, 409))
 def create_silence(call: Call) -> SilenceView:
     """Silence alerts by agent, tenant or rule, or start a maintenance window; always with an expiry.
-    Resolutions are still sent; a heartbeat never ends a maintenance window."""
+    Resolutions are still sent; a heartbeat never ends a maintenance window. With a client-chosen ``id``
+    a repeat returns the silence already created (the console's Snooze: a double submit is one silence)."""
     body = core.body(call, SilenceRequest)
     principal = core.principal(call)
     now = core.now()
@@ -135,9 +170,12 @@ def create_silence(call: Call) -> SilenceView:
     expires_at = body.expires_at or starts_at + timedelta(seconds=body.duration_s or 0)
     if expires_at <= now:
         raise ApiError(400, "expires_at is in the past")
+    earlier = silence_store.get(body.id) if body.id else None
+    if earlier is not None:
+        return _repeated(call, earlier, tenant, now)
     try:
         silence = Silence(
-            id=f"sil-{uuid.uuid4().hex[:16]}",
+            id=body.id or f"sil-{uuid.uuid4().hex[:16]}",
             agent_id=body.agent_id,
             tenant=tenant,
             rule=body.rule,
@@ -150,7 +188,13 @@ def create_silence(call: Call) -> SilenceView:
         )
     except ValidationError as exc:
         raise ApiError(400, "; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
-    return _silence_view(agent_controls.create_silence(silence, core.operator(call), now), now)
+    created = db.unless_changed(lambda: agent_controls.create_silence(silence, core.operator(call), now))
+    if created is None:  # a concurrent repeat with the same id created it first
+        raced = silence_store.get(silence.id)
+        if raced is None:
+            raise ApiError(409, f"silence {silence.id} could not be created; retry")
+        return _repeated(call, raced, tenant, now)
+    return _silence_view(created, now)
 
 
 @routes.get("/v1/silences", SilenceList)

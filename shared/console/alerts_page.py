@@ -4,15 +4,22 @@ Everything goes through the REST API's own handlers in-process (shared/console/a
 session's key as the bearer token), never around them: the same role checks (acknowledge and snooze
 need an operator), the same tenant scope, the same audit entries (a refused call is audited by the
 API's dispatcher as ``api.<endpoint>`` with outcome ``refused``). Snooze is a silence of the episode's
-agent (or tenant) and rule for :data:`SNOOZE_S` seconds (as Slack's Snooze button does).
+agent (or tenant) and rule for :data:`SNOOZE_S` seconds (as Slack's Snooze button does), the episode found by
+its id (``GET /v1/alerts/{episode_id}``). Its id is derived as Slack derives a Snooze click's: from the
+trigger (here the page's form token and the action) and the episode, so a double submit of one form is one
+silence (``POST /v1/silences`` with that ``id`` returns the silence already made). After an action the browser
+is sent back to /alerts with a notice in the query string (:func:`after`), so a refresh repeats nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import flask
 
@@ -22,6 +29,14 @@ from shared.console.api_calls import Answer, call_api
 SNOOZE_S = 3600
 #: POST /alerts/<episode id>/<action>: the actions, and what an episode id may look like.
 ACTION_PATH = re.compile(r"^/alerts/(?P<episode_id>[A-Za-z0-9_.:-]{1,300})/(?P<action>ack|snooze)$")
+#: The most open episodes the page lists (newest first); a note says when there may be more.
+LIMIT = 100
+#: The form token of one rendered page (the trigger a snooze's silence id is derived from).
+TOKEN = re.compile(r"^[0-9a-f]{32}$")
+VERBS = {"ack": "acknowledge", "snooze": "snooze"}
+DONE = {"ack": "acknowledged", "snooze": "snoozed"}
+#: The longest reason a refusal notice carries in the query string.
+REASON_MAX = 300
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,40 @@ class Alerts:
     episodes: list[Episode]
     silences: list[SilenceRow]
     notes: list[str]
+    #: What the last action did (from the query string :func:`after` wrote), or None.
+    notice: str | None = None
+    #: This rendering's form token (a hidden field of each Snooze form).
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def notice_of(args: Any) -> str | None:
+    """The notice the query string carries after an action (plain text: the template escapes it)."""
+    episode_id = str(args.get("episode") or "")[:300]
+    action = str(args.get("action") or "")
+    notice = args.get("notice")
+    if not episode_id or action not in VERBS:
+        return None
+    if notice == DONE[action]:
+        lasting = f" for {SNOOZE_S // 60} minutes" if action == "snooze" else ""
+        return f"{notice.capitalize()} {episode_id}{lasting}."
+    if notice == "refused":
+        reason = str(args.get("reason") or "refused")[:REASON_MAX]
+        return f"Could not {VERBS[action]} {episode_id}: {reason}"
+    return None
+
+
+def after(action: str, episode_id: str, answer: Answer) -> str:
+    """Where the browser goes after an action: /alerts with what happened (or why nothing did)."""
+    query = {"notice": DONE[action] if answer.ok else "refused", "action": action, "episode": episode_id}
+    if not answer.ok:
+        query["reason"] = answer.reason[:REASON_MAX]
+    return "/alerts?" + urlencode(query)
+
+
+def silence_id(trigger: str, episode_id: str) -> str:
+    """A snooze's silence id: the rule of Slack's Snooze button (shared/slack/buttons.py), from the trigger
+    (a Slack click's trigger_id; here the console's action and form token) and the episode."""
+    return "sil-" + hashlib.sha256(f"{trigger}|{episode_id}".encode()).hexdigest()[:16]
 
 
 def _time(value: Any) -> datetime | None:
@@ -67,9 +116,14 @@ def _time(value: Any) -> datetime | None:
 def load(request: flask.Request) -> Alerts:
     """Open episodes (newest first) and active silences, as the session's key may see them."""
     notes: list[str] = []
-    alerts = call_api(request, "GET", "/v1/alerts?state=open&limit=100")
+    alerts = call_api(request, "GET", f"/v1/alerts?state=open&limit={LIMIT}")
     if not alerts.ok:
         notes.append(f"Alerts could not be read: {alerts.reason}")
+    elif len(alerts.body.get("items") or []) >= LIMIT:
+        notes.append(
+            f"Only the newest {LIMIT} open alerts are listed; there may be more "
+            "(GET /v1/alerts?state=open filters by agent, rule or severity)."
+        )
     episodes = [
         Episode(
             id=str(item.get("id")),
@@ -100,7 +154,7 @@ def load(request: flask.Request) -> Alerts:
         for item in silences.body.get("items") or []
         if item.get("active", True)
     ]
-    return Alerts(episodes, rows, notes)
+    return Alerts(episodes, rows, notes, notice_of(request.args))
 
 
 def acknowledge(request: flask.Request, episode_id: str) -> Answer:
@@ -108,12 +162,18 @@ def acknowledge(request: flask.Request, episode_id: str) -> Answer:
 
 
 def snooze(request: flask.Request, episode_id: str) -> Answer:
-    """A silence of the episode's agent (or tenant) and rule for an hour, created by POST /v1/silences."""
-    found = call_api(request, "GET", "/v1/alerts?state=open&limit=100")
-    episode = next((i for i in found.body.get("items") or [] if i.get("id") == episode_id), None)
-    if episode is None:
-        return found if not found.ok else Answer(404, {"error": {"reason": f"no open alert episode {episode_id}"}})
+    """A silence of the episode's agent (or tenant) and rule for an hour, created by POST /v1/silences with
+    an id derived from the form's token and the episode (a repeat of the same submit is the same silence)."""
+    found = call_api(request, "GET", f"/v1/alerts/{episode_id}")
+    if not found.ok:
+        return found
+    episode = found.body
+    if episode.get("state") != "open":
+        return Answer(409, {"error": {"reason": f"alert episode {episode_id} is {episode.get('state')}, not open"}})
+    token = str(request.form.get("token") or "")
+    trigger = f"console.snooze.{token if TOKEN.fullmatch(token) else uuid.uuid4().hex}"
     body: dict[str, Any] = {
+        "id": silence_id(trigger, episode_id),
         "tenant": episode.get("tenant"),
         "rule": episode.get("rule"),
         "duration_s": SNOOZE_S,

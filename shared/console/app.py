@@ -128,18 +128,14 @@ def alerts(
 
 
 def alert_action(request: flask.Request, principal: Principal) -> flask.Response:
-    """POST /alerts/<episode id>/ack or /snooze: the API's handler decides (roles, audit); success goes
-    back to /alerts, a refusal shows the API's reason on the page."""
+    """POST /alerts/<episode id>/ack or /snooze: the API's handler decides (roles, audit). Either way the answer
+    is a 303 to /alerts with what happened, or the API's reason, in the query string (shown escaped), so
+    refreshing the page repeats nothing."""
     match = alerts_page.ACTION_PATH.match(request.path.rstrip("/"))
     assert match is not None, "dispatched only for matching paths"
     episode_id, action = match["episode_id"], match["action"]
     act = alerts_page.acknowledge if action == "ack" else alerts_page.snooze
-    answer = act(request, episode_id)
-    if answer.ok:
-        return _redirect("/alerts")
-    verb = "acknowledge" if action == "ack" else "snooze"
-    message = f"Could not {verb} {episode_id}: {answer.reason}"
-    return alerts(request, principal, message, answer.status if answer.status >= 400 else 400)
+    return _redirect(alerts_page.after(action, episode_id, act(request, episode_id)))
 
 
 def spend(request: flask.Request, principal: Principal) -> flask.Response:

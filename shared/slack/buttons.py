@@ -71,6 +71,13 @@ class Click:
         )
 
 
+def person(who: object) -> str:
+    """Who did something, as a Slack message shows it: a Slack user id as a mention (``<@U123>``), anything
+    else (``api:<key name>``: an acknowledgement through the API or the console) as escaped plain text."""
+    text = str(who)
+    return f"<@{text}>" if roles.USER_ID.fullmatch(text) else notices.escape(text)
+
+
 def _tell(click: Click, text: str) -> None:
     """An ephemeral note to the clicker, in the message's channel; best effort."""
     if not click.channel:
@@ -161,7 +168,7 @@ def on_alert(click: Click, now: datetime) -> None:
         if snooze is None:
             earlier = episode_store.acknowledge(episode_id, click.user_id, now)
             if earlier is not None:
-                return f"Already acknowledged by <@{earlier}>."
+                return f"Already acknowledged by {person(earlier)}."
             audit_store.append(agent_controls.audit_entry(actor, audit_action, episode_id, tenant, {}, now))
             note = f"👀 Acknowledged by <@{click.user_id}> at {now:%H:%M} UTC: reminders stop"
             drop: tuple[str, ...] = (notices.ACK,)

@@ -8,6 +8,7 @@ from shared.domain import episodes, slash
 from shared.domain.roles import Action
 from shared.domain.silences import Silence
 from shared.services import agent_controls
+from shared.slack.buttons import person
 from shared.slack.command_context import (
     LISTED,
     Asker,
@@ -28,7 +29,7 @@ def _alerts(asker: Asker, parsed: slash.Parsed) -> Reply:
     for tenant in pick_tenants(asker, parsed.args[0] if parsed.args else None):
         for row in episode_store.list_episodes(state="open", tenant=tenant, limit=LISTED):
             subject = f"`{row['agent_id']}`" if row.get("agent_id") else f"tenant {tenant}"
-            ack = f" · acknowledged by <@{row['acknowledged_by']}>" if row.get("acknowledged_by") else ""
+            ack = f" · acknowledged by {person(row['acknowledged_by'])}" if row.get("acknowledged_by") else ""
             lines.append(
                 f"{row.get('severity')} · {episodes.title(str(row.get('rule')))} · {subject} · "
                 f"since {when(row.get('opened_at'))}{ack}"

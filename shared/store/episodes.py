@@ -162,10 +162,20 @@ def set_fields(episode_id: str, fields: dict[str, Any]) -> None:
 # --- the outbox ---------------------------------------------------------------------------------
 
 
-def acknowledge(episode_id: str, user: str, at: datetime) -> str | None:
+class NotOpen(Exception):
+    """The episode is not open (resolved, or gone): an acknowledgement that must find it open changed nothing."""
+
+    def __init__(self, episode_id: str, state: str | None) -> None:
+        super().__init__(f"alert episode {episode_id} is {state or 'gone'}, not open")
+        self.state = state
+
+
+def acknowledge(episode_id: str, user: str, at: datetime, *, require_open: bool = False) -> str | None:
     """Record who acknowledged an open episode and stop its reminders, in a transaction: of two clicks
     one wins, and a click racing an escalation reads the escalated episode. Returns who had
-    acknowledged it already (nothing is changed then), or None when this call did."""
+    acknowledged it already (nothing is changed then), or None when this call did. With ``require_open``
+    the episode's state is checked inside the transaction: :class:`NotOpen` (nothing changed) when it is
+    resolved by then, or gone."""
     from google.cloud import firestore
 
     ref = episode_ref(episode_id)
@@ -175,12 +185,18 @@ def acknowledge(episode_id: str, user: str, at: datetime) -> str | None:
     def run(transaction: Any) -> None:
         snap = ref.get(transaction=transaction)
         data = snap.to_dict() or {}
+        if require_open and (not snap.exists or data.get("state") != "open"):
+            raise NotOpen(episode_id, data.get("state") if snap.exists else None)
         earlier[0] = data.get("acknowledged_by")
         if earlier[0] is None:
             fields = {"acknowledged_by": user, "acknowledged_at": at, "next_repeat_at": None}
             transaction.update(ref, fields)
 
-    run(db.client().transaction())
+    try:
+        run(db.client().transaction())
+    except NotOpen:
+        metering.count(reads=1)
+        raise
     metering.count(reads=1, writes=0 if earlier[0] else 1)
     return earlier[0]
 

@@ -257,6 +257,7 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/prices", "get"),
             ("/v1/prices/{model}", "put"),
             ("/v1/alerts", "get"),
+            ("/v1/alerts/{episode_id}", "get"),
             ("/v1/alerts/{episode_id}/acknowledge", "post"),
             ("/v1/silences", "get"),
             ("/v1/silences", "post"),

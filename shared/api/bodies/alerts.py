@@ -93,6 +93,13 @@ class SilenceRequest(BaseModel):
     starts_at: AwareDatetime | None = Field(default=None, description="Default: now.")
     duration_s: int | None = Field(default=None, ge=60, le=30 * 86400, description="Either this or expires_at.")
     expires_at: AwareDatetime | None = None
+    id: str | None = Field(
+        default=None,
+        pattern=r"^sil-[0-9a-f]{16}$",
+        description="Optional: the silence's id, chosen by the client (sil- and 16 hex digits), which makes the "
+        "call idempotent: a repeat with the same id returns the silence already created and creates nothing "
+        "(409 when that id is another silence's). Default: a new random id.",
+    )
 
 
 class SilenceView(View):
