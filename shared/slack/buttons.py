@@ -166,7 +166,10 @@ def on_alert(click: Click, now: datetime) -> None:
             return _refuse(click, now, audit_action, episode_id, tenant, roles.refusal(role, action, tenant))
         actor = agent_controls.Actor(f"slack:{click.user_id}", click.trigger_id or episode_id, frozenset({tenant}))
         if snooze is None:
-            earlier = episode_store.acknowledge(episode_id, click.user_id, now)
+            try:
+                earlier = episode_store.acknowledge(episode_id, click.user_id, now, require_open=True)
+            except episode_store.NotOpen:
+                return "That alert is no longer open: it was resolved, so there is nothing to acknowledge."
             if earlier is not None:
                 return f"Already acknowledged by {person(earlier)}."
             audit_store.append(agent_controls.audit_entry(actor, audit_action, episode_id, tenant, {}, now))
