@@ -26,7 +26,12 @@ def test_the_agent_page_shows_spend_charts_and_holds(page: Any, stack: Stack, pu
     tenant = _tenant()
     agent = f"it-{uuid.uuid4().hex[:12]}"
     _register(publisher, api, agent, tenant, name="Console agent page")
-    _beats(publisher, api, agent, 3)
+    _beats(publisher, api, agent, 12)  # two history chunks (the stack's FLEET_HISTORY_CHUNK is 5), two unflushed
+    # ?limit= answers the newest samples, oldest first, from the newest chunks (one, then both) and the tail.
+    history = f"/v1/agents/{agent}/history"
+    assert [s["seq"] for s in api.get(history, limit="5").json()["samples"]] == [8, 9, 10, 11, 12]
+    assert [s["seq"] for s in api.get(history, limit="8").json()["samples"]] == list(range(5, 13))
+    assert [s["seq"] for s in api.get(history).json()["samples"]] == list(range(1, 13))
     _spend(publisher, api, agent, 3)
     violations: list[str] = []
     page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
