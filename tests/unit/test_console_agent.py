@@ -119,11 +119,14 @@ class FakeApi:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.audit_status = 200
+        self.failing: set[str] = set()
 
     def __call__(self, request: flask.Request, method: str, path: str, body: Any = None) -> Answer:
         url = urlsplit(path)
         query = dict(parse_qsl(url.query))
         self.calls.append((url.path, query))
+        if url.path in self.failing:
+            return Answer(503, {"error": {"code": "unavailable", "reason": "Firestore is unavailable; retry shortly"}})
         principal = TOKENS[request.cookies[session.COOKIE]]
         if url.path.startswith("/v1/agents/"):
             if url.path.split("/")[3] != "agent-a1" or not principal.can_see("acme"):
@@ -189,6 +192,18 @@ def test_a_key_the_audit_log_refuses_sees_a_note_not_a_failed_page(api: FakeApi)
     html = response.get_data(as_text=True)
     assert 'id="panel-commands"' in html and "Not available to your role" in html and "data-command=" not in html
     assert 'id="panel-spend"' in html  # the rest of the page is there
+
+
+def test_a_part_the_api_cannot_answer_leaves_a_note_and_the_rest_of_the_page(api: FakeApi) -> None:
+    api.failing = {"/v1/agents/agent-a1/usage", "/v1/alerts"}
+    response = _get("/agents/agent-a1")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "Spend and holds could not be read: Firestore is unavailable" in html
+    assert 'id="panel-spend"' not in html and 'id="panel-holds"' not in html and 'id="panel-metrics"' in html
+    assert "Alert episodes could not be read: Firestore is unavailable" in html
+    api.failing = {"/v1/agents/agent-a1"}
+    assert _get("/agents/agent-a1").status_code == 503  # the agent itself: the page cannot be shown
 
 
 def test_the_page_asks_for_only_the_heartbeats_its_charts_show(api: FakeApi) -> None:
