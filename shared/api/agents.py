@@ -60,11 +60,26 @@ def get_agent(call: Call) -> AgentView:
     return agent_view(visible_record(call))
 
 
-@routes.get("/v1/agents/<agent_id>/history", HistoryView, params=AGENT, errors=(404,))
+#: ``?limit=`` of an agent's history at most (FLEET_HISTORY_CHUNK * FLEET_HISTORY_SLOTS is 1,440 by default).
+MAX_HISTORY = 10_000
+_HISTORY_PARAMS = (
+    *AGENT,
+    Param(
+        "limit",
+        "query",
+        f"Only the newest N samples, 1 to {MAX_HISTORY} (only the history chunks holding them are read); "
+        "without it, every stored sample.",
+        {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY},
+    ),
+)
+
+
+@routes.get("/v1/agents/<agent_id>/history", HistoryView, params=_HISTORY_PARAMS, errors=(400, 404))
 def get_agent_history(call: Call) -> HistoryView:
-    """An agent's stored heartbeat samples, oldest first."""
+    """An agent's stored heartbeat samples, oldest first (all, or the newest ``limit``)."""
+    limit = core.bounded_int(call.request, "limit", 0, MAX_HISTORY) if core.query(call.request, "limit") else None
     agent = agent_view(visible_record(call))
-    samples = agent_store.history(agent.agent_id)
+    samples = agent_store.history(agent.agent_id) if limit is None else agent_store.history(agent.agent_id, limit)
     return HistoryView.model_validate({"agent_id": agent.agent_id, "samples": samples})
 
 

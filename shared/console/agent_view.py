@@ -1,11 +1,11 @@
 """The agent page's view model (pure, no I/O): from what the API already returns (the agent, its heartbeat
-history, its usage with holds and lease, its alerts) build the panels the page shows.
+history, its usage with holds and lease, its alerts, its audit entries) build the panels the page shows.
 
 A panel is one function ``(AgentData) -> dict | None`` registered under a name (:func:`panel`); the page
 renders :func:`panels` in registration order, each with the template ``panels/<name>.html`` (a panel that
 returns None is left out). Adding a panel is one function here (or anywhere, with ``@panel``) and one
 small template. Inputs are the API's views, either as pydantic models or their JSON dicts
-(``GET /v1/agents/{id}``, ``/history``, ``/usage``, ``GET /v1/alerts?agent_id=``).
+(``GET /v1/agents/{id}``, ``/history``, ``/usage``, ``GET /v1/alerts?agent_id=``, ``GET /v1/audit?target=``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from markupsafe import Markup
 
 from shared.console import charts
 from shared.console.formats import ago, decimal, plain, until, usd, when
+from shared.domain import holds as hold_kinds
 from shared.domain.health import HealthConfig
 
 #: Status changes the timeline shows at most (newest first).
 TIMELINE_LIMIT = 20
 #: Resolved alert episodes shown besides the open ones.
 RECENT_EPISODES = 10
+#: Commands shown at most (newest first).
+RECENT_COMMANDS = 10
 PERIOD_ORDER = ("hour", "day", "month")
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -61,6 +64,10 @@ class AgentData:
     samples: list[Mapping[str, Any]] = field(default_factory=list)
     usage: Mapping[str, Any] | None = None
     alerts: list[Mapping[str, Any]] = field(default_factory=list)
+    #: The agent's audit entries, newest first (None: not read).
+    audit: list[Mapping[str, Any]] | None = None
+    #: Per panel name, why its data is missing or cut (shown on the panel).
+    notes: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -70,6 +77,9 @@ class AgentData:
         history: Any = None,
         usage: Any = None,
         alerts: Iterable[Any] = (),
+        *,
+        audit: Iterable[Any] | None = None,
+        notes: Mapping[str, str] | None = None,
     ) -> AgentData:
         """From the API's views or their dicts: ``history`` is a HistoryView (or its samples list)."""
         hist = plain(history)
@@ -80,6 +90,8 @@ class AgentData:
             samples=[plain(s) for s in samples],
             usage=plain(usage),
             alerts=[plain(a) for a in alerts],
+            audit=None if audit is None else [plain(e) for e in audit],
+            notes=dict(notes or {}),
         )
 
 
@@ -198,6 +210,11 @@ def metrics_panel(data: AgentData) -> dict[str, Any]:
     return {"title": "Metrics", "charts": items, "samples": len(data.samples)}
 
 
+def stamp(at: datetime | None) -> str | None:
+    """An absolute time as the page prints it (UTC, to the second), beside a relative one."""
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if at is not None else None
+
+
 def period_rows(usage: Mapping[str, Any] | None, now: datetime) -> list[dict[str, Any]]:
     """Spend per period (hour, day, month) with budget, remaining, used share and reset time."""
     periods = (usage or {}).get("periods") or {}
@@ -224,6 +241,7 @@ def period_rows(usage: Mapping[str, Any] | None, now: datetime) -> list[dict[str
                 "unpriced_calls": period.get("unpriced_calls"),
                 "resets_at": resets,
                 "resets_in": until(resets, now),
+                "resets_utc": stamp(resets),
             }
         )
     return rows
@@ -245,6 +263,7 @@ def spend_panel(data: AgentData) -> dict[str, Any] | None:
             "granted_tokens": lease.get("granted_tokens"),
             "expires_at": expires,
             "expires_in": until(expires, data.now),
+            "expires_utc": stamp(expires),
             "returns_at": when(lease.get("returns_at")),
         }
     return {
@@ -271,9 +290,56 @@ def holds_panel(data: AgentData) -> dict[str, Any] | None:
                 "issued_at": when(hold.get("issued_at")),
                 "until": lifts,
                 "lifts_in": until(lifts, data.now) if lifts else "until lifted",
+                "lifts_utc": stamp(lifts),
             }
         )
     return {"title": "Holds", "holds": items}
+
+
+#: Audit actions that record a command sent to the agent (besides ``agent.hold.<hold>``), by command.
+COMMAND_ACTIONS = {"agent.release": "release", "agent.key_rotate": "key_rotated"}
+
+
+def command_of(entry: Mapping[str, Any]) -> str | None:
+    """The command an audit entry records (None: the entry is not a command): a hold placed or lifted sends
+    its kind's command (pause/resume, budget_exhausted/budget_restored...), a release ``release``, a
+    confirmed key rotation ``key_rotated``; a move to ``decommissioned`` is shown as ``decommission``."""
+    action = str(entry.get("action") or "")
+    kind = hold_kinds.KINDS.get(action.removeprefix("agent.hold.")) if action.startswith("agent.hold.") else None
+    if kind is not None:
+        return (kind.lifts if entry.get("outcome") == "lifted" else kind.places).value
+    details = entry.get("details") or {}
+    if action == "agent.transition" and isinstance(details, Mapping) and details.get("to") == "decommissioned":
+        return "decommission"
+    return COMMAND_ACTIONS.get(action)
+
+
+@panel("commands")
+def commands_panel(data: AgentData) -> dict[str, Any] | None:
+    """The newest commands from the agent's audit entries: what, when, by whom, why and the outcome."""
+    note = data.notes.get("commands")
+    if data.audit is None and note is None:
+        return None
+    items = []
+    for entry in data.audit or []:
+        command = command_of(entry)
+        if command is None:
+            continue
+        raw = entry.get("details")
+        details: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        at = when(entry.get("at"))
+        items.append(
+            {
+                "command": command,
+                "action": entry.get("action"),
+                "at": at,
+                "ago": ago(at, data.now),
+                "actor": entry.get("actor") or "",
+                "reason": details.get("reason") or "",
+                "outcome": entry.get("outcome") or "",
+            }
+        )
+    return {"title": "Recent commands", "commands": items[:RECENT_COMMANDS], "note": note}
 
 
 def _episode(alert: Mapping[str, Any], now: datetime) -> dict[str, Any]:
@@ -295,11 +361,13 @@ def _episode(alert: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 
 @panel("episodes")
 def episodes_panel(data: AgentData) -> dict[str, Any]:
-    """Open alert episodes (newest first), then the most recent resolved ones."""
-    mine = [a for a in data.alerts if a.get("agent_id") == data.agent.get("agent_id")]
+    """Open alert episodes (newest first), then the most recent resolved ones (an episode read twice, as
+    open and among the newest, is shown once)."""
+    mine = {a.get("id"): a for a in data.alerts if a.get("agent_id") == data.agent.get("agent_id")}.values()
     newest = sorted(mine, key=lambda a: (when(a.get("opened_at")) or _NEVER, str(a.get("id") or "")), reverse=True)
     return {
         "title": "Alert episodes",
         "open": [_episode(a, data.now) for a in newest if a.get("state") == "open"],
         "recent": [_episode(a, data.now) for a in newest if a.get("state") != "open"][:RECENT_EPISODES],
+        "note": data.notes.get("episodes"),
     }

@@ -270,17 +270,37 @@ def get(agent_id: str) -> AgentRecord | None:
     return record
 
 
-def history(agent_id: str) -> list[dict[str, Any]]:
-    """Every stored heartbeat sample of an agent, oldest first (chunks, then the unflushed tail)."""
+def history(agent_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The agent's stored heartbeat samples, oldest first (chunks, then the unflushed tail); with ``limit``
+    only the newest ``limit``, read from the newest chunks only (``chunk_no`` descending, a page of as many
+    chunks as should hold the samples still missing, again while short). One read per chunk read."""
     agent = get(agent_id)
     if agent is None:
         return []
-    docs = list(ref(agent_id).collection(HISTORY).stream())
-    metering.count(reads=max(1, len(docs)))
+    collection = ref(agent_id).collection(HISTORY)
+    docs: list[Any] = []
+    if limit is None:
+        docs = list(collection.stream(**db.call_options()))
+        metering.count(reads=max(1, len(docs)))
+    else:
+        last: Any = None
+        per_chunk = max(1, len(agent.recent))  # the ring holds one chunk's worth of samples
+        short = limit - len([s for s in agent.samples if s["seq"] > agent.flushed_seq])
+        while short > 0:
+            want = -(-short // per_chunk)
+            query = collection.order_by("chunk_no", direction="DESCENDING")
+            page = list((query if last is None else query.start_after(last)).limit(want).stream(**db.call_options()))
+            metering.count(reads=max(1, len(page)))
+            docs += page
+            short -= sum(len((d.to_dict() or {}).get("samples") or ()) for d in page)
+            if len(page) < want:
+                break
+            last = page[-1]
     chunks = sorted((d.to_dict() or {} for d in docs), key=lambda c: c["chunk_no"])
     samples = _decoded(s for chunk in chunks for s in chunk["samples"])
     newest = samples[-1]["seq"] if samples else -1
-    return samples + [s for s in agent.samples if s["seq"] > newest]
+    samples += [s for s in agent.samples if s["seq"] > newest]
+    return samples if limit is None else samples[-limit:]
 
 
 def list_agents(

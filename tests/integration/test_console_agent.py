@@ -1,9 +1,11 @@
 """The console's agent page in a real browser (Playwright driving Chromium) against the session's stack: an
 agent with recorded spend and a few heartbeats shows its spend per hour, day and month, SVG charts of its
-metrics, and its hold once paused; another tenant's key gets a 404 page."""
+metrics, each budget's reset time also in UTC, and once paused through the API its hold and the pause
+command in its recent commands; another tenant's key gets a 404 page."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -24,7 +26,12 @@ def test_the_agent_page_shows_spend_charts_and_holds(page: Any, stack: Stack, pu
     tenant = _tenant()
     agent = f"it-{uuid.uuid4().hex[:12]}"
     _register(publisher, api, agent, tenant, name="Console agent page")
-    _beats(publisher, api, agent, 3)
+    _beats(publisher, api, agent, 12)  # two history chunks (the stack's FLEET_HISTORY_CHUNK is 5), two unflushed
+    # ?limit= answers the newest samples, oldest first, from the newest chunks (one, then both) and the tail.
+    history = f"/v1/agents/{agent}/history"
+    assert [s["seq"] for s in api.get(history, limit="5").json()["samples"]] == [8, 9, 10, 11, 12]
+    assert [s["seq"] for s in api.get(history, limit="8").json()["samples"]] == list(range(5, 13))
+    assert [s["seq"] for s in api.get(history).json()["samples"]] == list(range(1, 13))
     _spend(publisher, api, agent, 3)
     violations: list[str] = []
     page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
@@ -42,12 +49,14 @@ def test_the_agent_page_shows_spend_charts_and_holds(page: Any, stack: Stack, pu
         row = page.locator(f"#panel-spend tr[data-period='{period}']")
         assert row.locator(".spend-usd").inner_text() == "$0.03"  # formats.usd: cents, up to four decimals below $1
         assert row.locator(".calls").inner_text().startswith("3")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", row.locator(".resets-at").inner_text())
     # Charts of the heartbeats' metrics (cpu, error rate, tokens/s), drawn as inline SVG.
     charts = page.locator("svg.chart")
     assert charts.count() >= 1
     assert charts.first.locator("polyline.chart-line").count() == 1
     assert charts.first.bounding_box()["height"] > 50  # styled and laid out, not collapsed
     assert page.locator("#panel-holds .holds-none").count() == 1
+    assert page.locator("#panel-commands .commands-none").count() == 1  # registered and beating: no command yet
 
     paused = api.send("POST", f"/v1/agents/{agent}/pause", {"reason": "checking the console"})
     assert paused.status_code == 200, paused.text
@@ -55,6 +64,12 @@ def test_the_agent_page_shows_spend_charts_and_holds(page: Any, stack: Stack, pu
     hold = page.locator("#panel-holds tr[data-hold='pause']")
     assert hold.locator(".hold-reason").inner_text() == "checking the console"
     assert hold.locator(".hold-lifts").inner_text() == "until lifted"
+    # The pause command, from the agent's audit entries: by whom, why, and what came of it.
+    command = page.locator("#panel-commands tr[data-command='pause']")
+    assert command.count() == 1
+    assert command.locator(".command-reason").inner_text() == "checking the console"
+    assert command.locator(".command-outcome").inner_text() == "placed"
+    assert command.locator(".command-actor").inner_text().startswith("api:")
     assert page.evaluate("window.__xss") is None
     assert violations == []
 

@@ -1,9 +1,10 @@
 """The console's view models (shared/console/agent_view.py, spend_view.py): panels from the API's views,
-escaping of hostile values left to the template, the panel registry, spend rows and projections."""
+escaping of hostile values left to the template, the panel registry, the agent's commands from its audit
+entries, spend rows and projections."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -194,6 +195,72 @@ def test_episodes_open_and_recent_of_this_agent() -> None:
     episodes = by_name(agent_view.panels(data()))["episodes"]
     assert [e["id"] for e in episodes["open"]] == ["a2"]
     assert [e["id"] for e in episodes["recent"]] == ["a1", "a3"]
+
+
+def test_episodes_read_twice_are_shown_once_with_the_pages_note() -> None:
+    both = [*alerts(), *alerts()]  # the open call and the newest-of-any-state call overlap
+    notes = {"episodes": "Showing the newest 20 open episodes; the agent may have more."}
+    episodes = by_name(agent_view.panels(AgentData.of(agent(), NOW, None, None, both, notes=notes)))["episodes"]
+    assert [e["id"] for e in episodes["open"]] == ["a2"] and [e["id"] for e in episodes["recent"]] == ["a1", "a3"]
+    assert episodes["note"] == notes["episodes"]
+
+
+def audit_entry(n: int, action: str, outcome: str, **details: Any) -> dict[str, Any]:
+    at = iso(NOW - timedelta(minutes=n))
+    return {"id": f"x{n}", "at": at, "actor": f"api:k{n}", "action": action, "target": "agent-1",
+            "outcome": outcome, "tenant": "acme", "details": details}  # fmt: skip
+
+
+def test_commands_from_the_agents_audit_entries() -> None:
+    entries = [
+        audit_entry(1, "agent.hold.pause", "placed", reason=HOSTILE),
+        audit_entry(2, "agent.transition", "applied", to="busy"),
+        audit_entry(3, "agent.hold.budget", "lifted", reason="budget period reset"),
+        audit_entry(4, "agent.release", "applied", reason="checked"),
+        audit_entry(5, "agent.key_rotate", "rotated"),
+        audit_entry(6, "agent.transition", "refused", to="decommissioned", reason="retire"),
+        audit_entry(7, "agent.hold.quarantine", "placed", reason="odd"),
+        audit_entry(8, "agent.upgrade", "applied"),
+        audit_entry(9, "agent.hold.unknown", "placed"),
+    ]
+    panel = by_name(agent_view.panels(AgentData.of(agent(), NOW, audit=entries)))["commands"]
+    rows = [(c["command"], c["actor"], c["outcome"], c["reason"]) for c in panel["commands"]]
+    assert rows == [
+        ("pause", "api:k1", "placed", HOSTILE),  # raw: the template escapes it
+        ("budget_restored", "api:k3", "lifted", "budget period reset"),
+        ("release", "api:k4", "applied", "checked"),
+        ("key_rotated", "api:k5", "rotated", ""),
+        ("decommission", "api:k6", "refused", "retire"),
+        ("quarantine", "api:k7", "placed", "odd"),
+    ]
+    assert panel["commands"][0]["ago"] == "1m ago" and panel["note"] is None
+
+
+def test_commands_are_cut_to_the_newest_and_say_why_when_unreadable() -> None:
+    many = [audit_entry(n, "agent.hold.pause", "placed") for n in range(1, 30)]
+    panel = by_name(agent_view.panels(AgentData.of(agent(), NOW, audit=many)))["commands"]
+    assert [c["at"] for c in panel["commands"]] == [NOW - timedelta(minutes=n) for n in range(1, 11)]
+    refused = AgentData.of(agent(), NOW, notes={"commands": "Not available to your role"})
+    assert by_name(agent_view.panels(refused))["commands"] == {
+        "name": "commands",
+        "template": "panels/commands.html",
+        "title": "Recent commands",
+        "commands": [],
+        "note": "Not available to your role",
+    }
+    empty = by_name(agent_view.panels(AgentData.of(agent(), NOW, audit=[])))["commands"]
+    assert empty["commands"] == [] and empty["note"] is None
+
+
+def test_reset_lease_and_hold_times_are_also_absolute_utc() -> None:
+    panels = by_name(agent_view.panels(data()))
+    day = panels["spend"]["periods"][1]
+    assert (day["resets_in"], day["resets_utc"]) == ("in 12h 00m", "2026-12-07 00:00:00 UTC")
+    assert panels["spend"]["lease"]["expires_utc"] == "2026-12-06 12:10:00 UTC"
+    assert [h["lifts_utc"] for h in panels["holds"]["holds"]] == ["2026-12-07 00:00:00 UTC", None]
+    assert agent_view.stamp(datetime(2026, 12, 6, 13, 0, tzinfo=timezone(timedelta(hours=1)))) == (
+        "2026-12-06 12:00:00 UTC"
+    )
 
 
 def test_accepts_the_api_views_themselves() -> None:
