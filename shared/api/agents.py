@@ -79,7 +79,7 @@ def get_agent_history(call: Call) -> HistoryView:
     """An agent's stored heartbeat samples, oldest first (all, or the newest ``limit``)."""
     limit = core.bounded_int(call.request, "limit", 0, MAX_HISTORY) if core.query(call.request, "limit") else None
     agent = agent_view(visible_record(call))
-    samples = agent_store.history(agent.agent_id) if limit is None else agent_store.history(agent.agent_id, limit)
+    samples = agent_store.history(agent.agent_id, limit)
     return HistoryView.model_validate({"agent_id": agent.agent_id, "samples": samples})
 
 

@@ -43,14 +43,14 @@ def agent_id_of(path: str) -> str:
     return path.removeprefix(PREFIX)
 
 
-def load(principal: Principal, agent_id: str, request: flask.Request | None = None) -> AgentPage:
-    """What the page shows, read with the key of ``request``'s session (by default the request being served);
+def load(principal: Principal, agent_id: str, request: flask.Request) -> AgentPage:
+    """What the page shows, read with the key of ``request``'s session;
     raises ApiError(404) when that key may not see the agent (or another status the API answered for it).
     ``principal`` is the session's key as the console verified it: the API checks it again on every call."""
     if not core.is_agent_id(agent_id):  # never a path or query of its own in the API calls below
         raise ApiError(404, f"agent {agent_id} not found")
     with agent_store.reads_once():  # the API calls below read the agent document once between them
-        return _load(request or flask.request, agent_id)
+        return _load(request, agent_id)
 
 
 def _get(request: flask.Request, path: str, **query: str | int) -> Answer:

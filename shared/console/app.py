@@ -113,7 +113,7 @@ def agent_detail(request: flask.Request, principal: Principal) -> flask.Response
     """GET /agents/<agent_id>: the agent's panels; 404 when the key may not see it (as the API answers)."""
     agent_id = agent_page.agent_id_of(request.path.rstrip("/"))
     try:
-        data = agent_page.load(principal, agent_id)
+        data = agent_page.load(principal, agent_id, request)
     except ApiError as err:
         title = "Agent not found" if err.status == 404 else err.reason
         return render("error.html", err.status, principal=principal, title=title)

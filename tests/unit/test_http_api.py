@@ -132,7 +132,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         page = rows[:page_size]
         return page, (page[-1]["id"] if len(rows) > page_size else None)
 
-    def history(agent_id: str) -> list[dict[str, Any]]:
+    def history(agent_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         return [
             {"seq": s, "at": T0 + timedelta(seconds=s), "sent_at": T0, "status": "busy", "metrics": {"x": s}}
             for s in (1, 2, 3)
