@@ -120,11 +120,9 @@ def agent_detail(request: flask.Request, principal: Principal) -> flask.Response
     return render("agent.html", principal=principal, page=data, agent=data.agent, active="/")
 
 
-def alerts(
-    request: flask.Request, principal: Principal, message: str | None = None, status: int = 200
-) -> flask.Response:
+def alerts(request: flask.Request, principal: Principal) -> flask.Response:
     data = alerts_page.load(request)
-    return render("alerts.html", status, principal=principal, alerts=data, message=message, active="/alerts")
+    return render("alerts.html", principal=principal, alerts=data, active="/alerts")
 
 
 def alert_action(request: flask.Request, principal: Principal) -> flask.Response:
