@@ -27,7 +27,17 @@ import flask
 import jinja2
 
 from shared.api.core import ApiError
-from shared.console import agent_page, alerts_page, api_calls, approvals_page, fleet, jobs_page, session, spend_page
+from shared.console import (
+    agent_page,
+    alerts_page,
+    api_calls,
+    approvals_page,
+    fleet,
+    formats,
+    jobs_page,
+    session,
+    spend_page,
+)
 from shared.platform import logs
 from shared.store import api_keys, db
 from shared.store.api_keys import Principal
@@ -63,6 +73,7 @@ ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+ENV.filters["usd"] = formats.usd  # one money format on every page
 
 
 def render(template: str, status: int = 200, **context: Any) -> flask.Response:

@@ -84,7 +84,7 @@ def test_the_jobs_page_shows_the_queue_and_the_running_jobs(page: Any, stack: St
         assert total == EPOCHS and seen["progress"]["step"] <= step < EPOCHS
         value = running.locator(".progress progress").get_attribute("value")
         assert value is not None and int(value) == round(100 * step / EPOCHS)
-        assert running.locator(".cost").inner_text() == "$0.0000"  # the local backend costs nothing
+        assert running.locator(".cost").inner_text() == "$0.00"  # the local backend costs nothing
         assert running.locator(".estimate").inner_text() == "$0.00"
         assert running.locator(".preemptions").inner_text() == "0"
 

@@ -67,7 +67,7 @@ def test_the_page_is_rendered_escaped() -> None:
     html = app.render("jobs.html", principal=VIEWER, jobs=data, active="/jobs").get_data(as_text=True)
     assert "<script>window.__xss" not in html and "&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
     assert "note &lt;i&gt;" in html
-    assert 'data-job-id="j-1"' in html and "$1.2345" in html and "$12.50" in html and "3 / 12" in html
+    assert 'data-job-id="j-1"' in html and "$1.23" in html and "$12.50" in html and "3 / 12" in html
     assert "quota of user alice: 2 of 2 GPU in use" in html
 
 
