@@ -36,6 +36,7 @@ import requests
 from fleet_agent.contracts import CostBatch, CostRecord
 
 from emulators.stack import ROOT, Stack
+from shared.console import agent_page, alerts_page, approvals_page, jobs_page
 from shared.platform import settings
 from tests.bench.run import LogCounter
 from tests.integration import helpers
@@ -46,7 +47,7 @@ STATE_DIR = ROOT / ".stack-bench-console"
 SCREENS = ROOT / "docs" / "console"
 SAMPLES = 5
 BULK = 45
-FUNCTION_ENV = {"FLEET_UNKNOWN_AGENT_GRACE_S": "10", "FLEET_API_KEY_CACHE_S": "0"}
+FUNCTION_ENV = {"FLEET_UNKNOWN_AGENT_GRACE_S": "10"}  # API keys cached as deployed (30 s)
 FLEET = [
     ("acme-llm-chat-01", "acme", "llm-chat", ["chat", "tools"]),
     ("acme-llm-chat-02", "acme", "llm-chat", ["chat", "tools"]),
@@ -55,22 +56,34 @@ FLEET = [
     ("globex-evaluator-01", "globex", "evaluator", ["eval", "scoring"]),
 ]
 AGENT = "acme-llm-chat-01"
-#: Each page, and the API calls that carry its data (the baseline).
+#: Each page, and the API calls it makes for its data (the baseline makes the same calls as a script would).
+_JOB_STATES = (*jobs_page.WAITING, *jobs_page.ACTIVE, *jobs_page.FINAL)
 PAGES: dict[str, tuple[str, list[str]]] = {
     "fleet": ("/", ["/v1/agents?page_size=500"]),
     "agent": (
         f"/agents/{AGENT}",
         [
             f"/v1/agents/{AGENT}",
-            f"/v1/agents/{AGENT}/history",
+            f"/v1/agents/{AGENT}/history?limit={agent_page.HISTORY_SAMPLES}",
             f"/v1/agents/{AGENT}/usage",
-            f"/v1/alerts?agent_id={AGENT}&limit=100",
+            f"/v1/alerts?agent_id={AGENT}&state=open&limit={agent_page.OPEN_EPISODES}",
+            f"/v1/alerts?agent_id={AGENT}&limit=10",
+            f"/v1/audit?target={AGENT}&limit={agent_page.AUDIT_ENTRIES}",
         ],
     ),
-    "spend": ("/spend?tenant=acme", ["/v1/tenants/acme/usage", "/v1/agents?tenant=acme&page_size=500"]),
-    "alerts": ("/alerts", ["/v1/alerts?state=open&limit=100", "/v1/silences"]),
-    "jobs": ("/jobs", ["/v1/jobs?limit=100"]),
-    "approvals": ("/approvals", ["/v1/approvals?state=pending&limit=100", "/v1/approvals?limit=100"]),
+    "spend": ("/spend?tenant=acme", ["/v1/tenants/acme/usage", "/v1/agents?tenant=acme&page_size=100"]),
+    "alerts": ("/alerts", [f"/v1/alerts?state=open&limit={alerts_page.LIMIT}", "/v1/silences"]),
+    "jobs": (
+        "/jobs",
+        [
+            f"/v1/jobs?state={s}&limit={jobs_page.FINISHED_LIMIT if s in jobs_page.FINAL else jobs_page.LIMIT}"
+            for s in _JOB_STATES
+        ],
+    ),
+    "approvals": (
+        "/approvals",
+        [f"/v1/approvals?state={s}&limit={approvals_page.LIMIT}" for s in ("pending", "approved", "denied", "expired")],
+    ),
 }
 
 
