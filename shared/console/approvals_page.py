@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import flask
 
 from shared.console.api_calls import call_api
-from shared.console.formats import when
+from shared.console.formats import decimal, when
 
 #: How many requests each table shows (the API's list is newest first).
 LIMIT = 50
@@ -41,7 +42,7 @@ class Row:
     requested_by: str
     summary: str
     reason: str
-    estimated_cost_usd: str | None
+    estimated_cost_usd: Decimal | None
     state: str
     created_at: datetime | None
     expires_at: datetime | None
@@ -75,7 +76,7 @@ def _row(item: dict[str, Any]) -> Row:
         requested_by=who,
         summary=str(item.get("summary") or ""),
         reason=str(item.get("reason") or ""),
-        estimated_cost_usd=_text(item.get("estimated_cost_usd")),
+        estimated_cost_usd=decimal(item.get("estimated_cost_usd")),
         state=str(item.get("state") or ""),
         created_at=when(item.get("created_at")),
         expires_at=when(item.get("expires_at")),

@@ -51,7 +51,7 @@ class Row:
     version: str
     status: str
     liveness: str
-    security_score: int | float
+    security_score: int
     identity: str
     last_heartbeat_at: datetime | None
     spend_today_usd: str
@@ -120,7 +120,7 @@ def _row(record: AgentRecord, spent: int) -> Row:
         version=view.version,
         status=view.status.value,
         liveness=record.liveness.value,
-        security_score=score if isinstance(score, int | float) else 100,
+        security_score=round(score) if isinstance(score, int | float) else 100,
         identity=str(view.identity.status),
         last_heartbeat_at=view.last_heartbeat_at,
         spend_today_usd=formats.usd(to_usd(spent)),

@@ -42,7 +42,7 @@ def test_a_pending_approval_is_listed_read_only(page: Any, stack: Stack, api: Ap
     assert row.count() == 1
     assert row.locator(".kind").inner_text() == "operation"
     assert row.locator(".summary").inner_text() == summary  # escaped: shown as text
-    assert row.locator(".cost").inner_text() == "120"
+    assert row.locator(".cost").inner_text() == "$120.00"
     assert page.locator(f"#recent-rows tr[data-approval-id='{approval_id}']").count() == 0
 
     note = page.locator("#approvals-note").inner_text()
