@@ -26,8 +26,11 @@ PREFIX = "/agents/"
 HISTORY_SAMPLES = 120
 #: Open alert episodes read at most (an agent has at most one open episode per rule).
 OPEN_EPISODES = 20
-#: The agent's newest audit entries read for its recent commands (other entries are skipped).
+#: The agent's audit entries are read a page of this many at a time for its recent commands (the other
+#: entries, such as liveness transitions, are skipped) ...
 AUDIT_ENTRIES = 30
+#: ... for at most this many pages: a flapping agent's entries cannot make a view read without bound.
+AUDIT_PAGES = 3
 
 
 @dataclass(frozen=True)
@@ -79,18 +82,38 @@ def _load(request: flask.Request, agent_id: str) -> AgentPage:
         missing["episodes"] = f"Alert episodes could not be read: {(recent if opened.ok else opened).reason}"
     elif len(open_items) >= OPEN_EPISODES:
         missing["episodes"] = f"Showing the newest {OPEN_EPISODES} open episodes; the agent may have more."
-    audit = _get(request, "/v1/audit", target=agent_id, limit=AUDIT_ENTRIES)
-    if audit.status == 403:
-        missing["commands"] = "Not available to your role: the audit log is where commands are recorded."
-    elif not audit.ok:
-        missing["commands"] = f"Commands could not be read: {audit.reason}"
+    audit, audit_note = _commands(request, agent_id)
+    if audit_note:
+        missing["commands"] = audit_note
     data = agent_view.AgentData.of(
         agent,
         core.now(),
         history.body if history.ok else None,
         usage.body if usage.ok else None,
         [*open_items, *((recent.body.get("items") or []) if recent.ok else [])],
-        audit=(audit.body.get("items") or []) if audit.ok else None,
+        audit=audit,
         notes=missing,
     )
     return AgentPage(agent=agent, panels=agent_view.panels(data), notes=notes)
+
+
+def _commands(request: flask.Request, agent_id: str) -> tuple[list[Any] | None, str | None]:
+    """The agent's newest audit entries, page by page until they hold :data:`agent_view.RECENT_COMMANDS`
+    commands or :data:`AUDIT_PAGES` pages were read; and a note when the list may be incomplete."""
+    entries: list[Any] = []
+    token: str | None = None
+    for _ in range(AUDIT_PAGES):
+        query: dict[str, str | int] = {"target": agent_id, "limit": AUDIT_ENTRIES}
+        if token:
+            query["page_token"] = token
+        answer = _get(request, "/v1/audit", **query)
+        if answer.status == 403:  # a safety net: /v1/audit is a viewer route today
+            return None, "Not available to your role: the audit log is where commands are recorded."
+        if not answer.ok:
+            return (entries or None), f"Commands could not be read: {answer.reason}"
+        entries += answer.body.get("items") or []
+        token = answer.body.get("next_page_token")
+        if not token or sum(1 for e in entries if agent_view.command_of(e)) >= agent_view.RECENT_COMMANDS:
+            return entries, None
+    read = AUDIT_PAGES * AUDIT_ENTRIES
+    return entries, f"Commands among the agent's newest {read} audit entries; older ones: GET /v1/audit?target=."

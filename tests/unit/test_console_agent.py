@@ -120,6 +120,8 @@ class FakeApi:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.audit_status = 200
         self.failing: set[str] = set()
+        #: When set, /v1/audit answers these pages in turn (page_token = the index of the next one).
+        self.audit_pages: list[list[dict[str, Any]]] | None = None
 
     def __call__(self, request: flask.Request, method: str, path: str, body: Any = None) -> Answer:
         url = urlsplit(path)
@@ -139,6 +141,10 @@ class FakeApi:
         assert url.path == "/v1/audit", url.path
         if self.audit_status != 200:
             return Answer(self.audit_status, {"error": {"code": "forbidden", "reason": "this key's role cannot"}})
+        if self.audit_pages is not None:
+            at = int(query.get("page_token", "0"))
+            token = str(at + 1) if at + 1 < len(self.audit_pages) else None
+            return Answer(200, {"items": self.audit_pages[at], "next_page_token": token})
         return Answer(200, {"items": AUDIT[: int(query["limit"])]})
 
 
@@ -275,3 +281,30 @@ def test_through_the_router_the_agent_is_read_once_and_the_keys_scope_applies(
     assert 'data-command="pause"' in response.get_data(as_text=True)
     reads.clear()
     assert _get("/agents/agent-a1", "globex-token").status_code == 404
+
+
+def _liveness(n: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"l{n}-{i}", "at": _iso(NOW - timedelta(minutes=n * 100 + i)), "actor": "system",
+         "action": "agent.liveness", "target": "agent-a1", "outcome": "applied", "tenant": "acme", "details": {}}
+        for i in range(agent_page.AUDIT_ENTRIES)
+    ]  # fmt: skip
+
+
+def test_commands_are_looked_for_past_a_page_of_other_entries_within_a_bound(api: FakeApi) -> None:
+    api.audit_pages = [_liveness(0), [*_liveness(1)[:-1], AUDIT[0]], _liveness(2), _liveness(3)]
+    html = _get("/agents/agent-a1").get_data(as_text=True)
+    audit_calls = [query for path, query in api.calls if path == "/v1/audit"]
+    assert [q.get("page_token") for q in audit_calls] == [None, "1", "2"]  # stops at AUDIT_PAGES
+    panel = html[html.index('id="panel-commands"') :]
+    panel = panel[: panel.index("</section>")]
+    assert [part.split('"', 1)[0] for part in panel.split('data-command="')[1:]] == ["pause"]
+    assert "newest 90 audit entries" in panel
+
+
+def test_commands_reading_stops_when_the_list_is_full_or_the_log_ends(api: FakeApi) -> None:
+    api.audit_pages = [_liveness(0), [AUDIT[0]]]
+    html = _get("/agents/agent-a1").get_data(as_text=True)
+    assert [q.get("page_token") for p, q in api.calls if p == "/v1/audit"] == [None, "1"]
+    panel = html[html.index('id="panel-commands"') :]
+    assert 'data-command="pause"' in panel[: panel.index("</section>")] and "audit entries" not in html
