@@ -107,18 +107,23 @@ def list_episodes(
     severity: str | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Episodes newest first. One equality filter goes to Firestore (each has an index with
-    ``opened_at``); the others are applied here, over a bounded over-read."""
+    """Episodes newest first. The most selective equality filter goes to Firestore (each has an index with
+    ``opened_at``), with the state too for an agent's episodes (an agent's open ones are never pushed out
+    by its resolved ones); the others are applied here, over a bounded over-read."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     wanted = {"state": state, "tenant": tenant, "agent_id": agent_id, "rule": rule, "severity": severity}
-    # The most selective filter goes to Firestore: an agent, then a tenant, then a state.
-    server = next((k for k in ("agent_id", "tenant", "state") if wanted[k] is not None), None)
+    # The most selective filter goes to Firestore: an agent (and its state), then a tenant, then a state.
+    first = next((k for k in ("agent_id", "tenant", "state") if wanted[k] is not None), None)
+    server = ["agent_id", "state"] if agent_id is not None and state is not None else [first] if first else []
     query: Any = db.client().collection(EPISODES)
-    if server is not None:
-        query = query.where(filter=FieldFilter(server, "==", wanted[server]))
-    local = {k: v for k, v in wanted.items() if v is not None and k != server}
-    fetch = limit if not local else min(limit * 10, 1000)
+    for name in server:
+        query = query.where(filter=FieldFilter(name, "==", wanted[name]))
+    local = {k: v for k, v in wanted.items() if v is not None and k not in server}
+    # An agent's episodes all carry its tenant (an agent never changes tenant): the tenant filter keeps all
+    # of them or none, so it needs no over-read.
+    narrowing = [k for k in local if not (k == "tenant" and "agent_id" in server)]
+    fetch = limit if not narrowing else min(limit * 10, 1000)
     docs = list(query.order_by("opened_at", direction="DESCENDING").limit(fetch).stream(**db.call_options()))
     metering.count(reads=max(1, len(docs)))
     rows = [doc.to_dict() or {} for doc in docs]
