@@ -83,7 +83,8 @@ _EPISODE_PARAM = Param("episode_id", "path", "The alert episode's id.", {"type":
 def _visible_episode(call: Call) -> dict[str, Any]:
     """The path's episode, if the key may see its tenant; 404 otherwise (another tenant's is not found)."""
     episode_id = call.args["episode_id"]
-    found = episode_store.get(episode_id) if _EPISODE_ID.match(episode_id) else None
+    valid = _EPISODE_ID.match(episode_id) and core.is_document_id(episode_id)  # "..", "__x__": no document
+    found = episode_store.get(episode_id) if valid else None
     if found is None or not core.principal(call).can_see(str(found.get("tenant") or "")):
         raise ApiError(404, f"alert episode {episode_id} not found")
     return found
@@ -144,6 +145,8 @@ def _repeated(call: Call, silence: Silence, tenant: str | None, now: datetime) -
     )
     if not (visible and same):
         raise ApiError(409, f"silence id {silence.id} is taken by another silence")
+    if not silence.active(now) and silence.starts_at <= now:
+        raise ApiError(409, f"silence {silence.id} has ended; create a new one (reload the page to snooze again)")
     return _silence_view(silence, now)
 
 
@@ -188,7 +191,8 @@ def create_silence(call: Call) -> SilenceView:
         )
     except ValidationError as exc:
         raise ApiError(400, "; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
-    created = db.unless_changed(lambda: agent_controls.create_silence(silence, core.operator(call), now))
+    # writes=0: the silence store counts its own write
+    created = db.unless_changed(lambda: agent_controls.create_silence(silence, core.operator(call), now), writes=0)
     if created is None:  # a concurrent repeat with the same id created it first
         raced = silence_store.get(silence.id)
         if raced is None:

@@ -35,8 +35,16 @@ LIMIT = 100
 TOKEN = re.compile(r"^[0-9a-f]{32}$")
 VERBS = {"ack": "acknowledge", "snooze": "snooze"}
 DONE = {"ack": "acknowledged", "snooze": "snoozed"}
-#: The longest reason a refusal notice carries in the query string.
-REASON_MAX = 300
+#: Why an action was refused, by code. The query string after an action carries the code, never text, so a
+#: crafted link cannot put words of its own on the console's page.
+REFUSALS = {
+    "role": "your API key's role cannot do this: it needs the operator role",
+    "not_found": "no such alert episode for your API key",
+    "not_open": "the episode is resolved, not open",
+    "ended": "that snooze has ended; snooze again from this page",
+    "conflict": "the API refused it as a conflict; reload the page and try again",
+    "error": "the API could not do it just now; try again",
+}
 
 
 @dataclass(frozen=True)
@@ -76,8 +84,10 @@ class Alerts:
 
 def notice_of(args: Any) -> str | None:
     """The notice the query string carries after an action (plain text: the template escapes it)."""
-    episode_id = str(args.get("episode") or "")[:300]
+    episode_id = str(args.get("episode") or "")
     action = str(args.get("action") or "")
+    if not ACTION_PATH.match(f"/alerts/{episode_id}/{action}"):  # an episode id, not words
+        return None
     notice = args.get("notice")
     if not episode_id or action not in VERBS:
         return None
@@ -85,16 +95,27 @@ def notice_of(args: Any) -> str | None:
         lasting = f" for {SNOOZE_S // 60} minutes" if action == "snooze" else ""
         return f"{notice.capitalize()} {episode_id}{lasting}."
     if notice == "refused":
-        reason = str(args.get("reason") or "refused")[:REASON_MAX]
-        return f"Could not {VERBS[action]} {episode_id}: {reason}"
+        reason = REFUSALS.get(str(args.get("reason") or ""), REFUSALS["error"])
+        return f"Could not {VERBS[action]} {episode_id}: {reason}."
     return None
 
 
+def refusal(answer: Answer) -> str:
+    """The code of a refused action's answer (see :data:`REFUSALS`; the API's own reason is in its log)."""
+    if answer.status == 403:
+        return "role"
+    if answer.status == 404:
+        return "not_found"
+    if answer.status == 409:
+        return "not_open" if "not open" in answer.reason else "ended" if "has ended" in answer.reason else "conflict"
+    return "error"
+
+
 def after(action: str, episode_id: str, answer: Answer) -> str:
-    """Where the browser goes after an action: /alerts with what happened (or why nothing did)."""
+    """Where the browser goes after an action: /alerts with what happened (or the code of why nothing did)."""
     query = {"notice": DONE[action] if answer.ok else "refused", "action": action, "episode": episode_id}
     if not answer.ok:
-        query["reason"] = answer.reason[:REASON_MAX]
+        query["reason"] = refusal(answer)
     return "/alerts?" + urlencode(query)
 
 

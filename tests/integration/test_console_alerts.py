@@ -1,9 +1,9 @@
 """The console's Alerts page in a real browser (Playwright driving Chromium) against the session's stack:
 an operator acknowledges and snoozes an open episode (each answered by a 303 back to /alerts with a
 notice, so a refresh repeats nothing) and the page says who; a double submit of one Snooze form is one
-silence; a viewer's Acknowledge is refused with the reason, audited by the API's dispatcher, and the
-episode stays unacknowledged; a resolved episode is neither acknowledged (409, checked in the store's
-transaction) nor snoozed."""
+silence; a viewer's Acknowledge is refused with a reason (a code in the query string, its text from the
+server), audited by the API's dispatcher, and the episode stays unacknowledged; a resolved episode is
+neither acknowledged (409, checked in the store's transaction) nor snoozed."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_a_viewer_is_refused_acknowledging(page: Any, stack: Stack, publisher: A
         page.locator(f"tr[data-episode-id='{episode_id}'] button.ack").click()
     assert _notice(page)["notice"] == "refused"
     message = page.locator("#alert-message").inner_text()
-    assert message.startswith(f"Could not acknowledge {episode_id}: ") and "viewer" in message
+    assert message.startswith(f"Could not acknowledge {episode_id}: ") and "needs the operator role" in message
     assert page.locator(f"tr[data-episode-id='{episode_id}'] .acknowledged-by").inner_text() == ""
     assert _episode(api, agent_id, episode_id)["acknowledged_by"] is None
     audit = api.get("/v1/audit", actor=f"api:{tenant}-viewer").json()["items"]
