@@ -133,7 +133,11 @@ def load(request: flask.Request) -> Jobs:
     queue, running, finished = split(items)
     for state in (*WAITING, *ACTIVE):
         if state in cut:
-            notes.append(f"Only the newest {LIMIT} {state} jobs are shown: older ones are left out.")
+            # The API lists newest first: past the limit it is the oldest, the queue's front, that is left out.
+            notes.append(
+                f"{LIMIT} or more jobs are {state}: the page shows the newest {LIMIT}, so any older ones "
+                "(for a queue, its front) are not shown; see GET /v1/jobs?state=" + state + "."
+            )
     if cut & set(FINAL) or len(finished) > FINISHED_LIMIT:
         notes.append(f"Only the newest {FINISHED_LIMIT} finished jobs are shown.")
     return Jobs(queue, running, finished[:FINISHED_LIMIT], notes)

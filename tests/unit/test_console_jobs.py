@@ -106,7 +106,8 @@ def test_each_state_is_asked_for_so_old_waiting_jobs_stay_and_cut_lists_say_so(m
     # The newest finished of every final state, newest first, cut at the limit.
     assert [j.id for j in data.finished] == ["j-f", "j-s1"]
     assert data.notes == [
-        "Only the newest 2 running jobs are shown: older ones are left out.",
+        "2 or more jobs are running: the page shows the newest 2, so any older ones (for a queue, its front) are not "
+        "shown; see GET /v1/jobs?state=running.",
         "Only the newest 2 finished jobs are shown.",
     ]
 
