@@ -460,7 +460,7 @@ def heartbeat_section(
 def main() -> int:
     lines = heartbeat_section()
     print("measuring signing and verification per event (in process) ...", file=sys.stderr)
-    from tests.bench import command_signing, signing
+    from tests.bench import command_signing, signing  # lazy: a section loads when it runs
 
     signing_lines = signing.main(report=lambda line: None)
     commands = command_signing.measure()
@@ -473,31 +473,31 @@ def main() -> int:
         f"{commands['decode_verified_us']} µs).",
     ]
     print("measuring cost events ...", file=sys.stderr)
-    from tests.bench import costs
+    from tests.bench import costs  # lazy: a section loads when it runs
 
     cost_lines = costs.main(report=lambda line: None)
     print("measuring budget leases ...", file=sys.stderr)
-    from tests.bench import leases
+    from tests.bench import leases  # lazy: a section loads when it runs
 
     lease_lines = leases.main(report=lambda line: None)
     print("measuring the liveness sweep and its notifications ...", file=sys.stderr)
-    from tests.bench import sweep
+    from tests.bench import sweep  # lazy: a section loads when it runs
 
     sweep_lines = sweep.main(report=lambda line: None)
     print("measuring the Slack app ...", file=sys.stderr)
-    from tests.bench import slack
+    from tests.bench import slack  # lazy: a section loads when it runs
 
     slack_lines = slack.main(report=lambda line: None)
     print("measuring training jobs ...", file=sys.stderr)
-    from tests.bench import jobs
+    from tests.bench import jobs  # lazy: a section loads when it runs
 
     job_lines = jobs.main(report=lambda line: None)
     print("measuring the learned models ...", file=sys.stderr)
-    from tests.bench import ml
+    from tests.bench import ml  # lazy: a section loads when it runs
 
     ml_lines = ml.main(report=lambda line: None)
     print("measuring the web console ...", file=sys.stderr)
-    from tests.bench import console
+    from tests.bench import console  # lazy: a section loads when it runs
 
     console_lines = console.main(report=lambda line: None)
 
