@@ -60,6 +60,8 @@ __all__ = ["Call", "CallRefused", "CostRecorder", "RequestKey"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: A batch holding a failed call leaves within this many seconds, whatever ``max_delay_s`` says.
+FAILURE_DELAY_S = 1.0
 
 
 def _lapsed(block: Command, now: datetime) -> bool:
@@ -109,7 +111,8 @@ class CostRecorder(LeaseCalls):
         :mod:`fleet_agent.lease_calls`); a call that does not fit waits up to ``lease_wait_s`` for a grant,
         then is refused, or goes ahead when ``lease_fail_open`` and no grant answered. A call's worst case
         assumes ``default_max_tokens`` output tokens when it does not say ``max_tokens``. ``max_delay_s``
-        defaults to 30 s with leases (a batch also leaves when a lease is asked for), 1 s without.
+        defaults to 30 s with leases (a batch also leaves when a lease is asked for, and within
+        ``FAILURE_DELAY_S`` of a failed call), 1 s without.
         ``monotonic``: the lease's clock (its expiry, ``retry_after_s``), not ``clock``; injectable for tests.
         """
         self.agent_id = agent_id
@@ -330,6 +333,8 @@ class CostRecorder(LeaseCalls):
             if self._first_at is None:
                 self._first_at = time.monotonic()
                 self._wake.set()
+            if not record.success:  # within a second, leases or not: breakers and error alerts must not wait
+                self._first_at = min(self._first_at, time.monotonic() + FAILURE_DELAY_S - self._max_delay_s)
             full = len(self._records) >= self._max_records
             ask = reservation.ask if reservation is not None else None
             if ask is not None and self._wallet is not None and (send := self._wallet.send_deferred(ask.request_id)):

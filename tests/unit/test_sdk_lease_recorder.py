@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from fleet_agent import costs
 from fleet_agent.contracts import Command, CommandType, CostBatch, LeaseGrant, LeaseUse, ModelPrice, Registration
 from fleet_agent.costs import Call, CallRefused, CostRecorder
 
@@ -457,3 +458,19 @@ def test_a_grant_that_only_priced_the_model_is_followed_by_a_request_for_what_th
     asked = leases(publisher)
     assert [u.models for u in asked[:2]] == [["gpt-4o"], []]  # then, maybe, an ask ahead: the lease is spent
     assert asked[1].need_usd == Decimal("0.0004")
+
+
+def test_a_failed_call_leaves_within_a_second_though_leases_flush_every_30_s(publisher: FakePublisher) -> None:
+    """Failures feed the breaker and the error-rate rules: with leases (30 s flush) they must not wait."""
+    rec = recorder(publisher, max_delay_s=30)
+    rec.apply(lease(f"{EPOCH_A}.1", "1"))
+    spend(rec, 100)
+    assert rec._first_at is not None and rec._first_at + rec._max_delay_s - time.monotonic() > 25
+    with pytest.raises(RuntimeError), rec.call("chat", model="gpt-4o", max_tokens=10):
+        raise RuntimeError("the model failed")
+    assert rec._first_at + rec._max_delay_s - time.monotonic() <= costs.FAILURE_DELAY_S
+    deadline = time.monotonic() + 5
+    while not publisher.batches() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [batch] = publisher.batches()
+    assert [r.success for r in batch.records] == [True, False]
