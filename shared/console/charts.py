@@ -86,6 +86,13 @@ def _n(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def _dashed(parts: list[str], cls: str, y: float, width: int) -> None:
+    """A dashed horizontal line across the plot (a threshold, a budget)."""
+    parts.append(
+        f'<line class="{cls}" x1="{_LEFT}" y1="{_n(y)}" x2="{width - _RIGHT}" y2="{_n(y)}" stroke-dasharray="4 3"/>'
+    )
+
+
 def _time_label(at: datetime, span_s: float) -> str:
     at = at.astimezone(UTC)
     if span_s <= 86400:
@@ -171,11 +178,7 @@ def line_chart(
             f"{escape(_time_label(at, span))}</text>"
         )
     if threshold is not None and math.isfinite(threshold):
-        y = _n(y_of(threshold))
-        parts.append(
-            f'<line class="chart-threshold" x1="{_LEFT}" y1="{y}" x2="{width - _RIGHT}" y2="{y}" '
-            f'stroke-dasharray="4 3"/>'
-        )
+        _dashed(parts, "chart-threshold", y_of(threshold), width)
     coords = " ".join(f"{_n(x_of(at))},{_n(y_of(v))}" for at, v in drawn)
     parts.append(f'<polyline class="chart-line" fill="none" points="{coords}"/>')
     summary = f"min {fmt(low)}{unit} · max {fmt(high)}{unit} · last {fmt(clean[-1][1])}{unit}"
@@ -229,11 +232,7 @@ def bar_chart(
                 f"{escape(label)}</text>"
             )
     if budget is not None and math.isfinite(budget):
-        level = _n(y_of(budget))
-        parts.append(
-            f'<line class="chart-budget" x1="{_LEFT}" y1="{level}" x2="{width - _RIGHT}" y2="{level}" '
-            'stroke-dasharray="4 3"/>'
-        )
+        _dashed(parts, "chart-budget", y_of(budget), width)
         parts.append(
             f'<text class="chart-label chart-summary" x="{width - _RIGHT}" y="12" text-anchor="end">'
             f"{escape(f'budget {unit}{fmt(budget)}')}</text>"

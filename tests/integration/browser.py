@@ -49,3 +49,16 @@ def page(chromium: Any) -> Iterator[Any]:
         yield context.new_page()
     finally:
         context.close()
+
+
+def console_url(stack: Any) -> str:
+    """The stack's web console (``FLEET_CONSOLE_URL``)."""
+    return str(stack.env["FLEET_CONSOLE_URL"])
+
+
+def sign_in(page: Any, stack: Any, key: str) -> None:
+    """Sign in to the stack's console with ``key`` through the sign-in form, as a person would."""
+    page.goto(console_url(stack) + "/sign-in")
+    page.fill("#key", key)
+    with page.expect_navigation():
+        page.click("form[action='/sign-in'] button[type=submit]")

@@ -15,6 +15,8 @@ from fleet_agent.contracts import CostBatch, CostRecord
 
 from emulators.stack import Stack
 from shared.domain import api_keys
+from tests.integration.browser import console_url as _console
+from tests.integration.browser import sign_in as _sign_in
 from tests.integration.conftest import Api, wait_for
 from tests.integration.helpers import make_key, publish, registration
 
@@ -23,10 +25,6 @@ XSS_NAME = "<script>window.__xss=1</script>"
 
 def _tenant() -> str:
     return f"con-{uuid.uuid4().hex[:8]}"
-
-
-def _console(stack: Stack) -> str:
-    return stack.env["FLEET_CONSOLE_URL"]
 
 
 def _register(publisher: Any, api: Api, agent_id: str, tenant: str, **kw: Any) -> None:
@@ -54,13 +52,6 @@ def _spend(publisher: Any, api: Api, agent_id: str, calls: int) -> None:
     ]
     publish(publisher, CostBatch(agent_id=agent_id, batch_id=f"b-{uuid.uuid4().hex}", records=records))
     wait_for(lambda: api.get(f"/v1/agents/{agent_id}/usage").json()["periods"]["day"]["calls"] == calls)
-
-
-def _sign_in(page: Any, stack: Stack, key: str) -> None:
-    page.goto(_console(stack) + "/sign-in")
-    page.fill("#key", key)
-    with page.expect_navigation():
-        page.click("form[action='/sign-in'] button[type=submit]")
 
 
 def test_admin_signs_in_and_sees_the_fleet(page: Any, stack: Stack, publisher: Any, api: Api) -> None:

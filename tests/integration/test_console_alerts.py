@@ -12,19 +12,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from emulators.stack import Stack
+from tests.integration.browser import console_url as _console
+from tests.integration.browser import sign_in as _sign_in
 from tests.integration.conftest import Api, wait_for
 from tests.integration.helpers import heartbeat, make_key, publish, registration
-
-
-def _console(stack: Stack) -> str:
-    return stack.env["FLEET_CONSOLE_URL"]
-
-
-def _sign_in(page: Any, stack: Stack, key: str) -> None:
-    page.goto(_console(stack) + "/sign-in")
-    page.fill("#key", key)
-    with page.expect_navigation():
-        page.click("form[action='/sign-in'] button[type=submit]")
 
 
 def _open_episode(publisher: Any, api: Api) -> tuple[str, str, str]:

@@ -8,19 +8,10 @@ import uuid
 from typing import Any
 
 from emulators.stack import Stack
+from tests.integration.browser import console_url as _console
+from tests.integration.browser import sign_in as _sign_in
 from tests.integration.conftest import Api
 from tests.integration.helpers import make_key
-
-
-def _console(stack: Stack) -> str:
-    return stack.env["FLEET_CONSOLE_URL"]
-
-
-def _sign_in(page: Any, stack: Stack, key: str) -> None:
-    page.goto(_console(stack) + "/sign-in")
-    page.fill("#key", key)
-    with page.expect_navigation():
-        page.click("form[action='/sign-in'] button[type=submit]")
 
 
 def test_a_pending_approval_is_listed_read_only(page: Any, stack: Stack, api: Api) -> None:
