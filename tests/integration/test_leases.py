@@ -354,3 +354,28 @@ def test_an_offline_agent_stops_at_its_lease(stack, api, tmp_path) -> None:
         assert granted - counted < Decimal("0.001")  # it spent what it had, not less
     finally:
         agent.close()
+
+
+def test_a_leased_agent_whose_calls_fail_is_stopped_by_its_breaker(stack, api, tmp_path) -> None:
+    """Failed calls leave the SDK within a second (not at the 30 s flush of leased batches), so the breaker
+    (5 failures in a row by default) stops the agent after a handful of failures, not dozens."""
+    tenant = new_tenant(api, "5")
+    agent = start_agent(tmp_path, tenant)
+    failed = 0
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with agent.costs.call("answer", model="gpt-4o", prompt_tokens=100, max_tokens=100):
+                    failed += 1
+                    raise TimeoutError("the model timed out")
+            except TimeoutError:
+                pass
+            except CallRefused as exc:
+                assert exc.reason == "breaker_open", exc
+                break
+            assert time.monotonic() < deadline, f"not stopped after {failed} failed calls"
+            time.sleep(0.1)  # 10 failing calls a second
+        assert 5 <= failed <= 30, failed
+    finally:
+        agent.close()
