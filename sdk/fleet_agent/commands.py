@@ -234,10 +234,11 @@ class CommandListener(CommandDelivery):
             # lazy: gRPC is heavy, and importing fleet_agent must stay cheap
             from google.cloud.pubsub_v1.types import FlowControl
 
+            # The client's stream would hold each message for 60 s unless told otherwise: a command lost in
+            # flight must come back within the subscription's own 10 s deadline, not a minute later.
+            flow = FlowControl(max_messages=self._max_messages, max_duration_per_lease_extension=ACK_DEADLINE_S)
             try:
-                future = subscriber.subscribe(
-                    self._subscription, self._on_message, flow_control=FlowControl(max_messages=self._max_messages)
-                )
+                future = subscriber.subscribe(self._subscription, self._on_message, flow_control=flow)
             except Exception:
                 if self._created:  # leave the listener as it was before start()
                     self._delete(subscriber, timeout)

@@ -96,7 +96,11 @@ def start_agent(
     if await_lease:
         # A call made before the registration's grant arrives asks holding no lease: the fleet starts
         # another epoch, and the registration's grant, issued earlier, is ignored when it arrives.
-        wait_for(lambda: agent.costs.lease is not None)
+        try:
+            wait_for(lambda: agent.costs.lease is not None)
+        except AssertionError:
+            agent.close()  # not left streaming for the rest of the session
+            raise
     return agent
 
 

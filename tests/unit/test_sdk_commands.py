@@ -174,6 +174,8 @@ def test_listen_creates_a_filtered_expiring_subscription_of_its_own(make_agent: 
     assert request["expiration_policy"] == {"ttl": {"seconds": EXPIRATION_TTL_S}} == {"ttl": {"seconds": 86400}}
     assert [path for path, _ in sub.subscribed] == [request["name"]]
     assert sub.subscribed[0][1].max_messages > 0, "flow control is set"
+    # A message lost in flight is redelivered after the subscription's 10 s, not the client's 60 s default.
+    assert sub.subscribed[0][1].max_duration_per_lease_extension == ACK_DEADLINE_S
     assert listener.subscription == request["name"] and listener.owns_subscription and listener.running
 
     assert agent.listen(subscriber=FakeSubscriber()) is listener, "listen() is idempotent"
