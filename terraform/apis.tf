@@ -11,6 +11,8 @@ locals {
     "eventarc.googleapis.com",             # required by Cloud Functions gen2
     "firestore.googleapis.com",            # all state
     "iam.googleapis.com",                  # service accounts
+    "logging.googleapis.com",              # log-based metrics (monitoring.tf)
+    "monitoring.googleapis.com",           # the dashboard and alert policies (monitoring.tf)
     "pubsub.googleapis.com",               # events, commands, ticks
     "run.googleapis.com",                  # gen2 functions run on Cloud Run; training and retraining jobs
     "secretmanager.googleapis.com",        # Slack secrets

@@ -10,3 +10,5 @@ gpu_machine_type        = "g2-standard-8"
 gpu_zones               = ["us-central1-a", "us-central1-c"]
 gpu_pool_max_nodes      = 4
 cpu_pool_max_nodes      = 4
+# Where the fleet's own alerts go (docs/metrics.md, "Cloud Monitoring"): `gcloud beta monitoring channels list`.
+monitoring_notification_channels = []

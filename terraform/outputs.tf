@@ -32,3 +32,8 @@ output "training_image" {
   description = "Where to push the training image (docker push), used by training and retraining jobs."
   value       = local.function_env.FLEET_TRAINING_IMAGE
 }
+
+output "monitoring_dashboard" {
+  description = "The fleet's Cloud Monitoring dashboard (monitoring.tf, docs/metrics.md)."
+  value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.fleet.id), 3)}?project=${var.project_id}"
+}

@@ -84,3 +84,14 @@ variable "training_image_tag" {
   type        = string
   default     = "latest"
 }
+
+variable "monitoring_notification_channels" {
+  description = "Cloud Monitoring notification channels (ids: projects/<project>/notificationChannels/<number>) the fleet's own alert policies notify (monitoring.tf); empty: the policies open incidents but notify no one. Create one with `gcloud beta monitoring channels create` (docs/metrics.md)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.monitoring_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
+    error_message = "monitoring_notification_channels: ids of the form projects/<project>/notificationChannels/<number>."
+  }
+}

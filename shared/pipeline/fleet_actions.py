@@ -47,6 +47,7 @@ def handle(message: PushedMessage) -> str:
         if outcome in REJECTED:
             # Never retried (it cannot succeed), but recorded with its payload, like agents' bad events.
             handlers.record_rejection(Rejected(Code.BAD_ENVELOPE, REJECTED[outcome]), message, "action")
+            entry.fields["code"] = Code.BAD_ENVELOPE.value
         entry.outcome(f"action {entry.fields.get('kind', '?')} {outcome}", level, outcome=outcome)
     return outcome
 

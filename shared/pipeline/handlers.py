@@ -46,6 +46,8 @@ def handle_push(message: PushedMessage, expected: EventType, process: Callable[[
             outcome = plan.skipped or "accepted"
             if plan.commands:
                 fields["commands"] = [f"{c.command.value}:{c.agent_id}" for c in plan.commands]
+                # One string, for the log-based metric's label (terraform/monitoring.tf).
+                fields["enforced"] = ",".join(sorted({c.command.value for c in plan.commands}))
             if plan.transition is not None and plan.transition.outcome.value != "unchanged":
                 fields["transition"] = f"{plan.transition.current}->{plan.transition.target}:{plan.transition.outcome}"
         except Rejected as rejected:
@@ -67,8 +69,16 @@ def handle_push(message: PushedMessage, expected: EventType, process: Callable[[
             record_rejection(unstorable, message, kind)
         # Any other exception (Firestore unavailable, or a bug) is logged by the envelope and fails the
         # function so Pub/Sub redelivers; after max attempts it lands on the dead-letter topic, recorded there.
+        # From the event's publish to its decision committed (and any command it issued published): the
+        # enforcement latency of Cloud Monitoring's distribution (terraform/monitoring.tf, docs/metrics.md).
+        fields["decision_latency_ms"] = _since(message.published_at)
         entry.outcome(f"{kind} {outcome}", logging.WARNING if outcome == "rejected" else logging.INFO, outcome=outcome)
         return outcome
+
+
+def _since(published_at: datetime) -> float:
+    """Milliseconds from ``published_at`` to now (never negative: Pub/Sub's clock and ours differ)."""
+    return max(0.0, round((datetime.now(UTC) - published_at).total_seconds() * 1000, 1))
 
 
 def record_rejection(rejected: Rejected, message: PushedMessage, event_type: str | None) -> None:
@@ -230,5 +240,5 @@ def handle_dead_letter(message: PushedMessage) -> str:
             payload=Payload.of(redacted(message.raw), original),
             received_at=message.published_at,
         )
-        entry.outcome("dead letter recorded", logging.WARNING, outcome="dead_letter")
+        entry.outcome("dead letter recorded", logging.WARNING, outcome="dead_letter", code=rejected.code.value)
     return "dead_letter"

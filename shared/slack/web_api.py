@@ -14,6 +14,7 @@ token is the ``slack-bot-token`` secret (``SLACK_BOT_TOKEN`` locally). Never log
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import re
 import threading
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.platform import settings
+from shared.platform import logs, settings
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -36,6 +37,11 @@ TIMEOUT_S = 10
 INLINE_RETRY_AFTER_S = 5.0
 #: Errors Slack answers (sometimes with HTTP 200) that say "not now" rather than "never".
 TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+#: Refusals that say the bot token itself is bad (missing, revoked, expired, its workspace or app gone):
+#: logged as ``slack_failure="auth"``, which Cloud Monitoring alerts on (terraform/monitoring.tf).
+AUTH_ERRORS = frozenset(
+    {"not_configured", "not_authed", "invalid_auth", "token_revoked", "token_expired", "account_inactive"}
+)
 #: What Slack accepts where only a channel id will do (files.completeUploadExternal).
 _CHANNEL_ID = re.compile(r"^[CGDZ][A-Z0-9]{8,}$")
 
@@ -65,6 +71,7 @@ class Posted:
     ts: str
 
 
+log = logs.get_logger("slack.web_api")
 _lock = threading.Lock()
 _client: WebClient | None = None
 #: Channel name (without '#') -> id, learnt from Slack's answers.
@@ -163,28 +170,44 @@ def _call(method: str, do: Callable[[WebClient], SlackResponse]) -> SlackRespons
     # lazy: slack_sdk, as in client()
     from slack_sdk.errors import SlackApiError, SlackRequestError
 
-    web = client()
+    try:
+        web = client()
+    except SlackRefused as exc:
+        _failed(method, exc)  # no token: the call is not made, but it failed all the same
+        raise
     with _lock:
         counters["calls"] += 1
     try:
         response = do(web)
     except SlackApiError as exc:
-        raise _count(_from_api_error(method, exc)) from exc
+        raise _count(method, _from_api_error(method, exc)) from exc
     except SlackRequestError as exc:
         # files_upload_v2 raises it when the upload URL answered something other than 200.
-        raise _count(SlackUnavailable(f"{method}: {exc}")) from exc
+        raise _count(method, SlackUnavailable(f"{method}: {exc}")) from exc
     except (OSError, http.client.HTTPException) as exc:
         # urllib.error.URLError and HTTPError are OSErrors, as are timeouts and refused connections.
-        raise _count(_from_transport_error(method, exc)) from exc
+        raise _count(method, _from_transport_error(method, exc)) from exc
     with _lock:
         counters["ok"] += 1
     return response
 
 
-def _count(exc: SlackUnavailable | SlackRefused) -> SlackUnavailable | SlackRefused:
+def _count(method: str, exc: SlackUnavailable | SlackRefused) -> SlackUnavailable | SlackRefused:
     with _lock:
         counters["unavailable" if isinstance(exc, SlackUnavailable) else "refused"] += 1
+    _failed(method, exc)
     return exc
+
+
+def _failed(method: str, exc: SlackUnavailable | SlackRefused) -> None:
+    """One log line per failed call, whoever made it (the fields of Cloud Monitoring's Slack failures
+    metric, terraform/monitoring.tf): the method, the kind of failure (``unavailable``, ``refused``, or
+    ``auth`` for a refusal of the token itself) and Slack's error code (``unavailable`` when Slack gave none)."""
+    if isinstance(exc, SlackRefused):
+        failure, error, level = ("auth" if exc.error in AUTH_ERRORS else "refused"), exc.error, logging.ERROR
+    else:
+        failure, error, level = "unavailable", "unavailable", logging.WARNING
+    logs.log(log, f"Slack {method} failed: {exc}", level, slack_method=method, slack_failure=failure, slack_error=error)
 
 
 def _from_api_error(method: str, exc: Any) -> SlackUnavailable | SlackRefused:
