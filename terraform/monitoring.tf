@@ -247,7 +247,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "An event exhausted its delivery attempts and was dead-lettered: it is in the rejections with code delivery_exhausted and its payload (`GET /v1/rejections?code=delivery_exhausted`, `fleetctl rejections`). Find why its function failed in the logs, fix it, then replay it (docs/operations.md). See ${local.monitoring.documentation_url}."
+    content   = "An event exhausted its delivery attempts and was dead-lettered: it is kept in the rejections with code delivery_exhausted and its payload (`GET /v1/rejections?agent_id=...&code=delivery_exhausted`). Find why its function failed in the logs, fix it, then publish it again with `fleetctl rejections replay` (docs/operations.md, Rejections and dead letters). See ${local.monitoring.documentation_url}."
   }
 }
 
