@@ -51,7 +51,7 @@ resource "google_logging_metric" "invocations" {
 resource "google_logging_metric" "rejections" {
   name        = "fleet/rejections"
   description = "Events refused for good, by rejection code (delivery_exhausted: a dead letter) and event type."
-  filter      = "resource.type=\"cloud_run_revision\" AND jsonPayload.logger=(\"fleet.handlers\" OR \"fleet.actions\") AND jsonPayload.code:*"
+  filter      = "resource.type=\"cloud_run_revision\" AND jsonPayload.logger=~\"^fleet[.](handlers|actions)$\" AND jsonPayload.code:*"
 
   metric_descriptor {
     metric_kind  = "DELTA"

@@ -69,9 +69,7 @@ def _one(block: Any) -> dict[str, Any]:
 
 # --- a tiny evaluator of the filters' subset of the Logging query language ----------------------------------
 
-_TERM = re.compile(
-    r'^(?P<path>[A-Za-z_][\w.]*)(?:(?P<present>:\*)|(?P<op>=~|=)(?P<value>"[^"]*"|\((?:"[^"]*"(?: OR )?)+\)))$'
-)
+_TERM = re.compile(r'^(?P<path>[A-Za-z_][\w.]*)(?:(?P<present>:\*)|(?P<op>=~|=)(?P<value>"[^"]*"))$')
 
 
 def _field(entry: dict[str, Any], path: str) -> Any:
@@ -84,8 +82,8 @@ def _field(entry: dict[str, Any], path: str) -> Any:
 
 
 def matches(filter_text: str, entry: dict[str, Any]) -> bool:
-    """Whether ``entry`` passes ``filter_text``: terms joined by AND, each ``path:*``, ``path="v"``,
-    ``path=~"regex"`` or ``path=("a" OR "b")``."""
+    """Whether ``entry`` passes ``filter_text``: terms joined by AND, each ``path:*`` (the field is
+    present), ``path="v"`` or ``path=~"regex"`` (searched, as Cloud Logging does)."""
     for term in filter_text.split(" AND "):
         found = _TERM.match(term.strip())
         assert found is not None, f"a term outside the subset this test evaluates: {term!r}"
@@ -94,8 +92,6 @@ def matches(filter_text: str, entry: dict[str, Any]) -> bool:
             ok = value is not None
         elif found["op"] == "=~":
             ok = value is not None and re.search(json.loads(found["value"]), str(value)) is not None
-        elif found["value"].startswith("("):
-            ok = value is not None and str(value) in re.findall(r'"([^"]*)"', found["value"])
         else:
             ok = value is not None and str(value) == json.loads(found["value"])
         if not ok:
@@ -319,4 +315,68 @@ def test_the_dashboard_charts_every_metric(monitoring: dict[str, Any]) -> None:
         for chart in monitoring["locals"]["dashboard_charts"]
         for m in re.findall(r"fleet_metric\.(\w+)", chart["filter"])
     }
+    assert charted == METRICS
+
+
+def test_terraform_renders_the_policies_filters_and_the_dashboard(monitoring: dict[str, Any], tmp_path: Path) -> None:
+    """The real Terraform evaluates monitoring.tf's locals (``terraform console`` needs no provider for them; the
+    metrics' names stand in for the resources' ``name``): the alert policies' Monitoring filters name the metric
+    types and the values the code logs, and the dashboard's JSON has a chart of a real metric per entry."""
+    # lazy: only this test runs Terraform
+    import shutil
+    import subprocess
+
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed")
+    text = (TF / "monitoring.tf").read_text()
+    names = {k: _literal(v["name"]) for k, v in _of_type(monitoring, "google_logging_metric").items()}
+    blocks = re.findall(r"^locals \{\n.*?^\}\n", text, re.M | re.S)
+    module = "".join(blocks)
+    for key, name in names.items():
+        module = module.replace(f"google_logging_metric.{key}.name", json.dumps(name))
+    dashboard = re.search(r"^  dashboard_json = (jsonencode\(\{\n.*?^  \}\))\n", text, re.M | re.S)
+    assert dashboard is not None
+    policies = _of_type(monitoring, "google_monitoring_alert_policy")
+    filters = {}
+    for name, body in policies.items():
+        condition = _one(_one(body["conditions"]))
+        kind = next(k for k in condition if k.startswith("condition_"))
+        filters[name] = _one(condition[kind])["filter"]  # the raw HCL string, templates and all
+    rendered = "\n".join(
+        [
+            "locals {",
+            f"  rendered_dashboard = {dashboard.group(1)}",
+            "  rendered_filters = {",
+            *(f"    {k} = {v}" for k, v in filters.items()),
+            "  }",
+            "}",
+        ]
+    )
+    (tmp_path / "main.tf").write_text('variable "environment" {\n  default = "prod"\n}\n' + module + rendered + "\n")
+    expr = "jsonencode({dashboard = local.rendered_dashboard, filters = local.rendered_filters})"
+    done = subprocess.run(
+        ["terraform", "console"], input=expr, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(json.loads(done.stdout.strip().splitlines()[-1]))
+    types = {
+        m: f'metric.type="logging.googleapis.com/user/{n}" AND resource.type="cloud_run_revision"'
+        for m, n in names.items()
+    }
+    assert got["filters"] == {
+        "dead_letters": types["rejections"] + ' AND metric.label.code="delivery_exhausted"',
+        "error_ratio": types["invocations"] + ' AND metric.label.severity="ERROR"',
+        "slack_auth": types["slack_failures"] + ' AND metric.label.failure="auth"',
+        "no_sweep": types["scheduled_runs"] + ' AND metric.label.job="liveness-sweep" AND metric.label.outcome="done"',
+    }
+    board = json.loads(got["dashboard"])
+    tiles = board["mosaicLayout"]["tiles"]
+    assert len(tiles) == len(monitoring["locals"]["dashboard_charts"])
+    charted = set()
+    for tile in tiles:
+        (data,) = tile["widget"]["xyChart"]["dataSets"]
+        query = data["timeSeriesQuery"]["timeSeriesFilter"]
+        charted |= {m for m, t in types.items() if query["filter"].startswith(t)}
+        assert query["aggregation"]["perSeriesAligner"] in ("ALIGN_RATE", "ALIGN_DELTA")
+        assert tile["xPos"] + tile["width"] <= board["mosaicLayout"]["columns"]
     assert charted == METRICS
