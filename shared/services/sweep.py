@@ -17,7 +17,7 @@ from shared.domain import liveness
 from shared.domain import silences as silence_rules
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.platform import logs
-from shared.services import approvals, leases, notifier
+from shared.services import approvals, budget_forecasts, leases, notifier
 from shared.store import agents as agent_store
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
@@ -50,12 +50,20 @@ class Swept:
 def run(now: datetime) -> dict[str, Any]:
     swept = sweep(now)
     roots(swept, now)
+    # Budget forecasts: open or resolve the budgeted tenants' and agents' budget_forecast episodes.
+    forecast = budget_forecasts.run(now)
     flushed = notifier.flush(now)
     # Approval requests: deny the lapsed ones, post those Slack refused before.
     decided = approvals.sweep(now)
     # Budget leases: ended epochs' unspent charge back to their tenants' pools (a dead agent's lease).
     returned = leases.release_due(now)
-    return {**swept.as_dict(), "notifications": flushed.as_dict(), "leases_returned": returned, **decided}
+    return {
+        **swept.as_dict(),
+        "notifications": flushed.as_dict(),
+        "leases_returned": returned,
+        "budget_forecast": forecast,
+        **decided,
+    }
 
 
 def sweep(now: datetime) -> Swept:
