@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from shared.platform import metering, settings
+from shared.services import budget_forecasts as service
+from shared.store import budget_forecasts as store
 from tests.integration.conftest import tick, wait_for
 from tests.integration.helpers import publish
 from tests.integration.test_costs import batch, record, register
@@ -71,3 +74,30 @@ def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_f
     assert forecasts(api, tenant, "open") == []
     raised = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["day"]
     assert raised["projected_limit_at"] is None and Decimal(raised["remaining_usd"]) == Decimal("992")
+
+
+def test_the_forecast_reads_each_budgeted_subject_and_its_counters_once_per_tick(
+    stack, publisher, firestore, api, agent_id, monkeypatch
+) -> None:
+    """The reads docs/alerting.md gives per tick, counted on the emulator: T (budgeted tenants) + T x shards
+    + 2 A (budgeted agents, their month documents) + the open forecast episodes (at least 1)."""
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    register(publisher, firestore, agent_id, tenant=tenant, budget={"monthly_usd": "100"})
+    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"monthly_usd": "500"}).status_code == 200
+    seen: list[int] = []
+    query = store.open_episodes
+
+    def open_episodes(limit: int) -> list[tuple[dict[str, Any], Any]]:
+        rows = query(limit)
+        seen.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store, "open_episodes", open_episodes)
+    with metering.metered() as meter:
+        out = service.run(datetime.now(UTC))
+    assert out["tenants"] >= 1 and out["agents"] >= 1 and len(seen) == 1
+    shards = settings.get().tenant_shards
+    expected = out["tenants"] * (1 + shards) + 2 * out["agents"] + max(1, seen[0])
+    # An episode opened (by other tests' spenders) reads its tenant's alerting settings unless cached.
+    assert expected <= meter.reads <= expected + out["opened"]
+    print(f"forecast tick: {out}, {meter.reads} reads, {meter.writes} writes")  # the figure in the report
