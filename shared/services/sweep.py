@@ -1,5 +1,6 @@
 """The minute job: the liveness sweep, root alerts, the Slack outbox (shared/services/notifier.py), then expired
-approval requests (shared/services/approvals.py).
+approval requests (shared/services/approvals.py), ended lease epochs and the budget forecast
+(shared/services/budget_forecasts.py).
 
 The sweep reads only agents whose ``sweep_at`` has passed (shared/domain/liveness.py), and moves
 each with the agent store's conditional write: concurrent sweeps make each transition once. The
@@ -50,13 +51,14 @@ class Swept:
 def run(now: datetime) -> dict[str, Any]:
     swept = sweep(now)
     roots(swept, now)
-    # Budget forecasts: open or resolve the budgeted tenants' and agents' budget_forecast episodes.
-    forecast = budget_forecasts.run(now)
     flushed = notifier.flush(now)
     # Approval requests: deny the lapsed ones, post those Slack refused before.
     decided = approvals.sweep(now)
     # Budget leases: ended epochs' unspent charge back to their tenants' pools (a dead agent's lease).
     returned = leases.release_due(now)
+    # Budget forecasts last (a failure there leaves the outbox flushed): open or resolve the budgeted
+    # tenants' and agents' budget_forecast episodes; their notices go out from the next run (group wait).
+    forecast = budget_forecasts.run(now)
     return {
         **swept.as_dict(),
         "notifications": flushed.as_dict(),
