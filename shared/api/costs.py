@@ -4,9 +4,10 @@ shared/services (accounting, agent_controls); the counters and settings in share
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from fleet_agent.contracts import AGENT_ID_PATTERN, ModelName
+from fleet_agent.contracts import AGENT_ID_PATTERN, BudgetSpec, ModelName
 from pydantic import TypeAdapter, ValidationError
 
 from shared.api import core
@@ -28,17 +29,18 @@ from shared.api.bodies import (
 )
 from shared.api.core import AGENT, TENANT, TENANT_QUERY, ApiError, Call, Param, Routes
 from shared.api.tenancy import query_tenant, update_agent, visible_record, visible_tenant, write_tenant
-from shared.domain import budgets, protection
+from shared.domain import budget_forecast, budgets, protection
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
 from shared.domain.pricing import Price, format_usd
+from shared.domain.usage import Totals
 from shared.platform import settings
 from shared.services import accounting, agent_controls
 from shared.store import audit as audit_store
+from shared.store import budget_forecasts as forecast_store
 from shared.store import config
 from shared.store import lease_reserve as reserve_store
 from shared.store import leases as lease_store
-from shared.store import usage as usage_store
 
 _MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
 
@@ -52,18 +54,27 @@ routes = Routes("costs")
 def get_agent_usage(call: Call) -> AgentUsageView:
     """An agent's spend, tokens and calls in the current UTC hour, day and month, with its budget and holds."""
     record = visible_record(call)
-    periods = usage_store.agent_periods(record.agent_id, core.now())
+    now = core.now()
+    fields = forecast_store.agent_month(record.agent_id, now)  # one read: the periods and their hours
     return AgentUsageView.model_validate(
         {
             "agent_id": record.agent_id,
             "tenant": record.tenant,
-            "periods": accounting.usage_view(periods, budgets.parse(record.budget)),
+            "periods": _with_forecast(budgets.parse(record.budget), fields, now),
             "holds": hold_views(record.holds),
             "budget": record.budget,
             "budget_source": record.budget_source,
             "lease": _lease_view(record.agent_id),
         }
     )
+
+
+def _with_forecast(spec: BudgetSpec | None, fields: dict[str, Totals], now: datetime) -> dict[str, Any]:
+    """Usage per period with its budget (accounting.usage_view) and the forecast: the spend rate and when
+    the period's first hard limit is reached at it (shared/domain/budget_forecast.py)."""
+    periods = accounting.usage_view(budget_forecast.periods_of(fields, now), spec)
+    forecast = budget_forecast.usage_view(spec, fields, now)
+    return {name: {**view, **forecast[name]} for name, view in periods.items()}
 
 
 def _lease_view(agent_id: str) -> dict[str, Any] | None:
@@ -207,11 +218,12 @@ def get_tenant_usage(call: Call) -> TenantUsageView:
     """A tenant's spend, tokens and calls in the current UTC hour, day and month, with its budget."""
     tenant = visible_tenant(call)
     cfg = config.read_tenant(tenant)
-    periods = usage_store.tenant_periods(tenant, core.now(), settings.get().tenant_shards)
+    now = core.now()
+    fields = forecast_store.tenant_month(tenant, now, settings.get().tenant_shards)  # one read per shard
     return TenantUsageView.model_validate(
         {
             "tenant": tenant,
-            "periods": accounting.usage_view(periods, budgets.parse(cfg.budget)),
+            "periods": _with_forecast(budgets.parse(cfg.budget), fields, now),
             "budget": cfg.budget,
             "budget_source": cfg.budget_source,
             "reserved": _reserved_view(tenant),

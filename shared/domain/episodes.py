@@ -47,6 +47,7 @@ TITLES: dict[str, str] = {
     "budget_threshold": "Budget threshold",
     "budget_soft_limit": "Budget soft limit",
     "budget_exhausted": "Budget exhausted",
+    "budget_forecast": "Budget runs out soon (forecast)",
     "breaker_open": "Circuit breaker open",
     "runaway": "Runaway loop",
     "cost_spike": "Cost spike",

@@ -55,6 +55,9 @@ class Settings:
     lease_min_usd_nanos: int
     lease_min_tokens: int
     lease_tolerance: float
+    #: Budget forecast (shared/domain/budget_forecast.py): a ``budget_forecast`` episode opens when a daily or
+    #: monthly hard limit is projected within this many seconds at the current spend rate; 0 turns it off.
+    budget_forecast_horizon_s: int
 
 
 @cache
@@ -82,6 +85,7 @@ def get() -> Settings:
         lease_min_usd_nanos=_int("FLEET_LEASE_MIN_USD_NANOS", 10_000_000),
         lease_min_tokens=_int("FLEET_LEASE_MIN_TOKENS", 4096),
         lease_tolerance=float(os.environ.get("FLEET_LEASE_TOLERANCE", "0.01")),
+        budget_forecast_horizon_s=_int("FLEET_BUDGET_FORECAST_HORIZON_S", 3 * 3600),
     )
 
 

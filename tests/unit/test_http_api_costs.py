@@ -23,11 +23,12 @@ from shared.domain.api_keys import Role
 from shared.domain.lifecycle import State
 from shared.domain.periods import Period, windows
 from shared.domain.pricing import Price
-from shared.domain.usage import Totals
+from shared.domain.usage import Totals, month_field
 from shared.platform import metering, settings
 from shared.services import accounting, agent_commands
 from shared.store import agents as agent_store
 from shared.store import api_keys, config, db
+from shared.store import budget_forecasts as forecast_store
 from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
 from shared.store.api_keys import Principal
@@ -190,6 +191,10 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         w.audit.extend(plan.audit)
         return plan
 
+    def month(totals: dict[Period, Totals]) -> dict[str, Totals]:
+        """The month document's counters holding these periods' totals (``m``, ``dDD``, ``hDDHH``)."""
+        return {month_field(p, win): totals[p] for p, win in windows(NOW).items() if p in totals}
+
     def periods(totals: dict[Period, Totals]) -> Any:
         return {p: (win, totals.get(p, Totals())) for p, win in windows(NOW).items()}
 
@@ -197,9 +202,13 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         assert now == NOW
         return periods(w.usage.get(agent_id, {}))
 
-    def tenant_periods(tenant: str, now: datetime, shards: int) -> Any:
+    def agent_month(agent_id: str, now: datetime) -> Any:
+        assert now == NOW
+        return month(w.usage.get(agent_id, {}))
+
+    def tenant_month(tenant: str, now: datetime, shards: int) -> Any:
         w.shards.append(shards)
-        return periods(w.tenant_usage.get(tenant, {}))
+        return month(w.tenant_usage.get(tenant, {}))
 
     def list_episodes(
         *, state: Any, tenant: str | None, agent_id: str | None, rule: Any, severity: Any, limit: int
@@ -228,7 +237,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(agent_store, "get", get)
     monkeypatch.setattr(agent_store, "update", update)
     monkeypatch.setattr(usage_store, "agent_periods", agent_periods)
-    monkeypatch.setattr(usage_store, "tenant_periods", tenant_periods)
+    monkeypatch.setattr(forecast_store, "agent_month", agent_month)
+    monkeypatch.setattr(forecast_store, "tenant_month", tenant_month)
     monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
     monkeypatch.setattr(episode_store, "raise_once", raise_once)
     monkeypatch.setattr(agent_commands, "publish", lambda sent: w.published.extend(sent) or [])
@@ -319,7 +329,7 @@ def test_transient_errors_on_cost_routes_are_503(world: World, monkeypatch: pyte
     def down(*args: Any, **kwargs: Any) -> None:
         raise ServiceUnavailable("firestore is down")
 
-    monkeypatch.setattr(usage_store, "agent_periods", down)
+    monkeypatch.setattr(forecast_store, "agent_month", down)
     reply = send("/v1/agents/agent-a1/usage")
     assert_error(reply, 503, "unavailable")
     assert reply.headers["Retry-After"] == "1"

@@ -17,7 +17,7 @@ class AlertView(View):
     id: str = Field(description="Deterministic: the subject, the rule and the episode's number (or window).")
     rule: str = Field(
         description="liveness, error_rate, saturation, flapping, egress, security, fleet_offline, "
-        "budget_threshold, budget_exhausted, breaker_open, runaway, cost_spike, unpriced_model..."
+        "budget_threshold, budget_exhausted, budget_forecast, breaker_open, runaway, cost_spike, unpriced_model..."
     )
     kind: str = Field(description="The same as rule (kept for clients of the first alerts API).")
     title: str = ""

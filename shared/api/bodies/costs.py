@@ -41,6 +41,17 @@ class PeriodUsage(View):
     remaining_tokens: int | None
     starts_at: Timestamp
     resets_at: Timestamp
+    rate_usd_per_hour: str | None = Field(
+        default=None,
+        description="Recent spend per hour in USD, a decimal string: the previous hour and this one so far, or "
+        "this hour alone after 10 minutes when higher (docs/costs.md, Budget forecast).",
+    )
+    rate_tokens_per_hour: int | None = Field(default=None, description="Recent tokens per hour, the same way.")
+    projected_limit_at: Timestamp | None = Field(
+        default=None,
+        description="When the period's first hard limit is reached at that rate; null: not before the period "
+        "resets, no hard limit, or reached already.",
+    )
 
 
 class LeaseView(View):

@@ -1,0 +1,238 @@
+"""Budget forecast: when each hard limit will be reached at the current spend rate, and which
+``budget_forecast`` episodes to open or resolve. Pure: the minute job (shared/services/budget_forecasts.py)
+reads the counters and carries the decisions out; the usage API shows the same projection.
+
+The rate comes from the hour counters of the month document (``hDDHH``, shared/domain/usage.py; the
+per-minute counters hold calls, not money): the previous hour and the current one so far over the time
+they cover, or the current hour alone once it has run :data:`MIN_OBSERVED` if that is higher (a burst that
+began this hour is not averaged away). A limit is projected at ``now + (hard - used) / rate``; a projection
+after the period resets is none at all (the counter starts again at zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from fleet_agent.contracts import BudgetSpec
+
+from shared.domain import budgets
+from shared.domain.budgets import Limit
+from shared.domain.periods import Period, Window, window, windows
+from shared.domain.pricing import format_usd, to_usd
+from shared.domain.usage import Totals, month_field
+
+RULE = "budget_forecast"
+HOUR = timedelta(hours=1)
+#: The current hour alone gives the rate once this much of it has passed (before that, a few calls at its
+#: start would read as a storm).
+MIN_OBSERVED = timedelta(minutes=10)
+#: Periods forecast by default: an hourly limit resets within the hour (its thresholds cover it).
+FORECAST_PERIODS = (Period.DAY, Period.MONTH)
+
+
+def horizons(seconds: int) -> dict[Period, timedelta]:
+    """The horizon of each forecast period (``FLEET_BUDGET_FORECAST_HORIZON_S``); 0 or less: forecasts off."""
+    return {period: timedelta(seconds=seconds) for period in FORECAST_PERIODS} if seconds > 0 else {}
+
+
+def month_fields(data: Mapping[str, Any]) -> dict[str, Totals]:
+    """A month document's (or a tenant's summed shards') counters: ``m``, ``dDD`` and ``hDDHH`` -> totals."""
+    out = {}
+    for name, counters in data.items():
+        if isinstance(counters, Totals):
+            out[name] = counters
+        elif isinstance(counters, dict) and (name == "m" or (name[:1] in ("d", "h") and name[1:].isdigit())):
+            out[name] = Totals.from_dict(counters)
+    return out
+
+
+def periods_of(fields: Mapping[str, Totals], now: datetime) -> dict[Period, tuple[Window, Totals]]:
+    """The current hour, day and month from a month's counters (zero when absent)."""
+    return {period: (win, fields.get(month_field(period, win)) or Totals()) for period, win in windows(now).items()}
+
+
+def hours_of(fields: Mapping[str, Totals], now: datetime) -> dict[datetime, Totals]:
+    """The month's hour counters by hour start (``hDDHH``)."""
+    start = window(Period.MONTH, now).starts_at
+    out = {}
+    for name, totals in fields.items():
+        if name[:1] == "h" and len(name) == 5:
+            try:
+                out[start.replace(day=int(name[1:3]), hour=int(name[3:5]))] = totals
+            except ValueError:  # not a day of this month: not an hour counter
+                continue
+    return out
+
+
+def rate_per_hour(hours: Mapping[datetime, int], now: datetime) -> float:
+    """Units spent per hour lately (see the module's docstring), from spend per hour start."""
+    start = now.replace(minute=0, second=0, microsecond=0)
+    elapsed = now - start
+    current, previous = hours.get(start, 0), hours.get(start - HOUR, 0)
+    trailing = (previous + current) / (1 + elapsed / HOUR)
+    if elapsed >= MIN_OBSERVED:
+        return max(trailing, current / (elapsed / HOUR))
+    return trailing
+
+
+def rates(hours: Mapping[datetime, Totals], now: datetime) -> dict[str, float]:
+    """The rate per hour of each metric (``usd`` in nano-dollars, ``tokens``)."""
+    return {metric: rate_per_hour({h: t.get(metric) for h, t in hours.items()}, now) for metric in budgets.METRICS}
+
+
+@dataclass(frozen=True)
+class Projection:
+    """When one hard limit is reached at the current rate."""
+
+    scope: str  # "agent" or "tenant"
+    subject: str  # agent id or tenant
+    tenant: str
+    limit: Limit
+    window: Window
+    used: int
+    rate: float  # units per hour
+    #: When the limit is reached at this rate; None: not before the period resets (or already reached).
+    at: datetime | None
+    reached: bool = False
+
+    @property
+    def key(self) -> str:
+        """One budget and period: what a forecast episode is about."""
+        return f"{self.scope}.{self.subject}.{self.limit.name}.{self.window.key}"
+
+    def within(self, horizon: timedelta | None, now: datetime) -> bool:
+        return horizon is not None and self.at is not None and self.at - now <= horizon
+
+    def episode_id(self, now: datetime) -> str:
+        """At most one episode per budget, period and hour it opened in (a projection that leaves the
+        horizon and comes back within the hour does not alert twice)."""
+        return f"{RULE}.{self.key}.{now:%dT%H}"
+
+    def show_rate(self) -> str:
+        if self.limit.metric == "usd":
+            return f"${to_usd(round(self.rate)):.2f}/h"
+        return f"{round(self.rate):,} tokens/h"
+
+    def message(self, now: datetime) -> str:
+        what = f"{self.scope} {self.subject}: {self.limit.name} budget {self.window.key}"
+        used = f"{self.limit.show(self.used)} of {self.limit.show(self.limit.hard or 0)} used"
+        at = self.at or now
+        minutes = max(0, round((at - now) / timedelta(minutes=1)))
+        return (
+            f"{what} runs out at about {at:%Y-%m-%d %H:%M} UTC (in {minutes} min) at the current rate "
+            f"{self.show_rate()} ({used}); resets {self.window.resets_at:%Y-%m-%d %H:%M} UTC"
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "scope": self.scope,
+            "subject": self.subject,
+            "limit": self.limit.name,
+            "period": self.window.period.value,
+            "projected_at": self.at.isoformat() if self.at else None,
+            "rate_per_hour": round(self.rate),
+            "used": self.used,
+            "hard": self.limit.hard,
+        }
+
+
+def project_limit(limit: Limit, win: Window, used: int, rate: float, now: datetime) -> tuple[datetime | None, bool]:
+    """(when ``limit`` is reached at ``rate`` units per hour, whether it is reached already)."""
+    hard = limit.hard or 0
+    if used >= hard:
+        return None, True
+    if rate <= 0:
+        return None, False
+    left = win.resets_at - now
+    hours = (hard - used) / rate
+    if hours * HOUR.total_seconds() >= left.total_seconds():
+        return None, False
+    return now + timedelta(hours=hours), False
+
+
+def project(
+    spec: BudgetSpec | None, scope: str, subject: str, tenant: str, fields: Mapping[str, Totals], now: datetime
+) -> list[Projection]:
+    """Every hard limit of ``spec``, projected from a month's counters (the current periods and hours)."""
+    limits = [limit for limit in budgets.limits(spec) if limit.hard is not None]
+    if not limits:
+        return []
+    current = periods_of(fields, now)
+    per_hour = rates(hours_of(fields, now), now)
+    out = []
+    for limit in limits:
+        win, totals = current[limit.period]
+        used, rate = totals.get(limit.metric), per_hour[limit.metric]
+        at, reached = project_limit(limit, win, used, rate, now)
+        out.append(Projection(scope, subject, tenant, limit, win, used, rate, at, reached))
+    return out
+
+
+def usage_view(spec: BudgetSpec | None, fields: Mapping[str, Totals], now: datetime) -> dict[str, dict[str, Any]]:
+    """The usage API's forecast fields per period (``hour``, ``day``, ``month``): the current rates, and when
+    the period's first hard limit is reached at them (null: not before it resets, none, or reached already)."""
+    per_hour = rates(hours_of(fields, now), now)
+    projections = project(spec, "", "", "", fields, now)
+    out = {}
+    for period in Period:
+        at = min((p.at for p in projections if p.window.period is period and p.at is not None), default=None)
+        out[period.value] = {
+            "rate_usd_per_hour": format_usd(round(per_hour["usd"])),
+            "rate_tokens_per_hour": round(per_hour["tokens"]),
+            "projected_limit_at": at.isoformat() if at else None,
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class Resolution:
+    episode: dict[str, Any]
+    summary: str
+
+
+@dataclass
+class Decisions:
+    open: list[Projection]
+    resolve: list[Resolution]
+
+
+def decide(
+    projections: Iterable[Projection],
+    open_episodes: Iterable[dict[str, Any]],
+    evaluated: set[tuple[str, str]],
+    horizon: Mapping[Period, timedelta],
+    now: datetime,
+) -> Decisions:
+    """Episodes to open (a projection inside its period's horizon with none open for its budget and period)
+    and to resolve (an open one of a subject evaluated now whose projection left the horizon, reached the
+    limit, or is gone: the budget removed, or the period reset). Subjects not evaluated now keep theirs."""
+    by_key = {p.key: p for p in projections}
+    open_by_key: dict[str, dict[str, Any]] = {}
+    resolve: list[Resolution] = []
+    for episode in open_episodes:
+        details = episode.get("details") or {}
+        key = str(details.get("key") or "")
+        if key in open_by_key:  # a duplicate (two instances in one hour boundary): keep one
+            resolve.append(Resolution(episode, "superseded by another forecast of the same budget"))
+            continue
+        open_by_key[key] = episode
+        if (details.get("scope"), details.get("subject")) not in evaluated:
+            continue
+        projection = by_key.get(key)
+        if projection is None:
+            resolve.append(Resolution(episode, f"{key}: no longer forecast (the budget changed or the period reset)"))
+        elif projection.reached:
+            resolve.append(Resolution(episode, f"{key}: the limit is reached (see budget_exhausted)"))
+        elif not projection.within(horizon.get(projection.limit.period), now):
+            when = f"{projection.at:%Y-%m-%d %H:%M} UTC" if projection.at else "not before the period resets"
+            resolve.append(Resolution(episode, f"{key}: at {projection.show_rate()} the limit is reached {when}"))
+    opening = [
+        p
+        for p in by_key.values()
+        if p.key not in open_by_key and not p.reached and p.within(horizon.get(p.limit.period), now)
+    ]
+    return Decisions(opening, resolve)

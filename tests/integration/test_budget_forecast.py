@@ -1,0 +1,103 @@
+"""The budget forecast through the real path: cost batches counted by fleet-costs, the minute job's tick
+(fleet-sweep) projecting the budgets, budget_forecast episodes in Firestore and the usage API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shared.platform import metering, settings
+from shared.services import budget_forecasts as service
+from shared.store import budget_forecasts as store
+from tests.integration.conftest import tick, wait_for
+from tests.integration.helpers import publish
+from tests.integration.test_costs import batch, record, register
+
+pytestmark = pytest.mark.integration
+
+
+def forecasts(api: Any, tenant: str, state: str | None = None) -> list[dict[str, Any]]:
+    params = {"tenant": tenant, "rule": "budget_forecast", **({"state": state} if state else {})}
+    reply = api.get("/v1/alerts", **params)
+    assert reply.status_code == 200, reply.text
+    return list(reply.json()["items"])
+
+
+def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_forecast_until_raised(
+    stack, publisher, firestore, api, agent_id
+) -> None:
+    now = datetime.now(UTC)
+    if now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1) - now < timedelta(minutes=40):
+        pytest.skip("the UTC day resets before the projected time: nothing to forecast")
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    register(publisher, firestore, agent_id, tenant=tenant, budget={"daily_usd": "9"})
+    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "10"}).status_code == 200
+    # $8 within the last minute: at least about $7 an hour (the previous hour and this one so far, or this
+    # hour alone after 10 minutes), so $1 (agent) and $2 (tenant) left are reached within about 20 minutes.
+    at = datetime.now(UTC) - timedelta(seconds=30)
+    publish(publisher, batch(agent_id, [record(i, at=at, cost="0.10") for i in range(80)]))
+    usage = wait_for(
+        lambda: (
+            (u := api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["day"])
+            and Decimal(u["spend_usd"]) == Decimal("8")
+            and u
+        )
+    )
+    assert Decimal(usage["rate_usd_per_hour"]) >= 6
+    projected = datetime.fromisoformat(usage["projected_limit_at"])
+    assert datetime.now(UTC) < projected < datetime.now(UTC) + timedelta(minutes=30)
+    agent_day = api.get(f"/v1/agents/{agent_id}/usage").json()["periods"]["day"]
+    assert agent_day["projected_limit_at"] is not None and Decimal(agent_day["rate_usd_per_hour"]) >= 6
+
+    tick(publisher)
+    opened = wait_for(lambda: len(rows := forecasts(api, tenant, "open")) == 2 and rows)
+    by_scope = {row["details"]["scope"]: row for row in opened}
+    tenant_episode, agent_episode = by_scope["tenant"], by_scope["agent"]
+    assert tenant_episode["agent_id"] is None and agent_episode["agent_id"] == agent_id
+    assert tenant_episode["severity"] == "warning" and tenant_episode["window"] == usage["period"]
+    assert tenant_episode["details"]["limit"] == "daily_usd" and tenant_episode["details"]["projected_at"]
+    assert "runs out at about" in tenant_episode["message"] and "/h" in tenant_episode["message"]
+
+    # A second tick opens nothing more: one episode per budget and period.
+    tick(publisher)
+    # Raising the budgets takes the projections beyond the day: the next tick resolves both.
+    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "1000"}).status_code == 200
+    assert api.send("PUT", f"/v1/agents/{agent_id}/budget", {"daily_usd": "1000"}).status_code == 200
+    tick(publisher)
+    resolved = wait_for(lambda: len(rows := forecasts(api, tenant, "resolved")) == 2 and rows, timeout=60)
+    assert {row["id"] for row in resolved} == {row["id"] for row in opened}
+    assert all("not before the period resets" in (row["resolution"] or "") for row in resolved)
+    assert forecasts(api, tenant, "open") == []
+    raised = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["day"]
+    assert raised["projected_limit_at"] is None and Decimal(raised["remaining_usd"]) == Decimal("992")
+
+
+def test_the_forecast_reads_each_budgeted_subject_and_its_counters_once_per_tick(
+    stack, publisher, firestore, api, agent_id, monkeypatch
+) -> None:
+    """The reads docs/alerting.md gives per tick, counted on the emulator: T (budgeted tenants) + T x shards
+    + 2 A (budgeted agents, their month documents) + the open forecast episodes (at least 1)."""
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    register(publisher, firestore, agent_id, tenant=tenant, budget={"monthly_usd": "100"})
+    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"monthly_usd": "500"}).status_code == 200
+    seen: list[int] = []
+    query = store.open_episodes
+
+    def open_episodes(limit: int) -> list[tuple[dict[str, Any], Any]]:
+        rows = query(limit)
+        seen.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store, "open_episodes", open_episodes)
+    with metering.metered() as meter:
+        out = service.run(datetime.now(UTC))
+    assert out["tenants"] >= 1 and out["agents"] >= 1 and len(seen) == 1
+    shards = settings.get().tenant_shards
+    expected = out["tenants"] * (1 + shards) + 2 * out["agents"] + max(1, seen[0])
+    # An episode opened (by other tests' spenders) reads its tenant's alerting settings unless cached.
+    assert expected <= meter.reads <= expected + out["opened"]
+    print(f"forecast tick: {out}, {meter.reads} reads, {meter.writes} writes")  # the figure in the report

@@ -1,0 +1,121 @@
+"""The budget forecast in the minute job (shared/services/budget_forecasts.py) over fake stores, and the
+forecast fields of the usage API (shared/api/costs.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.domain import budget_forecast as forecast
+from shared.domain.periods import Period
+from shared.domain.usage import Totals
+from shared.platform import settings
+from shared.services import budget_forecasts as service
+from shared.store import budget_forecasts as store
+from shared.store import episodes as episode_store
+from shared.store import usage as usage_store
+from tests.unit.test_http_api_costs import World, send, spent, world  # noqa: F401  (the API's fixture)
+
+USD = 1_000_000_000
+NOW = datetime(2026, 11, 21, 10, 30, tzinfo=UTC)
+
+
+def counters(day_usd: float, last_hour: float, this_hour: float) -> dict[str, dict[str, int]]:
+    """A month document as stored: the month, the day and two hours."""
+    return {
+        "m": {"usd_nanos": round(day_usd * USD)},
+        "d21": {"usd_nanos": round(day_usd * USD)},
+        "h2109": {"usd_nanos": round(last_hour * USD)},
+        "h2110": {"usd_nanos": round(this_hour * USD)},
+    }
+
+
+@dataclasses.dataclass
+class Fleet:
+    tenants: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    tenant_months: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    agents: list[tuple[str, str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    agent_months: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    open: list[tuple[dict[str, Any], Any]] = dataclasses.field(default_factory=list)
+    raised: list[Any] = dataclasses.field(default_factory=list)
+    resolved: list[tuple[dict[str, Any], Any, Any]] = dataclasses.field(default_factory=list)
+    months_asked: list[tuple[list[str], str]] = dataclasses.field(default_factory=list)
+
+
+@pytest.fixture
+def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
+    f = Fleet()
+
+    def agent_months(ids: list[str], month: str) -> dict[str, dict[str, Any]]:
+        f.months_asked.append((list(ids), month))
+        return {a: f.agent_months[a] for a in ids if a in f.agent_months}
+
+    monkeypatch.setattr(store, "tenants_with_budget", lambda limit: f.tenants[:limit])
+    monkeypatch.setattr(store, "tenant_month", lambda t, now, shards: forecast.month_fields(f.tenant_months.get(t, {})))
+    monkeypatch.setattr(store, "agents_with_budget", lambda limit: f.agents[:limit])
+    monkeypatch.setattr(usage_store, "agent_months", agent_months)
+    monkeypatch.setattr(store, "open_episodes", lambda limit: f.open[:limit])
+    monkeypatch.setattr(episode_store, "raise_once", lambda alert: f.raised.append(alert) or True)
+    monkeypatch.setattr(episode_store, "conditional", lambda ep, t, write: f.resolved.append((ep, t, write)) or True)
+    return f
+
+
+def test_a_budget_projected_within_the_horizon_opens_a_warning_until_its_period_resets(fleet: Fleet) -> None:
+    # The agent spends $2 an hour with $4 of its $10 a day left... ($6 spent): 2 hours.
+    fleet.agents = [("a1", "acme", {"daily_usd": "10"}), ("a2", "acme", {"daily_usd": "100"})]
+    fleet.agent_months = {"a1": counters(6, 2, 1), "a2": counters(6, 2, 1)}
+    # The tenant spends $3 an hour with $5 of $20 left: 1 h 40 min.
+    fleet.tenants = [("acme", {"daily_usd": "20"})]
+    fleet.tenant_months = {"acme": counters(15, 3, 1.5)}
+    out = service.run(NOW)
+    assert out == {"tenants": 1, "agents": 2, "opened": 2, "resolved": 0}
+    assert fleet.months_asked == [(["a1", "a2"], "2026-11")]
+    by_id = {a.id: a for a in fleet.raised}
+    agent = by_id["budget_forecast.agent.a1.daily_usd.2026-11-21.21T10"]
+    assert agent.kind == "budget_forecast" and agent.severity.value == "warning"
+    assert agent.tenant == "acme" and agent.agent_id == "a1"
+    assert agent.until == datetime(2026, 11, 22, tzinfo=UTC)
+    assert "12:30 UTC" in agent.message and "$2.00/h" in agent.message
+    tenant = by_id["budget_forecast.tenant.acme.daily_usd.2026-11-21.21T10"]
+    assert tenant.agent_id is None and tenant.details["projected_at"] == "2026-11-21T12:10:00+00:00"
+
+
+def test_an_open_forecast_resolves_once_the_budget_is_raised(fleet: Fleet) -> None:
+    fleet.agents = [("a1", "acme", {"daily_usd": "10"})]
+    fleet.agent_months = {"a1": counters(6, 2, 1)}
+    service.run(NOW)
+    opened = fleet.raised[0]
+    episode = {"id": opened.id, "rule": opened.kind, "severity": "warning", "tenant": "acme", "agent_id": "a1",
+               "title": "t", "opened_at": NOW, "details": opened.details}  # fmt: skip
+    fleet.open = [(episode, "update-time-1")]
+    fleet.agents = [("a1", "acme", {"daily_usd": "50"})]
+    out = service.run(NOW + timedelta(minutes=1))
+    assert out["resolved"] == 1 and out["opened"] == 0
+    resolved, update_time, write = fleet.resolved[0]
+    assert resolved["id"] == opened.id and update_time == "update-time-1"
+    assert write.fields["state"] == "resolved" and write.notice is not None
+    assert "not before the period resets" in write.fields["resolution"]
+
+
+def test_forecasts_off_read_nothing(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    off = dataclasses.replace(settings.get(), budget_forecast_horizon_s=0)
+    monkeypatch.setattr(settings, "get", lambda: off)
+    monkeypatch.setattr(store, "tenants_with_budget", lambda limit: pytest.fail("read while off"))
+    assert service.run(NOW) == {"off": True}
+
+
+def test_the_usage_api_shows_the_rate_and_projection_per_period(world: World) -> None:  # noqa: F811
+    world.agents["agent-a1"] = world.agents["agent-a1"].model_copy(update={"budget": {"daily_usd": "10"}})
+    # $1 in this hour's first 30 minutes, $3 today: $2 an hour, $7 left: 3 h 30 min.
+    world.usage["agent-a1"] = {Period.HOUR: spent(1), Period.DAY: spent(3), Period.MONTH: spent(3)}
+    reply = send("/v1/agents/agent-a1/usage", who="acme-viewer")
+    assert reply.status == 200, reply.text
+    day, hour = reply.json["periods"]["day"], reply.json["periods"]["hour"]
+    assert day["rate_usd_per_hour"] == "2" and day["projected_limit_at"] == "2026-11-21T14:00:00Z"
+    assert hour["projected_limit_at"] is None and reply.json["periods"]["month"]["projected_limit_at"] is None
+    world.tenant_usage["acme"] = {Period.DAY: Totals(usd_nanos=USD)}
+    tenant = send("/v1/tenants/acme/usage", who="acme-viewer").json["periods"]["day"]
+    assert tenant["rate_usd_per_hour"] == "0" and tenant["projected_limit_at"] is None
