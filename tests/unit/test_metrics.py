@@ -13,6 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from shared.api import core, router
 from shared.api import metrics as api_metrics
 from shared.domain import metrics as domain
+from shared.domain import roles
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
 from shared.platform import metering
@@ -243,3 +244,9 @@ def test_the_reads_are_counted_on_the_invocation() -> None:
     with metering.metered() as meter:
         api_metrics._count_into_caller(7)
     assert meter.reads == 7
+
+
+def test_scrape_is_an_api_keys_role_only() -> None:
+    """A Slack user mapped to "scrape" (by hand in Firestore) has no role: it grants nothing there."""
+    assert roles.role_of({"acme": "scrape"}, "acme") is None
+    assert not roles.allows(Role.SCRAPE, roles.Action.READ)
