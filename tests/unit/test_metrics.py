@@ -250,3 +250,50 @@ def test_scrape_is_an_api_keys_role_only() -> None:
     """A Slack user mapped to "scrape" (by hand in Firestore) has no role: it grants nothing there."""
     assert roles.role_of({"acme": "scrape"}, "acme") is None
     assert not roles.allows(Role.SCRAPE, roles.Action.READ)
+
+
+class _Doc:
+    def __init__(self, doc_id: str) -> None:
+        self.id = doc_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant": "acme", "status": "active"}
+
+
+class _Query:
+    """Enough of a Firestore query for the paged projection: ordered ids, start_after, limit."""
+
+    def __init__(self, ids: list[str], after: str | None = None, limit: int | None = None) -> None:
+        self.ids, self.after, self.limit_n = ids, after, limit
+
+    def select(self, fields: list[str]) -> _Query:
+        return self
+
+    def order_by(self, field: str) -> _Query:
+        return self
+
+    def start_after(self, doc: _Doc) -> _Query:
+        return _Query(self.ids, doc.id, self.limit_n)
+
+    def limit(self, n: int) -> _Query:
+        return _Query(self.ids, self.after, n)
+
+    def stream(self, **options: Any) -> list[_Doc]:
+        rows = [i for i in sorted(self.ids) if self.after is None or i > self.after]
+        return [_Doc(i) for i in rows[: self.limit_n]]
+
+
+@pytest.mark.parametrize(
+    ("count", "cap", "pages"), [(0, 10_000, 1), (2500, 10_000, 3), (2000, 10_000, 3), (2500, 1500, 2)]
+)
+def test_projections_page_by_1000_up_to_their_cap(
+    monkeypatch: pytest.MonkeyPatch, count: int, cap: int, pages: int
+) -> None:
+    ids = [f"a{i:05d}" for i in range(count)]
+    with metering.metered() as meter:
+        rows, cut = metrics_reads._projected(_Query(ids), ["tenant", "status"], cap)
+    assert [r["_id"] for r in rows] == ids[:cap]
+    assert cut == (count > cap)
+    # One read per document (a page reads one more, to know whether another follows), at least one a page.
+    read = min(count, cap)
+    assert max(read, pages) <= meter.reads <= read + pages
