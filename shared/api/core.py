@@ -91,7 +91,7 @@ class Param:
     required: bool = False
 
 
-View = Callable[[Call], BaseModel | dict[str, Any]]
+View = Callable[[Call], BaseModel | dict[str, Any] | flask.Response]
 V = TypeVar("V", bound=View)
 Model = type[BaseModel]
 
@@ -112,8 +112,9 @@ class Route:
     method: str = "GET"
     #: The JSON body the route takes (PUT/POST), validated by the view with :func:`body`.
     request: type[BaseModel] | None = None
-    #: The status of a success (201 for a route that creates something).
+    #: The status (201 for a route that creates something) and type of a success (not JSON: a flask.Response).
     status: int = 200
+    media_type: str = "application/json"
 
 
 class RouteOptions(TypedDict, total=False):

@@ -71,6 +71,8 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
     if route.auth:
         statuses |= {401, 403, 503}
     ok_schema = dict(refs[(route.response, "serialization")]) if route.response else {"type": "object"}
+    if route.media_type != "application/json":
+        ok_schema = {"type": "string"}
     operation: dict[str, Any] = {
         "operationId": route.endpoint,
         "summary": route.summary,
@@ -88,7 +90,7 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         "responses": {
             str(route.status): {
                 "description": "Created" if route.status == 201 else "OK",
-                "content": {"application/json": {"schema": ok_schema}},
+                "content": {route.media_type: {"schema": ok_schema}},
             },
             **{
                 str(status): {"$ref": f"#/components/responses/{_ERROR_RESPONSES[status][0]}"}

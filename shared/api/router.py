@@ -3,9 +3,9 @@
 Every resource module of shared/api/ declares its routes beside its views (shared/api/core.py: Routes);
 the table below joins them, in the order of the OpenAPI document, and drives both the dispatcher
 (werkzeug routing) and the document (shared/api/openapi.py), so the document cannot drift from what is
-served. Every outcome is JSON, errors included: callers and load balancers never see an HTML error page
-or a stack trace. Views stay thin: the rules live in shared.domain and shared.services, the writes in
-shared.store.
+served. Every outcome is JSON (but the OpenMetrics text of GET /metrics), errors included: callers and load
+balancers never see an HTML error page or a stack trace. Views stay thin: the rules live in shared.domain
+and shared.services, the writes in shared.store.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from shared.api import (
     costs,
     enrollment,
     jobs,
+    metrics,
     ml_models,
     openapi,
     reports,
@@ -80,6 +81,7 @@ ROUTES: tuple[Route, ...] = (
     *ml_models.routes,
     *tasks.routes,
     *settings.of("jobs", "tasks"),
+    *metrics.routes,
 )
 
 _BY_ENDPOINT: dict[str, Route] = {r.endpoint: r for r in ROUTES}
@@ -167,6 +169,8 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
             _audit_refusal(principal, route, request.path, fields["request_id"], reason)
             raise ApiError(403, reason)
     result = route.view(Call(request, {k: str(v) for k, v in args.items()}, principal, fields["request_id"]))
+    if isinstance(result, flask.Response):  # a route that answers other than JSON (GET /metrics)
+        return result
     body = result.model_dump_json() if isinstance(result, BaseModel) else json.dumps(result)
     return _json(route.status, body)
 

@@ -18,13 +18,15 @@ _KEY = re.compile(rf"^{PREFIX}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{43}})$")
 
 
 class Role(StrEnum):
+    #: Reads GET /metrics only (a Prometheus server's key); every other route refuses it (403, audited).
+    SCRAPE = "scrape"
     VIEWER = "viewer"  # reads
     OPERATOR = "operator"  # reads and operational writes: pause, resume, silences
     APPROVER = "approver"  # an operator who may also release frozen or quarantined agents
     ADMIN = "admin"  # everything, keys and settings included
 
     def allows(self, needed: Role) -> bool:
-        order = [Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMIN]
+        order = [Role.SCRAPE, Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMIN]
         return order.index(self) >= order.index(needed)
 
 

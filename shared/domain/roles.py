@@ -74,9 +74,10 @@ def role_of(roles: dict[str, str], tenant: str) -> Role | None:
     """The role a user's map (tenant -> role) gives in ``tenant``; None: no role there."""
     value = roles.get(tenant)
     try:
-        return Role(value) if value else None
+        role = Role(value) if value else None
     except ValueError:
         return None
+    return None if role is Role.SCRAPE else role  # an API key's role (GET /metrics), never a person's
 
 
 def allows(role: Role | None, action: Action) -> bool:

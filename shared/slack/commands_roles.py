@@ -30,6 +30,8 @@ def _roles(asker: Asker, parsed: slash.Parsed) -> Reply:
     if verb == "set":
         try:
             wanted = Role(args[3].lower()).value
+            if wanted == Role.SCRAPE:  # an API key's role (GET /metrics only), never a person's
+                raise ValueError(wanted)
         except ValueError:
             raise slash.Usage("a role is viewer, operator, approver or admin") from None
 

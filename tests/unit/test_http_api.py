@@ -281,6 +281,7 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/jobs/{job_id}/cancel", "post"),
             ("/v1/tenants/{tenant}/jobs", "get"),
             ("/v1/tenants/{tenant}/jobs", "put"),
+            ("/metrics", "get"),
         }
     )
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {

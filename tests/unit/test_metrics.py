@@ -1,0 +1,299 @@
+"""GET /metrics without processes: the series of shared/domain/metrics.py, their OpenMetrics text (parsed back
+with prometheus-client's parser) and the route, with the store reads monkeypatched."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import flask
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from shared.api import core, router
+from shared.api import metrics as api_metrics
+from shared.domain import metrics as domain
+from shared.domain import roles
+from shared.domain.api_keys import Role
+from shared.domain.audit import AuditEntry
+from shared.platform import metering
+from shared.store import api_keys, config, metrics_reads
+from shared.store import audit as audit_store
+from shared.store import usage as usage_store
+from shared.store.api_keys import Principal
+
+T0 = datetime(2026, 11, 21, 10, 20, tzinfo=UTC)
+ADMIN = "afm_00000000000000aa_" + "a" * 43
+ACME = "afm_00000000000000bb_" + "b" * 43
+SCRAPER = "afm_00000000000000cc_" + "c" * 43
+PRINCIPALS = {
+    ADMIN: Principal("00000000000000aa", "admin", Role.ADMIN, None),
+    ACME: Principal("00000000000000bb", "acme-viewer", Role.VIEWER, "acme"),
+    SCRAPER: Principal("00000000000000cc", "prometheus", Role.SCRAPE, None),
+}
+APP = flask.Flask(__name__)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value, as Prometheus would read them."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def usage_row(tenant: str, period: str, spend: float, budget: float | None) -> domain.PeriodUsage:
+    left = None if budget is None else max(0.0, budget - spend)
+    return domain.PeriodUsage(tenant, period, spend, 100, budget, left, None, None, T0 + timedelta(hours=1))
+
+
+FIGURES = domain.Figures(
+    agents=(("acme", "a1", "active"), ("acme", "a2", "active"), ("acme", "a3", "idle"), ("globex", "g1", "suspended")),
+    usage=(usage_row("acme", "hour", 0.25, 1.0), usage_row("globex", "day", 2.0, None)),
+    open_episodes=(("acme", "critical"), ("acme", "critical"), ("globex", "warning")),
+    jobs=(
+        ("acme", "local", "queued"),
+        ("acme", "local", "queued"),
+        ("acme", "local", "running"),
+        ("acme", "gke", "admitted"),
+    ),
+    rejections={"schema_violation": 3, "delivery_exhausted": 2},
+    agent_spend=(domain.AgentSpend("acme", "a1", "day", 0.5),),
+    reads=17,
+)
+
+
+# --- the series ------------------------------------------------------------------------------------
+
+
+def test_agents_are_counted_by_tenant_and_status_with_every_status_zero_filled() -> None:
+    got = samples(api_metrics.render(domain.series(FIGURES, per_agent=False)).decode())
+    assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 2
+    assert got[("fleet_agents", (("status", "idle"), ("tenant", "acme")))] == 1
+    assert got[("fleet_agents", (("status", "suspended"), ("tenant", "acme")))] == 0
+    assert got[("fleet_agents", (("status", "suspended"), ("tenant", "globex")))] == 1
+    assert sum(v for (name, _l), v in got.items() if name == "fleet_agents") == 4
+
+
+def test_spend_budget_remaining_and_reset_time_per_tenant_and_period() -> None:
+    got = samples(api_metrics.render(domain.series(FIGURES, per_agent=False)).decode())
+    acme_hour = (("period", "hour"), ("tenant", "acme"))
+    assert got[("fleet_tenant_spend_usd", acme_hour)] == 0.25
+    assert got[("fleet_tenant_max_budget_usd", acme_hour)] == 1.0
+    assert got[("fleet_tenant_remaining_budget_usd", acme_hour)] == 0.75
+    assert got[("fleet_tenant_budget_reset_timestamp_seconds", acme_hour)] == (T0 + timedelta(hours=1)).timestamp()
+    globex_day = (("period", "day"), ("tenant", "globex"))
+    assert got[("fleet_tenant_spend_usd", globex_day)] == 2.0
+    # No budget: no budget series (not a misleading 0).
+    assert ("fleet_tenant_remaining_budget_usd", globex_day) not in got
+    assert ("fleet_tenant_max_budget_tokens", acme_hour) not in got
+
+
+def test_episodes_jobs_and_rejections() -> None:
+    got = samples(api_metrics.render(domain.series(FIGURES, per_agent=False)).decode())
+    assert got[("fleet_open_episodes", (("severity", "critical"), ("tenant", "acme")))] == 2
+    assert got[("fleet_open_episodes", (("severity", "warning"), ("tenant", "acme")))] == 0
+    assert got[("fleet_open_episodes", (("severity", "warning"), ("tenant", "globex")))] == 1
+    assert got[("fleet_training_pending_jobs", (("backend", "local"), ("tenant", "acme")))] == 2
+    assert got[("fleet_training_running_jobs", (("backend", "local"), ("tenant", "acme")))] == 1
+    assert got[("fleet_training_running_jobs", (("backend", "gke"), ("tenant", "acme")))] == 1
+    assert got[("fleet_training_pending_jobs", (("backend", "gke"), ("tenant", "acme")))] == 0
+    assert got[("fleet_rejections_last_hour", (("code", "schema_violation"),))] == 3
+    assert got[("fleet_dead_letters_last_hour", ())] == 2
+    assert got[("fleet_metrics_firestore_reads", ())] == 17
+
+
+def test_per_agent_series_only_when_asked_and_no_rejections_for_a_tenant_scope() -> None:
+    plain = samples(api_metrics.render(domain.series(FIGURES, per_agent=False)).decode())
+    assert not [k for k in plain if k[0].startswith("fleet_agent_")]
+    detailed = samples(api_metrics.render(domain.series(FIGURES, per_agent=True)).decode())
+    assert detailed[("fleet_agent_status", (("agent_id", "g1"), ("status", "suspended"), ("tenant", "globex")))] == 1
+    assert detailed[("fleet_agent_spend_usd", (("agent_id", "a1"), ("period", "day"), ("tenant", "acme")))] == 0.5
+    scoped = domain.Figures(agents=FIGURES.agents[:1], rejections=None, tenants=("acme",))
+    names = {name for name, _l in samples(api_metrics.render(domain.series(scoped, per_agent=False)).decode())}
+    assert "fleet_rejections_last_hour" not in names and "fleet_dead_letters_last_hour" not in names
+
+
+def test_a_tenant_without_agents_is_still_shown_for_its_own_key() -> None:
+    got = samples(api_metrics.render(domain.series(domain.Figures(tenants=("acme",)), per_agent=False)).decode())
+    assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 0
+
+
+# --- the route -------------------------------------------------------------------------------------
+
+
+class Reads:
+    """The fake reads (each counting one Firestore read) and what they were asked."""
+
+    def __init__(self) -> None:
+        self.scopes: list[str | None] = []
+        self.rejection_since: list[datetime] = []
+        self.audit: list[AuditEntry] = []
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
+    seen = Reads()
+
+    def agents(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
+        seen.scopes.append(tenant)
+        metering.count(reads=len(FIGURES.agents))
+        return [a for a in FIGURES.agents if tenant in (None, a[0])], False
+
+    def episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], bool]:
+        metering.count(reads=1)
+        return [e for e in FIGURES.open_episodes if tenant in (None, e[0])], False
+
+    def jobs(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
+        metering.count(reads=1)
+        return [j for j in FIGURES.jobs if tenant in (None, j[0])], tenant is None
+
+    def rejections(codes: Any, since: datetime) -> dict[str, int]:
+        seen.rejection_since.append(since)
+        metering.count(reads=len(list(codes)))
+        return {"schema_violation": 3}
+
+    monkeypatch.setattr(api_keys, "verify", PRINCIPALS.get)
+    monkeypatch.setattr(core, "now", lambda: T0)
+    monkeypatch.setattr(metrics_reads, "agents", agents)
+    monkeypatch.setattr(metrics_reads, "open_episodes", episodes)
+    monkeypatch.setattr(metrics_reads, "live_jobs", jobs)
+    monkeypatch.setattr(metrics_reads, "rejections_since", rejections)
+    monkeypatch.setattr(config, "read_tenant", lambda t: config.TenantConfig(t, {"daily_usd": "5"}, "api", {}, {}))
+    monkeypatch.setattr(usage_store, "_sum_shards", lambda tenant, month, shards, skip=(): {})
+    monkeypatch.setattr(usage_store, "agent_months", lambda ids, month: {})
+    monkeypatch.setattr(audit_store, "append", seen.audit.append)
+    api_metrics.forget()
+    yield seen
+    api_metrics.forget()
+
+
+def get(path: str, token: str | None, **query: Any) -> flask.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with APP.test_request_context(path, headers=headers, query_string=query):
+        return router.handle(flask.request)
+
+
+def test_a_viewer_gets_openmetrics_text_of_every_tenant(reads: Reads) -> None:
+    reply = get("/metrics", ADMIN)
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"] == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    text = reply.get_data(as_text=True)
+    assert text.endswith("# EOF\n")
+    got = samples(text)
+    assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 2
+    assert got[("fleet_tenant_max_budget_usd", (("period", "day"), ("tenant", "globex")))] == 5.0
+    assert got[("fleet_tenant_remaining_budget_usd", (("period", "day"), ("tenant", "globex")))] == 5.0
+    assert got[("fleet_rejections_last_hour", (("code", "schema_violation"),))] == 3
+    assert got[("fleet_metrics_truncated", (("part", "jobs"),))] == 1
+    assert reads.rejection_since == [T0 - timedelta(hours=1)]
+    # 4 agents + 1 + 1 + one count per code + (1 tenant document: monkeypatched, so 0) per tenant.
+    assert got[("fleet_metrics_firestore_reads", ())] >= 6
+
+
+def test_a_tenant_key_sees_only_its_tenant(reads: Reads) -> None:
+    text = get("/metrics", ACME).get_data(as_text=True)
+    got = samples(text)
+    assert reads.scopes == ["acme"]
+    assert {dict(labels).get("tenant") for _name, labels in got if dict(labels).get("tenant")} == {"acme"}
+    assert "globex" not in text and "fleet_rejections_last_hour" not in text
+
+
+def test_figures_are_cached_per_scope_for_30_seconds(reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(api_metrics.time, "monotonic", lambda: clock[0])
+    get("/metrics", ADMIN)
+    get("/metrics", SCRAPER)
+    assert reads.scopes == [None]  # the same scope: read once
+    get("/metrics", ACME)
+    assert reads.scopes == [None, "acme"]
+    clock[0] += 29
+    get("/metrics", ADMIN)
+    assert reads.scopes == [None, "acme"]
+    clock[0] += 2
+    age = samples(get("/metrics", ADMIN).get_data(as_text=True))
+    assert reads.scopes == [None, "acme", None]
+    assert age[("fleet_metrics_age_seconds", ())] == 0
+
+
+def test_per_agent_labels_are_opt_in(reads: Reads) -> None:
+    assert "fleet_agent_status" not in get("/metrics", ADMIN).get_data(as_text=True)
+    got = samples(get("/metrics", ADMIN, agents="true").get_data(as_text=True))
+    assert got[("fleet_agent_status", (("agent_id", "a3"), ("status", "idle"), ("tenant", "acme")))] == 1
+    assert got[("fleet_agent_spend_usd", (("agent_id", "a3"), ("period", "month"), ("tenant", "acme")))] == 0
+
+
+def test_errors_stay_json(reads: Reads) -> None:
+    for reply, status in ((get("/metrics", None), 401), (get("/metrics", ADMIN, agents="maybe"), 400)):
+        assert reply.status_code == status
+        assert reply.headers["Content-Type"] == "application/json"
+        assert set(reply.get_json()["error"]) == {"code", "reason"}
+
+
+def test_a_scrape_key_reads_metrics_and_nothing_else(reads: Reads) -> None:
+    assert get("/metrics", SCRAPER).status_code == 200
+    refused = get("/v1/agents", SCRAPER)
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
+    [entry] = reads.audit
+    assert entry.outcome == "refused" and entry.action == "api.list_agents" and entry.actor == "api:prometheus"
+    assert Role.VIEWER.allows(Role.SCRAPE) and not Role.SCRAPE.allows(Role.VIEWER)
+
+
+def test_the_reads_are_counted_on_the_invocation() -> None:
+    with metering.metered() as meter:
+        api_metrics._count_into_caller(7)
+    assert meter.reads == 7
+
+
+def test_scrape_is_an_api_keys_role_only() -> None:
+    """A Slack user mapped to "scrape" (by hand in Firestore) has no role: it grants nothing there."""
+    assert roles.role_of({"acme": "scrape"}, "acme") is None
+    assert not roles.allows(Role.SCRAPE, roles.Action.READ)
+
+
+class _Doc:
+    def __init__(self, doc_id: str) -> None:
+        self.id = doc_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant": "acme", "status": "active"}
+
+
+class _Query:
+    """Enough of a Firestore query for the paged projection: ordered ids, start_after, limit."""
+
+    def __init__(self, ids: list[str], after: str | None = None, limit: int | None = None) -> None:
+        self.ids, self.after, self.limit_n = ids, after, limit
+
+    def select(self, fields: list[str]) -> _Query:
+        return self
+
+    def order_by(self, field: str) -> _Query:
+        return self
+
+    def start_after(self, doc: _Doc) -> _Query:
+        return _Query(self.ids, doc.id, self.limit_n)
+
+    def limit(self, n: int) -> _Query:
+        return _Query(self.ids, self.after, n)
+
+    def stream(self, **options: Any) -> list[_Doc]:
+        rows = [i for i in sorted(self.ids) if self.after is None or i > self.after]
+        return [_Doc(i) for i in rows[: self.limit_n]]
+
+
+@pytest.mark.parametrize(
+    ("count", "cap", "pages"), [(0, 10_000, 1), (2500, 10_000, 3), (2000, 10_000, 3), (2500, 1500, 2)]
+)
+def test_projections_page_by_1000_up_to_their_cap(
+    monkeypatch: pytest.MonkeyPatch, count: int, cap: int, pages: int
+) -> None:
+    ids = [f"a{i:05d}" for i in range(count)]
+    with metering.metered() as meter:
+        rows, cut = metrics_reads._projected(_Query(ids), ["tenant", "status"], cap)
+    assert [r["_id"] for r in rows] == ids[:cap]
+    assert cut == (count > cap)
+    # One read per document (a page reads one more, to know whether another follows), at least one a page.
+    read = min(count, cap)
+    assert max(read, pages) <= meter.reads <= read + pages
