@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Api, Slack, tick, wait_for
-from tests.integration.helpers import agent_doc, publish, registration
+from tests.integration.helpers import agent_doc, heartbeat, publish, registration
 from tests.integration.test_costs import batch, record
 
 pytestmark = pytest.mark.integration
@@ -94,3 +94,20 @@ def slack_channel(slack: Slack, name: str) -> str:
     from emulators.fake_slack import channel_id
 
     return channel_id(name)
+
+
+def test_a_quarantine_by_the_health_rules_reaches_slack_from_the_heartbeat_function(
+    publisher: Any, firestore: Any, api: Api, slack: Slack, tenant: str
+) -> None:
+    agent_id = f"it-quar-{uuid.uuid4().hex[:8]}"
+    reply = api.send("PUT", f"/v1/tenants/{tenant}/health", {"quarantine_at": 90})
+    assert reply.status_code == 200, reply.text
+    publish(publisher, registration(agent_id, tenant=tenant, heartbeat_interval_s=30))
+    wait_for(lambda: agent_doc(firestore, agent_id))
+    publish(publisher, heartbeat(agent_id, 1, error_rate=0.5, cpu_pct=10.0))  # score 85: quarantined
+
+    sent = wait_for(lambda: [c for c in openings(slack, agent_id) if "quarantined" in json.dumps(c["params"])])
+    assert len(sent) == 1
+    by_event = {n["episode_id"].split(".")[-2] + "." + n["event"]: n for n in notices(firestore, agent_id)}
+    assert by_event["security.open"]["sent_by"] == "at_once:fleet-heartbeats"
+    assert by_event["error_rate.open"]["state"] == "pending"  # a warning: the minute job's
