@@ -96,7 +96,7 @@ def send_now(raised: Iterable[Alert | domain.EpisodeWrite], *, by: str) -> Flush
     the minute job (the safety net). ``by`` names the calling function (recorded as ``sent_by``)."""
     out = Flushed()
     ids = domain.at_once(raised)
-    if not ids or not settings.get().alerts_at_once:
+    if not ids or not settings.get().alerts_at_once or not _slack_reachable():
         return out
     now = datetime.now(UTC)
     try:
@@ -113,6 +113,20 @@ def send_now(raised: Iterable[Alert | domain.EpisodeWrite], *, by: str) -> Flush
     else:
         logs.log(log, "critical notices sent at once", notices=ids, by=by, **out.as_dict())
     return out
+
+
+def _slack_reachable() -> bool:
+    """Whether this function holds the bot token (topology.yaml lists ``slack-bot-token`` under its
+    secrets). Without it the notices are left untouched for the minute job, never marked ``failed``."""
+    # lazy: the Slack client only when there is a critical notice to send
+    from shared.slack import web_api
+
+    try:
+        web_api.client()
+    except web_api.SlackRefused:
+        logs.log(log, "no Slack token here: critical notices left to the minute job", logging.WARNING)
+        return False
+    return True
 
 
 #: ``sent_by`` of the notices the minute job handles.

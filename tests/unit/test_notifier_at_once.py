@@ -14,7 +14,7 @@ from shared.domain import episodes as domain
 from shared.domain.alerts import Alert
 from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
 from shared.domain.spend import Effects
-from shared.platform import settings
+from shared.platform import settings, topology
 from shared.services import accounting, notifier
 from shared.store import episodes as episode_store
 from tests.unit.test_notifier import NOW, T0, World, a_silence, later, opening, world  # noqa: F401
@@ -113,6 +113,7 @@ def outbox(world: World, monkeypatch: pytest.MonkeyPatch) -> Outbox:  # noqa: F8
     box = Outbox()
     for name in ("notices_as_read", "due_notices", "claim", "finish"):
         monkeypatch.setattr(episode_store, name, getattr(box, name))
+    monkeypatch.setattr(world.slack.module, "client", lambda: object(), raising=False)  # a token is set
     return box
 
 
@@ -258,3 +259,25 @@ def test_the_cost_function_hands_the_alerts_it_opened_to_send_now(monkeypatch: p
     agent = types.SimpleNamespace(agent_id="agent-1")
     accounting.carry_out(agent, Effects(alerts=[opened, already]), now=T0)  # type: ignore[arg-type]
     assert handed == [([opened], "fleet-costs")]
+
+
+def test_a_function_without_the_slack_token_leaves_the_notice_to_the_minute_job(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_token() -> Any:
+        raise world.refused("not_configured")
+
+    monkeypatch.setattr(world.slack.module, "client", no_token)
+    notice = outbox.add(critical())
+    assert notifier.send_now([committed(notice)], by="fleet-costs").sent == 0
+    assert outbox.docs[notice["id"]]["state"] == "pending"  # not claimed, never marked failed
+    assert outbox.reads == 0
+
+
+def test_every_function_that_sends_critical_alerts_at_once_holds_the_slack_token() -> None:
+    # The functions whose code calls notifier.send_now (docs/alerting.md, "Critical alerts at once").
+    senders = {"fleet-registrations", "fleet-heartbeats", "fleet-costs", "fleet-api", "fleet-actions", "fleet-slack"}
+    holders = {f.name for f in topology.load().functions if "slack-bot-token" in f.secrets}
+    assert senders <= holders
