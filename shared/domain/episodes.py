@@ -14,13 +14,14 @@ tenant's alert document the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.domain.alerts import Severity
+from shared.domain.alerts import Alert, Severity
 
 __all__ = ["AgentEpisodes", "AlertingConfig", "EpisodeWrite", "Severity"]
 
@@ -219,6 +220,34 @@ def reminder(current: dict[str, Any], at: datetime, config: AlertingConfig) -> E
         following += repeat  # type: ignore[operator]  # repeat is set when following is
     fields = {"repeats": n, "next_repeat_at": following}
     return EpisodeWrite(current["id"], fields, notice({**current, **fields}, f"repeat-{n}", at, at))
+
+
+#: Severities whose notices the function that raised them sends itself, right after its commit
+#: (shared/services/notifier.py ``send_now``); the others wait for the minute job and its grouping.
+AT_ONCE = frozenset({Severity.CRITICAL, Severity.EMERGENCY})
+
+
+def sent_at_once(notice: dict[str, Any]) -> bool:
+    """Whether the raising function sends ``notice`` at once: the opening or an escalation of a critical
+    or emergency episode. Resolutions and reminders wait for the minute job (a resolution edits the
+    message the opening posted, and must never overtake it)."""
+    event = str(notice.get("event") or "")
+    at_once_event = event == "open" or event.startswith("escalate-")
+    return at_once_event and Severity(notice.get("severity") or "warning") in AT_ONCE
+
+
+def at_once(raised: Iterable[Alert | EpisodeWrite]) -> list[str]:
+    """The ids of the notices to send at once among what a function just committed: cost alerts it
+    opened (``raise_once`` said True; their notice is the opening) or episode writes it made."""
+    ids: list[str] = []
+    for item in raised:
+        if isinstance(item, Alert):
+            opening = {"event": "open", "severity": item.severity.value}
+            if sent_at_once(opening):
+                ids.append(notice_id(item.id, "open"))
+        elif item.notice is not None and sent_at_once(item.notice):
+            ids.append(item.notice["id"])
+    return ids
 
 
 def notice(episode: dict[str, Any], event: str, at: datetime, due_at: datetime) -> dict[str, Any]:

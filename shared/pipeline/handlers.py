@@ -23,7 +23,7 @@ from shared.domain.rejections import Code, Payload, Rejected
 from shared.pipeline import registrations, signatures
 from shared.pipeline.decoding import Decoded, PushedMessage, decode
 from shared.platform import logs, settings
-from shared.services import agent_commands, forged_events
+from shared.services import agent_commands, forged_events, notifier
 from shared.store import agents as agent_store
 from shared.store import config, db, rejections
 
@@ -180,6 +180,7 @@ def process_heartbeat(decoded: Decoded) -> Plan:
     plan = agent_store.update(hb.agent_id, decide)
     if plan.commands:  # the health rules quarantined the agent, or a budget hold was lifted
         agent_commands.publish(plan.commands)
+    notifier.send_now(plan.episodes, by="fleet-heartbeats")  # a quarantine (critical): Slack hears now
     return plan
 
 

@@ -45,6 +45,9 @@ class Settings:
     key_overlap_s: int
     #: Refused (unverifiable) events per claimed agent, or per tenant, in an hour that open ``forged_events``.
     forged_events_per_hour: int
+    #: Whether a function that opens or escalates a critical or emergency alert sends its notice itself,
+    #: right after its commit (``FLEET_ALERTS_AT_ONCE=off``: the minute job sends it, as before issue 21).
+    alerts_at_once: bool
     #: Budget leases (shared/domain/leases.py): the longest an epoch lives without a new grant; how long
     #: after its expiry its unspent part returns to the pool (batches still in flight); how many seconds
     #: of the agent's recent spend a lease covers; the smallest lease (nano-dollars, tokens); and the
@@ -79,6 +82,7 @@ def get() -> Settings:
         identity_policy=os.environ.get("FLEET_IDENTITY_POLICY", "required"),
         key_overlap_s=_int("FLEET_KEY_OVERLAP_S", 600),
         forged_events_per_hour=_int("FLEET_FORGED_EVENTS_PER_HOUR", 10),
+        alerts_at_once=os.environ.get("FLEET_ALERTS_AT_ONCE", "on").lower() not in ("off", "0", "false", "no"),
         lease_ttl_s=_int("FLEET_LEASE_TTL_S", 300),
         lease_grace_s=_int("FLEET_LEASE_GRACE_S", 60),
         lease_horizon_s=_int("FLEET_LEASE_HORIZON_S", 300),

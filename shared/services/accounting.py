@@ -38,7 +38,7 @@ from shared.domain.usage import WindowTotals
 from shared.pipeline import signatures
 from shared.pipeline.decoding import Decoded
 from shared.platform import logs, settings
-from shared.services import agent_commands, leases
+from shared.services import agent_commands, leases, notifier
 from shared.store import agents as agent_store
 from shared.store import config, markers
 from shared.store import episodes as episode_store
@@ -251,6 +251,7 @@ def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:
     raised = [alert for alert in effects.alerts if episode_store.raise_once(alert)]
     for alert in raised:
         logs.log(log, alert.message, alert=alert.kind, severity=alert.severity.value, agent_id=alert.agent_id)
+    notifier.send_now(raised, by="fleet-costs")  # a runaway loop, a hard limit: Slack hears now
     plan.commands = sent
     plan.skipped = None
     return plan
@@ -309,8 +310,8 @@ def reconcile(
     totals: WindowTotals = {(period, win): (t, usage_domain.Totals()) for period, (win, t) in periods.items()}
     spec = budgets.parse(agent.budget)
     findings = budgets.reached(spec, "agent", agent_id, totals)
-    for finding in findings:
-        episode_store.raise_once(spend.budget_alert(finding, agent.tenant, agent_id, now))
+    alerts = [spend.budget_alert(finding, agent.tenant, agent_id, now) for finding in findings]
+    raised = [alert for alert in alerts if episode_store.raise_once(alert)]
     exhausted = spend.exhausted(findings, now)
     steps: list[Step] = []
     if lift_expired and holds.expired(agent, now):
@@ -328,6 +329,7 @@ def reconcile(
                  if h["command_id"] not in ids]  # fmt: skip
     if sent:
         agent_commands.publish(sent)
+    notifier.send_now(raised, by=actor)
     return sent
 
 
@@ -342,8 +344,11 @@ def reconcile_tenant(tenant: str, *, now: datetime, actor: str) -> list[Command]
     if spec is not None:  # leases: the reserve is never below what the tenant spent (spend from before)
         reserve_store.raise_reserve(tenant, now, {p: Amount(t.usd_nanos, t.tokens) for p, (_w, t) in periods.items()})
     findings = budgets.reached(spec, "tenant", tenant, totals)
-    for finding in findings:
-        episode_store.raise_once(spend.budget_alert(finding, tenant, None, now))
+    raised = [
+        alert
+        for alert in (spend.budget_alert(f, tenant, None, now) for f in findings)
+        if episode_store.raise_once(alert)
+    ]
     exhausted = spend.exhausted(findings, now)
     step = (
         spend.budget_hold("tenant_budget", exhausted, now)
@@ -353,6 +358,7 @@ def reconcile_tenant(tenant: str, *, now: datetime, actor: str) -> list[Command]
     sent = _apply_to_tenant(tenant, step, lambda agent: exhausted is not None or "tenant_budget" in agent.holds)
     if sent:
         agent_commands.publish(sent)
+    notifier.send_now(raised, by=actor)
     return sent
 
 

@@ -31,6 +31,7 @@ from shared.domain.alerts import Alert
 from shared.domain.identity import IdentityConfig
 from shared.domain.rejections import Rejected
 from shared.platform import logs, metering
+from shared.services import notifier
 from shared.store import agents as agent_store
 from shared.store import config as config_store
 from shared.store import db
@@ -127,6 +128,7 @@ def _raise(alert: Alert) -> None:
             tenant=alert.tenant,
             agent_id=alert.agent_id,
         )
+        notifier.send_now([alert], by="forged_events")
 
 
 def _remembered(key: str) -> bool | None:

@@ -26,6 +26,7 @@ from shared.domain.leases import ZERO, Amount, Ledger
 from shared.domain.periods import windows
 from shared.domain.pricing import format_usd, to_usd
 from shared.platform import logs, settings
+from shared.services import notifier
 from shared.store import config
 from shared.store import episodes as episode_store
 from shared.store import lease_reserve as reserve_store
@@ -142,6 +143,7 @@ def _say_short(agent: AgentRecord, plan: domain.GrantPlan, after: dict[domain.Sl
     """A limit leaves less than the waiting call needs: the agent will refuse it. Raise the limit's
     ``budget_exhausted`` alert (the same id as when counting reaches the limit: once per period)."""
     wins = windows(now)
+    raised = []
     for scope, limit in plan.short:
         mine = scope == "agent"
         win = wins[limit.period]
@@ -149,7 +151,10 @@ def _say_short(agent: AgentRecord, plan: domain.GrantPlan, after: dict[domain.Sl
         finding = budgets.Finding(
             budgets.Kind.HARD, scope, agent.agent_id if mine else agent.tenant, limit, win, slot_total, limit.hard or 0
         )
-        episode_store.raise_once(spend.budget_alert(finding, agent.tenant, agent.agent_id if mine else None, now))
+        alert = spend.budget_alert(finding, agent.tenant, agent.agent_id if mine else None, now)
+        if episode_store.raise_once(alert):
+            raised.append(alert)
+    notifier.send_now(raised, by="lease_grants")
 
 
 def _unpriced(request: LeaseUse, models: list[str], agent: AgentRecord) -> bool:

@@ -27,7 +27,7 @@ from shared.domain.leases import Amount, Ledger
 from shared.domain.pricing import format_usd
 from shared.domain.usage import Applied, EpochTag, Tally
 from shared.platform import logs, settings
-from shared.services import agent_commands, lease_grants
+from shared.services import agent_commands, lease_grants, notifier
 from shared.store import agents as agent_store
 from shared.store import episodes as episode_store
 from shared.store import lease_reserve as reserve_store
@@ -143,19 +143,19 @@ def exceeded(agent: AgentRecord, epoch: domain.Epoch, excess: Amount, now: datet
     plan = agent_store.update(agent.agent_id, combine([step]))
     if plan.commands:
         agent_commands.publish(plan.commands)
-    episode_store.raise_once(
-        Alert(
-            id=f"lease_exceeded.{agent.agent_id}.{epoch.id}",
-            kind="lease_exceeded",
-            severity=Severity.CRITICAL,
-            tenant=agent.tenant,
-            agent_id=agent.agent_id,
-            window=epoch.hour,
-            message=f"{agent.agent_id} spent beyond its budget lease ({reason}); paused until an operator resumes it",
-            at=now,
-            details={"epoch": epoch.id, "excess_usd": format_usd(excess.usd_nanos), "excess_tokens": excess.tokens},
-        )
+    alert = Alert(
+        id=f"lease_exceeded.{agent.agent_id}.{epoch.id}",
+        kind="lease_exceeded",
+        severity=Severity.CRITICAL,
+        tenant=agent.tenant,
+        agent_id=agent.agent_id,
+        window=epoch.hour,
+        message=f"{agent.agent_id} spent beyond its budget lease ({reason}); paused until an operator resumes it",
+        at=now,
+        details={"epoch": epoch.id, "excess_usd": format_usd(excess.usd_nanos), "excess_tokens": excess.tokens},
     )
+    if episode_store.raise_once(alert):
+        notifier.send_now([alert], by="fleet-costs")
     logs.log(log, reason, agent_id=agent.agent_id, alert="lease_exceeded")
     return list(plan.commands)
 

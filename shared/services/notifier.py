@@ -13,21 +13,29 @@ Run by the minute job after the liveness sweep (``flush``). Every step is safe u
    message (or the grouped one) and replies in its thread; one whose opening was silenced is posted.
 4. Slack unavailable or rate limited: the notice goes back to ``pending``, due after Retry-After (or
    a backoff), and this run stops calling Slack. Nothing is lost; nothing is sent twice.
+
+Critical and emergency notices do not wait for the minute job: the function that opened or escalated
+the episode calls :func:`send_now` right after its commit, which claims them with the same conditional
+update and sends them through the same steps 3 and 4 (docs/alerting.md, "Critical alerts at once"). A
+notice it could not send stays in the outbox for the minute job. Each finished notice records who
+handled it (``sent_by``: ``minute_job`` or ``at_once:<function>``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain import episodes as domain
 from shared.domain import notices as render
 from shared.domain import silences as silence_rules
+from shared.domain.alerts import Alert
 from shared.domain.silences import Silence
-from shared.platform import logs
+from shared.platform import logs, settings
 from shared.store import config as config_store
 from shared.store import episodes as store
 from shared.store import silences as silence_store
@@ -76,10 +84,61 @@ def flush(now: datetime) -> Flushed:
             out.lost_claims += 1
         else:
             claimed.append(notice)
-    if not claimed:
+    _send(claimed, now, out, MINUTE_JOB)
+    return out
+
+
+def send_now(raised: Iterable[Alert | domain.EpisodeWrite], *, by: str) -> Flushed:
+    """Send the critical and emergency notices among what the caller just committed (cost alerts it
+    opened, or episode writes), now rather than at the next minute job: each is claimed as the minute
+    job claims it (a conditional update on the notice as read), so exactly one instance sends it, and
+    the minute job never sends it again. Never raises: whatever was not sent stays in the outbox for
+    the minute job (the safety net). ``by`` names the calling function (recorded as ``sent_by``)."""
+    out = Flushed()
+    ids = domain.at_once(raised)
+    if not ids or not settings.get().alerts_at_once or not _slack_reachable():
         return out
+    now = datetime.now(UTC)
+    try:
+        claimed: list[dict[str, Any]] = []
+        for notice, update_time in store.notices_as_read(ids):
+            # Not pending: sent, or being sent by someone else. A lost claim: taken just now.
+            if notice.get("state") != "pending" or store.claim(notice, update_time, now, LEASE) is None:
+                out.lost_claims += 1
+            else:
+                claimed.append(notice)
+        _send(claimed, now, out, f"at_once:{by}")
+    except Exception as exc:  # the caller's decision is committed: the minute job sends what is left
+        logs.log(log, f"immediate send failed, left to the minute job: {exc!r}", logging.ERROR, notices=ids)
+    else:
+        logs.log(log, "critical notices sent at once", notices=ids, by=by, **out.as_dict())
+    return out
+
+
+def _slack_reachable() -> bool:
+    """Whether this function holds the bot token (topology.yaml lists ``slack-bot-token`` under its
+    secrets). Without it the notices are left untouched for the minute job, never marked ``failed``."""
+    # lazy: the Slack client only when there is a critical notice to send
+    from shared.slack import web_api
+
+    try:
+        web_api.client()
+    except web_api.SlackRefused:
+        logs.log(log, "no Slack token here: critical notices left to the minute job", logging.WARNING)
+        return False
+    return True
+
+
+#: ``sent_by`` of the notices the minute job handles.
+MINUTE_JOB = "minute_job"
+
+
+def _send(claimed: list[dict[str, Any]], now: datetime, out: Flushed, by: str) -> None:
+    """Send claimed notices; what Slack could not take goes back to the outbox, due later."""
+    if not claimed:
+        return
     silences = silence_store.active(now)
-    sender = _Sender(now, silences, out)
+    sender = _Sender(now, silences, out, by)
     try:
         sender.send_all(claimed)
     except _SlackDown as down:
@@ -88,7 +147,6 @@ def flush(now: datetime) -> Flushed:
             _defer(notice, now, delay)
             out.deferred += 1
         logs.log(log, "Slack unavailable: notices deferred", logging.WARNING, deferred=out.deferred)
-    return out
 
 
 def _reminders(now: datetime, out: Flushed) -> None:
@@ -118,8 +176,8 @@ def _defer(notice: dict[str, Any], now: datetime, delay: timedelta | None) -> No
 
 
 class _Sender:
-    def __init__(self, now: datetime, silences: list[Silence], out: Flushed) -> None:
-        self.now, self.silences, self.out = now, silences, out
+    def __init__(self, now: datetime, silences: list[Silence], out: Flushed, by: str = MINUTE_JOB) -> None:
+        self.now, self.silences, self.out, self.by = now, silences, out, by
         self.done: set[str] = set()
         self._roots: dict[str, str | None] = {}
         #: Episodes of this run's notices, as read and as changed since.
@@ -141,7 +199,7 @@ class _Sender:
             raise _SlackDown(exc.retry_after) from exc
 
     def _finish(self, notice: dict[str, Any], state: str, **fields: Any) -> None:
-        store.finish(notice["id"], {"state": state, "done_at": self.now, **fields})
+        store.finish(notice["id"], {"state": state, "done_at": self.now, "sent_by": self.by, **fields})
         self.done.add(notice["id"])
 
     # --- what each notice becomes ----------------------------------------------------------------

@@ -7,7 +7,8 @@
 - Firestore reads and writes per accepted heartbeat (from the functions' structured logs).
 - Import time of the function module (cold start), and the first event's latency after it.
 - Cost events (tests/bench/costs.py), budget leases beside today's path (tests/bench/leases.py),
-  the liveness sweep with its Slack notices (tests/bench/sweep.py)
+  the liveness sweep with its Slack notices (tests/bench/sweep.py), critical alerts sent at once
+  beside the minute job (tests/bench/alert_latency.py),
   the Slack app's answers to signed requests (tests/bench/slack.py), training jobs: submit,
   admission, launch, the reconcile tick (tests/bench/jobs.py), and the learned models: scoring per
   heartbeat, retraining on a million rows, the push path with models in service (tests/bench/ml.py),
@@ -484,6 +485,10 @@ def main() -> int:
     from tests.bench import sweep  # lazy: a section loads when it runs
 
     sweep_lines = sweep.main(report=lambda line: None)
+    print("measuring critical alerts sent at once, beside the minute job ...", file=sys.stderr)
+    from tests.bench import alert_latency  # lazy: a section loads when it runs
+
+    alert_lines = alert_latency.main(report=lambda line: None)
     print("measuring the Slack app ...", file=sys.stderr)
     from tests.bench import slack  # lazy: a section loads when it runs
 
@@ -505,6 +510,7 @@ def main() -> int:
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
     lines += ["", "### Budget leases (issue 19)", "", *leases.describe(), "", *lease_lines]
     lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
+    lines += ["", "### Critical alerts at once (issue 21)", "", *alert_latency.describe(), "", *alert_lines]
     lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]
     lines += ["", "### Training jobs", "", *jobs.describe(), "", *job_lines]
     lines += ["", "### Learned models", "", *ml.describe(), "", *ml_lines]

@@ -394,7 +394,9 @@ def test_a_silenced_opening_is_not_sent(world: World) -> None:
     notice = opening()
     out = world.flush(notice)
     assert world.slack.calls == []
-    assert world.store.finished[notice["id"]] == [{"state": "silenced", "done_at": NOW, "silence": "sil-1"}]
+    assert world.store.finished[notice["id"]] == [
+        {"state": "silenced", "done_at": NOW, "sent_by": "minute_job", "silence": "sil-1"}
+    ]
     assert world.store.set == [(notice["episode_id"], {"silenced": "sil-1"})]
     assert out.silenced == 1 and out.sent == 0
 
@@ -421,7 +423,9 @@ def test_a_liveness_opening_under_an_open_root_alert_is_inhibited(world: World) 
     out = world.flush(*notices)
     assert world.slack.calls == []
     assert all(
-        world.store.finished[n["id"]][-1] == {"state": "inhibited", "done_at": NOW, "root": ROOT} for n in notices
+        world.store.finished[n["id"]][-1]
+        == {"state": "inhibited", "done_at": NOW, "sent_by": "minute_job", "root": ROOT}
+        for n in notices
     )
     assert all(fields == {"inhibited_by": ROOT} for _, fields in world.store.set)
     assert out.inhibited == 4
@@ -569,7 +573,9 @@ def test_slack_refused_marks_the_notice_failed_and_goes_on(world: World) -> None
     world.slack.fail = lambda call: world.refused("channel_not_found") if "agent-1" in call["text"] else None
     bad, good = opening("agent-1"), opening("agent-2", rule=domain.EGRESS)
     out = world.flush(bad, good)
-    assert world.store.finished[bad["id"]] == [{"state": "failed", "done_at": NOW, "error": "channel_not_found"}]
+    assert world.store.finished[bad["id"]] == [
+        {"state": "failed", "done_at": NOW, "sent_by": "minute_job", "error": "channel_not_found"}
+    ]
     assert world.store.state(good) == "sent"
     assert (out.failed, out.sent, out.deferred) == (1, 1, 0)
 

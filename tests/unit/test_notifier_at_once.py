@@ -1,0 +1,283 @@
+"""Critical alerts at once (issue 21): which notices the raising function sends itself
+(shared/domain/episodes.py ``sent_at_once``, ``at_once``) and the immediate path
+(shared/services/notifier.py ``send_now``) against a stateful fake outbox, beside the minute job."""
+
+from __future__ import annotations
+
+import types
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.domain import episodes as domain
+from shared.domain.alerts import Alert
+from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
+from shared.domain.spend import Effects
+from shared.platform import settings, topology
+from shared.services import accounting, notifier
+from shared.store import episodes as episode_store
+from tests.unit.test_notifier import NOW, T0, World, a_silence, later, opening, world  # noqa: F401
+
+HOUR = timedelta(hours=1)
+
+# --- the decision ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("severity", "event", "at_once"),
+    [
+        ("critical", "open", True),
+        ("emergency", "open", True),
+        ("critical", "escalate-critical", True),
+        ("emergency", "escalate-emergency", True),
+        ("warning", "open", False),
+        ("high", "open", False),
+        ("info", "open", False),
+        ("high", "escalate-high", False),
+        ("critical", "resolve", False),  # edits the opening's message: never ahead of it
+        ("critical", "repeat-1", False),  # reminders are the minute job's own
+    ],
+)
+def test_only_openings_and_escalations_of_critical_and_emergency_go_at_once(
+    severity: str, event: str, at_once: bool
+) -> None:
+    assert domain.sent_at_once({"severity": severity, "event": event}) is at_once
+
+
+def alert(severity: Severity, kind: str = "runaway_loop") -> Alert:
+    return Alert(id=f"{kind}.agent-1.h", kind=kind, severity=severity, tenant="acme", message="m", at=T0)
+
+
+def test_of_the_cost_alerts_raised_only_the_critical_openings_are_picked() -> None:
+    raised = [alert(Severity.CRITICAL), alert(Severity.WARNING, "budget_threshold"), alert(Severity.EMERGENCY, "x")]
+    assert domain.at_once(raised) == ["runaway_loop.agent-1.h.open", "x.agent-1.h.open"]
+
+
+def test_of_an_agents_episode_writes_only_the_critical_ones_are_picked() -> None:
+    eps = AgentEpisodes("agent-1", "acme", {}, 0, AlertingConfig())
+    eps.open_(domain.ERROR_RATE, Severity.WARNING, T0, "errors")
+    eps.open_(domain.SECURITY, Severity.CRITICAL, T0, "quarantined", wait=False)
+    eps.resolve(domain.ERROR_RATE, T0, "fine again")
+    assert domain.at_once(eps.writes) == ["a.agent-1.security.2.open"]
+    assert domain.at_once([domain.EpisodeWrite("e", {})]) == []  # a write without a notice
+
+
+def test_an_escalation_to_critical_is_picked() -> None:
+    index = {domain.LIVENESS: {"id": "a.agent-1.liveness.1", "severity": "high", "opened_at": T0.isoformat()}}
+    eps = AgentEpisodes("agent-1", "acme", index, 1, AlertingConfig())
+    eps.escalate(domain.LIVENESS, Severity.CRITICAL, T0, "frozen")
+    assert domain.at_once(eps.writes) == ["a.agent-1.liveness.1.escalate-critical"]
+
+
+# --- the immediate path, against a stateful outbox -------------------------------------------------
+
+
+class Outbox:
+    """``notifications`` with update times: a claim is a conditional update, as in Firestore."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, int] = {}
+        self.reads = 0
+
+    def add(self, notice: dict[str, Any]) -> dict[str, Any]:
+        self.docs[notice["id"]] = dict(notice)
+        self.versions[notice["id"]] = 1
+        return notice
+
+    def notices_as_read(self, ids: list[str]) -> list[tuple[dict[str, Any], Any]]:
+        self.reads += len(ids)
+        return [(dict(self.docs[i]), self.versions[i]) for i in ids if i in self.docs]
+
+    def due_notices(self, now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:
+        return [
+            (dict(n), self.versions[i])
+            for i, n in self.docs.items()
+            if n["state"] in ("pending", "sending") and n["due_at"] <= now
+        ]
+
+    def claim(self, notice: dict[str, Any], update_time: Any, now: datetime, lease: timedelta) -> Any:
+        if self.versions[notice["id"]] != update_time:
+            return None
+        self.finish(notice["id"], {"state": "sending", "due_at": now + lease})
+        return self.versions[notice["id"]]
+
+    def finish(self, notice_id: str, fields: dict[str, Any]) -> None:
+        self.docs[notice_id].update(fields)
+        self.versions[notice_id] += 1
+
+
+@pytest.fixture
+def outbox(world: World, monkeypatch: pytest.MonkeyPatch) -> Outbox:  # noqa: F811
+    box = Outbox()
+    for name in ("notices_as_read", "due_notices", "claim", "finish"):
+        monkeypatch.setattr(episode_store, name, getattr(box, name))
+    monkeypatch.setattr(world.slack.module, "client", lambda: object(), raising=False)  # a token is set
+    return box
+
+
+def critical(agent: str = "agent-1") -> dict[str, Any]:
+    return opening(agent, rule=domain.SECURITY, severity=Severity.CRITICAL)
+
+
+def committed(notice: dict[str, Any]) -> domain.EpisodeWrite:
+    """The write a function committed with ``notice`` (what it hands to ``send_now``)."""
+    return domain.EpisodeWrite(notice["episode_id"], {}, notice)
+
+
+def test_a_critical_notice_is_sent_by_the_raising_function_and_never_again_by_the_minute_job(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+) -> None:
+    notice = outbox.add(critical())
+    out = notifier.send_now([committed(notice)], by="fleet-heartbeats")
+    assert (out.sent, out.slack_calls) == (1, 1)
+    assert [c["channel"] for c in world.slack.calls] == ["#fleet-oncall"]
+    assert outbox.docs[notice["id"]]["state"] == "sent"
+    assert outbox.docs[notice["id"]]["sent_by"] == "at_once:fleet-heartbeats"
+    flushed = notifier.flush(NOW + timedelta(minutes=5))  # the minute job, long after any lease
+    assert (flushed.sent, flushed.slack_calls) == (0, 0)
+    assert len(world.slack.calls) == 1
+
+
+def test_a_warning_waits_for_the_minute_job(world: World, outbox: Outbox) -> None:  # noqa: F811
+    notice = outbox.add(opening(severity=Severity.WARNING))
+    out = notifier.send_now([committed(notice)], by="fleet-heartbeats")
+    assert (out.sent, outbox.reads, world.slack.calls) == (0, 0, [])  # not even read
+    assert outbox.docs[notice["id"]]["state"] == "pending"
+    notifier.flush(NOW)
+    assert outbox.docs[notice["id"]]["state"] == "sent"
+    assert outbox.docs[notice["id"]]["sent_by"] == notifier.MINUTE_JOB
+
+
+def test_a_cost_alert_is_sent_at_once_under_its_opening_id(world: World, outbox: Outbox) -> None:  # noqa: F811
+    raised = alert(Severity.CRITICAL)
+    config = AlertingConfig()
+    write = domain.new_episode(
+        raised.id, rule=raised.kind, severity=raised.severity, tenant="acme", agent_id="agent-1", at=T0,
+        summary="loop", config=config, due_at=T0 + timedelta(seconds=config.group_wait_s),
+    )  # fmt: skip
+    assert write.notice is not None
+    outbox.add(write.notice)
+    assert notifier.send_now([raised], by="fleet-costs").sent == 1
+    assert outbox.docs[write.notice["id"]]["sent_by"] == "at_once:fleet-costs"
+
+
+def test_of_two_instances_one_sends(world: World, outbox: Outbox) -> None:  # noqa: F811
+    notice = outbox.add(critical())
+    first = notifier.send_now([committed(notice)], by="fleet-heartbeats")
+    second = notifier.send_now([committed(notice)], by="fleet-heartbeats")  # a redelivery, another instance
+    assert (first.sent, second.sent, second.lost_claims) == (1, 0, 1)
+    assert len(world.slack.calls) == 1
+
+
+def test_a_claim_lost_to_the_minute_job_sends_nothing(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notice = outbox.add(critical())
+    as_read = outbox.notices_as_read([notice["id"]])
+    outbox.claim(notice, outbox.versions[notice["id"]], NOW, notifier.LEASE)  # the minute job took it meanwhile
+    monkeypatch.setattr(episode_store, "notices_as_read", lambda ids: as_read)
+    out = notifier.send_now([committed(notice)], by="fleet-costs")
+    assert (out.sent, out.lost_claims, world.slack.calls) == (0, 1, [])
+
+
+def test_slack_down_leaves_the_notice_to_the_minute_job(world: World, outbox: Outbox) -> None:  # noqa: F811
+    notice = outbox.add(critical())
+    world.slack.fail = lambda call: world.unavailable(retry_after=5)
+    out = notifier.send_now([committed(notice)], by="fleet-costs")  # does not raise
+    assert out.deferred == 1 and outbox.docs[notice["id"]]["state"] == "pending"
+    world.slack.fail = lambda call: None
+    retried_at = outbox.docs[notice["id"]]["due_at"]
+    assert notifier.flush(retried_at).sent == 1
+    assert outbox.docs[notice["id"]]["sent_by"] == notifier.MINUTE_JOB
+
+
+def test_a_failing_store_never_fails_the_caller(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notice = outbox.add(critical())
+
+    def unavailable(ids: list[str]) -> Any:
+        raise RuntimeError("Firestore unavailable")
+
+    monkeypatch.setattr(episode_store, "notices_as_read", unavailable)
+    assert notifier.send_now([committed(notice)], by="fleet-costs").sent == 0
+    assert outbox.docs[notice["id"]]["state"] == "pending"  # the minute job's
+    assert notifier.flush(NOW).sent == 1
+
+
+def test_a_silenced_critical_notice_is_recorded_not_sent(world: World, outbox: Outbox) -> None:  # noqa: F811
+    now = datetime.now(UTC)  # send_now judges silences at the time it runs
+    world.silences.append(a_silence(rule=domain.SECURITY, starts_at=now - timedelta(minutes=1), expires_at=now + HOUR))
+    notice = outbox.add(critical())
+    notifier.send_now([committed(notice)], by="fleet-heartbeats")
+    assert world.slack.calls == []
+    assert outbox.docs[notice["id"]]["state"] == "silenced"
+
+
+def test_switched_off_the_minute_job_sends_it(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(settings, "get", lambda: types.SimpleNamespace(alerts_at_once=False))
+    notice = outbox.add(critical())
+    assert notifier.send_now([committed(notice)], by="fleet-costs").sent == 0
+    assert world.slack.calls == [] and outbox.docs[notice["id"]]["state"] == "pending"
+    notifier.flush(NOW)
+    assert outbox.docs[notice["id"]]["sent_by"] == notifier.MINUTE_JOB
+
+
+def test_a_critical_escalation_replies_in_the_thread_of_its_sent_opening(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+) -> None:
+    escalation = later(event="escalate")
+    escalation = {**escalation, "severity": "critical", "event": "escalate-critical"}
+    escalation["id"] = domain.notice_id(escalation["episode_id"], "escalate-critical")
+    world.store.episodes[escalation["episode_id"]] = {"slack": {"channel": "C1", "ts": "9.000"}}
+    outbox.add(escalation)
+    assert notifier.send_now([committed(escalation)], by="fleet-sweep").sent == 1
+    assert world.slack.methods() == ["update", "post"]
+    assert world.slack.calls[1]["thread_ts"] == "9.000"
+
+
+# --- the call sites hand over what they committed --------------------------------------------------
+
+
+def test_the_cost_function_hands_the_alerts_it_opened_to_send_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: list[tuple[list[Any], str]] = []
+    monkeypatch.setattr(notifier, "send_now", lambda raised, by: handed.append((list(raised), by)))
+    opened, already = alert(Severity.CRITICAL), alert(Severity.CRITICAL, "other")
+    monkeypatch.setattr(episode_store, "raise_once", lambda a: a is opened)  # the other was raised before
+    agent = types.SimpleNamespace(agent_id="agent-1")
+    accounting.carry_out(agent, Effects(alerts=[opened, already]), now=T0)  # type: ignore[arg-type]
+    assert handed == [([opened], "fleet-costs")]
+
+
+def test_a_function_without_the_slack_token_leaves_the_notice_to_the_minute_job(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_token() -> Any:
+        raise world.refused("not_configured")
+
+    monkeypatch.setattr(world.slack.module, "client", no_token)
+    notice = outbox.add(critical())
+    assert notifier.send_now([committed(notice)], by="fleet-costs").sent == 0
+    assert outbox.docs[notice["id"]]["state"] == "pending"  # not claimed, never marked failed
+    assert outbox.reads == 0
+
+
+def test_every_function_that_sends_critical_alerts_at_once_holds_the_slack_token() -> None:
+    # The functions whose code calls notifier.send_now (docs/alerting.md, "Critical alerts at once").
+    senders = {"fleet-registrations", "fleet-heartbeats", "fleet-costs", "fleet-api", "fleet-actions", "fleet-slack"}
+    holders = {f.name for f in topology.load().functions if "slack-bot-token" in f.secrets}
+    assert senders <= holders
