@@ -12,6 +12,7 @@ resolves it sooner, with a conditional write, when the projection leaves the hor
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,8 +52,27 @@ class Forecast:
 
 
 def run(now: datetime) -> dict[str, Any]:
-    """One tick's forecast: reads ``T + T x shards + 2 A + max(1, open)`` documents for T budgeted tenants
-    and A budgeted agents (docs/alerting.md, Budget forecast)."""
+    """One tick's forecast, never failing the minute job (its sweep and outbox ran already; a failure here
+    waits for the next minute): reads ``T + T x shards + 2 A + max(1, open)`` documents for T budgeted
+    tenants and A budgeted agents (docs/alerting.md, Budget forecast)."""
+    try:
+        return _run(now)
+    except Exception as exc:
+        logs.log(log, "budget forecast failed", logging.ERROR, outcome="failed", error=f"{type(exc).__name__}: {exc}")
+        return {"failed": type(exc).__name__}
+
+
+def _parsed(kind: str, subject: str, stored: Any) -> budgets.BudgetSpec | None:
+    """A stored budget, or None (logged) when it no longer validates: one bad document skips its subject."""
+    try:
+        return budgets.parse(stored)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        logs.log(log, f"budget forecast skipped {kind} {subject}: its budget does not validate", logging.WARNING,
+                 outcome="skipped", error=str(exc)[:300])  # fmt: skip
+        return None
+
+
+def _run(now: datetime) -> dict[str, Any]:
     cfg = settings.get()
     horizon = domain.horizons(cfg.budget_forecast_horizon_s)
     if not horizon:
@@ -61,18 +81,24 @@ def run(now: datetime) -> dict[str, Any]:
     projections: list[domain.Projection] = []
     evaluated: set[tuple[str, str]] = set()
     for tenant, stored in store.tenants_with_budget(MAX_TENANTS):
+        budget = _parsed("tenant", tenant, stored)
+        if budget is None and stored:
+            continue  # does not validate (logged)
         out.tenants += 1
         evaluated.add(("tenant", tenant))
         fields = store.tenant_month(tenant, now, cfg.tenant_shards)
-        projections += domain.project(budgets.parse(stored), "tenant", tenant, tenant, fields, now)
+        projections += domain.project(budget, "tenant", tenant, tenant, fields, now)
     agents = store.agents_with_budget(MAX_AGENTS)
     month = window(Period.MONTH, now).key
     months = usage_store.agent_months([agent_id for agent_id, _, _ in agents], month)
     for agent_id, tenant, stored in agents:
+        agent_budget = _parsed("agent", agent_id, stored)
+        if agent_budget is None and stored:
+            continue  # does not validate (logged)
         out.agents += 1
         evaluated.add(("agent", agent_id))
         fields = domain.month_fields(months.get(agent_id) or {})
-        projections += domain.project(budgets.parse(stored), "agent", agent_id, tenant, fields, now)
+        projections += domain.project(agent_budget, "agent", agent_id, tenant, fields, now)
     open_ = store.open_episodes(MAX_OPEN)
     times = {episode["id"]: update_time for episode, update_time in open_}
     decisions = domain.decide(projections, [episode for episode, _ in open_], evaluated, horizon, now)

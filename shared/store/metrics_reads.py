@@ -41,6 +41,7 @@ def _projected(query: Any, fields: list[str], cap: int) -> tuple[list[dict[str, 
 
 
 def _of(collection: str, tenant: str | None) -> Any:
+    # lazy: the Firestore client's query module loads with the first read, not at import
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     query: Any = db.client().collection(collection)
@@ -55,6 +56,7 @@ def agents(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bo
 
 def open_episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], bool]:
     """(tenant, severity) of every open episode (of ``tenant``): one read per open episode."""
+    # lazy: the Firestore client's query module loads with the first read, not at import
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     query = _of(EPISODES, tenant).where(filter=FieldFilter("state", "==", "open"))
@@ -64,6 +66,7 @@ def open_episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], 
 
 def live_jobs(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
     """(tenant, backend, state) of every queued, admitted or running job: one read per such job."""
+    # lazy: the Firestore client's query module loads with the first read, not at import
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     states = sorted(s.value for s in PENDING | ACTIVE)
@@ -75,6 +78,7 @@ def live_jobs(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]],
 def rejections_since(codes: Iterable[str], since: datetime) -> dict[str, int]:
     """Rejections received since ``since``, per code: one count aggregation (one read) per code, on the
     (code, received_at) index the rejection list already uses."""
+    # lazy: the Firestore client's query module loads with the first read, not at import
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     out: dict[str, int] = {}

@@ -119,3 +119,18 @@ def test_the_usage_api_shows_the_rate_and_projection_per_period(world: World) ->
     world.tenant_usage["acme"] = {Period.DAY: Totals(usd_nanos=USD)}
     tenant = send("/v1/tenants/acme/usage", who="acme-viewer").json["periods"]["day"]
     assert tenant["rate_usd_per_hour"] == "0" and tenant["projected_limit_at"] is None
+
+
+def test_a_budget_that_no_longer_validates_skips_its_subject_not_the_tick(fleet: Fleet) -> None:
+    fleet.agents = [("bad", "acme", {"daily_usd": "-5", "nonsense": 1}), ("a1", "acme", {"daily_usd": "10"})]
+    fleet.agent_months = {"a1": counters(6, 2, 1), "bad": counters(6, 2, 1)}
+    out = service.run(NOW)
+    assert out == {"tenants": 0, "agents": 1, "opened": 1, "resolved": 0}
+
+
+def test_a_failure_of_the_forecast_never_fails_the_minute_job(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(limit: int) -> Any:
+        raise RuntimeError("Firestore said no")
+
+    monkeypatch.setattr(store, "tenants_with_budget", broken)
+    assert service.run(NOW) == {"failed": "RuntimeError"}

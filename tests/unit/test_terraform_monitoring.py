@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -322,10 +324,6 @@ def test_terraform_renders_the_policies_filters_and_the_dashboard(monitoring: di
     """The real Terraform evaluates monitoring.tf's locals (``terraform console`` needs no provider for them; the
     metrics' names stand in for the resources' ``name``): the alert policies' Monitoring filters name the metric
     types and the values the code logs, and the dashboard's JSON has a chart of a real metric per entry."""
-    # lazy: only this test runs Terraform
-    import shutil
-    import subprocess
-
     if shutil.which("terraform") is None:
         pytest.skip("terraform is not installed")
     text = (TF / "monitoring.tf").read_text()
