@@ -17,6 +17,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from shared.domain import fleet_health as rules
 from shared.domain.alerts import Alert, Severity
 from shared.domain.rejections import Code
+from shared.ml.serving import KINDS
+from shared.platform import metering
 from shared.services import fleet_health as service
 from shared.store import episodes as episode_store
 from shared.store import metrics_reads
@@ -119,3 +121,16 @@ def test_a_burst_of_rejected_messages_over_the_threshold_opens_a_fleet_health_ep
     tick(publisher)
     wait_for(lambda: [r for r in fleet_episodes(api, "rejections", "resolved") if r["id"] == opened["id"]], timeout=60)
     assert fleet_episodes(api, "rejections") == []
+
+
+def test_a_healthy_tick_reads_about_thirty_documents_whatever_the_fleet(firestore) -> None:
+    """The reads docs/alerting.md gives per tick: one count per rejection code, the failed notices (at least
+    1), two outbox counts, the model pointers, the ``_fleet`` alert document (and the deployment's alerting
+    settings, unless cached)."""
+    off = dataclasses.replace(service.thresholds(), rejections_per_hour=10**9, dead_letters_per_hour=10**9)
+    with metering.metered() as meter:
+        service.run(datetime.now(UTC), off)
+    failed = len(_failed_since(firestore, datetime.now(UTC) - timedelta(hours=1)))
+    expected = len(Code) + max(1, failed) + 2 + len(KINDS) + 1
+    assert expected <= meter.reads <= expected + 1, meter.reads
+    print(f"fleet_health tick: {meter.reads} reads, {meter.writes} writes")  # the figure in the report
