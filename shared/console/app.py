@@ -112,7 +112,8 @@ def sign_out(request: flask.Request) -> flask.Response:
 
 def fleet_page(request: flask.Request, principal: Principal) -> flask.Response:
     data = fleet.load(principal, request.args)
-    return render("fleet.html", principal=principal, fleet=data, states=fleet.STATES, active="/")
+    health = fleet.health(principal)
+    return render("fleet.html", principal=principal, fleet=data, health=health, states=fleet.STATES, active="/")
 
 
 def fleet_fragment(request: flask.Request, principal: Principal) -> flask.Response:

@@ -3,7 +3,9 @@ heartbeat and spend today, filtered server-side by the query string.
 
 Tenant and status narrow the Firestore query itself (as GET /v1/agents does); type, capability, label and
 version are applied to that page in memory. A tenant-scoped key sees only its tenant, whatever it asks.
-Spend today is one read per agent shown, all in one round trip (shared/store/usage_today.py).
+Spend today is one read per agent shown, all in one round trip (shared/store/usage_today.py). A key that sees
+every tenant also gets the deployment's open ``fleet_health`` episodes above the table (one query, at most
+:data:`MAX_HEALTH` reads; shared/domain/fleet_health.py).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from fleet_agent.contracts import AGENT_ID_PATTERN
 from shared.api import core
 from shared.api.bodies import agent_view
 from shared.console import formats
+from shared.domain import fleet_health as health_rules
 from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.pricing import to_usd
 from shared.store import agents as agent_store
+from shared.store import episodes as episode_store
 from shared.store import usage_today
 from shared.store.api_keys import Principal
 
 #: At most this many agents on the page (the API's largest page).
 MAX_AGENTS = core.MAX_PAGE_SIZE
+#: At most this many open fleet_health episodes shown (one per kind is open at a time).
+MAX_HEALTH = 10
 STATES = tuple(s.value for s in State)
 FILTERS = ("tenant", "status", "type", "capability", "label", "version")
 
@@ -146,3 +152,22 @@ def load(principal: Principal, args: Any) -> Fleet:
     for row in rows:
         by_status[row.status] = by_status.get(row.status, 0) + 1
     return Fleet(rows, filters, principal.tenant, more is not None, by_status)
+
+
+def health(principal: Principal) -> list[dict[str, Any]]:
+    """The open ``fleet_health`` episodes (kind, severity, summary, since), for a key that sees every tenant;
+    none for a tenant's key (they are the deployment's, tenant ``_fleet``)."""
+    if principal.tenant is not None:
+        return []
+    rows = episode_store.list_episodes(state="open", tenant=health_rules.TENANT, limit=MAX_HEALTH)
+    return [
+        {
+            "id": str(row.get("id")),
+            "kind": str((row.get("details") or {}).get("kind") or ""),
+            "severity": str(row.get("severity") or "warning"),
+            "summary": str(row.get("summary") or ""),
+            "opened_at": formats.when(row.get("opened_at")),
+        }
+        for row in rows
+        if row.get("rule") == health_rules.RULE
+    ]

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.platform import logs, metering, settings
@@ -112,6 +113,9 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
             **failure,
             error=f"{type(exc).__name__}: {exc}"[:500],
         )
+        # Durable for the minute job's fleet_health check (the log line is this instance's alone).
+        reason = f"{failure['reason']} ({type(exc).__name__})"
+        registry.note_load_failure(kind, str(version), reason, datetime.now(UTC))
         return served
     logs.log(
         log,

@@ -61,6 +61,14 @@ class Settings:
     #: Budget forecast (shared/domain/budget_forecast.py): a ``budget_forecast`` episode opens when a daily or
     #: monthly hard limit is projected within this many seconds at the current spend rate; 0 turns it off.
     budget_forecast_horizon_s: int
+    #: The fleet watching itself (shared/domain/fleet_health.py): a ``fleet_health`` episode opens past these
+    #: (in the last hour: dead letters, other rejections, notices Slack refused; right now: notices pending
+    #: more than this many seconds past their due time, or more than this many pending); 0 turns one off.
+    health_dead_letters_per_hour: int
+    health_rejections_per_hour: int
+    health_slack_failures_per_hour: int
+    health_outbox_late_s: int
+    health_outbox_pending: int
 
 
 @cache
@@ -90,6 +98,11 @@ def get() -> Settings:
         lease_min_tokens=_int("FLEET_LEASE_MIN_TOKENS", 4096),
         lease_tolerance=float(os.environ.get("FLEET_LEASE_TOLERANCE", "0.01")),
         budget_forecast_horizon_s=_int("FLEET_BUDGET_FORECAST_HORIZON_S", 3 * 3600),
+        health_dead_letters_per_hour=_int("FLEET_HEALTH_DEAD_LETTERS_PER_HOUR", 10),
+        health_rejections_per_hour=_int("FLEET_HEALTH_REJECTIONS_PER_HOUR", 1000),
+        health_slack_failures_per_hour=_int("FLEET_HEALTH_SLACK_FAILURES_PER_HOUR", 3),
+        health_outbox_late_s=_int("FLEET_HEALTH_OUTBOX_LATE_S", 600),
+        health_outbox_pending=_int("FLEET_HEALTH_OUTBOX_PENDING", 500),
     )
 
 

@@ -1,6 +1,6 @@
 """The minute job: the liveness sweep, root alerts, the Slack outbox (shared/services/notifier.py), then expired
-approval requests (shared/services/approvals.py), ended lease epochs and the budget forecast
-(shared/services/budget_forecasts.py).
+approval requests (shared/services/approvals.py), ended lease epochs, the budget forecast
+(shared/services/budget_forecasts.py) and the fleet's own health (shared/services/fleet_health.py).
 
 The sweep reads only agents whose ``sweep_at`` has passed (shared/domain/liveness.py), and moves
 each with the agent store's conditional write: concurrent sweeps make each transition once. The
@@ -18,7 +18,7 @@ from shared.domain import liveness
 from shared.domain import silences as silence_rules
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.platform import logs
-from shared.services import approvals, budget_forecasts, leases, notifier
+from shared.services import approvals, budget_forecasts, fleet_health, leases, notifier
 from shared.store import agents as agent_store
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
@@ -59,11 +59,14 @@ def run(now: datetime) -> dict[str, Any]:
     # Budget forecasts last (a failure there leaves the outbox flushed): open or resolve the budgeted
     # tenants' and agents' budget_forecast episodes; their notices go out from the next run (group wait).
     forecast = budget_forecasts.run(now)
+    # The fleet watching itself: dead letters, rejections, Slack failures, the outbox, model loads.
+    health = fleet_health.run(now)
     return {
         **swept.as_dict(),
         "notifications": flushed.as_dict(),
         "leases_returned": returned,
         "budget_forecast": forecast,
+        "fleet_health": health,
         **decided,
     }
 

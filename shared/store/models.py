@@ -35,6 +35,17 @@ def pointer(kind: str) -> dict[str, Any] | None:
     return (doc.to_dict() or {}) if doc.exists else None
 
 
+def note_load_failure(kind: str, version: str, reason: str, at: datetime) -> None:
+    """Record on ``models/{kind}`` that ``version`` failed to load on an instance (the minute job's
+    ``fleet_health`` reads it): one write, never raised (serving must not fail over its bookkeeping)."""
+    fields = {"load_failure": {"version": version, "reason": reason[:300], "at": at}}
+    try:
+        pointer_ref(kind).set(fields, merge=True, **db.call_options())
+    except Exception:  # Firestore trouble: the failure is logged by the caller already
+        return
+    metering.count(writes=1)
+
+
 def record(kind: str, version: str, data: dict[str, Any]) -> bool:
     """Store a version's record once (False when it exists already: a retried run)."""
     ref = version_ref(kind, version)

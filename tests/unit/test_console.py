@@ -16,6 +16,7 @@ from shared.domain.api_keys import Role
 from shared.domain.usage import Totals
 from shared.store import agents as agent_store
 from shared.store import api_keys, usage_today
+from shared.store import episodes as episode_store
 from shared.store.api_keys import Principal
 
 T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
@@ -61,6 +62,7 @@ def stores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent_store, "list_agents", list_agents)
     monkeypatch.setattr(usage_today, "agents_today", today)
     monkeypatch.setattr(api_keys, "verify", lambda token: TOKENS.get(token))
+    monkeypatch.setattr(episode_store, "list_episodes", lambda **query: [])  # no open fleet_health episode
 
 
 def _call(path: str, method: str = "GET", token: str | None = None, **kw: Any) -> flask.Response:
