@@ -77,7 +77,9 @@ def test_a_runaway_loop_reaches_slack_at_once_and_a_warning_waits_for_the_minute
     wait_for(lambda: openings(slack, spending), timeout=20)
 
     def all_sent() -> list[dict[str, Any]]:
-        found = notices(firestore, spending)
+        # The budget's threshold notices; a budget_forecast the same tick may open (the agent spent $0.85 of
+        # its $1 day in a minute) waits for its own group wait and is not this test's subject.
+        found = [n for n in notices(firestore, spending) if n["rule"] != "budget_forecast"]
         return found if all(n["state"] == "sent" for n in found) else []
 
     done = wait_for(all_sent)
