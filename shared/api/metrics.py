@@ -57,8 +57,11 @@ _AGENTS_PARAM = Param(
 )
 
 Scope = tuple[str | None, bool]
-_cache: dict[Scope, tuple[float, domain.Figures]] = {}
-_lock = threading.Lock()
+#: Per scope: when read, and the figures, or the refusal a per-agent scrape of too many agents got (cached
+#: too, so repeating it does not repeat the reads).
+_cache: dict[Scope, tuple[float, domain.Figures | ApiError]] = {}
+_lock = threading.Lock()  # guards the two dicts, never held while reading
+_scope_locks: dict[Scope, threading.Lock] = {}
 
 
 def get_metrics(call: Call) -> flask.Response:
@@ -126,11 +129,22 @@ def render(families: list[domain.Series]) -> bytes:
 def _figures(scope: Scope) -> tuple[domain.Figures, float]:
     """The scope's figures and their age in seconds: cached, or read now (one reader per scope at a time)."""
     with _lock:
-        hit = _cache.get(scope)
+        scope_lock = _scope_locks.setdefault(scope, threading.Lock())
+    with scope_lock:  # one reader per scope; other scopes' scrapes do not wait for it
+        with _lock:
+            hit = _cache.get(scope)
         if hit is not None and time.monotonic() - hit[0] < CACHE_S:
+            if isinstance(hit[1], ApiError):
+                raise hit[1]
             return hit[1], time.monotonic() - hit[0]
-        figures = read(*scope)
-        _cache[scope] = (time.monotonic(), figures)
+        try:
+            figures = read(*scope)
+        except ApiError as refused:
+            with _lock:
+                _cache[scope] = (time.monotonic(), refused)
+            raise
+        with _lock:
+            _cache[scope] = (time.monotonic(), figures)
         return figures, 0.0
 
 
@@ -145,6 +159,9 @@ def read(tenant: str | None, per_agent: bool) -> domain.Figures:
     now = core.now()
     with metering.metered() as meter:
         agents, agents_cut = metrics_reads.agents(tenant, MAX_AGENTS)
+        if per_agent and len(agents) > MAX_PER_AGENT:  # refused before any other read
+            _count_into_caller(meter.reads)
+            raise ApiError(400, f"per-agent series are limited to {MAX_PER_AGENT} agents; use a tenant's key")
         episodes, episodes_cut = metrics_reads.open_episodes(tenant, MAX_EPISODES)
         jobs, jobs_cut = metrics_reads.live_jobs(tenant, MAX_JOBS)
         shown = domain.Figures(agents=tuple(agents), tenants=(tenant,) if tenant else ())
@@ -154,8 +171,6 @@ def read(tenant: str | None, per_agent: bool) -> domain.Figures:
             rejections = metrics_reads.rejections_since([c.value for c in Code], now - timedelta(hours=1))
         spend: tuple[domain.AgentSpend, ...] = ()
         if per_agent:
-            if len(agents) > MAX_PER_AGENT:
-                raise ApiError(400, f"per-agent series are limited to {MAX_PER_AGENT} agents; use a tenant's key")
             spend = _agent_spend(agents, now)
     cut = tuple(p for p, hit in (("agents", agents_cut), ("episodes", episodes_cut), ("jobs", jobs_cut)) if hit)
     figures = domain.Figures(

@@ -297,3 +297,15 @@ def test_projections_page_by_1000_up_to_their_cap(
     # One read per document (a page reads one more, to know whether another follows), at least one a page.
     read = min(count, cap)
     assert max(read, pages) <= meter.reads <= read + pages
+
+
+def test_too_many_agents_for_per_agent_series_is_refused_before_other_reads_and_cached(
+    reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_metrics, "MAX_PER_AGENT", 1)
+    asked: list[str | None] = []
+    monkeypatch.setattr(metrics_reads, "open_episodes", lambda tenant, cap: asked.append(tenant) or ([], False))
+    for _ in range(2):
+        reply = get("/metrics", ADMIN, agents="true")
+        assert reply.status_code == 400 and "limited to 1 agents" in reply.get_json()["error"]["reason"]
+    assert reads.scopes == [None] and asked == []  # agents read once, nothing else: the refusal is cached
