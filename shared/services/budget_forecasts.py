@@ -80,7 +80,8 @@ def _run(now: datetime) -> dict[str, Any]:
     out = Forecast()
     projections: list[domain.Projection] = []
     evaluated: set[tuple[str, str]] = set()
-    for tenant, stored in store.tenants_with_budget(MAX_TENANTS):
+    tenants = store.tenants_with_budget(MAX_TENANTS)
+    for tenant, stored in tenants:
         budget = _parsed("tenant", tenant, stored)
         if budget is None and stored:
             continue  # does not validate (logged)
@@ -100,6 +101,15 @@ def _run(now: datetime) -> dict[str, Any]:
         fields = domain.month_fields(months.get(agent_id) or {})
         projections += domain.project(agent_budget, "agent", agent_id, tenant, fields, now)
     open_ = store.open_episodes(MAX_OPEN)
+    # A listing that was not cut saw every budgeted subject: an open forecast of a subject it did not see
+    # lost its budget, and resolves now (decide: "no longer forecast") rather than at the period's reset.
+    seen = {("tenant", t) for t, _ in tenants} | {("agent", a) for a, _, _ in agents}
+    complete = {"tenant": len(tenants) < MAX_TENANTS, "agent": len(agents) < MAX_AGENTS}
+    for episode, _ in open_:
+        details = episode.get("details") or {}
+        subject = (str(details.get("scope") or ""), str(details.get("subject") or ""))
+        if complete.get(subject[0]) and subject not in seen:
+            evaluated.add(subject)
     times = {episode["id"]: update_time for episode, update_time in open_}
     decisions = domain.decide(projections, [episode for episode, _ in open_], evaluated, horizon, now)
     for projection in decisions.open:

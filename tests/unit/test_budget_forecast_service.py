@@ -134,3 +134,21 @@ def test_a_failure_of_the_forecast_never_fails_the_minute_job(fleet: Fleet, monk
 
     monkeypatch.setattr(store, "tenants_with_budget", broken)
     assert service.run(NOW) == {"failed": "RuntimeError"}
+
+
+def test_an_open_forecast_resolves_when_its_budget_is_removed(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet.agents = [("a1", "acme", {"daily_usd": "10"})]
+    fleet.agent_months = {"a1": counters(6, 2, 1)}
+    service.run(NOW)
+    opened = fleet.raised[0]
+    episode = {"id": opened.id, "rule": opened.kind, "severity": "warning", "tenant": "acme", "agent_id": "a1",
+               "title": "t", "opened_at": NOW, "details": opened.details}  # fmt: skip
+    fleet.open = [(episode, "update-time-1")]
+    fleet.agents = []  # the budget removed: the agent leaves the "has a budget" listing
+    monkeypatch.setattr(service, "MAX_AGENTS", 1)
+    out = service.run(NOW + timedelta(minutes=1))
+    assert out["resolved"] == 1 and "no longer forecast" in fleet.resolved[0][2].fields["resolution"]
+    # A listing cut at its limit cannot tell a removed budget from one not listed: the episode waits.
+    fleet.resolved.clear()
+    fleet.agents = [("a2", "acme", {"daily_usd": "10"})]
+    assert service.run(NOW + timedelta(minutes=2))["resolved"] == 0 and fleet.resolved == []
