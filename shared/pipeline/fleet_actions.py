@@ -27,7 +27,7 @@ from shared.domain.rejections import Code, Rejected
 from shared.pipeline import handlers
 from shared.pipeline.decoding import PushedMessage
 from shared.platform import logs
-from shared.services import agent_commands, agent_controls, approvals, handoff
+from shared.services import agent_commands, agent_controls, approvals, handoff, notifier
 from shared.store import agents as agent_store
 from shared.training import launch, submit
 
@@ -36,7 +36,9 @@ log = logs.get_logger("actions")
 #: Outcomes that are the message's fault, and the reason recorded for them.
 REJECTED = {
     "malformed": "a fleet-actions message must be a JSON object with its kind and ids",
-    "unknown_kind": f"unknown kind; this version handles {handoff.APPROVAL_DECIDED} and {handoff.JOB_LAUNCH}",
+    "unknown_kind": (
+        f"unknown kind; this version handles {handoff.APPROVAL_DECIDED}, {handoff.JOB_LAUNCH} and {handoff.ALERTS_NOW}"
+    ),
 }
 
 
@@ -72,6 +74,13 @@ def _run(message: PushedMessage, fields: dict[str, Any]) -> str:
             return "malformed"
         outcome = launch.launch(job_id, datetime.now(UTC))
         return "done" if outcome in ("launched", "failed", "cancelled") else "nothing_to_do"
+    if kind == handoff.ALERTS_NOW:
+        ids, by = body.get("ids"), str(body.get("by") or "")[:100]
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids) or not by:
+            return "malformed"
+        fields["notices"] = len(ids)
+        sent = notifier.deliver(ids, by=by)  # claimed through the outbox: a redelivery sends nothing twice
+        return "done" if sent.sent else "nothing_to_do"
     return "unknown_kind"
 
 

@@ -329,7 +329,7 @@ def reconcile(
                  if h["command_id"] not in ids]  # fmt: skip
     if sent:
         agent_commands.publish(sent)
-    notifier.send_now(raised, by=actor)
+    notifier.send_now(raised, by="budget_change")
     return sent
 
 
@@ -358,7 +358,7 @@ def reconcile_tenant(tenant: str, *, now: datetime, actor: str) -> list[Command]
     sent = _apply_to_tenant(tenant, step, lambda agent: exhausted is not None or "tenant_budget" in agent.holds)
     if sent:
         agent_commands.publish(sent)
-    notifier.send_now(raised, by=actor)
+    notifier.send_now(raised, by="budget_change")
     return sent
 
 

@@ -1,7 +1,8 @@
 """Work handed to Pub/Sub (topic ``fleet-actions``, function ``fleet-actions``): what a Slack request
 must not do within Slack's 3 seconds (apply an approved request, update its message, tell the
-requester). Each message names its work by ``kind`` and carries ids only; the handler re-reads the
-state, so a redelivery finds the work done and does nothing twice."""
+requester), a training job to launch, and critical notices to send now (the event functions hold no
+Slack token, and must not wait on Slack). Each message names its work by ``kind`` and carries ids
+only; the handler re-reads the state, so a redelivery finds the work done and does nothing twice."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ TOPIC = "fleet-actions"  # in topology.yaml (internal: true)
 APPROVAL_DECIDED = "approval.decided"
 #: Launch an admitted training job (shared/training/launch.py); idempotent.
 JOB_LAUNCH = "job.launch"
+#: Send critical notices now (shared/services/notifier.py ``deliver``): handed over by the function that
+#: committed them, which holds no Slack token; claimed through the outbox, so idempotent.
+ALERTS_NOW = "alerts.now"
 
 
 def publish(kind: str, **fields: Any) -> str:

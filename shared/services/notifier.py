@@ -36,6 +36,7 @@ from shared.domain import silences as silence_rules
 from shared.domain.alerts import Alert
 from shared.domain.silences import Silence
 from shared.platform import logs, settings
+from shared.services import handoff
 from shared.store import config as config_store
 from shared.store import episodes as store
 from shared.store import silences as silence_store
@@ -88,15 +89,26 @@ def flush(now: datetime) -> Flushed:
     return out
 
 
-def send_now(raised: Iterable[Alert | domain.EpisodeWrite], *, by: str) -> Flushed:
-    """Send the critical and emergency notices among what the caller just committed (cost alerts it
-    opened, or episode writes), now rather than at the next minute job: each is claimed as the minute
-    job claims it (a conditional update on the notice as read), so exactly one instance sends it, and
-    the minute job never sends it again. Never raises: whatever was not sent stays in the outbox for
-    the minute job (the safety net). ``by`` names the calling function (recorded as ``sent_by``)."""
-    out = Flushed()
+def send_now(raised: Iterable[Alert | domain.EpisodeWrite], *, by: str) -> int:
+    """Hand the critical and emergency notices among what the caller just committed (cost alerts it
+    opened, or episode writes) to ``fleet-actions`` (one publish, milliseconds), which sends them now
+    (:func:`deliver`) rather than at the next minute job. The event functions thus never wait on Slack
+    and hold no Slack token. Never raises: a failed hand-over leaves them to the minute job (the safety
+    net). ``by`` names the raising function (recorded as ``sent_by``). Returns how many were handed over."""
     ids = domain.at_once(raised)
-    if not ids or not settings.get().alerts_at_once or not _slack_reachable():
+    if not ids or not settings.get().alerts_at_once:
+        return 0
+    return len(ids) if handoff.hand_over(handoff.ALERTS_NOW, ids=ids, by=by) else 0
+
+
+def deliver(ids: Iterable[str], *, by: str) -> Flushed:
+    """Send the notices ``ids`` now (``fleet-actions``, handed over by :func:`send_now`): each is claimed as
+    the minute job claims it (a conditional update on the notice as read), so exactly one instance sends
+    it, and the minute job never sends it again. Never raises: whatever was not sent stays in the outbox
+    for the minute job."""
+    out = Flushed()
+    ids = sorted(set(ids))
+    if not ids or not _slack_reachable():
         return out
     now = datetime.now(UTC)
     try:
@@ -108,7 +120,7 @@ def send_now(raised: Iterable[Alert | domain.EpisodeWrite], *, by: str) -> Flush
             else:
                 claimed.append(notice)
         _send(claimed, now, out, f"at_once:{by}")
-    except Exception as exc:  # the caller's decision is committed: the minute job sends what is left
+    except Exception as exc:  # the outbox keeps them: the minute job sends what is left
         logs.log(log, f"immediate send failed, left to the minute job: {exc!r}", logging.ERROR, notices=ids)
     else:
         logs.log(log, "critical notices sent at once", notices=ids, by=by, **out.as_dict())

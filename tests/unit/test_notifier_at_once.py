@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,8 +15,10 @@ from shared.domain import episodes as domain
 from shared.domain.alerts import Alert
 from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
 from shared.domain.spend import Effects
+from shared.pipeline import fleet_actions
+from shared.pipeline.decoding import PushedMessage
 from shared.platform import settings, topology
-from shared.services import accounting, notifier
+from shared.services import accounting, handoff, notifier
 from shared.store import episodes as episode_store
 from tests.unit.test_notifier import NOW, T0, World, a_silence, later, opening, world  # noqa: F401
 
@@ -121,6 +124,11 @@ def critical(agent: str = "agent-1") -> dict[str, Any]:
     return opening(agent, rule=domain.SECURITY, severity=Severity.CRITICAL)
 
 
+def send_now(raised: Any, *, by: str) -> notifier.Flushed:
+    """What the raising function hands over (``notifier.send_now``), delivered as fleet-actions delivers it."""
+    return notifier.deliver(domain.at_once(raised), by=by)
+
+
 def committed(notice: dict[str, Any]) -> domain.EpisodeWrite:
     """The write a function committed with ``notice`` (what it hands to ``send_now``)."""
     return domain.EpisodeWrite(notice["episode_id"], {}, notice)
@@ -131,7 +139,7 @@ def test_a_critical_notice_is_sent_by_the_raising_function_and_never_again_by_th
     outbox: Outbox,
 ) -> None:
     notice = outbox.add(critical())
-    out = notifier.send_now([committed(notice)], by="fleet-heartbeats")
+    out = send_now([committed(notice)], by="fleet-heartbeats")
     assert (out.sent, out.slack_calls) == (1, 1)
     assert [c["channel"] for c in world.slack.calls] == ["#fleet-oncall"]
     assert outbox.docs[notice["id"]]["state"] == "sent"
@@ -143,7 +151,7 @@ def test_a_critical_notice_is_sent_by_the_raising_function_and_never_again_by_th
 
 def test_a_warning_waits_for_the_minute_job(world: World, outbox: Outbox) -> None:  # noqa: F811
     notice = outbox.add(opening(severity=Severity.WARNING))
-    out = notifier.send_now([committed(notice)], by="fleet-heartbeats")
+    out = send_now([committed(notice)], by="fleet-heartbeats")
     assert (out.sent, outbox.reads, world.slack.calls) == (0, 0, [])  # not even read
     assert outbox.docs[notice["id"]]["state"] == "pending"
     notifier.flush(NOW)
@@ -160,14 +168,14 @@ def test_a_cost_alert_is_sent_at_once_under_its_opening_id(world: World, outbox:
     )  # fmt: skip
     assert write.notice is not None
     outbox.add(write.notice)
-    assert notifier.send_now([raised], by="fleet-costs").sent == 1
+    assert send_now([raised], by="fleet-costs").sent == 1
     assert outbox.docs[write.notice["id"]]["sent_by"] == "at_once:fleet-costs"
 
 
 def test_of_two_instances_one_sends(world: World, outbox: Outbox) -> None:  # noqa: F811
     notice = outbox.add(critical())
-    first = notifier.send_now([committed(notice)], by="fleet-heartbeats")
-    second = notifier.send_now([committed(notice)], by="fleet-heartbeats")  # a redelivery, another instance
+    first = send_now([committed(notice)], by="fleet-heartbeats")
+    second = send_now([committed(notice)], by="fleet-heartbeats")  # a redelivery, another instance
     assert (first.sent, second.sent, second.lost_claims) == (1, 0, 1)
     assert len(world.slack.calls) == 1
 
@@ -181,14 +189,14 @@ def test_a_claim_lost_to_the_minute_job_sends_nothing(
     as_read = outbox.notices_as_read([notice["id"]])
     outbox.claim(notice, outbox.versions[notice["id"]], NOW, notifier.LEASE)  # the minute job took it meanwhile
     monkeypatch.setattr(episode_store, "notices_as_read", lambda ids: as_read)
-    out = notifier.send_now([committed(notice)], by="fleet-costs")
+    out = send_now([committed(notice)], by="fleet-costs")
     assert (out.sent, out.lost_claims, world.slack.calls) == (0, 1, [])
 
 
 def test_slack_down_leaves_the_notice_to_the_minute_job(world: World, outbox: Outbox) -> None:  # noqa: F811
     notice = outbox.add(critical())
     world.slack.fail = lambda call: world.unavailable(retry_after=5)
-    out = notifier.send_now([committed(notice)], by="fleet-costs")  # does not raise
+    out = send_now([committed(notice)], by="fleet-costs")  # does not raise
     assert out.deferred == 1 and outbox.docs[notice["id"]]["state"] == "pending"
     world.slack.fail = lambda call: None
     retried_at = outbox.docs[notice["id"]]["due_at"]
@@ -207,7 +215,7 @@ def test_a_failing_store_never_fails_the_caller(
         raise RuntimeError("Firestore unavailable")
 
     monkeypatch.setattr(episode_store, "notices_as_read", unavailable)
-    assert notifier.send_now([committed(notice)], by="fleet-costs").sent == 0
+    assert send_now([committed(notice)], by="fleet-costs").sent == 0
     assert outbox.docs[notice["id"]]["state"] == "pending"  # the minute job's
     assert notifier.flush(NOW).sent == 1
 
@@ -216,7 +224,7 @@ def test_a_silenced_critical_notice_is_recorded_not_sent(world: World, outbox: O
     now = datetime.now(UTC)  # send_now judges silences at the time it runs
     world.silences.append(a_silence(rule=domain.SECURITY, starts_at=now - timedelta(minutes=1), expires_at=now + HOUR))
     notice = outbox.add(critical())
-    notifier.send_now([committed(notice)], by="fleet-heartbeats")
+    send_now([committed(notice)], by="fleet-heartbeats")
     assert world.slack.calls == []
     assert outbox.docs[notice["id"]]["state"] == "silenced"
 
@@ -226,10 +234,14 @@ def test_switched_off_the_minute_job_sends_it(
     outbox: Outbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    handed: list[Any] = []
+    monkeypatch.setattr(handoff, "hand_over", lambda kind, **fields: handed.append(fields) or True)
+    original = settings.get
     monkeypatch.setattr(settings, "get", lambda: types.SimpleNamespace(alerts_at_once=False))
     notice = outbox.add(critical())
-    assert notifier.send_now([committed(notice)], by="fleet-costs").sent == 0
+    assert notifier.send_now([committed(notice)], by="fleet-costs") == 0 and handed == []
     assert world.slack.calls == [] and outbox.docs[notice["id"]]["state"] == "pending"
+    monkeypatch.setattr(settings, "get", original)  # the minute job's own settings
     notifier.flush(NOW)
     assert outbox.docs[notice["id"]]["sent_by"] == notifier.MINUTE_JOB
 
@@ -243,7 +255,7 @@ def test_a_critical_escalation_replies_in_the_thread_of_its_sent_opening(
     escalation["id"] = domain.notice_id(escalation["episode_id"], "escalate-critical")
     world.store.episodes[escalation["episode_id"]] = {"slack": {"channel": "C1", "ts": "9.000"}}
     outbox.add(escalation)
-    assert notifier.send_now([committed(escalation)], by="fleet-sweep").sent == 1
+    assert send_now([committed(escalation)], by="fleet-sweep").sent == 1
     assert world.slack.methods() == ["update", "post"]
     assert world.slack.calls[1]["thread_ts"] == "9.000"
 
@@ -271,13 +283,53 @@ def test_a_function_without_the_slack_token_leaves_the_notice_to_the_minute_job(
 
     monkeypatch.setattr(world.slack.module, "client", no_token)
     notice = outbox.add(critical())
-    assert notifier.send_now([committed(notice)], by="fleet-costs").sent == 0
+    assert send_now([committed(notice)], by="fleet-costs").sent == 0
     assert outbox.docs[notice["id"]]["state"] == "pending"  # not claimed, never marked failed
     assert outbox.reads == 0
 
 
-def test_every_function_that_sends_critical_alerts_at_once_holds_the_slack_token() -> None:
-    # The functions whose code calls notifier.send_now (docs/alerting.md, "Critical alerts at once").
-    senders = {"fleet-registrations", "fleet-heartbeats", "fleet-costs", "fleet-api", "fleet-actions", "fleet-slack"}
-    holders = {f.name for f in topology.load().functions if "slack-bot-token" in f.secrets}
-    assert senders <= holders
+def test_the_raising_functions_hand_over_to_fleet_actions_which_alone_holds_the_token() -> None:
+    """The event functions publish to fleet-actions (docs/alerting.md, "Critical alerts at once"); they
+    need no Slack token, and fleet-actions, which sends, holds it."""
+    raisers = {"fleet-registrations", "fleet-heartbeats", "fleet-costs", "fleet-api", "fleet-slack"}
+    functions = {f.name: f for f in topology.load().functions}
+    assert all("fleet-actions" in functions[name].publishes for name in raisers)
+    assert "slack-bot-token" in functions["fleet-actions"].secrets
+    assert not {"fleet-registrations", "fleet-heartbeats", "fleet-costs"} & {
+        f.name for f in functions.values() if "slack-bot-token" in f.secrets
+    }
+
+
+def test_send_now_hands_the_critical_ids_over_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(handoff, "hand_over", lambda kind, **fields: handed.append((kind, fields)) or True)
+    notice = critical()
+    warning = opening("agent-2", rule=domain.SECURITY, severity=Severity.WARNING)
+    assert notifier.send_now([committed(notice), committed(warning)], by="fleet-costs") == 1
+    assert handed == [(handoff.ALERTS_NOW, {"ids": [notice["id"]], "by": "fleet-costs"})]
+    assert notifier.send_now([committed(warning)], by="fleet-costs") == 0 and len(handed) == 1
+
+
+def test_a_failed_hand_over_leaves_the_notice_to_the_minute_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handoff, "hand_over", lambda kind, **fields: False)  # logged by hand_over itself
+    assert notifier.send_now([committed(critical())], by="fleet-costs") == 0
+
+
+def test_fleet_actions_delivers_handed_notices_once(
+    world: World,  # noqa: F811
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rejected: list[Any] = []
+    monkeypatch.setattr(fleet_actions.handlers, "record_rejection", lambda *args: rejected.append(args))
+    notice = outbox.add(critical())
+    body = json.dumps({"kind": handoff.ALERTS_NOW, "ids": [notice["id"]], "by": "fleet-costs"}).encode()
+    message = PushedMessage(message_id="m-1", published_at=datetime.now(UTC), raw=body, attributes={})
+    assert fleet_actions.handle(message) == "done"
+    assert (
+        outbox.docs[notice["id"]]["state"] == "sent" and outbox.docs[notice["id"]]["sent_by"] == "at_once:fleet-costs"
+    )
+    assert fleet_actions.handle(message) == "nothing_to_do"  # a redelivery: claimed already, sent once
+    bad = PushedMessage(message_id="m-2", published_at=datetime.now(UTC), raw=b'{"kind":"alerts.now","ids":[]}',
+                        attributes={})  # fmt: skip
+    assert fleet_actions.handle(bad) == "malformed" and len(rejected) == 1
