@@ -1,5 +1,5 @@
 """`make bench`, critical alerts section (issue 21): from the publish of the event that raises a critical
-episode to the fake Slack's receipt of its message, sent at once by the raising function, against
+episode to the fake Slack's receipt of its message, handed over at once to fleet-actions, against
 today's path (the minute job) measured in the same run.
 
     python -m tests.bench.alert_latency      # this section alone (about five minutes)
@@ -197,7 +197,8 @@ def describe() -> list[str]:
         f"batch of {CALLS} calls in one minute, {SPACING_S:.0f} s apart: `fleet-costs` pauses the agent and opens a "
         "critical `runaway_loop` episode. Latency: from just before the publish (the bench's clock) to the fake "
         "Slack's record of the `chat.postMessage` naming the agent (its clock; same machine). Two stacks, one after "
-        "the other: the notice sent at once by `fleet-costs` right after its commit (one warm-up event first, not "
+        "the other: the notice handed over by `fleet-costs` right after its commit and sent by `fleet-actions` "
+        "(one warm-up event first, not "
         "reported), and today's path with `FLEET_ALERTS_AT_ONCE=off`: the notice waits for its 30 s group wait and "
         f"the minute job, fired every {TICK_EVERY_S:.0f} s from a random phase as Cloud Scheduler would. Then every "
         "notice is read back (`sent_by`) and Slack messages are counted per agent.",
@@ -206,7 +207,7 @@ def describe() -> list[str]:
 
 def main(report: Callable[[str], None] = print) -> list[str]:
     print("critical alerts sent at once ...", file=sys.stderr)
-    now_path = measure("at once: the raising function sends (issue 21)", {}, minute_job=False)
+    now_path = measure("at once: handed over to `fleet-actions` (issue 21)", {}, minute_job=False)
     print("critical alerts through the minute job (today's path) ...", file=sys.stderr)
     tick_path = measure("minute job (`FLEET_ALERTS_AT_ONCE=off`, ticks every 60 s)", {"FLEET_ALERTS_AT_ONCE": "off"},
                         minute_job=True)  # fmt: skip
