@@ -209,8 +209,9 @@ def test_figures_are_cached_per_scope_for_30_seconds(reads: Reads, monkeypatch: 
     get("/metrics", ACME)
     assert reads.scopes == [None, "acme"]
     clock[0] += 29
-    get("/metrics", ADMIN)
+    cached = samples(get("/metrics", ADMIN).get_data(as_text=True))
     assert reads.scopes == [None, "acme"]
+    assert cached[("fleet_metrics_firestore_reads", ())] == 0  # served from the cache: nothing read
     clock[0] += 2
     age = samples(get("/metrics", ADMIN).get_data(as_text=True))
     assert reads.scopes == [None, "acme", None]
