@@ -4,7 +4,6 @@ changes go through shared/services/agent_controls.py."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +24,7 @@ from shared.api.bodies import (
 )
 from shared.api.core import AGENT, LIMIT_QUERY, TENANT_QUERY, ApiError, Call, Param, Routes
 from shared.api.tenancy import agent_of_body, query_tenant, visible_record
+from shared.domain import episodes as episode_rules
 from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
 from shared.domain.silences import Silence
@@ -35,7 +35,6 @@ from shared.store import episodes as episode_store
 from shared.store import silences as silence_store
 
 _EPISODE_STATES = ("open", "resolved")
-_EPISODE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,300}$")
 _SEVERITIES = tuple(s.value for s in Severity)
 
 routes = Routes("alerts")
@@ -83,7 +82,7 @@ _EPISODE_PARAM = Param("episode_id", "path", "The alert episode's id.", {"type":
 def _visible_episode(call: Call) -> dict[str, Any]:
     """The path's episode, if the key may see its tenant; 404 otherwise (another tenant's is not found)."""
     episode_id = call.args["episode_id"]
-    valid = _EPISODE_ID.match(episode_id) and core.is_document_id(episode_id)  # "..", "__x__": no document
+    valid = episode_rules.EPISODE_ID.match(episode_id) and core.is_document_id(episode_id)  # "..", "__x__": no document
     found = episode_store.get(episode_id) if valid else None
     if found is None or not core.principal(call).can_see(str(found.get("tenant") or "")):
         raise ApiError(404, f"alert episode {episode_id} not found")

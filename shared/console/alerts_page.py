@@ -13,7 +13,6 @@ is sent back to /alerts with a notice in the query string (:func:`after`), so a 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -24,11 +23,13 @@ from urllib.parse import urlencode
 import flask
 
 from shared.console.api_calls import Answer, call_api
+from shared.domain.episodes import EPISODE_ID_CHARS
+from shared.domain.silences import snooze_id
 
 #: Snooze: one hour.
 SNOOZE_S = 3600
 #: POST /alerts/<episode id>/<action>: the actions, and what an episode id may look like.
-ACTION_PATH = re.compile(r"^/alerts/(?P<episode_id>[A-Za-z0-9_.:-]{1,300})/(?P<action>ack|snooze)$")
+ACTION_PATH = re.compile(rf"^/alerts/(?P<episode_id>{EPISODE_ID_CHARS})/(?P<action>ack|snooze)$")
 #: The most open episodes the page lists (newest first); a note says when there may be more.
 LIMIT = 100
 #: The form token of one rendered page (the trigger a snooze's silence id is derived from).
@@ -119,12 +120,6 @@ def after(action: str, episode_id: str, answer: Answer) -> str:
     return "/alerts?" + urlencode(query)
 
 
-def silence_id(trigger: str, episode_id: str) -> str:
-    """A snooze's silence id: the rule of Slack's Snooze button (shared/slack/buttons.py), from the trigger
-    (a Slack click's trigger_id; here the console's action and form token) and the episode."""
-    return "sil-" + hashlib.sha256(f"{trigger}|{episode_id}".encode()).hexdigest()[:16]
-
-
 def _time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -194,7 +189,7 @@ def snooze(request: flask.Request, episode_id: str) -> Answer:
     token = str(request.form.get("token") or "")
     trigger = f"console.snooze.{token if TOKEN.fullmatch(token) else uuid.uuid4().hex}"
     body: dict[str, Any] = {
-        "id": silence_id(trigger, episode_id),
+        "id": snooze_id(trigger, episode_id),
         "tenant": episode.get("tenant"),
         "rule": episode.get("rule"),
         "duration_s": SNOOZE_S,

@@ -14,6 +14,7 @@ tenant's alert document the same way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +28,9 @@ __all__ = ["AgentEpisodes", "AlertingConfig", "EpisodeWrite", "Severity"]
 
 #: Resolved episodes and sent notices are kept this long (Firestore TTL on ``expire_at``).
 RETENTION = timedelta(days=30)
+#: What an episode id may look like where one arrives from outside (a Slack button, an API or console path).
+EPISODE_ID_CHARS = r"[A-Za-z0-9_.:-]{1,300}"
+EPISODE_ID = re.compile(rf"^{EPISODE_ID_CHARS}$")
 
 #: Rule names of the episodes this code opens (cost rules add their own kinds).
 LIVENESS = "liveness"

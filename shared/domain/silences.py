@@ -8,6 +8,7 @@ expiry or an operator's DELETE does.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,3 +77,9 @@ def maintenance_until(silences: list[Silence], now: datetime, *, tenant: str, ag
         if s.maintenance and s.rule is None and s.active(now) and s.matches(tenant=tenant, agent_id=agent_id, rule=None)
     ]
     return max(ends) if ends else None
+
+
+def snooze_id(trigger: str, episode_id: str) -> str:
+    """A snooze's silence id, from what triggered it (a Slack click's trigger_id; the console's action and
+    form token) and the episode: a repeat of the same trigger is the same silence."""
+    return "sil-" + hashlib.sha256(f"{trigger}|{episode_id}".encode()).hexdigest()[:16]

@@ -10,15 +10,14 @@ happened or why nothing did; refusals are audited.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain import approval_messages, notices, roles
+from shared.domain import episodes as episode_rules
 from shared.domain.audit import AuditEntry
 from shared.domain.roles import Action
-from shared.domain.silences import Silence
+from shared.domain.silences import Silence, snooze_id
 from shared.platform import logs
 from shared.services import agent_controls, approvals
 from shared.slack import web_api
@@ -31,7 +30,6 @@ log = logs.get_logger("slack.actions")
 
 #: Snooze buttons: action id -> how long.
 SNOOZES = {f"{notices.SNOOZE}_{label}": timedelta(hours=hours) for label, hours in (("1h", 1), ("4h", 4), ("24h", 24))}
-_EPISODE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,300}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +152,7 @@ def on_alert(click: Click, now: datetime) -> None:
 
     def act() -> str:
         episode_id = click.value
-        episode = episode_store.get(episode_id) if _EPISODE_ID.match(episode_id) else None
+        episode = episode_store.get(episode_id) if episode_rules.EPISODE_ID.match(episode_id) else None
         if episode is None:
             return _refuse(click, now, "alert.click", episode_id[:300], None, "that alert episode was not found")
         tenant = str(episode.get("tenant") or "")
@@ -178,7 +176,7 @@ def on_alert(click: Click, now: datetime) -> None:
         else:
             until = now + snooze
             silence = Silence(
-                id="sil-" + hashlib.sha256(f"{click.trigger_id}|{episode_id}".encode()).hexdigest()[:16],
+                id=snooze_id(click.trigger_id, episode_id),
                 agent_id=episode.get("agent_id"),
                 tenant=tenant,
                 rule=str(episode.get("rule") or "") or None,

@@ -15,7 +15,7 @@ from google.api_core.exceptions import AlreadyExists
 
 from shared.console import alerts_page, api_calls, app, session
 from shared.domain.api_keys import Role
-from shared.domain.silences import Silence
+from shared.domain.silences import Silence, snooze_id
 from shared.store import agents as agent_store
 from shared.store import api_keys
 from shared.store import audit as audit_store
@@ -205,7 +205,7 @@ def test_a_double_submit_of_one_snooze_form_is_one_silence(world: dict[str, Any]
     token = _token(_call("/alerts", "operator-token").get_data(as_text=True))
     for _ in range(2):
         assert _notice(_post(f"/alerts/{EPISODE_ID}/snooze", "operator-token", {"token": token}))["notice"] == "snoozed"
-    expected = alerts_page.silence_id(f"console.snooze.{token}", EPISODE_ID)
+    expected = snooze_id(f"console.snooze.{token}", EPISODE_ID)
     assert list(world["silences"]) == [expected]
     assert [e.action for e in world["audit"]] == ["silence.create"]
     # A fresh page (a new token) is a new snooze.
