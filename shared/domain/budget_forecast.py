@@ -6,19 +6,24 @@ The rate comes from the hour counters of the month document (``hDDHH``, shared/d
 per-minute counters hold calls, not money): the previous hour and the current one so far over the time
 they cover, or the current hour alone once it has run :data:`MIN_OBSERVED` if that is higher (a burst that
 began this hour is not averaged away). A limit is projected at ``now + (hard - used) / rate``; a projection
-after the period resets is none at all (the counter starts again at zero).
+after the period resets is none at all (the counter starts again at zero). A held agent spends nothing
+(:func:`stopping_holds`): it is not projected, and its open forecast resolves.
+
+The minute job lists the budgeted subjects a page at a time after a rotating cursor (:func:`turn`), so
+successive ticks cover every one of them with bounded reads per tick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fleet_agent.contracts import BudgetSpec
 
 from shared.domain import budgets
+from shared.domain import holds as hold_rules
 from shared.domain.budgets import Limit
 from shared.domain.periods import Period, Window, window, windows
 from shared.domain.pricing import format_usd, to_usd
@@ -31,6 +36,38 @@ HOUR = timedelta(hours=1)
 MIN_OBSERVED = timedelta(minutes=10)
 #: Periods forecast by default: an hourly limit resets within the hour (its thresholds cover it).
 FORECAST_PERIODS = (Period.DAY, Period.MONTH)
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Turn(Generic[R]):
+    """One tick's page of a listing of budgeted subjects."""
+
+    rows: list[R]  # evaluated this tick
+    last: R | None  # the next tick starts after it; None: the round ends, the next tick starts at the first
+    complete: bool  # the page started at the first and reached the end: every subject of its kind was seen
+    read: int  # rows read (the page and the one that tells whether more follow)
+
+
+def turn(rows: Sequence[R], size: int, *, from_first: bool) -> Turn[R]:
+    """The page of a listing asked for ``size + 1`` rows after the cursor (the extra row is not evaluated:
+    it only tells that more follow). A short page ends the round; the next one starts again at the first."""
+    page = list(rows[:size])
+    more = len(rows) > size
+    return Turn(page, page[-1] if more and page else None, from_first and not more, len(rows))
+
+
+def ticks_per_round(count: int, size: int) -> int:
+    """Ticks (minutes) for the rotation to evaluate each of ``count`` subjects once, ``size`` per tick."""
+    return max(1, -(-count // max(1, size)))
+
+
+def stopping_holds(holds: Mapping[str, Any]) -> list[str]:
+    """The holds of an agent that stop its spend (shared/domain/holds.py: every kind is a reason it must not
+    call its model: its or its tenant's budget, an open breaker, a pause, a quarantine)."""
+    return sorted(name for name in holds if name in hold_rules.KINDS)
 
 
 def horizons(seconds: int) -> dict[Period, timedelta]:
@@ -106,10 +143,10 @@ class Projection:
     def within(self, horizon: timedelta | None, now: datetime) -> bool:
         return horizon is not None and self.at is not None and self.at - now <= horizon
 
-    def episode_id(self, now: datetime) -> str:
-        """At most one episode per budget, period and hour it opened in (a projection that leaves the
-        horizon and comes back within the hour does not alert twice)."""
-        return f"{RULE}.{self.key}.{now:%dT%H}"
+    def episode_id(self) -> str:
+        """One episode per projected breach: per budget, limit value and period window (the same id from
+        every tick and instance, so one create wins; a raised limit is another breach)."""
+        return f"{RULE}.{self.key}.{self.limit.hard}"
 
     def show_rate(self) -> str:
         if self.limit.metric == "usd":
@@ -206,10 +243,13 @@ def decide(
     evaluated: set[tuple[str, str]],
     horizon: Mapping[Period, timedelta],
     now: datetime,
+    held: Mapping[tuple[str, str], list[str]] | None = None,
 ) -> Decisions:
     """Episodes to open (a projection inside its period's horizon with none open for its budget and period)
     and to resolve (an open one of a subject evaluated now whose projection left the horizon, reached the
-    limit, or is gone: the budget removed, or the period reset). Subjects not evaluated now keep theirs."""
+    limit, or is gone: the budget removed, or the period reset; or of a subject ``held``: (scope, subject)
+    -> the holds that stop its spend). Subjects not evaluated now keep theirs."""
+    held = held or {}
     by_key = {p.key: p for p in projections}
     open_by_key: dict[str, dict[str, Any]] = {}
     resolve: list[Resolution] = []
@@ -220,7 +260,12 @@ def decide(
             resolve.append(Resolution(episode, "superseded by another forecast of the same budget"))
             continue
         open_by_key[key] = episode
-        if (details.get("scope"), details.get("subject")) not in evaluated:
+        subject = (str(details.get("scope") or ""), str(details.get("subject") or ""))
+        if subject in held:
+            names = ", ".join(held[subject])
+            resolve.append(Resolution(episode, f"{key}: the {subject[0]} is held ({names}): it spends nothing"))
+            continue
+        if subject not in evaluated:
             continue
         projection = by_key.get(key)
         if projection is None:

@@ -2,8 +2,14 @@
 spend rate (shared/domain/budget_forecast.py) and open or resolve their ``budget_forecast`` episodes.
 
 Why the minute job and not the cost function: a forecast must also *resolve* when spending slows or stops,
-and an agent that stops spending sends no batch to evaluate it on; the tick sees every budgeted subject
-once a minute with bounded reads (shared/store/budget_forecasts.py), whatever the batch rate.
+and an agent that stops spending sends no batch to evaluate it on; the tick sees a page of the budgeted
+subjects each minute with bounded reads (shared/store/budget_forecasts.py), whatever the batch rate.
+
+The rotation: each tick lists at most :data:`PAGE_TENANTS` tenants and :data:`PAGE_AGENTS` agents after
+the cursor the previous tick saved (one small document); a short page ends the round and the next tick
+starts at the first again. A full round takes ``ceil(T / PAGE_TENANTS)`` ticks for T budgeted tenants (and
+the same for agents), so every subject is forecast at least that often. A held agent (any hold: it must not
+call its model) is not projected; its open forecast resolves.
 
 An episode is opened like any cost alert (``episodes.raise_once``: a create under a deterministic id, so
 concurrent ticks open it once) and resolves by itself when its period resets (``resolve_at``); the tick
@@ -13,7 +19,7 @@ resolves it sooner, with a conditional write, when the projection leaves the hor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,10 +34,10 @@ from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
 
 log = logs.get_logger("budget_forecast")
-#: Subjects evaluated per tick (the reads are bounded by these): tenants with a budget, agents with one,
-#: and the open forecast episodes considered for resolution.
-MAX_TENANTS = 200
-MAX_AGENTS = 1000
+#: Subjects evaluated per tick, one page of each listing (the reads are bounded by these), and the open
+#: forecast episodes considered for resolution.
+PAGE_TENANTS = 200
+PAGE_AGENTS = 1000
 MAX_OPEN = 1000
 
 
@@ -39,22 +45,30 @@ MAX_OPEN = 1000
 class Forecast:
     tenants: int = 0
     agents: int = 0
+    held: int = 0
+    listed: int = 0
     opened: int = 0
     resolved: int = 0
+    #: The rounds that ended with this tick (its page was the last of its listing).
+    rounds: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tenants": self.tenants,
             "agents": self.agents,
+            "held": self.held,
+            "listed": self.listed,
             "opened": self.opened,
             "resolved": self.resolved,
+            "rounds_ended": self.rounds,
         }
 
 
 def run(now: datetime) -> dict[str, Any]:
     """One tick's forecast, never failing the minute job (its sweep and outbox ran already; a failure here
-    waits for the next minute): reads ``T + T x shards + 2 A + max(1, open)`` documents for T budgeted
-    tenants and A budgeted agents (docs/alerting.md, Budget forecast)."""
+    waits for the next minute): reads ``1 + t + T x shards + a + A + max(1, open)`` documents for a page of
+    t tenants listed (T of them evaluated) and a agents listed (A of them evaluated, not held), at most
+    ``PAGE + 1`` each and at least 1; writes the cursor when it moves (docs/alerting.md, Budget forecast)."""
     try:
         return _run(now)
     except Exception as exc:
@@ -72,6 +86,16 @@ def _parsed(kind: str, subject: str, stored: Any) -> budgets.BudgetSpec | None:
         return None
 
 
+def _pages(start: dict[str, Any]) -> dict[str, domain.Turn[store.Budgeted]]:
+    """This tick's page of each listing, from the saved cursors (one more row asked: whether more follow)."""
+    tenants = store.tenants_with_budget(PAGE_TENANTS + 1, start["tenant"])
+    agents = store.agents_with_budget(PAGE_AGENTS + 1, start["agent"])
+    return {
+        "tenant": domain.turn(tenants, PAGE_TENANTS, from_first=start["tenant"] is None),
+        "agent": domain.turn(agents, PAGE_AGENTS, from_first=start["agent"] is None),
+    }
+
+
 def _run(now: datetime) -> dict[str, Any]:
     cfg = settings.get()
     horizon = domain.horizons(cfg.budget_forecast_horizon_s)
@@ -80,38 +104,46 @@ def _run(now: datetime) -> dict[str, Any]:
     out = Forecast()
     projections: list[domain.Projection] = []
     evaluated: set[tuple[str, str]] = set()
-    tenants = store.tenants_with_budget(MAX_TENANTS)
-    for tenant, stored in tenants:
-        budget = _parsed("tenant", tenant, stored)
-        if budget is None and stored:
+    held: dict[tuple[str, str], list[str]] = {}
+    start = store.cursors()
+    pages = _pages(start)
+    for row in pages["tenant"].rows:
+        budget = _parsed("tenant", row.subject, row.budget)
+        if budget is None and row.budget:
             continue  # does not validate (logged)
         out.tenants += 1
-        evaluated.add(("tenant", tenant))
-        fields = store.tenant_month(tenant, now, cfg.tenant_shards)
-        projections += domain.project(budget, "tenant", tenant, tenant, fields, now)
-    agents = store.agents_with_budget(MAX_AGENTS)
-    month = window(Period.MONTH, now).key
-    months = usage_store.agent_months([agent_id for agent_id, _, _ in agents], month)
-    for agent_id, tenant, stored in agents:
-        agent_budget = _parsed("agent", agent_id, stored)
-        if agent_budget is None and stored:
+        evaluated.add(("tenant", row.subject))
+        fields = store.tenant_month(row.subject, now, cfg.tenant_shards)
+        projections += domain.project(budget, "tenant", row.subject, row.tenant, fields, now)
+    agents: list[tuple[store.Budgeted, budgets.BudgetSpec | None]] = []
+    for row in pages["agent"].rows:
+        if stopping := domain.stopping_holds(row.holds):
+            held[("agent", row.subject)] = stopping  # spends nothing: not projected, its forecast resolves
+            out.held += 1
+            continue
+        agent_budget = _parsed("agent", row.subject, row.budget)
+        if agent_budget is None and row.budget:
             continue  # does not validate (logged)
+        agents.append((row, agent_budget))
+    months = usage_store.agent_months([row.subject for row, _ in agents], window(Period.MONTH, now).key)
+    for row, agent_budget in agents:
         out.agents += 1
-        evaluated.add(("agent", agent_id))
-        fields = domain.month_fields(months.get(agent_id) or {})
-        projections += domain.project(agent_budget, "agent", agent_id, tenant, fields, now)
+        evaluated.add(("agent", row.subject))
+        fields = domain.month_fields(months.get(row.subject) or {})
+        projections += domain.project(agent_budget, "agent", row.subject, row.tenant, fields, now)
     open_ = store.open_episodes(MAX_OPEN)
-    # A listing that was not cut saw every budgeted subject: an open forecast of a subject it did not see
-    # lost its budget, and resolves now (decide: "no longer forecast") rather than at the period's reset.
-    seen = {("tenant", t) for t, _ in tenants} | {("agent", a) for a, _, _ in agents}
-    complete = {"tenant": len(tenants) < MAX_TENANTS, "agent": len(agents) < MAX_AGENTS}
+    # A page that started at the first and was not cut saw every budgeted subject of its kind: an open
+    # forecast of a subject it did not see lost its budget, and resolves now (decide: "no longer forecast")
+    # rather than at the period's reset.
+    seen = {(kind, row.subject) for kind, page in pages.items() for row in page.rows}
     for episode, _ in open_:
         details = episode.get("details") or {}
         subject = (str(details.get("scope") or ""), str(details.get("subject") or ""))
-        if complete.get(subject[0]) and subject not in seen:
+        page = pages.get(subject[0])
+        if page is not None and page.complete and subject not in seen:
             evaluated.add(subject)
     times = {episode["id"]: update_time for episode, update_time in open_}
-    decisions = domain.decide(projections, [episode for episode, _ in open_], evaluated, horizon, now)
+    decisions = domain.decide(projections, [episode for episode, _ in open_], evaluated, horizon, now, held)
     for projection in decisions.open:
         if episode_store.raise_once(_alert(projection, now)):
             out.opened += 1
@@ -121,12 +153,17 @@ def _run(now: datetime) -> dict[str, Any]:
         write = episode_rules.resolution(episode, now, item.summary)
         if episode_store.conditional(episode, times.get(episode["id"]), write):
             out.resolved += 1
+    out.listed = sum(page.read for page in pages.values())
+    out.rounds = [kind for kind, page in pages.items() if page.last is None]
+    following = {kind: page.last.cursor if page.last is not None else None for kind, page in pages.items()}
+    if following != start:
+        store.save_cursors(following, now)
     return out.as_dict()
 
 
 def _alert(projection: domain.Projection, now: datetime) -> Alert:
     return Alert(
-        id=projection.episode_id(now),
+        id=projection.episode_id(),
         kind=domain.RULE,
         severity=Severity.WARNING,
         tenant=projection.tenant,

@@ -1,11 +1,13 @@
 """The budget forecast's reads (shared/services/budget_forecasts.py, the usage API): the budgeted tenants and
-agents, their month counters, and the open ``budget_forecast`` episodes. Every read is bounded and counted.
+agents a page at a time after a rotating cursor, their month counters, and the open ``budget_forecast``
+episodes. Every read is bounded and counted.
 
-- tenants with a budget: ``tenants`` where ``budget`` is not null, at most ``limit`` (one read each);
-- agents with a budget: ``agents`` where ``budget`` is not null, only their id, tenant and budget, at most
-  ``limit`` (one read each);
-- a tenant's month: its ``usage/t.{tenant}.{YYYY-MM}.{shard}`` shards summed (one read per shard);
-- an agent's month: ``usage/a.{agent}.{YYYY-MM}`` (one read; the batched form is ``usage.agent_months``);
+- tenants with a budget: ``tenants`` where ``budget`` is not null, ordered by budget then id, after the
+  cursor, at most ``limit`` (one read each, one for none);
+- agents with a budget: ``agents`` the same way, only their id, tenant, budget and holds;
+- the cursor: one small document, ``markers/budget_forecast.cursor`` (one read; one write when it moves);
+- a tenant's month: ``usage.tenant_month`` (its shards summed, one read per shard);
+- an agent's month: ``usage.agent_month`` (one read; the batched form is ``usage.agent_months``);
 - open forecast episodes: ``episodes`` where ``rule`` and ``state`` are equal (single-field indexes merged,
   no composite index), at most ``limit`` (one read each, one for none).
 """
@@ -13,61 +15,103 @@ agents, their month counters, and the open ``budget_forecast`` episodes. Every r
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.domain.budget_forecast import RULE, month_fields
 from shared.domain.periods import Period, window
 from shared.domain.usage import Totals
 from shared.platform import metering
-from shared.store import db
+from shared.store import db, usage
 from shared.store.agents import AGENTS
 from shared.store.config import TENANTS
 from shared.store.episodes import EPISODES
-from shared.store.usage import USAGE, agent_month_id, tenant_shard_id
+from shared.store.markers import MARKERS
+
+CURSOR = "budget_forecast.cursor"
 
 
-def _not_null(collection: str, fields: list[str], limit: int) -> list[Any]:
+class Budgeted(NamedTuple):
+    """One budgeted tenant or agent as listed."""
+
+    doc_id: str
+    subject: str  # the tenant, or the agent id
+    tenant: str
+    budget: Any  # as stored
+    holds: dict[str, Any]
+
+    @property
+    def cursor(self) -> dict[str, Any]:
+        """Where the next page starts after this one (the listing's order: budget, then document id)."""
+        return {"budget": self.budget, "id": self.doc_id}
+
+
+def _page(collection: str, fields: list[str], after: dict[str, Any] | None, limit: int) -> list[Any]:
     # lazy: the Google API client library, loaded by the minute job rather than at import (cold start)
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    query = db.client().collection(collection).where(filter=FieldFilter("budget", "!=", None)).select(fields)
+    query = (
+        db.client()
+        .collection(collection)
+        .where(filter=FieldFilter("budget", "!=", None))
+        .order_by("budget")
+        .order_by("__name__")
+        .select(fields)
+    )
+    if after is not None:
+        query = query.start_after({"budget": after["budget"], "__name__": str(after["id"])})
     docs = list(query.limit(limit).stream(**db.call_options()))
     metering.count(reads=max(1, len(docs)))
     return docs
 
 
-def tenants_with_budget(limit: int) -> list[tuple[str, dict[str, Any]]]:
-    """(tenant, its budget as stored) for up to ``limit`` tenants that have one."""
-    return [(doc.id, (doc.to_dict() or {})["budget"]) for doc in _not_null(TENANTS, ["budget"], limit)]
+def tenants_with_budget(limit: int, after: dict[str, Any] | None = None) -> list[Budgeted]:
+    """Up to ``limit`` tenants that have a budget, after the cursor ``after`` (None: from the first)."""
+    return [
+        Budgeted(doc.id, doc.id, doc.id, (doc.to_dict() or {})["budget"], {})
+        for doc in _page(TENANTS, ["budget"], after, limit)
+    ]
 
 
-def agents_with_budget(limit: int) -> list[tuple[str, str, dict[str, Any]]]:
-    """(agent id, tenant, its budget as stored) for up to ``limit`` agents that have one."""
+def agents_with_budget(limit: int, after: dict[str, Any] | None = None) -> list[Budgeted]:
+    """Up to ``limit`` agents that have a budget, after the cursor ``after`` (None: from the first)."""
     out = []
-    for doc in _not_null(AGENTS, ["agent_id", "tenant", "budget"], limit):
+    for doc in _page(AGENTS, ["agent_id", "tenant", "budget", "holds"], after, limit):
         data = doc.to_dict() or {}
-        out.append((str(data.get("agent_id") or doc.id), str(data.get("tenant") or ""), data["budget"]))
+        holds = data.get("holds")
+        out.append(
+            Budgeted(doc.id, str(data.get("agent_id") or doc.id), str(data.get("tenant") or ""), data["budget"],
+                     holds if isinstance(holds, dict) else {})
+        )  # fmt: skip
     return out
+
+
+def _cursor_ref() -> Any:
+    return db.client().collection(MARKERS).document(CURSOR)
+
+
+def cursors() -> dict[str, Any]:
+    """Where this tick's pages start: ``{"tenant": cursor | None, "agent": cursor | None}`` (one read)."""
+    doc = db.get(_cursor_ref())
+    data = (doc.to_dict() or {}) if doc.exists else {}
+    return {kind: data.get(kind) if isinstance(data.get(kind), dict) else None for kind in ("tenant", "agent")}
+
+
+def save_cursors(values: dict[str, Any], now: datetime) -> None:
+    """Where the next tick's pages start (one write). Two ticks at once write the same or neighbouring
+    cursors: a page is at worst evaluated twice or a round one page shorter, never a subject skipped for
+    good (every round starts again from the first)."""
+    _cursor_ref().set({**values, "at": now}, **db.call_options())
+    metering.count(writes=1)
 
 
 def agent_month(agent_id: str, now: datetime) -> dict[str, Totals]:
     """The agent's counters of the current month (``m``, ``dDD``, ``hDDHH``): one read."""
-    doc = db.get(db.client().collection(USAGE).document(agent_month_id(agent_id, window(Period.MONTH, now).key)))
-    return month_fields((doc.to_dict() or {}) if doc.exists else {})
+    return month_fields(usage.agent_month(agent_id, window(Period.MONTH, now).key))
 
 
 def tenant_month(tenant: str, now: datetime, shards: int) -> dict[str, Totals]:
     """The tenant's counters of the current month, summed over its shards: one read per shard."""
-    month = window(Period.MONTH, now).key
-    collection = db.client().collection(USAGE)
-    refs = [collection.document(tenant_shard_id(tenant, month, shard)) for shard in range(shards)]
-    docs = list(db.client().get_all(refs, **db.call_options()))
-    metering.count(reads=len(docs))
-    sums: dict[str, Totals] = {}
-    for doc in docs:
-        for name, totals in month_fields((doc.to_dict() or {}) if doc.exists else {}).items():
-            sums.setdefault(name, Totals()).add(totals)
-    return sums
+    return usage.tenant_month(tenant, window(Period.MONTH, now).key, shards)
 
 
 def open_episodes(limit: int) -> list[tuple[dict[str, Any], Any]]:

@@ -244,11 +244,16 @@ def _period_totals(data: dict[str, Any], now: datetime) -> dict[Period, tuple[Wi
     return out
 
 
+def agent_month(agent_id: str, month: str) -> dict[str, Any]:
+    """The agent's month document (``a.{agent}.{YYYY-MM}``) as stored, {} when none: one read. Every
+    single read of it goes through here (the batched form is :func:`agent_months`)."""
+    doc = db.get(_ref(agent_month_id(agent_id, month)))
+    return (doc.to_dict() or {}) if doc.exists else {}
+
+
 def agent_periods(agent_id: str, now: datetime) -> dict[Period, tuple[Window, Totals]]:
     """The agent's current hour, day and month (one read)."""
-    month = window(Period.MONTH, now).key
-    doc = db.get(_ref(agent_month_id(agent_id, month)))
-    return _period_totals(doc.to_dict() or {} if doc.exists else {}, now)
+    return _period_totals(agent_month(agent_id, window(Period.MONTH, now).key), now)
 
 
 def epoch_spend(agent_id: str, epochs: Sequence[tuple[str, str]]) -> dict[str, tuple[int, int]]:
@@ -275,8 +280,7 @@ def epoch_spend(agent_id: str, epochs: Sequence[tuple[str, str]]) -> dict[str, t
 def agent_hours(agent_id: str, now: datetime) -> dict[datetime, int]:
     """Spend per hour (nano-dollars) this month: the cost-spike baseline (one read)."""
     month_win = window(Period.MONTH, now)
-    doc = db.get(_ref(agent_month_id(agent_id, month_win.key)))
-    data = doc.to_dict() or {} if doc.exists else {}
+    data = agent_month(agent_id, month_win.key)
     out = {}
     for name, counters in data.items():
         if name.startswith("h") and len(name) == 5 and isinstance(counters, dict):
@@ -294,15 +298,12 @@ def day_models(data: Any) -> dict[str, ModelDay]:
 
 def agent_day_models(agent_id: str, day: date) -> dict[str, ModelDay]:
     """The agent's counters per model on one UTC day: model -> counters, {} when none (one read)."""
-    doc = db.get(_ref(agent_month_id(agent_id, f"{day:%Y-%m}")))
-    data = doc.to_dict() or {} if doc.exists else {}
-    return day_models(data.get(model_day_field(f"{day:%d}")))
+    return day_models(agent_month(agent_id, f"{day:%Y-%m}").get(model_day_field(f"{day:%d}")))
 
 
 def agent_month_models(agent_id: str, month: str) -> dict[str, dict[str, ModelDay]]:
     """The agent's counters per day ("01".."31") and model in a month ("YYYY-MM"), days in order (one read)."""
-    doc = db.get(_ref(agent_month_id(agent_id, month)))
-    data = doc.to_dict() or {} if doc.exists else {}
+    data = agent_month(agent_id, month)
     out = {}
     for name in sorted(data):
         if len(name) == 3 and name[0] == "x" and name[1:].isdigit() and isinstance(data[name], dict):
@@ -315,8 +316,9 @@ def _shard_refs(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) 
     return [_ref(tenant_shard_id(tenant, month, s)) for s in range(shards) if s not in skipped]
 
 
-def _sum_shards(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) -> dict[str, Totals]:
-    """The tenant's month document, summed over its shards (one read per shard): field -> totals."""
+def tenant_month(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) -> dict[str, Totals]:
+    """The tenant's month document, summed over its shards (one read per shard): ``m``, ``dDD`` and
+    ``hDDHH`` -> totals. Every read of a tenant's month goes through here."""
     docs = list(db.client().get_all(_shard_refs(tenant, month, shards, skip), **db.call_options()))
     metering.count(reads=len(docs))
     sums: dict[str, Totals] = {}
@@ -329,7 +331,7 @@ def _sum_shards(tenant: str, month: str, shards: int, skip: Iterable[int] = ()) 
 
 def tenant_periods(tenant: str, now: datetime, shards: int) -> dict[Period, tuple[Window, Totals]]:
     """The tenant's current hour, day and month: the sum of its shards (one read per shard)."""
-    sums = _sum_shards(tenant, window(Period.MONTH, now).key, shards)
+    sums = tenant_month(tenant, window(Period.MONTH, now).key, shards)
     return {period: (win, sums.get(month_field(period, win), Totals())) for period, win in windows(now).items()}
 
 
@@ -348,7 +350,7 @@ class _OtherShards:
             cached = self._items.get(key)
         if cached is not None and time.monotonic() - cached[0] < max_age_s:
             return cached[1]
-        sums = _sum_shards(tenant, month, shards, skip=[shard])
+        sums = tenant_month(tenant, month, shards, skip=[shard])
         with self._lock:
             self._items[key] = (time.monotonic(), sums)
         return sums

@@ -143,7 +143,7 @@ def test_the_horizon_covers_daily_and_monthly_budgets_and_zero_turns_it_off() ->
 def test_the_episode_names_the_projected_time_and_the_rate() -> None:
     p = daily(month(4, {LAST_HOUR: 2, THIS_HOUR: 1}), daily_usd="10")
     assert p.key == "agent.a1.daily_usd.2026-11-21"
-    assert p.episode_id(NOW) == "budget_forecast.agent.a1.daily_usd.2026-11-21.21T10"
+    assert p.episode_id() == "budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000"
     text = p.message(NOW)
     assert "2026-11-21 13:30 UTC" in text and "in 180 min" in text and "$2.00/h" in text
     assert "$4.00 of $10.00 used" in text
@@ -173,7 +173,7 @@ def projection(hours_left: float | None, *, reached: bool = False, subject: str 
 
 
 def episode_of(p: forecast.Projection) -> dict[str, Any]:
-    return {"id": p.episode_id(NOW), "rule": forecast.RULE, "severity": "warning", "details": p.details()}
+    return {"id": p.episode_id(), "rule": forecast.RULE, "severity": "warning", "details": p.details()}
 
 
 EVALUATED = {("agent", "a1")}
@@ -221,3 +221,88 @@ def test_a_duplicate_open_episode_of_one_budget_is_resolved() -> None:
     second = {**first, "id": first["id"] + "-dup"}
     decided = forecast.decide([projection(2)], [first, second], EVALUATED, HORIZON, NOW)
     assert [r.episode["id"] for r in decided.resolve] == [second["id"]] and decided.open == []
+
+
+def test_a_held_subjects_open_episode_resolves_and_it_opens_none() -> None:
+    opened = episode_of(projection(2))
+    decided = forecast.decide([], [opened], set(), HORIZON, NOW, held={("agent", "a1"): ["budget", "pause"]})
+    assert [r.episode for r in decided.resolve] == [opened] and decided.open == []
+    assert "held (budget, pause)" in decided.resolve[0].summary
+    # Another subject's hold leaves it alone.
+    other = forecast.decide([], [opened], set(), HORIZON, NOW, held={("agent", "a2"): ["pause"]})
+    assert other.resolve == []
+
+
+def test_every_kind_of_hold_stops_the_spend_and_other_fields_do_not() -> None:
+    assert forecast.stopping_holds({}) == []
+    assert forecast.stopping_holds({"pause": {}, "breaker": {}}) == ["breaker", "pause"]
+    for name in ("budget", "tenant_budget", "breaker", "pause", "quarantine"):
+        assert forecast.stopping_holds({name: {"command": "x"}}) == [name]
+    assert forecast.stopping_holds({"something_else": {}}) == []
+
+
+# --- the episode id ------------------------------------------------------------------------------
+
+
+def test_the_episode_id_is_the_same_across_hours_and_ticks_of_one_period() -> None:
+    fields = month(4, {LAST_HOUR: 2, THIS_HOUR: 1})
+    before = daily(fields, THIS_HOUR + timedelta(minutes=59, seconds=59), daily_usd="10")
+    after = daily(fields, THIS_HOUR + timedelta(hours=1), daily_usd="10")
+    assert before.episode_id() == after.episode_id() == "budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000"
+    # Another day, or a raised limit (another breach), is another episode.
+    tomorrow = daily(fields, NOW + timedelta(days=1), daily_usd="10")
+    raised = daily(fields, daily_usd="12")
+    assert len({before.episode_id(), tomorrow.episode_id(), raised.episode_id()}) == 3
+
+
+# --- the rotation --------------------------------------------------------------------------------
+
+
+def rotate(subjects: list[str], size: int, ticks: int) -> list[list[str]]:
+    """What each of ``ticks`` ticks evaluates over a listing in order, with the cursor kept between them
+    (the store's ``start_after``), asking one row more than a page as the service does."""
+    cursor: str | None = None
+    out = []
+    for _ in range(ticks):
+        after = [s for s in subjects if cursor is None or s > cursor]
+        page = forecast.turn(after[: size + 1], size, from_first=cursor is None)
+        out.append(page.rows)
+        cursor = page.last
+    return out
+
+
+def test_successive_ticks_cover_every_subject_once_a_round_then_start_again() -> None:
+    subjects = [f"a{i:02d}" for i in range(7)]
+    ticks = rotate(subjects, 3, 6)
+    assert ticks == [subjects[0:3], subjects[3:6], subjects[6:7], subjects[0:3], subjects[3:6], subjects[6:7]]
+    assert forecast.ticks_per_round(7, 3) == 3
+    assert all(len(t) <= 3 for t in ticks)
+
+
+def test_a_listing_that_fills_its_last_page_exactly_ends_the_round_without_an_empty_tick() -> None:
+    subjects = [f"a{i}" for i in range(6)]
+    assert rotate(subjects, 3, 3) == [subjects[:3], subjects[3:], subjects[:3]]
+    assert forecast.ticks_per_round(6, 3) == 2 and forecast.ticks_per_round(0, 3) == 1
+
+
+def test_only_a_page_from_the_first_that_reaches_the_end_saw_everything() -> None:
+    assert forecast.turn(["a", "b"], 3, from_first=True) == forecast.Turn(["a", "b"], None, True, 2)
+    cut = forecast.turn(["a", "b", "c", "d"], 3, from_first=True)
+    assert cut.rows == ["a", "b", "c"] and cut.last == "c" and not cut.complete and cut.read == 4
+    tail = forecast.turn(["e"], 3, from_first=False)
+    assert tail.last is None and not tail.complete  # the round ends, but this tick saw only its end
+    assert forecast.turn([], 3, from_first=True) == forecast.Turn([], None, True, 0)
+
+
+def test_a_subject_added_or_removed_mid_round_never_stalls_the_rotation() -> None:
+    subjects = [f"a{i}" for i in range(5)]
+    cursor: str | None = None
+    seen: list[str] = []
+    for tick in range(4):
+        if tick == 1:
+            subjects = [s for s in subjects if s != "a1"] + ["a9"]  # the cursor's own subject removed
+        after = [s for s in subjects if cursor is None or s > cursor]
+        page = forecast.turn(after[:3], 2, from_first=cursor is None)
+        seen += page.rows
+        cursor = page.last
+    assert seen[:5] == ["a0", "a1", "a2", "a3", "a4"] and "a9" in seen

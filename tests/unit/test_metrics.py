@@ -161,7 +161,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
     monkeypatch.setattr(metrics_reads, "live_jobs", jobs)
     monkeypatch.setattr(metrics_reads, "rejections_since", rejections)
     monkeypatch.setattr(config, "read_tenant", lambda t: config.TenantConfig(t, {"daily_usd": "5"}, "api", {}, {}))
-    monkeypatch.setattr(usage_store, "_sum_shards", lambda tenant, month, shards, skip=(): {})
+    monkeypatch.setattr(usage_store, "tenant_month", lambda tenant, month, shards, skip=(): {})
     monkeypatch.setattr(usage_store, "agent_months", lambda ids, month: {})
     monkeypatch.setattr(audit_store, "append", seen.audit.append)
     api_metrics.forget()
