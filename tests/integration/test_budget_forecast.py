@@ -62,15 +62,22 @@ def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_f
     assert tenant_episode["details"]["limit"] == "daily_usd" and tenant_episode["details"]["projected_at"]
     assert "runs out at about" in tenant_episode["message"] and "/h" in tenant_episode["message"]
 
-    # A second tick opens nothing more: one episode per budget and period.
+    # One id per budget, limit and period window, whatever the hour: a second tick opens nothing more.
+    assert agent_episode["id"] == f"budget_forecast.agent.{agent_id}.daily_usd.{usage['period']}.9000000000"
     tick(publisher)
-    # Raising the budgets takes the projections beyond the day: the next tick resolves both.
+    # Paused, the agent spends nothing: the next tick resolves its forecast, not the tenant's.
+    paused = api.send("POST", f"/v1/agents/{agent_id}/pause", {"reason": "forecast test"})
+    assert paused.status_code == 200, paused.text
+    tick(publisher)
+    held = wait_for(lambda: len(rows := forecasts(api, tenant, "resolved")) == 1 and rows, timeout=60)
+    assert held[0]["id"] == agent_episode["id"] and "held (pause)" in (held[0]["resolution"] or "")
+    # Raising the tenant's budget takes its projection beyond the day: the next tick resolves it.
     assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "1000"}).status_code == 200
-    assert api.send("PUT", f"/v1/agents/{agent_id}/budget", {"daily_usd": "1000"}).status_code == 200
     tick(publisher)
     resolved = wait_for(lambda: len(rows := forecasts(api, tenant, "resolved")) == 2 and rows, timeout=60)
     assert {row["id"] for row in resolved} == {row["id"] for row in opened}
-    assert all("not before the period resets" in (row["resolution"] or "") for row in resolved)
+    by_id = {row["id"]: row for row in resolved}
+    assert "not before the period resets" in (by_id[tenant_episode["id"]]["resolution"] or "")
     assert forecasts(api, tenant, "open") == []
     raised = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["day"]
     assert raised["projected_limit_at"] is None and Decimal(raised["remaining_usd"]) == Decimal("992")
@@ -79,8 +86,9 @@ def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_f
 def test_the_forecast_reads_each_budgeted_subject_and_its_counters_once_per_tick(
     stack, publisher, firestore, api, agent_id, monkeypatch
 ) -> None:
-    """The reads docs/alerting.md gives per tick, counted on the emulator: T (budgeted tenants) + T x shards
-    + 2 A (budgeted agents, their month documents) + the open forecast episodes (at least 1)."""
+    """The reads docs/alerting.md gives per tick, counted on the emulator: 1 (the cursor) + the tenants and
+    agents listed + T x shards (the tenants evaluated) + A (the agents' month documents) + the open forecast
+    episodes (at least 1)."""
     tenant = f"t-{uuid.uuid4().hex[:10]}"
     register(publisher, firestore, agent_id, tenant=tenant, budget={"monthly_usd": "100"})
     assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"monthly_usd": "500"}).status_code == 200
@@ -97,7 +105,43 @@ def test_the_forecast_reads_each_budgeted_subject_and_its_counters_once_per_tick
         out = service.run(datetime.now(UTC))
     assert out["tenants"] >= 1 and out["agents"] >= 1 and len(seen) == 1
     shards = settings.get().tenant_shards
-    expected = out["tenants"] * (1 + shards) + 2 * out["agents"] + max(1, seen[0])
+    expected = 1 + out["listed"] + out["tenants"] * shards + out["agents"] + max(1, seen[0])
     # An episode opened (by other tests' spenders) reads its tenant's alerting settings unless cached.
     assert expected <= meter.reads <= expected + out["opened"]
     print(f"forecast tick: {out}, {meter.reads} reads, {meter.writes} writes")  # the figure in the report
+
+
+def test_successive_ticks_reach_every_budgeted_tenant_a_page_at_a_time(stack, api, monkeypatch) -> None:
+    """The rotating cursor on the emulator (the budget-then-id order of a ``!= null`` query, ``start_after``
+    a map): with pages of 2, the ticks of one round evaluate each budgeted tenant once, then start again."""
+    mine = [f"t-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    for tenant, budget in zip(mine, [{"daily_usd": "10"}, {"monthly_usd": "5"}, {"daily_usd": "3"}], strict=True):
+        assert api.send("PUT", f"/v1/tenants/{tenant}/budget", budget).status_code == 200
+    monkeypatch.setattr(service, "PAGE_TENANTS", 2)
+    monkeypatch.setattr(service, "PAGE_AGENTS", 1000)
+    evaluated: list[list[str]] = []
+    months = store.tenant_month
+
+    def tenant_month(tenant: str, now: datetime, shards: int) -> Any:
+        evaluated[-1].append(tenant)
+        return months(tenant, now, shards)
+
+    monkeypatch.setattr(store, "tenant_month", tenant_month)
+    store.save_cursors({"tenant": None, "agent": None}, datetime.now(UTC))
+    try:
+        for _ in range(500):
+            evaluated.append([])
+            out = service.run(datetime.now(UTC))
+            assert "failed" not in out, out
+            if "tenant" in out["rounds_ended"]:
+                break
+        round_ = [tenant for tick_ in evaluated for tenant in tick_]
+        assert set(mine) <= set(round_) and len(round_) == len(set(round_)), evaluated
+        assert all(len(tick_) <= 2 for tick_ in evaluated) and len(evaluated) == -(-len(round_) // 2)
+        assert store.cursors()["tenant"] is None  # the round ended: the next tick starts at the first
+        evaluated.append([])
+        service.run(datetime.now(UTC))
+        assert evaluated[-1] == round_[:2]
+    finally:
+        store.save_cursors({"tenant": None, "agent": None}, datetime.now(UTC))
+    print(f"rotation: {len(round_)} budgeted tenants in {len(evaluated) - 1} ticks of 2")
