@@ -59,6 +59,24 @@ def turn(rows: Sequence[R], size: int, *, from_first: bool) -> Turn[R]:
     return Turn(page, page[-1] if more and page else None, from_first and not more, len(rows))
 
 
+def off_page(
+    open_subjects: Iterable[tuple[str, str]], seen: set[tuple[str, str]], complete: Mapping[str, bool], limit: int
+) -> tuple[set[tuple[str, str]], dict[str, list[str]]]:
+    """The subjects of open forecasts that are not on this tick's pages: (those known to have lost their
+    budget: their kind's page saw every budgeted subject; the others to read directly, up to ``limit`` per
+    kind, so that an open forecast follows its subject every tick whatever the rotation)."""
+    gone: set[tuple[str, str]] = set()
+    follow: dict[str, list[str]] = {}
+    for kind, subject in sorted(set(open_subjects)):
+        if (kind, subject) in seen or kind not in complete:
+            continue
+        if complete[kind]:
+            gone.add((kind, subject))
+        elif len(ids := follow.setdefault(kind, [])) < limit:
+            ids.append(subject)
+    return gone, follow
+
+
 def ticks_per_round(count: int, size: int) -> int:
     """Ticks (minutes) for the rotation to evaluate each of ``count`` subjects once, ``size`` per tick."""
     return max(1, -(-count // max(1, size)))

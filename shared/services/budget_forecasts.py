@@ -8,8 +8,9 @@ subjects each minute with bounded reads (shared/store/budget_forecasts.py), what
 The rotation: each tick lists at most :data:`PAGE_TENANTS` tenants and :data:`PAGE_AGENTS` agents after
 the cursor the previous tick saved (one small document); a short page ends the round and the next tick
 starts at the first again. A full round takes ``ceil(T / PAGE_TENANTS)`` ticks for T budgeted tenants (and
-the same for agents), so every subject is forecast at least that often. A held agent (any hold: it must not
-call its model) is not projected; its open forecast resolves.
+the same for agents), so every subject is forecast at least that often; the subject of an open forecast is
+read by id when not on the page (up to :data:`MAX_FOLLOW`), so its forecast resolves at the next tick. A
+held agent (any hold: it must not call its model) is not projected; its open forecast resolves.
 
 An episode is opened like any cost alert (``episodes.raise_once``: a create under a deterministic id, so
 concurrent ticks open it once) and resolves by itself when its period resets (``resolve_at``); the tick
@@ -39,6 +40,8 @@ log = logs.get_logger("budget_forecast")
 PAGE_TENANTS = 200
 PAGE_AGENTS = 1000
 MAX_OPEN = 1000
+#: Subjects of open forecasts not on the tick's pages read by id per tick, per kind (at most).
+MAX_FOLLOW = 100
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Forecast:
     agents: int = 0
     held: int = 0
     listed: int = 0
+    followed: int = 0
     opened: int = 0
     resolved: int = 0
     #: The rounds that ended with this tick (its page was the last of its listing).
@@ -58,6 +62,7 @@ class Forecast:
             "agents": self.agents,
             "held": self.held,
             "listed": self.listed,
+            "followed": self.followed,
             "opened": self.opened,
             "resolved": self.resolved,
             "rounds_ended": self.rounds,
@@ -66,9 +71,10 @@ class Forecast:
 
 def run(now: datetime) -> dict[str, Any]:
     """One tick's forecast, never failing the minute job (its sweep and outbox ran already; a failure here
-    waits for the next minute): reads ``1 + t + T x shards + a + A + max(1, open)`` documents for a page of
-    t tenants listed (T of them evaluated) and a agents listed (A of them evaluated, not held), at most
-    ``PAGE + 1`` each and at least 1; writes the cursor when it moves (docs/alerting.md, Budget forecast)."""
+    waits for the next minute): reads ``1 + t + a + max(1, open) + f + T x shards + A`` documents for a
+    page of t tenants and a agents listed (at most ``PAGE + 1`` each, at least 1), f subjects of open
+    forecasts read by id (only while their kind spans pages), T tenants evaluated and A agents (not held);
+    writes the cursor when it moves (docs/alerting.md, Budget forecast)."""
     try:
         return _run(now)
     except Exception as exc:
@@ -107,7 +113,23 @@ def _run(now: datetime) -> dict[str, Any]:
     held: dict[tuple[str, str], list[str]] = {}
     start = store.cursors()
     pages = _pages(start)
-    for row in pages["tenant"].rows:
+    open_ = store.open_episodes(MAX_OPEN)
+    # Open forecasts of subjects not on the pages: where a page started at the first and was not cut it saw
+    # every budgeted subject of its kind, so they lost their budget and resolve now (decide: "no longer
+    # forecast"); otherwise they are read by id and evaluated with the page (every tick, whatever the turn).
+    seen = {(kind, row.subject) for kind, page in pages.items() for row in page.rows}
+    gone, follow = domain.off_page(
+        [_subject(episode) for episode, _ in open_], seen, {k: p.complete for k, p in pages.items()}, MAX_FOLLOW
+    )
+    evaluated |= gone
+    rows: dict[str, list[store.Budgeted]] = {}
+    for kind, page in pages.items():
+        followed = store.budgeted(kind, follow.get(kind, []))
+        found = {row.subject for row in followed}
+        evaluated |= {(kind, s) for s in follow.get(kind, []) if s not in found}  # no budget any more
+        out.followed += len(follow.get(kind, []))
+        rows[kind] = page.rows + followed
+    for row in rows["tenant"]:
         budget = _parsed("tenant", row.subject, row.budget)
         if budget is None and row.budget:
             continue  # does not validate (logged)
@@ -116,7 +138,7 @@ def _run(now: datetime) -> dict[str, Any]:
         fields = store.tenant_month(row.subject, now, cfg.tenant_shards)
         projections += domain.project(budget, "tenant", row.subject, row.tenant, fields, now)
     agents: list[tuple[store.Budgeted, budgets.BudgetSpec | None]] = []
-    for row in pages["agent"].rows:
+    for row in rows["agent"]:
         if stopping := domain.stopping_holds(row.holds):
             held[("agent", row.subject)] = stopping  # spends nothing: not projected, its forecast resolves
             out.held += 1
@@ -131,17 +153,6 @@ def _run(now: datetime) -> dict[str, Any]:
         evaluated.add(("agent", row.subject))
         fields = domain.month_fields(months.get(row.subject) or {})
         projections += domain.project(agent_budget, "agent", row.subject, row.tenant, fields, now)
-    open_ = store.open_episodes(MAX_OPEN)
-    # A page that started at the first and was not cut saw every budgeted subject of its kind: an open
-    # forecast of a subject it did not see lost its budget, and resolves now (decide: "no longer forecast")
-    # rather than at the period's reset.
-    seen = {(kind, row.subject) for kind, page in pages.items() for row in page.rows}
-    for episode, _ in open_:
-        details = episode.get("details") or {}
-        subject = (str(details.get("scope") or ""), str(details.get("subject") or ""))
-        page = pages.get(subject[0])
-        if page is not None and page.complete and subject not in seen:
-            evaluated.add(subject)
     times = {episode["id"]: update_time for episode, update_time in open_}
     decisions = domain.decide(projections, [episode for episode, _ in open_], evaluated, horizon, now, held)
     for projection in decisions.open:
@@ -159,6 +170,11 @@ def _run(now: datetime) -> dict[str, Any]:
     if following != start:
         store.save_cursors(following, now)
     return out.as_dict()
+
+
+def _subject(episode: dict[str, Any]) -> tuple[str, str]:
+    details = episode.get("details") or {}
+    return str(details.get("scope") or ""), str(details.get("subject") or "")
 
 
 def _alert(projection: domain.Projection, now: datetime) -> Alert:

@@ -5,6 +5,7 @@ episodes. Every read is bounded and counted.
 - tenants with a budget: ``tenants`` where ``budget`` is not null, ordered by budget then id, after the
   cursor, at most ``limit`` (one read each, one for none);
 - agents with a budget: ``agents`` the same way, only their id, tenant, budget and holds;
+- open forecasts' subjects not on the page: read by id (one read each, one ``get_all``);
 - the cursor: one small document, ``markers/budget_forecast.cursor`` (one read; one write when it moves);
 - a tenant's month: ``usage.tenant_month`` (its shards summed, one read per shard);
 - an agent's month: ``usage.agent_month`` (one read; the batched form is ``usage.agent_months``);
@@ -14,6 +15,7 @@ episodes. Every read is bounded and counted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -66,23 +68,34 @@ def _page(collection: str, fields: list[str], after: dict[str, Any] | None, limi
 
 def tenants_with_budget(limit: int, after: dict[str, Any] | None = None) -> list[Budgeted]:
     """Up to ``limit`` tenants that have a budget, after the cursor ``after`` (None: from the first)."""
-    return [
-        Budgeted(doc.id, doc.id, doc.id, (doc.to_dict() or {})["budget"], {})
-        for doc in _page(TENANTS, ["budget"], after, limit)
-    ]
+    return [_row("tenant", doc) for doc in _page(TENANTS, ["budget"], after, limit)]
 
 
 def agents_with_budget(limit: int, after: dict[str, Any] | None = None) -> list[Budgeted]:
     """Up to ``limit`` agents that have a budget, after the cursor ``after`` (None: from the first)."""
-    out = []
-    for doc in _page(AGENTS, ["agent_id", "tenant", "budget", "holds"], after, limit):
-        data = doc.to_dict() or {}
-        holds = data.get("holds")
-        out.append(
-            Budgeted(doc.id, str(data.get("agent_id") or doc.id), str(data.get("tenant") or ""), data["budget"],
-                     holds if isinstance(holds, dict) else {})
-        )  # fmt: skip
-    return out
+    return [_row("agent", doc) for doc in _page(AGENTS, ["agent_id", "tenant", "budget", "holds"], after, limit)]
+
+
+def budgeted(kind: str, ids: Sequence[str]) -> list[Budgeted]:
+    """The given tenants or agents (``kind``) that exist and still have a budget, read by id: one read each,
+    one ``get_all`` (none for no id). The subjects of open forecasts not on the tick's page."""
+    if not ids:
+        return []
+    collection = db.client().collection(TENANTS if kind == "tenant" else AGENTS)
+    fields = ["budget"] if kind == "tenant" else ["agent_id", "tenant", "budget", "holds"]
+    refs = [collection.document(i) for i in ids]
+    docs = list(db.client().get_all(refs, field_paths=fields, **db.call_options()))
+    metering.count(reads=len(docs))
+    return [row for doc in docs if doc.exists and (row := _row(kind, doc)).budget is not None]
+
+
+def _row(kind: str, doc: Any) -> Budgeted:
+    data = doc.to_dict() or {}
+    if kind == "tenant":
+        return Budgeted(doc.id, doc.id, doc.id, data.get("budget"), {})
+    holds = data.get("holds")
+    return Budgeted(doc.id, str(data.get("agent_id") or doc.id), str(data.get("tenant") or ""), data.get("budget"),
+                    holds if isinstance(holds, dict) else {})  # fmt: skip
 
 
 def _cursor_ref() -> Any:

@@ -144,4 +144,7 @@ def test_successive_ticks_reach_every_budgeted_tenant_a_page_at_a_time(stack, ap
         assert evaluated[-1] == round_[:2]
     finally:
         store.save_cursors({"tenant": None, "agent": None}, datetime.now(UTC))
+    # An open forecast's subject off the page is read by id: found while it has a budget.
+    found = store.budgeted("tenant", [mine[1], f"t-{uuid.uuid4().hex[:10]}"])
+    assert [(row.subject, row.budget["monthly_usd"]) for row in found] == [(mine[1], "5")]
     print(f"rotation: {len(round_)} budgeted tenants in {len(evaluated) - 1} ticks of 2")

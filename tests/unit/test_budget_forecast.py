@@ -306,3 +306,15 @@ def test_a_subject_added_or_removed_mid_round_never_stalls_the_rotation() -> Non
         seen += page.rows
         cursor = page.last
     assert seen[:5] == ["a0", "a1", "a2", "a3", "a4"] and "a9" in seen
+
+
+def test_open_forecasts_off_the_page_are_followed_or_known_gone() -> None:
+    subjects = [("agent", "a1"), ("agent", "a2"), ("agent", "a3"), ("tenant", "acme"), ("tenant", "beta"), ("x", "y")]
+    seen = {("agent", "a2"), ("tenant", "beta")}
+    gone, follow = forecast.off_page(subjects, seen, {"agent": False, "tenant": True}, 1)
+    assert gone == {("tenant", "acme")}  # the tenants' page saw every budgeted tenant: acme has none now
+    assert follow == {"agent": ["a1"]}  # up to the limit; a2 is on the page; an unknown scope is left alone
+    assert forecast.off_page(subjects, seen, {"agent": False, "tenant": False}, 5)[1] == {
+        "agent": ["a1", "a3"],
+        "tenant": ["acme"],
+    }

@@ -47,6 +47,7 @@ class Fleet:
     cursor: dict[str, Any] = dataclasses.field(default_factory=lambda: {"tenant": None, "agent": None})
     cursor_writes: int = 0
     listed: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
+    followed: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
 
 
 def listing(kind: str, rows: list[store.Budgeted], fleet: Fleet) -> Any:
@@ -85,6 +86,14 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
     monkeypatch.setattr(store, "tenants_with_budget", tenants)
     monkeypatch.setattr(store, "tenant_month", lambda t, now, shards: forecast.month_fields(f.tenant_months.get(t, {})))
     monkeypatch.setattr(store, "agents_with_budget", agents)
+
+    def budgeted(kind: str, ids: list[str]) -> list[store.Budgeted]:
+        f.followed.append((kind, list(ids)))
+        rows = tenants(10_000) if kind == "tenant" else agents(10_000)
+        f.listed.pop()
+        return [row for row in rows if row.subject in ids]
+
+    monkeypatch.setattr(store, "budgeted", budgeted)
     monkeypatch.setattr(store, "cursors", lambda: dict(f.cursor))
     monkeypatch.setattr(store, "save_cursors", lambda values, now: save_cursors(f, values))
     monkeypatch.setattr(usage_store, "agent_months", agent_months)
@@ -102,7 +111,7 @@ def test_a_budget_projected_within_the_horizon_opens_a_warning_until_its_period_
     fleet.tenants = [("acme", {"daily_usd": "20"})]
     fleet.tenant_months = {"acme": counters(15, 3, 1.5)}
     out = service.run(NOW)
-    assert out == {"tenants": 1, "agents": 2, "held": 0, "listed": 3, "opened": 2, "resolved": 0,
+    assert out == {"tenants": 1, "agents": 2, "held": 0, "listed": 3, "followed": 0, "opened": 2, "resolved": 0,
                    "rounds_ended": ["tenant", "agent"]}  # fmt: skip
     assert fleet.months_asked == [(["a1", "a2"], "2026-11")]
     by_id = {a.id: a for a in fleet.raised}
@@ -180,13 +189,42 @@ def test_an_open_forecast_resolves_when_its_budget_is_removed(fleet: Fleet, monk
     monkeypatch.setattr(service, "PAGE_AGENTS", 1)
     out = service.run(NOW + timedelta(minutes=1))
     assert out["resolved"] == 1 and "no longer forecast" in fleet.resolved[0][2].fields["resolution"]
-    # A page cut at its size cannot tell a removed budget from one on another page: the episode waits.
+    # A page cut at its size cannot tell a removed budget from one on another page: the subject is read
+    # by id, and found without a budget.
     fleet.resolved.clear()
     fleet.agents = [("a2", "acme", {"daily_usd": "10"}), ("a3", "acme", {"daily_usd": "10"})]
-    assert service.run(NOW + timedelta(minutes=2))["resolved"] == 0 and fleet.resolved == []
-    # ...and so can a page after the cursor, even a short one (the round did not start at the first).
-    assert fleet.cursor["agent"] == {"budget": {"daily_usd": "10"}, "id": "a2"}
-    assert service.run(NOW + timedelta(minutes=3))["resolved"] == 0 and fleet.resolved == []
+    out = service.run(NOW + timedelta(minutes=2))
+    assert out["followed"] == 1 and fleet.followed[-1] == ("agent", ["a1"])
+    assert out["resolved"] == 1 and "no longer forecast" in fleet.resolved[0][2].fields["resolution"]
+
+
+def test_an_open_forecast_follows_its_subject_every_tick_whatever_the_rotation(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "PAGE_AGENTS", 1)
+    fleet.agents = [("a0", "acme", {"daily_usd": "100"}), ("a1", "acme", {"daily_usd": "10"}),
+                    ("a2", "acme", {"daily_usd": "100"})]  # fmt: skip
+    fleet.agent_months = {a: counters(6, 2, 1) for a in ("a0", "a1", "a2")}
+    for minute in range(2):  # a0's turn, then a1's: its forecast opens
+        service.run(NOW + timedelta(minutes=minute))
+    opened = fleet.raised[0]
+    assert opened.agent_id == "a1"
+    episode = {"id": opened.id, "rule": opened.kind, "severity": "warning", "tenant": "acme", "agent_id": "a1",
+               "title": "t", "opened_at": NOW, "details": opened.details}  # fmt: skip
+    fleet.open = [(episode, "update-time-1")]
+    # a2's turn: a1 is read by id and evaluated too; still inside the horizon, its forecast stays open.
+    out = service.run(NOW + timedelta(minutes=2))
+    assert out["followed"] == 1 and out["agents"] == 2 and out["resolved"] == 0
+    assert fleet.months_asked[-1] == (["a2", "a1"], "2026-11")
+    # The budget raised: at a0's turn (a round later for a1) its forecast resolves all the same.
+    fleet.agents[1] = ("a1", "acme", {"daily_usd": "50"})
+    out = service.run(NOW + timedelta(minutes=3))
+    assert out["resolved"] == 1 and "not before the period resets" in fleet.resolved[0][2].fields["resolution"]
+    # Held, it is not projected and its forecast resolves the same way.
+    fleet.resolved.clear()
+    fleet.agents[1] = ("a1", "acme", {"daily_usd": "10"}, {"quarantine": {}})
+    out = service.run(NOW + timedelta(minutes=4))
+    assert out["held"] == 1 and "held (quarantine)" in fleet.resolved[0][2].fields["resolution"]
 
 
 def test_successive_ticks_forecast_every_agent_a_page_at_a_time(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
