@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,10 +80,14 @@ def test_an_escalation_to_critical_is_picked() -> None:
 class Outbox:
     """``notifications`` with update times: a claim is a conditional update, as in Firestore."""
 
-    def __init__(self) -> None:
+    def __init__(self, episodes: dict[str, dict[str, Any]]) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, int] = {}
         self.reads = 0
+        #: The episodes (the world's): what a finished notice's episode remembers is merged here.
+        self.episodes = episodes
+        #: Which finishing writes fail (Firestore unavailable), by their fields.
+        self.failing: Callable[[dict[str, Any]], bool] | None = None
 
     def add(self, notice: dict[str, Any]) -> dict[str, Any]:
         self.docs[notice["id"]] = dict(notice)
@@ -106,15 +111,24 @@ class Outbox:
         self.finish(notice["id"], {"state": "sending", "due_at": now + lease})
         return self.versions[notice["id"]]
 
-    def finish(self, notice_id: str, fields: dict[str, Any]) -> None:
+    def finish(self, notice_id: str, fields: dict[str, Any], *, episode: Any = None) -> None:
+        """The notice's end and what its episode remembers: one atomic write (both or neither)."""
+        if self.failing is not None and self.failing(fields):
+            raise RuntimeError("Firestore unavailable")
         self.docs[notice_id].update(fields)
         self.versions[notice_id] += 1
+        if episode is not None:
+            self.episodes.setdefault(episode[0], {}).update(episode[1])
+
+    def finish_all(self, finished: list[tuple[str, dict[str, Any], Any]]) -> None:
+        for notice_id, fields, episode in finished:
+            self.finish(notice_id, fields, episode=episode)
 
 
 @pytest.fixture
 def outbox(world: World, monkeypatch: pytest.MonkeyPatch) -> Outbox:  # noqa: F811
-    box = Outbox()
-    for name in ("notices_as_read", "due_notices", "claim", "finish"):
+    box = Outbox(world.store.episodes)
+    for name in ("notices_as_read", "due_notices", "claim", "finish", "finish_all"):
         monkeypatch.setattr(episode_store, name, getattr(box, name))
     monkeypatch.setattr(world.slack.module, "client", lambda: object(), raising=False)  # a token is set
     return box
