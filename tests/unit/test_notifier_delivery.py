@@ -33,7 +33,7 @@ def after_the_lease() -> datetime:
 
 def test_a_failed_finishing_write_after_the_post_costs_one_repeat_at_most_and_loses_nothing(
     world: World,  # noqa: F811
-    outbox: Outbox,
+    outbox: Outbox,  # noqa: F811
 ) -> None:
     notice = outbox.add(critical())
     failures = iter([True])  # the first finishing write fails (Firestore unavailable), later ones succeed
@@ -59,7 +59,7 @@ def test_a_failed_finishing_write_after_the_post_costs_one_repeat_at_most_and_lo
 @pytest.mark.parametrize("first", ["at_once", "minute_job"])
 def test_a_posted_and_finished_notice_is_never_sent_again(
     world: World,  # noqa: F811
-    outbox: Outbox,
+    outbox: Outbox,  # noqa: F811
     first: str,
 ) -> None:
     notice = outbox.add(critical())
@@ -154,15 +154,15 @@ def escalation_to(severity: Severity) -> dict[str, Any]:
     return notice
 
 
-def waiting_opening(outbox: Outbox) -> dict[str, Any]:
+def waiting_opening(box: Outbox) -> dict[str, Any]:
     """The warning opening, still in its group wait (pending, due in 30 s)."""
     notice = opening()
-    return outbox.add({**notice, "due_at": datetime.now(UTC) + timedelta(seconds=30)})
+    return box.add({**notice, "due_at": datetime.now(UTC) + timedelta(seconds=30)})
 
 
 def test_a_critical_escalation_sends_its_waiting_opening_first_then_replies_in_its_thread(
     world: World,  # noqa: F811
-    outbox: Outbox,
+    outbox: Outbox,  # noqa: F811
 ) -> None:
     first = waiting_opening(outbox)
     escalation = outbox.add(escalation_to(Severity.CRITICAL))
@@ -199,7 +199,7 @@ def test_an_opening_being_sent_by_another_run_is_not_sent_twice(world: World, ou
 
 def test_slack_down_while_sending_the_opening_leaves_both_to_the_minute_job(
     world: World,  # noqa: F811
-    outbox: Outbox,
+    outbox: Outbox,  # noqa: F811
 ) -> None:
     first = waiting_opening(outbox)
     escalation = outbox.add(escalation_to(Severity.CRITICAL))
