@@ -18,7 +18,7 @@ from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
 from shared.domain.spend import Effects
 from shared.pipeline import fleet_actions
 from shared.pipeline.decoding import PushedMessage
-from shared.platform import settings, topology
+from shared.platform import settings
 from shared.services import accounting, handoff, notifier
 from shared.store import episodes as episode_store
 from tests.unit.test_notifier import NOW, T0, World, a_silence, later, opening, world  # noqa: F401
@@ -300,18 +300,6 @@ def test_a_function_without_the_slack_token_leaves_the_notice_to_the_minute_job(
     assert send_now([committed(notice)], by="fleet-costs").sent == 0
     assert outbox.docs[notice["id"]]["state"] == "pending"  # not claimed, never marked failed
     assert outbox.reads == 0
-
-
-def test_the_raising_functions_hand_over_to_fleet_actions_which_alone_holds_the_token() -> None:
-    """The event functions publish to fleet-actions (docs/alerting.md, "Critical alerts at once"); they
-    need no Slack token, and fleet-actions, which sends, holds it."""
-    raisers = {"fleet-registrations", "fleet-heartbeats", "fleet-costs", "fleet-api", "fleet-slack"}
-    functions = {f.name: f for f in topology.load().functions}
-    assert all("fleet-actions" in functions[name].publishes for name in raisers)
-    assert "slack-bot-token" in functions["fleet-actions"].secrets
-    assert not {"fleet-registrations", "fleet-heartbeats", "fleet-costs"} & {
-        f.name for f in functions.values() if "slack-bot-token" in f.secrets
-    }
 
 
 def test_send_now_hands_the_critical_ids_over_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
