@@ -159,11 +159,6 @@ def conditional(episode: dict[str, Any], update_time: Any, write: domain.Episode
     return db.unless_changed(lambda: batch.commit(**db.call_options()), writes=written) is not None
 
 
-def set_fields(episode_id: str, fields: dict[str, Any]) -> None:
-    episode_ref(episode_id).set(fields, merge=True, **db.call_options())
-    metering.count(writes=1)
-
-
 # --- the outbox ---------------------------------------------------------------------------------
 
 
