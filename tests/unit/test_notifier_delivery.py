@@ -210,3 +210,17 @@ def test_slack_down_while_sending_the_opening_leaves_both_to_the_minute_job(
     world.slack.fail = lambda call: None
     assert notifier.flush(after_the_lease()).sent == 2
     assert world.slack.methods()[1:] == ["post", "update", "post"]  # the opening first, then the escalation
+
+
+def test_the_minute_job_too_sends_a_critical_escalations_waiting_opening_first(
+    world: World,  # noqa: F811
+    outbox: Outbox,  # noqa: F811
+) -> None:
+    """The sweep's own escalations (an agent frozen) are sent by its flush, not handed over."""
+    first = waiting_opening(outbox)
+    escalation = outbox.add({**escalation_to(Severity.CRITICAL), "due_at": datetime.now(UTC)})
+    out = notifier.flush(datetime.now(UTC) + SECOND)  # the opening is not due yet: not in the batch
+    assert world.slack.methods() == ["post", "update", "post"]
+    assert world.slack.calls[1]["ts"] == world.slack.calls[2]["thread_ts"] == "1.000"  # in the opening's thread
+    assert (out.sent, out.deferred) == (2, 0)
+    assert {outbox.docs[n["id"]]["sent_by"] for n in (first, escalation)} == {notifier.MINUTE_JOB}
