@@ -159,11 +159,6 @@ def conditional(episode: dict[str, Any], update_time: Any, write: domain.Episode
     return db.unless_changed(lambda: batch.commit(**db.call_options()), writes=written) is not None
 
 
-def set_fields(episode_id: str, fields: dict[str, Any]) -> None:
-    episode_ref(episode_id).set(fields, merge=True, **db.call_options())
-    metering.count(writes=1)
-
-
 # --- the outbox ---------------------------------------------------------------------------------
 
 
@@ -247,9 +242,41 @@ def get_notice(notice_id: str) -> dict[str, Any] | None:
     return (doc.to_dict() or {}) if doc.exists else None
 
 
-def finish(notice_id: str, fields: dict[str, Any]) -> None:
-    notice_ref(notice_id).update(fields, **db.call_options())
-    metering.count(writes=1)
+#: What an episode remembers of one of its notices (where its message is, that it was silenced): its id and fields.
+Remember = tuple[str, dict[str, Any]]
+#: Firestore's limit of writes in one batch.
+BATCH_WRITES = 500
+
+
+def finish(notice_id: str, fields: dict[str, Any], *, episode: Remember | None = None) -> None:
+    """Record how a notice ended. With ``episode``, what its episode must remember of it is merged into
+    the episode in the same atomic write (a batch, the notice first): the notice is finished and its
+    episode knows its message, or neither is written (docs/alerting.md, "Critical alerts at once")."""
+    if episode is None:
+        notice_ref(notice_id).update(fields, **db.call_options())
+        metering.count(writes=1)
+    else:
+        finish_all([(notice_id, fields, episode)])
+
+
+def finish_all(finished: list[tuple[str, dict[str, Any], Remember | None]]) -> None:
+    """:func:`finish` for several notices (the members of one grouped message): as few batches as
+    Firestore allows, a notice and its episode always in the same one."""
+    client = db.client()
+    batch, size = client.batch(), 0
+    for notice_id, fields, episode in finished:
+        writes = 1 + (episode is not None)
+        if size + writes > BATCH_WRITES:
+            batch.commit(**db.call_options())
+            metering.count(writes=size)
+            batch, size = client.batch(), 0
+        batch.update(notice_ref(notice_id), fields)
+        if episode is not None:
+            batch.set(episode_ref(episode[0]), episode[1], merge=True)
+        size += writes
+    if size:
+        batch.commit(**db.call_options())
+        metering.count(writes=size)
 
 
 # --- tenant alert state (root alerts) -------------------------------------------------------------

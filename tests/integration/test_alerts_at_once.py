@@ -67,6 +67,16 @@ def test_a_runaway_loop_reaches_slack_at_once_and_a_warning_waits_for_the_minute
     [opening] = [n for n in notices(firestore, looping) if n["event"] == "open"]
     assert opening["severity"] == "critical" and opening["state"] == "sent"
     assert opening["sent_by"] == "at_once:fleet-costs"
+    # Finished in one write with its episode's message (the real batch): where later events reply.
+    episode = firestore.collection("episodes").document(opening["episode_id"]).get().to_dict() or {}
+    assert (
+        episode["slack"]
+        == {"channel": opening["channel"], "ts": opening["ts"]}
+        == {
+            "channel": sent[0]["response"]["channel"],
+            "ts": sent[0]["response"]["ts"],
+        }
+    )
 
     # The warning waits: its notice is due (no group wait) but nothing has flushed the outbox.
     time.sleep(3)

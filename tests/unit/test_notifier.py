@@ -71,13 +71,14 @@ class FakeStore:
         self.claimed: list[str] = []
         self.finished: dict[str, list[dict[str, Any]]] = {}
         self.episodes: dict[str, dict[str, Any]] = {}
+        #: What episodes remembered, each written with its notice's end (``finish``).
         self.set: list[tuple[str, dict[str, Any]]] = []
         self.tenants: dict[str, dict[str, Any]] = {}
         self.tenant_reads: list[str] = []
         self.due_episodes: dict[str, list[dict[str, Any]]] = {"next_repeat_at": [], "resolve_at": []}
         self.conditional_ok = True
         self.conditionals: list[domain.EpisodeWrite] = []
-        #: Stored notices (get_notice): an opening still pending holds its episode's later events back.
+        #: Stored notices (notices_as_read): an opening still pending holds its episode's later events back.
         self.notices: dict[str, dict[str, Any]] = {}
 
     def due_notices(self, now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:
@@ -90,17 +91,21 @@ class FakeStore:
         self.claimed.append(notice["id"])
         return "claimed"
 
-    def finish(self, notice_id: str, fields: dict[str, Any]) -> None:
+    def finish(self, notice_id: str, fields: dict[str, Any], *, episode: Any = None) -> None:
+        """The notice's end and what its episode remembers (``set``): one atomic write, as in the store."""
         self.finished.setdefault(notice_id, []).append(fields)
+        if episode is not None:
+            self.set.append(episode)
 
-    def get_notice(self, notice_id: str) -> dict[str, Any] | None:
-        return self.notices.get(notice_id)
+    def finish_all(self, finished: list[tuple[str, dict[str, Any], Any]]) -> None:
+        for notice_id, fields, episode in finished:
+            self.finish(notice_id, fields, episode=episode)
+
+    def notices_as_read(self, ids: list[str]) -> list[tuple[dict[str, Any], Any]]:
+        return [(self.notices[i], f"ut-{i}") for i in ids if i in self.notices]
 
     def get_many(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         return {i: self.episodes[i] for i in ids if i in self.episodes}
-
-    def set_fields(self, episode: str, fields: dict[str, Any]) -> None:
-        self.set.append((episode, fields))
 
     def tenant_state(self, tenant: str) -> tuple[dict[str, Any], Any]:
         self.tenant_reads.append(tenant)
@@ -256,11 +261,11 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         "due_notices",
         "claim",
         "finish",
+        "finish_all",
         "get_many",
-        "set_fields",
         "tenant_state",
         "conditional",
-        "get_notice",
+        "notices_as_read",
     ):
         monkeypatch.setattr(episode_store, name, getattr(store, name))
     silences: list[Silence] = []

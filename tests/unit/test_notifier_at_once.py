@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
 from shared.domain.spend import Effects
 from shared.pipeline import fleet_actions
 from shared.pipeline.decoding import PushedMessage
-from shared.platform import settings, topology
+from shared.platform import settings
 from shared.services import accounting, handoff, notifier
 from shared.store import episodes as episode_store
 from tests.unit.test_notifier import NOW, T0, World, a_silence, later, opening, world  # noqa: F401
@@ -79,10 +80,14 @@ def test_an_escalation_to_critical_is_picked() -> None:
 class Outbox:
     """``notifications`` with update times: a claim is a conditional update, as in Firestore."""
 
-    def __init__(self) -> None:
+    def __init__(self, episodes: dict[str, dict[str, Any]]) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, int] = {}
         self.reads = 0
+        #: The episodes (the world's): what a finished notice's episode remembers is merged here.
+        self.episodes = episodes
+        #: Which finishing writes fail (Firestore unavailable), by their fields.
+        self.failing: Callable[[dict[str, Any]], bool] | None = None
 
     def add(self, notice: dict[str, Any]) -> dict[str, Any]:
         self.docs[notice["id"]] = dict(notice)
@@ -106,15 +111,24 @@ class Outbox:
         self.finish(notice["id"], {"state": "sending", "due_at": now + lease})
         return self.versions[notice["id"]]
 
-    def finish(self, notice_id: str, fields: dict[str, Any]) -> None:
+    def finish(self, notice_id: str, fields: dict[str, Any], *, episode: Any = None) -> None:
+        """The notice's end and what its episode remembers: one atomic write (both or neither)."""
+        if self.failing is not None and self.failing(fields):
+            raise RuntimeError("Firestore unavailable")
         self.docs[notice_id].update(fields)
         self.versions[notice_id] += 1
+        if episode is not None:
+            self.episodes.setdefault(episode[0], {}).update(episode[1])
+
+    def finish_all(self, finished: list[tuple[str, dict[str, Any], Any]]) -> None:
+        for notice_id, fields, episode in finished:
+            self.finish(notice_id, fields, episode=episode)
 
 
 @pytest.fixture
 def outbox(world: World, monkeypatch: pytest.MonkeyPatch) -> Outbox:  # noqa: F811
-    box = Outbox()
-    for name in ("notices_as_read", "due_notices", "claim", "finish"):
+    box = Outbox(world.store.episodes)
+    for name in ("notices_as_read", "due_notices", "claim", "finish", "finish_all"):
         monkeypatch.setattr(episode_store, name, getattr(box, name))
     monkeypatch.setattr(world.slack.module, "client", lambda: object(), raising=False)  # a token is set
     return box
@@ -286,18 +300,6 @@ def test_a_function_without_the_slack_token_leaves_the_notice_to_the_minute_job(
     assert send_now([committed(notice)], by="fleet-costs").sent == 0
     assert outbox.docs[notice["id"]]["state"] == "pending"  # not claimed, never marked failed
     assert outbox.reads == 0
-
-
-def test_the_raising_functions_hand_over_to_fleet_actions_which_alone_holds_the_token() -> None:
-    """The event functions publish to fleet-actions (docs/alerting.md, "Critical alerts at once"); they
-    need no Slack token, and fleet-actions, which sends, holds it."""
-    raisers = {"fleet-registrations", "fleet-heartbeats", "fleet-costs", "fleet-api", "fleet-slack"}
-    functions = {f.name: f for f in topology.load().functions}
-    assert all("fleet-actions" in functions[name].publishes for name in raisers)
-    assert "slack-bot-token" in functions["fleet-actions"].secrets
-    assert not {"fleet-registrations", "fleet-heartbeats", "fleet-costs"} & {
-        f.name for f in functions.values() if "slack-bot-token" in f.secrets
-    }
 
 
 def test_send_now_hands_the_critical_ids_over_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
