@@ -25,10 +25,6 @@ WITHOUT_HAND_OVER = {
     # Over-approximation: the console calls the API's handlers in-process, so every route is reachable;
     # it only reads, acknowledges and snoozes (topology.yaml), which raise nothing.
     "fleet-console": "reads, acknowledges, snoozes",
-    # Real: a forged (unverifiable) message on their topics counts towards ``forged_events``
-    # (handlers.record_rejection), whose tenant episode is critical; see the report of issue 21.
-    "fleet-approvals": "forged_events only: the minute job sends it",
-    "fleet-job-progress": "forged_events only: the minute job sends it",
 }
 
 
