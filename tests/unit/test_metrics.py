@@ -16,6 +16,7 @@ from shared.domain import metrics as domain
 from shared.domain import roles
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
+from shared.domain.lifecycle import State
 from shared.domain.rejections import Code
 from shared.platform import metering
 from shared.store import api_keys, config, metrics_reads
@@ -326,3 +327,33 @@ def test_too_many_agents_for_per_agent_series_is_refused_before_other_reads_and_
         reply = get("/metrics", ADMIN, agents="true")
         assert reply.status_code == 400 and "limited to 1 agents" in reply.get_json()["error"]["reason"]
     assert reads.scopes == [None] and asked == []  # agents read once, nothing else: the refusal is cached
+
+
+class _Agents(_Query):
+    """The agents collection: where() records its filters (the fake keeps every document)."""
+
+    filters: list[tuple[str, str, Any]] = []
+
+    def where(self, *, filter: Any) -> _Agents:
+        _Agents.filters.append((filter.field_path, filter.op_string, filter.value))
+        return self
+
+
+def test_decommissioned_agents_are_neither_read_nor_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = type("Client", (), {"collection": lambda self, name: _Agents(["a1", "a2"])})()
+    monkeypatch.setattr(metrics_reads.db, "client", lambda: client)
+    _Agents.filters.clear()
+    rows, cut = metrics_reads.agents("acme", 10)
+    live = sorted(s.value for s in State if s is not State.DECOMMISSIONED)
+    assert [(f, op, sorted(v) if op == "in" else v) for f, op, v in _Agents.filters] == [
+        ("tenant", "==", "acme"),
+        ("status", "in", live),
+    ]
+    assert len(live) == len(State) - 1 <= 30  # Firestore's limit on an "in" list
+    assert rows == [("acme", "a1", "active"), ("acme", "a2", "active")] and not cut
+    _Agents.filters.clear()
+    metrics_reads.agents(None, 10)
+    assert [f for f, _op, _v in _Agents.filters] == ["status"]
+    # And no series says "0 decommissioned" for what was not read.
+    got = samples(api_metrics.render(domain.series(FIGURES, per_agent=False)).decode())
+    assert {dict(labels)["status"] for name, labels in got if name == "fleet_agents"} == set(live)
