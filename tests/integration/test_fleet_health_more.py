@@ -43,6 +43,11 @@ def _resolved(api: Any, kind: str, episode_id: str) -> list[dict[str, Any]]:
     return [row for row in fleet_episodes(api, kind, "resolved") if row["id"] == episode_id]
 
 
+def _none_open(publisher: Any, api: Any, kind: str) -> None:
+    """Tick until no episode of ``kind`` is open (another test's cause gone, its episode not yet resolved)."""
+    wait_for(lambda: not fleet_episodes(api, kind) or tick(publisher), timeout=40, every=2)
+
+
 def _notices(ids: list[str]) -> list[dict[str, Any]]:
     return [n for n in map(episode_store.get_notice, ids) if n is not None]
 
@@ -56,6 +61,7 @@ def test_an_outbox_backed_up_past_the_late_delay_opens_a_fleet_health_episode_un
     back, the next ticks send them and the episode resolves."""
     late_after = service.thresholds().outbox_late_s
     assert late_after > 0
+    _none_open(publisher, api, "outbox_backlog")
     tenant = f"t-{uuid.uuid4().hex[:10]}"
     at = datetime.now(UTC) - timedelta(seconds=late_after * 3)
     until = datetime.now(UTC) + timedelta(minutes=10)  # not resolved by their window while the test runs
@@ -128,6 +134,7 @@ def test_a_model_in_service_that_fails_to_load_opens_a_fleet_health_episode(publ
     function fails to load it while scoring a heartbeat, records the failure on the registry pointer, and
     the minute job opens ``model_load`` naming the version and why. Taken out of service again, the next tick
     resolves it."""
+    _none_open(publisher, api, "model_load")  # one episode per kind: a stale one would not name this version
     pointer_doc = firestore.collection("models").document(KIND)
     before = pointer_doc.get().to_dict() or {}
     bad = b"not a model: truncated upload"
