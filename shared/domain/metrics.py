@@ -20,6 +20,9 @@ from shared.domain.jobs import ACTIVE, JobState
 from shared.domain.lifecycle import State
 
 PREFIX = "fleet_"
+#: The statuses ``fleet_agents`` counts: all but ``decommissioned``. A decommissioned agent never comes back
+#: and they only accumulate, so a scrape does not read them (shared/store/metrics_reads.py filters them out).
+AGENT_STATUSES = tuple(s for s in State if s is not State.DECOMMISSIONED)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def _agents(figures: Figures, tenants: Iterable[str]) -> Series:
     counts = Counter((tenant, status) for tenant, _agent, status in figures.agents)
     out = Series(PREFIX + "agents", "Agents by tenant and status.", ("tenant", "status"))
     for tenant in tenants:
-        for status in State:
+        for status in AGENT_STATUSES:
             out.add(counts[(tenant, status.value)], tenant, status.value)
     return out
 

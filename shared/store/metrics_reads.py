@@ -1,6 +1,7 @@
-"""The bounded reads behind ``GET /metrics`` (shared/api/metrics.py): projections of the agents, the open
-episodes and the waiting or active jobs (one read per document, each capped), and one count aggregation
-per rejection code over the last hour (one read each, whatever the volume). Each counts its reads."""
+"""The bounded reads behind ``GET /metrics`` (shared/api/metrics.py): projections of the agents not
+decommissioned, the open episodes and the waiting or active jobs (one read per document, each capped), and
+one count aggregation per rejection code over the last hour (one read each, whatever the volume). Each
+counts its reads."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.jobs import ACTIVE
-from shared.domain.metrics import PENDING
+from shared.domain.metrics import AGENT_STATUSES, PENDING
 from shared.platform import metering
 from shared.store import db
 from shared.store.agents import AGENTS
@@ -49,8 +50,14 @@ def _of(collection: str, tenant: str | None) -> Any:
 
 
 def agents(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
-    """(tenant, agent id, status) of every agent (of ``tenant``): one read per agent."""
-    rows, cut = _projected(_of(AGENTS, tenant), ["tenant", "status"], cap)
+    """(tenant, agent id, status) of every agent (of ``tenant``) not decommissioned: one read per such agent.
+    Decommissioned agents are never read (``status in`` the other 13 statuses, on the single-field indexes
+    ``GET /v1/agents?status=`` already uses with ``tenant``)."""
+    # lazy: the Firestore client's query module loads with the first read, not at import
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    shown = FieldFilter("status", "in", [s.value for s in AGENT_STATUSES])
+    rows, cut = _projected(_of(AGENTS, tenant).where(filter=shown), ["tenant", "status"], cap)
     return [(str(r.get("tenant") or ""), str(r["_id"]), str(r.get("status") or "registered")) for r in rows], cut
 
 

@@ -13,6 +13,10 @@ import pytest
 import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from shared.cli import fleetctl
+from shared.domain.metrics import AGENT_STATUSES
+from shared.domain.rejections import Code
+from shared.platform import settings
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import agent_doc, log_lines, make_key, publish
 from tests.integration.test_costs import batch, record, register
@@ -21,6 +25,8 @@ pytestmark = pytest.mark.integration
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+#: The series whose sums are the documents a fleet scrape projected.
+_COUNTED = ("fleet_agents", "fleet_open_episodes", "fleet_training_pending_jobs", "fleet_training_running_jobs")
 
 
 def scrape(api: Any, key: str | None = None, **params: Any) -> Samples:
@@ -52,8 +58,12 @@ def api_json(api: Any, path: str, **params: Any) -> Any:
 def test_metrics_equal_the_apis_figures_and_stay_within_the_tenant(stack, publisher, firestore, api) -> None:
     tenant, other = f"t-{uuid.uuid4().hex[:10]}", f"t-{uuid.uuid4().hex[:10]}"
     spender, idle = f"sp-{uuid.uuid4().hex[:10]}", f"id-{uuid.uuid4().hex[:10]}"
-    for agent in (spender, idle):
+    gone = f"gn-{uuid.uuid4().hex[:10]}"
+    for agent in (spender, idle, gone):
         register(publisher, firestore, agent, tenant=tenant)
+    # Decommissioned by an operator (fleetctl): listed by the API, never read by a scrape.
+    for state in ("decommissioning", "decommissioned"):
+        assert fleetctl.main(["agents", "transition", gone, state, "--reason", "metrics test"]) == 0
     register(publisher, firestore, f"ot-{uuid.uuid4().hex[:10]}", tenant=other)
     # A tenant budget the spend goes past: both agents are held (suspended) and budget episodes open.
     assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "0.10"}).status_code == 200
@@ -69,12 +79,18 @@ def test_metrics_equal_the_apis_figures_and_stay_within_the_tenant(stack, publis
     statuses = Counter(a["status"] for a in api_json(api, "/v1/agents", tenant=tenant, page_size=500)["items"])
     alerts = api_json(api, "/v1/alerts", tenant=tenant, state="open", limit=200)["items"]
     severities = Counter(a["severity"] for a in alerts)
-    assert statuses == {"suspended": 2} and alerts, (statuses, alerts)
+    assert statuses == {"suspended": 2, "decommissioned": 1} and alerts, (statuses, alerts)
 
     got = scrape(api, viewer)  # the tenant's scope: read now, nothing cached for it yet
     agents = of_tenant(got, "fleet_agents", tenant, "status")
-    assert {s: int(v) for s, v in agents.items() if v} == dict(statuses)
-    assert set(agents) >= {"active", "suspended", "offline"}  # zero-filled: a status never vanishes
+    assert {s: int(v) for s, v in agents.items() if v} == {"suspended": 2}
+    # Zero-filled (a status never vanishes), but for decommissioned agents: not read, so not counted.
+    assert set(agents) == {s.value for s in AGENT_STATUSES} and "decommissioned" not in agents
+    # The reads docs/metrics.md gives for a tenant's key: A_t + E_t + J_t (each at least 1) + 1 + S.
+    shards = settings.get().tenant_shards
+    reads = got[("fleet_metrics_firestore_reads", ())]
+    assert reads == 2 + len(alerts) + 1 + 1 + shards, (reads, len(alerts), shards)
+    print(f"/metrics, tenant viewer key: {reads:.0f} reads ({len(alerts)} open episodes, {shards} shards)")
     for period, view in usage.items():
         assert Decimal(str(of_tenant(got, "fleet_tenant_spend_usd", tenant, "period")[period])) == Decimal(
             view["spend_usd"]
@@ -105,6 +121,22 @@ def test_metrics_equal_the_apis_figures_and_stay_within_the_tenant(stack, publis
 
     fleet = wait_for(fleet_shows_tenant, timeout=45, every=2)
     assert ("fleet_dead_letters_last_hour", ()) in fleet
+    # The fleet key's reads, by the formula of docs/metrics.md over what this scrape itself shows:
+    # A + E + J (each at least 1) + T x (1 + S) + one count per rejection code.
+    shown = {name: sum(v for (n, _l), v in fleet.items() if n == name) for name in _COUNTED}
+    # (T: the tenants with agents read; those named only by an episode or a job have no usage read.)
+    tenants = {dict(labels)["tenant"] for (name, labels), v in fleet.items() if name == "fleet_agents" and v}
+    jobs = shown["fleet_training_pending_jobs"] + shown["fleet_training_running_jobs"]
+    expected = (
+        max(1, shown["fleet_agents"])
+        + max(1, shown["fleet_open_episodes"])
+        + max(1, jobs)
+        + len(tenants) * (1 + shards)
+        + len(Code)
+    )
+    assert fleet[("fleet_metrics_firestore_reads", ())] in (0, expected), (fleet, expected)  # 0: from the cache
+    read = fleet[("fleet_metrics_firestore_reads", ())]
+    print(f"/metrics, fleet key: {read:.0f} reads ({shown}, {len(tenants)} tenants)")
 
     # Per-agent labels only when asked.
     assert not [name for name, _labels in got if name.startswith("fleet_agent_")]

@@ -16,6 +16,8 @@ from shared.domain import metrics as domain
 from shared.domain import roles
 from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
+from shared.domain.lifecycle import State
+from shared.domain.rejections import Code
 from shared.platform import metering
 from shared.store import api_keys, config, metrics_reads
 from shared.store import audit as audit_store
@@ -188,8 +190,9 @@ def test_a_viewer_gets_openmetrics_text_of_every_tenant(reads: Reads) -> None:
     assert got[("fleet_rejections_last_hour", (("code", "schema_violation"),))] == 3
     assert got[("fleet_metrics_truncated", (("part", "jobs"),))] == 1
     assert reads.rejection_since == [T0 - timedelta(hours=1)]
-    # 4 agents + 1 + 1 + one count per code + (1 tenant document: monkeypatched, so 0) per tenant.
-    assert got[("fleet_metrics_firestore_reads", ())] >= 6
+    # The fakes' reads: one per agent (4), the episodes (1), the jobs (1), one count per rejection code (the
+    # tenant documents and usage shards are monkeypatched: 0).
+    assert got[("fleet_metrics_firestore_reads", ())] == len(FIGURES.agents) + 1 + 1 + len(Code)
 
 
 def test_a_tenant_key_sees_only_its_tenant(reads: Reads) -> None:
@@ -198,6 +201,12 @@ def test_a_tenant_key_sees_only_its_tenant(reads: Reads) -> None:
     assert reads.scopes == ["acme"]
     assert {dict(labels).get("tenant") for _name, labels in got if dict(labels).get("tenant")} == {"acme"}
     assert "globex" not in text and "fleet_rejections_last_hour" not in text
+    assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 2
+    assert got[("fleet_open_episodes", (("severity", "critical"), ("tenant", "acme")))] == 2
+    assert got[("fleet_training_pending_jobs", (("backend", "local"), ("tenant", "acme")))] == 2
+    assert got[("fleet_tenant_max_budget_usd", (("period", "day"), ("tenant", "acme")))] == 5.0
+    # The same fakes without the rejection counts: 4 + 1 + 1.
+    assert got[("fleet_metrics_firestore_reads", ())] == len(FIGURES.agents) + 1 + 1
 
 
 def test_figures_are_cached_per_scope_for_30_seconds(reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,6 +273,9 @@ class _Doc:
 class _Query:
     """Enough of a Firestore query for the paged projection: ordered ids, start_after, limit."""
 
+    #: Every page streamed (the id it started after).
+    streamed: list[str | None] = []
+
     def __init__(self, ids: list[str], after: str | None = None, limit: int | None = None) -> None:
         self.ids, self.after, self.limit_n = ids, after, limit
 
@@ -280,24 +292,29 @@ class _Query:
         return _Query(self.ids, self.after, n)
 
     def stream(self, **options: Any) -> list[_Doc]:
+        _Query.streamed.append(self.after)
         rows = [i for i in sorted(self.ids) if self.after is None or i > self.after]
         return [_Doc(i) for i in rows[: self.limit_n]]
 
 
 @pytest.mark.parametrize(
-    ("count", "cap", "pages"), [(0, 10_000, 1), (2500, 10_000, 3), (2000, 10_000, 3), (2500, 1500, 2)]
+    ("count", "cap", "pages", "reads"),
+    [
+        (0, 10_000, 1, 1),  # an empty page still costs a read
+        (2500, 10_000, 3, 1001 + 1001 + 500),  # a page reads one more to know whether another follows
+        (2000, 10_000, 2, 1001 + 1000),  # the 1001st document says a second page follows; it has no 1001st
+        (2500, 1500, 2, 1001 + 501),  # the cap: the second page asks for 500 (+1 to know it was cut)
+    ],
 )
-def test_projections_page_by_1000_up_to_their_cap(
-    monkeypatch: pytest.MonkeyPatch, count: int, cap: int, pages: int
-) -> None:
+def test_projections_page_by_1000_up_to_their_cap(count: int, cap: int, pages: int, reads: int) -> None:
     ids = [f"a{i:05d}" for i in range(count)]
+    _Query.streamed.clear()
     with metering.metered() as meter:
         rows, cut = metrics_reads._projected(_Query(ids), ["tenant", "status"], cap)
     assert [r["_id"] for r in rows] == ids[:cap]
     assert cut == (count > cap)
-    # One read per document (a page reads one more, to know whether another follows), at least one a page.
-    read = min(count, cap)
-    assert max(read, pages) <= meter.reads <= read + pages
+    assert len(_Query.streamed) == pages
+    assert meter.reads == reads
 
 
 def test_too_many_agents_for_per_agent_series_is_refused_before_other_reads_and_cached(
@@ -310,3 +327,33 @@ def test_too_many_agents_for_per_agent_series_is_refused_before_other_reads_and_
         reply = get("/metrics", ADMIN, agents="true")
         assert reply.status_code == 400 and "limited to 1 agents" in reply.get_json()["error"]["reason"]
     assert reads.scopes == [None] and asked == []  # agents read once, nothing else: the refusal is cached
+
+
+class _Agents(_Query):
+    """The agents collection: where() records its filters (the fake keeps every document)."""
+
+    filters: list[tuple[str, str, Any]] = []
+
+    def where(self, *, filter: Any) -> _Agents:
+        _Agents.filters.append((filter.field_path, filter.op_string, filter.value))
+        return self
+
+
+def test_decommissioned_agents_are_neither_read_nor_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = type("Client", (), {"collection": lambda self, name: _Agents(["a1", "a2"])})()
+    monkeypatch.setattr(metrics_reads.db, "client", lambda: client)
+    _Agents.filters.clear()
+    rows, cut = metrics_reads.agents("acme", 10)
+    live = sorted(s.value for s in State if s is not State.DECOMMISSIONED)
+    assert [(f, op, sorted(v) if op == "in" else v) for f, op, v in _Agents.filters] == [
+        ("tenant", "==", "acme"),
+        ("status", "in", live),
+    ]
+    assert len(live) == len(State) - 1 <= 30  # Firestore's limit on an "in" list
+    assert rows == [("acme", "a1", "active"), ("acme", "a2", "active")] and not cut
+    _Agents.filters.clear()
+    metrics_reads.agents(None, 10)
+    assert [f for f, _op, _v in _Agents.filters] == ["status"]
+    # And no series says "0 decommissioned" for what was not read.
+    got = samples(api_metrics.render(domain.series(FIGURES, per_agent=False)).decode())
+    assert {dict(labels)["status"] for name, labels in got if name == "fleet_agents"} == set(live)
