@@ -13,7 +13,8 @@ one clock).
 
 Two stacks, one after the other, the same code:
 
-- at once (the default): the raising function claims and sends the notice after its commit;
+- at once (the default): the raising function hands the notice over to ``fleet-actions`` right after
+  its commit, which claims it through the outbox and sends it;
 - today's path: ``FLEET_ALERTS_AT_ONCE=off``, so the notice waits in the outbox for its group wait
   (30 s, the default) and the minute job; the bench fires ``tick-liveness-sweep`` every 60 s, from a
   random phase, as Cloud Scheduler would.
