@@ -60,7 +60,7 @@ def get_agent_usage(call: Call) -> AgentUsageView:
         {
             "agent_id": record.agent_id,
             "tenant": record.tenant,
-            "periods": _with_forecast(budgets.parse(record.budget), fields, now),
+            "periods": _with_forecast(budgets.parse(record.budget), fields, now, record.holds),
             "holds": hold_views(record.holds),
             "budget": record.budget,
             "budget_source": record.budget_source,
@@ -69,11 +69,14 @@ def get_agent_usage(call: Call) -> AgentUsageView:
     )
 
 
-def _with_forecast(spec: BudgetSpec | None, fields: dict[str, Totals], now: datetime) -> dict[str, Any]:
+def _with_forecast(
+    spec: BudgetSpec | None, fields: dict[str, Totals], now: datetime, holds: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Usage per period with its budget (accounting.usage_view) and the forecast: the spend rate and when
-    the period's first hard limit is reached at it (shared/domain/budget_forecast.py)."""
+    the period's first hard limit is reached at it (shared/domain/budget_forecast.py); none for an agent
+    whose ``holds`` stop its spend (the minute job's forecast does not project it either)."""
     periods = accounting.usage_view(budget_forecast.periods_of(fields, now), spec)
-    forecast = budget_forecast.usage_view(spec, fields, now)
+    forecast = budget_forecast.usage_view(spec, fields, now, holds)
     return {name: {**view, **forecast[name]} for name, view in periods.items()}
 
 

@@ -9,6 +9,13 @@ began this hour is not averaged away). A limit is projected at ``now + (hard - u
 after the period resets is none at all (the counter starts again at zero). A held agent spends nothing
 (:func:`stopping_holds`): it is not projected, and its open forecast resolves.
 
+Episodes are numbered per budget and period (:func:`occurrence`): the n-th time a projection of one
+budget enters the horizon in one period window opens ``budget_forecast.<key>.<hard>.<n>``, so a forecast
+that resolved (the rate fell, the agent was held, the budget was raised) warns again when the run-out
+comes back within the horizon later that period. ``n`` is kept in one small marker per key, written in the
+resolution's batch (shared/store/budget_forecasts.py); every tick reads the same ``n`` until a resolution
+commits, so concurrent ticks create the same id and one create wins.
+
 The minute job lists the budgeted subjects a page at a time after a rotating cursor (:func:`turn`), so
 successive ticks cover every one of them with bounded reads per tick.
 """
@@ -161,10 +168,11 @@ class Projection:
     def within(self, horizon: timedelta | None, now: datetime) -> bool:
         return horizon is not None and self.at is not None and self.at - now <= horizon
 
-    def episode_id(self) -> str:
-        """One episode per projected breach: per budget, limit value and period window (the same id from
-        every tick and instance, so one create wins; a raised limit is another breach)."""
-        return f"{RULE}.{self.key}.{self.limit.hard}"
+    def episode_id(self, occurrence: int) -> str:
+        """One episode per projected breach: per budget, limit value, period window and occurrence (the
+        same id from every tick and instance that read the same occurrence, so one create wins; a raised
+        limit is another breach)."""
+        return f"{RULE}.{self.key}.{self.limit.hard}.{occurrence}"
 
     def show_rate(self) -> str:
         if self.limit.metric == "usd":
@@ -227,11 +235,14 @@ def project(
     return out
 
 
-def usage_view(spec: BudgetSpec | None, fields: Mapping[str, Totals], now: datetime) -> dict[str, dict[str, Any]]:
+def usage_view(
+    spec: BudgetSpec | None, fields: Mapping[str, Totals], now: datetime, holds: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """The usage API's forecast fields per period (``hour``, ``day``, ``month``): the current rates, and when
-    the period's first hard limit is reached at them (null: not before it resets, none, or reached already)."""
+    the period's first hard limit is reached at them (null: not before it resets, none, or reached already;
+    or the agent's ``holds`` stop its spend: held, it spends nothing, as the minute job's forecast says)."""
     per_hour = rates(hours_of(fields, now), now)
-    projections = project(spec, "", "", "", fields, now)
+    projections = [] if stopping_holds(holds or {}) else project(spec, "", "", "", fields, now)
     out = {}
     for period in Period:
         at = min((p.at for p in projections if p.window.period is period and p.at is not None), default=None)
@@ -243,10 +254,35 @@ def usage_view(spec: BudgetSpec | None, fields: Mapping[str, Totals], now: datet
     return out
 
 
+#: The first occurrence of a budget's forecast in a period window (no marker yet).
+FIRST = 1
+
+
+def occurrence(episode: Mapping[str, Any]) -> int:
+    """The occurrence number of a forecast episode (0: one opened before they were numbered)."""
+    value = (episode.get("details") or {}).get("occurrence")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def next_occurrence(marker: Mapping[str, Any] | None) -> int:
+    """The occurrence to open for a key, from its marker (None: none of this key resolved yet)."""
+    value = (marker or {}).get("next")
+    return max(FIRST, value) if isinstance(value, int) and not isinstance(value, bool) else FIRST
+
+
 @dataclass(frozen=True)
 class Resolution:
     episode: dict[str, Any]
     summary: str
+
+    @property
+    def key(self) -> str:
+        return str((self.episode.get("details") or {}).get("key") or "")
+
+    @property
+    def following(self) -> int:
+        """The occurrence the key's next forecast opens as (this one's + 1; the marker keeps the largest)."""
+        return occurrence(self.episode) + 1
 
 
 @dataclass

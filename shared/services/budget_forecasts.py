@@ -14,7 +14,10 @@ held agent (any hold: it must not call its model) is not projected; its open for
 
 An episode is opened like any cost alert (``episodes.raise_once``: a create under a deterministic id, so
 concurrent ticks open it once) and resolves by itself when its period resets (``resolve_at``); the tick
-resolves it sooner, with a conditional write, when the projection leaves the horizon.
+resolves it sooner, with a conditional write, when the projection leaves the horizon. Its id carries the
+occurrence number of its budget and period (shared/domain/budget_forecast.py): read from the key's marker
+only for the keys about to open, and raised in the batch of the resolution that wins, so after a forecast
+resolves a later run-out in the same period opens the next one, and two ticks at once still agree on one id.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ def run(now: datetime) -> dict[str, Any]:
     waits for the next minute): reads ``1 + t + a + max(1, open) + f + T x shards + A`` documents for a
     page of t tenants and a agents listed (at most ``PAGE + 1`` each, at least 1), f subjects of open
     forecasts read by id (only while their kind spans pages), T tenants evaluated and A agents (not held);
-    writes the cursor when it moves (docs/alerting.md, Budget forecast)."""
+    writes the cursor when it moves; + k occurrence markers for the k forecasts about to open (one
+    ``get_all``, none for none); 3 writes per resolution (the episode, its notice, its key's marker), 2 per
+    opening (docs/alerting.md, Budget forecast)."""
     try:
         return _run(now)
     except Exception as exc:
@@ -155,14 +160,17 @@ def _run(now: datetime) -> dict[str, Any]:
         projections += domain.project(agent_budget, "agent", row.subject, row.tenant, fields, now)
     times = {episode["id"]: update_time for episode, update_time in open_}
     decisions = domain.decide(projections, [episode for episode, _ in open_], evaluated, horizon, now, held)
+    # The occurrence is read before this tick's resolutions commit: a key resolving and opening in one tick
+    # cannot happen (decide opens only keys with no open forecast).
+    numbers = store.occurrences([projection.key for projection in decisions.open])
     for projection in decisions.open:
-        if episode_store.raise_once(_alert(projection, now)):
+        if episode_store.raise_once(_alert(projection, numbers[projection.key], now)):
             out.opened += 1
             logs.log(log, f"budget forecast opened: {projection.key}", tenant=projection.tenant)
     for item in decisions.resolve:
         episode = item.episode
         write = episode_rules.resolution(episode, now, item.summary)
-        if episode_store.conditional(episode, times.get(episode["id"]), write):
+        if store.resolve(episode, times.get(episode["id"]), write, item.key, item.following, now):
             out.resolved += 1
     out.listed = sum(page.read for page in pages.values())
     out.rounds = [kind for kind, page in pages.items() if page.last is None]
@@ -177,9 +185,9 @@ def _subject(episode: dict[str, Any]) -> tuple[str, str]:
     return str(details.get("scope") or ""), str(details.get("subject") or "")
 
 
-def _alert(projection: domain.Projection, now: datetime) -> Alert:
+def _alert(projection: domain.Projection, occurrence: int, now: datetime) -> Alert:
     return Alert(
-        id=projection.episode_id(),
+        id=projection.episode_id(occurrence),
         kind=domain.RULE,
         severity=Severity.WARNING,
         tenant=projection.tenant,
@@ -187,6 +195,6 @@ def _alert(projection: domain.Projection, now: datetime) -> Alert:
         at=now,
         agent_id=projection.subject if projection.scope == "agent" else None,
         window=projection.window.key,
-        details=projection.details(),
+        details={**projection.details(), "occurrence": occurrence},
         until=projection.window.resets_at,
     )

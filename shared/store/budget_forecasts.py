@@ -7,6 +7,9 @@ episodes. Every read is bounded and counted.
 - agents with a budget: ``agents`` the same way, only their id, tenant, budget and holds;
 - open forecasts' subjects not on the page: read by id (one read each, one ``get_all``);
 - the cursor: one small document, ``markers/budget_forecast.cursor`` (one read; one write when it moves);
+- the occurrence markers: ``markers/budget_forecast.<key>`` (``next``: the occurrence the key's next
+  forecast opens as), read only for the keys about to open (one read each, one ``get_all``), written in the
+  batch that resolves a forecast of the key (:func:`resolve`);
 - a tenant's month: ``usage.tenant_month`` (its shards summed, one read per shard);
 - an agent's month: ``usage.agent_month`` (one read; the batched form is ``usage.agent_months``);
 - open forecast episodes: ``episodes`` where ``rule`` and ``state`` are equal (single-field indexes merged,
@@ -19,15 +22,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from shared.domain.budget_forecast import RULE, month_fields
+from shared.domain import episodes as episode_rules
+from shared.domain.budget_forecast import RULE, month_fields, next_occurrence
 from shared.domain.periods import Period, window
 from shared.domain.usage import Totals
 from shared.platform import metering
 from shared.store import db, usage
 from shared.store.agents import AGENTS
 from shared.store.config import TENANTS
-from shared.store.episodes import EPISODES
+from shared.store.episodes import EPISODES, episode_ref, notice_ref
 from shared.store.markers import MARKERS
+from shared.store.markers import RETENTION as MARKER_RETENTION
 
 CURSOR = "budget_forecast.cursor"
 
@@ -115,6 +120,45 @@ def save_cursors(values: dict[str, Any], now: datetime) -> None:
     good (every round starts again from the first)."""
     _cursor_ref().set({**values, "at": now}, **db.call_options())
     metering.count(writes=1)
+
+
+def _occurrence_ref(key: str) -> Any:
+    return db.client().collection(MARKERS).document(db.doc_id(f"{RULE}.{key}"))
+
+
+def occurrences(keys: Sequence[str]) -> dict[str, int]:
+    """The occurrence each budget-and-period ``key`` opens its next forecast as (1 when none of it has
+    resolved yet): one read per key, one ``get_all`` (none for no key). Read only for keys about to open."""
+    if not keys:
+        return {}
+    refs = {key: _occurrence_ref(key) for key in dict.fromkeys(keys)}
+    docs = list(db.client().get_all(list(refs.values()), **db.call_options()))
+    metering.count(reads=len(docs))
+    found = {doc.id: (doc.to_dict() or {}) for doc in docs if doc.exists}
+    return {key: next_occurrence(found.get(ref.id)) for key, ref in refs.items()}
+
+
+def resolve(
+    episode: dict[str, Any], update_time: Any, write: episode_rules.EpisodeWrite, key: str, following: int,
+    now: datetime,
+) -> bool:  # fmt: skip
+    """Resolve a forecast episode only if it is as read (a conditional update), with its notice and, in the
+    same batch, its key's occurrence marker raised to ``following`` (server-side maximum: a late or duplicate
+    resolution never lowers it). True when this call resolved it, False when another tick changed it first
+    (then nothing is written: the marker moves only with the resolution that wins). 3 writes (2 without a
+    notice)."""
+    # lazy: the Google API client library, loaded by the minute job rather than at import (cold start)
+    from google.cloud.firestore import Maximum
+
+    client = db.client()
+    batch = client.batch()
+    batch.update(episode_ref(episode["id"]), write.fields, option=client.write_option(last_update_time=update_time))
+    if write.notice is not None:
+        batch.set(notice_ref(write.notice["id"]), write.notice)
+    marker = {"key": key, "next": Maximum(following), "at": now, "expire_at": now + MARKER_RETENTION}
+    batch.set(_occurrence_ref(key), marker, merge=True)
+    written = 2 + (write.notice is not None)
+    return db.unless_changed(lambda: batch.commit(**db.call_options()), writes=written) is not None
 
 
 def agent_month(agent_id: str, now: datetime) -> dict[str, Totals]:

@@ -143,7 +143,7 @@ def test_the_horizon_covers_daily_and_monthly_budgets_and_zero_turns_it_off() ->
 def test_the_episode_names_the_projected_time_and_the_rate() -> None:
     p = daily(month(4, {LAST_HOUR: 2, THIS_HOUR: 1}), daily_usd="10")
     assert p.key == "agent.a1.daily_usd.2026-11-21"
-    assert p.episode_id() == "budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000"
+    assert p.episode_id(1) == "budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000.1"
     text = p.message(NOW)
     assert "2026-11-21 13:30 UTC" in text and "in 180 min" in text and "$2.00/h" in text
     assert "$4.00 of $10.00 used" in text
@@ -161,6 +161,10 @@ def test_the_usage_view_shows_the_rate_and_the_earliest_projection_per_period() 
     assert view["month"]["projected_limit_at"] is None  # $996 left at $2 an hour: after the month resets
     assert view["hour"]["projected_limit_at"] is None and view["hour"]["rate_usd_per_hour"] == "2"
     assert forecast.usage_view(None, {}, NOW)["day"]["rate_usd_per_hour"] == "0"
+    # A held agent spends nothing: no projection (its recent rate is still shown); other holds do not count.
+    held = forecast.usage_view(spec(daily_usd="10"), fields, NOW, {"breaker": {"opened_at": "x"}})
+    assert held["day"] == {**view["day"], "projected_limit_at": None}
+    assert forecast.usage_view(spec(daily_usd="10"), fields, NOW, {"other": {}})["day"] == view["day"]
 
 
 # --- opening and resolving -----------------------------------------------------------------------
@@ -173,7 +177,8 @@ def projection(hours_left: float | None, *, reached: bool = False, subject: str 
 
 
 def episode_of(p: forecast.Projection) -> dict[str, Any]:
-    return {"id": p.episode_id(), "rule": forecast.RULE, "severity": "warning", "details": p.details()}
+    details = {**p.details(), "occurrence": 1}
+    return {"id": p.episode_id(1), "rule": forecast.RULE, "severity": "warning", "details": details}
 
 
 EVALUATED = {("agent", "a1")}
@@ -248,11 +253,24 @@ def test_the_episode_id_is_the_same_across_hours_and_ticks_of_one_period() -> No
     fields = month(4, {LAST_HOUR: 2, THIS_HOUR: 1})
     before = daily(fields, THIS_HOUR + timedelta(minutes=59, seconds=59), daily_usd="10")
     after = daily(fields, THIS_HOUR + timedelta(hours=1), daily_usd="10")
-    assert before.episode_id() == after.episode_id() == "budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000"
-    # Another day, or a raised limit (another breach), is another episode.
+    assert before.episode_id(1) == after.episode_id(1) == "budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000.1"
+    # Another day, a raised limit (another breach), or the next occurrence is another episode.
     tomorrow = daily(fields, NOW + timedelta(days=1), daily_usd="10")
     raised = daily(fields, daily_usd="12")
-    assert len({before.episode_id(), tomorrow.episode_id(), raised.episode_id()}) == 3
+    ids = {before.episode_id(1), tomorrow.episode_id(1), raised.episode_id(1), before.episode_id(2)}
+    assert len(ids) == 4
+
+
+def test_the_occurrence_comes_from_the_marker_and_the_resolved_episode() -> None:
+    assert forecast.next_occurrence(None) == forecast.next_occurrence({}) == 1
+    assert forecast.next_occurrence({"next": 3}) == 3
+    assert forecast.next_occurrence({"next": 0}) == forecast.next_occurrence({"next": "2"}) == 1
+    details = {"key": "agent.a1.daily_usd.2026-11-21", "occurrence": 2}
+    resolved = forecast.Resolution({"id": "x", "details": details}, "")
+    assert (resolved.key, resolved.following) == ("agent.a1.daily_usd.2026-11-21", 3)
+    # One opened before the episodes were numbered counts as the 0th: the next one is the 1st.
+    assert forecast.Resolution({"id": "x", "details": {"key": "k"}}, "").following == 1
+    assert forecast.occurrence({"details": {"occurrence": True}}) == 0
 
 
 # --- the rotation --------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ class Fleet:
     open: list[tuple[dict[str, Any], Any]] = dataclasses.field(default_factory=list)
     raised: list[Any] = dataclasses.field(default_factory=list)
     resolved: list[tuple[dict[str, Any], Any, Any]] = dataclasses.field(default_factory=list)
+    #: The occurrence markers: key -> the occurrence its next forecast opens as
+    markers: dict[str, int] = dataclasses.field(default_factory=dict)
+    markers_asked: list[list[str]] = dataclasses.field(default_factory=list)
     months_asked: list[tuple[list[str], str]] = dataclasses.field(default_factory=list)
     cursor: dict[str, Any] = dataclasses.field(default_factory=lambda: {"tenant": None, "agent": None})
     cursor_writes: int = 0
@@ -99,7 +102,18 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
     monkeypatch.setattr(usage_store, "agent_months", agent_months)
     monkeypatch.setattr(store, "open_episodes", lambda limit: f.open[:limit])
     monkeypatch.setattr(episode_store, "raise_once", lambda alert: f.raised.append(alert) or True)
-    monkeypatch.setattr(episode_store, "conditional", lambda ep, t, write: f.resolved.append((ep, t, write)) or True)
+
+    def resolve(episode: dict[str, Any], update_time: Any, write: Any, key: str, following: int, now: Any) -> bool:
+        f.resolved.append((episode, update_time, write))
+        f.markers[key] = max(f.markers.get(key, 1), following)
+        return True
+
+    def occurrences(keys: list[str]) -> dict[str, int]:
+        f.markers_asked.append(list(keys))
+        return {key: f.markers.get(key, 1) for key in keys}
+
+    monkeypatch.setattr(store, "resolve", resolve)
+    monkeypatch.setattr(store, "occurrences", occurrences)
     return f
 
 
@@ -115,12 +129,12 @@ def test_a_budget_projected_within_the_horizon_opens_a_warning_until_its_period_
                    "rounds_ended": ["tenant", "agent"]}  # fmt: skip
     assert fleet.months_asked == [(["a1", "a2"], "2026-11")]
     by_id = {a.id: a for a in fleet.raised}
-    agent = by_id["budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000"]
+    agent = by_id["budget_forecast.agent.a1.daily_usd.2026-11-21.10000000000.1"]
     assert agent.kind == "budget_forecast" and agent.severity.value == "warning"
     assert agent.tenant == "acme" and agent.agent_id == "a1"
     assert agent.until == datetime(2026, 11, 22, tzinfo=UTC)
     assert "12:30 UTC" in agent.message and "$2.00/h" in agent.message
-    tenant = by_id["budget_forecast.tenant.acme.daily_usd.2026-11-21.20000000000"]
+    tenant = by_id["budget_forecast.tenant.acme.daily_usd.2026-11-21.20000000000.1"]
     assert tenant.agent_id is None and tenant.details["projected_at"] == "2026-11-21T12:10:00+00:00"
 
 
@@ -160,6 +174,20 @@ def test_the_usage_api_shows_the_rate_and_projection_per_period(world: World) ->
     world.tenant_usage["acme"] = {Period.DAY: Totals(usd_nanos=USD)}
     tenant = send("/v1/tenants/acme/usage", who="acme-viewer").json["periods"]["day"]
     assert tenant["rate_usd_per_hour"] == "0" and tenant["projected_limit_at"] is None
+
+
+def test_the_usage_api_projects_nothing_for_a_held_agent(world: World) -> None:  # noqa: F811
+    world.agents["agent-a1"] = world.agents["agent-a1"].model_copy(update={"budget": {"daily_usd": "10"}})
+    world.usage["agent-a1"] = {Period.HOUR: spent(1), Period.DAY: spent(3), Period.MONTH: spent(3)}
+    before = send("/v1/agents/agent-a1/usage", who="acme-viewer").json["periods"]["day"]
+    assert before["projected_limit_at"] == "2026-11-21T14:00:00Z"
+    paused = {"pause": {"command": "pause", "reason": "r", "by": "api:x", "at": NOW.isoformat()}}
+    world.agents["agent-a1"] = world.agents["agent-a1"].model_copy(update={"holds": paused})
+    reply = send("/v1/agents/agent-a1/usage", who="acme-viewer")
+    assert reply.status == 200, reply.text
+    day = reply.json["periods"]["day"]
+    # Held, it spends nothing (the minute job does not forecast it either); its recent rate is still shown.
+    assert day["projected_limit_at"] is None and day["rate_usd_per_hour"] == "2" and "pause" in reply.json["holds"]
 
 
 def test_a_budget_that_no_longer_validates_skips_its_subject_not_the_tick(fleet: Fleet) -> None:
