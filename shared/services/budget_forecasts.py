@@ -54,6 +54,8 @@ class Forecast:
     held: int = 0
     listed: int = 0
     followed: int = 0
+    #: Forecasts about to open (their occurrence markers read): opened, or created by another tick first.
+    opening: int = 0
     opened: int = 0
     resolved: int = 0
     #: The rounds that ended with this tick (its page was the last of its listing).
@@ -66,6 +68,7 @@ class Forecast:
             "held": self.held,
             "listed": self.listed,
             "followed": self.followed,
+            "opening": self.opening,
             "opened": self.opened,
             "resolved": self.resolved,
             "rounds_ended": self.rounds,
@@ -163,6 +166,7 @@ def _run(now: datetime) -> dict[str, Any]:
     # The occurrence is read before this tick's resolutions commit: a key resolving and opening in one tick
     # cannot happen (decide opens only keys with no open forecast).
     numbers = store.occurrences([projection.key for projection in decisions.open])
+    out.opening = len(decisions.open)
     for projection in decisions.open:
         if episode_store.raise_once(_alert(projection, numbers[projection.key], now)):
             out.opened += 1

@@ -63,14 +63,26 @@ def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_f
     assert "runs out at about" in tenant_episode["message"] and "/h" in tenant_episode["message"]
 
     # One id per budget, limit and period window, whatever the hour: a second tick opens nothing more.
-    assert agent_episode["id"] == f"budget_forecast.agent.{agent_id}.daily_usd.{usage['period']}.9000000000"
+    first = f"budget_forecast.agent.{agent_id}.daily_usd.{usage['period']}.9000000000"
+    assert agent_episode["id"] == f"{first}.1" and agent_episode["details"]["occurrence"] == 1
     tick(publisher)
     # Paused, the agent spends nothing: the next tick resolves its forecast, not the tenant's.
     paused = api.send("POST", f"/v1/agents/{agent_id}/pause", {"reason": "forecast test"})
     assert paused.status_code == 200, paused.text
+    assert api.get(f"/v1/agents/{agent_id}/usage").json()["periods"]["day"]["projected_limit_at"] is None
     tick(publisher)
     held = wait_for(lambda: len(rows := forecasts(api, tenant, "resolved")) == 1 and rows, timeout=60)
     assert held[0]["id"] == agent_episode["id"] and "held (pause)" in (held[0]["resolution"] or "")
+    marker = firestore.collection("markers").document(f"budget_forecast.agent.{agent_id}.daily_usd.{usage['period']}")
+    assert (marker.get().to_dict() or {}).get("next") == 2
+    # Resumed the same day, its run-out is back within the horizon: the second occurrence opens.
+    resumed = api.send("POST", f"/v1/agents/{agent_id}/resume", {"reason": "forecast test"})
+    assert resumed.status_code == 200, resumed.text
+    tick(publisher)
+    again = wait_for(
+        lambda: [r for r in forecasts(api, tenant, "open") if r["details"]["scope"] == "agent"], timeout=60
+    )
+    assert [row["id"] for row in again] == [f"{first}.2"] and again[0]["details"]["occurrence"] == 2
     # Raising the tenant's budget takes its projection beyond the day: the next tick resolves it.
     assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "1000"}).status_code == 200
     tick(publisher)
@@ -78,7 +90,7 @@ def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_f
     assert {row["id"] for row in resolved} == {row["id"] for row in opened}
     by_id = {row["id"]: row for row in resolved}
     assert "not before the period resets" in (by_id[tenant_episode["id"]]["resolution"] or "")
-    assert forecasts(api, tenant, "open") == []
+    assert [row["id"] for row in forecasts(api, tenant, "open")] == [f"{first}.2"]  # the agent's still runs out
     raised = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["day"]
     assert raised["projected_limit_at"] is None and Decimal(raised["remaining_usd"]) == Decimal("992")
 
@@ -88,7 +100,7 @@ def test_the_forecast_reads_each_budgeted_subject_and_its_counters_once_per_tick
 ) -> None:
     """The reads docs/alerting.md gives per tick, counted on the emulator: 1 (the cursor) + the tenants and
     agents listed + T x shards (the tenants evaluated) + A (the agents' month documents) + the open forecast
-    episodes (at least 1)."""
+    episodes (at least 1) + the occurrence markers of the forecasts about to open."""
     tenant = f"t-{uuid.uuid4().hex[:10]}"
     register(publisher, firestore, agent_id, tenant=tenant, budget={"monthly_usd": "100"})
     assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"monthly_usd": "500"}).status_code == 200
@@ -105,8 +117,9 @@ def test_the_forecast_reads_each_budgeted_subject_and_its_counters_once_per_tick
         out = service.run(datetime.now(UTC))
     assert out["tenants"] >= 1 and out["agents"] >= 1 and len(seen) == 1
     shards = settings.get().tenant_shards
-    expected = 1 + out["listed"] + out["tenants"] * shards + out["agents"] + max(1, seen[0])
-    # An episode opened (by other tests' spenders) reads its tenant's alerting settings unless cached.
+    expected = 1 + out["listed"] + out["tenants"] * shards + out["agents"] + max(1, seen[0]) + out["opening"]
+    # An episode opened (by other tests' spenders) reads its tenant's alerting settings unless cached; each
+    # forecast about to open reads its occurrence marker (``opening``).
     assert expected <= meter.reads <= expected + out["opened"]
     print(f"forecast tick: {out}, {meter.reads} reads, {meter.writes} writes")  # the figure in the report
 

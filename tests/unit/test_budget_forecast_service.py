@@ -125,7 +125,8 @@ def test_a_budget_projected_within_the_horizon_opens_a_warning_until_its_period_
     fleet.tenants = [("acme", {"daily_usd": "20"})]
     fleet.tenant_months = {"acme": counters(15, 3, 1.5)}
     out = service.run(NOW)
-    assert out == {"tenants": 1, "agents": 2, "held": 0, "listed": 3, "followed": 0, "opened": 2, "resolved": 0,
+    assert out == {"tenants": 1, "agents": 2, "held": 0, "listed": 3, "followed": 0, "opening": 2, "opened": 2,
+                   "resolved": 0,
                    "rounds_ended": ["tenant", "agent"]}  # fmt: skip
     assert fleet.months_asked == [(["a1", "a2"], "2026-11")]
     by_id = {a.id: a for a in fleet.raised}
