@@ -3,8 +3,10 @@ with prometheus-client's parser) and the route, with the store reads monkeypatch
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import ANY
 
 import flask
 import pytest
@@ -241,19 +243,29 @@ def test_errors_stay_json(reads: Reads) -> None:
         assert set(reply.get_json()["error"]) == {"code", "reason"}
 
 
-def test_a_scrape_key_reads_metrics_and_nothing_else(reads: Reads) -> None:
-    assert get("/metrics", SCRAPER).status_code == 200
-    refused = get("/v1/agents", SCRAPER)
-    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
-    [entry] = reads.audit
-    assert entry.outcome == "refused" and entry.action == "api.list_agents" and entry.actor == "api:prometheus"
+#: Every authenticated route but GET /metrics, with its arguments filled in.
+REFUSED = [
+    (r.method, re.sub(r"<(?:[^:>]+:)?[^>]+>", "x1", r.rule), r.endpoint)
+    for r in router.ROUTES
+    if r.auth and r.endpoint != "get_metrics"
+]
+
+
+def test_every_route_is_listed_for_the_scrape_key() -> None:
+    assert len(REFUSED) == len([r for r in router.ROUTES if r.auth]) - 1 > 50
+    assert ("GET", "/v1/agents", "list_agents") in REFUSED
     assert Role.VIEWER.allows(Role.SCRAPE) and not Role.SCRAPE.allows(Role.VIEWER)
 
 
-def test_the_reads_are_counted_on_the_invocation() -> None:
-    with metering.metered() as meter:
-        api_metrics._count_into_caller(7)
-    assert meter.reads == 7
+@pytest.mark.parametrize(("method", "path", "endpoint"), REFUSED, ids=[f"{m} {p}" for m, p, _e in REFUSED])
+def test_a_scrape_key_reads_metrics_and_nothing_else(reads: Reads, method: str, path: str, endpoint: str) -> None:
+    assert get("/metrics", SCRAPER).status_code == 200
+    with APP.test_request_context(path, method=method, headers={"Authorization": f"Bearer {SCRAPER}"}, json={}):
+        refused = router.handle(flask.request)
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
+    [entry] = reads.audit
+    assert (entry.outcome, entry.action, entry.actor) == ("refused", f"api.{endpoint}", "api:prometheus")
+    assert entry.details == {"reason": refused.get_json()["error"]["reason"], "role": "scrape", "needs": ANY}
 
 
 def test_scrape_is_an_api_keys_role_only() -> None:
