@@ -44,7 +44,8 @@ CACHE_S = 30.0
 MAX_AGENTS = 10_000
 MAX_EPISODES = 5_000
 MAX_JOBS = 5_000
-#: Per-agent labels are refused above this many agents (cardinality, and one usage read per agent).
+#: Per-agent labels are refused above this many agents (cardinality, and one usage read per agent); such a
+#: scrape reads this many agents plus one, and nothing else, before it is refused.
 MAX_PER_AGENT = 2_000
 
 routes = Routes("metrics")
@@ -157,25 +158,35 @@ def forget() -> None:
 
 
 def read(tenant: str | None, per_agent: bool) -> domain.Figures:
-    """The figures of one scope, read now (their Firestore reads counted in ``reads``)."""
+    """The figures of one scope, read now (their Firestore reads counted in ``reads``). A per-agent scope of
+    more than :data:`MAX_PER_AGENT` agents is refused after reading that many plus one, and nothing else."""
     now = core.now()
     with metering.metered() as meter:
-        agents, agents_cut = metrics_reads.agents(tenant, MAX_AGENTS)
-        if per_agent and len(agents) > MAX_PER_AGENT:  # refused before any other read
-            _count_into_caller(meter.reads)
-            raise ApiError(400, f"per-agent series are limited to {MAX_PER_AGENT} agents; use a tenant's key")
-        episodes, episodes_cut = metrics_reads.open_episodes(tenant, MAX_EPISODES)
-        jobs, jobs_cut = metrics_reads.live_jobs(tenant, MAX_JOBS)
-        shown = domain.Figures(agents=tuple(agents), tenants=(tenant,) if tenant else ())
-        usage = tuple(row for name in domain.tenants_of(shown) for row in _tenant_usage(name, now))
-        rejections = None
-        if tenant is None:
-            rejections = metrics_reads.rejections_since([c.value for c in Code], now - timedelta(hours=1))
-        spend: tuple[domain.AgentSpend, ...] = ()
-        if per_agent:
-            spend = _agent_spend(agents, now)
+        # Per agent: the one agent past the limit says "too many" (the cut), so refusing costs MAX_PER_AGENT + 1.
+        agents, agents_cut = metrics_reads.agents(tenant, MAX_PER_AGENT if per_agent else MAX_AGENTS)
+        figures = None if per_agent and agents_cut else _read_rest(tenant, per_agent, agents, agents_cut, now)
+    _count_into_caller(meter.reads)
+    if figures is None:
+        raise ApiError(400, f"per-agent series are limited to {MAX_PER_AGENT} agents; use a tenant's key")
+    return replace(figures, reads=meter.reads)
+
+
+def _read_rest(
+    tenant: str | None, per_agent: bool, agents: list[tuple[str, str, str]], agents_cut: bool, now: datetime
+) -> domain.Figures:
+    """The figures of one scope once its agents are read: episodes, jobs, usage, rejections, per-agent spend."""
+    episodes, episodes_cut = metrics_reads.open_episodes(tenant, MAX_EPISODES)
+    jobs, jobs_cut = metrics_reads.live_jobs(tenant, MAX_JOBS)
+    shown = domain.Figures(agents=tuple(agents), tenants=(tenant,) if tenant else ())
+    usage = tuple(row for name in domain.tenants_of(shown) for row in _tenant_usage(name, now))
+    rejections = None
+    if tenant is None:
+        rejections = metrics_reads.rejections_since([c.value for c in Code], now - timedelta(hours=1))
+    spend: tuple[domain.AgentSpend, ...] = ()
+    if per_agent:
+        spend = _agent_spend(agents, now)
     cut = tuple(p for p, hit in (("agents", agents_cut), ("episodes", episodes_cut), ("jobs", jobs_cut)) if hit)
-    figures = domain.Figures(
+    return domain.Figures(
         agents=tuple(agents),
         usage=usage,
         open_episodes=tuple(episodes),
@@ -186,8 +197,6 @@ def read(tenant: str | None, per_agent: bool) -> domain.Figures:
         read_at=now,
         tenants=shown.tenants,
     )
-    _count_into_caller(meter.reads)
-    return replace(figures, reads=meter.reads)
 
 
 def _count_into_caller(reads: int) -> None:

@@ -23,22 +23,21 @@ PAGE = 1000
 
 
 def _projected(query: Any, fields: list[str], cap: int) -> tuple[list[dict[str, Any]], bool]:
-    """Up to ``cap`` documents of ``query`` (only ``fields``), by id, a page at a time; and whether the cap
-    cut it short."""
+    """Up to ``cap`` documents of ``query`` (only ``fields``), by id, a page at a time; and whether there were
+    more. Each document is read once and at most ``cap + 1`` are read (the one past the cap says it was cut),
+    plus one read for an empty last page."""
     query = query.select(fields).order_by("__name__")
     rows: list[dict[str, Any]] = []
     last = None
-    while len(rows) < cap:
+    while True:
+        want = min(PAGE, cap + 1 - len(rows))
         page = query.start_after(last) if last is not None else query
-        docs = list(page.limit(min(PAGE, cap - len(rows)) + 1).stream(**db.call_options()))
+        docs = list(page.limit(want).stream(**db.call_options()))
         metering.count(reads=max(1, len(docs)))
-        more = len(docs) > min(PAGE, cap - len(rows))
-        docs = docs[: min(PAGE, cap - len(rows))]
         rows += [{**(doc.to_dict() or {}), "_id": doc.id} for doc in docs]
-        if not more:
-            return rows, False
+        if len(docs) < want or len(rows) > cap:
+            return rows[:cap], len(rows) > cap
         last = docs[-1]
-    return rows, True
 
 
 def _of(collection: str, tenant: str | None) -> Any:

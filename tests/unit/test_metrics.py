@@ -143,7 +143,8 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
     def agents(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
         seen.scopes.append(tenant)
         metering.count(reads=len(FIGURES.agents))
-        return [a for a in FIGURES.agents if tenant in (None, a[0])], False
+        shown = [a for a in FIGURES.agents if tenant in (None, a[0])]
+        return shown[:cap], len(shown) > cap
 
     def episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], bool]:
         metering.count(reads=1)
@@ -313,9 +314,10 @@ class _Query:
     ("count", "cap", "pages", "reads"),
     [
         (0, 10_000, 1, 1),  # an empty page still costs a read
-        (2500, 10_000, 3, 1001 + 1001 + 500),  # a page reads one more to know whether another follows
-        (2000, 10_000, 2, 1001 + 1000),  # the 1001st document says a second page follows; it has no 1001st
-        (2500, 1500, 2, 1001 + 501),  # the cap: the second page asks for 500 (+1 to know it was cut)
+        (2500, 10_000, 3, 1000 + 1000 + 500),  # every document read once
+        (2000, 10_000, 3, 1000 + 1000 + 1),  # a full last page: the next, empty, says it was the last
+        (2500, 1500, 2, 1000 + 501),  # the cap: the second page asks for 501 (the 1501st says it was cut)
+        (2500, 2000, 3, 1000 + 1000 + 1),
     ],
 )
 def test_projections_page_by_1000_up_to_their_cap(count: int, cap: int, pages: int, reads: int) -> None:
@@ -339,6 +341,19 @@ def test_too_many_agents_for_per_agent_series_is_refused_before_other_reads_and_
         reply = get("/metrics", ADMIN, agents="true")
         assert reply.status_code == 400 and "limited to 1 agents" in reply.get_json()["error"]["reason"]
     assert reads.scopes == [None] and asked == []  # agents read once, nothing else: the refusal is cached
+
+
+def test_a_per_agent_scrape_of_too_many_agents_reads_one_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = type("Client", (), {"collection": lambda self, name: _Agents([f"a{i:05d}" for i in range(4500)])})()
+    monkeypatch.setattr(metrics_reads.db, "client", lambda: client)
+    _Query.streamed.clear()
+    with metering.metered() as meter, pytest.raises(core.ApiError, match="limited to 2000 agents"):
+        api_metrics.read(None, True)
+    assert api_metrics.MAX_PER_AGENT == 2000
+    assert meter.reads == api_metrics.MAX_PER_AGENT + 1 and len(_Query.streamed) == 3  # paged: 1000, 1000, 1
+    with metering.metered() as meter:
+        rows, cut = metrics_reads.agents(None, api_metrics.MAX_AGENTS)
+    assert meter.reads == 4500 and len(rows) == 4500 and not cut  # without per-agent labels: every agent
 
 
 class _Agents(_Query):
