@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from shared.api import core
 from shared.api.core import ApiError, Call, Param, Route, Routes
-from shared.domain import budgets
+from shared.domain import budgets, fleet_health
 from shared.domain import metrics as domain
 from shared.domain.api_keys import Role
 from shared.domain.periods import Period, window
@@ -189,7 +189,10 @@ def _read_rest(
     return domain.Figures(
         agents=tuple(agents),
         usage=usage,
-        open_episodes=tuple(episodes),
+        open_episodes=tuple((t, severity) for t, severity, _kind in episodes),
+        fleet_health=None
+        if tenant
+        else tuple((k, severity) for t, severity, k in episodes if t == fleet_health.TENANT),
         jobs=tuple(jobs),
         rejections=rejections,
         agent_spend=spend,

@@ -28,7 +28,7 @@ from typing import Any
 
 from shared.domain import episodes as domain
 from shared.domain.alerts import Severity
-from shared.domain.metrics import DEAD_LETTER_CODE
+from shared.domain.rejections import Code
 
 RULE = "fleet_health"
 #: The tenant of the deployment's own episodes.
@@ -84,7 +84,7 @@ class Finding:
 def judge(readings: Readings, limits: Thresholds) -> dict[Kind, Finding]:
     """The findings of one tick, per kind (a kind without a finding is healthy)."""
     out: dict[Kind, Finding] = {}
-    dead = int(readings.rejections.get(DEAD_LETTER_CODE, 0))
+    dead = int(readings.rejections.get(Code.DELIVERY_EXHAUSTED.value, 0))
     if limits.dead_letters_per_hour and dead > limits.dead_letters_per_hour:
         out[Kind.DEAD_LETTERS] = Finding(
             Kind.DEAD_LETTERS,
@@ -94,7 +94,7 @@ def judge(readings: Readings, limits: Thresholds) -> dict[Kind, Finding]:
             "once fixed",
             {"count": dead, "threshold": limits.dead_letters_per_hour},
         )
-    others = {c: int(n) for c, n in readings.rejections.items() if c != DEAD_LETTER_CODE and n}
+    others = {c: int(n) for c, n in readings.rejections.items() if c != Code.DELIVERY_EXHAUSTED.value and n}
     rejected = sum(others.values())
     if limits.rejections_per_hour and rejected > limits.rejections_per_hour:
         top = sorted(others.items(), key=lambda item: (-item[1], item[0]))[:3]

@@ -60,14 +60,22 @@ def agents(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bo
     return [(str(r.get("tenant") or ""), str(r["_id"]), str(r.get("status") or "registered")) for r in rows], cut
 
 
-def open_episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], bool]:
-    """(tenant, severity) of every open episode (of ``tenant``): one read per open episode."""
+def open_episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
+    """(tenant, severity, kind) of every open episode (of ``tenant``): one read per open episode. The kind
+    (``details.kind``) is a ``fleet_health`` episode's; "" for others without one."""
     # lazy: the Firestore client's query module loads with the first read, not at import
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     query = _of(EPISODES, tenant).where(filter=FieldFilter("state", "==", "open"))
-    rows, cut = _projected(query, ["tenant", "severity"], cap)
-    return [(str(r.get("tenant") or ""), str(r.get("severity") or "warning")) for r in rows], cut
+    rows, cut = _projected(query, ["tenant", "severity", "details.kind"], cap)
+    return [
+        (
+            str(r.get("tenant") or ""),
+            str(r.get("severity") or "warning"),
+            str((r.get("details") or {}).get("kind") or ""),
+        )
+        for r in rows
+    ], cut
 
 
 def live_jobs(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:

@@ -4,6 +4,7 @@ with prometheus-client's parser) and the route, with the store reads monkeypatch
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import ANY
@@ -119,6 +120,23 @@ def test_per_agent_series_only_when_asked_and_no_rejections_for_a_tenant_scope()
     assert "fleet_rejections_last_hour" not in names and "fleet_dead_letters_last_hour" not in names
 
 
+def test_the_deployments_fleet_health_episodes_are_by_kind_not_a_tenant() -> None:
+    figures = domain.Figures(
+        agents=FIGURES.agents,
+        open_episodes=(("acme", "critical"), ("_fleet", "high"), ("_fleet", "critical")),
+        fleet_health=(("dead_letters", "high"), ("slack_failing", "critical")),
+    )
+    got = samples(api_metrics.render(domain.series(figures, per_agent=False)).decode())
+    assert not [k for k in got if dict(k[1]).get("tenant") == "_fleet"]  # no agents, episodes... of "_fleet"
+    assert got[("fleet_open_episodes", (("severity", "critical"), ("tenant", "acme")))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "dead_letters"), ("severity", "high")))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "slack_failing"), ("severity", "critical")))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "model_load"), ("severity", "critical")))] == 0  # zero-filled
+    # A tenant's key (fleet_health None): no such family.
+    scoped = samples(api_metrics.render(domain.series(replace(figures, fleet_health=None), per_agent=False)).decode())
+    assert not [k for k in scoped if k[0].startswith("fleet_health_")]
+
+
 def test_a_tenant_without_agents_is_still_shown_for_its_own_key() -> None:
     got = samples(api_metrics.render(domain.series(domain.Figures(tenants=("acme",)), per_agent=False)).decode())
     assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 0
@@ -146,9 +164,10 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
         shown = [a for a in FIGURES.agents if tenant in (None, a[0])]
         return shown[:cap], len(shown) > cap
 
-    def episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], bool]:
+    def episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
         metering.count(reads=1)
-        return [e for e in FIGURES.open_episodes if tenant in (None, e[0])], False
+        rows = [(*e, "") for e in FIGURES.open_episodes] + [("_fleet", "critical", "slack_failing")]
+        return [e for e in rows if tenant in (None, e[0])], False
 
     def jobs(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
         metering.count(reads=1)
@@ -192,6 +211,8 @@ def test_a_viewer_gets_openmetrics_text_of_every_tenant(reads: Reads) -> None:
     assert got[("fleet_tenant_remaining_budget_usd", (("period", "day"), ("tenant", "globex")))] == 5.0
     assert got[("fleet_rejections_last_hour", (("code", "schema_violation"),))] == 3
     assert got[("fleet_metrics_truncated", (("part", "jobs"),))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "slack_failing"), ("severity", "critical")))] == 1
+    assert "_fleet" not in text  # the deployment's episodes are not a tenant's series
     assert reads.rejection_since == [T0 - timedelta(hours=1)]
     # The fakes' reads: one per agent (4), the episodes (1), the jobs (1), one count per rejection code (the
     # tenant documents and usage shards are monkeypatched: 0).
@@ -203,7 +224,7 @@ def test_a_tenant_key_sees_only_its_tenant(reads: Reads) -> None:
     got = samples(text)
     assert reads.scopes == ["acme"]
     assert {dict(labels).get("tenant") for _name, labels in got if dict(labels).get("tenant")} == {"acme"}
-    assert "globex" not in text and "fleet_rejections_last_hour" not in text
+    assert "globex" not in text and "fleet_rejections_last_hour" not in text and "fleet_health_" not in text
     assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 2
     assert got[("fleet_open_episodes", (("severity", "critical"), ("tenant", "acme")))] == 2
     assert got[("fleet_training_pending_jobs", (("backend", "local"), ("tenant", "acme")))] == 2
