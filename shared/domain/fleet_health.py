@@ -13,8 +13,9 @@ Five kinds, each judged on what the last hour (or the outbox right now) shows:
 
 An episode per kind is open while its finding lasts and resolves the first tick it is gone. They are the
 deployment's, not a tenant's: tenant :data:`TENANT` (no real tenant id starts with ``_``), whose alerting
-settings are the deployment's defaults (its Slack channels), listed by ``GET /v1/alerts`` to admin keys
-only. Their index of open episodes is the ``_fleet`` tenant alert document, as a root alert's is.
+settings are the deployment's defaults (its Slack channels), listed by ``GET /v1/alerts`` (and shown by the
+console's fleet banner) to any key that sees every tenant, a viewer's included; never to a tenant's key.
+Their index of open episodes is the ``_fleet`` tenant alert document, as a root alert's is.
 A threshold of 0 turns its check off.
 """
 

@@ -25,7 +25,8 @@ T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 ADMIN = Principal("00000000000000aa", "admin", Role.ADMIN, None)
 ACME = Principal("00000000000000bb", "acme-viewer", Role.VIEWER, "acme")
 SCRAPER = Principal("00000000000000cc", "prometheus", Role.SCRAPE, None)
-TOKENS = {"admin-token": ADMIN, "acme-token": ACME, "scrape-token": SCRAPER}
+VIEWER = Principal("00000000000000dd", "fleet-viewer", Role.VIEWER, None)
+TOKENS = {"admin-token": ADMIN, "acme-token": ACME, "scrape-token": SCRAPER, "viewer-token": VIEWER}
 APP = flask.Flask(__name__)
 
 
