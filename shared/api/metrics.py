@@ -1,10 +1,10 @@
 """``GET /metrics``: the fleet's Prometheus series as OpenMetrics text (prometheus-client).
 
 The series are computed by shared/domain/metrics.py from figures read by shared/store/metrics_reads.py and
-the usage counters (shared/store/usage.py), through the same view the usage API answers with, so the two
-cannot disagree. The figures are cached for :data:`CACHE_S` per instance and per scope (the key's tenant,
-or none; with or without per-agent labels): a Prometheus server scraping every 15 s costs a read of them
-every 30 s at most. Each registry is built per scrape from a collector over the cached series.
+each tenant's usage through the function the usage API answers with (shared/api/costs.py:
+tenant_usage_view), so the two cannot disagree. The figures are cached for :data:`CACHE_S` per instance and
+per scope (the key's tenant, or none; with or without per-agent labels): a Prometheus server scraping every
+15 s costs a read of them every 30 s at most. Each registry is built per scrape from a collector over the cached series.
 
 Any key that may read may scrape (a viewer key is enough), and so may a ``scrape`` key, which may read
 nothing else (every other route refuses it with a 403, audited, as any role check); a tenant-scoped key
@@ -24,18 +24,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from shared.api import core
+from shared.api import core, costs
 from shared.api.core import ApiError, Call, Param, Route, Routes
-from shared.domain import budgets, fleet_health
+from shared.domain import fleet_health
 from shared.domain import metrics as domain
 from shared.domain.api_keys import Role
 from shared.domain.periods import Period, window
 from shared.domain.pricing import format_usd
 from shared.domain.rejections import Code
 from shared.domain.usage import Totals, month_field
-from shared.platform import metering, settings
-from shared.services import accounting
-from shared.store import config, metrics_reads
+from shared.platform import metering
+from shared.store import metrics_reads
 from shared.store import usage as usage_store
 
 #: Seconds the figures of one scope are reused by this instance.
@@ -209,10 +208,9 @@ def _count_into_caller(reads: int) -> None:
 
 
 def _tenant_usage(tenant: str, now: datetime) -> list[domain.PeriodUsage]:
-    """The tenant's periods as GET /v1/tenants/{t}/usage shows them (its document and usage shards)."""
-    cfg = config.read_tenant(tenant)
-    periods = usage_store.tenant_periods(tenant, now, settings.get().tenant_shards)
-    view = accounting.usage_view(periods, budgets.parse(cfg.budget))
+    """The tenant's periods from the usage API's own view (shared/api/costs.py: tenant_usage_view): its
+    document and usage shards."""
+    _cfg, view = costs.tenant_usage_view(tenant, now)
     return [
         domain.PeriodUsage(
             tenant=tenant,
@@ -223,7 +221,7 @@ def _tenant_usage(tenant: str, now: datetime) -> list[domain.PeriodUsage]:
             remaining_usd=_number(row["remaining_usd"]),
             budget_tokens=row["budget_tokens"],
             remaining_tokens=row["remaining_tokens"],
-            resets_at=periods[Period(period)][0].resets_at,
+            resets_at=datetime.fromisoformat(row["resets_at"]),
         )
         for period, row in view.items()
     ]

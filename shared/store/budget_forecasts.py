@@ -1,4 +1,4 @@
-"""The budget forecast's reads (shared/services/budget_forecasts.py, the usage API): the budgeted tenants and
+"""The budget forecast's reads (shared/services/budget_forecasts.py): the budgeted tenants and
 agents a page at a time after a rotating cursor, their month counters, and the open ``budget_forecast``
 episodes. Every read is bounded and counted.
 
@@ -8,7 +8,7 @@ episodes. Every read is bounded and counted.
 - open forecasts' subjects not on the page: read by id (one read each, one ``get_all``);
 - the cursor: one small document, ``markers/budget_forecast.cursor`` (one read; one write when it moves);
 - a tenant's month: ``usage.tenant_month`` (its shards summed, one read per shard);
-- an agent's month: ``usage.agent_month`` (one read; the batched form is ``usage.agent_months``);
+- agents' months: ``usage.agent_months`` (one read each, batched; the service reads it directly);
 - open forecast episodes: ``episodes`` where ``rule`` and ``state`` are equal (single-field indexes merged,
   no composite index), at most ``limit`` (one read each, one for none).
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from shared.domain.budget_forecast import RULE, month_fields
+from shared.domain.budget_forecast import RULE
 from shared.domain.periods import Period, window
 from shared.domain.usage import Totals
 from shared.platform import metering
@@ -115,11 +115,6 @@ def save_cursors(values: dict[str, Any], now: datetime) -> None:
     good (every round starts again from the first)."""
     _cursor_ref().set({**values, "at": now}, **db.call_options())
     metering.count(writes=1)
-
-
-def agent_month(agent_id: str, now: datetime) -> dict[str, Totals]:
-    """The agent's counters of the current month (``m``, ``dDD``, ``hDDHH``): one read."""
-    return month_fields(usage.agent_month(agent_id, window(Period.MONTH, now).key))
 
 
 def tenant_month(tenant: str, now: datetime, shards: int) -> dict[str, Totals]:

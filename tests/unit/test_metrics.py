@@ -13,7 +13,7 @@ import flask
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from shared.api import core, router
+from shared.api import core, costs, router
 from shared.api import metrics as api_metrics
 from shared.domain import metrics as domain
 from shared.domain import roles
@@ -231,6 +231,24 @@ def test_a_tenant_key_sees_only_its_tenant(reads: Reads) -> None:
     assert got[("fleet_tenant_max_budget_usd", (("period", "day"), ("tenant", "acme")))] == 5.0
     # The same fakes without the rejection counts: 4 + 1 + 1.
     assert got[("fleet_metrics_firestore_reads", ())] == len(FIGURES.agents) + 1 + 1
+
+
+def test_tenant_usage_is_the_usage_apis_own_view(reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, datetime]] = []
+    real = costs.tenant_usage_view
+
+    def view(tenant: str, now: datetime) -> Any:
+        asked.append((tenant, now))
+        cfg, periods = real(tenant, now)
+        return cfg, {**periods, "day": {**periods["day"], "spend_usd": "1.25", "remaining_usd": "3.75"}}
+
+    monkeypatch.setattr(costs, "tenant_usage_view", view)
+    got = samples(get("/metrics", ADMIN).get_data(as_text=True))
+    assert asked == [("acme", T0), ("globex", T0)]
+    assert got[("fleet_tenant_spend_usd", (("period", "day"), ("tenant", "acme")))] == 1.25
+    assert got[("fleet_tenant_remaining_budget_usd", (("period", "day"), ("tenant", "acme")))] == 3.75
+    resets = got[("fleet_tenant_budget_reset_timestamp_seconds", (("period", "day"), ("tenant", "acme")))]
+    assert resets == datetime(2026, 11, 22, tzinfo=UTC).timestamp()
 
 
 def test_figures_are_cached_per_scope_for_30_seconds(reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
