@@ -32,15 +32,16 @@ from shared.api.tenancy import query_tenant, update_agent, visible_record, visib
 from shared.domain import budget_forecast, budgets, protection
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
+from shared.domain.periods import Period, window
 from shared.domain.pricing import Price, format_usd
 from shared.domain.usage import Totals
 from shared.platform import settings
 from shared.services import accounting, agent_controls
 from shared.store import audit as audit_store
-from shared.store import budget_forecasts as forecast_store
 from shared.store import config
 from shared.store import lease_reserve as reserve_store
 from shared.store import leases as lease_store
+from shared.store import usage as usage_store
 
 _MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
 
@@ -55,7 +56,7 @@ def get_agent_usage(call: Call) -> AgentUsageView:
     """An agent's spend, tokens and calls in the current UTC hour, day and month, with its budget and holds."""
     record = visible_record(call)
     now = core.now()
-    fields = forecast_store.agent_month(record.agent_id, now)  # one read: the periods and their hours
+    fields = budget_forecast.month_fields(usage_store.agent_month(record.agent_id, window(Period.MONTH, now).key))
     return AgentUsageView.model_validate(
         {
             "agent_id": record.agent_id,
@@ -220,18 +221,25 @@ def resume_agent(call: Call) -> AgentHoldsView:
 def get_tenant_usage(call: Call) -> TenantUsageView:
     """A tenant's spend, tokens and calls in the current UTC hour, day and month, with its budget."""
     tenant = visible_tenant(call)
-    cfg = config.read_tenant(tenant)
-    now = core.now()
-    fields = forecast_store.tenant_month(tenant, now, settings.get().tenant_shards)  # one read per shard
+    cfg, periods = tenant_usage_view(tenant, core.now())
     return TenantUsageView.model_validate(
         {
             "tenant": tenant,
-            "periods": _with_forecast(budgets.parse(cfg.budget), fields, now),
+            "periods": periods,
             "budget": cfg.budget,
             "budget_source": cfg.budget_source,
             "reserved": _reserved_view(tenant),
         }
     )
+
+
+def tenant_usage_view(tenant: str, now: datetime) -> tuple[config.TenantConfig, dict[str, Any]]:
+    """The tenant's settings and its usage per period (``hour``, ``day``, ``month``: spend, budget, what
+    remains, when it resets, the forecast), as GET /v1/tenants/{t}/usage answers and GET /metrics exports
+    it (the one place both read it): the tenant's document (one read) and its month shards (one read each)."""
+    cfg = config.read_tenant(tenant)
+    fields = usage_store.tenant_month(tenant, window(Period.MONTH, now).key, settings.get().tenant_shards)
+    return cfg, _with_forecast(budgets.parse(cfg.budget), fields, now)
 
 
 def _reserved_view(tenant: str) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """``GET /metrics``: the fleet's Prometheus series as OpenMetrics text (prometheus-client).
 
 The series are computed by shared/domain/metrics.py from figures read by shared/store/metrics_reads.py and
-the usage counters (shared/store/usage.py), through the same view the usage API answers with, so the two
-cannot disagree. The figures are cached for :data:`CACHE_S` per instance and per scope (the key's tenant,
-or none; with or without per-agent labels): a Prometheus server scraping every 15 s costs a read of them
-every 30 s at most. Each registry is built per scrape from a collector over the cached series.
+each tenant's usage through the function the usage API answers with (shared/api/costs.py:
+tenant_usage_view), so the two cannot disagree. The figures are cached for :data:`CACHE_S` per instance and
+per scope (the key's tenant, or none; with or without per-agent labels): a Prometheus server scraping every
+15 s costs a read of them every 30 s at most. Each registry is built per scrape from a collector over the cached series.
 
 Any key that may read may scrape (a viewer key is enough), and so may a ``scrape`` key, which may read
 nothing else (every other route refuses it with a 403, audited, as any role check); a tenant-scoped key
@@ -24,18 +24,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from shared.api import core
+from shared.api import core, costs
 from shared.api.core import ApiError, Call, Param, Route, Routes
-from shared.domain import budgets
+from shared.domain import fleet_health
 from shared.domain import metrics as domain
 from shared.domain.api_keys import Role
 from shared.domain.periods import Period, window
 from shared.domain.pricing import format_usd
 from shared.domain.rejections import Code
 from shared.domain.usage import Totals, month_field
-from shared.platform import metering, settings
-from shared.services import accounting
-from shared.store import config, metrics_reads
+from shared.platform import metering
+from shared.store import metrics_reads
 from shared.store import usage as usage_store
 
 #: Seconds the figures of one scope are reused by this instance.
@@ -44,7 +43,8 @@ CACHE_S = 30.0
 MAX_AGENTS = 10_000
 MAX_EPISODES = 5_000
 MAX_JOBS = 5_000
-#: Per-agent labels are refused above this many agents (cardinality, and one usage read per agent).
+#: Per-agent labels are refused above this many agents (cardinality, and one usage read per agent); such a
+#: scrape reads this many agents plus one, and nothing else, before it is refused.
 MAX_PER_AGENT = 2_000
 
 routes = Routes("metrics")
@@ -157,28 +157,41 @@ def forget() -> None:
 
 
 def read(tenant: str | None, per_agent: bool) -> domain.Figures:
-    """The figures of one scope, read now (their Firestore reads counted in ``reads``)."""
+    """The figures of one scope, read now (their Firestore reads counted in ``reads``). A per-agent scope of
+    more than :data:`MAX_PER_AGENT` agents is refused after reading that many plus one, and nothing else."""
     now = core.now()
     with metering.metered() as meter:
-        agents, agents_cut = metrics_reads.agents(tenant, MAX_AGENTS)
-        if per_agent and len(agents) > MAX_PER_AGENT:  # refused before any other read
-            _count_into_caller(meter.reads)
-            raise ApiError(400, f"per-agent series are limited to {MAX_PER_AGENT} agents; use a tenant's key")
-        episodes, episodes_cut = metrics_reads.open_episodes(tenant, MAX_EPISODES)
-        jobs, jobs_cut = metrics_reads.live_jobs(tenant, MAX_JOBS)
-        shown = domain.Figures(agents=tuple(agents), tenants=(tenant,) if tenant else ())
-        usage = tuple(row for name in domain.tenants_of(shown) for row in _tenant_usage(name, now))
-        rejections = None
-        if tenant is None:
-            rejections = metrics_reads.rejections_since([c.value for c in Code], now - timedelta(hours=1))
-        spend: tuple[domain.AgentSpend, ...] = ()
-        if per_agent:
-            spend = _agent_spend(agents, now)
+        # Per agent: the one agent past the limit says "too many" (the cut), so refusing costs MAX_PER_AGENT + 1.
+        agents, agents_cut = metrics_reads.agents(tenant, MAX_PER_AGENT if per_agent else MAX_AGENTS)
+        figures = None if per_agent and agents_cut else _read_rest(tenant, per_agent, agents, agents_cut, now)
+    _count_into_caller(meter.reads)
+    if figures is None:
+        raise ApiError(400, f"per-agent series are limited to {MAX_PER_AGENT} agents; use a tenant's key")
+    return replace(figures, reads=meter.reads)
+
+
+def _read_rest(
+    tenant: str | None, per_agent: bool, agents: list[tuple[str, str, str]], agents_cut: bool, now: datetime
+) -> domain.Figures:
+    """The figures of one scope once its agents are read: episodes, jobs, usage, rejections, per-agent spend."""
+    episodes, episodes_cut = metrics_reads.open_episodes(tenant, MAX_EPISODES)
+    jobs, jobs_cut = metrics_reads.live_jobs(tenant, MAX_JOBS)
+    shown = domain.Figures(agents=tuple(agents), tenants=(tenant,) if tenant else ())
+    usage = tuple(row for name in domain.tenants_of(shown) for row in _tenant_usage(name, now))
+    rejections = None
+    if tenant is None:
+        rejections = metrics_reads.rejections_since([c.value for c in Code], now - timedelta(hours=1))
+    spend: tuple[domain.AgentSpend, ...] = ()
+    if per_agent:
+        spend = _agent_spend(agents, now)
     cut = tuple(p for p, hit in (("agents", agents_cut), ("episodes", episodes_cut), ("jobs", jobs_cut)) if hit)
-    figures = domain.Figures(
+    return domain.Figures(
         agents=tuple(agents),
         usage=usage,
-        open_episodes=tuple(episodes),
+        open_episodes=tuple((t, severity) for t, severity, _kind in episodes),
+        fleet_health=None
+        if tenant
+        else tuple((k, severity) for t, severity, k in episodes if t == fleet_health.TENANT),
         jobs=tuple(jobs),
         rejections=rejections,
         agent_spend=spend,
@@ -186,8 +199,6 @@ def read(tenant: str | None, per_agent: bool) -> domain.Figures:
         read_at=now,
         tenants=shown.tenants,
     )
-    _count_into_caller(meter.reads)
-    return replace(figures, reads=meter.reads)
 
 
 def _count_into_caller(reads: int) -> None:
@@ -197,10 +208,9 @@ def _count_into_caller(reads: int) -> None:
 
 
 def _tenant_usage(tenant: str, now: datetime) -> list[domain.PeriodUsage]:
-    """The tenant's periods as GET /v1/tenants/{t}/usage shows them (its document and usage shards)."""
-    cfg = config.read_tenant(tenant)
-    periods = usage_store.tenant_periods(tenant, now, settings.get().tenant_shards)
-    view = accounting.usage_view(periods, budgets.parse(cfg.budget))
+    """The tenant's periods from the usage API's own view (shared/api/costs.py: tenant_usage_view): its
+    document and usage shards."""
+    _cfg, view = costs.tenant_usage_view(tenant, now)
     return [
         domain.PeriodUsage(
             tenant=tenant,
@@ -211,7 +221,7 @@ def _tenant_usage(tenant: str, now: datetime) -> list[domain.PeriodUsage]:
             remaining_usd=_number(row["remaining_usd"]),
             budget_tokens=row["budget_tokens"],
             remaining_tokens=row["remaining_tokens"],
-            resets_at=periods[Period(period)][0].resets_at,
+            resets_at=datetime.fromisoformat(row["resets_at"]),
         )
         for period, row in view.items()
     ]

@@ -40,6 +40,7 @@ from shared.api import (
 )
 from shared.api.bodies import ErrorBody, ErrorDetail, Health
 from shared.api.core import ERROR_CODES, ApiError, Call, Route, Routes
+from shared.domain.api_keys import Role
 from shared.domain.audit import AuditEntry
 from shared.platform import logs
 from shared.platform import settings as platform_settings
@@ -166,7 +167,7 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
         fields["key_id"] = principal.key_id
         if not principal.role.allows(route.role):
             reason = f"this API key's role ({principal.role}) cannot call {route.endpoint}"
-            _audit_refusal(principal, route, request.path, fields["request_id"], reason)
+            audit_refusal(principal, route.endpoint, route.role, request.path, fields["request_id"], reason)
             raise ApiError(403, reason)
     result = route.view(Call(request, {k: str(v) for k, v in args.items()}, principal, fields["request_id"]))
     if isinstance(result, flask.Response):  # a route that answers other than JSON (GET /metrics)
@@ -175,17 +176,20 @@ def _dispatch(request: flask.Request, fields: dict[str, Any]) -> flask.Response:
     return _json(route.status, body)
 
 
-def _audit_refusal(principal: Principal, route: Route, path: str, request_id: str, reason: str) -> None:
-    """A call the key's role does not allow is an audit entry too (who tried what)."""
+def audit_refusal(
+    principal: Principal, action: str, needs: Role, path: str, request_id: str, reason: str, *, via: str = "api"
+) -> None:
+    """A call the key's role does not allow is an audit entry too (who tried what): ``<via>.<action>``,
+    outcome ``refused``. The console audits its own refusals (a scrape key signing in) through here too."""
     entry = AuditEntry(
-        id=f"api.{request_id}.{route.endpoint}.refused",
+        id=f"{via}.{request_id}.{action}.refused",
         at=core.now(),
-        actor=f"api:{principal.name}",
-        action=f"api.{route.endpoint}",
+        actor=f"{via}:{principal.name}",
+        action=f"{via}.{action}",
         target=path[:300],
         outcome="refused",
         tenant=principal.tenant,
-        details={"reason": reason, "role": principal.role.value, "needs": route.role.value},
+        details={"reason": reason, "role": principal.role.value, "needs": needs.value},
     )
     audit_store.append(entry)
 

@@ -18,9 +18,6 @@ from werkzeug.test import EnvironBuilder
 from shared.api import router
 from shared.console import session
 
-#: Where the console's entry point keeps its request id (a failed in-process call logs under it).
-REQUEST_ID = "fleet.request_id"
-
 
 @dataclass(frozen=True)
 class Answer:
@@ -53,7 +50,7 @@ def call_api(request: flask.Request, method: str, path: str, body: dict[str, Any
     )
     try:
         inner = flask.Request(builder.get_environ())
-        response = router.serve_within(inner, str(request.environ.get(REQUEST_ID, "")) or "in-process")
+        response = router.serve_within(inner, str(request.environ.get(session.REQUEST_ID, "")) or "in-process")
     finally:
         builder.close()
     try:

@@ -7,7 +7,8 @@ shared/console/agent_page.py), GET /spend (spend_page.py), GET /alerts (open ale
 silences, alerts_page.py) with POST /alerts/<episode id>/ack and /snooze (through the API's own
 handlers), GET /jobs (jobs_page.py), GET /approvals (read-only: decisions stay in Slack,
 approvals_page.py) and GET /assets/<file>. Without a valid session
-(no cookie, a revoked or unknown key) every page redirects to /sign-in. Every response carries a strict
+(no cookie, a revoked or unknown key, or a ``scrape`` key: refused and audited, shared/console/session.py)
+every page redirects to /sign-in. Every response carries a strict
 Content-Security-Policy (no inline script or style: the pages load /assets/console.js and
 /assets/console.css), nosniff and no-referrer. Templates are Jinja2 with autoescape on: every value from
 agents or users is escaped.
@@ -30,7 +31,6 @@ from shared.api.core import ApiError
 from shared.console import (
     agent_page,
     alerts_page,
-    api_calls,
     approvals_page,
     fleet,
     formats,
@@ -99,6 +99,9 @@ def sign_in(request: flask.Request) -> flask.Response:
     principal = api_keys.verify(token) if token and len(token) <= 4096 else None
     if principal is None:
         return render("sign_in.html", 401, message="That API key is invalid or revoked.", principal=None)
+    if not session.allowed(request, principal, "sign_in"):  # a scrape key: GET /metrics only (audited)
+        message = f"A {principal.role} key cannot sign in to the console; use a viewer key or more."
+        return render("sign_in.html", 403, message=message, principal=None)
     response = _redirect("/")
     session.sign_in(response, request, token)
     return response
@@ -242,7 +245,7 @@ def handle(request: flask.Request) -> flask.Response:
     """Serve one request; never raises, logs one line, always sets the security headers."""
     request_id = uuid.uuid4().hex
     fields: dict[str, Any] = {"method": request.method, "path": request.path, "request_id": request_id}
-    request.environ[api_calls.REQUEST_ID] = request_id
+    request.environ[session.REQUEST_ID] = request_id
     with logs.invocation(log, **fields) as entry:
         level = logging.INFO
         try:

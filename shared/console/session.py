@@ -7,6 +7,11 @@ and would still have to look the key up to notice a revocation. Holding the key 
 did not already grant: the cookie is HttpOnly (no script reads it), SameSite=Strict (no other site sends
 it), Secure outside a loopback host, and has no Expires (it ends with the browser session). It is never
 logged nor echoed back. POSTs also check Sec-Fetch-Site and Origin when the browser sends them.
+
+A key needs the viewer role (:data:`LEAST_ROLE`) or more: a ``scrape`` key reads GET /metrics and nothing
+else, so it cannot sign in, and one already signed in is sent back to sign-in on its next request (either
+refusal audited as the API audits a role refusal, shared/api/router.audit_refusal: ``console.sign_in`` or
+``console.session``, outcome ``refused``).
 """
 
 from __future__ import annotations
@@ -15,10 +20,16 @@ import os
 
 import flask
 
+from shared.api import router
+from shared.domain.api_keys import Role
 from shared.store import api_keys
 from shared.store.api_keys import Principal
 
 COOKIE = "fleet_console"
+#: Where the console's entry point keeps its request id (audit entries and in-process API calls use it).
+REQUEST_ID = "fleet.request_id"
+#: The least role the console serves (every page reads what a viewer may read).
+LEAST_ROLE = Role.VIEWER
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 
@@ -32,11 +43,25 @@ def is_local(request: flask.Request) -> bool:
 
 
 def principal(request: flask.Request) -> Principal | None:
-    """Who the session's key stands for; None without a cookie, or for a malformed, unknown or revoked key."""
+    """Who the session's key stands for; None without a cookie, for a malformed, unknown or revoked key, or
+    for a key whose role may not use the console (refused and audited, see :func:`allowed`)."""
     token = request.cookies.get(COOKIE, "")
     if not token or len(token) > 4096:
         return None
-    return api_keys.verify(token)
+    found = api_keys.verify(token)
+    if found is None or not allowed(request, found, "session"):
+        return None
+    return found
+
+
+def allowed(request: flask.Request, key: Principal, action: str) -> bool:
+    """Whether ``key``'s role may use the console; a refusal is audited (``console.<action>``)."""
+    if key.role.allows(LEAST_ROLE):
+        return True
+    reason = f"this API key's role ({key.role}) cannot use the console"
+    request_id = str(request.environ.get(REQUEST_ID, "")) or "console"
+    router.audit_refusal(key, action, LEAST_ROLE, request.path, request_id, reason, via="console")
+    return False
 
 
 def sign_in(response: flask.Response, request: flask.Request, token: str) -> None:

@@ -4,12 +4,12 @@ shared/console/spend_view.py).
 
 The tenant's agents, usage and budget come from the REST API's own handlers in-process with the
 session's key (shared/console/api_calls.call_api): the same tenant scope and roles. A tenant-scoped key
-sees only its tenant; an admin key picks one with ``?tenant=``. Each period's spend and budget (the
-projections) are the usage API's ``periods.day``/``periods.month``: the tenant's own counters, so they
-hold however many agents the tenant has. The per-agent, per-model day counters (the table and the chart
-only) come from ``shared.store.usage_months.agents_month_models`` for the agents the API listed for this
-key (at most :data:`MAX_AGENTS`; the page says when it stops there): one batched read of one document per
-agent and month (the previous month too while the comparison window reaches into it).
+sees only its tenant; a key that sees every tenant (any role) picks one with ``?tenant=``. Each period's
+spend and budget (the projections) are the usage API's ``periods.day``/``periods.month``: the tenant's
+own counters, so they hold however many agents the tenant has. The per-agent, per-model day counters (the
+table and the chart only) come from ``shared.store.usage_months.agents_month_models`` for the agents the
+API listed for this key (at most :data:`MAX_AGENTS`; the page says when it stops there): one batched read
+of one document per agent and month (the previous month too while the comparison window reaches into it).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PAGE_SIZE = 100
 
 @dataclass
 class SpendPage:
-    """What the template shows: the chosen tenant (None: an admin still to pick one) and its view."""
+    """What the template shows: the chosen tenant (None: a fleet-wide key still to pick one) and its view."""
 
     tenant: str | None
     view: dict[str, Any] | None

@@ -13,8 +13,9 @@ Five kinds, each judged on what the last hour (or the outbox right now) shows:
 
 An episode per kind is open while its finding lasts and resolves the first tick it is gone. They are the
 deployment's, not a tenant's: tenant :data:`TENANT` (no real tenant id starts with ``_``), whose alerting
-settings are the deployment's defaults (its Slack channels), listed by ``GET /v1/alerts`` to admin keys
-only. Their index of open episodes is the ``_fleet`` tenant alert document, as a root alert's is.
+settings are the deployment's defaults (its Slack channels), listed by ``GET /v1/alerts`` (and shown by the
+console's fleet banner) to any key that sees every tenant, a viewer's included; never to a tenant's key.
+Their index of open episodes is the ``_fleet`` tenant alert document, as a root alert's is.
 A threshold of 0 turns its check off.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 
 from shared.domain import episodes as domain
 from shared.domain.alerts import Severity
-from shared.domain.metrics import DEAD_LETTER_CODE
+from shared.domain.rejections import Code
 
 RULE = "fleet_health"
 #: The tenant of the deployment's own episodes.
@@ -84,7 +85,7 @@ class Finding:
 def judge(readings: Readings, limits: Thresholds) -> dict[Kind, Finding]:
     """The findings of one tick, per kind (a kind without a finding is healthy)."""
     out: dict[Kind, Finding] = {}
-    dead = int(readings.rejections.get(DEAD_LETTER_CODE, 0))
+    dead = int(readings.rejections.get(Code.DELIVERY_EXHAUSTED.value, 0))
     if limits.dead_letters_per_hour and dead > limits.dead_letters_per_hour:
         out[Kind.DEAD_LETTERS] = Finding(
             Kind.DEAD_LETTERS,
@@ -94,7 +95,7 @@ def judge(readings: Readings, limits: Thresholds) -> dict[Kind, Finding]:
             "once fixed",
             {"count": dead, "threshold": limits.dead_letters_per_hour},
         )
-    others = {c: int(n) for c, n in readings.rejections.items() if c != DEAD_LETTER_CODE and n}
+    others = {c: int(n) for c, n in readings.rejections.items() if c != Code.DELIVERY_EXHAUSTED.value and n}
     rejected = sum(others.values())
     if limits.rejections_per_hour and rejected > limits.rejections_per_hour:
         top = sorted(others.items(), key=lambda item: (-item[1], item[0]))[:3]

@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from shared.domain import fleet_health
 from shared.domain.alerts import Severity
 from shared.domain.jobs import ACTIVE, JobState
 from shared.domain.lifecycle import State
+from shared.domain.rejections import Code
 
 PREFIX = "fleet_"
 #: The statuses ``fleet_agents`` counts: all but ``decommissioned``. A decommissioned agent never comes back
@@ -57,8 +59,10 @@ class Figures:
     #: (tenant, agent id, status) of every agent read.
     agents: tuple[tuple[str, str, str], ...] = ()
     usage: tuple[PeriodUsage, ...] = ()
-    #: (tenant, severity) of every open episode read.
+    #: (tenant, severity) of every open episode read (the deployment's ``_fleet`` ones included).
     open_episodes: tuple[tuple[str, str], ...] = ()
+    #: (kind, severity) of the open ``fleet_health`` episodes (fleet-wide; None for a tenant's key).
+    fleet_health: tuple[tuple[str, str], ...] | None = None
     #: (tenant, backend, state) of every job waiting or active.
     jobs: tuple[tuple[str, str, str], ...] = ()
     #: Rejection code -> rejections received in the last hour (fleet-wide; None for a tenant's key).
@@ -88,15 +92,14 @@ class Series:
 
 #: Job states a backend's pending series counts (Kueue's pending workloads: waiting for quota).
 PENDING = frozenset({JobState.QUEUED})
-#: Dead letters are the rejections of this code (shared/pipeline/handlers.py: handle_dead_letter).
-DEAD_LETTER_CODE = "delivery_exhausted"
 
 
 def tenants_of(figures: Figures) -> list[str]:
-    """Every tenant the figures name, sorted."""
+    """Every tenant the figures name, sorted; not the deployment's pseudo-tenant ``_fleet``, whose episodes
+    are ``fleet_health_open_episodes`` (by kind), not a tenant's."""
     names = {t for t, _a, _s in figures.agents} | {u.tenant for u in figures.usage} | set(figures.tenants)
     names |= {t for t, _s in figures.open_episodes} | {t for t, _b, _s in figures.jobs}
-    return sorted(names)
+    return sorted(names - {fleet_health.TENANT})
 
 
 def series(figures: Figures, *, per_agent: bool, age_s: float = 0.0) -> list[Series]:
@@ -106,6 +109,8 @@ def series(figures: Figures, *, per_agent: bool, age_s: float = 0.0) -> list[Ser
     out = [_agents(figures, tenants), *_usage(figures.usage), _episodes(figures, tenants), *_jobs(figures)]
     if figures.rejections is not None:
         out += _rejections(figures.rejections)
+    if figures.fleet_health is not None:
+        out.append(_fleet_health(figures.fleet_health))
     if per_agent:
         out += _per_agent(figures)
     out += _self(figures, age_s)
@@ -155,6 +160,19 @@ def _episodes(figures: Figures, tenants: Iterable[str]) -> Series:
     return out
 
 
+def _fleet_health(open_: Iterable[tuple[str, str]]) -> Series:
+    counts = Counter(open_)
+    out = Series(
+        "fleet_health_open_episodes",
+        "Open fleet_health episodes (the deployment's own pipeline) by kind and severity.",
+        ("kind", "severity"),
+    )
+    for kind in fleet_health.Kind:
+        for severity in Severity:
+            out.add(counts[(kind.value, severity.value)], kind.value, severity.value)
+    return out
+
+
 def _jobs(figures: Figures) -> list[Series]:
     labels = ("tenant", "backend")
     pending = Series(PREFIX + "training_pending_jobs", "Training jobs queued for quota (the queue's length).", labels)
@@ -172,7 +190,7 @@ def _rejections(by_code: dict[str, int]) -> list[Series]:
     for code in sorted(by_code):
         out.add(by_code[code], code)
     dead = Series(PREFIX + "dead_letters_last_hour", "Messages dead-lettered in the last hour.", ())
-    dead.add(by_code.get(DEAD_LETTER_CODE, 0))
+    dead.add(by_code.get(Code.DELIVERY_EXHAUSTED.value, 0))  # the dead letters' code (handle_dead_letter)
     return [out, dead]
 
 

@@ -1,4 +1,4 @@
-"""The budget forecast's reads (shared/services/budget_forecasts.py, the usage API): the budgeted tenants and
+"""The budget forecast's reads (shared/services/budget_forecasts.py): the budgeted tenants and
 agents a page at a time after a rotating cursor, their month counters, and the open ``budget_forecast``
 episodes. Every read is bounded and counted.
 
@@ -11,7 +11,7 @@ episodes. Every read is bounded and counted.
   forecast opens as), read only for the keys about to open (one read each, one ``get_all``), written in the
   batch that resolves a forecast of the key (:func:`resolve`);
 - a tenant's month: ``usage.tenant_month`` (its shards summed, one read per shard);
-- an agent's month: ``usage.agent_month`` (one read; the batched form is ``usage.agent_months``);
+- agents' months: ``usage.agent_months`` (one read each, batched; the service reads it directly);
 - open forecast episodes: ``episodes`` where ``rule`` and ``state`` are equal (single-field indexes merged,
   no composite index), at most ``limit`` (one read each, one for none).
 """
@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from shared.domain import episodes as episode_rules
-from shared.domain.budget_forecast import RULE, month_fields, next_occurrence
+from shared.domain.budget_forecast import RULE, next_occurrence
 from shared.domain.periods import Period, window
 from shared.domain.usage import Totals
 from shared.platform import metering
@@ -159,11 +159,6 @@ def resolve(
     batch.set(_occurrence_ref(key), marker, merge=True)
     written = 2 + (write.notice is not None)
     return db.unless_changed(lambda: batch.commit(**db.call_options()), writes=written) is not None
-
-
-def agent_month(agent_id: str, now: datetime) -> dict[str, Totals]:
-    """The agent's counters of the current month (``m``, ``dDD``, ``hDDHH``): one read."""
-    return month_fields(usage.agent_month(agent_id, window(Period.MONTH, now).key))
 
 
 def tenant_month(tenant: str, now: datetime, shards: int) -> dict[str, Totals]:

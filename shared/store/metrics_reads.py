@@ -23,22 +23,21 @@ PAGE = 1000
 
 
 def _projected(query: Any, fields: list[str], cap: int) -> tuple[list[dict[str, Any]], bool]:
-    """Up to ``cap`` documents of ``query`` (only ``fields``), by id, a page at a time; and whether the cap
-    cut it short."""
+    """Up to ``cap`` documents of ``query`` (only ``fields``), by id, a page at a time; and whether there were
+    more. Each document is read once and at most ``cap + 1`` are read (the one past the cap says it was cut),
+    plus one read for an empty last page."""
     query = query.select(fields).order_by("__name__")
     rows: list[dict[str, Any]] = []
     last = None
-    while len(rows) < cap:
+    while True:
+        want = min(PAGE, cap + 1 - len(rows))
         page = query.start_after(last) if last is not None else query
-        docs = list(page.limit(min(PAGE, cap - len(rows)) + 1).stream(**db.call_options()))
+        docs = list(page.limit(want).stream(**db.call_options()))
         metering.count(reads=max(1, len(docs)))
-        more = len(docs) > min(PAGE, cap - len(rows))
-        docs = docs[: min(PAGE, cap - len(rows))]
         rows += [{**(doc.to_dict() or {}), "_id": doc.id} for doc in docs]
-        if not more:
-            return rows, False
+        if len(docs) < want or len(rows) > cap:
+            return rows[:cap], len(rows) > cap
         last = docs[-1]
-    return rows, True
 
 
 def _of(collection: str, tenant: str | None) -> Any:
@@ -61,14 +60,22 @@ def agents(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bo
     return [(str(r.get("tenant") or ""), str(r["_id"]), str(r.get("status") or "registered")) for r in rows], cut
 
 
-def open_episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], bool]:
-    """(tenant, severity) of every open episode (of ``tenant``): one read per open episode."""
+def open_episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
+    """(tenant, severity, kind) of every open episode (of ``tenant``): one read per open episode. The kind
+    (``details.kind``) is a ``fleet_health`` episode's; "" for others without one."""
     # lazy: the Firestore client's query module loads with the first read, not at import
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     query = _of(EPISODES, tenant).where(filter=FieldFilter("state", "==", "open"))
-    rows, cut = _projected(query, ["tenant", "severity"], cap)
-    return [(str(r.get("tenant") or ""), str(r.get("severity") or "warning")) for r in rows], cut
+    rows, cut = _projected(query, ["tenant", "severity", "details.kind"], cap)
+    return [
+        (
+            str(r.get("tenant") or ""),
+            str(r.get("severity") or "warning"),
+            str((r.get("details") or {}).get("kind") or ""),
+        )
+        for r in rows
+    ], cut
 
 
 def live_jobs(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:

@@ -17,6 +17,7 @@ from shared.cli import fleetctl
 from shared.domain.metrics import AGENT_STATUSES
 from shared.domain.rejections import Code
 from shared.platform import settings
+from shared.store import metrics_reads
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import agent_doc, log_lines, make_key, publish
 from tests.integration.test_costs import batch, record, register
@@ -127,9 +128,12 @@ def test_metrics_equal_the_apis_figures_and_stay_within_the_tenant(stack, publis
     # (T: the tenants with agents read; those named only by an episode or a job have no usage read.)
     tenants = {dict(labels)["tenant"] for (name, labels), v in fleet.items() if name == "fleet_agents" and v}
     jobs = shown["fleet_training_pending_jobs"] + shown["fleet_training_running_jobs"]
+    # E counts the deployment's fleet_health episodes too: read, but shown by kind, not as a tenant "_fleet".
+    assert "_fleet" not in {dict(labels).get("tenant") for _name, labels in fleet}
+    health = sum(v for (n, _l), v in fleet.items() if n == "fleet_health_open_episodes")
     expected = (
         max(1, shown["fleet_agents"])
-        + max(1, shown["fleet_open_episodes"])
+        + max(1, shown["fleet_open_episodes"] + health)
         + max(1, jobs)
         + len(tenants) * (1 + shards)
         + len(Code)
@@ -158,3 +162,16 @@ def test_metrics_equal_the_apis_figures_and_stay_within_the_tenant(stack, publis
     lines = [x for x in log_lines(stack.state_dir, "fleet-api") if x.get("path") == "/metrics"]
     first = next(x for x in lines if x.get("key_id") == viewer_id)
     assert first["firestore_reads"] - got[("fleet_metrics_firestore_reads", ())] in (0, 1), first
+
+
+def test_open_episodes_project_the_fleet_health_kind(stack, firestore) -> None:
+    """The projection reads the nested ``details.kind`` (shown by fleet_health_open_episodes) on Firestore."""
+    episode = f"metrics-test-{uuid.uuid4().hex[:10]}"
+    ref = firestore.collection("episodes").document(episode)
+    tenant = f"t-{uuid.uuid4().hex[:10]}"  # its own tenant: no other test reads it
+    ref.set({"tenant": tenant, "state": "open", "severity": "high", "details": {"kind": "dead_letters", "x": 1}})
+    try:
+        rows, cut = metrics_reads.open_episodes(tenant, 10)
+        assert rows == [(tenant, "high", "dead_letters")] and not cut
+    finally:
+        ref.delete()

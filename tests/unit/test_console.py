@@ -13,16 +13,20 @@ from werkzeug.datastructures import MultiDict
 from shared.console import app, fleet, session
 from shared.domain.agent_record import AgentRecord
 from shared.domain.api_keys import Role
+from shared.domain.audit import AuditEntry
 from shared.domain.usage import Totals
 from shared.store import agents as agent_store
 from shared.store import api_keys, usage_today
+from shared.store import audit as audit_store
 from shared.store import episodes as episode_store
 from shared.store.api_keys import Principal
 
 T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 ADMIN = Principal("00000000000000aa", "admin", Role.ADMIN, None)
 ACME = Principal("00000000000000bb", "acme-viewer", Role.VIEWER, "acme")
-TOKENS = {"admin-token": ADMIN, "acme-token": ACME}
+SCRAPER = Principal("00000000000000cc", "prometheus", Role.SCRAPE, None)
+VIEWER = Principal("00000000000000dd", "fleet-viewer", Role.VIEWER, None)
+TOKENS = {"admin-token": ADMIN, "acme-token": ACME, "scrape-token": SCRAPER, "viewer-token": VIEWER}
 APP = flask.Flask(__name__)
 
 
@@ -162,3 +166,43 @@ def test_static_files_are_served_by_name_only() -> None:
     assert _call("/assets/console.css").mimetype == "text/css"
     assert _call("/assets/../app.py").status_code == 404
     assert _call("/assets/app.py").status_code == 404
+
+
+def test_a_scrape_key_cannot_sign_in_and_is_audited(monkeypatch: pytest.MonkeyPatch) -> None:
+    audit: list[AuditEntry] = []
+    monkeypatch.setattr(audit_store, "append", audit.append)
+    response = _call("/sign-in", "POST", data={"key": "scrape-token"})
+    assert response.status_code == 403 and "cannot sign in" in response.get_data(as_text=True)
+    assert "Set-Cookie" not in response.headers
+    [entry] = audit
+    assert (entry.action, entry.actor, entry.outcome) == ("console.sign_in", "console:prometheus", "refused")
+    assert entry.details["role"] == "scrape" and entry.details["needs"] == "viewer"
+    assert response.headers["X-Request-Id"] in entry.id
+
+
+#: Every signed-in page and action of the console: (method, path).
+SIGNED = [
+    *app.SIGNED,
+    *((m, prefix + "agent-a1") for m, prefix in app.SIGNED_PREFIXES),
+    ("POST", "/alerts/budget.acme.day/ack"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), SIGNED)
+def test_a_signed_in_scrape_key_goes_back_to_sign_in_having_read_nothing(
+    method: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit: list[AuditEntry] = []
+    monkeypatch.setattr(audit_store, "append", audit.append)
+    read: list[str] = []
+    monkeypatch.setattr(agent_store, "list_agents", lambda **kw: read.append("agents") or ([], None))
+    monkeypatch.setattr(usage_today, "agents_today", lambda ids, now: read.append("usage") or {})
+    monkeypatch.setattr(episode_store, "list_episodes", lambda **query: read.append("episodes") or [])
+    response = _call(path, method, token="scrape-token")
+    assert response.status_code == 303 and response.headers["Location"] == "/sign-in"
+    assert f"{session.COOKIE}=;" in response.headers["Set-Cookie"]  # the session is forgotten
+    assert read == []
+    [entry] = audit
+    assert (entry.action, entry.outcome, entry.target) == ("console.session", "refused", path)
+    # A viewer's session is served (the check refuses the role, not every key), and audits nothing.
+    assert _call("/", token="acme-token").status_code == 200 and len(audit) == 1

@@ -1,14 +1,16 @@
-"""The console's fleet page shows the deployment's open ``fleet_health`` episodes to a key that sees every
-tenant, and nothing of them to a tenant's key (shared/console/fleet.py ``health``)."""
+"""The console's fleet page shows the deployment's open ``fleet_health`` episodes to any key that sees every
+tenant (a viewer is enough), and nothing of them to a tenant's key (shared/console/fleet.py ``health``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from shared.console import fleet
+from shared.domain.api_keys import Role
 from shared.store import episodes as episode_store
 from tests.unit.test_console import ACME, ADMIN, _call, stores  # noqa: F401  (the console's fixture)
 
@@ -36,8 +38,11 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return queries
 
 
-def test_an_admin_sees_the_open_fleet_health_episodes_above_the_fleet(asked: list[dict[str, Any]]) -> None:
-    body = _call("/", token="admin-token").get_data(as_text=True)
+@pytest.mark.parametrize("token", ["admin-token", "viewer-token"])  # any key that sees every tenant
+def test_a_fleet_wide_key_sees_the_open_fleet_health_episodes_above_the_fleet(
+    asked: list[dict[str, Any]], token: str
+) -> None:
+    body = _call("/", token=token).get_data(as_text=True)
     assert 'id="fleet-health"' in body and 'data-kind="slack_failing"' in body
     assert "the bot token is refused" in body and "2026-12-06 15:58 UTC" in body
     assert asked == [{"state": "open", "tenant": "_fleet", "limit": fleet.MAX_HEALTH}]
@@ -47,3 +52,4 @@ def test_a_tenant_key_neither_reads_nor_sees_them(asked: list[dict[str, Any]]) -
     body = _call("/", token="acme-token").get_data(as_text=True)
     assert "fleet-health" not in body and "bot token" not in body
     assert asked == [] and fleet.health(ACME) == [] and fleet.health(ADMIN)[0]["kind"] == "slack_failing"
+    assert fleet.health(replace(ACME, role=Role.ADMIN)) == []  # a tenant's admin neither

@@ -21,14 +21,13 @@ from shared.domain import holds
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import State
-from shared.domain.periods import Period, windows
+from shared.domain.periods import Period, window, windows
 from shared.domain.pricing import Price
 from shared.domain.usage import Totals, month_field
 from shared.platform import metering, settings
 from shared.services import accounting, agent_commands
 from shared.store import agents as agent_store
 from shared.store import api_keys, config, db
-from shared.store import budget_forecasts as forecast_store
 from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
 from shared.store.api_keys import Principal
@@ -202,11 +201,12 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         assert now == NOW
         return periods(w.usage.get(agent_id, {}))
 
-    def agent_month(agent_id: str, now: datetime) -> Any:
-        assert now == NOW
-        return month(w.usage.get(agent_id, {}))
+    def agent_month(agent_id: str, month_key: str) -> Any:
+        assert month_key == window(Period.MONTH, NOW).key
+        return {name: totals.as_dict() for name, totals in month(w.usage.get(agent_id, {})).items()}
 
-    def tenant_month(tenant: str, now: datetime, shards: int) -> Any:
+    def tenant_month(tenant: str, month_key: str, shards: int, skip: Any = ()) -> Any:
+        assert month_key == window(Period.MONTH, NOW).key
         w.shards.append(shards)
         return month(w.tenant_usage.get(tenant, {}))
 
@@ -237,8 +237,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(agent_store, "get", get)
     monkeypatch.setattr(agent_store, "update", update)
     monkeypatch.setattr(usage_store, "agent_periods", agent_periods)
-    monkeypatch.setattr(forecast_store, "agent_month", agent_month)
-    monkeypatch.setattr(forecast_store, "tenant_month", tenant_month)
+    monkeypatch.setattr(usage_store, "agent_month", agent_month)
+    monkeypatch.setattr(usage_store, "tenant_month", tenant_month)
     monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
     monkeypatch.setattr(episode_store, "raise_once", raise_once)
     monkeypatch.setattr(agent_commands, "publish", lambda sent: w.published.extend(sent) or [])
@@ -329,7 +329,7 @@ def test_transient_errors_on_cost_routes_are_503(world: World, monkeypatch: pyte
     def down(*args: Any, **kwargs: Any) -> None:
         raise ServiceUnavailable("firestore is down")
 
-    monkeypatch.setattr(forecast_store, "agent_month", down)
+    monkeypatch.setattr(usage_store, "agent_month", down)
     reply = send("/v1/agents/agent-a1/usage")
     assert_error(reply, 503, "unavailable")
     assert reply.headers["Retry-After"] == "1"

@@ -3,14 +3,17 @@ with prometheus-client's parser) and the route, with the store reads monkeypatch
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import ANY
 
 import flask
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from shared.api import core, router
+from shared.api import core, costs, router
 from shared.api import metrics as api_metrics
 from shared.domain import metrics as domain
 from shared.domain import roles
@@ -117,6 +120,23 @@ def test_per_agent_series_only_when_asked_and_no_rejections_for_a_tenant_scope()
     assert "fleet_rejections_last_hour" not in names and "fleet_dead_letters_last_hour" not in names
 
 
+def test_the_deployments_fleet_health_episodes_are_by_kind_not_a_tenant() -> None:
+    figures = domain.Figures(
+        agents=FIGURES.agents,
+        open_episodes=(("acme", "critical"), ("_fleet", "high"), ("_fleet", "critical")),
+        fleet_health=(("dead_letters", "high"), ("slack_failing", "critical")),
+    )
+    got = samples(api_metrics.render(domain.series(figures, per_agent=False)).decode())
+    assert not [k for k in got if dict(k[1]).get("tenant") == "_fleet"]  # no agents, episodes... of "_fleet"
+    assert got[("fleet_open_episodes", (("severity", "critical"), ("tenant", "acme")))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "dead_letters"), ("severity", "high")))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "slack_failing"), ("severity", "critical")))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "model_load"), ("severity", "critical")))] == 0  # zero-filled
+    # A tenant's key (fleet_health None): no such family.
+    scoped = samples(api_metrics.render(domain.series(replace(figures, fleet_health=None), per_agent=False)).decode())
+    assert not [k for k in scoped if k[0].startswith("fleet_health_")]
+
+
 def test_a_tenant_without_agents_is_still_shown_for_its_own_key() -> None:
     got = samples(api_metrics.render(domain.series(domain.Figures(tenants=("acme",)), per_agent=False)).decode())
     assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 0
@@ -141,11 +161,13 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
     def agents(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
         seen.scopes.append(tenant)
         metering.count(reads=len(FIGURES.agents))
-        return [a for a in FIGURES.agents if tenant in (None, a[0])], False
+        shown = [a for a in FIGURES.agents if tenant in (None, a[0])]
+        return shown[:cap], len(shown) > cap
 
-    def episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str]], bool]:
+    def episodes(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
         metering.count(reads=1)
-        return [e for e in FIGURES.open_episodes if tenant in (None, e[0])], False
+        rows = [(*e, "") for e in FIGURES.open_episodes] + [("_fleet", "critical", "slack_failing")]
+        return [e for e in rows if tenant in (None, e[0])], False
 
     def jobs(tenant: str | None, cap: int) -> tuple[list[tuple[str, str, str]], bool]:
         metering.count(reads=1)
@@ -189,6 +211,8 @@ def test_a_viewer_gets_openmetrics_text_of_every_tenant(reads: Reads) -> None:
     assert got[("fleet_tenant_remaining_budget_usd", (("period", "day"), ("tenant", "globex")))] == 5.0
     assert got[("fleet_rejections_last_hour", (("code", "schema_violation"),))] == 3
     assert got[("fleet_metrics_truncated", (("part", "jobs"),))] == 1
+    assert got[("fleet_health_open_episodes", (("kind", "slack_failing"), ("severity", "critical")))] == 1
+    assert "_fleet" not in text  # the deployment's episodes are not a tenant's series
     assert reads.rejection_since == [T0 - timedelta(hours=1)]
     # The fakes' reads: one per agent (4), the episodes (1), the jobs (1), one count per rejection code (the
     # tenant documents and usage shards are monkeypatched: 0).
@@ -200,13 +224,31 @@ def test_a_tenant_key_sees_only_its_tenant(reads: Reads) -> None:
     got = samples(text)
     assert reads.scopes == ["acme"]
     assert {dict(labels).get("tenant") for _name, labels in got if dict(labels).get("tenant")} == {"acme"}
-    assert "globex" not in text and "fleet_rejections_last_hour" not in text
+    assert "globex" not in text and "fleet_rejections_last_hour" not in text and "fleet_health_" not in text
     assert got[("fleet_agents", (("status", "active"), ("tenant", "acme")))] == 2
     assert got[("fleet_open_episodes", (("severity", "critical"), ("tenant", "acme")))] == 2
     assert got[("fleet_training_pending_jobs", (("backend", "local"), ("tenant", "acme")))] == 2
     assert got[("fleet_tenant_max_budget_usd", (("period", "day"), ("tenant", "acme")))] == 5.0
     # The same fakes without the rejection counts: 4 + 1 + 1.
     assert got[("fleet_metrics_firestore_reads", ())] == len(FIGURES.agents) + 1 + 1
+
+
+def test_tenant_usage_is_the_usage_apis_own_view(reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, datetime]] = []
+    real = costs.tenant_usage_view
+
+    def view(tenant: str, now: datetime) -> Any:
+        asked.append((tenant, now))
+        cfg, periods = real(tenant, now)
+        return cfg, {**periods, "day": {**periods["day"], "spend_usd": "1.25", "remaining_usd": "3.75"}}
+
+    monkeypatch.setattr(costs, "tenant_usage_view", view)
+    got = samples(get("/metrics", ADMIN).get_data(as_text=True))
+    assert asked == [("acme", T0), ("globex", T0)]
+    assert got[("fleet_tenant_spend_usd", (("period", "day"), ("tenant", "acme")))] == 1.25
+    assert got[("fleet_tenant_remaining_budget_usd", (("period", "day"), ("tenant", "acme")))] == 3.75
+    resets = got[("fleet_tenant_budget_reset_timestamp_seconds", (("period", "day"), ("tenant", "acme")))]
+    assert resets == datetime(2026, 11, 22, tzinfo=UTC).timestamp()
 
 
 def test_figures_are_cached_per_scope_for_30_seconds(reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,19 +283,29 @@ def test_errors_stay_json(reads: Reads) -> None:
         assert set(reply.get_json()["error"]) == {"code", "reason"}
 
 
-def test_a_scrape_key_reads_metrics_and_nothing_else(reads: Reads) -> None:
-    assert get("/metrics", SCRAPER).status_code == 200
-    refused = get("/v1/agents", SCRAPER)
-    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
-    [entry] = reads.audit
-    assert entry.outcome == "refused" and entry.action == "api.list_agents" and entry.actor == "api:prometheus"
+#: Every authenticated route but GET /metrics, with its arguments filled in.
+REFUSED = [
+    (r.method, re.sub(r"<(?:[^:>]+:)?[^>]+>", "x1", r.rule), r.endpoint)
+    for r in router.ROUTES
+    if r.auth and r.endpoint != "get_metrics"
+]
+
+
+def test_every_route_is_listed_for_the_scrape_key() -> None:
+    assert len(REFUSED) == len([r for r in router.ROUTES if r.auth]) - 1 > 50
+    assert ("GET", "/v1/agents", "list_agents") in REFUSED
     assert Role.VIEWER.allows(Role.SCRAPE) and not Role.SCRAPE.allows(Role.VIEWER)
 
 
-def test_the_reads_are_counted_on_the_invocation() -> None:
-    with metering.metered() as meter:
-        api_metrics._count_into_caller(7)
-    assert meter.reads == 7
+@pytest.mark.parametrize(("method", "path", "endpoint"), REFUSED, ids=[f"{m} {p}" for m, p, _e in REFUSED])
+def test_a_scrape_key_reads_metrics_and_nothing_else(reads: Reads, method: str, path: str, endpoint: str) -> None:
+    assert get("/metrics", SCRAPER).status_code == 200
+    with APP.test_request_context(path, method=method, headers={"Authorization": f"Bearer {SCRAPER}"}, json={}):
+        refused = router.handle(flask.request)
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
+    [entry] = reads.audit
+    assert (entry.outcome, entry.action, entry.actor) == ("refused", f"api.{endpoint}", "api:prometheus")
+    assert entry.details == {"reason": refused.get_json()["error"]["reason"], "role": "scrape", "needs": ANY}
 
 
 def test_scrape_is_an_api_keys_role_only() -> None:
@@ -301,9 +353,10 @@ class _Query:
     ("count", "cap", "pages", "reads"),
     [
         (0, 10_000, 1, 1),  # an empty page still costs a read
-        (2500, 10_000, 3, 1001 + 1001 + 500),  # a page reads one more to know whether another follows
-        (2000, 10_000, 2, 1001 + 1000),  # the 1001st document says a second page follows; it has no 1001st
-        (2500, 1500, 2, 1001 + 501),  # the cap: the second page asks for 500 (+1 to know it was cut)
+        (2500, 10_000, 3, 1000 + 1000 + 500),  # every document read once
+        (2000, 10_000, 3, 1000 + 1000 + 1),  # a full last page: the next, empty, says it was the last
+        (2500, 1500, 2, 1000 + 501),  # the cap: the second page asks for 501 (the 1501st says it was cut)
+        (2500, 2000, 3, 1000 + 1000 + 1),
     ],
 )
 def test_projections_page_by_1000_up_to_their_cap(count: int, cap: int, pages: int, reads: int) -> None:
@@ -327,6 +380,19 @@ def test_too_many_agents_for_per_agent_series_is_refused_before_other_reads_and_
         reply = get("/metrics", ADMIN, agents="true")
         assert reply.status_code == 400 and "limited to 1 agents" in reply.get_json()["error"]["reason"]
     assert reads.scopes == [None] and asked == []  # agents read once, nothing else: the refusal is cached
+
+
+def test_a_per_agent_scrape_of_too_many_agents_reads_one_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = type("Client", (), {"collection": lambda self, name: _Agents([f"a{i:05d}" for i in range(4500)])})()
+    monkeypatch.setattr(metrics_reads.db, "client", lambda: client)
+    _Query.streamed.clear()
+    with metering.metered() as meter, pytest.raises(core.ApiError, match="limited to 2000 agents"):
+        api_metrics.read(None, True)
+    assert api_metrics.MAX_PER_AGENT == 2000
+    assert meter.reads == api_metrics.MAX_PER_AGENT + 1 and len(_Query.streamed) == 3  # paged: 1000, 1000, 1
+    with metering.metered() as meter:
+        rows, cut = metrics_reads.agents(None, api_metrics.MAX_AGENTS)
+    assert meter.reads == 4500 and len(rows) == 4500 and not cut  # without per-agent labels: every agent
 
 
 class _Agents(_Query):
