@@ -29,15 +29,11 @@ from typing import Any
 from shared.domain import episodes as domain
 from shared.domain.alerts import Severity
 from shared.domain.metrics import DEAD_LETTER_CODE
+from shared.domain.slack_errors import AUTH_ERRORS  # the one set, shared with shared/slack/web_api.py
 
 RULE = "fleet_health"
 #: The tenant of the deployment's own episodes.
 TENANT = "_fleet"
-#: Slack errors that say the bot token is bad (the same set as shared/slack/web_api.py ``AUTH_ERRORS``;
-#: the domain does not import the adapter).
-AUTH_ERRORS = frozenset(
-    {"not_configured", "not_authed", "invalid_auth", "token_revoked", "token_expired", "account_inactive"}
-)
 
 
 class Kind(StrEnum):

@@ -14,6 +14,7 @@ from shared.domain.alerts import Severity
 from shared.domain.fleet_health import Kind, Readings, Thresholds
 from shared.services import fleet_health as service
 from shared.services import sweep
+from shared.slack import web_api
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import fleet_health as store
@@ -55,6 +56,14 @@ def test_a_refused_bot_token_is_critical() -> None:
     slack = found[Kind.SLACK_FAILING]
     assert slack.severity is Severity.CRITICAL and slack.details["auth"] is True
     assert "bot token is refused (invalid_auth)" in slack.summary
+
+
+def test_the_adapter_and_the_health_rules_read_one_set_of_auth_errors() -> None:
+    # One set (shared/domain/slack_errors.py): a code added there changes both the logged
+    # slack_failure="auth" (Cloud Monitoring) and this episode's severity.
+    assert web_api.AUTH_ERRORS is rules.AUTH_ERRORS
+    for code in sorted(rules.AUTH_ERRORS):
+        assert rules.judge(Readings(failed_errors=[code] * 2), LIMITS)[Kind.SLACK_FAILING].severity is Severity.CRITICAL
 
 
 def test_too_many_pending_is_a_backlog_even_when_none_is_late_and_zero_turns_checks_off() -> None:
