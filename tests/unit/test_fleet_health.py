@@ -137,11 +137,13 @@ def test_the_service_opens_then_resolves_through_the_tenant_document(doc: FleetD
         "opened": ["dead_letters"],
         "escalated": 0,
         "resolved": [],
+        "notices": ["t._fleet.fleet_health.dead_letters.1.open"],  # due now: the tick sends them at its end
     }
     assert service.run(NOW, LIMITS)["opened"] == []
     seen.append(Readings())
     out = service.run(NOW + timedelta(minutes=1), LIMITS)
     assert out["unhealthy"] == [] and out["resolved"] == ["t._fleet.fleet_health.dead_letters.1"]
+    assert out["notices"] == ["t._fleet.fleet_health.dead_letters.1.resolve"]
     assert doc.state["episodes"] == {}
 
 
@@ -154,7 +156,7 @@ def test_a_failing_read_is_reported_not_raised(doc: FleetDoc, monkeypatch) -> No
     assert doc.writes == []
 
 
-def test_the_minute_job_runs_the_check_last(monkeypatch) -> None:
+def test_the_minute_job_runs_the_check_last_and_sends_its_notices_in_the_same_run(monkeypatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(sweep, "sweep", lambda now: calls.append("sweep") or sweep.Swept())
     monkeypatch.setattr(sweep, "roots", lambda swept, now: calls.append("roots"))
@@ -162,10 +164,20 @@ def test_the_minute_job_runs_the_check_last(monkeypatch) -> None:
     monkeypatch.setattr(sweep.approvals, "sweep", lambda now: calls.append("approvals") or {})
     monkeypatch.setattr(sweep.leases, "release_due", lambda now: calls.append("leases") or 0)
     monkeypatch.setattr(sweep.budget_forecasts, "run", lambda now: calls.append("forecast") or {})
-    monkeypatch.setattr(sweep.fleet_health, "run", lambda now: calls.append("health") or {"unhealthy": []})
+    health = {"unhealthy": []}
+    monkeypatch.setattr(sweep.fleet_health, "run", lambda now: calls.append("health") or dict(health))
+    sent: list[list[str]] = []
+    monkeypatch.setattr(
+        sweep.notifier, "send_due", lambda ids: sent.append(list(ids)) or sweep.notifier.Flushed(sent=1)
+    )
     out = sweep.run(NOW)
     assert calls == ["sweep", "roots", "flush", "approvals", "leases", "forecast", "health"]
-    assert out["fleet_health"] == {"unhealthy": []}
+    assert out["fleet_health"] == {"unhealthy": []} and sent == [] and out["own_notifications"] == {}
+    # An opening written after the flush is sent at the end of the same run, not at the next tick.
+    health = {"unhealthy": ["dead_letters"], "notices": ["t._fleet.fleet_health.dead_letters.1.open"]}
+    out = sweep.run(NOW)
+    assert sent == [["t._fleet.fleet_health.dead_letters.1.open"]] and out["own_notifications"]["sent"] == 1
+    assert out["fleet_health"] == {"unhealthy": ["dead_letters"]}
 
 
 def test_a_model_failure_counts_only_for_the_version_in_service_within_the_hour(monkeypatch) -> None:
