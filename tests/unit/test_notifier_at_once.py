@@ -11,16 +11,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fleet_agent.contracts import Heartbeat
+from fleet_agent.identity import AgentKey
 
 from shared.domain import episodes as domain
 from shared.domain.alerts import Alert
 from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
+from shared.domain.health import HealthConfig
 from shared.domain.spend import Effects
-from shared.pipeline import fleet_actions
+from shared.pipeline import fleet_actions, handlers
 from shared.pipeline.decoding import PushedMessage
 from shared.platform import settings
 from shared.services import accounting, handoff, notifier
+from shared.store import config as config_store
 from shared.store import episodes as episode_store
+from tests.unit.test_identity_paths import NOW as IDENTITY_NOW
+from tests.unit.test_identity_paths import agent as signed_agent
+from tests.unit.test_identity_paths import decoded as signed
+from tests.unit.test_identity_paths import store  # noqa: F401
 from tests.unit.test_notifier import NOW, T0, World, a_silence, later, opening, world  # noqa: F401
 
 HOUR = timedelta(hours=1)
@@ -363,3 +371,29 @@ def test_the_minute_jobs_own_late_notices_are_sent_in_the_same_tick_once(world: 
     assert "raised_by" not in outbox.docs[notice["id"]]
     assert notifier.send_due([notice["id"]]).sent == 0 and notifier.flush(NOW).sent == 0  # never twice
     assert len(world.slack.calls) == 1
+
+
+def test_a_heartbeat_whose_security_score_quarantines_the_agent_hands_the_opening_over(
+    store: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N10: the heartbeat call site itself (fleet-heartbeats also reaches send_now through forged_events,
+    so the derived raisers test would not notice its removal)."""
+    key = AgentKey.generate()
+    low = {"health": {"score": 30.0, "score_at": IDENTITY_NOW.isoformat()}}
+    store["agent"] = signed_agent(key).model_copy(update=low)
+    monkeypatch.setattr(config_store, "rules", lambda name: (HealthConfig(), AlertingConfig()))
+    published: list[Any] = []
+    monkeypatch.setattr(handlers.agent_commands, "publish", published.extend)
+    handed: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(handoff, "hand_over", lambda kind, **fields: handed.append((kind, fields)) or True)
+    monkeypatch.setenv("K_SERVICE", "fleet-heartbeats")
+    beat = Heartbeat(agent_id="chat-1", seq=6, sent_at=IDENTITY_NOW, status="busy",
+                     metrics={"cpu_pct": 10.0, "error_rate": 0.5})  # fmt: skip
+    plan = handlers.process_heartbeat(signed(beat, key))  # score 30 - 15 (error_rate): quarantined
+    assert plan.changes["status_hold"] == "quarantine" and [c.command.value for c in published] == ["quarantine"]
+    security = [w.notice["id"] for w in plan.episodes if w.notice and w.fields.get("rule") == domain.SECURITY]
+    assert security == ["a.chat-1.security.2.open"]
+    # Only the critical opening (not the error_rate warning), with the function and the code path.
+    fields = {"ids": security, "by": "fleet-heartbeats", "raised_by": "heartbeat_rules"}
+    assert handed == [(handoff.ALERTS_NOW, fields)]
