@@ -303,7 +303,8 @@ class Stack:
                 "--port",
                 str(port),
             ]
-            started.append((fn.name, self._spawn(fn.name, argv, fn_env), port))
+            # Its name (notifier ``sent_by``): Cloud Run's K_SERVICE would make the console's cookies Secure here.
+            started.append((fn.name, self._spawn(fn.name, argv, {**fn_env, "FLEET_FUNCTION": fn.name}), port))
             urls[fn.name] = f"http://127.0.0.1:{port}"
         for name, proc, port in started:
             _wait_http(f"http://127.0.0.1:{port}/healthz", START_TIMEOUT_S, proc, self.logs / f"{name}.log")

@@ -7,7 +7,7 @@ Five kinds, each judged on what the last hour (or the outbox right now) shows:
 - ``dead_letters``: messages dead-lettered (rejections of code ``delivery_exhausted``) above a threshold;
 - ``rejections``: all other rejections together above a threshold (a broken agent release, a flood);
 - ``slack_failing``: notices the outbox marked ``failed`` (Slack refused them) above a threshold;
-  ``critical`` when a refusal says the bot token itself is bad (web_api ``AUTH_ERRORS``);
+  ``critical`` when a refusal says the bot token itself is bad (``shared/domain/slack_errors.AUTH_ERRORS``);
 - ``outbox_backlog``: notices pending past their due time by more than a delay, or too many pending;
 - ``model_load``: the model version in service failed to load on an instance (the registry records it).
 
@@ -30,15 +30,11 @@ from typing import Any
 from shared.domain import episodes as domain
 from shared.domain.alerts import Severity
 from shared.domain.rejections import Code
+from shared.domain.slack_errors import AUTH_ERRORS  # the one set, shared with shared/slack/web_api.py
 
 RULE = "fleet_health"
 #: The tenant of the deployment's own episodes.
 TENANT = "_fleet"
-#: Slack errors that say the bot token is bad (the same set as shared/slack/web_api.py ``AUTH_ERRORS``;
-#: the domain does not import the adapter).
-AUTH_ERRORS = frozenset(
-    {"not_configured", "not_authed", "invalid_auth", "token_revoked", "token_expired", "account_inactive"}
-)
 
 
 class Kind(StrEnum):

@@ -9,6 +9,12 @@ model's stored self-check with the scorer that will serve (shared/ml/provenance.
 is refused the same way (``reason: self_check_failed``, with the largest deviation), and, since the same
 bytes would fail again, the instance remembers the refusal instead of downloading that version every period.
 
+A failed load is recorded on the registry pointer (``load_failure``, which the minute job's ``fleet_health``
+check reads), but not on every failed refresh of every instance: only when the pointer does not already show
+the same version failing within :data:`FAILURE_REWRITE` (the promotion's transaction reads that document).
+A later successful load of that version clears it (one conditional write), so a transient failure does not
+keep the ``model_load`` episode open for the rest of its hour.
+
 Loaders build models from their safe formats (``.npz`` with pickles disabled) without their
 scikit-learn objects: serving uses the flattened trees, so scikit-learn is never imported here.
 """
@@ -21,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.platform import logs, metering, settings
@@ -45,6 +51,10 @@ class Loaded:
     version: str
     model: Any
 
+
+#: A failure the pointer already shows for the same version is written again only after this long (the
+#: minute job looks back an hour, so a lasting failure stays visible).
+FAILURE_REWRITE = timedelta(minutes=5)
 
 _lock = threading.Lock()
 _served: dict[str, Loaded | None] = {}
@@ -114,9 +124,12 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
             error=f"{type(exc).__name__}: {exc}"[:500],
         )
         # Durable for the minute job's fleet_health check (the log line is this instance's alone).
-        reason = f"{failure['reason']} ({type(exc).__name__})"
-        registry.note_load_failure(kind, str(version), reason, datetime.now(UTC))
+        now = datetime.now(UTC)
+        if not noted_recently(pointer, str(version), now):
+            registry.note_load_failure(kind, str(version), f"{failure['reason']} ({type(exc).__name__})", now)
         return served
+    if (pointer.get("load_failure") or {}).get("version") == str(version):
+        registry.clear_load_failure(kind, str(version))  # loaded fine now: the failure was transient
     logs.log(
         log,
         "model loaded",
@@ -128,6 +141,13 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return Loaded(kind, str(version), model)
+
+
+def noted_recently(pointer: dict[str, Any], version: str, now: datetime) -> bool:
+    """Whether the pointer already shows ``version`` failing, recorded less than :data:`FAILURE_REWRITE` ago."""
+    noted = pointer.get("load_failure") or {}
+    at = noted.get("at")
+    return noted.get("version") == version and isinstance(at, datetime) and timedelta(0) <= now - at < FAILURE_REWRITE
 
 
 def reset() -> None:

@@ -79,7 +79,9 @@ def _run(message: PushedMessage, fields: dict[str, Any]) -> str:
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids) or not by:
             return "malformed"
         fields["notices"] = len(ids)
-        sent = notifier.deliver(ids, by=by)  # claimed through the outbox: a redelivery sends nothing twice
+        raised_by = str(body.get("raised_by") or "")[:100] or None  # absent from messages of earlier versions
+        # Claimed through the outbox: a redelivery sends nothing twice.
+        sent = notifier.deliver(ids, by=by, raised_by=raised_by)
         return "done" if sent.sent else "nothing_to_do"
     return "unknown_kind"
 

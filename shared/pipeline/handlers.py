@@ -180,7 +180,7 @@ def process_heartbeat(decoded: Decoded) -> Plan:
     plan = agent_store.update(hb.agent_id, decide)
     if plan.commands:  # the health rules quarantined the agent, or a budget hold was lifted
         agent_commands.publish(plan.commands)
-    notifier.send_now(plan.episodes, by="fleet-heartbeats")  # a quarantine (critical): Slack hears now
+    notifier.send_now(plan.episodes, by="heartbeat_rules")  # a quarantine (critical): Slack hears now
     return plan
 
 

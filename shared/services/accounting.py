@@ -251,7 +251,7 @@ def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:
     raised = [alert for alert in effects.alerts if episode_store.raise_once(alert)]
     for alert in raised:
         logs.log(log, alert.message, alert=alert.kind, severity=alert.severity.value, agent_id=alert.agent_id)
-    notifier.send_now(raised, by="fleet-costs")  # a runaway loop, a hard limit: Slack hears now
+    notifier.send_now(raised, by="cost_rules")  # a runaway loop, a hard limit: Slack hears now
     plan.commands = sent
     plan.skipped = None
     return plan

@@ -4,7 +4,8 @@ episodes, one per kind while its finding lasts.
 
 The episodes are indexed in the ``_fleet`` tenant alert document and written with it in one conditional
 batch (shared/store/episodes.py ``update_tenant``, as a root alert): concurrent ticks open each once. Their
-notices go through the ordinary outbox (the next tick's flush; a Slack that refuses everything cannot carry
+notices go through the ordinary outbox, due at once: the tick's result names them (``notices``) and the
+minute job sends them at its end (shared/services/sweep.py; a Slack that refuses everything cannot carry
 them, which is why they are also listed by ``GET /v1/alerts`` to admin keys and on the console's fleet page).
 A failure here is logged and reported in the tick's result, never raised: the watcher must not stop the
 minute job it runs in.
@@ -38,7 +39,8 @@ def thresholds() -> rules.Thresholds:
 
 
 def run(now: datetime, limits: rules.Thresholds | None = None) -> dict[str, Any]:
-    """One tick: the kinds found unhealthy, and the episodes opened, escalated and resolved."""
+    """One tick: the kinds found unhealthy, the episodes opened, escalated and resolved, and the ids of
+    the notices written due now (``notices``: for the minute job to send in the same tick)."""
     try:
         return check(now, limits or thresholds())
     except Exception as exc:  # the watcher must not fail the minute job
@@ -70,4 +72,5 @@ def check(now: datetime, limits: rules.Thresholds) -> dict[str, Any]:
         "opened": opened,
         "escalated": escalated,
         "resolved": resolved,
+        "notices": [w.notice["id"] for w in writes if w.notice and w.notice["due_at"] <= now],
     }

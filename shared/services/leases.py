@@ -155,7 +155,7 @@ def exceeded(agent: AgentRecord, epoch: domain.Epoch, excess: Amount, now: datet
         details={"epoch": epoch.id, "excess_usd": format_usd(excess.usd_nanos), "excess_tokens": excess.tokens},
     )
     if episode_store.raise_once(alert):
-        notifier.send_now([alert], by="fleet-costs")
+        notifier.send_now([alert], by="lease_exceeded")
     logs.log(log, reason, agent_id=agent.agent_id, alert="lease_exceeded")
     return list(plan.commands)
 

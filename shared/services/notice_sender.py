@@ -75,8 +75,12 @@ def defer(notice: dict[str, Any], now: datetime, delay: timedelta | None) -> Non
 
 
 class Sender:
-    def __init__(self, now: datetime, silences: list[Silence], out: Flushed, by: str = MINUTE_JOB) -> None:
+    def __init__(
+        self, now: datetime, silences: list[Silence], out: Flushed, by: str = MINUTE_JOB, raised_by: str | None = None
+    ) -> None:
         self.now, self.silences, self.out, self.by = now, silences, out, by
+        #: Who sent it (``sent_by``) and, for a hand-over, the code path that raised it (``raised_by``).
+        self.stamp: Fields = {"sent_by": by, **({"raised_by": raised_by} if raised_by else {})}
         self.done: set[str] = set()
         #: Openings claimed by this run ahead of their group wait (a critical escalation's).
         self.pulled: list[dict[str, Any]] = []
@@ -101,7 +105,7 @@ class Sender:
 
     def _finish(self, notice: dict[str, Any], state: str, remember: Fields | None = None, **fields: Any) -> None:
         """Record how ``notice`` ended and, in the same write, what its episode must ``remember``."""
-        finished = {"state": state, "done_at": self.now, "sent_by": self.by, **fields}
+        finished = {"state": state, "done_at": self.now, **self.stamp, **fields}
         store.finish(notice["id"], finished, episode=(notice["episode_id"], remember) if remember else None)
         self._done(notice, remember)
 
@@ -207,7 +211,7 @@ class Sender:
         group_id = f"{posted.channel}.{posted.ts}"
         store.save_group(group_id, channel=posted.channel, ts=posted.ts, notices=group, at=self.now)
         slack_ref = {"channel": posted.channel, "ts": posted.ts, "group": group_id}
-        fields = {"state": "sent", "done_at": self.now, "sent_by": self.by}
+        fields = {"state": "sent", "done_at": self.now, **self.stamp}
         sent = {**fields, "channel": posted.channel, "ts": posted.ts, "group": group_id}
         store.finish_all([(notice["id"], sent, (notice["episode_id"], {"slack": slack_ref})) for notice in group])
         for notice in group:

@@ -19,15 +19,19 @@ Run by the minute job after the liveness sweep (``flush``). Every step is safe u
 What each claimed notice becomes in Slack is shared/services/notice_sender.py.
 
 Critical and emergency notices do not wait for the minute job: the function that opened or escalated
-the episode calls :func:`send_now` right after its commit, which claims them with the same conditional
-update and sends them through the same steps 3 and 4 (docs/alerting.md, "Critical alerts at once"). A
-notice it could not send stays in the outbox for the minute job. Each finished notice records who
-handled it (``sent_by``: ``minute_job`` or ``at_once:<function>``).
+the episode calls :func:`send_now` right after its commit, which only hands their ids over to
+``fleet-actions`` (one publish). There :func:`deliver` claims them with the same conditional update as
+step 2 and sends them through steps 3 and 4 (docs/alerting.md, "Critical alerts at once"). A notice it
+could not claim or send stays in the outbox for the minute job. The minute job's own notices due at once
+(the fleet's health, written after the flush) are sent at the end of the same tick (:func:`send_due`).
+Each finished notice records who sent it (``sent_by``: ``minute_job`` or ``at_once:<function>``, the
+function that raised it) and, when handed over, the code path that raised it (``raised_by``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,7 +47,7 @@ from shared.store import silences as silence_store
 
 log = logs.get_logger("notifier")
 
-__all__ = ["LEASE", "MINUTE_JOB", "Flushed", "deliver", "flush", "send_now"]
+__all__ = ["LEASE", "MINUTE_JOB", "Flushed", "deliver", "flush", "function_name", "send_due", "send_now"]
 
 BATCH = 300
 
@@ -63,23 +67,44 @@ def flush(now: datetime) -> Flushed:
     return out
 
 
+def function_name() -> str:
+    """The function this code runs in: ``K_SERVICE`` (Cloud Run sets it to the function's name), or
+    ``FLEET_FUNCTION`` (the local stack, emulators/stack.py, sets it per function); ``unknown`` elsewhere."""
+    return os.environ.get("K_SERVICE") or os.environ.get("FLEET_FUNCTION") or "unknown"
+
+
 def send_now(raised: Iterable[Alert | domain.EpisodeWrite], *, by: str) -> int:
     """Hand the critical and emergency notices among what the caller just committed (cost alerts it
     opened, or episode writes) to ``fleet-actions`` (one publish, milliseconds), which sends them now
     (:func:`deliver`) rather than at the next minute job. The event functions thus never wait on Slack
     and hold no Slack token. Never raises: a failed hand-over leaves them to the minute job (the safety
-    net). ``by`` names the raising function (recorded as ``sent_by``). Returns how many were handed over."""
+    net). The running function (:func:`function_name`) is recorded as ``sent_by: at_once:<function>``;
+    ``by`` names the code path that raised them (``raised_by``: ``budget_change``, ``forged_events``, ...).
+    Returns how many were handed over."""
     ids = domain.at_once(raised)
     if not ids or not settings.get().alerts_at_once:
         return 0
-    return len(ids) if handoff.hand_over(handoff.ALERTS_NOW, ids=ids, by=by) else 0
+    handed = handoff.hand_over(handoff.ALERTS_NOW, ids=ids, by=function_name(), raised_by=by)
+    return len(ids) if handed else 0
 
 
-def deliver(ids: Iterable[str], *, by: str) -> Flushed:
-    """Send the notices ``ids`` now (``fleet-actions``, handed over by :func:`send_now`): each is claimed as
-    the minute job claims it (a conditional update on the notice as read), so exactly one instance sends
-    it, and the minute job never sends it again. Never raises: whatever was not sent stays in the outbox
-    for the minute job."""
+def deliver(ids: Iterable[str], *, by: str, raised_by: str | None = None) -> Flushed:
+    """Send the notices ``ids`` now (``fleet-actions``, handed over by :func:`send_now` in function ``by``):
+    each is claimed as the minute job claims it (a conditional update on the notice as read), so of two
+    instances, a redelivery, or a race with the minute job, one claim succeeds and the others skip it.
+    Once recorded ``sent`` a notice is never sent again; a crash between Slack's answer and that record
+    sends it once more after its lease (docs/alerting.md). Never raises: whatever was not sent stays in
+    the outbox for the minute job."""
+    return _send_ids(ids, f"at_once:{by}", raised_by, "critical notices sent at once")
+
+
+def send_due(ids: Iterable[str]) -> Flushed:
+    """The minute job's own notices due now that it wrote after its flush (the fleet's health): claimed
+    and sent as :func:`deliver` does, in the same tick rather than the next, ``sent_by: minute_job``."""
+    return _send_ids(ids, MINUTE_JOB, None, "the tick's own notices sent")
+
+
+def _send_ids(ids: Iterable[str], sent_by: str, raised_by: str | None, done: str) -> Flushed:
     out = Flushed()
     ids = sorted(set(ids))
     if not ids or not _slack_reachable():
@@ -93,11 +118,11 @@ def deliver(ids: Iterable[str], *, by: str) -> Flushed:
                 out.lost_claims += 1
             else:
                 claimed.append(notice)
-        _send(claimed, now, out, f"at_once:{by}")
+        _send(claimed, now, out, sent_by, raised_by)
     except Exception as exc:  # the outbox keeps them: the minute job sends what is left
         logs.log(log, f"immediate send failed, left to the minute job: {exc!r}", logging.ERROR, notices=ids)
     else:
-        logs.log(log, "critical notices sent at once", notices=ids, by=by, **out.as_dict())
+        logs.log(log, done, notices=ids, sent_by=sent_by, raised_by=raised_by, **out.as_dict())
     return out
 
 
@@ -115,12 +140,12 @@ def _slack_reachable() -> bool:
     return True
 
 
-def _send(claimed: list[dict[str, Any]], now: datetime, out: Flushed, by: str) -> None:
+def _send(claimed: list[dict[str, Any]], now: datetime, out: Flushed, by: str, raised_by: str | None = None) -> None:
     """Send claimed notices; what Slack could not take goes back to the outbox, due later."""
     if not claimed:
         return
     silences = silence_store.active(now)
-    sender = Sender(now, silences, out, by)
+    sender = Sender(now, silences, out, by, raised_by)
     try:
         sender.send_all(claimed)
     except SlackDown as down:

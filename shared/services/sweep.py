@@ -1,6 +1,7 @@
 """The minute job: the liveness sweep, root alerts, the Slack outbox (shared/services/notifier.py), then expired
 approval requests (shared/services/approvals.py), ended lease epochs, the budget forecast
-(shared/services/budget_forecasts.py) and the fleet's own health (shared/services/fleet_health.py).
+(shared/services/budget_forecasts.py) and the fleet's own health (shared/services/fleet_health.py), whose
+notices, due at once, are sent at the end of the same run (``notifier.send_due``).
 
 The sweep reads only agents whose ``sweep_at`` has passed (shared/domain/liveness.py), and moves
 each with the agent store's conditional write: concurrent sweeps make each transition once. The
@@ -61,9 +62,13 @@ def run(now: datetime) -> dict[str, Any]:
     forecast = budget_forecasts.run(now)
     # The fleet watching itself: dead letters, rejections, Slack failures, the outbox, model loads.
     health = fleet_health.run(now)
+    # Its notices are due now but were written after the flush: sent now, not at the next tick.
+    due_now = health.pop("notices", [])
+    own = notifier.send_due(due_now).as_dict() if due_now else {}
     return {
         **swept.as_dict(),
         "notifications": flushed.as_dict(),
+        "own_notifications": own,
         "leases_returned": returned,
         "budget_forecast": forecast,
         "fleet_health": health,

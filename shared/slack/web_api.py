@@ -24,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+# Refusals that say the bot token itself is bad (one set, which the fleet's health also reads): logged as
+# ``slack_failure="auth"``, which Cloud Monitoring alerts on (terraform/monitoring.tf).
+from shared.domain.slack_errors import AUTH_ERRORS as AUTH_ERRORS
 from shared.platform import logs, settings
 
 if TYPE_CHECKING:
@@ -37,11 +40,6 @@ TIMEOUT_S = 10
 INLINE_RETRY_AFTER_S = 5.0
 #: Errors Slack answers (sometimes with HTTP 200) that say "not now" rather than "never".
 TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
-#: Refusals that say the bot token itself is bad (missing, revoked, expired, its workspace or app gone):
-#: logged as ``slack_failure="auth"``, which Cloud Monitoring alerts on (terraform/monitoring.tf).
-AUTH_ERRORS = frozenset(
-    {"not_configured", "not_authed", "invalid_auth", "token_revoked", "token_expired", "account_inactive"}
-)
 #: What Slack accepts where only a channel id will do (files.completeUploadExternal).
 _CHANNEL_ID = re.compile(r"^[CGDZ][A-Z0-9]{8,}$")
 

@@ -46,6 +46,33 @@ def note_load_failure(kind: str, version: str, reason: str, at: datetime) -> Non
     metering.count(writes=1)
 
 
+def clear_load_failure(kind: str, version: str) -> bool:
+    """Remove ``load_failure`` from ``models/{kind}`` if it still names ``version`` (an instance has since
+    loaded that version): a transaction, so a failure recorded meanwhile for another version (a promotion)
+    stays. One read and one write, rare (after a load of a version the pointer showed failing). False when
+    there was nothing to clear; never raised (serving must not fail over its bookkeeping)."""
+    # lazy: the Firestore client library, only for this rare write (as promote)
+    from google.cloud import firestore
+
+    ref = pointer_ref(kind)
+
+    @firestore.transactional
+    def run(tx: Any) -> bool:
+        snap = ref.get(transaction=tx)
+        metering.count(reads=1)
+        failure = (snap.to_dict() or {}).get("load_failure") if snap.exists else None
+        if not failure or failure.get("version") != version:
+            return False
+        tx.update(ref, {"load_failure": firestore.DELETE_FIELD})
+        metering.count(writes=1)
+        return True
+
+    try:
+        return bool(run(db.client().transaction()))
+    except Exception:  # Firestore trouble: the next successful load clears it, or the hour ages it out
+        return False
+
+
 def record(kind: str, version: str, data: dict[str, Any]) -> bool:
     """Store a version's record once (False when it exists already: a retried run)."""
     ref = version_ref(kind, version)

@@ -1,9 +1,11 @@
 """Critical alerts at once (issue 21), through the real path: a cost batch that opens a critical
-episode reaches the fake Slack from ``fleet-costs`` itself, with no minute job fired; a warning still
-waits for the minute job; and the minute job run right after sends no second message.
+episode reaches the fake Slack with no minute job fired (``fleet-costs`` commits it and hands its id over,
+``fleet-actions`` claims and sends it); a warning still waits for the minute job; and the minute job run
+right after sends no second message.
 
-The test stack runs no scheduler (tests fire ticks themselves), so nothing but the raising function
-can send before the tick below; each notice also records who sent it (``sent_by``).
+The test stack runs no scheduler (tests fire ticks themselves), so nothing but the hand-over can send
+before the tick below; each notice also records who sent it (``sent_by``: the raising function, as the
+stack names it) and the code path that raised it (``raised_by``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def test_a_runaway_loop_reaches_slack_at_once_and_a_warning_waits_for_the_minute
     assert sent[0]["response"]["channel"] == slack_channel(slack, "#fleet-oncall")
     [opening] = [n for n in notices(firestore, looping) if n["event"] == "open"]
     assert opening["severity"] == "critical" and opening["state"] == "sent"
-    assert opening["sent_by"] == "at_once:fleet-costs"
+    assert (opening["sent_by"], opening["raised_by"]) == ("at_once:fleet-costs", "cost_rules")
     # Finished in one write with its episode's message (the real batch): where later events reply.
     episode = firestore.collection("episodes").document(opening["episode_id"]).get().to_dict() or {}
     assert (
@@ -121,5 +123,6 @@ def test_a_quarantine_by_the_health_rules_reaches_slack_from_the_heartbeat_funct
     sent = wait_for(lambda: [c for c in openings(slack, agent_id) if "quarantined" in json.dumps(c["params"])])
     assert len(sent) == 1
     by_event = {n["episode_id"].split(".")[-2] + "." + n["event"]: n for n in notices(firestore, agent_id)}
-    assert by_event["security.open"]["sent_by"] == "at_once:fleet-heartbeats"
+    quarantine = by_event["security.open"]
+    assert (quarantine["sent_by"], quarantine["raised_by"]) == ("at_once:fleet-heartbeats", "heartbeat_rules")
     assert by_event["error_rate.open"]["state"] == "pending"  # a warning: the minute job's

@@ -14,6 +14,7 @@ from shared.domain.alerts import Severity
 from shared.domain.fleet_health import Kind, Readings, Thresholds
 from shared.services import fleet_health as service
 from shared.services import sweep
+from shared.slack import web_api
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import fleet_health as store
@@ -55,6 +56,14 @@ def test_a_refused_bot_token_is_critical() -> None:
     slack = found[Kind.SLACK_FAILING]
     assert slack.severity is Severity.CRITICAL and slack.details["auth"] is True
     assert "bot token is refused (invalid_auth)" in slack.summary
+
+
+def test_the_adapter_and_the_health_rules_read_one_set_of_auth_errors() -> None:
+    # One set (shared/domain/slack_errors.py): a code added there changes both the logged
+    # slack_failure="auth" (Cloud Monitoring) and this episode's severity.
+    assert web_api.AUTH_ERRORS is rules.AUTH_ERRORS
+    for code in sorted(rules.AUTH_ERRORS):
+        assert rules.judge(Readings(failed_errors=[code] * 2), LIMITS)[Kind.SLACK_FAILING].severity is Severity.CRITICAL
 
 
 def test_too_many_pending_is_a_backlog_even_when_none_is_late_and_zero_turns_checks_off() -> None:
@@ -128,11 +137,13 @@ def test_the_service_opens_then_resolves_through_the_tenant_document(doc: FleetD
         "opened": ["dead_letters"],
         "escalated": 0,
         "resolved": [],
+        "notices": ["t._fleet.fleet_health.dead_letters.1.open"],  # due now: the tick sends them at its end
     }
     assert service.run(NOW, LIMITS)["opened"] == []
     seen.append(Readings())
     out = service.run(NOW + timedelta(minutes=1), LIMITS)
     assert out["unhealthy"] == [] and out["resolved"] == ["t._fleet.fleet_health.dead_letters.1"]
+    assert out["notices"] == ["t._fleet.fleet_health.dead_letters.1.resolve"]
     assert doc.state["episodes"] == {}
 
 
@@ -145,7 +156,7 @@ def test_a_failing_read_is_reported_not_raised(doc: FleetDoc, monkeypatch) -> No
     assert doc.writes == []
 
 
-def test_the_minute_job_runs_the_check_last(monkeypatch) -> None:
+def test_the_minute_job_runs_the_check_last_and_sends_its_notices_in_the_same_run(monkeypatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(sweep, "sweep", lambda now: calls.append("sweep") or sweep.Swept())
     monkeypatch.setattr(sweep, "roots", lambda swept, now: calls.append("roots"))
@@ -153,10 +164,20 @@ def test_the_minute_job_runs_the_check_last(monkeypatch) -> None:
     monkeypatch.setattr(sweep.approvals, "sweep", lambda now: calls.append("approvals") or {})
     monkeypatch.setattr(sweep.leases, "release_due", lambda now: calls.append("leases") or 0)
     monkeypatch.setattr(sweep.budget_forecasts, "run", lambda now: calls.append("forecast") or {})
-    monkeypatch.setattr(sweep.fleet_health, "run", lambda now: calls.append("health") or {"unhealthy": []})
+    health = {"unhealthy": []}
+    monkeypatch.setattr(sweep.fleet_health, "run", lambda now: calls.append("health") or dict(health))
+    sent: list[list[str]] = []
+    monkeypatch.setattr(
+        sweep.notifier, "send_due", lambda ids: sent.append(list(ids)) or sweep.notifier.Flushed(sent=1)
+    )
     out = sweep.run(NOW)
     assert calls == ["sweep", "roots", "flush", "approvals", "leases", "forecast", "health"]
-    assert out["fleet_health"] == {"unhealthy": []}
+    assert out["fleet_health"] == {"unhealthy": []} and sent == [] and out["own_notifications"] == {}
+    # An opening written after the flush is sent at the end of the same run, not at the next tick.
+    health = {"unhealthy": ["dead_letters"], "notices": ["t._fleet.fleet_health.dead_letters.1.open"]}
+    out = sweep.run(NOW)
+    assert sent == [["t._fleet.fleet_health.dead_letters.1.open"]] and out["own_notifications"]["sent"] == 1
+    assert out["fleet_health"] == {"unhealthy": ["dead_letters"]}
 
 
 def test_a_model_failure_counts_only_for_the_version_in_service_within_the_hour(monkeypatch) -> None:

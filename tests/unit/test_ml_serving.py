@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -66,6 +66,22 @@ class FakeRegistry:
         self.reads = 0
         self.downloads = 0
         self.fail_blob = False
+        #: The registry's bookkeeping of failed loads: (version, at) written, versions cleared.
+        self.noted: list[tuple[str, datetime]] = []
+        self.cleared: list[str] = []
+
+    def note_load_failure(self, kind: str, version: str, reason: str, at: datetime) -> None:
+        self.noted.append((version, at))
+        assert self.pointer is not None
+        self.pointer["load_failure"] = {"version": version, "reason": reason, "at": at}
+
+    def clear_load_failure(self, kind: str, version: str) -> bool:
+        assert self.pointer is not None
+        if (self.pointer.get("load_failure") or {}).get("version") != version:
+            return False
+        self.cleared.append(version)
+        del self.pointer["load_failure"]
+        return True
 
     def publish(self, version: str, data: bytes) -> None:
         uri = f"gs://b/anomaly/{version}.npz"
@@ -94,6 +110,8 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
         return data
 
     monkeypatch.setattr(store, "pointer", pointer)
+    monkeypatch.setattr(store, "note_load_failure", reg.note_load_failure)
+    monkeypatch.setattr(store, "clear_load_failure", reg.clear_load_failure)
     monkeypatch.setattr(model_blobs, "get", get)
     monkeypatch.setattr(serving, "loader", lambda kind: lambda data: ("model", data))
     monkeypatch.setenv("FLEET_MODEL_REFRESH_S", "0")
@@ -120,6 +138,46 @@ def test_a_promoted_version_is_picked_up_and_failures_keep_the_model_in_service(
     registry.blobs[registry.pointer["current_uri"]] = b"two"  # type: ignore[index]
     second = serving.current("anomaly")
     assert second is not None and second.version == "v2"
+
+
+def test_a_failure_is_recorded_once_a_few_minutes_and_cleared_by_a_later_load(
+    registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N6: not a write on every failed refresh of every instance; a transient failure does not outlive the load."""
+    registry.publish("v1", b"one")
+    registry.fail_blob = True
+    for _ in range(5):  # five failed refreshes (or instances) in a row: one write
+        assert serving.current("anomaly") is None
+    assert [version for version, _ in registry.noted] == ["v1"]
+    # The pointer's failure is older than FAILURE_REWRITE: still failing, it is written again.
+    assert registry.pointer is not None
+    registry.pointer["load_failure"]["at"] -= serving.FAILURE_REWRITE + timedelta(seconds=1)
+    assert serving.current("anomaly") is None
+    assert [version for version, _ in registry.noted] == ["v1", "v1"]
+    registry.fail_blob = False
+    loaded = serving.current("anomaly")
+    assert loaded is not None and loaded.version == "v1"
+    assert registry.cleared == ["v1"] and "load_failure" not in registry.pointer
+
+
+def test_a_load_does_not_clear_another_versions_failure(registry: FakeRegistry) -> None:
+    registry.publish("v2", b"two")
+    assert registry.pointer is not None
+    registry.pointer["load_failure"] = {"version": "v1", "reason": "unloadable", "at": datetime.now(UTC)}
+    loaded = serving.current("anomaly")
+    assert loaded is not None and loaded.version == "v2"
+    assert registry.cleared == [] and registry.pointer["load_failure"]["version"] == "v1"
+
+
+def test_noted_recently_needs_the_same_version_within_the_rewrite_period() -> None:
+    now = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
+    pointer = {"load_failure": {"version": "v1", "at": now - timedelta(minutes=1)}}
+    assert serving.noted_recently(pointer, "v1", now)
+    assert not serving.noted_recently(pointer, "v2", now)
+    assert not serving.noted_recently(pointer, "v1", now + serving.FAILURE_REWRITE)
+    assert not serving.noted_recently({}, "v1", now) and not serving.noted_recently(
+        {"load_failure": {"version": "v1"}}, "v1", now
+    )
 
 
 def test_the_registry_is_read_once_per_refresh_period(registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:

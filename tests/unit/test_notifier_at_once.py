@@ -11,16 +11,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fleet_agent.contracts import Heartbeat
+from fleet_agent.identity import AgentKey
 
 from shared.domain import episodes as domain
 from shared.domain.alerts import Alert
 from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
+from shared.domain.health import HealthConfig
 from shared.domain.spend import Effects
-from shared.pipeline import fleet_actions
+from shared.pipeline import fleet_actions, handlers
 from shared.pipeline.decoding import PushedMessage
 from shared.platform import settings
 from shared.services import accounting, handoff, notifier
+from shared.store import config as config_store
 from shared.store import episodes as episode_store
+from tests.unit.test_identity_paths import NOW as IDENTITY_NOW
+from tests.unit.test_identity_paths import agent as signed_agent
+from tests.unit.test_identity_paths import decoded as signed
+from tests.unit.test_identity_paths import store  # noqa: F401
 from tests.unit.test_notifier import NOW, T0, World, a_silence, later, opening, world  # noqa: F401
 
 HOUR = timedelta(hours=1)
@@ -284,7 +292,7 @@ def test_the_cost_function_hands_the_alerts_it_opened_to_send_now(monkeypatch: p
     monkeypatch.setattr(episode_store, "raise_once", lambda a: a is opened)  # the other was raised before
     agent = types.SimpleNamespace(agent_id="agent-1")
     accounting.carry_out(agent, Effects(alerts=[opened, already]), now=T0)  # type: ignore[arg-type]
-    assert handed == [([opened], "fleet-costs")]
+    assert handed == [([opened], "cost_rules")]
 
 
 def test_a_function_without_the_slack_token_leaves_the_notice_to_the_minute_job(
@@ -305,11 +313,23 @@ def test_a_function_without_the_slack_token_leaves_the_notice_to_the_minute_job(
 def test_send_now_hands_the_critical_ids_over_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
     handed: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(handoff, "hand_over", lambda kind, **fields: handed.append((kind, fields)) or True)
+    monkeypatch.setenv("K_SERVICE", "fleet-api")  # Cloud Run names the running function
     notice = critical()
     warning = opening("agent-2", rule=domain.SECURITY, severity=Severity.WARNING)
-    assert notifier.send_now([committed(notice), committed(warning)], by="fleet-costs") == 1
-    assert handed == [(handoff.ALERTS_NOW, {"ids": [notice["id"]], "by": "fleet-costs"})]
-    assert notifier.send_now([committed(warning)], by="fleet-costs") == 0 and len(handed) == 1
+    assert notifier.send_now([committed(notice), committed(warning)], by="budget_change") == 1
+    # The function it runs in (sent_by), and the code path that raised it (raised_by).
+    assert handed == [(handoff.ALERTS_NOW, {"ids": [notice["id"]], "by": "fleet-api", "raised_by": "budget_change"})]
+    assert notifier.send_now([committed(warning)], by="budget_change") == 0 and len(handed) == 1
+
+
+def test_the_running_function_is_cloud_runs_service_or_the_local_stacks_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("K_SERVICE", raising=False)
+    monkeypatch.delenv("FLEET_FUNCTION", raising=False)
+    assert notifier.function_name() == "unknown"
+    monkeypatch.setenv("FLEET_FUNCTION", "fleet-slack")  # emulators/stack.py, per function
+    assert notifier.function_name() == "fleet-slack"
+    monkeypatch.setenv("K_SERVICE", "fleet-costs")
+    assert notifier.function_name() == "fleet-costs"
 
 
 def test_a_failed_hand_over_leaves_the_notice_to_the_minute_job(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,13 +345,55 @@ def test_fleet_actions_delivers_handed_notices_once(
     rejected: list[Any] = []
     monkeypatch.setattr(fleet_actions.handlers, "record_rejection", lambda *args: rejected.append(args))
     notice = outbox.add(critical())
-    body = json.dumps({"kind": handoff.ALERTS_NOW, "ids": [notice["id"]], "by": "fleet-costs"}).encode()
-    message = PushedMessage(message_id="m-1", published_at=datetime.now(UTC), raw=body, attributes={})
+    handed = {"kind": handoff.ALERTS_NOW, "ids": [notice["id"]], "by": "fleet-costs", "raised_by": "lease_exceeded"}
+    message = PushedMessage(
+        message_id="m-1", published_at=datetime.now(UTC), raw=json.dumps(handed).encode(), attributes={}
+    )
     assert fleet_actions.handle(message) == "done"
-    assert (
-        outbox.docs[notice["id"]]["state"] == "sent" and outbox.docs[notice["id"]]["sent_by"] == "at_once:fleet-costs"
+    finished = outbox.docs[notice["id"]]
+    assert (finished["state"], finished["sent_by"], finished["raised_by"]) == (
+        "sent",
+        "at_once:fleet-costs",
+        "lease_exceeded",
     )
     assert fleet_actions.handle(message) == "nothing_to_do"  # a redelivery: claimed already, sent once
     bad = PushedMessage(message_id="m-2", published_at=datetime.now(UTC), raw=b'{"kind":"alerts.now","ids":[]}',
                         attributes={})  # fmt: skip
     assert fleet_actions.handle(bad) == "malformed" and len(rejected) == 1
+
+
+def test_the_minute_jobs_own_late_notices_are_sent_in_the_same_tick_once(world: World, outbox: Outbox) -> None:  # noqa: F811
+    # A fleet_health opening written after the flush (high: not an at-once severity, but due now).
+    notice = outbox.add(opening("agent-1", rule="fleet_health", severity=Severity.HIGH))
+    out = notifier.send_due([notice["id"]])
+    assert out.sent == 1 and world.slack.methods() == ["post"]
+    assert (outbox.docs[notice["id"]]["state"], outbox.docs[notice["id"]]["sent_by"]) == ("sent", notifier.MINUTE_JOB)
+    assert "raised_by" not in outbox.docs[notice["id"]]
+    assert notifier.send_due([notice["id"]]).sent == 0 and notifier.flush(NOW).sent == 0  # never twice
+    assert len(world.slack.calls) == 1
+
+
+def test_a_heartbeat_whose_security_score_quarantines_the_agent_hands_the_opening_over(
+    store: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N10: the heartbeat call site itself (fleet-heartbeats also reaches send_now through forged_events,
+    so the derived raisers test would not notice its removal)."""
+    key = AgentKey.generate()
+    low = {"health": {"score": 30.0, "score_at": IDENTITY_NOW.isoformat()}}
+    store["agent"] = signed_agent(key).model_copy(update=low)
+    monkeypatch.setattr(config_store, "rules", lambda name: (HealthConfig(), AlertingConfig()))
+    published: list[Any] = []
+    monkeypatch.setattr(handlers.agent_commands, "publish", published.extend)
+    handed: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(handoff, "hand_over", lambda kind, **fields: handed.append((kind, fields)) or True)
+    monkeypatch.setenv("K_SERVICE", "fleet-heartbeats")
+    beat = Heartbeat(agent_id="chat-1", seq=6, sent_at=IDENTITY_NOW, status="busy",
+                     metrics={"cpu_pct": 10.0, "error_rate": 0.5})  # fmt: skip
+    plan = handlers.process_heartbeat(signed(beat, key))  # score 30 - 15 (error_rate): quarantined
+    assert plan.changes["status_hold"] == "quarantine" and [c.command.value for c in published] == ["quarantine"]
+    security = [w.notice["id"] for w in plan.episodes if w.notice and w.fields.get("rule") == domain.SECURITY]
+    assert security == ["a.chat-1.security.2.open"]
+    # Only the critical opening (not the error_rate warning), with the function and the code path.
+    fields = {"ids": security, "by": "fleet-heartbeats", "raised_by": "heartbeat_rules"}
+    assert handed == [(handoff.ALERTS_NOW, fields)]
