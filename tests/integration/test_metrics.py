@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client import parser as text_format
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from shared.cli import fleetctl
@@ -38,6 +39,13 @@ def scrape(api: Any, key: str | None = None, **params: Any) -> Samples:
     for family in text_string_to_metric_families(reply.text):
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    # prometheus_client.parser (the classic text format's) reads the same samples: every gauge, no counter.
+    classic = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_format.text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+    assert classic == out
     return out
 
 
