@@ -70,7 +70,13 @@ def test_the_lock_resolves_what_pyproject_asks_for() -> None:
     sdk = _root(_lock(), "fleet-agent")
     assert sdk["source"] == {"editable": "sdk"}
     sdk_project = tomllib.loads((ROOT / "sdk" / "pyproject.toml").read_text())
-    assert _locked(sdk["metadata"]["requires-dist"]) == _asked(sdk_project["project"]["dependencies"])
+    extras = sdk_project["project"].get("optional-dependencies", {})
+    plain = [e for e in sdk["metadata"]["requires-dist"] if "marker" not in e]
+    assert _locked(plain) == _asked(sdk_project["project"]["dependencies"])
+    for extra, requirements in extras.items():  # the integrations' optional extras, each locked as asked
+        marked = [e for e in sdk["metadata"]["requires-dist"] if e.get("marker") == f"extra == '{extra}'"]
+        assert _locked(marked) == _asked(requirements), extra
+    assert sdk["metadata"].get("provides-extras", []) == list(extras)
 
 
 def test_every_locked_package_is_pinned_by_hash() -> None:
