@@ -78,14 +78,23 @@ class Call:
     model: str
     input_tokens: int = 0
     output_tokens: int = 0
+    #: Parts of ``input_tokens`` (prompt cache reads and writes) and of ``output_tokens`` (reasoning).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: Decimal | None = None
     success: bool = True
     started: float = field(default_factory=time.monotonic)
     #: The request's key (prompt, or any stable key of it); only its hash is remembered, never sent.
     request_key: RequestKey | None = field(default=None, repr=False)
 
-    def tokens(self, input_tokens: int, output_tokens: int) -> None:
+    def tokens(
+        self, input_tokens: int, output_tokens: int, *, cache_read: int = 0, cache_write: int = 0, reasoning: int = 0
+    ) -> None:
+        """The call's usage: every input and output token, and which of them were cache reads, cache writes
+        (parts of ``input_tokens``) and reasoning (part of ``output_tokens``)."""
         self.input_tokens, self.output_tokens = input_tokens, output_tokens
+        self.cache_read_tokens, self.cache_write_tokens, self.reasoning_tokens = cache_read, cache_write, reasoning
 
     def cost(self, usd: Decimal | float | str) -> None:
         self.cost_usd = Decimal(str(usd))

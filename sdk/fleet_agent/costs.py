@@ -317,7 +317,8 @@ class CostRecorder(LeaseCalls):
             repeat = self._recent.check(RecentRequests.digest(key), at.timestamp(), remember=call.success)
         record = CostRecord(
             call_id=self._next_call_id(), at=at, model=call.model, input_tokens=call.input_tokens,
-            output_tokens=call.output_tokens, cost_usd=call.cost_usd, success=call.success,
+            output_tokens=call.output_tokens, cache_read_tokens=call.cache_read_tokens, cost_usd=call.cost_usd,
+            cache_write_tokens=call.cache_write_tokens, reasoning_tokens=call.reasoning_tokens, success=call.success,
             latency_ms=round((time.monotonic() - call.started) * 1000, 3), operation=call.operation, repeat=repeat,
         )  # fmt: skip
         with self._lock:

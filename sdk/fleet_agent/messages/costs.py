@@ -37,6 +37,14 @@ class CostRecord(Strict):
     model: ModelName
     input_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL, strict=True)
     output_tokens: int = Field(ge=0, le=MAX_TOKENS_PER_CALL, strict=True)
+    #: Of ``input_tokens``, those read from the provider's prompt cache (priced lower) and those written to
+    #: it (priced higher, where the provider charges for it). ``input_tokens`` counts every input token,
+    #: cached or not, as OpenAI's ``prompt_tokens`` and OpenTelemetry's ``gen_ai.usage.input_tokens`` do
+    #: (Anthropic reports them apart: its integration adds them up).
+    cache_read_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL, strict=True)
+    cache_write_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL, strict=True)
+    #: Of ``output_tokens``, those the model spent reasoning (billed as output, shown apart).
+    reasoning_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL, strict=True)
     #: What the provider charged, when the agent knows it; otherwise the server prices the call.
     cost_usd: Decimal | None = Field(default=None, ge=0, le=MAX_COST_PER_CALL_USD, max_digits=20, decimal_places=12)
     success: bool
@@ -45,6 +53,19 @@ class CostRecord(Strict):
     #: The SDK saw the same request (same request key) from this process within the last hour: a
     #: cache could have served it.
     repeat: bool = Field(default=False, strict=True)
+
+    @model_validator(mode="after")
+    def _parts_within_totals(self) -> CostRecord:
+        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
+            raise ValueError("cache_read_tokens + cache_write_tokens must not exceed input_tokens (their total)")
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError("reasoning_tokens must not exceed output_tokens (they are part of it)")
+        return self
+
+
+#: Record fields sent only when they differ from their default, so batch bodies stay as small as before
+#: and a server that predates them (it forbids unknown fields) still accepts a batch that does not use them.
+_OMITTED_AT_DEFAULT = {"repeat": False, "cache_read_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0}
 
 
 class CostBatch(Strict):
@@ -60,14 +81,14 @@ class CostBatch(Strict):
     lease: LeaseUse | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_false_repeat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A record's ``repeat`` is sent only when True: batch bodies stay as small as before, and a
-        server that predates the field (it forbids unknown fields) still accepts them. One pass per
-        batch, not a serializer call per record."""
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A record's ``repeat`` and cached or reasoning token counts are sent only when set
+        (:data:`_OMITTED_AT_DEFAULT`). One pass per batch, not a serializer call per record."""
         data: dict[str, Any] = handler(self)
         for record in data.get("records", ()):
-            if record.get("repeat") is False:
-                del record["repeat"]
+            for name, default in _OMITTED_AT_DEFAULT.items():
+                if name in record and record[name] == default:
+                    del record[name]
         return data
 
     @model_validator(mode="after")
