@@ -1,5 +1,5 @@
 """The REST API's cost routes: usage, budgets and protection thresholds of agents and tenants, pausing
-and resuming an agent, prices per token. The rules are in shared/domain (budgets, protection) and
+and resuming an agent (prices: shared/api/prices.py). The rules are in shared/domain (budgets, protection) and
 shared/services (accounting, agent_controls); the counters and settings in shared/store."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fleet_agent.contracts import AGENT_ID_PATTERN, BudgetSpec, ModelName
-from pydantic import TypeAdapter, ValidationError
+from fleet_agent.contracts import BudgetSpec
 
 from shared.api import core
 from shared.api.bodies import (
@@ -17,9 +16,6 @@ from shared.api.bodies import (
     AgentUsageView,
     BudgetUpdate,
     PauseRequest,
-    PriceList,
-    PriceUpdate,
-    PriceView,
     ProtectionUpdate,
     ProtectionView,
     ResumeRequest,
@@ -27,23 +23,20 @@ from shared.api.bodies import (
     TenantUsageView,
     hold_views,
 )
-from shared.api.core import AGENT, TENANT, TENANT_QUERY, ApiError, Call, Param, Routes
-from shared.api.tenancy import query_tenant, update_agent, visible_record, visible_tenant, write_tenant
+from shared.api.core import AGENT, TENANT, Call, Routes
+from shared.api.tenancy import update_agent, visible_record, visible_tenant, write_tenant
 from shared.domain import budget_forecast, budgets, protection
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
 from shared.domain.periods import Period, window
-from shared.domain.pricing import Price, format_usd
-from shared.domain.usage import Totals
+from shared.domain.pricing import format_usd
+from shared.domain.usage import ModelDay, Totals
 from shared.platform import settings
 from shared.services import accounting, agent_controls
-from shared.store import audit as audit_store
 from shared.store import config
 from shared.store import lease_reserve as reserve_store
 from shared.store import leases as lease_store
 from shared.store import usage as usage_store
-
-_MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
 
 routes = Routes("costs")
 
@@ -56,7 +49,8 @@ def get_agent_usage(call: Call) -> AgentUsageView:
     """An agent's spend, tokens and calls in the current UTC hour, day and month, with its budget and holds."""
     record = visible_record(call)
     now = core.now()
-    fields = budget_forecast.month_fields(usage_store.agent_month(record.agent_id, window(Period.MONTH, now).key))
+    month = usage_store.agent_month(record.agent_id, window(Period.MONTH, now).key)
+    fields = budget_forecast.month_fields(month)
     return AgentUsageView.model_validate(
         {
             "agent_id": record.agent_id,
@@ -66,8 +60,22 @@ def get_agent_usage(call: Call) -> AgentUsageView:
             "budget": record.budget,
             "budget_source": record.budget_source,
             "lease": _lease_view(record.agent_id),
+            "models": _models_view(month),
         }
     )
+
+
+def _models_view(month: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The month document's per-model day counters summed over the month (no read of its own)."""
+    total: dict[str, ModelDay] = {}
+    for name, data in month.items():
+        if name.startswith("x"):
+            for model, counters in usage_store.day_models(data).items():
+                total.setdefault(model, ModelDay()).add(counters)
+    return {
+        model: {**m.as_dict(), "usd": format_usd(m.usd_nanos), "price_sources": m.sources}
+        for model, m in sorted(total.items())
+    }
 
 
 def _with_forecast(
@@ -309,75 +317,3 @@ def set_tenant_protection(call: Call) -> ProtectionView:
         core.audit(call, "tenant.protection.set", f"tenant.{tenant}", tenant, details, core.now()),
     )
     return _protection_view(tenant, stored, None)
-
-
-# --- prices -----------------------------------------------------------------------------------
-
-
-def _price_view(model: str, price: Price, source: str) -> PriceView:
-    return PriceView.model_validate(
-        {
-            "model": model,
-            "input_usd": core.usd(price.input_usd),
-            "output_usd": core.usd(price.output_usd),
-            "source": source,
-        }
-    )
-
-
-@routes.get("/v1/prices", PriceList, params=(TENANT_QUERY,), errors=(400,))
-def list_prices(call: Call) -> PriceList:
-    """Prices per token of every known model, with a tenant's overrides in their place.
-
-    A tenant-scoped key always gets its own tenant's."""
-    tenant = query_tenant(call) or core.principal(call).tenant
-    items = {model: _price_view(model, price, source) for model, (price, source) in config.read_prices().items()}
-    if tenant is not None:
-        items.update(
-            {model: _price_view(model, price, "tenant") for model, price in config.read_tenant(tenant).prices.items()}
-        )
-    return PriceList(tenant=tenant, items=[items[model] for model in sorted(items)])
-
-
-_PRICE_PARAMS = (
-    Param(
-        "model",
-        "path",
-        "The model name; may contain / and : (e.g. openai/gpt-4o, claude-3-5:latest).",
-        {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$"},
-        required=True,
-    ),
-    Param(
-        "tenant",
-        "query",
-        "Set this tenant's override instead of the global price (required for tenant-scoped keys).",
-        {"type": "string", "pattern": AGENT_ID_PATTERN},
-    ),
-)
-
-
-@routes.put("/v1/prices/<path:model>", PriceView, PriceUpdate, Role.ADMIN, params=_PRICE_PARAMS, errors=(400,))
-def set_price(call: Call) -> PriceView:
-    """Set a model's price per token, globally or (with tenant) for one tenant."""
-    model = call.args["model"].rstrip("/")  # the path converter takes a trailing slash too
-    try:
-        _MODEL_NAME.validate_python(model)
-    except ValidationError:
-        raise ApiError(400, f"model {model!r} is not a model name (letters, digits and _.:/@+-, up to 128)") from None
-    tenant = query_tenant(call)
-    principal = core.principal(call)
-    if principal.tenant is not None and tenant is None:
-        raise ApiError(
-            403, f"this API key may only set prices of tenant {principal.tenant}: add ?tenant={principal.tenant}"
-        )
-    body = core.body(call, PriceUpdate)
-    price = Price(body.input_usd, body.output_usd)
-    details = {"model": model, "input_usd": core.usd(price.input_usd), "output_usd": core.usd(price.output_usd)}
-    if tenant is not None:
-        config.set_tenant_price(tenant, model, price)
-        entry = core.audit(call, "tenant.price.set", f"tenant.{tenant}.{model}", tenant, details, core.now())
-    else:
-        config.set_price(model, price)
-        entry = core.audit(call, "price.set", f"price.{model}", None, details, core.now())
-    audit_store.append(entry)
-    return _price_view(model, price, "tenant" if tenant is not None else "api")

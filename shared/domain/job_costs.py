@@ -1,7 +1,7 @@
 """What a training run costs, before launch (the estimate) and after (the actual). Pure.
 
 Prices are list prices per hour in USD (us-central1, on-demand and spot, late 2025), rounded: the
-table is data, shared/data/machine_prices.yaml beside the model prices, and the functions here receive
+table is data, shared/data/machine_prices.yaml, and the functions here receive
 it (:class:`MachinePrices`). A tenant with other prices (another region, a committed-use discount) sets
 ``price_factor`` in its jobs settings; a deployment with a table of its own edits that file. GKE
 bills the node a job's pod lands on: the estimate prices the smallest machine of the family that fits

@@ -88,8 +88,10 @@ def cheaper_alternative(
 ) -> tuple[str, int] | None:
     """The model to suggest instead of ``model`` for these tokens, and what they would have cost with it.
 
-    The priciest listed model of the same family costing at most ``CHEAPER_MAX_SHARE`` of ``model``'s
-    price for the same tokens (the most capable one that still saves most of the cost).
+    The priciest model of the same family, among the overrides and the catalog's current models of
+    ``model``'s provider, costing at most ``CHEAPER_MAX_SHARE`` of ``model``'s price for the same tokens
+    (the most capable one that still saves most of the cost). Each is priced as a call would be: an
+    override first, then the catalog.
     """
     current = prices.lookup(model, tenant)
     if current is None:
@@ -98,6 +100,8 @@ def cheaper_alternative(
     if current_cost <= 0:
         return None
     names = set(prices.prices) | set(prices.tenant_prices.get(tenant or "", {}))
+    if prices.catalog is not None:  # the provider's current models in the catalog (shared/store/price_catalog.py)
+        names |= {name for name, _price in prices.catalog.alternatives(model)}
     best: tuple[int, str] | None = None
     for name in sorted(names):
         if family(name) != family(model) or name == model:

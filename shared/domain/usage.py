@@ -84,6 +84,10 @@ class ModelDay:
     #: served them), and what they cost.
     repeats: int = 0
     repeat_usd_nanos: int = 0
+    #: Priced calls per price source (``override:tenant``, ``override:fleet``, ``catalog:genai-prices@0.2.5``
+    #: or ``agent``: shared/domain/pricing.py), stored as ``xDD.<model>.src.<source>``. At most two per
+    #: model in a batch (the agent's cost, and the one price in force for the tenant and model).
+    sources: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -92,6 +96,8 @@ class ModelDay:
     def add(self, other: ModelDay) -> None:
         for name in _MODEL_DAY_NAMES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for label, calls in other.sources.items():
+            self.sources[label] = self.sources.get(label, 0) + calls
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in _MODEL_DAY_NAMES}
@@ -100,14 +106,21 @@ class ModelDay:
     def from_dict(cls, data: dict[str, object] | None) -> ModelDay:
         """From a stored map: a counter that is absent (never written: only non-zero ones are) is 0."""
         data = data or {}
-        return cls(*(int(data.get(name) or 0) for name in _MODEL_DAY_NAMES))  # type: ignore[call-overload]
+        out = cls(*(int(data.get(name) or 0) for name in _MODEL_DAY_NAMES))  # type: ignore[call-overload]
+        found = data.get(SOURCES_FIELD)
+        if isinstance(found, dict):
+            out.sources = {str(label): int(calls or 0) for label, calls in found.items()}
+        return out
 
 
-_MODEL_DAY_NAMES = tuple(f.name for f in fields(ModelDay))
-#: At most this many (day, model) entries per month document per batch (8 counters each: with the
-#: month's, days' and hours' counters a batch stays far below Firestore's 500 field transforms per
-#: document and commit). A batch naming more models puts the cheapest of them under OTHER_MODELS.
-MAX_MODEL_DAYS_PER_BATCH = 48
+_MODEL_DAY_NAMES = tuple(f.name for f in fields(ModelDay) if f.name != "sources")
+#: The per-model map of calls by price source (beside the counters of :class:`ModelDay`).
+SOURCES_FIELD = "src"
+#: At most this many (day, model) entries per month document per batch (8 counters and up to 2 price
+#: sources each: 360 transforms at most, fewer than the 48 x 8 before the sources, so with the month's,
+#: days' and hours' counters a batch stays far below Firestore's 500 field transforms per document and
+#: commit). A batch naming more models puts the cheapest of them under OTHER_MODELS.
+MAX_MODEL_DAYS_PER_BATCH = 36
 #: Not a valid model name (the contract's pattern has no parentheses): never collides with one.
 OTHER_MODELS = "(other)"
 
@@ -234,22 +247,25 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
     hour_models: dict[datetime, dict[str, list[int]]] = {}
     minute_counts: dict[tuple[datetime, int], Minute] = {}
     op_counts: dict[tuple[datetime, int, str], int] = {}
-    price_cache: dict[str, pricing.Price | None] = {}
+    # model -> its quote (kept while the records' times are within its validity), None: unpriced
+    quotes: dict[str, pricing.Quote | None] = {}
+    # hour start -> model -> price source -> calls
+    hour_sources: dict[datetime, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     for record in ordered:
         at = record.at if record.at.utcoffset() == _ZERO else record.at.astimezone(UTC)
         if record.cost_usd is not None:
-            nanos, source = pricing.to_nanos(record.cost_usd), pricing.Source.REPORTED
+            nanos, source, label = pricing.to_nanos(record.cost_usd), pricing.Source.REPORTED, pricing.AGENT_COST
         elif record.input_tokens == 0 and record.output_tokens == 0:
-            nanos, source = 0, pricing.Source.FREE
+            nanos, source, label = 0, pricing.Source.FREE, pricing.NO_COST
         else:
-            if record.model not in price_cache:
-                price_cache[record.model] = table.lookup(record.model, tenant)
-            found = price_cache[record.model]
-            if found is None:
-                nanos, source = 0, pricing.Source.UNPRICED
+            quote = quotes.get(record.model)
+            if record.model not in quotes or (quote is not None and not quote.valid_at(at)):
+                quote = quotes[record.model] = table.quote(record.model, tenant, at)
+            if quote is None:
+                nanos, source, label = 0, pricing.Source.UNPRICED, pricing.NO_PRICE
                 out.unpriced_models.add(record.model)
             else:
-                nanos, source = found.cost_nanos(record.input_tokens, record.output_tokens), pricing.Source.TABLE
+                nanos, source, label = quote.price.record_nanos(record), pricing.Source.TABLE, quote.source
         sources[source.value] += 1
         hour_start = at.replace(minute=0, second=0, microsecond=0)
         sums = hours.get(hour_start)
@@ -280,6 +296,8 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
         if record.repeat:
             per[6] += 1
             per[7] += nanos
+        if source is pricing.Source.REPORTED or source is pricing.Source.TABLE:  # what priced money
+            hour_sources[hour_start][record.model][label] += 1
         minute_key = (hour_start, at.minute)
         counts = minute_counts.get(minute_key)
         if counts is None:
@@ -312,11 +330,13 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
         key = hour_keys[hour_start]  # YYYY-MM-DDTHH
         day = out.models.setdefault(key[:7], {}).setdefault(key[8:10], {})
         for model, counters in by_model.items():
+            found = ModelDay(*counters)  # type: ignore[arg-type]  # the 8 counters, in order
+            found.sources = dict(hour_sources[hour_start][model])
             same = day.get(model)  # the same model in the day's other hour
             if same is None:
-                day[model] = ModelDay(*counters)
+                day[model] = found
             else:
-                same.add(ModelDay(*counters))
+                same.add(found)
     for days in out.models.values():
         _cap_models(days)
     trailing = 0

@@ -36,7 +36,7 @@ from shared.domain.usage import ModelDay, Totals, model_day_field, month_field
 from shared.platform import logs, metering
 from shared.services.report_messages import daily_chart, daily_message, hourly_message
 from shared.store import agents as agent_store
-from shared.store import config, db
+from shared.store import config, db, price_catalog
 from shared.store import episodes as episode_store
 from shared.store import usage as usage_store
 
@@ -148,7 +148,11 @@ def daily(at: datetime, tenant: str | None = None) -> DailyReport:
             models = model_days(docs, win.starts_at)
     tenants = sorted({a.tenant for a in agents})
     settings_ = {name: config.read_tenant(name) for name in tenants}
-    prices = PriceTable(prices=config.global_prices(), tenant_prices={n: s.prices for n, s in settings_.items()})
+    prices = PriceTable(
+        prices=config.global_prices(),
+        tenant_prices={n: s.prices for n, s in settings_.items()},
+        catalog=price_catalog.catalog,
+    )
     return build_daily(
         agents=agents,
         days=days,

@@ -1,5 +1,6 @@
 """Tenant settings (``tenants/{tenant}``: budget, protection, price, alerting and health-rule
-overrides) and the global price table (``prices/{model}``), cached per instance.
+overrides) and the fleet's price overrides (``prices/{model}``), cached per instance; the price catalog
+under both is shared/store/price_catalog.py.
 
 The cost function reads budgets and prices on every batch: cached for ``FLEET_CONFIG_CACHE_S``. The
 alerting and health-rule settings, read on every heartbeat and by the minute job, change rarely:
@@ -24,7 +25,7 @@ from shared.domain.health import HealthConfig
 from shared.domain.identity import IdentityConfig
 from shared.domain.pricing import Price, PriceTable
 from shared.platform import metering, settings
-from shared.store import db, price_files
+from shared.store import db, price_catalog
 
 if TYPE_CHECKING:
     from shared.domain.jobs import JobsConfig
@@ -190,33 +191,38 @@ def set_tenant_price(name: str, model: str, price: Price) -> None:
     forget(name)
 
 
-# -- the global price table ----------------------------------------------------------------------
+# -- the fleet's price overrides and the catalog --------------------------------------------------
 
 
-def default_prices() -> dict[str, Price]:
-    """The prices shipped with the code (shared/data/prices.yaml), used until overridden."""
-    data = price_files.read(price_files.MODEL_PRICES)
-    return {model: price_of(p) for model, p in (data.get("models") or {}).items()}
-
-
-def read_prices() -> dict[str, tuple[Price, str]]:
-    """Every global price and where it comes from ("default" or "api")."""
-    out = {model: (price, "default") for model, price in default_prices().items()}
+def read_prices() -> dict[str, Price]:
+    """Every fleet override (``PUT /v1/prices/{model}``, collection ``prices``)."""
     docs = list(db.client().collection(PRICES).stream(**db.call_options()))
     metering.count(reads=max(1, len(docs)))
+    out = {}
     for doc in docs:
         data = doc.to_dict() or {}
-        out[str(data.get("model") or doc.id)] = (price_of(data), "api")
+        out[str(data.get("model") or doc.id)] = price_of(data)
     return out
 
 
 def global_prices() -> dict[str, Price]:
-    prices = cache.get("prices", read_prices, settings.get().config_cache_s)
-    return {model: price for model, (price, _source) in prices.items()}
+    """The fleet's overrides, cached for ``FLEET_CONFIG_CACHE_S``."""
+    prices: dict[str, Price] = cache.get("prices", read_prices, settings.get().config_cache_s)
+    return prices
 
 
 def table_for(tenant_config: TenantConfig) -> PriceTable:
-    return PriceTable(prices=global_prices(), tenant_prices={tenant_config.tenant: tenant_config.prices})
+    """The tenant's overrides, then the fleet's, then the catalog (genai-prices, bundled)."""
+    return PriceTable(
+        prices=global_prices(),
+        tenant_prices={tenant_config.tenant: tenant_config.prices},
+        catalog=price_catalog.catalog,
+    )
+
+
+def fleet_table() -> PriceTable:
+    """The fleet's overrides, then the catalog (no tenant's)."""
+    return PriceTable(prices=global_prices(), catalog=price_catalog.catalog)
 
 
 def set_price(model: str, price: Price) -> None:

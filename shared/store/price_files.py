@@ -1,10 +1,11 @@
 """The price tables shipped with the code, as data in shared/data/. Reading a file is I/O, so it is done
 here and the domain receives the tables:
 
-- ``prices.yaml``: each model's default price per token (shared/store/config.py lays the prices set
-  with ``PUT /v1/prices/{model}`` over it);
 - ``machine_prices.yaml``: what a training job's machine costs per hour (the Compute Engine families
   GKE runs jobs on, and Cloud Run jobs), which shared/domain/job_costs.py prices estimates with.
+
+Model prices are not here: they come from the genai-prices catalog (shared/store/price_catalog.py)
+under the overrides set with ``PUT /v1/prices/{model}`` (shared/store/config.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from shared.domain.job_costs import MachinePrices
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-MODEL_PRICES = DATA_DIR / "prices.yaml"
 MACHINE_PRICES = DATA_DIR / "machine_prices.yaml"
 
 

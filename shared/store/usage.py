@@ -4,7 +4,8 @@ Documents (collection ``usage``):
 
 - ``a.{agent}.{YYYY-MM}``: the agent's month (``m``), days (``dDD``) and hours (``hDDHH``), each a
   map of counters, plus ``streak`` (failed calls in a row, for the breaker), and each day's counters
-  per model (``xDD.<model>.<counter>``, :class:`ModelDay`; only non-zero counters are written);
+  per model (``xDD.<model>.<counter>``, :class:`ModelDay`; only non-zero counters are written; the
+  priced calls per price source in ``xDD.<model>.src.<source>``);
 - ``r.{agent}.{YYYY-MM-DDTHH}``: the agent's hour by minute (``n.MM``) and by operation (``o.op``,
   ``p.MM.op``), for the runaway and breaker rules; expires after a few days;
 - ``t.{tenant}.{YYYY-MM}.{shard}``: one of N shards of the tenant's month, days and hours. An agent
@@ -27,6 +28,7 @@ from typing import Any
 
 from shared.domain.periods import Period, Window, window, windows
 from shared.domain.usage import (
+    SOURCES_FIELD,
     Applied,
     EpochSpend,
     EpochTag,
@@ -135,6 +137,8 @@ def apply(
                 for counter, amount in counters.as_dict().items():
                     if amount:
                         agent.inc((day_field, model, counter), amount)
+                for label, calls in counters.sources.items():  # what priced them (same write)
+                    agent.inc((day_field, model, SOURCES_FIELD, label), calls)
         writes += [agent, tenant_doc]
     for hour, minutes in tally.minutes.items():
         hour_starts = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)

@@ -144,18 +144,24 @@ def test_concurrent_publishers_for_one_agent_give_exact_totals(stack, firestore,
     assert Decimal(month["spend_usd"]) == Decimal("6.000")
 
 
-def test_records_are_priced_from_the_table_and_unpriced_models_alert(
+def test_records_are_priced_from_the_catalog_and_unpriced_models_alert(
     stack, publisher, firestore, api, agent_id, tenant
 ) -> None:
     register(publisher, firestore, agent_id, tenant=tenant)
-    priced = record(1, cost=None, model="gpt-4o-2024-08-06", input_tokens=1000, output_tokens=100)
+    priced = record(
+        1, cost=None, model="gpt-4o-2024-08-06", input_tokens=1000, output_tokens=100, cache_read_tokens=400
+    )
     unknown = record(2, cost=None, model="acme-llm-7b", input_tokens=500, output_tokens=500)
     publish(publisher, batch(agent_id, [priced, unknown]))
     wait_for(lambda: "accepted" in cost_outcomes(stack, agent_id))
     month = month_usage(api, agent_id)
-    # gpt-4o from shared/data/prices.yaml: 1000 x 0.0000025 + 100 x 0.00001 = 0.0035; the unknown model adds no $.
-    assert Decimal(month["spend_usd"]) == Decimal("0.0035")
+    # gpt-4o from the genai-prices catalog: 600 x 0.0000025 + 400 cached x 0.00000125 + 100 x 0.00001 = 0.003;
+    # the unknown model adds no $.
+    assert Decimal(month["spend_usd"]) == Decimal("0.003")
     assert month["calls"] == 2 and month["unpriced_calls"] == 1 and month["tokens"] == 2100
+    models = api.get(f"/v1/agents/{agent_id}/usage").json()["models"]
+    assert models["gpt-4o-2024-08-06"]["price_sources"] == {"catalog:genai-prices@0.2.5": 1}
+    assert models["acme-llm-7b"]["price_sources"] == {} and models["acme-llm-7b"]["calls"] == 1
     alerts = wait_for(lambda: api.get("/v1/alerts", agent_id=agent_id).json()["items"])
     assert [a["kind"] for a in alerts] == ["unpriced_model"] and "acme-llm-7b" in alerts[0]["message"]
 

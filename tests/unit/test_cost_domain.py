@@ -295,9 +295,11 @@ def test_tally_counts_each_model_per_utc_day_with_failed_and_repeat_costs() -> N
     assert day21["gpt-4o"] == ModelDay(
         calls=4, failures=1, input_tokens=1030, output_tokens=115,
         usd_nanos=nanos(Decimal("0.0435")), failed_usd_nanos=nanos(Decimal("0.02")),
-        repeats=1, repeat_usd_nanos=nanos(Decimal("0.01")),
+        repeats=1, repeat_usd_nanos=nanos(Decimal("0.01")), sources={"agent": 3, "override:fleet": 1},
     )  # fmt: skip
-    assert day21[MODEL] == ModelDay(calls=1, input_tokens=7, output_tokens=3, usd_nanos=nanos(Decimal("0.5")))
+    assert day21[MODEL] == ModelDay(
+        calls=1, input_tokens=7, output_tokens=3, usd_nanos=nanos(Decimal("0.5")), sources={"agent": 1}
+    )
     assert day22["gpt-4o"].as_dict() == {
         "calls": 1, "failures": 1, "input_tokens": 10, "output_tokens": 5, "usd_nanos": nanos(Decimal("0.03")),
         "failed_usd_nanos": nanos(Decimal("0.03")), "repeats": 1, "repeat_usd_nanos": nanos(Decimal("0.03")),
@@ -310,7 +312,7 @@ def test_tally_counts_each_model_per_utc_day_with_failed_and_repeat_costs() -> N
             summed.add(counters)
         totals = t.months["2026-11"][f"d{day}"]
         assert (summed.calls, summed.usd_nanos, summed.failures) == (totals.calls, totals.usd_nanos, totals.failures)
-    assert ModelDay.from_dict(day21["gpt-4o"].as_dict()) == day21["gpt-4o"]
+    assert ModelDay.from_dict({**day21["gpt-4o"].as_dict(), "src": day21["gpt-4o"].sources}) == day21["gpt-4o"]
     assert ModelDay.from_dict({"calls": 2}) == ModelDay(calls=2) and ModelDay.from_dict(None) == ModelDay()
 
 
@@ -404,6 +406,8 @@ def test_model_counters_go_to_the_agent_month_document_under_quoted_field_paths(
         ("x21", "gpt-4o", "calls"): 1, ("x21", "gpt-4o", "failures"): 1, ("x21", "gpt-4o", "input_tokens"): 10,
         ("x21", "gpt-4o", "output_tokens"): 5, ("x21", "gpt-4o", "usd_nanos"): to_nanos(Decimal("0.01")),
         ("x21", "gpt-4o", "failed_usd_nanos"): to_nanos(Decimal("0.01")),
+        # what priced them: the agent's own cost (shared/domain/pricing.py), in the same write
+        ("x21", MODEL, "src", "agent"): 2, ("x21", "gpt-4o", "src", "agent"): 1,
     }  # fmt: skip
     for doc_id, pb in by_doc.items():
         if not doc_id.startswith("a."):

@@ -255,6 +255,7 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/tenants/{tenant}/protection", "get"),
             ("/v1/tenants/{tenant}/protection", "put"),
             ("/v1/prices", "get"),
+            ("/v1/prices/{model}", "get"),
             ("/v1/prices/{model}", "put"),
             ("/v1/alerts", "get"),
             ("/v1/alerts/{episode_id}", "get"),

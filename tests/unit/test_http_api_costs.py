@@ -226,10 +226,10 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         w.alerts_raised.append(alert)
         return True
 
-    def read_prices() -> dict[str, tuple[Price, str]]:
+    def read_prices() -> dict[str, Price]:
         return {
-            "gpt-4o": (Price(Decimal("0.0000025"), Decimal("0.00001")), "default"),
-            "openai/gpt-4o-mini": (Price(Decimal("1.5E-7"), Decimal("6E-7")), "api"),
+            "gpt-4o": Price(Decimal("0.0000025"), Decimal("0.00001")),
+            "openai/gpt-4o-mini": Price(Decimal("1.5E-7"), Decimal("6E-7")),
         }
 
     monkeypatch.setattr(api_keys, "verify", PRINCIPALS.get)
@@ -576,7 +576,7 @@ def test_prices_list_global_prices_as_decimal_strings(world: World) -> None:
     assert reply.json == {
         "tenant": None,
         "items": [
-            {"model": "gpt-4o", "input_usd": "0.0000025", "output_usd": "0.00001", "source": "default"},
+            {"model": "gpt-4o", "input_usd": "0.0000025", "output_usd": "0.00001", "source": "api"},
             {"model": "openai/gpt-4o-mini", "input_usd": "0.00000015", "output_usd": "0.0000006", "source": "api"},
         ],
     }
@@ -804,7 +804,7 @@ def test_openapi_documents_the_cost_routes_with_their_bodies(world: World) -> No
     assert set(paths["/v1/agents/{agent_id}/budget"]) == {"get", "put", "delete"}
     assert set(paths["/v1/tenants/{tenant}/protection"]) == {"get", "put"}
     assert set(paths["/v1/agents/{agent_id}/pause"]) == {"post"}
-    assert set(paths["/v1/prices/{model}"]) == {"put"}
+    assert set(paths["/v1/prices/{model}"]) == {"get", "put"}
     put = paths["/v1/agents/{agent_id}/budget"]["put"]
     assert put["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/BudgetUpdate"}
     assert put["requestBody"]["required"] is True

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from shared.domain import job_costs
 from shared.domain.job_costs import Estimate, MachinePrices, NoMachine
-from shared.store import config, price_files
+from shared.store import price_files
 
 #: The table the deployment ships (shared/data/machine_prices.yaml).
 PRICES = price_files.machine_prices()
@@ -23,11 +23,10 @@ def test_gpu_types_are_the_gpu_families_accelerators() -> None:
     assert tuple(f.gpu_type for f in PRICES.families.values() if f.gpu_type) == job_costs.GPU_TYPES
 
 
-def test_the_machine_prices_ship_as_data_beside_the_model_prices() -> None:
-    assert price_files.MACHINE_PRICES.parent == price_files.MODEL_PRICES.parent == price_files.DATA_DIR
+def test_the_machine_prices_ship_as_data() -> None:
+    assert price_files.MACHINE_PRICES.parent == price_files.DATA_DIR
     assert price_files.machine_prices() is PRICES  # read once per instance
     assert PRICES.cloud_run.gpu_h == Decimal("0.6721") and PRICES.families["e2-standard"].on_demand.gpu_h == 0
-    assert config.default_prices()["gpt-4o"].input_usd == Decimal("0.0000025")
 
 
 def test_a_machine_table_that_drops_or_doubles_a_gpu_type_is_refused() -> None:

@@ -81,6 +81,7 @@ from shared.api.bodies.enrollment import (
     created_view,
     token_view,
 )
+from shared.api.bodies.prices import ModelUsageView, PriceQuoteView, PriceTierView
 from shared.api.bodies.reports import DailyReportView, HourlyReportView
 
 #: Every response model the OpenAPI document describes (components are generated from these).
@@ -100,6 +101,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     ProtectionView,
     PriceList,
     PriceView,
+    PriceQuoteView,
     AgentHoldsView,
     AlertList,
     SilenceView,
@@ -167,9 +169,12 @@ __all__ = [
     "KeyRevokeRequest",
     "KeyRevokeView",
     "LearnedView",
+    "ModelUsageView",
     "PauseRequest",
     "PeriodUsage",
     "PriceList",
+    "PriceQuoteView",
+    "PriceTierView",
     "PriceUpdate",
     "PriceView",
     "ProtectionUpdate",

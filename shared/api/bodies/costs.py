@@ -9,6 +9,7 @@ from fleet_agent.contracts import BudgetSpec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.api.bodies.common import POSITIVE_USD_TEXT, Reason, Timestamp, View, decimal_doc, given
+from shared.api.bodies.prices import ModelUsageView
 from shared.domain.lifecycle import State
 from shared.domain.protection import Protection, ProtectionOverrides
 
@@ -88,6 +89,10 @@ class AgentUsageView(View):
     budget: BudgetSpec | None
     budget_source: str | None = _SOURCE
     lease: LeaseView | None = Field(default=None, description="The open lease epoch; null: the agent holds none.")
+    models: dict[str, ModelUsageView] = Field(
+        default_factory=dict,
+        description="This UTC month's calls by model, with the price sources they were priced at.",
+    )
 
 
 class TenantUsageView(View):
@@ -201,8 +206,8 @@ class PriceView(View):
     model: str
     input_usd: str = Field(description="USD per input token, a decimal string.")
     output_usd: str = Field(description="USD per output token, a decimal string.")
-    source: Literal["default", "api", "tenant"] = Field(
-        description="default: shipped with the code; api: set globally; tenant: the tenant's override."
+    source: Literal["api", "tenant"] = Field(
+        description="api: the fleet's override (set globally); tenant: the tenant's override."
     )
 
 

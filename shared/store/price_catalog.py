@@ -1,0 +1,212 @@
+"""The price catalog: genai-prices, the version the lock pins, read from the data bundled in the package.
+
+An adapter at the pricing domain's edge (shared/domain/pricing.py :class:`~shared.domain.pricing.Catalog`):
+it turns genai-prices' models into the domain's :class:`~shared.domain.pricing.Price` (USD per token,
+exact ``Decimal``: the catalog's USD per million tokens divided by a million) and nothing else of it
+leaves this module. Nothing is ever fetched: the package's auto-update (``UpdatePrices``) is never
+started, so the prices are those of the pinned release until the lock moves, and every call priced
+here is counted under ``catalog:genai-prices@<version>``.
+
+Model names: an agent's ``provider/model`` (``openai/gpt-4o``, ``anthropic/claude-...``) looks the model
+up at that provider when the catalog knows the provider (by id or by its aliases: ``vertex_ai`` is
+google, ``bedrock`` aws); a bare name (``gpt-4o``) goes to the provider whose models it matches
+(``gpt`` -> openai, ``claude`` -> anthropic, ``gemini`` -> google). A name the catalog does not know is
+not priced here (unpriced: the alert tells the admin to set a price with ``PUT /v1/prices/{model}``).
+
+Importing genai-prices and building its snapshot takes about 0.6 s (1.6 MB of data): both are lazy, on
+the first lookup, so the functions that price nothing do not pay it at cold start.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from shared.domain.pricing import Price, Quote
+
+NAME = "genai-prices"
+_MILLION = Decimal(1_000_000)
+_lock = threading.Lock()
+
+
+@functools.cache
+def version() -> str:
+    """The installed (locked) genai-prices version, from the package metadata (no import of its data)."""
+    # lazy: importlib.metadata only for the label, once per instance
+    from importlib.metadata import version as dist_version
+
+    return dist_version(NAME)
+
+
+def source() -> str:
+    return f"catalog:{NAME}@{version()}"
+
+
+def _snapshot() -> Any:
+    # lazy: genai-prices' data (about 0.6 s to import and build) only on the first catalog lookup
+    from genai_prices import data_snapshot
+
+    with _lock:
+        return data_snapshot.get_snapshot()
+
+
+def _per_token(value: Any, threshold: int | None) -> Decimal | None:
+    """A price key's USD per token (for calls above ``threshold`` input tokens, None: the base)."""
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return value / _MILLION
+    applicable = value.base  # TieredPrices: the highest tier the threshold is past
+    if threshold is not None:
+        for tier in value.tiers:
+            if threshold >= tier.start:
+                applicable = tier.price
+    return Decimal(applicable) / _MILLION
+
+
+def _flat(model_price: Any, threshold: int | None) -> Price:
+    def get(key: str) -> Decimal | None:
+        return _per_token(getattr(model_price, key, None), threshold)
+
+    return Price(
+        input_usd=get("input_mtok") or Decimal(0),
+        output_usd=get("output_mtok") or Decimal(0),
+        cache_read_usd=get("cache_read_mtok"),
+        cache_write_usd=get("cache_write_mtok"),
+        reasoning_usd=get("output_reasoning_mtok"),
+    )
+
+
+def to_price(model_price: Any) -> Price | None:
+    """A genai-prices ``ModelPrice`` as the domain's price; None when it prices no tokens (a model
+    billed per request or second only is not priced by tokens here)."""
+    if getattr(model_price, "input_mtok", None) is None and getattr(model_price, "output_mtok", None) is None:
+        return None
+    keys = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok")
+    values: list[Any] = [getattr(model_price, key, None) for key in keys]
+    starts = sorted({tier.start for value in values if hasattr(value, "tiers") for tier in value.tiers})
+    base = _flat(model_price, None)
+    if not starts:
+        return base
+    return Price(
+        base.input_usd, base.output_usd, base.cache_read_usd, base.cache_write_usd, base.reasoning_usd,
+        tiers=tuple((start, _flat(model_price, start)) for start in starts),
+    )  # fmt: skip
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def validity(model: Any, at: datetime) -> tuple[datetime | None, datetime | None]:
+    """Since and until when the price ``model`` has at ``at`` holds (None: open-ended).
+
+    Dated prices (``StartDateConstraint``) change at a UTC midnight; time-of-day prices (DeepSeek's
+    off-peak hours) at their boundaries, so those quotes hold until the next boundary only."""
+    prices = model.prices
+    if not isinstance(prices, list):
+        return None, None
+    day = at.astimezone(UTC).date()
+    starts = sorted({c.constraint.start_date for c in prices if hasattr(c.constraint, "start_date")})
+    since = max((_midnight(s) for s in starts if s <= day), default=None)
+    until = min((_midnight(s) for s in starts if s > day), default=None)
+    clocks = sorted(
+        {
+            t
+            for c in prices
+            if hasattr(c.constraint, "start_time")
+            for t in (c.constraint.start_time, c.constraint.end_time)
+        }
+    )
+    if clocks:
+        moments = [
+            datetime.combine(day + timedelta(days=d), t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+            for d in (-1, 0, 1)
+            for t in clocks
+        ]
+        since = max([m for m in moments if m <= at] + ([since] if since else []))
+        until = min([m for m in moments if m > at] + ([until] if until else []))
+    return since, until
+
+
+def _find(model: str) -> tuple[Any, Any] | None:
+    """The catalog's (provider, model) for an agent's model name, the ``provider/`` prefix as a hint."""
+    # lazy: only the lookup functions of the package already imported by _snapshot
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    snap = _snapshot()
+    name = model.lower()
+    attempts: list[tuple[str, str | None]] = []
+    if "/" in name:
+        hint, rest = name.split("/", 1)
+        if find_provider_by_id(snap.providers, hint) is not None:
+            attempts.append((rest, hint))
+        attempts.append((rest, None))
+    attempts.append((name, None))
+    for ref, provider_id in attempts:
+        try:
+            with _lock:
+                return snap.find_provider_model(ref, None, provider_id, None)
+        except LookupError:
+            continue
+    return None
+
+
+class GenaiPrices:
+    """The catalog the fleet prices with (the domain's ``Catalog``)."""
+
+    @property
+    def source(self) -> str:
+        return source()
+
+    def quote(self, model: str, at: datetime | None = None) -> Quote | None:
+        at = at or datetime.now(UTC)
+        found = _find(model)
+        if found is None:
+            return None
+        provider, info = found
+        price = to_price(info.get_prices(at))
+        if price is None:
+            return None
+        since, until = validity(info, at)
+        return Quote(price, self.source, f"{provider.id}/{info.id}", since, until)
+
+    def alternatives(self, model: str, at: datetime | None = None) -> Sequence[tuple[str, Price]]:
+        at = at or datetime.now(UTC)
+        found = _find(model)
+        if found is None:
+            return []
+        provider, info = found
+        return _alternatives(provider.id, info.id, at.date())
+
+
+#: Catalog models never suggested in place of a chat model: other modalities, tools, fine-tunes, dated
+#: snapshots and previews (the suggestion names a model to switch to, not a pinned build or an experiment).
+_SPECIAL = re.compile(r"audio|realtime|tts|transcribe|image|embed|search|vision|live|moderation|codex|computer|"
+                      r"instruct|preview|\.ft|-\d{4}|-\d{3}$|latest")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _alternatives(provider_id: str, model_id: str, day: date) -> tuple[tuple[str, Price], ...]:
+    """The provider's current general models taking at least ``model_id``'s context window."""
+    provider = next(p for p in _snapshot().providers if p.id == provider_id)
+    window = next((m.context_window for m in provider.models if m.id == model_id), None) or 0
+    at = _midnight(day)
+    out = []
+    for info in provider.models:
+        if info.id == model_id or info.deprecated or _SPECIAL.search(info.id):
+            continue
+        if (info.context_window or 0) < window:
+            continue
+        price = to_price(info.get_prices(at))
+        if price is not None:
+            out.append((info.id, price))
+    return tuple(out)
+
+
+catalog = GenaiPrices()
