@@ -388,15 +388,16 @@ def test_the_month_document_counts_each_model_per_day_with_failures_and_repeats(
 
     stored = wait_for(counted, timeout=60)
     nanos = 1_000_000_000
+    # src: the priced calls per price source (here the agent's own cost)
     assert stored == {
         "gpt-4o": {"calls": 4, "input_tokens": 400, "output_tokens": 80, "usd_nanos": 4 * nanos // 100,
-                   "repeats": 2, "repeat_usd_nanos": 2 * nanos // 100},
+                   "repeats": 2, "repeat_usd_nanos": 2 * nanos // 100, "src": {"agent": 4}},
         model: {"calls": 2, "failures": 1, "input_tokens": 20, "output_tokens": 5, "usd_nanos": 5 * nanos // 1000,
-                "failed_usd_nanos": 2 * nanos // 1000},
+                "failed_usd_nanos": 2 * nanos // 1000, "src": {"agent": 2}},
     }  # fmt: skip
     models = usage_store.agent_day_models(agent_id, day)
     assert models["gpt-4o"] == ModelDay(calls=4, input_tokens=400, output_tokens=80, usd_nanos=40_000_000,
-                                        repeats=2, repeat_usd_nanos=20_000_000)  # fmt: skip
+                                        repeats=2, repeat_usd_nanos=20_000_000, sources={"agent": 4})  # fmt: skip
     assert (models[model].failures, models[model].failed_usd_nanos, models[model].repeats) == (1, 2_000_000, 0)
     assert usage_store.agent_month_models(agent_id, f"{day:%Y-%m}") == {f"{day:%d}": models}
     assert usage_store.agent_day_models(agent_id, day + timedelta(days=1)) == {}
