@@ -229,3 +229,14 @@ def test_agent_usage_shows_each_models_price_sources(world: World, monkeypatch: 
         "gpt-4o": {"calls": 4, "failures": 0, "input_tokens": 0, "output_tokens": 0, "usd": "0.003",
                    "price_sources": {CATALOG: 2, "agent": 1, "override:fleet": 1}},
     }  # fmt: skip
+
+
+def test_the_catalogs_alternatives_are_the_providers_general_current_models() -> None:
+    names = {name for name, _price in price_catalog.catalog.alternatives("gpt-4o", AT)}
+    assert {"gpt-4o-mini", "gpt-4.1-mini"} <= names and "gpt-4o" not in names
+    assert not any(word in name for name in names for word in ("audio", "realtime", "preview", "embedding", "-2024"))
+    assert not any(name.startswith(("claude", "gemini")) for name in names)  # the same provider only
+    table = PriceTable(catalog=price_catalog.catalog)
+    # 30 calls of 1000 input and 150 output tokens on gpt-4o: the priciest same-family model at <= 35 %
+    assert cheaper_alternative("gpt-4o", 30_000, 4_500, table, None) == ("gpt-4.1-mini", 19_200_000)
+    assert price_catalog.catalog.alternatives("acme/private-llm", AT) == []
