@@ -92,6 +92,14 @@ class Price:
         )
         return to_nanos(usd)
 
+    def ceiling(self) -> Price:
+        """Input and output prices no part of a call exceeds (tiers aside): what an estimate that knows only
+        input and output tokens (a lease's prices, the SDK's wallet) must use never to count less than the
+        fleet does (Anthropic's cache writes cost 1.25 x the input price)."""
+        parts_in = [p for p in (self.cache_read_usd, self.cache_write_usd) if p is not None]
+        parts_out = [p for p in (self.reasoning_usd,) if p is not None]
+        return Price(max([self.input_usd, *parts_in]), max([self.output_usd, *parts_out]))
+
     def record_nanos(self, record: CostRecord) -> int:
         return self.cost_nanos(
             record.input_tokens, record.output_tokens, record.cache_read_tokens, record.cache_write_tokens,

@@ -185,7 +185,8 @@ def _command(
     prices = {}
     for model in models:
         found = table.lookup(model, agent.tenant)
-        if found is not None:
+        if found is not None:  # the ceiling: the wallet never debits less than the fleet counts
+            found = found.ceiling()
             prices[model] = ModelPrice(input_usd=found.input_usd, output_usd=found.output_usd)
     lease = LeaseGrant(
         lease_id=plan.lease_id, usd=to_usd(amount.usd_nanos),

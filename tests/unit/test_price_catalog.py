@@ -64,6 +64,16 @@ def test_a_call_is_uncached_input_plus_cache_reads_plus_cache_writes_plus_output
     assert flat.cost_nanos(1000, 500, 600, 100, 200) == flat.cost_nanos(1000, 500) == 10_500_000
 
 
+def test_the_ceiling_never_prices_a_part_below_the_fleet() -> None:
+    claude = Price(Decimal(3) / M, Decimal(15) / M, Decimal("0.3") / M, Decimal("3.75") / M)
+    assert claude.ceiling() == Price(Decimal("3.75") / M, Decimal(15) / M)
+    gpt = Price(Decimal("2.5") / M, Decimal(10) / M, Decimal("1.25") / M, None, Decimal(12) / M)
+    assert gpt.ceiling() == Price(Decimal("2.5") / M, Decimal(12) / M)
+    for inp, out, read, write, reasoning in ((1000, 100, 0, 1000, 0), (1000, 100, 500, 200, 50)):
+        for price in (claude, gpt):
+            assert price.ceiling().cost_nanos(inp, out) >= price.cost_nanos(inp, out, read, write, reasoning)
+
+
 def test_tiers_price_a_long_call_wholly_at_the_tier() -> None:
     long = Price(Decimal(6) / M, Decimal("22.5") / M)
     price = Price(Decimal(3) / M, Decimal(15) / M, tiers=((200_000, long),))
@@ -240,3 +250,24 @@ def test_the_catalogs_alternatives_are_the_providers_general_current_models() ->
     # 30 calls of 1000 input and 150 output tokens on gpt-4o: the priciest same-family model at <= 35 %
     assert cheaper_alternative("gpt-4o", 30_000, 4_500, table, None) == ("gpt-4.1-mini", 19_200_000)
     assert price_catalog.catalog.alternatives("acme/private-llm", AT) == []
+
+
+def test_a_batch_prices_each_call_at_the_catalog_price_of_its_own_time() -> None:
+    change = AT + timedelta(seconds=2, milliseconds=500)
+
+    class Changing(FixedCatalog):
+        asked: list[datetime] = []
+
+        def quote(self, model: str, at: datetime | None = None) -> Quote | None:
+            assert at is not None
+            self.asked.append(at)
+            if at < change:
+                return Quote(Price(Decimal("0.001"), Decimal(0)), "catalog:test@1", model, None, change)
+            return Quote(Price(Decimal("0.002"), Decimal(0)), "catalog:test@1", model, change, None)
+
+    catalog = Changing({})
+    records = [rec(n, "m-1", 1, 0) for n in (1, 2, 3, 4)]  # at AT + 1..4 s: two before the change, two after
+    batch = CostBatch(agent_id="agent-1", batch_id="batch-0001", records=records)
+    t = tally(batch, "acme", PriceTable(catalog=catalog))
+    assert t.total.usd_nanos == to_nanos(Decimal("0.006"))
+    assert len(catalog.asked) == 2  # one lookup per validity window, not per call
