@@ -401,11 +401,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for event, data in events:
-            line = data if isinstance(data, str) else json.dumps(data)
-            prefix = f"event: {event}\n" if event else ""
-            self.wfile.write(f"{prefix}data: {line}\n\n".encode())
-            self.wfile.flush()
+        try:
+            for event, data in events:
+                line = data if isinstance(data, str) else json.dumps(data)
+                prefix = f"event: {event}\n" if event else ""
+                self.wfile.write(f"{prefix}data: {line}\n\n".encode())
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client closed the stream early
 
 
 class _Server(ThreadingHTTPServer):
