@@ -38,6 +38,9 @@ def _metadata(usage: Any) -> UsageMetadata:
     )
 
 
+CLIENTS: dict[str, openai.OpenAI] = {}
+
+
 class OpenAIChat(BaseChatModel):
     """A chat model over the real OpenAI client."""
 
@@ -61,7 +64,9 @@ class OpenAIChat(BaseChatModel):
         return params
 
     def _client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key="x", max_retries=0)
+        if self.base_url not in CLIENTS:  # one client (and its connections) per server, as an application keeps
+            CLIENTS[self.base_url] = openai.OpenAI(base_url=self.base_url, api_key="x", max_retries=0)
+        return CLIENTS[self.base_url]
 
     def _request(self, messages: list[BaseMessage]) -> dict[str, Any]:
         body: dict[str, Any] = {
