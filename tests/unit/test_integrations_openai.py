@@ -4,15 +4,20 @@ with its exact usage, failures recorded, held agents refused before the request 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from fleet_agent import FleetAgent
+from fleet_agent.contracts import CostBatch, Envelope
 from fleet_agent.costs import CallRefused
 from fleet_agent.integrations.openai import fleet_openai
 
 from emulators.fake_llm import PROMPT_BASE, REPLY_WORDS, FakeLLM
 from tests.unit.integrations_support import Agent, agent_fixture, leased_fixture, llm_fixture, tokens  # noqa: F401  (fixtures)
+from tests.unit.test_sdk_client import FakePublisher as AgentPublisher
+from tests.unit.test_sdk_client import registration
 
 HELLO: Any = [{"role": "user", "content": "hello there fleet"}]  # 3 words: 10 input tokens
 
@@ -118,3 +123,16 @@ def test_async_client(llm: FakeLLM, agent: Agent) -> None:
     asyncio.run(run())
     assert [tokens(r) for r in agent.records()] == [(10, REPLY_WORDS + 2, 1, 0, 2)] * 2
     assert len(llm.calls()) == 2
+
+
+def test_a_fleet_agent_records_through_its_costs(llm: FakeLLM, tmp_path: Path) -> None:
+    publisher = AgentPublisher()
+    fleet = FleetAgent(registration(), project="proj", publisher=publisher, key_path=tmp_path / "key", leases=False)
+    c = fleet_openai(openai.OpenAI(base_url=llm.openai_url, api_key="x", max_retries=0), fleet, operation="triage")
+    c.chat.completions.create(model="gpt-4o", messages=HELLO)
+    fleet_openai(c, fleet, operation="triage")  # instrumenting again keeps one wrapper: one record per call
+    c.chat.completions.create(model="gpt-4o", messages=HELLO)
+    assert fleet.close()
+    batches = [Envelope.model_validate_json(data).data for topic, data, _ in publisher.messages if "cost" in topic]
+    records = [r for b in batches for r in CostBatch.model_validate(b).records]
+    assert [(r.operation, r.input_tokens) for r in records] == [("triage", 10), ("triage", 10)]
