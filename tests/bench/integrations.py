@@ -23,10 +23,18 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm is imported: no fetch
 
+import anthropic
+import litellm
+import openai
 from fleet_agent.costs import CostRecorder
+from fleet_agent.integrations.anthropic import fleet_anthropic
+from fleet_agent.integrations.langchain import FleetCallbackHandler
+from fleet_agent.integrations.litellm import FleetLiteLLM, unregister
+from fleet_agent.integrations.openai import fleet_openai
 
 from emulators.fake_llm import FakeLLM
 from tests.bench.lease_check import Drop
+from tests.unit.test_integrations_langchain import OpenAIChat
 
 N = int(os.environ.get("BENCH_INTEGRATION_CALLS", 200))
 ROUNDS = int(os.environ.get("BENCH_INTEGRATION_ROUNDS", 5))
@@ -60,17 +68,6 @@ def p50(call: Callable[[], Any]) -> float:
 
 def cases(llm: FakeLLM, rec: CostRecorder) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
     """Per integration: (bare call, instrumented call)."""
-    # lazy: the bench's client libraries load only when this section runs
-    import anthropic
-    import litellm
-    import openai
-    from fleet_agent.integrations.anthropic import fleet_anthropic
-    from fleet_agent.integrations.langchain import FleetCallbackHandler
-    from fleet_agent.integrations.litellm import FleetLiteLLM, unregister
-    from fleet_agent.integrations.openai import fleet_openai
-
-    from tests.unit.test_integrations_langchain import OpenAIChat
-
     bare_oa = openai.OpenAI(base_url=llm.openai_url, api_key="x", max_retries=0)
     fleet_oa = fleet_openai(openai.OpenAI(base_url=llm.openai_url, api_key="x", max_retries=0), rec)
     bare_an = anthropic.Anthropic(base_url=llm.url, api_key="x", max_retries=0)

@@ -16,10 +16,10 @@ import pytest
 from fleet_agent.costs import CallRefused
 from fleet_agent.integrations.langchain import FleetCallbackHandler
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, BaseLLM
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, LLMResult
 
 from emulators.fake_llm import PROMPT_BASE, REPLY_WORDS, FakeLLM
 from tests.unit.integrations_support import Agent, agent_fixture, leased_fixture, llm_fixture, tokens  # noqa: F401
@@ -137,3 +137,43 @@ def test_refused_before_the_request(llm: FakeLLM, agent: Agent, leased: Agent) -
     with pytest.raises(CallRefused):  # the lease cannot cover it
         big.invoke("hi", config={"callbacks": [FleetCallbackHandler(leased)]})
     assert llm.calls() == [] and agent.records() == [] and leased.records() == []
+
+
+class OpenAIText(BaseLLM):
+    """A text LLM over the real OpenAI client (chat API), reporting OpenAI's usage in ``llm_output``."""
+
+    base_url: str
+    model_name: str = "gpt-4o-mini"
+
+    @property
+    def _llm_type(self) -> str:
+        return "test-openai-text"
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        client = openai.OpenAI(base_url=self.base_url, api_key="x", max_retries=0)
+        generations, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+        for prompt in prompts:
+            reply = client.chat.completions.create(
+                model=self.model_name, messages=[{"role": "user", "content": prompt}]
+            )
+            generations.append([Generation(text=reply.choices[0].message.content or "")])
+            assert reply.usage is not None
+            usage = {key: usage[key] + getattr(reply.usage, key) for key in usage}
+        return LLMResult(generations=generations, llm_output={"token_usage": usage})
+
+
+def test_text_llm_usage_from_llm_output(llm: FakeLLM, agent: Agent) -> None:
+    text = OpenAIText(base_url=llm.openai_url)
+    assert text.invoke("one two three", config={"callbacks": [FleetCallbackHandler(agent, operation="draft")]})
+    [record] = agent.records()
+    assert (record.model, record.operation, tokens(record)) == ("gpt-4o-mini", "draft", (10, REPLY_WORDS, 0, 0, 0))
+    agent.pause()
+    with pytest.raises(CallRefused):
+        text.invoke("x", config={"callbacks": [FleetCallbackHandler(agent)]})
+    assert len(llm.calls()) == 1
