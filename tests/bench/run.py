@@ -505,6 +505,10 @@ def main() -> int:
     from tests.bench import console  # lazy: a section loads when it runs
 
     console_lines = console.main(report=lambda line: None)
+    print("measuring the drop-in integrations ...", file=sys.stderr)
+    from tests.bench import integrations  # lazy: a section loads when it runs
+
+    integration_lines = integrations.main(report=lambda line: None)
 
     lines += ["", "### Signed telemetry, per event", "", *signing.describe(), "", *signing_lines]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
@@ -515,6 +519,7 @@ def main() -> int:
     lines += ["", "### Training jobs", "", *jobs.describe(), "", *job_lines]
     lines += ["", "### Learned models", "", *ml.describe(), "", *ml_lines]
     lines += ["", "### Web console", "", *console.describe(), "", *console_lines]
+    lines += ["", "### Drop-in integrations (issue 22)", "", *integrations.describe(), "", *integration_lines]
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"
