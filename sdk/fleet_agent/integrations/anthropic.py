@@ -1,0 +1,140 @@
+"""The Anthropic client, recorded and enforced by the fleet: ``fleet_anthropic(Anthropic(), agent)``.
+
+    from anthropic import Anthropic
+    from fleet_agent.integrations.anthropic import fleet_anthropic
+
+    client = fleet_anthropic(Anthropic(), agent)   # or AsyncAnthropic(); instrumented in place
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=500, messages=[...])
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=500, messages=[...]) as stream:
+        ...
+
+Covered: ``messages.create`` (``stream=True`` too) and ``messages.stream``. Each call is admitted before
+the request leaves (:class:`~fleet_agent.CallRefused` while the agent is held, or when the lease cannot
+cover ``max_tokens`` and the prompt at the model's price) and recorded with its usage. Anthropic's
+``input_tokens`` leaves the prompt cache out; the record's input is the whole prompt:
+``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``, the last two also recorded as
+the cache reads and writes. ``output_tokens`` (thinking included) is the record's output.
+
+A ``stream=True`` call is recorded when its events end or it is closed; a ``messages.stream(...)`` block
+when it is left, with the usage of what was read (``message_start`` and the last ``message_delta``), failed
+when the block raised. Requires ``pip install "fleet-agent[anthropic]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anthropic
+
+from fleet_agent.call_records import Call
+from fleet_agent.integrations.calls import (
+    AgentLike,
+    Endpoint,
+    Observe,
+    Pending,
+    anthropic_usage,
+    instrument,
+    recorder_of,
+)
+from fleet_agent.integrations.calls import estimate_prompt_tokens as estimate
+
+Client = TypeVar("Client", anthropic.Anthropic, anthropic.AsyncAnthropic)
+
+__all__ = ["fleet_anthropic"]
+
+
+def _read(call: Call, message: Any) -> None:
+    anthropic_usage(call, getattr(message, "usage", None))
+
+
+def _events(kwargs: dict[str, Any]) -> Observe:
+    seen: dict[str, int] = {}
+
+    def observe(call: Call, event: Any) -> bool:
+        kind = getattr(event, "type", "")
+        usage = getattr(getattr(event, "message", None), "usage", None) if kind == "message_start" else None
+        usage = getattr(event, "usage", None) if kind == "message_delta" else usage
+        if usage is not None:
+            for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"):
+                value = getattr(usage, name, None)
+                if isinstance(value, int):  # a delta's null fields keep what message_start said
+                    seen[name] = value
+            anthropic_usage(call, seen)
+        return True
+
+    return observe
+
+
+MESSAGES = Endpoint("messages", _read, _events)
+
+
+class _Stream:
+    """``messages.stream(...)``'s manager: records the call when its block is left."""
+
+    def __init__(self, manager: Any, pending: Pending) -> None:
+        self._manager, self._pending = manager, pending
+        self._stream: Any = None
+
+    def _usage(self) -> None:
+        with contextlib.suppress(AttributeError, AssertionError, RuntimeError):  # nothing read: no usage known
+            anthropic_usage(self._pending.call, self._stream.current_message_snapshot.usage)
+
+    def __enter__(self) -> Any:
+        try:
+            self._stream = self._manager.__enter__()
+        except BaseException as exc:
+            self._pending.finish(exc)
+            raise
+        return self._stream
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._usage()
+        try:
+            self._manager.__exit__(kind, exc, tb)
+        finally:
+            self._pending.finish(exc)
+
+    async def __aenter__(self) -> Any:
+        try:
+            self._stream = await self._manager.__aenter__()
+        except BaseException as exc:
+            self._pending.finish(exc)
+            raise
+        return self._stream
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._usage()
+        try:
+            await self._manager.__aexit__(kind, exc, tb)
+        finally:
+            self._pending.finish(exc)
+
+
+def fleet_anthropic(client: Client, agent: AgentLike, *, operation: str | None = None) -> Client:
+    """Instrument ``client`` (an ``Anthropic`` or ``AsyncAnthropic``) in place for ``agent`` (a
+    :class:`~fleet_agent.FleetAgent` or its ``costs`` recorder) and return it.
+
+    ``operation``: the operation every call is recorded under (default ``messages``).
+    """
+    recorder = recorder_of(agent)
+    messages = client.messages
+    instrument(messages, "create", recorder, MESSAGES, operation, is_async=isinstance(client, anthropic.AsyncAnthropic))
+    stream = getattr(messages.stream, "__fleet_original__", messages.stream)
+
+    def fleet_stream(**kwargs: Any) -> _Stream:
+        prompt = estimate(kwargs.get("system"), kwargs.get("messages"))
+        pending = Pending(recorder, operation or "messages", str(kwargs.get("model", "")),
+                          max_tokens=kwargs.get("max_tokens"), prompt_tokens=prompt)  # fmt: skip
+        try:
+            return _Stream(stream(**kwargs), pending)
+        except BaseException as exc:
+            pending.finish(exc)
+            raise
+
+    fleet_stream.__fleet_original__ = stream  # type: ignore[attr-defined]
+    setattr(messages, "stream", fleet_stream)  # noqa: B010  (an instance attribute over the method)
+    return client

@@ -1,0 +1,99 @@
+"""The OpenAI client, recorded and enforced by the fleet: ``fleet_openai(OpenAI(), agent)``.
+
+    from openai import OpenAI
+    from fleet_agent.integrations.openai import fleet_openai
+
+    client = fleet_openai(OpenAI(), agent)       # or AsyncOpenAI(); the same client, instrumented in place
+    client.chat.completions.create(model="gpt-4o", messages=[...], max_tokens=500)
+
+Covered: ``chat.completions.create`` (streaming too), ``responses.create`` (streaming too) and
+``embeddings.create``. Each call is admitted before the request leaves (:class:`~fleet_agent.CallRefused`
+while the agent is held, or when the lease cannot cover the call's worst case) and recorded with the
+usage the API reports: cached input (``prompt_tokens_details.cached_tokens``) and reasoning
+(``completion_tokens_details.reasoning_tokens``) tokens included; a call that raises is recorded as failed.
+
+A chat stream asks for its usage (``stream_options.include_usage``) when the caller did not say; the usage
+chunk it adds (no choices) is read and not passed on, so the caller sees the stream it asked for. A stream
+is recorded when it ends or is closed. ``with_raw_response``, ``with_streaming_response`` and
+``chat.completions.parse``/``responses.stream`` helpers are not instrumented.
+
+Requires ``pip install "fleet-agent[openai]"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import openai
+
+from fleet_agent.call_records import Call
+from fleet_agent.integrations.calls import (
+    AgentLike,
+    Endpoint,
+    Observe,
+    instrument,
+    openai_usage,
+    recorder_of,
+    responses_usage,
+)
+
+Client = TypeVar("Client", openai.OpenAI, openai.AsyncOpenAI)
+
+__all__ = ["fleet_openai"]
+
+
+def _read_usage(call: Call, response: Any) -> None:
+    openai_usage(call, getattr(response, "usage", None))
+
+
+def _read_response(call: Call, response: Any) -> None:
+    responses_usage(call, getattr(response, "usage", None))
+
+
+def _chat_stream(kwargs: dict[str, Any]) -> Observe:
+    options = dict(kwargs.get("stream_options") or {})
+    added = "include_usage" not in options
+    if added:
+        options["include_usage"] = True
+        kwargs["stream_options"] = options
+
+    def observe(call: Call, chunk: Any) -> bool:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            openai_usage(call, usage)
+            return not (added and not getattr(chunk, "choices", None))
+        return True
+
+    return observe
+
+
+def _responses_stream(kwargs: dict[str, Any]) -> Observe:
+    def observe(call: Call, event: Any) -> bool:
+        if getattr(event, "type", "") in ("response.completed", "response.incomplete", "response.failed"):
+            responses_usage(call, getattr(getattr(event, "response", None), "usage", None))
+        return True
+
+    return observe
+
+
+CHAT = Endpoint("chat.completions", _read_usage, _chat_stream)
+RESPONSES = Endpoint("responses", _read_response, _responses_stream)
+EMBEDDINGS = Endpoint("embeddings", _read_usage, output=False)
+
+
+def fleet_openai(client: Client, agent: AgentLike, *, operation: str | None = None) -> Client:
+    """Instrument ``client`` (an ``OpenAI`` or ``AsyncOpenAI``) in place for ``agent`` (a
+    :class:`~fleet_agent.FleetAgent` or its ``costs`` recorder) and return it.
+
+    ``operation``: the operation every call is recorded under (default: the API's, ``chat.completions``,
+    ``responses`` or ``embeddings``). Instrumenting a client again replaces the agent and operation.
+    """
+    recorder = recorder_of(agent)
+    is_async = isinstance(client, openai.AsyncOpenAI)
+    for owner, endpoint in (
+        (client.chat.completions, CHAT),
+        (client.responses, RESPONSES),
+        (client.embeddings, EMBEDDINGS),
+    ):
+        instrument(owner, "create", recorder, endpoint, operation, is_async=is_async)
+    return client
