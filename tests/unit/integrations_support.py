@@ -4,7 +4,7 @@ model provider, and ways to hold the agent (a pause command) or leave its lease 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from fleet_agent.costs import CostRecorder
 
 from emulators.fake_llm import FakeLLM
 from tests.unit.test_sdk_costs import FakePublisher
+from tests.unit.test_sdk_lease_recorder import lease
 
 
 class Agent:
@@ -30,6 +31,11 @@ class Agent:
         at = datetime.now(UTC)
         self.costs.apply(Command(agent_id="agent-1", command=CommandType.PAUSE, reason="test", issued_at=at,
                                  command_id="cmd-pause"))  # fmt: skip
+
+    def grant(self, usd: str) -> None:
+        """A ten-minute lease of ``usd``; gpt-4o at $1 per million input tokens, $4 per million output tokens."""
+        now = datetime.now(UTC)
+        self.costs.apply(lease("aaaaaaaaaaaa.1", usd, issued=now, expires=now + timedelta(minutes=10)))
 
     def close(self) -> None:
         self.costs.close()

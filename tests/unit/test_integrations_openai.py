@@ -93,6 +93,16 @@ def test_lease_that_cannot_cover_the_worst_case_refuses(llm: FakeLLM, leased: Ag
     assert llm.calls() == []
 
 
+def test_lease_admits_what_it_covers_and_refuses_the_rest(llm: FakeLLM, leased: Agent) -> None:
+    leased.grant("0.01")
+    chat = client(llm, leased).chat.completions
+    chat.create(model="gpt-4o", messages=HELLO, max_tokens=500)  # worst case about $0.002: admitted
+    with pytest.raises(CallRefused) as refused:
+        chat.create(model="gpt-4o", messages=HELLO, max_tokens=5000)  # about $0.02: more than the lease
+    assert refused.value.reason == "lease_exhausted"
+    assert len(llm.calls()) == 1 and [r.success for r in leased.records()] == [True]
+
+
 def test_async_client(llm: FakeLLM, agent: Agent) -> None:
     llm.usage(cached=1, reasoning=2)
 

@@ -1,0 +1,120 @@
+"""LangChain's model calls recorded and enforced by the fleet: a callback handler.
+
+    from fleet_agent.integrations.langchain import FleetCallbackHandler
+
+    fleet = FleetCallbackHandler(agent)
+    model.invoke("...", config={"callbacks": [fleet]})      # or ChatOpenAI(..., callbacks=[fleet])
+
+``on_chat_model_start`` / ``on_llm_start`` admit the call through the recorder before the model is called:
+:class:`~fleet_agent.CallRefused` (the handler has ``raise_error`` set, so LangChain lets it through) while
+the agent is held, or when the lease cannot cover the worst case (the run's ``max_tokens``, from its
+invocation parameters or LangChain's ``ls_max_tokens``, and the prompt, at the model's price).
+``on_llm_end`` records the usage: the message's ``usage_metadata`` (``input_tokens`` with
+``input_token_details.cache_read`` / ``cache_creation`` in it, ``output_tokens`` with
+``output_token_details.reasoning`` in it) summed over the generations, else the OpenAI-shaped
+``llm_output["token_usage"]``; ``on_llm_error`` records the call failed. The model is the run's
+``ls_model_name`` (or its invocation parameters' ``model`` / ``model_name``).
+
+It runs inline (``run_inline``) in async runs too, so the refusal happens before the request there as
+well. Requires ``pip install "fleet-agent[langchain]"`` (langchain-core) and a provider package.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
+
+from fleet_agent.call_records import Call
+from fleet_agent.integrations.calls import (
+    AgentLike,
+    Pending,
+    estimate_prompt_tokens,
+    field,
+    openai_usage,
+    output_limit,
+    recorder_of,
+)
+
+__all__ = ["FleetCallbackHandler"]
+
+
+def _usage(call: Call, response: LLMResult) -> None:
+    """The call's usage from its generations' ``usage_metadata``, else from ``llm_output``."""
+    totals = [0, 0, 0, 0, 0]
+    found = False
+    for generations in response.generations:
+        for generation in generations:
+            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
+            if usage:
+                found = True
+                parts = (("input_tokens",), ("output_tokens",), ("input_token_details", "cache_read"),
+                         ("input_token_details", "cache_creation"), ("output_token_details", "reasoning"))  # fmt: skip
+                for index, path in enumerate(parts):
+                    totals[index] += field(usage, *path)
+    if found:
+        call.tokens(totals[0], totals[1], cache_read=totals[2], cache_write=totals[3], reasoning=totals[4])
+        return
+    output = response.llm_output or {}
+    openai_usage(call, output.get("token_usage") or output.get("usage"))
+
+
+class FleetCallbackHandler(BaseCallbackHandler):
+    """Admits and records one agent's LangChain model calls (see the module's docstring).
+
+    ``operation``: the operation calls are recorded under (default ``langchain``)."""
+
+    raise_error = True
+    run_inline = True
+
+    def __init__(self, agent: AgentLike, *, operation: str = "langchain") -> None:
+        self.recorder = recorder_of(agent)
+        self.operation = operation
+        self._lock = threading.Lock()
+        self._pending: dict[UUID, Pending] = {}
+
+    def _admit(
+        self, run_id: UUID, serialized: Mapping[str, Any] | None, prompt: Any, kwargs: Mapping[str, Any]
+    ) -> None:
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        metadata: Mapping[str, Any] = kwargs.get("metadata") or {}
+        model = metadata.get("ls_model_name") or params.get("model") or params.get("model_name")
+        if not model and serialized:
+            model = (serialized.get("kwargs") or {}).get("model") or (serialized.get("kwargs") or {}).get("model_name")
+        limit = output_limit(params)
+        if limit is None and isinstance(metadata.get("ls_max_tokens"), int):
+            limit = metadata["ls_max_tokens"]
+        pending = Pending(self.recorder, self.operation, str(model or "unknown"), max_tokens=limit,
+                          prompt_tokens=estimate_prompt_tokens(prompt))  # fmt: skip
+        with self._lock:
+            self._pending[run_id] = pending
+
+    def _take(self, run_id: UUID) -> Pending | None:
+        with self._lock:
+            return self._pending.pop(run_id, None)
+
+    def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        self._admit(run_id, serialized, messages, kwargs)
+
+    def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
+        self._admit(run_id, serialized, prompts, kwargs)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        pending = self._take(run_id)
+        if pending is None:
+            return
+        try:
+            _usage(pending.call, response)
+        finally:
+            pending.finish()
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        pending = self._take(run_id)
+        if pending is not None:
+            pending.finish(error)

@@ -1,0 +1,200 @@
+"""LiteLLM's calls recorded and enforced by the fleet: a ``CustomLogger`` for its SDK and its proxy.
+
+    from fleet_agent.integrations.litellm import fleet_litellm
+
+    fleet_litellm(agent)            # registers the logger (litellm.callbacks) and its pre-call rule
+    litellm.completion(model="openai/gpt-4o", messages=[...], max_tokens=500)
+
+or, for the proxy's ``config.yaml`` (``litellm_settings: callbacks: my_module.fleet_logger``)::
+
+    fleet_logger = FleetLiteLLM(agent)
+
+Refusals, before the request leaves (:class:`~fleet_agent.CallRefused` raised to the caller):
+
+- async SDK calls (``acompletion``, ...) and the proxy: ``async_pre_call_deployment_hook`` and, on the proxy,
+  ``async_pre_call_hook`` admit the call through the recorder: refused while the agent is held or when the
+  lease cannot cover its worst case (``max_tokens`` / ``max_completion_tokens`` and the prompt at the
+  model's price);
+- sync SDK calls (``completion``): LiteLLM runs no logger hook that may refuse them, so :func:`fleet_litellm`
+  also adds a rule to ``litellm.pre_call_rules`` that refuses while the agent is held. A sync call is not
+  checked against the lease before it runs: its record is debited from the lease afterwards (as ``over``).
+
+Every call is recorded from LiteLLM's success and failure events (sync and async), once, by its
+``litellm_call_id``, with the usage LiteLLM reports (OpenAI-shaped: ``prompt_tokens`` with
+``prompt_tokens_details.cached_tokens`` and ``cache_creation_input_tokens`` in it, ``completion_tokens`` with
+``completion_tokens_details.reasoning_tokens`` in it); a stream is recorded once LiteLLM has assembled it.
+
+LiteLLM fetches a price map from the internet when imported unless ``LITELLM_LOCAL_MODEL_COST_MAP`` is set:
+this module sets it (when unset) before importing LiteLLM. Requires ``pip install "fleet-agent[litellm]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm is imported: no fetch
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+
+from fleet_agent.call_records import Call, CallRefused
+from fleet_agent.costs import CostRecorder
+from fleet_agent.integrations.calls import (
+    AgentLike,
+    Pending,
+    estimate_prompt_tokens,
+    openai_usage,
+    output_limit,
+    recorder_of,
+)
+
+__all__ = ["FleetLiteLLM", "fleet_litellm"]
+
+#: How many finished call ids are remembered, so a call LiteLLM reports twice is recorded once.
+FINISHED_MEMORY = 4096
+
+
+def _model(model: str) -> str:
+    """The model without LiteLLM's provider prefix (``openai/gpt-4o`` -> ``gpt-4o``), as its events name it."""
+    try:
+        return str(litellm.get_llm_provider(model)[0])
+    except Exception:
+        return model
+
+
+class FleetLiteLLM(CustomLogger):
+    """Records one agent's LiteLLM calls and refuses them while it is held (see the module's docstring).
+
+    ``operation``: the operation calls are recorded under (default ``litellm.<call type>``, e.g.
+    ``litellm.acompletion``).
+    """
+
+    def __init__(self, agent: AgentLike, *, operation: str | None = None) -> None:
+        super().__init__()
+        self.recorder: CostRecorder = recorder_of(agent)
+        self._operation = operation
+        self._lock = threading.Lock()
+        self._pending: dict[str, Pending] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    # -- before the call -------------------------------------------------------------------------
+
+    def rule(self, _input: str) -> bool:
+        """``litellm.pre_call_rules``' entry: raises CallRefused while the agent is held."""
+        self.recorder.check()
+        return True
+
+    def _admit(self, data: Mapping[str, Any], call_type: Any) -> None:
+        call_id = data.get("litellm_call_id")
+        if not isinstance(call_id, str):
+            self.recorder.check()
+            return
+        with self._lock:
+            if call_id in self._pending or call_id in self._finished:
+                return  # the proxy's hook admitted it already
+        kind = getattr(call_type, "value", call_type)
+        operation = self._operation or f"litellm.{kind}"
+        prompt = estimate_prompt_tokens(data.get("messages"), data.get("input"), data.get("prompt"))
+        limit = 0 if "embedding" in str(kind) else output_limit(data)
+        pending = Pending(self.recorder, operation, _model(str(data.get("model", ""))), max_tokens=limit,
+                          prompt_tokens=prompt)  # fmt: skip
+        with self._lock:
+            self._pending[call_id] = pending
+
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
+        self._admit(kwargs, call_type)
+        return None
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        self._admit(data, call_type)
+        return None
+
+    # -- after it --------------------------------------------------------------------------------
+
+    def _take(self, kwargs: Mapping[str, Any]) -> tuple[str | None, Pending | None, bool]:
+        """The call's id, its admission if any, and whether it was recorded already."""
+        call_id = kwargs.get("litellm_call_id")
+        if not isinstance(call_id, str):
+            return None, None, False
+        with self._lock:
+            if call_id in self._finished:
+                return call_id, None, True
+            self._finished[call_id] = None
+            while len(self._finished) > FINISHED_MEMORY:
+                self._finished.popitem(last=False)
+            return call_id, self._pending.pop(call_id, None), False
+
+    def _unadmitted(self, kwargs: Mapping[str, Any], start: Any, end: Any) -> Call:
+        """A call that ran without admission (a sync call): recorded afterwards, as it ran."""
+        kind = kwargs.get("call_type") or "completion"
+        call = Call(operation=self._operation or f"litellm.{kind}", model=str(kwargs.get("model", "")))
+        with contextlib.suppress(TypeError, AttributeError):  # no times given: latency from now
+            call.started = time.monotonic() - max(0.0, (end - start).total_seconds())
+        return call
+
+    def _success(self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> None:
+        _, pending, done = self._take(kwargs)
+        if done:
+            return
+        call = pending.call if pending is not None else self._unadmitted(kwargs, start, end)
+        openai_usage(call, getattr(response, "usage", None))
+        if pending is not None:
+            pending.finish()
+        else:
+            self.recorder.record(call)
+
+    def _failure(self, kwargs: Mapping[str, Any], start: Any, end: Any) -> None:
+        exc = kwargs.get("exception")
+        _, pending, done = self._take(kwargs)
+        if done or (pending is None and isinstance(exc, CallRefused)):
+            return  # refused before it left: nothing to record
+        if pending is not None:
+            pending.finish(exc if isinstance(exc, BaseException) else RuntimeError("litellm call failed"))
+            return
+        call = self._unadmitted(kwargs, start, end)
+        call.success = False
+        self.recorder.record(call)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._success(kwargs, response_obj, start_time, end_time)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._failure(kwargs, start_time, end_time)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._success(kwargs, response_obj, start_time, end_time)
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._failure(kwargs, start_time, end_time)
+
+
+def fleet_litellm(agent: AgentLike, *, operation: str | None = None) -> FleetLiteLLM:
+    """Make a :class:`FleetLiteLLM` for ``agent`` and register it with LiteLLM's SDK: in ``litellm.callbacks``
+    and, for sync calls, its :meth:`~FleetLiteLLM.rule` in ``litellm.pre_call_rules``."""
+    logger = FleetLiteLLM(agent, operation=operation)
+    litellm.callbacks.append(logger)
+    litellm.pre_call_rules.append(logger.rule)
+    return logger
+
+
+#: The lists LiteLLM copies ``litellm.callbacks`` into on its first call (and the pre-call rules).
+_LISTS = ("callbacks", "input_callback", "success_callback", "failure_callback", "_async_success_callback",
+          "_async_failure_callback")  # fmt: skip
+
+
+def unregister(logger: FleetLiteLLM) -> None:
+    """Undo :func:`fleet_litellm`: the logger leaves every list LiteLLM keeps it in."""
+    for name in _LISTS:
+        registered = getattr(litellm, name, None)
+        while isinstance(registered, list) and logger in registered:
+            registered.remove(logger)
+    if logger.rule in litellm.pre_call_rules:
+        litellm.pre_call_rules.remove(logger.rule)
