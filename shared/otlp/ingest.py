@@ -19,6 +19,7 @@ from typing import Any
 
 from fleet_agent.contracts import CostBatch, CostRecord
 from fleet_agent.messages.costs import MAX_BATCH_OPERATIONS, MAX_BATCH_RECORDS, MAX_BATCH_SPAN
+from google.api_core import exceptions
 
 from shared.domain.agent_record import AgentRecord
 from shared.domain.rejections import Code, Payload, Rejected
@@ -193,8 +194,11 @@ def _handle(request: Any, now: datetime, fields: dict[str, Any]) -> tuple[int, s
         _record(rejected, body, request_id, now)
         fields.update(code=rejected.code.value, reason=rejected.reason)
         return 400, "rejected", _error(400, rejected.code.value, rejected.reason)
-    except (accounting.InputsUnavailable, accounting.EffectsFailed) as exc:
-        # Retried by the exporter (503 is retryable in OTLP/HTTP); the calls counted are not counted again.
+    except db.permanent_errors() as exc:  # Firestore refuses this data: retrying cannot help
+        fields.update(code=Code.UNSTORABLE.value, reason=str(exc)[:500])
+        return 400, "rejected", _error(400, Code.UNSTORABLE.value, f"{type(exc).__name__}: {exc}"[:300])
+    except (accounting.InputsUnavailable, accounting.EffectsFailed, exceptions.GoogleAPIError) as exc:
+        # Retried by the exporter (503 is retryable in OTLP/HTTP, 500 is not); counted calls are not counted again.
         fields.update(reason=str(exc)[:500])
         return 503, "retry", _error(503, "unavailable", "try again: " + str(exc)[:200])
     fields.update(calls=counted.calls, duplicates=counted.duplicates)
