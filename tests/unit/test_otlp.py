@@ -25,6 +25,7 @@ from shared.domain.lifecycle import State
 from shared.domain.rejections import Code
 from shared.otlp import auth, decode, ingest, spans
 from shared.store import agents as agent_store
+from shared.store.increments import Increments
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 KEY = AgentKey.generate()
@@ -256,3 +257,12 @@ def test_calls_are_cut_into_batches_within_the_cost_batch_bounds() -> None:
 def test_a_batch_id_is_the_same_however_its_calls_are_ordered() -> None:
     calls = [call(n) for n in range(5)]
     assert ingest.batch_id(calls) == ingest.batch_id(calls[::-1]) != ingest.batch_id(calls[:4])
+
+
+def test_a_call_marker_is_a_create_its_commit_fails_on_an_existing_one() -> None:
+    marker = Increments("chat-1.otel.x", {"call_id": "x"}, collection="cost_batches")
+    assert not marker.to_pb("projects/p/databases/(default)/documents/cost_batches/a")._pb.HasField("current_document")
+    marker.must_not_exist = True
+    written = marker.to_pb("projects/p/databases/(default)/documents/cost_batches/a")._pb
+    assert written.current_document.HasField("exists") and written.current_document.exists is False
+    assert list(written.update_mask.field_paths) == ["call_id"]
