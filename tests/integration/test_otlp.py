@@ -7,6 +7,7 @@ nothing more; a bad or absent token is refused and counts nothing; spans that ar
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ import pytest
 import requests
 from fleet_agent import otlp_token
 from fleet_agent.identity import AgentKey
+from google.cloud.firestore_v1.base_query import FieldFilter
+from google.protobuf import json_format
 from openai import OpenAI
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -170,13 +173,17 @@ def test_openai_spans_count_exactly_once_and_bad_tokens_count_nothing(
     assert exporter(stack, None).export(fresh) == SpanExportResult.FAILURE
     time.sleep(1.5)
     assert month(api, agent_id)["calls"] == 5
-    refused = [d.to_dict() for d in firestore.collection("rejections").where("claimed_agent_id", "==", agent_id).get()]
+    query = firestore.collection("rejections").where(filter=FieldFilter("claimed_agent_id", "==", agent_id))
+    refused = [d.to_dict() for d in query.get()]
     assert [(r["code"], r["source"]) for r in refused] == [("unknown_key", "fleet-otlp")]
 
 
-def test_a_span_naming_another_agent_is_refused(stack: Any, publisher: Any, firestore: Any, api: Any) -> None:
+def test_a_span_naming_another_agent_is_refused_and_json_reports_partial_success(
+    stack: Any, publisher: Any, firestore: Any, api: Any
+) -> None:
     tenant, agent_id = f"t-{uuid.uuid4().hex[:10]}", f"it-{uuid.uuid4().hex[:12]}"
     key = enrolled(publisher, firestore, agent_id, tenant)
+    set_prices(api, tenant)
     provider = TracerProvider()
     kept = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(kept))
@@ -188,6 +195,24 @@ def test_a_span_naming_another_agent_is_refused(stack: Any, publisher: Any, fire
     assert (response.status_code, response.json()["error"]["code"]) == (403, "agent_mismatch")
     time.sleep(1.2)
     assert month(api, agent_id)["calls"] == 0
+
+    # OTLP/JSON (hex ids): a good span counted, a span that cannot be a record refused alone (partial success).
+    kept.clear()
+    for name, extra in (("good", {}), ("bad", {"gen_ai.usage.cache_read.input_tokens": 99})):
+        with provider.get_tracer("t").start_as_current_span(f"chat {name}") as span:
+            usage = {"gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 2, **extra}
+            span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.request.model": CHAT_MODEL, **usage})
+    body = json_format.MessageToDict(encode_spans(kept.get_finished_spans()))
+    for span_json in body["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for field in ("traceId", "spanId"):
+            span_json[field] = base64.b64decode(span_json[field]).hex()
+    response = requests.post(stack.env["FLEET_OTLP_URL"] + "/v1/traces", json=body, timeout=20,
+                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1" and "cache_read_tokens" in partial["errorMessage"]
+    totals = wait_for(lambda: (m := month(api, agent_id))["calls"] == 1 and m, timeout=20)
+    assert Decimal(totals["spend_usd"]) == cost(CHAT_MODEL, [(10, 2)])
 
 
 @pytest.mark.xfail(
