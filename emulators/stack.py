@@ -315,6 +315,8 @@ class Stack:
         bootstrap.build(topo, self.project, urls, overrides=self.subscription_overrides)
         self.env["FLEET_API_URL"] = urls["fleet-api"]
         self.env["FLEET_CONSOLE_URL"] = urls["fleet-console"]
+        # OTLP/HTTP traces: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is "$FLEET_OTLP_URL/v1/traces" (docs/otlp.md).
+        self.env["FLEET_OTLP_URL"] = urls["fleet-otlp"]
         # The request URL Slack would call, for slash commands and interactivity alike.
         self.env["SLACK_APP_URL"] = urls["fleet-slack"] + "/slack/events"
         self.env["FLEET_STACK_DIR"] = str(self.state_dir.resolve())

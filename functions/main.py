@@ -101,6 +101,15 @@ def console(request: Any) -> Any:
     return console_app.handle(request)
 
 
+@functions_framework.http
+def otlp(request: Any) -> Any:
+    """OTLP/HTTP traces (fleet-otlp, ``POST /v1/traces``): model-call spans counted as the agent's calls."""
+    # lazy: only fleet-otlp loads the OpenTelemetry protobuf messages and the cost path
+    from shared.otlp import ingest
+
+    return ingest.handle(request)
+
+
 @functions_framework.cloud_event
 def bench_baseline(event: CloudEvent) -> None:
     """The bare baseline of `make bench`: the same push path, one Firestore write, nothing else."""

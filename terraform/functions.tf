@@ -44,7 +44,7 @@ resource "google_storage_bucket_object" "source" {
 }
 
 resource "google_cloudfunctions2_function" "function" {
-  # checkov:skip=CKV_GCP_124: ingress is internal-only for every function but fleet-slack, fleet-api and fleet-console, which Slack, API and console users reach from the internet and which authenticate each request themselves
+  # checkov:skip=CKV_GCP_124: ingress is internal-only for every function but fleet-slack, fleet-api, fleet-console and fleet-otlp, which Slack, API and console users and agents' OTLP exporters reach from the internet and which authenticate each request themselves
   for_each = local.functions
   name     = each.key
   location = var.region
@@ -105,9 +105,9 @@ resource "google_cloud_run_service_iam_member" "push_invokes" {
   member   = "serviceAccount:${google_service_account.pusher.email}"
 }
 
-# HTTPS functions that Slack, API and console users and the dead-letter push reach. fleet-slack, fleet-api
-# and fleet-console are public at the HTTP layer and authenticate every request themselves (Slack's
-# signature; API keys, the console's in its session cookie);
+# HTTPS functions that Slack, API and console users, agents' OTLP exporters and the dead-letter push reach.
+# fleet-slack, fleet-api, fleet-console and fleet-otlp are public at the HTTP layer and authenticate every
+# request themselves (Slack's signature; API keys, the console's in its session cookie; agents' OTLP tokens);
 # fleet-dead-letters is reached by authenticated push only.
 resource "google_cloud_run_service_iam_member" "public_invokes" {
   for_each = { for name, f in local.http_functions : name => f if try(f.public, false) }

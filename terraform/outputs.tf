@@ -8,6 +8,11 @@ output "console_url" {
   value       = google_cloudfunctions2_function.function["fleet-console"].service_config[0].uri
 }
 
+output "otlp_traces_url" {
+  description = "OTLP/HTTP traces of OpenTelemetry-instrumented agents (fleet-otlp): OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, with a token of fleet-agent otlp-token (docs/otlp.md)."
+  value       = "${google_cloudfunctions2_function.function["fleet-otlp"].service_config[0].uri}/v1/traces"
+}
+
 output "slack_request_url" {
   description = "The Slack app's request URL (slash commands and interactivity)."
   value       = "${google_cloudfunctions2_function.function["fleet-slack"].service_config[0].uri}/slack/events"

@@ -1,4 +1,5 @@
-"""``fleet-agent enroll``: enroll an agent from a shell, before it first starts.
+"""``fleet-agent enroll``: enroll an agent from a shell, before it first starts; ``fleet-agent otlp-token``:
+print a bearer token for the fleet's OTLP endpoint, made with the enrolled key (docs/otlp.md).
 
     fleet-agent enroll --token - --agent-id chat-7 --tenant acme --name "Support chat" \\
         --type llm-chat --version 2.4.1 --owner support --key-path /var/lib/chat-7/fleet.key < token.txt
@@ -22,9 +23,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from fleet_agent import otlp_token
 from fleet_agent.client import FleetAgent, Publisher
 from fleet_agent.contracts import Registration
 from fleet_agent.enrollment import TOKEN_ENV
+from fleet_agent.identity import AgentKey
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +46,23 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--owner", required=True)
     enroll.add_argument("--key-path", required=True, help="where to write the agent's private key (mode 0600)")
     enroll.add_argument("--project", help="the fleet's project (default: GOOGLE_CLOUD_PROJECT)")
+    token = commands.add_parser("otlp-token", help="print a bearer token for the fleet's OTLP endpoint")
+    token.add_argument("--agent-id", required=True)
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--key-path", required=True, help="the agent's enrolled private key")
+    token.add_argument("--days", type=float, default=otlp_token.MAX_DAYS, help="validity (at most 30)")
     return parser
+
+
+def _otlp_token(args: argparse.Namespace) -> int:
+    """Print a token made with the agent's enrolled key (docs/otlp.md); nothing is sent anywhere."""
+    try:
+        key = AgentKey.load(args.key_path)
+        print(otlp_token.mint(key, agent_id=args.agent_id, tenant=args.tenant, days=args.days))
+    except (OSError, ValueError) as exc:
+        print(f"fleet-agent otlp-token: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _token(given: str | None) -> str:
@@ -57,6 +76,8 @@ def _token(given: str | None) -> str:
 def main(argv: Sequence[str] | None = None, *, publisher: Publisher | None = None) -> int:
     """Run the command; returns the exit status (``publisher``: for tests and other transports)."""
     args = _parser().parse_args(argv)
+    if args.command == "otlp-token":
+        return _otlp_token(args)
     try:
         registration = Registration(
             agent_id=args.agent_id,

@@ -49,6 +49,8 @@ class Code(StrEnum):
     TOKEN_USED_UP = "token_used_up"
     TOKEN_REVOKED = "token_revoked"
     TOKEN_OUT_OF_SCOPE = "token_out_of_scope"
+    #: An OTLP span names another agent (``gen_ai.agent.id``) than the token that sent it (docs/otlp.md).
+    AGENT_MISMATCH = "agent_mismatch"
 
 
 #: Refusals whose ``agent_id`` is a claim nobody proved: recorded apart from the agent (``claimed_agent_id``).

@@ -19,7 +19,7 @@ the agent's holds re-sent, so a crash between counting and telling the agent los
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,6 +46,7 @@ from shared.store import lease_reserve as reserve_store
 from shared.store import leases as lease_store
 from shared.store import usage as usage_store
 from shared.store.config import TenantConfig
+from shared.store.increments import Increments
 
 log = logs.get_logger("accounting")
 
@@ -73,11 +74,23 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
     agent = snap.record
     if agent.status is State.DECOMMISSIONED:
         raise Rejected(Code.DECOMMISSIONED, f"agent {batch.agent_id} was decommissioned", agent_id=batch.agent_id)
+    judged_at = _first_published(decoded.message.attributes, received_at, cfg.retention_days)
+    return count_batch(agent, batch, received_at=received_at, judged_at=judged_at, now=now)
+
+
+def count_batch(
+    agent: AgentRecord, batch: CostBatch, *, received_at: datetime, judged_at: datetime, now: datetime,
+    markers: Sequence[Increments] = (), redelivery: bool = True,
+) -> Plan:  # fmt: skip
+    """Count a proven agent's batch once, decide, carry out (steps 1-4 above); calls judged by ``judged_at``.
+    ``markers``: documents the counting commit creates too (OTLP's per-call markers): one that exists makes
+    it a duplicate, ``redelivery`` then re-derives the effects from the stored totals (False: the caller)."""
+    cfg = settings.get()
     if not batch.records:  # a lease request with nothing to count (the contract allows it only so)
         return Plan(
             skipped="lease_request", commands=_lease_step(agent, batch, None, leases.Context(), now, received_at)
         )
-    _check_times(batch, _first_published(decoded.message.attributes, received_at, cfg.retention_days))
+    _check_times(batch, judged_at)
     tenant = config.tenant(agent.tenant)
     tally = usage_domain.tally(batch, agent.tenant, config.table_for(tenant))
     try:
@@ -95,10 +108,12 @@ def process_cost(decoded: Decoded, *, unknown: Callable[[str, datetime], Excepti
         received_at=received_at,
         shards=cfg.tenant_shards,
         marker_retention=marker_retention(cfg.retention_days),
-        extra=lease.extra,
+        extra=[*lease.extra, *markers],
         epoch=lease.tag,
     )
     try:
+        if applied.duplicate and not redelivery:
+            return Plan(skipped="duplicate")
         if applied.duplicate:
             sent = reconcile(batch.agent_id, now=now, actor="system:cost-redelivery", resend=True, lift_expired=True)
             sent += _lease_step(agent, batch, None, lease, now, received_at)
@@ -244,7 +259,8 @@ def carry_out(agent: AgentRecord, effects: Effects, *, now: datetime) -> Plan:
     sent += [c for c in effects.resend if c.command_id not in ids]
     for tenant, once_key, step in effects.tenant_holds:
         if not markers.seen(f"tenant_hold.{once_key}"):
-            sent += _hold_tenant(tenant, step, except_agent=agent.agent_id)
+            # The tenant's hard limit was reached: hold every other agent of the tenant too.
+            sent += _apply_to_tenant(tenant, step, lambda other: other.agent_id != agent.agent_id)
             markers.mark(f"tenant_hold.{once_key}")
     if sent:
         agent_commands.publish(sent)
@@ -278,11 +294,6 @@ def _unheeded(agent: AgentRecord, received_at: datetime, now: datetime) -> list[
     _resent[agent.agent_id] = time.monotonic()
     fresh = agent_store.read(agent.agent_id)  # never re-send a hold lifted since the cached copy
     return spend.unheeded(fresh.record, received_at, now, resend_after) if fresh is not None else []
-
-
-def _hold_tenant(tenant: str, step: Step, *, except_agent: str) -> list[Command]:
-    """The tenant's hard limit was reached: hold every other agent of the tenant too."""
-    return _apply_to_tenant(tenant, step, lambda agent: agent.agent_id != except_agent)
 
 
 def _apply_to_tenant(tenant: str, step: Step, wanted: Callable[[AgentRecord], bool]) -> list[Command]:

@@ -26,6 +26,8 @@ class Increments:
         self.maxima: set[int] = set()  # indexes of paths set to the maximum of themselves and the amount
         #: Write only if the document is unchanged since this update time (a read's or a commit's).
         self.unchanged_since: Any = None
+        #: Write only if the document does not exist (a create: the commit fails with AlreadyExists otherwise).
+        self.must_not_exist = False
 
     def inc(self, path: tuple[str, ...], amount: int) -> None:
         self.paths.append(path)
@@ -50,6 +52,8 @@ class Increments:
         raw.update_mask.SetInParent()
         if self.unchanged_since is not None:
             raw.current_document.update_time.CopyFrom(self.unchanged_since.timestamp_pb())
+        elif self.must_not_exist:
+            raw.current_document.exists = False
         for key, value in self.static.items():
             encoded = _helpers.encode_value(value)
             raw.update.fields[key].CopyFrom(type(encoded).pb(encoded))

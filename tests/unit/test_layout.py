@@ -28,6 +28,7 @@ WINGS = {
     "domain",
     "launchers",
     "ml",
+    "otlp",
     "pipeline",
     "platform",
     "services",

@@ -1,0 +1,1 @@
+"""The OpenTelemetry GenAI ingest (fleet-otlp): OTLP/HTTP traces whose model-call spans count as calls."""

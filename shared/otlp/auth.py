@@ -1,0 +1,105 @@
+"""Who sent an OTLP request: the agent whose enrolled key signed its bearer token (docs/otlp.md).
+
+The token (sdk/fleet_agent/otlp_token.py) is checked by the rules of a signed event
+(shared/domain/identity.py ``check``) on the agent's document as this instance last saw it (at most
+FLEET_CONFIG_CACHE_S old, as on the cost path); a refusal made on a cached copy is made again on a fresh
+read, so a rotation elsewhere never refuses the new key's tokens.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fleet_agent.messages.fields import AGENT_ID_PATTERN
+from fleet_agent.otlp_token import MAX_LIFETIME_S, OtlpToken
+
+from shared.domain import identity
+from shared.domain.agent_record import AgentRecord
+from shared.domain.lifecycle import State
+from shared.domain.rejections import Code, Rejected
+from shared.platform import settings
+from shared.store import agents as agent_store
+
+#: A token issued this far in the future (the agent's clock ahead of ours) is still accepted.
+CLOCK_SKEW = timedelta(minutes=5)
+_ID = re.compile(AGENT_ID_PATTERN)
+
+
+@dataclass
+class AuthRefused(Exception):
+    """401 or 403; ``rejected``: what to record (None: an anonymous request, logged only)."""
+
+    status: int
+    code: str
+    reason: str
+    rejected: Rejected | None = None
+
+
+def bearer(header: str | None) -> OtlpToken:
+    """The token of an ``Authorization: Bearer afot1...`` header. Raises :class:`AuthRefused` (401, not recorded)."""
+    scheme, _, text = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not text.strip():
+        raise AuthRefused(401, "unauthenticated", "send Authorization: Bearer <token of fleet-agent otlp-token>")
+    try:
+        token = OtlpToken.parse(text)
+    except ValueError as exc:
+        raise AuthRefused(401, "unauthenticated", str(exc)) from None
+    if not _ID.match(token.agent_id) or not _ID.match(token.tenant):
+        raise AuthRefused(401, "unauthenticated", "the token's agent id or tenant is not a valid id")
+    return token
+
+
+def _refused(status: int, rejected: Rejected) -> AuthRefused:
+    return AuthRefused(status, rejected.code.value, rejected.reason, rejected)
+
+
+def _check(token: OtlpToken, record: AgentRecord, now: datetime) -> None:
+    identity.check(
+        record.identity,
+        token.signature,
+        lambda: token.signed_bytes(record.tenant),
+        policy=identity.Policy.REQUIRED,
+        received_at=now,
+        agent_id=record.agent_id,
+        tenant=record.tenant,
+    )
+
+
+def authenticate(header: str | None, now: datetime) -> AgentRecord:
+    """The agent the request speaks for. Raises :class:`AuthRefused`: 401 (not proven), 403 (decommissioned)."""
+    token = bearer(header)
+    claim = {"agent_id": token.agent_id, "tenant": token.tenant}
+    issued, expires = datetime.fromtimestamp(token.iat, UTC), datetime.fromtimestamp(token.exp, UTC)
+    if token.exp - token.iat > MAX_LIFETIME_S or issued > now + CLOCK_SKEW or now >= expires:
+        why = "expired" if now >= expires else "issued in the future or lives more than 30 days"
+        raise _refused(401, Rejected(Code.TOKEN_EXPIRED, f"the OTLP token is {why} (expires {expires.isoformat()})",
+                                     **claim))  # fmt: skip
+    started = time.monotonic()
+    snap = agent_store.current(token.agent_id, settings.get().config_cache_s)
+    if snap is not None:
+        try:
+            _check(token, snap.record, now)
+        except Rejected:
+            if snap.seen_at >= started:
+                raise
+            snap = agent_store.read(token.agent_id)
+            if snap is not None:
+                _check(token, snap.record, now)
+    if snap is None:
+        raise _refused(401, Rejected(Code.UNKNOWN_AGENT, f"agent {token.agent_id} is not registered", **claim))
+    record = snap.record
+    if record.status is State.DECOMMISSIONED:
+        raise _refused(403, Rejected(Code.DECOMMISSIONED, f"agent {record.agent_id} was decommissioned",
+                                     agent_id=record.agent_id, tenant=record.tenant))  # fmt: skip
+    return record
+
+
+def checked(header: str | None, now: datetime) -> AgentRecord:
+    """:func:`authenticate`, with identity refusals turned into 401s."""
+    try:
+        return authenticate(header, now)
+    except Rejected as rejected:
+        raise _refused(401, rejected) from None

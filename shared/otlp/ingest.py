@@ -1,0 +1,208 @@
+"""``POST /v1/traces`` (fleet-otlp): authenticate, decode, map the spans, count each call once (docs/otlp.md).
+
+Every call is counted by the cost path's own counting (shared/services/accounting.py ``count_batch``), in
+cost batches that keep ``CostBatch``'s bounds, with one marker per call created in the same commit
+(``cost_batches/{agent}.otel.<call id>``): a span re-exported in any grouping is counted once. A commit
+that meets a marker counts nothing; the markers of its calls are then read (one ``get_all``) and the calls
+not counted yet are committed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet_agent.contracts import CostBatch, CostRecord
+from fleet_agent.messages.costs import MAX_BATCH_OPERATIONS, MAX_BATCH_RECORDS, MAX_BATCH_SPAN
+from google.api_core import exceptions
+
+from shared.domain.agent_record import AgentRecord
+from shared.domain.rejections import Code, Payload, Rejected
+from shared.otlp import auth, decode, spans
+from shared.platform import logs, metering, settings
+from shared.services import accounting, forged_events
+from shared.store import db, rejections
+from shared.store.increments import Increments
+from shared.store.usage import MARKERS
+
+log = logs.get_logger("otlp")
+PATH = "/v1/traces"
+SOURCE = "fleet-otlp"
+#: A span attribute naming the call's operation (default: the span's name), e.g. ``app.operation``.
+OPERATION_ENV = "FLEET_OTLP_OPERATION_ATTRIBUTE"
+#: Commits of one batch of calls before giving up (503) while concurrent exports of the same spans race.
+MAX_ATTEMPTS = 3
+
+
+def marker_id(agent_id: str, call_id: str) -> str:
+    return f"{agent_id}.otel.{call_id}"
+
+
+def batch_id(records: list[CostRecord]) -> str:
+    """A batch's id from its sorted call ids: the same calls, however grouped before, give the same id."""
+    return "otlp." + hashlib.sha256("\n".join(sorted(r.call_id for r in records)).encode()).hexdigest()[:40]
+
+
+def chunks(records: list[CostRecord]) -> list[list[CostRecord]]:
+    """The calls in time order, cut into batches within ``CostBatch``'s bounds (records, span, operations)."""
+    out: list[list[CostRecord]] = []
+    current: list[CostRecord] = []
+    ops: set[str] = set()
+    for record in sorted(records, key=lambda r: (r.at, r.call_id)):
+        full = len(current) >= MAX_BATCH_RECORDS or (record.operation not in ops and len(ops) >= MAX_BATCH_OPERATIONS)
+        if current and (full or record.at - current[0].at > MAX_BATCH_SPAN):
+            out.append(current)
+            current, ops = [], set()
+        current.append(record)
+        ops.add(record.operation)
+    if current:
+        out.append(current)
+    return out
+
+
+@dataclass
+class Counted:
+    calls: int = 0
+    duplicates: int = 0
+    commands: list[str] = field(default_factory=list)
+
+
+def _markers(agent: AgentRecord, records: list[CostRecord], now: datetime) -> list[Increments]:
+    expire = now + accounting.marker_retention(settings.get().retention_days)
+    out = []
+    for record in records:
+        marker = Increments(
+            marker_id(agent.agent_id, record.call_id),
+            {"agent_id": agent.agent_id, "tenant": agent.tenant, "call_id": record.call_id, "source": SOURCE,
+             "received_at": now, "expire_at": expire},
+            collection=MARKERS,
+        )  # fmt: skip
+        marker.must_not_exist = True
+        out.append(marker)
+    return out
+
+
+def _already_counted(agent_id: str, records: list[CostRecord]) -> set[str]:
+    """The call ids among ``records`` whose marker exists (one batched read, one read per call)."""
+    client = db.client()
+    refs = [client.collection(MARKERS).document(marker_id(agent_id, r.call_id)) for r in records]
+    metering.count(reads=len(refs))
+    return {doc.get("call_id") for doc in client.get_all(refs, **db.call_options()) if doc.exists}
+
+
+def count(agent: AgentRecord, records: list[CostRecord], now: datetime) -> Counted:
+    """Count every call not counted before, each exactly once (module docstring)."""
+    out = Counted()
+    for chunk in chunks(records):
+        pending = chunk
+        for _attempt in range(MAX_ATTEMPTS):
+            batch = CostBatch(agent_id=agent.agent_id, batch_id=batch_id(pending), records=pending)
+            plan = accounting.count_batch(
+                agent, batch, received_at=now, judged_at=now, now=now, markers=_markers(agent, pending, now),
+                redelivery=False,
+            )  # fmt: skip
+            if plan.skipped != "duplicate":
+                out.calls += len(pending)
+                out.commands += [f"{c.command.value}:{c.agent_id}" for c in plan.commands]
+                break
+            done = _already_counted(agent.agent_id, pending)
+            # No call marker but a duplicate: the batch marker of these very calls (written with their markers).
+            done = done or {r.call_id for r in pending}
+            out.duplicates += len(done)
+            pending = [r for r in pending if r.call_id not in done]
+            if not pending:
+                break
+        else:
+            raise accounting.InputsUnavailable(f"{len(pending)} calls still racing after {MAX_ATTEMPTS} commits")
+    if out.duplicates and not out.calls:
+        # A re-export of calls all counted before: re-derive their effects, as a redelivered cost batch does
+        # (an earlier export may have failed after counting).
+        sent = accounting.reconcile(agent.agent_id, now=now, actor="system:otlp-reexport", resend=True,
+                                    lift_expired=True)  # fmt: skip
+        out.commands += [f"{c.command.value}:{c.agent_id}" for c in sent]
+    return out
+
+
+def _error(status: int, code: str, reason: str) -> tuple[bytes, int, dict[str, str]]:
+    body = json.dumps({"error": {"code": code, "reason": reason}}).encode()
+    return body, status, {"Content-Type": "application/json"}
+
+
+def _record(rejected: Rejected, body: bytes, request_id: str, now: datetime) -> None:
+    """A refusal kept like an agent event's (``rejections``; unproven ones count towards forged_events)."""
+    rejections.record(rejected, message_id=request_id, source=SOURCE, event_type="otlp_traces",
+                      payload=Payload.of(body, {}), received_at=now)  # fmt: skip
+    forged_events.note(rejected, now)
+
+
+def handle(request: Any) -> tuple[bytes, int, dict[str, str]]:
+    """One OTLP/HTTP request (a Flask request, as functions-framework gives it)."""
+    now = datetime.now(UTC)
+    with logs.invocation(log, "otlp failed", path=request.path) as entry:
+        status, outcome, reply = _handle(request, now, entry.fields)
+        level = logging.INFO if status == 200 else logging.WARNING
+        entry.outcome(f"otlp {outcome}", level, outcome=outcome, status=status)
+        return reply
+
+
+def _handle(request: Any, now: datetime, fields: dict[str, Any]) -> tuple[int, str, tuple[bytes, int, dict[str, str]]]:
+    if request.path.rstrip("/") != PATH:
+        return 404, "not_found", _error(404, "not_found", f"OTLP traces are posted to {PATH}")
+    if request.method != "POST":
+        return 405, "method", _error(405, "method_not_allowed", f"POST {PATH}")
+    if (request.content_length or 0) > decode.MAX_BODY_BYTES:
+        return 413, "too_large", _error(413, "too_large", f"the body is over {decode.MAX_BODY_BYTES} bytes")
+    body = request.get_data(cache=False)
+    header = request.headers.get("Authorization")
+    request_id = "otlp-" + hashlib.sha256((header or "").encode() + b"\n" + body).hexdigest()[:40]
+    try:  # the agent first: nothing of a refused request is decoded or counted
+        agent = auth.checked(header, now)
+    except auth.AuthRefused as refused:
+        fields.update(code=refused.code, reason=refused.reason)
+        if refused.rejected is not None:
+            _record(refused.rejected, body, request_id, now)
+        return refused.status, "refused", _error(refused.status, refused.code, refused.reason)
+    fields.update(agent_id=agent.agent_id, tenant=agent.tenant)
+    try:
+        export, as_json = decode.decode(
+            body, request.headers.get("Content-Type"), request.headers.get("Content-Encoding")
+        )
+    except decode.Refused as refused:
+        fields.update(code=refused.code, reason=refused.reason)
+        return refused.status, "malformed", _error(refused.status, refused.code, refused.reason)
+    mapped = spans.map_request(
+        export, operation_attribute=os.environ.get(OPERATION_ENV) or None, now=now,
+        max_ahead=accounting.MAX_AHEAD, max_behind=accounting.MAX_BEHIND,
+    )  # fmt: skip
+    fields.update(spans=mapped.spans, ignored=mapped.ignored, refused_spans=len(mapped.refused),
+                  providers=dict(mapped.providers))  # fmt: skip
+    foreign = sorted(mapped.claimed - {agent.agent_id})
+    if foreign:
+        reason = f"spans name agent {', '.join(foreign[:3])} but the token is agent {agent.agent_id}'s"
+        _record(Rejected(Code.AGENT_MISMATCH, reason, agent_id=agent.agent_id, tenant=agent.tenant), body,
+                request_id, now)  # fmt: skip
+        fields.update(code=Code.AGENT_MISMATCH.value, reason=reason)
+        return 403, "refused", _error(403, Code.AGENT_MISMATCH.value, reason)
+    try:
+        counted = count(agent, mapped.calls, now)
+    except Rejected as rejected:
+        _record(rejected, body, request_id, now)
+        fields.update(code=rejected.code.value, reason=rejected.reason)
+        return 400, "rejected", _error(400, rejected.code.value, rejected.reason)
+    except db.permanent_errors() as exc:  # Firestore refuses this data: retrying cannot help
+        fields.update(code=Code.UNSTORABLE.value, reason=str(exc)[:500])
+        return 400, "rejected", _error(400, Code.UNSTORABLE.value, f"{type(exc).__name__}: {exc}"[:300])
+    except (accounting.InputsUnavailable, accounting.EffectsFailed, exceptions.GoogleAPIError) as exc:
+        # Retried by the exporter (503 is retryable in OTLP/HTTP, 500 is not); counted calls are not counted again.
+        fields.update(reason=str(exc)[:500])
+        return 503, "retry", _error(503, "unavailable", "try again: " + str(exc)[:200])
+    fields.update(calls=counted.calls, duplicates=counted.duplicates)
+    if counted.commands:
+        fields["commands"] = counted.commands
+    reply, content_type = decode.response(len(mapped.refused), "; ".join(mapped.refused[: spans.MAX_REASONS]), as_json)
+    return 200, "accepted", (reply, 200, {"Content-Type": content_type})

@@ -1,0 +1,175 @@
+"""OpenTelemetry GenAI spans to the fleet's call records (docs/otlp.md, "How spans become call records").
+
+Pure: an ``ExportTraceServiceRequest`` in, :class:`Mapped` out (the call records, the spans ignored, the spans
+refused with their reasons, and the agents the spans claim to be). Nothing here decides who the agent is:
+the token does (shared/otlp/auth.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fleet_agent.contracts import CostRecord
+from pydantic import ValidationError
+
+#: ``gen_ai.operation.name`` values that are model calls; every other span is ignored (and counted).
+MODEL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
+#: Where a span or its resource claims an agent id (checked against the token's, never believed).
+#: ``gen_ai.agent.name`` is no claim: frameworks name their sub-agents with it ("Triage Agent").
+AGENT_ATTRIBUTES = ("gen_ai.agent.id",)
+#: The proposed cost attributes (semantic-conventions-genai PR #443), in USD: a total, else input + output.
+COST_TOTAL = ("gen_ai.usage.cost", "gen_ai.usage.cost.total")
+COST_PARTS = ("gen_ai.usage.cost.input", "gen_ai.usage.cost.output")
+STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
+MAX_REASONS = 5
+
+_LABEL_BAD = re.compile(r"[^A-Za-z0-9_.:/-]")
+_MODEL_BAD = re.compile(r"[^A-Za-z0-9_.:/@+-]")
+
+
+@dataclass
+class Mapped:
+    """What a request's spans amount to."""
+
+    calls: list[CostRecord] = field(default_factory=list)
+    spans: int = 0
+    ignored: int = 0
+    #: One reason per refused span (a model-call span that cannot be a call record).
+    refused: list[str] = field(default_factory=list)
+    #: Agent ids or names the spans or their resources claim.
+    claimed: set[str] = field(default_factory=set)
+    providers: Counter[str] = field(default_factory=Counter)
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    """An OTLP ``KeyValue`` list as a dict of plain values (strings, ints, floats, bools; others skipped)."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        kind = kv.value.WhichOneof("value")
+        if kind in ("string_value", "int_value", "double_value", "bool_value"):
+            out[kv.key] = getattr(kv.value, kind)
+    return out
+
+
+def _label(text: str, pattern: re.Pattern[str], limit: int) -> str:
+    cleaned = pattern.sub("_", text.strip()).lstrip("_.:/-@+")
+    return cleaned[:limit]
+
+
+def _int(attrs: dict[str, Any], name: str) -> int:
+    value = attrs.get(name, 0)
+    if isinstance(value, bool):
+        raise ValueError(f"{name} is not a number")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is not a number: {value!r}") from None
+    if isinstance(value, float) and value != number:
+        raise ValueError(f"{name} is not a whole number: {value!r}")
+    return number
+
+
+def _decimal(value: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError("a cost is not a boolean")
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a cost: {value!r}") from None
+
+
+def _cost(attrs: dict[str, Any]) -> Decimal | None:
+    for name in COST_TOTAL:
+        if name in attrs:
+            return _decimal(attrs[name]).quantize(Decimal("1e-12"))
+    parts = [attrs[name] for name in COST_PARTS if name in attrs]
+    if parts:
+        return sum((_decimal(p) for p in parts), Decimal(0)).quantize(Decimal("1e-12"))
+    return None
+
+
+def _time(nanos: int) -> datetime:
+    return datetime.fromtimestamp(nanos // 1_000_000_000, UTC) + timedelta(microseconds=(nanos % 1_000_000_000) // 1000)
+
+
+def call_id(trace_id: bytes, span_id: bytes) -> str:
+    """The call's id: trace id and span id in hex (48 characters), the same however the span is re-exported."""
+    return trace_id.hex() + span_id.hex()
+
+
+def record_of(
+    span: Any, attrs: dict[str, Any], *, operation_attribute: str | None, now: datetime, max_ahead: timedelta,
+    max_behind: timedelta,
+) -> CostRecord:  # fmt: skip
+    """One model-call span as a call record; raises ``ValueError`` with the reason it cannot be one."""
+    if len(span.trace_id) != 16 or len(span.span_id) != 8 or not any(span.trace_id) or not any(span.span_id):
+        raise ValueError("no valid trace id and span id (a call id is made of them)")
+    if span.end_time_unix_nano < span.start_time_unix_nano or span.end_time_unix_nano == 0:
+        raise ValueError("no end time, or it is before the start time")
+    at = _time(span.end_time_unix_nano)
+    if at > now + max_ahead or at < now - max_behind:
+        raise ValueError(f"ended at {at.isoformat()}: more than {max_ahead} ahead of or {max_behind} behind now")
+    model_text = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "unknown")
+    operation = ""
+    if operation_attribute and attrs.get(operation_attribute):
+        operation = _label(str(attrs[operation_attribute]), _LABEL_BAD, 63)
+    if not operation:
+        operation = _label(span.name, _LABEL_BAD, 63) or str(attrs["gen_ai.operation.name"])
+    failed = bool(attrs.get("error.type")) or span.status.code == STATUS_ERROR
+    try:
+        return CostRecord(
+            call_id=call_id(span.trace_id, span.span_id),
+            at=at,
+            model=_label(model_text, _MODEL_BAD, 128) or "unknown",
+            input_tokens=_int(attrs, "gen_ai.usage.input_tokens"),
+            output_tokens=_int(attrs, "gen_ai.usage.output_tokens"),
+            cache_read_tokens=_int(attrs, "gen_ai.usage.cache_read.input_tokens"),
+            cache_write_tokens=_int(attrs, "gen_ai.usage.cache_creation.input_tokens"),
+            reasoning_tokens=_int(attrs, "gen_ai.usage.reasoning.output_tokens"),
+            cost_usd=_cost(attrs),
+            success=not failed,
+            latency_ms=(span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
+            operation=operation,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ValueError(f"{where}: {first.get('msg')}" if where else str(first.get("msg"))) from None
+
+
+def map_request(
+    request: Any, *, operation_attribute: str | None, now: datetime, max_ahead: timedelta, max_behind: timedelta
+) -> Mapped:
+    """Every span of ``request`` (an ``ExportTraceServiceRequest``): a call record, ignored, or refused."""
+    out = Mapped()
+    seen: set[str] = set()
+    for resource_spans in request.resource_spans:
+        resource = attributes(resource_spans.resource.attributes)
+        out.claimed.update(str(resource[a]) for a in AGENT_ATTRIBUTES if resource.get(a))
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                out.spans += 1
+                attrs = attributes(span.attributes)
+                if attrs.get("gen_ai.operation.name") not in MODEL_OPERATIONS:
+                    out.ignored += 1
+                    continue
+                out.claimed.update(str(attrs[a]) for a in AGENT_ATTRIBUTES if attrs.get(a))
+                out.providers[str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "unknown")] += 1
+                try:
+                    record = record_of(
+                        span, attrs, operation_attribute=operation_attribute, now=now, max_ahead=max_ahead,
+                        max_behind=max_behind,
+                    )  # fmt: skip
+                except ValueError as exc:
+                    out.refused.append(f"span {span.span_id.hex() or '?'}: {exc}")
+                    continue
+                if record.call_id in seen:  # the same span twice in one request: counted once
+                    continue
+                seen.add(record.call_id)
+                out.calls.append(record)
+    return out
