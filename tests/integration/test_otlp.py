@@ -215,13 +215,6 @@ def test_a_span_naming_another_agent_is_refused_and_json_reports_partial_success
     assert Decimal(totals["spend_usd"]) == cost(CHAT_MODEL, [(10, 2)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ImportError, AttributeError),
-    reason="the lock pairs opentelemetry-instrumentation-openai-v2 2.4b0 with opentelemetry-util-genai 1.3b0, "
-    "whose API it does not match (no opentelemetry.util.genai.instruments, no TelemetryHandler.start_inference): "
-    "with opentelemetry-util-genai 0.4b0 (pinned in the lock) this test passes (checked): then drop this mark",
-)
 def test_the_openai_v2_instrumentation_spans_are_counted(
     stack: Any, publisher: Any, firestore: Any, api: Any, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
