@@ -12,7 +12,9 @@
   the Slack app's answers to signed requests (tests/bench/slack.py), training jobs: submit,
   admission, launch, the reconcile tick (tests/bench/jobs.py), and the learned models: scoring per
   heartbeat, retraining on a million rows, the push path with models in service (tests/bench/ml.py),
-  and the web console's pages in Chromium beside the API's JSON (tests/bench/console.py).
+  the web console's pages in Chromium beside the API's JSON (tests/bench/console.py), the SDK's drop-in
+  integrations beside the bare clients (tests/bench/integrations.py), and OTLP GenAI ingest beside cost
+  batches (tests/bench/otlp.py).
 
 Two stacks are measured: the default (one instance, whose agent cache saves the read), and the
 cache switched off, which is what many instances without affinity look like in Google Cloud.
@@ -509,6 +511,10 @@ def main() -> int:
     from tests.bench import integrations  # lazy: a section loads when it runs
 
     integration_lines = integrations.main(report=lambda line: None)
+    print("measuring OTLP ingest, beside cost batches ...", file=sys.stderr)
+    from tests.bench import otlp  # lazy: a section loads when it runs
+
+    otlp_lines = otlp.main()
 
     lines += ["", "### Signed telemetry, per event", "", *signing.describe(), "", *signing_lines]
     lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
@@ -520,6 +526,8 @@ def main() -> int:
     lines += ["", "### Learned models", "", *ml.describe(), "", *ml_lines]
     lines += ["", "### Web console", "", *console.describe(), "", *console_lines]
     lines += ["", "### Drop-in integrations (issue 22)", "", *integrations.describe(), "", *integration_lines]
+    otlp_about = " ".join((otlp.__doc__ or "").split())
+    lines += ["", "### OpenTelemetry GenAI ingest (issue 22)", "", otlp_about, "", *otlp_lines]
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"
