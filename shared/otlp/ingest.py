@@ -180,7 +180,7 @@ def _handle(request: Any, now: datetime, fields: dict[str, Any]) -> tuple[int, s
         max_ahead=accounting.MAX_AHEAD, max_behind=accounting.MAX_BEHIND,
     )  # fmt: skip
     fields.update(spans=mapped.spans, ignored=mapped.ignored, refused_spans=len(mapped.refused),
-                  providers=dict(mapped.providers))  # fmt: skip
+                  providers=dict(mapped.providers), cache_added=mapped.cache_added)  # fmt: skip
     foreign = sorted(mapped.claimed - {agent.agent_id})
     if foreign:
         reason = f"spans name agent {', '.join(foreign[:3])} but the token is agent {agent.agent_id}'s"

@@ -7,14 +7,16 @@ the token does (shared/otlp/auth.py).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from fleet_agent.contracts import CostRecord
+from fleet_agent.messages.costs import MAX_COST_PER_CALL_USD
 from pydantic import ValidationError
 
 #: ``gen_ai.operation.name`` values that are model calls; every other span is ignored (and counted).
@@ -25,6 +27,15 @@ AGENT_ATTRIBUTES = ("gen_ai.agent.id",)
 #: The proposed cost attributes (semantic-conventions-genai PR #443), in USD: a total, else input + output.
 COST_TOTAL = ("gen_ai.usage.cost", "gen_ai.usage.cost.total")
 COST_PARTS = ("gen_ai.usage.cost.input", "gen_ai.usage.cost.output")
+#: Token counts: the current attribute first, then the names older instrumentations (OpenLLMetry, openlit,
+#: semantic conventions before 1.27) emit; the first one present is read.
+TOKENS = {
+    "input_tokens": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"),
+    "output_tokens": ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"),
+    "cache_read_tokens": ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"),
+    "cache_write_tokens": ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"),
+    "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"),
+}
 STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 MAX_REASONS = 5
 
@@ -44,6 +55,8 @@ class Mapped:
     #: Agent ids or names the spans or their resources claim.
     claimed: set[str] = field(default_factory=set)
     providers: Counter[str] = field(default_factory=Counter)
+    #: Calls whose ``input_tokens`` excluded their cached parts (Anthropic's way): the parts were added to it.
+    cache_added: int = 0
 
 
 def attributes(kvs: Any) -> dict[str, Any]:
@@ -61,36 +74,54 @@ def _label(text: str, pattern: re.Pattern[str], limit: int) -> str:
     return cleaned[:limit]
 
 
-def _int(attrs: dict[str, Any], name: str) -> int:
+def _int(attrs: dict[str, Any], names: tuple[str, ...]) -> int:
+    name = next((n for n in names if n in attrs), names[0])
     value = attrs.get(name, 0)
     if isinstance(value, bool):
         raise ValueError(f"{name} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} is not a finite number: {value!r}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} is not a number: {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} is not a number: {str(value)[:40]!r}") from None
     if isinstance(value, float) and value != number:
         raise ValueError(f"{name} is not a whole number: {value!r}")
     return number
 
 
 def _decimal(value: Any) -> Decimal:
+    """A finite cost within ``[0, MAX_COST_PER_CALL_USD]`` (inf, NaN, huge and negative values refused)."""
     if isinstance(value, bool):
         raise ValueError("a cost is not a boolean")
     try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"not a cost: {value!r}") from None
+        number = Decimal(str(value).strip())
+    except ArithmeticError:  # decimal.InvalidOperation
+        raise ValueError(f"not a cost: {str(value)[:40]!r}") from None
+    if not number.is_finite() or not 0 <= number <= MAX_COST_PER_CALL_USD:
+        raise ValueError(f"a cost is a finite number from 0 to {MAX_COST_PER_CALL_USD} USD: {str(value)[:40]!r}")
+    return number
 
 
 def _cost(attrs: dict[str, Any]) -> Decimal | None:
+    """The span's reported cost in USD, or None (priced by the fleet)."""
+    total: Decimal | None = None
     for name in COST_TOTAL:
         if name in attrs:
-            return _decimal(attrs[name]).quantize(Decimal("1e-12"))
-    parts = [attrs[name] for name in COST_PARTS if name in attrs]
-    if parts:
-        return sum((_decimal(p) for p in parts), Decimal(0)).quantize(Decimal("1e-12"))
-    return None
+            total = _decimal(attrs[name])
+            break
+    else:
+        parts = [attrs[name] for name in COST_PARTS if name in attrs]
+        if parts:
+            total = sum((_decimal(p) for p in parts), Decimal(0))
+    if total is None:
+        return None
+    if total > MAX_COST_PER_CALL_USD:
+        raise ValueError(f"a cost is at most {MAX_COST_PER_CALL_USD} USD: {total}")
+    try:
+        return total.quantize(Decimal("1e-12"))
+    except ArithmeticError:
+        raise ValueError(f"not a cost: {total}") from None
 
 
 def _time(nanos: int) -> datetime:
@@ -121,17 +152,20 @@ def record_of(
     if not operation:
         operation = _label(span.name, _LABEL_BAD, 63) or str(attrs["gen_ai.operation.name"])
     failed = bool(attrs.get("error.type")) or span.status.code == STATUS_ERROR
+    tokens = {name: _int(attrs, names) for name, names in TOKENS.items()}
+    cached = tokens["cache_read_tokens"] + tokens["cache_write_tokens"]
+    if cached > tokens["input_tokens"]:  # input counted without its cached parts (Anthropic's usage): add them
+        tokens["input_tokens"] += cached
+    cost = _cost(attrs)
+    if cost == 0 and (tokens["input_tokens"] or tokens["output_tokens"]):
+        cost = None  # "no price known" (openlit reports 0 for models its table lacks): the fleet prices it
     try:
         return CostRecord(
             call_id=call_id(span.trace_id, span.span_id),
             at=at,
             model=_label(model_text, _MODEL_BAD, 128) or "unknown",
-            input_tokens=_int(attrs, "gen_ai.usage.input_tokens"),
-            output_tokens=_int(attrs, "gen_ai.usage.output_tokens"),
-            cache_read_tokens=_int(attrs, "gen_ai.usage.cache_read.input_tokens"),
-            cache_write_tokens=_int(attrs, "gen_ai.usage.cache_creation.input_tokens"),
-            reasoning_tokens=_int(attrs, "gen_ai.usage.reasoning.output_tokens"),
-            cost_usd=_cost(attrs),
+            **tokens,
+            cost_usd=cost,
             success=not failed,
             latency_ms=(span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
             operation=operation,
@@ -165,9 +199,11 @@ def map_request(
                         span, attrs, operation_attribute=operation_attribute, now=now, max_ahead=max_ahead,
                         max_behind=max_behind,
                     )  # fmt: skip
-                except ValueError as exc:
+                except (ValueError, ArithmeticError) as exc:  # ArithmeticError: a guard, never expected
                     out.refused.append(f"span {span.span_id.hex() or '?'}: {exc}")
                     continue
+                if record.input_tokens != _int(attrs, TOKENS["input_tokens"]):
+                    out.cache_added += 1
                 if record.call_id in seen:  # the same span twice in one request: counted once
                     continue
                 seen.add(record.call_id)

@@ -189,16 +189,43 @@ def test_failures_costs_operations_and_the_older_attributes() -> None:
 @pytest.mark.parametrize(
     ("spec", "why"),
     [
-        ({"attrs": {**CHAT, "gen_ai.usage.cache_read.input_tokens": 500}}, "cache_read_tokens"),
+        ({"attrs": {**CHAT, "gen_ai.usage.reasoning.output_tokens": 31}}, "reasoning_tokens"),
         ({"attrs": {**CHAT, "gen_ai.usage.input_tokens": -1}}, "input_tokens"),
         ({"attrs": {**CHAT, "gen_ai.usage.output_tokens": "lots"}}, "not a number"),
         ({"attrs": CHAT, "end": NOW - timedelta(days=2)}, "behind now"),
         ({"attrs": CHAT, "span_id": b""}, "span id"),
+        ({"attrs": {**CHAT, "gen_ai.usage.input_tokens": float("inf")}}, "not a finite number"),
+        ({"attrs": {**CHAT, "gen_ai.usage.output_tokens": float("nan")}}, "not a finite number"),
+        ({"attrs": {**CHAT, "gen_ai.usage.input_tokens": 1e300}}, "input_tokens"),
+        ({"attrs": {**CHAT, "gen_ai.usage.input_tokens": "9" * 400}}, "input_tokens"),
+        ({"attrs": {**CHAT, "gen_ai.usage.cost": "1e30"}}, "a cost is"),
+        ({"attrs": {**CHAT, "gen_ai.usage.cost": "Infinity"}}, "a cost is"),
+        ({"attrs": {**CHAT, "gen_ai.usage.cost": "sNaN"}}, "a cost is"),
+        ({"attrs": {**CHAT, "gen_ai.usage.cost": float("inf")}}, "a cost is"),
+        ({"attrs": {**CHAT, "gen_ai.usage.cost": -0.5}}, "a cost is"),
+        ({"attrs": {**CHAT, "gen_ai.usage.cost.input": 9999.0, "gen_ai.usage.cost.output": 9999.0}}, "at most"),
+        ({"attrs": {**CHAT, "gen_ai.usage.cost": "cheap"}}, "not a cost"),
     ],
 )
 def test_a_span_that_cannot_be_a_record_is_refused_alone(spec: dict[str, Any], why: str) -> None:
     out = mapped(export(spec, {"attrs": CHAT, "span_id": b"\x00" * 7 + b"\x09"}))
     assert len(out.calls) == 1 and len(out.refused) == 1 and why in out.refused[0]
+
+
+def test_older_attribute_names_anthropic_style_input_and_a_zero_cost_are_read_as_meant() -> None:
+    old = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.prompt_tokens": 50,
+           "gen_ai.usage.completion_tokens": 20, "gen_ai.usage.cache_read_input_tokens": 10,
+           "gen_ai.usage.reasoning_tokens": 5, "gen_ai.usage.input_tokens": 40}  # fmt: skip
+    anthropic = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "claude-sonnet-4",
+                 "gen_ai.usage.cost": 0, "gen_ai.usage.input_tokens": 3, "gen_ai.usage.output_tokens": 9,
+                 "gen_ai.usage.cache_read_input_tokens": 100,
+                 "gen_ai.usage.cache_creation_input_tokens": 20}  # fmt: skip
+    free = {**CHAT, "gen_ai.usage.input_tokens": 0, "gen_ai.usage.output_tokens": 0, "gen_ai.usage.cost": 0.0}
+    out = mapped(export({"attrs": old}, {"attrs": anthropic}, {"attrs": free}))
+    first, second, third = out.calls
+    assert (first.input_tokens, first.output_tokens, first.cache_read_tokens, first.reasoning_tokens) == (40, 20, 10, 5)
+    assert (second.input_tokens, second.cache_read_tokens, second.cache_write_tokens) == (123, 100, 20)
+    assert (second.cost_usd, third.cost_usd, out.cache_added, out.refused) == (None, 0, 1, [])
 
 
 def test_the_same_span_twice_in_a_request_is_one_call_and_claims_are_collected() -> None:
