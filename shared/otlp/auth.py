@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from fleet_agent.messages.fields import AGENT_ID_PATTERN
 from fleet_agent.otlp_token import MAX_LIFETIME_S, OtlpToken
@@ -68,33 +68,53 @@ def _check(token: OtlpToken, record: AgentRecord, now: datetime) -> None:
     )
 
 
-def authenticate(header: str | None, now: datetime) -> AgentRecord:
-    """The agent the request speaks for. Raises :class:`AuthRefused`: 401 (not proven), 403 (decommissioned)."""
-    token = bearer(header)
+def _key_known(record: AgentRecord, key_id: str) -> bool:
+    """Whether ``key_id`` is (or was) a key of the agent: enrolled, rotated out or revoked."""
+    ident = identity.AgentIdentity.of(record.identity)
+    return key_id in ident.revoked_key_ids or any(k.key_id == key_id for k in ident.keys)
+
+
+def _decide(token: OtlpToken, snap: agent_store.Snapshot | None, now: datetime) -> AgentRecord:
     claim = {"agent_id": token.agent_id, "tenant": token.tenant}
-    issued, expires = datetime.fromtimestamp(token.iat, UTC), datetime.fromtimestamp(token.exp, UTC)
-    if token.exp - token.iat > MAX_LIFETIME_S or issued > now + CLOCK_SKEW or now >= expires:
-        why = "expired" if now >= expires else "issued in the future or lives more than 30 days"
-        raise _refused(401, Rejected(Code.TOKEN_EXPIRED, f"the OTLP token is {why} (expires {expires.isoformat()})",
-                                     **claim))  # fmt: skip
-    started = time.monotonic()
-    snap = agent_store.current(token.agent_id, settings.get().config_cache_s)
-    if snap is not None:
-        try:
-            _check(token, snap.record, now)
-        except Rejected:
-            if snap.seen_at >= started:
-                raise
-            snap = agent_store.read(token.agent_id)
-            if snap is not None:
-                _check(token, snap.record, now)
-    if snap is None:
-        raise _refused(401, Rejected(Code.UNKNOWN_AGENT, f"agent {token.agent_id} is not registered", **claim))
+    if snap is None:  # anyone can name an agent id: logged only (docs/otlp.md, "Forged tokens")
+        raise AuthRefused(401, Code.UNKNOWN_AGENT.value, f"agent {token.agent_id} is not registered")
     record = snap.record
+    if not _key_known(record, token.key_id):  # a key id nobody enrolled: logged only, as above
+        raise AuthRefused(
+            401, Code.UNKNOWN_KEY.value, f"key {token.key_id[:40]} is not a key of agent {record.agent_id}"
+        )
+    at = now.timestamp()  # compared as numbers: a forged iat or exp may be beyond any datetime
+    if token.exp - token.iat > MAX_LIFETIME_S or token.iat > at + CLOCK_SKEW.total_seconds() or at >= token.exp:
+        why = "expired" if at >= token.exp else "issued in the future or lives more than 30 days"
+        raise _refused(
+            401, Rejected(Code.TOKEN_EXPIRED, f"the OTLP token is {why} (exp {str(token.exp)[:20]})", **claim)
+        )
+    try:
+        _check(token, record, now)
+    except ValueError as exc:  # the signed bytes cannot be made (not canonical JSON): no signature verifies
+        raise _refused(
+            401, Rejected(Code.BAD_SIGNATURE, f"the token cannot be verified: {exc}"[:300], **claim)
+        ) from None
     if record.status is State.DECOMMISSIONED:
         raise _refused(403, Rejected(Code.DECOMMISSIONED, f"agent {record.agent_id} was decommissioned",
                                      agent_id=record.agent_id, tenant=record.tenant))  # fmt: skip
     return record
+
+
+def authenticate(header: str | None, now: datetime) -> AgentRecord:
+    """The agent the request speaks for. Raises :class:`AuthRefused`: 401 (not proven), 403 (decommissioned)
+    or :class:`Rejected` (the signature check's refusal)."""
+    token = bearer(header)
+    started = time.monotonic()
+    snap = agent_store.current(token.agent_id, settings.get().config_cache_s)
+    try:
+        return _decide(token, snap, now)
+    except (AuthRefused, Rejected) as refused:
+        about_keys = isinstance(refused, Rejected) or refused.code == Code.UNKNOWN_KEY.value
+        if snap is None or snap.seen_at >= started or not about_keys:
+            raise
+    # Refused on a cached copy: a rotation elsewhere may have enrolled the key since, so read it again.
+    return _decide(token, agent_store.read(token.agent_id), now)
 
 
 def checked(header: str | None, now: datetime) -> AgentRecord:

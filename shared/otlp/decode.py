@@ -45,14 +45,19 @@ def media_type(content_type: str | None) -> str:
 
 
 def gunzip(body: bytes) -> bytes:
-    """``body`` gunzipped, refused (413) beyond MAX_DECODED_BYTES without inflating more than that."""
+    """``body`` gunzipped, refused (413) beyond MAX_DECODED_BYTES without inflating more than that, and (400)
+    when the stream is cut short or followed by anything (the whole request is refused: nothing counted)."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
         out = inflater.decompress(body, MAX_DECODED_BYTES)
     except zlib.error as exc:
         raise Refused(400, "bad_gzip", f"the body is not valid gzip: {exc}") from None
-    if inflater.unconsumed_tail:
+    if inflater.unconsumed_tail or (not inflater.eof and len(out) >= MAX_DECODED_BYTES):
         raise Refused(413, "too_large", f"the body inflates beyond {MAX_DECODED_BYTES} bytes")
+    if not inflater.eof:  # cut off: the spans after the cut would be answered 200 and lost
+        raise Refused(400, "bad_gzip", "truncated gzip stream (no end of stream): send the whole body again")
+    if inflater.unused_data:
+        raise Refused(400, "bad_gzip", f"{len(inflater.unused_data)} bytes after the gzip stream (one member only)")
     return out
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from fleet_agent.contracts import CostBatch, CostRecord
 from fleet_agent.messages.costs import MAX_BATCH_OPERATIONS, MAX_BATCH_RECORDS, MAX_BATCH_SPAN
 from google.api_core import exceptions
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.domain.agent_record import AgentRecord
 from shared.domain.rejections import Code, Payload, Rejected
@@ -37,6 +39,12 @@ SOURCE = "fleet-otlp"
 OPERATION_ENV = "FLEET_OTLP_OPERATION_ATTRIBUTE"
 #: Commits of one batch of calls before giving up (503) while concurrent exports of the same spans race.
 MAX_ATTEMPTS = 3
+#: Refusals recorded per (agent, code) on one instance: one per this many seconds, the others logged only, so
+#: a caller replaying a token of a real key cannot make the fleet write per request (docs/otlp.md).
+RECORD_EVERY_S = 60.0
+MAX_RECORDED_KEYS = 10_000
+_recorded: dict[tuple[str, str], float] = {}
+READ_CHUNK = 64 * 1024
 
 
 def marker_id(agent_id: str, call_id: str) -> str:
@@ -133,11 +141,21 @@ def _error(status: int, code: str, reason: str) -> tuple[bytes, int, dict[str, s
     return body, status, {"Content-Type": "application/json"}
 
 
-def _record(rejected: Rejected, body: bytes, request_id: str, now: datetime) -> None:
-    """A refusal kept like an agent event's (``rejections``; unproven ones count towards forged_events)."""
+def _record(rejected: Rejected, body: bytes, request_id: str, now: datetime, fields: dict[str, Any]) -> None:
+    """A refusal kept like an agent event's (``rejections``; unproven ones count towards forged_events), at
+    most one per agent and code per RECORD_EVERY_S on this instance: the others are logged only."""
+    key = (rejected.agent_id or "", rejected.code.value)
+    clock = time.monotonic()
+    if clock - _recorded.get(key, -RECORD_EVERY_S) < RECORD_EVERY_S:
+        fields["recorded"] = False
+        return
+    if len(_recorded) >= MAX_RECORDED_KEYS:
+        _recorded.clear()
+    _recorded[key] = clock
     rejections.record(rejected, message_id=request_id, source=SOURCE, event_type="otlp_traces",
                       payload=Payload.of(body, {}), received_at=now)  # fmt: skip
     forged_events.note(rejected, now)
+    fields["recorded"] = True
 
 
 def handle(request: Any) -> tuple[bytes, int, dict[str, str]]:
@@ -150,14 +168,33 @@ def handle(request: Any) -> tuple[bytes, int, dict[str, str]]:
         return reply
 
 
+def read_body(request: Any, limit: int = decode.MAX_BODY_BYTES) -> bytes | None:
+    """The body, or None when it is over ``limit``: never more than ``limit`` + 1 bytes read, whether its
+    length is announced (Content-Length) or not (``Transfer-Encoding: chunked``)."""
+    if (request.content_length or 0) > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            part = request.stream.read(min(READ_CHUNK, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+    except RequestEntityTooLarge:  # werkzeug's own cap (max_content_length), when the server sets one
+        return None
+    return None if size > limit else b"".join(parts)
+
+
 def _handle(request: Any, now: datetime, fields: dict[str, Any]) -> tuple[int, str, tuple[bytes, int, dict[str, str]]]:
     if request.path.rstrip("/") != PATH:
         return 404, "not_found", _error(404, "not_found", f"OTLP traces are posted to {PATH}")
     if request.method != "POST":
         return 405, "method", _error(405, "method_not_allowed", f"POST {PATH}")
-    if (request.content_length or 0) > decode.MAX_BODY_BYTES:
+    body = read_body(request)
+    if body is None:
         return 413, "too_large", _error(413, "too_large", f"the body is over {decode.MAX_BODY_BYTES} bytes")
-    body = request.get_data(cache=False)
     header = request.headers.get("Authorization")
     request_id = "otlp-" + hashlib.sha256((header or "").encode() + b"\n" + body).hexdigest()[:40]
     try:  # the agent first: nothing of a refused request is decoded or counted
@@ -165,7 +202,7 @@ def _handle(request: Any, now: datetime, fields: dict[str, Any]) -> tuple[int, s
     except auth.AuthRefused as refused:
         fields.update(code=refused.code, reason=refused.reason)
         if refused.rejected is not None:
-            _record(refused.rejected, body, request_id, now)
+            _record(refused.rejected, body, request_id, now, fields)
         return refused.status, "refused", _error(refused.status, refused.code, refused.reason)
     fields.update(agent_id=agent.agent_id, tenant=agent.tenant)
     try:
@@ -185,13 +222,13 @@ def _handle(request: Any, now: datetime, fields: dict[str, Any]) -> tuple[int, s
     if foreign:
         reason = f"spans name agent {', '.join(foreign[:3])} but the token is agent {agent.agent_id}'s"
         _record(Rejected(Code.AGENT_MISMATCH, reason, agent_id=agent.agent_id, tenant=agent.tenant), body,
-                request_id, now)  # fmt: skip
+                request_id, now, fields)  # fmt: skip
         fields.update(code=Code.AGENT_MISMATCH.value, reason=reason)
         return 403, "refused", _error(403, Code.AGENT_MISMATCH.value, reason)
     try:
         counted = count(agent, mapped.calls, now)
     except Rejected as rejected:
-        _record(rejected, body, request_id, now)
+        _record(rejected, body, request_id, now, fields)
         fields.update(code=rejected.code.value, reason=rejected.reason)
         return 400, "rejected", _error(400, rejected.code.value, rejected.reason)
     except db.permanent_errors() as exc:  # Firestore refuses this data: retrying cannot help

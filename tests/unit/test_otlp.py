@@ -4,7 +4,9 @@ decoding (protobuf, JSON with hex ids, gzip, limits), and how calls are cut into
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from shared.domain import identity
 from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
-from shared.domain.rejections import Code
+from shared.domain.rejections import Code, Rejected
 from shared.otlp import auth, decode, ingest, spans
 from shared.store import agents as agent_store
 from shared.store.increments import Increments
@@ -65,12 +67,15 @@ def test_a_token_made_with_the_enrolled_key_authenticates(stored: dict[str, Agen
         (None, "unauthenticated", False),
         ("Basic abc", "unauthenticated", False),
         ("Bearer afot1.notjson.x", "unauthenticated", False),
-        ("other-key", Code.UNKNOWN_KEY.value, True),
+        ("other-key", Code.UNKNOWN_KEY.value, False),
         ("other-tenant", Code.BAD_SIGNATURE.value, True),
         ("expired", Code.TOKEN_EXPIRED.value, True),
         ("too-long", Code.TOKEN_EXPIRED.value, True),
-        ("unknown-agent", Code.UNKNOWN_AGENT.value, True),
+        ("unknown-agent", Code.UNKNOWN_AGENT.value, False),
         ("tampered", Code.BAD_SIGNATURE.value, True),
+        ("huge-exp", Code.TOKEN_EXPIRED.value, True),
+        ("huge-iat", Code.TOKEN_EXPIRED.value, True),
+        ("huge-exp-other-key", Code.UNKNOWN_KEY.value, False),
     ],
 )
 def test_bad_tokens_are_refused_with_401(
@@ -89,6 +94,12 @@ def test_bad_tokens_are_refused_with_401(
         payload["exp"] += 86_400
         sig = KEY.sign(otlp_token.signing_bytes("chat-1", "acme", KEY.key_id, payload["iat"], payload["exp"]))
         headers["too-long"] = f"Bearer afot1.{otlp_token.b64(otlp_token.canonical(payload))}.{sig.value}"
+    for name, key, field, value in (("huge-exp", KEY, "exp", 10**20), ("huge-iat", KEY, "iat", -(10**300)),
+                                    ("huge-exp-other-key", AgentKey.generate(), "exp", 10**4000)):  # fmt: skip
+        payload = {"agent_id": "chat-1", "tenant": "acme", "key_id": key.key_id, "iat": int(NOW.timestamp()),
+                   "exp": int(NOW.timestamp()) + 60, field: value}  # fmt: skip
+        body = json.dumps(payload).encode()  # forged: no key signs numbers beyond JSON's safe integers
+        headers[name] = f"Bearer afot1.{otlp_token.b64(body)}.{otlp_token.b64(bytes(64))}"
     if header == "tampered":
         prefix, payload_text, sig_text = bearer().split(".")
         payload = json.loads(otlp_token.unb64(payload_text))
@@ -244,6 +255,13 @@ def test_json_with_hex_ids_and_gzip_decode_to_the_same_request() -> None:
     assert was_json and from_json == request == from_pb
 
 
+def truncated_gzip() -> bytes:
+    """Ten resource spans, cut after six with a sync flush: inflates cleanly but has no end of stream."""
+    deflater = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    one = export({"attrs": CHAT}).SerializeToString()
+    return deflater.compress(one * 6) + deflater.flush(zlib.Z_SYNC_FLUSH)
+
+
 @pytest.mark.parametrize(
     ("body", "ctype", "encoding", "status"),
     [
@@ -253,6 +271,9 @@ def test_json_with_hex_ids_and_gzip_decode_to_the_same_request() -> None:
         (b"{}", "text/plain", None, 415),
         (b"not gzip", "application/x-protobuf", "gzip", 400),
         (gzip.compress(b"\x00" * (decode.MAX_DECODED_BYTES + 1)), "application/x-protobuf", "gzip", 413),
+        (gzip.compress(export({"attrs": CHAT}).SerializeToString())[:-8], "application/x-protobuf", "gzip", 400),
+        (gzip.compress(b"") * 2, "application/x-protobuf", "gzip", 400),
+        (truncated_gzip(), "application/x-protobuf", "gzip", 400),
         (b"\x00" * (decode.MAX_BODY_BYTES + 1), "application/x-protobuf", None, 413),
     ],
 )
@@ -293,3 +314,38 @@ def test_a_call_marker_is_a_create_its_commit_fails_on_an_existing_one() -> None
     written = marker.to_pb("projects/p/databases/(default)/documents/cost_batches/a")._pb
     assert written.current_document.HasField("exists") and written.current_document.exists is False
     assert list(written.update_mask.field_paths) == ["call_id"]
+
+
+def test_refusals_are_recorded_once_per_agent_and_code_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+    monkeypatch.setattr(ingest.rejections, "record", lambda rejected, **_kw: written.append(rejected.code.value))
+    monkeypatch.setattr(ingest.forged_events, "note", lambda rejected, _now: written.append("forged"))
+    monkeypatch.setattr(ingest, "_recorded", {})
+    clock = [1000.0]
+    monkeypatch.setattr(ingest.time, "monotonic", lambda: clock[0])
+    bad = Rejected(Code.BAD_SIGNATURE, "x", agent_id="chat-1", tenant="acme")
+    fields: dict[str, Any] = {}
+    for body in (b"1", b"2", b"3"):  # distinct bodies (distinct request ids): still one record
+        ingest._record(bad, body, "r" + body.decode(), NOW, fields)
+    assert written == ["bad_signature", "forged"] and fields["recorded"] is False
+    ingest._record(Rejected(Code.TOKEN_EXPIRED, "x", agent_id="chat-1"), b"4", "r4", NOW, fields)
+    ingest._record(Rejected(Code.BAD_SIGNATURE, "x", agent_id="chat-2"), b"5", "r5", NOW, fields)
+    clock[0] += ingest.RECORD_EVERY_S
+    ingest._record(bad, b"6", "r6", NOW, fields)
+    assert written.count("forged") == 4 and fields["recorded"] is True
+
+
+class Posted:
+    """A request as werkzeug gives it: a stream, and Content-Length when the client sent one."""
+
+    def __init__(self, body: bytes, *, announced: bool) -> None:
+        self.stream = io.BytesIO(body)
+        self.content_length = len(body) if announced else None
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_body_is_read_up_to_the_limit_whether_chunked_or_not(announced: bool) -> None:
+    assert ingest.read_body(Posted(b"x" * 100, announced=announced), limit=100) == b"x" * 100
+    over = Posted(b"x" * 10_000_000, announced=announced)
+    assert ingest.read_body(over, limit=100) is None
+    assert over.stream.tell() == (0 if announced else 101)  # read no further than the limit + 1
