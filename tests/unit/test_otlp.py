@@ -4,7 +4,6 @@ decoding (protobuf, JSON with hex ids, gzip, limits), and how calls are cut into
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 from fleet_agent import cli, otlp_token
-from fleet_agent.contracts import CostRecord
 from fleet_agent.identity import AgentKey
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -24,10 +22,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from shared.domain import identity
 from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
-from shared.domain.rejections import Code, Rejected
-from shared.otlp import auth, decode, ingest, spans
+from shared.domain.rejections import Code
+from shared.otlp import auth, decode, spans
 from shared.store import agents as agent_store
-from shared.store.increments import Increments
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 KEY = AgentKey.generate()
@@ -289,63 +286,3 @@ def test_the_response_reports_refused_spans_in_the_requests_encoding() -> None:
     assert (ctype, answer.partial_success.rejected_spans, answer.partial_success.error_message) == (
         decode.PROTOBUF, 2, "span 01: bad")  # fmt: skip
     assert decode.response(0, "", as_json=True) == (b"{}", decode.JSON)
-
-
-def call(n: int, *, minutes: float = 0, op: str = "chat") -> CostRecord:
-    return CostRecord(call_id=f"{n:048x}", at=NOW + timedelta(minutes=minutes), model="m", input_tokens=1,
-                      output_tokens=1, success=True, latency_ms=1, operation=op)  # fmt: skip
-
-
-def test_calls_are_cut_into_batches_within_the_cost_batch_bounds() -> None:
-    assert [len(c) for c in ingest.chunks([call(n) for n in range(450)])] == [200, 200, 50]
-    assert [len(c) for c in ingest.chunks([call(n, op=f"op{n}") for n in range(60)])] == [50, 10]
-    assert [len(c) for c in ingest.chunks([call(1), call(2, minutes=61), call(3, minutes=30)])] == [2, 1]
-
-
-def test_a_batch_id_is_the_same_however_its_calls_are_ordered() -> None:
-    calls = [call(n) for n in range(5)]
-    assert ingest.batch_id(calls) == ingest.batch_id(calls[::-1]) != ingest.batch_id(calls[:4])
-
-
-def test_a_call_marker_is_a_create_its_commit_fails_on_an_existing_one() -> None:
-    marker = Increments("chat-1.otel.x", {"call_id": "x"}, collection="cost_batches")
-    assert not marker.to_pb("projects/p/databases/(default)/documents/cost_batches/a")._pb.HasField("current_document")
-    marker.must_not_exist = True
-    written = marker.to_pb("projects/p/databases/(default)/documents/cost_batches/a")._pb
-    assert written.current_document.HasField("exists") and written.current_document.exists is False
-    assert list(written.update_mask.field_paths) == ["call_id"]
-
-
-def test_refusals_are_recorded_once_per_agent_and_code_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
-    written: list[str] = []
-    monkeypatch.setattr(ingest.rejections, "record", lambda rejected, **_kw: written.append(rejected.code.value))
-    monkeypatch.setattr(ingest.forged_events, "note", lambda rejected, _now: written.append("forged"))
-    monkeypatch.setattr(ingest, "_recorded", {})
-    clock = [1000.0]
-    monkeypatch.setattr(ingest.time, "monotonic", lambda: clock[0])
-    bad = Rejected(Code.BAD_SIGNATURE, "x", agent_id="chat-1", tenant="acme")
-    fields: dict[str, Any] = {}
-    for body in (b"1", b"2", b"3"):  # distinct bodies (distinct request ids): still one record
-        ingest._record(bad, body, "r" + body.decode(), NOW, fields)
-    assert written == ["bad_signature", "forged"] and fields["recorded"] is False
-    ingest._record(Rejected(Code.TOKEN_EXPIRED, "x", agent_id="chat-1"), b"4", "r4", NOW, fields)
-    ingest._record(Rejected(Code.BAD_SIGNATURE, "x", agent_id="chat-2"), b"5", "r5", NOW, fields)
-    clock[0] += ingest.RECORD_EVERY_S
-    ingest._record(bad, b"6", "r6", NOW, fields)
-    assert written.count("forged") == 4 and fields["recorded"] is True
-
-
-class Posted:
-    """A request as werkzeug gives it: a stream, and Content-Length when the client sent one."""
-
-    def __init__(self, body: bytes, *, announced: bool) -> None:
-        self.stream = io.BytesIO(body)
-        self.content_length = len(body) if announced else None
-
-
-@pytest.mark.parametrize("announced", [True, False])
-def test_a_body_is_read_up_to_the_limit_whether_chunked_or_not(announced: bool) -> None:
-    assert ingest.read_body(Posted(b"x" * 100, announced=announced), limit=100) == b"x" * 100
-    over = Posted(b"x" * 10_000_000, announced=announced)
-    assert ingest.read_body(over, limit=100) is None
-    assert over.stream.tell() == (0 if announced else 101)  # read no further than the limit + 1
