@@ -8,6 +8,8 @@ nothing more; a bad or absent token is refused and counts nothing; spans that ar
 from __future__ import annotations
 
 import base64
+import gzip
+import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -158,24 +160,42 @@ def test_openai_spans_count_exactly_once_and_bad_tokens_count_nothing(
     # beside the new one, in one request: its batch met their markers, and the new call was committed alone.
     assert [(x.get("calls"), x.get("duplicates")) for x in lines[-3:]] == [(0, 1), (0, 4), (1, 3)]
 
-    # Refused before anything is counted: no token, another key's token, not a token.
+    # Refused before anything is counted: no token, another key's token, not a token (logged only), a token of
+    # the agent's key altered (twice: recorded once) or with an absurd expiry (401, not 500).
     with local.get_tracer("test").start_as_current_span("handle ticket 3"):
         chat(local.get_tracer("test"), client, "never counted")
     fresh = unsent.get_finished_spans()[-2:]
     other = AgentKey.generate()
+    prefix, payload_text, sig_text = token.split(".")
+    payload = json.loads(otlp_token.unb64(payload_text))
+    altered = f"{prefix}.{otlp_token.b64(otlp_token.canonical({**payload, 'exp': payload['exp'] - 60}))}.{sig_text}"
+    absurd = f"{prefix}.{otlp_token.b64(json.dumps({**payload, 'exp': 10**20}).encode())}.{sig_text}"
     for authorization, status in [
         (None, 401),
         ("Bearer " + otlp_token.mint(other, agent_id=agent_id, tenant=tenant, days=1), 401),
         ("Bearer not-a-token", 401),
+        ("Bearer " + altered, 401),
+        ("Bearer " + altered, 401),
+        ("Bearer " + absurd, 401),
     ]:
         response = post(stack, fresh, authorization)
         assert response.status_code == status and response.json()["error"]["reason"], response.text
     assert exporter(stack, None).export(fresh) == SpanExportResult.FAILURE
+    # Bodies refused whole (nothing counted, so the exporter knows): a gzip stream cut short, a chunked body
+    # over the limit (read no further than it).
+    url = stack.env["FLEET_OTLP_URL"] + "/v1/traces"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-protobuf"}
+    cut = gzip.compress(encode_spans(fresh).SerializeToString())[:-8]
+    response = requests.post(url, data=cut, timeout=20, headers={**headers, "Content-Encoding": "gzip"})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "bad_gzip"), response.text
+    chunked = (b"\x00" * 65_536 for _ in range(80))  # 5 MiB, no Content-Length
+    response = requests.post(url, data=chunked, timeout=20, headers=headers)
+    assert response.status_code == 413, response.text
     time.sleep(1.5)
     assert month(api, agent_id)["calls"] == 5
     query = firestore.collection("rejections").where(filter=FieldFilter("claimed_agent_id", "==", agent_id))
-    refused = [d.to_dict() for d in query.get()]
-    assert [(r["code"], r["source"]) for r in refused] == [("unknown_key", "fleet-otlp")]
+    refused = sorted((r["code"], r["source"]) for r in (d.to_dict() for d in query.get()))
+    assert refused == [("bad_signature", "fleet-otlp"), ("token_expired", "fleet-otlp")]
 
 
 def test_a_span_naming_another_agent_is_refused_and_json_reports_partial_success(
