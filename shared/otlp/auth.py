@@ -45,8 +45,8 @@ def bearer(header: str | None) -> OtlpToken:
         raise AuthRefused(401, "unauthenticated", "send Authorization: Bearer <token of fleet-agent otlp-token>")
     try:
         token = OtlpToken.parse(text)
-    except ValueError as exc:
-        raise AuthRefused(401, "unauthenticated", str(exc)) from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: a payload of nested JSON arrays
+        raise AuthRefused(401, "unauthenticated", str(exc)[:300]) from None
     if not _ID.match(token.agent_id) or not _ID.match(token.tenant):
         raise AuthRefused(401, "unauthenticated", "the token's agent id or tenant is not a valid id")
     return token

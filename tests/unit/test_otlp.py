@@ -28,6 +28,8 @@ from shared.store import agents as agent_store
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 KEY = AgentKey.generate()
+SIG = otlp_token.b64(bytes(64))
+NAN_PAYLOAD = b'{"agent_id": "chat-1", "tenant": "acme", "key_id": "k", "iat": NaN, "exp": Infinity}'
 
 
 def record(key: AgentKey | None = KEY, *, tenant: str = "acme", **kw: Any) -> AgentRecord:
@@ -64,6 +66,9 @@ def test_a_token_made_with_the_enrolled_key_authenticates(stored: dict[str, Agen
         (None, "unauthenticated", False),
         ("Basic abc", "unauthenticated", False),
         ("Bearer afot1.notjson.x", "unauthenticated", False),
+        pytest.param(f"Bearer afot1.{otlp_token.b64(b'[' * 5000)}.{SIG}", "unauthenticated", False, id="nested"),
+        pytest.param(f"Bearer afot1.{otlp_token.b64(b'[]')}.{SIG}", "unauthenticated", False, id="not-an-object"),
+        pytest.param(f"Bearer afot1.{otlp_token.b64(NAN_PAYLOAD)}.{SIG}", "unauthenticated", False, id="nan"),
         ("other-key", Code.UNKNOWN_KEY.value, False),
         ("other-tenant", Code.BAD_SIGNATURE.value, True),
         ("expired", Code.TOKEN_EXPIRED.value, True),
