@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ JSON = "application/json"
 #: The body as sent (compressed or not), and once gunzipped: beyond either, 413.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_DECODED_BYTES = 16 * 1024 * 1024
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
 @dataclass
@@ -70,10 +72,9 @@ def _hex_ids(value: Any) -> None:
                     for key in ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id"):
                         text = item.get(key)
                         if isinstance(text, str) and text:
-                            try:
-                                item[key] = base64.b64encode(bytes.fromhex(text)).decode()
-                            except ValueError:
-                                raise Refused(400, "malformed", f"{key} {text[:40]!r} is not hex") from None
+                            if not _HEX.fullmatch(text):  # bytes.fromhex would take "0102 0304"
+                                raise Refused(400, "malformed", f"{key} {text[:40]!r} is not hex")
+                            item[key] = base64.b64encode(bytes.fromhex(text)).decode()
 
 
 def decode(body: bytes, content_type: str | None, content_encoding: str | None) -> tuple[Any, bool]:

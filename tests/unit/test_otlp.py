@@ -270,6 +270,7 @@ def truncated_gzip() -> bytes:
         (b"\xff\x00garbage", "application/x-protobuf", None, 400),
         (b"[1]", "application/json", None, 400),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', "application/json", None, 400),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"spanId": "0102 0304"}]}]}]}', "application/json", None, 400),
         (b"{}", "text/plain", None, 415),
         (b"not gzip", "application/x-protobuf", "gzip", 400),
         (gzip.compress(b"\x00" * (decode.MAX_DECODED_BYTES + 1)), "application/x-protobuf", "gzip", 413),
@@ -291,3 +292,20 @@ def test_the_response_reports_refused_spans_in_the_requests_encoding() -> None:
     assert (ctype, answer.partial_success.rejected_spans, answer.partial_success.error_message) == (
         decode.PROTOBUF, 2, "span 01: bad")  # fmt: skip
     assert decode.response(0, "", as_json=True) == (b"{}", decode.JSON)
+
+
+def test_a_key_refused_on_a_cached_copy_is_checked_again_on_a_fresh_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    new_key = AgentKey.generate()
+    cached = agent_store.Snapshot(record(), None, seen_at=0.0)  # an instance's copy from before a rotation
+    reads: list[str] = []
+
+    def read(agent_id: str) -> agent_store.Snapshot:
+        reads.append(agent_id)
+        return agent_store.Snapshot(record(new_key), None)
+
+    monkeypatch.setattr(agent_store, "current", lambda *_a: cached)
+    monkeypatch.setattr(agent_store, "read", read)
+    assert auth.checked(bearer(new_key), NOW).agent_id == "chat-1" and reads == ["chat-1"]
+    with pytest.raises(auth.AuthRefused) as refused:  # an expired token of a known key: no read again
+        auth.checked(bearer(days=1, now=(NOW - timedelta(days=2)).timestamp()), NOW)
+    assert refused.value.code == Code.TOKEN_EXPIRED.value and reads == ["chat-1"]
