@@ -45,6 +45,9 @@ RECORD_EVERY_S = 60.0
 MAX_RECORDED_KEYS = 10_000
 _recorded: dict[tuple[str, str], float] = {}
 READ_CHUNK = 64 * 1024
+#: Re-exports reconciled per agent on one instance: one per this many seconds.
+RECONCILE_EVERY_S = 60.0
+_reconciled: dict[str, float] = {}
 
 
 def marker_id(agent_id: str, call_id: str) -> str:
@@ -127,11 +130,20 @@ def count(agent: AgentRecord, records: list[CostRecord], now: datetime) -> Count
                 break
         else:
             raise accounting.InputsUnavailable(f"{len(pending)} calls still racing after {MAX_ATTEMPTS} commits")
-    if out.duplicates and not out.calls:
+    clock = time.monotonic()
+    if (
+        out.duplicates
+        and not out.calls
+        and clock - _reconciled.get(agent.agent_id, -RECONCILE_EVERY_S) >= RECONCILE_EVERY_S
+    ):
         # A re-export of calls all counted before: re-derive their effects, as a redelivered cost batch does
-        # (an earlier export may have failed after counting).
+        # (an earlier export may have failed after counting); once a minute per agent on this instance, so
+        # re-sent requests do not re-publish every hold each time.
         sent = accounting.reconcile(agent.agent_id, now=now, actor="system:otlp-reexport", resend=True,
                                     lift_expired=True)  # fmt: skip
+        if len(_reconciled) >= MAX_RECORDED_KEYS:
+            _reconciled.clear()
+        _reconciled[agent.agent_id] = clock  # only once it succeeded: a failed one is tried on the retry
         out.commands += [f"{c.command.value}:{c.agent_id}" for c in sent]
     return out
 

@@ -91,6 +91,7 @@ class Script:
         monkeypatch.setattr(ingest.accounting, "count_batch", self.count_batch)
         monkeypatch.setattr(ingest, "_already_counted", lambda _agent, _records: self.markers.pop(0))
         monkeypatch.setattr(ingest.accounting, "reconcile", self.reconcile)
+        monkeypatch.setattr(ingest, "_reconciled", {})
 
     def count_batch(self, _agent: Any, batch: Any, **_kw: Any) -> Any:
         self.batches.append((batch.batch_id, [r.call_id for r in batch.records]))
@@ -133,6 +134,18 @@ def test_a_request_counted_before_reconciles_once_and_counts_nothing(
     script = Script(monkeypatch, ["duplicate"], [markers])
     counted = ingest.count(record(), CALLS, NOW)
     assert (counted.calls, counted.duplicates, script.reconciled, len(script.batches)) == (0, 5, 1, 1)
+
+
+def test_re_exports_reconcile_once_a_minute_per_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script(monkeypatch, ["duplicate"] * 4, [set(IDS)] * 4)
+    clock = [1000.0]
+    monkeypatch.setattr(ingest.time, "monotonic", lambda: clock[0])
+    for _ in range(2):
+        ingest.count(record(), CALLS, NOW)
+    ingest.count(record(agent_id="chat-2"), CALLS, NOW)
+    clock[0] += ingest.RECONCILE_EVERY_S
+    ingest.count(record(), CALLS, NOW)
+    assert script.reconciled == 3
 
 
 def test_a_partial_reexport_does_not_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
