@@ -127,3 +127,29 @@ def test_the_api_docs_example_prices_the_bare_name(world: World, monkeypatch: py
     assert (reply["source"], reply["matched"]) == (FLEET_OVERRIDE, "openai/gpt-4o")  # the exact name wins
     reply = send("/v1/prices/azure/gpt-4o", tenant="acme").json
     assert (reply["source"], reply["matched"]) == (TENANT_OVERRIDE, "gpt-4o")
+
+
+# -- overrides with cache and reasoning prices -------------------------------------------------------
+
+
+def test_an_override_sets_cache_and_reasoning_prices(world: World) -> None:
+    from shared.store import config
+
+    body = {"input_usd": "0.000002", "output_usd": "0.000008", "cache_read_usd": "0.0000005",
+            "cache_write_usd": "0.0000025", "reasoning_usd": "0.00001"}  # fmt: skip
+    reply = send("/v1/prices/gpt-4o", method="PUT", body=body)
+    assert reply.status == 200, reply.text
+    assert reply.json == {"model": "gpt-4o", **body, "source": "api"}
+    price = Price(*(Decimal(body[k]) for k in ("input_usd", "output_usd", "cache_read_usd", "cache_write_usd",
+                                               "reasoning_usd")))  # fmt: skip
+    assert world.prices_set == [(None, "gpt-4o", price)]
+    assert config.price_of(config.price_doc(price)) == price  # stored and read back whole
+    # 1000 input of which 600 cache reads, 100 output of which 40 reasoning: each part at its own price.
+    assert price.cost_nanos(1000, 100, cache_read=600, reasoning=40) == 400 * 2000 + 600 * 500 + 60 * 8000 + 40 * 10000
+    # Without them, the parts are charged at the input and output prices (and stored as null).
+    flat = send("/v1/prices/gpt-4o", method="PUT", body={"input_usd": "0.000002", "output_usd": "0.000008"})
+    assert flat.json["cache_read_usd"] is None and world.prices_set[-1][2] == Price(Decimal("0.000002"),
+                                                                                    Decimal("0.000008"))  # fmt: skip
+    assert config.price_of({"input_usd": "0.000002", "output_usd": "0"}).cache_read_usd is None  # older documents
+    too_much = {"input_usd": "0.000002", "output_usd": "0.000008", "cache_read_usd": "2"}
+    assert send("/v1/prices/gpt-4o", method="PUT", body=too_much).status == 400
