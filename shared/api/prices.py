@@ -21,15 +21,16 @@ _MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
 routes = Routes("costs")
 
 
+def _set_parts(price: Price) -> dict[str, str | None]:
+    """The prices an override sets (a part it does not set: None, charged at the input or output price)."""
+    parts = (("cache_read_usd", price.cache_read_usd), ("cache_write_usd", price.cache_write_usd),
+             ("reasoning_usd", price.reasoning_usd))  # fmt: skip
+    return {"input_usd": core.usd(price.input_usd), "output_usd": core.usd(price.output_usd),
+            **{name: None if part is None else core.usd(part) for name, part in parts}}  # fmt: skip
+
+
 def _price_view(model: str, price: Price, source: str) -> PriceView:
-    return PriceView.model_validate(
-        {
-            "model": model,
-            "input_usd": core.usd(price.input_usd),
-            "output_usd": core.usd(price.output_usd),
-            "source": source,
-        }
-    )
+    return PriceView.model_validate({"model": model, **_set_parts(price), "source": source})
 
 
 @routes.get("/v1/prices", PriceList, params=(TENANT_QUERY,), errors=(400,))
@@ -121,8 +122,9 @@ def get_price(call: Call) -> PriceQuoteView:
 def set_price(call: Call) -> PriceView:
     """Set a model's price per token, globally or (with tenant) for one tenant.
 
-    An override wins over the catalog for every part of a call: cached and reasoning tokens are charged
-    at its input and output prices."""
+    An override wins over the catalog for every part of a call: cache reads, cache writes and reasoning
+    tokens at its ``cache_read_usd`` / ``cache_write_usd`` / ``reasoning_usd`` when it sets them, else at its
+    input and output prices. A PUT replaces the whole override."""
     model = _model(call)
     tenant = query_tenant(call)
     principal = core.principal(call)
@@ -131,8 +133,8 @@ def set_price(call: Call) -> PriceView:
             403, f"this API key may only set prices of tenant {principal.tenant}: add ?tenant={principal.tenant}"
         )
     body = core.body(call, PriceUpdate)
-    price = Price(body.input_usd, body.output_usd)
-    details = {"model": model, "input_usd": core.usd(price.input_usd), "output_usd": core.usd(price.output_usd)}
+    price = Price(body.input_usd, body.output_usd, body.cache_read_usd, body.cache_write_usd, body.reasoning_usd)
+    details = {"model": model, **{k: v for k, v in _set_parts(price).items() if v is not None}}
     if tenant is not None:
         config.set_tenant_price(tenant, model, price)
         entry = core.audit(call, "tenant.price.set", f"tenant.{tenant}.{model}", tenant, details, core.now())

@@ -150,19 +150,42 @@ class PriceTable:
     catalog: Catalog | None = None
 
     def override(self, model: str, tenant: str | None = None) -> Quote | None:
-        """The exact model name (the tenant's price, then the fleet's); else a listed model of which
-        this is a dated or versioned release (``gpt-4o-2024-08-06`` -> ``gpt-4o``). ``o3-mini`` is *not*
-        ``o3``: a different model at a different price is never mispriced."""
+        """The override for ``model``, the tenant's before the fleet's at each step, the most specific first:
+        the exact name; a listed model of which this is a dated or versioned release (``gpt-4o-2024-08-06``
+        -> ``gpt-4o``; ``o3-mini`` is *not* ``o3``: a different model is never mispriced); then the same
+        across the ``provider/`` prefix: ``openai/gpt-4o`` takes an override of ``gpt-4o``, and ``gpt-4o``
+        one of ``openai/gpt-4o`` (of several providers' overrides of a bare name, the one of the provider
+        the catalog places it at; none when it places it at none of them). ``azure/gpt-4o`` never takes
+        ``openai/gpt-4o``'s: the prefix names another seller."""
         tables = ((self.tenant_prices.get(tenant or "", {}), TENANT_OVERRIDE), (self.prices, FLEET_OVERRIDE))
-        for table, source in tables:
-            if model in table:
-                return Quote(table[model], source, model)
-        for table, source in tables:
-            releases = [name for name in table if model.startswith(name) and _RELEASE.match(model[len(name) :])]
-            if releases:
-                name = max(releases, key=len)
-                return Quote(table[name], source, name)
+        bare = model.split("/", 1)[1] if "/" in model else None
+        for exact in (True, False):
+            for table, source in tables:
+                if (name := _match(model, table, exact)) is not None:
+                    return Quote(table[name], source, name)
+        for exact in (True, False):
+            for table, source in tables:
+                if bare is not None and (name := _match(bare, table, exact)) is not None:
+                    return Quote(table[name], source, name)
+                if bare is None and (name := self._prefixed(model, table, exact)) is not None:
+                    return Quote(table[name], source, name)
         return None
+
+    def _prefixed(self, model: str, table: Mapping[str, Price], exact: bool) -> str | None:
+        """The ``provider/<model>`` override of a bare name (the catalog's provider's, when several)."""
+        by_bare: dict[str, list[str]] = {}
+        for name in table:
+            if "/" in name:
+                by_bare.setdefault(name.split("/", 1)[1], []).append(name)
+        found = _match(model, by_bare, exact)
+        if found is None:
+            return None
+        names = by_bare[found]
+        if len(names) == 1:
+            return names[0]
+        placed = self.catalog.quote(model) if self.catalog is not None else None
+        provider = placed.matched.split("/", 1)[0] if placed is not None else None
+        return next((name for name in names if name.split("/", 1)[0] == provider), None)
 
     def quote(self, model: str, tenant: str | None = None, at: datetime | None = None) -> Quote | None:
         """The price in force: an override, else the catalog's at ``at`` (None: now); None: unpriced."""
@@ -174,6 +197,14 @@ class PriceTable:
     def lookup(self, model: str, tenant: str | None = None, at: datetime | None = None) -> Price | None:
         found = self.quote(model, tenant, at)
         return None if found is None else found.price
+
+
+def _match(model: str, names: Mapping[str, object], exact: bool) -> str | None:
+    """``model`` itself among ``names`` (``exact``), else the longest name ``model`` is a release of."""
+    if exact:
+        return model if model in names else None
+    releases = [name for name in names if model.startswith(name) and _RELEASE.match(model[len(name) :])]
+    return max(releases, key=len) if releases else None
 
 
 class Source(StrEnum):

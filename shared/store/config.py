@@ -80,12 +80,18 @@ class _TtlCache:
 cache = _TtlCache()
 
 
+_PARTS = ("cache_read_usd", "cache_write_usd", "reasoning_usd")  # an override's optional parts
+
+
 def price_of(data: dict[str, Any]) -> Price:
-    return Price(Decimal(str(data["input_usd"])), Decimal(str(data["output_usd"])))
+    read, write, reasoning = (None if data.get(k) is None else Decimal(str(data[k])) for k in _PARTS)
+    return Price(Decimal(str(data["input_usd"])), Decimal(str(data["output_usd"])), read, write, reasoning)
 
 
-def price_doc(price: Price) -> dict[str, str]:
-    return {"input_usd": str(price.input_usd), "output_usd": str(price.output_usd)}
+def price_doc(price: Price) -> dict[str, str | None]:
+    """An override as stored; a part it does not set is stored as null (a PUT replaces the whole price)."""
+    parts = {k: None if getattr(price, k) is None else str(getattr(price, k)) for k in _PARTS}
+    return {"input_usd": str(price.input_usd), "output_usd": str(price.output_usd), **parts}
 
 
 def _tenant_ref(tenant: str) -> Any:

@@ -10,8 +10,10 @@ here is counted under ``catalog:genai-prices@<version>``.
 Model names: an agent's ``provider/model`` (``openai/gpt-4o``, ``anthropic/claude-...``) looks the model
 up at that provider when the catalog knows the provider (by id or by its aliases: ``vertex_ai`` is
 google, ``bedrock`` aws); a bare name (``gpt-4o``) goes to the provider whose models it matches
-(``gpt`` -> openai, ``claude`` -> anthropic, ``gemini`` -> google). A name the catalog does not know is
-not priced here (unpriced: the alert tells the admin to set a price with ``PUT /v1/prices/{model}``).
+(``gpt`` -> openai, ``claude`` -> anthropic, ``gemini`` -> google), else to the one provider
+whose models match it (``text-embedding-3-small`` -> openai, not azure, which resells it; see
+:func:`_anywhere`). A name the catalog does not know, or cannot place, is not priced here (unpriced:
+the alert tells the admin to set a price with ``PUT /v1/prices/{model}``).
 
 Importing genai-prices and building its snapshot takes about 0.6 s (1.6 MB of data): both are lazy, on
 the first lookup, so the functions that price nothing do not pay it at cold start.
@@ -134,6 +136,12 @@ def validity(model: Any, at: datetime) -> tuple[datetime | None, datetime | None
     return since, until
 
 
+#: When a bare name is a model of several providers that genai-prices' own data cannot tell apart, the
+#: provider that made the model wins (the rest resell it); any other tie is left unpriced, never guessed.
+ORIGINAL_PROVIDERS = ("openai", "anthropic", "google", "mistral", "cohere", "deepseek", "x-ai", "moonshotai",
+                      "zhipuai", "meta", "minimax", "voyageai")  # fmt: skip
+
+
 def _find(model: str) -> tuple[Any, Any] | None:
     """The catalog's (provider, model) for an agent's model name, the ``provider/`` prefix as a hint."""
     # lazy: only the lookup functions of the package already imported by _snapshot
@@ -154,7 +162,33 @@ def _find(model: str) -> tuple[Any, Any] | None:
                 return snap.find_provider_model(ref, None, provider_id, None)
         except LookupError:
             continue
-    return None
+    return _anywhere(name)  # the whole name only: a prefix that names no provider may name a reseller
+
+
+@functools.lru_cache(maxsize=1024)
+def _anywhere(ref: str) -> tuple[Any, Any] | None:
+    """The one provider whose models match ``ref`` (genai-prices' own model match, across all providers)
+    when its provider inference does not place the name (``text-embedding-3-small``,
+    ``chatgpt-4o-latest``, ``llama-3.3-70b-versatile``).
+
+    Several matches are narrowed with genai-prices' own data first: a provider that lists another match's
+    provider among its ``fallback_model_providers`` resells that one's models (azure: openai; google:
+    anthropic), and a provider without a ``model_match`` of its own (openrouter, github-copilot) serves
+    others' models; then :data:`ORIGINAL_PROVIDERS`, in order. A tie left after that is None (unpriced)."""
+    found: dict[str, tuple[Any, Any]] = {}
+    providers = _snapshot().providers
+    with _lock:
+        for provider in providers:
+            info = next((m for m in provider.models if m.is_match(ref)), None)
+            if info is not None:
+                found.setdefault(provider.id, (provider, info))
+    resellers = {p.id for p, _ in found.values() if set(p.fallback_model_providers or ()) & set(found)}
+    left = {k: v for k, v in found.items() if k not in resellers} or found
+    owners = {k: v for k, v in left.items() if v[0].model_match is not None}
+    left = owners or left
+    if len(left) == 1:
+        return next(iter(left.values()))
+    return next((left[p] for p in ORIGINAL_PROVIDERS if p in left), None)
 
 
 class GenaiPrices:

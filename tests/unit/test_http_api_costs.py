@@ -569,6 +569,9 @@ def assert_error_details(reply: Reply) -> None:
 
 # --- prices ------------------------------------------------------------------------------------
 
+#: An override that sets no cache or reasoning price (those parts are charged at its input / output price).
+NO_PARTS = {"cache_read_usd": None, "cache_write_usd": None, "reasoning_usd": None}
+
 
 def test_prices_list_global_prices_as_decimal_strings(world: World) -> None:
     reply = send("/v1/prices", who="viewer")
@@ -576,8 +579,14 @@ def test_prices_list_global_prices_as_decimal_strings(world: World) -> None:
     assert reply.json == {
         "tenant": None,
         "items": [
-            {"model": "gpt-4o", "input_usd": "0.0000025", "output_usd": "0.00001", "source": "api"},
-            {"model": "openai/gpt-4o-mini", "input_usd": "0.00000015", "output_usd": "0.0000006", "source": "api"},
+            {"model": "gpt-4o", "input_usd": "0.0000025", "output_usd": "0.00001", **NO_PARTS, "source": "api"},
+            {
+                "model": "openai/gpt-4o-mini",
+                "input_usd": "0.00000015",
+                "output_usd": "0.0000006",
+                **NO_PARTS,
+                "source": "api",
+            },
         ],
     }
 
@@ -597,6 +606,7 @@ def test_prices_with_a_tenant_show_its_overrides_in_place(world: World) -> None:
             "model": "gpt-4o",
             "input_usd": "0.000002",
             "output_usd": "0.000008",
+            **NO_PARTS,
             "source": "tenant",
         }
         assert by_model["acme/private-llm"]["source"] == "tenant"
@@ -618,7 +628,8 @@ def test_prices_with_a_tenant_show_its_overrides_in_place(world: World) -> None:
 def test_put_price_accepts_model_names_with_slashes_and_colons(world: World, path: str, model: str) -> None:
     reply = send(path, method="PUT", body={"input_usd": "0.0000025", "output_usd": 0.00001})
     assert reply.status == 200, reply.text
-    assert reply.json == {"model": model, "input_usd": "0.0000025", "output_usd": "0.00001", "source": "api"}
+    assert reply.json == {"model": model, "input_usd": "0.0000025", "output_usd": "0.00001", **NO_PARTS,
+                          "source": "api"}  # fmt: skip
     assert world.prices_set == [(None, model, Price(Decimal("0.0000025"), Decimal("0.00001")))]
     [(path_, entry)] = [(p, d) for p, d in world.firestore.docs.items() if p.startswith("audit/")]
     assert entry["action"] == "price.set" and entry["details"]["model"] == model

@@ -15,7 +15,7 @@ import litellm
 import pytest
 from fleet_agent.contracts import CostRecord
 from fleet_agent.costs import CallRefused
-from fleet_agent.integrations.litellm import FleetLiteLLM, fleet_litellm, unregister
+from fleet_agent.integrations.litellm import FleetLiteLLM, fleet_litellm, fleet_model, unregister
 
 from emulators.fake_llm import PROMPT_BASE, REPLY_WORDS, FakeLLM
 from tests.unit.integrations_support import Agent, agent_fixture, leased_fixture, llm_fixture, tokens  # noqa: F401
@@ -49,7 +49,7 @@ def test_sync_calls_recorded_with_usage(llm: FakeLLM, agent: Agent, logger: Flee
     for _ in ask(llm, stream=True, stream_options={"include_usage": True}):
         pass
     first, streamed = settled(agent, 2)
-    assert (first.model, first.operation, first.success) == ("gpt-4o", "litellm.completion", True)
+    assert (first.model, first.operation, first.success) == ("openai/gpt-4o", "litellm.completion", True)
     assert tokens(first) == tokens(streamed) == (PROMPT_BASE + 2, REPLY_WORDS + 2, 3, 0, 2)
 
 
@@ -77,7 +77,7 @@ def test_failure_recorded_as_failed(llm: FakeLLM, agent: Agent, logger: FleetLit
     with pytest.raises(litellm.InternalServerError):
         ask(llm, max_retries=0)
     [record] = settled(agent, 1)
-    assert (record.success, record.model) == (False, "gpt-4o")
+    assert (record.success, record.model) == (False, "openai/gpt-4o")
 
 
 def test_held_agent_refused_before_the_request(llm: FakeLLM, agent: Agent, logger: FleetLiteLLM) -> None:
@@ -110,3 +110,43 @@ def test_async_lease_refusal_and_proxy_hook(llm: FakeLLM, leased: Agent) -> None
     finally:
         unregister(logger)
     assert llm.calls() == [] and settled(leased, 0) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "recorded"),
+    [
+        ("gpt-4o", None, "openai/gpt-4o"),
+        ("openai/gpt-4o", None, "openai/gpt-4o"),
+        ("gpt-4o", "openai", "openai/gpt-4o"),  # an event's model, its prefix stripped
+        ("groq/llama-3.3-70b-versatile", None, "groq/llama-3.3-70b-versatile"),
+        ("llama-3.3-70b-versatile", "groq", "groq/llama-3.3-70b-versatile"),
+        ("openrouter/openai/gpt-4o", None, "openrouter/openai/gpt-4o"),
+        (
+            "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+            None,
+            "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        ),
+        ("text-embedding-3-small", None, "openai/text-embedding-3-small"),
+        ("my-proxy-alias", None, "my-proxy-alias"),  # LiteLLM cannot route it: kept
+    ],
+)
+def test_the_model_is_recorded_with_the_provider_litellm_routes_it_to(
+    model: str, provider: str | None, recorded: str
+) -> None:
+    assert fleet_model(model, provider) == recorded
+
+
+def test_a_provider_prefixed_call_is_recorded_under_the_name_the_fleet_prices(
+    agent: Agent, logger: FleetLiteLLM
+) -> None:
+    # Groq's bare name is priced by no catalog entry; its groq/ form is (tests/unit/test_price_names.py).
+    # (LiteLLM's mock response: its Groq provider cannot parse the fake provider's replies.)
+    model, reply = "groq/llama-3.3-70b-versatile", "hello"
+    litellm.completion(model=model, messages=HI, mock_response=reply)
+
+    async def run() -> None:
+        await litellm.acompletion(model=model, messages=HI, mock_response=reply)
+        await asyncio.sleep(0.3)
+
+    asyncio.run(run())
+    assert [r.model for r in settled(agent, 2)] == [model] * 2

@@ -31,6 +31,7 @@ this module sets it (when unset) before importing LiteLLM. Requires ``pip instal
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -54,18 +55,39 @@ from fleet_agent.integrations.calls import (
     recorder_of,
 )
 
-__all__ = ["FleetLiteLLM", "fleet_litellm"]
+__all__ = ["FleetLiteLLM", "fleet_litellm", "fleet_model"]
 
 #: How many finished call ids are remembered, so a call LiteLLM reports twice is recorded once.
 FINISHED_MEMORY = 4096
 
 
-def _model(model: str) -> str:
-    """The model without LiteLLM's provider prefix (``openai/gpt-4o`` -> ``gpt-4o``), as its events name it."""
+@functools.lru_cache(maxsize=512)
+def fleet_model(model: str, provider: str | None = None) -> str:
+    """The name a call is recorded under: ``provider/model`` as LiteLLM routes it (``gpt-4o`` ->
+    ``openai/gpt-4o``; ``groq/llama-3.3-70b-versatile``, ``bedrock/anthropic.claude-...`` and
+    ``openrouter/openai/gpt-4o`` kept whole), so the fleet prices it at that provider: the bare part of some
+    names is priced by no one (``llama-3.3-70b-versatile``) or at another seller. An override of the bare
+    name still applies (the fleet matches overrides across the ``provider/`` prefix). ``provider``: the
+    provider LiteLLM's event names (its ``custom_llm_provider``), else LiteLLM's own routing of the name; a
+    name LiteLLM cannot route (a proxy's model alias) is kept as it is. Cached: LiteLLM prints a notice for
+    each name it cannot route."""
     try:
-        return str(litellm.get_llm_provider(model)[0])
+        name, routed = litellm.get_llm_provider(model, custom_llm_provider=provider or None)[:2]
     except Exception:
         return model
+    if not routed:
+        return model
+    return name if name.startswith(f"{routed}/") else f"{routed}/{name}"
+
+
+def _model_of(kwargs: Mapping[str, Any]) -> str:
+    """:func:`fleet_model` of a call's ``model`` and ``custom_llm_provider`` (a hook's data, an event's
+    kwargs: LiteLLM's events name the model without its prefix), the one naming of every path."""
+    params = kwargs.get("litellm_params")
+    provider = kwargs.get("custom_llm_provider")
+    if not provider and isinstance(params, Mapping):
+        provider = params.get("custom_llm_provider")
+    return fleet_model(str(kwargs.get("model", "")), provider if isinstance(provider, str) else None)
 
 
 class FleetLiteLLM(CustomLogger):
@@ -102,7 +124,7 @@ class FleetLiteLLM(CustomLogger):
         operation = self._operation or f"litellm.{kind}"
         prompt = estimate_prompt_tokens(data.get("messages"), data.get("input"), data.get("prompt"))
         limit = 0 if "embedding" in str(kind) else output_limit(data)
-        pending = Pending(self.recorder, operation, _model(str(data.get("model", ""))), max_tokens=limit,
+        pending = Pending(self.recorder, operation, _model_of(data), max_tokens=limit,
                           prompt_tokens=prompt)  # fmt: skip
         with self._lock:
             self._pending[call_id] = pending
@@ -135,7 +157,7 @@ class FleetLiteLLM(CustomLogger):
     def _unadmitted(self, kwargs: Mapping[str, Any], start: Any, end: Any) -> Call:
         """A call that ran without admission (a sync call): recorded afterwards, as it ran."""
         kind = kwargs.get("call_type") or "completion"
-        call = Call(operation=self._operation or f"litellm.{kind}", model=str(kwargs.get("model", "")))
+        call = Call(operation=self._operation or f"litellm.{kind}", model=_model_of(kwargs))
         with contextlib.suppress(TypeError, AttributeError):  # no times given: latency from now
             call.started = time.monotonic() - max(0.0, (end - start).total_seconds())
         return call

@@ -200,12 +200,25 @@ class PriceUpdate(BaseModel):
 
     input_usd: UsdPerToken
     output_usd: UsdPerToken
+    #: The parts priced apart (absent: charged at the input / output price, as before).
+    cache_read_usd: UsdPerToken | None = None
+    cache_write_usd: UsdPerToken | None = None
+    reasoning_usd: UsdPerToken | None = None
 
 
 class PriceView(View):
     model: str
     input_usd: str = Field(description="USD per input token, a decimal string.")
     output_usd: str = Field(description="USD per output token, a decimal string.")
+    cache_read_usd: str | None = Field(
+        default=None, description="USD per input token read from the prompt cache; null: at input_usd."
+    )
+    cache_write_usd: str | None = Field(
+        default=None, description="USD per input token written to the prompt cache; null: at input_usd."
+    )
+    reasoning_usd: str | None = Field(
+        default=None, description="USD per output token spent reasoning; null: at output_usd."
+    )
     source: Literal["api", "tenant"] = Field(
         description="api: the fleet's override (set globally); tenant: the tenant's override."
     )
