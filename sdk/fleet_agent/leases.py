@@ -171,6 +171,22 @@ class LeaseWallet:
             epoch.reserved_tokens += tokens
             return Reservation(epoch, usd, tokens, price[0], price[1], self._ask_ahead(epoch, now, deferred=True))
 
+    def fits(self, model: str, max_tokens: int | None, prompt_tokens: int | None) -> bool:
+        """Whether :meth:`reserve` would reserve the call now; reserves nothing (an async caller's probe:
+        a call that would wait for a grant waits off its event loop)."""
+        output_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+        input_tokens = prompt_tokens or 0
+        with self._lock:
+            price = self._prices.get(model)
+            epoch = self._live(self.monotonic())
+            if price is None or epoch is None:
+                return False
+            usd = cost_nanos(price[0], price[1], input_tokens, output_tokens)
+            tokens = input_tokens + output_tokens
+            return usd <= epoch.balance - epoch.reserved and (
+                epoch.tokens is None or tokens <= epoch.tokens - epoch.reserved_tokens
+            )
+
     def settle(
         self, reservation: Reservation | None, model: str, tokens: tuple[int, int], cost: Decimal | None
     ) -> Epoch | None:

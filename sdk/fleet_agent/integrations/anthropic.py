@@ -15,14 +15,19 @@ cover ``max_tokens`` and the prompt at the model's price) and recorded with its 
 ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``, the last two also recorded as
 the cache reads and writes. ``output_tokens`` (thinking included) is the record's output.
 
-A ``stream=True`` call is recorded when its events end or it is closed; a ``messages.stream(...)`` block
-when it is left, with the usage of what was read (``message_start`` and the last ``message_delta``), failed
-when the block raised. Requires ``pip install "fleet-agent[anthropic]"``.
+A ``stream=True`` call is recorded when its events end, it is closed, or it is dropped half-read (garbage
+collected); a ``messages.stream(...)`` block when it is left; both with the usage of what was read
+(``message_start`` and the last ``message_delta``), failed when the block raised. A successful call with no
+usage read is recorded at its admitted worst case, with a warning. An ``AsyncAnthropic`` call that must wait
+for a lease grant waits in a worker thread (``messages.stream`` is admitted when its ``async with`` block is
+entered). ``client.with_options(...)`` and ``client.copy(...)`` return an instrumented copy.
+Requires ``pip install "fleet-agent[anthropic]"``.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -34,8 +39,10 @@ from fleet_agent.integrations.calls import (
     Endpoint,
     Observe,
     Pending,
+    admit_async,
     anthropic_usage,
     instrument,
+    instrument_copies,
     recorder_of,
 )
 from fleet_agent.integrations.calls import estimate_prompt_tokens as estimate
@@ -45,14 +52,14 @@ Client = TypeVar("Client", anthropic.Anthropic, anthropic.AsyncAnthropic)
 __all__ = ["fleet_anthropic"]
 
 
-def _read(call: Call, message: Any) -> None:
-    anthropic_usage(call, getattr(message, "usage", None))
+def _read(call: Call, message: Any) -> bool:
+    return anthropic_usage(call, getattr(message, "usage", None))
 
 
 def _events(kwargs: dict[str, Any]) -> Observe:
     seen: dict[str, int] = {}
 
-    def observe(call: Call, event: Any) -> bool:
+    def observe(pending: Pending, event: Any) -> bool:
         kind = getattr(event, "type", "")
         usage = getattr(getattr(event, "message", None), "usage", None) if kind == "message_start" else None
         usage = getattr(event, "usage", None) if kind == "message_delta" else usage
@@ -61,7 +68,7 @@ def _events(kwargs: dict[str, Any]) -> Observe:
                 value = getattr(usage, name, None)
                 if isinstance(value, int):  # a delta's null fields keep what message_start said
                     seen[name] = value
-            anthropic_usage(call, seen)
+            pending.read(anthropic_usage, seen)
         return True
 
     return observe
@@ -71,21 +78,31 @@ MESSAGES = Endpoint("messages", _read, _events)
 
 
 class _Stream:
-    """``messages.stream(...)``'s manager: records the call when its block is left."""
+    """``messages.stream(...)``'s manager: records the call when its block is left. ``admit``: for an async
+    client, the admission made when the block is entered (off the event loop if the lease must wait)."""
 
-    def __init__(self, manager: Any, pending: Pending) -> None:
-        self._manager, self._pending = manager, pending
+    def __init__(
+        self, manager: Any, pending: Pending | None, admit: Callable[[], Awaitable[Pending]] | None = None
+    ) -> None:
+        self._manager, self._pending, self._admit = manager, pending, admit
         self._stream: Any = None
 
+    @property
+    def pending(self) -> Pending:
+        assert self._pending is not None, "the stream's block was not entered"
+        return self._pending
+
     def _usage(self) -> None:
+        usage = None
         with contextlib.suppress(AttributeError, AssertionError, RuntimeError):  # nothing read: no usage known
-            anthropic_usage(self._pending.call, self._stream.current_message_snapshot.usage)
+            usage = self._stream.current_message_snapshot.usage
+        self.pending.read(anthropic_usage, usage)
 
     def __enter__(self) -> Any:
         try:
             self._stream = self._manager.__enter__()
         except BaseException as exc:
-            self._pending.finish(exc)
+            self.pending.finish(exc)
             raise
         return self._stream
 
@@ -94,13 +111,15 @@ class _Stream:
         try:
             self._manager.__exit__(kind, exc, tb)
         finally:
-            self._pending.finish(exc)
+            self.pending.finish(exc)
 
     async def __aenter__(self) -> Any:
+        if self._pending is None and self._admit is not None:
+            self._pending = await self._admit()
         try:
             self._stream = await self._manager.__aenter__()
         except BaseException as exc:
-            self._pending.finish(exc)
+            self.pending.finish(exc)
             raise
         return self._stream
 
@@ -111,7 +130,7 @@ class _Stream:
         try:
             await self._manager.__aexit__(kind, exc, tb)
         finally:
-            self._pending.finish(exc)
+            self.pending.finish(exc)
 
 
 def fleet_anthropic(client: Client, agent: AgentLike, *, operation: str | None = None) -> Client:
@@ -122,13 +141,17 @@ def fleet_anthropic(client: Client, agent: AgentLike, *, operation: str | None =
     """
     recorder = recorder_of(agent)
     messages = client.messages
-    instrument(messages, "create", recorder, MESSAGES, operation, is_async=isinstance(client, anthropic.AsyncAnthropic))
+    is_async = isinstance(client, anthropic.AsyncAnthropic)
+    instrument(messages, "create", recorder, MESSAGES, operation, is_async=is_async)
     stream = getattr(messages.stream, "__fleet_original__", messages.stream)
 
     def fleet_stream(**kwargs: Any) -> _Stream:
-        prompt = estimate(kwargs.get("system"), kwargs.get("messages"))
-        pending = Pending(recorder, operation or "messages", str(kwargs.get("model", "")),
-                          max_tokens=kwargs.get("max_tokens"), prompt_tokens=prompt)  # fmt: skip
+        bounds: Any = {"max_tokens": kwargs.get("max_tokens"),
+                       "prompt_tokens": estimate(kwargs.get("system"), kwargs.get("messages"))}  # fmt: skip
+        name, model = operation or "messages", str(kwargs.get("model", ""))
+        if is_async:  # the request leaves when the block is entered: admitted then, off the loop if it waits
+            return _Stream(stream(**kwargs), None, lambda: admit_async(recorder, name, model, **bounds))
+        pending = Pending(recorder, name, model, **bounds)
         try:
             return _Stream(stream(**kwargs), pending)
         except BaseException as exc:
@@ -137,4 +160,5 @@ def fleet_anthropic(client: Client, agent: AgentLike, *, operation: str | None =
 
     fleet_stream.__fleet_original__ = stream  # type: ignore[attr-defined]
     setattr(messages, "stream", fleet_stream)  # noqa: B010  (an instance attribute over the method)
+    instrument_copies(client, lambda copy: fleet_anthropic(copy, recorder, operation=operation))
     return client

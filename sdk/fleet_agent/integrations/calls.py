@@ -3,9 +3,11 @@ the record, and streams recorded when they end.
 
 :class:`Pending` enters the recorder's ``call(...)`` by hand (so a held agent, or a call whose worst case
 the lease cannot cover, raises :class:`~fleet_agent.CallRefused` *before* the request leaves) and leaves it
-exactly once: when the response is read, when a stream ends or is closed, or with the exception the call
-raised (recorded as failed). The record's ``input_tokens`` is every input token (cache reads and writes
-included) and ``output_tokens`` every output token (reasoning included), whatever the provider's block says.
+exactly once: when the response is read, when a stream ends, is closed or is dropped (garbage collected
+half-read), or with the exception the call raised (recorded as failed). The record's ``input_tokens`` is
+every input token (cache reads and writes included) and ``output_tokens`` every output token (reasoning
+included), whatever the provider's block says. A successful call that ends without a usage block (or whose
+block could not be read) is recorded at its admitted worst case, never as free, with a warning logged.
 
 The worst case admitted is the request's output limit (``max_tokens``, ``max_completion_tokens``,
 ``max_output_tokens``; the recorder's ``default_max_tokens`` when it names none) and its prompt estimated
@@ -14,8 +16,12 @@ as a quarter of its text's UTF-8 bytes (:func:`estimate_prompt_tokens`): the rea
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import threading
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,6 +30,11 @@ from typing import Any, Protocol, TypeAlias
 from fleet_agent.call_records import Call
 from fleet_agent.costs import CostRecorder
 
+log = logging.getLogger("fleet_agent")
+
+#: The output limit a call without one is estimated at when the recorder has no lease wallet to say
+#: (``CostRecorder``'s ``default_max_tokens`` default).
+DEFAULT_MAX_TOKENS = 1024
 #: The request fields that bound a call's output, in the order they are read.
 OUTPUT_LIMITS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 _TEXT_KEYS = ("content", "text", "input", "system", "messages", "instructions", "prompt")
@@ -81,12 +92,13 @@ def field(block: Any, *path: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def openai_usage(call: Call, usage: Any) -> None:
-    """An OpenAI-shaped ``usage`` (chat completions, embeddings, LiteLLM): ``prompt_tokens`` with
-    ``prompt_tokens_details.cached_tokens`` in it, ``completion_tokens`` with the reasoning tokens in it;
-    LiteLLM adds ``cache_creation_input_tokens`` (Anthropic's, already in ``prompt_tokens``)."""
+def openai_usage(call: Call, usage: Any) -> bool:
+    """Read an OpenAI-shaped ``usage`` into ``call`` (False: there is none; chat completions, embeddings,
+    LiteLLM): ``prompt_tokens`` with ``prompt_tokens_details.cached_tokens`` in it, ``completion_tokens``
+    with the reasoning tokens in it; LiteLLM adds ``cache_creation_input_tokens`` (Anthropic's, already in
+    ``prompt_tokens``)."""
     if usage is None:
-        return
+        return False
     call.tokens(
         field(usage, "prompt_tokens"),
         field(usage, "completion_tokens"),
@@ -94,40 +106,64 @@ def openai_usage(call: Call, usage: Any) -> None:
         cache_write=field(usage, "cache_creation_input_tokens"),
         reasoning=field(usage, "completion_tokens_details", "reasoning_tokens"),
     )
+    return True
 
 
-def responses_usage(call: Call, usage: Any) -> None:
-    """The Responses API's ``usage``: ``input_tokens`` (cached in it), ``output_tokens`` (reasoning in it)."""
+def responses_usage(call: Call, usage: Any) -> bool:
+    """Read the Responses API's ``usage`` (False: none): ``input_tokens`` (cached in it), ``output_tokens``
+    (reasoning in it)."""
     if usage is None:
-        return
+        return False
     call.tokens(
         field(usage, "input_tokens"),
         field(usage, "output_tokens"),
         cache_read=field(usage, "input_tokens_details", "cached_tokens"),
         reasoning=field(usage, "output_tokens_details", "reasoning_tokens"),
     )
+    return True
 
 
-def anthropic_usage(call: Call, usage: Any) -> None:
-    """Anthropic's ``usage``, whose ``input_tokens`` leaves the cache out: the record's input is
+def anthropic_usage(call: Call, usage: Any) -> bool:
+    """Read Anthropic's ``usage`` (False: none), whose ``input_tokens`` leaves the cache out: the record's input is
     ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``."""
     if usage is None:
-        return
+        return False
     read, write = field(usage, "cache_read_input_tokens"), field(usage, "cache_creation_input_tokens")
     call.tokens(field(usage, "input_tokens") + read + write, field(usage, "output_tokens"), cache_read=read,
                 cache_write=write)  # fmt: skip
+    return True
+
+
+#: Reads a usage block (a response, a stream's event) into the call; False: the block has no usage.
+Reader = Callable[[Call, Any], bool]
 
 
 class Pending:
-    """One call admitted by the recorder and not recorded yet; :meth:`finish` records it, once."""
+    """One call admitted by the recorder and not recorded yet; :meth:`finish` records it, once.
+
+    ``estimate``: the worst case admitted, (prompt estimate, output limit), recorded when a successful call
+    ends without usage read (:meth:`read`)."""
 
     def __init__(
         self, recorder: CostRecorder, operation: str, model: str, *, max_tokens: int | None, prompt_tokens: int
     ) -> None:
         self._scope = recorder.call(operation, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
         self.call = self._scope.__enter__()  # raises CallRefused: nothing was sent
+        self.admitted = time.monotonic()
+        self.estimate = (prompt_tokens, default_output(recorder) if max_tokens is None else max_tokens)
+        self.measured = False
         self._lock = threading.Lock()
         self._done = False
+
+    def read(self, reader: Reader, block: Any) -> None:
+        """Read a usage block into the call. A reader that fails (an unexpected block after a successful,
+        billed call) is logged, never raised to the caller: the call is then recorded at its estimate."""
+        try:
+            if reader(self.call, block):
+                self.measured = True
+        except Exception:
+            log.warning("%s call to %s: its usage could not be read; recording its admitted estimate",
+                        self.call.operation, self.call.model, exc_info=True)  # fmt: skip
 
     def finish(self, exc: BaseException | None = None) -> None:
         """Record the call (failed with ``exc``); later calls do nothing."""
@@ -136,21 +172,47 @@ class Pending:
                 return
             self._done = True
         if exc is None:
+            if not self.measured:
+                self._estimated()
             self._scope.__exit__(None, None, None)
         else:
             self._scope.__exit__(type(exc), exc, exc.__traceback__)  # records it failed; never raises it
 
+    def _estimated(self) -> None:
+        prompt, output = self.estimate
+        log.warning("%s call to %s ended without usage; recorded at its admitted worst case (%d input, %d output "
+                    "tokens)", self.call.operation, self.call.model, prompt, output)  # fmt: skip
+        self.call.tokens(prompt, output)
 
-#: Reads one streamed item into the call; False hides it from the caller (a usage chunk it did not ask for).
-Observe = Callable[[Call, Any], bool]
+
+def default_output(recorder: CostRecorder) -> int:
+    """The output limit the recorder assumes for a call that names none (its lease wallet's)."""
+    wallet = recorder._wallet  # the recorder keeps it private; read only
+    return DEFAULT_MAX_TOKENS if wallet is None else wallet.default_max_tokens
+
+
+def _finish_dropped(pending: Pending) -> None:
+    """A stream collected before it ended or was closed: recorded with the usage read so far (or the
+    estimate), and its reservation released. Runs in a finalizer: never raises."""
+    try:
+        pending.finish()
+    except Exception:
+        log.warning("recording a dropped stream's call failed", exc_info=True)
+
+
+#: Reads one streamed item into the call (:meth:`Pending.read`); False hides it from the caller (a usage
+#: chunk it did not ask for).
+Observe = Callable[[Pending, Any], bool]
 
 
 class RecordedStream:
-    """A client's stream, passed through item by item; the call is recorded when it ends or is closed."""
+    """A client's stream, passed through item by item; the call is recorded when it ends, is closed, or is
+    garbage collected half-read (then with the usage read so far)."""
 
     def __init__(self, stream: Any, pending: Pending, observe: Observe) -> None:
         self._stream, self._pending, self._observe = stream, pending, observe
         self._items = iter(stream)
+        weakref.finalize(self, _finish_dropped, pending).atexit = False
 
     def __iter__(self) -> RecordedStream:
         return self
@@ -165,7 +227,7 @@ class RecordedStream:
             except BaseException as exc:
                 self._pending.finish(exc)
                 raise
-            if self._observe(self._pending.call, item):
+            if self._observe(self._pending, item):
                 return item
 
     def close(self) -> None:
@@ -190,6 +252,7 @@ class AsyncRecordedStream:
     def __init__(self, stream: Any, pending: Pending, observe: Observe) -> None:
         self._stream, self._pending, self._observe = stream, pending, observe
         self._items: AsyncIterator[Any] = stream.__aiter__()
+        weakref.finalize(self, _finish_dropped, pending).atexit = False
 
     def __aiter__(self) -> AsyncRecordedStream:
         return self
@@ -204,7 +267,7 @@ class AsyncRecordedStream:
             except BaseException as exc:
                 self._pending.finish(exc)
                 raise
-            if self._observe(self._pending.call, item):
+            if self._observe(self._pending, item):
                 return item
 
     async def close(self) -> None:
@@ -232,25 +295,39 @@ class Endpoint:
     (``include_usage``) and returns how each item is read. ``output``: False when the call writes no tokens."""
 
     operation: str
-    read: Callable[[Call, Any], None]
+    read: Reader
     stream: Callable[[dict[str, Any]], Observe] | None = None
     output: bool = True
+
+
+def _bounds(endpoint: Endpoint, kwargs: dict[str, Any]) -> tuple[str, int | None, int]:
+    prompt = estimate_prompt_tokens(*(kwargs.get(key) for key in ("system", "instructions", "messages", "input")))
+    return str(kwargs.get("model", "")), output_limit(kwargs) if endpoint.output else 0, prompt
 
 
 def _admit(
     recorder: CostRecorder, endpoint: Endpoint, operation: str | None, kwargs: dict[str, Any]
 ) -> tuple[Pending, Observe | None]:
     observe = endpoint.stream(kwargs) if kwargs.get("stream") is True and endpoint.stream is not None else None
-    prompt = estimate_prompt_tokens(*(kwargs.get(key) for key in ("system", "instructions", "messages", "input")))
-    limit = output_limit(kwargs) if endpoint.output else 0
-    pending = Pending(recorder, operation or endpoint.operation, str(kwargs.get("model", "")), max_tokens=limit,
-                      prompt_tokens=prompt)  # fmt: skip
-    return pending, observe
+    model, limit, prompt = _bounds(endpoint, kwargs)
+    return Pending(recorder, operation or endpoint.operation, model, max_tokens=limit, prompt_tokens=prompt), observe
+
+
+async def admit_async(
+    recorder: CostRecorder, operation: str, model: str, *, max_tokens: int | None, prompt_tokens: int
+) -> Pending:
+    """:class:`Pending` from a coroutine: inline when the call fits the lease now (or leases are off), else
+    in a worker thread, so that waiting up to ``lease_wait_s`` for a grant never blocks the event loop."""
+    wallet = recorder._wallet  # the recorder keeps it private; probed only
+    if wallet is None or wallet.fits(model, max_tokens, prompt_tokens):
+        return Pending(recorder, operation, model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
+    return await asyncio.to_thread(Pending, recorder, operation, model, max_tokens=max_tokens,
+                                   prompt_tokens=prompt_tokens)  # fmt: skip
 
 
 def _read(endpoint: Endpoint, pending: Pending, result: Any) -> None:
     try:
-        endpoint.read(pending.call, result)
+        pending.read(endpoint.read, result)
     finally:
         pending.finish()
 
@@ -267,7 +344,10 @@ def instrument(
 
         @functools.wraps(original)
         async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
-            pending, observe = _admit(recorder, endpoint, operation, kwargs)
+            observe = endpoint.stream(kwargs) if kwargs.get("stream") is True and endpoint.stream else None
+            model, limit, prompt = _bounds(endpoint, kwargs)
+            pending = await admit_async(recorder, operation or endpoint.operation, model, max_tokens=limit,
+                                        prompt_tokens=prompt)  # fmt: skip
             try:
                 result = await acreate(*args, **kwargs)
             except BaseException as exc:
@@ -297,3 +377,14 @@ def instrument(
         wrapped = wrapped_sync
     wrapped.__fleet_original__ = original  # type: ignore[attr-defined]
     setattr(owner, name, wrapped)
+
+
+def instrument_copies(client: Any, again: Callable[[Any], Any]) -> None:
+    """Make ``client.with_options(...)`` and ``client.copy(...)`` return their copy instrumented the same
+    way (``again(copy)``): a copy is a new client, which the instance's patched methods do not reach."""
+    copy = type(client).copy
+
+    def fleet_copy(*args: Any, **kwargs: Any) -> Any:
+        return again(copy(client, *args, **kwargs))
+
+    client.copy = client.with_options = fleet_copy

@@ -15,13 +15,21 @@ invocation parameters or LangChain's ``ls_max_tokens``, and the prompt, at the m
 ``llm_output["token_usage"]``; ``on_llm_error`` records the call failed. The model is the run's
 ``ls_model_name`` (or its invocation parameters' ``model`` / ``model_name``).
 
+A successful run whose result carries no usage (a streaming chat model without ``stream_usage``) is
+recorded at its admitted worst case (prompt estimate and ``max_tokens``), with a warning, never as free. A
+run admitted whose end or error never comes (another handler raised before the model ran) is recorded as
+failed, its reservation released, once older than ``pending_timeout_s`` (checked on each new run).
+
 It runs inline (``run_inline``) in async runs too, so the refusal happens before the request there as
-well. Requires ``pip install "fleet-agent[langchain]"`` (langchain-core) and a provider package.
+well; a run that must wait for a lease grant therefore waits on the event loop (LangChain calls the
+handler synchronously), up to the recorder's ``lease_wait_s``.
+Requires ``pip install "fleet-agent[langchain]"`` (langchain-core) and a provider package.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -42,9 +50,13 @@ from fleet_agent.integrations.calls import (
 
 __all__ = ["FleetCallbackHandler"]
 
+#: Seconds an admitted run may wait for its end or error before it is recorded as failed.
+PENDING_TIMEOUT_S = 600.0
 
-def _usage(call: Call, response: LLMResult) -> None:
-    """The call's usage from its generations' ``usage_metadata``, else from ``llm_output``."""
+
+def _usage(call: Call, response: LLMResult) -> bool:
+    """Read the call's usage from its generations' ``usage_metadata``, else from ``llm_output`` (False:
+    neither has any)."""
     totals = [0, 0, 0, 0, 0]
     found = False
     for generations in response.generations:
@@ -58,28 +70,33 @@ def _usage(call: Call, response: LLMResult) -> None:
                     totals[index] += field(usage, *path)
     if found:
         call.tokens(totals[0], totals[1], cache_read=totals[2], cache_write=totals[3], reasoning=totals[4])
-        return
+        return True
     output = response.llm_output or {}
-    openai_usage(call, output.get("token_usage") or output.get("usage"))
+    return openai_usage(call, output.get("token_usage") or output.get("usage"))
 
 
 class FleetCallbackHandler(BaseCallbackHandler):
     """Admits and records one agent's LangChain model calls (see the module's docstring).
 
-    ``operation``: the operation calls are recorded under (default ``langchain``)."""
+    ``operation``: the operation calls are recorded under (default ``langchain``). ``pending_timeout_s``:
+    how long an admitted run may go without its end or error."""
 
     raise_error = True
     run_inline = True
 
-    def __init__(self, agent: AgentLike, *, operation: str = "langchain") -> None:
+    def __init__(
+        self, agent: AgentLike, *, operation: str = "langchain", pending_timeout_s: float = PENDING_TIMEOUT_S
+    ) -> None:
         self.recorder = recorder_of(agent)
         self.operation = operation
+        self._timeout = pending_timeout_s
         self._lock = threading.Lock()
         self._pending: dict[UUID, Pending] = {}
 
     def _admit(
         self, run_id: UUID, serialized: Mapping[str, Any] | None, prompt: Any, kwargs: Mapping[str, Any]
     ) -> None:
+        self._expire()
         params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
         metadata: Mapping[str, Any] = kwargs.get("metadata") or {}
         model = metadata.get("ls_model_name") or params.get("model") or params.get("model_name")
@@ -92,6 +109,16 @@ class FleetCallbackHandler(BaseCallbackHandler):
                           prompt_tokens=estimate_prompt_tokens(prompt))  # fmt: skip
         with self._lock:
             self._pending[run_id] = pending
+
+    def _expire(self) -> None:
+        """Record as failed (and forget) the runs admitted more than ``pending_timeout_s`` ago: their end is
+        not coming; a late one finds nothing to record."""
+        now = time.monotonic()
+        with self._lock:
+            old = [run_id for run_id, p in self._pending.items() if now - p.admitted >= self._timeout]
+            expired = [self._pending.pop(run_id) for run_id in old]
+        for pending in expired:
+            pending.finish(TimeoutError(f"no end of the LangChain run within {self._timeout:g} s"))
 
     def _take(self, run_id: UUID) -> Pending | None:
         with self._lock:
@@ -110,7 +137,7 @@ class FleetCallbackHandler(BaseCallbackHandler):
         if pending is None:
             return
         try:
-            _usage(pending.call, response)
+            pending.read(_usage, response)
         finally:
             pending.finish()
 

@@ -23,15 +23,23 @@ Every call is recorded from LiteLLM's success and failure events (sync and async
 ``litellm_call_id``, with the usage LiteLLM reports (OpenAI-shaped: ``prompt_tokens`` with
 ``prompt_tokens_details.cached_tokens`` and ``cache_creation_input_tokens`` in it, ``completion_tokens`` with
 ``completion_tokens_details.reasoning_tokens`` in it); a stream is recorded once LiteLLM has assembled it.
+A successful call whose response has no usage is recorded at its worst case (prompt estimate and output
+limit), with a warning, never as free. An admission whose success or failure event never comes (another
+hook rejected the request after ours, say) is recorded as failed, its reservation released, once it is
+older than ``pending_timeout_s`` (checked on each new call). An async admission that must wait for a lease
+grant waits in a worker thread, not on the event loop.
 
 LiteLLM fetches a price map from the internet when imported unless ``LITELLM_LOCAL_MODEL_COST_MAP`` is set:
-this module sets it (when unset) before importing LiteLLM. Requires ``pip install "fleet-agent[litellm]"``.
+this module sets it to ``True`` (when unset) in the process environment before importing LiteLLM, so LiteLLM's
+own cost tracking in the process uses the map its installed version ships.
+Requires ``pip install "fleet-agent[litellm]"``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import time
@@ -49,6 +57,8 @@ from fleet_agent.costs import CostRecorder
 from fleet_agent.integrations.calls import (
     AgentLike,
     Pending,
+    admit_async,
+    default_output,
     estimate_prompt_tokens,
     openai_usage,
     output_limit,
@@ -57,8 +67,12 @@ from fleet_agent.integrations.calls import (
 
 __all__ = ["FleetLiteLLM", "fleet_litellm", "fleet_model"]
 
+log = logging.getLogger("fleet_agent")
+
 #: How many finished call ids are remembered, so a call LiteLLM reports twice is recorded once.
 FINISHED_MEMORY = 4096
+#: Seconds an admitted call may wait for its success or failure event before it is recorded as failed.
+PENDING_TIMEOUT_S = 600.0
 
 
 @functools.lru_cache(maxsize=512)
@@ -94,13 +108,16 @@ class FleetLiteLLM(CustomLogger):
     """Records one agent's LiteLLM calls and refuses them while it is held (see the module's docstring).
 
     ``operation``: the operation calls are recorded under (default ``litellm.<call type>``, e.g.
-    ``litellm.acompletion``).
+    ``litellm.acompletion``). ``pending_timeout_s``: how long an admitted call may go without its end event.
     """
 
-    def __init__(self, agent: AgentLike, *, operation: str | None = None) -> None:
+    def __init__(
+        self, agent: AgentLike, *, operation: str | None = None, pending_timeout_s: float = PENDING_TIMEOUT_S
+    ) -> None:
         super().__init__()
         self.recorder: CostRecorder = recorder_of(agent)
         self._operation = operation
+        self._timeout = pending_timeout_s
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -112,7 +129,8 @@ class FleetLiteLLM(CustomLogger):
         self.recorder.check()
         return True
 
-    def _admit(self, data: Mapping[str, Any], call_type: Any) -> None:
+    async def _admit(self, data: Mapping[str, Any], call_type: Any) -> None:
+        self._expire()
         call_id = data.get("litellm_call_id")
         if not isinstance(call_id, str):
             self.recorder.check()
@@ -124,19 +142,30 @@ class FleetLiteLLM(CustomLogger):
         operation = self._operation or f"litellm.{kind}"
         prompt = estimate_prompt_tokens(data.get("messages"), data.get("input"), data.get("prompt"))
         limit = 0 if "embedding" in str(kind) else output_limit(data)
-        pending = Pending(self.recorder, operation, _model_of(data), max_tokens=limit,
-                          prompt_tokens=prompt)  # fmt: skip
+        pending = await admit_async(self.recorder, operation, _model_of(data), max_tokens=limit,
+                                    prompt_tokens=prompt)  # fmt: skip
         with self._lock:
             self._pending[call_id] = pending
 
+    def _expire(self) -> None:
+        """Record as failed (and forget) the admissions older than ``pending_timeout_s``: their end event
+        is not coming; a late one finds the call recorded already."""
+        now = time.monotonic()
+        with self._lock:
+            old = [call_id for call_id, p in self._pending.items() if now - p.admitted >= self._timeout]
+            expired = [self._pending.pop(call_id) for call_id in old]
+            self._finished.update(dict.fromkeys(old))
+        for pending in expired:
+            pending.finish(TimeoutError(f"no LiteLLM success or failure event within {self._timeout:g} s"))
+
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
-        self._admit(kwargs, call_type)
+        await self._admit(kwargs, call_type)
         return None
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
-        self._admit(data, call_type)
+        await self._admit(data, call_type)
         return None
 
     # -- after it --------------------------------------------------------------------------------
@@ -166,12 +195,30 @@ class FleetLiteLLM(CustomLogger):
         _, pending, done = self._take(kwargs)
         if done:
             return
-        call = pending.call if pending is not None else self._unadmitted(kwargs, start, end)
-        openai_usage(call, getattr(response, "usage", None))
+        usage = getattr(response, "usage", None)
         if pending is not None:
+            pending.read(openai_usage, usage)
             pending.finish()
-        else:
-            self.recorder.record(call)
+            return
+        call = self._unadmitted(kwargs, start, end)
+        try:
+            measured = openai_usage(call, usage)
+        except Exception:
+            log.warning("a LiteLLM call's usage could not be read", exc_info=True)
+            measured = False
+        if not measured:
+            self._estimate(call, kwargs)
+        self.recorder.record(call)
+
+    def _estimate(self, call: Call, kwargs: Mapping[str, Any]) -> None:
+        """A sync call's worst case, for a success without usage: its prompt estimate and output limit."""
+        params = kwargs.get("optional_params")
+        limit = output_limit(params if isinstance(params, Mapping) else kwargs)
+        prompt = estimate_prompt_tokens(kwargs.get("messages"), kwargs.get("input"), kwargs.get("prompt"))
+        output = 0 if "embedding" in str(call.operation) else default_output(self.recorder) if limit is None else limit
+        log.warning("%s call to %s ended without usage; recorded at its worst case (%d input, %d output tokens)",
+                    call.operation, call.model, prompt, output)  # fmt: skip
+        call.tokens(prompt, output)
 
     def _failure(self, kwargs: Mapping[str, Any], start: Any, end: Any) -> None:
         exc = kwargs.get("exception")

@@ -12,10 +12,15 @@ while the agent is held, or when the lease cannot cover the call's worst case) a
 usage the API reports: cached input (``prompt_tokens_details.cached_tokens``) and reasoning
 (``completion_tokens_details.reasoning_tokens``) tokens included; a call that raises is recorded as failed.
 
-A chat stream asks for its usage (``stream_options.include_usage``) when the caller did not say; the usage
-chunk it adds (no choices) is read and not passed on, so the caller sees the stream it asked for. A stream
-is recorded when it ends or is closed. ``with_raw_response``, ``with_streaming_response`` and
-``chat.completions.parse``/``responses.stream`` helpers are not instrumented.
+A chat stream always asks for its usage (``stream_options.include_usage``); when the caller did not ask
+for it (or set it False) the usage chunk (no choices) is read and not passed on, so the caller sees the
+stream it asked for. A stream is recorded when it ends, is closed, or is dropped half-read (garbage
+collected: then at the usage read so far, else the admitted estimate). A successful call without usage (a
+Responses stream with no ``response.completed``) is recorded at its admitted worst case, with a warning.
+An async client's call that must wait for a lease grant waits in a worker thread, not on the event loop.
+``client.with_options(...)`` and ``client.copy(...)`` return an instrumented copy (same agent and
+operation). ``with_raw_response``, ``with_streaming_response`` and ``chat.completions.parse`` /
+``responses.stream`` helpers are not instrumented.
 
 Requires ``pip install "fleet-agent[openai]"``.
 """
@@ -31,7 +36,9 @@ from fleet_agent.integrations.calls import (
     AgentLike,
     Endpoint,
     Observe,
+    Pending,
     instrument,
+    instrument_copies,
     openai_usage,
     recorder_of,
     responses_usage,
@@ -42,35 +49,34 @@ Client = TypeVar("Client", openai.OpenAI, openai.AsyncOpenAI)
 __all__ = ["fleet_openai"]
 
 
-def _read_usage(call: Call, response: Any) -> None:
-    openai_usage(call, getattr(response, "usage", None))
+def _read_usage(call: Call, response: Any) -> bool:
+    return openai_usage(call, getattr(response, "usage", None))
 
 
-def _read_response(call: Call, response: Any) -> None:
-    responses_usage(call, getattr(response, "usage", None))
+def _read_response(call: Call, response: Any) -> bool:
+    return responses_usage(call, getattr(response, "usage", None))
 
 
 def _chat_stream(kwargs: dict[str, Any]) -> Observe:
     options = dict(kwargs.get("stream_options") or {})
-    added = "include_usage" not in options
-    if added:
-        options["include_usage"] = True
-        kwargs["stream_options"] = options
+    wanted = options.get("include_usage") is True
+    options["include_usage"] = True  # always: a stream without usage could only be estimated
+    kwargs["stream_options"] = options
 
-    def observe(call: Call, chunk: Any) -> bool:
+    def observe(pending: Pending, chunk: Any) -> bool:
         usage = getattr(chunk, "usage", None)
         if usage is not None:
-            openai_usage(call, usage)
-            return not (added and not getattr(chunk, "choices", None))
+            pending.read(openai_usage, usage)
+            return wanted or bool(getattr(chunk, "choices", None))
         return True
 
     return observe
 
 
 def _responses_stream(kwargs: dict[str, Any]) -> Observe:
-    def observe(call: Call, event: Any) -> bool:
+    def observe(pending: Pending, event: Any) -> bool:
         if getattr(event, "type", "") in ("response.completed", "response.incomplete", "response.failed"):
-            responses_usage(call, getattr(getattr(event, "response", None), "usage", None))
+            pending.read(responses_usage, getattr(getattr(event, "response", None), "usage", None))
         return True
 
     return observe
@@ -96,4 +102,5 @@ def fleet_openai(client: Client, agent: AgentLike, *, operation: str | None = No
         (client.embeddings, EMBEDDINGS),
     ):
         instrument(owner, "create", recorder, endpoint, operation, is_async=is_async)
+    instrument_copies(client, lambda copy: fleet_openai(copy, recorder, operation=operation))
     return client
