@@ -18,12 +18,17 @@ Token counts are deterministic, so a test can work out the exact spend:
 - output: the visible reply has ``REPLY_WORDS`` words (fewer when the request's ``max_tokens`` /
   ``max_completion_tokens`` / ``max_output_tokens`` is smaller), one token each, plus the reasoning tokens;
 - cached, cache-write and reasoning tokens are what the fake is told (``usage(...)`` or ``POST /_usage``),
-  at most the input (cached + cache writes) and 0 by default.
+  at most the input (cached + cache writes) and 0 by default; told ``omit``, the OpenAI answers carry no
+  usage (and a Responses stream ends without ``response.completed``).
 
 OpenAI reports ``prompt_tokens`` (total, ``prompt_tokens_details.cached_tokens`` part of it) and
 ``completion_tokens`` (``completion_tokens_details.reasoning_tokens`` part of it). Anthropic reports
 ``input_tokens`` *without* the cache: total = ``input_tokens + cache_read_input_tokens +
 cache_creation_input_tokens``; its ``output_tokens`` include thinking. :func:`expected_usage` gives them.
+
+This module is the server (routing, control endpoints, :class:`FakeLLM`, the CLI); the answers are in
+emulators/fake_llm_openai.py and emulators/fake_llm_anthropic.py, the token counts in
+emulators/fake_llm_usage.py.
 
 Control endpoints (no key needed):
 
@@ -31,7 +36,7 @@ Control endpoints (no key needed):
     DELETE /_calls                  forget them
     POST   /_fail {"status": 500, "count": 1, "retry_after": 1}
                                     the next ``count`` model requests fail (429 with Retry-After)
-    POST   /_usage {"cached": 0, "cache_write": 0, "reasoning": 0}
+    POST   /_usage {"cached": 0, "cache_write": 0, "reasoning": 0, "omit": 0}
 
 In-process: ``with FakeLLM() as llm: ... llm.url ... llm.calls()``.
 """
@@ -39,91 +44,23 @@ In-process: ``with FakeLLM() as llm: ... llm.url ... llm.calls()``.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import struct
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from emulators.fake_llm_anthropic import messages, messages_stream
+from emulators.fake_llm_openai import chat, chat_stream, embeddings, response, response_stream
+from emulators.fake_llm_usage import EMBEDDING_DIMENSIONS, PROMPT_BASE, REPLY_WORDS, Event, Usage, expected_usage, words
 from emulators.serving import Served
 
-PROMPT_BASE = 7
-REPLY_WORDS = 12
-EMBEDDING_DIMENSIONS = 8
-_WORDS = [
-    "the",
-    "fleet",
-    "counts",
-    "every",
-    "token",
-    "of",
-    "this",
-    "reply",
-    "so",
-    "that",
-    "spend",
-    "is",
-    "exact",
-    "to",
-    "the",
-    "nano",
-    "dollar",
-]
+#: A streamed answer: a request's body and usage to its SSE events.
+Answer = Callable[[dict[str, Any], Usage], Iterator[Event]]
 
-
-@dataclass(frozen=True)
-class Usage:
-    """One request's usage, as the fake reports it: ``input`` is every input token (cache included),
-    ``output`` every output token (reasoning included)."""
-
-    input: int
-    output: int
-    cached: int = 0
-    cache_write: int = 0
-    reasoning: int = 0
-    visible: int = 0
-
-    @property
-    def anthropic_input(self) -> int:
-        """Anthropic's ``input_tokens``: the input that was neither read from nor written to the cache."""
-        return self.input - self.cached - self.cache_write
-
-
-def _texts(value: Any) -> Iterator[str]:
-    """Every text in a request's messages, system prompt or input (content parts included)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _texts(item)
-    elif isinstance(value, dict):
-        for key in ("content", "text", "input", "system", "messages"):
-            if key in value:
-                yield from _texts(value[key])
-
-
-def words(body: dict[str, Any]) -> int:
-    return sum(len(text.split()) for key in ("messages", "system", "input") for text in _texts(body.get(key)))
-
-
-def expected_usage(body: dict[str, Any], *, cached: int = 0, cache_write: int = 0, reasoning: int = 0) -> Usage:
-    """The usage the fake reports for a request ``body`` (what a test computes its spend from)."""
-    total = PROMPT_BASE + words(body)
-    cached = min(cached, total)
-    cache_write = min(cache_write, total - cached)
-    limit = body.get("max_completion_tokens") or body.get("max_output_tokens") or body.get("max_tokens")
-    visible = REPLY_WORDS if not limit else max(1, min(REPLY_WORDS, int(limit) - reasoning))
-    return Usage(total, visible + reasoning, cached, cache_write, reasoning, visible)
-
-
-def _reply(n: int) -> list[str]:
-    return [_WORDS[i % len(_WORDS)] + " " for i in range(n)]
+__all__ = ["EMBEDDING_DIMENSIONS", "PROMPT_BASE", "REPLY_WORDS", "FakeLLM", "Usage", "expected_usage", "main", "words"]
 
 
 class _State:
@@ -131,180 +68,14 @@ class _State:
         self.lock = threading.Lock()
         self.calls: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
-        self.settings = {"cached": 0, "cache_write": 0, "reasoning": 0}
+        self.settings = {"cached": 0, "cache_write": 0, "reasoning": 0, "omit": 0}
 
 
-# --- the provider's answers --------------------------------------------------------------------------
-
-
-def _openai_usage(u: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": u.input,
-        "completion_tokens": u.output,
-        "total_tokens": u.input + u.output,
-        "prompt_tokens_details": {"cached_tokens": u.cached, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": u.reasoning,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-def _chat(body: dict[str, Any], u: Usage) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "gpt-4o"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(_reply(u.visible)).strip(), "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": _openai_usage(u),
-        "system_fingerprint": "fp_fake",
-    }
-
-
-def _chat_stream(body: dict[str, Any], u: Usage) -> Iterator[tuple[str | None, dict[str, Any] | str]]:
-    base = {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": body.get("model", "gpt-4o"),
-        "system_fingerprint": "fp_fake",
-    }
-    include = bool((body.get("stream_options") or {}).get("include_usage"))
-    extra = {"usage": None} if include else {}
-    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-    yield None, {**base, "choices": [first], **extra}
-    for word in _reply(u.visible):
-        choice = {"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": None}
-        yield None, {**base, "choices": [choice], **extra}
-    yield None, {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}], **extra}
-    if include:
-        yield None, {**base, "choices": [], "usage": _openai_usage(u)}
-    yield None, "[DONE]"
-
-
-def _response(body: dict[str, Any], u: Usage, rid: str, status: str = "completed") -> dict[str, Any]:
-    done = status == "completed"
-    text = "".join(_reply(u.visible)).strip()
-    message = {
-        "type": "message",
-        "id": f"msg_{rid}",
-        "status": "completed",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-    }
-    return {
-        "id": f"resp_{rid}",
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": status,
-        "model": body.get("model", "gpt-4o"),
-        "output": [message] if done else [],
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
-        "error": None,
-        "incomplete_details": None,
-        "instructions": None,
-        "metadata": {},
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "max_output_tokens": body.get("max_output_tokens"),
-        "usage": {
-            "input_tokens": u.input,
-            "input_tokens_details": {"cached_tokens": u.cached},
-            "output_tokens": u.output,
-            "output_tokens_details": {"reasoning_tokens": u.reasoning},
-            "total_tokens": u.input + u.output,
-        }
-        if done
-        else None,
-    }
-
-
-def _response_stream(body: dict[str, Any], u: Usage) -> Iterator[tuple[str | None, dict[str, Any] | str]]:
-    rid = uuid.uuid4().hex[:24]
-    seq = iter(range(10**6))
-    yield "response.created", {"type": "response.created", "sequence_number": next(seq),
-                               "response": _response(body, u, rid, "in_progress")}  # fmt: skip
-    for word in _reply(u.visible):
-        yield "response.output_text.delta", {
-            "type": "response.output_text.delta", "sequence_number": next(seq), "item_id": f"msg_{rid}",
-            "output_index": 0, "content_index": 0, "delta": word, "logprobs": [],
-        }  # fmt: skip
-    yield "response.completed", {"type": "response.completed", "sequence_number": next(seq),
-                                 "response": _response(body, u, rid)}  # fmt: skip
-
-
-def _embeddings(body: dict[str, Any], u: Usage) -> dict[str, Any]:
-    inputs = body.get("input")
-    items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
-    data = []
-    for index, item in enumerate(items):
-        vector = [((len(str(item)) + index + d) % 10) / 10 for d in range(EMBEDDING_DIMENSIONS)]
-        encoded: Any = vector
-        if body.get("encoding_format") == "base64":
-            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        data.append({"object": "embedding", "index": index, "embedding": encoded})
-    usage = {"prompt_tokens": u.input, "total_tokens": u.input}
-    return {"object": "list", "data": data, "model": body.get("model", "text-embedding-3-small"), "usage": usage}
-
-
-def _anthropic_usage(u: Usage, output: int) -> dict[str, Any]:
-    return {
-        "input_tokens": u.anthropic_input,
-        "cache_creation_input_tokens": u.cache_write,
-        "cache_read_input_tokens": u.cached,
-        "output_tokens": output,
-        "service_tier": "standard",
-    }
-
-
-def _message(body: dict[str, Any], u: Usage, content: list[dict[str, Any]], output: int) -> dict[str, Any]:
-    return {
-        "id": f"msg_{uuid.uuid4().hex[:24]}",
-        "type": "message",
-        "role": "assistant",
-        "model": body.get("model", "claude-sonnet-4-5"),
-        "content": content,
-        "stop_reason": "end_turn" if content else None,
-        "stop_sequence": None,
-        "usage": _anthropic_usage(u, output),
-    }
-
-
-def _messages(body: dict[str, Any], u: Usage) -> dict[str, Any]:
-    return _message(body, u, [{"type": "text", "text": "".join(_reply(u.visible)).strip()}], u.output)
-
-
-def _messages_stream(body: dict[str, Any], u: Usage) -> Iterator[tuple[str | None, dict[str, Any] | str]]:
-    yield "message_start", {"type": "message_start", "message": _message(body, u, [], 1)}
-    yield "content_block_start", {"type": "content_block_start", "index": 0,
-                                  "content_block": {"type": "text", "text": ""}}  # fmt: skip
-    yield "ping", {"type": "ping"}
-    for word in _reply(u.visible):
-        yield "content_block_delta", {"type": "content_block_delta", "index": 0,
-                                      "delta": {"type": "text_delta", "text": word}}  # fmt: skip
-    yield "content_block_stop", {"type": "content_block_stop", "index": 0}
-    delta = {"stop_reason": "end_turn", "stop_sequence": None}
-    yield "message_delta", {"type": "message_delta", "delta": delta, "usage": _anthropic_usage(u, u.output)}
-    yield "message_stop", {"type": "message_stop"}
-
-
-_ROUTES = {
-    "/v1/chat/completions": (_chat, _chat_stream),
-    "/v1/responses": (lambda b, u: _response(b, u, uuid.uuid4().hex[:24]), _response_stream),
-    "/v1/embeddings": (_embeddings, None),
-    "/v1/messages": (_messages, _messages_stream),
+_ROUTES: dict[str, tuple[Callable[[dict[str, Any], Usage], dict[str, Any]], Answer | None]] = {
+    "/v1/chat/completions": (chat, chat_stream),
+    "/v1/responses": (lambda b, u: response(b, u, uuid.uuid4().hex[:24]), response_stream),
+    "/v1/embeddings": (embeddings, None),
+    "/v1/messages": (messages, messages_stream),
 }
 
 
@@ -396,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, answer(body, usage))
 
-    def _stream(self, events: Iterator[tuple[str | None, dict[str, Any] | str]]) -> None:
+    def _stream(self, events: Iterator[Event]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -455,10 +226,12 @@ class FakeLLM(Served):
         with self._state.lock:
             self._state.failures = [{"status": status, "retry_after": retry_after}] * count
 
-    def usage(self, *, cached: int = 0, cache_write: int = 0, reasoning: int = 0) -> None:
-        """The cached, cache-write and reasoning tokens every later request reports (capped by its input)."""
+    def usage(self, *, cached: int = 0, cache_write: int = 0, reasoning: int = 0, omit: bool = False) -> None:
+        """The cached, cache-write and reasoning tokens every later request reports (capped by its input);
+        ``omit``: the OpenAI answers report no usage at all."""
         with self._state.lock:
-            self._state.settings = {"cached": cached, "cache_write": cache_write, "reasoning": reasoning}
+            self._state.settings = {"cached": cached, "cache_write": cache_write, "reasoning": reasoning,
+                                    "omit": int(omit)}  # fmt: skip
 
     def expected(self, body: dict[str, Any]) -> Usage:
         """What the fake reports for ``body`` with its current settings."""
