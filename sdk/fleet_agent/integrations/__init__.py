@@ -7,6 +7,6 @@
 
 Each module imports its client library only when it is imported itself: ``import fleet_agent`` (and this
 package) never needs them. What they share (a call between admission and record, usage blocks read
-into the record, streams recorded at their end) is :mod:`fleet_agent.integrations.calls`. See
-docs/integrations.md.
+into the record, streams recorded at their end) is :mod:`fleet_agent.integrations.calls` and
+:mod:`fleet_agent.integrations.usage`. See docs/integrations.md.
 """

@@ -40,12 +40,12 @@ from fleet_agent.integrations.calls import (
     Observe,
     Pending,
     admit_async,
-    anthropic_usage,
     instrument,
     instrument_copies,
     recorder_of,
 )
 from fleet_agent.integrations.calls import estimate_prompt_tokens as estimate
+from fleet_agent.integrations.usage import anthropic_usage
 
 Client = TypeVar("Client", anthropic.Anthropic, anthropic.AsyncAnthropic)
 

@@ -1,5 +1,5 @@
-"""What the integrations share: one model call between its admission and its record, usage blocks read into
-the record, and streams recorded when they end.
+"""What the integrations share: one model call between its admission and its record (usage blocks are read
+into it by :mod:`fleet_agent.integrations.usage`), and streams recorded when they end.
 
 :class:`Pending` enters the recorder's ``call(...)`` by hand (so a held agent, or a call whose worst case
 the lease cannot cover, raises :class:`~fleet_agent.CallRefused` *before* the request leaves) and leaves it
@@ -82,59 +82,8 @@ def output_limit(params: Mapping[str, Any]) -> int | None:
     return None
 
 
-def field(block: Any, *path: str) -> int:
-    """An integer in a usage block (an object or a dict) by its path; 0 when absent or null."""
-    value = block
-    for name in path:
-        if value is None:
-            return 0
-        value = value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def openai_usage(call: Call, usage: Any) -> bool:
-    """Read an OpenAI-shaped ``usage`` into ``call`` (False: there is none; chat completions, embeddings,
-    LiteLLM): ``prompt_tokens`` with ``prompt_tokens_details.cached_tokens`` in it, ``completion_tokens``
-    with the reasoning tokens in it; LiteLLM adds ``cache_creation_input_tokens`` (Anthropic's, already in
-    ``prompt_tokens``)."""
-    if usage is None:
-        return False
-    call.tokens(
-        field(usage, "prompt_tokens"),
-        field(usage, "completion_tokens"),
-        cache_read=field(usage, "prompt_tokens_details", "cached_tokens"),
-        cache_write=field(usage, "cache_creation_input_tokens"),
-        reasoning=field(usage, "completion_tokens_details", "reasoning_tokens"),
-    )
-    return True
-
-
-def responses_usage(call: Call, usage: Any) -> bool:
-    """Read the Responses API's ``usage`` (False: none): ``input_tokens`` (cached in it), ``output_tokens``
-    (reasoning in it)."""
-    if usage is None:
-        return False
-    call.tokens(
-        field(usage, "input_tokens"),
-        field(usage, "output_tokens"),
-        cache_read=field(usage, "input_tokens_details", "cached_tokens"),
-        reasoning=field(usage, "output_tokens_details", "reasoning_tokens"),
-    )
-    return True
-
-
-def anthropic_usage(call: Call, usage: Any) -> bool:
-    """Read Anthropic's ``usage`` (False: none), whose ``input_tokens`` leaves the cache out: the record's input is
-    ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``."""
-    if usage is None:
-        return False
-    read, write = field(usage, "cache_read_input_tokens"), field(usage, "cache_creation_input_tokens")
-    call.tokens(field(usage, "input_tokens") + read + write, field(usage, "output_tokens"), cache_read=read,
-                cache_write=write)  # fmt: skip
-    return True
-
-
-#: Reads a usage block (a response, a stream's event) into the call; False: the block has no usage.
+#: Reads a usage block (a response, a stream's event) into the call; False: the block has no usage (or
+#: only zeros, :func:`counted`).
 Reader = Callable[[Call, Any], bool]
 
 

@@ -42,11 +42,10 @@ from fleet_agent.integrations.calls import (
     AgentLike,
     Pending,
     estimate_prompt_tokens,
-    field,
-    openai_usage,
     output_limit,
     recorder_of,
 )
+from fleet_agent.integrations.usage import counted, field, openai_usage
 
 __all__ = ["FleetCallbackHandler"]
 
@@ -56,7 +55,7 @@ PENDING_TIMEOUT_S = 600.0
 
 def _usage(call: Call, response: LLMResult) -> bool:
     """Read the call's usage from its generations' ``usage_metadata``, else from ``llm_output`` (False:
-    neither has any)."""
+    neither has any, or only zeros)."""
     totals = [0, 0, 0, 0, 0]
     found = False
     for generations in response.generations:
@@ -70,7 +69,7 @@ def _usage(call: Call, response: LLMResult) -> bool:
                     totals[index] += field(usage, *path)
     if found:
         call.tokens(totals[0], totals[1], cache_read=totals[2], cache_write=totals[3], reasoning=totals[4])
-        return True
+        return counted(call)
     output = response.llm_output or {}
     return openai_usage(call, output.get("token_usage") or output.get("usage"))
 

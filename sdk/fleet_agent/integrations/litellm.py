@@ -60,10 +60,10 @@ from fleet_agent.integrations.calls import (
     admit_async,
     default_output,
     estimate_prompt_tokens,
-    openai_usage,
     output_limit,
     recorder_of,
 )
+from fleet_agent.integrations.usage import openai_usage
 
 __all__ = ["FleetLiteLLM", "fleet_litellm", "fleet_model"]
 

@@ -39,10 +39,9 @@ from fleet_agent.integrations.calls import (
     Pending,
     instrument,
     instrument_copies,
-    openai_usage,
     recorder_of,
-    responses_usage,
 )
+from fleet_agent.integrations.usage import openai_usage, responses_usage
 
 Client = TypeVar("Client", openai.OpenAI, openai.AsyncOpenAI)
 
