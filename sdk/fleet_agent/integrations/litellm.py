@@ -214,7 +214,8 @@ class FleetLiteLLM(CustomLogger):
         """A sync call's worst case, for a success without usage: its prompt estimate and output limit."""
         params = kwargs.get("optional_params")
         limit = output_limit(params if isinstance(params, Mapping) else kwargs)
-        prompt = estimate_prompt_tokens(kwargs.get("messages"), kwargs.get("input"), kwargs.get("prompt"))
+        text = next((kwargs[k] for k in ("messages", "input", "prompt") if kwargs.get(k) is not None), None)
+        prompt = estimate_prompt_tokens(text)  # an event's "input" repeats its "messages"
         output = 0 if "embedding" in str(call.operation) else default_output(self.recorder) if limit is None else limit
         log.warning("%s call to %s ended without usage; recorded at its worst case (%d input, %d output tokens)",
                     call.operation, call.model, prompt, output)  # fmt: skip
