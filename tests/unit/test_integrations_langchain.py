@@ -47,6 +47,8 @@ class OpenAIChat(BaseChatModel):
     base_url: str
     model: str = "gpt-4o"
     max_tokens: int | None = None
+    #: Whether a stream asks for its usage (langchain-openai's ``stream_usage``).
+    stream_usage: bool = True
 
     @property
     def _llm_type(self) -> str:
@@ -95,8 +97,8 @@ class OpenAIChat(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        stream = self._client().chat.completions.create(**self._request(messages), stream=True,
-                                                         stream_options={"include_usage": True})  # fmt: skip
+        options = {"include_usage": True} if self.stream_usage else openai.NOT_GIVEN
+        stream = self._client().chat.completions.create(**self._request(messages), stream=True, stream_options=options)
         for chunk in stream:
             text = chunk.choices[0].delta.content or "" if chunk.choices else ""
             usage = _metadata(chunk.usage) if chunk.usage else None
