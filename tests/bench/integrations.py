@@ -8,17 +8,21 @@ calls one by one (perf_counter_ns around each) after a warm-up, and each figure 
 that round's p50. The extra is instrumented minus bare. The recorder is the SDK's own (leases off, batches
 handed to a publisher that drops them), so the extra is the admission, the usage read and the record; the
 network round trip to the fake is in both columns. LiteLLM records from its success events, which it runs
-on its own worker thread: its column includes handing them over, not the record itself. Not a test: it
-asserts nothing.
+on its own worker thread: its column includes handing them over, not the record itself. The AsyncOpenAI row
+runs with leases on and a lease that covers every call (one event loop for all its calls): its extra
+includes the wallet probe that keeps a fitting call's admission on the loop, and the reservation. Not a
+test: it asserts nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import statistics
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm is imported: no fetch
@@ -35,6 +39,7 @@ from fleet_agent.integrations.openai import fleet_openai
 from emulators.fake_llm import FakeLLM
 from tests.bench.lease_check import Drop
 from tests.unit.test_integrations_langchain import OpenAIChat
+from tests.unit.test_sdk_lease_recorder import lease
 
 N = int(os.environ.get("BENCH_INTEGRATION_CALLS", 200))
 ROUNDS = int(os.environ.get("BENCH_INTEGRATION_ROUNDS", 5))
@@ -54,6 +59,14 @@ def recorder() -> CostRecorder:
     return CostRecorder("bench-agent-1", Drop(), "projects/p/topics/agent-costs", max_delay_s=600)
 
 
+def leased_recorder() -> CostRecorder:
+    """A recorder with leases on and an hour's lease that covers every call of the bench (gpt-4o priced)."""
+    rec = CostRecorder("agent-1", Drop(), "projects/p/topics/agent-costs", max_delay_s=600, leases=True)
+    now = datetime.now(UTC)
+    rec.apply(lease("aaaaaaaaaaaa.1", "1000", issued=now, expires=now + timedelta(hours=1)))
+    return rec
+
+
 def p50(call: Callable[[], Any]) -> float:
     for _ in range(WARM_UP):
         call()
@@ -66,7 +79,9 @@ def p50(call: Callable[[], Any]) -> float:
     return sorted(samples)[len(samples) // 2] / 1000
 
 
-def cases(llm: FakeLLM, rec: CostRecorder) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
+def cases(
+    llm: FakeLLM, rec: CostRecorder, leased: CostRecorder, loop: asyncio.AbstractEventLoop
+) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
     """Per integration: (bare call, instrumented call)."""
     bare_oa = openai.OpenAI(base_url=llm.openai_url, api_key="x", max_retries=0)
     fleet_oa = fleet_openai(openai.OpenAI(base_url=llm.openai_url, api_key="x", max_retries=0), rec)
@@ -75,6 +90,13 @@ def cases(llm: FakeLLM, rec: CostRecorder) -> dict[str, tuple[Callable[[], Any],
     logger = FleetLiteLLM(rec)
     chat = OpenAIChat(base_url=llm.openai_url, max_tokens=100)
     handler: Any = {"callbacks": [FleetCallbackHandler(rec)]}
+    bare_async = openai.AsyncOpenAI(base_url=llm.openai_url, api_key="x", max_retries=0)
+    fleet_async = fleet_openai(openai.AsyncOpenAI(base_url=llm.openai_url, api_key="x", max_retries=0), leased)
+
+    def async_call(client: openai.AsyncOpenAI) -> Callable[[], Any]:
+        return lambda: loop.run_until_complete(
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=100)
+        )
 
     def chat_call(client: openai.OpenAI) -> Callable[[], Any]:
         return lambda: client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=100)
@@ -100,6 +122,7 @@ def cases(llm: FakeLLM, rec: CostRecorder) -> dict[str, tuple[Callable[[], Any],
     return {
         "OpenAI chat.completions": (chat_call(bare_oa), chat_call(fleet_oa)),
         "OpenAI chat.completions, stream": (stream_call(bare_oa), stream_call(fleet_oa)),
+        "AsyncOpenAI chat.completions, lease on": (async_call(bare_async), async_call(fleet_async)),
         "Anthropic messages": (messages_call(bare_an), messages_call(fleet_an)),
         "LiteLLM completion": (litellm_call(False), litellm_call(True)),
         "LangChain chat model invoke": (
@@ -111,9 +134,9 @@ def cases(llm: FakeLLM, rec: CostRecorder) -> dict[str, tuple[Callable[[], Any],
 
 def main(report: Callable[[str], None] = print) -> list[str]:
     lines = ["| call | bare p50 µs | instrumented p50 µs | extra µs |", "|---|---|---|---|"]
-    rec = recorder()
+    rec, leased, loop = recorder(), leased_recorder(), asyncio.new_event_loop()
     with FakeLLM() as llm:
-        for name, (bare, fleet) in cases(llm, rec).items():
+        for name, (bare, fleet) in cases(llm, rec, leased, loop).items():
             bare_runs, fleet_runs = [], []
             for _ in range(ROUNDS):
                 bare_runs.append(p50(bare))
@@ -121,6 +144,8 @@ def main(report: Callable[[str], None] = print) -> list[str]:
             b, f = statistics.median(bare_runs), statistics.median(fleet_runs)
             lines.append(f"| {name} | {b:.0f} | {f:.0f} | {f - b:+.0f} |")
     rec.close()
+    leased.close()
+    loop.close()
     for line in lines:
         report(line)
     return lines
