@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -114,6 +115,11 @@ class Pending:
             log.warning("%s call to %s: its usage could not be read; recording its admitted estimate",
                         self.call.operation, self.call.model, exc_info=True)  # fmt: skip
 
+    @property
+    def done(self) -> bool:
+        """Whether :meth:`finish` was called."""
+        return self._done
+
     def finish(self, exc: BaseException | None = None) -> None:
         """Record the call (failed with ``exc``); later calls do nothing."""
         with self._lock:
@@ -140,13 +146,35 @@ def default_output(recorder: CostRecorder) -> int:
     return DEFAULT_MAX_TOKENS if wallet is None else wallet.default_max_tokens
 
 
-def _finish_dropped(pending: Pending) -> None:
-    """A stream collected before it ended or was closed: recorded with the usage read so far (or the
-    estimate), and its reservation released. Runs in a finalizer: never raises."""
-    try:
-        pending.finish()
-    except Exception:
-        log.warning("recording a dropped stream's call failed", exc_info=True)
+#: Calls of streams collected half-read, recorded by one worker thread: a finalizer may run inside any
+#: allocation, the recorder's own locked sections included, so it only hands the call over (a SimpleQueue's
+#: put is safe there; recording inline could deadlock on the recorder's lock).
+_dropped: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+_worker: list[threading.Thread] = []
+_worker_lock = threading.Lock()
+
+
+def _record_dropped() -> None:
+    while True:
+        pending = _dropped.get()
+        try:
+            pending.finish()  # with the usage read so far, else the estimate; releases the reservation
+        except Exception:
+            log.warning("recording a dropped stream's call failed", exc_info=True)
+
+
+def _watch(stream: object, pending: Pending) -> None:
+    """Record ``pending`` if ``stream`` is garbage collected before it ended or was closed (a no-op then)."""
+    with _worker_lock:
+        if not _worker:
+            _worker.append(threading.Thread(target=_record_dropped, name="fleet-dropped-streams", daemon=True))
+            _worker[0].start()
+    weakref.finalize(stream, _drop, pending).atexit = False
+
+
+def _drop(pending: Pending) -> None:
+    if not pending.done:  # ended or closed: recorded already
+        _dropped.put(pending)
 
 
 #: Reads one streamed item into the call (:meth:`Pending.read`); False hides it from the caller (a usage
@@ -161,7 +189,7 @@ class RecordedStream:
     def __init__(self, stream: Any, pending: Pending, observe: Observe) -> None:
         self._stream, self._pending, self._observe = stream, pending, observe
         self._items = iter(stream)
-        weakref.finalize(self, _finish_dropped, pending).atexit = False
+        _watch(self, pending)
 
     def __iter__(self) -> RecordedStream:
         return self
@@ -201,7 +229,7 @@ class AsyncRecordedStream:
     def __init__(self, stream: Any, pending: Pending, observe: Observe) -> None:
         self._stream, self._pending, self._observe = stream, pending, observe
         self._items: AsyncIterator[Any] = stream.__aiter__()
-        weakref.finalize(self, _finish_dropped, pending).atexit = False
+        _watch(self, pending)
 
     def __aiter__(self) -> AsyncRecordedStream:
         return self
