@@ -294,12 +294,24 @@ async def admit_async(
     recorder: CostRecorder, operation: str, model: str, *, max_tokens: int | None, prompt_tokens: int
 ) -> Pending:
     """:class:`Pending` from a coroutine: inline when the call fits the lease now (or leases are off), else
-    in a worker thread, so that waiting up to ``lease_wait_s`` for a grant never blocks the event loop."""
+    in a worker thread, so that waiting up to ``lease_wait_s`` for a grant never blocks the event loop. A
+    caller cancelled meanwhile leaves the admission to finish in its thread, then recorded as failed
+    (cancelled, as a call cancelled in flight is) and its reservation released."""
     wallet = recorder._wallet  # the recorder keeps it private; probed only
     if wallet is None or wallet.fits(model, max_tokens, prompt_tokens):
         return Pending(recorder, operation, model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
-    return await asyncio.to_thread(Pending, recorder, operation, model, max_tokens=max_tokens,
-                                   prompt_tokens=prompt_tokens)  # fmt: skip
+    admission = asyncio.ensure_future(asyncio.to_thread(Pending, recorder, operation, model, max_tokens=max_tokens,
+                                                        prompt_tokens=prompt_tokens))  # fmt: skip
+    try:
+        return await asyncio.shield(admission)
+    except asyncio.CancelledError:
+        admission.add_done_callback(_cancelled)
+        raise
+
+
+def _cancelled(admission: asyncio.Future[Pending]) -> None:
+    if not admission.cancelled() and admission.exception() is None:
+        admission.result().finish(asyncio.CancelledError("cancelled while waiting for a lease"))
 
 
 def _read(endpoint: Endpoint, pending: Pending, result: Any) -> None:
