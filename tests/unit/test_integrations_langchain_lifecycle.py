@@ -10,6 +10,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from fleet_agent.integrations import usage as usage_module
 from fleet_agent.integrations.langchain import FleetCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
@@ -22,8 +23,9 @@ ESTIMATE = 3  # "hello there": 11 bytes
 
 
 def test_a_stream_without_usage_is_recorded_at_its_worst_case(
-    llm: FakeLLM, agent: Agent, caplog: pytest.LogCaptureFixture
+    llm: FakeLLM, agent: Agent, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(usage_module, "ESTIMATE_WARNING_S", 0.0)  # warned whatever earlier tests warned about
     model = OpenAIChat(base_url=llm.openai_url, max_tokens=20, stream_usage=False)
     config: Any = {"callbacks": [FleetCallbackHandler(agent)]}
     with caplog.at_level(logging.WARNING, logger="fleet_agent"):

@@ -20,6 +20,7 @@ import pytest
 from fleet_agent.contracts import CostRecord
 from fleet_agent.costs import CallRefused
 from fleet_agent.integrations import openai as openai_integration
+from fleet_agent.integrations import usage as usage_module
 from fleet_agent.integrations.anthropic import fleet_anthropic
 from fleet_agent.integrations.openai import fleet_openai
 
@@ -78,8 +79,14 @@ def test_a_chat_stream_asked_without_usage_still_records_it(llm: FakeLLM, agent:
     assert tokens(record) == (PROMPT_BASE + 3, 5, 0, 0, 0)
 
 
+@pytest.fixture(name="every_warning")
+def every_warning_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call without usage warns (no rate limit), whatever earlier tests warned about."""
+    monkeypatch.setattr(usage_module, "ESTIMATE_WARNING_S", 0.0)
+
+
 def test_successful_calls_without_usage_are_recorded_at_their_worst_case(
-    llm: FakeLLM, agent: Agent, caplog: pytest.LogCaptureFixture
+    llm: FakeLLM, agent: Agent, caplog: pytest.LogCaptureFixture, every_warning: None
 ) -> None:
     llm.usage(omit=True)
     c = client(llm, agent)
@@ -98,6 +105,24 @@ def test_successful_calls_without_usage_are_recorded_at_their_worst_case(
         (True, (ESTIMATE, 0)),
     ]
     assert sum("ended without usage" in m for m in caplog.messages) == 4
+
+
+def test_warnings_about_calls_without_usage_are_rate_limited(
+    llm: FakeLLM, agent: Agent, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_module, "_warned", {})
+    llm.usage(omit=True)
+    chat = client(llm, agent).chat.completions
+    with caplog.at_level(logging.WARNING, logger="fleet_agent"):
+        for _ in range(3):
+            chat.create(model="gpt-4o", messages=HELLO, max_tokens=50)
+        chat.create(model="gpt-4o-mini", messages=HELLO, max_tokens=50)  # another model: its own warning
+        monkeypatch.setattr(usage_module, "ESTIMATE_WARNING_S", 0.0)  # as if the minute had passed
+        chat.create(model="gpt-4o", messages=HELLO, max_tokens=50)
+    warned = [m for m in caplog.messages if "ended without usage" in m]
+    assert len(warned) == 3 and "gpt-4o-mini" in warned[1]
+    assert "(2 more such calls since the last warning)" in warned[2]
+    assert [tokens(r)[:2] for r in agent.records()] == [(ESTIMATE, 50)] * 5  # every one recorded all the same
 
 
 def test_a_failed_call_is_not_estimated(llm: FakeLLM, agent: Agent) -> None:

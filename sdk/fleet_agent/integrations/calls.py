@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeAlias
 
 from fleet_agent.call_records import Call
 from fleet_agent.costs import CostRecorder
+from fleet_agent.integrations.usage import estimated
 
 log = logging.getLogger("fleet_agent")
 
@@ -134,10 +135,7 @@ class Pending:
             self._scope.__exit__(type(exc), exc, exc.__traceback__)  # records it failed; never raises it
 
     def _estimated(self) -> None:
-        prompt, output = self.estimate
-        log.warning("%s call to %s ended without usage; recorded at its admitted worst case (%d input, %d output "
-                    "tokens)", self.call.operation, self.call.model, prompt, output)  # fmt: skip
-        self.call.tokens(prompt, output)
+        estimated(self.call, *self.estimate)
 
 
 def default_output(recorder: CostRecorder) -> int:

@@ -63,7 +63,7 @@ from fleet_agent.integrations.calls import (
     output_limit,
     recorder_of,
 )
-from fleet_agent.integrations.usage import openai_usage
+from fleet_agent.integrations.usage import estimated, openai_usage
 
 __all__ = ["FleetLiteLLM", "fleet_litellm", "fleet_model"]
 
@@ -217,9 +217,7 @@ class FleetLiteLLM(CustomLogger):
         text = next((kwargs[k] for k in ("messages", "input", "prompt") if kwargs.get(k) is not None), None)
         prompt = estimate_prompt_tokens(text)  # an event's "input" repeats its "messages"
         output = 0 if "embedding" in str(call.operation) else default_output(self.recorder) if limit is None else limit
-        log.warning("%s call to %s ended without usage; recorded at its worst case (%d input, %d output tokens)",
-                    call.operation, call.model, prompt, output)  # fmt: skip
-        call.tokens(prompt, output)
+        estimated(call, prompt, output)
 
     def _failure(self, kwargs: Mapping[str, Any], start: Any, end: Any) -> None:
         exc = kwargs.get("exception")

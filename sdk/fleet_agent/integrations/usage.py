@@ -1,15 +1,20 @@
 """Usage blocks read into a call's record: OpenAI's (chat completions, embeddings, LiteLLM), the Responses
 API's and Anthropic's, as objects or dicts. Each reader returns whether the block counted any token
 (:func:`counted`): a missing block, or one of zeros, is no usage, and the call is then recorded at its
-admitted estimate (:class:`fleet_agent.integrations.calls.Pending`).
+admitted estimate (:class:`fleet_agent.integrations.calls.Pending`, :func:`estimated`), with a warning.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from fleet_agent.call_records import Call
+
+log = logging.getLogger("fleet_agent")
 
 
 def field(block: Any, *path: str) -> int:
@@ -68,3 +73,27 @@ def counted(call: Call) -> bool:
     """Whether the usage read counts any token: a block of zeros is no usage (LiteLLM reports one when the
     provider sent none), and no successful model call reads and writes nothing."""
     return call.input_tokens > 0 or call.output_tokens > 0
+
+
+#: Seconds between two warnings about calls without usage of one operation and model (the first is at once).
+ESTIMATE_WARNING_S = 60.0
+_warned: dict[tuple[str, str], tuple[float, int]] = {}
+_warned_lock = threading.Lock()
+
+
+def estimated(call: Call, prompt: int, output: int) -> None:
+    """Record a successful call that ended without usage at its worst case (``prompt`` input, ``output``
+    output tokens), never as free, and say so: a warning per operation and model at most every
+    ``ESTIMATE_WARNING_S`` (with how many more there were meanwhile), since a model that never reports usage
+    would otherwise log every call."""
+    call.tokens(prompt, output)
+    now, key = time.monotonic(), (call.operation, call.model)
+    with _warned_lock:
+        last, since = _warned.get(key, (float("-inf"), 0))
+        if now - last < ESTIMATE_WARNING_S:
+            _warned[key] = (last, since + 1)
+            return
+        _warned[key] = (now, 0)
+    more = f" ({since} more such calls since the last warning)" if since else ""
+    log.warning("%s call to %s ended without usage; recorded at its worst case (%d input, %d output tokens)%s",
+                call.operation, call.model, prompt, output, more)  # fmt: skip
