@@ -186,6 +186,14 @@ def test_a_dropped_anthropic_stream_records_the_usage_read_so_far(llm: FakeLLM, 
     assert (record.success, tokens(record)[:2]) == (True, (PROMPT_BASE + 2, 1))
 
 
+def test_an_anthropic_stream_manager_never_entered_is_recorded_once(llm: FakeLLM, agent: Agent) -> None:
+    manager = claude(llm, agent).messages.stream(model=CLAUDE, max_tokens=100, messages=HI)  # admitted
+    del manager
+    gc.collect()
+    [record] = recorded(agent, 1)  # nothing was sent or read: the admitted worst case
+    assert (record.success, tokens(record)[:2]) == (True, (2, 100)) and llm.calls() == []  # "hi there": 2
+
+
 def test_a_dropped_async_stream_releases_its_reservation(llm: FakeLLM, funded: Agent) -> None:
     async def run() -> None:
         c = fleet_openai(openai.AsyncOpenAI(base_url=llm.openai_url, api_key="x", max_retries=0), funded)

@@ -43,6 +43,7 @@ from fleet_agent.integrations.calls import (
     instrument,
     instrument_copies,
     recorder_of,
+    watch,
 )
 from fleet_agent.integrations.calls import estimate_prompt_tokens as estimate
 from fleet_agent.integrations.usage import anthropic_usage
@@ -86,6 +87,8 @@ class _Stream:
     ) -> None:
         self._manager, self._pending, self._admit = manager, pending, admit
         self._stream: Any = None
+        if pending is not None:
+            watch(self, pending)  # a manager never entered, or left without its block ending: recorded
 
     @property
     def pending(self) -> Pending:
@@ -116,6 +119,7 @@ class _Stream:
     async def __aenter__(self) -> Any:
         if self._pending is None and self._admit is not None:
             self._pending = await self._admit()
+            watch(self, self._pending)
         try:
             self._stream = await self._manager.__aenter__()
         except BaseException as exc:

@@ -161,7 +161,7 @@ def _record_dropped() -> None:
             log.warning("recording a dropped stream's call failed", exc_info=True)
 
 
-def _watch(stream: object, pending: Pending) -> None:
+def watch(stream: object, pending: Pending) -> None:
     """Record ``pending`` if ``stream`` is garbage collected before it ended or was closed (a no-op then)."""
     with _worker_lock:
         if not _worker:
@@ -187,7 +187,7 @@ class RecordedStream:
     def __init__(self, stream: Any, pending: Pending, observe: Observe) -> None:
         self._stream, self._pending, self._observe = stream, pending, observe
         self._items = iter(stream)
-        _watch(self, pending)
+        watch(self, pending)
 
     def __iter__(self) -> RecordedStream:
         return self
@@ -227,7 +227,7 @@ class AsyncRecordedStream:
     def __init__(self, stream: Any, pending: Pending, observe: Observe) -> None:
         self._stream, self._pending, self._observe = stream, pending, observe
         self._items: AsyncIterator[Any] = stream.__aiter__()
-        _watch(self, pending)
+        watch(self, pending)
 
     def __aiter__(self) -> AsyncRecordedStream:
         return self
