@@ -120,7 +120,7 @@ def secret(name: str) -> str | None:
         return os.environ[env_name]
     if os.environ.get("FLEET_SECRETS_BACKEND") != "secretmanager":
         return None
-    from google.cloud import secretmanager  # type: ignore[attr-defined]
+    from google.cloud import secretmanager  # type: ignore[attr-defined,unused-ignore]
 
     client = secretmanager.SecretManagerServiceClient()
     path = f"projects/{get().project}/secrets/{name}/versions/latest"
