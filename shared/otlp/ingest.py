@@ -35,7 +35,7 @@ from shared.store.usage import MARKERS
 log = logs.get_logger("otlp")
 PATH = "/v1/traces"
 SOURCE = "fleet-otlp"
-#: A span attribute naming the call's operation (default: the span's name), e.g. ``app.operation``.
+#: A span attribute naming the call's operation (default: ``gen_ai.operation.name``), e.g. ``app.operation``.
 OPERATION_ENV = "FLEET_OTLP_OPERATION_ATTRIBUTE"
 #: Commits of one batch of calls before giving up (503) while concurrent exports of the same spans race.
 MAX_ATTEMPTS = 3

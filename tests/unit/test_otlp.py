@@ -271,6 +271,13 @@ def truncated_gzip() -> bytes:
         (b"[1]", "application/json", None, 400),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', "application/json", None, 400),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"spanId": "0102 0304"}]}]}]}', "application/json", None, 400),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"spanId": "01020304"}]}]}]}', "application/json", None, 400),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "' + b"ab" * 17 + b'"}]}]}]}',
+            "application/json",
+            None,
+            400,
+        ),
         (b"{}", "text/plain", None, 415),
         (b"not gzip", "application/x-protobuf", "gzip", 400),
         (gzip.compress(b"\x00" * (decode.MAX_DECODED_BYTES + 1)), "application/x-protobuf", "gzip", 413),
@@ -284,6 +291,8 @@ def test_malformed_and_oversized_bodies(body: bytes, ctype: str, encoding: str |
     with pytest.raises(decode.Refused) as refused:
         decode.decode(body, ctype, encoding)
     assert refused.value.status == status
+    if b"Id" in body:  # the reason names the id and what it must be
+        assert "hex characters" in refused.value.reason
 
 
 def test_the_response_reports_refused_spans_in_the_requests_encoding() -> None:
