@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from fleet_agent.contracts import CostBatch
 
+from shared.domain import protection, spend
 from shared.domain.pricing import Price, PriceTable
 from shared.domain.usage import TokensUnknown, tally
 from shared.otlp import spans
 from shared.store.price_catalog import GenaiPrices
-from tests.unit.test_otlp import CHAT, export, mapped
+from tests.unit.test_accounting import applied_as_first
+from tests.unit.test_http_api import record
+from tests.unit.test_otlp import CHAT, NOW, export, mapped
 
 CATALOG = GenaiPrices()
 
@@ -92,6 +95,17 @@ def test_a_call_without_any_token_attribute_is_unpriced_not_free() -> None:
     assert t.sources == {"unpriced": 1, "free": 2, "reported": 1}
     # Even a model with a price: its tokens are unknown, so is its cost.
     assert CATALOG.quote("openai/gpt-4o-mini") is not None
+
+
+def test_the_unpriced_alert_of_calls_without_tokens_says_why() -> None:
+    no_tokens = span(**{"gen_ai.usage.input_tokens": None, "gen_ai.usage.output_tokens": None})
+    _calls, t = counted(no_tokens, span(**{"gen_ai.provider.name": None, "gen_ai.request.model": "mystery-llm"}))
+    inputs = spend.Inputs(agent=record("chat-1", "acme"), tenant_budget=None, rules=protection.Protection(), tally=t,
+                          batch_id="b", now=NOW, received_at=NOW)  # fmt: skip
+    alerts = {a.details["model"]: a.message for a in spend.decide(inputs, applied_as_first(t, 4)).alerts}
+    assert set(alerts) == {"openai/gpt-4o-mini", "mystery-llm"}
+    assert "reported neither tokens nor a cost" in alerts["openai/gpt-4o-mini"]
+    assert "has no price" in alerts["mystery-llm"] and "PUT /v1/prices/mystery-llm" in alerts["mystery-llm"]
 
 
 @pytest.mark.parametrize(
