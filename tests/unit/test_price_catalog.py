@@ -74,6 +74,20 @@ def test_the_ceiling_never_prices_a_part_below_the_fleet() -> None:
             assert price.ceiling().cost_nanos(inp, out) >= price.cost_nanos(inp, out, read, write, reasoning)
 
 
+def test_the_ceiling_covers_the_long_context_tiers() -> None:
+    """A lease priced at the ceiling debits at least what the fleet counts, long calls included (review S2)."""
+    gemini = price_catalog.catalog.quote("gemini-2.5-pro", AT)
+    assert gemini is not None and gemini.price.tiers
+    counted = gemini.price.cost_nanos(300_000, 1_000)
+    assert counted == 765_000_000  # all of it at the >200k tier: $2.50 / $15 per million
+    assert gemini.price.ceiling().cost_nanos(300_000, 1_000) >= counted
+    claude = Price(Decimal(3) / M, Decimal(15) / M, Decimal("0.3") / M, Decimal("3.75") / M, tiers=(
+        (200_000, Price(Decimal(6) / M, Decimal("22.5") / M, Decimal("0.6") / M, Decimal("7.5") / M)),))  # fmt: skip
+    assert claude.ceiling() == Price(Decimal("7.5") / M, Decimal("22.5") / M)
+    for inp, out, read, write in ((250_000, 4_000, 0, 250_000), (250_000, 4_000, 100_000, 0), (1_000, 10, 0, 1_000)):
+        assert claude.ceiling().cost_nanos(inp, out) >= claude.cost_nanos(inp, out, read, write)
+
+
 def test_tiers_price_a_long_call_wholly_at_the_tier() -> None:
     long = Price(Decimal(6) / M, Decimal("22.5") / M)
     price = Price(Decimal(3) / M, Decimal(15) / M, tiers=((200_000, long),))
