@@ -128,7 +128,7 @@ def test_a_batch_counts_each_models_calls_per_price_source() -> None:
         rec(1, "gpt-4o", 1000, 100, cache_read_tokens=1000),  # 1000 x 0.00000125 + 100 x 0.00001 = 0.00225
         rec(2, "gpt-4o", 10, 5, cost_usd=Decimal("0.5")),  # the agent's own cost
         rec(3, "claude-x", 10, 10),
-        rec(4, "nobody-knows", 10, 10),  # unpriced: no source
+        rec(4, "nobody-knows", 10, 10),  # unpriced: counted as such (it alerts)
         rec(5, "gpt-4o", 0, 0),  # free: no source
     ]
     t = tally(CostBatch(agent_id="agent-1", batch_id="batch-0001", records=records), "acme", table)
@@ -136,7 +136,7 @@ def test_a_batch_counts_each_models_calls_per_price_source() -> None:
     assert day["gpt-4o"].sources == {"catalog:test@1": 1, "agent": 1} and day["gpt-4o"].calls == 3
     assert day["gpt-4o"].usd_nanos == to_nanos(Decimal("0.50225"))
     assert day["claude-x"].sources == {"override:tenant": 1}
-    assert day["nobody-knows"].sources == {}
+    assert day["nobody-knows"].sources == {"unpriced": 1}
     # Stored under xDD.<model>.src.<source>, read back with the counters.
     stored = {**day["gpt-4o"].as_dict(), "src": day["gpt-4o"].sources}
     assert ModelDay.from_dict(stored) == day["gpt-4o"]
