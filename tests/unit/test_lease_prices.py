@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from fleet_agent.contracts import LeaseGrant, ModelPrice
+from fleet_agent.contracts import Command, CommandType, LeaseGrant, ModelPrice
+from fleet_agent.costs import CostRecorder
 from fleet_agent.lease_prices import LeasePrice
 from fleet_agent.leases import LeaseWallet, Reservation
 from fleet_agent.messages.fields import Strict
@@ -21,6 +22,7 @@ from shared.domain.pricing import Price
 from shared.platform import settings
 from shared.services.lease_grants import model_price
 from shared.store import price_catalog
+from tests.unit.test_sdk_costs import Clock, FakePublisher
 
 T0 = datetime(2026, 12, 6, 12, tzinfo=UTC)
 M = Decimal(1_000_000)
@@ -111,3 +113,19 @@ def test_the_wallet_reserves_the_ceiling_and_debits_the_parts() -> None:
     after = wallet.snapshot()
     assert before is not None and after is not None and epoch is not None
     assert int((before.balance_usd - after.balance_usd).scaleb(9)) == CLAUDE.cost_nanos(*usage) == epoch.over
+
+
+def test_the_recorder_debits_a_cached_call_at_the_parts() -> None:
+    """Through CostRecorder.call: the call's cache tokens reach the wallet (Call.usage)."""
+    rec = CostRecorder("agent-1", FakePublisher(), "projects/p/topics/agent-costs", leases=True, clock=Clock(T0),
+                       lease_wait_s=0.05, max_delay_s=60)  # fmt: skip
+    grant = LeaseGrant(lease_id="aaaaaaaaaaaa.1", usd=Decimal("1"), expires_at=T0 + timedelta(minutes=5),
+                       prices={"claude": model_price(CLAUDE, parts=True)})  # fmt: skip
+    rec.apply(Command(agent_id="agent-1", command=CommandType.LEASE, issued_at=T0, command_id="lease-a1",
+                      until=grant.expires_at, lease=grant))  # fmt: skip
+    with rec.call("chat", model="claude", max_tokens=500, prompt_tokens=10_000) as call:
+        call.tokens(10_000, 500, cache_read=8_000, cache_write=1_000)
+    state = rec.lease
+    assert state is not None and state.reserved_usd == 0 and state.over_usd == 0
+    assert state.balance_usd == 1 - Decimal(CLAUDE.cost_nanos(10_000, 500, 8_000, 1_000)).scaleb(-9)
+    rec.close()
