@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from fleet_agent.contracts import Command, CommandType, ExactPrice, LeaseGrant, LeaseUse, ModelPrice, PriceTier
 from pydantic import ValidationError
@@ -36,6 +36,8 @@ from shared.store import leases as store
 from shared.store import usage as usage_store
 
 log = logs.get_logger("leases")
+#: The places of a price per token on the wire (``TokenPrice``).
+_WIRE_PLACES = Decimal("1e-15")
 
 
 def cfg() -> domain.Config:
@@ -211,8 +213,9 @@ def model_price(price: Price, *, parts: bool) -> ModelPrice:
     """A model's price in a lease: its ceiling, at which a call's worst case is reserved (and debited by an SDK
     that knows no more: never less than the fleet counts), and with ``parts`` its parts and tiers, at which
     the SDK debits a call exactly once it knows its usage. A part the wire cannot carry exactly (over 15
-    decimal places, more than 8 tiers) leaves the parts out: the ceiling still holds."""
+    decimal places, more than 8 tiers) leaves the parts out: the ceiling still holds (rounded up to 15 places)."""
     ceiling = price.ceiling()
+    input_usd, output_usd = _up(ceiling.input_usd), _up(ceiling.output_usd)
     exact = None
     if parts:
         try:
@@ -220,7 +223,13 @@ def model_price(price: Price, *, parts: bool) -> ModelPrice:
             exact = ExactPrice(**_parts(price), tiers=tiers)
         except ValidationError:
             exact = None
-    return ModelPrice(input_usd=ceiling.input_usd, output_usd=ceiling.output_usd, parts=exact)
+    return ModelPrice(input_usd=input_usd, output_usd=output_usd, parts=exact)
+
+
+def _up(usd: Decimal) -> Decimal:
+    """A ceiling the wire can carry: rounded up to its 15 places (a few catalog prices have more)."""
+    exponent = usd.as_tuple().exponent
+    return usd.quantize(_WIRE_PLACES, rounding=ROUND_CEILING) if isinstance(exponent, int) and exponent < -15 else usd
 
 
 def _parts(price: Price) -> dict[str, Decimal | None]:

@@ -129,3 +129,16 @@ def test_the_recorder_debits_a_cached_call_at_the_parts() -> None:
     assert state is not None and state.reserved_usd == 0 and state.over_usd == 0
     assert state.balance_usd == 1 - Decimal(CLAUDE.cost_nanos(10_000, 500, 8_000, 1_000)).scaleb(-9)
     rec.close()
+
+
+def test_every_catalog_price_fits_a_lease_and_its_ceiling_is_never_rounded_down() -> None:
+    quotes, more = price_catalog.catalog.listing(limit=10_000, at=T0)
+    assert not more and len(quotes) > 2000
+    for quote in quotes:
+        sent = model_price(quote.price, parts=True)  # a price past the wire's 15 places raised here before
+        ceiling = quote.price.ceiling()
+        assert sent.input_usd >= ceiling.input_usd and sent.output_usd >= ceiling.output_usd, quote.matched
+        assert sent.input_usd - ceiling.input_usd < Decimal("1e-15"), quote.matched
+    odd = Price(Decimal("0.0000001234567890123456"), Decimal(0))
+    assert model_price(odd, parts=True).input_usd == Decimal("0.000000123456790")
+    assert model_price(odd, parts=True).parts is None  # not exact on the wire: the ceiling only
