@@ -17,6 +17,10 @@ the alert tells the admin to set a price with ``PUT /v1/prices/{model}``).
 
 Importing genai-prices and building its snapshot takes about 0.6 s (1.6 MB of data): both are lazy, on
 the first lookup, so the functions that price nothing do not pay it at cold start.
+
+:meth:`GenaiPrices.listing` pages through the catalog's models by ``provider/model`` (``GET
+/v1/prices?catalog=true``): a sorted index built once per instance, then the page's models priced at the
+time asked (about 0.5 ms a page of 50; all 2,139 token-priced models of 0.2.5 in about 50 ms).
 """
 
 from __future__ import annotations

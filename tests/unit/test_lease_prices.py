@@ -50,7 +50,21 @@ def test_the_fleet_sends_the_ceiling_and_the_parts_only_when_set_to() -> None:
     assert (full.input_usd, full.output_usd) == (plain.input_usd, plain.output_usd)
     assert full.parts is not None and full.parts.cache_write_usd == Decimal("3.75") / M
     assert [(t.above_input_tokens, t.input_usd) for t in full.parts.tiers] == [(200_000, Decimal(6) / M)]
-    assert settings.get().lease_price_parts is False  # off by default: older SDKs refuse unknown fields
+
+
+@pytest.mark.parametrize(("value", "on"), [(None, False), ("on", True), ("true", True), ("off", False), ("0", False)])
+def test_the_fleet_is_set_to_send_parts_with_fleet_lease_price_parts(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, on: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("FLEET_LEASE_PRICE_PARTS", raising=False)  # off by default: older SDKs refuse them
+    else:
+        monkeypatch.setenv("FLEET_LEASE_PRICE_PARTS", value)
+    settings.get.cache_clear()
+    try:
+        assert settings.get().lease_price_parts is on
+    finally:
+        settings.get.cache_clear()
 
 
 def test_a_lease_price_without_parts_is_what_older_sdks_accept_and_newer_sdks_read() -> None:
