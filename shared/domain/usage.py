@@ -84,9 +84,9 @@ class ModelDay:
     #: served them), and what they cost.
     repeats: int = 0
     repeat_usd_nanos: int = 0
-    #: Priced calls per price source (``override:tenant``, ``override:fleet``, ``catalog:genai-prices@0.2.5``
-    #: or ``agent``: shared/domain/pricing.py), stored as ``xDD.<model>.src.<source>``. At most two per
-    #: model in a batch (the agent's cost, and the one price in force for the tenant and model).
+    #: Calls per price source (``override:tenant``, ``override:fleet``, ``catalog:genai-prices@0.2.5``,
+    #: ``agent``, or ``unpriced``: shared/domain/pricing.py), stored as ``xDD.<model>.src.<source>``. At most
+    #: two per model in a batch (the agent's cost, and the one price in force, or none, for the tenant and model).
     sources: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -308,7 +308,7 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
         if record.repeat:
             per[6] += 1
             per[7] += nanos
-        if source is pricing.Source.REPORTED or source is pricing.Source.TABLE:  # what priced money
+        if source is not pricing.Source.FREE:  # what priced it, or ``unpriced`` (no price: an alert)
             hour_sources[hour_start][record.model][label] += 1
         minute_key = (hour_start, at.minute)
         counts = minute_counts.get(minute_key)
