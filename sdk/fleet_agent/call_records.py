@@ -99,6 +99,11 @@ class Call:
     def cost(self, usd: Decimal | float | str) -> None:
         self.cost_usd = Decimal(str(usd))
 
+    def usage(self) -> tuple[int, int, int, int, int]:
+        """(input, output, cache read, cache write, reasoning) tokens, negatives as 0: what a lease debits."""
+        return (max(0, self.input_tokens), max(0, self.output_tokens), max(0, self.cache_read_tokens),
+                max(0, self.cache_write_tokens), max(0, self.reasoning_tokens))  # fmt: skip
+
 
 class RecentRequests:
     """The sha256 digests of recent request keys with when each was last seen: an LRU of at most

@@ -308,8 +308,7 @@ class CostRecorder(LeaseCalls):
         a call let through without a lease (fail open), recorded with ``lease_id=None``."""
         tag = None
         if self._wallet is not None and leased:
-            tokens = (max(0, call.input_tokens), max(0, call.output_tokens))
-            tag = self._wallet.settle(reservation, call.model, tokens, call.cost_usd)
+            tag = self._wallet.settle(reservation, call.model, call.usage(), call.cost_usd)
         at = self._clock()
         key = request_key if request_key is not None else call.request_key
         repeat = False

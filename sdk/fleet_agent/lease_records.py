@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from fleet_agent.lease_prices import LeasePrice
+
 
 @dataclass(eq=False, slots=True)
 class Epoch:
@@ -66,6 +68,9 @@ class Reservation:
     output_femto: int
     #: A request for more to send now (asking ahead), or None.
     ask: LeaseRequest | None = None
+    #: The model's lease price (the call is debited at it: exactly when the lease carried the parts);
+    #: None: at ``input_femto`` / ``output_femto``.
+    price: LeasePrice | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,12 @@ part. A grant answering a request with ``retry_after_s`` means no room: until th
 Before a call, :meth:`LeaseWallet.reserve` estimates its worst case, ``input_price * prompt_tokens +
 output_price * max_tokens`` rounded half up to nano-dollars (the server's ``Price.cost_nanos``; prices
 are kept as integer femto-dollars per token, exact for the contract's 15 places), and reserves it if it
-fits in the balance minus what calls in flight reserved. :meth:`LeaseWallet.settle` debits the actual
-cost and releases the reservation; what a call cost beyond its estimate accumulates in the epoch's
-``over`` (the fleet checks each batch against the lease with it).
+fits in the balance minus what calls in flight reserved; the lease's prices are ceilings (no part of any
+call costs more per token: cache writes, long-context tiers). :meth:`LeaseWallet.settle` debits the actual
+cost, exactly from the call's cache, reasoning and size when the lease carried the price's parts
+(:mod:`fleet_agent.lease_prices`), else at the ceiling, and releases the reservation; what a call cost
+beyond its estimate accumulates in the epoch's ``over`` (the fleet checks each batch against the lease
+with it).
 
 Money here: ``int`` nano-dollars; prices: ``int`` femto-dollars per token (:mod:`fleet_agent.call_records`).
 """
@@ -29,8 +32,9 @@ from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
-from fleet_agent.call_records import cost_nanos, exact_usd, femto, to_nanos
+from fleet_agent.call_records import exact_usd, to_nanos
 from fleet_agent.contracts import MAX_REQUEST_MODELS, LeaseGrant, epoch_of, seq_of
+from fleet_agent.lease_prices import FREE, LeasePrice
 from fleet_agent.lease_records import Epoch, LeaseRequest, LeaseState, Reservation, Shortfall, Waiter
 
 #: Seconds a deferred ask ahead (waiting for its call to end) keeps another from being made.
@@ -58,7 +62,7 @@ class LeaseWallet:
         #: Issued-at (epoch seconds) of the latest grant applied or blocking command: no grant of another
         #: epoch issued at or before it is applied.
         self._floor = float("-inf")
-        self._prices: dict[str, tuple[int, int, float]] = {}  # model -> (in femto, out femto, issued_at)
+        self._prices: dict[str, LeasePrice] = {}
         self._request: tuple[str, float, frozenset[str]] | None = None  # (id, sent (monotonic), models)
         #: An ask ahead made by a call, sent with its record once the call is over: not yet a request a
         #: waiting call could share (it would wait for a request nobody sent). (id, made (monotonic))
@@ -75,7 +79,7 @@ class LeaseWallet:
         received = self.monotonic()
         issued = issued_at.timestamp()
         epoch_id, seq = epoch_of(lease.lease_id), seq_of(lease.lease_id)
-        prices = {model: (femto(p.input_usd), femto(p.output_usd)) for model, p in lease.prices.items()}
+        prices = {model: LeasePrice.of(p, issued) for model, p in lease.prices.items()}
         usd, lifetime = to_nanos(lease.usd), (lease.expires_at - issued_at).total_seconds()
         with self._lock:
             epoch = self._epoch
@@ -96,10 +100,10 @@ class LeaseWallet:
             epoch.after_grant = epoch.balance - epoch.reserved
             epoch.after_grant_tokens = (epoch.tokens or 0) - epoch.reserved_tokens
             self._floor = max(self._floor, issued)
-            for model, (input_femto, output_femto) in prices.items():
+            for model, price in prices.items():
                 known = self._prices.get(model)
-                if known is None or known[2] <= issued:
-                    self._prices[model] = (input_femto, output_femto, issued)
+                if known is None or known.issued <= issued:
+                    self._prices[model] = price
             no_room = lease.request_id is not None and lease.retry_after_s is not None
             self._no_room_until = received + (lease.retry_after_s or 0) if no_room else float("-inf")
             if lease.request_id is not None:
@@ -151,7 +155,7 @@ class LeaseWallet:
         with self._lock:
             now = self._last_call_ts = self.monotonic()
             price = self._prices.get(model)
-            usd = 0 if price is None else cost_nanos(price[0], price[1], input_tokens, output_tokens)
+            usd = 0 if price is None else price.worst(input_tokens, output_tokens)
             epoch = self._live(now)
             if (
                 price is None
@@ -169,7 +173,8 @@ class LeaseWallet:
                 self._waiters.discard(waiter)
             epoch.reserved += usd
             epoch.reserved_tokens += tokens
-            return Reservation(epoch, usd, tokens, price[0], price[1], self._ask_ahead(epoch, now, deferred=True))
+            ask = self._ask_ahead(epoch, now, deferred=True)
+            return Reservation(epoch, usd, tokens, price.input, price.output, ask, price)
 
     def fits(self, model: str, max_tokens: int | None, prompt_tokens: int | None) -> bool:
         """Whether :meth:`reserve` would reserve the call now; reserves nothing (an async caller's probe:
@@ -181,18 +186,19 @@ class LeaseWallet:
             epoch = self._live(self.monotonic())
             if price is None or epoch is None:
                 return False
-            usd = cost_nanos(price[0], price[1], input_tokens, output_tokens)
+            usd = price.worst(input_tokens, output_tokens)
             tokens = input_tokens + output_tokens
             return usd <= epoch.balance - epoch.reserved and (
                 epoch.tokens is None or tokens <= epoch.tokens - epoch.reserved_tokens
             )
 
     def settle(
-        self, reservation: Reservation | None, model: str, tokens: tuple[int, int], cost: Decimal | None
+        self, reservation: Reservation | None, model: str, tokens: tuple[int, ...], cost: Decimal | None
     ) -> Epoch | None:
         """After a call: debit its actual cost (``cost`` USD when the agent knew it, else the lease price
-        applied to ``tokens`` = (input, output)) and release its reservation; returns the epoch it was spent
-        under. Without a reservation (a call recorded by hand) the whole cost counts as over."""
+        applied to ``tokens`` = (input, output[, cache read, cache write, reasoning]): exactly when the lease
+        carried the price's parts, else at its ceiling) and release its reservation; returns the epoch it
+        was spent under. Without a reservation (a call recorded by hand) the whole cost counts as over."""
         actual_tokens = tokens[0] + tokens[1]
         usd = to_nanos(cost) if cost is not None and cost.is_finite() and cost >= 0 else None
         with self._lock:
@@ -201,13 +207,13 @@ class LeaseWallet:
                 if epoch is None:
                     return None
                 if usd is None:
-                    price = self._prices.get(model, (0, 0, 0.0))
-                    usd = cost_nanos(price[0], price[1], *tokens)
+                    usd = self._prices.get(model, FREE).debit(tokens)
                 estimate = estimate_tokens = 0
             else:
                 epoch = reservation.epoch
                 if usd is None:
-                    usd = cost_nanos(reservation.input_femto, reservation.output_femto, *tokens)
+                    price = reservation.price or LeasePrice(reservation.input_femto, reservation.output_femto)
+                    usd = price.debit(tokens)
                 estimate, estimate_tokens = reservation.usd, reservation.tokens
                 epoch.reserved -= estimate
                 epoch.reserved_tokens -= estimate_tokens

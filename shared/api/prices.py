@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fleet_agent.contracts import AGENT_ID_PATTERN, ModelName
 from pydantic import TypeAdapter, ValidationError
 
@@ -12,11 +14,13 @@ from shared.api.bodies import PriceList, PriceQuoteView, PriceUpdate, PriceView
 from shared.api.core import TENANT_QUERY, ApiError, Call, Param, Routes
 from shared.api.tenancy import query_tenant
 from shared.domain.api_keys import Role
-from shared.domain.pricing import Price, Quote
+from shared.domain.pricing import FLEET_OVERRIDE, TENANT_OVERRIDE, Price, Quote
 from shared.store import audit as audit_store
-from shared.store import config
+from shared.store import config, price_catalog
 
 _MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
+#: A catalog provider's id (``openai``, ``x-ai``, ``huggingface_groq``).
+_PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 routes = Routes("costs")
 
@@ -33,19 +37,73 @@ def _price_view(model: str, price: Price, source: str) -> PriceView:
     return PriceView.model_validate({"model": model, **_set_parts(price), "source": source})
 
 
-@routes.get("/v1/prices", PriceList, params=(TENANT_QUERY,), errors=(400,))
-def list_prices(call: Call) -> PriceList:
-    """The price overrides: the fleet's, with a tenant's in their place.
+_CATALOG_PARAMS = (
+    Param(
+        "catalog", "query", "true: list the price catalog's models (genai-prices, bundled with the code; paginated) "
+        "instead of the overrides.", {"type": "boolean", "default": False},
+    ),
+    Param(
+        "provider", "query", "With catalog=true: only this provider's models (openai, anthropic, google, ...).",
+        {"type": "string", "pattern": _PROVIDER.pattern},
+    ),
+    Param(
+        "prefix", "query", "With catalog=true: only models whose name, or provider/name, starts with this.",
+        {"type": "string", "maxLength": 128},
+    ),
+    *core.PAGE_PARAMS,
+)  # fmt: skip
 
-    Models without an override are priced by the catalog (``GET /v1/prices/{model}``). A tenant-scoped
-    key always gets its own tenant's."""
+
+@routes.get("/v1/prices", PriceList, params=(TENANT_QUERY, *_CATALOG_PARAMS), errors=(400,))
+def list_prices(call: Call) -> PriceList:
+    """The price overrides: the fleet's, with a tenant's in their place; with ``catalog=true``, the catalog's.
+
+    Models without an override are priced by the catalog (``GET /v1/prices/{model}``: the price in force).
+    A tenant-scoped key always gets its own tenant's overrides. ``catalog=true`` lists the catalog's own
+    prices (an override wins over them), a page at a time, from data shipped with the code: no reads."""
+    if _flag(call, "catalog"):
+        return _catalog_page(call)
+    for name in ("provider", "prefix", "page_token"):
+        if core.query(call.request, name) is not None:
+            raise ApiError(400, f"{name} applies to the catalog only: add catalog=true")
     tenant = query_tenant(call) or core.principal(call).tenant
-    items = {model: _price_view(model, price, "api") for model, price in config.read_prices().items()}
+    items = {model: _price_view(model, price, FLEET_OVERRIDE) for model, price in config.read_prices().items()}
     if tenant is not None:
-        items.update(
-            {model: _price_view(model, price, "tenant") for model, price in config.read_tenant(tenant).prices.items()}
-        )
+        mine = config.read_tenant(tenant).prices
+        items.update({model: _price_view(model, price, TENANT_OVERRIDE) for model, price in mine.items()})
     return PriceList(tenant=tenant, items=[items[model] for model in sorted(items)])
+
+
+def _flag(call: Call, name: str) -> bool:
+    raw = core.query(call.request, name)
+    if raw is None or raw.lower() in ("false", "0"):
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    raise ApiError(400, f"{name} must be true or false")
+
+
+def _catalog_page(call: Call) -> PriceList:
+    """One page of the catalog's models with their prices (``source``: ``catalog:genai-prices@<version>``)."""
+    query_tenant(call)  # a bad or foreign ?tenant= is still refused; the catalog is the same for every tenant
+    provider = core.query(call.request, "provider")
+    if provider is not None and not _PROVIDER.match(provider):
+        raise ApiError(400, f"provider must match {_PROVIDER.pattern}")
+    prefix = core.query(call.request, "prefix")
+    if prefix is not None and len(prefix) > 128:
+        raise ApiError(400, "prefix is at most 128 characters")
+    after = core.page_token(call.request, lambda name: 0 < len(name) <= 300)
+    quotes, more = price_catalog.catalog.listing(
+        provider=provider, prefix=prefix, after=after, limit=core.page_size(call.request), at=core.now()
+    )
+    token = core.encode_page_token(quotes[-1].matched) if more else None
+    return PriceList(tenant=None, items=[_catalog_view(q) for q in quotes], next_page_token=token)
+
+
+def _catalog_view(quote: Quote) -> PriceView:
+    tiers = [{"above_input_tokens": start, **_parts(tier)} for start, tier in quote.price.tiers]
+    return PriceView.model_validate({"model": quote.matched, **_set_parts(quote.price), "source": quote.source,
+                                     "tiers": tiers})  # fmt: skip
 
 
 _MODEL_PARAM = Param(
@@ -113,7 +171,9 @@ def get_price(call: Call) -> PriceQuoteView:
     found = table.quote(model, tenant, core.now())
     if found is None:
         raise ApiError(
-            404, f"no price for model {model!r}: its calls count as unpriced; set one with PUT /v1/prices/{model}"
+            404,
+            f"no price for model {model!r} (source unpriced: its calls count $0 and alert); "
+            f"set one with PUT /v1/prices/{model}",
         )
     return quote_view(model, tenant, found)
 
@@ -142,4 +202,4 @@ def set_price(call: Call) -> PriceView:
         config.set_price(model, price)
         entry = core.audit(call, "price.set", f"price.{model}", None, details, core.now())
     audit_store.append(entry)
-    return _price_view(model, price, "tenant" if tenant is not None else "api")
+    return _price_view(model, price, TENANT_OVERRIDE if tenant is not None else FLEET_OVERRIDE)

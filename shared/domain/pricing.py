@@ -93,12 +93,15 @@ class Price:
         return to_nanos(usd)
 
     def ceiling(self) -> Price:
-        """Input and output prices no part of a call exceeds (tiers aside): what an estimate that knows only
+        """Input and output prices no part of a call exceeds, at any size: what an estimate that knows only
         input and output tokens (a lease's prices, the SDK's wallet) must use never to count less than the
-        fleet does (Anthropic's cache writes cost 1.25 x the input price)."""
-        parts_in = [p for p in (self.cache_read_usd, self.cache_write_usd) if p is not None]
-        parts_out = [p for p in (self.reasoning_usd,) if p is not None]
-        return Price(max([self.input_usd, *parts_in]), max([self.output_usd, *parts_out]))
+        fleet does. The maximum over every tier (a long-context call is priced wholly at its tier: Gemini
+        2.5 Pro over 200k input tokens, Claude's 1M context) of the input-side parts (input, cache reads,
+        cache writes: Anthropic's cost 1.25 x the input price) and the output-side ones (output, reasoning)."""
+        flats = [self, *(tier for _threshold, tier in self.tiers)]
+        ins = [p for f in flats for p in (f.input_usd, f.cache_read_usd, f.cache_write_usd) if p is not None]
+        outs = [p for f in flats for p in (f.output_usd, f.reasoning_usd) if p is not None]
+        return Price(max(ins), max(outs))
 
     def record_nanos(self, record: CostRecord) -> int:
         return self.cost_nanos(

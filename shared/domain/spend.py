@@ -105,7 +105,11 @@ def decide(inputs: Inputs, applied: Applied) -> Effects:
                 agent_id=agent_id,
                 window=day,
                 message=(
-                    f"model {model} has no price and agent {agent_id} reported no cost: its calls are counted "
+                    f"calls of model {model} by agent {agent_id} reported neither tokens nor a cost (OpenTelemetry "
+                    "spans without gen_ai.usage attributes): they are counted as unpriced, not $0. Make the "
+                    "instrumentation record usage"
+                    if model in tally.tokenless_models
+                    else f"model {model} has no price and agent {agent_id} reported no cost: its calls are counted "
                     f"as unpriced, not $0. Set one with PUT /v1/prices/{model}"
                 ),
                 at=now,

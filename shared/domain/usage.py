@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
-from fleet_agent.contracts import CostBatch
+from fleet_agent.contracts import CostBatch, CostRecord
 
 from shared.domain import pricing
 from shared.domain.periods import Period, Window, window
@@ -84,9 +84,9 @@ class ModelDay:
     #: served them), and what they cost.
     repeats: int = 0
     repeat_usd_nanos: int = 0
-    #: Priced calls per price source (``override:tenant``, ``override:fleet``, ``catalog:genai-prices@0.2.5``
-    #: or ``agent``: shared/domain/pricing.py), stored as ``xDD.<model>.src.<source>``. At most two per
-    #: model in a batch (the agent's cost, and the one price in force for the tenant and model).
+    #: Calls per price source (``override:tenant``, ``override:fleet``, ``catalog:genai-prices@0.2.5``,
+    #: ``agent``, or ``unpriced``: shared/domain/pricing.py), stored as ``xDD.<model>.src.<source>``. At most
+    #: two per model in a batch (the agent's cost, and the one price in force, or none, for the tenant and model).
     sources: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -166,6 +166,8 @@ class Tally:
     trailing_failures: int = 0
     all_failed: bool = False
     unpriced_models: set[str] = field(default_factory=set)
+    #: Of those, the models of calls counted unpriced for want of tokens (:class:`TokensUnknown`).
+    tokenless_models: set[str] = field(default_factory=set)
     sources: dict[str, int] = field(default_factory=dict)
     #: Each call's success, in call order (a half-open breaker's trial calls).
     outcomes: list[bool] = field(default_factory=list)
@@ -225,6 +227,12 @@ class Applied:
     epoch: EpochSpend | None = None
 
 
+class TokensUnknown(CostRecord):
+    """A call that succeeded but whose tokens nobody reported, nor its cost (an OTLP model-call span with no
+    ``gen_ai.usage.*`` attribute): its zero token counts are unknown, not free, so :func:`tally` counts it
+    unpriced (the unpriced-model alert), never $0. Made by the fleet only, never sent by an agent."""
+
+
 _ZERO = timedelta(0)
 _MINUTES = [f"{m:02d}" for m in range(60)]
 
@@ -255,6 +263,10 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
         at = record.at if record.at.utcoffset() == _ZERO else record.at.astimezone(UTC)
         if record.cost_usd is not None:
             nanos, source, label = pricing.to_nanos(record.cost_usd), pricing.Source.REPORTED, pricing.AGENT_COST
+        elif isinstance(record, TokensUnknown):
+            nanos, source, label = 0, pricing.Source.UNPRICED, pricing.NO_PRICE
+            out.unpriced_models.add(record.model)
+            out.tokenless_models.add(record.model)
         elif record.input_tokens == 0 and record.output_tokens == 0:
             nanos, source, label = 0, pricing.Source.FREE, pricing.NO_COST
         else:
@@ -296,7 +308,7 @@ def tally(batch: CostBatch, tenant: str, table: PriceTable) -> Tally:
         if record.repeat:
             per[6] += 1
             per[7] += nanos
-        if source is pricing.Source.REPORTED or source is pricing.Source.TABLE:  # what priced money
+        if source is not pricing.Source.FREE:  # what priced it, or ``unpriced`` (no price: an alert)
             hour_sources[hour_start][record.model][label] += 1
         minute_key = (hour_start, at.minute)
         counts = minute_counts.get(minute_key)

@@ -27,7 +27,10 @@ JSON = "application/json"
 #: The body as sent (compressed or not), and once gunzipped: beyond either, 413.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_DECODED_BYTES = 16 * 1024 * 1024
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+#: OTLP/JSON's ids: a trace id is 16 bytes, a span id 8, in hex (an empty one is left to the span's own check).
+_ID_HEX_CHARS = {"traceId": 32, "trace_id": 32, "spanId": 16, "span_id": 16, "parentSpanId": 16,
+                 "parent_span_id": 16}  # fmt: skip
 
 
 @dataclass
@@ -69,11 +72,11 @@ def _hex_ids(value: Any) -> None:
         for scope_spans in resource_spans.get("scopeSpans", resource_spans.get("scope_spans", [])) or []:
             for span in scope_spans.get("spans", []) or []:
                 for item in [span, *(span.get("links") or [])]:
-                    for key in ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id"):
+                    for key, size in _ID_HEX_CHARS.items():
                         text = item.get(key)
                         if isinstance(text, str) and text:
-                            if not _HEX.fullmatch(text):  # bytes.fromhex would take "0102 0304"
-                                raise Refused(400, "malformed", f"{key} {text[:40]!r} is not hex")
+                            if not _HEX.fullmatch(text) or len(text) != size:  # fromhex takes "0102 0304"
+                                raise Refused(400, "malformed", f"{key} {text[:40]!r} is not {size} hex characters")
                             item[key] = base64.b64encode(bytes.fromhex(text)).decode()
 
 

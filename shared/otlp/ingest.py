@@ -35,7 +35,7 @@ from shared.store.usage import MARKERS
 log = logs.get_logger("otlp")
 PATH = "/v1/traces"
 SOURCE = "fleet-otlp"
-#: A span attribute naming the call's operation (default: the span's name), e.g. ``app.operation``.
+#: A span attribute naming the call's operation (default: ``gen_ai.operation.name``), e.g. ``app.operation``.
 OPERATION_ENV = "FLEET_OTLP_OPERATION_ATTRIBUTE"
 #: Commits of one batch of calls before giving up (503) while concurrent exports of the same spans race.
 MAX_ATTEMPTS = 3
@@ -81,6 +81,11 @@ class Counted:
     calls: int = 0
     duplicates: int = 0
     commands: list[str] = field(default_factory=list)
+    #: Calls of the batches the counting refused, each whole (a ``Rejected``, data Firestore refuses), and why:
+    #: the other batches of the request are counted all the same (a partial success).
+    refused: int = 0
+    reasons: list[tuple[int, str, str]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def _markers(agent: AgentRecord, records: list[CostRecord], now: datetime) -> list[Increments]:
@@ -106,30 +111,52 @@ def _already_counted(agent_id: str, records: list[CostRecord]) -> set[str]:
     return {doc.get("call_id") for doc in client.get_all(refs, **db.call_options()) if doc.exists}
 
 
-def count(agent: AgentRecord, records: list[CostRecord], now: datetime) -> Counted:
-    """Count every call not counted before, each exactly once (module docstring)."""
-    out = Counted()
+def count(agent: AgentRecord, records: list[CostRecord], now: datetime, out: Counted | None = None) -> Counted:
+    """Count every call not counted before, each exactly once (module docstring). ``out`` (filled as it goes)
+    still says what was counted when a batch raises for a retry (503)."""
+    out = Counted() if out is None else out
     for chunk in chunks(records):
-        pending = chunk
-        for _attempt in range(MAX_ATTEMPTS):
-            batch = CostBatch(agent_id=agent.agent_id, batch_id=batch_id(pending), records=pending)
+        _count_chunk(agent, chunk, now, out)
+    _reconcile_reexport(agent, now, out)
+    return out
+
+
+def _count_chunk(agent: AgentRecord, chunk: list[CostRecord], now: datetime, out: Counted) -> None:
+    """One batch's calls, those not counted yet; refused whole when the counting refuses it (the calls not
+    counted before it: the others are duplicates)."""
+    pending = chunk
+    for _attempt in range(MAX_ATTEMPTS):
+        batch = CostBatch(agent_id=agent.agent_id, batch_id=batch_id(pending), records=pending)
+        try:
             plan = accounting.count_batch(
                 agent, batch, received_at=now, judged_at=now, now=now, markers=_markers(agent, pending, now),
                 redelivery=False,
             )  # fmt: skip
-            if plan.skipped != "duplicate":
-                out.calls += len(pending)
-                out.commands += [f"{c.command.value}:{c.agent_id}" for c in plan.commands]
-                break
-            done = _already_counted(agent.agent_id, pending)
-            # No call marker but a duplicate: the batch marker of these very calls (written with their markers).
-            done = done or {r.call_id for r in pending}
-            out.duplicates += len(done)
-            pending = [r for r in pending if r.call_id not in done]
-            if not pending:
-                break
-        else:
-            raise accounting.InputsUnavailable(f"{len(pending)} calls still racing after {MAX_ATTEMPTS} commits")
+        except Rejected as rejected:
+            out.refused += len(pending)
+            out.reasons.append((len(pending), rejected.code.value, rejected.reason))
+            out.rejected.append(rejected)
+            return
+        except db.permanent_errors() as exc:  # Firestore refuses this data: retrying cannot help
+            out.refused += len(pending)
+            out.reasons.append((len(pending), Code.UNSTORABLE.value, f"{type(exc).__name__}: {exc}"[:300]))
+            return
+        if plan.skipped != "duplicate":
+            out.calls += len(pending)
+            out.commands += [f"{c.command.value}:{c.agent_id}" for c in plan.commands]
+            break
+        done = _already_counted(agent.agent_id, pending)
+        # No call marker but a duplicate: the batch marker of these very calls (written with their markers).
+        done = done or {r.call_id for r in pending}
+        out.duplicates += len(done)
+        pending = [r for r in pending if r.call_id not in done]
+        if not pending:
+            break
+    else:
+        raise accounting.InputsUnavailable(f"{len(pending)} calls still racing after {MAX_ATTEMPTS} commits")
+
+
+def _reconcile_reexport(agent: AgentRecord, now: datetime, out: Counted) -> None:
     clock = time.monotonic()
     if (
         out.duplicates
@@ -145,7 +172,6 @@ def count(agent: AgentRecord, records: list[CostRecord], now: datetime) -> Count
             _reconciled.clear()
         _reconciled[agent.agent_id] = clock  # only once it succeeded: a failed one is tried on the retry
         out.commands += [f"{c.command.value}:{c.agent_id}" for c in sent]
-    return out
 
 
 def _error(status: int, code: str, reason: str) -> tuple[bytes, int, dict[str, str]]:
@@ -237,21 +263,28 @@ def _handle(request: Any, now: datetime, fields: dict[str, Any]) -> tuple[int, s
                 request_id, now, fields)  # fmt: skip
         fields.update(code=Code.AGENT_MISMATCH.value, reason=reason)
         return 403, "refused", _error(403, Code.AGENT_MISMATCH.value, reason)
+    counted = Counted()
     try:
-        counted = count(agent, mapped.calls, now)
-    except Rejected as rejected:
-        _record(rejected, body, request_id, now, fields)
-        fields.update(code=rejected.code.value, reason=rejected.reason)
-        return 400, "rejected", _error(400, rejected.code.value, rejected.reason)
-    except db.permanent_errors() as exc:  # Firestore refuses this data: retrying cannot help
-        fields.update(code=Code.UNSTORABLE.value, reason=str(exc)[:500])
-        return 400, "rejected", _error(400, Code.UNSTORABLE.value, f"{type(exc).__name__}: {exc}"[:300])
+        count(agent, mapped.calls, now, counted)
     except (accounting.InputsUnavailable, accounting.EffectsFailed, exceptions.GoogleAPIError) as exc:
         # Retried by the exporter (503 is retryable in OTLP/HTTP, 500 is not); counted calls are not counted again.
-        fields.update(reason=str(exc)[:500])
+        fields.update(calls=counted.calls, duplicates=counted.duplicates, reason=str(exc)[:500])
         return 503, "retry", _error(503, "unavailable", "try again: " + str(exc)[:200])
     fields.update(calls=counted.calls, duplicates=counted.duplicates)
     if counted.commands:
         fields["commands"] = counted.commands
-    reply, content_type = decode.response(len(mapped.refused), "; ".join(mapped.refused[: spans.MAX_REASONS]), as_json)
+    for rejected in counted.rejected:
+        _record(rejected, body, request_id, now, fields)
+    reasons = mapped.refused[: spans.MAX_REASONS]
+    if counted.refused:
+        _n, code, reason = counted.reasons[0]
+        fields.update(code=code, reason=reason[:500], refused_calls=counted.refused)
+        if not counted.calls and not counted.duplicates:  # nothing of the request counted: refused whole
+            return 400, "rejected", _error(400, code, reason)
+        # Some batches counted, others refused: a partial success (OTLP/HTTP: 200, the refused spans counted in
+        # rejected_spans), so the exporter does not send the counted ones again for nothing.
+        reasons = [f"{n} calls: {kind}: {why}"[:300] for n, kind, why in counted.reasons]
+        reasons += mapped.refused[: spans.MAX_REASONS]
+    rejected_spans = len(mapped.refused) + counted.refused
+    reply, content_type = decode.response(rejected_spans, "; ".join(reasons[: spans.MAX_REASONS]), as_json)
     return 200, "accepted", (reply, 200, {"Content-Type": content_type})

@@ -19,6 +19,8 @@ from fleet_agent.contracts import CostRecord
 from fleet_agent.messages.costs import MAX_COST_PER_CALL_USD
 from pydantic import ValidationError
 
+from shared.domain.usage import TokensUnknown
+
 #: ``gen_ai.operation.name`` values that are model calls; every other span is ignored (and counted).
 MODEL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
 #: Where a span or its resource claims an agent id (checked against the token's, never believed).
@@ -36,6 +38,16 @@ TOKENS = {
     "cache_write_tokens": ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"),
     "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"),
 }
+#: OpenTelemetry's provider names (``gen_ai.provider.name``, the older ``gen_ai.system``) as the price catalog's
+#: provider ids: a call's model is recorded as ``<provider>/<model>``, which the catalog prices at that provider
+#: and overrides of the bare name still match (shared/domain/pricing.py ``PriceTable.override``).
+PROVIDERS = {
+    "openai": "openai", "anthropic": "anthropic", "aws.bedrock": "aws", "azure.ai.openai": "azure",
+    "az.ai.openai": "azure", "azure.ai.inference": "azure", "az.ai.inference": "azure", "gcp.gemini": "google",
+    "gcp.vertex_ai": "google", "gcp.gen_ai": "google", "vertex_ai": "google", "gemini": "google", "x_ai": "x-ai",
+    "xai": "x-ai", "mistral_ai": "mistral", "groq": "groq", "deepseek": "deepseek", "cohere": "cohere",
+    "perplexity": "perplexity",
+}  # fmt: skip
 STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 MAX_REASONS = 5
 
@@ -133,6 +145,36 @@ def call_id(trace_id: bytes, span_id: bytes) -> str:
     return trace_id.hex() + span_id.hex()
 
 
+def provider_of(attrs: dict[str, Any]) -> str:
+    """The span's provider as it names it (``gen_ai.provider.name``, else ``gen_ai.system``), or ``unknown``."""
+    return str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "unknown")
+
+
+def model_of(attrs: dict[str, Any]) -> str:
+    """The call's model: the response's, else the request's, as ``<provider>/<model>`` when the span names a
+    provider the catalog knows (:data:`PROVIDERS`) and the model does not already start with it
+    (``openai/gpt-4o-mini``, ``groq/openai/gpt-oss-120b``); ``unknown`` when the span names none."""
+    model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "").strip()
+    if not model:
+        return "unknown"
+    named = provider_of(attrs).strip().lower()
+    provider = PROVIDERS.get(named)
+    if provider is not None and not model.lower().startswith((f"{provider}/", f"{named}/")):
+        model = f"{provider}/{model}"
+    return _label(model, _MODEL_BAD, 128) or "unknown"
+
+
+def operation_of(attrs: dict[str, Any], operation_attribute: str | None) -> str:
+    """The call's operation: ``operation_attribute``'s value when set on the span, else ``gen_ai.operation.name``
+    (never the span name: it often holds the model or ids, one counter per distinct value), made a label
+    (63 characters of ``A-Za-z0-9_.:/-``, others replaced by ``_``)."""
+    if operation_attribute and attrs.get(operation_attribute):
+        operation = _label(str(attrs[operation_attribute]), _LABEL_BAD, 63)
+        if operation:
+            return operation
+    return str(attrs["gen_ai.operation.name"])
+
+
 def record_of(
     span: Any, attrs: dict[str, Any], *, operation_attribute: str | None, now: datetime, max_ahead: timedelta,
     max_behind: timedelta,
@@ -145,12 +187,6 @@ def record_of(
     at = _time(span.end_time_unix_nano)
     if at > now + max_ahead or at < now - max_behind:
         raise ValueError(f"ended at {at.isoformat()}: more than {max_ahead} ahead of or {max_behind} behind now")
-    model_text = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "unknown")
-    operation = ""
-    if operation_attribute and attrs.get(operation_attribute):
-        operation = _label(str(attrs[operation_attribute]), _LABEL_BAD, 63)
-    if not operation:
-        operation = _label(span.name, _LABEL_BAD, 63) or str(attrs["gen_ai.operation.name"])
     failed = bool(attrs.get("error.type")) or span.status.code == STATUS_ERROR
     tokens = {name: _int(attrs, names) for name, names in TOKENS.items()}
     cached = tokens["cache_read_tokens"] + tokens["cache_write_tokens"]
@@ -159,16 +195,19 @@ def record_of(
     cost = _cost(attrs)
     if cost == 0 and (tokens["input_tokens"] or tokens["output_tokens"]):
         cost = None  # "no price known" (openlit reports 0 for models its table lacks): the fleet prices it
+    # No token attribute at all and no cost on a call that succeeded: its usage is unknown, not zero (the
+    # provider billed it): counted unpriced (alert), never $0. Explicit zeros, or a failed call, stay free.
+    unknown = cost is None and not failed and not any(n in attrs for names in TOKENS.values() for n in names)
     try:
-        return CostRecord(
+        return (TokensUnknown if unknown else CostRecord)(
             call_id=call_id(span.trace_id, span.span_id),
             at=at,
-            model=_label(model_text, _MODEL_BAD, 128) or "unknown",
+            model=model_of(attrs),
             **tokens,
             cost_usd=cost,
             success=not failed,
             latency_ms=(span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
-            operation=operation,
+            operation=operation_of(attrs, operation_attribute),
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -193,7 +232,7 @@ def map_request(
                     out.ignored += 1
                     continue
                 out.claimed.update(str(attrs[a]) for a in AGENT_ATTRIBUTES if attrs.get(a))
-                out.providers[str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "unknown")] += 1
+                out.providers[provider_of(attrs)[:40]] += 1
                 try:
                     record = record_of(
                         span, attrs, operation_attribute=operation_attribute, now=now, max_ahead=max_ahead,

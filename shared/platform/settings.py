@@ -69,6 +69,10 @@ class Settings:
     health_slack_failures_per_hour: int
     health_outbox_late_s: int
     health_outbox_pending: int
+    #: Leases carry each model's price parts (``ModelPrice.parts``: cache, reasoning, tiers), so an SDK debits a
+    #: call exactly rather than at the ceiling. Off by default: an SDK before it refuses a lease with them (its
+    #: messages refuse unknown fields); turn it on once every agent runs an SDK that reads them.
+    lease_price_parts: bool = False
 
 
 @cache
@@ -103,6 +107,7 @@ def get() -> Settings:
         health_slack_failures_per_hour=_int("FLEET_HEALTH_SLACK_FAILURES_PER_HOUR", 3),
         health_outbox_late_s=_int("FLEET_HEALTH_OUTBOX_LATE_S", 600),
         health_outbox_pending=_int("FLEET_HEALTH_OUTBOX_PENDING", 500),
+        lease_price_parts=os.environ.get("FLEET_LEASE_PRICE_PARTS", "off").lower() in ("on", "1", "true", "yes"),
     )
 
 
@@ -120,7 +125,7 @@ def secret(name: str) -> str | None:
         return os.environ[env_name]
     if os.environ.get("FLEET_SECRETS_BACKEND") != "secretmanager":
         return None
-    from google.cloud import secretmanager  # type: ignore[attr-defined]
+    from google.cloud import secretmanager  # type: ignore[attr-defined,unused-ignore]
 
     client = secretmanager.SecretManagerServiceClient()
     path = f"projects/{get().project}/secrets/{name}/versions/latest"

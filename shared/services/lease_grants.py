@@ -16,15 +16,17 @@ from __future__ import annotations
 import secrets
 from dataclasses import replace
 from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
 
-from fleet_agent.contracts import Command, CommandType, LeaseGrant, LeaseUse, ModelPrice
+from fleet_agent.contracts import Command, CommandType, ExactPrice, LeaseGrant, LeaseUse, ModelPrice, PriceTier
+from pydantic import ValidationError
 
 from shared.domain import budgets, holds, spend
 from shared.domain import leases as domain
 from shared.domain.agent_record import AgentRecord
 from shared.domain.leases import ZERO, Amount, Ledger
 from shared.domain.periods import windows
-from shared.domain.pricing import format_usd, to_usd
+from shared.domain.pricing import Price, format_usd, to_usd
 from shared.platform import logs, settings
 from shared.services import notifier
 from shared.store import config
@@ -34,6 +36,8 @@ from shared.store import leases as store
 from shared.store import usage as usage_store
 
 log = logs.get_logger("leases")
+#: The places of a price per token on the wire (``TokenPrice``).
+_WIRE_PLACES = Decimal("1e-15")
 
 
 def cfg() -> domain.Config:
@@ -183,11 +187,11 @@ def _command(
     tenant = config.tenant(agent.tenant)
     table = config.table_for(tenant)
     prices = {}
+    parts = settings.get().lease_price_parts
     for model in models:
         found = table.lookup(model, agent.tenant)
-        if found is not None:  # the ceiling: the wallet never debits less than the fleet counts
-            found = found.ceiling()
-            prices[model] = ModelPrice(input_usd=found.input_usd, output_usd=found.output_usd)
+        if found is not None:
+            prices[model] = model_price(found, parts=parts)
     lease = LeaseGrant(
         lease_id=plan.lease_id, usd=to_usd(amount.usd_nanos),
         tokens=amount.tokens if plan.epoch.tokens_limited else None, expires_at=plan.epoch.expires_at,
@@ -203,6 +207,34 @@ def _command(
         agent_id=agent.agent_id, command=CommandType.LEASE, issued_at=now, command_id=f"lease.{plan.lease_id}",
         until=plan.epoch.expires_at, lease=lease, reason=reason[:500],
     )  # fmt: skip
+
+
+def model_price(price: Price, *, parts: bool) -> ModelPrice:
+    """A model's price in a lease: its ceiling, at which a call's worst case is reserved (and debited by an SDK
+    that knows no more: never less than the fleet counts), and with ``parts`` its parts and tiers, at which
+    the SDK debits a call exactly once it knows its usage. A part the wire cannot carry exactly (over 15
+    decimal places, more than 8 tiers) leaves the parts out: the ceiling still holds (rounded up to 15 places)."""
+    ceiling = price.ceiling()
+    input_usd, output_usd = _up(ceiling.input_usd), _up(ceiling.output_usd)
+    exact = None
+    if parts:
+        try:
+            tiers = [PriceTier(above_input_tokens=start, **_parts(tier)) for start, tier in price.tiers]
+            exact = ExactPrice(**_parts(price), tiers=tiers)
+        except ValidationError:
+            exact = None
+    return ModelPrice(input_usd=input_usd, output_usd=output_usd, parts=exact)
+
+
+def _up(usd: Decimal) -> Decimal:
+    """A ceiling the wire can carry: rounded up to its 15 places (a few catalog prices have more)."""
+    exponent = usd.as_tuple().exponent
+    return usd.quantize(_WIRE_PLACES, rounding=ROUND_CEILING) if isinstance(exponent, int) and exponent < -15 else usd
+
+
+def _parts(price: Price) -> dict[str, Decimal | None]:
+    return {"input_usd": price.input_usd, "output_usd": price.output_usd, "cache_read_usd": price.cache_read_usd,
+            "cache_write_usd": price.cache_write_usd, "reasoning_usd": price.reasoning_usd}  # fmt: skip
 
 
 def _json(command: Command) -> dict[str, object]:

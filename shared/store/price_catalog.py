@@ -17,10 +17,15 @@ the alert tells the admin to set a price with ``PUT /v1/prices/{model}``).
 
 Importing genai-prices and building its snapshot takes about 0.6 s (1.6 MB of data): both are lazy, on
 the first lookup, so the functions that price nothing do not pay it at cold start.
+
+:meth:`GenaiPrices.listing` pages through the catalog's models by ``provider/model`` (``GET
+/v1/prices?catalog=true``): a sorted index built once per instance, then the page's models priced at the
+time asked (about 0.5 ms a page of 50; all 2,139 token-priced models of 0.2.5 in about 50 ms).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 import threading
@@ -191,6 +196,13 @@ def _anywhere(ref: str) -> tuple[Any, Any] | None:
     return next((left[p] for p in ORIGINAL_PROVIDERS if p in left), None)
 
 
+@functools.cache
+def _listed() -> tuple[tuple[str, Any, Any], ...]:
+    """Every model of the catalog as (``provider/model``, provider, model), ordered by that name."""
+    rows = [(f"{p.id}/{m.id}", p, m) for p in _snapshot().providers for m in p.models]
+    return tuple(sorted(rows, key=lambda row: row[0]))
+
+
 class GenaiPrices:
     """The catalog the fleet prices with (the domain's ``Catalog``)."""
 
@@ -201,14 +213,40 @@ class GenaiPrices:
     def quote(self, model: str, at: datetime | None = None) -> Quote | None:
         at = at or datetime.now(UTC)
         found = _find(model)
-        if found is None:
-            return None
-        provider, info = found
+        return None if found is None else self._quote(*found, at)
+
+    def _quote(self, provider: Any, info: Any, at: datetime) -> Quote | None:
         price = to_price(info.get_prices(at))
         if price is None:
             return None
         since, until = validity(info, at)
         return Quote(price, self.source, f"{provider.id}/{info.id}", since, until)
+
+    def listing(
+        self, *, provider: str | None = None, prefix: str | None = None, after: str | None = None, limit: int = 50,
+        at: datetime | None = None,
+    ) -> tuple[list[Quote], bool]:  # fmt: skip
+        """The catalog's models priced by tokens (``Quote.matched``: ``provider/model``), ordered by that
+        name, after ``after``, at most ``limit``; whether more follow. ``provider``: that provider's only
+        (its id, lower case); ``prefix``: the models whose name, or ``provider/name``, starts with it
+        (case-insensitive). Models billed per request or second only are left out (not priced by tokens)."""
+        at = at or datetime.now(UTC)
+        rows = _listed()
+        start = bisect.bisect_right(rows, after, key=lambda row: row[0]) if after is not None else 0
+        wanted = prefix.lower() if prefix else None
+        out: list[Quote] = []
+        for name, owner, info in rows[start:]:
+            if provider is not None and owner.id != provider:
+                continue
+            if wanted is not None and not (info.id.lower().startswith(wanted) or name.lower().startswith(wanted)):
+                continue
+            found = self._quote(owner, info, at)
+            if found is None:
+                continue
+            if len(out) == limit:
+                return out, True
+            out.append(found)
+        return out, False
 
     def alternatives(self, model: str, at: datetime | None = None) -> Sequence[tuple[str, Price]]:
         at = at or datetime.now(UTC)

@@ -161,7 +161,7 @@ def test_records_are_priced_from_the_catalog_and_unpriced_models_alert(
     assert month["calls"] == 2 and month["unpriced_calls"] == 1 and month["tokens"] == 2100
     models = api.get(f"/v1/agents/{agent_id}/usage").json()["models"]
     assert models["gpt-4o-2024-08-06"]["price_sources"] == {"catalog:genai-prices@0.2.5": 1}
-    assert models["acme-llm-7b"]["price_sources"] == {} and models["acme-llm-7b"]["calls"] == 1
+    assert models["acme-llm-7b"]["price_sources"] == {"unpriced": 1} and models["acme-llm-7b"]["calls"] == 1
     alerts = wait_for(lambda: api.get("/v1/alerts", agent_id=agent_id).json()["items"])
     assert [a["kind"] for a in alerts] == ["unpriced_model"] and "acme-llm-7b" in alerts[0]["message"]
 

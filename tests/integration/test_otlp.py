@@ -234,6 +234,15 @@ def test_a_span_naming_another_agent_is_refused_and_json_reports_partial_success
     totals = wait_for(lambda: (m := month(api, agent_id))["calls"] == 1 and m, timeout=20)
     assert Decimal(totals["spend_usd"]) == cost(CHAT_MODEL, [(10, 2)])
 
+    # A call with a model and no token attribute at all: counted unpriced (the alert), never $0 free.
+    kept.clear()
+    with provider.get_tracer("t").start_as_current_span("chat tokenless") as span:
+        span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                             "gen_ai.request.model": CHAT_MODEL})  # fmt: skip
+    assert post(stack, kept.get_finished_spans(), f"Bearer {token}").status_code == 200
+    totals = wait_for(lambda: (m := month(api, agent_id))["calls"] == 2 and m, timeout=20)
+    assert (totals["unpriced_calls"], Decimal(totals["spend_usd"])) == (1, cost(CHAT_MODEL, [(10, 2)]))
+
 
 def test_the_openai_v2_instrumentation_spans_are_counted(
     stack: Any, publisher: Any, firestore: Any, api: Any, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
@@ -244,7 +253,8 @@ def test_the_openai_v2_instrumentation_spans_are_counted(
     tenant, agent_id = f"t-{uuid.uuid4().hex[:10]}", f"it-{uuid.uuid4().hex[:12]}"
     key = enrolled(publisher, firestore, agent_id, tenant)
     set_prices(api, tenant)
-    provider, _kept = traced(stack, otlp_token.mint(key, agent_id=agent_id, tenant=tenant, days=1), "instrumented")
+    token = otlp_token.mint(key, agent_id=agent_id, tenant=tenant, days=1)
+    provider, kept = traced(stack, token, "instrumented")
     instrumentor = OpenAIInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
     try:
@@ -258,3 +268,17 @@ def test_the_openai_v2_instrumentation_spans_are_counted(
     assert len(tokens) == 2 and all(t[0] > 0 for t in tokens)
     totals = wait_for(lambda: (m := month(api, agent_id))["calls"] == 2 and m, timeout=30)
     assert Decimal(totals["spend_usd"]) == cost(CHAT_MODEL, tokens) > 0
+
+    # The instrumentation's own spans exported again (another exporter, gzip; then the same protobuf posted
+    # twice): counted once.
+    spans = list(kept.get_finished_spans())
+    named = {(a := s.attributes or {}).get("gen_ai.provider.name") or a.get("gen_ai.system") for s in spans}
+    assert len(spans) == 2 and named == {"openai"}
+    assert exporter(stack, token, compression=Compression.Gzip).export(spans) == SpanExportResult.SUCCESS
+    for _ in range(2):
+        assert post(stack, spans[::-1], f"Bearer {token}").status_code == 200
+    time.sleep(1.5)
+    totals = month(api, agent_id)
+    assert (totals["calls"], Decimal(totals["spend_usd"])) == (2, cost(CHAT_MODEL, tokens))
+    lines = [x for x in log_lines(stack.state_dir, "fleet-otlp") if x.get("agent_id") == agent_id]
+    assert [(x.get("calls"), x.get("duplicates")) for x in lines[-3:]] == [(0, 2)] * 3

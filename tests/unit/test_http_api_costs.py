@@ -569,8 +569,9 @@ def assert_error_details(reply: Reply) -> None:
 
 # --- prices ------------------------------------------------------------------------------------
 
-#: An override that sets no cache or reasoning price (those parts are charged at its input / output price).
-NO_PARTS = {"cache_read_usd": None, "cache_write_usd": None, "reasoning_usd": None}
+#: An override that sets no cache or reasoning price (those parts are charged at its input / output price);
+#: overrides have no long-context tiers.
+NO_PARTS = {"cache_read_usd": None, "cache_write_usd": None, "reasoning_usd": None, "tiers": []}
 
 
 def test_prices_list_global_prices_as_decimal_strings(world: World) -> None:
@@ -578,14 +579,21 @@ def test_prices_list_global_prices_as_decimal_strings(world: World) -> None:
     assert reply.status == 200, reply.text
     assert reply.json == {
         "tenant": None,
+        "next_page_token": None,
         "items": [
-            {"model": "gpt-4o", "input_usd": "0.0000025", "output_usd": "0.00001", **NO_PARTS, "source": "api"},
+            {
+                "model": "gpt-4o",
+                "input_usd": "0.0000025",
+                "output_usd": "0.00001",
+                **NO_PARTS,
+                "source": "override:fleet",
+            },
             {
                 "model": "openai/gpt-4o-mini",
                 "input_usd": "0.00000015",
                 "output_usd": "0.0000006",
                 **NO_PARTS,
-                "source": "api",
+                "source": "override:fleet",
             },
         ],
     }
@@ -607,10 +615,10 @@ def test_prices_with_a_tenant_show_its_overrides_in_place(world: World) -> None:
             "input_usd": "0.000002",
             "output_usd": "0.000008",
             **NO_PARTS,
-            "source": "tenant",
+            "source": "override:tenant",
         }
-        assert by_model["acme/private-llm"]["source"] == "tenant"
-        assert by_model["openai/gpt-4o-mini"]["source"] == "api"
+        assert by_model["acme/private-llm"]["source"] == "override:tenant"
+        assert by_model["openai/gpt-4o-mini"]["source"] == "override:fleet"
     assert_error(send("/v1/prices", who="acme-viewer", tenant="globex"), 403, "forbidden")
     assert_error(send("/v1/prices", tenant="Bad Tenant"), 400, "bad_request")
 
@@ -629,7 +637,7 @@ def test_put_price_accepts_model_names_with_slashes_and_colons(world: World, pat
     reply = send(path, method="PUT", body={"input_usd": "0.0000025", "output_usd": 0.00001})
     assert reply.status == 200, reply.text
     assert reply.json == {"model": model, "input_usd": "0.0000025", "output_usd": "0.00001", **NO_PARTS,
-                          "source": "api"}  # fmt: skip
+                          "source": "override:fleet"}  # fmt: skip
     assert world.prices_set == [(None, model, Price(Decimal("0.0000025"), Decimal("0.00001")))]
     [(path_, entry)] = [(p, d) for p, d in world.firestore.docs.items() if p.startswith("audit/")]
     assert entry["action"] == "price.set" and entry["details"]["model"] == model
@@ -640,7 +648,7 @@ def test_put_tenant_price(world: World) -> None:
     reply = send("/v1/prices/anthropic/claude-3-5-sonnet", method="PUT", tenant="acme", who="acme-admin",
                  body={"input_usd": "0.000003", "output_usd": "0.000015"})  # fmt: skip
     assert reply.status == 200, reply.text
-    assert reply.json["source"] == "tenant"
+    assert reply.json["source"] == "override:tenant"
     assert world.prices_set == [
         ("acme", "anthropic/claude-3-5-sonnet", Price(Decimal("0.000003"), Decimal("0.000015")))
     ]

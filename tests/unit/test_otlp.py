@@ -180,9 +180,9 @@ def test_a_chat_span_is_a_call_record_and_other_spans_are_ignored() -> None:
     assert (out.spans, out.ignored, out.refused, dict(out.providers)) == (3, 2, [], {"openai": 1})
     (call,) = out.calls
     assert call.model_dump() == {
-        "call_id": "ab" * 16 + "0000000000000001", "at": NOW, "model": "gpt-4o-mini-2024-07-18",
+        "call_id": "ab" * 16 + "0000000000000001", "at": NOW, "model": "openai/gpt-4o-mini-2024-07-18",
         "input_tokens": 120, "output_tokens": 30, "cache_read_tokens": 100, "cache_write_tokens": 5,
-        "reasoning_tokens": 10, "cost_usd": None, "success": True, "latency_ms": 250.0, "operation": "chat_gpt-4o-mini",
+        "reasoning_tokens": 10, "cost_usd": None, "success": True, "latency_ms": 250.0, "operation": "chat",
         "repeat": False,
     }  # fmt: skip
 
@@ -194,8 +194,8 @@ def test_failures_costs_operations_and_the_older_attributes() -> None:
     out = mapped(export({"attrs": old}, {"attrs": CHAT, "status": spans.STATUS_ERROR}), attribute="app.op")
     first, second = out.calls
     assert (first.success, first.model, str(first.cost_usd), first.operation) == (
-        False, "text-embed-3", "0.250000000000", "index_docs")  # fmt: skip
-    assert (second.success, second.cost_usd, second.operation) == (False, None, "chat_gpt-4o-mini")
+        False, "openai/text-embed-3", "0.250000000000", "index_docs")  # fmt: skip
+    assert (second.success, second.cost_usd, second.operation) == (False, None, "chat")
     assert dict(out.providers) == {"openai": 2}
 
 
@@ -271,6 +271,13 @@ def truncated_gzip() -> bytes:
         (b"[1]", "application/json", None, 400),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', "application/json", None, 400),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"spanId": "0102 0304"}]}]}]}', "application/json", None, 400),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"spanId": "01020304"}]}]}]}', "application/json", None, 400),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "' + b"ab" * 17 + b'"}]}]}]}',
+            "application/json",
+            None,
+            400,
+        ),
         (b"{}", "text/plain", None, 415),
         (b"not gzip", "application/x-protobuf", "gzip", 400),
         (gzip.compress(b"\x00" * (decode.MAX_DECODED_BYTES + 1)), "application/x-protobuf", "gzip", 413),
@@ -284,6 +291,8 @@ def test_malformed_and_oversized_bodies(body: bytes, ctype: str, encoding: str |
     with pytest.raises(decode.Refused) as refused:
         decode.decode(body, ctype, encoding)
     assert refused.value.status == status
+    if b"Id" in body:  # the reason names the id and what it must be
+        assert "hex characters" in refused.value.reason
 
 
 def test_the_response_reports_refused_spans_in_the_requests_encoding() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -83,7 +84,7 @@ class Script:
     """``count_batch``, ``_already_counted`` and ``reconcile`` scripted: what each commit meets, which markers
     exist after it, and what was committed."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, outcomes: list[str], markers: list[set[str]]) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, outcomes: list[Any], markers: list[set[str]]) -> None:
         self.outcomes, self.markers = outcomes, markers
         self.batches: list[tuple[str, list[str]]] = []
         self.reconciled = 0
@@ -95,7 +96,10 @@ class Script:
 
     def count_batch(self, _agent: Any, batch: Any, **_kw: Any) -> Any:
         self.batches.append((batch.batch_id, [r.call_id for r in batch.records]))
-        return type("Plan", (), {"skipped": self.outcomes.pop(0), "commands": []})()
+        outcome: Any = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return type("Plan", (), {"skipped": outcome, "commands": []})()
 
     def reconcile(self, *_a: Any, **_kw: Any) -> list[Any]:
         self.reconciled += 1
@@ -107,7 +111,7 @@ IDS = [c.call_id for c in CALLS]
 
 
 def test_a_batch_meeting_markers_commits_only_the_calls_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    script = Script(monkeypatch, ["duplicate", None], [set(IDS[:2])])  # type: ignore[list-item]
+    script = Script(monkeypatch, ["duplicate", None], [set(IDS[:2])])
     counted = ingest.count(record(), CALLS, NOW)
     assert (counted.calls, counted.duplicates, script.reconciled) == (3, 2, 0)
     (first, ids_1), (second, ids_2) = script.batches
@@ -115,7 +119,7 @@ def test_a_batch_meeting_markers_commits_only_the_calls_not_counted(monkeypatch:
 
 
 def test_concurrent_exports_are_retried_until_the_rest_is_committed(monkeypatch: pytest.MonkeyPatch) -> None:
-    script = Script(monkeypatch, ["duplicate", "duplicate", None], [{IDS[0]}, {IDS[1]}])  # type: ignore[list-item]
+    script = Script(monkeypatch, ["duplicate", "duplicate", None], [{IDS[0]}, {IDS[1]}])
     counted = ingest.count(record(), CALLS, NOW)
     assert (counted.calls, counted.duplicates) == (3, 2)
     assert [ids for _b, ids in script.batches] == [IDS, IDS[1:], IDS[2:]]
@@ -150,7 +154,7 @@ def test_re_exports_reconcile_once_a_minute_per_agent(monkeypatch: pytest.Monkey
 
 def test_a_partial_reexport_does_not_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
     chunks = [call(n) for n in range(200)] + [call(900, minutes=1)]
-    script = Script(monkeypatch, ["duplicate", None], [{c.call_id for c in chunks[:200]}])  # type: ignore[list-item]
+    script = Script(monkeypatch, ["duplicate", None], [{c.call_id for c in chunks[:200]}])
     counted = ingest.count(record(), chunks, NOW)
     assert (counted.calls, counted.duplicates, script.reconciled) == (1, 200, 0)
 
@@ -166,9 +170,12 @@ class Request(Posted):
 def test_a_bad_span_is_a_partial_success_and_a_lost_race_a_503_never_a_500(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "checked", lambda _header, _now: record())
     counted: list[int] = []
-    monkeypatch.setattr(
-        ingest, "count", lambda _a, calls, _now: counted.append(len(calls)) or ingest.Counted(len(calls))
-    )
+
+    def count(_agent: Any, calls: list[CostRecord], _now: Any, out: ingest.Counted) -> ingest.Counted:
+        counted.append(len(calls))
+        return out
+
+    monkeypatch.setattr(ingest, "count", count)
     bad = {**CHAT, "gen_ai.usage.input_tokens": float("inf"), "gen_ai.usage.cost": "Infinity"}
     body = export({"attrs": CHAT}, {"attrs": bad}, {"attrs": {**CHAT, "gen_ai.usage.cost": "1e30"}})
     reply, status, _headers = ingest.handle(Request(body.SerializeToString()))
@@ -182,3 +189,42 @@ def test_a_bad_span_is_a_partial_success_and_a_lost_race_a_503_never_a_500(monke
     assert ingest.handle(Request(body.SerializeToString()))[1] == 503
     truncated = gzip.compress(body.SerializeToString())[:-8]
     assert ingest.handle(Request(truncated, **{"Content-Encoding": "gzip"}))[1] == 400
+
+
+def test_a_batch_refused_after_others_were_counted_is_a_partial_success(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "checked", lambda _header, _now: record())
+    recorded: list[str] = []
+    monkeypatch.setattr(ingest, "_record", lambda rejected, *_a: recorded.append(rejected.code.value))
+    late = Rejected(Code.IMPLAUSIBLE_TIME, "call times are more than 5 minutes ahead", agent_id="chat-1")
+    # Two batches (the calls 2 hours apart): the first counted, the second refused by the counting.
+    body = export({"attrs": CHAT, "end": NOW - timedelta(hours=2)}, {"attrs": CHAT}).SerializeToString()
+    Script(monkeypatch, [None, late], [])
+    reply, status, _headers = ingest.handle(Request(body))
+    answer = ExportTraceServiceResponse.FromString(reply)
+    assert (status, answer.partial_success.rejected_spans, recorded) == (200, 1, ["implausible_time"])
+    assert answer.partial_success.error_message.startswith("1 calls: implausible_time: call times")
+    # Nothing of the request counted: refused whole (400), as before.
+    Script(monkeypatch, [late, late], [])
+    reply, status, _headers = ingest.handle(Request(body))
+    assert (status, json.loads(reply)["error"]["code"]) == (400, "implausible_time")
+    # A batch re-exported (duplicates) beside a refused one: a partial success too; a batch Firestore refuses
+    # (a permanent error) is refused alone and not recorded as a rejection.
+    Script(monkeypatch, ["duplicate", ValueError("bad field path")], [{"ab" * 16 + "0000000000000001"}])
+    reply, status, _headers = ingest.handle(Request(body))
+    answer = ExportTraceServiceResponse.FromString(reply)
+    assert (status, answer.partial_success.rejected_spans) == (
+        200,
+        1,
+    ) and "unstorable" in answer.partial_success.error_message
+    assert recorded == ["implausible_time"] * 3
+
+
+def test_a_retry_after_some_batches_were_counted_still_logs_what_was_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(auth, "checked", lambda _header, _now: record())
+    body = export({"attrs": CHAT, "end": NOW - timedelta(hours=2)}, {"attrs": CHAT}).SerializeToString()
+    Script(monkeypatch, [None, ingest.accounting.InputsUnavailable("tenant settings unreadable")], [])
+    assert ingest.handle(Request(body))[1] == 503
+    (line,) = [r.fields for r in caplog.records if r.name == "fleet.otlp"]  # type: ignore[attr-defined]
+    assert (line["status"], line["calls"], line["duplicates"]) == (503, 1, 0)

@@ -74,6 +74,20 @@ def test_the_ceiling_never_prices_a_part_below_the_fleet() -> None:
             assert price.ceiling().cost_nanos(inp, out) >= price.cost_nanos(inp, out, read, write, reasoning)
 
 
+def test_the_ceiling_covers_the_long_context_tiers() -> None:
+    """A lease priced at the ceiling debits at least what the fleet counts, long calls included (review S2)."""
+    gemini = price_catalog.catalog.quote("gemini-2.5-pro", AT)
+    assert gemini is not None and gemini.price.tiers
+    counted = gemini.price.cost_nanos(300_000, 1_000)
+    assert counted == 765_000_000  # all of it at the >200k tier: $2.50 / $15 per million
+    assert gemini.price.ceiling().cost_nanos(300_000, 1_000) >= counted
+    claude = Price(Decimal(3) / M, Decimal(15) / M, Decimal("0.3") / M, Decimal("3.75") / M, tiers=(
+        (200_000, Price(Decimal(6) / M, Decimal("22.5") / M, Decimal("0.6") / M, Decimal("7.5") / M)),))  # fmt: skip
+    assert claude.ceiling() == Price(Decimal("7.5") / M, Decimal("22.5") / M)
+    for inp, out, read, write in ((250_000, 4_000, 0, 250_000), (250_000, 4_000, 100_000, 0), (1_000, 10, 0, 1_000)):
+        assert claude.ceiling().cost_nanos(inp, out) >= claude.cost_nanos(inp, out, read, write)
+
+
 def test_tiers_price_a_long_call_wholly_at_the_tier() -> None:
     long = Price(Decimal(6) / M, Decimal("22.5") / M)
     price = Price(Decimal(3) / M, Decimal(15) / M, tiers=((200_000, long),))
@@ -114,7 +128,7 @@ def test_a_batch_counts_each_models_calls_per_price_source() -> None:
         rec(1, "gpt-4o", 1000, 100, cache_read_tokens=1000),  # 1000 x 0.00000125 + 100 x 0.00001 = 0.00225
         rec(2, "gpt-4o", 10, 5, cost_usd=Decimal("0.5")),  # the agent's own cost
         rec(3, "claude-x", 10, 10),
-        rec(4, "nobody-knows", 10, 10),  # unpriced: no source
+        rec(4, "nobody-knows", 10, 10),  # unpriced: counted as such (it alerts)
         rec(5, "gpt-4o", 0, 0),  # free: no source
     ]
     t = tally(CostBatch(agent_id="agent-1", batch_id="batch-0001", records=records), "acme", table)
@@ -122,7 +136,7 @@ def test_a_batch_counts_each_models_calls_per_price_source() -> None:
     assert day["gpt-4o"].sources == {"catalog:test@1": 1, "agent": 1} and day["gpt-4o"].calls == 3
     assert day["gpt-4o"].usd_nanos == to_nanos(Decimal("0.50225"))
     assert day["claude-x"].sources == {"override:tenant": 1}
-    assert day["nobody-knows"].sources == {}
+    assert day["nobody-knows"].sources == {"unpriced": 1}
     # Stored under xDD.<model>.src.<source>, read back with the counters.
     stored = {**day["gpt-4o"].as_dict(), "src": day["gpt-4o"].sources}
     assert ModelDay.from_dict(stored) == day["gpt-4o"]

@@ -139,7 +139,7 @@ def test_an_override_sets_cache_and_reasoning_prices(world: World) -> None:
             "cache_write_usd": "0.0000025", "reasoning_usd": "0.00001"}  # fmt: skip
     reply = send("/v1/prices/gpt-4o", method="PUT", body=body)
     assert reply.status == 200, reply.text
-    assert reply.json == {"model": "gpt-4o", **body, "source": "api"}
+    assert reply.json == {"model": "gpt-4o", **body, "source": FLEET_OVERRIDE, "tiers": []}
     price = Price(*(Decimal(body[k]) for k in ("input_usd", "output_usd", "cache_read_usd", "cache_write_usd",
                                                "reasoning_usd")))  # fmt: skip
     assert world.prices_set == [(None, "gpt-4o", price)]

@@ -41,11 +41,49 @@ def seq_of(lease_id: str) -> int:
     return int(lease_id.split(".", 1)[1])
 
 
-class ModelPrice(Strict):
-    """A model's price as the fleet charges it (the tenant's price if it has one): USD per token."""
+#: Long-context tiers one price carries at most.
+MAX_PRICE_TIERS = 8
+
+
+class PriceParts(Strict):
+    """A price exactly as the fleet charges it, USD per token: uncached input and output tokens, and the
+    parts priced apart: input tokens read from / written to the prompt cache (None: at ``input_usd``),
+    output tokens spent reasoning (None: at ``output_usd``)."""
 
     input_usd: TokenPrice
     output_usd: TokenPrice
+    cache_read_usd: TokenPrice | None = None
+    cache_write_usd: TokenPrice | None = None
+    reasoning_usd: TokenPrice | None = None
+
+
+class PriceTier(PriceParts):
+    """A long-context tier: a call with more than ``above_input_tokens`` input tokens (cached ones
+    included) pays this tier's prices for all its tokens."""
+
+    above_input_tokens: LeaseTokens
+
+
+class ExactPrice(PriceParts):
+    """The parts of a price, and its tiers by ascending threshold: what an SDK debits a call at once it
+    knows the call's usage (``fleet_agent.lease_prices``)."""
+
+    tiers: list[PriceTier] = Field(default_factory=list, max_length=MAX_PRICE_TIERS)
+
+
+class ModelPrice(Strict):
+    """A model's price as the fleet charges it (the tenant's price if it has one): USD per token.
+
+    ``input_usd`` / ``output_usd`` are the price's *ceiling*: no part of any call, at any size, costs more
+    per token (Anthropic's cache writes, Gemini's and Claude's long-context tiers). A call's worst case is
+    reserved at it, and an SDK that knows no more debits the call at it, never less than the fleet counts.
+    ``parts`` (optional; absent in leases from fleets before it, and sent only when the fleet is set to,
+    ``FLEET_LEASE_PRICE_PARTS``: an SDK before it refuses unknown fields) lets the SDK debit a call exactly
+    after it ends, from its cache and reasoning tokens and its size."""
+
+    input_usd: TokenPrice
+    output_usd: TokenPrice
+    parts: ExactPrice | None = None
 
 
 class LeaseGrant(Strict):

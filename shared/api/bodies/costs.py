@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fleet_agent.contracts import BudgetSpec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.api.bodies.common import POSITIVE_USD_TEXT, Reason, Timestamp, View, decimal_doc, given
-from shared.api.bodies.prices import ModelUsageView
+from shared.api.bodies.prices import ModelUsageView, PriceTierView
 from shared.domain.lifecycle import State
 from shared.domain.protection import Protection, ProtectionOverrides
 
@@ -219,14 +219,24 @@ class PriceView(View):
     reasoning_usd: str | None = Field(
         default=None, description="USD per output token spent reasoning; null: at output_usd."
     )
-    source: Literal["api", "tenant"] = Field(
-        description="api: the fleet's override (set globally); tenant: the tenant's override."
+    source: str = Field(
+        description="What sets it: override:fleet (PUT /v1/prices/{model} without tenant), override:tenant "
+        "(with ?tenant=), or catalog:genai-prices@<version> (?catalog=true: the price catalog shipped with the code)."
+    )
+    tiers: list[PriceTierView] = Field(
+        default_factory=list,
+        description="Long-context prices by ascending threshold (catalog models only; often none).",
     )
 
 
 class PriceList(View):
-    tenant: str | None = Field(description="The tenant whose overrides are included; null: global prices only.")
-    items: list[PriceView] = Field(description="Ordered by model.")
+    tenant: str | None = Field(
+        description="The tenant whose overrides are included; null: global prices only (and ?catalog=true)."
+    )
+    items: list[PriceView] = Field(description="Ordered by model (the catalog's by provider/model).")
+    next_page_token: str | None = Field(
+        default=None, description="?catalog=true only: pass as page_token for the next page; null: the last page."
+    )
 
 
 class PauseRequest(BaseModel):

@@ -50,6 +50,7 @@ class ModelUsageView(View):
     output_tokens: int
     usd: str = Field(description="Exact dollars, a decimal string.")
     price_sources: dict[str, int] = Field(
-        description="Priced calls per price source (override:tenant, override:fleet, "
-        "catalog:genai-prices@<version>, agent: the agent's own cost). Empty for calls counted before sources were."
+        description="Calls per price source: override:tenant, override:fleet, catalog:genai-prices@<version>, "
+        "agent (the agent's own cost) or unpriced (tokens but no price: counted $0, alerted). Calls without tokens "
+        "are not listed, nor calls counted before sources were."
     )
