@@ -167,7 +167,13 @@ def _find(model: str) -> tuple[Any, Any] | None:
                 return snap.find_provider_model(ref, None, provider_id, None)
         except LookupError:
             continue
-    return _anywhere(name)  # the whole name only: a prefix that names no provider may name a reseller
+    # The whole name first (a prefix that names no provider may name a reseller), then the name without its
+    # provider's prefix: an OpenAI-compatible client names its provider openai whoever serves the call
+    # (openai/llama-3.3-70b-versatile is Groq's), so a prefix never loses the price the bare name has.
+    found = _anywhere(name)
+    if found is None and "/" in name and find_provider_by_id(snap.providers, name.split("/", 1)[0]) is not None:
+        return _find(name.split("/", 1)[1])
+    return found
 
 
 @functools.lru_cache(maxsize=1024)

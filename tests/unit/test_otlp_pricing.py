@@ -71,6 +71,19 @@ def test_a_model_the_catalog_places_only_with_the_provider_is_priced_by_the_cata
     assert bare.unpriced_models == {"sonar-reasoning"} and bare.total.usd_nanos == 0
 
 
+@pytest.mark.parametrize(
+    "model", ["llama-3.3-70b-versatile", "meta-llama/Llama-3.3-70B-Instruct-Turbo", "anthropic/claude-3.5-sonnet"]
+)
+def test_the_openai_clients_provider_name_never_loses_the_price_of_another_sellers_model(model: str) -> None:
+    """The OpenAI instrumentation says ``openai`` for any OpenAI-compatible server (Groq, Together, OpenRouter)."""
+    spec = span(**{"gen_ai.provider.name": "openai", "gen_ai.request.model": model})
+    (call,), t = counted(spec)
+    assert call.model == f"openai/{model}"
+    bare = CATALOG.quote(model)
+    assert bare is not None and CATALOG.quote(call.model) == bare
+    assert t.total.unpriced == 0 and t.total.usd_nanos == bare.price.record_nanos(call) > 0
+
+
 def test_the_tenants_override_of_the_bare_name_still_wins_over_the_catalog_and_the_fleet() -> None:
     mine, fleets = Price(Decimal("0.000001"), Decimal("0.000002")), Price(Decimal("0.000003"), Decimal("0.000004"))
     table = PriceTable(prices={"gpt-4o-mini": fleets}, tenant_prices={"acme": {"gpt-4o-mini": mine}}, catalog=CATALOG)
