@@ -153,7 +153,7 @@ class PriceTable:
     catalog: Catalog | None = None
 
     def override(self, model: str, tenant: str | None = None) -> Quote | None:
-        """The override for ``model``, the tenant's before the fleet's at each step, the most specific first:
+        """The override for ``model``: the tenant's before the fleet's, and in each the most specific first:
         the exact name; a listed model of which this is a dated or versioned release (``gpt-4o-2024-08-06``
         -> ``gpt-4o``; ``o3-mini`` is *not* ``o3``: a different model is never mispriced); then the same
         across the ``provider/`` prefix: ``openai/gpt-4o`` takes an override of ``gpt-4o``, and ``gpt-4o``
@@ -162,12 +162,14 @@ class PriceTable:
         ``openai/gpt-4o``'s: the prefix names another seller."""
         tables = ((self.tenant_prices.get(tenant or "", {}), TENANT_OVERRIDE), (self.prices, FLEET_OVERRIDE))
         bare = model.split("/", 1)[1] if "/" in model else None
-        for exact in (True, False):
-            for table, source in tables:
+        # The tenant's table first at every step, so that a call costs the tenant the same whichever name
+        # reaches the fleet (the SDK's gpt-4o, an OTLP span's openai/gpt-4o): a fleet override of the
+        # prefixed name never beats the tenant's of the bare one.
+        for table, source in tables:
+            for exact in (True, False):
                 if (name := _match(model, table, exact)) is not None:
                     return Quote(table[name], source, name)
-        for exact in (True, False):
-            for table, source in tables:
+            for exact in (True, False):
                 if bare is not None and (name := _match(bare, table, exact)) is not None:
                     return Quote(table[name], source, name)
                 if bare is None and (name := self._prefixed(model, table, exact)) is not None:

@@ -15,7 +15,7 @@ from shared.domain import pricing
 from shared.domain.pricing import Price, PriceTable, Quote, to_nanos
 from shared.domain.report_suggestions import cheaper_alternative
 from shared.domain.usage import ModelDay, tally
-from shared.store import price_catalog
+from shared.store import config, price_catalog
 from shared.store import usage as usage_store
 from tests.unit.test_http_api import assert_error
 from tests.unit.test_http_api_costs import World, send
@@ -213,7 +213,6 @@ def test_the_old_hand_kept_table_is_covered_by_the_catalog() -> None:
 
 @pytest.fixture
 def real_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.store import config
 
     monkeypatch.setattr(config, "global_prices", lambda: {"acme/private-llm": Price(Decimal("0.000001"), Decimal(0))})
 
@@ -230,6 +229,7 @@ def test_get_price_shows_the_price_in_force_its_source_and_validity(world: World
     fleet = send("/v1/prices/acme/private-llm", who="viewer").json
     assert (fleet["source"], fleet["input_usd"]) == ("override:fleet", "0.000001")
     world.firestore.docs["tenants/acme"] = {"prices": {"gpt-4o": {"input_usd": "0.000002", "output_usd": "0.000008"}}}
+    config.cache.clear()  # the tenant's settings as another test may have left them cached
     for reply in (send("/v1/prices/gpt-4o", tenant="acme"), send("/v1/prices/gpt-4o", who="acme-viewer")):
         assert reply.status == 200, reply.text
         assert (reply.json["tenant"], reply.json["source"], reply.json["input_usd"]) == (

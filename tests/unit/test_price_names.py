@@ -105,6 +105,14 @@ def test_the_more_specific_override_wins() -> None:
     assert source_of(dated, "openai/gpt-4o-2024-08-06") == (FLEET_OVERRIDE, "openai/gpt-4o", OPENAI)
 
 
+def test_the_tenants_override_of_the_bare_name_beats_the_fleets_of_the_prefixed_name() -> None:
+    """The same call costs the tenant the same through the SDK (gpt-4o) and OTLP (openai/gpt-4o)."""
+    table = PriceTable(prices={"openai/gpt-4o": OPENAI}, tenant_prices={"acme": {"gpt-4o": FLEET}})
+    assert source_of(table, "openai/gpt-4o", "acme") == (TENANT_OVERRIDE, "gpt-4o", FLEET)
+    assert source_of(table, "gpt-4o", "acme") == (TENANT_OVERRIDE, "gpt-4o", FLEET)
+    assert source_of(table, "openai/gpt-4o", "globex") == (FLEET_OVERRIDE, "openai/gpt-4o", OPENAI)
+
+
 def test_several_providers_overrides_of_a_bare_name_take_the_catalogs_provider() -> None:
     both = {"openai/gpt-4o": OPENAI, "azure/gpt-4o": AZURE}
     table = PriceTable(prices=both, catalog=price_catalog.catalog)
@@ -124,7 +132,7 @@ def test_the_api_docs_example_prices_the_bare_name(world: World, monkeypatch: py
     assert send("/v1/prices/azure/gpt-4o", who="viewer").json["source"] == CATALOG
     world.firestore.docs["tenants/acme"] = {"prices": {"gpt-4o": {"input_usd": "0.000001", "output_usd": "0"}}}
     reply = send("/v1/prices/openai/gpt-4o", tenant="acme").json
-    assert (reply["source"], reply["matched"]) == (FLEET_OVERRIDE, "openai/gpt-4o")  # the exact name wins
+    assert (reply["source"], reply["matched"]) == (TENANT_OVERRIDE, "gpt-4o")  # the tenant's override wins
     reply = send("/v1/prices/azure/gpt-4o", tenant="acme").json
     assert (reply["source"], reply["matched"]) == (TENANT_OVERRIDE, "gpt-4o")
 
