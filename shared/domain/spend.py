@@ -107,7 +107,7 @@ def decide(inputs: Inputs, applied: Applied) -> Effects:
                 message=(
                     f"calls of model {model} by agent {agent_id} reported neither tokens nor a cost (OpenTelemetry "
                     "spans without gen_ai.usage attributes): they are counted as unpriced, not $0. Make the "
-                    "instrumentation record usage"
+                    f"instrumentation record usage; calls with tokens are priced once PUT /v1/prices/{model} sets one"
                     if model in tally.tokenless_models
                     else f"model {model} has no price and agent {agent_id} reported no cost: its calls are counted "
                     f"as unpriced, not $0. Set one with PUT /v1/prices/{model}"

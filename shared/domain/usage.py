@@ -230,7 +230,9 @@ class Applied:
 class TokensUnknown(CostRecord):
     """A call that succeeded but whose tokens nobody reported, nor its cost (an OTLP model-call span with no
     ``gen_ai.usage.*`` attribute): its zero token counts are unknown, not free, so :func:`tally` counts it
-    unpriced (the unpriced-model alert), never $0. Made by the fleet only, never sent by an agent."""
+    unpriced (the unpriced-model alert), never $0. Made by the fleet only, never sent by an agent, and never
+    serialised: it is a type, not a field, so a batch written out and read back (a retry queue) would read it as a
+    plain record and count it free; count it from the batch in memory, as fleet-otlp does."""
 
 
 _ZERO = timedelta(0)

@@ -126,6 +126,10 @@ def resend_last(agent: AgentRecord, now: datetime, *, ledger: Ledger | None = No
     command = Command.model_validate(last)
     if command.lease is None or not command.lease.lease_id.startswith(epoch.id + "."):
         return None
+    if not settings.get().lease_price_parts and any(p.parts is not None for p in command.lease.prices.values()):
+        # Granted while the parts were on: an SDK before them refuses the whole lease, so they go once off.
+        prices = {m: p.model_copy(update={"parts": None}) for m, p in command.lease.prices.items()}
+        command = command.model_copy(update={"lease": command.lease.model_copy(update={"prices": prices})})
     # Re-stamped now: the SDK ends an epoch its lifetime (expires_at - issued_at) after a grant arrives, so a
     # re-sent grant must carry only what is left of it.
     return command.model_copy(update={"issued_at": max(now, command.issued_at)})

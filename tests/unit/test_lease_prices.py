@@ -156,3 +156,37 @@ def test_every_catalog_price_fits_a_lease_and_its_ceiling_is_never_rounded_down(
     odd = Price(Decimal("0.0000001234567890123456"), Decimal(0))
     assert model_price(odd, parts=True).input_usd == Decimal("0.000000123456790")
     assert model_price(odd, parts=True).parts is None  # not exact on the wire: the ceiling only
+
+
+def test_a_grant_re_sent_after_the_parts_were_turned_off_carries_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease granted while FLEET_LEASE_PRICE_PARTS was on, re-sent after it was turned off, must be one an
+    older SDK accepts: the parts go, the ceiling stays."""
+    from shared.domain.leases import Ledger
+    from shared.services.lease_grants import resend_last
+    from tests.unit.test_http_api import record
+    from tests.unit.test_lease_domain import EPOCH_A, epoch
+    from tests.unit.test_lease_domain import T0 as START
+
+    lease = LeaseGrant(
+        lease_id=f"{EPOCH_A}.1", usd=Decimal("1"), expires_at=START + timedelta(minutes=5),
+        prices={"claude": model_price(CLAUDE, parts=True)},
+    )  # fmt: skip
+    sent = Command(
+        agent_id="agent-1", command=CommandType.LEASE, issued_at=START, command_id=f"lease.{EPOCH_A}.1", lease=lease
+    )
+    ledger = Ledger("agent-1", "acme", epoch=epoch(), last=sent.model_dump(mode="json", exclude_none=True))
+    agent = record("agent-1", "acme")
+    for value, has_parts in (("on", True), ("off", False)):
+        monkeypatch.setenv("FLEET_LEASE_PRICE_PARTS", value)
+        settings.get.cache_clear()
+        try:
+            again = resend_last(agent, START + timedelta(minutes=1), ledger=ledger)
+        finally:
+            settings.get.cache_clear()
+        assert again is not None and again.lease is not None
+        price = again.lease.prices["claude"]
+        assert (price.parts is not None) is has_parts
+        assert (price.input_usd, price.output_usd) == (Decimal("7.5") / M, Decimal("22.5") / M)
+        if not has_parts:
+            wire = price.model_dump_json(exclude_none=True)
+            assert OldModelPrice.model_validate_json(wire)
