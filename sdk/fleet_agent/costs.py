@@ -62,6 +62,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 #: A batch holding a failed call leaves within this many seconds, whatever ``max_delay_s`` says.
 FAILURE_DELAY_S = 1.0
+CLOSE_HOOKS: list[Callable[[CostRecorder, float], None]] = []  # run by close() first: the integrations' drains
 
 
 def _lapsed(block: Command, now: datetime) -> bool:
@@ -390,6 +391,7 @@ class CostRecorder(LeaseCalls):
 
     def close(self, timeout: float = 10.0) -> bool:
         """Flush and wait for every batch to be accepted; True when none is left pending."""
+        any(hook(self, timeout) for hook in CLOSE_HOOKS)  # each hook first (they return None: all run)
         with self._lock:
             self._closed = True  # first: a record() racing with close() is refused, never dropped
         self.flush()

@@ -1,17 +1,18 @@
-"""What the integrations share: one model call between its admission and its record (usage blocks are read
-into it by :mod:`fleet_agent.integrations.usage`), and streams recorded when they end.
+"""What the integrations share: client methods instrumented (:func:`instrument`: admitted before the request
+leaves, recorded after it), streams recorded when they end, and the bounds of a call's admission. The call
+between its admission and its record is :class:`~fleet_agent.integrations.pending.Pending`; usage blocks are
+read into it by :mod:`fleet_agent.integrations.usage`.
 
-:class:`Pending` enters the recorder's ``call(...)`` by hand (so a held agent, or a call whose worst case
-the lease cannot cover, raises :class:`~fleet_agent.CallRefused` *before* the request leaves) and leaves it
-exactly once: when the response is read, when a stream ends, is closed or is dropped (garbage collected
-half-read), or with the exception the call raised (recorded as failed). The record's ``input_tokens`` is
-every input token (cache reads and writes included) and ``output_tokens`` every output token (reasoning
-included), whatever the provider's block says. A successful call that ends without a usage block (or whose
-block could not be read) is recorded at its admitted worst case, never as free, with a warning logged.
+A call is recorded exactly once: when the response is read, when a stream ends, is closed or is dropped
+(garbage collected half-read), or with the exception the call raised (recorded as failed). The record's
+``input_tokens`` is every input token (cache reads and writes included) and ``output_tokens`` every output
+token (reasoning included), whatever the provider's block says. A successful call that ends without a
+usage block (or whose block could not be read) is recorded at its admitted estimate, never as free, with a
+warning logged.
 
-The worst case admitted is the request's output limit (``max_tokens``, ``max_completion_tokens``,
+The estimate admitted is the request's output limit (``max_tokens``, ``max_completion_tokens``,
 ``max_output_tokens``; the recorder's ``default_max_tokens`` when it names none) and its prompt estimated
-as a quarter of its text's UTF-8 bytes (:func:`estimate_prompt_tokens`): the real counts come with the answer.
+from its text (:func:`estimate_prompt_tokens`): the real counts come with the answer.
 """
 
 from __future__ import annotations
@@ -19,24 +20,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import queue
-import threading
-import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeAlias
 
-from fleet_agent.call_records import Call
 from fleet_agent.costs import CostRecorder
-from fleet_agent.integrations.usage import estimated
+from fleet_agent.integrations.pending import (
+    CLOSED,
+    DEFAULT_MAX_TOKENS,
+    NoRoomNow,
+    Pending,
+    Reader,
+    default_output,
+    drain,
+    watch,
+)
+
+__all__ = [
+    "CLOSED", "DEFAULT_MAX_TOKENS", "AgentLike", "AsyncRecordedStream", "Endpoint", "NoRoomNow", "Pending",
+    "Reader", "RecordedStream", "admit_async", "default_output", "drain", "estimate_prompt_tokens", "instrument",
+    "instrument_copies", "output_limit", "recorder_of", "watch",
+]  # fmt: skip
 
 log = logging.getLogger("fleet_agent")
 
-#: The output limit a call without one is estimated at when the recorder has no lease wallet to say
-#: (``CostRecorder``'s ``default_max_tokens`` default).
-DEFAULT_MAX_TOKENS = 1024
 #: The request fields that bound a call's output, in the order they are read.
 OUTPUT_LIMITS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 _TEXT_KEYS = ("content", "text", "input", "system", "messages", "instructions", "prompt")
@@ -82,97 +90,6 @@ def output_limit(params: Mapping[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return None
-
-
-#: Reads a usage block (a response, a stream's event) into the call; False: the block has no usage (or
-#: only zeros, :func:`counted`).
-Reader = Callable[[Call, Any], bool]
-
-
-class Pending:
-    """One call admitted by the recorder and not recorded yet; :meth:`finish` records it, once.
-
-    ``estimate``: the worst case admitted, (prompt estimate, output limit), recorded when a successful call
-    ends without usage read (:meth:`read`)."""
-
-    def __init__(
-        self, recorder: CostRecorder, operation: str, model: str, *, max_tokens: int | None, prompt_tokens: int
-    ) -> None:
-        self._scope = recorder.call(operation, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
-        self.call = self._scope.__enter__()  # raises CallRefused: nothing was sent
-        self.admitted = time.monotonic()
-        self.estimate = (prompt_tokens, default_output(recorder) if max_tokens is None else max_tokens)
-        self.measured = False
-        self._lock = threading.Lock()
-        self._done = False
-
-    def read(self, reader: Reader, block: Any) -> None:
-        """Read a usage block into the call. A reader that fails (an unexpected block after a successful,
-        billed call) is logged, never raised to the caller: the call is then recorded at its estimate."""
-        try:
-            if reader(self.call, block):
-                self.measured = True
-        except Exception:
-            log.warning("%s call to %s: its usage could not be read; recording its admitted estimate",
-                        self.call.operation, self.call.model, exc_info=True)  # fmt: skip
-
-    @property
-    def done(self) -> bool:
-        """Whether :meth:`finish` was called."""
-        return self._done
-
-    def finish(self, exc: BaseException | None = None) -> None:
-        """Record the call (failed with ``exc``); later calls do nothing."""
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        if exc is None:
-            if not self.measured:
-                self._estimated()
-            self._scope.__exit__(None, None, None)
-        else:
-            self._scope.__exit__(type(exc), exc, exc.__traceback__)  # records it failed; never raises it
-
-    def _estimated(self) -> None:
-        estimated(self.call, *self.estimate)
-
-
-def default_output(recorder: CostRecorder) -> int:
-    """The output limit the recorder assumes for a call that names none (its lease wallet's)."""
-    wallet = recorder._wallet  # the recorder keeps it private; read only
-    return DEFAULT_MAX_TOKENS if wallet is None else wallet.default_max_tokens
-
-
-#: Calls of streams collected half-read, recorded by one worker thread: a finalizer may run inside any
-#: allocation, the recorder's own locked sections included, so it only hands the call over (a SimpleQueue's
-#: put is safe there; recording inline could deadlock on the recorder's lock).
-_dropped: queue.SimpleQueue[Pending] = queue.SimpleQueue()
-_worker: list[threading.Thread] = []
-_worker_lock = threading.Lock()
-
-
-def _record_dropped() -> None:
-    while True:
-        pending = _dropped.get()
-        try:
-            pending.finish()  # with the usage read so far, else the estimate; releases the reservation
-        except Exception:
-            log.warning("recording a dropped stream's call failed", exc_info=True)
-
-
-def watch(stream: object, pending: Pending) -> None:
-    """Record ``pending`` if ``stream`` is garbage collected before it ended or was closed (a no-op then)."""
-    with _worker_lock:
-        if not _worker:
-            _worker.append(threading.Thread(target=_record_dropped, name="fleet-dropped-streams", daemon=True))
-            _worker[0].start()
-    weakref.finalize(stream, _drop, pending).atexit = False
-
-
-def _drop(pending: Pending) -> None:
-    if not pending.done:  # ended or closed: recorded already
-        _dropped.put(pending)
 
 
 #: Reads one streamed item into the call (:meth:`Pending.read`); False hides it from the caller (a usage
@@ -293,11 +210,12 @@ async def admit_async(
 ) -> Pending:
     """:class:`Pending` from a coroutine: inline when the call fits the lease now (or leases are off), else
     in a worker thread, so that waiting up to ``lease_wait_s`` for a grant never blocks the event loop. A
-    caller cancelled meanwhile leaves the admission to finish in its thread, then recorded as failed
-    (cancelled, as a call cancelled in flight is) and its reservation released."""
-    wallet = recorder._wallet  # the recorder keeps it private; probed only
-    if wallet is None or wallet.fits(model, max_tokens, prompt_tokens):
-        return Pending(recorder, operation, model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
+    caller cancelled meanwhile sent no request: the admission finishing in its thread records nothing and
+    releases its reservation (:meth:`Pending.cancel`)."""
+    try:
+        return Pending(recorder, operation, model, max_tokens=max_tokens, prompt_tokens=prompt_tokens, inline=True)
+    except NoRoomNow:
+        pass  # reserved nothing: wait for a grant off the loop
     admission = asyncio.ensure_future(asyncio.to_thread(Pending, recorder, operation, model, max_tokens=max_tokens,
                                                         prompt_tokens=prompt_tokens))  # fmt: skip
     try:
@@ -309,7 +227,7 @@ async def admit_async(
 
 def _cancelled(admission: asyncio.Future[Pending]) -> None:
     if not admission.cancelled() and admission.exception() is None:
-        admission.result().finish(asyncio.CancelledError("cancelled while waiting for a lease"))
+        admission.result().cancel()
 
 
 def _read(endpoint: Endpoint, pending: Pending, result: Any) -> None:
