@@ -8,32 +8,35 @@
     with client.messages.stream(model="claude-sonnet-4-5", max_tokens=500, messages=[...]) as stream:
         ...
 
-Covered: ``messages.create`` (``stream=True`` too) and ``messages.stream``. Each call is admitted before
-the request leaves (:class:`~fleet_agent.CallRefused` while the agent is held, or when the lease cannot
-cover ``max_tokens`` and the prompt at the model's price) and recorded with its usage. Anthropic's
-``input_tokens`` leaves the prompt cache out; the record's input is the whole prompt:
+Covered: ``messages.create`` (``stream=True`` too), ``messages.parse`` and ``messages.stream``, the same on
+``beta.messages``, and their raw answers (``with_raw_response``: read through their ``parse()``). Each call is
+admitted before the request leaves (:class:`~fleet_agent.CallRefused` while the agent is held, or when the
+lease cannot cover ``max_tokens`` and the prompt's estimate at the model's price) and recorded with its
+usage. Anthropic's ``input_tokens`` leaves the prompt cache out; the record's input is the whole prompt:
 ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``, the last two also recorded as
 the cache reads and writes. ``output_tokens`` (thinking included) is the record's output.
 
 A ``stream=True`` call is recorded when its events end, it is closed, or it is dropped half-read (garbage
 collected); a ``messages.stream(...)`` block when it is left; both with the usage of what was read
 (``message_start`` and the last ``message_delta``), failed when the block raised. A successful call with no
-usage read is recorded at its admitted worst case, with a warning. An ``AsyncAnthropic`` call that must wait
-for a lease grant waits in a worker thread (``messages.stream`` is admitted when its ``async with`` block is
-entered). ``client.with_options(...)`` and ``client.copy(...)`` return an instrumented copy.
+usage read is recorded at its admitted estimate, with a warning. A ``messages.stream(...)`` manager is
+admitted when its block is entered, where the request leaves (a manager never entered reserves and records
+nothing); an ``AsyncAnthropic`` call that must wait for a lease grant waits in a worker thread.
+``client.with_options(...)`` and ``client.copy(...)`` return an instrumented copy.
 Requires ``pip install "fleet-agent[anthropic]"``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 import anthropic
 
 from fleet_agent.call_records import Call
+from fleet_agent.costs import CostRecorder
 from fleet_agent.integrations.calls import (
     AgentLike,
     Endpoint,
@@ -79,21 +82,23 @@ MESSAGES = Endpoint("messages", _read, _events)
 
 
 class _Stream:
-    """``messages.stream(...)``'s manager: records the call when its block is left. ``admit``: for an async
-    client, the admission made when the block is entered (off the event loop if the lease must wait)."""
+    """``messages.stream(...)``'s manager: admits the call when its block is entered (the request leaves
+    then; a manager never entered reserves and records nothing) and records it when the block is left.
+    ``admit``: the admission (for an async client a coroutine, off the event loop if the lease must wait)."""
 
-    def __init__(
-        self, manager: Any, pending: Pending | None, admit: Callable[[], Awaitable[Pending]] | None = None
-    ) -> None:
-        self._manager, self._pending, self._admit = manager, pending, admit
+    def __init__(self, manager: Any, admit: Callable[[], Any]) -> None:
+        self._manager, self._admit = manager, admit
+        self._pending: Pending | None = None
         self._stream: Any = None
-        if pending is not None:
-            watch(self, pending)  # a manager never entered, or left without its block ending: recorded
 
     @property
     def pending(self) -> Pending:
         assert self._pending is not None, "the stream's block was not entered"
         return self._pending
+
+    def _admitted(self, pending: Pending) -> None:
+        self._pending = pending
+        watch(self, pending)  # entered, then dropped without its block being left: recorded
 
     def _usage(self) -> None:
         usage = None
@@ -102,6 +107,7 @@ class _Stream:
         self.pending.read(anthropic_usage, usage)
 
     def __enter__(self) -> Any:
+        self._admitted(self._admit())
         try:
             self._stream = self._manager.__enter__()
         except BaseException as exc:
@@ -117,9 +123,7 @@ class _Stream:
             self.pending.finish(exc)
 
     async def __aenter__(self) -> Any:
-        if self._pending is None and self._admit is not None:
-            self._pending = await self._admit()
-            watch(self, self._pending)
+        self._admitted(await self._admit())
         try:
             self._stream = await self._manager.__aenter__()
         except BaseException as exc:
@@ -137,6 +141,22 @@ class _Stream:
             self.pending.finish(exc)
 
 
+def _instrument_stream(messages: Any, recorder: CostRecorder, operation: str | None, is_async: bool) -> None:
+    """Replace ``messages.stream`` by one whose manager admits when entered and records when left."""
+    stream = getattr(messages.stream, "__fleet_original__", messages.stream)
+
+    def fleet_stream(**kwargs: Any) -> _Stream:
+        bounds: Any = {"max_tokens": kwargs.get("max_tokens"),
+                       "prompt_tokens": estimate(kwargs.get("system"), kwargs.get("messages"))}  # fmt: skip
+        name, model = operation or "messages", str(kwargs.get("model", ""))
+        if is_async:
+            return _Stream(stream(**kwargs), lambda: admit_async(recorder, name, model, **bounds))
+        return _Stream(stream(**kwargs), lambda: Pending(recorder, name, model, **bounds))
+
+    fleet_stream.__fleet_original__ = stream  # type: ignore[attr-defined]
+    setattr(messages, "stream", fleet_stream)  # noqa: B010  (an instance attribute over the method)
+
+
 def fleet_anthropic(client: Client, agent: AgentLike, *, operation: str | None = None) -> Client:
     """Instrument ``client`` (an ``Anthropic`` or ``AsyncAnthropic``) in place for ``agent`` (a
     :class:`~fleet_agent.FleetAgent` or its ``costs`` recorder) and return it.
@@ -144,25 +164,15 @@ def fleet_anthropic(client: Client, agent: AgentLike, *, operation: str | None =
     ``operation``: the operation every call is recorded under (default ``messages``).
     """
     recorder = recorder_of(agent)
-    messages = client.messages
     is_async = isinstance(client, anthropic.AsyncAnthropic)
-    instrument(messages, "create", recorder, MESSAGES, operation, is_async=is_async)
-    stream = getattr(messages.stream, "__fleet_original__", messages.stream)
-
-    def fleet_stream(**kwargs: Any) -> _Stream:
-        bounds: Any = {"max_tokens": kwargs.get("max_tokens"),
-                       "prompt_tokens": estimate(kwargs.get("system"), kwargs.get("messages"))}  # fmt: skip
-        name, model = operation or "messages", str(kwargs.get("model", ""))
-        if is_async:  # the request leaves when the block is entered: admitted then, off the loop if it waits
-            return _Stream(stream(**kwargs), None, lambda: admit_async(recorder, name, model, **bounds))
-        pending = Pending(recorder, name, model, **bounds)
-        try:
-            return _Stream(stream(**kwargs), pending)
-        except BaseException as exc:
-            pending.finish(exc)
-            raise
-
-    fleet_stream.__fleet_original__ = stream  # type: ignore[attr-defined]
-    setattr(messages, "stream", fleet_stream)  # noqa: B010  (an instance attribute over the method)
+    beta = getattr(getattr(client, "beta", None), "messages", None)
+    for messages in (client.messages, beta):
+        if messages is None:
+            continue
+        for name in ("create", "parse"):
+            if hasattr(messages, name):
+                instrument(messages, name, recorder, MESSAGES, operation, is_async=is_async)
+        if hasattr(messages, "stream"):
+            _instrument_stream(messages, recorder, operation, is_async)
     instrument_copies(client, lambda copy: fleet_anthropic(copy, recorder, operation=operation))
     return client

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -237,11 +238,95 @@ def _read(endpoint: Endpoint, pending: Pending, result: Any) -> None:
         pending.finish()
 
 
+def is_raw(result: Any) -> bool:
+    """Whether ``result`` is a raw answer (``with_raw_response`` / ``with_streaming_response``: the client's
+    ``LegacyAPIResponse`` or ``APIResponse``), whose parsed answer comes from its ``parse()``."""
+    return hasattr(result, "http_response") and callable(getattr(result, "parse", None))
+
+
+def _parse(result: Any) -> Any:
+    """A raw answer's parsed answer (the client caches it: the caller's ``parse()`` gets the same object)."""
+    return result.parse()
+
+
+def _stream(pending: Pending, observe: Observe, stream: Any) -> RecordedStream | AsyncRecordedStream:
+    try:
+        if hasattr(stream, "__aiter__"):
+            return AsyncRecordedStream(stream, pending, observe)
+        return RecordedStream(stream, pending, observe)
+    except BaseException as exc:  # not a stream after all: the billed call is recorded, failed, not left over
+        pending.finish(exc)
+        raise
+
+
+def _raw_stream(pending: Pending, observe: Observe, result: Any) -> Any:
+    """A raw streamed answer, returned as it is with its ``parse()`` giving the recorded stream (the same
+    one each time); recorded at its estimate if never parsed (collected: :func:`watch`)."""
+    parse, made = result.parse, {}
+
+    def seen(stream: Any) -> Any:
+        if id(stream) not in made:
+            made[id(stream)] = (stream, _stream(pending, observe, stream))  # the stream kept: its id stays its own
+        return made[id(stream)][1]
+
+    async def later(parsed: Awaitable[Any]) -> Any:
+        return seen(await parsed)
+
+    def fleet_parse(*args: Any, **kwargs: Any) -> Any:
+        parsed = parse(*args, **kwargs)
+        return later(parsed) if inspect.isawaitable(parsed) else seen(parsed)
+
+    result.parse = fleet_parse
+    watch(result, pending)
+    return result
+
+
+def _answer(endpoint: Endpoint, pending: Pending, observe: Observe | None, result: Any) -> Any:
+    """What a sync call returns: its answer read into the call, or its stream recorded when it ends."""
+    if is_raw(result):
+        if observe is not None:
+            return _raw_stream(pending, observe, result)
+        _read(endpoint, pending, _Raw(result))
+    elif observe is not None:
+        return _stream(pending, observe, result)
+    else:
+        _read(endpoint, pending, result)
+    return result
+
+
+class _Raw:
+    """A raw answer read lazily by a reader: its ``usage`` is its parsed answer's (a parse that fails is then
+    the reader's failure, logged by :meth:`Pending.read`)."""
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    @property
+    def usage(self) -> Any:
+        return getattr(_parse(self._result), "usage", None)
+
+
+async def _answer_async(endpoint: Endpoint, pending: Pending, observe: Observe | None, result: Any) -> Any:
+    """:func:`_answer` for an async client, whose raw answers may parse in a coroutine."""
+    if not is_raw(result) or observe is not None:
+        return _answer(endpoint, pending, observe, result)
+    try:
+        parsed = _parse(result)
+        parsed = await parsed if inspect.isawaitable(parsed) else parsed
+    except Exception:
+        log.warning("%s call to %s: its raw answer could not be parsed; recording its admitted estimate",
+                    pending.call.operation, pending.call.model, exc_info=True)  # fmt: skip
+        parsed = None
+    _read(endpoint, pending, parsed)
+    return result
+
+
 def instrument(
     owner: Any, name: str, recorder: CostRecorder, endpoint: Endpoint, operation: str | None, *, is_async: bool
 ) -> None:
     """Replace ``owner.<name>`` (a client's ``create``) on this instance by one that admits, then records,
-    each call. Instrumenting twice keeps one wrapper."""
+    each call. Instrumenting twice keeps one wrapper. Raw answers (``with_raw_response``,
+    ``with_streaming_response``, which call it) are read through their ``parse()``."""
     original = getattr(owner, name)
     original = getattr(original, "__fleet_original__", original)
     if is_async:
@@ -258,10 +343,7 @@ def instrument(
             except BaseException as exc:
                 pending.finish(exc)
                 raise
-            if observe is not None:
-                return AsyncRecordedStream(result, pending, observe)
-            _read(endpoint, pending, result)
-            return result
+            return await _answer_async(endpoint, pending, observe, result)
 
         wrapped: Callable[..., Any] = wrapped_async
     else:
@@ -274,10 +356,7 @@ def instrument(
             except BaseException as exc:
                 pending.finish(exc)
                 raise
-            if observe is not None:
-                return RecordedStream(result, pending, observe)
-            _read(endpoint, pending, result)
-            return result
+            return _answer(endpoint, pending, observe, result)
 
         wrapped = wrapped_sync
     wrapped.__fleet_original__ = original  # type: ignore[attr-defined]

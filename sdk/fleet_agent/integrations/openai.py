@@ -6,21 +6,23 @@
     client = fleet_openai(OpenAI(), agent)       # or AsyncOpenAI(); the same client, instrumented in place
     client.chat.completions.create(model="gpt-4o", messages=[...], max_tokens=500)
 
-Covered: ``chat.completions.create`` (streaming too), ``responses.create`` (streaming too) and
-``embeddings.create``. Each call is admitted before the request leaves (:class:`~fleet_agent.CallRefused`
-while the agent is held, or when the lease cannot cover the call's worst case) and recorded with the
-usage the API reports: cached input (``prompt_tokens_details.cached_tokens``) and reasoning
-(``completion_tokens_details.reasoning_tokens``) tokens included; a call that raises is recorded as failed.
+Covered: ``chat.completions.create`` and ``parse`` (and their ``beta.chat.completions`` alias),
+``responses.create`` and ``parse``, ``embeddings.create``; streaming too, the helpers that call them
+(``chat.completions.stream``), and their raw answers (``with_raw_response``, ``with_streaming_response``: read
+through their ``parse()``, a raw stream recorded as its parsed stream). Each call is admitted before the
+request leaves (:class:`~fleet_agent.CallRefused` while the agent is held, or when the lease cannot cover
+the call's estimate) and recorded with the usage the API reports: cached input
+(``prompt_tokens_details.cached_tokens``) and reasoning (``completion_tokens_details.reasoning_tokens``)
+tokens included; a call that raises is recorded as failed.
 
 A chat stream always asks for its usage (``stream_options.include_usage``); when the caller did not ask
 for it (or set it False) the usage chunk (no choices) is read and not passed on, so the caller sees the
 stream it asked for. A stream is recorded when it ends, is closed, or is dropped half-read (garbage
 collected: then at the usage read so far, else the admitted estimate). A successful call without usage (a
-Responses stream with no ``response.completed``) is recorded at its admitted worst case, with a warning.
+Responses stream with no ``response.completed``) is recorded at its admitted estimate, with a warning.
 An async client's call that must wait for a lease grant waits in a worker thread, not on the event loop.
 ``client.with_options(...)`` and ``client.copy(...)`` return an instrumented copy (same agent and
-operation). ``with_raw_response``, ``with_streaming_response`` and ``chat.completions.parse`` /
-``responses.stream`` helpers are not instrumented.
+operation).
 
 Requires ``pip install "fleet-agent[openai]"``.
 """
@@ -95,11 +97,15 @@ def fleet_openai(client: Client, agent: AgentLike, *, operation: str | None = No
     """
     recorder = recorder_of(agent)
     is_async = isinstance(client, openai.AsyncOpenAI)
-    for owner, endpoint in (
-        (client.chat.completions, CHAT),
-        (client.responses, RESPONSES),
-        (client.embeddings, EMBEDDINGS),
+    beta_chat = getattr(getattr(client, "beta", None), "chat", None)
+    for owner, endpoint, names in (
+        (client.chat.completions, CHAT, ("create", "parse")),
+        (getattr(beta_chat, "completions", None), CHAT, ("create", "parse")),  # an alias of chat's, when present
+        (client.responses, RESPONSES, ("create", "parse")),
+        (client.embeddings, EMBEDDINGS, ("create",)),
     ):
-        instrument(owner, "create", recorder, endpoint, operation, is_async=is_async)
+        for name in names:
+            if owner is not None and hasattr(owner, name):
+                instrument(owner, name, recorder, endpoint, operation, is_async=is_async)
     instrument_copies(client, lambda copy: fleet_openai(copy, recorder, operation=operation))
     return client
