@@ -96,13 +96,15 @@ class Pending:
             first, self._done = not self._done, True
         return first
 
-    def finish(self, exc: BaseException | None = None) -> None:
+    def finish(self, exc: BaseException | None = None, *, billed: bool = False) -> None:
         """Record the call (failed with ``exc``); later calls do nothing. Never raises: a recorder closed
-        meanwhile loses the record, with a warning naming the call's model and tokens."""
+        meanwhile loses the record, with a warning naming the call's model and tokens. Without usage read, a
+        successful call is recorded at its estimate, and so is a failed one that was ``billed`` (part of its
+        answer came)."""
         if not self._once():
             return
         call = self.call
-        if exc is None and not self.measured:
+        if (exc is None or billed) and not self.measured:
             self._estimated()
         call.success = exc is None
         try:
