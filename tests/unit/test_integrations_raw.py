@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from typing import Any
 
 import openai
@@ -112,3 +113,11 @@ def test_parse_and_beta_paths_are_recorded(llm: FakeLLM, agent: Agent) -> None:
         stream.get_final_message()
     assert [r.operation for r in agent.records()] == ["chat.completions"] * 2 + ["responses"] + ["messages"] * 2
     assert calls(agent) == [(True, REAL)] * 3 + [(True, CLAUDE_REAL)] * 2
+
+
+def test_tool_definitions_count_in_the_prompt_estimate(llm: FakeLLM, agent: Agent) -> None:
+    tool = {"type": "function", "function": {"name": "lookup", "description": "Look a word up", "parameters": {}}}
+    llm.usage(omit=True)  # the call is recorded at its estimate
+    client(llm, agent).chat.completions.create(model="gpt-4o", messages=HELLO, tools=[tool], max_tokens=10)
+    tool_tokens = -(-len(json.dumps([tool]).encode()) // 4)
+    assert [tokens(r)[:2] for r in agent.records()] == [(ESTIMATE + tool_tokens, 10)]

@@ -12,7 +12,9 @@ warning logged.
 
 The estimate admitted is the request's output limit (``max_tokens``, ``max_completion_tokens``,
 ``max_output_tokens``; the recorder's ``default_max_tokens`` when it names none) and its prompt estimated
-from its text (:func:`estimate_prompt_tokens`): the real counts come with the answer.
+from its text (:func:`estimate_prompt_tokens`) and its tool definitions (:func:`tools_tokens`), a quarter of
+their bytes each: an estimate (it leaves out images and each message's few tokens of framing), not a bound;
+the real counts come with the answer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -193,8 +196,16 @@ class Endpoint:
     output: bool = True
 
 
+def tools_tokens(*values: Any) -> int:
+    """The prompt tokens of a request's tool (or function) definitions, which the provider counts as input:
+    a quarter of their JSON's bytes, rounded up (values that are not lists or mappings count 0)."""
+    size = sum(len(json.dumps(v, default=str).encode()) for v in values if isinstance(v, list | tuple | Mapping))
+    return -(-size // 4)
+
+
 def _bounds(endpoint: Endpoint, kwargs: dict[str, Any]) -> tuple[str, int | None, int]:
     prompt = estimate_prompt_tokens(*(kwargs.get(key) for key in ("system", "instructions", "messages", "input")))
+    prompt += tools_tokens(kwargs.get("tools"), kwargs.get("functions"))
     return str(kwargs.get("model", "")), output_limit(kwargs) if endpoint.output else 0, prompt
 
 

@@ -2,7 +2,7 @@
 the calls of streams dropped half-read (:func:`watch`), drained when their recorder closes (:func:`drain`).
 
 :class:`Pending` admits as the recorder's ``call(...)`` does (so a held agent, a closed recorder, or a call
-whose worst case the lease cannot cover raises :class:`~fleet_agent.CallRefused` *before* the request
+whose estimate the lease cannot cover raises :class:`~fleet_agent.CallRefused` *before* the request
 leaves) and records exactly once: when the response is read, when a stream ends, is closed or is dropped,
 or with the exception the call raised (recorded as failed). A call never sent records nothing.
 """
@@ -42,7 +42,7 @@ class Pending:
 
     It admits and records as ``recorder.call(...)`` does (the same checks, reservation and record), by hand:
     a call may end in another thread or a finalizer, and one never sent (:meth:`cancel`) is not recorded.
-    ``estimate``: the worst case admitted, (prompt estimate, output limit), recorded when a successful call
+    ``estimate``: what was admitted, (prompt estimate, output limit), recorded when a successful call
     ends without usage read (:meth:`read`). ``inline``: only a reservation that fits now (no wait for a
     grant); :class:`NoRoomNow` when there is none."""
 

@@ -82,7 +82,7 @@ _warned_lock = threading.Lock()
 
 
 def estimated(call: Call, prompt: int, output: int) -> None:
-    """Record a successful call that ended without usage at its worst case (``prompt`` input, ``output``
+    """Record a successful call that ended without usage at its estimate (``prompt`` input, ``output``
     output tokens), never as free, and say so: a warning per operation and model at most every
     ``ESTIMATE_WARNING_S`` (with how many more there were meanwhile), since a model that never reports usage
     would otherwise log every call."""
@@ -95,5 +95,5 @@ def estimated(call: Call, prompt: int, output: int) -> None:
             return
         _warned[key] = (now, 0)
     more = f" ({since} more such calls since the last warning)" if since else ""
-    log.warning("%s call to %s ended without usage; recorded at its worst case (%d input, %d output tokens)%s",
+    log.warning("%s call to %s ended without usage; recorded at its estimate (%d input, %d output tokens)%s",
                 call.operation, call.model, prompt, output, more)  # fmt: skip
