@@ -55,6 +55,22 @@ def test_failures_recorded_as_failed(llm: FakeLLM, agent: Agent) -> None:
     assert [r.success for r in agent.records()] == [False, False]
 
 
+def test_a_stream_block_raising_is_failed_only_before_the_whole_answer(llm: FakeLLM, agent: Agent) -> None:
+    """The caller's code raising after the whole answer came is not a model failure (breakers, error
+    alerts); raising before it is, with the usage of what came."""
+    c = client(llm, agent)
+    with pytest.raises(ValueError), c.messages.stream(model=MODEL, max_tokens=100, messages=HI) as stream:
+        stream.get_final_message()
+        raise ValueError("the caller's own bug")
+    with pytest.raises(ValueError), c.messages.stream(model=MODEL, max_tokens=100, messages=HI) as stream:
+        next(iter(stream))  # message_start: the input known, one output token so far
+        raise ValueError("left half-read")
+    assert [(r.success, tokens(r)[:2]) for r in agent.records()] == [
+        (True, (PROMPT_BASE + 2, REPLY_WORDS)),
+        (False, (PROMPT_BASE + 2, 1)),
+    ]
+
+
 def test_held_agent_refused_before_the_request(llm: FakeLLM, agent: Agent, leased: Agent) -> None:
     agent.pause()
     with pytest.raises(CallRefused):

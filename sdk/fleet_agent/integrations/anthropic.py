@@ -18,7 +18,8 @@ the cache reads and writes. ``output_tokens`` (thinking included) is the record'
 
 A ``stream=True`` call is recorded when its events end, it is closed, or it is dropped half-read (garbage
 collected); a ``messages.stream(...)`` block when it is left; both with the usage of what was read
-(``message_start`` and the last ``message_delta``), failed when the block raised. A successful call with no
+(``message_start`` and the last ``message_delta``), failed when the block raised before the whole answer
+came (after it, the caller's code failed, not the call: recorded as successful). A successful call with no
 usage read is recorded at its admitted estimate, with a warning. A ``messages.stream(...)`` manager is
 admitted when its block is entered, where the request leaves (a manager never entered reserves and records
 nothing); an ``AsyncAnthropic`` call that must wait for a lease grant waits in a worker thread.
@@ -100,11 +101,14 @@ class _Stream:
         self._pending = pending
         watch(self, pending)  # entered, then dropped without its block being left: recorded
 
-    def _usage(self) -> None:
-        usage = None
+    def _usage(self, exc: BaseException | None) -> BaseException | None:
+        """Read the usage of what came; returns the failure to record: none when the block raised after the
+        whole answer came (its stop reason read): the caller's code failed, not the model call."""
+        message = None
         with contextlib.suppress(AttributeError, AssertionError, RuntimeError):  # nothing read: no usage known
-            usage = self._stream.current_message_snapshot.usage
-        self.pending.read(anthropic_usage, usage)
+            message = self._stream.current_message_snapshot
+        self.pending.read(anthropic_usage, getattr(message, "usage", None))
+        return None if getattr(message, "stop_reason", None) is not None and self.pending.measured else exc
 
     def __enter__(self) -> Any:
         self._admitted(self._admit())
@@ -116,11 +120,11 @@ class _Stream:
         return self._stream
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._usage()
+        failure = self._usage(exc)
         try:
             self._manager.__exit__(kind, exc, tb)
         finally:
-            self.pending.finish(exc)
+            self.pending.finish(failure)
 
     async def __aenter__(self) -> Any:
         self._admitted(await self._admit())
@@ -134,11 +138,11 @@ class _Stream:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._usage()
+        failure = self._usage(exc)
         try:
             await self._manager.__aexit__(kind, exc, tb)
         finally:
-            self.pending.finish(exc)
+            self.pending.finish(failure)
 
 
 def _instrument_stream(messages: Any, recorder: CostRecorder, operation: str | None, is_async: bool) -> None:
