@@ -11,9 +11,11 @@ import gc
 import json
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from fleet_agent.costs import CallRefused
+from fleet_agent.integrations.anthropic import fleet_anthropic
 from fleet_agent.integrations.openai import fleet_openai
 
 from emulators.fake_llm import PROMPT_BASE, REPLY_WORDS, FakeLLM
@@ -82,6 +84,23 @@ def test_async_raw_answers_are_recorded(llm: FakeLLM, agent: Agent) -> None:
 
     asyncio.run(run())
     assert calls(agent) == [(True, REAL)] * 3
+
+
+def test_async_anthropic_raw_answers_and_beta_stream_are_recorded(llm: FakeLLM, agent: Agent) -> None:
+    async def run() -> None:
+        c = fleet_anthropic(anthropic.AsyncAnthropic(base_url=llm.url, api_key="x", max_retries=0), agent)
+        await c.messages.with_raw_response.create(model=CLAUDE, max_tokens=100, messages=HI)
+        raw = await c.messages.with_raw_response.create(model=CLAUDE, max_tokens=100, messages=HI, stream=True)
+        assert [event.type async for event in await raw.parse()][-1] == "message_stop"
+        async with c.messages.with_streaming_response.create(
+            model=CLAUDE, max_tokens=100, messages=HI, stream=True
+        ) as response:
+            assert [event.type async for event in await response.parse()][-1] == "message_stop"
+        async with c.beta.messages.stream(model=CLAUDE, max_tokens=100, messages=HI) as stream:
+            await stream.get_final_message()
+
+    asyncio.run(run())
+    assert calls(agent) == [(True, CLAUDE_REAL)] * 4
 
 
 # -- parse and beta paths (S3) -------------------------------------------------------------------------------
