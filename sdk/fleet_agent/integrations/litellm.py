@@ -1,6 +1,5 @@
-"""LiteLLM's calls recorded and enforced by the fleet: a ``CustomLogger`` for its SDK and its proxy.
-
-    from fleet_agent.integrations.litellm import fleet_litellm
+"""LiteLLM's calls recorded and enforced by the fleet: a ``CustomLogger`` for its SDK and its proxy
+(docs/integrations.md, "LiteLLM", says what is and is not covered).
 
     logger = fleet_litellm(agent)   # registers the logger (litellm.callbacks) and its pre-call rule
     litellm.completion(model="openai/gpt-4o", messages=[...], max_tokens=500)
@@ -12,38 +11,30 @@ or, for the proxy's ``config.yaml`` (``litellm_settings: callbacks: my_module.fl
 
 Refusals, before the request leaves (:class:`~fleet_agent.CallRefused` raised to the caller):
 
-- async SDK calls (``acompletion``, ...) and the proxy: ``async_pre_call_deployment_hook`` and, on the proxy,
-  ``async_pre_call_hook`` admit the call through the recorder: refused while the agent is held or when the
-  lease cannot cover its worst case (``max_tokens`` / ``max_completion_tokens`` and the prompt at the
-  model's price);
+- async SDK calls and the proxy: ``async_pre_call_deployment_hook`` and, on the proxy, ``async_pre_call_hook``
+  admit the call through the recorder: refused while the agent is held or when the lease cannot cover its
+  worst case (the output limit and the prompt at the model's price);
 - sync SDK calls: LiteLLM runs no logger hook that may refuse them, so :func:`fleet_litellm` also adds a rule
-  to ``litellm.pre_call_rules`` that refuses while the agent is held. LiteLLM applies it only to
-  ``completion`` (and what runs through it, ``responses`` bridged to chat, say, which raises the refusal
-  wrapped in ``APIConnectionError``) whose first message is a dict with ``content``; ``embedding``,
-  ``image_generation`` and the other sync calls are not refused. A sync call is not checked against the
-  lease before it runs: its record is debited from the lease afterwards (as ``over``). A failure that is or
-  wraps :class:`~fleet_agent.CallRefused` (:func:`refused`) records nothing.
+  to ``litellm.pre_call_rules`` that refuses while the agent is held, which LiteLLM applies only to
+  ``completion`` (and what runs through it) whose first message is a dict with ``content``. A sync call is
+  not checked against the lease: its record is debited afterwards (as ``over``). A failure that is or wraps
+  ``CallRefused`` (:func:`refused`; ``responses`` wraps it) records nothing.
 
 Every call is recorded once, by its ``litellm_call_id``: an async call that is not a stream before
 ``acompletion`` returns (``async_post_call_success_deployment_hook``), the others from LiteLLM's success
 and failure events, which it runs after the call returned (sync: in its thread pool; async: as tasks of the
 loop, which die with it), hence :meth:`FleetLiteLLM.drain` (``adrain``) before ``agent.close()``; a record
-the closed recorder refuses is logged at WARNING. Each with the usage LiteLLM reports (OpenAI-shaped:
-``prompt_tokens`` with ``prompt_tokens_details.cached_tokens`` and ``cache_creation_input_tokens`` in it,
-``completion_tokens`` with ``completion_tokens_details.reasoning_tokens`` in it); a stream is recorded once
-LiteLLM has assembled it.
-A successful call whose response has no usage is recorded at its worst case (prompt estimate and output
-limit), with a warning, never as free. A call whose success or failure event never comes (an abandoned
-stream, sync or async; an event cancelled with its loop; a request another hook rejected after ours) is
-recorded at its estimate, its reservation released, once it is older than ``pending_timeout_s`` (checked
-on each new call) or by :meth:`~FleetLiteLLM.drain`. ``num_retries`` retries run no callback: they are
-neither recorded nor refused (warned once; use a Router). An async admission that must wait for a lease
-grant waits in a worker thread, not on the event loop.
+the closed recorder refuses is logged at WARNING. Each with the usage LiteLLM reports (OpenAI-shaped, cache
+and reasoning tokens included); a stream once LiteLLM has assembled it. A success without usage is recorded
+at its worst case, with a warning, never as free; so is a call whose event never comes (an abandoned stream,
+an event cancelled with its loop, a request another hook rejected after ours) once it is older than
+``pending_timeout_s`` (checked on each new call) or at :meth:`~FleetLiteLLM.drain`, its reservation
+released. ``num_retries`` retries run no callback: neither recorded nor refused (warned once; use a Router).
+An async admission that must wait for a lease grant waits in a worker thread, not on the event loop.
 
-LiteLLM fetches a price map from the internet when imported unless ``LITELLM_LOCAL_MODEL_COST_MAP`` is set:
-this module sets it to ``True`` (when unset) in the process environment before importing LiteLLM, so LiteLLM's
-own cost tracking in the process uses the map its installed version ships.
-Requires ``pip install "fleet-agent[litellm]"``.
+This module sets ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (when unset) in the process environment before it
+imports LiteLLM, which would otherwise fetch a price map from the internet: LiteLLM's own cost tracking in
+the process uses the map its installed version ships. Requires ``pip install "fleet-agent[litellm]"``.
 """
 
 from __future__ import annotations
@@ -51,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -75,7 +67,7 @@ from fleet_agent.integrations.calls import (
     output_limit,
     recorder_of,
 )
-from fleet_agent.integrations.litellm_support import fleet_model, model_of, quiet_refusals, refused
+from fleet_agent.integrations.litellm_support import is_async, quiet_refusals, refused, retries_asked
 from fleet_agent.integrations.usage import estimated, openai_usage
 
 __all__ = ["FleetLiteLLM", "fleet_litellm", "fleet_model", "quiet_refusals", "refused"]
@@ -88,6 +80,35 @@ FINISHED_MEMORY = 4096
 PENDING_TIMEOUT_S = 600.0
 #: Seconds the exit hook :func:`fleet_litellm` registers waits in :meth:`FleetLiteLLM.drain`.
 EXIT_DRAIN_S = 5.0
+
+
+@functools.lru_cache(maxsize=512)
+def fleet_model(model: str, provider: str | None = None) -> str:
+    """The name a call is recorded under: ``provider/model`` as LiteLLM routes it (``gpt-4o`` ->
+    ``openai/gpt-4o``; ``groq/llama-3.3-70b-versatile``, ``bedrock/anthropic.claude-...`` and
+    ``openrouter/openai/gpt-4o`` kept whole), so the fleet prices it at that provider: the bare part of some
+    names is priced by no one (``llama-3.3-70b-versatile``) or at another seller. An override of the bare
+    name still applies (the fleet matches overrides across the ``provider/`` prefix). ``provider``: the
+    provider LiteLLM's event names (its ``custom_llm_provider``), else LiteLLM's own routing of the name; a
+    name LiteLLM cannot route (a proxy's model alias) is kept as it is. Cached: LiteLLM prints a notice for
+    each name it cannot route."""
+    try:
+        name, routed = litellm.get_llm_provider(model, custom_llm_provider=provider or None)[:2]
+    except Exception:
+        return model
+    if not routed:
+        return model
+    return name if name.startswith(f"{routed}/") else f"{routed}/{name}"
+
+
+def _model_of(kwargs: Mapping[str, Any]) -> str:
+    """:func:`fleet_model` of a call's ``model`` and ``custom_llm_provider`` (a hook's data, an event's
+    kwargs: LiteLLM's events name the model without its prefix), the one naming of every path."""
+    params = kwargs.get("litellm_params")
+    provider = kwargs.get("custom_llm_provider")
+    if not provider and isinstance(params, Mapping):
+        provider = params.get("custom_llm_provider")
+    return fleet_model(str(kwargs.get("model", "")), provider if isinstance(provider, str) else None)
 
 
 class FleetLiteLLM(CustomLogger):
@@ -133,7 +154,7 @@ class FleetLiteLLM(CustomLogger):
         operation = self._operation or f"litellm.{kind}"
         prompt = estimate_prompt_tokens(data.get("messages"), data.get("input"), data.get("prompt"))
         limit = 0 if "embedding" in str(kind) else output_limit(data)
-        pending = await admit_async(self.recorder, operation, model_of(data), max_tokens=limit,
+        pending = await admit_async(self.recorder, operation, _model_of(data), max_tokens=limit,
                                     prompt_tokens=prompt)  # fmt: skip
         with self._lock:
             self._pending[call_id] = pending
@@ -166,15 +187,15 @@ class FleetLiteLLM(CustomLogger):
             self._settled()
 
     def _record_expired(self, expired: list[Pending], unseen: list[tuple[float, Mapping[str, Any]]]) -> None:
+        if expired or unseen:
+            models = sorted({p.call.model for p in expired} | {_model_of(kwargs) for _, kwargs in unseen})
+            log.warning("%d LiteLLM call(s) to %s without a success or failure event (an abandoned stream, say): "
+                        "recorded at the estimate", len(expired) + len(unseen), ", ".join(models))  # fmt: skip
         for pending in expired:
-            log.warning("%s call to %s: no LiteLLM success or failure event; recorded at its estimate",
-                        pending.call.operation, pending.call.model)  # fmt: skip
             self._finish(pending)
         for since, kwargs in unseen:
             call = self._unadmitted(kwargs, None, None)
             call.started = since
-            log.warning("%s call to %s: no LiteLLM success or failure event; recorded at its estimate",
-                        call.operation, call.model)  # fmt: skip
             self._estimate(call, kwargs)
             self._record(call)
 
@@ -251,7 +272,7 @@ class FleetLiteLLM(CustomLogger):
     def _unadmitted(self, kwargs: Mapping[str, Any], start: Any, end: Any) -> Call:
         """A call that ran without admission (a sync call): recorded afterwards, as it ran."""
         kind = kwargs.get("call_type") or "completion"
-        call = Call(operation=self._operation or f"litellm.{kind}", model=model_of(kwargs))
+        call = Call(operation=self._operation or f"litellm.{kind}", model=_model_of(kwargs))
         with contextlib.suppress(TypeError, AttributeError):  # no times given: latency from now
             call.started = time.monotonic() - max(0.0, (end - start).total_seconds())
         return call
@@ -277,7 +298,7 @@ class FleetLiteLLM(CustomLogger):
 
     def _success(self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> None:
         _, pending, done = self._take(kwargs)
-        if not done and (pending is not None or not _is_async(kwargs)):
+        if not done and (pending is not None or not is_async(kwargs)):
             try:
                 self._succeeded(kwargs, pending, response, start, end)
             finally:
@@ -314,7 +335,7 @@ class FleetLiteLLM(CustomLogger):
         exc = kwargs.get("exception")
         self._retried(kwargs)
         _, pending, done = self._take(kwargs)
-        if not done and (pending is not None or not _is_async(kwargs)):
+        if not done and (pending is not None or not is_async(kwargs)):
             try:
                 self._failed(kwargs, pending, exc, start, end)
             finally:
@@ -331,12 +352,8 @@ class FleetLiteLLM(CustomLogger):
         self._record(call)
 
     def _retried(self, kwargs: Mapping[str, Any]) -> None:
-        """Warn once when a failed call asked for retries: LiteLLM retries ``completion``/``acompletion`` with
-        ``num_retries`` (its event names them ``max_retries``) through a path that runs no callback or rule."""
-        params = kwargs.get("litellm_params")
-        places = [kwargs, params if isinstance(params, Mapping) else {}]
-        asked = [place.get(key) for place in places for key in ("num_retries", "max_retries")]
-        if self._retry_warned or not any(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in asked):
+        """Warn once when a failed call asked for retries (:func:`retries_asked`)."""
+        if self._retry_warned or not retries_asked(kwargs):
             return
         self._retry_warned = True
         log.warning("a LiteLLM call with num_retries failed: LiteLLM retries it without its callbacks, so the "
@@ -353,16 +370,6 @@ class FleetLiteLLM(CustomLogger):
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._failure(kwargs, start_time, end_time)
-
-
-def _is_async(kwargs: Mapping[str, Any]) -> bool:
-    """Whether an event is an async call's: one this logger never admitted is not its own (an event LiteLLM
-    queued for a call made before the logger was registered, and delivered on a later event loop)."""
-    params = kwargs.get("litellm_params")
-    kind = str(kwargs.get("call_type") or "")
-    return (isinstance(params, Mapping) and params.get("acompletion") is True) or (
-        kind.startswith("a") and kind != "anthropic_messages"
-    )
 
 
 def fleet_litellm(agent: AgentLike, *, operation: str | None = None) -> FleetLiteLLM:
