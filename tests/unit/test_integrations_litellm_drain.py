@@ -18,7 +18,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm:
 import litellm
 import pytest
 from fleet_agent.costs import CallRefused
-from fleet_agent.integrations.litellm import FleetLiteLLM, fleet_litellm, quiet_refusals, refused, unregister
+from fleet_agent.integrations.litellm import _LISTS, FleetLiteLLM, fleet_litellm, quiet_refusals, refused, unregister
+from litellm.integrations.custom_logger import CustomLogger
 
 from emulators.fake_llm import PROMPT_BASE, REPLY_WORDS, FakeLLM
 from tests.unit.integrations_support import Agent, agent_fixture, llm_fixture, tokens  # noqa: F401  (fixtures)
@@ -33,17 +34,28 @@ def sent(agent: Agent) -> list[Any]:
     return [r for b in agent.publisher.batches() for r in b.records]
 
 
+class Slow(CustomLogger):
+    """A callback before the fleet's that takes its time: LiteLLM runs a call's callbacks one after another."""
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        time.sleep(1)
+
+
 def test_drain_waits_for_a_sync_calls_event_so_close_loses_nothing(llm: FakeLLM) -> None:
-    for _ in range(3):  # the event runs in LiteLLM's thread pool after completion() returned
-        agent = Agent()
-        logger = fleet_litellm(agent)
-        try:
-            ask(llm, max_tokens=50)
-            assert logger.drain(10)
-        finally:
-            unregister(logger)
-            agent.close()
-        assert [tokens(r)[:2] for r in sent(agent)] == [(PROMPT_BASE + 2, REPLY_WORDS)]
+    slow = Slow()
+    litellm.callbacks.append(slow)  # the event runs in LiteLLM's thread pool after completion() returned
+    agent = Agent()
+    logger = fleet_litellm(agent)
+    try:
+        ask(llm, max_tokens=50)
+        assert logger.drain(10)
+    finally:
+        unregister(logger)
+        for name in _LISTS:  # LiteLLM copied it into its lists on the call
+            while slow in getattr(litellm, name, []):
+                getattr(litellm, name).remove(slow)
+        agent.close()
+    assert [tokens(r)[:2] for r in sent(agent)] == [(PROMPT_BASE + 2, REPLY_WORDS)]
 
 
 def test_an_async_call_is_recorded_before_acompletion_returns(llm: FakeLLM, agent: Agent) -> None:
