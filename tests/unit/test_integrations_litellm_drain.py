@@ -2,11 +2,12 @@
 against the fake provider: ``drain()`` waits for the events LiteLLM runs after a call returns, an async call
 is recorded before ``acompletion`` returns, an abandoned stream is recorded at its estimate, a record the
 closed recorder refuses is logged, ``num_retries`` is warned about, and a refusal LiteLLM wraps records
-nothing (its ERROR log filtered by ``quiet_refusals``)."""
+nothing (its ERROR log filtered by ``quiet_refusals``); ``fleet_litellm`` drains at exit until unregistered."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
 import os
@@ -171,3 +172,13 @@ def test_quiet_refusals_drops_the_error_litellm_logs_for_a_refused_call(llm: Fak
 def _no_leftover_loggers() -> Any:
     yield
     assert not any(isinstance(c, FleetLiteLLM) for c in litellm.callbacks)
+
+
+def test_fleet_litellm_drains_at_exit_until_unregistered(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    hooks: list[Any] = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *args: hooks.append((fn, args)))
+    monkeypatch.setattr(atexit, "unregister", lambda fn: hooks.remove(next(h for h in hooks if h[0] == fn)))
+    logger = fleet_litellm(agent)
+    assert hooks == [(logger.drain, (5.0,))]
+    unregister(logger)
+    assert hooks == []
