@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm is imported: no fetch
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")  # nor anything else LiteLLM fetches on its own
 
 import anthropic
 import litellm

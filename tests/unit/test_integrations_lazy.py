@@ -25,7 +25,7 @@ def imported(statement: str) -> list[str]:
         text=True,
         check=True,
         timeout=60,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},  # no price map fetched
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"},  # nothing fetched
     )
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
 

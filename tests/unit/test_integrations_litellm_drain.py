@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm: no price map fetched
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")  # nor anything else LiteLLM fetches on its own
 
 import litellm
 import pytest
@@ -100,6 +101,8 @@ def test_an_abandoned_async_stream_is_recorded_at_its_estimate(llm: FakeLLM, age
 
 
 def test_a_record_the_closed_recorder_refuses_is_logged(llm: FakeLLM, caplog: pytest.LogCaptureFixture) -> None:
+    slow = Slow()
+    litellm.callbacks.append(slow)  # holds LiteLLM's event back a second: close() surely comes first
     agent = Agent()
     logger = fleet_litellm(agent)
     caplog.set_level(logging.WARNING, logger="fleet_agent")
@@ -111,6 +114,9 @@ def test_a_record_the_closed_recorder_refuses_is_logged(llm: FakeLLM, caplog: py
             time.sleep(0.02)
     finally:
         unregister(logger)
+        for name in _LISTS:
+            while slow in getattr(litellm, name, []):
+                getattr(litellm, name).remove(slow)
     assert "litellm.completion call to openai/gpt-4o not recorded: the cost recorder is closed" in caplog.text
 
 
