@@ -30,6 +30,7 @@ verifying add per event in process.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import platform
@@ -460,74 +461,57 @@ def heartbeat_section(
     ]
 
 
+#: The sections after the heartbeats, in order: (name, title, module). ``BENCH_SECTIONS=integrations,otlp``
+#: runs only those named (``heartbeats`` names the first), in one run; unset, all of them.
+SECTIONS = (
+    ("signing", "Signed telemetry, per event", "signing"),
+    ("costs", "Cost events", "costs"),
+    ("leases", "Budget leases (issue 19)", "leases"),
+    ("sweep", "Liveness sweep and notifications", "sweep"),
+    ("alerts", "Critical alerts at once (issue 21)", "alert_latency"),
+    ("slack", "Slack app", "slack"),
+    ("jobs", "Training jobs", "jobs"),
+    ("ml", "Learned models", "ml"),
+    ("console", "Web console", "console"),
+    ("integrations", "Drop-in integrations (issue 22)", "integrations"),
+    ("otlp", "OpenTelemetry GenAI ingest (issue 22)", "otlp"),
+)
+
+
+def section(name: str, title: str, module: str) -> list[str]:
+    """One section's heading, description and figures."""
+    print(f"measuring: {title} ...", file=sys.stderr)
+    loaded = importlib.import_module(f"tests.bench.{module}")  # a section loads when it runs
+    if name == "otlp":
+        return ["", f"### {title}", "", " ".join((loaded.__doc__ or "").split()), "", *loaded.main()]
+    lines = loaded.main(report=lambda line: None)
+    if name == "signing":
+        signing = importlib.import_module("tests.bench.command_signing")
+        commands = signing.measure()
+        lines += [
+            "",
+            f"Commands (`python -m tests.bench.command_signing`, median of {signing.ROUNDS} rounds of "
+            f"{signing.PER_ROUND}): the fleet's signing adds "
+            f"{commands['signing_cost_us']} µs per command (encode {commands['encode_unsigned_us']} -> "
+            f"{commands['encode_signed_us']} µs), the agent's check adds {commands['verification_cost_us']} µs "
+            f"(decode {commands['decode_unsigned_us']} -> {commands['decode_verified_us']} µs).",
+        ]
+    return ["", f"### {title}", "", *loaded.describe(), "", *lines]
+
+
 def main() -> int:
-    lines = heartbeat_section()
-    print("measuring signing and verification per event (in process) ...", file=sys.stderr)
-    from tests.bench import command_signing, signing  # lazy: a section loads when it runs
-
-    signing_lines = signing.main(report=lambda line: None)
-    commands = command_signing.measure()
-    signing_lines += [
-        "",
-        f"Commands (`python -m tests.bench.command_signing`, median of {command_signing.ROUNDS} rounds of "
-        f"{command_signing.PER_ROUND}): the fleet's signing adds {commands['signing_cost_us']} µs per command "
-        f"(encode {commands['encode_unsigned_us']} -> {commands['encode_signed_us']} µs), the agent's check adds "
-        f"{commands['verification_cost_us']} µs (decode {commands['decode_unsigned_us']} -> "
-        f"{commands['decode_verified_us']} µs).",
-    ]
-    print("measuring cost events ...", file=sys.stderr)
-    from tests.bench import costs  # lazy: a section loads when it runs
-
-    cost_lines = costs.main(report=lambda line: None)
-    print("measuring budget leases ...", file=sys.stderr)
-    from tests.bench import leases  # lazy: a section loads when it runs
-
-    lease_lines = leases.main(report=lambda line: None)
-    print("measuring the liveness sweep and its notifications ...", file=sys.stderr)
-    from tests.bench import sweep  # lazy: a section loads when it runs
-
-    sweep_lines = sweep.main(report=lambda line: None)
-    print("measuring critical alerts sent at once, beside the minute job ...", file=sys.stderr)
-    from tests.bench import alert_latency  # lazy: a section loads when it runs
-
-    alert_lines = alert_latency.main(report=lambda line: None)
-    print("measuring the Slack app ...", file=sys.stderr)
-    from tests.bench import slack  # lazy: a section loads when it runs
-
-    slack_lines = slack.main(report=lambda line: None)
-    print("measuring training jobs ...", file=sys.stderr)
-    from tests.bench import jobs  # lazy: a section loads when it runs
-
-    job_lines = jobs.main(report=lambda line: None)
-    print("measuring the learned models ...", file=sys.stderr)
-    from tests.bench import ml  # lazy: a section loads when it runs
-
-    ml_lines = ml.main(report=lambda line: None)
-    print("measuring the web console ...", file=sys.stderr)
-    from tests.bench import console  # lazy: a section loads when it runs
-
-    console_lines = console.main(report=lambda line: None)
-    print("measuring the drop-in integrations ...", file=sys.stderr)
-    from tests.bench import integrations  # lazy: a section loads when it runs
-
-    integration_lines = integrations.main(report=lambda line: None)
-    print("measuring OTLP ingest, beside cost batches ...", file=sys.stderr)
-    from tests.bench import otlp  # lazy: a section loads when it runs
-
-    otlp_lines = otlp.main()
-
-    lines += ["", "### Signed telemetry, per event", "", *signing.describe(), "", *signing_lines]
-    lines += ["", "### Cost events", "", *costs.describe(), "", *cost_lines]
-    lines += ["", "### Budget leases (issue 19)", "", *leases.describe(), "", *lease_lines]
-    lines += ["", "### Liveness sweep and notifications", "", *sweep.describe(), "", *sweep_lines]
-    lines += ["", "### Critical alerts at once (issue 21)", "", *alert_latency.describe(), "", *alert_lines]
-    lines += ["", "### Slack app", "", *slack.describe(), "", *slack_lines]
-    lines += ["", "### Training jobs", "", *jobs.describe(), "", *job_lines]
-    lines += ["", "### Learned models", "", *ml.describe(), "", *ml_lines]
-    lines += ["", "### Web console", "", *console.describe(), "", *console_lines]
-    lines += ["", "### Drop-in integrations (issue 22)", "", *integrations.describe(), "", *integration_lines]
-    otlp_about = " ".join((otlp.__doc__ or "").split())
-    lines += ["", "### OpenTelemetry GenAI ingest (issue 22)", "", otlp_about, "", *otlp_lines]
+    chosen = {n.strip() for n in os.environ.get("BENCH_SECTIONS", "").split(",") if n.strip()}
+    unknown = chosen - {"heartbeats"} - {name for name, _, _ in SECTIONS}
+    if unknown:
+        print(f"BENCH_SECTIONS: no section {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    lines = heartbeat_section() if not chosen or "heartbeats" in chosen else []
+    if chosen:
+        lines[:0] = [f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `BENCH_SECTIONS={','.join(sorted(chosen))}"
+                     f" make bench` (these sections only, in one run) on {os.cpu_count()} cores.", ""]  # fmt: skip
+    for name, title, module in SECTIONS:
+        if not chosen or name in chosen:
+            lines += section(name, title, module)
     text = "\n".join(lines)
     print(text)
     out = ROOT / ".stack-bench-results.md"

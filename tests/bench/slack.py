@@ -38,6 +38,8 @@ import requests
 
 from emulators.stack import ROOT, Stack
 from tests.bench.run import UNSIGNED, LogCounter
+from tests.integration import helpers
+from tests.integration.keyring import Keyring
 
 SAMPLES = int(os.environ.get("BENCH_SLACK_SAMPLES", 40))
 CLICKERS = int(os.environ.get("BENCH_SLACK_CLICKERS", 8))
@@ -183,6 +185,8 @@ def main(report: Callable[[str], None] = print) -> list[str]:
     try:
         stack.up()
         os.environ.update(stack.env)
+        # The agent's registration is published as the integration tests' agents are: enrolled and signed.
+        helpers.KEYRING = Keyring(stack.env["FLEET_PUBLIC_KEY"])
         signed = Signed(stack.env["SLACK_APP_URL"], stack.env["SLACK_SIGNING_SECRET"])
         api(stack, "PUT", f"/v1/tenants/{TENANT}/roles", {"roles": roles})
         from google.cloud import pubsub_v1
@@ -217,6 +221,7 @@ def main(report: Callable[[str], None] = print) -> list[str]:
         ]  # fmt: skip
         raced = race(stack, signed)
     finally:
+        helpers.KEYRING = None
         stack.down()
     base = rows[0]["p50"]
     lines = [
