@@ -1,6 +1,6 @@
 """`make demo`: a simulated fleet on a private local stack, watched through the REST API.
 
-    python -m emulators.demo [--agents 54] [--duration 22]
+    python -m emulators.demo [--agents 54] [--duration 35]
 
 Starts its own stack in ``.stack-demo`` (never the one `make up` runs in ``.stack``), under the
 ``required`` identity policy, enrolls a fleet of agents across tenants and agent types with the SDK
@@ -645,7 +645,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emulators.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=54, help="simulated agents (at least 50 by default)")
-    parser.add_argument("--duration", type=float, default=22.0, help="seconds the fleet heartbeats")
+    # 35 s: the first heartbeat round can take 8 s on a busy 2-core machine (4 s on a quiet one), and the runaway
+    # and budget agents must still be stopped, and seen stopped, within the run.
+    parser.add_argument("--duration", type=float, default=35.0, help="seconds the fleet heartbeats")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
     parser.add_argument(
