@@ -43,11 +43,30 @@ MAX_ATTEMPTS = 3
 #: a caller replaying a token of a real key cannot make the fleet write per request (docs/otlp.md).
 RECORD_EVERY_S = 60.0
 MAX_RECORDED_KEYS = 10_000
-_recorded: dict[tuple[str, str], float] = {}
 READ_CHUNK = 64 * 1024
 #: Re-exports reconciled per agent on one instance: one per this many seconds.
 RECONCILE_EVERY_S = 60.0
-_reconciled: dict[str, float] = {}
+
+
+class Every:
+    """At most once per ``seconds`` per key on this instance (``due``, then ``mark`` once done); at most
+    MAX_RECORDED_KEYS keys, all forgotten when full (a forgotten key is merely due again)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[Any, float] = {}
+
+    def due(self, key: Any) -> bool:
+        return time.monotonic() - self._last.get(key, -self.seconds) >= self.seconds
+
+    def mark(self, key: Any) -> None:
+        if len(self._last) >= MAX_RECORDED_KEYS:
+            self._last.clear()
+        self._last[key] = time.monotonic()
+
+
+_recorded = Every(RECORD_EVERY_S)
+_reconciled = Every(RECONCILE_EVERY_S)
 
 
 def marker_id(agent_id: str, call_id: str) -> str:
@@ -157,20 +176,13 @@ def _count_chunk(agent: AgentRecord, chunk: list[CostRecord], now: datetime, out
 
 
 def _reconcile_reexport(agent: AgentRecord, now: datetime, out: Counted) -> None:
-    clock = time.monotonic()
-    if (
-        out.duplicates
-        and not out.calls
-        and clock - _reconciled.get(agent.agent_id, -RECONCILE_EVERY_S) >= RECONCILE_EVERY_S
-    ):
+    if out.duplicates and not out.calls and _reconciled.due(agent.agent_id):
         # A re-export of calls all counted before: re-derive their effects, as a redelivered cost batch does
         # (an earlier export may have failed after counting); once a minute per agent on this instance, so
         # re-sent requests do not re-publish every hold each time.
         sent = accounting.reconcile(agent.agent_id, now=now, actor="system:otlp-reexport", resend=True,
                                     lift_expired=True)  # fmt: skip
-        if len(_reconciled) >= MAX_RECORDED_KEYS:
-            _reconciled.clear()
-        _reconciled[agent.agent_id] = clock  # only once it succeeded: a failed one is tried on the retry
+        _reconciled.mark(agent.agent_id)  # only once it succeeded: a failed one is tried on the retry
         out.commands += [f"{c.command.value}:{c.agent_id}" for c in sent]
 
 
@@ -183,13 +195,10 @@ def _record(rejected: Rejected, body: bytes, request_id: str, now: datetime, fie
     """A refusal kept like an agent event's (``rejections``; unproven ones count towards forged_events), at
     most one per agent and code per RECORD_EVERY_S on this instance: the others are logged only."""
     key = (rejected.agent_id or "", rejected.code.value)
-    clock = time.monotonic()
-    if clock - _recorded.get(key, -RECORD_EVERY_S) < RECORD_EVERY_S:
+    if not _recorded.due(key):
         fields["recorded"] = False
         return
-    if len(_recorded) >= MAX_RECORDED_KEYS:
-        _recorded.clear()
-    _recorded[key] = clock
+    _recorded.mark(key)
     rejections.record(rejected, message_id=request_id, source=SOURCE, event_type="otlp_traces",
                       payload=Payload.of(body, {}), received_at=now)  # fmt: skip
     forged_events.note(rejected, now)

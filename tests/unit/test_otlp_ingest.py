@@ -49,7 +49,7 @@ def test_refusals_are_recorded_once_per_agent_and_code_a_minute(monkeypatch: pyt
     written: list[str] = []
     monkeypatch.setattr(ingest.rejections, "record", lambda rejected, **_kw: written.append(rejected.code.value))
     monkeypatch.setattr(ingest.forged_events, "note", lambda rejected, _now: written.append("forged"))
-    monkeypatch.setattr(ingest, "_recorded", {})
+    monkeypatch.setattr(ingest, "_recorded", ingest.Every(ingest.RECORD_EVERY_S))
     clock = [1000.0]
     monkeypatch.setattr(ingest.time, "monotonic", lambda: clock[0])
     bad = Rejected(Code.BAD_SIGNATURE, "x", agent_id="chat-1", tenant="acme")
@@ -92,7 +92,7 @@ class Script:
         monkeypatch.setattr(ingest.accounting, "count_batch", self.count_batch)
         monkeypatch.setattr(ingest, "_already_counted", lambda _agent, _records: self.markers.pop(0))
         monkeypatch.setattr(ingest.accounting, "reconcile", self.reconcile)
-        monkeypatch.setattr(ingest, "_reconciled", {})
+        monkeypatch.setattr(ingest, "_reconciled", ingest.Every(ingest.RECONCILE_EVERY_S))
 
     def count_batch(self, _agent: Any, batch: Any, **_kw: Any) -> Any:
         self.batches.append((batch.batch_id, [r.call_id for r in batch.records]))
