@@ -176,22 +176,6 @@ class LeaseWallet:
             ask = self._ask_ahead(epoch, now, deferred=True)
             return Reservation(epoch, usd, tokens, price.input, price.output, ask, price)
 
-    def fits(self, model: str, max_tokens: int | None, prompt_tokens: int | None) -> bool:
-        """Whether :meth:`reserve` would reserve the call now; reserves nothing (an async caller's probe:
-        a call that would wait for a grant waits off its event loop)."""
-        output_tokens = self.default_max_tokens if max_tokens is None else max_tokens
-        input_tokens = prompt_tokens or 0
-        with self._lock:
-            price = self._prices.get(model)
-            epoch = self._live(self.monotonic())
-            if price is None or epoch is None:
-                return False
-            usd = price.worst(input_tokens, output_tokens)
-            tokens = input_tokens + output_tokens
-            return usd <= epoch.balance - epoch.reserved and (
-                epoch.tokens is None or tokens <= epoch.tokens - epoch.reserved_tokens
-            )
-
     def settle(
         self, reservation: Reservation | None, model: str, tokens: tuple[int, ...], cost: Decimal | None
     ) -> Epoch | None:

@@ -318,13 +318,3 @@ def test_with_options_of_an_anthropic_client_stays_instrumented(llm: FakeLLM, ag
     with pytest.raises(CallRefused), c.copy().messages.stream(model=CLAUDE, max_tokens=10, messages=HI):
         pass
     assert len(llm.calls()) == 2 and len(agent.records()) == 2  # refused: no request, no record
-
-
-def test_the_wallet_probe_reserves_nothing_and_agrees_with_reserve(funded: Agent) -> None:
-    wallet = funded.costs._wallet
-    assert wallet is not None
-    assert wallet.fits("gpt-4o", 100, 10) and not wallet.fits("gpt-4o", 10**9, 10) and not wallet.fits("x", 1, 1)
-    assert reserved(funded) == 0
-    for max_tokens in (100, 10**6, 10**9):
-        assert wallet.fits("gpt-4o", max_tokens, 10) == (type(wallet.reserve("gpt-4o", max_tokens, 10)).__name__
-                                                         == "Reservation")  # fmt: skip
