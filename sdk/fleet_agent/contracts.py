@@ -33,13 +33,17 @@ from fleet_agent.messages.agents import (
     Resources,
 )
 from fleet_agent.messages.commands import (
+    ACKED_COMMANDS,
     BLOCKING_COMMANDS,
+    COMMANDS_V2,
     MAX_APPROVAL_EXPIRY_S,
     MIN_APPROVAL_EXPIRY_S,
+    AckState,
     ApprovalKind,
     ApprovalRequest,
     BudgetPeriod,
     Command,
+    CommandAck,
     CommandType,
 )
 from fleet_agent.messages.costs import (
@@ -82,8 +86,10 @@ from fleet_agent.messages.leases import (
 )
 
 __all__ = [
+    "ACKED_COMMANDS",
     "AGENT_ID_PATTERN",
     "BLOCKING_COMMANDS",
+    "COMMANDS_V2",
     "DEFAULT_TOPICS",
     "EVENT_MODELS",
     "JOB_ID_PATTERN",
@@ -105,6 +111,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_SCHEMA_VERSIONS",
     "VERSION_PATTERN",
+    "AckState",
     "AgentId",
     "ApprovalKind",
     "ApprovalRequest",
@@ -112,6 +119,7 @@ __all__ = [
     "BudgetSpec",
     "CallId",
     "Command",
+    "CommandAck",
     "CommandType",
     "CostBatch",
     "CostRecord",
@@ -167,6 +175,8 @@ class EventType(StrEnum):
     APPROVAL = "approval"
     #: A training job's progress and final metrics, sent by the job itself (fleet_agent.jobs).
     JOB_PROGRESS = "job_progress"
+    #: An agent's acknowledgement of a remediation command (fleet_agent.messages.commands.CommandAck).
+    COMMAND_ACK = "command_ack"
 
 
 #: Default topic per event type. Deployments may prefix or rename topics (Terraform
@@ -179,6 +189,7 @@ DEFAULT_TOPICS: dict[EventType, str] = {
     EventType.COMMAND: "agent-commands",
     EventType.APPROVAL: "agent-approvals",
     EventType.JOB_PROGRESS: "job-progress",
+    EventType.COMMAND_ACK: "agent-command-acks",
 }
 
 
@@ -205,10 +216,11 @@ EVENT_MODELS: dict[EventType, type[BaseModel]] = {
     EventType.COST: CostBatch,
     EventType.APPROVAL: ApprovalRequest,
     EventType.JOB_PROGRESS: JobProgress,
+    EventType.COMMAND_ACK: CommandAck,
 }
 
 #: Any event an agent publishes (the models of EVENT_MODELS).
-Event: TypeAlias = Registration | Heartbeat | CostBatch | ApprovalRequest | JobProgress
+Event: TypeAlias = Registration | Heartbeat | CostBatch | ApprovalRequest | JobProgress | CommandAck
 
 
 def event_type_of(event: BaseModel) -> EventType:

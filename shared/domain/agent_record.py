@@ -44,6 +44,8 @@ class AgentRecord(BaseModel):
     version: str
     owner: str
     capabilities: list[str] = Field(default_factory=list)
+    #: Protocol features the agent's SDK understands (``commands.v2``: remediation commands and acks).
+    supports: list[str] = Field(default_factory=list)
     resources: dict[str, Any] = Field(default_factory=dict)
     heartbeat_interval_s: int = 30
     labels: dict[str, str] = Field(default_factory=dict)
@@ -92,6 +94,10 @@ class AgentRecord(BaseModel):
     status_hold: str | None = None
     #: Holds ever placed: part of each new hold's command id, so no id is ever reused.
     holds_placed: int = 0
+    #: Remediation commands sent to the agent (fleet_agent.messages.commands.ACKED_COMMANDS), by command
+    #: id: what, why, who, when sent, deadline, attempts, and how far the agent got (sent, acknowledged,
+    #: done, failed, unacknowledged). Only the latest few are kept (shared/domain/agent_actions.py).
+    commands: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     #: The last ``chunk_size`` heartbeat samples, a ring keyed by slot (``s00``...). The latest
     #: metrics, reported status and sent time are read from it, not stored twice.

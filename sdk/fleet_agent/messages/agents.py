@@ -96,6 +96,10 @@ class Registration(Strict):
     #: The agent spends budget leases (an SDK that checks each call against a lease): the fleet grants
     #: its first lease on registration and the next ones on request (fleet_agent.messages.leases).
     leases: bool = Field(default=False, strict=True)
+    #: Protocol features this SDK understands (``commands.v2``: the remediation commands and their acks,
+    #: fleet_agent.messages.commands.COMMANDS_V2). The fleet sends a feature's commands only to agents
+    #: that list it; an agent registered without it is left to an operator.
+    supports: list[Label] = Field(default_factory=list, max_length=32)
 
 
 class ReportedStatus(StrEnum):

@@ -1,5 +1,7 @@
 """What passes between the fleet and an agent about control: the commands the fleet sends (pause,
-budget, breaker, quarantine, an approval's decision) and the approval requests an agent sends."""
+budget, breaker, quarantine, an approval's decision, and the remediation commands restart, stop, drain,
+throttle, clear_cache, resume_work), the agent's acknowledgements of those, and the approval requests an
+agent sends."""
 
 from __future__ import annotations
 
@@ -30,6 +32,20 @@ class CommandType(StrEnum):
     KEY_ROTATED = "key_rotated"
     #: A budget lease (``lease``): spend the agent may use without asking, until ``until``.
     LEASE = "lease"
+    # Remediation commands (issue 23). Sent only to agents whose registration lists
+    # ``COMMANDS_V2`` in ``supports``: an older SDK refuses a command type it does not know.
+    #: Restart the agent's process: its handler, else stop heartbeating and exit cleanly by ``deadline``.
+    RESTART = "restart"
+    #: Stop gracefully: finish or abandon work, then exit by ``deadline``; the agent does not come back.
+    STOP = "stop"
+    #: Finish current work and take no new tasks (until ``resume_work``).
+    DRAIN = "drain"
+    #: At most ``calls_per_minute`` model calls a minute, enforced by the SDK itself, until ``until``.
+    THROTTLE = "throttle"
+    #: Drop the agent's caches (its handler; an agent without one answers ``failed``).
+    CLEAR_CACHE = "clear_cache"
+    #: Take tasks again after ``drain``, and lift a ``throttle``.
+    RESUME_WORK = "resume_work"
 
 
 #: Commands after which the agent must not call its model, and the ones that lift each of them.
@@ -39,6 +55,23 @@ BLOCKING_COMMANDS: dict[CommandType, CommandType] = {
     CommandType.BREAKER_OPEN: CommandType.BREAKER_CLOSED,
     CommandType.QUARANTINE: CommandType.RELEASE,
 }
+
+
+#: Commands the agent acknowledges (:class:`CommandAck`): the fleet tracks each as sent, acknowledged,
+#: done or failed, re-sends one not acknowledged by its deadline, then opens an episode.
+ACKED_COMMANDS: frozenset[CommandType] = frozenset(
+    {
+        CommandType.RESTART,
+        CommandType.STOP,
+        CommandType.DRAIN,
+        CommandType.THROTTLE,
+        CommandType.CLEAR_CACHE,
+        CommandType.RESUME_WORK,
+    }
+)
+
+#: What a registration's ``supports`` lists when the SDK understands the remediation commands and acks.
+COMMANDS_V2 = "commands.v2"
 
 
 class Command(Strict):
@@ -61,6 +94,37 @@ class Command(Strict):
     key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
     #: ``lease`` only: the grant (its ``expires_at`` is also the command's ``until``).
     lease: LeaseGrant | None = None
+    #: Remediation commands (:data:`ACKED_COMMANDS`): when the agent must have carried it out. ``stop`` and
+    #: ``restart`` without a handler exit the process then at the latest; the fleet re-sends a command not
+    #: acknowledged by then.
+    deadline: AwareDatetime | None = None
+    #: ``throttle`` only: the cap on model calls per minute (0 refuses every call) until ``until``.
+    calls_per_minute: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+class AckState(StrEnum):
+    """How far an agent got with a command (:class:`CommandAck`)."""
+
+    #: Received and accepted: the agent is on it (``stop``/``restart``: it will exit by the deadline).
+    ACKNOWLEDGED = "acknowledged"
+    #: Carried out (for ``restart``: sent just before the process exits; the next registration shows it back).
+    DONE = "done"
+    #: Could not be carried out (``detail`` says why: no handler, the handler raised).
+    FAILED = "failed"
+
+
+class CommandAck(Strict):
+    """An agent's acknowledgement of a command (topic ``agent-command-acks``), signed like its other events.
+
+    One command may be acknowledged more than once (``acknowledged`` then ``done``); the fleet keeps the
+    furthest state, so redelivery and reordering change nothing."""
+
+    agent_id: AgentId
+    command_id: CallId
+    command: CommandType
+    state: AckState
+    detail: Annotated[str, StringConstraints(max_length=500)] = ""
+    sent_at: AwareDatetime
 
 
 class ApprovalKind(StrEnum):
