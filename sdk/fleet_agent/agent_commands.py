@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from fleet_agent.approvals import ApprovalBook
 from fleet_agent.command_signatures import verify_command
 from fleet_agent.commands import CommandListener, OnCommand, Subscriber
-from fleet_agent.contracts import Command, CommandType, EventType, Registration
+from fleet_agent.contracts import ACKED_COMMANDS, Command, CommandType, EventType, Registration
 from fleet_agent.costs import CostRecorder
 from fleet_agent.enrollment import AgentIdentity, no_fleet_key
 
@@ -52,6 +52,9 @@ class AgentCommands:
     @property
     def costs(self) -> CostRecorder:
         raise NotImplementedError  # FleetAgent's
+
+    def _remediate(self, command: Command) -> None:
+        raise NotImplementedError  # Remediation's
 
     @property
     def commands_topic(self) -> str:
@@ -175,4 +178,6 @@ class AgentCommands:
             self._approvals.decide(command)  # unknown or already decided requests: ignored
         elif command.command is CommandType.KEY_ROTATED and command.key_id and self.identity.enrolled:
             self.identity.confirmed(command.key_id)  # a verified confirmation only: switch to the new key
+        elif command.command in ACKED_COMMANDS:
+            self._remediate(command)  # acknowledged, then carried out (fleet_agent.remediation)
         return command
