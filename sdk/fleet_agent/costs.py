@@ -168,25 +168,29 @@ class CostRecorder(CostBatches, CostHolds, LeaseCalls):
 
         The ticket goes to :meth:`record` once the call ended, or to :meth:`release` if it was never sent."""
         self.check()
-        self._count_throttled()
         wallet, reservation = self._wallet, None
+        if wallet is not None and wait:
+            reservation = self._admit(wallet, model, max_tokens, prompt_tokens)
+        elif wallet is not None:
+            got = wallet.reserve(model, max_tokens, prompt_tokens)
+            if not isinstance(got, Reservation):
+                raise NoRoomNow
+            reservation = got
+        ticket = Ticket(model, reservation, leased=wallet is None or reservation is not None)
         try:
-            if wallet is not None and wait:
-                reservation = self._admit(wallet, model, max_tokens, prompt_tokens)
-            elif wallet is not None:
-                got = wallet.reserve(model, max_tokens, prompt_tokens)
-                if not isinstance(got, Reservation):
-                    raise NoRoomNow
-                reservation = got
-        except BaseException:
-            self._uncount_throttled()
+            self._count_throttled()  # last: a call waiting for a lease holds no place in the minute
+        except CallRefused:
+            self._unreserve(ticket)
             raise
-        return Ticket(model, reservation, leased=wallet is None or reservation is not None)
+        return ticket
 
     def release(self, ticket: Ticket) -> None:
         """A call admitted but never sent: release its reservation (and its place under a throttle);
         records nothing. An ask ahead it was to carry still leaves."""
         self._uncount_throttled()
+        self._unreserve(ticket)
+
+    def _unreserve(self, ticket: Ticket) -> None:
         wallet, reservation = self._wallet, ticket.reservation
         if wallet is None or reservation is None:
             return
