@@ -64,9 +64,10 @@ Handler = Callable[[Command], None]
 #: Exit codes of the default ``stop`` and ``restart``.
 EXIT_STOP = 0
 EXIT_RESTART = 75
-#: Seconds the default ``stop``/``restart`` takes at most when the command names no deadline (or one past).
+#: Seconds the default ``stop``/``restart`` takes at most when the command names no deadline, and when
+#: its deadline is (nearly) past: closing cleanly takes a moment.
 DEFAULT_EXIT_S = 30.0
-MIN_EXIT_S = 1.0
+MIN_EXIT_S = 3.0
 #: A ``restart`` issued this long before the agent was made still restarts it (clock skew); older: done.
 RESTART_SLACK_S = 5.0
 #: How many (command id, state) acknowledgements a process remembers.
@@ -233,10 +234,9 @@ class Remediation:
 
     def _exit_cleanly(self, command: Command, code: int) -> None:
         """The default stop/restart: close everything, then exit, by the deadline at the latest."""
-        left = DEFAULT_EXIT_S
+        left = DEFAULT_EXIT_S  # no deadline; one already past (a late delivery, skew) leaves MIN_EXIT_S
         if command.deadline is not None:
-            left = (command.deadline - utcnow()).total_seconds()
-            left = DEFAULT_EXIT_S if left <= 0 else max(left, MIN_EXIT_S)
+            left = max((command.deadline - utcnow()).total_seconds(), MIN_EXIT_S)
         watchdog = threading.Timer(left, self._exit_once, (code,))
         watchdog.daemon = True
         watchdog.start()
