@@ -56,6 +56,9 @@ class AgentCommands:
     def _remediate(self, command: Command) -> None:
         raise NotImplementedError  # Remediation's
 
+    def _reack(self, command: Command) -> None:
+        raise NotImplementedError  # Remediation's
+
     @property
     def commands_topic(self) -> str:
         """Path of the topic the fleet's commands arrive on (``agent-commands`` unless renamed)."""
@@ -173,6 +176,8 @@ class AgentCommands:
         else:
             command = Command.model_validate_json(data)
         if not self.costs.apply(command):  # another agent's, or seen already (deduplicated by command_id)
+            if command.agent_id == self.registration.agent_id and command.command in ACKED_COMMANDS:
+                self._reack(command)  # re-sent: not run again, acknowledged again (its ack may have been lost)
             return None
         if command.command is CommandType.APPROVAL_DECIDED:
             self._approvals.decide(command)  # unknown or already decided requests: ignored

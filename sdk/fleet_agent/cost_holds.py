@@ -16,6 +16,7 @@ throttle replaces the cap and keeps the window.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +56,8 @@ class CostHolds:
     _tag: Epoch | None
     _throttle: Command | None = None
     _throttled: deque[float]  # monotonic times of the calls admitted while throttled
+    #: When the last ``resume_work`` was issued: an older ``throttle`` (delivered late) is superseded.
+    resumed_at: datetime | None = None
 
     if TYPE_CHECKING:  # CostRecorder's (cost_batches)
 
@@ -92,17 +95,18 @@ class CostHolds:
     def _apply_throttle(self, command: Command) -> None:
         """Under the lock: a ``throttle`` (with a cap) newer than the one in force replaces it; a
         ``resume_work`` not older than it lifts it."""
-        current = self._throttle
+        current, resumed = self._throttle, self.resumed_at
         if command.command is CommandType.THROTTLE and command.calls_per_minute is not None:
+            if resumed is not None and command.issued_at < resumed:
+                return  # a resume_work issued after it came first (reordering): superseded
             if current is None or current.issued_at <= command.issued_at:
                 self._throttle = command
-        elif (
-            command.command is CommandType.RESUME_WORK
-            and current is not None
-            and current.issued_at <= command.issued_at
-        ):
-            self._throttle = None
-            self._throttled.clear()
+        elif command.command is CommandType.RESUME_WORK:
+            if resumed is None or resumed < command.issued_at:
+                self.resumed_at = command.issued_at
+            if current is not None and current.issued_at <= command.issued_at:
+                self._throttle = None
+                self._throttled.clear()
 
     @property
     def blocked(self) -> dict[CommandType, Command]:
@@ -155,12 +159,13 @@ class CostHolds:
             with self._lock:
                 self._throttle_full(count=False)
 
-    def _throttle_full(self, *, count: bool, force: bool = False) -> None:
+    def _throttle_full(self, *, count: bool, force: bool = False) -> float | None:
         """Under the lock: raise :class:`CallRefused` when the throttle's window is full; with ``count``,
-        else take a place in it (one admitted call). ``force``: count without refusing (a call that ran)."""
+        else take a place in it (one admitted call; returns its time). ``force``: count without refusing
+        (a call that ran)."""
         command = self._live_throttle()
         if command is None or command.calls_per_minute is None:
-            return
+            return None
         now = self._monotonic()
         window = self._throttled
         while window and window[0] <= now - THROTTLE_WINDOW_S:
@@ -176,20 +181,24 @@ class CostHolds:
             raise CallRefused(self.agent_id, {}, note=note, reason=THROTTLED, until=retry_at)
         if count:
             window.append(now)
+            return now
+        return None
 
-    def _count_throttled(self, *, ran: bool = False) -> None:
+    def _count_throttled(self, *, ran: bool = False) -> float | None:
         """A call admitted now counts in the throttle's window (refused when it is full); ``ran``: a call
-        recorded without admission (it ran already: counted, never refused)."""
+        recorded without admission (it ran already: counted, never refused). Returns the place taken (its
+        monotonic time), None when no throttle counted it."""
         if self._throttle is not None:
             with self._lock:
-                self._throttle_full(count=True, force=ran)
+                return self._throttle_full(count=True, force=ran)
+        return None
 
-    def _uncount_throttled(self) -> None:
-        """Give back the place of a call admitted by the throttle but refused after (by the lease)."""
-        if self._throttle is not None:
-            with self._lock:
-                if self._throttled:
-                    self._throttled.pop()
+    def _uncount_throttled(self, slot: float | None) -> None:
+        """Give back the place ``slot`` of a call admitted by the throttle but never sent: exactly that one,
+        if still in the window (not another call's, nor one a newer window or ``resume_work`` dropped)."""
+        if slot is not None and self._throttle is not None:
+            with self._lock, contextlib.suppress(ValueError):  # aged out, or the window was cleared
+                self._throttled.remove(slot)
 
     def _trial(self) -> None:
         """A half-open breaker lets ``half_open_calls`` through per cooldown-long window after its end."""

@@ -29,6 +29,7 @@ fleet's budget lease before it runs: :mod:`fleet_agent.leases` (the wallet), :mo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import threading
@@ -71,6 +72,8 @@ class Ticket:
     model: str
     reservation: Reservation | None
     leased: bool
+    #: Its place in a throttle's minute (the monotonic time counted), None when no throttle counted it.
+    throttle_slot: float | None = None
 
 
 class CostRecorder(CostBatches, CostHolds, LeaseCalls):
@@ -178,16 +181,16 @@ class CostRecorder(CostBatches, CostHolds, LeaseCalls):
             reservation = got
         ticket = Ticket(model, reservation, leased=wallet is None or reservation is not None)
         try:
-            self._count_throttled()  # last: a call waiting for a lease holds no place in the minute
+            slot = self._count_throttled()  # last: a call waiting for a lease holds no place in the minute
         except CallRefused:
             self._unreserve(ticket)
             raise
-        return ticket
+        return ticket if slot is None else dataclasses.replace(ticket, throttle_slot=slot)
 
     def release(self, ticket: Ticket) -> None:
         """A call admitted but never sent: release its reservation (and its place under a throttle);
         records nothing. An ask ahead it was to carry still leaves."""
-        self._uncount_throttled()
+        self._uncount_throttled(ticket.throttle_slot)
         self._unreserve(ticket)
 
     def _unreserve(self, ticket: Ticket) -> None:

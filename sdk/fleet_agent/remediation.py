@@ -8,9 +8,10 @@
 Each such command (:data:`~fleet_agent.contracts.ACKED_COMMANDS`) is acknowledged with a
 :class:`~fleet_agent.contracts.CommandAck` on ``agent-command-acks``, signed like the agent's other events
 (unsigned for an agent with no key): ``acknowledged`` on receipt, then ``done`` or ``failed`` (``detail``: a
-few words; a handler's exception by its class name only). Once per command id and state in a process: a
-redelivered command is neither run nor acknowledged again (the recorder's command ids,
-:meth:`CostRecorder.apply <fleet_agent.costs.CostRecorder.apply>`, decide what is new).
+few words; a handler's exception by its class name only). A command id is run once in a process (the
+recorder's command ids, :meth:`CostRecorder.apply <fleet_agent.costs.CostRecorder.apply>`, decide what is
+new): one delivered again (a redelivery, or the fleet re-sending because our ack was lost) is not run again;
+it is re-acknowledged with the furthest state already sent for it.
 
 Defaults, and what a handler changes:
 
@@ -96,11 +97,13 @@ class Remediation:
 
     _handlers: dict[CommandType, Handler]
     _drain: Command | None
+    _drain_lock: threading.Lock
+    _resumed_at: datetime | None
     _exit_process: Callable[[int], None]
     _exiting: bool
     _exited: bool
     _exit_lock: threading.Lock
-    _acks: OrderedDict[tuple[str, AckState], None]
+    _acks: OrderedDict[tuple[str, AckState], str]  # -> the detail sent
     _heartbeats_paused: bool
     _made_at: datetime
     _costs: CostRecorder | None
@@ -121,7 +124,8 @@ class Remediation:
 
     def _init_remediation(self, exit_process: Callable[[int], None] | None) -> None:
         self._handlers = {}
-        self._drain = None
+        self._drain, self._resumed_at = None, None
+        self._drain_lock = threading.Lock()
         self._exit_process = exit_process or exit_now
         self._exiting = self._exited = False
         self._exit_lock = threading.Lock()
@@ -195,11 +199,29 @@ class Remediation:
         if kind is CommandType.CLEAR_CACHE and handler is None:
             self._ack(command, AckState.FAILED, "no handler")
             return
-        if kind is CommandType.DRAIN and (self._drain is None or self._drain.issued_at <= command.issued_at):
-            self._drain = command
-        elif kind is CommandType.RESUME_WORK and (self._drain is None or self._drain.issued_at <= command.issued_at):
-            self._drain = None
+        if not self._take_drain(command):
+            self._ack(command, AckState.DONE, "superseded")  # a resume_work issued after it came first
+            return
         self._run_handler(command, handler, _done_detail(command))
+
+    def _take_drain(self, command: Command) -> bool:
+        """Apply a drain or resume_work to :attr:`draining` (newest wins, under a lock); False for a
+        ``drain`` or ``throttle`` issued before the latest ``resume_work`` (reordered: superseded)."""
+        kind, at = command.command, command.issued_at
+        with self._drain_lock:
+            if kind is CommandType.THROTTLE:
+                resumed = self.costs.resumed_at  # the recorder ignored it already (cost_holds)
+                return resumed is None or at >= resumed
+            if kind is CommandType.DRAIN:
+                if self._resumed_at is not None and at < self._resumed_at:
+                    return False
+                if self._drain is None or self._drain.issued_at <= at:
+                    self._drain = command
+            elif kind is CommandType.RESUME_WORK:
+                self._resumed_at = at if self._resumed_at is None else max(self._resumed_at, at)
+                if self._drain is None or self._drain.issued_at <= at:
+                    self._drain = None
+        return True
 
     def _run_handler(self, command: Command, handler: Handler | None, detail: str) -> bool:
         """Run the handler (if any) and acknowledge ``done`` or ``failed``; True when done."""
@@ -263,25 +285,40 @@ class Remediation:
 
     def _ack(self, command: Command, state: AckState, detail: str = "") -> None:
         """Publish one acknowledgement, once per (command id, state) in this process; never raises."""
-        key = (command.command_id, state)
+        key, detail = (command.command_id, state), detail[:DETAIL_CHARS]
         with self._exit_lock:
             if key in self._acks:
                 return
-            self._acks[key] = None
+            self._acks[key] = detail
             while len(self._acks) > ACK_MEMORY:
                 self._acks.popitem(last=False)
+        self._send_ack(command, state, detail)
+
+    def _reack(self, command: Command) -> None:
+        """A remediation command seen already (re-sent by the fleet, whose copy of our ack was lost): not run
+        again; the furthest acknowledgement sent for it (done/failed, else acknowledged) is sent again."""
+        with self._exit_lock:
+            sent = [(state, self._acks[(command.command_id, state)]) for state in _FURTHEST_FIRST
+                    if (command.command_id, state) in self._acks]  # fmt: skip
+        if sent:
+            self._send_ack(command, *sent[0])
+
+    def _send_ack(self, command: Command, state: AckState, detail: str) -> None:
         ack = CommandAck(
             agent_id=self.agent_id,
             command_id=command.command_id,
             command=command.command,
             state=state,
-            detail=detail[:DETAIL_CHARS],
+            detail=detail,
             sent_at=utcnow(),
         )
         try:
             self._publish(EventType.COMMAND_ACK, ack).add_done_callback(_log_failure)
         except Exception as exc:  # a closed agent, a publisher error: the fleet re-sends, then escalates
             log.warning("agent %s: could not acknowledge %s as %s: %s", self.agent_id, command.command_id, state, exc)
+
+
+_FURTHEST_FIRST = (AckState.DONE, AckState.FAILED, AckState.ACKNOWLEDGED)
 
 
 def _done_detail(command: Command) -> str:

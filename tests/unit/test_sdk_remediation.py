@@ -153,14 +153,32 @@ def test_an_unenrolled_agent_acknowledges_unsigned(world) -> None:
     assert len(envelopes) == 2 and all("signature" not in e for e in envelopes)
 
 
-def test_a_redelivered_command_runs_once_and_is_acknowledged_once_per_state(world) -> None:
+def test_a_drain_or_throttle_older_than_a_resume_work_delivered_first_is_superseded(world) -> None:
+    agent, publisher, _ = world()
+    feed(agent, command(CommandType.RESUME_WORK))
+    feed(agent, command(CommandType.DRAIN, ago_s=5))  # issued before the resume, delivered after it
+    feed(agent, command(CommandType.THROTTLE, ago_s=5, calls_per_minute=0))
+    assert not agent.draining and agent.throttle is None
+    assert ("c-drain-1", "done", "superseded") in publisher.acks()
+    assert ("c-throttle-1", "done", "superseded") in publisher.acks()
+    feed(agent, command(CommandType.DRAIN, 2))  # a newer drain still drains
+    assert agent.draining
+
+
+def test_a_re_sent_command_runs_once_and_is_re_acknowledged_with_its_furthest_state(world) -> None:
     agent, publisher, _ = world()
     runs: list[str] = []
     agent.on_command(CommandType.CLEAR_CACHE, lambda cmd: runs.append(cmd.command_id))
     assert feed(agent, command(CommandType.CLEAR_CACHE)) is not None
-    assert feed(agent, command(CommandType.CLEAR_CACHE)) is None  # the same id again
+    assert feed(agent, command(CommandType.CLEAR_CACHE)) is None  # the same id again: the fleet lost our ack
     assert runs == ["c-clear_cache-1"]
-    assert publisher.acks() == [("c-clear_cache-1", "acknowledged", ""), ("c-clear_cache-1", "done", "handled")]
+    done = ("c-clear_cache-1", "done", "handled")
+    assert publisher.acks() == [("c-clear_cache-1", "acknowledged", ""), done, done]
+    feed(agent, command(CommandType.PAUSE))
+    feed(agent, command(CommandType.PAUSE))  # not a remediation command: never acknowledged
+    other = command(CommandType.CLEAR_CACHE).model_copy(update={"agent_id": "agent-2"})
+    feed(agent, other)  # another agent's: not ours to acknowledge
+    assert publisher.acks() == [("c-clear_cache-1", "acknowledged", ""), done, done]
 
 
 def test_clear_cache_without_a_handler_fails_and_a_raising_handler_fails_with_its_class_only(world) -> None:
@@ -228,7 +246,14 @@ def test_a_second_stop_while_exiting_exits_once(world) -> None:
         gate.wait(WAIT_S)
         exits_first(code)
 
+    stop_first = agent.stop
+
+    def held_stop(timeout: float | None = 10.0) -> bool:
+        gate.wait(WAIT_S)  # the agent stays open until the second command came (it can acknowledge it)
+        return stop_first(timeout)
+
     agent._exit_process = slow_exit  # held until the second command came
+    agent.stop = held_stop  # type: ignore[method-assign]
     feed(agent, command(CommandType.STOP, 1))
     feed(agent, command(CommandType.RESTART, 2))
     gate.set()

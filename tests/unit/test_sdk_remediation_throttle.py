@@ -160,3 +160,23 @@ def test_a_call_the_lease_refuses_takes_no_place() -> None:
             call(rec)
     finally:
         rec.close(timeout=1)
+
+
+def test_a_throttle_issued_before_a_resume_work_delivered_after_it_is_superseded(world) -> None:
+    rec, _, _, _ = world
+    rec.apply(resume_work(T0 + timedelta(seconds=1)))  # the resume came first (reordered)
+    rec.apply(throttle(0, at=T0))  # the throttle it lifted, late
+    assert rec.throttle is None and calls_made(rec, 3) == 3
+    rec.apply(throttle(0, at=T0 + timedelta(seconds=2), n=2))  # a newer one is in force
+    assert rec.throttle == 0
+
+
+def test_releasing_a_call_gives_back_its_own_place_not_a_later_calls(world) -> None:
+    rec, _, ticks, _ = world
+    rec.apply(throttle(2))
+    early = rec.admit("gpt-4o")  # admitted at t, never sent
+    ticks.now += 59
+    rec.record(Call(operation="chat", model="gpt-4o"), ticket=rec.admit("gpt-4o"))  # sent at t + 59
+    rec.release(early)  # frees t's place, not t + 59's
+    ticks.now += 2  # t + 61: t's place would have aged out anyway; t + 59's is still in the minute
+    assert calls_made(rec, 3) == 1, "one place left: the call at t + 59 still counts"
