@@ -30,6 +30,9 @@ LEASE_EXHAUSTED = "lease_exhausted"
 UNKNOWN_MODEL = "unknown_model"
 #: ``CallRefused.reason`` of a call beyond a ``throttle``'s calls per minute (:mod:`fleet_agent.cost_holds`).
 THROTTLED = "throttled"
+#: ``CallRefused.reason`` of a call admitted after the recorder was closed (the agent is stopping): it
+#: would be paid for and never recorded.
+CLOSED = "closed"
 
 FEMTO_PER_NANO = 1_000_000
 _HALF_NANO = FEMTO_PER_NANO // 2

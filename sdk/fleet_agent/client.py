@@ -142,7 +142,8 @@ class FleetAgent(Remediation, AgentCommands, ApprovalRequests):
         )
         # As published: the agent spends leases (by default) and takes (and acks) the remediation commands.
         supports, spends = list(dict.fromkeys([*registration.supports, COMMANDS_V2])), registration.leases or leases
-        self.registration = registration.model_copy(update={"leases": spends, "supports": supports})
+        self.registration = registration.model_copy(update={"leases": spends})
+        Registration.__pydantic_validator__.validate_assignment(self.registration, "supports", supports)  # its limits
         self._leases, self._lease_wait_s, self._lease_fail_open = leases, lease_wait_s, lease_fail_open
         self.project: str = resolved
         self._owns_publisher = publisher is None
@@ -377,7 +378,7 @@ class FleetAgent(Remediation, AgentCommands, ApprovalRequests):
         with self._listen_lock:
             listener, self._listener = self._listener, None
         if listener is not None:
-            listener.close()  # before the recorder: no command arrives for a closed agent
+            listener.close(10.0 if timeout is None else max(timeout, 0.5))  # before the recorder (no command now)
         if self._costs is not None:
             flushed = self._costs.close(timeout or 10.0) and flushed
         if self._owns_publisher:

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from fleet_agent.call_records import THROTTLED, CallRefused
+from fleet_agent.call_records import CLOSED, THROTTLED, CallRefused
 from fleet_agent.contracts import BLOCKING_COMMANDS, Command, CommandType, CostRecord
 from fleet_agent.leases import Epoch, LeaseRequest, LeaseWallet
 
@@ -54,6 +54,7 @@ class CostHolds:
     _wallet: LeaseWallet | None
     _records: list[CostRecord]
     _tag: Epoch | None
+    _closed: bool
     _throttle: Command | None = None
     _throttled: deque[float]  # monotonic times of the calls admitted while throttled
     #: When the last ``resume_work`` was issued: an older ``throttle`` (delivered late) is superseded.
@@ -147,10 +148,13 @@ class CostHolds:
 
     def check(self) -> None:
         """Raise :class:`CallRefused` while any blocking command is in force (see :attr:`blocked`), past the
-        trial calls of a half-open breaker, and while a throttle's minute is full. Counts nothing: a call is
-        counted against the throttle when it is admitted (``admit``, ``call``) or recorded without one."""
-        if not self._blocks and self._throttle is None:  # the common case: no clock, no lock
+        trial calls of a half-open breaker, while a throttle's minute is full, and once closed (``closed``).
+        Counts nothing: a call is counted against the throttle when it is admitted (``admit``, ``call``) or
+        recorded without one."""
+        if not self._blocks and self._throttle is None and not self._closed:  # the common case: no clock, no lock
             return
+        if self._closed:
+            raise CallRefused(self.agent_id, {}, note=f"{CLOSED}: the agent is stopping", reason=CLOSED)
         blocks = self.blocked
         if blocks:
             raise CallRefused(self.agent_id, blocks)

@@ -19,19 +19,25 @@ Defaults, and what a handler changes:
   ``resume_work`` (:mod:`fleet_agent.cost_holds`), whatever the handler; a handler runs after (to slow the
   agent's own work, say). :attr:`Remediation.throttle` is the cap in force.
 - ``drain``: :attr:`Remediation.draining` is True until a ``resume_work``; the agent's loop should take no new
-  task while it is. ``resume_work`` clears it and lifts the throttle. Handlers run after the default.
+  task while it is. ``resume_work`` clears it and lifts the throttle. Handlers run after the default. A
+  ``drain`` or ``throttle`` issued before the latest ``resume_work`` (delivered late) is superseded: ``done``.
 - ``clear_cache``: the handler; without one, ``failed`` ("no handler").
-- ``stop`` / ``restart``: the handler instead of the default (``done`` when it returns). The default stops
-  the heartbeat loop, flushes the cost records, acknowledges ``done``, closes the agent (waiting for its
-  publishes), then calls ``exit_process(code)``: 0 for stop, 75 (``EX_TEMPFAIL``) for restart so a supervisor
-  (systemd ``Restart=on-failure``, Kubernetes, Cloud Run) starts the process again. ``exit_process`` is
-  called by the command's ``deadline`` at the latest (a watchdog), even if closing hangs. A ``restart``
+- ``stop`` / ``restart``: the handler instead of the default (``done`` when it returns; one calling
+  ``sys.exit`` has the agent closed and ``exit_process`` called with its code). The default drains, stops
+  the heartbeat loop, flushes and closes the cost records (a call admitted then is refused, ``closed``),
+  acknowledges ``done``, closes the agent (waiting for its publishes), then calls ``exit_process(code)``: 0
+  for stop, 75 (``EX_TEMPFAIL``) for restart so a supervisor (systemd ``Restart=on-failure``, Kubernetes,
+  Cloud Run) starts the process again. All within one budget; ``exit_process`` is called by the command's
+  ``deadline`` at the latest (a watchdog), even if closing hangs. A ``restart``
   issued before this agent was made (with ``RESTART_SLACK_S`` for clock skew) is acknowledged ``done``
-  without exiting again: the process has restarted since (a re-sent restart must not loop).
+  without exiting again: the process has restarted since (a re-sent restart must not loop). Only an agent
+  owning its process exits by default (``exit_process`` given, or its own :meth:`listen` and no other open
+  agent); one sharing it is closed alone and acknowledges ``failed`` ("shared process: pass exit_process").
 
 Handlers of ``stop`` and ``restart``, and the default, run on a thread of their own (closing the agent
 closes the listener whose thread delivered the command); the others run on the listener's thread, so they
-should return quickly (start a thread for long work).
+should return quickly (start a thread for long work) and must not close the agent (closing the listener
+would wait for the thread running the handler).
 
 The default ``exit_process`` (:func:`exit_now`) flushes the log handlers and standard streams, then calls
 ``os._exit``: the command arrives on a listener thread, where ``sys.exit`` would only end that thread, and a
@@ -47,6 +53,8 @@ import logging
 import os
 import sys
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -56,6 +64,7 @@ from typing import TYPE_CHECKING, overload
 from fleet_agent.contracts import AckState, Command, CommandAck, CommandType, EventType, utcnow
 
 if TYPE_CHECKING:
+    from fleet_agent.commands import CommandListener
     from fleet_agent.costs import CostRecorder
 
 log = logging.getLogger("fleet_agent")
@@ -74,6 +83,10 @@ RESTART_SLACK_S = 5.0
 #: How many (command id, state) acknowledgements a process remembers.
 ACK_MEMORY = 4096
 DETAIL_CHARS = 200
+
+_monotonic = time.monotonic  # the exit's clock (replaced by tests)
+#: Every agent made in this process (weakly): the default stop/restart exits only the only open one.
+_AGENTS: weakref.WeakSet[Remediation] = weakref.WeakSet()
 
 
 def exit_now(code: int) -> None:
@@ -99,7 +112,9 @@ class Remediation:
     _drain: Command | None
     _drain_lock: threading.Lock
     _resumed_at: datetime | None
-    _exit_process: Callable[[int], None]
+    _given_exit: Callable[[int], None] | None
+    _closed: bool  # FleetAgent's
+    _listener: CommandListener | None  # AgentCommands': set by listen()
     _exiting: bool
     _exited: bool
     _exit_lock: threading.Lock
@@ -126,7 +141,8 @@ class Remediation:
         self._handlers = {}
         self._drain, self._resumed_at = None, None
         self._drain_lock = threading.Lock()
-        self._exit_process = exit_process or exit_now
+        self._given_exit = exit_process
+        _AGENTS.add(self)
         self._exiting = self._exited = False
         self._exit_lock = threading.Lock()
         self._acks = OrderedDict()
@@ -243,37 +259,74 @@ class Remediation:
         code = EXIT_RESTART if restart else EXIT_STOP
         target: Callable[[], object]
         if handler is not None:
-            target = functools.partial(self._run_handler, command, handler, "handled")
+            target = functools.partial(self._run_exit_handler, command, handler)
         else:
             with self._exit_lock:
                 exiting, self._exiting = self._exiting, True
             if exiting:  # a second stop/restart while exiting: the first one's exit stands
                 self._ack(command, AckState.DONE, "exiting already")
                 return
-            target = functools.partial(self._exit_cleanly, command, code)
+            with self._drain_lock:
+                self._drain = command  # no new task from now on (S4: the calls are refused once closed)
+            target = functools.partial(self._exit_cleanly, command, code, self._owns_process())
         name = f"fleet-{command.command.value}-{self.agent_id}"
-        threading.Thread(target=target, name=name, daemon=True).start()
+        try:
+            threading.Thread(target=target, name=name, daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (interpreter shutting down, thread limit)
+            self._exiting = False
+            self._ack(command, AckState.FAILED, f"no thread: {exc}")
 
-    def _exit_cleanly(self, command: Command, code: int) -> None:
-        """The default stop/restart: close everything, then exit, by the deadline at the latest."""
+    def _owns_process(self) -> bool:
+        """Whether the default stop/restart may end the process: ``exit_process`` was given, or this agent
+        listens through its own :meth:`listen` and is the only open agent in the process."""
+        if self._given_exit is not None:
+            return True
+        return self._listener is not None and not any(a is not self and not a._closed for a in list(_AGENTS))
+
+    def _run_exit_handler(self, command: Command, handler: Handler) -> None:
+        """A stop/restart handler; one that calls ``sys.exit`` (on this thread, where it would end only the
+        thread) has the agent closed, then the process exited with its code."""
+        try:
+            self._run_handler(command, handler, "handled")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            self._ack(command, AckState.DONE, f"handler exited with code {code}")
+            try:
+                self.close(DEFAULT_EXIT_S / 3)
+            finally:
+                self._exit_once(code)
+
+    def _exit_cleanly(self, command: Command, code: int, owns_process: bool) -> None:
+        """The default stop/restart: close everything, then exit, by the deadline at the latest. An agent
+        sharing its process (see :meth:`_owns_process`) is closed, and acknowledges ``failed``: the process
+        goes on, so the fleet escalates."""
         left = DEFAULT_EXIT_S  # no deadline; one already past (a late delivery, skew) leaves MIN_EXIT_S
         if command.deadline is not None:
             left = max((command.deadline - utcnow()).total_seconds(), MIN_EXIT_S)
         watchdog = threading.Timer(left, self._exit_once, (code,))
         watchdog.daemon = True
-        watchdog.start()
-        budget = max(left - MIN_EXIT_S / 2, MIN_EXIT_S / 2) / 3  # stop, flush the costs, close: a third each
+        if owns_process:
+            watchdog.start()
+        end = _monotonic() + max(left - MIN_EXIT_S / 2, MIN_EXIT_S / 2)  # one deadline for every step
+
+        def remaining() -> float:
+            return max(end - _monotonic(), 0.0)
+
         try:
-            self.stop(budget)  # the heartbeat loop ends; its publishes are confirmed
+            self.stop(remaining())  # the heartbeat loop ends; its publishes are confirmed
             if self._costs is not None:
-                self._costs.close(budget)
-            self._ack(command, AckState.DONE, f"exiting with code {code}")
-            self.close(budget)  # waits for the acknowledgement's publish
+                self._costs.close(remaining())
+            if owns_process:
+                self._ack(command, AckState.DONE, f"exiting with code {code}")
+            else:
+                self._ack(command, AckState.FAILED, "shared process: pass exit_process")
+            self.close(remaining())  # waits for the acknowledgement's publish
         except Exception:
             log.exception("agent %s: closing before the %s exit failed", self.agent_id, command.command.value)
         finally:
             watchdog.cancel()
-            self._exit_once(code)
+            if owns_process:
+                self._exit_once(code)
 
     def _exit_once(self, code: int) -> None:
         with self._exit_lock:
@@ -281,7 +334,7 @@ class Remediation:
         if exited:
             return
         log.warning("agent %s: exiting with code %d (fleet command)", self.agent_id, code)
-        self._exit_process(code)
+        (self._given_exit or exit_now)(code)
 
     def _ack(self, command: Command, state: AckState, detail: str = "") -> None:
         """Publish one acknowledgement, once per (command id, state) in this process; never raises."""

@@ -252,7 +252,7 @@ def test_a_second_stop_while_exiting_exits_once(world) -> None:
         gate.wait(WAIT_S)  # the agent stays open until the second command came (it can acknowledge it)
         return stop_first(timeout)
 
-    agent._exit_process = slow_exit  # held until the second command came
+    agent._given_exit = slow_exit  # held until the second command came
     agent.stop = held_stop  # type: ignore[method-assign]
     feed(agent, command(CommandType.STOP, 1))
     feed(agent, command(CommandType.RESTART, 2))
