@@ -17,12 +17,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fleet_agent.contracts import Command, CommandType
-from fleet_agent.messages.commands import ACKED_COMMANDS, COMMANDS_V2
+from fleet_agent.messages.commands import ACKED_COMMANDS, COMMANDS_V2, CommandAck
 
 from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
+from shared.domain.episodes import AgentEpisodes, AlertingConfig
 from shared.domain.holds import command_id, time_of
 from shared.domain.lifecycle import State
+from shared.domain.rejections import Code, Rejected
 
 #: Tracked commands kept per agent (older finished ones are dropped first).
 KEEP = 20
@@ -187,3 +190,91 @@ def audit(
         tenant=record.tenant,
         details=details,
     )
+
+
+# --- acknowledgements ------------------------------------------------------------------------------------
+
+#: The episode opened on an agent that did not acknowledge a command (re-sent once, then escalated).
+UNACKNOWLEDGED_RULE = "command_unacknowledged"
+
+
+def acknowledge(record: AgentRecord, ack: CommandAck, *, at: datetime, config: AlertingConfig) -> Plan:
+    """The agent's acknowledgement of a command: its entry moves forward only (sent|unacknowledged <
+    acknowledged < done|failed), so a redelivered or reordered ack is skipped ("duplicate") and writes
+    nothing. A done or failed command is audited; the ``command_unacknowledged`` episode resolves when no
+    command is left unacknowledged. Raises Rejected (``unknown_command``) for a command id the agent was
+    not sent (or no longer tracked), or one of another type."""
+    entry = record.commands.get(ack.command_id)
+    if entry is None:
+        raise Rejected(
+            Code.UNKNOWN_COMMAND,
+            f"command {ack.command_id} was not sent to agent {record.agent_id} (or is no longer tracked)",
+            agent_id=record.agent_id,
+        )
+    if entry["command"] != ack.command.value:
+        raise Rejected(
+            Code.UNKNOWN_COMMAND,
+            f"command {ack.command_id} is a {entry['command']}, not a {ack.command.value}",
+            agent_id=record.agent_id,
+        )
+    state = ack.state.value
+    if RANK[state] <= RANK[entry["state"]]:
+        return Plan(skipped="duplicate")
+    updated = {**entry, "state": state, "acked_at": entry.get("acked_at") or at}
+    if ack.detail:
+        updated["detail"] = ack.detail
+    if state in FINAL:
+        updated["done_at"] = at
+    commands = {**record.commands, ack.command_id: updated}
+    plan = Plan(changes={"commands": commands, "command_due_at": due_at(commands)})
+    if state in FINAL:
+        details = {"command_id": ack.command_id, "detail": ack.detail, "origin": entry.get("origin")}
+        action = f"agent.command.{entry['command']}"
+        plan.audit.append(audit(record, ack.command_id, action, at, f"agent:{record.agent_id}", state, details))
+    if not any(e.get("state") == UNACKNOWLEDGED for e in commands.values()):
+        episodes = AgentEpisodes.of(record, config)
+        if episodes.resolve(UNACKNOWLEDGED_RULE, at, f"{entry['command']} {ack.command_id} {state}"):
+            plan.changes.update(episodes.changes())
+            plan.episodes.extend(episodes.writes)
+    return plan
+
+
+# --- re-send and escalation (the minute sweep) -----------------------------------------------------------
+
+
+def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
+    """Commands not acknowledged by their deadline: re-sent with the same id (attempts + 1, a new deadline)
+    until :data:`MAX_ATTEMPTS`, then marked ``unacknowledged`` and escalated as a ``command_unacknowledged``
+    episode (high). Skipped "unchanged" when nothing is due (a sweep that ran already)."""
+    commands = dict(record.commands)
+    plan = Plan()
+    episodes = AgentEpisodes.of(record, config)
+    escalated: list[str] = []
+    for cid, entry in sorted(commands.items()):
+        if entry.get("state") not in AWAITING or time_of(entry["deadline"]) > now:
+            continue
+        action = f"agent.command.{entry['command']}"
+        attempts = int(entry.get("attempts") or 1)
+        if attempts < MAX_ATTEMPTS:
+            seconds = int(entry.get("deadline_s") or DEFAULT_DEADLINE_S)
+            commands[cid] = {**entry, "attempts": attempts + 1, "deadline": now + timedelta(seconds=seconds)}
+            plan.commands.append(command_of(record.agent_id, cid, commands[cid]))
+            details = {"command_id": cid, "attempts": attempts + 1}
+            plan.audit.append(audit(record, cid, action, now, "system:commands", f"resent-{attempts + 1}", details))
+        else:
+            commands[cid] = {**entry, "state": UNACKNOWLEDGED}
+            escalated.append(f"{entry['command']} ({cid})")
+            details = {"command_id": cid, "attempts": attempts}
+            plan.audit.append(audit(record, cid, action, now, "system:commands", UNACKNOWLEDGED, details))
+    if commands == record.commands:
+        return Plan(skipped="unchanged")
+    if escalated:
+        summary = (
+            f"agent {record.agent_id} did not acknowledge {', '.join(escalated)}, "
+            f"sent {MAX_ATTEMPTS} times: it may be hung or its SDK may not be reading its commands"
+        )
+        if episodes.open_(UNACKNOWLEDGED_RULE, Severity.HIGH, now, summary, {"commands": escalated}, wait=False):
+            plan.changes.update(episodes.changes())
+            plan.episodes.extend(episodes.writes)
+    plan.changes.update(commands=commands, command_due_at=due_at(commands))
+    return plan
