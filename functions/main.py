@@ -31,6 +31,7 @@ EXPECTS: dict[str, EventType] = {
     "on_cost": EventType.COST,
     "on_approval_request": EventType.APPROVAL,
     "on_job_progress": EventType.JOB_PROGRESS,
+    "on_command_ack": EventType.COMMAND_ACK,
 }
 
 
@@ -147,6 +148,12 @@ def on_action(event: CloudEvent) -> None:
 def on_job_progress(event: CloudEvent) -> None:
     """A training run's progress and final metrics (``job-progress``)."""
     handlers.handle_push(_message(event), EventType.JOB_PROGRESS, handlers.process_job_progress)
+
+
+@functions_framework.cloud_event
+def on_command_ack(event: CloudEvent) -> None:
+    """An agent acknowledges a remediation command (``agent-command-acks``)."""
+    handlers.handle_push(_message(event), EventType.COMMAND_ACK, handlers.process_command_ack)
 
 
 @functions_framework.cloud_event

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from shared.api import (
+    agent_commands,
     agents,
     alerts,
     approvals,
@@ -72,6 +73,7 @@ def openapi_json(call: Call) -> dict[str, Any]:
 ROUTES: tuple[Route, ...] = (
     *meta,
     *agents.routes,
+    *agent_commands.routes,
     *enrollment.routes,
     *settings.of("identity"),
     *costs.routes,

@@ -98,6 +98,9 @@ class AgentRecord(BaseModel):
     #: id: what, why, who, when sent, deadline, attempts, and how far the agent got (sent, acknowledged,
     #: done, failed, unacknowledged). Only the latest few are kept (shared/domain/agent_actions.py).
     commands: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: The earliest deadline of a command awaiting acknowledgement (None: none): the sweep reads the
+    #: agents whose ``command_due_at`` has passed, to re-send or escalate (shared/domain/agent_actions.py).
+    command_due_at: datetime | None = None
 
     #: The last ``chunk_size`` heartbeat samples, a ring keyed by slot (``s00``...). The latest
     #: metrics, reported status and sent time are read from it, not stored twice.

@@ -59,6 +59,7 @@ TITLES: dict[str, str] = {
     "unpriced_model": "Unpriced model",
     "anomaly": "Heartbeat anomaly (learned model)",
     "failure_risk": "Likely to fail soon (learned model)",
+    "command_unacknowledged": "Command not acknowledged",
 }
 
 

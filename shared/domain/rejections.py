@@ -33,6 +33,8 @@ class Code(StrEnum):
     UNKNOWN_JOB = "unknown_job"
     #: A report, signed by its job's key, received after the job ended (its run was still stopping).
     JOB_ENDED = "job_ended"
+    #: A command acknowledgement for a command the fleet did not send the agent (or of another type).
+    UNKNOWN_COMMAND = "unknown_command"
     # Identity (shared/domain/identity.py): the claimed agent_id is unproven, so these rejections are kept
     # apart from that agent's record (``claimed_agent_id``) and count towards ``forged_events``.
     #: No signature, from an agent that has a key or of a tenant whose policy requires one.

@@ -213,6 +213,14 @@ def process_job_progress(decoded: Decoded) -> Plan:
     return progress.process(decoded)
 
 
+def process_command_ack(decoded: Decoded) -> Plan:
+    """An agent acknowledges a remediation command (``agent-command-acks``): shared/pipeline/command_acks.py."""
+    # lazy: only fleet-command-acks loads the remediation command rules
+    from shared.pipeline import command_acks
+
+    return command_acks.process(decoded, unknown_agent)
+
+
 def handle_dead_letter(message: PushedMessage) -> str:
     """A message that exhausted its delivery attempts: record it as a rejection, keeping the payload."""
     attrs = message.attributes

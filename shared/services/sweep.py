@@ -19,7 +19,7 @@ from shared.domain import liveness
 from shared.domain import silences as silence_rules
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.platform import logs
-from shared.services import approvals, budget_forecasts, fleet_health, leases, notifier
+from shared.services import approvals, budget_forecasts, command_sweep, fleet_health, leases, notifier
 from shared.store import agents as agent_store
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
@@ -52,6 +52,8 @@ class Swept:
 def run(now: datetime) -> dict[str, Any]:
     swept = sweep(now)
     roots(swept, now)
+    # Remediation commands not acknowledged by their deadline: re-sent once, then escalated.
+    commands = command_sweep.run(now)
     flushed = notifier.flush(now)
     # Approval requests: deny the lapsed ones, post those Slack refused before.
     decided = approvals.sweep(now)
@@ -67,6 +69,7 @@ def run(now: datetime) -> dict[str, Any]:
     own = notifier.send_due(due_now).as_dict() if due_now else {}
     return {
         **swept.as_dict(),
+        "commands": commands,
         "notifications": flushed.as_dict(),
         "own_notifications": own,
         "leases_returned": returned,

@@ -248,6 +248,8 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/agents/{agent_id}/protection", "put"),
             ("/v1/agents/{agent_id}/pause", "post"),
             ("/v1/agents/{agent_id}/resume", "post"),
+            ("/v1/agents/{agent_id}/commands", "get"),
+            ("/v1/agents/{agent_id}/commands", "post"),
             ("/v1/tenants/{tenant}/usage", "get"),
             ("/v1/tenants/{tenant}/budget", "get"),
             ("/v1/tenants/{tenant}/budget", "put"),
