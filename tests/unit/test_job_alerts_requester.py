@@ -5,14 +5,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from emulators.fake_slack import FakeSlack
 from shared.api.bodies.jobs import JobRequest
+from shared.domain.episodes import AlertingConfig
+from shared.domain.jobs import JobsConfig
 from shared.services import job_alerts
 from shared.slack import web_api
+from shared.store import config as config_store
+from shared.store import episodes as episode_store
+from shared.store import job_alerts as store
 
 TOKEN = "xoxb-test-token"
 
@@ -61,3 +68,50 @@ def test_an_api_caller_or_slack_trouble_means_no_mention(fake: FakeSlack) -> Non
     assert fake.calls() == []
     fake.fail(status=500, count=5)
     assert job_alerts.mention("U0ANN0001@fleet.test") is None
+
+
+class FakeStores:
+    """The service's stores replaced: the queues it read, and the tenant alert documents it wrote (the
+    2 h default wait is passed when the oldest queued job entered at 06:00: the tick is at 09:00)."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, *, queued: int = 0, oldest_h: int = 6, open_: set[str] | None = None
+    ) -> None:
+        self.queues: list[str] = []
+        self.updated: dict[str, list[Any]] = {}
+        self.states: dict[str, dict[str, Any]] = {}
+        oldest = datetime(2026, 3, 2, oldest_h, 0, tzinfo=UTC)
+        monkeypatch.setattr(store, "tenants_open", lambda: set(open_ or ()))
+
+        def queue(tenant: str) -> tuple[int, datetime]:
+            self.queues.append(tenant)
+            return queued, oldest
+
+        monkeypatch.setattr(store, "queue", queue)
+        monkeypatch.setattr(store, "ended_since", lambda tenant, since: (0, 0))
+        monkeypatch.setattr(config_store, "jobs", lambda tenant: JobsConfig(alert_queue_length=2))
+        monkeypatch.setattr(config_store, "alerting", lambda tenant: AlertingConfig())
+        monkeypatch.setattr(episode_store, "update_tenant", self.update_tenant)
+
+    def update_tenant(self, tenant: str, decide: Any) -> list[Any]:
+        changes, writes = decide(self.states.get(tenant, {}))
+        if changes:
+            self.states[tenant] = {**self.states.get(tenant, {}), **changes}
+        self.updated.setdefault(tenant, []).extend(writes)
+        return list(writes)
+
+
+def test_the_tick_reads_the_alert_document_only_of_tenants_with_a_finding_or_an_open_episode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    fake = FakeStores(monkeypatch, queued=1, oldest_h=8)
+    out = job_alerts.tick(now, [], {"acme"})
+    assert fake.queues == ["acme"] and fake.updated == {}  # 1 queued: nothing found, nothing open
+    assert out["tenants"] == 1 and out["opened"] == 0
+
+    fake = FakeStores(monkeypatch, queued=3)
+    out = job_alerts.tick(now, [], {"acme"})
+    assert sorted(w.fields["rule"] for w in fake.updated["acme"]) == ["job_queue", "job_wait"]
+    assert out["opened"] == 2
+    assert job_alerts.tick(now, [], {"acme"})["opened"] == 0  # the tick again: open already
