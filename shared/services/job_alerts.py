@@ -73,9 +73,11 @@ def on_final(job: Job, now: datetime) -> bool:
     return done
 
 
-def tick(now: datetime, active: Iterable[Job], waiting: set[str]) -> dict[str, Any]:
+def tick(now: datetime, active: Iterable[Job], waiting: set[str], *, complete: bool = True) -> dict[str, Any]:
     """Judge every tenant with active jobs (``active``, as the tick listed them), queued jobs (``waiting``)
-    or open job episodes; returns what it did and the Firestore reads and writes it cost."""
+    or open job episodes; returns what it did and the Firestore reads and writes it cost. A listing that
+    is not ``complete`` (the tick's page was full) does not judge stalls: an unlisted stalled job's episode
+    must not resolve."""
     out: dict[str, Any] = {"tenants": 0, "opened": 0, "resolved": 0, "errors": 0}
     by_tenant: dict[str, list[Job]] = {}
     for job in active:
@@ -90,7 +92,8 @@ def tick(now: datetime, active: Iterable[Job], waiting: set[str]) -> dict[str, A
         for tenant in sorted(set(by_tenant) | waiting | open_):
             out["tenants"] += 1
             try:
-                opened, resolved = _tenant(tenant, now, by_tenant.get(tenant, []), tenant in waiting, tenant in open_)
+                jobs = by_tenant.get(tenant, []) if complete else None
+                opened, resolved = _tenant(tenant, now, jobs, tenant in waiting, tenant in open_)
             except Exception as exc:  # this tenant's next tick tries again; the others go on
                 out["errors"] += 1
                 logs.log(log, f"job alerts of {tenant} not judged: {type(exc).__name__}: {exc}", tenant=tenant)
@@ -102,7 +105,7 @@ def tick(now: datetime, active: Iterable[Job], waiting: set[str]) -> dict[str, A
     return out
 
 
-def _tenant(tenant: str, now: datetime, jobs: list[Job], waiting: bool, has_open: bool) -> tuple[int, int]:
+def _tenant(tenant: str, now: datetime, jobs: list[Job] | None, waiting: bool, has_open: bool) -> tuple[int, int]:
     limits = rules.Thresholds.of(config_store.jobs(tenant))
     stalled = [
         rules.Stalled(
@@ -114,11 +117,11 @@ def _tenant(tenant: str, now: datetime, jobs: list[Job], waiting: bool, has_open
             job.stalled_at,
             next((e.reason for e in reversed(job.history) if e.kind == "stalled"), "not running yet"),
         )
-        for job in jobs
+        for job in jobs or []
         if job.state is JobState.ADMITTED and job.stalled_at is not None
     ]
     queued, oldest = store.queue(tenant) if waiting else (0, None)
-    readings = rules.Readings(queued=queued, oldest_queued_at=oldest, stalled=stalled)
+    readings = rules.Readings(queued=queued, oldest_queued_at=oldest, stalled=stalled if jobs is not None else None)
     if has_open and limits.failure_rate:
         readings.ended_today, readings.failed_today = store.ended_since(tenant, rules.day_start(now))
     elif has_open:

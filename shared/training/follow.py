@@ -85,7 +85,8 @@ def reconcile(now: datetime) -> dict[str, Any]:
         except Exception as exc:
             counts["errors"] += 1
             logs.log(log, f"admission pass of {tenant} failed: {type(exc).__name__}: {exc}", tenant=tenant)
-    counts["alerts"] = job_alerts.tick(now, [job for job, _ in rows], waiting)  # docs/jobs.md "Job alerts"
+    listed = [job for job, _ in rows]  # docs/jobs.md "Job alerts"
+    counts["alerts"] = job_alerts.tick(now, listed, waiting, complete=len(rows) < store.ACTIVE_PAGE)
     return counts
 
 

@@ -115,3 +115,15 @@ def test_the_tick_reads_the_alert_document_only_of_tenants_with_a_finding_or_an_
     assert sorted(w.fields["rule"] for w in fake.updated["acme"]) == ["job_queue", "job_wait"]
     assert out["opened"] == 2
     assert job_alerts.tick(now, [], {"acme"})["opened"] == 0  # the tick again: open already
+
+
+def test_a_full_page_of_active_jobs_does_not_resolve_stalls_it_did_not_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    fake = FakeStores(monkeypatch, open_={"acme"})
+    stalled = {"id": "t.acme.job_stalled.1", "severity": "warning", "opened_at": now, "rule": "job_stalled"}
+    fake.states["acme"] = {"episodes": {"job_stalled:j-1": stalled}, "episode_seq": 1, "job_alerts_open": True}
+    job_alerts.tick(now, [], set(), complete=False)
+    assert fake.updated.get("acme", []) == []
+    job_alerts.tick(now, [], set())
+    assert [w.episode_id for w in fake.updated["acme"]] == ["t.acme.job_stalled.1"]
+    assert fake.states["acme"]["job_alerts_open"] is False
