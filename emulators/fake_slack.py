@@ -6,7 +6,8 @@ Point ``slack_sdk.WebClient(base_url="http://127.0.0.1:8765/api/")`` at it (the 
 ``SLACK_API_URL``). It serves the Web API methods the app uses at ``/api/<method>``, form-encoded
 or JSON, with ``Authorization: Bearer xoxb-...``: ``auth.test``, ``chat.postMessage``,
 ``chat.update``, ``chat.postEphemeral``, ``users.info`` (every user's e-mail is
-``<user id, lower case>@fleet.test``), ``files.getUploadURLExternal`` (its ``upload_url`` is
+``<user id, lower case>@fleet.test``), ``users.lookupByEmail`` (the reverse; any other address is
+``users_not_found``), ``files.getUploadURLExternal`` (its ``upload_url`` is
 ``/_upload/<file_id>`` on this server), ``files.completeUploadExternal`` and ``conversations.list``.
 As Slack does, it answers with channel ids (``C`` + 10 characters, stable per name) when given
 names, and ``files.completeUploadExternal`` accepts only ids (Slack refuses names there).
@@ -485,9 +486,22 @@ def _users_info(state: _State, params: dict[str, Any], base: str) -> tuple[dict[
     return {"user": {"id": user, "team_id": TEAM_ID, "name": user.lower(), "profile": profile}}, {}
 
 
+def _users_lookup_by_email(state: _State, params: dict[str, Any], base: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inverse of ``users.info``'s address: ``<user id, lower case>@fleet.test`` is that user; any
+    other address is ``users_not_found``."""
+    email = str(params.get("email") or "").lower()
+    found = re.fullmatch(rf"([uw][a-z0-9]{{2,20}})@{re.escape(USER_EMAIL_DOMAIN)}", email)
+    if found is None:
+        raise SlackError("users_not_found")
+    user = found.group(1).upper()
+    profile = {"email": user_email(user), "real_name": user.lower(), "display_name": user.lower()}
+    return {"user": {"id": user, "team_id": TEAM_ID, "name": user.lower(), "profile": profile}}, {}
+
+
 _METHODS = {
     "auth.test": _auth_test,
     "users.info": _users_info,
+    "users.lookupByEmail": _users_lookup_by_email,
     "chat.postMessage": _post_message,
     "chat.update": _update,
     "chat.postEphemeral": _post_ephemeral,

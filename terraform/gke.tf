@@ -1,5 +1,6 @@
-# The GKE cluster of GPU training jobs (shared/launchers/gke.py): Workload Identity, a GPU node pool and a
-# CPU pool, both spot, scaling from zero (nothing runs, nothing is paid for nodes, while no job does).
+# The GKE cluster of GPU training jobs (shared/launchers/gke.py): Workload Identity, and a spot and an
+# on-demand node pool per machine the policy can choose (below), all scaling from zero (nothing runs,
+# nothing is paid for nodes, while no job does).
 
 resource "google_service_account" "nodes" {
   account_id   = "fleet-gke-nodes"
@@ -20,7 +21,7 @@ resource "google_container_cluster" "gpu" {
   name     = "fleet-gpu-${var.environment}"
   location = var.region
 
-  # The default pool is replaced by the two pools below.
+  # The default pool is replaced by the pools below.
   remove_default_node_pool = true
   initial_node_count       = 1
   deletion_protection      = true
@@ -89,12 +90,60 @@ resource "google_container_cluster" "gpu" {
   depends_on = [google_project_service.api]
 }
 
+# Node pools: what shared/domain/job_policy.py schedules and shared/domain/job_costs.py prices. GKE bills
+# the node a pod lands on, and the estimate prices the cheapest machine of the GPU type's family that fits
+# the job, spot or on demand: so every machine of the price table (shared/data/machine_prices.yaml) has a
+# spot and an on-demand pool, for each accelerator in var.gpu_types and for CPU jobs, each scaling from
+# zero (an idle pool costs nothing). tests/unit/test_terraform_pools.py holds the two to each other.
+locals {
+  # Machine type -> the accelerator it carries and how many (the GKE accelerator name; null: CPU only).
+  machine_shapes = {
+    "e2-standard-2"  = { accelerator = null, gpus = 0 }
+    "e2-standard-4"  = { accelerator = null, gpus = 0 }
+    "e2-standard-8"  = { accelerator = null, gpus = 0 }
+    "e2-standard-16" = { accelerator = null, gpus = 0 }
+    "e2-standard-32" = { accelerator = null, gpus = 0 }
+    "g2-standard-4"  = { accelerator = "nvidia-l4", gpus = 1 }
+    "g2-standard-8"  = { accelerator = "nvidia-l4", gpus = 1 }
+    "g2-standard-12" = { accelerator = "nvidia-l4", gpus = 1 }
+    "g2-standard-16" = { accelerator = "nvidia-l4", gpus = 1 }
+    "g2-standard-24" = { accelerator = "nvidia-l4", gpus = 2 }
+    "g2-standard-32" = { accelerator = "nvidia-l4", gpus = 1 }
+    "g2-standard-48" = { accelerator = "nvidia-l4", gpus = 4 }
+    "g2-standard-96" = { accelerator = "nvidia-l4", gpus = 8 }
+    "n1-standard-4"  = { accelerator = "nvidia-tesla-t4", gpus = 1 }
+    "n1-standard-8"  = { accelerator = "nvidia-tesla-t4", gpus = 1 }
+    "n1-standard-16" = { accelerator = "nvidia-tesla-t4", gpus = 2 }
+    "n1-standard-32" = { accelerator = "nvidia-tesla-t4", gpus = 4 }
+    "a2-highgpu-1g"  = { accelerator = "nvidia-tesla-a100", gpus = 1 }
+    "a2-highgpu-2g"  = { accelerator = "nvidia-tesla-a100", gpus = 2 }
+    "a2-highgpu-4g"  = { accelerator = "nvidia-tesla-a100", gpus = 4 }
+    "a2-highgpu-8g"  = { accelerator = "nvidia-tesla-a100", gpus = 8 }
+    "a3-highgpu-1g"  = { accelerator = "nvidia-h100-80gb", gpus = 1 }
+    "a3-highgpu-2g"  = { accelerator = "nvidia-h100-80gb", gpus = 2 }
+    "a3-highgpu-4g"  = { accelerator = "nvidia-h100-80gb", gpus = 4 }
+    "a3-highgpu-8g"  = { accelerator = "nvidia-h100-80gb", gpus = 8 }
+  }
+  # "<machine>-spot" and "<machine>-on-demand" for every GPU machine of var.gpu_types.
+  gpu_pools = {
+    for pair in setproduct(keys(local.machine_shapes), ["spot", "on-demand"]) :
+    "${pair[0]}-${pair[1]}" => merge(local.machine_shapes[pair[0]], { machine_type = pair[0], spot = pair[1] == "spot" })
+    if local.machine_shapes[pair[0]].accelerator != null && contains(var.gpu_types, coalesce(local.machine_shapes[pair[0]].accelerator, "none"))
+  }
+  cpu_pools = {
+    for pair in setproduct(keys(local.machine_shapes), ["spot", "on-demand"]) :
+    "${pair[0]}-${pair[1]}" => { machine_type = pair[0], spot = pair[1] == "spot" }
+    if local.machine_shapes[pair[0]].accelerator == null
+  }
+}
+
 resource "google_container_node_pool" "gpu" {
-  name     = "gpu-${var.gpu_type}"
+  for_each = local.gpu_pools
+  name     = "gpu-${each.key}"
   cluster  = google_container_cluster.gpu.id
   location = var.region
   # Zones that offer the accelerator (not every zone of a region carries every GPU); empty: GKE's default.
-  node_locations = length(var.gpu_zones) > 0 ? var.gpu_zones : null
+  node_locations = length(lookup(var.gpu_zones, each.value.accelerator, [])) > 0 ? var.gpu_zones[each.value.accelerator] : null
 
   autoscaling {
     total_min_node_count = 0
@@ -107,15 +156,17 @@ resource "google_container_node_pool" "gpu" {
   }
 
   node_config {
-    machine_type    = var.gpu_machine_type
-    spot            = true
+    machine_type    = each.value.machine_type
+    spot            = each.value.spot
     service_account = google_service_account.nodes.email
     oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
-    labels          = local.labels
+    # GKE labels the nodes cloud.google.com/gke-accelerator=<type> and, spot, cloud.google.com/gke-spot=true:
+    # the training Jobs select both (shared/launchers/gke_manifest.py).
+    labels = local.labels
 
     guest_accelerator {
-      type  = var.gpu_type
-      count = 1
+      type  = each.value.accelerator
+      count = each.value.gpus
       gpu_driver_installation_config {
         gpu_driver_version = "DEFAULT"
       }
@@ -140,7 +191,8 @@ resource "google_container_node_pool" "gpu" {
 }
 
 resource "google_container_node_pool" "cpu" {
-  name     = "cpu-spot"
+  for_each = local.cpu_pools
+  name     = "cpu-${each.key}"
   cluster  = google_container_cluster.gpu.id
   location = var.region
 
@@ -155,8 +207,8 @@ resource "google_container_node_pool" "cpu" {
   }
 
   node_config {
-    machine_type    = "e2-standard-8"
-    spot            = true
+    machine_type    = each.value.machine_type
+    spot            = each.value.spot
     service_account = google_service_account.nodes.email
     oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
     labels          = local.labels

@@ -38,26 +38,25 @@ variable "slack_approvals_channel" {
   default     = "#fleet-approvals"
 }
 
-variable "gpu_type" {
-  description = "Accelerator of the GPU node pool (GKE name: nvidia-l4, nvidia-tesla-t4, nvidia-tesla-a100...)."
-  type        = string
-  default     = "nvidia-l4"
-}
+variable "gpu_types" {
+  description = "Accelerators the GKE cluster offers (GKE names): each gets a spot and an on-demand node pool per machine of its family in gke.tf (those the job policy prices). The default is every type a job may ask for."
+  type        = list(string)
+  default     = ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb"]
 
-variable "gpu_machine_type" {
-  description = "Machine type of the GPU node pool (must carry gpu_type: g2-standard-* for L4, n1-* for T4, a2-* for A100)."
-  type        = string
-  default     = "g2-standard-8"
+  validation {
+    condition     = alltrue([for t in var.gpu_types : contains(["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb"], t)])
+    error_message = "gpu_types may hold nvidia-l4, nvidia-tesla-t4, nvidia-tesla-a100 and nvidia-h100-80gb."
+  }
 }
 
 variable "gpu_zones" {
-  description = "Zones of the GPU node pool: those of the region that offer gpu_type (L4 is not in every zone); empty for GKE's default zones."
-  type        = list(string)
-  default     = []
+  description = "Zones of each accelerator's node pools: those of the region that offer it (L4 is not in every zone); an accelerator not listed gets GKE's default zones."
+  type        = map(list(string))
+  default     = {}
 }
 
 variable "gpu_pool_max_nodes" {
-  description = "Most nodes the GPU pool may scale to (it scales from zero)."
+  description = "Most nodes each GPU node pool may scale to (each scales from zero)."
   type        = number
   default     = 4
 
@@ -68,7 +67,7 @@ variable "gpu_pool_max_nodes" {
 }
 
 variable "cpu_pool_max_nodes" {
-  description = "Most nodes the CPU training pool may scale to (it scales from zero)."
+  description = "Most nodes each CPU training pool may scale to (each scales from zero)."
   type        = number
   default     = 4
 }

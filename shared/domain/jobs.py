@@ -89,6 +89,12 @@ class JobsConfig(BaseModel):
     max_runtime_s: int = Field(default=3 * 86400, ge=60, le=7 * 86400)
     #: Retries of a failed run by the backend (preemptions are not failures and don't count).
     max_retries: int = Field(default=1, ge=0, le=10)
+    #: Job alerts (shared/domain/job_alerts.py; 0 turns one off): failed share of the jobs that ended in a
+    #: UTC day, once at least ``alert_failure_min_jobs`` ended; queued jobs; the longest wait in the queue.
+    alert_failure_rate: float = Field(default=0.2, ge=0, le=1)
+    alert_failure_min_jobs: int = Field(default=5, ge=1, le=100_000)
+    alert_queue_length: int = Field(default=50, ge=0, le=1_000_000)
+    alert_wait_s: int = Field(default=7200, ge=0, le=30 * 86400)
 
     @model_validator(mode="after")
     def _order(self) -> JobsConfig:

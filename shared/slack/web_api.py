@@ -91,6 +91,7 @@ def reset() -> None:
         _client = None
         _channel_ids.clear()
         _emails.clear()
+        _by_email.clear()
         counters.clear()
 
 
@@ -313,6 +314,30 @@ def user_email(user: str) -> str | None:
             _emails.clear()
         _emails[user] = str(email).lower() if email else None
     return _emails[user]
+
+
+_by_email: dict[str, str | None] = {}
+
+
+def user_by_email(email: str) -> str | None:
+    """The Slack user id of an e-mail address (``users.lookupByEmail``; needs users:read.email), None when
+    no user has it (``users_not_found``); cached per process, the misses too."""
+    key = email.strip().lower()
+    with _lock:
+        if key in _by_email:
+            return _by_email[key]
+    try:
+        response = _call("users.lookupByEmail", lambda web: web.users_lookupByEmail(email=key))
+        found = (response.get("user") or {}).get("id")
+    except SlackRefused as exc:
+        if exc.error != "users_not_found":
+            raise
+        found = None
+    with _lock:
+        if len(_by_email) > 10_000:
+            _by_email.clear()
+        _by_email[key] = str(found) if found else None
+    return _by_email[key]
 
 
 def ephemeral(channel: str, user: str, text: str) -> None:

@@ -108,7 +108,11 @@ def of_tenant(tenant: str, states: Iterable[JobState], transaction: Any = None) 
     return [(_job(d.to_dict() or {}), d.update_time) for d in docs]
 
 
-def active(limit: int = 500) -> list[tuple[Job, Any]]:
+#: Most active jobs one reconcile tick lists.
+ACTIVE_PAGE = 500
+
+
+def active(limit: int = ACTIVE_PAGE) -> list[tuple[Job, Any]]:
     """Every admitted or running job (the reconcile tick follows each with its backend)."""
     query = _where(db.client().collection(JOBS), "state", "in", [s.value for s in ACTIVE]).limit(limit)
     docs = list(query.stream(**db.call_options()))

@@ -27,7 +27,7 @@ from shared.domain.run_phase import FINAL_PHASES
 from shared.launchers import registry
 from shared.launchers.base import Handle, LaunchError
 from shared.platform import fleet_key, logs, metering, settings, topology
-from shared.services import agent_commands, agent_controls, approvals
+from shared.services import agent_commands, agent_controls, approvals, job_alerts
 from shared.slack import web_api
 from shared.store import config, db
 from shared.store import jobs as store
@@ -76,7 +76,8 @@ def reconcile(now: datetime) -> dict[str, Any]:
         except Exception as exc:  # Pub/Sub or Slack trouble with this one: the next tick tries again
             counts["errors"] += 1
             logs.log(log, f"job {job.id} not settled: {type(exc).__name__}: {exc}", job_id=job.id)
-    tenants |= store.tenants_waiting()
+    waiting = store.tenants_waiting()
+    tenants |= waiting
     counts["admitted"] = 0
     for tenant in sorted(tenants):
         try:
@@ -84,6 +85,8 @@ def reconcile(now: datetime) -> dict[str, Any]:
         except Exception as exc:
             counts["errors"] += 1
             logs.log(log, f"admission pass of {tenant} failed: {type(exc).__name__}: {exc}", tenant=tenant)
+    listed = [job for job, _ in rows]  # docs/jobs.md "Job alerts"
+    counts["alerts"] = job_alerts.tick(now, listed, waiting, complete=len(rows) < store.ACTIVE_PAGE)
     return counts
 
 
@@ -214,12 +217,13 @@ def settle(job: Job, now: datetime) -> None:
     if not job.charged and job.cost_usd > 0:
         charge(job)
     told = job.notified or _tell_requester(job)
+    alerted = job_alerts.on_final(job, now)  # once: the episode is a create under the job's id
     fields: dict[str, Any] = {
         "charged": True,
         "notified": told,
         "stop_pending": not stopped,
         "released": released,
-        "unsettled": not (told and stopped and released),
+        "unsettled": not (told and stopped and released and alerted),
     }
     store.ref(job.id).update(fields, **db.call_options())
     metering.count(writes=1)

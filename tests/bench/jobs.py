@@ -126,7 +126,7 @@ def main(report: Callable[[str], None] = print) -> list[str]:
         store = firestore.Client(project=PROJECT)
         wait(lambda: agent_doc(store, AGENT))
         api_log = LogCounter(stack.logs / "fleet-api.log")
-        first = client.submit("warm-up")[1]  # builds the function's clients: measured apart
+        first = client.submit("warm-up@bench.test")[1]  # builds the function's clients: measured apart
         wait(lambda: client.call("GET", f"/v1/jobs/{first['id']}")[1]["handle"])
 
         launched: list[float] = []
@@ -145,16 +145,16 @@ def main(report: Callable[[str], None] = print) -> list[str]:
             series("`POST /v1/jobs`, admitted at once", api_log, admitted_at_once, "submit_job"),
         ]  # fmt: skip
         # One requester's quota is full: each of its next jobs waits, behind the others.
-        client.submit("queued-user")
+        client.submit("queued-user@bench.test")
         for _ in range(QUEUE):
-            client.submit("queued-user")
+            client.submit("queued-user@bench.test")
         rows.append(
             series(f"`POST /v1/jobs` into a queue of {QUEUE}+ (appended)", api_log,
-                   lambda: client.submit("queued-user")[0], "submit_job")
+                   lambda: client.submit("queued-user@bench.test")[0], "submit_job")
         )  # fmt: skip
         rows.append(
             series(f"`POST /v1/jobs` priority 10 into a queue of {QUEUE + SAMPLES}+ (all move)", api_log,
-                   lambda: client.submit("queued-user", priority=10)[0], "submit_job")
+                   lambda: client.submit("queued-user@bench.test", priority=10)[0], "submit_job")
         )  # fmt: skip
         active = len(k8s.jobs())
         while active < ACTIVE:

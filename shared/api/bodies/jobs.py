@@ -7,13 +7,19 @@ OpenAPI document's ``JobRequest`` component describes exactly what the API accep
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, field_validator
 
 from shared.api.bodies.common import NOT_BLANK, decimal_doc
 from shared.domain import job_costs
 from shared.domain import jobs as job_rules
+
+#: Who a job is for, through the API: an e-mail address, a Slack user id, or the caller itself (``api:<key name>``).
+#: The alerts about the job mention that person in Slack when Slack knows the address or the id.
+REQUESTER = r"^(api:[^\s]{1,150}|[UW][A-Z0-9]{2,20}|[^@\s<>|]{1,100}@[^@\s<>|]{1,150}\.[A-Za-z]{2,50})$"
+_REQUESTER = re.compile(REQUESTER)
 
 #: ``max_cost_usd``'s string form: above 0, up to 999,999.999999999 (a number may be 1,000,000).
 _POSITIVE_COST_TEXT = r"^([1-9][0-9]{0,5}(\.[0-9]{1,9})?|0\.[0-9]{0,8}[1-9])$"
@@ -33,14 +39,14 @@ def _gpu_doc() -> dict[str, Any]:
 
 
 def _job_doc(schema: dict[str, Any]) -> None:
-    """A name and a requester that are not blank once stripped; parameter names by pattern only (a
+    """A name not blank once stripped, a requester of :data:`REQUESTER`; parameter names by pattern only (a
     name that does not match is no additional property the API accepts); the cost limit's string form;
     the resources' GPU rule."""
     properties = schema["properties"]
     properties["name"]["pattern"] = NOT_BLANK
     for branch in properties["requester"]["anyOf"]:
         if branch.get("type") == "string":
-            branch["pattern"] = NOT_BLANK
+            branch["pattern"] = REQUESTER
     for name in ("hyperparameters", "training_config"):
         properties[name]["additionalProperties"] = False
     properties["max_cost_usd"].update(
@@ -55,3 +61,10 @@ class JobRequest(job_rules.JobRequest):
     ``resources.gpu_type`` needs ``resources.gpu`` of at least 1."""
 
     model_config = ConfigDict(json_schema_extra=_job_doc)
+
+    @field_validator("requester")
+    @classmethod
+    def _requester(cls, value: str | None) -> str | None:
+        if value is not None and not _REQUESTER.match(value):
+            raise ValueError("requester must be an e-mail address, a Slack user id (U...) or api:<key name>")
+        return value
