@@ -14,7 +14,8 @@ Storage call per preemption, no read access to every tenant's checkpoints for th
 is signed by the job's own key, and it means the same on every backend. The report is sent right after the
 save, so it names the time the checkpoint became usable; if it was lost, the older checkpoint is used and
 the loss is over- rather than under-counted. Without a checkpoint newer than the run's (re)start, the loss
-counts from the previous relaunch, else from the run's start.
+counts from the previous relaunch, else from the run's start. A checkpoint saved within
+:data:`NOTICE` after the stop was saved on the notice (jobs/train.py finishes its epoch on SIGTERM): 0 lost.
 
 A retry's stop time is not in Cloud Run's answer: the tick that first sees it dates it (at most a tick
 late). Retries seen on a run that has ended are not relaunches (nothing was started again).
@@ -23,14 +24,18 @@ late). Retries seen on a run that has ended are not relaunches (nothing was star
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
 from shared.domain import jobs as domain
 from shared.domain.jobs import Job, Relaunch
+from shared.domain.reports import ReportModel
 
+#: A checkpoint saved this long after the stop was saved on its notice (a spot VM's is 30 s): no work lost.
+#: One saved later is the relaunched run's own (the stop was seen late) and does not count for this stop.
+NOTICE = timedelta(seconds=60)
 #: Metric names of a report naming a checkpoint (fleet_agent.jobs: CHECKPOINT_STEP, CHECKPOINT_AT).
 CHECKPOINT_STEP, CHECKPOINT_AT = "checkpoint_step", "checkpoint_at"
 
@@ -65,6 +70,8 @@ def _lost_since(job: Job, at: datetime, started: datetime | None) -> tuple[datet
         if checkpoint_at <= at:
             step = int(job.checkpoint["step"])
             candidates.append((checkpoint_at, "checkpoint"))
+        elif checkpoint_at <= at + NOTICE:  # saved on the notice (SIGTERM): nothing was lost
+            return at, "checkpoint", int(job.checkpoint["step"])
     usable = [c for c in candidates if c[0] <= at]
     if not usable:
         return at, "none", step
@@ -103,8 +110,8 @@ def relaunched(job: Job, *, at: datetime, cause: str, key: str, started: datetim
     )
 
 
-class JobLoss(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class JobLoss(ReportModel):
+    """One job's relaunches in the day and the GPU-hours they lost."""
 
     job_id: str
     name: str
@@ -113,15 +120,15 @@ class JobLoss(BaseModel):
     gpu_hours_lost: float
 
 
-class TenantLoss(BaseModel):
+class TenantLoss(ReportModel):
     """A tenant's GPU-hours lost to relaunches in a day, and the jobs they were lost in."""
 
-    model_config = ConfigDict(frozen=True)
-
     tenant: str
-    gpu_hours_lost: float
+    gpu_hours_lost: float = Field(
+        description="Wall time from each relaunched run's last checkpoint to its stop, x GPUs."
+    )
     relaunches: int
-    jobs: list[JobLoss]
+    jobs: list[JobLoss] = Field(description="Most GPU-hours lost first.")
 
 
 def day_losses(jobs: Iterable[Job], start: datetime, end: datetime, tenant: str | None = None) -> list[TenantLoss]:

@@ -4,7 +4,7 @@ times its GPUs; the daily losses per tenant and job."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from shared.domain import job_relaunch, job_runs
 from shared.domain.jobs import Job
@@ -118,3 +118,16 @@ def test_day_losses_per_tenant_and_job_count_only_the_days_relaunches() -> None:
         )
     ]
     assert job_relaunch.day_losses([job], day, day.replace(day=3), tenant="globex") == []
+
+
+def test_a_checkpoint_saved_on_the_notice_loses_nothing_and_a_later_ones_is_not_this_stops() -> None:
+    preempt = Preemption("pod-a", T0 + 45 * MIN, "spot reclaimed")
+    status = RunStatus(Phase.RUNNING, T0, preemptions=(preempt,))
+    on_notice = with_checkpoint(gpu_job(gpu=2), 5, T0 + 45 * MIN + timedelta(seconds=20))
+    obs = job_runs.observe(on_notice, status, T0 + 46 * MIN, CFG).job
+    assert obs is not None
+    assert (obs.relaunches[0].checkpoint_step, obs.relaunches[0].gpu_hours_lost) == (5, 0.0)
+    much_later = with_checkpoint(gpu_job(gpu=2), 7, T0 + 55 * MIN)  # the relaunched run's; the stop was seen late
+    late = job_runs.observe(much_later, status, T0 + 56 * MIN, CFG).job
+    assert late is not None
+    assert (late.relaunches[0].lost_since_source, late.relaunches[0].gpu_hours_lost) == ("start", 1.5)
