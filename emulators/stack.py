@@ -46,6 +46,8 @@ START_TIMEOUT_S = 90.0
 FAKE_SLACK_TOKEN = "xoxb-local-fake-token"
 #: The models' bucket on the local Cloud Storage stand-in.
 MODELS_BUCKET = "fleet-local-models"
+#: Training runs' checkpoints (shared/training/checkpoints.py), the models bucket's sibling.
+CHECKPOINTS_BUCKET = "fleet-local-checkpoints"
 #: Stopped last by `down`, in this order (everything else, the functions, goes before them).
 _STOP_LAST = ("fake-slack", "fake-gcs", "firestore-proxy", "pubsub", "firestore")
 
@@ -253,7 +255,13 @@ class Stack:
             "SLACK_API_URL": f"http://127.0.0.1:{slack_port}/api/",
             "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_port}",
             "FLEET_MODELS_BUCKET": MODELS_BUCKET,
+            "FLEET_CHECKPOINTS_BUCKET": CHECKPOINTS_BUCKET,
         }
+        # Its sibling for training checkpoints: the stand-in (fresh, in memory) creates only its default bucket.
+        body = json.dumps({"name": CHECKPOINTS_BUCKET}).encode()
+        url = f"http://127.0.0.1:{gcs_port}/storage/v1/b?project={self.project}"
+        create = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        urllib.request.urlopen(create, timeout=10).close()
         # Never a real token or signing secret from the caller's shell: the stack's own, fresh each run.
         self.env["SLACK_SIGNING_SECRET"] = secrets.token_hex(16)
         # The fleet's command key (secret fleet-command-key), fresh each run; agents get its public half in

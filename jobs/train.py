@@ -19,6 +19,14 @@ After each epoch: ``progress(step, epochs, loss, val_loss, val_accuracy)``; at t
 Exit code 0 on success, 1 on failure (after reporting it). A SIGTERM (preemption, cancellation)
 exits 143 without a ``failed`` report: the backend decides whether the run is retried.
 
+Checkpoints (``FLEET_CHECKPOINT_URI``, :mod:`jobs.checkpoints`): after each epoch the model, the epoch and
+the metrics so far are saved (skops inside the models' ``.npz`` format, no pickle), and that epoch's report
+names the checkpoint (``checkpointed``: ``checkpoint_step``, ``checkpoint_at``). At start the run resumes
+from the latest checkpoint, reporting ``resumed`` at its epoch, and goes on with the next one (a run that is
+not relaunched sees no checkpoint and starts at epoch 1). A SIGTERM finishes the epoch it is in and saves its
+checkpoint before exiting 143 (the 30 s spot notice: an epoch longer than that is cut off, and the previous
+checkpoint is the one a relaunch resumes from).
+
 Its configuration (``FLEET_HYPERPARAMETERS``, ``FLEET_TRAINING_CONFIG``) is parsed by
 :mod:`jobs.train_config`. scikit-learn and numpy are imported when training starts, not with this module.
 """
@@ -29,6 +37,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from types import FrameType
@@ -36,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from fleet_agent.jobs import JobReporter
 
+from jobs import checkpoints
+from jobs.checkpoints import Checkpoint, CheckpointStore
 from jobs.train_config import DEFAULT_HGB_TREES, DEFAULT_SGD_LEARNING_RATE, ConfigError, Settings, settings_from_env
 
 if TYPE_CHECKING:
@@ -47,6 +58,10 @@ if TYPE_CHECKING:
 
 #: Seconds a terminated run waits for its pending reports before exiting.
 TERMINATED_FLUSH_S = 5.0
+#: Set by SIGTERM: the run finishes the epoch it is in, saves its checkpoint, and exits 143.
+STOP = threading.Event()
+#: The types a checkpoint's model may hold beyond skops' defaults (HistGradientBoosting's trees).
+TRUSTED = frozenset({"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"})
 FEATURES = ("latency_ms", "error_rate", "cpu_pct", "memory_pct", "calls_per_min", "cost_per_call")
 
 
@@ -120,8 +135,35 @@ def _estimator(settings: Settings) -> Any:
     return HistGradientBoostingClassifier(early_stopping=False, warm_start=True, random_state=settings.seed, **params)
 
 
-def _train(settings: Settings, reporter: JobReporter, started_at: float) -> dict[str, float]:
-    """Train step by step, reporting after each; the held-out metrics at the end."""
+def _resume(store: CheckpointStore | None, settings: Settings, reporter: JobReporter) -> Checkpoint | None:
+    """The latest checkpoint of this job, reported as ``resumed``; None on a first run."""
+    if store is None:
+        return None
+    found, skipped = store.latest(TRUSTED, at_most=settings.epochs)
+    for reason in skipped:
+        print(f"jobs.train: skipping an unreadable checkpoint: {reason}", file=sys.stderr, flush=True)
+    if found is not None:
+        reporter.resumed(found.epoch, settings.epochs, uri=found.uri, saved_at=found.saved_at)
+        _echo(reporter)
+    return found
+
+
+def _save(store: CheckpointStore | None, checkpoint: Checkpoint) -> Checkpoint | None:
+    """Save ``checkpoint``; None without a store or when saving failed (the run goes on: a lost checkpoint
+    costs a relaunch more epochs, a failed run all of them)."""
+    if store is None:
+        return None
+    try:
+        return store.save(checkpoint)
+    except Exception as exc:
+        print(f"jobs.train: checkpoint of epoch {checkpoint.epoch} not saved: {exc!r}", file=sys.stderr, flush=True)
+        return None
+
+
+def _train(
+    settings: Settings, reporter: JobReporter, started_at: float, store: CheckpointStore | None = None
+) -> dict[str, float]:
+    """Train step by step, reporting (and checkpointing) after each; the held-out metrics at the end."""
     # lazy: numpy and scikit-learn load when training starts, not with the module
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, recall_score, roc_auc_score
@@ -138,8 +180,16 @@ def _train(settings: Settings, reporter: JobReporter, started_at: float) -> dict
 
     model = _estimator(settings)
     shuffle = np.random.default_rng([settings.seed, 1])
+    resumed = _resume(store, settings, reporter)
+    history = list(resumed.metrics) if resumed else []
+    if resumed is not None:
+        model = resumed.model
+        for _ in range(resumed.epoch if settings.model == "sgd" else 0):
+            shuffle.permutation(n_train)  # the shuffles of the epochs done: the same order as an uninterrupted run
     trees = settings.params.get("max_iter", max(settings.epochs, DEFAULT_HGB_TREES))
-    for step in range(1, settings.epochs + 1):
+    for step in range((resumed.epoch if resumed else 0) + 1, settings.epochs + 1):
+        if STOP.is_set():  # terminated: the last epoch's checkpoint is saved; the relaunch resumes there
+            raise SystemExit(128 + signal.SIGTERM)
         if settings.fail_at_step == step:
             raise RuntimeError(f"simulated failure at step {step} (training_config.fail_at_step)")
         if settings.model == "sgd":
@@ -151,14 +201,18 @@ def _train(settings: Settings, reporter: JobReporter, started_at: float) -> dict
             model.max_iter = round(trees * step / settings.epochs)
             model.fit(x_train, y_train)
         if settings.step_sleep_s:
-            time.sleep(settings.step_sleep_s)
-        reporter.progress(
-            step,
-            settings.epochs,
-            loss=log_loss(y_train, model.predict_proba(x_train), labels=[0, 1]),
-            val_loss=log_loss(y_val, model.predict_proba(x_val), labels=[0, 1]),
-            val_accuracy=accuracy_score(y_val, model.predict(x_val)),
-        )
+            STOP.wait(settings.step_sleep_s)  # a SIGTERM ends the wait: the epoch is finished and saved at once
+        metrics = {
+            "loss": log_loss(y_train, model.predict_proba(x_train), labels=[0, 1]),
+            "val_loss": log_loss(y_val, model.predict_proba(x_val), labels=[0, 1]),
+            "val_accuracy": accuracy_score(y_val, model.predict(x_val)),
+        }
+        history.append(metrics)
+        saved = _save(store, Checkpoint(step, model, history, attempt=reporter.attempt))
+        if saved is None:
+            reporter.progress(step, settings.epochs, **metrics)
+        else:
+            reporter.checkpointed(step, settings.epochs, uri=saved.uri, saved_at=saved.saved_at, **metrics)
         _echo(reporter)
 
     predicted = model.predict(x_val)
@@ -210,7 +264,9 @@ def run(env: Mapping[str, str], reporter: JobReporter) -> int:
             f"{settings.model}: {settings.epochs} epochs on {settings.rows} simulated heartbeats (seed {settings.seed})"
         )
         _echo(reporter)
-        metrics = _train(settings, reporter, started_at)
+        location = env.get(checkpoints.ENV, "").strip()
+        store = CheckpointStore.from_uri(location) if location else None
+        metrics = _train(settings, reporter, started_at, store)
         reporter.succeeded(**metrics)
         _echo(reporter)
     except Exception as exc:
@@ -219,13 +275,15 @@ def run(env: Mapping[str, str], reporter: JobReporter) -> int:
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    """SIGTERM: the epoch under way is finished and its checkpoint saved, then the run exits 143."""
+    print("jobs.train: terminated: finishing this epoch and its checkpoint", file=sys.stderr, flush=True)
+    STOP.set()
 
 
 def main() -> int:
     """``python -m jobs.train``: the reporter from the environment, one run, the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    signal.signal(signal.SIGTERM, _terminated)  # unwinds as SystemExit: pending reports are flushed
+    signal.signal(signal.SIGTERM, _terminated)  # then unwinds as SystemExit: pending reports are flushed
     try:
         reporter = JobReporter.from_env()
     except ValueError as exc:

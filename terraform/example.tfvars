@@ -11,3 +11,5 @@ gpu_pool_max_nodes      = 4
 cpu_pool_max_nodes      = 4
 # Where the fleet's own alerts go (docs/metrics.md, "Cloud Monitoring"): `gcloud beta monitoring channels list`.
 monitoring_notification_channels = []
+# Days a training checkpoint is kept (gs://<project>-fleet-checkpoints/<tenant>/<job id>/).
+checkpoint_retention_days = 30

@@ -45,11 +45,15 @@ locals {
   image_repo    = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.fleet.repository_id}"
   gke_cluster   = "projects/${var.project_id}/locations/${var.region}/clusters/${google_container_cluster.gpu.name}"
 
+  # Training checkpoints (gs://<bucket>/<tenant>/<job id>/), the models bucket's sibling.
+  checkpoints_bucket = "${var.project_id}-${local.buckets["fleet-checkpoints"].name}"
+
   # The environment every function gets (shared/platform/settings.py and the launchers read these).
   function_env = {
     GOOGLE_CLOUD_PROJECT           = var.project_id
     FLEET_ENVIRONMENT              = var.environment
     FLEET_MODELS_BUCKET            = local.models_bucket
+    FLEET_CHECKPOINTS_BUCKET       = local.checkpoints_bucket
     FLEET_SLACK_ALERTS_CHANNEL     = var.slack_alerts_channel
     FLEET_SLACK_APPROVALS_CHANNEL  = var.slack_approvals_channel
     FLEET_GKE_CLUSTER              = local.gke_cluster

@@ -33,6 +33,11 @@ output "models_bucket" {
   value       = google_storage_bucket.models.name
 }
 
+output "checkpoints_bucket" {
+  description = "Cloud Storage bucket of the training runs' checkpoints (gs://<bucket>/<tenant>/<job id>/)."
+  value       = google_storage_bucket.checkpoints.name
+}
+
 output "training_image" {
   description = "Where to push the training image (docker push), used by training and retraining jobs."
   value       = local.function_env.FLEET_TRAINING_IMAGE

@@ -39,3 +39,35 @@ resource "google_storage_bucket_iam_member" "models_readers" {
   role     = "roles/storage.objectViewer"
   member   = "serviceAccount:${local.bucket_members[each.key]}"
 }
+
+# Training checkpoints (issue 23): gs://<bucket>/<tenant>/<job id>/epoch-NNNNNN.npz, written by the runs each
+# epoch and read back by a relaunched or retried run. The models bucket's sibling; checkpoints are working
+# state, so they expire after checkpoint_retention_days and are not versioned.
+resource "google_storage_bucket" "checkpoints" {
+  # checkov:skip=CKV_GCP_62: only the training runs' account reads and writes; access is in Cloud Audit Logs (Data Access logs for storage.googleapis.com), no separate log bucket
+  # checkov:skip=CKV_GCP_78: checkpoints are written once per epoch under new names and expire; versioning would only keep them longer
+  name                        = local.checkpoints_bucket
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  labels                      = local.labels
+  force_destroy               = false
+
+  lifecycle_rule {
+    condition {
+      age = var.checkpoint_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+# The training runs (GKE pods through Workload Identity, Cloud Run training jobs: the fleet-training account)
+# create checkpoints (objectCreator: no overwrite, no delete) and read them back (objectViewer, which also lists).
+resource "google_storage_bucket_iam_member" "checkpoints_training" {
+  for_each = toset(["roles/storage.objectCreator", "roles/storage.objectViewer"])
+  bucket   = google_storage_bucket.checkpoints.name
+  role     = each.key
+  member   = "serviceAccount:${google_service_account.training.email}"
+}

@@ -94,3 +94,9 @@ variable "monitoring_notification_channels" {
     error_message = "monitoring_notification_channels: ids of the form projects/<project>/notificationChannels/<number>."
   }
 }
+
+variable "checkpoint_retention_days" {
+  description = "Days a training checkpoint is kept in the checkpoints bucket before it is deleted."
+  type        = number
+  default     = 30
+}

@@ -67,6 +67,10 @@ TENANT_ENV = "FLEET_TENANT"
 #: Set by Cloud Run jobs on every task: 0 on the first try, +1 per retry.
 CLOUD_RUN_ATTEMPT_ENV = "CLOUD_RUN_TASK_ATTEMPT"
 
+#: Metrics of a report naming a checkpoint (:meth:`JobReporter.checkpointed`, :meth:`JobReporter.resumed`): its
+#: step, when it was saved (Unix seconds, the run's clock), and for a resumed run the step it resumed after.
+CHECKPOINT_STEP, CHECKPOINT_AT, RESUMED_FROM = "checkpoint_step", "checkpoint_at", "resumed_from_step"
+
 _TOPIC_PATH = re.compile(r"^projects/([^/]+)/topics/[^/]+$")
 
 
@@ -253,6 +257,27 @@ class JobReporter:
         metrics (NaN, inf, not a number) raise ValueError before anything is sent.
         """
         future = self._report(JobPhase.PROGRESS, step=step, total_steps=total_steps, metrics=metrics)
+        future.add_done_callback(self._log_failure)
+        return future
+
+    def checkpointed(
+        self, step: int, total_steps: int | None = None, *, uri: str, saved_at: float, **metrics: float
+    ) -> Future[str]:
+        """Like :meth:`progress`, for a step whose checkpoint was saved at ``uri`` at ``saved_at`` (Unix
+        seconds): the report also carries ``checkpoint_step`` and ``checkpoint_at``, and names ``uri``."""
+        values = {**metrics, CHECKPOINT_STEP: step, CHECKPOINT_AT: saved_at}
+        future = self._report(
+            JobPhase.PROGRESS, step=step, total_steps=total_steps, metrics=values, message=f"checkpoint {uri}"
+        )
+        future.add_done_callback(self._log_failure)
+        return future
+
+    def resumed(self, step: int, total_steps: int | None = None, *, uri: str, saved_at: float) -> Future[str]:
+        """The run resumed from the checkpoint of ``step`` (saved at ``uri`` at ``saved_at``): a progress
+        report at that step, with ``resumed_from_step`` and the checkpoint's step and time."""
+        values = {RESUMED_FROM: step, CHECKPOINT_STEP: step, CHECKPOINT_AT: saved_at}
+        message = f"resumed after step {step} from checkpoint {uri}"
+        future = self._report(JobPhase.PROGRESS, step=step, total_steps=total_steps, metrics=values, message=message)
         future.add_done_callback(self._log_failure)
         return future
 

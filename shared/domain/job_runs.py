@@ -1,9 +1,10 @@
 """What a backend's view of a run means for its job (the reconcile tick's decisions). Pure.
 
 Given the job and the backend's :class:`RunStatus` (None: not launched yet), :func:`observe` returns
-the job as it should now be recorded (state, times, cost so far, each preemption once, the stall
-flag) and whether the run must be stopped: it reached its ``max_cost_usd``, or it was admitted and
-has not started within ``release_after_s`` (its quota is then released with the reason).
+the job as it should now be recorded (state, times, cost so far, each preemption once and each
+relaunch (a preemption, a retried attempt) with the GPU-hours it lost: shared/domain/job_relaunch.py,
+the stall flag) and whether the run must be stopped: it reached its ``max_cost_usd``, or it was
+admitted and has not started within ``release_after_s`` (its quota is then released with the reason).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.domain import job_relaunch
 from shared.domain import jobs as domain
 from shared.domain.jobs import Job, JobsConfig, JobState
 from shared.domain.run_phase import FINAL_PHASES, Phase, RunStatus
@@ -45,6 +47,15 @@ def observe(job: Job, status: RunStatus | None, now: datetime, cfg: JobsConfig) 
             )
             keys = [*changed.preempted, preemption.key][-domain.MAX_PREEMPTION_KEYS :]
             changed = domain.note(changed, event, preemptions=changed.preemptions + 1, preempted=keys)
+            changed = job_relaunch.relaunched(
+                changed, at=event.at, cause="preemption", key=preemption.key, started=status.started_at
+            )
+        if status.failed_attempts > changed.retries_seen and status.phase not in FINAL_PHASES:
+            for retry in range(changed.retries_seen + 1, status.failed_attempts + 1):
+                changed = job_relaunch.relaunched(
+                    changed, at=now, cause="retry", key=f"retry-{retry}", started=status.started_at
+                )
+            changed = changed.model_copy(update={"retries_seen": status.failed_attempts})
         started = status.started_at
         if status.phase is Phase.RUNNING and changed.state is JobState.ADMITTED:
             changed = domain.advance(changed, JobState.RUNNING, now, "running", started_at=started or now)

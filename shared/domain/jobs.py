@@ -26,6 +26,8 @@ from shared.domain.run_phase import Backend
 MAX_HISTORY = 200
 #: Preemption keys remembered per job (each preemption is counted once, however long the history).
 MAX_PREEMPTION_KEYS = 1000
+#: Relaunches kept on a job (the newest; the totals count them all).
+MAX_RELAUNCHES = 100
 
 
 class JobState(StrEnum):
@@ -197,6 +199,24 @@ class Event(BaseModel):
     key: str | None = None
 
 
+class Relaunch(BaseModel):
+    """A run started again by its backend (a preemption; a failed attempt retried) and the GPU-hours lost:
+    the wall time from its last checkpoint to the stop, times its GPUs (shared/domain/job_relaunch.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: AwareDatetime
+    cause: str  # preemption | retry
+    #: The preemption's or retry's stable key (pod, ``retry-<n>``).
+    key: str
+    #: The epoch of the checkpoint it resumes from; None: it starts over.
+    checkpoint_step: int | None = None
+    #: Work is lost from here: the last checkpoint (``checkpoint``), else the previous relaunch or the start.
+    lost_since: AwareDatetime
+    lost_since_source: str
+    gpu_hours_lost: float = 0.0
+
+
 class JobFields(BaseModel):
     """What a job is and where it stands: the stored job's public part (the API shows exactly this)."""
 
@@ -243,6 +263,13 @@ class JobFields(BaseModel):
     handle: dict[str, Any] | None = None
     launch_attempts: int = 0
     preemptions: int = 0
+    #: The run's last checkpoint as its reports named it: ``step``, ``at`` (ISO time), ``uri``.
+    checkpoint: dict[str, Any] | None = None
+    #: Each restart of the run by its backend, newest last (at most :data:`MAX_RELAUNCHES`), and the totals.
+    relaunches: list[Relaunch] = Field(default_factory=list)
+    relaunch_count: int = 0
+    gpu_hours_lost: float = 0.0
+    relaunched_at: AwareDatetime | None = None
     #: Cost so far (running) or the actual cost (finished): runtime times the hourly price.
     cost_usd: Decimal = Decimal(0)
     #: The run's latest report (fleet_agent.jobs): phase, step, total_steps, metrics, seq, at.
@@ -258,6 +285,8 @@ class Job(JobFields):
 
     #: The keys (pod, attempt) of the preemptions counted.
     preempted: list[str] = Field(default_factory=list)
+    #: Failed attempts the backend retried, as last seen (each new one is a relaunch).
+    retries_seen: int = 0
     #: Set once the actual cost was charged to the agent's usage (exactly once: a cost batch marker).
     charged: bool = False
     notified: bool = False
@@ -300,6 +329,7 @@ class Job(JobFields):
         ):
             data[name] = getattr(self, name)  # Firestore timestamps, not strings (queries order by them)
         data["stalled_at"] = self.stalled_at
+        data["relaunched_at"] = self.relaunched_at  # the daily report queries it
         return data
 
 

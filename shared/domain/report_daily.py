@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from shared.domain import budgets
+from shared.domain import budgets, job_relaunch
 from shared.domain.agent_record import AgentRecord
+from shared.domain.jobs import Job
 from shared.domain.lifecycle import State
 from shared.domain.periods import Period
 from shared.domain.pricing import PriceTable, format_usd
@@ -96,6 +97,10 @@ class DailyReport(ReportModel):
     trend: list[TrendDay] = Field(description=f"The {HISTORY_DAYS} previous days and the day, oldest first.")
     suggestions: list[CostSuggestion] = Field(description="Biggest saving first.")
     potential_saving_usd: str = Field(description="The suggestions' savings added up (they may overlap).")
+    gpu_hours_lost: list[job_relaunch.TenantLoss] = Field(
+        default_factory=list,
+        description="GPU-hours lost to relaunched training runs (preempted, retried) in the day, per tenant.",
+    )
 
 
 def _pct(used: int, limit: int | None) -> float | None:
@@ -138,12 +143,14 @@ def build_daily(
     at: datetime,
     generated_at: datetime,
     tenant: str | None = None,
+    jobs: Sequence[Job] = (),
 ) -> DailyReport:
     """The report of the last complete UTC day before ``at``.
 
     ``days``: agent id -> day key (``YYYY-MM-DD``) -> totals, for at least the days of
     :func:`day_keys` and the days of the report day's month up to it (month to date). ``models``:
     agent id -> model -> that day's counters. ``tenant_budgets``: the stored budget of each tenant.
+    ``jobs``: training jobs relaunched in or after the day (their GPU-hours lost in the day are counted).
     """
     win = report_day(at)
     keys = day_keys(win)
@@ -230,4 +237,5 @@ def build_daily(
         trend=trend,
         suggestions=[s for _, s in found],
         potential_saving_usd=format_usd(sum(n for n, _ in found)),
+        gpu_hours_lost=job_relaunch.day_losses(jobs, win.starts_at, win.resets_at, tenant),
     )

@@ -188,6 +188,14 @@ def daily_message(report: DailyReport) -> tuple[str, list[dict[str, Any]]]:
     if report.suggestions:
         lines = [f"• {_SUGGESTION_ICON.get(s.kind, '•')} {escape(s.message)}" for s in report.suggestions]
         blocks.append(_listing(f"Suggestions (up to ~{money(report.potential_saving_usd)}/day)", lines))
+    if report.gpu_hours_lost:
+        lines = [
+            f"• *{escape(x.tenant)}* {x.gpu_hours_lost:g} GPU-hours in {x.relaunches} relaunches: "
+            + ", ".join(f"`{escape(j.job_id)}` {escape(j.name)} {j.gpu_hours_lost:g}" for j in x.jobs[:5])
+            + (f" and {len(x.jobs) - 5} more" if len(x.jobs) > 5 else "")
+            for x in report.gpu_hours_lost
+        ]
+        blocks.append(_listing("GPU-hours lost to preempted and retried training runs", lines))
     blocks.append(
         _context(
             f"UTC day {report.day} · generated {report.generated_at:%Y-%m-%d %H:%M} UTC · chart in the thread · "

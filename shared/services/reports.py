@@ -15,7 +15,8 @@ crashed instance is taken over once its lease (the function's timeout) has passe
 Reads (see docs/reports.md): the agents (one read each, pages of ``AGENT_PAGE``), each agent's usage
 month document (``usage/a.{agent}.{YYYY-MM}``: every day and hour of the month, one read; two when
 the period spans months), and for the daily report each spending agent's per-model day counters,
-each tenant's settings and the price table; for the hourly one the open alert episodes.
+each tenant's settings, the price table and the training jobs relaunched since the day began; for the
+hourly one the open alert episodes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from shared.services.report_messages import daily_chart, daily_message, hourly_m
 from shared.store import agents as agent_store
 from shared.store import config, db, price_catalog
 from shared.store import episodes as episode_store
+from shared.store import jobs as job_store
 from shared.store import usage as usage_store
 
 log = logs.get_logger("reports")
@@ -162,6 +164,7 @@ def daily(at: datetime, tenant: str | None = None) -> DailyReport:
         at=at,
         generated_at=_clock(),
         tenant=tenant,
+        jobs=job_store.relaunched_since(win.starts_at),
     )
 
 

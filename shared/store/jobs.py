@@ -127,6 +127,15 @@ def unsettled(limit: int = 100) -> list[Job]:
     return [_job(d.to_dict() or {}) for d in docs]
 
 
+def relaunched_since(at: datetime, limit: int = 1000) -> list[Job]:
+    """Jobs whose run was last relaunched at or after ``at`` (the daily report's GPU-hours lost; one
+    field's range: no composite index). A job relaunched that day and again later is found too."""
+    query = _where(db.client().collection(JOBS), "relaunched_at", ">=", at).limit(limit)
+    docs = list(query.stream(**db.call_options()))
+    metering.count(reads=max(1, len(docs)))
+    return [_job(d.to_dict() or {}) for d in docs]
+
+
 def tenants_waiting(limit: int = 1000) -> set[str]:
     """Tenants with queued jobs (the tick's admission passes: priorities age, budgets reset), from the
     queue documents: one read per such tenant, not per waiting job."""

@@ -27,7 +27,7 @@ from shared.launchers.base import Handle, Launcher, LaunchError, LaunchSpec
 from shared.platform import fleet_key, logs, metering, settings
 from shared.store import config, db
 from shared.store import jobs as store
-from shared.training import job_keys
+from shared.training import checkpoints, job_keys
 from shared.training.job_audit import entry
 
 log = logs.get_logger("training.launch")
@@ -56,6 +56,7 @@ def spec_of(job: Job, key: AgentKey | None = None) -> LaunchSpec:
         "FLEET_TRAINING_CONFIG": json.dumps(job.training_config, separators=(",", ":"), default=str),
         "FLEET_JOB_PROGRESS_TOPIC": PROGRESS_TOPIC,
         "GOOGLE_CLOUD_PROJECT": settings.get().project,
+        checkpoints.ENV: checkpoints.uri(job.tenant, job.id),
     }
     res = job.resources
     return LaunchSpec(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from fleet_agent.contracts import JobPhase, JobProgress
 
-from shared.domain import identity
+from shared.domain import identity, job_relaunch
 from shared.domain.agent_record import Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.jobs import Job
@@ -67,6 +67,7 @@ def process(decoded: Decoded) -> Plan:
             return None
         outcome.clear()
         update: dict[str, object] = {"progress": report}
+        update.update(job_relaunch.checkpoint_fields(job, event.metrics, event.message))  # GPU-hours lost count from it
         if event.phase in (JobPhase.SUCCEEDED, JobPhase.FAILED):
             update["result"] = {**dict(event.metrics), "phase": event.phase.value, "message": event.message}
         return job.model_copy(update=update), []

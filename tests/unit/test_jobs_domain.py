@@ -1029,7 +1029,7 @@ def test_each_preemption_is_recorded_once_by_key_across_observations() -> None:
     assert second.job is not None
     assert second.job.preemptions == 3
     assert [e.key for e in second.job.history if e.kind == "preemption"] == ["pod-a", "pod-b", "pod-c"]
-    assert second.job.history[-1].reason == "x" * 500
+    assert [e for e in second.job.history if e.kind == "preemption"][-1].reason == "x" * 500
     assert second.job.state is JobState.RUNNING
     third = job_runs.observe(second.job, RunStatus(Phase.RUNNING, preemptions=(p1, p2, p3)), now, CFG)
     assert third == job_runs.Observation(job=None, stop=None)
@@ -1040,7 +1040,7 @@ def test_preemptions_are_recorded_on_a_final_status_too() -> None:
     obs = job_runs.observe(running_job(), status, T0 + 61 * MIN, CFG)
     assert obs.job is not None
     assert obs.job.preemptions == 1
-    assert [e.kind for e in obs.job.history] == ["preemption", "state"]
+    assert [e.kind for e in obs.job.history] == ["preemption", "relaunch", "state"]
 
 
 def test_nothing_changed_gives_no_job_to_write() -> None:

@@ -28,6 +28,7 @@ from shared.slack import web_api
 from shared.store import agents as agent_store
 from shared.store import api_keys, config, db
 from shared.store import episodes as episode_store
+from shared.store import jobs as job_store
 from tests.unit.test_http_api import assert_error
 from tests.unit.test_http_api_costs import PRINCIPALS, send
 
@@ -546,6 +547,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
         f.uploads.append({"channel": channel, "content": content, "filename": filename, "thread_ts": thread_ts})
 
     monkeypatch.setattr(db, "client", lambda: fs)
+    monkeypatch.setattr(job_store, "relaunched_since", lambda at: [])  # tests/unit/test_checkpoints_report.py
     monkeypatch.setattr(agent_store, "list_agents", list_agents)
     monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
     monkeypatch.setattr(config, "read_tenant", read_tenant)
