@@ -66,6 +66,7 @@ from fleet_agent.contracts import AckState, Command, CommandAck, CommandType, Ev
 if TYPE_CHECKING:
     from fleet_agent.commands import CommandListener
     from fleet_agent.costs import CostRecorder
+    from fleet_agent.pending import PendingPublishes
 
 log = logging.getLogger("fleet_agent")
 
@@ -114,6 +115,7 @@ class Remediation:
     _resumed_at: datetime | None
     _given_exit: Callable[[int], None] | None
     _closed: bool  # FleetAgent's
+    _pending: PendingPublishes  # FleetAgent's
     _listener: CommandListener | None  # AgentCommands': set by listen()
     _exiting: bool
     _exited: bool
@@ -273,7 +275,8 @@ class Remediation:
         try:
             threading.Thread(target=target, name=name, daemon=True).start()
         except RuntimeError as exc:  # no thread to be had (interpreter shutting down, thread limit)
-            self._exiting = False
+            if handler is None:
+                self._exiting = False  # a later stop/restart may try again
             self._ack(command, AckState.FAILED, f"no thread: {exc}")
 
     def _owns_process(self) -> bool:
@@ -321,6 +324,7 @@ class Remediation:
             else:
                 self._ack(command, AckState.FAILED, "shared process: pass exit_process")
             self.close(remaining())  # waits for the acknowledgement's publish
+            self._pending.wait(remaining())  # the user's close() running already returned at once: wait for it
         except Exception:
             log.exception("agent %s: closing before the %s exit failed", self.agent_id, command.command.value)
         finally:

@@ -160,6 +160,7 @@ def test_the_minute_job_runs_the_check_last_and_sends_its_notices_in_the_same_ru
     calls: list[str] = []
     monkeypatch.setattr(sweep, "sweep", lambda now: calls.append("sweep") or sweep.Swept())
     monkeypatch.setattr(sweep, "roots", lambda swept, now: calls.append("roots"))
+    monkeypatch.setattr(sweep.command_sweep, "run", lambda now: calls.append("commands") or {})
     monkeypatch.setattr(sweep.notifier, "flush", lambda now: calls.append("flush") or sweep.notifier.Flushed())
     monkeypatch.setattr(sweep.approvals, "sweep", lambda now: calls.append("approvals") or {})
     monkeypatch.setattr(sweep.leases, "release_due", lambda now: calls.append("leases") or 0)
@@ -171,7 +172,7 @@ def test_the_minute_job_runs_the_check_last_and_sends_its_notices_in_the_same_ru
         sweep.notifier, "send_due", lambda ids: sent.append(list(ids)) or sweep.notifier.Flushed(sent=1)
     )
     out = sweep.run(NOW)
-    assert calls == ["sweep", "roots", "flush", "approvals", "leases", "forecast", "health"]
+    assert calls == ["sweep", "roots", "commands", "flush", "approvals", "leases", "forecast", "health"]
     assert out["fleet_health"] == {"unhealthy": []} and sent == [] and out["own_notifications"] == {}
     # An opening written after the flush is sent at the end of the same run, not at the next tick.
     health = {"unhealthy": ["dead_letters"], "notices": ["t._fleet.fleet_health.dead_letters.1.open"]}

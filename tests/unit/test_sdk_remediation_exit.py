@@ -8,6 +8,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -136,3 +137,36 @@ def test_a_registration_with_no_room_left_for_commands_v2_is_refused() -> None:
     full = reg().model_copy(update={"supports": [f"feature-{n}" for n in range(32)]})
     with pytest.raises(ValidationError, match="supports"):
         FleetAgent(full, project="test", publisher=Publisher(), leases=False)
+
+
+def test_a_stop_whose_thread_cannot_start_is_acknowledged_failed(exit_now, monkeypatch: pytest.MonkeyPatch) -> None:
+    publisher = Publisher()
+    exits = Exits(publisher)
+    agent = agent_of("agent-1", publisher, exit_process=exits)
+    agent.costs  # noqa: B018  # its flusher thread starts before threads fail
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(remediation.threading, "Thread", NoThread)
+        feed(agent, command(CommandType.STOP))
+    assert ("c-stop-1", "failed", "no thread: can't start new thread") in publisher.acks()
+    assert not exits.called.is_set()
+    agent.close(timeout=1)
+
+
+def test_the_default_stop_during_the_users_close_waits_for_its_publishes(exit_now) -> None:
+    publisher = Publisher()
+    exits = Exits(publisher)
+    agent = agent_of("agent-1", publisher, exit_process=exits)
+    beat: Future[str] = Future()
+    agent._pending.track(beat)  # a heartbeat the user's close() is waiting for
+    agent._closed = True  # that close() is under way: the default's close() returns at once
+    stop_first = agent.stop
+    agent.stop = lambda timeout=10.0: stop_first(0)  # type: ignore[method-assign]  # the exit's own waits
+    feed(agent, command(CommandType.STOP))
+    assert not exits.called.wait(0.3), "exited while the user's close() was still publishing"
+    beat.set_result("1")
+    assert exits.called.wait(WAIT_S)
