@@ -52,7 +52,9 @@ def stored(monkeypatch: pytest.MonkeyPatch) -> dict[str, AgentRecord]:
 
 
 def bearer(key: AgentKey = KEY, **kw: Any) -> str:
-    return "Bearer " + otlp_token.mint(key, **{"agent_id": "chat-1", "tenant": "acme", **kw})
+    # Minted at NOW, the time the tests verify at: a token minted at the real time would be "issued in the
+    # future" once the run is more than the clock skew past this module's import (a slow, loaded run).
+    return "Bearer " + otlp_token.mint(key, **{"agent_id": "chat-1", "tenant": "acme", "now": NOW.timestamp(), **kw})
 
 
 def test_a_token_made_with_the_enrolled_key_authenticates(stored: dict[str, AgentRecord]) -> None:
