@@ -78,6 +78,7 @@ ROUTES: tuple[Route, ...] = (
     *prices.routes,
     *alerts.routes,
     *settings.of("alerting", "health"),
+    *settings.of("remediation"),
     *approvals.routes,
     *reports.routes,
     *jobs.routes,
