@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from fleet_agent.approvals import ApprovalBook
 from fleet_agent.command_signatures import verify_command
 from fleet_agent.commands import CommandListener, OnCommand, Subscriber
-from fleet_agent.contracts import Command, CommandType, EventType, Registration
+from fleet_agent.contracts import ACKED_COMMANDS, Command, CommandType, EventType, Registration
 from fleet_agent.costs import CostRecorder
 from fleet_agent.enrollment import AgentIdentity, no_fleet_key
 
@@ -52,6 +52,12 @@ class AgentCommands:
     @property
     def costs(self) -> CostRecorder:
         raise NotImplementedError  # FleetAgent's
+
+    def _remediate(self, command: Command) -> None:
+        raise NotImplementedError  # Remediation's
+
+    def _reack(self, command: Command) -> None:
+        raise NotImplementedError  # Remediation's
 
     @property
     def commands_topic(self) -> str:
@@ -170,9 +176,13 @@ class AgentCommands:
         else:
             command = Command.model_validate_json(data)
         if not self.costs.apply(command):  # another agent's, or seen already (deduplicated by command_id)
+            if command.agent_id == self.registration.agent_id and command.command in ACKED_COMMANDS:
+                self._reack(command)  # re-sent: not run again, acknowledged again (its ack may have been lost)
             return None
         if command.command is CommandType.APPROVAL_DECIDED:
             self._approvals.decide(command)  # unknown or already decided requests: ignored
         elif command.command is CommandType.KEY_ROTATED and command.key_id and self.identity.enrolled:
             self.identity.confirmed(command.key_id)  # a verified confirmation only: switch to the new key
+        elif command.command in ACKED_COMMANDS:
+            self._remediate(command)  # acknowledged, then carried out (fleet_agent.remediation)
         return command

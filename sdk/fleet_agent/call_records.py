@@ -28,6 +28,11 @@ RequestKey = str | bytes
 #: grant made it fit within ``lease_wait_s``; and when no lease has priced the call's model yet.
 LEASE_EXHAUSTED = "lease_exhausted"
 UNKNOWN_MODEL = "unknown_model"
+#: ``CallRefused.reason`` of a call beyond a ``throttle``'s calls per minute (:mod:`fleet_agent.cost_holds`).
+THROTTLED = "throttled"
+#: ``CallRefused.reason`` of a call admitted after the recorder was closed (the agent is stopping): it
+#: would be paid for and never recorded.
+CLOSED = "closed"
 
 FEMTO_PER_NANO = 1_000_000
 _HALF_NANO = FEMTO_PER_NANO // 2
@@ -42,7 +47,8 @@ class CallRefused(RuntimeError):
     only lifts by a command (``resume``, ``release``, ...): callers can schedule a retry with it.
 
     ``reason``: why, in one word: the first blocking command's value (``pause``, ``budget_exhausted``,
-    ``breaker_open``, ``quarantine``), or ``lease_exhausted`` / ``unknown_model`` for a lease refusal.
+    ``breaker_open``, ``quarantine``), or ``lease_exhausted`` / ``unknown_model`` for a lease refusal,
+    ``throttled`` beyond a throttle's cap.
     """
 
     def __init__(

@@ -34,8 +34,9 @@ from fleet_agent.approval_requests import ApprovalRequests, Usd, approval_thresh
 from fleet_agent.approvals import ApprovalBook
 from fleet_agent.commands import CommandListener
 from fleet_agent.contracts import (
+    COMMANDS_V2,
     DEFAULT_TOPICS,
-    ApprovalRequest,
+    Event,
     EventType,
     Heartbeat,
     HeartbeatMetrics,
@@ -48,6 +49,7 @@ from fleet_agent.costs import CostRecorder
 from fleet_agent.enrollment import AgentIdentity
 from fleet_agent.identity import AgentKey
 from fleet_agent.pending import PendingPublishes
+from fleet_agent.remediation import Remediation
 
 log = logging.getLogger("fleet_agent")
 
@@ -73,10 +75,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class FleetAgent(AgentCommands, ApprovalRequests):
+class FleetAgent(Remediation, AgentCommands, ApprovalRequests):
     """One agent's connection to the fleet: registration, a heartbeat loop, graceful shutdown (and
-    commands and approvals: the methods of :class:`~fleet_agent.agent_commands.AgentCommands` and
-    :class:`~fleet_agent.approval_requests.ApprovalRequests`).
+    commands and approvals: the methods of :class:`~fleet_agent.agent_commands.AgentCommands`,
+    :class:`~fleet_agent.remediation.Remediation` and :class:`~fleet_agent.approval_requests.ApprovalRequests`).
 
     Thread-safe: :meth:`heartbeat` may be called from any thread while the loop runs. Several
     agents may share one ``PublisherClient`` (a simulator runs hundreds that way); an agent only
@@ -100,6 +102,7 @@ class FleetAgent(AgentCommands, ApprovalRequests):
         leases: bool = True,
         lease_wait_s: float = 2.0,
         lease_fail_open: bool = False,
+        exit_process: Callable[[int], None] | None = None,
     ) -> None:
         """Prepare an agent; nothing is published until :meth:`register` or :meth:`heartbeat`.
 
@@ -121,6 +124,9 @@ class FleetAgent(AgentCommands, ApprovalRequests):
         (the registration says ``leases=True``, so the fleet grants the first one when it registers); a call
         that does not fit waits up to ``lease_wait_s`` for more, then raises ``CallRefused`` (or goes ahead
         without a lease when ``lease_fail_open`` and the fleet did not answer). See docs/sdk.md.
+
+        ``exit_process(code)``: how the default ``stop``/``restart`` ends the process (default
+        :func:`~fleet_agent.remediation.exit_now`); see :mod:`fleet_agent.remediation`.
         """
         resolved = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
         if not resolved:
@@ -134,8 +140,10 @@ class FleetAgent(AgentCommands, ApprovalRequests):
             enrollment_token=enrollment_token,
             fleet_public_key=fleet_public_key,
         )
-        # The registration as published: it tells the fleet this agent spends leases.
-        self.registration = registration.model_copy(update={"leases": True}) if leases else registration
+        # As published: the agent spends leases (by default) and takes (and acks) the remediation commands.
+        supports, spends = list(dict.fromkeys([*registration.supports, COMMANDS_V2])), registration.leases or leases
+        self.registration = registration.model_copy(update={"leases": spends})
+        Registration.__pydantic_validator__.validate_assignment(self.registration, "supports", supports)  # its limits
         self._leases, self._lease_wait_s, self._lease_fail_open = leases, lease_wait_s, lease_fail_open
         self.project: str = resolved
         self._owns_publisher = publisher is None
@@ -154,6 +162,7 @@ class FleetAgent(AgentCommands, ApprovalRequests):
                 EventType.COST,
                 EventType.COMMAND,
                 EventType.APPROVAL,
+                EventType.COMMAND_ACK,
             )
         }
         self._approvals = ApprovalBook()
@@ -176,6 +185,7 @@ class FleetAgent(AgentCommands, ApprovalRequests):
         self._listen_lock = threading.Lock()
         self._listener: CommandListener | None = None
         self._registered = False
+        self._init_remediation(exit_process)
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -265,11 +275,11 @@ class FleetAgent(AgentCommands, ApprovalRequests):
             self._seq = seq
         return future
 
-    def _publish(self, event_type: EventType, event: Registration | Heartbeat | ApprovalRequest) -> Future[str]:
+    def _publish(self, event_type: EventType, event: Event) -> Future[str]:
         with self._send:
             return self._publish_locked(event_type, event)
 
-    def _publish_locked(self, event_type: EventType, event: Registration | Heartbeat | ApprovalRequest) -> Future[str]:
+    def _publish_locked(self, event_type: EventType, event: Event) -> Future[str]:
         if self._closed:
             raise RuntimeError(f"agent {self.agent_id} is closed")
         signer = self.identity if self.identity.signed else None
@@ -297,8 +307,8 @@ class FleetAgent(AgentCommands, ApprovalRequests):
         next_at = time.monotonic()
         while not self._stop.is_set():
             try:
-                future = self.heartbeat()
-                future.add_done_callback(self._log_failure)
+                if not self.heartbeats_paused:  # pause_heartbeats(): a frozen agent, for tests and diagnosis
+                    self.heartbeat().add_done_callback(self._log_failure)
             except Exception:
                 # A bad metrics callable or a publisher error must not end the agent's liveness.
                 log.exception("agent %s: heartbeat failed; retrying next interval", self.agent_id)
@@ -368,7 +378,7 @@ class FleetAgent(AgentCommands, ApprovalRequests):
         with self._listen_lock:
             listener, self._listener = self._listener, None
         if listener is not None:
-            listener.close()  # before the recorder: no command arrives for a closed agent
+            listener.close(10.0 if timeout is None else max(timeout, 0.5))  # before the recorder (no command now)
         if self._costs is not None:
             flushed = self._costs.close(timeout or 10.0) and flushed
         if self._owns_publisher:

@@ -277,7 +277,8 @@ def test_fleet_agent_registers_with_leases_by_default(on: bool) -> None:
     agent.register()
     published = Registration.model_validate(json.loads(pub.messages[0][1])["data"])
     assert published.leases is on and agent.registration == published
-    assert published.model_copy(update={"leases": False}) == registration()
+    assert published.supports == ["commands.v2"]  # and nothing else changed
+    assert published.model_copy(update={"leases": False, "supports": []}) == registration()
     assert (agent.costs.lease is None) and isinstance(agent.costs, CostRecorder)
     if on:
         with pytest.raises(CallRefused), agent.costs.call("chat", model="gpt-4o"):

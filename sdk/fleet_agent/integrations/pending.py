@@ -15,13 +15,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from fleet_agent.call_records import Call, CallRefused
-from fleet_agent.costs import CLOSE_HOOKS, CostRecorder
+from fleet_agent.costs import CLOSE_HOOKS, CostRecorder, NoRoomNow
 from fleet_agent.integrations.usage import estimated
-from fleet_agent.lease_records import Reservation
+
+__all__ = ["CLOSED", "DEFAULT_MAX_TOKENS", "NoRoomNow", "Pending", "Reader", "default_output", "drain", "watch"]
 
 log = logging.getLogger("fleet_agent")
 
@@ -40,8 +40,9 @@ Reader = Callable[[Call, Any], bool]
 class Pending:
     """One call admitted by the recorder and not recorded yet; :meth:`finish` records it, once.
 
-    It admits and records as ``recorder.call(...)`` does (the same checks, reservation and record), by hand:
-    a call may end in another thread or a finalizer, and one never sent (:meth:`cancel`) is not recorded.
+    It admits and records as ``recorder.call(...)`` does (:meth:`CostRecorder.admit`, then
+    :meth:`CostRecorder.record` with the ticket), apart: a call may end in another thread or a finalizer, and
+    one never sent (:meth:`cancel`, :meth:`CostRecorder.release`) is not recorded.
     ``estimate``: what was admitted, (prompt estimate, output limit), recorded when a successful call
     ends without usage read (:meth:`read`). ``inline``: only a reservation that fits now (no wait for a
     grant); :class:`NoRoomNow` when there is none."""
@@ -56,19 +57,11 @@ class Pending:
         prompt_tokens: int,
         inline: bool = False,
     ) -> None:
-        if recorder._closed:  # read only: a call sent now could not be recorded
+        if recorder.closed:  # a call sent now could not be recorded
             raise CallRefused(recorder.agent_id, {}, note="its cost recorder is closed", reason=CLOSED)
-        recorder.check()  # CallRefused: nothing was sent
-        wallet, self._reservation = recorder._wallet, None
-        if wallet is not None:
-            if inline:
-                got = wallet.reserve(model, max_tokens, prompt_tokens)
-                if not isinstance(got, Reservation):
-                    raise NoRoomNow
-                self._reservation = got
-            else:
-                self._reservation = recorder._admit(wallet, model, max_tokens, prompt_tokens)
-        self._recorder, self._leased = recorder, wallet is None or self._reservation is not None
+        # CallRefused (held, throttled, no lease), or NoRoomNow (inline): nothing was sent
+        self._ticket = recorder.admit(model, max_tokens=max_tokens, prompt_tokens=prompt_tokens, wait=not inline)
+        self._recorder = recorder
         self.call = Call(operation=operation, model=model)
         self.admitted = time.monotonic()
         self.estimate = (prompt_tokens, default_output(recorder) if max_tokens is None else max_tokens)
@@ -108,9 +101,9 @@ class Pending:
             self._estimated()
         call.success = exc is None
         try:
-            self._recorder._record(call, None, self._reservation, leased=self._leased)
+            self._recorder.record(call, ticket=self._ticket)
         except RuntimeError:
-            if not self._recorder._closed:
+            if not self._recorder.closed:
                 raise
             log.warning("%s call to %s (%d input, %d output tokens) was not recorded: the cost recorder of %s "
                         "was closed before it ended", call.operation, call.model, call.input_tokens,
@@ -118,26 +111,17 @@ class Pending:
 
     def cancel(self) -> None:
         """The request was never sent: record nothing and release the reservation (unless finished)."""
-        if not self._once() or self._reservation is None:
-            return
-        wallet, ask = self._recorder._wallet, self._reservation.ask
-        if wallet is not None:
-            wallet.settle(self._reservation, self.call.model, (0, 0), Decimal(0))
-            if ask is not None and (send := wallet.send_deferred(ask.request_id)) is not None:
-                self._recorder._ask(send)  # the ask ahead it carried still leaves
+        if self._once():
+            self._recorder.release(self._ticket)
 
     def _estimated(self) -> None:
         estimated(self.call, *self.estimate)
 
 
-class NoRoomNow(Exception):
-    """An inline admission (``Pending(..., inline=True)``) the lease cannot cover without waiting."""
-
-
 def default_output(recorder: CostRecorder) -> int:
     """The output limit the recorder assumes for a call that names none (its lease wallet's)."""
-    wallet = recorder._wallet  # the recorder keeps it private; read only
-    return DEFAULT_MAX_TOKENS if wallet is None else wallet.default_max_tokens
+    limit = recorder.lease_default_max_tokens
+    return DEFAULT_MAX_TOKENS if limit is None else limit
 
 
 #: Calls of streams collected half-read, recorded by one worker thread: a finalizer may run inside any
