@@ -80,6 +80,7 @@ ROUTES: tuple[Route, ...] = (
     *prices.routes,
     *alerts.routes,
     *settings.of("alerting", "health"),
+    *settings.of("remediation"),
     *approvals.routes,
     *reports.routes,
     *jobs.routes,

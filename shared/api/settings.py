@@ -1,5 +1,6 @@
-"""The REST API's tenant settings: alerting, health rules, training jobs, task assignment and agent
-identity, each a kind of the table below, served by one pair of routes (``GET``/``PUT /v1/tenants/{tenant}/<kind>``).
+"""The REST API's tenant settings: alerting, health rules, training jobs, task assignment, agent identity
+and the remediation policy, each a kind of the table below, served by one pair of routes
+(``GET``/``PUT /v1/tenants/{tenant}/<kind>``).
 
 The overrides are stored in the tenant's document (shared/store/config.py); what is in effect is the
 kind's model (in shared/domain) filled with the deployment's defaults, then the overrides.
@@ -24,6 +25,7 @@ from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
 from shared.domain.identity import IdentityConfig
 from shared.domain.jobs import JobsConfig
+from shared.domain.remediation_policy import RemediationPolicy
 from shared.store import config, db
 
 
@@ -94,6 +96,15 @@ KINDS: dict[str, Kind] = {
             "refused events an hour open a forged_events episode.",
             "identity",
             config.identity_defaults,
+        ),
+        Kind(
+            "remediation",
+            RemediationPolicy,
+            "remediation",
+            "remediation",
+            "remediation policy: mode (on, dry_run, off), the hourly cap per agent, the restart loop, the critical "
+            "label, and the rules mapping a condition to a command.",
+            "remediation-policy",
         ),
     )
 }

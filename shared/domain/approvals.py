@@ -47,6 +47,8 @@ class Kind(StrEnum):
     RELEASE = "release"
     #: A training job whose estimate is above its tenant's threshold (shared/training/submit.py).
     TRAINING = "training"
+    #: A remediation policy's ``stop`` of a critical agent (shared/services/remediation.py): sent on approval.
+    REMEDIATION = "remediation"
 
 
 class State(StrEnum):

@@ -81,6 +81,13 @@ def reminder(notice: dict[str, Any]) -> Message:
     return text, [_section(f"⏰ {text}")]
 
 
+def remediation(notice: dict[str, Any]) -> Message:
+    """What the remediation policy did about the episode (a reply in its thread). The summary names the
+    agent and its labels' values, which the agent chose: escaped."""
+    text = f"Remediation of {notice.get('agent_id') or notice['tenant']}: {notice.get('summary') or ''}"
+    return text, [_section(f"🛠️ {escape(text)}")]
+
+
 def resolved(notice: dict[str, Any], *, silenced: bool = False) -> Message:
     note = " (its alerts were silenced)" if silenced else ""
     head = f"{RESOLVED} *Resolved: {notice['title']}* · {_subject(notice)}{note}"

@@ -77,7 +77,7 @@ def release(
     if score < RELEASED_SCORE:
         changes["health"] = {**current.health, "score": RELEASED_SCORE, "score_at": at.isoformat()}
     eps = episodes.AgentEpisodes.of(current, alerting or AlertingConfig())
-    for rule in (episodes.LIVENESS, episodes.SECURITY):
+    for rule in (episodes.LIVENESS, episodes.SECURITY, "remediation_escalated"):
         eps.resolve(rule, at, f"{current.agent_id} released by {actor}: {reason}")
     changes.update(eps.changes())
     plan.changes = changes

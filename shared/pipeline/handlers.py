@@ -20,10 +20,11 @@ from shared.domain import agents as agent_domain
 from shared.domain import holds, registration_keys
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.rejections import Code, Payload, Rejected
+from shared.domain.remediation import Ask
 from shared.pipeline import registrations, signatures
 from shared.pipeline.decoding import Decoded, PushedMessage, decode
 from shared.platform import logs, settings
-from shared.services import agent_commands, forged_events, notifier
+from shared.services import agent_commands, forged_events, notifier, remediation
 from shared.store import agents as agent_store
 from shared.store import config, db, rejections
 
@@ -175,10 +176,14 @@ def process_heartbeat(decoded: Decoded) -> Plan:
         )
         # A budget hold whose period has reset is lifted on the agent's next heartbeat (or cost batch),
         # in the same write as the heartbeat.
-        return holds.with_expired_lifted(current, plan, received_at)
+        plan = holds.with_expired_lifted(current, plan, received_at)
+        # The tenant's remediation policy on the episodes this write leaves open (nothing when none).
+        return remediation.on_heartbeat(current, plan, received_at, asks)
 
+    asks: list[Ask] = []
     plan = agent_store.update(hb.agent_id, decide)
-    if plan.commands:  # the health rules quarantined the agent, or a budget hold was lifted
+    remediation.ask(asks, received_at)  # a stop on a critical agent waits for an approver
+    if plan.commands:  # the health rules quarantined the agent, a budget hold was lifted, the policy acted
         agent_commands.publish(plan.commands)
     notifier.send_now(plan.episodes, by="heartbeat_rules")  # a quarantine (critical): Slack hears now
     return plan

@@ -141,6 +141,8 @@ class Sender:
                     continue
                 elif notice["event"].startswith("repeat-"):
                     self._thread_reply(notice, episode, render.reminder(notice))
+                elif notice["event"].startswith("remediation-"):  # shared/domain/remediation.py
+                    self._thread_reply(notice, episode, render.remediation(notice))
                 else:  # an escalation: the original rewritten, and a reply in its thread
                     self._escalate(notice, episode)
             except web_api.SlackRefused as refused:

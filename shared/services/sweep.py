@@ -18,8 +18,18 @@ from shared.domain import episodes as domain
 from shared.domain import liveness
 from shared.domain import silences as silence_rules
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
+from shared.domain.remediation import Ask
 from shared.platform import logs
-from shared.services import approvals, budget_forecasts, command_sweep, fleet_health, leases, notifier
+from shared.services import (
+    agent_commands,
+    approvals,
+    budget_forecasts,
+    command_sweep,
+    fleet_health,
+    leases,
+    notifier,
+    remediation,
+)
 from shared.store import agents as agent_store
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
@@ -92,12 +102,19 @@ def _step(record: AgentRecord, now: datetime, silences: list[silence_rules.Silen
     config = config_store.alerting(record.tenant)
     window = silence_rules.maintenance_until(silences, now, tenant=record.tenant, agent_id=record.agent_id)
 
+    asks: list[Ask] = []
+
     def decide(current: AgentRecord | None) -> Plan:
         if current is None:
             return Plan(skipped="gone")
-        return liveness.step(current, now, config=config, maintenance_until=window)
+        plan = liveness.step(current, now, config=config, maintenance_until=window)
+        # A frozen agent: the tenant's remediation policy (restart, by default), in the same write.
+        return remediation.on_sweep(current, plan, now, asks)
 
     plan = agent_store.update(record.agent_id, decide)
+    remediation.ask(asks, now)
+    if plan.commands:
+        agent_commands.publish(plan.commands)
     rung = plan.changes.get("liveness")
     if rung is not None:
         out.moved[str(rung)] = out.moved.get(str(rung), 0) + 1

@@ -1,6 +1,6 @@
-"""Tenant settings (``tenants/{tenant}``: budget, protection, price, alerting and health-rule
-overrides) and the fleet's price overrides (``prices/{model}``), cached per instance; the price catalog
-under both is shared/store/price_catalog.py.
+"""Tenant settings (``tenants/{tenant}``: budget, protection, price, alerting, health-rule and
+remediation-policy overrides) and the fleet's price overrides (``prices/{model}``), cached per instance;
+the price catalog under both is shared/store/price_catalog.py.
 
 The cost function reads budgets and prices on every batch: cached for ``FLEET_CONFIG_CACHE_S``. The
 alerting and health-rule settings, read on every heartbeat and by the minute job, change rarely:
@@ -24,6 +24,7 @@ from shared.domain.episodes import AlertingConfig, merged
 from shared.domain.health import HealthConfig
 from shared.domain.identity import IdentityConfig
 from shared.domain.pricing import Price, PriceTable
+from shared.domain.remediation_policy import RemediationPolicy
 from shared.platform import metering, settings
 from shared.store import db, price_catalog
 
@@ -51,6 +52,8 @@ class TenantConfig:
     tasks: dict[str, Any] = field(default_factory=dict)
     #: Overrides of the identity settings (shared/domain/identity.py IdentityConfig): the signature policy.
     identity: dict[str, Any] = field(default_factory=dict)
+    #: Overrides of the remediation policy (shared/domain/remediation_policy.py RemediationPolicy).
+    remediation: dict[str, Any] = field(default_factory=dict)
 
 
 class _TtlCache:
@@ -112,6 +115,7 @@ def read_tenant(tenant: str) -> TenantConfig:
         jobs=dict(data.get("jobs") or {}),
         tasks=dict(data.get("tasks") or {}),
         identity=dict(data.get("identity") or {}),
+        remediation=dict(data.get("remediation") or {}),
     )
 
 
@@ -135,6 +139,18 @@ def identity(name: str) -> IdentityConfig:
     :func:`rules` (no read of its own on the heartbeat path)."""
     found = cache.get(f"rules:{name}", lambda: read_tenant(name), RULES_CACHE_S)
     return _identity(json.dumps(found.identity, sort_keys=True))
+
+
+def remediation(name: str) -> RemediationPolicy:
+    """The tenant's remediation policy over the defaults, from the same cached read as :func:`rules`
+    (no read of its own on the heartbeat path or in the sweep)."""
+    found = cache.get(f"rules:{name}", lambda: read_tenant(name), RULES_CACHE_S)
+    return _remediation(json.dumps(found.remediation, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _remediation(overrides: str) -> RemediationPolicy:
+    return RemediationPolicy.for_tenant(json.loads(overrides))
 
 
 def identity_defaults() -> dict[str, Any]:

@@ -270,6 +270,8 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/tenants/{tenant}/alerting", "put"),
             ("/v1/tenants/{tenant}/health", "get"),
             ("/v1/tenants/{tenant}/health", "put"),
+            ("/v1/tenants/{tenant}/remediation", "get"),
+            ("/v1/tenants/{tenant}/remediation", "put"),
             ("/v1/reports/hourly", "get"),
             ("/v1/reports/daily", "get"),
             ("/v1/approvals", "get"),

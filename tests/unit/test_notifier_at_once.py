@@ -18,6 +18,7 @@ from shared.domain import episodes as domain
 from shared.domain.alerts import Alert
 from shared.domain.episodes import AgentEpisodes, AlertingConfig, Severity
 from shared.domain.health import HealthConfig
+from shared.domain.remediation_policy import RemediationPolicy
 from shared.domain.spend import Effects
 from shared.pipeline import fleet_actions, handlers
 from shared.pipeline.decoding import PushedMessage
@@ -383,6 +384,7 @@ def test_a_heartbeat_whose_security_score_quarantines_the_agent_hands_the_openin
     low = {"health": {"score": 30.0, "score_at": IDENTITY_NOW.isoformat()}}
     store["agent"] = signed_agent(key).model_copy(update=low)
     monkeypatch.setattr(config_store, "rules", lambda name: (HealthConfig(), AlertingConfig()))
+    monkeypatch.setattr(config_store, "remediation", lambda name: RemediationPolicy())  # the defaults
     published: list[Any] = []
     monkeypatch.setattr(handlers.agent_commands, "publish", published.extend)
     handed: list[tuple[str, dict[str, Any]]] = []

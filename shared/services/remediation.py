@@ -1,0 +1,91 @@
+"""Remediation on the real path: the tenant's policy (cached with the alerting settings, no read of its
+own) applied inside the writes already made for a heartbeat (shared/pipeline/handlers.py) and the
+liveness sweep (shared/services/sweep.py), the approval asked for a ``stop`` on a critical agent, and
+what approving that request does (the ``remediation`` kind's effect, shared/pipeline/fleet_actions.py).
+
+The rules are shared/domain/remediation.py; this module only reads the policy, asks, and sends.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from fleet_agent.contracts import CommandType
+
+from shared.domain import approvals as approval_rules
+from shared.domain import remediation as rules
+from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.approvals import Approval, Kind, Requester
+from shared.platform import logs
+from shared.services import agent_actions
+from shared.services.agent_controls import Actor, Refused
+from shared.store import config as config_store
+
+log = logs.get_logger("remediation")
+#: Who asks an approver for a policy's stop on a critical agent.
+REQUESTER = Requester(kind="api", id="remediation-policy")
+
+
+def on_heartbeat(record: AgentRecord, plan: Plan, at: datetime, asks: list[rules.Ask]) -> Plan:
+    """The heartbeat's plan followed by the policy (error rate, memory saturation, failure risk)."""
+    if not rules.undecided(record, plan, rules.ON_HEARTBEAT):
+        asks.clear()
+        return plan  # the common path: not even the (cached) policy is looked up
+    return rules.after(record, plan, config_store.remediation(record.tenant), at, rules.ON_HEARTBEAT, asks)
+
+
+def on_sweep(record: AgentRecord, plan: Plan, at: datetime, asks: list[rules.Ask]) -> Plan:
+    """The sweep's step followed by the policy (frozen)."""
+    if not rules.undecided(record, plan, rules.ON_SWEEP):
+        asks.clear()
+        return plan
+    return rules.after(record, plan, config_store.remediation(record.tenant), at, rules.ON_SWEEP, asks)
+
+
+def ask(asks: list[rules.Ask], now: datetime) -> None:
+    """Ask an approver for each stop on a critical agent (once: the approval id is the episode's)."""
+    if not asks:
+        return
+    # lazy: approvals pull in the Slack client and hand-off (~200 ms), off the heartbeat's cold start
+    from shared.services import approvals
+
+    for wanted in asks:
+        policy = config_store.remediation(wanted.tenant)
+        approval = approvals.new(
+            approval_id=approval_rules.approval_id("remediation", wanted.agent_id, wanted.episode_id),
+            tenant=wanted.tenant,
+            kind=Kind.REMEDIATION,
+            requester=REQUESTER,
+            summary=f"{wanted.action} critical agent {wanted.agent_id} (remediation rule {wanted.rule})",
+            now=now,
+            agent_id=wanted.agent_id,
+            reason=wanted.reason,
+            expires_in=timedelta(seconds=policy.approval_expiry_s),
+            payload=wanted.payload(),
+        )
+        approvals.request(approval, now)
+        logs.log(
+            log, f"remediation {wanted.action} of {wanted.agent_id} asked of an approver", agent_id=wanted.agent_id
+        )
+
+
+def approved(approval: Approval, now: datetime) -> str:
+    """An approved remediation request: the command is sent with shared/services/agent_actions.py (tracked
+    and audited like any; the approval's id makes its id, so a redelivery re-sends the same command)."""
+    payload = approval.payload
+    action = CommandType(str(payload["action"]))
+    actor = Actor(f"slack:{approval.decided_by}", request_id=approval.id)
+    reason = f"approved request {approval.id}: {approval.reason}"[:500]
+    try:
+        record, _command = agent_actions.act(
+            approval.agent_id or "",
+            action,
+            actor,
+            reason,
+            now,
+            deadline_s=payload.get("deadline_s"),
+            origin=f"policy:{payload['rule']}",
+        )
+    except Refused as refused:
+        return f"Not sent: {refused.reason}."
+    return f"`{action.value}` sent to `{record.agent_id}`."

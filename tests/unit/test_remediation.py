@@ -1,0 +1,223 @@
+"""Remediation policies (shared/domain/remediation.py): conditions read from the agent document, once per
+episode, and the safety rules (unsupported SDK, restart loop, hourly cap, dry run, critical stop)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fleet_agent.contracts import CommandType
+from pydantic import ValidationError
+
+from shared.domain import liveness, notices, remediation
+from shared.domain.agent_record import AgentRecord, Liveness, Plan
+from shared.domain.agents import apply_registration
+from shared.domain.episodes import AlertingConfig
+from shared.domain.lifecycle import Outcome, State
+from shared.domain.remediation import Condition
+from shared.domain.remediation_policy import Mode, RemediationPolicy, Rule
+from tests.unit.test_agent_domain import reg
+
+T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+V2 = ["commands.v2"]
+
+
+def agent(supports: list[str] | None = None, **kw: Any) -> AgentRecord:
+    plan = apply_registration(
+        None, reg(supports=V2 if supports is None else supports, **kw), event_id="ev-1", received_at=T0
+    )
+    assert plan.create is not None
+    return plan.create
+
+
+def after(record: AgentRecord, plan: Plan) -> AgentRecord:
+    return AgentRecord.model_validate({**record.to_doc(), **plan.changes})
+
+
+#: When the sweep finds the agent (30 s interval) frozen.
+FROZEN_AT = T0 + timedelta(seconds=301)
+
+
+def frozen(record: AgentRecord | None = None) -> tuple[AgentRecord, Plan]:
+    """The sweep step that freezes a silent agent (the policy follows it, as in shared/services/sweep.py)."""
+    record = (record or agent()).model_copy(update={"sweep_at": FROZEN_AT})
+    return record, liveness.step(record, FROZEN_AT, config=AlertingConfig())
+
+
+def with_episode(record: AgentRecord, rule: str, opened_at: datetime = T0, **health: Any) -> AgentRecord:
+    index = {
+        **record.episodes,
+        rule: {"id": f"a.{record.agent_id}.{rule}.1", "severity": "high", "opened_at": opened_at.isoformat()},
+    }
+    return record.model_copy(update={"episodes": index, "health": {**record.health, **health}})
+
+
+def policy_command(at: datetime, command: str = "restart") -> dict[str, Any]:
+    return {"command": command, "state": "done", "origin": "policy:x", "sent_at": at}
+
+
+def test_a_frozen_agent_is_restarted_once_per_episode_audited_and_posted_in_its_thread() -> None:
+    record, step = frozen()
+    asks: list[remediation.Ask] = []
+    plan = remediation.after(record, step, RemediationPolicy(), T0 + timedelta(minutes=6), remediation.ON_SWEEP, asks)
+    assert plan.changes["liveness"] is Liveness.FROZEN and plan.changes["status"] is State.FROZEN
+    [command] = plan.commands
+    assert command.command is CommandType.RESTART and command.deadline is not None
+    entry = plan.changes["commands"][command.command_id]
+    assert entry["origin"] == "policy:frozen-restart" and entry["episode"] == plan.changes["episodes"]["liveness"]["id"]
+    assert plan.changes["episodes"]["liveness"]["remediation"] == "sent"
+    [audit] = [a for a in plan.audit if a.action == "agent.remediation"]
+    assert audit.outcome == "sent" and audit.details["rule"] == "frozen-restart"
+    notice = next(w.notice for w in plan.episodes if w.notice and w.notice["event"] == "remediation-sent")
+    assert notice["episode_id"] == entry["episode"] and "restart" in notice["summary"]
+    # The same episode later: decided already, nothing more (no extra write on the common path).
+    again = remediation.decide(after(record, plan), RemediationPolicy(), T0 + timedelta(hours=2), remediation.ON_SWEEP)
+    assert again.plan.skipped == "unchanged" and not again.plan.changes and not again.plan.audit
+
+
+def test_an_agent_without_commands_v2_is_skipped_and_that_is_recorded_once() -> None:
+    record, step = frozen(agent(supports=[]))
+    plan = remediation.after(record, step, RemediationPolicy(), FROZEN_AT, remediation.ON_SWEEP, [])
+    assert not plan.commands and "commands" not in plan.changes
+    assert plan.changes["episodes"]["liveness"]["remediation"] == "unsupported"
+    assert [a.outcome for a in plan.audit if a.action == "agent.remediation"] == ["unsupported"]
+    again = remediation.decide(after(record, plan), RemediationPolicy(), FROZEN_AT, remediation.ON_SWEEP)
+    assert not again.plan.audit
+
+
+def test_dry_run_records_what_it_would_have_done_and_sends_nothing() -> None:
+    record, step = frozen()
+    plan = remediation.after(record, step, RemediationPolicy(mode=Mode.DRY_RUN), FROZEN_AT, remediation.ON_SWEEP, [])
+    assert not plan.commands and "commands" not in plan.changes
+    [audit] = [a for a in plan.audit if a.action == "agent.remediation"]
+    assert audit.outcome == "dry_run" and "would restart" in audit.details["summary"]
+
+
+def test_mode_off_adds_nothing() -> None:
+    record, step = frozen()
+    plan = remediation.after(record, step, RemediationPolicy(mode=Mode.OFF), FROZEN_AT, remediation.ON_SWEEP, [])
+    assert plan is step and "remediation" not in plan.changes["episodes"]["liveness"]
+
+
+def test_a_restart_loop_escalates_to_a_person_instead_of_restarting_again() -> None:
+    base = agent()
+    history = {f"c{i}": policy_command(T0 - timedelta(minutes=10 * i)) for i in range(3)}
+    record, step = frozen(base.model_copy(update={"commands": history}))
+    plan = remediation.after(record, step, RemediationPolicy(), FROZEN_AT, remediation.ON_SWEEP, [])
+    assert not plan.commands
+    assert plan.changes["episodes"][remediation.ESCALATED]["severity"] == "critical"
+    assert plan.changes["episodes"]["liveness"]["remediation"] == "escalated"
+    opened = [w for w in plan.episodes if w.fields.get("rule") == remediation.ESCALATED]
+    assert opened and opened[0].notice is not None and opened[0].notice["event"] == "open"
+
+
+def test_the_hourly_cap_counts_the_policy_commands_of_the_last_hour() -> None:
+    base = agent()
+    recent = {f"c{i}": policy_command(T0 - timedelta(minutes=5), "drain") for i in range(3)}
+    record = with_episode(base.model_copy(update={"commands": recent}), "failure_risk")
+    out = remediation.decide(record, RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
+    assert not out.plan.commands and out.plan.changes["episodes"]["failure_risk"]["remediation"] == "capped"
+    # An hour later they no longer count.
+    old = {k: {**v, "sent_at": T0 - timedelta(minutes=61)} for k, v in recent.items()}
+    out = remediation.decide(
+        record.model_copy(update={"commands": old}), RemediationPolicy(), T0, remediation.ON_HEARTBEAT
+    )
+    assert [c.command for c in out.plan.commands] == [CommandType.DRAIN]
+    # Operator commands never count towards the policy's cap.
+    ops = {k: {**v, "origin": "operator"} for k, v in recent.items()}
+    out = remediation.decide(
+        record.model_copy(update={"commands": ops}), RemediationPolicy(), T0, remediation.ON_HEARTBEAT
+    )
+    assert out.plan.commands
+
+
+def test_error_rate_throttles_only_after_its_episode_was_open_for_s() -> None:
+    record = with_episode(agent(), "error_rate")
+    early = remediation.decide(record, RemediationPolicy(), T0 + timedelta(minutes=9), remediation.ON_HEARTBEAT)
+    assert not early.plan.changes
+    late = remediation.decide(record, RemediationPolicy(), T0 + timedelta(minutes=10), remediation.ON_HEARTBEAT)
+    [command] = late.plan.commands
+    assert command.command is CommandType.THROTTLE and command.calls_per_minute == 10
+    assert command.until == T0 + timedelta(minutes=70)
+
+
+def test_saturation_restarts_only_when_memory_is_the_saturated_metric() -> None:
+    cpu = with_episode(agent(), "saturation", cpu_high_since=T0.isoformat())
+    assert not remediation.decide(cpu, RemediationPolicy(), T0, remediation.ON_HEARTBEAT).plan.changes
+    memory = with_episode(agent(), "saturation", memory_high_since=T0.isoformat())
+    [command] = remediation.decide(memory, RemediationPolicy(), T0, remediation.ON_HEARTBEAT).plan.commands
+    assert command.command is CommandType.RESTART
+
+
+def test_the_most_specific_rule_wins_and_a_stop_on_a_critical_agent_asks_an_approver() -> None:
+    rules = [
+        Rule(name="any", when=Condition.FAILURE_RISK, action=CommandType.DRAIN),
+        Rule(name="gpu-critical", when=Condition.FAILURE_RISK, action=CommandType.STOP, agent_type="llm",
+             labels={"critical": "true"}),
+    ]  # fmt: skip
+    policy = RemediationPolicy(rules=rules)
+    plain = with_episode(agent(), "failure_risk")
+    assert [c.command for c in remediation.decide(plain, policy, T0, remediation.ON_HEARTBEAT).plan.commands] == [
+        CommandType.DRAIN
+    ]
+    critical = with_episode(agent(labels={"critical": "true"}), "failure_risk")
+    out = remediation.decide(critical, policy, T0, remediation.ON_HEARTBEAT)
+    assert not out.plan.commands and out.plan.changes["episodes"]["failure_risk"]["remediation"] == "approval"
+    [ask] = out.asks
+    assert ask.action == "stop" and ask.rule == "gpu-critical" and ask.episode_id == "a.agent-1.failure_risk.1"
+    # Not critical by the tenant's label: the stop is sent.
+    other = remediation.decide(critical, policy.model_copy(update={"critical_label": "tier=gold"}), T0,
+                               remediation.ON_HEARTBEAT)  # fmt: skip
+    assert [c.command for c in other.plan.commands] == [CommandType.STOP]
+
+
+def test_a_registration_after_a_policy_restart_lifts_frozen_and_otherwise_frozen_stays() -> None:
+    record, step = frozen()
+    at = T0 + timedelta(minutes=6)
+    restarted = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    assert restarted.status is State.FROZEN
+    back = apply_registration(restarted, reg(supports=V2), event_id="ev-2", received_at=at + timedelta(seconds=30))
+    assert back.changes["status"] is State.ACTIVE and back.changes["status_reason"] == "restarted by remediation policy"
+    assert back.changes["liveness"] is Liveness.OK and back.changes["sweep_at"] is not None
+    assert "liveness" not in back.changes["episodes"]
+    assert any(a.details.get("reason") == "restarted by remediation policy" for a in back.audit)
+    # Frozen without a policy restart (the dry run): sticky, only an approver releases it.
+    record, step = frozen()
+    dry = after(
+        record, remediation.after(record, step, RemediationPolicy(mode=Mode.DRY_RUN), at, remediation.ON_SWEEP, [])
+    )
+    held = apply_registration(dry, reg(supports=V2), event_id="ev-3", received_at=at + timedelta(seconds=30))
+    assert "status" not in held.changes and held.transition is not None and held.transition.outcome is Outcome.HELD
+
+
+def test_the_policy_is_validated_whole() -> None:
+    with pytest.raises(ValidationError, match="calls_per_minute"):
+        RemediationPolicy.for_tenant({"rules": [{"name": "t", "when": "error_rate", "action": "throttle"}]})
+    with pytest.raises(ValidationError, match="not a remediation command"):
+        RemediationPolicy.for_tenant({"rules": [{"name": "p", "when": "frozen", "action": "pause"}]})
+    with pytest.raises(ValidationError):
+        RemediationPolicy.for_tenant({"mode": "sometimes"})
+    merged = RemediationPolicy.for_tenant({"restart_loop": {"restarts": 2}})
+    assert merged.restart_loop.within_s == 3600 and len(merged.rules) == 4
+
+
+def test_the_thread_reply_escapes_agent_text() -> None:
+    text, blocks = notices.remediation(
+        {"title": "Agent silent", "tenant": "acme", "agent_id": "a-1", "summary": "restart <!channel> & co"}
+    )
+    assert "a-1" in text
+    assert "<!channel>" not in blocks[0]["text"]["text"] and "&lt;!channel&gt;" in blocks[0]["text"]["text"]
+    assert text
+
+
+def test_the_common_path_adds_nothing_to_a_heartbeat() -> None:
+    record = agent()
+    plan = Plan(changes={"last_seq": 1})
+    same = remediation.after(record, plan, RemediationPolicy(), T0, remediation.ON_HEARTBEAT, [])
+    assert same is plan and same.changes == {"last_seq": 1} and not same.audit and not same.episodes
+    decided = with_episode(record, "failure_risk")
+    decided.episodes["failure_risk"]["remediation"] = "sent"
+    assert remediation.after(decided, plan, RemediationPolicy(), T0, remediation.ON_HEARTBEAT, []).changes == {
+        "last_seq": 1
+    }
