@@ -14,10 +14,12 @@ with the SDK (emulators/demo_costs.py): a runaway loop gets paused, a failing pr
 opens, an agent at its hourly budget is stopped, an unpriced model raises an alert; the spend per
 agent and per tenant and the alerts are printed at the end. One more agent of ``acme`` is instrumented only
 with OpenTelemetry (emulators/demo_otlp.py): its spans go to fleet-otlp and its spend shows beside its tenant's.
+A worker whose main loop hangs is frozen, restarted by its tenant's remediation policy and back active without a
+person (emulators/demo_remediation.py).
 The stack is always stopped, Ctrl-C included.
 
 Exit status: 0 when the API showed every agent, the three misbehaving agents were stopped by their
-SDK and every forged batch was refused, 1 otherwise, 130 on Ctrl-C.
+SDK, every forged batch was refused and the hung worker came back by policy, 1 otherwise, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from emulators import demo_approvals, demo_costs, demo_identity, demo_jobs, demo_otlp, fake_slack
+from emulators import demo_approvals, demo_costs, demo_identity, demo_jobs, demo_otlp, demo_remediation, fake_slack
 from emulators.stack import ROOT, Stack
 
 STATE_DIR = ROOT / ".stack-demo"
@@ -689,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(Text("An agent instrumented only with OpenTelemetry (no SDK in its calls)", style="bold"))
         with console.status("an OpenTelemetry-instrumented agent calls a model; its spans go to fleet-otlp..."):
             otel = demo_otlp.run(env, api, console, keys_dir)
+        console.print(Text("Remediation: a hung worker restarted by policy (no person involved)", style="bold"))
+        with console.status("a worker's main loop hangs; the liveness ladder freezes it; its policy restarts it..."):
+            healed = demo_remediation.run(env, api, console, keys_dir)
         console.print(Text("A forged cost batch from an outsider (signed telemetry)", style="bold"))
         with console.status("an outsider publishes cost batches for another tenant's agent..."):
             refused = forgery(env, api, fleet, progress, keys_dir, console)
@@ -700,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(Text("Training jobs (queue, quotas, the local backend)", style="bold"))
         trained = demo_jobs.run(env, fleet[1].registration.agent_id, console)
         slack_calls = fake_slack.get_calls(env["SLACK_API_URL"])
-        ok = show_slack(slack_calls, fleet, console) and ok and refused and approved and trained and otel
+        ok = show_slack(slack_calls, fleet, console) and ok and refused and approved and trained and otel and healed
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         if args.keep_up if args.keep_up is not None else sys.stdin.isatty():
             console.print(
