@@ -16,9 +16,11 @@ from shared.domain import approvals as approval_rules
 from shared.domain import remediation as rules
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.approvals import Approval, Kind, Requester
+from shared.domain.remediation_policy import Mode
 from shared.platform import logs
 from shared.services import agent_actions
 from shared.services.agent_controls import Actor, Refused
+from shared.store import agents as agent_store
 from shared.store import config as config_store
 
 log = logs.get_logger("remediation")
@@ -71,9 +73,19 @@ def ask(asks: list[rules.Ask], now: datetime) -> None:
 
 def approved(approval: Approval, now: datetime) -> str:
     """An approved remediation request: the command is sent with shared/services/agent_actions.py (tracked
-    and audited like any; the approval's id makes its id, so a redelivery re-sends the same command)."""
+    and audited like any; the approval's id makes its id, so a redelivery re-sends the same command).
+
+    A policy's request (origin ``policy:<rule>``) is sent only while its condition holds: the agent still
+    has the episode it was asked for open and the tenant's policy is ``on``; otherwise nothing is sent
+    ("condition cleared"). An operator's request (origin ``operator``, POST /v1/agents/{id}/commands) is
+    sent as asked."""
     payload = approval.payload
     action = CommandType(str(payload["action"]))
+    origin = str(payload.get("origin") or f"policy:{payload.get('rule')}")
+    if origin.startswith("policy:"):
+        cleared = _cleared(approval.agent_id or "", str(payload.get("episode_id") or ""))
+        if cleared:
+            return f"Not sent: condition cleared ({cleared})."
     actor = Actor(f"slack:{approval.decided_by}", request_id=approval.id)
     reason = f"approved request {approval.id}: {approval.reason}"[:500]
     try:
@@ -84,8 +96,21 @@ def approved(approval: Approval, now: datetime) -> str:
             reason,
             now,
             deadline_s=payload.get("deadline_s"),
-            origin=f"policy:{payload['rule']}",
+            origin=origin,
         )
     except Refused as refused:
         return f"Not sent: {refused.reason}."
     return f"`{action.value}` sent to `{record.agent_id}`."
+
+
+def _cleared(agent_id: str, episode_id: str) -> str | None:
+    """Why a policy's approved command is no longer wanted (None: its episode is still open, policy on)."""
+    record = agent_store.get(agent_id)
+    if record is None:
+        return None  # act() answers 404 with its own reason
+    if not any(str(e.get("id")) == episode_id for e in record.episodes.values()):
+        return f"episode {episode_id} is no longer open"
+    mode = config_store.remediation(record.tenant).mode
+    if mode is not Mode.ON:
+        return f"the remediation policy is {mode.value}"
+    return None

@@ -70,6 +70,9 @@ class CommandList(View):
     agent_id: str
     tenant: str
     commands: list[CommandView] = Field(description="Newest first.")
+    approval_id: str | None = Field(
+        default=None, description="A stop of a critical agent (202): the approval request it waits for."
+    )
 
 
 def command_views(commands: dict[str, dict[str, Any]]) -> list[CommandView]:
