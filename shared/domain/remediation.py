@@ -4,10 +4,12 @@ episodes, as a plan added to the write that is already being made (a heartbeat's
 Conditions are read from the agent document: its open episodes (error rate, saturation with memory the
 saturated metric, failure risk) and its liveness rung (frozen). Each episode is acted on once: the
 decision is remembered in the episode's entry of the agent's ``episodes`` index (``remediation``: sent,
-dry_run, capped, escalated, unsupported, approval), which goes when the episode resolves. On the common
+held, dry_run, capped, escalated, unsupported, approval), which goes when the episode resolves. On the common
 path (no open episode with a rule, or one already decided) nothing is added: no extra write.
 
-Safety, in order: an agent whose SDK lacks ``commands.v2`` is skipped (recorded once); a restart when
+Safety, in order: an agent in a state a person imposed (maintenance, quarantined, compromised,
+suspended, decommissioning) is left alone (recorded once, ``held``); an agent whose SDK lacks ``commands.v2`` is
+skipped (recorded once); a restart when
 the agent was restarted by policy ``restart_loop.restarts`` times within ``within_s`` opens a critical
 ``remediation_escalated`` episode instead (a person must look); more than ``max_actions_per_hour`` policy
 commands in the last hour are capped; ``dry_run`` records what it would have done and sends nothing; a
@@ -39,6 +41,8 @@ ON_HEARTBEAT = (Condition.ERROR_RATE, Condition.MEMORY_SATURATED, Condition.FAIL
 ON_SWEEP = (Condition.FROZEN,)
 #: Tracked command states that count as a restart having been sent.
 SENT_STATES = frozenset({"sent", "acknowledged", "done"})
+#: States a person (or the security rules) put the agent in: the policy sends nothing (recorded ``held``).
+HELD = lifecycle.STICKY - {State.FROZEN}
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,9 @@ def _act(
         "episode_id": episode_id,
         "mode": policy.mode.value,
     }
-    if COMMANDS_V2 not in record.supports:
+    if record.status in HELD:
+        outcome, text = "held", f"would {what}, but the agent is {record.status.value}: nothing sent"
+    elif COMMANDS_V2 not in record.supports:
         outcome, text = "unsupported", f"would {what}, but the agent's SDK does not support {COMMANDS_V2}: nothing sent"
     elif action is CommandType.RESTART and _looping(record, policy, at):
         loop = policy.restart_loop

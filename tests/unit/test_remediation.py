@@ -221,3 +221,14 @@ def test_the_common_path_adds_nothing_to_a_heartbeat() -> None:
     assert remediation.after(decided, plan, RemediationPolicy(), T0, remediation.ON_HEARTBEAT, []).changes == {
         "last_seq": 1
     }
+
+
+def test_an_agent_in_a_state_a_person_imposed_is_held_once_and_sent_nothing() -> None:
+    for status in (State.COMPROMISED, State.QUARANTINED, State.MAINTENANCE, State.SUSPENDED):
+        record = with_episode(agent().model_copy(update={"status": status}), "saturation", memory_high_since="x")
+        out = remediation.decide(record, RemediationPolicy(), T0 + timedelta(minutes=1), remediation.ON_HEARTBEAT)
+        assert not out.plan.commands and not out.asks
+        assert out.plan.changes["episodes"]["saturation"]["remediation"] == "held"
+        assert [(e.action, e.outcome) for e in out.plan.audit] == [("agent.remediation", "held")]
+        again = remediation.decide(after(record, out.plan), RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
+        assert again.plan.skipped == "unchanged"
