@@ -274,24 +274,36 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
-def restarted_since_frozen(record: AgentRecord) -> str | None:
-    """The id of a policy ``restart`` sent after the agent froze (sent, acknowledged or done), if any."""
+def restarted_since_frozen(record: AgentRecord, registered_at: datetime) -> str | None:
+    """The id of the ``restart`` the ``frozen`` rule sent for the agent's current liveness episode, if the
+    agent registered (``registered_at``) after it was sent: that registration is the restart's result.
+
+    Another rule's restart (memory), an operator's, one sent for an earlier episode, or a registration
+    from before the restart was sent (an old message delivered late) count for nothing."""
     if record.status is not State.FROZEN:
         return None
+    episode = (record.episodes.get(episodes.LIVENESS) or {}).get("id")
+    if episode is None:
+        return None
+    found: list[tuple[int, str]] = []
     for command_id, entry in record.commands.items():
         sent = _time(entry.get("sent_at"))
-        policy = str(entry.get("origin") or "").startswith("policy:")
-        restart = entry.get("command") == CommandType.RESTART.value and entry.get("state") in SENT_STATES
-        if policy and restart and sent is not None and sent >= record.status_since:
-            return command_id
-    return None
+        if entry.get("command") != CommandType.RESTART.value or entry.get("episode") != episode:
+            continue
+        if not str(entry.get("origin") or "").startswith("policy:") or entry.get("state") == "failed":
+            continue
+        if sent is None or sent < record.status_since or registered_at < sent:
+            continue
+        found.append((0 if entry.get("state") in ("acknowledged", "done") else 1, command_id))
+    return min(found)[1] if found else None
 
 
-def lift_frozen(record: AgentRecord, at: datetime, event_id: str) -> Plan:
-    """A registration of a frozen agent the policy restarted: frozen is lifted to active (audited, cause
-    system), the liveness ladder counts from now and the silence episode resolves. Otherwise frozen
-    stays sticky (only an approver's release lifts it): an empty plan."""
-    command_id = restarted_since_frozen(record)
+def lift_frozen(record: AgentRecord, at: datetime, event_id: str, registered_at: datetime | None = None) -> Plan:
+    """A frozen agent the ``frozen`` rule restarted is back (it registered, at ``registered_at``, default
+    ``at``, after the restart was sent; called on the registration and on the restart's ack): frozen is
+    lifted to active (audited, cause system), the liveness ladder counts from now and the silence episode
+    resolves. Otherwise frozen stays sticky (only an approver's release lifts it): an empty plan."""
+    command_id = restarted_since_frozen(record, registered_at or at)
     if command_id is None:
         return Plan()
     reason = "restarted by remediation policy"
@@ -299,6 +311,11 @@ def lift_frozen(record: AgentRecord, at: datetime, event_id: str) -> Plan:
     plan = Plan(transition=decision)
     if decision.outcome is not lifecycle.Outcome.APPLIED:
         return plan
+    entry = record.commands[command_id]
+    if entry.get("state") not in ("done", "failed"):  # the registration is the restart's result
+        done = {**entry, "state": "done", "detail": "agent re-registered", "done_at": at}
+        commands = {**record.commands, command_id: done}
+        plan.changes.update(commands=commands, command_due_at=agent_actions.due_at(commands))
     plan.changes.update(status_change(record, State.ACTIVE, at, Cause.SYSTEM, reason))
     plan.changes.update(
         {

@@ -232,3 +232,43 @@ def test_an_agent_in_a_state_a_person_imposed_is_held_once_and_sent_nothing() ->
         assert [(e.action, e.outcome) for e in out.plan.audit] == [("agent.remediation", "held")]
         again = remediation.decide(after(record, out.plan), RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
         assert again.plan.skipped == "unchanged"
+
+
+def test_only_the_frozen_rules_restart_answered_by_a_later_registration_lifts_frozen() -> None:
+    record, step = frozen()
+    off = after(record, remediation.after(record, step, RemediationPolicy(mode=Mode.OFF), FROZEN_AT,
+                                          remediation.ON_SWEEP, []))  # fmt: skip
+    assert off.status is State.FROZEN
+    later = FROZEN_AT + timedelta(minutes=5)
+    # The memory rule restarts the frozen agent: not the frozen rule's restart, frozen stays.
+    sat = with_episode(off, "saturation", opened_at=later, memory_high_since=later.isoformat())
+    memory = after(sat, remediation.decide(sat, RemediationPolicy(), later, remediation.ON_HEARTBEAT).plan)
+    held = apply_registration(memory, reg(supports=V2), event_id="ev-9", received_at=later + timedelta(seconds=30))
+    assert "status" not in held.changes
+    # The frozen rule's restart, and a registration published before it was sent: frozen stays.
+    record, step = frozen()
+    at = FROZEN_AT + timedelta(minutes=2)
+    restarted = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    old = apply_registration(restarted, reg(supports=V2), event_id="ev-o", received_at=at - timedelta(seconds=60))
+    assert "status" not in old.changes
+    # A registration after it was sent lifts frozen, and marks the restart done.
+    back = apply_registration(restarted, reg(supports=V2), event_id="ev-n", received_at=at + timedelta(seconds=5))
+    assert back.changes["status"] is State.ACTIVE
+    (cid,) = restarted.commands
+    assert back.changes["commands"][cid]["state"] == "done"
+    assert back.changes["commands"][cid]["detail"] == "agent re-registered"
+
+
+def test_the_restarts_done_ack_after_its_registration_lifts_frozen() -> None:
+    record, step = frozen()
+    at = FROZEN_AT + timedelta(minutes=2)
+    restarted = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    (cid,) = restarted.commands
+    # The ack's check compares the agent's last registration with the restart's sent_at.
+    registered = restarted.model_copy(update={"last_registered_at": at + timedelta(seconds=3)})
+    lifted = remediation.lift_frozen(registered, at + timedelta(seconds=4), f"ack.{cid}",
+                                     registered_at=registered.last_registered_at)  # fmt: skip
+    assert lifted.changes["status"] is State.ACTIVE
+    stale = remediation.lift_frozen(restarted, at + timedelta(seconds=4), f"ack.{cid}",
+                                    registered_at=restarted.last_registered_at)  # fmt: skip
+    assert "status" not in stale.changes
