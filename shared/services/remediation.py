@@ -8,6 +8,7 @@ The rules are shared/domain/remediation.py; this module only reads the policy, a
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from fleet_agent.contracts import CommandType
@@ -45,27 +46,35 @@ def on_sweep(record: AgentRecord, plan: Plan, at: datetime, asks: list[rules.Ask
 
 
 def ask(asks: list[rules.Ask], now: datetime) -> None:
-    """Ask an approver for each stop on a critical agent (once: the approval id is the episode's)."""
+    """Ask an approver for each stop on a critical agent, after the write and after its commands and
+    notices were sent: stored once (the approval id is the episode's), not posted here (the heartbeat's
+    function has no Slack token): the minute job posts it (``post_due_at`` now). Never raises: a failure
+    is logged, and the episode's ``approval`` outcome stays on the agent."""
     if not asks:
         return
     # lazy: approvals pull in the Slack client and hand-off (~200 ms), off the heartbeat's cold start
     from shared.services import approvals
 
     for wanted in asks:
-        policy = config_store.remediation(wanted.tenant)
-        approval = approvals.new(
-            approval_id=approval_rules.approval_id("remediation", wanted.agent_id, wanted.episode_id),
-            tenant=wanted.tenant,
-            kind=Kind.REMEDIATION,
-            requester=REQUESTER,
-            summary=f"{wanted.action} critical agent {wanted.agent_id} (remediation rule {wanted.rule})",
-            now=now,
-            agent_id=wanted.agent_id,
-            reason=wanted.reason,
-            expires_in=timedelta(seconds=policy.approval_expiry_s),
-            payload=wanted.payload(),
-        )
-        approvals.request(approval, now)
+        try:
+            policy = config_store.remediation(wanted.tenant)
+            approval = approvals.new(
+                approval_id=approval_rules.approval_id("remediation", wanted.agent_id, wanted.episode_id),
+                tenant=wanted.tenant,
+                kind=Kind.REMEDIATION,
+                requester=REQUESTER,
+                summary=f"{wanted.action} critical agent {wanted.agent_id} (remediation rule {wanted.rule})",
+                now=now,
+                agent_id=wanted.agent_id,
+                reason=wanted.reason,
+                expires_in=timedelta(seconds=policy.approval_expiry_s),
+                payload=wanted.payload(),
+            )
+            approvals.request(approval.model_copy(update={"post_due_at": now}), now, post_now=False)
+        except Exception as exc:  # the write and its commands are made: log it, go on
+            logs.log(log, f"remediation approval for {wanted.agent_id} not stored: {exc!r}", logging.ERROR,
+                     agent_id=wanted.agent_id)  # fmt: skip
+            continue
         logs.log(
             log, f"remediation {wanted.action} of {wanted.agent_id} asked of an approver", agent_id=wanted.agent_id
         )

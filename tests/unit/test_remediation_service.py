@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fleet_agent.contracts import CommandType
 
+from shared.domain import remediation as rules
 from shared.domain.approvals import Approval, Kind, Requester
 from shared.domain.remediation_policy import Mode, RemediationPolicy
 from shared.services import agent_actions, approvals, remediation
@@ -72,3 +73,23 @@ def test_a_policys_approved_stop_is_not_sent_once_its_condition_cleared(
     monkeypatch.setattr(config_store, "remediation", lambda tenant: RemediationPolicy())
     assert remediation.approved(approval(payload), T0).startswith("`stop` sent")
     assert [(c["action"], c["origin"]) for c in sent] == [(CommandType.STOP, "policy:sat-stop")]
+
+
+def test_asking_an_approver_stores_the_request_unposted_and_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    stored: list[tuple[Approval, bool]] = []
+
+    def request(approval: Approval, now: Any, *, post_now: bool = True) -> tuple[Approval, bool]:
+        stored.append((approval, post_now))
+        if approval.agent_id == "broken":
+            raise RuntimeError("firestore down")
+        return approval, True
+
+    monkeypatch.setattr(approvals, "request", request)
+    monkeypatch.setattr(config_store, "remediation", lambda tenant: RemediationPolicy())
+    asks = [rules.Ask(name, "acme", "sat-stop", "stop", EPISODE, "r") for name in ("broken", "agent-1")]
+    remediation.ask(asks, T0)  # the first fails: logged, the second is still asked
+    assert [(a.agent_id, post_now, a.post_due_at) for a, post_now in stored] == [
+        ("broken", False, T0),
+        ("agent-1", False, T0),
+    ]
+    assert stored[1][0].id == remediation.approval_rules.approval_id("remediation", "agent-1", EPISODE)
