@@ -212,6 +212,48 @@ def undecided(record: AgentRecord, plan: Plan, conditions: tuple[Condition, ...]
     return any(EPISODE_OF[c] in index and not index[EPISODE_OF[c]].get("remediation") for c in conditions)
 
 
+def undo(record: AgentRecord, plan: Plan, at: datetime) -> Plan:
+    """``plan`` followed by a ``resume_work`` for each policy ``drain`` (or ``throttle`` without an end)
+    sent for an episode ``plan`` resolves: the agent takes work again once its condition is gone (origin
+    the rule's, key ``remediation.<episode>.resume``; audited like any command). Nothing on the common
+    path (no episode with a sent remediation resolves)."""
+    index = plan.changes.get("episodes")
+    if index is None or plan.skipped is not None or record.status in HELD:
+        return plan
+    resolved = {str(e["id"]) for rule, e in record.episodes.items() if e.get("remediation") == "sent"
+                and (rule not in index or index[rule].get("id") != e.get("id"))}  # fmt: skip
+    if not resolved:
+        return plan
+
+    def resume(current: AgentRecord) -> Plan:
+        total = Plan()
+        for entry in list(current.commands.values()):
+            episode = str(entry.get("episode") or "")
+            lasting = entry.get("command") == CommandType.DRAIN.value or (
+                entry.get("command") == CommandType.THROTTLE.value and not entry.get("until")
+            )
+            if episode not in resolved or not lasting or not str(entry.get("origin", "")).startswith("policy:"):
+                continue
+            try:
+                issued = agent_actions.issue(
+                    current,
+                    CommandType.RESUME_WORK,
+                    at=at,
+                    actor=ACTOR,
+                    reason=f"episode {episode} resolved: undoing its {entry['command']}",
+                    key=f"remediation.{episode}.resume",
+                    origin=str(entry["origin"]),
+                )
+            except (agent_actions.Unsupported, agent_actions.NotAllowed):
+                continue
+            if issued.skipped is None:
+                merge(total, issued)
+                current = current.model_copy(update=issued.changes)
+        return total
+
+    return then(record, plan, resume)
+
+
 def after(
     record: AgentRecord,
     plan: Plan,
@@ -223,6 +265,7 @@ def after(
     """``plan`` (made on ``record``) followed by the policy on the record as ``plan`` leaves it: one write.
     The approvals to ask for are put in ``asks`` (replaced: a decide may run again on a conflict)."""
     asks.clear()
+    plan = undo(record, plan, at)
     if not undecided(record, plan, conditions) or policy.mode is Mode.OFF:
         return plan
 

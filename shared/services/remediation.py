@@ -33,7 +33,9 @@ def on_heartbeat(record: AgentRecord, plan: Plan, at: datetime, asks: list[rules
     """The heartbeat's plan followed by the policy (error rate, memory saturation, failure risk)."""
     if not rules.undecided(record, plan, rules.ON_HEARTBEAT):
         asks.clear()
-        return plan  # the common path: not even the (cached) policy is looked up
+        # The common path: not even the (cached) policy is looked up; a policy drain whose episode
+        # resolves is undone.
+        return rules.undo(record, plan, at)
     return rules.after(record, plan, config_store.remediation(record.tenant), at, rules.ON_HEARTBEAT, asks)
 
 
@@ -41,7 +43,7 @@ def on_sweep(record: AgentRecord, plan: Plan, at: datetime, asks: list[rules.Ask
     """The sweep's step followed by the policy (frozen)."""
     if not rules.undecided(record, plan, rules.ON_SWEEP):
         asks.clear()
-        return plan
+        return rules.undo(record, plan, at)
     return rules.after(record, plan, config_store.remediation(record.tenant), at, rules.ON_SWEEP, asks)
 
 

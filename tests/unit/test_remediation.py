@@ -272,3 +272,27 @@ def test_the_restarts_done_ack_after_its_registration_lifts_frozen() -> None:
     stale = remediation.lift_frozen(restarted, at + timedelta(seconds=4), f"ack.{cid}",
                                     registered_at=restarted.last_registered_at)  # fmt: skip
     assert "status" not in stale.changes
+
+
+def test_a_policy_drain_is_undone_when_its_episode_resolves() -> None:
+    record = with_episode(agent(), "failure_risk")
+    out = remediation.decide(record, RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
+    assert [c.command for c in out.plan.commands] == [CommandType.DRAIN]
+    drained = after(record, out.plan)
+    episode = drained.episodes["failure_risk"]["id"]
+
+    # A heartbeat whose plan resolves the failure_risk episode (the index without it).
+    def resolves() -> Plan:
+        return Plan(changes={"episodes": {k: v for k, v in drained.episodes.items() if k != "failure_risk"}})
+
+    later = T0 + timedelta(hours=1)
+    plan = remediation.after(drained, resolves(), RemediationPolicy(), later, remediation.ON_HEARTBEAT, [])
+    (resume,) = plan.commands
+    assert resume.command is CommandType.RESUME_WORK
+    entry = plan.changes["commands"][resume.command_id]
+    assert entry["origin"] == "policy:failure-risk-drain" and episode in entry["reason"]
+    assert [a.action for a in plan.audit] == ["agent.command.resume_work"]
+    # An episode that stays open, or one the policy did not drain for: nothing.
+    assert not remediation.undo(drained, Plan(changes={"episodes": drained.episodes}), T0).commands
+    off = remediation.after(drained, resolves(), RemediationPolicy(mode=Mode.OFF), T0, remediation.ON_HEARTBEAT, [])
+    assert [c.command for c in off.commands] == [CommandType.RESUME_WORK]  # undone even with the policy off
