@@ -139,6 +139,10 @@ def _act(
         outcome, text = "held", f"would {what}, but the agent is {record.status.value}: nothing sent"
     elif COMMANDS_V2 not in record.supports:
         outcome, text = "unsupported", f"would {what}, but the agent's SDK does not support {COMMANDS_V2}: nothing sent"
+    elif action is CommandType.RESTART and _looping(record, policy, at) and policy.mode is Mode.DRY_RUN:
+        loop = policy.restart_loop
+        outcome = "dry_run"
+        text = f"dry run: would escalate (restarted {loop.restarts} times within {loop.within_s // 60} min)"
     elif action is CommandType.RESTART and _looping(record, policy, at):
         loop = policy.restart_loop
         outcome = "escalated"

@@ -296,3 +296,13 @@ def test_a_policy_drain_is_undone_when_its_episode_resolves() -> None:
     assert not remediation.undo(drained, Plan(changes={"episodes": drained.episodes}), T0).commands
     off = remediation.after(drained, resolves(), RemediationPolicy(mode=Mode.OFF), T0, remediation.ON_HEARTBEAT, [])
     assert [c.command for c in off.commands] == [CommandType.RESUME_WORK]  # undone even with the policy off
+
+
+def test_a_dry_run_never_opens_an_escalation() -> None:
+    history = {f"c{i}": policy_command(T0 - timedelta(minutes=10 * i)) for i in range(3)}
+    record, step = frozen(agent().model_copy(update={"commands": history}))
+    plan = remediation.after(record, step, RemediationPolicy(mode=Mode.DRY_RUN), FROZEN_AT, remediation.ON_SWEEP, [])
+    assert remediation.ESCALATED not in plan.changes["episodes"] and not plan.commands
+    assert plan.changes["episodes"]["liveness"]["remediation"] == "dry_run"
+    (entry,) = [a for a in plan.audit if a.action == "agent.remediation"]
+    assert entry.outcome == "dry_run" and "would escalate" in entry.details["summary"]
