@@ -79,6 +79,9 @@ class Rule(BaseModel):
             raise ValueError("a throttle rule names calls_per_minute")
         if self.action is not CommandType.THROTTLE and self.calls_per_minute is not None:
             raise ValueError("calls_per_minute belongs to a throttle rule")
+        if self.when is Condition.FROZEN and self.for_s:
+            # The sweep decides at the freeze and does not come back to a frozen agent: a wait never ends.
+            raise ValueError("a frozen rule acts when the agent freezes: for_s must be 0")
         return self
 
     @property

@@ -306,3 +306,9 @@ def test_a_dry_run_never_opens_an_escalation() -> None:
     assert plan.changes["episodes"]["liveness"]["remediation"] == "dry_run"
     (entry,) = [a for a in plan.audit if a.action == "agent.remediation"]
     assert entry.outcome == "dry_run" and "would escalate" in entry.details["summary"]
+
+
+def test_a_frozen_rule_cannot_wait() -> None:
+    with pytest.raises(ValidationError, match="for_s must be 0"):
+        Rule(name="f", when=Condition.FROZEN, action=CommandType.RESTART, for_s=600)
+    assert Rule(name="f", when=Condition.FROZEN, action=CommandType.RESTART).for_s == 0
