@@ -154,11 +154,21 @@ def pending(entry: dict[str, Any], now: datetime) -> bool:
 
 
 def bounded(commands: dict[str, dict[str, Any]], now: datetime) -> dict[str, dict[str, Any]]:
-    """At most :data:`KEEP` entries, the newest; a pending one is kept whatever its age."""
+    """At most :data:`KEEP` entries, the newest; a pending one is kept whatever its age, and so is a
+    policy's of the last hour (the remediation cap and restart loop count them: operators' commands
+    must not push them out)."""
     if len(commands) <= KEEP:
         return commands
     newest = sorted(commands, key=lambda cid: time_of(commands[cid]["sent_at"]), reverse=True)
-    keep = {cid for cid in newest if pending(commands[cid], now)}
+    recent = now - timedelta(hours=1)
+    keep = {
+        cid
+        for cid in newest
+        if pending(commands[cid], now)
+        or (
+            str(commands[cid].get("origin") or "").startswith("policy:") and time_of(commands[cid]["sent_at"]) >= recent
+        )
+    }
     for cid in newest:
         if len(keep) >= KEEP:
             break

@@ -10,7 +10,7 @@ import pytest
 from fleet_agent.contracts import CommandType
 from pydantic import ValidationError
 
-from shared.domain import liveness, notices, remediation
+from shared.domain import agent_actions, liveness, notices, remediation
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.domain.agents import apply_registration
 from shared.domain.episodes import AlertingConfig
@@ -312,3 +312,17 @@ def test_a_frozen_rule_cannot_wait() -> None:
     with pytest.raises(ValidationError, match="for_s must be 0"):
         Rule(name="f", when=Condition.FROZEN, action=CommandType.RESTART, for_s=600)
     assert Rule(name="f", when=Condition.FROZEN, action=CommandType.RESTART).for_s == 0
+
+
+def test_the_cap_and_the_loop_fit_the_tracked_commands() -> None:
+    with pytest.raises(ValidationError, match="must not exceed max_actions_per_hour"):
+        RemediationPolicy.for_tenant({"max_actions_per_hour": 2})  # the loop (3) could never be reached
+    with pytest.raises(ValidationError):
+        RemediationPolicy.for_tenant({"max_actions_per_hour": 50, "restart_loop": {"restarts": 50}})
+    assert RemediationPolicy.for_tenant({"max_actions_per_hour": 0}).max_actions_per_hour == 0
+    # Operators' commands do not push the policy's of the last hour out of the bounded map.
+    policy = {f"p{i}": policy_command(T0 - timedelta(minutes=30 + i)) for i in range(3)}
+    ops = {f"o{i}": {**policy_command(T0 - timedelta(minutes=i)), "origin": "operator"} for i in range(25)}
+    kept = agent_actions.bounded({**policy, **ops}, T0)
+    assert set(policy) <= set(kept) and len(kept) == agent_actions.KEEP
+    assert remediation.policy_commands(agent().model_copy(update={"commands": kept}), T0 - timedelta(hours=1)) == 3
