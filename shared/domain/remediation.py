@@ -20,6 +20,7 @@ request by shared/services/remediation.py after the write). Every decision is au
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,11 +28,12 @@ from typing import Any
 from fleet_agent.contracts import CommandType
 from fleet_agent.messages.commands import COMMANDS_V2
 
-from shared.domain import agent_actions, episodes, lifecycle, liveness
-from shared.domain.agent_record import AgentRecord, Liveness, Plan, merge, status_change, then
+from shared.domain import agent_actions, episodes, lifecycle
+from shared.domain.agent_record import AgentRecord, Liveness, Plan, merge, then
 from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
-from shared.domain.lifecycle import Cause, State
+from shared.domain.episodes import AlertingConfig
+from shared.domain.lifecycle import State
 from shared.domain.remediation_policy import EPISODE_OF, Condition, Mode, RemediationPolicy, Rule
 
 ESCALATED = "remediation_escalated"
@@ -94,8 +96,15 @@ def policy_commands(record: AgentRecord, since: datetime, action: CommandType | 
     return count
 
 
-def decide(record: AgentRecord, policy: RemediationPolicy, at: datetime, conditions: tuple[Condition, ...]) -> Outcome:
-    """What the policy does now about ``conditions`` on the agent (each episode decided once)."""
+def decide(
+    record: AgentRecord,
+    policy: RemediationPolicy,
+    at: datetime,
+    conditions: tuple[Condition, ...],
+    config: AlertingConfig | None = None,
+) -> Outcome:
+    """What the policy does now about ``conditions`` on the agent (each episode decided once; ``config``:
+    the tenant's alerting settings, for the escalation episode)."""
     out = Outcome()
     if policy.mode is Mode.OFF:
         return out
@@ -113,7 +122,7 @@ def decide(record: AgentRecord, policy: RemediationPolicy, at: datetime, conditi
         opened = _time(entry.get("opened_at")) or at
         if at - opened < timedelta(seconds=rule.for_s):
             continue
-        step = _act(current, policy, rule, episode_rule, at, out)
+        step = _act(current, policy, rule, episode_rule, at, out, config or AlertingConfig())
         merge(out.plan, step)
         current = current.model_copy(update=step.changes)
     if not out.plan.changes:
@@ -122,7 +131,13 @@ def decide(record: AgentRecord, policy: RemediationPolicy, at: datetime, conditi
 
 
 def _act(
-    record: AgentRecord, policy: RemediationPolicy, rule: Rule, episode_rule: str, at: datetime, out: Outcome
+    record: AgentRecord,
+    policy: RemediationPolicy,
+    rule: Rule,
+    episode_rule: str,
+    at: datetime,
+    out: Outcome,
+    config: AlertingConfig,
 ) -> Plan:
     entry = record.episodes[episode_rule]
     episode_id = str(entry["id"])
@@ -148,7 +163,7 @@ def _act(
         outcome = "escalated"
         text = (f"restarted {loop.restarts} times within {loop.within_s // 60} min: not restarting again, "
                 f"a person must look")  # fmt: skip
-        eps = episodes.AgentEpisodes.of(record, episodes.AlertingConfig())
+        eps = episodes.AgentEpisodes.of(record, config)
         eps.open_(ESCALATED, Severity.CRITICAL, at, f"{record.agent_id}: remediation escalated: {text}",
                   {"rule": rule.name, "episode_id": episode_id}, wait=False)  # fmt: skip
         plan.episodes.extend(eps.writes)
@@ -216,17 +231,25 @@ def undecided(record: AgentRecord, plan: Plan, conditions: tuple[Condition, ...]
     return any(EPISODE_OF[c] in index and not index[EPISODE_OF[c]].get("remediation") for c in conditions)
 
 
-def undo(record: AgentRecord, plan: Plan, at: datetime) -> Plan:
-    """``plan`` followed by a ``resume_work`` for each policy ``drain`` (or ``throttle`` without an end)
-    sent for an episode ``plan`` resolves: the agent takes work again once its condition is gone (origin
-    the rule's, key ``remediation.<episode>.resume``; audited like any command). Nothing on the common
-    path (no episode with a sent remediation resolves)."""
+def undo(
+    record: AgentRecord, plan: Plan, at: datetime, alerting: Callable[[], AlertingConfig] = AlertingConfig
+) -> Plan:
+    """``plan`` followed by what the policy undoes when ``plan`` resolves an episode it acted on: a
+    ``resume_work`` for each policy ``drain`` (or ``throttle`` without an end) sent for it (the agent takes
+    work again; origin the rule's, key ``remediation.<episode>.resume``, audited like any command), and the
+    ``remediation_escalated`` episode it opened resolves (``alerting``: the tenant's settings, asked for
+    only then). Nothing on the common path (no episode the policy acted on resolves)."""
     index = plan.changes.get("episodes")
-    if index is None or plan.skipped is not None or record.status in HELD:
+    if index is None or plan.skipped is not None:
         return plan
-    resolved = {str(e["id"]) for rule, e in record.episodes.items() if e.get("remediation") == "sent"
-                and (rule not in index or index[rule].get("id") != e.get("id"))}  # fmt: skip
-    if not resolved:
+    gone = {rule: e for rule, e in record.episodes.items()
+            if rule not in index or index[rule].get("id") != e.get("id")}  # fmt: skip
+    resolved = {str(e["id"]) for e in gone.values() if e.get("remediation") == "sent"}
+    if ESCALATED in index and any(e.get("remediation") == "escalated" for e in gone.values()):
+        eps = episodes.AgentEpisodes.of(record.model_copy(update=plan.changes), alerting())
+        eps.resolve(ESCALATED, at, f"{record.agent_id}: the episode it escalated resolved")
+        merge(plan, Plan(changes=eps.changes(), episodes=eps.writes))
+    if not resolved or record.status in HELD:
         return plan
 
     def resume(current: AgentRecord) -> Plan:
@@ -265,16 +288,17 @@ def after(
     at: datetime,
     conditions: tuple[Condition, ...],
     asks: list[Ask],
+    config: AlertingConfig | None = None,
 ) -> Plan:
     """``plan`` (made on ``record``) followed by the policy on the record as ``plan`` leaves it: one write.
     The approvals to ask for are put in ``asks`` (replaced: a decide may run again on a conflict)."""
     asks.clear()
-    plan = undo(record, plan, at)
+    plan = undo(record, plan, at, lambda: config or AlertingConfig())
     if not undecided(record, plan, conditions) or policy.mode is Mode.OFF:
         return plan
 
     def step(current: AgentRecord) -> Plan:
-        outcome = decide(current, policy, at, conditions)
+        outcome = decide(current, policy, at, conditions, config)
         asks.extend(outcome.asks)
         outcome.plan.skipped = None
         return outcome.plan
@@ -319,72 +343,3 @@ def _time(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value))
     except ValueError:
         return None
-
-
-def restarted_since_frozen(record: AgentRecord, registered_at: datetime) -> str | None:
-    """The id of the ``restart`` the ``frozen`` rule sent for the agent's current liveness episode, if the
-    agent registered (``registered_at``) after it was sent: that registration is the restart's result.
-
-    Another rule's restart (memory), an operator's, one sent for an earlier episode, or a registration
-    from before the restart was sent (an old message delivered late) count for nothing."""
-    if record.status is not State.FROZEN:
-        return None
-    episode = (record.episodes.get(episodes.LIVENESS) or {}).get("id")
-    if episode is None:
-        return None
-    found: list[tuple[int, str]] = []
-    for command_id, entry in record.commands.items():
-        sent = _time(entry.get("sent_at"))
-        if entry.get("command") != CommandType.RESTART.value or entry.get("episode") != episode:
-            continue
-        if not str(entry.get("origin") or "").startswith("policy:") or entry.get("state") == "failed":
-            continue
-        if sent is None or sent < record.status_since or registered_at < sent:
-            continue
-        found.append((0 if entry.get("state") in ("acknowledged", "done") else 1, command_id))
-    return min(found)[1] if found else None
-
-
-def lift_frozen(record: AgentRecord, at: datetime, event_id: str, registered_at: datetime | None = None) -> Plan:
-    """A frozen agent the ``frozen`` rule restarted is back (it registered, at ``registered_at``, default
-    ``at``, after the restart was sent; called on the registration and on the restart's ack): frozen is
-    lifted to active (audited, cause system), the liveness ladder counts from now and the silence episode
-    resolves. Otherwise frozen stays sticky (only an approver's release lifts it): an empty plan."""
-    command_id = restarted_since_frozen(record, registered_at or at)
-    if command_id is None:
-        return Plan()
-    reason = "restarted by remediation policy"
-    decision = lifecycle.decide(record.status, State.ACTIVE, Cause.SYSTEM)
-    plan = Plan(transition=decision)
-    if decision.outcome is not lifecycle.Outcome.APPLIED:
-        return plan
-    entry = record.commands[command_id]
-    if entry.get("state") not in ("done", "failed"):  # the registration is the restart's result
-        done = {**entry, "state": "done", "detail": "agent re-registered", "done_at": at}
-        commands = {**record.commands, command_id: done}
-        plan.changes.update(commands=commands, command_due_at=agent_actions.due_at(commands))
-    plan.changes.update(status_change(record, State.ACTIVE, at, Cause.SYSTEM, reason))
-    plan.changes.update(
-        {
-            "liveness": Liveness.OK,
-            "liveness_from": at,
-            "sweep_at": liveness.deadline(at, record.heartbeat_interval_s, Liveness.LATE),
-        }
-    )
-    eps = episodes.AgentEpisodes.of(record, episodes.AlertingConfig())
-    eps.resolve(episodes.LIVENESS, at, f"{record.agent_id} is back: {reason}")
-    plan.changes.update(eps.changes())
-    plan.episodes = eps.writes
-    plan.audit.append(
-        AuditEntry(
-            id=f"{record.agent_id}.{event_id}.agent.unfreeze",
-            at=at,
-            actor=ACTOR,
-            action="agent.transition",
-            target=record.agent_id,
-            outcome="applied",
-            tenant=record.tenant,
-            details={"from": State.FROZEN.value, "to": State.ACTIVE.value, "reason": reason, "command_id": command_id},
-        )
-    )
-    return plan

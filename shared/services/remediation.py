@@ -35,16 +35,18 @@ def on_heartbeat(record: AgentRecord, plan: Plan, at: datetime, asks: list[rules
         asks.clear()
         # The common path: not even the (cached) policy is looked up; a policy drain whose episode
         # resolves is undone.
-        return rules.undo(record, plan, at)
-    return rules.after(record, plan, config_store.remediation(record.tenant), at, rules.ON_HEARTBEAT, asks)
+        return rules.undo(record, plan, at, lambda: config_store.alerting(record.tenant))
+    policy, alerting = config_store.remediation(record.tenant), config_store.alerting(record.tenant)
+    return rules.after(record, plan, policy, at, rules.ON_HEARTBEAT, asks, alerting)
 
 
 def on_sweep(record: AgentRecord, plan: Plan, at: datetime, asks: list[rules.Ask]) -> Plan:
     """The sweep's step followed by the policy (frozen)."""
     if not rules.undecided(record, plan, rules.ON_SWEEP):
         asks.clear()
-        return rules.undo(record, plan, at)
-    return rules.after(record, plan, config_store.remediation(record.tenant), at, rules.ON_SWEEP, asks)
+        return rules.undo(record, plan, at, lambda: config_store.alerting(record.tenant))
+    policy, alerting = config_store.remediation(record.tenant), config_store.alerting(record.tenant)
+    return rules.after(record, plan, policy, at, rules.ON_SWEEP, asks, alerting)
 
 
 def ask(asks: list[rules.Ask], now: datetime) -> None:

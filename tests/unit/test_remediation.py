@@ -10,7 +10,7 @@ import pytest
 from fleet_agent.contracts import CommandType
 from pydantic import ValidationError
 
-from shared.domain import agent_actions, liveness, notices, remediation
+from shared.domain import agent_actions, liveness, notices, remediation, remediation_frozen
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.domain.agents import apply_registration
 from shared.domain.episodes import AlertingConfig
@@ -266,10 +266,10 @@ def test_the_restarts_done_ack_after_its_registration_lifts_frozen() -> None:
     (cid,) = restarted.commands
     # The ack's check compares the agent's last registration with the restart's sent_at.
     registered = restarted.model_copy(update={"last_registered_at": at + timedelta(seconds=3)})
-    lifted = remediation.lift_frozen(registered, at + timedelta(seconds=4), f"ack.{cid}",
+    lifted = remediation_frozen.lift_frozen(registered, at + timedelta(seconds=4), f"ack.{cid}",
                                      registered_at=registered.last_registered_at)  # fmt: skip
     assert lifted.changes["status"] is State.ACTIVE
-    stale = remediation.lift_frozen(restarted, at + timedelta(seconds=4), f"ack.{cid}",
+    stale = remediation_frozen.lift_frozen(restarted, at + timedelta(seconds=4), f"ack.{cid}",
                                     registered_at=restarted.last_registered_at)  # fmt: skip
     assert "status" not in stale.changes
 
@@ -326,3 +326,19 @@ def test_the_cap_and_the_loop_fit_the_tracked_commands() -> None:
     kept = agent_actions.bounded({**policy, **ops}, T0)
     assert set(policy) <= set(kept) and len(kept) == agent_actions.KEEP
     assert remediation.policy_commands(agent().model_copy(update={"commands": kept}), T0 - timedelta(hours=1)) == 3
+
+
+def test_an_escalation_resolves_with_the_episode_it_escalated() -> None:
+    history = {f"c{i}": policy_command(T0 - timedelta(minutes=10 * i)) for i in range(3)}
+    record = with_episode(agent().model_copy(update={"commands": history}), "saturation", memory_high_since="x")
+    out = remediation.decide(record, RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
+    looped = after(record, out.plan)
+    assert looped.episodes["saturation"]["remediation"] == "escalated" and remediation.ESCALATED in looped.episodes
+    # Memory back to normal: the heartbeat's plan resolves the saturation episode (the agent stays active).
+    index = {k: v for k, v in looped.episodes.items() if k != "saturation"}
+    plan = remediation.undo(looped, Plan(changes={"episodes": index}), T0 + timedelta(minutes=5))
+    assert remediation.ESCALATED not in plan.changes["episodes"]
+    assert any(w.notice is not None and w.notice["event"] == "resolve" for w in plan.episodes)
+    # While it is open, nothing happens to the escalation.
+    same = remediation.undo(looped, Plan(changes={"episodes": dict(looped.episodes)}), T0 + timedelta(minutes=5))
+    assert remediation.ESCALATED in same.changes["episodes"] and not same.episodes
