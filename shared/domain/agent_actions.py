@@ -255,7 +255,9 @@ def acknowledge(record: AgentRecord, ack: CommandAck, *, at: datetime, config: A
 def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
     """Commands not acknowledged by their deadline: re-sent with the same id (attempts + 1, a new deadline)
     until :data:`MAX_ATTEMPTS`, then marked ``unacknowledged`` and escalated as a ``command_unacknowledged``
-    episode (high). Skipped "unchanged" when nothing is due (a sweep that ran already)."""
+    episode (high). A command the agent can no longer take (its SDK lost commands.v2, it is being
+    decommissioned) is marked ``failed`` with the reason instead. Skipped "unchanged" when nothing is
+    due (a sweep that ran already)."""
     commands = dict(record.commands)
     plan = Plan()
     episodes = AgentEpisodes.of(record, config)
@@ -265,7 +267,12 @@ def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
             continue
         action = f"agent.command.{entry['command']}"
         attempts = int(entry.get("attempts") or 1)
-        if attempts < MAX_ATTEMPTS:
+        gone = _undeliverable(record)
+        if gone is not None:  # the agent can no longer take it: failed, not re-sent, not escalated
+            commands[cid] = {**entry, "state": FAILED, "detail": gone, "done_at": now}
+            details = {"command_id": cid, "attempts": attempts, "detail": gone}
+            plan.audit.append(audit(record, cid, action, now, "system:commands", FAILED, details))
+        elif attempts < MAX_ATTEMPTS:
             seconds = int(entry.get("deadline_s") or DEFAULT_DEADLINE_S)
             commands[cid] = {**entry, "attempts": attempts + 1, "deadline": now + timedelta(seconds=seconds)}
             plan.commands.append(command_of(record.agent_id, cid, commands[cid]))
@@ -288,3 +295,13 @@ def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
             plan.episodes.extend(episodes.writes)
     plan.changes.update(commands=commands, command_due_at=due_at(commands))
     return plan
+
+
+def _undeliverable(record: AgentRecord) -> str | None:
+    """Why a command can no longer reach the agent (its SDK re-registered without commands.v2, or it is
+    being decommissioned), or None."""
+    if COMMANDS_V2 not in record.supports:
+        return "unsupported: the agent's SDK no longer supports remediation commands"
+    if record.status in _RETIRED:
+        return f"retired: the agent is {record.status.value}"
+    return None
