@@ -19,7 +19,7 @@ from typing import Any
 from fleet_agent.contracts import Command, CommandType
 from fleet_agent.messages.commands import ACKED_COMMANDS, COMMANDS_V2, CommandAck
 
-from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AgentEpisodes, AlertingConfig
@@ -48,6 +48,10 @@ FINAL = frozenset({DONE, FAILED})
 #: States still awaiting the agent's acknowledgement (re-sent, then escalated at their deadline).
 AWAITING = frozenset({SENT})
 
+#: Liveness rungs on which an unacknowledged command is not escalated (the agent is silent: paged already).
+SILENT = frozenset({Liveness.OFFLINE, Liveness.FROZEN})
+#: Commands whose result is the agent's next registration (it exits; a supervisor starts it again).
+ENDS_PROCESS = frozenset({CommandType.RESTART.value, CommandType.STOP.value})
 #: Where a command may not go: the agent is gone or going.
 _RETIRED = frozenset({State.DECOMMISSIONING, State.DECOMMISSIONED})
 
@@ -285,7 +289,7 @@ def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
             plan.audit.append(audit(record, cid, action, now, "system:commands", UNACKNOWLEDGED, details))
     if commands == record.commands:
         return Plan(skipped="unchanged")
-    if escalated:
+    if escalated and record.liveness not in SILENT:  # a silent agent: its liveness episode pages already
         summary = (
             f"agent {record.agent_id} did not acknowledge {', '.join(escalated)}, "
             f"sent {MAX_ATTEMPTS} times: it may be hung or its SDK may not be reading its commands"
@@ -305,3 +309,28 @@ def _undeliverable(record: AgentRecord) -> str | None:
     if record.status in _RETIRED:
         return f"retired: the agent is {record.status.value}"
     return None
+
+
+def reregistered(record: AgentRecord, at: datetime, config: AlertingConfig) -> Plan:
+    """The agent registered at ``at``: a ``restart`` or ``stop`` sent before and not finished was carried
+    out (the process exited and came back): marked ``done`` ("agent re-registered", audited), and the
+    ``command_unacknowledged`` episode resolves when none is left unacknowledged. Empty when none is."""
+    commands = dict(record.commands)
+    plan = Plan()
+    for cid, entry in sorted(commands.items()):
+        if entry.get("command") not in ENDS_PROCESS or entry.get("state") in FINAL:
+            continue
+        if time_of(entry["sent_at"]) > at:
+            continue
+        commands[cid] = {**entry, "state": DONE, "detail": "agent re-registered", "done_at": at}
+        details = {"command_id": cid, "detail": "agent re-registered", "origin": entry.get("origin")}
+        plan.audit.append(audit(record, cid, f"agent.command.{entry['command']}", at, "system:commands", DONE, details))
+    if not plan.audit:
+        return plan
+    plan.changes.update(commands=commands, command_due_at=due_at(commands))
+    if not any(e.get("state") == UNACKNOWLEDGED for e in commands.values()):
+        episodes = AgentEpisodes.of(record, config)
+        if episodes.resolve(UNACKNOWLEDGED_RULE, at, f"agent {record.agent_id} re-registered"):
+            plan.changes.update(episodes.changes())
+            plan.episodes.extend(episodes.writes)
+    return plan

@@ -342,3 +342,31 @@ def test_an_escalation_resolves_with_the_episode_it_escalated() -> None:
     # While it is open, nothing happens to the escalation.
     same = remediation.undo(looped, Plan(changes={"episodes": dict(looped.episodes)}), T0 + timedelta(minutes=5))
     assert remediation.ESCALATED in same.changes["episodes"] and not same.episodes
+
+
+def test_a_dead_frozen_agent_is_paged_once_and_its_restart_is_done_when_it_comes_back() -> None:
+    record, step = frozen()
+    at = FROZEN_AT
+    rec = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    rec = after(rec, agent_actions.overdue(rec, at + timedelta(seconds=61), AlertingConfig()))
+    rec = after(rec, agent_actions.overdue(rec, at + timedelta(seconds=122), AlertingConfig()))
+    (cid,) = rec.commands
+    assert rec.commands[cid]["state"] == "unacknowledged"
+    assert agent_actions.UNACKNOWLEDGED_RULE not in rec.episodes  # the liveness episode pages already
+    back = apply_registration(rec, reg(supports=V2), event_id="ev-2", received_at=at + timedelta(seconds=200))
+    rec = after(rec, back)
+    assert rec.status is State.ACTIVE and rec.commands[cid]["state"] == "done"
+    assert rec.commands[cid]["detail"] == "agent re-registered"
+
+
+def test_a_registration_marks_an_earlier_restart_done_and_resolves_its_escalation() -> None:
+    rec = agent()
+    rec = after(rec, agent_actions.issue(rec, CommandType.RESTART, at=T0, actor="a", reason="r", key="k"))
+    rec = after(rec, agent_actions.overdue(rec, T0 + timedelta(seconds=301), AlertingConfig()))
+    rec = after(rec, agent_actions.overdue(rec, T0 + timedelta(seconds=602), AlertingConfig()))
+    assert agent_actions.UNACKNOWLEDGED_RULE in rec.episodes  # an agent not silent: escalated
+    back = apply_registration(rec, reg(supports=V2), event_id="ev-2", received_at=T0 + timedelta(seconds=700))
+    rec = after(rec, back)
+    (entry,) = rec.commands.values()
+    assert entry["state"] == "done" and agent_actions.UNACKNOWLEDGED_RULE not in rec.episodes
+    assert ("agent.command.restart", "done") in [(a.action, a.outcome) for a in back.audit]
