@@ -100,6 +100,8 @@ def issue(
         raise NotAllowed("throttle needs calls_per_minute")
     if action is not CommandType.THROTTLE and calls_per_minute is not None:
         raise NotAllowed("calls_per_minute belongs to throttle")
+    if action is not CommandType.THROTTLE and until is not None:
+        raise NotAllowed("until belongs to throttle")
     deadline_s = DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
     if not MIN_DEADLINE_S <= deadline_s <= MAX_DEADLINE_S:
         raise NotAllowed(f"deadline_s must be between {MIN_DEADLINE_S} and {MAX_DEADLINE_S}")

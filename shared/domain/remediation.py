@@ -218,7 +218,8 @@ def _act(
             details={**details, "summary": text},
         )
     )
-    plan.episodes.append(_posted(record, episode_rule, outcome, text, at))
+    if outcome != "unsupported":  # an old SDK is the same every episode: audited, not posted each time
+        plan.episodes.append(_posted(record, episode_rule, outcome, text, at))
     return plan
 
 

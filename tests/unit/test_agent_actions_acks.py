@@ -115,3 +115,8 @@ def test_an_overdue_command_the_agent_can_no_longer_take_fails_instead_of_being_
         assert entry["state"] == "failed" and entry["detail"].startswith(detail)
         assert plan.changes["command_due_at"] is None
         assert [(a.action, a.outcome) for a in plan.audit] == [("agent.command.drain", "failed")]
+
+
+def test_until_belongs_to_throttle() -> None:
+    with pytest.raises(agent_actions.NotAllowed, match="until belongs to throttle"):
+        issue(record(), CommandType.RESTART, until=T0 + timedelta(hours=1))

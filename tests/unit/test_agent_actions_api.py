@@ -131,7 +131,15 @@ def test_viewers_other_tenants_and_bad_bodies_are_refused(world: World) -> None:
     assert_error(send("/v1/agents/agent-a1/commands", "viewer", drain), 403, "forbidden")
     assert_error(send("/v1/agents/agent-g1/commands", "operator", drain), 404, "not_found")
     assert_error(send("/v1/agents/agent-g1/commands", "viewer"), 404, "not_found")
-    for body in ({"command": "pause", "reason": "x"}, {"command": "drain"}, {**drain, "deadline_s": 0}):
+    bodies = (
+        {"command": "pause", "reason": "x"},
+        {"command": "drain"},
+        {**drain, "deadline_s": 0},
+        {"command": "throttle", "reason": "x"},
+        {**drain, "calls_per_minute": 3},
+        {**drain, "until": "2026-12-07T12:00:00Z"},
+    )
+    for body in bodies:
         bad = send("/v1/agents/agent-a1/commands", "operator", body)
         assert bad.status == 400 and bad.json["error"]["code"] == "bad_request", bad.text
     assert not world.published

@@ -82,6 +82,7 @@ def test_an_agent_without_commands_v2_is_skipped_and_that_is_recorded_once() -> 
     assert not plan.commands and "commands" not in plan.changes
     assert plan.changes["episodes"]["liveness"]["remediation"] == "unsupported"
     assert [a.outcome for a in plan.audit if a.action == "agent.remediation"] == ["unsupported"]
+    assert not [w for w in plan.episodes if w.notice and str(w.notice.get("event", "")).startswith("remediation")]
     again = remediation.decide(after(record, plan), RemediationPolicy(), FROZEN_AT, remediation.ON_SWEEP)
     assert not again.plan.audit
 
