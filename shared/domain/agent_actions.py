@@ -19,7 +19,7 @@ from typing import Any
 from fleet_agent.contracts import Command, CommandType
 from fleet_agent.messages.commands import ACKED_COMMANDS, COMMANDS_V2, CommandAck
 
-from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AgentEpisodes, AlertingConfig
@@ -48,6 +48,10 @@ FINAL = frozenset({DONE, FAILED})
 #: States still awaiting the agent's acknowledgement (re-sent, then escalated at their deadline).
 AWAITING = frozenset({SENT})
 
+#: Liveness rungs on which an unacknowledged command is not escalated (the agent is silent: paged already).
+SILENT = frozenset({Liveness.OFFLINE, Liveness.FROZEN})
+#: Commands whose result is the agent's next registration (it exits; a supervisor starts it again).
+ENDS_PROCESS = frozenset({CommandType.RESTART.value, CommandType.STOP.value})
 #: Where a command may not go: the agent is gone or going.
 _RETIRED = frozenset({State.DECOMMISSIONING, State.DECOMMISSIONED})
 
@@ -96,6 +100,8 @@ def issue(
         raise NotAllowed("throttle needs calls_per_minute")
     if action is not CommandType.THROTTLE and calls_per_minute is not None:
         raise NotAllowed("calls_per_minute belongs to throttle")
+    if action is not CommandType.THROTTLE and until is not None:
+        raise NotAllowed("until belongs to throttle")
     deadline_s = DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
     if not MIN_DEADLINE_S <= deadline_s <= MAX_DEADLINE_S:
         raise NotAllowed(f"deadline_s must be between {MIN_DEADLINE_S} and {MAX_DEADLINE_S}")
@@ -154,11 +160,21 @@ def pending(entry: dict[str, Any], now: datetime) -> bool:
 
 
 def bounded(commands: dict[str, dict[str, Any]], now: datetime) -> dict[str, dict[str, Any]]:
-    """At most :data:`KEEP` entries, the newest; a pending one is kept whatever its age."""
+    """At most :data:`KEEP` entries, the newest; a pending one is kept whatever its age, and so is a
+    policy's of the last hour (the remediation cap and restart loop count them: operators' commands
+    must not push them out)."""
     if len(commands) <= KEEP:
         return commands
     newest = sorted(commands, key=lambda cid: time_of(commands[cid]["sent_at"]), reverse=True)
-    keep = {cid for cid in newest if pending(commands[cid], now)}
+    recent = now - timedelta(hours=1)
+    keep = {
+        cid
+        for cid in newest
+        if pending(commands[cid], now)
+        or (
+            str(commands[cid].get("origin") or "").startswith("policy:") and time_of(commands[cid]["sent_at"]) >= recent
+        )
+    }
     for cid in newest:
         if len(keep) >= KEEP:
             break
@@ -245,7 +261,9 @@ def acknowledge(record: AgentRecord, ack: CommandAck, *, at: datetime, config: A
 def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
     """Commands not acknowledged by their deadline: re-sent with the same id (attempts + 1, a new deadline)
     until :data:`MAX_ATTEMPTS`, then marked ``unacknowledged`` and escalated as a ``command_unacknowledged``
-    episode (high). Skipped "unchanged" when nothing is due (a sweep that ran already)."""
+    episode (high). A command the agent can no longer take (its SDK lost commands.v2, it is being
+    decommissioned) is marked ``failed`` with the reason instead. Skipped "unchanged" when nothing is
+    due (a sweep that ran already)."""
     commands = dict(record.commands)
     plan = Plan()
     episodes = AgentEpisodes.of(record, config)
@@ -255,7 +273,12 @@ def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
             continue
         action = f"agent.command.{entry['command']}"
         attempts = int(entry.get("attempts") or 1)
-        if attempts < MAX_ATTEMPTS:
+        gone = _undeliverable(record)
+        if gone is not None:  # the agent can no longer take it: failed, not re-sent, not escalated
+            commands[cid] = {**entry, "state": FAILED, "detail": gone, "done_at": now}
+            details = {"command_id": cid, "attempts": attempts, "detail": gone}
+            plan.audit.append(audit(record, cid, action, now, "system:commands", FAILED, details))
+        elif attempts < MAX_ATTEMPTS:
             seconds = int(entry.get("deadline_s") or DEFAULT_DEADLINE_S)
             commands[cid] = {**entry, "attempts": attempts + 1, "deadline": now + timedelta(seconds=seconds)}
             plan.commands.append(command_of(record.agent_id, cid, commands[cid]))
@@ -268,7 +291,7 @@ def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
             plan.audit.append(audit(record, cid, action, now, "system:commands", UNACKNOWLEDGED, details))
     if commands == record.commands:
         return Plan(skipped="unchanged")
-    if escalated:
+    if escalated and record.liveness not in SILENT:  # a silent agent: its liveness episode pages already
         summary = (
             f"agent {record.agent_id} did not acknowledge {', '.join(escalated)}, "
             f"sent {MAX_ATTEMPTS} times: it may be hung or its SDK may not be reading its commands"
@@ -277,4 +300,39 @@ def overdue(record: AgentRecord, now: datetime, config: AlertingConfig) -> Plan:
             plan.changes.update(episodes.changes())
             plan.episodes.extend(episodes.writes)
     plan.changes.update(commands=commands, command_due_at=due_at(commands))
+    return plan
+
+
+def _undeliverable(record: AgentRecord) -> str | None:
+    """Why a command can no longer reach the agent (its SDK re-registered without commands.v2, or it is
+    being decommissioned), or None."""
+    if COMMANDS_V2 not in record.supports:
+        return "unsupported: the agent's SDK no longer supports remediation commands"
+    if record.status in _RETIRED:
+        return f"retired: the agent is {record.status.value}"
+    return None
+
+
+def reregistered(record: AgentRecord, at: datetime, config: AlertingConfig) -> Plan:
+    """The agent registered at ``at``: a ``restart`` or ``stop`` sent before and not finished was carried
+    out (the process exited and came back): marked ``done`` ("agent re-registered", audited), and the
+    ``command_unacknowledged`` episode resolves when none is left unacknowledged. Empty when none is."""
+    commands = dict(record.commands)
+    plan = Plan()
+    for cid, entry in sorted(commands.items()):
+        if entry.get("command") not in ENDS_PROCESS or entry.get("state") in FINAL:
+            continue
+        if time_of(entry["sent_at"]) > at:
+            continue
+        commands[cid] = {**entry, "state": DONE, "detail": "agent re-registered", "done_at": at}
+        details = {"command_id": cid, "detail": "agent re-registered", "origin": entry.get("origin")}
+        plan.audit.append(audit(record, cid, f"agent.command.{entry['command']}", at, "system:commands", DONE, details))
+    if not plan.audit:
+        return plan
+    plan.changes.update(commands=commands, command_due_at=due_at(commands))
+    if not any(e.get("state") == UNACKNOWLEDGED for e in commands.values()):
+        episodes = AgentEpisodes.of(record, config)
+        if episodes.resolve(UNACKNOWLEDGED_RULE, at, f"agent {record.agent_id} re-registered"):
+            plan.changes.update(episodes.changes())
+            plan.episodes.extend(episodes.writes)
     return plan

@@ -13,7 +13,7 @@ from typing import Any
 
 from fleet_agent.contracts import Heartbeat, Registration, Resources
 
-from shared.domain import episodes, health, holds, lifecycle, registration_keys, remediation
+from shared.domain import agent_actions, episodes, health, holds, lifecycle, registration_keys, remediation_frozen
 from shared.domain import liveness as liveness_rules
 from shared.domain.agent_record import AgentRecord, Liveness, Plan, remember, status_change, then
 from shared.domain.alerts import Severity
@@ -156,9 +156,11 @@ def apply_registration(
         )
     )
     plan.changes = changes
+    # A restart or stop sent before this registration was carried out (issue 23).
+    plan = then(current, plan, lambda after: agent_actions.reregistered(after, received_at, AlertingConfig()))
     if current.status is State.FROZEN:
         # Frozen is sticky, but an agent the remediation policy restarted is back: lifted to active.
-        return then(current, plan, lambda after: remediation.lift_frozen(after, received_at, event_id))
+        return then(current, plan, lambda after: remediation_frozen.lift_frozen(after, received_at, event_id))
     return plan
 
 

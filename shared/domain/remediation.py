@@ -4,10 +4,12 @@ episodes, as a plan added to the write that is already being made (a heartbeat's
 Conditions are read from the agent document: its open episodes (error rate, saturation with memory the
 saturated metric, failure risk) and its liveness rung (frozen). Each episode is acted on once: the
 decision is remembered in the episode's entry of the agent's ``episodes`` index (``remediation``: sent,
-dry_run, capped, escalated, unsupported, approval), which goes when the episode resolves. On the common
+held, dry_run, capped, escalated, unsupported, approval), which goes when the episode resolves. On the common
 path (no open episode with a rule, or one already decided) nothing is added: no extra write.
 
-Safety, in order: an agent whose SDK lacks ``commands.v2`` is skipped (recorded once); a restart when
+Safety, in order: an agent in a state a person imposed (maintenance, quarantined, compromised,
+suspended, decommissioning) is left alone (recorded once, ``held``); an agent whose SDK lacks ``commands.v2`` is
+skipped (recorded once); a restart when
 the agent was restarted by policy ``restart_loop.restarts`` times within ``within_s`` opens a critical
 ``remediation_escalated`` episode instead (a person must look); more than ``max_actions_per_hour`` policy
 commands in the last hour are capped; ``dry_run`` records what it would have done and sends nothing; a
@@ -18,6 +20,7 @@ request by shared/services/remediation.py after the write). Every decision is au
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,11 +28,12 @@ from typing import Any
 from fleet_agent.contracts import CommandType
 from fleet_agent.messages.commands import COMMANDS_V2
 
-from shared.domain import agent_actions, episodes, lifecycle, liveness
-from shared.domain.agent_record import AgentRecord, Liveness, Plan, merge, status_change, then
+from shared.domain import agent_actions, episodes, lifecycle
+from shared.domain.agent_record import AgentRecord, Liveness, Plan, merge, then
 from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
-from shared.domain.lifecycle import Cause, State
+from shared.domain.episodes import AlertingConfig
+from shared.domain.lifecycle import State
 from shared.domain.remediation_policy import EPISODE_OF, Condition, Mode, RemediationPolicy, Rule
 
 ESCALATED = "remediation_escalated"
@@ -39,6 +43,8 @@ ON_HEARTBEAT = (Condition.ERROR_RATE, Condition.MEMORY_SATURATED, Condition.FAIL
 ON_SWEEP = (Condition.FROZEN,)
 #: Tracked command states that count as a restart having been sent.
 SENT_STATES = frozenset({"sent", "acknowledged", "done"})
+#: States a person (or the security rules) put the agent in: the policy sends nothing (recorded ``held``).
+HELD = lifecycle.STICKY - {State.FROZEN}
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,15 @@ def policy_commands(record: AgentRecord, since: datetime, action: CommandType | 
     return count
 
 
-def decide(record: AgentRecord, policy: RemediationPolicy, at: datetime, conditions: tuple[Condition, ...]) -> Outcome:
-    """What the policy does now about ``conditions`` on the agent (each episode decided once)."""
+def decide(
+    record: AgentRecord,
+    policy: RemediationPolicy,
+    at: datetime,
+    conditions: tuple[Condition, ...],
+    config: AlertingConfig | None = None,
+) -> Outcome:
+    """What the policy does now about ``conditions`` on the agent (each episode decided once; ``config``:
+    the tenant's alerting settings, for the escalation episode)."""
     out = Outcome()
     if policy.mode is Mode.OFF:
         return out
@@ -109,7 +122,7 @@ def decide(record: AgentRecord, policy: RemediationPolicy, at: datetime, conditi
         opened = _time(entry.get("opened_at")) or at
         if at - opened < timedelta(seconds=rule.for_s):
             continue
-        step = _act(current, policy, rule, episode_rule, at, out)
+        step = _act(current, policy, rule, episode_rule, at, out, config or AlertingConfig())
         merge(out.plan, step)
         current = current.model_copy(update=step.changes)
     if not out.plan.changes:
@@ -118,7 +131,13 @@ def decide(record: AgentRecord, policy: RemediationPolicy, at: datetime, conditi
 
 
 def _act(
-    record: AgentRecord, policy: RemediationPolicy, rule: Rule, episode_rule: str, at: datetime, out: Outcome
+    record: AgentRecord,
+    policy: RemediationPolicy,
+    rule: Rule,
+    episode_rule: str,
+    at: datetime,
+    out: Outcome,
+    config: AlertingConfig,
 ) -> Plan:
     entry = record.episodes[episode_rule]
     episode_id = str(entry["id"])
@@ -131,14 +150,20 @@ def _act(
         "episode_id": episode_id,
         "mode": policy.mode.value,
     }
-    if COMMANDS_V2 not in record.supports:
+    if record.status in HELD:
+        outcome, text = "held", f"would {what}, but the agent is {record.status.value}: nothing sent"
+    elif COMMANDS_V2 not in record.supports:
         outcome, text = "unsupported", f"would {what}, but the agent's SDK does not support {COMMANDS_V2}: nothing sent"
+    elif action is CommandType.RESTART and _looping(record, policy, at) and policy.mode is Mode.DRY_RUN:
+        loop = policy.restart_loop
+        outcome = "dry_run"
+        text = f"dry run: would escalate (restarted {loop.restarts} times within {loop.within_s // 60} min)"
     elif action is CommandType.RESTART and _looping(record, policy, at):
         loop = policy.restart_loop
         outcome = "escalated"
         text = (f"restarted {loop.restarts} times within {loop.within_s // 60} min: not restarting again, "
                 f"a person must look")  # fmt: skip
-        eps = episodes.AgentEpisodes.of(record, episodes.AlertingConfig())
+        eps = episodes.AgentEpisodes.of(record, config)
         eps.open_(ESCALATED, Severity.CRITICAL, at, f"{record.agent_id}: remediation escalated: {text}",
                   {"rule": rule.name, "episode_id": episode_id}, wait=False)  # fmt: skip
         plan.episodes.extend(eps.writes)
@@ -193,7 +218,8 @@ def _act(
             details={**details, "summary": text},
         )
     )
-    plan.episodes.append(_posted(record, episode_rule, outcome, text, at))
+    if outcome != "unsupported":  # an old SDK is the same every episode: audited, not posted each time
+        plan.episodes.append(_posted(record, episode_rule, outcome, text, at))
     return plan
 
 
@@ -206,6 +232,56 @@ def undecided(record: AgentRecord, plan: Plan, conditions: tuple[Condition, ...]
     return any(EPISODE_OF[c] in index and not index[EPISODE_OF[c]].get("remediation") for c in conditions)
 
 
+def undo(
+    record: AgentRecord, plan: Plan, at: datetime, alerting: Callable[[], AlertingConfig] = AlertingConfig
+) -> Plan:
+    """``plan`` followed by what the policy undoes when ``plan`` resolves an episode it acted on: a
+    ``resume_work`` for each policy ``drain`` (or ``throttle`` without an end) sent for it (the agent takes
+    work again; origin the rule's, key ``remediation.<episode>.resume``, audited like any command), and the
+    ``remediation_escalated`` episode it opened resolves (``alerting``: the tenant's settings, asked for
+    only then). Nothing on the common path (no episode the policy acted on resolves)."""
+    index = plan.changes.get("episodes")
+    if index is None or plan.skipped is not None:
+        return plan
+    gone = {rule: e for rule, e in record.episodes.items()
+            if rule not in index or index[rule].get("id") != e.get("id")}  # fmt: skip
+    resolved = {str(e["id"]) for e in gone.values() if e.get("remediation") == "sent"}
+    if ESCALATED in index and any(e.get("remediation") == "escalated" for e in gone.values()):
+        eps = episodes.AgentEpisodes.of(record.model_copy(update=plan.changes), alerting())
+        eps.resolve(ESCALATED, at, f"{record.agent_id}: the episode it escalated resolved")
+        merge(plan, Plan(changes=eps.changes(), episodes=eps.writes))
+    if not resolved or record.status in HELD:
+        return plan
+
+    def resume(current: AgentRecord) -> Plan:
+        total = Plan()
+        for entry in list(current.commands.values()):
+            episode = str(entry.get("episode") or "")
+            lasting = entry.get("command") == CommandType.DRAIN.value or (
+                entry.get("command") == CommandType.THROTTLE.value and not entry.get("until")
+            )
+            if episode not in resolved or not lasting or not str(entry.get("origin", "")).startswith("policy:"):
+                continue
+            try:
+                issued = agent_actions.issue(
+                    current,
+                    CommandType.RESUME_WORK,
+                    at=at,
+                    actor=ACTOR,
+                    reason=f"episode {episode} resolved: undoing its {entry['command']}",
+                    key=f"remediation.{episode}.resume",
+                    origin=str(entry["origin"]),
+                )
+            except (agent_actions.Unsupported, agent_actions.NotAllowed):
+                continue
+            if issued.skipped is None:
+                merge(total, issued)
+                current = current.model_copy(update=issued.changes)
+        return total
+
+    return then(record, plan, resume)
+
+
 def after(
     record: AgentRecord,
     plan: Plan,
@@ -213,15 +289,17 @@ def after(
     at: datetime,
     conditions: tuple[Condition, ...],
     asks: list[Ask],
+    config: AlertingConfig | None = None,
 ) -> Plan:
     """``plan`` (made on ``record``) followed by the policy on the record as ``plan`` leaves it: one write.
     The approvals to ask for are put in ``asks`` (replaced: a decide may run again on a conflict)."""
     asks.clear()
+    plan = undo(record, plan, at, lambda: config or AlertingConfig())
     if not undecided(record, plan, conditions) or policy.mode is Mode.OFF:
         return plan
 
     def step(current: AgentRecord) -> Plan:
-        outcome = decide(current, policy, at, conditions)
+        outcome = decide(current, policy, at, conditions, config)
         asks.extend(outcome.asks)
         outcome.plan.skipped = None
         return outcome.plan
@@ -266,55 +344,3 @@ def _time(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value))
     except ValueError:
         return None
-
-
-def restarted_since_frozen(record: AgentRecord) -> str | None:
-    """The id of a policy ``restart`` sent after the agent froze (sent, acknowledged or done), if any."""
-    if record.status is not State.FROZEN:
-        return None
-    for command_id, entry in record.commands.items():
-        sent = _time(entry.get("sent_at"))
-        policy = str(entry.get("origin") or "").startswith("policy:")
-        restart = entry.get("command") == CommandType.RESTART.value and entry.get("state") in SENT_STATES
-        if policy and restart and sent is not None and sent >= record.status_since:
-            return command_id
-    return None
-
-
-def lift_frozen(record: AgentRecord, at: datetime, event_id: str) -> Plan:
-    """A registration of a frozen agent the policy restarted: frozen is lifted to active (audited, cause
-    system), the liveness ladder counts from now and the silence episode resolves. Otherwise frozen
-    stays sticky (only an approver's release lifts it): an empty plan."""
-    command_id = restarted_since_frozen(record)
-    if command_id is None:
-        return Plan()
-    reason = "restarted by remediation policy"
-    decision = lifecycle.decide(record.status, State.ACTIVE, Cause.SYSTEM)
-    plan = Plan(transition=decision)
-    if decision.outcome is not lifecycle.Outcome.APPLIED:
-        return plan
-    plan.changes.update(status_change(record, State.ACTIVE, at, Cause.SYSTEM, reason))
-    plan.changes.update(
-        {
-            "liveness": Liveness.OK,
-            "liveness_from": at,
-            "sweep_at": liveness.deadline(at, record.heartbeat_interval_s, Liveness.LATE),
-        }
-    )
-    eps = episodes.AgentEpisodes.of(record, episodes.AlertingConfig())
-    eps.resolve(episodes.LIVENESS, at, f"{record.agent_id} is back: {reason}")
-    plan.changes.update(eps.changes())
-    plan.episodes = eps.writes
-    plan.audit.append(
-        AuditEntry(
-            id=f"{record.agent_id}.{event_id}.agent.unfreeze",
-            at=at,
-            actor=ACTOR,
-            action="agent.transition",
-            target=record.agent_id,
-            outcome="applied",
-            tenant=record.tenant,
-            details={"from": State.FROZEN.value, "to": State.ACTIVE.value, "reason": reason, "command_id": command_id},
-        )
-    )
-    return plan

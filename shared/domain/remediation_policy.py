@@ -14,6 +14,7 @@ from fleet_agent.contracts import CommandType
 from fleet_agent.messages.commands import ACKED_COMMANDS
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from shared.domain.agent_actions import KEEP
 from shared.domain.episodes import merged
 
 
@@ -79,6 +80,9 @@ class Rule(BaseModel):
             raise ValueError("a throttle rule names calls_per_minute")
         if self.action is not CommandType.THROTTLE and self.calls_per_minute is not None:
             raise ValueError("calls_per_minute belongs to a throttle rule")
+        if self.when is Condition.FROZEN and self.for_s:
+            # The sweep decides at the freeze and does not come back to a frozen agent: a wait never ends.
+            raise ValueError("a frozen rule acts when the agent freezes: for_s must be 0")
         return self
 
     @property
@@ -108,7 +112,7 @@ class RestartLoop(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    restarts: int = Field(default=3, ge=1, le=100)
+    restarts: int = Field(default=3, ge=1, le=KEEP)
     within_s: int = Field(default=3600, ge=60, le=7 * 86400)
 
 
@@ -121,8 +125,9 @@ class RemediationPolicy(BaseModel):
     #: are skipped), they are capped per agent and hour, and a loop calls a person; ``dry_run`` to try a
     #: policy first, ``off`` to stop.
     mode: Mode = Mode.ON
-    #: Automatic actions per agent in any hour (counted from the agent's tracked commands).
-    max_actions_per_hour: int = Field(default=3, ge=0, le=100)
+    #: Automatic actions per agent in any hour (counted from the agent's tracked commands, of which the
+    #: policy's of the last hour are always kept).
+    max_actions_per_hour: int = Field(default=3, ge=0, le=KEEP)
     restart_loop: RestartLoop = Field(default_factory=RestartLoop)
     #: ``key=value``: agents carrying this label are critical, and a ``stop`` on them asks an approver first
     #: (empty: none is). One string, not a map: overrides are merged key by key into map fields.
@@ -139,6 +144,13 @@ class RemediationPolicy(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("rule names must be unique")
         return rules
+
+    @model_validator(mode="after")
+    def _loop_below_cap(self) -> RemediationPolicy:
+        # Above the cap the restarts that would make a loop are never sent: the loop would never escalate.
+        if self.max_actions_per_hour and self.restart_loop.restarts > self.max_actions_per_hour:
+            raise ValueError("restart_loop.restarts must not exceed max_actions_per_hour")
+        return self
 
     @classmethod
     def for_tenant(cls, overrides: dict[str, Any] | None) -> RemediationPolicy:

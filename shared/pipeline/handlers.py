@@ -182,10 +182,10 @@ def process_heartbeat(decoded: Decoded) -> Plan:
 
     asks: list[Ask] = []
     plan = agent_store.update(hb.agent_id, decide)
-    remediation.ask(asks, received_at)  # a stop on a critical agent waits for an approver
     if plan.commands:  # the health rules quarantined the agent, a budget hold was lifted, the policy acted
         agent_commands.publish(plan.commands)
     notifier.send_now(plan.episodes, by="heartbeat_rules")  # a quarantine (critical): Slack hears now
+    remediation.ask(asks, received_at)  # a stop on a critical agent waits for an approver (never raises)
     return plan
 
 

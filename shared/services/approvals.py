@@ -113,9 +113,11 @@ def from_agent(event: ApprovalRequest, agent: AgentRecord, now: datetime) -> App
     )
 
 
-def request(approval: Approval, now: datetime) -> tuple[Approval, bool]:
+def request(approval: Approval, now: datetime, *, post_now: bool = True) -> tuple[Approval, bool]:
     """Store the request (once) and post it; (the stored request, whether it is new). A request that
-    exists already is returned as stored; an agent asking again for a decided one is answered again."""
+    exists already is returned as stored; an agent asking again for a decided one is answered again.
+    ``post_now=False`` only stores it: the minute job posts it once its ``post_due_at`` has come (a
+    function without the Slack token, the heartbeat's, asks this way)."""
     entry = _entry(
         approval, "approval.request", _actor_of(approval.requester), now, "requested", summary=approval.summary
     )
@@ -126,7 +128,7 @@ def request(approval: Approval, now: datetime) -> tuple[Approval, bool]:
         if existing.state is not State.PENDING and existing.applied is not None:
             _answer_agent(existing)
         return existing, False
-    return post(approval), True
+    return (post(approval) if post_now else approval), True
 
 
 def _actor_of(requester: Requester) -> str:

@@ -112,9 +112,9 @@ def _step(record: AgentRecord, now: datetime, silences: list[silence_rules.Silen
         return remediation.on_sweep(current, plan, now, asks)
 
     plan = agent_store.update(record.agent_id, decide)
-    remediation.ask(asks, now)
     if plan.commands:
         agent_commands.publish(plan.commands)
+    remediation.ask(asks, now)  # after the commands; never raises
     rung = plan.changes.get("liveness")
     if rung is not None:
         out.moved[str(rung)] = out.moved.get(str(rung), 0) + 1

@@ -14,6 +14,7 @@ from fleet_agent.messages.commands import AckState, CommandAck
 from shared.domain import agent_actions
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.episodes import AlertingConfig
+from shared.domain.lifecycle import State
 from shared.domain.rejections import Code, Rejected
 from tests.unit.test_agent_actions import T0, issue, record
 
@@ -103,3 +104,19 @@ def test_an_acknowledged_command_is_not_resent() -> None:
         current, agent_actions.acknowledge(current, ack(cid, AckState.ACKNOWLEDGED), at=T0, config=CONFIG)
     )
     assert agent_actions.overdue(current, T0 + timedelta(hours=1), CONFIG).skipped == "unchanged"
+
+
+def test_an_overdue_command_the_agent_can_no_longer_take_fails_instead_of_being_resent() -> None:
+    current, cid = sent()
+    for update, detail in (({"supports": []}, "unsupported"), ({"status": State.DECOMMISSIONING}, "retired")):
+        plan = agent_actions.overdue(current.model_copy(update=update), T0 + timedelta(seconds=31), CONFIG)
+        assert not plan.commands and not plan.episodes
+        entry = plan.changes["commands"][cid]
+        assert entry["state"] == "failed" and entry["detail"].startswith(detail)
+        assert plan.changes["command_due_at"] is None
+        assert [(a.action, a.outcome) for a in plan.audit] == [("agent.command.drain", "failed")]
+
+
+def test_until_belongs_to_throttle() -> None:
+    with pytest.raises(agent_actions.NotAllowed, match="until belongs to throttle"):
+        issue(record(), CommandType.RESTART, until=T0 + timedelta(hours=1))

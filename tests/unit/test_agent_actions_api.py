@@ -15,10 +15,13 @@ from fleet_agent.messages.commands import COMMANDS_V2
 from shared.api import core, router
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
-from shared.services import agent_commands
+from shared.domain.approvals import Approval, Kind
+from shared.domain.remediation_policy import RemediationPolicy
+from shared.services import agent_commands, approvals
 from shared.store import agents as agent_store
 from shared.store import api_keys
 from shared.store import audit as audit_store
+from shared.store import config as config_store
 from shared.store.api_keys import Principal
 from tests.unit.test_http_api import APP, Reply, assert_error, record
 
@@ -56,6 +59,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(agent_commands, "publish", lambda commands: w.published.extend(commands) or [])
     monkeypatch.setattr(audit_store, "append", w.audit.append)
     monkeypatch.setattr(core, "now", lambda: NOW)
+    monkeypatch.setattr(config_store, "remediation", lambda tenant: RemediationPolicy())
     return w
 
 
@@ -98,6 +102,23 @@ def test_stop_needs_an_approver_and_the_refusal_is_audited(world: World) -> None
     assert [c.command for c in world.published] == [CommandType.STOP]
 
 
+def test_a_stop_of_a_critical_agent_waits_for_a_second_approver(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[Approval] = []
+    monkeypatch.setattr(approvals, "request", lambda approval, now: (asked.append(approval) or approval, True))
+    world.agents["agent-a1"] = world.agents["agent-a1"].model_copy(update={"labels": {"critical": "true"}})
+    reply = send("/v1/agents/agent-a1/commands", "approver", {"command": "stop", "reason": "retire", "deadline_s": 30})
+    assert reply.status == 202, reply.text
+    assert not world.published and reply.json["commands"] == []
+    (approval,) = asked
+    assert reply.json["approval_id"] == approval.id and approval.kind is Kind.REMEDIATION
+    assert approval.requester.kind == "api" and approval.requester.id == "lead"
+    assert approval.payload == {"action": "stop", "deadline_s": 30, "origin": "operator"}
+    again = send("/v1/agents/agent-a1/commands", "approver", {"command": "stop", "reason": "retire", "deadline_s": 30})
+    assert again.json["approval_id"] == approval.id  # the same request id: the same approval
+    restart = send("/v1/agents/agent-a1/commands", "operator", {"command": "restart", "reason": "r"})
+    assert restart.status == 200 and [c.command for c in world.published] == [CommandType.RESTART]
+
+
 def test_an_old_sdk_is_refused_with_409_and_audited(world: World) -> None:
     reply = send("/v1/agents/agent-old/commands", "operator", {"command": "restart", "reason": "frozen"})
     assert_error(reply, 409, "conflict")
@@ -110,7 +131,15 @@ def test_viewers_other_tenants_and_bad_bodies_are_refused(world: World) -> None:
     assert_error(send("/v1/agents/agent-a1/commands", "viewer", drain), 403, "forbidden")
     assert_error(send("/v1/agents/agent-g1/commands", "operator", drain), 404, "not_found")
     assert_error(send("/v1/agents/agent-g1/commands", "viewer"), 404, "not_found")
-    for body in ({"command": "pause", "reason": "x"}, {"command": "drain"}, {**drain, "deadline_s": 0}):
+    bodies = (
+        {"command": "pause", "reason": "x"},
+        {"command": "drain"},
+        {**drain, "deadline_s": 0},
+        {"command": "throttle", "reason": "x"},
+        {**drain, "calls_per_minute": 3},
+        {**drain, "until": "2026-12-07T12:00:00Z"},
+    )
+    for body in bodies:
         bad = send("/v1/agents/agent-a1/commands", "operator", body)
         assert bad.status == 400 and bad.json["error"]["code"] == "bad_request", bad.text
     assert not world.published

@@ -10,7 +10,7 @@ import pytest
 from fleet_agent.contracts import CommandType
 from pydantic import ValidationError
 
-from shared.domain import liveness, notices, remediation
+from shared.domain import agent_actions, liveness, notices, remediation, remediation_frozen
 from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.domain.agents import apply_registration
 from shared.domain.episodes import AlertingConfig
@@ -82,6 +82,7 @@ def test_an_agent_without_commands_v2_is_skipped_and_that_is_recorded_once() -> 
     assert not plan.commands and "commands" not in plan.changes
     assert plan.changes["episodes"]["liveness"]["remediation"] == "unsupported"
     assert [a.outcome for a in plan.audit if a.action == "agent.remediation"] == ["unsupported"]
+    assert not [w for w in plan.episodes if w.notice and str(w.notice.get("event", "")).startswith("remediation")]
     again = remediation.decide(after(record, plan), RemediationPolicy(), FROZEN_AT, remediation.ON_SWEEP)
     assert not again.plan.audit
 
@@ -221,3 +222,152 @@ def test_the_common_path_adds_nothing_to_a_heartbeat() -> None:
     assert remediation.after(decided, plan, RemediationPolicy(), T0, remediation.ON_HEARTBEAT, []).changes == {
         "last_seq": 1
     }
+
+
+def test_an_agent_in_a_state_a_person_imposed_is_held_once_and_sent_nothing() -> None:
+    for status in (State.COMPROMISED, State.QUARANTINED, State.MAINTENANCE, State.SUSPENDED):
+        record = with_episode(agent().model_copy(update={"status": status}), "saturation", memory_high_since="x")
+        out = remediation.decide(record, RemediationPolicy(), T0 + timedelta(minutes=1), remediation.ON_HEARTBEAT)
+        assert not out.plan.commands and not out.asks
+        assert out.plan.changes["episodes"]["saturation"]["remediation"] == "held"
+        assert [(e.action, e.outcome) for e in out.plan.audit] == [("agent.remediation", "held")]
+        again = remediation.decide(after(record, out.plan), RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
+        assert again.plan.skipped == "unchanged"
+
+
+def test_only_the_frozen_rules_restart_answered_by_a_later_registration_lifts_frozen() -> None:
+    record, step = frozen()
+    off = after(record, remediation.after(record, step, RemediationPolicy(mode=Mode.OFF), FROZEN_AT,
+                                          remediation.ON_SWEEP, []))  # fmt: skip
+    assert off.status is State.FROZEN
+    later = FROZEN_AT + timedelta(minutes=5)
+    # The memory rule restarts the frozen agent: not the frozen rule's restart, frozen stays.
+    sat = with_episode(off, "saturation", opened_at=later, memory_high_since=later.isoformat())
+    memory = after(sat, remediation.decide(sat, RemediationPolicy(), later, remediation.ON_HEARTBEAT).plan)
+    held = apply_registration(memory, reg(supports=V2), event_id="ev-9", received_at=later + timedelta(seconds=30))
+    assert "status" not in held.changes
+    # The frozen rule's restart, and a registration published before it was sent: frozen stays.
+    record, step = frozen()
+    at = FROZEN_AT + timedelta(minutes=2)
+    restarted = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    old = apply_registration(restarted, reg(supports=V2), event_id="ev-o", received_at=at - timedelta(seconds=60))
+    assert "status" not in old.changes
+    # A registration after it was sent lifts frozen, and marks the restart done.
+    back = apply_registration(restarted, reg(supports=V2), event_id="ev-n", received_at=at + timedelta(seconds=5))
+    assert back.changes["status"] is State.ACTIVE
+    (cid,) = restarted.commands
+    assert back.changes["commands"][cid]["state"] == "done"
+    assert back.changes["commands"][cid]["detail"] == "agent re-registered"
+
+
+def test_the_restarts_done_ack_after_its_registration_lifts_frozen() -> None:
+    record, step = frozen()
+    at = FROZEN_AT + timedelta(minutes=2)
+    restarted = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    (cid,) = restarted.commands
+    # The ack's check compares the agent's last registration with the restart's sent_at.
+    registered = restarted.model_copy(update={"last_registered_at": at + timedelta(seconds=3)})
+    lifted = remediation_frozen.lift_frozen(registered, at + timedelta(seconds=4), f"ack.{cid}",
+                                     registered_at=registered.last_registered_at)  # fmt: skip
+    assert lifted.changes["status"] is State.ACTIVE
+    stale = remediation_frozen.lift_frozen(restarted, at + timedelta(seconds=4), f"ack.{cid}",
+                                    registered_at=restarted.last_registered_at)  # fmt: skip
+    assert "status" not in stale.changes
+
+
+def test_a_policy_drain_is_undone_when_its_episode_resolves() -> None:
+    record = with_episode(agent(), "failure_risk")
+    out = remediation.decide(record, RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
+    assert [c.command for c in out.plan.commands] == [CommandType.DRAIN]
+    drained = after(record, out.plan)
+    episode = drained.episodes["failure_risk"]["id"]
+
+    # A heartbeat whose plan resolves the failure_risk episode (the index without it).
+    def resolves() -> Plan:
+        return Plan(changes={"episodes": {k: v for k, v in drained.episodes.items() if k != "failure_risk"}})
+
+    later = T0 + timedelta(hours=1)
+    plan = remediation.after(drained, resolves(), RemediationPolicy(), later, remediation.ON_HEARTBEAT, [])
+    (resume,) = plan.commands
+    assert resume.command is CommandType.RESUME_WORK
+    entry = plan.changes["commands"][resume.command_id]
+    assert entry["origin"] == "policy:failure-risk-drain" and episode in entry["reason"]
+    assert [a.action for a in plan.audit] == ["agent.command.resume_work"]
+    # An episode that stays open, or one the policy did not drain for: nothing.
+    assert not remediation.undo(drained, Plan(changes={"episodes": drained.episodes}), T0).commands
+    off = remediation.after(drained, resolves(), RemediationPolicy(mode=Mode.OFF), T0, remediation.ON_HEARTBEAT, [])
+    assert [c.command for c in off.commands] == [CommandType.RESUME_WORK]  # undone even with the policy off
+
+
+def test_a_dry_run_never_opens_an_escalation() -> None:
+    history = {f"c{i}": policy_command(T0 - timedelta(minutes=10 * i)) for i in range(3)}
+    record, step = frozen(agent().model_copy(update={"commands": history}))
+    plan = remediation.after(record, step, RemediationPolicy(mode=Mode.DRY_RUN), FROZEN_AT, remediation.ON_SWEEP, [])
+    assert remediation.ESCALATED not in plan.changes["episodes"] and not plan.commands
+    assert plan.changes["episodes"]["liveness"]["remediation"] == "dry_run"
+    (entry,) = [a for a in plan.audit if a.action == "agent.remediation"]
+    assert entry.outcome == "dry_run" and "would escalate" in entry.details["summary"]
+
+
+def test_a_frozen_rule_cannot_wait() -> None:
+    with pytest.raises(ValidationError, match="for_s must be 0"):
+        Rule(name="f", when=Condition.FROZEN, action=CommandType.RESTART, for_s=600)
+    assert Rule(name="f", when=Condition.FROZEN, action=CommandType.RESTART).for_s == 0
+
+
+def test_the_cap_and_the_loop_fit_the_tracked_commands() -> None:
+    with pytest.raises(ValidationError, match="must not exceed max_actions_per_hour"):
+        RemediationPolicy.for_tenant({"max_actions_per_hour": 2})  # the loop (3) could never be reached
+    with pytest.raises(ValidationError):
+        RemediationPolicy.for_tenant({"max_actions_per_hour": 50, "restart_loop": {"restarts": 50}})
+    assert RemediationPolicy.for_tenant({"max_actions_per_hour": 0}).max_actions_per_hour == 0
+    # Operators' commands do not push the policy's of the last hour out of the bounded map.
+    policy = {f"p{i}": policy_command(T0 - timedelta(minutes=30 + i)) for i in range(3)}
+    ops = {f"o{i}": {**policy_command(T0 - timedelta(minutes=i)), "origin": "operator"} for i in range(25)}
+    kept = agent_actions.bounded({**policy, **ops}, T0)
+    assert set(policy) <= set(kept) and len(kept) == agent_actions.KEEP
+    assert remediation.policy_commands(agent().model_copy(update={"commands": kept}), T0 - timedelta(hours=1)) == 3
+
+
+def test_an_escalation_resolves_with_the_episode_it_escalated() -> None:
+    history = {f"c{i}": policy_command(T0 - timedelta(minutes=10 * i)) for i in range(3)}
+    record = with_episode(agent().model_copy(update={"commands": history}), "saturation", memory_high_since="x")
+    out = remediation.decide(record, RemediationPolicy(), T0, remediation.ON_HEARTBEAT)
+    looped = after(record, out.plan)
+    assert looped.episodes["saturation"]["remediation"] == "escalated" and remediation.ESCALATED in looped.episodes
+    # Memory back to normal: the heartbeat's plan resolves the saturation episode (the agent stays active).
+    index = {k: v for k, v in looped.episodes.items() if k != "saturation"}
+    plan = remediation.undo(looped, Plan(changes={"episodes": index}), T0 + timedelta(minutes=5))
+    assert remediation.ESCALATED not in plan.changes["episodes"]
+    assert any(w.notice is not None and w.notice["event"] == "resolve" for w in plan.episodes)
+    # While it is open, nothing happens to the escalation.
+    same = remediation.undo(looped, Plan(changes={"episodes": dict(looped.episodes)}), T0 + timedelta(minutes=5))
+    assert remediation.ESCALATED in same.changes["episodes"] and not same.episodes
+
+
+def test_a_dead_frozen_agent_is_paged_once_and_its_restart_is_done_when_it_comes_back() -> None:
+    record, step = frozen()
+    at = FROZEN_AT
+    rec = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    rec = after(rec, agent_actions.overdue(rec, at + timedelta(seconds=61), AlertingConfig()))
+    rec = after(rec, agent_actions.overdue(rec, at + timedelta(seconds=122), AlertingConfig()))
+    (cid,) = rec.commands
+    assert rec.commands[cid]["state"] == "unacknowledged"
+    assert agent_actions.UNACKNOWLEDGED_RULE not in rec.episodes  # the liveness episode pages already
+    back = apply_registration(rec, reg(supports=V2), event_id="ev-2", received_at=at + timedelta(seconds=200))
+    rec = after(rec, back)
+    assert rec.status is State.ACTIVE and rec.commands[cid]["state"] == "done"
+    assert rec.commands[cid]["detail"] == "agent re-registered"
+
+
+def test_a_registration_marks_an_earlier_restart_done_and_resolves_its_escalation() -> None:
+    rec = agent()
+    rec = after(rec, agent_actions.issue(rec, CommandType.RESTART, at=T0, actor="a", reason="r", key="k"))
+    rec = after(rec, agent_actions.overdue(rec, T0 + timedelta(seconds=301), AlertingConfig()))
+    rec = after(rec, agent_actions.overdue(rec, T0 + timedelta(seconds=602), AlertingConfig()))
+    assert agent_actions.UNACKNOWLEDGED_RULE in rec.episodes  # an agent not silent: escalated
+    back = apply_registration(rec, reg(supports=V2), event_id="ev-2", received_at=T0 + timedelta(seconds=700))
+    rec = after(rec, back)
+    (entry,) = rec.commands.values()
+    assert entry["state"] == "done" and agent_actions.UNACKNOWLEDGED_RULE not in rec.episodes
+    assert ("agent.command.restart", "done") in [(a.action, a.outcome) for a in back.audit]

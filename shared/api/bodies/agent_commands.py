@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.api.bodies.common import Reason, Timestamp, View
 from shared.domain import agent_actions
@@ -46,6 +46,15 @@ class CommandRequest(BaseModel):
     calls_per_minute: int | None = Field(default=None, ge=0, le=1_000_000, description="throttle only: the cap.")
     until: Timestamp | None = Field(default=None, description="throttle: when the cap ends (none: until resume_work).")
 
+    @model_validator(mode="after")
+    def _throttle_arguments(self) -> CommandRequest:
+        # A bad argument is the caller's error (400), not a conflict with the agent's state (409).
+        if self.command is RemediationCommand.THROTTLE and self.calls_per_minute is None:
+            raise ValueError("throttle needs calls_per_minute")
+        if self.command is not RemediationCommand.THROTTLE and (self.calls_per_minute is not None or self.until):
+            raise ValueError("calls_per_minute and until belong to throttle")
+        return self
+
 
 class CommandView(View):
     """A command sent to the agent and how far the agent got with it."""
@@ -64,12 +73,16 @@ class CommandView(View):
     detail: str | None = Field(default=None, description="The agent's word on it (why it failed).")
     acked_at: Timestamp | None = None
     done_at: Timestamp | None = None
+    episode: str | None = Field(default=None, description="policy: the alert episode it was sent for.")
 
 
 class CommandList(View):
     agent_id: str
     tenant: str
     commands: list[CommandView] = Field(description="Newest first.")
+    approval_id: str | None = Field(
+        default=None, description="A stop of a critical agent (202): the approval request it waits for."
+    )
 
 
 def command_views(commands: dict[str, dict[str, Any]]) -> list[CommandView]:
