@@ -24,9 +24,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from shared.api import (
+    agent_ops,
     agents,
     alerts,
     approvals,
+    bulk,
     core,
     costs,
     enrollment,
@@ -72,6 +74,8 @@ def openapi_json(call: Call) -> dict[str, Any]:
 ROUTES: tuple[Route, ...] = (
     *meta,
     *agents.routes,
+    *agent_ops.routes,
+    *bulk.routes,
     *enrollment.routes,
     *settings.of("identity"),
     *costs.routes,

@@ -20,6 +20,7 @@ KIND_TITLES = {
     Kind.BUDGET_RAISE: "Budget raise",
     Kind.RELEASE: "Release",
     Kind.TRAINING: "Training job",
+    Kind.BULK: "Bulk action",
 }
 STATE_MARKS = {State.APPROVED: "✅ Approved", State.DENIED: "⛔ Denied", State.EXPIRED: "⌛ Expired"}
 

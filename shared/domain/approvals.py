@@ -47,6 +47,8 @@ class Kind(StrEnum):
     RELEASE = "release"
     #: A training job whose estimate is above its tenant's threshold (shared/training/submit.py).
     TRAINING = "training"
+    #: A destructive bulk action (quarantine, decommission) on the agents listed (shared/services/bulk.py).
+    BULK = "bulk"
 
 
 class State(StrEnum):
