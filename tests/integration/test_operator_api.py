@@ -49,7 +49,12 @@ def test_operator_controls(stack: Stack, api: Api, publisher: Any, firestore: An
         "PATCH", f"/v1/agents/{agents[1]}", {"owner": "ml-platform", "labels": {"tier": "gold"}}, key=operator
     )
     assert patched.status_code == 200 and patched.json()["owner"] == "ml-platform", patched.text
-    publish(publisher, registration(agents[1], tenant=tenant, version="1.1.0", owner="bob", labels={"batch": tag}))
+    publish(
+        publisher,
+        registration(
+            agents[1], tenant=tenant, version="1.1.0", owner="bob", labels={"batch": tag}, capabilities=["gpu"]
+        ),
+    )
     wait_for(lambda: (agent_doc(firestore, agents[1]) or {}).get("version") == "1.1.0")
     after = agent_doc(firestore, agents[1]) or {}
     assert after["owner"] == "ml-platform" and after["labels"] == {"batch": tag, "tier": "gold"}
