@@ -11,7 +11,10 @@ from shared.console.formats import ago, when
 
 
 @panel("pending")
-def pending_panel(data: AgentData) -> dict[str, Any]:
+def pending_panel(data: AgentData) -> dict[str, Any] | None:
+    """None when the agent's view says nothing of its commands (an API without them)."""
+    if "pending_commands" not in data.agent:
+        return None
     items = []
     for item in data.agent.get("pending_commands") or []:
         sent = when(item.get("sent_at"))

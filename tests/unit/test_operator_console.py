@@ -30,7 +30,8 @@ def test_pending_commands_and_status_facts_come_from_the_agent_view() -> None:
     assert "&lt;b&gt;rollout&lt;/b&gt;" in html and "<b>rollout" not in html
 
 
-def test_no_pending_command_is_said() -> None:
-    data = agent_view.AgentData.of(_agent(), NOW)
+def test_no_pending_command_is_said_and_an_older_view_shows_no_panel() -> None:
+    data = agent_view.AgentData.of(_agent(pending_commands=[]), NOW)
     [panel] = agent_view.panels(data, only=("pending",))
     assert panel["commands"] == []
+    assert agent_view.panels(agent_view.AgentData.of(_agent(), NOW), only=("pending",)) == []
