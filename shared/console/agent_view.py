@@ -183,6 +183,8 @@ def status_panel(data: AgentData) -> dict[str, Any]:
         "versions": list(agent.get("versions") or []),
         "learned": agent.get("learned") or {},
         "identity": agent.get("identity") or {},
+        "liveness": agent.get("liveness"),
+        "security_score": agent.get("security_score"),
         "timeline": timeline(data),
     }
 
