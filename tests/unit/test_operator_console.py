@@ -35,3 +35,21 @@ def test_no_pending_command_is_said_and_an_older_view_shows_no_panel() -> None:
     [panel] = agent_view.panels(data, only=("pending",))
     assert panel["commands"] == []
     assert agent_view.panels(agent_view.AgentData.of(_agent(), NOW), only=("pending",)) == []
+
+
+def test_recent_tracked_commands_say_which_rule_sent_them() -> None:
+    audit = [
+        {"id": "a2", "at": "2026-12-06T11:59:30Z", "actor": "agent:agent-a1", "action": "agent.command.restart",
+         "outcome": "done", "details": {"command_id": "c9", "origin": "policy:frozen-restart", "detail": ""}},
+        {"id": "a1", "at": "2026-12-06T11:59:00Z", "actor": "system:remediation", "action": "agent.command.restart",
+         "outcome": "sent", "details": {"command_id": "c9", "origin": "policy:<i>frozen</i>", "reason": "frozen"}},
+        {"id": "a0", "at": "2026-12-06T11:58:00Z", "actor": "system:remediation", "action": "agent.remediation",
+         "outcome": "acted", "details": {"rule": "frozen-restart"}},
+    ]  # fmt: skip
+    data = agent_view.AgentData.of(_agent(), NOW, audit=audit)
+    [panel] = agent_view.panels(data, only=("commands",))
+    rows = [(c["command"], c["outcome"], c["origin"]) for c in panel["commands"]]
+    assert rows == [("restart", "done", "policy:frozen-restart"), ("restart", "sent", "policy:<i>frozen</i>")]
+    html = ENV.get_template("panels/commands.html").render(panel=panel)
+    assert 'class="command-origin">policy:frozen-restart<' in html
+    assert "policy:&lt;i&gt;frozen&lt;/i&gt;" in html and "<i>frozen" not in html
