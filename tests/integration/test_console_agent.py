@@ -124,4 +124,7 @@ def test_the_remediation_policy_and_a_pending_drain_are_shown(
     assert row.count() == 1
     assert row.locator(".pending-state").inner_text() in ("sent", "unacknowledged")
     assert "<b>failing</b> tasks" in row.inner_text()  # shown as text, not markup
+    assert "operator" in row.inner_text()  # its origin (a policy's would say policy:<rule>)
+    # The same drain among the recent commands, from its audit entry, with its origin.
+    assert page.locator("#panel-commands tr[data-command='drain'] .command-origin").first.inner_text() == "operator"
     assert violations == []
