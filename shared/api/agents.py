@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from fleet_agent.contracts import AGENT_ID_PATTERN
 
-from shared.api import core
+from shared.api import agent_search, core
 from shared.api.bodies import AgentPage, AgentView, HistoryView, RejectionPage, agent_view
 from shared.api.core import AGENT, PAGE_PARAMS, ApiError, Call, Param, Routes
 from shared.api.tenancy import visible_record
+from shared.domain.agent_record import AgentRecord
 from shared.domain.lifecycle import State
 from shared.domain.rejections import Code
 from shared.store import agents as agent_store
@@ -27,37 +28,45 @@ _LIST_PARAMS = (
         {"type": "string", "pattern": AGENT_ID_PATTERN},
     ),
     Param("status", "query", "Only agents in this lifecycle state.", {"$ref": "#/components/schemas/State"}),
+    *agent_search.SEARCH_PARAMS,
     *PAGE_PARAMS,
 )
 
 
 @routes.get("/v1/agents", AgentPage, params=_LIST_PARAMS, errors=(400,))
 def list_agents(call: Call) -> AgentPage:
-    """List agents, ordered by id, one page at a time."""
-    principal = core.principal(call)
-    tenant = core.query(call.request, "tenant")
-    if tenant is not None and not core.is_agent_id(tenant):
-        raise ApiError(400, f"tenant must match {AGENT_ID_PATTERN}")
-    if principal.tenant is not None:
-        if tenant is not None and tenant != principal.tenant:
-            raise ApiError(403, f"this API key only sees tenant {principal.tenant}")
-        tenant = principal.tenant
-    status = core.query(call.request, "status")
-    if status is not None and status not in _STATES:
-        raise ApiError(400, f"status must be one of: {', '.join(_STATES)}")
-    page_size = core.page_size(call.request)
+    """List or search agents, ordered by id, one page at a time.
+
+    Every filter given must match. A page filtered by security score may hold fewer agents than asked
+    and still have a next page."""
+    args = call.request.args
+    search = agent_search.search_of(core.principal(call), {name: args.get(name) for name in _FILTERS})
+    if core.query(call.request, "limit") and core.query(call.request, "page_size"):
+        raise ApiError(400, "give page_size or limit, not both")
+    name = "limit" if core.query(call.request, "limit") else "page_size"
+    page_size = core.bounded_int(call.request, name, core.DEFAULT_PAGE_SIZE, core.MAX_PAGE_SIZE)
     after = core.page_token(call.request, core.is_agent_id)
-    records, last = agent_store.list_agents(tenant=tenant, status=status, page_size=page_size, after=after)
+    now = core.now()
+    records, last, _read = search.page(page_size, after, now)
     return AgentPage(
-        items=[agent_view(r) for r in records],
+        items=[agent_view(r, at=now) for r in records],
         next_page_token=core.encode_page_token(last) if last else None,
     )
+
+
+#: The query parameters a search reads.
+_FILTERS = ("tenant", "status", "capability", "label", "version", "liveness", "min_security", "max_security")
 
 
 @routes.get("/v1/agents/<agent_id>", AgentView, params=AGENT, errors=(404,))
 def get_agent(call: Call) -> AgentView:
     """One agent."""
-    return agent_view(visible_record(call))
+    return agent_response(visible_record(call))
+
+
+def agent_response(record: AgentRecord) -> AgentView:
+    """The agent as the API shows it, its security score as of now."""
+    return agent_view(record, at=core.now())
 
 
 #: ``?limit=`` of an agent's history at most (FLEET_HISTORY_CHUNK * FLEET_HISTORY_SLOTS is 1,440 by default).

@@ -25,9 +25,11 @@ from werkzeug.routing import Map, Rule
 
 from shared.api import (
     agent_commands,
+    agent_ops,
     agents,
     alerts,
     approvals,
+    bulk,
     core,
     costs,
     enrollment,
@@ -74,6 +76,8 @@ ROUTES: tuple[Route, ...] = (
     *meta,
     *agents.routes,
     *agent_commands.routes,
+    *agent_ops.routes,
+    *bulk.routes,
     *enrollment.routes,
     *settings.of("identity"),
     *costs.routes,

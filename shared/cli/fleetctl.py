@@ -9,6 +9,7 @@ working when the API is down. Output meant for scripts goes to stdout, everythin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import re
@@ -21,14 +22,16 @@ from typing import Any, TextIO
 from fleet_agent.contracts import AGENT_ID_PATTERN
 
 from shared.cli import enroll
+from shared.domain import holds, release
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.agents import apply_transition
 from shared.domain.api_keys import Role
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.platform import settings, topology
-from shared.services import agent_controls, command_channels, replay
+from shared.services import agent_controls, decommission, replay
 from shared.store import agents as agent_store
 from shared.store import api_keys
+from shared.store import audit as audit_store
 from shared.store import rejections as rejection_store
 
 EXIT_OK = 0
@@ -74,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     agents = groups.add_parser("agents", help="act on agents")
     agent_cmds = agents.add_subparsers(dest="command", required=True, metavar="{transition,revoke-key}")
-    transition = agent_cmds.add_parser("transition", help="move an agent to a lifecycle state (audited)")
+    transition = agent_cmds.add_parser(
+        "transition",
+        help="move an agent through the operator's operations: suspended (pause), quarantined, active (resume, "
+        "release, end of maintenance), maintenance, decommissioned (audited)",
+    )
     transition.add_argument("agent_id")
     transition.add_argument("state", choices=[s.value for s in State], metavar="STATE", help="the target state")
     transition.add_argument("--reason", required=True, help="why; kept in the audit log")
@@ -162,48 +169,91 @@ def _keys_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+#: The operations ``agents transition`` goes through, by target state (as the API's routes do): holds,
+#: approvals' rules and cleanups apply; the other states are the system's (or an event's) to set.
+OPERATIONS = {
+    State.SUSPENDED: "pause",
+    State.QUARANTINED: "quarantine",
+    State.DECOMMISSIONING: "decommission",
+    State.DECOMMISSIONED: "decommission",
+    State.ACTIVE: "resume, release or end maintenance",
+    State.MAINTENANCE: "maintenance",
+}
+
+
 def _agents_transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Move an agent through the operator's operations (shared/services), never around them."""
     target = State(args.state)
-    actor = args.actor or f"cli:{_user()}"
-    # Fixed before the first attempt: a retried write computes the same audit entry (same id).
+    actor = agent_controls.Actor(args.actor or f"cli:{_user()}", uuid.uuid4().hex)
+    # Fixed before the first attempt: a retried write computes the same audit entries (same ids).
     at = datetime.now(UTC)
-    action_id = uuid.uuid4().hex
-
-    def decide(current: AgentRecord | None) -> Plan:
-        if current is None:
-            raise UnknownAgent(args.agent_id)
-        plan = apply_transition(
-            current, target, cause=Cause.OPERATOR, actor=actor, reason=args.reason, at=at, action_id=action_id
-        )
-        # Decommissioning revokes the agent's key in the same write.
-        return agent_controls.retiring(current, plan, agent_controls.Actor(actor, action_id), at)
-
-    try:
-        plan = agent_store.update(args.agent_id, decide)
-    except UnknownAgent:
+    record = agent_store.get(args.agent_id)
+    if record is None:
         print(f"fleetctl: no agent {args.agent_id}", file=err)
         return EXIT_FAILED
-    decision = plan.transition
-    assert decision is not None, "apply_transition always decides"
-    if decision.target in agent_controls.RETIRED and decision.outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
-        # A decommissioned agent's command channel goes with it (its key was revoked in the write); also
-        # when it was retired already, so a run of this command repairs a delete that failed before.
-        command_channels.delete(args.agent_id)
-    if decision.outcome is Outcome.APPLIED:
-        print(
-            f"{args.agent_id}: {decision.current} -> {decision.target} (audit {action_id}-transition)",
-            file=out,
+    before = record.status
+    try:
+        after, note = _operate(record, target, actor, args.reason, at)
+    except agent_controls.Refused as refused:
+        entry = agent_controls.audit_entry(
+            actor, "agent.transition", record.agent_id, record.tenant, {"to": target.value, "refusal": refused.reason},
+            at,
+        )  # fmt: skip
+        audit_store.append(dataclasses.replace(entry, outcome="refused"))
+        print(f"fleetctl: refused: {refused.reason}; {args.agent_id} stays {before}", file=err)
+        return EXIT_FAILED
+    if after.status is before and not note:
+        print(f"{args.agent_id}: already {before}; nothing changed", file=out)
+    else:
+        print(f"{args.agent_id}: {before} -> {after.status}{note} (audited by {actor.name})", file=out)
+    return EXIT_OK
+
+
+def _operate(
+    record: AgentRecord, target: State, actor: agent_controls.Actor, reason: str, at: datetime
+) -> tuple[AgentRecord, str]:
+    """The operation moving ``record`` to ``target``: (the agent after it, a note on what it did)."""
+    agent_id = record.agent_id
+    operation = OPERATIONS.get(target)
+    if operation is None:
+        ways = ", ".join(sorted({s.value for s in OPERATIONS}))
+        raise agent_controls.Refused(400, f"{target} is set by the fleet itself; an operator moves agents to: {ways}")
+    if operation == "pause":
+        return agent_controls.pause(agent_id, actor, reason, at)[0], ""
+    if operation == "quarantine":
+        return agent_controls.quarantine(agent_id, actor, reason, at)[0], ""
+    if operation == "decommission":
+        done = decommission.decommission(agent_id, actor, reason, at)
+        return done.record, " (holds lifted, key revoked, command subscription deleted)" if done.changed else ""
+    if target is State.ACTIVE and record.status is State.SUSPENDED and "pause" in record.holds:
+        return agent_controls.resume(agent_id, actor, reason, at), " (pause lifted)"
+    if target is State.ACTIVE and release.releasable(record):
+        return agent_controls.release_agent(agent_id, actor, reason, at).record, " (released)"
+    if target is State.ACTIVE and record.status is not State.MAINTENANCE:
+        if record.status is State.ACTIVE:
+            return record, ""
+        raise agent_controls.Refused(409, f"{record.status} is not lifted by an operator's transition to active")
+    return _maintenance(record, target, actor, reason, at), ""
+
+
+def _maintenance(
+    record: AgentRecord, target: State, actor: agent_controls.Actor, reason: str, at: datetime
+) -> AgentRecord:
+    """Enter or leave maintenance: refused while a hold sets the agent's state (lift the hold first), so a
+    budget or a quarantine is never lifted through maintenance."""
+
+    def step(current: AgentRecord) -> Plan:
+        held = sorted(n for n in current.holds if holds.KINDS[n].state is not None)
+        if held:
+            raise agent_controls.Refused(409, f"agent {current.agent_id} is held ({', '.join(held)}): lift that first")
+        plan = apply_transition(
+            current, target, cause=Cause.OPERATOR, actor=actor.name, reason=reason, at=at, action_id=actor.request_id
         )
-        return EXIT_OK
-    if decision.outcome is Outcome.UNCHANGED:
-        print(f"{args.agent_id}: already {decision.current}; nothing changed", file=out)
-        return EXIT_OK
-    print(
-        f"fleetctl: refused ({decision.outcome}): {decision.reason}; "
-        f"{args.agent_id} stays {decision.current} (audit {action_id}-transition)",
-        file=err,
-    )
-    return EXIT_FAILED
+        if plan.transition is not None and plan.transition.outcome is Outcome.ILLEGAL:
+            raise agent_controls.Refused(409, plan.transition.reason)
+        return plan
+
+    return agent_controls.update_agent(record.agent_id, actor, step)[1]
 
 
 def _rejections_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -16,12 +16,14 @@ import flask
 
 from shared.api import core
 from shared.api.core import ApiError
-from shared.console import agent_view
+from shared.console import agent_pending, agent_view
 from shared.console.api_calls import Answer, call_api
 from shared.store import agents as agent_store
 from shared.store.api_keys import Principal
 
 PREFIX = "/agents/"
+#: Panel modules beside agent_view's own (importing one registers its panel).
+EXTRA_PANELS = (agent_pending,)
 #: Heartbeat samples the charts and the timeline show: the newest (the API reads only the chunks holding them).
 HISTORY_SAMPLES = 120
 #: Open alert episodes read at most (an agent has at most one open episode per rule).

@@ -183,6 +183,8 @@ def status_panel(data: AgentData) -> dict[str, Any]:
         "versions": list(agent.get("versions") or []),
         "learned": agent.get("learned") or {},
         "identity": agent.get("identity") or {},
+        "liveness": agent.get("liveness"),
+        "security_score": agent.get("security_score"),
         "timeline": timeline(data),
     }
 
@@ -303,7 +305,8 @@ COMMAND_ACTIONS = {"agent.release": "release", "agent.key_rotate": "key_rotated"
 def command_of(entry: Mapping[str, Any]) -> str | None:
     """The command an audit entry records (None: the entry is not a command): a hold placed or lifted sends
     its kind's command (pause/resume, budget_exhausted/budget_restored...), a release ``release``, a
-    confirmed key rotation ``key_rotated``; a move to ``decommissioned`` is shown as ``decommission``."""
+    confirmed key rotation ``key_rotated``, a tracked command (``agent.command.<command>``) its command; a move to
+    ``decommissioned`` is shown as ``decommission``."""
     action = str(entry.get("action") or "")
     kind = hold_kinds.KINDS.get(action.removeprefix("agent.hold.")) if action.startswith("agent.hold.") else None
     if kind is not None:
@@ -311,6 +314,8 @@ def command_of(entry: Mapping[str, Any]) -> str | None:
     details = entry.get("details") or {}
     if action == "agent.transition" and isinstance(details, Mapping) and details.get("to") == "decommissioned":
         return "decommission"
+    if action.startswith("agent.command."):  # a tracked command (restart, drain...): sent, acked, resent
+        return action.removeprefix("agent.command.") or None
     return COMMAND_ACTIONS.get(action)
 
 
@@ -337,6 +342,7 @@ def commands_panel(data: AgentData) -> dict[str, Any] | None:
                 "actor": entry.get("actor") or "",
                 "reason": details.get("reason") or "",
                 "outcome": entry.get("outcome") or "",
+                "origin": details.get("origin") or "",  # operator, bulk or policy:<rule>
             }
         )
     return {"title": "Recent commands", "commands": items[:RECENT_COMMANDS], "note": note}

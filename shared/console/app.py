@@ -6,7 +6,8 @@ table's body, polled by static/console.js every 5 s), GET /agents/<agent_id> (on
 shared/console/agent_page.py), GET /spend (spend_page.py), GET /alerts (open alert episodes and active
 silences, alerts_page.py) with POST /alerts/<episode id>/ack and /snooze (through the API's own
 handlers), GET /jobs (jobs_page.py), GET /approvals (read-only: decisions stay in Slack,
-approvals_page.py) and GET /assets/<file>. Without a valid session
+approvals_page.py), GET /remediation (the tenant's remediation policy, read-only,
+remediation_page.py) and GET /assets/<file>. Without a valid session
 (no cookie, a revoked or unknown key, or a ``scrape`` key: refused and audited, shared/console/session.py)
 every page redirects to /sign-in. Every response carries a strict
 Content-Security-Policy (no inline script or style: the pages load /assets/console.js and
@@ -35,6 +36,7 @@ from shared.console import (
     fleet,
     formats,
     jobs_page,
+    remediation_page,
     session,
     spend_page,
 )
@@ -64,7 +66,14 @@ SECURITY_HEADERS = {
 }
 
 #: Navigation: (path, label).
-NAV = (("/", "Fleet"), ("/spend", "Spend"), ("/alerts", "Alerts"), ("/jobs", "Jobs"), ("/approvals", "Approvals"))
+NAV = (
+    ("/", "Fleet"),
+    ("/spend", "Spend"),
+    ("/alerts", "Alerts"),
+    ("/jobs", "Jobs"),
+    ("/approvals", "Approvals"),
+    ("/remediation", "Remediation"),
+)
 
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -167,6 +176,12 @@ def approvals(request: flask.Request, principal: Principal) -> flask.Response:
     return render("approvals.html", principal=principal, approvals=data, active="/approvals")
 
 
+def remediation(request: flask.Request, principal: Principal) -> flask.Response:
+    """GET /remediation: the tenant's remediation policy in effect, read-only (shared/console/remediation_page.py)."""
+    data = remediation_page.load(request, principal)
+    return render("remediation.html", principal=principal, page=data, active="/remediation")
+
+
 def static_file(name: str) -> flask.Response:
     path = STATIC_FILES.get(name)
     if path is None:
@@ -192,6 +207,7 @@ SIGNED: dict[tuple[str, str], Signed] = {
     ("GET", "/spend"): spend,
     ("GET", "/jobs"): jobs,
     ("GET", "/approvals"): approvals,
+    ("GET", "/remediation"): remediation,
 }
 #: Pages under a path prefix (the rest of the path is the page's argument, e.g. /agents/<agent_id>).
 SIGNED_PREFIXES: dict[tuple[str, str], Signed] = {

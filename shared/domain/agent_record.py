@@ -49,6 +49,8 @@ class AgentRecord(BaseModel):
     resources: dict[str, Any] = Field(default_factory=dict)
     heartbeat_interval_s: int = 30
     labels: dict[str, str] = Field(default_factory=dict)
+    #: Fields a person set through the API (owner, labels, heartbeat_interval_s): a registration keeps them.
+    api_fields: list[str] = Field(default_factory=list)
 
     status: State = State.REGISTERED
     status_since: datetime

@@ -120,14 +120,18 @@ def apply_registration(
         plan.skipped = "superseded" if not new_version else None
         return plan
 
-    changes.update({k: v for k, v in fields.items() if v != getattr(current, k)})
+    # What a person set through the API wins over what the agent registers (PATCH /v1/agents/{id}).
+    changes.update({k: v for k, v in fields.items() if v != getattr(current, k) and k not in current.api_fields})
     changes.update(_registration_budget(current, reg))
     changes["last_registered_at"] = received_at
     # A restarted agent has forgotten what it was told: send its holds again (same command ids).
     plan.commands.extend(holds.command_of(current.agent_id, hold) for hold in current.holds.values())
     last_seen = max(received_at, current.last_heartbeat_at or received_at)
-    changes["late_after"] = _late_after(last_seen, reg.heartbeat_interval_s)
-    eps = _back_alive(current, plan, changes, last_seen, received_at, interval_s=reg.heartbeat_interval_s)
+    interval_s = (
+        current.heartbeat_interval_s if "heartbeat_interval_s" in current.api_fields else reg.heartbeat_interval_s
+    )
+    changes["late_after"] = _late_after(last_seen, interval_s)
+    eps = _back_alive(current, plan, changes, last_seen, received_at, interval_s=interval_s)
     changes.update(eps.changes())
     plan.episodes = eps.writes
     decision = lifecycle.decide(current.status, State.REGISTERED, Cause.REGISTRATION)

@@ -21,6 +21,7 @@ KIND_TITLES = {
     Kind.RELEASE: "Release",
     Kind.TRAINING: "Training job",
     Kind.REMEDIATION: "Remediation (stop a critical agent)",
+    Kind.BULK: "Bulk action",
 }
 STATE_MARKS = {State.APPROVED: "✅ Approved", State.DENIED: "⛔ Denied", State.EXPIRED: "⌛ Expired"}
 

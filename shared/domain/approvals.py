@@ -49,6 +49,8 @@ class Kind(StrEnum):
     TRAINING = "training"
     #: A remediation policy's ``stop`` of a critical agent (shared/services/remediation.py): sent on approval.
     REMEDIATION = "remediation"
+    #: A destructive bulk action (quarantine, decommission) on the agents listed (shared/services/bulk.py).
+    BULK = "bulk"
 
 
 class State(StrEnum):

@@ -27,7 +27,7 @@ from shared.domain.rejections import Code, Rejected
 from shared.pipeline import handlers
 from shared.pipeline.decoding import PushedMessage
 from shared.platform import logs
-from shared.services import agent_commands, agent_controls, approvals, handoff, notifier, remediation
+from shared.services import agent_commands, agent_controls, approvals, bulk, handoff, notifier, remediation
 from shared.store import agents as agent_store
 from shared.training import launch, submit
 
@@ -147,6 +147,7 @@ EFFECTS: dict[Kind, approvals.Effect] = {
     Kind.RELEASE: _release,
     Kind.TRAINING: _train,
     Kind.REMEDIATION: remediation.approved,
+    Kind.BULK: bulk.carry_out,
 }
 #: What a denial or an expiry does, for kinds where something waits on the decision.
 REFUSAL_EFFECTS: dict[Kind, approvals.Effect] = {Kind.TRAINING: _not_train}

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.domain import agent_record, holds, identity, release
-from shared.domain.agent_record import AgentRecord, Plan
+from shared.domain import agent_record, holds, identity, liveness, release
+from shared.domain.agent_record import AgentRecord, Liveness, Plan
 from shared.domain.audit import AuditEntry
 from shared.domain.lifecycle import Cause, State
 from shared.domain.silences import Silence
@@ -238,3 +238,42 @@ def create_silence(silence: Silence, actor: Actor, at: datetime) -> Silence:
     details["expires_at"] = silence.expires_at.isoformat()
     audit_store.append(audit_entry(actor, "silence.create", silence.id, silence.tenant, details, at))
     return silence
+
+
+#: The fields an operator may set on an agent (PATCH /v1/agents/{id}, a bulk label): they then win over
+#: the agent's registration (AgentRecord.api_fields).
+EDITABLE = ("owner", "labels", "heartbeat_interval_s")
+
+
+def edit_plan(current: AgentRecord, actor: Actor, edit: dict[str, Any], at: datetime, action: str) -> Plan:
+    """The write of an operator's edit (pure). ``edit`` holds some of :data:`EDITABLE`; its ``labels`` are
+    merged into the agent's (a None value removes the label). The heartbeat interval moves the liveness
+    deadline with it. Unchanged: a skipped plan."""
+    if current.status is State.DECOMMISSIONED:
+        raise Refused(409, f"agent {current.agent_id} was decommissioned")
+    wanted: dict[str, Any] = {}
+    if edit.get("owner") is not None:
+        wanted["owner"] = edit["owner"]
+    if edit.get("labels") is not None:
+        labels = {**current.labels, **edit["labels"]}
+        wanted["labels"] = {k: v for k, v in sorted(labels.items()) if v is not None}
+    if edit.get("heartbeat_interval_s") is not None:
+        wanted["heartbeat_interval_s"] = int(edit["heartbeat_interval_s"])
+    changed = {k: v for k, v in wanted.items() if getattr(current, k) != v}
+    sources = sorted({*current.api_fields, *wanted})
+    if not changed and sources == sorted(current.api_fields):
+        return Plan(skipped="unchanged")
+    changes: dict[str, Any] = {**changed, "api_fields": sources}
+    if "heartbeat_interval_s" in changed:
+        last_seen = current.last_heartbeat_at or current.last_registered_at
+        changes["late_after"] = liveness.deadline(last_seen, changed["heartbeat_interval_s"], Liveness.LATE)
+        if current.liveness is Liveness.OK:
+            changes["sweep_at"] = changes["late_after"]
+    details = {"changed": {k: v for k, v in changed.items()}, "previous": {k: getattr(current, k) for k in changed}}
+    return Plan(changes=changes, audit=[audit_entry(actor, action, current.agent_id, current.tenant, details, at)])
+
+
+def edit_agent(agent_id: str, actor: Actor, edit: dict[str, Any], at: datetime) -> tuple[AgentRecord, bool]:
+    """Set the agent's owner, labels or heartbeat interval (audited ``agent.update``); (agent, whether it changed)."""
+    plan, record = update_agent(agent_id, actor, lambda current: edit_plan(current, actor, edit, at, "agent.update"))
+    return record, plan.skipped is None

@@ -1,13 +1,17 @@
 """The console's agent page in a real browser (Playwright driving Chromium) against the session's stack: an
 agent with recorded spend and a few heartbeats shows its spend per hour, day and month, SVG charts of its
 metrics, each budget's reset time also in UTC, and once paused through the API its hold and the pause
-command in its recent commands; another tenant's key gets a 404 page."""
+command in its recent commands; another tenant's key gets a 404 page; the Remediation page shows a tenant's
+default rules in the order they are tried, and an agent with a pending drain shows it among its pending
+commands."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from typing import Any
+
+from fleet_agent.contracts import COMMANDS_V2
 
 from emulators.stack import Stack
 from tests.integration.conftest import Api, wait_for
@@ -85,3 +89,42 @@ def test_another_tenants_agent_is_not_found(page: Any, stack: Stack, publisher: 
     assert response.status == 404
     assert page.locator("h1").inner_text() == "Agent not found"
     assert page.locator(".agent-title").count() == 0
+
+
+def test_the_remediation_policy_and_a_pending_drain_are_shown(
+    page: Any, stack: Stack, publisher: Any, api: Api
+) -> None:
+    tenant = _tenant()
+    agent = f"it-{uuid.uuid4().hex[:12]}"
+    _register(publisher, api, agent, tenant, supports=[COMMANDS_V2])
+    sent = api.send("POST", f"/v1/agents/{agent}/commands", {"command": "drain", "reason": "<b>failing</b> tasks"})
+    assert sent.status_code == 200, sent.text
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+
+    _sign_in(page, stack, stack.env["FLEET_API_KEY"])
+    with page.expect_navigation():
+        page.click("header nav a[href='/remediation']")
+    page.fill("#tenant", tenant)
+    with page.expect_navigation():
+        page.click(".remediation-tenant-form button")
+    assert page.locator(".remediation-tenant").inner_text() == tenant
+    assert page.locator(".remediation-mode").inner_text() == "on"
+    rules = page.locator("tr.remediation-rule")
+    assert [rules.nth(n).get_attribute("data-rule") for n in range(rules.count())] == [
+        "error-rate-throttle",
+        "frozen-restart",
+        "memory-restart",
+        "failure-risk-drain",
+    ]
+    assert page.locator("tr[data-rule='frozen-restart'] .rule-action").inner_text() == "restart"
+
+    page.goto(_console(stack) + f"/agents/{agent}")
+    row = page.locator("#panel-pending tr[data-pending-command='drain']")
+    assert row.count() == 1
+    assert row.locator(".pending-state").inner_text() in ("sent", "unacknowledged")
+    assert "<b>failing</b> tasks" in row.inner_text()  # shown as text, not markup
+    assert "operator" in row.inner_text()  # its origin (a policy's would say policy:<rule>)
+    # The same drain among the recent commands, from its audit entry, with its origin.
+    assert page.locator("#panel-commands tr[data-command='drain'] .command-origin").first.inner_text() == "operator"
+    assert violations == []

@@ -13,9 +13,12 @@ from google.api_core.exceptions import ServiceUnavailable
 from shared.cli import fleetctl
 from shared.domain.agent_record import AgentRecord, Plan
 from shared.domain.api_keys import Role
-from shared.domain.lifecycle import Outcome, State
+from shared.domain.episodes import AlertingConfig
+from shared.domain.lifecycle import State
+from shared.services import agent_commands
 from shared.store import agents as agent_store
-from shared.store import api_keys
+from shared.store import api_keys, config
+from shared.store import audit as audit_store
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 TOKEN = "afm_0123456789abcdef_" + "s" * 43
@@ -161,20 +164,26 @@ def test_firestore_errors_exit_2_in_one_line(
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """A fake agents.update: runs ``decide`` twice (as a conflict retry would) and keeps the plans."""
-    state: dict[str, Any] = {"record": record(State.ACTIVE), "plans": []}
+    """A fake agent store: ``update`` runs ``decide`` twice (as a conflict retry would) and keeps the plans;
+    the audit entries written outside an agent write (refusals) are kept too."""
+    state: dict[str, Any] = {"record": record(State.ACTIVE), "plans": [], "audit": [], "published": []}
 
     def update(agent_id: str, decide: Callable[[AgentRecord | None], Plan]) -> Plan:
         current = state["record"] if agent_id == "agent-1" else None
         plans = [decide(current), decide(current)]
         state["plans"] = plans
+        if plans[-1].changes:
+            state["record"] = state["record"].model_copy(update=plans[-1].changes)
         return plans[-1]
 
     monkeypatch.setattr(agent_store, "update", update)
+    monkeypatch.setattr(agent_store, "get", lambda agent_id: state["record"] if agent_id == "agent-1" else None)
+    monkeypatch.setattr(audit_store, "append", state["audit"].append)
+    monkeypatch.setattr(agent_commands, "publish", lambda sent: state["published"].extend(sent) or [])
     return state
 
 
-def test_transition_applied(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_transition_to_maintenance_applied(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["agents", "transition", "agent-1", "maintenance", "--reason", "kernel patch", "--actor", "alice"]
     assert fleetctl.main(argv) == 0
     out, _ = capsys.readouterr()
@@ -184,17 +193,51 @@ def test_transition_applied(store: dict[str, Any], capsys: pytest.CaptureFixture
     [entry] = first.audit
     assert entry.actor == "alice" and entry.details["reason"] == "kernel patch" and entry.outcome == "applied"
     assert retried.audit[0].id == entry.id and retried.audit[0].at == entry.at  # a retry writes the same entry
+    assert fleetctl.main(["agents", "transition", "agent-1", "active", "--reason", "done"]) == 0
+    assert store["record"].status is State.ACTIVE
 
 
-def test_illegal_transition_exits_1_and_is_audited(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    store["record"] = record(State.DECOMMISSIONED)
-    assert fleetctl.main(["agents", "transition", "agent-1", "active", "--reason", "oops"]) == 1
+def test_suspended_is_a_pause_and_active_resumes_it(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert fleetctl.main(["agents", "transition", "agent-1", "suspended", "--reason", "noisy"]) == 0
+    assert "pause" in store["record"].holds and store["record"].status is State.SUSPENDED
+    assert [c.command.value for c in store["published"]] == ["pause"]
+    assert fleetctl.main(["agents", "transition", "agent-1", "active", "--reason", "quiet"]) == 0
+    assert store["record"].holds == {} and store["record"].status is State.ACTIVE
+    assert [c.command.value for c in store["published"]] == ["pause", "resume"]
+
+
+def test_a_budget_hold_is_not_lifted_by_a_transition(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """The bypass this command had: a budget-suspended agent moved to active (or through maintenance)."""
+    budget_hold = {"command": "budget_exhausted", "command_id": "b.1", "key": "k", "issued_at": T0}
+    store["record"] = record(State.SUSPENDED).model_copy(
+        update={"holds": {"budget": budget_hold}, "status_hold": "budget"}
+    )
+    for target in ("active", "maintenance"):
+        assert fleetctl.main(["agents", "transition", "agent-1", target, "--reason", "oops"]) == 1
+        assert "refused" in capsys.readouterr().err
+        assert store["record"].status is State.SUSPENDED and "budget" in store["record"].holds
+    assert [(e.action, e.outcome) for e in store["audit"]] == [("agent.transition", "refused")] * 2
+
+
+def test_a_quarantine_is_released_by_a_transition_to_active(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "alerting", lambda tenant: AlertingConfig.for_tenant(config.alerting_defaults()))
+    assert fleetctl.main(["agents", "transition", "agent-1", "quarantined", "--reason", "odd"]) == 0
+    assert store["record"].status is State.QUARANTINED
+    assert fleetctl.main(["agents", "transition", "agent-1", "active", "--reason", "vouched"]) == 0
+    assert store["record"].status is State.ACTIVE and store["record"].holds == {}
+
+
+def test_states_the_fleet_sets_are_refused_and_audited(
+    store: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert fleetctl.main(["agents", "transition", "agent-1", "frozen", "--reason", "oops"]) == 1
     _, err = capsys.readouterr()
-    assert "refused" in err and "not an allowed transition" in err
-    plan = store["plans"][-1]
-    assert plan.transition.outcome is Outcome.ILLEGAL and not plan.changes
-    [entry] = plan.audit
-    assert entry.outcome == "illegal" and entry.actor.startswith("cli:")
+    assert "refused" in err and "set by the fleet itself" in err
+    [entry] = store["audit"]
+    assert entry.outcome == "refused" and entry.actor.startswith("cli:")
+    assert store["record"].status is State.ACTIVE
 
 
 def test_transition_to_the_current_state_changes_nothing(
@@ -202,7 +245,7 @@ def test_transition_to_the_current_state_changes_nothing(
 ) -> None:
     assert fleetctl.main(["agents", "transition", "agent-1", "active", "--reason", "noop"]) == 0
     assert "already active" in capsys.readouterr().out
-    assert store["plans"][-1].writes == 0
+    assert store["plans"] == []
 
 
 def test_transition_of_an_unknown_agent_exits_1(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,6 +53,9 @@ AGENT = {
     "last_heartbeat_at": _iso(NOW - timedelta(seconds=30)),
     "identity": {"status": "unsigned", "key_id": None},
     "learned": {"status": "normal", "reason": None},
+    "liveness": "ok",
+    "security_score": 88.0,
+    "pending_commands": [{"command_id": "c1", "command": "drain", "state": "sent", "reason": XSS}],
 }
 HISTORY = {
     "agent_id": "agent-a1",

@@ -78,6 +78,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(token_store, "revoke", revoke)
     monkeypatch.setattr(token_store, "list_tenant", lambda t: [x for x in w["tokens"].values() if x.tenant == t])
     monkeypatch.setattr(agent_store, "update", update)
+    monkeypatch.setattr(agent_store, "get", lambda agent_id: w["agent"] if agent_id == "agent-1" else None)
     w["channels"] = channels
     return w
 
@@ -152,10 +153,11 @@ def test_decommissioning_revokes_the_key_in_the_same_write(world: dict[str, Any]
     argv = ["agents", "transition", "agent-1", "decommissioning", "--reason", "retired"]
     assert fleetctl.main(argv) == 0
     [plan] = world["plans"]
-    assert plan.changes["status"] is State.DECOMMISSIONING
+    # Through the one decommission operation: both steps of the lifecycle and the key in one write.
+    assert plan.changes["status"] is State.DECOMMISSIONED
     revoked = identity.AgentIdentity.of(plan.changes["identity"]).revoked_key_ids
     assert revoked == [identity.key_id_of(KEY.public_key)]
-    assert sorted(e.action for e in plan.audit) == ["agent.key.revoke", "agent.transition"]
+    assert sorted(e.action for e in plan.audit) == ["agent.key.revoke", "agent.transition", "agent.transition"]
     assert world["channels"] == [("delete", "agent-1")]  # its command channel goes with it
 
 

@@ -226,6 +226,10 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
             ("/v1/agents", "get"),
             ("/v1/agents/{agent_id}", "get"),
             ("/v1/agents/{agent_id}/history", "get"),
+            ("/v1/agents/{agent_id}", "patch"),
+            ("/v1/agents/{agent_id}/quarantine", "post"),
+            ("/v1/agents/{agent_id}/decommission", "post"),
+            ("/v1/agents/bulk", "post"),
             ("/v1/tenants/{tenant}/enrollment-tokens", "get"),
             ("/v1/tenants/{tenant}/enrollment-tokens", "post"),
             ("/v1/tenants/{tenant}/enrollment-tokens/{token_id}", "get"),
@@ -310,12 +314,19 @@ def test_openapi_lists_every_route_and_resolves_every_ref() -> None:
                     p for p in operation["parameters"] if p["name"] == name
                 ).items()
             # Writes take a JSON body and may refuse it; reads take none.
-            assert ("requestBody" in operation) == (method in ("put", "post"))
-            if method in ("put", "post"):
+            assert ("requestBody" in operation) == (method in ("put", "post", "patch"))
+            if method in ("put", "post", "patch"):
                 assert "400" in operation["responses"]
                 assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     names = {p["name"] for p in spec["paths"]["/v1/agents"]["get"]["parameters"]}
-    assert names == {"tenant", "status", "page_size", "page_token"}
+    assert names == {"tenant", "status", "page_size", "page_token", "limit"} | {
+        "capability",
+        "label",
+        "version",
+        "liveness",
+        "min_security",
+        "max_security",
+    }
 
     def resolve(ref: str) -> Any:
         node: Any = spec

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from shared.api.bodies import operator
 from shared.api.bodies.agents import (
     AgentPage,
     AgentView,
@@ -118,6 +119,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     EnrollmentTokenCreated,
     EnrollmentTokenList,
     KeyRevokeView,
+    *operator.MODELS,
 )
 #: Every request body (documented in validation mode: what the API accepts).
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
@@ -133,6 +135,7 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     RolesUpdate,
     EnrollmentTokenCreate,
     KeyRevokeRequest,
+    *operator.REQUEST_MODELS,
 )
 
 __all__ = [

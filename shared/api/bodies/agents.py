@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -9,7 +10,22 @@ from pydantic import Field, field_validator
 from shared.api.bodies.common import Timestamp, View
 from shared.api.bodies.enrollment import IdentityView, identity_view
 from shared.domain.agent_record import AgentRecord
+from shared.domain.health import HealthConfig, score_at
 from shared.domain.lifecycle import State
+
+
+class PendingCommandView(View):
+    """A command sent to the agent and not yet done or failed (AgentRecord.commands)."""
+
+    command_id: str
+    command: str
+    state: str = Field(description="sent, acknowledged or unacknowledged.")
+    origin: str | None = None
+    actor: str | None = None
+    reason: str | None = None
+    sent_at: Timestamp | None = None
+    deadline: Timestamp | None = None
+    attempts: int | None = None
 
 
 class AgentView(View):
@@ -43,6 +59,16 @@ class AgentView(View):
     )
     identity: IdentityView = Field(
         default_factory=lambda: identity_view(None), description="Whether its events are signed, and by which key."
+    )
+    liveness: str = Field(default="ok", description="The liveness rung: ok, late, offline or frozen.")
+    security_score: float = Field(
+        default=100.0, description="The health rules' security score now (100 at best; quarantined at the threshold)."
+    )
+    pending_commands: list[PendingCommandView] = Field(
+        default_factory=list, description="Tracked commands not yet done or failed, oldest first."
+    )
+    api_fields: list[str] = Field(
+        default_factory=list, description="Fields set through the API (PATCH): the agent's registration keeps them."
     )
 
     @field_validator("identity", mode="before")
@@ -113,7 +139,29 @@ class HistoryView(View):
     samples: list[HistorySample] = Field(description="Stored heartbeat samples, oldest first.")
 
 
-def agent_view(record: AgentRecord) -> AgentView:
-    """The public view of a stored agent (attributes are copied by name, extra ones dropped)."""
+_DEFAULT_HEALTH = HealthConfig()
+
+#: Tracked command states that are over (helper "commands" owns the entry shape).
+FINISHED_COMMANDS = frozenset({"done", "failed"})
+
+
+def pending_commands(record: AgentRecord) -> list[PendingCommandView]:
+    """The agent's tracked commands not done or failed, oldest first."""
+    pending = [
+        PendingCommandView.model_validate({"command_id": cid, "state": "sent", **entry})
+        for cid, entry in record.commands.items()
+        if entry.get("state") not in FINISHED_COMMANDS and entry.get("command")
+    ]
+    return sorted(pending, key=lambda c: (c.sent_at is None, c.sent_at or datetime.min.replace(tzinfo=UTC)))
+
+
+def agent_view(record: AgentRecord, health: HealthConfig | None = None, at: datetime | None = None) -> AgentView:
+    """The public view of a stored agent (attributes are copied by name, extra ones dropped). Its security
+    score is the one at ``at`` (now), recovered since it was stored at ``health``'s rate (default: the
+    deployment's default rate, so that showing an agent reads no tenant settings)."""
     view = AgentView.model_validate(record, from_attributes=True)
-    return view.model_copy(update={"learned": LearnedView.model_validate(record.ml)}) if record.ml else view
+    score = score_at(record.health, at or datetime.now(UTC), health or _DEFAULT_HEALTH)
+    update: dict[str, Any] = {"security_score": round(score, 1), "pending_commands": pending_commands(record)}
+    if record.ml:
+        update["learned"] = LearnedView.model_validate(record.ml)
+    return view.model_copy(update=update)
