@@ -23,7 +23,7 @@ from shared.domain.run_phase import Backend
 from shared.launchers import gke_manifest
 from shared.launchers.base import LaunchSpec
 from shared.store import price_files
-from shared.training import launch
+from shared.training import launch, submit
 
 TF = Path(__file__).resolve().parents[2] / "terraform"
 PRICES = price_files.machine_prices()
@@ -73,7 +73,8 @@ def deployed(shapes: dict[str, dict[str, Any]], gpu_types: list[str]) -> set[tup
         (machine, spot)
         for machine, shape in shapes.items()
         for spot in (True, False)
-        if shape["accelerator"] is None or shape["accelerator"] in gpu_types
+        if (shape["accelerator"] is None or shape["accelerator"] in gpu_types)
+        and (spot or machine not in job_costs.SPOT_ONLY_MACHINES)
     }
 
 
@@ -89,6 +90,8 @@ def test_the_locals_make_a_spot_and_an_on_demand_pool_per_machine(gke: dict[str,
         assert 'setproduct(keys(local.machine_shapes), ["spot", "on-demand"])' in rule
         assert 'spot = pair[1] == "spot"' in rule
     assert "contains(var.gpu_types" in local["gpu_pools"]
+    assert '!(pair[1] == "on-demand" && contains(local.spot_only_machines, pair[0]))' in local["gpu_pools"]
+    assert set(_plain(local["spot_only_machines"])) == job_costs.SPOT_ONLY_MACHINES
     pools = {
         _unquote(name): body
         for block in gke["resource"]
@@ -120,8 +123,33 @@ def test_every_machine_of_the_price_table_is_a_shape_with_its_accelerator(shapes
     assert shapes == expected
 
 
-def test_the_default_gpu_types_are_every_type_a_job_may_ask_for(gpu_types: list[str]) -> None:
-    assert sorted(gpu_types) == sorted(job_costs.GPU_TYPES)
+def test_the_default_gpu_types_are_the_l4_only_and_the_example_gives_zones_for_its_types(gpu_types: list[str]) -> None:
+    """40 GPU pools by default would multiply gpu_pool_max_nodes 40 times and need every GPU's zones."""
+    assert gpu_types == ["nvidia-l4"]
+    with (TF / "example.tfvars").open() as handle:
+        example = _plain(hcl2.load(handle))
+    assert set(example["gpu_types"]) <= set(example["gpu_zones"])
+
+
+def test_every_gpu_pool_needs_its_accelerators_zones(gke: dict[str, Any]) -> None:
+    pool = next(
+        named['"gpu"'] for block in gke["resource"] for rtype, named in block.items()
+        if _unquote(rtype) == "google_container_node_pool" and '"gpu"' in named
+    )  # fmt: skip
+    [lifecycle] = pool["lifecycle"]
+    [precondition] = lifecycle["precondition"]
+    assert precondition["condition"] == "${length(lookup(var.gpu_zones, each.value.accelerator, [])) > 0}"
+    assert pool["node_locations"] == "${lookup(var.gpu_zones, each.value.accelerator, null)}"
+
+
+def test_the_functions_get_the_deployed_gpu_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 'FLEET_GKE_GPU_TYPES            = join(",", var.gpu_types)' in (TF / "locals.tf").read_text()
+    monkeypatch.setenv("FLEET_GKE_GPU_TYPES", "nvidia-l4, nvidia-tesla-t4")
+    assert submit.gke_gpu_types() == {"nvidia-l4", "nvidia-tesla-t4"}
+    monkeypatch.setenv("FLEET_GKE_GPU_TYPES", "")
+    assert submit.gke_gpu_types() == frozenset()
+    monkeypatch.delenv("FLEET_GKE_GPU_TYPES")
+    assert submit.gke_gpu_types() is None
 
 
 def test_the_manifest_selects_the_labels_gke_gives_the_pools() -> None:
@@ -134,7 +162,13 @@ CPUS = (1, 4, 8, 12, 16, 24, 32, 48, 96, 104, 208)
 GPUS = (1, 2, 4, 8)
 
 
-def test_every_job_the_policy_sends_to_gke_has_a_pool(shapes: dict[str, dict[str, Any]], gpu_types: list[str]) -> None:
+@pytest.mark.parametrize("deploy", ["default", "all"])
+def test_every_job_the_policy_sends_to_gke_has_a_pool(
+    shapes: dict[str, dict[str, Any]], gpu_types: list[str], deploy: str
+) -> None:
+    """With the default gpu_types and with every type deployed (FLEET_GKE_GPU_TYPES tells the policy)."""
+    if deploy == "all":
+        gpu_types = list(job_costs.GPU_TYPES)
     pools = deployed(shapes, gpu_types)
     config = JobsConfig(backends=[Backend.GKE])
     checked = 0
@@ -142,7 +176,7 @@ def test_every_job_the_policy_sends_to_gke_has_a_pool(shapes: dict[str, dict[str
         gpu = gpus if gpu_type else 0
         resources = JobResources(cpu=cpu, memory_gb=cpu * 3.5, gpu=gpu, gpu_type=gpu_type, spot=spot)
         try:
-            backend, _ = job_policy.choose(resources, 3600, None, config, prices=PRICES)
+            backend, _ = job_policy.choose(resources, 3600, None, config, prices=PRICES, gpu_types=gpu_types)
         except job_policy.NoBackend:
             continue  # refused at submission: nothing is scheduled
         assert backend is Backend.GKE
