@@ -14,12 +14,13 @@ from pydantic import ValidationError
 from emulators.fake_slack import FakeSlack
 from shared.api.bodies.jobs import JobRequest
 from shared.domain.episodes import AlertingConfig
-from shared.domain.jobs import JobsConfig
+from shared.domain.jobs import JobsConfig, JobState
 from shared.services import job_alerts
 from shared.slack import web_api
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import job_alerts as store
+from tests.unit.test_jobs_domain import make_job
 
 TOKEN = "xoxb-test-token"
 
@@ -88,7 +89,7 @@ class FakeStores:
             return queued, oldest
 
         monkeypatch.setattr(store, "queue", queue)
-        monkeypatch.setattr(store, "ended_since", lambda tenant, since: (0, 0))
+        monkeypatch.setattr(store, "ended_since", lambda tenant, since, before=None: (0, 0))
         monkeypatch.setattr(config_store, "jobs", lambda tenant: JobsConfig(alert_queue_length=2))
         monkeypatch.setattr(config_store, "alerting", lambda tenant: AlertingConfig())
         monkeypatch.setattr(episode_store, "update_tenant", self.update_tenant)
@@ -127,3 +128,29 @@ def test_a_full_page_of_active_jobs_does_not_resolve_stalls_it_did_not_list(monk
     job_alerts.tick(now, [], set())
     assert [w.episode_id for w in fake.updated["acme"]] == ["t.acme.job_stalled.1"]
     assert fake.states["acme"]["job_alerts_open"] is False
+
+
+def test_a_success_that_pushes_the_days_failure_rate_over_opens_it_counted_on_the_day_it_finished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2 failed of 4 is too few jobs; the 5th, a success, makes 2 of 5 = 40%: over 20%."""
+    fake = FakeStores(monkeypatch)
+    windows: list[tuple[datetime, datetime | None]] = []
+
+    def ended_since(tenant: str, since: datetime, before: datetime | None = None) -> tuple[int, int]:
+        windows.append((since, before))
+        return 5, 2
+
+    monkeypatch.setattr(store, "ended_since", ended_since)
+    finished = datetime(2026, 3, 1, 23, 59, tzinfo=UTC)
+    job = make_job("j-5", state=JobState.SUCCEEDED, started_at=finished, finished_at=finished)
+    assert job_alerts.on_final(job, datetime(2026, 3, 2, 0, 1, tzinfo=UTC))
+    assert windows == [(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))]
+    [opened] = fake.updated["acme"]
+    assert opened.fields["rule"] == "job_failure_rate" and opened.fields["state"] == "open"
+    assert fake.states["acme"]["episodes"]["job_failure_rate"]["day"] == "2026-03-01"
+
+    monkeypatch.setattr(store, "ended_since", lambda tenant, since, before=None: (5, 1))
+    fake.updated.clear()
+    assert job_alerts.on_final(job, datetime(2026, 3, 2, 0, 1, tzinfo=UTC))
+    assert fake.updated == {}  # a success under the threshold reads no alert document
