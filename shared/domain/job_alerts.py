@@ -66,9 +66,15 @@ def day_start(now: datetime) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def code(text: str) -> str:
+    """``text`` as inline code in Slack mrkdwn: escaped, and a backtick in it (an e-mail address or a job
+    name may hold one) replaced by a look-alike so it cannot end the code span."""
+    return "`" + escape(text).replace("`", "\u02cb") + "`"
+
+
 def who(requester: str, mention: str | None) -> str:
-    """The requester as the message shows it: a Slack mention when resolved, else escaped text."""
-    return f"<@{mention}>" if mention else f"`{escape(requester)}`"
+    """The requester as the message shows it: a Slack mention when resolved, else escaped inline code."""
+    return f"<@{mention}>" if mention else code(requester)
 
 
 def final_rule(job: Job) -> str | None:
@@ -87,7 +93,7 @@ def final_alert(job: Job, now: datetime, mention: str | None) -> Alert | None:
     at = job.finished_at or job.updated_at or now
     what = "was released without running" if rule == RELEASED else "failed"
     message = (
-        f"Training job `{escape(job.name)}` ({job.id}) of `{job.agent_id}` {what}: {escape(job.reason or 'no reason')}"
+        f"Training job {code(job.name)} ({job.id}) of `{job.agent_id}` {what}: {escape(job.reason or 'no reason')}"
         f" · requested by {who(job.requester, mention)}"
     )
     return Alert(
@@ -158,7 +164,7 @@ def judge(tenant: str, readings: Readings, limits: Thresholds, now: datetime) ->
             key,
             STALLED,
             Severity.WARNING,
-            f"Training job `{escape(stall.name)}` ({stall.job_id}) of `{stall.agent_id}` is stalled: "
+            f"Training job {code(stall.name)} ({stall.job_id}) of `{stall.agent_id}` is stalled: "
             f"{escape(stall.reason)} · requested by {who(stall.requester, stall.mention)}",
             {"job_id": stall.job_id, "requester": stall.requester, "mention": stall.mention},
             stall.agent_id,

@@ -10,10 +10,10 @@
   episodes.py ``update_tenant``: two ticks open each once).
 
 The rules are shared/domain/job_alerts.py's. The notices go through the ordinary outbox (sent by the minute
-job, grouped, silenced by rule, routed by severity to the tenant's channels). The requester is mentioned
-when their e-mail (``users.lookupByEmail``) or Slack user id (``users.info``) is a Slack user (cached per
-process); otherwise the message names them as text in the tenant's channel. Each step counts its
-Firestore reads and writes (the tick's result: ``alerts``).
+job, grouped, silenced by rule, routed by severity to the tenant's channels). The requester (or the job's
+``notify``, when given) is mentioned when their e-mail (``users.lookupByEmail``) or Slack user id
+(``users.info``) is a Slack user (cached per process); otherwise the message names them as text in the
+tenant's channel. Each step counts its Firestore reads and writes (the tick's result: ``alerts``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def on_final(job: Job, now: datetime) -> bool:
     done = True
     with metering.metered() as meter:
         try:
-            alert = rules.final_alert(job, now, mention(job.requester) if rules.final_rule(job) else None)
+            alert = rules.final_alert(job, now, mention(job.notify or job.requester) if rules.final_rule(job) else None)
             if alert is not None and episode_store.raise_once(alert):
                 logs.log(log, f"{alert.kind} episode opened", logging.WARNING, job_id=job.id, tenant=job.tenant)
             if job.state in (JobState.FAILED, JobState.SUCCEEDED):
@@ -124,7 +124,7 @@ def _tenant(tenant: str, now: datetime, jobs: list[Job] | None, waiting: bool, h
             job.name,
             job.agent_id,
             job.requester,
-            mention(job.requester),
+            mention(job.notify or job.requester),
             job.stalled_at,
             next((e.reason for e in reversed(job.history) if e.kind == "stalled"), "not running yet"),
         )

@@ -86,6 +86,7 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
         agent_id=request.agent_id,
         requester=requester,
         requested_via=via,
+        notify=request.notify,
         name=request.name,
         image=request.image,
         command=request.command,
