@@ -5,7 +5,7 @@ environment             = "prod"
 firestore_location      = "nam5"
 slack_alerts_channel    = "#fleet-alerts"
 slack_approvals_channel = "#fleet-approvals"
-gpu_types               = ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb"]
+gpu_types               = ["nvidia-l4"]
 gpu_zones               = { "nvidia-l4" = ["us-central1-a", "us-central1-c"] }
 gpu_pool_max_nodes      = 4
 cpu_pool_max_nodes      = 4

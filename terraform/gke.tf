@@ -124,11 +124,14 @@ locals {
     "a3-highgpu-4g"  = { accelerator = "nvidia-h100-80gb", gpus = 4 }
     "a3-highgpu-8g"  = { accelerator = "nvidia-h100-80gb", gpus = 8 }
   }
+  # Sold only as spot (or Flex-start), never on demand: no on-demand pool (shared/domain/job_costs.py
+  # SPOT_ONLY_MACHINES; the job policy refuses such a job on demand).
+  spot_only_machines = ["a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g"]
   # "<machine>-spot" and "<machine>-on-demand" for every GPU machine of var.gpu_types.
   gpu_pools = {
     for pair in setproduct(keys(local.machine_shapes), ["spot", "on-demand"]) :
     "${pair[0]}-${pair[1]}" => merge(local.machine_shapes[pair[0]], { machine_type = pair[0], spot = pair[1] == "spot" })
-    if local.machine_shapes[pair[0]].accelerator != null && contains(var.gpu_types, coalesce(local.machine_shapes[pair[0]].accelerator, "none"))
+    if local.machine_shapes[pair[0]].accelerator != null && contains(var.gpu_types, coalesce(local.machine_shapes[pair[0]].accelerator, "none")) && !(pair[1] == "on-demand" && contains(local.spot_only_machines, pair[0]))
   }
   cpu_pools = {
     for pair in setproduct(keys(local.machine_shapes), ["spot", "on-demand"]) :
@@ -142,8 +145,15 @@ resource "google_container_node_pool" "gpu" {
   name     = "gpu-${each.key}"
   cluster  = google_container_cluster.gpu.id
   location = var.region
-  # Zones that offer the accelerator (not every zone of a region carries every GPU); empty: GKE's default.
-  node_locations = length(lookup(var.gpu_zones, each.value.accelerator, [])) > 0 ? var.gpu_zones[each.value.accelerator] : null
+  # Zones that offer the accelerator (not every zone of a region carries every GPU).
+  node_locations = lookup(var.gpu_zones, each.value.accelerator, null)
+
+  lifecycle {
+    precondition {
+      condition     = length(lookup(var.gpu_zones, each.value.accelerator, [])) > 0
+      error_message = "gpu_zones must list the zones of every entry of gpu_types (not every zone carries every GPU)."
+    }
+  }
 
   autoscaling {
     total_min_node_count = 0

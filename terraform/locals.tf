@@ -58,6 +58,7 @@ locals {
     FLEET_SLACK_APPROVALS_CHANNEL  = var.slack_approvals_channel
     FLEET_GKE_CLUSTER              = local.gke_cluster
     FLEET_CLOUDRUN_REGION          = var.region
+    FLEET_GKE_GPU_TYPES            = join(",", var.gpu_types)
     FLEET_TRAINING_IMAGE           = "${local.image_repo}/training:${var.training_image_tag}"
     FLEET_TRAINING_SERVICE_ACCOUNT = google_service_account.training.email
     FLEET_RETRAIN_SERVICE_ACCOUNT  = google_service_account.retrain.email

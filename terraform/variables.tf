@@ -39,9 +39,9 @@ variable "slack_approvals_channel" {
 }
 
 variable "gpu_types" {
-  description = "Accelerators the GKE cluster offers (GKE names): each gets a spot and an on-demand node pool per machine of its family in gke.tf (those the job policy prices). The default is every type a job may ask for."
+  description = "Accelerators the GKE cluster offers (GKE names): each gets a spot and an on-demand node pool per machine of its family in gke.tf (those the job policy prices; H100 on demand only as a3-highgpu-8g), and each needs its zones in gpu_zones. The functions get the list (FLEET_GKE_GPU_TYPES): the job policy refuses GPU types not deployed."
   type        = list(string)
-  default     = ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb"]
+  default     = ["nvidia-l4"]
 
   validation {
     condition     = alltrue([for t in var.gpu_types : contains(["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb"], t)])
@@ -50,7 +50,7 @@ variable "gpu_types" {
 }
 
 variable "gpu_zones" {
-  description = "Zones of each accelerator's node pools: those of the region that offer it (L4 is not in every zone); an accelerator not listed gets GKE's default zones."
+  description = "Zones of each accelerator's node pools: those of the region that offer it (not every zone carries every GPU). Every entry of gpu_types must have one (checked by a precondition of its node pools)."
   type        = map(list(string))
   default     = {}
 }

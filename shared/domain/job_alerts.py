@@ -12,7 +12,8 @@ Two kinds, both ordinary alert episodes (the notifier sends them; silences, grou
   alert is) and judged again on every reconcile tick: a job stalled (admitted, not running after
   ``start_timeout_s``; one episode per job, resolved once it runs or ends), the failure rate of the UTC
   day (failed among the succeeded and failed jobs that ended that day, once at least
-  ``alert_failure_min_jobs`` ended; resolved under the threshold or when the day ends), the queue longer
+  ``alert_failure_min_jobs`` ended; judged at each job's end and each tick; its episode is of one day:
+  resolved under the threshold or when the day ends, and a new day over it opens a new one), the queue longer
   than ``alert_queue_length`` and a job queued longer than ``alert_wait_s``: :func:`judge`, :func:`decide`.
 
 A requester the service resolved to a Slack user is mentioned in the message (``<@U...>``); otherwise the
@@ -65,9 +66,15 @@ def day_start(now: datetime) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def code(text: str) -> str:
+    """``text`` as inline code in Slack mrkdwn: escaped, and a backtick in it (an e-mail address or a job
+    name may hold one) replaced by a look-alike so it cannot end the code span."""
+    return "`" + escape(text).replace("`", "\u02cb") + "`"
+
+
 def who(requester: str, mention: str | None) -> str:
-    """The requester as the message shows it: a Slack mention when resolved, else escaped text."""
-    return f"<@{mention}>" if mention else f"`{escape(requester)}`"
+    """The requester as the message shows it: a Slack mention when resolved, else escaped inline code."""
+    return f"<@{mention}>" if mention else code(requester)
 
 
 def final_rule(job: Job) -> str | None:
@@ -86,7 +93,7 @@ def final_alert(job: Job, now: datetime, mention: str | None) -> Alert | None:
     at = job.finished_at or job.updated_at or now
     what = "was released without running" if rule == RELEASED else "failed"
     message = (
-        f"Training job `{escape(job.name)}` ({job.id}) of `{job.agent_id}` {what}: {escape(job.reason or 'no reason')}"
+        f"Training job {code(job.name)} ({job.id}) of `{job.agent_id}` {what}: {escape(job.reason or 'no reason')}"
         f" · requested by {who(job.requester, mention)}"
     )
     return Alert(
@@ -124,6 +131,8 @@ class Readings:
     stalled: list[Stalled] | None = None
     ended_today: int | None = None
     failed_today: int | None = None
+    #: The UTC day (``YYYY-MM-DD``) the two counts are of; None: ``now``'s.
+    day: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ def judge(tenant: str, readings: Readings, limits: Thresholds, now: datetime) ->
             key,
             STALLED,
             Severity.WARNING,
-            f"Training job `{escape(stall.name)}` ({stall.job_id}) of `{stall.agent_id}` is stalled: "
+            f"Training job {code(stall.name)} ({stall.job_id}) of `{stall.agent_id}` is stalled: "
             f"{escape(stall.reason)} · requested by {who(stall.requester, stall.mention)}",
             {"job_id": stall.job_id, "requester": stall.requester, "mention": stall.mention},
             stall.agent_id,
@@ -168,7 +177,7 @@ def judge(tenant: str, readings: Readings, limits: Thresholds, now: datetime) ->
             Severity.HIGH,
             f"{failed} of {ended} training jobs of {tenant} that ended today (UTC) failed ({failed / ended:.0%}, "
             f"threshold {limits.failure_rate:.0%}): see GET /v1/jobs?tenant={tenant}&state=failed",
-            {"failed": failed, "ended": ended, "threshold": limits.failure_rate, "day": str(day_start(now).date())},
+            {"failed": failed, "ended": ended, "threshold": limits.failure_rate, "day": _day(readings, now)},
         )
     queued = readings.queued or 0
     if limits.queue_length and queued > limits.queue_length:
@@ -208,6 +217,14 @@ def decide(
     open_ = {str(k): dict(v) for k, v in (state.get("episodes") or {}).items()}
     seq = int(state.get("episode_seq") or 0)
     writes: list[domain.EpisodeWrite] = []
+    day = _day(readings, now)
+    rate = open_.get(FAILURE_RATE)
+    if rate is not None and readings.ended_today is not None and str(rate.get("day") or "") < day:
+        # The failure rate is a day's: the day it opened for is over, so its episode resolves (and the new
+        # day's opens below if it is over the threshold too).
+        writes.append(
+            _resolution(tenant, FAILURE_RATE, open_.pop(FAILURE_RATE), "the day it was of ended", now, config)
+        )
     for key, finding in sorted(findings.items()):
         if key in open_:
             continue
@@ -230,23 +247,37 @@ def decide(
         open_[key] = {"id": episode, "severity": finding.severity.value, "opened_at": now, "rule": finding.rule}
         if finding.agent_id:
             open_[key]["agent_id"] = finding.agent_id
+        if key == FAILURE_RATE:
+            open_[key]["day"] = day
     for key in sorted(open_):
         if not _ours(key) or key in findings or not judged(readings, key):
             continue
-        current = open_.pop(key)
-        rule = str(current.get("rule") or key.partition(":")[0])
-        snapshot = {
-            **current,
-            "rule": rule,
-            "title": domain.title(rule),
-            "tenant": tenant,
-            "agent_id": current.get("agent_id"),
-        }
-        summary = _cleared(rule, key, readings)
-        writes.append(domain.resolution(snapshot, now, summary, due_at=now + timedelta(seconds=config.group_wait_s)))
+        if key == FAILURE_RATE and str(open_[key].get("day") or "") > day:
+            continue  # counts of an earlier day (a late-settled job): they do not judge today's episode
+        writes.append(
+            _resolution(tenant, key, open_.pop(key), _cleared(key.partition(":")[0], key, readings), now, config)
+        )
     if not writes:
         return {}, []
     return {"episodes": open_, "episode_seq": seq, OPEN_FLAG: any(_ours(k) for k in open_)}, writes
+
+
+def _day(readings: Readings, now: datetime) -> str:
+    return readings.day or str(day_start(now).date())
+
+
+def _resolution(
+    tenant: str, key: str, current: dict[str, Any], summary: str, now: datetime, config: domain.AlertingConfig
+) -> domain.EpisodeWrite:
+    rule = str(current.get("rule") or key.partition(":")[0])
+    snapshot = {
+        **current,
+        "rule": rule,
+        "title": domain.title(rule),
+        "tenant": tenant,
+        "agent_id": current.get("agent_id"),
+    }
+    return domain.resolution(snapshot, now, summary, due_at=now + timedelta(seconds=config.group_wait_s))
 
 
 def _ours(key: str) -> bool:

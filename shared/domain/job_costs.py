@@ -47,6 +47,9 @@ class Family(BaseModel):
 #: The GKE accelerators a job may ask for (``gpu_type``). Each is carried by exactly one family of the
 #: machine price table, which is checked against this list when it is read.
 GPU_TYPES: tuple[str, ...] = ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-h100-80gb")
+#: Machines Compute Engine sells only as spot (or Flex-start), never on demand: the policy refuses an
+#: on-demand job priced on one, and terraform/gke.tf gives them no on-demand pool.
+SPOT_ONLY_MACHINES = frozenset({"a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g"})
 
 
 class MachinePrices(BaseModel):

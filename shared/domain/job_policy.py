@@ -5,11 +5,15 @@
 3. Otherwise the first allowed backend, in this order of preference, that can run it:
    - **Cloud Run jobs** for CPU jobs and single-L4 jobs on demand: nothing to keep running, billed
      per second, no node to scale up (L4 needs at least 4 vCPU and 16 GiB);
-   - **GKE** for everything else: several GPUs, other GPU types, spot capacity, large machines.
+   - **GKE** for everything else: several GPUs, other GPU types, spot capacity, large machines; only the
+     GPU types the deployment has node pools of (``gpu_types``), and H100 on demand only as 8 GPUs
+     (a3-highgpu-1g/2g/4g are sold as spot only: ``job_costs.SPOT_ONLY_MACHINES``).
 The local backend runs anything on this machine's CPU (GPUs are accounted, not provided).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from shared.domain import job_costs
 from shared.domain.jobs import JobResources, JobsConfig
@@ -27,9 +31,15 @@ class NoBackend(ValueError):
 
 
 def why_not(
-    backend: Backend, resources: JobResources, max_runtime_s: int, *, prices: job_costs.MachinePrices
+    backend: Backend,
+    resources: JobResources,
+    max_runtime_s: int,
+    *,
+    prices: job_costs.MachinePrices,
+    gpu_types: Collection[str] | None = None,
 ) -> str | None:
-    """Why ``backend`` cannot run a job with these resources (GKE: on a machine of ``prices``); None when it can."""
+    """Why ``backend`` cannot run a job with these resources (GKE: on a machine of ``prices`` with a node pool:
+    an accelerator of ``gpu_types``, the deployed ones, None: all); None when it can."""
     if backend is Backend.LOCAL:
         return None
     if backend is Backend.CLOUDRUN:
@@ -46,10 +56,17 @@ def why_not(
         if max_runtime_s > CLOUD_RUN_MAX_RUNTIME_S:
             return "Cloud Run tasks run at most 168 hours"
         return None
+    wanted = (resources.gpu_type or "nvidia-l4") if resources.gpu else None
+    if wanted is not None and gpu_types is not None and wanted not in gpu_types:
+        return f"this deployment's GKE cluster has no {wanted} nodes (it has: {', '.join(gpu_types) or 'none'})"
     try:
-        job_costs.machine_for(resources.cpu, resources.memory_gb, resources.gpu, resources.gpu_type, prices=prices)
+        machine, _family = job_costs.machine_for(
+            resources.cpu, resources.memory_gb, resources.gpu, resources.gpu_type, prices=prices
+        )
     except job_costs.NoMachine as exc:
         return str(exc)
+    if not resources.spot and machine in job_costs.SPOT_ONLY_MACHINES:
+        return f"{machine} is sold only as spot capacity: ask for spot, or for 8 GPUs on demand"
     return None
 
 
@@ -60,6 +77,7 @@ def choose(
     config: JobsConfig,
     *,
     prices: job_costs.MachinePrices,
+    gpu_types: Collection[str] | None = None,
 ) -> tuple[Backend, str]:
     """(backend, why) for a job; :class:`NoBackend` when none of the allowed ones can run it."""
     allowed = list(config.backends)
@@ -68,19 +86,19 @@ def choose(
     if asked is not None:
         if asked not in allowed:
             raise NoBackend(f"backend {asked.value} is not enabled for this tenant (enabled: {_names(allowed)})")
-        reason = why_not(asked, resources, max_runtime_s, prices=prices)
+        reason = why_not(asked, resources, max_runtime_s, prices=prices, gpu_types=gpu_types)
         if reason is not None:
             raise NoBackend(f"{asked.value} cannot run this job: {reason}")
         return asked, "asked for"
     if config.default_backend is not None:
-        reason = why_not(config.default_backend, resources, max_runtime_s, prices=prices)
+        reason = why_not(config.default_backend, resources, max_runtime_s, prices=prices, gpu_types=gpu_types)
         if reason is None:
             return config.default_backend, "the tenant's default backend"
     ruled_out = []
     for backend in _PREFERENCE:
         if backend not in allowed:
             continue
-        reason = why_not(backend, resources, max_runtime_s, prices=prices)
+        reason = why_not(backend, resources, max_runtime_s, prices=prices, gpu_types=gpu_types)
         if reason is None:
             return backend, _why(backend, resources)
         ruled_out.append(f"{backend.value}: {reason}")

@@ -143,6 +143,9 @@ class JobRequest(BaseModel):
     #: Whose quota the job counts against. Left out: the caller (``api:<key name>``, the Slack user);
     #: only admin keys may name someone else (they submit for people, e.g. from a portal).
     requester: Requester | None = None
+    #: Whom the job's alerts mention in Slack (an e-mail address or a Slack user id), when not the
+    #: requester: any key may set it (it is no quota and no part of the job's id), only for the mention.
+    notify: Requester | None = None
     name: Name
     image: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
     command: list[Annotated[str, StringConstraints(max_length=2000)]] | None = Field(default=None, max_length=100)
@@ -228,6 +231,8 @@ class JobFields(BaseModel):
     requester: str
     #: How it was asked: ``api:<key name>`` or ``slack:<user id>``; a Slack requester is told the outcome.
     requested_via: str
+    #: Whom the job's alerts mention (``JobRequest.notify``); None: the requester.
+    notify: str | None = None
     name: str
     image: str | None = None
     command: list[str] | None = None

@@ -58,6 +58,9 @@ class LaunchSpec:
     #: GKE accelerator name, e.g. ``nvidia-l4``, ``nvidia-tesla-t4``, ``nvidia-tesla-a100``.
     gpu_type: str | None = None
     spot: bool = False
+    #: The machine type the job was priced on (GKE: selected by ``node.kubernetes.io/instance-type``);
+    #: None: any node of the accelerator (and spot or not) will do.
+    machine_type: str | None = None
     max_runtime_s: int = 3600
     #: Retries of a failed run (Kubernetes backoffLimit, Cloud Run max_retries); preemptions don't count.
     max_retries: int = 1

@@ -11,7 +11,12 @@ What the Job looks like is :func:`job_manifest` (a pure function, a plain dict):
 * the run's limits are Kubernetes' too: ``activeDeadlineSeconds = spec.max_runtime_s`` and
   ``ttlSecondsAfterFinished = spec.keep_finished_s`` (the finished Job and its pods are then deleted);
 * GPUs: ``nvidia.com/gpu`` limit, the GKE accelerator node selector and the GPU taint's toleration; spot:
-  ``cloud.google.com/gke-spot: "true"``. ``terminationGracePeriodSeconds`` is 30 s, spot's notice (on a
+  ``cloud.google.com/gke-spot: "true"``; on demand: a required node affinity ``cloud.google.com/gke-spot``
+  DoesNotExist (GKE does not taint spot nodes, so without it an on-demand job could land on one). The
+  machine the job was priced on (``spec.machine_type``) is selected by ``node.kubernetes.io/instance-type``,
+  so a 1-GPU job priced on g2-standard-4 never scales up a g2-standard-96 (terraform/gke.tf has one pool
+  per machine and spot or on demand; tests/unit/test_terraform_pools.py checks each lands on exactly one).
+  ``terminationGracePeriodSeconds`` is 30 s, spot's notice (on a
   spot node shutdown the kubelet gives regular pods the first 15 s of it: checkpoint promptly on SIGTERM).
 * secrets (the job's key, ``FLEET_JOB_KEY``) are never in the Job: its env names them in a Secret of the
   Job's name (:func:`secret_manifest`), created right after the Job and owned by it, so Kubernetes deletes
@@ -20,6 +25,7 @@ What the Job looks like is :func:`job_manifest` (a pure function, a plain dict):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
@@ -31,6 +37,15 @@ from shared.launchers.base import CONTAINER, LaunchSpec
 GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_SELECTOR = "cloud.google.com/gke-accelerator"
 SPOT_SELECTOR = "cloud.google.com/gke-spot"
+MACHINE_SELECTOR = "node.kubernetes.io/instance-type"
+#: On demand: never a spot node (GKE labels spot nodes but does not taint them).
+NOT_SPOT_AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": SPOT_SELECTOR, "operator": "DoesNotExist"}]}]
+        }
+    }
+}
 #: GKE taints GPU nodes with this; the pods that asked for a GPU must tolerate it.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 #: Spot VMs get a 30 s preemption notice; the trainer gets SIGTERM and this long to save a checkpoint.
@@ -99,8 +114,12 @@ def job_manifest(spec: LaunchSpec, namespace: str, *, fail_job_exit_codes: Seque
     node_selector: dict[str, str] = {}
     if spec.gpu > 0 and spec.gpu_type:
         node_selector[ACCELERATOR_SELECTOR] = spec.gpu_type
+    if spec.machine_type:
+        node_selector[MACHINE_SELECTOR] = spec.machine_type
     if spec.spot:
         node_selector[SPOT_SELECTOR] = "true"
+    else:
+        pod_spec["affinity"] = copy.deepcopy(NOT_SPOT_AFFINITY)
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if spec.gpu > 0:

@@ -2,18 +2,18 @@
 
 - :func:`on_final`, from settling a finished job (shared/training/follow.py ``settle``, whichever function
   finished it): a failed or released job opens its episode once (a create under ``job_failed.<id>`` or
-  ``job_released.<id>``; it resolves by itself an hour later), and a failure judges the tenant's failure
-  rate of the UTC day at once.
+  ``job_released.<id>``; it resolves by itself an hour later), and a failure or a success judges the
+  tenant's failure rate of the UTC day the job finished in at once.
 - :func:`tick`, once per reconcile tick: every tenant with active or queued jobs or open job episodes is
   judged (stalls, the day's failure rate while its episode is open, the queue's length and oldest wait)
   and its episodes opened or resolved in one conditional write of its alert document (shared/store/
   episodes.py ``update_tenant``: two ticks open each once).
 
 The rules are shared/domain/job_alerts.py's. The notices go through the ordinary outbox (sent by the minute
-job, grouped, silenced by rule, routed by severity to the tenant's channels). The requester is mentioned
-when their e-mail (``users.lookupByEmail``) or Slack user id (``users.info``) is a Slack user (cached per
-process); otherwise the message names them as text in the tenant's channel. Each step counts its
-Firestore reads and writes (the tick's result: ``alerts``).
+job, grouped, silenced by rule, routed by severity to the tenant's channels). The requester (or the job's
+``notify``, when given) is mentioned when their e-mail (``users.lookupByEmail``) or Slack user id
+(``users.info``) is a Slack user (cached per process); otherwise the message names them as text in the
+tenant's channel. Each step counts its Firestore reads and writes (the tick's result: ``alerts``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain import job_alerts as rules
@@ -59,18 +59,29 @@ def on_final(job: Job, now: datetime) -> bool:
     done = True
     with metering.metered() as meter:
         try:
-            alert = rules.final_alert(job, now, mention(job.requester) if rules.final_rule(job) else None)
+            alert = rules.final_alert(job, now, mention(job.notify or job.requester) if rules.final_rule(job) else None)
             if alert is not None and episode_store.raise_once(alert):
                 logs.log(log, f"{alert.kind} episode opened", logging.WARNING, job_id=job.id, tenant=job.tenant)
-            if job.state is JobState.FAILED:
-                limits = rules.Thresholds.of(config_store.jobs(job.tenant))
-                ended, failed = store.ended_since(job.tenant, rules.day_start(now)) if limits.failure_rate else (0, 0)
-                _judge(job.tenant, rules.Readings(ended_today=ended, failed_today=failed), limits, now)
+            if job.state in (JobState.FAILED, JobState.SUCCEEDED):
+                _rate(job, now)
         except Exception as exc:  # Firestore or Slack trouble: the job stays unsettled, the next tick retries
             logs.log(log, f"job {job.id}: alerts not raised: {type(exc).__name__}: {exc}", logging.ERROR, job_id=job.id)
             done = False
     metering.count(reads=meter.reads, writes=meter.writes, conflicts=meter.conflicts)
     return done
+
+
+def _rate(job: Job, now: datetime) -> None:
+    """The failure rate of the UTC day ``job`` finished in (not the day it is settled in), judged on every
+    succeeded or failed end: a success can push the rate over the threshold too (fewer than
+    ``alert_failure_min_jobs`` ended before it). A success reads the alert document only when the rate is
+    over (an open episode under it is resolved by the tick)."""
+    limits = rules.Thresholds.of(config_store.jobs(job.tenant))
+    start = rules.day_start(job.finished_at or now)
+    ended, failed = store.ended_since(job.tenant, start, start + timedelta(days=1)) if limits.failure_rate else (0, 0)
+    readings = rules.Readings(ended_today=ended, failed_today=failed, day=str(start.date()))
+    if job.state is JobState.FAILED or rules.judge(job.tenant, readings, limits, now):
+        _judge(job.tenant, readings, limits, now)
 
 
 def tick(now: datetime, active: Iterable[Job], waiting: set[str], *, complete: bool = True) -> dict[str, Any]:
@@ -113,7 +124,7 @@ def _tenant(tenant: str, now: datetime, jobs: list[Job] | None, waiting: bool, h
             job.name,
             job.agent_id,
             job.requester,
-            mention(job.requester),
+            mention(job.notify or job.requester),
             job.stalled_at,
             next((e.reason for e in reversed(job.history) if e.kind == "stalled"), "not running yet"),
         )

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+import time
 import urllib.error
 from collections import Counter
 from collections.abc import Callable
@@ -316,16 +317,20 @@ def user_email(user: str) -> str | None:
     return _emails[user]
 
 
-_by_email: dict[str, str | None] = {}
+#: e-mail -> (Slack user id or None, when the answer was cached: time.monotonic()).
+_by_email: dict[str, tuple[str | None, float]] = {}
+#: How long "no Slack user has this address" is believed (the person may join Slack later).
+MISS_TTL_S = 3600.0
 
 
 def user_by_email(email: str) -> str | None:
     """The Slack user id of an e-mail address (``users.lookupByEmail``; needs users:read.email), None when
-    no user has it (``users_not_found``); cached per process, the misses too."""
+    no user has it (``users_not_found``); cached per process, a miss for :data:`MISS_TTL_S`."""
     key = email.strip().lower()
     with _lock:
-        if key in _by_email:
-            return _by_email[key]
+        cached = _by_email.get(key)
+        if cached is not None and (cached[0] is not None or time.monotonic() - cached[1] < MISS_TTL_S):
+            return cached[0]
     try:
         response = _call("users.lookupByEmail", lambda web: web.users_lookupByEmail(email=key))
         found = (response.get("user") or {}).get("id")
@@ -336,8 +341,8 @@ def user_by_email(email: str) -> str | None:
     with _lock:
         if len(_by_email) > 10_000:
             _by_email.clear()
-        _by_email[key] = str(found) if found else None
-    return _by_email[key]
+        _by_email[key] = (str(found) if found else None, time.monotonic())
+    return str(found) if found else None
 
 
 def ephemeral(channel: str, user: str, text: str) -> None:

@@ -41,13 +41,18 @@ def queue(tenant: str) -> tuple[int, datetime | None]:
     return queued, oldest if isinstance(oldest, datetime) else None
 
 
-def ended_since(tenant: str, since: datetime) -> tuple[int, int]:
-    """The tenant's jobs that succeeded or failed since ``since`` (their ``finished_at``), and of them failed."""
-    ended_query = job_store._where(_jobs_of(tenant, [JobState.SUCCEEDED, JobState.FAILED]), "finished_at", ">=", since)
-    ended = _count(ended_query)
+def ended_since(tenant: str, since: datetime, before: datetime | None = None) -> tuple[int, int]:
+    """The tenant's jobs that succeeded or failed since ``since`` (their ``finished_at``; before ``before``
+    when given), and of them failed."""
+
+    def window(query: Any) -> Any:
+        query = job_store._where(query, "finished_at", ">=", since)
+        return query if before is None else job_store._where(query, "finished_at", "<", before)
+
+    ended = _count(window(_jobs_of(tenant, [JobState.SUCCEEDED, JobState.FAILED])))
     if not ended:
         return 0, 0
-    failed = _count(job_store._where(_jobs_of(tenant, [JobState.FAILED]), "finished_at", ">=", since))
+    failed = _count(window(_jobs_of(tenant, [JobState.FAILED])))
     return ended, failed
 
 

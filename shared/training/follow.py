@@ -50,9 +50,11 @@ def reconcile(now: datetime) -> dict[str, Any]:
     counts: dict[str, Any] = {"followed": 0, "changed": 0, "finished": 0, "relaunched": 0, "errors": 0}
     tenants: set[str] = set()
     rows = store.active()
+    written: dict[str, Job] = {}  # each job as follow wrote it (the job alerts judge stalls on these)
+    finished: set[str] = set()
     with ThreadPoolExecutor(max_workers=FOLLOW_WORKERS) as pool:
         futures = [
-            (job, pool.submit(contextvars.copy_context().run, follow, job, now, update_time))
+            (job, pool.submit(contextvars.copy_context().run, follow, job, now, update_time, written))
             for job, update_time in rows
         ]
         for job, future in futures:
@@ -70,6 +72,7 @@ def reconcile(now: datetime) -> dict[str, Any]:
             counts[outcome] = counts.get(outcome, 0) + 1
             if outcome == "finished":
                 tenants.add(job.tenant)
+                finished.add(job.id)
     for job in store.unsettled():
         try:
             settle(job, now)
@@ -85,14 +88,16 @@ def reconcile(now: datetime) -> dict[str, Any]:
         except Exception as exc:
             counts["errors"] += 1
             logs.log(log, f"admission pass of {tenant} failed: {type(exc).__name__}: {exc}", tenant=tenant)
-    listed = [job for job, _ in rows]  # docs/jobs.md "Job alerts"
+    # docs/jobs.md "Job alerts": stalls judged on the jobs as this tick left them (not as it listed them).
+    listed = [written.get(job.id, job) for job, _ in rows if job.id not in finished]
     counts["alerts"] = job_alerts.tick(now, listed, waiting, complete=len(rows) < store.ACTIVE_PAGE)
     return counts
 
 
-def follow(job: Job, now: datetime, update_time: Any = None) -> str:
+def follow(job: Job, now: datetime, update_time: Any = None, written_to: dict[str, Job] | None = None) -> str:
     """One job against its backend; returns unchanged, changed, finished or relaunched. With the
-    ``update_time`` the job was listed at, a job that changed nothing costs no further read."""
+    ``update_time`` the job was listed at, a job that changed nothing costs no further read. ``written_to``
+    gets the job as it was written (when it was)."""
     handle = Handle.from_doc(job.handle) if job.handle else None
     trouble: LaunchError | None = None
     if handle is None and job.admitted_at is not None and (now - job.admitted_at).total_seconds() > LAUNCH_GRACE_S:
@@ -149,6 +154,8 @@ def follow(job: Job, now: datetime, update_time: Any = None) -> str:
             written = store.change(job.id, step)
     if written is None:
         return "unchanged"
+    if written_to is not None:
+        written_to[job.id] = written
     if stops and written.active:
         stop(written, stops[0].state, stops[0].reason, "system", now)
         return "finished"

@@ -42,6 +42,14 @@ def image() -> str:
     return os.environ.get("FLEET_TRAINING_IMAGE") or f"{region}-docker.pkg.dev/{s.project}/fleet/training:latest"
 
 
+def priced_machine(job: Job) -> str | None:
+    """The GKE machine type a GKE job's estimate priced (``n1-standard-4+t4`` is an n1-standard-4 with a T4),
+    so the Job lands on that pool; None for other backends (or an estimate that named no GKE machine)."""
+    if job.backend.value != "gke" or job.estimate.get("backend") != "gke" or not job.estimate.get("machine"):
+        return None
+    return str(job.estimate["machine"]).split("+", 1)[0]
+
+
 def spec_of(job: Job, key: AgentKey | None = None) -> LaunchSpec:
     """What the backend runs: the job's image and command, or the built-in workload; ``key``: the job's
     own key, handed to the run as the secret ``FLEET_JOB_KEY``."""
@@ -71,6 +79,7 @@ def spec_of(job: Job, key: AgentKey | None = None) -> LaunchSpec:
         gpu=res.gpu,
         gpu_type=(res.gpu_type or "nvidia-l4") if res.gpu else None,
         spot=res.spot,
+        machine_type=priced_machine(job),
         max_runtime_s=job.max_runtime_s,
         max_retries=config.jobs(job.tenant).max_retries,
         labels={"fleet-job-name": job.name},

@@ -5,6 +5,7 @@ admission pass. The same request (same requester and ``request_id``) always name
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -41,6 +42,15 @@ def _never_fits(
     return None
 
 
+def gke_gpu_types() -> frozenset[str] | None:
+    """The accelerators the GKE cluster has node pools of (``FLEET_GKE_GPU_TYPES``, comma-separated, set by
+    terraform/locals.tf from ``var.gpu_types``); None (unset, the local stack): every type."""
+    raw = os.environ.get("FLEET_GKE_GPU_TYPES")
+    if raw is None:
+        return None
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
 def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsConfig) -> Job:
     """The new job (not stored): backend, estimate, runtime; raises Refused when it cannot run."""
     requester = request.requester or via
@@ -49,7 +59,9 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
         raise agent_controls.Refused(400, f"max_runtime_s is at most {cfg.max_runtime_s} for this tenant")
     prices = price_files.machine_prices()
     try:
-        backend, why = job_policy.choose(request.resources, runtime, request.backend, cfg, prices=prices)
+        backend, why = job_policy.choose(
+            request.resources, runtime, request.backend, cfg, prices=prices, gpu_types=gke_gpu_types()
+        )
         res = request.resources
         estimate = job_costs.estimate(
             backend.value,
@@ -74,6 +86,7 @@ def build(request: JobRequest, tenant: str, via: str, now: datetime, cfg: JobsCo
         agent_id=request.agent_id,
         requester=requester,
         requested_via=via,
+        notify=request.notify,
         name=request.name,
         image=request.image,
         command=request.command,

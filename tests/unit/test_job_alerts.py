@@ -131,3 +131,26 @@ def test_the_root_alert_and_its_sequence_are_kept() -> None:
 
 def test_the_day_starts_at_midnight_utc() -> None:
     assert rules.day_start(T0 + timedelta(hours=14, minutes=59)) == T0.replace(hour=0)
+
+
+def test_a_failure_rate_episode_is_of_one_day_a_new_day_over_it_opens_a_new_one() -> None:
+    over = rules.Readings(ended_today=5, failed_today=2)
+    changes, _ = run({}, over)
+    state = apply({}, changes)
+    assert state["episodes"]["job_failure_rate"]["day"] == "2026-03-02"
+    assert run(state, over) == ({}, [])  # the same day: open already
+    changes, writes = run(state, over, now=T0 + 24 * HOUR)  # the next day is over the threshold too
+    assert [(w.episode_id, w.fields["state"]) for w in writes] == [
+        ("t.acme.job_failure_rate.1", "resolved"),
+        ("t.acme.job_failure_rate.2", "open"),
+    ]
+    assert changes["episodes"]["job_failure_rate"]["day"] == "2026-03-03"
+
+
+def test_counts_of_an_earlier_day_do_not_resolve_todays_failure_rate() -> None:
+    changes, _ = run({}, rules.Readings(ended_today=5, failed_today=2), now=T0 + 24 * HOUR)
+    state = apply({}, changes)
+    late = rules.Readings(ended_today=9, failed_today=0, day="2026-03-02")  # a job of yesterday settled late
+    assert run(state, late, now=T0 + 24 * HOUR) == ({}, [])
+    _, writes = run(state, rules.Readings(ended_today=9, failed_today=0), now=T0 + 24 * HOUR)
+    assert [w.fields["state"] for w in writes] == ["resolved"]

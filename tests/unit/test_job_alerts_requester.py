@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,18 +14,20 @@ from pydantic import ValidationError
 
 from emulators.fake_slack import FakeSlack
 from shared.api.bodies.jobs import JobRequest
+from shared.domain import job_alerts as rules
 from shared.domain.episodes import AlertingConfig
-from shared.domain.jobs import JobsConfig
+from shared.domain.jobs import JobsConfig, JobState
 from shared.services import job_alerts
 from shared.slack import web_api
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import job_alerts as store
+from tests.unit.test_jobs_domain import make_job
 
 TOKEN = "xoxb-test-token"
 
 
-@pytest.mark.parametrize("requester", ["maya@acme.com", "U0MAYA01", "api:ci-portal", None])
+@pytest.mark.parametrize("requester", ["maya@acme.com", "U0MAYA01", "slack:U0MAYA01", "api:ci-portal", None])
 def test_a_requester_may_be_an_email_a_slack_id_or_the_caller(requester: str | None) -> None:
     body = {"agent_id": "bot-1", "name": "train", "requester": requester}
     assert JobRequest.model_validate(body).requester == requester
@@ -34,6 +37,25 @@ def test_a_requester_may_be_an_email_a_slack_id_or_the_caller(requester: str | N
 def test_any_other_requester_is_refused(requester: str) -> None:
     with pytest.raises(ValidationError, match="requester"):
         JobRequest.model_validate({"agent_id": "bot-1", "name": "train", "requester": requester})
+
+
+@pytest.mark.parametrize("notify", ["maya@acme.com", "U0MAYA01", "slack:U0MAYA01", None])
+def test_whom_to_notify_may_be_an_email_or_a_slack_id(notify: str | None) -> None:
+    body = {"agent_id": "bot-1", "name": "train", "notify": notify}
+    assert JobRequest.model_validate(body).notify == notify
+
+
+@pytest.mark.parametrize("notify", ["api:ci-portal", "maya", "<!channel>@acme.com", "u0maya01"])
+def test_any_other_notify_is_refused(notify: str) -> None:
+    with pytest.raises(ValidationError, match="notify"):
+        JobRequest.model_validate({"agent_id": "bot-1", "name": "train", "notify": notify})
+
+
+def test_the_schema_states_both_patterns() -> None:
+    properties = JobRequest.model_json_schema()["properties"]
+    for field in ("requester", "notify"):
+        [pattern] = [b["pattern"] for b in properties[field]["anyOf"] if b.get("type") == "string"]
+        assert re.match(pattern, "slack:U0MAYA01") and bool(re.match(pattern, "api:ci")) is (field == "requester")
 
 
 @pytest.fixture
@@ -56,6 +78,39 @@ def test_an_email_slack_does_not_know_is_not_mentioned_and_the_miss_is_cached(fa
     assert job_alerts.mention("maya@acme.com") is None
     assert job_alerts.mention("maya@acme.com") is None
     assert len(fake.calls("users.lookupByEmail")) == 1
+
+
+def test_a_miss_is_believed_only_for_a_while(fake: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The person may join Slack later: a miss older than MISS_TTL_S is looked up again; a hit is kept."""
+    monkeypatch.setattr(web_api, "MISS_TTL_S", 0.0)
+    assert job_alerts.mention("maya@acme.com") is None
+    assert job_alerts.mention("maya@acme.com") is None
+    assert len(fake.calls("users.lookupByEmail")) == 2
+    assert job_alerts.mention("U0MAYA01@fleet.test") == "U0MAYA01"
+    assert job_alerts.mention("U0MAYA01@fleet.test") == "U0MAYA01"
+    assert len(fake.calls("users.lookupByEmail")) == 3
+
+
+def test_a_job_with_notify_mentions_that_person_and_names_its_requester(
+    fake: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-admin key submits as itself (api:<key name>) and names whom the alerts mention."""
+    FakeStores(monkeypatch)
+    raised: list[Any] = []
+    monkeypatch.setattr(episode_store, "raise_once", lambda alert: raised.append(alert) or True)
+    job = make_job("j-6", state=JobState.FAILED, requester="api:ci", started_at=datetime(2026, 3, 2, tzinfo=UTC))
+    job = job.model_copy(update={"notify": "U0MAYA01@fleet.test", "finished_at": datetime(2026, 3, 2, 1, tzinfo=UTC)})
+    assert job_alerts.on_final(job, datetime(2026, 3, 2, 1, tzinfo=UTC))
+    [alert] = raised
+    assert alert.details["mention"] == "U0MAYA01" and "requested by <@U0MAYA01>" in alert.message
+
+
+def test_a_backtick_in_a_requester_or_a_name_cannot_end_the_code_span() -> None:
+    assert rules.who("a`b@c.com", None) == "`a\u02cbb@c.com`"
+    job = make_job("j-7", state=JobState.FAILED, requester="a`b@c.com").model_copy(update={"name": "x` <!channel> `y"})
+    alert = rules.final_alert(job, datetime(2026, 3, 2, tzinfo=UTC), None)
+    assert alert is not None and alert.message.count("`") == 6  # name, agent, requester: three spans
+    assert "<!channel>" not in alert.message
 
 
 def test_a_slack_user_id_is_checked_with_users_info(fake: FakeSlack) -> None:
@@ -88,7 +143,7 @@ class FakeStores:
             return queued, oldest
 
         monkeypatch.setattr(store, "queue", queue)
-        monkeypatch.setattr(store, "ended_since", lambda tenant, since: (0, 0))
+        monkeypatch.setattr(store, "ended_since", lambda tenant, since, before=None: (0, 0))
         monkeypatch.setattr(config_store, "jobs", lambda tenant: JobsConfig(alert_queue_length=2))
         monkeypatch.setattr(config_store, "alerting", lambda tenant: AlertingConfig())
         monkeypatch.setattr(episode_store, "update_tenant", self.update_tenant)
@@ -127,3 +182,29 @@ def test_a_full_page_of_active_jobs_does_not_resolve_stalls_it_did_not_list(monk
     job_alerts.tick(now, [], set())
     assert [w.episode_id for w in fake.updated["acme"]] == ["t.acme.job_stalled.1"]
     assert fake.states["acme"]["job_alerts_open"] is False
+
+
+def test_a_success_that_pushes_the_days_failure_rate_over_opens_it_counted_on_the_day_it_finished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2 failed of 4 is too few jobs; the 5th, a success, makes 2 of 5 = 40%: over 20%."""
+    fake = FakeStores(monkeypatch)
+    windows: list[tuple[datetime, datetime | None]] = []
+
+    def ended_since(tenant: str, since: datetime, before: datetime | None = None) -> tuple[int, int]:
+        windows.append((since, before))
+        return 5, 2
+
+    monkeypatch.setattr(store, "ended_since", ended_since)
+    finished = datetime(2026, 3, 1, 23, 59, tzinfo=UTC)
+    job = make_job("j-5", state=JobState.SUCCEEDED, started_at=finished, finished_at=finished)
+    assert job_alerts.on_final(job, datetime(2026, 3, 2, 0, 1, tzinfo=UTC))
+    assert windows == [(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))]
+    [opened] = fake.updated["acme"]
+    assert opened.fields["rule"] == "job_failure_rate" and opened.fields["state"] == "open"
+    assert fake.states["acme"]["episodes"]["job_failure_rate"]["day"] == "2026-03-01"
+
+    monkeypatch.setattr(store, "ended_since", lambda tenant, since, before=None: (5, 1))
+    fake.updated.clear()
+    assert job_alerts.on_final(job, datetime(2026, 3, 2, 0, 1, tzinfo=UTC))
+    assert fake.updated == {}  # a success under the threshold reads no alert document

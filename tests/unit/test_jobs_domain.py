@@ -841,6 +841,31 @@ def test_why_not_gke_is_the_machine_tables_reason_and_local_runs_anything() -> N
     assert job_policy.why_not(Backend.LOCAL, huge, 7 * 86400, prices=PRICES) is None
 
 
+def test_h100_on_demand_below_eight_gpus_is_refused_as_spot_only_capacity() -> None:
+    one = JobResources(cpu=8, memory_gb=32, gpu=1, gpu_type="nvidia-h100-80gb")
+    assert job_policy.why_not(Backend.GKE, one, 3600, prices=PRICES) == (
+        "a3-highgpu-1g is sold only as spot capacity: ask for spot, or for 8 GPUs on demand"
+    )
+    assert job_policy.why_not(Backend.GKE, one.model_copy(update={"spot": True}), 3600, prices=PRICES) is None
+    eight = one.model_copy(update={"gpu": 8})
+    assert job_policy.why_not(Backend.GKE, eight, 3600, prices=PRICES) is None
+    with pytest.raises(job_policy.NoBackend, match="sold only as spot"):
+        choose(one, cfg=JobsConfig(backends=[Backend.GKE]))
+
+
+def test_gke_refuses_a_gpu_type_the_deployment_has_no_pools_of() -> None:
+    t4 = JobResources(gpu=1, gpu_type="nvidia-tesla-t4")
+    assert job_policy.why_not(Backend.GKE, t4, 3600, prices=PRICES, gpu_types={"nvidia-l4"}) == (
+        "this deployment's GKE cluster has no nvidia-tesla-t4 nodes (it has: nvidia-l4)"
+    )
+    assert job_policy.why_not(Backend.GKE, t4, 3600, prices=PRICES, gpu_types=None) is None
+    l4 = JobResources(gpu=2)  # no gpu_type: an L4
+    assert job_policy.why_not(Backend.GKE, l4, 3600, prices=PRICES, gpu_types={"nvidia-l4"}) is None
+    assert job_policy.why_not(Backend.GKE, JobResources(), 3600, prices=PRICES, gpu_types=set()) is None  # CPU
+    with pytest.raises(job_policy.NoBackend, match="no nvidia-tesla-t4 nodes"):
+        job_policy.choose(t4, 3600, None, JobsConfig(backends=[Backend.GKE]), prices=PRICES, gpu_types=["nvidia-l4"])
+
+
 def test_an_asked_backend_that_can_run_the_job_is_used() -> None:
     assert choose(JobResources(), Backend.GKE) == (Backend.GKE, "asked for")
 

@@ -131,6 +131,7 @@ def test_gpu_spot_job_is_sent_exactly_as_job_manifest(launcher: GkeLauncher, k8s
     assert pod["terminationGracePeriodSeconds"] == 30
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-spot": "true"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "affinity" not in pod  # spot
     [container] = pod["containers"]
     assert container == {
         "name": CONTAINER,
@@ -159,6 +160,7 @@ def test_cpu_only_on_demand_job_has_no_gpu_or_spot_fields(launcher: GkeLauncher,
     [post] = created_jobs(k8s)
     pod = post["body"]["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod
+    assert pod["affinity"] == NOT_SPOT  # on demand: never a spot node
     assert "tolerations" not in pod
     [container] = pod["containers"]
     assert "command" not in container  # the image's entrypoint
@@ -178,6 +180,34 @@ def test_spot_selector_only_when_spot() -> None:
     any_gpu = job_manifest(gpu_spec(gpu_type=None, spot=False), NS)["spec"]["template"]["spec"]
     assert "nodeSelector" not in any_gpu
     assert any_gpu["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+NOT_SPOT = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "cloud.google.com/gke-spot", "operator": "DoesNotExist"}]}
+            ]
+        }
+    }
+}
+
+
+def test_an_on_demand_job_requires_a_node_that_is_not_spot_and_a_spot_job_does_not() -> None:
+    """GKE labels spot nodes but does not taint them: without the affinity an on-demand job may land on one."""
+    for spec in (gpu_spec(spot=False), cpu_spec(), gpu_spec(gpu_type=None, spot=False)):
+        assert job_manifest(spec, NS)["spec"]["template"]["spec"]["affinity"] == NOT_SPOT
+    for spec in (gpu_spec(spot=True), cpu_spec(spot=True)):
+        assert "affinity" not in job_manifest(spec, NS)["spec"]["template"]["spec"]
+
+
+def test_the_priced_machine_is_selected_by_instance_type() -> None:
+    pod = job_manifest(gpu_spec(gpu=1, machine_type="g2-standard-4"), NS)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+        "node.kubernetes.io/instance-type": "g2-standard-4",
+        "cloud.google.com/gke-spot": "true",
+    }
 
 
 @pytest.mark.parametrize(

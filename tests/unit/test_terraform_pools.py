@@ -10,6 +10,7 @@ spell that rule.
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,17 @@ import hcl2
 import pytest
 
 from shared.domain import job_costs, job_policy
-from shared.domain.jobs import JobResources, JobsConfig
+from shared.domain.jobs import Job, JobResources, JobsConfig
 from shared.domain.run_phase import Backend
 from shared.launchers import gke_manifest
+from shared.launchers.base import LaunchSpec
 from shared.store import price_files
+from shared.training import launch, submit
 
 TF = Path(__file__).resolve().parents[2] / "terraform"
 PRICES = price_files.machine_prices()
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+MACHINE = "node.kubernetes.io/instance-type"
 
 
 def _unquote(value: str) -> str:
@@ -68,7 +73,8 @@ def deployed(shapes: dict[str, dict[str, Any]], gpu_types: list[str]) -> set[tup
         (machine, spot)
         for machine, shape in shapes.items()
         for spot in (True, False)
-        if shape["accelerator"] is None or shape["accelerator"] in gpu_types
+        if (shape["accelerator"] is None or shape["accelerator"] in gpu_types)
+        and (spot or machine not in job_costs.SPOT_ONLY_MACHINES)
     }
 
 
@@ -84,6 +90,8 @@ def test_the_locals_make_a_spot_and_an_on_demand_pool_per_machine(gke: dict[str,
         assert 'setproduct(keys(local.machine_shapes), ["spot", "on-demand"])' in rule
         assert 'spot = pair[1] == "spot"' in rule
     assert "contains(var.gpu_types" in local["gpu_pools"]
+    assert '!(pair[1] == "on-demand" && contains(local.spot_only_machines, pair[0]))' in local["gpu_pools"]
+    assert set(_plain(local["spot_only_machines"])) == job_costs.SPOT_ONLY_MACHINES
     pools = {
         _unquote(name): body
         for block in gke["resource"]
@@ -115,20 +123,52 @@ def test_every_machine_of_the_price_table_is_a_shape_with_its_accelerator(shapes
     assert shapes == expected
 
 
-def test_the_default_gpu_types_are_every_type_a_job_may_ask_for(gpu_types: list[str]) -> None:
-    assert sorted(gpu_types) == sorted(job_costs.GPU_TYPES)
+def test_the_default_gpu_types_are_the_l4_only_and_the_example_gives_zones_for_its_types(gpu_types: list[str]) -> None:
+    """40 GPU pools by default would multiply gpu_pool_max_nodes 40 times and need every GPU's zones."""
+    assert gpu_types == ["nvidia-l4"]
+    with (TF / "example.tfvars").open() as handle:
+        example = _plain(hcl2.load(handle))
+    assert set(example["gpu_types"]) <= set(example["gpu_zones"])
+
+
+def test_every_gpu_pool_needs_its_accelerators_zones(gke: dict[str, Any]) -> None:
+    pool = next(
+        named['"gpu"'] for block in gke["resource"] for rtype, named in block.items()
+        if _unquote(rtype) == "google_container_node_pool" and '"gpu"' in named
+    )  # fmt: skip
+    [lifecycle] = pool["lifecycle"]
+    [precondition] = lifecycle["precondition"]
+    assert precondition["condition"] == "${length(lookup(var.gpu_zones, each.value.accelerator, [])) > 0}"
+    assert pool["node_locations"] == "${lookup(var.gpu_zones, each.value.accelerator, null)}"
+
+
+def test_the_functions_get_the_deployed_gpu_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 'FLEET_GKE_GPU_TYPES            = join(",", var.gpu_types)' in (TF / "locals.tf").read_text()
+    monkeypatch.setenv("FLEET_GKE_GPU_TYPES", "nvidia-l4, nvidia-tesla-t4")
+    assert submit.gke_gpu_types() == {"nvidia-l4", "nvidia-tesla-t4"}
+    monkeypatch.setenv("FLEET_GKE_GPU_TYPES", "")
+    assert submit.gke_gpu_types() == frozenset()
+    monkeypatch.delenv("FLEET_GKE_GPU_TYPES")
+    assert submit.gke_gpu_types() is None
 
 
 def test_the_manifest_selects_the_labels_gke_gives_the_pools() -> None:
     assert gke_manifest.ACCELERATOR_SELECTOR == "cloud.google.com/gke-accelerator"
     assert gke_manifest.SPOT_SELECTOR == "cloud.google.com/gke-spot"
+    assert gke_manifest.MACHINE_SELECTOR == MACHINE
 
 
 CPUS = (1, 4, 8, 12, 16, 24, 32, 48, 96, 104, 208)
 GPUS = (1, 2, 4, 8)
 
 
-def test_every_job_the_policy_sends_to_gke_has_a_pool(shapes: dict[str, dict[str, Any]], gpu_types: list[str]) -> None:
+@pytest.mark.parametrize("deploy", ["default", "all"])
+def test_every_job_the_policy_sends_to_gke_has_a_pool(
+    shapes: dict[str, dict[str, Any]], gpu_types: list[str], deploy: str
+) -> None:
+    """With the default gpu_types and with every type deployed (FLEET_GKE_GPU_TYPES tells the policy)."""
+    if deploy == "all":
+        gpu_types = list(job_costs.GPU_TYPES)
     pools = deployed(shapes, gpu_types)
     config = JobsConfig(backends=[Backend.GKE])
     checked = 0
@@ -136,7 +176,7 @@ def test_every_job_the_policy_sends_to_gke_has_a_pool(shapes: dict[str, dict[str
         gpu = gpus if gpu_type else 0
         resources = JobResources(cpu=cpu, memory_gb=cpu * 3.5, gpu=gpu, gpu_type=gpu_type, spot=spot)
         try:
-            backend, _ = job_policy.choose(resources, 3600, None, config, prices=PRICES)
+            backend, _ = job_policy.choose(resources, 3600, None, config, prices=PRICES, gpu_types=gpu_types)
         except job_policy.NoBackend:
             continue  # refused at submission: nothing is scheduled
         assert backend is Backend.GKE
@@ -146,8 +186,64 @@ def test_every_job_the_policy_sends_to_gke_has_a_pool(shapes: dict[str, dict[str
         assert (_machine(name), spot) in pools, f"no {'spot' if spot else 'on-demand'} pool of {name} for {resources}"
         shape = shapes[_machine(name)]
         assert shape["gpus"] >= resources.gpu
+        # The Job built for it lands on that pool and on no other.
+        pod = _pod(resources)
+        landing = [pool for pool in sorted(pools) if _lands(pod, pool, shapes)]
+        assert landing == [(_machine(name), spot)], f"{resources} lands on {landing}"
         checked += 1
     assert checked > 100
+
+
+def _pod(resources: JobResources) -> dict[str, Any]:
+    """The pod spec of the Job launched for a GKE job with ``resources`` (estimate, spec and manifest)."""
+    res = resources
+    estimate = job_costs.estimate("gke", res.cpu, res.memory_gb, res.gpu, res.gpu_type, res.spot, 3600, prices=PRICES)
+    job = Job.model_validate(
+        {"id": "j-1", "tenant": "acme", "agent_id": "a", "requester": "api:k", "requested_via": "api:k", "name": "t",
+         "resources": resources.model_dump(), "priority": 5, "max_runtime_s": 3600, "backend": "gke",
+         "estimate": estimate.to_doc(), "state": "admitted", "created_at": NOW, "updated_at": NOW}
+    )  # fmt: skip
+    spec = LaunchSpec(
+        job_id=job.id, tenant=job.tenant, agent_id=job.agent_id, image="i", command=(), env={},
+        cpu=resources.cpu, memory_gb=resources.memory_gb, gpu=resources.gpu,
+        gpu_type=(resources.gpu_type or "nvidia-l4") if resources.gpu else None, spot=resources.spot,
+        machine_type=launch.priced_machine(job),
+    )  # fmt: skip
+    pod: dict[str, Any] = gke_manifest.job_manifest(spec, "ns")["spec"]["template"]["spec"]
+    return pod
+
+
+def _lands(pod: dict[str, Any], pool: tuple[str, bool], shapes: dict[str, dict[str, Any]]) -> bool:
+    """Whether the pod can be scheduled on a node of ``pool`` (machine, spot): the labels GKE gives its
+    nodes match the pod's node selector and affinity, and the pod tolerates the GPU taint of a GPU node."""
+    machine, spot = pool
+    accelerator = shapes[machine]["accelerator"]
+    labels = {gke_manifest.MACHINE_SELECTOR: machine}
+    if accelerator:
+        labels[gke_manifest.ACCELERATOR_SELECTOR] = accelerator
+    if spot:
+        labels[gke_manifest.SPOT_SELECTOR] = "true"
+    if any(labels.get(key) != value for key, value in pod.get("nodeSelector", {}).items()):
+        return False
+    affinity = pod.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    if affinity:
+        [term] = affinity["nodeSelectorTerms"]
+        for expression in term["matchExpressions"]:
+            assert expression["operator"] == "DoesNotExist"
+            if expression["key"] in labels:
+                return False
+    return not accelerator or gke_manifest.GPU_TOLERATION in pod.get("tolerations", [])
+
+
+def test_a_job_without_the_selectors_would_land_on_several_pools(shapes: dict[str, dict[str, Any]]) -> None:
+    """The check above can fail: an on-demand L4 job without the machine and spot rules fits every L4 pool."""
+    pod = _pod(JobResources(cpu=4, memory_gb=14, gpu=1, gpu_type="nvidia-l4", spot=False))
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", MACHINE: "g2-standard-4"}
+    bare = {key: value for key, value in pod.items() if key != "affinity"}
+    bare["nodeSelector"] = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    pools = deployed(shapes, ["nvidia-l4"])
+    assert len([pool for pool in pools if _lands(bare, pool, shapes)]) == 2 * 8
+    assert [pool for pool in pools if _lands(pod, pool, shapes)] == [("g2-standard-4", False)]
 
 
 def test_a_narrower_gpu_types_leaves_jobs_without_a_pool(shapes: dict[str, dict[str, Any]]) -> None:
