@@ -142,5 +142,5 @@ def _restart_done(api: Any) -> str | None:
         return None
     for entry in listed.get("commands", []):
         if entry.get("command") == "restart" and entry.get("state") == "done":
-            return "done"
+            return f"done (origin {entry.get('origin')}, sent {entry.get('attempts')}x)"
     return None
