@@ -139,7 +139,11 @@ def _resume(store: CheckpointStore | None, settings: Settings, reporter: JobRepo
     """The latest checkpoint of this job, reported as ``resumed``; None on a first run."""
     if store is None:
         return None
-    found, skipped = store.latest(TRUSTED, at_most=settings.epochs)
+    try:
+        found, skipped = store.latest(TRUSTED, at_most=settings.epochs)
+    except Exception as exc:  # the location cannot be listed (no bucket, no access): train from the start
+        print(f"jobs.train: checkpoints not readable, starting at epoch 1: {exc!r}", file=sys.stderr, flush=True)
+        return None
     for reason in skipped:
         print(f"jobs.train: skipping an unreadable checkpoint: {reason}", file=sys.stderr, flush=True)
     if found is not None:
