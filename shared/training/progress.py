@@ -66,8 +66,14 @@ def process(decoded: Decoded) -> Plan:
             outcome[:] = ["duplicate"]
             return None
         outcome.clear()
+        previous = job.progress or {}
+        if previous.get("at") and int(previous.get("attempt", 0)) < event.attempt:  # the failed attempt's last
+            report["previous_attempt"] = {"attempt": previous.get("attempt", 0), "at": previous["at"]}
+        elif previous.get("previous_attempt") and int(previous.get("attempt", 0)) == event.attempt:
+            report["previous_attempt"] = previous["previous_attempt"]
         update: dict[str, object] = {"progress": report}
-        update.update(job_relaunch.checkpoint_fields(job, event.metrics, event.message))  # GPU-hours lost count from it
+        fields = job_relaunch.checkpoint_fields(job, event.metrics, event.message, event.attempt, event.at)
+        update.update(fields)  # GPU-hours lost count from it
         if event.phase in (JobPhase.SUCCEEDED, JobPhase.FAILED):
             update["result"] = {**dict(event.metrics), "phase": event.phase.value, "message": event.message}
         return job.model_copy(update=update), []
