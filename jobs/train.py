@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from fleet_agent.jobs import JobReporter
+from fleet_agent.jobs import JOB_KEY_ENV, JobReporter
 
 from jobs import checkpoints
 from jobs.checkpoints import Checkpoint, CheckpointStore
@@ -150,6 +150,16 @@ def _resume(store: CheckpointStore | None, settings: Settings, reporter: JobRepo
         reporter.resumed(found.epoch, settings.epochs, uri=found.uri, saved_at=found.saved_at)
         _echo(reporter)
     return found
+
+
+def _open_store(location: str, env: Mapping[str, str], job_id: str) -> CheckpointStore | None:
+    """The run's checkpoint store, signed with its key; None when it cannot be opened (no credentials, a
+    bad location): the run trains without checkpoints rather than failing."""
+    try:
+        return CheckpointStore.from_uri(location, job_key=env.get(JOB_KEY_ENV) or None, job_id=job_id)
+    except Exception as exc:
+        print(f"jobs.train: checkpoints unavailable, training without: {exc!r}", file=sys.stderr, flush=True)
+        return None
 
 
 def _save(store: CheckpointStore | None, checkpoint: Checkpoint) -> Checkpoint | None:
@@ -269,7 +279,7 @@ def run(env: Mapping[str, str], reporter: JobReporter) -> int:
         )
         _echo(reporter)
         location = env.get(checkpoints.ENV, "").strip()
-        store = CheckpointStore.from_uri(location) if location else None
+        store = _open_store(location, env, reporter.job_id) if location else None
         metrics = _train(settings, reporter, started_at, store)
         reporter.succeeded(**metrics)
         _echo(reporter)
