@@ -7,6 +7,7 @@ report) never overwrite each other: the loser re-reads and decides again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -29,14 +30,38 @@ def _job(data: dict[str, Any]) -> Job:
     return Job.model_validate(data)
 
 
+#: Commits of a new job before an aborted one (contention) is raised.
+CREATE_ATTEMPTS = 5
+
+
 def create(job: Job, entry: AuditEntry) -> bool:
-    """Store a new job with its audit entry; False when a job with this id exists (a retried request)."""
-    client = db.client()
-    batch = client.batch()
-    batch.create(ref(job.id), job.to_doc())
-    audit_store.add(batch, entry)
-    writes = 2 + _mark_waiting(batch, job)
-    return db.unless_changed(lambda: batch.commit(**db.call_options()), writes=writes) is not None
+    """Store a new job with its audit entry; False when a job with this id exists (a retried request).
+
+    Only ``AlreadyExists`` means that. An aborted commit (contention on the tenant's queue document, which
+    another submit's increment or an admission pass's transaction holds) wrote nothing: it is committed
+    again, never taken for a duplicate (the request would answer with a job that was never stored)."""
+    # lazy: google.cloud libraries load with the first write, as in shared/store/db.py
+    from google.api_core import exceptions
+
+    for attempt in range(CREATE_ATTEMPTS):
+        batch = db.client().batch()
+        batch.create(ref(job.id), job.to_doc())
+        audit_store.add(batch, entry)
+        writes = 2 + _mark_waiting(batch, job)
+        try:
+            batch.commit(**db.call_options())
+        except exceptions.AlreadyExists:
+            metering.count(conflicts=1)
+            return False
+        except exceptions.Aborted:
+            metering.count(conflicts=1)
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+            continue
+        metering.count(writes=writes)
+        return True
+    raise AssertionError("unreachable")
 
 
 def _mark_waiting(batch: Any, job: Job) -> int:
