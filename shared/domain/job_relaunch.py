@@ -17,10 +17,10 @@ the loss is over- rather than under-counted. Without a checkpoint newer than the
 counts from the previous relaunch, else from the run's start. A checkpoint saved within
 :data:`NOTICE` after the stop was saved on the notice (jobs/train.py finishes its epoch on SIGTERM): 0 lost.
 
-A retry's stop time is not in Cloud Run's answer: it is dated by the failed attempt's last report (each
-report carries its attempt; the job keeps the previous attempt's last one), else by the tick that first
-sees it; only checkpoints saved by attempts before the retry count for it (the job keeps the earlier
-attempt's last one beside a newer attempt's). Without a newer checkpoint the loss counts from the
+A retry's stop time is not in Cloud Run's answer: it is dated by the first report of the attempt after it
+(each report carries its attempt; the job's progress keeps its attempt's first as ``attempt_since``), else
+by the tick that first sees it; only checkpoints saved by attempts before the retry count for it (the
+job keeps the earlier attempt's last one beside a newer attempt's). Without a newer checkpoint the loss counts from the
 relaunched run's resume report (its own start), else the previous relaunch. Each relaunch is counted in the
 daily report of the day the tick recorded it (``seen_at``), so one seen just after midnight is not missed.
 Retries seen on a run that has ended are not relaunches (nothing was started again).
@@ -82,15 +82,15 @@ def checkpoint_fields(
 
 
 def retry_stop(job: Job, retry: int, now: datetime) -> datetime:
-    """When the attempt that retry ``retry`` replaced stopped, as well as it is known: its last report
-    (the job's progress, or the one kept as ``previous_attempt`` once the new attempt reported), never
-    before the previous relaunch; ``now`` (the tick that sees it) when it never reported."""
+    """When the attempt that retry ``retry`` replaced stopped, at the latest: the first report of the
+    attempt that followed it (the job's progress keeps its attempt's first report as ``attempt_since``),
+    else ``now`` (the tick that sees the retry); never before the previous relaunch. Over- rather than
+    under-counted: the failed attempt's own last report may be long before it died."""
     progress = job.progress or {}
-    for report in (progress, progress.get("previous_attempt") or {}):
-        if report.get("at") and int(report.get("attempt", 0)) < retry:
-            at = min(now, datetime.fromisoformat(str(report["at"])))
-            return max(at, job.relaunches[-1].at) if job.relaunches else at
-    return now
+    stop = now
+    if progress.get("attempt_since") and int(progress.get("attempt", 0)) >= retry:
+        stop = min(now, datetime.fromisoformat(str(progress["attempt_since"])))
+    return max(stop, job.relaunches[-1].at) if job.relaunches else stop
 
 
 def _checkpoint_before(job: Job, attempt: int | None) -> dict[str, Any] | None:
@@ -114,8 +114,8 @@ def _lost_since(
         candidates.append((start, "start"))
     if job.relaunches:
         candidates.append((job.relaunches[-1].at, "relaunch"))
-    if job.resumed_at is not None:  # the relaunched run's own start: rescheduling time is not work lost
-        candidates.append((job.resumed_at, "resume"))
+    if job.resumed_at is not None and job.resumed_at < at:  # a relaunched run's own start: rescheduling
+        candidates.append((job.resumed_at, "resume"))  # time is not work lost (a later run's is not this one's)
     step: int | None = None
     checkpoint = _checkpoint_before(job, attempt)
     if checkpoint and checkpoint.get("at"):

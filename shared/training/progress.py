@@ -67,10 +67,8 @@ def process(decoded: Decoded) -> Plan:
             return None
         outcome.clear()
         previous = job.progress or {}
-        if previous.get("at") and int(previous.get("attempt", 0)) < event.attempt:  # the failed attempt's last
-            report["previous_attempt"] = {"attempt": previous.get("attempt", 0), "at": previous["at"]}
-        elif previous.get("previous_attempt") and int(previous.get("attempt", 0)) == event.attempt:
-            report["previous_attempt"] = previous["previous_attempt"]
+        same_attempt = previous.get("attempt_since") and int(previous.get("attempt", 0)) == event.attempt
+        report["attempt_since"] = previous["attempt_since"] if same_attempt else report["at"]  # dates a retry
         update: dict[str, object] = {"progress": report}
         fields = job_relaunch.checkpoint_fields(job, event.metrics, event.message, event.attempt, event.at)
         update.update(fields)  # GPU-hours lost count from it

@@ -5,11 +5,16 @@ daily losses count a relaunch on the day the tick recorded it."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
+
+from fleet_agent.contracts import JobProgress
 
 from shared.domain import job_relaunch, job_runs
 from shared.domain.jobs import Job
 from shared.domain.run_phase import Phase, Preemption, RunStatus
+from shared.training import job_keys, progress
 from tests.unit.test_checkpoints_relaunch import gpu_job
+from tests.unit.test_job_identity import NOW, decoded, fleet, job_doc  # noqa: F401
 from tests.unit.test_jobs_domain import CFG, MIN, T0
 
 
@@ -17,10 +22,8 @@ def report(job: Job, at: datetime, attempt: int, metrics: dict[str, float], mess
     """``job`` after a progress report, as shared/training/progress.py records it."""
     previous = job.progress or {}
     progress: dict[str, object] = {"attempt": attempt, "at": at.isoformat(), "metrics": metrics}
-    if previous.get("at") and int(previous.get("attempt", 0)) < attempt:
-        progress["previous_attempt"] = {"attempt": previous.get("attempt", 0), "at": previous["at"]}
-    elif previous.get("previous_attempt") and int(previous.get("attempt", 0)) == attempt:
-        progress["previous_attempt"] = previous["previous_attempt"]
+    same_attempt = previous.get("attempt_since") and int(previous.get("attempt", 0)) == attempt
+    progress["attempt_since"] = previous["attempt_since"] if same_attempt else at.isoformat()
     fields = job_relaunch.checkpoint_fields(job, metrics, message, attempt, at)
     return job.model_copy(update={"progress": progress, **fields})
 
@@ -37,8 +40,8 @@ def test_a_retry_seen_after_the_new_attempt_checkpointed_counts_the_failed_attem
     status = RunStatus(Phase.RUNNING, T0, failed_attempts=1)
     [relaunch] = job_runs.observe(job, status, T0 + 53 * MIN, CFG).job.relaunches  # type: ignore[union-attr]
     assert relaunch.checkpoint_step == 3
-    assert (relaunch.lost_since, relaunch.at) == (T0 + 30 * MIN, T0 + 50 * MIN)
-    assert relaunch.gpu_hours_lost == round(20 / 60 * 2, 6)
+    assert (relaunch.lost_since, relaunch.at) == (T0 + 30 * MIN, T0 + 51 * MIN)  # up to attempt 1's first report
+    assert relaunch.gpu_hours_lost == round(21 / 60 * 2, 6)
     assert relaunch.seen_at == T0 + 53 * MIN
 
 
@@ -71,3 +74,23 @@ def test_a_preemption_seen_after_midnight_is_in_the_next_days_losses() -> None:
     assert job_relaunch.day_losses([seen], midnight - timedelta(days=1), midnight) == []
     [tenant] = job_relaunch.day_losses([seen], midnight, midnight + timedelta(days=1))
     assert tenant.relaunches == 1
+
+
+def test_the_progress_handler_keeps_each_attempts_first_report_and_the_checkpoints_attempt(
+    fleet: Any,  # noqa: F811
+    job_doc: dict[str, Any],  # noqa: F811
+) -> None:
+    key = job_keys.for_job("j-00000001")
+    sent = [(1, 0, 10, saved(1, NOW + 9 * MIN)), (2, 0, 20, {"loss": 0.1}), (3, 1, 30, {"loss": 0.1})]
+    for seq, attempt, minute, metrics in sent:
+        event = JobProgress.model_validate(
+            {"job_id": "j-00000001", "agent_id": "chat-1", "phase": "progress", "seq": seq, "attempt": attempt,
+             "metrics": metrics, "at": (NOW + minute * MIN).isoformat()}
+        )  # fmt: skip
+        progress.process(decoded(event, key, at=NOW + minute * MIN))
+        if seq == 2:
+            assert job_doc["job"].progress["attempt_since"] == (NOW + 10 * MIN).isoformat()
+    stored = job_doc["job"]
+    assert stored.progress["attempt_since"] == (NOW + 30 * MIN).isoformat()
+    assert stored.checkpoint["attempt"] == 0
+    assert job_relaunch.retry_stop(stored, 1, NOW + 31 * MIN) == NOW + 30 * MIN
