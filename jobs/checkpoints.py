@@ -15,12 +15,21 @@ epoch's checkpoint as the latest; one that cannot be read (or holds an untrusted
 one before it. Each epoch has its own object name, written once: the runs' account may create and read
 objects, not overwrite or delete them (terraform/storage.tf); the bucket's lifecycle deletes them.
 
+**Integrity.** The bucket is shared, and the runs' one account may write under every job's prefix, so one
+tenant's run could plant an object in another's. With the job's own key (``FLEET_JOB_KEY``, given to its
+run alone, the same on every attempt) each object starts with :data:`MAGIC` and an HMAC-SHA256 of the job
+id, the epoch and the bytes, keyed with a hash of that key; :meth:`CheckpointStore.load` rejects an object
+without a valid one (so :meth:`~CheckpointStore.latest` skips it). A run without a key writes and reads
+plain objects.
+
 ``google.cloud.storage`` is imported only for a ``gs://`` location, numpy and skops when a checkpoint is
 saved or read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import time
@@ -106,23 +115,47 @@ class _Bucket:
         ]
 
 
+#: The start of an object signed with the job's key, before its 32-byte HMAC.
+MAGIC = b"FLEETCK1"
+
+
 class CheckpointStore:
     """The run's checkpoints at one location; see the module's docstring."""
 
-    def __init__(self, blobs: _Blobs, uri: str) -> None:
+    def __init__(self, blobs: _Blobs, uri: str, *, job_key: str | None = None, job_id: str = "") -> None:
         self._blobs = blobs
         self.uri = uri
+        self._mac_key = hashlib.sha256(b"fleet-checkpoint\0" + job_key.encode()).digest() if job_key else None
+        self._job_id = job_id
 
     @classmethod
-    def from_uri(cls, uri: str) -> CheckpointStore:
-        """``gs://bucket/prefix/`` (Cloud Storage) or a local directory (a path or ``file://`` URI)."""
+    def from_uri(cls, uri: str, *, job_key: str | None = None, job_id: str = "") -> CheckpointStore:
+        """``gs://bucket/prefix/`` (Cloud Storage) or a local directory (a path or ``file://`` URI); with
+        ``job_key`` (``FLEET_JOB_KEY``) its objects are signed for ``job_id`` and checked on load."""
         if uri.startswith("gs://"):
             bucket, _, prefix = uri[5:].partition("/")
             if not bucket:
                 raise ValueError(f"FLEET_CHECKPOINT_URI {uri!r} names no bucket")
-            return cls(_Bucket(bucket, prefix), uri)
+            return cls(_Bucket(bucket, prefix), uri, job_key=job_key, job_id=job_id)
         path = Path(uri.removeprefix("file://"))
-        return cls(_Directory(path), uri)
+        return cls(_Directory(path), uri, job_key=job_key, job_id=job_id)
+
+    def _tag(self, epoch: int, data: bytes) -> bytes:
+        assert self._mac_key is not None
+        bound = self._job_id.encode() + b"\0" + str(epoch).encode() + b"\0"
+        return hmac.new(self._mac_key, bound + data, hashlib.sha256).digest()
+
+    def _sealed(self, epoch: int, data: bytes) -> bytes:
+        return data if self._mac_key is None else MAGIC + self._tag(epoch, data) + data
+
+    def _opened(self, epoch: int, stored: bytes) -> bytes:
+        """The checkpoint's bytes; raises ValueError when they are not signed for this job and epoch."""
+        if self._mac_key is None:
+            return stored
+        tag, data = stored[len(MAGIC) : len(MAGIC) + 32], stored[len(MAGIC) + 32 :]
+        if not stored.startswith(MAGIC) or not hmac.compare_digest(tag, self._tag(epoch, data)):
+            raise ValueError(f"checkpoint of epoch {epoch} is not signed with this job's key")
+        return data
 
     def epochs(self) -> list[int]:
         """The epochs saved here, oldest first."""
@@ -147,7 +180,7 @@ class CheckpointStore:
         except ImportError as exc:
             raise RuntimeError("skops is not installed: a checkpoint cannot hold the model") from exc
         data = storage.pack({}, meta, sklearn_object=checkpoint.model)
-        uri = self._blobs.put(object_name(checkpoint.epoch), data)
+        uri = self._blobs.put(object_name(checkpoint.epoch), self._sealed(checkpoint.epoch, data))
         return Checkpoint(
             checkpoint.epoch, checkpoint.model, list(checkpoint.metrics), saved_at, checkpoint.attempt, uri
         )
@@ -156,7 +189,7 @@ class CheckpointStore:
         # lazy: numpy and skops load when a checkpoint is read, not with the module
         from shared.ml import storage
 
-        arrays, meta = storage.unpack(self._blobs.get(object_name(epoch)))
+        arrays, meta = storage.unpack(self._opened(epoch, self._blobs.get(object_name(epoch))))
         model = storage.sklearn_object(arrays, trusted)
         if model is None:
             raise ValueError(f"checkpoint of epoch {epoch} holds no model")

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from fleet_agent.jobs import JobReporter
+from fleet_agent.jobs import JOB_KEY_ENV, JobReporter
 
 from jobs import checkpoints
 from jobs.checkpoints import Checkpoint, CheckpointStore
@@ -139,13 +139,27 @@ def _resume(store: CheckpointStore | None, settings: Settings, reporter: JobRepo
     """The latest checkpoint of this job, reported as ``resumed``; None on a first run."""
     if store is None:
         return None
-    found, skipped = store.latest(TRUSTED, at_most=settings.epochs)
+    try:
+        found, skipped = store.latest(TRUSTED, at_most=settings.epochs)
+    except Exception as exc:  # the location cannot be listed (no bucket, no access): train from the start
+        print(f"jobs.train: checkpoints not readable, starting at epoch 1: {exc!r}", file=sys.stderr, flush=True)
+        return None
     for reason in skipped:
         print(f"jobs.train: skipping an unreadable checkpoint: {reason}", file=sys.stderr, flush=True)
     if found is not None:
         reporter.resumed(found.epoch, settings.epochs, uri=found.uri, saved_at=found.saved_at)
         _echo(reporter)
     return found
+
+
+def _open_store(location: str, env: Mapping[str, str], job_id: str) -> CheckpointStore | None:
+    """The run's checkpoint store, signed with its key; None when it cannot be opened (no credentials, a
+    bad location): the run trains without checkpoints rather than failing."""
+    try:
+        return CheckpointStore.from_uri(location, job_key=env.get(JOB_KEY_ENV) or None, job_id=job_id)
+    except Exception as exc:
+        print(f"jobs.train: checkpoints unavailable, training without: {exc!r}", file=sys.stderr, flush=True)
+        return None
 
 
 def _save(store: CheckpointStore | None, checkpoint: Checkpoint) -> Checkpoint | None:
@@ -265,7 +279,7 @@ def run(env: Mapping[str, str], reporter: JobReporter) -> int:
         )
         _echo(reporter)
         location = env.get(checkpoints.ENV, "").strip()
-        store = CheckpointStore.from_uri(location) if location else None
+        store = _open_store(location, env, reporter.job_id) if location else None
         metrics = _train(settings, reporter, started_at, store)
         reporter.succeeded(**metrics)
         _echo(reporter)

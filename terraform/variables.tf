@@ -96,7 +96,12 @@ variable "monitoring_notification_channels" {
 }
 
 variable "checkpoint_retention_days" {
-  description = "Days a training checkpoint is kept in the checkpoints bucket before it is deleted."
+  description = "Days a training checkpoint is kept in the checkpoints bucket before it is deleted: at least 8, longer than a Cloud Run task may run (168 h), so no running job loses the checkpoint it would resume from."
   type        = number
   default     = 30
+
+  validation {
+    condition     = var.checkpoint_retention_days >= 8 && floor(var.checkpoint_retention_days) == var.checkpoint_retention_days
+    error_message = "checkpoint_retention_days: a whole number of days, at least 8 (a run may last 7 days)."
+  }
 }

@@ -48,12 +48,18 @@ def observe(job: Job, status: RunStatus | None, now: datetime, cfg: JobsConfig) 
             keys = [*changed.preempted, preemption.key][-domain.MAX_PREEMPTION_KEYS :]
             changed = domain.note(changed, event, preemptions=changed.preemptions + 1, preempted=keys)
             changed = job_relaunch.relaunched(
-                changed, at=event.at, cause="preemption", key=preemption.key, started=status.started_at
+                changed, at=event.at, cause="preemption", key=preemption.key, seen=now, started=status.started_at
             )
         if status.failed_attempts > changed.retries_seen and status.phase not in FINAL_PHASES:
             for retry in range(changed.retries_seen + 1, status.failed_attempts + 1):
                 changed = job_relaunch.relaunched(
-                    changed, at=now, cause="retry", key=f"retry-{retry}", started=status.started_at
+                    changed,
+                    at=job_relaunch.retry_stop(changed, retry, now),
+                    cause="retry",
+                    key=f"retry-{retry}",
+                    seen=now,
+                    started=status.started_at,
+                    attempt=retry,
                 )
             changed = changed.model_copy(update={"retries_seen": status.failed_attempts})
         started = status.started_at

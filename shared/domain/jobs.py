@@ -218,6 +218,8 @@ class Relaunch(BaseModel):
     lost_since: AwareDatetime
     lost_since_source: str
     gpu_hours_lost: float = 0.0
+    #: When the tick recorded it (the daily report's day); None on relaunches recorded before this field.
+    seen_at: AwareDatetime | None = None
 
 
 class JobFields(BaseModel):
@@ -275,6 +277,8 @@ class JobFields(BaseModel):
     relaunch_count: int = 0
     gpu_hours_lost: float = 0.0
     relaunched_at: AwareDatetime | None = None
+    #: When the run last reported resuming from a checkpoint (a relaunched run's own start).
+    resumed_at: AwareDatetime | None = None
     #: Cost so far (running) or the actual cost (finished): runtime times the hourly price.
     cost_usd: Decimal = Decimal(0)
     #: The run's latest report (fleet_agent.jobs): phase, step, total_steps, metrics, seq, at.

@@ -164,7 +164,7 @@ def daily(at: datetime, tenant: str | None = None) -> DailyReport:
         at=at,
         generated_at=_clock(),
         tenant=tenant,
-        jobs=job_store.relaunched_since(win.starts_at),
+        jobs=job_store.relaunched_since(win.starts_at, tenant),
     )
 
 

@@ -7,6 +7,7 @@ report) never overwrite each other: the loser re-reads and decides again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -29,14 +30,38 @@ def _job(data: dict[str, Any]) -> Job:
     return Job.model_validate(data)
 
 
+#: Commits of a new job before an aborted one (contention) is raised.
+CREATE_ATTEMPTS = 5
+
+
 def create(job: Job, entry: AuditEntry) -> bool:
-    """Store a new job with its audit entry; False when a job with this id exists (a retried request)."""
-    client = db.client()
-    batch = client.batch()
-    batch.create(ref(job.id), job.to_doc())
-    audit_store.add(batch, entry)
-    writes = 2 + _mark_waiting(batch, job)
-    return db.unless_changed(lambda: batch.commit(**db.call_options()), writes=writes) is not None
+    """Store a new job with its audit entry; False when a job with this id exists (a retried request).
+
+    Only ``AlreadyExists`` means that. An aborted commit (contention on the tenant's queue document, which
+    another submit's increment or an admission pass's transaction holds) wrote nothing: it is committed
+    again, never taken for a duplicate (the request would answer with a job that was never stored)."""
+    # lazy: google.cloud libraries load with the first write, as in shared/store/db.py
+    from google.api_core import exceptions
+
+    for attempt in range(CREATE_ATTEMPTS):
+        batch = db.client().batch()
+        batch.create(ref(job.id), job.to_doc())
+        audit_store.add(batch, entry)
+        writes = 2 + _mark_waiting(batch, job)
+        try:
+            batch.commit(**db.call_options())
+        except exceptions.AlreadyExists:
+            metering.count(conflicts=1)
+            return False
+        except exceptions.Aborted:
+            metering.count(conflicts=1)
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+            continue
+        metering.count(writes=writes)
+        return True
+    raise AssertionError("unreachable")
 
 
 def _mark_waiting(batch: Any, job: Job) -> int:
@@ -127,13 +152,27 @@ def unsettled(limit: int = 100) -> list[Job]:
     return [_job(d.to_dict() or {}) for d in docs]
 
 
-def relaunched_since(at: datetime, limit: int = 1000) -> list[Job]:
-    """Jobs whose run was last relaunched at or after ``at`` (the daily report's GPU-hours lost; one
-    field's range: no composite index). A job relaunched that day and again later is found too."""
-    query = _where(db.client().collection(JOBS), "relaunched_at", ">=", at).limit(limit)
-    docs = list(query.stream(**db.call_options()))
-    metering.count(reads=max(1, len(docs)))
-    return [_job(d.to_dict() or {}) for d in docs]
+#: Jobs read per page of :func:`relaunched_since`.
+RELAUNCH_PAGE = 500
+
+
+def relaunched_since(at: datetime, tenant: str | None = None, page_size: int = RELAUNCH_PAGE) -> list[Job]:
+    """Jobs whose run was last relaunched (recorded) at or after ``at``, of ``tenant`` (None: every tenant),
+    oldest first, all of them (read in pages): the daily report's GPU-hours lost. A job relaunched that day
+    and again later is found too. The tenant's query uses the tenant + relaunched_at index (topology.yaml)."""
+    query: Any = db.client().collection(JOBS)
+    if tenant is not None:
+        query = _where(query, "tenant", "==", tenant)
+    query = _where(query, "relaunched_at", ">=", at).order_by("relaunched_at")
+    jobs: list[Job] = []
+    last: Any = None
+    while True:
+        page = list((query if last is None else query.start_after(last)).limit(page_size).stream(**db.call_options()))
+        metering.count(reads=max(1, len(page)))
+        jobs += [_job(d.to_dict() or {}) for d in page]
+        if len(page) < page_size:
+            return jobs
+        last = page[-1]
 
 
 def tenants_waiting(limit: int = 1000) -> set[str]:

@@ -66,8 +66,12 @@ def process(decoded: Decoded) -> Plan:
             outcome[:] = ["duplicate"]
             return None
         outcome.clear()
+        previous = job.progress or {}
+        same_attempt = previous.get("attempt_since") and int(previous.get("attempt", 0)) == event.attempt
+        report["attempt_since"] = previous["attempt_since"] if same_attempt else report["at"]  # dates a retry
         update: dict[str, object] = {"progress": report}
-        update.update(job_relaunch.checkpoint_fields(job, event.metrics, event.message))  # GPU-hours lost count from it
+        fields = job_relaunch.checkpoint_fields(job, event.metrics, event.message, event.attempt, event.at)
+        update.update(fields)  # GPU-hours lost count from it
         if event.phase in (JobPhase.SUCCEEDED, JobPhase.FAILED):
             update["result"] = {**dict(event.metrics), "phase": event.phase.value, "message": event.message}
         return job.model_copy(update=update), []

@@ -5,6 +5,7 @@ job's container env (the same on every attempt, so a relaunched run finds what i
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,3 +58,11 @@ def test_the_gke_container_and_the_cloud_run_container_get_it(monkeypatch: pytes
     message = job_message(launch.spec_of(job("cloudrun")), project="p", region="us-central1")
     run_env = {e.name: e.value for e in message.template.template.containers[0].env}
     assert run_env["FLEET_CHECKPOINT_URI"] == "gs://ckpt/acme/j-0000000000000000ab12/"
+
+
+def test_checkpoints_are_kept_longer_than_a_run_may_last() -> None:
+    """terraform/variables.tf refuses a retention under 8 days: a Cloud Run task may run 168 h, and a
+    relaunch near its end must still find its checkpoints."""
+    text = (Path(__file__).resolve().parents[2] / "terraform" / "variables.tf").read_text()
+    block = text.split('variable "checkpoint_retention_days" {', 1)[1].split("\n}\n", 1)[0]
+    assert "validation {" in block and "var.checkpoint_retention_days >= 8" in block

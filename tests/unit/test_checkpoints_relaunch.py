@@ -25,7 +25,7 @@ def with_checkpoint(job: Job, step: int, at: datetime) -> Job:
 
 def test_a_checkpointed_report_sets_the_jobs_checkpoint_and_an_older_one_does_not() -> None:
     job = with_checkpoint(gpu_job(), 3, T0 + 30 * MIN)
-    assert job.checkpoint == {"step": 3, "at": (T0 + 30 * MIN).isoformat(), "uri": "gs://b/acme/j-1/x"}
+    assert job.checkpoint == {"step": 3, "at": (T0 + 30 * MIN).isoformat(), "uri": "gs://b/acme/j-1/x", "attempt": 0}
     assert job_relaunch.checkpoint_fields(job, {"loss": 0.2}, "") == {}
     older = {"checkpoint_step": 2, "checkpoint_at": (T0 + 20 * MIN).timestamp()}
     assert job_relaunch.checkpoint_fields(job, older, "") == {}
@@ -40,7 +40,11 @@ def test_a_preemption_after_a_checkpoint_loses_the_time_since_it_times_the_gpus(
     assert (relaunch.cause, relaunch.key, relaunch.checkpoint_step) == ("preemption", "pod-a", 3)
     assert (relaunch.lost_since, relaunch.lost_since_source) == (T0 + 30 * MIN, "checkpoint")
     assert relaunch.gpu_hours_lost == 0.5  # 15 min x 2 GPUs
-    assert (obs.job.gpu_hours_lost, obs.job.relaunch_count, obs.job.relaunched_at) == (0.5, 1, T0 + 45 * MIN)
+    assert (obs.job.gpu_hours_lost, obs.job.relaunch_count, obs.job.relaunched_at) == (
+        0.5,
+        1,
+        T0 + 46 * MIN,
+    )  # recorded
     assert obs.job.history[-1].kind == "relaunch"
     assert "resumes after epoch 3" in obs.job.history[-1].reason
     again = job_runs.observe(obs.job, status, T0 + 47 * MIN, CFG)

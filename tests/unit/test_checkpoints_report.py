@@ -35,9 +35,9 @@ def test_the_daily_report_shows_gpu_hours_lost_per_tenant_and_job(
     asked: list[datetime] = []
     jobs = [preempted("j-a", 2, 30), preempted("j-b", 1, 60, 90)]
 
-    def relaunched_since(at: datetime) -> list[Job]:
+    def relaunched_since(at: datetime, tenant: str | None = None) -> list[Job]:
         asked.append(at)
-        return jobs
+        return [j for j in jobs if tenant in (None, j.tenant)]
 
     monkeypatch.setattr(job_store, "relaunched_since", relaunched_since)
     report = reports.daily(DAILY_TICK)

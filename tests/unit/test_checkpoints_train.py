@@ -153,3 +153,13 @@ def test_sigterm_mid_epoch_finishes_and_saves_that_epoch_then_exits_143(tmp_path
     assert proc.wait(timeout=30) == 143
     epochs = CheckpointStore.from_uri(str(tmp_path)).epochs()
     assert epochs and epochs == list(range(1, epochs[-1] + 1)) and epochs[-1] < 50
+
+
+def test_a_location_that_cannot_be_listed_trains_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreachable(self: CheckpointStore) -> list[int]:
+        raise ConnectionError("no bucket")
+
+    monkeypatch.setattr(CheckpointStore, "epochs", unreachable)
+    code, reports = run(env_for(Path("/nonexistent/ckpt"), {"epochs": 2}))
+    assert code == 0
+    assert [r.step for r in reports if r.phase is JobPhase.PROGRESS] == [1, 2]

@@ -547,7 +547,9 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> Fleet:
         f.uploads.append({"channel": channel, "content": content, "filename": filename, "thread_ts": thread_ts})
 
     monkeypatch.setattr(db, "client", lambda: fs)
-    monkeypatch.setattr(job_store, "relaunched_since", lambda at: [])  # tests/unit/test_checkpoints_report.py
+    monkeypatch.setattr(
+        job_store, "relaunched_since", lambda at, tenant=None: []
+    )  # tests/unit/test_checkpoints_report.py
     monkeypatch.setattr(agent_store, "list_agents", list_agents)
     monkeypatch.setattr(episode_store, "list_episodes", list_episodes)
     monkeypatch.setattr(config, "read_tenant", read_tenant)
