@@ -258,7 +258,15 @@ def edit_plan(current: AgentRecord, actor: Actor, edit: dict[str, Any], at: date
         labels = {**current.labels, **edit["labels"]}
         wanted["labels"] = {k: v for k, v in sorted(labels.items()) if v is not None}
     if edit.get("heartbeat_interval_s") is not None:
-        wanted["heartbeat_interval_s"] = int(edit["heartbeat_interval_s"])
+        wanted["heartbeat_interval_s"] = interval = int(edit["heartbeat_interval_s"])
+        # The agent is not told the interval: it is the server's tolerance only, never below the agent's beat.
+        beat = current.registered_interval_s or current.heartbeat_interval_s
+        if interval < beat:
+            raise Refused(
+                409,
+                f"heartbeat_interval_s {interval} is below the {beat} s agent {current.agent_id} beats at: "
+                "the API sets the server's tolerance only, the agent's own interval comes from its registration",
+            )
     changed = {k: v for k, v in wanted.items() if getattr(current, k) != v}
     sources = sorted({*current.api_fields, *wanted})
     if not changed and sources == sorted(current.api_fields):
