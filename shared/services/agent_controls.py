@@ -104,8 +104,8 @@ def _hold(name: str, agent_id: str, actor: Actor, reason: str, at: datetime) -> 
     its command again with the same id (a lost publish is repaired by the retry)."""
 
     def step(current: AgentRecord) -> Plan:
-        if current.status is State.DECOMMISSIONED:
-            raise Refused(409, f"agent {current.agent_id} was decommissioned")
+        if current.status in (State.DECOMMISSIONING, State.DECOMMISSIONED):
+            raise Refused(409, f"agent {current.agent_id} is {current.status.value}")
         if name in current.holds:
             return Plan(skipped="unchanged")
         return holds.place(current, name, reason=reason, at=at, key=actor.key, actor=actor.name, cause=Cause.OPERATOR)
@@ -243,6 +243,8 @@ def create_silence(silence: Silence, actor: Actor, at: datetime) -> Silence:
 #: The fields an operator may set on an agent (PATCH /v1/agents/{id}, a bulk label): they then win over
 #: the agent's registration (AgentRecord.api_fields).
 EDITABLE = ("owner", "labels", "heartbeat_interval_s")
+#: Labels an agent may have at most (as a registration: sdk/fleet_agent/messages/agents.py).
+MAX_LABELS = 64
 
 
 def edit_plan(current: AgentRecord, actor: Actor, edit: dict[str, Any], at: datetime, action: str) -> Plan:
@@ -257,6 +259,10 @@ def edit_plan(current: AgentRecord, actor: Actor, edit: dict[str, Any], at: date
     if edit.get("labels") is not None:
         labels = {**current.labels, **edit["labels"]}
         wanted["labels"] = {k: v for k, v in sorted(labels.items()) if v is not None}
+        if len(wanted["labels"]) > MAX_LABELS:
+            raise Refused(
+                409, f"agent {current.agent_id} would have {len(wanted['labels'])} labels; at most {MAX_LABELS}"
+            )
     if edit.get("heartbeat_interval_s") is not None:
         wanted["heartbeat_interval_s"] = interval = int(edit["heartbeat_interval_s"])
         # The agent is not told the interval: it is the server's tolerance only, never below the agent's beat.

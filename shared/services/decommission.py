@@ -76,7 +76,7 @@ def _cleanup(current: AgentRecord, actor: Actor, reason: str, at: datetime) -> P
     }
     details = {"holds": sorted(current.holds), "commands": sorted(pending), "reason": reason}
     lifted = Plan(
-        changes={"holds": {}, "status_hold": None, "commands": {**current.commands, **closed}},
+        changes={"holds": {}, "status_hold": None, "commands": {**current.commands, **closed}, "command_due_at": None},
         audit=[agent_controls.audit_entry(actor, "agent.decommission.cleanup", current.agent_id, current.tenant,
                                           details, at)],
     )  # fmt: skip
