@@ -5,11 +5,13 @@ a bulk label's dry run agrees with the call, a decommissioning agent takes no ho
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from shared.domain import approval_messages
 from shared.domain.lifecycle import State
 from shared.services import agent_controls, bulk
 from tests.unit.test_http_api_costs import NOW, TOKENS, World
@@ -96,3 +98,18 @@ def test_a_decommissioning_agent_takes_no_hold(fleet: World) -> None:
     assert_error(send("/v1/agents/agent-b1/quarantine", APPROVER, body={"reason": "x"}), 409, "conflict")
     assert fleet.agents["agent-b1"].holds == {}
     assert bulk.preview(fleet.agents["agent-b1"], "pause", None).result == "refused"
+
+
+def test_the_bulk_approval_shows_its_filter_and_every_agent_escaped(fleet: World) -> None:
+    body = {"action": "decommission", "filter": {"tenant": "acme"}, "reason": "retire"}
+    assert send("/v1/agents/bulk", OPERATOR, body=body).status == 200
+    [approval] = fleet.asked  # type: ignore[attr-defined]
+    approval = approval.model_copy(update={"payload": {**approval.payload, "filter": {"tenant": "<!channel>"}}})
+    text = json.dumps(approval_messages.pending(approval)[1])
+    assert all(f"`agent-b{i}`" in text for i in (1, 2, 3)) and "*Filter*" in text
+    assert "<!channel>" not in text
+
+
+def test_a_decommission_is_audited_as_such(ops: World) -> None:
+    assert send("/v1/agents/agent-a1/decommission", APPROVER, body={"reason": "retired"}).status == 200
+    assert ("agent.decommission", "applied", "agent-a1") in audit_of(ops)
