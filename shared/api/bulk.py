@@ -11,7 +11,7 @@ from shared.api.bodies.operator import BulkRequest, BulkResult, BulkView
 from shared.api.core import ApiError, Call, Routes
 from shared.domain import approvals as approval_domain
 from shared.domain.api_keys import Role
-from shared.services import approvals, bulk
+from shared.services import agent_controls, approvals, bulk
 from shared.store import audit as audit_store
 
 routes = Routes("agents")
@@ -31,11 +31,13 @@ def bulk_agents(call: Call) -> BulkView:
         search = agent_search.search_of(principal, request.filter.model_dump())
     except ApiError as error:
         if error.status == 403:  # another tenant named in the filter: a refusal, audited
-            refusal = {"filter": request.filter.model_dump(mode="json", exclude_none=True), "reason": error.reason}
-            action = f"agent.bulk.{request.action}"
-            entry = core.audit(call, action, f"bulk.{request.action}", principal.tenant, refusal, core.now())
-            audit_store.append(dataclasses.replace(entry, outcome="refused"))
+            _refusal(call, request, principal.tenant, error.reason)
         raise
+    critical = request.action == "label" and agent_controls.unprotects_critical(request.labels)
+    if critical and not principal.role.allows(Role.APPROVER):
+        reason = f"changing or removing the label {agent_controls.CRITICAL_LABEL[0]} needs approver"
+        _refusal(call, request, principal.tenant, reason)
+        raise ApiError(403, reason)
     destructive = request.action in bulk.DESTRUCTIVE
     tenant = search.filters.tenant
     if tenant is None:
@@ -106,3 +108,10 @@ def _unique(call: Call, request: BulkRequest) -> str:
     if request.request_id:
         return f"{request.request_id}.{request.page_token or ''}"
     return call.request_id or ""
+
+
+def _refusal(call: Call, request: BulkRequest, tenant: str | None, reason: str) -> None:
+    """The audit entry of a refused bulk call."""
+    details = {"filter": request.filter.model_dump(mode="json", exclude_none=True), "reason": reason}
+    entry = core.audit(call, f"agent.bulk.{request.action}", f"bulk.{request.action}", tenant, details, core.now())
+    audit_store.append(dataclasses.replace(entry, outcome="refused"))

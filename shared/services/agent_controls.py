@@ -243,6 +243,19 @@ def create_silence(silence: Silence, actor: Actor, at: datetime) -> Silence:
 #: The fields an operator may set on an agent (PATCH /v1/agents/{id}, a bulk label): they then win over
 #: the agent's registration (AgentRecord.api_fields).
 EDITABLE = ("owner", "labels", "heartbeat_interval_s")
+#: The remediation policy's critical label (``critical_label`` of shared/domain/remediation_policy.py,
+#: default "critical=true"): a policy stop on such an agent needs an approval, so only an approver may
+#: change or remove it. This is the default's key and value; a policy configured with another label is
+#: not covered here.
+CRITICAL_LABEL = ("critical", "true")
+
+
+def unprotects_critical(labels: dict[str, str | None] | None) -> bool:
+    """Whether a label edit changes or removes the critical label (which needs the approver role)."""
+    key, value = CRITICAL_LABEL
+    return labels is not None and key in labels and labels[key] != value
+
+
 #: Labels an agent may have at most (as a registration: sdk/fleet_agent/messages/agents.py).
 MAX_LABELS = 64
 

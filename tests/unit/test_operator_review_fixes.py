@@ -113,3 +113,18 @@ def test_the_bulk_approval_shows_its_filter_and_every_agent_escaped(fleet: World
 def test_a_decommission_is_audited_as_such(ops: World) -> None:
     assert send("/v1/agents/agent-a1/decommission", APPROVER, body={"reason": "retired"}).status == 200
     assert ("agent.decommission", "applied", "agent-a1") in audit_of(ops)
+
+
+def test_only_an_approver_changes_or_removes_the_critical_label(fleet: World) -> None:
+    key, value = agent_controls.CRITICAL_LABEL
+    fleet.agents["agent-a1"] = fleet.agents["agent-a1"].model_copy(update={"labels": {key: value}})
+    refused = send("/v1/agents/agent-a1", OPERATOR, "PATCH", {"labels": {key: None}})
+    assert_error(refused, 403, "forbidden")
+    assert fleet.agents["agent-a1"].labels == {key: value}
+    assert ("agent.update", "refused", "agent-a1") in audit_of(fleet)
+    body = {"action": "label", "filter": {"tenant": "acme"}, "reason": "t", "labels": {key: "false"}}
+    assert_error(send("/v1/agents/bulk", OPERATOR, body=body), 403, "forbidden")
+    assert ("agent.bulk.label", "refused", "bulk.label") in audit_of(fleet)
+    assert send("/v1/agents/agent-a1", OPERATOR, "PATCH", {"labels": {key: value, "env": "x"}}).status == 200
+    assert send("/v1/agents/agent-a1", APPROVER, "PATCH", {"labels": {key: None}}).status == 200
+    assert key not in fleet.agents["agent-a1"].labels
