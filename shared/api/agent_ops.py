@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.api import core
 from shared.api.agents import agent_response
@@ -20,6 +20,7 @@ from shared.api.bodies.operator import (
 )
 from shared.api.core import AGENT, Call, Routes
 from shared.api.tenancy import visible_record
+from shared.domain.agent_record import AgentRecord
 from shared.domain.api_keys import Role
 from shared.services import agent_controls, decommission
 from shared.store import audit as audit_store
@@ -102,7 +103,7 @@ def decommission_agent(call: Call) -> DecommissionView:
 
 
 @routes.route(
-    "PATCH", "/v1/agents/<agent_id>", AgentView, AgentUpdate, Role.OPERATOR, params=AGENT, errors=(400, 404, 409)
+    "PATCH", "/v1/agents/<agent_id>", AgentView, AgentUpdate, Role.OPERATOR, params=AGENT, errors=(400, 403, 404, 409)
 )
 def update_agent(call: Call) -> AgentView:
     """Set an agent's owner, labels (merged; null removes one) or heartbeat interval (operators).
@@ -115,6 +116,14 @@ def update_agent(call: Call) -> AgentView:
         "agent.update",
         record.agent_id,
         record.tenant,
-        lambda: agent_controls.edit_agent(record.agent_id, core.operator(call), edit, core.now()),
+        lambda: _edit(call, record.agent_id, edit),
     )
     return agent_response(updated)
+
+
+def _edit(call: Call, agent_id: str, edit: dict[str, Any]) -> tuple[AgentRecord, bool]:
+    if agent_controls.unprotects_critical(edit.get("labels")) and not core.principal(call).role.allows(Role.APPROVER):
+        raise agent_controls.Refused(
+            403, f"changing or removing the label {agent_controls.CRITICAL_LABEL[0]} needs approver"
+        )
+    return agent_controls.edit_agent(agent_id, core.operator(call), edit, core.now())

@@ -4,18 +4,20 @@ quarantine and decommission are asked of the tenant's approvers."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from shared.api import agent_search, core
 from shared.api.bodies.operator import BulkRequest, BulkResult, BulkView
 from shared.api.core import ApiError, Call, Routes
 from shared.domain import approvals as approval_domain
 from shared.domain.api_keys import Role
-from shared.services import approvals, bulk
+from shared.services import agent_controls, approvals, bulk
 from shared.store import audit as audit_store
 
 routes = Routes("agents")
 
 
-@routes.post("/v1/agents/bulk", BulkView, BulkRequest, Role.OPERATOR, errors=(400,))
+@routes.post("/v1/agents/bulk", BulkView, BulkRequest, Role.OPERATOR, errors=(400, 403))
 def bulk_agents(call: Call) -> BulkView:
     """Pause, resume, drain, label, quarantine or decommission the agents a filter selects (operators).
 
@@ -25,11 +27,22 @@ def bulk_agents(call: Call) -> BulkView:
     (``approval_id``), and applied to the agents listed when approved."""
     request = core.body(call, BulkRequest)
     principal = core.principal(call)
-    search = agent_search.search_of(principal, request.filter.model_dump())
+    try:
+        search = agent_search.search_of(principal, request.filter.model_dump())
+    except ApiError as error:
+        if error.status == 403:  # another tenant named in the filter: a refusal, audited
+            _refusal(call, request, principal.tenant, error.reason)
+        raise
+    critical = request.action == "label" and agent_controls.unprotects_critical(request.labels)
+    if critical and not principal.role.allows(Role.APPROVER):
+        reason = f"changing or removing the label {agent_controls.CRITICAL_LABEL[0]} needs approver"
+        _refusal(call, request, principal.tenant, reason)
+        raise ApiError(403, reason)
     destructive = request.action in bulk.DESTRUCTIVE
     tenant = search.filters.tenant
-    if destructive and tenant is None:
-        raise ApiError(400, f"a bulk {request.action} names one tenant (filter.tenant): it is asked of its approvers")
+    if tenant is None:
+        # Never across tenants: a bulk acts on one tenant's agents, audited under that tenant.
+        raise ApiError(400, f"a bulk {request.action} names one tenant (filter.tenant)")
     after = core.decode_page_token(request.page_token, core.is_agent_id) if request.page_token else None
     now = core.now()
     records, last, _read = search.page(bulk.CAP, after, now)
@@ -44,6 +57,8 @@ def bulk_agents(call: Call) -> BulkView:
             approval_id = _ask(call, request, tenant, chosen)
     else:
         operator = core.operator(call)
+        if request.request_id:  # a retry sends the same command ids and hold keys
+            operator = dataclasses.replace(operator, request_id=request.request_id)
         results = bulk.apply_all(
             [r.agent_id for r in records], request.action, operator, request.reason, now, request.labels
         )
@@ -70,7 +85,7 @@ def _ask(call: Call, request: BulkRequest, tenant: str, agent_ids: list[str]) ->
     now = core.now()
     shown = ", ".join(agent_ids[:5]) + (f" and {len(agent_ids) - 5} more" if len(agent_ids) > 5 else "")
     approval = approvals.new(
-        approval_id=approval_domain.approval_id("api", call.request_id or "", "bulk"),
+        approval_id=approval_domain.approval_id("api", _unique(call, request), "bulk"),
         tenant=tenant,
         kind=approval_domain.Kind.BULK,
         requester=approval_domain.Requester(kind="api", id=principal.name),
@@ -86,3 +101,17 @@ def _ask(call: Call, request: BulkRequest, tenant: str, agent_ids: list[str]) ->
     )
     stored, _new = approvals.request(approval, now)
     return stored.id
+
+
+def _unique(call: Call, request: BulkRequest) -> str:
+    """The request's idempotency key: the client's ``request_id`` (and page) when given, else this HTTP request's."""
+    if request.request_id:
+        return f"{request.request_id}.{request.page_token or ''}"
+    return call.request_id or ""
+
+
+def _refusal(call: Call, request: BulkRequest, tenant: str | None, reason: str) -> None:
+    """The audit entry of a refused bulk call."""
+    details = {"filter": request.filter.model_dump(mode="json", exclude_none=True), "reason": reason}
+    entry = core.audit(call, f"agent.bulk.{request.action}", f"bulk.{request.action}", tenant, details, core.now())
+    audit_store.append(dataclasses.replace(entry, outcome="refused"))

@@ -47,7 +47,10 @@ class AgentRecord(BaseModel):
     #: Protocol features the agent's SDK understands (``commands.v2``: remediation commands and acks).
     supports: list[str] = Field(default_factory=list)
     resources: dict[str, Any] = Field(default_factory=dict)
+    #: The server's heartbeat tolerance: the agent's own interval, or what PATCH set (never below the agent's).
     heartbeat_interval_s: int = 30
+    #: The interval the agent itself beats at (its last registration); PATCH may not go below it.
+    registered_interval_s: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     #: Fields a person set through the API (owner, labels, heartbeat_interval_s): a registration keeps them.
     api_fields: list[str] = Field(default_factory=list)

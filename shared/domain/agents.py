@@ -64,6 +64,7 @@ def apply_registration(
             sweep_at=_late_after(received_at, reg.heartbeat_interval_s),
             registered_at=received_at,
             last_registered_at=received_at,
+            registered_interval_s=reg.heartbeat_interval_s,
             registration_event_ids=[event_id],
             versions=[reg.version],
         )
@@ -127,9 +128,13 @@ def apply_registration(
     # A restarted agent has forgotten what it was told: send its holds again (same command ids).
     plan.commands.extend(holds.command_of(current.agent_id, hold) for hold in current.holds.values())
     last_seen = max(received_at, current.last_heartbeat_at or received_at)
-    interval_s = (
-        current.heartbeat_interval_s if "heartbeat_interval_s" in current.api_fields else reg.heartbeat_interval_s
-    )
+    changes["registered_interval_s"] = reg.heartbeat_interval_s
+    interval_s = reg.heartbeat_interval_s
+    if "heartbeat_interval_s" in current.api_fields:
+        # The API's interval is a tolerance only (the agent is never told it): never below the agent's beat.
+        interval_s = max(current.heartbeat_interval_s, reg.heartbeat_interval_s)
+        if interval_s != current.heartbeat_interval_s:
+            changes["heartbeat_interval_s"] = interval_s
     changes["late_after"] = _late_after(last_seen, interval_s)
     eps = _back_alive(current, plan, changes, last_seen, received_at, interval_s=interval_s)
     changes.update(eps.changes())

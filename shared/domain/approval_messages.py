@@ -7,6 +7,7 @@ buttons: who decided and when, and what the decision did.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,8 @@ KIND_TITLES = {
 STATE_MARKS = {State.APPROVED: "✅ Approved", State.DENIED: "⛔ Denied", State.EXPIRED: "⌛ Expired"}
 
 Message = tuple[str, list[dict[str, Any]]]
+#: Room for a bulk request's agent ids in its Slack section (a section holds 3000 characters).
+BULK_IDS_CHARS = 2200
 
 
 def _when(at: datetime | None) -> str:
@@ -42,9 +45,27 @@ def _facts(approval: Approval) -> str:
         lines.append(f"*Tenant* {approval.tenant}")
     if approval.reason:
         lines.append(f"*Why* {escape(approval.reason)}")
+    if approval.kind is Kind.BULK:
+        lines.extend(_bulk_facts(approval.payload))
     if approval.estimated_cost_usd is not None:
         lines.append(f"*Estimated cost* ${approval.estimated_cost_usd:,.2f}")
     return "\n".join(lines)
+
+
+def _bulk_facts(payload: dict[str, Any]) -> list[str]:
+    """A bulk request's filter and every agent it acts on (escaped), so the approver sees the set."""
+    shown = {k: v for k, v in (payload.get("filter") or {}).items() if v is not None}
+    lines = [f"*Filter* {escape(json.dumps(shown, sort_keys=True, default=str))}"]
+    ids = [str(a) for a in payload.get("agent_ids") or []]
+    listed, size = [], 0
+    for agent_id in ids:
+        size += len(agent_id) + 4
+        if size > BULK_IDS_CHARS:
+            break
+        listed.append(f"`{escape(agent_id)}`")
+    more = f" and {len(ids) - len(listed)} more (see the approval's payload)" if len(listed) < len(ids) else ""
+    lines.append(f"*Agents* ({len(ids)}) {', '.join(listed)}{more}")
+    return lines
 
 
 def title(approval: Approval) -> str:

@@ -104,8 +104,8 @@ def _hold(name: str, agent_id: str, actor: Actor, reason: str, at: datetime) -> 
     its command again with the same id (a lost publish is repaired by the retry)."""
 
     def step(current: AgentRecord) -> Plan:
-        if current.status is State.DECOMMISSIONED:
-            raise Refused(409, f"agent {current.agent_id} was decommissioned")
+        if current.status in (State.DECOMMISSIONING, State.DECOMMISSIONED):
+            raise Refused(409, f"agent {current.agent_id} is {current.status.value}")
         if name in current.holds:
             return Plan(skipped="unchanged")
         return holds.place(current, name, reason=reason, at=at, key=actor.key, actor=actor.name, cause=Cause.OPERATOR)
@@ -243,6 +243,21 @@ def create_silence(silence: Silence, actor: Actor, at: datetime) -> Silence:
 #: The fields an operator may set on an agent (PATCH /v1/agents/{id}, a bulk label): they then win over
 #: the agent's registration (AgentRecord.api_fields).
 EDITABLE = ("owner", "labels", "heartbeat_interval_s")
+#: The remediation policy's critical label (``critical_label`` of shared/domain/remediation_policy.py,
+#: default "critical=true"): a policy stop on such an agent needs an approval, so only an approver may
+#: change or remove it. This is the default's key and value; a policy configured with another label is
+#: not covered here.
+CRITICAL_LABEL = ("critical", "true")
+
+
+def unprotects_critical(labels: dict[str, str | None] | None) -> bool:
+    """Whether a label edit changes or removes the critical label (which needs the approver role)."""
+    key, value = CRITICAL_LABEL
+    return labels is not None and key in labels and labels[key] != value
+
+
+#: Labels an agent may have at most (as a registration: sdk/fleet_agent/messages/agents.py).
+MAX_LABELS = 64
 
 
 def edit_plan(current: AgentRecord, actor: Actor, edit: dict[str, Any], at: datetime, action: str) -> Plan:
@@ -257,8 +272,20 @@ def edit_plan(current: AgentRecord, actor: Actor, edit: dict[str, Any], at: date
     if edit.get("labels") is not None:
         labels = {**current.labels, **edit["labels"]}
         wanted["labels"] = {k: v for k, v in sorted(labels.items()) if v is not None}
+        if len(wanted["labels"]) > MAX_LABELS:
+            raise Refused(
+                409, f"agent {current.agent_id} would have {len(wanted['labels'])} labels; at most {MAX_LABELS}"
+            )
     if edit.get("heartbeat_interval_s") is not None:
-        wanted["heartbeat_interval_s"] = int(edit["heartbeat_interval_s"])
+        wanted["heartbeat_interval_s"] = interval = int(edit["heartbeat_interval_s"])
+        # The agent is not told the interval: it is the server's tolerance only, never below the agent's beat.
+        beat = current.registered_interval_s or current.heartbeat_interval_s
+        if interval < beat:
+            raise Refused(
+                409,
+                f"heartbeat_interval_s {interval} is below the {beat} s agent {current.agent_id} beats at: "
+                "the API sets the server's tolerance only, the agent's own interval comes from its registration",
+            )
     changed = {k: v for k, v in wanted.items() if getattr(current, k) != v}
     sources = sorted({*current.api_fields, *wanted})
     if not changed and sources == sorted(current.api_fields):

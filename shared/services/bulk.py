@@ -34,7 +34,8 @@ DESTRUCTIVE = frozenset({"quarantine", "decommission"})
 @dataclass(frozen=True)
 class Result:
     agent_id: str
-    #: applied, unchanged, refused; a dry run: would_apply, unchanged, refused; asked: requested.
+    #: applied, unchanged, refused, failed (an error: its class); a dry run: would_apply, unchanged, refused;
+    #: asked: requested.
     result: str
     reason: str | None = None
 
@@ -44,6 +45,8 @@ def preview(record: AgentRecord, action: str, labels: dict[str, str | None] | No
     agent_id = record.agent_id
     if record.status is State.DECOMMISSIONED:
         return Result(agent_id, "unchanged" if action == "decommission" else "refused", "decommissioned")
+    if record.status is State.DECOMMISSIONING and action != "decommission":
+        return Result(agent_id, "refused", "decommissioning")
     if action == "pause" and "pause" in record.holds:
         return Result(agent_id, "unchanged", "already paused")
     if action == "resume" and "pause" not in record.holds:
@@ -52,7 +55,7 @@ def preview(record: AgentRecord, action: str, labels: dict[str, str | None] | No
         return Result(agent_id, "unchanged", "already quarantined")
     if action == "label" and labels is not None:
         wanted = {k: v for k, v in {**record.labels, **labels}.items() if v is not None}
-        if wanted == record.labels:
+        if wanted == record.labels and "labels" in record.api_fields:
             return Result(agent_id, "unchanged", "labels already set")
     if action == "drain" and COMMANDS_V2 not in record.supports:
         return Result(agent_id, "refused", "its SDK does not support remediation commands (commands.v2)")
@@ -62,7 +65,9 @@ def preview(record: AgentRecord, action: str, labels: dict[str, str | None] | No
 def apply_one(
     agent_id: str, action: str, actor: Actor, reason: str, at: datetime, labels: dict[str, str | None] | None = None
 ) -> Result:
-    """Apply ``action`` to one agent through its single-agent operation; a refusal is a result, not an error."""
+    """Apply ``action`` to one agent through its single-agent operation; a refusal is a result, not an error,
+    and so is any other failure (``failed``, the error's class): the agents before it are already changed,
+    so the caller must still get every agent's result and the bulk audit entry."""
     operations: dict[str, Callable[[], bool]] = {
         "pause": lambda: agent_controls.pause(agent_id, actor, reason, at)[1],
         "resume": lambda: bool(agent_controls.resume(agent_id, actor, reason, at)),
@@ -75,6 +80,8 @@ def apply_one(
         changed = operations[action]()
     except Refused as refused:
         return Result(agent_id, "refused", refused.reason)
+    except Exception as error:  # reported per agent (see the docstring)
+        return Result(agent_id, "failed", type(error).__name__)
     return Result(agent_id, "applied" if changed else "unchanged")
 
 
@@ -85,7 +92,9 @@ def apply_all(
 
 
 def summary(action: str, results: list[Result]) -> str:
-    counts = {kind: sum(1 for r in results if r.result == kind) for kind in ("applied", "unchanged", "refused")}
+    counts = {
+        kind: sum(1 for r in results if r.result == kind) for kind in ("applied", "unchanged", "refused", "failed")
+    }
     return f"{action} on {len(results)} agents: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
 
 
@@ -98,5 +107,5 @@ def carry_out(approval: Approval, now: datetime) -> str:
     if action not in ACTIONS:
         return f"Not applied: unknown action {action}."
     results = apply_all([str(a) for a in payload.get("agent_ids") or []], action, actor, reason, now, None)
-    refused = [f"{r.agent_id} ({r.reason})" for r in results if r.result == "refused"][:10]
+    refused = [f"{r.agent_id} ({r.reason})" for r in results if r.result in ("refused", "failed")][:10]
     return summary(action, results) + (f"; refused: {', '.join(refused)}" if refused else "") + "."

@@ -11,7 +11,6 @@ Idempotent: called again on a decommissioned agent, it finishes whatever a faile
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -62,6 +61,11 @@ def plan(current: AgentRecord, actor: Actor, reason: str, at: datetime) -> Plan:
     merge(total, _cleanup(record, actor, reason, at))
     if not total.changes:
         total.skipped = "unchanged"
+    else:
+        details = {"reason": reason, "from": current.status.value}
+        total.audit.append(
+            agent_controls.audit_entry(actor, "agent.decommission", current.agent_id, current.tenant, details, at)
+        )
     return total
 
 
@@ -76,7 +80,7 @@ def _cleanup(current: AgentRecord, actor: Actor, reason: str, at: datetime) -> P
     }
     details = {"holds": sorted(current.holds), "commands": sorted(pending), "reason": reason}
     lifted = Plan(
-        changes={"holds": {}, "status_hold": None, "commands": {**current.commands, **closed}},
+        changes={"holds": {}, "status_hold": None, "commands": {**current.commands, **closed}, "command_due_at": None},
         audit=[agent_controls.audit_entry(actor, "agent.decommission.cleanup", current.agent_id, current.tenant,
                                           details, at)],
     )  # fmt: skip
@@ -109,9 +113,3 @@ def decommission(agent_id: str, actor: Actor, reason: str, at: datetime) -> Deco
                                        {"subscription_deleted": True, "reason": reason}, at)
         )  # fmt: skip
     return Decommissioned(record, written.skipped is None or deleted, cleanup)
-
-
-def refuse(agent_id: str, actor: Actor, tenant: str | None, reason: str, at: datetime) -> None:
-    """Audit a decommission refused (the lifecycle or the role said no)."""
-    entry = agent_controls.audit_entry(actor, "agent.decommission", agent_id, tenant, {"refusal": reason}, at)
-    audit_store.append(dataclasses.replace(entry, outcome="refused"))

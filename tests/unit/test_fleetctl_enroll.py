@@ -157,7 +157,12 @@ def test_decommissioning_revokes_the_key_in_the_same_write(world: dict[str, Any]
     assert plan.changes["status"] is State.DECOMMISSIONED
     revoked = identity.AgentIdentity.of(plan.changes["identity"]).revoked_key_ids
     assert revoked == [identity.key_id_of(KEY.public_key)]
-    assert sorted(e.action for e in plan.audit) == ["agent.key.revoke", "agent.transition", "agent.transition"]
+    assert sorted(e.action for e in plan.audit) == [
+        "agent.decommission",
+        "agent.key.revoke",
+        "agent.transition",
+        "agent.transition",
+    ]
     assert world["channels"] == [("delete", "agent-1")]  # its command channel goes with it
 
 

@@ -45,3 +45,21 @@ def test_an_edit_that_changes_nothing_writes_nothing_and_a_decommissioned_agent_
     with pytest.raises(Refused) as refused:
         edit_plan(record.model_copy(update={"status": State.DECOMMISSIONED}), ACTOR, {"owner": "x"}, T0, "u")
     assert refused.value.status == 409
+
+
+def test_the_interval_is_a_tolerance_never_below_the_agents_own_beat() -> None:
+    record = registered(heartbeat_interval_s=30)
+    assert record.registered_interval_s == 30
+    with pytest.raises(Refused) as refused:
+        edit_plan(record, ACTOR, {"heartbeat_interval_s": 1}, T0, "agent.update")
+    assert refused.value.status == 409 and "30 s" in refused.value.reason
+    plan = edit_plan(record, ACTOR, {"heartbeat_interval_s": 60}, T0, "agent.update")
+    edited = record.model_copy(update=plan.changes)
+    # The agent later registers a slower beat than the API's tolerance: the tolerance follows the agent.
+    later = reg(heartbeat_interval_s=90, version="1.1")
+    again = apply_registration(edited, later, event_id="ev-00000003", received_at=T0 + timedelta(minutes=1))
+    after = edited.model_copy(update=again.changes)
+    assert after.heartbeat_interval_s == 90 and after.registered_interval_s == 90
+    assert after.late_after is not None and after.late_after - (T0 + timedelta(minutes=1)) > timedelta(seconds=90)
+    with pytest.raises(Refused):
+        edit_plan(after, ACTOR, {"heartbeat_interval_s": 60}, T0, "agent.update")

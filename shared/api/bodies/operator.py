@@ -93,6 +93,11 @@ class BulkRequest(BaseModel):
     reason: Reason
     labels: dict[Label, LabelValue | None] | None = Field(default=None, max_length=64)
     page_token: str | None = Field(default=None, max_length=4096, description="The next page of a previous call.")
+    request_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,63}$",
+        description="Makes a retry idempotent: the same id asks the same approval and sends the same command ids.",
+    )
 
     @model_validator(mode="after")
     def _labels(self) -> BulkRequest:
@@ -103,7 +108,7 @@ class BulkRequest(BaseModel):
 
 class BulkResult(View):
     agent_id: str
-    result: Literal["applied", "unchanged", "refused", "would_apply", "requested"]
+    result: Literal["applied", "unchanged", "refused", "failed", "would_apply", "requested"]
     reason: str | None = None
 
 
