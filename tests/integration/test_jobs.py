@@ -165,9 +165,10 @@ def test_an_expensive_gke_job_waits_for_approval_runs_survives_a_preemption_and_
     assert namespace == f"fleet-{tenant}"
     sent = cloud.k8s.job(namespace, name)
     pod = sent["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {
+    assert pod["nodeSelector"] == {  # the pool of the machine it was priced on (docs/jobs.md "Node pools")
         "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
         "cloud.google.com/gke-spot": "true",
+        "node.kubernetes.io/instance-type": asked["estimate"]["machine"],
     }
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert sent["spec"]["activeDeadlineSeconds"] == 7200
