@@ -13,7 +13,7 @@ from shared.domain.agent_record import AgentRecord, Plan
 from shared.platform import logs
 from shared.services import agent_commands
 from shared.store import agents as agent_store
-from shared.store import commands_due
+from shared.store import agents_due
 from shared.store import config as config_store
 
 log = logs.get_logger("command_sweep")
@@ -23,7 +23,7 @@ PAGE = 300
 def run(now: datetime) -> dict[str, Any]:
     """Re-send or escalate every overdue command; counts of agents read, commands re-sent and escalated."""
     out = {"agents": 0, "resent": 0, "escalated": 0}
-    for snap in commands_due.due(now, PAGE):
+    for snap in agents_due.due_for_commands(now, PAGE):
         out["agents"] += 1
         plan = _step(snap.record, now)
         resent = len(plan.commands)

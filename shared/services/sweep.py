@@ -31,6 +31,7 @@ from shared.services import (
     remediation,
 )
 from shared.store import agents as agent_store
+from shared.store import agents_due
 from shared.store import config as config_store
 from shared.store import episodes as episode_store
 from shared.store import silences as silence_store
@@ -92,7 +93,7 @@ def run(now: datetime) -> dict[str, Any]:
 def sweep(now: datetime) -> Swept:
     out = Swept()
     silences = silence_store.active(now)
-    for snap in agent_store.due_for_sweep(now, PAGE):
+    for snap in agents_due.due_for_sweep(now, PAGE):
         out.due += 1
         _step(snap.record, now, silences, out)
     return out

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from shared.domain.agent_record import AgentRecord, Plan
@@ -322,29 +321,6 @@ def list_agents(
     records = [from_stored(d.to_dict()) for d in docs[:page_size]]
     more = len(docs) > page_size
     return records, (records[-1].agent_id if more and records else None)
-
-
-def due_for_sweep(now: datetime, page_size: int) -> Iterator[Snapshot]:
-    """Agents whose ``sweep_at`` has passed, oldest deadline first, a page at a time (one read each).
-
-    Each is also this instance's cached copy: as fresh as a read, so the sweep's conditional write
-    is computed on it and made on its update time, without a second read.
-    """
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query: Any = db.client().collection(AGENTS).where(filter=FieldFilter("sweep_at", "<=", now)).order_by("sweep_at")
-    last = None
-    while True:
-        page = query.start_after(last) if last is not None else query
-        docs = list(page.limit(page_size).stream(**db.call_options()))
-        metering.count(reads=max(1, len(docs)))
-        for doc in docs:
-            snap = Snapshot(from_stored(doc.to_dict()), doc.update_time)
-            cache.put(doc.id, snap)
-            yield snap
-        if len(docs) < page_size:
-            return
-        last = docs[-1]
 
 
 def _of_tenant(tenant: str, liveness: list[str] | None) -> Any:
