@@ -313,14 +313,18 @@ def _undeliverable(record: AgentRecord) -> str | None:
     return None
 
 
-def reregistered(record: AgentRecord, at: datetime, config: AlertingConfig) -> Plan:
+def reregistered(record: AgentRecord, at: datetime, config: AlertingConfig, *, rotation: bool = False) -> Plan:
     """The agent registered at ``at``: a ``restart`` or ``stop`` sent before and not finished was carried
     out (the process exited and came back): marked ``done`` ("agent re-registered", audited), and the
-    ``command_unacknowledged`` episode resolves when none is left unacknowledged. Empty when none is."""
+    ``command_unacknowledged`` episode resolves when none is left unacknowledged. Empty when none is.
+    A key ``rotation`` comes from the running process: it counts only for a command already
+    ``acknowledged`` (the agent said it is exiting), not for one still ``sent``."""
     commands = dict(record.commands)
     plan = Plan()
     for cid, entry in sorted(commands.items()):
         if entry.get("command") not in ENDS_PROCESS or entry.get("state") in FINAL:
+            continue
+        if rotation and entry.get("state") == SENT:
             continue
         if time_of(entry["sent_at"]) > at:
             continue

@@ -165,11 +165,14 @@ def apply_registration(
         )
     )
     plan.changes = changes
-    # A restart or stop sent before this registration was carried out (issue 23).
-    plan = then(current, plan, lambda after: agent_actions.reregistered(after, received_at, AlertingConfig()))
-    if current.status is State.FROZEN:
-        # Frozen is sticky, but an agent the remediation policy restarted is back: lifted to active.
-        return then(current, plan, lambda after: remediation_frozen.lift_frozen(after, received_at, event_id))
+    # A restart or stop sent before this registration was carried out (issue 23); a key rotation (no
+    # token) comes from the running process: only a restart it acknowledged counts (not one still sent).
+    rotation = reg.identity is not None and reg.identity.enrollment_token is None
+    plan = then(current, plan, lambda after: agent_actions.reregistered(after, received_at, AlertingConfig(),
+                                                                        rotation=rotation))  # fmt: skip
+    if current.status is State.FROZEN:  # sticky, but an agent the policy restarted is back: lifted to active
+        return then(current, plan, lambda after: remediation_frozen.lift_frozen(after, received_at, event_id,
+                                                                                rotation=rotation))  # fmt: skip
     return plan
 
 

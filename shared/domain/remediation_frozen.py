@@ -48,13 +48,16 @@ def lift_frozen(
     event_id: str,
     registered_at: datetime | None = None,
     config: AlertingConfig | None = None,
+    *,
+    rotation: bool = False,
 ) -> Plan:
     """A frozen agent the ``frozen`` rule restarted is back (it registered, at ``registered_at``, default
     ``at``, after the restart was sent; called on the registration and on the restart's ack): frozen is
     lifted to active (audited, cause system), the liveness ladder counts from now and the silence episode
-    resolves. Otherwise frozen stays sticky (only an approver's release lifts it): an empty plan."""
+    resolves. Otherwise frozen stays sticky (only an approver's release lifts it): an empty plan. A key
+    ``rotation`` is no restart: it counts only when the restart was acknowledged (not while still sent)."""
     command_id = restarted_since_frozen(record, registered_at or at)
-    if command_id is None:
+    if command_id is None or (rotation and record.commands[command_id].get("state") == "sent"):
         return Plan()
     reason = "restarted by remediation policy"
     decision = lifecycle.decide(record.status, State.ACTIVE, Cause.SYSTEM)

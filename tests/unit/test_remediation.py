@@ -371,3 +371,18 @@ def test_a_registration_marks_an_earlier_restart_done_and_resolves_its_escalatio
     (entry,) = rec.commands.values()
     assert entry["state"] == "done" and agent_actions.UNACKNOWLEDGED_RULE not in rec.episodes
     assert ("agent.command.restart", "done") in [(a.action, a.outcome) for a in back.audit]
+
+
+def test_a_key_rotation_is_no_restart_unless_the_agent_acknowledged_it() -> None:
+    record, step = frozen()
+    at = FROZEN_AT + timedelta(minutes=2)
+    restarted = after(record, remediation.after(record, step, RemediationPolicy(), at, remediation.ON_SWEEP, []))
+    (cid,) = restarted.commands
+    rotate = reg(supports=V2, identity={"public_key": "k" * 43})  # no enrollment token: the running process
+    rotated = apply_registration(restarted, rotate, event_id="ev-r", received_at=at + timedelta(seconds=5))
+    assert "status" not in rotated.changes  # still frozen
+    assert after(restarted, rotated).commands[cid]["state"] == "sent"  # the restart is still pending
+    # The agent acknowledged the restart (it is exiting): the registration after it is its result.
+    acked = restarted.model_copy(update={"commands": {cid: {**restarted.commands[cid], "state": "acknowledged"}}})
+    back = apply_registration(acked, rotate, event_id="ev-r2", received_at=at + timedelta(seconds=5))
+    assert back.changes["status"] is State.ACTIVE and back.changes["commands"][cid]["state"] == "done"
