@@ -33,6 +33,7 @@ from shared.domain.agent_record import AgentRecord, Liveness, Plan, merge, then
 from shared.domain.alerts import Severity
 from shared.domain.audit import AuditEntry
 from shared.domain.episodes import AlertingConfig
+from shared.domain.holds import time_of
 from shared.domain.lifecycle import State
 from shared.domain.remediation_policy import EPISODE_OF, Condition, Mode, RemediationPolicy, Rule
 
@@ -262,6 +263,8 @@ def undo(
             )
             if episode not in resolved or not lasting or not str(entry.get("origin", "")).startswith("policy:"):
                 continue
+            if _drained_by_a_person(current, time_of(entry["sent_at"])):
+                continue  # a later operator or bulk drain stands: not the policy's to undo
             try:
                 issued = agent_actions.issue(
                     current,
@@ -280,6 +283,20 @@ def undo(
         return total
 
     return then(record, plan, resume)
+
+
+def _drained_by_a_person(record: AgentRecord, since: datetime) -> bool:
+    """An operator's or bulk ``drain`` (origin not ``policy:``) was sent after ``since`` and no
+    ``resume_work`` after it."""
+    sent = sorted(((time_of(e["sent_at"]), e) for e in record.commands.values() if e.get("sent_at")),
+                  key=lambda pair: pair[0])  # fmt: skip
+    drained = None
+    for at, entry in sent:
+        if entry.get("command") == CommandType.DRAIN.value and not str(entry.get("origin", "")).startswith("policy:"):
+            drained = at if at > since else drained
+        elif entry.get("command") == CommandType.RESUME_WORK.value and drained is not None and at >= drained:
+            drained = None
+    return drained is not None
 
 
 def after(

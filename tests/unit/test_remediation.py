@@ -386,3 +386,25 @@ def test_a_key_rotation_is_no_restart_unless_the_agent_acknowledged_it() -> None
     acked = restarted.model_copy(update={"commands": {cid: {**restarted.commands[cid], "state": "acknowledged"}}})
     back = apply_registration(acked, rotate, event_id="ev-r2", received_at=at + timedelta(seconds=5))
     assert back.changes["status"] is State.ACTIVE and back.changes["commands"][cid]["state"] == "done"
+
+
+def test_the_policy_does_not_undo_a_later_operator_or_bulk_drain() -> None:
+    record = with_episode(agent(), "failure_risk")
+    drained = after(record, remediation.decide(record, RemediationPolicy(), T0, remediation.ON_HEARTBEAT).plan)
+    later = T0 + timedelta(hours=1)
+
+    def resolves(current: AgentRecord) -> Plan:
+        return Plan(changes={"episodes": {k: v for k, v in current.episodes.items() if k != "failure_risk"}})
+
+    for origin in ("operator", "bulk"):  # drained for maintenance after the policy's drain
+        person = agent_actions.issue(drained, CommandType.DRAIN, at=T0 + timedelta(minutes=5), actor="ann",
+                                     reason="maintenance", key=f"{origin}.1", origin=origin)  # fmt: skip
+        held = after(drained, person)
+        plan = remediation.after(held, resolves(held), RemediationPolicy(), later, remediation.ON_HEARTBEAT, [])
+        assert not plan.commands, origin
+        # Once that drain was resumed, the policy's undo applies again.
+        resumed = agent_actions.issue(held, CommandType.RESUME_WORK, at=T0 + timedelta(minutes=6), actor="ann",
+                                      reason="done", key=f"{origin}.2", origin=origin)  # fmt: skip
+        back = after(held, resumed)
+        plan = remediation.after(back, resolves(back), RemediationPolicy(), later, remediation.ON_HEARTBEAT, [])
+        assert [c.command for c in plan.commands] == [CommandType.RESUME_WORK], origin
