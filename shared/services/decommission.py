@@ -1,9 +1,10 @@
 """Decommissioning an agent, whoever asks (the REST API, fleetctl, an approved bulk request): one operation.
 
 The agent goes to ``decommissioned`` (through ``decommissioning``) in one write that also lifts its
-holds (no hold command is left to re-send), closes its pending tracked commands and revokes its key,
-each audited in the same commit. After the write its command subscription is deleted. Its history
-(usage, audit, heartbeat history, versions) is not touched: it is kept for its retention.
+holds (no hold command is left to re-send), closes its pending tracked commands, resolves the episodes
+only the agent could clear (``CLOSED_EPISODES``) and revokes its key, each audited in the same commit.
+After the write its command subscription is deleted. Its history (usage, audit, heartbeat history,
+versions) is not touched: it is kept for its retention.
 
 Idempotent: called again on a decommissioned agent, it finishes whatever a failed first call left
 (a hold, a key, a pending command, the subscription) and changes nothing else.
@@ -15,12 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.domain import agent_actions, episodes, remediation
 from shared.domain import agents as agent_rules
 from shared.domain.agent_record import AgentRecord, Plan, merge, then
+from shared.domain.episodes import AlertingConfig
 from shared.domain.lifecycle import Cause, Outcome, State
 from shared.services import agent_controls, command_channels
 from shared.services.agent_controls import Actor, Refused
 from shared.store import audit as audit_store
+from shared.store import config as config_store
 
 #: Tracked command states that are over (the rest are still pending on the agent).
 FINISHED = frozenset({"done", "failed"})
@@ -35,10 +39,15 @@ class Decommissioned:
     cleanup: dict[str, Any]
 
 
-def plan(current: AgentRecord, actor: Actor, reason: str, at: datetime) -> Plan:
+#: Episodes only the agent could clear (an ack, a registration, a heartbeat): closed with it.
+CLOSED_EPISODES = (agent_actions.UNACKNOWLEDGED_RULE, remediation.ESCALATED, episodes.LIVENESS)
+
+
+def plan(current: AgentRecord, actor: Actor, reason: str, at: datetime, alerting: AlertingConfig | None = None) -> Plan:
     """The write decommissioning ``current`` (pure): transitions, holds lifted, pending commands closed,
-    key revoked; a skipped plan when it is decommissioned and clean already. Raises Refused (409) when
-    the lifecycle does not allow it."""
+    key revoked, its unacknowledged-command, escalation and liveness episodes resolved (``alerting``: the
+    tenant's settings); a skipped plan when it is decommissioned and clean already. Raises Refused (409)
+    when the lifecycle does not allow it."""
     total = Plan()
     record = current
     for target in (State.DECOMMISSIONING, State.DECOMMISSIONED):
@@ -59,6 +68,9 @@ def plan(current: AgentRecord, actor: Actor, reason: str, at: datetime) -> Plan:
         merge(total, step)
         record = record.model_copy(update=step.changes)
     merge(total, _cleanup(record, actor, reason, at))
+    eps = episodes.AgentEpisodes.of(current.model_copy(update=total.changes), alerting or AlertingConfig())
+    if [rule for rule in CLOSED_EPISODES if eps.resolve(rule, at, f"{current.agent_id}: agent decommissioned")]:
+        merge(total, Plan(changes=eps.changes(), episodes=eps.writes))
     if not total.changes:
         total.skipped = "unchanged"
     else:
@@ -93,7 +105,7 @@ def decommission(agent_id: str, actor: Actor, reason: str, at: datetime) -> Deco
 
     def step(current: AgentRecord) -> Plan:
         before[:] = [current]
-        return plan(current, actor, reason, at)
+        return plan(current, actor, reason, at, config_store.alerting(current.tenant))
 
     written, record = agent_controls.update_agent(agent_id, actor, step)
     prior = before[-1] if before else record
