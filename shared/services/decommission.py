@@ -12,6 +12,7 @@ Idempotent: called again on a decommissioned agent, it finishes whatever a faile
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,11 +44,17 @@ class Decommissioned:
 CLOSED_EPISODES = (agent_actions.UNACKNOWLEDGED_RULE, remediation.ESCALATED, episodes.LIVENESS)
 
 
-def plan(current: AgentRecord, actor: Actor, reason: str, at: datetime, alerting: AlertingConfig | None = None) -> Plan:
+def plan(
+    current: AgentRecord,
+    actor: Actor,
+    reason: str,
+    at: datetime,
+    alerting: Callable[[], AlertingConfig] = AlertingConfig,
+) -> Plan:
     """The write decommissioning ``current`` (pure): transitions, holds lifted, pending commands closed,
     key revoked, its unacknowledged-command, escalation and liveness episodes resolved (``alerting``: the
-    tenant's settings); a skipped plan when it is decommissioned and clean already. Raises Refused (409)
-    when the lifecycle does not allow it."""
+    tenant's settings, asked for only when one is open); a skipped plan when it is decommissioned and clean
+    already. Raises Refused (409) when the lifecycle does not allow it."""
     total = Plan()
     record = current
     for target in (State.DECOMMISSIONING, State.DECOMMISSIONED):
@@ -68,8 +75,11 @@ def plan(current: AgentRecord, actor: Actor, reason: str, at: datetime, alerting
         merge(total, step)
         record = record.model_copy(update=step.changes)
     merge(total, _cleanup(record, actor, reason, at))
-    eps = episodes.AgentEpisodes.of(current.model_copy(update=total.changes), alerting or AlertingConfig())
-    if [rule for rule in CLOSED_EPISODES if eps.resolve(rule, at, f"{current.agent_id}: agent decommissioned")]:
+    record = current.model_copy(update=total.changes)
+    if any(rule in record.episodes for rule in CLOSED_EPISODES):
+        eps = episodes.AgentEpisodes.of(record, alerting())
+        for rule in CLOSED_EPISODES:
+            eps.resolve(rule, at, f"{current.agent_id}: agent decommissioned")
         merge(total, Plan(changes=eps.changes(), episodes=eps.writes))
     if not total.changes:
         total.skipped = "unchanged"
@@ -105,7 +115,7 @@ def decommission(agent_id: str, actor: Actor, reason: str, at: datetime) -> Deco
 
     def step(current: AgentRecord) -> Plan:
         before[:] = [current]
-        return plan(current, actor, reason, at, config_store.alerting(current.tenant))
+        return plan(current, actor, reason, at, lambda: config_store.alerting(current.tenant))
 
     written, record = agent_controls.update_agent(agent_id, actor, step)
     prior = before[-1] if before else record
