@@ -83,8 +83,9 @@ def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_f
         lambda: [r for r in forecasts(api, tenant, "open") if r["details"]["scope"] == "agent"], timeout=60
     )
     assert [row["id"] for row in again] == [f"{first}.2"] and again[0]["details"]["occurrence"] == 2
-    # Raising the tenant's budget takes its projection beyond the day: the next tick resolves it.
-    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "1000"}).status_code == 200
+    # Raising the tenant's budget takes its projection beyond the day: the next tick resolves it. Far beyond, at any
+    # time of day: $1000 was reached before midnight at the test's ~$46/h when the test ran after 00:00 UTC.
+    assert api.send("PUT", f"/v1/tenants/{tenant}/budget", {"daily_usd": "100000"}).status_code == 200
     tick(publisher)
     resolved = wait_for(lambda: len(rows := forecasts(api, tenant, "resolved")) == 2 and rows, timeout=60)
     assert {row["id"] for row in resolved} == {row["id"] for row in opened}
@@ -92,7 +93,7 @@ def test_a_spend_rate_that_reaches_the_daily_budget_within_the_horizon_opens_a_f
     assert "not before the period resets" in (by_id[tenant_episode["id"]]["resolution"] or "")
     assert [row["id"] for row in forecasts(api, tenant, "open")] == [f"{first}.2"]  # the agent's still runs out
     raised = api.get(f"/v1/tenants/{tenant}/usage").json()["periods"]["day"]
-    assert raised["projected_limit_at"] is None and Decimal(raised["remaining_usd"]) == Decimal("992")
+    assert raised["projected_limit_at"] is None and Decimal(raised["remaining_usd"]) == Decimal("99992")
 
 
 def test_the_forecast_reads_each_budgeted_subject_and_its_counters_once_per_tick(
