@@ -73,6 +73,8 @@ class AnomalyDetector:
     floor_quantile: float = 0.99
     envelope_pad: float = 0.25
     gap_min: float = 2.5
+    #: History an agent needs before it is scored (one daily cycle): ``insufficient_data`` before.
+    min_history_s: float = 86_400.0
     max_fit_rows: int = 200_000
     name: str = "isolation_forest"
 
@@ -231,7 +233,7 @@ class AnomalyDetector:
         """An agent's persistence state from its ``to_doc`` form (a fresh one for None)."""
         return Persistence.from_doc(doc, self.k, self.m) if doc else Persistence(self.k, self.m)
 
-    def judge(self, agent_id: str, f: np.ndarray, ready: bool, i: int, episode: Persistence) -> Verdict:
+    def judge(self, agent_id: str, f: np.ndarray, ready: bool, i: int, episode: Persistence, kind: str = "") -> Verdict:
         """Score one feature vector ``f`` (row ``i`` of the agent; ``ready``: past warm-up) and advance the
         agent's persistence state ``episode``: the part of ``observe`` after the features, for callers
         that keep each agent's state themselves (the heartbeat function keeps it in the agent document)."""

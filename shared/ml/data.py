@@ -7,7 +7,7 @@ matches what it raised against labelled fault events by row index, so every type
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -23,17 +23,23 @@ class AgentStream:
     interval_s: float  # the agent's declared heartbeat interval
     t: np.ndarray  # float seconds since the start, strictly increasing
     X: np.ndarray  # float (n, len(METRICS))
+    #: The agent's kind (its registration's ``agent_type``): young agents are calibrated by their kind.
+    kind: str = ""
+    #: Rows at which the agent registered a new version (a deploy): its baseline re-learns its levels there.
+    versions: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
     def head(self, n: int) -> AgentStream:
         """The first ``n`` rows (the training period of a fleet)."""
-        return AgentStream(self.agent_id, self.interval_s, self.t[:n], self.X[:n])
+        kept = tuple(v for v in self.versions if v < n)
+        return AgentStream(self.agent_id, self.interval_s, self.t[:n], self.X[:n], self.kind, kept)
 
     def tail(self, n: int) -> AgentStream:
         """The rows from ``n`` on; times are not re-based, so gaps and daily cycles stay where they were."""
-        return AgentStream(self.agent_id, self.interval_s, self.t[n:], self.X[n:])
+        kept = tuple(v - n for v in self.versions if v >= n)
+        return AgentStream(self.agent_id, self.interval_s, self.t[n:], self.X[n:], self.kind, kept)
 
 
 @dataclass(frozen=True)
@@ -78,3 +84,5 @@ class Fleet:
     streams: dict[str, AgentStream]
     events: list[FaultEvent]
     train_rows: int  # rows [0, train_rows) of every agent are healthy: the training period
+    #: Legitimate changes that must not page (kind ``deploy``, ``scale_up``, ...): rows ``[start, end)``.
+    changes: list[FaultEvent] = field(default_factory=list)

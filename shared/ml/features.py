@@ -80,6 +80,9 @@ STUCK_CAP = 10.0
 #: Floors of a metric's deviation: relative to its mean, and absolute (per metric, in its unit).
 SD_REL_FLOOR = 0.01
 SD_ABS_FLOOR: tuple[float, ...] = (0.5, 0.002, 0.2, 0.2, 0.1, 1e-4)
+#: Rows after a rebase (a new version registered, an anomaly acknowledged) in which the baseline re-learns
+#: the agent's levels; the features of those rows are not scored.
+REBASE_ROWS = 10
 #: Floors of the denominators of the ratios.
 _RATIO_EPS = 1e-9
 
@@ -124,6 +127,8 @@ class Baseline:
     frozen: np.ndarray = field(default_factory=lambda: np.zeros(1))
     held: np.ndarray = field(default_factory=lambda: np.zeros((1, _M), dtype=bool))
     level: np.ndarray = field(default_factory=lambda: np.zeros((1, _M)))
+    #: Rows left of a rebase (``rebase``): the levels are being re-learned, nothing is scored.
+    relearn: np.ndarray = field(default_factory=lambda: np.zeros(1))
 
     @classmethod
     def new(cls, interval_s: float | Sequence[float] | np.ndarray) -> Baseline:
@@ -140,12 +145,19 @@ class Baseline:
             frozen=np.zeros(a),
             held=np.zeros((a, _M), dtype=bool),
             level=np.zeros((a, _M)),
+            relearn=np.zeros(a),
         )
 
     @property
     def ready(self) -> bool:
-        """Whether the next row's features are valid (warm-up done)."""
-        return self.n >= WARMUP
+        """Whether the next row's features are valid (warm-up done, no rebase under way)."""
+        return self.n >= WARMUP and not bool(self.relearn[0])
+
+    def rebase(self) -> None:
+        """Let the baseline move: a new version was registered or the agent's anomaly acknowledged, so its
+        levels are re-learned over the next ``REBASE_ROWS`` rows (not scored) and its slow reference
+        restarts from them. One-agent states only."""
+        self.relearn[0] = float(REBASE_ROWS)
 
     def to_doc(self) -> dict[str, Any]:
         """A one-agent state as plain lists and numbers (a Firestore map; float64 values survive exactly),
@@ -164,6 +176,7 @@ class Baseline:
             "frozen": float(self.frozen[0]),
             "held": [bool(v) for v in self.held[0]],
             "level": self.level[0].tolist(),
+            "relearn": float(self.relearn[0]),
         }
 
     @classmethod
@@ -184,6 +197,7 @@ class Baseline:
             frozen=np.asarray([float(doc["frozen"])]),
             held=np.asarray(doc["held"], dtype=bool).reshape(1, _M),
             level=row("level"),
+            relearn=np.asarray([float(doc.get("relearn", 0.0))]),
         )
 
 
