@@ -35,7 +35,7 @@ help:
 	@echo "make up     - start the local stack in the background (writes $(STACK_DIR)/env); make down stops it"
 	@echo "make tick JOB=<job> - publish one scheduler tick of <job> now to the stack of make up"
 	@echo "make bench  - end-to-end benchmarks (writes the figures for docs/benchmarks.md)"
-	@echo "make eval   - the learned anomaly detector against the static rules on a simulated fleet with labelled faults"
+	@echo "make eval   - the learned anomaly detector against the static rules on both simulated fleets with labelled faults"
 	@echo "make retrain - retrain the learned models now on the stack of make up (GET /v1/models lists them)"
 	@echo "make lock [PACKAGE=name] - re-resolve the locks to the newest the ranges allow (then make test, then commit)"
 	@echo "make test-sdk-latest - the agent SDK's tests against the newest releases its ranges allow"
@@ -190,8 +190,9 @@ bench: setup tools
 
 # Quality of the learned models on labelled faults (docs/ml.md); no emulator needed.
 eval: setup
-	$(PY) -m shared.ml.evaluate --rows-1m
+	$(PY) -m shared.ml.evaluate --rows 3780 --train-rows 2880 --rows-1m
 	$(PY) -m shared.ml.evaluate --failure
+	$(PY) -m shared.ml.evaluate_mixed
 
 clean: down
 	rm -rf $(VENV) $(UV_VENV) $(CHECKOV_VENV) $(TFSCHEMA_VENV) $(SDK_LATEST_VENV) .stack* .pytest_cache .mypy_cache .ruff_cache terraform/.build

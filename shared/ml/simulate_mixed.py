@@ -14,7 +14,8 @@ missing), metrics in ``data.METRICS`` order, a metric an agent does not report 0
 
 Rows ``[0, train_rows)`` are the healthy history; the test day carries the faults and the changes
 (``shared/ml/simulate_mixed_faults.py``). Every agent's healthy stream comes from its own seeded generator,
-faults and changes from others, so the history is the same whatever the faults.
+faults and changes from others, so the history is the same whatever the faults. Changes are made before the faults
+are injected: a fault acts on the levels a deploy left.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from shared.ml.simulate_mixed_faults import (
     MixedFleet,
     Series,
     add_changes,
-    add_faults,
+    apply_faults,
+    plan_faults,
 )
 
 INTERVAL_S = 30.0
@@ -185,8 +187,10 @@ def simulate_mixed(seed: int, agents: int = 60, days_history: float = 1.0, days_
         times[agent_id] = _times(rng, n)
         tz_h = float(rng.choice(_TIME_ZONES))
         series[agent_id] = _KINDS[kind](rng, times[agent_id], tz_h)
-    events, strengths, magnitudes = add_faults(series, train_rows, np.random.default_rng([seed, 24, 2]))
-    changes, versions = add_changes(series, train_rows, events, np.random.default_rng([seed, 24, 3]))
+    fault_rng = np.random.default_rng([seed, 24, 2])
+    planned, strengths, magnitudes = plan_faults(series, train_rows, fault_rng)
+    changes, versions = add_changes(series, train_rows, planned, np.random.default_rng([seed, 24, 3]))
+    events, strengths, magnitudes = apply_faults(series, planned, strengths, magnitudes, fault_rng)
     streams: dict[str, AgentStream] = {}
     for agent_id, s in series.items():
         X = s.X

@@ -111,7 +111,7 @@ def _apply(s: Series, kind: str, start: int, length: int, magnitude: float, rng:
         ramp = int(rng.integers(120, 361)) if length > 480 else max(length // 2, 1)
         s.X[rows, _LAT] *= 1.0 + (magnitude - 1.0) * np.minimum((k + 1) / ramp, 1.0)
     elif kind == "error_step":
-        calls = np.maximum(s.calls[rows], 100).astype(np.int64)
+        calls = np.maximum(s.calls[rows], 200).astype(np.int64)  # a rate, not a handful of calls
         s.X[rows, _ERR] = rng.binomial(calls, magnitude) / calls
     elif kind == "token_collapse":
         share = magnitude * rng.lognormal(0.0, 0.1, length)
@@ -122,11 +122,11 @@ def _apply(s: Series, kind: str, start: int, length: int, magnitude: float, rng:
     return end
 
 
-def add_faults(
+def plan_faults(
     series: dict[str, Series], first: int, rng: np.random.Generator
 ) -> tuple[list[FaultEvent], dict[FaultEvent, float], dict[FaultEvent, float]]:
-    """Inject labelled faults into the test rows ``[first, n)`` of 70 % of the agents; the events, strengths and
-    magnitudes."""
+    """Place labelled faults in the test rows ``[first, n)`` of 70 % of the agents (not injected yet: the changes
+    come first, so a fault acts on the levels a deploy left); the planned events, strengths and magnitudes."""
     ids = list(series)
     rng.shuffle(ids)
     faulty = ids[: round(FAULTY_SHARE * len(ids))]
@@ -159,9 +159,8 @@ def add_faults(
                 if starts.size == 0:
                     continue
                 start = int(rng.choice(starts))
-                end = _apply(s, kind, start, length, magnitude, rng)
-                taken.append((start, end))
-                event = FaultEvent(agent_id, kind, start, end)
+                taken.append((start, start + length))
+                event = FaultEvent(agent_id, kind, start, start + length)
                 counts[kind] += 1
                 pairs[(kind, s.kind)] = pairs.get((kind, s.kind), 0) + 1
                 events.append(event)
@@ -169,6 +168,25 @@ def add_faults(
                 break
     events.sort(key=lambda e: (e.agent_id, e.start))
     return events, strengths, magnitudes
+
+
+def apply_faults(
+    series: dict[str, Series],
+    planned: list[FaultEvent],
+    strengths: dict[FaultEvent, float],
+    magnitudes: dict[FaultEvent, float],
+    rng: np.random.Generator,
+) -> tuple[list[FaultEvent], dict[FaultEvent, float], dict[FaultEvent, float]]:
+    """Inject the planned faults; the events with their actual ends (a leak ends early at 97 % memory)."""
+    events: list[FaultEvent] = []
+    strength: dict[FaultEvent, float] = {}
+    magnitude: dict[FaultEvent, float] = {}
+    for p in planned:
+        end = _apply(series[p.agent_id], p.kind, p.start, p.end - p.start, magnitudes[p], rng)
+        event = FaultEvent(p.agent_id, p.kind, p.start, end)
+        events.append(event)
+        strength[event], magnitude[event] = strengths[p], magnitudes[p]
+    return events, strength, magnitude
 
 
 def _free_rows(n: int, first: int, margin: int, faults: list[FaultEvent], span: int) -> np.ndarray:
