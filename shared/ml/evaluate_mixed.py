@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.ml.data import Detection, Detector, Fleet
-from shared.ml.simulate_mixed import AGENT_KINDS, INTERVAL_S, MixedFleet, simulate_mixed
+from shared.ml.data import AgentStream, Detection, Detector, Fleet
+from shared.ml.simulate_mixed import AGENT_KINDS, INTERVAL_S, simulate_mixed
 from shared.ml.simulate_mixed_faults import FAULT_KINDS
 from shared.ml.static_rules import StaticRules
 
@@ -80,7 +80,7 @@ class Outcome:
 
 
 def score(
-    fleet: MixedFleet | Fleet, found: Mapping[str, Sequence[Detection]], unseen: Iterable[str] = (), name: str = ""
+    fleet: Fleet, found: Mapping[str, Sequence[Detection]], unseen: Iterable[str] = (), name: str = ""
 ) -> Outcome:
     """Match a detector's detections against the fleet's faults and changes (the test rows only)."""
     hidden = set(unseen)
@@ -125,11 +125,12 @@ def _unseen(fleet: Fleet, seed: int, share: float) -> list[str]:
     return sorted(rng.permutation(ids)[: round(share * len(ids))].tolist())
 
 
-def _detect(detector: Detector, streams: Mapping[str, object]) -> dict[str, list[Detection]]:
+def _detect(detector: Detector, streams: Mapping[str, AgentStream]) -> dict[str, list[Detection]]:
+    """Every agent's detections: ``detect_many`` (one pass over the fleet) when the detector has it."""
     many = getattr(detector, "detect_many", None)
     if many is not None:
         return {a: list(d) for a, d in many(list(streams.values())).items()}  # a sequence of streams in
-    return {a: list(detector.detect(s)) for a, s in streams.items()}  # type: ignore[arg-type]
+    return {a: list(detector.detect(s)) for a, s in streams.items()}
 
 
 def evaluate_seed(

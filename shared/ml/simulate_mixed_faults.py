@@ -108,7 +108,7 @@ def _apply(s: Series, kind: str, start: int, length: int, magnitude: float, rng:
             leaked = leaked[: end - start]
         s.X[start:end, _MEM] = leaked
     elif kind == "latency_ramp":
-        ramp = int(rng.integers(120, 361)) if length > 480 else max(length // 2, 1)
+        ramp = int(rng.integers(max(120, length - 300), min(360, length - 60) + 1))  # then held 60-300 rows
         s.X[rows, _LAT] *= 1.0 + (magnitude - 1.0) * np.minimum((k + 1) / ramp, 1.0)
     elif kind == "error_step":
         calls = np.maximum(s.calls[rows], 200).astype(np.int64)  # a rate, not a handful of calls
