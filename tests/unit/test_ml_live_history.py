@@ -164,3 +164,20 @@ def test_the_agents_kind_and_version_come_from_its_record(monkeypatch: pytest.Mo
 
 def test_the_default_history_is_the_detectors() -> None:
     assert live.MIN_HISTORY_S == AnomalyDetector().min_history_s == 86_400.0
+
+
+def test_the_api_shows_the_history_while_data_is_insufficient() -> None:
+    from shared.api.bodies.agents import agent_view
+    from shared.domain.agent_record import AgentRecord
+
+    states = run(FakeDetector(), int(86_400 / INTERVAL) + 1)
+    fields = dict(agent_id="a1", tenant="acme", name="a1", agent_type="chat", version="1.0", owner="team")
+    moments = dict(status_since=T0, registered_at=T0, last_registered_at=T0)
+    young = agent_view(AgentRecord(**fields, **moments, ml=states[36]), at=T0).learned  # type: ignore[arg-type]
+    assert young.status == L.INSUFFICIENT and young.history_s == 6 * 3600.0
+    assert young.scored_from == datetime(2026, 12, 8, 3, 0, tzinfo=UTC)
+    assert young.reason is not None and "6 h of the 24 h" in young.reason
+    shown = agent_view(AgentRecord(**fields, **moments, ml=states[36]), at=T0).model_dump(mode="json")["learned"]
+    assert shown["scored_from"] == "2026-12-08T03:00:00Z" and "baseline" not in shown
+    scored = agent_view(AgentRecord(**fields, **moments, ml=states[-1]), at=T0).learned  # type: ignore[arg-type]
+    assert scored.status == L.NORMAL and scored.history_s is None and scored.scored_from is None
