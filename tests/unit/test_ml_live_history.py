@@ -181,3 +181,56 @@ def test_the_api_shows_the_history_while_data_is_insufficient() -> None:
     assert shown["scored_from"] == "2026-12-08T03:00:00Z" and "baseline" not in shown
     scored = agent_view(AgentRecord(**fields, **moments, ml=states[-1]), at=T0).learned  # type: ignore[arg-type]
     assert scored.status == L.NORMAL and scored.history_s is None and scored.scored_from is None
+
+
+def test_acknowledging_an_anomaly_marks_the_agent_in_the_same_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acknowledging transaction writes ``ml_rebase_at`` on the agent of an ``anomaly`` episode (one more
+    read and write, counted); another rule's episode, or an agent that is gone, gets no marker."""
+    from google.cloud import firestore
+
+    from shared.platform import metering
+    from shared.store import db
+    from shared.store import episodes as episode_store
+    from tests.unit.test_episode_acknowledge import Ref, Transaction
+
+    counted: list[dict[str, int]] = []
+    monkeypatch.setattr(metering, "count", lambda **kw: counted.append(kw))
+    monkeypatch.setattr(firestore, "transactional", lambda fn: fn)
+    for rule, agent, marked in (
+        ("anomaly", {"agent_id": "a1"}, True),
+        ("anomaly", None, False),
+        ("offline", {}, False),
+    ):
+        transaction, agent_ref = Transaction(), Ref(agent)
+        monkeypatch.setattr(db, "client", lambda t=transaction: type("C", (), {"transaction": lambda self: t})())
+        monkeypatch.setattr(
+            episode_store, "episode_ref", lambda _id, r=rule: Ref({"state": "open", "rule": r, "agent_id": "a1"})
+        )
+        monkeypatch.setattr(episode_store, "_agent_ref", lambda agent_id, r=agent_ref: r)
+        counted.clear()
+        assert episode_store.acknowledge("e1", "api:ops", T0, require_open=True) is None
+        assert ({"ml_rebase_at": T0} in transaction.updates) is marked
+        assert agent_ref.reads_in_transaction == (rule == "anomaly")
+        assert counted == [{"reads": 1 + marked, "writes": 1 + marked}]
+    assert L.ack_details({"rule": "anomaly", "agent_id": "a1"}) == {
+        "baseline": "anomaly acknowledged: baseline re-learned"
+    }
+    assert L.ack_details({"rule": "offline", "agent_id": "a1"}) == {}
+
+
+def test_the_marker_on_the_record_rebases_at_the_next_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    det = FakeDetector(min_history_s=0.0)
+    monkeypatch.setattr(
+        live.serving, "current", lambda kind: SimpleNamespace(model=det, version="v1") if kind == "anomaly" else None
+    )
+    learned = live.for_heartbeats()
+    state = run(det, 40)[-1]
+    at = T0 + timedelta(seconds=40 * INTERVAL)
+    record = SimpleNamespace(agent_id="a1", ml=state, heartbeat_interval_s=INTERVAL, version=None, agent_type="")
+    assert learned(record, metrics(40), at).state["baseline"]["relearn"] == 0
+    record.ml_rebase_at = at - timedelta(seconds=60)  # type: ignore[attr-defined]
+    moved = learned(record, metrics(40), at).state
+    assert (
+        moved["baseline"]["relearn"] > 0
+        and moved["reason"] == "re-learning its levels after its anomaly was acknowledged"
+    )
