@@ -234,3 +234,20 @@ def test_the_marker_on_the_record_rebases_at_the_next_heartbeat(monkeypatch: pyt
         moved["baseline"]["relearn"] > 0
         and moved["reason"] == "re-learning its levels after its anomaly was acknowledged"
     )
+
+
+def test_the_console_agent_page_says_how_much_history_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent page shows the learned reason as the API gives it (escaped like everything else)."""
+    from tests.unit import test_console_agent as page
+
+    monkeypatch.setattr(page.agent_page, "call_api", page.FakeApi())
+    monkeypatch.setattr(page.api_keys, "verify", lambda token: page.TOKENS.get(token))
+    state = run(FakeDetector(), 32)[-1]
+    learned = {k: state[k] for k in ("status", "reason", "history_s", "scored_from")}
+    monkeypatch.setitem(page.AGENT, "learned", {**learned, "reason": learned["reason"] + " <b>"})
+    html = page._get("/agents/agent-a1").get_data(as_text=True)
+    assert "insufficient_data" in html
+    assert (
+        "5.2 h of the 24 h of history an agent needs before it is scored (scored from 2026-12-08 03:00 UTC) &lt;b&gt;"
+        in html
+    )
