@@ -102,6 +102,7 @@ def run(run_id: str, kinds: tuple[str, ...] = KINDS, now: datetime | None = None
     with metering.metered() as meter:
         history = agent_store.fleet_history()
         streams = retrain.streams_from_samples(history)
+        young = retrain.young(streams)  # less than a day of history: left out of the fit
         data = retrain.split(streams)
         read_s = time.perf_counter() - started
         results: dict[str, Any] = {}
@@ -109,7 +110,8 @@ def run(run_id: str, kinds: tuple[str, ...] = KINDS, now: datetime | None = None
             if kind in ("anomaly", "failure") and data is None:  # task assignment learns from outcomes
                 results[kind] = {
                     "decision": "not_trained",
-                    "reason": f"no agent has {retrain.MIN_AGENT_ROWS} heartbeats with enough metrics",
+                    "reason": f"no agent has {retrain.MIN_HISTORY_S / 3600:g} h of heartbeats with enough metrics "
+                    f"({len(young)} with less left out)",
                 }
                 continue
             kind_started = time.perf_counter()
@@ -134,6 +136,7 @@ def run(run_id: str, kinds: tuple[str, ...] = KINDS, now: datetime | None = None
         "history": {
             "agents": len(history),
             "agents_used": 0 if data is None else len(data.streams),
+            "agents_young": len(young),
             "rows_used": 0 if data is None else data.rows,
             "read_seconds": round(read_s, 2),
         },

@@ -25,6 +25,7 @@ from shared.api.bodies import (
 from shared.api.core import AGENT, LIMIT_QUERY, TENANT_QUERY, ApiError, Call, Param, Routes
 from shared.api.tenancy import agent_of_body, query_tenant, visible_record
 from shared.domain import episodes as episode_rules
+from shared.domain import learned
 from shared.domain.alerts import Severity
 from shared.domain.api_keys import Role
 from shared.domain.silences import Silence
@@ -116,7 +117,8 @@ def acknowledge_alert(call: Call) -> AlertView:
     except episode_store.NotOpen as exc:
         raise ApiError(409, str(exc)) from None
     if earlier is None:
-        audit_store.append(core.audit(call, "alert.acknowledge", episode_id, found.get("tenant"), {}, now))
+        details = learned.ack_details(found)
+        audit_store.append(core.audit(call, "alert.acknowledge", episode_id, found.get("tenant"), details, now))
         found = {**found, "state": "open", "acknowledged_by": core.actor(call), "acknowledged_at": now}
     else:
         found = {**found, "state": "open", "acknowledged_by": earlier}

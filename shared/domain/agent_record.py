@@ -84,6 +84,9 @@ class AgentRecord(BaseModel):
     #: The learned models' state of this agent (shared/ml/live.py): its rolling baseline, persistence
     #: runs, last status and score, and the model versions that judged its last heartbeat.
     ml: dict[str, Any] = Field(default_factory=dict)
+    #: When a person last acknowledged the agent's ``anomaly`` episode (written by the acknowledgement,
+    #: shared/store/episodes.py): the baseline re-learns its levels at the next heartbeat.
+    ml_rebase_at: datetime | None = None
 
     #: The agent's keys (shared.domain.identity.AgentIdentity as a map): empty until it enrolls.
     identity: dict[str, Any] = Field(default_factory=dict)

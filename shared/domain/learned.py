@@ -21,6 +21,23 @@ NORMAL = "normal"
 ANOMALOUS = "anomalous"
 
 
+#: Field of the agent document an acknowledgement of its ``anomaly`` episode writes (when it was
+#: acknowledged): the live step rebases the agent's baseline at its next heartbeat (shared/ml/live.py).
+REBASE_MARKER = "ml_rebase_at"
+#: What the acknowledgement's audit entry says it did to the baseline.
+ACK_REBASE_NOTE = "anomaly acknowledged: baseline re-learned"
+
+
+def rebases_on_ack(episode: dict[str, Any]) -> bool:
+    """Whether acknowledging this episode lets the agent's baseline move: an agent's ``anomaly`` episode."""
+    return episode.get("rule") == ANOMALY and bool(episode.get("agent_id"))
+
+
+def ack_details(episode: dict[str, Any]) -> dict[str, Any]:
+    """The audit details of acknowledging ``episode``: what it did to the learned baseline, if anything."""
+    return {"baseline": ACK_REBASE_NOTE} if rebases_on_ack(episode) else {}
+
+
 @dataclass(frozen=True)
 class Opening:
     rule: str

@@ -15,13 +15,20 @@ Heartbeat metrics map onto the model's columns (``features.METRICS``): ``latency
 ``latency_ms_p95`` (or a ``latency_ms`` extra), ``tokens_per_s`` and ``cost_per_min`` are extra metrics
 of those names; a metric an agent does not report is 0 in every row, so it neither moves its z nor
 its stuck run. An agent that reports fewer than ``MIN_METRICS`` of the six is not scored.
+
+History is counted in time: the state keeps ``since`` (the first heartbeat's time), and the anomaly
+detector scores an agent only once it has ``min_history_s`` of it (one daily cycle); before, its status
+is ``insufficient_data`` with ``history_s``, ``scored_from`` and a reason in hours. What lets the baseline
+move (``features.Baseline.rebase``): a new version in the agent's registration (the state keeps the
+last ``version`` seen), or a person acknowledging its anomaly (the acknowledgement writes
+``ml_rebase_at`` on the agent document, read with it; the state keeps ``rebased_at``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +55,11 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "cost_per_min": ("cost_per_min",),
 }
 assert tuple(SOURCES) == fe.METRICS
+#: History an agent needs before it is scored when no anomaly model is in service to say
+#: (``AnomalyDetector.min_history_s``'s default: one daily cycle).
+MIN_HISTORY_S = 86_400.0
+#: State fields kept when an agent is not scored for reporting too few metrics.
+_KEPT = ("baseline", "last_t", "since", "version", "rebased_at")
 
 
 def row_of(metrics: Mapping[str, Any]) -> tuple[np.ndarray, int]:
@@ -90,6 +102,17 @@ def _unscored(reason: str, keep: Mapping[str, Any] | None = None) -> L.Learned:
     return L.Learned(state, resolves=[L.Resolution(rule, f"not scored any more: {reason}") for rule in _BOTH])
 
 
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat as the step sees it: when, the agent's interval, and what its registration says."""
+
+    at: datetime
+    interval_s: float
+    version: str | None = None  # the agent's current version (a new one rebases the baseline)
+    kind: str = ""  # its agent_type (a young agent is calibrated by its kind)
+    rebase_at: datetime | None = None  # when a person last acknowledged its anomaly (``ml_rebase_at``)
+
+
 def step(
     models: Models,
     agent_id: str,
@@ -97,48 +120,108 @@ def step(
     metrics: Mapping[str, Any],
     at: datetime,
     interval_s: float,
+    *,
+    version: str | None = None,
+    kind: str = "",
+    rebase_at: datetime | None = None,
 ) -> L.Learned:
     """Advance an agent's model state by one heartbeat and say which learned episodes change. Never raises:
     a state this code cannot read (another format, a bug) is started afresh and the reason recorded, so a
-    heartbeat is never refused because of the models."""
+    heartbeat is never refused because of the models. ``version``, ``kind`` and ``rebase_at`` come from the
+    agent's record (``for_heartbeats``)."""
+    beat = Beat(at, interval_s, version, kind, rebase_at)
     try:
         if not state or state.get("v") == STATE_VERSION:
-            return _step(models, agent_id, state, metrics, (at, interval_s))
-        out = _step(models, agent_id, {}, metrics, (at, interval_s))
+            return _step(models, agent_id, state, metrics, beat)
+        out = _step(models, agent_id, {}, metrics, beat)
         out.resolves = [L.Resolution(r, "model state started afresh (new format)") for r in _BOTH] + out.resolves
         return out
     except Exception as exc:
         return _unscored(f"model state reset after {type(exc).__name__}: {exc}"[:300])
 
 
-def _step(
-    models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapping[str, Any], when: tuple[datetime, float]
-) -> L.Learned:
-    at, interval_s = when
+def _since(state: Mapping[str, Any], baseline: fe.Baseline, t: float) -> float:
+    """When the agent's history began: the state's ``since``; for a state written before it was kept, the
+    baseline's heartbeats back from now (running agents are not sent back to warm-up); else now."""
+    if state.get("since") is not None:
+        return float(state["since"])
+    if state.get("baseline"):
+        return t - baseline.n * float(baseline.interval[0])
+    return t
+
+
+def _moved(state: Mapping[str, Any], beat: Beat, since: float) -> str | None:
+    """Why the baseline must move at this heartbeat, or None: a new version registered (the first one seen
+    is only recorded), or an acknowledgement of the agent's anomaly newer than its last rebase."""
+    if not state.get("baseline"):
+        return None
+    if beat.version is not None and state.get("version") not in (None, beat.version):
+        return f"a new version ({beat.version})"
+    if beat.rebase_at is not None and beat.rebase_at.timestamp() > float(state.get("rebased_at") or since):
+        return "its anomaly was acknowledged"
+    return None
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600.0:.1f}".removesuffix(".0")
+
+
+def _history(new: dict[str, Any], history_s: float, needed: float, since: float) -> None:
+    """Say, in time, why an agent is not scored yet (or drop the fields once it is)."""
+    if history_s >= needed:
+        for key in ("history_s", "scored_from"):
+            new.pop(key, None)
+        return
+    start = datetime.fromtimestamp(since + needed, UTC).replace(microsecond=0)
+    new.update(
+        history_s=round(history_s, 1),
+        scored_from=start.isoformat().replace("+00:00", "Z"),
+        reason=f"{_hours(history_s)} h of the {_hours(needed)} h of history an agent needs before it is scored "
+        f"(scored from {start:%Y-%m-%d %H:%M} UTC)",
+    )
+
+
+def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapping[str, Any], beat: Beat) -> L.Learned:
+    interval_s = beat.interval_s
     row, present = row_of(metrics)
     if present < MIN_METRICS:
         reason = f"reports {present} of the {len(fe.METRICS)} metrics the models use (needs {MIN_METRICS})"
-        return _unscored(reason, keep={k: v for k, v in state.items() if k in ("baseline", "last_t")})
+        return _unscored(reason, keep={k: v for k, v in state.items() if k in _KEPT})
     new: dict[str, Any] = {**dict(state), "v": STATE_VERSION}
-    t = at.timestamp()
+    t = beat.at.timestamp()
     baseline = fe.Baseline.from_doc(state["baseline"]) if state.get("baseline") else fe.Baseline.new(interval_s)
     if float(baseline.interval[0]) != float(interval_s):  # re-registered with another interval
         baseline.interval[0] = float(interval_s)
+    since = _since(state, baseline, t)
+    moved = _moved(state, beat, since)
+    if moved is not None:
+        baseline.rebase()
+        new.update(rebased_at=t, rebased_for=moved)
+    if beat.version is not None:
+        new["version"] = beat.version
     last_t = state.get("last_t")
     dt = float(interval_s) if last_t is None else t - float(last_t)
     ready = baseline.ready
     f = fe.features(row, dt, baseline)
-    new.update(baseline=baseline.to_doc(), last_t=t, reason=None)
+    new.update(baseline=baseline.to_doc(), last_t=t, since=since, reason=None)
+    if not ready and float(baseline.relearn[0]) > 0:
+        new["reason"] = f"re-learning its levels after {new.get('rebased_for') or 'a rebase'}"
     out = L.Learned(new)
 
     det = models.anomaly
+    history_s = t - since
     if det is None:
         new.update(status=L.UNSCORED if ready else L.INSUFFICIENT, score=None, anomaly_model=None, episode=None)
+        _history(new, 0.0, 0.0, since)  # no model: no time to be scored from
+        if ready:
+            new["reason"] = "no anomaly model in service"
         out.resolves.append(L.Resolution(L.ANOMALY, f"{agent_id}: no anomaly model in service"))
     else:
+        needed = float(det.min_history_s)
+        _history(new, history_s, needed, since)
         episode = det.episode_state(state.get("episode"))
         was_open = episode.opened is not None
-        verdict = det.judge(agent_id, f, ready, baseline.n - 1, episode)
+        verdict = det.judge(agent_id, f, ready and history_s >= needed, baseline.n - 1, episode, kind=beat.kind)
         new.update(
             episode=episode.to_doc(),
             status=verdict.status,
@@ -209,6 +292,16 @@ def for_heartbeats() -> Callable[[Any, dict[str, Any], datetime], L.Learned]:
     )
 
     def learned(record: Any, metrics: dict[str, Any], at: datetime) -> L.Learned:
-        return step(models, record.agent_id, record.ml, metrics, at, float(record.heartbeat_interval_s))
+        return step(
+            models,
+            record.agent_id,
+            record.ml,
+            metrics,
+            at,
+            float(record.heartbeat_interval_s),
+            version=getattr(record, "version", None),
+            kind=getattr(record, "agent_type", ""),
+            rebase_at=getattr(record, "ml_rebase_at", None),
+        )
 
     return learned

@@ -4,8 +4,12 @@ and writes the registry); scikit-learn is imported by the models' ``fit`` only.
 
 - **History to streams.** Each agent's samples (history chunks and the unflushed ring, as stored by the
   heartbeat function) become an ``AgentStream``: times are the server's receive times, columns are the
-  heartbeat metrics mapped as the live path maps them (``live.row_of``). Agents that report fewer than
-  ``live.MIN_METRICS`` metrics, or have fewer than ``MIN_AGENT_ROWS`` rows, are left out.
+  heartbeat metrics mapped as the live path maps them (``live.row_of``); each carries the agent's kind
+  (its ``agent_type``) and the rows where it registered a new version (``versions``), when the history
+  records them. Samples that report fewer than ``live.MIN_METRICS`` metrics are left out.
+- **A day of history.** Agents with less than ``MIN_HISTORY_S`` of history (one daily cycle, the anomaly
+  detector's ``min_history_s``) are left out of the fit: their normal phases would look anomalous. They
+  are calibrated by their kind when they are scored (after a day). The job's result says how many.
 - **Held-out data.** Every stream is cut to the same length ``n`` (its most recent rows); the first
   ``TRAIN_SHARE`` of them train, the rest is held out.
 - **Anomaly model.** Fitted on the training rows. Recorded history has no labels, so both models, new
@@ -27,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,8 +50,10 @@ from shared.ml.simulate import inject_faults
 
 #: Share of each agent's rows used to train; the rest is held out for the comparison.
 TRAIN_SHARE = 0.7
-#: Agents with fewer rows are left out (warm-up, and room for every kind of fault in the held-out part).
-MIN_AGENT_ROWS = 600
+#: Agents with less history than this (seconds: one daily cycle) are left out of the fit.
+MIN_HISTORY_S = AnomalyDetector.min_history_s
+#: A stream needs at least this many rows to be a stream at all.
+MIN_STREAM_ROWS = 2
 #: The streams are cut to this quantile of their lengths; the shorter ones (the youngest agents) are left
 #: out, so one new agent never shortens everyone's window.
 LENGTH_QUANTILE = 0.25
@@ -68,13 +74,22 @@ EVAL_SEED = 17
 EVAL_FAULT_SHARE = 0.6
 
 
-def streams_from_samples(
-    agents: Mapping[str, tuple[float, Sequence[Mapping[str, Any]]]],
-) -> dict[str, AgentStream]:
-    """``{agent_id: (heartbeat interval, samples)}`` (samples as the heartbeat function stores them:
-    ``seq``, ``at``, ``metrics``; any order, duplicates allowed) as streams in time order."""
+def _moment(at: Any) -> float:
+    moment = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+    return moment.astimezone(UTC).timestamp()
+
+
+def streams_from_samples(agents: Mapping[str, tuple[Any, ...]]) -> dict[str, AgentStream]:
+    """``{agent_id: (heartbeat interval, samples[, kind[, version times]])}`` (samples as the heartbeat
+    function stores them: ``seq``, ``at``, ``metrics``; any order, duplicates allowed; version times: when
+    each of its versions was first registered, as ``shared.store.agents.fleet_history`` reads them) as
+    streams in time order. A version first registered after the stream's first row marks the first row
+    received at or after it (``AgentStream.versions``)."""
     out: dict[str, AgentStream] = {}
-    for agent_id, (interval, samples) in agents.items():
+    for agent_id, entry in agents.items():
+        interval, samples = entry[0], entry[1]
+        kind = str(entry[2] or "") if len(entry) > 2 else ""
+        version_times = entry[3] if len(entry) > 3 else ()
         by_seq = {int(s["seq"]): s for s in samples}
         rows: list[np.ndarray] = []
         times: list[float] = []
@@ -83,16 +98,27 @@ def streams_from_samples(
             row, present = live.row_of(sample.get("metrics") or {})
             if present < live.MIN_METRICS:
                 continue
-            at = sample["at"]
-            moment = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
-            times.append(moment.astimezone(UTC).timestamp())
+            times.append(_moment(sample["at"]))
             rows.append(row)
-        if len(rows) < MIN_AGENT_ROWS:
+        if len(rows) < MIN_STREAM_ROWS:
             continue
         t = np.asarray(times, dtype=np.float64)
         keep = np.concatenate([[True], np.diff(t) > 0])  # receive times must increase
-        out[agent_id] = AgentStream(agent_id, float(interval), t[keep] - t[0], np.vstack(rows)[keep])
+        t = t[keep]
+        marks = np.searchsorted(t, sorted(_moment(v) for v in version_times))
+        versions = tuple(sorted({int(i) for i in marks if 0 < i < len(t)}))
+        out[agent_id] = AgentStream(agent_id, float(interval), t - t[0], np.vstack(rows)[keep], kind, versions)
     return out
+
+
+def history_s(stream: AgentStream) -> float:
+    """How much history a stream covers, in seconds."""
+    return float(stream.t[-1] - stream.t[0]) if len(stream) else 0.0
+
+
+def young(streams: Mapping[str, AgentStream]) -> list[str]:
+    """The agents with less than a day (``MIN_HISTORY_S``) of history: left out of the fit."""
+    return sorted(a for a, s in streams.items() if history_s(s) < MIN_HISTORY_S)
 
 
 def derive_failures(stream: AgentStream) -> list[FaultEvent]:
@@ -140,14 +166,16 @@ class Split:
 
 
 def split(streams: Mapping[str, AgentStream], max_rows: int = MAX_AGENT_ROWS) -> Split | None:
-    """The most recent ``n`` rows of the streams at least ``n`` long (``n``: the ``LENGTH_QUANTILE`` of the
-    lengths of those with ``MIN_AGENT_ROWS`` or more, capped); None without any."""
-    lengths = sorted(len(s) for s in streams.values() if len(s) >= MIN_AGENT_ROWS)
+    """The most recent ``n`` rows of the streams with a day of history that are at least ``n`` long (``n``:
+    the ``LENGTH_QUANTILE`` of their lengths, capped); None without any. Younger agents are left out
+    (``young``)."""
+    grown = {a: s for a, s in streams.items() if history_s(s) >= MIN_HISTORY_S}
+    lengths = sorted(len(s) for s in grown.values())
     if not lengths:
         return None
     n = min(lengths[int(LENGTH_QUANTILE * (len(lengths) - 1))], max_rows)
-    cut = {a: s.tail(len(s) - n) for a, s in streams.items() if len(s) >= n}
-    cut = {a: AgentStream(a, s.interval_s, s.t - s.t[0], s.X) for a, s in cut.items()}
+    cut = {a: s.tail(len(s) - n) for a, s in grown.items() if len(s) >= n}
+    cut = {a: replace(s, t=s.t - s.t[0]) for a, s in cut.items()}
     return Split(cut, int(n * TRAIN_SHARE))
 
 

@@ -13,7 +13,7 @@ import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.domain import approval_messages, notices, roles
+from shared.domain import approval_messages, learned, notices, roles
 from shared.domain import episodes as episode_rules
 from shared.domain.audit import AuditEntry
 from shared.domain.roles import Action
@@ -170,7 +170,8 @@ def on_alert(click: Click, now: datetime) -> None:
                 return "That alert is no longer open: it was resolved, so there is nothing to acknowledge."
             if earlier is not None:
                 return f"Already acknowledged by {person(earlier)}."
-            audit_store.append(agent_controls.audit_entry(actor, audit_action, episode_id, tenant, {}, now))
+            details = learned.ack_details(episode)
+            audit_store.append(agent_controls.audit_entry(actor, audit_action, episode_id, tenant, details, now))
             note = f"👀 Acknowledged by <@{click.user_id}> at {now:%H:%M} UTC: reminders stop"
             drop: tuple[str, ...] = (notices.ACK,)
         else:

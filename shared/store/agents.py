@@ -355,20 +355,29 @@ def each(tenant: str | None, page_size: int = 200) -> Iterator[AgentRecord]:
             return
 
 
-def fleet_history() -> dict[str, tuple[float, list[dict[str, Any]]]]:
-    """Every agent's stored heartbeat samples, for retraining: ``{agent_id: (interval, samples)}`` (samples
-    unordered, possibly repeated; shared/ml/retrain.py orders them by ``seq``). One read per agent and per
-    history chunk (a chunk holds ``FLEET_HISTORY_CHUNK`` heartbeats)."""
+def fleet_history() -> dict[str, tuple[float, list[dict[str, Any]], str, list[Any]]]:
+    """Every agent's stored heartbeat samples, for retraining: ``{agent_id: (interval, samples, agent_type,
+    version times)}`` (samples unordered, possibly repeated; shared/ml/retrain.py orders them by ``seq``;
+    version times: when each of its versions was first registered). One read per agent, per history chunk
+    (a chunk holds ``FLEET_HISTORY_CHUNK`` heartbeats) and per version registered."""
     client = db.client()
-    agents: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+    agents: dict[str, tuple[float, list[dict[str, Any]], str, list[Any]]] = {}
     for snap in client.collection(AGENTS).stream(**db.call_options()):
         metering.count(reads=1)
         data = snap.to_dict() or {}
-        agents[snap.id] = (float(data.get("heartbeat_interval_s") or 30), _decoded((data.get("recent") or {}).values()))
+        interval = float(data.get("heartbeat_interval_s") or 30)
+        recent = _decoded((data.get("recent") or {}).values())
+        agents[snap.id] = (interval, recent, str(data.get("agent_type") or ""), [])
     for snap in client.collection_group(HISTORY).stream(**db.call_options()):
         metering.count(reads=1)
         chunk = snap.to_dict() or {}
         owner = agents.get(str(chunk.get("agent_id")))
         if owner is not None:
             owner[1].extend(_decoded(chunk.get("samples") or ()))
+    for snap in client.collection_group(VERSIONS).stream(**db.call_options()):
+        metering.count(reads=1)
+        parent = snap.reference.parent.parent  # agents/{id}/versions/{v}; the models' registry has its own
+        seen = (snap.to_dict() or {}).get("first_seen_at")
+        if parent is not None and parent.parent.id == AGENTS and parent.id in agents and seen is not None:
+            agents[parent.id][3].append(seen)
     return agents

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain import episodes as domain
+from shared.domain import learned
 from shared.domain.alerts import DEFAULT_ALERT_OPEN, Alert, Severity
 from shared.platform import metering
 from shared.store import config as config_store
@@ -172,7 +173,9 @@ class NotOpen(Exception):
 
 def acknowledge(episode_id: str, user: str, at: datetime, *, require_open: bool = False) -> str | None:
     """Record who acknowledged an open episode and stop its reminders, in a transaction: of two clicks
-    one wins, and a click racing an escalation reads the escalated episode. Returns who had
+    one wins, and a click racing an escalation reads the escalated episode. Acknowledging an agent's
+    ``anomaly`` episode also marks the agent document (``ml_rebase_at``, one more read and write, in the
+    same transaction): its learned baseline re-learns its levels at its next heartbeat. Returns who had
     acknowledged it already (nothing is changed then), or None when this call did. With ``require_open``
     the episode's state is checked inside the transaction: :class:`NotOpen` (nothing changed) when it is
     resolved by then, or gone."""
@@ -180,6 +183,7 @@ def acknowledge(episode_id: str, user: str, at: datetime, *, require_open: bool 
 
     ref = episode_ref(episode_id)
     earlier: list[str | None] = [None]
+    marked = [False]
 
     @firestore.transactional
     def run(transaction: Any) -> None:
@@ -188,17 +192,29 @@ def acknowledge(episode_id: str, user: str, at: datetime, *, require_open: bool 
         if require_open and (not snap.exists or data.get("state") != "open"):
             raise NotOpen(episode_id, data.get("state") if snap.exists else None)
         earlier[0] = data.get("acknowledged_by")
+        marked[0] = False
         if earlier[0] is None:
+            agent = None
+            if learned.rebases_on_ack(data):  # the agent's baseline re-learns at its next heartbeat
+                agent = _agent_ref(str(data["agent_id"]))
+                marked[0] = agent.get(transaction=transaction).exists  # reads before writes; a gone agent: none
             fields = {"acknowledged_by": user, "acknowledged_at": at, "next_repeat_at": None}
             transaction.update(ref, fields)
+            if marked[0]:
+                transaction.update(agent, {learned.REBASE_MARKER: at})
 
     try:
         run(db.client().transaction())
     except NotOpen:
         metering.count(reads=1)
         raise
-    metering.count(reads=1, writes=0 if earlier[0] else 1)
+    metering.count(reads=1 + marked[0], writes=0 if earlier[0] else 1 + marked[0])
     return earlier[0]
+
+
+def _agent_ref(agent_id: str) -> Any:
+    """The agent document (``agents/{id}``; shared/store/agents.py imports this module, so not from there)."""
+    return db.client().collection("agents").document(agent_id)
 
 
 def due_notices(now: datetime, limit: int) -> list[tuple[dict[str, Any], Any]]:

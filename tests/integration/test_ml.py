@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,11 +25,13 @@ pytestmark = pytest.mark.integration
 
 ROWS = 1000
 AGENTS = 16
+#: The simulated rows a heartbeat every 90 s (30 s simulated): 25 hours, as retraining needs a day of history.
+STRETCH = 3
 
 
 def _seed_history(firestore: Any, publisher: Any, tenant: str) -> list[str]:
     """Agents registered through the real path, and the heartbeat history the heartbeat function would have
-    flushed over ~8 hours (simulated agents with failures, written as history chunks)."""
+    flushed over ~25 hours (simulated agents with failures, written as history chunks)."""
     from shared.ml.data import METRICS
     from shared.ml.simulate import simulate_failures
 
@@ -36,9 +39,10 @@ def _seed_history(firestore: Any, publisher: Any, tenant: str) -> list[str]:
     names = ("latency_ms_p95", *METRICS[1:])
     ids = [f"ml-{uuid.uuid4().hex[:10]}" for _ in streams]
     for agent_id in ids:
-        publish(publisher, registration(agent_id, tenant=tenant))
+        publish(publisher, registration(agent_id, tenant=tenant, heartbeat_interval_s=30 * STRETCH))
     for agent_id in ids:
         wait_for(lambda a=agent_id: agent_doc(firestore, a))
+    streams = {a: replace(s, interval_s=STRETCH * s.interval_s, t=STRETCH * s.t) for a, s in streams.items()}
     start = datetime.now(UTC) - timedelta(seconds=float(max(s.t[-1] for s in streams.values())) + 60)
     batch, pending = firestore.batch(), 0
     for agent_id, stream in zip(ids, streams.values(), strict=True):
@@ -161,6 +165,9 @@ def test_the_heartbeat_function_scores_with_the_promoted_model(
     agent_id = f"ml-live-{uuid.uuid4().hex[:8]}"
     publish(publisher, registration(agent_id, tenant=retrained["tenant"]))
     wait_for(lambda: agent_doc(firestore, agent_id))
+    # An agent with a day of history behind it (``since``: its first heartbeat), as an agent must have to be scored.
+    since = (datetime.now(UTC) - timedelta(days=1, minutes=5)).timestamp()
+    firestore.collection("agents").document(agent_id).update({"ml": json.dumps({"v": 1, "since": since})})
     rng = np.random.default_rng(3)
 
     def send(seq: int, latency: float) -> dict[str, Any]:
@@ -226,7 +233,9 @@ def test_a_version_failing_its_self_check_never_reaches_the_heartbeats(
         publish(publisher, heartbeat(agent_id, seq, **metrics))
         return wait_for(lambda: (d := agent_doc(firestore, agent_id)) and d["last_seq"] == seq and d)
 
-    assert send(0)["ml"]["anomaly_model"] == good
+    first = send(0)["ml"]
+    assert first["anomaly_model"] == good and first["status"] == "insufficient_data"
+    assert first["history_s"] == 0.0 and first["scored_from"] > datetime.now(UTC).isoformat()  # a day on
     with np.load(io.BytesIO(model_blobs.get(pointer["current_uri"], pointer["current_sha256"]))) as z:
         arrays = {k: z[k] for k in z.files}
     arrays[provenance.SCORES] = arrays[provenance.SCORES] * (1.0 + 1e-9)

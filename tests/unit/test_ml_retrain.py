@@ -1,10 +1,12 @@
-"""Retraining (shared/ml/retrain.py): history samples become streams, failures are read off them, the
-held-out split ignores young agents, and a new version is promoted only when at least as good as the one
-in service on the same held-out data (None is never "better")."""
+"""Retraining (shared/ml/retrain.py): history samples become streams (with the agent's kind and the rows
+where it registered a new version), failures are read off them, agents with less than a day of history
+are left out and the held-out split ignores young agents, and a new version is promoted only when at
+least as good as the one in service on the same held-out data (None is never "better")."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -16,6 +18,12 @@ from shared.ml.data import AgentStream
 from shared.ml.simulate import simulate, simulate_rows
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def stretched(streams: dict[str, AgentStream], k: float = 3.0) -> dict[str, AgentStream]:
+    """The same rows a heartbeat every ``k`` intervals apart (features only see time in intervals): a
+    simulated 30 s fleet of 1,200 rows becomes 30 hours of history, as retraining needs a day."""
+    return {a: replace(s, interval_s=k * s.interval_s, t=k * s.t) for a, s in streams.items()}
 
 
 def samples(n: int, *, start_seq: int = 0, metrics: dict | None = None) -> list[dict]:
@@ -36,10 +44,30 @@ def test_history_samples_become_ordered_streams_without_repeats_or_unscored_agen
             "few-metrics": (30.0, samples(700, metrics={"cpu_pct": 1.0})),
         }
     )
-    assert list(streams) == ["ok"]
+    assert list(streams) == ["ok", "young"]
     s = streams["ok"]
     assert len(s) == 700 and s.t[0] == 0.0 and np.all(np.diff(s.t) == 30.0)
     assert s.X[0].tolist() == [100.0, 0.01, 20.0, 40.0, 0.0, 0.0]
+    assert s.kind == "" and s.versions == ()
+
+
+def test_streams_carry_the_agents_kind_and_where_its_version_changed() -> None:
+    rows = samples(100)
+    first, deploy, late = T0 - timedelta(days=3), T0 + timedelta(seconds=30 * 40 + 5), T0 + timedelta(days=1)
+    streams = retrain.streams_from_samples({"a": (30.0, rows, "retriever", [deploy, first, late.isoformat()])})
+    assert streams["a"].kind == "retriever"
+    assert streams["a"].versions == (41,)  # the first heartbeat after the registration; not before the history
+    assert streams["a"].tail(30).versions == (11,) and streams["a"].head(30).versions == ()
+
+
+def test_agents_with_less_than_a_day_of_history_are_left_out_of_the_fit() -> None:
+    day = int(retrain.MIN_HISTORY_S / 30)
+    streams = retrain.streams_from_samples({"old": (30.0, samples(day + 1)), "new": (30.0, samples(day))})
+    assert retrain.MIN_HISTORY_S == 86_400.0
+    assert retrain.young(streams) == ["new"]
+    data = retrain.split(streams)
+    assert data is not None and list(data.streams) == ["old"]
+    assert retrain.split({"new": streams["new"]}) is None
 
 
 def test_failures_are_read_off_the_history() -> None:
@@ -53,18 +81,18 @@ def test_failures_are_read_off_the_history() -> None:
 
 
 def test_a_young_agent_does_not_shorten_everyones_window() -> None:
-    streams = simulate_rows(12 * 1200, rows_per_agent=1200)
-    young = next(iter(streams.values())).head(650)
-    data = retrain.split({**streams, "young": young})
+    streams = stretched(simulate_rows(12 * 1200, rows_per_agent=1200), k=4.0)  # 40 hours each
+    younger = next(iter(streams.values())).head(1000)  # 33 hours: over a day, but shorter than the others
+    data = retrain.split({**streams, "younger": younger})
     assert data is not None and len(next(iter(data.streams.values()))) == 1200
-    assert "young" not in data.streams and data.train_rows == int(1200 * retrain.TRAIN_SHARE)
-    assert retrain.split({"young": young.head(500)}) is None
+    assert "younger" not in data.streams and data.train_rows == int(1200 * retrain.TRAIN_SHARE)
+    assert retrain.split({"young": younger.head(700)}) is None  # 23 hours
 
 
 @pytest.fixture(scope="module")
 def data() -> retrain.Split:
     fleet = simulate(agents=24, rows=900, train_rows=600, seed=2)
-    out = retrain.split({a: s.head(600) for a, s in fleet.streams.items()} | fleet.streams)
+    out = retrain.split(stretched(fleet.streams, k=3.5))  # 26 hours each
     assert out is not None
     return out
 

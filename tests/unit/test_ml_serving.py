@@ -43,6 +43,7 @@ def test_scoring_a_heartbeat_never_imports_scikit_learn(tmp_path: Any) -> None:
         import functions.main  # the functions' module, as functions-framework imports it
         from shared.ml import live, serving
         model = serving.loader("anomaly")(open(r"%s", "rb").read())
+        model.min_history_s = 0.0  # 40 heartbeats are 20 minutes, not the day an agent needs before it is scored
         state = {}
         for i in range(40):
             m = {"latency_ms_p95": 100 + i %% 3, "error_rate": 0.01, "cpu_pct": 30 + i %% 5, "memory_pct": 50}

@@ -84,7 +84,16 @@ class LearnedView(View):
     status: str = Field(
         default="unscored", description="unscored (no model, or too few metrics), insufficient_data, normal, anomalous"
     )
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why it is not scored (insufficient_data: the history it has and needs, in hours)."
+    )
+    history_s: float | None = Field(
+        default=None,
+        description="While insufficient_data: seconds of heartbeat history so far (scored after one daily cycle).",
+    )
+    scored_from: Timestamp | None = Field(
+        default=None, description="While insufficient_data: when the agent will have the history to be scored."
+    )
     score: float | None = Field(default=None, description="Anomaly score (higher is stranger).")
     risk: float | None = Field(default=None, description="Predicted risk of failing within the horizon.")
     anomaly_model: str | None = None
