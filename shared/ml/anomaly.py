@@ -3,18 +3,19 @@
 ``AnomalyDetector`` (a ``Detector`` named ``isolation_forest``):
 
 - ``fit`` computes the features (``shared.ml.features``) of every agent's healthy stream, fits one
-  ``IsolationForest`` on a sample of them and learns, from the anomaly scores (``-score_samples``) of
-  *all* healthy rows, a threshold per agent (a high quantile plus a margin, never under a fleet-wide
-  floor). ``predict`` and its contamination cut-off are not used: they would flag a fixed share of a
-  healthy fleet.
+  ``IsolationForest`` on a sample of them and calibrates each agent from its own healthy rows
+  (shared/ml/anomaly_calibration.py): a threshold on its anomaly scores (``-score_samples``) and an
+  envelope per feature, shrunk toward its kind's while its history is short. ``predict`` and its
+  contamination cut-off are not used: they would flag a fixed share of a healthy fleet.
 - An isolation forest cannot rank a value outside the range it was trained on (every split threshold
   lies inside it, and a feature that never varied in training, such as the stuck run, is never split
-  on), so a row is also *high* when a feature leaves the healthy envelope learned in ``fit`` (the
-  fleet's range of that feature, widened). A heartbeat gap is reported at once by the same detector.
+  on), so a row is also *high* when a feature leaves the agent's healthy envelope. A heartbeat gap is
+  reported at once by the same detector.
 - Scoring uses ``FlatForest`` (shared/ml/anomaly_forest.py): the fitted trees as flat numpy arrays,
   ``score_samples`` (within ``provenance.RTOL``) for one row in tens of microseconds (sklearn's per-call
   overhead is milliseconds), and vectorised for many rows.
-- ``detect`` runs a stream's rows in order: the first ``WARMUP`` rows are "insufficient data"; ``k``
+- ``detect`` runs a stream's rows in order: rows before the agent has ``min_history_s`` (a day) of
+  history, its first ``WARMUP`` rows and the rows of a rebase are "insufficient data"; ``k``
   consecutive high rows open an episode (rule ``anomaly``, with the 3 features that drove it), ``m``
   consecutive normal rows close it (``Persistence`` and ``Verdict``: shared/ml/anomaly_episodes.py).
   ``observe`` is the same for one heartbeat at a time.
@@ -36,6 +37,7 @@ import numpy as np
 
 from shared.ml import features as fe
 from shared.ml import provenance, storage
+from shared.ml.anomaly_calibration import Bounds, Calibration, calibrate
 from shared.ml.anomaly_episodes import ANOMALOUS, INSUFFICIENT, NORMAL, RULE, Persistence, Status, Verdict
 from shared.ml.anomaly_forest import FlatForest
 from shared.ml.data import AgentStream, Detection
@@ -43,7 +45,7 @@ from shared.ml.provenance import Provenance
 from shared.ml.simulate import simulate_rows
 
 #: Format version of ``to_bytes``.
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
 #: The only types the skops bytes of a forest may contain beyond skops' own trusted defaults.
 TRUSTED_SKOPS_TYPES = frozenset({"sklearn.tree._tree.Tree"})
 
@@ -55,6 +57,7 @@ class _Live:
     baseline: fe.Baseline
     episode: Persistence
     last_t: float | None = None
+    since: float | None = None
     status: Status = INSUFFICIENT
 
 
@@ -69,9 +72,14 @@ class AnomalyDetector:
     max_samples: int = 256
     random_state: int = 7
     quantile: float = 0.995
-    margin: float = 0.04
-    floor_quantile: float = 0.99
+    margin: float = 0.1
     envelope_pad: float = 0.25
+    #: Healthy rows at which an agent's own bounds weigh as much as its kind's (shrinkage).
+    shrink_rows: float = 720.0
+    #: Widening of an envelope by its tails (multiples of how far its extremes lie beyond the 1st/99th percentile).
+    tail_pad: float = 1.0
+    #: Rows of an agent's history left out of calibration (its baseline is still settling).
+    settle_rows: int = fe.WARMUP
     gap_min: float = 2.5
     #: History an agent needs before it is scored (one daily cycle): ``insufficient_data`` before.
     min_history_s: float = 86_400.0
@@ -80,10 +88,7 @@ class AnomalyDetector:
 
     flat: FlatForest | None = field(default=None, repr=False)
     forest: Any = field(default=None, repr=False)
-    thresholds: dict[str, float] = field(default_factory=dict, repr=False)
-    fleet_threshold: float = 1.0
-    env_lo: np.ndarray = field(default_factory=lambda: np.full(fe.N_FEATURES, -np.inf), repr=False)
-    env_hi: np.ndarray = field(default_factory=lambda: np.full(fe.N_FEATURES, np.inf), repr=False)
+    calibration: Calibration = field(default_factory=Calibration, repr=False)
     gap_threshold: float = 2.5
     version: str = ""
     provenance: Provenance = field(default_factory=Provenance, repr=False)
@@ -98,7 +103,7 @@ class AnomalyDetector:
 
         ids = list(streams)
         per_agent = fe.batch_features_many([streams[a] for a in ids])
-        blocks = [F[valid] for F, valid in per_agent]
+        blocks = [F[valid & (np.arange(valid.shape[0]) >= self.settle_rows)] for F, valid in per_agent]
         X = np.concatenate(blocks) if blocks else np.empty((0, fe.N_FEATURES))
         if X.shape[0] < self.max_samples:
             raise ValueError(f"need at least {self.max_samples} healthy rows after warm-up, got {X.shape[0]}")
@@ -110,42 +115,65 @@ class AnomalyDetector:
         self.forest = forest
         self.flat = FlatForest.from_forest(forest)
         scores = -forest.score_samples(X)
-        self.fleet_threshold = float(np.quantile(scores, self.floor_quantile))
-        self.thresholds = {}
-        start = 0
-        for agent_id, block in zip(ids, blocks, strict=True):
-            own = scores[start : start + block.shape[0]]
-            start += block.shape[0]
-            if own.size:
-                self.thresholds[agent_id] = max(
-                    self.fleet_threshold, float(np.quantile(own, self.quantile)) + self.margin
-                )
-        lo, hi = X.min(axis=0), X.max(axis=0)
-        pad = self.envelope_pad * (hi - lo) + _MIN_PAD
-        self.env_lo, self.env_hi = lo - pad, hi + pad
-        self.gap_threshold = max(self.gap_min, float(hi[fe._I_GAP]) * 1.5)
-        self.env_lo[fe._I_GAP], self.env_hi[fe._I_GAP] = -np.inf, np.inf  # gaps have their own rule
+        cuts = np.cumsum([b.shape[0] for b in blocks])[:-1]
+        self.calibration = calibrate(
+            ids,
+            [streams[a].kind for a in ids],
+            blocks,
+            np.split(scores, cuts),
+            quantile=self.quantile,
+            margin=self.margin,
+            pad=self.envelope_pad,
+            shrink_rows=self.shrink_rows,
+            tail_pad=self.tail_pad,
+        )
+        self.gap_threshold = max(self.gap_min, float(X[:, fe._I_GAP].max()) * 1.5)
         self.version = f"iforest-{X.shape[0]}rows-{len(ids)}agents"
-        self.provenance = provenance.at_training(X, scores, self.fleet_threshold, "-IsolationForest.score_samples")
+        self.provenance = provenance.at_training(X, scores, self.check_threshold, "-IsolationForest.score_samples")
         self._live.clear()
         self._status.clear()
 
-    def threshold(self, agent_id: str) -> float:
-        """The agent's threshold (the fleet floor for an agent not seen in training)."""
-        return self.thresholds.get(agent_id, self.fleet_threshold)
+    @property
+    def check_threshold(self) -> float:
+        """The typical agent's own score quantile (the median agent's threshold less the margin): the
+        self-check's rows lie on both sides of it."""
+        cal = self.calibration
+        return (float(np.median(cal.thresholds)) if cal.thresholds.size else cal.fleet.threshold) - self.margin
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each calibrated agent's threshold."""
+        cal = self.calibration
+        return {a: float(cal.thresholds[i]) for a, i in cal.agents.items()}
+
+    def history_needed(self, interval_s: float) -> float:
+        """Seconds of heartbeats an agent needs before it is scored: its warm-up, then ``min_history_s`` (a
+        daily cycle) of heartbeats its calibration can use (the warm-up's are not). ``min_history_s`` 0
+        turns the requirement off (the warm-up alone)."""
+        if self.min_history_s <= 0:
+            return 0.0
+        return float(self.min_history_s) + self.settle_rows * float(interval_s)
+
+    def threshold(self, agent_id: str, kind: str = "") -> float:
+        """The agent's threshold (its kind's, or the fleet's, for an agent not seen in training)."""
+        return self.calibration.bounds(agent_id, kind).threshold
 
     def _require(self) -> FlatForest:
         if self.flat is None:
             raise RuntimeError("the detector is not fitted")
         return self.flat
 
-    def _out_of_envelope(self, F: np.ndarray) -> np.ndarray:
-        return np.asarray((np.greater(F, self.env_hi) | np.less(F, self.env_lo)).any(axis=-1))
+    @staticmethod
+    def _out_of_envelope(F: np.ndarray, b: Bounds) -> np.ndarray:
+        return np.asarray((np.greater(F, b.hi) | np.less(F, b.lo)).any(axis=-1))
 
-    def _clear(self, F: np.ndarray) -> np.ndarray:
-        """Rows whose metrics are all back within ``clear_z`` deviations and not stuck."""
+    def _clear(self, F: np.ndarray, b: Bounds) -> np.ndarray:
+        """Rows whose metrics are all back within ``clear_z`` deviations (on each side the agent's envelope
+        checks) and not stuck."""
         z = F[..., : len(fe.Z_LIKE)]
-        return (np.abs(z).max(axis=-1) < self.clear_z) & (F[..., fe._I_STUCK] == 0.0)
+        up = (z < self.clear_z) | np.isinf(b.hi[: len(fe.Z_LIKE)])
+        down = (z > -self.clear_z) | np.isinf(b.lo[: len(fe.Z_LIKE)])
+        return (up & down).all(axis=-1) & (F[..., fe._I_STUCK] == 0.0)
 
     def _scaled(self, f: np.ndarray) -> np.ndarray:
         """|feature| in comparable units, for naming what drove a score."""
@@ -173,9 +201,16 @@ class AnomalyDetector:
             scores = np.full(F.shape[0], np.nan)
             if valid.any():
                 scores[valid] = self._require().score(F[valid])
-        thr = self.threshold(stream.agent_id)
-        high = valid & ((scores > thr) | self._out_of_envelope(F))
-        clear = self._clear(F)
+        b = self.calibration.bounds(stream.agent_id, stream.kind)
+        t = np.asarray(stream.t, dtype=np.float64)
+        # scored once the agent has a daily cycle of history after its warm-up
+        valid = valid & ((t - t[0]) >= self.history_needed(stream.interval_s)) if t.size else valid
+        settling = np.zeros(F.shape[0], dtype=bool)
+        for v in stream.versions:
+            settling[max(v, 0) : v + fe.SETTLE] = True
+        level_high = (scores > b.threshold) | self._out_of_envelope(F, b)
+        high = valid & np.where(settling, self._out_of_envelope(F[:, _RELATIONAL], _relational(b)), level_high)
+        clear = self._clear(F, b)
         gaps = valid & (F[:, fe._I_GAP] > self.gap_threshold)
         episode = Persistence(self.k, self.m)
         found: list[Detection] = []
@@ -210,7 +245,7 @@ class AnomalyDetector:
         computed = fe.batch_features_many(streams)
         return {s.agent_id: self.detect_rows(s, c)[0] for s, c in zip(streams, computed, strict=True)}
 
-    def observe(self, agent_id: str, t: float, row: np.ndarray, interval_s: float) -> Verdict:
+    def observe(self, agent_id: str, t: float, row: np.ndarray, interval_s: float, kind: str = "") -> Verdict:
         """One heartbeat of an agent, live: the same features, score and persistence rule as ``detect``."""
         self._require()
         live = self._live.get(agent_id)
@@ -218,9 +253,11 @@ class AnomalyDetector:
             live = self._live[agent_id] = _Live(fe.Baseline.new(interval_s), Persistence(self.k, self.m))
         dt = interval_s if live.last_t is None else t - live.last_t
         live.last_t = t
-        ready = live.baseline.ready
+        live.since = t if live.since is None else live.since
+        ready = live.baseline.ready and t - live.since >= self.history_needed(interval_s)
+        settling = live.baseline.settling
         f = fe.features(row, dt, live.baseline)
-        verdict = self.judge(agent_id, f, ready, live.baseline.n - 1, live.episode)
+        verdict = self.judge(agent_id, f, ready, live.baseline.n - 1, live.episode, kind, settling)
         live.status = verdict.status
         self._status[agent_id] = verdict.status
         return verdict
@@ -233,18 +270,33 @@ class AnomalyDetector:
         """An agent's persistence state from its ``to_doc`` form (a fresh one for None)."""
         return Persistence.from_doc(doc, self.k, self.m) if doc else Persistence(self.k, self.m)
 
-    def judge(self, agent_id: str, f: np.ndarray, ready: bool, i: int, episode: Persistence, kind: str = "") -> Verdict:
-        """Score one feature vector ``f`` (row ``i`` of the agent; ``ready``: past warm-up) and advance the
-        agent's persistence state ``episode``: the part of ``observe`` after the features, for callers
-        that keep each agent's state themselves (the heartbeat function keeps it in the agent document)."""
+    def judge(
+        self,
+        agent_id: str,
+        f: np.ndarray,
+        ready: bool,
+        i: int,
+        episode: Persistence,
+        kind: str = "",
+        settling: bool = False,
+    ) -> Verdict:
+        """Score one feature vector ``f`` (row ``i`` of the agent; ``ready``: past warm-up and history;
+        ``settling``: its baseline settles after a rebase, so only ``features.RELATIONAL`` is judged) and
+        advance the agent's persistence state ``episode``: the part of ``observe`` after the features, for
+        callers that keep each agent's state themselves (the heartbeat function keeps it in the agent
+        document)."""
         flat = self._require()
         if not ready:
             return Verdict(INSUFFICIENT)
         score = flat.score_one(f)
-        high = score > self.threshold(agent_id) or bool(self._out_of_envelope(f))
+        b = self.calibration.bounds(agent_id, kind)
+        if settling:
+            high = bool(self._out_of_envelope(f[_RELATIONAL], _relational(b)))
+        else:
+            high = score > b.threshold or bool(self._out_of_envelope(f, b))
         gap = bool(f[fe._I_GAP] > self.gap_threshold)
         was_open = episode.opened is not None
-        clear = bool(self._clear(f))
+        clear = bool(self._clear(f, b))
         closed, inside = episode.step(i, high, clear, self._scaled(f) if high else _ZEROS, agent_id)
         opened = (inside and not was_open) or gap
         why = ("gap_ratio",) if gap and not (inside and not was_open) else episode.why if inside else ()
@@ -271,12 +323,14 @@ class AnomalyDetector:
                 "random_state": self.random_state,
                 "quantile": self.quantile,
                 "margin": self.margin,
-                "floor_quantile": self.floor_quantile,
                 "envelope_pad": self.envelope_pad,
+                "shrink_rows": self.shrink_rows,
+                "tail_pad": self.tail_pad,
+                "settle_rows": self.settle_rows,
                 "gap_min": self.gap_min,
+                "min_history_s": self.min_history_s,
             },
-            "thresholds": self.thresholds,
-            "fleet_threshold": self.fleet_threshold,
+            "calibration": self.calibration.meta(),
             "gap_threshold": self.gap_threshold,
             "warmup": fe.WARMUP,
             **self.provenance.meta(),
@@ -286,7 +340,7 @@ class AnomalyDetector:
         """The safe format (shared/ml/storage.py): flat trees, envelope and metadata; the forest as skops."""
         flat = self._require()
         arrays = {f"flat_{k}": v for k, v in flat.arrays().items()}
-        arrays["env_lo"], arrays["env_hi"] = self.env_lo, self.env_hi
+        arrays.update(self.calibration.arrays())
         return provenance.packed(arrays, self.metadata(), self.provenance, self.forest)
 
     @classmethod
@@ -300,9 +354,7 @@ class AnomalyDetector:
             raise ValueError("the model was trained on other features")
         det = cls(**meta["params"])
         det.flat = FlatForest.from_arrays(storage.prefixed(arrays, "flat_"))
-        det.env_lo, det.env_hi = arrays["env_lo"], arrays["env_hi"]
-        det.thresholds = {str(a): float(v) for a, v in meta["thresholds"].items()}
-        det.fleet_threshold = float(meta["fleet_threshold"])
+        det.calibration = Calibration.load(arrays, meta["calibration"])
         det.gap_threshold = float(meta["gap_threshold"])
         det.version = str(meta["version"])
         # refused (SelfCheckFailed) if the flat scorer fails the self-check
@@ -312,9 +364,13 @@ class AnomalyDetector:
         return det
 
 
-#: Minimum widening of the healthy envelope per feature (in the feature's unit).
-_MIN_PAD = np.asarray([0.5 if name != "error_excess" else 0.05 for name in fe.FEATURES], dtype=np.float64)
 _ZEROS = np.zeros(fe.N_FEATURES)
+_RELATIONAL = list(fe.RELATIONAL)
+
+
+def _relational(b: Bounds) -> Bounds:
+    """The bounds of the relational features only."""
+    return Bounds(b.lo[_RELATIONAL], b.hi[_RELATIONAL], b.threshold, b.source)
 
 
 def fit_seconds(rows: int = 1_000_000, detector: AnomalyDetector | None = None) -> float:

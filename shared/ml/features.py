@@ -1,88 +1,99 @@
 """Streaming per-agent features of heartbeats, normalised against each agent's own rolling baseline.
 
 Pure numpy (no scikit-learn). One step function (``_step``) works on the state of several agents at
-once (arrays with a leading agent axis); the streaming path runs it for one agent and one row, the
-batch path (``batch_features`` / ``batch_features_many``) runs it over time with every agent of a
-fleet side by side. Only element-wise IEEE operations (+ - * / sqrt, min, max, abs, comparisons) are
-used and sums are written out in a fixed order, so both paths give bit-identical values.
+once (``baseline.Baseline``: arrays with a leading agent axis); the streaming path runs it for one agent
+and one row, the batch path (``batch_features`` / ``batch_features_many``) runs it over time with every
+agent of a fleet side by side. Only element-wise IEEE operations (and ``log``, element-wise in both
+paths) are used and sums are written out in a fixed order, so both paths give bit-identical values.
 
-The baseline is a slow exponentially weighted mean and variance per metric (a running mean while
-fewer than ``HORIZON`` rows were seen, then an EWMA with ``alpha = 1 / HORIZON``). After warm-up it
-is updated only with rows that are not *flagged* (a metric more than ``GATE_Z`` deviations away,
-stuck values, or the first row after a gap), so a fault does not become the baseline; a metric's
-variance only with rows within ``VAR_GATE`` deviations in that metric; and a metric whose recent mean
-moved ``ZS_GATE`` deviations away is *held* (mean and variance frozen) until it is back within
-``ZS_RELEASE``, so a slow drift freezes its own baseline once it is clear and its z keeps growing.
-After ``MAX_FREEZE`` held rows in a row, a metric still away takes its recent level as its mean and
-re-learns its variance there: a lasting change of level becomes the new normal instead of alarming
-forever.
+Two references per metric:
 
-Features (``FEATURES``), per metric in ``METRICS`` order:
+- the **fast baseline**, a slow exponentially weighted mean and variance (a running mean while fewer than
+  ``HORIZON`` rows were seen, then an EWMA with ``alpha = 1 / HORIZON``). After warm-up it is updated
+  only with rows that are not flagged *in that metric* (more than ``GATE_Z`` deviations away) and not
+  stuck or after a gap; its variance only with rows within ``VAR_GATE`` deviations; and a metric whose
+  recent mean moved ``ZS_GATE`` deviations away is *held* (mean and variance frozen) until it is back
+  within ``ZS_RELEASE``. Each metric counts its own held rows: after ``MAX_FREEZE`` of them a metric
+  still away takes its recent level as its mean (a lasting change becomes the fast baseline's normal);
+- the **slow reference** (``ref``), an average over about a day of heartbeats, updated only when the
+  fast baseline is, and never released: a slow leak that the fast baseline gave up on keeps looking
+  worse against it until a person acknowledges the episode or a new version is registered (``rebase``).
 
-- ``z_<m>``: (x - mean) / sd against the baseline before this row (spikes, bursts, drift);
-- ``zs_<m>``: the same for the mean of the last ``WINDOW`` rows (less noise);
-- ``zl_<m>``: the same for the recent level, an EWMA over ``LEVEL_H`` rows (slow drift);
+A deviation is measured from whichever of the two is nearer, so a metric coming back to its old level
+after a release is not a new anomaly.
 
-and for the agent: ``stuck_run`` (consecutive rows equal to the previous one in every metric,
-capped), ``gap_ratio`` (time since the previous heartbeat / the agent's interval, at least 1),
-``error_excess`` (error rate minus its baseline, in rate units), ``cost_ratio`` (cost per minute /
-its baseline) and ``cost_per_token_ratio`` (cost per token / its baseline).
+Features (``FEATURES``), per metric in ``METRICS`` order unless said otherwise:
+
+- ``z_<m>``: (x - reference) / sd (spikes, bursts, drift); ``zs_<m>``: the same for the mean of the last
+  ``WINDOW`` rows (less noise); ``zl_<m>``: the same for the recent level, an EWMA over ``LEVEL_H`` rows;
+- ``stuck_run`` (consecutive rows equal to the previous one in every metric, capped), ``gap_ratio``
+  (time since the previous heartbeat / the agent's interval, at least 1), ``error_excess`` (error rate
+  minus its baseline, in rate units), ``cost_ratio`` (cost per minute / its baseline) and
+  ``cost_per_token_ratio`` (cost per token / its baseline);
+- ``lr_<m>``: the log of the short window's mean over the reference (a drop to 10 % is -2.3 and a rise of
+  50 % +0.41 on a quiet metric as on a noisy one: z-scores cannot see a collapse of a noisy metric);
+- ``lref_<m>``: the log of the recent level over the slow reference (creep);
+- ``log_cost_per_token``: the log of the recent level's cost per token over the baseline's (a pricier model
+  swapped in, whatever the traffic); ``log_tokens_per_cpu``: the same for the row's tokens per CPU (a
+  generation loop that stopped producing while it burns CPU); ``cpu_unexplained``: the smaller of the row's
+  CPU rise and its fall in tokens per CPU (CPU that traffic does not explain; a scale-up moves both).
+
+The logs are of ``(value + eps) / (reference + eps)`` with a small per-metric ``LOG_EPS``, so a metric an
+agent does not report (0 in every row) contributes 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from shared.ml.baseline import METRICS, REBASE_ROWS, SETTLE, WARMUP, WINDOW, Baseline
+from shared.ml.baseline import M as _M
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from shared.ml.data import AgentStream
 
-#: The metrics of a heartbeat row, in column order (the same tuple as ``shared.ml.data.METRICS``).
-METRICS: tuple[str, ...] = ("latency_ms", "error_rate", "cpu_pct", "memory_pct", "tokens_per_s", "cost_per_min")
-_M = len(METRICS)
+__all__ = ["METRICS", "REBASE_ROWS", "SETTLE", "WARMUP", "WINDOW", "Baseline"]
+
 _ERR = METRICS.index("error_rate")
 _TOK = METRICS.index("tokens_per_s")
 _COST = METRICS.index("cost_per_min")
 
-#: Rows before an agent's features are meaningful ("insufficient data" before).
-WARMUP = 30
-#: Horizon of the slow baseline in heartbeats (EWMA weight 1 / HORIZON once that many rows were seen).
+#: Horizon of the fast baseline in heartbeats (EWMA weight 1 / HORIZON once that many rows were seen).
 HORIZON = 200
-#: Rows of the short window.
-WINDOW = 5
+#: Horizon of the slow reference, in seconds (a day): its weight per row is interval / REF_HORIZON_S.
+REF_HORIZON_S = 86_400.0
 #: Horizon of the recent level (an EWMA) compared with the baseline.
 LEVEL_H = 20
-#: A row more than this many baseline deviations away in some metric does not update the baseline.
+#: A metric more than this many baseline deviations away does not update its baseline.
 GATE_Z = 4.0
-#: Nor a row after a gap larger than this many intervals.
+#: Nor any metric after a gap larger than this many intervals.
 GATE_GAP = 2.5
-#: After this many held rows in a row (flagged, or some metric's short window away) the baseline is
-#: updated again until a row is not held, a metric still away jumping to its recent level.
+#: After this many held rows in a row of one metric, its fast baseline jumps to its recent level.
 MAX_FREEZE = 300
-#: A metric's variance is updated only with rows within this many deviations in that metric (so a
-#: drift away from the mean does not widen the deviation it is measured in).
+#: A metric's variance is updated only with rows within this many deviations in that metric.
 VAR_GATE = 3.0
-#: Nor are a metric's mean and variance updated while its short-window mean is this many deviations
-#: away (a slow drift freezes its own baseline once it is clear, so its z keeps growing).
+#: A metric whose short-window mean is this many deviations away is held ...
 ZS_GATE = 2.5
-#: ... and stay held until it is back within this many.
+#: ... until it is back within this many.
 ZS_RELEASE = 1.0
-#: z and short z are capped at this.
+#: z and short z are capped at this; the logs at +-LOG_CAP.
 CAP = 50.0
+LOG_CAP = 10.0
 #: The stuck run is capped at this many rows.
 STUCK_CAP = 10.0
 #: Floors of a metric's deviation: relative to its mean, and absolute (per metric, in its unit).
 SD_REL_FLOOR = 0.01
 SD_ABS_FLOOR: tuple[float, ...] = (0.5, 0.002, 0.2, 0.2, 0.1, 1e-4)
-#: Rows after a rebase (a new version registered, an anomaly acknowledged) in which the baseline re-learns
-#: the agent's levels; the features of those rows are not scored.
-REBASE_ROWS = 10
+#: Added to value and reference before a log ratio (per metric, in its unit).
+LOG_EPS: tuple[float, ...] = (5.0, 0.005, 1.0, 1.0, 0.5, 1e-4)
+#: ... plus this share of the metric's slow reference (its daily average), for the metrics that idle near 0
+#: (latency of a worker with no items, CPU, tokens, spend); memory and the error rate never idle at 0.
+REL_EPS = np.asarray((0.1, 0.0, 0.1, 0.0, 0.1, 0.1), dtype=np.float64)
 #: Floors of the denominators of the ratios.
 _RATIO_EPS = 1e-9
 
@@ -95,6 +106,11 @@ FEATURES: tuple[str, ...] = (
     "error_excess",
     "cost_ratio",
     "cost_per_token_ratio",
+    *(f"lr_{m}" for m in METRICS),
+    *(f"lref_{m}" for m in METRICS),
+    "log_cost_per_token",
+    "log_tokens_per_cpu",
+    "cpu_unexplained",
 )
 N_FEATURES = len(FEATURES)
 _I_STUCK = FEATURES.index("stuck_run")
@@ -102,103 +118,42 @@ _I_GAP = FEATURES.index("gap_ratio")
 _I_ERR = FEATURES.index("error_excess")
 _I_COST = FEATURES.index("cost_ratio")
 _I_CPT = FEATURES.index("cost_per_token_ratio")
+_I_LR = FEATURES.index(f"lr_{METRICS[0]}")
+_I_LREF = FEATURES.index(f"lref_{METRICS[0]}")
+_I_LCPT = FEATURES.index("log_cost_per_token")
+_I_LTPC = FEATURES.index("log_tokens_per_cpu")
+_I_CPU_UNEXPLAINED = FEATURES.index("cpu_unexplained")
+_CPU = METRICS.index("cpu_pct")
 #: The features that are deviations of a metric in baseline units (used to explain a score).
 Z_LIKE: tuple[int, ...] = tuple(range(3 * _M))
+#: The features that compare metrics with each other rather than with the baseline's levels: the only ones
+#: judged while a baseline settles after a rebase.
+RELATIONAL: tuple[int, ...] = (_I_STUCK, _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED)
+#: The log-ratio features.
+LOG_LIKE: tuple[int, ...] = (*range(_I_LR, _I_LR + 2 * _M), _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED)
 
 _ABS_FLOOR_SQ = np.asarray(SD_ABS_FLOOR, dtype=np.float64) ** 2
+_EPS = np.asarray(LOG_EPS, dtype=np.float64)
 
 
-@dataclass
-class Baseline:
-    """The rolling state of ``A`` agents (``A`` = 1 for one agent's stream).
+def _log_ratio(x: np.ndarray, ref: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(np.log((x + eps) / (ref + eps)), -LOG_CAP), LOG_CAP)
 
-    ``n`` rows seen, baseline ``mean``/``var`` per metric, the ring of the last ``WINDOW`` rows, the
-    previous row, the stuck run, the run of held rows and which metrics are held. Create with
-    ``Baseline.new``.
-    """
 
-    interval: np.ndarray
-    n: int = 0
-    mean: np.ndarray = field(default_factory=lambda: np.zeros((1, _M)))
-    var: np.ndarray = field(default_factory=lambda: np.zeros((1, _M)))
-    ring: np.ndarray = field(default_factory=lambda: np.zeros((1, WINDOW, _M)))
-    prev: np.ndarray = field(default_factory=lambda: np.zeros((1, _M)))
-    stuck: np.ndarray = field(default_factory=lambda: np.zeros(1))
-    frozen: np.ndarray = field(default_factory=lambda: np.zeros(1))
-    held: np.ndarray = field(default_factory=lambda: np.zeros((1, _M), dtype=bool))
-    level: np.ndarray = field(default_factory=lambda: np.zeros((1, _M)))
-    #: Rows left of a rebase (``rebase``): the levels are being re-learned, nothing is scored.
-    relearn: np.ndarray = field(default_factory=lambda: np.zeros(1))
+def _ratio_change(
+    x: np.ndarray, mean: np.ndarray, ref: np.ndarray, eps: np.ndarray, top: int, bottom: int
+) -> np.ndarray:
+    """The log of metric ``top`` per metric ``bottom`` in ``x`` over the same ratio in the baseline or the
+    reference (whichever is nearer)."""
+    now = (x[:, top] + eps[:, top]) / (x[:, bottom] + eps[:, bottom])
+    fast = np.log(now / ((mean[:, top] + eps[:, top]) / (mean[:, bottom] + eps[:, bottom])))
+    slow = np.log(now / ((ref[:, top] + eps[:, top]) / (ref[:, bottom] + eps[:, bottom])))
+    return np.minimum(np.maximum(_nearer(fast, slow), -LOG_CAP), LOG_CAP)
 
-    @classmethod
-    def new(cls, interval_s: float | Sequence[float] | np.ndarray) -> Baseline:
-        """A fresh state for one agent (a float) or several (a sequence of their intervals)."""
-        interval = np.atleast_1d(np.asarray(interval_s, dtype=np.float64)).copy()
-        a = interval.shape[0]
-        return cls(
-            interval=interval,
-            mean=np.zeros((a, _M)),
-            var=np.zeros((a, _M)),
-            ring=np.zeros((a, WINDOW, _M)),
-            prev=np.zeros((a, _M)),
-            stuck=np.zeros(a),
-            frozen=np.zeros(a),
-            held=np.zeros((a, _M), dtype=bool),
-            level=np.zeros((a, _M)),
-            relearn=np.zeros(a),
-        )
 
-    @property
-    def ready(self) -> bool:
-        """Whether the next row's features are valid (warm-up done, no rebase under way)."""
-        return self.n >= WARMUP and not bool(self.relearn[0])
-
-    def rebase(self) -> None:
-        """Let the baseline move: a new version was registered or the agent's anomaly acknowledged, so its
-        levels are re-learned over the next ``REBASE_ROWS`` rows (not scored) and its slow reference
-        restarts from them. One-agent states only."""
-        self.relearn[0] = float(REBASE_ROWS)
-
-    def to_doc(self) -> dict[str, Any]:
-        """A one-agent state as plain lists and numbers (a Firestore map; float64 values survive exactly),
-        so a function instance that never saw the agent carries on where another left off."""
-        if self.interval.shape[0] != 1:
-            raise ValueError("only a one-agent baseline is stored")
-        return {
-            "interval": float(self.interval[0]),
-            "n": int(self.n),
-            "mean": self.mean[0].tolist(),
-            "var": self.var[0].tolist(),
-            # Firestore stores no nested arrays: the ring is flattened row after row.
-            "ring": self.ring[0].reshape(-1).tolist(),
-            "prev": self.prev[0].tolist(),
-            "stuck": float(self.stuck[0]),
-            "frozen": float(self.frozen[0]),
-            "held": [bool(v) for v in self.held[0]],
-            "level": self.level[0].tolist(),
-            "relearn": float(self.relearn[0]),
-        }
-
-    @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> Baseline:
-        """The inverse of ``to_doc``."""
-
-        def row(key: str) -> np.ndarray:
-            return np.asarray(doc[key], dtype=np.float64).reshape(1, _M)
-
-        return cls(
-            interval=np.asarray([float(doc["interval"])]),
-            n=int(doc["n"]),
-            mean=row("mean"),
-            var=row("var"),
-            ring=np.asarray(doc["ring"], dtype=np.float64).reshape(1, WINDOW, _M),
-            prev=row("prev"),
-            stuck=np.asarray([float(doc["stuck"])]),
-            frozen=np.asarray([float(doc["frozen"])]),
-            held=np.asarray(doc["held"], dtype=bool).reshape(1, _M),
-            level=row("level"),
-            relearn=np.asarray([float(doc.get("relearn", 0.0))]),
-        )
+def _nearer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise, whichever of two deviations is smaller in magnitude."""
+    return np.where(np.abs(b) < np.abs(a), b, a)
 
 
 def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
@@ -206,20 +161,25 @@ def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     then update their state. Every agent of ``s[:k]`` must have seen ``s.n`` rows."""
     mean = s.mean[:k]
     var = s.var[:k]
+    ref = s.ref[:k]
     prev = s.prev[:k]
     n = s.n
+    age = s.age[:k]
     sd = np.sqrt(var + (SD_REL_FLOOR * mean) ** 2 + _ABS_FLOOR_SQ)
-    z = np.minimum(np.maximum((x - mean) / sd, -CAP), CAP)
+    z_fast = (x - mean) / sd
+    z = np.minimum(np.maximum(_nearer(z_fast, (x - ref) / sd), -CAP), CAP)
     ring = s.ring[:k]
     ring[:, n % WINDOW] = x
     wsum = ring[:, 0]
     for j in range(1, WINDOW):
         wsum = wsum + ring[:, j]
-    zs = np.minimum(np.maximum((wsum / WINDOW - mean) / sd, -CAP), CAP)
-    b = 1.0 / (n + 1) if n + 1 < LEVEL_H else 1.0 / LEVEL_H
-    level = s.level[:k] + b * (x - s.level[:k])
-    s.level[:k] = level
-    zl = np.minimum(np.maximum((level - mean) / sd, -CAP), CAP)
+    # The window's median, not its mean: one heavy-tailed outlier moves neither it nor the level.
+    wmed = np.sort(ring, axis=1)[:, WINDOW // 2]
+    zs_fast = (wmed - mean) / sd
+    zs = np.minimum(np.maximum(_nearer(zs_fast, (wmed - ref) / sd), -CAP), CAP)
+    b = np.maximum(1.0 / (age + 1.0), 1.0 / LEVEL_H)[:, None]
+    level = s.level[:k] + b * (wmed - s.level[:k])
+    zl = np.minimum(np.maximum(_nearer((level - mean) / sd, (level - ref) / sd), -CAP), CAP)
     same = (x == prev).all(axis=1) if n > 0 else np.zeros(k, dtype=bool)
     stuck = np.where(same, np.minimum(s.stuck[:k] + 1.0, STUCK_CAP), 0.0)
     # Early heartbeats are no fault: the gap is counted in intervals from 1 up.
@@ -235,31 +195,67 @@ def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     cpt = x[:, _COST] / np.maximum(x[:, _TOK], _RATIO_EPS)
     base_cpt = mean[:, _COST] / np.maximum(mean[:, _TOK], _RATIO_EPS)
     f[:, _I_CPT] = cpt / np.maximum(base_cpt, _RATIO_EPS)
+    # Log ratios on the agent's own scale: values far below its daily average (an idle batch worker) are
+    # "about nothing" rather than huge ratios of tiny numbers.
+    eps = _EPS + REL_EPS * np.abs(ref)
+    f[:, _I_LR : _I_LR + _M] = _nearer(_log_ratio(wmed, mean, eps), _log_ratio(wmed, ref, eps))
+    f[:, _I_LREF : _I_LREF + _M] = _log_ratio(level, ref, eps)
+    # Ratios of recent levels (about LEVEL_H rows): steadier than single rows, prompt enough for a change
+    # that lasts (a pricier model, a generation loop that stopped producing).
+    # (against the fast baseline's ratio or the slow reference's, whichever is nearer: a release of one of
+    # the two metrics' fast baselines alone must not read as a change of their ratio)
+    f[:, _I_LCPT] = _ratio_change(level, mean, ref, eps, _COST, _TOK)
+    f[:, _I_LTPC] = _ratio_change(x, mean, ref, eps, _TOK, _CPU)  # the row's own: a CPU spike is at once
+    # CPU up and tokens per CPU down at once: CPU that traffic does not explain (a scale-up moves both)
+    cpu_up = _nearer(_log_ratio(x, mean, eps), _log_ratio(x, ref, eps))[:, _CPU]
+    f[:, _I_CPU_UNEXPLAINED] = np.minimum(cpu_up, -f[:, _I_LTPC])
+    # an agent that reports no tokens has no traffic to relate its CPU to (its CPU is judged on its own)
+    silent = (ref[:, _TOK] == 0.0) & (x[:, _TOK] == 0.0)
+    f[silent, _I_LTPC] = 0.0
+    f[silent, _I_CPU_UNEXPLAINED] = 0.0
 
     # Baseline update (a running mean and variance first, then the slow EWMA), gated after warm-up.
-    a = 1.0 / (n + 1) if n + 1 < HORIZON else 1.0 / HORIZON
+    a = np.maximum(1.0 / (age + 1.0), 1.0 / HORIZON)[:, None]
     d = x - mean
     new_mean = mean + a * d
-    new_var = (1.0 - a) * (var + a * d * d)
-    if n >= WARMUP:
-        flagged = (np.abs(z).max(axis=1) > GATE_Z) | (stuck > 0.0) | (gap > GATE_GAP)
-        shifted = np.abs(zs) > np.where(s.held[:k], ZS_RELEASE, ZS_GATE)
-        s.held[:k] = shifted
-        frozen = np.where(flagged | shifted.any(axis=1), s.frozen[:k] + 1.0, 0.0)
-        hold = (frozen <= MAX_FREEZE)[:, None]
-        keep = (flagged[:, None] | shifted) & hold
+    # The variance keeps its own pace across a rebase (an agent's noise rarely changes with a deploy).
+    a_var = 1.0 / (n + 1) if n + 1 < HORIZON else 1.0 / HORIZON
+    new_var = (1.0 - a_var) * (var + a_var * d * d)
+    a_ref = np.maximum(1.0 / (age + 1.0), s.interval[:k] / REF_HORIZON_S)[:, None]
+    new_ref = ref + a_ref * (x - ref)
+    if n >= WARMUP:  # (a rebased agent's variance too: it was not restarted)
+        new_var = np.where(np.abs(z_fast) > VAR_GATE, var, new_var)
+    # A young baseline (a new agent's, or one just rebased) learns freely: holding it would freeze a level it
+    # has not learned yet (a deploy during a trainer's evaluation phase).
+    warm = (age >= SETTLE)[:, None]
+    if warm.any():
+        row_flag = ((stuck > 0.0) | (gap > GATE_GAP))[:, None]
+        flagged = np.abs(z_fast) > GATE_Z
+        shifted = np.abs(zs_fast) > np.where(s.held[:k], ZS_RELEASE, ZS_GATE)
+        frozen = np.where(flagged | shifted, s.frozen[:k] + 1.0, 0.0)
+        hold = frozen <= MAX_FREEZE
+        keep = ((flagged | shifted) & hold) | row_flag
+        keep &= warm
         new_mean = np.where(keep, mean, new_mean)
-        # A level held for longer than MAX_FREEZE is the new normal: the mean jumps to the recent level
-        # and the variance is re-learned around it at the pace of that level.
-        released = shifted & ~hold
+        # A metric held for longer than MAX_FREEZE: its fast mean jumps to the recent level and its variance
+        # is re-learned there at the pace of that level. The slow reference does not follow.
+        released = shifted & ~hold & warm
         new_mean = np.where(released, level, new_mean)
         d_level = x - level
         released_var = (1.0 - 1.0 / LEVEL_H) * (var + (1.0 / LEVEL_H) * d_level * d_level)
-        new_var = np.where(keep | (np.abs(z) > VAR_GATE), var, new_var)
+        new_var = np.where(keep, var, new_var)
         new_var = np.where(released, released_var, new_var)
-        s.frozen[:k] = frozen
+        new_ref = np.where(keep | released | ((flagged | shifted) & warm), ref, new_ref)
+        s.held[:k] = shifted & hold & warm
+        s.frozen[:k] = np.where(warm, frozen, 0.0)
+    else:
+        s.held[:k] = False
+        s.frozen[:k] = 0.0
+    s.age[:k] = age + 1.0
+    s.level[:k] = level
     s.mean[:k] = new_mean
     s.var[:k] = new_var
+    s.ref[:k] = new_ref
     s.stuck[:k] = stuck
     s.prev[:k] = x
     return f
@@ -304,22 +300,28 @@ def batch_features_many(streams: Sequence[AgentStream]) -> list[tuple[np.ndarray
     steps = int(lens[0]) if a else 0
     xs = np.zeros((steps, a, _M))
     dts = np.zeros((steps, a))
+    rebases = np.zeros((steps, a), dtype=bool)  # a new version registered before that row
     for j, st in enumerate(ordered):
         m = int(lens[j])
         xs[:m, j] = np.asarray(st.X, dtype=np.float64)
         dts[:m, j] = _dt(np.asarray(st.t, dtype=np.float64), float(st.interval_s))
+        rebases[[v for v in getattr(st, "versions", ()) if 0 <= v < m], j] = True
     state = Baseline.new([float(st.interval_s) for st in ordered])
     out = np.empty((steps, a, N_FEATURES))
+    scored = np.zeros((steps, a), dtype=bool)  # past warm-up and no rebase under way
     # active[t] = number of streams longer than t (they are sorted longest first).
     active = np.searchsorted(-lens, -np.arange(steps), side="left")
     for t in range(steps):
         k = int(active[t])
+        if rebases[t, :k].any():
+            state.age[:k] = np.where(rebases[t, :k], 0.0, state.age[:k])
+        scored[t, :k] = state.age[:k] >= WARMUP
         out[t, :k] = _step(state, k, xs[t, :k], dts[t, :k])
         state.n += 1
     results: list[tuple[np.ndarray, np.ndarray]] = [(np.empty((0, N_FEATURES)), np.empty(0, dtype=bool))] * a
     for j, i in enumerate(order):
         m = int(lens[j])
-        valid = np.arange(m) >= WARMUP
+        valid = scored[:m, j].copy()
         results[int(i)] = (np.ascontiguousarray(out[:m, j]), valid)
     return results
 
@@ -340,4 +342,6 @@ def _scaled(f: np.ndarray) -> np.ndarray:
     g[_I_ERR] = 100.0 * f[_I_ERR]
     g[_I_COST] = 4.0 * math.log(max(f[_I_COST], _RATIO_EPS))
     g[_I_CPT] = 4.0 * math.log(max(f[_I_CPT], _RATIO_EPS))
+    # a log ratio of 0.4 (a rise of 50 %) weighs like 4 deviations
+    g[list(LOG_LIKE)] = 10.0 * f[list(LOG_LIKE)]
     return g

@@ -201,10 +201,10 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         new["version"] = beat.version
     last_t = state.get("last_t")
     dt = float(interval_s) if last_t is None else t - float(last_t)
-    ready = baseline.ready
+    ready, relearning, settling = baseline.ready, baseline.relearning, baseline.settling
     f = fe.features(row, dt, baseline)
     new.update(baseline=baseline.to_doc(), last_t=t, since=since, reason=None)
-    if not ready and float(baseline.relearn[0]) > 0:
+    if relearning:
         new["reason"] = f"re-learning its levels after {new.get('rebased_for') or 'a rebase'}"
     out = L.Learned(new)
 
@@ -217,11 +217,13 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
             new["reason"] = "no anomaly model in service"
         out.resolves.append(L.Resolution(L.ANOMALY, f"{agent_id}: no anomaly model in service"))
     else:
-        needed = float(det.min_history_s)
+        needed = det.history_needed(interval_s)
         _history(new, history_s, needed, since)
         episode = det.episode_state(state.get("episode"))
         was_open = episode.opened is not None
-        verdict = det.judge(agent_id, f, ready and history_s >= needed, baseline.n - 1, episode, kind=beat.kind)
+        verdict = det.judge(
+            agent_id, f, ready and history_s >= needed, baseline.n - 1, episode, kind=beat.kind, settling=settling
+        )
         new.update(
             episode=episode.to_doc(),
             status=verdict.status,

@@ -51,7 +51,7 @@ FLEET = {f"a{i}": healthy(f"a{i}", 900, seed=i) for i in range(16)}
 
 @pytest.fixture(scope="module")
 def detector() -> AnomalyDetector:
-    det = AnomalyDetector()
+    det = AnomalyDetector(min_history_s=0.0)  # these streams are shorter than a day
     det.fit({a: s.head(TRAIN) for a, s in FLEET.items()})
     return det
 
@@ -92,11 +92,13 @@ def test_flat_forest_equals_sklearn_score_samples(detector: AnomalyDetector) -> 
     rows = np.vstack([rng.normal(0.0, 3.0, (200, fe.N_FEATURES)), F[valid][:200]])
     expected = -detector.forest.score_samples(rows)
     # The same side of the fleet floor and of every agent's own threshold (a row is high above it).
-    thresholds = sorted({detector.fleet_threshold, *detector.thresholds.values()})
+    thresholds = sorted({detector.calibration.fleet.threshold, *detector.thresholds.values()})
     assert_close_and_same_decisions(detector.flat.score(rows), expected, thresholds, strict=True)
     one = [detector.flat.score_one(row) for row in rows[:50]]
     assert_close_and_same_decisions(one, expected[:50], thresholds, strict=True)
-    assert np.any(expected > detector.fleet_threshold) and np.any(expected <= detector.fleet_threshold)
+    assert np.any(expected > detector.calibration.fleet.threshold) and np.any(
+        expected <= detector.calibration.fleet.threshold
+    )
 
 
 class SklearnScorer:
@@ -175,7 +177,7 @@ def test_constant_then_spike_detected_within_three_heartbeats() -> None:
     t = np.arange(rows) * INTERVAL
     X = np.tile([500.0, 0.01, 40.0, 50.0, 100.0, 0.1], (rows, 1)) + rng.normal(0.0, 1e-3, (rows, 6))
     fleet = {f"c{i}": AgentStream(f"c{i}", INTERVAL, t, X + rng.normal(0.0, 1e-3, X.shape)) for i in range(6)}
-    det = AnomalyDetector(max_samples=128)
+    det = AnomalyDetector(max_samples=128, min_history_s=0.0)
     det.fit({a: s.head(200) for a, s in fleet.items()})
     Y = fleet["c0"].X.copy()
     Y[250:254, 2] = 98.0

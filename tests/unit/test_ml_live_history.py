@@ -34,12 +34,30 @@ class FakeDetector:
     def episode_state(self, doc: Any) -> Persistence:
         return Persistence.from_doc(doc, 3, 5) if doc else Persistence(3, 5)
 
-    def judge(self, agent_id: str, f: np.ndarray, ready: bool, i: int, episode: Persistence, kind: str = "") -> Verdict:
+    def judge(
+        self,
+        agent_id: str,
+        f: np.ndarray,
+        ready: bool,
+        i: int,
+        episode: Persistence,
+        kind: str = "",
+        settling: bool = False,
+    ) -> Verdict:
         self.calls.append((ready, kind))
         return Verdict(NORMAL, 0.1) if ready else Verdict(INSUFFICIENT)
 
     def threshold(self, agent_id: str) -> float:
         return 1.0
+
+    def history_needed(self, interval_s: float) -> float:
+        return self.min_history_s  # (the real detector adds its warm-up: test_ml_calibration.py)
+
+
+def relearning(state: dict) -> bool:
+    """Whether the stored baseline is re-learning its levels after a rebase (not its first warm-up)."""
+    b = state["baseline"]
+    return bool(b["age"] < fe.REBASE_ROWS and b["n"] > b["age"])
 
 
 RNG = np.random.default_rng(5)
@@ -119,12 +137,12 @@ def test_a_state_without_since_is_migrated_from_its_baseline() -> None:
 def test_a_new_version_rebases_the_baseline_once() -> None:
     det = FakeDetector(min_history_s=0.0)
     states = run(det, 40, version="1.0")
-    assert states[-1]["version"] == "1.0" and states[-1]["baseline"]["relearn"] == 0  # first seen: recorded
+    assert states[-1]["version"] == "1.0" and not relearning(states[-1])  # first seen: recorded
     assert states[-1]["status"] == L.NORMAL
     det.calls.clear()
     deployed = run(det, 3, states[-1], start=40, version="1.1")
     first = deployed[0]
-    assert first["version"] == "1.1" and 0 < first["baseline"]["relearn"] <= fe.REBASE_ROWS
+    assert first["version"] == "1.1" and relearning(first)
     assert first["rebased_at"] == (T0 + timedelta(seconds=40 * INTERVAL)).timestamp()
     assert "a new version (1.1)" in first["reason"]
     assert [s["status"] for s in deployed] == [L.INSUFFICIENT] * 3  # the rebase rows are not scored
@@ -132,7 +150,7 @@ def test_a_new_version_rebases_the_baseline_once() -> None:
     assert {s["rebased_at"] for s in deployed} == {first["rebased_at"]}  # rebased once, not at every heartbeat
     unversioned = dict(states[-1])
     del unversioned["version"]  # a state written before versions were kept: the version is only recorded
-    assert beat(det, unversioned, 40, version="1.1")["baseline"]["relearn"] == 0
+    assert not relearning(beat(det, unversioned, 40, version="1.1"))
 
 
 def test_an_acknowledged_anomaly_rebases_once() -> None:
@@ -140,12 +158,12 @@ def test_an_acknowledged_anomaly_rebases_once() -> None:
     states = run(det, 40)
     acked = T0 + timedelta(seconds=39.5 * INTERVAL)
     after = run(det, 3, states[-1], start=40, rebase_at=acked)
-    assert after[0]["baseline"]["relearn"] > 0 and after[0]["rebased_for"] == "its anomaly was acknowledged"
+    assert relearning(after[0]) and after[0]["rebased_for"] == "its anomaly was acknowledged"
     assert {s["rebased_at"] for s in after} == {(T0 + timedelta(seconds=40 * INTERVAL)).timestamp()}
     assert after[0]["status"] == L.INSUFFICIENT
     # A marker older than the agent's history (a state started afresh since) moves nothing.
     fresh = run(det, 40, start=100, rebase_at=acked)
-    assert all("rebased_at" not in s for s in fresh) and fresh[-1]["baseline"]["relearn"] == 0
+    assert all("rebased_at" not in s for s in fresh) and not relearning(fresh[-1])
 
 
 def test_the_agents_kind_and_version_come_from_its_record(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,13 +245,10 @@ def test_the_marker_on_the_record_rebases_at_the_next_heartbeat(monkeypatch: pyt
     state = run(det, 40)[-1]
     at = T0 + timedelta(seconds=40 * INTERVAL)
     record = SimpleNamespace(agent_id="a1", ml=state, heartbeat_interval_s=INTERVAL, version=None, agent_type="")
-    assert learned(record, metrics(40), at).state["baseline"]["relearn"] == 0
+    assert not relearning(learned(record, metrics(40), at).state)
     record.ml_rebase_at = at - timedelta(seconds=60)  # type: ignore[attr-defined]
     moved = learned(record, metrics(40), at).state
-    assert (
-        moved["baseline"]["relearn"] > 0
-        and moved["reason"] == "re-learning its levels after its anomaly was acknowledged"
-    )
+    assert relearning(moved) and moved["reason"] == "re-learning its levels after its anomaly was acknowledged"
 
 
 def test_the_console_agent_page_says_how_much_history_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -112,7 +112,7 @@ def test_every_model_records_its_makers_and_a_self_check_scored_by_sklearn(kind:
     assert rows.shape[0] == scores.shape[0] == provenance.CHECK_ROWS == meta["self_check"]["rows"]
     threshold = meta["self_check"]["threshold"]
     assert np.any(scores >= threshold) and np.any(scores < threshold)  # both sides of the threshold
-    expected = {"anomaly": lambda: model.fleet_threshold, "failure": lambda: model.threshold}.get(kind, lambda: 0.5)
+    expected = {"anomaly": lambda: model.check_threshold, "failure": lambda: model.threshold}.get(kind, lambda: 0.5)
     assert threshold == expected()
     assert meta["self_check"]["tolerance"] == {"rtol": provenance.RTOL, "atol": provenance.ATOL}
     # The stored scores are scikit-learn's own (the same call on the same rows: bit for bit).

@@ -107,10 +107,11 @@ def test_a_version_is_promoted_only_if_at_least_as_good(data: retrain.Split) -> 
     assert again.current_metrics == first.metrics
     # Against a model that never fires: better, promoted; and a blind new model is not promoted over it.
     blind = copy.deepcopy(first.model)
-    blind.thresholds = {a: 1e9 for a in blind.thresholds}
-    blind.fleet_threshold = 1e9
-    blind.env_lo[:] = -np.inf
-    blind.env_hi[:] = np.inf
+    cal = blind.calibration
+    cal.thresholds[:], cal.kind_thresholds[:] = 1e9, 1e9
+    cal.fleet = type(cal.fleet)(cal.fleet.lo, cal.fleet.hi, 1e9, "fleet")
+    for lo, hi in ((cal.lo, cal.hi), (cal.kind_lo, cal.kind_hi), (cal.fleet.lo, cal.fleet.hi)):
+        lo[:], hi[:] = -np.inf, np.inf
     blind.gap_threshold = 1e9
     vs_blind = retrain.retrain_anomaly(data, blind, "blind")
     assert vs_blind.promote and vs_blind.current_metrics["f1"] == 0.0
