@@ -147,12 +147,10 @@ class AnomalyDetector:
         return {a: float(cal.thresholds[i]) for a, i in cal.agents.items()}
 
     def history_needed(self, interval_s: float) -> float:
-        """Seconds of heartbeats an agent needs before it is scored: its warm-up, then ``min_history_s`` (a
-        daily cycle) of heartbeats its calibration can use (the warm-up's are not). ``min_history_s`` 0
-        turns the requirement off (the warm-up alone)."""
-        if self.min_history_s <= 0:
-            return 0.0
-        return float(self.min_history_s) + self.settle_rows * float(interval_s)
+        """Seconds of heartbeats an agent needs before it is scored: ``min_history_s``, a daily cycle (every
+        phase of its day seen once by its calibration; its baseline's warm-up lies inside it). The same for
+        every interval; ``interval_s`` is there for callers that would count it in heartbeats."""
+        return max(float(self.min_history_s), 0.0)
 
     def threshold(self, agent_id: str, kind: str = "") -> float:
         """The agent's threshold (its kind's, or the fleet's, for an agent not seen in training)."""
@@ -175,9 +173,15 @@ class AnomalyDetector:
         down = (z > -self.clear_z) | np.isinf(b.lo[: len(fe.Z_LIKE)])
         return (up & down).all(axis=-1) & (F[..., fe._I_STUCK] == 0.0)
 
-    def _scaled(self, f: np.ndarray) -> np.ndarray:
-        """|feature| in comparable units, for naming what drove a score."""
-        return np.abs(fe._scaled(f))
+    @staticmethod
+    def _scaled(f: np.ndarray, b: Bounds, settling: bool = False) -> np.ndarray:
+        """|feature| in comparable units, for naming what drove a score: only the features judged for this
+        agent on the side they moved to (not traffic rising, not a level while the baseline settles)."""
+        g = np.abs(fe._scaled(f))
+        g[(np.isinf(b.hi) & (f > 0.0)) | (np.isinf(b.lo) & (f < 0.0)) | (np.isinf(b.hi) & np.isinf(b.lo))] = 0.0
+        if settling:
+            g[_LEVELS] = 0.0
+        return g
 
     # --------------------------------------------------------------------------------- detection
     def score_rows(self, stream: AgentStream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,7 +227,7 @@ class AnomalyDetector:
                 found.append(Detection(stream.agent_id, i, i + 1, RULE, ("gap_ratio",)))
             row_high = bool(high[i])
             closed, inside = episode.step(
-                i, row_high, bool(clear[i]), self._scaled(F[i]) if row_high else _ZEROS, stream.agent_id
+                i, row_high, bool(clear[i]), self._scaled(F[i], b, settling[i]) if row_high else _ZEROS, stream.agent_id
             )
             if closed is not None:
                 found.append(closed)
@@ -297,7 +301,7 @@ class AnomalyDetector:
         gap = bool(f[fe._I_GAP] > self.gap_threshold)
         was_open = episode.opened is not None
         clear = bool(self._clear(f, b))
-        closed, inside = episode.step(i, high, clear, self._scaled(f) if high else _ZEROS, agent_id)
+        closed, inside = episode.step(i, high, clear, self._scaled(f, b, settling) if high else _ZEROS, agent_id)
         opened = (inside and not was_open) or gap
         why = ("gap_ratio",) if gap and not (inside and not was_open) else episode.why if inside else ()
         status = ANOMALOUS if inside or gap else NORMAL
@@ -366,6 +370,7 @@ class AnomalyDetector:
 
 _ZEROS = np.zeros(fe.N_FEATURES)
 _RELATIONAL = list(fe.RELATIONAL)
+_LEVELS = [i for i in range(fe.N_FEATURES) if i not in fe.RELATIONAL]
 
 
 def _relational(b: Bounds) -> Bounds:

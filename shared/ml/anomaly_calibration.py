@@ -29,17 +29,10 @@ import numpy as np
 from shared.ml import features as fe
 
 #: Minimum widening of an envelope per feature (in the feature's unit).
+_LOG_PADS = {fe._I_LTPC: 0.2, fe._I_LCPT: 0.15, fe._I_CPU_UNEXPLAINED: 0.05}
 MIN_PAD = np.asarray(
     [
-        0.05
-        if name == "error_excess"
-        else 0.2
-        if i == fe._I_LTPC
-        else 0.15
-        if i == fe._I_LCPT
-        else 0.1
-        if i in fe.LOG_LIKE
-        else 0.5
+        0.05 if name == "error_excess" else _LOG_PADS.get(i, 0.1) if i in fe.LOG_LIKE else 0.5
         for i, name in enumerate(fe.FEATURES)
     ],
     dtype=np.float64,
@@ -56,7 +49,7 @@ NO_CEILING: tuple[int, ...] = tuple(
 )
 #: Features checked from above only: CPU that traffic does not explain (its other side means nothing), and
 #: the cost per token (a cheaper model is no incident).
-NO_FLOOR: tuple[int, ...] = (fe._I_CPU_UNEXPLAINED, fe._I_LCPT)
+NO_FLOOR: tuple[int, ...] = (fe._I_CPU_UNEXPLAINED, fe._I_LCPT, fe._I_LCPT_NOW)
 #: CPU follows traffic: for an agent that reports its tokens, CPU is judged through its tokens per CPU
 #: (``log_tokens_per_cpu``, checked both ways: a stuck loop burning CPU, or a CPU spike with no traffic), not
 #: on its own, so a scale-up that moves both is not an anomaly. Without tokens, CPU is checked on its own.

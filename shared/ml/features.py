@@ -34,7 +34,8 @@ Features (``FEATURES``), per metric in ``METRICS`` order unless said otherwise:
   50 % +0.41 on a quiet metric as on a noisy one: z-scores cannot see a collapse of a noisy metric);
 - ``lref_<m>``: the log of the recent level over the slow reference (creep);
 - ``log_cost_per_token``: the log of the recent level's cost per token over the baseline's (a pricier model
-  swapped in, whatever the traffic); ``log_tokens_per_cpu``: the same for the row's tokens per CPU (a
+  swapped in, whatever the traffic), and ``log_cost_per_token_now`` the row's own (a loop burning an
+  expensive model, at once); ``log_tokens_per_cpu``: the same for the row's tokens per CPU (a
   generation loop that stopped producing while it burns CPU); ``cpu_unexplained``: the smaller of the row's
   CPU rise and its fall in tokens per CPU (CPU that traffic does not explain; a scale-up moves both).
 
@@ -111,6 +112,7 @@ FEATURES: tuple[str, ...] = (
     "log_cost_per_token",
     "log_tokens_per_cpu",
     "cpu_unexplained",
+    "log_cost_per_token_now",
 )
 N_FEATURES = len(FEATURES)
 _I_STUCK = FEATURES.index("stuck_run")
@@ -123,14 +125,15 @@ _I_LREF = FEATURES.index(f"lref_{METRICS[0]}")
 _I_LCPT = FEATURES.index("log_cost_per_token")
 _I_LTPC = FEATURES.index("log_tokens_per_cpu")
 _I_CPU_UNEXPLAINED = FEATURES.index("cpu_unexplained")
+_I_LCPT_NOW = FEATURES.index("log_cost_per_token_now")
 _CPU = METRICS.index("cpu_pct")
 #: The features that are deviations of a metric in baseline units (used to explain a score).
 Z_LIKE: tuple[int, ...] = tuple(range(3 * _M))
 #: The features that compare metrics with each other rather than with the baseline's levels: the only ones
 #: judged while a baseline settles after a rebase.
-RELATIONAL: tuple[int, ...] = (_I_STUCK, _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED)
+RELATIONAL: tuple[int, ...] = (_I_STUCK, _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED, _I_LCPT_NOW)
 #: The log-ratio features.
-LOG_LIKE: tuple[int, ...] = (*range(_I_LR, _I_LR + 2 * _M), _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED)
+LOG_LIKE: tuple[int, ...] = (*range(_I_LR, _I_LR + 2 * _M), _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED, _I_LCPT_NOW)
 
 _ABS_FLOOR_SQ = np.asarray(SD_ABS_FLOOR, dtype=np.float64) ** 2
 _EPS = np.asarray(LOG_EPS, dtype=np.float64)
@@ -205,6 +208,7 @@ def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     # (against the fast baseline's ratio or the slow reference's, whichever is nearer: a release of one of
     # the two metrics' fast baselines alone must not read as a change of their ratio)
     f[:, _I_LCPT] = _ratio_change(level, mean, ref, eps, _COST, _TOK)
+    f[:, _I_LCPT_NOW] = _ratio_change(x, mean, ref, eps, _COST, _TOK)  # the row's own: a runaway at once
     f[:, _I_LTPC] = _ratio_change(x, mean, ref, eps, _TOK, _CPU)  # the row's own: a CPU spike is at once
     # CPU up and tokens per CPU down at once: CPU that traffic does not explain (a scale-up moves both)
     cpu_up = _nearer(_log_ratio(x, mean, eps), _log_ratio(x, ref, eps))[:, _CPU]
