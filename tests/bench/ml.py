@@ -73,6 +73,8 @@ def per_heartbeat(anomaly_bytes: bytes, failure_bytes: bytes) -> list[str]:
             state = live.step(models, "bench", state, metrics, at, stream.interval_s).state
             times.append((time.perf_counter() - start) * 1e6)
         times = times[100:]  # past warm-up
+        # With a model in service the step must have scored (not stopped at insufficient_data).
+        assert models.anomaly is None or state.get("status") in ("normal", "anomalous"), (label, state.get("status"))
         size = len(json.dumps(state))
         rows.append(f"| {label} | {statistics.median(times):.0f} | {percentile(times, 0.99):.0f} | {size:,} |")
     return [
