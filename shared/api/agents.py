@@ -69,7 +69,7 @@ def agent_response(record: AgentRecord) -> AgentView:
     return agent_view(record, at=core.now())
 
 
-#: ``?limit=`` of an agent's history at most (FLEET_HISTORY_CHUNK * FLEET_HISTORY_SLOTS is 1,440 by default).
+#: ``?limit=`` of an agent's history at most (FLEET_HISTORY_CHUNK * FLEET_HISTORY_SLOTS is 4,320 by default).
 MAX_HISTORY = 10_000
 _HISTORY_PARAMS = (
     *AGENT,

@@ -211,7 +211,8 @@ class AnomalyDetector:
         valid = valid & ((t - t[0]) >= self.history_needed(stream.interval_s)) if t.size else valid
         settling = np.zeros(F.shape[0], dtype=bool)
         for v in stream.versions:
-            settling[max(v, 0) : v + fe.SETTLE] = True
+            if v > 0:  # a version at the first row is the first one seen, not a deploy (as live)
+                settling[v : v + fe.SETTLE] = True
         level_high = (scores > b.threshold) | self._out_of_envelope(F, b)
         high = valid & np.where(settling, self._out_of_envelope(F[:, _RELATIONAL], _relational(b)), level_high)
         clear = self._clear(F, b)
@@ -353,9 +354,9 @@ class AnomalyDetector:
         trusting nothing but ``TRUSTED_SKOPS_TYPES`` beyond skops' defaults."""
         arrays, meta = storage.unpack(data)
         if meta.get("format") != MODEL_FORMAT:
-            raise ValueError(f"unknown model format {meta.get('format')!r}")
+            raise provenance.Incompatible(f"unknown model format {meta.get('format')!r}")
         if tuple(meta["features"]) != fe.FEATURES:
-            raise ValueError("the model was trained on other features")
+            raise provenance.Incompatible("the model was trained on other features")
         det = cls(**meta["params"])
         det.flat = FlatForest.from_arrays(storage.prefixed(arrays, "flat_"))
         det.calibration = Calibration.load(arrays, meta["calibration"])

@@ -13,9 +13,12 @@ its kind's with weight ``n / (n + shrink_rows)`` of its ``n`` healthy rows, then
 range plus a per-feature minimum: a young agent is judged mostly by its kind, an old one by itself. An
 agent the model never saw is judged by its kind's bounds, or the fleet's when its kind is unknown.
 
-The false-alarm guarantee is by construction: every bound is at least as wide as the agent's own healthy
-day (shrinking toward a union only widens it), so a healthy agent crosses it only with a value it did not
-show in a whole daily cycle, and three such heartbeats in a row are needed to open an episode.
+The false-alarm guarantee is by construction, on the rows it is fitted on: every envelope is at least as
+wide as the range of the agent's own healthy training rows (shrinking toward a kind only widens it), so a
+healthy agent crosses it only with a value it did not show in them, three heartbeats in a row; the
+forest's threshold is a high quantile of its own scores plus a margin, not their maximum. Retraining fits
+on the older 70 % of each agent's stored history, which covers a daily cycle when the history ring holds
+at least 1.45 days (``FLEET_HISTORY_SLOTS``).
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class Calibration:
 
     # ------------------------------------------------------------------------------ persistence
     def arrays(self) -> dict[str, np.ndarray]:
+        """The numeric part, for the model's ``.npz`` (about 0.6 KB per agent)."""
         return {
             "cal_lo": self.lo,
             "cal_hi": self.hi,
@@ -115,10 +119,12 @@ class Calibration:
         }
 
     def meta(self) -> dict[str, Any]:
+        """The names (agents, kinds) and the fleet's threshold, for the model's JSON metadata."""
         return {"agents": list(self.agents), "kinds": list(self.kinds), "fleet_threshold": self.fleet.threshold}
 
     @classmethod
     def load(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Calibration:
+        """The inverse of ``arrays`` and ``meta``."""
         fleet = arrays["cal_fleet"]
         return cls(
             agents={str(a): i for i, a in enumerate(meta["agents"])},

@@ -356,9 +356,9 @@ class FailurePredictor:
         defaults."""
         arrays, meta = storage.unpack(data)
         if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != MODEL_FORMAT_VERSION:
-            raise ValueError(f"unknown model format {meta.get('format')!r} {meta.get('format_version')!r}")
+            raise provenance.Incompatible(f"unknown model format {meta.get('format')!r} {meta.get('format_version')!r}")
         if tuple(meta["features"]) != ALL_FEATURES or meta.get("trend_window") != TREND_WINDOW:
-            raise ValueError("the model was trained on other features")
+            raise provenance.Incompatible("the model was trained on other features")
         pred = cls(**meta["params"])
         pred.flat = flat = FlatTrees.from_arrays(storage.prefixed(arrays, "flat_"))
         if pred.flat.n_features != len(ALL_FEATURES):

@@ -133,11 +133,20 @@ def step(
     try:
         if not state or state.get("v") == STATE_VERSION:
             return _step(models, agent_id, state, metrics, beat)
-        out = _step(models, agent_id, {}, metrics, beat)
+        out = _step(models, agent_id, _history_of(state), metrics, beat)
         out.resolves = [L.Resolution(r, "model state started afresh (new format)") for r in _BOTH] + out.resolves
         return out
     except Exception as exc:
-        return _unscored(f"model state reset after {type(exc).__name__}: {exc}"[:300])
+        return _unscored(f"model state reset after {type(exc).__name__}: {exc}"[:300], keep=_history_of(state))
+
+
+def _history_of(state: Mapping[str, Any]) -> dict[str, Any]:
+    """What survives a state started afresh: when the agent's history began and what moved its baseline, so
+    a reset costs a baseline's warm-up (30 heartbeats), not another day of insufficient data."""
+    try:
+        return {k: state[k] for k in ("since", "version", "rebased_at") if k in state}
+    except Exception:  # a state this code cannot read at all
+        return {}
 
 
 def _since(state: Mapping[str, Any], baseline: fe.Baseline, t: float) -> float:
@@ -235,7 +244,7 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         if episode.opened is not None and not was_open:
             drivers = _top(f, episode.why)
             shown = ", ".join(f"{k}={v:g}" for k, v in drivers.items())
-            threshold = det.threshold(agent_id)
+            threshold = det.threshold(agent_id, beat.kind)
             out.opens.append(
                 L.Opening(
                     L.ANOMALY,

@@ -238,11 +238,22 @@ def verified(
     return on_load(meta, arrays, scorers(batch, one), model)
 
 
+class Incompatible(ValueError):
+    """A stored model this code cannot serve (another format, other features): retraining makes one it can."""
+
+
+#: ``load_failure``'s reason for an ``Incompatible`` model.
+INCOMPATIBLE = "incompatible: retraining needed"
+
+
 def load_failure(exc: BaseException) -> dict[str, Any]:
     """How a model that failed to load is logged: ``reason`` (``self_check_failed`` when its self-check
-    refused it, else ``unloadable``) and ``max_deviation`` (a self-check's largest deviation, else None)."""
+    refused it, ``incompatible: retraining needed`` for another format or other features, else
+    ``unloadable``) and ``max_deviation`` (a self-check's largest deviation, else None)."""
     if isinstance(exc, SelfCheckFailed):
         return {"reason": SELF_CHECK_FAILED, "max_deviation": exc.logged_deviation}
+    if isinstance(exc, Incompatible):
+        return {"reason": INCOMPATIBLE, "max_deviation": None}
     return {"reason": "unloadable", "max_deviation": None}
 
 

@@ -28,7 +28,6 @@ and writes the registry); scikit-learn is imported by the models' ``fit`` only.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -245,8 +244,7 @@ def _anomaly_metrics(det: Any, fleet: Fleet, clean: Fleet, features: dict[str, l
     if getattr(det, "min_history_s", 0.0):
         # The held-out rows follow each agent's own history, which the serving gate on history (a day before an
         # agent is scored) is about; what is measured here is detection on those rows.
-        det = copy.copy(det)
-        det.min_history_s = 0.0
+        det = replace(det, min_history_s=0.0, _live={}, _status={})
     for name, data in (("injected", fleet), ("clean", clean)):
         streams = list(data.streams.values())
         if name not in features:

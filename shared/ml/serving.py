@@ -111,8 +111,8 @@ def _refresh(kind: str, served: Loaded | None) -> Loaded | None:
         from shared.ml import provenance
 
         failure = provenance.load_failure(exc)
-        if failure["reason"] == provenance.SELF_CHECK_FAILED:
-            _refused[(kind, str(version))] = str(exc)
+        if failure["reason"] in (provenance.SELF_CHECK_FAILED, provenance.INCOMPATIBLE):
+            _refused[(kind, str(version))] = str(exc)  # not fetched again: its bytes will not change
         logs.log(
             log,
             "model not loaded; keeping the one in service",

@@ -80,7 +80,7 @@ def get() -> Settings:
     return Settings(
         project=_project(),
         history_chunk_size=_int("FLEET_HISTORY_CHUNK", 10),
-        history_slots=_int("FLEET_HISTORY_SLOTS", 144),
+        history_slots=_int("FLEET_HISTORY_SLOTS", 432),
         retention_days=_int("FLEET_RETENTION_DAYS", 14),
         unknown_agent_grace_s=_int("FLEET_UNKNOWN_AGENT_GRACE_S", 30),
         agent_cache_size=_int("FLEET_AGENT_CACHE_SIZE", 5000),

@@ -183,7 +183,7 @@ def acknowledge(episode_id: str, user: str, at: datetime, *, require_open: bool 
 
     ref = episode_ref(episode_id)
     earlier: list[str | None] = [None]
-    marked = [False]
+    marked, looked = [False], [False]  # the agent was marked; its document was read
 
     @firestore.transactional
     def run(transaction: Any) -> None:
@@ -192,11 +192,12 @@ def acknowledge(episode_id: str, user: str, at: datetime, *, require_open: bool 
         if require_open and (not snap.exists or data.get("state") != "open"):
             raise NotOpen(episode_id, data.get("state") if snap.exists else None)
         earlier[0] = data.get("acknowledged_by")
-        marked[0] = False
+        marked[0] = looked[0] = False
         if earlier[0] is None:
             agent = None
             if learned.rebases_on_ack(data):  # the agent's baseline re-learns at its next heartbeat
                 agent = _agent_ref(str(data["agent_id"]))
+                looked[0] = True
                 marked[0] = agent.get(transaction=transaction).exists  # reads before writes; a gone agent: none
             fields = {"acknowledged_by": user, "acknowledged_at": at, "next_repeat_at": None}
             transaction.update(ref, fields)
@@ -208,7 +209,7 @@ def acknowledge(episode_id: str, user: str, at: datetime, *, require_open: bool 
     except NotOpen:
         metering.count(reads=1)
         raise
-    metering.count(reads=1 + marked[0], writes=0 if earlier[0] else 1 + marked[0])
+    metering.count(reads=1 + looked[0], writes=0 if earlier[0] else 1 + marked[0])
     return earlier[0]
 
 

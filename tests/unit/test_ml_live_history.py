@@ -229,7 +229,8 @@ def test_acknowledging_an_anomaly_marks_the_agent_in_the_same_transaction(monkey
         assert episode_store.acknowledge("e1", "api:ops", T0, require_open=True) is None
         assert ({"ml_rebase_at": T0} in transaction.updates) is marked
         assert agent_ref.reads_in_transaction == (rule == "anomaly")
-        assert counted == [{"reads": 1 + marked, "writes": 1 + marked}]
+        read = rule == "anomaly"  # a gone agent's document is read too, and counted
+        assert counted == [{"reads": 1 + read, "writes": 1 + marked}]
     assert L.ack_details({"rule": "anomaly", "agent_id": "a1"}) == {
         "baseline": "anomaly acknowledged: baseline re-learned"
     }
@@ -266,3 +267,19 @@ def test_the_console_agent_page_says_how_much_history_is_missing(monkeypatch: py
         "5.2 h of the 24 h of history an agent needs before it is scored (scored from 2026-12-08 03:00 UTC) &lt;b&gt;"
         in html
     )
+
+
+def test_a_state_started_afresh_keeps_its_history() -> None:
+    """A state this code cannot read (another format, a bug) is started afresh, but the agent's history in
+    time survives: a reset costs a baseline's warm-up, not another day of insufficient data."""
+    det = FakeDetector(min_history_s=3_600.0)
+    n = fe.WARMUP + 2  # past the warm-up, and past the hour of history it needs
+    states = run(det, n)
+    assert states[-1]["status"] == L.NORMAL
+    broken = {**states[-1], "baseline": {"n": "not a number"}}
+    after = beat(det, broken, n)
+    assert after["status"] == L.UNSCORED and after["since"] == T0.timestamp()
+    again = run(det, fe.WARMUP + 1, after, start=n + 1)
+    assert again[-1]["status"] == L.NORMAL and again[-1]["since"] == T0.timestamp()
+    other_format = {**states[-1], "v": 0}
+    assert beat(det, other_format, n)["since"] == T0.timestamp()

@@ -310,3 +310,44 @@ def test_the_retraining_job_compares_with_none_when_the_model_in_service_fails_i
     model, version, why = job._current("anomaly")
     assert model is None and version == "v2" and "self_check_failed" in why
     assert [r["version"] for r in records if r.get("reason") == "self_check_failed"] == ["v2"]
+
+
+def older_format(data: bytes) -> bytes:
+    """``data`` as a model stored before issue 24 would read: format 1."""
+    import io
+    import json as json_
+
+    import numpy as np
+
+    from shared.ml import storage
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json_.loads(arrays[storage.META].tobytes().decode())
+    meta["format"] = 1
+    arrays[storage.META] = np.frombuffer(json_.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_a_model_of_another_format_is_refused_once_and_says_retraining_is_needed(
+    registry: FakeRegistry,
+    detector_bytes: bytes,
+    records: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After an upgrade, the registry may still point at a model this code cannot read: it is refused with the
+    reason "incompatible: retraining needed", once, and not downloaded again every refresh period."""
+    monkeypatch.setattr(serving, "loader", REAL_LOADER)
+    registry.publish("v1", older_format(detector_bytes))
+    assert serving.current("anomaly") is None
+    refusals = [r for r in records if r.get("reason")]
+    assert [r["reason"] for r in refusals] == ["incompatible: retraining needed"], records
+    downloads = registry.downloads
+    for _ in range(3):
+        assert serving.current("anomaly") is None
+    assert registry.downloads == downloads and len([r for r in records if r.get("reason")]) == 1
+    registry.publish("v2", detector_bytes)  # the retrained model is taken up at once
+    served = serving.current("anomaly")
+    assert served is not None and served.version == "v2"
