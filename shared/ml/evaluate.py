@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -175,23 +175,41 @@ class DetectorRun:
         return 1e6 * self.detect_s / self.rows if self.rows else 0.0
 
 
-def run(detectors: Sequence[Detector], fleet: Fleet) -> dict[str, DetectorRun]:
-    """Fit each detector on the healthy period of every stream, detect on each full stream, score."""
-    train: dict[str, AgentStream] = {a: s.head(fleet.train_rows) for a, s in fleet.streams.items()}
-    rows = sum(len(s) for s in fleet.streams.values())
-    results: dict[str, DetectorRun] = {}
+def detect_each(detector: Detector, streams: Mapping[str, AgentStream]) -> dict[str, list[Detection]]:
+    """``detect`` over every stream, one at a time."""
+    return {agent_id: list(detector.detect(stream)) for agent_id, stream in streams.items()}
+
+
+def fitted_runs(
+    detectors: Sequence[Detector],
+    train: Mapping[str, AgentStream],
+    streams: Mapping[str, AgentStream],
+    detect: Callable[[Detector, Mapping[str, AgentStream]], dict[str, list[Detection]]] = detect_each,
+) -> Iterator[tuple[str, dict[str, list[Detection]], float, float]]:
+    """Fit each detector on ``train`` and ``detect`` over ``streams``: ``(name, detections, fit s, detect s)``
+    per detector, names made unique (a second detector of a name gets a prime)."""
+    names: set[str] = set()
     for detector in detectors:
         name = getattr(detector, "name", type(detector).__name__)
-        while name in results:
+        while name in names:
             name += "'"
+        names.add(name)
         started = time.perf_counter()
         detector.fit(train)
         fit_s = time.perf_counter() - started
         started = time.perf_counter()
-        found = {agent_id: list(detector.detect(stream)) for agent_id, stream in fleet.streams.items()}
-        detect_s = time.perf_counter() - started
-        results[name] = DetectorRun(name, score(fleet, found), fit_s, detect_s, rows, found)
-    return results
+        found = detect(detector, streams)
+        yield name, found, fit_s, time.perf_counter() - started
+
+
+def run(detectors: Sequence[Detector], fleet: Fleet) -> dict[str, DetectorRun]:
+    """Fit each detector on the healthy period of every stream, detect on each full stream, score."""
+    train: dict[str, AgentStream] = {a: s.head(fleet.train_rows) for a, s in fleet.streams.items()}
+    rows = sum(len(s) for s in fleet.streams.values())
+    return {
+        name: DetectorRun(name, score(fleet, found), fit_s, detect_s, rows, found)
+        for name, found, fit_s, detect_s in fitted_runs(detectors, train, fleet.streams)
+    }
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
