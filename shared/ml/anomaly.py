@@ -19,11 +19,11 @@
   consecutive high rows open an episode (rule ``anomaly``, with the 3 features that drove it), ``m``
   consecutive normal rows close it (``Persistence`` and ``Verdict``: shared/ml/anomaly_episodes.py).
   ``observe`` is the same for one heartbeat at a time.
-- ``to_bytes``/``from_bytes``: an ``.npz`` without pickles (the flat trees, thresholds, envelope, JSON
-  metadata, makers' versions and self-check: ``provenance``), plus the forest as skops bytes when skops is
-  installed, loaded trusting only the sklearn tree type. Scoring a loaded model never needs scikit-learn.
-
-scikit-learn and skops are imported inside the methods that need them only.
+- An agent whose rows fall into two activity regimes (a batch worker's night window, a trainer's evaluations)
+  is judged on its own levels in each instead (shared/ml/anomaly_regimes.py; rows: anomaly_rows.py).
+- ``to_bytes``/``from_bytes``: an ``.npz`` without pickles (flat trees, calibration, regimes, JSON metadata,
+  makers' versions and self-check: ``provenance``), plus the forest as skops bytes when skops is installed,
+  loaded trusting only the sklearn tree type. Scoring a loaded model never needs scikit-learn (nor skops).
 """
 
 from __future__ import annotations
@@ -35,17 +35,24 @@ from typing import Any
 
 import numpy as np
 
+from shared.ml import anomaly_regimes as reg
+from shared.ml import anomaly_rows as rows
 from shared.ml import features as fe
 from shared.ml import provenance, storage
-from shared.ml.anomaly_calibration import Bounds, Calibration, calibrate
+from shared.ml.anomaly_calibration import Calibration, calibrate
 from shared.ml.anomaly_episodes import ANOMALOUS, INSUFFICIENT, NORMAL, RULE, Persistence, Status, Verdict
 from shared.ml.anomaly_forest import FlatForest
 from shared.ml.data import AgentStream, Detection
 from shared.ml.provenance import Provenance
 from shared.ml.simulate import simulate_rows
 
+#: The constructor's parameters a stored model keeps.
+_PARAMS = (
+    *("k", "m", "clear_z", "n_estimators", "max_samples", "random_state", "quantile", "margin", "envelope_pad"),
+    *("shrink_rows", "tail_pad", "settle_rows", "gap_min", "min_history_s", "use_regimes"),
+)
 #: Format version of ``to_bytes``.
-MODEL_FORMAT = 2
+MODEL_FORMAT = 3
 #: The only types the skops bytes of a forest may contain beyond skops' own trusted defaults.
 TRUSTED_SKOPS_TYPES = frozenset({"sklearn.tree._tree.Tree"})
 
@@ -89,6 +96,9 @@ class AnomalyDetector:
     flat: FlatForest | None = field(default=None, repr=False)
     forest: Any = field(default=None, repr=False)
     calibration: Calibration = field(default_factory=Calibration, repr=False)
+    regimes: reg.Regimes = field(default_factory=reg.Regimes, repr=False)
+    #: Judge agents with two activity regimes on their own levels in each (shared/ml/anomaly_regimes.py).
+    use_regimes: bool = True
     gap_threshold: float = 2.5
     version: str = ""
     provenance: Provenance = field(default_factory=Provenance, repr=False)
@@ -102,8 +112,9 @@ class AnomalyDetector:
         from sklearn.ensemble import IsolationForest
 
         ids = list(streams)
-        per_agent = fe.batch_features_many([streams[a] for a in ids])
-        blocks = [F[valid & (np.arange(valid.shape[0]) >= self.settle_rows)] for F, valid in per_agent]
+        per_agent = fe.batch_features_levels([streams[a] for a in ids])
+        keep = [valid & (np.arange(valid.shape[0]) >= self.settle_rows) for _, valid, _ in per_agent]
+        blocks = [F[k] for (F, _, _), k in zip(per_agent, keep, strict=True)]
         X = np.concatenate(blocks) if blocks else np.empty((0, fe.N_FEATURES))
         if X.shape[0] < self.max_samples:
             raise ValueError(f"need at least {self.max_samples} healthy rows after warm-up, got {X.shape[0]}")
@@ -125,6 +136,13 @@ class AnomalyDetector:
             margin=self.margin,
             pad=self.envelope_pad,
             shrink_rows=self.shrink_rows,
+            tail_pad=self.tail_pad,
+        )
+        self.regimes = reg.fit_regimes(
+            ids,
+            [reg.absolute_rows(streams[a].X, L)[k] for a, (_, _, L), k in zip(ids, per_agent, keep, strict=True)],
+            [float(streams[a].t[-1]) if len(streams[a]) else 0.0 for a in ids],
+            pad=self.envelope_pad,
             tail_pad=self.tail_pad,
         )
         self.gap_threshold = max(self.gap_min, float(X[:, fe._I_GAP].max()) * 1.5)
@@ -161,28 +179,6 @@ class AnomalyDetector:
             raise RuntimeError("the detector is not fitted")
         return self.flat
 
-    @staticmethod
-    def _out_of_envelope(F: np.ndarray, b: Bounds) -> np.ndarray:
-        return np.asarray((np.greater(F, b.hi) | np.less(F, b.lo)).any(axis=-1))
-
-    def _clear(self, F: np.ndarray, b: Bounds) -> np.ndarray:
-        """Rows whose metrics are all back within ``clear_z`` deviations (on each side the agent's envelope
-        checks) and not stuck."""
-        z = F[..., : len(fe.Z_LIKE)]
-        up = (z < self.clear_z) | np.isinf(b.hi[: len(fe.Z_LIKE)])
-        down = (z > -self.clear_z) | np.isinf(b.lo[: len(fe.Z_LIKE)])
-        return (up & down).all(axis=-1) & (F[..., fe._I_STUCK] == 0.0)
-
-    @staticmethod
-    def _scaled(f: np.ndarray, b: Bounds, settling: bool = False) -> np.ndarray:
-        """|feature| in comparable units, for naming what drove a score: only the features judged for this
-        agent on the side they moved to (not traffic rising, not a level while the baseline settles)."""
-        g = np.abs(fe._scaled(f))
-        g[(np.isinf(b.hi) & (f > 0.0)) | (np.isinf(b.lo) & (f < 0.0)) | (np.isinf(b.hi) & np.isinf(b.lo))] = 0.0
-        if settling:
-            g[_LEVELS] = 0.0
-        return g
-
     # --------------------------------------------------------------------------------- detection
     def score_rows(self, stream: AgentStream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features, valid, anomaly score) of every row of a stream (score NaN during warm-up)."""
@@ -194,17 +190,16 @@ class AnomalyDetector:
         return F, valid, scores
 
     def detect_rows(
-        self, stream: AgentStream, computed: tuple[np.ndarray, np.ndarray] | None = None
+        self, stream: AgentStream, computed: tuple[np.ndarray, ...] | None = None
     ) -> tuple[list[Detection], list[Status]]:
         """Detections and the status of every row, the rows taken in order (``computed``: the stream's
-        ``(features, valid)`` when already known)."""
+        ``(features, valid)`` or ``(features, valid, levels)`` when already known)."""
         if computed is None:
-            F, valid, scores = self.score_rows(stream)
-        else:
-            F, valid = computed
-            scores = np.full(F.shape[0], np.nan)
-            if valid.any():
-                scores[valid] = self._require().score(F[valid])
+            computed = fe.batch_features_levels([stream])[0]
+        F, valid = computed[0], computed[1]
+        scores = np.full(F.shape[0], np.nan)
+        if valid.any():
+            scores[valid] = self._require().score(F[valid])
         b = self.calibration.bounds(stream.agent_id, stream.kind)
         t = np.asarray(stream.t, dtype=np.float64)
         # scored once the agent has a daily cycle of history after its warm-up
@@ -213,9 +208,20 @@ class AnomalyDetector:
         for v in stream.versions:
             if v > 0:  # a version at the first row is the first one seen, not a deploy (as live)
                 settling[v : v + fe.SETTLE] = True
-        level_high = (scores > b.threshold) | self._out_of_envelope(F, b)
-        high = valid & np.where(settling, self._out_of_envelope(F[:, _RELATIONAL], _relational(b)), level_high)
-        clear = self._clear(F, b)
+        level_high = (scores > b.threshold) | rows.out_of_envelope(F, b)
+        high = valid & np.where(settling, rows.out_of_envelope(F[:, rows.RELATIONAL], rows.relational(b)), level_high)
+        clear = rows.clear(F, b, self.clear_z)
+        r = self.regimes.of(stream.agent_id) if self.use_regimes else None
+        if r is not None:  # judged on its levels in its regime (re-learned after a rebase later than training)
+            A = reg.absolute_rows(
+                stream.X, computed[2] if len(computed) > 2 else fe.batch_features_levels([stream])[0][2]
+            )
+            out = reg.out_rows(self.regimes, r, A, t, stream.versions)
+            high = valid & ((scores > b.threshold) | rows.kept(F, b) | out)
+            clear = ~out & (F[:, fe._I_STUCK] == 0.0)
+            scaled: Any = lambda i: rows.regime_scaled(self.regimes, r, F[i], A[i], b)  # noqa: E731
+        else:
+            scaled = lambda i: rows.scaled(F[i], b, bool(settling[i]))  # noqa: E731
         gaps = valid & (F[:, fe._I_GAP] > self.gap_threshold)
         episode = Persistence(self.k, self.m)
         found: list[Detection] = []
@@ -228,7 +234,7 @@ class AnomalyDetector:
                 found.append(Detection(stream.agent_id, i, i + 1, RULE, ("gap_ratio",)))
             row_high = bool(high[i])
             closed, inside = episode.step(
-                i, row_high, bool(clear[i]), self._scaled(F[i], b, settling[i]) if row_high else _ZEROS, stream.agent_id
+                i, row_high, bool(clear[i]), scaled(i) if row_high else rows.ZEROS, stream.agent_id
             )
             if closed is not None:
                 found.append(closed)
@@ -247,7 +253,7 @@ class AnomalyDetector:
 
     def detect_many(self, streams: Sequence[AgentStream]) -> dict[str, list[Detection]]:
         """``detect`` of several streams, their features computed side by side (much faster for a fleet)."""
-        computed = fe.batch_features_many(streams)
+        computed = fe.batch_features_levels(streams)
         return {s.agent_id: self.detect_rows(s, c)[0] for s, c in zip(streams, computed, strict=True)}
 
     def observe(self, agent_id: str, t: float, row: np.ndarray, interval_s: float, kind: str = "") -> Verdict:
@@ -262,7 +268,8 @@ class AnomalyDetector:
         ready = live.baseline.ready and t - live.since >= self.history_needed(interval_s)
         settling = live.baseline.settling
         f = fe.features(row, dt, live.baseline)
-        verdict = self.judge(agent_id, f, ready, live.baseline.n - 1, live.episode, kind, settling)
+        a = reg.absolute(live.baseline.ring[0], live.baseline.level[0])
+        verdict = self.judge(agent_id, f, ready, live.baseline.n - 1, live.episode, kind, settling, a)
         live.status = verdict.status
         self._status[agent_id] = verdict.status
         return verdict
@@ -284,25 +291,36 @@ class AnomalyDetector:
         episode: Persistence,
         kind: str = "",
         settling: bool = False,
+        absolute: np.ndarray | None = None,
+        relearned: reg.Relearned | None = None,
     ) -> Verdict:
         """Score one feature vector ``f`` (row ``i`` of the agent; ``ready``: past warm-up and history;
         ``settling``: its baseline settles after a rebase, so only ``features.RELATIONAL`` is judged) and
         advance the agent's persistence state ``episode``: the part of ``observe`` after the features, for
         callers that keep each agent's state themselves (the heartbeat function keeps it in the agent
-        document)."""
+        document). ``absolute``: the row's ``anomaly_regimes.absolute`` features, for an agent with two regimes;
+        ``relearned``: its regimes' re-learning after a rebase later than its training (None: no such rebase)."""
         flat = self._require()
         if not ready:
             return Verdict(INSUFFICIENT)
         score = flat.score_one(f)
         b = self.calibration.bounds(agent_id, kind)
-        if settling:
-            high = bool(self._out_of_envelope(f[_RELATIONAL], _relational(b)))
+        r = self.regimes.of(agent_id) if self.use_regimes and absolute is not None else None
+        if r is not None and absolute is not None:  # judged on its levels in its regime
+            out = reg.judge_row(self.regimes, r, absolute, relearned)
+            high = score > b.threshold or out or bool(rows.kept(f, b))
+            clear = not out and f[fe._I_STUCK] == 0.0
+            scaled = rows.regime_scaled(self.regimes, r, f, absolute, b) if high else rows.ZEROS
         else:
-            high = score > b.threshold or bool(self._out_of_envelope(f, b))
+            if settling:
+                high = bool(rows.out_of_envelope(f[rows.RELATIONAL], rows.relational(b)))
+            else:
+                high = score > b.threshold or bool(rows.out_of_envelope(f, b))
+            clear = bool(rows.clear(f, b, self.clear_z))
+            scaled = rows.scaled(f, b, settling) if high else rows.ZEROS
         gap = bool(f[fe._I_GAP] > self.gap_threshold)
         was_open = episode.opened is not None
-        clear = bool(self._clear(f, b))
-        closed, inside = episode.step(i, high, clear, self._scaled(f, b, settling) if high else _ZEROS, agent_id)
+        closed, inside = episode.step(i, high, clear, scaled, agent_id)
         opened = (inside and not was_open) or gap
         why = ("gap_ratio",) if gap and not (inside and not was_open) else episode.why if inside else ()
         status = ANOMALOUS if inside or gap else NORMAL
@@ -319,23 +337,10 @@ class AnomalyDetector:
             "format": MODEL_FORMAT,
             "version": self.version,
             "features": list(fe.FEATURES),
-            "params": {
-                "k": self.k,
-                "m": self.m,
-                "clear_z": self.clear_z,
-                "n_estimators": self.n_estimators,
-                "max_samples": self.max_samples,
-                "random_state": self.random_state,
-                "quantile": self.quantile,
-                "margin": self.margin,
-                "envelope_pad": self.envelope_pad,
-                "shrink_rows": self.shrink_rows,
-                "tail_pad": self.tail_pad,
-                "settle_rows": self.settle_rows,
-                "gap_min": self.gap_min,
-                "min_history_s": self.min_history_s,
-            },
+            "params": {name: getattr(self, name) for name in _PARAMS},
             "calibration": self.calibration.meta(),
+            "regimes": self.regimes.meta(),
+            "absolute_features": list(reg.ABS_FEATURES),
             "gap_threshold": self.gap_threshold,
             "warmup": fe.WARMUP,
             **self.provenance.meta(),
@@ -346,6 +351,7 @@ class AnomalyDetector:
         flat = self._require()
         arrays = {f"flat_{k}": v for k, v in flat.arrays().items()}
         arrays.update(self.calibration.arrays())
+        arrays.update(self.regimes.arrays())
         return provenance.packed(arrays, self.metadata(), self.provenance, self.forest)
 
     @classmethod
@@ -359,7 +365,10 @@ class AnomalyDetector:
             raise provenance.Incompatible("the model was trained on other features")
         det = cls(**meta["params"])
         det.flat = FlatForest.from_arrays(storage.prefixed(arrays, "flat_"))
+        if tuple(meta.get("absolute_features", ())) != reg.ABS_FEATURES:
+            raise provenance.Incompatible("the model was trained on other absolute features")
         det.calibration = Calibration.load(arrays, meta["calibration"])
+        det.regimes = reg.Regimes.load(arrays, meta["regimes"])
         det.gap_threshold = float(meta["gap_threshold"])
         det.version = str(meta["version"])
         # refused (SelfCheckFailed) if the flat scorer fails the self-check
@@ -367,16 +376,6 @@ class AnomalyDetector:
         if load_forest:
             det.forest = storage.sklearn_object(arrays, TRUSTED_SKOPS_TYPES)
         return det
-
-
-_ZEROS = np.zeros(fe.N_FEATURES)
-_RELATIONAL = list(fe.RELATIONAL)
-_LEVELS = [i for i in range(fe.N_FEATURES) if i not in fe.RELATIONAL]
-
-
-def _relational(b: Bounds) -> Bounds:
-    """The bounds of the relational features only."""
-    return Bounds(b.lo[_RELATIONAL], b.hi[_RELATIONAL], b.threshold, b.source)
 
 
 def fit_seconds(rows: int = 1_000_000, detector: AnomalyDetector | None = None) -> float:

@@ -31,15 +31,27 @@ import numpy as np
 
 from shared.ml import features as fe
 
-#: Minimum widening of an envelope per feature (in the feature's unit).
+#: Minimum widening of an envelope per feature (in the feature's unit): 0.75 deviations for the z-scores (a
+#: slowly wandering metric shows far fewer independent values in a day than it has rows, so its next high lies
+#: beyond the day's), 0.1 for a log ratio (10 %), 0.05 for the error rate's excess.
 _LOG_PADS = {fe._I_LTPC: 0.2, fe._I_LCPT: 0.15, fe._I_CPU_UNEXPLAINED: 0.05}
 MIN_PAD = np.asarray(
     [
-        0.05 if name == "error_excess" else _LOG_PADS.get(i, 0.1) if i in fe.LOG_LIKE else 0.5
+        0.05
+        if name == "error_excess"
+        else _LOG_PADS.get(i, 0.1)
+        if i in fe.LOG_LIKE
+        else 0.75
+        if i in fe.Z_LIKE
+        else 0.5
         for i, name in enumerate(fe.FEATURES)
     ],
     dtype=np.float64,
 )
+#: A feature checked from above only is widened by this many ``pad``s of its distance above its median: twice for
+#: the costs per token (whose healthy wander a day may not show in full), once for unexplained CPU (already the
+#: smaller of two rises).
+ONE_SIDED_WIDTH = np.asarray([1.0 if i == fe._I_CPU_UNEXPLAINED else 2.0 for i in range(fe.N_FEATURES)])
 #: The quantile beyond which a feature's healthy values are its tail (see ``_pad``).
 TAIL_Q = 0.99
 #: Features whose envelope is not checked (gaps have their own rule).
@@ -52,12 +64,13 @@ NO_CEILING: tuple[int, ...] = tuple(
 )
 #: Features checked from above only: CPU that traffic does not explain (its other side means nothing), and
 #: the cost per token (a cheaper model is no incident).
-NO_FLOOR: tuple[int, ...] = (fe._I_CPU_UNEXPLAINED, fe._I_LCPT, fe._I_LCPT_NOW)
+NO_FLOOR: tuple[int, ...] = (fe._I_CPU_UNEXPLAINED, fe._I_LCPT, fe._I_LCPT_NOW, fe._I_LAT_UNEXPLAINED)
 #: CPU follows traffic: for an agent that reports its tokens, CPU is judged through its tokens per CPU
 #: (``log_tokens_per_cpu``, checked both ways: a stuck loop burning CPU, or a CPU spike with no traffic), not
 #: on its own, so a scale-up that moves both is not an anomaly. Without tokens, CPU is checked on its own.
 _CPU_ALONE: tuple[int, ...] = tuple(fe.FEATURES.index(f"{p}_cpu_pct") for p in ("z", "zs", "lr"))
 _I_TOKENS = fe.FEATURES.index("z_tokens_per_s")
+_LATENCY_UP: tuple[int, ...] = tuple(fe.FEATURES.index(f"{p}_latency_ms") for p in ("zs", "lr"))
 #: Level features (the recent level against the baseline and the slow reference) are checked for the metrics
 #: that creep when something is wrong (memory leaks, latency degrades); the others' levels follow traffic
 #: and the time of day, and a step in them shows in the short-window features.
@@ -147,7 +160,7 @@ def _pad(
     the extremes lie beyond the 1st and 99th percentiles, so a heavy tail, whose next extreme goes further, is
     widened more than a light one)."""
     width = pad * (hi - lo)
-    width[..., NO_FLOOR] = 2.0 * pad * (hi - mid)[..., NO_FLOOR]
+    width[..., NO_FLOOR] = ONE_SIDED_WIDTH[list(NO_FLOOR)] * pad * (hi - mid)[..., NO_FLOOR]
     lo, hi = lo - (width + MIN_PAD), hi + (width + MIN_PAD)
     if tail is not None:
         lo, hi = lo - tail[0], hi + tail[1]
@@ -161,9 +174,12 @@ def _pad(
 
 
 def _traffic_explains_cpu(lo: np.ndarray, hi: np.ndarray, reports_tokens: np.ndarray) -> None:
-    """Unbound CPU on its own for the rows (agents, kinds) that report tokens (in place)."""
+    """Unbound CPU on its own for the rows (agents, kinds) that report tokens, and latency's short rises (judged
+    as ``latency_unexplained``) (in place)."""
     for i in _CPU_ALONE:
         lo[reports_tokens, i], hi[reports_tokens, i] = -np.inf, np.inf
+    for i in _LATENCY_UP:
+        hi[reports_tokens, i] = np.inf
 
 
 def calibrate(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from shared.ml import features as fe
+from shared.ml.anomaly_regimes import DRIVERS
 from shared.ml.data import Detection
 
 Status = Literal["insufficient_data", "normal", "anomalous"]
@@ -51,7 +51,7 @@ class Persistence:
                     self.opened = i
                     self.normal_run = 0
                     idx = np.argsort(-self.drivers, kind="stable")[:3]
-                    self.why = tuple(fe.FEATURES[int(j)] for j in idx)
+                    self.why = tuple(DRIVERS[int(j)] for j in idx)
             else:
                 self.high_run = 0
             return None, self.opened is not None
@@ -92,9 +92,14 @@ class Persistence:
             high_run=int(doc.get("high_run", 0)),
             normal_run=int(doc.get("normal_run", 0)),
             opened=None if doc.get("opened") is None else int(doc["opened"]),
-            drivers=None if drivers is None else np.asarray(drivers, dtype=np.float64),
+            drivers=None if drivers is None else _padded(np.asarray(drivers, dtype=np.float64)),
             why=tuple(str(w) for w in doc.get("why", ())),
         )
+
+
+def _padded(drivers: np.ndarray) -> np.ndarray:
+    """Drivers of every name in ``DRIVERS`` (a state written before the absolute features has fewer)."""
+    return np.concatenate([drivers, np.zeros(max(len(DRIVERS) - drivers.shape[0], 0))])
 
 
 @dataclass

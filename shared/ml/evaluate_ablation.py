@@ -5,10 +5,11 @@ detector with one part taken away at a time on the independent mixed fleet (held
 Variants (each fitted as usual, then changed; nothing else differs):
 
 - ``full``: the detector as it serves;
-- ``forest only``: no envelope (every bound infinite), the forest's per-agent thresholds alone;
+- ``forest only``: no envelope (every bound infinite, no regimes), the forest's per-agent thresholds alone;
 - ``envelope only``: no forest (thresholds infinite), the per-agent envelopes alone;
-- ``fleet-wide bounds``: every agent judged by the fleet's bounds and the fleet's (highest) threshold, as
-  before issue 24 (one envelope and one floor for a mixed fleet);
+- ``fleet-wide bounds``: every agent judged by the fleet's bounds and the fleet's (highest) threshold, and no
+  regimes, as before issue 24 (one envelope and one floor for a mixed fleet);
+- ``no regimes``: agents with two activity regimes judged on the relative features as any other;
 - ``no kind shrinkage``: each agent by its own bounds only; agents the model never saw by the fleet's;
 - ``no log-ratio features``: the ``lr_``/``lref_`` features, cost per token, tokens per CPU and unexplained
   CPU never checked;
@@ -58,7 +59,9 @@ class Variant(AnomalyDetector):
     """The detector with ``change`` applied to its calibration after each fit (``fit_kwargs``: detector
     parameters, ``two_sided``: the one-sided rules off while fitting)."""
 
-    def __init__(self, label: str, change: Change | None = None, two_sided: bool = False, **kwargs: float) -> None:
+    def __init__(
+        self, label: str, change: Change | None = None, two_sided: bool = False, **kwargs: float | bool
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.name, self._change, self._two_sided = label, change, two_sided
 
@@ -78,9 +81,10 @@ def variants() -> list[AnomalyDetector]:
     """The detector and each ablation of it."""
     return [
         Variant("full"),
-        Variant("forest only", lambda c: _unbound(c, range(fe.N_FEATURES))),
+        Variant("forest only", lambda c: _unbound(c, range(fe.N_FEATURES)), use_regimes=False),
         Variant("envelope only", _no_forest),
-        Variant("fleet-wide bounds", _fleet_wide),
+        Variant("fleet-wide bounds", _fleet_wide, use_regimes=False),
+        Variant("no regimes", use_regimes=False),
         Variant("no kind shrinkage", _no_kinds, shrink_rows=0.0),
         Variant("no log-ratio features", lambda c: _unbound(c, (*fe.LOG_LIKE,))),
         Variant("all two-sided", two_sided=True),

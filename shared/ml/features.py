@@ -113,6 +113,7 @@ FEATURES: tuple[str, ...] = (
     "log_tokens_per_cpu",
     "cpu_unexplained",
     "log_cost_per_token_now",
+    "latency_unexplained",
 )
 N_FEATURES = len(FEATURES)
 _I_STUCK = FEATURES.index("stuck_run")
@@ -126,6 +127,7 @@ _I_LCPT = FEATURES.index("log_cost_per_token")
 _I_LTPC = FEATURES.index("log_tokens_per_cpu")
 _I_CPU_UNEXPLAINED = FEATURES.index("cpu_unexplained")
 _I_LCPT_NOW = FEATURES.index("log_cost_per_token_now")
+_I_LAT_UNEXPLAINED = FEATURES.index("latency_unexplained")
 _CPU = METRICS.index("cpu_pct")
 #: The features that are deviations of a metric in baseline units (used to explain a score).
 Z_LIKE: tuple[int, ...] = tuple(range(3 * _M))
@@ -133,7 +135,10 @@ Z_LIKE: tuple[int, ...] = tuple(range(3 * _M))
 #: judged while a baseline settles after a rebase.
 RELATIONAL: tuple[int, ...] = (_I_STUCK, _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED, _I_LCPT_NOW)
 #: The log-ratio features.
-LOG_LIKE: tuple[int, ...] = (*range(_I_LR, _I_LR + 2 * _M), _I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED, _I_LCPT_NOW)
+LOG_LIKE: tuple[int, ...] = (
+    *range(_I_LR, _I_LR + 2 * _M),
+    *(_I_LCPT, _I_LTPC, _I_CPU_UNEXPLAINED, _I_LCPT_NOW, _I_LAT_UNEXPLAINED),
+)
 
 _ABS_FLOOR_SQ = np.asarray(SD_ABS_FLOOR, dtype=np.float64) ** 2
 _EPS = np.asarray(LOG_EPS, dtype=np.float64)
@@ -213,6 +218,8 @@ def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     # CPU up and tokens per CPU down at once: CPU that traffic does not explain (a scale-up moves both)
     cpu_up = _nearer(_log_ratio(x, mean, eps), _log_ratio(x, ref, eps))[:, _CPU]
     f[:, _I_CPU_UNEXPLAINED] = np.minimum(cpu_up, -f[:, _I_LTPC])
+    # latency rising more than its traffic: a burst of traffic slows replies, a ramp slows them with none
+    f[:, _I_LAT_UNEXPLAINED] = f[:, _I_LR] - np.maximum(f[:, _I_LR + _TOK], 0.0)
     # an agent that reports no tokens has no traffic to relate its CPU to (its CPU is judged on its own)
     silent = (ref[:, _TOK] == 0.0) & (x[:, _TOK] == 0.0)
     f[silent, _I_LTPC] = 0.0
@@ -294,6 +301,12 @@ def batch_features(stream: AgentStream) -> tuple[np.ndarray, np.ndarray]:
 def batch_features_many(streams: Sequence[AgentStream]) -> list[tuple[np.ndarray, np.ndarray]]:
     """``batch_features`` of several streams at once (the time loop is shared by the agents, so a
     fleet of many agents costs about as much as its longest stream)."""
+    return [(F, valid) for F, valid, _ in batch_features_levels(streams)]
+
+
+def batch_features_levels(streams: Sequence[AgentStream]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``batch_features_many`` with each row's recent level after it (``Baseline.level``, (n, M)), as the
+    streaming path's state holds it after that row."""
     if not streams:
         return []
     lengths = np.asarray([len(s) for s in streams])
@@ -312,6 +325,7 @@ def batch_features_many(streams: Sequence[AgentStream]) -> list[tuple[np.ndarray
         rebases[[v for v in getattr(st, "versions", ()) if 0 <= v < m], j] = True
     state = Baseline.new([float(st.interval_s) for st in ordered])
     out = np.empty((steps, a, N_FEATURES))
+    levels = np.empty((steps, a, _M))
     scored = np.zeros((steps, a), dtype=bool)  # past warm-up and no rebase under way
     # active[t] = number of streams longer than t (they are sorted longest first).
     active = np.searchsorted(-lens, -np.arange(steps), side="left")
@@ -321,12 +335,14 @@ def batch_features_many(streams: Sequence[AgentStream]) -> list[tuple[np.ndarray
             state.age[:k] = np.where(rebases[t, :k], 0.0, state.age[:k])
         scored[t, :k] = state.age[:k] >= WARMUP
         out[t, :k] = _step(state, k, xs[t, :k], dts[t, :k])
+        levels[t, :k] = state.level[:k]
         state.n += 1
-    results: list[tuple[np.ndarray, np.ndarray]] = [(np.empty((0, N_FEATURES)), np.empty(0, dtype=bool))] * a
+    empty = (np.empty((0, N_FEATURES)), np.empty(0, dtype=bool), np.empty((0, _M)))
+    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [empty] * a
     for j, i in enumerate(order):
         m = int(lens[j])
         valid = scored[:m, j].copy()
-        results[int(i)] = (np.ascontiguousarray(out[:m, j]), valid)
+        results[int(i)] = (np.ascontiguousarray(out[:m, j]), valid, np.ascontiguousarray(levels[:m, j]))
     return results
 
 

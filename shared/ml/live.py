@@ -36,6 +36,7 @@ import numpy as np
 from shared.domain import learned as L
 from shared.ml import features as fe
 from shared.ml import serving
+from shared.ml.anomaly_regimes import DRIVERS, Relearned, absolute
 from shared.ml.failure import FailureState
 from shared.platform import settings
 
@@ -86,8 +87,30 @@ class Models:
     failure_version: str | None = None
 
 
-def _top(f: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
-    return {n: round(float(f[fe.FEATURES.index(n)]), 3) for n in names if n in fe.FEATURES}
+def _top(f: np.ndarray, a: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """The values of the features an episode names (relative ones from ``f``, absolute ones from ``a``)."""
+    row = np.concatenate([f, a])
+    return {n: round(float(row[DRIVERS.index(n)]), 3) for n in names if n in DRIVERS}
+
+
+def _relearned(
+    det: AnomalyDetector,
+    agent_id: str,
+    state: Mapping[str, Any],
+    new: Mapping[str, Any],
+    model: str | None,
+    moved: bool,
+) -> Relearned | None:
+    """The agent's regimes re-learning after a rebase later than the model's training of it (None: no such
+    rebase, or one regime): carried on from the state unless the rebase is this heartbeat's or the model changed."""
+    r = det.regimes.of(agent_id)
+    rebased_at = new.get("rebased_at")
+    if r is None or rebased_at is None or det.regimes.fresh(r, float(rebased_at)):
+        return None
+    doc = state.get("regimes")
+    if moved or not isinstance(doc, Mapping) or doc.get("model") != model:
+        return Relearned()
+    return Relearned.from_doc(doc)
 
 
 #: Format of the state kept in the agent document; a state of another format is started afresh.
@@ -230,10 +253,21 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         _history(new, history_s, needed, since)
         episode = det.episode_state(state.get("episode"))
         was_open = episode.opened is not None
+        a = absolute(baseline.ring[0], baseline.level[0])
+        relearned = _relearned(det, agent_id, state, new, models.anomaly_version, moved is not None)
         verdict = det.judge(
-            agent_id, f, ready and history_s >= needed, baseline.n - 1, episode, kind=beat.kind, settling=settling
+            agent_id,
+            f,
+            ready and history_s >= needed,
+            baseline.n - 1,
+            episode,
+            kind=beat.kind,
+            settling=settling,
+            absolute=a,
+            relearned=relearned,
         )
         new.update(
+            regimes=None if relearned is None else {**relearned.to_doc(), "model": models.anomaly_version},
             episode=episode.to_doc(),
             status=verdict.status,
             score=None if verdict.score is None else round(float(verdict.score), 4),
@@ -242,7 +276,7 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         if verdict.closed is not None:
             out.resolves.append(L.Resolution(L.ANOMALY, f"{agent_id}: heartbeats back to normal"))
         if episode.opened is not None and not was_open:
-            drivers = _top(f, episode.why)
+            drivers = _top(f, a, episode.why)
             shown = ", ".join(f"{k}={v:g}" for k, v in drivers.items())
             threshold = det.threshold(agent_id, beat.kind)
             out.opens.append(

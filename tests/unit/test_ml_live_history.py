@@ -19,6 +19,7 @@ from shared.ml import features as fe
 from shared.ml import live
 from shared.ml.anomaly import AnomalyDetector
 from shared.ml.anomaly_episodes import INSUFFICIENT, NORMAL, Persistence, Verdict
+from shared.ml.anomaly_regimes import Regimes, Relearned
 
 T0 = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 INTERVAL = 600.0  # one heartbeat every 10 minutes: a day is 144 heartbeats, so these tests stay fast
@@ -30,6 +31,7 @@ class FakeDetector:
 
     min_history_s: float = 86_400.0
     calls: list[tuple[bool, str]] = field(default_factory=list)
+    regimes: Regimes = field(default_factory=Regimes)  # no agent with two regimes
 
     def episode_state(self, doc: Any) -> Persistence:
         return Persistence.from_doc(doc, 3, 5) if doc else Persistence(3, 5)
@@ -43,6 +45,8 @@ class FakeDetector:
         episode: Persistence,
         kind: str = "",
         settling: bool = False,
+        absolute: np.ndarray | None = None,
+        relearned: Relearned | None = None,
     ) -> Verdict:
         self.calls.append((ready, kind))
         return Verdict(NORMAL, 0.1) if ready else Verdict(INSUFFICIENT)
