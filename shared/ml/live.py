@@ -87,9 +87,10 @@ class Models:
     failure_version: str | None = None
 
 
-def _top(f: np.ndarray, a: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+def _top(f: np.ndarray, a: np.ndarray | None, names: tuple[str, ...]) -> dict[str, float]:
     """The values of the features an episode names (relative ones from ``f``, absolute ones from ``a``)."""
-    row = np.concatenate([f, a])
+    row = f if a is None else np.concatenate([f, a])
+    names = tuple(n for n in names if n in DRIVERS and DRIVERS.index(n) < row.shape[0])
     return {n: round(float(row[DRIVERS.index(n)]), 3) for n in names if n in DRIVERS}
 
 
@@ -253,7 +254,9 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         _history(new, history_s, needed, since)
         episode = det.episode_state(state.get("episode"))
         was_open = episode.opened is not None
-        a = absolute(baseline.ring[0], baseline.level[0])
+        # the absolute features only for an agent judged in its regimes (they cost a sort and eight logs)
+        has_regimes = det.regimes.of(agent_id) is not None
+        a = absolute(baseline.ring[0], baseline.level[0]) if has_regimes else None
         relearned = _relearned(det, agent_id, state, new, models.anomaly_version, moved is not None)
         verdict = det.judge(
             agent_id,
