@@ -204,13 +204,6 @@ class AnomalyDetector:
         t = np.asarray(stream.t, dtype=np.float64)
         # scored once the agent has a daily cycle of history after its warm-up
         valid = valid & ((t - t[0]) >= self.history_needed(stream.interval_s)) if t.size else valid
-        settling = np.zeros(F.shape[0], dtype=bool)
-        for v in stream.versions:
-            if v > 0:  # a version at the first row is the first one seen, not a deploy (as live)
-                settling[v : v + fe.SETTLE] = True
-        level_high = (scores > b.threshold) | rows.out_of_envelope(F, b)
-        high = valid & np.where(settling, rows.out_of_envelope(F[:, rows.RELATIONAL], rows.relational(b)), level_high)
-        clear = rows.clear(F, b, self.clear_z)
         r = self.regimes.of(stream.agent_id) if self.use_regimes else None
         if r is not None:  # judged on its levels in its regime (re-learned after a rebase later than training)
             A = reg.absolute_rows(
@@ -221,6 +214,14 @@ class AnomalyDetector:
             clear = ~out & (F[:, fe._I_STUCK] == 0.0)
             scaled: Any = lambda i: rows.regime_scaled(self.regimes, r, F[i], A[i], b)  # noqa: E731
         else:
+            settling = np.zeros(F.shape[0], dtype=bool)
+            for v in stream.versions:
+                if v > 0:  # a version at the first row is the first one seen, not a deploy (as live)
+                    settling[v : v + fe.SETTLE] = True
+            level_high = (scores > b.threshold) | rows.out_of_envelope(F, b)
+            relational_high = rows.out_of_envelope(F[:, rows.RELATIONAL], rows.relational(b))
+            high = valid & np.where(settling, relational_high, level_high)
+            clear = rows.clear(F, b, self.clear_z)
             scaled = lambda i: rows.scaled(F[i], b, bool(settling[i]))  # noqa: E731
         gaps = valid & (F[:, fe._I_GAP] > self.gap_threshold)
         episode = Persistence(self.k, self.m)

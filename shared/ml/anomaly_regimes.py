@@ -67,21 +67,35 @@ DRIVERS: tuple[str, ...] = (*fe.FEATURES, *ABS_FEATURES)
 KEPT = (fe._I_STUCK, fe._I_ERR)
 
 
+_SPLIT = list(SPLIT_ON)
+
+
+def _sides_of(used: np.ndarray, thresholds: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The absolute features an agent's regimes are told apart by (the split candidates it uses, in its window
+    and in its recent level) and the threshold of each."""
+    cols = [j for j, u in zip(SPLIT_ON, used, strict=True) if u]
+    lvl = [_I_LVL + k for k, u in enumerate(used) if u]
+    thr = np.asarray(thresholds, dtype=np.float64)[np.asarray(used, dtype=bool)]
+    return cols + lvl, np.concatenate([thr, thr])
+
+
 def absolute(ring: np.ndarray, level: np.ndarray) -> np.ndarray:
     """The absolute features of rows' windows ``ring`` (..., WINDOW, M) and recent levels ``level`` (..., M):
     logs of each metric's median, of the median tokens per median CPU (0 for an agent not reporting tokens), of
     the recent level's cost per token (0 without cost or tokens: steadier than a window's), and of the split
     candidates' levels."""
     ring, level = np.asarray(ring, dtype=np.float64), np.asarray(level, dtype=np.float64)
-    med = np.sort(ring, axis=-2)[..., WINDOW // 2, :]
+    ordered = np.sort(ring, axis=-2)
+    med = ordered[..., WINDOW // 2, :]
     out = np.empty((*ring.shape[:-2], N_ABS))
     out[..., :_M] = np.log(med + _EPS)
-    # the error rate of a few calls per heartbeat comes in steps (1/15, 2/15 ...): the window's mean, not its median
-    out[..., _ERR] = np.log(np.sort(ring[..., _ERR], axis=-1).sum(axis=-1) / WINDOW + _EPS[_ERR])  # order-free
+    # the error rate of a few calls per heartbeat comes in steps (1/15, 2/15 ...): the window's mean, not its
+    # median, summed in sorted order so that it does not depend on where the ring starts
+    out[..., _ERR] = np.log(ordered[..., _ERR].sum(axis=-1) / WINDOW + _EPS[_ERR])
     out[..., _I_TPC] = np.where(med[..., _TOK] > 0.0, out[..., _TOK] - out[..., _CPU], 0.0)
     cpt = np.log((level[..., _COST] + _EPS[_COST]) / (level[..., _TOK] + _EPS[_TOK]))
     out[..., _I_CPT] = np.where((level[..., _COST] > 0.0) & (level[..., _TOK] > 0.0), cpt, 0.0)
-    out[..., _I_LVL:] = np.log(level[..., list(SPLIT_ON)] + _EPS[list(SPLIT_ON)])
+    out[..., _I_LVL:] = np.log(level[..., _SPLIT] + _EPS[_SPLIT])
     return out
 
 
@@ -137,6 +151,8 @@ class Regimes:
     lo: np.ndarray = field(default_factory=lambda: np.empty((0, 3, N_ABS)))  # low, high, transition
     hi: np.ndarray = field(default_factory=lambda: np.empty((0, 3, N_ABS)))
     center: np.ndarray = field(default_factory=lambda: np.empty((0, 2, N_ABS)))  # mean of each regime's rows
+    #: Per agent row, ``_sides_of`` its split (worked out once: ``state`` runs at every heartbeat).
+    _sides: dict[int, tuple[list[int], np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def of(self, agent_id: str) -> int | None:
         """The agent's row, or None (one regime, or not seen in training)."""
@@ -146,11 +162,11 @@ class Regimes:
         """The regime of each absolute feature row ``a`` (..., N_ABS) of agent row ``i``: 0 (low) or 1 (high)
         when every feature it splits on, in its window and its recent level, is on that side; 2 (in transition)
         when they disagree."""
-        used = self.split[i]
-        cols = [j for j, u in zip(SPLIT_ON, used, strict=True) if u]
-        lvl = [_I_LVL + k for k, u in enumerate(used) if u]
-        thr = self.threshold[i][used.astype(bool)]
-        sides = np.concatenate([a[..., cols] > thr, a[..., lvl] > thr], axis=-1)
+        sides_of = self._sides.get(i)
+        if sides_of is None:
+            sides_of = self._sides[i] = _sides_of(self.split[i], self.threshold[i])
+        cols, thr = sides_of
+        sides = a[..., cols] > thr
         return np.where(sides.all(axis=-1), 1, np.where(sides.any(axis=-1), 2, 0))
 
     def bounds(self, i: int, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,9 +237,8 @@ def fit_regimes(
         if not used.any():
             continue
         thresholds = np.asarray([cut if u else 0.0 for (_, cut), u in zip(cuts, used, strict=True)])
-        cols = [j for j, u in zip(SPLIT_ON, used, strict=True) if u]
-        lvl = [_I_LVL + k for k, u in enumerate(used) if u]
-        sides = np.concatenate([block[:, cols], block[:, lvl]], axis=1) > np.concatenate([thresholds[used]] * 2)
+        cols, thr2 = _sides_of(used, thresholds)
+        sides = block[:, cols] > thr2
         high, low = sides.all(axis=1), ~sides.any(axis=1)
         groups = [low, high, ~(low | high)]
         envelopes = [_envelope(block[g] if np.count_nonzero(g) >= MIN_ROWS else block, pad, tail_pad) for g in groups]

@@ -65,4 +65,5 @@ def relational(b: Bounds) -> Bounds:
 
 def kept(F: np.ndarray, b: Bounds) -> np.ndarray:
     """Whether rows ``F`` leave the envelope in the relative features still judged for an agent in a regime."""
-    return out_of_envelope(F[..., _KEPT], Bounds(b.lo[_KEPT], b.hi[_KEPT], b.threshold, b.source))
+    k = F[..., _KEPT]
+    return np.asarray((np.greater(k, b.hi[_KEPT]) | np.less(k, b.lo[_KEPT])).any(axis=-1))

@@ -178,9 +178,6 @@ def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     z = np.minimum(np.maximum(_nearer(z_fast, (x - ref) / sd), -CAP), CAP)
     ring = s.ring[:k]
     ring[:, n % WINDOW] = x
-    wsum = ring[:, 0]
-    for j in range(1, WINDOW):
-        wsum = wsum + ring[:, j]
     # The window's median, not its mean: one heavy-tailed outlier moves neither it nor the level.
     wmed = np.sort(ring, axis=1)[:, WINDOW // 2]
     zs_fast = (wmed - mean) / sd

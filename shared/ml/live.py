@@ -90,8 +90,8 @@ class Models:
 def _top(f: np.ndarray, a: np.ndarray | None, names: tuple[str, ...]) -> dict[str, float]:
     """The values of the features an episode names (relative ones from ``f``, absolute ones from ``a``)."""
     row = f if a is None else np.concatenate([f, a])
-    names = tuple(n for n in names if n in DRIVERS and DRIVERS.index(n) < row.shape[0])
-    return {n: round(float(row[DRIVERS.index(n)]), 3) for n in names if n in DRIVERS}
+    kept = (n for n in names if n in DRIVERS and DRIVERS.index(n) < row.shape[0])
+    return {n: round(float(row[DRIVERS.index(n)]), 3) for n in kept}
 
 
 def _relearned(

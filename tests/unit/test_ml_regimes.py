@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -226,6 +227,32 @@ def test_detector_regimes_round_trip_and_detect_equals_observe(fleet: tuple[Mixe
     streamed += [last] if last is not None else []
     assert batch, "the test day should raise at least one episode"
     assert episodes(streamed) == batch
+
+
+def test_live_step_with_stored_state_equals_detect_for_a_two_regime_agent(
+    fleet: tuple[MixedFleet, AnomalyDetector],
+) -> None:
+    """The heartbeat function's path (``live.step``, its state through JSON as Firestore gives it back) judges a
+    two-regime agent row for row as ``detect_rows`` does, and opens its episodes at the same rows."""
+    f, det = fleet
+    a = next(a for a, s in f.streams.items() if det.regimes.of(a) is not None and not s.versions)
+    s = f.streams[a]
+    found, batch = det.detect_rows(s)
+    names = ("latency_ms_p95", "error_rate", "cpu_pct", "memory_pct", "tokens_per_s", "cost_per_min")
+    models = live.Models(det, "v1")
+    state: dict = {}
+    statuses, opened = [], []
+    for i in range(len(s)):
+        at = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(seconds=float(s.t[i]))
+        metrics = {n: float(v) for n, v in zip(names, s.X[i], strict=True)}
+        out = live.step(models, a, state, metrics, at, s.interval_s, kind=s.kind)
+        state = json.loads(json.dumps(out.state))
+        statuses.append(state["status"])
+        if any(op.rule == "anomaly" for op in out.opens):
+            opened.append(i)
+    assert "anomalous" in batch, "the test day should raise at least one episode"
+    assert statuses == batch
+    assert opened == [d.start for d in found if d.features != ("gap_ratio",)]
 
 
 def test_model_with_other_absolute_features_or_format_is_refused(
