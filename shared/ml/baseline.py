@@ -135,7 +135,7 @@ class Baseline:
             prev=row("prev"),
             stuck=np.asarray([float(doc["stuck"])]),
             # one shared counter before issue 24: every metric starts from it
-            frozen=np.broadcast_to(np.asarray(frozen, dtype=np.float64), (M,)).reshape(1, M).copy(),
+            frozen=np.full((1, M), float(frozen)) if isinstance(frozen, int | float) else row("frozen"),
             held=np.asarray(doc["held"], dtype=bool).reshape(1, M),
             level=row("level"),
             age=np.asarray([float(doc.get("age", doc["n"]))]),
