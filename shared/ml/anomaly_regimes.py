@@ -67,6 +67,7 @@ DRIVERS: tuple[str, ...] = (*fe.FEATURES, *ABS_FEATURES)
 KEPT = (fe._I_STUCK, fe._I_ERR)
 
 
+#: ``SPLIT_ON`` as an index list (built once: ``absolute`` runs at every heartbeat of a two-regime agent).
 _SPLIT = list(SPLIT_ON)
 
 
