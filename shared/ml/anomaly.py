@@ -43,6 +43,7 @@ from shared.ml.anomaly_calibration import Calibration, calibrate
 from shared.ml.anomaly_episodes import ANOMALOUS, INSUFFICIENT, NORMAL, RULE, Persistence, Status, Verdict
 from shared.ml.anomaly_forest import FlatForest
 from shared.ml.data import AgentStream, Detection
+from shared.ml.features_live import features as live_features
 from shared.ml.provenance import Provenance
 from shared.ml.simulate import simulate_rows
 
@@ -268,7 +269,7 @@ class AnomalyDetector:
         live.since = t if live.since is None else live.since
         ready = live.baseline.ready and t - live.since >= self.history_needed(interval_s)
         settling = live.baseline.settling
-        f = fe.features(row, dt, live.baseline)
+        f = live_features(row, dt, live.baseline)
         a = reg.absolute(live.baseline.ring[0], live.baseline.level[0])
         verdict = self.judge(agent_id, f, ready, live.baseline.n - 1, live.episode, kind, settling, a)
         live.status = verdict.status

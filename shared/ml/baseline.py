@@ -7,7 +7,8 @@ of heartbeats), the ring of the last ``WINDOW`` rows, the previous row, the rece
 per metric the run of held rows (``frozen``) and whether it is held, and the rows since its last rebase.
 
 ``to_doc``/``from_doc`` keep a one-agent state as plain numbers (float64 survives exactly), so a function
-instance that never saw the agent carries on where another left off. A state written before the slow
+instance that never saw the agent carries on where another left off; the live path
+(``features_live.step``) works on that document itself, in Python floats. A state written before the slow
 reference and the per-metric freeze existed (issue 24) still loads: its reference starts at its mean.
 """
 
@@ -78,18 +79,18 @@ class Baseline:
     @property
     def ready(self) -> bool:
         """Whether the next row's features are valid (warm-up done, no rebase under way); one agent."""
-        return bool(self.age[0] >= WARMUP)
+        return ready(float(self.age[0]))
 
     @property
     def relearning(self) -> bool:
         """Whether a rebase is under way (the warm-up after a rebase, not the agent's first one)."""
-        return self.n >= WARMUP and not self.ready
+        return relearning(self.n, float(self.age[0]))
 
     @property
     def settling(self) -> bool:
         """Whether the baseline is still settling after a rebase (its first ``SETTLE`` rows since): its levels
         are not judged yet, only the relations between its metrics (``features.RELATIONAL``)."""
-        return bool(self.n > self.age[0] and self.age[0] < SETTLE)
+        return settling(self.n, float(self.age[0]))
 
     def rebase(self) -> None:
         """Let the baseline move: a new version was registered or the agent's anomaly acknowledged, so its
@@ -120,23 +121,58 @@ class Baseline:
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Baseline:
         """The inverse of ``to_doc`` (also reads a state written before issue 24)."""
+        d = current_doc(doc)
 
         def row(key: str) -> np.ndarray:
-            return np.asarray(doc[key], dtype=np.float64).reshape(1, M)
+            return np.asarray(d[key], dtype=np.float64).reshape(1, M)
 
-        frozen = doc.get("frozen", 0.0)
         return cls(
-            interval=np.asarray([float(doc["interval"])]),
-            n=int(doc["n"]),
+            interval=np.asarray([float(d["interval"])]),
+            n=int(d["n"]),
             mean=row("mean"),
             var=row("var"),
-            ref=row("ref") if "ref" in doc else row("mean"),
-            ring=np.asarray(doc["ring"], dtype=np.float64).reshape(1, WINDOW, M),
+            ref=row("ref"),
+            ring=np.asarray(d["ring"], dtype=np.float64).reshape(1, WINDOW, M),
             prev=row("prev"),
-            stuck=np.asarray([float(doc["stuck"])]),
-            # one shared counter before issue 24: every metric starts from it
-            frozen=np.full((1, M), float(frozen)) if isinstance(frozen, int | float) else row("frozen"),
-            held=np.asarray(doc["held"], dtype=bool).reshape(1, M),
+            stuck=np.asarray([float(d["stuck"])]),
+            frozen=row("frozen"),
+            held=np.asarray(d["held"], dtype=bool).reshape(1, M),
             level=row("level"),
-            age=np.asarray([float(doc.get("age", doc["n"]))]),
+            age=np.asarray([float(d["age"])]),
         )
+
+
+def current_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A one-agent state document in the current form, as a new dict sharing its values. A state written before
+    the slow reference and the per-metric freeze (issue 24) is filled in: its reference starts at its mean, each
+    metric's freeze counter at the one shared counter, its age at its rows seen. Raises ``ValueError`` for a
+    document of another shape."""
+    d = dict(doc)
+    if "ref" not in d:
+        d["ref"] = d["mean"]
+    frozen = d.get("frozen", 0.0)
+    if isinstance(frozen, int | float):
+        d["frozen"] = [float(frozen)] * M
+    d.setdefault("age", float(d["n"]))
+    for key, size in _SIZES.items():
+        if len(d[key]) != size:
+            raise ValueError(f"baseline {key}: {len(d[key])} values, not {size}")
+    return d
+
+
+_SIZES = {"mean": M, "var": M, "ref": M, "ring": WINDOW * M, "prev": M, "frozen": M, "held": M, "level": M}
+
+
+def ready(age: float) -> bool:
+    """Whether the next row's features are valid, at ``age`` rows since the start or the last rebase."""
+    return age >= WARMUP
+
+
+def relearning(n: int, age: float) -> bool:
+    """Whether a rebase is under way (``Baseline.relearning``) after ``n`` rows seen in all."""
+    return n >= WARMUP and not ready(age)
+
+
+def settling(n: int, age: float) -> bool:
+    """Whether the baseline is still settling after a rebase (``Baseline.settling``)."""
+    return n > age and age < SETTLE

@@ -1,10 +1,12 @@
 """Streaming per-agent features of heartbeats, normalised against each agent's own rolling baseline.
 
-Pure numpy (no scikit-learn). One step function (``_step``) works on the state of several agents at
-once (``baseline.Baseline``: arrays with a leading agent axis); the streaming path runs it for one agent
-and one row, the batch path (``batch_features`` / ``batch_features_many``) runs it over time with every
-agent of a fleet side by side. Only element-wise IEEE operations (and ``log``, element-wise in both
-paths) are used and sums are written out in a fixed order, so both paths give bit-identical values.
+Pure numpy (no scikit-learn). One step function (``step``) works on the state of several agents at
+once (``baseline.Baseline``: arrays with a leading agent axis); the batch path (``batch_features`` /
+``batch_features_many``) runs it over time with every agent of a fleet side by side. The streaming path,
+one agent and one row at a time, is ``features_live.step``: the same step written in Python floats
+(numpy calls, not arithmetic, bound a step of one agent). Only element-wise IEEE operations (and ``log``,
+taken by numpy in both paths) are used and sums are written out in a fixed order, so both paths give
+bit-identical values.
 
 Two references per metric:
 
@@ -149,16 +151,16 @@ def _nearer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(np.abs(b) < np.abs(a), b, a)
 
 
-#: The three ratios ``_step`` follows: (numerator, denominator) metrics of the recent level's cost per token,
+#: The three ratios ``step`` follows: (numerator, denominator) metrics of the recent level's cost per token,
 #: the row's own cost per token and the row's tokens per CPU.
 _TOP = np.asarray([_COST, _COST, _TOK])
 _BOTTOM = np.asarray([_TOK, _TOK, _CPU])
-#: ... the same columns of the recent level and the row side by side (``_step``'s ``pair``).
+#: ... the same columns of the recent level and the row side by side (``step``'s ``pair``).
 _PAIR_TOP = np.asarray([_COST, _M + _COST, _M + _TOK])
 _PAIR_BOTTOM = np.asarray([_TOK, _M + _TOK, _M + _CPU])
 
 
-def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
+def step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     """Features of one row for the first ``k`` agents of ``s`` (rows ``x`` (k, M), gaps ``dt`` (k,)),
     then update their state. Every agent of ``s[:k]`` must have seen ``s.n`` rows."""
     mean = s.mean[:k]
@@ -274,16 +276,6 @@ def _step(s: Baseline, k: int, x: np.ndarray, dt: np.ndarray) -> np.ndarray:
     return f
 
 
-def features(row: np.ndarray, dt: float, state: Baseline) -> np.ndarray:
-    """The features of one heartbeat ``row`` (len(METRICS),) of one agent, ``dt`` seconds after its
-    previous one (its interval for the first); updates ``state`` (a one-agent ``Baseline``). The
-    vector is meaningful only if ``state.ready`` was true before the call."""
-    x = np.asarray(row, dtype=np.float64).reshape(1, _M)
-    f = _step(state, 1, x, np.asarray([dt], dtype=np.float64))
-    state.n += 1
-    return f[0]
-
-
 def _dt(t: np.ndarray, interval: float) -> np.ndarray:
     """Seconds since the previous row (the interval for the first row)."""
     dt = np.empty(t.shape[0], dtype=np.float64)
@@ -295,7 +287,7 @@ def _dt(t: np.ndarray, interval: float) -> np.ndarray:
 
 def batch_features(stream: AgentStream) -> tuple[np.ndarray, np.ndarray]:
     """Features of every row of one stream, ``(F (n, len(FEATURES)), valid (n,) bool)``; ``valid`` is
-    false during warm-up. Identical to calling ``features`` row by row."""
+    false during warm-up. Identical to calling ``features_live.features`` row by row."""
     out = batch_features_many([stream])
     return out[0]
 
@@ -336,7 +328,7 @@ def batch_features_levels(streams: Sequence[AgentStream]) -> list[tuple[np.ndarr
         if rebases[t, :k].any():
             state.age[:k] = np.where(rebases[t, :k], 0.0, state.age[:k])
         scored[t, :k] = state.age[:k] >= WARMUP
-        out[t, :k] = _step(state, k, xs[t, :k], dts[t, :k])
+        out[t, :k] = step(state, k, xs[t, :k], dts[t, :k])
         levels[t, :k] = state.level[:k]
         state.n += 1
     empty = (np.empty((0, N_FEATURES)), np.empty(0, dtype=bool), np.empty((0, _M)))

@@ -35,8 +35,9 @@ import numpy as np
 
 from shared.domain import learned as L
 from shared.ml import features as fe
-from shared.ml import serving
+from shared.ml import features_live, serving
 from shared.ml.anomaly_regimes import DRIVERS, Relearned, absolute
+from shared.ml.baseline import WINDOW, current_doc, ready, relearning, settling
 from shared.ml.failure import FailureState
 from shared.platform import settings
 
@@ -173,13 +174,13 @@ def _history_of(state: Mapping[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def _since(state: Mapping[str, Any], baseline: fe.Baseline, t: float) -> float:
+def _since(state: Mapping[str, Any], baseline: Mapping[str, Any], t: float) -> float:
     """When the agent's history began: the state's ``since``; for a state written before it was kept, the
     baseline's heartbeats back from now (running agents are not sent back to warm-up); else now."""
     if state.get("since") is not None:
         return float(state["since"])
     if state.get("baseline"):
-        return t - baseline.n * float(baseline.interval[0])
+        return t - int(baseline["n"]) * float(baseline["interval"])
     return t
 
 
@@ -222,31 +223,32 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         return _unscored(reason, keep={k: v for k, v in state.items() if k in _KEPT})
     new: dict[str, Any] = {**dict(state), "v": STATE_VERSION}
     t = beat.at.timestamp()
-    baseline = fe.Baseline.from_doc(state["baseline"]) if state.get("baseline") else fe.Baseline.new(interval_s)
-    if float(baseline.interval[0]) != float(interval_s):  # re-registered with another interval
-        baseline.interval[0] = float(interval_s)
+    # the state as its document's lists: the live features work on them as they are (features_live)
+    baseline = current_doc(state["baseline"]) if state.get("baseline") else fe.Baseline.new(interval_s).to_doc()
+    baseline["interval"] = float(interval_s)  # (re-registered with another interval: the new one)
     since = _since(state, baseline, t)
     moved = _moved(state, beat, since)
     if moved is not None:
-        baseline.rebase()
+        baseline["age"] = 0.0  # ``Baseline.rebase``
         new.update(rebased_at=t, rebased_for=moved)
     if beat.version is not None:
         new["version"] = beat.version
     last_t = state.get("last_t")
     dt = float(interval_s) if last_t is None else t - float(last_t)
-    ready, relearning, settling = baseline.ready, baseline.relearning, baseline.settling
-    f = fe.features(row, dt, baseline)
-    new.update(baseline=baseline.to_doc(), last_t=t, since=since, reason=None)
-    if relearning:
+    n, age = int(baseline["n"]), float(baseline["age"])
+    is_ready, is_relearning, is_settling = ready(age), relearning(n, age), settling(n, age)
+    f = features_live.step(baseline, row, dt)
+    new.update(baseline=baseline, last_t=t, since=since, reason=None)
+    if is_relearning:
         new["reason"] = f"re-learning its levels after {new.get('rebased_for') or 'a rebase'}"
     out = L.Learned(new)
 
     det = models.anomaly
     history_s = t - since
     if det is None:
-        new.update(status=L.UNSCORED if ready else L.INSUFFICIENT, score=None, anomaly_model=None, episode=None)
+        new.update(status=L.UNSCORED if is_ready else L.INSUFFICIENT, score=None, anomaly_model=None, episode=None)
         _history(new, 0.0, 0.0, since)  # no model: no time to be scored from
-        if ready:
+        if is_ready:
             new["reason"] = "no anomaly model in service"
         out.resolves.append(L.Resolution(L.ANOMALY, f"{agent_id}: no anomaly model in service"))
     else:
@@ -256,16 +258,17 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         was_open = episode.opened is not None
         # the absolute features only for an agent judged in its regimes (they cost a sort and eight logs)
         has_regimes = det.regimes.of(agent_id) is not None
-        a = absolute(baseline.ring[0], baseline.level[0]) if has_regimes else None
+        ring = np.asarray(baseline["ring"], dtype=np.float64).reshape(WINDOW, -1)
+        a = absolute(ring, np.asarray(baseline["level"], dtype=np.float64)) if has_regimes else None
         relearned = _relearned(det, agent_id, state, new, models.anomaly_version, moved is not None)
         verdict = det.judge(
             agent_id,
             f,
-            ready and history_s >= needed,
-            baseline.n - 1,
+            is_ready and history_s >= needed,
+            n,
             episode,
             kind=beat.kind,
-            settling=settling,
+            settling=is_settling,
             absolute=a,
             relearned=relearned,
         )
@@ -300,7 +303,7 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
     pred = models.failure
     if pred is not None:
         fstate = FailureState.from_doc(state["failure"]) if state.get("failure") else FailureState()
-        fv = pred.observe(fstate, f, row, ready)
+        fv = pred.observe(fstate, f, row, is_ready)
         new.update(failure=fstate.to_doc(), risk=round(float(fv.risk), 4), failure_model=models.failure_version)
         if fv.cleared:
             out.resolves.append(L.Resolution(L.FAILURE_RISK, f"{agent_id}: failure risk back under the threshold"))

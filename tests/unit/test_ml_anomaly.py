@@ -18,6 +18,7 @@ from shared.ml.anomaly import AnomalyDetector
 from shared.ml.anomaly_episodes import ANOMALOUS, INSUFFICIENT, NORMAL
 from shared.ml.anomaly_forest import FlatForest
 from shared.ml.data import AgentStream
+from shared.ml.features_live import features as live_features
 from tests.unit.test_ml_flat import assert_close_and_same_decisions
 
 INTERVAL = 30.0
@@ -78,7 +79,7 @@ def test_streaming_features_equal_batch_features() -> None:
         for i in range(len(stream)):
             dt = stream.interval_s if i == 0 else float(stream.t[i] - stream.t[i - 1])
             assert state.ready == (i >= fe.WARMUP)
-            rows.append(fe.features(stream.X[i], dt, state))
+            rows.append(live_features(stream.X[i], dt, state))
         assert np.array_equal(F, np.asarray(rows).reshape(-1, fe.N_FEATURES))  # bit for bit
         assert np.array_equal(valid, np.arange(len(stream)) >= fe.WARMUP)
     assert len(fe.FEATURES) == fe.N_FEATURES == batch[0][0].shape[1]

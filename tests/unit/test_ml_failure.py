@@ -29,6 +29,7 @@ from shared.ml.failure_features import (
     window_trends,
 )
 from shared.ml.failure_warnings import PERSISTENCE, score_warnings, warnings_from_risk
+from shared.ml.features_live import features as live_features
 from shared.ml.simulate import simulate_failures
 from tests.unit.test_ml_flat import assert_close_and_same_decisions
 
@@ -116,7 +117,7 @@ def observe_stream(
     for i in range(len(stream)):
         dt = stream.interval_s if i == 0 else float(stream.t[i] - stream.t[i - 1])
         ready = baseline.ready
-        f = fe.features(stream.X[i], dt, baseline)
+        f = live_features(stream.X[i], dt, baseline)
         v = pred.observe(state, f, stream.X[i], ready)
         if through_doc:
             state = FailureState.from_doc(json.loads(json.dumps(state.to_doc(), allow_nan=False)))
@@ -168,7 +169,7 @@ def test_observe_state_document_is_plain_json(predictor: FailurePredictor) -> No
     baseline, state = fe.Baseline.new(stream.interval_s), FailureState()
     for i in range(40):
         ready = baseline.ready
-        predictor.observe(state, fe.features(stream.X[i], stream.interval_s, baseline), stream.X[i], ready)
+        predictor.observe(state, live_features(stream.X[i], stream.interval_s, baseline), stream.X[i], ready)
     doc = state.to_doc()
     assert json.loads(json.dumps(doc)) == doc
 
@@ -219,7 +220,7 @@ def test_live_trends_equal_the_batch_trends_bit_for_bit() -> None:
     for stream, (D, _valid) in zip(streams.values(), design_many(list(streams.values())), strict=True):
         baseline, state = fe.Baseline.new(stream.interval_s), FailureState()
         for i in range(len(stream)):
-            f = fe.features(stream.X[i], stream.interval_s if i == 0 else stream.t[i] - stream.t[i - 1], baseline)
+            f = live_features(stream.X[i], stream.interval_s if i == 0 else stream.t[i] - stream.t[i - 1], baseline)
             state.push(trend_inputs(f, float(stream.X[i, ERR_COL])))
             assert np.array_equal(D[i, len(fe.FEATURES) :], window_trends(state.window))
     slope = np.arange(TREND_WINDOW, dtype=np.float64) - (TREND_WINDOW - 1) / 2

@@ -14,6 +14,7 @@ import numpy as np
 
 from shared.ml import features as fe
 from shared.ml.data import AgentStream
+from shared.ml.features_live import features as live_features
 
 INTERVAL = 30.0
 LAT, ERR, CPU, MEM, TOK, COST = range(6)
@@ -55,7 +56,7 @@ def run(X: np.ndarray, interval: float = INTERVAL) -> tuple[np.ndarray, fe.Basel
     for x in X:
         for name in ("held", "frozen", "mean", "ref"):
             getattr(trace, name).append(getattr(state, name)[0].copy())
-        rows.append(fe.features(x, interval, state))
+        rows.append(live_features(x, interval, state))
     return np.asarray(rows), state, trace
 
 
@@ -156,14 +157,14 @@ def test_slow_reference_moves_about_interval_per_day_and_not_on_flagged_rows() -
     normal = X[rows].copy()
     normal[MEM] = state.ref[0, MEM] + 1.0  # within its noise
     ref0 = state.ref.copy()
-    fe.features(normal, INTERVAL, state)
+    live_features(normal, INTERVAL, state)
     step = (state.ref[0, MEM] - ref0[0, MEM]) / (normal[MEM] - ref0[0, MEM])
     assert abs(step - INTERVAL / fe.REF_HORIZON_S) < 1e-9
     # a flagged row (a spike of 20 deviations in latency) leaves latency's reference where it was
     ref1 = state.ref.copy()
     spike = X[rows].copy()
     spike[LAT] *= 3.0
-    fe.features(spike, INTERVAL, state)
+    live_features(spike, INTERVAL, state)
     assert state.ref[0, LAT] == ref1[0, LAT]
     assert state.ref[0, MEM] != ref1[0, MEM]  # the others still learn
     # a held metric (shifted by 10 %: many deviations of its short window) does not move its reference
@@ -172,7 +173,7 @@ def test_slow_reference_moves_about_interval_per_day_and_not_on_flagged_rows() -
     held_rows = 0
     for x in shifted:
         was_held, before = bool(state.held[0, CPU]), float(state.ref[0, CPU])
-        fe.features(x, INTERVAL, state)
+        live_features(x, INTERVAL, state)
         if was_held:
             held_rows += 1
             assert state.ref[0, CPU] == before
@@ -191,7 +192,7 @@ def test_rebase_relearns_then_settles() -> None:
         ready.append(state.ready)
         relearning.append(state.relearning)
         settling.append(state.settling)
-        fe.features(x, INTERVAL, state)
+        live_features(x, INTERVAL, state)
     assert ready == [i >= fe.REBASE_ROWS for i in range(len(X2))]
     assert relearning == [i < fe.REBASE_ROWS for i in range(len(X2))]
     assert settling == [i < fe.SETTLE for i in range(len(X2))]
@@ -211,7 +212,7 @@ def test_batch_versions_equal_streaming_with_rebase_bit_for_bit() -> None:
         if i == r:
             state.rebase()
         valid.append(state.ready)
-        rows.append(fe.features(x, INTERVAL, state))
+        rows.append(live_features(x, INTERVAL, state))
     assert np.array_equal(F_batch, np.asarray(rows))
     assert np.array_equal(valid_batch, np.asarray(valid))
     assert not valid_batch[r : r + fe.REBASE_ROWS].any() and valid_batch[r + fe.REBASE_ROWS]
@@ -242,7 +243,7 @@ def test_state_written_before_issue_24_loads() -> None:
     assert loaded.age[0] == float(state.n)
     assert loaded.frozen.shape == (1, len(fe.METRICS)) and np.all(loaded.frozen == 7.0)
     assert loaded.ready
-    f = fe.features(steady(1, seed=12)[0], INTERVAL, loaded)
+    f = live_features(steady(1, seed=12)[0], INTERVAL, loaded)
     assert np.all(np.isfinite(f))
 
 
@@ -254,7 +255,7 @@ def test_state_round_trip_is_exact_and_small() -> None:
     copy = fe.Baseline.from_doc(doc)
     assert copy.to_doc() == state.to_doc()
     for x in X[450:]:
-        assert np.array_equal(fe.features(x, INTERVAL, copy), fe.features(x, INTERVAL, state))
+        assert np.array_equal(live_features(x, INTERVAL, copy), live_features(x, INTERVAL, state))
     size = len(json.dumps(state.to_doc()))
     print(f"one-agent baseline state: {size} bytes of JSON")
     assert size < 2000

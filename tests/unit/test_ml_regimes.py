@@ -21,6 +21,7 @@ from shared.ml.anomaly import AnomalyDetector
 from shared.ml.anomaly_calibration import _LATENCY_UP, NO_FLOOR, calibrate
 from shared.ml.anomaly_episodes import DRIVERS, Persistence
 from shared.ml.data import AgentStream, Detection
+from shared.ml.features_live import features as live_features
 from shared.ml.simulate_mixed import MixedFleet, simulate_mixed
 
 INTERVAL = 30.0
@@ -134,7 +135,7 @@ def test_absolute_live_equals_batch_bit_for_bit() -> None:
     state = fe.Baseline.new(INTERVAL)
     live_rows = []
     for x in X:
-        fe.features(x, INTERVAL, state)
+        live_features(x, INTERVAL, state)
         live_rows.append(reg.absolute(state.ring[0], state.level[0]))
     F, valid, levels = fe.batch_features_levels([s])[0]
     assert np.array_equal(np.asarray(live_rows), reg.absolute_rows(X, levels))
