@@ -145,8 +145,9 @@ class Baseline:
 def current_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A one-agent state document in the current form, as a new dict sharing its values. A state written before
     the slow reference and the per-metric freeze (issue 24) is filled in: its reference starts at its mean, each
-    metric's freeze counter at the one shared counter, its age at its rows seen. Raises ``ValueError`` for a
-    document of another shape."""
+    metric's freeze counter at the one shared counter, its age at its rows seen. Raises for a document of another
+    shape (``ValueError`` for a list of the wrong length, ``KeyError`` for a missing one, ``TypeError`` for a value
+    that is not a list)."""
     d = dict(doc)
     if "ref" not in d:
         d["ref"] = d["mean"]

@@ -287,7 +287,8 @@ def _dt(t: np.ndarray, interval: float) -> np.ndarray:
 
 def batch_features(stream: AgentStream) -> tuple[np.ndarray, np.ndarray]:
     """Features of every row of one stream, ``(F (n, len(FEATURES)), valid (n,) bool)``; ``valid`` is
-    false during warm-up. Identical to calling ``features_live.features`` row by row."""
+    false during warm-up. Identical to calling ``features_live.features`` row by row (rebased at the stream's
+    ``versions``, as ``live.step`` rebases at a new version)."""
     out = batch_features_many([stream])
     return out[0]
 

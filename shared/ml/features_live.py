@@ -10,8 +10,10 @@ So every feature and every value of the state is the batch path's, bit for bit
 (tests/unit/test_ml_features_live.py checks it on whole fleets, the old simulator's and the mixed one's).
 
 Where Python would raise instead of giving an infinity or a NaN (a division by zero, the square root of a negative
-number), or sort a NaN where numpy puts it last, the row goes to ``features.step`` itself: only a corrupt state or a
-negative extra metric can lead there.
+number, a None numpy would read as a NaN), or sort a NaN where numpy puts it last, the row goes to ``features.step``
+itself: a negative extra metric, an infinite one, an interval of 0 or a corrupt state can lead there. "Bit for bit"
+is up to the sign of a zero (``np.maximum`` and ``max`` may keep different ones of -0.0 and 0.0), which no
+comparison sees: every divisor is floored above 0.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ def step(doc: dict[str, Any], row: Any, dt: float) -> np.ndarray:
     values are replaced by the state after the row (the lists it held are not changed). The vector is meaningful
     only if the state was ready (``baseline.ready``) before the call."""
     x = [float(v) for v in row]
+    if len(x) != _M:
+        raise ValueError(f"a heartbeat row has {_M} values, not {len(x)}")
     try:
         f = _step(doc, x, float(dt))
-    except (ZeroDivisionError, ValueError):
+    except (ZeroDivisionError, ValueError, TypeError):  # (TypeError: a None where numpy reads a NaN)
         f = None
     if f is None:  # what Python cannot compute as numpy does: numpy does it
         s = Baseline.from_doc(doc)

@@ -1,11 +1,11 @@
 """The learned models on the live heartbeat path: one heartbeat of one agent in, a ``Learned`` out.
 
 The heartbeat function keeps no state between events (its instances come and go), so everything a
-model needs to carry from one heartbeat to the next — the agent's rolling baseline
-(``features.Baseline``), the anomaly persistence runs, the failure predictor's trend window — lives in
-the agent document (``ml``), written in the same conditional write as the heartbeat itself: no extra
-Firestore read or write per event, and a redelivered or stale heartbeat (refused before this runs)
-never advances it twice.
+model needs to carry from one heartbeat to the next — the agent's rolling baseline (``features.Baseline``'s
+document form, which ``features_live`` advances as it is), the anomaly persistence runs, the failure
+predictor's trend window — lives in the agent document (``ml``), written in the same conditional write as
+the heartbeat itself: no extra Firestore read or write per event, and a redelivered or stale heartbeat
+(refused before this runs) never advances it twice.
 
 The baseline is advanced on every heartbeat even before a model is deployed, so an agent is warm when
 the first model arrives. Scoring is numpy only (the models' flattened trees); scikit-learn is never
@@ -19,7 +19,7 @@ its stuck run. An agent that reports fewer than ``MIN_METRICS`` of the six is no
 History is counted in time: the state keeps ``since`` (the first heartbeat's time), and the anomaly
 detector scores an agent only once it has ``min_history_s`` of it (one daily cycle); before, its status
 is ``insufficient_data`` with ``history_s``, ``scored_from`` and a reason in hours. What lets the baseline
-move (``features.Baseline.rebase``): a new version in the agent's registration (the state keeps the
+move (``Baseline.rebase``: its ``age`` back to 0): a new version in the agent's registration (the state keeps the
 last ``version`` seen), or a person acknowledging its anomaly (the acknowledgement writes
 ``ml_rebase_at`` on the agent document, read with it; the state keeps ``rebased_at``).
 """
@@ -258,8 +258,10 @@ def _step(models: Models, agent_id: str, state: Mapping[str, Any], metrics: Mapp
         was_open = episode.opened is not None
         # the absolute features only for an agent judged in its regimes (they cost a sort and eight logs)
         has_regimes = det.regimes.of(agent_id) is not None
-        ring = np.asarray(baseline["ring"], dtype=np.float64).reshape(WINDOW, -1)
-        a = absolute(ring, np.asarray(baseline["level"], dtype=np.float64)) if has_regimes else None
+        a = None
+        if has_regimes:
+            ring = np.asarray(baseline["ring"], dtype=np.float64).reshape(WINDOW, -1)
+            a = absolute(ring, np.asarray(baseline["level"], dtype=np.float64))
         relearned = _relearned(det, agent_id, state, new, models.anomaly_version, moved is not None)
         verdict = det.judge(
             agent_id,

@@ -52,9 +52,9 @@ def numpy_step(state: fe.Baseline, x: np.ndarray, dt: float) -> np.ndarray:
     return f
 
 
-def warmed(rows: int = 300) -> tuple[fe.Baseline, np.ndarray]:
+def warmed(rows: int = 300, tokens: float = 0.0) -> tuple[fe.Baseline, np.ndarray]:
     rng = np.random.default_rng(5)
-    X = np.asarray((400.0, 0.01, 40.0, 50.0, 0.0, 0.2)) * (1.0 + 0.05 * rng.normal(size=(rows, 6)))
+    X = np.asarray((400.0, 0.01, 40.0, 50.0, tokens, 0.2)) * (1.0 + 0.05 * rng.normal(size=(rows, 6)))
     state = fe.Baseline.new(30.0)
     for x in X:
         fl.features(x, 30.0, state)
@@ -120,3 +120,54 @@ def test_the_document_path_equals_batch_through_json_and_leaves_the_lists_it_was
         assert np.array_equal(fl.step(doc, st.X[i], dt), F[i]), i
         assert given == before
     assert doc["n"] == len(st)
+
+
+@pytest.mark.parametrize("key", ["mean", "var", "ref", "level", "frozen", "age", "interval", "stuck"])
+@pytest.mark.parametrize("column", [2, 4])  # CPU, tokens (NaN on one side of np.maximum / np.minimum only)
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_an_infinity_in_the_state_gives_what_the_batch_kernel_gives(
+    key: str, column: int, value: float
+) -> None:
+    state, X = warmed(tokens=200.0)
+    values = getattr(state, key)
+    values[(0, column) if values.ndim == 2 else 0] = value
+    other = copy.deepcopy(state)
+    with np.errstate(all="ignore"):
+        for x in X[:3]:
+            assert np.array_equal(fl.features(x, 30.0, state), numpy_step(other, x, 30.0), equal_nan=True)
+            assert same_state(state, other)
+
+
+@pytest.mark.parametrize("young", [False, True])
+def test_held_released_and_young_states_change_as_the_batch_kernels_do(young: bool) -> None:
+    state, X = warmed()
+    if young:
+        state.rebase()  # the baseline learns every row again (age < SETTLE)
+    state.frozen[0, :3] = fe.MAX_FREEZE  # three metrics at the end of their hold: released by a shifted row
+    state.held[0, :3] = True
+    other, most = copy.deepcopy(state), np.zeros(6)
+    for x in np.concatenate([X[:20] * 1.7, X[20:40]]):
+        assert np.array_equal(fl.features(x, 30.0, state), numpy_step(other, x, 30.0))
+        assert same_state(state, other)
+        most = np.maximum(most, state.frozen[0])
+    if not young:  # latency and CPU were released, memory and cost held for a while (tokens are 0 throughout)
+        assert (most[[0, 2]] > fe.MAX_FREEZE).all() and (most[[3, 5]] > 0).all()
+
+
+def test_a_none_in_the_document_is_read_as_numpy_reads_it() -> None:
+    state, X = warmed()
+    doc, other = state.to_doc(), copy.deepcopy(state)
+    doc["ring"][7] = None  # numpy: NaN
+    other.ring[0, 1, 1] = np.nan
+    with np.errstate(all="ignore"):
+        assert np.array_equal(fl.step(doc, X[0], 30.0), numpy_step(other, X[0], 30.0), equal_nan=True)
+    assert same_state(fe.Baseline.from_doc(doc), other)
+
+
+def test_a_row_of_another_length_is_refused_before_the_state_changes() -> None:
+    state, X = warmed()
+    doc = state.to_doc()
+    before = copy.deepcopy(doc)
+    with pytest.raises(ValueError, match="6 values, not 7"):
+        fl.step(doc, [*X[0], 1.0], 30.0)
+    assert doc == before

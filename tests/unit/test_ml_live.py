@@ -177,3 +177,19 @@ def test_a_new_heartbeat_interval_is_taken_up(detector: AnomalyDetector) -> None
         statuses.append(state["status"])
     assert state["baseline"]["interval"] == 120.0
     assert L.ANOMALOUS not in statuses[2:]
+
+
+def test_the_step_leaves_the_state_it_was_given_alone(detector: AnomalyDetector) -> None:
+    """A transaction retried runs the step again on the same state: it must find it as it was."""
+    stream = FLEET["a3"]
+    models = live.Models(detector, "v1")
+    state: dict = {}
+    for i in range(60):
+        at = T0 + timedelta(seconds=float(stream.t[i]))
+        before = json.loads(json.dumps(state))
+        out = live.step(models, "a3", state, metrics_of(stream.X[i]), at, stream.interval_s, version="v1")
+        again = live.step(models, "a3", state, metrics_of(stream.X[i]), at, stream.interval_s, version="v1")
+        assert json.loads(json.dumps(state)) == before
+        assert json.dumps(out.state, sort_keys=True) == json.dumps(again.state, sort_keys=True)
+        state = out.state  # not through JSON: the lists are handed on as they are
+    assert state["baseline"]["n"] == 60
