@@ -6,7 +6,8 @@ once (``baseline.Baseline``: arrays with a leading agent axis); the batch path (
 one agent and one row at a time, is ``features_live.step``: the same step written in Python floats
 (numpy calls, not arithmetic, bound a step of one agent). Only element-wise IEEE operations (and ``log``,
 taken by numpy in both paths) are used and sums are written out in a fixed order, so both paths give
-bit-identical values.
+bit-identical values; a change to one is a change to both (tests/unit/test_ml_features_live.py fails when they
+differ).
 
 Two references per metric:
 
