@@ -36,8 +36,8 @@ _LEVEL_A = 1.0 / fe.LEVEL_H
 _LEVEL_KEEP = 1.0 - 1.0 / fe.LEVEL_H
 _MEAN_A = 1.0 / fe.HORIZON
 _CAP, _LOG_CAP = fe.CAP, fe.LOG_CAP
-#: The three metric ratios (``features._TOP`` / ``features._BOTTOM``).
-_RATIOS = ((_COST, _TOK), (_COST, _TOK), (_TOK, _CPU))
+#: The three metric ratios, (top, bottom) metrics (``features._TOP`` / ``features._BOTTOM``).
+_RATIOS: tuple[tuple[int, int], ...] = tuple(zip(fe._TOP.tolist(), fe._BOTTOM.tolist(), strict=True))
 
 
 def _max(a: float, b: float) -> float:
@@ -101,15 +101,17 @@ def _step(doc: dict[str, Any], x: list[float], dt: float) -> np.ndarray | None:
     if total != total:  # a NaN (or inf - inf): numpy sorts a NaN last, Python's sort does not know where to put it
         return None
     b = max(1.0 / (age + 1.0), _LEVEL_A)
-    sd, wmed, level = [0.0] * _M, [0.0] * _M, [0.0] * _M
+    wmed, level = [0.0] * _M, [0.0] * _M
+    fast = [0.0] * (3 * _M)  # the row's, the window's and the level's deviations from the fast baseline, unclipped
     f = [0.0] * fe.N_FEATURES
     for j in range(_M):
         m = fe.SD_REL_FLOOR * mean[j]
-        sd[j] = math.sqrt(var[j] + m * m + _ABS_SQ[j])
+        sd = math.sqrt(var[j] + m * m + _ABS_SQ[j])
         wmed[j] = sorted(ring[j::_M])[_MID]
         level[j] = old_level[j] + b * (wmed[j] - old_level[j])
         for i, v in enumerate((x[j], wmed[j], level[j])):
-            za, zb = (v - mean[j]) / sd[j], (v - ref[j]) / sd[j]
+            za, zb = (v - mean[j]) / sd, (v - ref[j]) / sd
+            fast[i * _M + j] = za
             z = zb if abs(zb) < abs(za) else za
             f[i * _M + j] = z if -_CAP <= z <= _CAP else (_CAP if z > _CAP else -_CAP if z < -_CAP else z)
     same = n > 0 and all(a == p for a, p in zip(x, prev, strict=True))
@@ -123,7 +125,7 @@ def _step(doc: dict[str, Any], x: list[float], dt: float) -> np.ndarray | None:
     base_cpt = mean[_COST] / max(mean[_TOK], fe._RATIO_EPS)
     f[fe._I_CPT] = cpt / max(base_cpt, fe._RATIO_EPS)
     _logs(f, x, wmed, level, mean, ref)
-    _update(doc, x, n, age, interval, (sd, wmed, level), stuck, gap)
+    _update(doc, x, n, age, interval, (fast, level), stuck, gap)
     doc.update(ring=ring, prev=x, stuck=stuck, level=level, age=age + 1.0, n=n + 1)
     return np.asarray(f)
 
@@ -164,14 +166,15 @@ def _update(
     n: int,
     age: float,
     interval: float,
-    seen: tuple[list[float], list[float], list[float]],
+    seen: tuple[list[float], list[float]],
     stuck: float,
     gap: float,
 ) -> None:
     """The baseline's update (``features.step``'s second half): its new mean, variance, reference, freeze counters
-    and held metrics into ``doc``."""
+    and held metrics into ``doc``. ``seen``: the row's deviations from the fast baseline as the features computed
+    them (the row's, then the window's, then the level's) and the recent level."""
     mean, var, ref, frozen_in, held_in = doc["mean"], doc["var"], doc["ref"], doc["frozen"], doc["held"]
-    sd, wmed, level = seen
+    fast, level = seen
     a = max(1.0 / (age + 1.0), _MEAN_A)
     a_var = 1.0 / (n + 1) if n + 1 < fe.HORIZON else 1.0 / fe.HORIZON
     a_ref = _max(1.0 / (age + 1.0), interval / fe.REF_HORIZON_S)
@@ -184,12 +187,12 @@ def _update(
         nm = mean[j] + a * d
         nv = (1.0 - a_var) * (var[j] + a_var * d * d)
         nr = ref[j] + a_ref * (x[j] - ref[j])
-        z_fast = (x[j] - mean[j]) / sd[j]
+        z_fast = fast[j]
         if n >= WARMUP and abs(z_fast) > fe.VAR_GATE:
             nv = var[j]
         if warm:
             flagged = abs(z_fast) > fe.GATE_Z
-            shifted = abs((wmed[j] - mean[j]) / sd[j]) > (fe.ZS_RELEASE if held_in[j] else fe.ZS_GATE)
+            shifted = abs(fast[_M + j]) > (fe.ZS_RELEASE if held_in[j] else fe.ZS_GATE)
             frozen[j] = frozen_in[j] + 1.0 if flagged or shifted else 0.0
             hold = frozen[j] <= fe.MAX_FREEZE
             keep = ((flagged or shifted) and hold) or row_flag
